@@ -1,0 +1,220 @@
+//! Control path: the admin API (health, readiness, metrics, weights, status).
+//!
+//! `/healthz`, `/readyz` and `/metrics` are open; everything else needs
+//! `Authorization: Bearer <token>` when a token is configured (the gateway
+//! refuses to start with a non-loopback admin address and no token). Every
+//! answer is JSON except the metrics text; bad input gets a 4xx with
+//! `{"error": "..."}` and changes nothing.
+
+pub mod auth;
+pub mod request;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body::Body;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::control::{Control, ControlError};
+use crate::reload::Reload;
+use request::Rejection;
+
+/// What the admin API works on.
+pub struct Admin {
+    pub control: Arc<Control>,
+    pub token: Option<String>,
+    pub metrics: PrometheusHandle,
+    pub reloader: Option<Arc<dyn Reload>>,
+}
+
+type AdminResponse = Response<Full<Bytes>>;
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> AdminResponse {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_else(|_| b"{}".to_vec());
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> AdminResponse {
+    json(status, &serde_json::json!({ "error": message.into() }))
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> AdminResponse {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+fn rejected(r: Rejection) -> AdminResponse {
+    error(r.status, r.message)
+}
+
+fn control_error(e: ControlError) -> AdminResponse {
+    let status = match &e {
+        ControlError::UnknownVersion(_) | ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
+        ControlError::Store(_) | ControlError::StoreLoad(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(status, e.to_string())
+}
+
+fn method_not_allowed(allow: &'static str) -> AdminResponse {
+    let mut resp = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method not allowed; use {allow}"),
+    );
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    resp
+}
+
+impl Admin {
+    /// Answers one admin request (usable without a socket, for tests).
+    pub async fn handle<B>(&self, req: Request<B>) -> AdminResponse
+    where
+        B: Body,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let path = req.uri().path().to_string();
+        let method = req.method().clone();
+        let allow = match path.as_str() {
+            "/healthz" | "/readyz" | "/metrics" | "/status" => "GET",
+            "/weights" => "GET, PUT",
+            "/promote" | "/rollback" | "/reload" => "POST",
+            _ => return error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+        };
+        let allowed = allow.split(", ").any(|m| m == method.as_str())
+            || (method == Method::HEAD && allow.contains("GET"));
+        if !allowed {
+            return method_not_allowed(allow);
+        }
+        match path.as_str() {
+            "/healthz" => return text(StatusCode::OK, "ok\n", "text/plain; charset=utf-8"),
+            "/readyz" => {
+                return match self.control.readiness() {
+                    Ok(()) => text(StatusCode::OK, "ready\n", "text/plain; charset=utf-8"),
+                    Err(why) => text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not ready: {why}\n"),
+                        "text/plain; charset=utf-8",
+                    ),
+                };
+            }
+            "/metrics" => {
+                return text(
+                    StatusCode::OK,
+                    self.metrics.render(),
+                    "text/plain; version=0.0.4; charset=utf-8",
+                );
+            }
+            _ => {}
+        }
+        if let Some(token) = &self.token
+            && !auth::authorized(req.headers().get(header::AUTHORIZATION), token)
+        {
+            let mut resp = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"canary-gateway\""),
+            );
+            return resp;
+        }
+        let body = match request::read_body(req.into_body()).await {
+            Ok(b) => b,
+            Err(r) => return rejected(r),
+        };
+        match (method, path.as_str()) {
+            (Method::GET | Method::HEAD, "/weights") => {
+                json(StatusCode::OK, &self.control.weights())
+            }
+            (Method::GET | Method::HEAD, "/status") => json(StatusCode::OK, &self.control.status()),
+            (Method::PUT, "/weights") => match request::weights(&body) {
+                Err(r) => rejected(r),
+                Ok(w) => match self.control.set_weights(w, "admin").await {
+                    Ok(view) => json(StatusCode::OK, &view),
+                    Err(e) => control_error(e),
+                },
+            },
+            (Method::POST, "/promote") => match request::promote(&body) {
+                Err(r) => rejected(r),
+                Ok(v) => match self.control.promote(&v, "admin").await {
+                    Ok(view) => json(StatusCode::OK, &view),
+                    Err(e) => control_error(e),
+                },
+            },
+            (Method::POST, "/rollback") => match request::rollback(&body) {
+                Err(r) => rejected(r),
+                Ok(()) => match self.control.rollback("admin").await {
+                    Ok(view) => json(StatusCode::OK, &view),
+                    Err(e) => control_error(e),
+                },
+            },
+            (Method::POST, "/reload") => match &self.reloader {
+                None => error(
+                    StatusCode::CONFLICT,
+                    "this gateway was not started from a config file",
+                ),
+                Some(r) => {
+                    let status = r.reload("admin").await;
+                    let code = if status.ok {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::UNPROCESSABLE_ENTITY
+                    };
+                    json(code, &status)
+                }
+            },
+            _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+        }
+    }
+}
+
+/// Serves the admin API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    admin: Arc<Admin>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let admin = admin.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let admin = admin.clone();
+                        async move { Ok::<_, Infallible>(admin.handle(req).await) }
+                    });
+                    let mut builder = auto::Builder::new(TokioExecutor::new());
+                    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(std::time::Duration::from_secs(30));
+                    if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+                        tracing::debug!(error = %e, "admin connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+}

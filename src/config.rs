@@ -1,0 +1,670 @@
+//! Control path: the gateway's configuration, in two stages.
+//!
+//! [`raw`] mirrors the TOML file (serde, unknown keys denied); [`Config::parse`]
+//! turns it into a validated [`Config`] whose errors name the key and the reason.
+//! Nothing downstream ever sees an invalid value.
+
+pub mod duration;
+pub mod raw;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::HeaderName;
+
+use crate::discovery::{CloudMapSource, HealthFilter};
+use raw::{RawConfig, RawVersion};
+
+/// At most this many versions, like an App Mesh route's weighted targets.
+pub const MAX_VERSIONS: usize = 10;
+/// The largest allowed sum of weights: shares down to one in a million.
+pub const MAX_TOTAL_WEIGHT: u64 = 1_000_000;
+
+/// Why a config was rejected. Always names the file or the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read the file: {reason}")]
+    Read { path: String, reason: String },
+    #[error("{path}: {message}")]
+    Syntax { path: String, message: String },
+    #[error("{path}: `{key}`: {reason}")]
+    Invalid {
+        path: String,
+        key: String,
+        reason: String,
+    },
+}
+
+/// A validated gateway configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it was read from, if any.
+    pub source: Option<PathBuf>,
+    pub listener: ListenerConfig,
+    pub admin: AdminConfig,
+    pub split: SplitConfig,
+    pub versions: Vec<VersionConfig>,
+    pub timeouts: Timeouts,
+    pub upstream: UpstreamConfig,
+    pub log: LogConfig,
+    /// Where admin decisions are saved (the file store).
+    pub state_path: Option<PathBuf>,
+    pub store: StoreConfig,
+    pub aws: AwsConfig,
+    pub appmesh: Option<AppMeshConfig>,
+    /// Tokio worker threads; `None` means one per core.
+    pub worker_threads: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    /// Keep incoming X-Forwarded-Proto/-Port (set by the ALB) instead of overwriting them.
+    pub trust_forwarded_headers: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    pub address: SocketAddr,
+    pub token_env: Option<String>,
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SplitConfig {
+    pub stable: String,
+    pub sticky_header: Option<HeaderName>,
+    pub override_header: Option<HeaderName>,
+    pub response_header: Option<HeaderName>,
+}
+
+/// Where a version's endpoints come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EndpointSource {
+    Static(Vec<SocketAddr>),
+    CloudMap(CloudMapSource),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionConfig {
+    pub name: String,
+    pub weight: u32,
+    pub source: EndpointSource,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timeouts {
+    pub upstream_connect: Duration,
+    pub upstream_response: Duration,
+    /// Time allowed from the first byte of a request head to its end (slowloris).
+    pub request_header: Duration,
+    /// Idle keep-alive connections are closed after this; longer than the ALB's 60 s.
+    pub idle: Duration,
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            upstream_connect: Duration::from_secs(1),
+            upstream_response: Duration::from_secs(15),
+            request_header: Duration::from_secs(10),
+            idle: Duration::from_secs(75),
+            shutdown_grace: Duration::from_secs(25),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UpstreamConfig {
+    /// Consecutive connect failures that eject an endpoint.
+    pub eject_after_failures: u32,
+    /// First ejection period; doubles for each further ejection in a row.
+    pub eject_base: Duration,
+    pub eject_max: Duration,
+    pub max_idle_per_endpoint: usize,
+    /// Pooled upstream connections idle longer than this are not reused.
+    pub pool_idle_timeout: Duration,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            eject_after_failures: 3,
+            eject_base: Duration::from_secs(5),
+            eject_max: Duration::from_secs(60),
+            max_idle_per_endpoint: 256,
+            pool_idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+    pub access_log: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreConfig {
+    /// The state file (see [`Config::state_path`]).
+    File,
+    /// A Cloud Map service's attributes, shared by the fleet.
+    CloudMap {
+        service_id: String,
+        poll_interval: Duration,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AwsConfig {
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppMeshConfig {
+    pub mesh: String,
+    pub virtual_router: String,
+    pub route: String,
+    pub virtual_nodes: BTreeMap<String, String>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let mut config = Config::parse(&text, &path.display().to_string())?;
+        config.source = Some(path.to_path_buf());
+        if config.state_path.is_none() {
+            config.state_path = Some(default_state_path(path));
+        }
+        Ok(config)
+    }
+
+    /// Validates config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: origin.to_string(),
+            message: syntax_message(text, &e),
+        })?;
+        Validator { origin }.config(raw)
+    }
+
+    /// A one-line summary for `check`.
+    pub fn summary(&self) -> String {
+        let versions: Vec<String> = self
+            .versions
+            .iter()
+            .map(|v| {
+                let source = match &v.source {
+                    EndpointSource::Static(e) => format!("{} endpoint(s)", e.len()),
+                    EndpointSource::CloudMap(c) => {
+                        format!("cloudmap {}/{}", c.namespace, c.service)
+                    }
+                };
+                format!("{}={} ({source})", v.name, v.weight)
+            })
+            .collect();
+        format!(
+            "ok: listener {}, admin {}, stable {}, versions {}",
+            self.listener.address,
+            self.admin.address,
+            self.split.stable,
+            versions.join(", ")
+        )
+    }
+
+    /// The weights written in the config, by version.
+    pub fn weights(&self) -> BTreeMap<String, u32> {
+        self.versions
+            .iter()
+            .map(|v| (v.name.clone(), v.weight))
+            .collect()
+    }
+
+    /// Settings that a reload cannot change, with a label for each.
+    pub fn restart_only_differences(&self, new: &Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if self.listener != new.listener {
+            changed.push("listener");
+        }
+        if self.admin.address != new.admin.address {
+            changed.push("admin.address");
+        }
+        if self.worker_threads != new.worker_threads {
+            changed.push("runtime.worker_threads");
+        }
+        if self.store != new.store || self.state_path != new.state_path {
+            changed.push("store/state");
+        }
+        if self.aws != new.aws {
+            changed.push("aws");
+        }
+        if self.log.format != new.log.format || self.log.level != new.log.level {
+            changed.push("log.format/log.level");
+        }
+        changed
+    }
+}
+
+/// `gateway.toml` -> `gateway.state.json` beside it.
+pub fn default_state_path(config: &Path) -> PathBuf {
+    let stem = config
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "gateway".to_string());
+    config.with_file_name(format!("{stem}.state.json"))
+}
+
+/// The TOML parser's message with the line number it points at.
+fn syntax_message(text: &str, error: &toml::de::Error) -> String {
+    let reason = error.message().trim().to_string();
+    match error.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {reason}")
+        }
+        None => reason,
+    }
+}
+
+struct Validator<'a> {
+    origin: &'a str,
+}
+
+impl Validator<'_> {
+    fn invalid(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.origin.to_string(),
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let listener = ListenerConfig {
+            address: self.address("listener.address", &raw.listener.address)?,
+            trust_forwarded_headers: raw.listener.trust_forwarded_headers.unwrap_or(false),
+        };
+        let admin = AdminConfig {
+            address: match &raw.admin.address {
+                Some(a) => self.address("admin.address", a)?,
+                None => SocketAddr::from(([127, 0, 0, 1], 9901)),
+            },
+            token_env: raw.admin.token_env.clone(),
+            token_file: raw.admin.token_file.as_ref().map(PathBuf::from),
+        };
+        if listener.address == admin.address && listener.address.port() != 0 {
+            return Err(self.invalid("admin.address", "must differ from listener.address"));
+        }
+        if let Some(env) = &admin.token_env
+            && env.is_empty()
+        {
+            return Err(self.invalid("admin.token_env", "must name an environment variable"));
+        }
+
+        let versions = self.versions(&raw.versions)?;
+        let split = SplitConfig {
+            stable: raw.split.stable.clone(),
+            sticky_header: self.header("split.sticky_header", &raw.split.sticky_header)?,
+            override_header: self.header("split.override_header", &raw.split.override_header)?,
+            response_header: self.header("split.response_header", &raw.split.response_header)?,
+        };
+        if !versions.iter().any(|v| v.name == split.stable) {
+            return Err(self.invalid(
+                "split.stable",
+                format!(
+                    "names no version: `{}` is not among [[versions]]",
+                    split.stable
+                ),
+            ));
+        }
+
+        let t = &raw.timeouts;
+        let d = Timeouts::default();
+        let timeouts = Timeouts {
+            upstream_connect: self.duration(
+                "timeouts.upstream_connect",
+                &t.upstream_connect,
+                d.upstream_connect,
+            )?,
+            upstream_response: self.duration(
+                "timeouts.upstream_response",
+                &t.upstream_response,
+                d.upstream_response,
+            )?,
+            request_header: self.duration(
+                "timeouts.request_header",
+                &t.request_header,
+                d.request_header,
+            )?,
+            idle: self.duration("timeouts.idle", &t.idle, d.idle)?,
+            shutdown_grace: self.duration_allow_zero(
+                "timeouts.shutdown_grace",
+                &t.shutdown_grace,
+                d.shutdown_grace,
+            )?,
+        };
+
+        let u = &raw.upstream;
+        let du = UpstreamConfig::default();
+        let upstream = UpstreamConfig {
+            eject_after_failures: match u.eject_after_failures {
+                Some(0) => {
+                    return Err(self.invalid("upstream.eject_after_failures", "must be at least 1"));
+                }
+                Some(n) => n,
+                None => du.eject_after_failures,
+            },
+            eject_base: self.duration("upstream.eject_base", &u.eject_base, du.eject_base)?,
+            eject_max: self.duration("upstream.eject_max", &u.eject_max, du.eject_max)?,
+            max_idle_per_endpoint: u.max_idle_per_endpoint.unwrap_or(du.max_idle_per_endpoint),
+            pool_idle_timeout: self.duration(
+                "upstream.pool_idle_timeout",
+                &u.pool_idle_timeout,
+                du.pool_idle_timeout,
+            )?,
+        };
+
+        let log = LogConfig {
+            format: match raw.log.format.as_deref() {
+                None | Some("text") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                Some(other) => {
+                    return Err(
+                        self.invalid("log.format", format!("`{other}` is not one of: text, json"))
+                    );
+                }
+            },
+            level: raw.log.level.clone().unwrap_or_else(|| "info".to_string()),
+            access_log: raw.log.access_log.unwrap_or(false),
+        };
+
+        let store = match raw.store.kind.as_deref() {
+            None | Some("file") => {
+                if raw.store.service_id.is_some() {
+                    return Err(
+                        self.invalid("store.service_id", "only applies to kind = \"cloudmap\"")
+                    );
+                }
+                StoreConfig::File
+            }
+            Some("cloudmap") => {
+                let service_id = match &raw.store.service_id {
+                    Some(id) if id.starts_with("srv-") => id.clone(),
+                    Some(id) => {
+                        return Err(self.invalid(
+                            "store.service_id",
+                            format!("`{id}` is not a Cloud Map service id (srv-...)"),
+                        ));
+                    }
+                    None => {
+                        return Err(self
+                            .invalid("store.service_id", "is required with kind = \"cloudmap\""));
+                    }
+                };
+                StoreConfig::CloudMap {
+                    service_id,
+                    poll_interval: self.duration(
+                        "store.poll_interval",
+                        &raw.store.poll_interval,
+                        Duration::from_secs(2),
+                    )?,
+                }
+            }
+            Some(other) => {
+                return Err(self.invalid(
+                    "store.kind",
+                    format!("`{other}` is not one of: file, cloudmap"),
+                ));
+            }
+        };
+
+        let aws = AwsConfig {
+            region: raw.aws.region.clone(),
+            endpoint_url: raw.aws.endpoint_url.clone(),
+        };
+
+        let appmesh = match &raw.appmesh {
+            None => None,
+            Some(a) => {
+                for name in a.virtual_nodes.keys() {
+                    if !versions.iter().any(|v| &v.name == name) {
+                        return Err(self
+                            .invalid(format!("appmesh.virtual_nodes.{name}"), "names no version"));
+                    }
+                }
+                if a.virtual_nodes.is_empty() {
+                    return Err(
+                        self.invalid("appmesh.virtual_nodes", "must map at least one version")
+                    );
+                }
+                Some(AppMeshConfig {
+                    mesh: a.mesh.clone(),
+                    virtual_router: a.virtual_router.clone(),
+                    route: a.route.clone(),
+                    virtual_nodes: a.virtual_nodes.clone(),
+                })
+            }
+        };
+
+        let worker_threads = match raw.runtime.worker_threads {
+            Some(0) => return Err(self.invalid("runtime.worker_threads", "must be at least 1")),
+            other => other,
+        };
+
+        Ok(Config {
+            source: None,
+            listener,
+            admin,
+            split,
+            versions,
+            timeouts,
+            upstream,
+            log,
+            state_path: raw.state.path.as_ref().map(PathBuf::from),
+            store,
+            aws,
+            appmesh,
+            worker_threads,
+        })
+    }
+
+    fn versions(&self, raw: &[RawVersion]) -> Result<Vec<VersionConfig>, ConfigError> {
+        if raw.is_empty() {
+            return Err(self.invalid("versions", "at least one [[versions]] entry is required"));
+        }
+        if raw.len() > MAX_VERSIONS {
+            return Err(self.invalid(
+                "versions",
+                format!(
+                    "{} versions given, at most {MAX_VERSIONS} are allowed",
+                    raw.len()
+                ),
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut versions = Vec::with_capacity(raw.len());
+        let mut total: u64 = 0;
+        for (i, v) in raw.iter().enumerate() {
+            let key = |field: &str| format!("versions[{i}].{field}");
+            validate_version_name(&v.name).map_err(|reason| self.invalid(key("name"), reason))?;
+            if !names.insert(v.name.as_str()) {
+                return Err(
+                    self.invalid(key("name"), format!("duplicate version name `{}`", v.name))
+                );
+            }
+            let weight = weight_from_toml(&v.weight)
+                .map_err(|reason| self.invalid(key("weight"), reason))?;
+            total += u64::from(weight);
+            let source = match (&v.endpoints, &v.cloudmap) {
+                (Some(_), Some(_)) => {
+                    return Err(self.invalid(
+                        key("endpoints"),
+                        "give either `endpoints` or `cloudmap`, not both",
+                    ));
+                }
+                (None, None) => {
+                    return Err(self.invalid(
+                        key("endpoints"),
+                        format!(
+                            "version `{}` has no endpoint source: give `endpoints` or `cloudmap`",
+                            v.name
+                        ),
+                    ));
+                }
+                (Some(list), None) => {
+                    if list.is_empty() {
+                        return Err(
+                            self.invalid(key("endpoints"), "must list at least one address")
+                        );
+                    }
+                    let mut addrs = Vec::with_capacity(list.len());
+                    for (j, a) in list.iter().enumerate() {
+                        addrs.push(self.address(&format!("versions[{i}].endpoints[{j}]"), a)?);
+                    }
+                    EndpointSource::Static(addrs)
+                }
+                (None, Some(c)) => {
+                    let health = match c.health.as_deref() {
+                        None | Some("HEALTHY_OR_ELSE_ALL") => HealthFilter::HealthyOrElseAll,
+                        Some("HEALTHY") => HealthFilter::Healthy,
+                        Some("ALL") => HealthFilter::All,
+                        Some(other) => {
+                            return Err(self.invalid(
+                                key("cloudmap.health"),
+                                format!(
+                                    "`{other}` is not one of: HEALTHY, HEALTHY_OR_ELSE_ALL, ALL"
+                                ),
+                            ));
+                        }
+                    };
+                    if c.namespace.is_empty() || c.service.is_empty() {
+                        return Err(self
+                            .invalid(key("cloudmap"), "namespace and service must not be empty"));
+                    }
+                    if c.port == Some(0) {
+                        return Err(self.invalid(key("cloudmap.port"), "must be 1-65535"));
+                    }
+                    EndpointSource::CloudMap(CloudMapSource {
+                        namespace: c.namespace.clone(),
+                        service: c.service.clone(),
+                        health,
+                        query: c.query.clone(),
+                        port: c.port,
+                    })
+                }
+            };
+            versions.push(VersionConfig {
+                name: v.name.clone(),
+                weight,
+                source,
+            });
+        }
+        check_total(total).map_err(|reason| self.invalid("versions.weight", reason))?;
+        Ok(versions)
+    }
+
+    fn address(&self, key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+        value.parse().map_err(|_| {
+            self.invalid(
+                key,
+                format!("`{value}` is not a socket address (expected IP:port, e.g. 10.0.1.5:9000)"),
+            )
+        })
+    }
+
+    fn header(&self, key: &str, value: &Option<String>) -> Result<Option<HeaderName>, ConfigError> {
+        match value {
+            None => Ok(None),
+            Some(v) => HeaderName::from_bytes(v.as_bytes())
+                .map(Some)
+                .map_err(|_| self.invalid(key, format!("`{v}` is not a valid HTTP header name"))),
+        }
+    }
+
+    fn duration(
+        &self,
+        key: &str,
+        value: &Option<toml::Value>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let d = self.duration_allow_zero(key, value, default)?;
+        if d.is_zero() {
+            return Err(self.invalid(key, "must be greater than zero"));
+        }
+        Ok(d)
+    }
+
+    fn duration_allow_zero(
+        &self,
+        key: &str,
+        value: &Option<toml::Value>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(v) => duration::from_toml(v).map_err(|reason| self.invalid(key, reason)),
+        }
+    }
+}
+
+/// Version names become metric labels, header values and JSON keys: keep them plain.
+pub fn validate_version_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err("must be 1 to 64 characters".to_string());
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(format!(
+            "`{name}` may only contain letters, digits, '-', '_' and '.'"
+        ));
+    }
+    Ok(())
+}
+
+/// A weight as written in TOML: a non-negative whole number.
+fn weight_from_toml(value: &toml::Value) -> Result<u32, String> {
+    match value {
+        toml::Value::Integer(i) if *i < 0 => Err(format!("must not be negative, got {i}")),
+        toml::Value::Integer(i) if *i as u64 > MAX_TOTAL_WEIGHT => Err(format!(
+            "{i} is above the maximum total of {MAX_TOTAL_WEIGHT}"
+        )),
+        toml::Value::Integer(i) => Ok(*i as u32),
+        toml::Value::Float(f) => Err(format!("must be a whole number, got {f}")),
+        other => Err(format!(
+            "must be a non-negative integer, got {}",
+            other.type_str()
+        )),
+    }
+}
+
+/// The sum of weights must be 1..=1,000,000.
+pub fn check_total(total: u64) -> Result<(), String> {
+    if total == 0 {
+        return Err(
+            "the weights sum to 0: at least one version needs a positive weight".to_string(),
+        );
+    }
+    if total > MAX_TOTAL_WEIGHT {
+        return Err(format!(
+            "the weights sum to {total}, above the maximum of {MAX_TOTAL_WEIGHT}"
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,81 @@
+//! Control path: where a version's endpoints come from.
+//!
+//! A version lists its endpoints statically in the config, or names a Cloud Map
+//! service. [`Discover`] is the seam between the polling logic and AWS: the
+//! real implementation calls DiscoverInstances / DiscoverInstancesRevision, unit
+//! tests use a fake.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+/// A boxed future, so that [`Discover`] stays object safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Which instances Cloud Map returns (the `HealthStatus` filter of DiscoverInstances).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HealthFilter {
+    Healthy,
+    #[default]
+    HealthyOrElseAll,
+    All,
+}
+
+/// A Cloud Map service that holds one version's instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudMapSource {
+    pub namespace: String,
+    pub service: String,
+    pub health: HealthFilter,
+    /// Attribute filters (`QueryParameters`).
+    pub query: BTreeMap<String, String>,
+    /// Port for instances registered without `AWS_INSTANCE_PORT`.
+    pub port: Option<u16>,
+}
+
+/// Why a discovery call failed. The last known endpoints stay in use.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("throttled by AWS: {0}")]
+    Throttled(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("AWS error: {0}")]
+    Aws(String),
+}
+
+impl DiscoveryError {
+    /// Short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DiscoveryError::Throttled(_) => "throttled",
+            DiscoveryError::Timeout(_) => "timeout",
+            DiscoveryError::Aws(_) => "aws",
+        }
+    }
+}
+
+/// Resolves a Cloud Map service to socket addresses.
+pub trait Discover: Send + Sync + 'static {
+    /// `DiscoverInstancesRevision`: changes when instances register or deregister.
+    fn revision<'a>(
+        &'a self,
+        source: &'a CloudMapSource,
+    ) -> BoxFuture<'a, Result<i64, DiscoveryError>>;
+    /// `DiscoverInstances`: the current endpoints, filtered by `source.health`.
+    fn instances<'a>(
+        &'a self,
+        source: &'a CloudMapSource,
+    ) -> BoxFuture<'a, Result<Vec<SocketAddr>, DiscoveryError>>;
+}
+
+/// Receives what discovery learns. The control path implements it: it rebuilds
+/// the snapshot with the new endpoints, or records the failure for /status and
+/// keeps the last known endpoints.
+pub trait EndpointSink: Send + Sync + 'static {
+    /// A successful answer, possibly empty (then the version has no endpoints).
+    fn endpoints_discovered(&self, version: &str, endpoints: Vec<SocketAddr>);
+    /// A failed call; the last known endpoints stay in use.
+    fn discovery_failed(&self, version: &str, error: &DiscoveryError);
+}

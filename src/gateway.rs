@@ -1,0 +1,365 @@
+//! Assembles a running gateway from a config and bound listeners: the control
+//! plane, the data path, the admin API and the background tasks (reload,
+//! discovery, fleet store, App Mesh sync).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, Admin};
+use crate::config::{Config, EndpointSource, StoreConfig};
+use crate::control::status::ReloadStatus;
+use crate::control::{Control, ControlError};
+use crate::discovery::{BoxFuture, CloudMapSource, EndpointSink};
+use crate::proxy::{Proxy, server};
+use crate::reload::{self, Reload};
+use crate::store::file::FileStore;
+use crate::store::{Store, WeightsDoc};
+
+/// Why the gateway did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Token(#[from] admin::auth::TokenError),
+    #[error(
+        "the admin address {0} is not loopback and no admin token is configured: set the variable named by admin.token_env (default CANARY_ADMIN_TOKEN) or admin.token_file"
+    )]
+    OpenAdmin(SocketAddr),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("AWS setup: {0}")]
+    Aws(String),
+    #[error("cannot bind {what} {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The two bound sockets.
+pub struct Listeners {
+    pub proxy: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses of the config.
+    pub async fn bind(config: &Config) -> Result<Listeners, GatewayError> {
+        let bind = |what, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| GatewayError::Bind { what, addr, source })
+        };
+        Ok(Listeners {
+            proxy: bind("listener", config.listener.address).await?,
+            admin: bind("admin", config.admin.address).await?,
+        })
+    }
+}
+
+/// Writes weights to an App Mesh route (the real one talks to AWS).
+pub trait RouteSync: Send + Sync + 'static {
+    /// Returns the 0-100 weights written to the route.
+    fn sync<'a>(
+        &'a self,
+        weights: &'a BTreeMap<String, u32>,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, u32>, String>>;
+}
+
+/// Spawns the poller that keeps one version's endpoints current.
+pub type PollerSpawner =
+    Arc<dyn Fn(String, CloudMapSource, Arc<dyn EndpointSink>) -> JoinHandle<()> + Send + Sync>;
+
+/// What the gateway depends on outside itself. Each `None` is built from the
+/// config (AWS clients when the config asks for them).
+#[derive(Default, Clone)]
+pub struct Dependencies {
+    pub discovery: Option<PollerSpawner>,
+    pub store: Option<Arc<dyn Store>>,
+    pub route_sync: Option<Arc<dyn RouteSync>>,
+}
+
+/// A running gateway.
+pub struct Running {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub control: Arc<Control>,
+    shutdown: watch::Sender<bool>,
+    serving: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+    pollers: Arc<Pollers>,
+}
+
+impl Running {
+    /// Starts draining and waits until the data path has drained.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.serving.await;
+        for task in &self.background {
+            task.abort();
+        }
+        self.pollers.stop_all();
+    }
+}
+
+/// The discovery pollers, one per Cloud Map version.
+struct Pollers {
+    spawner: Option<PollerSpawner>,
+    running: Mutex<BTreeMap<String, (CloudMapSource, JoinHandle<()>)>>,
+}
+
+impl Pollers {
+    /// Starts, restarts or stops pollers to match the config in force.
+    fn sync(&self, control: &Arc<Control>) {
+        let Some(spawner) = &self.spawner else {
+            return;
+        };
+        let config = control.config();
+        let wanted: BTreeMap<String, CloudMapSource> = config
+            .versions
+            .iter()
+            .filter_map(|v| match &v.source {
+                EndpointSource::CloudMap(c) => Some((v.name.clone(), c.clone())),
+                EndpointSource::Static(_) => None,
+            })
+            .collect();
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.retain(|name, (source, task)| {
+            let keep = wanted.get(name) == Some(source);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (name, source) in wanted {
+            if !running.contains_key(&name) {
+                let sink: Arc<dyn EndpointSink> = control.clone();
+                let task = spawner(name.clone(), source.clone(), sink);
+                running.insert(name, (source, task));
+            }
+        }
+    }
+
+    fn stop_all(&self) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, (_, task)) in std::mem::take(&mut *running) {
+            task.abort();
+        }
+    }
+}
+
+/// Reloads the config file and brings the pollers in line.
+struct FileReloader {
+    control: Arc<Control>,
+    path: std::path::PathBuf,
+    pollers: Arc<Pollers>,
+}
+
+impl Reload for FileReloader {
+    fn reload<'a>(&'a self, trigger: &'a str) -> BoxFuture<'a, ReloadStatus> {
+        Box::pin(async move {
+            let status = reload::reload_file(&self.control, &self.path, trigger).await;
+            self.pollers.sync(&self.control);
+            status
+        })
+    }
+}
+
+/// How often the config file is checked for changes.
+const FILE_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Starts a gateway on bound listeners.
+pub async fn start(
+    config: Config,
+    listeners: Listeners,
+    deps: Dependencies,
+) -> Result<Running, GatewayError> {
+    let token = admin::auth::resolve(
+        config.admin.token_env.as_deref(),
+        config.admin.token_file.as_deref(),
+    )?;
+    if token.is_none() {
+        if !config.admin.address.ip().is_loopback() {
+            return Err(GatewayError::OpenAdmin(config.admin.address));
+        }
+        tracing::warn!(
+            "no admin token configured: the loopback admin API accepts changes without authentication"
+        );
+    }
+    let metrics = crate::telemetry::metrics_handle();
+
+    let mut deps = deps;
+    crate::aws::fill_dependencies(&config, &mut deps)
+        .await
+        .map_err(GatewayError::Aws)?;
+    let (store, store_kind): (Arc<dyn Store>, &str) = match (&deps.store, &config.store) {
+        (Some(s), StoreConfig::CloudMap { .. }) => (s.clone(), "cloudmap"),
+        (Some(s), StoreConfig::File) => (s.clone(), "custom"),
+        (None, _) => {
+            let path = config
+                .state_path
+                .clone()
+                .unwrap_or_else(|| "gateway.state.json".into());
+            (Arc::new(FileStore::new(path)), "file")
+        }
+    };
+    let store_poll = match &config.store {
+        StoreConfig::CloudMap { poll_interval, .. } => Some(*poll_interval),
+        StoreConfig::File => None,
+    };
+    let config_path = config.source.clone();
+    let control = Control::start(config, store, store_kind).await?;
+
+    let proxy_addr = listeners
+        .proxy
+        .local_addr()
+        .map_err(|source| GatewayError::Bind {
+            what: "listener",
+            addr: control.config().listener.address,
+            source,
+        })?;
+    let admin_addr = listeners
+        .admin
+        .local_addr()
+        .map_err(|source| GatewayError::Bind {
+            what: "admin",
+            addr: control.config().admin.address,
+            source,
+        })?;
+
+    let pollers = Arc::new(Pollers {
+        spawner: deps.discovery.clone(),
+        running: Mutex::new(BTreeMap::new()),
+    });
+    pollers.sync(&control);
+
+    let mut background = Vec::new();
+    let reloader: Option<Arc<dyn Reload>> = config_path.map(|path| {
+        Arc::new(FileReloader {
+            control: control.clone(),
+            path,
+            pollers: pollers.clone(),
+        }) as Arc<dyn Reload>
+    });
+    if let Some(r) = &reloader {
+        background.push(tokio::spawn(reload::on_sighup(r.clone())));
+        if let Some(path) = control.config().source.clone() {
+            background.push(tokio::spawn(reload::watch_file(
+                r.clone(),
+                path,
+                FILE_WATCH_INTERVAL,
+            )));
+        }
+    }
+    if let Some(every) = store_poll {
+        let control = control.clone();
+        background.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(jittered(every)).await;
+                control.sync_from_store().await;
+            }
+        }));
+    }
+    if let Some(sync) = deps.route_sync.clone() {
+        background.push(tokio::spawn(follow_route(control.clone(), sync)));
+    }
+    {
+        let metrics = metrics.clone();
+        background.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                metrics.run_upkeep();
+            }
+        }));
+    }
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let admin = Arc::new(Admin {
+        control: control.clone(),
+        token,
+        metrics,
+        reloader,
+    });
+    let admin_task = tokio::spawn(admin::serve(
+        listeners.admin,
+        admin,
+        wait_for(shutdown_rx.clone(), true),
+    ));
+
+    let proxy = Arc::new(Proxy::new(control.snapshot_cell(), proxy_addr.port()));
+    control.set_listening();
+    let serving = {
+        let control = control.clone();
+        let drain_rx = shutdown_rx.clone();
+        tokio::spawn(async move {
+            let draining = {
+                let control = control.clone();
+                async move {
+                    wait_for(drain_rx, false).await;
+                    control.start_draining();
+                }
+            };
+            let grace_control = control.clone();
+            server::serve(listeners.proxy, proxy, draining, move || {
+                grace_control.config().timeouts.shutdown_grace
+            })
+            .await;
+            admin_task.abort();
+        })
+    };
+    if let Err(why) = control.readiness() {
+        tracing::info!("not ready yet: {why}");
+    }
+    tracing::info!(listener = %proxy_addr, admin = %admin_addr, "canary-gateway serving");
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        control,
+        shutdown: shutdown_tx,
+        serving,
+        background,
+        pollers,
+    })
+}
+
+/// Resolves once shutdown was asked for. `after_drain` keeps the admin API up
+/// while the data path drains (so /readyz reports it): it then never resolves,
+/// and the admin task is aborted when draining is over.
+async fn wait_for(mut rx: watch::Receiver<bool>, after_drain: bool) {
+    if after_drain {
+        std::future::pending::<()>().await;
+    }
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// `base` give or take 20%, so that a fleet does not call in lockstep.
+pub fn jittered(base: Duration) -> Duration {
+    let factor = 0.8 + 0.4 * rand::random::<f64>();
+    base.mul_f64(factor)
+}
+
+/// Mirrors every applied weight decision to the App Mesh route; a failure is
+/// recorded and retried with the next decision, never reverting the gateway.
+async fn follow_route(control: Arc<Control>, sync: Arc<dyn RouteSync>) {
+    let mut rx = control.subscribe();
+    let mut pending: Option<WeightsDoc> = Some(rx.borrow_and_update().clone());
+    loop {
+        if let Some(doc) = pending.take() {
+            let result = sync.sync(&doc.weights).await;
+            if let Err(e) = &result {
+                tracing::warn!(error = %e, generation = doc.generation, "App Mesh route sync failed");
+            }
+            control.appmesh_synced(result);
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+        pending = Some(rx.borrow_and_update().clone());
+    }
+}

@@ -1,0 +1,31 @@
+//! Metric names, in one place. Labels are version names (and small fixed sets
+//! such as status classes or error kinds), never raw paths.
+
+/// Counter: requests by `version` and `status` class (2xx, 3xx, 4xx, 5xx).
+pub const REQUESTS_TOTAL: &str = "canary_requests_total";
+/// Histogram: request duration in seconds by `version`.
+pub const REQUEST_DURATION_SECONDS: &str = "canary_request_duration_seconds";
+/// Counter: upstream errors by `version` and `kind` (connect, timeout, reset, no_endpoints).
+pub const UPSTREAM_ERRORS_TOTAL: &str = "canary_upstream_errors_total";
+/// Gauge: requests being served.
+pub const IN_FLIGHT_REQUESTS: &str = "canary_in_flight_requests";
+/// Gauge: open client connections.
+pub const OPEN_CONNECTIONS: &str = "canary_open_connections";
+/// Gauge: the weight of each `version`.
+pub const VERSION_WEIGHT: &str = "canary_version_weight";
+/// Gauge: the weights generation this replica has applied.
+pub const GENERATION: &str = "canary_generation";
+/// Counter: config reloads by `result` (ok, error).
+pub const RELOADS_TOTAL: &str = "canary_reloads_total";
+/// Gauge: endpoints per `version`.
+pub const ENDPOINTS: &str = "canary_endpoints";
+/// Gauge: healthy (not ejected) endpoints per `version`.
+pub const ENDPOINTS_HEALTHY: &str = "canary_endpoints_healthy";
+/// Counter: Cloud Map discovery failures by `version` and `kind`.
+pub const DISCOVERY_ERRORS_TOTAL: &str = "canary_discovery_errors_total";
+/// Gauge: age in seconds of each `version`'s discovered endpoints.
+pub const DISCOVERY_AGE_SECONDS: &str = "canary_discovery_age_seconds";
+/// Counter: weight store operations by `op` (load, save) and `result` (ok, error).
+pub const STORE_OPERATIONS_TOTAL: &str = "canary_store_operations_total";
+/// Counter: App Mesh route syncs by `result` (ok, error).
+pub const APPMESH_SYNCS_TOTAL: &str = "canary_appmesh_syncs_total";

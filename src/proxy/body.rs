@@ -1,0 +1,210 @@
+//! Data path: the bodies that stream through the proxy, never buffered whole.
+//!
+//! [`RequestBody`] tells the proxy when the client's body has been sent in full
+//! (the upstream response timeout starts then, as Envoy's does). [`ProxyBody`]
+//! carries the upstream response to the client and, through its
+//! [`Completion`], records the request's metrics once, when it ends, and returns
+//! the upstream connection to the pool when the body was read to its end.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::sync::oneshot;
+
+use super::server::ConnState;
+use super::upstream::{Endpoint, Sender};
+use crate::snapshot::{ProxySettings, Version};
+
+/// The client's request body on its way upstream.
+pub struct RequestBody {
+    inner: Incoming,
+    /// Fired (or dropped) when the body has ended.
+    sent: Option<oneshot::Sender<()>>,
+}
+
+impl RequestBody {
+    /// Wraps a body; the receiver resolves once it has been sent in full.
+    /// Bodies that are already at their end need no signal.
+    pub fn new(inner: Incoming) -> (RequestBody, Option<oneshot::Receiver<()>>) {
+        if inner.is_end_stream() {
+            return (RequestBody { inner, sent: None }, None);
+        }
+        let (tx, rx) = oneshot::channel();
+        (
+            RequestBody {
+                inner,
+                sent: Some(tx),
+            },
+            Some(rx),
+        )
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || this.inner.is_end_stream() {
+            if let Some(tx) = this.sent.take() {
+                let _ = tx.send(());
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Whatever has to happen when a request ends, whichever way it ends.
+pub struct Completion {
+    pub start: Instant,
+    pub version: Arc<Version>,
+    pub status: StatusCode,
+    pub settings: Arc<ProxySettings>,
+    pub conn: Arc<ConnState>,
+    /// The endpoint that served it and the pooled connection to give back.
+    pub upstream: Option<(Arc<Endpoint>, Option<Sender>)>,
+    /// The response body was read to its end: the connection can be reused.
+    pub finished: bool,
+    pub method: http::Method,
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        let class = (self.status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        let elapsed = self.start.elapsed();
+        self.version.metrics.requests[class].increment(1);
+        self.version.metrics.duration.record(elapsed.as_secs_f64());
+        self.conn.request_ended();
+        let upstream = self.upstream.take();
+        if self.settings.access_log {
+            tracing::info!(
+                target: "access",
+                method = %self.method,
+                version = %self.version.name,
+                upstream = %upstream.as_ref().map(|(e, _)| e.addr().to_string()).unwrap_or_else(|| "-".into()),
+                status = self.status.as_u16(),
+                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                complete = self.finished,
+            );
+        }
+        if let Some((endpoint, sender)) = upstream {
+            endpoint.end_request();
+            if self.finished
+                && let Some(sender) = sender
+            {
+                endpoint.checkin(sender, self.settings.upstream.max_idle_per_endpoint);
+            }
+        }
+    }
+}
+
+/// A response body to the client.
+pub enum ProxyBody {
+    /// Streamed from the upstream.
+    Upstream {
+        inner: Incoming,
+        completion: Option<Completion>,
+    },
+    /// Made by the gateway (errors, admin answers).
+    Full {
+        data: Option<Bytes>,
+        completion: Option<Completion>,
+    },
+}
+
+impl ProxyBody {
+    pub fn full(data: impl Into<Bytes>) -> ProxyBody {
+        ProxyBody::Full {
+            data: Some(data.into()),
+            completion: None,
+        }
+    }
+
+    pub fn empty() -> ProxyBody {
+        ProxyBody::Full {
+            data: None,
+            completion: None,
+        }
+    }
+
+    /// Attaches the request's completion, run when the body ends or is dropped.
+    pub fn with_completion(mut self, c: Completion) -> ProxyBody {
+        match &mut self {
+            ProxyBody::Upstream { completion, .. } | ProxyBody::Full { completion, .. } => {
+                *completion = Some(c)
+            }
+        }
+        self
+    }
+
+    fn finish(completion: &mut Option<Completion>) {
+        if let Some(mut c) = completion.take() {
+            c.finished = true;
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Upstream { inner, completion } => {
+                let polled = Pin::new(&mut *inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(None) => ProxyBody::finish(completion),
+                    Poll::Ready(Some(Ok(_))) if inner.is_end_stream() => {
+                        ProxyBody::finish(completion)
+                    }
+                    Poll::Ready(Some(Err(_))) => drop(completion.take()),
+                    _ => {}
+                }
+                polled
+            }
+            ProxyBody::Full { data, completion } => {
+                let frame = data.take().map(|d| Ok(Frame::data(d)));
+                ProxyBody::finish(completion);
+                Poll::Ready(frame)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ProxyBody::Full { data, .. } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream { inner, .. } => inner.size_hint(),
+            ProxyBody::Full { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}

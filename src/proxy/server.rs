@@ -1,0 +1,258 @@
+//! Data path: the listener. Accepts connections, serves HTTP/1.1 and h2c on
+//! each with the proxy service, enforces the request-header and idle
+//! timeouts, and drains gracefully on shutdown.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::Proxy;
+use super::upstream::now_ms;
+
+/// Largest request head accepted (larger gets 431).
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most header lines accepted (more gets 431).
+const MAX_HEADERS: usize = 128;
+
+/// Per-connection state shared by the socket wrapper, the service and the
+/// connection's watchdog.
+#[derive(Debug, Default)]
+pub struct ConnState {
+    /// Bumped on every read or write that moved bytes.
+    activity: AtomicU64,
+    /// Requests of this connection not yet finished.
+    in_flight: AtomicU32,
+    /// When the first byte of the current request head arrived (0: none).
+    head_started_ms: AtomicU64,
+    /// Waiting for a new request head (HTTP/1 between requests).
+    awaiting_head: AtomicBool,
+    /// The connection speaks HTTP/2 (no per-request head timing).
+    http2: AtomicBool,
+}
+
+impl ConnState {
+    fn new() -> ConnState {
+        ConnState {
+            awaiting_head: AtomicBool::new(true),
+            ..ConnState::default()
+        }
+    }
+
+    /// A request head was parsed and handed to the service.
+    pub fn request_started(&self, http2: bool) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.awaiting_head.store(false, Ordering::Relaxed);
+        self.head_started_ms.store(0, Ordering::Relaxed);
+        if http2 {
+            self.http2.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// A request's response ended.
+    pub fn request_ended(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::Relaxed) == 1
+            && !self.http2.load(Ordering::Relaxed)
+        {
+            self.awaiting_head.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn saw_bytes(&self, read: bool) {
+        self.activity.fetch_add(1, Ordering::Relaxed);
+        if read
+            && self.awaiting_head.load(Ordering::Relaxed)
+            && self.head_started_ms.load(Ordering::Relaxed) == 0
+            && !self.http2.load(Ordering::Relaxed)
+        {
+            self.head_started_ms
+                .store(now_ms().max(1), Ordering::Relaxed);
+        }
+    }
+}
+
+/// A socket that reports its activity to the connection's [`ConnState`].
+struct TrackedIo {
+    inner: TcpStream,
+    state: Arc<ConnState>,
+}
+
+impl AsyncRead for TrackedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.state.saw_bytes(true);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for TrackedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.state.saw_bytes(false);
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.state.saw_bytes(false);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Serves `listener` until `shutdown` resolves, then stops accepting, lets
+/// in-flight requests finish for up to `grace` and closes idle connections.
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    shutdown: impl std::future::Future<Output = ()>,
+    grace: impl Fn() -> Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => serve_connection(stream, peer, &proxy, &graceful),
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    let grace = grace();
+    tracing::info!(grace_ms = grace.as_millis() as u64, "draining connections");
+    match tokio::time::timeout(grace, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("all connections drained"),
+        Err(_) => tracing::warn!("shutdown grace period over with requests still in flight"),
+    }
+}
+
+fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    proxy: &Arc<Proxy>,
+    graceful: &GracefulShutdown,
+) {
+    let _ = stream.set_nodelay(true);
+    let state = Arc::new(ConnState::new());
+    let io = TokioIo::new(TrackedIo {
+        inner: stream,
+        state: state.clone(),
+    });
+    let timeouts = proxy.current_timeouts();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // hyper runs this timer from the moment a connection waits for a
+        // request head: it is the keep-alive idle timeout. The stricter
+        // per-request header timeout (slowloris) is the watchdog's below.
+        .header_read_timeout(timeouts.idle)
+        .max_buf_size(MAX_HEAD_BYTES.max(8192))
+        .max_headers(MAX_HEADERS)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEAD_BYTES as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+
+    let service = {
+        let proxy = proxy.clone();
+        let state = state.clone();
+        service_fn(move |req| {
+            let proxy = proxy.clone();
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(req, peer, state).await) }
+        })
+    };
+    let conn = builder
+        .serve_connection_with_upgrades(io, service)
+        .into_owned();
+    let conn = graceful.watch(conn);
+    let open = proxy.telemetry.open_connections.clone();
+    open.increment(1.0);
+    tokio::spawn(async move {
+        tokio::pin!(conn);
+        let check_every =
+            (timeouts.request_header.min(timeouts.idle) / 4).max(Duration::from_millis(50));
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + check_every, check_every);
+        let (mut last_activity, mut quiet) = (0u64, Duration::ZERO);
+        loop {
+            tokio::select! {
+                result = &mut conn => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                    }
+                    break;
+                }
+                _ = tick.tick() => {
+                    let started = state.head_started_ms.load(Ordering::Relaxed);
+                    if started != 0 && now_ms().saturating_sub(started) > timeouts.request_header.as_millis() as u64 {
+                        tracing::debug!(%peer, "request head not received in time; closing the connection");
+                        break;
+                    }
+                    let activity = state.activity.load(Ordering::Relaxed);
+                    if activity != last_activity || state.in_flight.load(Ordering::Relaxed) != 0 {
+                        last_activity = activity;
+                        quiet = Duration::ZERO;
+                    } else {
+                        quiet += check_every;
+                        if quiet >= timeouts.idle {
+                            tracing::debug!(%peer, "idle connection closed");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        open.decrement(1.0);
+    });
+}

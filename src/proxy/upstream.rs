@@ -1,0 +1,322 @@
+//! Data path: one upstream endpoint, its keep-alive connection pool and its
+//! passive health (ejection after repeated connect failures).
+//!
+//! An [`Endpoint`] outlives snapshots: the control path hands the same `Arc`
+//! to every snapshot while the address stays, so pooled connections,
+//! outstanding counts and ejections survive weight changes and reloads.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::config::UpstreamConfig;
+
+/// A pooled HTTP/1.1 connection's request handle.
+pub type Sender = http1::SendRequest<super::body::RequestBody>;
+
+/// Why no connection could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {0} timed out")]
+    Timeout(SocketAddr),
+    #[error("connect to {0} failed: {1}")]
+    Io(SocketAddr, std::io::Error),
+    #[error("HTTP handshake with {0} failed: {1}")]
+    Handshake(SocketAddr, hyper::Error),
+}
+
+struct IdleConn {
+    sender: Sender,
+    since: Instant,
+}
+
+/// One upstream address with its pool and health.
+pub struct Endpoint {
+    addr: SocketAddr,
+    /// Requests sent and not finished (for power-of-two-choices).
+    outstanding: AtomicU32,
+    /// Connect failures in a row.
+    failures: AtomicU32,
+    /// Ejections in a row, for the back-off.
+    ejections: AtomicU32,
+    /// Ejected until this many milliseconds after [`epoch`]; 0 = not ejected.
+    ejected_until_ms: AtomicU64,
+    idle: Mutex<Vec<IdleConn>>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+/// Milliseconds on a process-wide monotonic clock.
+pub fn now_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+impl Endpoint {
+    pub fn new(addr: SocketAddr) -> Endpoint {
+        Endpoint {
+            addr,
+            outstanding: AtomicU32::new(0),
+            failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn outstanding(&self) -> u32 {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+
+    /// Whether the endpoint is in an ejection period.
+    #[inline]
+    pub fn is_ejected(&self) -> bool {
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        until != 0 && now_ms() < until
+    }
+
+    /// Milliseconds of ejection left, if ejected.
+    pub fn ejected_for_ms(&self) -> Option<u64> {
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        let now = now_ms();
+        (until != 0 && now < until).then(|| until - now)
+    }
+
+    pub fn begin_request(&self) {
+        self.outstanding.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn end_request(&self) {
+        self.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A connect succeeded: the endpoint is healthy again.
+    fn connect_succeeded(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+            self.ejections.store(0, Ordering::Relaxed);
+            self.ejected_until_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A connect failed; after `eject_after_failures` in a row the endpoint is
+    /// ejected for `eject_base * 2^(ejections in a row)`, at most `eject_max`.
+    fn connect_failed(&self, cfg: &UpstreamConfig) {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= cfg.eject_after_failures {
+            self.failures.store(0, Ordering::Relaxed);
+            let n = self.ejections.fetch_add(1, Ordering::Relaxed).min(16);
+            let period = cfg.eject_base.saturating_mul(1 << n).min(cfg.eject_max);
+            self.ejected_until_ms
+                .store(now_ms() + period.as_millis() as u64, Ordering::Relaxed);
+            tracing::warn!(endpoint = %self.addr, period_ms = period.as_millis() as u64, "endpoint ejected after repeated connect failures");
+        }
+    }
+
+    /// A pooled connection, if one is idle and still open.
+    pub fn checkout(&self, idle_timeout: Duration) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(conn) = idle.pop() {
+            if !conn.sender.is_closed() && conn.since.elapsed() < idle_timeout {
+                return Some(conn.sender);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection to the pool after its response ended.
+    pub fn checkin(&self, sender: Sender, max_idle: usize) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < max_idle {
+            idle.push(IdleConn {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Drops every pooled connection (the endpoint left the snapshot).
+    pub fn clear_pool(&self) {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Opens a new HTTP/1.1 connection, records the outcome for ejection.
+    pub async fn connect(
+        &self,
+        timeout: Duration,
+        cfg: &UpstreamConfig,
+    ) -> Result<Sender, ConnectError> {
+        let result = self.try_connect(timeout).await;
+        match &result {
+            Ok(_) => self.connect_succeeded(),
+            Err(e) => {
+                tracing::debug!(error = %e, "upstream connect failed");
+                self.connect_failed(cfg);
+            }
+        }
+        result
+    }
+
+    async fn try_connect(&self, timeout: Duration) -> Result<Sender, ConnectError> {
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
+            Err(_) => return Err(ConnectError::Timeout(self.addr)),
+            Ok(Err(e)) => return Err(ConnectError::Io(self.addr, e)),
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ConnectError::Handshake(self.addr, e))?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(upstream = %addr, error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// A small, fast per-thread random number source for endpoint choice (not
+/// for anything secret).
+#[inline]
+pub fn fast_random() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(rand::random::<u64>() | 1);
+    }
+    STATE.with(|s| {
+        // xorshift64*
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    })
+}
+
+/// Power of two choices over outstanding requests, skipping ejected endpoints
+/// (when every endpoint is ejected, all are candidates again: better to try
+/// than to fail every request). `exclude` is an endpoint already tried.
+pub fn pick<'a>(
+    endpoints: &'a [std::sync::Arc<Endpoint>],
+    exclude: Option<&Endpoint>,
+) -> Option<&'a std::sync::Arc<Endpoint>> {
+    let usable = |e: &Endpoint| !e.is_ejected() && !exclude.is_some_and(|x| std::ptr::eq(x, e));
+    match endpoints.len() {
+        0 => None,
+        1 => {
+            let only = &endpoints[0];
+            (exclude.is_none_or(|x| !std::ptr::eq(x, only.as_ref()))).then_some(only)
+        }
+        n => {
+            let r = fast_random();
+            let a = (r as usize) % n;
+            let b = (a + 1 + ((r >> 32) as usize) % (n - 1)) % n;
+            let (ea, eb) = (&endpoints[a], &endpoints[b]);
+            match (usable(ea), usable(eb)) {
+                (true, true) => Some(if eb.outstanding() < ea.outstanding() {
+                    eb
+                } else {
+                    ea
+                }),
+                (true, false) => Some(ea),
+                (false, true) => Some(eb),
+                (false, false) => endpoints
+                    .iter()
+                    .cycle()
+                    .skip(a)
+                    .take(n)
+                    .find(|e| usable(e))
+                    .or_else(|| {
+                        endpoints
+                            .iter()
+                            .find(|e| !exclude.is_some_and(|x| std::ptr::eq(x, e.as_ref())))
+                    }),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn eps(n: u16) -> Vec<Arc<Endpoint>> {
+        (0..n)
+            .map(|i| Arc::new(Endpoint::new(SocketAddr::from(([127, 0, 0, 1], 1000 + i)))))
+            .collect()
+    }
+
+    #[test]
+    fn pick_spreads_and_prefers_fewer_outstanding() {
+        let e = eps(3);
+        for _ in 0..5 {
+            e[0].begin_request();
+        }
+        let mut counts = [0; 3];
+        for _ in 0..3000 {
+            let p = pick(&e, None).unwrap();
+            counts[e.iter().position(|x| Arc::ptr_eq(x, p)).unwrap()] += 1;
+        }
+        assert!(counts[1] > 900 && counts[2] > 900, "{counts:?}");
+        assert!(counts[0] < counts[1] && counts[0] < counts[2], "{counts:?}");
+    }
+
+    #[test]
+    fn pick_skips_ejected_and_excluded() {
+        let e = eps(3);
+        let cfg = UpstreamConfig {
+            eject_after_failures: 1,
+            ..UpstreamConfig::default()
+        };
+        e[1].connect_failed(&cfg);
+        assert!(e[1].is_ejected());
+        for _ in 0..200 {
+            let p = pick(&e, Some(&e[0])).unwrap();
+            assert!(Arc::ptr_eq(p, &e[2]));
+        }
+        let single = eps(1);
+        assert!(pick(&single, Some(&single[0])).is_none());
+        assert!(pick(&[], None).is_none());
+    }
+
+    #[test]
+    fn ejection_backs_off_and_success_clears_it() {
+        let e = Endpoint::new(SocketAddr::from(([127, 0, 0, 1], 1)));
+        let cfg = UpstreamConfig::default();
+        e.connect_failed(&cfg);
+        e.connect_failed(&cfg);
+        assert!(!e.is_ejected());
+        e.connect_failed(&cfg);
+        let first = e.ejected_for_ms().unwrap();
+        assert!(first > 4_000 && first <= 5_000, "{first}");
+        for _ in 0..3 {
+            e.connect_failed(&cfg);
+        }
+        assert!(e.ejected_for_ms().unwrap() > 9_000);
+        e.connect_succeeded();
+        assert!(!e.is_ejected());
+    }
+}

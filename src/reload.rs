@@ -1,0 +1,68 @@
+//! Control path: config hot reload, on SIGHUP and when the file changes.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::control::Control;
+use crate::control::status::ReloadStatus;
+
+/// Something that re-reads the config and applies it.
+pub trait Reload: Send + Sync + 'static {
+    fn reload<'a>(&'a self, trigger: &'a str) -> crate::discovery::BoxFuture<'a, ReloadStatus>;
+}
+
+/// Reads `path` again and hands the result to the control plane (which keeps
+/// the running config when it is invalid).
+pub async fn reload_file(control: &Control, path: &Path, trigger: &str) -> ReloadStatus {
+    let running = control.config();
+    let loaded = Config::load(path).map(|mut c| {
+        // The default state path follows the config file; keep the running one.
+        if c.state_path != running.state_path {
+            c.state_path = running.state_path.clone();
+        }
+        c
+    });
+    control.reload(loaded, trigger).await
+}
+
+/// What a file looked like, to notice changes.
+fn fingerprint(path: &Path) -> Option<u64> {
+    std::fs::read(path)
+        .ok()
+        .map(|bytes| xxhash_rust::xxh3::xxh3_64(&bytes))
+}
+
+/// Polls the config file and reloads when its content changes.
+pub async fn watch_file(reloader: Arc<dyn Reload>, path: PathBuf, every: Duration) {
+    let mut last = fingerprint(&path);
+    loop {
+        tokio::time::sleep(every).await;
+        let now = fingerprint(&path);
+        if now.is_some() && now != last {
+            last = now;
+            reloader.reload("file-change").await;
+        }
+    }
+}
+
+/// Reloads on every SIGHUP.
+pub async fn on_sighup(reloader: Arc<dyn Reload>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload by editing the file or POST /reload");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            reloader.reload("sighup").await;
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = reloader;
+        std::future::pending::<()>().await;
+    }
+}

@@ -1,0 +1,118 @@
+//! The default store: a JSON state file beside the config file, written
+//! atomically (temp file, fsync, rename, fsync of the directory).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::{Store, StoreError, WeightsDoc};
+use crate::discovery::BoxFuture;
+
+/// Keeps the weights document in one file on local disk.
+pub struct FileStore {
+    path: PathBuf,
+}
+
+impl FileStore {
+    pub fn new(path: impl Into<PathBuf>) -> FileStore {
+        FileStore { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn error(&self, reason: impl std::fmt::Display) -> StoreError {
+        StoreError::File {
+            path: self.path.display().to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn load_sync(&self) -> Result<Option<WeightsDoc>, StoreError> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.error(format!("cannot read it: {e}"))),
+        };
+        serde_json::from_str(&text).map(Some).map_err(|e| {
+            self.error(format!(
+                "it is not a valid weights document ({e}); fix it, or delete it to start from the config file's weights"
+            ))
+        })
+    }
+
+    fn save_sync(&self, doc: &WeightsDoc) -> Result<(), StoreError> {
+        let json = serde_json::to_vec_pretty(doc).map_err(|e| self.error(e))?;
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "state.json".into());
+        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(&json)?;
+            file.write_all(b"\n")?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &self.path)?;
+            // Make the rename itself durable.
+            if let Ok(d) = std::fs::File::open(&dir) {
+                let _ = d.sync_all();
+            }
+            Ok(())
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            self.error(format!("cannot write it: {e}"))
+        })
+    }
+}
+
+impl Store for FileStore {
+    fn load(&self) -> BoxFuture<'_, Result<Option<WeightsDoc>, StoreError>> {
+        Box::pin(async move { self.load_sync() })
+    }
+
+    fn save<'a>(&'a self, doc: &'a WeightsDoc) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move { self.save_sync(doc) })
+    }
+
+    fn shared(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc() -> WeightsDoc {
+        WeightsDoc {
+            stable: "v1".into(),
+            weights: [("v1".to_string(), 95), ("v2".to_string(), 5)].into(),
+            generation: 3,
+            updated_at_ms: 1,
+            source: "admin".into(),
+            config_weights: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn round_trips_and_reports_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path().join("gw.state.json"));
+        assert_eq!(store.load().await.unwrap(), None);
+        store.save(&doc()).await.unwrap();
+        assert_eq!(store.load().await.unwrap(), Some(doc()));
+        std::fs::write(store.path(), "{not json").unwrap();
+        let err = store.load().await.unwrap_err().to_string();
+        assert!(
+            err.contains("gw.state.json") && err.contains("delete it"),
+            "{err}"
+        );
+    }
+}
