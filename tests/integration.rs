@@ -1,0 +1,11 @@
+//! Integration tests: real gateways and upstreams on 127.0.0.1:0, real HTTP.
+//! One test binary (faster to link); each area in its own module.
+
+#[path = "integration/support.rs"]
+mod support;
+
+#[path = "integration/proxy.rs"]
+mod proxy;
+
+#[path = "integration/admin.rs"]
+mod admin;

@@ -1,0 +1,1 @@
+//! Control-plane behaviour over real sockets.
