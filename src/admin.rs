@@ -218,3 +218,6 @@ pub async fn serve(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

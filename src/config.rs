@@ -668,3 +668,6 @@ pub fn check_total(total: u64) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -47,22 +47,28 @@ pub async fn watch_file(reloader: Arc<dyn Reload>, path: PathBuf, every: Duratio
     }
 }
 
-/// Reloads on every SIGHUP.
-pub async fn on_sighup(reloader: Arc<dyn Reload>) {
+/// Reloads on every SIGHUP. The handler is installed before this returns (a
+/// SIGHUP that arrived before it would otherwise end the process); the
+/// returned future does the reloading.
+pub fn on_sighup(reloader: Arc<dyn Reload>) -> impl std::future::Future<Output = ()> + Send {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP; reload by editing the file or POST /reload");
-            return;
-        };
-        while hup.recv().await.is_some() {
-            reloader.reload("sighup").await;
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    async move {
+        #[cfg(unix)]
+        match hup {
+            Ok(mut hup) => {
+                while hup.recv().await.is_some() {
+                    reloader.reload("sighup").await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload by editing the file or POST /reload");
+            }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = reloader;
-        std::future::pending::<()>().await;
+        #[cfg(not(unix))]
+        {
+            let _ = reloader;
+            std::future::pending::<()>().await;
+        }
     }
 }

@@ -9,3 +9,6 @@ mod proxy;
 
 #[path = "integration/admin.rs"]
 mod admin;
+
+#[path = "integration/lifecycle.rs"]
+mod lifecycle;

@@ -424,3 +424,148 @@ pub async fn admin(
     }
     send(addr, method, path, &headers, body.to_string()).await
 }
+
+// ---- Data-path test helpers (tests/integration/proxy.rs) ----
+
+/// Like [`config`], but each version may list several endpoints (or none is
+/// not allowed by the config: give at least one).
+pub fn config_endpoints(split_extra: &str, versions: &[(&str, u32, Vec<SocketAddr>)]) -> String {
+    let mut text = format!(
+        "[listener]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n[split]\nstable = \"{}\"\n{split_extra}\n",
+        versions[0].0
+    );
+    for (name, weight, addrs) in versions {
+        let list: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
+        text.push_str(&format!(
+            "\n[[versions]]\nname = \"{name}\"\nweight = {weight}\nendpoints = [{}]\n",
+            list.join(", ")
+        ));
+    }
+    text
+}
+
+/// Counts which upstream answered `n` GETs of `/`, sent over `conns`
+/// keep-alive connections at once.
+pub async fn split_counts_concurrent(
+    addr: SocketAddr,
+    n: usize,
+    conns: usize,
+    headers: &[(&str, &str)],
+) -> std::collections::BTreeMap<String, usize> {
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let share = n / conns + usize::from(c < n % conns);
+        let headers = headers.clone();
+        tasks.push(tokio::spawn(async move {
+            let h: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            split_counts(addr, share, &h).await
+        }));
+    }
+    let mut total = std::collections::BTreeMap::new();
+    for t in tasks {
+        for (k, v) in t.await.unwrap() {
+            *total.entry(k).or_insert(0) += v;
+        }
+    }
+    total
+}
+
+/// An address nothing listens on (a port bound, then released).
+pub async fn dead_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// A raw HTTP/1.1 upstream for requests without bodies: it answers each
+/// request with 200, the extra header lines `extra_headers` (each ending in
+/// `\r\n`) and the request head exactly as received as its body.
+pub struct EchoHeadUpstream {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for EchoHeadUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl EchoHeadUpstream {
+    pub async fn start(extra_headers: &'static str) -> EchoHeadUpstream {
+        use tokio::io::AsyncWriteExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let Some(head) = read_head(&mut stream, &mut buf).await else {
+                            return;
+                        };
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n{extra_headers}\r\n",
+                            head.len()
+                        );
+                        if stream.write_all(resp.as_bytes()).await.is_err()
+                            || stream.write_all(head.as_bytes()).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        EchoHeadUpstream { addr, task }
+    }
+}
+
+/// Reads one message head (through the blank line) from `stream`; `buf`
+/// keeps bytes read past it. `None` on EOF or error before a full head.
+pub async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head: Vec<u8> = buf.drain(..end + 4).collect();
+            return Some(String::from_utf8_lossy(&head).into_owned());
+        }
+        let mut chunk = [0u8; 8192];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Reads from `stream` until EOF (or a reset); `None` if `limit` passed first.
+pub async fn read_to_close(stream: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 8192];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(limit, read).await.ok()?;
+    Some(out)
+}
+
+/// The status code of a raw HTTP/1.x response (`HTTP/1.1 NNN ...`).
+pub fn raw_status(response: &[u8]) -> Option<u16> {
+    let text = std::str::from_utf8(response.get(..12)?).ok()?;
+    text.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
+}

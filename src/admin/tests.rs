@@ -1,0 +1,275 @@
+//! The admin API as a service, without a socket.
+
+use super::*;
+use crate::config::Config;
+use crate::store::file::FileStore;
+
+const CONFIG: &str = r#"
+[listener]
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:0"
+[split]
+stable = "v1"
+[[versions]]
+name = "v1"
+weight = 90
+endpoints = ["127.0.0.1:1"]
+[[versions]]
+name = "v2"
+weight = 10
+endpoints = ["127.0.0.1:2"]
+"#;
+
+struct Fixture {
+    admin: Admin,
+    _dir: tempfile::TempDir,
+    state: std::path::PathBuf,
+}
+
+async fn fixture(token: Option<&str>) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("gw.state.json");
+    let config = Config::parse(CONFIG, "test").unwrap();
+    let control = Control::start(config, Arc::new(FileStore::new(&state)), "file")
+        .await
+        .unwrap();
+    control.set_listening();
+    Fixture {
+        admin: Admin {
+            control,
+            token: token.map(String::from),
+            metrics: crate::telemetry::metrics_handle(),
+            reloader: None,
+        },
+        _dir: dir,
+        state,
+    }
+}
+
+async fn call(
+    f: &Fixture,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (StatusCode, serde_json::Value, http::HeaderMap) {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = f
+        .admin
+        .handle(req.body(Full::new(Bytes::from(body.to_string()))).unwrap())
+        .await;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::String(
+        String::from_utf8_lossy(&bytes).into_owned(),
+    ));
+    (status, json, headers)
+}
+
+#[tokio::test]
+async fn open_endpoints_need_no_token() {
+    let f = fixture(Some("t0k")).await;
+    assert_eq!(
+        call(&f, "GET", "/healthz", None, "").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(call(&f, "GET", "/readyz", None, "").await.0, StatusCode::OK);
+    assert_eq!(
+        call(&f, "GET", "/metrics", None, "").await.0,
+        StatusCode::OK
+    );
+    f.admin.control.start_draining();
+    assert_eq!(
+        call(&f, "GET", "/readyz", None, "").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+#[tokio::test]
+async fn token_is_required_and_a_wrong_one_changes_nothing() {
+    let f = fixture(Some("t0k")).await;
+    for token in [None, Some("wrong")] {
+        let (status, body, headers) =
+            call(&f, "PUT", "/weights", token, r#"{"weights":{"v2":50}}"#).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(headers.contains_key(header::WWW_AUTHENTICATE));
+        assert!(body["error"].is_string());
+    }
+    assert_eq!(f.admin.control.weights().weights["v2"], 10);
+    assert!(!f.state.exists(), "a refused change must not be saved");
+    let (status, body, _) = call(&f, "GET", "/weights", Some("t0k"), "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["weights"]["v1"], 90);
+    assert_eq!(body["stable"], "v1");
+    assert_eq!(body["generation"], 0);
+}
+
+#[tokio::test]
+async fn put_weights_changes_named_versions_and_saves() {
+    let f = fixture(Some("t")).await;
+    let (status, body, _) = call(&f, "PUT", "/weights", Some("t"), r#"{"weights":{"v2":5}}"#).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["weights"]["v2"], 5);
+    assert_eq!(
+        body["weights"]["v1"], 90,
+        "unnamed versions keep their weight"
+    );
+    assert_eq!(body["generation"], 1);
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&f.state).unwrap()).unwrap();
+    assert_eq!(saved["weights"]["v2"], 5);
+    let snap = f.admin.control.snapshot_cell().load_full();
+    assert_eq!(snap.versions[1].weight, 5);
+}
+
+#[tokio::test]
+async fn promote_and_rollback() {
+    let f = fixture(Some("t")).await;
+    let (status, body, _) = call(&f, "POST", "/promote", Some("t"), r#"{"version":"v2"}"#).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["stable"], "v2");
+    assert_eq!(body["weights"]["v1"], 0);
+    assert_eq!(body["weights"]["v2"], 100);
+    call(&f, "PUT", "/weights", Some("t"), r#"{"weights":{"v1":10}}"#).await;
+    let (status, body, _) = call(&f, "POST", "/rollback", Some("t"), "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["stable"], "v2");
+    assert_eq!(body["weights"]["v1"], 0);
+    assert_eq!(body["generation"], 3);
+}
+
+#[tokio::test]
+async fn bad_input_is_rejected_and_changes_nothing() {
+    let f = fixture(Some("t")).await;
+    let cases = [
+        (
+            "PUT",
+            "/weights",
+            r#"{"weights":{"v3":5}}"#,
+            StatusCode::BAD_REQUEST,
+            "unknown version",
+        ),
+        (
+            "PUT",
+            "/weights",
+            r#"{"weights":{"v2":-5}}"#,
+            StatusCode::BAD_REQUEST,
+            "negative",
+        ),
+        (
+            "PUT",
+            "/weights",
+            r#"{"weights":{"v2":1.5}}"#,
+            StatusCode::BAD_REQUEST,
+            "whole number",
+        ),
+        (
+            "PUT",
+            "/weights",
+            r#"{"weights":{"v2":"x"}}"#,
+            StatusCode::BAD_REQUEST,
+            "integer",
+        ),
+        (
+            "PUT",
+            "/weights",
+            r#"{"weights":{"v1":0,"v2":0}}"#,
+            StatusCode::BAD_REQUEST,
+            "sum to 0",
+        ),
+        (
+            "PUT",
+            "/weights",
+            r#"{"weights":{"v1":999999,"v2":2}}"#,
+            StatusCode::BAD_REQUEST,
+            "1000000",
+        ),
+        (
+            "PUT",
+            "/weights",
+            r#"{"weights":"#,
+            StatusCode::BAD_REQUEST,
+            "malformed JSON",
+        ),
+        ("PUT", "/weights", "", StatusCode::BAD_REQUEST, "empty"),
+        (
+            "POST",
+            "/promote",
+            r#"{"version":"v9"}"#,
+            StatusCode::BAD_REQUEST,
+            "unknown version",
+        ),
+        (
+            "POST",
+            "/promote",
+            r#"{}"#,
+            StatusCode::BAD_REQUEST,
+            "version",
+        ),
+        (
+            "DELETE",
+            "/weights",
+            "",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method",
+        ),
+        (
+            "GET",
+            "/promote",
+            "",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method",
+        ),
+        ("GET", "/nope", "", StatusCode::NOT_FOUND, "no such"),
+    ];
+    for (method, path, body, want, needle) in cases {
+        let (status, json, headers) = call(&f, method, path, Some("t"), body).await;
+        assert_eq!(status, want, "{method} {path} {body}: {json}");
+        let msg = json["error"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains(needle),
+            "{method} {path} {body}: `{msg}` lacks `{needle}`"
+        );
+        if want == StatusCode::METHOD_NOT_ALLOWED {
+            assert!(headers.contains_key(header::ALLOW));
+        }
+    }
+    let big = format!(
+        r#"{{"weights":{{"v2":1}},"pad":"{}"}}"#,
+        "x".repeat(70 * 1024)
+    );
+    assert_eq!(
+        call(&f, "PUT", "/weights", Some("t"), &big).await.0,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    let w = f.admin.control.weights();
+    assert_eq!(
+        (w.weights["v1"], w.weights["v2"], w.generation),
+        (90, 10, 0)
+    );
+    assert!(!f.state.exists());
+}
+
+#[tokio::test]
+async fn status_reports_versions_and_endpoints() {
+    let f = fixture(Some("t")).await;
+    let (status, body, _) = call(&f, "GET", "/status", Some("t"), "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["versions"][0]["name"], "v1");
+    assert_eq!(
+        body["versions"][0]["endpoints"][0]["address"],
+        "127.0.0.1:1"
+    );
+    assert_eq!(body["versions"][0]["endpoints"][0]["health"], "healthy");
+    assert_eq!(body["weights"]["generation"], 0);
+    assert!(body["uptime_seconds"].is_number());
+    assert_eq!(body["ready"], true);
+}

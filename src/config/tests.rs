@@ -1,0 +1,178 @@
+use super::*;
+
+const BASE: &str = r#"
+[listener]
+address = "0.0.0.0:9080"
+
+[split]
+stable = "v1"
+
+[[versions]]
+name = "v1"
+weight = 90
+endpoints = ["10.0.1.5:9000"]
+
+[[versions]]
+name = "v2"
+weight = 10
+endpoints = ["10.0.2.7:9000"]
+"#;
+
+fn err(text: &str) -> String {
+    Config::parse(text, "gw.toml").unwrap_err().to_string()
+}
+
+#[test]
+fn example_config_is_valid_and_documents_defaults() {
+    let text = include_str!("../../config/gateway.example.toml");
+    let c = Config::parse(text, "example").unwrap();
+    assert_eq!(c.versions.len(), 2);
+    assert_eq!(c.timeouts, Timeouts::default());
+    assert_eq!(c.upstream, UpstreamConfig::default());
+    assert_eq!(
+        c.split.sticky_header.as_ref().map(|h| h.as_str()),
+        Some("x-user-id")
+    );
+}
+
+#[test]
+fn defaults() {
+    let c = Config::parse(BASE, "gw.toml").unwrap();
+    assert_eq!(c.admin.address, "127.0.0.1:9901".parse().unwrap());
+    assert_eq!(c.timeouts.upstream_connect, Duration::from_secs(1));
+    assert_eq!(c.timeouts.upstream_response, Duration::from_secs(15));
+    assert_eq!(c.timeouts.idle, Duration::from_secs(75));
+    assert_eq!(c.timeouts.shutdown_grace, Duration::from_secs(25));
+    assert_eq!(c.store, StoreConfig::File);
+}
+
+#[test]
+fn rejects_bad_configs_naming_key_and_reason() {
+    let cases: Vec<(String, &[&str])> = vec![
+        (
+            BASE.replace("stable = \"v1\"", "stable = \"v9\""),
+            &["split.stable", "v9"],
+        ),
+        (
+            BASE.replace("weight = 10", "weight = -1"),
+            &["versions[1].weight", "negative"],
+        ),
+        (
+            BASE.replace("weight = 10", "weight = 2.5"),
+            &["versions[1].weight", "whole number"],
+        ),
+        (
+            BASE.replace("weight = 10", "weight = \"ten\""),
+            &["versions[1].weight"],
+        ),
+        (
+            BASE.replace("weight = 10", "weight = 0")
+                .replace("weight = 90", "weight = 0"),
+            &["sum to 0"],
+        ),
+        (
+            BASE.replace("weight = 10", "weight = 600000")
+                .replace("weight = 90", "weight = 600000"),
+            &["1000000"],
+        ),
+        (
+            BASE.replace("name = \"v2\"", "name = \"v1\""),
+            &["versions[1].name", "duplicate"],
+        ),
+        (
+            BASE.replace("endpoints = [\"10.0.2.7:9000\"]", ""),
+            &["versions[1].endpoints", "no endpoint source"],
+        ),
+        (
+            BASE.replace("10.0.2.7:9000", "not-an-address"),
+            &["versions[1].endpoints[0]", "not-an-address"],
+        ),
+        (
+            BASE.replace("[split]", "[split]\ncolour = \"red\""),
+            &["line", "colour"],
+        ),
+        (
+            BASE.replace("0.0.0.0:9080", "0.0.0.0"),
+            &["listener.address"],
+        ),
+        (
+            format!("{BASE}\n[timeouts]\nidle = \"soon\"\n"),
+            &["timeouts.idle", "soon"],
+        ),
+        (
+            BASE.replace("[split]", "[split]\nsticky_header = \"bad header\""),
+            &["split.sticky_header"],
+        ),
+        (
+            format!("{BASE}\n[store]\nkind = \"redis\"\n"),
+            &["store.kind", "redis"],
+        ),
+        (
+            format!("{BASE}\n[store]\nkind = \"cloudmap\"\n"),
+            &["store.service_id", "required"],
+        ),
+    ];
+    for (text, needles) in cases {
+        let e = err(&text);
+        assert!(e.starts_with("gw.toml"), "error must name the file: {e}");
+        for n in needles {
+            assert!(e.contains(n), "`{e}` should mention `{n}`");
+        }
+    }
+}
+
+#[test]
+fn at_most_ten_versions() {
+    let mut text = BASE.to_string();
+    for i in 3..=11 {
+        text.push_str(&format!(
+            "\n[[versions]]\nname = \"v{i}\"\nweight = 0\nendpoints = [\"10.0.0.{i}:80\"]\n"
+        ));
+    }
+    assert!(err(&text).contains("at most 10"));
+}
+
+#[test]
+fn syntax_errors_name_the_line() {
+    let e = err("[listener]\naddress = \n");
+    assert!(e.contains("gw.toml") && e.contains("line 2"), "{e}");
+}
+
+#[test]
+fn missing_file_is_an_error_not_a_panic() {
+    let e = Config::load(Path::new("/definitely/not/here.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("/definitely/not/here.toml") && e.contains("cannot read"),
+        "{e}"
+    );
+}
+
+#[test]
+fn state_path_defaults_beside_the_config() {
+    assert_eq!(
+        default_state_path(Path::new("/etc/canary/gateway.toml")),
+        PathBuf::from("/etc/canary/gateway.state.json")
+    );
+}
+
+#[test]
+fn cloudmap_versions_parse() {
+    let text = BASE.replace(
+        "endpoints = [\"10.0.2.7:9000\"]",
+        "cloudmap = { namespace = \"app.local\", service = \"svc1-v2\", health = \"ALL\", port = 8080, query = { stage = \"canary\" } }",
+    );
+    let c = Config::parse(&text, "gw.toml").unwrap();
+    match &c.versions[1].source {
+        EndpointSource::CloudMap(src) => {
+            assert_eq!(src.service, "svc1-v2");
+            assert_eq!(src.health, HealthFilter::All);
+            assert_eq!(src.port, Some(8080));
+            assert_eq!(src.query.get("stage").map(String::as_str), Some("canary"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let bad = text.replace("\"ALL\"", "\"SOME\"");
+    assert!(err(&bad).contains("versions[1].cloudmap.health"));
+}

@@ -1,0 +1,456 @@
+//! The real binary as an operator runs it: check, restarts, SIGTERM, SIGHUP,
+//! reloads under load, metrics.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_canary-gateway");
+const TOKEN: &str = "lifecycle-token";
+
+/// A gateway process.
+struct Proc {
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    #[allow(dead_code)]
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(dir: &Path, versions: &[(&str, u32, SocketAddr)], extra: &str) -> PathBuf {
+    let path = dir.join("gateway.toml");
+    let mut text = config(
+        "response_header = \"x-canary-version\"\noverride_header = \"x-canary-version\"",
+        versions,
+    );
+    text = text.replace("[admin]\n", "[admin]\ntoken_env = \"LIFECYCLE_TOKEN\"\n");
+    text.push_str(extra);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Starts the binary and waits for its "serving" log line.
+fn spawn(config: &Path) -> Result<Proc, String> {
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(config)
+        .env("LIFECYCLE_TOKEN", TOKEN)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("canary-gateway serving") {
+                    let _ = tx.send(Ok(line.clone()));
+                }
+                log.lock().unwrap().push(line);
+            }
+            let _ = tx.send(Err(()));
+        });
+    }
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(Ok(line)) => {
+            let field = |name: &str| -> SocketAddr {
+                let start = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
+                line[start..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            };
+            Ok(Proc {
+                addr: field("listener"),
+                admin: field("admin"),
+                child,
+                log,
+            })
+        }
+        _ => {
+            let status = child.wait().map_err(|e| e.to_string())?;
+            std::thread::sleep(Duration::from_millis(50));
+            Err(format!(
+                "exited with {status}: {}",
+                log.lock().unwrap().join("\n")
+            ))
+        }
+    }
+}
+
+fn signal(proc: &Proc, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &proc.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} failed");
+}
+
+async fn weights(admin_addr: SocketAddr) -> serde_json::Value {
+    let reply = admin(admin_addr, "GET", "/weights", Some(TOKEN), "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    serde_json::from_slice(&reply.body).unwrap()
+}
+
+#[test]
+fn check_validates_and_names_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.toml");
+    std::fs::write(
+        &path,
+        config(
+            "",
+            &[
+                ("v1", 90, "127.0.0.1:1".parse().unwrap()),
+                ("v2", 10, "127.0.0.1:2".parse().unwrap()),
+            ],
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.contains("ok"), "{stdout}");
+
+    std::fs::write(
+        &path,
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("weight = 10", "weight = -3"),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("gw.toml")
+            && stderr.contains("versions[1].weight")
+            && stderr.contains("negative"),
+        "{stderr}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["check", "--config", "/no/such/file.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/file.toml"));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
+
+#[tokio::test]
+async fn admin_decisions_survive_a_restart_and_config_edits_win() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &[("v1", 90, v1.addr), ("v2", 10, v2.addr)], "");
+
+    let gw = spawn(&path).unwrap();
+    let reply = admin(gw.admin, "POST", "/rollback", Some(TOKEN), "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    signal(&gw, "-TERM");
+    drop(gw);
+    assert!(dir.path().join("gateway.state.json").exists());
+
+    // The rolled-back canary takes no traffic after the restart.
+    let gw = spawn(&path).unwrap();
+    let w = weights(gw.admin).await;
+    assert_eq!(w["weights"]["v2"], 0, "{w}");
+    let counts = split_counts(gw.addr, 200, &[]).await;
+    assert_eq!(counts.get("v2"), None, "{counts:?}");
+    drop(gw);
+
+    // Editing the file's weights is a newer decision: it wins.
+    write_config(dir.path(), &[("v1", 70, v1.addr), ("v2", 30, v2.addr)], "");
+    let gw = spawn(&path).unwrap();
+    let w = weights(gw.admin).await;
+    assert_eq!(w["weights"]["v2"], 30, "{w}");
+}
+
+#[tokio::test]
+async fn a_corrupt_state_file_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &[("v1", 1, "127.0.0.1:1".parse().unwrap())], "");
+    std::fs::write(dir.path().join("gateway.state.json"), "{ nope").unwrap();
+    let err = spawn(&path).err().expect("must not start");
+    assert!(
+        err.contains("gateway.state.json") && err.contains("delete"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn refuses_an_open_admin_port_without_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &[("v1", 1, "127.0.0.1:1".parse().unwrap())], "");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "[admin]\ntoken_env = \"LIFECYCLE_TOKEN\"\naddress = \"127.0.0.1:0\"",
+        "[admin]\ntoken_env = \"UNSET_TOKEN_VAR\"\naddress = \"0.0.0.0:0\"",
+    );
+    assert!(text.contains("0.0.0.0:0"), "{text}");
+    std::fs::write(&path, text).unwrap();
+    let err = spawn(&path).err().expect("must not start");
+    assert!(err.contains("not loopback"), "{err}");
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests() {
+    let v1 = Upstream::start("v1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &[("v1", 1, v1.addr)], "");
+    let mut gw = spawn(&path).unwrap();
+    let addr = gw.addr;
+    let in_flight = tokio::spawn(async move { get(addr, "/sleep?ms=1500", &[]).await });
+    assert!(eventually(Duration::from_secs(5), async || v1.hits() == 1).await);
+    signal(&gw, "-TERM");
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            admin(gw.admin, "GET", "/readyz", None, "").await.status == 503
+        })
+        .await,
+        "readyz must fail while draining"
+    );
+    let reply = in_flight.await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "v1");
+    let status = tokio::task::spawn_blocking(move || gw.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn reloads_and_weight_changes_under_load_fail_no_request() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &[("v1", 90, v1.addr), ("v2", 10, v2.addr)], "");
+    let gw = spawn(&path).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, failed, addr) = (stop.clone(), ok.clone(), failed.clone(), gw.addr);
+        clients.push(tokio::spawn(async move {
+            let mut client = Client::connect(addr).await;
+            // Bounded: at most 200k requests per client, stopped by the flag long before.
+            for _ in 0..200_000 {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                match client.get("/", &[]).await {
+                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::SeqCst),
+                    _ => failed.fetch_add(1, Ordering::SeqCst),
+                };
+            }
+        }));
+    }
+    for i in 0..30u32 {
+        let canary = i % 20;
+        write_config(
+            dir.path(),
+            &[("v1", 100 - canary, v1.addr), ("v2", canary, v2.addr)],
+            "",
+        );
+        signal(&gw, "-HUP");
+        let reply = admin(
+            gw.admin,
+            "PUT",
+            "/weights",
+            Some(TOKEN),
+            &format!(r#"{{"weights":{{"v2":{}}}}}"#, i + 1),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let before = ok.load(Ordering::SeqCst);
+        assert!(
+            eventually(Duration::from_secs(5), async || ok.load(Ordering::SeqCst)
+                > before + 20)
+            .await
+        );
+    }
+    // The reloads were applied: the file's last weights are a decision newer than nothing.
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            let s = admin(gw.admin, "GET", "/status", Some(TOKEN), "").await;
+            s.text().contains("\"trigger\": \"sighup\"")
+        })
+        .await
+    );
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(failed.load(Ordering::SeqCst), 0, "failed requests");
+    assert!(ok.load(Ordering::SeqCst) > 1000);
+    assert!(v2.hits() > 0 && v1.hits() > 0);
+}
+
+#[tokio::test]
+async fn an_invalid_reload_keeps_the_running_config() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &[("v1", 50, v1.addr), ("v2", 50, v2.addr)], "");
+    let gw = spawn(&path).unwrap();
+    std::fs::write(
+        &path,
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("stable = \"v1\"", "stable = \"v7\""),
+    )
+    .unwrap();
+    signal(&gw, "-HUP");
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            let s = admin(gw.admin, "GET", "/status", Some(TOKEN), "").await;
+            let v: serde_json::Value = serde_json::from_slice(&s.body).unwrap();
+            v["last_reload"]["ok"] == false
+                && v["last_reload"]["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("split.stable")
+        })
+        .await
+    );
+    let counts = split_counts(gw.addr, 100, &[]).await;
+    let v2 = counts.get("v2").copied().unwrap_or(0);
+    assert!((45..=55).contains(&v2), "the old 50/50 split must stay: {counts:?}");
+    let metrics = admin(gw.admin, "GET", "/metrics", None, "").await.text();
+    assert!(
+        metric_value(&metrics, "canary_reloads_total", &[("result", "error")]) >= 1.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_match_the_requests_sent() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &[("v1", 90, v1.addr), ("v2", 10, v2.addr)], "");
+    let gw = spawn(&path).unwrap();
+    let mut client = Client::connect(gw.addr).await;
+    for _ in 0..7 {
+        assert_eq!(
+            client
+                .get("/", &[("x-canary-version", "v2")])
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+    }
+    for _ in 0..5 {
+        assert_eq!(
+            client
+                .get("/status/404", &[("x-canary-version", "v1")])
+                .await
+                .unwrap()
+                .status,
+            404
+        );
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            client
+                .get("/status/503", &[("x-canary-version", "v1")])
+                .await
+                .unwrap()
+                .status,
+            503
+        );
+    }
+    let text = admin(gw.admin, "GET", "/metrics", None, "").await.text();
+    let m = |name, labels: &[(&str, &str)]| metric_value(&text, name, labels);
+    assert_eq!(
+        m(
+            "canary_requests_total",
+            &[("version", "v2"), ("status", "2xx")]
+        ),
+        7.0,
+        "{text}"
+    );
+    assert_eq!(
+        m(
+            "canary_requests_total",
+            &[("version", "v1"), ("status", "4xx")]
+        ),
+        5.0
+    );
+    assert_eq!(
+        m(
+            "canary_requests_total",
+            &[("version", "v1"), ("status", "5xx")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        m(
+            "canary_request_duration_seconds_count",
+            &[("version", "v2")]
+        ),
+        7.0
+    );
+    assert_eq!(m("canary_version_weight", &[("version", "v2")]), 10.0);
+    assert_eq!(m("canary_endpoints", &[("version", "v1")]), 1.0);
+    assert_eq!(m("canary_generation", &[]), 0.0);
+    assert!(text.contains("canary_open_connections"));
+    assert!(text.contains("canary_in_flight_requests"));
+    assert!(
+        !text.contains("/status/404"),
+        "labels must never carry raw paths"
+    );
+}
+
+/// The value of one Prometheus sample whose labels include `labels`.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| label_text.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+            all.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
