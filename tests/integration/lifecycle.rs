@@ -346,7 +346,10 @@ async fn an_invalid_reload_keeps_the_running_config() {
     );
     let counts = split_counts(gw.addr, 100, &[]).await;
     let v2 = counts.get("v2").copied().unwrap_or(0);
-    assert!((45..=55).contains(&v2), "the old 50/50 split must stay: {counts:?}");
+    assert!(
+        (45..=55).contains(&v2),
+        "the old 50/50 split must stay: {counts:?}"
+    );
     let metrics = admin(gw.admin, "GET", "/metrics", None, "").await.text();
     assert!(
         metric_value(&metrics, "canary_reloads_total", &[("result", "error")]) >= 1.0,
