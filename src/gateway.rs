@@ -138,10 +138,10 @@ impl Pollers {
             keep
         });
         for (name, source) in wanted {
-            if !running.contains_key(&name) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = running.entry(name) {
                 let sink: Arc<dyn EndpointSink> = control.clone();
-                let task = spawner(name.clone(), source.clone(), sink);
-                running.insert(name, (source, task));
+                let task = spawner(slot.key().clone(), source.clone(), sink);
+                slot.insert((source, task));
             }
         }
     }

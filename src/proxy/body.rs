@@ -56,10 +56,10 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None)) || this.inner.is_end_stream() {
-            if let Some(tx) = this.sent.take() {
-                let _ = tx.send(());
-            }
+        if (matches!(polled, Poll::Ready(None)) || this.inner.is_end_stream())
+            && let Some(tx) = this.sent.take()
+        {
+            let _ = tx.send(());
         }
         polled
     }
