@@ -115,6 +115,7 @@ impl Admin {
                 };
             }
             "/metrics" => {
+                self.control.publish_gauges();
                 return text(
                     StatusCode::OK,
                     self.metrics.render(),

@@ -575,6 +575,12 @@ impl Control {
         Ok((message, restart_required))
     }
 
+    /// Refreshes the gauges that change without a snapshot swap (endpoint
+    /// health after ejections); called before every scrape.
+    pub fn publish_gauges(&self) {
+        publish_endpoint_gauges(&self.snapshot.load());
+    }
+
     /// Marks the listener as bound.
     pub fn set_listening(&self) {
         self.listening.store(true, Ordering::SeqCst);

@@ -34,9 +34,24 @@ fn fingerprint(path: &Path) -> Option<u64> {
         .map(|bytes| xxhash_rust::xxh3::xxh3_64(&bytes))
 }
 
-/// Polls the config file and reloads when its content changes.
-pub async fn watch_file(reloader: Arc<dyn Reload>, path: PathBuf, every: Duration) {
-    let mut last = fingerprint(&path);
+/// Polls the config file and reloads when its content changes. The content
+/// it compares against is read before this returns, so an edit made right
+/// after the start is noticed too.
+pub fn watch_file(
+    reloader: Arc<dyn Reload>,
+    path: PathBuf,
+    every: Duration,
+) -> impl std::future::Future<Output = ()> + Send {
+    let last = fingerprint(&path);
+    watch_from(reloader, path, every, last)
+}
+
+async fn watch_from(
+    reloader: Arc<dyn Reload>,
+    path: PathBuf,
+    every: Duration,
+    mut last: Option<u64>,
+) {
     loop {
         tokio::time::sleep(every).await;
         let now = fingerprint(&path);

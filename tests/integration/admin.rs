@@ -1,1 +1,175 @@
 //! Control-plane behaviour over real sockets.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+const TOKEN: &str = "admin-test-token";
+
+/// A gateway whose admin token is read from a file.
+async fn gateway(versions: &[(&str, u32, std::net::SocketAddr)]) -> (Gateway, tempfile::TempDir) {
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let text = config("response_header = \"x-canary-version\"", versions).replace(
+        "[admin]\n",
+        &format!("[admin]\ntoken_file = \"{}\"\n", token_file.display()),
+    );
+    (Gateway::start(&text).await, secrets)
+}
+
+#[tokio::test]
+async fn weight_changes_steer_traffic_and_need_the_token() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let (gw, _secrets) = gateway(&[("v1", 90, v1.addr), ("v2", 10, v2.addr)]).await;
+
+    let denied = admin(
+        gw.admin,
+        "PUT",
+        "/weights",
+        Some("nope"),
+        r#"{"weights":{"v2":100}}"#,
+    )
+    .await;
+    assert_eq!(denied.status, 401);
+    assert!(denied.header("www-authenticate").is_some());
+    let denied = admin(gw.admin, "GET", "/status", None, "").await;
+    assert_eq!(denied.status, 401);
+
+    let ok = admin(
+        gw.admin,
+        "PUT",
+        "/weights",
+        Some(TOKEN),
+        r#"{"weights":{"v1":0,"v2":100}}"#,
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let counts = split_counts(gw.addr, 50, &[]).await;
+    assert_eq!(counts.get("v2"), Some(&50), "{counts:?}");
+
+    let ok = admin(gw.admin, "POST", "/rollback", Some(TOKEN), "").await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let counts = split_counts(gw.addr, 50, &[]).await;
+    assert_eq!(counts.get("v1"), Some(&50), "{counts:?}");
+
+    let ok = admin(
+        gw.admin,
+        "POST",
+        "/promote",
+        Some(TOKEN),
+        r#"{"version":"v2"}"#,
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let w: serde_json::Value = serde_json::from_slice(&ok.body).unwrap();
+    assert_eq!(w["stable"], "v2");
+    assert_eq!(w["generation"], 3);
+    let counts = split_counts(gw.addr, 50, &[]).await;
+    assert_eq!(counts.get("v2"), Some(&50), "{counts:?}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_admin_input_over_the_wire_changes_nothing() {
+    let v1 = Upstream::start("v1").await;
+    let (gw, _secrets) = gateway(&[("v1", 1, v1.addr)]).await;
+    for (method, path, body, status) in [
+        ("PUT", "/weights", "{oops", 400),
+        ("PUT", "/weights", r#"{"weights":{"v1":0}}"#, 400),
+        ("PUT", "/weights", r#"{"weights":{"v2":3}}"#, 400),
+        ("PATCH", "/weights", "", 405),
+    ] {
+        let reply = admin(gw.admin, method, path, Some(TOKEN), body).await;
+        assert_eq!(
+            reply.status,
+            status,
+            "{method} {path} {body}: {}",
+            reply.text()
+        );
+        let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert!(json["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+    let huge = "x".repeat(100 * 1024);
+    assert_eq!(
+        admin(gw.admin, "PUT", "/weights", Some(TOKEN), &huge)
+            .await
+            .status,
+        413
+    );
+    let w: serde_json::Value = serde_json::from_slice(
+        &admin(gw.admin, "GET", "/weights", Some(TOKEN), "")
+            .await
+            .body,
+    )
+    .unwrap();
+    assert_eq!(w["generation"], 0);
+    assert_eq!(w["weights"]["v1"], 1);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_config_file_edit_is_picked_up_without_a_signal() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let (gw, _secrets) = gateway(&[("v1", 100, v1.addr), ("v2", 0, v2.addr)]).await;
+    let path = gw.config_path();
+    let original = std::fs::read_to_string(&path).unwrap();
+    let edited = original.replace("weight = 100", "weight = 0").replace(
+        &format!("weight = 0\nendpoints = [\"{}", v2.addr),
+        &format!("weight = 1\nendpoints = [\"{}", v2.addr),
+    );
+    assert_ne!(edited, std::fs::read_to_string(&path).unwrap());
+    std::fs::write(&path, edited).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            let w: serde_json::Value = serde_json::from_slice(
+                &admin(gw.admin, "GET", "/weights", Some(TOKEN), "")
+                    .await
+                    .body,
+            )
+            .unwrap();
+            w["weights"]["v2"] == 1 && w["weights"]["v1"] == 0
+        })
+        .await,
+        "the edit was not applied: {}",
+        admin(gw.admin, "GET", "/status", Some(TOKEN), "")
+            .await
+            .text()
+    );
+    let counts = split_counts(gw.addr, 20, &[]).await;
+    assert_eq!(counts.get("v2"), Some(&20), "{counts:?}");
+    let status: serde_json::Value = serde_json::from_slice(
+        &admin(gw.admin, "GET", "/status", Some(TOKEN), "")
+            .await
+            .body,
+    )
+    .unwrap();
+    assert_eq!(status["last_reload"]["trigger"], "file-change");
+    assert_eq!(status["last_reload"]["ok"], true);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn restart_only_settings_are_reported_not_applied() {
+    let v1 = Upstream::start("v1").await;
+    let (gw, _secrets) = gateway(&[("v1", 1, v1.addr)]).await;
+    let path = gw.config_path();
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("[runtime]", "");
+    std::fs::write(&path, format!("{text}\n[runtime]\nworker_threads = 3\n")).unwrap();
+    let reply = admin(gw.admin, "POST", "/reload", Some(TOKEN), "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let status: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(
+        status["restart_required"][0], "runtime.worker_threads",
+        "{status}"
+    );
+    assert_eq!(
+        gw.running.as_ref().unwrap().control.config().worker_threads,
+        None
+    );
+    gw.shutdown().await;
+}
