@@ -1,9 +1,139 @@
-//! AWS integration (placeholder until the Cloud Map / App Mesh modules land).
+//! Control path: the AWS side of the gateway.
+//!
+//! [`sdk_config`] builds the shared SDK configuration; [`cloudmap`] discovers
+//! endpoints, [`cloudmap_store`] keeps the weights document in a Cloud Map
+//! service, [`appmesh`] mirrors the weights onto an App Mesh route.
 
-use crate::config::Config;
-use crate::gateway::Dependencies;
+pub mod appmesh;
+pub mod backoff;
+pub mod cloudmap;
+pub mod cloudmap_store;
+pub mod errors;
+pub mod prefix;
 
-/// Builds the AWS-backed dependencies the config asks for.
-pub async fn fill_dependencies(_config: &Config, _deps: &mut Dependencies) -> Result<(), String> {
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_smithy_http_client::tls;
+use aws_smithy_types::timeout::TimeoutConfig;
+
+/// Connect timeout for every AWS call.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Time limit for one attempt of an AWS call (the SDK retries after it).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time limit for an AWS call including its retries.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The SDK configuration shared by every AWS client of the gateway.
+///
+/// * HTTP: an HTTPS client (rustls with ring; plain `http://` endpoints work too).
+/// * Region: `region`, or the standard chain (`AWS_REGION`, profile, IMDS).
+/// * Endpoint: `endpoint_url`, or the standard settings (`AWS_ENDPOINT_URL`,
+///   `AWS_ENDPOINT_URL_<SERVICE>`, profile), or the AWS default.
+/// * Credentials: the standard chain (env, profile, web identity, ECS, IMDS),
+///   resolved lazily on the first call.
+/// * Timeouts: 3 s connect, 5 s per attempt, 20 s per call.
+pub async fn sdk_config(region: Option<&str>, endpoint_url: Option<&str>) -> SdkConfig {
+    let http_client = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+        .operation_timeout(OPERATION_TIMEOUT)
+        .build();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http_client)
+        .timeout_config(timeouts);
+    if let Some(region) = region {
+        loader = loader.region(Region::new(region.to_owned()));
+    }
+    if let Some(url) = endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    loader.load().await
+}
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::config::{Config, EndpointSource, StoreConfig};
+use crate::discovery::{BoxFuture, Discover};
+use crate::gateway::{Dependencies, RouteSync as RouteSyncDep};
+
+/// The App Mesh route as the gateway's route-sync dependency.
+struct MeshRoute(appmesh::RouteSync);
+
+impl RouteSyncDep for MeshRoute {
+    fn sync<'a>(
+        &'a self,
+        weights: &'a BTreeMap<String, u32>,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, u32>, String>> {
+        Box::pin(async move {
+            self.0.sync(weights).await.map_err(|e| e.to_string())?;
+            let mapped: BTreeMap<String, u32> = weights
+                .iter()
+                .filter(|(v, _)| self.0.config().virtual_nodes.contains_key(*v))
+                .map(|(v, w)| (v.clone(), *w))
+                .collect();
+            Ok(appmesh::scale_to_percent(&mapped))
+        })
+    }
+}
+
+/// Builds the AWS-backed dependencies the config asks for (Cloud Map
+/// discovery, the Cloud Map weight store, App Mesh route sync) unless the
+/// caller injected them already.
+pub async fn fill_dependencies(config: &Config, deps: &mut Dependencies) -> Result<(), String> {
+    let wants_discovery = deps.discovery.is_none()
+        && config
+            .versions
+            .iter()
+            .any(|v| matches!(v.source, EndpointSource::CloudMap(_)));
+    let wants_store = deps.store.is_none() && matches!(config.store, StoreConfig::CloudMap { .. });
+    let wants_mesh = deps.route_sync.is_none() && config.appmesh.is_some();
+    if !(wants_discovery || wants_store || wants_mesh) {
+        return Ok(());
+    }
+    let sdk = sdk_config(
+        config.aws.region.as_deref(),
+        config.aws.endpoint_url.as_deref(),
+    )
+    .await;
+    if sdk.region().is_none() {
+        return Err("no AWS region: set [aws] region or AWS_REGION".into());
+    }
+    if wants_discovery {
+        let discover: Arc<dyn Discover> = Arc::new(cloudmap::CloudMapDiscover::new(&sdk));
+        deps.discovery = Some(Arc::new(move |version, source, sink| {
+            tokio::spawn(cloudmap::poll(
+                version,
+                source,
+                discover.clone(),
+                sink,
+                cloudmap::PollTiming::default(),
+            ))
+        }));
+    }
+    if wants_store && let StoreConfig::CloudMap { service_id, .. } = &config.store {
+        deps.store = Some(Arc::new(cloudmap_store::CloudMapStore::new(
+            &sdk,
+            service_id.clone(),
+        )));
+    }
+    if wants_mesh && let Some(mesh) = &config.appmesh {
+        let route = appmesh::RouteSync::new(
+            &sdk,
+            appmesh::RouteSyncConfig {
+                mesh: mesh.mesh.clone(),
+                virtual_router: mesh.virtual_router.clone(),
+                route: mesh.route.clone(),
+                virtual_nodes: mesh.virtual_nodes.clone(),
+            },
+        );
+        deps.route_sync = Some(Arc::new(MeshRoute(route)));
+    }
     Ok(())
 }

@@ -1,0 +1,306 @@
+//! Control path: mirrors the gateway's weights onto an App Mesh route, for
+//! meshes that still route some traffic through App Mesh during the migration.
+
+pub mod scale;
+pub mod targets;
+
+pub use scale::scale_to_percent;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+use aws_sdk_appmesh::Client;
+use aws_sdk_appmesh::types::RouteSpec;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+
+use crate::aws::backoff::Backoff;
+use crate::aws::errors::{self, ErrorClass};
+use crate::metrics;
+
+/// Attempts of one sync before giving up on conflicts or throttling.
+const MAX_ATTEMPTS: u32 = 4;
+/// First delay between attempts; it doubles.
+const RETRY_INITIAL: Duration = Duration::from_millis(200);
+/// Upper bound of the delay between attempts.
+const RETRY_MAX: Duration = Duration::from_secs(3);
+
+/// Why a route sync failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AppMeshError {
+    /// An App Mesh call failed with an error that retrying does not fix.
+    #[error("App Mesh {operation} failed: {message}")]
+    Aws {
+        operation: &'static str,
+        message: String,
+    },
+    /// Conflicts or throttling on every attempt.
+    #[error("App Mesh route sync gave up after {attempts} attempts: {message}")]
+    GaveUp { attempts: u32, message: String },
+    /// No version mapped to a virtual node has a non-zero weight: the route
+    /// would send traffic nowhere, so it is left as it is.
+    #[error("no version mapped to a virtual node has a non-zero weight")]
+    NoWeight,
+    /// The route has no action with weighted targets.
+    #[error("the route has no action with weighted targets")]
+    NoWeightedTargets,
+    /// DescribeRoute returned no route spec.
+    #[error("DescribeRoute returned no route spec")]
+    NoSpec,
+    /// A value App Mesh does not accept.
+    #[error("invalid route: {0}")]
+    Invalid(String),
+}
+
+/// Which route to keep in step with the gateway's weights.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSyncConfig {
+    /// The mesh name.
+    pub mesh: String,
+    /// The virtual router that holds the route.
+    pub virtual_router: String,
+    /// The route name.
+    pub route: String,
+    /// Gateway version name -> App Mesh virtual node name. Versions not listed
+    /// are ignored; the mapped versions' weights are scaled to 100.
+    pub virtual_nodes: BTreeMap<String, String>,
+}
+
+/// Keeps an App Mesh route's weighted targets in step with the gateway's weights.
+#[derive(Debug, Clone)]
+pub struct RouteSync {
+    /// The App Mesh client.
+    client: Client,
+    /// The route and the version mapping.
+    config: RouteSyncConfig,
+}
+
+/// How one attempt failed.
+enum AttemptError {
+    /// Worth another attempt (conflict, throttling, timeout).
+    Retry(String),
+    /// Final.
+    Fatal(AppMeshError),
+}
+
+impl RouteSync {
+    /// A sync for `config` with an App Mesh client for `sdk_config`.
+    pub fn new(sdk_config: &SdkConfig, config: RouteSyncConfig) -> Self {
+        Self::from_client(Client::new(sdk_config), config)
+    }
+
+    /// A sync using a client built by the caller.
+    pub fn from_client(client: Client, config: RouteSyncConfig) -> Self {
+        RouteSync { client, config }
+    }
+
+    /// The route and the version mapping.
+    pub fn config(&self) -> &RouteSyncConfig {
+        &self.config
+    }
+
+    /// Sets the route's weights from `weights` (version -> gateway weight):
+    /// DescribeRoute, rewrite the weighted targets (see
+    /// [`targets::apply_weights`]) with the mapped versions' weights scaled by
+    /// [`scale_to_percent`], then UpdateRoute with the whole spec (skipped when
+    /// nothing changes). Conflicts and throttling are retried with back-off a
+    /// few times. Counted in [`metrics::APPMESH_SYNCS_TOTAL`].
+    pub async fn sync(&self, weights: &BTreeMap<String, u32>) -> Result<(), AppMeshError> {
+        let result = self.sync_with_retries(weights).await;
+        let label = if result.is_ok() { "ok" } else { "error" };
+        ::metrics::counter!(metrics::APPMESH_SYNCS_TOTAL, "result" => label).increment(1);
+        match &result {
+            Ok(()) => tracing::info!(route = %self.config.route, ?weights, "App Mesh route synced"),
+            Err(error) => {
+                tracing::warn!(route = %self.config.route, %error, "App Mesh route sync failed")
+            }
+        }
+        result
+    }
+
+    /// The weight of each mapped virtual node, in percent.
+    pub fn percent_by_node(&self, weights: &BTreeMap<String, u32>) -> BTreeMap<String, u32> {
+        let mapped: BTreeMap<String, u32> = self
+            .config
+            .virtual_nodes
+            .keys()
+            .map(|version| (version.clone(), weights.get(version).copied().unwrap_or(0)))
+            .collect();
+        let mut by_node: BTreeMap<String, u32> = BTreeMap::new();
+        for (version, percent) in scale_to_percent(&mapped) {
+            if let Some(node) = self.config.virtual_nodes.get(&version) {
+                *by_node.entry(node.clone()).or_default() += percent;
+            }
+        }
+        by_node
+    }
+
+    async fn sync_with_retries(&self, weights: &BTreeMap<String, u32>) -> Result<(), AppMeshError> {
+        let percent = self.percent_by_node(weights);
+        if percent.values().all(|&p| p == 0) {
+            return Err(AppMeshError::NoWeight);
+        }
+        let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
+        let mut attempt = 1;
+        loop {
+            match self.attempt(&percent).await {
+                Ok(()) => return Ok(()),
+                Err(AttemptError::Fatal(error)) => return Err(error),
+                Err(AttemptError::Retry(message)) if attempt >= MAX_ATTEMPTS => {
+                    return Err(AppMeshError::GaveUp {
+                        attempts: attempt,
+                        message,
+                    });
+                }
+                Err(AttemptError::Retry(message)) => {
+                    let delay = backoff.next_delay();
+                    tracing::debug!(attempt, %message, ?delay, "retrying App Mesh route sync");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// One DescribeRoute + UpdateRoute round.
+    async fn attempt(&self, percent_by_node: &BTreeMap<String, u32>) -> Result<(), AttemptError> {
+        let mut spec = self.describe().await?;
+        let changed =
+            targets::apply_weights(&mut spec, percent_by_node).map_err(AttemptError::Fatal)?;
+        if !changed {
+            return Ok(());
+        }
+        self.client
+            .update_route()
+            .mesh_name(&self.config.mesh)
+            .virtual_router_name(&self.config.virtual_router)
+            .route_name(&self.config.route)
+            .spec(spec)
+            .send()
+            .await
+            .map_err(|e| attempt_error("UpdateRoute", &e))?;
+        Ok(())
+    }
+
+    /// The route's current spec.
+    async fn describe(&self) -> Result<RouteSpec, AttemptError> {
+        let out = self
+            .client
+            .describe_route()
+            .mesh_name(&self.config.mesh)
+            .virtual_router_name(&self.config.virtual_router)
+            .route_name(&self.config.route)
+            .send()
+            .await
+            .map_err(|e| attempt_error("DescribeRoute", &e))?;
+        out.route()
+            .and_then(|r| r.spec.clone())
+            .ok_or(AttemptError::Fatal(AppMeshError::NoSpec))
+    }
+}
+
+/// Classifies an SDK error: conflicts, throttling and timeouts are retried.
+fn attempt_error<E>(operation: &'static str, err: &SdkError<E, HttpResponse>) -> AttemptError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let message = format!("{operation}: {}", errors::describe(err));
+    let conflict = errors::error_code(err) == Some("ConflictException");
+    match errors::classify(err) {
+        ErrorClass::Throttled | ErrorClass::Timeout => AttemptError::Retry(message),
+        ErrorClass::Other if conflict => AttemptError::Retry(message),
+        ErrorClass::Other => AttemptError::Fatal(AppMeshError::Aws {
+            operation,
+            message: errors::describe(err),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_appmesh::operation::update_route::UpdateRouteError;
+    use aws_smithy_runtime_api::http::StatusCode;
+    use aws_smithy_types::body::SdkBody;
+    use aws_smithy_types::error::ErrorMetadata;
+
+    use super::*;
+
+    fn service(code: &str, status: u16) -> SdkError<UpdateRouteError, HttpResponse> {
+        let err = UpdateRouteError::generic(ErrorMetadata::builder().code(code).build());
+        let raw = HttpResponse::new(StatusCode::try_from(status).unwrap(), SdkBody::empty());
+        SdkError::service_error(err, raw)
+    }
+
+    #[test]
+    fn conflicts_throttling_and_timeouts_are_retried() {
+        for (code, status) in [
+            ("ConflictException", 409),
+            ("TooManyRequestsException", 429),
+            ("TooManyRequestsException", 400),
+        ] {
+            assert!(
+                matches!(
+                    attempt_error("UpdateRoute", &service(code, status)),
+                    AttemptError::Retry(_)
+                ),
+                "{code}"
+            );
+        }
+        let timeout: SdkError<UpdateRouteError, HttpResponse> = SdkError::timeout_error("slow");
+        assert!(matches!(
+            attempt_error("UpdateRoute", &timeout),
+            AttemptError::Retry(_)
+        ));
+    }
+
+    #[test]
+    fn other_errors_are_final() {
+        for (code, status) in [
+            ("BadRequestException", 400),
+            ("NotFoundException", 404),
+            ("ForbiddenException", 403),
+        ] {
+            match attempt_error("UpdateRoute", &service(code, status)) {
+                AttemptError::Fatal(AppMeshError::Aws { operation, message }) => {
+                    assert_eq!(operation, "UpdateRoute");
+                    assert!(message.contains(code), "{message}");
+                }
+                _ => panic!("{code} should be final"),
+            }
+        }
+    }
+
+    #[test]
+    fn percent_by_node_scales_mapped_versions_only() {
+        let sync_config = RouteSyncConfig {
+            mesh: "m".into(),
+            virtual_router: "r".into(),
+            route: "rt".into(),
+            virtual_nodes: BTreeMap::from([
+                ("v1".to_string(), "node-1".to_string()),
+                ("v2".to_string(), "node-2".to_string()),
+            ]),
+        };
+        let conf = aws_sdk_appmesh::Config::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        let sync = RouteSync::from_client(Client::from_conf(conf), sync_config);
+        let weights = BTreeMap::from([
+            ("v1".to_string(), 999_999),
+            ("v2".to_string(), 1),
+            ("unmapped".to_string(), 5_000_000),
+        ]);
+        assert_eq!(
+            sync.percent_by_node(&weights),
+            BTreeMap::from([("node-1".to_string(), 99), ("node-2".to_string(), 1)])
+        );
+        // A mapped version without a weight counts as 0.
+        let only_v2 = BTreeMap::from([("v2".to_string(), 3)]);
+        assert_eq!(
+            sync.percent_by_node(&only_v2),
+            BTreeMap::from([("node-1".to_string(), 0), ("node-2".to_string(), 100)])
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! Control path: the weights document kept in a Cloud Map service's attributes,
+//! shared by every replica of the gateway.
+//!
+//! Layout: one service attribute, [`DOC_ATTRIBUTE`], holds the compact JSON of
+//! the [`WeightsDoc`], with every non-ASCII character escaped (attribute values
+//! are printable ASCII). Cloud Map caps a value at 1,024 characters; a larger
+//! document is refused with [`StoreError::CloudMap`] rather than split, so that
+//! every save stays one atomic UpdateServiceAttributes call. Other attributes
+//! of the service are left alone.
+
+use aws_config::SdkConfig;
+use aws_sdk_servicediscovery::Client;
+
+use crate::aws::cloudmap::servicediscovery_client;
+use crate::aws::errors;
+use crate::discovery::BoxFuture;
+use crate::store::{Store, StoreError, WeightsDoc};
+
+/// The service attribute that holds the document.
+pub const DOC_ATTRIBUTE: &str = "canary_doc";
+/// Cloud Map's limit on an attribute value, in characters.
+pub const MAX_VALUE_CHARS: usize = 1024;
+
+/// A [`Store`] in the attributes of one Cloud Map service.
+#[derive(Debug, Clone)]
+pub struct CloudMapStore {
+    /// The Cloud Map client.
+    client: Client,
+    /// The service that holds the document (`srv-…`).
+    service_id: String,
+}
+
+impl CloudMapStore {
+    /// A store in service `service_id` (`srv-…`).
+    pub fn new(sdk_config: &SdkConfig, service_id: impl Into<String>) -> Self {
+        Self::from_client(servicediscovery_client(sdk_config), service_id)
+    }
+
+    /// A store using a client built by the caller.
+    pub fn from_client(client: Client, service_id: impl Into<String>) -> Self {
+        CloudMapStore {
+            client,
+            service_id: service_id.into(),
+        }
+    }
+
+    /// The service that holds the document.
+    pub fn service_id(&self) -> &str {
+        &self.service_id
+    }
+
+    async fn get(&self) -> Result<Option<WeightsDoc>, StoreError> {
+        let out = self
+            .client
+            .get_service_attributes()
+            .service_id(&self.service_id)
+            .send()
+            .await
+            .map_err(|e| {
+                StoreError::CloudMap(format!(
+                    "GetServiceAttributes {}: {}",
+                    self.service_id,
+                    errors::describe(&e)
+                ))
+            })?;
+        let value = out
+            .service_attributes()
+            .and_then(|s| s.attributes())
+            .and_then(|attrs| attrs.get(DOC_ATTRIBUTE));
+        match value {
+            None => Ok(None),
+            Some(json) => decode(json).map(Some),
+        }
+    }
+
+    async fn put(&self, doc: &WeightsDoc) -> Result<(), StoreError> {
+        let value = encode(doc)?;
+        self.client
+            .update_service_attributes()
+            .service_id(&self.service_id)
+            .attributes(DOC_ATTRIBUTE, value)
+            .send()
+            .await
+            .map_err(|e| {
+                StoreError::CloudMap(format!(
+                    "UpdateServiceAttributes {}: {}",
+                    self.service_id,
+                    errors::describe(&e)
+                ))
+            })?;
+        Ok(())
+    }
+}
+
+impl Store for CloudMapStore {
+    fn load(&self) -> BoxFuture<'_, Result<Option<WeightsDoc>, StoreError>> {
+        Box::pin(self.get())
+    }
+
+    fn save<'a>(&'a self, doc: &'a WeightsDoc) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.put(doc))
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+}
+
+/// The attribute value for `doc`: compact, ASCII-only JSON of at most
+/// [`MAX_VALUE_CHARS`] characters.
+pub fn encode(doc: &WeightsDoc) -> Result<String, StoreError> {
+    let json = serde_json::to_string(doc)
+        .map_err(|e| StoreError::Invalid(format!("cannot serialize the weights document: {e}")))?;
+    let value = escape_non_ascii(&json);
+    if value.len() > MAX_VALUE_CHARS {
+        return Err(StoreError::CloudMap(format!(
+            "the weights document is {} characters as JSON; a Cloud Map attribute holds at most \
+             {MAX_VALUE_CHARS} (use shorter version names or fewer versions)",
+            value.len()
+        )));
+    }
+    Ok(value)
+}
+
+/// The document in an attribute value.
+pub fn decode(value: &str) -> Result<WeightsDoc, StoreError> {
+    serde_json::from_str(value)
+        .map_err(|e| StoreError::Invalid(format!("Cloud Map attribute {DOC_ATTRIBUTE}: {e}")))
+}
+
+/// Replaces every non-ASCII character of `json` with `\uXXXX` escapes (UTF-16).
+/// Valid because JSON's own syntax is ASCII: such characters only occur inside
+/// strings, where the escape means the same character.
+fn escape_non_ascii(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn doc(stable: &str, weights: &[(&str, u32)]) -> WeightsDoc {
+        WeightsDoc {
+            stable: stable.into(),
+            weights: weights.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            generation: 7,
+            updated_at_ms: 1_700_000_000_000,
+            source: "admin".into(),
+            config_weights: Some(BTreeMap::from([("v1".to_string(), 100)])),
+        }
+    }
+
+    #[test]
+    fn round_trips_and_stays_ascii() {
+        let d = doc("v1", &[("v1", 90), ("v2-ünïcødé-🚀", 10)]);
+        let value = encode(&d).unwrap();
+        assert!(value.is_ascii(), "{value}");
+        assert!(value.contains("\\ud83d\\ude80"), "{value}");
+        assert_eq!(decode(&value).unwrap(), d);
+    }
+
+    #[test]
+    fn oversized_document_is_refused_clearly() {
+        let names: Vec<String> = (0..40)
+            .map(|i| format!("version-with-a-long-name-{i}"))
+            .collect();
+        let weights: Vec<(&str, u32)> = names.iter().map(|n| (n.as_str(), 1)).collect();
+        let err = encode(&doc("v1", &weights)).unwrap_err();
+        assert!(matches!(err, StoreError::CloudMap(_)));
+        assert!(err.to_string().contains("at most 1024"), "{err}");
+    }
+
+    #[test]
+    fn garbage_is_invalid() {
+        assert!(matches!(decode("{not json"), Err(StoreError::Invalid(_))));
+    }
+}

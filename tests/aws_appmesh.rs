@@ -1,0 +1,293 @@
+//! RouteSync against a moto mesh.
+
+#[path = "support/fault_proxy.rs"]
+mod fault_proxy;
+#[path = "support/moto.rs"]
+mod moto;
+#[path = "support/recorder.rs"]
+mod recorder;
+
+use std::collections::BTreeMap;
+
+use aws_config::SdkConfig;
+use aws_sdk_appmesh::Client;
+use aws_sdk_appmesh::types::{
+    HttpRoute, HttpRouteAction, HttpRouteMatch, PortMapping, PortProtocol, RouteSpec,
+    VirtualNodeSpec, VirtualRouterListener, VirtualRouterSpec, WeightedTarget,
+};
+use canary_gateway::aws::appmesh::{AppMeshError, RouteSync, RouteSyncConfig};
+use canary_gateway::metrics::APPMESH_SYNCS_TOTAL;
+use fault_proxy::{Fault, FaultProxy};
+use moto::MotoServer;
+
+const MESH: &str = "shop";
+const ROUTER: &str = "web-router";
+const ROUTE: &str = "web-route";
+
+fn target(node: &str, weight: i32) -> WeightedTarget {
+    WeightedTarget::builder()
+        .virtual_node(node)
+        .weight(weight)
+        .build()
+        .unwrap()
+}
+
+/// A mesh with nodes web-v1, web-v2, web-v3, other, a router and an http route
+/// sending everything to web-v1 (and 0 to `other`).
+async fn create_mesh(client: &Client) {
+    client.create_mesh().mesh_name(MESH).send().await.unwrap();
+    for node in ["web-v1", "web-v2", "web-v3", "other"] {
+        client
+            .create_virtual_node()
+            .mesh_name(MESH)
+            .virtual_node_name(node)
+            .spec(VirtualNodeSpec::builder().build())
+            .send()
+            .await
+            .unwrap();
+    }
+    let port = PortMapping::builder()
+        .port(8080)
+        .protocol(PortProtocol::Http)
+        .build()
+        .unwrap();
+    client
+        .create_virtual_router()
+        .mesh_name(MESH)
+        .virtual_router_name(ROUTER)
+        .spec(
+            VirtualRouterSpec::builder()
+                .listeners(VirtualRouterListener::builder().port_mapping(port).build())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let spec = RouteSpec::builder()
+        .http_route(
+            HttpRoute::builder()
+                .r#match(HttpRouteMatch::builder().prefix("/").build())
+                .action(
+                    HttpRouteAction::builder()
+                        .weighted_targets(target("web-v1", 100))
+                        .weighted_targets(target("other", 0))
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+        )
+        .build();
+    client
+        .create_route()
+        .mesh_name(MESH)
+        .virtual_router_name(ROUTER)
+        .route_name(ROUTE)
+        .spec(spec)
+        .send()
+        .await
+        .unwrap();
+}
+
+/// The route's weighted targets as (node, weight), sorted.
+async fn route_weights(client: &Client) -> Vec<(String, i32)> {
+    let out = client
+        .describe_route()
+        .mesh_name(MESH)
+        .virtual_router_name(ROUTER)
+        .route_name(ROUTE)
+        .send()
+        .await
+        .unwrap();
+    let spec = out.route().unwrap().spec.clone().unwrap();
+    let mut weights: Vec<(String, i32)> = spec
+        .http_route
+        .unwrap()
+        .action
+        .unwrap()
+        .weighted_targets
+        .into_iter()
+        .map(|t| (t.virtual_node, t.weight))
+        .collect();
+    weights.sort();
+    weights
+}
+
+fn sync_config(route: &str) -> RouteSyncConfig {
+    RouteSyncConfig {
+        mesh: MESH.into(),
+        virtual_router: ROUTER.into(),
+        route: route.into(),
+        virtual_nodes: BTreeMap::from([
+            ("v1".to_string(), "web-v1".to_string()),
+            ("v2".to_string(), "web-v2".to_string()),
+            ("v3".to_string(), "web-v3".to_string()),
+        ]),
+    }
+}
+
+fn weights(pairs: &[(&str, u32)]) -> BTreeMap<String, u32> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+fn pairs(list: &[(&str, i32)]) -> Vec<(String, i32)> {
+    list.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+async fn setup(moto: &MotoServer) -> (SdkConfig, Client) {
+    let sdk = moto.sdk_config().await;
+    let client = Client::new(&sdk);
+    create_mesh(&client).await;
+    (sdk, client)
+}
+
+#[tokio::test]
+async fn sync_sets_weights_including_a_share_below_one_percent() {
+    let moto = MotoServer::start();
+    let (sdk, client) = setup(&moto).await;
+    assert_eq!(
+        route_weights(&client).await,
+        pairs(&[("other", 0), ("web-v1", 100)])
+    );
+
+    let sync = RouteSync::new(&sdk, sync_config(ROUTE));
+    // v2 is missing from the route: its target is added. `other` is not ours.
+    sync.sync(&weights(&[("v1", 999_999), ("v2", 1)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        route_weights(&client).await,
+        pairs(&[("other", 0), ("web-v1", 99), ("web-v2", 1)])
+    );
+
+    // Three versions, ties by name; an unmapped version is ignored.
+    sync.sync(&weights(&[("v1", 1), ("v2", 1), ("v3", 1), ("v9", 50)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        route_weights(&client).await,
+        pairs(&[("other", 0), ("web-v1", 34), ("web-v2", 33), ("web-v3", 33)])
+    );
+
+    // Promote v2: v1 and v3 drop to 0 but keep their targets.
+    sync.sync(&weights(&[("v1", 0), ("v2", 100)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        route_weights(&client).await,
+        pairs(&[("other", 0), ("web-v1", 0), ("web-v2", 100), ("web-v3", 0)])
+    );
+}
+
+#[test]
+fn results_are_counted_and_errors_are_readable() {
+    let recorder = recorder::CountingRecorder::default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let moto = MotoServer::start();
+            let (sdk, client) = setup(&moto).await;
+
+            let ok = RouteSync::new(&sdk, sync_config(ROUTE));
+            ok.sync(&weights(&[("v1", 90), ("v2", 10)])).await.unwrap();
+            // Unchanged weights: nothing to update, still a successful sync.
+            ok.sync(&weights(&[("v1", 9), ("v2", 1)])).await.unwrap();
+            assert_eq!(
+                route_weights(&client).await,
+                pairs(&[("other", 0), ("web-v1", 90), ("web-v2", 10)])
+            );
+
+            let missing = RouteSync::new(&sdk, sync_config("no-such-route"));
+            let err = missing.sync(&weights(&[("v1", 1)])).await.unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    AppMeshError::Aws {
+                        operation: "DescribeRoute",
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+            assert!(err.to_string().contains("NotFound"), "{err}");
+
+            let err = ok
+                .sync(&weights(&[("v1", 0), ("v2", 0)]))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, AppMeshError::NoWeight), "{err:?}");
+            assert_eq!(
+                route_weights(&client).await,
+                pairs(&[("other", 0), ("web-v1", 90), ("web-v2", 10)]),
+                "route untouched by a failed sync"
+            );
+
+            assert_eq!(
+                recorder.counter(APPMESH_SYNCS_TOTAL, &[("result", "ok")]),
+                2
+            );
+            assert_eq!(
+                recorder.counter(APPMESH_SYNCS_TOTAL, &[("result", "error")]),
+                2
+            );
+        })
+    });
+}
+
+const CONFLICT: Fault = Fault {
+    status: 409,
+    error_type: "ConflictException",
+    message: "the route was modified concurrently",
+};
+
+/// An SDK config that sends App Mesh calls through `proxy`.
+async fn through(proxy: &FaultProxy) -> SdkConfig {
+    let moto_like =
+        canary_gateway::aws::sdk_config(Some(moto::REGION), Some(&proxy.endpoint_url())).await;
+    moto_like
+        .into_builder()
+        .credentials_provider(aws_sdk_appmesh::config::SharedCredentialsProvider::new(
+            aws_sdk_appmesh::config::Credentials::new("testing", "testing", None, None, "moto"),
+        ))
+        .build()
+}
+
+#[tokio::test]
+async fn conflicts_are_retried() {
+    let moto = MotoServer::start();
+    let (_, client) = setup(&moto).await;
+    let upstream = format!("127.0.0.1:{}", moto.port()).parse().unwrap();
+    let proxy = FaultProxy::start(upstream, http::Method::PUT, "/routes/", CONFLICT, 2).await;
+    let sync = RouteSync::new(&through(&proxy).await, sync_config(ROUTE));
+    sync.sync(&weights(&[("v1", 3), ("v2", 1)])).await.unwrap();
+    assert_eq!(proxy.matched(), 3, "two conflicts, then the update");
+    assert_eq!(
+        route_weights(&client).await,
+        pairs(&[("other", 0), ("web-v1", 75), ("web-v2", 25)])
+    );
+}
+
+#[tokio::test]
+async fn endless_conflicts_give_up_with_an_error() {
+    let moto = MotoServer::start();
+    let (_, client) = setup(&moto).await;
+    let upstream = format!("127.0.0.1:{}", moto.port()).parse().unwrap();
+    let proxy = FaultProxy::start(upstream, http::Method::PUT, "/routes/", CONFLICT, 1000).await;
+    let sync = RouteSync::new(&through(&proxy).await, sync_config(ROUTE));
+    let err = sync
+        .sync(&weights(&[("v1", 1), ("v2", 1)]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AppMeshError::GaveUp { attempts: 4, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("ConflictException"), "{err}");
+    assert_eq!(proxy.matched(), 4);
+    assert_eq!(
+        route_weights(&client).await,
+        pairs(&[("other", 0), ("web-v1", 100)])
+    );
+}

@@ -1,0 +1,141 @@
+//! A loopback HTTP proxy in front of moto that answers the first N matching
+//! requests with an injected error instead of forwarding them, for testing
+//! retries (moto itself never answers ConflictException).
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+
+/// An injected error: status, `x-amzn-errortype`, message.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub status: u16,
+    pub error_type: &'static str,
+    pub message: &'static str,
+}
+
+/// Counters shared with the proxy task.
+#[derive(Debug, Default)]
+struct Counters {
+    /// Faults still to inject.
+    remaining: AtomicUsize,
+    /// Matching requests seen (injected or forwarded).
+    matched: AtomicUsize,
+}
+
+/// The running proxy; stops when dropped.
+pub struct FaultProxy {
+    addr: SocketAddr,
+    counters: Arc<Counters>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    /// Proxies to `upstream`; the first `count` requests with `method` whose
+    /// path contains `path_part` get `fault`.
+    pub async fn start(
+        upstream: SocketAddr,
+        method: Method,
+        path_part: &'static str,
+        fault: Fault,
+        count: usize,
+    ) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let counters = Arc::new(Counters {
+            remaining: AtomicUsize::new(count),
+            matched: AtomicUsize::new(0),
+        });
+        let shared = counters.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let counters = shared.clone();
+                let method = method.clone();
+                let fault = fault.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let counters = counters.clone();
+                        let method = method.clone();
+                        let fault = fault.clone();
+                        async move {
+                            let matches =
+                                req.method() == method && req.uri().path().contains(path_part);
+                            if matches {
+                                counters.matched.fetch_add(1, Ordering::SeqCst);
+                                let take = counters
+                                    .remaining
+                                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                                        n.checked_sub(1)
+                                    })
+                                    .is_ok();
+                                if take {
+                                    return Ok::<_, hyper::Error>(injected(&fault));
+                                }
+                            }
+                            forward(upstream, req).await
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        FaultProxy {
+            addr,
+            counters,
+            task,
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Matching requests seen so far.
+    pub fn matched(&self) -> usize {
+        self.counters.matched.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn injected(fault: &Fault) -> Response<Full<Bytes>> {
+    let body = format!(r#"{{"message":"{}"}}"#, fault.message);
+    Response::builder()
+        .status(fault.status)
+        .header("content-type", "application/json")
+        .header("x-amzn-errortype", fault.error_type)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
+async fn forward(
+    upstream: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    let stream = TcpStream::connect(upstream).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await?;
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await?.to_bytes();
+    Ok(Response::from_parts(parts, Full::new(bytes)))
+}

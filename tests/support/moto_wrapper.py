@@ -1,0 +1,118 @@
+"""Runs moto's server on 127.0.0.1 for canary-gateway's tests.
+
+Usage: python moto_wrapper.py [PORT]   (PORT 0 or absent: a free port)
+
+Prints "PORT <n>" on stdout once the socket listens, then serves until its
+standard input closes (the test process died or dropped the server) or it is
+killed.
+
+moto returns App Mesh's createdAt / lastUpdatedAt as text such as
+"31/12/2025, 13:45:00", which the Rust SDK cannot parse (App Mesh's JSON
+protocol sends epoch seconds). The WSGI middleware below rewrites those two
+fields of JSON responses to epoch seconds.
+"""
+
+import json
+import os
+import sys
+import threading
+from datetime import datetime
+
+from werkzeug.serving import WSGIRequestHandler, make_server
+
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+DATE_FIELDS = ("createdAt", "lastUpdatedAt")
+DATE_FORMATS = ("%d/%m/%Y, %H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%dT%H:%M:%S%z")
+
+
+def to_epoch(value):
+    """Epoch seconds for one of moto's date strings (0 when unparseable)."""
+    for fmt in DATE_FORMATS:
+        try:
+            return datetime.strptime(value, fmt).timestamp()
+        except ValueError:
+            continue
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return 0
+
+
+def fix_dates(node):
+    """Rewrites the date fields of a decoded JSON document in place; True if any changed."""
+    changed = False
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in DATE_FIELDS and isinstance(value, str):
+                node[key] = to_epoch(value)
+                changed = True
+            else:
+                changed |= fix_dates(value)
+    elif isinstance(node, list):
+        for item in node:
+            changed |= fix_dates(item)
+    return changed
+
+
+class EpochDates:
+    """WSGI middleware: App Mesh dates as epoch seconds in JSON responses."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        captured = {}
+
+        def capture(status, headers, exc_info=None):
+            captured["status"] = status
+            captured["headers"] = headers
+            return lambda data: None
+
+        chunks = self.app(environ, capture)
+        try:
+            body = b"".join(chunks)
+        finally:
+            if hasattr(chunks, "close"):
+                chunks.close()
+        headers = list(captured.get("headers", []))
+        content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
+        if b"createdAt" in body or b"lastUpdatedAt" in body or "json" in content_type:
+            try:
+                doc = json.loads(body)
+            except ValueError:
+                doc = None
+            if doc is not None and fix_dates(doc):
+                body = json.dumps(doc).encode()
+                headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+                headers.append(("Content-Length", str(len(body))))
+        start_response(captured.get("status", "500 INTERNAL SERVER ERROR"), headers)
+        return [body]
+
+
+class QuietHandler(WSGIRequestHandler):
+    """No access log on stderr."""
+
+    def log_request(self, *args, **kwargs):
+        pass
+
+
+def exit_when_stdin_closes():
+    try:
+        while sys.stdin.buffer.read(4096):
+            pass
+    finally:
+        os._exit(0)
+
+
+def main():
+    port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+    app = EpochDates(DomainDispatcherApplication(create_backend_app))
+    server = make_server("127.0.0.1", port, app, threaded=True, request_handler=QuietHandler)
+    print(f"PORT {server.server_port}", flush=True)
+    threading.Thread(target=exit_when_stdin_closes, daemon=True).start()
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
