@@ -238,6 +238,7 @@ pub async fn start(
         running: Mutex::new(BTreeMap::new()),
     });
     pollers.sync(&control);
+    wait_for_stable_endpoints(&control).await;
 
     let mut background = Vec::new();
     let reloader: Option<Arc<dyn Reload>> = config_path.map(|path| {
@@ -336,6 +337,58 @@ async fn wait_for(mut rx: watch::Receiver<bool>, after_drain: bool) {
         std::future::pending::<()>().await;
     }
     let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// How long the start waits for Cloud Map to return the stable version's
+/// endpoints before it serves anyway (not ready: /readyz answers 503 until they come).
+const DISCOVERY_WAIT: Duration = Duration::from_secs(10);
+
+/// At start, waits a bounded time for the first discovery of the stable
+/// version, and says why it waits.
+async fn wait_for_stable_endpoints(control: &Control) {
+    let has_endpoints = || {
+        !control
+            .snapshot_cell()
+            .load()
+            .stable_version()
+            .endpoints
+            .is_empty()
+    };
+    if has_endpoints() {
+        return;
+    }
+    tracing::info!(
+        wait_s = DISCOVERY_WAIT.as_secs(),
+        "waiting for Cloud Map to return the stable version's endpoints"
+    );
+    let deadline = tokio::time::Instant::now() + DISCOVERY_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if has_endpoints() {
+            return;
+        }
+    }
+    let status = control.status();
+    let errors: Vec<String> = status
+        .versions
+        .iter()
+        .filter(|v| v.stable)
+        .map(|v| {
+            format!(
+                "{}: {}",
+                v.discovery.source,
+                v.discovery
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "no instances returned".into())
+            )
+        })
+        .collect();
+    tracing::warn!(
+        "the stable version has no endpoints after {} s ({}); serving anyway, /readyz stays 503 until discovery succeeds",
+        DISCOVERY_WAIT.as_secs(),
+        errors.join("; ")
+    );
 }
 
 /// `base` give or take 20%, so that a fleet does not call in lockstep.
