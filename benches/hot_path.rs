@@ -1,0 +1,150 @@
+//! Criterion benches of the data path's hot spots:
+//! - the per-request decision (snapshot load + version pick), with and without a sticky key;
+//! - snapshot swaps while other threads keep reading;
+//! - request header rewriting.
+//!
+//! Run: `cargo bench --bench hot_path`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue, Request};
+
+use canary_gateway::config::Config;
+use canary_gateway::proxy::Proxy;
+use canary_gateway::proxy::headers::{Forwarding, prepare_request};
+use canary_gateway::proxy::upstream::{Endpoint, pick};
+use canary_gateway::snapshot::{ProxySettings, Snapshot, SnapshotInput};
+
+const CONFIG: &str = r#"
+[listener]
+address = "127.0.0.1:9080"
+[split]
+stable = "v1"
+sticky_header = "x-user-id"
+override_header = "x-canary-version"
+[[versions]]
+name = "v1"
+weight = 99
+endpoints = ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"]
+[[versions]]
+name = "v2"
+weight = 1
+endpoints = ["127.0.0.1:9004"]
+"#;
+
+fn snapshot(canary: u32, generation: u64) -> Snapshot {
+    let config = Config::parse(CONFIG, "bench").expect("bench config");
+    let names: Vec<String> = config.versions.iter().map(|v| v.name.clone()).collect();
+    let weights: BTreeMap<String, u32> = [("v1".to_string(), 100 - canary), ("v2".to_string(), canary)].into();
+    let endpoints: BTreeMap<String, Vec<Arc<Endpoint>>> = config
+        .versions
+        .iter()
+        .map(|v| {
+            let addrs: Vec<SocketAddr> = match &v.source {
+                canary_gateway::config::EndpointSource::Static(a) => a.clone(),
+                _ => Vec::new(),
+            };
+            (v.name.clone(), addrs.into_iter().map(|a| Arc::new(Endpoint::new(a))).collect())
+        })
+        .collect();
+    Snapshot::build(SnapshotInput {
+        versions: &names,
+        stable: "v1",
+        weights: &weights,
+        endpoints: &endpoints,
+        generation,
+        settings: Arc::new(ProxySettings::from_config(&config)),
+    })
+    .expect("bench snapshot")
+}
+
+fn decision(c: &mut Criterion) {
+    let cell = ArcSwap::from_pointee(snapshot(1, 1));
+    let plain = HeaderMap::new();
+    let mut sticky = HeaderMap::new();
+    sticky.insert("x-user-id", HeaderValue::from_static("user-12345678"));
+    c.bench_function("decision: load + pick version + pick endpoint", |b| {
+        b.iter(|| {
+            let snap = cell.load();
+            let v = Proxy::choose(&snap, std::hint::black_box(&plain));
+            std::hint::black_box(pick(&snap.versions[v].endpoints, None).map(|e| e.addr()))
+        })
+    });
+    c.bench_function("decision: load + pick (sticky key)", |b| {
+        b.iter(|| {
+            let snap = cell.load();
+            let v = Proxy::choose(&snap, std::hint::black_box(&sticky));
+            std::hint::black_box(pick(&snap.versions[v].endpoints, None).map(|e| e.addr()))
+        })
+    });
+}
+
+fn swap_under_readers(c: &mut Criterion) {
+    let cell = Arc::new(ArcSwap::from_pointee(snapshot(1, 1)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (cell, stop) = (cell.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let snap = cell.load();
+                    n = n.wrapping_add(Proxy::choose(&snap, &HeaderMap::new()) as u64);
+                }
+                n
+            })
+        })
+        .collect();
+    let prepared: Vec<Arc<Snapshot>> = (0..64).map(|i| Arc::new(snapshot(i % 50 + 1, i as u64))).collect();
+    let mut i = 0;
+    c.bench_function("snapshot swap with 2 concurrent readers", |b| {
+        b.iter(|| {
+            i = (i + 1) % prepared.len();
+            cell.store(prepared[i].clone());
+        })
+    });
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        let _ = r.join();
+    }
+}
+
+fn header_rewrite(c: &mut Criterion) {
+    let port = HeaderValue::from_static("9080");
+    let fwd = Forwarding {
+        peer: "10.0.0.7:51234".parse().expect("addr"),
+        port: &port,
+        trust_forwarded_headers: false,
+    };
+    let template = Request::get("/api/orders?id=42")
+        .header("host", "shop.example.com")
+        .header("user-agent", "curl/8.5.0")
+        .header("accept", "*/*")
+        .header("connection", "keep-alive")
+        .header("x-forwarded-for", "203.0.113.9")
+        .body(())
+        .expect("request");
+    c.bench_function("request header rewrite (typical ALB request)", |b| {
+        b.iter_batched(
+            || {
+                let mut req = Request::new(());
+                *req.uri_mut() = template.uri().clone();
+                *req.headers_mut() = template.headers().clone();
+                req
+            },
+            |mut req| {
+                prepare_request(&mut req, false, &fwd);
+                req
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, decision, swap_under_readers, header_rewrite);
+criterion_main!(benches);
