@@ -176,3 +176,10 @@ fn cloudmap_versions_parse() {
     let bad = text.replace("\"ALL\"", "\"SOME\"");
     assert!(err(&bad).contains("versions[1].cloudmap.health"));
 }
+
+#[test]
+fn shipped_ecs_config_is_valid() {
+    let c = Config::parse(include_str!("../../deploy/gateway.ecs.toml"), "ecs").unwrap();
+    assert!(matches!(c.store, StoreConfig::CloudMap { .. }));
+    assert!(c.listener.trust_forwarded_headers);
+}
