@@ -44,9 +44,13 @@ fn write_config(dir: &Path, versions: &[(&str, u32, SocketAddr)], extra: &str) -
 
 /// Starts the binary and waits for its "serving" log line.
 fn spawn(config: &Path) -> Result<Proc, String> {
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(config)
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--config"]).arg(config);
+    spawn_command(cmd)
+}
+
+fn spawn_command(mut cmd: Command) -> Result<Proc, String> {
+    let mut child = cmd
         .env("LIFECYCLE_TOKEN", TOKEN)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
@@ -456,4 +460,28 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             all.then(|| value.parse::<f64>().ok()).flatten()
         })
         .sum()
+}
+
+#[tokio::test]
+async fn demo_serves_a_ninety_ten_split() {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+    let gw = spawn_command(cmd).unwrap();
+    let counts = split_counts(gw.addr, 200, &[]).await;
+    let v2 = counts
+        .iter()
+        .filter(|(k, _)| k.contains("v2"))
+        .map(|(_, n)| n)
+        .sum::<usize>();
+    let v1 = counts
+        .iter()
+        .filter(|(k, _)| k.contains("v1"))
+        .map(|(_, n)| n)
+        .sum::<usize>();
+    assert_eq!(v1 + v2, 200, "{counts:?}");
+    assert!((14..=26).contains(&v2), "{counts:?}");
+    assert_eq!(
+        admin(gw.admin, "GET", "/readyz", None, "").await.status,
+        200
+    );
 }
