@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -151,6 +152,10 @@ impl Proxy {
         match forward(&version, &settings, req, body_sent).await {
             Ok((mut resp, endpoint, sender)) => {
                 completion.status = resp.status();
+                // A response without a body (204, 304, HEAD, length 0) is
+                // complete already: hyper never polls its body, so it would
+                // never be marked finished and its connection never pooled.
+                completion.finished = resp.body().is_end_stream();
                 let response_header = settings
                     .response_header
                     .as_ref()

@@ -182,7 +182,21 @@ pub fn prepare_response<B>(
     response_header: Option<(&HeaderName, &HeaderValue)>,
 ) {
     let upgrading = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    // hyper's HTTP/1 server only sends the trailer fields that the response's
+    // Trailer header declares: keep it on a chunked body, or trailers are lost.
+    let trailer: Vec<HeaderValue> = if resp.headers().contains_key(header::TRANSFER_ENCODING) {
+        resp.headers()
+            .get_all(header::TRAILER)
+            .iter()
+            .cloned()
+            .collect()
+    } else {
+        Vec::new()
+    };
     strip_hop_by_hop(resp.headers_mut(), upgrading);
+    for value in trailer {
+        resp.headers_mut().append(header::TRAILER, value);
+    }
     if let Some((name, value)) = response_header {
         resp.headers_mut().insert(name.clone(), value.clone());
     }

@@ -25,6 +25,8 @@ use super::upstream::now_ms;
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most header lines accepted (more gets 431).
 const MAX_HEADERS: usize = 128;
+/// The first bytes of an HTTP/2 prior-knowledge connection.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Per-connection state shared by the socket wrapper, the service and the
 /// connection's watchdog.
@@ -97,6 +99,15 @@ impl AsyncRead for TrackedIo {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
+            // An h2c connection starts with the HTTP/2 preface: it has no
+            // request heads to time, even before its first request arrives.
+            if self.state.activity.load(Ordering::Relaxed) == 0 {
+                let new = &buf.filled()[before..];
+                let n = new.len().min(H2_PREFACE.len());
+                if n >= 3 && new[..n] == H2_PREFACE[..n] {
+                    self.state.http2.store(true, Ordering::Relaxed);
+                }
+            }
             self.state.saw_bytes(true);
         }
         polled

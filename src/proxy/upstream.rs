@@ -107,7 +107,11 @@ impl Endpoint {
 
     /// A connect succeeded: the endpoint is healthy again.
     fn connect_succeeded(&self) {
-        if self.failures.load(Ordering::Relaxed) != 0 {
+        // An ejection resets `failures` to 0: check the ejection too, or an
+        // endpoint that works again would stay ejected (and its back-off grow).
+        if self.failures.load(Ordering::Relaxed) != 0
+            || self.ejected_until_ms.load(Ordering::Relaxed) != 0
+        {
             self.failures.store(0, Ordering::Relaxed);
             self.ejections.store(0, Ordering::Relaxed);
             self.ejected_until_ms.store(0, Ordering::Relaxed);

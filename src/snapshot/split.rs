@@ -91,7 +91,7 @@ mod tests {
 
     fn count(table: &SplitTable, n: u64, start: u64) -> Vec<u64> {
         let mut counts = vec![0u64; 10];
-        for k in start..start + n {
+        for k in (0..n).map(|i| start.wrapping_add(i)) {
             if let Some(i) = table.at(k.wrapping_mul(GOLDEN)) {
                 counts[i] += 1;
             }

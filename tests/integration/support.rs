@@ -569,3 +569,49 @@ pub fn raw_status(response: &[u8]) -> Option<u16> {
     let text = std::str::from_utf8(response.get(..12)?).ok()?;
     text.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
 }
+
+/// A raw HTTP/1.1 upstream that answers every request head (requests without
+/// bodies) with the same bytes, e.g. a chunked response with trailers.
+pub struct FixedUpstream {
+    pub addr: SocketAddr,
+    /// Connections accepted so far.
+    pub connections: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FixedUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FixedUpstream {
+    pub async fn start(response: &'static [u8]) -> FixedUpstream {
+        use tokio::io::AsyncWriteExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicU64::new(0));
+        let accepted = connections.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                accepted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    while read_head(&mut stream, &mut buf).await.is_some() {
+                        if stream.write_all(response).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        FixedUpstream {
+            addr,
+            connections,
+            task,
+        }
+    }
+}
