@@ -23,7 +23,6 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use metrics::Gauge;
-use tokio::sync::oneshot;
 
 use crate::config::Timeouts;
 use crate::metrics as names;
@@ -147,9 +146,9 @@ impl Proxy {
             method,
         };
         let (parts, incoming) = req.into_parts();
-        let (body, body_sent) = RequestBody::new(incoming);
+        let (body, body_progress) = RequestBody::new(incoming);
         let req = Request::from_parts(parts, body);
-        match forward(&version, &settings, req, body_sent).await {
+        match forward(&version, &settings, req, body_progress).await {
             Ok((mut resp, endpoint, sender)) => {
                 completion.status = resp.status();
                 // A response without a body (204, 304, HEAD, length 0) is
@@ -197,7 +196,7 @@ async fn forward(
     version: &Version,
     settings: &ProxySettings,
     req: Request<RequestBody>,
-    body_sent: Option<oneshot::Receiver<()>>,
+    body_progress: Option<Arc<body::BodyProgress>>,
 ) -> Result<(Response<Incoming>, Arc<Endpoint>, Sender), ProxyError> {
     let first = upstream::pick(&version.endpoints, None)
         .ok_or_else(|| ProxyError::NoEndpoints(version.name.clone()))?;
@@ -212,8 +211,10 @@ async fn forward(
     // The response timeout starts once the request body has been sent in full.
     let timeout = settings.timeouts.upstream_response;
     let deadline = async move {
-        if let Some(sent) = body_sent {
-            let _ = sent.await;
+        if let Some(progress) = body_progress
+            && !progress.ended_or_stalled(timeout).await
+        {
+            return;
         }
         tokio::time::sleep(timeout).await;
     };

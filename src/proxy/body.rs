@@ -1,7 +1,8 @@
 //! Data path: the bodies that stream through the proxy, never buffered whole.
 //!
 //! [`RequestBody`] tells the proxy when the client's body has been sent in full
-//! (the upstream response timeout starts then, as Envoy's does). [`ProxyBody`]
+//! (the upstream response timeout starts then, as Envoy's does) and whether it
+//! still moves (a stalled upload times out too). [`ProxyBody`]
 //! carries the upstream response to the client and, through its
 //! [`Completion`], records the request's metrics once, when it ends, and returns
 //! the upstream connection to the pool when the body was read to its end.
@@ -15,34 +16,87 @@ use bytes::Bytes;
 use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::sync::oneshot;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use tokio::sync::Notify;
 
 use super::server::ConnState;
 use super::upstream::{Endpoint, Sender};
 use crate::snapshot::{ProxySettings, Version};
 
+/// How far a request body has been sent upstream.
+#[derive(Debug, Default)]
+pub struct BodyProgress {
+    /// Frames passed on so far.
+    frames: AtomicU64,
+    /// The body has ended (or was dropped).
+    done: AtomicBool,
+    ended: Notify,
+}
+
+impl BodyProgress {
+    fn end(&self) {
+        if !self.done.swap(true, Ordering::AcqRel) {
+            self.ended.notify_one();
+        }
+    }
+
+    /// Resolves when the body has been sent in full, or when it made no
+    /// progress for `stall` (an upstream that stops reading an upload must
+    /// not hang the request forever). Returns `true` when it ended.
+    pub async fn ended_or_stalled(&self, stall: std::time::Duration) -> bool {
+        loop {
+            if self.done.load(Ordering::Acquire) {
+                return true;
+            }
+            let before = self.frames.load(Ordering::Relaxed);
+            tokio::select! {
+                () = self.ended.notified() => return true,
+                () = tokio::time::sleep(stall) => {
+                    if self.frames.load(Ordering::Relaxed) == before && !self.done.load(Ordering::Acquire) {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The client's request body on its way upstream.
 pub struct RequestBody {
     inner: Incoming,
-    /// Fired (or dropped) when the body has ended.
-    sent: Option<oneshot::Sender<()>>,
+    /// Shared with the proxy's response deadline; `None` for empty bodies.
+    progress: Option<Arc<BodyProgress>>,
 }
 
 impl RequestBody {
-    /// Wraps a body; the receiver resolves once it has been sent in full.
-    /// Bodies that are already at their end need no signal.
-    pub fn new(inner: Incoming) -> (RequestBody, Option<oneshot::Receiver<()>>) {
+    /// Wraps a body; the progress tells when it has been sent in full.
+    /// Bodies that are already at their end need no tracking.
+    pub fn new(inner: Incoming) -> (RequestBody, Option<Arc<BodyProgress>>) {
         if inner.is_end_stream() {
-            return (RequestBody { inner, sent: None }, None);
+            return (
+                RequestBody {
+                    inner,
+                    progress: None,
+                },
+                None,
+            );
         }
-        let (tx, rx) = oneshot::channel();
+        let progress = Arc::new(BodyProgress::default());
         (
             RequestBody {
                 inner,
-                sent: Some(tx),
+                progress: Some(progress.clone()),
             },
-            Some(rx),
+            Some(progress),
         )
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        if let Some(p) = &self.progress {
+            p.end();
+        }
     }
 }
 
@@ -56,10 +110,13 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if (matches!(polled, Poll::Ready(None)) || this.inner.is_end_stream())
-            && let Some(tx) = this.sent.take()
-        {
-            let _ = tx.send(());
+        if let (Some(progress), Poll::Ready(_)) = (&this.progress, &polled) {
+            progress.frames.fetch_add(1, Ordering::Relaxed);
+            if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
+                || this.inner.is_end_stream()
+            {
+                progress.end();
+            }
         }
         polled
     }

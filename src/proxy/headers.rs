@@ -79,6 +79,16 @@ pub struct Forwarding<'a> {
     pub trust_forwarded_headers: bool,
 }
 
+/// hyper's HTTP/1 side only sends the trailer fields that a message's Trailer
+/// header declares: keep it on a chunked body, or trailers are lost.
+fn declared_trailers(headers: &HeaderMap) -> Vec<HeaderValue> {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.get_all(header::TRAILER).iter().cloned().collect()
+    } else {
+        Vec::new()
+    }
+}
+
 /// Rewrites a client request for the upstream: origin-form URI, HTTP/1.1, a
 /// Host header, hop-by-hop headers out, X-Forwarded-* and x-request-id in.
 pub fn prepare_request<B>(req: &mut Request<B>, upgrading: bool, fwd: &Forwarding<'_>) {
@@ -109,8 +119,12 @@ pub fn prepare_request<B>(req: &mut Request<B>, upgrading: bool, fwd: &Forwardin
     }
     *req.version_mut() = Version::HTTP_11;
 
+    let trailer = declared_trailers(req.headers());
     let headers = req.headers_mut();
     strip_hop_by_hop(headers, upgrading);
+    for value in trailer {
+        headers.append(header::TRAILER, value);
+    }
     if wants_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
@@ -182,17 +196,7 @@ pub fn prepare_response<B>(
     response_header: Option<(&HeaderName, &HeaderValue)>,
 ) {
     let upgrading = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-    // hyper's HTTP/1 server only sends the trailer fields that the response's
-    // Trailer header declares: keep it on a chunked body, or trailers are lost.
-    let trailer: Vec<HeaderValue> = if resp.headers().contains_key(header::TRANSFER_ENCODING) {
-        resp.headers()
-            .get_all(header::TRAILER)
-            .iter()
-            .cloned()
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let trailer = declared_trailers(resp.headers());
     strip_hop_by_hop(resp.headers_mut(), upgrading);
     for value in trailer {
         resp.headers_mut().append(header::TRAILER, value);

@@ -1025,3 +1025,89 @@ async fn an_ejected_endpoint_that_answers_again_is_healthy_at_once() {
     assert_eq!(health(), "healthy");
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_upstream_that_stops_reading_an_upload_times_out() {
+    use tokio::io::AsyncWriteExt;
+    // Accepts connections and never reads from them.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            sockets.push(s);
+        }
+    });
+    let text = config("", &[("v1", 1, upstream)]) + "\n[timeouts]\nupstream_response = \"300ms\"\n";
+    let gw = Gateway::start(&text).await;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let size: u64 = 256 * 1024 * 1024;
+    stream
+        .write_all(
+            format!("POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: {size}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let sender = tokio::spawn(async move {
+        let chunk = vec![b'u'; 64 * 1024];
+        for _ in 0..(size / chunk.len() as u64) {
+            if writer.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        use tokio::io::AsyncReadExt;
+        let mut tmp = [0u8; 4096];
+        loop {
+            let n = reader.read(&mut tmp).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&tmp[..n]);
+            if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the stalled upload hung the request");
+    let head = String::from_utf8_lossy(&buf);
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+    assert!(head.contains("upstream-timeout"), "{head}");
+    sender.abort();
+    held.abort();
+}
+
+#[tokio::test]
+async fn request_trailers_reach_the_upstream() {
+    let v1 = Upstream::start("v1").await;
+    let gw = Gateway::start(&config("", &[("v1", 1, v1.addr)])).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /request-trailers HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTrailer: x-sig\r\n\r\n\
+              5\r\nhello\r\n0\r\nx-sig: 42\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let head = read_head(&mut stream, &mut buf).await.unwrap();
+    assert_eq!(raw_status(head.as_bytes()), Some(200), "{head}");
+    while !String::from_utf8_lossy(&buf).contains("x-sig: 42") {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            n > 0,
+            "no trailer echoed: {}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}

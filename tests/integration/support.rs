@@ -125,6 +125,20 @@ async fn answer(
             }
             Response::new(full(format!("{total} {:016x}", hasher.digest())))
         }
+        "/request-trailers" => {
+            let collected = req.into_body().collect().await.ok();
+            let trailers = collected
+                .as_ref()
+                .and_then(|c| c.trailers())
+                .map(|t| {
+                    t.iter()
+                        .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?")))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+                .unwrap_or_default();
+            Response::new(full(format!("trailers: {trailers}")))
+        }
         "/download" => {
             let n = query_number(&req, "bytes");
             let (tx, rx) =
