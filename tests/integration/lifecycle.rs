@@ -74,23 +74,27 @@ fn spawn_command(mut cmd: Command) -> Result<Proc, String> {
     }
     match rx.recv_timeout(Duration::from_secs(20)) {
         Ok(Ok(line)) => {
-            let field = |name: &str| -> SocketAddr {
-                let start = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
-                line[start..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .parse()
-                    .unwrap()
+            let field = |name: &str| -> Option<SocketAddr> {
+                let start = line.find(&format!("{name}="))? + name.len() + 1;
+                line[start..].split_whitespace().next()?.parse().ok()
             };
-            Ok(Proc {
-                addr: field("listener"),
-                admin: field("admin"),
-                child,
-                log,
-            })
+            match (field("listener"), field("admin")) {
+                (Some(addr), Some(admin)) => Ok(Proc {
+                    addr,
+                    admin,
+                    child,
+                    log,
+                }),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    Err(format!("cannot parse the addresses in: {line}"))
+                }
+            }
         }
         _ => {
+            // Exited, or never said it serves: make sure it is gone either way.
+            let _ = child.kill();
             let status = child.wait().map_err(|e| e.to_string())?;
             std::thread::sleep(Duration::from_millis(50));
             Err(format!(
