@@ -40,7 +40,8 @@ endpoints = ["127.0.0.1:9004"]
 fn snapshot(canary: u32, generation: u64) -> Snapshot {
     let config = Config::parse(CONFIG, "bench").expect("bench config");
     let names: Vec<String> = config.versions.iter().map(|v| v.name.clone()).collect();
-    let weights: BTreeMap<String, u32> = [("v1".to_string(), 100 - canary), ("v2".to_string(), canary)].into();
+    let weights: BTreeMap<String, u32> =
+        [("v1".to_string(), 100 - canary), ("v2".to_string(), canary)].into();
     let endpoints: BTreeMap<String, Vec<Arc<Endpoint>>> = config
         .versions
         .iter()
@@ -49,7 +50,13 @@ fn snapshot(canary: u32, generation: u64) -> Snapshot {
                 canary_gateway::config::EndpointSource::Static(a) => a.clone(),
                 _ => Vec::new(),
             };
-            (v.name.clone(), addrs.into_iter().map(|a| Arc::new(Endpoint::new(a))).collect())
+            (
+                v.name.clone(),
+                addrs
+                    .into_iter()
+                    .map(|a| Arc::new(Endpoint::new(a)))
+                    .collect(),
+            )
         })
         .collect();
     Snapshot::build(SnapshotInput {
@@ -100,7 +107,9 @@ fn swap_under_readers(c: &mut Criterion) {
             })
         })
         .collect();
-    let prepared: Vec<Arc<Snapshot>> = (0..64).map(|i| Arc::new(snapshot(i % 50 + 1, i as u64))).collect();
+    let prepared: Vec<Arc<Snapshot>> = (0..64)
+        .map(|i| Arc::new(snapshot(i % 50 + 1, i as u64)))
+        .collect();
     let mut i = 0;
     c.bench_function("snapshot swap with 2 concurrent readers", |b| {
         b.iter(|| {

@@ -38,6 +38,11 @@ const GATEWAY_TEMPLATE: &str = include_str!("load/gateway.toml");
 const LOAD_CORE: &str = "0";
 /// Core for the proxy under test.
 const PROXY_CORE: &str = "1";
+/// The /proc/stat line of the proxy core.
+const PROXY_CPU: &str = "cpu1";
+/// Share of a run (percent) that core 1 may spend outside the proxy before
+/// the sample is flagged as disturbed.
+const DISTURBED_PERCENT: f64 = 15.0;
 const ADMIN_TOKEN_ENV: &str = "CANARY_ADMIN_TOKEN";
 const UPSTREAM_BODY_LEN: usize = 100;
 const INSTALL_HINT: &str = "apt-get update && apt-get install -y wrk nginx haproxy";
@@ -405,6 +410,32 @@ fn peak_rss_kib(pids: &[u32]) -> u64 {
                 .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         })
         .sum()
+}
+
+/// (busy, total) jiffies of `cpu` ("cpu" for all, "cpu1" for core 1) from /proc/stat.
+fn cpu_jiffies_of(cpu: &str) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = s
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(cpu))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().sum();
+    // idle + iowait
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// Share of the machine that other processes keep busy, sampled for 1 s.
+fn background_busy_percent() -> Option<f64> {
+    let (b0, t0) = cpu_jiffies_of("cpu")?;
+    std::thread::sleep(Duration::from_secs(1));
+    let (b1, t1) = cpu_jiffies_of("cpu")?;
+    let dt = t1.checked_sub(t0).filter(|d| *d > 0)?;
+    Some(100.0 * b1.saturating_sub(b0) as f64 / dt as f64)
 }
 
 fn clock_ticks_per_sec() -> f64 {
@@ -881,17 +912,36 @@ struct Sample {
     rss_kib: Option<u64>,
     /// p99 minus the p99 of the direct run of the same repetition, in µs.
     p99_added_us: Option<f64>,
+    /// Core 1 was busy with other processes during the run.
+    disturbed: bool,
 }
 
 async fn measure(t: &Target, wrk: &Wrk, conns: u32, secs: u64, tck: f64) -> Result<Sample> {
     let pids = t.pids();
     let before = cpu_ticks(&pids);
+    let core_before = cpu_jiffies_of(PROXY_CPU);
     let r = wrk
         .run(&t.url(), conns, secs)
         .await
         .with_context(|| format!("wrk against {}", t.kind.name()))?;
     let pids_after = t.pids();
     let after = cpu_ticks(&pids_after);
+    // Time the proxy core spent on anything but the proxy (a build, a test...).
+    // Kernel work for the proxy's sockets can land here too, so only a large
+    // share means the run was disturbed.
+    let mut disturbed = false;
+    if let (Some((b0, t0)), Some((b1, t1))) = (core_before, cpu_jiffies_of(PROXY_CPU)) {
+        let other = b1.saturating_sub(b0) as f64 - after.saturating_sub(before) as f64;
+        let span = t1.saturating_sub(t0).max(1) as f64;
+        let pct = 100.0 * other.max(0.0) / span;
+        if pct > DISTURBED_PERCENT {
+            disturbed = true;
+            eprintln!(
+                "  warning: core {PROXY_CORE} spent {pct:.0}% of this run outside {}: another process competes, this sample is noisy",
+                t.kind.name()
+            );
+        }
+    }
     let (cpu, rss) = if t.proc.is_some() {
         let cpu_us = after.saturating_sub(before) as f64 * 1e6 / tck;
         (
@@ -906,6 +956,7 @@ async fn measure(t: &Target, wrk: &Wrk, conns: u32, secs: u64, tck: f64) -> Resu
         cpu_us_per_req: cpu,
         rss_kib: rss,
         p99_added_us: None,
+        disturbed,
     })
 }
 
@@ -944,6 +995,7 @@ struct Summary {
     rss_mib: Option<Stat>,
     failures: u64,
     requests: u64,
+    disturbed: usize,
 }
 
 fn summarize(samples: &[Sample]) -> Option<Summary> {
@@ -964,6 +1016,7 @@ fn summarize(samples: &[Sample]) -> Option<Summary> {
         ),
         failures: samples.iter().map(|s| s.wrk.failures()).sum(),
         requests: samples.iter().map(|s| s.wrk.requests).sum(),
+        disturbed: samples.iter().filter(|s| s.disturbed).count(),
     })
 }
 
@@ -1139,6 +1192,11 @@ fn bench() -> Result<ExitCode> {
         eprintln!("warning: {cores} core(s) available; the 0/1 core split needs 2");
     }
     pin_self(taskset.as_deref());
+    if let Some(busy) = background_busy_percent().filter(|b| *b > 10.0) {
+        eprintln!(
+            "warning: the machine is already {busy:.0}% busy (a build?): results will be noisy"
+        );
+    }
 
     let mut targets_wanted = knobs.targets.clone();
     let nginx_exe = find_exe("nginx");
@@ -1332,22 +1390,15 @@ async fn run(
     for (ci, &conns) in knobs.connections.iter().enumerate() {
         println!("\n{conns} connections");
         println!(
-            "  {:<8} {:>26} {:>22} {:>22} {:>22} {:>20} {:>20} {:>7}",
-            "target",
-            "req/s",
-            "p50 ms",
-            "p99 ms",
-            "p99 added ms",
-            "CPU us/req",
-            "peak RSS MiB",
-            "failed"
+            "  {:<8} {:>26} {:>22} {:>22} {:>22} {:>20} {:>20}  failed",
+            "target", "req/s", "p50 ms", "p99 ms", "p99 added ms", "CPU us/req", "peak RSS MiB",
         );
         let sums: Vec<Option<Summary>> = samples[ci].iter().map(|s| summarize(s)).collect();
         for (ti, t) in targets.iter().enumerate() {
             let Some(s) = &sums[ti] else { continue };
             total_failures += s.failures;
             println!(
-                "  {:<8} {:>26} {:>22} {:>22} {:>22} {:>20} {:>20} {:>7}",
+                "  {:<8} {:>26} {:>22} {:>22} {:>22} {:>20} {:>20}  {}/{}",
                 t.kind.name(),
                 fmt_stat(Some(s.rps), 0),
                 fmt_stat(Some(s.p50_ms), 3),
@@ -1355,8 +1406,16 @@ async fn run(
                 fmt_stat(s.p99_added_ms, 3),
                 fmt_stat(s.cpu_us, 2),
                 fmt_stat(s.rss_mib, 1),
-                format!("{}/{}", s.failures, s.requests),
+                s.failures,
+                s.requests,
             );
+            if s.disturbed > 0 {
+                println!(
+                    "           ^ {} of {} runs disturbed by other processes on core {PROXY_CORE}: rerun on a quiet machine",
+                    s.disturbed,
+                    samples[ci][ti].len()
+                );
+            }
         }
         let get = |k: Kind| idx(k).and_then(|i| sums[i].as_ref());
         let (gw, ng, hp) = (get(Kind::Gateway), get(Kind::Nginx), get(Kind::Haproxy));
