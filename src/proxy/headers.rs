@@ -34,6 +34,14 @@ fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
 /// Connection, Keep-Alive, TE, Trailer, Transfer-Encoding, Upgrade (unless
 /// `upgrading`) and every Proxy-* header.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
+    // Fast path, one scan: most requests carry none of these (standard header
+    // names compare as enum tags, without hashing).
+    if !headers.keys().any(is_hop_by_hop) {
+        if upgrading {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -70,6 +78,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     if upgrading {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+}
+
+/// A header that is hop-by-hop by its name alone (Connection also names others).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name.as_str().starts_with("proxy-")
 }
 
 /// What the request needs to know about where it came from.
@@ -141,24 +160,39 @@ pub fn prepare_request<B>(req: &mut Request<B>, upgrading: bool, fwd: &Forwardin
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    let ip = peer.ip().to_canonical().to_string();
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) if headers.get_all(&X_FORWARDED_FOR).iter().count() == 1 => {
-            format!("{existing}, {ip}")
+    use std::io::Write;
+    // The client's address, formatted on the stack (an IPv6 address is at most 45 bytes).
+    let mut ip_buf = [0u8; 48];
+    let ip_len = {
+        let mut cursor = std::io::Cursor::new(&mut ip_buf[..]);
+        if write!(cursor, "{}", peer.ip().to_canonical()).is_err() {
+            return;
         }
-        Some(_) => {
-            // Several X-Forwarded-For lines: fold them into one list.
-            let mut all: Vec<&str> = headers
-                .get_all(&X_FORWARDED_FOR)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            all.push(&ip);
-            all.join(", ")
-        }
-        None => ip,
+        cursor.position() as usize
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    let ip = &ip_buf[..ip_len];
+    let mut existing = headers.get_all(&X_FORWARDED_FOR).iter();
+    let value = match (existing.next(), existing.next()) {
+        (None, _) => HeaderValue::from_bytes(ip),
+        (Some(first), None) => {
+            let mut joined = bytes::BytesMut::with_capacity(first.len() + 2 + ip.len());
+            joined.extend_from_slice(first.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(ip);
+            HeaderValue::from_maybe_shared(joined.freeze())
+        }
+        (Some(_), Some(_)) => {
+            // Several X-Forwarded-For lines: fold them into one list.
+            let mut joined = bytes::BytesMut::new();
+            for v in headers.get_all(&X_FORWARDED_FOR) {
+                joined.extend_from_slice(v.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(ip);
+            HeaderValue::from_maybe_shared(joined.freeze())
+        }
+    };
+    if let Ok(v) = value {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
 }
@@ -226,6 +260,23 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarded_for_is_appended_and_folded() {
+        let peer: SocketAddr = "[::ffff:10.0.0.9]:5000".parse().unwrap();
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, peer);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        append_forwarded_for(&mut h, "192.0.2.1:1".parse().unwrap());
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9, 192.0.2.1");
+        h.append("x-forwarded-for", HeaderValue::from_static("198.51.100.7"));
+        append_forwarded_for(&mut h, "[2001:db8::1]:1".parse().unwrap());
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(
+            h["x-forwarded-for"],
+            "10.0.0.9, 192.0.2.1, 198.51.100.7, 2001:db8::1"
+        );
     }
 
     #[test]
