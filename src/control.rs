@@ -297,10 +297,18 @@ impl Control {
     /// Writes a decision to the store. With a shared store the generation is
     /// placed after the fleet's latest one (last writer wins).
     async fn record(&self, mut doc: WeightsDoc) -> Result<WeightsDoc, ControlError> {
-        if self.store.shared()
-            && let Ok(Some(latest)) = self.store.load().await
-        {
-            doc.generation = doc.generation.max(latest.generation + 1);
+        if self.store.shared() {
+            match self.store.load().await {
+                Ok(Some(latest)) => doc.generation = doc.generation.max(latest.generation + 1),
+                Ok(None) => {}
+                // Saving blind could put a generation below the fleet's latest.
+                Err(e) => {
+                    metrics::counter!(names::STORE_OPERATIONS_TOTAL, "op" => "load", "result" => "error").increment(1);
+                    self.lock().store.last_error = Some(e.to_string());
+                    tracing::error!(error = %e, "weight change refused: the store could not be read");
+                    return Err(ControlError::StoreLoad(e));
+                }
+            }
         }
         let saved = self.store.save(&doc).await;
         let mut state = self.lock();
@@ -346,6 +354,9 @@ impl Control {
     /// Adopts the fleet store's document when it differs from the decision in
     /// force (the store is the truth; generations order writes).
     pub async fn sync_from_store(&self) {
+        // Serialized with decisions: a load that started before this replica's
+        // own change was saved must not be applied after it (a revert).
+        let _turn = self.decisions.lock().await;
         let loaded = self.store.load().await;
         let mut state = self.lock();
         match loaded {
@@ -579,6 +590,13 @@ impl Control {
     /// health after ejections); called before every scrape.
     pub fn publish_gauges(&self) {
         publish_endpoint_gauges(&self.snapshot.load());
+        let state = self.lock();
+        for (version, (_, last_ok)) in &state.discovery {
+            if let Some(at) = last_ok {
+                metrics::gauge!(names::DISCOVERY_AGE_SECONDS, "version" => version.clone())
+                    .set(at.elapsed().as_secs_f64());
+            }
+        }
     }
 
     /// Marks the listener as bound.
@@ -715,6 +733,15 @@ impl EndpointSink for Control {
         state.endpoints.insert(version.to_string(), next);
         if let Err(e) = self.swap(&state) {
             tracing::error!(error = %e, "could not apply discovered endpoints");
+        }
+    }
+
+    fn endpoints_confirmed(&self, version: &str) {
+        let mut state = self.lock();
+        if let Some((d, last_ok)) = state.discovery.get_mut(version) {
+            d.last_error = None;
+            d.consecutive_errors = 0;
+            *last_ok = Some(Instant::now());
         }
     }
 

@@ -78,4 +78,7 @@ pub trait EndpointSink: Send + Sync + 'static {
     fn endpoints_discovered(&self, version: &str, endpoints: Vec<SocketAddr>);
     /// A failed call; the last known endpoints stay in use.
     fn discovery_failed(&self, version: &str, error: &DiscoveryError);
+    /// A successful call that showed the endpoints last passed on are still
+    /// current (the revision did not move): they are as fresh as a new answer.
+    fn endpoints_confirmed(&self, _version: &str) {}
 }

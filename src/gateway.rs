@@ -238,7 +238,6 @@ pub async fn start(
         running: Mutex::new(BTreeMap::new()),
     });
     pollers.sync(&control);
-    wait_for_stable_endpoints(&control).await;
 
     let mut background = Vec::new();
     let reloader: Option<Arc<dyn Reload>> = config_path.map(|path| {
@@ -292,9 +291,12 @@ pub async fn start(
         admin,
         wait_for(shutdown_rx.clone(), true),
     ));
+    // The listener is bound (connections wait in its backlog) and the admin API
+    // answers: /healthz 200, /readyz 503 with the reason until endpoints come.
+    control.set_listening();
+    wait_for_stable_endpoints(&control).await;
 
     let proxy = Arc::new(Proxy::new(control.snapshot_cell(), proxy_addr.port()));
-    control.set_listening();
     let serving = {
         let control = control.clone();
         let drain_rx = shutdown_rx.clone();

@@ -116,6 +116,7 @@ async fn round(
         || state.last_revision != Some(revision)
         || Instant::now() >= state.next_full;
     if !due {
+        sink.endpoints_confirmed(version);
         return Ok(());
     }
     let endpoints = discover.instances(source).await?;

@@ -1,0 +1,992 @@
+//! The real binary against moto: Cloud Map discovery, the Cloud Map fleet
+//! store and App Mesh route sync, end to end (issue 4).
+//!
+//! Every test runs its own moto server and `canary-gateway run --config FILE`
+//! processes with `[aws] endpoint_url` pointing at it; the upstreams are small
+//! HTTP servers on 127.0.0.1 that answer with their name.
+
+#[path = "support/cloudmap_fixture.rs"]
+mod cloudmap_fixture;
+#[path = "support/gateway_proc.rs"]
+mod gateway_proc;
+#[path = "support/moto.rs"]
+mod moto;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use aws_sdk_appmesh::types::{
+    HttpRoute, HttpRouteAction, HttpRouteMatch, PortMapping, PortProtocol, RouteSpec,
+    VirtualNodeSpec, VirtualRouterListener, VirtualRouterSpec, WeightedTarget,
+};
+use cloudmap_fixture::CloudMapFixture;
+use gateway_proc::{
+    BlackHole, GatewayProc, Relay, TOKEN_ENV, TaggedUpstream, eventually, metric_sum, split_counts,
+};
+use moto::MotoServer;
+use serde_json::{Value, json};
+
+const NAMESPACE: &str = "canary.local";
+
+/// Bound of every wait for something the gateway does in the background.
+const WAIT: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------- config ----
+
+/// `endpoints = ["addr"]` for a version.
+fn static_source(upstream: &TaggedUpstream) -> String {
+    format!("endpoints = [\"{}\"]", upstream.addr)
+}
+
+/// `cloudmap = {...}` for a version.
+fn cloudmap_source(service: &str) -> String {
+    format!("cloudmap = {{ namespace = \"{NAMESPACE}\", service = \"{service}\" }}")
+}
+
+/// A gateway config on 127.0.0.1:0 talking to AWS at `aws_url`: versions
+/// `(name, weight, source line)`, the first one stable, then `extra` tables.
+fn config(aws_url: &str, versions: &[(&str, u32, String)], extra: &str) -> String {
+    let mut text = format!(
+        "[listener]\naddress = \"127.0.0.1:0\"\n\n\
+         [admin]\naddress = \"127.0.0.1:0\"\ntoken_env = \"{TOKEN_ENV}\"\n\n\
+         [split]\nstable = \"{}\"\n\n\
+         [aws]\nregion = \"us-east-1\"\nendpoint_url = \"{aws_url}\"\n",
+        versions[0].0
+    );
+    for (name, weight, source) in versions {
+        text.push_str(&format!(
+            "\n[[versions]]\nname = \"{name}\"\nweight = {weight}\n{source}\n"
+        ));
+    }
+    text.push('\n');
+    text.push_str(extra);
+    text
+}
+
+/// `[store]` on Cloud Map service `service_id`, polled every 300 ms.
+fn fleet_store(service_id: &str) -> String {
+    format!(
+        "[store]\nkind = \"cloudmap\"\nservice_id = \"{service_id}\"\npoll_interval = \"300ms\"\n"
+    )
+}
+
+// ------------------------------------------------------------- cloud map ----
+
+/// Creates the HTTP namespace [`NAMESPACE`]; its id.
+async fn create_namespace(client: &aws_sdk_servicediscovery::Client) -> String {
+    client
+        .create_http_namespace()
+        .name(NAMESPACE)
+        .send()
+        .await
+        .expect("CreateHttpNamespace");
+    client
+        .list_namespaces()
+        .send()
+        .await
+        .expect("ListNamespaces")
+        .namespaces()
+        .iter()
+        .find(|n| n.name() == Some(NAMESPACE))
+        .and_then(|n| n.id().map(str::to_owned))
+        .expect("namespace id")
+}
+
+/// Creates service `name` in the namespace.
+async fn create_service(
+    client: &aws_sdk_servicediscovery::Client,
+    namespace_id: &str,
+    name: &str,
+) -> CloudMapFixture {
+    let created = client
+        .create_service()
+        .name(name)
+        .namespace_id(namespace_id)
+        .send()
+        .await
+        .expect("CreateService");
+    CloudMapFixture {
+        client: client.clone(),
+        namespace: NAMESPACE.to_owned(),
+        service: name.to_owned(),
+        service_id: created
+            .service()
+            .and_then(|s| s.id())
+            .expect("service id")
+            .to_owned(),
+    }
+}
+
+/// Cloud Map services `names` in a fresh namespace of `moto`.
+async fn cloudmap_services(moto: &MotoServer, names: &[&str]) -> Vec<CloudMapFixture> {
+    let client = aws_sdk_servicediscovery::Client::new(&moto.sdk_config().await);
+    let namespace_id = create_namespace(&client).await;
+    let mut out = Vec::new();
+    for name in names {
+        out.push(create_service(&client, &namespace_id, name).await);
+    }
+    out
+}
+
+/// Registers `upstream` as instance `id` of `service` (127.0.0.1 and its port).
+async fn register(service: &CloudMapFixture, id: &str, upstream: &TaggedUpstream) {
+    let port = upstream.port().to_string();
+    service
+        .register(
+            id,
+            &[
+                ("AWS_INSTANCE_IPV4", "127.0.0.1"),
+                ("AWS_INSTANCE_PORT", &port),
+            ],
+        )
+        .await;
+}
+
+// ---------------------------------------------------------------- status ----
+
+/// The endpoint addresses `/status` lists for `version`, sorted.
+fn endpoints_of(status: &Value, version: &str) -> Vec<String> {
+    let mut list: Vec<String> = version_status(status, version)["endpoints"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no endpoints for {version}: {status}"))
+        .iter()
+        .map(|e| e["address"].as_str().unwrap().to_owned())
+        .collect();
+    list.sort();
+    list
+}
+
+fn version_status<'a>(status: &'a Value, version: &str) -> &'a Value {
+    status["versions"]
+        .as_array()
+        .and_then(|l| l.iter().find(|v| v["name"] == version))
+        .unwrap_or_else(|| panic!("no version {version} in /status: {status}"))
+}
+
+/// Waits until `/status` lists exactly `expected` (version -> addresses).
+async fn wait_endpoints(gw: &GatewayProc, expected: &[(&str, Vec<String>)]) {
+    let mut last = Value::Null;
+    let ok = eventually(WAIT, async || {
+        last = gw.status().await;
+        expected.iter().all(|(v, want)| {
+            let mut want = want.clone();
+            want.sort();
+            endpoints_of(&last, v) == want
+        })
+    })
+    .await;
+    assert!(
+        ok,
+        "endpoints never became {expected:?}: {last:#}\nlog:\n{}",
+        gw.log_text()
+    );
+}
+
+fn weights_of(view: &Value) -> BTreeMap<String, u64> {
+    view["weights"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no weights in {view}"))
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+        .collect()
+}
+
+fn weights(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+/// Asserts that `count` is `expected` give or take `slack`.
+fn assert_near(counts: &BTreeMap<String, usize>, version: &str, expected: usize, slack: usize) {
+    let got = counts.get(version).copied().unwrap_or(0);
+    assert!(
+        got.abs_diff(expected) <= slack,
+        "{version}: {got} requests, expected {expected} ± {slack}: {counts:?}"
+    );
+}
+
+// ----------------------------------------------------------------- tests ----
+
+/// Versions whose endpoints come from Cloud Map: the gateway discovers them,
+/// becomes ready and splits 90/10 between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splits_between_endpoints_discovered_in_cloud_map() {
+    let moto = MotoServer::start();
+    let v1 = TaggedUpstream::start("v1").await;
+    let v2 = TaggedUpstream::start("v2").await;
+    let services = cloudmap_services(&moto, &["app-v1", "app-v2"]).await;
+    register(&services[0], "i-v1", &v1).await;
+    register(&services[1], "i-v2", &v2).await;
+
+    let gw = GatewayProc::spawn(&config(
+        &moto.endpoint_url(),
+        &[
+            ("v1", 90, cloudmap_source("app-v1")),
+            ("v2", 10, cloudmap_source("app-v2")),
+        ],
+        "",
+    ))
+    .await;
+    gw.wait_ready(WAIT).await;
+    wait_endpoints(
+        &gw,
+        &[
+            ("v1", vec![v1.addr.to_string()]),
+            ("v2", vec![v2.addr.to_string()]),
+        ],
+    )
+    .await;
+    let status = gw.status().await;
+    assert_eq!(
+        version_status(&status, "v2")["discovery"]["source"],
+        "cloudmap:canary.local/app-v2",
+        "{status:#}"
+    );
+
+    let counts = split_counts(gw.addr, 1000).await;
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    assert_near(&counts, "v1", 900, 15);
+    assert_near(&counts, "v2", 100, 15);
+    assert_eq!(v1.hits() + v2.hits(), 1000);
+}
+
+/// An instance registered while the gateway runs gets traffic; a deregistered
+/// one stops getting it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_registrations_and_deregistrations() {
+    let moto = MotoServer::start();
+    let first = TaggedUpstream::start("first").await;
+    let second = TaggedUpstream::start("second").await;
+    let services = cloudmap_services(&moto, &["app-v1"]).await;
+    let service = &services[0];
+    register(service, "i-first", &first).await;
+
+    let gw = GatewayProc::spawn(&config(
+        &moto.endpoint_url(),
+        &[("v1", 100, cloudmap_source("app-v1"))],
+        "",
+    ))
+    .await;
+    gw.wait_ready(WAIT).await;
+    let counts = split_counts(gw.addr, 20).await;
+    assert_eq!(counts.get("first"), Some(&20), "{counts:?}");
+
+    // A second instance: it gets a share of the traffic.
+    register(service, "i-second", &second).await;
+    let ok = eventually(WAIT, async || {
+        split_counts(gw.addr, 20).await;
+        second.hits() > 0
+    })
+    .await;
+    assert!(
+        ok,
+        "the new instance never got traffic: {:#}\nlog:\n{}",
+        gw.status().await,
+        gw.log_text()
+    );
+    assert!(first.hits() > 20, "both instances share the traffic");
+
+    // The first one leaves: once discovery sees it, it gets nothing.
+    service.deregister("i-first").await;
+    let ok = eventually(WAIT, async || {
+        let before = first.hits();
+        let counts = split_counts(gw.addr, 50).await;
+        first.hits() == before && counts.get("second") == Some(&50)
+    })
+    .await;
+    assert!(
+        ok,
+        "the deregistered instance still gets traffic: {:#}",
+        gw.status().await
+    );
+    assert_eq!(
+        endpoints_of(&gw.status().await, "v1"),
+        vec![second.addr.to_string()]
+    );
+}
+
+/// Cloud Map going away after discovery: traffic keeps flowing to the last
+/// known endpoints, the gateway stays ready, and the failure is visible in
+/// /status (error, growing data age) and /metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_going_away_keeps_traffic_flowing_and_the_gateway_ready() {
+    let moto = MotoServer::start();
+    let v1 = TaggedUpstream::start("v1").await;
+    let v2 = TaggedUpstream::start("v2").await;
+    let services = cloudmap_services(&moto, &["app-v1", "app-v2"]).await;
+    register(&services[0], "i-v1", &v1).await;
+    register(&services[1], "i-v2", &v2).await;
+    let gw = GatewayProc::spawn(&config(
+        &moto.endpoint_url(),
+        &[
+            ("v1", 90, cloudmap_source("app-v1")),
+            ("v2", 10, cloudmap_source("app-v2")),
+        ],
+        "",
+    ))
+    .await;
+    gw.wait_ready(WAIT).await;
+    wait_endpoints(
+        &gw,
+        &[
+            ("v1", vec![v1.addr.to_string()]),
+            ("v2", vec![v2.addr.to_string()]),
+        ],
+    )
+    .await;
+    let errors_before = metric_sum(&gw.metrics().await, "canary_discovery_errors_total");
+    let status = gw.status().await;
+    for v in ["v1", "v2"] {
+        assert_eq!(
+            version_status(&status, v)["discovery"]["last_error"],
+            Value::Null,
+            "{status:#}"
+        );
+    }
+
+    drop(services);
+    drop(moto);
+    let killed = Instant::now();
+
+    // Traffic and readiness while the failures show up; at least 3 s.
+    let mut first_ages: Option<Vec<f64>> = None;
+    let mut seen = false;
+    let mut last = Value::Null;
+    let mut served = 0;
+    while !(seen && killed.elapsed() >= Duration::from_secs(3)) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(40),
+            "the discovery failures never showed (or the age never grew): {last:#}\nlog:\n{}",
+            gw.log_text()
+        );
+        let counts = split_counts(gw.addr, 20).await;
+        served += 20;
+        assert!(counts.keys().all(|k| k == "v1" || k == "v2"), "{counts:?}");
+        let ready = gw.readyz().await;
+        assert_eq!(ready.status, 200, "not ready without AWS: {}", ready.text());
+
+        last = gw.status().await;
+        let failing = ["v1", "v2"].iter().all(|v| {
+            let d = &version_status(&last, v)["discovery"];
+            d["last_error"].as_str().is_some_and(|e| !e.is_empty())
+                && d["consecutive_errors"].as_u64() >= Some(1)
+        });
+        let ages: Vec<f64> = ["v1", "v2"]
+            .iter()
+            .map(|v| {
+                version_status(&last, v)["discovery"]["age_seconds"]
+                    .as_f64()
+                    .unwrap_or_else(|| panic!("no age for {v}: {last:#}"))
+            })
+            .collect();
+        if failing {
+            match &first_ages {
+                None => first_ages = Some(ages),
+                Some(first) => {
+                    seen = ages.iter().zip(first).all(|(now, then)| *now >= then + 1.0);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served >= 60);
+    // The endpoints are the last known ones, the split unchanged.
+    assert_eq!(endpoints_of(&last, "v1"), vec![v1.addr.to_string()]);
+    assert_eq!(endpoints_of(&last, "v2"), vec![v2.addr.to_string()]);
+    let counts = split_counts(gw.addr, 200).await;
+    assert_near(&counts, "v1", 180, 6);
+    assert_near(&counts, "v2", 20, 6);
+
+    let errors_after = metric_sum(&gw.metrics().await, "canary_discovery_errors_total");
+    assert!(
+        errors_after >= errors_before + 2.0,
+        "canary_discovery_errors_total went from {errors_before} to {errors_after}"
+    );
+    let metrics = gw.metrics().await;
+    for v in ["v1", "v2"] {
+        let age = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("canary_discovery_age_seconds{")
+                    && l.contains(&format!("version=\"{v}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+        assert!(
+            age.is_some_and(|a| a >= 1.0),
+            "canary_discovery_age_seconds for {v}: {age:?}"
+        );
+    }
+}
+
+/// While Cloud Map answers, the discovered data is fresh: a revision check
+/// that finds nothing new confirms the endpoints, so the age stays near the
+/// 1 s poll period (not the 10 s period of full fetches).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_data_age_stays_fresh_while_cloud_map_answers() {
+    let moto = MotoServer::start();
+    let v1 = TaggedUpstream::start("v1").await;
+    let services = cloudmap_services(&moto, &["app-v1"]).await;
+    register(&services[0], "i-v1", &v1).await;
+    let gw = GatewayProc::spawn(&config(
+        &moto.endpoint_url(),
+        &[("v1", 100, cloudmap_source("app-v1"))],
+        "",
+    ))
+    .await;
+    gw.wait_ready(WAIT).await;
+    // Longer than the 10 s (± 20%) between full fetches.
+    let until = Instant::now() + Duration::from_secs(13);
+    let mut oldest = 0.0_f64;
+    while Instant::now() < until {
+        let status = gw.status().await;
+        let age = version_status(&status, "v1")["discovery"]["age_seconds"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no age: {status:#}"));
+        oldest = oldest.max(age);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        oldest < 4.0,
+        "the data age reached {oldest} s while Cloud Map answered"
+    );
+}
+
+/// Three gateways share the Cloud Map store: a change on one is applied by
+/// all; a fourth started later joins with the fleet's weights.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_shares_weight_decisions_through_cloud_map() {
+    let moto = MotoServer::start();
+    let v1 = TaggedUpstream::start("v1").await;
+    let v2 = TaggedUpstream::start("v2").await;
+    let services = cloudmap_services(&moto, &["canary-state"]).await;
+    let store = fleet_store(&services[0].service_id);
+    let text = |w1: u32, w2: u32| {
+        config(
+            &moto.endpoint_url(),
+            &[
+                ("v1", w1, static_source(&v1)),
+                ("v2", w2, static_source(&v2)),
+            ],
+            &store,
+        )
+    };
+
+    let fleet = [
+        GatewayProc::spawn(&text(90, 10)).await,
+        GatewayProc::spawn(&text(90, 10)).await,
+        GatewayProc::spawn(&text(90, 10)).await,
+    ];
+    for gw in &fleet {
+        gw.wait_ready(WAIT).await;
+        assert_eq!(
+            weights_of(&gw.weights().await),
+            weights(&[("v1", 90), ("v2", 10)])
+        );
+    }
+
+    let reply = fleet[1].put_weights(&[("v1", 75), ("v2", 25)]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let decided = reply.json();
+    let generation = decided["generation"].as_u64().unwrap();
+    assert!(generation >= 1, "{decided}");
+    let want = weights(&[("v1", 75), ("v2", 25)]);
+
+    let mut views = Vec::new();
+    let ok = eventually(WAIT, async || {
+        views.clear();
+        for gw in &fleet {
+            views.push(gw.weights().await);
+        }
+        views
+            .iter()
+            .all(|w| weights_of(w) == want && w["generation"] == generation)
+    })
+    .await;
+    assert!(
+        ok,
+        "the fleet never agreed on generation {generation}: {views:#?}"
+    );
+    for gw in &fleet {
+        assert_eq!(gw.status().await["store"]["kind"], "cloudmap");
+    }
+    // Applied to the data path, not only shown.
+    let counts = split_counts(fleet[2].addr, 400).await;
+    assert_near(&counts, "v1", 300, 8);
+    assert_near(&counts, "v2", 100, 8);
+
+    // A replica started later, from a config file with other weights.
+    let late = GatewayProc::spawn(&text(50, 50)).await;
+    late.wait_ready(WAIT).await;
+    let view = late.weights().await;
+    assert_eq!(weights_of(&view), want, "{view}");
+    assert_eq!(view["generation"], generation, "{view}");
+    let counts = split_counts(late.addr, 400).await;
+    assert_near(&counts, "v1", 300, 8);
+    assert_near(&counts, "v2", 100, 8);
+}
+
+/// With the store down a change is refused (503, JSON error) and nothing
+/// changes: the old weights stay in force and traffic keeps flowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_is_refused_while_the_store_is_down() {
+    let moto = MotoServer::start();
+    let v1 = TaggedUpstream::start("v1").await;
+    let v2 = TaggedUpstream::start("v2").await;
+    let services = cloudmap_services(&moto, &["canary-state"]).await;
+    let gw = GatewayProc::spawn(&config(
+        &moto.endpoint_url(),
+        &[
+            ("v1", 90, static_source(&v1)),
+            ("v2", 10, static_source(&v2)),
+        ],
+        &fleet_store(&services[0].service_id),
+    ))
+    .await;
+    gw.wait_ready(WAIT).await;
+    let reply = gw.put_weights(&[("v1", 80), ("v2", 20)]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let before = gw.weights().await;
+    assert_eq!(weights_of(&before), weights(&[("v1", 80), ("v2", 20)]));
+
+    drop(services);
+    drop(moto);
+
+    let started = Instant::now();
+    let reply = gw.put_weights(&[("v1", 50), ("v2", 50)]).await;
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    let error = reply.json();
+    let message = error["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error message: {error}"));
+    assert!(message.contains("store"), "{message}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the refusal took {:?}",
+        started.elapsed()
+    );
+
+    let after = gw.weights().await;
+    assert_eq!(weights_of(&after), weights(&[("v1", 80), ("v2", 20)]));
+    assert_eq!(after["generation"], before["generation"], "{after}");
+    let status = gw.status().await;
+    assert!(
+        status["store"]["last_error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{status:#}"
+    );
+    assert_eq!(gw.readyz().await.status, 200);
+    let counts = split_counts(gw.addr, 500).await;
+    assert_near(&counts, "v1", 400, 8);
+    assert_near(&counts, "v2", 100, 8);
+}
+
+// -------------------------------------------------------------- app mesh ----
+
+const MESH: &str = "shop";
+const ROUTER: &str = "web-router";
+const ROUTE: &str = "web-route";
+
+fn target(node: &str, weight: i32) -> WeightedTarget {
+    WeightedTarget::builder()
+        .virtual_node(node)
+        .weight(weight)
+        .build()
+        .unwrap()
+}
+
+/// A mesh with nodes web-v1 and web-v2, a router and an http route sending
+/// everything to web-v1.
+async fn create_mesh(client: &aws_sdk_appmesh::Client) {
+    client.create_mesh().mesh_name(MESH).send().await.unwrap();
+    for node in ["web-v1", "web-v2"] {
+        client
+            .create_virtual_node()
+            .mesh_name(MESH)
+            .virtual_node_name(node)
+            .spec(VirtualNodeSpec::builder().build())
+            .send()
+            .await
+            .unwrap();
+    }
+    let port = PortMapping::builder()
+        .port(8080)
+        .protocol(PortProtocol::Http)
+        .build()
+        .unwrap();
+    client
+        .create_virtual_router()
+        .mesh_name(MESH)
+        .virtual_router_name(ROUTER)
+        .spec(
+            VirtualRouterSpec::builder()
+                .listeners(VirtualRouterListener::builder().port_mapping(port).build())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let spec = RouteSpec::builder()
+        .http_route(
+            HttpRoute::builder()
+                .r#match(HttpRouteMatch::builder().prefix("/").build())
+                .action(
+                    HttpRouteAction::builder()
+                        .weighted_targets(target("web-v1", 100))
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+        )
+        .build();
+    client
+        .create_route()
+        .mesh_name(MESH)
+        .virtual_router_name(ROUTER)
+        .route_name(ROUTE)
+        .spec(spec)
+        .send()
+        .await
+        .unwrap();
+}
+
+/// The route's weighted targets by virtual node.
+async fn route_weights(client: &aws_sdk_appmesh::Client) -> BTreeMap<String, i32> {
+    let out = client
+        .describe_route()
+        .mesh_name(MESH)
+        .virtual_router_name(ROUTER)
+        .route_name(ROUTE)
+        .send()
+        .await
+        .unwrap();
+    let spec = out.route().unwrap().spec.clone().unwrap();
+    spec.http_route
+        .unwrap()
+        .action
+        .unwrap()
+        .weighted_targets
+        .into_iter()
+        .map(|t| (t.virtual_node, t.weight))
+        .collect()
+}
+
+fn appmesh_table(route: &str) -> String {
+    format!(
+        "[appmesh]\nmesh = \"{MESH}\"\nvirtual_router = \"{ROUTER}\"\nroute = \"{route}\"\n\
+         virtual_nodes = {{ v1 = \"web-v1\", v2 = \"web-v2\" }}\n"
+    )
+}
+
+/// Every weight decision is mirrored onto the App Mesh route, down to a
+/// one-in-a-million canary (1%, App Mesh's smallest non-zero share).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weight_changes_are_mirrored_to_the_app_mesh_route() {
+    let moto = MotoServer::start();
+    let client = aws_sdk_appmesh::Client::new(&moto.sdk_config().await);
+    create_mesh(&client).await;
+    let v1 = TaggedUpstream::start("v1").await;
+    let v2 = TaggedUpstream::start("v2").await;
+    let gw = GatewayProc::spawn(&config(
+        &moto.endpoint_url(),
+        &[
+            ("v1", 90, static_source(&v1)),
+            ("v2", 10, static_source(&v2)),
+        ],
+        &appmesh_table(ROUTE),
+    ))
+    .await;
+    gw.wait_ready(WAIT).await;
+
+    // The start syncs the config's weights.
+    let expected = BTreeMap::from([("web-v1".to_string(), 90), ("web-v2".to_string(), 10)]);
+    let mut last = BTreeMap::new();
+    let ok = eventually(WAIT, async || {
+        last = route_weights(&client).await;
+        last == expected
+    })
+    .await;
+    assert!(
+        ok,
+        "the route never became 90/10: {last:?}\nlog:\n{}",
+        gw.log_text()
+    );
+
+    let reply = gw.put_weights(&[("v1", 999_999), ("v2", 1)]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let expected = BTreeMap::from([("web-v1".to_string(), 99), ("web-v2".to_string(), 1)]);
+    let ok = eventually(WAIT, async || {
+        last = route_weights(&client).await;
+        last == expected
+    })
+    .await;
+    assert!(
+        ok,
+        "the route never became 99/1: {last:?}\nlog:\n{}",
+        gw.log_text()
+    );
+
+    let mut status = Value::Null;
+    let ok = eventually(WAIT, async || {
+        status = gw.status().await;
+        status["appmesh"]["synced_weights"] == json!({"v1": 99, "v2": 1})
+    })
+    .await;
+    assert!(ok, "/status never showed the sync: {status:#}");
+    let appmesh = &status["appmesh"];
+    assert_eq!(appmesh["route"], format!("{MESH}/{ROUTER}/{ROUTE}"));
+    assert_eq!(appmesh["last_error"], Value::Null, "{appmesh}");
+    assert!(appmesh["last_ok_ms"].as_u64().is_some(), "{appmesh}");
+}
+
+/// App Mesh failing (the route does not exist) is reported, and never blocks
+/// or reverts the gateway's own weights.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_app_mesh_sync_never_blocks_or_reverts_the_weights() {
+    let moto = MotoServer::start();
+    let client = aws_sdk_appmesh::Client::new(&moto.sdk_config().await);
+    create_mesh(&client).await;
+    let v1 = TaggedUpstream::start("v1").await;
+    let v2 = TaggedUpstream::start("v2").await;
+    let gw = GatewayProc::spawn(&config(
+        &moto.endpoint_url(),
+        &[
+            ("v1", 90, static_source(&v1)),
+            ("v2", 10, static_source(&v2)),
+        ],
+        &appmesh_table("no-such-route"),
+    ))
+    .await;
+    gw.wait_ready(WAIT).await;
+
+    let started = Instant::now();
+    let reply = gw.put_weights(&[("v1", 50), ("v2", 50)]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "PUT /weights waited for App Mesh: {:?}",
+        started.elapsed()
+    );
+    let generation = reply.json()["generation"].as_u64().unwrap();
+
+    let mut status = Value::Null;
+    let ok = eventually(WAIT, async || {
+        status = gw.status().await;
+        status["appmesh"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("NotFound"))
+    })
+    .await;
+    assert!(ok, "/status never showed the failed sync: {status:#}");
+    assert_eq!(
+        status["appmesh"]["synced_weights"],
+        Value::Null,
+        "{status:#}"
+    );
+
+    // After the failure: the decision stands, on the admin API and in traffic.
+    let view = gw.weights().await;
+    assert_eq!(weights_of(&view), weights(&[("v1", 50), ("v2", 50)]));
+    assert_eq!(view["generation"], generation);
+    let counts = split_counts(gw.addr, 200).await;
+    assert_near(&counts, "v1", 100, 6);
+    assert_near(&counts, "v2", 100, 6);
+    // The existing route was not touched either.
+    assert_eq!(
+        route_weights(&client).await,
+        BTreeMap::from([("web-v1".to_string(), 100)])
+    );
+}
+
+/// App Mesh hanging (its endpoint accepts connections and never answers):
+/// weight changes apply at once all the same, one after the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_app_mesh_never_delays_weight_changes() {
+    let hung = BlackHole::start().await;
+    let v1 = TaggedUpstream::start("v1").await;
+    let v2 = TaggedUpstream::start("v2").await;
+    let gw = GatewayProc::spawn(&config(
+        &hung.endpoint_url(),
+        &[
+            ("v1", 90, static_source(&v1)),
+            ("v2", 10, static_source(&v2)),
+        ],
+        &appmesh_table(ROUTE),
+    ))
+    .await;
+    gw.wait_ready(WAIT).await;
+
+    for (w1, w2) in [(50, 50), (70, 30), (0, 100)] {
+        let started = Instant::now();
+        let reply = gw.put_weights(&[("v1", w1), ("v2", w2)]).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "PUT /weights waited for App Mesh: {:?}",
+            started.elapsed()
+        );
+        let view = gw.weights().await;
+        assert_eq!(
+            weights_of(&view),
+            weights(&[("v1", u64::from(w1)), ("v2", u64::from(w2))])
+        );
+    }
+    let counts = split_counts(gw.addr, 50).await;
+    assert_eq!(counts.get("v2"), Some(&50), "{counts:?}");
+    let status = gw.status().await;
+    assert_eq!(
+        status["appmesh"]["synced_weights"],
+        Value::Null,
+        "{status:#}"
+    );
+}
+
+/// Cloud Map unreachable at start: the gateway starts all the same, but
+/// /readyz is 503, naming the stable version, until discovery succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_not_ready_while_cloud_map_is_unreachable() {
+    let moto = MotoServer::start();
+    let v1 = TaggedUpstream::start("v1").await;
+    let v2 = TaggedUpstream::start("v2").await;
+    let services = cloudmap_services(&moto, &["app-v1", "app-v2"]).await;
+    register(&services[0], "i-v1", &v1).await;
+    register(&services[1], "i-v2", &v2).await;
+    let moto_addr = format!("127.0.0.1:{}", moto.port()).parse().unwrap();
+    let relay = Relay::start_down(moto_addr).await;
+
+    let gw = GatewayProc::spawn(&config(
+        &relay.endpoint_url(),
+        &[
+            ("v1", 90, cloudmap_source("app-v1")),
+            ("v2", 10, cloudmap_source("app-v2")),
+        ],
+        "",
+    ))
+    .await;
+    let ready = gw.readyz().await;
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    let reason = ready.text();
+    assert!(
+        reason.contains("`v1`") && reason.contains("cloudmap:canary.local/app-v1"),
+        "{reason}"
+    );
+    let status = gw.status().await;
+    assert_eq!(status["ready"], false, "{status:#}");
+    assert!(
+        status["not_ready_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("`v1`")),
+        "{status:#}"
+    );
+    assert!(
+        version_status(&status, "v1")["discovery"]["last_error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{status:#}"
+    );
+
+    // Cloud Map comes back: discovery succeeds, the gateway becomes ready.
+    relay.set_up();
+    gw.wait_ready(Duration::from_secs(40)).await;
+    wait_endpoints(
+        &gw,
+        &[
+            ("v1", vec![v1.addr.to_string()]),
+            ("v2", vec![v2.addr.to_string()]),
+        ],
+    )
+    .await;
+    let counts = split_counts(gw.addr, 100).await;
+    assert_near(&counts, "v1", 90, 3);
+    assert_near(&counts, "v2", 10, 3);
+}
+
+// ------------------------------------------------- store polling vs change ----
+
+/// A shared store whose loads are slow: a load returns the document as it was
+/// when the load began (a read in flight while another replica writes).
+struct SlowStore {
+    doc: std::sync::Mutex<Option<canary_gateway::store::WeightsDoc>>,
+    load_time: Duration,
+}
+
+impl canary_gateway::store::Store for SlowStore {
+    fn load(
+        &self,
+    ) -> canary_gateway::discovery::BoxFuture<
+        '_,
+        Result<Option<canary_gateway::store::WeightsDoc>, canary_gateway::store::StoreError>,
+    > {
+        let seen = self.doc.lock().unwrap().clone();
+        Box::pin(async move {
+            tokio::time::sleep(self.load_time).await;
+            Ok(seen)
+        })
+    }
+
+    fn save<'a>(
+        &'a self,
+        doc: &'a canary_gateway::store::WeightsDoc,
+    ) -> canary_gateway::discovery::BoxFuture<'a, Result<(), canary_gateway::store::StoreError>>
+    {
+        *self.doc.lock().unwrap() = Some(doc.clone());
+        Box::pin(async { Ok(()) })
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+}
+
+/// A store poll that was in flight while this replica saved its own change
+/// must not put the old weights back once the change applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_poll_in_flight_never_reverts_a_change() {
+    use canary_gateway::config::Config;
+    use canary_gateway::control::Control;
+    use std::sync::Arc;
+
+    let text = "[listener]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+                [split]\nstable = \"v1\"\n\
+                [[versions]]\nname = \"v1\"\nweight = 90\nendpoints = [\"127.0.0.1:1\"]\n\
+                [[versions]]\nname = \"v2\"\nweight = 10\nendpoints = [\"127.0.0.1:2\"]\n";
+    let config = Config::parse(text, "test").unwrap();
+    let store = Arc::new(SlowStore {
+        doc: std::sync::Mutex::new(None),
+        load_time: Duration::from_millis(300),
+    });
+    let control = Control::start(config, store, "cloudmap").await.unwrap();
+    let poller = {
+        let control = control.clone();
+        tokio::spawn(async move {
+            loop {
+                control.sync_from_store().await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    for canary in 11..16 {
+        let want = weights(&[("v1", 100 - canary), ("v2", canary)]);
+        control
+            .set_weights(
+                BTreeMap::from([
+                    ("v1".to_string(), (100 - canary) as u32),
+                    ("v2".to_string(), canary as u32),
+                ]),
+                "admin",
+            )
+            .await
+            .unwrap();
+        let until = Instant::now() + Duration::from_millis(800);
+        while Instant::now() < until {
+            let now = control.weights();
+            let now: BTreeMap<String, u64> = now
+                .weights
+                .iter()
+                .map(|(k, v)| (k.clone(), u64::from(*v)))
+                .collect();
+            assert_eq!(now, want, "a store poll reverted the change");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    poller.abort();
+}
