@@ -26,6 +26,14 @@ fn describe(value: &toml::Value) -> String {
 }
 
 /// Parses `"<number><unit>"` with unit ms, s, m or h.
+///
+/// ```
+/// use std::time::Duration;
+/// use canary_gateway::config::duration::parse;
+/// assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
+/// assert_eq!(parse("2m"), Ok(Duration::from_secs(120)));
+/// assert!(parse("soon").is_err());
+/// ```
 pub fn parse(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t
