@@ -74,7 +74,11 @@ fn spawn_command(mut cmd: Command) -> Result<Proc, String> {
     }
     match rx.recv_timeout(Duration::from_secs(20)) {
         Ok(Ok(line)) => {
+            let json: Option<serde_json::Value> = serde_json::from_str(&line).ok();
             let field = |name: &str| -> Option<SocketAddr> {
+                if let Some(json) = &json {
+                    return json["fields"][name].as_str()?.parse().ok();
+                }
                 let start = line.find(&format!("{name}="))? + name.len() + 1;
                 line[start..].split_whitespace().next()?.parse().ok()
             };
@@ -492,5 +496,72 @@ async fn demo_serves_a_ninety_ten_split() {
     assert_eq!(
         admin(gw.admin, "GET", "/readyz", None, "").await.status,
         200
+    );
+}
+
+#[tokio::test]
+async fn access_and_audit_lines_are_logged() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &[("v1", 90, v1.addr), ("v2", 10, v2.addr)],
+        "\n[log]\naccess_log = true\nformat = \"json\"\n",
+    );
+    let gw = spawn(&path).unwrap();
+    assert_eq!(
+        get(gw.addr, "/status/201", &[("x-canary-version", "v2")])
+            .await
+            .status,
+        201
+    );
+    let reply = admin(
+        gw.admin,
+        "PUT",
+        "/weights",
+        Some(TOKEN),
+        r#"{"weights":{"v2":20}}"#,
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    let find = |needle: &'static str| {
+        let log = gw.log.clone();
+        move || {
+            log.lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+                .cloned()
+        }
+    };
+    let access = find("\"target\":\"access\"");
+    let audit = find("\"target\":\"audit\"");
+    assert!(
+        eventually(Duration::from_secs(5), async || access().is_some()
+            && audit().is_some())
+        .await
+    );
+    let access: serde_json::Value = serde_json::from_str(&access().unwrap()).unwrap();
+    assert_eq!(access["fields"]["version"], "v2");
+    assert_eq!(access["fields"]["status"], 201);
+    assert_eq!(access["fields"]["upstream"], v2.addr.to_string());
+    assert!(access["fields"]["latency_ms"].is_number());
+    let audit: serde_json::Value = serde_json::from_str(&audit().unwrap()).unwrap();
+    assert_eq!(audit["fields"]["source"], "admin");
+    assert_eq!(audit["fields"]["generation"], 1);
+    assert!(
+        audit["fields"]["old"]
+            .as_str()
+            .unwrap()
+            .contains("\"v2\": 10"),
+        "{audit}"
+    );
+    assert!(
+        audit["fields"]["new"]
+            .as_str()
+            .unwrap()
+            .contains("\"v2\": 20"),
+        "{audit}"
     );
 }
