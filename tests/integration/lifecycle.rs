@@ -19,7 +19,6 @@ struct Proc {
     child: Child,
     addr: SocketAddr,
     admin: SocketAddr,
-    #[allow(dead_code)]
     log: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
