@@ -39,7 +39,7 @@ endpoints = ["127.0.0.1:9004"]
 
 fn snapshot(canary: u32, generation: u64) -> Snapshot {
     let config = Config::parse(CONFIG, "bench").expect("bench config");
-    let names: Vec<String> = config.versions.iter().map(|v| v.name.clone()).collect();
+    let names = config.version_names();
     let weights: BTreeMap<String, u32> =
         [("v1".to_string(), 100 - canary), ("v2".to_string(), canary)].into();
     let endpoints: BTreeMap<String, Vec<Arc<Endpoint>>> = config

@@ -227,6 +227,11 @@ impl Config {
         )
     }
 
+    /// The version names, in config order.
+    pub fn version_names(&self) -> Vec<String> {
+        self.versions.iter().map(|v| v.name.clone()).collect()
+    }
+
     /// The weights written in the config, by version.
     pub fn weights(&self) -> BTreeMap<String, u32> {
         self.versions

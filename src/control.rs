@@ -259,12 +259,7 @@ impl Control {
         let (doc, versions) = {
             let state = self.lock();
             let (stable, weights) = change(&state.decision)?;
-            let versions: Vec<String> = state
-                .config
-                .versions
-                .iter()
-                .map(|v| v.name.clone())
-                .collect();
+            let versions: Vec<String> = state.config.version_names();
             validate_weights(&versions, &stable, &weights)?;
             let doc = WeightsDoc {
                 stable,
@@ -279,12 +274,7 @@ impl Control {
         let doc = self.record(doc).await?;
         let mut state = self.lock();
         // A reload may have changed the versions while the store was written.
-        let now: Vec<String> = state
-            .config
-            .versions
-            .iter()
-            .map(|v| v.name.clone())
-            .collect();
+        let now: Vec<String> = state.config.version_names();
         if now != versions {
             return Err(ControlError::Invalid(
                 "the config was reloaded during the change; try again".into(),
@@ -371,12 +361,7 @@ impl Control {
                     || doc.weights != current.weights
                     || doc.stable != current.stable
                 {
-                    let versions: Vec<String> = state
-                        .config
-                        .versions
-                        .iter()
-                        .map(|v| v.name.clone())
-                        .collect();
+                    let versions: Vec<String> = state.config.version_names();
                     if let Err(e) = validate_weights(&versions, &doc.stable, &doc.weights) {
                         tracing::warn!(error = %e, generation = doc.generation, "ignoring the store's weights: invalid for this config");
                         return;
@@ -462,26 +447,12 @@ impl Control {
         let effective = keep_restart_only(&old, new);
         let edited =
             old.weights() != effective.weights() || old.split.stable != effective.split.stable;
-        let versions: Vec<String> = effective.versions.iter().map(|v| v.name.clone()).collect();
+        let versions: Vec<String> = effective.version_names();
         let (stable, weights) = if edited {
             (effective.split.stable.clone(), effective.weights())
         } else {
-            let weights = effective
-                .versions
-                .iter()
-                .map(|v| {
-                    (
-                        v.name.clone(),
-                        decision.weights.get(&v.name).copied().unwrap_or(v.weight),
-                    )
-                })
-                .collect();
-            let stable = if versions.contains(&decision.stable) {
-                decision.stable.clone()
-            } else {
-                effective.split.stable.clone()
-            };
-            (stable, weights)
+            let kept = fit_to_config(decision.clone(), &effective);
+            (kept.stable, kept.weights)
         };
         validate_weights(&versions, &stable, &weights)
             .map_err(|e| format!("the reloaded config leaves invalid weights: {e}"))?;
@@ -770,12 +741,7 @@ fn all_weight_to(weights: &BTreeMap<String, u32>, to: &str) -> BTreeMap<String, 
 
 /// Builds the snapshot that `state` describes.
 fn build(state: &State) -> Result<Snapshot, ControlError> {
-    let versions: Vec<String> = state
-        .config
-        .versions
-        .iter()
-        .map(|v| v.name.clone())
-        .collect();
+    let versions: Vec<String> = state.config.version_names();
     Ok(Snapshot::build(SnapshotInput {
         versions: &versions,
         stable: &state.decision.stable,
