@@ -2,6 +2,8 @@
 
 #[path = "support/fault_proxy.rs"]
 mod fault_proxy;
+#[path = "support/mesh_fixture.rs"]
+mod mesh_fixture;
 #[path = "support/moto.rs"]
 mod moto;
 #[path = "support/recorder.rs"]
@@ -11,106 +13,11 @@ use std::collections::BTreeMap;
 
 use aws_config::SdkConfig;
 use aws_sdk_appmesh::Client;
-use aws_sdk_appmesh::types::{
-    HttpRoute, HttpRouteAction, HttpRouteMatch, PortMapping, PortProtocol, RouteSpec,
-    VirtualNodeSpec, VirtualRouterListener, VirtualRouterSpec, WeightedTarget,
-};
 use canary_gateway::aws::appmesh::{AppMeshError, RouteSync, RouteSyncConfig};
 use canary_gateway::metrics::APPMESH_SYNCS_TOTAL;
 use fault_proxy::{Fault, FaultProxy};
+use mesh_fixture::{MESH, ROUTE, ROUTER, create_mesh, route_weights};
 use moto::MotoServer;
-
-const MESH: &str = "shop";
-const ROUTER: &str = "web-router";
-const ROUTE: &str = "web-route";
-
-fn target(node: &str, weight: i32) -> WeightedTarget {
-    WeightedTarget::builder()
-        .virtual_node(node)
-        .weight(weight)
-        .build()
-        .unwrap()
-}
-
-/// A mesh with nodes web-v1, web-v2, web-v3, other, a router and an http route
-/// sending everything to web-v1 (and 0 to `other`).
-async fn create_mesh(client: &Client) {
-    client.create_mesh().mesh_name(MESH).send().await.unwrap();
-    for node in ["web-v1", "web-v2", "web-v3", "other"] {
-        client
-            .create_virtual_node()
-            .mesh_name(MESH)
-            .virtual_node_name(node)
-            .spec(VirtualNodeSpec::builder().build())
-            .send()
-            .await
-            .unwrap();
-    }
-    let port = PortMapping::builder()
-        .port(8080)
-        .protocol(PortProtocol::Http)
-        .build()
-        .unwrap();
-    client
-        .create_virtual_router()
-        .mesh_name(MESH)
-        .virtual_router_name(ROUTER)
-        .spec(
-            VirtualRouterSpec::builder()
-                .listeners(VirtualRouterListener::builder().port_mapping(port).build())
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    let spec = RouteSpec::builder()
-        .http_route(
-            HttpRoute::builder()
-                .r#match(HttpRouteMatch::builder().prefix("/").build())
-                .action(
-                    HttpRouteAction::builder()
-                        .weighted_targets(target("web-v1", 100))
-                        .weighted_targets(target("other", 0))
-                        .build()
-                        .unwrap(),
-                )
-                .build(),
-        )
-        .build();
-    client
-        .create_route()
-        .mesh_name(MESH)
-        .virtual_router_name(ROUTER)
-        .route_name(ROUTE)
-        .spec(spec)
-        .send()
-        .await
-        .unwrap();
-}
-
-/// The route's weighted targets as (node, weight), sorted.
-async fn route_weights(client: &Client) -> Vec<(String, i32)> {
-    let out = client
-        .describe_route()
-        .mesh_name(MESH)
-        .virtual_router_name(ROUTER)
-        .route_name(ROUTE)
-        .send()
-        .await
-        .unwrap();
-    let spec = out.route().unwrap().spec.clone().unwrap();
-    let mut weights: Vec<(String, i32)> = spec
-        .http_route
-        .unwrap()
-        .action
-        .unwrap()
-        .weighted_targets
-        .into_iter()
-        .map(|t| (t.virtual_node, t.weight))
-        .collect();
-    weights.sort();
-    weights
-}
 
 fn sync_config(route: &str) -> RouteSyncConfig {
     RouteSyncConfig {
@@ -136,7 +43,12 @@ fn pairs(list: &[(&str, i32)]) -> Vec<(String, i32)> {
 async fn setup(moto: &MotoServer) -> (SdkConfig, Client) {
     let sdk = moto.sdk_config().await;
     let client = Client::new(&sdk);
-    create_mesh(&client).await;
+    create_mesh(
+        &client,
+        &["web-v1", "web-v2", "web-v3", "other"],
+        &[("web-v1", 100), ("other", 0)],
+    )
+    .await;
     (sdk, client)
 }
 

@@ -9,16 +9,14 @@
 mod cloudmap_fixture;
 #[path = "support/gateway_proc.rs"]
 mod gateway_proc;
+#[path = "support/mesh_fixture.rs"]
+mod mesh_fixture;
 #[path = "support/moto.rs"]
 mod moto;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use aws_sdk_appmesh::types::{
-    HttpRoute, HttpRouteAction, HttpRouteMatch, PortMapping, PortProtocol, RouteSpec,
-    VirtualNodeSpec, VirtualRouterListener, VirtualRouterSpec, WeightedTarget,
-};
 use cloudmap_fixture::CloudMapFixture;
 use gateway_proc::{
     BlackHole, GatewayProc, Relay, TOKEN_ENV, TaggedUpstream, eventually, metric_sum, split_counts,
@@ -582,91 +580,13 @@ async fn a_change_is_refused_while_the_store_is_down() {
 
 // -------------------------------------------------------------- app mesh ----
 
-const MESH: &str = "shop";
-const ROUTER: &str = "web-router";
-const ROUTE: &str = "web-route";
-
-fn target(node: &str, weight: i32) -> WeightedTarget {
-    WeightedTarget::builder()
-        .virtual_node(node)
-        .weight(weight)
-        .build()
-        .unwrap()
-}
-
-/// A mesh with nodes web-v1 and web-v2, a router and an http route sending
-/// everything to web-v1.
-async fn create_mesh(client: &aws_sdk_appmesh::Client) {
-    client.create_mesh().mesh_name(MESH).send().await.unwrap();
-    for node in ["web-v1", "web-v2"] {
-        client
-            .create_virtual_node()
-            .mesh_name(MESH)
-            .virtual_node_name(node)
-            .spec(VirtualNodeSpec::builder().build())
-            .send()
-            .await
-            .unwrap();
-    }
-    let port = PortMapping::builder()
-        .port(8080)
-        .protocol(PortProtocol::Http)
-        .build()
-        .unwrap();
-    client
-        .create_virtual_router()
-        .mesh_name(MESH)
-        .virtual_router_name(ROUTER)
-        .spec(
-            VirtualRouterSpec::builder()
-                .listeners(VirtualRouterListener::builder().port_mapping(port).build())
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    let spec = RouteSpec::builder()
-        .http_route(
-            HttpRoute::builder()
-                .r#match(HttpRouteMatch::builder().prefix("/").build())
-                .action(
-                    HttpRouteAction::builder()
-                        .weighted_targets(target("web-v1", 100))
-                        .build()
-                        .unwrap(),
-                )
-                .build(),
-        )
-        .build();
-    client
-        .create_route()
-        .mesh_name(MESH)
-        .virtual_router_name(ROUTER)
-        .route_name(ROUTE)
-        .spec(spec)
-        .send()
-        .await
-        .unwrap();
-}
+use mesh_fixture::{MESH, ROUTE, ROUTER};
 
 /// The route's weighted targets by virtual node.
 async fn route_weights(client: &aws_sdk_appmesh::Client) -> BTreeMap<String, i32> {
-    let out = client
-        .describe_route()
-        .mesh_name(MESH)
-        .virtual_router_name(ROUTER)
-        .route_name(ROUTE)
-        .send()
+    mesh_fixture::route_weights(client)
         .await
-        .unwrap();
-    let spec = out.route().unwrap().spec.clone().unwrap();
-    spec.http_route
-        .unwrap()
-        .action
-        .unwrap()
-        .weighted_targets
         .into_iter()
-        .map(|t| (t.virtual_node, t.weight))
         .collect()
 }
 
@@ -683,7 +603,7 @@ fn appmesh_table(route: &str) -> String {
 async fn weight_changes_are_mirrored_to_the_app_mesh_route() {
     let moto = MotoServer::start();
     let client = aws_sdk_appmesh::Client::new(&moto.sdk_config().await);
-    create_mesh(&client).await;
+    mesh_fixture::create_mesh(&client, &["web-v1", "web-v2"], &[("web-v1", 100)]).await;
     let v1 = TaggedUpstream::start("v1").await;
     let v2 = TaggedUpstream::start("v2").await;
     let gw = GatewayProc::spawn(&config(
@@ -744,7 +664,7 @@ async fn weight_changes_are_mirrored_to_the_app_mesh_route() {
 async fn a_failing_app_mesh_sync_never_blocks_or_reverts_the_weights() {
     let moto = MotoServer::start();
     let client = aws_sdk_appmesh::Client::new(&moto.sdk_config().await);
-    create_mesh(&client).await;
+    mesh_fixture::create_mesh(&client, &["web-v1", "web-v2"], &[("web-v1", 100)]).await;
     let v1 = TaggedUpstream::start("v1").await;
     let v2 = TaggedUpstream::start("v2").await;
     let gw = GatewayProc::spawn(&config(
