@@ -564,3 +564,57 @@ async fn access_and_audit_lines_are_logged() {
         "{audit}"
     );
 }
+
+/// Peak resident memory of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_one_gib_upload_streams_through_in_bounded_memory() {
+    let v1 = Upstream::start("v1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &[("v1", 1, v1.addr)], "");
+    let gw = spawn(&path).unwrap();
+    let before = peak_rss_kib(gw.child.id());
+
+    const CHUNK: usize = 256 * 1024;
+    const CHUNKS: usize = 4096; // 1 GiB
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(async move {
+        let chunk = bytes::Bytes::from(vec![b'g'; CHUNK]);
+        for _ in 0..CHUNKS {
+            if tx
+                .send(Ok(http_body::Frame::data(chunk.clone())))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let req = http::Request::post("/count")
+        .header("host", "h")
+        .body(boxed(ChannelBody(rx)))
+        .unwrap();
+    let reply = tokio::time::timeout(
+        Duration::from_secs(120),
+        Client::connect(gw.addr).await.send(req),
+    )
+    .await
+    .expect("the upload finished in time")
+    .unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), (CHUNK * CHUNKS).to_string());
+    let after = peak_rss_kib(gw.child.id());
+    // Streaming: the gateway's peak memory grows by far less than the body.
+    assert!(
+        after < before + 64 * 1024,
+        "peak RSS grew from {before} KiB to {after} KiB"
+    );
+}

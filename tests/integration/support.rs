@@ -125,6 +125,17 @@ async fn answer(
             }
             Response::new(full(format!("{total} {:016x}", hasher.digest())))
         }
+        "/count" => {
+            // Counts the body's bytes without looking at them (fast for huge uploads).
+            let mut total = 0u64;
+            let mut body = req.into_body();
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Ok(data) = frame.into_data() {
+                    total += data.len() as u64;
+                }
+            }
+            Response::new(full(total.to_string()))
+        }
         "/request-trailers" => {
             let collected = req.into_body().collect().await.ok();
             let trailers = collected
