@@ -72,13 +72,29 @@ impl FileStore {
     }
 }
 
+impl FileStore {
+    /// Runs blocking file I/O (fsync can take a while) off the async threads,
+    /// so a weight change never stalls the data path.
+    async fn off_runtime<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&FileStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = FileStore::new(self.path.clone());
+        match tokio::task::spawn_blocking(move || work(&store)).await {
+            Ok(result) => result,
+            Err(e) => Err(self.error(format!("the file task failed: {e}"))),
+        }
+    }
+}
+
 impl Store for FileStore {
     fn load(&self) -> BoxFuture<'_, Result<Option<WeightsDoc>, StoreError>> {
-        Box::pin(async move { self.load_sync() })
+        Box::pin(self.off_runtime(FileStore::load_sync))
     }
 
     fn save<'a>(&'a self, doc: &'a WeightsDoc) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move { self.save_sync(doc) })
+        let doc = doc.clone();
+        Box::pin(self.off_runtime(move |store| store.save_sync(&doc)))
     }
 
     fn shared(&self) -> bool {
