@@ -64,11 +64,18 @@ fn check(path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// One worker thread: a current-thread runtime (everything on the main
+/// thread, no cross-thread wake-ups or work stealing); more: the multi-thread one.
 fn runtime(worker_threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = worker_threads {
-        builder.worker_threads(n);
-    }
+    let mut builder = match worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     builder
         .enable_all()
         .build()
