@@ -137,9 +137,9 @@ impl Proxy {
 
         let mut completion = Completion {
             start,
-            version: version.clone(),
+            version,
             status: http::StatusCode::OK,
-            settings: settings.clone(),
+            settings,
             conn,
             upstream: None,
             finished: false,
@@ -148,7 +148,15 @@ impl Proxy {
         let (parts, incoming) = req.into_parts();
         let (body, body_progress) = RequestBody::new(incoming);
         let req = Request::from_parts(parts, body);
-        match forward(&version, &settings, req, body_progress).await {
+        let outcome = forward(
+            &completion.version,
+            &completion.settings,
+            req,
+            body_progress,
+        )
+        .await;
+        let (version, settings) = (&completion.version, &completion.settings);
+        match outcome {
             Ok((mut resp, endpoint, sender)) => {
                 completion.status = resp.status();
                 // A response without a body (204, 304, HEAD, length 0) is
