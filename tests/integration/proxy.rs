@@ -453,9 +453,8 @@ async fn chunked_request_bodies_and_trailers_pass_through() {
         format!("9 {:016x}", xxhash_rust::xxh3::xxh3_64(b"abcdefghi"))
     );
 
-    // Trailers reach a client that asked for them. (The support upstream's
-    // `/trailers` declares no `Trailer` header, so hyper never sends its
-    // trailer: a raw upstream that declares it is used instead.)
+    // Trailers reach a client that asked for them, from a raw upstream that
+    // writes them by hand...
     let chunked = FixedUpstream::start(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n\
           4\r\none,\r\n4\r\ntwo,\r\n5\r\nthree\r\n0\r\nx-checksum: abc123\r\n\r\n",
@@ -1110,4 +1109,16 @@ async fn request_trailers_reach_the_upstream() {
         );
         buf.extend_from_slice(&chunk[..n]);
     }
+}
+
+#[tokio::test]
+async fn trailers_from_a_hyper_upstream_reach_the_client() {
+    // ...and from a hyper upstream (which declares them in a Trailer header).
+    let v1 = Upstream::start("v1").await;
+    let gw = Gateway::start(&config("", &[("v1", 1, v1.addr)])).await;
+    let reply = get(gw.addr, "/trailers", &[("te", "trailers")]).await;
+    assert_eq!(reply.text(), "one,two,three");
+    let trailers = reply.trailers.expect("trailers");
+    assert_eq!(trailers.get("x-checksum").unwrap(), "abc123");
+    gw.shutdown().await;
 }

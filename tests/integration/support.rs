@@ -182,7 +182,11 @@ async fn answer(
                 trailers.insert("x-checksum", http::HeaderValue::from_static("abc123"));
                 let _ = tx.send(Ok(http_body::Frame::trailers(trailers))).await;
             });
-            Response::new(ChannelBody(rx).boxed())
+            // hyper only sends the trailer fields the Trailer header declares.
+            let mut resp = Response::new(ChannelBody(rx).boxed());
+            resp.headers_mut()
+                .insert("trailer", http::HeaderValue::from_static("x-checksum"));
+            resp
         }
         "/sleep" => {
             tokio::time::sleep(Duration::from_millis(query_number(&req, "ms"))).await;
