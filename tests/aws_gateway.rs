@@ -202,19 +202,14 @@ fn assert_near(counts: &BTreeMap<String, usize>, version: &str, expected: usize,
     );
 }
 
-// ----------------------------------------------------------------- tests ----
-
-/// Versions whose endpoints come from Cloud Map: the gateway discovers them,
-/// becomes ready and splits 90/10 between them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn splits_between_endpoints_discovered_in_cloud_map() {
-    let moto = MotoServer::start();
+/// v1 and v2 registered in Cloud Map (services app-v1 and app-v2) behind a
+/// 90/10 gateway that is ready and has discovered both.
+async fn discovered_split(moto: &MotoServer) -> (TaggedUpstream, TaggedUpstream, GatewayProc) {
     let v1 = TaggedUpstream::start("v1").await;
     let v2 = TaggedUpstream::start("v2").await;
     let services = cloudmap_services(&moto, &["app-v1", "app-v2"]).await;
     register(&services[0], "i-v1", &v1).await;
     register(&services[1], "i-v2", &v2).await;
-
     let gw = GatewayProc::spawn(&config(
         &moto.endpoint_url(),
         &[
@@ -233,6 +228,17 @@ async fn splits_between_endpoints_discovered_in_cloud_map() {
         ],
     )
     .await;
+    (v1, v2, gw)
+}
+
+// ----------------------------------------------------------------- tests ----
+
+/// Versions whose endpoints come from Cloud Map: the gateway discovers them,
+/// becomes ready and splits 90/10 between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splits_between_endpoints_discovered_in_cloud_map() {
+    let moto = MotoServer::start();
+    let (v1, v2, gw) = discovered_split(&moto).await;
     let status = gw.status().await;
     assert_eq!(
         version_status(&status, "v2")["discovery"]["source"],
@@ -308,29 +314,7 @@ async fn follows_registrations_and_deregistrations() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_going_away_keeps_traffic_flowing_and_the_gateway_ready() {
     let moto = MotoServer::start();
-    let v1 = TaggedUpstream::start("v1").await;
-    let v2 = TaggedUpstream::start("v2").await;
-    let services = cloudmap_services(&moto, &["app-v1", "app-v2"]).await;
-    register(&services[0], "i-v1", &v1).await;
-    register(&services[1], "i-v2", &v2).await;
-    let gw = GatewayProc::spawn(&config(
-        &moto.endpoint_url(),
-        &[
-            ("v1", 90, cloudmap_source("app-v1")),
-            ("v2", 10, cloudmap_source("app-v2")),
-        ],
-        "",
-    ))
-    .await;
-    gw.wait_ready(WAIT).await;
-    wait_endpoints(
-        &gw,
-        &[
-            ("v1", vec![v1.addr.to_string()]),
-            ("v2", vec![v2.addr.to_string()]),
-        ],
-    )
-    .await;
+    let (v1, v2, gw) = discovered_split(&moto).await;
     let errors_before = metric_sum(&gw.metrics().await, "canary_discovery_errors_total");
     let status = gw.status().await;
     for v in ["v1", "v2"] {
@@ -341,7 +325,6 @@ async fn aws_going_away_keeps_traffic_flowing_and_the_gateway_ready() {
         );
     }
 
-    drop(services);
     drop(moto);
     let killed = Instant::now();
 
