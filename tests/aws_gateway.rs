@@ -207,7 +207,7 @@ fn assert_near(counts: &BTreeMap<String, usize>, version: &str, expected: usize,
 async fn discovered_split(moto: &MotoServer) -> (TaggedUpstream, TaggedUpstream, GatewayProc) {
     let v1 = TaggedUpstream::start("v1").await;
     let v2 = TaggedUpstream::start("v2").await;
-    let services = cloudmap_services(&moto, &["app-v1", "app-v2"]).await;
+    let services = cloudmap_services(moto, &["app-v1", "app-v2"]).await;
     register(&services[0], "i-v1", &v1).await;
     register(&services[1], "i-v2", &v2).await;
     let gw = GatewayProc::spawn(&config(
