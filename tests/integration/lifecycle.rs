@@ -381,35 +381,18 @@ async fn metrics_match_the_requests_sent() {
     let path = write_config(dir.path(), &[("v1", 90, v1.addr), ("v2", 10, v2.addr)], "");
     let gw = spawn(&path).unwrap();
     let mut client = Client::connect(gw.addr).await;
-    for _ in 0..7 {
-        assert_eq!(
-            client
-                .get("/", &[("x-canary-version", "v2")])
+    for (n, path, version, status) in [
+        (7, "/", "v2", 200),
+        (5, "/status/404", "v1", 404),
+        (3, "/status/503", "v1", 503),
+    ] {
+        for _ in 0..n {
+            let reply = client
+                .get(path, &[("x-canary-version", version)])
                 .await
-                .unwrap()
-                .status,
-            200
-        );
-    }
-    for _ in 0..5 {
-        assert_eq!(
-            client
-                .get("/status/404", &[("x-canary-version", "v1")])
-                .await
-                .unwrap()
-                .status,
-            404
-        );
-    }
-    for _ in 0..3 {
-        assert_eq!(
-            client
-                .get("/status/503", &[("x-canary-version", "v1")])
-                .await
-                .unwrap()
-                .status,
-            503
-        );
+                .unwrap();
+            assert_eq!(reply.status, status);
+        }
     }
     let text = admin(gw.admin, "GET", "/metrics", None, "").await.text();
     let m = |name, labels: &[(&str, &str)]| metric_value(&text, name, labels);

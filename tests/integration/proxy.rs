@@ -56,39 +56,40 @@ fn header_of<'a>(lines: &'a [(String, String)], name: &str) -> Vec<&'a str> {
 
 // ---- 1. split ratios ----
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn split_ratio_one_in_a_hundred() {
+/// Sends `n` requests over 8 connections to a v1/v2 split of `stable:canary`
+/// and checks that the canary's count is within `expected`.
+async fn assert_canary_share(
+    stable: u32,
+    canary: u32,
+    n: usize,
+    expected: std::ops::RangeInclusive<usize>,
+) {
     let v1 = Upstream::start("v1").await;
     let v2 = Upstream::start("v2").await;
-    let gw = Gateway::start(&config("", &[("v1", 99, v1.addr), ("v2", 1, v2.addr)])).await;
-    let counts = split_counts_concurrent(gw.addr, 10_000, 8, &[]).await;
-    assert_eq!(
-        count(&counts, "v1") + count(&counts, "v2"),
-        10_000,
-        "{counts:?}"
-    );
-    let canary = count(&counts, "v2");
+    let gw = Gateway::start(&config(
+        "",
+        &[("v1", stable, v1.addr), ("v2", canary, v2.addr)],
+    ))
+    .await;
+    let counts = split_counts_concurrent(gw.addr, n, 8, &[]).await;
+    assert_eq!(count(&counts, "v1") + count(&counts, "v2"), n, "{counts:?}");
+    let got = count(&counts, "v2");
     assert!(
-        (70..=130).contains(&canary),
-        "1/100 over 10,000: {counts:?}"
+        expected.contains(&got),
+        "{canary}/{} over {n}: {counts:?}",
+        stable + canary
     );
     gw.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_ratio_one_in_a_hundred() {
+    assert_canary_share(99, 1, 10_000, 70..=130).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_ratio_one_in_a_thousand() {
-    let v1 = Upstream::start("v1").await;
-    let v2 = Upstream::start("v2").await;
-    let gw = Gateway::start(&config("", &[("v1", 999, v1.addr), ("v2", 1, v2.addr)])).await;
-    let counts = split_counts_concurrent(gw.addr, 20_000, 8, &[]).await;
-    assert_eq!(
-        count(&counts, "v1") + count(&counts, "v2"),
-        20_000,
-        "{counts:?}"
-    );
-    let canary = count(&counts, "v2");
-    assert!((5..=35).contains(&canary), "1/1000 over 20,000: {counts:?}");
-    gw.shutdown().await;
+    assert_canary_share(999, 1, 20_000, 5..=35).await;
 }
 
 // ---- 2. stickiness ----
