@@ -70,26 +70,6 @@ fn fleet_store(service_id: &str) -> String {
 
 // ------------------------------------------------------------- cloud map ----
 
-/// Creates the HTTP namespace [`NAMESPACE`]; its id.
-async fn create_namespace(client: &aws_sdk_servicediscovery::Client) -> String {
-    client
-        .create_http_namespace()
-        .name(NAMESPACE)
-        .send()
-        .await
-        .expect("CreateHttpNamespace");
-    client
-        .list_namespaces()
-        .send()
-        .await
-        .expect("ListNamespaces")
-        .namespaces()
-        .iter()
-        .find(|n| n.name() == Some(NAMESPACE))
-        .and_then(|n| n.id().map(str::to_owned))
-        .expect("namespace id")
-}
-
 /// Creates service `name` in the namespace.
 async fn create_service(
     client: &aws_sdk_servicediscovery::Client,
@@ -118,7 +98,7 @@ async fn create_service(
 /// Cloud Map services `names` in a fresh namespace of `moto`.
 async fn cloudmap_services(moto: &MotoServer, names: &[&str]) -> Vec<CloudMapFixture> {
     let client = aws_sdk_servicediscovery::Client::new(&moto.sdk_config().await);
-    let namespace_id = create_namespace(&client).await;
+    let namespace_id = cloudmap_fixture::create_namespace(&client, NAMESPACE).await;
     let mut out = Vec::new();
     for name in names {
         out.push(create_service(&client, &namespace_id, name).await);

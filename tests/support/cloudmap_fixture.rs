@@ -19,25 +19,30 @@ pub struct CloudMapFixture {
     pub service_id: String,
 }
 
+/// Creates HTTP namespace `name`; its id.
+pub async fn create_namespace(client: &Client, name: &str) -> String {
+    client
+        .create_http_namespace()
+        .name(name)
+        .send()
+        .await
+        .expect("CreateHttpNamespace");
+    client
+        .list_namespaces()
+        .send()
+        .await
+        .expect("ListNamespaces")
+        .namespaces()
+        .iter()
+        .find(|n| n.name() == Some(name))
+        .and_then(|n| n.id().map(str::to_owned))
+        .expect("namespace id")
+}
+
 impl CloudMapFixture {
     /// Creates namespace `namespace` and service `service` in it.
     pub async fn create(client: Client, namespace: &str, service: &str) -> CloudMapFixture {
-        client
-            .create_http_namespace()
-            .name(namespace)
-            .send()
-            .await
-            .expect("CreateHttpNamespace");
-        let namespace_id = client
-            .list_namespaces()
-            .send()
-            .await
-            .expect("ListNamespaces")
-            .namespaces()
-            .iter()
-            .find(|n| n.name() == Some(namespace))
-            .and_then(|n| n.id().map(str::to_owned))
-            .expect("namespace id");
+        let namespace_id = create_namespace(&client, namespace).await;
         let created = client
             .create_service()
             .name(service)
