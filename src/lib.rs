@@ -11,6 +11,8 @@
 //!              (h1 / h2c,        load() the        (override,         (power of two      HTTP/1.1
 //!               timeouts,        Snapshot once)     sticky hash,       choices, ejection)  connection
 //!               drain)                              Weyl sequence)                          │
+//!                          no request body: proxy::exchange, in the request's own task ◄───┤
+//!                          a body or an upgrade: hyper's client, a task per connection ◄───┤
 //!   client ◄───────────────── response streamed back (ProxyBody records metrics at its end) ◄┘
 //!
 //!  CONTROL PATH (one writer)

@@ -5,8 +5,13 @@
 //! (power of two choices), forwards the request over a pooled HTTP/1.1
 //! connection and streams the response back. It takes no lock on the request
 //! path but the endpoint's idle-connection stack.
+//!
+//! Requests without a body (most of them) go through [`exchange`], the
+//! gateway's own HTTP/1.1 client, driven in the request's task; requests with
+//! a body or an upgrade through hyper's client.
 
 pub mod body;
+pub mod exchange;
 pub mod headers;
 pub mod rescue;
 pub mod server;
@@ -28,10 +33,11 @@ use crate::config::Timeouts;
 use crate::metrics as names;
 use crate::snapshot::{ProxySettings, Snapshot, Version, split};
 use body::{Completion, ProxyBody, RequestBody};
+use exchange::body::ResponseBody;
 use headers::Forwarding;
 use rescue::ProxyError;
 use server::ConnState;
-use upstream::{ConnectError, Endpoint, Sender};
+use upstream::{ConnectError, Endpoint, Pooled, Sender};
 
 /// Gauges the data path keeps up to date.
 pub struct Telemetry {
@@ -145,41 +151,70 @@ impl Proxy {
             finished: false,
             method,
         };
-        let (parts, incoming) = req.into_parts();
-        let (body, body_progress) = RequestBody::new(incoming);
-        let req = Request::from_parts(parts, body);
-        let outcome = forward(
-            &completion.version,
-            &completion.settings,
-            req,
-            body_progress,
-        )
-        .await;
         let (version, settings) = (&completion.version, &completion.settings);
+        let outcome =
+            if !upgrading && req.body().is_end_stream() {
+                // No body to stream up: the gateway's own client, in this task.
+                let (parts, _) = req.into_parts();
+                forward_own(version, settings, &parts)
+                    .await
+                    .map(|(head, conn, endpoint)| {
+                        let (parts, ()) = head.response.into_parts();
+                        let body = ResponseBody::new(conn, head.framing, head.keep_alive);
+                        (Response::from_parts(parts, Upstream::Own(body)), endpoint)
+                    })
+            } else {
+                let (parts, incoming) = req.into_parts();
+                let (body, body_progress) = RequestBody::new(incoming);
+                let req = Request::from_parts(parts, body);
+                forward(version, settings, req, body_progress).await.map(
+                    |(resp, endpoint, sender)| (resp.map(|b| Upstream::Hyper(b, sender)), endpoint),
+                )
+            };
         match outcome {
-            Ok((mut resp, endpoint, sender)) => {
+            Ok((mut resp, endpoint)) => {
                 completion.status = resp.status();
-                // A response without a body (204, 304, HEAD, length 0) is
-                // complete already: hyper never polls its body, so it would
-                // never be marked finished and its connection never pooled.
-                completion.finished = resp.body().is_end_stream();
                 let response_header = settings
                     .response_header
                     .as_ref()
                     .map(|name| (name, &version.header_value));
                 headers::prepare_response(&mut resp, response_header);
-                if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                    if let Some(client) = client_upgrade {
-                        tunnel(client, hyper::upgrade::on(&mut resp));
-                    }
-                    completion.upstream = Some((endpoint, None));
-                } else {
-                    completion.upstream = Some((endpoint, Some(sender)));
+                let upgraded = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+                if upgraded
+                    && matches!(resp.body(), Upstream::Hyper(..))
+                    && let Some(client) = client_upgrade
+                {
+                    tunnel(client, hyper::upgrade::on(&mut resp));
                 }
-                resp.map(|inner| ProxyBody::Upstream {
-                    inner,
-                    completion: Some(completion),
-                })
+                let (parts, body) = resp.into_parts();
+                let body = match body {
+                    Upstream::Own(mut inner) => {
+                        // A response without a body is complete already:
+                        // hyper never polls its body, so its connection goes
+                        // back to the pool now.
+                        completion.finished = inner.is_end_stream();
+                        let pooled = inner.take_reusable().map(Pooled::Own);
+                        completion.upstream = Some((endpoint, pooled));
+                        ProxyBody::Own {
+                            inner,
+                            completion: Some(completion),
+                        }
+                    }
+                    Upstream::Hyper(inner, sender) => {
+                        // Same for hyper: 204, 304, HEAD, length 0.
+                        completion.finished = inner.is_end_stream();
+                        if upgraded {
+                            completion.upstream = Some((endpoint, None));
+                        } else {
+                            completion.upstream = Some((endpoint, Some(Pooled::Hyper(sender))));
+                        }
+                        ProxyBody::Upstream {
+                            inner,
+                            completion: Some(completion),
+                        }
+                    }
+                };
+                Response::from_parts(parts, body)
             }
             Err(e) => {
                 if !matches!(e, ProxyError::Connect(_)) {
@@ -193,6 +228,95 @@ impl Proxy {
             }
         }
     }
+}
+
+/// The upstream response's body, before it becomes a [`ProxyBody`].
+enum Upstream {
+    Own(ResponseBody),
+    Hyper(Incoming, Sender),
+}
+
+/// Sends a request without a body with the gateway's own client: a pooled
+/// connection when one is idle, else a new one (a failed connect is retried
+/// once on another endpoint of the version). A pooled connection that the
+/// upstream closed as the request went out (nothing came back) is replaced
+/// by a fresh one once, when the request is safe to repeat.
+async fn forward_own(
+    version: &Version,
+    settings: &ProxySettings,
+    req: &http::request::Parts,
+) -> Result<(exchange::Head, exchange::Conn, Arc<Endpoint>), ProxyError> {
+    let first = upstream::pick(&version.endpoints, None)
+        .ok_or_else(|| ProxyError::NoEndpoints(version.name.clone()))?;
+    let (endpoint, (mut conn, mut pooled)) = match own_conn_for(version, first, settings).await {
+        Ok(c) => (first.clone(), c),
+        Err(e) => match upstream::pick(&version.endpoints, Some(first)) {
+            Some(second) => (
+                second.clone(),
+                own_conn_for(version, second, settings).await?,
+            ),
+            None => return Err(e.into()),
+        },
+    };
+    endpoint.begin_request();
+    let attempt = async {
+        loop {
+            match conn.exchange(req).await {
+                Ok(head) => return Ok((head, conn)),
+                Err(e)
+                    if pooled
+                        && e.nothing_received()
+                        && (e.unsent() || exchange::retry_safe(&req.method)) =>
+                {
+                    tracing::debug!(upstream = %endpoint.addr(), error = %e, "pooled connection failed; retrying on a new one");
+                    pooled = false;
+                    conn = exchange::Conn::new(open(version, &endpoint, settings).await?);
+                }
+                Err(e) => return Err(ProxyError::Reset(e.into())),
+            }
+        }
+    };
+    match tokio::time::timeout(settings.timeouts.upstream_response, attempt).await {
+        Ok(Ok((head, conn))) => Ok((head, conn, endpoint)),
+        Ok(Err(e)) => {
+            endpoint.end_request();
+            Err(e)
+        }
+        Err(_) => {
+            endpoint.end_request();
+            Err(ProxyError::Timeout)
+        }
+    }
+}
+
+/// A connection of the own client to `endpoint`, pooled if possible, and
+/// whether it was pooled.
+async fn own_conn_for(
+    version: &Version,
+    endpoint: &Endpoint,
+    settings: &ProxySettings,
+) -> Result<(exchange::Conn, bool), ConnectError> {
+    if let Some(conn) = endpoint.checkout_own(settings.upstream.pool_idle_timeout) {
+        return Ok((conn, true));
+    }
+    let stream = open(version, endpoint, settings).await?;
+    Ok((exchange::Conn::new(stream), false))
+}
+
+/// Opens a TCP connection to `endpoint`, counting a failure in the version's
+/// metrics.
+async fn open(
+    version: &Version,
+    endpoint: &Endpoint,
+    settings: &ProxySettings,
+) -> Result<tokio::net::TcpStream, ConnectError> {
+    let result = endpoint
+        .open(settings.timeouts.upstream_connect, &settings.upstream)
+        .await;
+    if result.is_err() {
+        version.metrics.errors[0].increment(1);
+    }
+    result
 }
 
 /// Sends the request to an endpoint of `version`: a pooled connection when one
@@ -253,7 +377,7 @@ async fn forward(
                 }
                 _ => {
                     endpoint.end_request();
-                    return Err(ProxyError::Reset(e.into_error()));
+                    return Err(ProxyError::Reset(e.into_error().into()));
                 }
             },
         }

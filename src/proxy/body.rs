@@ -19,8 +19,9 @@ use hyper::body::Incoming;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::Notify;
 
+use super::exchange::body::ResponseBody;
 use super::server::ConnState;
-use super::upstream::{Endpoint, Sender};
+use super::upstream::{Endpoint, Pooled};
 use crate::snapshot::{ProxySettings, Version};
 
 /// How far a request body has been sent upstream.
@@ -138,7 +139,7 @@ pub struct Completion {
     pub settings: Arc<ProxySettings>,
     pub conn: Arc<ConnState>,
     /// The endpoint that served it and the pooled connection to give back.
-    pub upstream: Option<(Arc<Endpoint>, Option<Sender>)>,
+    pub upstream: Option<(Arc<Endpoint>, Option<Pooled>)>,
     /// The response body was read to its end: the connection can be reused.
     pub finished: bool,
     pub method: http::Method,
@@ -166,19 +167,27 @@ impl Drop for Completion {
         if let Some((endpoint, sender)) = upstream {
             endpoint.end_request();
             if self.finished
-                && let Some(sender) = sender
+                && let Some(conn) = sender
             {
-                endpoint.checkin(sender, self.settings.upstream.max_idle_per_endpoint);
+                endpoint.checkin(conn, self.settings.upstream.max_idle_per_endpoint);
             }
         }
     }
 }
 
+/// Any error a response body can end with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A response body to the client.
 pub enum ProxyBody {
-    /// Streamed from the upstream.
+    /// Streamed from the upstream by hyper's client.
     Upstream {
         inner: Incoming,
+        completion: Option<Completion>,
+    },
+    /// Read from the upstream socket by the gateway's own client.
+    Own {
+        inner: ResponseBody,
         completion: Option<Completion>,
     },
     /// Made by the gateway (errors, admin answers).
@@ -206,9 +215,9 @@ impl ProxyBody {
     /// Attaches the request's completion, run when the body ends or is dropped.
     pub fn with_completion(mut self, c: Completion) -> ProxyBody {
         match &mut self {
-            ProxyBody::Upstream { completion, .. } | ProxyBody::Full { completion, .. } => {
-                *completion = Some(c)
-            }
+            ProxyBody::Upstream { completion, .. }
+            | ProxyBody::Own { completion, .. }
+            | ProxyBody::Full { completion, .. } => *completion = Some(c),
         }
         self
     }
@@ -218,16 +227,27 @@ impl ProxyBody {
             c.finished = true;
         }
     }
+
+    /// The own client's body ended: its connection goes back to the pool
+    /// with the completion.
+    fn finish_own(inner: &mut ResponseBody, completion: &mut Option<Completion>) {
+        if let Some(c) = completion.as_mut()
+            && let Some((_, slot)) = c.upstream.as_mut()
+        {
+            *slot = inner.take_reusable().map(Pooled::Own);
+        }
+        ProxyBody::finish(completion);
+    }
 }
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Upstream { inner, completion } => {
                 let polled = Pin::new(&mut *inner).poll_frame(cx);
@@ -239,7 +259,18 @@ impl Body for ProxyBody {
                     Poll::Ready(Some(Err(_))) => drop(completion.take()),
                     _ => {}
                 }
-                polled
+                polled.map(|f| f.map(|r| r.map_err(BoxError::from)))
+            }
+            ProxyBody::Own { inner, completion } => {
+                let polled = Pin::new(&mut *inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Err(_))) => drop(completion.take()),
+                    Poll::Ready(_) if inner.is_end_stream() => {
+                        ProxyBody::finish_own(inner, completion)
+                    }
+                    _ => {}
+                }
+                polled.map(|f| f.map(|r| r.map_err(BoxError::from)))
             }
             ProxyBody::Full { data, completion } => {
                 let frame = data.take().map(|d| Ok(Frame::data(d)));
@@ -252,6 +283,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ProxyBody::Own { inner, .. } => inner.is_end_stream(),
             ProxyBody::Full { data, .. } => data.is_none(),
         }
     }
@@ -259,6 +291,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Upstream { inner, .. } => inner.size_hint(),
+            ProxyBody::Own { inner, .. } => inner.size_hint(),
             ProxyBody::Full { data, .. } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }

@@ -19,7 +19,7 @@ pub enum ProxyError {
     #[error("upstream did not answer in time")]
     Timeout,
     #[error("upstream connection failed: {0}")]
-    Reset(hyper::Error),
+    Reset(super::body::BoxError),
 }
 
 impl ProxyError {

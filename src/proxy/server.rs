@@ -200,11 +200,11 @@ fn serve_connection(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
-        // hyper runs this timer from the moment a connection waits for a
-        // request head: it is the keep-alive idle timeout. The stricter
-        // per-request header timeout (slowloris) is the watchdog's below.
-        .header_read_timeout(timeouts.idle)
+        // No hyper timer on HTTP/1: hyper would arm (and tear down) a timer
+        // entry for every request head it waits for. The connection's
+        // watchdog below enforces both the request-head timeout (slowloris)
+        // and the keep-alive idle timeout, on one interval per connection.
+        .header_read_timeout(None)
         .max_buf_size(MAX_HEAD_BYTES.max(8192))
         .max_headers(MAX_HEADERS)
         .keep_alive(true);

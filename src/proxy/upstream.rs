@@ -14,10 +14,19 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::exchange::Conn;
 use crate::config::UpstreamConfig;
 
-/// A pooled HTTP/1.1 connection's request handle.
+/// A pooled HTTP/1.1 connection's request handle (hyper's client).
 pub type Sender = http1::SendRequest<super::body::RequestBody>;
+
+/// A connection that can go back to the pool once its response has ended.
+pub enum Pooled {
+    /// Driven by hyper's client in a task of its own (requests with a body).
+    Hyper(Sender),
+    /// Driven by the request's own task ([`super::exchange`]).
+    Own(Conn),
+}
 
 /// Why no connection could be made.
 #[derive(Debug, thiserror::Error)]
@@ -30,9 +39,16 @@ pub enum ConnectError {
     Handshake(SocketAddr, hyper::Error),
 }
 
-struct IdleConn {
-    sender: Sender,
+struct IdleConn<T> {
+    conn: T,
     since: Instant,
+}
+
+/// The idle connections of an endpoint, most recently used last.
+#[derive(Default)]
+struct Idle {
+    hyper: Vec<IdleConn<Sender>>,
+    own: Vec<IdleConn<Conn>>,
 }
 
 /// One upstream address with its pool and health.
@@ -46,7 +62,7 @@ pub struct Endpoint {
     ejections: AtomicU32,
     /// Ejected until this many milliseconds after [`epoch`]; 0 = not ejected.
     ejected_until_ms: AtomicU64,
-    idle: Mutex<Vec<IdleConn>>,
+    idle: Mutex<Idle>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -71,7 +87,7 @@ impl Endpoint {
             failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(Idle::default()),
         }
     }
 
@@ -132,45 +148,74 @@ impl Endpoint {
         }
     }
 
-    /// A pooled connection, if one is idle and still open.
+    fn idle(&self) -> std::sync::MutexGuard<'_, Idle> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A pooled hyper connection, if one is idle and still open.
     pub fn checkout(&self, idle_timeout: Duration) -> Option<Sender> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(conn) = idle.pop() {
-            if !conn.sender.is_closed() && conn.since.elapsed() < idle_timeout {
-                return Some(conn.sender);
+        let mut idle = self.idle();
+        while let Some(c) = idle.hyper.pop() {
+            if !c.conn.is_closed() && c.since.elapsed() < idle_timeout {
+                return Some(c.conn);
             }
         }
         None
     }
 
-    /// Returns a connection to the pool after its response ended.
-    pub fn checkin(&self, sender: Sender, max_idle: usize) {
-        if sender.is_closed() {
+    /// A pooled connection of the gateway's own client, if one is idle and
+    /// still open.
+    pub fn checkout_own(&self, idle_timeout: Duration) -> Option<Conn> {
+        let mut idle = self.idle();
+        while let Some(c) = idle.own.pop() {
+            if c.conn.is_usable() && c.since.elapsed() < idle_timeout {
+                return Some(c.conn);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection to the pool after its response ended; at most
+    /// `max_idle` connections stay idle.
+    pub fn checkin(&self, conn: Pooled, max_idle: usize) {
+        if let Pooled::Hyper(sender) = &conn
+            && sender.is_closed()
+        {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < max_idle {
-            idle.push(IdleConn {
-                sender,
-                since: Instant::now(),
-            });
+        let mut idle = self.idle();
+        if idle.hyper.len() + idle.own.len() >= max_idle {
+            return;
+        }
+        let since = Instant::now();
+        match conn {
+            Pooled::Hyper(conn) => idle.hyper.push(IdleConn { conn, since }),
+            Pooled::Own(conn) => idle.own.push(IdleConn { conn, since }),
         }
     }
 
     /// Drops every pooled connection (the endpoint left the snapshot).
     pub fn clear_pool(&self) {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        *self.idle() = Idle::default();
     }
 
-    /// Opens a new HTTP/1.1 connection, records the outcome for ejection.
-    pub async fn connect(
+    /// Opens a new TCP connection (TCP_NODELAY on), records the outcome for
+    /// ejection.
+    pub async fn open(
         &self,
         timeout: Duration,
         cfg: &UpstreamConfig,
-    ) -> Result<Sender, ConnectError> {
-        let result = self.try_connect(timeout).await;
+    ) -> Result<TcpStream, ConnectError> {
+        let result = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
+            Err(_) => Err(ConnectError::Timeout(self.addr)),
+            Ok(Err(e)) => Err(ConnectError::Io(self.addr, e)),
+            Ok(Ok(s)) => Ok(s),
+        };
         match &result {
-            Ok(_) => self.connect_succeeded(),
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                self.connect_succeeded();
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "upstream connect failed");
                 self.connect_failed(cfg);
@@ -179,13 +224,13 @@ impl Endpoint {
         result
     }
 
-    async fn try_connect(&self, timeout: Duration) -> Result<Sender, ConnectError> {
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
-            Err(_) => return Err(ConnectError::Timeout(self.addr)),
-            Ok(Err(e)) => return Err(ConnectError::Io(self.addr, e)),
-            Ok(Ok(s)) => s,
-        };
-        let _ = stream.set_nodelay(true);
+    /// Opens a new HTTP/1.1 connection driven by hyper's client.
+    pub async fn connect(
+        &self,
+        timeout: Duration,
+        cfg: &UpstreamConfig,
+    ) -> Result<Sender, ConnectError> {
+        let stream = self.open(timeout, cfg).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await

@@ -947,6 +947,115 @@ async fn upstream_connection_close_is_honoured_without_errors() {
 }
 
 #[tokio::test]
+async fn a_pooled_connection_the_upstream_drops_is_retried_only_when_safe() {
+    // Answers the first request of each connection and hangs up on the next
+    // one: the keep-alive race (an upstream closing an idle connection just
+    // as a request goes out on it), made certain.
+    let upstream = FixedUpstream::scripted(|n| {
+        (n == 0).then_some((
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"[..],
+            false,
+        ))
+    })
+    .await;
+    let gw = Gateway::start(&config("", &[("v1", 1, upstream.addr)])).await;
+    let mut client = Client::connect(gw.addr).await;
+    for i in 0..5 {
+        let reply = client.get("/", &[]).await.unwrap();
+        assert_eq!(reply.status, 200, "GET {i}: {:?}", reply.headers);
+        assert_eq!(reply.text(), "ok");
+    }
+    assert_eq!(
+        upstream
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        5
+    );
+    // A POST may have been processed before the connection dropped: it is
+    // never sent twice.
+    let post = Request::post("/")
+        .header("host", "h")
+        .body(body(Bytes::new()))
+        .unwrap();
+    let reply = client.send(post).await.unwrap();
+    assert_eq!(reply.status, 502);
+    assert_eq!(reply.header("x-canary-error"), Some("upstream-reset"));
+    assert_eq!(
+        upstream
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        5
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn close_delimited_and_informational_responses_pass_through() {
+    let upstream = FixedUpstream::scripted(|_| {
+        Some((
+            &b"HTTP/1.0 200 OK\r\nx-old: 1\r\n\r\nread until close"[..],
+            true,
+        ))
+    })
+    .await;
+    let gw = Gateway::start(&config("", &[("v1", 1, upstream.addr)])).await;
+    let mut client = Client::connect(gw.addr).await;
+    for _ in 0..2 {
+        let reply = client.get("/", &[]).await.unwrap();
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.text(), "read until close");
+        assert_eq!(reply.header("x-old"), Some("1"));
+    }
+    assert_eq!(
+        upstream
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+    gw.shutdown().await;
+
+    let upstream = FixedUpstream::start(
+        b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
+    )
+    .await;
+    let gw = Gateway::start(&config("", &[("v1", 1, upstream.addr)])).await;
+    let reply = get(gw.addr, "/", &[]).await;
+    assert_eq!(reply.status, 201);
+    assert_eq!(reply.text(), "ok");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn broken_upstream_responses_fail_cleanly() {
+    for response in [
+        &b"not http at all\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n",
+    ] {
+        let upstream = FixedUpstream::start(response).await;
+        let gw = Gateway::start(&config("", &[("v1", 1, upstream.addr)])).await;
+        let reply = get(gw.addr, "/", &[]).await;
+        assert_eq!(reply.status, 502, "{}", String::from_utf8_lossy(response));
+        assert_eq!(reply.header("x-canary-error"), Some("upstream-reset"));
+        gw.shutdown().await;
+    }
+    // A body cut short: the client must see an error, not a short body.
+    let upstream = FixedUpstream::scripted(|_| {
+        Some((
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"[..],
+            true,
+        ))
+    })
+    .await;
+    let gw = Gateway::start(&config("", &[("v1", 1, upstream.addr)])).await;
+    for _ in 0..2 {
+        let mut client = Client::connect(gw.addr).await;
+        assert!(client.get("/", &[]).await.is_err());
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn expect_100_continue_is_honoured() {
     let v1 = Upstream::start("v1").await;
     let gw = Gateway::start(&config("", &[("v1", 1, v1.addr)])).await;

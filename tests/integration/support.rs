@@ -614,8 +614,24 @@ impl Drop for FixedUpstream {
     }
 }
 
+/// What a [`FixedUpstream::scripted`] upstream does with the n-th request
+/// (from 0) of a connection: answer with these bytes and keep the connection
+/// open (`false`) or close it after the answer (`true`); `None` closes the
+/// connection without answering.
+pub type Script = fn(usize) -> Option<(&'static [u8], bool)>;
+
+type Answers = Arc<dyn Fn(usize) -> Option<(&'static [u8], bool)> + Send + Sync>;
+
 impl FixedUpstream {
     pub async fn start(response: &'static [u8]) -> FixedUpstream {
+        Self::serve(Arc::new(move |_| Some((response, false)))).await
+    }
+
+    pub async fn scripted(script: Script) -> FixedUpstream {
+        Self::serve(Arc::new(script)).await
+    }
+
+    async fn serve(script: Answers) -> FixedUpstream {
         use tokio::io::AsyncWriteExt;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -627,10 +643,16 @@ impl FixedUpstream {
                     continue;
                 };
                 accepted.fetch_add(1, Ordering::SeqCst);
+                let script = script.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
+                    let mut n = 0;
                     while read_head(&mut stream, &mut buf).await.is_some() {
-                        if stream.write_all(response).await.is_err() {
+                        let Some((response, close)) = script(n) else {
+                            return;
+                        };
+                        n += 1;
+                        if stream.write_all(response).await.is_err() || close {
                             return;
                         }
                     }

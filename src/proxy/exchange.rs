@@ -1,0 +1,458 @@
+//! Data path: the gateway's own HTTP/1.1 client for requests without a body
+//! (GET, HEAD, DELETE, ...: most of the traffic), driven in the request's task.
+//!
+//! hyper's client runs every upstream connection in a task of its own: each
+//! request crosses a channel to that task, its response comes back on a
+//! oneshot and each body chunk on another channel. Here the task that serves
+//! the client's connection writes the request head on a pooled socket, reads
+//! the response head from it, and the response body is read from the socket
+//! when the client's side asks for the next frame. No task, no channel, no
+//! copy of the body; one read buffer per connection, sized to the exchange,
+//! instead of hyper's 8 KiB read and 8 KiB write buffers.
+//!
+//! Requests with a body or an upgrade keep going through hyper's client
+//! (streamed uploads, request trailers, `Expect: 100-continue`, tunnels).
+
+pub mod body;
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode, request};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Largest response head (or trailer section) accepted.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most header lines accepted in a response head.
+const MAX_HEADERS: usize = 128;
+/// Read size while waiting for a response head: a typical head and a small
+/// body fit in one read.
+const HEAD_READ: usize = 4096;
+
+/// What went wrong in an exchange.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("writing the request failed: {0}")]
+    Write(io::Error),
+    #[error("reading the response failed: {0}")]
+    Read(io::Error),
+    #[error("the upstream closed the connection before responding")]
+    ClosedBeforeResponse,
+    #[error("the upstream closed the connection in the middle of the response head")]
+    ClosedInHead,
+    #[error("the upstream closed the connection in the middle of the response body")]
+    ClosedInBody,
+    #[error("invalid response head: {0}")]
+    Parse(#[from] httparse::Error),
+    #[error("response head larger than {MAX_HEAD_BYTES} bytes")]
+    HeadTooLarge,
+    #[error("invalid response: {0}")]
+    Invalid(&'static str),
+    #[error("invalid chunked response body")]
+    Chunked,
+}
+
+impl ExchangeError {
+    /// Nothing of a response arrived: the request may be retried on another
+    /// connection if that is safe for its method (see [`retry_safe`]). A
+    /// write that failed is always safe to retry: the upstream cannot act on
+    /// a request head it did not receive whole.
+    pub fn nothing_received(&self) -> bool {
+        match self {
+            ExchangeError::Write(_) | ExchangeError::ClosedBeforeResponse => true,
+            ExchangeError::Read(e) => matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+            ),
+            _ => false,
+        }
+    }
+
+    /// Whether the request was certainly not processed (its head never left
+    /// whole), so even a non-idempotent method can be retried.
+    pub fn unsent(&self) -> bool {
+        matches!(self, ExchangeError::Write(_))
+    }
+}
+
+/// Methods a client may retry automatically (RFC 9110, 9.2.2): the keep-alive
+/// race (an upstream closing an idle connection as a request is written) must
+/// not fail such requests.
+pub fn retry_safe(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (HEAD, 204, 304).
+    Empty,
+    /// `Content-Length`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Read until the upstream closes (HTTP/1.0 style).
+    UntilClose,
+}
+
+/// A response head and what the body needs to know.
+pub struct Head {
+    pub response: Response<()>,
+    pub framing: Framing,
+    /// The connection may carry another request once the body is read.
+    pub keep_alive: bool,
+}
+
+/// One upstream HTTP/1.1 connection of the pool.
+pub struct Conn {
+    io: TcpStream,
+    /// Bytes read and not yet consumed.
+    buf: BytesMut,
+    /// The request head being written (kept to reuse its allocation).
+    out: Vec<u8>,
+}
+
+impl Conn {
+    pub fn new(io: TcpStream) -> Conn {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// Whether a pooled connection still looks open. Costs no system call
+    /// unless the socket became readable while idle, which for an idle
+    /// HTTP/1.1 connection means the upstream closed it (or sent garbage).
+    pub fn is_usable(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Sends a request without a body and reads the response head.
+    /// Informational (1xx) responses are skipped.
+    pub async fn exchange(&mut self, req: &request::Parts) -> Result<Head, ExchangeError> {
+        encode_request_head(&mut self.out, req);
+        self.io
+            .write_all(&self.out)
+            .await
+            .map_err(ExchangeError::Write)?;
+        let head_request = req.method == Method::HEAD;
+        let mut received = false;
+        loop {
+            if !self.buf.is_empty() {
+                received = true;
+                if let Some(head) = parse_response_head(&mut self.buf, head_request)? {
+                    return Ok(head);
+                }
+                if self.buf.len() >= MAX_HEAD_BYTES {
+                    return Err(ExchangeError::HeadTooLarge);
+                }
+            }
+            let n = poll_fn(|cx| self.poll_read(cx, HEAD_READ))
+                .await
+                .map_err(ExchangeError::Read)?;
+            if n == 0 {
+                return Err(if received {
+                    ExchangeError::ClosedInHead
+                } else {
+                    ExchangeError::ClosedBeforeResponse
+                });
+            }
+        }
+    }
+
+    /// Reads more bytes into the buffer (at least `want` bytes of room).
+    /// Ready(0) means the upstream closed the connection.
+    fn poll_read(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        self.buf.reserve(want.max(1));
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+}
+
+/// Writes `METHOD path HTTP/1.1`, the headers and the blank line into `out`.
+fn encode_request_head(out: &mut Vec<u8>, req: &request::Parts) {
+    out.clear();
+    out.extend_from_slice(req.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(if target.is_empty() {
+        b"/"
+    } else {
+        target.as_bytes()
+    });
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &req.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    // A method that defines a meaning for content says there is none.
+    if matches!(req.method, Method::POST | Method::PUT | Method::PATCH)
+        && !req.headers.contains_key(header::CONTENT_LENGTH)
+    {
+        out.extend_from_slice(b"content-length: 0\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Parses a response head at the start of `buf` and consumes it. `None`:
+/// not complete yet. 1xx responses (but 101) are consumed and skipped.
+fn parse_response_head(
+    buf: &mut BytesMut,
+    head_request: bool,
+) -> Result<Option<Head>, ExchangeError> {
+    loop {
+        // Header positions, recorded so that the head can be frozen into one
+        // shared allocation the header values then point into (no copies).
+        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+        let (len, code, version, count) = {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut parsed = httparse::Response::new(&mut headers);
+            let len = match parsed.parse(buf)? {
+                httparse::Status::Partial => return Ok(None),
+                httparse::Status::Complete(len) => len,
+            };
+            let base = buf.as_ptr() as usize;
+            for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
+                let name = h.name.as_ptr() as usize - base;
+                let value = h.value.as_ptr() as usize - base;
+                *span = (
+                    name as u32,
+                    (name + h.name.len()) as u32,
+                    value as u32,
+                    (value + h.value.len()) as u32,
+                );
+            }
+            (
+                len,
+                parsed.code.unwrap_or(0),
+                parsed.version.unwrap_or(1),
+                parsed.headers.len(),
+            )
+        };
+        let head = buf.split_to(len).freeze();
+        match code {
+            101 => {
+                return Err(ExchangeError::Invalid(
+                    "101 to a request that asked no upgrade",
+                ));
+            }
+            100..=199 => continue,
+            _ => {}
+        }
+        let status =
+            StatusCode::from_u16(code).map_err(|_| ExchangeError::Invalid("status code"))?;
+        let headers = header_map(&head, &spans[..count])?;
+        return Ok(Some(head_of(status, version, headers, head_request)?));
+    }
+}
+
+fn header_map(head: &Bytes, spans: &[(u32, u32, u32, u32)]) -> Result<HeaderMap, ExchangeError> {
+    let mut map = HeaderMap::with_capacity(spans.len());
+    for &(ns, ne, vs, ve) in spans {
+        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
+            .map_err(|_| ExchangeError::Invalid("header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+            .map_err(|_| ExchangeError::Invalid("header value"))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+/// Decides the body's framing (RFC 9112, 6.3) and whether the connection
+/// can be reused.
+fn head_of(
+    status: StatusCode,
+    version: u8,
+    mut headers: HeaderMap,
+    head_request: bool,
+) -> Result<Head, ExchangeError> {
+    let framing =
+        if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            Framing::Empty
+        } else if headers.contains_key(header::TRANSFER_ENCODING) {
+            // Transfer-Encoding overrides Content-Length, which must not reach
+            // the client alongside a re-framed body.
+            headers.remove(header::CONTENT_LENGTH);
+            if last_coding_is_chunked(&headers) {
+                Framing::Chunked
+            } else {
+                Framing::UntilClose
+            }
+        } else {
+            match content_length(&headers)? {
+                Some(n) => Framing::Length(n),
+                None => Framing::UntilClose,
+            }
+        };
+    let keep_alive = version == 1 && framing != Framing::UntilClose && !connection_close(&headers);
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    Ok(Head {
+        response,
+        framing,
+        keep_alive,
+    })
+}
+
+fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
+}
+
+/// The Content-Length, if any; several that disagree (or garbage) are an error.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ExchangeError> {
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let text = std::str::from_utf8(part)
+                .ok()
+                .map(str::trim)
+                .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()));
+            let n: u64 = text
+                .and_then(|t| t.parse().ok())
+                .ok_or(ExchangeError::Invalid("content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(ExchangeError::Invalid("conflicting content-length"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length)
+}
+
+fn connection_close(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("close"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &[u8], head_request: bool) -> Result<Option<Head>, ExchangeError> {
+        let mut buf = BytesMut::from(raw);
+        parse_response_head(&mut buf, head_request)
+    }
+
+    #[test]
+    fn framing_follows_the_rules() {
+        let h = parse(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.framing, Framing::Length(5));
+        assert!(h.keep_alive);
+        let h = parse(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.framing, Framing::Chunked);
+        assert!(!h.response.headers().contains_key("content-length"));
+        let h = parse(b"HTTP/1.0 200 OK\r\n\r\n", false).unwrap().unwrap();
+        assert_eq!(h.framing, Framing::UntilClose);
+        assert!(!h.keep_alive);
+        let h = parse(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n", true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.framing, Framing::Empty);
+        let h = parse(
+            b"HTTP/1.1 304 Not Modified\r\nconnection: close\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.framing, Framing::Empty);
+        assert!(!h.keep_alive);
+    }
+
+    #[test]
+    fn informational_responses_are_skipped_and_partial_heads_wait() {
+        let h = parse(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nx-a: b\r\ncontent-length: 0\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.response.status(), 201);
+        assert_eq!(h.response.headers()["x-a"], "b");
+        assert!(!h.response.headers().contains_key("link"));
+        assert!(
+            parse(b"HTTP/1.1 200 OK\r\ncontent-le", false)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn bad_heads_are_errors() {
+        for raw in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: \r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            b"SMTP ready\r\n\r\n",
+        ] {
+            assert!(
+                parse(raw, false).is_err(),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+
+    #[test]
+    fn request_head_is_encoded_in_origin_form() {
+        let (mut parts, ()) = http::Request::builder()
+            .method("POST")
+            .uri("/a/b?c=d")
+            .header("host", "example")
+            .header("x-two", "1")
+            .header("x-two", "2")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut out = Vec::new();
+        encode_request_head(&mut out, &parts);
+        assert_eq!(
+            out,
+            b"POST /a/b?c=d HTTP/1.1\r\nhost: example\r\nx-two: 1\r\nx-two: 2\r\ncontent-length: 0\r\n\r\n"
+        );
+        parts.method = Method::GET;
+        parts.uri = http::Uri::from_static("/");
+        parts.headers.clear();
+        encode_request_head(&mut out, &parts);
+        assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
+    }
+}
