@@ -16,7 +16,7 @@ use http::{HeaderMap, HeaderValue, Request};
 
 use canary_gateway::config::Config;
 use canary_gateway::proxy::Proxy;
-use canary_gateway::proxy::headers::{Forwarding, prepare_request};
+use canary_gateway::proxy::headers::{Forwarding, peer_ip, prepare_request};
 use canary_gateway::proxy::upstream::{Endpoint, pick};
 use canary_gateway::snapshot::{ProxySettings, Snapshot, SnapshotInput};
 
@@ -125,8 +125,9 @@ fn swap_under_readers(c: &mut Criterion) {
 
 fn header_rewrite(c: &mut Criterion) {
     let port = HeaderValue::from_static("9080");
+    let peer_ip = peer_ip("10.0.0.7:51234".parse().expect("addr"));
     let fwd = Forwarding {
-        peer: "10.0.0.7:51234".parse().expect("addr"),
+        peer_ip: &peer_ip,
         port: &port,
         trust_forwarded_headers: false,
     };

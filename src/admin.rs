@@ -19,7 +19,6 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
@@ -31,7 +30,7 @@ use request::Rejection;
 pub struct Admin {
     pub control: Arc<Control>,
     pub token: Option<String>,
-    pub metrics: PrometheusHandle,
+    pub metrics: crate::telemetry::MetricsHandle,
     pub reloader: Option<Arc<dyn Reload>>,
 }
 

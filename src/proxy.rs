@@ -17,7 +17,6 @@ pub mod rescue;
 pub mod server;
 pub mod upstream;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -115,7 +114,6 @@ impl Proxy {
     pub async fn handle(
         &self,
         mut req: Request<Incoming>,
-        peer: SocketAddr,
         conn: Arc<ConnState>,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
@@ -134,7 +132,7 @@ impl Proxy {
             &mut req,
             upgrading,
             &Forwarding {
-                peer,
+                peer_ip: &conn.peer_ip,
                 port: &self.port,
                 trust_forwarded_headers: settings.trust_forwarded_headers,
             },

@@ -93,7 +93,9 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// What the request needs to know about where it came from.
 pub struct Forwarding<'a> {
-    pub peer: SocketAddr,
+    /// The client's IP address as a header value ([`peer_ip`]), made once
+    /// per connection.
+    pub peer_ip: &'a HeaderValue,
     pub port: &'a HeaderValue,
     pub trust_forwarded_headers: bool,
 }
@@ -147,7 +149,7 @@ pub fn prepare_request<B>(req: &mut Request<B>, upgrading: bool, fwd: &Forwardin
     if wants_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    append_forwarded_for(headers, fwd.peer);
+    append_forwarded_for(headers, fwd.peer_ip);
     if !(fwd.trust_forwarded_headers && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
@@ -159,21 +161,18 @@ pub fn prepare_request<B>(req: &mut Request<B>, upgrading: bool, fwd: &Forwardin
     }
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    use std::io::Write;
-    // The client's address, formatted on the stack (an IPv6 address is at most 45 bytes).
-    let mut ip_buf = [0u8; 48];
-    let ip_len = {
-        let mut cursor = std::io::Cursor::new(&mut ip_buf[..]);
-        if write!(cursor, "{}", peer.ip().to_canonical()).is_err() {
-            return;
-        }
-        cursor.position() as usize
-    };
-    let ip = &ip_buf[..ip_len];
+/// A client address as it appears in X-Forwarded-For (IPv4-mapped IPv6
+/// addresses as IPv4).
+pub fn peer_ip(peer: SocketAddr) -> HeaderValue {
+    HeaderValue::from_str(&peer.ip().to_canonical().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, peer_ip: &HeaderValue) {
+    let ip = peer_ip.as_bytes();
     let mut existing = headers.get_all(&X_FORWARDED_FOR).iter();
     let value = match (existing.next(), existing.next()) {
-        (None, _) => HeaderValue::from_bytes(ip),
+        (None, _) => Ok(peer_ip.clone()),
         (Some(first), None) => {
             let mut joined = bytes::BytesMut::with_capacity(first.len() + 2 + ip.len());
             joined.extend_from_slice(first.as_bytes());
@@ -264,14 +263,14 @@ mod tests {
 
     #[test]
     fn forwarded_for_is_appended_and_folded() {
-        let peer: SocketAddr = "[::ffff:10.0.0.9]:5000".parse().unwrap();
+        let ip = |addr: &str| peer_ip(addr.parse().unwrap());
         let mut h = HeaderMap::new();
-        append_forwarded_for(&mut h, peer);
+        append_forwarded_for(&mut h, &ip("[::ffff:10.0.0.9]:5000"));
         assert_eq!(h["x-forwarded-for"], "10.0.0.9");
-        append_forwarded_for(&mut h, "192.0.2.1:1".parse().unwrap());
+        append_forwarded_for(&mut h, &ip("192.0.2.1:1"));
         assert_eq!(h["x-forwarded-for"], "10.0.0.9, 192.0.2.1");
         h.append("x-forwarded-for", HeaderValue::from_static("198.51.100.7"));
-        append_forwarded_for(&mut h, "[2001:db8::1]:1".parse().unwrap());
+        append_forwarded_for(&mut h, &ip("[2001:db8::1]:1"));
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(
             h["x-forwarded-for"],

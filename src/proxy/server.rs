@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::HeaderValue;
+
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -30,7 +32,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Per-connection state shared by the socket wrapper, the service and the
 /// connection's watchdog.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnState {
     /// Bumped on every read or write that moved bytes.
     activity: AtomicU64,
@@ -42,13 +44,19 @@ pub struct ConnState {
     awaiting_head: AtomicBool,
     /// The connection speaks HTTP/2 (no per-request head timing).
     http2: AtomicBool,
+    /// The client's address for X-Forwarded-For, formatted once.
+    pub peer_ip: HeaderValue,
 }
 
 impl ConnState {
-    fn new() -> ConnState {
+    fn new(peer: SocketAddr) -> ConnState {
         ConnState {
+            activity: AtomicU64::new(0),
+            in_flight: AtomicU32::new(0),
+            head_started_ms: AtomicU64::new(0),
             awaiting_head: AtomicBool::new(true),
-            ..ConnState::default()
+            http2: AtomicBool::new(false),
+            peer_ip: super::headers::peer_ip(peer),
         }
     }
 
@@ -191,7 +199,7 @@ fn serve_connection(
     graceful: &GracefulShutdown,
 ) {
     let _ = stream.set_nodelay(true);
-    let state = Arc::new(ConnState::new());
+    let state = Arc::new(ConnState::new(peer));
     let io = TokioIo::new(TrackedIo {
         inner: stream,
         state: state.clone(),
@@ -220,7 +228,7 @@ fn serve_connection(
         service_fn(move |req| {
             let proxy = proxy.clone();
             let state = state.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, peer, state).await) }
+            async move { Ok::<_, Infallible>(proxy.handle(req, state).await) }
         })
     };
     let conn = builder
