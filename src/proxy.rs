@@ -128,15 +128,8 @@ impl Proxy {
 
         let upgrading = headers::is_upgrade_request(&req);
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
-        headers::prepare_request(
-            &mut req,
-            upgrading,
-            &Forwarding {
-                peer_ip: &conn.peer_ip,
-                port: &self.port,
-                trust_forwarded_headers: settings.trust_forwarded_headers,
-            },
-        );
+        // No body to stream up: the gateway's own client, in this task.
+        let own_client = !upgrading && req.body().is_end_stream();
         let method = req.method().clone();
 
         let mut completion = Completion {
@@ -150,11 +143,29 @@ impl Proxy {
             method,
         };
         let (version, settings) = (&completion.version, &completion.settings);
+        let fwd = Forwarding {
+            peer_ip: &completion.conn.peer_ip,
+            port: &self.port,
+            trust_forwarded_headers: settings.trust_forwarded_headers,
+        };
+        // The own client writes the upstream's head straight from the
+        // client's request, unless the Connection header names headers to
+        // drop: then (and for hyper's client) the request is rewritten first.
+        let rewrite = !own_client || headers::connection_names_headers(req.headers());
+        if rewrite {
+            headers::prepare_request(&mut req, upgrading, &fwd);
+        }
         let outcome =
-            if !upgrading && req.body().is_end_stream() {
-                // No body to stream up: the gateway's own client, in this task.
+            if own_client {
                 let (parts, _) = req.into_parts();
-                forward_own(version, settings, &parts)
+                let encode = |out: &mut Vec<u8>| {
+                    if rewrite {
+                        exchange::head::encode(out, &parts);
+                    } else {
+                        exchange::head::encode_forwarded(out, &parts, &fwd);
+                    }
+                };
+                forward_own(version, settings, &encode, &parts.method)
                     .await
                     .map(|(head, conn, endpoint)| {
                         let (parts, ()) = head.response.into_parts();
@@ -242,7 +253,8 @@ enum Upstream {
 async fn forward_own(
     version: &Version,
     settings: &ProxySettings,
-    req: &http::request::Parts,
+    encode: &impl Fn(&mut Vec<u8>),
+    method: &http::Method,
 ) -> Result<(exchange::Head, exchange::Conn, Arc<Endpoint>), ProxyError> {
     let first = upstream::pick(&version.endpoints, None)
         .ok_or_else(|| ProxyError::NoEndpoints(version.name.clone()))?;
@@ -259,12 +271,12 @@ async fn forward_own(
     endpoint.begin_request();
     let attempt = async {
         loop {
-            match conn.exchange(req).await {
+            match conn.exchange(encode, method).await {
                 Ok(head) => return Ok((head, conn)),
                 Err(e)
                     if pooled
                         && e.nothing_received()
-                        && (e.unsent() || exchange::retry_safe(&req.method)) =>
+                        && (e.unsent() || exchange::retry_safe(method)) =>
                 {
                     tracing::debug!(upstream = %endpoint.addr(), error = %e, "pooled connection failed; retrying on a new one");
                     pooled = false;

@@ -14,6 +14,7 @@
 //! (streamed uploads, request trailers, `Expect: 100-continue`, tunnels).
 
 pub mod body;
+pub mod head;
 
 use std::future::poll_fn;
 use std::io;
@@ -22,7 +23,7 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Response, StatusCode, request};
+use http::{Method, Response, StatusCode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -147,15 +148,20 @@ impl Conn {
         }
     }
 
-    /// Sends a request without a body and reads the response head.
-    /// Informational (1xx) responses are skipped.
-    pub async fn exchange(&mut self, req: &request::Parts) -> Result<Head, ExchangeError> {
-        encode_request_head(&mut self.out, req);
+    /// Sends a request without a body (its head written into the buffer by
+    /// `encode`) and reads the response head. Informational (1xx) responses
+    /// are skipped.
+    pub async fn exchange(
+        &mut self,
+        encode: &impl Fn(&mut Vec<u8>),
+        method: &Method,
+    ) -> Result<Head, ExchangeError> {
+        encode(&mut self.out);
         self.io
             .write_all(&self.out)
             .await
             .map_err(ExchangeError::Write)?;
-        let head_request = req.method == Method::HEAD;
+        let head_request = *method == Method::HEAD;
         let mut received = false;
         loop {
             if !self.buf.is_empty() {
@@ -188,33 +194,6 @@ impl Conn {
     }
 }
 
-/// Writes `METHOD path HTTP/1.1`, the headers and the blank line into `out`.
-fn encode_request_head(out: &mut Vec<u8>, req: &request::Parts) {
-    out.clear();
-    out.extend_from_slice(req.method.as_str().as_bytes());
-    out.push(b' ');
-    let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    out.extend_from_slice(if target.is_empty() {
-        b"/"
-    } else {
-        target.as_bytes()
-    });
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &req.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    // A method that defines a meaning for content says there is none.
-    if matches!(req.method, Method::POST | Method::PUT | Method::PATCH)
-        && !req.headers.contains_key(header::CONTENT_LENGTH)
-    {
-        out.extend_from_slice(b"content-length: 0\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
 /// Parses a response head at the start of `buf` and consumes it. `None`:
 /// not complete yet. 1xx responses (but 101) are consumed and skipped.
 fn parse_response_head(
@@ -226,12 +205,14 @@ fn parse_response_head(
         // shared allocation the header values then point into (no copies).
         let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
         let (len, code, version, count) = {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut parsed = httparse::Response::new(&mut headers);
-            let len = match parsed.parse(buf)? {
-                httparse::Status::Partial => return Ok(None),
-                httparse::Status::Complete(len) => len,
-            };
+            let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+            let mut parsed = httparse::Response::new(&mut []);
+            let config = httparse::ParserConfig::default();
+            let len =
+                match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut headers)? {
+                    httparse::Status::Partial => return Ok(None),
+                    httparse::Status::Complete(len) => len,
+                };
             let base = buf.as_ptr() as usize;
             for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
                 let name = h.name.as_ptr() as usize - base;
@@ -430,29 +411,5 @@ mod tests {
                 String::from_utf8_lossy(raw)
             );
         }
-    }
-
-    #[test]
-    fn request_head_is_encoded_in_origin_form() {
-        let (mut parts, ()) = http::Request::builder()
-            .method("POST")
-            .uri("/a/b?c=d")
-            .header("host", "example")
-            .header("x-two", "1")
-            .header("x-two", "2")
-            .body(())
-            .unwrap()
-            .into_parts();
-        let mut out = Vec::new();
-        encode_request_head(&mut out, &parts);
-        assert_eq!(
-            out,
-            b"POST /a/b?c=d HTTP/1.1\r\nhost: example\r\nx-two: 1\r\nx-two: 2\r\ncontent-length: 0\r\n\r\n"
-        );
-        parts.method = Method::GET;
-        parts.uri = http::Uri::from_static("/");
-        parts.headers.clear();
-        encode_request_head(&mut out, &parts);
-        assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
     }
 }

@@ -8,9 +8,9 @@ use http::{Request, Response, Uri, Version};
 
 /// `x-request-id`, generated when the client sent none.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -28,6 +28,21 @@ fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Whether the Connection header names headers to remove (anything but the
+/// `keep-alive` and `close` options).
+pub(crate) fn connection_names_headers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|t| t.trim_ascii())
+        .any(|t| {
+            !(t.is_empty()
+                || t.eq_ignore_ascii_case(b"keep-alive")
+                || t.eq_ignore_ascii_case(b"close"))
+        })
 }
 
 /// Removes hop-by-hop headers: every header the Connection header names,
@@ -81,7 +96,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
 }
 
 /// A header that is hop-by-hop by its name alone (Connection also names others).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
+pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
     name == header::CONNECTION
         || name == header::TE
         || name == header::TRAILER
@@ -198,6 +213,12 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer_ip: &HeaderValue) {
 
 /// A random 128-bit id in UUID v4 form.
 pub fn new_request_id() -> HeaderValue {
+    HeaderValue::from_bytes(&request_id_bytes())
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// A random 128-bit id in UUID v4 form, as text.
+pub(crate) fn request_id_bytes() -> [u8; 36] {
     use crate::proxy::upstream::fast_random;
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let (hi, lo) = (fast_random(), fast_random());
@@ -220,7 +241,7 @@ pub fn new_request_id() -> HeaderValue {
         out[j + 1] = HEX[usize::from(byte & 0x0f)];
         j += 2;
     }
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    out
 }
 
 /// Rewrites an upstream response for the client.
@@ -259,6 +280,19 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn connection_options_name_no_headers() {
+        let mut h = HeaderMap::new();
+        assert!(!connection_names_headers(&h));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Keep-Alive , close"),
+        );
+        assert!(!connection_names_headers(&h));
+        h.append(header::CONNECTION, HeaderValue::from_static("x-secret"));
+        assert!(connection_names_headers(&h));
     }
 
     #[test]
