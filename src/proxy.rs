@@ -157,15 +157,15 @@ impl Proxy {
         }
         let outcome =
             if own_client {
-                let (parts, _) = req.into_parts();
-                let encode = |out: &mut Vec<u8>| {
+                let (mut parts, _) = req.into_parts();
+                let encode = |out: &mut Vec<u8>, parts: &http::request::Parts| {
                     if rewrite {
-                        exchange::head::encode(out, &parts);
+                        exchange::head::encode(out, parts);
                     } else {
-                        exchange::head::encode_forwarded(out, &parts, &fwd);
+                        exchange::head::encode_forwarded(out, parts, &fwd);
                     }
                 };
-                forward_own(version, settings, &encode, &parts.method)
+                forward_own(version, settings, &mut parts, encode)
                     .await
                     .map(|(head, conn, endpoint)| {
                         let (parts, ()) = head.response.into_parts();
@@ -253,8 +253,8 @@ enum Upstream {
 async fn forward_own(
     version: &Version,
     settings: &ProxySettings,
-    encode: &impl Fn(&mut Vec<u8>),
-    method: &http::Method,
+    req: &mut http::request::Parts,
+    encode: impl Fn(&mut Vec<u8>, &http::request::Parts),
 ) -> Result<(exchange::Head, exchange::Conn, Arc<Endpoint>), ProxyError> {
     let first = upstream::pick(&version.endpoints, None)
         .ok_or_else(|| ProxyError::NoEndpoints(version.name.clone()))?;
@@ -269,9 +269,18 @@ async fn forward_own(
         },
     };
     endpoint.begin_request();
+    encode(conn.request_head(), req);
+    // Nothing may keep pointing into the client connection's read buffer
+    // while the upstream answers, or hyper cannot reuse that buffer for the
+    // next request and allocates a new one: the request's header values and
+    // URI go now, and the header map's allocation carries the response's.
+    let mut headers = std::mem::take(&mut req.headers);
+    headers.clear();
+    req.uri = http::Uri::default();
+    let method = &req.method;
     let attempt = async {
         loop {
-            match conn.exchange(encode, method).await {
+            match conn.exchange(method, &mut headers).await {
                 Ok(head) => return Ok((head, conn)),
                 Err(e)
                     if pooled
@@ -280,7 +289,9 @@ async fn forward_own(
                 {
                     tracing::debug!(upstream = %endpoint.addr(), error = %e, "pooled connection failed; retrying on a new one");
                     pooled = false;
-                    conn = exchange::Conn::new(open(version, &endpoint, settings).await?);
+                    let mut fresh = exchange::Conn::new(open(version, &endpoint, settings).await?);
+                    std::mem::swap(fresh.request_head(), conn.request_head());
+                    conn = fresh;
                 }
                 Err(e) => return Err(ProxyError::Reset(e.into())),
             }

@@ -148,15 +148,19 @@ impl Conn {
         }
     }
 
-    /// Sends a request without a body (its head written into the buffer by
-    /// `encode`) and reads the response head. Informational (1xx) responses
-    /// are skipped.
+    /// The buffer to encode the request head into before [`Conn::exchange`].
+    pub fn request_head(&mut self) -> &mut Vec<u8> {
+        &mut self.out
+    }
+
+    /// Sends the request head (a request without a body) and reads the
+    /// response head, its header fields into `headers` (an empty map whose
+    /// allocation is reused; left empty on error). Informational (1xx) responses are skipped.
     pub async fn exchange(
         &mut self,
-        encode: &impl Fn(&mut Vec<u8>),
         method: &Method,
+        headers: &mut HeaderMap,
     ) -> Result<Head, ExchangeError> {
-        encode(&mut self.out);
         self.io
             .write_all(&self.out)
             .await
@@ -166,7 +170,7 @@ impl Conn {
         loop {
             if !self.buf.is_empty() {
                 received = true;
-                if let Some(head) = parse_response_head(&mut self.buf, head_request)? {
+                if let Some(head) = parse_response_head(&mut self.buf, head_request, headers)? {
                     return Ok(head);
                 }
                 if self.buf.len() >= MAX_HEAD_BYTES {
@@ -199,6 +203,7 @@ impl Conn {
 fn parse_response_head(
     buf: &mut BytesMut,
     head_request: bool,
+    headers: &mut HeaderMap,
 ) -> Result<Option<Head>, ExchangeError> {
     loop {
         // Header positions, recorded so that the head can be frozen into one
@@ -243,21 +248,56 @@ fn parse_response_head(
         }
         let status =
             StatusCode::from_u16(code).map_err(|_| ExchangeError::Invalid("status code"))?;
-        let headers = header_map(&head, &spans[..count])?;
-        return Ok(Some(head_of(status, version, headers, head_request)?));
+        let fields = fill_header_map(headers, &head, &spans[..count])?;
+        let headers = std::mem::take(headers);
+        return Ok(Some(head_of(
+            status,
+            version,
+            headers,
+            fields,
+            head_request,
+        )));
     }
 }
 
-fn header_map(head: &Bytes, spans: &[(u32, u32, u32, u32)]) -> Result<HeaderMap, ExchangeError> {
-    let mut map = HeaderMap::with_capacity(spans.len());
+/// What the framing of a response depends on, noted while its header
+/// fields are read (no map look-ups afterwards).
+#[derive(Debug, Default)]
+struct Fields {
+    content_length: Option<u64>,
+    transfer_encoding: bool,
+    /// The last transfer coding is `chunked`.
+    chunked: bool,
+    close: bool,
+}
+
+fn fill_header_map(
+    map: &mut HeaderMap,
+    head: &Bytes,
+    spans: &[(u32, u32, u32, u32)],
+) -> Result<Fields, ExchangeError> {
+    let mut fields = Fields::default();
+    debug_assert!(map.is_empty());
+    map.reserve(spans.len());
     for &(ns, ne, vs, ve) in spans {
         let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
             .map_err(|_| ExchangeError::Invalid("header name"))?;
+        let value = &head[vs as usize..ve as usize];
+        if name == header::CONTENT_LENGTH {
+            fields.content_length = Some(content_length(value, fields.content_length)?);
+        } else if name == header::TRANSFER_ENCODING {
+            fields.transfer_encoding = true;
+            fields.chunked = last_token_is(value, b"chunked");
+        } else if name == header::CONNECTION {
+            fields.close |= value
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+        }
         let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
             .map_err(|_| ExchangeError::Invalid("header value"))?;
         map.append(name, value);
     }
-    Ok(map)
+    Ok(fields)
 }
 
 /// Decides the body's framing (RFC 9112, 6.3) and whether the connection
@@ -266,75 +306,64 @@ fn head_of(
     status: StatusCode,
     version: u8,
     mut headers: HeaderMap,
+    fields: Fields,
     head_request: bool,
-) -> Result<Head, ExchangeError> {
+) -> Head {
     let framing =
         if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             Framing::Empty
-        } else if headers.contains_key(header::TRANSFER_ENCODING) {
+        } else if fields.transfer_encoding {
             // Transfer-Encoding overrides Content-Length, which must not reach
             // the client alongside a re-framed body.
-            headers.remove(header::CONTENT_LENGTH);
-            if last_coding_is_chunked(&headers) {
+            if fields.content_length.is_some() {
+                headers.remove(header::CONTENT_LENGTH);
+            }
+            if fields.chunked {
                 Framing::Chunked
             } else {
                 Framing::UntilClose
             }
         } else {
-            match content_length(&headers)? {
+            match fields.content_length {
                 Some(n) => Framing::Length(n),
                 None => Framing::UntilClose,
             }
         };
-    let keep_alive = version == 1 && framing != Framing::UntilClose && !connection_close(&headers);
+    let keep_alive = version == 1 && framing != Framing::UntilClose && !fields.close;
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.headers_mut() = headers;
-    Ok(Head {
+    Head {
         response,
         framing,
         keep_alive,
-    })
-}
-
-fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
-}
-
-/// The Content-Length, if any; several that disagree (or garbage) are an error.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ExchangeError> {
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let text = std::str::from_utf8(part)
-                .ok()
-                .map(str::trim)
-                .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()));
-            let n: u64 = text
-                .and_then(|t| t.parse().ok())
-                .ok_or(ExchangeError::Invalid("content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(ExchangeError::Invalid("conflicting content-length"));
-            }
-            length = Some(n);
-        }
     }
-    Ok(length)
 }
 
-fn connection_close(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("close"))
+fn last_token_is(list: &[u8], token: &[u8]) -> bool {
+    list.rsplit(|&b| b == b',')
+        .next()
+        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// A Content-Length value (maybe a list of equal values), checked against
+/// the one seen before; garbage or a disagreement is an error.
+fn content_length(value: &[u8], before: Option<u64>) -> Result<u64, ExchangeError> {
+    let mut length = before;
+    for part in value.split(|&b| b == b',') {
+        let digits = part.trim_ascii();
+        if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+            return Err(ExchangeError::Invalid("content-length"));
+        }
+        let n = digits
+            .iter()
+            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        if length.is_some_and(|l| l != n) {
+            return Err(ExchangeError::Invalid("conflicting content-length"));
+        }
+        length = Some(n);
+    }
+    length.ok_or(ExchangeError::Invalid("content-length"))
 }
 
 #[cfg(test)]
@@ -343,7 +372,7 @@ mod tests {
 
     fn parse(raw: &[u8], head_request: bool) -> Result<Option<Head>, ExchangeError> {
         let mut buf = BytesMut::from(raw);
-        parse_response_head(&mut buf, head_request)
+        parse_response_head(&mut buf, head_request, &mut HeaderMap::new())
     }
 
     #[test]

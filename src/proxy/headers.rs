@@ -230,17 +230,18 @@ pub(crate) fn request_id_bytes() -> [u8; 36] {
         b[8] = (b[8] & 0x3f) | 0x80;
         b
     };
-    let mut out = [0u8; 36];
-    let mut j = 0;
-    for (i, byte) in bytes.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            out[j] = b'-';
-            j += 1;
-        }
-        out[j] = HEX[usize::from(byte >> 4)];
-        out[j + 1] = HEX[usize::from(byte & 0x0f)];
-        j += 2;
+    let mut hex = [0u8; 32];
+    for (pair, byte) in hex.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0x0f)];
     }
+    // 8-4-4-4-12
+    let mut out = [b'-'; 36];
+    out[..8].copy_from_slice(&hex[..8]);
+    out[9..13].copy_from_slice(&hex[8..12]);
+    out[14..18].copy_from_slice(&hex[12..16]);
+    out[19..23].copy_from_slice(&hex[16..20]);
+    out[24..].copy_from_slice(&hex[20..]);
     out
 }
 
@@ -318,6 +319,14 @@ mod tests {
         let s = id.to_str().unwrap();
         assert_eq!(s.len(), 36);
         assert_eq!(s.as_bytes()[14], b'4');
+        assert!(b"89ab".contains(&s.as_bytes()[19]), "{s}");
+        for (i, c) in s.bytes().enumerate() {
+            if [8, 13, 18, 23].contains(&i) {
+                assert_eq!(c, b'-', "{s}");
+            } else {
+                assert!(c.is_ascii_hexdigit() && !c.is_ascii_uppercase(), "{s}");
+            }
+        }
         assert_ne!(s, new_request_id().to_str().unwrap());
     }
 }
