@@ -16,9 +16,17 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 
 /// Whether the request asks to switch protocols (WebSocket and the like).
 pub fn is_upgrade_request<B>(req: &Request<B>) -> bool {
+    // One pass over the names (standard names compare as enum tags) instead
+    // of hashing: most requests carry neither header.
     req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
+        && has_connection(req.headers())
+        && req.headers().keys().any(|k| k == header::UPGRADE)
         && connection_has_token(req.headers(), "upgrade")
+}
+
+/// Whether a Connection header is present, by a scan of the names.
+fn has_connection(headers: &HeaderMap) -> bool {
+    headers.keys().any(|k| k == header::CONNECTION)
 }
 
 fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
@@ -33,16 +41,17 @@ fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
 /// Whether the Connection header names headers to remove (anything but the
 /// `keep-alive` and `close` options).
 pub(crate) fn connection_names_headers(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(|t| t.trim_ascii())
-        .any(|t| {
-            !(t.is_empty()
-                || t.eq_ignore_ascii_case(b"keep-alive")
-                || t.eq_ignore_ascii_case(b"close"))
-        })
+    has_connection(headers)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(|t| t.trim_ascii())
+            .any(|t| {
+                !(t.is_empty()
+                    || t.eq_ignore_ascii_case(b"keep-alive")
+                    || t.eq_ignore_ascii_case(b"close"))
+            })
 }
 
 /// Removes hop-by-hop headers: every header the Connection header names,
@@ -251,7 +260,11 @@ pub fn prepare_response<B>(
     response_header: Option<(&HeaderName, &HeaderValue)>,
 ) {
     let upgrading = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-    let trailer = declared_trailers(resp.headers());
+    let trailer = if resp.headers().keys().any(is_hop_by_hop) {
+        declared_trailers(resp.headers())
+    } else {
+        Vec::new()
+    };
     strip_hop_by_hop(resp.headers_mut(), upgrading);
     for value in trailer {
         resp.headers_mut().append(header::TRAILER, value);
