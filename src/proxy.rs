@@ -165,7 +165,7 @@ impl Proxy {
                         exchange::head::encode_forwarded(out, parts, &fwd);
                     }
                 };
-                forward_own(version, settings, &mut parts, encode)
+                forward_own(version, settings, &mut parts, encode, start)
                     .await
                     .map(|(head, conn, endpoint)| {
                         let (parts, ()) = head.response.into_parts();
@@ -255,19 +255,21 @@ async fn forward_own(
     settings: &ProxySettings,
     req: &mut http::request::Parts,
     encode: impl Fn(&mut Vec<u8>, &http::request::Parts),
+    start: Instant,
 ) -> Result<(exchange::Head, exchange::Conn, Arc<Endpoint>), ProxyError> {
     let first = upstream::pick(&version.endpoints, None)
         .ok_or_else(|| ProxyError::NoEndpoints(version.name.clone()))?;
-    let (endpoint, (mut conn, mut pooled)) = match own_conn_for(version, first, settings).await {
-        Ok(c) => (first.clone(), c),
-        Err(e) => match upstream::pick(&version.endpoints, Some(first)) {
-            Some(second) => (
-                second.clone(),
-                own_conn_for(version, second, settings).await?,
-            ),
-            None => return Err(e.into()),
-        },
-    };
+    let (endpoint, (mut conn, mut pooled)) =
+        match own_conn_for(version, first, settings, start).await {
+            Ok(c) => (first.clone(), c),
+            Err(e) => match upstream::pick(&version.endpoints, Some(first)) {
+                Some(second) => (
+                    second.clone(),
+                    own_conn_for(version, second, settings, start).await?,
+                ),
+                None => return Err(e.into()),
+            },
+        };
     endpoint.begin_request();
     encode(conn.request_head(), req);
     // Nothing may keep pointing into the client connection's read buffer
@@ -278,6 +280,8 @@ async fn forward_own(
     headers.clear();
     req.uri = http::Uri::default();
     let method = &req.method;
+    let deadline = tokio::time::Instant::from_std(start) + settings.timeouts.upstream_response;
+    let mut timer = conn.timer(deadline);
     let attempt = async {
         loop {
             match conn.exchange(method, &mut headers).await {
@@ -297,15 +301,19 @@ async fn forward_own(
             }
         }
     };
-    match tokio::time::timeout(settings.timeouts.upstream_response, attempt).await {
-        Ok(Ok((head, conn))) => Ok((head, conn, endpoint)),
-        Ok(Err(e)) => {
+    let outcome = tokio::select! {
+        biased;
+        outcome = attempt => outcome,
+        () = &mut timer => Err(ProxyError::Timeout),
+    };
+    match outcome {
+        Ok((head, mut conn)) => {
+            conn.keep_timer(timer);
+            Ok((head, conn, endpoint))
+        }
+        Err(e) => {
             endpoint.end_request();
             Err(e)
-        }
-        Err(_) => {
-            endpoint.end_request();
-            Err(ProxyError::Timeout)
         }
     }
 }
@@ -316,8 +324,9 @@ async fn own_conn_for(
     version: &Version,
     endpoint: &Endpoint,
     settings: &ProxySettings,
+    start: Instant,
 ) -> Result<(exchange::Conn, bool), ConnectError> {
-    if let Some(conn) = endpoint.checkout_own(settings.upstream.pool_idle_timeout) {
+    if let Some(conn) = endpoint.checkout_own(settings.upstream.pool_idle_timeout, start) {
         return Ok((conn, true));
     }
     let stream = open(version, endpoint, settings).await?;

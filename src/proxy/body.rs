@@ -148,7 +148,8 @@ pub struct Completion {
 impl Drop for Completion {
     fn drop(&mut self) {
         let class = (self.status.as_u16() / 100).clamp(1, 5) as usize - 1;
-        let elapsed = self.start.elapsed();
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.start);
         self.version.metrics.requests[class].increment(1);
         self.version.metrics.duration.record(elapsed.as_secs_f64());
         self.conn.request_ended();
@@ -169,7 +170,7 @@ impl Drop for Completion {
             if self.finished
                 && let Some(conn) = sender
             {
-                endpoint.checkin(conn, self.settings.upstream.max_idle_per_endpoint);
+                endpoint.checkin(conn, self.settings.upstream.max_idle_per_endpoint, now);
             }
         }
     }

@@ -119,6 +119,8 @@ pub struct Conn {
     buf: BytesMut,
     /// The request head being written (kept to reuse its allocation).
     out: Vec<u8>,
+    /// The response timer, kept between requests (see [`Conn::timer`]).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Conn {
@@ -127,7 +129,26 @@ impl Conn {
             io,
             buf: BytesMut::new(),
             out: Vec::new(),
+            timer: None,
         }
+    }
+
+    /// The connection's response timer, set to `deadline`; give it back with
+    /// [`Conn::keep_timer`]. One timer entry per connection, moved later for
+    /// each request: tokio extends a registered entry with one atomic update,
+    /// where a new timer per request costs two locked wheel operations.
+    pub fn timer(&mut self, deadline: tokio::time::Instant) -> Pin<Box<tokio::time::Sleep>> {
+        match self.timer.take() {
+            Some(mut timer) => {
+                timer.as_mut().reset(deadline);
+                timer
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        }
+    }
+
+    pub fn keep_timer(&mut self, timer: Pin<Box<tokio::time::Sleep>>) {
+        self.timer = Some(timer);
     }
 
     /// Whether a pooled connection still looks open. Costs no system call

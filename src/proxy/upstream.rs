@@ -164,20 +164,20 @@ impl Endpoint {
     }
 
     /// A pooled connection of the gateway's own client, if one is idle and
-    /// still open.
-    pub fn checkout_own(&self, idle_timeout: Duration) -> Option<Conn> {
+    /// still open (`now`: the request's start, to save a clock read).
+    pub fn checkout_own(&self, idle_timeout: Duration, now: Instant) -> Option<Conn> {
         let mut idle = self.idle();
         while let Some(c) = idle.own.pop() {
-            if c.conn.is_usable() && c.since.elapsed() < idle_timeout {
+            if c.conn.is_usable() && now.saturating_duration_since(c.since) < idle_timeout {
                 return Some(c.conn);
             }
         }
         None
     }
 
-    /// Returns a connection to the pool after its response ended; at most
-    /// `max_idle` connections stay idle.
-    pub fn checkin(&self, conn: Pooled, max_idle: usize) {
+    /// Returns a connection to the pool after its response ended (`now`);
+    /// at most `max_idle` connections stay idle.
+    pub fn checkin(&self, conn: Pooled, max_idle: usize, now: Instant) {
         if let Pooled::Hyper(sender) = &conn
             && sender.is_closed()
         {
@@ -187,7 +187,7 @@ impl Endpoint {
         if idle.hyper.len() + idle.own.len() >= max_idle {
             return;
         }
-        let since = Instant::now();
+        let since = now;
         match conn {
             Pooled::Hyper(conn) => idle.hyper.push(IdleConn { conn, since }),
             Pooled::Own(conn) => idle.own.push(IdleConn { conn, since }),

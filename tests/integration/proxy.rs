@@ -680,6 +680,15 @@ async fn slow_upstream_is_504() {
     let reply = client.get("/sleep?ms=1", &[]).await.unwrap();
     assert_eq!(reply.status, 200);
     assert_eq!(reply.text(), "v1");
+    // A pooled upstream connection keeps its timer between requests: it is
+    // moved to each request's deadline, so a slow-but-in-time answer passes
+    // after a quick one, and a late one still times out.
+    for ms in [1, 150, 1, 150] {
+        let reply = client.get(&format!("/sleep?ms={ms}"), &[]).await.unwrap();
+        assert_eq!(reply.status, 200, "sleep {ms} ms");
+    }
+    let reply = client.get("/sleep?ms=3000", &[]).await.unwrap();
+    assert_eq!(reply.status, 504);
     gw.shutdown().await;
 }
 
