@@ -112,7 +112,7 @@ pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == header::TRANSFER_ENCODING
         || name == header::UPGRADE
         || name == KEEP_ALIVE
-        || name.as_str().starts_with("proxy-")
+        || name.as_str().as_bytes().starts_with(b"proxy-")
 }
 
 /// What the request needs to know about where it came from.
@@ -260,14 +260,12 @@ pub fn prepare_response<B>(
     response_header: Option<(&HeaderName, &HeaderValue)>,
 ) {
     let upgrading = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-    let trailer = if resp.headers().keys().any(is_hop_by_hop) {
-        declared_trailers(resp.headers())
-    } else {
-        Vec::new()
-    };
-    strip_hop_by_hop(resp.headers_mut(), upgrading);
-    for value in trailer {
-        resp.headers_mut().append(header::TRAILER, value);
+    if upgrading || resp.headers().keys().any(is_hop_by_hop) {
+        let trailer = declared_trailers(resp.headers());
+        strip_hop_by_hop(resp.headers_mut(), upgrading);
+        for value in trailer {
+            resp.headers_mut().append(header::TRAILER, value);
+        }
     }
     if let Some((name, value)) = response_header {
         resp.headers_mut().insert(name.clone(), value.clone());
