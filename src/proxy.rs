@@ -155,31 +155,35 @@ impl Proxy {
         if rewrite {
             headers::prepare_request(&mut req, upgrading, &fwd);
         }
-        let outcome =
-            if own_client {
-                let (mut parts, _) = req.into_parts();
-                let encode = |out: &mut Vec<u8>, parts: &http::request::Parts| {
-                    if rewrite {
-                        exchange::head::encode(out, parts);
-                    } else {
-                        exchange::head::encode_forwarded(out, parts, &fwd);
-                    }
-                };
-                forward_own(version, settings, &mut parts, encode, start)
-                    .await
-                    .map(|(head, conn, endpoint)| {
-                        let (parts, ()) = head.response.into_parts();
-                        let body = ResponseBody::new(conn, head.framing, head.keep_alive);
-                        (Response::from_parts(parts, Upstream::Own(body)), endpoint)
-                    })
-            } else {
-                let (parts, incoming) = req.into_parts();
-                let (body, body_progress) = RequestBody::new(incoming);
-                let req = Request::from_parts(parts, body);
-                forward(version, settings, req, body_progress).await.map(
-                    |(resp, endpoint, sender)| (resp.map(|b| Upstream::Hyper(b, sender)), endpoint),
-                )
+        let outcome = if own_client {
+            let (mut parts, _) = req.into_parts();
+            let encode = |out: &mut Vec<u8>, parts: &http::request::Parts| {
+                if rewrite {
+                    exchange::head::encode(out, parts);
+                } else {
+                    exchange::head::encode_forwarded(out, parts, &fwd);
+                }
             };
+            forward_own(version, settings, &mut parts, encode, start)
+                .await
+                .map(|(head, conn, endpoint)| {
+                    let (parts, ()) = head.response.into_parts();
+                    let body = ResponseBody::new(conn, head.framing, head.keep_alive);
+                    (Response::from_parts(parts, Upstream::Own(body)), endpoint)
+                })
+        } else {
+            let (parts, incoming) = req.into_parts();
+            let (body, body_progress) = RequestBody::new(incoming);
+            let req = Request::from_parts(parts, body);
+            // Boxed: this path's state (hyper's handshake and send
+            // futures) would otherwise make every request's future
+            // larger, and hyper moves that future into place per request.
+            Box::pin(forward(version, settings, req, body_progress))
+                .await
+                .map(|(resp, endpoint, sender)| {
+                    (resp.map(|b| Upstream::Hyper(b, sender)), endpoint)
+                })
+        };
         match outcome {
             Ok((mut resp, endpoint)) => {
                 completion.status = resp.status();
@@ -293,7 +297,8 @@ async fn forward_own(
                 {
                     tracing::debug!(upstream = %endpoint.addr(), error = %e, "pooled connection failed; retrying on a new one");
                     pooled = false;
-                    let mut fresh = exchange::Conn::new(open(version, &endpoint, settings).await?);
+                    let stream = Box::pin(open(version, &endpoint, settings)).await?;
+                    let mut fresh = exchange::Conn::new(stream);
                     std::mem::swap(fresh.request_head(), conn.request_head());
                     conn = fresh;
                 }
@@ -329,7 +334,8 @@ async fn own_conn_for(
     if let Some(conn) = endpoint.checkout_own(settings.upstream.pool_idle_timeout, start) {
         return Ok((conn, true));
     }
-    let stream = open(version, endpoint, settings).await?;
+    // Boxed, as connecting is the rare case (see `Proxy::handle`).
+    let stream = Box::pin(open(version, endpoint, settings)).await?;
     Ok((exchange::Conn::new(stream), false))
 }
 
