@@ -439,13 +439,8 @@ async fn connect_to(
     endpoint: &Endpoint,
     settings: &ProxySettings,
 ) -> Result<Sender, ConnectError> {
-    let result = endpoint
-        .connect(settings.timeouts.upstream_connect, &settings.upstream)
-        .await;
-    if result.is_err() {
-        version.metrics.errors[0].increment(1);
-    }
-    result
+    let stream = open(version, endpoint, settings).await?;
+    endpoint.handshake(stream).await
 }
 
 /// Joins the client's and the upstream's upgraded connections (WebSocket).

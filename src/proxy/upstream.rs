@@ -224,13 +224,9 @@ impl Endpoint {
         result
     }
 
-    /// Opens a new HTTP/1.1 connection driven by hyper's client.
-    pub async fn connect(
-        &self,
-        timeout: Duration,
-        cfg: &UpstreamConfig,
-    ) -> Result<Sender, ConnectError> {
-        let stream = self.open(timeout, cfg).await?;
+    /// Makes a connection from [`Endpoint::open`] an HTTP/1.1 connection
+    /// driven by hyper's client, in a task of its own.
+    pub async fn handshake(&self, stream: TcpStream) -> Result<Sender, ConnectError> {
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
