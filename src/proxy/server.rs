@@ -13,15 +13,18 @@ use std::time::Duration;
 
 use http::HeaderValue;
 
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::Proxy;
 use super::upstream::now_ms;
+use drive::Drain;
+
+mod drive;
 
 /// Largest request head accepted (larger gets 431).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -166,12 +169,12 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
     grace: impl Fn() -> Duration,
 ) {
-    let graceful = GracefulShutdown::new();
+    let drain = Arc::new(Drain::default());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => serve_connection(stream, peer, &proxy, &graceful),
+                Ok((stream, peer)) => serve_connection(stream, peer, &proxy, &drain),
                 Err(e) => {
                     // Out of file descriptors and the like: back off briefly, keep serving.
                     tracing::warn!(error = %e, "accept failed");
@@ -184,44 +187,17 @@ pub async fn serve(
     drop(listener);
     let grace = grace();
     tracing::info!(grace_ms = grace.as_millis() as u64, "draining connections");
-    match tokio::time::timeout(grace, graceful.shutdown()).await {
+    drain.begin();
+    match tokio::time::timeout(grace, drain.finished()).await {
         Ok(()) => tracing::info!("all connections drained"),
         Err(_) => tracing::warn!("shutdown grace period over with requests still in flight"),
     }
 }
 
-fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    proxy: &Arc<Proxy>,
-    graceful: &GracefulShutdown,
-) {
+fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, drain: &Arc<Drain>) {
     let _ = stream.set_nodelay(true);
     let state = Arc::new(ConnState::new(peer));
-    let io = TokioIo::new(TrackedIo {
-        inner: stream,
-        state: state.clone(),
-    });
     let timeouts = proxy.current_timeouts();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        // No hyper timer on HTTP/1: hyper would arm (and tear down) a timer
-        // entry for every request head it waits for. The connection's
-        // watchdog below enforces both the request-head timeout (slowloris)
-        // and the keep-alive idle timeout, on one interval per connection.
-        .header_read_timeout(None)
-        .max_buf_size(MAX_HEAD_BYTES.max(8192))
-        // hyper's default header-line limit (100; more gets 431). Setting
-        // any limit, even the same, makes hyper allocate two header arrays
-        // on the heap for every request instead of using its inline ones.
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEAD_BYTES as u32)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
-
     let service = {
         let proxy = proxy.clone();
         let state = state.clone();
@@ -231,46 +207,72 @@ fn serve_connection(
             async move { Ok::<_, Infallible>(proxy.handle(req, state).await) }
         })
     };
-    let conn = builder
-        .serve_connection_with_upgrades(io, service)
-        .into_owned();
-    let conn = graceful.watch(conn);
+    let tracked = drain.track();
+    let drain = drain.clone();
     let open = proxy.telemetry.open_connections.clone();
     open.increment(1.0);
     tokio::spawn(async move {
-        tokio::pin!(conn);
-        let check_every =
-            (timeouts.request_header.min(timeouts.idle) / 4).max(Duration::from_millis(50));
-        let mut tick =
-            tokio::time::interval_at(tokio::time::Instant::now() + check_every, check_every);
-        let (mut last_activity, mut quiet) = (0u64, Duration::ZERO);
-        loop {
-            tokio::select! {
-                result = &mut conn => {
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, error = %e, "client connection ended with an error");
-                    }
-                    break;
-                }
-                _ = tick.tick() => {
-                    let started = state.head_started_ms.load(Ordering::Relaxed);
-                    if started != 0 && now_ms().saturating_sub(started) > timeouts.request_header.as_millis() as u64 {
-                        tracing::debug!(%peer, "request head not received in time; closing the connection");
-                        break;
-                    }
-                    let activity = state.activity.load(Ordering::Relaxed);
-                    if activity != last_activity || state.in_flight.load(Ordering::Relaxed) != 0 {
-                        last_activity = activity;
-                        quiet = Duration::ZERO;
-                    } else {
-                        quiet += check_every;
-                        if quiet >= timeouts.idle {
-                            tracing::debug!(%peer, "idle connection closed");
-                            break;
-                        }
-                    }
-                }
-            }
+        let _tracked = tracked;
+        // HTTP/1 (nearly every connection) is served by hyper's HTTP/1 server
+        // directly; an h2c preface, or too few bytes to tell, goes to the
+        // auto-detecting connection.
+        let Some(http1) = drive::first_bytes_rule_out_h2(&stream, timeouts.idle, &drain).await
+        else {
+            open.decrement(1.0);
+            return;
+        };
+        let io = TokioIo::new(TrackedIo {
+            inner: stream,
+            state: state.clone(),
+        });
+        if http1 {
+            let conn = http1::Builder::new()
+                // No hyper timer on HTTP/1: hyper would arm (and tear down) a
+                // timer entry for every request head it waits for. The
+                // connection's watchdog enforces both the request-head
+                // timeout (slowloris) and the keep-alive idle timeout.
+                .header_read_timeout(None)
+                .max_buf_size(MAX_HEAD_BYTES.max(8192))
+                // The buffer limit alone lets a head through when one read
+                // brings it whole: limit the head itself too.
+                .max_header_size(MAX_HEAD_BYTES)
+                // hyper's default header-line limit (100; more gets 431).
+                // Setting any limit, even the same, makes hyper allocate two
+                // header arrays on the heap for every request.
+                .keep_alive(true)
+                .serve_connection(io, service)
+                .with_upgrades();
+            drive::drive(
+                conn,
+                |c| c.graceful_shutdown(),
+                &state,
+                timeouts,
+                &drain,
+                peer,
+            )
+            .await;
+        } else {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .header_read_timeout(None)
+                .max_buf_size(MAX_HEAD_BYTES.max(8192))
+                .keep_alive(true);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(MAX_HEAD_BYTES as u32)
+                .keep_alive_interval(Some(Duration::from_secs(30)));
+            let conn = builder.serve_connection_with_upgrades(io, service);
+            drive::drive(
+                conn,
+                |c| c.graceful_shutdown(),
+                &state,
+                timeouts,
+                &drain,
+                peer,
+            )
+            .await;
         }
         open.decrement(1.0);
     });

@@ -1,0 +1,195 @@
+//! Data path: the life of one client connection after accept: the drain on
+//! shutdown and the watchdog (request-head and idle timeouts), checked in the
+//! connection's own poll.
+//!
+//! The connection task is woken two or three times per request. A
+//! `select!` over the connection, an interval and a shutdown channel polls
+//! all three on every wake-up; here the timer and the drain signal are
+//! polled once to register the task, and afterwards only looked at (one
+//! atomic load each) until they fire.
+
+use std::fmt::Display;
+use std::future::{Future, poll_fn};
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use super::ConnState;
+use crate::config::Timeouts;
+use crate::proxy::upstream::now_ms;
+
+/// The listener's shutdown: tells connections to finish, counts them out.
+#[derive(Debug, Default)]
+pub struct Drain {
+    draining: AtomicBool,
+    /// Wakes connections when draining begins.
+    began: Notify,
+    /// Connections still open.
+    open: AtomicUsize,
+    /// Wakes [`Drain::finished`] when the last connection closes.
+    closed: Notify,
+}
+
+/// A connection counted by its [`Drain`] until dropped.
+pub struct Tracked(Arc<Drain>);
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.closed.notify_waiters();
+        }
+    }
+}
+
+impl Drain {
+    /// Counts a new connection.
+    pub fn track(self: &Arc<Self>) -> Tracked {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        Tracked(self.clone())
+    }
+
+    /// Tells every connection to finish its request in flight and close.
+    pub fn begin(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.began.notify_waiters();
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Resolves when draining has begun.
+    pub async fn began(&self) {
+        let signal = pin!(self.began.notified());
+        if !self.is_draining() {
+            signal.await;
+        }
+    }
+
+    /// Resolves when every tracked connection has closed.
+    pub async fn finished(&self) {
+        loop {
+            let mut closed = pin!(self.closed.notified());
+            closed.as_mut().enable();
+            if self.open.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            closed.await;
+        }
+    }
+}
+
+/// Why the watchdog closed a connection.
+enum Closed {
+    HeadTimeout,
+    Idle,
+}
+
+/// The request-head and idle timeouts of one connection, checked on a tick.
+struct Watchdog {
+    last_activity: u64,
+    quiet: Duration,
+}
+
+impl Watchdog {
+    fn check(&mut self, state: &ConnState, timeouts: &Timeouts, every: Duration) -> Option<Closed> {
+        let started = state.head_started_ms.load(Ordering::Relaxed);
+        if started != 0
+            && now_ms().saturating_sub(started) > timeouts.request_header.as_millis() as u64
+        {
+            return Some(Closed::HeadTimeout);
+        }
+        let activity = state.activity.load(Ordering::Relaxed);
+        if activity != self.last_activity || state.in_flight.load(Ordering::Relaxed) != 0 {
+            self.last_activity = activity;
+            self.quiet = Duration::ZERO;
+        } else {
+            self.quiet += every;
+            if self.quiet >= timeouts.idle {
+                return Some(Closed::Idle);
+            }
+        }
+        None
+    }
+}
+
+/// Drives `conn` to its end: calls `shut_down` on it when the drain begins,
+/// and drops it (closing the socket) when the watchdog says so.
+pub async fn drive<C, E>(
+    conn: C,
+    shut_down: fn(Pin<&mut C>),
+    state: &ConnState,
+    timeouts: Timeouts,
+    drain: &Drain,
+    peer: SocketAddr,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    let every = (timeouts.request_header.min(timeouts.idle) / 4).max(Duration::from_millis(50));
+    let mut conn = pin!(conn);
+    let mut tick = pin!(tokio::time::sleep(every));
+    let mut drain_signal = pin!(drain.began.notified());
+    let (mut ticking, mut listening, mut draining) = (false, false, false);
+    let mut watchdog = Watchdog {
+        last_activity: 0,
+        quiet: Duration::ZERO,
+    };
+    let outcome = poll_fn(|cx| {
+        if !draining {
+            // Polled once, the signal stays registered; after that the flag
+            // says whether it fired.
+            let signalled = !listening && drain_signal.as_mut().poll(cx).is_ready();
+            listening = true;
+            if signalled || drain.is_draining() {
+                draining = true;
+                shut_down(conn.as_mut());
+            }
+        }
+        if !ticking || tick.is_elapsed() {
+            while tick.as_mut().poll(cx).is_ready() {
+                if let Some(closed) = watchdog.check(state, &timeouts, every) {
+                    return Poll::Ready(Err(closed));
+                }
+                tick.as_mut().reset(tokio::time::Instant::now() + every);
+            }
+            ticking = true;
+        }
+        conn.as_mut().poll(cx).map(Ok)
+    })
+    .await;
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "client connection ended with an error"),
+        Err(Closed::HeadTimeout) => {
+            tracing::debug!(%peer, "request head not received in time; closing the connection")
+        }
+        Err(Closed::Idle) => tracing::debug!(%peer, "idle connection closed"),
+    }
+}
+
+/// Whether a connection's first bytes rule out HTTP/2 prior knowledge (its
+/// preface starts with `PRI`): then it is served by hyper's HTTP/1 server
+/// directly, without the auto-detecting connection's layer. `None`: the
+/// client closed, or sent nothing within `idle`, or the drain began.
+pub async fn first_bytes_rule_out_h2(
+    stream: &tokio::net::TcpStream,
+    idle: Duration,
+    drain: &Drain,
+) -> Option<bool> {
+    const PREFIX: &[u8] = b"PRI";
+    let mut first = [0u8; 3];
+    let peeked = tokio::select! {
+        peeked = tokio::time::timeout(idle, stream.peek(&mut first)) => peeked,
+        () = drain.began() => return None,
+    };
+    match peeked {
+        Ok(Ok(n)) if n > 0 => Some(first[..n] != PREFIX[..n]),
+        _ => None,
+    }
+}
