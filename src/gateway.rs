@@ -171,8 +171,9 @@ impl Reload for FileReloader {
     }
 }
 
-/// How often queued histogram samples are folded into their buckets.
-const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the metrics exporter runs its upkeep and the upstream pools
+/// drop their stale idle connections.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often the config file is checked for changes.
 const FILE_WATCH_INTERVAL: Duration = Duration::from_secs(1);
@@ -274,12 +275,24 @@ pub async fn start(
     }
     {
         // The exporter's own histograms queue their samples until an upkeep
-        // (the per-request duration is not one of them: see telemetry).
+        // (the per-request duration is not one of them: see telemetry); the
+        // upstream pools drop the connections that went stale.
         let metrics = metrics.clone();
+        let snapshots = control.snapshot_cell();
         background.push(tokio::spawn(async move {
             loop {
-                tokio::time::sleep(METRICS_UPKEEP_INTERVAL).await;
+                tokio::time::sleep(UPKEEP_INTERVAL).await;
                 metrics.run_upkeep();
+                let snapshot = snapshots.load();
+                let (idle_timeout, now) = (
+                    snapshot.settings.upstream.pool_idle_timeout,
+                    std::time::Instant::now(),
+                );
+                for version in snapshot.versions.iter() {
+                    for endpoint in version.endpoints.iter() {
+                        endpoint.sweep(idle_timeout, now);
+                    }
+                }
             }
         }));
     }

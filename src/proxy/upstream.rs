@@ -194,6 +194,17 @@ impl Endpoint {
         }
     }
 
+    /// Closes the idle connections that the upstream closed or that were
+    /// idle for `idle_timeout`: checkouts skip them anyway, but until then
+    /// they would hold a socket (in CLOSE_WAIT once the upstream closed),
+    /// on an endpoint that gets no more traffic possibly for good.
+    pub fn sweep(&self, idle_timeout: Duration, now: Instant) {
+        let fresh = |since: Instant| now.saturating_duration_since(since) < idle_timeout;
+        let mut idle = self.idle();
+        idle.own.retain(|c| fresh(c.since) && c.conn.is_usable());
+        idle.hyper.retain(|c| fresh(c.since) && !c.conn.is_closed());
+    }
+
     /// Drops every pooled connection (the endpoint left the snapshot).
     pub fn clear_pool(&self) {
         *self.idle() = Idle::default();

@@ -999,6 +999,22 @@ async fn a_pooled_connection_the_upstream_drops_is_retried_only_when_safe() {
 }
 
 #[tokio::test]
+async fn idle_upstream_connections_are_closed_after_the_pool_idle_timeout() {
+    let upstream = FixedUpstream::start(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+    let extra = "[upstream]\npool_idle_timeout = \"300ms\"";
+    let gw = Gateway::start(&config(extra, &[("v1", 1, upstream.addr)])).await;
+    assert_eq!(get(gw.addr, "/", &[]).await.text(), "ok");
+    // Nothing else goes to this upstream: the pool must still let go of the
+    // connection once it has been idle for the timeout.
+    let closed = eventually(Duration::from_secs(5), async || {
+        upstream.closed.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(closed, "the idle upstream connection was never closed");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn close_delimited_and_informational_responses_pass_through() {
     let upstream = FixedUpstream::scripted(|_| {
         Some((

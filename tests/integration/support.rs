@@ -605,6 +605,8 @@ pub struct FixedUpstream {
     pub addr: SocketAddr,
     /// Connections accepted so far.
     pub connections: Arc<AtomicU64>,
+    /// Connections the gateway closed (or that this upstream closed).
+    pub closed: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -637,6 +639,8 @@ impl FixedUpstream {
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicU64::new(0));
         let accepted = connections.clone();
+        let closed = Arc::new(AtomicU64::new(0));
+        let ended = closed.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut stream, _)) = listener.accept().await else {
@@ -644,24 +648,27 @@ impl FixedUpstream {
                 };
                 accepted.fetch_add(1, Ordering::SeqCst);
                 let script = script.clone();
+                let ended = ended.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut n = 0;
                     while read_head(&mut stream, &mut buf).await.is_some() {
                         let Some((response, close)) = script(n) else {
-                            return;
+                            break;
                         };
                         n += 1;
                         if stream.write_all(response).await.is_err() || close {
-                            return;
+                            break;
                         }
                     }
+                    ended.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
         FixedUpstream {
             addr,
             connections,
+            closed,
             task,
         }
     }
