@@ -225,6 +225,12 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, dra
             inner: stream,
             state: state.clone(),
         });
+        let watch = drive::Watch {
+            state: &state,
+            timeouts,
+            drain: &drain,
+            peer,
+        };
         if http1 {
             let conn = http1::Builder::new()
                 // No hyper timer on HTTP/1: hyper would arm (and tear down) a
@@ -242,15 +248,7 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, dra
                 .keep_alive(true)
                 .serve_connection(io, service)
                 .with_upgrades();
-            drive::drive(
-                conn,
-                |c| c.graceful_shutdown(),
-                &state,
-                timeouts,
-                &drain,
-                peer,
-            )
-            .await;
+            watch.drive(conn, |c| c.graceful_shutdown()).await;
         } else {
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
@@ -264,15 +262,7 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, dra
                 .max_header_list_size(MAX_HEAD_BYTES as u32)
                 .keep_alive_interval(Some(Duration::from_secs(30)));
             let conn = builder.serve_connection_with_upgrades(io, service);
-            drive::drive(
-                conn,
-                |c| c.graceful_shutdown(),
-                &state,
-                timeouts,
-                &drain,
-                peer,
-            )
-            .await;
+            watch.drive(conn, |c| c.graceful_shutdown()).await;
         }
         open.decrement(1.0);
     });

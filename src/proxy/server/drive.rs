@@ -118,9 +118,33 @@ impl Watchdog {
     }
 }
 
-/// Drives `conn` to its end: calls `shut_down` on it when the drain begins,
-/// and drops it (closing the socket) when the watchdog says so.
-pub async fn drive<C, E>(
+/// What a connection is watched with.
+pub struct Watch<'a> {
+    pub state: &'a ConnState,
+    pub timeouts: Timeouts,
+    pub drain: &'a Drain,
+    pub peer: SocketAddr,
+}
+
+impl Watch<'_> {
+    /// Drives `conn` to its end: calls `shut_down` on it when the drain
+    /// begins, and drops it (closing the socket) when the watchdog says so.
+    pub async fn drive<C, E>(&self, conn: C, shut_down: fn(Pin<&mut C>))
+    where
+        C: Future<Output = Result<(), E>>,
+        E: Display,
+    {
+        let Watch {
+            state,
+            timeouts,
+            drain,
+            peer,
+        } = *self;
+        drive(conn, shut_down, state, timeouts, drain, peer).await
+    }
+}
+
+async fn drive<C, E>(
     conn: C,
     shut_down: fn(Pin<&mut C>),
     state: &ConnState,
