@@ -42,6 +42,8 @@ pub enum ExchangeError {
     Write(io::Error),
     #[error("reading the response failed: {0}")]
     Read(io::Error),
+    #[error("reading the response failed after part of its head: {0}")]
+    ReadInHead(io::Error),
     #[error("the upstream closed the connection before responding")]
     ClosedBeforeResponse,
     #[error("the upstream closed the connection in the middle of the response head")]
@@ -200,7 +202,13 @@ impl Conn {
             }
             let n = poll_fn(|cx| self.poll_read(cx, HEAD_READ))
                 .await
-                .map_err(ExchangeError::Read)?;
+                .map_err(|e| {
+                    if received {
+                        ExchangeError::ReadInHead(e)
+                    } else {
+                        ExchangeError::Read(e)
+                    }
+                })?;
             if n == 0 {
                 return Err(if received {
                     ExchangeError::ClosedInHead
@@ -444,6 +452,18 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn only_failures_before_any_response_byte_allow_a_retry() {
+        let reset = || io::Error::from(io::ErrorKind::ConnectionReset);
+        assert!(ExchangeError::Read(reset()).nothing_received());
+        assert!(ExchangeError::Write(reset()).nothing_received());
+        assert!(ExchangeError::Write(reset()).unsent());
+        assert!(ExchangeError::ClosedBeforeResponse.nothing_received());
+        assert!(!ExchangeError::ClosedBeforeResponse.unsent());
+        assert!(!ExchangeError::ReadInHead(reset()).nothing_received());
+        assert!(!ExchangeError::ClosedInHead.nothing_received());
     }
 
     #[test]
