@@ -318,9 +318,7 @@ fn fill_header_map(
             fields.transfer_encoding = true;
             fields.chunked = last_token_is(value, b"chunked");
         } else if name == header::CONNECTION {
-            fields.close |= value
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            fields.close |= crate::proxy::headers::has_token(value, b"close");
         }
         let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
             .map_err(|_| ExchangeError::Invalid("header value"))?;

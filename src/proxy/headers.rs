@@ -38,6 +38,13 @@ fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// Whether a comma-separated header value lists `token` (ASCII case
+/// insensitive, blanks around items ignored).
+pub(crate) fn has_token(list: &[u8], token: &[u8]) -> bool {
+    list.split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
 /// Whether the Connection header names headers to remove (anything but the
 /// `keep-alive` and `close` options).
 pub(crate) fn connection_names_headers(headers: &HeaderMap) -> bool {

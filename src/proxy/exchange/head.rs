@@ -33,7 +33,7 @@ pub fn encode_forwarded(out: &mut Vec<u8>, req: &request::Parts, fwd: &Forwardin
     let (mut forwarded_for, mut proto, mut port) = (false, false, false);
     for (name, value) in &req.headers {
         if headers::is_hop_by_hop(name) {
-            trailers |= *name == header::TE && has_token(value.as_bytes(), b"trailers");
+            trailers |= *name == header::TE && headers::has_token(value.as_bytes(), b"trailers");
             continue;
         }
         if *name == X_FORWARDED_FOR {
@@ -84,11 +84,6 @@ pub fn encode_forwarded(out: &mut Vec<u8>, req: &request::Parts, fwd: &Forwardin
         line(out, b"x-request-id", &headers::request_id_bytes());
     }
     finish(out, req);
-}
-
-fn has_token(list: &[u8], token: &[u8]) -> bool {
-    list.split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// The request line, in origin form.
