@@ -261,19 +261,8 @@ async fn forward_own(
     encode: impl Fn(&mut Vec<u8>, &http::request::Parts),
     start: Instant,
 ) -> Result<(exchange::Head, exchange::Conn, Arc<Endpoint>), ProxyError> {
-    let first = upstream::pick(&version.endpoints, None)
-        .ok_or_else(|| ProxyError::NoEndpoints(version.name.clone()))?;
     let (endpoint, (mut conn, mut pooled)) =
-        match own_conn_for(version, first, settings, start).await {
-            Ok(c) => (first.clone(), c),
-            Err(e) => match upstream::pick(&version.endpoints, Some(first)) {
-                Some(second) => (
-                    second.clone(),
-                    own_conn_for(version, second, settings, start).await?,
-                ),
-                None => return Err(e.into()),
-            },
-        };
+        pick_and_connect(version, |e| own_conn_for(version, e, settings, start)).await?;
     endpoint.begin_request();
     encode(conn.request_head(), req);
     // Nothing may keep pointing into the client connection's read buffer
@@ -323,6 +312,27 @@ async fn forward_own(
     }
 }
 
+/// An endpoint of `version` (power of two choices) and a connection to it
+/// made by `connect`; a failed connect is retried once on another endpoint:
+/// nothing reached an upstream, so this is safe for any request.
+async fn pick_and_connect<'a, T, F>(
+    version: &'a Version,
+    connect: impl Fn(&'a Endpoint) -> F,
+) -> Result<(Arc<Endpoint>, T), ProxyError>
+where
+    F: Future<Output = Result<T, ConnectError>>,
+{
+    let first = upstream::pick(&version.endpoints, None)
+        .ok_or_else(|| ProxyError::NoEndpoints(version.name.clone()))?;
+    match connect(first).await {
+        Ok(conn) => Ok((first.clone(), conn)),
+        Err(e) => match upstream::pick(&version.endpoints, Some(first)) {
+            Some(second) => Ok((second.clone(), connect(second).await?)),
+            None => Err(e.into()),
+        },
+    }
+}
+
 /// A connection of the own client to `endpoint`, pooled if possible, and
 /// whether it was pooled.
 async fn own_conn_for(
@@ -366,15 +376,8 @@ async fn forward(
     req: Request<RequestBody>,
     body_progress: Option<Arc<body::BodyProgress>>,
 ) -> Result<(Response<Incoming>, Arc<Endpoint>, Sender), ProxyError> {
-    let first = upstream::pick(&version.endpoints, None)
-        .ok_or_else(|| ProxyError::NoEndpoints(version.name.clone()))?;
-    let (endpoint, mut sender) = match sender_for(version, first, settings).await {
-        Ok(sender) => (first.clone(), sender),
-        Err(e) => match upstream::pick(&version.endpoints, Some(first)) {
-            Some(second) => (second.clone(), sender_for(version, second, settings).await?),
-            None => return Err(e.into()),
-        },
-    };
+    let (endpoint, mut sender) =
+        pick_and_connect(version, |e| sender_for(version, e, settings)).await?;
     endpoint.begin_request();
     // The response timeout starts once the request body has been sent in full.
     let timeout = settings.timeouts.upstream_response;
