@@ -44,6 +44,46 @@ struct IdleConn<T> {
     since: Instant,
 }
 
+/// A connection kind the pool holds.
+trait Poolable {
+    /// Whether the connection still looks open.
+    fn is_open(&self) -> bool;
+}
+
+impl Poolable for Sender {
+    fn is_open(&self) -> bool {
+        !self.is_closed()
+    }
+}
+
+impl Poolable for Conn {
+    fn is_open(&self) -> bool {
+        self.is_usable()
+    }
+}
+
+impl<T: Poolable> IdleConn<T> {
+    /// Idle for less than `idle_timeout` at `now`, and still open.
+    fn is_fresh(&self, idle_timeout: Duration, now: Instant) -> bool {
+        now.saturating_duration_since(self.since) < idle_timeout && self.conn.is_open()
+    }
+}
+
+/// The most recently used fresh connection of `stack`; stale ones on the way
+/// are dropped.
+fn pop_fresh<T: Poolable>(
+    stack: &mut Vec<IdleConn<T>>,
+    idle_timeout: Duration,
+    now: Instant,
+) -> Option<T> {
+    while let Some(c) = stack.pop() {
+        if c.is_fresh(idle_timeout, now) {
+            return Some(c.conn);
+        }
+    }
+    None
+}
+
 /// The idle connections of an endpoint, most recently used last.
 #[derive(Default)]
 struct Idle {
@@ -154,32 +194,20 @@ impl Endpoint {
 
     /// A pooled hyper connection, if one is idle and still open.
     pub fn checkout(&self, idle_timeout: Duration) -> Option<Sender> {
-        let mut idle = self.idle();
-        while let Some(c) = idle.hyper.pop() {
-            if !c.conn.is_closed() && c.since.elapsed() < idle_timeout {
-                return Some(c.conn);
-            }
-        }
-        None
+        pop_fresh(&mut self.idle().hyper, idle_timeout, Instant::now())
     }
 
     /// A pooled connection of the gateway's own client, if one is idle and
     /// still open (`now`: the request's start, to save a clock read).
     pub fn checkout_own(&self, idle_timeout: Duration, now: Instant) -> Option<Conn> {
-        let mut idle = self.idle();
-        while let Some(c) = idle.own.pop() {
-            if c.conn.is_usable() && now.saturating_duration_since(c.since) < idle_timeout {
-                return Some(c.conn);
-            }
-        }
-        None
+        pop_fresh(&mut self.idle().own, idle_timeout, now)
     }
 
     /// Returns a connection to the pool after its response ended (`now`);
     /// at most `max_idle` connections stay idle.
     pub fn checkin(&self, conn: Pooled, max_idle: usize, now: Instant) {
         if let Pooled::Hyper(sender) = &conn
-            && sender.is_closed()
+            && !sender.is_open()
         {
             return;
         }
@@ -199,10 +227,9 @@ impl Endpoint {
     /// they would hold a socket (in CLOSE_WAIT once the upstream closed),
     /// on an endpoint that gets no more traffic possibly for good.
     pub fn sweep(&self, idle_timeout: Duration, now: Instant) {
-        let fresh = |since: Instant| now.saturating_duration_since(since) < idle_timeout;
         let mut idle = self.idle();
-        idle.own.retain(|c| fresh(c.since) && c.conn.is_usable());
-        idle.hyper.retain(|c| fresh(c.since) && !c.conn.is_closed());
+        idle.own.retain(|c| c.is_fresh(idle_timeout, now));
+        idle.hyper.retain(|c| c.is_fresh(idle_timeout, now));
     }
 
     /// Drops every pooled connection (the endpoint left the snapshot).
