@@ -208,61 +208,58 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, dra
         })
     };
     let tracked = drain.track();
-    let drain = drain.clone();
     let open = proxy.telemetry.open_connections.clone();
     open.increment(1.0);
     tokio::spawn(async move {
-        let _tracked = tracked;
+        let drain = tracked.drain();
         // HTTP/1 (nearly every connection) is served by hyper's HTTP/1 server
         // directly; an h2c preface, or too few bytes to tell, goes to the
-        // auto-detecting connection.
-        let Some(http1) = drive::first_bytes_rule_out_h2(&stream, timeouts.idle, &drain).await
-        else {
-            open.decrement(1.0);
-            return;
-        };
-        let io = TokioIo::new(TrackedIo {
-            inner: stream,
-            state: state.clone(),
-        });
-        let watch = drive::Watch {
-            state: &state,
-            timeouts,
-            drain: &drain,
-            peer,
-        };
-        if http1 {
-            let conn = http1::Builder::new()
-                // No hyper timer on HTTP/1: hyper would arm (and tear down) a
-                // timer entry for every request head it waits for. The
-                // connection's watchdog enforces both the request-head
-                // timeout (slowloris) and the keep-alive idle timeout.
-                .header_read_timeout(None)
-                .max_buf_size(MAX_HEAD_BYTES.max(8192))
-                // The buffer limit alone lets a head through when one read
-                // brings it whole: limit the head itself too.
-                .max_header_size(MAX_HEAD_BYTES)
-                // hyper's default header-line limit (100; more gets 431).
-                // Setting any limit, even the same, makes hyper allocate two
-                // header arrays on the heap for every request.
-                .keep_alive(true)
-                .serve_connection(io, service)
-                .with_upgrades();
-            watch.drive(conn, |c| c.graceful_shutdown()).await;
-        } else {
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .header_read_timeout(None)
-                .max_buf_size(MAX_HEAD_BYTES.max(8192))
-                .keep_alive(true);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .max_header_list_size(MAX_HEAD_BYTES as u32)
-                .keep_alive_interval(Some(Duration::from_secs(30)));
-            let conn = builder.serve_connection_with_upgrades(io, service);
-            watch.drive(conn, |c| c.graceful_shutdown()).await;
+        // auto-detecting connection; none when the client closed, sent nothing
+        // within the idle timeout, or the drain began first.
+        if let Some(http1) = drive::first_bytes_rule_out_h2(&stream, timeouts.idle, drain).await {
+            let io = TokioIo::new(TrackedIo {
+                inner: stream,
+                state: state.clone(),
+            });
+            let watch = drive::Watch {
+                state: &state,
+                timeouts,
+                drain,
+                peer,
+            };
+            if http1 {
+                let conn = http1::Builder::new()
+                    // No hyper timer on HTTP/1: hyper would arm (and tear down) a
+                    // timer entry for every request head it waits for. The
+                    // connection's watchdog enforces both the request-head
+                    // timeout (slowloris) and the keep-alive idle timeout.
+                    .header_read_timeout(None)
+                    .max_buf_size(MAX_HEAD_BYTES.max(8192))
+                    // The buffer limit alone lets a head through when one read
+                    // brings it whole: limit the head itself too.
+                    .max_header_size(MAX_HEAD_BYTES)
+                    // hyper's default header-line limit (100; more gets 431).
+                    // Setting any limit, even the same, makes hyper allocate two
+                    // header arrays on the heap for every request.
+                    .keep_alive(true)
+                    .serve_connection(io, service)
+                    .with_upgrades();
+                watch.drive(conn, |c| c.graceful_shutdown()).await;
+            } else {
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .header_read_timeout(None)
+                    .max_buf_size(MAX_HEAD_BYTES.max(8192))
+                    .keep_alive(true);
+                builder
+                    .http2()
+                    .timer(TokioTimer::new())
+                    .max_header_list_size(MAX_HEAD_BYTES as u32)
+                    .keep_alive_interval(Some(Duration::from_secs(30)));
+                let conn = builder.serve_connection_with_upgrades(io, service);
+                watch.drive(conn, |c| c.graceful_shutdown()).await;
+            }
         }
         open.decrement(1.0);
     });

@@ -38,6 +38,12 @@ pub struct Drain {
 /// A connection counted by its [`Drain`] until dropped.
 pub struct Tracked(Arc<Drain>);
 
+impl Tracked {
+    pub fn drain(&self) -> &Drain {
+        &self.0
+    }
+}
+
 impl Drop for Tracked {
     fn drop(&mut self) {
         if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -140,60 +146,48 @@ impl Watch<'_> {
             drain,
             peer,
         } = *self;
-        drive(conn, shut_down, state, timeouts, drain, peer).await
-    }
-}
-
-async fn drive<C, E>(
-    conn: C,
-    shut_down: fn(Pin<&mut C>),
-    state: &ConnState,
-    timeouts: Timeouts,
-    drain: &Drain,
-    peer: SocketAddr,
-) where
-    C: Future<Output = Result<(), E>>,
-    E: Display,
-{
-    let every = (timeouts.request_header.min(timeouts.idle) / 4).max(Duration::from_millis(50));
-    let mut conn = pin!(conn);
-    let mut tick = pin!(tokio::time::sleep(every));
-    let mut drain_signal = pin!(drain.began.notified());
-    let (mut ticking, mut listening, mut draining) = (false, false, false);
-    let mut watchdog = Watchdog {
-        last_activity: 0,
-        quiet: Duration::ZERO,
-    };
-    let outcome = poll_fn(|cx| {
-        if !draining {
-            // Polled once, the signal stays registered; after that the flag
-            // says whether it fired.
-            let signalled = !listening && drain_signal.as_mut().poll(cx).is_ready();
-            listening = true;
-            if signalled || drain.is_draining() {
-                draining = true;
-                shut_down(conn.as_mut());
-            }
-        }
-        if !ticking || tick.is_elapsed() {
-            while tick.as_mut().poll(cx).is_ready() {
-                if let Some(closed) = watchdog.check(state, &timeouts, every) {
-                    return Poll::Ready(Err(closed));
+        let every = (timeouts.request_header.min(timeouts.idle) / 4).max(Duration::from_millis(50));
+        let mut conn = pin!(conn);
+        let mut tick = pin!(tokio::time::sleep(every));
+        let mut drain_signal = pin!(drain.began.notified());
+        let (mut ticking, mut listening, mut draining) = (false, false, false);
+        let mut watchdog = Watchdog {
+            last_activity: 0,
+            quiet: Duration::ZERO,
+        };
+        let outcome = poll_fn(|cx| {
+            if !draining {
+                // Polled once, the signal stays registered; after that the flag
+                // says whether it fired.
+                let signalled = !listening && drain_signal.as_mut().poll(cx).is_ready();
+                listening = true;
+                if signalled || drain.is_draining() {
+                    draining = true;
+                    shut_down(conn.as_mut());
                 }
-                tick.as_mut().reset(tokio::time::Instant::now() + every);
             }
-            ticking = true;
+            if !ticking || tick.is_elapsed() {
+                while tick.as_mut().poll(cx).is_ready() {
+                    if let Some(closed) = watchdog.check(state, &timeouts, every) {
+                        return Poll::Ready(Err(closed));
+                    }
+                    tick.as_mut().reset(tokio::time::Instant::now() + every);
+                }
+                ticking = true;
+            }
+            conn.as_mut().poll(cx).map(Ok)
+        })
+        .await;
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "client connection ended with an error")
+            }
+            Err(Closed::HeadTimeout) => {
+                tracing::debug!(%peer, "request head not received in time; closing the connection")
+            }
+            Err(Closed::Idle) => tracing::debug!(%peer, "idle connection closed"),
         }
-        conn.as_mut().poll(cx).map(Ok)
-    })
-    .await;
-    match outcome {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "client connection ended with an error"),
-        Err(Closed::HeadTimeout) => {
-            tracing::debug!(%peer, "request head not received in time; closing the connection")
-        }
-        Err(Closed::Idle) => tracing::debug!(%peer, "idle connection closed"),
     }
 }
 
@@ -206,14 +200,14 @@ pub async fn first_bytes_rule_out_h2(
     idle: Duration,
     drain: &Drain,
 ) -> Option<bool> {
-    const PREFIX: &[u8] = b"PRI";
+    let prefix = &super::H2_PREFACE[..3];
     let mut first = [0u8; 3];
     let peeked = tokio::select! {
         peeked = tokio::time::timeout(idle, stream.peek(&mut first)) => peeked,
         () = drain.began() => return None,
     };
     match peeked {
-        Ok(Ok(n)) if n > 0 => Some(first[..n] != PREFIX[..n]),
+        Ok(Ok(n)) if n > 0 => Some(first[..n] != prefix[..n]),
         _ => None,
     }
 }
