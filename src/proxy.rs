@@ -12,6 +12,7 @@
 
 pub mod body;
 pub mod exchange;
+pub mod h1;
 pub mod headers;
 pub mod rescue;
 pub mod server;
@@ -33,9 +34,12 @@ use crate::metrics as names;
 use crate::snapshot::{ProxySettings, Snapshot, Version, split};
 use body::{Completion, ProxyBody, RequestBody};
 use exchange::body::ResponseBody;
+use h1::request::SimpleRequest;
+use h1::response::{ClientFraming, SendError};
 use headers::Forwarding;
 use rescue::ProxyError;
 use server::ConnState;
+use tokio::io::AsyncWrite;
 use upstream::{ConnectError, Endpoint, Pooled, Sender};
 
 /// Gauges the data path keeps up to date.
@@ -96,18 +100,148 @@ impl Proxy {
     /// request is split as usual; the response header shows where it went).
     #[inline]
     pub fn choose(snapshot: &Snapshot, headers: &http::HeaderMap) -> usize {
+        Self::choose_by(snapshot, |name| {
+            headers.get(name).map(HeaderValue::as_bytes)
+        })
+    }
+
+    /// [`Proxy::choose`] with the request's headers looked up by `header`.
+    #[inline]
+    pub fn choose_by<'h>(
+        snapshot: &Snapshot,
+        header: impl Fn(&http::HeaderName) -> Option<&'h [u8]>,
+    ) -> usize {
         let settings = &snapshot.settings;
         if let Some(name) = &settings.override_header
-            && let Some(value) = headers.get(name)
-            && let Some(i) = snapshot.version_named(value.as_bytes())
+            && let Some(value) = header(name)
+            && let Some(i) = snapshot.version_named(value)
         {
             return i;
         }
-        let position = match settings.sticky_header.as_ref().and_then(|h| headers.get(h)) {
-            Some(key) => split::sticky_position(key.as_bytes()),
+        let position = match settings.sticky_header.as_ref().and_then(header) {
+            Some(key) => split::sticky_position(key),
             None => split::next_position(),
         };
         snapshot.split.at(position).unwrap_or(snapshot.stable)
+    }
+
+    /// A request's [`Completion`], its version chosen by `choose` on the
+    /// current snapshot.
+    fn start_request(
+        &self,
+        start: Instant,
+        conn: Arc<ConnState>,
+        method: http::Method,
+        choose: impl FnOnce(&Snapshot) -> usize,
+    ) -> Completion {
+        let snapshot = self.snapshot.load();
+        Completion {
+            start,
+            version: snapshot.versions[choose(&snapshot)].clone(),
+            status: http::StatusCode::OK,
+            settings: snapshot.settings.clone(),
+            conn,
+            upstream: None,
+            finished: false,
+            method,
+        }
+    }
+
+    /// Serves one request of the own HTTP/1.1 server ([`h1`]): forwards it
+    /// with the own client and writes the response to `client` (`close`:
+    /// the connection closes after it). An error means the response did not
+    /// go out whole and the client connection is unusable.
+    pub async fn serve_simple<W: AsyncWrite + Unpin>(
+        &self,
+        req: &SimpleRequest<'_>,
+        conn: &Arc<ConnState>,
+        client: &mut W,
+        out: &mut Vec<u8>,
+        close: bool,
+    ) -> Result<(), SendError> {
+        let start = Instant::now();
+        conn.request_started(false);
+        self.telemetry.in_flight.increment(1.0);
+        let _in_flight = InFlight(&self.telemetry.in_flight);
+        let mut completion = self.start_request(start, conn.clone(), req.method.clone(), |s| {
+            Self::choose_by(s, |name| req.header(name))
+        });
+        let (version, settings) = (&completion.version, &completion.settings);
+        let fwd = Forwarding {
+            peer_ip: &conn.peer_ip,
+            port: &self.port,
+            trust_forwarded_headers: settings.trust_forwarded_headers,
+        };
+        let encode = |head: &mut Vec<u8>| {
+            let fields = || req.field_bytes();
+            exchange::head::encode_fields(head, req.method_bytes, req.target, None, fields, &fwd);
+        };
+        let response_header = settings
+            .response_header
+            .as_ref()
+            .map(|name| (name, &version.header_value));
+        let forwarded = match forward_own(version, settings, &req.method, encode, start).await {
+            Ok((raw, upstream, endpoint)) => {
+                let (framing, keep_alive) = (raw.framing, raw.keep_alive);
+                let to_client = ClientFraming::of(framing);
+                completion.status = raw.status;
+                let written = if raw.facts.connection_names_headers {
+                    // Rare: the general rewrite, through a header map.
+                    raw.into_head(upstream.spans(), http::HeaderMap::new())
+                        .map(|head| {
+                            let mut resp = head.response;
+                            headers::prepare_response(&mut resp, response_header);
+                            h1::response::map_head(
+                                out,
+                                resp.status(),
+                                resp.headers(),
+                                to_client,
+                                close,
+                            );
+                        })
+                } else {
+                    h1::response::upstream_head(
+                        out,
+                        &raw,
+                        upstream.spans(),
+                        response_header,
+                        to_client,
+                        close,
+                    );
+                    Ok(())
+                };
+                match written {
+                    Ok(()) => Ok((upstream, endpoint, framing, keep_alive, to_client)),
+                    Err(e) => {
+                        endpoint.end_request();
+                        Err(ProxyError::Reset(e.into()))
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match forwarded {
+            Ok((upstream, endpoint, framing, keep_alive, to_client)) => {
+                completion.upstream = Some((endpoint, None));
+                let mut body = ResponseBody::new(upstream, framing, keep_alive);
+                h1::response::send(client, out, &mut body, to_client).await?;
+                completion.finished = true;
+                if let Some((_, slot)) = completion.upstream.as_mut() {
+                    *slot = body.take_reusable().map(Pooled::Own);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                record_error(version, &e);
+                let (status, mut map, text) = e.parts();
+                completion.status = status;
+                map.insert(http::header::CONTENT_LENGTH, HeaderValue::from(text.len()));
+                h1::response::map_head(out, status, &map, ClientFraming::AsIs, close);
+                h1::response::send_full(client, out, text.into()).await?;
+                completion.finished = true;
+                Ok(())
+            }
+        }
     }
 
     /// Serves one request. Never fails: errors become 502/503/504 responses.
@@ -121,27 +255,13 @@ impl Proxy {
         self.telemetry.in_flight.increment(1.0);
         let _in_flight = InFlight(&self.telemetry.in_flight);
 
-        let snapshot = self.snapshot.load_full();
-        let version = snapshot.versions[Self::choose(&snapshot, req.headers())].clone();
-        let settings = snapshot.settings.clone();
-        drop(snapshot);
-
+        let mut completion = self.start_request(start, conn, req.method().clone(), |s| {
+            Self::choose(s, req.headers())
+        });
         let upgrading = headers::is_upgrade_request(&req);
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
         // No body to stream up: the gateway's own client, in this task.
         let own_client = !upgrading && req.body().is_end_stream();
-        let method = req.method().clone();
-
-        let mut completion = Completion {
-            start,
-            version,
-            status: http::StatusCode::OK,
-            settings,
-            conn,
-            upstream: None,
-            finished: false,
-            method,
-        };
         let (version, settings) = (&completion.version, &completion.settings);
         let fwd = Forwarding {
             peer_ip: &completion.conn.peer_ip,
@@ -157,20 +277,36 @@ impl Proxy {
         }
         let outcome = if own_client {
             let (mut parts, _) = req.into_parts();
-            let encode = |out: &mut Vec<u8>, parts: &http::request::Parts| {
+            let mut map = http::HeaderMap::new();
+            let encode = |out: &mut Vec<u8>| {
                 if rewrite {
-                    exchange::head::encode(out, parts);
+                    exchange::head::encode(out, &parts);
                 } else {
-                    exchange::head::encode_forwarded(out, parts, &fwd);
+                    exchange::head::encode_forwarded(out, &parts, &fwd);
                 }
+                // Nothing may keep pointing into the client connection's read
+                // buffer while the upstream answers, or hyper cannot reuse
+                // that buffer for the next request and allocates a new one:
+                // the request's header values and URI go now, and the header
+                // map's allocation carries the response's.
+                map = std::mem::take(&mut parts.headers);
+                map.clear();
+                parts.uri = http::Uri::default();
             };
-            forward_own(version, settings, &mut parts, encode, start)
-                .await
-                .map(|(head, conn, endpoint)| {
-                    let (parts, ()) = head.response.into_parts();
-                    let body = ResponseBody::new(conn, head.framing, head.keep_alive);
-                    (Response::from_parts(parts, Upstream::Own(body)), endpoint)
-                })
+            match forward_own(version, settings, &completion.method, encode, start).await {
+                Ok((raw, conn, endpoint)) => match raw.into_head(conn.spans(), map) {
+                    Ok(head) => {
+                        let (parts, ()) = head.response.into_parts();
+                        let body = ResponseBody::new(conn, head.framing, head.keep_alive);
+                        Ok((Response::from_parts(parts, Upstream::Own(body)), endpoint))
+                    }
+                    Err(e) => {
+                        endpoint.end_request();
+                        Err(ProxyError::Reset(e.into()))
+                    }
+                },
+                Err(e) => Err(e),
+            }
         } else {
             let (parts, incoming) = req.into_parts();
             let (body, body_progress) = RequestBody::new(incoming);
@@ -230,17 +366,22 @@ impl Proxy {
                 Response::from_parts(parts, body)
             }
             Err(e) => {
-                if !matches!(e, ProxyError::Connect(_)) {
-                    // Connect failures are counted per attempt, in `connect_to`.
-                    version.metrics.errors[e.kind_index()].increment(1);
-                }
-                tracing::debug!(version = %version.name, error = %e, "request failed");
+                record_error(version, &e);
                 let resp = e.to_response();
                 completion.status = resp.status();
                 resp.map(|b| b.with_completion(completion))
             }
         }
     }
+}
+
+/// Counts a failed request in its version's metrics.
+fn record_error(version: &Version, e: &ProxyError) {
+    if !matches!(e, ProxyError::Connect(_)) {
+        // Connect failures are counted per attempt, in `open`.
+        version.metrics.errors[e.kind_index()].increment(1);
+    }
+    tracing::debug!(version = %version.name, error = %e, "request failed");
 }
 
 /// The upstream response's body, before it becomes a [`ProxyBody`].
@@ -257,27 +398,19 @@ enum Upstream {
 async fn forward_own(
     version: &Version,
     settings: &ProxySettings,
-    req: &mut http::request::Parts,
-    encode: impl Fn(&mut Vec<u8>, &http::request::Parts),
+    method: &http::Method,
+    encode: impl FnOnce(&mut Vec<u8>),
     start: Instant,
-) -> Result<(exchange::Head, exchange::Conn, Arc<Endpoint>), ProxyError> {
+) -> Result<(exchange::RawHead, exchange::Conn, Arc<Endpoint>), ProxyError> {
     let (endpoint, (mut conn, mut pooled)) =
         pick_and_connect(version, |e| own_conn_for(version, e, settings, start)).await?;
     endpoint.begin_request();
-    encode(conn.request_head(), req);
-    // Nothing may keep pointing into the client connection's read buffer
-    // while the upstream answers, or hyper cannot reuse that buffer for the
-    // next request and allocates a new one: the request's header values and
-    // URI go now, and the header map's allocation carries the response's.
-    let mut headers = std::mem::take(&mut req.headers);
-    headers.clear();
-    req.uri = http::Uri::default();
-    let method = &req.method;
+    encode(conn.request_head());
     let deadline = tokio::time::Instant::from_std(start) + settings.timeouts.upstream_response;
     let mut timer = conn.timer(deadline);
     let attempt = async {
         loop {
-            match conn.exchange(method, &mut headers).await {
+            match conn.exchange(method).await {
                 Ok(head) => return Ok((head, conn)),
                 Err(e)
                     if pooled

@@ -12,3 +12,6 @@ mod admin;
 
 #[path = "integration/lifecycle.rs"]
 mod lifecycle;
+
+#[path = "integration/own_server.rs"]
+mod own_server;

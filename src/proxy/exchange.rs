@@ -106,12 +106,102 @@ pub enum Framing {
     UntilClose,
 }
 
-/// A response head and what the body needs to know.
+/// A response head and what the body needs to know, its header fields in
+/// a map.
 pub struct Head {
     pub response: Response<()>,
     pub framing: Framing,
     /// The connection may carry another request once the body is read.
     pub keep_alive: bool,
+}
+
+/// Where one header field lies in a [`RawHead`]: name start and end, value
+/// start and end.
+pub type Span = (u32, u32, u32, u32);
+
+/// A response head as received: its bytes, where its fields are (in the
+/// connection's span list) and what was noted while parsing it.
+pub struct RawHead {
+    pub status: StatusCode,
+    /// The head, status line to blank line.
+    bytes: Bytes,
+    pub framing: Framing,
+    /// The connection may carry another request once the body is read.
+    pub keep_alive: bool,
+    pub facts: Facts,
+}
+
+/// What the framing and the rewriting of a response depend on, noted while
+/// its header fields are parsed (no look-ups afterwards).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Facts {
+    content_length: Option<u64>,
+    transfer_encoding: bool,
+    /// The last transfer coding is `chunked`.
+    chunked: bool,
+    close: bool,
+    /// Content-Length must not reach the client: Transfer-Encoding
+    /// overrides it and the body is re-framed.
+    pub drop_content_length: bool,
+    /// The Connection header names headers to remove.
+    pub connection_names_headers: bool,
+    /// A Date header is present.
+    pub date: bool,
+}
+
+impl Facts {
+    fn note(&mut self, name: &[u8], value: &[u8]) -> Result<(), ExchangeError> {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            self.content_length = Some(content_length(value, self.content_length)?);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.transfer_encoding = true;
+            self.chunked = last_token_is(value, b"chunked");
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            self.close |= crate::proxy::headers::has_token(value, b"close");
+            self.connection_names_headers |= crate::proxy::headers::names_headers(value);
+        } else if name.eq_ignore_ascii_case(b"date") {
+            self.date = true;
+        }
+        Ok(())
+    }
+}
+
+impl RawHead {
+    /// The header fields as name and value bytes (`spans`: the list the
+    /// connection recorded for this head, [`Conn::spans`]).
+    pub fn fields<'a>(&'a self, spans: &'a [Span]) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+        spans.iter().map(|&(ns, ne, vs, ve)| {
+            (
+                &self.bytes[ns as usize..ne as usize],
+                &self.bytes[vs as usize..ve as usize],
+            )
+        })
+    }
+
+    /// The head with its fields in `map` (an empty map whose allocation is
+    /// reused); the values point into the head's bytes, no copies.
+    pub fn into_head(self, spans: &[Span], mut map: HeaderMap) -> Result<Head, ExchangeError> {
+        debug_assert!(map.is_empty());
+        map.reserve(spans.len());
+        for &(ns, ne, vs, ve) in spans {
+            let name = HeaderName::from_bytes(&self.bytes[ns as usize..ne as usize])
+                .map_err(|_| ExchangeError::Invalid("header name"))?;
+            if self.facts.drop_content_length && name == header::CONTENT_LENGTH {
+                continue;
+            }
+            let value = HeaderValue::from_maybe_shared(self.bytes.slice(vs as usize..ve as usize))
+                .map_err(|_| ExchangeError::Invalid("header value"))?;
+            map.append(name, value);
+        }
+        let mut response = Response::new(());
+        *response.status_mut() = self.status;
+        *response.headers_mut() = map;
+        Ok(Head {
+            response,
+            framing: self.framing,
+            keep_alive: self.keep_alive,
+        })
+    }
 }
 
 /// One upstream HTTP/1.1 connection of the pool.
@@ -123,6 +213,8 @@ pub struct Conn {
     out: Vec<u8>,
     /// The response timer, kept between requests (see [`Conn::timer`]).
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Where the last response head's fields are (see [`RawHead::fields`]).
+    spans: Vec<Span>,
 }
 
 impl Conn {
@@ -132,6 +224,7 @@ impl Conn {
             buf: BytesMut::new(),
             out: Vec::new(),
             timer: None,
+            spans: Vec::new(),
         }
     }
 
@@ -176,14 +269,14 @@ impl Conn {
         &mut self.out
     }
 
+    /// Where the fields of the head [`Conn::exchange`] returned are.
+    pub fn spans(&self) -> &[Span] {
+        &self.spans
+    }
+
     /// Sends the request head (a request without a body) and reads the
-    /// response head, its header fields into `headers` (an empty map whose
-    /// allocation is reused; left empty on error). Informational (1xx) responses are skipped.
-    pub async fn exchange(
-        &mut self,
-        method: &Method,
-        headers: &mut HeaderMap,
-    ) -> Result<Head, ExchangeError> {
+    /// response head. Informational (1xx) responses are skipped.
+    pub async fn exchange(&mut self, method: &Method) -> Result<RawHead, ExchangeError> {
         self.io
             .write_all(&self.out)
             .await
@@ -193,7 +286,9 @@ impl Conn {
         loop {
             if !self.buf.is_empty() {
                 received = true;
-                if let Some(head) = parse_response_head(&mut self.buf, head_request, headers)? {
+                if let Some(head) =
+                    parse_response_head(&mut self.buf, head_request, &mut self.spans)?
+                {
                     return Ok(head);
                 }
                 if self.buf.len() >= MAX_HEAD_BYTES {
@@ -227,18 +322,18 @@ impl Conn {
     }
 }
 
-/// Parses a response head at the start of `buf` and consumes it. `None`:
-/// not complete yet. 1xx responses (but 101) are consumed and skipped.
+/// Parses a response head at the start of `buf` and consumes it, its field
+/// positions into `spans`. `None`: not complete yet. 1xx responses (but 101)
+/// are consumed and skipped.
 fn parse_response_head(
     buf: &mut BytesMut,
     head_request: bool,
-    headers: &mut HeaderMap,
-) -> Result<Option<Head>, ExchangeError> {
+    spans: &mut Vec<Span>,
+) -> Result<Option<RawHead>, ExchangeError> {
     loop {
-        // Header positions, recorded so that the head can be frozen into one
-        // shared allocation the header values then point into (no copies).
-        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-        let (len, code, version, count) = {
+        spans.clear();
+        let mut facts = Facts::default();
+        let (len, code, version) = {
             let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
             let mut parsed = httparse::Response::new(&mut []);
             let config = httparse::ParserConfig::default();
@@ -247,25 +342,23 @@ fn parse_response_head(
                     httparse::Status::Partial => return Ok(None),
                     httparse::Status::Complete(len) => len,
                 };
+            // Positions, so that the head can be frozen into one shared
+            // allocation the header values then point into (no copies).
             let base = buf.as_ptr() as usize;
-            for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
+            for h in parsed.headers.iter() {
+                facts.note(h.name.as_bytes(), h.value)?;
                 let name = h.name.as_ptr() as usize - base;
                 let value = h.value.as_ptr() as usize - base;
-                *span = (
+                spans.push((
                     name as u32,
                     (name + h.name.len()) as u32,
                     value as u32,
                     (value + h.value.len()) as u32,
-                );
+                ));
             }
-            (
-                len,
-                parsed.code.unwrap_or(0),
-                parsed.version.unwrap_or(1),
-                parsed.headers.len(),
-            )
+            (len, parsed.code.unwrap_or(0), parsed.version.unwrap_or(1))
         };
-        let head = buf.split_to(len).freeze();
+        let bytes = buf.split_to(len).freeze();
         match code {
             101 => {
                 return Err(ExchangeError::Invalid(
@@ -277,94 +370,45 @@ fn parse_response_head(
         }
         let status =
             StatusCode::from_u16(code).map_err(|_| ExchangeError::Invalid("status code"))?;
-        let fields = fill_header_map(headers, &head, &spans[..count])?;
-        let headers = std::mem::take(headers);
-        return Ok(Some(head_of(
+        let (framing, keep_alive) = framing(status, version, &mut facts, head_request);
+        return Ok(Some(RawHead {
             status,
-            version,
-            headers,
-            fields,
-            head_request,
-        )));
+            bytes,
+            framing,
+            keep_alive,
+            facts,
+        }));
     }
-}
-
-/// What the framing of a response depends on, noted while its header
-/// fields are read (no map look-ups afterwards).
-#[derive(Debug, Default)]
-struct Fields {
-    content_length: Option<u64>,
-    transfer_encoding: bool,
-    /// The last transfer coding is `chunked`.
-    chunked: bool,
-    close: bool,
-}
-
-fn fill_header_map(
-    map: &mut HeaderMap,
-    head: &Bytes,
-    spans: &[(u32, u32, u32, u32)],
-) -> Result<Fields, ExchangeError> {
-    let mut fields = Fields::default();
-    debug_assert!(map.is_empty());
-    map.reserve(spans.len());
-    for &(ns, ne, vs, ve) in spans {
-        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
-            .map_err(|_| ExchangeError::Invalid("header name"))?;
-        let value = &head[vs as usize..ve as usize];
-        if name == header::CONTENT_LENGTH {
-            fields.content_length = Some(content_length(value, fields.content_length)?);
-        } else if name == header::TRANSFER_ENCODING {
-            fields.transfer_encoding = true;
-            fields.chunked = last_token_is(value, b"chunked");
-        } else if name == header::CONNECTION {
-            fields.close |= crate::proxy::headers::has_token(value, b"close");
-        }
-        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
-            .map_err(|_| ExchangeError::Invalid("header value"))?;
-        map.append(name, value);
-    }
-    Ok(fields)
 }
 
 /// Decides the body's framing (RFC 9112, 6.3) and whether the connection
 /// can be reused.
-fn head_of(
+fn framing(
     status: StatusCode,
     version: u8,
-    mut headers: HeaderMap,
-    fields: Fields,
+    facts: &mut Facts,
     head_request: bool,
-) -> Head {
+) -> (Framing, bool) {
     let framing =
         if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             Framing::Empty
-        } else if fields.transfer_encoding {
+        } else if facts.transfer_encoding {
             // Transfer-Encoding overrides Content-Length, which must not reach
             // the client alongside a re-framed body.
-            if fields.content_length.is_some() {
-                headers.remove(header::CONTENT_LENGTH);
-            }
-            if fields.chunked {
+            facts.drop_content_length = facts.content_length.is_some();
+            if facts.chunked {
                 Framing::Chunked
             } else {
                 Framing::UntilClose
             }
         } else {
-            match fields.content_length {
+            match facts.content_length {
                 Some(n) => Framing::Length(n),
                 None => Framing::UntilClose,
             }
         };
-    let keep_alive = version == 1 && framing != Framing::UntilClose && !fields.close;
-    let mut response = Response::new(());
-    *response.status_mut() = status;
-    *response.headers_mut() = headers;
-    Head {
-        response,
-        framing,
-        keep_alive,
-    }
+    let keep_alive = version == 1 && framing != Framing::UntilClose && !facts.close;
+    (framing, keep_alive)
 }
 
 fn last_token_is(list: &[u8], token: &[u8]) -> bool {
@@ -399,7 +443,11 @@ mod tests {
 
     fn parse(raw: &[u8], head_request: bool) -> Result<Option<Head>, ExchangeError> {
         let mut buf = BytesMut::from(raw);
-        parse_response_head(&mut buf, head_request, &mut HeaderMap::new())
+        let mut spans = Vec::new();
+        match parse_response_head(&mut buf, head_request, &mut spans)? {
+            Some(raw) => raw.into_head(&spans, HeaderMap::new()).map(Some),
+            None => Ok(None),
+        }
     }
 
     #[test]

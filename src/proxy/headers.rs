@@ -52,13 +52,20 @@ pub(crate) fn connection_names_headers(headers: &HeaderMap) -> bool {
         && headers
             .get_all(header::CONNECTION)
             .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(|t| t.trim_ascii())
-            .any(|t| {
-                !(t.is_empty()
-                    || t.eq_ignore_ascii_case(b"keep-alive")
-                    || t.eq_ignore_ascii_case(b"close"))
-            })
+            .any(|v| names_headers(v.as_bytes()))
+}
+
+/// Whether a Connection header value names headers (anything but the
+/// `keep-alive` and `close` options).
+pub(crate) fn names_headers(value: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .map(|t| t.trim_ascii())
+        .any(|t| {
+            !(t.is_empty()
+                || t.eq_ignore_ascii_case(b"keep-alive")
+                || t.eq_ignore_ascii_case(b"close"))
+        })
 }
 
 /// Removes hop-by-hop headers: every header the Connection header names,
@@ -120,6 +127,22 @@ pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == header::UPGRADE
         || name == KEEP_ALIVE
         || name.as_str().as_bytes().starts_with(b"proxy-")
+}
+
+/// [`is_hop_by_hop`] for a name as received (any letter case).
+pub(crate) fn is_hop_by_hop_bytes(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 6] = [
+        b"connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"keep-alive",
+    ];
+    NAMES.iter().any(|n| name.eq_ignore_ascii_case(n))
+        || name
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"proxy-"))
 }
 
 /// What the request needs to know about where it came from.
@@ -299,6 +322,29 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn hop_by_hop_names_match_in_any_case() {
+        for name in [
+            "connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "keep-alive",
+            "proxy-authorization",
+            "x-kept",
+            "tea",
+            "proxy",
+        ] {
+            let parsed = HeaderName::from_static(name);
+            assert_eq!(
+                is_hop_by_hop_bytes(name.to_ascii_uppercase().as_bytes()),
+                is_hop_by_hop(&parsed),
+                "{name}"
+            );
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Data path: the one place where proxy errors become responses
 //! (502 unreachable or reset, 503 no endpoints, 504 timeout).
 
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
 use super::body::ProxyBody;
 use super::upstream::ConnectError;
@@ -44,15 +44,22 @@ impl ProxyError {
 
     /// The response the client gets.
     pub fn to_response(&self) -> Response<ProxyBody> {
-        let (status, reason) = self.status_and_reason();
-        let mut resp = Response::new(ProxyBody::full(format!("{}: {self}\n", status.as_u16())));
+        let (status, headers, body) = self.parts();
+        let mut resp = Response::new(ProxyBody::full(body));
         *resp.status_mut() = status;
-        let h = resp.headers_mut();
+        *resp.headers_mut() = headers;
+        resp
+    }
+
+    /// The status, headers and body of the response the client gets.
+    pub fn parts(&self) -> (StatusCode, HeaderMap, String) {
+        let (status, reason) = self.status_and_reason();
+        let mut h = HeaderMap::with_capacity(2);
         h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         h.insert(ERROR_HEADER, HeaderValue::from_static(reason));
-        resp
+        (status, h, format!("{}: {self}\n", status.as_u16()))
     }
 }

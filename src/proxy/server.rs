@@ -21,8 +21,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::Proxy;
+use super::h1;
 use super::upstream::now_ms;
-use drive::Drain;
+pub use drive::Drain;
 
 mod drive;
 
@@ -208,19 +209,22 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, dra
         })
     };
     let tracked = drain.track();
+    let proxy = proxy.clone();
     let open = proxy.telemetry.open_connections.clone();
     open.increment(1.0);
     tokio::spawn(async move {
         let drain = tracked.drain();
-        // HTTP/1 (nearly every connection) is served by hyper's HTTP/1 server
-        // directly; an h2c preface, or too few bytes to tell, goes to the
-        // auto-detecting connection; none when the client closed, sent nothing
-        // within the idle timeout, or the drain began first.
+        // HTTP/1 (nearly every connection) is served by the own HTTP/1.1
+        // server, then by hyper's HTTP/1 server directly from the first
+        // request the own one leaves to it; an h2c preface, or too few bytes
+        // to tell, goes to the auto-detecting connection; none when the
+        // client closed, sent nothing within the idle timeout, or the drain
+        // began first.
         if let Some(http1) = drive::first_bytes_rule_out_h2(&stream, timeouts.idle, drain).await {
-            let io = TokioIo::new(TrackedIo {
+            let mut io = TrackedIo {
                 inner: stream,
                 state: state.clone(),
-            });
+            };
             let watch = drive::Watch {
                 state: &state,
                 timeouts,
@@ -228,6 +232,14 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, dra
                 peer,
             };
             if http1 {
+                // The drain needs no call: between requests the own server
+                // looks at the drain flag whenever it is polled.
+                let served = h1::serve(&mut io, &state, &proxy, drain);
+                let Some(h1::Ended::HandOff(read)) = watch.drive(served, |_| {}).await else {
+                    open.decrement(1.0);
+                    return;
+                };
+                let io = TokioIo::new(h1::Prefixed::new(read, io));
                 let conn = http1::Builder::new()
                     // No hyper timer on HTTP/1: hyper would arm (and tear down) a
                     // timer entry for every request head it waits for. The
@@ -257,7 +269,7 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, dra
                     .timer(TokioTimer::new())
                     .max_header_list_size(MAX_HEAD_BYTES as u32)
                     .keep_alive_interval(Some(Duration::from_secs(30)));
-                let conn = builder.serve_connection_with_upgrades(io, service);
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                 watch.drive(conn, |c| c.graceful_shutdown()).await;
             }
         }

@@ -7,20 +7,20 @@
 //! header map: no hashing, no allocation.
 
 use http::header;
-use http::{Method, request};
+use http::request;
 
-use crate::proxy::headers::{
-    self, Forwarding, X_FORWARDED_FOR, X_FORWARDED_PORT, X_FORWARDED_PROTO, X_REQUEST_ID,
-};
+use crate::proxy::headers::{self, Forwarding};
 
 /// Writes `METHOD target HTTP/1.1`, the request's headers as they are and
 /// the blank line (the request was rewritten already).
 pub fn encode(out: &mut Vec<u8>, req: &request::Parts) {
-    start(out, req);
+    let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    request_line(out, req.method.as_str().as_bytes(), target.as_bytes());
     for (name, value) in &req.headers {
         line(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    finish(out, req);
+    let length = req.headers.contains_key(header::CONTENT_LENGTH);
+    finish(out, req.method.as_str().as_bytes(), length);
 }
 
 /// Writes the request head for the upstream, rewritten as
@@ -28,38 +28,68 @@ pub fn encode(out: &mut Vec<u8>, req: &request::Parts) {
 /// whose Connection header names no other headers to remove
 /// ([`headers::connection_names_headers`]): those need the general rewrite.
 pub fn encode_forwarded(out: &mut Vec<u8>, req: &request::Parts, fwd: &Forwarding<'_>) {
-    start(out, req);
-    let (mut host, mut request_id, mut trailers) = (false, false, false);
+    let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let fields = || {
+        req.headers
+            .iter()
+            .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
+    };
+    let authority = req.uri.authority().map(|a| a.as_str().as_bytes());
+    encode_fields(
+        out,
+        req.method.as_str().as_bytes(),
+        target.as_bytes(),
+        authority,
+        fields,
+        fwd,
+    );
+}
+
+/// [`encode_forwarded`] for a request as received: method, origin-form
+/// target and header fields as bytes (names in any letter case; `fields`
+/// makes an iterator over them).
+pub fn encode_fields<'a, I: Iterator<Item = (&'a [u8], &'a [u8])>>(
+    out: &mut Vec<u8>,
+    method: &[u8],
+    target: &[u8],
+    authority: Option<&[u8]>,
+    fields: impl Fn() -> I,
+    fwd: &Forwarding<'_>,
+) {
+    request_line(out, method, target);
+    let (mut host, mut request_id, mut trailers, mut length) = (false, false, false, false);
     let (mut forwarded_for, mut proto, mut port) = (false, false, false);
-    for (name, value) in &req.headers {
-        if headers::is_hop_by_hop(name) {
-            trailers |= *name == header::TE && headers::has_token(value.as_bytes(), b"trailers");
+    for (name, value) in fields() {
+        if headers::is_hop_by_hop_bytes(name) {
+            trailers |= name.eq_ignore_ascii_case(b"te") && headers::has_token(value, b"trailers");
             continue;
         }
-        if *name == X_FORWARDED_FOR {
+        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
             forwarded_for = true;
             continue;
         }
-        if *name == X_FORWARDED_PROTO {
+        if name.eq_ignore_ascii_case(b"x-forwarded-proto") {
             proto = true;
             if !fwd.trust_forwarded_headers {
                 continue;
             }
-        } else if *name == X_FORWARDED_PORT {
+        } else if name.eq_ignore_ascii_case(b"x-forwarded-port") {
             port = true;
             if !fwd.trust_forwarded_headers {
                 continue;
             }
-        } else if *name == header::HOST {
+        } else if name.eq_ignore_ascii_case(b"host") {
             host = true;
-        } else if *name == X_REQUEST_ID {
+        } else if name.eq_ignore_ascii_case(b"x-request-id") {
             request_id = true;
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            length = true;
         }
-        line(out, name.as_str().as_bytes(), value.as_bytes());
+        line(out, name, value);
     }
     // HTTP/2 requests carry the authority in the URI instead of a Host header.
-    if !host && let Some(authority) = req.uri.authority() {
-        line(out, b"host", authority.as_str().as_bytes());
+    if !host && let Some(authority) = authority {
+        line(out, b"host", authority);
     }
     if trailers {
         line(out, b"te", b"trailers");
@@ -67,8 +97,8 @@ pub fn encode_forwarded(out: &mut Vec<u8>, req: &request::Parts, fwd: &Forwardin
     out.extend_from_slice(b"x-forwarded-for: ");
     if forwarded_for {
         // Earlier proxies' list, folded into one line, then the client.
-        for value in req.headers.get_all(&X_FORWARDED_FOR) {
-            out.extend_from_slice(value.as_bytes());
+        for (_, value) in fields().filter(|(n, _)| n.eq_ignore_ascii_case(b"x-forwarded-for")) {
+            out.extend_from_slice(value);
             out.extend_from_slice(b", ");
         }
     }
@@ -83,20 +113,15 @@ pub fn encode_forwarded(out: &mut Vec<u8>, req: &request::Parts, fwd: &Forwardin
     if !request_id {
         line(out, b"x-request-id", &headers::request_id_bytes());
     }
-    finish(out, req);
+    finish(out, method, length);
 }
 
 /// The request line, in origin form.
-fn start(out: &mut Vec<u8>, req: &request::Parts) {
+fn request_line(out: &mut Vec<u8>, method: &[u8], target: &[u8]) {
     out.clear();
-    out.extend_from_slice(req.method.as_str().as_bytes());
+    out.extend_from_slice(method);
     out.push(b' ');
-    let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    out.extend_from_slice(if target.is_empty() {
-        b"/"
-    } else {
-        target.as_bytes()
-    });
+    out.extend_from_slice(if target.is_empty() { b"/" } else { target });
     out.extend_from_slice(b" HTTP/1.1\r\n");
 }
 
@@ -108,11 +133,10 @@ fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// The request has no body: a method that defines a meaning for content
-/// says so with a zero length. Then the blank line.
-fn finish(out: &mut Vec<u8>, req: &request::Parts) {
-    if matches!(req.method, Method::POST | Method::PUT | Method::PATCH)
-        && !req.headers.contains_key(header::CONTENT_LENGTH)
-    {
+/// says so with a zero length (unless `length` says the request has a
+/// Content-Length header). Then the blank line.
+fn finish(out: &mut Vec<u8>, method: &[u8], length: bool) {
+    if !length && matches!(method, b"POST" | b"PUT" | b"PATCH") {
         line(out, b"content-length", b"0");
     }
     out.extend_from_slice(b"\r\n");
@@ -121,7 +145,7 @@ fn finish(out: &mut Vec<u8>, req: &request::Parts) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::{HeaderValue, Request};
+    use http::{HeaderValue, Method, Request};
 
     fn parts(req: Request<()>) -> request::Parts {
         req.into_parts().0

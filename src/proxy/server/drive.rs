@@ -135,9 +135,10 @@ pub struct Watch<'a> {
 impl Watch<'_> {
     /// Drives `conn` to its end: calls `shut_down` on it when the drain
     /// begins, and drops it (closing the socket) when the watchdog says so.
-    pub async fn drive<C, E>(&self, conn: C, shut_down: fn(Pin<&mut C>))
+    /// Its output, unless it failed or the watchdog closed it.
+    pub async fn drive<C, T, E>(&self, conn: C, shut_down: fn(Pin<&mut C>)) -> Option<T>
     where
-        C: Future<Output = Result<(), E>>,
+        C: Future<Output = Result<T, E>>,
         E: Display,
     {
         let Watch {
@@ -179,7 +180,7 @@ impl Watch<'_> {
         })
         .await;
         match outcome {
-            Ok(Ok(())) => {}
+            Ok(Ok(output)) => return Some(output),
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "client connection ended with an error")
             }
@@ -188,6 +189,7 @@ impl Watch<'_> {
             }
             Err(Closed::Idle) => tracing::debug!(%peer, "idle connection closed"),
         }
+        None
     }
 }
 

@@ -1,0 +1,197 @@
+//! Data path: request heads as the own HTTP/1.1 server reads them, and the
+//! rule for which requests it serves itself.
+
+use std::mem::MaybeUninit;
+
+use http::{HeaderName, Method};
+
+/// Most header lines the own server parses; a request with more goes to
+/// hyper's server (which allows up to 100, then answers 431).
+pub const MAX_HEADERS: usize = 64;
+
+/// Header slots for [`parse`].
+pub type Slots<'b> = [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS];
+
+/// An empty set of header slots.
+pub fn slots<'b>() -> Slots<'b> {
+    [const { MaybeUninit::uninit() }; MAX_HEADERS]
+}
+
+/// An HTTP/1.1 request without a body, no upgrade, no expectation, in
+/// origin form: what the own server serves.
+pub struct SimpleRequest<'b> {
+    pub method: Method,
+    pub method_bytes: &'b [u8],
+    pub target: &'b [u8],
+    pub fields: &'b [httparse::Header<'b>],
+    /// The client asked to close the connection after the response.
+    pub close: bool,
+    /// The head's length in bytes.
+    pub len: usize,
+}
+
+impl<'b> SimpleRequest<'b> {
+    /// The first value of header `name`.
+    pub fn header(&self, name: &HeaderName) -> Option<&'b [u8]> {
+        let name = name.as_str().as_bytes();
+        self.fields
+            .iter()
+            .find(|f| f.name.as_bytes().eq_ignore_ascii_case(name))
+            .map(|f| f.value)
+    }
+
+    /// The header fields as name and value bytes.
+    pub fn field_bytes(&self) -> impl Iterator<Item = (&'b [u8], &'b [u8])> + use<'b> {
+        self.fields.iter().map(|f| (f.name.as_bytes(), f.value))
+    }
+}
+
+/// What the bytes at the start of a connection's buffer hold.
+pub enum Parsed<'b> {
+    Simple(SimpleRequest<'b>),
+    /// Not a whole head yet.
+    Partial,
+    /// A request the own server leaves to hyper's: with a body, an upgrade,
+    /// an expectation, HTTP/1.0, a target or a header the own server does
+    /// not vouch for, or not a valid head at all (hyper answers 400/431).
+    Other,
+}
+
+/// Parses the request head at the start of `buf`.
+pub fn parse<'b>(buf: &'b [u8], slots: &'b mut Slots<'b>) -> Parsed<'b> {
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Other,
+    };
+    let (Some(method_str), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return Parsed::Other;
+    };
+    let method_bytes = method_str.as_bytes();
+    let Ok(method) = Method::from_bytes(method_bytes) else {
+        return Parsed::Other;
+    };
+    if method == Method::CONNECT || !origin_form(target.as_bytes()) {
+        return Parsed::Other;
+    }
+    let mut close = false;
+    let (mut hosts, mut lengths) = (0, 0);
+    for field in req.headers.iter() {
+        let name = field.name.as_bytes();
+        let value = field.value;
+        let simple = if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+            true
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            lengths += 1;
+            value.trim_ascii() == b"0"
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            close |= crate::proxy::headers::has_token(value, b"close");
+            !crate::proxy::headers::names_headers(value)
+        } else {
+            !(name.eq_ignore_ascii_case(b"transfer-encoding")
+                || name.eq_ignore_ascii_case(b"upgrade")
+                || name.eq_ignore_ascii_case(b"expect")
+                || name.eq_ignore_ascii_case(b"te"))
+        };
+        if !simple {
+            return Parsed::Other;
+        }
+    }
+    if hosts > 1 || lengths > 1 {
+        return Parsed::Other;
+    }
+    Parsed::Simple(SimpleRequest {
+        method,
+        method_bytes,
+        target: target.as_bytes(),
+        fields: req.headers,
+        close,
+        len,
+    })
+}
+
+/// An origin-form target (`/path?query`) of bytes that `http::Uri` takes
+/// as they are: anything else goes to hyper's server, which rewrites or
+/// rejects it.
+fn origin_form(target: &[u8]) -> bool {
+    target.first() == Some(&b'/')
+        && target.iter().all(|&b| {
+            (0x21..=0x7e).contains(&b)
+                && !matches!(
+                    b,
+                    b'#' | b'<' | b'>' | b'`' | b'"' | b'{' | b'}' | b'\\' | b'^' | b'|'
+                )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(raw: &[u8]) -> &'static str {
+        let mut slots = slots();
+        match parse(raw, &mut slots) {
+            Parsed::Simple(_) => "simple",
+            Parsed::Partial => "partial",
+            Parsed::Other => "other",
+        }
+    }
+
+    #[test]
+    fn only_plain_bodiless_requests_are_simple() {
+        let simple = [
+            &b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"GET /a/b?c=d&e=%20 HTTP/1.1\r\nhost: a\r\nconnection: keep-alive\r\n\r\n",
+            b"DELETE /x HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+        ];
+        for raw in simple {
+            assert_eq!(kind(raw), "simple", "{}", String::from_utf8_lossy(raw));
+        }
+        let other = [
+            &b"GET / HTTP/1.0\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"GET / HTTP/1.1\r\nConnection: x-secret\r\n\r\n",
+            b"GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            b"GET / HTTP/1.1\r\nTE: trailers\r\n\r\n",
+            b"GET http://a/ HTTP/1.1\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\n\r\n",
+            b"GET /{\"a\"} HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+            b"GARBAGE\r\n\r\n",
+        ];
+        for raw in other {
+            assert_eq!(kind(raw), "other", "{}", String::from_utf8_lossy(raw));
+        }
+        assert_eq!(kind(b"GET / HTTP/1.1\r\nHost: a\r\n"), "partial");
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("x-{i}: 1\r\n"))
+            .collect();
+        assert_eq!(
+            kind(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()),
+            "other"
+        );
+    }
+
+    #[test]
+    fn fields_are_found_in_any_case_and_close_is_noted() {
+        let raw = b"GET /p HTTP/1.1\r\nX-Canary: v2\r\nConnection: Keep-Alive, Close\r\n\r\nnext";
+        let mut slots = slots();
+        let Parsed::Simple(req) = parse(raw, &mut slots) else {
+            panic!("not simple");
+        };
+        assert_eq!(
+            req.header(&HeaderName::from_static("x-canary")),
+            Some(&b"v2"[..])
+        );
+        assert!(req.close);
+        assert_eq!(req.len, raw.len() - 4);
+        assert_eq!(req.target, b"/p");
+    }
+}

@@ -1,0 +1,253 @@
+//! Data path: responses as the own HTTP/1.1 server writes them: the head
+//! straight from the upstream's head bytes (hop-by-hop fields out, the
+//! version header in, a Date when the upstream sent none), then the body as
+//! it is read, re-framed as chunked when the upstream's was not a length.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, Bytes};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http_body::Body;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::proxy::exchange::body::ResponseBody;
+use crate::proxy::exchange::{ExchangeError, Framing, RawHead, Span};
+use crate::proxy::headers;
+
+/// Why a response could not be sent whole.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("writing to the client failed: {0}")]
+    Client(#[from] std::io::Error),
+    #[error("reading the response body failed: {0}")]
+    Upstream(#[from] ExchangeError),
+}
+
+/// How the client gets the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFraming {
+    /// As the upstream framed it: a Content-Length, or no body.
+    AsIs,
+    /// Chunked (the upstream's body was chunked or ran until close).
+    Chunked,
+}
+
+impl ClientFraming {
+    pub fn of(framing: Framing) -> ClientFraming {
+        match framing {
+            Framing::Chunked | Framing::UntilClose => ClientFraming::Chunked,
+            Framing::Empty | Framing::Length(_) => ClientFraming::AsIs,
+        }
+    }
+}
+
+/// Writes the head of an upstream response into `out`: rewritten as
+/// [`headers::prepare_response`] would rewrite it, for a head whose
+/// Connection header names no other fields (`facts.connection_names_headers`).
+pub fn upstream_head(
+    out: &mut Vec<u8>,
+    raw: &RawHead,
+    spans: &[Span],
+    version_header: Option<(&HeaderName, &HeaderValue)>,
+    framing: ClientFraming,
+    close: bool,
+) {
+    status_line(out, raw.status);
+    let own = version_header.map(|(n, _)| n.as_str().as_bytes());
+    for (name, value) in raw.fields(spans) {
+        if headers::is_hop_by_hop_bytes(name)
+            || own.is_some_and(|own| name.eq_ignore_ascii_case(own))
+            || (raw.facts.drop_content_length && name.eq_ignore_ascii_case(b"content-length"))
+        {
+            continue;
+        }
+        field(out, name, value);
+    }
+    if let Some((name, value)) = version_header {
+        field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    finish(out, !raw.facts.date, framing, close);
+}
+
+/// Writes a response head from a header map (responses the gateway makes,
+/// and upstream heads that needed the general rewrite).
+pub fn map_head(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    map: &HeaderMap,
+    framing: ClientFraming,
+    close: bool,
+) {
+    status_line(out, status);
+    for (name, value) in map {
+        field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    finish(out, !map.contains_key(http::header::DATE), framing, close);
+}
+
+fn status_line(out: &mut Vec<u8>, status: StatusCode) {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn finish(out: &mut Vec<u8>, date: bool, framing: ClientFraming, close: bool) {
+    if date {
+        out.extend_from_slice(b"date: ");
+        now_http_date(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    if framing == ClientFraming::Chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+thread_local! {
+    /// The current second and its IMF-fixdate, formatted once a second.
+    static DATE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+}
+
+/// Appends the current time as an HTTP date.
+fn now_http_date(out: &mut Vec<u8>) {
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(cached, text)| {
+        if *cached != second || text.is_empty() {
+            *cached = second;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(text.as_bytes());
+    });
+}
+
+/// Sends the head in `out` and then `body` to the client, each data frame
+/// as it is read (the first in the same write as the head). Trailers are
+/// not sent: the own server serves no request that asked for them.
+pub async fn send<W: AsyncWrite + Unpin>(
+    client: &mut W,
+    out: &mut Vec<u8>,
+    body: &mut ResponseBody,
+    framing: ClientFraming,
+) -> Result<(), SendError> {
+    let chunked = framing == ClientFraming::Chunked;
+    let mut pending_head = true;
+    while !body.is_end_stream() {
+        let Some(frame) = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await else {
+            break;
+        };
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if !pending_head {
+            out.clear();
+        }
+        pending_head = false;
+        let tail: &[u8] = if chunked {
+            chunk_size(out, data.len());
+            if body.is_end_stream() {
+                b"\r\n0\r\n\r\n"
+            } else {
+                b"\r\n"
+            }
+        } else {
+            b""
+        };
+        client
+            .write_all_buf(&mut out.as_slice().chain(data).chain(tail))
+            .await?;
+        if body.is_end_stream() {
+            return Ok(());
+        }
+    }
+    if !pending_head {
+        out.clear();
+    }
+    if chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    client.write_all(out).await?;
+    Ok(())
+}
+
+/// Appends a chunk-size line.
+fn chunk_size(out: &mut Vec<u8>, len: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        out.push(HEX[(len >> (i * 4)) & 0xf]);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Sends a whole response the gateway made: its head in `out` (see
+/// [`map_head`]), then `body`.
+pub async fn send_full<W: AsyncWrite + Unpin>(
+    client: &mut W,
+    out: &[u8],
+    body: Bytes,
+) -> std::io::Result<()> {
+    client.write_all_buf(&mut out.chain(body)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes_are_hex() {
+        for len in [0usize, 1, 15, 16, 255, 4096, 65535, 1 << 40] {
+            let mut out = Vec::new();
+            chunk_size(&mut out, len);
+            assert_eq!(out, format!("{len:x}\r\n").into_bytes());
+        }
+    }
+
+    #[test]
+    fn dates_are_imf_fixdates() {
+        let mut out = Vec::new();
+        now_http_date(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(httpdate::parse_http_date(&text).is_ok(), "{text}");
+        assert!(text.ends_with(" GMT") && text.len() == 29, "{text}");
+    }
+
+    #[test]
+    fn gateway_heads_carry_framing_date_and_close() {
+        let mut map = HeaderMap::new();
+        map.insert("content-length", HeaderValue::from_static("3"));
+        let mut out = Vec::new();
+        map_head(
+            &mut out,
+            StatusCode::BAD_GATEWAY,
+            &map,
+            ClientFraming::AsIs,
+            true,
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 502 Bad Gateway\r\ncontent-length: 3\r\ndate: "),
+            "{text}"
+        );
+        assert!(text.ends_with("\r\nconnection: close\r\n\r\n"), "{text}");
+    }
+}

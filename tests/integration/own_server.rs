@@ -1,0 +1,190 @@
+//! The gateway's own HTTP/1.1 server (simple requests) and its hand-off to
+//! hyper's server, seen from raw client sockets.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+/// Reads one response with a Content-Length body: its head (lower-cased)
+/// and body. `buf` keeps bytes read past it.
+async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> (String, Vec<u8>) {
+    let head = read_head(stream, buf).await.expect("a response head");
+    let head = head.to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no content-length in {head}"));
+    while buf.len() < length {
+        let mut chunk = [0u8; 8192];
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed in the body");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    (head, buf.drain(..length).collect())
+}
+
+#[tokio::test]
+async fn simple_requests_and_uploads_share_a_connection() {
+    let v1 = Upstream::start("v1").await;
+    let gw = Gateway::start(&config("", &[("v1", 1, v1.addr)])).await;
+    // One connection: GETs on the own server, then an upload that hands the
+    // connection to hyper's server, then GETs there.
+    let mut client = Client::connect(gw.addr).await;
+    let reply = client.get("/", &[]).await.unwrap();
+    assert_eq!((reply.status.as_u16(), reply.text().as_str()), (200, "v1"));
+    let upload = Request::post("/upload")
+        .header("host", "h")
+        .body(body(Bytes::from_static(b"hello")))
+        .unwrap();
+    let reply = client.send(upload).await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert!(reply.text().starts_with("5 "), "{}", reply.text());
+    for _ in 0..3 {
+        let reply = client.get("/", &[]).await.unwrap();
+        assert_eq!((reply.status.as_u16(), reply.text().as_str()), (200, "v1"));
+    }
+    assert_eq!(v1.hits(), 5);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let echo = EchoHeadUpstream::start("").await;
+    let gw = Gateway::start(&config("", &[("v1", 1, echo.addr)])).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    // Two simple requests, then one the own server hands to hyper's (a body),
+    // then a simple one again: all in one write.
+    stream
+        .write_all(
+            b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n\
+              GET /second HTTP/1.1\r\nHost: a\r\n\r\n\
+              DELETE /third HTTP/1.1\r\nHost: a\r\ncontent-length: 0\r\n\r\n\
+              GET /fourth HTTP/1.1\r\nHost: a\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    for line in [
+        "GET /first HTTP/1.1",
+        "GET /second HTTP/1.1",
+        "DELETE /third HTTP/1.1",
+        "GET /fourth HTTP/1.1",
+    ] {
+        let (head, body) = read_response(&mut stream, &mut buf).await;
+        assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+        let body = String::from_utf8(body).unwrap();
+        assert!(body.starts_with(line), "{line}: {body}");
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn request_fields_are_rewritten_in_any_letter_case() {
+    let echo = EchoHeadUpstream::start("").await;
+    let gw = Gateway::start(&config("", &[("v1", 1, echo.addr)])).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /p?q=1 HTTP/1.1\r\nHost: h.test\r\nConnection: Keep-Alive\r\n\
+              Keep-Alive: timeout=5\r\nProxy-Authorization: secret\r\n\
+              X-Forwarded-For: 192.0.2.1\r\nX-Forwarded-Proto: https\r\nX-Kept: Yes\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let (_, body) = read_response(&mut stream, &mut Vec::new()).await;
+    let sent = String::from_utf8(body).unwrap();
+    let lower = sent.to_ascii_lowercase();
+    assert!(sent.starts_with("GET /p?q=1 HTTP/1.1\r\n"), "{sent}");
+    for gone in [
+        "connection:",
+        "keep-alive:",
+        "proxy-authorization:",
+        "https",
+    ] {
+        assert!(!lower.contains(gone), "{gone} was forwarded: {sent}");
+    }
+    assert!(sent.contains("Host: h.test\r\n"), "{sent}");
+    assert!(sent.contains("X-Kept: Yes\r\n"), "{sent}");
+    assert!(
+        lower.contains("x-forwarded-for: 192.0.2.1, 127.0.0.1\r\n"),
+        "{sent}"
+    );
+    assert!(lower.contains("x-forwarded-proto: http\r\n"), "{sent}");
+    assert_eq!(lower.matches("x-request-id: ").count(), 1, "{sent}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn response_fields_are_rewritten_and_a_date_added() {
+    let upstream = FixedUpstream::start(
+        b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nProxy-Authenticate: Basic\r\n\
+          Upgrade: h2c\r\nTrailer: x-sum\r\nX-Canary-Version: spoofed\r\nX-Kept: yes\r\n\
+          Content-Length: 2\r\n\r\nok",
+    )
+    .await;
+    let gw = Gateway::start(&config(
+        "response_header = \"x-canary-version\"",
+        &[("v1", 1, upstream.addr)],
+    ))
+    .await;
+    let reply = get(gw.addr, "/", &[]).await;
+    assert_eq!((reply.status.as_u16(), reply.text().as_str()), (200, "ok"));
+    for gone in ["keep-alive", "proxy-authenticate", "upgrade", "trailer"] {
+        assert!(reply.header(gone).is_none(), "{gone}: {:?}", reply.headers);
+    }
+    assert_eq!(reply.header("x-canary-version"), Some("v1"));
+    assert_eq!(reply.headers.get_all("x-canary-version").iter().count(), 1);
+    assert_eq!(reply.header("x-kept"), Some("yes"));
+    let date = reply.header("date").expect("a date header");
+    assert!(httpdate::parse_http_date(date).is_ok(), "{date}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn connection_close_and_http_1_0_close_after_the_response() {
+    let v1 = Upstream::start("v1").await;
+    let gw = Gateway::start(&config("", &[("v1", 1, v1.addr)])).await;
+    for request in [
+        &b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"[..],
+        b"GET / HTTP/1.0\r\n\r\n",
+    ] {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let all = read_to_close(&mut stream, Duration::from_secs(10))
+            .await
+            .expect("the gateway closes the connection");
+        let text = String::from_utf8_lossy(&all).to_ascii_lowercase();
+        assert_eq!(raw_status(&all), Some(200), "{text}");
+        assert!(text.ends_with("\r\n\r\nv1"), "{text}");
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_idle_keep_alive_connections() {
+    let v1 = Upstream::start("v1").await;
+    let gw = Gateway::start(&config("", &[("v1", 1, v1.addr)])).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let (_, body) = read_response(&mut stream, &mut Vec::new()).await;
+    assert_eq!(body, b"v1");
+    // The configured grace is 25 s: a connection left open until then would
+    // outlast the limit below.
+    let shutdown = tokio::spawn(gw.shutdown());
+    let rest = read_to_close(&mut stream, Duration::from_secs(10)).await;
+    assert_eq!(
+        rest.as_deref(),
+        Some(&b""[..]),
+        "idle connection not closed by the drain"
+    );
+    shutdown.await.unwrap();
+}
