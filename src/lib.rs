@@ -7,13 +7,16 @@
 //! ```text
 //!  DATA PATH (per request, lock-free)
 //!
-//!   client ──► proxy::server ──► Proxy::handle ──► choose version ──► upstream::pick ──► pooled
-//!              (h1 / h2c,        load() the        (override,         (power of two      HTTP/1.1
-//!               timeouts,        Snapshot once)     sticky hash,       choices, ejection)  connection
-//!               drain)                              Weyl sequence)                          │
+//!   client ──► proxy::server ──► proxy::h1 ─────► choose version ──► upstream::pick ──► pooled
+//!              (timeouts,        simple requests  (override,         (power of two      HTTP/1.1
+//!               drain)           (no body): own   sticky hash,       choices, ejection)  connection
+//!                 │              HTTP/1.1 server  Weyl sequence;                            │
+//!                 │              ──► Proxy::serve_simple              Snapshot load()ed     │
+//!                 └─ any other request (body, upgrade, h2c, ...):     once per request)     │
+//!                    hyper's server ──► Proxy::handle ──────┘                               │
 //!                          no request body: proxy::exchange, in the request's own task ◄───┤
 //!                          a body or an upgrade: hyper's client, a task per connection ◄───┤
-//!   client ◄───────────────── response streamed back (ProxyBody records metrics at its end) ◄┘
+//!   client ◄────────── response streamed back (metrics recorded once, at its end) ◄─────────┘
 //!
 //!  CONTROL PATH (one writer)
 //!

@@ -6,9 +6,12 @@
 //! connection and streams the response back. It takes no lock on the request
 //! path but the endpoint's idle-connection stack.
 //!
-//! Requests without a body (most of them) go through [`exchange`], the
-//! gateway's own HTTP/1.1 client, driven in the request's task; requests with
-//! a body or an upgrade through hyper's client.
+//! Requests without a body (most of them) are read by [`h1`], the gateway's
+//! own HTTP/1.1 server, and served by [`Proxy::serve_simple`]; any other
+//! request hands its connection to hyper's server and [`Proxy::handle`].
+//! Requests without a body go upstream through [`exchange`], the gateway's
+//! own HTTP/1.1 client, driven in the request's task; requests with a body or
+//! an upgrade through hyper's client.
 
 pub mod body;
 pub mod exchange;

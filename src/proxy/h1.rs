@@ -13,20 +13,19 @@
 //!
 //! At the first request that is not simple, the connection is handed to
 //! hyper's server for the rest of its life, with the bytes read so far
-//! ([`Prefixed`]): uploads, upgrades, `Expect`, HTTP/1.0 and malformed heads
-//! (400, 431) keep hyper's handling.
+//! ([`Ended::HandOff`]): uploads, upgrades, `Expect`, HTTP/1.0 and malformed
+//! heads (400, 431) keep hyper's handling.
 
 pub mod request;
 pub mod response;
 
 use std::future::poll_fn;
-use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 
-use bytes::{Buf, Bytes};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Proxy;
 use super::server::{ConnState, Drain};
@@ -119,65 +118,6 @@ fn has_whole_head(buf: &[u8], searched: &mut usize) -> bool {
     found
 }
 
-/// A connection handed to hyper's server: the bytes the own server read
-/// come first, then the socket.
-pub struct Prefixed<T> {
-    prefix: Bytes,
-    inner: T,
-}
-
-impl<T> Prefixed<T> {
-    pub fn new(prefix: Bytes, inner: T) -> Prefixed<T> {
-        Prefixed { prefix, inner }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.prefix.is_empty() {
-            return Pin::new(&mut self.inner).poll_read(cx, buf);
-        }
-        let n = self.prefix.len().min(buf.remaining());
-        buf.put_slice(&self.prefix[..n]);
-        self.prefix.advance(n);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,14 +136,5 @@ mod tests {
             assert!(!has_whole_head(&head[..end], &mut searched), "{end}");
         }
         assert!(has_whole_head(head, &mut searched));
-    }
-
-    #[tokio::test]
-    async fn prefixed_reads_the_prefix_first() {
-        use tokio::io::AsyncReadExt;
-        let mut io = Prefixed::new(Bytes::from_static(b"abc"), &b"def"[..]);
-        let mut all = String::new();
-        io.read_to_string(&mut all).await.unwrap();
-        assert_eq!(all, "abcdef");
     }
 }

@@ -1,5 +1,6 @@
-//! Data path: the listener. Accepts connections, serves HTTP/1.1 and h2c on
-//! each with the proxy service, enforces the request-header and idle
+//! Data path: the listener. Accepts connections, serves HTTP/1.1 (the own
+//! server of [`super::h1`], then hyper's from the first request it leaves to
+//! it) and h2c (hyper's) on each, enforces the request-header and idle
 //! timeouts, and drains gracefully on shutdown.
 
 use std::convert::Infallible;
@@ -11,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use http::HeaderValue;
 
 use hyper::server::conn::http1;
@@ -98,6 +100,9 @@ impl ConnState {
 struct TrackedIo {
     inner: TcpStream,
     state: Arc<ConnState>,
+    /// Bytes read before hyper's server took the connection over (see
+    /// [`h1::Ended::HandOff`]): its reads get them first.
+    prefix: Bytes,
 }
 
 impl AsyncRead for TrackedIo {
@@ -106,6 +111,12 @@ impl AsyncRead for TrackedIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -224,6 +235,7 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, dra
             let mut io = TrackedIo {
                 inner: stream,
                 state: state.clone(),
+                prefix: Bytes::new(),
             };
             let watch = drive::Watch {
                 state: &state,
@@ -239,7 +251,8 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, dra
                     open.decrement(1.0);
                     return;
                 };
-                let io = TokioIo::new(h1::Prefixed::new(read, io));
+                io.prefix = read;
+                let io = TokioIo::new(io);
                 let conn = http1::Builder::new()
                     // No hyper timer on HTTP/1: hyper would arm (and tear down) a
                     // timer entry for every request head it waits for. The

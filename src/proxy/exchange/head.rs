@@ -125,7 +125,8 @@ fn request_line(out: &mut Vec<u8>, method: &[u8], target: &[u8]) {
     out.extend_from_slice(b" HTTP/1.1\r\n");
 }
 
-fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// Writes a header line.
+pub(crate) fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);

@@ -14,6 +14,7 @@ use http_body::Body;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::proxy::exchange::body::ResponseBody;
+use crate::proxy::exchange::head::line as field;
 use crate::proxy::exchange::{ExchangeError, Framing, RawHead, Span};
 use crate::proxy::headers;
 
@@ -94,13 +95,6 @@ fn status_line(out: &mut Vec<u8>, status: StatusCode) {
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
-    out.extend_from_slice(b"\r\n");
-}
-
-fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 
