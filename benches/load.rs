@@ -8,10 +8,11 @@
 //! * core 0: wrk, both upstreams and this orchestrator;
 //! * core 1: the proxy under test (one worker thread / process).
 //!
-//! The same binary also runs the upstream servers: `load --upstream v1` binds
-//! 127.0.0.1:0, prints `PORT <n>` and answers every request with a fixed
-//! ~100-byte body naming its version. It exits when its stdin closes, so an
-//! upstream never outlives the benchmark.
+//! The same binary also runs the upstream servers: `load --upstream v1,v2`
+//! binds one listener per version on 127.0.0.1:0, prints `PORT <n>` for each
+//! and answers every request with a fixed ~100-byte body naming the version
+//! of the listener. It exits when its stdin closes, so the upstreams never
+//! outlive the benchmark.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write as _};
@@ -325,33 +326,41 @@ fn log_tail(path: &Path) -> String {
     }
 }
 
-fn spawn_upstream(taskset: Option<&Path>, name: &str) -> Result<(Proc, u16)> {
+/// Starts the upstreams `names` (one listener each) in one process on the
+/// load core, and reads their ports.
+fn spawn_upstreams(taskset: Option<&Path>, names: &[&str]) -> Result<(Proc, Vec<u16>)> {
     let exe = std::env::current_exe().context("locating the bench executable")?;
+    let list = names.join(",");
     let mut child = pinned(taskset, LOAD_CORE, &exe)
-        .args(["--upstream", name])
+        .args(["--upstream", &list])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .with_context(|| format!("spawning upstream {name}"))?;
+        .with_context(|| format!("spawning upstreams {list}"))?;
     let stdout = child
         .stdout
         .take()
-        .ok_or_else(|| anyhow!("upstream {name}: no stdout"))?;
+        .ok_or_else(|| anyhow!("upstreams {list}: no stdout"))?;
     let proc = Proc {
-        name: format!("upstream {name}"),
+        name: format!("upstreams {list}"),
         child,
     };
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .with_context(|| format!("reading the port of upstream {name}"))?;
-    let port = line
-        .trim()
-        .strip_prefix("PORT ")
-        .and_then(|p| p.parse::<u16>().ok())
-        .ok_or_else(|| anyhow!("upstream {name}: unexpected first line {line:?}"))?;
-    Ok((proc, port))
+    let mut stdout = BufReader::new(stdout);
+    let mut ports = Vec::new();
+    for name in names {
+        let mut line = String::new();
+        stdout
+            .read_line(&mut line)
+            .with_context(|| format!("reading the port of upstream {name}"))?;
+        let port = line
+            .trim()
+            .strip_prefix("PORT ")
+            .and_then(|p| p.parse::<u16>().ok())
+            .ok_or_else(|| anyhow!("upstream {name}: unexpected line {line:?}"))?;
+        ports.push(port);
+    }
+    Ok((proc, ports))
 }
 
 // ---------------------------------------------------------------------------
@@ -1235,8 +1244,8 @@ fn bench() -> Result<ExitCode> {
     }
     println!("{versions}");
 
-    let (up1, v1_port) = spawn_upstream(taskset.as_deref(), "v1")?;
-    let (up2, v2_port) = spawn_upstream(taskset.as_deref(), "v2")?;
+    let (upstreams, ports) = spawn_upstreams(taskset.as_deref(), &["v1", "v2"])?;
+    let (v1_port, v2_port) = (ports[0], ports[1]);
     let token = format!("load-bench-{}-{}", std::process::id(), v1_port);
     let env = Env {
         dir,
@@ -1262,8 +1271,7 @@ fn bench() -> Result<ExitCode> {
         nginx_exe,
         haproxy_exe,
     ));
-    drop(up1);
-    drop(up2);
+    drop(upstreams);
     code
 }
 
@@ -1577,17 +1585,19 @@ fn upstream_body(name: &str) -> Bytes {
     Bytes::from(s)
 }
 
-fn run_upstream(name: &str) -> Result<()> {
+fn run_upstream(names: &str) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let port = listener.local_addr()?.port();
-        {
+        let mut listeners = Vec::new();
+        for name in names.split(',') {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let port = listener.local_addr()?.port();
             let mut out = std::io::stdout().lock();
             writeln!(out, "PORT {port}")?;
             out.flush()?;
+            listeners.push((std::sync::Arc::<str>::from(name), listener));
         }
         // Exit when the benchmark goes away (stdin closes).
         tokio::spawn(async {
@@ -1600,20 +1610,30 @@ fn run_upstream(name: &str) -> Result<()> {
                 }
             }
         });
-        let name: std::sync::Arc<str> = name.into();
-        loop {
-            let stream = match listener.accept().await {
-                Ok((s, _)) => s,
-                Err(_) => {
-                    // e.g. EMFILE: back off instead of spinning.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(serve_fixed(stream, name.clone()));
+        let mut accepting = Vec::new();
+        for (name, listener) in listeners {
+            accepting.push(tokio::spawn(accept_loop(listener, name)));
         }
+        for task in accepting {
+            task.await?;
+        }
+        Ok(())
     })
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, name: std::sync::Arc<str>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(_) => {
+                // e.g. EMFILE: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_fixed(stream, name.clone()));
+    }
 }
 
 /// Answers every request head on `stream` with the upstream's fixed
@@ -1623,6 +1643,7 @@ fn run_upstream(name: &str) -> Result<()> {
 /// lacks; the proxy under test must be what limits a run.
 async fn serve_fixed(mut stream: TcpStream, name: std::sync::Arc<str>) {
     use tokio::io::AsyncWriteExt;
+    let mut response = FixedResponse::new(name);
     let mut buf = Vec::with_capacity(4096);
     let mut out = Vec::new();
     loop {
@@ -1634,7 +1655,7 @@ async fn serve_fixed(mut stream: TcpStream, name: std::sync::Arc<str>) {
         let mut used = 0;
         while let Some(end) = buf[used..].windows(4).position(|w| w == b"\r\n\r\n") {
             used += end + 4;
-            fixed_response(&name, &mut out);
+            response.append_to(&mut out);
         }
         buf.drain(..used);
         if !out.is_empty() {
@@ -1646,37 +1667,44 @@ async fn serve_fixed(mut stream: TcpStream, name: std::sync::Arc<str>) {
     }
 }
 
-thread_local! {
-    /// The current second and the fixed response with that Date.
-    static RESPONSE: std::cell::RefCell<(u64, Vec<u8>)> =
-        const { std::cell::RefCell::new((u64::MAX, Vec::new())) };
+/// The upstream's response: the ~100-byte body naming the version,
+/// `x-version`, and a Date as an origin server sends it; made again when the
+/// second changes.
+struct FixedResponse {
+    name: std::sync::Arc<str>,
+    second: u64,
+    bytes: Vec<u8>,
 }
 
-/// Appends the upstream's response: the ~100-byte body naming the version,
-/// `x-version`, and a Date as an origin server sends it.
-fn fixed_response(name: &str, out: &mut Vec<u8>) {
-    let now = std::time::SystemTime::now();
-    let second = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    RESPONSE.with_borrow_mut(|(cached, response)| {
-        if *cached != second {
-            *cached = second;
-            let body = upstream_body(name);
-            response.clear();
-            response.extend_from_slice(
-                format!(
-                    "HTTP/1.1 200 OK\r\nx-version: {name}\r\ncontent-type: text/plain\r\n\
-                     content-length: {}\r\ndate: {}\r\n\r\n",
-                    body.len(),
-                    httpdate::fmt_http_date(now)
-                )
-                .as_bytes(),
-            );
-            response.extend_from_slice(&body);
+impl FixedResponse {
+    fn new(name: std::sync::Arc<str>) -> FixedResponse {
+        FixedResponse {
+            name,
+            second: u64::MAX,
+            bytes: Vec::new(),
         }
-        out.extend_from_slice(response);
-    });
+    }
+
+    fn append_to(&mut self, out: &mut Vec<u8>) {
+        let now = std::time::SystemTime::now();
+        let second = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if second != self.second {
+            self.second = second;
+            let body = upstream_body(&self.name);
+            self.bytes = format!(
+                "HTTP/1.1 200 OK\r\nx-version: {}\r\ncontent-type: text/plain\r\n\
+                 content-length: {}\r\ndate: {}\r\n\r\n",
+                self.name,
+                body.len(),
+                httpdate::fmt_http_date(now)
+            )
+            .into_bytes();
+            self.bytes.extend_from_slice(&body);
+        }
+        out.extend_from_slice(&self.bytes);
+    }
 }
 
 // Self-check of the wrk parser and the upstream body, without any process:
