@@ -40,6 +40,8 @@ const LOAD_CORE: &str = "0";
 const PROXY_CORE: &str = "1";
 /// The /proc/stat line of the proxy core.
 const PROXY_CPU: &str = "cpu1";
+/// The /proc/stat line of the load core.
+const LOAD_CPU: &str = "cpu0";
 /// Share of a run (percent) that core 1 may spend outside the proxy before
 /// the sample is flagged as disturbed.
 const DISTURBED_PERCENT: f64 = 15.0;
@@ -922,12 +924,27 @@ struct Sample {
     p99_added_us: Option<f64>,
     /// Core 1 was busy with other processes during the run.
     disturbed: bool,
+    /// How busy the load core (wrk, upstreams) and the proxy core were, in
+    /// percent: whichever is near 100 limits the run.
+    busy_pct: (Option<f64>, Option<f64>),
+}
+
+fn percent(p: Option<f64>) -> String {
+    p.map_or("-".into(), |p| format!("{p:.0}%"))
+}
+
+/// Busy share of a core between two /proc/stat readings, in percent.
+fn busy_pct(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+    let ((b0, t0), (b1, t1)) = (before?, after?);
+    let span = t1.checked_sub(t0).filter(|s| *s > 0)?;
+    Some(100.0 * b1.saturating_sub(b0) as f64 / span as f64)
 }
 
 async fn measure(t: &Target, wrk: &Wrk, conns: u32, secs: u64, tck: f64) -> Result<Sample> {
     let pids = t.pids();
     let before = cpu_ticks(&pids);
     let core_before = cpu_jiffies_of(PROXY_CPU);
+    let load_before = cpu_jiffies_of(LOAD_CPU);
     let r = wrk
         .run(&t.url(), conns, secs)
         .await
@@ -938,7 +955,12 @@ async fn measure(t: &Target, wrk: &Wrk, conns: u32, secs: u64, tck: f64) -> Resu
     // Kernel work for the proxy's sockets can land here too, so only a large
     // share means the run was disturbed.
     let mut disturbed = false;
-    if let (Some((b0, t0)), Some((b1, t1))) = (core_before, cpu_jiffies_of(PROXY_CPU)) {
+    let core_after = cpu_jiffies_of(PROXY_CPU);
+    let busy = (
+        busy_pct(load_before, cpu_jiffies_of(LOAD_CPU)),
+        busy_pct(core_before, core_after),
+    );
+    if let (Some((b0, t0)), Some((b1, t1))) = (core_before, core_after) {
         let other = b1.saturating_sub(b0) as f64 - after.saturating_sub(before) as f64;
         let span = t1.saturating_sub(t0).max(1) as f64;
         let pct = 100.0 * other.max(0.0) / span;
@@ -965,6 +987,7 @@ async fn measure(t: &Target, wrk: &Wrk, conns: u32, secs: u64, tck: f64) -> Resu
         rss_kib: rss,
         p99_added_us: None,
         disturbed,
+        busy_pct: busy,
     })
 }
 
@@ -1360,7 +1383,7 @@ async fn run(
                 }
                 let s = measure(t, wrk, conns, knobs.duration, tck).await?;
                 println!(
-                    "  rep {} {:<8} {:>10.0} req/s  p50 {:>8.3} ms  p99 {:>8.3} ms  cpu {:>7} us/req  rss {:>7} MiB  failed {}",
+                    "  rep {} {:<8} {:>10.0} req/s  p50 {:>8.3} ms  p99 {:>8.3} ms  cpu {:>7} us/req  rss {:>7} MiB  failed {}  busy: load core {}, proxy core {}",
                     rep + 1,
                     t.kind.name(),
                     s.wrk.rps,
@@ -1369,7 +1392,9 @@ async fn run(
                     s.cpu_us_per_req.map_or("-".into(), |c| format!("{c:.2}")),
                     s.rss_kib
                         .map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
-                    s.wrk.failures()
+                    s.wrk.failures(),
+                    percent(s.busy_pct.0),
+                    percent(s.busy_pct.1),
                 );
                 if t.kind == Kind::Direct {
                     direct_p99 = Some(s.wrk.p99_us);
