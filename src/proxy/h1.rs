@@ -58,11 +58,18 @@ pub async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<Ended, SendError> {
     let mut buf: Vec<u8> = Vec::new();
     let mut out: Vec<u8> = Vec::new();
+    // Where the next request starts in `buf` (pipelined requests are served
+    // from the buffer without moving the bytes after each one).
+    let mut start = 0;
     loop {
         // How far the buffer has been searched for the blank line: a head
         // that arrives a few bytes at a time is not searched over and over.
         let mut searched = 0;
-        while !has_whole_head(&buf, &mut searched) {
+        while !has_whole_head(&buf[start..], &mut searched) {
+            if start > 0 {
+                buf.drain(..start);
+                start = 0;
+            }
             if buf.len() >= MAX_HEAD_BYTES {
                 return Ok(Ended::HandOff(buf.into()));
             }
@@ -83,20 +90,27 @@ pub async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         let mut slots = request::slots();
-        let (len, close) = match request::parse(&buf, &mut slots) {
+        let (len, close) = match request::parse(&buf[start..], &mut slots) {
             Parsed::Simple(req) => {
                 let close = req.close || drain.is_draining();
                 proxy.serve_simple(&req, state, io, &mut out, close).await?;
                 (req.len, close)
             }
-            Parsed::Partial | Parsed::Other => return Ok(Ended::HandOff(buf.into())),
+            Parsed::Partial | Parsed::Other => {
+                buf.drain(..start);
+                return Ok(Ended::HandOff(buf.into()));
+            }
         };
         if close {
             return Ok(Ended::Closed);
         }
-        buf.drain(..len);
-        if buf.is_empty() && buf.capacity() > 2 * MAX_HEAD_BYTES {
-            buf = Vec::new();
+        start += len;
+        if start == buf.len() {
+            buf.clear();
+            start = 0;
+            if buf.capacity() > 2 * MAX_HEAD_BYTES {
+                buf = Vec::new();
+            }
         }
     }
 }
