@@ -188,3 +188,74 @@ async fn shutdown_closes_idle_keep_alive_connections() {
     );
     shutdown.await.unwrap();
 }
+
+/// A message head normalized for comparison: the first line, then the field
+/// lines with lower-case names, sorted, without Date, and with a generated
+/// request id blanked.
+fn normalized(head: &str) -> Vec<String> {
+    let mut lines = head.split("\r\n").filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or_default().to_string();
+    let mut fields: Vec<String> = lines
+        .filter_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            let name = name.to_ascii_lowercase();
+            let value = value.trim();
+            match name.as_str() {
+                "date" => None,
+                "x-request-id" if value.len() == 36 => Some(format!("{name}: <generated>")),
+                _ => Some(format!("{name}: {value}")),
+            }
+        })
+        .collect();
+    fields.sort();
+    std::iter::once(first).chain(fields).collect()
+}
+
+/// The same requests through the own server (a fresh connection) and
+/// through hyper's server (a connection handed over by a request the own
+/// server leaves to it): the upstream must receive the same head and the
+/// client the same response.
+#[tokio::test]
+async fn own_and_hyper_servers_forward_the_same() {
+    let echo =
+        EchoHeadUpstream::start("X-Upstream: 1\r\nKeep-Alive: timeout=5\r\nProxy-Foo: x\r\n").await;
+    let gw = Gateway::start(&config(
+        "response_header = \"x-canary-version\"\nsticky_header = \"x-user\"",
+        &[("v1", 1, echo.addr)],
+    ))
+    .await;
+    let requests = [
+        &b"GET /a?b=c&d=%2F HTTP/1.1\r\nHost: h\r\n\r\n"[..],
+        b"DELETE /x HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 192.0.2.1\r\nX-Request-Id: given\r\n\r\n",
+        b"GET /h HTTP/1.1\r\nHost: h\r\nProxy-Authorization: x\r\nKeep-Alive: 5\r\nConnection: keep-alive\r\n\r\n",
+        b"OPTIONS /o HTTP/1.1\r\nHost: h\r\nX-User: u1\r\nAccept: */*\r\nContent-Length: 0\r\n\r\n",
+        b"POST /p HTTP/1.1\r\nHost: h\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Port: 1\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
+    ];
+    let mut own = TcpStream::connect(gw.addr).await.unwrap();
+    let mut handed = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut own_buf, mut handed_buf) = (Vec::new(), Vec::new());
+    // TE: trailers is a request the own server leaves to hyper's.
+    handed
+        .write_all(b"GET /first HTTP/1.1\r\nHost: h\r\nTE: trailers\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut handed, &mut handed_buf).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    for raw in requests {
+        own.write_all(raw).await.unwrap();
+        handed.write_all(raw).await.unwrap();
+        let (own_head, own_body) = read_response(&mut own, &mut own_buf).await;
+        let (hyper_head, hyper_body) = read_response(&mut handed, &mut handed_buf).await;
+        let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+        let request = String::from_utf8_lossy(raw);
+        assert_eq!(normalized(&own_head), normalized(&hyper_head), "{request}");
+        assert_eq!(
+            normalized(&text(own_body)),
+            normalized(&text(hyper_body)),
+            "upstream heads for {request}"
+        );
+        assert!(own_head.contains("\r\ndate: "), "{own_head}");
+    }
+    gw.shutdown().await;
+}
