@@ -259,3 +259,59 @@ async fn own_and_hyper_servers_forward_the_same() {
     }
     gw.shutdown().await;
 }
+
+/// The same upstream responses through the own server and through hyper's
+/// server (after a hand-off): the client must get the same status, fields
+/// (but Date) and body, framing included.
+#[tokio::test]
+async fn own_and_hyper_servers_answer_the_same() {
+    let responses: [Script; 6] = [
+        |_| {
+            Some((&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..], false))
+        },
+        |_| Some((&b"HTTP/1.0 200 OK\r\nX-Old: 1\r\n\r\nuntil close"[..], true)),
+        |_| {
+            Some((&b"HTTP/1.1 200 OK\r\nConnection: x-secret\r\nX-Secret: 1\r\nX-Kept: 2\r\nContent-Length: 2\r\n\r\nok"[..], false))
+        },
+        |_| Some((&b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n"[..], false)),
+        |_| {
+            Some((
+                &b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\nKeep-Alive: timeout=1\r\n\r\nno!"
+                    [..],
+                false,
+            ))
+        },
+        |_| {
+            Some((&b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"[..], false))
+        },
+    ];
+    for script in responses {
+        let upstream = FixedUpstream::scripted(script).await;
+        let gw = Gateway::start(&config(
+            "response_header = \"x-canary-version\"",
+            &[("v1", 1, upstream.addr)],
+        ))
+        .await;
+        let mut own = Client::connect(gw.addr).await;
+        let mut handed = Client::connect(gw.addr).await;
+        // TE: trailers is a request the own server leaves to hyper's.
+        handed.get("/", &[("te", "trailers")]).await.unwrap();
+        let own_reply = own.get("/", &[]).await.unwrap();
+        let hyper_reply = handed.get("/", &[]).await.unwrap();
+        let fields = |r: &Reply| {
+            let mut f: Vec<(String, String)> = r
+                .headers
+                .iter()
+                .filter(|(n, _)| *n != "date")
+                .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("?").to_string()))
+                .collect();
+            f.sort();
+            f
+        };
+        assert_eq!(own_reply.status, hyper_reply.status);
+        assert_eq!(fields(&own_reply), fields(&hyper_reply), "{own_reply:?}");
+        assert_eq!(own_reply.body, hyper_reply.body);
+        assert!(own_reply.header("date").is_some());
+        gw.shutdown().await;
+    }
+}
