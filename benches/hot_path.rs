@@ -183,7 +183,8 @@ fn header_rewrite(c: &mut Criterion) {
                     return 0;
                 };
                 let fields = || req.field_bytes();
-                encode_fields(&mut head, req.method_bytes, req.target, None, fields, &fwd);
+                let method = req.method.as_str().as_bytes();
+                encode_fields(&mut head, method, req.target, None, fields, &fwd);
                 head.len()
             })
         },

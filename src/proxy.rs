@@ -176,75 +176,45 @@ impl Proxy {
             trust_forwarded_headers: settings.trust_forwarded_headers,
         };
         let encode = |head: &mut Vec<u8>| {
+            let method = req.method.as_str().as_bytes();
             let fields = || req.field_bytes();
-            exchange::head::encode_fields(head, req.method_bytes, req.target, None, fields, &fwd);
+            exchange::head::encode_fields(head, method, req.target, None, fields, &fwd);
         };
         let response_header = settings
             .response_header
             .as_ref()
             .map(|name| (name, &version.header_value));
-        let forwarded = match forward_own(version, settings, &req.method, encode, start).await {
-            Ok((raw, upstream, endpoint)) => {
-                let (framing, keep_alive) = (raw.framing, raw.keep_alive);
-                let to_client = ClientFraming::of(framing);
-                completion.status = raw.status;
-                let written = if raw.facts.connection_names_headers {
-                    // Rare: the general rewrite, through a header map.
-                    raw.into_head(upstream.spans(), http::HeaderMap::new())
-                        .map(|head| {
-                            let mut resp = head.response;
-                            headers::prepare_response(&mut resp, response_header);
-                            h1::response::map_head(
-                                out,
-                                resp.status(),
-                                resp.headers(),
-                                to_client,
-                                close,
-                            );
-                        })
-                } else {
-                    h1::response::upstream_head(
-                        out,
-                        &raw,
-                        upstream.spans(),
-                        response_header,
-                        to_client,
-                        close,
-                    );
-                    Ok(())
-                };
-                match written {
-                    Ok(()) => Ok((upstream, endpoint, framing, keep_alive, to_client)),
-                    Err(e) => {
-                        endpoint.end_request();
-                        Err(ProxyError::Reset(e.into()))
-                    }
+        let (raw, upstream, endpoint) =
+            match forward_own(version, settings, &req.method, encode, start).await {
+                Ok(forwarded) => forwarded,
+                Err(e) => return send_error(e, &mut completion, client, out, close).await,
+            };
+        completion.status = raw.status;
+        let (framing, keep_alive) = (raw.framing, raw.keep_alive);
+        let to_client = ClientFraming::of(framing);
+        if raw.facts.connection_names_headers {
+            // Rare: the general rewrite, through a header map.
+            match mapped_head(raw, &upstream, &endpoint, http::HeaderMap::new()) {
+                Ok(head) => {
+                    let mut resp = head.response;
+                    headers::prepare_response(&mut resp, response_header);
+                    let (status, fields) = (resp.status(), resp.headers());
+                    h1::response::map_head(out, status, fields, to_client, close);
                 }
+                Err(e) => return send_error(e, &mut completion, client, out, close).await,
             }
-            Err(e) => Err(e),
-        };
-        match forwarded {
-            Ok((upstream, endpoint, framing, keep_alive, to_client)) => {
-                completion.upstream = Some((endpoint, None));
-                let mut body = ResponseBody::new(upstream, framing, keep_alive);
-                h1::response::send(client, out, &mut body, to_client).await?;
-                completion.finished = true;
-                if let Some((_, slot)) = completion.upstream.as_mut() {
-                    *slot = body.take_reusable().map(Pooled::Own);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                record_error(version, &e);
-                let (status, mut map, text) = e.parts();
-                completion.status = status;
-                map.insert(http::header::CONTENT_LENGTH, HeaderValue::from(text.len()));
-                h1::response::map_head(out, status, &map, ClientFraming::AsIs, close);
-                h1::response::send_full(client, out, text.into()).await?;
-                completion.finished = true;
-                Ok(())
-            }
+        } else {
+            let spans = upstream.spans();
+            h1::response::upstream_head(out, &raw, spans, response_header, to_client, close);
         }
+        completion.upstream = Some((endpoint, None));
+        let mut body = ResponseBody::new(upstream, framing, keep_alive);
+        h1::response::send(client, out, &mut body, to_client).await?;
+        completion.finished = true;
+        if let Some((_, slot)) = completion.upstream.as_mut() {
+            *slot = body.take_reusable().map(Pooled::Own);
+        }
+        Ok(())
     }
 
     /// Serves one request. Never fails: errors become 502/503/504 responses.
@@ -297,17 +267,11 @@ impl Proxy {
                 parts.uri = http::Uri::default();
             };
             match forward_own(version, settings, &completion.method, encode, start).await {
-                Ok((raw, conn, endpoint)) => match raw.into_head(conn.spans(), map) {
-                    Ok(head) => {
-                        let (parts, ()) = head.response.into_parts();
-                        let body = ResponseBody::new(conn, head.framing, head.keep_alive);
-                        Ok((Response::from_parts(parts, Upstream::Own(body)), endpoint))
-                    }
-                    Err(e) => {
-                        endpoint.end_request();
-                        Err(ProxyError::Reset(e.into()))
-                    }
-                },
+                Ok((raw, conn, endpoint)) => mapped_head(raw, &conn, &endpoint, map).map(|head| {
+                    let (parts, ()) = head.response.into_parts();
+                    let body = ResponseBody::new(conn, head.framing, head.keep_alive);
+                    (Response::from_parts(parts, Upstream::Own(body)), endpoint)
+                }),
                 Err(e) => Err(e),
             }
         } else {
@@ -376,6 +340,40 @@ impl Proxy {
             }
         }
     }
+}
+
+/// The own client's response head with its fields in `map` (see
+/// [`exchange::RawHead::into_head`]). A head whose fields do not make a map
+/// fails the request, which then no longer counts at `endpoint`.
+fn mapped_head(
+    raw: exchange::RawHead,
+    conn: &exchange::Conn,
+    endpoint: &Endpoint,
+    map: http::HeaderMap,
+) -> Result<exchange::Head, ProxyError> {
+    raw.into_head(conn.spans(), map).map_err(|e| {
+        endpoint.end_request();
+        ProxyError::Reset(e.into())
+    })
+}
+
+/// Answers a request of the own server that failed upstream with the
+/// gateway's error response (502/503/504).
+async fn send_error<W: AsyncWrite + Unpin>(
+    e: ProxyError,
+    completion: &mut Completion,
+    client: &mut W,
+    out: &mut Vec<u8>,
+    close: bool,
+) -> Result<(), SendError> {
+    record_error(&completion.version, &e);
+    let (status, mut map, text) = e.parts();
+    completion.status = status;
+    map.insert(http::header::CONTENT_LENGTH, HeaderValue::from(text.len()));
+    h1::response::map_head(out, status, &map, ClientFraming::AsIs, close);
+    h1::response::send_full(client, out, text.into()).await?;
+    completion.finished = true;
+    Ok(())
 }
 
 /// Counts a failed request in its version's metrics.

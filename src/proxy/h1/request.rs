@@ -21,7 +21,6 @@ pub fn slots<'b>() -> Slots<'b> {
 /// origin form: what the own server serves.
 pub struct SimpleRequest<'b> {
     pub method: Method,
-    pub method_bytes: &'b [u8],
     pub target: &'b [u8],
     pub fields: &'b [httparse::Header<'b>],
     /// The client asked to close the connection after the response.
@@ -68,8 +67,7 @@ pub fn parse<'b>(buf: &'b [u8], slots: &'b mut Slots<'b>) -> Parsed<'b> {
     let (Some(method_str), Some(target), Some(1)) = (req.method, req.path, req.version) else {
         return Parsed::Other;
     };
-    let method_bytes = method_str.as_bytes();
-    let Ok(method) = Method::from_bytes(method_bytes) else {
+    let Ok(method) = Method::from_bytes(method_str.as_bytes()) else {
         return Parsed::Other;
     };
     if method == Method::CONNECT || !origin_form(target.as_bytes()) {
@@ -104,7 +102,6 @@ pub fn parse<'b>(buf: &'b [u8], slots: &'b mut Slots<'b>) -> Parsed<'b> {
     }
     Parsed::Simple(SimpleRequest {
         method,
-        method_bytes,
         target: target.as_bytes(),
         fields: req.headers,
         close,

@@ -141,7 +141,7 @@ pub async fn send<W: AsyncWrite + Unpin>(
     framing: ClientFraming,
 ) -> Result<(), SendError> {
     let chunked = framing == ClientFraming::Chunked;
-    let mut pending_head = true;
+    // `out` holds the head until it is sent, then nothing.
     while !body.is_end_stream() {
         let Some(frame) = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await else {
             break;
@@ -152,34 +152,27 @@ pub async fn send<W: AsyncWrite + Unpin>(
         if data.is_empty() {
             continue;
         }
-        if !pending_head {
-            out.clear();
-        }
-        pending_head = false;
+        let last = body.is_end_stream();
         let tail: &[u8] = if chunked {
             chunk_size(out, data.len());
-            if body.is_end_stream() {
-                b"\r\n0\r\n\r\n"
-            } else {
-                b"\r\n"
-            }
+            if last { b"\r\n0\r\n\r\n" } else { b"\r\n" }
         } else {
             b""
         };
         client
             .write_all_buf(&mut out.as_slice().chain(data).chain(tail))
             .await?;
-        if body.is_end_stream() {
+        out.clear();
+        if last {
             return Ok(());
         }
-    }
-    if !pending_head {
-        out.clear();
     }
     if chunked {
         out.extend_from_slice(b"0\r\n\r\n");
     }
-    client.write_all(out).await?;
+    if !out.is_empty() {
+        client.write_all(out).await?;
+    }
     Ok(())
 }
 
