@@ -60,8 +60,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::config::{Config, EndpointSource, StoreConfig};
-use crate::discovery::{BoxFuture, Discover};
-use crate::gateway::{Dependencies, RouteSync as RouteSyncDep};
+use crate::discovery::Discover;
+use crate::future::BoxFuture;
+use crate::gateway::Dependencies;
+use crate::route_sync::RouteSync as RouteSyncDep;
 
 /// The App Mesh route as the gateway's route-sync dependency.
 struct MeshRoute(appmesh::RouteSync);

@@ -6,12 +6,9 @@
 //! tests use a fake.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 
-/// A boxed future, so that [`Discover`] stays object safe.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+use crate::future::BoxFuture;
 
 /// Which instances Cloud Map returns (the `HealthStatus` filter of DiscoverInstances).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -15,11 +15,13 @@ use crate::admin::{self, Admin};
 use crate::config::{Config, EndpointSource, StoreConfig};
 use crate::control::status::ReloadStatus;
 use crate::control::{Control, ControlError};
-use crate::discovery::{BoxFuture, CloudMapSource, EndpointSink};
+use crate::discovery::{CloudMapSource, EndpointSink};
+use crate::future::BoxFuture;
 use crate::proxy::{Proxy, server};
 use crate::reload::{self, Reload};
+use crate::route_sync::{self, RouteSync};
+use crate::store::Store;
 use crate::store::file::FileStore;
-use crate::store::{Store, WeightsDoc};
 
 /// Why the gateway did not start.
 #[derive(Debug, thiserror::Error)]
@@ -61,15 +63,6 @@ impl Listeners {
             admin: bind("admin", config.admin.address).await?,
         })
     }
-}
-
-/// Writes weights to an App Mesh route (the real one talks to AWS).
-pub trait RouteSync: Send + Sync + 'static {
-    /// Returns the 0-100 weights written to the route.
-    fn sync<'a>(
-        &'a self,
-        weights: &'a BTreeMap<String, u32>,
-    ) -> BoxFuture<'a, Result<BTreeMap<String, u32>, String>>;
 }
 
 /// Spawns the poller that keeps one version's endpoints current.
@@ -271,7 +264,10 @@ pub async fn start(
         }));
     }
     if let Some(sync) = deps.route_sync.clone() {
-        background.push(tokio::spawn(follow_route(control.clone(), sync)));
+        background.push(tokio::spawn(route_sync::follow_route(
+            control.clone(),
+            sync,
+        )));
     }
     {
         // The exporter's own histograms queue their samples until an upkeep
@@ -415,24 +411,4 @@ async fn wait_for_stable_endpoints(control: &Control) {
 pub fn jittered(base: Duration) -> Duration {
     let factor = 0.8 + 0.4 * rand::random::<f64>();
     base.mul_f64(factor)
-}
-
-/// Mirrors every applied weight decision to the App Mesh route; a failure is
-/// recorded and retried with the next decision, never reverting the gateway.
-async fn follow_route(control: Arc<Control>, sync: Arc<dyn RouteSync>) {
-    let mut rx = control.subscribe();
-    let mut pending: Option<WeightsDoc> = Some(rx.borrow_and_update().clone());
-    loop {
-        if let Some(doc) = pending.take() {
-            let result = sync.sync(&doc.weights).await;
-            if let Err(e) = &result {
-                tracing::warn!(error = %e, generation = doc.generation, "App Mesh route sync failed");
-            }
-            control.appmesh_synced(result);
-        }
-        if rx.changed().await.is_err() {
-            return;
-        }
-        pending = Some(rx.borrow_and_update().clone());
-    }
 }

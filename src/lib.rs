@@ -28,8 +28,19 @@
 //!                                                  └──► App Mesh route sync, metrics, audit log
 //! ```
 //!
-//! Modules: [`proxy`] is the data path; [`config`], [`admin`], [`discovery`],
-//! [`store`] and [`control`] the control path; [`snapshot`] is what joins them.
+//! Modules, by path:
+//!
+//! - data path: [`proxy`] (listener, the own HTTP/1.1 server and client, version
+//!   choice, upstream pools, body streaming, error responses);
+//! - control path: [`config`] (two-stage: raw TOML, then a validated `Config`),
+//!   [`admin`] (the admin API), [`discovery`] (endpoint sources) with [`aws`]
+//!   (Cloud Map discovery and store, App Mesh), [`store`] (where weight decisions
+//!   are kept), [`reload`] (SIGHUP and file changes), [`route_sync`] (mirroring
+//!   decisions to the App Mesh route), all feeding [`control`], the one writer;
+//! - [`snapshot`]: the immutable state that joins the two paths;
+//! - [`gateway`] assembles a running gateway; [`demo`] is the built-in demo;
+//!   [`telemetry`] sets up logs and the Prometheus recorder; [`metrics`] names
+//!   every metric; [`future`] holds the boxed future the async traits return.
 
 pub mod admin;
 pub mod aws;
@@ -37,10 +48,12 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod discovery;
+pub mod future;
 pub mod gateway;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
+pub mod route_sync;
 pub mod snapshot;
 pub mod store;
 pub mod telemetry;

@@ -14,9 +14,11 @@
 //! an upgrade through hyper's client.
 
 pub mod body;
+pub mod clock;
 pub mod exchange;
 pub mod h1;
 pub mod headers;
+pub mod random;
 pub mod rescue;
 pub mod server;
 pub mod upstream;

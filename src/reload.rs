@@ -10,7 +10,7 @@ use crate::control::status::ReloadStatus;
 
 /// Something that re-reads the config and applies it.
 pub trait Reload: Send + Sync + 'static {
-    fn reload<'a>(&'a self, trigger: &'a str) -> crate::discovery::BoxFuture<'a, ReloadStatus>;
+    fn reload<'a>(&'a self, trigger: &'a str) -> crate::future::BoxFuture<'a, ReloadStatus>;
 }
 
 /// Reads `path` again and hands the result to the control plane (which keeps

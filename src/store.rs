@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::discovery::BoxFuture;
+use crate::future::BoxFuture;
 
 /// The durable record of the operator's latest weight decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

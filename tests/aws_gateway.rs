@@ -795,7 +795,7 @@ struct SlowStore {
 impl canary_gateway::store::Store for SlowStore {
     fn load(
         &self,
-    ) -> canary_gateway::discovery::BoxFuture<
+    ) -> canary_gateway::future::BoxFuture<
         '_,
         Result<Option<canary_gateway::store::WeightsDoc>, canary_gateway::store::StoreError>,
     > {
@@ -809,8 +809,7 @@ impl canary_gateway::store::Store for SlowStore {
     fn save<'a>(
         &'a self,
         doc: &'a canary_gateway::store::WeightsDoc,
-    ) -> canary_gateway::discovery::BoxFuture<'a, Result<(), canary_gateway::store::StoreError>>
-    {
+    ) -> canary_gateway::future::BoxFuture<'a, Result<(), canary_gateway::store::StoreError>> {
         *self.doc.lock().unwrap() = Some(doc.clone());
         Box::pin(async { Ok(()) })
     }

@@ -19,7 +19,8 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use crate::aws::errors::{self, ErrorClass};
 use crate::aws::prefix::StripEndpointPrefix;
-use crate::discovery::{BoxFuture, CloudMapSource, Discover, DiscoveryError, HealthFilter};
+use crate::discovery::{CloudMapSource, Discover, DiscoveryError, HealthFilter};
+use crate::future::BoxFuture;
 
 /// DiscoverInstances returns at most this many instances (the API's maximum;
 /// its default is 100).

@@ -13,7 +13,7 @@ use aws_sdk_servicediscovery::Client;
 
 use crate::aws::cloudmap::servicediscovery_client;
 use crate::aws::errors;
-use crate::discovery::BoxFuture;
+use crate::future::BoxFuture;
 use crate::store::{Store, StoreError, WeightsDoc};
 
 /// The service attribute that holds the document.

@@ -2,7 +2,13 @@
 
 use std::collections::BTreeMap;
 
+use std::sync::atomic::Ordering;
+
 use serde::Serialize;
+
+use super::{Control, publish_endpoint_gauges, view};
+use crate::metrics as names;
+use crate::store::unix_ms;
 
 /// `GET /weights` (and the answer to every change).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -94,4 +100,123 @@ pub struct Status {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub appmesh: Option<AppMeshStatus>,
     pub uptime_seconds: f64,
+}
+
+impl Control {
+    /// Refreshes the gauges that change without a snapshot swap (endpoint
+    /// health after ejections); called before every scrape.
+    pub fn publish_gauges(&self) {
+        publish_endpoint_gauges(&self.snapshot.load());
+        let state = self.lock();
+        for (version, (_, last_ok)) in &state.discovery {
+            if let Some(at) = last_ok {
+                metrics::gauge!(names::DISCOVERY_AGE_SECONDS, "version" => version.clone())
+                    .set(at.elapsed().as_secs_f64());
+            }
+        }
+    }
+
+    /// Marks the listener as bound.
+    pub fn set_listening(&self) {
+        self.listening.store(true, Ordering::SeqCst);
+    }
+
+    /// From now on /readyz answers 503.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// `Ok` when the gateway serves; otherwise why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.is_draining() {
+            return Err("draining: shutting down".into());
+        }
+        if !self.listening.load(Ordering::SeqCst) {
+            return Err("the listener is not bound yet".into());
+        }
+        let snapshot = self.snapshot.load();
+        let stable = snapshot.stable_version();
+        if stable.endpoints.is_empty() {
+            let source = self
+                .lock()
+                .discovery
+                .get(&stable.name)
+                .map(|(d, _)| d.source.clone())
+                .unwrap_or_default();
+            return Err(format!(
+                "the stable version `{}` has no endpoints yet ({source})",
+                stable.name
+            ));
+        }
+        Ok(())
+    }
+
+    /// Records the App Mesh sync's outcome for /status.
+    pub fn appmesh_synced(&self, result: Result<BTreeMap<String, u32>, String>) {
+        let mut state = self.lock();
+        if let Some(a) = state.appmesh.as_mut() {
+            match result {
+                Ok(w) => {
+                    a.last_ok_ms = Some(unix_ms());
+                    a.last_error = None;
+                    a.synced_weights = Some(w);
+                }
+                Err(e) => a.last_error = Some(e),
+            }
+        }
+    }
+
+    /// `GET /status`.
+    pub fn status(&self) -> Status {
+        let readiness = self.readiness();
+        let snapshot = self.snapshot.load_full();
+        let state = self.lock();
+        let versions = snapshot
+            .versions
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let (mut discovery, last_ok) =
+                    state.discovery.get(&v.name).cloned().unwrap_or_default();
+                discovery.age_seconds = last_ok.map(|t| t.elapsed().as_secs_f64());
+                VersionStatus {
+                    name: v.name.clone(),
+                    weight: v.weight,
+                    stable: i == snapshot.stable,
+                    endpoints: v
+                        .endpoints
+                        .iter()
+                        .map(|e| EndpointStatus {
+                            address: e.addr().to_string(),
+                            health: if e.is_ejected() { "ejected" } else { "healthy" },
+                            ejected_for_ms: e.ejected_for_ms(),
+                            outstanding: e.outstanding(),
+                        })
+                        .collect(),
+                    discovery,
+                }
+            })
+            .collect();
+        Status {
+            ready: readiness.is_ok(),
+            not_ready_reason: readiness.err(),
+            draining: self.is_draining(),
+            weights: view(&state.decision),
+            versions,
+            config_source: state
+                .config
+                .source
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "built-in".into()),
+            last_reload: state.last_reload.clone(),
+            store: state.store.clone(),
+            appmesh: state.appmesh.clone(),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+        }
+    }
 }

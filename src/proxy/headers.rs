@@ -258,7 +258,7 @@ pub fn new_request_id() -> HeaderValue {
 
 /// A random 128-bit id in UUID v4 form, as text.
 pub(crate) fn request_id_bytes() -> [u8; 36] {
-    use crate::proxy::upstream::fast_random;
+    use crate::proxy::random::fast_random;
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let (hi, lo) = (fast_random(), fast_random());
     let bytes: [u8; 16] = {

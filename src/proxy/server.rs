@@ -23,8 +23,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::Proxy;
+use super::clock::now_ms;
 use super::h1;
-use super::upstream::now_ms;
 pub use drive::Drain;
 
 mod drive;

@@ -14,7 +14,9 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::clock::now_ms;
 use super::exchange::Conn;
+use super::random::fast_random;
 use crate::config::UpstreamConfig;
 
 /// A pooled HTTP/1.1 connection's request handle (hyper's client).
@@ -111,12 +113,6 @@ impl std::fmt::Debug for Endpoint {
             .field("addr", &self.addr)
             .finish()
     }
-}
-
-/// Milliseconds on a process-wide monotonic clock.
-pub fn now_ms() -> u64 {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 impl Endpoint {
@@ -277,25 +273,6 @@ impl Endpoint {
         });
         Ok(sender)
     }
-}
-
-/// A small, fast per-thread random number source for endpoint choice (not
-/// for anything secret).
-#[inline]
-pub fn fast_random() -> u64 {
-    use std::cell::Cell;
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(rand::random::<u64>() | 1);
-    }
-    STATE.with(|s| {
-        // xorshift64*
-        let mut x = s.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        s.set(x);
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    })
 }
 
 /// Power of two choices over outstanding requests, skipping ejected endpoints

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::{Store, StoreError, WeightsDoc};
-use crate::discovery::BoxFuture;
+use crate::future::BoxFuture;
 
 /// Keeps the weights document in one file on local disk.
 pub struct FileStore {

@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 
 use super::ConnState;
 use crate::config::Timeouts;
-use crate::proxy::upstream::now_ms;
+use crate::proxy::clock::now_ms;
 
 /// The listener's shutdown: tells connections to finish, counts them out.
 #[derive(Debug, Default)]

@@ -5,9 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{PollTiming, poll};
-use crate::discovery::{
-    BoxFuture, CloudMapSource, Discover, DiscoveryError, EndpointSink, HealthFilter,
-};
+use crate::discovery::{CloudMapSource, Discover, DiscoveryError, EndpointSink, HealthFilter};
+use crate::future::BoxFuture;
 use crate::metrics::DISCOVERY_ERRORS_TOTAL;
 
 #[path = "../../../../tests/support/recorder.rs"]

@@ -1,0 +1,197 @@
+//! Control path: applying a reloaded config (SIGHUP, file change, `POST /reload`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::decisions::{fit_to_config, validate_weights};
+use super::status::{DiscoveryStatus, ReloadStatus};
+use super::{Control, reuse_endpoints};
+use crate::config::{Config, ConfigError, EndpointSource};
+use crate::metrics as names;
+use crate::snapshot::ProxySettings;
+use crate::store::{WeightsDoc, unix_ms};
+
+impl Control {
+    /// Applies a reloaded config (or records why it was rejected).
+    ///
+    /// Weights: when the file's weights (or stable version) differ from the
+    /// previous file's, the edit is a new decision and wins; otherwise the
+    /// decision in force is kept (versions new to the file get their file weight).
+    /// Settings that need a restart are reported, not half-applied.
+    pub async fn reload(&self, loaded: Result<Config, ConfigError>, trigger: &str) -> ReloadStatus {
+        let outcome = match loaded {
+            Err(e) => Err(e.to_string()),
+            Ok(config) => self.reload_config(config, trigger).await,
+        };
+        let status = match outcome {
+            Ok((message, restart_required)) => ReloadStatus {
+                ok: true,
+                trigger: trigger.to_string(),
+                at_ms: unix_ms(),
+                message,
+                restart_required,
+            },
+            Err(message) => ReloadStatus {
+                ok: false,
+                trigger: trigger.to_string(),
+                at_ms: unix_ms(),
+                message,
+                restart_required: Vec::new(),
+            },
+        };
+        let result = if status.ok { "ok" } else { "error" };
+        metrics::counter!(names::RELOADS_TOTAL, "result" => result).increment(1);
+        if status.ok {
+            tracing::info!(trigger, restart_required = ?status.restart_required, "config reloaded: {}", status.message);
+        } else {
+            tracing::error!(
+                trigger,
+                "config reload rejected, the running config stays: {}",
+                status.message
+            );
+        }
+        self.lock().last_reload = Some(status.clone());
+        status
+    }
+
+    async fn reload_config(
+        &self,
+        new: Config,
+        trigger: &str,
+    ) -> Result<(String, Vec<String>), String> {
+        let _turn = self.decisions.lock().await;
+        let (old, decision) = {
+            let state = self.lock();
+            (state.config.clone(), state.decision.clone())
+        };
+        let restart_required: Vec<String> = old
+            .restart_only_differences(&new)
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let effective = keep_restart_only(&old, new);
+        let edited =
+            old.weights() != effective.weights() || old.split.stable != effective.split.stable;
+        let versions: Vec<String> = effective.version_names();
+        let (stable, weights) = if edited {
+            (effective.split.stable.clone(), effective.weights())
+        } else {
+            let kept = fit_to_config(decision.clone(), &effective);
+            (kept.stable, kept.weights)
+        };
+        validate_weights(&versions, &stable, &weights)
+            .map_err(|e| format!("the reloaded config leaves invalid weights: {e}"))?;
+        let changed = stable != decision.stable || weights != decision.weights;
+        let doc = WeightsDoc {
+            stable,
+            weights,
+            generation: decision.generation + u64::from(changed),
+            updated_at_ms: if changed {
+                unix_ms()
+            } else {
+                decision.updated_at_ms
+            },
+            source: if changed {
+                format!("reload ({trigger})")
+            } else {
+                decision.source.clone()
+            },
+            config_weights: Some(effective.weights()),
+        };
+        // An edit of the file is a decision: record it like any other.
+        let doc = if changed || edited {
+            self.record(doc).await.map_err(|e| e.to_string())?
+        } else {
+            doc
+        };
+
+        let mut state = self.lock();
+        let previous = std::mem::replace(&mut state.config, Arc::new(effective));
+        let settings = Arc::new(ProxySettings::from_config(&state.config));
+        let previous_settings = std::mem::replace(&mut state.settings, settings);
+        let previous_endpoints = state.endpoints.clone();
+        let previous_discovery = state.discovery.clone();
+        let config = state.config.clone();
+        let mut endpoints = BTreeMap::new();
+        for v in &config.versions {
+            let old_source = previous
+                .versions
+                .iter()
+                .find(|o| o.name == v.name)
+                .map(|o| &o.source);
+            let current = previous_endpoints.get(&v.name).cloned().unwrap_or_default();
+            let list = match &v.source {
+                EndpointSource::Static(addrs) => reuse_endpoints(&current, addrs),
+                EndpointSource::CloudMap(_) if old_source == Some(&v.source) => current,
+                EndpointSource::CloudMap(_) => Vec::new(),
+            };
+            if old_source != Some(&v.source) {
+                let source = match &v.source {
+                    EndpointSource::Static(_) => "static".to_string(),
+                    EndpointSource::CloudMap(c) => {
+                        format!("cloudmap:{}/{}", c.namespace, c.service)
+                    }
+                };
+                state.discovery.insert(
+                    v.name.clone(),
+                    (
+                        DiscoveryStatus {
+                            source,
+                            ..Default::default()
+                        },
+                        None,
+                    ),
+                );
+            }
+            endpoints.insert(v.name.clone(), list);
+        }
+        state
+            .discovery
+            .retain(|name, _| config.versions.iter().any(|v| &v.name == name));
+        for (name, list) in &previous_endpoints {
+            for e in list {
+                if !endpoints
+                    .get(name)
+                    .is_some_and(|l| l.iter().any(|n| Arc::ptr_eq(n, e)))
+                {
+                    e.clear_pool();
+                }
+            }
+        }
+        state.endpoints = endpoints;
+        let result = if changed {
+            self.apply(&mut state, doc).map_err(|e| e.to_string())
+        } else {
+            self.swap(&state).map_err(|e| e.to_string())
+        };
+        if let Err(e) = result {
+            state.config = previous;
+            state.settings = previous_settings;
+            state.endpoints = previous_endpoints;
+            state.discovery = previous_discovery;
+            return Err(e);
+        }
+        let message = if changed {
+            format!(
+                "applied; weights changed by the file edit (generation {})",
+                state.decision.generation
+            )
+        } else {
+            "applied; weights unchanged".to_string()
+        };
+        Ok((message, restart_required))
+    }
+}
+
+/// `new` with the settings that only a restart can change taken from `old`.
+fn keep_restart_only(old: &Config, mut new: Config) -> Config {
+    new.listener = old.listener.clone();
+    new.admin.address = old.admin.address;
+    new.worker_threads = old.worker_threads;
+    new.store = old.store.clone();
+    new.state_path = old.state_path.clone();
+    new.aws = old.aws.clone();
+    new.log.format = old.log.format;
+    new.log.level = old.log.level.clone();
+    new
+}
