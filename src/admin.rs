@@ -32,6 +32,8 @@ pub struct Admin {
     pub token: Option<String>,
     pub metrics: crate::telemetry::MetricsHandle,
     pub reloader: Option<Arc<dyn Reload>>,
+    /// The listener's TLS, for `tls` in `/status`.
+    pub tls: Option<Arc<crate::tls::ListenerTls>>,
 }
 
 type AdminResponse = Response<Full<Bytes>>;
@@ -141,7 +143,10 @@ impl Admin {
             (Method::GET | Method::HEAD, "/weights") => {
                 json(StatusCode::OK, &self.control.weights())
             }
-            (Method::GET | Method::HEAD, "/status") => json(StatusCode::OK, &self.control.status()),
+            (Method::GET | Method::HEAD, "/status") => json(
+                StatusCode::OK,
+                &crate::tls::listener::with_status(self.control.status(), self.tls.as_deref()),
+            ),
             (Method::PUT, "/weights") => match request::weights(&body) {
                 Err(r) => rejected(r),
                 Ok(w) => match self.control.set_weights(w, "admin").await {

@@ -10,11 +10,14 @@ pub mod raw;
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
 
 use crate::discovery::{CloudMapSource, HealthFilter};
+use crate::tls::UpstreamTls;
+use crate::tls::upstream::UpstreamTlsConfig;
 use raw::{RawConfig, RawVersion};
 
 /// At most this many versions, like an App Mesh route's weighted targets.
@@ -63,6 +66,15 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     /// Keep incoming X-Forwarded-Proto/-Port (set by the ALB) instead of overwriting them.
     pub trust_forwarded_headers: bool,
+    /// TLS termination (`[listener.tls]`).
+    pub tls: Option<ListenerTlsConfig>,
+}
+
+/// `[listener.tls]`: the PEM certificate chain and private key files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerTlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -92,6 +104,8 @@ pub struct VersionConfig {
     pub name: String,
     pub weight: u32,
     pub source: EndpointSource,
+    /// TLS to this version's upstreams (`tls = true`).
+    pub tls: Option<Arc<UpstreamTls>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -303,7 +317,19 @@ impl Validator<'_> {
         let listener = ListenerConfig {
             address: self.address("listener.address", &raw.listener.address)?,
             trust_forwarded_headers: raw.listener.trust_forwarded_headers.unwrap_or(false),
+            tls: raw.listener.tls.as_ref().map(|t| ListenerTlsConfig {
+                cert: PathBuf::from(&t.cert),
+                key: PathBuf::from(&t.key),
+            }),
         };
+        if let Some(tls) = &listener.tls {
+            if tls.cert.as_os_str().is_empty() {
+                return Err(self.invalid("listener.tls.cert", "must name a PEM file"));
+            }
+            if tls.key.as_os_str().is_empty() {
+                return Err(self.invalid("listener.tls.key", "must name a PEM file"));
+            }
+        }
         let admin = AdminConfig {
             address: match &raw.admin.address {
                 Some(a) => self.address("admin.address", a)?,
@@ -573,14 +599,48 @@ impl Validator<'_> {
                     })
                 }
             };
+            let tls = self.upstream_tls(v, &key)?;
             versions.push(VersionConfig {
                 name: v.name.clone(),
                 weight,
                 source,
+                tls,
             });
         }
         check_total(total).map_err(|reason| self.invalid("versions.weight", reason))?;
         Ok(versions)
+    }
+
+    /// A version's upstream TLS: built (its CA file read) now, so that a bad
+    /// file is an error at start or reload, never at the first request.
+    fn upstream_tls(
+        &self,
+        v: &RawVersion,
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<Option<Arc<UpstreamTls>>, ConfigError> {
+        if v.tls != Some(true) {
+            for (field, set) in [
+                ("ca_file", v.ca_file.is_some()),
+                ("server_name", v.server_name.is_some()),
+            ] {
+                if set {
+                    return Err(self.invalid(key(field), "only applies with `tls = true`"));
+                }
+            }
+            return Ok(None);
+        }
+        let config = UpstreamTlsConfig {
+            ca_file: v.ca_file.as_ref().map(PathBuf::from),
+            server_name: v.server_name.clone(),
+        };
+        let field = if config.server_name.is_some() && config.ca_file.is_none() {
+            "server_name"
+        } else {
+            "ca_file"
+        };
+        UpstreamTls::new(config)
+            .map(Some)
+            .map_err(|e| self.invalid(key(field), e.to_string()))
     }
 
     fn address(&self, key: &str, value: &str) -> Result<SocketAddr, ConfigError> {

@@ -22,6 +22,7 @@ use crate::reload::{self, Reload};
 use crate::route_sync::{self, RouteSync};
 use crate::store::Store;
 use crate::store::file::FileStore;
+use crate::tls::ListenerTls;
 
 /// Why the gateway did not start.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,8 @@ pub enum GatewayError {
     OpenAdmin(SocketAddr),
     #[error(transparent)]
     Control(#[from] ControlError),
+    #[error("listener.tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("AWS setup: {0}")]
     Aws(String),
     #[error("cannot bind {what} {addr}: {source}")]
@@ -152,6 +155,7 @@ struct FileReloader {
     control: Arc<Control>,
     path: std::path::PathBuf,
     pollers: Arc<Pollers>,
+    tls: Option<Arc<ListenerTls>>,
 }
 
 impl Reload for FileReloader {
@@ -159,7 +163,7 @@ impl Reload for FileReloader {
         Box::pin(async move {
             let status = reload::reload_file(&self.control, &self.path, trigger).await;
             self.pollers.sync(&self.control);
-            status
+            crate::tls::listener::reload_into(self.tls.as_deref(), trigger, status)
         })
     }
 }
@@ -190,6 +194,12 @@ pub async fn start(
         );
     }
     let metrics = crate::telemetry::metrics_handle();
+    let tls = config
+        .listener
+        .tls
+        .as_ref()
+        .map(ListenerTls::load)
+        .transpose()?;
 
     let mut deps = deps;
     crate::aws::fill_dependencies(&config, &mut deps)
@@ -242,6 +252,7 @@ pub async fn start(
             control: control.clone(),
             path,
             pollers: pollers.clone(),
+            tls: tls.clone(),
         }) as Arc<dyn Reload>
     });
     if let Some(r) = &reloader {
@@ -253,6 +264,9 @@ pub async fn start(
                 FILE_WATCH_INTERVAL,
             )));
         }
+    }
+    if let Some(tls) = &tls {
+        background.push(tokio::spawn(tls.clone().watch(FILE_WATCH_INTERVAL)));
     }
     if let Some(every) = store_poll {
         let control = control.clone();
@@ -299,6 +313,7 @@ pub async fn start(
         token,
         metrics,
         reloader,
+        tls: tls.clone(),
     });
     let admin_task = tokio::spawn(admin::serve(
         listeners.admin,
@@ -310,7 +325,7 @@ pub async fn start(
     control.set_listening();
     wait_for_stable_endpoints(&control).await;
 
-    let proxy = Arc::new(Proxy::new(control.snapshot_cell(), proxy_addr.port()));
+    let proxy = Arc::new(Proxy::new(control.snapshot_cell(), proxy_addr.port()).with_tls(tls));
     let serving = {
         let control = control.clone();
         let drain_rx = shutdown_rx.clone();

@@ -40,7 +40,8 @@
 //! - [`snapshot`]: the immutable state that joins the two paths;
 //! - [`gateway`] assembles a running gateway; [`demo`] is the built-in demo;
 //!   [`telemetry`] sets up logs and the Prometheus recorder; [`metrics`] names
-//!   every metric; [`future`] holds the boxed future the async traits return.
+//!   every metric; [`future`] holds the boxed future the async traits return;
+//!   [`tls`] terminates TLS on the listener and speaks it to upstreams.
 
 pub mod admin;
 pub mod aws;
@@ -57,3 +58,4 @@ pub mod route_sync;
 pub mod snapshot;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

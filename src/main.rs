@@ -60,6 +60,9 @@ fn main() -> ExitCode {
 
 fn check(path: &std::path::Path) -> Result<()> {
     let config = Config::load(path)?;
+    if let Some(tls) = &config.listener.tls {
+        canary_gateway::tls::ListenerTls::load(tls).context("listener.tls")?;
+    }
     println!("{}: {}", path.display(), config.summary());
     Ok(())
 }

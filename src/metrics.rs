@@ -29,3 +29,9 @@ pub const DISCOVERY_AGE_SECONDS: &str = "canary_discovery_age_seconds";
 pub const STORE_OPERATIONS_TOTAL: &str = "canary_store_operations_total";
 /// Counter: App Mesh route syncs by `result` (ok, error).
 pub const APPMESH_SYNCS_TOTAL: &str = "canary_appmesh_syncs_total";
+/// Counter: TLS certificate pair reloads by `result` (ok, error).
+pub const TLS_RELOADS_TOTAL: &str = "canary_tls_reloads_total";
+/// Gauge: 1 while the last TLS pair reload failed (the previous pair serves).
+pub const TLS_RELOAD_FAILING: &str = "canary_tls_reload_failing";
+/// Counter: client TLS handshakes that failed or timed out.
+pub const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "canary_tls_handshake_errors_total";

@@ -74,6 +74,8 @@ pub struct Proxy {
     pub telemetry: Telemetry,
     /// The listener's port, for X-Forwarded-Port.
     port: HeaderValue,
+    /// TLS termination, when the listener has `[listener.tls]`.
+    pub tls: Option<Arc<crate::tls::ListenerTls>>,
 }
 
 /// Decrements the in-flight gauge when a request's handling ends.
@@ -91,7 +93,14 @@ impl Proxy {
             snapshot,
             telemetry: Telemetry::new(),
             port: HeaderValue::from(listener_port),
+            tls: None,
         }
+    }
+
+    /// The proxy terminating TLS with `tls`.
+    pub fn with_tls(mut self, tls: Option<Arc<crate::tls::ListenerTls>>) -> Proxy {
+        self.tls = tls;
+        self
     }
 
     /// The timeouts of the current snapshot (for new connections).
@@ -485,16 +494,22 @@ async fn own_conn_for(
     Ok((exchange::Conn::new(stream), false))
 }
 
-/// Opens a TCP connection to `endpoint`, counting a failure in the version's
-/// metrics.
+/// Opens a connection to `endpoint` (TCP, then TLS when the version has
+/// `tls = true`), counting a failure in the version's metrics.
 async fn open(
     version: &Version,
     endpoint: &Endpoint,
     settings: &ProxySettings,
-) -> Result<tokio::net::TcpStream, ConnectError> {
-    let result = endpoint
-        .open(settings.timeouts.upstream_connect, &settings.upstream)
-        .await;
+) -> Result<crate::tls::Stream, ConnectError> {
+    let timeout = settings.timeouts.upstream_connect;
+    let result = match endpoint.open(timeout, &settings.upstream).await {
+        Ok(tcp) => match &version.tls {
+            None => Ok(tcp.into()),
+            Some(tls) => (tls.connect(tcp, endpoint.addr(), timeout).await)
+                .map_err(|e| ConnectError::Tls(endpoint.addr(), e)),
+        },
+        Err(e) => Err(e),
+    };
     if result.is_err() {
         version.metrics.errors[0].increment(1);
     }

@@ -65,6 +65,8 @@ pub struct Version {
     pub weight: u32,
     pub endpoints: Box<[Arc<Endpoint>]>,
     pub metrics: VersionMetrics,
+    /// TLS to the upstreams (`tls = true`).
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
 }
 
 /// Settings of the proxy that come from the config file.
@@ -77,6 +79,8 @@ pub struct ProxySettings {
     pub upstream: UpstreamConfig,
     pub access_log: bool,
     pub trust_forwarded_headers: bool,
+    /// Upstream TLS by version name.
+    pub upstream_tls: BTreeMap<String, Arc<crate::tls::UpstreamTls>>,
 }
 
 impl ProxySettings {
@@ -89,6 +93,11 @@ impl ProxySettings {
             upstream: config.upstream,
             access_log: config.log.access_log,
             trust_forwarded_headers: config.listener.trust_forwarded_headers,
+            upstream_tls: config
+                .versions
+                .iter()
+                .filter_map(|v| Some((v.name.clone(), v.tls.clone()?)))
+                .collect(),
         }
     }
 }
@@ -154,6 +163,7 @@ impl Snapshot {
                         .unwrap_or_default()
                         .into(),
                     metrics: VersionMetrics::new(name),
+                    tls: input.settings.upstream_tls.get(name).cloned(),
                 })
             })
             .collect();

@@ -37,6 +37,7 @@ async fn fixture(token: Option<&str>) -> Fixture {
     control.set_listening();
     Fixture {
         admin: Admin {
+            tls: None,
             control,
             token: token.map(String::from),
             metrics: crate::telemetry::metrics_handle(),

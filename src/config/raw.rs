@@ -36,6 +36,14 @@ pub struct RawConfig {
 pub struct RawListener {
     pub address: String,
     pub trust_forwarded_headers: Option<bool>,
+    pub tls: Option<RawListenerTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenerTls {
+    pub cert: String,
+    pub key: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,6 +71,10 @@ pub struct RawVersion {
     pub weight: toml::Value,
     pub endpoints: Option<Vec<String>>,
     pub cloudmap: Option<RawCloudMap>,
+    /// Upstream TLS: `tls = true`, optional `ca_file` and `server_name`.
+    pub tls: Option<bool>,
+    pub ca_file: Option<String>,
+    pub server_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -19,13 +19,14 @@ pub mod head;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+
+use crate::tls::Stream;
 
 /// Largest response head (or trailer section) accepted.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -206,7 +207,7 @@ impl RawHead {
 
 /// One upstream HTTP/1.1 connection of the pool.
 pub struct Conn {
-    io: TcpStream,
+    io: Stream,
     /// Bytes read and not yet consumed.
     buf: BytesMut,
     /// The request head being written (kept to reuse its allocation).
@@ -218,7 +219,7 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(io: TcpStream) -> Conn {
+    pub fn new(io: Stream) -> Conn {
         Conn {
             io,
             buf: BytesMut::new(),
@@ -250,18 +251,7 @@ impl Conn {
     /// unless the socket became readable while idle, which for an idle
     /// HTTP/1.1 connection means the upstream closed it (or sent garbage).
     pub fn is_usable(&self) -> bool {
-        if !self.buf.is_empty() {
-            return false;
-        }
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
+        self.buf.is_empty() && self.io.idle_and_open()
     }
 
     /// The buffer to encode the request head into before [`Conn::exchange`].

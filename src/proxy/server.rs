@@ -98,7 +98,7 @@ impl ConnState {
 
 /// A socket that reports its activity to the connection's [`ConnState`].
 struct TrackedIo {
-    inner: TcpStream,
+    inner: crate::tls::Stream,
     state: Arc<ConnState>,
     /// Bytes read before hyper's server took the connection over (see
     /// [`h1::Ended::HandOff`]): its reads get them first.
@@ -231,7 +231,14 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, dra
         // to tell, goes to the auto-detecting connection; none when the
         // client closed, sent nothing within the idle timeout, or the drain
         // began first.
-        if let Some(http1) = drive::first_bytes_rule_out_h2(&stream, timeouts.idle, drain).await {
+        // TLS: HTTP/2 when ALPN chose h2, else HTTP/1 (the own server).
+        let accepted = match &proxy.tls {
+            None => drive::first_bytes_rule_out_h2(&stream, timeouts.idle, drain)
+                .await
+                .map(|http1| (stream.into(), http1)),
+            Some(tls) => tls.accept(stream, timeouts.request_header).await,
+        };
+        if let Some((stream, http1)) = accepted {
             let mut io = TrackedIo {
                 inner: stream,
                 state: state.clone(),

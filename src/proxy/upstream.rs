@@ -37,6 +37,8 @@ pub enum ConnectError {
     Timeout(SocketAddr),
     #[error("connect to {0} failed: {1}")]
     Io(SocketAddr, std::io::Error),
+    #[error("TLS handshake with {0} failed: {1}")]
+    Tls(SocketAddr, std::io::Error),
     #[error("HTTP handshake with {0} failed: {1}")]
     Handshake(SocketAddr, hyper::Error),
 }
@@ -260,7 +262,7 @@ impl Endpoint {
 
     /// Makes a connection from [`Endpoint::open`] an HTTP/1.1 connection
     /// driven by hyper's client, in a task of its own.
-    pub async fn handshake(&self, stream: TcpStream) -> Result<Sender, ConnectError> {
+    pub async fn handshake(&self, stream: crate::tls::Stream) -> Result<Sender, ConnectError> {
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await

@@ -1,0 +1,235 @@
+//! TLS termination on the traffic listener. The certificate pair sits behind
+//! an `ArcSwap` that rustls' resolver reads for each new handshake: a reload
+//! swaps it whole and open connections keep the session they negotiated. A
+//! pair that fails to load is rejected: the old one keeps serving, and the
+//! error shows in `/status` (`tls.last_error`) and in metrics.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rustls::ServerConfig;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+
+use super::pair::{self, PairFiles};
+use super::{Stream, TlsError};
+use crate::config::ListenerTlsConfig;
+use crate::metrics as names;
+use crate::store::unix_ms;
+
+/// Hands every handshake the pair in force.
+#[derive(Debug)]
+struct Resolver(ArcSwap<CertifiedKey>);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// `tls` in `GET /status`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TlsStatus {
+    pub cert: String,
+    pub key: String,
+    /// When the pair in force was loaded (ms since the Unix epoch).
+    pub loaded_at_ms: u64,
+    /// The last reload's error; `None` once a reload succeeded.
+    pub last_error: Option<String>,
+    pub last_error_at_ms: Option<u64>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// The files' fingerprint of the pair in force.
+    loaded: u64,
+    /// The fingerprint last looked at (a bad pair is not retried until it changes).
+    seen: u64,
+    status: TlsStatus,
+}
+
+/// The listener's TLS: the acceptor and the pair it serves.
+pub struct ListenerTls {
+    cert: PathBuf,
+    key: PathBuf,
+    resolver: Arc<Resolver>,
+    acceptor: TlsAcceptor,
+    state: Mutex<State>,
+}
+
+/// Protocols offered by ALPN, preferred first.
+pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+impl std::fmt::Debug for ListenerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerTls")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+impl ListenerTls {
+    /// Loads the pair; an error here stops the start.
+    pub fn load(config: &ListenerTlsConfig) -> Result<Arc<ListenerTls>, TlsError> {
+        let (cert, key) = (config.cert.clone(), config.key.clone());
+        let files = PairFiles::read(&cert, &key)?;
+        let certified = pair::certified_key(&files, &cert, &key)?;
+        let resolver = Arc::new(Resolver(ArcSwap::new(certified)));
+        let mut server = ServerConfig::builder_with_provider(super::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::BadCertificate {
+                path: cert.display().to_string(),
+                reason: e.to_string(),
+            })?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver.clone());
+        server.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        let fingerprint = files.fingerprint();
+        metrics::gauge!(names::TLS_RELOAD_FAILING).set(0.0);
+        Ok(Arc::new(ListenerTls {
+            acceptor: TlsAcceptor::from(Arc::new(server)),
+            resolver,
+            state: Mutex::new(State {
+                loaded: fingerprint,
+                seen: fingerprint,
+                status: TlsStatus {
+                    cert: cert.display().to_string(),
+                    key: key.display().to_string(),
+                    loaded_at_ms: unix_ms(),
+                    last_error: None,
+                    last_error_at_ms: None,
+                },
+            }),
+            cert,
+            key,
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads the pair again and swaps it in when it changed and is valid.
+    /// `Ok(true)`: a new pair serves; `Ok(false)`: the files are unchanged.
+    /// On error the pair in force stays.
+    pub fn reload(&self, trigger: &str) -> Result<bool, TlsError> {
+        let outcome = PairFiles::read(&self.cert, &self.key).and_then(|files| {
+            let fingerprint = files.fingerprint();
+            self.lock().seen = fingerprint;
+            if fingerprint == self.lock().loaded {
+                return Ok(None);
+            }
+            pair::certified_key(&files, &self.cert, &self.key).map(|c| Some((c, fingerprint)))
+        });
+        let mut state = self.lock();
+        match outcome {
+            Ok(None) => {
+                // The files are back to the pair in force: no error stands.
+                state.status.last_error = None;
+                metrics::gauge!(names::TLS_RELOAD_FAILING).set(0.0);
+                Ok(false)
+            }
+            Ok(Some((certified, fingerprint))) => {
+                self.resolver.0.store(certified);
+                state.loaded = fingerprint;
+                state.status.loaded_at_ms = unix_ms();
+                state.status.last_error = None;
+                metrics::counter!(names::TLS_RELOADS_TOTAL, "result" => "ok").increment(1);
+                metrics::gauge!(names::TLS_RELOAD_FAILING).set(0.0);
+                tracing::info!(trigger, cert = %self.cert.display(), "TLS certificate pair reloaded");
+                Ok(true)
+            }
+            Err(e) => {
+                state.status.last_error = Some(e.to_string());
+                state.status.last_error_at_ms = Some(unix_ms());
+                metrics::counter!(names::TLS_RELOADS_TOTAL, "result" => "error").increment(1);
+                metrics::gauge!(names::TLS_RELOAD_FAILING).set(1.0);
+                tracing::error!(trigger, error = %e, "TLS certificate pair rejected; the previous pair keeps serving");
+                Err(e)
+            }
+        }
+    }
+
+    pub fn status(&self) -> TlsStatus {
+        self.lock().status.clone()
+    }
+
+    /// Polls the two files and reloads when their contents change (a pair
+    /// that failed is tried again once either file changes again).
+    pub async fn watch(self: Arc<Self>, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            let Ok(files) = PairFiles::read(&self.cert, &self.key) else {
+                continue;
+            };
+            if files.fingerprint() != self.lock().seen {
+                let _ = self.reload("file-change");
+            }
+        }
+    }
+
+    /// The TLS handshake on an accepted connection, within `timeout`. Returns
+    /// the stream and whether it speaks HTTP/1 (anything but ALPN `h2`);
+    /// `None` when the handshake failed (counted) or timed out.
+    pub async fn accept(&self, tcp: TcpStream, timeout: Duration) -> Option<(Stream, bool)> {
+        match tokio::time::timeout(timeout, self.acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => {
+                let http1 = tls.get_ref().1.alpn_protocol() != Some(b"h2");
+                Some((Stream::Server(Box::new(tls)), http1))
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                metrics::counter!(names::TLS_HANDSHAKE_ERRORS_TOTAL).increment(1);
+                None
+            }
+            Err(_) => {
+                metrics::counter!(names::TLS_HANDSHAKE_ERRORS_TOTAL).increment(1);
+                None
+            }
+        }
+    }
+
+    pub fn cert_path(&self) -> &Path {
+        &self.cert
+    }
+}
+
+/// A config reload's status with the TLS pair's reload folded in: a rejected
+/// pair makes the whole reload answer as failed (the old pair serves).
+pub fn reload_into(
+    tls: Option<&ListenerTls>,
+    trigger: &str,
+    mut status: crate::control::status::ReloadStatus,
+) -> crate::control::status::ReloadStatus {
+    if let Some(tls) = tls {
+        match tls.reload(trigger) {
+            Ok(true) => status.message.push_str("; TLS certificate pair reloaded"),
+            Ok(false) => {}
+            Err(e) => {
+                status.ok = false;
+                status.message.push_str(&format!(
+                    "; TLS certificate pair rejected, the previous pair keeps serving: {e}"
+                ));
+            }
+        }
+    }
+    status
+}
+
+/// `GET /status` with a `tls` member when the listener terminates TLS.
+pub fn with_status<T: Serialize>(status: T, tls: Option<&ListenerTls>) -> serde_json::Value {
+    let mut value = serde_json::to_value(status).unwrap_or_default();
+    if let (Some(tls), Some(map)) = (tls, value.as_object_mut()) {
+        map.insert(
+            "tls".into(),
+            serde_json::to_value(tls.status()).unwrap_or_default(),
+        );
+    }
+    value
+}

@@ -1,0 +1,441 @@
+//! TLS: termination on the listener (ALPN h2 and http/1.1, ECDSA and RSA
+//! keys in PKCS#8, PKCS#1 and SEC1, rotation without dropping connections, a
+//! bad pair rejected at start and on reload) and TLS to upstreams. The
+//! certificates are made in the test with rcgen.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::client::TlsStream;
+
+use crate::support::{Gateway, Upstream, admin, eventually};
+
+/// A test CA that signs leaf certificates.
+struct Ca {
+    der: CertificateDer<'static>,
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Ca {
+            der: cert.der().clone(),
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A leaf for `names` with `key_pem` (PKCS#8); its PEM and DER.
+    fn leaf_for(&self, names: &[&str], key_pem: &str) -> (String, CertificateDer<'static>) {
+        let key = KeyPair::from_pem(key_pem).unwrap();
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        (cert.pem(), cert.der().clone())
+    }
+
+    /// A leaf with a fresh ECDSA key: (cert PEM, key PEM, cert DER).
+    fn leaf(&self, names: &[&str]) -> (String, String, CertificateDer<'static>) {
+        let key = KeyPair::generate().unwrap().serialize_pem();
+        let (cert, der) = self.leaf_for(names, &key);
+        (cert, key, der)
+    }
+}
+
+fn fixture(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tls")
+        .join(name);
+    std::fs::read_to_string(path).unwrap()
+}
+
+/// Writes `cert` and `key` atomically (rename), as certificate tools do.
+fn write_pair(dir: &Path, cert: &str, key: &str) {
+    for (name, text) in [("cert.pem", cert), ("key.pem", key)] {
+        let tmp = dir.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, dir.join(name)).unwrap();
+    }
+}
+
+fn tls_config(dir: &Path, upstream: SocketAddr) -> String {
+    format!(
+        "[listener]\naddress = \"127.0.0.1:0\"\n[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\n\n\
+         [admin]\naddress = \"127.0.0.1:0\"\n\n[split]\nstable = \"v1\"\n\n\
+         [[versions]]\nname = \"v1\"\nweight = 100\nendpoints = [\"{upstream}\"]\n",
+        dir.join("cert.pem").display(),
+        dir.join("key.pem").display()
+    )
+}
+
+/// A TLS client connection to `addr` trusting `ca`, offering `alpn`.
+async fn connect(
+    addr: SocketAddr,
+    ca: &CertificateDer<'static>,
+    alpn: &[&[u8]],
+) -> TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+fn peer_cert(tls: &TlsStream<TcpStream>) -> CertificateDer<'static> {
+    tls.get_ref().1.peer_certificates().unwrap()[0]
+        .clone()
+        .into_owned()
+}
+
+type Sender1 = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn http1(tls: TlsStream<TcpStream>) -> Sender1 {
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn get1(sender: &mut Sender1, path: &str) -> (u16, String) {
+    let req = Request::get(path)
+        .header("host", "localhost")
+        .body(Full::default())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn start_with_pair(
+    cert: &str,
+    key: &str,
+    upstream: SocketAddr,
+) -> (Gateway, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    write_pair(dir.path(), cert, key);
+    (Gateway::start(&tls_config(dir.path(), upstream)).await, dir)
+}
+
+#[tokio::test]
+async fn https_serves_http1_and_http2_chosen_by_alpn() {
+    let up = Upstream::start("v1").await;
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf(&["localhost"]);
+    let (gw, _dir) = start_with_pair(&cert, &key, up.addr).await;
+
+    // HTTP/1.1: the own server (a GET) and hyper's after the hand-off (a POST).
+    let tls = connect(gw.addr, &ca.der, &[b"http/1.1"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let mut s = http1(tls).await;
+    assert_eq!(get1(&mut s, "/").await, (200, "v1".to_string()));
+    let post = Request::post("/upload")
+        .header("host", "localhost")
+        .body(Full::new(Bytes::from(vec![7u8; 100_000])))
+        .unwrap();
+    let resp = s.send_request(post).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(text.starts_with(b"100000 "), "{text:?}");
+    assert_eq!(get1(&mut s, "/again").await, (200, "v1".to_string()));
+
+    // HTTP/2 by ALPN.
+    let tls = connect(gw.addr, &ca.der, &[b"h2", b"http/1.1"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("https://localhost/")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "v1");
+
+    // No ALPN at all: HTTP/1.1.
+    let tls = connect(gw.addr, &ca.der, &[]).await;
+    let mut s = http1(tls).await;
+    assert_eq!(get1(&mut s, "/").await, (200, "v1".to_string()));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn rsa_pkcs1_and_ecdsa_sec1_keys_serve() {
+    let up = Upstream::start("v1").await;
+    let ca = Ca::new();
+    for (pkcs8, given) in [
+        ("rsa-pkcs8.key.pem", "rsa-pkcs1.key.pem"),
+        ("ec-pkcs8.key.pem", "ec-sec1.key.pem"),
+        ("ec-pkcs8.key.pem", "ec-pkcs8.key.pem"),
+    ] {
+        let (cert, der) = ca.leaf_for(&["localhost"], &fixture(pkcs8));
+        let (gw, _dir) = start_with_pair(&cert, &fixture(given), up.addr).await;
+        let tls = connect(gw.addr, &ca.der, &[b"http/1.1"]).await;
+        assert_eq!(peer_cert(&tls), der, "{given}");
+        let mut s = http1(tls).await;
+        assert_eq!(get1(&mut s, "/").await, (200, "v1".to_string()), "{given}");
+        gw.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn rotation_keeps_open_connections_and_a_bad_pair_is_rejected() {
+    let up = Upstream::start("v1").await;
+    let ca = Ca::new();
+    let (cert1, key1, der1) = ca.leaf(&["localhost"]);
+    let (gw, dir) = start_with_pair(&cert1, &key1, up.addr).await;
+
+    let tls = connect(gw.addr, &ca.der, &[b"http/1.1"]).await;
+    assert_eq!(peer_cert(&tls), der1);
+    let mut kept = http1(tls).await;
+    assert_eq!(get1(&mut kept, "/").await.0, 200);
+    let tls = connect(gw.addr, &ca.der, &[b"h2"]).await;
+    let (mut kept2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+
+    // A new pair on disk: the file watcher swaps it in; new handshakes get it.
+    let (cert2, key2, der2) = ca.leaf(&["localhost"]);
+    write_pair(dir.path(), &cert2, &key2);
+    let addr = gw.addr;
+    let ca_der = ca.der.clone();
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            peer_cert(&connect(addr, &ca_der, &[b"http/1.1"]).await) == der2
+        })
+        .await,
+        "the rotated certificate is not served"
+    );
+    // The connections opened before the rotation still work.
+    assert_eq!(
+        get1(&mut kept, "/after-rotation").await,
+        (200, "v1".to_string())
+    );
+    let req = Request::get("https://localhost/")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    assert_eq!(kept2.send_request(req).await.unwrap().status(), 200);
+
+    // A mismatched pair (cert 1, key 2): POST /reload refuses it, the current
+    // pair keeps serving, /status and the metrics say so.
+    write_pair(dir.path(), &cert1, &key2);
+    let reply = admin(gw.admin, "POST", "/reload", None, "").await;
+    assert_eq!(reply.status, 422, "{}", reply.text());
+    assert!(reply.text().contains("does not match"), "{}", reply.text());
+    let status = admin(gw.admin, "GET", "/status", None, "").await;
+    let json: serde_json::Value = serde_json::from_str(&status.text()).unwrap();
+    let error = json["tls"]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(error.contains("does not match the certificate"), "{json}");
+    let metrics = admin(gw.admin, "GET", "/metrics", None, "").await.text();
+    assert!(metrics.contains("canary_tls_reload_failing 1"), "{metrics}");
+    assert!(
+        metrics.contains("canary_tls_reloads_total{result=\"error\"}"),
+        "{metrics}"
+    );
+    let tls = connect(gw.addr, &ca.der, &[b"http/1.1"]).await;
+    assert_eq!(peer_cert(&tls), der2, "the rejected pair must not serve");
+    assert_eq!(get1(&mut kept, "/still").await.0, 200);
+
+    // A valid pair again: the error clears.
+    let (cert3, key3, der3) = ca.leaf(&["localhost"]);
+    write_pair(dir.path(), &cert3, &key3);
+    let reply = admin(gw.admin, "POST", "/reload", None, "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let tls = connect(gw.addr, &ca.der, &[b"http/1.1"]).await;
+    assert_eq!(peer_cert(&tls), der3);
+    let status = admin(gw.admin, "GET", "/status", None, "").await;
+    let json: serde_json::Value = serde_json::from_str(&status.text()).unwrap();
+    assert!(json["tls"]["last_error"].is_null(), "{json}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bad_pair_stops_the_start_with_a_clear_error() {
+    let ca = Ca::new();
+    let (cert1, _, _) = ca.leaf(&["localhost"]);
+    let (_, key2, _) = ca.leaf(&["localhost"]);
+    let dir = tempfile::tempdir().unwrap();
+    let up: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let cases = [
+        (
+            cert1.as_str(),
+            key2.as_str(),
+            "does not match the certificate",
+        ),
+        (cert1.as_str(), cert1.as_str(), "no private key found"),
+        (key2.as_str(), key2.as_str(), "no certificate found"),
+    ];
+    for (cert, key, expected) in cases {
+        write_pair(dir.path(), cert, key);
+        let config =
+            canary_gateway::config::Config::parse(&tls_config(dir.path(), up), "test").unwrap();
+        let listeners = canary_gateway::gateway::Listeners {
+            proxy: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        };
+        let err = canary_gateway::gateway::start(config, listeners, Default::default())
+            .await
+            .err()
+            .expect("the start must fail")
+            .to_string();
+        assert!(
+            err.contains(expected) && err.contains("listener.tls"),
+            "{err}"
+        );
+    }
+}
+
+/// An HTTPS upstream for `names`, answering `secure` and counting its TLS connections.
+async fn tls_upstream(ca: &Ca, names: &[&str]) -> (SocketAddr, Arc<AtomicU64>) {
+    let (cert, key, _) = ca.leaf(names);
+    let chain = vec![rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicU64::new(0));
+    let count = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let count = count.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let n = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes().len())
+                        .unwrap_or(0);
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
+                        format!("secure {n}"),
+                    ))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (addr, connections)
+}
+
+use rustls::pki_types::pem::PemObject;
+
+#[tokio::test]
+async fn upstream_tls_verifies_the_upstream_and_reuses_connections() {
+    let ca = Ca::new();
+    let (addr, connections) = tls_upstream(&ca, &["upstream.test"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let config = |server_name: &str| {
+        format!(
+            "[listener]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n\
+             [split]\nstable = \"v1\"\n\n[[versions]]\nname = \"v1\"\nweight = 100\n\
+             endpoints = [\"{addr}\"]\ntls = true\nca_file = \"{}\"\nserver_name = \"{server_name}\"\n",
+            ca_file.display()
+        )
+    };
+    let gw = Gateway::start(&config("upstream.test")).await;
+    for _ in 0..5 {
+        let reply = crate::support::get(gw.addr, "/", &[]).await;
+        assert_eq!(
+            (reply.status.as_u16(), reply.text()),
+            (200, "secure 0".to_string())
+        );
+    }
+    for _ in 0..3 {
+        let reply = crate::support::send(gw.addr, "POST", "/upload", &[], "abc".to_string()).await;
+        assert_eq!(
+            (reply.status.as_u16(), reply.text()),
+            (200, "secure 3".to_string())
+        );
+    }
+    // One connection for the own client (GETs) and one for hyper's (POSTs), reused.
+    let opened = connections.load(Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&opened),
+        "{opened} TLS connections for 8 requests"
+    );
+    gw.shutdown().await;
+
+    // A name the certificate does not carry: the handshake fails, 502.
+    let gw = Gateway::start(&config("other.test")).await;
+    let reply = crate::support::get(gw.addr, "/", &[]).await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    gw.shutdown().await;
+}
+
+#[test]
+fn upstream_tls_keys_are_checked() {
+    let base = "[listener]\naddress = \"127.0.0.1:0\"\n[split]\nstable = \"v1\"\n[[versions]]\nname = \"v1\"\nweight = 1\nendpoints = [\"127.0.0.1:1\"]\n";
+    let err = canary_gateway::config::Config::parse(&format!("{base}ca_file = \"x.pem\"\n"), "t")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("versions[0].ca_file") && err.contains("tls = true"),
+        "{err}"
+    );
+    let err = canary_gateway::config::Config::parse(
+        &format!("{base}tls = true\nca_file = \"/nonexistent/ca.pem\"\n"),
+        "t",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("versions[0].ca_file") && err.contains("/nonexistent/ca.pem"),
+        "{err}"
+    );
+}
