@@ -5,6 +5,7 @@
 //! Nothing downstream ever sees an invalid value.
 
 pub mod duration;
+pub mod env;
 pub mod raw;
 
 use std::collections::{BTreeMap, HashSet};
@@ -45,6 +46,8 @@ pub enum ConfigError {
 pub struct Config {
     /// The file it was read from, if any.
     pub source: Option<PathBuf>,
+    /// The text of `CANARY_GATEWAY_CONFIG` it was read from, if so.
+    pub env_text: Option<String>,
     pub listener: ListenerConfig,
     pub admin: AdminConfig,
     pub split: SplitConfig,
@@ -200,7 +203,9 @@ impl Config {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        let mut config = Config::parse(&text, &path.display().to_string())?;
+        let origin = path.display().to_string();
+        let text = env::apply(&text, &origin, &env::overrides_from_env())?;
+        let mut config = Config::parse(&text, &origin)?;
         config.source = Some(path.to_path_buf());
         if config.state_path.is_none() {
             config.state_path = Some(default_state_path(path));
@@ -443,8 +448,10 @@ impl Validator<'_> {
                         ));
                     }
                     None => {
-                        return Err(self
-                            .invalid("store.service_id", "is required with kind = \"cloudmap\""));
+                        return Err(self.invalid(
+                            "store.service_id",
+                            "is required with kind = \"cloudmap\": set it here or in the environment variable CANARY_STORE_SERVICE_ID",
+                        ));
                     }
                 };
                 StoreConfig::CloudMap {
@@ -499,6 +506,7 @@ impl Validator<'_> {
 
         Ok(Config {
             source: None,
+            env_text: None,
             listener,
             admin,
             split,

@@ -150,18 +150,19 @@ impl Pollers {
     }
 }
 
-/// Reloads the config file and brings the pollers in line.
-struct FileReloader {
+/// Reloads the config (file or environment text), the TLS pair, and brings
+/// the pollers in line.
+struct ConfigReloader {
     control: Arc<Control>,
-    path: std::path::PathBuf,
+    source: reload::Source,
     pollers: Arc<Pollers>,
     tls: Option<Arc<ListenerTls>>,
 }
 
-impl Reload for FileReloader {
+impl Reload for ConfigReloader {
     fn reload<'a>(&'a self, trigger: &'a str) -> BoxFuture<'a, ReloadStatus> {
         Box::pin(async move {
-            let status = reload::reload_file(&self.control, &self.path, trigger).await;
+            let status = reload::reload_source(&self.control, &self.source, trigger).await;
             self.pollers.sync(&self.control);
             crate::tls::listener::reload_into(self.tls.as_deref(), trigger, status)
         })
@@ -220,7 +221,7 @@ pub async fn start(
         StoreConfig::CloudMap { poll_interval, .. } => Some(*poll_interval),
         StoreConfig::File => None,
     };
-    let config_path = config.source.clone();
+    let reload_source = reload::Source::of(&config);
     let control = Control::start(config, store, store_kind).await?;
 
     let proxy_addr = listeners
@@ -247,10 +248,10 @@ pub async fn start(
     pollers.sync(&control);
 
     let mut background = Vec::new();
-    let reloader: Option<Arc<dyn Reload>> = config_path.map(|path| {
-        Arc::new(FileReloader {
+    let reloader: Option<Arc<dyn Reload>> = reload_source.map(|source| {
+        Arc::new(ConfigReloader {
             control: control.clone(),
-            path,
+            source,
             pollers: pollers.clone(),
             tls: tls.clone(),
         }) as Arc<dyn Reload>

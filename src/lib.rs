@@ -38,6 +38,7 @@
 //!   are kept), [`reload`] (SIGHUP and file changes), [`route_sync`] (mirroring
 //!   decisions to the App Mesh route), all feeding [`control`], the one writer;
 //! - [`snapshot`]: the immutable state that joins the two paths;
+//! - [`cli`]: `health` and `ctl`, the admin API from a shell or a pipeline;
 //! - [`gateway`] assembles a running gateway; [`demo`] is the built-in demo;
 //!   [`telemetry`] sets up logs and the Prometheus recorder; [`metrics`] names
 //!   every metric; [`future`] holds the boxed future the async traits return;
@@ -45,6 +46,7 @@
 
 pub mod admin;
 pub mod aws;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;

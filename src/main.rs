@@ -1,4 +1,4 @@
-//! The `canary-gateway` command: run, check, demo.
+//! The `canary-gateway` command: run, check, demo, health, ctl.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use canary_gateway::cli::{self, CtlArgs, HealthArgs};
 use canary_gateway::config::{Config, LogFormat};
 use canary_gateway::gateway::{self, Dependencies, Listeners};
 use canary_gateway::{demo, telemetry};
@@ -23,16 +24,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway.
+    /// Run the gateway (config: --config FILE, else the TOML in CANARY_GATEWAY_CONFIG).
     Run {
         #[arg(long, short)]
-        config: PathBuf,
+        config: Option<PathBuf>,
     },
-    /// Validate a config file and print a one-line summary.
+    /// Validate a config (as `run` reads it) and print a one-line summary.
     Check {
         #[arg(long, short)]
-        config: PathBuf,
+        config: Option<PathBuf>,
     },
+    /// Exit 0 when the gateway's /readyz answers 200, else 1 (a container health check).
+    Health(HealthArgs),
+    /// Change and watch a running gateway through its admin API (for people and pipelines).
+    Ctl(CtlArgs),
     /// Run two demo backends behind the gateway with a 90/10 split.
     Demo {
         #[arg(long, default_value = "127.0.0.1:9080")]
@@ -45,8 +50,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Check { config } => check(&config),
-        Command::Run { config } => run(config),
+        Command::Check { config } => check(config.as_deref()),
+        Command::Run { config } => run(config.as_deref()),
+        Command::Health(args) => return client_command(cli::ctl::health(&args)),
+        Command::Ctl(args) => return client_command(cli::ctl::run(args)),
         Command::Demo { listen, admin } => run_demo(listen, admin),
     };
     match result {
@@ -58,12 +65,43 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &std::path::Path) -> Result<()> {
-    let config = Config::load(path)?;
+/// Runs a `health` or `ctl` command on a small runtime; its error's exit code.
+fn client_command(
+    command: impl std::future::Future<Output = Result<(), cli::CliError>>,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(cli::exit::FAILED);
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(()) => ExitCode::from(cli::exit::OK),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// The config file, or without one the TOML in `CANARY_GATEWAY_CONFIG`.
+fn load_config(path: Option<&std::path::Path>) -> Result<Config> {
+    Ok(match path {
+        Some(path) => Config::load(path)?,
+        None => Config::from_env()?,
+    })
+}
+
+fn check(path: Option<&std::path::Path>) -> Result<()> {
+    let config = load_config(path)?;
     if let Some(tls) = &config.listener.tls {
         canary_gateway::tls::ListenerTls::load(tls).context("listener.tls")?;
     }
-    println!("{}: {}", path.display(), config.summary());
+    println!("{}: {}", config.source_label(), config.summary());
     Ok(())
 }
 
@@ -85,8 +123,8 @@ fn runtime(worker_threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn run(path: PathBuf) -> Result<()> {
-    let config = Config::load(&path)?;
+fn run(path: Option<&std::path::Path>) -> Result<()> {
+    let config = load_config(path)?;
     telemetry::init_logging(config.log.format, &config.log.level);
     runtime(config.worker_threads)?.block_on(async move {
         let listeners = Listeners::bind(&config).await?;

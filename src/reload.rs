@@ -1,4 +1,5 @@
-//! Control path: config hot reload, on SIGHUP and when the file changes.
+//! Control path: config hot reload, on SIGHUP and when the file changes (a
+//! config from `CANARY_GATEWAY_CONFIG` is re-read as the variable was at start).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,6 +12,41 @@ use crate::control::status::ReloadStatus;
 /// Something that re-reads the config and applies it.
 pub trait Reload: Send + Sync + 'static {
     fn reload<'a>(&'a self, trigger: &'a str) -> crate::future::BoxFuture<'a, ReloadStatus>;
+}
+
+/// Where a reload reads the config from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    File(PathBuf),
+    /// The text `CANARY_GATEWAY_CONFIG` held at start.
+    Env(String),
+}
+
+impl Source {
+    /// The source of a running config, if it can be read again.
+    pub fn of(config: &Config) -> Option<Source> {
+        match (&config.source, &config.env_text) {
+            (Some(path), _) => Some(Source::File(path.clone())),
+            (None, Some(text)) => Some(Source::Env(text.clone())),
+            (None, None) => None,
+        }
+    }
+}
+
+/// Reads `source` again and hands the result to the control plane (which
+/// keeps the running config when it is invalid).
+pub async fn reload_source(control: &Control, source: &Source, trigger: &str) -> ReloadStatus {
+    match source {
+        Source::File(path) => reload_file(control, path, trigger).await,
+        Source::Env(text) => {
+            let running = control.config();
+            let loaded = Config::from_env_text(text).map(|mut c| {
+                c.state_path = running.state_path.clone();
+                c
+            });
+            control.reload(loaded, trigger).await
+        }
+    }
 }
 
 /// Reads `path` again and hands the result to the control plane (which keeps

@@ -207,12 +207,7 @@ impl Control {
             draining: self.is_draining(),
             weights: view(&state.decision),
             versions,
-            config_source: state
-                .config
-                .source
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "built-in".into()),
+            config_source: state.config.source_label(),
             last_reload: state.last_reload.clone(),
             store: state.store.clone(),
             appmesh: state.appmesh.clone(),

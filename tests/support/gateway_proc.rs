@@ -64,13 +64,41 @@ impl GatewayProc {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, config).unwrap();
-        match tokio::task::spawn_blocking(move || start(&path, dir))
+        let args = move |cmd: &mut Command| {
+            cmd.args(["run", "--config"]).arg(&path);
+        };
+        match tokio::task::spawn_blocking(move || start(args, dir))
             .await
             .unwrap()
         {
             Ok(proc) => proc,
             Err(e) => panic!("the gateway did not start: {e}\nconfig:\n{config}"),
         }
+    }
+
+    /// Starts the binary with no `--config`: the config is the TOML in
+    /// `CANARY_GATEWAY_CONFIG`, with `env` set too; it runs in a fresh
+    /// directory (`dir()`), where its state file goes by default.
+    pub async fn spawn_from_env(config: &str, env: &[(&str, &str)]) -> GatewayProc {
+        let dir = tempfile::tempdir().unwrap();
+        let cwd = dir.path().to_path_buf();
+        let mut vars: Vec<(String, String)> = vec![("CANARY_GATEWAY_CONFIG".into(), config.into())];
+        vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let args = move |cmd: &mut Command| {
+            cmd.arg("run").current_dir(&cwd).envs(vars);
+        };
+        match tokio::task::spawn_blocking(move || start(args, dir))
+            .await
+            .unwrap()
+        {
+            Ok(proc) => proc,
+            Err(e) => panic!("the gateway did not start: {e}\nconfig:\n{config}"),
+        }
+    }
+
+    /// The directory the gateway was started in (and holds its config file).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
     }
 
     /// The log so far, one line each.
@@ -129,9 +157,9 @@ impl GatewayProc {
 }
 
 /// Starts the binary and waits for its "serving" line.
-fn start(config: &Path, dir: tempfile::TempDir) -> Result<GatewayProc, String> {
+fn start(args: impl FnOnce(&mut Command), dir: tempfile::TempDir) -> Result<GatewayProc, String> {
     let mut cmd = Command::new(BIN);
-    cmd.args(["run", "--config"]).arg(config);
+    args(&mut cmd);
     // Only what the test gives: no AWS setting of the machine leaks in.
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("AWS_") {

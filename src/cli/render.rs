@@ -1,0 +1,106 @@
+//! Readable output of admin API answers for people (scripts use `--json`).
+//! Unknown or missing fields are skipped, never an error.
+
+use serde_json::Value;
+
+/// The first of `keys` present in `v`.
+pub fn field<'a>(v: &'a Value, keys: &[&str]) -> Option<&'a Value> {
+    keys.iter().find_map(|k| v.get(*k).filter(|x| !x.is_null()))
+}
+
+fn text(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => "-".into(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// `GET /weights` and every weight change's answer.
+pub fn weights(v: &Value) -> String {
+    let mut out = format!(
+        "generation {} (source {}), stable {}",
+        text(v.get("generation")),
+        text(v.get("source")),
+        text(v.get("stable"))
+    );
+    if let Some(Value::Object(w)) = v.get("weights") {
+        let total: u64 = w.values().filter_map(Value::as_u64).sum();
+        for (name, weight) in w {
+            let share = match (weight.as_u64(), total) {
+                (Some(x), t) if t > 0 => format!("{:.2}%", x as f64 * 100.0 / t as f64),
+                _ => "-".into(),
+            };
+            out.push_str(&format!(
+                "\n  {name:<12} {:>8}  {share:>8}",
+                text(Some(weight))
+            ));
+        }
+    }
+    out
+}
+
+/// `GET /status`.
+pub fn status(v: &Value) -> String {
+    let mut out = match v.get("weights") {
+        Some(w) => weights(w),
+        None => String::new(),
+    };
+    let ready = v.get("ready").and_then(Value::as_bool).unwrap_or(false);
+    out.push_str(&format!(
+        "\nready: {}",
+        if ready {
+            "yes".to_string()
+        } else {
+            format!("no ({})", text(v.get("not_ready_reason")))
+        }
+    ));
+    if let Some(Value::Array(versions)) = v.get("versions") {
+        for version in versions {
+            let endpoints = version
+                .get("endpoints")
+                .and_then(Value::as_array)
+                .map(|e| e.len())
+                .unwrap_or(0);
+            out.push_str(&format!(
+                "\n  {:<12} {} endpoint(s), discovery {}",
+                text(version.get("name")),
+                endpoints,
+                text(version.pointer("/discovery/source"))
+            ));
+        }
+    }
+    if let Some(store) = v.get("store") {
+        out.push_str(&format!(
+            "\nstore: {} (last error: {})",
+            text(store.get("kind")),
+            text(store.get("last_error"))
+        ));
+    }
+    if let Some(tls) = v.get("tls") {
+        out.push_str(&format!(
+            "\ntls: {} (last error: {})",
+            text(tls.get("cert")),
+            text(tls.get("last_error"))
+        ));
+    }
+    out
+}
+
+/// `GET /rollout` and the answers of its verbs.
+pub fn rollout(v: &Value) -> String {
+    let mut out = format!(
+        "rollout of {}: phase {}, step {}, canary share {}%",
+        text(field(v, &["canary"]).or_else(|| v.pointer("/plan/canary"))),
+        text(field(v, &["phase"])),
+        text(field(v, &["step", "current_step"])),
+        text(field(v, &["share", "canary_share", "current_share"]))
+    );
+    if let Some(next) = field(v, &["next_step_at_ms", "next_step_due_ms", "next_step_at"]) {
+        out.push_str(&format!(", next step at {}", text(Some(next))));
+    }
+    if let Some(reason) = field(v, &["abort_reason", "reason", "why"]) {
+        out.push_str(&format!("\n  reason: {}", text(Some(reason))));
+    }
+    out
+}

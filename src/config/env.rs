@@ -1,0 +1,216 @@
+//! Configuration from the environment, for containers: the whole TOML in
+//! `CANARY_GATEWAY_CONFIG` when no `--config` file is given, and a small set
+//! of overrides for what differs per environment ([`OVERRIDES`]), applied to
+//! a file config and an environment config alike.
+
+use std::path::PathBuf;
+
+use super::{Config, ConfigError};
+
+/// The variable holding the whole config when `--config` is not given.
+pub const CONFIG_VAR: &str = "CANARY_GATEWAY_CONFIG";
+
+/// The state file of a config from the environment, in the working directory.
+pub const DEFAULT_STATE_FILE: &str = "gateway.state.json";
+
+/// An environment override: the variable and the key it sets.
+pub struct Override {
+    pub var: &'static str,
+    /// Dotted key; `versions.*.cloudmap.namespace` sets it in every version
+    /// that has a `cloudmap` table.
+    pub key: &'static str,
+}
+
+/// What differs per environment (account, stage), so that one config serves all.
+pub const OVERRIDES: [Override; 3] = [
+    Override {
+        var: "CANARY_STORE_SERVICE_ID",
+        key: "store.service_id",
+    },
+    Override {
+        var: "CANARY_STORE_TABLE",
+        key: "store.table",
+    },
+    Override {
+        var: "CANARY_CLOUDMAP_NAMESPACE",
+        key: "versions.*.cloudmap.namespace",
+    },
+];
+
+/// The overrides set in this process's environment (empty values count as unset).
+pub fn overrides_from_env() -> Vec<(&'static Override, String)> {
+    OVERRIDES
+        .iter()
+        .filter_map(|o| match std::env::var(o.var) {
+            Ok(v) if !v.trim().is_empty() => Some((o, v)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `text` with `overrides` applied (unchanged when there are none).
+pub fn apply(
+    text: &str,
+    origin: &str,
+    overrides: &[(&'static Override, String)],
+) -> Result<String, ConfigError> {
+    if overrides.is_empty() {
+        return Ok(text.to_string());
+    }
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+        path: origin.to_string(),
+        message: super::syntax_message(text, &e),
+    })?;
+    for (o, value) in overrides {
+        let value = toml::Value::String(value.clone());
+        match o.key.split_once(".*.") {
+            Some((list, rest)) => {
+                if let Some(toml::Value::Array(items)) = table.get_mut(list) {
+                    for item in items.iter_mut() {
+                        if let toml::Value::Table(t) = item {
+                            set_existing_parent(t, rest, value.clone());
+                        }
+                    }
+                }
+            }
+            None => set(&mut table, o.key, value),
+        }
+    }
+    toml::to_string(&table).map_err(|e| ConfigError::Syntax {
+        path: origin.to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// Sets a dotted key, creating the tables on the way.
+fn set(table: &mut toml::Table, key: &str, value: toml::Value) {
+    match key.split_once('.') {
+        None => {
+            table.insert(key.to_string(), value);
+        }
+        Some((head, rest)) => {
+            let entry = table
+                .entry(head.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(t) = entry {
+                set(t, rest, value);
+            }
+        }
+    }
+}
+
+/// Sets a dotted key only where its parent table exists (a version without
+/// `cloudmap` keeps its static endpoints).
+fn set_existing_parent(table: &mut toml::Table, key: &str, value: toml::Value) {
+    match key.split_once('.') {
+        None => {
+            table.insert(key.to_string(), value);
+        }
+        Some((head, rest)) => {
+            if let Some(toml::Value::Table(t)) = table.get_mut(head) {
+                set_existing_parent(t, rest, value);
+            }
+        }
+    }
+}
+
+impl Config {
+    /// The config held by `CANARY_GATEWAY_CONFIG`, with the overrides. Its
+    /// state file defaults to `gateway.state.json` in the working directory.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let text = match std::env::var(CONFIG_VAR) {
+            Ok(t) if !t.trim().is_empty() => t,
+            Ok(_) => return Err(missing("is empty")),
+            Err(std::env::VarError::NotPresent) => return Err(missing("is not set")),
+            Err(std::env::VarError::NotUnicode(_)) => return Err(missing("is not UTF-8")),
+        };
+        Config::from_env_text(&text)
+    }
+
+    /// [`Config::from_env`] on the text the variable held (reloads re-read
+    /// the text as it was at start).
+    pub fn from_env_text(text: &str) -> Result<Config, ConfigError> {
+        let edited = apply(text, CONFIG_VAR, &overrides_from_env())?;
+        let mut config = Config::parse(&edited, CONFIG_VAR)?;
+        config.env_text = Some(text.to_string());
+        if config.state_path.is_none() {
+            config.state_path = Some(PathBuf::from(DEFAULT_STATE_FILE));
+        }
+        Ok(config)
+    }
+
+    /// Where the config came from, for `/status`.
+    pub fn source_label(&self) -> String {
+        match (&self.source, &self.env_text) {
+            (Some(p), _) => p.display().to_string(),
+            (None, Some(_)) => format!("${CONFIG_VAR}"),
+            (None, None) => "built-in".into(),
+        }
+    }
+}
+
+fn missing(why: &str) -> ConfigError {
+    ConfigError::Read {
+        path: format!("${CONFIG_VAR}"),
+        reason: format!(
+            "the variable {why}: give `--config FILE`, or put the whole TOML config in {CONFIG_VAR}"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[listener]
+address = "127.0.0.1:0"
+[split]
+stable = "v1"
+[[versions]]
+name = "v1"
+weight = 1
+cloudmap = { namespace = "dev.local", service = "svc-v1" }
+[[versions]]
+name = "v2"
+weight = 0
+endpoints = ["127.0.0.1:1"]
+[store]
+kind = "cloudmap"
+"#;
+
+    #[test]
+    fn overrides_set_the_store_and_every_cloudmap_namespace() {
+        let o = |var| OVERRIDES.iter().find(|o| o.var == var).unwrap();
+        let text = apply(
+            BASE,
+            "t",
+            &[
+                (o("CANARY_STORE_SERVICE_ID"), "srv-0123".into()),
+                (o("CANARY_CLOUDMAP_NAMESPACE"), "prod.local".into()),
+            ],
+        )
+        .unwrap();
+        let config = Config::parse(&text, "t").unwrap();
+        match &config.versions[0].source {
+            super::super::EndpointSource::CloudMap(c) => assert_eq!(c.namespace, "prod.local"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            config.versions[1].source,
+            super::super::EndpointSource::Static(_)
+        ));
+        assert!(matches!(
+            &config.store,
+            super::super::StoreConfig::CloudMap { service_id, .. } if service_id == "srv-0123"
+        ));
+        assert_eq!(apply(BASE, "t", &[]).unwrap(), BASE);
+    }
+
+    #[test]
+    fn a_missing_service_id_names_its_variable() {
+        let err = Config::parse(BASE, "t").unwrap_err().to_string();
+        assert!(err.contains("CANARY_STORE_SERVICE_ID"), "{err}");
+        assert!(missing("is not set").to_string().contains(CONFIG_VAR));
+    }
+}

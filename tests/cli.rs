@@ -1,0 +1,300 @@
+//! The real binary's `health` and `ctl` commands against real gateway
+//! processes on 127.0.0.1:0, and `run`/`check` with the config in
+//! `CANARY_GATEWAY_CONFIG`. Exit codes are part of the contract.
+
+#[path = "support/gateway_proc.rs"]
+mod gateway_proc;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use gateway_proc::{BIN, GatewayProc, TOKEN, TOKEN_ENV, TaggedUpstream, admin};
+
+/// Runs the binary with `args` (and `env`); exit code, stdout, stderr.
+async fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(args)
+        .env_remove("CANARY_ADMIN_URL")
+        .env_remove("CANARY_ADMIN_TOKEN")
+        .env_remove("CANARY_GATEWAY_CONFIG")
+        .envs(env.iter().copied())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("the command did not finish")
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn config(v1: SocketAddr, v2: SocketAddr) -> String {
+    format!(
+        "[listener]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\ntoken_env = \"{TOKEN_ENV}\"\n\n\
+         [split]\nstable = \"v1\"\n\n[[versions]]\nname = \"v1\"\nweight = 100\nendpoints = [\"{v1}\"]\n\n\
+         [[versions]]\nname = \"v2\"\nweight = 0\nendpoints = [\"{v2}\"]\n"
+    )
+}
+
+async fn dead_url() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    format!("http://{}", listener.local_addr().unwrap())
+}
+
+#[tokio::test]
+async fn health_is_0_when_ready_and_1_otherwise() {
+    let (v1, v2) = (
+        TaggedUpstream::start("v1").await,
+        TaggedUpstream::start("v2").await,
+    );
+    let gw = GatewayProc::spawn(&config(v1.addr, v2.addr)).await;
+    let url = format!("http://{}", gw.admin);
+    let (code, _, err) = cli(&["health", "--admin", &url], &[]).await;
+    assert_eq!(code, 0, "{err}");
+    // CANARY_ADMIN_URL works as well as --admin.
+    let (code, _, err) = cli(&["health"], &[("CANARY_ADMIN_URL", &url)]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cli(&["health", "--admin", &dead_url().await], &[]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot reach"), "{err}");
+}
+
+#[tokio::test]
+async fn ctl_changes_weights_with_exit_codes_a_pipeline_can_trust() {
+    let (v1, v2) = (
+        TaggedUpstream::start("v1").await,
+        TaggedUpstream::start("v2").await,
+    );
+    let gw = GatewayProc::spawn(&config(v1.addr, v2.addr)).await;
+    let url = format!("http://{}", gw.admin);
+    let token = [
+        ("CANARY_ADMIN_TOKEN", TOKEN),
+        ("CANARY_ADMIN_URL", url.as_str()),
+    ];
+
+    let (code, out, err) = cli(&["ctl", "weights", "set", "v2=5", "v1=95"], &token).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("v2") && out.contains("5.00%"), "{out}");
+    let (code, out, _) = cli(&["ctl", "--json", "weights"], &token).await;
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["weights"]["v2"], 5, "{json}");
+
+    // Refused (unknown version), unauthorized (no token), unreachable.
+    let (code, _, err) = cli(&["ctl", "weights", "set", "v9=1"], &token).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("v9"), "{err}");
+    let (code, _, err) = cli(&["ctl", "--admin", &url, "weights", "set", "v2=50"], &[]).await;
+    assert_eq!(code, 4, "{err}");
+    let (code, _, err) = cli(
+        &["ctl", "--admin", &dead_url().await, "status"],
+        &[("CANARY_ADMIN_TOKEN", TOKEN)],
+    )
+    .await;
+    assert_eq!(code, 5, "{err}");
+    let (code, _, err) = cli(&["ctl", "weights", "set", "v2"], &token).await;
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(
+        gw.weights().await["weights"]["v2"],
+        5,
+        "nothing refused may change"
+    );
+
+    let (code, out, err) = cli(&["ctl", "promote", "v2"], &token).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("stable v2"), "{out}");
+    let (code, _, err) = cli(&["ctl", "rollback"], &token).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = cli(&["ctl", "status"], &token).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ready: yes"), "{out}");
+}
+
+#[tokio::test]
+async fn status_wait_converged_waits_for_one_generation() {
+    let (v1, v2) = (
+        TaggedUpstream::start("v1").await,
+        TaggedUpstream::start("v2").await,
+    );
+    let a = GatewayProc::spawn(&config(v1.addr, v2.addr)).await;
+    let b = GatewayProc::spawn(&config(v1.addr, v2.addr)).await;
+    let urls = format!("http://{},http://{}", a.admin, b.admin);
+    let env = [
+        ("CANARY_ADMIN_TOKEN", TOKEN),
+        ("CANARY_ADMIN_URL", urls.as_str()),
+    ];
+    let (code, out, err) = cli(
+        &["ctl", "status", "--wait-converged", "--timeout", "10s"],
+        &env,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("converged"), "{out}");
+
+    // A change on one task only (two separate file stores): never converges.
+    assert_eq!(
+        admin(
+            a.admin,
+            "PUT",
+            "/weights",
+            r#"{"weights":{"v2":5,"v1":95}}"#
+        )
+        .await
+        .status,
+        200
+    );
+    let (code, _, err) = cli(
+        &["ctl", "status", "--wait-converged", "--timeout", "1s"],
+        &env,
+    )
+    .await;
+    assert_eq!(code, 8, "{err}");
+    assert!(err.contains("generations differ"), "{err}");
+}
+
+#[tokio::test]
+async fn run_and_check_read_the_config_from_the_environment() {
+    let (v1, v2) = (
+        TaggedUpstream::start("v1").await,
+        TaggedUpstream::start("v2").await,
+    );
+    let text = config(v1.addr, v2.addr);
+    let gw = GatewayProc::spawn_from_env(&text, &[]).await;
+    assert_eq!(
+        admin(
+            gw.admin,
+            "PUT",
+            "/weights",
+            r#"{"weights":{"v2":7,"v1":93}}"#
+        )
+        .await
+        .status,
+        200
+    );
+    // The state file defaults to the working directory.
+    let state = gw.dir().join("gateway.state.json");
+    assert!(state.exists(), "no state file in the working directory");
+    let status = gw.status().await;
+    assert_eq!(
+        status["config_source"], "$CANARY_GATEWAY_CONFIG",
+        "{status}"
+    );
+    // A reload re-reads the text the variable held at start.
+    let reload = admin(gw.admin, "POST", "/reload", "").await;
+    assert_eq!(reload.status, 200, "{}", reload.text());
+
+    let (code, out, err) = cli(&["check"], &[("CANARY_GATEWAY_CONFIG", &text)]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("$CANARY_GATEWAY_CONFIG: ok"), "{out}");
+    let (code, _, err) = cli(&["check"], &[]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("CANARY_GATEWAY_CONFIG") && err.contains("--config"),
+        "{err}"
+    );
+
+    // The store's service id comes from its override; missing, the error names it.
+    let cloudmap = format!("{text}\n[store]\nkind = \"cloudmap\"\n");
+    let (code, _, err) = cli(&["check"], &[("CANARY_GATEWAY_CONFIG", &cloudmap)]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("CANARY_STORE_SERVICE_ID"), "{err}");
+    let env = [
+        ("CANARY_GATEWAY_CONFIG", cloudmap.as_str()),
+        ("CANARY_STORE_SERVICE_ID", "srv-abc123"),
+    ];
+    let (code, out, err) = cli(&["check"], &env).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ok"), "{out}");
+}
+
+/// A stand-in for the rollout API (issue #12's contract): `GET /rollout`
+/// walks through `phases`, one per request, then stays on the last.
+async fn scripted_rollout(phases: Vec<serde_json::Value>) -> String {
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let phases = Arc::new(phases);
+    let calls = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let (phases, calls) = (phases.clone(), calls.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |_req| {
+                    let i = calls.fetch_add(1, Ordering::SeqCst).min(phases.len() - 1);
+                    let body = phases[i].to_string();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            bytes::Bytes::from(body),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn rollout_status_wait_prints_each_step_and_fails_on_abort() {
+    use serde_json::json;
+    let step = |phase: &str, step: u64, share: f64| json!({"canary": "v2", "phase": phase, "step": step, "share": share});
+    let mut aborted = step("aborted", 2, 0.0);
+    aborted["abort_reason"] = json!("error rate 0.2 above max_error_rate 0.01");
+    let url = scripted_rollout(vec![
+        step("progressing", 0, 1.0),
+        step("progressing", 0, 1.0),
+        step("progressing", 1, 5.0),
+        aborted,
+    ])
+    .await;
+    let (code, out, err) = cli(
+        &["ctl", "--admin", &url, "rollout", "status", "--wait"],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 7, "{out}{err}");
+    let steps = out.lines().filter(|l| l.starts_with("rollout of")).count();
+    assert_eq!(steps, 3, "one line per step:\n{out}");
+    assert!(err.contains("max_error_rate"), "{err}");
+
+    let url = scripted_rollout(vec![
+        step("progressing", 0, 1.0),
+        step("succeeded", 3, 100.0),
+    ])
+    .await;
+    let (code, out, err) = cli(
+        &["ctl", "--admin", &url, "rollout", "status", "--wait"],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+
+    let url = scripted_rollout(vec![step("holding", 0, 1.0)]).await;
+    let (code, _, err) = cli(
+        &[
+            "ctl",
+            "--admin",
+            &url,
+            "rollout",
+            "status",
+            "--wait",
+            "--timeout",
+            "1s",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 8, "{err}");
+}
