@@ -1,6 +1,7 @@
 //! Control path: the admin API (health, readiness, metrics, weights, status).
 //!
-//! `/healthz`, `/readyz` and `/metrics` are open; everything else needs
+//! `/healthz`, `/readyz` and `/metrics` are open (as are their Envoy-named
+//! aliases `/ready` and `/stats/prometheus`); everything else needs
 //! `Authorization: Bearer <token>` when a token is configured (the gateway
 //! refuses to start with a non-loopback admin address and no token). Every
 //! answer is JSON except the metrics text; bad input gets a 4xx with
@@ -90,7 +91,13 @@ impl Admin {
         B: Body,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let path = req.uri().path().to_string();
+        // Envoy's admin paths (App Mesh's virtual gateway on 9901), so that
+        // migrated target-group health checks and scrapers keep working.
+        let path = match req.uri().path() {
+            "/ready" => "/readyz".to_string(),
+            "/stats/prometheus" => "/metrics".to_string(),
+            other => other.to_string(),
+        };
         let method = req.method().clone();
         let allow = match path.as_str() {
             "/healthz" | "/readyz" | "/metrics" | "/status" => "GET",

@@ -298,3 +298,26 @@ async fn rollout_status_wait_prints_each_step_and_fails_on_abort() {
     .await;
     assert_eq!(code, 8, "{err}");
 }
+
+#[tokio::test]
+async fn envoy_admin_paths_answer_as_aliases() {
+    let (v1, v2) = (
+        TaggedUpstream::start("v1").await,
+        TaggedUpstream::start("v2").await,
+    );
+    let gw = GatewayProc::spawn(&config(v1.addr, v2.addr)).await;
+    let mut conn = gateway_proc::Conn::connect(gw.admin).await;
+    let ready = conn.send("GET", "/ready", false, "").await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert_eq!(
+        ready.text(),
+        conn.send("GET", "/readyz", false, "").await.text()
+    );
+    let stats = conn.send("GET", "/stats/prometheus", false, "").await;
+    assert_eq!(stats.status, 200);
+    assert!(
+        stats.text().contains("canary_version_weight"),
+        "{}",
+        stats.text()
+    );
+}
