@@ -18,3 +18,6 @@ mod own_server;
 
 #[path = "integration/tls.rs"]
 mod tls;
+
+#[path = "integration/deploy.rs"]
+mod deploy;
