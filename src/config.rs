@@ -280,7 +280,28 @@ impl Config {
         if self.log.format != new.log.format || self.log.level != new.log.level {
             changed.push("log.format/log.level");
         }
+        if self.versions.iter().any(|old| {
+            new.versions
+                .iter()
+                .any(|v| v.name == old.name && v.tls.is_some() != old.tls.is_some())
+        }) {
+            changed.push("versions.tls");
+        }
         changed
+    }
+
+    /// Keeps each running version's upstream TLS on or off as it is: pooled
+    /// connections of the other kind would otherwise go on being reused
+    /// (`ca_file` and `server_name` changes apply; turning `tls` on or off
+    /// needs a restart).
+    pub fn keep_upstream_tls_from(&mut self, old: &Config) {
+        for v in &mut self.versions {
+            if let Some(running) = old.versions.iter().find(|o| o.name == v.name)
+                && running.tls.is_some() != v.tls.is_some()
+            {
+                v.tls = running.tls.clone();
+            }
+        }
     }
 }
 

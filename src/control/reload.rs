@@ -193,5 +193,6 @@ fn keep_restart_only(old: &Config, mut new: Config) -> Config {
     new.aws = old.aws.clone();
     new.log.format = old.log.format;
     new.log.level = old.log.level.clone();
+    new.keep_upstream_tls_from(old);
     new
 }

@@ -439,3 +439,24 @@ fn upstream_tls_keys_are_checked() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn turning_upstream_tls_on_needs_a_restart() {
+    let up = Upstream::start("v1").await;
+    let ca = Ca::new();
+    let text = crate::support::config("", &[("v1", 100, up.addr)]);
+    let gw = Gateway::start(&text).await;
+    assert_eq!(crate::support::get(gw.addr, "/", &[]).await.text(), "v1");
+    let ca_file = gw.dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let edited = format!("{text}tls = true\nca_file = \"{}\"\n", ca_file.display());
+    std::fs::write(gw.config_path(), edited).unwrap();
+    let reply = admin(gw.admin, "POST", "/reload", None, "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(reply.text().contains("versions.tls"), "{}", reply.text());
+    // Still plain: the pooled and new connections agree with the running setting.
+    for _ in 0..3 {
+        assert_eq!(crate::support::get(gw.addr, "/", &[]).await.text(), "v1");
+    }
+    gw.shutdown().await;
+}
