@@ -96,6 +96,7 @@ Try:
   curl -s -H 'Authorization: Bearer {token}' -X PUT -d '{{"weights":{{"v2":50}}}}' http://{admin}/weights
   curl -s -H 'Authorization: Bearer {token}' -X POST http://{admin}/rollback
   curl -s http://{admin}/metrics | grep canary_requests_total
+  CANARY_ADMIN_TOKEN={token} canary-gateway ctl --admin http://{admin} weights set v2=25 v1=75
 
 Admin token: {token}
 Press Ctrl-C to stop.
