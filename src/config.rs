@@ -203,9 +203,7 @@ impl Config {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        let origin = path.display().to_string();
-        let text = env::apply(&text, &origin, &env::overrides_from_env())?;
-        let mut config = Config::parse(&text, &origin)?;
+        let mut config = env::parse_with_overrides(&text, &path.display().to_string())?;
         config.source = Some(path.to_path_buf());
         if config.state_path.is_none() {
             config.state_path = Some(default_state_path(path));

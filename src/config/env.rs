@@ -82,6 +82,23 @@ pub fn apply(
     })
 }
 
+/// Validates `text` with the environment's overrides applied; an error
+/// that an override may have caused names the variables in force.
+pub fn parse_with_overrides(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let overrides = overrides_from_env();
+    let edited = apply(text, origin, &overrides)?;
+    Config::parse(&edited, origin).map_err(|e| match e {
+        ConfigError::Syntax { path, message } if !overrides.is_empty() => {
+            let vars: Vec<&str> = overrides.iter().map(|(o, _)| o.var).collect();
+            ConfigError::Syntax {
+                path,
+                message: format!("{message} (with the overrides of {})", vars.join(", ")),
+            }
+        }
+        other => other,
+    })
+}
+
 /// Sets a dotted key, creating the tables on the way.
 fn set(table: &mut toml::Table, key: &str, value: toml::Value) {
     match key.split_once('.') {
@@ -130,8 +147,7 @@ impl Config {
     /// [`Config::from_env`] on the text the variable held (reloads re-read
     /// the text as it was at start).
     pub fn from_env_text(text: &str) -> Result<Config, ConfigError> {
-        let edited = apply(text, CONFIG_VAR, &overrides_from_env())?;
-        let mut config = Config::parse(&edited, CONFIG_VAR)?;
+        let mut config = parse_with_overrides(text, CONFIG_VAR)?;
         config.env_text = Some(text.to_string());
         if config.state_path.is_none() {
             config.state_path = Some(PathBuf::from(DEFAULT_STATE_FILE));

@@ -179,7 +179,14 @@ fn cloudmap_versions_parse() {
 
 #[test]
 fn shipped_ecs_config_is_valid() {
-    let c = Config::parse(include_str!("../../deploy/gateway.ecs.toml"), "ecs").unwrap();
+    let text = include_str!("../../deploy/gateway.ecs.toml");
+    // The store's id comes from the environment, never from a placeholder.
+    let missing = Config::parse(text, "ecs").unwrap_err().to_string();
+    assert!(missing.contains("CANARY_STORE_SERVICE_ID"), "{missing}");
+    let var = &super::env::OVERRIDES[0];
+    assert_eq!(var.var, "CANARY_STORE_SERVICE_ID");
+    let text = super::env::apply(text, "ecs", &[(var, "srv-0123456789abcdef".into())]).unwrap();
+    let c = Config::parse(&text, "ecs").unwrap();
     assert!(matches!(c.store, StoreConfig::CloudMap { .. }));
     assert!(c.listener.trust_forwarded_headers);
 }
