@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use cloudmap_fixture::CloudMapFixture;
 use gateway_proc::{
-    BlackHole, GatewayProc, Relay, TOKEN_ENV, TaggedUpstream, eventually, metric_sum, split_counts,
+    BlackHole, GatewayProc, Relay, TOKEN_ENV, TaggedUpstream, endpoints_line, eventually,
+    gateway_config, metric_sum, split_counts,
 };
 use moto::MotoServer;
 use serde_json::{Value, json};
@@ -33,7 +34,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// `endpoints = ["addr"]` for a version.
 fn static_source(upstream: &TaggedUpstream) -> String {
-    format!("endpoints = [\"{}\"]", upstream.addr)
+    endpoints_line(&[upstream.addr])
 }
 
 /// `cloudmap = {...}` for a version.
@@ -44,18 +45,11 @@ fn cloudmap_source(service: &str) -> String {
 /// A gateway config on 127.0.0.1:0 talking to AWS at `aws_url`: versions
 /// `(name, weight, source line)`, the first one stable, then `extra` tables.
 fn config(aws_url: &str, versions: &[(&str, u32, String)], extra: &str) -> String {
-    let mut text = format!(
-        "[listener]\naddress = \"127.0.0.1:0\"\n\n\
-         [admin]\naddress = \"127.0.0.1:0\"\ntoken_env = \"{TOKEN_ENV}\"\n\n\
-         [split]\nstable = \"{}\"\n\n\
-         [aws]\nregion = \"us-east-1\"\nendpoint_url = \"{aws_url}\"\n",
-        versions[0].0
+    let mut text = gateway_config(
+        &format!("token_env = \"{TOKEN_ENV}\"\n"),
+        &format!("\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{aws_url}\""),
+        versions,
     );
-    for (name, weight, source) in versions {
-        text.push_str(&format!(
-            "\n[[versions]]\nname = \"{name}\"\nweight = {weight}\n{source}\n"
-        ));
-    }
     text.push('\n');
     text.push_str(extra);
     text
