@@ -60,6 +60,19 @@ impl Gateway {
     }
 }
 
+/// Upstreams v1 and v2 and an in-process gateway splitting `w1`:`w2`
+/// between them (v1 stable), with the extra `[split]` lines `split_extra`.
+pub async fn two_versions(split_extra: &str, w1: u32, w2: u32) -> (Upstream, Upstream, Gateway) {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let gw = Gateway::start(&config(
+        split_extra,
+        &[("v1", w1, v1.addr), ("v2", w2, v2.addr)],
+    ))
+    .await;
+    (v1, v2, gw)
+}
+
 /// A raw HTTP/1.1 upstream for requests without bodies: it answers each
 /// request with 200, the extra header lines `extra_headers` (each ending in
 /// `\r\n`) and the request head exactly as received as its body.

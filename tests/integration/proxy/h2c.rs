@@ -14,10 +14,8 @@ use crate::support::*;
 
 #[tokio::test]
 async fn h2c_prior_knowledge_is_proxied() {
-    let v1 = Upstream::start("v1").await;
-    let v2 = Upstream::start("v2").await;
     let split = "override_header = \"x-canary-version\"\nresponse_header = \"x-canary-version\"";
-    let gw = Gateway::start(&config(split, &[("v1", 50, v1.addr), ("v2", 50, v2.addr)])).await;
+    let (_v1, _v2, gw) = two_versions(split, 50, 50).await;
     let stream = TcpStream::connect(gw.addr).await.unwrap();
     let (sender, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
         TokioExecutor::new(),

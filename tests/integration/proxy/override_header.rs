@@ -4,10 +4,8 @@ use crate::support::*;
 
 #[tokio::test]
 async fn override_header_picks_a_version_and_unknown_names_fall_back() {
-    let v1 = Upstream::start("v1").await;
-    let v2 = Upstream::start("v2").await;
     let split = "override_header = \"x-canary-version\"\nresponse_header = \"x-canary-version\"";
-    let gw = Gateway::start(&config(split, &[("v1", 100, v1.addr), ("v2", 0, v2.addr)])).await;
+    let (_v1, v2, gw) = two_versions(split, 100, 0).await;
     let mut client = Client::connect(gw.addr).await;
     for _ in 0..20 {
         let reply = client

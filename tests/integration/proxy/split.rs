@@ -5,13 +5,7 @@ use crate::support::*;
 
 #[tokio::test]
 async fn splits_by_weight_and_names_the_version() {
-    let v1 = Upstream::start("v1").await;
-    let v2 = Upstream::start("v2").await;
-    let gw = Gateway::start(&config(
-        "response_header = \"x-canary-version\"",
-        &[("v1", 99, v1.addr), ("v2", 1, v2.addr)],
-    ))
-    .await;
+    let (_v1, _v2, gw) = two_versions("response_header = \"x-canary-version\"", 99, 1).await;
     let counts = split_counts(gw.addr, 2000, &[]).await;
     let canary = counts.get("v2").copied().unwrap_or(0);
     assert!((15..=25).contains(&canary), "{counts:?}");
@@ -31,13 +25,7 @@ async fn assert_canary_share(
     n: usize,
     expected: std::ops::RangeInclusive<usize>,
 ) {
-    let v1 = Upstream::start("v1").await;
-    let v2 = Upstream::start("v2").await;
-    let gw = Gateway::start(&config(
-        "",
-        &[("v1", stable, v1.addr), ("v2", canary, v2.addr)],
-    ))
-    .await;
+    let (_v1, _v2, gw) = two_versions("", stable, canary).await;
     let counts = split_counts_concurrent(gw.addr, n, 8, &[]).await;
     assert_eq!(count(&counts, "v1") + count(&counts, "v2"), n, "{counts:?}");
     let got = count(&counts, "v2");

@@ -21,10 +21,8 @@ async fn unreachable_upstream_is_502() {
 
 #[tokio::test]
 async fn version_without_endpoints_is_503() {
-    let v1 = Upstream::start("v1").await;
-    let v2 = Upstream::start("v2").await;
     let split = "override_header = \"x-canary-version\"";
-    let gw = Gateway::start(&config(split, &[("v1", 1, v1.addr), ("v2", 0, v2.addr)])).await;
+    let (_v1, _v2, gw) = two_versions(split, 1, 0).await;
     let control = gw.running.as_ref().unwrap().control.clone();
     assert_eq!(
         get(gw.addr, "/", &[("x-canary-version", "v2")])
