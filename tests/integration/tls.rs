@@ -109,6 +109,30 @@ async fn connect(
         .unwrap()
 }
 
+/// A TLS client on a socket with a small receive buffer: a large response
+/// fills it, so the gateway's writes block partway.
+async fn connect_small_buffer(
+    addr: SocketAddr,
+    ca: &CertificateDer<'static>,
+) -> TlsStream<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
 fn peer_cert(tls: &TlsStream<TcpStream>) -> CertificateDer<'static> {
     tls.get_ref().1.peer_certificates().unwrap()[0]
         .clone()
@@ -167,6 +191,38 @@ async fn https_serves_http1_and_http2_chosen_by_alpn() {
     let text = resp.into_body().collect().await.unwrap().to_bytes();
     assert!(text.starts_with(b"100000 "), "{text:?}");
     assert_eq!(get1(&mut s, "/again").await, (200, "v1".to_string()));
+    // A large response whose writes outrun the socket: every byte arrives (TLS
+    // records left in rustls' buffer are pushed out), and the connection goes on.
+    for _ in 0..2 {
+        let (status, body) = get1(&mut s, "/download?bytes=3000000").await;
+        assert_eq!((status, body.len()), (200, 3_000_000));
+    }
+    assert_eq!(
+        get1(&mut s, "/after-download").await,
+        (200, "v1".to_string())
+    );
+
+    // A slow reader: the response's last TLS records must still go out
+    // (the own server reads next, and never flushes a plain socket).
+    let mut slow = connect_small_buffer(gw.addr, &ca.der).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    slow.write_all(b"GET /download?bytes=4000000 HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let read_all = async {
+        while !got.ends_with(b"0\r\n\r\n") {
+            let n = slow.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed early");
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read_all)
+        .await
+        .expect("the response's tail never arrived");
+    assert!(got.len() > 4_000_000);
 
     // HTTP/2 by ALPN.
     let tls = connect(gw.addr, &ca.der, &[b"h2", b"http/1.1"]).await;
