@@ -8,6 +8,7 @@ pub mod appmesh;
 pub mod backoff;
 pub mod cloudmap;
 pub mod cloudmap_store;
+pub mod dynamodb_store;
 pub mod errors;
 pub mod prefix;
 
@@ -94,7 +95,7 @@ pub async fn fill_dependencies(config: &Config, deps: &mut Dependencies) -> Resu
             .versions
             .iter()
             .any(|v| matches!(v.source, EndpointSource::CloudMap(_)));
-    let wants_store = deps.store.is_none() && matches!(config.store, StoreConfig::CloudMap { .. });
+    let wants_store = deps.store.is_none() && config.store.poll_interval().is_some();
     let wants_mesh = deps.route_sync.is_none() && config.appmesh.is_some();
     if !(wants_discovery || wants_store || wants_mesh) {
         return Ok(());
@@ -119,11 +120,23 @@ pub async fn fill_dependencies(config: &Config, deps: &mut Dependencies) -> Resu
             ))
         }));
     }
-    if wants_store && let StoreConfig::CloudMap { service_id, .. } = &config.store {
-        deps.store = Some(Arc::new(cloudmap_store::CloudMapStore::new(
-            &sdk,
-            service_id.clone(),
-        )));
+    if wants_store {
+        match &config.store {
+            StoreConfig::CloudMap { service_id, .. } => {
+                deps.store = Some(Arc::new(cloudmap_store::CloudMapStore::new(
+                    &sdk,
+                    service_id.clone(),
+                )));
+            }
+            StoreConfig::DynamoDb { table, key, .. } => {
+                deps.store = Some(Arc::new(dynamodb_store::DynamoDbStore::new(
+                    &sdk,
+                    table.clone(),
+                    key.clone(),
+                )));
+            }
+            StoreConfig::File => {}
+        }
     }
     if wants_mesh && let Some(mesh) = &config.appmesh {
         let route = appmesh::RouteSync::new(

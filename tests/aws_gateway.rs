@@ -723,10 +723,13 @@ async fn a_hanging_app_mesh_never_delays_weight_changes() {
     );
 }
 
-/// Cloud Map unreachable at start: the gateway starts all the same, but
-/// /readyz is 503, naming the stable version, until discovery succeeds.
+/// Cloud Map unreachable at start: the gateway starts all the same and is
+/// ready once discovery was asked (readiness never depends on upstreams, so an
+/// empty stable version cannot take the whole fleet out of the target group);
+/// /status, a metric and the log say loudly that the stable version is empty,
+/// and its requests get 503 until discovery succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn starts_not_ready_while_cloud_map_is_unreachable() {
+async fn an_empty_stable_version_is_loud_but_keeps_the_gateway_ready() {
     let moto = MotoServer::start();
     let v1 = TaggedUpstream::start("v1").await;
     let v2 = TaggedUpstream::start("v2").await;
@@ -745,19 +748,16 @@ async fn starts_not_ready_while_cloud_map_is_unreachable() {
         "",
     ))
     .await;
-    let ready = gw.readyz().await;
-    assert_eq!(ready.status, 503, "{}", ready.text());
-    let reason = ready.text();
-    assert!(
-        reason.contains("`v1`") && reason.contains("cloudmap:canary.local/app-v1"),
-        "{reason}"
-    );
+    gw.wait_ready(WAIT).await;
+    let envoy = gateway_proc::admin(gw.admin, "GET", "/ready", "").await;
+    assert_eq!(envoy.status, 200);
+    assert_eq!(envoy.text(), "LIVE\n");
     let status = gw.status().await;
-    assert_eq!(status["ready"], false, "{status:#}");
+    assert_eq!(status["ready"], true, "{status:#}");
+    let warnings = status["warnings"].to_string();
     assert!(
-        status["not_ready_reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("`v1`")),
+        warnings.contains("stable version `v1` has no endpoints")
+            && warnings.contains("cloudmap:canary.local/app-v1"),
         "{status:#}"
     );
     assert!(
@@ -766,10 +766,22 @@ async fn starts_not_ready_while_cloud_map_is_unreachable() {
             .is_some_and(|e| !e.is_empty()),
         "{status:#}"
     );
+    assert_eq!(
+        metric_sum(&gw.metrics().await, "canary_stable_version_empty"),
+        1.0
+    );
+    let mut conn = gateway_proc::Conn::connect(gw.addr).await;
+    for _ in 0..5 {
+        assert_eq!(conn.get("/").await.status, 503);
+    }
+    assert!(
+        gw.log_text().contains("has no endpoints"),
+        "{}",
+        gw.log_text()
+    );
 
-    // Cloud Map comes back: discovery succeeds, the gateway becomes ready.
+    // Cloud Map comes back: discovery succeeds, the stable version fills.
     relay.set_up();
-    gw.wait_ready(Duration::from_secs(40)).await;
     wait_endpoints(
         &gw,
         &[
@@ -809,6 +821,7 @@ impl canary_gateway::store::Store for SlowStore {
     fn save<'a>(
         &'a self,
         doc: &'a canary_gateway::store::WeightsDoc,
+        _read_at: Option<u64>,
     ) -> canary_gateway::future::BoxFuture<'a, Result<(), canary_gateway::store::StoreError>> {
         *self.doc.lock().unwrap() = Some(doc.clone());
         Box::pin(async { Ok(()) })
@@ -841,7 +854,7 @@ async fn a_store_poll_in_flight_never_reverts_a_change() {
         let control = control.clone();
         tokio::spawn(async move {
             loop {
-                control.sync_from_store().await;
+                let _ = control.sync_from_store().await;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })

@@ -19,6 +19,7 @@ const THROTTLING_CODES: &[&str] = &[
     "RequestThrottled",
     "RequestThrottledException",
     "SlowDown",
+    "ProvisionedThroughputExceededException",
 ];
 
 /// What kind of failure an SDK error is.
