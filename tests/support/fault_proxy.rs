@@ -105,6 +105,12 @@ impl FaultProxy {
         format!("http://{}", self.addr)
     }
 
+    /// From now on the next `count` matching requests get the fault (0: the
+    /// service behind is back; `usize::MAX`: down until told otherwise).
+    pub fn set_faults(&self, count: usize) {
+        self.counters.remaining.store(count, Ordering::SeqCst);
+    }
+
     /// Matching requests seen so far.
     pub fn matched(&self) -> usize {
         self.counters.matched.load(Ordering::SeqCst)
