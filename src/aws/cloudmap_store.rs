@@ -37,6 +37,8 @@ pub const DOC_ATTRIBUTE: &str = "canary_doc";
 /// Cloud Map's limit on an attribute value, in characters.
 pub const MAX_VALUE_CHARS: usize = 1024;
 
+mod confirm;
+
 /// How long a save reads back before it gives up on seeing its write.
 const READ_BACK_LIMIT: Duration = Duration::from_secs(5);
 /// Pause between two read-backs.
@@ -99,52 +101,6 @@ impl CloudMapStore {
         }
     }
 
-    /// Writes `doc`, then reads back; see the module doc.
-    async fn save_and_confirm(&self, doc: &WeightsDoc) -> Result<(), StoreError> {
-        self.put(doc).await?;
-        let deadline = tokio::time::Instant::now() + READ_BACK_LIMIT;
-        let mut own = doc.clone();
-        let mut republished = false;
-        loop {
-            let seen = self.get().await?;
-            match seen {
-                Some(seen) if seen == own => {
-                    return if republished {
-                        Err(StoreError::Conflict(Some(Box::new(own))))
-                    } else {
-                        Ok(())
-                    };
-                }
-                Some(seen) if seen.is_newer_than(&own) => {
-                    return Err(StoreError::Conflict(Some(Box::new(seen))));
-                }
-                // Another task's document of the same generation replaced the
-                // own one: it is the later write, so it wins; written one
-                // generation up so that every task orders it after the own one.
-                Some(seen) if seen.generation == own.generation && !republished => {
-                    own = WeightsDoc {
-                        generation: own.generation + 1,
-                        writer: own.writer.clone(),
-                        updated_at_ms: own.updated_at_ms.max(seen.updated_at_ms),
-                        ..seen
-                    };
-                    self.put(&own).await?;
-                    republished = true;
-                }
-                // An older document or none: a read that lags behind the write.
-                _ => {}
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(StoreError::CloudMap(format!(
-                    "UpdateServiceAttributes {}: the write was not visible to GetServiceAttributes within {} s",
-                    self.service_id,
-                    READ_BACK_LIMIT.as_secs()
-                )));
-            }
-            tokio::time::sleep(READ_BACK_PAUSE).await;
-        }
-    }
-
     async fn put(&self, doc: &WeightsDoc) -> Result<(), StoreError> {
         let value = encode(doc)?;
         self.client
@@ -168,11 +124,30 @@ impl Store for CloudMapStore {
         doc: &'a WeightsDoc,
         _read_at: Option<u64>,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(self.save_and_confirm(doc))
+        Box::pin(confirm::write_confirmed(
+            self,
+            doc,
+            READ_BACK_LIMIT,
+            READ_BACK_PAUSE,
+        ))
     }
 
     fn shared(&self) -> bool {
         true
+    }
+}
+
+impl confirm::Attribute for CloudMapStore {
+    fn get(&self) -> BoxFuture<'_, Result<Option<WeightsDoc>, StoreError>> {
+        Box::pin(CloudMapStore::get(self))
+    }
+
+    fn put<'a>(&'a self, doc: &'a WeightsDoc) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(CloudMapStore::put(self, doc))
+    }
+
+    fn name(&self) -> &str {
+        &self.service_id
     }
 }
 
