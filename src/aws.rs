@@ -74,15 +74,7 @@ impl RouteSyncDep for MeshRoute {
         &'a self,
         weights: &'a BTreeMap<String, u32>,
     ) -> BoxFuture<'a, Result<BTreeMap<String, u32>, String>> {
-        Box::pin(async move {
-            self.0.sync(weights).await.map_err(|e| e.to_string())?;
-            let mapped: BTreeMap<String, u32> = weights
-                .iter()
-                .filter(|(v, _)| self.0.config().virtual_nodes.contains_key(*v))
-                .map(|(v, w)| (v.clone(), *w))
-                .collect();
-            Ok(appmesh::scale_to_percent(&mapped))
-        })
+        Box::pin(async move { self.0.sync(weights).await.map_err(|e| e.to_string()) })
     }
 }
 

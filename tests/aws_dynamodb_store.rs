@@ -7,6 +7,8 @@
 mod fault_proxy;
 #[path = "support/gateway_proc.rs"]
 mod gateway_proc;
+#[path = "support/mesh_fixture.rs"]
+mod mesh_fixture;
 #[path = "support/moto.rs"]
 mod moto;
 
@@ -402,4 +404,111 @@ async fn a_rollback_while_the_store_is_down_applies_at_once_and_lands_when_it_re
     let stored = store.load().await.unwrap().unwrap();
     assert_eq!(gw.weights().await["generation"], stored.generation);
     assert_eq!(weights_of(&gw.weights().await), w(100, 0));
+}
+
+// -------------------------------------------------------------- app mesh ----
+
+/// Two gateways on one store, mirroring to one App Mesh route: only the task
+/// whose write won syncs (the other adopts the decision but leaves the route
+/// alone), /status shows the synced generation, and the periodic reconcile
+/// repairs a route changed behind the gateway's back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_writer_syncs_the_route_and_the_reconcile_repairs_drift() {
+    use canary_gateway::aws::appmesh::{RouteSync, RouteSyncConfig};
+    use mesh_fixture::{MESH, ROUTE, ROUTER};
+
+    let moto = MotoServer::start();
+    table(&moto).await;
+    let sdk = moto.sdk_config().await;
+    let mesh = aws_sdk_appmesh::Client::new(&sdk);
+    mesh_fixture::create_mesh(&mesh, &["web-v1", "web-v2"], &[("web-v1", 100)]).await;
+    let v1 = TaggedUpstream::start("v1").await;
+    let v2 = TaggedUpstream::start("v2").await;
+    let text = config(
+        &moto.endpoint_url(),
+        &v1,
+        &v2,
+        &format!(
+            "poll_interval = \"300ms\"\n\n[appmesh]\nmesh = \"{MESH}\"\nvirtual_router = \"{ROUTER}\"\n\
+             route = \"{ROUTE}\"\nvirtual_nodes = {{ v1 = \"web-v1\", v2 = \"web-v2\" }}\n\
+             reconcile_interval = \"1s\"\n"
+        ),
+    );
+    let fleet = [
+        GatewayProc::spawn(&text).await,
+        GatewayProc::spawn(&text).await,
+    ];
+    for gw in &fleet {
+        gw.wait_ready(WAIT).await;
+    }
+    let (a, b) = (&fleet[0], &fleet[1]);
+    let decided = put_retrying(a, 70, 30).await;
+    let generation = decided["generation"].as_u64().unwrap();
+    converged(&fleet, &w(70, 30), generation).await;
+
+    let route = async || -> BTreeMap<String, i32> {
+        mesh_fixture::route_weights(&mesh)
+            .await
+            .into_iter()
+            .collect()
+    };
+    let want = BTreeMap::from([("web-v1".to_string(), 70), ("web-v2".to_string(), 30)]);
+    let mut last = BTreeMap::new();
+    let ok = eventually(WAIT, async || {
+        last = route().await;
+        last == want && a.status().await["appmesh"]["synced_generation"] == generation
+    })
+    .await;
+    assert!(
+        ok,
+        "never synced: {last:?} {:#}\n{}",
+        a.status().await,
+        a.log_text()
+    );
+    let status = a.status().await;
+    assert_eq!(status["appmesh"]["last_error"], Value::Null, "{status:#}");
+    assert_eq!(
+        metric_sum(&a.metrics().await, "canary_appmesh_synced_generation"),
+        generation as f64
+    );
+    // b runs the decision but did not write it: it never synced it.
+    let status = b.status().await;
+    assert_eq!(status["weights"]["generation"], generation);
+    assert_ne!(
+        status["appmesh"]["synced_generation"], generation,
+        "{status:#}"
+    );
+
+    // Someone changes the route behind the gateway's back: the writer's
+    // reconcile puts the decision back.
+    let drift = RouteSync::new(
+        &sdk,
+        RouteSyncConfig {
+            mesh: MESH.into(),
+            virtual_router: ROUTER.into(),
+            route: ROUTE.into(),
+            virtual_nodes: BTreeMap::from([
+                ("v1".to_string(), "web-v1".to_string()),
+                ("v2".to_string(), "web-v2".to_string()),
+            ]),
+        },
+    );
+    drift
+        .sync(&BTreeMap::from([
+            ("v1".to_string(), 100),
+            ("v2".to_string(), 0),
+        ]))
+        .await
+        .unwrap();
+    assert_ne!(route().await, want);
+    let ok = eventually(WAIT, async || {
+        last = route().await;
+        last == want
+    })
+    .await;
+    assert!(
+        ok,
+        "the drift was never repaired: {last:?}\n{}",
+        a.log_text()
+    );
 }
