@@ -215,3 +215,76 @@ async fn a_task_starts_degraded_without_the_store_and_converges() {
     assert_eq!(control.weights().weights, w(80, 20));
     assert_eq!(control.weights().generation, 4);
 }
+
+#[tokio::test]
+async fn the_store_poll_backs_off_while_throttled_only() {
+    let store = Arc::new(MemoryStore::default());
+    let control = task(&store).await;
+    let poll = Duration::from_millis(20);
+    let upkeep = tokio::spawn(super::keep_store(control.clone(), Some(poll)));
+    let loads_during = async |window: Duration| {
+        let before = store.loads.load(Ordering::SeqCst);
+        tokio::time::sleep(window).await;
+        store.loads.load(Ordering::SeqCst) - before
+    };
+    // Throttled for a second: 20, 40, 80, ... ms apart (about 6 loads, not 50).
+    store.throttled.store(true, Ordering::SeqCst);
+    let throttled = loads_during(Duration::from_secs(1)).await;
+    // Down but not throttling: the poll keeps its pace (about 50 loads).
+    store.throttled.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    store.set_down(true);
+    let down = loads_during(Duration::from_secs(1)).await;
+    upkeep.abort();
+    assert!(throttled <= 10, "{throttled} loads while throttled");
+    assert!(down >= 20, "{down} loads while down");
+}
+
+const CLOUDMAP_CONFIG: &str = "[listener]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+    [split]\nstable = \"v1\"\n[discovery]\nstale_after = \"100ms\"\n\
+    [[versions]]\nname = \"v1\"\nweight = 90\nendpoints = [\"127.0.0.1:1\"]\n\
+    [[versions]]\nname = \"v2\"\nweight = 10\ncloudmap = { namespace = \"ns\", service = \"v2\" }\n";
+
+#[tokio::test]
+async fn readiness_waits_for_the_first_discovery_and_old_endpoints_go_stale() {
+    use crate::discovery::{DiscoveryError, EndpointSink};
+
+    let config = Config::parse(CLOUDMAP_CONFIG, "test").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(crate::store::file::FileStore::new(
+        dir.path().join("s.json"),
+    ));
+    let control = Control::start(config, store, "file").await.unwrap();
+    control.set_listening();
+    let why = control.readiness().unwrap_err();
+    assert!(why.contains("`v2` (cloudmap:ns/v2)"), "{why}");
+
+    control.endpoints_discovered("v2", vec!["127.0.0.1:2".parse().unwrap()]);
+    control.readiness().unwrap();
+    control.discovery_failed("v2", &DiscoveryError::Aws("unreachable".into()));
+    // Failing, but for less than stale_after since the last success.
+    let v2 =
+        |s: &super::status::Status| s.versions.iter().find(|v| v.name == "v2").cloned().unwrap();
+    assert!(!v2(&control.status()).discovery.stale);
+    std::thread::sleep(Duration::from_millis(150));
+    let status = control.status();
+    assert!(v2(&status).discovery.stale, "{status:?}");
+    assert_eq!(
+        v2(&status).endpoints.len(),
+        1,
+        "the last endpoints stay in use"
+    );
+    assert!(
+        status
+            .warnings
+            .iter()
+            .any(|w| w.contains("`v2`") && w.contains("stale")),
+        "{:?}",
+        status.warnings
+    );
+    // Still ready: stale endpoints are served, and reported.
+    control.readiness().unwrap();
+    // A success clears it.
+    control.endpoints_confirmed("v2");
+    assert!(!v2(&control.status()).discovery.stale);
+}

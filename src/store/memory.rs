@@ -23,6 +23,10 @@ pub struct MemoryStore {
     pub stall_next_load: AtomicBool,
     /// Releases a stalled load.
     pub release: tokio::sync::Notify,
+    /// When set, every call is throttled.
+    pub throttled: AtomicBool,
+    /// Loads asked for.
+    pub loads: AtomicUsize,
 }
 
 impl MemoryStore {
@@ -37,6 +41,9 @@ impl MemoryStore {
     }
 
     fn check_up(&self) -> Result<(), StoreError> {
+        if self.throttled.load(Ordering::SeqCst) {
+            return Err(StoreError::Throttled("ThrottlingException (test)".into()));
+        }
         if self.down.load(Ordering::SeqCst) {
             return Err(StoreError::DynamoDb("connection refused (test)".into()));
         }
@@ -47,6 +54,7 @@ impl MemoryStore {
 impl Store for MemoryStore {
     fn load(&self) -> BoxFuture<'_, Result<Option<WeightsDoc>, StoreError>> {
         Box::pin(async move {
+            self.loads.fetch_add(1, Ordering::SeqCst);
             if self.stall_next_load.swap(false, Ordering::SeqCst) {
                 self.release.notified().await;
             }
