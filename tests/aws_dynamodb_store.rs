@@ -3,6 +3,8 @@
 //! tasks converging on a change made on each, a lost race answered 409, a
 //! start while the store is down, a rollback while the store is down.
 
+#[path = "support/dynamodb_fixture.rs"]
+mod dynamodb_fixture;
 #[path = "support/fault_proxy.rs"]
 mod fault_proxy;
 #[path = "support/gateway_proc.rs"]
@@ -16,13 +18,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-};
 use canary_gateway::aws::dynamodb_store::DynamoDbStore;
 use canary_gateway::store::{Store, StoreError, WeightsDoc};
-use fault_proxy::{Fault, FaultProxy};
-use gateway_proc::{GatewayProc, TOKEN_ENV, TaggedUpstream, admin, eventually, metric_sum};
+use fault_proxy::FaultProxy;
+use gateway_proc::{
+    GatewayProc, TOKEN_ENV, TaggedUpstream, admin, eventually, metric_sum, weights_of,
+};
 use moto::MotoServer;
 use serde_json::Value;
 
@@ -31,35 +32,10 @@ const KEY: &str = "svc1";
 /// Bound of every wait for something the gateways do in the background.
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Creates the table: one string partition key `pk`, on-demand.
-async fn create_table(client: &aws_sdk_dynamodb::Client) {
-    client
-        .create_table()
-        .table_name(TABLE)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("pk")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("pk")
-                .key_type(KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .billing_mode(BillingMode::PayPerRequest)
-        .send()
-        .await
-        .expect("CreateTable");
-}
-
 /// moto with the table, and a store on it.
 async fn table(moto: &MotoServer) -> DynamoDbStore {
     let client = aws_sdk_dynamodb::Client::new(&moto.sdk_config().await);
-    create_table(&client).await;
+    dynamodb_fixture::create_table(&client, TABLE).await;
     DynamoDbStore::from_client(client, TABLE, KEY)
 }
 
@@ -122,6 +98,42 @@ async fn conditional_writes_let_exactly_one_of_two_racing_writers_win() {
 
 // ------------------------------------------------------------- gateways ----
 
+/// moto with the table, a store on it, and two upstreams v1 and v2.
+struct Fixture {
+    moto: MotoServer,
+    store: DynamoDbStore,
+    v1: TaggedUpstream,
+    v2: TaggedUpstream,
+}
+
+impl Fixture {
+    async fn start() -> Fixture {
+        let moto = MotoServer::start();
+        let store = table(&moto).await;
+        Fixture {
+            moto,
+            store,
+            v1: TaggedUpstream::start("v1").await,
+            v2: TaggedUpstream::start("v2").await,
+        }
+    }
+
+    /// `n` ready gateways on the store, reaching AWS at `aws_url` (moto itself
+    /// when `None`), with `extra` appended to their `[store]` table.
+    async fn fleet(&self, n: usize, aws_url: Option<&str>, extra: &str) -> Vec<GatewayProc> {
+        let url = aws_url.map_or_else(|| self.moto.endpoint_url(), str::to_string);
+        let text = config(&url, &self.v1, &self.v2, extra);
+        let mut fleet = Vec::with_capacity(n);
+        for _ in 0..n {
+            fleet.push(GatewayProc::spawn(&text).await);
+        }
+        for gw in &fleet {
+            gw.wait_ready(WAIT).await;
+        }
+        fleet
+    }
+}
+
 /// A gateway config with a DynamoDB store at `aws_url`; v1/v2 static.
 fn config(aws_url: &str, v1: &TaggedUpstream, v2: &TaggedUpstream, extra_store: &str) -> String {
     format!(
@@ -134,15 +146,6 @@ fn config(aws_url: &str, v1: &TaggedUpstream, v2: &TaggedUpstream, extra_store: 
          [store]\nkind = \"dynamodb\"\ntable = \"{TABLE}\"\nkey = \"{KEY}\"\n{extra_store}",
         v1.addr, v2.addr
     )
-}
-
-fn weights_of(view: &Value) -> BTreeMap<String, u64> {
-    view["weights"]
-        .as_object()
-        .unwrap_or_else(|| panic!("no weights in {view}"))
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
-        .collect()
 }
 
 fn w(v1: u64, v2: u64) -> BTreeMap<String, u64> {
@@ -219,16 +222,11 @@ async fn three_gateways_converge_on_a_change_made_on_each() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_two_gateways_changing_at_once_exactly_one_wins_and_the_other_gets_409() {
-    let moto = MotoServer::start();
-    let store = table(&moto).await;
-    let v1 = TaggedUpstream::start("v1").await;
-    let v2 = TaggedUpstream::start("v2").await;
+    let fx = Fixture::start().await;
+    let store = &fx.store;
     // A long poll interval: neither task learns of the other's change by polling.
-    let text = config(&moto.endpoint_url(), &v1, &v2, "poll_interval = \"1h\"\n");
-    let a = GatewayProc::spawn(&text).await;
-    let b = GatewayProc::spawn(&text).await;
-    a.wait_ready(WAIT).await;
-    b.wait_ready(WAIT).await;
+    let fleet = fx.fleet(2, None, "poll_interval = \"1h\"\n").await;
+    let (a, b) = (&fleet[0], &fleet[1]);
     let (ra, rb) = tokio::join!(
         a.put_weights(&[("v1", 70), ("v2", 30)]),
         b.put_weights(&[("v1", 40), ("v2", 60)])
@@ -259,7 +257,7 @@ async fn of_two_gateways_changing_at_once_exactly_one_wins_and_the_other_gets_40
             .contains("another gateway task"),
         "{lost}"
     );
-    for gw in [&a, &b] {
+    for gw in [a, b] {
         assert_eq!(weights_of(&gw.weights().await), weights_of(&won));
     }
 }
@@ -267,36 +265,25 @@ async fn of_two_gateways_changing_at_once_exactly_one_wins_and_the_other_gets_40
 /// A proxy in front of moto that fails every DynamoDB call while "down".
 async fn store_switch(moto: &MotoServer) -> FaultProxy {
     let upstream = format!("127.0.0.1:{}", moto.port()).parse().unwrap();
-    FaultProxy::start(
-        upstream,
-        http::Method::POST,
-        "/",
-        Fault {
-            status: 500,
-            error_type: "InternalServerError",
-            message: "injected: the store is down",
-        },
-        usize::MAX,
-    )
-    .await
+    FaultProxy::outage(upstream, usize::MAX).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_starts_while_the_store_is_down_and_converges_when_it_returns() {
-    let moto = MotoServer::start();
-    let store = table(&moto).await;
-    store.save(&doc(4, "earlier-task", 25), None).await.unwrap();
-    let v1 = TaggedUpstream::start("v1").await;
-    let v2 = TaggedUpstream::start("v2").await;
-    let down = store_switch(&moto).await;
-    let gw = GatewayProc::spawn(&config(
-        &down.endpoint_url(),
-        &v1,
-        &v2,
-        "poll_interval = \"300ms\"\nboot_timeout = \"1s\"\n",
-    ))
-    .await;
-    gw.wait_ready(WAIT).await;
+    let fx = Fixture::start().await;
+    fx.store
+        .save(&doc(4, "earlier-task", 25), None)
+        .await
+        .unwrap();
+    let down = store_switch(&fx.moto).await;
+    let fleet = fx
+        .fleet(
+            1,
+            Some(&down.endpoint_url()),
+            "poll_interval = \"300ms\"\nboot_timeout = \"1s\"\n",
+        )
+        .await;
+    let gw = &fleet[0];
     // The config file's weights, marked degraded.
     assert_eq!(weights_of(&gw.weights().await), w(90, 10));
     let status = gw.status().await;
@@ -333,20 +320,18 @@ async fn a_gateway_starts_while_the_store_is_down_and_converges_when_it_returns(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollback_while_the_store_is_down_applies_at_once_and_lands_when_it_returns() {
-    let moto = MotoServer::start();
-    let store = table(&moto).await;
-    let v1 = TaggedUpstream::start("v1").await;
-    let v2 = TaggedUpstream::start("v2").await;
-    let switch = store_switch(&moto).await;
+    let fx = Fixture::start().await;
+    let store = &fx.store;
+    let switch = store_switch(&fx.moto).await;
     switch.set_faults(0);
-    let gw = GatewayProc::spawn(&config(
-        &switch.endpoint_url(),
-        &v1,
-        &v2,
-        "poll_interval = \"300ms\"\n",
-    ))
-    .await;
-    gw.wait_ready(WAIT).await;
+    let fleet = fx
+        .fleet(
+            1,
+            Some(&switch.endpoint_url()),
+            "poll_interval = \"300ms\"\n",
+        )
+        .await;
+    let gw = &fleet[0];
     let reply = gw.put_weights(&[("v1", 50), ("v2", 50)]).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
 
@@ -417,30 +402,21 @@ async fn only_the_writer_syncs_the_route_and_the_reconcile_repairs_drift() {
     use canary_gateway::aws::appmesh::{RouteSync, RouteSyncConfig};
     use mesh_fixture::{MESH, ROUTE, ROUTER};
 
-    let moto = MotoServer::start();
-    table(&moto).await;
-    let sdk = moto.sdk_config().await;
+    let fx = Fixture::start().await;
+    let sdk = fx.moto.sdk_config().await;
     let mesh = aws_sdk_appmesh::Client::new(&sdk);
     mesh_fixture::create_mesh(&mesh, &["web-v1", "web-v2"], &[("web-v1", 100)]).await;
-    let v1 = TaggedUpstream::start("v1").await;
-    let v2 = TaggedUpstream::start("v2").await;
-    let text = config(
-        &moto.endpoint_url(),
-        &v1,
-        &v2,
-        &format!(
+    let fleet = fx
+        .fleet(
+            2,
+            None,
+            &format!(
             "poll_interval = \"300ms\"\n\n[appmesh]\nmesh = \"{MESH}\"\nvirtual_router = \"{ROUTER}\"\n\
              route = \"{ROUTE}\"\nvirtual_nodes = {{ v1 = \"web-v1\", v2 = \"web-v2\" }}\n\
              reconcile_interval = \"1s\"\n"
-        ),
-    );
-    let fleet = [
-        GatewayProc::spawn(&text).await,
-        GatewayProc::spawn(&text).await,
-    ];
-    for gw in &fleet {
-        gw.wait_ready(WAIT).await;
-    }
+            ),
+        )
+        .await;
     let (a, b) = (&fleet[0], &fleet[1]);
     let decided = put_retrying(a, 70, 30).await;
     let generation = decided["generation"].as_u64().unwrap();

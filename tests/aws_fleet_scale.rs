@@ -16,6 +16,8 @@
 
 #[path = "support/cloudmap_fixture.rs"]
 mod cloudmap_fixture;
+#[path = "support/dynamodb_fixture.rs"]
+mod dynamodb_fixture;
 #[path = "support/fault_proxy.rs"]
 mod fault_proxy;
 #[path = "support/gateway_proc.rs"]
@@ -25,11 +27,8 @@ mod moto;
 
 use std::time::{Duration, Instant};
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-};
 use cloudmap_fixture::CloudMapFixture;
-use fault_proxy::{Fault, FaultProxy};
+use fault_proxy::FaultProxy;
 use gateway_proc::{GatewayProc, TOKEN_ENV, TaggedUpstream};
 use moto::MotoServer;
 
@@ -50,27 +49,7 @@ async fn twenty_gateways_on_one_store() {
     let sdk = moto.sdk_config().await;
 
     let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
-    dynamodb
-        .create_table()
-        .table_name("canary-gateway")
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("pk")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("pk")
-                .key_type(KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .billing_mode(BillingMode::PayPerRequest)
-        .send()
-        .await
-        .expect("CreateTable");
+    dynamodb_fixture::create_table(&dynamodb, "canary-gateway").await;
     let v1 = TaggedUpstream::start("v1").await;
     let v2 = TaggedUpstream::start("v2").await;
     let discovery = aws_sdk_servicediscovery::Client::new(&sdk);
@@ -89,18 +68,7 @@ async fn twenty_gateways_on_one_store() {
 
     // Counts every call on its way to moto (no fault is injected).
     let upstream = format!("127.0.0.1:{}", moto.port()).parse().unwrap();
-    let counter = FaultProxy::start(
-        upstream,
-        http::Method::POST,
-        "/",
-        Fault {
-            status: 500,
-            error_type: "InternalServerError",
-            message: "unused",
-        },
-        0,
-    )
-    .await;
+    let counter = FaultProxy::outage(upstream, 0).await;
     let config = format!(
         "[listener]\naddress = \"127.0.0.1:0\"\n\n\
          [admin]\naddress = \"127.0.0.1:0\"\ntoken_env = \"{TOKEN_ENV}\"\n\n\

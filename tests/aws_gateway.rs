@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use cloudmap_fixture::CloudMapFixture;
 use gateway_proc::{
     BlackHole, GatewayProc, Relay, TOKEN_ENV, TaggedUpstream, eventually, metric_sum, split_counts,
+    weights_of,
 };
 use moto::MotoServer;
 use serde_json::{Value, json};
@@ -158,15 +159,6 @@ async fn wait_endpoints(gw: &GatewayProc, expected: &[(&str, Vec<String>)]) {
         "endpoints never became {expected:?}: {last:#}\nlog:\n{}",
         gw.log_text()
     );
-}
-
-fn weights_of(view: &Value) -> BTreeMap<String, u64> {
-    view["weights"]
-        .as_object()
-        .unwrap_or_else(|| panic!("no weights in {view}"))
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
-        .collect()
 }
 
 fn weights(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {

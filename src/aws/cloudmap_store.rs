@@ -28,7 +28,7 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
-use crate::aws::errors::{self, ErrorClass};
+use crate::aws::errors;
 use crate::future::BoxFuture;
 use crate::store::{Store, StoreError, WeightsDoc};
 
@@ -77,10 +77,7 @@ impl CloudMapStore {
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
         let message = format!("{operation} {}: {}", self.service_id, errors::describe(err));
-        match errors::classify(err) {
-            ErrorClass::Throttled => StoreError::Throttled(message),
-            _ => StoreError::CloudMap(message),
-        }
+        errors::store_error(err, message, StoreError::CloudMap)
     }
 
     async fn get(&self) -> Result<Option<WeightsDoc>, StoreError> {

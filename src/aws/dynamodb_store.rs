@@ -24,7 +24,7 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
-use crate::aws::errors::{self, ErrorClass};
+use crate::aws::errors;
 use crate::future::BoxFuture;
 use crate::store::{Store, StoreError, WeightsDoc};
 
@@ -70,10 +70,7 @@ impl DynamoDbStore {
             self.key,
             errors::describe(err)
         );
-        match errors::classify(err) {
-            ErrorClass::Throttled => StoreError::Throttled(message),
-            _ => StoreError::DynamoDb(message),
-        }
+        errors::store_error(err, message, StoreError::DynamoDb)
     }
 
     async fn get(&self) -> Result<Option<WeightsDoc>, StoreError> {

@@ -8,6 +8,8 @@ use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
+use crate::store::StoreError;
+
 /// Error codes AWS services use for throttling.
 const THROTTLING_CODES: &[&str] = &[
     "ThrottlingException",
@@ -63,6 +65,22 @@ where
     match err {
         SdkError::ServiceError(service) => service.err().code(),
         _ => None,
+    }
+}
+
+/// The store's error for a failed SDK call: throttling becomes
+/// [`StoreError::Throttled`] (the poll backs off), anything else `other`.
+pub fn store_error<E>(
+    err: &SdkError<E, HttpResponse>,
+    message: String,
+    other: fn(String) -> StoreError,
+) -> StoreError
+where
+    E: ProvideErrorMetadata,
+{
+    match classify(err) {
+        ErrorClass::Throttled => StoreError::Throttled(message),
+        _ => other(message),
     }
 }
 

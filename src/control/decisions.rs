@@ -78,15 +78,7 @@ impl Control {
                 state.decision.weights.clone(),
             ),
         };
-        let doc = WeightsDoc {
-            stable,
-            weights,
-            generation: state.decision.generation + 1,
-            updated_at_ms: unix_ms(),
-            source: source.to_string(),
-            writer: self.writer.clone(),
-            config_weights: Some(state.config.weights()),
-        };
+        let doc = self.next_decision(&state, stable, weights, source);
         tracing::error!(target: "audit", error = %why, generation = doc.generation, "rollback applied on this task only: the store could not take it; retrying in the background");
         if let Err(e) = self.apply(&mut state, doc) {
             tracing::error!(error = %e, "the rollback could not be applied");
@@ -165,15 +157,7 @@ impl Control {
             let (stable, weights) = change(&state.decision)?;
             let versions: Vec<String> = state.config.version_names();
             validate_weights(&versions, &stable, &weights)?;
-            let doc = WeightsDoc {
-                stable,
-                weights,
-                generation: state.decision.generation + 1,
-                updated_at_ms: unix_ms(),
-                source: source.to_string(),
-                writer: self.writer.clone(),
-                config_weights: Some(state.config.weights()),
-            };
+            let doc = self.next_decision(&state, stable, weights, source);
             (doc, versions)
         };
         let doc = self.record(doc).await?;
@@ -190,6 +174,25 @@ impl Control {
             self.apply(&mut state, doc.clone())?;
         }
         Ok(view(&doc))
+    }
+
+    /// A new decision by this task, one generation after the one in force.
+    fn next_decision(
+        &self,
+        state: &State,
+        stable: String,
+        weights: BTreeMap<String, u32>,
+        source: &str,
+    ) -> WeightsDoc {
+        WeightsDoc {
+            stable,
+            weights,
+            generation: state.decision.generation + 1,
+            updated_at_ms: unix_ms(),
+            source: source.to_string(),
+            writer: self.writer.clone(),
+            config_weights: Some(state.config.weights()),
+        }
     }
 
     /// Writes a decision to the store. A shared store is read first (its

@@ -116,6 +116,18 @@ impl FaultProxy {
         }
     }
 
+    /// In front of an AWS emulator at `upstream`: the first `count` calls
+    /// (every AWS JSON call is a POST) get a 500 `InternalServerError`, as
+    /// if the service were down; 0 makes a plain counting relay.
+    pub async fn outage(upstream: SocketAddr, count: usize) -> FaultProxy {
+        let fault = Fault {
+            status: 500,
+            error_type: "InternalServerError",
+            message: "injected: the service is down",
+        };
+        FaultProxy::start(upstream, Method::POST, "/", fault, count).await
+    }
+
     /// `http://127.0.0.1:<port>`.
     pub fn endpoint_url(&self) -> String {
         format!("http://{}", self.addr)

@@ -367,6 +367,16 @@ pub async fn split_counts(addr: SocketAddr, n: usize) -> BTreeMap<String, usize>
     counts
 }
 
+/// The `weights` of a `/weights` view (or of a 409's `current`), by version.
+pub fn weights_of(view: &serde_json::Value) -> BTreeMap<String, u64> {
+    view["weights"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no weights in {view}"))
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(u64::MAX)))
+        .collect()
+}
+
 /// Polls `check` every 50 ms until it is true, for at most `limit`.
 pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
