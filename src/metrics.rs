@@ -25,7 +25,8 @@ pub const ENDPOINTS_HEALTHY: &str = "canary_endpoints_healthy";
 pub const DISCOVERY_ERRORS_TOTAL: &str = "canary_discovery_errors_total";
 /// Gauge: age in seconds of each `version`'s discovered endpoints.
 pub const DISCOVERY_AGE_SECONDS: &str = "canary_discovery_age_seconds";
-/// Counter: weight store operations by `op` (load, save) and `result` (ok, error).
+/// Counter: weight store operations by `op` (load, save) and `result` (ok,
+/// error, throttled, conflict: another task wrote first).
 pub const STORE_OPERATIONS_TOTAL: &str = "canary_store_operations_total";
 /// Counter: App Mesh route syncs by `result` (ok, error).
 pub const APPMESH_SYNCS_TOTAL: &str = "canary_appmesh_syncs_total";

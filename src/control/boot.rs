@@ -28,6 +28,7 @@ impl FirstRead {
     /// The store's line in /status after the first read.
     pub fn status(&self, kind: &str) -> StoreStatus {
         metrics::gauge!(names::STORE_DEGRADED).set(if self.failed.is_some() { 1.0 } else { 0.0 });
+        metrics::gauge!(names::STORE_ROLLBACK_PENDING).set(0.0);
         StoreStatus {
             kind: kind.to_string(),
             last_ok_ms: self.failed.is_none().then(unix_ms),
