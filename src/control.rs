@@ -105,6 +105,9 @@ pub struct Control {
     /// Wakes the store upkeep when a rollback waits for the store.
     pending_wake: Notify,
     listening: AtomicBool,
+    /// Every discovery source had been asked once (readiness never goes back
+    /// for discovery: a version added by a reload does not unready the fleet).
+    discovered: AtomicBool,
     draining: AtomicBool,
     started: Instant,
     weights_tx: watch::Sender<WeightsDoc>,
@@ -212,6 +215,7 @@ impl Control {
             writer,
             pending_wake: Notify::new(),
             listening: AtomicBool::new(false),
+            discovered: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             started: Instant::now(),
             weights_tx,

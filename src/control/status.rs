@@ -169,7 +169,7 @@ impl Control {
 
     /// `Ok` when the gateway serves; otherwise why not. Ready = the listener
     /// is bound, the config is loaded (a `Control` exists), every discovery
-    /// source has been asked once, and the task is not draining. Upstream
+    /// source of the start has been asked once, and the task is not draining. Upstream
     /// health is not part of it (like Envoy's `/ready`): an empty stable
     /// version must not take every gateway task out of the target group at
     /// once; it is reported loudly in /status and a metric instead.
@@ -179,6 +179,9 @@ impl Control {
         }
         if !self.listening.load(Ordering::SeqCst) {
             return Err("the listener is not bound yet".into());
+        }
+        if self.discovered.load(Ordering::SeqCst) {
+            return Ok(());
         }
         let state = self.lock();
         let waiting: Vec<String> = state
@@ -193,6 +196,7 @@ impl Control {
                 waiting.join(", ")
             ));
         }
+        self.discovered.store(true, Ordering::SeqCst);
         Ok(())
     }
 
