@@ -194,14 +194,7 @@ const CONFLICT: Fault = Fault {
 
 /// An SDK config that sends App Mesh calls through `proxy`.
 async fn through(proxy: &FaultProxy) -> SdkConfig {
-    let moto_like =
-        canary_gateway::aws::sdk_config(Some(moto::REGION), Some(&proxy.endpoint_url())).await;
-    moto_like
-        .into_builder()
-        .credentials_provider(aws_sdk_appmesh::config::SharedCredentialsProvider::new(
-            aws_sdk_appmesh::config::Credentials::new("testing", "testing", None, None, "moto"),
-        ))
-        .build()
+    moto::sdk_config_at(&proxy.endpoint_url()).await
 }
 
 #[tokio::test]

@@ -96,6 +96,33 @@ async fn conditional_writes_let_exactly_one_of_two_racing_writers_win() {
     assert_eq!(store.load().await.unwrap().unwrap().generation, 11);
 }
 
+/// DynamoDB's throttling answers (after the SDK's own retries) are
+/// StoreError::Throttled, which makes the poll back off; other errors are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_answers_are_told_apart() {
+    let moto = MotoServer::start();
+    table(&moto).await;
+    let upstream = format!("127.0.0.1:{}", moto.port()).parse().unwrap();
+    for (code, throttled) in [
+        ("ProvisionedThroughputExceededException", true),
+        ("ThrottlingException", true),
+        ("RequestLimitExceeded", true),
+        ("ValidationException", false),
+    ] {
+        let fault = fault_proxy::Fault {
+            status: 400,
+            error_type: code,
+            message: "injected",
+        };
+        let proxy = FaultProxy::start(upstream, http::Method::POST, "/", fault, usize::MAX).await;
+        let sdk = moto::sdk_config_at(&proxy.endpoint_url()).await;
+        let store = DynamoDbStore::new(&sdk, TABLE, KEY);
+        let err = store.load().await.unwrap_err();
+        assert_eq!(err.is_throttled(), throttled, "{code}: {err}");
+        assert!(err.to_string().contains(code), "{err}");
+    }
+}
+
 // ------------------------------------------------------------- gateways ----
 
 /// moto with the table, a store on it, and two upstreams v1 and v2.

@@ -120,6 +120,7 @@ mod tests {
             "ThrottlingException",
             "RequestLimitExceeded",
             "TooManyRequestsException",
+            "ProvisionedThroughputExceededException",
         ] {
             assert_eq!(
                 classify(&service(code, 400)),
