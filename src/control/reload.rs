@@ -107,7 +107,7 @@ impl Control {
         // shared store keeps no config weights: a replica joins with the
         // fleet's decision whatever its file says.)
         let doc = if changed || (edited && !self.store.shared()) {
-            self.record(doc).await.map_err(|e| e.to_string())?
+            self.record(doc).await.map_err(|e| e.short())?
         } else {
             doc
         };
