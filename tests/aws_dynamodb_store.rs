@@ -22,7 +22,8 @@ use canary_gateway::aws::dynamodb_store::DynamoDbStore;
 use canary_gateway::store::{Store, StoreError, WeightsDoc};
 use fault_proxy::FaultProxy;
 use gateway_proc::{
-    GatewayProc, TOKEN_ENV, TaggedUpstream, admin, eventually, metric_sum, weights_of,
+    GatewayProc, TOKEN_ENV, TaggedUpstream, admin, endpoints_line, eventually, gateway_config,
+    metric_sum, weights_of,
 };
 use moto::MotoServer;
 use serde_json::Value;
@@ -163,16 +164,18 @@ impl Fixture {
 
 /// A gateway config with a DynamoDB store at `aws_url`; v1/v2 static.
 fn config(aws_url: &str, v1: &TaggedUpstream, v2: &TaggedUpstream, extra_store: &str) -> String {
-    format!(
-        "[listener]\naddress = \"127.0.0.1:0\"\n\n\
-         [admin]\naddress = \"127.0.0.1:0\"\ntoken_env = \"{TOKEN_ENV}\"\n\n\
-         [split]\nstable = \"v1\"\n\n\
-         [aws]\nregion = \"us-east-1\"\nendpoint_url = \"{aws_url}\"\n\n\
-         [[versions]]\nname = \"v1\"\nweight = 90\nendpoints = [\"{}\"]\n\n\
-         [[versions]]\nname = \"v2\"\nweight = 10\nendpoints = [\"{}\"]\n\n\
-         [store]\nkind = \"dynamodb\"\ntable = \"{TABLE}\"\nkey = \"{KEY}\"\n{extra_store}",
-        v1.addr, v2.addr
-    )
+    let mut text = gateway_config(
+        &format!("token_env = \"{TOKEN_ENV}\"\n"),
+        &format!("\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{aws_url}\""),
+        &[
+            ("v1", 90, endpoints_line(&[v1.addr])),
+            ("v2", 10, endpoints_line(&[v2.addr])),
+        ],
+    );
+    text.push_str(&format!(
+        "\n[store]\nkind = \"dynamodb\"\ntable = \"{TABLE}\"\nkey = \"{KEY}\"\n{extra_store}"
+    ));
+    text
 }
 
 fn w(v1: u64, v2: u64) -> BTreeMap<String, u64> {

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use cloudmap_fixture::CloudMapFixture;
 use fault_proxy::FaultProxy;
-use gateway_proc::{GatewayProc, TOKEN_ENV, TaggedUpstream};
+use gateway_proc::{GatewayProc, TOKEN_ENV, TaggedUpstream, gateway_config};
 use moto::MotoServer;
 
 /// How long the steady state is counted.
@@ -69,19 +69,24 @@ async fn twenty_gateways_on_one_store() {
     // Counts every call on its way to moto (no fault is injected).
     let upstream = format!("127.0.0.1:{}", moto.port()).parse().unwrap();
     let counter = FaultProxy::outage(upstream, 0).await;
-    let config = format!(
-        "[listener]\naddress = \"127.0.0.1:0\"\n\n\
-         [admin]\naddress = \"127.0.0.1:0\"\ntoken_env = \"{TOKEN_ENV}\"\n\n\
-         [split]\nstable = \"v1\"\n\n\
-         [aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\n\
-         [[versions]]\nname = \"v1\"\nweight = 90\n\
-         cloudmap = {{ namespace = \"sim-v1.local\", service = \"app\" }}\n\n\
-         [[versions]]\nname = \"v2\"\nweight = 10\n\
-         cloudmap = {{ namespace = \"sim-v2.local\", service = \"app\" }}\n\n\
-         [store]\nkind = \"dynamodb\"\ntable = \"canary-gateway\"\nkey = \"sim\"\n\
-         poll_interval = \"{poll}\"\n",
-        counter.endpoint_url()
+    let cloudmap = |namespace: &str| {
+        format!("cloudmap = {{ namespace = \"{namespace}\", service = \"app\" }}")
+    };
+    let mut config = gateway_config(
+        &format!("token_env = \"{TOKEN_ENV}\"\n"),
+        &format!(
+            "\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"",
+            counter.endpoint_url()
+        ),
+        &[
+            ("v1", 90, cloudmap("sim-v1.local")),
+            ("v2", 10, cloudmap("sim-v2.local")),
+        ],
     );
+    config.push_str(&format!(
+        "\n[store]\nkind = \"dynamodb\"\ntable = \"canary-gateway\"\nkey = \"sim\"\n\
+         poll_interval = \"{poll}\"\n"
+    ));
 
     let started = Instant::now();
     let mut fleet = Vec::with_capacity(tasks);
