@@ -470,6 +470,61 @@ async fn the_fleet_shares_weight_decisions_through_cloud_map() {
     assert_near(&counts, "v2", 100, 8);
 }
 
+/// Cloud Map (the store) unreachable at start: the task no longer crash-loops;
+/// after `boot_timeout` it serves the config file's weights marked degraded,
+/// and adopts the fleet's decision once Cloud Map answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_degraded_while_the_cloud_map_store_is_unreachable() {
+    use canary_gateway::aws::cloudmap_store::CloudMapStore;
+    use canary_gateway::store::{Store, WeightsDoc};
+
+    let moto = MotoServer::start();
+    let v1 = TaggedUpstream::start("v1").await;
+    let v2 = TaggedUpstream::start("v2").await;
+    let services = cloudmap_services(&moto, &["canary-state"]).await;
+    let service_id = services[0].service_id.clone();
+    let fleet_doc = WeightsDoc {
+        stable: "v1".into(),
+        weights: BTreeMap::from([("v1".to_string(), 60), ("v2".to_string(), 40)]),
+        generation: 9,
+        updated_at_ms: 1_760_000_000_000,
+        source: "admin".into(),
+        writer: "another-task".into(),
+        config_weights: None,
+    };
+    CloudMapStore::new(&moto.sdk_config().await, service_id.clone())
+        .save(&fleet_doc, None)
+        .await
+        .unwrap();
+    let moto_addr = format!("127.0.0.1:{}", moto.port()).parse().unwrap();
+    let relay = Relay::start_down(moto_addr).await;
+    let gw = GatewayProc::spawn(&config(
+        &relay.endpoint_url(),
+        &[
+            ("v1", 90, static_source(&v1)),
+            ("v2", 10, static_source(&v2)),
+        ],
+        &format!("{}boot_timeout = \"1s\"\n", fleet_store(&service_id)),
+    ))
+    .await;
+    gw.wait_ready(WAIT).await;
+    assert_eq!(
+        weights_of(&gw.weights().await),
+        weights(&[("v1", 90), ("v2", 10)])
+    );
+    let status = gw.status().await;
+    assert_eq!(status["store"]["degraded"], true, "{status:#}");
+
+    relay.set_up();
+    let ok = eventually(WAIT, async || {
+        let view = gw.weights().await;
+        weights_of(&view) == weights(&[("v1", 60), ("v2", 40)]) && view["generation"] == 9
+    })
+    .await;
+    assert!(ok, "never adopted the store's decision:\n{}", gw.log_text());
+    assert_eq!(gw.status().await["store"]["degraded"], false);
+}
+
 /// With the store down a change is refused (503, JSON error) and nothing
 /// changes: the old weights stay in force and traffic keeps flowing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
