@@ -2,7 +2,8 @@
 //!
 //! [`sdk_config`] builds the shared SDK configuration; [`cloudmap`] discovers
 //! endpoints, [`cloudmap_store`] keeps the weights document in a Cloud Map
-//! service, [`appmesh`] mirrors the weights onto an App Mesh route.
+//! service and [`dynamodb_store`] in a DynamoDB item (conditional writes),
+//! [`appmesh`] mirrors the weights onto an App Mesh route.
 
 pub mod appmesh;
 pub mod backoff;
