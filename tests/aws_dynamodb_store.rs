@@ -97,6 +97,27 @@ async fn conditional_writes_let_exactly_one_of_two_racing_writers_win() {
     assert_eq!(store.load().await.unwrap().unwrap().generation, 11);
 }
 
+/// The SDK retries a PutItem whose answer was lost; when the first attempt was
+/// applied, the retry's condition fails against the writer's own document.
+/// That write won: the writer is told so, not handed a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_write_that_already_landed_is_not_a_conflict() {
+    let moto = MotoServer::start();
+    let store = table(&moto).await;
+    let first = doc(1, "a", 10);
+    store.save(&first, None).await.unwrap();
+    // The same write again, as a retry sends it: same document, same condition.
+    store.save(&first, None).await.unwrap();
+    let next = doc(2, "a", 20);
+    store.save(&next, Some(1)).await.unwrap();
+    store.save(&next, Some(1)).await.unwrap();
+    // Another writer's document of the same generation is still a conflict.
+    assert!(matches!(
+        store.save(&doc(2, "b", 30), Some(1)).await,
+        Err(StoreError::Conflict(Some(current))) if *current == next
+    ));
+}
+
 /// DynamoDB's throttling answers (after the SDK's own retries) are
 /// StoreError::Throttled, which makes the poll back off; other errors are not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

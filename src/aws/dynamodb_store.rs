@@ -125,6 +125,12 @@ impl DynamoDbStore {
             Ok(_) => Ok(()),
             Err(e) if errors::error_code(&e) == Some(CONDITION_FAILED) => {
                 let current = self.get().await?;
+                // The SDK retries a PutItem whose answer was lost (a time-out, a
+                // 5xx); when the first attempt was applied, the retry fails its
+                // condition against our own write. That write won: not a conflict.
+                if current.as_ref().is_some_and(|c| c == doc) {
+                    return Ok(());
+                }
                 Err(StoreError::Conflict(current.map(Box::new)))
             }
             Err(e) => Err(self.error("PutItem", &e)),
