@@ -37,6 +37,11 @@ pub const OVERRIDES: [Override; 3] = [
     },
 ];
 
+/// The variable that overrides `key`, if one does.
+pub fn variable_for(key: &str) -> Option<&'static str> {
+    OVERRIDES.iter().find(|o| o.key == key).map(|o| o.var)
+}
+
 /// The overrides set in this process's environment (empty values count as unset).
 pub fn overrides_from_env() -> Vec<(&'static Override, String)> {
     OVERRIDES

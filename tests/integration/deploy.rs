@@ -96,13 +96,11 @@ fn the_cloudformation_template_lines_up_timeouts_ports_and_security_groups() {
         .unwrap()
         .replace("${NamespaceName}", "example.local")
         .replace("${V1ServiceName}", "svc1-v1")
-        .replace("${V2ServiceName}", "svc1-v2");
+        .replace("${V2ServiceName}", "svc1-v2")
+        .replace("${StoreKey}", "svc1");
     let config = config_with_env(
         &text,
-        &[(
-            "CANARY_STORE_SERVICE_ID".into(),
-            "srv-0123456789abcdef".into(),
-        )],
+        &[("CANARY_STORE_TABLE".into(), "canary-gateway-weights".into())],
     );
     let attr = |resource: &str, list: &str, key: &str| -> u64 {
         r[resource]["Properties"][list]
