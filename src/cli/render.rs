@@ -77,6 +77,11 @@ pub fn status(v: &Value) -> String {
             text(store.get("last_error"))
         ));
     }
+    if let Some(Value::Array(warnings)) = v.get("warnings") {
+        for w in warnings {
+            out.push_str(&format!("\nwarning: {}", text(Some(w))));
+        }
+    }
     if let Some(tls) = v.get("tls") {
         out.push_str(&format!(
             "\ntls: {} (last error: {})",

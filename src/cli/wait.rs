@@ -32,7 +32,8 @@ fn generations(status: &Value) -> Vec<u64> {
 }
 
 /// Why the fleet has not converged yet, or `None` when it has: every task
-/// reports the same generation and reads the store without error.
+/// reports the same generation, reads the store without error, has read it
+/// at all (not `degraded`) and has no rollback waiting to be written.
 fn not_converged(statuses: &[Value]) -> Option<String> {
     let all: Vec<u64> = statuses.iter().flat_map(generations).collect();
     if all.is_empty() {
@@ -44,6 +45,12 @@ fn not_converged(statuses: &[Value]) -> Option<String> {
     for s in statuses {
         if let Some(e) = s.pointer("/store/last_error").and_then(Value::as_str) {
             return Some(format!("the store answers with an error: {e}"));
+        }
+        if s.pointer("/store/degraded") == Some(&Value::Bool(true)) {
+            return Some("a task has not read the store yet (degraded)".into());
+        }
+        if s.pointer("/store/rollback_pending") == Some(&Value::Bool(true)) {
+            return Some("a rollback is not in the store yet".into());
         }
     }
     None
@@ -161,5 +168,9 @@ mod tests {
         assert!(not_converged(&[fleet]).is_some());
         let broken = json!({"weights": {"generation": 3}, "store": {"last_error": "throttled"}});
         assert!(not_converged(&[broken]).unwrap().contains("throttled"));
+        let degraded = json!({"weights": {"generation": 3}, "store": {"degraded": true}});
+        assert!(not_converged(&[degraded]).unwrap().contains("degraded"));
+        let pending = json!({"weights": {"generation": 3}, "store": {"rollback_pending": true}});
+        assert!(not_converged(&[pending]).unwrap().contains("rollback"));
     }
 }
