@@ -9,19 +9,19 @@
 //! Requests without a body (most of them) are read by [`h1`], the gateway's
 //! own HTTP/1.1 server, and served by [`Proxy::serve_simple`]; any other
 //! request hands its connection to hyper's server and [`Proxy::handle`].
-//! Requests without a body go upstream through [`exchange`], the gateway's
+//! Requests without a body go upstream through [`upstream_client`], the gateway's
 //! own HTTP/1.1 client, driven in the request's task; requests with a body or
 //! an upgrade through hyper's client.
 
 pub mod body;
 pub mod clock;
-pub mod exchange;
+pub mod error_response;
 pub mod h1;
 pub mod headers;
 pub mod random;
-pub mod rescue;
 pub mod server;
 pub mod upstream;
+pub mod upstream_client;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -38,14 +38,14 @@ use crate::config::Timeouts;
 use crate::metrics as names;
 use crate::snapshot::{ProxySettings, Snapshot, Version, split};
 use body::{Completion, ProxyBody, RequestBody};
-use exchange::body::ResponseBody;
+use error_response::ProxyError;
 use h1::request::SimpleRequest;
 use h1::response::{ClientFraming, SendError};
 use headers::Forwarding;
-use rescue::ProxyError;
 use server::ConnState;
 use tokio::io::AsyncWrite;
 use upstream::{ConnectError, Endpoint, Pooled, Sender};
+use upstream_client::body::ResponseBody;
 
 /// Gauges the data path keeps up to date.
 pub struct Telemetry {
@@ -180,7 +180,7 @@ impl Proxy {
         let encode = |head: &mut Vec<u8>| {
             let method = req.method.as_str().as_bytes();
             let fields = || req.field_bytes();
-            exchange::head::encode_fields(head, method, req.target, None, fields, &fwd);
+            upstream_client::head::encode_fields(head, method, req.target, None, fields, &fwd);
         };
         let response_header = settings
             .response_header
@@ -255,9 +255,9 @@ impl Proxy {
             let mut map = http::HeaderMap::new();
             let encode = |out: &mut Vec<u8>| {
                 if rewrite {
-                    exchange::head::encode(out, &parts);
+                    upstream_client::head::encode(out, &parts);
                 } else {
-                    exchange::head::encode_forwarded(out, &parts, &fwd);
+                    upstream_client::head::encode_forwarded(out, &parts, &fwd);
                 }
                 // Nothing may keep pointing into the client connection's read
                 // buffer while the upstream answers, or hyper cannot reuse
@@ -345,14 +345,14 @@ impl Proxy {
 }
 
 /// The own client's response head with its fields in `map` (see
-/// [`exchange::RawHead::into_head`]). A head whose fields do not make a map
+/// [`upstream_client::RawHead::into_head`]). A head whose fields do not make a map
 /// fails the request, which then no longer counts at `endpoint`.
 fn mapped_head(
-    raw: exchange::RawHead,
-    conn: &exchange::Conn,
+    raw: upstream_client::RawHead,
+    conn: &upstream_client::Conn,
     endpoint: &Endpoint,
     map: http::HeaderMap,
-) -> Result<exchange::Head, ProxyError> {
+) -> Result<upstream_client::Head, ProxyError> {
     raw.into_head(conn.spans(), map).map_err(|e| {
         endpoint.end_request();
         ProxyError::Reset(e.into())
@@ -404,7 +404,14 @@ async fn forward_own(
     method: &http::Method,
     encode: impl FnOnce(&mut Vec<u8>),
     start: Instant,
-) -> Result<(exchange::RawHead, exchange::Conn, Arc<Endpoint>), ProxyError> {
+) -> Result<
+    (
+        upstream_client::RawHead,
+        upstream_client::Conn,
+        Arc<Endpoint>,
+    ),
+    ProxyError,
+> {
     let (endpoint, (mut conn, mut pooled)) =
         pick_and_connect(version, |e| own_conn_for(version, e, settings, start)).await?;
     endpoint.begin_request();
@@ -418,12 +425,12 @@ async fn forward_own(
                 Err(e)
                     if pooled
                         && e.nothing_received()
-                        && (e.unsent() || exchange::retry_safe(method)) =>
+                        && (e.unsent() || upstream_client::retry_safe(method)) =>
                 {
                     tracing::debug!(upstream = %endpoint.addr(), error = %e, "pooled connection failed; retrying on a new one");
                     pooled = false;
                     let stream = Box::pin(open(version, &endpoint, settings)).await?;
-                    let mut fresh = exchange::Conn::new(stream);
+                    let mut fresh = upstream_client::Conn::new(stream);
                     std::mem::swap(fresh.request_head(), conn.request_head());
                     conn = fresh;
                 }
@@ -476,13 +483,13 @@ async fn own_conn_for(
     endpoint: &Endpoint,
     settings: &ProxySettings,
     start: Instant,
-) -> Result<(exchange::Conn, bool), ConnectError> {
+) -> Result<(upstream_client::Conn, bool), ConnectError> {
     if let Some(conn) = endpoint.checkout_own(settings.upstream.pool_idle_timeout, start) {
         return Ok((conn, true));
     }
     // Boxed, as connecting is the rare case (see `Proxy::handle`).
     let stream = Box::pin(open(version, endpoint, settings)).await?;
-    Ok((exchange::Conn::new(stream), false))
+    Ok((upstream_client::Conn::new(stream), false))
 }
 
 /// Opens a TCP connection to `endpoint`, counting a failure in the version's

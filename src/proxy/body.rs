@@ -19,9 +19,9 @@ use hyper::body::Incoming;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::Notify;
 
-use super::exchange::body::ResponseBody;
 use super::server::ConnState;
 use super::upstream::{Endpoint, Pooled};
+use super::upstream_client::body::ResponseBody;
 use crate::snapshot::{ProxySettings, Version};
 
 /// How far a request body has been sent upstream.

@@ -7,7 +7,7 @@
 //! buffer), allocates a fresh 8 KiB read buffer per request, and encodes
 //! the response from another header map. Here the request head is parsed in
 //! place in the connection's buffer, the upstream's head is written straight
-//! from the request's bytes ([`crate::proxy::exchange::head`]) and the
+//! from the request's bytes ([`crate::proxy::upstream_client::head`]) and the
 //! client's straight from the upstream's ([`response`]), the way nginx
 //! copies header lines between buffers.
 //!

@@ -15,8 +15,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::clock::now_ms;
-use super::exchange::Conn;
 use super::random::fast_random;
+use super::upstream_client::Conn;
 use crate::config::UpstreamConfig;
 
 /// A pooled HTTP/1.1 connection's request handle (hyper's client).
@@ -26,7 +26,7 @@ pub type Sender = http1::SendRequest<super::body::RequestBody>;
 pub enum Pooled {
     /// Driven by hyper's client in a task of its own (requests with a body).
     Hyper(Sender),
-    /// Driven by the request's own task ([`super::exchange`]).
+    /// Driven by the request's own task ([`super::upstream_client`]).
     Own(Conn),
 }
 

@@ -13,10 +13,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_body::Body;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::proxy::exchange::body::ResponseBody;
-use crate::proxy::exchange::head::line as field;
-use crate::proxy::exchange::{ExchangeError, Framing, RawHead, Span};
 use crate::proxy::headers;
+use crate::proxy::upstream_client::body::ResponseBody;
+use crate::proxy::upstream_client::head::line as field;
+use crate::proxy::upstream_client::{ExchangeError, Framing, RawHead, Span};
 
 /// Why a response could not be sent whole.
 #[derive(Debug, thiserror::Error)]

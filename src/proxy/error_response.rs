@@ -1,5 +1,6 @@
-//! Data path: the one place where proxy errors become responses
-//! (502 unreachable or reset, 503 no endpoints, 504 timeout).
+//! Data path: error responses, the one place where proxy errors become the
+//! responses the client gets (502 unreachable or reset, 503 no endpoints,
+//! 504 timeout).
 
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
