@@ -132,6 +132,7 @@ fn header_rewrite(c: &mut Criterion) {
         peer_ip: &peer_ip,
         port: &port,
         trust_forwarded_headers: false,
+        drop_underscored: false,
     };
     let template = Request::get("/api/orders?id=42")
         .header("host", "shop.example.com")

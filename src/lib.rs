@@ -42,6 +42,8 @@
 //!   [`telemetry`] sets up logs and the Prometheus recorder; [`metrics`] names
 //!   every metric; [`future`] holds the boxed future the async traits return.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod aws;
 pub mod config;
