@@ -227,7 +227,7 @@ impl Proxy {
         mut req: Request<Incoming>,
         conn: Arc<ConnState>,
     ) -> Response<ProxyBody> {
-        if let Some(reason) = headers::host_problem(&req) {
+        if let Some(reason) = headers::head_problem(&req) {
             return reject(ClientError::BadHead(reason));
         }
         let start = Instant::now();

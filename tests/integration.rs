@@ -24,3 +24,6 @@ mod framing;
 
 #[path = "integration/client_errors.rs"]
 mod client_errors;
+
+#[path = "integration/properties.rs"]
+mod properties;

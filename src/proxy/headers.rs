@@ -33,11 +33,20 @@ pub fn is_upgrade_request<B>(req: &Request<B>) -> bool {
             .any(|v| has_token(v.as_bytes(), b"h2c"))
 }
 
-/// Why a request's Host fields break RFC 9112, 3.2 (a 400): none in an
-/// HTTP/1.1 request, or more than one. HTTP/2 carries `:authority`.
-pub fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
+/// Why an HTTP/1 request's head breaks RFC 9112 in a way hyper's server
+/// lets pass (a 400): no Host in an HTTP/1.1 request, or more than one
+/// (3.2); an authority-form target on another method than CONNECT (3.2.3),
+/// which would otherwise go upstream as `/` with its authority as Host.
+/// HTTP/2 carries `:authority`.
+pub fn head_problem<B>(req: &Request<B>) -> Option<&'static str> {
     if req.version() >= Version::HTTP_2 {
         return None;
+    }
+    if req.uri().scheme().is_none()
+        && req.uri().authority().is_some()
+        && req.method() != http::Method::CONNECT
+    {
+        return Some("authority-form target");
     }
     let mut hosts = req.headers().get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {

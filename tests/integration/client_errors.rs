@@ -50,7 +50,8 @@ async fn malformed_chunked_bodies_are_the_clients_error() {
     let good = b"POST /good HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\ngood";
     for (i, body) in bodies.iter().enumerate() {
         let what = String::from_utf8_lossy(body);
-        let mut raw = b"POST /bad HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        let mut raw =
+            b"POST /bad HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
         raw.extend_from_slice(body);
         let response = exchange(gw.addr, Path::Own, &raw).await;
         if let Some(response) = &response {
@@ -58,8 +59,14 @@ async fn malformed_chunked_bodies_are_the_clients_error() {
         }
         // The next request must not land on a connection that carries half
         // of the bad one.
-        let response = exchange(gw.addr, Path::Own, good).await.expect("a response");
-        assert_eq!((response.status, response.text().as_str()), (200, "POST 4"), "after {what}");
+        let response = exchange(gw.addr, Path::Own, good)
+            .await
+            .expect("a response");
+        assert_eq!(
+            (response.status, response.text().as_str()),
+            (200, "POST 4"),
+            "after {what}"
+        );
         let counted = metric_reaches(
             &gw,
             "canary_client_errors_total",
@@ -70,8 +77,16 @@ async fn malformed_chunked_bodies_are_the_clients_error() {
     }
     assert!(forwarded(&recorder).iter().all(|r| r.target == "/good"));
     let text = metrics(&gw).await;
-    let five = metric_value(&text, "canary_requests_total", &[("version", "cerr"), ("status", "5xx")]);
-    let upstream = metric_value(&text, "canary_upstream_errors_total", &[("version", "cerr")]);
+    let five = metric_value(
+        &text,
+        "canary_requests_total",
+        &[("version", "cerr"), ("status", "5xx")],
+    );
+    let upstream = metric_value(
+        &text,
+        "canary_upstream_errors_total",
+        &[("version", "cerr")],
+    );
     assert_eq!((five, upstream), (0.0, 0.0), "{text}");
     gw.shutdown().await;
 }
@@ -82,7 +97,10 @@ async fn a_client_gone_mid_body_is_the_clients_error() {
     let recorder = Recorder::start().await;
     let gw = Gateway::start(&config("", &[("gone", 1, recorder.addr)])).await;
     let before = metric(&gw, "canary_client_errors_total", &[("kind", "aborted")]).await;
-    for (i, framing) in ["Content-Length: 100", "Transfer-Encoding: chunked"].iter().enumerate() {
+    for (i, framing) in ["Content-Length: 100", "Transfer-Encoding: chunked"]
+        .iter()
+        .enumerate()
+    {
         let mut stream = TcpStream::connect(gw.addr).await.unwrap();
         let head = format!("PUT /gone HTTP/1.1\r\nHost: h\r\n{framing}\r\n\r\n");
         stream.write_all(head.as_bytes()).await.unwrap();
@@ -90,16 +108,32 @@ async fn a_client_gone_mid_body_is_the_clients_error() {
         // The request is in flight: its upstream connection is open (the
         // one before got half a request and is not reused).
         let open = eventually(Duration::from_secs(10), async || {
-            recorder.connections.load(std::sync::atomic::Ordering::SeqCst) > i as u64
+            recorder
+                .connections
+                .load(std::sync::atomic::Ordering::SeqCst)
+                > i as u64
         });
         assert!(open.await);
         drop(stream);
     }
-    let counted = metric_reaches(&gw, "canary_client_errors_total", &[("kind", "aborted")], before + 2.0);
+    let counted = metric_reaches(
+        &gw,
+        "canary_client_errors_total",
+        &[("kind", "aborted")],
+        before + 2.0,
+    );
     assert!(counted.await, "{}", metrics(&gw).await);
     let text = metrics(&gw).await;
-    let five = metric_value(&text, "canary_requests_total", &[("version", "gone"), ("status", "5xx")]);
-    let upstream = metric_value(&text, "canary_upstream_errors_total", &[("version", "gone")]);
+    let five = metric_value(
+        &text,
+        "canary_requests_total",
+        &[("version", "gone"), ("status", "5xx")],
+    );
+    let upstream = metric_value(
+        &text,
+        "canary_upstream_errors_total",
+        &[("version", "gone")],
+    );
     assert_eq!((five, upstream), (0.0, 0.0), "{text}");
     assert_eq!(forwarded(&recorder), []);
     gw.shutdown().await;
@@ -144,7 +178,10 @@ async fn error_responses_name_no_upstream() {
 
 /// An upstream that accepts requests and never answers; counts request
 /// heads and closes a connection when the gateway closes it.
-async fn silent_upstream() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+async fn silent_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let heads = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -154,7 +191,10 @@ async fn silent_upstream() -> (std::net::SocketAddr, std::sync::Arc<std::sync::a
             let counter = counter.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                if crate::support::read_head(&mut stream, &mut buf).await.is_some() {
+                if crate::support::read_head(&mut stream, &mut buf)
+                    .await
+                    .is_some()
+                {
                     counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
                 let mut rest = [0u8; 1024];
@@ -173,10 +213,12 @@ async fn cancelled_requests_give_their_endpoint_count_back() {
     let (addr, heads) = silent_upstream().await;
     let gw = Gateway::start(&config("", &[("v1", 1, addr)])).await;
     let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let (sender, conn) =
-        hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
+        TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
     tokio::spawn(conn);
     let outstanding = || {
         let status = gw.running.as_ref().unwrap().control.status();
@@ -197,14 +239,22 @@ async fn cancelled_requests_give_their_endpoint_count_back() {
         let arrived = eventually(Duration::from_secs(20), async || {
             heads.load(std::sync::atomic::Ordering::SeqCst) >= sent
         });
-        assert!(arrived.await, "{} of {sent} requests arrived", heads.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(
+            arrived.await,
+            "{} of {sent} requests arrived",
+            heads.load(std::sync::atomic::Ordering::SeqCst)
+        );
         assert!(outstanding() >= 100);
         for task in tasks {
             task.abort();
         }
     }
     let back = eventually(Duration::from_secs(10), async || outstanding() == 0).await;
-    assert!(back, "{} requests still counted after 1,000 were cancelled", outstanding());
+    assert!(
+        back,
+        "{} requests still counted after 1,000 were cancelled",
+        outstanding()
+    );
     gw.shutdown().await;
 }
 
@@ -217,8 +267,14 @@ async fn stalled_bodies_end_the_request() {
     let half = FixedUpstream::start(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf").await;
     let big = Upstream::start("big").await;
     let recorder = Recorder::start().await;
-    let text = config("", &[("up", 1, recorder.addr), ("half", 0, half.addr), ("big", 0, big.addr)])
-        + "\n[timeouts]\nbody_stall = \"400ms\"\n";
+    let text = config(
+        "",
+        &[
+            ("up", 1, recorder.addr),
+            ("half", 0, half.addr),
+            ("big", 0, big.addr),
+        ],
+    ) + "\n[timeouts]\nbody_stall = \"400ms\"\n";
     let text = text.replace("[split]\n", "[split]\noverride_header = \"x-version\"\n");
     let gw = Gateway::start(&text).await;
     let mut count = metric(&gw, "canary_body_stalls_total", &[]).await;
@@ -227,11 +283,26 @@ async fn stalled_bodies_end_the_request() {
         let get = b"GET / HTTP/1.1\r\nHost: h\r\nX-Version: half\r\n\r\n";
         stream.write_all(get).await.unwrap();
         let head = crate::support::read_head(&mut stream, &mut buf).await;
-        assert!(head.is_some_and(|h| h.starts_with("HTTP/1.1 200")), "{path:?}");
+        assert!(
+            head.is_some_and(|h| h.starts_with("HTTP/1.1 200")),
+            "{path:?}"
+        );
         let rest = crate::support::read_to_close(&mut stream, Duration::from_secs(10)).await;
-        assert!(rest.is_some(), "{path:?}: an upstream stalled mid-body held the connection");
+        assert!(
+            rest.is_some(),
+            "{path:?}: an upstream stalled mid-body held the connection"
+        );
         count += 1.0;
-        assert!(eventually(Duration::from_secs(5), async || metric(&gw, "canary_body_stalls_total", &[]).await >= count).await);
+        assert!(
+            eventually(Duration::from_secs(5), async || metric(
+                &gw,
+                "canary_body_stalls_total",
+                &[]
+            )
+            .await
+                >= count)
+            .await
+        );
     }
     // The client stops reading a large response.
     for path in PATHS {
@@ -239,14 +310,21 @@ async fn stalled_bodies_end_the_request() {
         let get = b"GET /download?bytes=268435456 HTTP/1.1\r\nHost: h\r\nX-Version: big\r\n\r\n";
         stream.write_all(get).await.unwrap();
         count += 1.0;
-        let ended = eventually(Duration::from_secs(10), async || metric(&gw, "canary_body_stalls_total", &[]).await >= count);
-        assert!(ended.await, "{path:?}: a client that stopped reading held the request");
+        let ended = eventually(Duration::from_secs(10), async || {
+            metric(&gw, "canary_body_stalls_total", &[]).await >= count
+        });
+        assert!(
+            ended.await,
+            "{path:?}: a client that stopped reading held the request"
+        );
     }
     // The client stops sending its upload: 408, the client's error.
     let before = metric(&gw, "canary_client_errors_total", &[("kind", "body_stall")]).await;
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
     stream
-        .write_all(b"POST /up HTTP/1.1\r\nHost: h\r\nX-Version: up\r\nContent-Length: 10\r\n\r\nabc")
+        .write_all(
+            b"POST /up HTTP/1.1\r\nHost: h\r\nX-Version: up\r\nContent-Length: 10\r\n\r\nabc",
+        )
         .await
         .unwrap();
     let mut buf = Vec::new();
@@ -254,7 +332,11 @@ async fn stalled_bodies_end_the_request() {
     assert_eq!(response.map(|r| r.status), Some(408));
     assert!(metric(&gw, "canary_client_errors_total", &[("kind", "body_stall")]).await > before);
     let text = metrics(&gw).await;
-    let five = metric_value(&text, "canary_requests_total", &[("version", "up"), ("status", "5xx")]);
+    let five = metric_value(
+        &text,
+        "canary_requests_total",
+        &[("version", "up"), ("status", "5xx")],
+    );
     assert_eq!(five, 0.0, "{text}");
     gw.shutdown().await;
 }

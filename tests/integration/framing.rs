@@ -72,7 +72,10 @@ async fn every_method_and_framing_reaches_the_upstream_whole() {
                 let got = forwarded(&recorder);
                 assert_eq!(got.len(), 1, "{what}: {got:?}");
                 let got = &got[0];
-                assert_eq!((got.method.as_str(), got.target.as_str()), (method, target.as_str()));
+                assert_eq!(
+                    (got.method.as_str(), got.target.as_str()),
+                    (method, target.as_str())
+                );
                 let sent: &[u8] = match framing {
                     Framing::None => b"",
                     _ => body,
@@ -80,11 +83,18 @@ async fn every_method_and_framing_reaches_the_upstream_whole() {
                 assert_eq!(got.body, sent, "{what}: body");
                 assert_eq!(
                     got.end_to_end_fields(),
-                    [("host".into(), "probe.test".into()), ("x-probe".into(), "1".into())],
+                    [
+                        ("host".into(), "probe.test".into()),
+                        ("x-probe".into(), "1".into())
+                    ],
                     "{what}: fields"
                 );
                 if method != "HEAD" {
-                    assert_eq!(response.text(), format!("{method} {}", sent.len()), "{what}");
+                    assert_eq!(
+                        response.text(),
+                        format!("{method} {}", sent.len()),
+                        "{what}"
+                    );
                 }
             }
         }
@@ -116,7 +126,11 @@ async fn host_must_be_present_once() {
             assert!(rest.is_some(), "{what}: the connection stays open");
         }
     }
-    assert_eq!(forwarded(&recorder), [], "a request with a bad Host was forwarded");
+    assert_eq!(
+        forwarded(&recorder),
+        [],
+        "a request with a bad Host was forwarded"
+    );
     // HTTP/1.0 needs no Host.
     let response = exchange(gw.addr, Path::Own, b"GET /old HTTP/1.0\r\n\r\n").await;
     assert_eq!(response.map(|r| r.status), Some(200));
@@ -154,6 +168,17 @@ async fn an_absolute_form_authority_replaces_host() {
             assert_eq!(got[0].target, "/t?q=1", "{what}");
             assert_eq!(got[0].values("host"), [host], "{what}");
         }
+        // Authority form is for CONNECT only (3.2.3): it would otherwise go
+        // upstream as `/` with its authority for Host.
+        recorder.clear();
+        let raw = b"OPTIONS user@other.test HTTP/1.1\r\nHost: probe.test\r\n\r\n";
+        let response = exchange(gw.addr, path, raw).await;
+        assert_eq!(
+            response.map(|r| r.status),
+            Some(400),
+            "authority form via {path:?}"
+        );
+        assert_eq!(forwarded(&recorder), []);
     }
     gw.shutdown().await;
 }
@@ -168,7 +193,8 @@ async fn h2c_upgrades_are_refused() {
         if req.values("upgrade").is_empty() {
             describe(req)
         } else {
-            let switch = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\nconnection: upgrade\r\n\r\n";
+            let switch =
+                b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\nconnection: upgrade\r\n\r\n";
             (switch.to_vec(), false)
         }
     });
@@ -202,7 +228,8 @@ async fn h2c_upgrades_are_refused() {
     gw.shutdown().await;
 
     let always_switching: Respond = Arc::new(|_: &Recorded| {
-        let switch = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\nconnection: upgrade\r\n\r\n";
+        let switch =
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\nconnection: upgrade\r\n\r\n";
         (switch.to_vec(), false)
     });
     let recorder = Recorder::responding(always_switching).await;
@@ -212,7 +239,12 @@ async fn h2c_upgrades_are_refused() {
         b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi",
     ] {
         let response = exchange(gw.addr, Path::Own, raw).await;
-        assert_eq!(response.map(|r| r.status), Some(502), "{}", String::from_utf8_lossy(raw));
+        assert_eq!(
+            response.map(|r| r.status),
+            Some(502),
+            "{}",
+            String::from_utf8_lossy(raw)
+        );
     }
     gw.shutdown().await;
 }
@@ -229,21 +261,33 @@ async fn underscored_field_names_are_dropped_unless_allowed() {
     for allow in [false, true] {
         let recorder = Recorder::start().await;
         let mut text = config("", &[("v1", 1, recorder.addr)]);
-        text = text.replace(
-            "[listener]\n",
-            &format!("[listener]\nallow_underscores_in_headers = {allow}\n"),
-        );
+        if allow {
+            let key = "[listener]\nallow_underscores_in_headers = true\n";
+            text = text.replace("[listener]\n", key);
+        }
         let gw = Gateway::start(&text).await;
         for path in PATHS {
             for raw in requests {
                 recorder.clear();
-                let what = format!("{} via {path:?}, allowed {allow}", String::from_utf8_lossy(raw));
+                let what = format!(
+                    "{} via {path:?}, allowed {allow}",
+                    String::from_utf8_lossy(raw)
+                );
                 let response = exchange(gw.addr, path, raw).await;
                 assert_eq!(response.map(|r| r.status), Some(200), "{what}");
                 let got = forwarded(&recorder);
                 assert_eq!(got.len(), 1, "{what}");
-                let underscored = got[0].fields.iter().filter(|(n, _)| n.contains('_')).count();
-                assert_eq!(underscored, usize::from(allow), "{what}: {:?}", got[0].fields);
+                let underscored = got[0]
+                    .fields
+                    .iter()
+                    .filter(|(n, _)| n.contains('_'))
+                    .count();
+                assert_eq!(
+                    underscored,
+                    usize::from(allow),
+                    "{what}: {:?}",
+                    got[0].fields
+                );
                 if got[0].method == "POST" {
                     assert_eq!(got[0].body, b"abc", "{what}");
                 }
@@ -268,7 +312,8 @@ async fn repeated_and_conflicting_response_lengths_are_cleaned_up() {
         b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi",
     ];
     for answer in repeated {
-        let recorder = Recorder::responding(Arc::new(move |_: &Recorded| (answer.to_vec(), false))).await;
+        let recorder =
+            Recorder::responding(Arc::new(move |_: &Recorded| (answer.to_vec(), false))).await;
         let gw = Gateway::start(&config("", &[("v1", 1, recorder.addr)])).await;
         for path in PATHS {
             for raw in requests {
@@ -286,15 +331,31 @@ async fn repeated_and_conflicting_response_lengths_are_cleaned_up() {
     for path in PATHS {
         for raw in requests {
             let what = format!("{} via {path:?}", String::from_utf8_lossy(raw));
-            let before = recorder.connections.load(std::sync::atomic::Ordering::SeqCst);
+            let before = recorder
+                .connections
+                .load(std::sync::atomic::Ordering::SeqCst);
             let response = exchange(gw.addr, path, raw).await.expect(&what);
             sent += 1;
-            assert_eq!((response.status, response.body.as_slice()), (200, &b"ok"[..]), "{what}");
-            assert_eq!(response.values("content-length"), Vec::<&str>::new(), "{what}");
+            assert_eq!(
+                (response.status, response.body.as_slice()),
+                (200, &b"ok"[..]),
+                "{what}"
+            );
+            assert_eq!(
+                response.values("content-length"),
+                Vec::<&str>::new(),
+                "{what}"
+            );
             // Each request (and the hand-off's) on a connection of its own.
-            let after = recorder.connections.load(std::sync::atomic::Ordering::SeqCst);
+            let after = recorder
+                .connections
+                .load(std::sync::atomic::Ordering::SeqCst);
             let expected = 1 + u64::from(path == Path::Hyper);
-            assert_eq!(after - before, expected, "{what}: an upstream connection was reused");
+            assert_eq!(
+                after - before,
+                expected,
+                "{what}: an upstream connection was reused"
+            );
         }
     }
     assert_eq!(forwarded(&recorder).len(), sent);

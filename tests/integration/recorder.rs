@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::eventually;
@@ -80,6 +80,9 @@ impl Drop for Recorder {
     }
 }
 
+/// The recorder's answer to a request that broke the framing rules.
+const REJECTED: &[u8] = b"HTTP/1.1 400 Bad Request\r\nx-upstream: recorder-rejected\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
 /// The default answer: 200 with `<METHOD> <body bytes>` as its body (the
 /// length only, for HEAD).
 pub fn describe(req: &Recorded) -> (Vec<u8>, bool) {
@@ -131,9 +134,7 @@ impl Recorder {
                                 return;
                             }
                             Err(Cut::Invalid) => {
-                                let _ = stream
-                                    .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                                    .await;
+                                let _ = stream.write_all(REJECTED).await;
                                 return;
                             }
                         }
@@ -167,7 +168,7 @@ impl Recorder {
     }
 }
 
-enum Cut {
+pub enum Cut {
     /// The peer closed (or reset) in the middle of a request.
     Closed,
     /// The request broke the framing rules.
@@ -175,7 +176,7 @@ enum Cut {
 }
 
 /// Reads more bytes into `buf`; `Cut::Closed` on EOF or error.
-async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), Cut> {
+async fn fill<R: AsyncRead + Unpin>(stream: &mut R, buf: &mut Vec<u8>) -> Result<(), Cut> {
     let mut chunk = [0u8; 8192];
     match stream.read(&mut chunk).await {
         Ok(0) | Err(_) => Err(Cut::Closed),
@@ -187,7 +188,7 @@ async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), Cut> {
 }
 
 /// Reads one CRLF-terminated line from the front of `buf` (without CRLF).
-async fn line(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Vec<u8>, Cut> {
+async fn line<R: AsyncRead + Unpin>(stream: &mut R, buf: &mut Vec<u8>) -> Result<Vec<u8>, Cut> {
     loop {
         if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
             let line: Vec<u8> = buf.drain(..i + 2).take(i).collect();
@@ -204,7 +205,11 @@ async fn line(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Vec<u8>, Cut>
 }
 
 /// Reads `n` bytes from the front of `buf`.
-async fn exactly(stream: &mut TcpStream, buf: &mut Vec<u8>, n: usize) -> Result<Vec<u8>, Cut> {
+async fn exactly<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut Vec<u8>,
+    n: usize,
+) -> Result<Vec<u8>, Cut> {
     while buf.len() < n {
         fill(stream, buf).await?;
     }
@@ -212,10 +217,18 @@ async fn exactly(stream: &mut TcpStream, buf: &mut Vec<u8>, n: usize) -> Result<
 }
 
 /// Reads one request; `Ok(None)` when the connection closed between requests.
-async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<Recorded>, Cut> {
+pub async fn read_request<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut Vec<u8>,
+) -> Result<Option<Recorded>, Cut> {
+    // The head as httparse reads it (bare LF line ends accepted, as RFC
+    // 9112 allows a recipient to).
     let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
+        let mut slots = [httparse::EMPTY_HEADER; 128];
+        match httparse::Request::new(&mut slots).parse(buf) {
+            Ok(httparse::Status::Complete(n)) => break n,
+            Ok(httparse::Status::Partial) if buf.len() < 64 * 1024 => {}
+            _ => return Err(Cut::Invalid),
         }
         let mut chunk = [0u8; 8192];
         match stream.read(&mut chunk).await {
@@ -227,9 +240,8 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Optio
     let head: Vec<u8> = buf.drain(..head_end).collect();
     let mut slots = [httparse::EMPTY_HEADER; 128];
     let mut parsed = httparse::Request::new(&mut slots);
-    match parsed.parse(&head) {
-        Ok(httparse::Status::Complete(n)) if n == head.len() => {}
-        _ => return Err(Cut::Invalid),
+    if !matches!(parsed.parse(&head), Ok(httparse::Status::Complete(_))) {
+        return Err(Cut::Invalid);
     }
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let fields: Vec<(String, String)> = parsed
@@ -246,14 +258,21 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Optio
         trailers: Vec::new(),
     };
     let lengths = req.values("content-length");
-    let codings = req.values("transfer-encoding");
+    // Empty list elements are allowed (RFC 9110, 5.6.1).
+    let codings: Vec<&str> = req
+        .values("transfer-encoding")
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
     match (lengths.as_slice(), codings.as_slice()) {
         ([], []) => {}
         ([n], []) => {
             let n: usize = n.parse().map_err(|_| Cut::Invalid)?;
             req.body = exactly(stream, buf, n).await?;
         }
-        ([], ["chunked"]) => {
+        ([], [chunked]) if chunked.eq_ignore_ascii_case("chunked") => {
             req.chunked = true;
             loop {
                 let size_line = line(stream, buf).await?;
@@ -275,9 +294,15 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Optio
                     break;
                 }
                 let (name, value) = trailer
-                    .split_at_checked(trailer.iter().position(|&b| b == b':').ok_or(Cut::Invalid)?)
+                    .split_at_checked(
+                        trailer
+                            .iter()
+                            .position(|&b| b == b':')
+                            .ok_or(Cut::Invalid)?,
+                    )
                     .ok_or(Cut::Invalid)?;
-                req.trailers.push((text(name), text(&value[1..]).trim().to_string()));
+                req.trailers
+                    .push((text(name), text(&value[1..]).trim().to_string()));
             }
         }
         _ => return Err(Cut::Invalid),
@@ -313,10 +338,20 @@ impl RawResponse {
 /// Reads one response (1xx but 101 skipped) from `stream`; `buf` keeps bytes
 /// read past it. `None` when the connection closed first (or within 10 s
 /// nothing whole arrived).
-pub async fn read_response(
-    stream: &mut TcpStream,
+pub async fn read_response<R: AsyncRead + Unpin>(
+    stream: &mut R,
     buf: &mut Vec<u8>,
     head_request: bool,
+) -> Option<RawResponse> {
+    read_response_within(stream, buf, head_request, Duration::from_secs(10)).await
+}
+
+/// [`read_response`], waiting at most `limit`.
+pub async fn read_response_within<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut Vec<u8>,
+    head_request: bool,
+    limit: Duration,
 ) -> Option<RawResponse> {
     let read = async {
         loop {
@@ -326,24 +361,36 @@ pub async fn read_response(
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(10), read).await.ok()?
+    tokio::time::timeout(limit, read).await.ok()?
 }
 
-async fn read_one(
-    stream: &mut TcpStream,
+async fn read_one<R: AsyncRead + Unpin>(
+    stream: &mut R,
     buf: &mut Vec<u8>,
     head_request: bool,
 ) -> Option<RawResponse> {
-    let head = crate::support::read_head(stream, buf).await?;
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines.next()?.get(9..12)?.parse().ok()?;
-    let fields: Vec<(String, String)> = lines
-        .filter(|l| !l.is_empty())
-        .filter_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            Some((n.to_ascii_lowercase(), v.trim().to_string()))
-        })
-        .collect();
+    // The head as httparse reads it (bare LF line ends accepted).
+    let (status, fields) = loop {
+        let mut slots = [httparse::EMPTY_HEADER; 128];
+        let mut parsed = httparse::Response::new(&mut slots);
+        match parsed.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => {
+                let fields: Vec<(String, String)> = parsed
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        let value = String::from_utf8_lossy(h.value).trim().to_string();
+                        (h.name.to_ascii_lowercase(), value)
+                    })
+                    .collect();
+                let status = parsed.code?;
+                buf.drain(..n);
+                break (status, fields);
+            }
+            Ok(httparse::Status::Partial) => fill(stream, buf).await.ok()?,
+            Err(_) => return None,
+        }
+    };
     let mut response = RawResponse {
         status,
         fields,
@@ -354,8 +401,14 @@ async fn read_one(
     if head_request || matches!(status, 100..=199 | 204 | 304) {
         return Some(response);
     }
-    let length = response.values("content-length").first().map(|v| v.parse::<usize>());
-    if response.values("transfer-encoding").iter().any(|v| v.contains("chunked")) {
+    let length = response
+        .values("content-length")
+        .first()
+        .map(|v| v.parse::<usize>());
+    // RFC 9112, 6.3: chunked when it is the final coding, else until close.
+    let codings = response.values("transfer-encoding").join(",");
+    let last = codings.rsplit(',').next().map(str::trim);
+    if last.is_some_and(|c| c.eq_ignore_ascii_case("chunked")) {
         response.chunked = true;
         loop {
             let size_line = line(stream, buf).await.ok()?;
@@ -372,9 +425,11 @@ async fn read_one(
                 break;
             }
             let (n, v) = trailer.split_once(':')?;
-            response.trailers.push((n.to_ascii_lowercase(), v.trim().to_string()));
+            response
+                .trailers
+                .push((n.to_ascii_lowercase(), v.trim().to_string()));
         }
-    } else if let Some(length) = length {
+    } else if let Some(length) = length.filter(|_| codings.is_empty()) {
         response.body = exactly(stream, buf, length.ok()?).await.ok()?;
     } else {
         response.body = std::mem::take(buf);
