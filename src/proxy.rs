@@ -318,6 +318,10 @@ impl Proxy {
                 // is never reused; equal repeated lengths go out as one.
                 let reusable = !matches!(resp.body(), Upstream::Hyper(..))
                     || headers::fix_response_length(resp.headers_mut());
+                // The gateway answers in its own protocol version, never the
+                // upstream's (an HTTP/1.0 upstream's response would make
+                // hyper's server end the body by closing the connection).
+                *resp.version_mut() = http::Version::HTTP_11;
                 let response_header = settings
                     .response_header
                     .as_ref()
