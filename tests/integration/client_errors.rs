@@ -31,6 +31,19 @@ async fn metric_reaches(gw: &Gateway, name: &str, labels: &[(&str, &str)], at_le
     .await
 }
 
+/// Asserts that `version` counted no 5xx and no upstream error.
+async fn assert_no_version_errors(gw: &Gateway, version: &str) {
+    let text = metrics(gw).await;
+    let five = [("version", version), ("status", "5xx")];
+    let five = metric_value(&text, "canary_requests_total", &five);
+    let upstream = metric_value(
+        &text,
+        "canary_upstream_errors_total",
+        &[("version", version)],
+    );
+    assert_eq!((five, upstream), (0.0, 0.0), "{text}");
+}
+
 /// Malformed chunked bodies (nginx and HAProxy answer 400) are the client's
 /// error: a 400 or a closed connection, counted in
 /// `canary_client_errors_total`, never in the version's 5xx or upstream
@@ -76,18 +89,7 @@ async fn malformed_chunked_bodies_are_the_clients_error() {
         assert!(counted.await, "{what}: not counted as a client error");
     }
     assert!(forwarded(&recorder).iter().all(|r| r.target == "/good"));
-    let text = metrics(&gw).await;
-    let five = metric_value(
-        &text,
-        "canary_requests_total",
-        &[("version", "cerr"), ("status", "5xx")],
-    );
-    let upstream = metric_value(
-        &text,
-        "canary_upstream_errors_total",
-        &[("version", "cerr")],
-    );
-    assert_eq!((five, upstream), (0.0, 0.0), "{text}");
+    assert_no_version_errors(&gw, "cerr").await;
     gw.shutdown().await;
 }
 
@@ -123,18 +125,7 @@ async fn a_client_gone_mid_body_is_the_clients_error() {
         before + 2.0,
     );
     assert!(counted.await, "{}", metrics(&gw).await);
-    let text = metrics(&gw).await;
-    let five = metric_value(
-        &text,
-        "canary_requests_total",
-        &[("version", "gone"), ("status", "5xx")],
-    );
-    let upstream = metric_value(
-        &text,
-        "canary_upstream_errors_total",
-        &[("version", "gone")],
-    );
-    assert_eq!((five, upstream), (0.0, 0.0), "{text}");
+    assert_no_version_errors(&gw, "gone").await;
     assert_eq!(forwarded(&recorder), []);
     gw.shutdown().await;
 }
@@ -331,12 +322,6 @@ async fn stalled_bodies_end_the_request() {
     let response = read_response(&mut stream, &mut buf, false).await;
     assert_eq!(response.map(|r| r.status), Some(408));
     assert!(metric(&gw, "canary_client_errors_total", &[("kind", "body_stall")]).await > before);
-    let text = metrics(&gw).await;
-    let five = metric_value(
-        &text,
-        "canary_requests_total",
-        &[("version", "up"), ("status", "5xx")],
-    );
-    assert_eq!(five, 0.0, "{text}");
+    assert_no_version_errors(&gw, "up").await;
     gw.shutdown().await;
 }
