@@ -436,15 +436,14 @@ fn record_error(version: &Version, failed: &Failed) {
     let e = &failed.error;
     let request_id = failed.request_id.as_ref().and_then(|v| v.to_str().ok());
     let request_id = request_id.unwrap_or("-");
-    match (e, e.kind_index()) {
-        (ProxyError::Client(c), _) => {
-            c.count();
-            tracing::debug!(version = %version.name, request_id, error = %e, "client error");
-            return;
-        }
-        // Connect failures are counted per attempt, in `open`.
-        (ProxyError::Connect(_), _) | (_, None) => {}
-        (_, Some(kind)) => version.metrics.errors[kind].increment(1),
+    if let ProxyError::Client(c) = e {
+        c.count();
+        tracing::debug!(version = %version.name, request_id, error = %e, "client error");
+        return;
+    }
+    // Connect failures are counted per attempt, in `open`.
+    if let (false, Some(kind)) = (matches!(e, ProxyError::Connect(_)), e.kind_index()) {
+        version.metrics.errors[kind].increment(1);
     }
     tracing::warn!(version = %version.name, request_id, error = %e, "request failed");
 }
