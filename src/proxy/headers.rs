@@ -36,8 +36,8 @@ pub fn is_upgrade_request<B>(req: &Request<B>) -> bool {
 /// Why an HTTP/1 request's head breaks RFC 9112 in a way hyper's server
 /// lets pass (a 400): no Host in an HTTP/1.1 request, or more than one
 /// (3.2); an authority-form target on another method than CONNECT (3.2.3),
-/// which would otherwise go upstream as `/` with its authority as Host.
-/// HTTP/2 carries `:authority`.
+/// which would otherwise go upstream as `/` with its authority as Host; a
+/// transfer coding other than chunked. HTTP/2 carries `:authority`.
 pub fn head_problem<B>(req: &Request<B>) -> Option<&'static str> {
     if req.version() >= Version::HTTP_2 {
         return None;
@@ -47,6 +47,18 @@ pub fn head_problem<B>(req: &Request<B>) -> Option<&'static str> {
         && req.method() != http::Method::CONNECT
     {
         return Some("authority-form target");
+    }
+    // A transfer coding but chunked would go upstream as a plain body
+    // (hyper's server decodes the chunks, the coding would be lost).
+    let codings = req.headers().get_all(header::TRANSFER_ENCODING).iter();
+    let other = |v: &HeaderValue| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .map(<[u8]>::trim_ascii)
+            .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"chunked"))
+    };
+    if codings.into_iter().any(other) {
+        return Some("a transfer coding other than chunked");
     }
     let mut hosts = req.headers().get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {

@@ -114,6 +114,8 @@ async fn host_must_be_present_once() {
         b"GET /none HTTP/1.1\r\nX-Host: a.test\r\n\r\n",
         b"POST /two-with-body HTTP/1.1\r\nHost: a\r\nHost: b\r\nContent-Length: 2\r\n\r\nhi",
         b"GET /none-absolute HTTP/1.1\r\n\r\n",
+        // Not Host, but refused alike: a coding the gateway would lose.
+        b"POST /gzip HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
     ];
     for path in PATHS {
         for raw in bad {
