@@ -3,6 +3,9 @@
 //! error; error responses leak no upstream detail; cancelled requests give
 //! their endpoint's count back; bodies that stall end the request.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,9 +14,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::lifecycle::metric_value;
 use crate::recorder::*;
-use crate::support::{FixedUpstream, Gateway, Upstream, admin, config, dead_addr, eventually};
+use crate::support::{
+    FixedUpstream, Gateway, ServerTask, Upstream, admin, config, dead_addr, eventually,
+    metric_value, read_head, read_to_close, serve_connections,
+};
 
 async fn metrics(gw: &Gateway) -> String {
     admin(gw.admin, "GET", "/metrics", None, "").await.text()
@@ -110,10 +115,7 @@ async fn a_client_gone_mid_body_is_the_clients_error() {
         // The request is in flight: its upstream connection is open (the
         // one before got half a request and is not reused).
         let open = eventually(Duration::from_secs(10), async || {
-            recorder
-                .connections
-                .load(std::sync::atomic::Ordering::SeqCst)
-                > i as u64
+            recorder.connections.load(Ordering::SeqCst) > i as u64
         });
         assert!(open.await);
         drop(stream);
@@ -169,31 +171,23 @@ async fn error_responses_name_no_upstream() {
 
 /// An upstream that accepts requests and never answers; counts request
 /// heads and closes a connection when the gateway closes it.
-async fn silent_upstream() -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::atomic::AtomicU64>,
-) {
+async fn silent_upstream() -> (SocketAddr, Arc<AtomicU64>, ServerTask) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let heads = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let heads = Arc::new(AtomicU64::new(0));
     let counter = heads.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                if crate::support::read_head(&mut stream, &mut buf)
-                    .await
-                    .is_some()
-                {
-                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                }
-                let mut rest = [0u8; 1024];
-                while matches!(stream.read(&mut rest).await, Ok(n) if n > 0) {}
-            });
+    let task = serve_connections(listener, move |mut stream| {
+        let counter = counter.clone();
+        async move {
+            let mut buf = Vec::new();
+            if read_head(&mut stream, &mut buf).await.is_some() {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+            let mut rest = [0u8; 1024];
+            while matches!(stream.read(&mut rest).await, Ok(n) if n > 0) {}
         }
     });
-    (addr, heads)
+    (addr, heads, task)
 }
 
 /// Requests cancelled before their response head (h2 stream resets) give
@@ -201,7 +195,7 @@ async fn silent_upstream() -> (
 /// zero, or power of two choices would shun the endpoint for good.
 #[tokio::test]
 async fn cancelled_requests_give_their_endpoint_count_back() {
-    let (addr, heads) = silent_upstream().await;
+    let (addr, heads, _upstream) = silent_upstream().await;
     let gw = Gateway::start(&config("", &[("v1", 1, addr)])).await;
     let stream = TcpStream::connect(gw.addr).await.unwrap();
     let (sender, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
@@ -228,12 +222,12 @@ async fn cancelled_requests_give_their_endpoint_count_back() {
             .collect();
         sent += 100;
         let arrived = eventually(Duration::from_secs(20), async || {
-            heads.load(std::sync::atomic::Ordering::SeqCst) >= sent
+            heads.load(Ordering::SeqCst) >= sent
         });
         assert!(
             arrived.await,
             "{} of {sent} requests arrived",
-            heads.load(std::sync::atomic::Ordering::SeqCst)
+            heads.load(Ordering::SeqCst)
         );
         assert!(outstanding() >= 100);
         for task in tasks {
@@ -273,12 +267,12 @@ async fn stalled_bodies_end_the_request() {
         let (mut stream, mut buf) = connect(gw.addr, path).await;
         let get = b"GET / HTTP/1.1\r\nHost: h\r\nX-Version: half\r\n\r\n";
         stream.write_all(get).await.unwrap();
-        let head = crate::support::read_head(&mut stream, &mut buf).await;
+        let head = read_head(&mut stream, &mut buf).await;
         assert!(
             head.is_some_and(|h| h.starts_with("HTTP/1.1 200")),
             "{path:?}"
         );
-        let rest = crate::support::read_to_close(&mut stream, Duration::from_secs(10)).await;
+        let rest = read_to_close(&mut stream, Duration::from_secs(10)).await;
         assert!(
             rest.is_some(),
             "{path:?}: an upstream stalled mid-body held the connection"

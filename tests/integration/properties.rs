@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::recorder::*;
-use crate::support::{Gateway, config};
+use crate::support::{Gateway, ServerTask, config, read_head, serve_connections};
 
 /// Cases per property: each is one exchange (two with a hand-off).
 const CASES: u32 = 160;
@@ -414,30 +414,22 @@ impl Resp {
     }
 }
 
-/// An upstream that answers every request head with the current bytes and
+/// Serves every request head on `listener` with the current bytes and
 /// closes the connection (so a close-delimited body ends).
-async fn scripted_upstream(answer: Arc<Mutex<Vec<u8>>>) -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let answer = answer.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                if crate::support::read_head(&mut stream, &mut buf)
-                    .await
-                    .is_some()
-                {
-                    let bytes = answer.lock().unwrap().clone();
-                    let _ = stream.write_all(&bytes).await;
-                    let _ = stream.shutdown().await;
-                    let mut rest = [0u8; 256];
-                    while matches!(stream.read(&mut rest).await, Ok(n) if n > 0) {}
-                }
-            });
+fn scripted_upstream(listener: TcpListener, answer: Arc<Mutex<Vec<u8>>>) -> ServerTask {
+    serve_connections(listener, move |mut stream| {
+        let answer = answer.clone();
+        async move {
+            let mut buf = Vec::new();
+            if read_head(&mut stream, &mut buf).await.is_some() {
+                let bytes = answer.lock().unwrap().clone();
+                let _ = stream.write_all(&bytes).await;
+                let _ = stream.shutdown().await;
+                let mut rest = [0u8; 256];
+                while matches!(stream.read(&mut rest).await, Ok(n) if n > 0) {}
+            }
         }
-    });
-    addr
+    })
 }
 
 async fn check_response(
@@ -489,9 +481,14 @@ async fn check_response(
 fn random_and_mutated_responses_reach_the_client_as_sent_or_as_a_502() {
     let rt = runtime();
     let answer = Arc::new(Mutex::new(Vec::new()));
-    let gw = rt.block_on(async {
-        let upstream = scripted_upstream(answer.clone()).await;
-        Gateway::start(&config("", &[("v1", 1, upstream)])).await
+    let (gw, _upstream) = rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let upstream = scripted_upstream(listener, answer.clone());
+        (
+            Gateway::start(&config("", &[("v1", 1, addr)])).await,
+            upstream,
+        )
     });
     runner()
         .run(&response(), |resp| {

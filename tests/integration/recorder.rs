@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::eventually;
+use crate::support::{ServerTask, eventually, serve_connections};
 
 /// One request as the upstream received it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,13 +71,7 @@ pub struct Recorder {
     pub connections: Arc<AtomicU64>,
     /// Connections that ended in the middle of a request (head or body).
     pub cut: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    task: ServerTask,
 }
 
 /// The recorder's answer to a request that broke the framing rules.
@@ -110,36 +104,31 @@ impl Recorder {
         let connections = Arc::new(AtomicU64::new(0));
         let cut = Arc::new(AtomicU64::new(0));
         let (log, accepted, cuts) = (requests.clone(), connections.clone(), cut.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                accepted.fetch_add(1, Ordering::SeqCst);
-                let (log, cuts, respond) = (log.clone(), cuts.clone(), respond.clone());
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    loop {
-                        match read_request(&mut stream, &mut buf).await {
-                            Ok(Some(req)) => {
-                                let (answer, close) = respond(&req);
-                                log.lock().unwrap().push(req);
-                                if stream.write_all(&answer).await.is_err() || close {
-                                    return;
-                                }
-                            }
-                            Ok(None) => return,
-                            Err(Cut::Closed) => {
-                                cuts.fetch_add(1, Ordering::SeqCst);
-                                return;
-                            }
-                            Err(Cut::Invalid) => {
-                                let _ = stream.write_all(REJECTED).await;
+        let task = serve_connections(listener, move |mut stream| {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let (log, cuts, respond) = (log.clone(), cuts.clone(), respond.clone());
+            async move {
+                let mut buf = Vec::new();
+                loop {
+                    match read_request(&mut stream, &mut buf).await {
+                        Ok(Some(req)) => {
+                            let (answer, close) = respond(&req);
+                            log.lock().unwrap().push(req);
+                            if stream.write_all(&answer).await.is_err() || close {
                                 return;
                             }
                         }
+                        Ok(None) => return,
+                        Err(Cut::Closed) => {
+                            cuts.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                        Err(Cut::Invalid) => {
+                            let _ = stream.write_all(REJECTED).await;
+                            return;
+                        }
                     }
-                });
+                }
             }
         });
         Recorder {
