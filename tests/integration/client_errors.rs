@@ -8,15 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http_body_util::Empty;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::recorder::*;
 use crate::support::{
-    FixedUpstream, Gateway, ServerTask, Upstream, admin, config, dead_addr, eventually,
+    FixedUpstream, Gateway, ServerTask, Upstream, admin, config, dead_addr, eventually, h2c_client,
     metric_value, read_head, read_to_close, serve_connections,
 };
 
@@ -197,14 +195,7 @@ async fn silent_upstream() -> (SocketAddr, Arc<AtomicU64>, ServerTask) {
 async fn cancelled_requests_give_their_endpoint_count_back() {
     let (addr, heads, _upstream) = silent_upstream().await;
     let gw = Gateway::start(&config("", &[("v1", 1, addr)])).await;
-    let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
-        TokioExecutor::new(),
-        TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let sender = h2c_client(gw.addr).await;
     let outstanding = || {
         let status = gw.running.as_ref().unwrap().control.status();
         status.versions[0].endpoints[0].outstanding
