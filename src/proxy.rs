@@ -9,9 +9,10 @@
 //! Requests without a body (most of them) are read by [`h1`], the gateway's
 //! own HTTP/1.1 server, and served by [`Proxy::serve_simple`]; any other
 //! request hands its connection to hyper's server and [`Proxy::handle`].
-//! Requests without a body go upstream through [`upstream_client`], the gateway's
-//! own HTTP/1.1 client, driven in the request's task; requests with a body or
-//! an upgrade through hyper's client.
+//! Requests without a body go upstream through [`upstream_client`], the
+//! gateway's own HTTP/1.1 client, driven in the request's task; requests
+//! with a body or an upgrade through hyper's client. [`error_response`] turns
+//! what fails into the client's answer.
 
 pub mod body;
 pub mod clock;
