@@ -39,6 +39,7 @@ pub struct RawListener {
     pub address: String,
     pub trust_forwarded_headers: Option<bool>,
     pub tls: Option<RawListenerTls>,
+    pub allow_underscores_in_headers: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,6 +100,7 @@ pub struct RawTimeouts {
     pub request_header: Option<toml::Value>,
     pub idle: Option<toml::Value>,
     pub shutdown_grace: Option<toml::Value>,
+    pub body_stall: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
