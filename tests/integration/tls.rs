@@ -149,6 +149,17 @@ async fn http1(tls: TlsStream<TcpStream>) -> Sender1 {
     sender
 }
 
+type Sender2 = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+
+async fn http2(tls: TlsStream<TcpStream>) -> Sender2 {
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
 async fn get1(sender: &mut Sender1, path: &str) -> (u16, String) {
     let req = Request::get(path)
         .header("host", "localhost")
@@ -227,11 +238,7 @@ async fn https_serves_http1_and_http2_chosen_by_alpn() {
     // HTTP/2 by ALPN.
     let tls = connect(gw.addr, &ca.der, &[b"h2", b"http/1.1"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut h2 = http2(tls).await;
     let req = Request::get("https://localhost/")
         .body(Full::<Bytes>::default())
         .unwrap();
@@ -277,11 +284,7 @@ async fn rotation_keeps_open_connections_and_a_bad_pair_is_rejected() {
     let mut kept = http1(tls).await;
     assert_eq!(get1(&mut kept, "/").await.0, 200);
     let tls = connect(gw.addr, &ca.der, &[b"h2"]).await;
-    let (mut kept2, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut kept2 = http2(tls).await;
 
     // A new pair on disk: the file watcher swaps it in; new handshakes get it.
     let (cert2, key2, der2) = ca.leaf(&["localhost"]);
