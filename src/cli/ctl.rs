@@ -23,6 +23,9 @@ pub struct HealthArgs {
 
 /// `canary-gateway ctl`: the admin API for people and pipelines.
 #[derive(Debug, Args)]
+#[command(after_help = "The bearer token comes from CANARY_ADMIN_TOKEN.\n\
+    Exit codes: 0 done, 1 failed, 2 bad command line, 3 refused (4xx), 4 unauthorized, \
+    5 unreachable, 6 gateway error (5xx), 7 rollout aborted, 8 timed out waiting.")]
 pub struct CtlArgs {
     /// The admin API's URL; repeat it to name several gateway tasks (used by
     /// `status --wait-converged`; other commands use the first).
