@@ -1,7 +1,10 @@
 //! Data path: the listener. Accepts connections, serves HTTP/1.1 (the own
 //! server of [`super::h1`], then hyper's from the first request it leaves to
 //! it) and h2c (hyper's) on each, enforces the request-header and idle
-//! timeouts, and drains gracefully on shutdown.
+//! timeouts, and drains gracefully on shutdown. With `[listener.tls]` each
+//! connection is a TLS handshake first ([`crate::tls::ListenerTls::accept`]):
+//! ALPN h2 goes to hyper's HTTP/2 server, anything else to the same HTTP/1.1
+//! servers as a plain connection.
 
 use std::convert::Infallible;
 use std::io;
