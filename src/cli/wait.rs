@@ -56,7 +56,7 @@ fn not_converged(statuses: &[Value]) -> Option<String> {
     None
 }
 
-/// Polls every task's `/status` until [`not_converged`] is `None`, or fails
+/// Polls every task's `/status` until it has converged (see `not_converged`), or fails
 /// after `timeout`. A task that cannot be reached is asked again (it may be
 /// restarting); a refusal (bad token) ends the wait.
 pub async fn converged(clients: &[AdminClient], timeout: Duration) -> Result<Vec<Value>, CliError> {
