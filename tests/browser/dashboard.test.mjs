@@ -245,6 +245,7 @@ async function main() {
     });
 
     await check("a weight change made in the page (keyboard, confirmed) changes the traffic split", async () => {
+      if (SOAK_S > 0) await sleep((SOAK_S * 1000) / 3); // some 90/10 history for the pictures
       const before = await split(gw, 300);
       assert.ok((before.v2 || 0) < 60, `before: ${JSON.stringify(before)}`);
       const slider = page.locator("#canary-slider");
@@ -332,6 +333,38 @@ async function main() {
         assert.ok(await page.locator("#ro-abort").isDisabled());
       });
     }
+
+    await check("the rollout panel shows the issue #12 contract's fields (GET /rollout stubbed in the browser)", async () => {
+      const stub = await context.newPage();
+      const now = Date.now();
+      let rollout = {
+        phase: "progressing", canary: "v2", steps: [1, 5, 10, 25, 50, 100], current_step: 2, current_share: 10,
+        next_step_at_ms: now + 42_000,
+        history: [{ step: 0, share: 1, at_ms: now - 120_000 }, { step: 1, share: 5, at_ms: now - 60_000 }, { step: 2, share: 10, at_ms: now - 5_000 }],
+        last_analysis: {
+          canary: { requests: 412, errors: 1, error_rate: 0.0024, p50_ms: 3.1, p99_ms: 19.5 },
+          stable: { requests: 3705, errors: 6, error_rate: 0.0016, p50_ms: 3.0, p99_ms: 18.2 },
+          verdict: "pass", why: "error rate and p99 within chance of stable", statistic: 0.61, p_value: 0.27,
+        },
+      };
+      await stub.route("**/rollout", (route) => route.fulfill({ status: 200, contentType: "application/json", body: JSON.stringify(rollout) }));
+      await stub.goto(gw.admin + "/ui");
+      await signIn(stub, gw.token);
+      await eventually("the phase", async () => /progressing/.test(await stub.locator("#rollout").textContent()));
+      const text = await stub.locator("#rollout").textContent();
+      for (const want of [/Current step3 of 6/, /Canary share10%/, /Next step due.*in 4\d s/, /Verdict: pass/, /within chance/, /p-value 0\.2700/, /10% · current/, /1% · done/]) {
+        assert.match(text, want);
+      }
+      assert.ok(await stub.locator("#abort-banner").isHidden());
+      assert.ok(await stub.locator("#ro-pause").isEnabled() && await stub.locator("#ro-abort").isEnabled());
+      assert.ok(await stub.locator("#ro-resume").isDisabled());
+      rollout = { ...rollout, phase: "aborted", next_step_at_ms: null, abort_reason: "canary error rate 20.0% above max_error_rate 1.0%" };
+      await eventually("the aborted banner", async () => stub.locator("#abort-banner").isVisible());
+      assert.match(await stub.locator("#abort-banner").textContent(), /aborted because canary error rate 20\.0% above max_error_rate/);
+      assert.ok(await stub.locator("#ro-abort").isDisabled());
+      await stub.locator("#rollout").screenshot({ path: path.join(SHOTS, "rollout-panel-stubbed.png") });
+      await stub.close();
+    });
 
     await check("a rollback from the page sends all traffic to stable", async () => {
       await page.locator("#rollback").click();

@@ -303,7 +303,8 @@ function renderLegend(vs) {
 
 function renderCharts(vs) {
   renderLegend(vs);
-  const W = 600, H = 170, L = 44, R = 70, T = 8, B = 20;
+  const W = 600, H = 170, L = 56, T = 10, B = 22;
+  const R = matchMedia("(max-width: 760px)").matches ? 14 : 70; // phones: latest values in the caption
   const now = state.lastT;
   const x = (t) => L + ((t - (now - WINDOW_S)) / WINDOW_S) * (W - L - R);
   const box = $("charts");
@@ -330,7 +331,7 @@ function renderCharts(vs) {
     for (const f of [0, 0.5, 1]) {
       g.append(svg("line", { x1: L, x2: W - R, y1: y(max * f), y2: y(max * f), class: f ? "grid" : "axis" }));
       const label = svg("text", { x: L - 4, y: y(max * f) + 4, "text-anchor": "end" });
-      label.textContent = fmt(max * f, max * f >= 10 || f === 0 ? 0 : 1);
+      label.textContent = fmt(max * f, Number.isInteger(max * f) ? 0 : 1);
       g.append(label);
     }
     for (const [t, label] of [[now - WINDOW_S, "-15 min"], [now - 600, "-10"], [now - 300, "-5"], [now, "now"]]) {
@@ -339,6 +340,7 @@ function renderCharts(vs) {
       g.append(tx);
     }
     const summary = [];
+    const latest = [];
     for (const l of lines) {
       const path = (pts) => {
         let d = "", pen = false;
@@ -354,15 +356,16 @@ function renderCharts(vs) {
       let lastVal = null;
       for (let i = l.pts.length - 1; i >= 0; i--) if (l.pts[i][1] !== null && isFinite(l.pts[i][1])) { lastVal = l.pts[i][1]; break; }
       if (lastVal !== null) {
-        const lab = svg("text", { x: W - R + 4, y: y(Math.min(lastVal, max)) + 4 + (l.v.stable ? 0 : 12) });
+        const lab = svg("text", { x: W - R + 4, y: y(Math.min(lastVal, max)) + 4 + (l.v.stable ? 0 : 12), class: "end" });
         lab.textContent = l.v.name + " " + fmt(lastVal, lastVal >= 10 ? 0 : 1);
         lab.setAttribute("fill", l.v.colour);
         g.append(lab);
       }
       summary.push(l.v.name + " (" + l.v.role + ") " + (lastVal === null ? "no data" : fmt(lastVal) + c.unit));
+      latest.push(el("span", { class: "latest" }, l.v.name + " " + (lastVal === null ? "–" : fmt(lastVal, lastVal >= 10 ? 0 : 1))));
     }
     g.setAttribute("aria-label", c.title + ", last 15 minutes; latest: " + summary.join(", "));
-    return el("figure", { "data-chart": c.key }, el("figcaption", { text: c.title }), g);
+    return el("figure", { "data-chart": c.key }, el("figcaption", {}, c.title, ...latest), g);
   });
   box.replaceChildren(...figures);
 }
