@@ -12,14 +12,7 @@ use crate::support::*;
 const TOKEN: &str = "dashboard-test-token";
 
 async fn gateway(versions: &[(&str, u32, std::net::SocketAddr)]) -> (Gateway, tempfile::TempDir) {
-    let secrets = tempfile::tempdir().unwrap();
-    let token_file = secrets.path().join("token");
-    std::fs::write(&token_file, TOKEN).unwrap();
-    let text = config("response_header = \"x-canary-version\"", versions).replace(
-        "[admin]\n",
-        &format!("[admin]\ntoken_file = \"{}\"\n", token_file.display()),
-    );
-    (Gateway::start(&text).await, secrets)
+    gateway_with_token(versions, TOKEN).await
 }
 
 fn json(reply: &Reply) -> serde_json::Value {

@@ -298,6 +298,23 @@ pub fn config(split_extra: &str, versions: &[(&str, u32, SocketAddr)]) -> String
     text
 }
 
+/// A gateway with [`config`]'s versions (and `x-canary-version` as the
+/// response header) whose admin token `token` is read from a file; keep the
+/// returned directory while the gateway runs.
+pub async fn gateway_with_token(
+    versions: &[(&str, u32, SocketAddr)],
+    token: &str,
+) -> (Gateway, tempfile::TempDir) {
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("token");
+    std::fs::write(&token_file, token).unwrap();
+    let text = config("response_header = \"x-canary-version\"", versions).replace(
+        "[admin]\n",
+        &format!("[admin]\ntoken_file = \"{}\"\n", token_file.display()),
+    );
+    (Gateway::start(&text).await, secrets)
+}
+
 /// A response read in full.
 #[derive(Debug)]
 pub struct Reply {
