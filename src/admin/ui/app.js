@@ -222,6 +222,9 @@ function versions() {
 function render(audit, rollout) {
   const vs = versions();
   if (!vs.length) return;
+  const warnings = state.status.warnings || [];
+  $("warnings").hidden = !warnings.length;
+  $("warnings").replaceChildren(el("strong", { text: "Needs attention: " }), warnings.join(" · "));
   renderCards(vs);
   renderCharts(vs);
   renderRollout(rollout, vs);
@@ -398,7 +401,8 @@ function renderRollout(resp, vs) {
   const box = $("rollout");
   const banner = $("abort-banner");
   const r = state.rollout;
-  const phase = first(r, "phase", "state");
+  const rawPhase = first(r, "phase", "state");
+  const phase = ["none", "idle", ""].includes(rawPhase) ? undefined : rawPhase;
   const running = phase && !["succeeded", "aborted", "none"].includes(phase);
   for (const id of ["ro-pause", "ro-resume", "ro-abort", "ro-promote"]) $(id).disabled = !running;
   if (running) $("ro-pause").disabled = phase === "paused";
@@ -622,7 +626,7 @@ function renderEndpoints(vs) {
   for (const v of vs) {
     const d = v.raw.discovery || {};
     const disc = (d.source || "") + (d.age_seconds !== null && d.age_seconds !== undefined ? " · " + fmt(d.age_seconds) + " s old" : "") +
-      (d.last_error ? " · error: " + d.last_error : "");
+      (d.stale ? " · STALE" : "") + (d.last_error ? " · error: " + d.last_error : "");
     if (!v.raw.endpoints.length) rows.push(el("tr", {}, el("td", { text: v.name + " (" + v.role + ")" }), el("td", { text: "none" }), el("td", { text: "no endpoints" }), el("td", { text: "–" }), el("td", { text: disc })));
     for (const e of v.raw.endpoints) {
       const health = e.health === "ejected" ? "✕ ejected" + (e.ejected_for_ms ? " for " + fmt(e.ejected_for_ms / 1000) + " s" : "") : "✓ healthy";
@@ -637,14 +641,22 @@ function renderStore() {
   const st = state.status;
   const s = st.store || {};
   const kv = $("store");
-  const items = [["Kind", s.kind], ["State", s.last_error ? "DEGRADED: " + s.last_error : "ok"],
+  const problems = [];
+  if (s.degraded) problems.push("DEGRADED: started without the store, serving the config file's weights until it can be read");
+  if (s.rollback_pending) problems.push("ROLLBACK PENDING in the store (applied here, write retried)");
+  if (s.last_error) problems.push("last error: " + s.last_error);
+  const items = [["Kind", s.kind], ["State", problems.length ? problems.join("; ") : "ok"],
     ["Last good read/write", ago(s.last_ok_ms)], ["Generation here", st.weights.generation],
     ["Decision", (st.weights.source || "") + ", " + ago(st.weights.updated_at_ms)]];
   for (const [k, v] of Object.entries(s)) {
-    if (["kind", "last_ok_ms", "last_error"].includes(k) || v === null) continue;
+    if (["kind", "last_ok_ms", "last_error", "degraded", "rollback_pending"].includes(k) || v === null) continue;
     items.push([k.replace(/_/g, " "), typeof v === "object" ? JSON.stringify(v) : String(v)]);
   }
-  if (st.appmesh) items.push(["App Mesh route", st.appmesh.route + (st.appmesh.last_error ? " · error: " + st.appmesh.last_error : " · synced " + ago(st.appmesh.last_ok_ms))]);
+  if (st.appmesh) {
+    const a = st.appmesh;
+    items.push(["App Mesh route", a.route + (a.last_error ? " · error: " + a.last_error : " · synced " + ago(a.last_ok_ms)) +
+      (a.synced_generation !== undefined && a.synced_generation !== null ? " · generation " + a.synced_generation : "")]);
+  }
   kv.replaceChildren(...items.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v) })]));
 }
 
