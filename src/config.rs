@@ -675,4 +675,6 @@ pub fn check_total(total: u64) -> Result<(), String> {
 }
 
 #[cfg(test)]
+pub(crate) mod test_text;
+#[cfg(test)]
 mod tests;

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use cloudmap_fixture::CloudMapFixture;
 use gateway_proc::{
-    BlackHole, GatewayProc, Relay, TOKEN_ENV, TaggedUpstream, eventually, metric_sum, split_counts,
+    BlackHole, GatewayProc, Relay, TOKEN_ENV, TaggedUpstream, endpoints_line, eventually,
+    gateway_config, metric_sum, split_counts,
 };
 use moto::MotoServer;
 use serde_json::{Value, json};
@@ -33,7 +34,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// `endpoints = ["addr"]` for a version.
 fn static_source(upstream: &TaggedUpstream) -> String {
-    format!("endpoints = [\"{}\"]", upstream.addr)
+    endpoints_line(&[upstream.addr])
 }
 
 /// `cloudmap = {...}` for a version.
@@ -44,18 +45,11 @@ fn cloudmap_source(service: &str) -> String {
 /// A gateway config on 127.0.0.1:0 talking to AWS at `aws_url`: versions
 /// `(name, weight, source line)`, the first one stable, then `extra` tables.
 fn config(aws_url: &str, versions: &[(&str, u32, String)], extra: &str) -> String {
-    let mut text = format!(
-        "[listener]\naddress = \"127.0.0.1:0\"\n\n\
-         [admin]\naddress = \"127.0.0.1:0\"\ntoken_env = \"{TOKEN_ENV}\"\n\n\
-         [split]\nstable = \"{}\"\n\n\
-         [aws]\nregion = \"us-east-1\"\nendpoint_url = \"{aws_url}\"\n",
-        versions[0].0
+    let mut text = gateway_config(
+        &format!("token_env = \"{TOKEN_ENV}\"\n"),
+        &format!("\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{aws_url}\""),
+        versions,
     );
-    for (name, weight, source) in versions {
-        text.push_str(&format!(
-            "\n[[versions]]\nname = \"{name}\"\nweight = {weight}\n{source}\n"
-        ));
-    }
     text.push('\n');
     text.push_str(extra);
     text
@@ -560,25 +554,39 @@ fn appmesh_table(route: &str) -> String {
     )
 }
 
-/// Every weight decision is mirrored onto the App Mesh route, down to a
-/// one-in-a-million canary (1%, App Mesh's smallest non-zero share).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn weight_changes_are_mirrored_to_the_app_mesh_route() {
+/// A moto server holding a mesh with nodes web-v1 and web-v2 and a route
+/// all to web-v1, and an App Mesh client for it.
+async fn mesh_on_moto() -> (MotoServer, aws_sdk_appmesh::Client) {
     let moto = MotoServer::start();
     let client = aws_sdk_appmesh::Client::new(&moto.sdk_config().await);
     mesh_fixture::create_mesh(&client, &["web-v1", "web-v2"], &[("web-v1", 100)]).await;
+    (moto, client)
+}
+
+/// Upstreams v1 and v2 and a ready gateway splitting 90/10 between them
+/// (static endpoints), AWS at `aws_url`, with the `extra` tables.
+async fn static_split(aws_url: &str, extra: &str) -> (TaggedUpstream, TaggedUpstream, GatewayProc) {
     let v1 = TaggedUpstream::start("v1").await;
     let v2 = TaggedUpstream::start("v2").await;
     let gw = GatewayProc::spawn(&config(
-        &moto.endpoint_url(),
+        aws_url,
         &[
             ("v1", 90, static_source(&v1)),
             ("v2", 10, static_source(&v2)),
         ],
-        &appmesh_table(ROUTE),
+        extra,
     ))
     .await;
     gw.wait_ready(WAIT).await;
+    (v1, v2, gw)
+}
+
+/// Every weight decision is mirrored onto the App Mesh route, down to a
+/// one-in-a-million canary (1%, App Mesh's smallest non-zero share).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weight_changes_are_mirrored_to_the_app_mesh_route() {
+    let (moto, client) = mesh_on_moto().await;
+    let (_v1, _v2, gw) = static_split(&moto.endpoint_url(), &appmesh_table(ROUTE)).await;
 
     // The start syncs the config's weights.
     let expected = BTreeMap::from([("web-v1".to_string(), 90), ("web-v2".to_string(), 10)]);
@@ -625,21 +633,8 @@ async fn weight_changes_are_mirrored_to_the_app_mesh_route() {
 /// or reverts the gateway's own weights.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_app_mesh_sync_never_blocks_or_reverts_the_weights() {
-    let moto = MotoServer::start();
-    let client = aws_sdk_appmesh::Client::new(&moto.sdk_config().await);
-    mesh_fixture::create_mesh(&client, &["web-v1", "web-v2"], &[("web-v1", 100)]).await;
-    let v1 = TaggedUpstream::start("v1").await;
-    let v2 = TaggedUpstream::start("v2").await;
-    let gw = GatewayProc::spawn(&config(
-        &moto.endpoint_url(),
-        &[
-            ("v1", 90, static_source(&v1)),
-            ("v2", 10, static_source(&v2)),
-        ],
-        &appmesh_table("no-such-route"),
-    ))
-    .await;
-    gw.wait_ready(WAIT).await;
+    let (moto, client) = mesh_on_moto().await;
+    let (_v1, _v2, gw) = static_split(&moto.endpoint_url(), &appmesh_table("no-such-route")).await;
 
     let started = Instant::now();
     let reply = gw.put_weights(&[("v1", 50), ("v2", 50)]).await;
@@ -685,18 +680,7 @@ async fn a_failing_app_mesh_sync_never_blocks_or_reverts_the_weights() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_app_mesh_never_delays_weight_changes() {
     let hung = BlackHole::start().await;
-    let v1 = TaggedUpstream::start("v1").await;
-    let v2 = TaggedUpstream::start("v2").await;
-    let gw = GatewayProc::spawn(&config(
-        &hung.endpoint_url(),
-        &[
-            ("v1", 90, static_source(&v1)),
-            ("v2", 10, static_source(&v2)),
-        ],
-        &appmesh_table(ROUTE),
-    ))
-    .await;
-    gw.wait_ready(WAIT).await;
+    let (_v1, _v2, gw) = static_split(&hung.endpoint_url(), &appmesh_table(ROUTE)).await;
 
     for (w1, w2) in [(50, 50), (70, 30), (0, 100)] {
         let started = Instant::now();

@@ -1,22 +1,6 @@
 use super::*;
 
-const BASE: &str = r#"
-[listener]
-address = "0.0.0.0:9080"
-
-[split]
-stable = "v1"
-
-[[versions]]
-name = "v1"
-weight = 90
-endpoints = ["10.0.1.5:9000"]
-
-[[versions]]
-name = "v2"
-weight = 10
-endpoints = ["10.0.2.7:9000"]
-"#;
+use super::test_text::TWO_VERSIONS as BASE;
 
 fn err(text: &str) -> String {
     Config::parse(text, "gw.toml").unwrap_err().to_string()
