@@ -337,28 +337,34 @@ async function main() {
     await check("the rollout panel shows the issue #12 contract's fields (GET /rollout stubbed in the browser)", async () => {
       const stub = await context.newPage();
       const now = Date.now();
+      // The shape of docs/rollout.md (issue #12's GET /rollout).
       let rollout = {
-        phase: "progressing", canary: "v2", steps: [1, 5, 10, 25, 50, 100], current_step: 2, current_share: 10,
-        next_step_at_ms: now + 42_000,
-        history: [{ step: 0, share: 1, at_ms: now - 120_000 }, { step: 1, share: 5, at_ms: now - 60_000 }, { step: 2, share: 10, at_ms: now - 5_000 }],
+        phase: "progressing", canary: "v2", stable: "v1", step: 2, share: 10.0, steps: [1.0, 5.0, 10.0, 25.0, 50.0, 100.0],
+        started_at_ms: now - 120_000, step_started_at_ms: now - 5_000, next_step_due_ms: now + 42_000, next_step_in_s: 42,
+        why: null,
+        history: [{ step: 0, share: 1.0, at_ms: now - 120_000 }, { step: 1, share: 5.0, at_ms: now - 60_000 }, { step: 2, share: 10.0, at_ms: now - 5_000 }],
         last_analysis: {
+          at_ms: now - 5_000, since_ms: now - 65_000,
           canary: { requests: 412, errors: 1, error_rate: 0.0024, p50_ms: 3.1, p99_ms: 19.5 },
           stable: { requests: 3705, errors: 6, error_rate: 0.0016, p50_ms: 3.0, p99_ms: 18.2 },
-          verdict: "pass", why: "error rate and p99 within chance of stable", statistic: 0.61, p_value: 0.27,
+          verdict: "pass", reason: "pass", why: "error rate and p99 within chance of stable",
+          test: "z", statistic: 0.61, p_value: 0.27, p99_ratio: 1.07,
         },
+        abort_reason: null,
+        plan: { steps: [1.0, 5.0, 10.0, 25.0, 50.0, 100.0], interval_s: 60.0, min_requests: 200 },
       };
       await stub.route("**/rollout", (route) => route.fulfill({ status: 200, contentType: "application/json", body: JSON.stringify(rollout) }));
       await stub.goto(gw.admin + "/ui");
       await signIn(stub, gw.token);
       await eventually("the phase", async () => /progressing/.test(await stub.locator("#rollout").textContent()));
       const text = await stub.locator("#rollout").textContent();
-      for (const want of [/Current step3 of 6/, /Canary share10%/, /Next step due.*in 4\d s/, /Verdict: pass/, /within chance/, /p-value 0\.2700/, /10% · current/, /1% · done/]) {
+      for (const want of [/Current step3 of 6/, /Canary share10%/, /Next step due.*in 4\d s/, /Verdict: pass/, /within chance/, /z test: statistic 0\.610, p-value 0\.2700, p99 ratio 1\.07/, /10% · current/, /1% · done/]) {
         assert.match(text, want);
       }
       assert.ok(await stub.locator("#abort-banner").isHidden());
       assert.ok(await stub.locator("#ro-pause").isEnabled() && await stub.locator("#ro-abort").isEnabled());
       assert.ok(await stub.locator("#ro-resume").isDisabled());
-      rollout = { ...rollout, phase: "aborted", next_step_at_ms: null, abort_reason: "canary error rate 20.0% above max_error_rate 1.0%" };
+      rollout = { ...rollout, phase: "aborted", next_step_due_ms: null, next_step_in_s: null, abort_reason: "canary error rate 20.0% above max_error_rate 1.0%" };
       await eventually("the aborted banner", async () => stub.locator("#abort-banner").isVisible());
       assert.match(await stub.locator("#abort-banner").textContent(), /aborted because canary error rate 20\.0% above max_error_rate/);
       assert.ok(await stub.locator("#ro-abort").isDisabled());

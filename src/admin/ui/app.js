@@ -440,12 +440,13 @@ function renderRollout(resp, vs) {
   const add = (k, v) => { if (v !== undefined && v !== null && v !== "") kv.append(el("dt", { text: k }), el("dd", { text: String(v) })); };
   add("Phase", phase);
   add("Canary", first(r, "canary", "plan.canary"));
+  add("Started", first(r, "started_at_ms") === undefined ? undefined : when(first(r, "started_at_ms")));
   add("Current step", current === undefined ? undefined : (current + 1) + " of " + steps.length);
   const share = first(r, "current_share", "share", "canary_share");
   add("Canary share", share === undefined ? undefined : share + "%");
   const due = first(r, "next_step_at_ms", "next_step_due_ms", "next_due_ms", "next_step_at");
   add("Next step due", due === undefined ? first(r, "next_step_in_s") !== undefined ? "in " + first(r, "next_step_in_s") + " s" : undefined : when(due));
-  add("Why holding", first(r, "holding_reason", "hold_reason", "why"));
+  add("Why", first(r, "why", "holding_reason", "hold_reason"));
   if (reason) add("Abort reason", reason);
   const parts = [kv, el("h3", { text: "Steps" }), list];
   const a = first(r, "last_analysis", "analysis");
@@ -467,7 +468,12 @@ function renderRollout(resp, vs) {
     }
     const stat = first(a, "statistic", "test_statistic", "z");
     const p = first(a, "p_value", "pvalue");
-    if (stat !== undefined || p !== undefined) parts.push(el("p", { text: "Test statistic " + fmt(stat, 3) + ", p-value " + fmt(p, 4) }));
+    const test = first(a, "test");
+    const ratio = first(a, "p99_ratio");
+    if (stat !== undefined || p !== undefined) {
+      parts.push(el("p", { text: (test ? test + " test: " : "") + "statistic " + fmt(stat, 3) + ", p-value " + fmt(p, 4) +
+        (ratio !== undefined ? ", p99 ratio " + fmt(ratio, 2) : "") }));
+    }
   }
   parts.push(el("details", {}, el("summary", { text: "Raw rollout state (JSON)" }), el("pre", { text: JSON.stringify(r, null, 2) })));
   const open = box.querySelector("details") && box.querySelector("details").open;
