@@ -136,8 +136,8 @@ async function poll() {
     const [status, series, rollout, audit] = await Promise.all([
       api("GET", "/status"),
       api("GET", "/ui/series?since=" + state.lastT),
-      // Without the rollout API (404), ask again only every 15 s.
-      state.rolloutAvailable || state.polls % 15 === 0 ? api("GET", "/rollout") : { ok: false, status: 404 },
+      // Without the rollout API, ask again only every 15 s.
+      state.rolloutAvailable || state.polls % 15 === 0 ? api("GET", "/rollout") : { ok: false, status: 404, error: "no such endpoint" },
       api("GET", "/ui/audit"),
     ]);
     if (status.status === 401) return;
@@ -151,7 +151,9 @@ async function poll() {
       $("conn").classList.add("bad");
     }
     if (series.ok) mergeSeries(series.data);
-    state.rolloutAvailable = rollout.status !== 404;
+    // 404 "no such endpoint": a gateway without the rollout API; any other
+    // 404: no rollout was started yet.
+    state.rolloutAvailable = !(rollout.status === 404 && /no such endpoint/.test(rollout.error || ""));
     state.rollout = rollout.ok ? rollout.data : null;
     render(audit.ok ? audit.data : null, rollout);
   } finally {
