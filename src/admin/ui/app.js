@@ -55,6 +55,7 @@ async function api(method, path, body) {
 
 function tokenRefused(error) {
   $("conn").textContent = "token refused: sign in again";
+  $("updated").textContent = "";
   $("conn").classList.add("bad");
   $("login").hidden = false;
   showMsg($("login-msg"), "The token was refused (" + error + ").", true);
@@ -112,6 +113,7 @@ function signOut() {
   $("login").hidden = false;
   showMsg($("login-msg"), "", false);
   $("conn").textContent = "signed out";
+  $("updated").textContent = "";
   $("conn").classList.remove("bad");
   $("token").focus();
 }
@@ -143,8 +145,10 @@ async function poll() {
     if (status.status === 401) return;
     if (status.ok) {
       state.status = status.data;
-      $("conn").textContent = "live · updated " + new Date().toLocaleTimeString() +
-        (status.data.ready ? "" : " · NOT READY: " + (status.data.not_ready_reason || ""));
+      // The live region only changes when the state does (no announcement a second).
+      const conn = "live" + (status.data.ready ? "" : " · NOT READY: " + (status.data.not_ready_reason || ""));
+      if ($("conn").textContent !== conn) $("conn").textContent = conn;
+      $("updated").textContent = "updated " + new Date().toLocaleTimeString();
       $("conn").classList.toggle("bad", !status.data.ready);
     } else {
       $("conn").textContent = "status unavailable: " + status.error;
