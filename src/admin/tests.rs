@@ -69,6 +69,8 @@ async fn open_endpoints_need_no_token() {
         StatusCode::OK
     );
     assert_eq!(call(&f, "GET", "/readyz", None, "").await.0, StatusCode::OK);
+    let (status, body, _) = call(&f, "GET", "/ready", None, "").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, Some("LIVE\n")));
     assert_eq!(
         call(&f, "GET", "/metrics", None, "").await.0,
         StatusCode::OK
@@ -77,6 +79,11 @@ async fn open_endpoints_need_no_token() {
     assert_eq!(
         call(&f, "GET", "/readyz", None, "").await.0,
         StatusCode::SERVICE_UNAVAILABLE
+    );
+    let (status, body, _) = call(&f, "GET", "/ready", None, "").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("DRAINING\n"))
     );
 }
 

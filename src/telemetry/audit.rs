@@ -19,6 +19,9 @@ pub struct AuditEntry {
     pub at_ms: u64,
     /// Which path made it: config, admin, reload, rollout, store (...).
     pub source: String,
+    /// The gateway task that wrote the decision (random per process; empty
+    /// for the config file's own weights).
+    pub writer: String,
     pub generation: u64,
     pub old_weights: BTreeMap<String, u32>,
     pub new_weights: BTreeMap<String, u32>,
@@ -42,6 +45,7 @@ impl AuditLog {
         entries.push_back(AuditEntry {
             at_ms: crate::store::unix_ms(),
             source: new.source.clone(),
+            writer: new.writer.clone(),
             generation: new.generation,
             old_weights: old.weights.clone(),
             new_weights: new.weights.clone(),
@@ -79,6 +83,7 @@ mod tests {
             generation,
             updated_at_ms: 0,
             source: source.into(),
+            writer: "task-a".into(),
             config_weights: None,
         }
     }
@@ -95,6 +100,7 @@ mod tests {
         let last = entries.last().unwrap();
         assert_eq!(last.generation, ENTRIES as u64 + 5);
         assert_eq!(last.source, "admin");
+        assert_eq!(last.writer, "task-a");
         assert_eq!(last.old_weights["v2"], 10);
         assert_eq!(last.new_weights["v2"], 50);
     }

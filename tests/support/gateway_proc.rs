@@ -173,6 +173,16 @@ pub async fn split_counts(addr: SocketAddr, n: usize) -> BTreeMap<String, usize>
     count_split(&mut client, n, &[], true).await
 }
 
+/// The `weights` of a `/weights` view (or of a 409's `current`), by version.
+pub fn weights_of(view: &serde_json::Value) -> BTreeMap<String, u64> {
+    view["weights"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no weights in {view}"))
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(u64::MAX)))
+        .collect()
+}
+
 /// A TCP relay on 127.0.0.1 to `target`. While down it accepts and at once
 /// closes every connection (the service behind it is unreachable); once up it
 /// forwards bytes both ways.

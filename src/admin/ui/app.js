@@ -676,7 +676,7 @@ function renderAudit(entries) {
   const rows = entries.slice().reverse().slice(0, 50).map((e) => {
     const names = Object.keys(Object.assign({}, e.old_weights, e.new_weights));
     const w = names.map((n) => n + " " + (e.old_weights[n] ?? "–") + " → " + (e.new_weights[n] ?? "–")).join(", ");
-    return el("tr", {}, el("td", { text: new Date(e.at_ms).toLocaleTimeString() }), el("td", { text: e.source }),
+    return el("tr", {}, el("td", { text: new Date(e.at_ms).toLocaleTimeString() }), el("td", { text: e.source + (e.writer ? " · task " + e.writer : "") }),
       el("td", { text: String(e.generation) }), el("td", { text: w }),
       el("td", { text: e.old_stable === e.stable ? e.stable : e.old_stable + " → " + e.stable }));
   });
