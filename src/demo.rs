@@ -99,6 +99,7 @@ Try:
   CANARY_ADMIN_TOKEN={token} canary-gateway ctl --admin http://{admin} weights set v2=25 v1=75
 
 Admin token: {token}
+Dashboard: http://{admin}/ui (sign in with the admin token)
 Press Ctrl-C to stop.
 "#
     )

@@ -33,3 +33,6 @@ mod tls;
 
 #[path = "integration/deploy.rs"]
 mod deploy;
+
+#[path = "integration/dashboard.rs"]
+mod dashboard;
