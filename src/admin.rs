@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod request;
+pub mod rollout;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -94,6 +95,7 @@ impl Admin {
             "/healthz" | "/readyz" | "/metrics" | "/status" => "GET",
             "/weights" => "GET, PUT",
             "/promote" | "/rollback" | "/reload" => "POST",
+            p if rollout::allow(p).is_some() => rollout::allow(p).unwrap_or("GET"),
             _ => return error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
         };
         let allowed = allow.split(", ").any(|m| m == method.as_str())
@@ -137,13 +139,22 @@ impl Admin {
             Ok(b) => b,
             Err(r) => return rejected(r),
         };
-        match (method, path.as_str()) {
+        match (method.clone(), path.as_str()) {
             (Method::GET | Method::HEAD, "/weights") => {
                 json(StatusCode::OK, &self.control.weights())
             }
             (Method::GET | Method::HEAD, "/status") => json(StatusCode::OK, &self.control.status()),
+            (_, p) if rollout::allow(p).is_some() => {
+                rollout::handle(&self.control, &method, p, &body).await
+            }
             (Method::PUT, "/weights") => match request::weights(&body) {
                 Err(r) => rejected(r),
+                Ok(_)
+                    if let Some(refused) =
+                        rollout::refuse_while_running(&self.control, "PUT /weights") =>
+                {
+                    refused
+                }
                 Ok(w) => match self.control.set_weights(w, "admin").await {
                     Ok(view) => json(StatusCode::OK, &view),
                     Err(e) => control_error(e),
@@ -151,6 +162,12 @@ impl Admin {
             },
             (Method::POST, "/promote") => match request::promote(&body) {
                 Err(r) => rejected(r),
+                Ok(_)
+                    if let Some(refused) =
+                        rollout::refuse_while_running(&self.control, "POST /promote") =>
+                {
+                    refused
+                }
                 Ok(v) => match self.control.promote(&v, "admin").await {
                     Ok(view) => json(StatusCode::OK, &view),
                     Err(e) => control_error(e),
@@ -158,10 +175,7 @@ impl Admin {
             },
             (Method::POST, "/rollback") => match request::rollback(&body) {
                 Err(r) => rejected(r),
-                Ok(()) => match self.control.rollback("admin").await {
-                    Ok(view) => json(StatusCode::OK, &view),
-                    Err(e) => control_error(e),
-                },
+                Ok(()) => rollout::rollback(&self.control).await,
             },
             (Method::POST, "/reload") => match &self.reloader {
                 None => error(

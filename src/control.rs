@@ -10,6 +10,7 @@
 mod decisions;
 mod endpoints;
 mod reload;
+pub mod rollout;
 pub mod status;
 
 pub use decisions::validate_weights;
@@ -64,6 +65,8 @@ struct State {
     last_reload: Option<ReloadStatus>,
     store: StoreStatus,
     appmesh: Option<status::AppMeshStatus>,
+    /// The rollout's counters, clock and this gateway's view of it.
+    rollout: crate::rollout::Local,
 }
 
 /// The gateway's control plane.
@@ -99,6 +102,7 @@ impl Control {
             updated_at_ms: unix_ms(),
             source: "config".into(),
             config_weights: Some(config_weights.clone()),
+            rollout: None,
         };
         let decision = match stored {
             None => from_config,
@@ -166,6 +170,7 @@ impl Control {
                 ..Default::default()
             },
             appmesh,
+            rollout: Default::default(),
         };
         let first = build(&state)?;
         publish_endpoint_gauges(&first);
@@ -221,6 +226,7 @@ fn build(state: &State) -> Result<Snapshot, ControlError> {
         endpoints: &state.endpoints,
         generation: state.decision.generation,
         settings: state.settings.clone(),
+        windows: &state.rollout.windows,
     })?)
 }
 

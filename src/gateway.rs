@@ -263,6 +263,7 @@ pub async fn start(
             }
         }));
     }
+    background.push(tokio::spawn(crate::rollout::driver::run(control.clone())));
     if let Some(sync) = deps.route_sync.clone() {
         background.push(tokio::spawn(route_sync::follow_route(
             control.clone(),

@@ -160,6 +160,7 @@ mod tests {
             updated_at_ms: 1_700_000_000_000,
             source: "admin".into(),
             config_weights: Some(BTreeMap::from([("v1".to_string(), 100)])),
+            rollout: None,
         }
     }
 

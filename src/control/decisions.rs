@@ -46,22 +46,50 @@ impl Control {
 
     /// `POST /rollback`: the stable version takes all the weight at once.
     pub async fn rollback(&self, source: &str) -> Result<WeightsView, ControlError> {
-        self.decide(source, |d| {
-            Ok((d.stable.clone(), all_weight_to(&d.weights, &d.stable)))
+        self.rollback_for(source, &format!("rollback ({source})"))
+            .await
+    }
+
+    /// A rollback that also ends a running rollout as aborted, for `reason`.
+    pub async fn rollback_for(
+        &self,
+        source: &str,
+        reason: &str,
+    ) -> Result<WeightsView, ControlError> {
+        self.decide_with(source, |d| {
+            let rollout = crate::rollout::state::aborted(d.rollout.as_ref(), reason, unix_ms());
+            Ok((
+                d.stable.clone(),
+                all_weight_to(&d.weights, &d.stable),
+                rollout,
+            ))
         })
         .await
     }
 
-    /// Makes a weight decision: validate, write the store, then apply.
+    /// Makes a weight decision: validate, write the store, then apply. A
+    /// rollout in the document is carried over.
     pub(super) async fn decide(
         &self,
         source: &str,
         change: impl FnOnce(&WeightsDoc) -> Result<(String, BTreeMap<String, u32>), ControlError>,
     ) -> Result<WeightsView, ControlError> {
+        self.decide_with(source, |d| {
+            change(d).map(|(stable, weights)| (stable, weights, d.rollout.clone()))
+        })
+        .await
+    }
+
+    /// [`Control::decide`] that also sets the document's rollout.
+    pub(super) async fn decide_with(
+        &self,
+        source: &str,
+        change: impl FnOnce(&WeightsDoc) -> Result<Decision, ControlError>,
+    ) -> Result<WeightsView, ControlError> {
         let _turn = self.decisions.lock().await;
         let (doc, versions) = {
             let state = self.lock();
-            let (stable, weights) = change(&state.decision)?;
+            let (stable, weights, rollout) = change(&state.decision)?;
             let versions: Vec<String> = state.config.version_names();
             validate_weights(&versions, &stable, &weights)?;
             let doc = WeightsDoc {
@@ -71,6 +99,7 @@ impl Control {
                 updated_at_ms: unix_ms(),
                 source: source.to_string(),
                 config_weights: Some(state.config.weights()),
+                rollout,
             };
             (doc, versions)
         };
@@ -190,6 +219,13 @@ impl Control {
         }
     }
 }
+
+/// A decision: the stable version, the weights and the rollout.
+pub(super) type Decision = (
+    String,
+    BTreeMap<String, u32>,
+    Option<crate::rollout::state::RolloutState>,
+);
 
 /// Every version at 0 but `to`, which gets the current total (so the numbers
 /// stay on the operator's scale, e.g. 0/100).

@@ -97,6 +97,7 @@ impl Control {
                 decision.source.clone()
             },
             config_weights: Some(effective.weights()),
+            rollout: decision.rollout.clone(),
         };
         // An edit of the file is a decision: record it like any other.
         let doc = if changed || edited {

@@ -114,6 +114,7 @@ mod tests {
             updated_at_ms: 1,
             source: "admin".into(),
             config_weights: None,
+            rollout: None,
         }
     }
 
