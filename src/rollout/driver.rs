@@ -226,3 +226,6 @@ fn hold(control: &Control, r: &RolloutState, phase: Phase, reason: &'static str,
         v.why = Some(why);
     });
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,194 @@
+//! The driver on paused tokio time: a `Store` test double, a gateway's
+//! control plane without sockets, and traffic fed straight into the
+//! per-version counters.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::*;
+use crate::config::Config;
+use crate::future::BoxFuture;
+use crate::store::{Store, StoreError, WeightsDoc};
+
+#[derive(Default)]
+struct MemStore {
+    doc: Mutex<Option<WeightsDoc>>,
+}
+
+impl Store for MemStore {
+    fn load(&self) -> BoxFuture<'_, Result<Option<WeightsDoc>, StoreError>> {
+        let doc = self.doc.lock().unwrap().clone();
+        Box::pin(async move { Ok(doc) })
+    }
+
+    fn save<'a>(&'a self, doc: &'a WeightsDoc) -> BoxFuture<'a, Result<(), StoreError>> {
+        *self.doc.lock().unwrap() = Some(doc.clone());
+        Box::pin(async { Ok(()) })
+    }
+
+    fn shared(&self) -> bool {
+        false
+    }
+}
+
+async fn control(store: Arc<MemStore>) -> Arc<Control> {
+    let text = "[listener]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+                [split]\nstable = \"v1\"\n\
+                [[versions]]\nname = \"v1\"\nweight = 100\nendpoints = [\"127.0.0.1:9\"]\n\
+                [[versions]]\nname = \"v2\"\nweight = 0\nendpoints = [\"127.0.0.1:9\"]\n";
+    let config = Config::parse(text, "test").unwrap();
+    Control::start(config, store, "memory").await.unwrap()
+}
+
+const PLAN: &str =
+    r#"{"canary": "v2", "steps": [10, 50, 100], "interval_s": 10, "min_requests": 50}"#;
+
+/// One second of traffic: `per_s` requests split by the weights in force,
+/// every `fail_every`-th canary request a 500, canary latency `canary_ms`.
+fn second_of_traffic(control: &Control, per_s: u64, fail_every: u64, canary_ms: u64) {
+    let snapshot = control.snapshot_cell().load_full();
+    let total: u64 = snapshot.versions.iter().map(|v| u64::from(v.weight)).sum();
+    for v in snapshot.versions.iter() {
+        let n = per_s * u64::from(v.weight) / total.max(1);
+        for i in 1..=n {
+            let (status, ms) = if v.name == "v2" {
+                (
+                    if fail_every > 0 && i % fail_every == 0 {
+                        500
+                    } else {
+                        200
+                    },
+                    canary_ms,
+                )
+            } else {
+                (200, 3)
+            };
+            v.analysis.record(status, Duration::from_millis(ms));
+        }
+    }
+}
+
+async fn run_for(
+    control: &Arc<Control>,
+    seconds: u64,
+    per_s: u64,
+    fail_every: u64,
+    canary_ms: u64,
+) {
+    for _ in 0..seconds {
+        second_of_traffic(control, per_s, fail_every, canary_ms);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn phase(control: &Control) -> Phase {
+    control.rollout_view().map(|v| v.phase).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_healthy_canary_walks_every_step_and_is_promoted() {
+    let store = Arc::new(MemStore::default());
+    let control = control(store.clone()).await;
+    tokio::spawn(run(control.clone()));
+    control.start_rollout(PLAN.as_bytes()).await.unwrap();
+    assert_eq!(control.weights().weights["v2"], 10);
+    run_for(&control, 11, 1000, 0, 3).await;
+    assert_eq!(
+        control.rollout().unwrap().step,
+        1,
+        "{:?}",
+        control.rollout_view()
+    );
+    assert_eq!(control.weights().weights["v2"], 50);
+    run_for(&control, 25, 1000, 0, 3).await;
+    let r = control.rollout().unwrap();
+    assert_eq!(r.phase, Phase::Succeeded);
+    let w = control.weights();
+    assert_eq!(
+        (w.stable.as_str(), w.weights["v2"], w.weights["v1"]),
+        ("v2", 100, 0)
+    );
+    // Every step is in the history, on the plan's clock, and in the store.
+    let steps: Vec<usize> = r.history.iter().map(|h| h.0).collect();
+    assert_eq!(steps, vec![0, 1, 2]);
+    assert!(
+        r.history.windows(2).all(|w| w[1].1 - w[0].1 >= 10_000),
+        "{:?}",
+        r.history
+    );
+    let stored = store.doc.lock().unwrap().clone().unwrap();
+    assert_eq!(stored.rollout.unwrap().phase, Phase::Succeeded);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_canary_is_aborted_after_one_interval() {
+    let control = control(Arc::new(MemStore::default())).await;
+    tokio::spawn(run(control.clone()));
+    control.start_rollout(PLAN.as_bytes()).await.unwrap();
+    run_for(&control, 11, 1000, 5, 3).await;
+    let view = control.rollout_view().unwrap();
+    assert_eq!(view.phase, Phase::Aborted, "{view:?}");
+    assert!(
+        view.abort_reason
+            .as_deref()
+            .unwrap()
+            .contains("max_error_rate"),
+        "{view:?}"
+    );
+    let w = control.weights();
+    assert_eq!((w.weights["v1"], w.weights["v2"]), (100, 0));
+    let a = view.last_analysis.unwrap();
+    assert_eq!(a.analysis.canary.errors * 5, a.analysis.canary.requests);
+}
+
+#[tokio::test(start_paused = true)]
+async fn too_little_traffic_holds_and_more_evidence_moves_on() {
+    let control = control(Arc::new(MemStore::default())).await;
+    tokio::spawn(run(control.clone()));
+    control.start_rollout(PLAN.as_bytes()).await.unwrap();
+    // 10% of 20 a second: 20 canary requests in the first window, 50 needed.
+    run_for(&control, 11, 20, 0, 3).await;
+    assert_eq!(phase(&control), Phase::Holding);
+    let view = control.rollout_view().unwrap();
+    assert!(view.why.unwrap().contains("not enough evidence"));
+    assert_eq!(view.step, 0);
+    // The window grows while the step holds: enough after three intervals.
+    run_for(&control, 20, 20, 0, 3).await;
+    assert_eq!(control.rollout().unwrap().step, 1);
+    assert_eq!(phase(&control), Phase::Progressing);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slower_canary_is_aborted_on_the_p99_ratio() {
+    let control = control(Arc::new(MemStore::default())).await;
+    tokio::spawn(run(control.clone()));
+    control.start_rollout(PLAN.as_bytes()).await.unwrap();
+    run_for(&control, 11, 1000, 0, 40).await;
+    let view = control.rollout_view().unwrap();
+    assert_eq!(view.phase, Phase::Aborted);
+    assert!(view.abort_reason.unwrap().contains("max_p99_ratio"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn pause_stops_the_clock_and_resume_restarts_the_window() {
+    let control = control(Arc::new(MemStore::default())).await;
+    tokio::spawn(run(control.clone()));
+    control.start_rollout(PLAN.as_bytes()).await.unwrap();
+    control
+        .rollout_action(crate::control::rollout::Action::Pause)
+        .await
+        .unwrap();
+    run_for(&control, 30, 1000, 0, 3).await;
+    assert_eq!(
+        (phase(&control), control.rollout().unwrap().step),
+        (Phase::Paused, 0)
+    );
+    control
+        .rollout_action(crate::control::rollout::Action::Resume)
+        .await
+        .unwrap();
+    run_for(&control, 9, 1000, 0, 3).await;
+    assert_eq!(control.rollout().unwrap().step, 0);
+    run_for(&control, 2, 1000, 0, 3).await;
+    assert_eq!(control.rollout().unwrap().step, 1);
+}
