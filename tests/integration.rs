@@ -15,3 +15,6 @@ mod lifecycle;
 
 #[path = "integration/own_server.rs"]
 mod own_server;
+
+#[path = "integration/rollout.rs"]
+mod rollout;

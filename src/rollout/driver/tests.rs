@@ -53,7 +53,7 @@ fn second_of_traffic(control: &Control, per_s: u64, fail_every: u64, canary_ms: 
         for i in 1..=n {
             let (status, ms) = if v.name == "v2" {
                 (
-                    if fail_every > 0 && i % fail_every == 0 {
+                    if fail_every > 0 && i.is_multiple_of(fail_every) {
                         500
                     } else {
                         200
