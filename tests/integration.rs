@@ -18,3 +18,9 @@ mod own_server;
 
 #[path = "integration/rollout.rs"]
 mod rollout;
+
+#[path = "support/moto.rs"]
+mod moto;
+
+#[path = "support/cloudmap_fixture.rs"]
+mod cloudmap_fixture;

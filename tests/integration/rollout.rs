@@ -414,16 +414,10 @@ async fn pause_and_resume_and_manual_changes_meanwhile() {
     let paused_at = rollout(gw.admin).await["step_started_at_ms"]
         .as_u64()
         .unwrap();
-    // Paused: three intervals go by (on the admin API's clock) and the step stays.
-    let ok = eventually(WAIT, async || {
-        let v = rollout(gw.admin).await;
-        v["last_analysis"].is_null() || v["phase"] == "paused"
-    })
-    .await;
-    assert!(ok);
-    let waited = eventually(Duration::from_secs(5), async || {
-        let w = weights(gw.admin).await;
-        w["updated_at_ms"].as_u64().unwrap() + 3_000 < canary_gateway::store::unix_ms()
+    // Paused: three intervals go by with traffic flowing, and the step stays.
+    let paused_ms = weights(gw.admin).await["updated_at_ms"].as_u64().unwrap();
+    let waited = eventually(Duration::from_secs(6), async || {
+        paused_ms + 3_000 < canary_gateway::store::unix_ms()
     })
     .await;
     assert!(waited);
@@ -603,4 +597,71 @@ async fn a_client_sending_malformed_bodies_to_the_canary_does_not_abort_it() {
     .await;
     bad.abort();
     assert_eq!(view["phase"], "succeeded", "{view:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_gateways_on_one_store_an_abort_decided_on_one_reaches_the_other() {
+    use crate::cloudmap_fixture::CloudMapFixture;
+    use crate::moto::MotoServer;
+
+    let moto = tokio::task::spawn_blocking(MotoServer::start)
+        .await
+        .unwrap();
+    let sdk = moto.sdk_config().await;
+    let client = aws_sdk_servicediscovery::Client::new(&sdk);
+    let state = CloudMapFixture::create(client, "canary.local", "canary-state").await;
+    let (v1, v2) = (
+        Behaved::start("v1", 0, 0).await,
+        Behaved::start("v2", 5, 0).await,
+    );
+    let fleet_text = format!(
+        "{}\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\n[store]\nkind = \"cloudmap\"\nservice_id = \"{}\"\npoll_interval = \"300ms\"\n",
+        text(v1.addr, v2.addr),
+        moto.endpoint_url(),
+        state.service_id
+    );
+    let deps = || Dependencies {
+        store: Some(Arc::new(
+            canary_gateway::aws::cloudmap_store::CloudMapStore::new(&sdk, state.service_id.clone()),
+        )),
+        ..Dependencies::default()
+    };
+    let (a, b) = (
+        Gateway::start_with(&fleet_text, deps()).await,
+        Gateway::start_with(&fleet_text, deps()).await,
+    );
+    start_rollout(a.admin, PLAN).await;
+    // The start reaches the other gateway through the store.
+    let seen = wait_rollout(b.admin, |v| {
+        v["phase"] == "progressing" || v["phase"] == "holding"
+    })
+    .await;
+    assert_eq!(seen["canary"], "v2", "{seen:#}");
+    assert_eq!(weights(b.admin).await["weights"]["v2"], 10);
+    // Only A sees traffic, and A finds the canary bad.
+    let traffic = Traffic::start(a.addr, 2, Duration::from_millis(4));
+    let on_b = wait_rollout(b.admin, |v| v["phase"] == "aborted").await;
+    drop(traffic);
+    assert!(
+        on_b["abort_reason"]
+            .as_str()
+            .unwrap()
+            .contains("max_error_rate"),
+        "{on_b:#}"
+    );
+    // B never judged the canary bad itself: it had no canary traffic.
+    assert!(
+        on_b["last_analysis"].is_null() || on_b["last_analysis"]["verdict"] != "abort",
+        "{on_b:#}"
+    );
+    let w = weights(b.admin).await;
+    assert_eq!(
+        (w["weights"]["v1"].as_u64(), w["weights"]["v2"].as_u64()),
+        (Some(100), Some(0)),
+        "{w}"
+    );
+    let counts = split_counts(b.addr, 20, &[]).await;
+    assert_eq!(counts.get("v1"), Some(&20), "{counts:?}");
+    a.shutdown().await;
+    b.shutdown().await;
 }
