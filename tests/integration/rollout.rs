@@ -108,6 +108,30 @@ impl Drop for Traffic {
     }
 }
 
+/// Two upstreams, stable `v1` (weight 100) and canary `v2` (weight 0),
+/// each `(fail_every, delay_ms)` (see [`Behaved`]), a gateway in front, and
+/// `(connections, pause_ms)` of traffic through it (0 connections: none).
+struct Setup {
+    gw: Gateway,
+    _traffic: Option<Traffic>,
+    _upstreams: (Behaved, Behaved),
+}
+
+impl Setup {
+    async fn start(stable: (u64, u64), canary: (u64, u64), traffic: (usize, u64)) -> Setup {
+        let v1 = Behaved::start("v1", stable.0, stable.1).await;
+        let v2 = Behaved::start("v2", canary.0, canary.1).await;
+        let gw = Gateway::start(&text(v1.addr, v2.addr)).await;
+        let traffic = (traffic.0 > 0)
+            .then(|| Traffic::start(gw.addr, traffic.0, Duration::from_millis(traffic.1)));
+        Setup {
+            gw,
+            _traffic: traffic,
+            _upstreams: (v1, v2),
+        }
+    }
+}
+
 fn text(stable: SocketAddr, canary: SocketAddr) -> String {
     config(
         "override_header = \"x-canary-version\"",
@@ -169,12 +193,8 @@ const PLAN: &str = r#"{"canary": "v2", "steps": [10, 50, 100], "interval_s": 1, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_canary_walks_every_step_and_is_promoted() {
-    let (v1, v2) = (
-        Behaved::start("v1", 0, 0).await,
-        Behaved::start("v2", 0, 0).await,
-    );
-    let gw = Gateway::start(&text(v1.addr, v2.addr)).await;
-    let _traffic = Traffic::start(gw.addr, 2, Duration::from_millis(4));
+    let s = Setup::start((0, 0), (0, 0), (2, 4)).await;
+    let gw = &s.gw;
     let view = start_rollout(gw.admin, PLAN).await;
     assert_eq!(
         (view["phase"].as_str(), view["share"].as_f64()),
@@ -211,12 +231,8 @@ async fn a_healthy_canary_walks_every_step_and_is_promoted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_failing_a_fifth_of_its_requests_is_aborted_within_two_intervals() {
-    let (v1, v2) = (
-        Behaved::start("v1", 0, 0).await,
-        Behaved::start("v2", 5, 0).await,
-    );
-    let gw = Gateway::start(&text(v1.addr, v2.addr)).await;
-    let _traffic = Traffic::start(gw.addr, 2, Duration::from_millis(4));
+    let s = Setup::start((0, 0), (5, 0), (2, 4)).await;
+    let gw = &s.gw;
     start_rollout(gw.admin, PLAN).await;
     let view = wait_rollout(gw.admin, |v| v["phase"] == "aborted").await;
     let took = view["ended_at_ms"].as_u64().unwrap() - view["started_at_ms"].as_u64().unwrap();
@@ -251,12 +267,8 @@ async fn a_canary_failing_a_fifth_of_its_requests_is_aborted_within_two_interval
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_only_slower_than_stable_is_aborted() {
-    let (v1, v2) = (
-        Behaved::start("v1", 0, 0).await,
-        Behaved::start("v2", 0, 40).await,
-    );
-    let gw = Gateway::start(&text(v1.addr, v2.addr)).await;
-    let _traffic = Traffic::start(gw.addr, 4, Duration::from_millis(4));
+    let s = Setup::start((0, 0), (0, 40), (4, 4)).await;
+    let gw = &s.gw;
     start_rollout(gw.admin, PLAN).await;
     let view = wait_rollout(gw.admin, |v| v["phase"] == "aborted").await;
     assert!(
@@ -275,12 +287,8 @@ async fn a_canary_only_slower_than_stable_is_aborted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_slightly_noisier_than_stable_within_chance_is_not_aborted() {
     // Stable fails 1 in 50 requests (2%), the canary 1 in 40 (2.5%).
-    let (v1, v2) = (
-        Behaved::start("v1", 50, 0).await,
-        Behaved::start("v2", 40, 0).await,
-    );
-    let gw = Gateway::start(&text(v1.addr, v2.addr)).await;
-    let _traffic = Traffic::start(gw.addr, 2, Duration::from_millis(4));
+    let s = Setup::start((50, 0), (40, 0), (2, 4)).await;
+    let gw = &s.gw;
     start_rollout(gw.admin, PLAN).await;
     let view = wait_rollout(gw.admin, |v| {
         !v["phase"]
@@ -293,12 +301,8 @@ async fn a_canary_slightly_noisier_than_stable_within_chance_is_not_aborted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_little_traffic_holds_the_step() {
-    let (v1, v2) = (
-        Behaved::start("v1", 0, 0).await,
-        Behaved::start("v2", 0, 0).await,
-    );
-    let gw = Gateway::start(&text(v1.addr, v2.addr)).await;
-    let _traffic = Traffic::start(gw.addr, 1, Duration::from_millis(20));
+    let s = Setup::start((0, 0), (0, 0), (1, 20)).await;
+    let gw = &s.gw;
     let plan = PLAN.replace("\"min_requests\": 20", "\"min_requests\": 100000");
     start_rollout(gw.admin, &plan).await;
     let view = wait_rollout(gw.admin, |v| v["phase"] == "holding").await;
@@ -364,12 +368,8 @@ async fn gate(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gate_answering_403_holds_until_it_approves() {
-    let (v1, v2) = (
-        Behaved::start("v1", 0, 0).await,
-        Behaved::start("v2", 0, 0).await,
-    );
-    let gw = Gateway::start(&text(v1.addr, v2.addr)).await;
-    let _traffic = Traffic::start(gw.addr, 2, Duration::from_millis(4));
+    let s = Setup::start((0, 0), (0, 0), (2, 4)).await;
+    let gw = &s.gw;
     let (status, asked) = (Arc::new(AtomicU16::new(403)), Arc::new(AtomicU64::new(0)));
     let (gate_addr, gate_task) = gate(status.clone(), asked.clone()).await;
     let plan = PLAN.replace(
@@ -388,12 +388,8 @@ async fn a_gate_answering_403_holds_until_it_approves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_and_resume_and_manual_changes_meanwhile() {
-    let (v1, v2) = (
-        Behaved::start("v1", 0, 0).await,
-        Behaved::start("v2", 0, 0).await,
-    );
-    let gw = Gateway::start(&text(v1.addr, v2.addr)).await;
-    let _traffic = Traffic::start(gw.addr, 2, Duration::from_millis(4));
+    let s = Setup::start((0, 0), (0, 0), (2, 4)).await;
+    let gw = &s.gw;
     start_rollout(gw.admin, PLAN).await;
     // A running rollout refuses manual weights, naming itself.
     let (status, body) = call(gw.admin, "PUT", "/weights", r#"{"weights": {"v2": 50}}"#).await;
@@ -457,11 +453,8 @@ async fn pause_and_resume_and_manual_changes_meanwhile() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_and_rollback_send_all_traffic_to_stable_at_once() {
-    let (v1, v2) = (
-        Behaved::start("v1", 0, 0).await,
-        Behaved::start("v2", 0, 0).await,
-    );
-    let gw = Gateway::start(&text(v1.addr, v2.addr)).await;
+    let s = Setup::start((0, 0), (0, 0), (0, 0)).await;
+    let gw = &s.gw;
     start_rollout(gw.admin, PLAN).await;
     let (status, view) = call(gw.admin, "POST", "/rollout/abort", "").await;
     assert_eq!(
@@ -492,11 +485,8 @@ async fn abort_and_rollback_send_all_traffic_to_stable_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_plans_are_refused_naming_the_problem() {
-    let (v1, v2) = (
-        Behaved::start("v1", 0, 0).await,
-        Behaved::start("v2", 0, 0).await,
-    );
-    let gw = Gateway::start(&text(v1.addr, v2.addr)).await;
+    let s = Setup::start((0, 0), (0, 0), (0, 0)).await;
+    let gw = &s.gw;
     for (body, status, names) in [
         (r#"{"canary": "v9"}"#, 400, "unknown version `v9`"),
         (r#"{"canary": "v1"}"#, 400, "stable version"),
@@ -575,12 +565,8 @@ async fn malformed_to_canary(addr: SocketAddr) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_sending_malformed_bodies_to_the_canary_does_not_abort_it() {
-    let (v1, v2) = (
-        Behaved::start("v1", 0, 0).await,
-        Behaved::start("v2", 0, 0).await,
-    );
-    let gw = Gateway::start(&text(v1.addr, v2.addr)).await;
-    let _traffic = Traffic::start(gw.addr, 2, Duration::from_millis(4));
+    let s = Setup::start((0, 0), (0, 0), (2, 4)).await;
+    let gw = &s.gw;
     start_rollout(gw.admin, PLAN).await;
     let bad = {
         let addr = gw.addr;

@@ -40,6 +40,14 @@ async fn control(store: Arc<MemStore>) -> Arc<Control> {
     Control::start(config, store, "memory").await.unwrap()
 }
 
+/// A control plane on `store` with its driver running and [`PLAN`] started.
+async fn started(store: Arc<MemStore>) -> Arc<Control> {
+    let control = control(store).await;
+    tokio::spawn(run(control.clone()));
+    control.start_rollout(PLAN.as_bytes()).await.unwrap();
+    control
+}
+
 const PLAN: &str =
     r#"{"canary": "v2", "steps": [10, 50, 100], "interval_s": 10, "min_requests": 50}"#;
 
@@ -88,9 +96,7 @@ fn phase(control: &Control) -> Phase {
 #[tokio::test(start_paused = true)]
 async fn a_healthy_canary_walks_every_step_and_is_promoted() {
     let store = Arc::new(MemStore::default());
-    let control = control(store.clone()).await;
-    tokio::spawn(run(control.clone()));
-    control.start_rollout(PLAN.as_bytes()).await.unwrap();
+    let control = started(store.clone()).await;
     assert_eq!(control.weights().weights["v2"], 10);
     run_for(&control, 11, 1000, 0, 3).await;
     assert_eq!(
@@ -122,9 +128,7 @@ async fn a_healthy_canary_walks_every_step_and_is_promoted() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failing_canary_is_aborted_after_one_interval() {
-    let control = control(Arc::new(MemStore::default())).await;
-    tokio::spawn(run(control.clone()));
-    control.start_rollout(PLAN.as_bytes()).await.unwrap();
+    let control = started(Arc::new(MemStore::default())).await;
     run_for(&control, 11, 1000, 5, 3).await;
     let view = control.rollout_view().unwrap();
     assert_eq!(view.phase, Phase::Aborted, "{view:?}");
@@ -143,9 +147,7 @@ async fn a_failing_canary_is_aborted_after_one_interval() {
 
 #[tokio::test(start_paused = true)]
 async fn too_little_traffic_holds_and_more_evidence_moves_on() {
-    let control = control(Arc::new(MemStore::default())).await;
-    tokio::spawn(run(control.clone()));
-    control.start_rollout(PLAN.as_bytes()).await.unwrap();
+    let control = started(Arc::new(MemStore::default())).await;
     // 10% of 20 a second: 20 canary requests in the first window, 50 needed.
     run_for(&control, 11, 20, 0, 3).await;
     assert_eq!(phase(&control), Phase::Holding);
@@ -160,9 +162,7 @@ async fn too_little_traffic_holds_and_more_evidence_moves_on() {
 
 #[tokio::test(start_paused = true)]
 async fn a_slower_canary_is_aborted_on_the_p99_ratio() {
-    let control = control(Arc::new(MemStore::default())).await;
-    tokio::spawn(run(control.clone()));
-    control.start_rollout(PLAN.as_bytes()).await.unwrap();
+    let control = started(Arc::new(MemStore::default())).await;
     run_for(&control, 11, 1000, 0, 40).await;
     let view = control.rollout_view().unwrap();
     assert_eq!(view.phase, Phase::Aborted);
@@ -171,9 +171,7 @@ async fn a_slower_canary_is_aborted_on_the_p99_ratio() {
 
 #[tokio::test(start_paused = true)]
 async fn pause_stops_the_clock_and_resume_restarts_the_window() {
-    let control = control(Arc::new(MemStore::default())).await;
-    tokio::spawn(run(control.clone()));
-    control.start_rollout(PLAN.as_bytes()).await.unwrap();
+    let control = started(Arc::new(MemStore::default())).await;
     control
         .rollout_action(crate::control::rollout::Action::Pause)
         .await
