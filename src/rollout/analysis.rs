@@ -6,7 +6,7 @@
 //! - against stable: a one-sided two-proportion z-test (canary's error rate
 //!   higher than stable's), or Fisher's exact test when an expected cell count
 //!   is below 5, at `confidence`; and the canary's p99 above stable's times
-//!   `max_p99_ratio`;
+//!   `max_p99_ratio` (with enough samples for a p99);
 //! - fewer than `min_requests` canary requests: not enough evidence, hold.
 
 use serde::Serialize;
@@ -17,6 +17,11 @@ use super::telemetry::{Counts, bucket_value_ms};
 /// Latencies below this count as this in the p99 ratio: on loopback, or for a
 /// very fast service, microsecond jitter would otherwise double a ratio.
 pub const P99_RATIO_FLOOR_MS: f64 = 5.0;
+
+/// The p99 ratio is judged only when both versions have at least this many
+/// requests in the window: from fewer, a "p99" is the window's worst request
+/// or two, which one slow connect or a scheduling pause decides.
+pub const P99_RATIO_MIN_SAMPLES: u64 = 100;
 
 /// Below this expected count in any cell of the 2x2 table, Fisher's exact
 /// test is used instead of the z-test's normal approximation.
@@ -142,6 +147,8 @@ pub fn judge(plan: &Settings, canary: &Counts, stable: &Counts) -> Analysis {
         a.test = Some(test.name);
         a.statistic = test.statistic;
         a.p_value = Some(test.p_value);
+    }
+    if c.requests >= P99_RATIO_MIN_SAMPLES && s.requests >= P99_RATIO_MIN_SAMPLES {
         let ratio = c.p99_ms.max(P99_RATIO_FLOOR_MS) / s.p99_ms.max(P99_RATIO_FLOOR_MS);
         a.p99_ratio = Some(ratio);
     }

@@ -117,6 +117,13 @@ fn slower_beyond_the_ratio_aborts_and_fast_jitter_does_not() {
     // 0.4 ms against 0.1 ms: both under the floor, ratio 1.
     let a = judge(&plan(), &counts(1000, 0, 0.4), &counts(9000, 0, 0.1));
     assert_eq!(a.verdict, Verdict::Pass, "{}", a.why);
+    // Too few samples for a p99: the ratio is not judged.
+    let few = Settings {
+        min_requests: 50,
+        ..plan()
+    };
+    let a = judge(&few, &counts(99, 0, 60.0), &counts(9000, 0, 20.0));
+    assert_eq!((a.verdict, a.p99_ratio), (Verdict::Pass, None), "{}", a.why);
 }
 
 #[test]

@@ -190,3 +190,28 @@ async fn pause_stops_the_clock_and_resume_restarts_the_window() {
     run_for(&control, 2, 1000, 0, 3).await;
     assert_eq!(control.rollout().unwrap().step, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_canary_without_healthy_endpoints_is_given_no_more_traffic() {
+    use crate::discovery::EndpointSink;
+    let control = started(Arc::new(MemStore::default())).await;
+    run_for(&control, 9, 1000, 0, 3).await;
+    // Its endpoints go away just before the step is judged: good figures,
+    // but no next step onto nothing.
+    control.endpoints_discovered("v2", Vec::new());
+    run_for(&control, 2, 1000, 0, 3).await;
+    let view = control.rollout_view().unwrap();
+    assert_eq!((view.phase, view.step), (Phase::Holding, 0), "{view:?}");
+    assert!(view.why.unwrap().contains("no healthy endpoints"));
+    assert_eq!(control.weights().weights["v2"], 10);
+    // And a new rollout onto it is refused.
+    control
+        .rollout_action(crate::control::rollout::Action::Abort)
+        .await
+        .unwrap();
+    let refused = control.start_rollout(PLAN.as_bytes()).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("no healthy endpoints"),
+        "{refused}"
+    );
+}
