@@ -10,9 +10,11 @@ use crate::config::Config;
 use crate::future::BoxFuture;
 use crate::store::{Store, StoreError, WeightsDoc};
 
+/// One document in memory; `shared` makes it a fleet store.
 #[derive(Default)]
 struct MemStore {
     doc: Mutex<Option<WeightsDoc>>,
+    shared: bool,
 }
 
 impl Store for MemStore {
@@ -27,7 +29,7 @@ impl Store for MemStore {
     }
 
     fn shared(&self) -> bool {
-        false
+        self.shared
     }
 }
 
@@ -214,4 +216,86 @@ async fn a_canary_without_healthy_endpoints_is_given_no_more_traffic() {
         refused.to_string().contains("no healthy endpoints"),
         "{refused}"
     );
+}
+
+/// Two gateways' control planes on one shared store, each with its driver
+/// and a store poll every 500 ms.
+async fn fleet() -> (Arc<MemStore>, Arc<Control>, Arc<Control>) {
+    let store = Arc::new(MemStore {
+        shared: true,
+        ..MemStore::default()
+    });
+    let (a, b) = (control(store.clone()).await, control(store.clone()).await);
+    for c in [&a, &b] {
+        tokio::spawn(run(c.clone()));
+        let c = c.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                c.sync_from_store().await;
+            }
+        });
+    }
+    (store, a, b)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fleet_steps_on_one_clock_and_takes_each_step_once() {
+    let (store, a, b) = fleet().await;
+    b.start_rollout(PLAN.as_bytes()).await.unwrap();
+    for _ in 0..40 {
+        second_of_traffic(&a, 1000, 0, 3);
+        second_of_traffic(&b, 1000, 0, 3);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let stored = store.doc.lock().unwrap().clone().unwrap().rollout.unwrap();
+    assert_eq!(stored.phase, Phase::Succeeded);
+    let steps: Vec<usize> = stored.history.iter().map(|h| h.0).collect();
+    assert_eq!(steps, vec![0, 1, 2], "{:?}", stored.history);
+    // Each step an interval after the one before: never two at once.
+    assert!(
+        stored.history.windows(2).all(|w| w[1].1 - w[0].1 >= 10_000),
+        "{:?}",
+        stored.history
+    );
+    for c in [&a, &b] {
+        assert_eq!(c.rollout().unwrap().phase, Phase::Succeeded);
+        assert_eq!(c.weights().stable, "v2");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abort_decided_by_one_gateway_reaches_the_other() {
+    let (store, a, b) = fleet().await;
+    a.start_rollout(PLAN.as_bytes()).await.unwrap();
+    // Only A serves traffic, and its canary fails: B has no evidence.
+    run_for(&a, 11, 1000, 5, 3).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let on_b = b.rollout_view().unwrap();
+    assert_eq!(on_b.phase, Phase::Aborted, "{on_b:?}");
+    assert!(
+        on_b.last_analysis
+            .is_none_or(|a| a.analysis.verdict != Verdict::Abort)
+    );
+    assert_eq!(b.weights().weights["v2"], 0);
+    let stored = store.doc.lock().unwrap().clone().unwrap();
+    assert_eq!(stored.rollout.as_ref().unwrap().phase, Phase::Aborted);
+
+    // A racing write puts the running rollout back (a lost abort): the
+    // gateway that aborted it writes the abort again.
+    let mut undone = stored.clone();
+    undone.generation += 1;
+    undone.weights.insert("v1".into(), 90);
+    undone.weights.insert("v2".into(), 10);
+    if let Some(r) = undone.rollout.as_mut() {
+        r.phase = Phase::Progressing;
+        r.reason = None;
+    }
+    *store.doc.lock().unwrap() = Some(undone);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let again = store.doc.lock().unwrap().clone().unwrap();
+    assert_eq!(again.rollout.unwrap().phase, Phase::Aborted);
+    assert_eq!(again.weights["v2"], 0);
+    assert!(again.generation > stored.generation + 1);
+    assert_eq!(b.weights().weights["v2"], 0);
 }
