@@ -39,7 +39,7 @@ pub const ROLLOUT_STEPS_TOTAL: &str = "canary_rollout_steps_total";
 /// Counter: rollout step holds by `reason` (not_enough_evidence, gate, no_healthy_endpoints).
 pub const ROLLOUT_HOLDS_TOTAL: &str = "canary_rollout_holds_total";
 /// Counter: rollout aborts by `reason` (max_error_rate, max_p99_ms,
-/// error_rate_vs_stable, p99_ratio, operator, rollback).
+/// error_rate_vs_stable, p99_ratio, operator, rollback, config).
 pub const ROLLOUT_ABORTS_TOTAL: &str = "canary_rollout_aborts_total";
 /// Gauge: the last rollout analysis by `version` and `figure` (requests,
 /// errors, error_rate, p50_ms, p99_ms).

@@ -95,6 +95,15 @@ pub async fn run(control: Arc<Control>) {
                 }
                 continue;
             }
+            Some(r) if r.phase.running() && gone_from_config(&control, &r).is_some() => {
+                let why = gone_from_config(&control, &r).unwrap_or_default();
+                aborted.insert(r.started_at_ms, why.clone());
+                if let Err(e) = control.abort_rollout(&r, "config", &why).await {
+                    tracing::error!(error = %e, "the rollout abort could not be recorded; retrying");
+                    tokio::time::sleep(RETRY).await;
+                }
+                continue;
+            }
             Some(r) if r.phase == Phase::Progressing => r,
             _ => {
                 window = None;
@@ -206,6 +215,16 @@ pub async fn run(control: Arc<Control>) {
             }
         }
     }
+}
+
+/// Why `r` cannot go on with the config in force (a reload removed its
+/// canary or its stable version), if it cannot.
+fn gone_from_config(control: &Control, r: &RolloutState) -> Option<String> {
+    let config = control.config();
+    [&r.plan.canary, &r.plan.stable]
+        .into_iter()
+        .find(|v| !config.versions.iter().any(|c| &c.name == *v))
+        .map(|v| format!("version `{v}` is no longer in the config"))
 }
 
 /// The step holds: this replica's view says why; counted and sent.

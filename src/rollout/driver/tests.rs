@@ -299,3 +299,22 @@ async fn an_abort_decided_by_one_gateway_reaches_the_other() {
     assert!(again.generation > stored.generation + 1);
     assert_eq!(b.weights().weights["v2"], 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_removes_the_canary_aborts_its_rollout() {
+    let control = started(Arc::new(MemStore::default())).await;
+    let text = "[listener]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+                [split]\nstable = \"v1\"\n\
+                [[versions]]\nname = \"v1\"\nweight = 100\nendpoints = [\"127.0.0.1:9\"]\n";
+    let status = control.reload(Config::parse(text, "test"), "test").await;
+    assert!(status.ok, "{status:?}");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let view = control.rollout_view().unwrap();
+    assert_eq!(view.phase, Phase::Aborted, "{view:?}");
+    assert!(
+        view.abort_reason
+            .unwrap()
+            .contains("`v2` is no longer in the config")
+    );
+    assert_eq!(control.weights().weights["v1"], 100);
+}
