@@ -218,6 +218,9 @@ pub fn error_rate_test(
     stable_errors: u64,
     stable_requests: u64,
 ) -> TestResult {
+    // Never more errors than requests (counters read a moment apart).
+    let canary_errors = canary_errors.min(canary_requests);
+    let stable_errors = stable_errors.min(stable_requests);
     let n = (canary_requests + stable_requests) as f64;
     let errors = (canary_errors + stable_errors) as f64;
     let smallest_expected = [canary_requests, stable_requests]

@@ -70,6 +70,8 @@ fn fisher_worked_example_from_the_docs() {
 #[test]
 fn small_counts_use_fisher_and_large_ones_the_z_test() {
     assert_eq!(error_rate_test(3, 20, 2, 200).name, "fisher");
+    // Inconsistent counts are clamped, never a panic.
+    assert!(error_rate_test(30, 20, 300, 200).p_value <= 1.0);
     let t = error_rate_test(30, 1000, 90, 9000);
     assert_eq!(t.name, "z");
     assert!(t.statistic.is_some());
