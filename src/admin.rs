@@ -1,6 +1,6 @@
 //! Control path: the admin API (health, readiness, metrics, weights, status).
 //!
-//! `/healthz`, `/readyz` and `/metrics` are open; everything else needs
+//! `/healthz`, `/readyz`, `/ready` and `/metrics` are open; everything else needs
 //! `Authorization: Bearer <token>` when a token is configured (the gateway
 //! refuses to start with a non-loopback admin address and no token). Every
 //! answer is JSON except the metrics text; bad input gets a 4xx with
@@ -65,11 +65,18 @@ fn rejected(r: Rejection) -> AdminResponse {
 }
 
 fn control_error(e: ControlError) -> AdminResponse {
+    if let ControlError::Conflict(current) = &e {
+        // A lost race: the current decision, for a pipeline that retries.
+        let body = serde_json::json!({ "error": e.to_string(), "current": current });
+        return json(StatusCode::CONFLICT, &body);
+    }
     let status = match &e {
         ControlError::UnknownVersion(_) | ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
-        ControlError::Store(_) | ControlError::StoreLoad(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ControlError::Store(_) | ControlError::StoreLoad(_) | ControlError::Conflict(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
     };
-    error(status, e.to_string())
+    error(status, e.short())
 }
 
 fn method_not_allowed(allow: &'static str) -> AdminResponse {
@@ -92,7 +99,7 @@ impl Admin {
         let path = req.uri().path().to_string();
         let method = req.method().clone();
         let allow = match path.as_str() {
-            "/healthz" | "/readyz" | "/metrics" | "/status" => "GET",
+            "/healthz" | "/readyz" | "/ready" | "/metrics" | "/status" => "GET",
             "/weights" => "GET, PUT",
             "/promote" | "/rollback" | "/reload" => "POST",
             p if rollout::allow(p).is_some() => rollout::allow(p).unwrap_or("GET"),
@@ -115,6 +122,7 @@ impl Admin {
                     ),
                 };
             }
+            "/ready" => return self.envoy_ready(),
             "/metrics" => {
                 self.control.publish_gauges();
                 return text(
@@ -193,6 +201,22 @@ impl Admin {
                 }
             },
             _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+        }
+    }
+}
+
+impl Admin {
+    /// `/ready`, answered like Envoy's admin endpoint (what App Mesh virtual
+    /// gateway health checks used): 200 `LIVE`, else 503 `DRAINING` or
+    /// `PRE_INITIALIZING`. Same readiness as `/readyz`.
+    fn envoy_ready(&self) -> AdminResponse {
+        let plain = "text/plain; charset=utf-8";
+        match self.control.readiness() {
+            Ok(()) => text(StatusCode::OK, "LIVE\n", plain),
+            Err(_) if self.control.is_draining() => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "DRAINING\n", plain)
+            }
+            Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "PRE_INITIALIZING\n", plain),
         }
     }
 }

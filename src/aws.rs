@@ -2,12 +2,14 @@
 //!
 //! [`sdk_config`] builds the shared SDK configuration; [`cloudmap`] discovers
 //! endpoints, [`cloudmap_store`] keeps the weights document in a Cloud Map
-//! service, [`appmesh`] mirrors the weights onto an App Mesh route.
+//! service and [`dynamodb_store`] in a DynamoDB item (conditional writes),
+//! [`appmesh`] mirrors the weights onto an App Mesh route.
 
 pub mod appmesh;
 pub mod backoff;
 pub mod cloudmap;
 pub mod cloudmap_store;
+pub mod dynamodb_store;
 pub mod errors;
 pub mod prefix;
 
@@ -73,15 +75,7 @@ impl RouteSyncDep for MeshRoute {
         &'a self,
         weights: &'a BTreeMap<String, u32>,
     ) -> BoxFuture<'a, Result<BTreeMap<String, u32>, String>> {
-        Box::pin(async move {
-            self.0.sync(weights).await.map_err(|e| e.to_string())?;
-            let mapped: BTreeMap<String, u32> = weights
-                .iter()
-                .filter(|(v, _)| self.0.config().virtual_nodes.contains_key(*v))
-                .map(|(v, w)| (v.clone(), *w))
-                .collect();
-            Ok(appmesh::scale_to_percent(&mapped))
-        })
+        Box::pin(async move { self.0.sync(weights).await.map_err(|e| e.to_string()) })
     }
 }
 
@@ -94,7 +88,7 @@ pub async fn fill_dependencies(config: &Config, deps: &mut Dependencies) -> Resu
             .versions
             .iter()
             .any(|v| matches!(v.source, EndpointSource::CloudMap(_)));
-    let wants_store = deps.store.is_none() && matches!(config.store, StoreConfig::CloudMap { .. });
+    let wants_store = deps.store.is_none() && config.store.poll_interval().is_some();
     let wants_mesh = deps.route_sync.is_none() && config.appmesh.is_some();
     if !(wants_discovery || wants_store || wants_mesh) {
         return Ok(());
@@ -119,11 +113,23 @@ pub async fn fill_dependencies(config: &Config, deps: &mut Dependencies) -> Resu
             ))
         }));
     }
-    if wants_store && let StoreConfig::CloudMap { service_id, .. } = &config.store {
-        deps.store = Some(Arc::new(cloudmap_store::CloudMapStore::new(
-            &sdk,
-            service_id.clone(),
-        )));
+    if wants_store {
+        match &config.store {
+            StoreConfig::CloudMap { service_id, .. } => {
+                deps.store = Some(Arc::new(cloudmap_store::CloudMapStore::new(
+                    &sdk,
+                    service_id.clone(),
+                )));
+            }
+            StoreConfig::DynamoDb { table, key, .. } => {
+                deps.store = Some(Arc::new(dynamodb_store::DynamoDbStore::new(
+                    &sdk,
+                    table.clone(),
+                    key.clone(),
+                )));
+            }
+            StoreConfig::File => {}
+        }
     }
     if wants_mesh && let Some(mesh) = &config.appmesh {
         let route = appmesh::RouteSync::new(

@@ -52,6 +52,7 @@ pub struct Config {
     /// Where admin decisions are saved (the file store).
     pub state_path: Option<PathBuf>,
     pub store: StoreConfig,
+    pub discovery: DiscoveryConfig,
     pub aws: AwsConfig,
     pub appmesh: Option<AppMeshConfig>,
     /// Tokio worker threads; `None` means one per core.
@@ -164,7 +165,68 @@ pub enum StoreConfig {
     CloudMap {
         service_id: String,
         poll_interval: Duration,
+        boot_timeout: Duration,
     },
+    /// One item of a DynamoDB table (partition key `pk` = `key`), shared by the
+    /// fleet and written with a condition: the recommended fleet store.
+    DynamoDb {
+        table: String,
+        key: String,
+        poll_interval: Duration,
+        boot_timeout: Duration,
+    },
+}
+
+/// Default of `store.poll_interval`.
+pub const DEFAULT_STORE_POLL: Duration = Duration::from_secs(2);
+/// Default of `store.boot_timeout`.
+pub const DEFAULT_STORE_BOOT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of `discovery.stale_after`.
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(300);
+
+impl StoreConfig {
+    /// `file`, `cloudmap` or `dynamodb`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreConfig::File => "file",
+            StoreConfig::CloudMap { .. } => "cloudmap",
+            StoreConfig::DynamoDb { .. } => "dynamodb",
+        }
+    }
+
+    /// How often a shared store is polled for other tasks' decisions (`None`: not shared).
+    pub fn poll_interval(&self) -> Option<Duration> {
+        match self {
+            StoreConfig::File => None,
+            StoreConfig::CloudMap { poll_interval, .. }
+            | StoreConfig::DynamoDb { poll_interval, .. } => Some(*poll_interval),
+        }
+    }
+
+    /// How long the start waits for the first read of a shared store.
+    pub fn boot_timeout(&self) -> Duration {
+        match self {
+            StoreConfig::File => DEFAULT_STORE_BOOT_TIMEOUT,
+            StoreConfig::CloudMap { boot_timeout, .. }
+            | StoreConfig::DynamoDb { boot_timeout, .. } => *boot_timeout,
+        }
+    }
+}
+
+/// Settings of every discovery source.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DiscoveryConfig {
+    /// Endpoints of a source that has failed for longer than this are still
+    /// used but reported stale (/status, `canary_discovery_stale`).
+    pub stale_after: Duration,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig {
+            stale_after: DEFAULT_STALE_AFTER,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -179,7 +241,13 @@ pub struct AppMeshConfig {
     pub virtual_router: String,
     pub route: String,
     pub virtual_nodes: BTreeMap<String, String>,
+    /// How often the task that wrote the decision in force rewrites the
+    /// route (repairs drift, retries after a failure).
+    pub reconcile_interval: Duration,
 }
+
+/// Default of `appmesh.reconcile_interval`.
+pub const DEFAULT_APPMESH_RECONCILE: Duration = Duration::from_secs(60);
 
 impl Config {
     /// Reads and validates a config file.
@@ -400,44 +468,13 @@ impl Validator<'_> {
             access_log: raw.log.access_log.unwrap_or(false),
         };
 
-        let store = match raw.store.kind.as_deref() {
-            None | Some("file") => {
-                if raw.store.service_id.is_some() {
-                    return Err(
-                        self.invalid("store.service_id", "only applies to kind = \"cloudmap\"")
-                    );
-                }
-                StoreConfig::File
-            }
-            Some("cloudmap") => {
-                let service_id = match &raw.store.service_id {
-                    Some(id) if id.starts_with("srv-") => id.clone(),
-                    Some(id) => {
-                        return Err(self.invalid(
-                            "store.service_id",
-                            format!("`{id}` is not a Cloud Map service id (srv-...)"),
-                        ));
-                    }
-                    None => {
-                        return Err(self
-                            .invalid("store.service_id", "is required with kind = \"cloudmap\""));
-                    }
-                };
-                StoreConfig::CloudMap {
-                    service_id,
-                    poll_interval: self.duration(
-                        "store.poll_interval",
-                        &raw.store.poll_interval,
-                        Duration::from_secs(2),
-                    )?,
-                }
-            }
-            Some(other) => {
-                return Err(self.invalid(
-                    "store.kind",
-                    format!("`{other}` is not one of: file, cloudmap"),
-                ));
-            }
+        let store = self.store(&raw.store)?;
+        let discovery = DiscoveryConfig {
+            stale_after: self.duration(
+                "discovery.stale_after",
+                &raw.discovery.stale_after,
+                DEFAULT_STALE_AFTER,
+            )?,
         };
 
         let aws = AwsConfig {
@@ -464,6 +501,11 @@ impl Validator<'_> {
                     virtual_router: a.virtual_router.clone(),
                     route: a.route.clone(),
                     virtual_nodes: a.virtual_nodes.clone(),
+                    reconcile_interval: self.duration(
+                        "appmesh.reconcile_interval",
+                        &a.reconcile_interval,
+                        DEFAULT_APPMESH_RECONCILE,
+                    )?,
                 })
             }
         };
@@ -484,12 +526,99 @@ impl Validator<'_> {
             log,
             state_path: raw.state.path.as_ref().map(PathBuf::from),
             store,
+            discovery,
             aws,
             appmesh,
             worker_threads,
             rollout: crate::rollout::plan::Settings::from_toml(raw.rollout.as_ref())
                 .map_err(|e| self.invalid(format!("rollout.{}", e.field), e.reason))?,
         })
+    }
+
+    /// The `[store]` table.
+    fn store(&self, raw: &raw::RawStore) -> Result<StoreConfig, ConfigError> {
+        let kind = raw.kind.as_deref().unwrap_or("file");
+        let only = |key: &str, present: bool, kinds: &str| {
+            if present {
+                Err(self.invalid(format!("store.{key}"), format!("only applies to {kinds}")))
+            } else {
+                Ok(())
+            }
+        };
+        let shared = "kind = \"cloudmap\" or \"dynamodb\"";
+        let required = |key: &str, value: &Option<String>| match value.as_deref() {
+            Some(v) if !v.trim().is_empty() => Ok(v.to_string()),
+            Some(_) => Err(self.invalid(format!("store.{key}"), "must not be empty")),
+            None => Err(self.invalid(
+                format!("store.{key}"),
+                format!("is required with kind = \"{kind}\""),
+            )),
+        };
+        let timing = || -> Result<(Duration, Duration), ConfigError> {
+            Ok((
+                self.duration(
+                    "store.poll_interval",
+                    &raw.poll_interval,
+                    DEFAULT_STORE_POLL,
+                )?,
+                self.duration(
+                    "store.boot_timeout",
+                    &raw.boot_timeout,
+                    DEFAULT_STORE_BOOT_TIMEOUT,
+                )?,
+            ))
+        };
+        match kind {
+            "file" => {
+                only(
+                    "service_id",
+                    raw.service_id.is_some(),
+                    "kind = \"cloudmap\"",
+                )?;
+                only("table", raw.table.is_some(), "kind = \"dynamodb\"")?;
+                only("key", raw.key.is_some(), "kind = \"dynamodb\"")?;
+                only("poll_interval", raw.poll_interval.is_some(), shared)?;
+                only("boot_timeout", raw.boot_timeout.is_some(), shared)?;
+                Ok(StoreConfig::File)
+            }
+            "cloudmap" => {
+                only("table", raw.table.is_some(), "kind = \"dynamodb\"")?;
+                only("key", raw.key.is_some(), "kind = \"dynamodb\"")?;
+                let service_id = required("service_id", &raw.service_id)?;
+                if !service_id.starts_with("srv-") {
+                    return Err(self.invalid(
+                        "store.service_id",
+                        format!("`{service_id}` is not a Cloud Map service id (srv-...)"),
+                    ));
+                }
+                let (poll_interval, boot_timeout) = timing()?;
+                Ok(StoreConfig::CloudMap {
+                    service_id,
+                    poll_interval,
+                    boot_timeout,
+                })
+            }
+            "dynamodb" => {
+                only(
+                    "service_id",
+                    raw.service_id.is_some(),
+                    "kind = \"cloudmap\"",
+                )?;
+                let table = required("table", &raw.table)?;
+                let key = required("key", &raw.key)?;
+                let (poll_interval, boot_timeout) = timing()?;
+                Ok(StoreConfig::DynamoDb {
+                    table,
+                    key,
+                    poll_interval,
+                    boot_timeout,
+                })
+            }
+            other => Err(self.invalid(
+                "store.kind",
+                format!("`{other}` is not one of: file, cloudmap, dynamodb"),
+            )),
+        }
     }
 
     fn versions(&self, raw: &[RawVersion]) -> Result<Vec<VersionConfig>, ConfigError> {
@@ -678,5 +807,7 @@ pub fn check_total(total: u64) -> Result<(), String> {
     Ok(())
 }
 
+#[cfg(test)]
+pub(crate) mod test_text;
 #[cfg(test)]
 mod tests;

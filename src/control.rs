@@ -7,13 +7,18 @@
 //! written to the store before they apply) so that a replica never applies a
 //! change the fleet did not record.
 
+mod boot;
 mod decisions;
 mod endpoints;
 mod reload;
 pub mod rollout;
 pub mod status;
+#[cfg(test)]
+mod tests;
+mod upkeep;
 
 pub use decisions::validate_weights;
+pub use upkeep::keep_store;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,6 +36,7 @@ use crate::snapshot::{ProxySettings, Snapshot, SnapshotError, SnapshotInput};
 use crate::store::{Store, StoreError, WeightsDoc, unix_ms};
 use decisions::fit_to_config;
 use status::{DiscoveryStatus, ReloadStatus, StoreStatus, WeightsView};
+use tokio::sync::Notify;
 
 /// Why a change was refused. The snapshot in force is unchanged.
 #[derive(Debug, thiserror::Error)]
@@ -39,10 +45,30 @@ pub enum ControlError {
     UnknownVersion(String),
     #[error("{0}")]
     Invalid(String),
+    /// The admin API answers these with [`ControlError::short`]: the store's
+    /// own words are in the log and in /status (`store.last_error`).
     #[error("the weight store could not be written, nothing was changed: {0}")]
     Store(StoreError),
     #[error("the weight store could not be read: {0}")]
     StoreLoad(StoreError),
+    /// Another task wrote a decision first: nothing was changed here; the
+    /// store's current decision is applied and returned.
+    #[error(
+        "another gateway task changed the weights first (generation {}); nothing was changed: review the current weights and retry",
+        .0.generation
+    )]
+    Conflict(Box<WeightsView>),
+}
+
+impl ControlError {
+    /// The message for an API answer: without the store's (SDK's) text.
+    pub fn short(&self) -> String {
+        match self {
+            ControlError::Store(_) => "the weight store could not be written; nothing was changed (details: /status store.last_error)".into(),
+            ControlError::StoreLoad(_) => "the weight store could not be read; nothing was changed (details: /status store.last_error)".into(),
+            other => other.to_string(),
+        }
+    }
 }
 
 impl From<SnapshotError> for ControlError {
@@ -65,6 +91,8 @@ struct State {
     last_reload: Option<ReloadStatus>,
     store: StoreStatus,
     appmesh: Option<status::AppMeshStatus>,
+    /// A rollback applied here that the store has not taken yet.
+    rollback_pending: bool,
     /// The rollout's counters, clock and this gateway's view of it.
     rollout: crate::rollout::Local,
 }
@@ -75,7 +103,14 @@ pub struct Control {
     state: Mutex<State>,
     decisions: tokio::sync::Mutex<()>,
     store: Arc<dyn Store>,
+    /// This task's writer id in the documents it writes (random per process).
+    writer: String,
+    /// Wakes the store upkeep when a rollback waits for the store.
+    pending_wake: Notify,
     listening: AtomicBool,
+    /// Every discovery source had been asked once (readiness never goes back
+    /// for discovery: a version added by a reload does not unready the fleet).
+    discovered: AtomicBool,
     draining: AtomicBool,
     started: Instant,
     weights_tx: watch::Sender<WeightsDoc>,
@@ -93,7 +128,9 @@ impl Control {
         store: Arc<dyn Store>,
         store_kind: &str,
     ) -> Result<Arc<Control>, ControlError> {
-        let stored = store.load().await.map_err(ControlError::StoreLoad)?;
+        let writer = writer_id();
+        let first_read = boot::first_read(&*store, config.store.boot_timeout()).await?;
+        let stored = first_read.doc.clone();
         let config_weights = config.weights();
         let from_config = WeightsDoc {
             stable: config.split.stable.clone(),
@@ -101,6 +138,7 @@ impl Control {
             generation: 0,
             updated_at_ms: unix_ms(),
             source: "config".into(),
+            writer: writer.clone(),
             config_weights: Some(config_weights.clone()),
             rollout: None,
         };
@@ -148,6 +186,7 @@ impl Control {
                 (
                     DiscoveryStatus {
                         source,
+                        attempted: matches!(v.source, EndpointSource::Static(_)),
                         ..Default::default()
                     },
                     None,
@@ -165,11 +204,9 @@ impl Control {
             endpoints,
             discovery,
             last_reload: None,
-            store: StoreStatus {
-                kind: store_kind.to_string(),
-                ..Default::default()
-            },
+            store: first_read.status(store_kind),
             appmesh,
+            rollback_pending: false,
             rollout: Default::default(),
         };
         let first = build(&state)?;
@@ -180,7 +217,10 @@ impl Control {
             state: Mutex::new(state),
             decisions: tokio::sync::Mutex::new(()),
             store,
+            writer,
+            pending_wake: Notify::new(),
             listening: AtomicBool::new(false),
+            discovered: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             started: Instant::now(),
             weights_tx,
@@ -199,6 +239,11 @@ impl Control {
     /// The config in force.
     pub fn config(&self) -> Arc<Config> {
         self.lock().config.clone()
+    }
+
+    /// This task's writer id (the `writer` of the documents it writes).
+    pub fn writer(&self) -> &str {
+        &self.writer
     }
 
     /// Subscribes to applied weight decisions (App Mesh sync follows these).
@@ -237,6 +282,8 @@ fn publish_endpoint_gauges(snapshot: &Snapshot) {
             .set(v.endpoints.len() as f64);
         metrics::gauge!(names::ENDPOINTS_HEALTHY, "version" => v.name.clone()).set(healthy as f64);
     }
+    let empty = snapshot.stable_version().endpoints.is_empty();
+    metrics::gauge!(names::STABLE_EMPTY).set(if empty { 1.0 } else { 0.0 });
 }
 
 fn view(doc: &WeightsDoc) -> WeightsView {
@@ -247,6 +294,23 @@ fn view(doc: &WeightsDoc) -> WeightsView {
         updated_at_ms: doc.updated_at_ms,
         source: doc.source.clone(),
     }
+}
+
+/// A writer id unique to this process: the host name (the ECS task's),
+/// the process id and a random part.
+fn writer_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_default();
+    let host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.')
+        .take(40)
+        .collect();
+    format!(
+        "{host}{}{}-{:08x}",
+        if host.is_empty() { "" } else { "-" },
+        std::process::id(),
+        rand::random::<u32>()
+    )
 }
 
 /// The endpoints for `addrs`, keeping the existing `Arc`s (their pools and

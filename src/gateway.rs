@@ -196,8 +196,8 @@ pub async fn start(
         .await
         .map_err(GatewayError::Aws)?;
     let (store, store_kind): (Arc<dyn Store>, &str) = match (&deps.store, &config.store) {
-        (Some(s), StoreConfig::CloudMap { .. }) => (s.clone(), "cloudmap"),
         (Some(s), StoreConfig::File) => (s.clone(), "custom"),
+        (Some(s), shared) => (s.clone(), shared.kind()),
         (None, _) => {
             let path = config
                 .state_path
@@ -206,10 +206,7 @@ pub async fn start(
             (Arc::new(FileStore::new(path)), "file")
         }
     };
-    let store_poll = match &config.store {
-        StoreConfig::CloudMap { poll_interval, .. } => Some(*poll_interval),
-        StoreConfig::File => None,
-    };
+    let store_poll = config.store.poll_interval();
     let config_path = config.source.clone();
     let control = Control::start(config, store, store_kind).await?;
 
@@ -254,20 +251,23 @@ pub async fn start(
             )));
         }
     }
-    if let Some(every) = store_poll {
-        let control = control.clone();
-        background.push(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(jittered(every)).await;
-                control.sync_from_store().await;
-            }
-        }));
-    }
+    background.push(tokio::spawn(crate::control::keep_store(
+        control.clone(),
+        store_poll,
+    )));
     background.push(tokio::spawn(crate::rollout::driver::run(control.clone())));
     if let Some(sync) = deps.route_sync.clone() {
+        let every = control
+            .config()
+            .appmesh
+            .as_ref()
+            .map_or(crate::config::DEFAULT_APPMESH_RECONCILE, |a| {
+                a.reconcile_interval
+            });
         background.push(tokio::spawn(route_sync::follow_route(
             control.clone(),
             sync,
+            every,
         )));
     }
     {
@@ -307,9 +307,10 @@ pub async fn start(
         wait_for(shutdown_rx.clone(), true),
     ));
     // The listener is bound (connections wait in its backlog) and the admin API
-    // answers: /healthz 200, /readyz 503 with the reason until endpoints come.
+    // answers: /healthz 200, /readyz 503 with the reason until every discovery
+    // source was asked once.
     control.set_listening();
-    wait_for_stable_endpoints(&control).await;
+    wait_for_first_discovery(&control).await;
 
     let proxy = Arc::new(Proxy::new(control.snapshot_cell(), proxy_addr.port()));
     let serving = {
@@ -356,60 +357,24 @@ async fn wait_for(mut rx: watch::Receiver<bool>, after_drain: bool) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-/// How long the start waits for Cloud Map to return the stable version's
-/// endpoints before it serves anyway (not ready: /readyz answers 503 until they come).
+/// How long the start waits for Cloud Map's first answers before it serves
+/// anyway (not ready: /readyz answers 503 until every source was asked once).
 const DISCOVERY_WAIT: Duration = Duration::from_secs(10);
 
-/// At start, waits a bounded time for the first discovery of the stable
-/// version, and says why it waits.
-async fn wait_for_stable_endpoints(control: &Control) {
-    let has_endpoints = || {
-        !control
-            .snapshot_cell()
-            .load()
-            .stable_version()
-            .endpoints
-            .is_empty()
-    };
-    if has_endpoints() {
-        return;
-    }
-    tracing::info!(
-        wait_s = DISCOVERY_WAIT.as_secs(),
-        "waiting for Cloud Map to return the stable version's endpoints"
-    );
-    let deadline = tokio::time::Instant::now() + DISCOVERY_WAIT;
-    while tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if has_endpoints() {
-            return;
+/// At start, waits a bounded time for the first discovery answers, and says
+/// why it waits; then warns loudly when the stable version has no endpoints.
+async fn wait_for_first_discovery(control: &Control) {
+    if !control.discovery_attempted() {
+        tracing::info!(
+            wait_s = DISCOVERY_WAIT.as_secs(),
+            "waiting for Cloud Map's first answers"
+        );
+        let deadline = tokio::time::Instant::now() + DISCOVERY_WAIT;
+        while tokio::time::Instant::now() < deadline && !control.discovery_attempted() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let status = control.status();
-    let errors: Vec<String> = status
-        .versions
-        .iter()
-        .filter(|v| v.stable)
-        .map(|v| {
-            format!(
-                "{}: {}",
-                v.discovery.source,
-                v.discovery
-                    .last_error
-                    .clone()
-                    .unwrap_or_else(|| "no instances returned".into())
-            )
-        })
-        .collect();
-    tracing::warn!(
-        "the stable version has no endpoints after {} s ({}); serving anyway, /readyz stays 503 until discovery succeeds",
-        DISCOVERY_WAIT.as_secs(),
-        errors.join("; ")
-    );
-}
-
-/// `base` give or take 20%, so that a fleet does not call in lockstep.
-pub fn jittered(base: Duration) -> Duration {
-    let factor = 0.8 + 0.4 * rand::random::<f64>();
-    base.mul_f64(factor)
+    for warning in control.status().warnings {
+        tracing::warn!("{warning}");
+    }
 }

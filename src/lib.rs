@@ -34,7 +34,7 @@
 //!   choice, upstream pools, body streaming, error responses);
 //! - control path: [`config`] (two-stage: raw TOML, then a validated `Config`),
 //!   [`admin`] (the admin API), [`discovery`] (endpoint sources) with [`aws`]
-//!   (Cloud Map discovery and store, App Mesh), [`store`] (where weight decisions
+//!   (Cloud Map discovery and store, DynamoDB store, App Mesh), [`store`] (where weight decisions
 //!   are kept), [`reload`] (SIGHUP and file changes), [`route_sync`] (mirroring
 //!   decisions to the App Mesh route), [`rollout`] (progressive delivery: steps
 //!   judged against stable), all feeding [`control`], the one writer;

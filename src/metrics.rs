@@ -25,10 +25,25 @@ pub const ENDPOINTS_HEALTHY: &str = "canary_endpoints_healthy";
 pub const DISCOVERY_ERRORS_TOTAL: &str = "canary_discovery_errors_total";
 /// Gauge: age in seconds of each `version`'s discovered endpoints.
 pub const DISCOVERY_AGE_SECONDS: &str = "canary_discovery_age_seconds";
-/// Counter: weight store operations by `op` (load, save) and `result` (ok, error).
+/// Counter: weight store operations by `op` (load, save) and `result` (ok,
+/// error, throttled, conflict: another task wrote first).
 pub const STORE_OPERATIONS_TOTAL: &str = "canary_store_operations_total";
 /// Counter: App Mesh route syncs by `result` (ok, error).
 pub const APPMESH_SYNCS_TOTAL: &str = "canary_appmesh_syncs_total";
+/// Gauge: 1 while this task serves without having read the shared weight store
+/// (started within `store.boot_timeout` without it), else 0.
+pub const STORE_DEGRADED: &str = "canary_store_degraded";
+/// Gauge: 1 while a rollback applied on this task is not in the store yet.
+pub const STORE_ROLLBACK_PENDING: &str = "canary_store_rollback_pending";
+/// Counter: rollbacks applied on this task while the store could not take them.
+pub const STORE_ROLLBACKS_DEFERRED_TOTAL: &str = "canary_store_rollbacks_deferred_total";
+/// Gauge: 1 while the stable version has no endpoints (its requests get 503).
+pub const STABLE_EMPTY: &str = "canary_stable_version_empty";
+/// Gauge: 1 while a `version`'s discovery has failed for longer than
+/// `discovery.stale_after` (its last endpoints are still used).
+pub const DISCOVERY_STALE: &str = "canary_discovery_stale";
+/// Gauge: the weights generation last written to the App Mesh route.
+pub const APPMESH_SYNCED_GENERATION: &str = "canary_appmesh_synced_generation";
 /// Gauge: 1 for the rollout's `phase` (progressing, holding, paused,
 /// waiting_gate, succeeded, aborted), 0 for the others.
 pub const ROLLOUT_PHASE: &str = "canary_rollout_phase";

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::control::Control;
 use crate::future::BoxFuture;
@@ -17,22 +18,39 @@ pub trait RouteSync: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<BTreeMap<String, u32>, String>>;
 }
 
-/// Mirrors every applied weight decision to the App Mesh route; a failure is
-/// recorded and retried with the next decision, never reverting the gateway.
-pub async fn follow_route(control: Arc<Control>, sync: Arc<dyn RouteSync>) {
+/// Mirrors the applied weight decisions to the App Mesh route.
+///
+/// Only the task that wrote a decision syncs it (its `writer` is this task):
+/// a task that adopts another task's decision from the store, possibly late,
+/// never writes older weights over newer ones. Every `reconcile_every` the
+/// decision in force is written again by its writer (skipped by App Mesh
+/// when nothing changed): that repairs drift and retries after a failure. A
+/// failure is recorded in /status and never reverts the gateway.
+pub async fn follow_route(
+    control: Arc<Control>,
+    sync: Arc<dyn RouteSync>,
+    reconcile_every: Duration,
+) {
     let mut rx = control.subscribe();
-    let mut pending: Option<WeightsDoc> = Some(rx.borrow_and_update().clone());
+    let mut doc: WeightsDoc = rx.borrow_and_update().clone();
     loop {
-        if let Some(doc) = pending.take() {
+        if doc.writer == control.writer() {
             let result = sync.sync(&doc.weights).await;
             if let Err(e) = &result {
                 tracing::warn!(error = %e, generation = doc.generation, "App Mesh route sync failed");
             }
-            control.appmesh_synced(result);
+            control.appmesh_synced(doc.generation, result);
+        } else {
+            tracing::debug!(generation = doc.generation, writer = %doc.writer, "App Mesh route: synced by the task that wrote the decision");
         }
-        if rx.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            () = tokio::time::sleep(reconcile_every) => {}
         }
-        pending = Some(rx.borrow_and_update().clone());
+        doc = rx.borrow_and_update().clone();
     }
 }

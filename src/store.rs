@@ -20,6 +20,10 @@ pub struct WeightsDoc {
     pub updated_at_ms: u64,
     /// Which path made it: admin, reload, rollout, store.
     pub source: String,
+    /// Which gateway task wrote it (random per process): breaks ties between
+    /// two decisions of the same generation, see [`WeightsDoc::is_newer_than`].
+    #[serde(default)]
+    pub writer: String,
     /// The config file's weights when the decision was made. A config file whose
     /// weights differ from these was edited since, and that edit is the newer decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -29,6 +33,22 @@ pub struct WeightsDoc {
     pub rollout: Option<crate::rollout::state::RolloutState>,
 }
 
+impl WeightsDoc {
+    /// The total order of decisions: generation, then writer id, then time.
+    /// Every task compares the same three values, so every task agrees on
+    /// which of two documents is the newer one.
+    pub fn order(&self) -> (u64, &str, u64) {
+        (self.generation, &self.writer, self.updated_at_ms)
+    }
+
+    /// Whether `self` comes after `other` in [`WeightsDoc::order`]. A task
+    /// applies a document from the store only when it is newer than the
+    /// decision in force: a stale read can never revert a decision.
+    pub fn is_newer_than(&self, other: &WeightsDoc) -> bool {
+        self.order() > other.order()
+    }
+}
+
 /// Why the store could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -36,21 +56,48 @@ pub enum StoreError {
     File { path: String, reason: String },
     #[error("cloud map store: {0}")]
     CloudMap(String),
+    #[error("dynamodb store: {0}")]
+    DynamoDb(String),
     #[error("stored weights document is invalid: {0}")]
     Invalid(String),
+    /// The store throttled the call; callers back off.
+    #[error("throttled by the store: {0}")]
+    Throttled(String),
+    /// Another task wrote a decision since this one was read: nothing was
+    /// written. Holds the store's current document.
+    #[error("another gateway task wrote a newer decision first")]
+    Conflict(Option<Box<WeightsDoc>>),
+}
+
+impl StoreError {
+    /// Whether the store refused the call for load (back off before the next one).
+    pub fn is_throttled(&self) -> bool {
+        matches!(self, StoreError::Throttled(_))
+    }
 }
 
 /// A place that keeps the [`WeightsDoc`].
 pub trait Store: Send + Sync + 'static {
-    /// The stored document, `None` when nothing was stored yet.
+    /// The stored document, `None` when nothing was stored yet. Shared stores
+    /// read as consistently as the service allows (DynamoDB: strongly consistent).
     fn load(&self) -> BoxFuture<'_, Result<Option<WeightsDoc>, StoreError>>;
-    /// Replace the stored document.
-    fn save<'a>(&'a self, doc: &'a WeightsDoc) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Replaces the stored document if it is still the one read at generation
+    /// `read_at` (`None`: nothing was stored). When another writer came first a
+    /// shared store answers [`StoreError::Conflict`] with the current document
+    /// and writes nothing; the file store (one task) writes unconditionally.
+    fn save<'a>(
+        &'a self,
+        doc: &'a WeightsDoc,
+        read_at: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
     /// Whether other replicas share this store (it is polled for their changes).
     fn shared(&self) -> bool;
 }
 
 pub mod file;
+
+#[cfg(test)]
+pub mod memory;
 
 /// Milliseconds since the Unix epoch, for `updated_at_ms`.
 pub fn unix_ms() -> u64 {

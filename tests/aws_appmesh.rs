@@ -90,6 +90,44 @@ async fn sync_sets_weights_including_a_share_below_one_percent() {
     );
 }
 
+/// A route with a target the gateway does not manage (`other`, weight 20):
+/// it keeps its weight and the versions share the remaining 80, so the total
+/// stays at most 100 (moto would accept more; App Mesh rejects it).
+#[tokio::test]
+async fn a_foreign_target_keeps_its_weight_and_the_total_stays_at_most_100() {
+    let moto = MotoServer::start();
+    let sdk = moto.sdk_config().await;
+    let client = Client::new(&sdk);
+    create_mesh(
+        &client,
+        &["web-v1", "web-v2", "web-v3", "other"],
+        &[("web-v1", 80), ("other", 20)],
+    )
+    .await;
+    let sync = RouteSync::new(&sdk, sync_config(ROUTE));
+    for (v1, v2) in [(90, 10), (999_999, 1), (0, 100), (50, 50)] {
+        let written = sync
+            .sync(&weights(&[("v1", v1), ("v2", v2)]))
+            .await
+            .unwrap();
+        let route = route_weights(&client).await;
+        let total: i32 = route.iter().map(|(_, w)| w).sum();
+        assert_eq!(total, 100, "{route:?}");
+        assert!(
+            route.iter().all(|(_, w)| (0..=100).contains(w)),
+            "{route:?}"
+        );
+        assert!(route.len() <= 10);
+        assert!(route.contains(&("other".to_string(), 20)), "{route:?}");
+        let mapped: u32 = written.values().sum();
+        assert_eq!(mapped, 80, "{written:?}");
+    }
+    assert_eq!(
+        route_weights(&client).await,
+        pairs(&[("other", 20), ("web-v1", 40), ("web-v2", 40)])
+    );
+}
+
 #[test]
 fn results_are_counted_and_errors_are_readable() {
     let recorder = recorder::CountingRecorder::default();
@@ -156,14 +194,7 @@ const CONFLICT: Fault = Fault {
 
 /// An SDK config that sends App Mesh calls through `proxy`.
 async fn through(proxy: &FaultProxy) -> SdkConfig {
-    let moto_like =
-        canary_gateway::aws::sdk_config(Some(moto::REGION), Some(&proxy.endpoint_url())).await;
-    moto_like
-        .into_builder()
-        .credentials_provider(aws_sdk_appmesh::config::SharedCredentialsProvider::new(
-            aws_sdk_appmesh::config::Credentials::new("testing", "testing", None, None, "moto"),
-        ))
-        .build()
+    moto::sdk_config_at(&proxy.endpoint_url()).await
 }
 
 #[tokio::test]

@@ -20,6 +20,7 @@ fn doc(generation: u64, canary: u32) -> WeightsDoc {
         generation,
         updated_at_ms: 1_760_000_000_000 + generation,
         source: "admin".into(),
+        writer: "task-a".into(),
         config_weights: Some(BTreeMap::from([
             ("v1".to_string(), 100),
             ("v2".to_string(), 0),
@@ -62,12 +63,12 @@ async fn round_trips_the_weights_document() {
         "fresh service: nothing stored"
     );
 
-    store.save(&doc(1, 10)).await.unwrap();
+    store.save(&doc(1, 10), None).await.unwrap();
     assert_eq!(store.load().await.unwrap(), Some(doc(1, 10)));
 
     // Another replica sees the newer decision.
     let replica = CloudMapStore::new(&sdk, fx.service_id.clone());
-    replica.save(&doc(2, 50)).await.unwrap();
+    replica.save(&doc(2, 50), Some(1)).await.unwrap();
     assert_eq!(store.load().await.unwrap(), Some(doc(2, 50)));
 
     let attrs = attributes(&fx).await;
@@ -82,14 +83,14 @@ async fn oversized_and_invalid_documents_are_errors() {
     let sdk = moto.sdk_config().await;
     let fx = CloudMapFixture::create(Client::new(&sdk), "canary.local", "canary-state").await;
     let store = CloudMapStore::new(&sdk, fx.service_id.clone());
-    store.save(&doc(1, 10)).await.unwrap();
+    store.save(&doc(1, 10), None).await.unwrap();
 
     let mut big = doc(2, 10);
     for i in 0..60 {
         big.weights
             .insert(format!("a-rather-long-version-name-{i}"), 1);
     }
-    let err = store.save(&big).await.unwrap_err();
+    let err = store.save(&big, None).await.unwrap_err();
     assert!(matches!(err, StoreError::CloudMap(_)), "{err:?}");
     assert!(err.to_string().contains("1024"), "{err}");
     assert_eq!(
@@ -120,6 +121,6 @@ async fn unknown_service_is_a_readable_cloud_map_error() {
         text.contains("srv-doesnotexist") && text.contains("ServiceNotFound"),
         "{text}"
     );
-    let err = store.save(&doc(1, 1)).await.unwrap_err();
+    let err = store.save(&doc(1, 1), None).await.unwrap_err();
     assert!(err.to_string().contains("ServiceNotFound"), "{err}");
 }

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use cloudmap_fixture::CloudMapFixture;
 use gateway_proc::{
-    BlackHole, GatewayProc, Relay, TOKEN_ENV, TaggedUpstream, eventually, metric_sum, split_counts,
+    BlackHole, GatewayProc, Relay, TOKEN_ENV, TaggedUpstream, endpoints_line, eventually,
+    gateway_config, metric_sum, split_counts, weights_of,
 };
 use moto::MotoServer;
 use serde_json::{Value, json};
@@ -33,7 +34,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// `endpoints = ["addr"]` for a version.
 fn static_source(upstream: &TaggedUpstream) -> String {
-    format!("endpoints = [\"{}\"]", upstream.addr)
+    endpoints_line(&[upstream.addr])
 }
 
 /// `cloudmap = {...}` for a version.
@@ -44,18 +45,11 @@ fn cloudmap_source(service: &str) -> String {
 /// A gateway config on 127.0.0.1:0 talking to AWS at `aws_url`: versions
 /// `(name, weight, source line)`, the first one stable, then `extra` tables.
 fn config(aws_url: &str, versions: &[(&str, u32, String)], extra: &str) -> String {
-    let mut text = format!(
-        "[listener]\naddress = \"127.0.0.1:0\"\n\n\
-         [admin]\naddress = \"127.0.0.1:0\"\ntoken_env = \"{TOKEN_ENV}\"\n\n\
-         [split]\nstable = \"{}\"\n\n\
-         [aws]\nregion = \"us-east-1\"\nendpoint_url = \"{aws_url}\"\n",
-        versions[0].0
+    let mut text = gateway_config(
+        &format!("token_env = \"{TOKEN_ENV}\"\n"),
+        &format!("\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{aws_url}\""),
+        versions,
     );
-    for (name, weight, source) in versions {
-        text.push_str(&format!(
-            "\n[[versions]]\nname = \"{name}\"\nweight = {weight}\n{source}\n"
-        ));
-    }
     text.push('\n');
     text.push_str(extra);
     text
@@ -158,15 +152,6 @@ async fn wait_endpoints(gw: &GatewayProc, expected: &[(&str, Vec<String>)]) {
         "endpoints never became {expected:?}: {last:#}\nlog:\n{}",
         gw.log_text()
     );
-}
-
-fn weights_of(view: &Value) -> BTreeMap<String, u64> {
-    view["weights"]
-        .as_object()
-        .unwrap_or_else(|| panic!("no weights in {view}"))
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
-        .collect()
 }
 
 fn weights(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
@@ -485,6 +470,62 @@ async fn the_fleet_shares_weight_decisions_through_cloud_map() {
     assert_near(&counts, "v2", 100, 8);
 }
 
+/// Cloud Map (the store) unreachable at start: the task no longer crash-loops;
+/// after `boot_timeout` it serves the config file's weights marked degraded,
+/// and adopts the fleet's decision once Cloud Map answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_degraded_while_the_cloud_map_store_is_unreachable() {
+    use canary_gateway::aws::cloudmap_store::CloudMapStore;
+    use canary_gateway::store::{Store, WeightsDoc};
+
+    let moto = MotoServer::start();
+    let v1 = TaggedUpstream::start("v1").await;
+    let v2 = TaggedUpstream::start("v2").await;
+    let services = cloudmap_services(&moto, &["canary-state"]).await;
+    let service_id = services[0].service_id.clone();
+    let fleet_doc = WeightsDoc {
+        stable: "v1".into(),
+        weights: BTreeMap::from([("v1".to_string(), 60), ("v2".to_string(), 40)]),
+        generation: 9,
+        updated_at_ms: 1_760_000_000_000,
+        source: "admin".into(),
+        writer: "another-task".into(),
+        config_weights: None,
+        rollout: None,
+    };
+    CloudMapStore::new(&moto.sdk_config().await, service_id.clone())
+        .save(&fleet_doc, None)
+        .await
+        .unwrap();
+    let moto_addr = format!("127.0.0.1:{}", moto.port()).parse().unwrap();
+    let relay = Relay::start_down(moto_addr).await;
+    let gw = GatewayProc::spawn(&config(
+        &relay.endpoint_url(),
+        &[
+            ("v1", 90, static_source(&v1)),
+            ("v2", 10, static_source(&v2)),
+        ],
+        &format!("{}boot_timeout = \"1s\"\n", fleet_store(&service_id)),
+    ))
+    .await;
+    gw.wait_ready(WAIT).await;
+    assert_eq!(
+        weights_of(&gw.weights().await),
+        weights(&[("v1", 90), ("v2", 10)])
+    );
+    let status = gw.status().await;
+    assert_eq!(status["store"]["degraded"], true, "{status:#}");
+
+    relay.set_up();
+    let ok = eventually(WAIT, async || {
+        let view = gw.weights().await;
+        weights_of(&view) == weights(&[("v1", 60), ("v2", 40)]) && view["generation"] == 9
+    })
+    .await;
+    assert!(ok, "never adopted the store's decision:\n{}", gw.log_text());
+    assert_eq!(gw.status().await["store"]["degraded"], false);
+}
+
 /// With the store down a change is refused (503, JSON error) and nothing
 /// changes: the old weights stay in force and traffic keeps flowing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -560,25 +601,39 @@ fn appmesh_table(route: &str) -> String {
     )
 }
 
-/// Every weight decision is mirrored onto the App Mesh route, down to a
-/// one-in-a-million canary (1%, App Mesh's smallest non-zero share).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn weight_changes_are_mirrored_to_the_app_mesh_route() {
+/// A moto server holding a mesh with nodes web-v1 and web-v2 and a route
+/// all to web-v1, and an App Mesh client for it.
+async fn mesh_on_moto() -> (MotoServer, aws_sdk_appmesh::Client) {
     let moto = MotoServer::start();
     let client = aws_sdk_appmesh::Client::new(&moto.sdk_config().await);
     mesh_fixture::create_mesh(&client, &["web-v1", "web-v2"], &[("web-v1", 100)]).await;
+    (moto, client)
+}
+
+/// Upstreams v1 and v2 and a ready gateway splitting 90/10 between them
+/// (static endpoints), AWS at `aws_url`, with the `extra` tables.
+async fn static_split(aws_url: &str, extra: &str) -> (TaggedUpstream, TaggedUpstream, GatewayProc) {
     let v1 = TaggedUpstream::start("v1").await;
     let v2 = TaggedUpstream::start("v2").await;
     let gw = GatewayProc::spawn(&config(
-        &moto.endpoint_url(),
+        aws_url,
         &[
             ("v1", 90, static_source(&v1)),
             ("v2", 10, static_source(&v2)),
         ],
-        &appmesh_table(ROUTE),
+        extra,
     ))
     .await;
     gw.wait_ready(WAIT).await;
+    (v1, v2, gw)
+}
+
+/// Every weight decision is mirrored onto the App Mesh route, down to a
+/// one-in-a-million canary (1%, App Mesh's smallest non-zero share).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weight_changes_are_mirrored_to_the_app_mesh_route() {
+    let (moto, client) = mesh_on_moto().await;
+    let (_v1, _v2, gw) = static_split(&moto.endpoint_url(), &appmesh_table(ROUTE)).await;
 
     // The start syncs the config's weights.
     let expected = BTreeMap::from([("web-v1".to_string(), 90), ("web-v2".to_string(), 10)]);
@@ -625,21 +680,8 @@ async fn weight_changes_are_mirrored_to_the_app_mesh_route() {
 /// or reverts the gateway's own weights.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_app_mesh_sync_never_blocks_or_reverts_the_weights() {
-    let moto = MotoServer::start();
-    let client = aws_sdk_appmesh::Client::new(&moto.sdk_config().await);
-    mesh_fixture::create_mesh(&client, &["web-v1", "web-v2"], &[("web-v1", 100)]).await;
-    let v1 = TaggedUpstream::start("v1").await;
-    let v2 = TaggedUpstream::start("v2").await;
-    let gw = GatewayProc::spawn(&config(
-        &moto.endpoint_url(),
-        &[
-            ("v1", 90, static_source(&v1)),
-            ("v2", 10, static_source(&v2)),
-        ],
-        &appmesh_table("no-such-route"),
-    ))
-    .await;
-    gw.wait_ready(WAIT).await;
+    let (moto, client) = mesh_on_moto().await;
+    let (_v1, _v2, gw) = static_split(&moto.endpoint_url(), &appmesh_table("no-such-route")).await;
 
     let started = Instant::now();
     let reply = gw.put_weights(&[("v1", 50), ("v2", 50)]).await;
@@ -685,18 +727,7 @@ async fn a_failing_app_mesh_sync_never_blocks_or_reverts_the_weights() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_app_mesh_never_delays_weight_changes() {
     let hung = BlackHole::start().await;
-    let v1 = TaggedUpstream::start("v1").await;
-    let v2 = TaggedUpstream::start("v2").await;
-    let gw = GatewayProc::spawn(&config(
-        &hung.endpoint_url(),
-        &[
-            ("v1", 90, static_source(&v1)),
-            ("v2", 10, static_source(&v2)),
-        ],
-        &appmesh_table(ROUTE),
-    ))
-    .await;
-    gw.wait_ready(WAIT).await;
+    let (_v1, _v2, gw) = static_split(&hung.endpoint_url(), &appmesh_table(ROUTE)).await;
 
     for (w1, w2) in [(50, 50), (70, 30), (0, 100)] {
         let started = Instant::now();
@@ -723,10 +754,13 @@ async fn a_hanging_app_mesh_never_delays_weight_changes() {
     );
 }
 
-/// Cloud Map unreachable at start: the gateway starts all the same, but
-/// /readyz is 503, naming the stable version, until discovery succeeds.
+/// Cloud Map unreachable at start: the gateway starts all the same and is
+/// ready once discovery was asked (readiness never depends on upstreams, so an
+/// empty stable version cannot take the whole fleet out of the target group);
+/// /status, a metric and the log say loudly that the stable version is empty,
+/// and its requests get 503 until discovery succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn starts_not_ready_while_cloud_map_is_unreachable() {
+async fn an_empty_stable_version_is_loud_but_keeps_the_gateway_ready() {
     let moto = MotoServer::start();
     let v1 = TaggedUpstream::start("v1").await;
     let v2 = TaggedUpstream::start("v2").await;
@@ -745,19 +779,16 @@ async fn starts_not_ready_while_cloud_map_is_unreachable() {
         "",
     ))
     .await;
-    let ready = gw.readyz().await;
-    assert_eq!(ready.status, 503, "{}", ready.text());
-    let reason = ready.text();
-    assert!(
-        reason.contains("`v1`") && reason.contains("cloudmap:canary.local/app-v1"),
-        "{reason}"
-    );
+    gw.wait_ready(WAIT).await;
+    let envoy = gateway_proc::admin(gw.admin, "GET", "/ready", "").await;
+    assert_eq!(envoy.status, 200);
+    assert_eq!(envoy.text(), "LIVE\n");
     let status = gw.status().await;
-    assert_eq!(status["ready"], false, "{status:#}");
+    assert_eq!(status["ready"], true, "{status:#}");
+    let warnings = status["warnings"].to_string();
     assert!(
-        status["not_ready_reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("`v1`")),
+        warnings.contains("stable version `v1` has no endpoints")
+            && warnings.contains("cloudmap:canary.local/app-v1"),
         "{status:#}"
     );
     assert!(
@@ -766,10 +797,22 @@ async fn starts_not_ready_while_cloud_map_is_unreachable() {
             .is_some_and(|e| !e.is_empty()),
         "{status:#}"
     );
+    assert_eq!(
+        metric_sum(&gw.metrics().await, "canary_stable_version_empty"),
+        1.0
+    );
+    let mut conn = gateway_proc::Conn::connect(gw.addr).await;
+    for _ in 0..5 {
+        assert_eq!(conn.get("/").await.status, 503);
+    }
+    assert!(
+        gw.log_text().contains("has no endpoints"),
+        "{}",
+        gw.log_text()
+    );
 
-    // Cloud Map comes back: discovery succeeds, the gateway becomes ready.
+    // Cloud Map comes back: discovery succeeds, the stable version fills.
     relay.set_up();
-    gw.wait_ready(Duration::from_secs(40)).await;
     wait_endpoints(
         &gw,
         &[
@@ -809,6 +852,7 @@ impl canary_gateway::store::Store for SlowStore {
     fn save<'a>(
         &'a self,
         doc: &'a canary_gateway::store::WeightsDoc,
+        _read_at: Option<u64>,
     ) -> canary_gateway::future::BoxFuture<'a, Result<(), canary_gateway::store::StoreError>> {
         *self.doc.lock().unwrap() = Some(doc.clone());
         Box::pin(async { Ok(()) })
@@ -841,7 +885,7 @@ async fn a_store_poll_in_flight_never_reverts_a_change() {
         let control = control.clone();
         tokio::spawn(async move {
             loop {
-                control.sync_from_store().await;
+                let _ = control.sync_from_store().await;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })

@@ -4,22 +4,9 @@ use super::*;
 use crate::config::Config;
 use crate::store::file::FileStore;
 
-const CONFIG: &str = r#"
-[listener]
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-[split]
-stable = "v1"
-[[versions]]
-name = "v1"
-weight = 90
-endpoints = ["127.0.0.1:1"]
-[[versions]]
-name = "v2"
-weight = 10
-endpoints = ["127.0.0.1:2"]
-"#;
+// v1 (90, 10.0.1.5:9000) and v2 (10, 10.0.2.7:9000); the admin API is
+// served without a socket here, so no address in it is bound or dialled.
+use crate::config::test_text::TWO_VERSIONS as CONFIG;
 
 struct Fixture {
     admin: Admin,
@@ -82,6 +69,8 @@ async fn open_endpoints_need_no_token() {
         StatusCode::OK
     );
     assert_eq!(call(&f, "GET", "/readyz", None, "").await.0, StatusCode::OK);
+    let (status, body, _) = call(&f, "GET", "/ready", None, "").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, Some("LIVE\n")));
     assert_eq!(
         call(&f, "GET", "/metrics", None, "").await.0,
         StatusCode::OK
@@ -90,6 +79,11 @@ async fn open_endpoints_need_no_token() {
     assert_eq!(
         call(&f, "GET", "/readyz", None, "").await.0,
         StatusCode::SERVICE_UNAVAILABLE
+    );
+    let (status, body, _) = call(&f, "GET", "/ready", None, "").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("DRAINING\n"))
     );
 }
 
@@ -266,7 +260,7 @@ async fn status_reports_versions_and_endpoints() {
     assert_eq!(body["versions"][0]["name"], "v1");
     assert_eq!(
         body["versions"][0]["endpoints"][0]["address"],
-        "127.0.0.1:1"
+        "10.0.1.5:9000"
     );
     assert_eq!(body["versions"][0]["endpoints"][0]["health"], "healthy");
     assert_eq!(body["weights"]["generation"], 0);

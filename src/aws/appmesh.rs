@@ -4,7 +4,7 @@
 pub mod scale;
 pub mod targets;
 
-pub use scale::scale_to_percent;
+pub use scale::{scale_to, scale_to_percent};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -103,16 +103,22 @@ impl RouteSync {
 
     /// Sets the route's weights from `weights` (version -> gateway weight):
     /// DescribeRoute, rewrite the weighted targets (see
-    /// [`targets::apply_weights`]) with the mapped versions' weights scaled by
-    /// [`scale_to_percent`], then UpdateRoute with the whole spec (skipped when
-    /// nothing changes). Conflicts and throttling are retried with back-off a
-    /// few times. Counted in [`metrics::APPMESH_SYNCS_TOTAL`].
-    pub async fn sync(&self, weights: &BTreeMap<String, u32>) -> Result<(), AppMeshError> {
+    /// [`targets::apply_weights`]: foreign targets kept, the mapped versions
+    /// scaled into the rest of 100), then UpdateRoute with the whole spec
+    /// (skipped when nothing changes). Conflicts and throttling are retried
+    /// with back-off a few times. Returns the percent written per mapped
+    /// version. Counted in [`metrics::APPMESH_SYNCS_TOTAL`].
+    pub async fn sync(
+        &self,
+        weights: &BTreeMap<String, u32>,
+    ) -> Result<BTreeMap<String, u32>, AppMeshError> {
         let result = self.sync_with_retries(weights).await;
         let label = if result.is_ok() { "ok" } else { "error" };
         ::metrics::counter!(metrics::APPMESH_SYNCS_TOTAL, "result" => label).increment(1);
         match &result {
-            Ok(()) => tracing::info!(route = %self.config.route, ?weights, "App Mesh route synced"),
+            Ok(written) => {
+                tracing::info!(route = %self.config.route, ?written, "App Mesh route synced")
+            }
             Err(error) => {
                 tracing::warn!(route = %self.config.route, %error, "App Mesh route sync failed")
             }
@@ -120,33 +126,29 @@ impl RouteSync {
         result
     }
 
-    /// The weight of each mapped virtual node, in percent.
-    pub fn percent_by_node(&self, weights: &BTreeMap<String, u32>) -> BTreeMap<String, u32> {
-        let mapped: BTreeMap<String, u32> = self
-            .config
+    /// The gateway weight of each version mapped to a virtual node (0 when
+    /// the version has none).
+    pub fn mapped_weights(&self, weights: &BTreeMap<String, u32>) -> BTreeMap<String, u32> {
+        self.config
             .virtual_nodes
             .keys()
             .map(|version| (version.clone(), weights.get(version).copied().unwrap_or(0)))
-            .collect();
-        let mut by_node: BTreeMap<String, u32> = BTreeMap::new();
-        for (version, percent) in scale_to_percent(&mapped) {
-            if let Some(node) = self.config.virtual_nodes.get(&version) {
-                *by_node.entry(node.clone()).or_default() += percent;
-            }
-        }
-        by_node
+            .collect()
     }
 
-    async fn sync_with_retries(&self, weights: &BTreeMap<String, u32>) -> Result<(), AppMeshError> {
-        let percent = self.percent_by_node(weights);
-        if percent.values().all(|&p| p == 0) {
+    async fn sync_with_retries(
+        &self,
+        weights: &BTreeMap<String, u32>,
+    ) -> Result<BTreeMap<String, u32>, AppMeshError> {
+        let mapped = self.mapped_weights(weights);
+        if mapped.values().all(|&w| w == 0) {
             return Err(AppMeshError::NoWeight);
         }
         let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
         let mut attempt = 1;
         loop {
-            match self.attempt(&percent).await {
-                Ok(()) => return Ok(()),
+            match self.attempt(&mapped).await {
+                Ok(written) => return Ok(written),
                 Err(AttemptError::Fatal(error)) => return Err(error),
                 Err(AttemptError::Retry(message)) if attempt >= MAX_ATTEMPTS => {
                     return Err(AppMeshError::GaveUp {
@@ -165,12 +167,16 @@ impl RouteSync {
     }
 
     /// One DescribeRoute + UpdateRoute round.
-    async fn attempt(&self, percent_by_node: &BTreeMap<String, u32>) -> Result<(), AttemptError> {
+    async fn attempt(
+        &self,
+        mapped: &BTreeMap<String, u32>,
+    ) -> Result<BTreeMap<String, u32>, AttemptError> {
         let mut spec = self.describe().await?;
-        let changed =
-            targets::apply_weights(&mut spec, percent_by_node).map_err(AttemptError::Fatal)?;
+        let (changed, written) =
+            targets::apply_weights(&mut spec, mapped, &self.config.virtual_nodes)
+                .map_err(AttemptError::Fatal)?;
         if !changed {
-            return Ok(());
+            return Ok(written);
         }
         self.client
             .update_route()
@@ -181,7 +187,7 @@ impl RouteSync {
             .send()
             .await
             .map_err(|e| attempt_error("UpdateRoute", &e))?;
-        Ok(())
+        Ok(written)
     }
 
     /// The route's current spec.
@@ -273,7 +279,7 @@ mod tests {
     }
 
     #[test]
-    fn percent_by_node_scales_mapped_versions_only() {
+    fn mapped_weights_are_the_mapped_versions_only() {
         let sync_config = RouteSyncConfig {
             mesh: "m".into(),
             virtual_router: "r".into(),
@@ -289,18 +295,11 @@ mod tests {
         let sync = RouteSync::from_client(Client::from_conf(conf), sync_config);
         let weights = BTreeMap::from([
             ("v1".to_string(), 999_999),
-            ("v2".to_string(), 1),
             ("unmapped".to_string(), 5_000_000),
         ]);
         assert_eq!(
-            sync.percent_by_node(&weights),
-            BTreeMap::from([("node-1".to_string(), 99), ("node-2".to_string(), 1)])
-        );
-        // A mapped version without a weight counts as 0.
-        let only_v2 = BTreeMap::from([("v2".to_string(), 3)]);
-        assert_eq!(
-            sync.percent_by_node(&only_v2),
-            BTreeMap::from([("node-1".to_string(), 0), ("node-2".to_string(), 100)])
+            sync.mapped_weights(&weights),
+            BTreeMap::from([("v1".to_string(), 999_999), ("v2".to_string(), 0)])
         );
     }
 }

@@ -7,11 +7,27 @@
 //! document is refused with [`StoreError::CloudMap`] rather than split, so that
 //! every save stays one atomic UpdateServiceAttributes call. Other attributes
 //! of the service are left alone.
+//!
+//! Cloud Map has no conditional write and documents no read-after-write
+//! guarantee for UpdateServiceAttributes, so a save is followed by reads until
+//! the own write is seen (saved), or a newer document in the decisions' order
+//! wins ([`StoreError::Conflict`]). When another task's document of the same
+//! generation overwrote the own one, it is written again one generation up, so
+//! that a task which saw the own document moves on to it as well. What stays
+//! open (see docs/fleet.md): two writes within Cloud Map's propagation delay
+//! can both read back their own document and both answer 200; the later
+//! write is what every task converges on.
+
+use std::time::Duration;
 
 use aws_config::SdkConfig;
 use aws_sdk_servicediscovery::Client;
 
 use crate::aws::cloudmap::servicediscovery_client;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+
 use crate::aws::errors;
 use crate::future::BoxFuture;
 use crate::store::{Store, StoreError, WeightsDoc};
@@ -20,6 +36,13 @@ use crate::store::{Store, StoreError, WeightsDoc};
 pub const DOC_ATTRIBUTE: &str = "canary_doc";
 /// Cloud Map's limit on an attribute value, in characters.
 pub const MAX_VALUE_CHARS: usize = 1024;
+
+mod confirm;
+
+/// How long a save reads back before it gives up on seeing its write.
+const READ_BACK_LIMIT: Duration = Duration::from_secs(5);
+/// Pause between two read-backs.
+const READ_BACK_PAUSE: Duration = Duration::from_millis(200);
 
 /// A [`Store`] in the attributes of one Cloud Map service.
 #[derive(Debug, Clone)]
@@ -49,6 +72,14 @@ impl CloudMapStore {
         &self.service_id
     }
 
+    fn error<E>(&self, operation: &str, err: &SdkError<E, HttpResponse>) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let message = format!("{operation} {}: {}", self.service_id, errors::describe(err));
+        errors::store_error(err, message, StoreError::CloudMap)
+    }
+
     async fn get(&self) -> Result<Option<WeightsDoc>, StoreError> {
         let out = self
             .client
@@ -56,13 +87,7 @@ impl CloudMapStore {
             .service_id(&self.service_id)
             .send()
             .await
-            .map_err(|e| {
-                StoreError::CloudMap(format!(
-                    "GetServiceAttributes {}: {}",
-                    self.service_id,
-                    errors::describe(&e)
-                ))
-            })?;
+            .map_err(|e| self.error("GetServiceAttributes", &e))?;
         let value = out
             .service_attributes()
             .and_then(|s| s.attributes())
@@ -81,13 +106,7 @@ impl CloudMapStore {
             .attributes(DOC_ATTRIBUTE, value)
             .send()
             .await
-            .map_err(|e| {
-                StoreError::CloudMap(format!(
-                    "UpdateServiceAttributes {}: {}",
-                    self.service_id,
-                    errors::describe(&e)
-                ))
-            })?;
+            .map_err(|e| self.error("UpdateServiceAttributes", &e))?;
         Ok(())
     }
 }
@@ -97,12 +116,35 @@ impl Store for CloudMapStore {
         Box::pin(self.get())
     }
 
-    fn save<'a>(&'a self, doc: &'a WeightsDoc) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(self.put(doc))
+    fn save<'a>(
+        &'a self,
+        doc: &'a WeightsDoc,
+        _read_at: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(confirm::write_confirmed(
+            self,
+            doc,
+            READ_BACK_LIMIT,
+            READ_BACK_PAUSE,
+        ))
     }
 
     fn shared(&self) -> bool {
         true
+    }
+}
+
+impl confirm::Attribute for CloudMapStore {
+    fn get(&self) -> BoxFuture<'_, Result<Option<WeightsDoc>, StoreError>> {
+        Box::pin(CloudMapStore::get(self))
+    }
+
+    fn put<'a>(&'a self, doc: &'a WeightsDoc) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(CloudMapStore::put(self, doc))
+    }
+
+    fn name(&self) -> &str {
+        &self.service_id
     }
 }
 
@@ -159,6 +201,7 @@ mod tests {
             generation: 7,
             updated_at_ms: 1_700_000_000_000,
             source: "admin".into(),
+            writer: "task-a".into(),
             config_weights: Some(BTreeMap::from([("v1".to_string(), 100)])),
             rollout: None,
         }

@@ -8,6 +8,8 @@ use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
+use crate::store::StoreError;
+
 /// Error codes AWS services use for throttling.
 const THROTTLING_CODES: &[&str] = &[
     "ThrottlingException",
@@ -19,6 +21,7 @@ const THROTTLING_CODES: &[&str] = &[
     "RequestThrottled",
     "RequestThrottledException",
     "SlowDown",
+    "ProvisionedThroughputExceededException",
 ];
 
 /// What kind of failure an SDK error is.
@@ -65,6 +68,22 @@ where
     }
 }
 
+/// The store's error for a failed SDK call: throttling becomes
+/// [`StoreError::Throttled`] (the poll backs off), anything else `other`.
+pub fn store_error<E>(
+    err: &SdkError<E, HttpResponse>,
+    message: String,
+    other: fn(String) -> StoreError,
+) -> StoreError
+where
+    E: ProvideErrorMetadata,
+{
+    match classify(err) {
+        ErrorClass::Throttled => StoreError::Throttled(message),
+        _ => other(message),
+    }
+}
+
 /// A one-line message with the whole error chain (the SDK's plain `Display`
 /// says only "service error").
 pub fn describe<E>(err: &E) -> String
@@ -101,6 +120,7 @@ mod tests {
             "ThrottlingException",
             "RequestLimitExceeded",
             "TooManyRequestsException",
+            "ProvisionedThroughputExceededException",
         ] {
             assert_eq!(
                 classify(&service(code, 400)),

@@ -25,6 +25,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub store: RawStore,
     #[serde(default)]
+    pub discovery: RawDiscovery,
+    #[serde(default)]
     pub aws: RawAws,
     pub appmesh: Option<RawAppMesh>,
     #[serde(default)]
@@ -118,7 +120,16 @@ pub struct RawState {
 pub struct RawStore {
     pub kind: Option<String>,
     pub service_id: Option<String>,
+    pub table: Option<String>,
+    pub key: Option<String>,
     pub poll_interval: Option<toml::Value>,
+    pub boot_timeout: Option<toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDiscovery {
+    pub stale_after: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,6 +146,7 @@ pub struct RawAppMesh {
     pub virtual_router: String,
     pub route: String,
     pub virtual_nodes: BTreeMap<String, String>,
+    pub reconcile_interval: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]

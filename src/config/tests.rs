@@ -1,22 +1,6 @@
 use super::*;
 
-const BASE: &str = r#"
-[listener]
-address = "0.0.0.0:9080"
-
-[split]
-stable = "v1"
-
-[[versions]]
-name = "v1"
-weight = 90
-endpoints = ["10.0.1.5:9000"]
-
-[[versions]]
-name = "v2"
-weight = 10
-endpoints = ["10.0.2.7:9000"]
-"#;
+use super::test_text::TWO_VERSIONS as BASE;
 
 fn err(text: &str) -> String {
     Config::parse(text, "gw.toml").unwrap_err().to_string()
@@ -111,6 +95,28 @@ fn rejects_bad_configs_naming_key_and_reason() {
             format!("{BASE}\n[store]\nkind = \"cloudmap\"\n"),
             &["store.service_id", "required"],
         ),
+        (
+            format!("{BASE}\n[store]\nkind = \"dynamodb\"\nkey = \"svc\"\n"),
+            &["store.table", "required"],
+        ),
+        (
+            format!("{BASE}\n[store]\nkind = \"dynamodb\"\ntable = \"t\"\nkey = \" \"\n"),
+            &["store.key", "empty"],
+        ),
+        (
+            format!("{BASE}\n[store]\nboot_timeout = \"5s\"\n"),
+            &["store.boot_timeout", "cloudmap", "dynamodb"],
+        ),
+        (
+            format!(
+                "{BASE}\n[store]\nkind = \"cloudmap\"\nservice_id = \"srv-1\"\ntable = \"t\"\n"
+            ),
+            &["store.table", "dynamodb"],
+        ),
+        (
+            format!("{BASE}\n[discovery]\nstale_after = \"0s\"\n"),
+            &["discovery.stale_after", "greater than zero"],
+        ),
     ];
     for (text, needles) in cases {
         let e = err(&text);
@@ -175,6 +181,32 @@ fn cloudmap_versions_parse() {
     }
     let bad = text.replace("\"ALL\"", "\"SOME\"");
     assert!(err(&bad).contains("versions[1].cloudmap.health"));
+}
+
+#[test]
+fn fleet_store_and_discovery_keys() {
+    let c = Config::parse(
+        &format!(
+            "{BASE}\n[store]\nkind = \"dynamodb\"\ntable = \"canary\"\nkey = \"svc1\"\n\
+             poll_interval = \"5s\"\nboot_timeout = \"3s\"\n[discovery]\nstale_after = \"2m\"\n"
+        ),
+        "gw.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.store,
+        StoreConfig::DynamoDb {
+            table: "canary".into(),
+            key: "svc1".into(),
+            poll_interval: Duration::from_secs(5),
+            boot_timeout: Duration::from_secs(3),
+        }
+    );
+    assert_eq!(c.store.kind(), "dynamodb");
+    assert_eq!(c.discovery.stale_after, Duration::from_secs(120));
+    let d = Config::parse(BASE, "gw.toml").unwrap();
+    assert_eq!(d.discovery.stale_after, Duration::from_secs(300));
+    assert_eq!(d.store.poll_interval(), None);
 }
 
 #[test]

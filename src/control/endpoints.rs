@@ -16,6 +16,7 @@ impl EndpointSink for Control {
         if let Some((d, last_ok)) = state.discovery.get_mut(version) {
             d.last_error = None;
             d.consecutive_errors = 0;
+            d.attempted = true;
             *last_ok = Some(Instant::now());
         }
         let mut sorted = addrs;
@@ -44,6 +45,7 @@ impl EndpointSink for Control {
         if let Some((d, last_ok)) = state.discovery.get_mut(version) {
             d.last_error = None;
             d.consecutive_errors = 0;
+            d.attempted = true;
             *last_ok = Some(Instant::now());
         }
     }
@@ -53,6 +55,7 @@ impl EndpointSink for Control {
         if let Some((d, _)) = state.discovery.get_mut(version) {
             d.last_error = Some(error.to_string());
             d.consecutive_errors += 1;
+            d.attempted = true;
         }
     }
 }

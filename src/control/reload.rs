@@ -96,12 +96,19 @@ impl Control {
             } else {
                 decision.source.clone()
             },
+            writer: if changed {
+                self.writer.clone()
+            } else {
+                decision.writer.clone()
+            },
             config_weights: Some(effective.weights()),
             rollout: decision.rollout.clone(),
         };
-        // An edit of the file is a decision: record it like any other.
-        let doc = if changed || edited {
-            self.record(doc).await.map_err(|e| e.to_string())?
+        // An edit of the file is a decision: record it like any other. (A
+        // shared store keeps no config weights: a replica joins with the
+        // fleet's decision whatever its file says.)
+        let doc = if changed || (edited && !self.store.shared()) {
+            self.record(doc).await.map_err(|e| e.short())?
         } else {
             doc
         };
@@ -138,6 +145,7 @@ impl Control {
                     (
                         DiscoveryStatus {
                             source,
+                            attempted: matches!(v.source, EndpointSource::Static(_)),
                             ..Default::default()
                         },
                         None,

@@ -71,7 +71,9 @@ impl Control {
     /// a rollout change is made on the newest state (never on a stale one).
     async fn refresh(&self) {
         if self.store.shared() {
-            self.sync_from_store().await;
+            // A failed read is logged by the poll; the decision's own read
+            // (and its conditional write) then decides.
+            let _ = self.sync_from_store().await;
         }
     }
 
@@ -286,7 +288,10 @@ impl Control {
                 }
                 Ok(true)
             }
-            Err(RolloutError::Conflict(_)) => Ok(false),
+            // Moved on meanwhile, or another task wrote first (its decision
+            // is applied here): follow the store.
+            Err(RolloutError::Conflict(_))
+            | Err(RolloutError::Control(ControlError::Conflict(_))) => Ok(false),
             Err(e) => Err(e),
         }
     }

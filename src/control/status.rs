@@ -42,6 +42,12 @@ pub struct DiscoveryStatus {
     pub age_seconds: Option<f64>,
     pub last_error: Option<String>,
     pub consecutive_errors: u64,
+    /// The source has failed for longer than `discovery.stale_after`: its
+    /// last endpoints are still used, but they may belong to other tasks by now.
+    pub stale: bool,
+    /// Whether a first discovery call has finished (success or failure).
+    #[serde(skip)]
+    pub attempted: bool,
 }
 
 /// One version in `GET /status`.
@@ -72,6 +78,12 @@ pub struct StoreStatus {
     pub kind: String,
     pub last_ok_ms: Option<u64>,
     pub last_error: Option<String>,
+    /// Started without reading the shared store (serving the config file's
+    /// weights until a poll reads it).
+    pub degraded: bool,
+    /// A rollback applied on this task is not in the store yet (retried in
+    /// the background).
+    pub rollback_pending: bool,
 }
 
 /// App Mesh route sync's health.
@@ -82,6 +94,8 @@ pub struct AppMeshStatus {
     pub last_error: Option<String>,
     /// The weights last written to the route (0-100).
     pub synced_weights: Option<BTreeMap<String, u32>>,
+    /// The generation of the decision last written to the route.
+    pub synced_generation: Option<u64>,
 }
 
 /// `GET /status`.
@@ -99,6 +113,10 @@ pub struct Status {
     pub store: StoreStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub appmesh: Option<AppMeshStatus>,
+    /// What an operator must look at now, in words (empty when all is well):
+    /// an empty stable version, a degraded store, a pending rollback, stale
+    /// discovery.
+    pub warnings: Vec<String>,
     pub uptime_seconds: f64,
 }
 
@@ -108,12 +126,31 @@ impl Control {
     pub fn publish_gauges(&self) {
         publish_endpoint_gauges(&self.snapshot.load());
         let state = self.lock();
-        for (version, (_, last_ok)) in &state.discovery {
+        let stale_after = state.config.discovery.stale_after;
+        for (version, (d, last_ok)) in &state.discovery {
             if let Some(at) = last_ok {
                 metrics::gauge!(names::DISCOVERY_AGE_SECONDS, "version" => version.clone())
                     .set(at.elapsed().as_secs_f64());
             }
+            let stale = self.is_stale(d, *last_ok, stale_after);
+            metrics::gauge!(names::DISCOVERY_STALE, "version" => version.clone()).set(if stale {
+                1.0
+            } else {
+                0.0
+            });
         }
+    }
+
+    /// Whether a source has failed for longer than `stale_after` (since its
+    /// last success, or since the start when it never answered).
+    fn is_stale(
+        &self,
+        d: &DiscoveryStatus,
+        last_ok: Option<std::time::Instant>,
+        stale_after: std::time::Duration,
+    ) -> bool {
+        d.consecutive_errors > 0
+            && last_ok.map_or(self.started.elapsed(), |t| t.elapsed()) > stale_after
     }
 
     /// Marks the listener as bound.
@@ -130,7 +167,12 @@ impl Control {
         self.draining.load(Ordering::SeqCst)
     }
 
-    /// `Ok` when the gateway serves; otherwise why not.
+    /// `Ok` when the gateway serves; otherwise why not. Ready = the listener
+    /// is bound, the config is loaded (a `Control` exists), every discovery
+    /// source of the start has been asked once, and the task is not draining. Upstream
+    /// health is not part of it (like Envoy's `/ready`): an empty stable
+    /// version must not take every gateway task out of the target group at
+    /// once; it is reported loudly in /status and a metric instead.
     pub fn readiness(&self) -> Result<(), String> {
         if self.is_draining() {
             return Err("draining: shutting down".into());
@@ -138,25 +180,65 @@ impl Control {
         if !self.listening.load(Ordering::SeqCst) {
             return Err("the listener is not bound yet".into());
         }
-        let snapshot = self.snapshot.load();
-        let stable = snapshot.stable_version();
-        if stable.endpoints.is_empty() {
-            let source = self
-                .lock()
-                .discovery
-                .get(&stable.name)
-                .map(|(d, _)| d.source.clone())
-                .unwrap_or_default();
+        if self.discovered.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let state = self.lock();
+        let waiting: Vec<String> = state
+            .discovery
+            .iter()
+            .filter(|(_, (d, _))| !d.attempted)
+            .map(|(name, (d, _))| format!("`{name}` ({})", d.source))
+            .collect();
+        if !waiting.is_empty() {
             return Err(format!(
-                "the stable version `{}` has no endpoints yet ({source})",
-                stable.name
+                "waiting for the first discovery answer of {}",
+                waiting.join(", ")
             ));
         }
+        self.discovered.store(true, Ordering::SeqCst);
         Ok(())
     }
 
+    /// Whether every discovery source has been asked once.
+    pub fn discovery_attempted(&self) -> bool {
+        self.lock().discovery.values().all(|(d, _)| d.attempted)
+    }
+
+    /// What /status lists under `warnings`.
+    fn warnings(&self, state: &super::State, versions: &[VersionStatus]) -> Vec<String> {
+        let mut out = Vec::new();
+        for v in versions {
+            if v.stable && v.endpoints.is_empty() {
+                out.push(format!(
+                    "the stable version `{}` has no endpoints ({}): its requests get 503",
+                    v.name, v.discovery.source
+                ));
+            }
+            if v.discovery.stale {
+                out.push(format!(
+                    "discovery of `{}` has failed for longer than discovery.stale_after: its last endpoints are still used but may be stale",
+                    v.name
+                ));
+            }
+        }
+        if state.store.degraded {
+            out.push(
+                "degraded: the weight store could not be read at start; serving the config file's weights until it can"
+                    .into(),
+            );
+        }
+        if state.store.rollback_pending {
+            out.push(format!(
+                "rollback pending in the store: applied on this task (generation {}), not yet written to the store; retrying",
+                state.decision.generation
+            ));
+        }
+        out
+    }
+
     /// Records the App Mesh sync's outcome for /status.
-    pub fn appmesh_synced(&self, result: Result<BTreeMap<String, u32>, String>) {
+    pub fn appmesh_synced(&self, generation: u64, result: Result<BTreeMap<String, u32>, String>) {
         let mut state = self.lock();
         if let Some(a) = state.appmesh.as_mut() {
             match result {
@@ -164,6 +246,8 @@ impl Control {
                     a.last_ok_ms = Some(unix_ms());
                     a.last_error = None;
                     a.synced_weights = Some(w);
+                    a.synced_generation = Some(generation);
+                    metrics::gauge!(names::APPMESH_SYNCED_GENERATION).set(generation as f64);
                 }
                 Err(e) => a.last_error = Some(e),
             }
@@ -175,7 +259,8 @@ impl Control {
         let readiness = self.readiness();
         let snapshot = self.snapshot.load_full();
         let state = self.lock();
-        let versions = snapshot
+        let stale_after = state.config.discovery.stale_after;
+        let versions: Vec<VersionStatus> = snapshot
             .versions
             .iter()
             .enumerate()
@@ -183,6 +268,7 @@ impl Control {
                 let (mut discovery, last_ok) =
                     state.discovery.get(&v.name).cloned().unwrap_or_default();
                 discovery.age_seconds = last_ok.map(|t| t.elapsed().as_secs_f64());
+                discovery.stale = self.is_stale(&discovery, last_ok, stale_after);
                 VersionStatus {
                     name: v.name.clone(),
                     weight: v.weight,
@@ -206,7 +292,6 @@ impl Control {
             not_ready_reason: readiness.err(),
             draining: self.is_draining(),
             weights: view(&state.decision),
-            versions,
             config_source: state
                 .config
                 .source
@@ -216,6 +301,8 @@ impl Control {
             last_reload: state.last_reload.clone(),
             store: state.store.clone(),
             appmesh: state.appmesh.clone(),
+            warnings: self.warnings(&state, &versions),
+            versions,
             uptime_seconds: self.started.elapsed().as_secs_f64(),
         }
     }

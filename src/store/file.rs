@@ -92,7 +92,11 @@ impl Store for FileStore {
         Box::pin(self.off_runtime(FileStore::load_sync))
     }
 
-    fn save<'a>(&'a self, doc: &'a WeightsDoc) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn save<'a>(
+        &'a self,
+        doc: &'a WeightsDoc,
+        _read_at: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         let doc = doc.clone();
         Box::pin(self.off_runtime(move |store| store.save_sync(&doc)))
     }
@@ -113,6 +117,7 @@ mod tests {
             generation: 3,
             updated_at_ms: 1,
             source: "admin".into(),
+            writer: "w".into(),
             config_weights: None,
             rollout: None,
         }
@@ -123,7 +128,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::new(dir.path().join("gw.state.json"));
         assert_eq!(store.load().await.unwrap(), None);
-        store.save(&doc()).await.unwrap();
+        store.save(&doc(), None).await.unwrap();
         assert_eq!(store.load().await.unwrap(), Some(doc()));
         std::fs::write(store.path(), "{not json").unwrap();
         let err = store.load().await.unwrap_err().to_string();

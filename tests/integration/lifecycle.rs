@@ -1,33 +1,16 @@
 //! The real binary as an operator runs it: check, restarts, SIGTERM, SIGHUP,
 //! reloads under load, metrics.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_canary-gateway");
 const TOKEN: &str = "lifecycle-token";
-
-/// A gateway process.
-struct Proc {
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    log: Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn write_config(dir: &Path, versions: &[(&str, u32, SocketAddr)], extra: &str) -> PathBuf {
     let path = dir.join("gateway.toml");
@@ -49,63 +32,8 @@ fn spawn(config: &Path) -> Result<Proc, String> {
 }
 
 fn spawn_command(mut cmd: Command) -> Result<Proc, String> {
-    let mut child = cmd
-        .env("LIFECYCLE_TOKEN", TOKEN)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let stderr = child.stderr.take().ok_or("no stderr")?;
-    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    {
-        let log = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("canary-gateway serving") {
-                    let _ = tx.send(Ok(line.clone()));
-                }
-                log.lock().unwrap().push(line);
-            }
-            let _ = tx.send(Err(()));
-        });
-    }
-    match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(Ok(line)) => {
-            let json: Option<serde_json::Value> = serde_json::from_str(&line).ok();
-            let field = |name: &str| -> Option<SocketAddr> {
-                if let Some(json) = &json {
-                    return json["fields"][name].as_str()?.parse().ok();
-                }
-                let start = line.find(&format!("{name}="))? + name.len() + 1;
-                line[start..].split_whitespace().next()?.parse().ok()
-            };
-            match (field("listener"), field("admin")) {
-                (Some(addr), Some(admin)) => Ok(Proc {
-                    addr,
-                    admin,
-                    child,
-                    log,
-                }),
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    Err(format!("cannot parse the addresses in: {line}"))
-                }
-            }
-        }
-        _ => {
-            // Exited, or never said it serves: make sure it is gone either way.
-            let _ = child.kill();
-            let status = child.wait().map_err(|e| e.to_string())?;
-            std::thread::sleep(Duration::from_millis(50));
-            Err(format!(
-                "exited with {status}: {}",
-                log.lock().unwrap().join("\n")
-            ))
-        }
-    }
+    cmd.env("LIFECYCLE_TOKEN", TOKEN);
+    spawn_serving(cmd, Duration::from_secs(20))
 }
 
 fn signal(proc: &Proc, sig: &str) {
@@ -434,27 +362,6 @@ async fn metrics_match_the_requests_sent() {
         !text.contains("/status/404"),
         "labels must never carry raw paths"
     );
-}
-
-/// The value of one Prometheus sample whose labels include `labels`.
-pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (metric, label_text) = match series.split_once('{') {
-                Some((m, rest)) => (m, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            if metric != name {
-                return None;
-            }
-            let all = labels
-                .iter()
-                .all(|(k, v)| label_text.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
-            all.then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .sum()
 }
 
 #[tokio::test]

@@ -1,243 +1,20 @@
-//! Test support: tagged upstreams, an in-process gateway, a small HTTP client.
+//! Test support of the integration crate: the shared support
+//! (tests/support/shared.rs), an in-process gateway and raw upstreams.
 
 #![allow(dead_code)]
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use canary_gateway::config::Config;
 use canary_gateway::gateway::{self, Dependencies, Listeners, Running};
-use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
-/// An upstream that names itself in every answer (body `name`, header
-/// `x-upstream: name`) and offers a few test routes:
-/// - `/headers`: the request's headers as `name: value` lines;
-/// - `/upload`: reads the body, answers `<bytes> <xxh3 hex>`;
-/// - `/download?bytes=N`: streams N bytes in 64 KiB chunks (no length: chunked);
-/// - `/trailers`: a chunked body followed by a `x-checksum` trailer;
-/// - `/sleep?ms=N`: answers after N ms;
-/// - `/status/NNN`: answers with that status;
-/// - `/ws`: `101 Switching Protocols`, then echoes bytes on the upgraded stream.
-pub struct Upstream {
-    pub name: &'static str,
-    pub addr: SocketAddr,
-    pub hits: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Upstream {
-    pub async fn start(name: &'static str) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Upstream::serve(name, listener)
-    }
-
-    pub fn serve(name: &'static str, listener: TcpListener) -> Upstream {
-        let addr = listener.local_addr().unwrap();
-        let hits = Arc::new(AtomicU64::new(0));
-        let counter = hits.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let counter = counter.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| {
-                        counter.fetch_add(1, Ordering::SeqCst);
-                        answer(name, req)
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades()
-                        .await;
-                });
-            }
-        });
-        Upstream {
-            name,
-            addr,
-            hits,
-            task,
-        }
-    }
-
-    pub fn hits(&self) -> u64 {
-        self.hits.load(Ordering::SeqCst)
-    }
-}
-
-type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
-
-fn full(data: impl Into<Bytes>) -> TestBody {
-    Full::new(data.into()).boxed()
-}
-
-fn query_number(req: &Request<Incoming>, key: &str) -> u64 {
-    req.uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == key)
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0)
-}
-
-async fn answer(
-    name: &'static str,
-    mut req: Request<Incoming>,
-) -> Result<Response<TestBody>, Infallible> {
-    let path = req.uri().path().to_string();
-    let mut resp = match path.as_str() {
-        "/headers" => {
-            let mut out = String::new();
-            out.push_str(&format!("uri: {}\n", req.uri()));
-            for (k, v) in req.headers() {
-                out.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
-            }
-            Response::new(full(out))
-        }
-        "/upload" => {
-            let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-            let mut total = 0u64;
-            let mut body = req.into_body();
-            while let Some(frame) = body.frame().await {
-                let Ok(frame) = frame else { break };
-                if let Ok(data) = frame.into_data() {
-                    total += data.len() as u64;
-                    hasher.update(&data);
-                }
-            }
-            Response::new(full(format!("{total} {:016x}", hasher.digest())))
-        }
-        "/count" => {
-            // Counts the body's bytes without looking at them (fast for huge uploads).
-            let mut total = 0u64;
-            let mut body = req.into_body();
-            while let Some(Ok(frame)) = body.frame().await {
-                if let Ok(data) = frame.into_data() {
-                    total += data.len() as u64;
-                }
-            }
-            Response::new(full(total.to_string()))
-        }
-        "/request-trailers" => {
-            let collected = req.into_body().collect().await.ok();
-            let trailers = collected
-                .as_ref()
-                .and_then(|c| c.trailers())
-                .map(|t| {
-                    t.iter()
-                        .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?")))
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                })
-                .unwrap_or_default();
-            Response::new(full(format!("trailers: {trailers}")))
-        }
-        "/download" => {
-            let n = query_number(&req, "bytes");
-            let (tx, rx) =
-                tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, Infallible>>(4);
-            tokio::spawn(async move {
-                let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
-                let mut left = n;
-                while left > 0 {
-                    let take = left.min(chunk.len() as u64) as usize;
-                    if tx
-                        .send(Ok(http_body::Frame::data(chunk.slice(..take))))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    left -= take as u64;
-                }
-            });
-            Response::new(ChannelBody(rx).boxed())
-        }
-        "/trailers" => {
-            let (tx, rx) =
-                tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, Infallible>>(4);
-            tokio::spawn(async move {
-                for part in ["one,", "two,", "three"] {
-                    let _ = tx.send(Ok(http_body::Frame::data(Bytes::from(part)))).await;
-                }
-                let mut trailers = HeaderMap::new();
-                trailers.insert("x-checksum", http::HeaderValue::from_static("abc123"));
-                let _ = tx.send(Ok(http_body::Frame::trailers(trailers))).await;
-            });
-            // hyper only sends the trailer fields the Trailer header declares.
-            let mut resp = Response::new(ChannelBody(rx).boxed());
-            resp.headers_mut()
-                .insert("trailer", http::HeaderValue::from_static("x-checksum"));
-            resp
-        }
-        "/sleep" => {
-            tokio::time::sleep(Duration::from_millis(query_number(&req, "ms"))).await;
-            Response::new(full(name))
-        }
-        "/ws" => {
-            let upgrade = hyper::upgrade::on(&mut req);
-            tokio::spawn(async move {
-                if let Ok(upgraded) = upgrade.await {
-                    let mut io = TokioIo::new(upgraded);
-                    let (mut r, mut w) = tokio::io::split(&mut io);
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                }
-            });
-            let mut resp = Response::new(full(""));
-            *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            resp.headers_mut()
-                .insert("upgrade", http::HeaderValue::from_static("websocket"));
-            resp.headers_mut()
-                .insert("connection", http::HeaderValue::from_static("upgrade"));
-            resp
-        }
-        p if p.starts_with("/status/") => {
-            let code = p[8..].parse().unwrap_or(500);
-            let mut resp = Response::new(full(name));
-            *resp.status_mut() =
-                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            resp
-        }
-        _ => Response::new(full(name)),
-    };
-    resp.headers_mut()
-        .insert("x-upstream", http::HeaderValue::from_static(name));
-    Ok(resp)
-}
-
-/// A body fed by a channel (streamed, no length: sent chunked).
-pub struct ChannelBody(
-    pub tokio::sync::mpsc::Receiver<Result<http_body::Frame<Bytes>, Infallible>>,
-);
-
-impl http_body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx)
-    }
-}
+#[path = "../support/shared.rs"]
+mod shared;
+pub use shared::*;
 
 /// A gateway started in this process on 127.0.0.1:0.
 pub struct Gateway {
@@ -283,233 +60,17 @@ impl Gateway {
     }
 }
 
-/// A config with the given versions `(name, weight, upstream)` and extra
-/// `[split]` lines.
-pub fn config(split_extra: &str, versions: &[(&str, u32, SocketAddr)]) -> String {
-    let mut text = format!(
-        "[listener]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n[split]\nstable = \"{}\"\n{split_extra}\n",
-        versions[0].0
-    );
-    for (name, weight, addr) in versions {
-        text.push_str(&format!(
-            "\n[[versions]]\nname = \"{name}\"\nweight = {weight}\nendpoints = [\"{addr}\"]\n"
-        ));
-    }
-    text
-}
-
-/// A response read in full.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-    pub trailers: Option<HeaderMap>,
-}
-
-impl Reply {
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
-
-/// A keep-alive HTTP/1.1 client connection.
-pub struct Client {
-    sender: hyper::client::conn::http1::SendRequest<TestBody>,
-    addr: SocketAddr,
-}
-
-impl Client {
-    pub async fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(conn.with_upgrades());
-        Client { sender, addr }
-    }
-
-    /// Sends a request; `Err` only when the connection failed.
-    pub async fn send(&mut self, req: Request<TestBody>) -> Result<Reply, hyper::Error> {
-        self.sender.ready().await?;
-        let resp = self.sender.send_request(req).await?;
-        read_reply(resp).await
-    }
-
-    pub async fn get(
-        &mut self,
-        path: &str,
-        headers: &[(&str, &str)],
-    ) -> Result<Reply, hyper::Error> {
-        let mut req = Request::get(path).header("host", self.addr.to_string());
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        self.send(req.body(full(Bytes::new())).unwrap()).await
-    }
-}
-
-pub async fn read_reply(resp: Response<Incoming>) -> Result<Reply, hyper::Error> {
-    let (parts, body) = resp.into_parts();
-    let collected = body.collect().await?;
-    let trailers = collected.trailers().cloned();
-    Ok(Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body: collected.to_bytes(),
-        trailers,
-    })
-}
-
-/// One GET on a fresh connection.
-pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
-    Client::connect(addr)
-        .await
-        .get(path, headers)
-        .await
-        .unwrap()
-}
-
-/// A request with a body, on a fresh connection.
-pub async fn send(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: impl Into<Bytes>,
-) -> Reply {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string());
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    Client::connect(addr)
-        .await
-        .send(req.body(full(body)).unwrap())
-        .await
-        .unwrap()
-}
-
-/// Wraps a body for [`Client::send`].
-pub fn body(data: impl Into<Bytes>) -> TestBody {
-    full(data)
-}
-
-/// Boxes any body for [`Client::send`].
-pub fn boxed<B>(b: B) -> TestBody
-where
-    B: http_body::Body<Data = Bytes, Error = Infallible> + Send + Sync + 'static,
-{
-    b.boxed()
-}
-
-/// Polls `check` every 20 ms until it is true, for at most `limit`.
-pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Counts which upstream answered `n` requests sent over `clients` keep-alive connections.
-pub async fn split_counts(
-    addr: SocketAddr,
-    n: usize,
-    headers: &[(&str, &str)],
-) -> std::collections::BTreeMap<String, usize> {
-    let mut counts = std::collections::BTreeMap::new();
-    let mut client = Client::connect(addr).await;
-    for _ in 0..n {
-        let reply = client.get("/", headers).await.unwrap();
-        *counts.entry(reply.text()).or_insert(0) += 1;
-    }
-    counts
-}
-
-/// Admin request with the token `token` (if any).
-pub async fn admin(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: &str,
-) -> Reply {
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let mut headers = vec![("content-type", "application/json")];
-    if let Some(a) = &auth {
-        headers.push(("authorization", a.as_str()));
-    }
-    send(addr, method, path, &headers, body.to_string()).await
-}
-
-// ---- Data-path test helpers (tests/integration/proxy.rs) ----
-
-/// Like [`config`], but each version may list several endpoints (or none is
-/// not allowed by the config: give at least one).
-pub fn config_endpoints(split_extra: &str, versions: &[(&str, u32, Vec<SocketAddr>)]) -> String {
-    let mut text = format!(
-        "[listener]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n[split]\nstable = \"{}\"\n{split_extra}\n",
-        versions[0].0
-    );
-    for (name, weight, addrs) in versions {
-        let list: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
-        text.push_str(&format!(
-            "\n[[versions]]\nname = \"{name}\"\nweight = {weight}\nendpoints = [{}]\n",
-            list.join(", ")
-        ));
-    }
-    text
-}
-
-/// Counts which upstream answered `n` GETs of `/`, sent over `conns`
-/// keep-alive connections at once.
-pub async fn split_counts_concurrent(
-    addr: SocketAddr,
-    n: usize,
-    conns: usize,
-    headers: &[(&str, &str)],
-) -> std::collections::BTreeMap<String, usize> {
-    let headers: Vec<(String, String)> = headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let mut tasks = Vec::new();
-    for c in 0..conns {
-        let share = n / conns + usize::from(c < n % conns);
-        let headers = headers.clone();
-        tasks.push(tokio::spawn(async move {
-            let h: Vec<(&str, &str)> = headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            split_counts(addr, share, &h).await
-        }));
-    }
-    let mut total = std::collections::BTreeMap::new();
-    for t in tasks {
-        for (k, v) in t.await.unwrap() {
-            *total.entry(k).or_insert(0) += v;
-        }
-    }
-    total
-}
-
-/// An address nothing listens on (a port bound, then released).
-pub async fn dead_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
+/// Upstreams v1 and v2 and an in-process gateway splitting `w1`:`w2`
+/// between them (v1 stable), with the extra `[split]` lines `split_extra`.
+pub async fn two_versions(split_extra: &str, w1: u32, w2: u32) -> (Upstream, Upstream, Gateway) {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let gw = Gateway::start(&config(
+        split_extra,
+        &[("v1", w1, v1.addr), ("v2", w2, v2.addr)],
+    ))
+    .await;
+    (v1, v2, gw)
 }
 
 /// A raw HTTP/1.1 upstream for requests without bodies: it answers each
@@ -517,13 +78,7 @@ pub async fn dead_addr() -> SocketAddr {
 /// `\r\n`) and the request head exactly as received as its body.
 pub struct EchoHeadUpstream {
     pub addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for EchoHeadUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    task: ServerTask,
 }
 
 impl EchoHeadUpstream {
@@ -531,28 +86,18 @@ impl EchoHeadUpstream {
         use tokio::io::AsyncWriteExt;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    loop {
-                        let Some(head) = read_head(&mut stream, &mut buf).await else {
-                            return;
-                        };
-                        let resp = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n{extra_headers}\r\n",
-                            head.len()
-                        );
-                        if stream.write_all(resp.as_bytes()).await.is_err()
-                            || stream.write_all(head.as_bytes()).await.is_err()
-                        {
-                            return;
-                        }
-                    }
-                });
+        let task = serve_connections(listener, move |mut stream| async move {
+            let mut buf = Vec::new();
+            while let Some(head) = read_head(&mut stream, &mut buf).await {
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n{extra_headers}\r\n",
+                    head.len()
+                );
+                if stream.write_all(resp.as_bytes()).await.is_err()
+                    || stream.write_all(head.as_bytes()).await.is_err()
+                {
+                    return;
+                }
             }
         });
         EchoHeadUpstream { addr, task }
@@ -607,13 +152,7 @@ pub struct FixedUpstream {
     pub connections: Arc<AtomicU64>,
     /// Connections the gateway closed (or that this upstream closed).
     pub closed: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for FixedUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    task: ServerTask,
 }
 
 /// What a [`FixedUpstream::scripted`] upstream does with the n-th request
@@ -641,28 +180,23 @@ impl FixedUpstream {
         let accepted = connections.clone();
         let closed = Arc::new(AtomicU64::new(0));
         let ended = closed.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                accepted.fetch_add(1, Ordering::SeqCst);
-                let script = script.clone();
-                let ended = ended.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut n = 0;
-                    while read_head(&mut stream, &mut buf).await.is_some() {
-                        let Some((response, close)) = script(n) else {
-                            break;
-                        };
-                        n += 1;
-                        if stream.write_all(response).await.is_err() || close {
-                            break;
-                        }
+        let task = serve_connections(listener, move |mut stream| {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let script = script.clone();
+            let ended = ended.clone();
+            async move {
+                let mut buf = Vec::new();
+                let mut n = 0;
+                while read_head(&mut stream, &mut buf).await.is_some() {
+                    let Some((response, close)) = script(n) else {
+                        break;
+                    };
+                    n += 1;
+                    if stream.write_all(response).await.is_err() || close {
+                        break;
                     }
-                    ended.fetch_add(1, Ordering::SeqCst);
-                });
+                }
+                ended.fetch_add(1, Ordering::SeqCst);
             }
         });
         FixedUpstream {

@@ -30,6 +30,9 @@ struct Counters {
     remaining: AtomicUsize,
     /// Matching requests seen (injected or forwarded).
     matched: AtomicUsize,
+    /// Every request seen, by its `x-amz-target` (the AWS operation of JSON
+    /// protocols; `-` when absent).
+    by_target: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
 }
 
 /// The running proxy; stops when dropped.
@@ -54,6 +57,7 @@ impl FaultProxy {
         let counters = Arc::new(Counters {
             remaining: AtomicUsize::new(count),
             matched: AtomicUsize::new(0),
+            by_target: Default::default(),
         });
         let shared = counters.clone();
         let task = tokio::spawn(async move {
@@ -70,6 +74,18 @@ impl FaultProxy {
                         let method = method.clone();
                         let fault = fault.clone();
                         async move {
+                            let target = req
+                                .headers()
+                                .get("x-amz-target")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("-")
+                                .to_string();
+                            *counters
+                                .by_target
+                                .lock()
+                                .unwrap()
+                                .entry(target)
+                                .or_insert(0) += 1;
                             let matches =
                                 req.method() == method && req.uri().path().contains(path_part);
                             if matches {
@@ -100,9 +116,32 @@ impl FaultProxy {
         }
     }
 
+    /// In front of an AWS emulator at `upstream`: the first `count` calls
+    /// (every AWS JSON call is a POST) get a 500 `InternalServerError`, as
+    /// if the service were down; 0 makes a plain counting relay.
+    pub async fn outage(upstream: SocketAddr, count: usize) -> FaultProxy {
+        let fault = Fault {
+            status: 500,
+            error_type: "InternalServerError",
+            message: "injected: the service is down",
+        };
+        FaultProxy::start(upstream, Method::POST, "/", fault, count).await
+    }
+
     /// `http://127.0.0.1:<port>`.
     pub fn endpoint_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// From now on the next `count` matching requests get the fault (0: the
+    /// service behind is back; `usize::MAX`: down until told otherwise).
+    pub fn set_faults(&self, count: usize) {
+        self.counters.remaining.store(count, Ordering::SeqCst);
+    }
+
+    /// Requests seen so far by AWS operation (`x-amz-target`).
+    pub fn by_target(&self) -> std::collections::BTreeMap<String, usize> {
+        self.counters.by_target.lock().unwrap().clone()
     }
 
     /// Matching requests seen so far.

@@ -114,14 +114,7 @@ impl MotoServer {
     /// SDK config for this server: `canary_gateway::aws::sdk_config` with the
     /// server's URL and region us-east-1, and static test credentials.
     pub async fn sdk_config(&self) -> SdkConfig {
-        let url = self.endpoint_url();
-        canary_gateway::aws::sdk_config(Some(REGION), Some(&url))
-            .await
-            .into_builder()
-            .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
-                "testing", "testing", None, None, "moto",
-            )))
-            .build()
+        sdk_config_at(&self.endpoint_url()).await
     }
 
     fn wait_ready(&self, limit: Duration) {
@@ -145,6 +138,18 @@ impl Drop for MotoServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The SDK config of [`MotoServer::sdk_config`] for another URL (a proxy in
+/// front of moto).
+pub async fn sdk_config_at(url: &str) -> SdkConfig {
+    canary_gateway::aws::sdk_config(Some(REGION), Some(url))
+        .await
+        .into_builder()
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+            "testing", "testing", None, None, "moto",
+        )))
+        .build()
 }
 
 /// One HTTP/1.0 request to 127.0.0.1:`port`; the response status.

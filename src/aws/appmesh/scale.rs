@@ -3,7 +3,13 @@
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
 
-/// Scales `weights` to integers from 0 to 100 that sum to 100.
+/// Scales `weights` to integers from 0 to 100 that sum to 100; see [`scale_to`].
+pub fn scale_to_percent(weights: &BTreeMap<String, u32>) -> BTreeMap<String, u32> {
+    scale_to(weights, 100)
+}
+
+/// Scales `weights` to integers that sum to `total` (what the route has left
+/// once the targets the gateway does not manage are counted).
 ///
 /// Largest-remainder rounding: every version gets the floor of its exact
 /// share, and the points still missing go to the largest remainders (ties to
@@ -11,24 +17,25 @@ use std::collections::BTreeMap;
 /// version with a non-zero weight never gets 0: it gets 1, taken from the
 /// version with the largest percentage. When every weight is 0 (or the map is
 /// empty) every version gets 0 and the sum is 0.
-pub fn scale_to_percent(weights: &BTreeMap<String, u32>) -> BTreeMap<String, u32> {
+pub fn scale_to(weights: &BTreeMap<String, u32>, to: u32) -> BTreeMap<String, u32> {
+    let to = u64::from(to);
     let total: u64 = weights.values().map(|&w| u64::from(w)).sum();
-    if total == 0 {
+    if total == 0 || to == 0 {
         return weights.keys().map(|k| (k.clone(), 0)).collect();
     }
-    // Exact share = w * 100 / total = floor + remainder / total.
+    // Exact share = w * to / total = floor + remainder / total.
     let mut percent: BTreeMap<String, u32> = BTreeMap::new();
     let mut remainders: Vec<(&str, u64)> = Vec::with_capacity(weights.len());
     let mut assigned: u64 = 0;
     for (name, &w) in weights {
-        let scaled = u64::from(w) * 100;
+        let scaled = u64::from(w) * to;
         let floor = scaled / total;
         assigned += floor;
-        // floor <= 100, so the cast cannot truncate.
+        // floor <= to <= u32::MAX, so the cast cannot truncate.
         percent.insert(name.clone(), floor as u32);
         remainders.push((name.as_str(), scaled % total));
     }
-    let missing = 100u64.saturating_sub(assigned);
+    let missing = to.saturating_sub(assigned);
     // Stable sort: equal remainders keep name order.
     remainders.sort_by_key(|&(_, rem)| Reverse(rem));
     for (name, _) in remainders.iter().take(missing as usize) {
@@ -50,7 +57,7 @@ pub fn scale_to_percent(weights: &BTreeMap<String, u32>) -> BTreeMap<String, u32
             .max_by_key(|&(n, &p)| (p, Reverse(n.clone())))
             .map(|(n, _)| n.clone());
         let Some(donor) = donor else {
-            // More than 100 non-zero versions: 100 points cannot cover them.
+            // More non-zero versions than points: they cannot all get one.
             break;
         };
         if let Some(p) = percent.get_mut(&donor) {
@@ -159,6 +166,19 @@ mod tests {
         // b and c tie at 50 after rounding; the tiny one takes from b.
         let out = scale_to_percent(&w(&[("a", 1), ("b", 500_000), ("c", 500_000)]));
         assert_eq!(out, w(&[("a", 1), ("b", 49), ("c", 50)]));
+    }
+
+    #[test]
+    fn scales_into_what_remains() {
+        assert_eq!(
+            scale_to(&w(&[("a", 90), ("b", 10)]), 80),
+            w(&[("a", 72), ("b", 8)])
+        );
+        assert_eq!(
+            scale_to(&w(&[("a", 1), ("b", 1)]), 1),
+            w(&[("a", 1), ("b", 0)])
+        );
+        assert_eq!(scale_to(&w(&[("a", 5)]), 0), w(&[("a", 0)]));
     }
 
     #[test]

@@ -5,19 +5,32 @@ use std::collections::{BTreeMap, BTreeSet};
 use aws_sdk_appmesh::types::{RouteSpec, WeightedTarget};
 
 use super::AppMeshError;
+use super::scale::scale_to;
 
-/// Sets the weights of `spec`'s weighted targets from `percent_by_node`
-/// (virtual node name -> 0..=100) and returns whether anything changed.
+/// App Mesh's limit on the weighted targets of one route action.
+pub const MAX_TARGETS: usize = 10;
+/// What the weights of one route action add up to at most.
+pub const MAX_TOTAL: u32 = 100;
+
+/// Sets the weights of `spec`'s weighted targets from `weights` (mapped
+/// version -> gateway weight) and `nodes` (version -> virtual node). Returns
+/// whether anything changed and the percent written per version (of the first
+/// action).
 ///
-/// Every route kind is handled (http, http2, grpc, tcp). A target whose
-/// virtual node is in the map gets its weight; when a node has several targets
-/// (different ports) the first gets the weight and the others 0. A node of the
-/// map with a non-zero weight and no target gets a new target, with the port of
-/// the route's first target. Targets of other virtual nodes are left alone.
+/// Every route kind is handled (http, http2, grpc, tcp). Targets of virtual
+/// nodes that no version maps to (foreign targets) keep their weight; the
+/// versions' weights are scaled into what remains of 100, so the action's
+/// total stays at most 100 and each target 0 to 100 (UpdateRoute's limits).
+/// When a node has several targets (different ports) the first gets the weight
+/// and the others 0. A node with a non-zero weight and no target gets a new
+/// target, with the port of the action's first target; an action may hold at
+/// most [`MAX_TARGETS`]. When the limits cannot be met the spec is refused
+/// with [`AppMeshError::Invalid`] naming the reason.
 pub fn apply_weights(
     spec: &mut RouteSpec,
-    percent_by_node: &BTreeMap<String, u32>,
-) -> Result<bool, AppMeshError> {
+    weights: &BTreeMap<String, u32>,
+    nodes: &BTreeMap<String, String>,
+) -> Result<(bool, BTreeMap<String, u32>), AppMeshError> {
     let mut actions: Vec<&mut Vec<WeightedTarget>> = Vec::new();
     if let Some(action) = spec.http_route.as_mut().and_then(|r| r.action.as_mut()) {
         actions.push(&mut action.weighted_targets);
@@ -35,21 +48,50 @@ pub fn apply_weights(
         return Err(AppMeshError::NoWeightedTargets);
     }
     let mut changed = false;
+    let mut written: Option<BTreeMap<String, u32>> = None;
     for targets in actions {
-        changed |= rewrite(targets, percent_by_node)?;
+        let (action_changed, by_version) = rewrite(targets, weights, nodes)?;
+        changed |= action_changed;
+        written.get_or_insert(by_version);
     }
-    Ok(changed)
+    Ok((changed, written.unwrap_or_default()))
 }
 
 /// Rewrites one action's targets; see [`apply_weights`].
 fn rewrite(
     targets: &mut Vec<WeightedTarget>,
-    percent_by_node: &BTreeMap<String, u32>,
-) -> Result<bool, AppMeshError> {
+    weights: &BTreeMap<String, u32>,
+    nodes: &BTreeMap<String, String>,
+) -> Result<(bool, BTreeMap<String, u32>), AppMeshError> {
+    let managed: BTreeSet<&String> = nodes.values().collect();
+    let foreign: i64 = targets
+        .iter()
+        .filter(|t| !managed.contains(&t.virtual_node))
+        .map(|t| i64::from(t.weight.max(0)))
+        .sum();
+    if foreign > i64::from(MAX_TOTAL) {
+        return Err(AppMeshError::Invalid(format!(
+            "the targets of virtual nodes not in virtual_nodes already weigh {foreign} (more than {MAX_TOTAL}); fix the route"
+        )));
+    }
+    let remainder = MAX_TOTAL - foreign as u32;
+    if remainder == 0 && weights.values().any(|&w| w > 0) {
+        return Err(AppMeshError::Invalid(format!(
+            "the targets of virtual nodes not in virtual_nodes take all {MAX_TOTAL}: nothing is left for the gateway's versions"
+        )));
+    }
+    let by_version = scale_to(weights, remainder);
+    let mut percent_by_node: BTreeMap<String, u32> = BTreeMap::new();
+    for (version, node) in nodes {
+        *percent_by_node.entry(node.clone()).or_default() +=
+            by_version.get(version).copied().unwrap_or(0);
+    }
+
+    let mut next = targets.clone();
     let mut changed = false;
     let mut seen: BTreeSet<String> = BTreeSet::new();
-    let port = targets.first().and_then(|t| t.port);
-    for target in targets.iter_mut() {
+    let port = next.first().and_then(|t| t.port);
+    for target in next.iter_mut() {
         let Some(&percent) = percent_by_node.get(&target.virtual_node) else {
             continue;
         };
@@ -63,7 +105,7 @@ fn rewrite(
             changed = true;
         }
     }
-    for (node, &percent) in percent_by_node {
+    for (node, &percent) in &percent_by_node {
         if percent == 0 || seen.contains(node) {
             continue;
         }
@@ -73,10 +115,23 @@ fn rewrite(
             .set_port(port)
             .build()
             .map_err(|e| AppMeshError::Invalid(format!("weighted target {node}: {e}")))?;
-        targets.push(target);
+        next.push(target);
         changed = true;
     }
-    Ok(changed)
+    if next.len() > MAX_TARGETS {
+        return Err(AppMeshError::Invalid(format!(
+            "the route action would have {} weighted targets; App Mesh allows at most {MAX_TARGETS}",
+            next.len()
+        )));
+    }
+    let total: i64 = next.iter().map(|t| i64::from(t.weight)).sum();
+    if total > i64::from(MAX_TOTAL) {
+        return Err(AppMeshError::Invalid(format!(
+            "the route's weights would add up to {total}, more than {MAX_TOTAL}"
+        )));
+    }
+    *targets = next;
+    Ok((changed, by_version))
 }
 
 /// A percentage as App Mesh's weight type.
@@ -131,28 +186,75 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
     }
 
+    /// Version vN maps to node node-vN.
+    fn nodes(versions: &[&str]) -> BTreeMap<String, String> {
+        versions
+            .iter()
+            .map(|v| (v.to_string(), format!("node-{v}")))
+            .collect()
+    }
+
+    fn total(spec: &RouteSpec) -> i32 {
+        weights_of(spec).iter().map(|(_, w, _)| w).sum()
+    }
+
     #[test]
-    fn updates_mapped_targets_and_leaves_others() {
+    fn foreign_targets_keep_their_weight_and_the_versions_share_the_rest() {
         let mut spec = http_spec(vec![
             target("node-v1", 100, Some(8080)),
             target("node-v2", 0, Some(8080)),
-            target("other", 5, Some(8080)),
+            target("other", 20, Some(8080)),
         ]);
-        let changed =
-            apply_weights(&mut spec, &percents(&[("node-v1", 99), ("node-v2", 1)])).unwrap();
+        let (changed, written) = apply_weights(
+            &mut spec,
+            &percents(&[("v1", 99), ("v2", 1)]),
+            &nodes(&["v1", "v2"]),
+        )
+        .unwrap();
         assert!(changed);
+        assert_eq!(written, percents(&[("v1", 79), ("v2", 1)]));
         assert_eq!(
             weights_of(&spec),
             vec![
-                ("node-v1".into(), 99, Some(8080)),
+                ("node-v1".into(), 79, Some(8080)),
                 ("node-v2".into(), 1, Some(8080)),
-                ("other".into(), 5, Some(8080)),
+                ("other".into(), 20, Some(8080)),
             ]
         );
+        assert_eq!(total(&spec), 100);
         // Same weights again: nothing changes.
-        let again =
-            apply_weights(&mut spec, &percents(&[("node-v1", 99), ("node-v2", 1)])).unwrap();
+        let (again, _) = apply_weights(
+            &mut spec,
+            &percents(&[("v1", 99), ("v2", 1)]),
+            &nodes(&["v1", "v2"]),
+        )
+        .unwrap();
         assert!(!again);
+    }
+
+    #[test]
+    fn impossible_routes_are_refused_and_left_alone() {
+        let over = vec![target("node-v1", 50, None), target("other", 101, None)];
+        let mut spec = http_spec(over.clone());
+        let err = apply_weights(&mut spec, &percents(&[("v1", 1)]), &nodes(&["v1"])).unwrap_err();
+        assert!(err.to_string().contains("more than 100"), "{err}");
+        assert_eq!(weights_of(&spec), weights_of(&http_spec(over)));
+
+        let mut spec = http_spec(vec![target("other", 100, None)]);
+        let err = apply_weights(&mut spec, &percents(&[("v1", 1)]), &nodes(&["v1"])).unwrap_err();
+        assert!(err.to_string().contains("nothing is left"), "{err}");
+
+        // Nine foreign targets plus two new ones: eleven, one more than allowed.
+        let nine: Vec<WeightedTarget> = (0..9).map(|i| target(&format!("f{i}"), 1, None)).collect();
+        let mut spec = http_spec(nine.clone());
+        let err = apply_weights(
+            &mut spec,
+            &percents(&[("v1", 50), ("v2", 50)]),
+            &nodes(&["v1", "v2"]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("at most 10"), "{err}");
+        assert_eq!(weights_of(&spec).len(), 9);
     }
 
     #[test]
@@ -160,7 +262,8 @@ mod tests {
         let mut spec = http_spec(vec![target("node-v1", 100, Some(9090))]);
         apply_weights(
             &mut spec,
-            &percents(&[("node-v1", 90), ("node-v2", 10), ("node-v3", 0)]),
+            &percents(&[("v1", 90), ("v2", 10), ("v3", 0)]),
+            &nodes(&["v1", "v2", "v3"]),
         )
         .unwrap();
         assert_eq!(
@@ -178,7 +281,7 @@ mod tests {
             target("node-v1", 50, Some(1)),
             target("node-v1", 50, Some(2)),
         ]);
-        apply_weights(&mut spec, &percents(&[("node-v1", 100)])).unwrap();
+        apply_weights(&mut spec, &percents(&[("v1", 100)]), &nodes(&["v1"])).unwrap();
         assert_eq!(
             weights_of(&spec),
             vec![
@@ -195,14 +298,20 @@ mod tests {
                 TcpRoute::builder()
                     .action(
                         TcpRouteAction::builder()
-                            .set_weighted_targets(Some(vec![target("a", 1, None)]))
+                            .set_weighted_targets(Some(vec![target("node-a", 1, None)]))
                             .build()
                             .unwrap(),
                     )
                     .build(),
             )
             .build();
-        assert!(apply_weights(&mut spec, &percents(&[("a", 60), ("b", 40)])).unwrap());
+        let (changed, _) = apply_weights(
+            &mut spec,
+            &percents(&[("a", 60), ("b", 40)]),
+            &nodes(&["a", "b"]),
+        )
+        .unwrap();
+        assert!(changed);
         let tcp = spec.tcp_route.unwrap().action.unwrap().weighted_targets;
         assert_eq!(tcp.len(), 2);
         assert_eq!((tcp[0].weight, tcp[1].weight), (60, 40));
@@ -212,7 +321,7 @@ mod tests {
     fn a_spec_without_actions_is_an_error() {
         let mut spec = RouteSpec::builder().build();
         assert!(matches!(
-            apply_weights(&mut spec, &percents(&[("a", 100)])),
+            apply_weights(&mut spec, &percents(&[("a", 100)]), &nodes(&["a"])),
             Err(AppMeshError::NoWeightedTargets)
         ));
     }

@@ -2,38 +2,14 @@
 //! control plane without sockets, and traffic fed straight into the
 //! per-version counters.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
 use crate::config::Config;
-use crate::future::BoxFuture;
-use crate::store::{Store, StoreError, WeightsDoc};
+use crate::store::memory::MemoryStore;
 
-/// One document in memory; `shared` makes it a fleet store.
-#[derive(Default)]
-struct MemStore {
-    doc: Mutex<Option<WeightsDoc>>,
-    shared: bool,
-}
-
-impl Store for MemStore {
-    fn load(&self) -> BoxFuture<'_, Result<Option<WeightsDoc>, StoreError>> {
-        let doc = self.doc.lock().unwrap().clone();
-        Box::pin(async move { Ok(doc) })
-    }
-
-    fn save<'a>(&'a self, doc: &'a WeightsDoc) -> BoxFuture<'a, Result<(), StoreError>> {
-        *self.doc.lock().unwrap() = Some(doc.clone());
-        Box::pin(async { Ok(()) })
-    }
-
-    fn shared(&self) -> bool {
-        self.shared
-    }
-}
-
-async fn control(store: Arc<MemStore>) -> Arc<Control> {
+async fn control(store: Arc<MemoryStore>) -> Arc<Control> {
     let text = "[listener]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
                 [split]\nstable = \"v1\"\n\
                 [[versions]]\nname = \"v1\"\nweight = 100\nendpoints = [\"127.0.0.1:9\"]\n\
@@ -43,7 +19,7 @@ async fn control(store: Arc<MemStore>) -> Arc<Control> {
 }
 
 /// A control plane on `store` with its driver running and [`PLAN`] started.
-async fn started(store: Arc<MemStore>) -> Arc<Control> {
+async fn started(store: Arc<MemoryStore>) -> Arc<Control> {
     let control = control(store).await;
     tokio::spawn(run(control.clone()));
     control.start_rollout(PLAN.as_bytes()).await.unwrap();
@@ -97,7 +73,7 @@ fn phase(control: &Control) -> Phase {
 
 #[tokio::test(start_paused = true)]
 async fn a_healthy_canary_walks_every_step_and_is_promoted() {
-    let store = Arc::new(MemStore::default());
+    let store = Arc::new(MemoryStore::default());
     let control = started(store.clone()).await;
     assert_eq!(control.weights().weights["v2"], 10);
     run_for(&control, 11, 1000, 0, 3).await;
@@ -124,13 +100,13 @@ async fn a_healthy_canary_walks_every_step_and_is_promoted() {
         "{:?}",
         r.history
     );
-    let stored = store.doc.lock().unwrap().clone().unwrap();
+    let stored = store.stored().unwrap();
     assert_eq!(stored.rollout.unwrap().phase, Phase::Succeeded);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_failing_canary_is_aborted_after_one_interval() {
-    let control = started(Arc::new(MemStore::default())).await;
+    let control = started(Arc::new(MemoryStore::default())).await;
     run_for(&control, 11, 1000, 5, 3).await;
     let view = control.rollout_view().unwrap();
     assert_eq!(view.phase, Phase::Aborted, "{view:?}");
@@ -149,7 +125,7 @@ async fn a_failing_canary_is_aborted_after_one_interval() {
 
 #[tokio::test(start_paused = true)]
 async fn too_little_traffic_holds_and_more_evidence_moves_on() {
-    let control = started(Arc::new(MemStore::default())).await;
+    let control = started(Arc::new(MemoryStore::default())).await;
     // 10% of 20 a second: 20 canary requests in the first window, 50 needed.
     run_for(&control, 11, 20, 0, 3).await;
     assert_eq!(phase(&control), Phase::Holding);
@@ -164,7 +140,7 @@ async fn too_little_traffic_holds_and_more_evidence_moves_on() {
 
 #[tokio::test(start_paused = true)]
 async fn a_slower_canary_is_aborted_on_the_p99_ratio() {
-    let control = started(Arc::new(MemStore::default())).await;
+    let control = started(Arc::new(MemoryStore::default())).await;
     run_for(&control, 11, 1000, 0, 40).await;
     let view = control.rollout_view().unwrap();
     assert_eq!(view.phase, Phase::Aborted);
@@ -173,7 +149,7 @@ async fn a_slower_canary_is_aborted_on_the_p99_ratio() {
 
 #[tokio::test(start_paused = true)]
 async fn pause_stops_the_clock_and_resume_restarts_the_window() {
-    let control = started(Arc::new(MemStore::default())).await;
+    let control = started(Arc::new(MemoryStore::default())).await;
     control
         .rollout_action(crate::control::rollout::Action::Pause)
         .await
@@ -196,7 +172,7 @@ async fn pause_stops_the_clock_and_resume_restarts_the_window() {
 #[tokio::test(start_paused = true)]
 async fn a_canary_without_healthy_endpoints_is_given_no_more_traffic() {
     use crate::discovery::EndpointSink;
-    let control = started(Arc::new(MemStore::default())).await;
+    let control = started(Arc::new(MemoryStore::default())).await;
     run_for(&control, 9, 1000, 0, 3).await;
     // Its endpoints go away just before the step is judged: good figures,
     // but no next step onto nothing.
@@ -220,11 +196,8 @@ async fn a_canary_without_healthy_endpoints_is_given_no_more_traffic() {
 
 /// Two gateways' control planes on one shared store, each with its driver
 /// and a store poll every 500 ms.
-async fn fleet() -> (Arc<MemStore>, Arc<Control>, Arc<Control>) {
-    let store = Arc::new(MemStore {
-        shared: true,
-        ..MemStore::default()
-    });
+async fn fleet() -> (Arc<MemoryStore>, Arc<Control>, Arc<Control>) {
+    let store = Arc::new(MemoryStore::default());
     let (a, b) = (control(store.clone()).await, control(store.clone()).await);
     for c in [&a, &b] {
         tokio::spawn(run(c.clone()));
@@ -232,7 +205,7 @@ async fn fleet() -> (Arc<MemStore>, Arc<Control>, Arc<Control>) {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                c.sync_from_store().await;
+                let _ = c.sync_from_store().await;
             }
         });
     }
@@ -248,7 +221,7 @@ async fn a_fleet_steps_on_one_clock_and_takes_each_step_once() {
         second_of_traffic(&b, 1000, 0, 3);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let stored = store.doc.lock().unwrap().clone().unwrap().rollout.unwrap();
+    let stored = store.stored().unwrap().rollout.unwrap();
     assert_eq!(stored.phase, Phase::Succeeded);
     let steps: Vec<usize> = stored.history.iter().map(|h| h.0).collect();
     assert_eq!(steps, vec![0, 1, 2], "{:?}", stored.history);
@@ -278,7 +251,7 @@ async fn an_abort_decided_by_one_gateway_reaches_the_other() {
             .is_none_or(|a| a.analysis.verdict != Verdict::Abort)
     );
     assert_eq!(b.weights().weights["v2"], 0);
-    let stored = store.doc.lock().unwrap().clone().unwrap();
+    let stored = store.stored().unwrap();
     assert_eq!(stored.rollout.as_ref().unwrap().phase, Phase::Aborted);
 
     // A racing write puts the running rollout back (a lost abort): the
@@ -293,7 +266,7 @@ async fn an_abort_decided_by_one_gateway_reaches_the_other() {
     }
     *store.doc.lock().unwrap() = Some(undone);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let again = store.doc.lock().unwrap().clone().unwrap();
+    let again = store.stored().unwrap();
     assert_eq!(again.rollout.unwrap().phase, Phase::Aborted);
     assert_eq!(again.weights["v2"], 0);
     assert!(again.generation > stored.generation + 1);
@@ -302,7 +275,7 @@ async fn an_abort_decided_by_one_gateway_reaches_the_other() {
 
 #[tokio::test(start_paused = true)]
 async fn a_reload_that_removes_the_canary_aborts_its_rollout() {
-    let control = started(Arc::new(MemStore::default())).await;
+    let control = started(Arc::new(MemoryStore::default())).await;
     let text = "[listener]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
                 [split]\nstable = \"v1\"\n\
                 [[versions]]\nname = \"v1\"\nweight = 100\nendpoints = [\"127.0.0.1:9\"]\n";

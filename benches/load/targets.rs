@@ -1,0 +1,233 @@
+//! Targets under load: direct, canary-gateway, nginx and HAProxy, started
+//! from the config templates.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::client::wait_ready;
+use crate::proc_accounting::process_tree;
+use crate::processes::{Proc, free_port, log_tail, pinned};
+use crate::{ADMIN_TOKEN_ENV, GATEWAY_TEMPLATE, HAPROXY_TEMPLATE, NGINX_TEMPLATE, PROXY_CORE};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    Direct,
+    Gateway,
+    Nginx,
+    Haproxy,
+}
+
+impl Kind {
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "direct" => Kind::Direct,
+            "gateway" | "canary-gateway" => Kind::Gateway,
+            "nginx" => Kind::Nginx,
+            "haproxy" => Kind::Haproxy,
+            other => bail!("LOAD_TARGETS: unknown target {other:?} (direct,gateway,nginx,haproxy)"),
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::Gateway => "gateway",
+            Kind::Nginx => "nginx",
+            Kind::Haproxy => "haproxy",
+        }
+    }
+}
+
+/// A target under load: where wrk points and which processes to account.
+pub struct Target {
+    pub kind: Kind,
+    pub addr: SocketAddr,
+    /// The proxy's root process (None for direct).
+    pub proc: Option<Proc>,
+    pub admin: Option<SocketAddr>,
+    pub log: Option<PathBuf>,
+}
+
+impl Target {
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    /// The root pid and all of its descendants (nginx master + workers).
+    pub fn pids(&self) -> Vec<u32> {
+        match &self.proc {
+            Some(p) => process_tree(p.pid()),
+            None => Vec::new(),
+        }
+    }
+}
+
+pub fn render(template: &str, vars: &[(&str, String)]) -> String {
+    let mut out = template.to_owned();
+    for (k, v) in vars {
+        out = out.replace(&format!("{{{{{k}}}}}"), v);
+    }
+    out
+}
+
+pub struct Env {
+    pub dir: PathBuf,
+    pub taskset: Option<PathBuf>,
+    pub v1_port: u16,
+    pub v2_port: u16,
+    pub token: String,
+}
+
+pub async fn start_gateway(env: &Env) -> Result<Target> {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_canary-gateway"));
+    let port = free_port()?;
+    let admin_port = free_port()?;
+    let config = render(
+        GATEWAY_TEMPLATE,
+        &[
+            ("PORT", port.to_string()),
+            ("ADMIN_PORT", admin_port.to_string()),
+            ("V1_PORT", env.v1_port.to_string()),
+            ("V2_PORT", env.v2_port.to_string()),
+        ],
+    );
+    let conf_path = env.dir.join("gateway.toml");
+    std::fs::write(&conf_path, config)?;
+    let log = env.dir.join("gateway.log");
+    let logf = std::fs::File::create(&log)?;
+    let child = pinned(env.taskset.as_deref(), PROXY_CORE, &exe)
+        .arg("run")
+        .arg("--config")
+        .arg(&conf_path)
+        .env(ADMIN_TOKEN_ENV, &env.token)
+        .env(
+            "RUST_LOG",
+            std::env::var("LOAD_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone()?)
+        .stderr(logf)
+        .spawn()
+        .with_context(|| format!("spawning {}", exe.display()))?;
+    let mut proc = Some(Proc {
+        name: "canary-gateway".into(),
+        child,
+    });
+    let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let ready = async {
+        wait_ready(admin, "/readyz", &mut proc, Duration::from_secs(20)).await?;
+        wait_ready(addr, "/", &mut proc, Duration::from_secs(5)).await
+    };
+    ready.await.with_context(|| {
+        format!(
+            "canary-gateway did not become ready (`{} run --config {}`); log tail:\n{}",
+            exe.display(),
+            conf_path.display(),
+            log_tail(&log)
+        )
+    })?;
+    Ok(Target {
+        kind: Kind::Gateway,
+        addr,
+        proc,
+        admin: Some(admin),
+        log: Some(log),
+    })
+}
+
+pub async fn start_nginx(env: &Env, exe: &Path) -> Result<Target> {
+    let port = free_port()?;
+    let config = render(
+        NGINX_TEMPLATE,
+        &[
+            ("PORT", port.to_string()),
+            ("V1_PORT", env.v1_port.to_string()),
+            ("V2_PORT", env.v2_port.to_string()),
+            ("DIR", env.dir.display().to_string()),
+        ],
+    );
+    let conf_path = env.dir.join("nginx.conf");
+    std::fs::write(&conf_path, config)?;
+    let log = env.dir.join("nginx-error.log");
+    let out = env.dir.join("nginx.out");
+    let outf = std::fs::File::create(&out)?;
+    let child = pinned(env.taskset.as_deref(), PROXY_CORE, exe)
+        .arg("-p")
+        .arg(&env.dir)
+        .arg("-e")
+        .arg(&log)
+        .arg("-c")
+        .arg(&conf_path)
+        .stdin(Stdio::null())
+        .stdout(outf.try_clone()?)
+        .stderr(outf)
+        .spawn()
+        .context("spawning nginx")?;
+    let mut proc = Some(Proc {
+        name: "nginx".into(),
+        child,
+    });
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_ready(addr, "/", &mut proc, Duration::from_secs(10))
+        .await
+        .with_context(|| {
+            format!(
+                "nginx not ready; output:\n{}\n{}",
+                log_tail(&out),
+                log_tail(&log)
+            )
+        })?;
+    Ok(Target {
+        kind: Kind::Nginx,
+        addr,
+        proc,
+        admin: None,
+        log: Some(log),
+    })
+}
+
+pub async fn start_haproxy(env: &Env, exe: &Path) -> Result<Target> {
+    let port = free_port()?;
+    let config = render(
+        HAPROXY_TEMPLATE,
+        &[
+            ("PORT", port.to_string()),
+            ("V1_PORT", env.v1_port.to_string()),
+            ("V2_PORT", env.v2_port.to_string()),
+        ],
+    );
+    let conf_path = env.dir.join("haproxy.cfg");
+    std::fs::write(&conf_path, config)?;
+    let log = env.dir.join("haproxy.out");
+    let logf = std::fs::File::create(&log)?;
+    // -db: foreground, no daemon, no master-worker: one process.
+    let child = pinned(env.taskset.as_deref(), PROXY_CORE, exe)
+        .arg("-db")
+        .arg("-f")
+        .arg(&conf_path)
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone()?)
+        .stderr(logf)
+        .spawn()
+        .context("spawning haproxy")?;
+    let mut proc = Some(Proc {
+        name: "haproxy".into(),
+        child,
+    });
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_ready(addr, "/", &mut proc, Duration::from_secs(10))
+        .await
+        .with_context(|| format!("haproxy not ready; output:\n{}", log_tail(&log)))?;
+    Ok(Target {
+        kind: Kind::Haproxy,
+        addr,
+        proc,
+        admin: None,
+        log: Some(log),
+    })
+}

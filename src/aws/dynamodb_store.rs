@@ -1,0 +1,157 @@
+//! Control path: the weights document in one DynamoDB item, shared by every
+//! task of the gateway service and written with a real compare-and-set.
+//!
+//! Table: one string partition key named `pk` (no sort key); the item of this
+//! gateway service has `pk` = `[store] key`, so one table can serve several
+//! services. Attributes: `doc` (the [`WeightsDoc`] as JSON) and `generation`
+//! (a number, the document's generation).
+//!
+//! * Read: GetItem with `ConsistentRead = true` (a strongly consistent read
+//!   returns every write that succeeded before it).
+//! * Write: PutItem with `ConditionExpression` `attribute_not_exists(pk)` (nothing
+//!   read) or `attribute_not_exists(pk) OR #g = :read_at` (the generation read):
+//!   a concurrent writer fails with `ConditionalCheckFailedException`, which
+//!   becomes [`StoreError::Conflict`] with the current document (read again,
+//!   consistently).
+//! * Throttling (`ProvisionedThroughputExceededException`,
+//!   `ThrottlingException`, `RequestLimitExceeded`) becomes
+//!   [`StoreError::Throttled`]: the poll backs off.
+
+use aws_config::SdkConfig;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+
+use crate::aws::errors;
+use crate::future::BoxFuture;
+use crate::store::{Store, StoreError, WeightsDoc};
+
+/// The partition key attribute.
+pub const PARTITION_KEY: &str = "pk";
+/// The attribute that holds the document's JSON.
+pub const DOC_ATTRIBUTE: &str = "doc";
+/// The attribute that holds the generation (the write's condition).
+pub const GENERATION_ATTRIBUTE: &str = "generation";
+/// The error code of a failed condition.
+const CONDITION_FAILED: &str = "ConditionalCheckFailedException";
+
+/// A [`Store`] in one DynamoDB item.
+#[derive(Debug, Clone)]
+pub struct DynamoDbStore {
+    client: Client,
+    table: String,
+    key: String,
+}
+
+impl DynamoDbStore {
+    /// The item `pk` = `key` of `table`.
+    pub fn new(sdk_config: &SdkConfig, table: impl Into<String>, key: impl Into<String>) -> Self {
+        Self::from_client(Client::new(sdk_config), table, key)
+    }
+
+    /// A store using a client built by the caller.
+    pub fn from_client(client: Client, table: impl Into<String>, key: impl Into<String>) -> Self {
+        DynamoDbStore {
+            client,
+            table: table.into(),
+            key: key.into(),
+        }
+    }
+
+    fn error<E>(&self, operation: &str, err: &SdkError<E, HttpResponse>) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let message = format!(
+            "{operation} {}/{}: {}",
+            self.table,
+            self.key,
+            errors::describe(err)
+        );
+        errors::store_error(err, message, StoreError::DynamoDb)
+    }
+
+    async fn get(&self) -> Result<Option<WeightsDoc>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PARTITION_KEY, AttributeValue::S(self.key.clone()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| self.error("GetItem", &e))?;
+        let Some(item) = out.item() else {
+            return Ok(None);
+        };
+        let json = match item.get(DOC_ATTRIBUTE) {
+            Some(AttributeValue::S(json)) => json,
+            _ => {
+                return Err(StoreError::Invalid(format!(
+                    "DynamoDB item {}/{} has no string attribute `{DOC_ATTRIBUTE}`",
+                    self.table, self.key
+                )));
+            }
+        };
+        serde_json::from_str(json).map(Some).map_err(|e| {
+            StoreError::Invalid(format!("DynamoDB item {}/{}: {e}", self.table, self.key))
+        })
+    }
+
+    async fn put(&self, doc: &WeightsDoc, read_at: Option<u64>) -> Result<(), StoreError> {
+        let json = serde_json::to_string(doc).map_err(|e| {
+            StoreError::Invalid(format!("cannot serialize the weights document: {e}"))
+        })?;
+        let mut put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item(PARTITION_KEY, AttributeValue::S(self.key.clone()))
+            .item(DOC_ATTRIBUTE, AttributeValue::S(json))
+            .item(
+                GENERATION_ATTRIBUTE,
+                AttributeValue::N(doc.generation.to_string()),
+            );
+        put = match read_at {
+            None => put.condition_expression("attribute_not_exists(pk)"),
+            Some(generation) => put
+                .condition_expression("attribute_not_exists(pk) OR #g = :read_at")
+                .expression_attribute_names("#g", GENERATION_ATTRIBUTE)
+                .expression_attribute_values(":read_at", AttributeValue::N(generation.to_string())),
+        };
+        match put.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if errors::error_code(&e) == Some(CONDITION_FAILED) => {
+                let current = self.get().await?;
+                // The SDK retries a PutItem whose answer was lost (a time-out, a
+                // 5xx); when the first attempt was applied, the retry fails its
+                // condition against our own write. That write won: not a conflict.
+                if current.as_ref().is_some_and(|c| c == doc) {
+                    return Ok(());
+                }
+                Err(StoreError::Conflict(current.map(Box::new)))
+            }
+            Err(e) => Err(self.error("PutItem", &e)),
+        }
+    }
+}
+
+impl Store for DynamoDbStore {
+    fn load(&self) -> BoxFuture<'_, Result<Option<WeightsDoc>, StoreError>> {
+        Box::pin(self.get())
+    }
+
+    fn save<'a>(
+        &'a self,
+        doc: &'a WeightsDoc,
+        read_at: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.put(doc, read_at))
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,291 @@
+//! Fleet decisions against a shared `Store` test double: total order,
+//! newer-only apply, lost races, rollback without the store, degraded start.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::{Control, ControlError};
+use crate::config::Config;
+use crate::store::memory::MemoryStore;
+use crate::store::{Store, WeightsDoc};
+
+const CONFIG: &str = "[listener]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+    [split]\nstable = \"v1\"\n\
+    [store]\nkind = \"dynamodb\"\ntable = \"t\"\nkey = \"svc\"\nboot_timeout = \"300ms\"\n\
+    [[versions]]\nname = \"v1\"\nweight = 90\nendpoints = [\"127.0.0.1:1\"]\n\
+    [[versions]]\nname = \"v2\"\nweight = 10\nendpoints = [\"127.0.0.1:2\"]\n";
+
+async fn task(store: &Arc<MemoryStore>) -> Arc<Control> {
+    let config = Config::parse(CONFIG, "test").unwrap();
+    Control::start(config, store.clone() as Arc<dyn Store>, "dynamodb")
+        .await
+        .unwrap()
+}
+
+fn w(v1: u32, v2: u32) -> BTreeMap<String, u32> {
+    BTreeMap::from([("v1".to_string(), v1), ("v2".to_string(), v2)])
+}
+
+fn doc(generation: u64, writer: &str, v2: u32) -> WeightsDoc {
+    WeightsDoc {
+        stable: "v1".into(),
+        weights: w(100 - v2, v2),
+        generation,
+        updated_at_ms: 1_000 + generation,
+        source: "admin".into(),
+        writer: writer.into(),
+        config_weights: None,
+        rollout: None,
+    }
+}
+
+#[test]
+fn decisions_are_ordered_by_generation_then_writer_then_time() {
+    assert!(doc(2, "a", 0).is_newer_than(&doc(1, "z", 0)));
+    assert!(doc(2, "b", 0).is_newer_than(&doc(2, "a", 0)));
+    let mut later = doc(2, "a", 0);
+    later.updated_at_ms += 1;
+    assert!(later.is_newer_than(&doc(2, "a", 0)));
+    assert!(!doc(2, "a", 0).is_newer_than(&doc(2, "a", 0)));
+    assert!(!doc(1, "z", 0).is_newer_than(&doc(2, "a", 0)));
+}
+
+#[tokio::test]
+async fn an_older_document_from_the_store_is_ignored() {
+    let store = Arc::new(MemoryStore::default());
+    let control = task(&store).await;
+    *store.doc.lock().unwrap() = Some(doc(5, "other", 30));
+    control.sync_from_store().await.unwrap();
+    assert_eq!(control.weights().generation, 5);
+    assert_eq!(control.weights().weights, w(70, 30));
+
+    // A stale read (an older generation) never reverts the decision in force.
+    *store.stale.lock().unwrap() = Some(doc(4, "other", 10));
+    control.sync_from_store().await.unwrap();
+    assert_eq!(control.weights().weights, w(70, 30));
+    assert_eq!(control.weights().generation, 5);
+    // Nor does one of the same generation that sorts before it.
+    *store.stale.lock().unwrap() = Some(doc(5, "aaa", 10));
+    control.sync_from_store().await.unwrap();
+    assert_eq!(control.weights().weights, w(70, 30));
+    // One that sorts after it (same generation, a later writer id) applies.
+    *store.stale.lock().unwrap() = Some(doc(5, "zzz", 20));
+    control.sync_from_store().await.unwrap();
+    assert_eq!(control.weights().weights, w(80, 20));
+}
+
+#[tokio::test]
+async fn two_tasks_deciding_from_the_same_generation_one_gets_a_conflict() {
+    let store = Arc::new(MemoryStore::default());
+    let a = task(&store).await;
+    let b = task(&store).await;
+    let won = a.set_weights(w(75, 25), "admin").await.unwrap();
+    assert_eq!(won.generation, 1);
+    // b has not seen a's decision: its change is refused, and it now runs a's.
+    match b.set_weights(w(50, 50), "admin").await {
+        Err(ControlError::Conflict(current)) => {
+            assert_eq!(current.generation, 1);
+            assert_eq!(current.weights, w(75, 25));
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(b.weights().weights, w(75, 25));
+    assert_eq!(store.stored().unwrap().weights, w(75, 25));
+    // The retry, made from the current decision, wins.
+    let retried = b.set_weights(w(50, 50), "admin").await.unwrap();
+    assert_eq!(retried.generation, 2);
+    assert_eq!(store.stored().unwrap().weights, w(50, 50));
+    assert_eq!(store.stored().unwrap().writer, b.writer());
+}
+
+#[tokio::test]
+async fn a_write_that_loses_the_race_after_reading_is_a_conflict() {
+    let store = Arc::new(MemoryStore::default());
+    let a = task(&store).await;
+    // Another writer slips in between this task's read and its write: the
+    // double's conditional write refuses it (like DynamoDB's).
+    *store.doc.lock().unwrap() = Some(doc(3, "other", 40));
+    *store.stale.lock().unwrap() = Some(doc(0, "other", 40));
+    let result = a.set_weights(w(99, 1), "admin").await;
+    assert!(
+        matches!(result, Err(ControlError::Conflict(_))),
+        "{result:?}"
+    );
+    assert_eq!(store.stored().unwrap().generation, 3);
+    assert_eq!(store.saves.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_poll_in_flight_never_delays_a_rollback() {
+    let store = Arc::new(MemoryStore::default());
+    let control = task(&store).await;
+    control.set_weights(w(50, 50), "admin").await.unwrap();
+    store.stall_next_load.store(true, Ordering::SeqCst);
+    let poll = {
+        let control = control.clone();
+        tokio::spawn(async move { control.sync_from_store().await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!poll.is_finished(), "the poll is stalled in its store call");
+    let view = tokio::time::timeout(Duration::from_secs(2), control.rollback("admin"))
+        .await
+        .expect("the rollback waited for the stalled poll")
+        .unwrap();
+    assert_eq!(view.weights, w(100, 0));
+    assert_eq!(store.stored().unwrap().weights, w(100, 0));
+    store.release.notify_one();
+    poll.await.unwrap().unwrap();
+    assert_eq!(control.weights().weights, w(100, 0));
+}
+
+#[tokio::test]
+async fn a_rollback_applies_while_the_store_is_down_and_lands_when_it_returns() {
+    let store = Arc::new(MemoryStore::default());
+    let control = task(&store).await;
+    control.set_weights(w(50, 50), "admin").await.unwrap();
+    store.set_down(true);
+
+    // Other changes need the store.
+    let refused = control.set_weights(w(60, 40), "admin").await;
+    assert!(
+        matches!(refused, Err(ControlError::StoreLoad(_))),
+        "{refused:?}"
+    );
+    let message = refused.unwrap_err().short();
+    assert!(!message.contains("connection refused"), "{message}");
+
+    let view = control.rollback("admin").await.unwrap();
+    assert_eq!(view.weights, w(100, 0));
+    assert_eq!(control.weights().weights, w(100, 0));
+    let status = control.status();
+    assert!(status.store.rollback_pending);
+    assert!(
+        status
+            .warnings
+            .iter()
+            .any(|w| w.contains("rollback pending in the store")),
+        "{:?}",
+        status.warnings
+    );
+    // A poll while the store is down changes nothing and keeps it pending.
+    assert!(control.sync_from_store().await.is_err());
+    assert!(control.status().store.rollback_pending);
+
+    // Meanwhile another task wrote a newer decision; the rollback still lands on top.
+    *store.doc.lock().unwrap() = Some(doc(7, "other", 35));
+    store.set_down(false);
+    control.sync_from_store().await.unwrap();
+    let stored = store.stored().unwrap();
+    assert_eq!(stored.weights, w(100, 0));
+    assert_eq!(stored.generation, 8);
+    assert_eq!(stored.writer, control.writer());
+    assert!(!control.status().store.rollback_pending);
+    assert_eq!(control.weights().generation, 8);
+}
+
+#[tokio::test]
+async fn a_rollback_after_a_newer_decision_rolls_back_from_it() {
+    let store = Arc::new(MemoryStore::default());
+    let a = task(&store).await;
+    let b = task(&store).await;
+    a.set_weights(w(50, 50), "admin").await.unwrap();
+    a.promote("v2", "admin").await.unwrap();
+    // b never polled: its rollback is re-based on a's promotion (stable v2).
+    let view = b.rollback("rollout").await.unwrap();
+    assert_eq!(view.stable, "v2");
+    assert_eq!(view.weights, w(0, 100));
+    assert_eq!(store.stored().unwrap().generation, 3);
+}
+
+#[tokio::test]
+async fn a_task_starts_degraded_without_the_store_and_converges() {
+    let store = Arc::new(MemoryStore::default());
+    *store.doc.lock().unwrap() = Some(doc(4, "other", 20));
+    store.set_down(true);
+    let control = task(&store).await;
+    let status = control.status();
+    assert!(status.store.degraded, "{status:?}");
+    assert_eq!(control.weights().weights, w(90, 10), "the config's weights");
+    assert!(status.warnings.iter().any(|w| w.contains("degraded")));
+
+    store.set_down(false);
+    control.sync_from_store().await.unwrap();
+    assert!(!control.status().store.degraded);
+    assert_eq!(control.weights().weights, w(80, 20));
+    assert_eq!(control.weights().generation, 4);
+}
+
+#[tokio::test]
+async fn the_store_poll_backs_off_while_throttled_only() {
+    let store = Arc::new(MemoryStore::default());
+    let control = task(&store).await;
+    let poll = Duration::from_millis(20);
+    let upkeep = tokio::spawn(super::keep_store(control.clone(), Some(poll)));
+    let loads_during = async |window: Duration| {
+        let before = store.loads.load(Ordering::SeqCst);
+        tokio::time::sleep(window).await;
+        store.loads.load(Ordering::SeqCst) - before
+    };
+    // Throttled for a second: 20, 40, 80, ... ms apart (about 6 loads, not 50).
+    store.throttled.store(true, Ordering::SeqCst);
+    let throttled = loads_during(Duration::from_secs(1)).await;
+    // Down but not throttling: the poll keeps its pace (about 50 loads).
+    store.throttled.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    store.set_down(true);
+    let down = loads_during(Duration::from_secs(1)).await;
+    upkeep.abort();
+    assert!(throttled <= 10, "{throttled} loads while throttled");
+    assert!(down >= 20, "{down} loads while down");
+}
+
+const CLOUDMAP_CONFIG: &str = "[listener]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+    [split]\nstable = \"v1\"\n[discovery]\nstale_after = \"100ms\"\n\
+    [[versions]]\nname = \"v1\"\nweight = 90\nendpoints = [\"127.0.0.1:1\"]\n\
+    [[versions]]\nname = \"v2\"\nweight = 10\ncloudmap = { namespace = \"ns\", service = \"v2\" }\n";
+
+#[tokio::test]
+async fn readiness_waits_for_the_first_discovery_and_old_endpoints_go_stale() {
+    use crate::discovery::{DiscoveryError, EndpointSink};
+
+    let config = Config::parse(CLOUDMAP_CONFIG, "test").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(crate::store::file::FileStore::new(
+        dir.path().join("s.json"),
+    ));
+    let control = Control::start(config, store, "file").await.unwrap();
+    control.set_listening();
+    let why = control.readiness().unwrap_err();
+    assert!(why.contains("`v2` (cloudmap:ns/v2)"), "{why}");
+
+    control.endpoints_discovered("v2", vec!["127.0.0.1:2".parse().unwrap()]);
+    control.readiness().unwrap();
+    control.discovery_failed("v2", &DiscoveryError::Aws("unreachable".into()));
+    // Failing, but for less than stale_after since the last success.
+    let v2 =
+        |s: &super::status::Status| s.versions.iter().find(|v| v.name == "v2").cloned().unwrap();
+    assert!(!v2(&control.status()).discovery.stale);
+    std::thread::sleep(Duration::from_millis(150));
+    let status = control.status();
+    assert!(v2(&status).discovery.stale, "{status:?}");
+    assert_eq!(
+        v2(&status).endpoints.len(),
+        1,
+        "the last endpoints stay in use"
+    );
+    assert!(
+        status
+            .warnings
+            .iter()
+            .any(|w| w.contains("`v2`") && w.contains("stale")),
+        "{:?}",
+        status.warnings
+    );
+    // Still ready: stale endpoints are served, and reported.
+    control.readiness().unwrap();
+    // A success clears it.
+    control.endpoints_confirmed("v2");
+    assert!(!v2(&control.status()).discovery.stale);
+}

@@ -1,0 +1,90 @@
+//! A shared [`Store`] test double in memory, for unit tests of the control
+//! path: a conditional write like DynamoDB's, an outage switch, and a way to
+//! make the next loads answer a given (e.g. older) document.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use super::{Store, StoreError, WeightsDoc};
+use crate::future::BoxFuture;
+
+/// The double's state.
+#[derive(Default)]
+pub struct MemoryStore {
+    /// The stored document.
+    pub doc: Mutex<Option<WeightsDoc>>,
+    /// When set, every call fails (the store is down).
+    pub down: AtomicBool,
+    /// When set, loads answer this instead of the stored document (a stale read).
+    pub stale: Mutex<Option<WeightsDoc>>,
+    /// Successful saves.
+    pub saves: AtomicUsize,
+    /// When set, the next load waits for [`MemoryStore::release`] (a slow AWS call).
+    pub stall_next_load: AtomicBool,
+    /// Releases a stalled load.
+    pub release: tokio::sync::Notify,
+    /// When set, every call is throttled.
+    pub throttled: AtomicBool,
+    /// Loads asked for.
+    pub loads: AtomicUsize,
+}
+
+impl MemoryStore {
+    /// The stored document.
+    pub fn stored(&self) -> Option<WeightsDoc> {
+        self.doc.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Takes the store down or brings it back.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    fn check_up(&self) -> Result<(), StoreError> {
+        if self.throttled.load(Ordering::SeqCst) {
+            return Err(StoreError::Throttled("ThrottlingException (test)".into()));
+        }
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::DynamoDb("connection refused (test)".into()));
+        }
+        Ok(())
+    }
+}
+
+impl Store for MemoryStore {
+    fn load(&self) -> BoxFuture<'_, Result<Option<WeightsDoc>, StoreError>> {
+        Box::pin(async move {
+            self.loads.fetch_add(1, Ordering::SeqCst);
+            if self.stall_next_load.swap(false, Ordering::SeqCst) {
+                self.release.notified().await;
+            }
+            self.check_up()?;
+            if let Some(stale) = self.stale.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+                return Ok(Some(stale));
+            }
+            Ok(self.stored())
+        })
+    }
+
+    fn save<'a>(
+        &'a self,
+        doc: &'a WeightsDoc,
+        read_at: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.check_up()?;
+            let mut slot = self.doc.lock().unwrap_or_else(|e| e.into_inner());
+            let current = slot.as_ref().map(|d| d.generation);
+            if current.is_some() && current != read_at {
+                return Err(StoreError::Conflict(slot.clone().map(Box::new)));
+            }
+            *slot = Some(doc.clone());
+            self.saves.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+}

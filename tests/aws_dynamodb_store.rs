@@ -1,0 +1,542 @@
+//! The DynamoDB fleet store against moto: the conditional write (two writers
+//! racing, exactly one wins), and gateway processes sharing one table: three
+//! tasks converging on a change made on each, a lost race answered 409, a
+//! start while the store is down, a rollback while the store is down.
+
+#[path = "support/dynamodb_fixture.rs"]
+mod dynamodb_fixture;
+#[path = "support/fault_proxy.rs"]
+mod fault_proxy;
+#[path = "support/gateway_proc.rs"]
+mod gateway_proc;
+#[path = "support/mesh_fixture.rs"]
+mod mesh_fixture;
+#[path = "support/moto.rs"]
+mod moto;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use canary_gateway::aws::dynamodb_store::DynamoDbStore;
+use canary_gateway::store::{Store, StoreError, WeightsDoc};
+use fault_proxy::FaultProxy;
+use gateway_proc::{
+    GatewayProc, TOKEN_ENV, TaggedUpstream, admin, endpoints_line, eventually, gateway_config,
+    metric_sum, weights_of,
+};
+use moto::MotoServer;
+use serde_json::Value;
+
+const TABLE: &str = "canary-gateway";
+const KEY: &str = "svc1";
+/// Bound of every wait for something the gateways do in the background.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// moto with the table, and a store on it.
+async fn table(moto: &MotoServer) -> DynamoDbStore {
+    let client = aws_sdk_dynamodb::Client::new(&moto.sdk_config().await);
+    dynamodb_fixture::create_table(&client, TABLE).await;
+    DynamoDbStore::from_client(client, TABLE, KEY)
+}
+
+fn doc(generation: u64, writer: &str, v2: u32) -> WeightsDoc {
+    WeightsDoc {
+        stable: "v1".into(),
+        weights: BTreeMap::from([("v1".to_string(), 100 - v2), ("v2".to_string(), v2)]),
+        generation,
+        updated_at_ms: 1_760_000_000_000 + generation,
+        source: "admin".into(),
+        writer: writer.into(),
+        config_weights: None,
+        rollout: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_writes_let_exactly_one_of_two_racing_writers_win() {
+    let moto = MotoServer::start();
+    let store = Arc::new(table(&moto).await);
+    assert_eq!(store.load().await.unwrap(), None);
+    store.save(&doc(1, "a", 10), None).await.unwrap();
+
+    // Ten rounds: two writers both read generation g and write g + 1.
+    for round in 0..10u64 {
+        let read_at = store.load().await.unwrap().unwrap().generation;
+        let (a, b) = (store.clone(), store.clone());
+        let next_a = doc(read_at + 1, "a", round as u32);
+        let next_b = doc(read_at + 1, "b", 50 + round as u32);
+        let (ra, rb) = tokio::join!(
+            tokio::spawn(async move { a.save(&next_a, Some(read_at)).await }),
+            tokio::spawn(async move { b.save(&next_b, Some(read_at)).await }),
+        );
+        let results = [ra.unwrap(), rb.unwrap()];
+        let won: Vec<_> = results.iter().filter(|r| r.is_ok()).collect();
+        assert_eq!(won.len(), 1, "round {round}: {results:?}");
+        let stored = store.load().await.unwrap().unwrap();
+        assert_eq!(stored.generation, read_at + 1);
+        let lost = results.iter().find(|r| r.is_err()).unwrap();
+        match lost {
+            // The loser is told what won.
+            Err(StoreError::Conflict(Some(current))) => assert_eq!(**current, stored),
+            other => panic!("round {round}: the loser got {other:?}"),
+        }
+    }
+    // Nothing stored and a writer that read nothing: the first write wins, a
+    // second "first" write conflicts.
+    let other = DynamoDbStore::from_client(
+        aws_sdk_dynamodb::Client::new(&moto.sdk_config().await),
+        TABLE,
+        "svc2",
+    );
+    other.save(&doc(1, "a", 1), None).await.unwrap();
+    assert!(matches!(
+        other.save(&doc(1, "b", 2), None).await,
+        Err(StoreError::Conflict(Some(_)))
+    ));
+    // The other service's item is separate.
+    assert_eq!(store.load().await.unwrap().unwrap().generation, 11);
+}
+
+/// The SDK retries a PutItem whose answer was lost; when the first attempt was
+/// applied, the retry's condition fails against the writer's own document.
+/// That write won: the writer is told so, not handed a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_write_that_already_landed_is_not_a_conflict() {
+    let moto = MotoServer::start();
+    let store = table(&moto).await;
+    let first = doc(1, "a", 10);
+    store.save(&first, None).await.unwrap();
+    // The same write again, as a retry sends it: same document, same condition.
+    store.save(&first, None).await.unwrap();
+    let next = doc(2, "a", 20);
+    store.save(&next, Some(1)).await.unwrap();
+    store.save(&next, Some(1)).await.unwrap();
+    // Another writer's document of the same generation is still a conflict.
+    assert!(matches!(
+        store.save(&doc(2, "b", 30), Some(1)).await,
+        Err(StoreError::Conflict(Some(current))) if *current == next
+    ));
+}
+
+/// DynamoDB's throttling answers (after the SDK's own retries) are
+/// StoreError::Throttled, which makes the poll back off; other errors are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_answers_are_told_apart() {
+    let moto = MotoServer::start();
+    table(&moto).await;
+    let upstream = format!("127.0.0.1:{}", moto.port()).parse().unwrap();
+    for (code, throttled) in [
+        ("ProvisionedThroughputExceededException", true),
+        ("ThrottlingException", true),
+        ("RequestLimitExceeded", true),
+        ("ValidationException", false),
+    ] {
+        let fault = fault_proxy::Fault {
+            status: 400,
+            error_type: code,
+            message: "injected",
+        };
+        let proxy = FaultProxy::start(upstream, http::Method::POST, "/", fault, usize::MAX).await;
+        let sdk = moto::sdk_config_at(&proxy.endpoint_url()).await;
+        let store = DynamoDbStore::new(&sdk, TABLE, KEY);
+        let err = store.load().await.unwrap_err();
+        assert_eq!(err.is_throttled(), throttled, "{code}: {err}");
+        assert!(err.to_string().contains(code), "{err}");
+    }
+}
+
+// ------------------------------------------------------------- gateways ----
+
+/// moto with the table, a store on it, and two upstreams v1 and v2.
+struct Fixture {
+    moto: MotoServer,
+    store: DynamoDbStore,
+    v1: TaggedUpstream,
+    v2: TaggedUpstream,
+}
+
+impl Fixture {
+    async fn start() -> Fixture {
+        let moto = MotoServer::start();
+        let store = table(&moto).await;
+        Fixture {
+            moto,
+            store,
+            v1: TaggedUpstream::start("v1").await,
+            v2: TaggedUpstream::start("v2").await,
+        }
+    }
+
+    /// `n` ready gateways on the store, reaching AWS at `aws_url` (moto itself
+    /// when `None`), with `extra` appended to their `[store]` table.
+    async fn fleet(&self, n: usize, aws_url: Option<&str>, extra: &str) -> Vec<GatewayProc> {
+        let url = aws_url.map_or_else(|| self.moto.endpoint_url(), str::to_string);
+        let text = config(&url, &self.v1, &self.v2, extra);
+        let mut fleet = Vec::with_capacity(n);
+        for _ in 0..n {
+            fleet.push(GatewayProc::spawn(&text).await);
+        }
+        for gw in &fleet {
+            gw.wait_ready(WAIT).await;
+        }
+        fleet
+    }
+}
+
+/// A gateway config with a DynamoDB store at `aws_url`; v1/v2 static.
+fn config(aws_url: &str, v1: &TaggedUpstream, v2: &TaggedUpstream, extra_store: &str) -> String {
+    let mut text = gateway_config(
+        &format!("token_env = \"{TOKEN_ENV}\"\n"),
+        &format!("\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{aws_url}\""),
+        &[
+            ("v1", 90, endpoints_line(&[v1.addr])),
+            ("v2", 10, endpoints_line(&[v2.addr])),
+        ],
+    );
+    text.push_str(&format!(
+        "\n[store]\nkind = \"dynamodb\"\ntable = \"{TABLE}\"\nkey = \"{KEY}\"\n{extra_store}"
+    ));
+    text
+}
+
+fn w(v1: u64, v2: u64) -> BTreeMap<String, u64> {
+    BTreeMap::from([("v1".to_string(), v1), ("v2".to_string(), v2)])
+}
+
+/// `PUT /weights` like a pipeline: a 409 (another task decided first) is retried.
+async fn put_retrying(gw: &GatewayProc, v1: u32, v2: u32) -> Value {
+    for _ in 0..20 {
+        let reply = gw.put_weights(&[("v1", v1), ("v2", v2)]).await;
+        match reply.status.as_u16() {
+            200 => return reply.json(),
+            409 => {
+                let body = reply.json();
+                assert!(body["current"]["generation"].is_u64(), "{body}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => panic!("PUT /weights answered {other}: {}", reply.text()),
+        }
+    }
+    panic!("PUT /weights kept conflicting");
+}
+
+/// Waits until every gateway runs `want` at `generation`.
+async fn converged(fleet: &[GatewayProc], want: &BTreeMap<String, u64>, generation: u64) {
+    let mut views = Vec::new();
+    let ok = eventually(WAIT, async || {
+        views.clear();
+        for gw in fleet {
+            views.push(gw.weights().await);
+        }
+        views
+            .iter()
+            .all(|v| weights_of(v) == *want && v["generation"] == generation)
+    })
+    .await;
+    assert!(
+        ok,
+        "the fleet never agreed on generation {generation}: {views:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_gateways_converge_on_a_change_made_on_each() {
+    let moto = MotoServer::start();
+    let store = table(&moto).await;
+    let v1 = TaggedUpstream::start("v1").await;
+    let v2 = TaggedUpstream::start("v2").await;
+    let text = config(
+        &moto.endpoint_url(),
+        &v1,
+        &v2,
+        "poll_interval = \"300ms\"\n",
+    );
+    let fleet = [
+        GatewayProc::spawn(&text).await,
+        GatewayProc::spawn(&text).await,
+        GatewayProc::spawn(&text).await,
+    ];
+    for gw in &fleet {
+        gw.wait_ready(WAIT).await;
+        assert_eq!(gw.status().await["store"]["kind"], "dynamodb");
+    }
+    for (i, canary) in [(0, 20u32), (1, 35), (2, 5)] {
+        let decided = put_retrying(&fleet[i], 100 - canary, canary).await;
+        let generation = decided["generation"].as_u64().unwrap();
+        let want = w(u64::from(100 - canary), u64::from(canary));
+        converged(&fleet, &want, generation).await;
+        let stored = store.load().await.unwrap().unwrap();
+        assert_eq!(stored.generation, generation);
+        assert_eq!(stored.weights["v2"], canary);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_gateways_changing_at_once_exactly_one_wins_and_the_other_gets_409() {
+    let fx = Fixture::start().await;
+    let store = &fx.store;
+    // A long poll interval: neither task learns of the other's change by polling.
+    let fleet = fx.fleet(2, None, "poll_interval = \"1h\"\n").await;
+    let (a, b) = (&fleet[0], &fleet[1]);
+    let (ra, rb) = tokio::join!(
+        a.put_weights(&[("v1", 70), ("v2", 30)]),
+        b.put_weights(&[("v1", 40), ("v2", 60)])
+    );
+    let mut statuses = [ra.status, rb.status];
+    statuses.sort();
+    assert_eq!(statuses, [200, 409], "{} / {}", ra.text(), rb.text());
+    let (winner, loser) = if ra.status == 200 { (ra, rb) } else { (rb, ra) };
+    let won = winner.json();
+    let lost = loser.json();
+    let stored = store.load().await.unwrap().unwrap();
+    assert_eq!(stored.generation, 1);
+    assert_eq!(
+        weights_of(&won),
+        stored
+            .weights
+            .iter()
+            .map(|(k, v)| (k.clone(), u64::from(*v)))
+            .collect()
+    );
+    // The 409 carries the current decision, which the losing task now runs.
+    assert_eq!(lost["current"]["generation"], 1, "{lost}");
+    assert_eq!(weights_of(&lost["current"]), weights_of(&won));
+    assert!(
+        lost["error"]
+            .as_str()
+            .unwrap()
+            .contains("another gateway task"),
+        "{lost}"
+    );
+    for gw in [a, b] {
+        assert_eq!(weights_of(&gw.weights().await), weights_of(&won));
+    }
+}
+
+/// A proxy in front of moto that fails every DynamoDB call while "down".
+async fn store_switch(moto: &MotoServer) -> FaultProxy {
+    let upstream = format!("127.0.0.1:{}", moto.port()).parse().unwrap();
+    FaultProxy::outage(upstream, usize::MAX).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_starts_while_the_store_is_down_and_converges_when_it_returns() {
+    let fx = Fixture::start().await;
+    fx.store
+        .save(&doc(4, "earlier-task", 25), None)
+        .await
+        .unwrap();
+    let down = store_switch(&fx.moto).await;
+    let fleet = fx
+        .fleet(
+            1,
+            Some(&down.endpoint_url()),
+            "poll_interval = \"300ms\"\nboot_timeout = \"1s\"\n",
+        )
+        .await;
+    let gw = &fleet[0];
+    // The config file's weights, marked degraded.
+    assert_eq!(weights_of(&gw.weights().await), w(90, 10));
+    let status = gw.status().await;
+    assert_eq!(status["store"]["degraded"], true, "{status:#}");
+    assert!(
+        status["warnings"].to_string().contains("degraded"),
+        "{status:#}"
+    );
+    assert_eq!(
+        metric_sum(&gw.metrics().await, "canary_store_degraded"),
+        1.0
+    );
+    let counts = gateway_proc::split_counts(gw.addr, 100).await;
+    assert_eq!(counts.values().sum::<usize>(), 100);
+
+    down.set_faults(0);
+    let ok = eventually(WAIT, async || {
+        let view = gw.weights().await;
+        weights_of(&view) == w(75, 25) && view["generation"] == 4
+    })
+    .await;
+    assert!(
+        ok,
+        "never converged: {:#}\n{}",
+        gw.status().await,
+        gw.log_text()
+    );
+    assert_eq!(gw.status().await["store"]["degraded"], false);
+    assert_eq!(
+        metric_sum(&gw.metrics().await, "canary_store_degraded"),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_while_the_store_is_down_applies_at_once_and_lands_when_it_returns() {
+    let fx = Fixture::start().await;
+    let store = &fx.store;
+    let switch = store_switch(&fx.moto).await;
+    switch.set_faults(0);
+    let fleet = fx
+        .fleet(
+            1,
+            Some(&switch.endpoint_url()),
+            "poll_interval = \"300ms\"\n",
+        )
+        .await;
+    let gw = &fleet[0];
+    let reply = gw.put_weights(&[("v1", 50), ("v2", 50)]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+
+    switch.set_faults(usize::MAX);
+    // Other changes need the store: 503 with a short error, not the SDK's text.
+    let refused = gw.put_weights(&[("v1", 60), ("v2", 40)]).await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    let message = refused.json()["error"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("store") && !message.contains("injected"),
+        "{message}"
+    );
+
+    let rolled = admin(gw.admin, "POST", "/rollback", "").await;
+    assert_eq!(rolled.status, 200, "{}", rolled.text());
+    assert_eq!(weights_of(&rolled.json()), w(100, 0));
+    let counts = gateway_proc::split_counts(gw.addr, 50).await;
+    assert_eq!(counts.get("v1"), Some(&50), "{counts:?}");
+    let status = gw.status().await;
+    assert_eq!(status["store"]["rollback_pending"], true, "{status:#}");
+    assert!(
+        status["warnings"]
+            .to_string()
+            .contains("rollback pending in the store"),
+        "{status:#}"
+    );
+    let metrics = gw.metrics().await;
+    assert_eq!(metric_sum(&metrics, "canary_store_rollback_pending"), 1.0);
+    assert_eq!(
+        metric_sum(&metrics, "canary_store_rollbacks_deferred_total"),
+        1.0
+    );
+    assert_eq!(store.load().await.unwrap().unwrap().weights["v2"], 50);
+
+    switch.set_faults(0);
+    let ok = eventually(WAIT, async || {
+        store
+            .load()
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|d| d.weights["v2"] == 0)
+    })
+    .await;
+    assert!(
+        ok,
+        "the rollback never reached the store:\n{}",
+        gw.log_text()
+    );
+    let ok = eventually(WAIT, async || {
+        gw.status().await["store"]["rollback_pending"] == false
+    })
+    .await;
+    assert!(ok, "{:#}", gw.status().await);
+    let stored = store.load().await.unwrap().unwrap();
+    assert_eq!(gw.weights().await["generation"], stored.generation);
+    assert_eq!(weights_of(&gw.weights().await), w(100, 0));
+}
+
+// -------------------------------------------------------------- app mesh ----
+
+/// Two gateways on one store, mirroring to one App Mesh route: only the task
+/// whose write won syncs (the other adopts the decision but leaves the route
+/// alone), /status shows the synced generation, and the periodic reconcile
+/// repairs a route changed behind the gateway's back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_writer_syncs_the_route_and_the_reconcile_repairs_drift() {
+    use canary_gateway::aws::appmesh::{RouteSync, RouteSyncConfig};
+    use mesh_fixture::{MESH, ROUTE, ROUTER};
+
+    let fx = Fixture::start().await;
+    let sdk = fx.moto.sdk_config().await;
+    let mesh = aws_sdk_appmesh::Client::new(&sdk);
+    mesh_fixture::create_mesh(&mesh, &["web-v1", "web-v2"], &[("web-v1", 100)]).await;
+    let fleet = fx
+        .fleet(
+            2,
+            None,
+            &format!(
+            "poll_interval = \"300ms\"\n\n[appmesh]\nmesh = \"{MESH}\"\nvirtual_router = \"{ROUTER}\"\n\
+             route = \"{ROUTE}\"\nvirtual_nodes = {{ v1 = \"web-v1\", v2 = \"web-v2\" }}\n\
+             reconcile_interval = \"1s\"\n"
+            ),
+        )
+        .await;
+    let (a, b) = (&fleet[0], &fleet[1]);
+    let decided = put_retrying(a, 70, 30).await;
+    let generation = decided["generation"].as_u64().unwrap();
+    converged(&fleet, &w(70, 30), generation).await;
+
+    let route = async || -> BTreeMap<String, i32> {
+        mesh_fixture::route_weights(&mesh)
+            .await
+            .into_iter()
+            .collect()
+    };
+    let want = BTreeMap::from([("web-v1".to_string(), 70), ("web-v2".to_string(), 30)]);
+    let mut last = BTreeMap::new();
+    let ok = eventually(WAIT, async || {
+        last = route().await;
+        last == want && a.status().await["appmesh"]["synced_generation"] == generation
+    })
+    .await;
+    assert!(
+        ok,
+        "never synced: {last:?} {:#}\n{}",
+        a.status().await,
+        a.log_text()
+    );
+    let status = a.status().await;
+    assert_eq!(status["appmesh"]["last_error"], Value::Null, "{status:#}");
+    assert_eq!(
+        metric_sum(&a.metrics().await, "canary_appmesh_synced_generation"),
+        generation as f64
+    );
+    // b runs the decision but did not write it: it never synced it.
+    let status = b.status().await;
+    assert_eq!(status["weights"]["generation"], generation);
+    assert_ne!(
+        status["appmesh"]["synced_generation"], generation,
+        "{status:#}"
+    );
+
+    // Someone changes the route behind the gateway's back: the writer's
+    // reconcile puts the decision back.
+    let drift = RouteSync::new(
+        &sdk,
+        RouteSyncConfig {
+            mesh: MESH.into(),
+            virtual_router: ROUTER.into(),
+            route: ROUTE.into(),
+            virtual_nodes: BTreeMap::from([
+                ("v1".to_string(), "web-v1".to_string()),
+                ("v2".to_string(), "web-v2".to_string()),
+            ]),
+        },
+    );
+    drift
+        .sync(&BTreeMap::from([
+            ("v1".to_string(), 100),
+            ("v2".to_string(), 0),
+        ]))
+        .await
+        .unwrap();
+    assert_ne!(route().await, want);
+    let ok = eventually(WAIT, async || {
+        last = route().await;
+        last == want
+    })
+    .await;
+    assert!(
+        ok,
+        "the drift was never repaired: {last:?}\n{}",
+        a.log_text()
+    );
+}

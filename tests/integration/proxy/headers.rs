@@ -1,0 +1,141 @@
+//! Header rewriting: hop-by-hop fields removed, forwarding fields set, method, path and query kept.
+
+use bytes::Bytes;
+use http::Request;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{header_lines, header_of};
+use crate::support::*;
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
+    let v1 = Upstream::start("v1").await;
+    let gw = Gateway::start(&config("", &[("v1", 1, v1.addr)])).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let request = "GET /headers?a=1&b=two HTTP/1.1\r\n\
+        Host: example.test\r\n\
+        Connection: keep-alive, X-Secret\r\n\
+        X-Secret: hidden\r\n\
+        Keep-Alive: timeout=5\r\n\
+        TE: gzip\r\n\
+        Trailer: x-foo\r\n\
+        Upgrade: h2c\r\n\
+        Proxy-Authorization: Basic Zm9vOmJhcg==\r\n\
+        Proxy-Connection: keep-alive\r\n\
+        X-Kept: yes\r\n\
+        Accept: text/plain\r\n\
+        X-Forwarded-For: 1.2.3.4\r\n\
+        \r\n";
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let head = read_head(&mut stream, &mut buf).await.unwrap();
+    assert_eq!(raw_status(head.as_bytes()), Some(200), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(|v| v.parse().unwrap())
+        })
+        .expect("a content-length");
+    while buf.len() < length {
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0);
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8(buf).unwrap();
+    let lines = header_lines(&text);
+    assert_eq!(header_of(&lines, "uri"), ["/headers?a=1&b=two"], "{text}");
+    for gone in [
+        "connection",
+        "x-secret",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-connection",
+        "transfer-encoding",
+    ] {
+        assert!(
+            header_of(&lines, gone).is_empty(),
+            "{gone} reached the upstream:\n{text}"
+        );
+    }
+    assert_eq!(header_of(&lines, "host"), ["example.test"]);
+    assert_eq!(header_of(&lines, "x-kept"), ["yes"]);
+    assert_eq!(header_of(&lines, "accept"), ["text/plain"]);
+    assert_eq!(header_of(&lines, "x-forwarded-for"), ["1.2.3.4, 127.0.0.1"]);
+    assert_eq!(header_of(&lines, "x-forwarded-proto"), ["http"]);
+    let port = gw.addr.port().to_string();
+    assert_eq!(header_of(&lines, "x-forwarded-port"), [port.as_str()]);
+    let id = header_of(&lines, "x-request-id");
+    assert_eq!(id.len(), 1, "{text}");
+    assert_eq!(id[0].len(), 36, "not a UUID: {}", id[0]);
+
+    // A client id passes through unchanged; no X-Forwarded-For: just the peer.
+    let reply = get(gw.addr, "/headers", &[("x-request-id", "abc-123")]).await;
+    let lines = header_lines(&reply.text());
+    assert_eq!(header_of(&lines, "x-request-id"), ["abc-123"]);
+    assert_eq!(header_of(&lines, "x-forwarded-for"), ["127.0.0.1"]);
+
+    // `TE: trailers` is hop-by-hop but re-sent: the client can take trailers.
+    let reply = get(gw.addr, "/headers", &[("te", "trailers")]).await;
+    let lines = header_lines(&reply.text());
+    assert_eq!(header_of(&lines, "te"), ["trailers"], "{}", reply.text());
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn method_path_and_query_are_kept_and_response_hop_by_hop_headers_removed() {
+    let echo = EchoHeadUpstream::start(
+        "Connection: X-Upstream-Secret\r\n\
+         X-Upstream-Secret: 1\r\n\
+         Keep-Alive: timeout=5\r\n\
+         Proxy-Authenticate: Basic\r\n\
+         Trailer: x-foo\r\n\
+         Upgrade: h2c\r\n\
+         X-Kept: yes\r\n",
+    )
+    .await;
+    let gw = Gateway::start(&config(
+        "response_header = \"x-canary-version\"",
+        &[("v1", 1, echo.addr)],
+    ))
+    .await;
+    let mut client = Client::connect(gw.addr).await;
+    for method in ["GET", "DELETE", "OPTIONS", "PATCH", "PURGE"] {
+        let req = Request::builder()
+            .method(method)
+            .uri("/a/b%20c/?x=1&y=%2F&x=2")
+            .header("host", "h.test")
+            .body(body(Bytes::new()))
+            .unwrap();
+        let reply = client.send(req).await.unwrap();
+        assert_eq!(reply.status, 200);
+        let text = reply.text();
+        assert!(
+            text.starts_with(&format!("{method} /a/b%20c/?x=1&y=%2F&x=2 HTTP/1.1\r\n")),
+            "{text}"
+        );
+        for gone in [
+            "connection",
+            "x-upstream-secret",
+            "keep-alive",
+            "proxy-authenticate",
+            "trailer",
+            "upgrade",
+        ] {
+            assert!(
+                !reply.headers.contains_key(gone),
+                "{gone} reached the client: {:?}",
+                reply.headers
+            );
+        }
+        assert_eq!(reply.header("x-kept"), Some("yes"));
+        assert_eq!(reply.header("x-canary-version"), Some("v1"));
+    }
+    gw.shutdown().await;
+}

@@ -1,0 +1,71 @@
+//! Sticky users: a user stays on one version across requests, replicas and weight raises.
+
+use std::collections::BTreeMap;
+
+use crate::support::*;
+
+async fn version_of(client: &mut Client, user: &str) -> String {
+    let reply = client.get("/", &[("x-user-id", user)]).await.unwrap();
+    assert_eq!(
+        reply.header("x-canary-version"),
+        Some(reply.text().as_str())
+    );
+    reply.text()
+}
+
+#[tokio::test]
+async fn sticky_users_stay_put_across_requests_replicas_and_weight_raises() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let split = "sticky_header = \"x-user-id\"\nresponse_header = \"x-canary-version\"";
+    let text = config(split, &[("v1", 90, v1.addr), ("v2", 10, v2.addr)]);
+    let (a, b) = (Gateway::start(&text).await, Gateway::start(&text).await);
+    let (mut ca, mut cb) = (Client::connect(a.addr).await, Client::connect(b.addr).await);
+
+    let users: Vec<String> = (0..200).map(|i| format!("user-{i}")).collect();
+    let mut before = BTreeMap::new();
+    for user in &users {
+        let first = version_of(&mut ca, user).await;
+        for _ in 0..2 {
+            assert_eq!(version_of(&mut ca, user).await, first, "{user} moved");
+        }
+        assert_eq!(
+            version_of(&mut cb, user).await,
+            first,
+            "replicas disagree on {user}"
+        );
+        before.insert(user.clone(), first);
+    }
+    let on_canary = before.values().filter(|v| *v == "v2").count();
+    assert!(
+        (5..=40).contains(&on_canary),
+        "10% of 200 users: {on_canary}"
+    );
+
+    // Raise the canary to 50%: canary users stay, some stable users join.
+    a.running
+        .as_ref()
+        .unwrap()
+        .control
+        .set_weights(
+            BTreeMap::from([("v1".into(), 50), ("v2".into(), 50)]),
+            "test",
+        )
+        .await
+        .unwrap();
+    let mut moved = 0;
+    for user in &users {
+        let now = version_of(&mut ca, user).await;
+        if before[user] == "v2" {
+            assert_eq!(now, "v2", "{user} left the canary when it grew");
+        } else if now == "v2" {
+            moved += 1;
+        }
+    }
+    assert!(
+        moved > 20,
+        "raising the canary to 50% moved only {moved} users"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -1,0 +1,151 @@
+//! Upstream errors: 502, 503 and 504, retries, ejection, an upstream that stops reading.
+
+use std::time::Duration;
+
+use canary_gateway::discovery::EndpointSink;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn unreachable_upstream_is_502() {
+    let dead = dead_addr().await;
+    let gw = Gateway::start(&config("", &[("v1", 1, dead)])).await;
+    let mut client = Client::connect(gw.addr).await;
+    for _ in 0..5 {
+        let reply = client.get("/", &[]).await.unwrap();
+        assert_eq!(reply.status, 502);
+        assert_eq!(reply.header("x-canary-error"), Some("upstream-unreachable"));
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn version_without_endpoints_is_503() {
+    let split = "override_header = \"x-canary-version\"";
+    let (_v1, _v2, gw) = two_versions(split, 1, 0).await;
+    let control = gw.running.as_ref().unwrap().control.clone();
+    assert_eq!(
+        get(gw.addr, "/", &[("x-canary-version", "v2")])
+            .await
+            .text(),
+        "v2"
+    );
+    control.endpoints_discovered("v2", vec![]);
+    let reply = get(gw.addr, "/", &[("x-canary-version", "v2")]).await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.header("x-canary-error"), Some("no-endpoints"));
+    // The other version is unaffected.
+    assert_eq!(get(gw.addr, "/", &[]).await.text(), "v1");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn slow_upstream_is_504() {
+    let v1 = Upstream::start("v1").await;
+    let extra = "[timeouts]\nupstream_response = \"300ms\"";
+    let gw = Gateway::start(&config(extra, &[("v1", 1, v1.addr)])).await;
+    let mut client = Client::connect(gw.addr).await;
+    let reply = client.get("/sleep?ms=3000", &[]).await.unwrap();
+    assert_eq!(reply.status, 504);
+    assert_eq!(reply.header("x-canary-error"), Some("upstream-timeout"));
+    // A fast answer still works, on the same client connection.
+    let reply = client.get("/sleep?ms=1", &[]).await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "v1");
+    // A pooled upstream connection keeps its timer between requests: it is
+    // moved to each request's deadline, so a slow-but-in-time answer passes
+    // after a quick one, and a late one still times out.
+    for ms in [1, 150, 1, 150] {
+        let reply = client.get(&format!("/sleep?ms={ms}"), &[]).await.unwrap();
+        assert_eq!(reply.status, 200, "sleep {ms} ms");
+    }
+    let reply = client.get("/sleep?ms=3000", &[]).await.unwrap();
+    assert_eq!(reply.status, 504);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn failed_connects_are_retried_and_dead_endpoints_ejected() {
+    let live = Upstream::start("v1").await;
+    let dead = dead_addr().await;
+    let gw = Gateway::start(&config_endpoints(
+        // Long ejections: the check below cannot race the ejection's end.
+        "[upstream]\neject_base = \"60s\"\neject_max = \"120s\"",
+        &[("v1", 1, vec![dead, live.addr])],
+    ))
+    .await;
+    let control = gw.running.as_ref().unwrap().control.clone();
+    for i in 0..60 {
+        // A fresh connection each time: no pooled upstream connection hides the choice.
+        let reply = get(gw.addr, "/", &[]).await;
+        assert_eq!(reply.status, 200, "request {i}: {:?}", reply.headers);
+        assert_eq!(reply.text(), "v1");
+    }
+    let status = control.status();
+    let endpoints = &status.versions[0].endpoints;
+    let health = |addr: std::net::SocketAddr| {
+        endpoints
+            .iter()
+            .find(|e| e.address == addr.to_string())
+            .map(|e| e.health)
+    };
+    assert_eq!(health(dead), Some("ejected"), "{endpoints:?}");
+    assert_eq!(health(live.addr), Some("healthy"), "{endpoints:?}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_upstream_that_stops_reading_an_upload_times_out() {
+    use tokio::io::AsyncWriteExt;
+    // Accepts connections and never reads from them.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            sockets.push(s);
+        }
+    });
+    let text = config("", &[("v1", 1, upstream)]) + "\n[timeouts]\nupstream_response = \"300ms\"\n";
+    let gw = Gateway::start(&text).await;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let size: u64 = 256 * 1024 * 1024;
+    stream
+        .write_all(
+            format!("POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: {size}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let sender = tokio::spawn(async move {
+        let chunk = vec![b'u'; 64 * 1024];
+        for _ in 0..(size / chunk.len() as u64) {
+            if writer.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        use tokio::io::AsyncReadExt;
+        let mut tmp = [0u8; 4096];
+        loop {
+            let n = reader.read(&mut tmp).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&tmp[..n]);
+            if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the stalled upload hung the request");
+    let head = String::from_utf8_lossy(&buf);
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+    assert!(head.contains("upstream-timeout"), "{head}");
+    sender.abort();
+    held.abort();
+}

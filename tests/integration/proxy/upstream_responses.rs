@@ -1,0 +1,90 @@
+//! Upstream responses: status codes pass through unchanged; close-delimited, informational and broken responses.
+
+use crate::support::*;
+
+#[tokio::test]
+async fn upstream_status_codes_pass_through_unchanged() {
+    let v1 = Upstream::start("v1").await;
+    let gw = Gateway::start(&config("", &[("v1", 1, v1.addr)])).await;
+    let mut client = Client::connect(gw.addr).await;
+    for code in [200u16, 201, 204, 301, 404, 418, 500, 502, 503, 504] {
+        let reply = client.get(&format!("/status/{code}"), &[]).await.unwrap();
+        assert_eq!(reply.status.as_u16(), code);
+        assert!(
+            reply.header("x-canary-error").is_none(),
+            "{code}: {:?}",
+            reply.headers
+        );
+        assert_eq!(reply.header("x-upstream"), Some("v1"));
+        if code != 204 && code != 301 {
+            assert_eq!(reply.text(), "v1", "{code}");
+        }
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn close_delimited_and_informational_responses_pass_through() {
+    let upstream = FixedUpstream::scripted(|_| {
+        Some((
+            &b"HTTP/1.0 200 OK\r\nx-old: 1\r\n\r\nread until close"[..],
+            true,
+        ))
+    })
+    .await;
+    let gw = Gateway::start(&config("", &[("v1", 1, upstream.addr)])).await;
+    let mut client = Client::connect(gw.addr).await;
+    for _ in 0..2 {
+        let reply = client.get("/", &[]).await.unwrap();
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.text(), "read until close");
+        assert_eq!(reply.header("x-old"), Some("1"));
+    }
+    assert_eq!(
+        upstream
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+    gw.shutdown().await;
+
+    let upstream = FixedUpstream::start(
+        b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
+    )
+    .await;
+    let gw = Gateway::start(&config("", &[("v1", 1, upstream.addr)])).await;
+    let reply = get(gw.addr, "/", &[]).await;
+    assert_eq!(reply.status, 201);
+    assert_eq!(reply.text(), "ok");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn broken_upstream_responses_fail_cleanly() {
+    for response in [
+        &b"not http at all\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n",
+    ] {
+        let upstream = FixedUpstream::start(response).await;
+        let gw = Gateway::start(&config("", &[("v1", 1, upstream.addr)])).await;
+        let reply = get(gw.addr, "/", &[]).await;
+        assert_eq!(reply.status, 502, "{}", String::from_utf8_lossy(response));
+        assert_eq!(reply.header("x-canary-error"), Some("upstream-reset"));
+        gw.shutdown().await;
+    }
+    // A body cut short: the client must see an error, not a short body.
+    let upstream = FixedUpstream::scripted(|_| {
+        Some((
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"[..],
+            true,
+        ))
+    })
+    .await;
+    let gw = Gateway::start(&config("", &[("v1", 1, upstream.addr)])).await;
+    for _ in 0..2 {
+        let mut client = Client::connect(gw.addr).await;
+        assert!(client.get("/", &[]).await.is_err());
+    }
+    gw.shutdown().await;
+}
