@@ -291,3 +291,27 @@ async fn a_reload_that_removes_the_canary_aborts_its_rollout() {
     );
     assert_eq!(control.weights().weights["v1"], 100);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_abort_applies_at_once_while_the_store_is_down_and_lands_when_it_returns() {
+    let store = Arc::new(MemoryStore::default());
+    let control = started(store.clone()).await;
+    tokio::spawn(crate::control::keep_store(
+        control.clone(),
+        Some(Duration::from_millis(500)),
+    ));
+    store.set_down(true);
+    run_for(&control, 11, 1000, 5, 3).await;
+    // Applied here at once, though nothing could be written.
+    let view = control.rollout_view().unwrap();
+    assert_eq!(view.phase, Phase::Aborted, "{view:?}");
+    assert_eq!(control.weights().weights["v2"], 0);
+    let stored = store.stored().unwrap();
+    assert_eq!(stored.rollout.as_ref().unwrap().phase, Phase::Progressing);
+    // The store comes back: the abort is written.
+    store.set_down(false);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stored = store.stored().unwrap();
+    assert_eq!(stored.rollout.unwrap().phase, Phase::Aborted);
+    assert_eq!(stored.weights["v2"], 0);
+}
