@@ -24,17 +24,32 @@ use crate::support::*;
 /// Bound of every wait for the rollout to get somewhere.
 const WAIT: Duration = Duration::from_secs(20);
 
+/// Serves HTTP/1.1 on `listener`, each request answered by `answer`, until
+/// the task is dropped.
+fn serve_http<F, Fut>(listener: TcpListener, answer: F) -> ServerTask
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    serve_connections(listener, move |stream| {
+        let answer = answer.clone();
+        async move {
+            let service = service_fn(move |req| {
+                let answered = answer(req);
+                async move { Ok::<_, Infallible>(answered.await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        }
+    })
+}
+
 /// An upstream answering its name; every `fail_every`-th request (0: none)
 /// with a 500, each after `delay_ms`.
 struct Behaved {
     addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Behaved {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _task: ServerTask,
 }
 
 impl Behaved {
@@ -42,33 +57,23 @@ impl Behaved {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let count = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let count = count.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let n = count.fetch_add(1, Ordering::SeqCst) + 1;
-                        async move {
-                            let _ = req.into_body().collect().await;
-                            if delay_ms > 0 {
-                                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-                            }
-                            let mut resp = Response::new(Full::new(Bytes::from(name)));
-                            if fail_every > 0 && n.is_multiple_of(fail_every) {
-                                *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                            }
-                            resp.headers_mut()
-                                .insert("x-upstream", http::HeaderValue::from_static(name));
-                            Ok::<_, Infallible>(resp)
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+        let task = serve_http(listener, move |req| {
+            let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                let _ = req.into_body().collect().await;
+                if delay_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                }
+                let mut resp = Response::new(Full::new(Bytes::from(name)));
+                if fail_every > 0 && n.is_multiple_of(fail_every) {
+                    *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                resp.headers_mut()
+                    .insert("x-upstream", http::HeaderValue::from_static(name));
+                resp
             }
         });
-        Behaved { addr, task }
+        Behaved { addr, _task: task }
     }
 }
 
@@ -369,13 +374,7 @@ struct Hook {
     addr: SocketAddr,
     status: Arc<AtomicU16>,
     received: Arc<std::sync::Mutex<Vec<Value>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Hook {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _task: ServerTask,
 }
 
 impl Hook {
@@ -385,42 +384,32 @@ impl Hook {
         let status = Arc::new(AtomicU16::new(status));
         let received = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (answer, kept) = (status.clone(), received.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (answer, kept) = (answer.clone(), kept.clone());
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (answer, kept) = (answer.clone(), kept.clone());
-                        async move {
-                            let body = req.into_body().collect().await.map(|c| c.to_bytes());
-                            let body: Value = serde_json::from_slice(&body.unwrap_or_default())
-                                .unwrap_or_default();
-                            let seen = {
-                                let mut kept = kept.lock().unwrap();
-                                kept.push(body);
-                                kept.len()
-                            };
-                            let code = if seen <= fail_first {
-                                500
-                            } else {
-                                answer.load(Ordering::SeqCst)
-                            };
-                            let mut resp = Response::new(Full::new(Bytes::new()));
-                            *resp.status_mut() = StatusCode::from_u16(code).unwrap();
-                            Ok::<_, Infallible>(resp)
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+        let task = serve_http(listener, move |req| {
+            let (answer, kept) = (answer.clone(), kept.clone());
+            async move {
+                let body = req.into_body().collect().await.map(|c| c.to_bytes());
+                let body: Value =
+                    serde_json::from_slice(&body.unwrap_or_default()).unwrap_or_default();
+                let seen = {
+                    let mut kept = kept.lock().unwrap();
+                    kept.push(body);
+                    kept.len()
+                };
+                let code = if seen <= fail_first {
+                    500
+                } else {
+                    answer.load(Ordering::SeqCst)
+                };
+                let mut resp = Response::new(Full::new(Bytes::new()));
+                *resp.status_mut() = StatusCode::from_u16(code).unwrap();
+                resp
             }
         });
         Hook {
             addr,
             status,
             received,
-            task,
+            _task: task,
         }
     }
 
