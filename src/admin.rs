@@ -102,8 +102,10 @@ impl Admin {
             "/healthz" | "/readyz" | "/ready" | "/metrics" | "/status" => "GET",
             "/weights" => "GET, PUT",
             "/promote" | "/rollback" | "/reload" => "POST",
-            p if rollout::allow(p).is_some() => rollout::allow(p).unwrap_or("GET"),
-            _ => return error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+            p => match rollout::allow(p) {
+                Some(allow) => allow,
+                None => return error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+            },
         };
         let allowed = allow.split(", ").any(|m| m == method.as_str())
             || (method == Method::HEAD && allow.contains("GET"));
