@@ -307,11 +307,16 @@ async fn a_canary_failing_a_fifth_of_its_requests_is_aborted_within_two_interval
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_only_slower_than_stable_is_aborted() {
-    // 60 ms against about 1: at half the traffic (for p99s from enough
-    // samples), many connections (most of them waiting on the canary).
-    let s = Setup::start((0, 0), (0, 60), (16, 4)).await;
+    // 60 ms against about 1: at about half the traffic (p99s from enough
+    // samples, with three windows to get them on a loaded machine), many
+    // connections (most of them waiting on the canary).
+    let s = Setup::start((0, 0), (0, 60), (24, 4)).await;
     let gw = &s.gw;
-    start_rollout(gw.admin, &PLAN.replace("[10, 50, 100]", "[50, 100]")).await;
+    start_rollout(
+        gw.admin,
+        &PLAN.replace("[10, 50, 100]", "[50, 55, 60, 100]"),
+    )
+    .await;
     let view = wait_rollout(gw.admin, |v| v["phase"] == "aborted").await;
     assert!(
         view["abort_reason"]
