@@ -36,3 +36,6 @@ mod moto;
 
 #[path = "support/cloudmap_fixture.rs"]
 mod cloudmap_fixture;
+
+#[path = "integration/dashboard.rs"]
+mod dashboard;
