@@ -150,6 +150,7 @@ impl Proxy {
             upstream: None,
             finished: false,
             method,
+            watch: None,
         }
     }
 
@@ -232,7 +233,8 @@ impl Proxy {
             return reject(ClientError::BadHead(reason));
         }
         let start = Instant::now();
-        conn.request_started(req.version() == http::Version::HTTP_2);
+        let http2 = req.version() == http::Version::HTTP_2;
+        conn.request_started(http2);
         self.telemetry.in_flight.increment(1.0);
         let _in_flight = InFlight(&self.telemetry.in_flight);
 
@@ -336,6 +338,11 @@ impl Proxy {
                     tunnel(client, hyper::upgrade::on(&mut resp));
                 }
                 let (parts, body) = resp.into_parts();
+                // An HTTP/2 stream's response body is timed for stalls on
+                // its own (an HTTP/1 connection's by its watchdog).
+                if http2 && !body.is_end_stream() {
+                    completion.watch = server::StreamWatch::arm_current();
+                }
                 let body = match body {
                     Upstream::Own(mut inner) => {
                         // A response without a body is complete already:
@@ -453,6 +460,15 @@ fn record_error(version: &Version, failed: &Failed) {
 enum Upstream {
     Own(ResponseBody),
     Hyper(Incoming, Sender),
+}
+
+impl Upstream {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Upstream::Own(body) => body.is_end_stream(),
+            Upstream::Hyper(body, _) => body.is_end_stream(),
+        }
+    }
 }
 
 /// Sends a request without a body with the gateway's own client: a pooled

@@ -17,7 +17,7 @@ use http::HeaderValue;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -26,8 +26,10 @@ use super::Proxy;
 use super::clock::now_ms;
 use super::h1;
 pub use drive::Drain;
+pub use stream_watch::StreamWatch;
 
 mod drive;
+mod stream_watch;
 
 /// Largest request head accepted (larger gets 431).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -282,7 +284,11 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, dra
                     .with_upgrades();
                 watch.drive(conn, |c| c.graceful_shutdown()).await;
             } else {
-                let mut builder = auto::Builder::new(TokioExecutor::new());
+                // Each HTTP/2 stream's task runs under its own body-stall watch.
+                let exec = stream_watch::StreamExec {
+                    body_stall: timeouts.body_stall,
+                };
+                let mut builder = auto::Builder::new(exec);
                 builder
                     .http1()
                     .header_read_timeout(None)
