@@ -203,7 +203,9 @@ impl Proxy {
             match mapped_head(raw, &upstream, http::HeaderMap::new()) {
                 Ok(head) => {
                     let mut resp = head.response;
-                    headers::prepare_response(&mut resp, response_header);
+                    // The own server never serves a request asking for
+                    // trailers (it leaves those to hyper's).
+                    headers::prepare_response(&mut resp, response_header, false);
                     let (status, fields) = (resp.status(), resp.headers());
                     h1::response::map_head(out, status, fields, to_client, close);
                 }
@@ -242,6 +244,7 @@ impl Proxy {
             Self::choose(s, req.headers())
         });
         let upgrading = headers::is_upgrade_request(&req);
+        let trailers_asked = headers::asks_trailers(req.headers());
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
         // No body to stream up: the gateway's own client, in this task.
         let own_client = !upgrading && req.body().is_end_stream();
@@ -329,7 +332,7 @@ impl Proxy {
                     .response_header
                     .as_ref()
                     .map(|name| (name, &version.header_value));
-                headers::prepare_response(&mut resp, response_header);
+                headers::prepare_response(&mut resp, response_header, trailers_asked);
                 let upgraded = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
                 if upgraded
                     && matches!(resp.body(), Upstream::Hyper(..))
