@@ -19,6 +19,7 @@ pub mod clock;
 pub mod error_response;
 pub mod h1;
 pub mod headers;
+pub mod log_limit;
 pub mod random;
 pub mod server;
 pub mod upstream;
@@ -456,7 +457,19 @@ fn record_error(version: &Version, failed: &Failed) {
     if let (false, Some(kind)) = (matches!(e, ProxyError::Connect(_)), e.kind_index()) {
         version.metrics.errors[kind].increment(1);
     }
-    tracing::warn!(version = %version.name, request_id, error = %e, "request failed");
+    // An outage fails every request: one warn line a second at most (it
+    // says how many it stands for), each request's detail at debug.
+    static WARNED: log_limit::LogLimit = log_limit::LogLimit::new();
+    match WARNED.allow(clock::now_ms(), 1000) {
+        Some(held_back) => tracing::warn!(
+            version = %version.name,
+            request_id,
+            error = %e,
+            held_back,
+            "request failed (at most one such line a second; held_back: failures logged at debug since the last)"
+        ),
+        None => tracing::debug!(version = %version.name, request_id, error = %e, "request failed"),
+    }
 }
 
 /// The upstream response's body, before it becomes a [`ProxyBody`].

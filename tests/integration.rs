@@ -27,3 +27,6 @@ mod client_errors;
 
 #[path = "integration/properties.rs"]
 mod properties;
+
+#[path = "integration/logging.rs"]
+mod logging;

@@ -25,6 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use super::Proxy;
 use super::clock::now_ms;
 use super::h1;
+use super::log_limit::LogLimit;
 pub use drive::Drain;
 pub use stream_watch::StreamWatch;
 
@@ -201,8 +202,13 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => serve_connection(stream, peer, &proxy, &drain),
                 Err(e) => {
-                    // Out of file descriptors and the like: back off briefly, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
+                    // Out of file descriptors and the like: back off briefly,
+                    // keep serving; a warn line a second at most.
+                    static WARNED: LogLimit = LogLimit::new();
+                    match WARNED.allow(now_ms(), 1000) {
+                        Some(held_back) => tracing::warn!(error = %e, held_back, "accept failed"),
+                        None => tracing::debug!(error = %e, "accept failed"),
+                    }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             },
