@@ -249,6 +249,8 @@ impl Proxy {
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
         // No body to stream up: the gateway's own client, in this task.
         let own_client = !upgrading && req.body().is_end_stream();
+        // An HTTP/2 request body's progress, for its stream's stall watch.
+        let mut upload = None;
         let (version, settings) = (&completion.version, &completion.settings);
         let fwd = Forwarding {
             peer_ip: &completion.conn.peer_ip,
@@ -300,6 +302,9 @@ impl Proxy {
                 headers::frame_request_body(&mut parts.headers, incoming.is_end_stream());
             }
             let (body, body_progress) = RequestBody::new(incoming);
+            if http2 {
+                upload.clone_from(&body_progress);
+            }
             let req = Request::from_parts(parts, body);
             // Boxed: this path's state (hyper's handshake and send
             // futures) would otherwise make every request's future
@@ -345,7 +350,7 @@ impl Proxy {
                 // An HTTP/2 stream's response body is timed for stalls on
                 // its own (an HTTP/1 connection's by its watchdog).
                 if http2 && !body.is_end_stream() {
-                    completion.watch = server::StreamWatch::arm_current();
+                    completion.watch = server::StreamWatch::arm_current(upload);
                 }
                 let body = match body {
                     Upstream::Own(mut inner) => {

@@ -72,6 +72,12 @@ impl BodyProgress {
         }
     }
 
+    /// The body has not ended and the last read of its source found
+    /// nothing.
+    pub fn waiting_on_source(&self) -> bool {
+        !self.done.load(Ordering::Acquire) && self.source_idle.load(Ordering::Relaxed)
+    }
+
     /// Why the client's body failed, if it did: then the request failed by
     /// the client's fault, whatever error the upstream side reports.
     pub fn client_failure(&self) -> Option<ClientError> {
@@ -94,19 +100,25 @@ impl BodyProgress {
     /// Resolves with `None` when the body has been passed on in full, or
     /// with the side that stopped it: the source when it sent nothing for
     /// `source_limit`, the receiver when it took nothing for `sink_limit`.
-    /// A stall is counted in `canary_body_stalls_total`.
+    /// Frames of `other` (the exchange's body the other way) count as
+    /// progress too. A stall is counted in `canary_body_stalls_total`.
     pub async fn ended_or_stopped(
         &self,
         source_limit: Duration,
         sink_limit: Duration,
+        other: Option<&BodyProgress>,
     ) -> Option<Stopped> {
         let tick = source_limit.min(sink_limit);
+        let moved = || {
+            let other = other.map_or(0, |o| o.frames.load(Ordering::Relaxed));
+            self.frames.load(Ordering::Relaxed).wrapping_add(other)
+        };
         let mut quiet = Duration::ZERO;
         loop {
             if self.done.load(Ordering::Acquire) {
                 return None;
             }
-            let before = self.frames.load(Ordering::Relaxed);
+            let before = moved();
             tokio::select! {
                 () = self.ended.notified() => return None,
                 () = tokio::time::sleep(tick) => {}
@@ -114,7 +126,7 @@ impl BodyProgress {
             if self.done.load(Ordering::Acquire) {
                 return None;
             }
-            if self.frames.load(Ordering::Relaxed) != before {
+            if moved() != before {
                 quiet = Duration::ZERO;
                 continue;
             }
@@ -139,7 +151,7 @@ impl BodyProgress {
     /// forever).
     pub async fn ended_or_stalled(&self, timeouts: &Timeouts) -> Option<ProxyError> {
         let stopped = self
-            .ended_or_stopped(timeouts.body_stall, timeouts.upstream_response)
+            .ended_or_stopped(timeouts.body_stall, timeouts.upstream_response, None)
             .await?;
         Some(match stopped {
             Stopped::Source => ProxyError::Client(ClientError::BodyStall),

@@ -402,3 +402,81 @@ async fn stalled_http2_streams_are_reset() {
     assert_eq!(half.connections.load(Ordering::SeqCst), 2);
     gw.shutdown().await;
 }
+
+/// An HTTP/2 stream whose upload still moves is no stall while its
+/// response body waits: an upstream that answers its head at once and its
+/// body at the end of a slow upload gets it whole. An upload that stops
+/// there is the client's stall.
+#[tokio::test]
+async fn http2_uploads_that_move_keep_their_stream() {
+    use crate::support::ChannelBody;
+    // Head at once, body once the whole chunked upload has arrived.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _upstream = serve_connections(listener, |mut stream| async move {
+        let mut buf = Vec::new();
+        while read_head(&mut stream, &mut buf).await.is_some() {
+            let head = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n";
+            stream.write_all(head).await.unwrap();
+            let mut chunk = [0u8; 4096];
+            while !buf.ends_with(b"0\r\n\r\n") {
+                match stream.read(&mut chunk).await {
+                    Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                    _ => return,
+                }
+            }
+            buf.clear();
+            stream.write_all(b"done").await.unwrap();
+        }
+    });
+    let text = config("", &[("h2up", 1, addr)]) + "\n[timeouts]\nbody_stall = \"400ms\"\n";
+    let gw = Gateway::start(&text).await;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let req = http::Request::post(format!("http://{}/", gw.addr))
+        .body(ChannelBody(rx))
+        .unwrap();
+    // Three times the stall time in all, a piece every 150 ms.
+    tokio::spawn(async move {
+        for _ in 0..8 {
+            let piece = http_body::Frame::data(bytes::Bytes::from_static(b"piece"));
+            if tx.send(Ok(piece)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    });
+    let response = sender.send_request(req).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let read = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect()).await;
+    let body = read
+        .expect("no answer")
+        .expect("the stream was reset while its upload moved");
+    assert_eq!(body.to_bytes(), "done");
+
+    // The client stops sending its upload after the response head: its
+    // error, and the stream is reset.
+    let _counters = STALL_COUNTERS.lock().await;
+    let client_stall = [("kind", "body_stall")];
+    let before = metric(&gw, "canary_client_errors_total", &client_stall).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let req = http::Request::post(format!("http://{}/", gw.addr))
+        .body(ChannelBody(rx))
+        .unwrap();
+    let piece = http_body::Frame::data(bytes::Bytes::from_static(b"piece"));
+    tx.send(Ok(piece)).await.unwrap();
+    let response = sender.send_request(req).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let read = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect()).await;
+    assert!(read.expect("a stalled upload held its stream").is_err());
+    assert!(metric(&gw, "canary_client_errors_total", &client_stall).await > before);
+    drop(tx);
+    gw.shutdown().await;
+}

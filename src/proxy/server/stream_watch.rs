@@ -10,17 +10,18 @@
 //! Because it sits on hyper's HTTP/2 protocol (not on a socket), it holds
 //! for HTTP/2 over any transport.
 //!
-//! A response body that passes nothing on for `body_stall` ends the
-//! stream: the stream task is dropped, h2 resets the stream, and the
-//! request's completion drops the upstream connection (half a body read:
-//! never reused). A client that stopped taking the body (its flow-control
-//! window exhausted) is the client's error; an upstream that stopped
-//! sending it is not.
+//! A stream whose bodies move in neither direction for `body_stall` once
+//! its response body streams is ended: the stream task is dropped, h2
+//! resets the stream, and the request's completion drops the upstream
+//! connection (half a body read: never reused). A client that stopped
+//! taking the response (its flow-control window exhausted) or sending the
+//! rest of its upload is at fault (`canary_client_errors_total`); an
+//! upstream that stopped sending is not.
 
 use std::future::{Future, poll_fn};
 use std::pin::pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -36,16 +37,24 @@ tokio::task_local! {
 #[derive(Debug, Default)]
 pub struct StreamWatch {
     pub progress: BodyProgress,
+    /// The request body's progress, when it still streams: its frames
+    /// count as the exchange's progress too (a client streaming an upload
+    /// to an upstream that answers at its end is no stall).
+    upload: OnceLock<Arc<BodyProgress>>,
     /// A response body streams: from now on it is timed.
     armed: AtomicBool,
 }
 
 impl StreamWatch {
     /// The watch of the HTTP/2 stream being served, armed: the response
-    /// body of the request this task serves is timed from now on. `None`
-    /// outside a stream task of [`StreamExec`].
-    pub fn arm_current() -> Option<Arc<StreamWatch>> {
+    /// body of the request this task serves is timed from now on, and
+    /// `upload`'s progress counts as its own. `None` outside a stream task
+    /// of [`StreamExec`].
+    pub fn arm_current(upload: Option<Arc<BodyProgress>>) -> Option<Arc<StreamWatch>> {
         let watch = STREAM.try_with(Arc::clone).ok()?;
+        if let Some(upload) = upload {
+            let _ = watch.upload.set(upload);
+        }
         watch.armed.store(true, Ordering::Release);
         Some(watch)
     }
@@ -85,10 +94,18 @@ async fn watched<F: Future>(task: F, watch: Arc<StreamWatch>, body_stall: Durati
     if !armed {
         return;
     }
+    let upload = watch.upload.get().map(|u| &**u);
     tokio::select! {
         _ = task.as_mut() => return,
-        stopped = watch.progress.ended_or_stopped(body_stall, body_stall) => match stopped {
+        stopped = watch.progress.ended_or_stopped(body_stall, body_stall, upload) => match stopped {
             None => {}
+            // The upstream waits for the rest of an upload the client does
+            // not send, or the client does not take the response.
+            Some(Stopped::Source) if upload.is_some_and(BodyProgress::waiting_on_source) => {
+                ClientError::BodyStall.count();
+                tracing::debug!("HTTP/2 client sent no more of its request body for the body-stall timeout; resetting the stream");
+                return;
+            }
             Some(Stopped::Sink) => {
                 ClientError::BodyStall.count();
                 tracing::debug!("HTTP/2 client took no response body for the body-stall timeout; resetting the stream");
