@@ -27,7 +27,7 @@ use super::clock::now_ms;
 use super::h1;
 use super::log_limit::LogLimit;
 pub use drive::Drain;
-pub use stream_watch::StreamWatch;
+pub use stream_watch::{StreamExec, StreamWatch};
 
 mod drive;
 mod stream_watch;
@@ -291,7 +291,7 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, dra
                 watch.drive(conn, |c| c.graceful_shutdown()).await;
             } else {
                 // Each HTTP/2 stream's task runs under its own body-stall watch.
-                let exec = stream_watch::StreamExec {
+                let exec = StreamExec {
                     body_stall: timeouts.body_stall,
                 };
                 let mut builder = auto::Builder::new(exec);

@@ -62,6 +62,8 @@ impl StreamWatch {
 
 /// hyper's executor for HTTP/2 server connections: spawns each stream's
 /// task on tokio under a [`StreamWatch`] with the connection's `body_stall`.
+/// Any connection served by [`crate::proxy::Proxy::handle`] that may speak
+/// HTTP/2 (h2c, TLS with ALPN h2) needs it, or its streams never stall.
 #[derive(Debug, Clone, Copy)]
 pub struct StreamExec {
     pub body_stall: Duration,
