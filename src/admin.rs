@@ -5,9 +5,13 @@
 //! refuses to start with a non-loopback admin address and no token). Every
 //! answer is JSON except the metrics text; bad input gets a 4xx with
 //! `{"error": "..."}` and changes nothing.
+//!
+//! The dashboard ([`ui`], `GET /ui`): its page and assets are open, its data
+//! and every action it takes need the token.
 
 pub mod auth;
 pub mod request;
+pub mod ui;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -89,6 +93,20 @@ fn method_not_allowed(allow: &'static str) -> AdminResponse {
 }
 
 impl Admin {
+    /// The 401 answer when a token is configured and `headers` do not carry it.
+    fn refuse_unauthorized(&self, headers: &http::HeaderMap) -> Option<AdminResponse> {
+        let token = self.token.as_ref()?;
+        if auth::authorized(headers.get(header::AUTHORIZATION), token) {
+            return None;
+        }
+        let mut resp = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"canary-gateway\""),
+        );
+        Some(resp)
+    }
+
     /// Answers one admin request (usable without a socket, for tests).
     pub async fn handle<B>(&self, req: Request<B>) -> AdminResponse
     where
@@ -97,6 +115,9 @@ impl Admin {
     {
         let path = req.uri().path().to_string();
         let method = req.method().clone();
+        if path == "/ui" || path.starts_with("/ui/") {
+            return ui::handle(self, &req);
+        }
         let allow = match path.as_str() {
             "/healthz" | "/readyz" | "/ready" | "/metrics" | "/status" => "GET",
             "/weights" => "GET, PUT",
@@ -131,15 +152,8 @@ impl Admin {
             }
             _ => {}
         }
-        if let Some(token) = &self.token
-            && !auth::authorized(req.headers().get(header::AUTHORIZATION), token)
-        {
-            let mut resp = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"canary-gateway\""),
-            );
-            return resp;
+        if let Some(refused) = self.refuse_unauthorized(req.headers()) {
+            return refused;
         }
         let body = match request::read_body(req.into_body()).await {
             Ok(b) => b,

@@ -39,6 +39,8 @@ pub struct VersionMetrics {
     pub requests: [Counter; 5],
     pub duration: Histogram,
     pub errors: [Counter; 4],
+    /// The dashboard's per-second series of this version.
+    pub series: std::sync::Arc<crate::telemetry::series::VersionRecorder>,
 }
 
 impl VersionMetrics {
@@ -52,6 +54,7 @@ impl VersionMetrics {
             errors: ERROR_KINDS.map(|kind| {
                 metrics::counter!(names::UPSTREAM_ERRORS_TOTAL, "version" => v.clone(), "kind" => kind)
             }),
+            series: crate::telemetry::series::recorder(version),
         }
     }
 }
@@ -145,6 +148,7 @@ impl Snapshot {
             .map(|(name, &weight)| {
                 metrics::gauge!(names::VERSION_WEIGHT, "version" => name.clone())
                     .set(f64::from(weight));
+                crate::telemetry::series::recorder(name).set_weight(weight);
                 Arc::new(Version {
                     name: name.clone(),
                     header_value: HeaderValue::from_str(name)

@@ -30,3 +30,6 @@ mod properties;
 
 #[path = "integration/logging.rs"]
 mod logging;
+
+#[path = "integration/dashboard.rs"]
+mod dashboard;

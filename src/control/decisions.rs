@@ -327,6 +327,7 @@ impl Control {
             stable = %new.stable,
             "weights changed"
         );
+        crate::telemetry::audit::record(&old, new);
         self.weights_tx.send_replace(new.clone());
         Ok(())
     }

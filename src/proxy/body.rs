@@ -264,6 +264,7 @@ impl Drop for Completion {
         let elapsed = now.saturating_duration_since(self.start);
         self.version.metrics.requests[class].increment(1);
         self.version.metrics.duration.record(elapsed.as_secs_f64());
+        self.version.metrics.series.record(self.status, elapsed);
         self.conn.request_ended();
         if let Some(watch) = &self.watch {
             watch.progress.end();
