@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::LOAD_CORE;
+use crate::scenarios::ResponseShape;
 
 /// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
 pub struct Proc {
@@ -103,13 +104,17 @@ pub fn log_tail(path: &Path) -> String {
     }
 }
 
-/// Starts the upstreams `names` (one listener each) in one process on the
-/// load core, and reads their ports.
-pub fn spawn_upstreams(taskset: Option<&Path>, names: &[&str]) -> Result<(Proc, Vec<u16>)> {
+/// Starts the upstreams `names` (one listener each, answering `shape`) in
+/// one process on the load core, and reads their ports.
+pub fn spawn_upstreams(
+    taskset: Option<&Path>,
+    names: &[&str],
+    shape: ResponseShape,
+) -> Result<(Proc, Vec<u16>)> {
     let exe = std::env::current_exe().context("locating the bench executable")?;
     let list = names.join(",");
     let mut child = pinned(taskset, LOAD_CORE, &exe)
-        .args(["--upstream", &list])
+        .args(["--upstream", &list, "--response", &shape.arg()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -1,4 +1,5 @@
-//! wrk: running it and parsing its report.
+//! wrk: running it and parsing its report. A scenario's request shape is a
+//! Lua script (`-s`); scenario 7 hands the run to h2load instead.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -6,6 +7,8 @@ use std::process::Stdio;
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::LOAD_CORE;
+use crate::h2load::H2load;
+use crate::scenarios::RequestShape;
 
 #[derive(Clone, Debug, Default)]
 pub struct WrkResult {
@@ -90,14 +93,22 @@ pub fn parse_wrk(out: &str) -> Result<WrkResult> {
     Ok(r)
 }
 
+#[derive(Clone)]
 pub struct Wrk {
     pub exe: PathBuf,
     pub taskset: Option<PathBuf>,
     pub threads: u32,
+    /// The scenario's Lua script (None: wrk's plain `GET /`).
+    pub script: Option<PathBuf>,
+    /// HTTP/2 scenario: h2load with this request shape instead of wrk.
+    pub h2load: Option<std::sync::Arc<(H2load, RequestShape)>>,
 }
 
 impl Wrk {
     pub async fn run(&self, url: &str, connections: u32, secs: u64) -> Result<WrkResult> {
+        if let Some(h2) = &self.h2load {
+            return h2.0.run(url, connections, secs, &h2.1).await;
+        }
         let threads = self.threads.min(connections).max(1);
         let mut cmd = match &self.taskset {
             Some(ts) => {
@@ -115,10 +126,11 @@ impl Wrk {
             .arg(format!("{secs}s"))
             .arg("--timeout")
             .arg("5s")
-            .arg("--latency")
-            .arg(url)
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
+            .arg("--latency");
+        if let Some(script) = &self.script {
+            cmd.arg("-s").arg(script);
+        }
+        cmd.arg(url).stdin(Stdio::null()).kill_on_drop(true);
         let out = cmd.output().await.context("running wrk")?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() {
