@@ -3,13 +3,13 @@
 //! request times, no percentiles: the p99 columns stay empty there.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 
 use crate::LOAD_CORE;
+use crate::processes::pinned_async;
 use crate::scenarios::{RequestShape, alb_headers};
-use crate::wrk::WrkResult;
+use crate::wrk::{WrkResult, output_of};
 
 /// Concurrent streams per connection.
 pub const STREAMS: u32 = 10;
@@ -27,14 +27,7 @@ impl H2load {
         secs: u64,
         shape: &RequestShape,
     ) -> Result<WrkResult> {
-        let mut cmd = match &self.taskset {
-            Some(ts) => {
-                let mut c = tokio::process::Command::new(ts);
-                c.arg("-c").arg(LOAD_CORE).arg(&self.exe);
-                c
-            }
-            None => tokio::process::Command::new(&self.exe),
-        };
+        let mut cmd = pinned_async(self.taskset.as_deref(), LOAD_CORE, &self.exe);
         cmd.arg("-t1")
             .arg(format!("-c{connections}"))
             .arg(format!("-m{STREAMS}"))
@@ -49,20 +42,8 @@ impl H2load {
             "{}{}",
             url.trim_end_matches('/'),
             crate::scenarios::ALB_PATH
-        ))
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-        let out = cmd.output().await.context("running h2load")?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            bail!(
-                "h2load failed ({}): {}{}",
-                out.status,
-                stdout,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        parse_h2load(&stdout)
+        ));
+        parse_h2load(&output_of(cmd, "h2load").await?)
     }
 }
 

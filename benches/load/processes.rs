@@ -88,6 +88,46 @@ pub fn pinned(taskset: Option<&Path>, core: &str, program: &Path) -> Command {
     }
 }
 
+/// The async (tokio) form of [`pinned`], for load generators.
+pub fn pinned_async(taskset: Option<&Path>, core: &str, program: &Path) -> tokio::process::Command {
+    tokio::process::Command::from(pinned(taskset, core, program))
+}
+
+/// nginx's error log in its prefix directory.
+pub const NGINX_ERROR_LOG: &str = "nginx-error.log";
+/// nginx's own output in its prefix directory.
+pub const NGINX_OUT: &str = "nginx.out";
+
+/// Starts nginx on `core` with prefix `dir` and config `conf`; its error
+/// log and output go to [`NGINX_ERROR_LOG`] and [`NGINX_OUT`] in `dir`.
+pub fn spawn_nginx(
+    name: &str,
+    exe: &Path,
+    taskset: Option<&Path>,
+    core: &str,
+    dir: &Path,
+    conf: &Path,
+) -> Result<Proc> {
+    let error_log = dir.join(NGINX_ERROR_LOG);
+    let outf = std::fs::File::create(dir.join(NGINX_OUT))?;
+    let child = pinned(taskset, core, exe)
+        .arg("-p")
+        .arg(dir)
+        .arg("-e")
+        .arg(&error_log)
+        .arg("-c")
+        .arg(conf)
+        .stdin(Stdio::null())
+        .stdout(outf.try_clone()?)
+        .stderr(outf)
+        .spawn()
+        .with_context(|| format!("spawning {name}"))?;
+    Ok(Proc {
+        name: name.into(),
+        child,
+    })
+}
+
 pub fn free_port() -> Result<u16> {
     let l = StdTcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
     Ok(l.local_addr()?.port())

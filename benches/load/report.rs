@@ -161,49 +161,30 @@ fn case_verdicts(
         .flatten()
         .filter_map(|s| median(s.p99_added_ms))
         .min_by(f64::total_cmp);
-    let gw_added = gw.and_then(|g| median(g.p99_added_ms));
-    verdicts.push(verdict(
-        &label("p99 added over direct <= best of nginx/HAProxy"),
-        gw_added.zip(best_ref).map(|(g, b)| g <= b),
-        gw_added
-            .zip(best_ref)
-            .map(|(g, b)| format!("{g:.3} ms vs {b:.3} ms"))
-            .unwrap_or_default(),
-        if gw.is_none() {
-            skip_gw
-        } else {
-            "no reference proxy measured"
-        },
+    let why = |peer: &'static str| if gw.is_none() { skip_gw } else { peer };
+    verdicts.push(compared(
+        label("p99 added over direct <= best of nginx/HAProxy"),
+        gw.and_then(|g| median(g.p99_added_ms)),
+        best_ref,
+        |g, b| g <= b,
+        "ms",
+        why("no reference proxy measured"),
     ));
-    let gw_cpu = gw.and_then(|g| median(g.cpu_us));
-    let ng_cpu = ng.and_then(|n| median(n.cpu_us));
-    verdicts.push(verdict(
-        &label("CPU/request <= 0.8x nginx"),
-        gw_cpu.zip(ng_cpu).map(|(g, n)| g <= 0.8 * n),
-        gw_cpu
-            .zip(ng_cpu)
-            .map(|(g, n)| format!("{g:.2} us vs {n:.2} us"))
-            .unwrap_or_default(),
-        if gw.is_none() {
-            skip_gw
-        } else {
-            "nginx not measured"
-        },
+    verdicts.push(compared(
+        label("CPU/request <= 0.8x nginx"),
+        gw.and_then(|g| median(g.cpu_us)),
+        ng.and_then(|n| median(n.cpu_us)),
+        |g, n| g <= 0.8 * n,
+        "us",
+        why("nginx not measured"),
     ));
-    let gw_rss = gw.and_then(|g| g.rss_mib.map(|r| r.max));
-    let ng_rss = ng.and_then(|n| n.rss_mib.map(|r| r.max));
-    verdicts.push(verdict(
-        &label("peak RSS < nginx (master + worker)"),
-        gw_rss.zip(ng_rss).map(|(g, n)| g < n),
-        gw_rss
-            .zip(ng_rss)
-            .map(|(g, n)| format!("{g:.1} MiB vs {n:.1} MiB"))
-            .unwrap_or_default(),
-        if gw.is_none() {
-            skip_gw
-        } else {
-            "nginx not measured"
-        },
+    verdicts.push(compared(
+        label("peak RSS < nginx (master + worker)"),
+        gw.and_then(|g| g.rss_mib.map(|r| r.max)),
+        ng.and_then(|n| n.rss_mib.map(|r| r.max)),
+        |g, n| g < n,
+        "MiB",
+        why("nginx not measured"),
     ));
     if scenario.idle_connections() {
         let idle = gw.and_then(|g| median(g.idle_bytes));
@@ -214,6 +195,25 @@ fn case_verdicts(
             skip_gw,
         ));
     }
+}
+
+/// A verdict comparing the gateway's value with a reference value.
+fn compared(
+    label: String,
+    gw: Option<f64>,
+    reference: Option<f64>,
+    ok: impl Fn(f64, f64) -> bool,
+    unit: &str,
+    skip_why: &str,
+) -> Verdict {
+    let both = gw.zip(reference);
+    verdict(
+        &label,
+        both.map(|(g, r)| ok(g, r)),
+        both.map(|(g, r)| format!("{g:.3} {unit} vs {r:.3} {unit}"))
+            .unwrap_or_default(),
+        skip_why,
+    )
 }
 
 /// The summary over every case: gateway, nginx, HAProxy and the ratios.

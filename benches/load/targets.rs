@@ -10,7 +10,9 @@ use anyhow::{Context, Result, bail};
 
 use crate::client::{wait_ready, wait_tcp};
 use crate::proc_accounting::process_tree;
-use crate::processes::{Proc, free_port, log_tail, pinned};
+use crate::processes::{
+    NGINX_ERROR_LOG, NGINX_OUT, Proc, free_port, log_tail, pinned, spawn_nginx,
+};
 use crate::tls::TlsFiles;
 use crate::{ADMIN_TOKEN_ENV, GATEWAY_TEMPLATE, HAPROXY_TEMPLATE, NGINX_TEMPLATE, PROXY_CORE};
 
@@ -199,25 +201,16 @@ pub async fn start_nginx(env: &Env, exe: &Path) -> Result<Target> {
     );
     let conf_path = env.dir.join("nginx.conf");
     std::fs::write(&conf_path, config)?;
-    let log = env.dir.join("nginx-error.log");
-    let out = env.dir.join("nginx.out");
-    let outf = std::fs::File::create(&out)?;
-    let child = pinned(env.taskset.as_deref(), PROXY_CORE, exe)
-        .arg("-p")
-        .arg(&env.dir)
-        .arg("-e")
-        .arg(&log)
-        .arg("-c")
-        .arg(&conf_path)
-        .stdin(Stdio::null())
-        .stdout(outf.try_clone()?)
-        .stderr(outf)
-        .spawn()
-        .context("spawning nginx")?;
-    let mut proc = Some(Proc {
-        name: "nginx".into(),
-        child,
-    });
+    let log = env.dir.join(NGINX_ERROR_LOG);
+    let out = env.dir.join(NGINX_OUT);
+    let mut proc = Some(spawn_nginx(
+        "nginx",
+        exe,
+        env.taskset.as_deref(),
+        PROXY_CORE,
+        &env.dir,
+        &conf_path,
+    )?);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     wait_target(addr, env, &mut proc).await.with_context(|| {
         format!(

@@ -6,12 +6,11 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::Stdio;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::LOAD_CORE;
-use crate::processes::{Proc, free_port, log_tail, pinned};
+use crate::processes::{Proc, free_port, spawn_nginx};
 use crate::scenarios::{ResponseShape, json_body};
 use crate::targets::render;
 use crate::upstream::SET_COOKIE;
@@ -71,25 +70,6 @@ pub fn spawn_nginx_upstreams(
     );
     let conf_path = dir.join("nginx.conf");
     std::fs::write(&conf_path, config)?;
-    let out = dir.join("nginx.out");
-    let outf = std::fs::File::create(&out)?;
-    let child = pinned(taskset, LOAD_CORE, exe)
-        .arg("-p")
-        .arg(&dir)
-        .arg("-e")
-        .arg(dir.join("error.log"))
-        .arg("-c")
-        .arg(&conf_path)
-        .stdin(Stdio::null())
-        .stdout(outf.try_clone()?)
-        .stderr(outf)
-        .spawn()
-        .with_context(|| format!("spawning the nginx upstream; output:\n{}", log_tail(&out)))?;
-    Ok((
-        Proc {
-            name: "nginx upstream".into(),
-            child,
-        },
-        ports,
-    ))
+    let proc = spawn_nginx("nginx upstream", exe, taskset, LOAD_CORE, &dir, &conf_path)?;
+    Ok((proc, ports))
 }

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use crate::LOAD_CORE;
 use crate::h2load::H2load;
+use crate::processes::pinned_async;
 use crate::scenarios::RequestShape;
 
 #[derive(Clone, Debug, Default)]
@@ -110,14 +111,7 @@ impl Wrk {
             return h2.0.run(url, connections, secs, &h2.1).await;
         }
         let threads = self.threads.min(connections).max(1);
-        let mut cmd = match &self.taskset {
-            Some(ts) => {
-                let mut c = tokio::process::Command::new(ts);
-                c.arg("-c").arg(LOAD_CORE).arg(&self.exe);
-                c
-            }
-            None => tokio::process::Command::new(&self.exe),
-        };
+        let mut cmd = pinned_async(self.taskset.as_deref(), LOAD_CORE, &self.exe);
         cmd.arg("-t")
             .arg(threads.to_string())
             .arg("-c")
@@ -130,17 +124,26 @@ impl Wrk {
         if let Some(script) = &self.script {
             cmd.arg("-s").arg(script);
         }
-        cmd.arg(url).stdin(Stdio::null()).kill_on_drop(true);
-        let out = cmd.output().await.context("running wrk")?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            bail!(
-                "wrk failed ({}): {}{}",
-                out.status,
-                stdout,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        parse_wrk(&stdout)
+        cmd.arg(url);
+        parse_wrk(&output_of(cmd, "wrk").await?)
     }
+}
+
+/// Runs a load generator to its end; its stdout, or an error with both
+/// outputs when it fails.
+pub async fn output_of(mut cmd: tokio::process::Command, name: &str) -> Result<String> {
+    cmd.stdin(Stdio::null()).kill_on_drop(true);
+    let out = cmd
+        .output()
+        .await
+        .with_context(|| format!("running {name}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "{name} failed ({}): {stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(stdout)
 }
