@@ -16,10 +16,10 @@ use http::{HeaderMap, HeaderValue, Request};
 
 use canary_gateway::config::Config;
 use canary_gateway::proxy::Proxy;
-use canary_gateway::proxy::exchange::head::{encode_fields, encode_forwarded};
 use canary_gateway::proxy::h1::request::{self, Parsed};
 use canary_gateway::proxy::headers::{Forwarding, peer_ip, prepare_request};
 use canary_gateway::proxy::upstream::{Endpoint, pick};
+use canary_gateway::proxy::upstream_client::head::{encode_fields, encode_forwarded};
 use canary_gateway::snapshot::{ProxySettings, Snapshot, SnapshotInput};
 
 const CONFIG: &str = r#"
@@ -132,6 +132,7 @@ fn header_rewrite(c: &mut Criterion) {
         peer_ip: &peer_ip,
         port: &port,
         trust_forwarded_headers: false,
+        drop_underscored: false,
     };
     let template = Request::get("/api/orders?id=42")
         .header("host", "shop.example.com")

@@ -64,6 +64,9 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     /// Keep incoming X-Forwarded-Proto/-Port (set by the ALB) instead of overwriting them.
     pub trust_forwarded_headers: bool,
+    /// Forward request header fields whose names contain `_` (dropped by
+    /// default: stacks that read `_` as `-` would see other fields).
+    pub allow_underscores_in_headers: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -104,6 +107,9 @@ pub struct Timeouts {
     /// Idle keep-alive connections are closed after this; longer than the ALB's 60 s.
     pub idle: Duration,
     pub shutdown_grace: Duration,
+    /// A request in flight whose bodies make no progress in either direction
+    /// for this long (client not reading, upstream not sending) is ended.
+    pub body_stall: Duration,
 }
 
 impl Default for Timeouts {
@@ -114,6 +120,7 @@ impl Default for Timeouts {
             request_header: Duration::from_secs(10),
             idle: Duration::from_secs(75),
             shutdown_grace: Duration::from_secs(25),
+            body_stall: Duration::from_secs(60),
         }
     }
 }
@@ -371,6 +378,10 @@ impl Validator<'_> {
         let listener = ListenerConfig {
             address: self.address("listener.address", &raw.listener.address)?,
             trust_forwarded_headers: raw.listener.trust_forwarded_headers.unwrap_or(false),
+            allow_underscores_in_headers: raw
+                .listener
+                .allow_underscores_in_headers
+                .unwrap_or(false),
         };
         let admin = AdminConfig {
             address: match &raw.admin.address {
@@ -430,6 +441,7 @@ impl Validator<'_> {
                 &t.shutdown_grace,
                 d.shutdown_grace,
             )?,
+            body_stall: self.duration("timeouts.body_stall", &t.body_stall, d.body_stall)?,
         };
 
         let u = &raw.upstream;

@@ -14,7 +14,7 @@
 //!                 │              ──► Proxy::serve_simple              Snapshot load()ed     │
 //!                 └─ any other request (body, upgrade, h2c, ...):     once per request)     │
 //!                    hyper's server ──► Proxy::handle ──────┘                               │
-//!                          no request body: proxy::exchange, in the request's own task ◄───┤
+//!                          no request body: proxy::upstream_client, in the request's task ◄┤
 //!                          a body or an upgrade: hyper's client, a task per connection ◄───┤
 //!   client ◄────────── response streamed back (metrics recorded once, at its end) ◄─────────┘
 //!
@@ -41,6 +41,8 @@
 //! - [`gateway`] assembles a running gateway; [`demo`] is the built-in demo;
 //!   [`telemetry`] sets up logs and the Prometheus recorder; [`metrics`] names
 //!   every metric; [`future`] holds the boxed future the async traits return.
+
+#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod aws;

@@ -9,19 +9,20 @@
 //! Requests without a body (most of them) are read by [`h1`], the gateway's
 //! own HTTP/1.1 server, and served by [`Proxy::serve_simple`]; any other
 //! request hands its connection to hyper's server and [`Proxy::handle`].
-//! Requests without a body go upstream through [`exchange`], the gateway's
-//! own HTTP/1.1 client, driven in the request's task; requests with a body or
-//! an upgrade through hyper's client.
+//! Requests without a body go upstream through [`upstream_client`], the
+//! gateway's own HTTP/1.1 client, driven in the request's task; requests
+//! with a body or an upgrade through hyper's client. [`error_response`] turns
+//! what fails into the client's answer.
 
 pub mod body;
 pub mod clock;
-pub mod exchange;
+pub mod error_response;
 pub mod h1;
 pub mod headers;
 pub mod random;
-pub mod rescue;
 pub mod server;
 pub mod upstream;
+pub mod upstream_client;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -38,14 +39,14 @@ use crate::config::Timeouts;
 use crate::metrics as names;
 use crate::snapshot::{ProxySettings, Snapshot, Version, split};
 use body::{Completion, ProxyBody, RequestBody};
-use exchange::body::ResponseBody;
+use error_response::{ClientError, ProxyError};
 use h1::request::SimpleRequest;
 use h1::response::{ClientFraming, SendError};
 use headers::Forwarding;
-use rescue::ProxyError;
 use server::ConnState;
 use tokio::io::AsyncWrite;
-use upstream::{ConnectError, Endpoint, Pooled, Sender};
+use upstream::{ConnectError, Endpoint, Outstanding, Pooled, Sender};
+use upstream_client::body::ResponseBody;
 
 /// Gauges the data path keeps up to date.
 pub struct Telemetry {
@@ -176,27 +177,29 @@ impl Proxy {
             peer_ip: &conn.peer_ip,
             port: &self.port,
             trust_forwarded_headers: settings.trust_forwarded_headers,
+            drop_underscored: req.underscored && !settings.allow_underscores_in_headers,
         };
         let encode = |head: &mut Vec<u8>| {
             let method = req.method.as_str().as_bytes();
             let fields = || req.field_bytes();
-            exchange::head::encode_fields(head, method, req.target, None, fields, &fwd);
+            upstream_client::head::encode_fields(head, method, req.target, None, fields, &fwd);
         };
         let response_header = settings
             .response_header
             .as_ref()
             .map(|name| (name, &version.header_value));
-        let (raw, upstream, endpoint) =
-            match forward_own(version, settings, &req.method, encode, start).await {
-                Ok(forwarded) => forwarded,
-                Err(e) => return send_error(e, &mut completion, client, out, close).await,
-            };
+        let forwarded = forward_own(version, settings, &req.method, encode, start).await;
+        conn.upstream_answered();
+        let (raw, upstream, outstanding) = match forwarded {
+            Ok(forwarded) => forwarded,
+            Err(failed) => return send_error(failed, &mut completion, client, out, close).await,
+        };
         completion.status = raw.status;
         let (framing, keep_alive) = (raw.framing, raw.keep_alive);
         let to_client = ClientFraming::of(framing);
         if raw.facts.connection_names_headers {
             // Rare: the general rewrite, through a header map.
-            match mapped_head(raw, &upstream, &endpoint, http::HeaderMap::new()) {
+            match mapped_head(raw, &upstream, http::HeaderMap::new()) {
                 Ok(head) => {
                     let mut resp = head.response;
                     headers::prepare_response(&mut resp, response_header);
@@ -209,7 +212,7 @@ impl Proxy {
             let spans = upstream.spans();
             h1::response::upstream_head(out, &raw, spans, response_header, to_client, close);
         }
-        completion.upstream = Some((endpoint, None));
+        completion.upstream = Some((outstanding, None));
         let mut body = ResponseBody::new(upstream, framing, keep_alive);
         h1::response::send(client, out, &mut body, to_client).await?;
         completion.finished = true;
@@ -225,6 +228,9 @@ impl Proxy {
         mut req: Request<Incoming>,
         conn: Arc<ConnState>,
     ) -> Response<ProxyBody> {
+        if let Some(reason) = headers::head_problem(&req) {
+            return reject(ClientError::BadHead(reason));
+        }
         let start = Instant::now();
         conn.request_started(req.version() == http::Version::HTTP_2);
         self.telemetry.in_flight.increment(1.0);
@@ -242,6 +248,7 @@ impl Proxy {
             peer_ip: &completion.conn.peer_ip,
             port: &self.port,
             trust_forwarded_headers: settings.trust_forwarded_headers,
+            drop_underscored: !settings.allow_underscores_in_headers,
         };
         // The own client writes the upstream's head straight from the
         // client's request, unless the Connection header names headers to
@@ -255,9 +262,9 @@ impl Proxy {
             let mut map = http::HeaderMap::new();
             let encode = |out: &mut Vec<u8>| {
                 if rewrite {
-                    exchange::head::encode(out, &parts);
+                    upstream_client::head::encode(out, &parts);
                 } else {
-                    exchange::head::encode_forwarded(out, &parts, &fwd);
+                    upstream_client::head::encode_forwarded(out, &parts, &fwd);
                 }
                 // Nothing may keep pointing into the client connection's read
                 // buffer while the upstream answers, or hyper cannot reuse
@@ -269,15 +276,23 @@ impl Proxy {
                 parts.uri = http::Uri::default();
             };
             match forward_own(version, settings, &completion.method, encode, start).await {
-                Ok((raw, conn, endpoint)) => mapped_head(raw, &conn, &endpoint, map).map(|head| {
+                Ok((raw, conn, outstanding)) => mapped_head(raw, &conn, map).map(|head| {
                     let (parts, ()) = head.response.into_parts();
                     let body = ResponseBody::new(conn, head.framing, head.keep_alive);
-                    (Response::from_parts(parts, Upstream::Own(body)), endpoint)
+                    (
+                        Response::from_parts(parts, Upstream::Own(body)),
+                        outstanding,
+                    )
                 }),
                 Err(e) => Err(e),
             }
         } else {
-            let (parts, incoming) = req.into_parts();
+            let (mut parts, incoming) = req.into_parts();
+            if !upgrading {
+                // hyper's client drops a body of unknown length on GET, HEAD
+                // and CONNECT unless the request says it is chunked.
+                headers::frame_request_body(&mut parts.headers, incoming.is_end_stream());
+            }
             let (body, body_progress) = RequestBody::new(incoming);
             let req = Request::from_parts(parts, body);
             // Boxed: this path's state (hyper's handshake and send
@@ -285,13 +300,29 @@ impl Proxy {
             // larger, and hyper moves that future into place per request.
             Box::pin(forward(version, settings, req, body_progress))
                 .await
-                .map(|(resp, endpoint, sender)| {
-                    (resp.map(|b| Upstream::Hyper(b, sender)), endpoint)
+                .and_then(|(resp, outstanding, sender, request_id)| {
+                    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS && !upgrading {
+                        let e = "101 to a request that asked no upgrade";
+                        return Err(Failed {
+                            error: ProxyError::Reset(e.into()),
+                            request_id,
+                        });
+                    }
+                    Ok((resp.map(|b| Upstream::Hyper(b, sender)), outstanding))
                 })
         };
+        completion.conn.upstream_answered();
         match outcome {
-            Ok((mut resp, endpoint)) => {
+            Ok((mut resp, outstanding)) => {
                 completion.status = resp.status();
+                // Length and chunked at once (RFC 9112 6.3): the connection
+                // is never reused; equal repeated lengths go out as one.
+                let reusable = !matches!(resp.body(), Upstream::Hyper(..))
+                    || headers::fix_response_length(resp.headers_mut());
+                // The gateway answers in its own protocol version, never the
+                // upstream's (an HTTP/1.0 upstream's response would make
+                // hyper's server end the body by closing the connection).
+                *resp.version_mut() = http::Version::HTTP_11;
                 let response_header = settings
                     .response_header
                     .as_ref()
@@ -312,7 +343,7 @@ impl Proxy {
                         // back to the pool now.
                         completion.finished = inner.is_end_stream();
                         let pooled = inner.take_reusable().map(Pooled::Own);
-                        completion.upstream = Some((endpoint, pooled));
+                        completion.upstream = Some((outstanding, pooled));
                         ProxyBody::Own {
                             inner,
                             completion: Some(completion),
@@ -321,10 +352,10 @@ impl Proxy {
                     Upstream::Hyper(inner, sender) => {
                         // Same for hyper: 204, 304, HEAD, length 0.
                         completion.finished = inner.is_end_stream();
-                        if upgraded {
-                            completion.upstream = Some((endpoint, None));
+                        if upgraded || !reusable {
+                            completion.upstream = Some((outstanding, None));
                         } else {
-                            completion.upstream = Some((endpoint, Some(Pooled::Hyper(sender))));
+                            completion.upstream = Some((outstanding, Some(Pooled::Hyper(sender))));
                         }
                         ProxyBody::Upstream {
                             inner,
@@ -334,9 +365,9 @@ impl Proxy {
                 };
                 Response::from_parts(parts, body)
             }
-            Err(e) => {
-                record_error(version, &e);
-                let resp = e.to_response();
+            Err(failed) => {
+                record_error(version, &failed);
+                let resp = failed.error.to_response(failed.request_id.as_ref());
                 completion.status = resp.status();
                 resp.map(|b| b.with_completion(completion))
             }
@@ -344,47 +375,78 @@ impl Proxy {
     }
 }
 
+/// The answer to a request rejected before it was routed: counted as the
+/// client's error, never a version's; the connection closes after it.
+fn reject(e: ClientError) -> Response<ProxyBody> {
+    e.count();
+    let mut resp = ProxyError::Client(e).to_response(None);
+    resp.headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// A request that could not be forwarded: the error and the request's id
+/// as the upstream got it (or would have), for the log and the client.
+struct Failed {
+    error: ProxyError,
+    request_id: Option<HeaderValue>,
+}
+
+impl Failed {
+    /// `error`, for the request whose upstream head is `head`.
+    fn in_head(error: ProxyError, head: &[u8]) -> Failed {
+        let request_id =
+            upstream_client::head::request_id(head).and_then(|id| HeaderValue::from_bytes(id).ok());
+        Failed { error, request_id }
+    }
+}
+
 /// The own client's response head with its fields in `map` (see
-/// [`exchange::RawHead::into_head`]). A head whose fields do not make a map
-/// fails the request, which then no longer counts at `endpoint`.
+/// [`upstream_client::RawHead::into_head`]). A head whose fields do not make a map
+/// fails the request.
 fn mapped_head(
-    raw: exchange::RawHead,
-    conn: &exchange::Conn,
-    endpoint: &Endpoint,
+    raw: upstream_client::RawHead,
+    conn: &upstream_client::Conn,
     map: http::HeaderMap,
-) -> Result<exchange::Head, ProxyError> {
-    raw.into_head(conn.spans(), map).map_err(|e| {
-        endpoint.end_request();
-        ProxyError::Reset(e.into())
-    })
+) -> Result<upstream_client::Head, Failed> {
+    raw.into_head(conn.spans(), map)
+        .map_err(|e| Failed::in_head(ProxyError::Reset(e.into()), conn.request_head_sent()))
 }
 
 /// Answers a request of the own server that failed upstream with the
 /// gateway's error response (502/503/504).
 async fn send_error<W: AsyncWrite + Unpin>(
-    e: ProxyError,
+    failed: Failed,
     completion: &mut Completion,
     client: &mut W,
     out: &mut Vec<u8>,
     close: bool,
 ) -> Result<(), SendError> {
-    record_error(&completion.version, &e);
-    let (status, mut map, text) = e.parts();
-    completion.status = status;
-    map.insert(http::header::CONTENT_LENGTH, HeaderValue::from(text.len()));
-    h1::response::map_head(out, status, &map, ClientFraming::AsIs, close);
-    h1::response::send_full(client, out, text.into()).await?;
+    record_error(&completion.version, &failed);
+    let text = h1::response::error_head(out, &failed.error, failed.request_id.as_ref(), close);
+    completion.status = failed.error.status();
+    h1::response::send_full(client, out, text).await?;
     completion.finished = true;
     Ok(())
 }
 
-/// Counts a failed request in its version's metrics.
-fn record_error(version: &Version, e: &ProxyError) {
-    if !matches!(e, ProxyError::Connect(_)) {
-        // Connect failures are counted per attempt, in `open`.
-        version.metrics.errors[e.kind_index()].increment(1);
+/// Counts a failed request: an upstream's failure in its version's
+/// metrics, a client's in `canary_client_errors_total` only. The detail
+/// goes to the log, under the request id the client got.
+fn record_error(version: &Version, failed: &Failed) {
+    let e = &failed.error;
+    let request_id = failed.request_id.as_ref().and_then(|v| v.to_str().ok());
+    let request_id = request_id.unwrap_or("-");
+    if let ProxyError::Client(c) = e {
+        c.count();
+        tracing::debug!(version = %version.name, request_id, error = %e, "client error");
+        return;
     }
-    tracing::debug!(version = %version.name, error = %e, "request failed");
+    // Connect failures are counted per attempt, in `open`.
+    if let (false, Some(kind)) = (matches!(e, ProxyError::Connect(_)), e.kind_index()) {
+        version.metrics.errors[kind].increment(1);
+    }
+    tracing::warn!(version = %version.name, request_id, error = %e, "request failed");
 }
 
 /// The upstream response's body, before it becomes a [`ProxyBody`].
@@ -404,47 +466,57 @@ async fn forward_own(
     method: &http::Method,
     encode: impl FnOnce(&mut Vec<u8>),
     start: Instant,
-) -> Result<(exchange::RawHead, exchange::Conn, Arc<Endpoint>), ProxyError> {
-    let (endpoint, (mut conn, mut pooled)) =
-        pick_and_connect(version, |e| own_conn_for(version, e, settings, start)).await?;
-    endpoint.begin_request();
+) -> Result<(upstream_client::RawHead, upstream_client::Conn, Outstanding), Failed> {
+    let connected = pick_and_connect(version, |e| own_conn_for(version, e, settings, start)).await;
+    let (endpoint, (mut conn, mut pooled)) = match connected {
+        Ok(connected) => connected,
+        Err(error) => {
+            // Error path: the head the upstream would have got, for its id.
+            let mut head = Vec::new();
+            encode(&mut head);
+            return Err(Failed::in_head(error, &head));
+        }
+    };
+    // Counted until dropped, whichever way the request ends (also when its
+    // future is dropped: a client gone, an h2 stream reset).
+    let outstanding = Outstanding::new(endpoint);
+    let endpoint = outstanding.endpoint();
     encode(conn.request_head());
     let deadline = tokio::time::Instant::from_std(start) + settings.timeouts.upstream_response;
     let mut timer = conn.timer(deadline);
-    let attempt = async {
-        loop {
-            match conn.exchange(method).await {
-                Ok(head) => return Ok((head, conn)),
-                Err(e)
-                    if pooled
-                        && e.nothing_received()
-                        && (e.unsent() || exchange::retry_safe(method)) =>
-                {
-                    tracing::debug!(upstream = %endpoint.addr(), error = %e, "pooled connection failed; retrying on a new one");
-                    pooled = false;
-                    let stream = Box::pin(open(version, &endpoint, settings)).await?;
-                    let mut fresh = exchange::Conn::new(stream);
-                    std::mem::swap(fresh.request_head(), conn.request_head());
-                    conn = fresh;
+    let outcome = {
+        let attempt = async {
+            loop {
+                match conn.exchange(method).await {
+                    Ok(head) => return Ok(head),
+                    Err(e)
+                        if pooled
+                            && e.nothing_received()
+                            && (e.unsent() || upstream_client::retry_safe(method)) =>
+                    {
+                        tracing::debug!(upstream = %endpoint.addr(), error = %e, "pooled connection failed; retrying on a new one");
+                        pooled = false;
+                        let stream = Box::pin(open(version, endpoint, settings)).await?;
+                        let mut fresh = upstream_client::Conn::new(stream);
+                        std::mem::swap(fresh.request_head(), conn.request_head());
+                        conn = fresh;
+                    }
+                    Err(e) => return Err(ProxyError::Reset(e.into())),
                 }
-                Err(e) => return Err(ProxyError::Reset(e.into())),
             }
+        };
+        tokio::select! {
+            biased;
+            outcome = attempt => outcome,
+            () = &mut timer => Err(ProxyError::Timeout),
         }
-    };
-    let outcome = tokio::select! {
-        biased;
-        outcome = attempt => outcome,
-        () = &mut timer => Err(ProxyError::Timeout),
     };
     match outcome {
-        Ok((head, mut conn)) => {
+        Ok(head) => {
             conn.keep_timer(timer);
-            Ok((head, conn, endpoint))
+            Ok((head, conn, outstanding))
         }
-        Err(e) => {
-            endpoint.end_request();
-            Err(e)
-        }
+        Err(error) => Err(Failed::in_head(error, conn.request_head_sent())),
     }
 }
 
@@ -476,13 +548,13 @@ async fn own_conn_for(
     endpoint: &Endpoint,
     settings: &ProxySettings,
     start: Instant,
-) -> Result<(exchange::Conn, bool), ConnectError> {
+) -> Result<(upstream_client::Conn, bool), ConnectError> {
     if let Some(conn) = endpoint.checkout_own(settings.upstream.pool_idle_timeout, start) {
         return Ok((conn, true));
     }
     // Boxed, as connecting is the rare case (see `Proxy::handle`).
     let stream = Box::pin(open(version, endpoint, settings)).await?;
-    Ok((exchange::Conn::new(stream), false))
+    Ok((upstream_client::Conn::new(stream), false))
 }
 
 /// Opens a TCP connection to `endpoint`, counting a failure in the version's
@@ -511,19 +583,30 @@ async fn forward(
     settings: &ProxySettings,
     req: Request<RequestBody>,
     body_progress: Option<Arc<body::BodyProgress>>,
-) -> Result<(Response<Incoming>, Arc<Endpoint>, Sender), ProxyError> {
-    let (endpoint, mut sender) =
-        pick_and_connect(version, |e| sender_for(version, e, settings)).await?;
-    endpoint.begin_request();
-    // The response timeout starts once the request body has been sent in full.
-    let timeout = settings.timeouts.upstream_response;
+) -> Result<(Response<Incoming>, Outstanding, Sender, Option<HeaderValue>), Failed> {
+    let request_id = req.headers().get(&headers::X_REQUEST_ID).cloned();
+    let failed = |error: ProxyError| Failed {
+        error,
+        request_id: request_id.clone(),
+    };
+    let (endpoint, mut sender) = pick_and_connect(version, |e| sender_for(version, e, settings))
+        .await
+        .map_err(failed)?;
+    let outstanding = Outstanding::new(endpoint);
+    let endpoint = outstanding.endpoint();
+    // The response timeout starts once the request body has been sent in
+    // full; a body that stops moving ends the request sooner, as the
+    // client's error when the client stopped sending it.
+    let timeouts = settings.timeouts;
+    let progress = body_progress.clone();
     let deadline = async move {
         if let Some(progress) = body_progress
-            && !progress.ended_or_stalled(timeout).await
+            && let Some(stalled) = progress.ended_or_stalled(&timeouts).await
         {
-            return;
+            return stalled;
         }
-        tokio::time::sleep(timeout).await;
+        tokio::time::sleep(timeouts.upstream_response).await;
+        ProxyError::Timeout
     };
     tokio::pin!(deadline);
     let mut req = req;
@@ -531,30 +614,28 @@ async fn forward(
     loop {
         let outcome = tokio::select! {
             outcome = sender.try_send_request(req) => outcome,
-            () = &mut deadline => {
-                endpoint.end_request();
-                return Err(ProxyError::Timeout);
-            }
+            error = &mut deadline => return Err(failed(error)),
         };
         match outcome {
-            Ok(resp) => return Ok((resp, endpoint, sender)),
-            Err(mut e) => match e.take_message() {
-                Some(unsent) if !retried => {
-                    retried = true;
-                    req = unsent;
-                    sender = match connect_to(version, &endpoint, settings).await {
-                        Ok(sender) => sender,
-                        Err(e) => {
-                            endpoint.end_request();
-                            return Err(e.into());
-                        }
-                    };
+            Ok(resp) => return Ok((resp, outstanding, sender, request_id)),
+            Err(mut e) => {
+                // The client's body failed (bad framing, the client gone):
+                // the client's error, never the upstream's; the upstream
+                // connection that got half of it is dropped with `sender`.
+                if let Some(client) = progress.as_ref().and_then(|p| p.client_failure()) {
+                    return Err(failed(client.into()));
                 }
-                _ => {
-                    endpoint.end_request();
-                    return Err(ProxyError::Reset(e.into_error().into()));
+                match e.take_message() {
+                    Some(unsent) if !retried => {
+                        retried = true;
+                        req = unsent;
+                        sender = connect_to(version, endpoint, settings)
+                            .await
+                            .map_err(|e| failed(e.into()))?;
+                    }
+                    _ => return Err(failed(ProxyError::Reset(e.into_error().into()))),
                 }
-            },
+            }
         }
     }
 }

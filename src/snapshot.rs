@@ -77,6 +77,8 @@ pub struct ProxySettings {
     pub upstream: UpstreamConfig,
     pub access_log: bool,
     pub trust_forwarded_headers: bool,
+    /// Keep request header fields whose names contain `_`.
+    pub allow_underscores_in_headers: bool,
 }
 
 impl ProxySettings {
@@ -89,6 +91,7 @@ impl ProxySettings {
             upstream: config.upstream,
             access_log: config.log.access_log,
             trust_forwarded_headers: config.listener.trust_forwarded_headers,
+            allow_underscores_in_headers: config.listener.allow_underscores_in_headers,
         }
     }
 }

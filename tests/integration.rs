@@ -15,3 +15,15 @@ mod lifecycle;
 
 #[path = "integration/own_server.rs"]
 mod own_server;
+
+#[path = "integration/recorder.rs"]
+mod recorder;
+
+#[path = "integration/framing.rs"]
+mod framing;
+
+#[path = "integration/client_errors.rs"]
+mod client_errors;
+
+#[path = "integration/properties.rs"]
+mod properties;

@@ -38,6 +38,7 @@ pub struct RawConfig {
 pub struct RawListener {
     pub address: String,
     pub trust_forwarded_headers: Option<bool>,
+    pub allow_underscores_in_headers: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -87,6 +88,7 @@ pub struct RawTimeouts {
     pub request_header: Option<toml::Value>,
     pub idle: Option<toml::Value>,
     pub shutdown_grace: Option<toml::Value>,
+    pub body_stall: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]

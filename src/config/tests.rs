@@ -215,3 +215,19 @@ fn shipped_ecs_config_is_valid() {
     assert!(matches!(c.store, StoreConfig::CloudMap { .. }));
     assert!(c.listener.trust_forwarded_headers);
 }
+
+#[test]
+fn body_stall_and_underscored_names_parse_and_default() {
+    let c = Config::parse(BASE, "gw.toml").unwrap();
+    assert_eq!(c.timeouts.body_stall, Duration::from_secs(60));
+    assert!(!c.listener.allow_underscores_in_headers);
+    let text = BASE.replace(
+        "[listener]\n",
+        "[listener]\nallow_underscores_in_headers = true\n",
+    ) + "\n[timeouts]\nbody_stall = \"2s\"\n";
+    let c = Config::parse(&text, "gw.toml").unwrap();
+    assert_eq!(c.timeouts.body_stall, Duration::from_secs(2));
+    assert!(c.listener.allow_underscores_in_headers);
+    let bad = err(&(BASE.to_string() + "\n[timeouts]\nbody_stall = \"soon\"\n"));
+    assert!(bad.contains("timeouts.body_stall"), "{bad}");
+}

@@ -16,12 +16,14 @@ use bytes::Bytes;
 use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use tokio::sync::Notify;
 
-use super::exchange::body::ResponseBody;
+use super::error_response::{ClientError, ProxyError};
 use super::server::ConnState;
-use super::upstream::{Endpoint, Pooled};
+use super::upstream::{Outstanding, Pooled};
+use super::upstream_client::body::ResponseBody;
+use crate::config::Timeouts;
 use crate::snapshot::{ProxySettings, Version};
 
 /// How far a request body has been sent upstream.
@@ -31,6 +33,11 @@ pub struct BodyProgress {
     frames: AtomicU64,
     /// The body has ended (or was dropped).
     done: AtomicBool,
+    /// The last read of the client's body found nothing: the client is the
+    /// one not sending (else the upstream is not taking it).
+    waiting_for_client: AtomicBool,
+    /// How the client's body failed: 0 not, 1 bad framing, 2 client gone.
+    client_failure: AtomicU8,
     ended: Notify,
 }
 
@@ -41,22 +48,59 @@ impl BodyProgress {
         }
     }
 
-    /// Resolves when the body has been sent in full, or when it made no
-    /// progress for `stall` (an upstream that stops reading an upload must
-    /// not hang the request forever). Returns `true` when it ended.
-    pub async fn ended_or_stalled(&self, stall: std::time::Duration) -> bool {
+    /// Why the client's body failed, if it did: then the request failed by
+    /// the client's fault, whatever error the upstream side reports.
+    pub fn client_failure(&self) -> Option<ClientError> {
+        match self.client_failure.load(Ordering::Acquire) {
+            0 => None,
+            1 => Some(ClientError::BadBody),
+            _ => Some(ClientError::Aborted),
+        }
+    }
+
+    fn client_failed(&self, e: &hyper::Error) {
+        let gone = e.is_incomplete_message()
+            || std::iter::successors(std::error::Error::source(e), |e| e.source())
+                .filter_map(|e| e.downcast_ref::<std::io::Error>())
+                .any(|e| e.kind() == std::io::ErrorKind::UnexpectedEof);
+        let code = if gone { 2 } else { 1 };
+        self.client_failure.store(code, Ordering::Release);
+    }
+
+    /// Resolves with `None` when the body has been sent in full, or with the
+    /// error that ends the request when the body stopped moving: for
+    /// `body_stall` while the client was not sending it (the client's
+    /// error), or for `upstream_response` while the upstream was not taking
+    /// it (an upstream that stops reading an upload must not hang the
+    /// request forever).
+    pub async fn ended_or_stalled(&self, timeouts: &Timeouts) -> Option<ProxyError> {
+        let tick = timeouts.body_stall.min(timeouts.upstream_response);
+        let mut quiet = std::time::Duration::ZERO;
         loop {
             if self.done.load(Ordering::Acquire) {
-                return true;
+                return None;
             }
             let before = self.frames.load(Ordering::Relaxed);
             tokio::select! {
-                () = self.ended.notified() => return true,
-                () = tokio::time::sleep(stall) => {
-                    if self.frames.load(Ordering::Relaxed) == before && !self.done.load(Ordering::Acquire) {
-                        return false;
-                    }
-                }
+                () = self.ended.notified() => return None,
+                () = tokio::time::sleep(tick) => {}
+            }
+            if self.done.load(Ordering::Acquire) {
+                return None;
+            }
+            if self.frames.load(Ordering::Relaxed) != before {
+                quiet = std::time::Duration::ZERO;
+                continue;
+            }
+            quiet += tick;
+            let stalled = if self.waiting_for_client.load(Ordering::Relaxed) {
+                (quiet >= timeouts.body_stall).then_some(ProxyError::Client(ClientError::BodyStall))
+            } else {
+                (quiet >= timeouts.upstream_response).then_some(ProxyError::Timeout)
+            };
+            if stalled.is_some() {
+                metrics::counter!(crate::metrics::BODY_STALLS_TOTAL).increment(1);
+                return stalled;
             }
         }
     }
@@ -111,10 +155,19 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let (Some(progress), Poll::Ready(_)) = (&this.progress, &polled) {
-            progress.frames.fetch_add(1, Ordering::Relaxed);
+        if let Some(progress) = &this.progress {
+            let waiting = polled.is_pending();
+            progress
+                .waiting_for_client
+                .store(waiting, Ordering::Relaxed);
+            if !waiting {
+                progress.frames.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Poll::Ready(Some(Err(e))) = &polled {
+                progress.client_failed(e);
+            }
             if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
-                || this.inner.is_end_stream()
+                || (!waiting && this.inner.is_end_stream())
             {
                 progress.end();
             }
@@ -138,8 +191,9 @@ pub struct Completion {
     pub status: StatusCode,
     pub settings: Arc<ProxySettings>,
     pub conn: Arc<ConnState>,
-    /// The endpoint that served it and the pooled connection to give back.
-    pub upstream: Option<(Arc<Endpoint>, Option<Pooled>)>,
+    /// The request counted at the endpoint that served it, and the pooled
+    /// connection to give back.
+    pub upstream: Option<(Outstanding, Option<Pooled>)>,
     /// The response body was read to its end: the connection can be reused.
     pub finished: bool,
     pub method: http::Method,
@@ -159,19 +213,18 @@ impl Drop for Completion {
                 target: "access",
                 method = %self.method,
                 version = %self.version.name,
-                upstream = %upstream.as_ref().map(|(e, _)| e.addr().to_string()).unwrap_or_else(|| "-".into()),
+                upstream = %upstream.as_ref().map(|(e, _)| e.endpoint().addr().to_string()).unwrap_or_else(|| "-".into()),
                 status = self.status.as_u16(),
                 latency_ms = elapsed.as_secs_f64() * 1000.0,
                 complete = self.finished,
             );
         }
-        if let Some((endpoint, sender)) = upstream {
-            endpoint.end_request();
-            if self.finished
-                && let Some(conn) = sender
-            {
-                endpoint.checkin(conn, self.settings.upstream.max_idle_per_endpoint, now);
-            }
+        if let Some((outstanding, sender)) = upstream
+            && self.finished
+            && let Some(conn) = sender
+        {
+            let max_idle = self.settings.upstream.max_idle_per_endpoint;
+            outstanding.endpoint().checkin(conn, max_idle, now);
         }
     }
 }

@@ -7,14 +7,15 @@
 //! buffer), allocates a fresh 8 KiB read buffer per request, and encodes
 //! the response from another header map. Here the request head is parsed in
 //! place in the connection's buffer, the upstream's head is written straight
-//! from the request's bytes ([`crate::proxy::exchange::head`]) and the
+//! from the request's bytes ([`crate::proxy::upstream_client::head`]) and the
 //! client's straight from the upstream's ([`response`]), the way nginx
 //! copies header lines between buffers.
 //!
 //! At the first request that is not simple, the connection is handed to
 //! hyper's server for the rest of its life, with the bytes read so far
 //! ([`Ended::HandOff`]): uploads, upgrades, `Expect`, HTTP/1.0 and malformed
-//! heads (400, 431) keep hyper's handling.
+//! heads (400, 431) keep hyper's handling. A missing or repeated Host, which
+//! hyper's server lets pass, gets a 400 here.
 
 pub mod request;
 pub mod response;
@@ -28,6 +29,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Proxy;
+use super::error_response::{ClientError, ProxyError};
 use super::server::{ConnState, Drain};
 use request::Parsed;
 use response::SendError;
@@ -99,6 +101,15 @@ pub async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(
             Parsed::Partial | Parsed::Other => {
                 buf.drain(..start);
                 return Ok(Ended::HandOff(buf.into()));
+            }
+            Parsed::Invalid(reason) => {
+                // A 400 and the connection closes: counted as the client's
+                // error, never a version's.
+                let e = ClientError::BadHead(reason);
+                e.count();
+                let body = response::error_head(&mut out, &ProxyError::Client(e), None, true);
+                response::send_full(io, &out, body).await?;
+                return Ok(Ended::Closed);
             }
         };
         if close {

@@ -13,8 +13,12 @@ pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-for
 pub(crate) static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Whether the request asks to switch protocols (WebSocket and the like).
+/// An upgrade to h2c is refused: its Upgrade and HTTP2-Settings fields are
+/// stripped as hop-by-hop and the request goes on as plain HTTP/1.1 (an
+/// upstream's 101 would make the connection a tunnel past the gateway).
 pub fn is_upgrade_request<B>(req: &Request<B>) -> bool {
     // One pass over the names (standard names compare as enum tags) instead
     // of hashing: most requests carry neither header.
@@ -22,6 +26,97 @@ pub fn is_upgrade_request<B>(req: &Request<B>) -> bool {
         && has_connection(req.headers())
         && req.headers().keys().any(|k| k == header::UPGRADE)
         && connection_has_token(req.headers(), "upgrade")
+        && !req
+            .headers()
+            .get_all(header::UPGRADE)
+            .iter()
+            .any(|v| has_token(v.as_bytes(), b"h2c"))
+}
+
+/// Why an HTTP/1 request's head breaks RFC 9112 in a way hyper's server
+/// lets pass (a 400): no Host in an HTTP/1.1 request, or more than one
+/// (3.2); an authority-form target on another method than CONNECT (3.2.3),
+/// which would otherwise go upstream as `/` with its authority as Host; a
+/// transfer coding other than chunked. HTTP/2 carries `:authority`.
+pub fn head_problem<B>(req: &Request<B>) -> Option<&'static str> {
+    if req.version() >= Version::HTTP_2 {
+        return None;
+    }
+    if req.uri().scheme().is_none()
+        && req.uri().authority().is_some()
+        && req.method() != http::Method::CONNECT
+    {
+        return Some("authority-form target");
+    }
+    // A transfer coding but chunked would go upstream as a plain body
+    // (hyper's server decodes the chunks, the coding would be lost).
+    let codings = req.headers().get_all(header::TRANSFER_ENCODING).iter();
+    let other = |v: &HeaderValue| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .map(<[u8]>::trim_ascii)
+            .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"chunked"))
+    };
+    if codings.into_iter().any(other) {
+        return Some("a transfer coding other than chunked");
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), None) => None,
+        (Some(_), Some(_)) => Some("more than one Host field"),
+        (None, _) if req.version() == Version::HTTP_11 => Some("no Host field"),
+        (None, _) => None,
+    }
+}
+
+/// A target's authority as a Host value: without userinfo.
+pub(crate) fn authority_host(authority: &http::uri::Authority) -> &str {
+    let text = authority.as_str();
+    text.rsplit_once('@').map_or(text, |(_, host)| host)
+}
+
+/// Whether a header name contains `_` (dropped unless the config keeps them).
+pub(crate) fn is_underscored(name: &[u8]) -> bool {
+    name.contains(&b'_')
+}
+
+/// Says how a request body that goes through hyper's client is framed: a
+/// body without Content-Length is sent chunked. hyper's client would send
+/// a body of unknown length on GET, HEAD and CONNECT as no body at all.
+pub fn frame_request_body(headers: &mut HeaderMap, end_stream: bool) {
+    if !end_stream && !headers.contains_key(header::CONTENT_LENGTH) {
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
+}
+
+/// Fixes an upstream response's length fields (RFC 9112, 6.3) and says
+/// whether its connection may be reused: with Transfer-Encoding, a
+/// Content-Length is dropped and the connection is not reused; equal
+/// repeated lengths (`5, 5` or two fields) go out as one.
+pub fn fix_response_length(headers: &mut HeaderMap) -> bool {
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    let (Some(first), second) = (lengths.next(), lengths.next()) else {
+        return true;
+    };
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+        return false;
+    }
+    if second.is_some() || first.as_bytes().contains(&b',') {
+        // Unequal values never get here: the response failed to parse.
+        let one = first
+            .as_bytes()
+            .split(|&b| b == b',')
+            .next()
+            .map(<[u8]>::trim_ascii);
+        if let Some(value) = one.and_then(|v| HeaderValue::from_bytes(v).ok()) {
+            headers.insert(header::CONTENT_LENGTH, value);
+        }
+    }
+    true
 }
 
 /// Whether a Connection header is present, by a scan of the names.
@@ -103,6 +198,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
         headers.remove(header::UPGRADE);
     }
     headers.remove(&PROXY_CONNECTION);
+    headers.remove(&HTTP2_SETTINGS);
     if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
         let proxy: Vec<HeaderName> = headers
             .keys()
@@ -126,18 +222,20 @@ pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == header::TRANSFER_ENCODING
         || name == header::UPGRADE
         || name == KEEP_ALIVE
+        || name == HTTP2_SETTINGS
         || name.as_str().as_bytes().starts_with(b"proxy-")
 }
 
 /// [`is_hop_by_hop`] for a name as received (any letter case).
 pub(crate) fn is_hop_by_hop_bytes(name: &[u8]) -> bool {
-    const NAMES: [&[u8]; 6] = [
+    const NAMES: [&[u8]; 7] = [
         b"connection",
         b"te",
         b"trailer",
         b"transfer-encoding",
         b"upgrade",
         b"keep-alive",
+        b"http2-settings",
     ];
     NAMES.iter().any(|n| name.eq_ignore_ascii_case(n))
         || name
@@ -152,6 +250,9 @@ pub struct Forwarding<'a> {
     pub peer_ip: &'a HeaderValue,
     pub port: &'a HeaderValue,
     pub trust_forwarded_headers: bool,
+    /// Drop header fields whose names contain `_` (see
+    /// [`is_underscored`]); false when the request has none.
+    pub drop_underscored: bool,
 }
 
 /// hyper's HTTP/1 side only sends the trailer fields that a message's Trailer
@@ -175,10 +276,10 @@ pub fn prepare_request<B>(req: &mut Request<B>, upgrading: bool, fwd: &Forwardin
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
 
-    // HTTP/2 requests carry the authority in the URI instead of a Host header.
-    if !req.headers().contains_key(header::HOST)
-        && let Some(authority) = req.uri().authority()
-        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    // A target's authority replaces Host (RFC 9112, 3.2.2: absolute form;
+    // HTTP/2 requests carry it in `:authority`).
+    if let Some(authority) = req.uri().authority()
+        && let Ok(host) = HeaderValue::from_str(authority_host(authority))
     {
         req.headers_mut().insert(header::HOST, host);
     }
@@ -197,6 +298,20 @@ pub fn prepare_request<B>(req: &mut Request<B>, upgrading: bool, fwd: &Forwardin
     let trailer = declared_trailers(req.headers());
     let headers = req.headers_mut();
     strip_hop_by_hop(headers, upgrading);
+    if fwd.drop_underscored
+        && headers
+            .keys()
+            .any(|k| is_underscored(k.as_str().as_bytes()))
+    {
+        let underscored: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| is_underscored(k.as_str().as_bytes()))
+            .cloned()
+            .collect();
+        for name in underscored {
+            headers.remove(&name);
+        }
+    }
     for value in trailer {
         headers.append(header::TRAILER, value);
     }
@@ -333,6 +448,7 @@ mod tests {
             "transfer-encoding",
             "upgrade",
             "keep-alive",
+            "http2-settings",
             "proxy-authorization",
             "x-kept",
             "tea",

@@ -48,6 +48,9 @@ pub struct ConnState {
     awaiting_head: AtomicBool,
     /// The connection speaks HTTP/2 (no per-request head timing).
     http2: AtomicBool,
+    /// A request was forwarded and its response head has not arrived (its
+    /// own timeout runs): no body can stall meanwhile.
+    awaiting_upstream: AtomicBool,
     /// The client's address for X-Forwarded-For, formatted once.
     pub peer_ip: HeaderValue,
 }
@@ -60,6 +63,7 @@ impl ConnState {
             head_started_ms: AtomicU64::new(0),
             awaiting_head: AtomicBool::new(true),
             http2: AtomicBool::new(false),
+            awaiting_upstream: AtomicBool::new(false),
             peer_ip: super::headers::peer_ip(peer),
         }
     }
@@ -69,9 +73,16 @@ impl ConnState {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.awaiting_head.store(false, Ordering::Relaxed);
         self.head_started_ms.store(0, Ordering::Relaxed);
+        self.awaiting_upstream.store(true, Ordering::Relaxed);
         if http2 {
             self.http2.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// The upstream answered the request in flight (or it failed): from now
+    /// on its bodies are watched for stalls.
+    pub fn upstream_answered(&self) {
+        self.awaiting_upstream.store(false, Ordering::Relaxed);
     }
 
     /// A request's response ended.

@@ -6,8 +6,8 @@
 //! outstanding counts and ejections survive weight changes and reloads.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::http1;
@@ -15,8 +15,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::clock::now_ms;
-use super::exchange::Conn;
 use super::random::fast_random;
+use super::upstream_client::Conn;
 use crate::config::UpstreamConfig;
 
 /// A pooled HTTP/1.1 connection's request handle (hyper's client).
@@ -26,7 +26,7 @@ pub type Sender = http1::SendRequest<super::body::RequestBody>;
 pub enum Pooled {
     /// Driven by hyper's client in a task of its own (requests with a body).
     Hyper(Sender),
-    /// Driven by the request's own task ([`super::exchange`]).
+    /// Driven by the request's own task ([`super::upstream_client`]).
     Own(Conn),
 }
 
@@ -149,14 +149,6 @@ impl Endpoint {
         (until != 0 && now < until).then(|| until - now)
     }
 
-    pub fn begin_request(&self) {
-        self.outstanding.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn end_request(&self) {
-        self.outstanding.fetch_sub(1, Ordering::Relaxed);
-    }
-
     /// A connect succeeded: the endpoint is healthy again.
     fn connect_succeeded(&self) {
         // An ejection resets `failures` to 0: check the ejection too, or an
@@ -275,13 +267,35 @@ impl Endpoint {
     }
 }
 
+/// A request counted in its endpoint's outstanding requests until dropped,
+/// whichever way the request ends (an error, its end, or its future dropped
+/// when the client went away).
+pub struct Outstanding(Arc<Endpoint>);
+
+impl Outstanding {
+    pub fn new(endpoint: Arc<Endpoint>) -> Outstanding {
+        endpoint.outstanding.fetch_add(1, Ordering::Relaxed);
+        Outstanding(endpoint)
+    }
+
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.0
+    }
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Power of two choices over outstanding requests, skipping ejected endpoints
 /// (when every endpoint is ejected, all are candidates again: better to try
 /// than to fail every request). `exclude` is an endpoint already tried.
 pub fn pick<'a>(
-    endpoints: &'a [std::sync::Arc<Endpoint>],
+    endpoints: &'a [Arc<Endpoint>],
     exclude: Option<&Endpoint>,
-) -> Option<&'a std::sync::Arc<Endpoint>> {
+) -> Option<&'a Arc<Endpoint>> {
     let usable = |e: &Endpoint| !e.is_ejected() && !exclude.is_some_and(|x| std::ptr::eq(x, e));
     match endpoints.len() {
         0 => None,
@@ -321,7 +335,6 @@ pub fn pick<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn eps(n: u16) -> Vec<Arc<Endpoint>> {
         (0..n)
@@ -332,9 +345,7 @@ mod tests {
     #[test]
     fn pick_spreads_and_prefers_fewer_outstanding() {
         let e = eps(3);
-        for _ in 0..5 {
-            e[0].begin_request();
-        }
+        let busy: Vec<Outstanding> = (0..5).map(|_| Outstanding::new(e[0].clone())).collect();
         let mut counts = [0; 3];
         for _ in 0..3000 {
             let p = pick(&e, None).unwrap();
@@ -342,6 +353,8 @@ mod tests {
         }
         assert!(counts[1] > 900 && counts[2] > 900, "{counts:?}");
         assert!(counts[0] < counts[1] && counts[0] < counts[2], "{counts:?}");
+        drop(busy);
+        assert_eq!(e[0].outstanding(), 0);
     }
 
     #[test]

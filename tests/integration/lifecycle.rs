@@ -20,7 +20,13 @@ fn write_config(dir: &Path, versions: &[(&str, u32, SocketAddr)], extra: &str) -
     );
     text = text.replace("[admin]\n", "[admin]\ntoken_env = \"LIFECYCLE_TOKEN\"\n");
     text.push_str(extra);
-    std::fs::write(&path, text).unwrap();
+    // Written whole and renamed into place: the gateway's file watcher (or a
+    // SIGHUP sent right after) never reads half a file. A half-written file
+    // would be rejected and re-read once complete, but it counts as a failed
+    // reload, which the tests here assert never happens.
+    let partial = dir.join("gateway.toml.partial");
+    std::fs::write(&partial, text).unwrap();
+    std::fs::rename(&partial, &path).unwrap();
     path
 }
 

@@ -258,6 +258,51 @@ async fn own_and_hyper_servers_forward_the_same() {
         assert!(own_head.contains("\r\ndate: "), "{own_head}");
     }
     gw.shutdown().await;
+
+    // Requests with bodies (every framing; they reach hyper's client from
+    // either server) and HEAD, against the recording upstream: the same
+    // method, target, end-to-end fields and body bytes arrive, and the
+    // client gets the same response.
+    let recorder = crate::recorder::Recorder::start().await;
+    let gw = Gateway::start(&config("", &[("v1", 1, recorder.addr)])).await;
+    let bodied = [
+        &b"POST /p HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nContent-Length: 5\r\n\r\nhello"[..],
+        b"PUT /p HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhe\r\n3\r\nllo\r\n0\r\n\r\n",
+        b"GET /g HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"HEAD /h HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
+        b"OPTIONS /o HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi",
+        b"HEAD /h HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"DELETE /d HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+    ];
+    use crate::recorder::{Path, exchange, forwarded};
+    for raw in bodied {
+        let request = String::from_utf8_lossy(raw);
+        let mut seen = Vec::new();
+        for path in [Path::Own, Path::Hyper] {
+            recorder.clear();
+            let response = exchange(gw.addr, path, raw).await.expect(&request);
+            let got = forwarded(&recorder);
+            assert_eq!(got.len(), 1, "{request} via {path:?}");
+            let got = &got[0];
+            let fields: Vec<_> = response
+                .fields
+                .iter()
+                .filter(|(n, _)| n != "date")
+                .cloned()
+                .collect();
+            seen.push((
+                (
+                    got.method.clone(),
+                    got.target.clone(),
+                    got.end_to_end_fields(),
+                    got.body.clone(),
+                ),
+                (response.status, fields, response.body),
+            ));
+        }
+        assert_eq!(seen[0], seen[1], "{request}");
+    }
+    gw.shutdown().await;
 }
 
 /// The same upstream responses through the own server and through hyper's
@@ -265,7 +310,7 @@ async fn own_and_hyper_servers_forward_the_same() {
 /// (but Date) and body, framing included.
 #[tokio::test]
 async fn own_and_hyper_servers_answer_the_same() {
-    let responses: [Script; 6] = [
+    let responses: [Script; 11] = [
         |_| {
             Some((&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..], false))
         },
@@ -284,6 +329,32 @@ async fn own_and_hyper_servers_answer_the_same() {
         |_| {
             Some((&b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"[..], false))
         },
+        // Informational responses before the final one.
+        |_| {
+            Some((&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nX-A: 1\r\nContent-Length: 2\r\n\r\nok"[..], false))
+        },
+        |_| {
+            Some((
+                &b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nX-A: 1\r\n\r\n"[..],
+                false,
+            ))
+        },
+        // Trailers (not asked for by the client: dropped).
+        |_| {
+            Some((&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Sum: 1\r\n\r\n"[..], false))
+        },
+        |_| {
+            Some((
+                &b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok"[..],
+                false,
+            ))
+        },
+        |_| {
+            Some((
+                &b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\nclose-delimited on 1.1"[..],
+                true,
+            ))
+        },
     ];
     for script in responses {
         let upstream = FixedUpstream::scripted(script).await;
@@ -298,6 +369,20 @@ async fn own_and_hyper_servers_answer_the_same() {
         handed.get("/", &[("te", "trailers")]).await.unwrap();
         let own_reply = own.get("/", &[]).await.unwrap();
         let hyper_reply = handed.get("/", &[]).await.unwrap();
+        // A body takes hyper's client (from either server).
+        let post = Request::post("/")
+            .header("host", "h")
+            .body(body(Bytes::from_static(b"hi")))
+            .unwrap();
+        let hyper_client_reply = Client::connect(gw.addr).await.send(post).await.unwrap();
+        let head = || {
+            Request::head("/")
+                .header("host", "h")
+                .body(body(Bytes::new()))
+                .unwrap()
+        };
+        let own_head = Client::connect(gw.addr).await.send(head()).await.unwrap();
+        let hyper_head = handed.send(head()).await.unwrap();
         let fields = |r: &Reply| {
             let mut f: Vec<(String, String)> = r
                 .headers
@@ -312,6 +397,13 @@ async fn own_and_hyper_servers_answer_the_same() {
         assert_eq!(fields(&own_reply), fields(&hyper_reply), "{own_reply:?}");
         assert_eq!(own_reply.body, hyper_reply.body);
         assert!(own_reply.header("date").is_some());
+        let with_body = &hyper_client_reply;
+        assert_eq!(own_reply.status, with_body.status, "{with_body:?}");
+        assert_eq!(fields(&own_reply), fields(with_body), "{with_body:?}");
+        assert_eq!(own_reply.body, with_body.body);
+        assert_eq!(own_head.status, hyper_head.status);
+        assert_eq!(fields(&own_head), fields(&hyper_head), "{own_head:?}");
+        assert_eq!((own_head.body.len(), hyper_head.body.len()), (0, 0));
         gw.shutdown().await;
     }
 }

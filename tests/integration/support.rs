@@ -138,6 +138,21 @@ pub async fn read_to_close(stream: &mut TcpStream, limit: Duration) -> Option<Ve
     Some(out)
 }
 
+/// An HTTP/2 prior-knowledge (h2c) client connection to `addr`.
+pub async fn h2c_client(
+    addr: SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
 /// The status code of a raw HTTP/1.x response (`HTTP/1.1 NNN ...`).
 pub fn raw_status(response: &[u8]) -> Option<u16> {
     let text = std::str::from_utf8(response.get(..12)?).ok()?;

@@ -25,6 +25,8 @@ pub struct SimpleRequest<'b> {
     pub fields: &'b [httparse::Header<'b>],
     /// The client asked to close the connection after the response.
     pub close: bool,
+    /// A field name contains `_` (see [`crate::proxy::headers::is_underscored`]).
+    pub underscored: bool,
     /// The head's length in bytes.
     pub len: usize,
 }
@@ -54,6 +56,9 @@ pub enum Parsed<'b> {
     /// an expectation, HTTP/1.0, a target or a header the own server does
     /// not vouch for, or not a valid head at all (hyper answers 400/431).
     Other,
+    /// A head that breaks RFC 9112 in a way hyper's server lets pass (a
+    /// missing or repeated Host): the client gets a 400.
+    Invalid(&'static str),
 }
 
 /// Parses the request head at the start of `buf`.
@@ -73,11 +78,12 @@ pub fn parse<'b>(buf: &'b [u8], slots: &'b mut Slots<'b>) -> Parsed<'b> {
     if method == Method::CONNECT || !origin_form(target.as_bytes()) {
         return Parsed::Other;
     }
-    let mut close = false;
+    let (mut close, mut underscored) = (false, false);
     let (mut hosts, mut lengths) = (0, 0);
     for field in req.headers.iter() {
         let name = field.name.as_bytes();
         let value = field.value;
+        underscored |= crate::proxy::headers::is_underscored(name);
         let simple = if name.eq_ignore_ascii_case(b"host") {
             hosts += 1;
             true
@@ -97,14 +103,21 @@ pub fn parse<'b>(buf: &'b [u8], slots: &'b mut Slots<'b>) -> Parsed<'b> {
             return Parsed::Other;
         }
     }
-    if hosts > 1 || lengths > 1 {
+    if lengths > 1 {
         return Parsed::Other;
+    }
+    // RFC 9112, 3.2: exactly one Host in an HTTP/1.1 request.
+    match hosts {
+        0 => return Parsed::Invalid("no Host field"),
+        1 => {}
+        _ => return Parsed::Invalid("more than one Host field"),
     }
     Parsed::Simple(SimpleRequest {
         method,
         target: target.as_bytes(),
         fields: req.headers,
         close,
+        underscored,
         len,
     })
 }
@@ -133,6 +146,7 @@ mod tests {
             Parsed::Simple(_) => "simple",
             Parsed::Partial => "partial",
             Parsed::Other => "other",
+            Parsed::Invalid(_) => "invalid",
         }
     }
 
@@ -141,8 +155,9 @@ mod tests {
         let simple = [
             &b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..],
             b"GET /a/b?c=d&e=%20 HTTP/1.1\r\nhost: a\r\nconnection: keep-alive\r\n\r\n",
-            b"DELETE /x HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
-            b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+            b"DELETE /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX_Under: 1\r\n\r\n",
         ];
         for raw in simple {
             assert_eq!(kind(raw), "simple", "{}", String::from_utf8_lossy(raw));
@@ -159,7 +174,6 @@ mod tests {
             b"OPTIONS * HTTP/1.1\r\n\r\n",
             b"CONNECT a:443 HTTP/1.1\r\n\r\n",
             b"GET /{\"a\"} HTTP/1.1\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
             b"GET / HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
             b"GARBAGE\r\n\r\n",
         ];
@@ -167,6 +181,19 @@ mod tests {
             assert_eq!(kind(raw), "other", "{}", String::from_utf8_lossy(raw));
         }
         assert_eq!(kind(b"GET / HTTP/1.1\r\nHost: a\r\n"), "partial");
+        for invalid in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX-Host: a\r\n\r\n",
+        ] {
+            assert_eq!(
+                kind(invalid),
+                "invalid",
+                "{}",
+                String::from_utf8_lossy(invalid)
+            );
+        }
         let many: String = (0..MAX_HEADERS + 1)
             .map(|i| format!("x-{i}: 1\r\n"))
             .collect();
@@ -178,7 +205,7 @@ mod tests {
 
     #[test]
     fn fields_are_found_in_any_case_and_close_is_noted() {
-        let raw = b"GET /p HTTP/1.1\r\nX-Canary: v2\r\nConnection: Keep-Alive, Close\r\n\r\nnext";
+        let raw = b"GET /p HTTP/1.1\r\nHost: h\r\nX-Canary: v2\r\nConnection: Keep-Alive, Close\r\n\r\nnext";
         let mut slots = slots();
         let Parsed::Simple(req) = parse(raw, &mut slots) else {
             panic!("not simple");

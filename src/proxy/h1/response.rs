@@ -13,10 +13,11 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_body::Body;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::proxy::exchange::body::ResponseBody;
-use crate::proxy::exchange::head::line as field;
-use crate::proxy::exchange::{ExchangeError, Framing, RawHead, Span};
+use crate::proxy::error_response::ProxyError;
 use crate::proxy::headers;
+use crate::proxy::upstream_client::body::ResponseBody;
+use crate::proxy::upstream_client::head::line as field;
+use crate::proxy::upstream_client::{ExchangeError, Framing, RawHead, Span};
 
 /// Why a response could not be sent whole.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +67,11 @@ pub fn upstream_head(
             continue;
         }
         field(out, name, value);
+    }
+    if let Some(n) = raw.facts.single_length {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(n.to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     if let Some((name, value)) = version_header {
         field(out, name.as_str().as_bytes(), value.as_bytes());
@@ -184,6 +190,20 @@ fn chunk_size(out: &mut Vec<u8>, len: usize) {
         out.push(HEX[(len >> (i * 4)) & 0xf]);
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the head of the gateway's error response for `e` into `out`
+/// (with the request's id, if known); returns the body to send after it.
+pub fn error_head(
+    out: &mut Vec<u8>,
+    e: &ProxyError,
+    request_id: Option<&HeaderValue>,
+    close: bool,
+) -> Bytes {
+    let (status, mut map, text) = e.parts(request_id);
+    map.insert(http::header::CONTENT_LENGTH, HeaderValue::from(text.len()));
+    map_head(out, status, &map, ClientFraming::AsIs, close);
+    text
 }
 
 /// Sends a whole response the gateway made: its head in `out` (see

@@ -1,6 +1,6 @@
 //! Data path: the life of one client connection after accept: the drain on
-//! shutdown and the watchdog (request-head and idle timeouts), checked in the
-//! connection's own poll.
+//! shutdown and the watchdog (request-head, idle and body-stall timeouts),
+//! checked in the connection's own poll.
 //!
 //! The connection task is woken two or three times per request. A
 //! `select!` over the connection, an interval and a shutdown channel polls
@@ -94,11 +94,17 @@ impl Drain {
 enum Closed {
     HeadTimeout,
     Idle,
+    /// A request in flight whose bodies moved in neither direction for
+    /// `body_stall` (a client not reading, an upstream stopped mid-body).
+    Stall,
 }
 
-/// The request-head and idle timeouts of one connection, checked on a tick.
+/// The request-head, idle and body-stall timeouts of one connection,
+/// checked on a tick.
 struct Watchdog {
     last_activity: u64,
+    /// A request was in flight at the last check.
+    in_flight: bool,
     quiet: Duration,
 }
 
@@ -111,16 +117,24 @@ impl Watchdog {
             return Some(Closed::HeadTimeout);
         }
         let activity = state.activity.load(Ordering::Relaxed);
-        if activity != self.last_activity || state.in_flight.load(Ordering::Relaxed) != 0 {
+        let in_flight = state.in_flight.load(Ordering::Relaxed) != 0;
+        // Waiting for a response head has its own timeout; HTTP/2 streams
+        // share the connection (and its pings): neither is a stall.
+        let exempt = in_flight
+            && (state.awaiting_upstream.load(Ordering::Relaxed)
+                || state.http2.load(Ordering::Relaxed));
+        if activity != self.last_activity || in_flight != self.in_flight || exempt {
             self.last_activity = activity;
+            self.in_flight = in_flight;
             self.quiet = Duration::ZERO;
-        } else {
-            self.quiet += every;
-            if self.quiet >= timeouts.idle {
-                return Some(Closed::Idle);
-            }
+            return None;
         }
-        None
+        self.quiet += every;
+        match in_flight {
+            true if self.quiet >= timeouts.body_stall => Some(Closed::Stall),
+            false if self.quiet >= timeouts.idle => Some(Closed::Idle),
+            _ => None,
+        }
     }
 }
 
@@ -147,13 +161,18 @@ impl Watch<'_> {
             drain,
             peer,
         } = *self;
-        let every = (timeouts.request_header.min(timeouts.idle) / 4).max(Duration::from_millis(50));
+        let shortest = timeouts
+            .request_header
+            .min(timeouts.idle)
+            .min(timeouts.body_stall);
+        let every = (shortest / 4).max(Duration::from_millis(50));
         let mut conn = pin!(conn);
         let mut tick = pin!(tokio::time::sleep(every));
         let mut drain_signal = pin!(drain.began.notified());
         let (mut ticking, mut listening, mut draining) = (false, false, false);
         let mut watchdog = Watchdog {
             last_activity: 0,
+            in_flight: false,
             quiet: Duration::ZERO,
         };
         let outcome = poll_fn(|cx| {
@@ -188,6 +207,10 @@ impl Watch<'_> {
                 tracing::debug!(%peer, "request head not received in time; closing the connection")
             }
             Err(Closed::Idle) => tracing::debug!(%peer, "idle connection closed"),
+            Err(Closed::Stall) => {
+                metrics::counter!(crate::metrics::BODY_STALLS_TOTAL).increment(1);
+                tracing::debug!(%peer, "request bodies stalled; closing the connection")
+            }
         }
         None
     }

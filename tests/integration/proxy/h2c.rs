@@ -3,11 +3,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
 
 use super::{count, header_lines, header_of};
 use crate::support::*;
@@ -16,14 +13,7 @@ use crate::support::*;
 async fn h2c_prior_knowledge_is_proxied() {
     let split = "override_header = \"x-canary-version\"\nresponse_header = \"x-canary-version\"";
     let (_v1, _v2, gw) = two_versions(split, 50, 50).await;
-    let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
-        TokioExecutor::new(),
-        TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let sender = h2c_client(gw.addr).await;
 
     let send = |path: &str, over: Option<&str>| {
         let mut sender = sender.clone();
@@ -103,14 +93,7 @@ async fn h2c_connection_may_wait_before_its_first_request() {
     let v1 = Upstream::start("v1").await;
     let extra = "[timeouts]\nrequest_header = \"200ms\"";
     let gw = Gateway::start(&config(extra, &[("v1", 1, v1.addr)])).await;
-    let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
-        TokioExecutor::new(),
-        TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2c_client(gw.addr).await;
     // A pre-opened connection, idle for longer than the request-head timeout
     // (but far less than the idle timeout), is still good.
     tokio::time::sleep(Duration::from_millis(1000)).await;

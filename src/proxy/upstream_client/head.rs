@@ -34,7 +34,10 @@ pub fn encode_forwarded(out: &mut Vec<u8>, req: &request::Parts, fwd: &Forwardin
             .iter()
             .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
     };
-    let authority = req.uri.authority().map(|a| a.as_str().as_bytes());
+    let authority = req
+        .uri
+        .authority()
+        .map(|a| headers::authority_host(a).as_bytes());
     encode_fields(
         out,
         req.method.as_str().as_bytes(),
@@ -47,7 +50,7 @@ pub fn encode_forwarded(out: &mut Vec<u8>, req: &request::Parts, fwd: &Forwardin
 
 /// [`encode_forwarded`] for a request as received: method, origin-form
 /// target and header fields as bytes (names in any letter case; `fields`
-/// makes an iterator over them).
+/// makes an iterator over them). `authority`, the target's, replaces Host.
 pub fn encode_fields<'a, I: Iterator<Item = (&'a [u8], &'a [u8])>>(
     out: &mut Vec<u8>,
     method: &[u8],
@@ -57,10 +60,12 @@ pub fn encode_fields<'a, I: Iterator<Item = (&'a [u8], &'a [u8])>>(
     fwd: &Forwarding<'_>,
 ) {
     request_line(out, method, target);
-    let (mut host, mut request_id, mut trailers, mut length) = (false, false, false, false);
+    let (mut request_id, mut trailers, mut length) = (false, false, false);
     let (mut forwarded_for, mut proto, mut port) = (false, false, false);
     for (name, value) in fields() {
-        if headers::is_hop_by_hop_bytes(name) {
+        if headers::is_hop_by_hop_bytes(name)
+            || (fwd.drop_underscored && headers::is_underscored(name))
+        {
             trailers |= name.eq_ignore_ascii_case(b"te") && headers::has_token(value, b"trailers");
             continue;
         }
@@ -78,8 +83,8 @@ pub fn encode_fields<'a, I: Iterator<Item = (&'a [u8], &'a [u8])>>(
             if !fwd.trust_forwarded_headers {
                 continue;
             }
-        } else if name.eq_ignore_ascii_case(b"host") {
-            host = true;
+        } else if authority.is_some() && name.eq_ignore_ascii_case(b"host") {
+            continue;
         } else if name.eq_ignore_ascii_case(b"x-request-id") {
             request_id = true;
         } else if name.eq_ignore_ascii_case(b"content-length") {
@@ -87,8 +92,9 @@ pub fn encode_fields<'a, I: Iterator<Item = (&'a [u8], &'a [u8])>>(
         }
         line(out, name, value);
     }
-    // HTTP/2 requests carry the authority in the URI instead of a Host header.
-    if !host && let Some(authority) = authority {
+    // A target's authority replaces Host (RFC 9112, 3.2.2: absolute form;
+    // HTTP/2 requests carry it in `:authority`).
+    if let Some(authority) = authority {
         line(out, b"host", authority);
     }
     if trailers {
@@ -114,6 +120,16 @@ pub fn encode_fields<'a, I: Iterator<Item = (&'a [u8], &'a [u8])>>(
         line(out, b"x-request-id", &headers::request_id_bytes());
     }
     finish(out, method, length);
+}
+
+/// The value of the first `x-request-id` field of an encoded request head
+/// (for the log when a request fails; not on the way of a good one).
+pub fn request_id(head: &[u8]) -> Option<&[u8]> {
+    head.split(|&b| b == b'\n').skip(1).find_map(|line| {
+        let (name, value) = line.split_at_checked(line.iter().position(|&b| b == b':')?)?;
+        name.eq_ignore_ascii_case(b"x-request-id")
+            .then(|| value[1..].trim_ascii())
+    })
 }
 
 /// The request line, in origin form.
@@ -203,6 +219,7 @@ mod tests {
                 peer_ip: &peer_ip,
                 port: &port,
                 trust_forwarded_headers: trust,
+                drop_underscored: true,
             };
             for req in &requests {
                 let copy = || {

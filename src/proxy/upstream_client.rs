@@ -140,9 +140,14 @@ pub struct Facts {
     /// The last transfer coding is `chunked`.
     chunked: bool,
     close: bool,
-    /// Content-Length must not reach the client: Transfer-Encoding
-    /// overrides it and the body is re-framed.
+    /// Content-Length must not reach the client as received: Transfer-Encoding
+    /// overrides it and the body is re-framed, or its equal values were
+    /// repeated (`5, 5` or two fields) and go out as one (`single_length`).
     pub drop_content_length: bool,
+    /// Content-Length came as a list or in several fields.
+    repeated_length: bool,
+    /// The length to send the client as one field, for a repeated one.
+    pub single_length: Option<u64>,
     /// The Connection header names headers to remove.
     pub connection_names_headers: bool,
     /// A Date header is present.
@@ -152,6 +157,7 @@ pub struct Facts {
 impl Facts {
     fn note(&mut self, name: &[u8], value: &[u8]) -> Result<(), ExchangeError> {
         if name.eq_ignore_ascii_case(b"content-length") {
+            self.repeated_length |= self.content_length.is_some() || value.contains(&b',');
             self.content_length = Some(content_length(value, self.content_length)?);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             self.transfer_encoding = true;
@@ -192,6 +198,9 @@ impl RawHead {
             let value = HeaderValue::from_maybe_shared(self.bytes.slice(vs as usize..ve as usize))
                 .map_err(|_| ExchangeError::Invalid("header value"))?;
             map.append(name, value);
+        }
+        if let Some(n) = self.facts.single_length {
+            map.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         }
         let mut response = Response::new(());
         *response.status_mut() = self.status;
@@ -267,6 +276,11 @@ impl Conn {
     /// The buffer to encode the request head into before [`Conn::exchange`].
     pub fn request_head(&mut self) -> &mut Vec<u8> {
         &mut self.out
+    }
+
+    /// The request head last encoded (the upstream got it, or was to get it).
+    pub fn request_head_sent(&self) -> &[u8] {
+        &self.out
     }
 
     /// Where the fields of the head [`Conn::exchange`] returned are.
@@ -394,8 +408,10 @@ fn framing(
             Framing::Empty
         } else if facts.transfer_encoding {
             // Transfer-Encoding overrides Content-Length, which must not reach
-            // the client alongside a re-framed body.
+            // the client alongside a re-framed body; the message is suspect
+            // (RFC 9112, 6.3): its connection is not reused.
             facts.drop_content_length = facts.content_length.is_some();
+            facts.close |= facts.content_length.is_some();
             if facts.chunked {
                 Framing::Chunked
             } else {
@@ -407,6 +423,10 @@ fn framing(
                 None => Framing::UntilClose,
             }
         };
+    if facts.repeated_length && !facts.drop_content_length {
+        facts.drop_content_length = true;
+        facts.single_length = facts.content_length;
+    }
     let keep_alive = version == 1 && framing != Framing::UntilClose && !facts.close;
     (framing, keep_alive)
 }
@@ -465,6 +485,21 @@ mod tests {
         .unwrap();
         assert_eq!(h.framing, Framing::Chunked);
         assert!(!h.response.headers().contains_key("content-length"));
+        assert!(!h.keep_alive, "length and chunked at once: never reused");
+        for repeated in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nContent-Length: 5\r\n\r\n",
+        ] {
+            let h = parse(repeated, false).unwrap().unwrap();
+            assert_eq!(h.framing, Framing::Length(5));
+            let lengths: Vec<_> = h
+                .response
+                .headers()
+                .get_all("content-length")
+                .iter()
+                .collect();
+            assert_eq!(lengths, ["5"]);
+        }
         let h = parse(b"HTTP/1.0 200 OK\r\n\r\n", false).unwrap().unwrap();
         assert_eq!(h.framing, Framing::UntilClose);
         assert!(!h.keep_alive);

@@ -1,0 +1,312 @@
+//! Whose fault is it: a client's broken request is a 4xx (or a closed
+//! connection) and a client-error count, never a version's 5xx or upstream
+//! error; error responses leak no upstream detail; cancelled requests give
+//! their endpoint's count back; bodies that stall end the request.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http_body_util::Empty;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::recorder::*;
+use crate::support::{
+    FixedUpstream, Gateway, ServerTask, Upstream, admin, config, dead_addr, eventually, h2c_client,
+    metric_value, read_head, read_to_close, serve_connections,
+};
+
+async fn metrics(gw: &Gateway) -> String {
+    admin(gw.admin, "GET", "/metrics", None, "").await.text()
+}
+
+async fn metric(gw: &Gateway, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric_value(&metrics(gw).await, name, labels)
+}
+
+/// Waits until `name{labels}` reaches `at_least`.
+async fn metric_reaches(gw: &Gateway, name: &str, labels: &[(&str, &str)], at_least: f64) -> bool {
+    eventually(Duration::from_secs(10), async || {
+        metric(gw, name, labels).await >= at_least
+    })
+    .await
+}
+
+/// Asserts that `version` counted no 5xx and no upstream error.
+async fn assert_no_version_errors(gw: &Gateway, version: &str) {
+    let text = metrics(gw).await;
+    let five = [("version", version), ("status", "5xx")];
+    let five = metric_value(&text, "canary_requests_total", &five);
+    let upstream = metric_value(
+        &text,
+        "canary_upstream_errors_total",
+        &[("version", version)],
+    );
+    assert_eq!((five, upstream), (0.0, 0.0), "{text}");
+}
+
+/// Malformed chunked bodies (nginx and HAProxy answer 400) are the client's
+/// error: a 400 or a closed connection, counted in
+/// `canary_client_errors_total`, never in the version's 5xx or upstream
+/// errors; the upstream connection that got half of one is not reused.
+#[tokio::test]
+async fn malformed_chunked_bodies_are_the_clients_error() {
+    let recorder = Recorder::start().await;
+    let gw = Gateway::start(&config("", &[("cerr", 1, recorder.addr)])).await;
+    let bodies: [&[u8]; 5] = [
+        b"0x3\r\nabc\r\n0\r\n\r\n",
+        b"fffffffffffffffffff1\r\nabc\r\n0\r\n\r\n",
+        b"3\nabc\r\n0\r\n\r\n",
+        b"3\r\nabcd\r\n0\r\n\r\n",
+        b"3\r\nabc0\r\n\r\n",
+    ];
+    let before = metric(&gw, "canary_client_errors_total", &[("kind", "bad_body")]).await;
+    let good = b"POST /good HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\ngood";
+    for (i, body) in bodies.iter().enumerate() {
+        let what = String::from_utf8_lossy(body);
+        let mut raw =
+            b"POST /bad HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        raw.extend_from_slice(body);
+        let response = exchange(gw.addr, Path::Own, &raw).await;
+        if let Some(response) = &response {
+            assert_eq!(response.status, 400, "{what}: {response:?}");
+        }
+        // The next request must not land on a connection that carries half
+        // of the bad one.
+        let response = exchange(gw.addr, Path::Own, good)
+            .await
+            .expect("a response");
+        assert_eq!(
+            (response.status, response.text().as_str()),
+            (200, "POST 4"),
+            "after {what}"
+        );
+        let counted = metric_reaches(
+            &gw,
+            "canary_client_errors_total",
+            &[("kind", "bad_body")],
+            before + i as f64 + 1.0,
+        );
+        assert!(counted.await, "{what}: not counted as a client error");
+    }
+    assert!(forwarded(&recorder).iter().all(|r| r.target == "/good"));
+    assert_no_version_errors(&gw, "cerr").await;
+    gw.shutdown().await;
+}
+
+/// A client that goes away in the middle of its body is the client's error.
+#[tokio::test]
+async fn a_client_gone_mid_body_is_the_clients_error() {
+    let recorder = Recorder::start().await;
+    let gw = Gateway::start(&config("", &[("gone", 1, recorder.addr)])).await;
+    let before = metric(&gw, "canary_client_errors_total", &[("kind", "aborted")]).await;
+    for (i, framing) in ["Content-Length: 100", "Transfer-Encoding: chunked"]
+        .iter()
+        .enumerate()
+    {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        let head = format!("PUT /gone HTTP/1.1\r\nHost: h\r\n{framing}\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(b"a\r\n0123456789").await.unwrap();
+        // The request is in flight: its upstream connection is open (the
+        // one before got half a request and is not reused).
+        let open = eventually(Duration::from_secs(10), async || {
+            recorder.connections.load(Ordering::SeqCst) > i as u64
+        });
+        assert!(open.await);
+        drop(stream);
+    }
+    let counted = metric_reaches(
+        &gw,
+        "canary_client_errors_total",
+        &[("kind", "aborted")],
+        before + 2.0,
+    );
+    assert!(counted.await, "{}", metrics(&gw).await);
+    assert_no_version_errors(&gw, "gone").await;
+    assert_eq!(forwarded(&recorder), []);
+    gw.shutdown().await;
+}
+
+/// 502/503/504 bodies carry a short fixed text, the `x-canary-error` kind
+/// and the request id; never an upstream address.
+#[tokio::test]
+async fn error_responses_name_no_upstream() {
+    let dead = dead_addr().await;
+    let gw = Gateway::start(&config("", &[("v1", 1, dead)])).await;
+    let requests = [
+        &b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: given-1\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi",
+    ];
+    for path in PATHS {
+        for raw in requests {
+            let what = format!("{} via {path:?}", String::from_utf8_lossy(raw));
+            let response = exchange(gw.addr, path, raw).await.expect(&what);
+            assert_eq!(response.status, 502, "{what}");
+            assert_eq!(response.values("x-canary-error"), ["upstream-unreachable"]);
+            assert_eq!(response.text(), "502 upstream unreachable\n", "{what}");
+            let id = response.values("x-request-id");
+            assert_eq!(id.len(), 1, "{what}: {response:?}");
+            if raw.windows(7).any(|w| w == b"given-1") {
+                assert_eq!(id, ["given-1"], "{what}");
+            }
+        }
+    }
+    gw.shutdown().await;
+    // A reset mid-response.
+    let upstream = FixedUpstream::start(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n").await;
+    let gw = Gateway::start(&config("", &[("v1", 1, upstream.addr)])).await;
+    let response = exchange(gw.addr, Path::Own, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    let response = response.expect("a response");
+    assert_eq!(response.status, 502);
+    assert_eq!(response.text(), "502 upstream connection failed\n");
+    assert!(!response.text().contains("127.0.0.1"));
+    gw.shutdown().await;
+}
+
+/// An upstream that accepts requests and never answers; counts request
+/// heads and closes a connection when the gateway closes it.
+async fn silent_upstream() -> (SocketAddr, Arc<AtomicU64>, ServerTask) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(AtomicU64::new(0));
+    let counter = heads.clone();
+    let task = serve_connections(listener, move |mut stream| {
+        let counter = counter.clone();
+        async move {
+            let mut buf = Vec::new();
+            if read_head(&mut stream, &mut buf).await.is_some() {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+            let mut rest = [0u8; 1024];
+            while matches!(stream.read(&mut rest).await, Ok(n) if n > 0) {}
+        }
+    });
+    (addr, heads, task)
+}
+
+/// Requests cancelled before their response head (h2 stream resets) give
+/// their endpoint's outstanding count back: after 1,000 of them the count is
+/// zero, or power of two choices would shun the endpoint for good.
+#[tokio::test]
+async fn cancelled_requests_give_their_endpoint_count_back() {
+    let (addr, heads, _upstream) = silent_upstream().await;
+    let gw = Gateway::start(&config("", &[("v1", 1, addr)])).await;
+    let sender = h2c_client(gw.addr).await;
+    let outstanding = || {
+        let status = gw.running.as_ref().unwrap().control.status();
+        status.versions[0].endpoints[0].outstanding
+    };
+    let mut sent = 0;
+    for _ in 0..10 {
+        let tasks: Vec<_> = (0..100)
+            .map(|_| {
+                let mut sender = sender.clone();
+                let req = http::Request::get(format!("http://{}/", gw.addr))
+                    .body(Empty::new())
+                    .unwrap();
+                tokio::spawn(async move { sender.send_request(req).await.map(|_| ()) })
+            })
+            .collect();
+        sent += 100;
+        let arrived = eventually(Duration::from_secs(20), async || {
+            heads.load(Ordering::SeqCst) >= sent
+        });
+        assert!(
+            arrived.await,
+            "{} of {sent} requests arrived",
+            heads.load(Ordering::SeqCst)
+        );
+        assert!(outstanding() >= 100);
+        for task in tasks {
+            task.abort();
+        }
+    }
+    let back = eventually(Duration::from_secs(10), async || outstanding() == 0).await;
+    assert!(
+        back,
+        "{} requests still counted after 1,000 were cancelled",
+        outstanding()
+    );
+    gw.shutdown().await;
+}
+
+/// `[timeouts] body_stall`: an upstream that stops mid-body, a client that
+/// stops reading its response, a client that stops sending its upload: each
+/// ends the request after the stall time and is counted.
+#[tokio::test]
+async fn stalled_bodies_end_the_request() {
+    // The upstream sends half its body and then nothing.
+    let half = FixedUpstream::start(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf").await;
+    let big = Upstream::start("big").await;
+    let recorder = Recorder::start().await;
+    let text = config(
+        "",
+        &[
+            ("up", 1, recorder.addr),
+            ("half", 0, half.addr),
+            ("big", 0, big.addr),
+        ],
+    ) + "\n[timeouts]\nbody_stall = \"400ms\"\n";
+    let text = text.replace("[split]\n", "[split]\noverride_header = \"x-version\"\n");
+    let gw = Gateway::start(&text).await;
+    let mut count = metric(&gw, "canary_body_stalls_total", &[]).await;
+    for path in PATHS {
+        let (mut stream, mut buf) = connect(gw.addr, path).await;
+        let get = b"GET / HTTP/1.1\r\nHost: h\r\nX-Version: half\r\n\r\n";
+        stream.write_all(get).await.unwrap();
+        let head = read_head(&mut stream, &mut buf).await;
+        assert!(
+            head.is_some_and(|h| h.starts_with("HTTP/1.1 200")),
+            "{path:?}"
+        );
+        let rest = read_to_close(&mut stream, Duration::from_secs(10)).await;
+        assert!(
+            rest.is_some(),
+            "{path:?}: an upstream stalled mid-body held the connection"
+        );
+        count += 1.0;
+        assert!(
+            eventually(Duration::from_secs(5), async || metric(
+                &gw,
+                "canary_body_stalls_total",
+                &[]
+            )
+            .await
+                >= count)
+            .await
+        );
+    }
+    // The client stops reading a large response.
+    for path in PATHS {
+        let (mut stream, _) = connect(gw.addr, path).await;
+        let get = b"GET /download?bytes=268435456 HTTP/1.1\r\nHost: h\r\nX-Version: big\r\n\r\n";
+        stream.write_all(get).await.unwrap();
+        count += 1.0;
+        let ended = eventually(Duration::from_secs(10), async || {
+            metric(&gw, "canary_body_stalls_total", &[]).await >= count
+        });
+        assert!(
+            ended.await,
+            "{path:?}: a client that stopped reading held the request"
+        );
+    }
+    // The client stops sending its upload: 408, the client's error.
+    let before = metric(&gw, "canary_client_errors_total", &[("kind", "body_stall")]).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /up HTTP/1.1\r\nHost: h\r\nX-Version: up\r\nContent-Length: 10\r\n\r\nabc",
+        )
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let response = read_response(&mut stream, &mut buf, false).await;
+    assert_eq!(response.map(|r| r.status), Some(408));
+    assert!(metric(&gw, "canary_client_errors_total", &[("kind", "body_stall")]).await > before);
+    assert_no_version_errors(&gw, "up").await;
+    gw.shutdown().await;
+}
