@@ -222,6 +222,26 @@ async fn run_targets(
                 .with_context(|| format!("shape probe through {}", t.kind.name()))?;
         }
     }
+    // Memory per idle connection, on each freshly started proxy before any
+    // load: later, the allocator reuses what earlier connections freed and
+    // the growth says nothing.
+    let mut idle_bytes: Vec<Option<f64>> = vec![None; targets.len()];
+    if scenario.idle_connections() {
+        for (ti, t) in targets.iter().enumerate() {
+            if t.kind == Kind::Direct {
+                continue;
+            }
+            let idle = open_idle(t.addr, knobs.idle_connections, &t.pids()).await?;
+            idle_bytes[ti] = idle.bytes_per_conn;
+            println!(
+                "  idle {:<8} {} connections: {} B of resident memory each",
+                t.kind.name(),
+                knobs.idle_connections,
+                idle.bytes_per_conn
+                    .map_or("-".into(), |b| format!("{b:.0}"))
+            );
+        }
+    }
     let warm_conns = knobs.connections.iter().copied().max().unwrap_or(50);
     if knobs.warmup > 0 {
         for t in &targets {
@@ -258,17 +278,14 @@ async fn run_targets(
                     None
                 };
                 let mut s = measure(t, wrk, conns, knobs.duration, tck).await?;
-                let mut idle_note = String::new();
-                if let Some(idle) = &idle {
-                    s.idle_bytes = idle.bytes_per_conn;
-                    idle_note = format!(
-                        "  idle {} B/conn, {}/{} still open",
-                        idle.bytes_per_conn
-                            .map_or("-".into(), |b| format!("{b:.0}")),
+                s.idle_bytes = idle_bytes[ti];
+                let idle_note = idle.as_ref().map_or(String::new(), |idle| {
+                    format!(
+                        "  idle connections still open {}/{}",
                         idle.still_open(),
                         knobs.idle_connections
-                    );
-                }
+                    )
+                });
                 drop(idle);
                 println!(
                     "  rep {} {:<8} {:>10.0} req/s  p50 {:>8.3} ms  p99 {:>8.3} ms  cpu {:>7} us/req  rss {:>7} MiB  failed {}  busy: load core {}, proxy core {}{idle_note}",

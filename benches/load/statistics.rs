@@ -22,7 +22,8 @@ pub struct Sample {
     /// How busy the load core (wrk, upstreams) and the proxy core were, in
     /// percent: whichever is near 100 limits the run.
     pub busy_pct: (Option<f64>, Option<f64>),
-    /// Scenario 8: proxy RSS growth per idle keep-alive connection, in bytes.
+    /// Scenario 8: proxy RSS growth per idle keep-alive connection, in
+    /// bytes (measured once per target, on the fresh process).
     pub idle_bytes: Option<f64>,
 }
 

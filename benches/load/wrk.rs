@@ -22,8 +22,10 @@ pub struct WrkResult {
 }
 
 impl WrkResult {
+    /// Non-2xx answers and socket errors; a run that completed no request
+    /// at all counts as one failure (nothing was checked).
     pub fn failures(&self) -> u64 {
-        self.non_2xx + self.socket_errors
+        self.non_2xx + self.socket_errors + u64::from(self.requests == 0)
     }
 }
 
