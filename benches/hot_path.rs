@@ -68,6 +68,7 @@ fn snapshot(canary: u32, generation: u64) -> Snapshot {
         endpoints: &endpoints,
         generation,
         settings: Arc::new(ProxySettings::from_config(&config)),
+        windows: &Default::default(),
     })
     .expect("bench snapshot")
 }
@@ -192,5 +193,20 @@ fn header_rewrite(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, decision, swap_under_readers, header_rewrite);
+/// What the dashboard's series add to each finished request.
+fn series_record(c: &mut Criterion) {
+    let recorder = canary_gateway::telemetry::series::Series::default().recorder("v1");
+    let elapsed = std::time::Duration::from_micros(850);
+    c.bench_function("dashboard series: record one finished request", |b| {
+        b.iter(|| recorder.record(std::hint::black_box(http::StatusCode::OK), elapsed))
+    });
+}
+
+criterion_group!(
+    benches,
+    decision,
+    swap_under_readers,
+    header_rewrite,
+    series_record
+);
 criterion_main!(benches);

@@ -5,9 +5,14 @@
 //! refuses to start with a non-loopback admin address and no token). Every
 //! answer is JSON except the metrics text; bad input gets a 4xx with
 //! `{"error": "..."}` and changes nothing.
+//!
+//! The dashboard ([`ui`], `GET /ui`): its page and assets are open, its data
+//! and every action it takes need the token.
 
 pub mod auth;
 pub mod request;
+pub mod rollout;
+pub mod ui;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -89,6 +94,20 @@ fn method_not_allowed(allow: &'static str) -> AdminResponse {
 }
 
 impl Admin {
+    /// The 401 answer when a token is configured and `headers` do not carry it.
+    fn refuse_unauthorized(&self, headers: &http::HeaderMap) -> Option<AdminResponse> {
+        let token = self.token.as_ref()?;
+        if auth::authorized(headers.get(header::AUTHORIZATION), token) {
+            return None;
+        }
+        let mut resp = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"canary-gateway\""),
+        );
+        Some(resp)
+    }
+
     /// Answers one admin request (usable without a socket, for tests).
     pub async fn handle<B>(&self, req: Request<B>) -> AdminResponse
     where
@@ -97,11 +116,17 @@ impl Admin {
     {
         let path = req.uri().path().to_string();
         let method = req.method().clone();
+        if path == "/ui" || path.starts_with("/ui/") {
+            return ui::handle(self, &req);
+        }
         let allow = match path.as_str() {
             "/healthz" | "/readyz" | "/ready" | "/metrics" | "/status" => "GET",
             "/weights" => "GET, PUT",
             "/promote" | "/rollback" | "/reload" => "POST",
-            _ => return error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+            p => match rollout::allow(p) {
+                Some(allow) => allow,
+                None => return error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+            },
         };
         let allowed = allow.split(", ").any(|m| m == method.as_str())
             || (method == Method::HEAD && allow.contains("GET"));
@@ -131,27 +156,29 @@ impl Admin {
             }
             _ => {}
         }
-        if let Some(token) = &self.token
-            && !auth::authorized(req.headers().get(header::AUTHORIZATION), token)
-        {
-            let mut resp = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"canary-gateway\""),
-            );
-            return resp;
+        if let Some(refused) = self.refuse_unauthorized(req.headers()) {
+            return refused;
         }
         let body = match request::read_body(req.into_body()).await {
             Ok(b) => b,
             Err(r) => return rejected(r),
         };
-        match (method, path.as_str()) {
+        match (method.clone(), path.as_str()) {
             (Method::GET | Method::HEAD, "/weights") => {
                 json(StatusCode::OK, &self.control.weights())
             }
             (Method::GET | Method::HEAD, "/status") => json(StatusCode::OK, &self.control.status()),
+            (_, p) if rollout::allow(p).is_some() => {
+                rollout::handle(&self.control, &method, p, &body).await
+            }
             (Method::PUT, "/weights") => match request::weights(&body) {
                 Err(r) => rejected(r),
+                Ok(_)
+                    if let Some(refused) =
+                        rollout::refuse_while_running(&self.control, "PUT /weights") =>
+                {
+                    refused
+                }
                 Ok(w) => match self.control.set_weights(w, "admin").await {
                     Ok(view) => json(StatusCode::OK, &view),
                     Err(e) => control_error(e),
@@ -159,6 +186,12 @@ impl Admin {
             },
             (Method::POST, "/promote") => match request::promote(&body) {
                 Err(r) => rejected(r),
+                Ok(_)
+                    if let Some(refused) =
+                        rollout::refuse_while_running(&self.control, "POST /promote") =>
+                {
+                    refused
+                }
                 Ok(v) => match self.control.promote(&v, "admin").await {
                     Ok(view) => json(StatusCode::OK, &view),
                     Err(e) => control_error(e),
@@ -166,10 +199,7 @@ impl Admin {
             },
             (Method::POST, "/rollback") => match request::rollback(&body) {
                 Err(r) => rejected(r),
-                Ok(()) => match self.control.rollback("admin").await {
-                    Ok(view) => json(StatusCode::OK, &view),
-                    Err(e) => control_error(e),
-                },
+                Ok(()) => rollout::rollback(&self.control).await,
             },
             (Method::POST, "/reload") => match &self.reloader {
                 None => error(

@@ -98,6 +98,7 @@ Try:
   curl -s http://{admin}/metrics | grep canary_requests_total
 
 Admin token: {token}
+Dashboard: http://{admin}/ui (sign in with the admin token)
 Press Ctrl-C to stop.
 "#
     )

@@ -39,6 +39,8 @@ pub struct VersionMetrics {
     pub requests: [Counter; 5],
     pub duration: Histogram,
     pub errors: [Counter; 4],
+    /// The dashboard's per-second series of this version.
+    pub series: std::sync::Arc<crate::telemetry::series::VersionRecorder>,
 }
 
 impl VersionMetrics {
@@ -52,6 +54,7 @@ impl VersionMetrics {
             errors: ERROR_KINDS.map(|kind| {
                 metrics::counter!(names::UPSTREAM_ERRORS_TOTAL, "version" => v.clone(), "kind" => kind)
             }),
+            series: crate::telemetry::series::recorder(version),
         }
     }
 }
@@ -65,6 +68,8 @@ pub struct Version {
     pub weight: u32,
     pub endpoints: Box<[Arc<Endpoint>]>,
     pub metrics: VersionMetrics,
+    /// The rollout analysis's counters (kept across snapshot builds).
+    pub analysis: Arc<crate::rollout::telemetry::VersionWindow>,
 }
 
 /// Settings of the proxy that come from the config file.
@@ -117,6 +122,8 @@ pub struct SnapshotInput<'a> {
     pub endpoints: &'a BTreeMap<String, Vec<Arc<Endpoint>>>,
     pub generation: u64,
     pub settings: Arc<ProxySettings>,
+    /// The gateway's per-version rollout counters.
+    pub windows: &'a crate::rollout::telemetry::Windows,
 }
 
 impl Snapshot {
@@ -145,6 +152,7 @@ impl Snapshot {
             .map(|(name, &weight)| {
                 metrics::gauge!(names::VERSION_WEIGHT, "version" => name.clone())
                     .set(f64::from(weight));
+                crate::telemetry::series::recorder(name).set_weight(weight);
                 Arc::new(Version {
                     name: name.clone(),
                     header_value: HeaderValue::from_str(name)
@@ -157,6 +165,7 @@ impl Snapshot {
                         .unwrap_or_default()
                         .into(),
                     metrics: VersionMetrics::new(name),
+                    analysis: input.windows.get_or_create(name),
                 })
             })
             .collect();

@@ -1,6 +1,9 @@
-//! Logging and the Prometheus recorder.
+//! Logging, the Prometheus recorder, and the dashboard's own time series
+//! ([`series`]) and audit log ([`audit`]).
 
+pub mod audit;
 pub mod histogram;
+pub mod series;
 
 use std::sync::{Arc, OnceLock};
 

@@ -8,14 +8,7 @@ const TOKEN: &str = "admin-test-token";
 
 /// A gateway whose admin token is read from a file.
 async fn gateway(versions: &[(&str, u32, std::net::SocketAddr)]) -> (Gateway, tempfile::TempDir) {
-    let secrets = tempfile::tempdir().unwrap();
-    let token_file = secrets.path().join("token");
-    std::fs::write(&token_file, TOKEN).unwrap();
-    let text = config("response_header = \"x-canary-version\"", versions).replace(
-        "[admin]\n",
-        &format!("[admin]\ntoken_file = \"{}\"\n", token_file.display()),
-    );
-    (Gateway::start(&text).await, secrets)
+    gateway_with_token(versions, TOKEN).await
 }
 
 #[tokio::test]

@@ -73,6 +73,28 @@ pub async fn two_versions(split_extra: &str, w1: u32, w2: u32) -> (Upstream, Ups
     (v1, v2, gw)
 }
 
+/// A gateway with [`config`]'s versions (and `x-canary-version` as the
+/// response header) whose admin token `token` is read from a file; keep the
+/// returned directory while the gateway runs.
+pub async fn gateway_with_token(
+    versions: &[(&str, u32, SocketAddr)],
+    token: &str,
+) -> (Gateway, tempfile::TempDir) {
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("token");
+    std::fs::write(&token_file, token).unwrap();
+    let versions: Vec<(&str, u32, String)> = versions
+        .iter()
+        .map(|(name, weight, addr)| (*name, *weight, endpoints_line(&[*addr])))
+        .collect();
+    let text = gateway_config(
+        &format!("token_file = \"{}\"\n", token_file.display()),
+        "response_header = \"x-canary-version\"",
+        &versions,
+    );
+    (Gateway::start(&text).await, secrets)
+}
+
 /// A raw HTTP/1.1 upstream for requests without bodies: it answers each
 /// request with 200, the extra header lines `extra_headers` (each ending in
 /// `\r\n`) and the request head exactly as received as its body.
