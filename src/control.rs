@@ -11,6 +11,7 @@ mod boot;
 mod decisions;
 mod endpoints;
 mod reload;
+pub mod rollout;
 pub mod status;
 #[cfg(test)]
 mod tests;
@@ -92,6 +93,8 @@ struct State {
     appmesh: Option<status::AppMeshStatus>,
     /// A rollback applied here that the store has not taken yet.
     rollback_pending: bool,
+    /// The rollout's counters, clock and this gateway's view of it.
+    rollout: crate::rollout::Local,
 }
 
 /// The gateway's control plane.
@@ -137,6 +140,7 @@ impl Control {
             source: "config".into(),
             writer: writer.clone(),
             config_weights: Some(config_weights.clone()),
+            rollout: None,
         };
         let decision = match stored {
             None => from_config,
@@ -203,6 +207,7 @@ impl Control {
             store: first_read.status(store_kind),
             appmesh,
             rollback_pending: false,
+            rollout: Default::default(),
         };
         let first = build(&state)?;
         publish_endpoint_gauges(&first);
@@ -266,6 +271,7 @@ fn build(state: &State) -> Result<Snapshot, ControlError> {
         endpoints: &state.endpoints,
         generation: state.decision.generation,
         settings: state.settings.clone(),
+        windows: &state.rollout.windows,
     })?)
 }
 

@@ -70,6 +70,8 @@ pub struct Version {
     pub metrics: VersionMetrics,
     /// TLS to the upstreams (`tls = true`).
     pub tls: Option<Arc<crate::tls::UpstreamTls>>,
+    /// The rollout analysis's counters (kept across snapshot builds).
+    pub analysis: Arc<crate::rollout::telemetry::VersionWindow>,
 }
 
 /// Settings of the proxy that come from the config file.
@@ -129,6 +131,8 @@ pub struct SnapshotInput<'a> {
     pub endpoints: &'a BTreeMap<String, Vec<Arc<Endpoint>>>,
     pub generation: u64,
     pub settings: Arc<ProxySettings>,
+    /// The gateway's per-version rollout counters.
+    pub windows: &'a crate::rollout::telemetry::Windows,
 }
 
 impl Snapshot {
@@ -171,6 +175,7 @@ impl Snapshot {
                         .into(),
                     metrics: VersionMetrics::new(name),
                     tls: input.settings.upstream_tls.get(name).cloned(),
+                    analysis: input.windows.get_or_create(name),
                 })
             })
             .collect();

@@ -28,6 +28,9 @@ pub struct WeightsDoc {
     /// weights differ from these was edited since, and that edit is the newer decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_weights: Option<BTreeMap<String, u32>>,
+    /// The progressive rollout, when one was started (see `rollout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::state::RolloutState>,
 }
 
 impl WeightsDoc {
@@ -89,6 +92,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), StoreError>>;
     /// Whether other replicas share this store (it is polled for their changes).
     fn shared(&self) -> bool;
+    /// Whether `doc` fits what the store can hold (Cloud Map: one attribute
+    /// value of at most 1,024 characters). Checked before a change that makes
+    /// the document grow later (a rollout's plan and history), so that such a
+    /// change is refused up front instead of failing midway.
+    fn check_fits(&self, doc: &WeightsDoc) -> Result<(), StoreError> {
+        let _ = doc;
+        Ok(())
+    }
 }
 
 pub mod file;

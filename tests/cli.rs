@@ -318,3 +318,59 @@ async fn envoy_admin_paths_answer_as_aliases() {
         stats.text()
     );
 }
+
+#[tokio::test]
+async fn ctl_drives_a_real_rollout_and_exits_by_its_end() {
+    let (v1, v2) = (
+        TaggedUpstream::start("v1").await,
+        TaggedUpstream::start("v2").await,
+    );
+    let gw = GatewayProc::spawn(&config(v1.addr, v2.addr)).await;
+    let url = format!("http://{}", gw.admin);
+    let env = [
+        ("CANARY_ADMIN_TOKEN", TOKEN),
+        ("CANARY_ADMIN_URL", url.as_str()),
+    ];
+    let start = [
+        "ctl",
+        "rollout",
+        "start",
+        "--canary",
+        "v2",
+        "--steps",
+        "10,50,100",
+        "--interval",
+        "1s",
+    ];
+    let (code, out, err) = cli(&start, &env).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("rollout of v2"), "{out}");
+    // A second one while it runs is refused (409).
+    let (code, _, err) = cli(&start, &env).await;
+    assert_eq!(code, 3, "{err}");
+    let (code, out, err) = cli(&["ctl", "--json", "rollout", "status"], &env).await;
+    assert_eq!(code, 0, "{err}");
+    let state: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(state["canary"], "v2", "{state}");
+    // Promote skips to the end: --wait returns 0 once it has succeeded.
+    let (code, _, err) = cli(&["ctl", "rollout", "promote"], &env).await;
+    assert_eq!(code, 0, "{err}");
+    let wait = ["ctl", "rollout", "status", "--wait", "--timeout", "30s"];
+    let (code, out, err) = cli(&wait, &env).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("succeeded"), "{out}");
+
+    // v2 is stable now. A rollout of v1, aborted: --wait exits 7 with the
+    // reason, and all traffic is back on the stable version.
+    assert_eq!(gw.weights().await["stable"], "v2");
+    let mut again = start;
+    again[4] = "v1";
+    let (code, _, err) = cli(&again, &env).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cli(&["ctl", "rollout", "abort"], &env).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = cli(&wait, &env).await;
+    assert_eq!(code, 7, "{out}{err}");
+    assert!(err.contains("rollout aborted"), "{err}");
+    assert_eq!(gw.weights().await["weights"]["v1"], 0);
+}

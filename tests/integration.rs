@@ -34,5 +34,17 @@ mod tls;
 #[path = "integration/deploy.rs"]
 mod deploy;
 
+#[path = "integration/rollout.rs"]
+mod rollout;
+
+#[path = "support/moto.rs"]
+mod moto;
+
+#[path = "support/cloudmap_fixture.rs"]
+mod cloudmap_fixture;
+
+#[path = "integration/logging.rs"]
+mod logging;
+
 #[path = "integration/dashboard.rs"]
 mod dashboard;

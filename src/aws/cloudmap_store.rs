@@ -129,6 +129,10 @@ impl Store for CloudMapStore {
         ))
     }
 
+    fn check_fits(&self, doc: &WeightsDoc) -> Result<(), StoreError> {
+        encode(doc).map(|_| ())
+    }
+
     fn shared(&self) -> bool {
         true
     }
@@ -203,6 +207,7 @@ mod tests {
             source: "admin".into(),
             writer: "task-a".into(),
             config_weights: Some(BTreeMap::from([("v1".to_string(), 100)])),
+            rollout: None,
         }
     }
 
