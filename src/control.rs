@@ -10,6 +10,7 @@
 mod boot;
 mod decisions;
 mod endpoints;
+pub mod fleet;
 mod reload;
 pub mod status;
 #[cfg(test)]
@@ -92,6 +93,11 @@ struct State {
     appmesh: Option<status::AppMeshStatus>,
     /// A rollback applied here that the store has not taken yet.
     rollback_pending: bool,
+    /// When the decision in force was applied here (ms since the Unix epoch).
+    applied_at_ms: u64,
+    /// Every task's report as the store last answered it (`None`: the store
+    /// keeps no reports, or none was written yet).
+    fleet: Option<Vec<crate::store::TaskReport>>,
 }
 
 /// The gateway's control plane.
@@ -104,6 +110,8 @@ pub struct Control {
     writer: String,
     /// Wakes the store upkeep when a rollback waits for the store.
     pending_wake: Notify,
+    /// Wakes the store upkeep to report this task's generation now.
+    report_wake: Notify,
     listening: AtomicBool,
     /// Every discovery source had been asked once (readiness never goes back
     /// for discovery: a version added by a reload does not unready the fleet).
@@ -203,6 +211,8 @@ impl Control {
             store: first_read.status(store_kind),
             appmesh,
             rollback_pending: false,
+            applied_at_ms: unix_ms(),
+            fleet: None,
         };
         let first = build(&state)?;
         publish_endpoint_gauges(&first);
@@ -214,6 +224,7 @@ impl Control {
             store,
             writer,
             pending_wake: Notify::new(),
+            report_wake: Notify::new(),
             listening: AtomicBool::new(false),
             discovered: AtomicBool::new(false),
             draining: AtomicBool::new(false),
