@@ -36,14 +36,19 @@ pub struct FleetTask {
 pub struct FleetStatus {
     /// This task first, then the other tasks' reports by task id.
     pub tasks: Vec<FleetTask>,
-    /// Every task that is not stale runs the same generation.
+    /// Every task that is not stale runs the same generation. Always false
+    /// while the other tasks' reports are unknown on a shared store (see `note`).
     pub converged: bool,
     /// That generation, when converged.
     pub generation: Option<u64>,
     pub stale_after_s: f64,
-    /// Whether the store keeps the tasks' reports (false: the file and Cloud
-    /// Map stores, and until the first report; only this task is listed).
+    /// Whether the other tasks' reports were read from the store (false: the
+    /// file store, which has one task; the Cloud Map store, which keeps none;
+    /// a DynamoDB store before the first report). Only this task is listed then.
     pub reports_shared: bool,
+    /// Why convergence cannot be observed, when it cannot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// How old a report may be before it is stale: three poll intervals and slack.
@@ -52,10 +57,13 @@ pub fn stale_after(poll: Duration) -> Duration {
 }
 
 /// The fleet as this task sees it: its own live report (always fresh, it
-/// replaces whatever the store holds for it) and the stored reports of the others.
+/// replaces whatever the store holds for it) and the stored reports of the
+/// others. `unknown`: the store is shared but no reports were read (why):
+/// never converged then, as other tasks may run anything.
 pub fn fleet_view(
     own: TaskReport,
     stored: Option<&[TaskReport]>,
+    unknown: Option<String>,
     now_ms: u64,
     stale_after: Duration,
 ) -> FleetStatus {
@@ -77,15 +85,18 @@ pub fn fleet_view(
     let mut tasks = vec![task(own, true)];
     tasks.extend(others.into_iter().map(|r| task(r.clone(), false)));
     let generation = tasks[0].report.generation;
-    let converged = tasks
-        .iter()
-        .filter(|t| !t.stale)
-        .all(|t| t.report.generation == generation);
+    let unknown = unknown.filter(|_| stored.is_none());
+    let converged = unknown.is_none()
+        && tasks
+            .iter()
+            .filter(|t| !t.stale)
+            .all(|t| t.report.generation == generation);
     FleetStatus {
         converged,
         generation: converged.then_some(generation),
         stale_after_s: stale_after.as_secs_f64(),
         reports_shared: stored.is_some(),
+        note: unknown,
         tasks,
     }
 }
@@ -118,9 +129,17 @@ impl Control {
 
     /// `GET /status` `fleet` (called with the state lock held).
     pub(super) fn fleet_status(&self, state: &State, ready: bool) -> FleetStatus {
+        let unknown = self.store.shared().then(|| {
+            if state.store.kind == "cloudmap" {
+                "the Cloud Map store keeps no task reports (use the DynamoDB store): the other tasks' generations are unknown".to_string()
+            } else {
+                "no task reports read from the store yet (see store.last_error)".to_string()
+            }
+        });
         fleet_view(
             self.own_report(state, ready),
             state.fleet.as_deref(),
+            unknown,
             unix_ms(),
             self.report_stale_after(state),
         )
@@ -193,7 +212,7 @@ mod tests {
     #[test]
     fn own_task_is_first_and_live_even_when_the_store_holds_an_older_report() {
         let stored = [report("b", 3, 99_000), report("a", 1, 10_000)];
-        let view = fleet_view(report("a", 4, 100_000), Some(&stored), 100_000, BOUND);
+        let view = fleet_view(report("a", 4, 100_000), Some(&stored), None, 100_000, BOUND);
         let names: Vec<_> = view.tasks.iter().map(|t| t.report.task.as_str()).collect();
         assert_eq!(names, ["a", "b"]);
         assert!(view.tasks[0].this_task && !view.tasks[0].stale);
@@ -206,7 +225,7 @@ mod tests {
     #[test]
     fn stale_reports_are_marked_and_left_out_of_convergence() {
         let stored = [report("b", 4, 95_000), report("c", 2, 88_999)];
-        let view = fleet_view(report("a", 4, 100_000), Some(&stored), 100_000, BOUND);
+        let view = fleet_view(report("a", 4, 100_000), Some(&stored), None, 100_000, BOUND);
         let c = &view.tasks[2];
         assert!(c.stale, "{c:?}");
         assert!((c.age_s - 11.001).abs() < 1e-9, "{c:?}");
@@ -215,22 +234,31 @@ mod tests {
         assert_eq!(view.generation, Some(4));
         // Within the bound, c's older generation counts: not converged.
         let stored = [report("b", 4, 95_000), report("c", 2, 89_000)];
-        let view = fleet_view(report("a", 4, 100_000), Some(&stored), 100_000, BOUND);
+        let view = fleet_view(report("a", 4, 100_000), Some(&stored), None, 100_000, BOUND);
         assert!(!view.tasks[2].stale && !view.converged);
     }
 
     #[test]
     fn without_shared_reports_only_this_task_is_listed() {
-        let view = fleet_view(report("a", 7, 100_000), None, 100_000, BOUND);
+        let view = fleet_view(report("a", 7, 100_000), None, None, 100_000, BOUND);
         assert_eq!(view.tasks.len(), 1);
         assert!(view.converged && !view.reports_shared);
         assert_eq!(view.generation, Some(7));
+        // A shared store without reports: the others are unknown, never converged.
+        let why = Some("no reports".to_string());
+        let view = fleet_view(report("a", 7, 100_000), None, why.clone(), 100_000, BOUND);
+        assert_eq!(view.tasks.len(), 1);
+        assert!(!view.converged && view.generation.is_none());
+        assert_eq!(view.note, why);
+        // Once reports are read, the note goes.
+        let view = fleet_view(report("a", 7, 100_000), Some(&[]), why, 100_000, BOUND);
+        assert!(view.converged && view.note.is_none());
     }
 
     #[test]
     fn a_report_from_a_clock_ahead_is_fresh() {
         let stored = [report("b", 1, 105_000)];
-        let view = fleet_view(report("a", 1, 100_000), Some(&stored), 100_000, BOUND);
+        let view = fleet_view(report("a", 1, 100_000), Some(&stored), None, 100_000, BOUND);
         assert_eq!(view.tasks[1].age_s, 0.0);
         assert!(view.converged);
     }

@@ -420,3 +420,26 @@ async fn the_upkeep_reports_at_start_after_each_decision_and_once_per_poll() {
     assert!(loads >= 5, "{loads} polls");
     assert!(writes <= loads + 1, "{writes} reports for {loads} polls");
 }
+
+#[tokio::test]
+async fn with_the_file_store_the_fleet_is_this_task_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(crate::store::file::FileStore::new(
+        dir.path().join("s.json"),
+    ));
+    let config = Config::parse(
+        &CONFIG.replace(
+            "kind = \"dynamodb\"\ntable = \"t\"\nkey = \"svc\"\nboot_timeout = \"300ms\"\n",
+            "",
+        ),
+        "test",
+    )
+    .unwrap();
+    let control = Control::start(config, store, "file").await.unwrap();
+    control.set_weights(w(80, 20), "admin").await.unwrap();
+    control.report_to_store().await.unwrap();
+    let fleet = control.status().fleet;
+    assert_eq!(fleet.tasks.len(), 1, "{fleet:?}");
+    assert!(fleet.tasks[0].this_task && fleet.tasks[0].report.generation == 1);
+    assert!(fleet.converged && !fleet.reports_shared && fleet.note.is_none());
+}
