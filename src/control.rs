@@ -98,6 +98,8 @@ struct State {
     /// Every task's report as the store last answered it (`None`: the store
     /// keeps no reports, or none was written yet).
     fleet: Option<Vec<crate::store::TaskReport>>,
+    /// The generation and draining flag of this task's last report, and when.
+    reported: Option<(u64, bool, Instant)>,
 }
 
 /// The gateway's control plane.
@@ -213,6 +215,7 @@ impl Control {
             rollback_pending: false,
             applied_at_ms: unix_ms(),
             fleet: None,
+            reported: None,
         };
         let first = build(&state)?;
         publish_endpoint_gauges(&first);

@@ -11,9 +11,14 @@ use super::{Control, State};
 use crate::metrics as names;
 use crate::store::{StoreError, TaskReport, unix_ms};
 
-/// Slack added to three poll intervals before a report counts as stale
+/// Slack added to three report intervals before a report counts as stale
 /// (the poll is jittered ±20 % and one AWS call may be slow).
 const STALE_SLACK: Duration = Duration::from_secs(5);
+/// Write units per second the fleet's periodic reports may take from the
+/// reports item, half of what one DynamoDB partition (one item) takes.
+const REPORT_WRITE_UNITS: f64 = 500.0;
+/// The stored size of one task's entry, in KB (a ~190-byte report and its key).
+const ENTRY_KB: f64 = 0.25;
 /// How long a stopping task waits for its report's removal.
 const WITHDRAW_LIMIT: Duration = Duration::from_secs(2);
 
@@ -51,9 +56,20 @@ pub struct FleetStatus {
     pub note: Option<String>,
 }
 
-/// How old a report may be before it is stale: three poll intervals and slack.
-pub fn stale_after(poll: Duration) -> Duration {
-    poll * 3 + STALE_SLACK
+/// How old a report may be before it is stale: three report intervals and slack.
+pub fn stale_after(report_every: Duration) -> Duration {
+    report_every * 3 + STALE_SLACK
+}
+
+/// How often each of `tasks` tasks renews its report: every poll, unless the
+/// fleet is so large that its reports would take more than
+/// [`REPORT_WRITE_UNITS`] per second from the one reports item (an UpdateItem
+/// costs a write unit per KB of the whole item, so the cost grows with the
+/// square of the fleet): then less often (100 tasks: 5 s, 300 tasks: 45 s).
+pub fn report_interval(poll: Duration, tasks: usize) -> Duration {
+    let n = tasks as f64;
+    let item_kb = (n * ENTRY_KB).ceil().max(1.0);
+    poll.max(Duration::from_secs_f64(n * item_kb / REPORT_WRITE_UNITS))
 }
 
 /// The fleet as this task sees it: its own live report (always fresh, it
@@ -102,15 +118,34 @@ pub fn fleet_view(
 }
 
 impl Control {
+    /// How often this task renews its report (see [`report_interval`]).
+    fn report_every(&self, state: &State) -> Duration {
+        let poll = state
+            .config
+            .store
+            .poll_interval()
+            .unwrap_or(crate::config::DEFAULT_STORE_POLL);
+        report_interval(poll, state.fleet.as_ref().map_or(1, Vec::len))
+    }
+
     /// How old another task's report may be before it is stale.
     fn report_stale_after(&self, state: &State) -> Duration {
-        stale_after(
-            state
-                .config
-                .store
-                .poll_interval()
-                .unwrap_or(crate::config::DEFAULT_STORE_POLL),
-        )
+        stale_after(self.report_every(state))
+    }
+
+    /// Whether this task's report should be written now: never written,
+    /// something it says changed, or the last one is due for renewal (a
+    /// quarter early, as the poll that renews it is jittered).
+    pub fn report_due(&self) -> bool {
+        let state = self.lock();
+        match state.reported {
+            None => true,
+            Some((generation, draining, at)) => {
+                generation != state.decision.generation
+                    || draining != self.is_draining()
+                    || at.elapsed() >= self.report_every(&state).mul_f64(0.75)
+            }
+        }
     }
 
     /// This task's report now.
@@ -146,18 +181,22 @@ impl Control {
     }
 
     /// Writes this task's report into the store and keeps the fleet's reports
-    /// it answers; `Ok` holds the generation and draining flag it reported.
-    /// A store that keeps no reports costs nothing.
-    pub async fn report_to_store(&self) -> Result<(u64, bool), StoreError> {
+    /// it answers. A store that keeps no reports costs nothing.
+    pub async fn report_to_store(&self) -> Result<(), StoreError> {
         let ready = self.readiness().is_ok();
         let own = self.own_report(&self.lock(), ready);
-        let said = (own.generation, own.draining);
+        let said = (own.generation, own.draining, std::time::Instant::now());
         match self.store.report(&own).await {
-            Ok(None) => Ok(said),
+            Ok(None) => {
+                self.lock().reported = Some(said);
+                Ok(())
+            }
             Ok(Some(reports)) => {
                 self.store_outcome("report", Ok(()));
-                self.lock().fleet = Some(reports);
-                Ok(said)
+                let mut state = self.lock();
+                state.fleet = Some(reports);
+                state.reported = Some(said);
+                Ok(())
             }
             Err(e) => {
                 self.store_outcome("report", Err(&e));
@@ -264,7 +303,24 @@ mod tests {
     }
 
     #[test]
-    fn the_bound_is_three_polls_and_slack() {
+    fn the_bound_is_three_report_intervals_and_slack() {
         assert_eq!(stale_after(Duration::from_secs(2)), Duration::from_secs(11));
+    }
+
+    #[test]
+    fn large_fleets_report_less_often_than_every_poll() {
+        let poll = Duration::from_secs(2);
+        for tasks in [1, 3, 20, 60] {
+            assert_eq!(report_interval(poll, tasks), poll, "{tasks}");
+        }
+        assert_eq!(report_interval(poll, 100), Duration::from_secs(5));
+        assert_eq!(report_interval(poll, 300), Duration::from_secs(45));
+        // The write units per second the fleet's reports take stay bounded.
+        for tasks in [1usize, 10, 63, 64, 100, 200, 300, 1000] {
+            let every = report_interval(poll, tasks).as_secs_f64();
+            let item_kb = (tasks as f64 * ENTRY_KB).ceil().max(1.0);
+            let units = tasks as f64 / every * item_kb;
+            assert!(units <= REPORT_WRITE_UNITS + 1e-9, "{tasks}: {units}");
+        }
     }
 }

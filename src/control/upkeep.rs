@@ -26,9 +26,6 @@ pub async fn keep_store(control: Arc<Control>, poll: Option<Duration>) {
     // The first report goes out at once: the fleet sees a new task without
     // waiting for its first poll.
     let mut report_only = poll.is_some();
-    // What the last report said: a wake for a decision the poll's own report
-    // already carried sends nothing.
-    let mut reported = None;
     loop {
         if !report_only {
             tokio::select! {
@@ -42,22 +39,17 @@ pub async fn keep_store(control: Arc<Control>, poll: Option<Duration>) {
             next_poll = Instant::now() + jitter(base, 0.2);
             continue;
         }
+        // A report goes out when due (see Control::report_due): right after a
+        // decision or drain, else once per report interval, on a poll.
         let result = if std::mem::take(&mut report_only) {
             // The poll keeps its schedule; this only says what was applied.
-            let now = (control.lock().decision.generation, control.is_draining());
-            if reported == Some(now) {
+            if !control.report_due() {
                 continue;
             }
-            control
-                .report_to_store()
-                .await
-                .map(|said| reported = Some(said))
+            control.report_to_store().await
         } else {
             match control.sync_from_store().await {
-                Ok(()) if poll.is_some() => control
-                    .report_to_store()
-                    .await
-                    .map(|said| reported = Some(said)),
+                Ok(()) if poll.is_some() && control.report_due() => control.report_to_store().await,
                 other => other,
             }
         };
