@@ -68,6 +68,7 @@ fn snapshot(canary: u32, generation: u64) -> Snapshot {
         endpoints: &endpoints,
         generation,
         settings: Arc::new(ProxySettings::from_config(&config)),
+        windows: &Default::default(),
     })
     .expect("bench snapshot")
 }

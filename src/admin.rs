@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod request;
+pub mod rollout;
 pub mod ui;
 
 use std::convert::Infallible;
@@ -122,7 +123,10 @@ impl Admin {
             "/healthz" | "/readyz" | "/ready" | "/metrics" | "/status" => "GET",
             "/weights" => "GET, PUT",
             "/promote" | "/rollback" | "/reload" => "POST",
-            _ => return error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+            p => match rollout::allow(p) {
+                Some(allow) => allow,
+                None => return error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+            },
         };
         let allowed = allow.split(", ").any(|m| m == method.as_str())
             || (method == Method::HEAD && allow.contains("GET"));
@@ -159,13 +163,22 @@ impl Admin {
             Ok(b) => b,
             Err(r) => return rejected(r),
         };
-        match (method, path.as_str()) {
+        match (method.clone(), path.as_str()) {
             (Method::GET | Method::HEAD, "/weights") => {
                 json(StatusCode::OK, &self.control.weights())
             }
             (Method::GET | Method::HEAD, "/status") => json(StatusCode::OK, &self.control.status()),
+            (_, p) if rollout::allow(p).is_some() => {
+                rollout::handle(&self.control, &method, p, &body).await
+            }
             (Method::PUT, "/weights") => match request::weights(&body) {
                 Err(r) => rejected(r),
+                Ok(_)
+                    if let Some(refused) =
+                        rollout::refuse_while_running(&self.control, "PUT /weights") =>
+                {
+                    refused
+                }
                 Ok(w) => match self.control.set_weights(w, "admin").await {
                     Ok(view) => json(StatusCode::OK, &view),
                     Err(e) => control_error(e),
@@ -173,6 +186,12 @@ impl Admin {
             },
             (Method::POST, "/promote") => match request::promote(&body) {
                 Err(r) => rejected(r),
+                Ok(_)
+                    if let Some(refused) =
+                        rollout::refuse_while_running(&self.control, "POST /promote") =>
+                {
+                    refused
+                }
                 Ok(v) => match self.control.promote(&v, "admin").await {
                     Ok(view) => json(StatusCode::OK, &view),
                     Err(e) => control_error(e),
@@ -180,10 +199,7 @@ impl Admin {
             },
             (Method::POST, "/rollback") => match request::rollback(&body) {
                 Err(r) => rejected(r),
-                Ok(()) => match self.control.rollback("admin").await {
-                    Ok(view) => json(StatusCode::OK, &view),
-                    Err(e) => control_error(e),
-                },
+                Ok(()) => rollout::rollback(&self.control).await,
             },
             (Method::POST, "/reload") => match &self.reloader {
                 None => error(

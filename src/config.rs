@@ -57,6 +57,8 @@ pub struct Config {
     pub appmesh: Option<AppMeshConfig>,
     /// Tokio worker threads; `None` means one per core.
     pub worker_threads: Option<usize>,
+    /// Defaults of a progressive rollout's plan (`[rollout]`).
+    pub rollout: crate::rollout::plan::Settings,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -540,6 +542,8 @@ impl Validator<'_> {
             aws,
             appmesh,
             worker_threads,
+            rollout: crate::rollout::plan::Settings::from_toml(raw.rollout.as_ref())
+                .map_err(|e| self.invalid(format!("rollout.{}", e.field), e.reason))?,
         })
     }
 

@@ -12,6 +12,7 @@ mod decisions;
 mod endpoints;
 pub mod fleet;
 mod reload;
+pub mod rollout;
 pub mod status;
 #[cfg(test)]
 mod tests;
@@ -100,6 +101,8 @@ struct State {
     fleet: Option<Vec<crate::store::TaskReport>>,
     /// The generation and draining flag of this task's last report, and when.
     reported: Option<(u64, bool, Instant)>,
+    /// The rollout's counters, clock and this gateway's view of it.
+    rollout: crate::rollout::Local,
 }
 
 /// The gateway's control plane.
@@ -147,6 +150,7 @@ impl Control {
             source: "config".into(),
             writer: writer.clone(),
             config_weights: Some(config_weights.clone()),
+            rollout: None,
         };
         let decision = match stored {
             None => from_config,
@@ -216,6 +220,7 @@ impl Control {
             applied_at_ms: unix_ms(),
             fleet: None,
             reported: None,
+            rollout: Default::default(),
         };
         let first = build(&state)?;
         publish_endpoint_gauges(&first);
@@ -280,6 +285,7 @@ fn build(state: &State) -> Result<Snapshot, ControlError> {
         endpoints: &state.endpoints,
         generation: state.decision.generation,
         settings: state.settings.clone(),
+        windows: &state.rollout.windows,
     })?)
 }
 

@@ -257,6 +257,7 @@ pub async fn start(
         control.clone(),
         store_poll,
     )));
+    background.push(tokio::spawn(crate::rollout::driver::run(control.clone())));
     if let Some(sync) = deps.route_sync.clone() {
         let every = control
             .config()

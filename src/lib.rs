@@ -36,7 +36,8 @@
 //!   [`admin`] (the admin API), [`discovery`] (endpoint sources) with [`aws`]
 //!   (Cloud Map discovery and store, DynamoDB store, App Mesh), [`store`] (where weight decisions
 //!   are kept), [`reload`] (SIGHUP and file changes), [`route_sync`] (mirroring
-//!   decisions to the App Mesh route), all feeding [`control`], the one writer;
+//!   decisions to the App Mesh route), [`rollout`] (progressive delivery: steps
+//!   judged against stable), all feeding [`control`], the one writer;
 //! - [`snapshot`]: the immutable state that joins the two paths;
 //! - [`gateway`] assembles a running gateway; [`demo`] is the built-in demo;
 //!   [`telemetry`] sets up logs and the Prometheus recorder; [`metrics`] names
@@ -55,6 +56,7 @@ pub mod gateway;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
+pub mod rollout;
 pub mod route_sync;
 pub mod snapshot;
 pub mod store;

@@ -55,3 +55,20 @@ pub const APPMESH_SYNCED_GENERATION: &str = "canary_appmesh_synced_generation";
 pub const FLEET_TASKS: &str = "canary_fleet_tasks";
 /// Gauge: 1 when every task with a fresh report runs the same generation, else 0.
 pub const FLEET_CONVERGED: &str = "canary_fleet_converged";
+/// Gauge: 1 for the rollout's `phase` (progressing, holding, paused,
+/// waiting_gate, succeeded, aborted), 0 for the others.
+pub const ROLLOUT_PHASE: &str = "canary_rollout_phase";
+/// Gauge: the rolled-out canary's share of the traffic, percent, by `version`.
+pub const ROLLOUT_CANARY_SHARE: &str = "canary_rollout_canary_share_percent";
+/// Counter: rollout steps taken.
+pub const ROLLOUT_STEPS_TOTAL: &str = "canary_rollout_steps_total";
+/// Counter: rollout step holds by `reason` (not_enough_evidence, gate, no_healthy_endpoints).
+pub const ROLLOUT_HOLDS_TOTAL: &str = "canary_rollout_holds_total";
+/// Counter: rollout aborts by `reason` (max_error_rate, max_p99_ms,
+/// error_rate_vs_stable, p99_ratio, operator, rollback, config).
+pub const ROLLOUT_ABORTS_TOTAL: &str = "canary_rollout_aborts_total";
+/// Gauge: the last rollout analysis by `version` and `figure` (requests,
+/// errors, error_rate, p50_ms, p99_ms).
+pub const ROLLOUT_ANALYSIS: &str = "canary_rollout_analysis";
+/// Gauge: the p-value of the last analysis's error-rate test.
+pub const ROLLOUT_ANALYSIS_P_VALUE: &str = "canary_rollout_analysis_p_value";

@@ -68,6 +68,8 @@ pub struct Version {
     pub weight: u32,
     pub endpoints: Box<[Arc<Endpoint>]>,
     pub metrics: VersionMetrics,
+    /// The rollout analysis's counters (kept across snapshot builds).
+    pub analysis: Arc<crate::rollout::telemetry::VersionWindow>,
 }
 
 /// Settings of the proxy that come from the config file.
@@ -120,6 +122,8 @@ pub struct SnapshotInput<'a> {
     pub endpoints: &'a BTreeMap<String, Vec<Arc<Endpoint>>>,
     pub generation: u64,
     pub settings: Arc<ProxySettings>,
+    /// The gateway's per-version rollout counters.
+    pub windows: &'a crate::rollout::telemetry::Windows,
 }
 
 impl Snapshot {
@@ -161,6 +165,7 @@ impl Snapshot {
                         .unwrap_or_default()
                         .into(),
                     metrics: VersionMetrics::new(name),
+                    analysis: input.windows.get_or_create(name),
                 })
             })
             .collect();

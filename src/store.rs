@@ -28,6 +28,9 @@ pub struct WeightsDoc {
     /// weights differ from these was edited since, and that edit is the newer decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_weights: Option<BTreeMap<String, u32>>,
+    /// The progressive rollout, when one was started (see `rollout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::state::RolloutState>,
 }
 
 impl WeightsDoc {

@@ -28,5 +28,14 @@ mod client_errors;
 #[path = "integration/properties.rs"]
 mod properties;
 
+#[path = "integration/rollout.rs"]
+mod rollout;
+
+#[path = "support/moto.rs"]
+mod moto;
+
+#[path = "support/cloudmap_fixture.rs"]
+mod cloudmap_fixture;
+
 #[path = "integration/dashboard.rs"]
 mod dashboard;

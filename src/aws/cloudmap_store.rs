@@ -203,6 +203,7 @@ mod tests {
             source: "admin".into(),
             writer: "task-a".into(),
             config_weights: Some(BTreeMap::from([("v1".to_string(), 100)])),
+            rollout: None,
         }
     }
 

@@ -31,6 +31,8 @@ pub struct RawConfig {
     pub appmesh: Option<RawAppMesh>,
     #[serde(default)]
     pub runtime: RawRuntime,
+    /// Defaults of `POST /rollout` (checked field by field in `rollout::plan`).
+    pub rollout: Option<toml::Table>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -50,12 +50,23 @@ impl Control {
     /// decision; when the store cannot be written it applies here anyway and
     /// the store upkeep keeps writing it (`/status`: rollback pending in the store).
     pub async fn rollback(&self, source: &str) -> Result<WeightsView, ControlError> {
+        self.rollback_for(source, &format!("rollback ({source})"))
+            .await
+    }
+
+    /// A rollback that also ends a running rollout as aborted, for `reason`
+    /// (the rollout's abort goes this way, so it always applies too).
+    pub async fn rollback_for(
+        &self,
+        source: &str,
+        reason: &str,
+    ) -> Result<WeightsView, ControlError> {
         for _ in 0..ROLLBACK_ATTEMPTS {
-            match self.decide(source, to_stable).await {
+            match self.decide_with(source, |d| to_stable(d, reason)).await {
                 // The newer decision was applied here: roll back from it.
                 Err(ControlError::Conflict(_)) => continue,
                 Err(ControlError::Store(e) | ControlError::StoreLoad(e)) => {
-                    return Ok(self.rollback_locally(source, &e).await);
+                    return Ok(self.rollback_locally(source, reason, &e).await);
                 }
                 other => return other,
             }
@@ -63,22 +74,28 @@ impl Control {
         let busy = crate::store::StoreError::Invalid(
             "other tasks kept writing decisions while this rollback was made".into(),
         );
-        Ok(self.rollback_locally(source, &busy).await)
+        Ok(self.rollback_locally(source, reason, &busy).await)
     }
 
     /// Applies a rollback on this task without the store and leaves it to the
     /// store upkeep (see [`Control::flush_pending_rollback`]).
-    async fn rollback_locally(&self, source: &str, why: &crate::store::StoreError) -> WeightsView {
+    async fn rollback_locally(
+        &self,
+        source: &str,
+        reason: &str,
+        why: &crate::store::StoreError,
+    ) -> WeightsView {
         let _turn = self.decisions.lock().await;
         let mut state = self.lock();
-        let (stable, weights) = match to_stable(&state.decision) {
+        let (stable, weights, rollout) = match to_stable(&state.decision, reason) {
             Ok(change) => change,
             Err(_) => (
                 state.decision.stable.clone(),
                 state.decision.weights.clone(),
+                state.decision.rollout.clone(),
             ),
         };
-        let doc = self.next_decision(&state, stable, weights, source);
+        let doc = self.next_decision(&state, (stable, weights, rollout), source);
         tracing::error!(target: "audit", error = %why, generation = doc.generation, "rollback applied on this task only: the store could not take it; retrying in the background");
         if let Err(e) = self.apply(&mut state, doc) {
             tracing::error!(error = %e, "the rollback could not be applied");
@@ -134,7 +151,8 @@ impl Control {
         Ok(false)
     }
 
-    /// Makes a weight decision: validate, write the store, then apply.
+    /// Makes a weight decision: validate, write the store, then apply. A
+    /// rollout in the document is carried over.
     ///
     /// With a shared store the write is conditional on the generation the
     /// store held when read: when another task wrote first (or this task had
@@ -145,6 +163,18 @@ impl Control {
         source: &str,
         change: impl FnOnce(&WeightsDoc) -> Result<(String, BTreeMap<String, u32>), ControlError>,
     ) -> Result<WeightsView, ControlError> {
+        self.decide_with(source, |d| {
+            change(d).map(|(stable, weights)| (stable, weights, d.rollout.clone()))
+        })
+        .await
+    }
+
+    /// [`Control::decide`] that also sets the document's rollout.
+    pub(super) async fn decide_with(
+        &self,
+        source: &str,
+        change: impl FnOnce(&WeightsDoc) -> Result<Decision, ControlError>,
+    ) -> Result<WeightsView, ControlError> {
         let _turn = self.decisions.lock().await;
         // A rollback waiting for the store goes first: it is older.
         if !self.flush_pending_locked().await? {
@@ -154,10 +184,10 @@ impl Control {
         }
         let (doc, versions) = {
             let state = self.lock();
-            let (stable, weights) = change(&state.decision)?;
+            let (stable, weights, rollout) = change(&state.decision)?;
             let versions: Vec<String> = state.config.version_names();
             validate_weights(&versions, &stable, &weights)?;
-            let doc = self.next_decision(&state, stable, weights, source);
+            let doc = self.next_decision(&state, (stable, weights, rollout), source);
             (doc, versions)
         };
         let doc = self.record(doc).await?;
@@ -177,13 +207,8 @@ impl Control {
     }
 
     /// A new decision by this task, one generation after the one in force.
-    fn next_decision(
-        &self,
-        state: &State,
-        stable: String,
-        weights: BTreeMap<String, u32>,
-        source: &str,
-    ) -> WeightsDoc {
+    fn next_decision(&self, state: &State, decision: Decision, source: &str) -> WeightsDoc {
+        let (stable, weights, rollout) = decision;
         WeightsDoc {
             stable,
             weights,
@@ -192,6 +217,7 @@ impl Control {
             source: source.to_string(),
             writer: self.writer.clone(),
             config_weights: Some(state.config.weights()),
+            rollout,
         }
     }
 
@@ -363,13 +389,26 @@ impl Control {
     }
 }
 
+/// A decision: the stable version, the weights and the rollout.
+pub(super) type Decision = (
+    String,
+    BTreeMap<String, u32>,
+    Option<crate::rollout::state::RolloutState>,
+);
+
 /// How often a rollback is re-based on a newer decision before it is applied
 /// here without the store.
 const ROLLBACK_ATTEMPTS: usize = 3;
 
-/// The rollback change: all the weight to the stable version.
-fn to_stable(d: &WeightsDoc) -> Result<(String, BTreeMap<String, u32>), ControlError> {
-    Ok((d.stable.clone(), all_weight_to(&d.weights, &d.stable)))
+/// The rollback change: all the weight to the stable version; a running
+/// rollout ends aborted, for `reason`.
+fn to_stable(d: &WeightsDoc, reason: &str) -> Result<Decision, ControlError> {
+    let rollout = crate::rollout::state::aborted(d.rollout.as_ref(), reason, unix_ms());
+    Ok((
+        d.stable.clone(),
+        all_weight_to(&d.weights, &d.stable),
+        rollout,
+    ))
 }
 
 /// Every version at 0 but `to`, which gets the current total (so the numbers

@@ -102,6 +102,7 @@ impl Control {
                 decision.writer.clone()
             },
             config_weights: Some(effective.weights()),
+            rollout: decision.rollout.clone(),
         };
         // An edit of the file is a decision: record it like any other. (A
         // shared store keeps no config weights: a replica joins with the

@@ -206,6 +206,7 @@ impl Drop for Completion {
         let elapsed = now.saturating_duration_since(self.start);
         self.version.metrics.requests[class].increment(1);
         self.version.metrics.duration.record(elapsed.as_secs_f64());
+        self.version.analysis.record(self.status.as_u16(), elapsed);
         self.version.metrics.series.record(self.status, elapsed);
         self.conn.request_ended();
         let upstream = self.upstream.take();

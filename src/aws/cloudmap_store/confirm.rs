@@ -113,6 +113,7 @@ mod tests {
             source: "admin".into(),
             writer: writer.into(),
             config_weights: None,
+            rollout: None,
         }
     }
 

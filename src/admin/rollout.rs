@@ -1,0 +1,90 @@
+//! Control path: the rollout endpoints of the admin API (`/rollout`,
+//! `/rollout/pause|resume|abort|promote`) and the rollout's say in the
+//! manual ones: a running rollout refuses `PUT /weights` and `POST /promote`
+//! (409, abort or pause first) and `POST /rollback` aborts it.
+
+use http::{Method, StatusCode};
+
+use super::{AdminResponse, control_error, error, json};
+use crate::control::Control;
+use crate::control::rollout::Action;
+use crate::rollout::RolloutError;
+use crate::rollout::state::Phase;
+
+/// The methods allowed on a rollout path, `None` for other paths.
+pub fn allow(path: &str) -> Option<&'static str> {
+    match path {
+        "/rollout" => Some("GET, POST"),
+        "/rollout/pause" | "/rollout/resume" | "/rollout/abort" | "/rollout/promote" => {
+            Some("POST")
+        }
+        _ => None,
+    }
+}
+
+/// Answers a request on a rollout path (authorized, body read).
+pub async fn handle(control: &Control, method: &Method, path: &str, body: &[u8]) -> AdminResponse {
+    let result = match (method, path) {
+        (&Method::GET | &Method::HEAD, "/rollout") => {
+            control.rollout_view().ok_or(RolloutError::None)
+        }
+        (&Method::POST, "/rollout") => control.start_rollout(body).await,
+        (&Method::POST, "/rollout/pause") => control.rollout_action(Action::Pause).await,
+        (&Method::POST, "/rollout/resume") => control.rollout_action(Action::Resume).await,
+        (&Method::POST, "/rollout/abort") => control.rollout_action(Action::Abort).await,
+        (&Method::POST, "/rollout/promote") => control.rollout_action(Action::Promote).await,
+        _ => return error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+    };
+    match result {
+        Ok(view) => {
+            let status = if method == Method::POST && path == "/rollout" {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            json(status, &view)
+        }
+        Err(e) => rollout_error(e),
+    }
+}
+
+fn rollout_error(e: RolloutError) -> AdminResponse {
+    match e {
+        RolloutError::Plan(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        RolloutError::Conflict(m) => error(StatusCode::CONFLICT, m),
+        RolloutError::None => error(StatusCode::NOT_FOUND, e.to_string()),
+        RolloutError::Control(e) => control_error(e),
+    }
+}
+
+/// A 409 for a manual weight change while a rollout runs (not paused).
+pub fn refuse_while_running(control: &Control, what: &str) -> Option<AdminResponse> {
+    let r = control
+        .running_rollout()
+        .filter(|r| r.phase != Phase::Paused)?;
+    Some(error(
+        StatusCode::CONFLICT,
+        format!(
+            "{what} refused: a rollout of `{}` is running (step {} of {}, {}% of the traffic); POST /rollout/abort or /rollout/pause first",
+            r.plan.canary,
+            r.step + 1,
+            r.plan.settings.steps.len(),
+            r.share()
+        ),
+    ))
+}
+
+/// `POST /rollback`: aborts a running rollout (which rolls back), or rolls back.
+pub async fn rollback(control: &Control) -> AdminResponse {
+    let result = match control.running_rollout() {
+        Some(r) => control
+            .abort_rollout(&r, "rollback", "aborted by POST /rollback")
+            .await
+            .map(|()| control.weights()),
+        None => control.rollback("admin").await.map_err(RolloutError::from),
+    };
+    match result {
+        Ok(view) => json(StatusCode::OK, &view),
+        Err(e) => rollout_error(e),
+    }
+}

@@ -1,0 +1,331 @@
+//! Control path: the rollout's glue with the one writer. Every rollout
+//! change (start, step, pause, resume, abort, success) is a weight decision
+//! like any other: validated, written to the store with the rollout state in
+//! the document, then applied, ordered and audited.
+
+use std::sync::Arc;
+
+use super::decisions::{Decision, all_weight_to};
+use super::{Control, ControlError};
+use crate::metrics as names;
+use crate::rollout::plan::{OnSuccess, Plan, PlanError};
+use crate::rollout::state::{Phase, RolloutState};
+use crate::rollout::telemetry::Windows;
+use crate::rollout::{Clock, LocalView, RolloutError, RolloutView, event, notify};
+
+/// The source every rollout decision is recorded under.
+pub const SOURCE: &str = "rollout";
+
+/// An operator's action on the running rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Pause,
+    Resume,
+    Abort,
+    Promote,
+}
+
+impl Control {
+    /// The rollout in the decision in force (running or ended).
+    pub fn rollout(&self) -> Option<RolloutState> {
+        self.lock().decision.rollout.clone()
+    }
+
+    /// The rollout in force, if it is running (paused counts).
+    pub fn running_rollout(&self) -> Option<RolloutState> {
+        self.rollout().filter(|r| r.phase.running())
+    }
+
+    pub fn rollout_clock(&self) -> Clock {
+        self.lock().rollout.clock
+    }
+
+    pub fn rollout_windows(&self) -> Arc<Windows> {
+        self.lock().rollout.windows.clone()
+    }
+
+    /// Changes this gateway's own view of the rollout.
+    pub fn rollout_note(&self, change: impl FnOnce(&mut LocalView)) {
+        change(&mut self.lock().rollout.view)
+    }
+
+    /// `GET /rollout`.
+    pub fn rollout_view(&self) -> Option<RolloutView> {
+        let state = self.lock();
+        let r = state.decision.rollout.as_ref()?;
+        let now = state.rollout.clock.now_ms();
+        Some(RolloutView::new(r, &state.rollout.view, now))
+    }
+
+    /// Whether `version` has an endpoint that is not ejected.
+    pub fn has_healthy_endpoints(&self, version: &str) -> bool {
+        let snapshot = self.snapshot.load();
+        snapshot
+            .versions
+            .iter()
+            .find(|v| v.name == version)
+            .is_some_and(|v| v.endpoints.iter().any(|e| !e.is_ejected()))
+    }
+
+    /// With a shared store, adopts the fleet's latest document first, so that
+    /// a rollout change is made on the newest state (never on a stale one).
+    async fn refresh(&self) {
+        if self.store.shared() {
+            // A failed read is logged by the poll; the decision's own read
+            // (and its conditional write) then decides.
+            let _ = self.sync_from_store().await;
+        }
+    }
+
+    /// A rollout decision. `change` sees the decision in force; its
+    /// [`RolloutError`] (a conflict) is returned as it is.
+    async fn decide_rollout(
+        &self,
+        change: impl FnOnce(&crate::store::WeightsDoc) -> Result<Decision, RolloutError>,
+    ) -> Result<(), RolloutError> {
+        let mut refused = None;
+        let decided = self
+            .decide_with(SOURCE, |d| {
+                change(d).map_err(|e| {
+                    let message = e.to_string();
+                    refused = Some(e);
+                    ControlError::Invalid(message)
+                })
+            })
+            .await;
+        match (decided, refused) {
+            (Ok(_), _) => Ok(()),
+            (Err(_), Some(e)) => Err(e),
+            (Err(e), None) => Err(e.into()),
+        }
+    }
+
+    /// `POST /rollout`: validates the plan and takes its first step.
+    pub async fn start_rollout(&self, body: &[u8]) -> Result<RolloutView, RolloutError> {
+        self.refresh().await;
+        let (config, stable) = {
+            let state = self.lock();
+            (state.config.clone(), state.decision.stable.clone())
+        };
+        let plan = Plan::from_body(body, &config.rollout, &stable)?;
+        if !config.versions.iter().any(|v| v.name == plan.canary) {
+            return Err(PlanError {
+                field: "canary".into(),
+                reason: format!(
+                    "unknown version `{}`; the versions are {}",
+                    plan.canary,
+                    config.version_names().join(", ")
+                ),
+            }
+            .into());
+        }
+        if !self.has_healthy_endpoints(&plan.canary) {
+            return Err(RolloutError::Conflict(format!(
+                "the canary `{}` has no healthy endpoints: it is never given traffic",
+                plan.canary
+            )));
+        }
+        let now = self.rollout_clock().now_ms();
+        let started = RolloutState::start(plan, now);
+        let first = started.clone();
+        self.decide_rollout(|d| {
+            if let Some(r) = d.rollout.as_ref().filter(|r| r.phase.running()) {
+                return Err(RolloutError::Conflict(format!(
+                    "a rollout of `{}` is already running (phase {}); abort it first",
+                    r.plan.canary,
+                    r.phase.as_str()
+                )));
+            }
+            if d.stable != first.plan.stable {
+                return Err(RolloutError::Conflict(
+                    "the stable version changed meanwhile; try again".into(),
+                ));
+            }
+            if let Some((v, w)) = d
+                .weights
+                .iter()
+                .find(|(v, w)| **w > 0 && **v != first.plan.stable && **v != first.plan.canary)
+            {
+                return Err(RolloutError::Conflict(format!(
+                    "version `{v}` has weight {w}: a rollout splits the traffic between the stable version and the canary only; set it to 0 first"
+                )));
+            }
+            Ok((d.stable.clone(), first.weights(&d.weights), Some(first)))
+        })
+        .await?;
+        tracing::info!(target: "audit", canary = %started.plan.canary, stable = %started.plan.stable, steps = ?started.plan.settings.steps, interval_s = started.plan.settings.interval_s, "rollout started");
+        metrics::counter!(names::ROLLOUT_STEPS_TOTAL).increment(1);
+        notify::send_event(
+            started.plan.settings.webhook.as_deref(),
+            event(
+                "started",
+                &started,
+                serde_json::json!({ "plan": started.plan }),
+            ),
+        );
+        self.rollout_view().ok_or(RolloutError::None)
+    }
+
+    /// `POST /rollout/pause|resume|abort|promote`.
+    pub async fn rollout_action(&self, action: Action) -> Result<RolloutView, RolloutError> {
+        self.refresh().await;
+        let r = self.rollout().ok_or(RolloutError::None)?;
+        if !r.phase.running() {
+            return Err(RolloutError::Conflict(format!(
+                "the rollout of `{}` is over ({})",
+                r.plan.canary,
+                r.phase.as_str()
+            )));
+        }
+        match action {
+            Action::Abort => {
+                self.abort_rollout(
+                    &r,
+                    "operator",
+                    "aborted by the operator (POST /rollout/abort)",
+                )
+                .await?
+            }
+            Action::Promote => self.finish_rollout(&r, "operator").await?,
+            Action::Pause | Action::Resume => {
+                let now = self.rollout_clock().now_ms();
+                self.decide_rollout(|d| {
+                    let current = d
+                        .rollout
+                        .as_ref()
+                        .filter(|c| c.started_at_ms == r.started_at_ms)
+                        .ok_or_else(|| {
+                            RolloutError::Conflict(
+                                "the rollout changed meanwhile; try again".into(),
+                            )
+                        })?;
+                    let next = match (action, current.phase) {
+                        (Action::Pause, Phase::Progressing) => current.paused(now),
+                        (Action::Resume, Phase::Paused) => current.resumed(now),
+                        (_, phase) => {
+                            return Err(RolloutError::Conflict(format!(
+                                "the rollout is {}",
+                                phase.as_str()
+                            )));
+                        }
+                    };
+                    // Resuming re-applies the step's weights (they may have
+                    // been set by hand while paused).
+                    Ok((d.stable.clone(), next.weights(&d.weights), Some(next)))
+                })
+                .await?;
+                let kind = if action == Action::Pause {
+                    "paused"
+                } else {
+                    "resumed"
+                };
+                tracing::info!(target: "audit", canary = %r.plan.canary, "rollout {kind}");
+                if let Some(now) = self.rollout() {
+                    notify::send_event(
+                        r.plan.settings.webhook.as_deref(),
+                        event(kind, &now, serde_json::json!({})),
+                    );
+                }
+            }
+        }
+        self.rollout_view().ok_or(RolloutError::None)
+    }
+
+    /// Rolls the canary back at once and ends the rollout as aborted:
+    /// a rollback (see [`Control::rollback_for`]). `label` is the metric's
+    /// reason.
+    pub async fn abort_rollout(
+        &self,
+        r: &RolloutState,
+        label: &str,
+        reason: &str,
+    ) -> Result<(), RolloutError> {
+        self.rollback_for(SOURCE, reason).await?;
+        metrics::counter!(names::ROLLOUT_ABORTS_TOTAL, "reason" => label.to_string()).increment(1);
+        tracing::warn!(target: "audit", canary = %r.plan.canary, reason, "rollout aborted: all traffic back on the stable version");
+        let figures = self
+            .lock()
+            .rollout
+            .view
+            .last_analysis
+            .clone()
+            .filter(|_| label != "operator" && label != "rollback");
+        let ended = self.rollout().unwrap_or_else(|| r.clone());
+        notify::send_event(
+            r.plan.settings.webhook.as_deref(),
+            event(
+                "aborted",
+                &ended,
+                serde_json::json!({ "reason": reason, "analysis": figures }),
+            ),
+        );
+        Ok(())
+    }
+
+    /// The step after `seen`, if the rollout is still at `seen`'s step
+    /// (`false`: another replica or the operator moved it meanwhile).
+    pub async fn advance_rollout(&self, seen: &RolloutState) -> Result<bool, RolloutError> {
+        self.refresh().await;
+        let now = self.rollout_clock().now_ms();
+        let result = self
+            .decide_rollout(|d| match d.rollout.as_ref() {
+                Some(r) if r.same_step(seen) => {
+                    let next = r.advanced(now);
+                    Ok((d.stable.clone(), next.weights(&d.weights), Some(next)))
+                }
+                _ => Err(RolloutError::Conflict("moved on".into())),
+            })
+            .await;
+        match result {
+            Ok(()) => {
+                metrics::counter!(names::ROLLOUT_STEPS_TOTAL).increment(1);
+                if let Some(r) = self.rollout() {
+                    tracing::info!(target: "audit", canary = %r.plan.canary, step = r.step, share = r.share(), "rollout step");
+                    notify::send_event(
+                        r.plan.settings.webhook.as_deref(),
+                        event("step", &r, serde_json::json!({})),
+                    );
+                }
+                Ok(true)
+            }
+            // Moved on meanwhile, or another task wrote first (its decision
+            // is applied here): follow the store.
+            Err(RolloutError::Conflict(_))
+            | Err(RolloutError::Control(ControlError::Conflict(_))) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Ends the rollout as succeeded: the canary promoted (`on_success =
+    /// "promote"`) or the last step's weights kept (`"hold"`).
+    pub async fn finish_rollout(&self, seen: &RolloutState, by: &str) -> Result<(), RolloutError> {
+        let now = self.rollout_clock().now_ms();
+        self.decide_rollout(|d| {
+            let r = d
+                .rollout
+                .as_ref()
+                .filter(|r| r.started_at_ms == seen.started_at_ms && r.phase.running())
+                .ok_or_else(|| {
+                    RolloutError::Conflict("the rollout is over or changed meanwhile".into())
+                })?;
+            let done = r.succeeded(now);
+            Ok(match r.plan.settings.on_success {
+                OnSuccess::Promote => (
+                    r.plan.canary.clone(),
+                    all_weight_to(&d.weights, &r.plan.canary),
+                    Some(done),
+                ),
+                OnSuccess::Hold => (d.stable.clone(), done.weights(&d.weights), Some(done)),
+            })
+        })
+        .await?;
+        tracing::info!(target: "audit", canary = %seen.plan.canary, by, on_success = ?seen.plan.settings.on_success, "rollout succeeded");
+        if let Some(r) = self.rollout() {
+            notify::send_event(
+                r.plan.settings.webhook.as_deref(),
+                event("succeeded", &r, serde_json::json!({ "by": by })),
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,328 @@
+//! Rollout: the canary judged against stable over one window. Pure functions:
+//! the figures of a window, the statistical tests and the verdict.
+//!
+//! - absolute limits: the canary's error rate above `max_error_rate`, or its
+//!   p99 above `max_p99_ms`, aborts;
+//! - against stable: a one-sided two-proportion z-test (canary's error rate
+//!   higher than stable's), or Fisher's exact test when an expected cell count
+//!   is below 5, at `confidence`; and the canary's p99 above stable's times
+//!   `max_p99_ratio` (with enough samples for a p99);
+//! - fewer than `min_requests` canary requests: not enough evidence, hold.
+
+use serde::Serialize;
+
+use super::plan::Settings;
+use super::telemetry::{Counts, bucket_value_ms};
+
+/// Latencies below this count as this in the p99 ratio: on loopback, or for a
+/// very fast service, microsecond jitter would otherwise double a ratio.
+pub const P99_RATIO_FLOOR_MS: f64 = 5.0;
+
+/// The p99 ratio is judged only when both versions have at least this many
+/// requests in the window: from fewer, a "p99" is the window's worst request
+/// or two, which one slow connect or a scheduling pause decides.
+pub const P99_RATIO_MIN_SAMPLES: u64 = 100;
+
+/// Below this expected count in any cell of the 2x2 table, Fisher's exact
+/// test is used instead of the z-test's normal approximation.
+pub const FISHER_BELOW_EXPECTED: f64 = 5.0;
+
+/// One version's figures over a window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Figures {
+    pub requests: u64,
+    pub errors: u64,
+    pub error_rate: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl Figures {
+    pub fn of(counts: &Counts) -> Figures {
+        Figures {
+            requests: counts.requests,
+            errors: counts.errors,
+            error_rate: rate(counts.errors, counts.requests),
+            p50_ms: quantile_ms(&counts.latency, 0.50),
+            p99_ms: quantile_ms(&counts.latency, 0.99),
+        }
+    }
+}
+
+/// What the analysis concluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Good enough for the next step.
+    Pass,
+    /// Not enough evidence: the step holds.
+    Hold,
+    /// Worse than allowed: roll back.
+    Abort,
+}
+
+/// Why: a short machine-readable reason (metric label) and a sentence.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Analysis {
+    pub canary: Figures,
+    pub stable: Figures,
+    pub verdict: Verdict,
+    /// Metric label: ok, not_enough_evidence, max_error_rate, max_p99_ms,
+    /// error_rate_vs_stable, p99_ratio.
+    pub reason: &'static str,
+    pub why: String,
+    /// `z` or `fisher`, when the error rates were compared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test: Option<&'static str>,
+    /// The z statistic (z-test only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub statistic: Option<f64>,
+    /// One-sided p-value of "the canary's error rate is higher than stable's".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p_value: Option<f64>,
+    /// Canary p99 / stable p99 (each at least [`P99_RATIO_FLOOR_MS`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99_ratio: Option<f64>,
+}
+
+fn rate(errors: u64, requests: u64) -> f64 {
+    if requests == 0 {
+        0.0
+    } else {
+        errors as f64 / requests as f64
+    }
+}
+
+/// The `q` quantile of a latency histogram (bucket counts), in ms: the
+/// midpoint of the bucket holding the sample of rank ceil(q * n).
+pub fn quantile_ms(latency: &[u64], q: f64) -> f64 {
+    let total: u64 = latency.iter().sum();
+    if total == 0 {
+        return 0.0;
+    }
+    let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+    let mut seen = 0;
+    for (i, &c) in latency.iter().enumerate() {
+        seen += c;
+        if seen >= rank {
+            return bucket_value_ms(i);
+        }
+    }
+    bucket_value_ms(latency.len().saturating_sub(1))
+}
+
+/// Judges `canary` against `stable` over the same window.
+pub fn judge(plan: &Settings, canary: &Counts, stable: &Counts) -> Analysis {
+    let (c, s) = (Figures::of(canary), Figures::of(stable));
+    let mut a = Analysis {
+        canary: c.clone(),
+        stable: s.clone(),
+        verdict: Verdict::Pass,
+        reason: "ok",
+        why: String::new(),
+        test: None,
+        statistic: None,
+        p_value: None,
+        p99_ratio: None,
+    };
+    let verdict = |a: &mut Analysis, v, reason, why: String| {
+        a.verdict = v;
+        a.reason = reason;
+        a.why = why;
+    };
+    if c.requests < plan.min_requests {
+        verdict(
+            &mut a,
+            Verdict::Hold,
+            "not_enough_evidence",
+            format!(
+                "not enough evidence: {} canary requests in the window, min_requests is {}",
+                c.requests, plan.min_requests
+            ),
+        );
+        return a;
+    }
+    if c.requests > 0 && s.requests > 0 {
+        let test = error_rate_test(c.errors, c.requests, s.errors, s.requests);
+        a.test = Some(test.name);
+        a.statistic = test.statistic;
+        a.p_value = Some(test.p_value);
+    }
+    if c.requests >= P99_RATIO_MIN_SAMPLES && s.requests >= P99_RATIO_MIN_SAMPLES {
+        let ratio = c.p99_ms.max(P99_RATIO_FLOOR_MS) / s.p99_ms.max(P99_RATIO_FLOOR_MS);
+        a.p99_ratio = Some(ratio);
+    }
+    if c.error_rate > plan.max_error_rate {
+        verdict(
+            &mut a,
+            Verdict::Abort,
+            "max_error_rate",
+            format!(
+                "canary error rate {:.4} ({} of {}) is above max_error_rate {}",
+                c.error_rate, c.errors, c.requests, plan.max_error_rate
+            ),
+        );
+    } else if c.p99_ms > plan.max_p99_ms {
+        verdict(
+            &mut a,
+            Verdict::Abort,
+            "max_p99_ms",
+            format!(
+                "canary p99 {:.1} ms is above max_p99_ms {}",
+                c.p99_ms, plan.max_p99_ms
+            ),
+        );
+    } else if let Some(p) = a.p_value.filter(|p| *p < 1.0 - plan.confidence) {
+        let why = format!(
+            "canary error rate {:.4} is higher than stable's {:.4} beyond chance ({} test, p = {:.3e} < {:.3})",
+            c.error_rate,
+            s.error_rate,
+            a.test.unwrap_or("z"),
+            p,
+            1.0 - plan.confidence
+        );
+        verdict(&mut a, Verdict::Abort, "error_rate_vs_stable", why);
+    } else if let Some(r) = a.p99_ratio.filter(|r| *r > plan.max_p99_ratio) {
+        verdict(
+            &mut a,
+            Verdict::Abort,
+            "p99_ratio",
+            format!(
+                "canary p99 {:.1} ms is {:.2}x stable's {:.1} ms, above max_p99_ratio {}",
+                c.p99_ms, r, s.p99_ms, plan.max_p99_ratio
+            ),
+        );
+    } else {
+        a.why = if s.requests == 0 {
+            "within the absolute limits (no stable traffic to compare with)".into()
+        } else {
+            "within the limits and not worse than stable beyond chance".into()
+        };
+    }
+    a
+}
+
+/// A test of "the canary's error rate is higher than stable's".
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TestResult {
+    pub name: &'static str,
+    pub statistic: Option<f64>,
+    pub p_value: f64,
+}
+
+/// The z-test, or Fisher's exact test when an expected count of the 2x2
+/// table is below [`FISHER_BELOW_EXPECTED`].
+pub fn error_rate_test(
+    canary_errors: u64,
+    canary_requests: u64,
+    stable_errors: u64,
+    stable_requests: u64,
+) -> TestResult {
+    // Never more errors than requests (counters read a moment apart).
+    let canary_errors = canary_errors.min(canary_requests);
+    let stable_errors = stable_errors.min(stable_requests);
+    let n = (canary_requests + stable_requests) as f64;
+    let errors = (canary_errors + stable_errors) as f64;
+    let smallest_expected = [canary_requests, stable_requests]
+        .iter()
+        .flat_map(|&r| {
+            let r = r as f64;
+            [r * errors / n, r * (n - errors) / n]
+        })
+        .fold(f64::INFINITY, f64::min);
+    if smallest_expected < FISHER_BELOW_EXPECTED {
+        TestResult {
+            name: "fisher",
+            statistic: None,
+            p_value: fisher_one_sided(
+                canary_errors,
+                canary_requests,
+                stable_errors,
+                stable_requests,
+            ),
+        }
+    } else {
+        let (z, p) = two_proportion_z(
+            canary_errors,
+            canary_requests,
+            stable_errors,
+            stable_requests,
+        );
+        TestResult {
+            name: "z",
+            statistic: Some(z),
+            p_value: p,
+        }
+    }
+}
+
+/// One-sided two-proportion z-test with the pooled proportion: returns z and
+/// P(Z >= z). Equal rates (or no errors at all) give z = 0, p = 0.5.
+pub fn two_proportion_z(x1: u64, n1: u64, x2: u64, n2: u64) -> (f64, f64) {
+    let (n1f, n2f) = (n1 as f64, n2 as f64);
+    let pooled = (x1 + x2) as f64 / (n1f + n2f);
+    let se = (pooled * (1.0 - pooled) * (1.0 / n1f + 1.0 / n2f)).sqrt();
+    if se.is_nan() || se <= 0.0 {
+        return (0.0, 0.5);
+    }
+    let z = (x1 as f64 / n1f - x2 as f64 / n2f) / se;
+    (z, normal_upper_tail(z))
+}
+
+/// P(Z >= z) for a standard normal Z.
+pub fn normal_upper_tail(z: f64) -> f64 {
+    0.5 * erfc(z / std::f64::consts::SQRT_2)
+}
+
+/// The complementary error function (Numerical Recipes' Chebyshev fit,
+/// relative error below 1.2e-7 everywhere).
+fn erfc(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -z * z - 1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98
+                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let r = t * poly.exp();
+    if x >= 0.0 { r } else { 2.0 - r }
+}
+
+/// Fisher's exact test, one-sided: the probability, with the margins of the
+/// 2x2 table fixed, that the canary has at least `x1` of the errors
+/// (hypergeometric upper tail).
+pub fn fisher_one_sided(x1: u64, n1: u64, x2: u64, n2: u64) -> f64 {
+    let n = n1 + n2;
+    let k = x1 + x2;
+    let hi = k.min(n1);
+    let ln_denominator = ln_choose(n, n1);
+    let mut p = 0.0;
+    for i in x1..=hi {
+        // i errors among the canary's n1, k - i among stable's n2.
+        if k - i > n2 {
+            continue;
+        }
+        p += (ln_choose(k, i) + ln_choose(n - k, n1 - i) - ln_denominator).exp();
+    }
+    p.min(1.0)
+}
+
+fn ln_choose(n: u64, k: u64) -> f64 {
+    ln_factorial(n) - ln_factorial(k) - ln_factorial(n - k)
+}
+
+/// ln(n!), exact sums below 256, Stirling's series above (error < 1e-12).
+fn ln_factorial(n: u64) -> f64 {
+    if n < 256 {
+        return (2..=n).map(|i| (i as f64).ln()).sum();
+    }
+    let x = n as f64;
+    x * x.ln() - x + 0.5 * (2.0 * std::f64::consts::PI * x).ln() + 1.0 / (12.0 * x)
+        - 1.0 / (360.0 * x * x * x)
+}
+
+#[cfg(test)]
+mod tests;

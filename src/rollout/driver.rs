@@ -1,0 +1,250 @@
+//! Rollout: the task that steps a running rollout on its plan's clock.
+//!
+//! Every replica runs one (no leader). At each step's due time it judges the
+//! traffic it saw since the step began: canary against stable over the same
+//! window. A bad canary is rolled back at once (any replica that finds it bad
+//! writes the abort); too little evidence, a canary without healthy
+//! endpoints or a gate that says no hold the step (re-judged an interval
+//! later, the window growing); otherwise the next step is taken, or at the
+//! last step the rollout succeeds. A replica whose step was taken by another
+//! meanwhile just follows the store.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::analysis::{self, Verdict};
+use super::state::{Phase, RolloutState};
+use super::telemetry::Counts;
+use super::{AnalysisRecord, event, notify};
+use crate::control::Control;
+use crate::metrics as names;
+
+/// How soon a failed decision (the store could not be written) is retried.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The traffic this replica has seen of one step.
+struct Window {
+    /// The step it is about (see [`RolloutState::same_step`]).
+    of: RolloutState,
+    start_ms: u64,
+    canary: Counts,
+    stable: Counts,
+    /// Judgements made in this window (holds).
+    judged: u32,
+    last_judged_ms: u64,
+}
+
+impl Window {
+    fn begin(r: &RolloutState, now_ms: u64, control: &Control) -> Window {
+        let windows = control.rollout_windows();
+        Window {
+            of: r.clone(),
+            start_ms: now_ms,
+            canary: windows.read(&r.plan.canary),
+            stable: windows.read(&r.plan.stable),
+            judged: 0,
+            last_judged_ms: now_ms,
+        }
+    }
+
+    /// When the step is judged next: an interval after the step began (on
+    /// the plan's clock, as on every replica), but after at least 3/4 of an
+    /// interval of this replica's own evidence; after a hold, an interval
+    /// after the last judgement.
+    fn due_ms(&self, r: &RolloutState) -> u64 {
+        let interval = (r.plan.settings.interval_s * 1000.0) as u64;
+        if self.judged == 0 {
+            (r.step_at_ms + interval).max(self.start_ms + interval * 3 / 4)
+        } else {
+            self.last_judged_ms + interval
+        }
+    }
+
+    /// Judges again [`RETRY`] after `now` (a decision failed).
+    fn retry_soon(&mut self, r: &RolloutState, now_ms: u64) {
+        let interval = (r.plan.settings.interval_s * 1000.0) as u64;
+        self.last_judged_ms = (now_ms + RETRY.as_millis() as u64).saturating_sub(interval);
+    }
+}
+
+/// Steps the rollouts of `control` until the weights channel closes.
+pub async fn run(control: Arc<Control>) {
+    let mut changes = control.subscribe();
+    let clock = control.rollout_clock();
+    let mut window: Option<Window> = None;
+    // Rollouts this replica aborted: if a racing write undid the abort in the
+    // store, it is written again (an aborted rollout stays aborted).
+    let mut aborted: BTreeMap<u64, String> = BTreeMap::new();
+    loop {
+        changes.borrow_and_update();
+        let current = control.rollout();
+        if let Some(view) = control.rollout_view() {
+            view.publish();
+        }
+        let r = match current {
+            Some(r) if r.phase.running() && aborted.contains_key(&r.started_at_ms) => {
+                let reason = aborted.get(&r.started_at_ms).cloned().unwrap_or_default();
+                tracing::warn!(canary = %r.plan.canary, "the store lost this replica's abort; writing it again");
+                if control
+                    .rollback_for(crate::control::rollout::SOURCE, &reason)
+                    .await
+                    .is_err()
+                {
+                    tokio::time::sleep(RETRY).await;
+                }
+                continue;
+            }
+            Some(r) if r.phase.running() && gone_from_config(&control, &r).is_some() => {
+                let why = gone_from_config(&control, &r).unwrap_or_default();
+                aborted.insert(r.started_at_ms, why.clone());
+                if let Err(e) = control.abort_rollout(&r, "config", &why).await {
+                    tracing::error!(error = %e, "the rollout abort could not be recorded; retrying");
+                    tokio::time::sleep(RETRY).await;
+                }
+                continue;
+            }
+            Some(r) if r.phase == Phase::Progressing => r,
+            _ => {
+                window = None;
+                control.rollout_note(|v| {
+                    v.overlay = None;
+                    v.next_due_ms = None;
+                });
+                if changes.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let now = clock.now_ms();
+        let w = match window.take() {
+            Some(w) if w.of.same_step(&r) => w,
+            _ => {
+                control.rollout_note(|v| {
+                    if v.rollout != r.started_at_ms {
+                        *v = Default::default();
+                        v.rollout = r.started_at_ms;
+                    }
+                    v.overlay = None;
+                    v.why = None;
+                });
+                Window::begin(&r, now, &control)
+            }
+        };
+        let due = w.due_ms(&r);
+        control.rollout_note(|v| v.next_due_ms = Some(due));
+        let w = window.insert(w);
+        tokio::select! {
+            () = tokio::time::sleep_until(clock.instant_at(due)) => {}
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
+        }
+        let now = clock.now_ms();
+        let windows = control.rollout_windows();
+        let canary = windows.read(&r.plan.canary).since(&w.canary);
+        let stable = windows.read(&r.plan.stable).since(&w.stable);
+        let judged = analysis::judge(&r.plan.settings, &canary, &stable);
+        w.judged += 1;
+        w.last_judged_ms = now;
+        let record = AnalysisRecord {
+            at_ms: now,
+            since_ms: w.start_ms,
+            analysis: judged.clone(),
+        };
+        control.rollout_note(|v| v.last_analysis = Some(record));
+        match judged.verdict {
+            Verdict::Abort => {
+                tracing::warn!(canary = %r.plan.canary, why = %judged.why, "the canary is worse than allowed");
+                aborted.insert(r.started_at_ms, judged.why.clone());
+                if let Err(e) = control.abort_rollout(&r, judged.reason, &judged.why).await {
+                    tracing::error!(error = %e, "the rollout abort could not be recorded; retrying");
+                    tokio::time::sleep(RETRY).await;
+                }
+                continue;
+            }
+            Verdict::Hold => hold(
+                &control,
+                &r,
+                Phase::Holding,
+                judged.reason,
+                judged.why.clone(),
+            ),
+            Verdict::Pass if !control.has_healthy_endpoints(&r.plan.canary) => hold(
+                &control,
+                &r,
+                Phase::Holding,
+                "no_healthy_endpoints",
+                format!("the canary `{}` has no healthy endpoints", r.plan.canary),
+            ),
+            Verdict::Pass if r.last_step() => {
+                if let Err(e) = control.finish_rollout(&r, "analysis").await {
+                    tracing::warn!(error = %e, "the rollout's success could not be recorded; retrying");
+                    w.retry_soon(&r, now);
+                }
+            }
+            Verdict::Pass => {
+                let approved = match &r.plan.settings.gate {
+                    None => Ok(()),
+                    Some(gate) => {
+                        let body = serde_json::json!({
+                            "plan": r.plan,
+                            "step": r.step,
+                            "share": r.share(),
+                            "next_share": r.plan.settings.steps.get(r.step + 1),
+                            "analysis": judged,
+                        });
+                        let timeout = notify::CALL_TIMEOUT.min(r.plan.settings.interval() / 2);
+                        notify::ask_gate(gate, &body, timeout).await
+                    }
+                };
+                match approved {
+                    Ok(()) => match control.advance_rollout(&r).await {
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the rollout step could not be recorded; retrying");
+                            w.retry_soon(&r, now);
+                        }
+                    },
+                    Err(why) => hold(&control, &r, Phase::WaitingGate, "gate", why),
+                }
+            }
+        }
+    }
+}
+
+/// Why `r` cannot go on with the config in force (a reload removed its
+/// canary or its stable version), if it cannot.
+fn gone_from_config(control: &Control, r: &RolloutState) -> Option<String> {
+    let config = control.config();
+    [&r.plan.canary, &r.plan.stable]
+        .into_iter()
+        .find(|v| !config.versions.iter().any(|c| &c.name == *v))
+        .map(|v| format!("version `{v}` is no longer in the config"))
+}
+
+/// The step holds: this replica's view says why; counted and sent.
+fn hold(control: &Control, r: &RolloutState, phase: Phase, reason: &'static str, why: String) {
+    tracing::info!(canary = %r.plan.canary, step = r.step, %why, "rollout step holds");
+    metrics::counter!(names::ROLLOUT_HOLDS_TOTAL, "reason" => reason).increment(1);
+    let kind = if phase == Phase::WaitingGate {
+        "gate_refused"
+    } else {
+        "holding"
+    };
+    notify::send_event(
+        r.plan.settings.webhook.as_deref(),
+        event(kind, r, serde_json::json!({ "reason": why })),
+    );
+    control.rollout_note(|v| {
+        v.overlay = Some(phase);
+        v.why = Some(why);
+    });
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,317 @@
+//! The driver on paused tokio time: a `Store` test double, a gateway's
+//! control plane without sockets, and traffic fed straight into the
+//! per-version counters.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::config::Config;
+use crate::store::memory::MemoryStore;
+
+async fn control(store: Arc<MemoryStore>) -> Arc<Control> {
+    let text = "[listener]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+                [split]\nstable = \"v1\"\n\
+                [[versions]]\nname = \"v1\"\nweight = 100\nendpoints = [\"127.0.0.1:9\"]\n\
+                [[versions]]\nname = \"v2\"\nweight = 0\nendpoints = [\"127.0.0.1:9\"]\n";
+    let config = Config::parse(text, "test").unwrap();
+    Control::start(config, store, "memory").await.unwrap()
+}
+
+/// A control plane on `store` with its driver running and [`PLAN`] started.
+async fn started(store: Arc<MemoryStore>) -> Arc<Control> {
+    let control = control(store).await;
+    tokio::spawn(run(control.clone()));
+    control.start_rollout(PLAN.as_bytes()).await.unwrap();
+    control
+}
+
+const PLAN: &str =
+    r#"{"canary": "v2", "steps": [10, 50, 100], "interval_s": 10, "min_requests": 50}"#;
+
+/// One second of traffic: `per_s` requests split by the weights in force,
+/// every `fail_every`-th canary request a 500, canary latency `canary_ms`.
+fn second_of_traffic(control: &Control, per_s: u64, fail_every: u64, canary_ms: u64) {
+    let snapshot = control.snapshot_cell().load_full();
+    let total: u64 = snapshot.versions.iter().map(|v| u64::from(v.weight)).sum();
+    for v in snapshot.versions.iter() {
+        let n = per_s * u64::from(v.weight) / total.max(1);
+        for i in 1..=n {
+            let (status, ms) = if v.name == "v2" {
+                (
+                    if fail_every > 0 && i.is_multiple_of(fail_every) {
+                        500
+                    } else {
+                        200
+                    },
+                    canary_ms,
+                )
+            } else {
+                (200, 3)
+            };
+            v.analysis.record(status, Duration::from_millis(ms));
+        }
+    }
+}
+
+async fn run_for(
+    control: &Arc<Control>,
+    seconds: u64,
+    per_s: u64,
+    fail_every: u64,
+    canary_ms: u64,
+) {
+    for _ in 0..seconds {
+        second_of_traffic(control, per_s, fail_every, canary_ms);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn phase(control: &Control) -> Phase {
+    control.rollout_view().map(|v| v.phase).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_healthy_canary_walks_every_step_and_is_promoted() {
+    let store = Arc::new(MemoryStore::default());
+    let control = started(store.clone()).await;
+    assert_eq!(control.weights().weights["v2"], 10);
+    run_for(&control, 11, 1000, 0, 3).await;
+    assert_eq!(
+        control.rollout().unwrap().step,
+        1,
+        "{:?}",
+        control.rollout_view()
+    );
+    assert_eq!(control.weights().weights["v2"], 50);
+    run_for(&control, 25, 1000, 0, 3).await;
+    let r = control.rollout().unwrap();
+    assert_eq!(r.phase, Phase::Succeeded);
+    let w = control.weights();
+    assert_eq!(
+        (w.stable.as_str(), w.weights["v2"], w.weights["v1"]),
+        ("v2", 100, 0)
+    );
+    // Every step is in the history, on the plan's clock, and in the store.
+    let steps: Vec<usize> = r.history.iter().map(|h| h.0).collect();
+    assert_eq!(steps, vec![0, 1, 2]);
+    assert!(
+        r.history.windows(2).all(|w| w[1].1 - w[0].1 >= 10_000),
+        "{:?}",
+        r.history
+    );
+    let stored = store.stored().unwrap();
+    assert_eq!(stored.rollout.unwrap().phase, Phase::Succeeded);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_canary_is_aborted_after_one_interval() {
+    let control = started(Arc::new(MemoryStore::default())).await;
+    run_for(&control, 11, 1000, 5, 3).await;
+    let view = control.rollout_view().unwrap();
+    assert_eq!(view.phase, Phase::Aborted, "{view:?}");
+    assert!(
+        view.abort_reason
+            .as_deref()
+            .unwrap()
+            .contains("max_error_rate"),
+        "{view:?}"
+    );
+    let w = control.weights();
+    assert_eq!((w.weights["v1"], w.weights["v2"]), (100, 0));
+    let a = view.last_analysis.unwrap();
+    assert_eq!(a.analysis.canary.errors * 5, a.analysis.canary.requests);
+}
+
+#[tokio::test(start_paused = true)]
+async fn too_little_traffic_holds_and_more_evidence_moves_on() {
+    let control = started(Arc::new(MemoryStore::default())).await;
+    // 10% of 20 a second: 20 canary requests in the first window, 50 needed.
+    run_for(&control, 11, 20, 0, 3).await;
+    assert_eq!(phase(&control), Phase::Holding);
+    let view = control.rollout_view().unwrap();
+    assert!(view.why.unwrap().contains("not enough evidence"));
+    assert_eq!(view.step, 0);
+    // The window grows while the step holds: enough after three intervals.
+    run_for(&control, 20, 20, 0, 3).await;
+    assert_eq!(control.rollout().unwrap().step, 1);
+    assert_eq!(phase(&control), Phase::Progressing);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slower_canary_is_aborted_on_the_p99_ratio() {
+    let control = started(Arc::new(MemoryStore::default())).await;
+    run_for(&control, 11, 1000, 0, 40).await;
+    let view = control.rollout_view().unwrap();
+    assert_eq!(view.phase, Phase::Aborted);
+    assert!(view.abort_reason.unwrap().contains("max_p99_ratio"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn pause_stops_the_clock_and_resume_restarts_the_window() {
+    let control = started(Arc::new(MemoryStore::default())).await;
+    control
+        .rollout_action(crate::control::rollout::Action::Pause)
+        .await
+        .unwrap();
+    run_for(&control, 30, 1000, 0, 3).await;
+    assert_eq!(
+        (phase(&control), control.rollout().unwrap().step),
+        (Phase::Paused, 0)
+    );
+    control
+        .rollout_action(crate::control::rollout::Action::Resume)
+        .await
+        .unwrap();
+    run_for(&control, 9, 1000, 0, 3).await;
+    assert_eq!(control.rollout().unwrap().step, 0);
+    run_for(&control, 2, 1000, 0, 3).await;
+    assert_eq!(control.rollout().unwrap().step, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_canary_without_healthy_endpoints_is_given_no_more_traffic() {
+    use crate::discovery::EndpointSink;
+    let control = started(Arc::new(MemoryStore::default())).await;
+    run_for(&control, 9, 1000, 0, 3).await;
+    // Its endpoints go away just before the step is judged: good figures,
+    // but no next step onto nothing.
+    control.endpoints_discovered("v2", Vec::new());
+    run_for(&control, 2, 1000, 0, 3).await;
+    let view = control.rollout_view().unwrap();
+    assert_eq!((view.phase, view.step), (Phase::Holding, 0), "{view:?}");
+    assert!(view.why.unwrap().contains("no healthy endpoints"));
+    assert_eq!(control.weights().weights["v2"], 10);
+    // And a new rollout onto it is refused.
+    control
+        .rollout_action(crate::control::rollout::Action::Abort)
+        .await
+        .unwrap();
+    let refused = control.start_rollout(PLAN.as_bytes()).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("no healthy endpoints"),
+        "{refused}"
+    );
+}
+
+/// Two gateways' control planes on one shared store, each with its driver
+/// and a store poll every 500 ms.
+async fn fleet() -> (Arc<MemoryStore>, Arc<Control>, Arc<Control>) {
+    let store = Arc::new(MemoryStore::default());
+    let (a, b) = (control(store.clone()).await, control(store.clone()).await);
+    for c in [&a, &b] {
+        tokio::spawn(run(c.clone()));
+        let c = c.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let _ = c.sync_from_store().await;
+            }
+        });
+    }
+    (store, a, b)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fleet_steps_on_one_clock_and_takes_each_step_once() {
+    let (store, a, b) = fleet().await;
+    b.start_rollout(PLAN.as_bytes()).await.unwrap();
+    for _ in 0..40 {
+        second_of_traffic(&a, 1000, 0, 3);
+        second_of_traffic(&b, 1000, 0, 3);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let stored = store.stored().unwrap().rollout.unwrap();
+    assert_eq!(stored.phase, Phase::Succeeded);
+    let steps: Vec<usize> = stored.history.iter().map(|h| h.0).collect();
+    assert_eq!(steps, vec![0, 1, 2], "{:?}", stored.history);
+    // Each step an interval after the one before: never two at once.
+    assert!(
+        stored.history.windows(2).all(|w| w[1].1 - w[0].1 >= 10_000),
+        "{:?}",
+        stored.history
+    );
+    for c in [&a, &b] {
+        assert_eq!(c.rollout().unwrap().phase, Phase::Succeeded);
+        assert_eq!(c.weights().stable, "v2");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abort_decided_by_one_gateway_reaches_the_other() {
+    let (store, a, b) = fleet().await;
+    a.start_rollout(PLAN.as_bytes()).await.unwrap();
+    // Only A serves traffic, and its canary fails: B has no evidence.
+    run_for(&a, 11, 1000, 5, 3).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let on_b = b.rollout_view().unwrap();
+    assert_eq!(on_b.phase, Phase::Aborted, "{on_b:?}");
+    assert!(
+        on_b.last_analysis
+            .is_none_or(|a| a.analysis.verdict != Verdict::Abort)
+    );
+    assert_eq!(b.weights().weights["v2"], 0);
+    let stored = store.stored().unwrap();
+    assert_eq!(stored.rollout.as_ref().unwrap().phase, Phase::Aborted);
+
+    // A racing write puts the running rollout back (a lost abort): the
+    // gateway that aborted it writes the abort again.
+    let mut undone = stored.clone();
+    undone.generation += 1;
+    undone.weights.insert("v1".into(), 90);
+    undone.weights.insert("v2".into(), 10);
+    if let Some(r) = undone.rollout.as_mut() {
+        r.phase = Phase::Progressing;
+        r.reason = None;
+    }
+    *store.doc.lock().unwrap() = Some(undone);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let again = store.stored().unwrap();
+    assert_eq!(again.rollout.unwrap().phase, Phase::Aborted);
+    assert_eq!(again.weights["v2"], 0);
+    assert!(again.generation > stored.generation + 1);
+    assert_eq!(b.weights().weights["v2"], 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_removes_the_canary_aborts_its_rollout() {
+    let control = started(Arc::new(MemoryStore::default())).await;
+    let text = "[listener]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+                [split]\nstable = \"v1\"\n\
+                [[versions]]\nname = \"v1\"\nweight = 100\nendpoints = [\"127.0.0.1:9\"]\n";
+    let status = control.reload(Config::parse(text, "test"), "test").await;
+    assert!(status.ok, "{status:?}");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let view = control.rollout_view().unwrap();
+    assert_eq!(view.phase, Phase::Aborted, "{view:?}");
+    assert!(
+        view.abort_reason
+            .unwrap()
+            .contains("`v2` is no longer in the config")
+    );
+    assert_eq!(control.weights().weights["v1"], 100);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abort_applies_at_once_while_the_store_is_down_and_lands_when_it_returns() {
+    let store = Arc::new(MemoryStore::default());
+    let control = started(store.clone()).await;
+    tokio::spawn(crate::control::keep_store(
+        control.clone(),
+        Some(Duration::from_millis(500)),
+    ));
+    store.set_down(true);
+    run_for(&control, 11, 1000, 5, 3).await;
+    // Applied here at once, though nothing could be written.
+    let view = control.rollout_view().unwrap();
+    assert_eq!(view.phase, Phase::Aborted, "{view:?}");
+    assert_eq!(control.weights().weights["v2"], 0);
+    let stored = store.stored().unwrap();
+    assert_eq!(stored.rollout.as_ref().unwrap().phase, Phase::Progressing);
+    // The store comes back: the abort is written.
+    store.set_down(false);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stored = store.stored().unwrap();
+    assert_eq!(stored.rollout.unwrap().phase, Phase::Aborted);
+    assert_eq!(stored.weights["v2"], 0);
+}

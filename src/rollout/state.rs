@@ -1,0 +1,310 @@
+//! Rollout: the state machine, as it is kept in the store document (so that
+//! every replica steps on the same plan and a restart resumes).
+//!
+//! Stored phases: `progressing`, `paused`, `succeeded`, `aborted`. `holding`
+//! and `waiting_gate` are a replica's own view of a progressing step (its
+//! analysis found too little evidence, or the gate refused): they are shown
+//! by `GET /rollout` but not stored, so that one replica's hold never undoes
+//! another's step.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::plan::Plan;
+
+/// Where a rollout is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Progressing,
+    Holding,
+    Paused,
+    WaitingGate,
+    Succeeded,
+    Aborted,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 6] = [
+        Phase::Progressing,
+        Phase::Holding,
+        Phase::Paused,
+        Phase::WaitingGate,
+        Phase::Succeeded,
+        Phase::Aborted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Progressing => "progressing",
+            Phase::Holding => "holding",
+            Phase::Paused => "paused",
+            Phase::WaitingGate => "waiting_gate",
+            Phase::Succeeded => "succeeded",
+            Phase::Aborted => "aborted",
+        }
+    }
+
+    /// Not over yet.
+    pub fn running(self) -> bool {
+        !matches!(self, Phase::Succeeded | Phase::Aborted)
+    }
+}
+
+/// One step taken (as `GET /rollout` shows it).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepRecord {
+    /// Index into the plan's steps.
+    pub step: usize,
+    /// The canary's share, percent.
+    pub share: f64,
+    pub at_ms: u64,
+}
+
+/// The longest abort reason kept in the store (Cloud Map caps the whole
+/// document at 1,024 characters).
+pub const MAX_STORED_REASON: usize = 160;
+
+/// A rollout, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutState {
+    pub plan: Plan,
+    /// Also the rollout's identity.
+    pub started_at_ms: u64,
+    pub phase: Phase,
+    /// Index of the step in force.
+    pub step: usize,
+    /// When the step in force began (its window is judged an interval later).
+    pub step_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_at_ms: Option<u64>,
+    /// The steps taken: (step index, when), compact for the store.
+    #[serde(default)]
+    pub history: Vec<(usize, u64)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at_ms: Option<u64>,
+}
+
+/// Shares and times hold no NaN.
+impl Eq for RolloutState {}
+
+impl RolloutState {
+    /// A rollout at its first step.
+    pub fn start(plan: Plan, now_ms: u64) -> RolloutState {
+        RolloutState {
+            plan,
+            started_at_ms: now_ms,
+            phase: Phase::Progressing,
+            step: 0,
+            step_at_ms: now_ms,
+            paused_at_ms: None,
+            history: vec![(0, now_ms)],
+            reason: None,
+            ended_at_ms: None,
+        }
+    }
+
+    /// The canary's share at the step in force, percent.
+    pub fn share(&self) -> f64 {
+        self.plan
+            .settings
+            .steps
+            .get(self.step)
+            .copied()
+            .unwrap_or(100.0)
+    }
+
+    pub fn last_step(&self) -> bool {
+        self.step + 1 >= self.plan.settings.steps.len()
+    }
+
+    /// Same rollout, same step, same window start.
+    pub fn same_step(&self, other: &RolloutState) -> bool {
+        self.started_at_ms == other.started_at_ms
+            && self.step == other.step
+            && self.step_at_ms == other.step_at_ms
+            && self.phase == other.phase
+    }
+
+    /// The next step, taken at `now_ms`.
+    pub fn advanced(&self, now_ms: u64) -> RolloutState {
+        let mut next = self.clone();
+        next.step = (self.step + 1).min(self.plan.settings.steps.len().saturating_sub(1));
+        next.step_at_ms = now_ms;
+        next.history.push((next.step, now_ms));
+        next
+    }
+
+    /// The steps taken, with their shares.
+    pub fn steps_taken(&self) -> Vec<StepRecord> {
+        self.history
+            .iter()
+            .map(|&(step, at_ms)| StepRecord {
+                step,
+                share: self.plan.settings.steps.get(step).copied().unwrap_or(100.0),
+                at_ms,
+            })
+            .collect()
+    }
+
+    pub fn paused(&self, now_ms: u64) -> RolloutState {
+        RolloutState {
+            phase: Phase::Paused,
+            paused_at_ms: Some(now_ms),
+            ..self.clone()
+        }
+    }
+
+    /// Resumed: the step in force gets a fresh window from `now_ms`.
+    pub fn resumed(&self, now_ms: u64) -> RolloutState {
+        RolloutState {
+            phase: Phase::Progressing,
+            paused_at_ms: None,
+            step_at_ms: now_ms,
+            ..self.clone()
+        }
+    }
+
+    pub fn ended(&self, phase: Phase, reason: Option<String>, now_ms: u64) -> RolloutState {
+        let reason = reason.map(|r| match r.char_indices().nth(MAX_STORED_REASON) {
+            Some((cut, _)) => format!("{}...", &r[..cut]),
+            None => r,
+        });
+        RolloutState {
+            phase,
+            reason,
+            ended_at_ms: Some(now_ms),
+            paused_at_ms: None,
+            ..self.clone()
+        }
+    }
+
+    /// At the last step, ended as succeeded.
+    pub fn succeeded(&self, now_ms: u64) -> RolloutState {
+        let mut done = self.clone();
+        if !self.last_step() {
+            done.step = self.plan.settings.steps.len().saturating_sub(1);
+            done.step_at_ms = now_ms;
+            done.history.push((done.step, now_ms));
+        }
+        done.ended(Phase::Succeeded, None, now_ms)
+    }
+
+    /// The weights for the step in force: the canary's share of `scale`
+    /// (see [`scale`]), the rest to stable, other versions at 0.
+    pub fn weights(&self, versions: &BTreeMap<String, u32>) -> BTreeMap<String, u32> {
+        let current: u64 = versions.values().map(|&w| u64::from(w)).sum();
+        let scale = scale(&self.plan.settings.steps, current);
+        let canary = ((self.share() / 100.0) * scale as f64).round() as u32;
+        versions
+            .keys()
+            .map(|k| {
+                let w = if *k == self.plan.canary {
+                    canary
+                } else if *k == self.plan.stable {
+                    scale - canary
+                } else {
+                    0
+                };
+                (k.clone(), w)
+            })
+            .collect()
+    }
+}
+
+/// The weights' total during a rollout: the first of 100, 1000, ... 1,000,000
+/// that is at least the current total and gives every step a whole weight
+/// (so integer steps on the usual 0-100 scale stay on it).
+pub fn scale(steps: &[f64], current_total: u64) -> u32 {
+    [100u32, 1_000, 10_000, 100_000, 1_000_000]
+        .into_iter()
+        .find(|&s| {
+            u64::from(s) >= current_total
+                && steps.iter().all(|&p| {
+                    let w = p / 100.0 * f64::from(s);
+                    (w - w.round()).abs() < 1e-6
+                })
+        })
+        .unwrap_or(1_000_000)
+}
+
+/// `rollout` aborted with `reason` if it is running; otherwise as it is.
+/// Used by every rollback: a rollback ends a running rollout.
+pub fn aborted(rollout: Option<&RolloutState>, reason: &str, now_ms: u64) -> Option<RolloutState> {
+    rollout.map(|r| {
+        if r.phase.running() {
+            r.ended(Phase::Aborted, Some(reason.to_string()), now_ms)
+        } else {
+            r.clone()
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::plan::Settings;
+
+    fn rollout(steps: &[f64]) -> RolloutState {
+        let plan = Plan {
+            canary: "v2".into(),
+            stable: "v1".into(),
+            settings: Settings {
+                steps: steps.to_vec(),
+                ..Settings::default()
+            },
+        };
+        RolloutState::start(plan, 1_000)
+    }
+
+    fn weights(pairs: &[(&str, u32)]) -> BTreeMap<String, u32> {
+        pairs.iter().map(|(k, w)| (k.to_string(), *w)).collect()
+    }
+
+    #[test]
+    fn steps_become_weights_on_the_smallest_scale_that_fits() {
+        let r = rollout(&[1.0, 50.0, 100.0]);
+        let w = r.weights(&weights(&[("v1", 100), ("v2", 0), ("v3", 0)]));
+        assert_eq!(w, weights(&[("v1", 99), ("v2", 1), ("v3", 0)]));
+        let r = rollout(&[0.1, 100.0]);
+        assert_eq!(
+            r.weights(&weights(&[("v1", 100), ("v2", 0)])),
+            weights(&[("v1", 999), ("v2", 1)])
+        );
+        let r = rollout(&[0.0001]);
+        assert_eq!(r.weights(&weights(&[("v1", 1), ("v2", 0)]))["v2"], 1);
+        assert_eq!(scale(&[2.5], 100), 1_000);
+        assert_eq!(scale(&[5.0], 640), 1_000);
+    }
+
+    #[test]
+    fn the_phases_move_as_documented() {
+        let r = rollout(&[1.0, 50.0, 100.0]);
+        assert_eq!((r.phase, r.step, r.share()), (Phase::Progressing, 0, 1.0));
+        let r = r.advanced(2_000);
+        assert_eq!((r.step, r.step_at_ms, r.history.len()), (1, 2_000, 2));
+        let p = r.paused(2_500);
+        assert_eq!(p.phase, Phase::Paused);
+        let r = p.resumed(9_000);
+        assert_eq!(
+            (r.phase, r.step_at_ms, r.paused_at_ms),
+            (Phase::Progressing, 9_000, None)
+        );
+        let done = r.succeeded(10_000);
+        assert_eq!(
+            (done.phase, done.step, done.share()),
+            (Phase::Succeeded, 2, 100.0)
+        );
+        let a = aborted(Some(&r), "error rate", 11_000).unwrap();
+        assert_eq!(
+            (a.phase, a.reason.as_deref()),
+            (Phase::Aborted, Some("error rate"))
+        );
+        // An ended rollout stays as it ended.
+        assert_eq!(aborted(Some(&done), "late", 12_000).unwrap(), done);
+        assert_eq!(aborted(None, "x", 1), None);
+    }
+}

@@ -1,0 +1,722 @@
+//! Progressive rollouts over real sockets: upstreams on loopback that
+//! misbehave on purpose, traffic through the gateway, intervals of 1 s, and
+//! readiness polls on `GET /rollout` (no sleeps as synchronisation).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use canary_gateway::config::Config;
+use canary_gateway::gateway::{self, Dependencies, Listeners, Running};
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
+
+/// Bound of every wait for the rollout to get somewhere.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Serves HTTP/1.1 on `listener`, each request answered by `answer`, until
+/// the task is dropped.
+fn serve_http<F, Fut>(listener: TcpListener, answer: F) -> ServerTask
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    serve_connections(listener, move |stream| {
+        let answer = answer.clone();
+        async move {
+            let service = service_fn(move |req| {
+                let answered = answer(req);
+                async move { Ok::<_, Infallible>(answered.await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        }
+    })
+}
+
+/// An upstream answering its name; every `fail_every`-th request (0: none)
+/// with a 500, each after `delay_ms`.
+struct Behaved {
+    addr: SocketAddr,
+    _task: ServerTask,
+}
+
+impl Behaved {
+    async fn start(name: &'static str, fail_every: u64, delay_ms: u64) -> Behaved {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let count = Arc::new(AtomicU64::new(0));
+        let task = serve_http(listener, move |req| {
+            let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                let _ = req.into_body().collect().await;
+                if delay_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                }
+                let mut resp = Response::new(Full::new(Bytes::from(name)));
+                if fail_every > 0 && n.is_multiple_of(fail_every) {
+                    *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                resp.headers_mut()
+                    .insert("x-upstream", http::HeaderValue::from_static(name));
+                resp
+            }
+        });
+        Behaved { addr, _task: task }
+    }
+}
+
+/// Requests through the gateway on a few keep-alive connections until dropped.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(addr: SocketAddr, connections: usize, pause: Duration) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..connections)
+            .map(|_| {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let mut client = Client::connect(addr).await;
+                    while !stop.load(Ordering::Relaxed) {
+                        if client.get("/", &[]).await.is_err() {
+                            // Closed: reconnect, unless the gateway is gone.
+                            if TcpStream::connect(addr).await.is_err() {
+                                return;
+                            }
+                            client = Client::connect(addr).await;
+                        }
+                        tokio::time::sleep(pause).await;
+                    }
+                })
+            })
+            .collect();
+        Traffic { stop, tasks }
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Two upstreams, stable `v1` (weight 100) and canary `v2` (weight 0),
+/// each `(fail_every, delay_ms)` (see [`Behaved`]), a gateway in front, and
+/// `(connections, pause_ms)` of traffic through it (0 connections: none).
+struct Setup {
+    gw: Gateway,
+    _traffic: Option<Traffic>,
+    _upstreams: (Behaved, Behaved),
+}
+
+impl Setup {
+    async fn start(stable: (u64, u64), canary: (u64, u64), traffic: (usize, u64)) -> Setup {
+        let v1 = Behaved::start("v1", stable.0, stable.1).await;
+        let v2 = Behaved::start("v2", canary.0, canary.1).await;
+        let gw = Gateway::start(&text(v1.addr, v2.addr)).await;
+        let traffic = (traffic.0 > 0)
+            .then(|| Traffic::start(gw.addr, traffic.0, Duration::from_millis(traffic.1)));
+        Setup {
+            gw,
+            _traffic: traffic,
+            _upstreams: (v1, v2),
+        }
+    }
+}
+
+fn text(stable: SocketAddr, canary: SocketAddr) -> String {
+    config(
+        "override_header = \"x-canary-version\"",
+        &[("v1", 100, stable), ("v2", 0, canary)],
+    )
+}
+
+/// A gateway whose config (and state file) live in `dir`, so that a second
+/// one can start where the first stopped.
+async fn start_in(dir: &std::path::Path, text: &str) -> Running {
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    let listeners = Listeners {
+        proxy: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    };
+    gateway::start(
+        Config::load(&path).unwrap(),
+        listeners,
+        Dependencies::default(),
+    )
+    .await
+    .unwrap()
+}
+
+async fn call(admin_addr: SocketAddr, method: &str, path: &str, body: &str) -> (StatusCode, Value) {
+    let reply = admin(admin_addr, method, path, None, body).await;
+    let value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
+    (reply.status, value)
+}
+
+async fn rollout(admin_addr: SocketAddr) -> Value {
+    call(admin_addr, "GET", "/rollout", "").await.1
+}
+
+/// Polls `GET /rollout` until `done` holds; the last view either way.
+async fn wait_rollout(admin_addr: SocketAddr, done: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    let ok = eventually(WAIT, async || {
+        last = rollout(admin_addr).await;
+        done(&last)
+    })
+    .await;
+    assert!(ok, "the rollout never got there: {last:#}");
+    last
+}
+
+async fn weights(admin_addr: SocketAddr) -> Value {
+    call(admin_addr, "GET", "/weights", "").await.1
+}
+
+async fn start_rollout(admin_addr: SocketAddr, body: &str) -> Value {
+    let (status, view) = call(admin_addr, "POST", "/rollout", body).await;
+    assert_eq!(status, StatusCode::CREATED, "{view:#}");
+    view
+}
+
+/// The tests' plan: 1 s steps, little evidence needed, a latency ratio
+/// generous enough for a loaded test machine.
+const PLAN: &str = r#"{"canary": "v2", "steps": [10, 50, 100], "interval_s": 1, "min_requests": 20, "max_error_rate": 0.05, "max_p99_ms": 1000, "max_p99_ratio": 3}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_canary_walks_every_step_and_is_promoted() {
+    let s = Setup::start((0, 0), (0, 0), (2, 4)).await;
+    let gw = &s.gw;
+    // A webhook that never answers: the rollout does not wait for it.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}/events", silent.local_addr().unwrap());
+    let view = start_rollout(gw.admin, &plan_with("webhook", &silent_url)).await;
+    assert_eq!(
+        (view["phase"].as_str(), view["share"].as_f64()),
+        (Some("progressing"), Some(10.0))
+    );
+    assert_eq!(weights(gw.admin).await["weights"]["v2"], 10);
+    let done = wait_rollout(gw.admin, |v| v["phase"] == "succeeded").await;
+    let shares: Vec<f64> = done["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["share"].as_f64().unwrap())
+        .collect();
+    assert_eq!(shares, vec![10.0, 50.0, 100.0], "{done:#}");
+    let a = &done["last_analysis"];
+    assert_eq!(a["verdict"], "pass", "{done:#}");
+    assert!(a["canary"]["requests"].as_u64().unwrap() >= 20, "{done:#}");
+    let w = weights(gw.admin).await;
+    assert_eq!(
+        (w["stable"].as_str(), w["weights"]["v2"].as_u64()),
+        (Some("v2"), Some(100)),
+        "{w}"
+    );
+    let counts = split_counts(gw.addr, 20, &[]).await;
+    assert_eq!(counts.get("v2"), Some(&20), "{counts:?}");
+    // The metrics are there (their values are the process's: the other
+    // tests' gateways share the recorder).
+    let metrics = get(gw.admin, "/metrics", &[]).await.text();
+    for name in [
+        "canary_rollout_phase{phase=\"succeeded\"}",
+        "canary_rollout_steps_total",
+        "canary_rollout_analysis{",
+    ] {
+        assert!(metrics.contains(name), "{name}: {metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_failing_a_fifth_of_its_requests_is_aborted_within_two_intervals() {
+    let s = Setup::start((0, 0), (5, 0), (2, 4)).await;
+    let gw = &s.gw;
+    // A webhook that fails its first answer: the event is sent again.
+    let hook = Hook::start(200, 1).await;
+    let url = format!("http://{}/events", hook.addr);
+    start_rollout(gw.admin, &plan_with("webhook", &url)).await;
+    let view = wait_rollout(gw.admin, |v| v["phase"] == "aborted").await;
+    let took = view["ended_at_ms"].as_u64().unwrap() - view["started_at_ms"].as_u64().unwrap();
+    assert!(took <= 2_000, "aborted after {took} ms: {view:#}");
+    assert!(
+        view["abort_reason"]
+            .as_str()
+            .unwrap()
+            .contains("max_error_rate"),
+        "{view:#}"
+    );
+    let a = &view["last_analysis"];
+    assert_eq!(a["verdict"], "abort");
+    assert!(
+        a["canary"]["error_rate"].as_f64().unwrap() > 0.15,
+        "{view:#}"
+    );
+    assert_eq!(a["stable"]["errors"], 0, "{view:#}");
+    let w = weights(gw.admin).await;
+    assert_eq!(
+        (w["weights"]["v1"].as_u64(), w["weights"]["v2"].as_u64()),
+        (Some(100), Some(0))
+    );
+    let counts = split_counts(gw.addr, 30, &[]).await;
+    assert_eq!(counts.get("v1"), Some(&30), "{counts:?}");
+    let metrics = get(gw.admin, "/metrics", &[]).await.text();
+    assert!(
+        metrics.contains("canary_rollout_aborts_total{reason=\"max_error_rate\"}"),
+        "{metrics}"
+    );
+    let sent = eventually(WAIT, async || hook.events().iter().any(|e| e == "aborted")).await;
+    assert!(sent, "{:?}", hook.received());
+    let events = hook.events();
+    assert_eq!(&events[..2], ["started", "started"], "{events:?}");
+    let aborted = hook
+        .received()
+        .into_iter()
+        .find(|e| e["event"] == "aborted")
+        .unwrap();
+    assert!(
+        aborted["reason"]
+            .as_str()
+            .unwrap()
+            .contains("max_error_rate"),
+        "{aborted}"
+    );
+    assert!(
+        aborted["analysis"]["canary"]["errors"].as_u64().unwrap() > 0,
+        "{aborted}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_only_slower_than_stable_is_aborted() {
+    // 60 ms against about 1: at about half the traffic (p99s from enough
+    // samples, with three windows to get them on a loaded machine), many
+    // connections (most of them waiting on the canary).
+    let s = Setup::start((0, 0), (0, 60), (24, 4)).await;
+    let gw = &s.gw;
+    start_rollout(
+        gw.admin,
+        &PLAN.replace("[10, 50, 100]", "[50, 55, 60, 100]"),
+    )
+    .await;
+    let view = wait_rollout(gw.admin, |v| v["phase"] == "aborted").await;
+    assert!(
+        view["abort_reason"]
+            .as_str()
+            .unwrap()
+            .contains("max_p99_ratio"),
+        "{view:#}"
+    );
+    let a = &view["last_analysis"];
+    assert_eq!(a["canary"]["errors"], 0, "{view:#}");
+    assert!(a["p99_ratio"].as_f64().unwrap() > 3.0, "{view:#}");
+    assert_eq!(weights(gw.admin).await["weights"]["v2"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_slightly_noisier_than_stable_within_chance_is_not_aborted() {
+    // Stable fails 1 in 50 requests (2%), the canary 1 in 40 (2.5%).
+    let s = Setup::start((50, 0), (40, 0), (2, 4)).await;
+    let gw = &s.gw;
+    start_rollout(gw.admin, PLAN).await;
+    let view = wait_rollout(gw.admin, |v| {
+        !v["phase"]
+            .as_str()
+            .is_some_and(|p| p == "progressing" || p == "holding")
+    })
+    .await;
+    assert_eq!(view["phase"], "succeeded", "{view:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_little_traffic_holds_the_step() {
+    let s = Setup::start((0, 0), (0, 0), (1, 20)).await;
+    let gw = &s.gw;
+    let plan = PLAN.replace("\"min_requests\": 20", "\"min_requests\": 100000");
+    start_rollout(gw.admin, &plan).await;
+    let view = wait_rollout(gw.admin, |v| v["phase"] == "holding").await;
+    assert!(
+        view["why"]
+            .as_str()
+            .unwrap()
+            .contains("not enough evidence"),
+        "{view:#}"
+    );
+    assert_eq!(
+        (view["step"].as_u64(), view["share"].as_f64()),
+        (Some(0), Some(10.0))
+    );
+    assert_eq!(view["last_analysis"]["verdict"], "hold");
+    assert_eq!(weights(gw.admin).await["weights"]["v2"], 10);
+    let metrics = get(gw.admin, "/metrics", &[]).await.text();
+    assert!(
+        metrics.contains("canary_rollout_holds_total{reason=\"not_enough_evidence\"}"),
+        "{metrics}"
+    );
+}
+
+/// A gate or webhook on loopback: answers `status` (a 500 to the first
+/// `fail_first` requests) and keeps every JSON body it was sent.
+struct Hook {
+    addr: SocketAddr,
+    status: Arc<AtomicU16>,
+    received: Arc<std::sync::Mutex<Vec<Value>>>,
+    _task: ServerTask,
+}
+
+impl Hook {
+    async fn start(status: u16, fail_first: usize) -> Hook {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let status = Arc::new(AtomicU16::new(status));
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (answer, kept) = (status.clone(), received.clone());
+        let task = serve_http(listener, move |req| {
+            let (answer, kept) = (answer.clone(), kept.clone());
+            async move {
+                let body = req.into_body().collect().await.map(|c| c.to_bytes());
+                let body: Value =
+                    serde_json::from_slice(&body.unwrap_or_default()).unwrap_or_default();
+                let seen = {
+                    let mut kept = kept.lock().unwrap();
+                    kept.push(body);
+                    kept.len()
+                };
+                let code = if seen <= fail_first {
+                    500
+                } else {
+                    answer.load(Ordering::SeqCst)
+                };
+                let mut resp = Response::new(Full::new(Bytes::new()));
+                *resp.status_mut() = StatusCode::from_u16(code).unwrap();
+                resp
+            }
+        });
+        Hook {
+            addr,
+            status,
+            received,
+            _task: task,
+        }
+    }
+
+    fn received(&self) -> Vec<Value> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// The `event` fields received, in order.
+    fn events(&self) -> Vec<String> {
+        self.received()
+            .iter()
+            .filter_map(|e| e["event"].as_str().map(str::to_string))
+            .collect()
+    }
+}
+
+/// [`PLAN`] with `"key": "url"` added.
+fn plan_with(key: &str, url: &str) -> String {
+    PLAN.replacen('{', &format!("{{\"{key}\": \"{url}\", "), 1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_answering_403_holds_until_it_approves() {
+    let s = Setup::start((0, 0), (0, 0), (2, 4)).await;
+    let gw = &s.gw;
+    let gate = Hook::start(403, 0).await;
+    let url = format!("http://{}/approve", gate.addr);
+    start_rollout(gw.admin, &plan_with("gate", &url)).await;
+    let view = wait_rollout(gw.admin, |v| v["phase"] == "waiting_gate").await;
+    assert!(view["why"].as_str().unwrap().contains("403"), "{view:#}");
+    assert_eq!(view["step"], 0);
+    // The gate was shown the plan and the analysis that passed.
+    let asked = gate.received();
+    assert_eq!(asked[0]["plan"]["canary"], "v2", "{asked:?}");
+    assert_eq!(asked[0]["analysis"]["verdict"], "pass", "{asked:?}");
+    assert_eq!(asked[0]["next_share"].as_f64(), Some(50.0), "{asked:?}");
+    gate.status.store(200, Ordering::SeqCst);
+    wait_rollout(gw.admin, |v| v["step"] == 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_and_resume_and_manual_changes_meanwhile() {
+    let s = Setup::start((0, 0), (0, 0), (2, 4)).await;
+    let gw = &s.gw;
+    start_rollout(gw.admin, PLAN).await;
+    // A running rollout refuses manual weights, naming itself.
+    let (status, body) = call(gw.admin, "PUT", "/weights", r#"{"weights": {"v2": 50}}"#).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("rollout of `v2`"),
+        "{body}"
+    );
+    let (status, again) = call(gw.admin, "POST", "/rollout", PLAN).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{again}");
+
+    let (status, view) = call(gw.admin, "POST", "/rollout/pause", "").await;
+    assert_eq!(
+        (status, view["phase"].as_str()),
+        (StatusCode::OK, Some("paused")),
+        "{view}"
+    );
+    let paused_at = rollout(gw.admin).await["step_started_at_ms"]
+        .as_u64()
+        .unwrap();
+    // Paused: three intervals go by with traffic flowing, and the step stays.
+    let paused_ms = weights(gw.admin).await["updated_at_ms"].as_u64().unwrap();
+    let waited = eventually(Duration::from_secs(6), async || {
+        paused_ms + 3_000 < canary_gateway::store::unix_ms()
+    })
+    .await;
+    assert!(waited);
+    let view = rollout(gw.admin).await;
+    assert_eq!(
+        (view["phase"].as_str(), view["step"].as_u64()),
+        (Some("paused"), Some(0)),
+        "{view:#}"
+    );
+    assert_eq!(view["step_started_at_ms"].as_u64(), Some(paused_at));
+    // Paused: a manual change is allowed; resume puts the step's weights back.
+    let (status, body) = call(
+        gw.admin,
+        "PUT",
+        "/weights",
+        r#"{"weights": {"v1": 100, "v2": 0}}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, view) = call(gw.admin, "POST", "/rollout/resume", "").await;
+    assert_eq!(
+        (status, view["phase"].as_str()),
+        (StatusCode::OK, Some("progressing")),
+        "{view}"
+    );
+    assert_eq!(weights(gw.admin).await["weights"]["v2"], 10);
+    wait_rollout(gw.admin, |v| v["step"] == 1).await;
+    // Promote skips to the end.
+    let (status, view) = call(gw.admin, "POST", "/rollout/promote", "").await;
+    assert_eq!(
+        (status, view["phase"].as_str()),
+        (StatusCode::OK, Some("succeeded")),
+        "{view}"
+    );
+    assert_eq!(weights(gw.admin).await["stable"], "v2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_and_rollback_send_all_traffic_to_stable_at_once() {
+    let s = Setup::start((0, 0), (0, 0), (0, 0)).await;
+    let gw = &s.gw;
+    start_rollout(gw.admin, PLAN).await;
+    let (status, view) = call(gw.admin, "POST", "/rollout/abort", "").await;
+    assert_eq!(
+        (status, view["phase"].as_str()),
+        (StatusCode::OK, Some("aborted")),
+        "{view}"
+    );
+    assert!(view["abort_reason"].as_str().unwrap().contains("operator"));
+    assert_eq!(weights(gw.admin).await["weights"]["v2"], 0);
+    // Over: another abort is a conflict, a new rollout may start.
+    let (status, _) = call(gw.admin, "POST", "/rollout/abort", "").await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    start_rollout(gw.admin, PLAN).await;
+    let (status, _) = call(gw.admin, "POST", "/rollback", "").await;
+    assert_eq!(status, StatusCode::OK);
+    let view = rollout(gw.admin).await;
+    assert_eq!(view["phase"], "aborted", "{view:#}");
+    assert!(
+        view["abort_reason"]
+            .as_str()
+            .unwrap()
+            .contains("POST /rollback"),
+        "{view:#}"
+    );
+    let counts = split_counts(gw.addr, 20, &[]).await;
+    assert_eq!(counts.get("v1"), Some(&20), "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_plans_are_refused_naming_the_problem() {
+    let s = Setup::start((0, 0), (0, 0), (0, 0)).await;
+    let gw = &s.gw;
+    for (body, status, names) in [
+        (r#"{"canary": "v9"}"#, 400, "unknown version `v9`"),
+        (r#"{"canary": "v1"}"#, 400, "stable version"),
+        (r#"{"canary": "v2", "steps": [10, 5]}"#, 400, "steps[1]"),
+        (
+            r#"{"canary": "v2", "steps": [0, 5]}"#,
+            400,
+            "outside (0, 100]",
+        ),
+        (r#"{"canary": "v2", "steps": [50, 150]}"#, 400, "steps[1]"),
+        (r#"{"canary": "v2", "interval_s": 0.5}"#, 400, "interval_s"),
+        (
+            r#"{"canary": "v2", "on_success": "maybe"}"#,
+            400,
+            "on_success",
+        ),
+        ("not json", 400, "JSON"),
+    ] {
+        let (got, reply) = call(gw.admin, "POST", "/rollout", body).await;
+        assert_eq!(got.as_u16(), status, "{body}: {reply}");
+        assert!(
+            reply["error"].as_str().unwrap().contains(names),
+            "{body}: {reply}"
+        );
+    }
+    let (status, _) = call(gw.admin, "GET", "/rollout", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(weights(gw.admin).await["generation"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mid_rollout_resumes_where_it_was() {
+    let (v1, v2) = (
+        Behaved::start("v1", 0, 0).await,
+        Behaved::start("v2", 0, 0).await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config_text = text(v1.addr, v2.addr);
+    let first = start_in(dir.path(), &config_text).await;
+    let traffic = Traffic::start(first.proxy_addr, 2, Duration::from_millis(4));
+    let plan = PLAN.replace("[10, 50, 100]", "[10, 20, 50, 100]");
+    start_rollout(first.admin_addr, &plan).await;
+    let before = wait_rollout(first.admin_addr, |v| v["step"] == 1).await;
+    drop(traffic);
+    first.shutdown().await;
+
+    let second = start_in(dir.path(), &config_text).await;
+    let view = rollout(second.admin_addr).await;
+    assert_eq!(view["started_at_ms"], before["started_at_ms"], "{view:#}");
+    assert!(view["step"].as_u64().unwrap() >= 1, "{view:#}");
+    assert_eq!(view["phase"], "progressing", "{view:#}");
+    assert_eq!(
+        weights(second.admin_addr).await["weights"]["v2"],
+        view["share"].as_f64().unwrap() as u64
+    );
+    let _traffic = Traffic::start(second.proxy_addr, 2, Duration::from_millis(4));
+    wait_rollout(second.admin_addr, |v| v["phase"] == "succeeded").await;
+    second.shutdown().await;
+}
+
+/// Requests to the canary that are the client's fault: a chunked body with a
+/// bad chunk size, and a body shorter than its Content-Length.
+async fn malformed_to_canary(addr: SocketAddr) {
+    let heads = [
+        "POST / HTTP/1.1\r\nhost: x\r\nx-canary-version: v2\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nhost: x\r\nx-canary-version: v2\r\ncontent-length: 100\r\n\r\nonly ten b",
+    ];
+    for head in heads {
+        if let Ok(mut stream) = TcpStream::connect(addr).await {
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.shutdown().await;
+            let _ = read_to_close(&mut stream, Duration::from_secs(2)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_sending_malformed_bodies_to_the_canary_does_not_abort_it() {
+    let s = Setup::start((0, 0), (0, 0), (2, 4)).await;
+    let gw = &s.gw;
+    start_rollout(gw.admin, PLAN).await;
+    let bad = {
+        let addr = gw.addr;
+        tokio::spawn(async move {
+            loop {
+                malformed_to_canary(addr).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let view = wait_rollout(gw.admin, |v| {
+        v["phase"] == "succeeded" || v["phase"] == "aborted"
+    })
+    .await;
+    bad.abort();
+    assert_eq!(view["phase"], "succeeded", "{view:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_gateways_on_one_store_an_abort_decided_on_one_reaches_the_other() {
+    use crate::cloudmap_fixture::CloudMapFixture;
+    use crate::moto::MotoServer;
+
+    let moto = tokio::task::spawn_blocking(MotoServer::start)
+        .await
+        .unwrap();
+    let sdk = moto.sdk_config().await;
+    let client = aws_sdk_servicediscovery::Client::new(&sdk);
+    let state = CloudMapFixture::create(client, "canary.local", "canary-state").await;
+    let (v1, v2) = (
+        Behaved::start("v1", 0, 0).await,
+        Behaved::start("v2", 5, 0).await,
+    );
+    let fleet_text = format!(
+        "{}\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\n[store]\nkind = \"cloudmap\"\nservice_id = \"{}\"\npoll_interval = \"300ms\"\n",
+        text(v1.addr, v2.addr),
+        moto.endpoint_url(),
+        state.service_id
+    );
+    let deps = || Dependencies {
+        store: Some(Arc::new(
+            canary_gateway::aws::cloudmap_store::CloudMapStore::new(&sdk, state.service_id.clone()),
+        )),
+        ..Dependencies::default()
+    };
+    let (a, b) = (
+        Gateway::start_with(&fleet_text, deps()).await,
+        Gateway::start_with(&fleet_text, deps()).await,
+    );
+    start_rollout(a.admin, PLAN).await;
+    // The start reaches the other gateway through the store.
+    let seen = wait_rollout(b.admin, |v| {
+        v["phase"] == "progressing" || v["phase"] == "holding"
+    })
+    .await;
+    assert_eq!(seen["canary"], "v2", "{seen:#}");
+    assert_eq!(weights(b.admin).await["weights"]["v2"], 10);
+    // Only A sees traffic, and A finds the canary bad.
+    let traffic = Traffic::start(a.addr, 2, Duration::from_millis(4));
+    let on_b = wait_rollout(b.admin, |v| v["phase"] == "aborted").await;
+    drop(traffic);
+    assert!(
+        on_b["abort_reason"]
+            .as_str()
+            .unwrap()
+            .contains("max_error_rate"),
+        "{on_b:#}"
+    );
+    // B never judged the canary bad itself: it had no canary traffic.
+    assert!(
+        on_b["last_analysis"].is_null() || on_b["last_analysis"]["verdict"] != "abort",
+        "{on_b:#}"
+    );
+    let w = weights(b.admin).await;
+    assert_eq!(
+        (w["weights"]["v1"].as_u64(), w["weights"]["v2"].as_u64()),
+        (Some(100), Some(0)),
+        "{w}"
+    );
+    let counts = split_counts(b.addr, 20, &[]).await;
+    assert_eq!(counts.get("v1"), Some(&20), "{counts:?}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
