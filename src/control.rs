@@ -101,6 +101,8 @@ struct State {
     fleet: Option<Vec<crate::store::TaskReport>>,
     /// The generation and draining flag of this task's last report, and when.
     reported: Option<(u64, bool, Instant)>,
+    /// Why this task's last report could not be written (`None`: it was).
+    report_error: Option<String>,
     /// The rollout's counters, clock and this gateway's view of it.
     rollout: crate::rollout::Local,
 }
@@ -220,6 +222,7 @@ impl Control {
             applied_at_ms: unix_ms(),
             fleet: None,
             reported: None,
+            report_error: None,
             rollout: Default::default(),
         };
         let first = build(&state)?;

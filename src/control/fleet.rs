@@ -54,6 +54,10 @@ pub struct FleetStatus {
     /// Why convergence cannot be observed, when it cannot.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Why this task's last report could not be written (e.g. the task role
+    /// lacks `dynamodb:UpdateItem`); the others' reports then age.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// How old a report may be before it is stale: three report intervals and slack.
@@ -113,6 +117,7 @@ pub fn fleet_view(
         stale_after_s: stale_after.as_secs_f64(),
         reports_shared: stored.is_some(),
         note: unknown,
+        last_error: None,
         tasks,
     }
 }
@@ -168,16 +173,19 @@ impl Control {
             if state.store.kind == "cloudmap" {
                 "the Cloud Map store keeps no task reports (use the DynamoDB store): the other tasks' generations are unknown".to_string()
             } else {
-                "no task reports read from the store yet (see store.last_error)".to_string()
+                "no task reports read from the store yet (see fleet.last_error)".to_string()
             }
         });
-        fleet_view(
-            self.own_report(state, ready),
-            state.fleet.as_deref(),
-            unknown,
-            unix_ms(),
-            self.report_stale_after(state),
-        )
+        FleetStatus {
+            last_error: state.report_error.clone(),
+            ..fleet_view(
+                self.own_report(state, ready),
+                state.fleet.as_deref(),
+                unknown,
+                unix_ms(),
+                self.report_stale_after(state),
+            )
+        }
     }
 
     /// Writes this task's report into the store and keeps the fleet's reports
@@ -196,11 +204,20 @@ impl Control {
                 let mut state = self.lock();
                 state.fleet = Some(reports);
                 state.reported = Some(said);
+                if state.report_error.take().is_some() {
+                    tracing::info!("this task's generation report is written again");
+                }
                 Ok(())
             }
             Err(e) => {
                 self.store_outcome("report", Err(&e));
-                tracing::warn!(error = %e, "could not report this task's generation to the store");
+                let message = e.to_string();
+                let mut state = self.lock();
+                // Once per distinct error: a missing permission fails every poll.
+                if state.report_error.as_ref() != Some(&message) {
+                    tracing::warn!(error = %e, "could not report this task's generation to the store");
+                }
+                state.report_error = Some(message);
                 Err(e)
             }
         }

@@ -444,3 +444,29 @@ async fn with_the_file_store_the_fleet_is_this_task_alone() {
     assert!(fleet.tasks[0].this_task && fleet.tasks[0].report.generation == 1);
     assert!(fleet.converged && !fleet.reports_shared && fleet.note.is_none());
 }
+
+#[tokio::test]
+async fn a_report_that_cannot_be_written_is_shown_and_decisions_go_on() {
+    let store = Arc::new(MemoryStore::default());
+    let control = task(&store).await;
+    store.set_down(true);
+    assert!(control.report_to_store().await.is_err());
+    let fleet = control.status().fleet;
+    assert!(!fleet.converged, "{fleet:?}");
+    assert!(
+        fleet
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("connection refused")),
+        "{fleet:?}"
+    );
+    assert!(fleet.note.is_some(), "{fleet:?}");
+    store.set_down(false);
+    control.set_weights(w(60, 40), "admin").await.unwrap();
+    control.report_to_store().await.unwrap();
+    let fleet = control.status().fleet;
+    assert!(
+        fleet.converged && fleet.last_error.is_none() && fleet.note.is_none(),
+        "{fleet:?}"
+    );
+}
