@@ -19,6 +19,7 @@ pub mod clock;
 pub mod error_response;
 pub mod h1;
 pub mod headers;
+pub mod log_limit;
 pub mod random;
 pub mod server;
 pub mod upstream;
@@ -150,6 +151,7 @@ impl Proxy {
             upstream: None,
             finished: false,
             method,
+            watch: None,
         }
     }
 
@@ -202,7 +204,9 @@ impl Proxy {
             match mapped_head(raw, &upstream, http::HeaderMap::new()) {
                 Ok(head) => {
                     let mut resp = head.response;
-                    headers::prepare_response(&mut resp, response_header);
+                    // The own server never serves a request asking for
+                    // trailers (it leaves those to hyper's).
+                    headers::prepare_response(&mut resp, response_header, false);
                     let (status, fields) = (resp.status(), resp.headers());
                     h1::response::map_head(out, status, fields, to_client, close);
                 }
@@ -232,7 +236,8 @@ impl Proxy {
             return reject(ClientError::BadHead(reason));
         }
         let start = Instant::now();
-        conn.request_started(req.version() == http::Version::HTTP_2);
+        let http2 = req.version() == http::Version::HTTP_2;
+        conn.request_started(http2);
         self.telemetry.in_flight.increment(1.0);
         let _in_flight = InFlight(&self.telemetry.in_flight);
 
@@ -240,9 +245,12 @@ impl Proxy {
             Self::choose(s, req.headers())
         });
         let upgrading = headers::is_upgrade_request(&req);
+        let trailers_asked = headers::asks_trailers(req.headers());
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
         // No body to stream up: the gateway's own client, in this task.
         let own_client = !upgrading && req.body().is_end_stream();
+        // An HTTP/2 request body's progress, for its stream's stall watch.
+        let mut upload = None;
         let (version, settings) = (&completion.version, &completion.settings);
         let fwd = Forwarding {
             peer_ip: &completion.conn.peer_ip,
@@ -294,6 +302,9 @@ impl Proxy {
                 headers::frame_request_body(&mut parts.headers, incoming.is_end_stream());
             }
             let (body, body_progress) = RequestBody::new(incoming);
+            if http2 {
+                upload.clone_from(&body_progress);
+            }
             let req = Request::from_parts(parts, body);
             // Boxed: this path's state (hyper's handshake and send
             // futures) would otherwise make every request's future
@@ -327,7 +338,7 @@ impl Proxy {
                     .response_header
                     .as_ref()
                     .map(|name| (name, &version.header_value));
-                headers::prepare_response(&mut resp, response_header);
+                headers::prepare_response(&mut resp, response_header, trailers_asked);
                 let upgraded = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
                 if upgraded
                     && matches!(resp.body(), Upstream::Hyper(..))
@@ -336,6 +347,11 @@ impl Proxy {
                     tunnel(client, hyper::upgrade::on(&mut resp));
                 }
                 let (parts, body) = resp.into_parts();
+                // An HTTP/2 stream's response body is timed for stalls on
+                // its own (an HTTP/1 connection's by its watchdog).
+                if http2 && !body.is_end_stream() {
+                    completion.watch = server::StreamWatch::arm_current(upload);
+                }
                 let body = match body {
                     Upstream::Own(mut inner) => {
                         // A response without a body is complete already:
@@ -446,13 +462,34 @@ fn record_error(version: &Version, failed: &Failed) {
     if let (false, Some(kind)) = (matches!(e, ProxyError::Connect(_)), e.kind_index()) {
         version.metrics.errors[kind].increment(1);
     }
-    tracing::warn!(version = %version.name, request_id, error = %e, "request failed");
+    // An outage fails every request: one warn line a second at most (it
+    // says how many it stands for), each request's detail at debug.
+    static WARNED: log_limit::LogLimit = log_limit::LogLimit::new();
+    match WARNED.allow(clock::now_ms(), 1000) {
+        Some(held_back) => tracing::warn!(
+            version = %version.name,
+            request_id,
+            error = %e,
+            held_back,
+            "request failed (at most one such line a second; held_back: failures logged at debug since the last)"
+        ),
+        None => tracing::debug!(version = %version.name, request_id, error = %e, "request failed"),
+    }
 }
 
 /// The upstream response's body, before it becomes a [`ProxyBody`].
 enum Upstream {
     Own(ResponseBody),
     Hyper(Incoming, Sender),
+}
+
+impl Upstream {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Upstream::Own(body) => body.is_end_stream(),
+            Upstream::Hyper(body, _) => body.is_end_stream(),
+        }
+    }
 }
 
 /// Sends a request without a body with the gateway's own client: a pooled

@@ -131,6 +131,14 @@ pub trait Store: Send + Sync + 'static {
     fn withdraw<'a>(&'a self, _task: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async { Ok(()) })
     }
+    /// Whether `doc` fits what the store can hold (Cloud Map: one attribute
+    /// value of at most 1,024 characters). Checked before a change that makes
+    /// the document grow later (a rollout's plan and history), so that such a
+    /// change is refused up front instead of failing midway.
+    fn check_fits(&self, doc: &WeightsDoc) -> Result<(), StoreError> {
+        let _ = doc;
+        Ok(())
+    }
 }
 
 pub mod file;

@@ -37,5 +37,8 @@ mod moto;
 #[path = "support/cloudmap_fixture.rs"]
 mod cloudmap_fixture;
 
+#[path = "integration/logging.rs"]
+mod logging;
+
 #[path = "integration/dashboard.rs"]
 mod dashboard;

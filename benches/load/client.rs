@@ -94,3 +94,21 @@ pub async fn wait_ready(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Poll until `addr` accepts a TCP connection (TLS targets: the bench's
+/// client speaks plain HTTP only).
+pub async fn wait_tcp(addr: SocketAddr, proc: &mut Option<Proc>, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(p) = proc.as_mut() {
+            p.check_alive()?;
+        }
+        match TcpStream::connect(addr).await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => {
+                bail!("{addr} does not accept connections after {timeout:?}: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}

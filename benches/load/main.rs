@@ -1,5 +1,7 @@
 //! Load benchmark: canary-gateway against nginx and HAProxy doing the same
-//! 90/10 canary split, with wrk straight to the upstream as the physical limit.
+//! 90/10 canary split, with wrk straight to the upstream as the physical limit,
+//! in the scenarios of `scenarios` (LOAD_SCENARIOS), each against the bench's
+//! service-shaped upstream and a real nginx upstream (LOAD_UPSTREAMS).
 //!
 //! Run with `cargo bench --bench load`. See docs/performance.md for the knobs
 //! (LOAD_* environment variables), what is measured and how it is kept fair on
@@ -8,49 +10,57 @@
 //! * core 0: wrk, both upstreams and this orchestrator;
 //! * core 1: the proxy under test (one worker thread / process).
 //!
-//! The same binary also runs the upstream servers: `load --upstream v1,v2`
-//! binds one listener per version on 127.0.0.1:0, prints `PORT <n>` for each
-//! and answers every request with a fixed ~100-byte body naming the version
-//! of the listener. It exits when its stdin closes, so the upstreams never
-//! outlive the benchmark.
+//! The same binary also runs the upstream servers: `load --upstream v1,v2
+//! --response small|service:<bytes>` binds one listener per version on
+//! 127.0.0.1:0, prints `PORT <n>` for each and answers every request with a
+//! fixed response naming the version of the listener. It exits when its
+//! stdin closes, so the upstreams never outlive the benchmark.
 //!
-//! This file runs the phases in order and prints the tables; the jobs live in
-//! `settings` (LOAD_* knobs), `processes` and `proc_accounting` (children,
-//! /proc CPU and memory), `wrk` (running and parsing it), `targets` (starting
-//! the proxies), `client`, `split_check`, `statistics`, `verdicts`, `churn`
-//! (weight changes and reloads under load), `upstream` (the raw upstream) and
-//! `self_test`.
+//! This file runs the cases in order and prints the summary; the jobs live in
+//! `settings` (LOAD_* knobs), `scenarios` (request and response shapes),
+//! `case` (one scenario against one upstream kind), `report` (tables,
+//! verdicts, summary), `processes` and `proc_accounting` (children, /proc CPU
+//! and memory), `wrk` and `h2load` (running and parsing them), `targets`
+//! (starting the proxies), `tls` (the certificate), `client`, `split_check`,
+//! `probe` (what really goes through), `idle` (scenario 8), `statistics`,
+//! `verdicts`, `churn` (weight changes and reloads under load), `upstream`
+//! and `upstream_nginx` (the two upstream kinds) and `self_test`.
 
+mod case;
 mod churn;
 mod client;
+mod h2load;
+mod idle;
+mod probe;
 mod proc_accounting;
 mod processes;
+mod report;
+mod scenarios;
 mod self_test;
 mod settings;
 mod split_check;
 mod statistics;
 mod targets;
+mod tls;
 mod upstream;
+mod upstream_nginx;
 mod verdicts;
 mod wrk;
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use crate::case::{Case, Tools, run_case};
 use crate::churn::churn;
-use crate::client::wait_ready;
-use crate::proc_accounting::{background_busy_percent, clock_ticks_per_sec};
-use crate::processes::{find_exe, log_tail, pin_self, spawn_upstreams, tool_version};
+use crate::proc_accounting::background_busy_percent;
+use crate::processes::{find_exe, log_tail, pin_self, tool_version};
+use crate::report::{SummaryRow, print_summary, report_case};
+use crate::scenarios::ResponseShape;
 use crate::self_test::self_test;
 use crate::settings::Knobs;
-use crate::split_check::check_split;
-use crate::statistics::{Sample, Summary, fmt_stat, measure, percent, summarize};
-use crate::targets::{Env, Kind, Target, start_gateway, start_haproxy, start_nginx};
+use crate::targets::Kind;
 use crate::upstream::run_upstream;
 use crate::verdicts::{Verdict, print_verdicts, verdict};
 use crate::wrk::Wrk;
@@ -88,7 +98,11 @@ fn main() -> ExitCode {
     // `cargo bench` passes `--bench` (and maybe filters): unknown arguments are ignored.
     if let Some(i) = args.iter().position(|a| a == "--upstream") {
         let name = args.get(i + 1).map(String::as_str).unwrap_or("v1");
-        return match run_upstream(name) {
+        let shape = match args.iter().position(|a| a == "--response") {
+            Some(j) => ResponseShape::parse_arg(args.get(j + 1).map_or("", String::as_str)),
+            None => Ok(ResponseShape::Small),
+        };
+        return match shape.and_then(|shape| run_upstream(name, shape)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("upstream {name}: {e:#}");
@@ -129,17 +143,20 @@ fn bench() -> Result<ExitCode> {
         );
     }
 
-    let mut targets_wanted = knobs.targets.clone();
+    let mut wanted = knobs.targets.clone();
     let nginx_exe = find_exe("nginx");
     let haproxy_exe = find_exe("haproxy");
     for (kind, exe) in [(Kind::Nginx, &nginx_exe), (Kind::Haproxy, &haproxy_exe)] {
-        if exe.is_none() && targets_wanted.contains(&kind) {
+        if exe.is_none() && wanted.contains(&kind) {
             println!(
                 "note: {} is not installed: its targets are skipped. Install with:\n  {INSTALL_HINT}",
                 kind.name()
             );
-            targets_wanted.retain(|k| *k != kind);
+            wanted.retain(|k| *k != kind);
         }
+    }
+    if !wanted.contains(&Kind::Gateway) {
+        println!("note: gateway not in LOAD_TARGETS: gateway targets are skipped");
     }
 
     let tmp = tempfile::Builder::new()
@@ -155,8 +172,18 @@ fn bench() -> Result<ExitCode> {
 
     println!("canary-gateway load benchmark");
     println!(
-        "  {} reps x {}s per target and concurrency, {}s warm-up, connections {:?}, wrk threads {}",
-        knobs.reps, knobs.duration, knobs.warmup, knobs.connections, knobs.wrk_threads
+        "  scenarios {:?}, upstreams {:?}; {} reps x {}s per target and concurrency, {}s warm-up, connections {:?}, wrk threads {}",
+        knobs
+            .scenarios
+            .iter()
+            .map(|s| s.number())
+            .collect::<Vec<_>>(),
+        knobs.upstreams.iter().map(|u| u.name()).collect::<Vec<_>>(),
+        knobs.reps,
+        knobs.duration,
+        knobs.warmup,
+        knobs.connections,
+        knobs.wrk_threads
     );
     println!(
         "  pinning: wrk + upstreams on core {LOAD_CORE}, proxy under test on core {PROXY_CORE}; {cores} cores"
@@ -167,317 +194,76 @@ fn bench() -> Result<ExitCode> {
     }
     println!("{versions}");
 
-    let (upstreams, ports) = spawn_upstreams(taskset.as_deref(), &["v1", "v2"])?;
-    let (v1_port, v2_port) = (ports[0], ports[1]);
-    let token = format!("load-bench-{}-{}", std::process::id(), v1_port);
-    let env = Env {
-        dir,
-        taskset: taskset.clone(),
-        v1_port,
-        v2_port,
-        token,
-    };
-    let wrk = Wrk {
-        exe: wrk_exe,
+    let tools = Tools {
+        wrk: Wrk {
+            exe: wrk_exe,
+            taskset: taskset.clone(),
+            threads: knobs.wrk_threads,
+            script: None,
+            h2load: None,
+        },
         taskset,
-        threads: knobs.wrk_threads,
+        nginx: nginx_exe,
+        haproxy: haproxy_exe,
+        h2load: find_exe("h2load"),
+        openssl: find_exe("openssl"),
     };
-
+    let token = format!("load-bench-{}", std::process::id());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let code = rt.block_on(run(
-        &knobs,
-        &env,
-        &wrk,
-        &targets_wanted,
-        nginx_exe,
-        haproxy_exe,
-    ));
-    drop(upstreams);
-    code
+    rt.block_on(run(&knobs, &tools, &dir, &token, &wanted))
 }
 
 async fn run(
     knobs: &Knobs,
-    env: &Env,
-    wrk: &Wrk,
+    tools: &Tools,
+    dir: &std::path::Path,
+    token: &str,
     wanted: &[Kind],
-    nginx_exe: Option<PathBuf>,
-    haproxy_exe: Option<PathBuf>,
 ) -> Result<ExitCode> {
-    let tck = clock_ticks_per_sec();
-    let upstream: SocketAddr = ([127, 0, 0, 1], env.v1_port).into();
-    let mut none = None;
-    wait_ready(upstream, "/", &mut none, Duration::from_secs(5)).await?;
-    wait_ready(
-        ([127, 0, 0, 1], env.v2_port).into(),
-        "/",
-        &mut none,
-        Duration::from_secs(5),
-    )
-    .await?;
-
-    // Start every target (setup errors are fatal).
-    let mut targets: Vec<Target> = Vec::new();
-    for kind in wanted {
-        let t = match kind {
-            Kind::Direct => Target {
-                kind: Kind::Direct,
-                addr: upstream,
-                proc: None,
-                admin: None,
-                log: None,
-            },
-            Kind::Gateway => start_gateway(env).await?,
-            Kind::Nginx => match &nginx_exe {
-                Some(exe) => start_nginx(env, exe).await?,
-                None => continue,
-            },
-            Kind::Haproxy => match &haproxy_exe {
-                Some(exe) => start_haproxy(env, exe).await?,
-                None => continue,
-            },
-        };
-        targets.push(t);
-    }
-    if !wanted.contains(&Kind::Gateway) {
-        println!("note: gateway not in LOAD_TARGETS: gateway targets are skipped");
-    }
-
-    println!(
-        "\n== split check (expect ~90/10, ±{} points) ==",
-        knobs.split_tolerance
-    );
-    for t in targets.iter().filter(|t| t.kind != Kind::Direct) {
-        check_split(t, knobs).await?;
-    }
-
-    println!("\n== warm-up ({}s per target) ==", knobs.warmup);
-    let warm_conns = knobs.connections.iter().copied().max().unwrap_or(50);
-    if knobs.warmup > 0 {
-        for t in &targets {
-            let r = wrk.run(&t.url(), warm_conns, knobs.warmup).await?;
-            println!("  {:<8} {:>10.0} req/s", t.kind.name(), r.rps);
-        }
-    }
-
-    // samples[conn_idx][target_idx]
-    let mut samples: Vec<Vec<Vec<Sample>>> =
-        vec![vec![Vec::new(); targets.len()]; knobs.connections.len()];
-    for (ci, &conns) in knobs.connections.iter().enumerate() {
-        println!(
-            "\n== {conns} connections: {} reps x {}s ==",
-            knobs.reps, knobs.duration
-        );
-        for rep in 0..knobs.reps {
-            // Alternate: rotate the order of the targets every repetition.
-            let n = targets.len();
-            let mut direct_p99: Option<f64> = None;
-            let mut rep_samples: Vec<(usize, Sample)> = Vec::new();
-            for k in 0..n {
-                let ti = (k + rep) % n;
-                let t = &mut targets[ti];
-                if let Some(p) = t.proc.as_mut() {
-                    p.check_alive()?;
-                }
-                let s = measure(t, wrk, conns, knobs.duration, tck).await?;
-                println!(
-                    "  rep {} {:<8} {:>10.0} req/s  p50 {:>8.3} ms  p99 {:>8.3} ms  cpu {:>7} us/req  rss {:>7} MiB  failed {}  busy: load core {}, proxy core {}",
-                    rep + 1,
-                    t.kind.name(),
-                    s.wrk.rps,
-                    s.wrk.p50_us / 1e3,
-                    s.wrk.p99_us / 1e3,
-                    s.cpu_us_per_req.map_or("-".into(), |c| format!("{c:.2}")),
-                    s.rss_kib
-                        .map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
-                    s.wrk.failures(),
-                    percent(s.busy_pct.0),
-                    percent(s.busy_pct.1),
-                );
-                if t.kind == Kind::Direct {
-                    direct_p99 = Some(s.wrk.p99_us);
-                }
-                rep_samples.push((ti, s));
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-            for (ti, mut s) in rep_samples {
-                if targets[ti].kind != Kind::Direct {
-                    s.p99_added_us = direct_p99.map(|d| s.wrk.p99_us - d);
-                }
-                samples[ci][ti].push(s);
-            }
-        }
-    }
-
-    // Report.
-    println!(
-        "\n== results: median (min-max) over {} reps of {}s ==",
-        knobs.reps, knobs.duration
-    );
     let mut verdicts = Vec::new();
+    let mut rows: Vec<SummaryRow> = Vec::new();
     let mut total_failures = 0u64;
-    let idx = |k: Kind| targets.iter().position(|t| t.kind == k);
-    for (ci, &conns) in knobs.connections.iter().enumerate() {
-        println!("\n{conns} connections");
-        println!(
-            "  {:<8} {:>26} {:>22} {:>22} {:>22} {:>20} {:>20}  failed",
-            "target", "req/s", "p50 ms", "p99 ms", "p99 added ms", "CPU us/req", "peak RSS MiB",
-        );
-        let sums: Vec<Option<Summary>> = samples[ci].iter().map(|s| summarize(s)).collect();
-        for (ti, t) in targets.iter().enumerate() {
-            let Some(s) = &sums[ti] else { continue };
-            total_failures += s.failures;
-            println!(
-                "  {:<8} {:>26} {:>22} {:>22} {:>22} {:>20} {:>20}  {}/{}",
-                t.kind.name(),
-                fmt_stat(Some(s.rps), 0),
-                fmt_stat(Some(s.p50_ms), 3),
-                fmt_stat(Some(s.p99_ms), 3),
-                fmt_stat(s.p99_added_ms, 3),
-                fmt_stat(s.cpu_us, 2),
-                fmt_stat(s.rss_mib, 1),
-                s.failures,
-                s.requests,
-            );
-            if s.disturbed > 0 {
-                println!(
-                    "           ^ {} of {} runs disturbed by other processes on core {PROXY_CORE}: rerun on a quiet machine",
-                    s.disturbed,
-                    samples[ci][ti].len()
-                );
-            }
-        }
-        let get = |k: Kind| idx(k).and_then(|i| sums[i].as_ref());
-        let (gw, ng, hp) = (get(Kind::Gateway), get(Kind::Nginx), get(Kind::Haproxy));
-        for (other, name) in [(ng, "nginx"), (hp, "HAProxy")] {
-            if let (Some(g), Some(o)) = (gw, other) {
-                println!(
-                    "  gateway/{name}: throughput {:.2}x, p99 {:.2}x, CPU/req {}, peak RSS {}",
-                    g.rps.median / o.rps.median,
-                    g.p99_ms.median / o.p99_ms.median,
-                    match (g.cpu_us, o.cpu_us) {
-                        (Some(a), Some(b)) => format!("{:.2}x", a.median / b.median),
-                        _ => "-".into(),
-                    },
-                    match (g.rss_mib, o.rss_mib) {
-                        (Some(a), Some(b)) => format!("{:.2}x", a.median / b.median),
-                        _ => "-".into(),
-                    },
-                );
-            }
-        }
-        let skip_gw = "gateway not measured";
-        for (other, name) in [(ng, "nginx"), (hp, "HAProxy")] {
-            let ok = gw
-                .zip(other)
-                .map(|(g, o)| g.rps.median >= 1.1 * o.rps.median);
-            let detail = gw
-                .zip(other)
-                .map(|(g, o)| format!("{:.2}x", g.rps.median / o.rps.median))
-                .unwrap_or_default();
-            let why = if gw.is_none() {
-                skip_gw.to_owned()
-            } else {
-                format!("{name} not measured (install: {INSTALL_HINT})")
+    let mut churn_done = false;
+    let mut churn_failed = false;
+    for scenario in &knobs.scenarios {
+        for upstream in scenario.upstream_kinds(&knobs.upstreams) {
+            let case = Case {
+                scenario: *scenario,
+                upstream,
             };
-            verdicts.push(verdict(
-                &format!("{conns} conns: throughput >= 1.1x {name}"),
-                ok,
-                detail,
-                &why,
-            ));
-        }
-        // p99 added over direct <= the better of nginx / HAProxy.
-        let best_ref = [ng, hp]
-            .into_iter()
-            .flatten()
-            .filter_map(|s| s.p99_added_ms.map(|a| a.median))
-            .min_by(f64::total_cmp);
-        let gw_added = gw.and_then(|g| g.p99_added_ms.map(|a| a.median));
-        verdicts.push(verdict(
-            &format!("{conns} conns: p99 added over direct <= best of nginx/HAProxy"),
-            gw_added.zip(best_ref).map(|(g, b)| g <= b),
-            gw_added
-                .zip(best_ref)
-                .map(|(g, b)| format!("{g:.3} ms vs {b:.3} ms"))
-                .unwrap_or_default(),
-            if gw.is_none() {
-                skip_gw
-            } else {
-                "no reference proxy measured"
-            },
-        ));
-        let gw_cpu = gw.and_then(|g| g.cpu_us.map(|c| c.median));
-        let ng_cpu = ng.and_then(|n| n.cpu_us.map(|c| c.median));
-        verdicts.push(verdict(
-            &format!("{conns} conns: CPU/request < nginx"),
-            gw_cpu.zip(ng_cpu).map(|(g, n)| g < n),
-            gw_cpu
-                .zip(ng_cpu)
-                .map(|(g, n)| format!("{g:.2} us vs {n:.2} us"))
-                .unwrap_or_default(),
-            if gw.is_none() {
-                skip_gw
-            } else {
-                "nginx not measured"
-            },
-        ));
-        if conns == 256 {
-            let rss = gw.and_then(|g| g.rss_mib.map(|r| r.max));
-            verdicts.push(verdict(
-                "256 conns: gateway peak RSS < 20 MiB",
-                rss.map(|r| r < 20.0),
-                rss.map(|r| format!("{r:.1} MiB")).unwrap_or_default(),
-                skip_gw,
-            ));
+            println!("\n== {} ==", case.label());
+            let Some(mut res) = run_case(&case, knobs, tools, dir, token, wanted).await? else {
+                continue;
+            };
+            total_failures += report_case(&case, &res, knobs, &mut verdicts, &mut rows);
+            if res.skipped.iter().any(|(k, _)| *k == Kind::Gateway) {
+                verdicts.push(Verdict::Skip(format!(
+                    "scenario {}: the gateway refused [listener.tls] (TLS termination not in this build; see the case output)",
+                    scenario.number(),
+                )));
+            }
+            // Weight changes and reloads under load, once per run, in the
+            // first case with a plain-HTTP gateway.
+            if churn_done || scenario.tls() {
+                continue;
+            }
+            let Some(gw) = res.targets.iter_mut().find(|t| t.kind == Kind::Gateway) else {
+                continue;
+            };
+            churn_done = true;
+            let wrk = case_wrk(tools, dir, *scenario)?;
+            churn_failed = churn_phase(gw, &wrk, knobs, token, &case, &mut verdicts).await?;
+            drop(res.upstreams);
         }
     }
-
-    // Weight changes and reloads under steady load.
-    let mut churn_failed = false;
-    if let Some(gi) = idx(Kind::Gateway) {
-        println!(
-            "\n== steady load ({} conns, {}s) with {} weight changes and {} SIGHUP reloads ==",
-            knobs.churn_connections, knobs.churn_duration, knobs.weight_changes, knobs.reloads
-        );
-        let gw = &mut targets[gi];
-        let c = churn(gw, wrk, knobs, &env.token).await?;
-        println!(
-            "  {} requests, {:.0} req/s, non-2xx {}, socket errors {}; weight changes ok {}/{}; reloads sent {}",
-            c.wrk.requests,
-            c.wrk.rps,
-            c.wrk.non_2xx,
-            c.wrk.socket_errors,
-            c.weight_ok,
-            knobs.weight_changes,
-            c.reloads_sent
-        );
-        for f in c.weight_failed.iter().take(10) {
-            println!("  admin error: {f}");
-        }
-        let failures = c.wrk.failures();
-        churn_failed = failures > 0 || !c.weight_failed.is_empty();
-        verdicts.push(verdict(
-            "zero failed requests across weight changes and reloads",
-            Some(failures == 0 && c.weight_failed.is_empty()),
-            format!(
-                "{failures} failed of {} requests, {} admin errors",
-                c.wrk.requests,
-                c.weight_failed.len()
-            ),
-            "",
-        ));
-        if churn_failed && let Some(log) = &gw.log {
-            println!("  gateway log tail:\n{}", log_tail(log));
-        }
-    } else {
+    if !churn_done {
         verdicts.push(Verdict::Skip(
             "zero failed requests across weight changes and reloads: gateway not measured".into(),
         ));
     }
-
+    print_summary(&rows);
     println!("\n== targets ==");
     print_verdicts(&verdicts);
 
@@ -494,4 +280,64 @@ async fn run(
     }
     println!("\nload benchmark done (performance targets are reported, not enforced)");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The load generator with the scenario's script (written by the case).
+fn case_wrk(tools: &Tools, dir: &std::path::Path, scenario: scenarios::Scenario) -> Result<Wrk> {
+    let mut wrk = tools.wrk.clone();
+    let script = dir.join(format!("scenario-{}.lua", scenario.number()));
+    if script.is_file() {
+        wrk.script = Some(script);
+    }
+    Ok(wrk)
+}
+
+/// Steady load with weight changes and SIGHUP reloads; true when a request
+/// or an admin call failed.
+async fn churn_phase(
+    gw: &mut targets::Target,
+    wrk: &Wrk,
+    knobs: &Knobs,
+    token: &str,
+    case: &Case,
+    verdicts: &mut Vec<Verdict>,
+) -> Result<bool> {
+    println!(
+        "\n== steady load ({} conns, {}s, {}) with {} weight changes and {} SIGHUP reloads ==",
+        knobs.churn_connections,
+        knobs.churn_duration,
+        case.label(),
+        knobs.weight_changes,
+        knobs.reloads
+    );
+    let c = churn(gw, wrk, knobs, token).await?;
+    println!(
+        "  {} requests, {:.0} req/s, non-2xx {}, socket errors {}; weight changes ok {}/{}; reloads sent {}",
+        c.wrk.requests,
+        c.wrk.rps,
+        c.wrk.non_2xx,
+        c.wrk.socket_errors,
+        c.weight_ok,
+        knobs.weight_changes,
+        c.reloads_sent
+    );
+    for f in c.weight_failed.iter().take(10) {
+        println!("  admin error: {f}");
+    }
+    let failures = c.wrk.failures();
+    let failed = failures > 0 || !c.weight_failed.is_empty();
+    verdicts.push(verdict(
+        "zero failed requests across weight changes and reloads",
+        Some(!failed),
+        format!(
+            "{failures} failed of {} requests, {} admin errors",
+            c.wrk.requests,
+            c.weight_failed.len()
+        ),
+        "",
+    ));
+    if failed && let Some(log) = &gw.log {
+        println!("  gateway log tail:\n{}", log_tail(log));
+    }
+    Ok(failed)
 }

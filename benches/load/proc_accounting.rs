@@ -47,11 +47,20 @@ pub fn cpu_ticks(pids: &[u32]) -> u64 {
 
 /// Sum of VmHWM (peak RSS) over `pids`, in KiB.
 pub fn peak_rss_kib(pids: &[u32]) -> u64 {
+    status_kib(pids, "VmHWM:")
+}
+
+/// Sum of VmRSS (resident now) over `pids`, in KiB.
+pub fn rss_kib(pids: &[u32]) -> u64 {
+    status_kib(pids, "VmRSS:")
+}
+
+fn status_kib(pids: &[u32], field: &str) -> u64 {
     pids.iter()
         .filter_map(|pid| {
             let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
             s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         })
         .sum()

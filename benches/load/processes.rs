@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::LOAD_CORE;
+use crate::scenarios::ResponseShape;
 
 /// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
 pub struct Proc {
@@ -87,6 +88,46 @@ pub fn pinned(taskset: Option<&Path>, core: &str, program: &Path) -> Command {
     }
 }
 
+/// The async (tokio) form of [`pinned`], for load generators.
+pub fn pinned_async(taskset: Option<&Path>, core: &str, program: &Path) -> tokio::process::Command {
+    tokio::process::Command::from(pinned(taskset, core, program))
+}
+
+/// nginx's error log in its prefix directory.
+pub const NGINX_ERROR_LOG: &str = "nginx-error.log";
+/// nginx's own output in its prefix directory.
+pub const NGINX_OUT: &str = "nginx.out";
+
+/// Starts nginx on `core` with prefix `dir` and config `conf`; its error
+/// log and output go to [`NGINX_ERROR_LOG`] and [`NGINX_OUT`] in `dir`.
+pub fn spawn_nginx(
+    name: &str,
+    exe: &Path,
+    taskset: Option<&Path>,
+    core: &str,
+    dir: &Path,
+    conf: &Path,
+) -> Result<Proc> {
+    let error_log = dir.join(NGINX_ERROR_LOG);
+    let outf = std::fs::File::create(dir.join(NGINX_OUT))?;
+    let child = pinned(taskset, core, exe)
+        .arg("-p")
+        .arg(dir)
+        .arg("-e")
+        .arg(&error_log)
+        .arg("-c")
+        .arg(conf)
+        .stdin(Stdio::null())
+        .stdout(outf.try_clone()?)
+        .stderr(outf)
+        .spawn()
+        .with_context(|| format!("spawning {name}"))?;
+    Ok(Proc {
+        name: name.into(),
+        child,
+    })
+}
+
 pub fn free_port() -> Result<u16> {
     let l = StdTcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
@@ -103,13 +144,17 @@ pub fn log_tail(path: &Path) -> String {
     }
 }
 
-/// Starts the upstreams `names` (one listener each) in one process on the
-/// load core, and reads their ports.
-pub fn spawn_upstreams(taskset: Option<&Path>, names: &[&str]) -> Result<(Proc, Vec<u16>)> {
+/// Starts the upstreams `names` (one listener each, answering `shape`) in
+/// one process on the load core, and reads their ports.
+pub fn spawn_upstreams(
+    taskset: Option<&Path>,
+    names: &[&str],
+    shape: ResponseShape,
+) -> Result<(Proc, Vec<u16>)> {
     let exe = std::env::current_exe().context("locating the bench executable")?;
     let list = names.join(",");
     let mut child = pinned(taskset, LOAD_CORE, &exe)
-        .args(["--upstream", &list])
+        .args(["--upstream", &list, "--response", &shape.arg()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

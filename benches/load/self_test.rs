@@ -1,11 +1,14 @@
-//! Self-check of the wrk parser, the statistics and the upstream body,
-//! without any process: `cargo bench --bench load -- --self-test`.
+//! Self-check of the wrk and h2load parsers, the statistics and the
+//! scenarios' shapes (request head size, response header lines, body
+//! sizes), without any process: `cargo bench --bench load -- --self-test`.
 
 use anyhow::{Result, anyhow, ensure};
 
 use crate::UPSTREAM_BODY_LEN;
+use crate::h2load::parse_h2load;
+use crate::scenarios::{ResponseShape, Scenario, json_body, request_head, wrk_script};
 use crate::statistics::stat;
-use crate::upstream::upstream_body;
+use crate::upstream::{response_bytes, upstream_body};
 use crate::wrk::{parse_duration_us, parse_wrk};
 
 pub const WRK_SAMPLE: &str = "Running 2s test @ http://127.0.0.1:1/
@@ -45,6 +48,73 @@ pub fn self_test() -> Result<()> {
     ensure!(upstream_body("v2").starts_with(b"v2 "), "body prefix");
     let s = stat([3.0, 1.0, 2.0]).ok_or_else(|| anyhow!("empty stat"))?;
     ensure!(s.median == 2.0 && s.min == 1.0 && s.max == 3.0, "stat");
+    scenario_shapes()?;
+    let h = parse_h2load(H2LOAD_SAMPLE)?;
+    ensure!(
+        h.requests == 250_000 && (h.rps - 49_990.5).abs() < 1e-6,
+        "h2load {h:?}"
+    );
+    ensure!(h.failures() == 3 + 2, "h2load failures {}", h.failures());
     println!("self-test ok");
+    Ok(())
+}
+
+pub const H2LOAD_SAMPLE: &str = "starting benchmark...
+finished in 5.00s, 49990.50 req/s, 55.01MB/s
+requests: 250000 total, 250000 started, 250000 done, 249997 succeeded, 3 failed, 0 errored, 0 timeout
+status codes: 249995 2xx, 0 3xx, 0 4xx, 2 5xx
+traffic: 275.04MB (288397270) total, 4.12MB (4317270) headers (space savings 93.21%), 256.00MB (268435456) data
+                     min         max         mean         sd        +/- sd
+time for request:      101us     12.07ms      0.98ms       201us    81.20%
+";
+
+/// The shapes issue #15 asks for: ALB heads of 600-900 bytes, service
+/// responses with 8-12 header lines and Set-Cookie, exact body sizes.
+fn scenario_shapes() -> Result<()> {
+    for scenario in Scenario::ALL {
+        let body = scenario.response().body_len();
+        let date = "Tue, 01 Dec 2026 23:00:00 GMT";
+        let resp = response_bytes("v2", scenario.response(), date);
+        let text = String::from_utf8_lossy(&resp);
+        let (head, got_body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| anyhow!("scenario {}: no head end", scenario.number()))?;
+        ensure!(
+            got_body.len() == body,
+            "scenario {}: body {}",
+            scenario.number(),
+            got_body.len()
+        );
+        let lines = head.lines().count() - 1;
+        if let ResponseShape::Service(_) = scenario.response() {
+            ensure!(
+                (8..=12).contains(&lines),
+                "scenario {}: {lines} header lines",
+                scenario.number()
+            );
+            ensure!(head.contains("Set-Cookie: "), "no Set-Cookie");
+            ensure!(
+                got_body.starts_with("{\"version\":\"v2\""),
+                "json names the version"
+            );
+        }
+        if let Some(shape) = scenario.request() {
+            let len = request_head(&shape, "127.0.0.1:40000").len();
+            ensure!(
+                (600..=900).contains(&len),
+                "scenario {}: request head {len} B",
+                scenario.number()
+            );
+            let script = wrk_script(&shape)?;
+            ensure!(script.contains("X-Amzn-Trace-Id"), "script headers");
+            ensure!(
+                script.contains("wrk.body") == (shape.body_len > 0),
+                "script body"
+            );
+        }
+    }
+    for len in [1024, 16 * 1024, 256 * 1024] {
+        ensure!(json_body("v1", len).len() == len, "json body of {len}");
+    }
     Ok(())
 }

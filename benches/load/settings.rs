@@ -2,6 +2,7 @@
 
 use anyhow::{Result, anyhow, bail};
 
+use crate::scenarios::{Scenario, UpstreamKind};
 use crate::targets::Kind;
 
 pub struct Knobs {
@@ -23,6 +24,34 @@ pub struct Knobs {
     pub churn_duration: u64,
     pub churn_connections: u32,
     pub keep_dir: bool,
+    /// LOAD_SCENARIOS: which scenarios run, in this order.
+    pub scenarios: Vec<Scenario>,
+    /// LOAD_UPSTREAMS: the upstream kinds of scenarios 2-8.
+    pub upstreams: Vec<UpstreamKind>,
+    /// LOAD_IDLE_CONNECTIONS: idle keep-alive connections of scenario 8.
+    pub idle_connections: usize,
+}
+
+/// A comma-separated list, each item parsed by `parse`; the default when
+/// the variable is unset or empty.
+fn env_list<T: PartialEq>(
+    name: &str,
+    parse: impl Fn(&str) -> Result<T>,
+    default: Vec<T>,
+) -> Result<Vec<T>> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => {
+            let mut out: Vec<T> = Vec::new();
+            for item in v.split(',') {
+                let t = parse(item.trim())?;
+                if !out.contains(&t) {
+                    out.push(t);
+                }
+            }
+            Ok(out)
+        }
+        _ => Ok(default),
+    }
 }
 
 pub fn env_parse<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
@@ -80,6 +109,17 @@ impl Knobs {
             churn_duration: env_parse("LOAD_CHURN_DURATION", if quick { 4 } else { 10 })?,
             churn_connections: env_parse("LOAD_CHURN_CONNECTIONS", 50)?,
             keep_dir: std::env::var("LOAD_KEEP_DIR").is_ok_and(|v| v == "1"),
+            scenarios: env_list(
+                "LOAD_SCENARIOS",
+                Scenario::parse,
+                [1, 2, 3, 4, 8].map(|n| Scenario::ALL[n - 1]).to_vec(),
+            )?,
+            upstreams: env_list(
+                "LOAD_UPSTREAMS",
+                UpstreamKind::parse,
+                vec![UpstreamKind::Service, UpstreamKind::Nginx],
+            )?,
+            idle_connections: env_parse("LOAD_IDLE_CONNECTIONS", 1000)?,
         };
         if knobs.duration == 0 || knobs.reps == 0 || knobs.wrk_threads == 0 {
             bail!("LOAD_DURATION, LOAD_REPS and LOAD_WRK_THREADS must be > 0");

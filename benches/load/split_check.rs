@@ -27,14 +27,12 @@ pub async fn count_versions(addr: SocketAddr, total: usize) -> Result<SplitCount
             let mut conn = Conn::open(addr).await?;
             for _ in 0..n {
                 let r = conn.send(Method::GET, "/", &[], Bytes::new()).await?;
-                if r.status() != StatusCode::OK {
-                    c.other += 1;
-                } else if r.body().starts_with(b"v1 ") {
-                    c.v1 += 1;
-                } else if r.body().starts_with(b"v2 ") {
-                    c.v2 += 1;
-                } else {
-                    c.other += 1;
+                // Every upstream kind names its version in X-Version.
+                let version = r.headers().get("x-version").map(|v| v.as_bytes());
+                match (r.status(), version) {
+                    (StatusCode::OK, Some(b"v1")) => c.v1 += 1,
+                    (StatusCode::OK, Some(b"v2")) => c.v2 += 1,
+                    _ => c.other += 1,
                 }
             }
             Ok::<_, anyhow::Error>(c)

@@ -22,6 +22,9 @@ pub struct Sample {
     /// How busy the load core (wrk, upstreams) and the proxy core were, in
     /// percent: whichever is near 100 limits the run.
     pub busy_pct: (Option<f64>, Option<f64>),
+    /// Scenario 8: proxy RSS growth per idle keep-alive connection, in
+    /// bytes (measured once per target, on the fresh process).
+    pub idle_bytes: Option<f64>,
 }
 
 pub fn percent(p: Option<f64>) -> String {
@@ -83,6 +86,7 @@ pub async fn measure(t: &Target, wrk: &Wrk, conns: u32, secs: u64, tck: f64) -> 
         p99_added_us: None,
         disturbed,
         busy_pct: busy,
+        idle_bytes: None,
     })
 }
 
@@ -114,11 +118,13 @@ pub fn stat(values: impl IntoIterator<Item = f64>) -> Option<Stat> {
 
 pub struct Summary {
     pub rps: Stat,
-    pub p50_ms: Stat,
-    pub p99_ms: Stat,
+    /// None when the load generator reports no percentiles (h2load).
+    pub p50_ms: Option<Stat>,
+    pub p99_ms: Option<Stat>,
     pub p99_added_ms: Option<Stat>,
     pub cpu_us: Option<Stat>,
     pub rss_mib: Option<Stat>,
+    pub idle_bytes: Option<Stat>,
     pub failures: u64,
     pub requests: u64,
     pub disturbed: usize,
@@ -127,8 +133,8 @@ pub struct Summary {
 pub fn summarize(samples: &[Sample]) -> Option<Summary> {
     Some(Summary {
         rps: stat(samples.iter().map(|s| s.wrk.rps))?,
-        p50_ms: stat(samples.iter().map(|s| s.wrk.p50_us / 1e3))?,
-        p99_ms: stat(samples.iter().map(|s| s.wrk.p99_us / 1e3))?,
+        p50_ms: stat(samples.iter().map(|s| s.wrk.p50_us / 1e3)),
+        p99_ms: stat(samples.iter().map(|s| s.wrk.p99_us / 1e3)),
         p99_added_ms: stat(
             samples
                 .iter()
@@ -140,6 +146,7 @@ pub fn summarize(samples: &[Sample]) -> Option<Summary> {
                 .iter()
                 .filter_map(|s| s.rss_kib.map(|k| k as f64 / 1024.0)),
         ),
+        idle_bytes: stat(samples.iter().filter_map(|s| s.idle_bytes)),
         failures: samples.iter().map(|s| s.wrk.failures()).sum(),
         requests: samples.iter().map(|s| s.wrk.requests).sum(),
         disturbed: samples.iter().filter(|s| s.disturbed).count(),

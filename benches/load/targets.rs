@@ -8,9 +8,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::client::wait_ready;
+use crate::client::{wait_ready, wait_tcp};
 use crate::proc_accounting::process_tree;
-use crate::processes::{Proc, free_port, log_tail, pinned};
+use crate::processes::{
+    NGINX_ERROR_LOG, NGINX_OUT, Proc, free_port, log_tail, pinned, spawn_nginx,
+};
+use crate::tls::TlsFiles;
 use crate::{ADMIN_TOKEN_ENV, GATEWAY_TEMPLATE, HAPROXY_TEMPLATE, NGINX_TEMPLATE, PROXY_CORE};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -50,11 +53,14 @@ pub struct Target {
     pub proc: Option<Proc>,
     pub admin: Option<SocketAddr>,
     pub log: Option<PathBuf>,
+    /// Listens with TLS (scenarios 5-7).
+    pub tls: bool,
 }
 
 impl Target {
     pub fn url(&self) -> String {
-        format!("http://{}/", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}/", self.addr)
     }
 
     /// The root pid and all of its descendants (nginx master + workers).
@@ -80,12 +86,32 @@ pub struct Env {
     pub v1_port: u16,
     pub v2_port: u16,
     pub token: String,
+    /// The certificate the proxies listen with, for the TLS scenarios.
+    pub tls: Option<TlsFiles>,
+}
+
+/// What a target polls before it counts as ready: an HTTP 200 on `/`, or,
+/// with TLS (the bench's own client speaks plain HTTP), an accepted TCP
+/// connection.
+async fn wait_target(addr: SocketAddr, env: &Env, proc: &mut Option<Proc>) -> Result<()> {
+    if env.tls.is_some() {
+        wait_tcp(addr, proc, Duration::from_secs(10)).await
+    } else {
+        wait_ready(addr, "/", proc, Duration::from_secs(10)).await
+    }
 }
 
 pub async fn start_gateway(env: &Env) -> Result<Target> {
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_canary-gateway"));
     let port = free_port()?;
     let admin_port = free_port()?;
+    let state = env.dir.join("gateway.state.json");
+    match std::fs::remove_file(&state) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).context("removing the previous case's gateway state");
+        }
+        _ => {}
+    }
     let config = render(
         GATEWAY_TEMPLATE,
         &[
@@ -93,6 +119,17 @@ pub async fn start_gateway(env: &Env) -> Result<Target> {
             ("ADMIN_PORT", admin_port.to_string()),
             ("V1_PORT", env.v1_port.to_string()),
             ("V2_PORT", env.v2_port.to_string()),
+            ("STATE", state.display().to_string()),
+            (
+                "LISTENER_TLS",
+                env.tls.as_ref().map_or_else(String::new, |t| {
+                    format!(
+                        "\n[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+                        t.cert.display(),
+                        t.key.display()
+                    )
+                }),
+            ),
         ],
     );
     let conf_path = env.dir.join("gateway.toml");
@@ -121,7 +158,7 @@ pub async fn start_gateway(env: &Env) -> Result<Target> {
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let ready = async {
         wait_ready(admin, "/readyz", &mut proc, Duration::from_secs(20)).await?;
-        wait_ready(addr, "/", &mut proc, Duration::from_secs(5)).await
+        wait_target(addr, env, &mut proc).await
     };
     ready.await.with_context(|| {
         format!(
@@ -137,6 +174,7 @@ pub async fn start_gateway(env: &Env) -> Result<Target> {
         proc,
         admin: Some(admin),
         log: Some(log),
+        tls: env.tls.is_some(),
     })
 }
 
@@ -149,45 +187,45 @@ pub async fn start_nginx(env: &Env, exe: &Path) -> Result<Target> {
             ("V1_PORT", env.v1_port.to_string()),
             ("V2_PORT", env.v2_port.to_string()),
             ("DIR", env.dir.display().to_string()),
+            (
+                "LISTEN_TLS",
+                env.tls.as_ref().map_or("", TlsFiles::nginx_listen).into(),
+            ),
+            (
+                "TLS",
+                env.tls
+                    .as_ref()
+                    .map_or_else(String::new, TlsFiles::nginx_directives),
+            ),
         ],
     );
     let conf_path = env.dir.join("nginx.conf");
     std::fs::write(&conf_path, config)?;
-    let log = env.dir.join("nginx-error.log");
-    let out = env.dir.join("nginx.out");
-    let outf = std::fs::File::create(&out)?;
-    let child = pinned(env.taskset.as_deref(), PROXY_CORE, exe)
-        .arg("-p")
-        .arg(&env.dir)
-        .arg("-e")
-        .arg(&log)
-        .arg("-c")
-        .arg(&conf_path)
-        .stdin(Stdio::null())
-        .stdout(outf.try_clone()?)
-        .stderr(outf)
-        .spawn()
-        .context("spawning nginx")?;
-    let mut proc = Some(Proc {
-        name: "nginx".into(),
-        child,
-    });
+    let log = env.dir.join(NGINX_ERROR_LOG);
+    let out = env.dir.join(NGINX_OUT);
+    let mut proc = Some(spawn_nginx(
+        "nginx",
+        exe,
+        env.taskset.as_deref(),
+        PROXY_CORE,
+        &env.dir,
+        &conf_path,
+    )?);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    wait_ready(addr, "/", &mut proc, Duration::from_secs(10))
-        .await
-        .with_context(|| {
-            format!(
-                "nginx not ready; output:\n{}\n{}",
-                log_tail(&out),
-                log_tail(&log)
-            )
-        })?;
+    wait_target(addr, env, &mut proc).await.with_context(|| {
+        format!(
+            "nginx not ready; output:\n{}\n{}",
+            log_tail(&out),
+            log_tail(&log)
+        )
+    })?;
     Ok(Target {
         kind: Kind::Nginx,
         addr,
         proc,
         admin: None,
         log: Some(log),
+        tls: env.tls.is_some(),
     })
 }
 
@@ -199,6 +237,19 @@ pub async fn start_haproxy(env: &Env, exe: &Path) -> Result<Target> {
             ("PORT", port.to_string()),
             ("V1_PORT", env.v1_port.to_string()),
             ("V2_PORT", env.v2_port.to_string()),
+            (
+                "BIND_TLS",
+                env.tls
+                    .as_ref()
+                    .map_or_else(String::new, TlsFiles::haproxy_bind),
+            ),
+            (
+                "GLOBAL_TLS",
+                env.tls
+                    .as_ref()
+                    .map_or("", |_| "    tune.ssl.cachesize 0\n")
+                    .into(),
+            ),
         ],
     );
     let conf_path = env.dir.join("haproxy.cfg");
@@ -220,7 +271,7 @@ pub async fn start_haproxy(env: &Env, exe: &Path) -> Result<Target> {
         child,
     });
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    wait_ready(addr, "/", &mut proc, Duration::from_secs(10))
+    wait_target(addr, env, &mut proc)
         .await
         .with_context(|| format!("haproxy not ready; output:\n{}", log_tail(&log)))?;
     Ok(Target {
@@ -229,5 +280,6 @@ pub async fn start_haproxy(env: &Env, exe: &Path) -> Result<Target> {
         proc,
         admin: None,
         log: Some(log),
+        tls: env.tls.is_some(),
     })
 }

@@ -1,4 +1,5 @@
-//! wrk: running it and parsing its report.
+//! wrk: running it and parsing its report. A scenario's request shape is a
+//! Lua script (`-s`); scenario 7 hands the run to h2load instead.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -6,6 +7,9 @@ use std::process::Stdio;
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::LOAD_CORE;
+use crate::h2load::H2load;
+use crate::processes::pinned_async;
+use crate::scenarios::RequestShape;
 
 #[derive(Clone, Debug, Default)]
 pub struct WrkResult {
@@ -18,8 +22,10 @@ pub struct WrkResult {
 }
 
 impl WrkResult {
+    /// Non-2xx answers and socket errors; a run that completed no request
+    /// at all counts as one failure (nothing was checked).
     pub fn failures(&self) -> u64 {
-        self.non_2xx + self.socket_errors
+        self.non_2xx + self.socket_errors + u64::from(self.requests == 0)
     }
 }
 
@@ -90,23 +96,24 @@ pub fn parse_wrk(out: &str) -> Result<WrkResult> {
     Ok(r)
 }
 
+#[derive(Clone)]
 pub struct Wrk {
     pub exe: PathBuf,
     pub taskset: Option<PathBuf>,
     pub threads: u32,
+    /// The scenario's Lua script (None: wrk's plain `GET /`).
+    pub script: Option<PathBuf>,
+    /// HTTP/2 scenario: h2load with this request shape instead of wrk.
+    pub h2load: Option<std::sync::Arc<(H2load, RequestShape)>>,
 }
 
 impl Wrk {
     pub async fn run(&self, url: &str, connections: u32, secs: u64) -> Result<WrkResult> {
+        if let Some(h2) = &self.h2load {
+            return h2.0.run(url, connections, secs, &h2.1).await;
+        }
         let threads = self.threads.min(connections).max(1);
-        let mut cmd = match &self.taskset {
-            Some(ts) => {
-                let mut c = tokio::process::Command::new(ts);
-                c.arg("-c").arg(LOAD_CORE).arg(&self.exe);
-                c
-            }
-            None => tokio::process::Command::new(&self.exe),
-        };
+        let mut cmd = pinned_async(self.taskset.as_deref(), LOAD_CORE, &self.exe);
         cmd.arg("-t")
             .arg(threads.to_string())
             .arg("-c")
@@ -115,20 +122,30 @@ impl Wrk {
             .arg(format!("{secs}s"))
             .arg("--timeout")
             .arg("5s")
-            .arg("--latency")
-            .arg(url)
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        let out = cmd.output().await.context("running wrk")?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            bail!(
-                "wrk failed ({}): {}{}",
-                out.status,
-                stdout,
-                String::from_utf8_lossy(&out.stderr)
-            );
+            .arg("--latency");
+        if let Some(script) = &self.script {
+            cmd.arg("-s").arg(script);
         }
-        parse_wrk(&stdout)
+        cmd.arg(url);
+        parse_wrk(&output_of(cmd, "wrk").await?)
     }
+}
+
+/// Runs a load generator to its end; its stdout, or an error with both
+/// outputs when it fails.
+pub async fn output_of(mut cmd: tokio::process::Command, name: &str) -> Result<String> {
+    cmd.stdin(Stdio::null()).kill_on_drop(true);
+    let out = cmd
+        .output()
+        .await
+        .with_context(|| format!("running {name}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "{name} failed ({}): {stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(stdout)
 }

@@ -129,6 +129,10 @@ impl Store for CloudMapStore {
         ))
     }
 
+    fn check_fits(&self, doc: &WeightsDoc) -> Result<(), StoreError> {
+        encode(doc).map(|_| ())
+    }
+
     fn shared(&self) -> bool {
         true
     }

@@ -12,6 +12,7 @@ use crate::rollout::plan::{OnSuccess, Plan, PlanError};
 use crate::rollout::state::{Phase, RolloutState};
 use crate::rollout::telemetry::Windows;
 use crate::rollout::{Clock, LocalView, RolloutError, RolloutView, event, notify};
+use crate::store::WeightsDoc;
 
 /// The source every rollout decision is recorded under.
 pub const SOURCE: &str = "rollout";
@@ -127,6 +128,7 @@ impl Control {
         }
         let now = self.rollout_clock().now_ms();
         let started = RolloutState::start(plan, now);
+        self.check_rollout_fits(&started)?;
         let first = started.clone();
         self.decide_rollout(|d| {
             if let Some(r) = d.rollout.as_ref().filter(|r| r.phase.running()) {
@@ -164,6 +166,33 @@ impl Control {
             ),
         );
         self.rollout_view().ok_or(RolloutError::None)
+    }
+
+    /// Refuses a plan whose state could outgrow the store (Cloud Map holds
+    /// 1,024 characters): checked against the largest document the rollout can
+    /// write (every step taken, the longest abort reason), so that it never
+    /// fails midway with a step or an abort the store cannot take.
+    fn check_rollout_fits(&self, started: &RolloutState) -> Result<(), RolloutError> {
+        let largest = {
+            let state = self.lock();
+            WeightsDoc {
+                generation: u64::MAX,
+                updated_at_ms: u64::MAX,
+                source: "rollout (aborted)".into(),
+                rollout: Some(started.largest_stored()),
+                ..state.decision.clone()
+            }
+        };
+        self.store.check_fits(&largest).map_err(|e| {
+            RolloutError::Plan(PlanError {
+                field: "steps".into(),
+                reason: format!(
+                    "a rollout of {} steps does not fit the weight store: {e}; use fewer steps, \
+                     shorter webhook and gate URLs, or the DynamoDB store",
+                    started.plan.settings.steps.len()
+                ),
+            })
+        })
     }
 
     /// `POST /rollout/pause|resume|abort|promote`.

@@ -10,7 +10,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -20,32 +20,62 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use tokio::sync::Notify;
 
 use super::error_response::{ClientError, ProxyError};
-use super::server::ConnState;
+use super::server::{ConnState, StreamWatch};
 use super::upstream::{Outstanding, Pooled};
 use super::upstream_client::body::ResponseBody;
 use crate::config::Timeouts;
 use crate::snapshot::{ProxySettings, Version};
 
-/// How far a request body has been sent upstream.
+/// How far a body has been passed on (a request body upstream, an HTTP/2
+/// response body to the client), and which side stops it when it stalls.
 #[derive(Debug, Default)]
 pub struct BodyProgress {
     /// Frames passed on so far.
     frames: AtomicU64,
     /// The body has ended (or was dropped).
     done: AtomicBool,
-    /// The last read of the client's body found nothing: the client is the
-    /// one not sending (else the upstream is not taking it).
-    waiting_for_client: AtomicBool,
+    /// The last read of the body's source (the client's request body, the
+    /// upstream's response body) found nothing: the source is the one not
+    /// sending (else the receiving side is not taking it).
+    source_idle: AtomicBool,
     /// How the client's body failed: 0 not, 1 bad framing, 2 client gone.
     client_failure: AtomicU8,
     ended: Notify,
 }
 
+/// Which side stopped a body that stalled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Its source sent nothing.
+    Source,
+    /// Its receiver took nothing.
+    Sink,
+}
+
 impl BodyProgress {
-    fn end(&self) {
+    pub(super) fn end(&self) {
         if !self.done.swap(true, Ordering::AcqRel) {
             self.ended.notify_one();
         }
+    }
+
+    /// Notes one poll of the body's source; `at_end`: the source says it has
+    /// nothing more after what it returned.
+    pub(super) fn polled<T, E>(&self, polled: &Poll<Option<Result<T, E>>>, at_end: bool) {
+        let idle = polled.is_pending();
+        self.source_idle.store(idle, Ordering::Relaxed);
+        if !idle {
+            self.frames.fetch_add(1, Ordering::Relaxed);
+        }
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) || (!idle && at_end) {
+            self.end();
+        }
+    }
+
+    /// The body has not ended and the last read of its source found
+    /// nothing.
+    pub fn waiting_on_source(&self) -> bool {
+        !self.done.load(Ordering::Acquire) && self.source_idle.load(Ordering::Relaxed)
     }
 
     /// Why the client's body failed, if it did: then the request failed by
@@ -67,20 +97,28 @@ impl BodyProgress {
         self.client_failure.store(code, Ordering::Release);
     }
 
-    /// Resolves with `None` when the body has been sent in full, or with the
-    /// error that ends the request when the body stopped moving: for
-    /// `body_stall` while the client was not sending it (the client's
-    /// error), or for `upstream_response` while the upstream was not taking
-    /// it (an upstream that stops reading an upload must not hang the
-    /// request forever).
-    pub async fn ended_or_stalled(&self, timeouts: &Timeouts) -> Option<ProxyError> {
-        let tick = timeouts.body_stall.min(timeouts.upstream_response);
-        let mut quiet = std::time::Duration::ZERO;
+    /// Resolves with `None` when the body has been passed on in full, or
+    /// with the side that stopped it: the source when it sent nothing for
+    /// `source_limit`, the receiver when it took nothing for `sink_limit`.
+    /// Frames of `other` (the exchange's body the other way) count as
+    /// progress too. A stall is counted in `canary_body_stalls_total`.
+    pub async fn ended_or_stopped(
+        &self,
+        source_limit: Duration,
+        sink_limit: Duration,
+        other: Option<&BodyProgress>,
+    ) -> Option<Stopped> {
+        let tick = source_limit.min(sink_limit);
+        let moved = || {
+            let other = other.map_or(0, |o| o.frames.load(Ordering::Relaxed));
+            self.frames.load(Ordering::Relaxed).wrapping_add(other)
+        };
+        let mut quiet = Duration::ZERO;
         loop {
             if self.done.load(Ordering::Acquire) {
                 return None;
             }
-            let before = self.frames.load(Ordering::Relaxed);
+            let before = moved();
             tokio::select! {
                 () = self.ended.notified() => return None,
                 () = tokio::time::sleep(tick) => {}
@@ -88,21 +126,37 @@ impl BodyProgress {
             if self.done.load(Ordering::Acquire) {
                 return None;
             }
-            if self.frames.load(Ordering::Relaxed) != before {
-                quiet = std::time::Duration::ZERO;
+            if moved() != before {
+                quiet = Duration::ZERO;
                 continue;
             }
             quiet += tick;
-            let stalled = if self.waiting_for_client.load(Ordering::Relaxed) {
-                (quiet >= timeouts.body_stall).then_some(ProxyError::Client(ClientError::BodyStall))
+            let stopped = if self.source_idle.load(Ordering::Relaxed) {
+                (quiet >= source_limit).then_some(Stopped::Source)
             } else {
-                (quiet >= timeouts.upstream_response).then_some(ProxyError::Timeout)
+                (quiet >= sink_limit).then_some(Stopped::Sink)
             };
-            if stalled.is_some() {
+            if stopped.is_some() {
                 metrics::counter!(crate::metrics::BODY_STALLS_TOTAL).increment(1);
-                return stalled;
+                return stopped;
             }
         }
+    }
+
+    /// [`BodyProgress::ended_or_stopped`] for a request body: the error
+    /// that ends the request when it stopped moving, for `body_stall` while
+    /// the client was not sending it (the client's error), or for
+    /// `upstream_response` while the upstream was not taking it (an
+    /// upstream that stops reading an upload must not hang the request
+    /// forever).
+    pub async fn ended_or_stalled(&self, timeouts: &Timeouts) -> Option<ProxyError> {
+        let stopped = self
+            .ended_or_stopped(timeouts.body_stall, timeouts.upstream_response, None)
+            .await?;
+        Some(match stopped {
+            Stopped::Source => ProxyError::Client(ClientError::BodyStall),
+            Stopped::Sink => ProxyError::Timeout,
+        })
     }
 }
 
@@ -156,21 +210,10 @@ impl Body for RequestBody {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let Some(progress) = &this.progress {
-            let waiting = polled.is_pending();
-            progress
-                .waiting_for_client
-                .store(waiting, Ordering::Relaxed);
-            if !waiting {
-                progress.frames.fetch_add(1, Ordering::Relaxed);
-            }
             if let Poll::Ready(Some(Err(e))) = &polled {
                 progress.client_failed(e);
             }
-            if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
-                || (!waiting && this.inner.is_end_stream())
-            {
-                progress.end();
-            }
+            progress.polled(&polled, this.inner.is_end_stream());
         }
         polled
     }
@@ -197,6 +240,21 @@ pub struct Completion {
     /// The response body was read to its end: the connection can be reused.
     pub finished: bool,
     pub method: http::Method,
+    /// An HTTP/2 stream's response body, timed for stalls.
+    pub watch: Option<Arc<StreamWatch>>,
+}
+
+impl Completion {
+    /// Notes one poll of the response body for the stream's stall watch.
+    fn polled<T, E>(
+        completion: &Option<Completion>,
+        polled: &Poll<Option<Result<T, E>>>,
+        at_end: bool,
+    ) {
+        if let Some(watch) = completion.as_ref().and_then(|c| c.watch.as_ref()) {
+            watch.progress.polled(polled, at_end);
+        }
+    }
 }
 
 impl Drop for Completion {
@@ -209,6 +267,9 @@ impl Drop for Completion {
         self.version.analysis.record(self.status.as_u16(), elapsed);
         self.version.metrics.series.record(self.status, elapsed);
         self.conn.request_ended();
+        if let Some(watch) = &self.watch {
+            watch.progress.end();
+        }
         let upstream = self.upstream.take();
         if self.settings.access_log {
             tracing::info!(
@@ -307,6 +368,7 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Upstream { inner, completion } => {
                 let polled = Pin::new(&mut *inner).poll_frame(cx);
+                Completion::polled(completion, &polled, inner.is_end_stream());
                 match &polled {
                     Poll::Ready(None) => ProxyBody::finish(completion),
                     Poll::Ready(Some(Ok(_))) if inner.is_end_stream() => {
@@ -319,6 +381,7 @@ impl Body for ProxyBody {
             }
             ProxyBody::Own { inner, completion } => {
                 let polled = Pin::new(&mut *inner).poll_frame(cx);
+                Completion::polled(completion, &polled, inner.is_end_stream());
                 match &polled {
                     Poll::Ready(Some(Err(_))) => drop(completion.take()),
                     Poll::Ready(_) if inner.is_end_stream() => {

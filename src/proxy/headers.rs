@@ -265,16 +265,22 @@ fn declared_trailers(headers: &HeaderMap) -> Vec<HeaderValue> {
     }
 }
 
-/// Rewrites a client request for the upstream: origin-form URI, HTTP/1.1, a
-/// Host header, hop-by-hop headers out, X-Forwarded-* and x-request-id in.
-pub fn prepare_request<B>(req: &mut Request<B>, upgrading: bool, fwd: &Forwarding<'_>) {
-    let wants_trailers = req
-        .headers()
+/// Whether a request asks for trailers (`TE: trailers`): only then may its
+/// response declare them (hyper's HTTP/1 server sends trailer fields only
+/// then; the own server never serves such a request).
+pub fn asks_trailers(headers: &HeaderMap) -> bool {
+    headers
         .get_all(header::TE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+}
+
+/// Rewrites a client request for the upstream: origin-form URI, HTTP/1.1, a
+/// Host header, hop-by-hop headers out, X-Forwarded-* and x-request-id in.
+pub fn prepare_request<B>(req: &mut Request<B>, upgrading: bool, fwd: &Forwarding<'_>) {
+    let wants_trailers = asks_trailers(req.headers());
 
     // A target's authority replaces Host (RFC 9112, 3.2.2: absolute form;
     // HTTP/2 requests carry it in `:authority`).
@@ -399,14 +405,19 @@ pub(crate) fn request_id_bytes() -> [u8; 36] {
     out
 }
 
-/// Rewrites an upstream response for the client.
+/// Rewrites an upstream response for the client; a chunked body keeps its
+/// Trailer field when the client asked for trailers (`trailers_asked`).
 pub fn prepare_response<B>(
     resp: &mut Response<B>,
     response_header: Option<(&HeaderName, &HeaderValue)>,
+    trailers_asked: bool,
 ) {
     let upgrading = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     if upgrading || resp.headers().keys().any(is_hop_by_hop) {
-        let trailer = declared_trailers(resp.headers());
+        let trailer = match trailers_asked {
+            true => declared_trailers(resp.headers()),
+            false => Vec::new(),
+        };
         strip_hop_by_hop(resp.headers_mut(), upgrading);
         for value in trailer {
             resp.headers_mut().append(header::TRAILER, value);

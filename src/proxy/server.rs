@@ -17,7 +17,7 @@ use http::HeaderValue;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -25,9 +25,12 @@ use tokio::net::{TcpListener, TcpStream};
 use super::Proxy;
 use super::clock::now_ms;
 use super::h1;
+use super::log_limit::LogLimit;
 pub use drive::Drain;
+pub use stream_watch::{StreamExec, StreamWatch};
 
 mod drive;
+mod stream_watch;
 
 /// Largest request head accepted (larger gets 431).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -199,8 +202,13 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => serve_connection(stream, peer, &proxy, &drain),
                 Err(e) => {
-                    // Out of file descriptors and the like: back off briefly, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
+                    // Out of file descriptors and the like: back off briefly,
+                    // keep serving; a warn line a second at most.
+                    static WARNED: LogLimit = LogLimit::new();
+                    match WARNED.allow(now_ms(), 1000) {
+                        Some(held_back) => tracing::warn!(error = %e, held_back, "accept failed"),
+                        None => tracing::debug!(error = %e, "accept failed"),
+                    }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             },
@@ -282,7 +290,11 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, dra
                     .with_upgrades();
                 watch.drive(conn, |c| c.graceful_shutdown()).await;
             } else {
-                let mut builder = auto::Builder::new(TokioExecutor::new());
+                // Each HTTP/2 stream's task runs under its own body-stall watch.
+                let exec = StreamExec {
+                    body_stall: timeouts.body_stall,
+                };
+                let mut builder = auto::Builder::new(exec);
                 builder
                     .http1()
                     .header_read_timeout(None)

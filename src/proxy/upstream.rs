@@ -170,9 +170,18 @@ impl Endpoint {
             self.failures.store(0, Ordering::Relaxed);
             let n = self.ejections.fetch_add(1, Ordering::Relaxed).min(16);
             let period = cfg.eject_base.saturating_mul(1 << n).min(cfg.eject_max);
+            let period_ms = period.as_millis() as u64;
+            // An ejected endpoint still gets requests when its version has no
+            // other: warn when it becomes ejected, not at each re-ejection
+            // (one every few failing requests in an outage).
+            let was_ejected = self.is_ejected();
             self.ejected_until_ms
-                .store(now_ms() + period.as_millis() as u64, Ordering::Relaxed);
-            tracing::warn!(endpoint = %self.addr, period_ms = period.as_millis() as u64, "endpoint ejected after repeated connect failures");
+                .store(now_ms() + period_ms, Ordering::Relaxed);
+            if was_ejected {
+                tracing::debug!(endpoint = %self.addr, period_ms, "ejected endpoint ejected again");
+            } else {
+                tracing::warn!(endpoint = %self.addr, period_ms, "endpoint ejected after repeated connect failures");
+            }
         }
     }
 

@@ -182,6 +182,23 @@ impl RolloutState {
         }
     }
 
+    /// This rollout as large as it can grow in the store: every step taken,
+    /// aborted with the longest stored reason, every time at 13 digits.
+    pub fn largest_stored(&self) -> RolloutState {
+        const LATE_MS: u64 = 9_999_999_999_999;
+        let steps = self.plan.settings.steps.len();
+        RolloutState {
+            phase: Phase::Aborted,
+            step: steps.saturating_sub(1),
+            step_at_ms: LATE_MS,
+            paused_at_ms: Some(LATE_MS),
+            history: (0..steps).map(|i| (i, LATE_MS)).collect(),
+            reason: Some(format!("{}...", "x".repeat(MAX_STORED_REASON))),
+            ended_at_ms: Some(LATE_MS),
+            ..self.clone()
+        }
+    }
+
     /// At the last step, ended as succeeded.
     pub fn succeeded(&self, now_ms: u64) -> RolloutState {
         let mut done = self.clone();

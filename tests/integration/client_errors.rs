@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -234,11 +234,16 @@ async fn cancelled_requests_give_their_endpoint_count_back() {
     gw.shutdown().await;
 }
 
+/// Held by the tests that read the body-stall counters (process-wide) and
+/// assert what did not change.
+static STALL_COUNTERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// `[timeouts] body_stall`: an upstream that stops mid-body, a client that
 /// stops reading its response, a client that stops sending its upload: each
 /// ends the request after the stall time and is counted.
 #[tokio::test]
 async fn stalled_bodies_end_the_request() {
+    let _counters = STALL_COUNTERS.lock().await;
     // The upstream sends half its body and then nothing.
     let half = FixedUpstream::start(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf").await;
     let big = Upstream::start("big").await;
@@ -308,5 +313,170 @@ async fn stalled_bodies_end_the_request() {
     assert_eq!(response.map(|r| r.status), Some(408));
     assert!(metric(&gw, "canary_client_errors_total", &[("kind", "body_stall")]).await > before);
     assert_no_version_errors(&gw, "up").await;
+    gw.shutdown().await;
+}
+
+/// `[timeouts] body_stall` per HTTP/2 stream (the connection's pings and
+/// other streams keep its socket busy): a client that stops reading its
+/// response (its window exhausted) and an upstream that stops mid-body
+/// each end their stream (reset) after the stall time, are counted, and
+/// drop their upstream connection; only the first is the client's error.
+/// The connection keeps serving other streams.
+#[tokio::test]
+async fn stalled_http2_streams_are_reset() {
+    let _counters = STALL_COUNTERS.lock().await;
+    // More than the client's window and every socket buffer on the way hold.
+    let size = 32 << 20;
+    let mut big = format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n").into_bytes();
+    big.resize(big.len() + size, b'x');
+    let big = FixedUpstream::start(Vec::leak(big)).await;
+    let half = FixedUpstream::start(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf").await;
+    let text = config("", &[("h2half", 1, half.addr), ("h2big", 0, big.addr)])
+        + "\n[timeouts]\nbody_stall = \"400ms\"\n";
+    let text = text.replace("[split]\n", "[split]\noverride_header = \"x-version\"\n");
+    let gw = Gateway::start(&text).await;
+    let mut sender = h2c_client(gw.addr).await;
+    let get = |version: &str| {
+        http::Request::get(format!("http://{}/", gw.addr))
+            .header("x-version", version)
+            .body(Empty::new())
+            .unwrap()
+    };
+    let stalls = "canary_body_stalls_total";
+    let client_stall = [("kind", "body_stall")];
+
+    // The client stops reading.
+    let (count, client) = (
+        metric(&gw, stalls, &[]).await,
+        metric(&gw, "canary_client_errors_total", &client_stall).await,
+    );
+    let response = sender.send_request(get("h2big")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        metric_reaches(&gw, stalls, &[], count + 1.0).await,
+        "a client that stopped reading held its stream"
+    );
+    let client_errors = metric(&gw, "canary_client_errors_total", &client_stall).await;
+    assert!(
+        client_errors > client,
+        "a client not reading is the client's error"
+    );
+    let read = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect()).await;
+    let read = read.expect("the stalled stream was not reset");
+    assert!(read.is_err(), "the stalled stream ended as if complete");
+    let dropped = eventually(Duration::from_secs(10), async || {
+        big.closed.load(Ordering::SeqCst) == 1
+    });
+    assert!(
+        dropped.await,
+        "the upstream connection of the stalled stream was kept"
+    );
+
+    // The upstream stops mid-body: not the client's fault.
+    let (count, client) = (
+        metric(&gw, stalls, &[]).await,
+        metric(&gw, "canary_client_errors_total", &client_stall).await,
+    );
+    let response = sender.send_request(get("h2half")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let read = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect()).await;
+    let read = read.expect("an upstream stalled mid-body held the stream");
+    assert!(read.is_err(), "half a body ended as if complete");
+    assert!(metric(&gw, stalls, &[]).await > count);
+    assert_eq!(
+        metric(&gw, "canary_client_errors_total", &client_stall).await,
+        client,
+        "an upstream stopping was counted as the client's error"
+    );
+    let dropped = eventually(Duration::from_secs(10), async || {
+        half.closed.load(Ordering::SeqCst) == 1
+    });
+    assert!(
+        dropped.await,
+        "the upstream connection of the stalled stream was kept"
+    );
+
+    // The connection still serves other streams.
+    let response = sender.send_request(get("h2half")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(half.connections.load(Ordering::SeqCst), 2);
+    gw.shutdown().await;
+}
+
+/// An HTTP/2 stream whose upload still moves is no stall while its
+/// response body waits: an upstream that answers its head at once and its
+/// body at the end of a slow upload gets it whole. An upload that stops
+/// there is the client's stall.
+#[tokio::test]
+async fn http2_uploads_that_move_keep_their_stream() {
+    use crate::support::ChannelBody;
+    // Head at once, body once the whole chunked upload has arrived.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _upstream = serve_connections(listener, |mut stream| async move {
+        let mut buf = Vec::new();
+        while read_head(&mut stream, &mut buf).await.is_some() {
+            let head = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n";
+            stream.write_all(head).await.unwrap();
+            let mut chunk = [0u8; 4096];
+            while !buf.ends_with(b"0\r\n\r\n") {
+                match stream.read(&mut chunk).await {
+                    Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                    _ => return,
+                }
+            }
+            buf.clear();
+            stream.write_all(b"done").await.unwrap();
+        }
+    });
+    let text = config("", &[("h2up", 1, addr)]) + "\n[timeouts]\nbody_stall = \"400ms\"\n";
+    let gw = Gateway::start(&text).await;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let req = http::Request::post(format!("http://{}/", gw.addr))
+        .body(ChannelBody(rx))
+        .unwrap();
+    // Three times the stall time in all, a piece every 150 ms.
+    tokio::spawn(async move {
+        for _ in 0..8 {
+            let piece = http_body::Frame::data(bytes::Bytes::from_static(b"piece"));
+            if tx.send(Ok(piece)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    });
+    let response = sender.send_request(req).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let read = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect()).await;
+    let body = read
+        .expect("no answer")
+        .expect("the stream was reset while its upload moved");
+    assert_eq!(body.to_bytes(), "done");
+
+    // The client stops sending its upload after the response head: its
+    // error, and the stream is reset.
+    let _counters = STALL_COUNTERS.lock().await;
+    let client_stall = [("kind", "body_stall")];
+    let before = metric(&gw, "canary_client_errors_total", &client_stall).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let req = http::Request::post(format!("http://{}/", gw.addr))
+        .body(ChannelBody(rx))
+        .unwrap();
+    let piece = http_body::Frame::data(bytes::Bytes::from_static(b"piece"));
+    tx.send(Ok(piece)).await.unwrap();
+    let response = sender.send_request(req).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let read = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect()).await;
+    assert!(read.expect("a stalled upload held its stream").is_err());
+    assert!(metric(&gw, "canary_client_errors_total", &client_stall).await > before);
+    drop(tx);
     gw.shutdown().await;
 }

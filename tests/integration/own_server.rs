@@ -310,7 +310,7 @@ async fn own_and_hyper_servers_forward_the_same() {
 /// (but Date) and body, framing included.
 #[tokio::test]
 async fn own_and_hyper_servers_answer_the_same() {
-    let responses: [Script; 11] = [
+    let responses: [Script; 12] = [
         |_| {
             Some((&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..], false))
         },
@@ -342,6 +342,11 @@ async fn own_and_hyper_servers_answer_the_same() {
         // Trailers (not asked for by the client: dropped).
         |_| {
             Some((&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Sum: 1\r\n\r\n"[..], false))
+        },
+        // Declared trailers (not asked for by the client: the Trailer
+        // field goes too).
+        |_| {
+            Some((&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n5\r\nhello\r\n0\r\nX-Sum: 1\r\n\r\n"[..], false))
         },
         |_| {
             Some((

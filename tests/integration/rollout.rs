@@ -685,6 +685,17 @@ async fn with_two_gateways_on_one_store_an_abort_decided_on_one_reaches_the_othe
         Gateway::start_with(&fleet_text, deps()).await,
         Gateway::start_with(&fleet_text, deps()).await,
     );
+    // A plan whose stored state could outgrow Cloud Map's 1,024-character
+    // attribute is refused up front, naming the steps, and changes nothing.
+    let steps: Vec<String> = (1..=60)
+        .map(|i| format!("{:.1}", f64::from(i) * 1.5))
+        .collect();
+    let long = format!(r#"{{"canary": "v2", "steps": [{}]}}"#, steps.join(", "));
+    let (status, reply) = call(a.admin, "POST", "/rollout", &long).await;
+    assert_eq!(status.as_u16(), 400, "{reply:#}");
+    let error = reply["error"].as_str().unwrap();
+    assert!(error.contains("steps") && error.contains("1024"), "{error}");
+    assert_eq!(weights(a.admin).await["weights"]["v2"], 0);
     start_rollout(a.admin, PLAN).await;
     // The start reaches the other gateway through the store.
     let seen = wait_rollout(b.admin, |v| {

@@ -119,7 +119,8 @@ impl Watchdog {
         let activity = state.activity.load(Ordering::Relaxed);
         let in_flight = state.in_flight.load(Ordering::Relaxed) != 0;
         // Waiting for a response head has its own timeout; HTTP/2 streams
-        // share the connection (and its pings): neither is a stall.
+        // share the connection (and its pings): each is timed on its own
+        // (see `stream_watch`). Neither is a stall of the connection.
         let exempt = in_flight
             && (state.awaiting_upstream.load(Ordering::Relaxed)
                 || state.http2.load(Ordering::Relaxed));

@@ -1,0 +1,79 @@
+//! What the data path logs: an upstream outage fails every request, and
+//! must not write a warn line for each (thousands a second would flood the
+//! log): the per-request detail goes to debug with the request id, the
+//! warn line is rate-limited.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::support::{Client, Gateway, config, dead_addr};
+
+/// A log sink for the test's thread.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// 300 requests to a version whose only endpoint refuses connections: 300
+/// 502s, each logged at debug with its request id, and at most one warn
+/// line per second; the endpoint's ejection is warned once (it is ejected
+/// for 5 s at first).
+#[tokio::test]
+async fn an_outage_does_not_flood_the_log() {
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    // The test runtime has one thread: the gateway's tasks log here too.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let gw = Gateway::start(&config("", &[("down", 1, dead_addr().await)])).await;
+    let started = Instant::now();
+    let mut client = Client::connect(gw.addr).await;
+    let requests = 300;
+    for _ in 0..requests {
+        let reply = client.get("/", &[]).await.unwrap();
+        assert_eq!(reply.status, 502);
+    }
+    let seconds = started.elapsed().as_secs() as usize;
+    gw.shutdown().await;
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let failed: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("request failed"))
+        .collect();
+    let warned = failed.iter().filter(|l| l.contains(" WARN ")).count();
+    // The limit is the process's: other tests' failures may have taken
+    // this second's line.
+    assert!(
+        warned <= seconds + 1,
+        "{warned} warn lines for {requests} failures in {seconds} s"
+    );
+    // The endpoint is ejected after 3 failures, then every 3 more while it
+    // stays the version's only one: a warn line only when it becomes so.
+    let ejected = text
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("endpoint ejected"))
+        .count();
+    assert!(
+        (1..=1 + seconds / 5).contains(&ejected),
+        "{ejected} ejection warn lines in {seconds} s"
+    );
+    let detailed = failed
+        .iter()
+        .filter(|l| l.contains("DEBUG") && l.contains("request_id="))
+        .count();
+    assert_eq!(detailed + warned, requests, "{text}");
+}
