@@ -10,6 +10,7 @@
 mod boot;
 mod decisions;
 mod endpoints;
+pub mod fleet;
 mod reload;
 pub mod rollout;
 pub mod status;
@@ -93,6 +94,15 @@ struct State {
     appmesh: Option<status::AppMeshStatus>,
     /// A rollback applied here that the store has not taken yet.
     rollback_pending: bool,
+    /// When the decision in force was applied here (ms since the Unix epoch).
+    applied_at_ms: u64,
+    /// Every task's report as the store last answered it (`None`: the store
+    /// keeps no reports, or none was written yet).
+    fleet: Option<Vec<crate::store::TaskReport>>,
+    /// The generation and draining flag of this task's last report, and when.
+    reported: Option<(u64, bool, Instant)>,
+    /// Why this task's last report could not be written (`None`: it was).
+    report_error: Option<String>,
     /// The rollout's counters, clock and this gateway's view of it.
     rollout: crate::rollout::Local,
 }
@@ -107,6 +117,8 @@ pub struct Control {
     writer: String,
     /// Wakes the store upkeep when a rollback waits for the store.
     pending_wake: Notify,
+    /// Wakes the store upkeep to report this task's generation now.
+    report_wake: Notify,
     listening: AtomicBool,
     /// Every discovery source had been asked once (readiness never goes back
     /// for discovery: a version added by a reload does not unready the fleet).
@@ -207,6 +219,10 @@ impl Control {
             store: first_read.status(store_kind),
             appmesh,
             rollback_pending: false,
+            applied_at_ms: unix_ms(),
+            fleet: None,
+            reported: None,
+            report_error: None,
             rollout: Default::default(),
         };
         let first = build(&state)?;
@@ -219,6 +235,7 @@ impl Control {
             store,
             writer,
             pending_wake: Notify::new(),
+            report_wake: Notify::new(),
             listening: AtomicBool::new(false),
             discovered: AtomicBool::new(false),
             draining: AtomicBool::new(false),

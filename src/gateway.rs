@@ -93,7 +93,8 @@ pub struct Running {
 }
 
 impl Running {
-    /// Starts draining and waits until the data path has drained.
+    /// Starts draining and waits until the data path has drained; then
+    /// removes this task's generation report from a shared store (best effort).
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.serving.await;
@@ -101,6 +102,7 @@ impl Running {
             task.abort();
         }
         self.pollers.stop_all();
+        self.control.withdraw_report().await;
     }
 }
 

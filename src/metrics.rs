@@ -31,7 +31,8 @@ pub const ENDPOINTS_HEALTHY: &str = "canary_endpoints_healthy";
 pub const DISCOVERY_ERRORS_TOTAL: &str = "canary_discovery_errors_total";
 /// Gauge: age in seconds of each `version`'s discovered endpoints.
 pub const DISCOVERY_AGE_SECONDS: &str = "canary_discovery_age_seconds";
-/// Counter: weight store operations by `op` (load, save) and `result` (ok,
+/// Counter: weight store operations by `op` (load, save, report: this task's
+/// generation report) and `result` (ok,
 /// error, throttled, conflict: another task wrote first).
 pub const STORE_OPERATIONS_TOTAL: &str = "canary_store_operations_total";
 /// Counter: App Mesh route syncs by `result` (ok, error).
@@ -50,6 +51,10 @@ pub const STABLE_EMPTY: &str = "canary_stable_version_empty";
 pub const DISCOVERY_STALE: &str = "canary_discovery_stale";
 /// Gauge: the weights generation last written to the App Mesh route.
 pub const APPMESH_SYNCED_GENERATION: &str = "canary_appmesh_synced_generation";
+/// Gauge: gateway tasks whose generation reports are fresh (this task included).
+pub const FLEET_TASKS: &str = "canary_fleet_tasks";
+/// Gauge: 1 when every task with a fresh report runs the same generation, else 0.
+pub const FLEET_CONVERGED: &str = "canary_fleet_converged";
 /// Gauge: 1 for the rollout's `phase` (progressing, holding, paused,
 /// waiting_gate, succeeded, aborted), 0 for the others.
 pub const ROLLOUT_PHASE: &str = "canary_rollout_phase";

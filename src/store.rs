@@ -49,6 +49,32 @@ impl WeightsDoc {
     }
 }
 
+/// What one gateway task reports about itself into a shared store, so that
+/// every task (and `GET /status` `fleet`) sees which decision each task runs.
+/// Kept apart from the [`WeightsDoc`]: a report never races with a decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskReport {
+    /// The task's writer id (the `writer` of the documents it writes).
+    pub task: String,
+    /// The generation of the decision the task runs.
+    pub generation: u64,
+    /// When the task wrote this report (ms since the Unix epoch, its clock).
+    pub reported_at_ms: u64,
+    /// When the task applied the decision it runs (ms since the Unix epoch).
+    #[serde(default)]
+    pub applied_at_ms: u64,
+    #[serde(default)]
+    pub ready: bool,
+    #[serde(default)]
+    pub draining: bool,
+    /// Started without the store and has not read it since.
+    #[serde(default)]
+    pub degraded: bool,
+    /// The gateway's own version (the binary's package version).
+    #[serde(default)]
+    pub version: String,
+}
+
 /// Why the store could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -92,6 +118,19 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), StoreError>>;
     /// Whether other replicas share this store (it is polled for their changes).
     fn shared(&self) -> bool;
+    /// Writes this task's report (replacing only its own earlier one) and
+    /// answers every task's report as stored, this one included. `None`: this
+    /// store keeps no reports (the file store; Cloud Map, see docs/fleet.md).
+    fn report<'a>(
+        &'a self,
+        _report: &'a TaskReport,
+    ) -> BoxFuture<'a, Result<Option<Vec<TaskReport>>, StoreError>> {
+        Box::pin(async { Ok(None) })
+    }
+    /// Removes the report of `task` (a task that stops), best effort.
+    fn withdraw<'a>(&'a self, _task: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
     /// Whether `doc` fits what the store can hold (Cloud Map: one attribute
     /// value of at most 1,024 characters). Checked before a change that makes
     /// the document grow later (a rollout's plan and history), so that such a

@@ -1,7 +1,8 @@
 //! The DynamoDB fleet store against moto: the conditional write (two writers
 //! racing, exactly one wins), and gateway processes sharing one table: three
 //! tasks converging on a change made on each, a lost race answered 409, a
-//! start while the store is down, a rollback while the store is down.
+//! start while the store is down, a rollback while the store is down; each
+//! task's generation report (`GET /status` `fleet`).
 
 #[path = "support/dynamodb_fixture.rs"]
 mod dynamodb_fixture;
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use canary_gateway::aws::dynamodb_store::DynamoDbStore;
-use canary_gateway::store::{Store, StoreError, WeightsDoc};
+use canary_gateway::store::{Store, StoreError, TaskReport, WeightsDoc, unix_ms};
 use fault_proxy::FaultProxy;
 use gateway_proc::{
     GatewayProc, TOKEN_ENV, TaggedUpstream, admin, endpoints_line, eventually, gateway_config,
@@ -441,6 +442,190 @@ async fn a_rollback_while_the_store_is_down_applies_at_once_and_lands_when_it_re
     let stored = store.load().await.unwrap().unwrap();
     assert_eq!(gw.weights().await["generation"], stored.generation);
     assert_eq!(weights_of(&gw.weights().await), w(100, 0));
+}
+
+// ------------------------------------------------------- task reports ----
+
+fn report(task: &str, generation: u64, reported_at_ms: u64) -> TaskReport {
+    TaskReport {
+        task: task.into(),
+        generation,
+        reported_at_ms,
+        applied_at_ms: reported_at_ms,
+        ready: true,
+        draining: false,
+        degraded: false,
+        version: "test".into(),
+    }
+}
+
+fn generations(reports: &[TaskReport]) -> BTreeMap<String, u64> {
+    reports
+        .iter()
+        .map(|r| (r.task.clone(), r.generation))
+        .collect()
+}
+
+/// The reports item against moto: created on the first report (the nested
+/// path needs its map), one entry per task that no task overwrites, the
+/// weights item untouched, removal on withdraw, and pruning of a task gone
+/// for long (only while its entry is still the one seen).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_reports_live_in_their_own_item_one_entry_per_task() {
+    let moto = MotoServer::start();
+    let store = table(&moto).await;
+    let weights = doc(3, "a", 20);
+    store.save(&weights, None).await.unwrap();
+    let now = unix_ms();
+    // The first report creates the map.
+    let seen = store.report(&report("a", 3, now)).await.unwrap().unwrap();
+    assert_eq!(generations(&seen), BTreeMap::from([("a".to_string(), 3)]));
+    // Two tasks reporting at once: neither overwrites the other.
+    let (b, c) = (report("b.ip-10-0-0-1#x", 2, now), report("c", 3, now));
+    let (x, y) = tokio::join!(store.report(&b), store.report(&c));
+    x.unwrap();
+    y.unwrap();
+    let seen = store.report(&report("a", 3, now)).await.unwrap().unwrap();
+    assert_eq!(
+        generations(&seen),
+        BTreeMap::from([
+            ("a".to_string(), 3),
+            ("b.ip-10-0-0-1#x".to_string(), 2),
+            ("c".to_string(), 3)
+        ])
+    );
+    assert_eq!(store.load().await.unwrap(), Some(weights.clone()));
+    // The raw items: the reports item is beside the weights item, never in it.
+    let client = aws_sdk_dynamodb::Client::new(&moto.sdk_config().await);
+    let item = |pk: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .get_item()
+                .table_name(TABLE)
+                .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(pk.into()))
+                .consistent_read(true)
+                .send()
+                .await
+                .unwrap()
+                .item
+                .unwrap()
+        }
+    };
+    let mut names: Vec<_> = item(KEY).await.into_keys().collect();
+    names.sort();
+    assert_eq!(names, ["doc", "generation", "pk"]);
+    assert!(item("svc1#tasks").await["tasks"].is_m());
+
+    store.withdraw("c").await.unwrap();
+    store.withdraw("never-reported").await.unwrap();
+    // A task silent for 11 minutes is pruned by the next report.
+    store
+        .report(&report("gone", 1, now - 11 * 60_000))
+        .await
+        .unwrap();
+    store.report(&report("a", 4, now)).await.unwrap();
+    let seen = store.report(&report("a", 4, now)).await.unwrap().unwrap();
+    assert_eq!(
+        generations(&seen),
+        BTreeMap::from([("a".to_string(), 4), ("b.ip-10-0-0-1#x".to_string(), 2)])
+    );
+    assert_eq!(store.load().await.unwrap(), Some(weights));
+}
+
+/// The fleet as `gw` sees it: task id -> (generation, stale, this task).
+async fn fleet_of(gw: &GatewayProc) -> (BTreeMap<String, (u64, bool, bool)>, bool) {
+    let status = gw.status().await;
+    let fleet = &status["fleet"];
+    let tasks = fleet["tasks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no fleet.tasks: {status:#}"))
+        .iter()
+        .map(|t| {
+            (
+                t["task"].as_str().unwrap().to_string(),
+                (
+                    t["generation"].as_u64().unwrap(),
+                    t["stale"].as_bool().unwrap(),
+                    t["this_task"].as_bool().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    (tasks, fleet["converged"] == true)
+}
+
+/// Signals a gateway process (`-TERM`: ECS stopping the task).
+fn signal(gw: &GatewayProc, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &gw.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_gateway_lists_every_task_with_the_generation_it_runs() {
+    let fx = Fixture::start().await;
+    let mut fleet = fx.fleet(3, None, "poll_interval = \"300ms\"\n").await;
+    let mut ids = Vec::new();
+    for gw in &fleet {
+        let (tasks, _) = fleet_of(gw).await;
+        let own: Vec<_> = tasks.iter().filter(|(_, t)| t.2).collect();
+        assert_eq!(own.len(), 1, "{tasks:?}");
+        ids.push(own[0].0.clone());
+    }
+    let decided = put_retrying(&fleet[1], 75, 25).await;
+    let generation = decided["generation"].as_u64().unwrap();
+    let want: BTreeMap<String, u64> = ids.iter().map(|id| (id.clone(), generation)).collect();
+    let mut last = BTreeMap::new();
+    let ok = eventually(WAIT, async || {
+        for gw in &fleet {
+            let (tasks, converged) = fleet_of(gw).await;
+            let seen: BTreeMap<String, u64> =
+                tasks.iter().map(|(id, t)| (id.clone(), t.0)).collect();
+            if seen != want || !converged || tasks.values().any(|t| t.1) {
+                last = tasks;
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(ok, "the fleet never showed {want:?}; last {last:?}");
+    let status = fleet[0].status().await;
+    assert_eq!(status["fleet"]["generation"], generation, "{status:#}");
+    let metrics = fleet[0].metrics().await;
+    assert_eq!(metric_sum(&metrics, "canary_fleet_tasks"), 3.0);
+    assert_eq!(metric_sum(&metrics, "canary_fleet_converged"), 1.0);
+
+    // ECS stops task 2 (SIGTERM): it removes its report while it drains.
+    signal(&fleet[2], "-TERM");
+    let ok = eventually(WAIT, async || {
+        let (tasks, _) = fleet_of(&fleet[0]).await;
+        last = tasks;
+        !last.contains_key(&ids[2])
+    })
+    .await;
+    assert!(ok, "the stopped task is still listed: {last:?}");
+    // Task 1 dies without a word (SIGKILL): its report goes stale and no
+    // longer counts for convergence.
+    drop(fleet.remove(1));
+    let ok = eventually(WAIT, async || {
+        let (tasks, converged) = fleet_of(&fleet[0]).await;
+        let stale = tasks.get(&ids[1]).is_some_and(|t| t.1);
+        last = tasks;
+        stale && converged
+    })
+    .await;
+    assert!(ok, "the dead task never went stale: {last:?}");
+    let status = fleet[0].status().await;
+    assert_eq!(
+        metric_sum(&fleet[0].metrics().await, "canary_fleet_tasks"),
+        1.0,
+        "{status:#}"
+    );
 }
 
 // -------------------------------------------------------------- app mesh ----

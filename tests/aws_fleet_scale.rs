@@ -2,7 +2,8 @@
 //! DynamoDB store in moto, each discovering two versions in Cloud Map, all on
 //! loopback behind a counting proxy. Measures the AWS calls per second the fleet
 //! makes (counted at the emulator, by operation) and, after a change made on one
-//! task, the time until every task reports its generation.
+//! task, the time until every task runs its generation and until one task's
+//! `/status` `fleet` shows all of them converged.
 //!
 //! Not part of `cargo test` (ignored; it starts 20 processes). Run it at a quiet
 //! moment, bounded to about a minute:
@@ -140,6 +141,29 @@ async fn twenty_gateways_on_one_store() {
     }
     println!(
         "a change on one task reached all {tasks} in {:.2} s",
+        changed.elapsed().as_secs_f64()
+    );
+    // What `ctl status --wait-converged` waits for: one task's /status lists
+    // every task at that generation, converged.
+    loop {
+        assert!(
+            changed.elapsed() < CONVERGE_LIMIT,
+            "/status fleet never converged: {:#}",
+            fleet[0].status().await["fleet"]
+        );
+        let status = fleet[0].status().await;
+        let listed = status["fleet"]["tasks"].as_array().map_or(0, |t| {
+            t.iter()
+                .filter(|t| t["generation"] == generation && t["stale"] == false)
+                .count()
+        });
+        if listed == tasks && status["fleet"]["converged"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "/status fleet on one task showed all {tasks} converged after {:.2} s",
         changed.elapsed().as_secs_f64()
     );
 }

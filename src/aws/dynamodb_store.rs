@@ -16,6 +16,8 @@
 //! * Throttling (`ProvisionedThroughputExceededException`,
 //!   `ThrottlingException`, `RequestLimitExceeded`) becomes
 //!   [`StoreError::Throttled`]: the poll backs off.
+//! * Each task's report (which generation it runs) lives in a second item,
+//!   `pk` = `<key>#tasks`: see [`reports`].
 
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::Client;
@@ -26,7 +28,7 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use crate::aws::errors;
 use crate::future::BoxFuture;
-use crate::store::{Store, StoreError, WeightsDoc};
+use crate::store::{Store, StoreError, TaskReport, WeightsDoc};
 
 /// The partition key attribute.
 pub const PARTITION_KEY: &str = "pk";
@@ -34,6 +36,8 @@ pub const PARTITION_KEY: &str = "pk";
 pub const DOC_ATTRIBUTE: &str = "doc";
 /// The attribute that holds the generation (the write's condition).
 pub const GENERATION_ATTRIBUTE: &str = "generation";
+pub mod reports;
+
 /// The error code of a failed condition.
 const CONDITION_FAILED: &str = "ConditionalCheckFailedException";
 
@@ -153,5 +157,16 @@ impl Store for DynamoDbStore {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    fn report<'a>(
+        &'a self,
+        report: &'a TaskReport,
+    ) -> BoxFuture<'a, Result<Option<Vec<TaskReport>>, StoreError>> {
+        Box::pin(async move { self.put_report(report).await.map(Some) })
+    }
+
+    fn withdraw<'a>(&'a self, task: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.remove_report(task))
     }
 }

@@ -14,7 +14,8 @@ use super::render::{self, field};
 const POLL: Duration = Duration::from_millis(500);
 
 /// The weights generations a task's `/status` reports: its own, and those
-/// of the fleet's tasks when the status lists them (`fleet.tasks[].generation`).
+/// of the fleet's live tasks when the store shares their reports
+/// (`fleet.tasks[]`, stale ones left out).
 fn generations(status: &Value) -> Vec<u64> {
     let mut out: Vec<u64> = status
         .pointer("/weights/generation")
@@ -25,6 +26,7 @@ fn generations(status: &Value) -> Vec<u64> {
         out.extend(
             tasks
                 .iter()
+                .filter(|t| t.get("stale") != Some(&Value::Bool(true)))
                 .filter_map(|t| t.get("generation").and_then(Value::as_u64)),
         );
     }
@@ -32,9 +34,21 @@ fn generations(status: &Value) -> Vec<u64> {
 }
 
 /// Why the fleet has not converged yet, or `None` when it has: every task
-/// reports the same generation, reads the store without error, has read it
-/// at all (not `degraded`) and has no rollback waiting to be written.
+/// reports the same generation (through the store when it shares the tasks'
+/// reports: `fleet.converged`; else across the `--admin` URLs given), reads
+/// the store without error, has read it at all (not `degraded`) and has no
+/// rollback waiting to be written.
 fn not_converged(statuses: &[Value]) -> Option<String> {
+    for s in statuses {
+        if s.pointer("/fleet/reports_shared") == Some(&Value::Bool(true))
+            && s.pointer("/fleet/converged") != Some(&Value::Bool(true))
+        {
+            return Some(format!(
+                "the store's task reports do not agree yet: generations {:?}",
+                generations(s)
+            ));
+        }
+    }
     let all: Vec<u64> = statuses.iter().flat_map(generations).collect();
     if all.is_empty() {
         return Some("no generation reported".into());
@@ -166,6 +180,18 @@ mod tests {
         assert!(not_converged(&[]).is_some());
         let fleet = json!({"weights": {"generation": 3}, "fleet": {"tasks": [{"generation": 3}, {"generation": 2}]}});
         assert!(not_converged(&[fleet]).is_some());
+        // Through the store: its verdict counts, stale tasks are left out.
+        let shared = |converged: bool| {
+            json!({"weights": {"generation": 3}, "fleet": {
+            "reports_shared": true, "converged": converged,
+            "tasks": [{"generation": 3}, {"generation": 2, "stale": true}]}})
+        };
+        assert_eq!(not_converged(&[shared(true)]), None);
+        assert!(
+            not_converged(&[shared(false)])
+                .unwrap()
+                .contains("task reports")
+        );
         let broken = json!({"weights": {"generation": 3}, "store": {"last_error": "throttled"}});
         assert!(not_converged(&[broken]).unwrap().contains("throttled"));
         let degraded = json!({"weights": {"generation": 3}, "store": {"degraded": true}});

@@ -277,7 +277,7 @@ impl Control {
     }
 
     /// Counts a store call and keeps its outcome for /status.
-    fn store_outcome(&self, op: &'static str, outcome: Result<(), &StoreError>) {
+    pub(super) fn store_outcome(&self, op: &'static str, outcome: Result<(), &StoreError>) {
         let mut state = self.lock();
         match outcome {
             Ok(()) => {
@@ -342,6 +342,8 @@ impl Control {
             state.decision = old;
             return Err(e);
         }
+        state.applied_at_ms = unix_ms();
+        self.report_soon();
         let new = &state.decision;
         tracing::info!(
             target: "audit",

@@ -117,6 +117,8 @@ pub struct Status {
     /// an empty stable version, a degraded store, a pending rollback, stale
     /// discovery.
     pub warnings: Vec<String>,
+    /// Which generation each gateway task runs, as reported through the store.
+    pub fleet: super::fleet::FleetStatus,
     pub uptime_seconds: f64,
 }
 
@@ -125,7 +127,9 @@ impl Control {
     /// health after ejections); called before every scrape.
     pub fn publish_gauges(&self) {
         publish_endpoint_gauges(&self.snapshot.load());
+        let ready = self.readiness().is_ok();
         let state = self.lock();
+        self.publish_fleet_gauges(&self.fleet_status(&state, ready));
         let stale_after = state.config.discovery.stale_after;
         for (version, (d, last_ok)) in &state.discovery {
             if let Some(at) = last_ok {
@@ -161,6 +165,7 @@ impl Control {
     /// From now on /readyz answers 503.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
+        self.report_soon();
     }
 
     pub fn is_draining(&self) -> bool {
@@ -289,7 +294,7 @@ impl Control {
             .collect();
         Status {
             ready: readiness.is_ok(),
-            not_ready_reason: readiness.err(),
+            not_ready_reason: readiness.clone().err(),
             draining: self.is_draining(),
             weights: view(&state.decision),
             config_source: state.config.source_label(),
@@ -297,6 +302,7 @@ impl Control {
             store: state.store.clone(),
             appmesh: state.appmesh.clone(),
             warnings: self.warnings(&state, &versions),
+            fleet: self.fleet_status(&state, readiness.is_ok()),
             versions,
             uptime_seconds: self.started.elapsed().as_secs_f64(),
         }

@@ -289,3 +289,184 @@ async fn readiness_waits_for_the_first_discovery_and_old_endpoints_go_stale() {
     control.endpoints_confirmed("v2");
     assert!(!v2(&control.status()).discovery.stale);
 }
+
+// ---------------------------------------------------------------- fleet ----
+
+/// The generations the store holds, by task.
+fn reported(store: &MemoryStore) -> BTreeMap<String, u64> {
+    let reports = store.reports.lock().unwrap();
+    reports
+        .values()
+        .map(|r| (r.task.clone(), r.generation))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_task_reports_its_generation_and_sees_the_others() {
+    let store = Arc::new(MemoryStore::default());
+    let (a, b) = (task(&store).await, task(&store).await);
+    b.report_to_store().await.unwrap();
+    a.set_weights(w(70, 30), "admin").await.unwrap();
+    a.report_to_store().await.unwrap();
+    // a runs generation 1, b still reports 0: not converged.
+    let fleet = a.status().fleet;
+    assert_eq!(fleet.tasks.len(), 2, "{fleet:?}");
+    assert!(fleet.tasks[0].this_task && fleet.tasks[0].report.task == a.writer());
+    assert_eq!(fleet.tasks[0].report.generation, 1);
+    assert_eq!(fleet.tasks[1].report.generation, 0);
+    assert!(!fleet.converged && fleet.reports_shared);
+
+    b.sync_from_store().await.unwrap();
+    b.report_to_store().await.unwrap();
+    a.report_to_store().await.unwrap();
+    for control in [&a, &b] {
+        let fleet = control.status().fleet;
+        assert_eq!(fleet.tasks.len(), 2, "{fleet:?}");
+        assert!(fleet.tasks.iter().all(|t| t.report.generation == 1));
+        assert!(fleet.converged && fleet.generation == Some(1), "{fleet:?}");
+    }
+    // The reports never touched the decision.
+    assert_eq!(store.stored().unwrap().generation, 1);
+    assert_eq!(store.saves.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_stopped_task_is_withdrawn_and_a_silent_one_goes_stale() {
+    let store = Arc::new(MemoryStore::default());
+    let (a, b) = (task(&store).await, task(&store).await);
+    a.report_to_store().await.unwrap();
+    b.report_to_store().await.unwrap();
+    b.withdraw_report().await;
+    a.report_to_store().await.unwrap();
+    assert_eq!(a.status().fleet.tasks.len(), 1);
+
+    // A task that vanished without withdrawing, last heard of 12 s ago at an
+    // older generation (the bound with the default 2 s poll is 11 s).
+    a.set_weights(w(50, 50), "admin").await.unwrap();
+    let mut gone = crate::store::TaskReport {
+        task: "gone".into(),
+        generation: 0,
+        reported_at_ms: crate::store::unix_ms() - 12_000,
+        applied_at_ms: 0,
+        ready: true,
+        draining: false,
+        degraded: false,
+        version: String::new(),
+    };
+    store
+        .reports
+        .lock()
+        .unwrap()
+        .insert("gone".into(), gone.clone());
+    a.report_to_store().await.unwrap();
+    let fleet = a.status().fleet;
+    assert_eq!(fleet.tasks.len(), 2);
+    assert!(
+        fleet.tasks[1].stale && fleet.tasks[1].age_s >= 12.0,
+        "{fleet:?}"
+    );
+    assert!(fleet.converged, "{fleet:?}");
+    // Fresh, it counts: not converged.
+    gone.reported_at_ms = crate::store::unix_ms();
+    store.reports.lock().unwrap().insert("gone".into(), gone);
+    a.report_to_store().await.unwrap();
+    let fleet = a.status().fleet;
+    assert!(!fleet.tasks[1].stale && !fleet.converged, "{fleet:?}");
+}
+
+#[tokio::test]
+async fn the_upkeep_reports_at_start_after_each_decision_and_once_per_poll() {
+    let store = Arc::new(MemoryStore::default());
+    let control = task(&store).await;
+    let me = control.writer().to_string();
+    let until = async |what: &dyn Fn() -> bool| {
+        for _ in 0..200 {
+            if what() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    };
+    // A poll interval of an hour: only the start and decisions report.
+    let upkeep = tokio::spawn(super::keep_store(
+        control.clone(),
+        Some(Duration::from_secs(3600)),
+    ));
+    assert!(until(&|| reported(&store).get(&me) == Some(&0)).await);
+    control.set_weights(w(60, 40), "admin").await.unwrap();
+    assert!(until(&|| reported(&store).get(&me) == Some(&1)).await);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(store.report_writes.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        store.loads.load(Ordering::SeqCst),
+        2,
+        "boot read + the decision's read"
+    );
+    upkeep.abort();
+
+    // A short poll: one report per poll, no more.
+    let upkeep = tokio::spawn(super::keep_store(
+        control.clone(),
+        Some(Duration::from_millis(20)),
+    ));
+    let (loads, writes) = (
+        store.loads.load(Ordering::SeqCst),
+        store.report_writes.load(Ordering::SeqCst),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    upkeep.abort();
+    let loads = store.loads.load(Ordering::SeqCst) - loads;
+    let writes = store.report_writes.load(Ordering::SeqCst) - writes;
+    assert!(loads >= 5, "{loads} polls");
+    assert!(writes <= loads + 1, "{writes} reports for {loads} polls");
+}
+
+#[tokio::test]
+async fn with_the_file_store_the_fleet_is_this_task_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(crate::store::file::FileStore::new(
+        dir.path().join("s.json"),
+    ));
+    let config = Config::parse(
+        &CONFIG.replace(
+            "kind = \"dynamodb\"\ntable = \"t\"\nkey = \"svc\"\nboot_timeout = \"300ms\"\n",
+            "",
+        ),
+        "test",
+    )
+    .unwrap();
+    let control = Control::start(config, store, "file").await.unwrap();
+    control.set_weights(w(80, 20), "admin").await.unwrap();
+    control.report_to_store().await.unwrap();
+    let fleet = control.status().fleet;
+    assert_eq!(fleet.tasks.len(), 1, "{fleet:?}");
+    assert!(fleet.tasks[0].this_task && fleet.tasks[0].report.generation == 1);
+    assert!(fleet.converged && !fleet.reports_shared && fleet.note.is_none());
+}
+
+#[tokio::test]
+async fn a_report_that_cannot_be_written_is_shown_and_decisions_go_on() {
+    let store = Arc::new(MemoryStore::default());
+    let control = task(&store).await;
+    store.set_down(true);
+    assert!(control.report_to_store().await.is_err());
+    let fleet = control.status().fleet;
+    assert!(!fleet.converged, "{fleet:?}");
+    assert!(
+        fleet
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("connection refused")),
+        "{fleet:?}"
+    );
+    assert!(fleet.note.is_some(), "{fleet:?}");
+    store.set_down(false);
+    control.set_weights(w(60, 40), "admin").await.unwrap();
+    control.report_to_store().await.unwrap();
+    let fleet = control.status().fleet;
+    assert!(
+        fleet.converged && fleet.last_error.is_none() && fleet.note.is_none(),
+        "{fleet:?}"
+    );
+}

@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use super::{Store, StoreError, WeightsDoc};
+use super::{Store, StoreError, TaskReport, WeightsDoc};
 use crate::future::BoxFuture;
 
 /// The double's state.
@@ -27,6 +27,10 @@ pub struct MemoryStore {
     pub throttled: AtomicBool,
     /// Loads asked for.
     pub loads: AtomicUsize,
+    /// The tasks' reports by task id.
+    pub reports: Mutex<std::collections::BTreeMap<String, TaskReport>>,
+    /// Reports written.
+    pub report_writes: AtomicUsize,
 }
 
 impl MemoryStore {
@@ -86,5 +90,29 @@ impl Store for MemoryStore {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    fn report<'a>(
+        &'a self,
+        report: &'a TaskReport,
+    ) -> BoxFuture<'a, Result<Option<Vec<TaskReport>>, StoreError>> {
+        Box::pin(async move {
+            self.check_up()?;
+            self.report_writes.fetch_add(1, Ordering::SeqCst);
+            let mut reports = self.reports.lock().unwrap_or_else(|e| e.into_inner());
+            reports.insert(report.task.clone(), report.clone());
+            Ok(Some(reports.values().cloned().collect()))
+        })
+    }
+
+    fn withdraw<'a>(&'a self, task: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.check_up()?;
+            self.reports
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(task);
+            Ok(())
+        })
     }
 }
