@@ -27,7 +27,8 @@ import { chromium } from "playwright-core";
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const BIN = process.env.GATEWAY_BIN || path.join(root, "target/debug/canary-gateway");
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const SHOTS = process.env.SCREENSHOT_DIR || path.join(root, "target/browser");
+// A relative SCREENSHOT_DIR is taken from the repository root (run.sh runs from tests/browser).
+const SHOTS = process.env.SCREENSHOT_DIR ? path.resolve(root, process.env.SCREENSHOT_DIR) : path.join(root, "target/browser");
 const SOAK_S = Number(process.env.SOAK_S || 0);
 const LIMIT_MS = 20_000;
 
