@@ -27,7 +27,8 @@ import { chromium } from "playwright-core";
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const BIN = process.env.GATEWAY_BIN || path.join(root, "target/debug/canary-gateway");
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const SHOTS = process.env.SCREENSHOT_DIR || path.join(root, "target/browser");
+// A relative SCREENSHOT_DIR is taken from the repository root (run.sh runs from tests/browser).
+const SHOTS = process.env.SCREENSHOT_DIR ? path.resolve(root, process.env.SCREENSHOT_DIR) : path.join(root, "target/browser");
 const SOAK_S = Number(process.env.SOAK_S || 0);
 const LIMIT_MS = 20_000;
 
@@ -377,6 +378,67 @@ async function main() {
       assert.match(await stub.locator("#abort-banner").textContent(), /aborted because canary error rate 20\.0% above max_error_rate/);
       assert.ok(await stub.locator("#ro-abort").isDisabled());
       await stub.locator("#rollout").screenshot({ path: path.join(SHOTS, "rollout-panel-stubbed.png") });
+      await stub.close();
+    });
+
+    await check("the fleet panel lists this task with the demo's file store", async () => {
+      const fleet = (await adminApi(gw, "GET", "/status")).data.fleet;
+      assert.equal(fleet.tasks.length, 1);
+      await eventually("this task's row", async () => /\(this task\)/.test(await page.locator("#fleet").textContent()));
+      const row = await page.locator("#fleet tbody tr").allTextContents();
+      assert.equal(row.length, 1, JSON.stringify(row));
+      assert.ok(row[0].startsWith(fleet.tasks[0].task + " (this task)"), row[0]);
+      const summary = await page.locator("#fleet-summary").textContent();
+      assert.match(summary, /Converged on generation \d+ · 1 task · stale after \d+ s · reports not shared/);
+    });
+
+    await check("the fleet panel shows each task's generation, stale tasks and convergence (/status faked in the browser)", async () => {
+      const stub = await context.newPage();
+      const now = Date.now();
+      const report = (task, generation, age_s, more) => ({
+        task, generation, reported_at_ms: now - age_s * 1000, applied_at_ms: now - 60_000, ready: true, draining: false,
+        degraded: false, version: "0.1.0", age_s, stale: false, this_task: false, ...more,
+      });
+      // The shape of docs/fleet.md (GET /status fleet with a DynamoDB store).
+      let fleet = {
+        tasks: [report("ip-10-0-1-23-1-5f0c2a91", 7, 0, { this_task: true }), report("ip-10-0-2-40-1-0b77e3d4", 6, 0.7),
+          report("ip-10-0-3-9-1-77aa01c2", 5, 42.3, { stale: true, ready: false })],
+        converged: false, generation: null, stale_after_s: 11.0, reports_shared: true,
+        last_error: "AccessDeniedException: not authorized to perform dynamodb:UpdateItem",
+      };
+      // The real /status with its fleet replaced, so the rest of the page stays live.
+      await stub.route(/\/status$/, async (route) => {
+        const real = await route.fetch();
+        const body = await real.json();
+        await route.fulfill({ status: real.status(), contentType: "application/json", body: JSON.stringify({ ...body, fleet }) });
+      });
+      await stub.goto(gw.admin + "/ui");
+      await signIn(stub, gw.token);
+      await eventually("the three tasks", async () => (await stub.locator("#fleet tbody tr").count()) === 3);
+      const rows = await stub.locator("#fleet tbody tr").allTextContents();
+      assert.match(rows[0], /^ip-10-0-1-23-1-5f0c2a91 \(this task\)7/);
+      assert.match(rows[1], /^ip-10-0-2-40-1-0b77e3d46/);
+      assert.match(rows[1], /0\.7 s.*ready · other generation than this task/);
+      assert.doesNotMatch(rows[1], /STALE|this task\)/);
+      assert.match(rows[2], /^ip-10-0-3-9-1-77aa01c25/);
+      assert.match(rows[2], /42\.3 s.*STALE: not counted · not ready/);
+      assert.doesNotMatch(rows[2], /other generation/, "a stale task does not count");
+      let summary = await stub.locator("#fleet-summary").textContent();
+      assert.match(summary, /NOT converged: generations 7 \(1 task\), 6 \(1 task\) · 3 tasks \(1 stale, not counted\) · stale after 11 s/);
+      assert.match(summary, /This task's report failed: AccessDeniedException/);
+      await stub.locator("section", { has: stub.locator("#fleet") }).screenshot({ path: path.join(SHOTS, "fleet-panel-stubbed.png") });
+
+      fleet = { ...fleet, tasks: [fleet.tasks[0], { ...fleet.tasks[1], generation: 7 }, fleet.tasks[2]], converged: true, generation: 7, last_error: undefined };
+      await eventually("convergence", async () => /Converged on generation 7/.test(await stub.locator("#fleet-summary").textContent()));
+      summary = await stub.locator("#fleet-summary").textContent();
+      assert.doesNotMatch(summary, /failed|NOT/);
+      assert.doesNotMatch((await stub.locator("#fleet tbody tr").allTextContents()).join("\n"), /other generation/);
+
+      // Cloud Map: no reports are kept, convergence cannot be observed.
+      fleet = { tasks: [fleet.tasks[0]], converged: false, generation: null, stale_after_s: 11.0, reports_shared: false,
+        note: "the Cloud Map store keeps no task reports: use the DynamoDB store to observe convergence" };
+      await eventually("the note", async () => /Note: the Cloud Map store keeps no task reports/.test(await stub.locator("#fleet-summary").textContent()));
+      assert.match(await stub.locator("#fleet-summary").textContent(), /^Convergence unknown · 1 task/);
       await stub.close();
     });
 

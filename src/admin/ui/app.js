@@ -237,6 +237,7 @@ function render(audit, rollout) {
   renderWeights(vs);
   renderEndpoints(vs);
   renderStore();
+  renderFleet();
   if (audit) renderAudit(audit.entries || []);
 }
 
@@ -670,6 +671,56 @@ function renderStore() {
       (a.synced_generation !== undefined && a.synced_generation !== null ? " · generation " + a.synced_generation : "")]);
   }
   kv.replaceChildren(...items.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v) })]));
+}
+
+/** `/status` `fleet` (docs/fleet.md): which generation each task runs, in text. */
+function renderFleet() {
+  const f = state.status.fleet;
+  const summary = $("fleet-summary");
+  const body = $("fleet").tBodies[0];
+  $("fleet").hidden = !f;
+  if (!f) {
+    summary.className = "";
+    summary.textContent = "This gateway does not report its fleet.";
+    body.replaceChildren();
+    return;
+  }
+  const tasks = f.tasks || [];
+  const here = tasks.find((t) => t.this_task) || tasks[0] || {};
+  const fresh = tasks.filter((t) => !t.stale);
+  const stale = tasks.length - fresh.length;
+  const count = tasks.length + (tasks.length === 1 ? " task" : " tasks") +
+    (stale ? " (" + stale + " stale, not counted)" : "") + " · stale after " + fmt(f.stale_after_s, 0) + " s" +
+    (f.reports_shared ? "" : " · reports not shared: only this task is known");
+  let head;
+  if (f.converged) head = "Converged on generation " + f.generation;
+  else if (f.note) head = "Convergence unknown";
+  else {
+    const gens = new Map();
+    for (const t of fresh) gens.set(t.generation, (gens.get(t.generation) || 0) + 1);
+    head = "NOT converged: generations " + [...gens].sort((a, b) => b[0] - a[0]).map(([g, n]) => g + " (" + n + (n === 1 ? " task)" : " tasks)")).join(", ");
+  }
+  const lines = [head + " · " + count];
+  if (f.note) lines.push("Note: " + f.note);
+  if (f.last_error) lines.push("This task's report failed: " + f.last_error);
+  summary.className = f.converged && !f.last_error ? "" : "bad";
+  summary.replaceChildren(...lines.flatMap((l, i) => (i ? [el("br"), l] : [l])));
+  body.replaceChildren(...tasks.map((t) => {
+    const off = !t.stale && t.generation !== here.generation;
+    const states = [];
+    if (t.stale) states.push("STALE: not counted");
+    states.push(t.ready ? "ready" : "not ready");
+    if (t.draining) states.push("draining");
+    if (t.degraded) states.push("DEGRADED");
+    if (off) states.push("other generation than this task");
+    return el("tr", { class: [t.this_task && "this-task", t.stale && "stale", off && "off-gen"].filter(Boolean).join(" ") },
+      el("td", { text: t.task + (t.this_task ? " (this task)" : "") }),
+      el("td", { text: String(t.generation) }),
+      el("td", { text: fmt(t.age_s) + " s" }),
+      el("td", { text: ago(t.applied_at_ms) }),
+      el("td", { text: states.join(" · ") }),
+      el("td", { text: t.version || "–" }));
+  }));
 }
 
 function renderAudit(entries) {
