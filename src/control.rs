@@ -183,27 +183,12 @@ impl Control {
         let mut endpoints = BTreeMap::new();
         let mut discovery = BTreeMap::new();
         for v in &config.versions {
-            let (list, source) = match &v.source {
-                EndpointSource::Static(addrs) => {
-                    (reuse_endpoints(&[], addrs), "static".to_string())
-                }
-                EndpointSource::CloudMap(c) => (
-                    Vec::new(),
-                    format!("cloudmap:{}/{}", c.namespace, c.service),
-                ),
+            let list = match &v.source {
+                EndpointSource::Static(addrs) => reuse_endpoints(&[], addrs),
+                EndpointSource::CloudMap(_) => Vec::new(),
             };
             endpoints.insert(v.name.clone(), list);
-            discovery.insert(
-                v.name.clone(),
-                (
-                    DiscoveryStatus {
-                        source,
-                        attempted: matches!(v.source, EndpointSource::Static(_)),
-                        ..Default::default()
-                    },
-                    None,
-                ),
-            );
+            discovery.insert(v.name.clone(), fresh_discovery(&v.source));
         }
         let appmesh = config.appmesh.as_ref().map(|a| status::AppMeshStatus {
             route: format!("{}/{}/{}", a.mesh, a.virtual_router, a.route),
@@ -328,6 +313,21 @@ fn writer_id() -> String {
         std::process::id(),
         rand::random::<u32>()
     )
+}
+
+/// The discovery status of a version whose endpoint source is new: not
+/// heard from yet (a static list counts as asked).
+fn fresh_discovery(source: &EndpointSource) -> (DiscoveryStatus, Option<Instant>) {
+    let name = match source {
+        EndpointSource::Static(_) => "static".to_string(),
+        EndpointSource::CloudMap(c) => format!("cloudmap:{}/{}", c.namespace, c.service),
+    };
+    let status = DiscoveryStatus {
+        source: name,
+        attempted: matches!(source, EndpointSource::Static(_)),
+        ..Default::default()
+    };
+    (status, None)
 }
 
 /// The endpoints for `addrs`, keeping the existing `Arc`s (their pools and

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::decisions::{fit_to_config, validate_weights};
-use super::status::{DiscoveryStatus, ReloadStatus};
-use super::{Control, reuse_endpoints};
+use super::status::ReloadStatus;
+use super::{Control, fresh_discovery, reuse_endpoints};
 use crate::config::{Config, ConfigError, EndpointSource};
 use crate::metrics as names;
 use crate::snapshot::ProxySettings;
@@ -134,23 +134,9 @@ impl Control {
                 EndpointSource::CloudMap(_) => Vec::new(),
             };
             if old_source != Some(&v.source) {
-                let source = match &v.source {
-                    EndpointSource::Static(_) => "static".to_string(),
-                    EndpointSource::CloudMap(c) => {
-                        format!("cloudmap:{}/{}", c.namespace, c.service)
-                    }
-                };
-                state.discovery.insert(
-                    v.name.clone(),
-                    (
-                        DiscoveryStatus {
-                            source,
-                            attempted: matches!(v.source, EndpointSource::Static(_)),
-                            ..Default::default()
-                        },
-                        None,
-                    ),
-                );
+                state
+                    .discovery
+                    .insert(v.name.clone(), fresh_discovery(&v.source));
             }
             endpoints.insert(v.name.clone(), list);
         }
