@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use super::{Control, ControlError};
 use crate::config::Config;
-use crate::store::memory::MemoryStore;
-use crate::store::{Store, WeightsDoc};
+use crate::store::Store;
+use crate::store::memory::{MemoryStore, doc};
 
 const CONFIG: &str = "[listener]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
     [split]\nstable = \"v1\"\n\
@@ -26,19 +26,6 @@ async fn task(store: &Arc<MemoryStore>) -> Arc<Control> {
 
 fn w(v1: u32, v2: u32) -> BTreeMap<String, u32> {
     BTreeMap::from([("v1".to_string(), v1), ("v2".to_string(), v2)])
-}
-
-fn doc(generation: u64, writer: &str, v2: u32) -> WeightsDoc {
-    WeightsDoc {
-        stable: "v1".into(),
-        weights: w(100 - v2, v2),
-        generation,
-        updated_at_ms: 1_000 + generation,
-        source: "admin".into(),
-        writer: writer.into(),
-        config_weights: None,
-        rollout: None,
-    }
 }
 
 #[test]

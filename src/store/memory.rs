@@ -8,6 +8,24 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use super::{Store, StoreError, TaskReport, WeightsDoc};
 use crate::future::BoxFuture;
 
+/// A v1/v2 decision for unit tests: v2 at `v2` of 100, the rest on stable
+/// v1, made by `writer` at `generation` (its time follows the generation).
+pub fn doc(generation: u64, writer: &str, v2: u32) -> WeightsDoc {
+    WeightsDoc {
+        stable: "v1".into(),
+        weights: std::collections::BTreeMap::from([
+            ("v1".to_string(), 100 - v2),
+            ("v2".to_string(), v2),
+        ]),
+        generation,
+        updated_at_ms: 1_000 + generation,
+        source: "admin".into(),
+        writer: writer.into(),
+        config_weights: None,
+        rollout: None,
+    }
+}
+
 /// The double's state.
 #[derive(Default)]
 pub struct MemoryStore {

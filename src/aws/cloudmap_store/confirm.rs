@@ -75,10 +75,11 @@ pub(super) async fn write_confirmed(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, VecDeque};
+    use std::collections::VecDeque;
     use std::sync::Mutex;
 
     use super::*;
+    use crate::store::memory::doc;
 
     /// Answers reads from a script (then repeats the last write), records writes.
     #[derive(Default)]
@@ -101,19 +102,6 @@ mod tests {
 
         fn name(&self) -> &str {
             "srv-test"
-        }
-    }
-
-    fn doc(generation: u64, writer: &str, v2: u32) -> WeightsDoc {
-        WeightsDoc {
-            stable: "v1".into(),
-            weights: BTreeMap::from([("v1".to_string(), 100 - v2), ("v2".to_string(), v2)]),
-            generation,
-            updated_at_ms: 1_000 + generation,
-            source: "admin".into(),
-            writer: writer.into(),
-            config_weights: None,
-            rollout: None,
         }
     }
 
