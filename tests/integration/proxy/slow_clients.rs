@@ -28,14 +28,7 @@ async fn slowloris_connections_are_closed() {
     assert_eq!(v1.hits(), 0);
 
     // A slow head on a kept-alive connection, after a first request: also closed.
-    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    let head = read_head(&mut stream, &mut buf).await.unwrap();
-    assert_eq!(raw_status(head.as_bytes()), Some(200));
+    let (mut stream, _) = answered_keep_alive(gw.addr).await;
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
         .await
@@ -64,7 +57,19 @@ async fn idle_keep_alive_connections_live_until_the_idle_timeout() {
 
     let extra = "[timeouts]\nidle = \"1s\"";
     let gw = Gateway::start(&config(extra, &[("v1", 1, v1.addr)])).await;
-    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut stream, mut buf) = answered_keep_alive(gw.addr).await;
+    let out = read_to_close(&mut stream, Duration::from_secs(10))
+        .await
+        .expect("the idle connection was not closed");
+    buf.extend_from_slice(&out);
+    assert_eq!(buf, b"v1", "nothing but the first body before the close");
+    gw.shutdown().await;
+}
+
+/// A raw keep-alive connection whose first request was answered 200; the bytes
+/// read past the response head (the start of its body) come with it.
+async fn answered_keep_alive(addr: std::net::SocketAddr) -> (TcpStream, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -72,10 +77,5 @@ async fn idle_keep_alive_connections_live_until_the_idle_timeout() {
     let mut buf = Vec::new();
     let head = read_head(&mut stream, &mut buf).await.unwrap();
     assert_eq!(raw_status(head.as_bytes()), Some(200));
-    let out = read_to_close(&mut stream, Duration::from_secs(10))
-        .await
-        .expect("the idle connection was not closed");
-    buf.extend_from_slice(&out);
-    assert_eq!(buf, b"v1", "nothing but the first body before the close");
-    gw.shutdown().await;
+    (stream, buf)
 }
