@@ -9,7 +9,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
@@ -231,20 +231,12 @@ pub async fn serve(
 fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, drain: &Arc<Drain>) {
     let _ = stream.set_nodelay(true);
     let state = Arc::new(ConnState::new(peer));
-    let timeouts = proxy.current_timeouts();
-    let service = {
-        let proxy = proxy.clone();
-        let state = state.clone();
-        service_fn(move |req| {
-            let proxy = proxy.clone();
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, state).await) }
-        })
-    };
+    // Only what the connection itself needs: its task holds them for its
+    // whole life, and that task is most of what an idle connection costs.
+    let timeouts = drive::ConnTimeouts::from(&proxy.current_timeouts());
     let tracked = drain.track();
     let proxy = proxy.clone();
-    let open = proxy.telemetry.open_connections.clone();
-    open.increment(1.0);
+    proxy.telemetry.open_connections.increment(1.0);
     tokio::spawn(async move {
         let drain = tracked.drain();
         // HTTP/1 (nearly every connection) is served by the own HTTP/1.1
@@ -254,71 +246,105 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, dra
         // client closed, sent nothing within the idle timeout, or the drain
         // began first.
         // TLS: HTTP/2 when ALPN chose h2, else HTTP/1 (the own server).
-        let accepted = match &proxy.tls {
+        let (mut io, http1) = match match &proxy.tls {
             None => drive::first_bytes_rule_out_h2(&stream, timeouts.idle, drain)
                 .await
                 .map(|http1| (stream.into(), http1)),
-            Some(tls) => tls.accept(stream, timeouts.request_header).await,
-        };
-        if let Some((stream, http1)) = accepted {
-            let mut io = TrackedIo {
-                inner: stream,
-                state: state.clone(),
-                prefix: Bytes::new(),
-            };
-            let watch = drive::Watch {
-                state: &state,
-                timeouts,
-                drain,
-                peer,
-            };
-            if http1 {
-                // The drain needs no call: between requests the own server
-                // looks at the drain flag whenever it is polled.
-                let served = h1::serve(&mut io, &state, &proxy, drain);
-                let Some(h1::Ended::HandOff(read)) = watch.drive(served, |_| {}).await else {
-                    open.decrement(1.0);
-                    return;
-                };
-                io.prefix = read;
-                let io = TokioIo::new(io);
-                let conn = http1::Builder::new()
-                    // No hyper timer on HTTP/1: hyper would arm (and tear down) a
-                    // timer entry for every request head it waits for. The
-                    // connection's watchdog enforces both the request-head
-                    // timeout (slowloris) and the keep-alive idle timeout.
-                    .header_read_timeout(None)
-                    .max_buf_size(MAX_HEAD_BYTES.max(8192))
-                    // The buffer limit alone lets a head through when one read
-                    // brings it whole: limit the head itself too.
-                    .max_header_size(MAX_HEAD_BYTES)
-                    // hyper's default header-line limit (100; more gets 431).
-                    // Setting any limit, even the same, makes hyper allocate two
-                    // header arrays on the heap for every request.
-                    .keep_alive(true)
-                    .serve_connection(io, service)
-                    .with_upgrades();
-                watch.drive(conn, |c| c.graceful_shutdown()).await;
-            } else {
-                // Each HTTP/2 stream's task runs under its own body-stall watch.
-                let exec = StreamExec {
-                    body_stall: timeouts.body_stall,
-                };
-                let mut builder = auto::Builder::new(exec);
-                builder
-                    .http1()
-                    .header_read_timeout(None)
-                    .max_buf_size(MAX_HEAD_BYTES.max(8192))
-                    .keep_alive(true);
-                builder
-                    .http2()
-                    .timer(TokioTimer::new())
-                    .max_header_list_size(MAX_HEAD_BYTES as u32)
-                    .keep_alive_interval(Some(Duration::from_secs(30)));
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-                watch.drive(conn, |c| c.graceful_shutdown()).await;
+            // Boxed here and below: the connection's task then holds only
+            // what an idle HTTP/1 connection of the own server needs (see
+            // `h1::serve`), not the largest state of every protocol.
+            Some(tls) => Box::pin(tls.accept(stream, timeouts.request_header)).await,
+        } {
+            Some((stream, http1)) => (
+                TrackedIo {
+                    inner: stream,
+                    state: state.clone(),
+                    prefix: Bytes::new(),
+                },
+                http1,
+            ),
+            None => {
+                proxy.telemetry.open_connections.decrement(1.0);
+                return;
             }
+        };
+        let watch = drive::Watch {
+            state: &state,
+            timeouts: &timeouts,
+            drain,
+            peer: &peer,
+        };
+        if http1 {
+            // The drain needs no call: between requests the own server
+            // looks at the drain flag whenever it is polled.
+            let ended = {
+                let served = pin!(h1::serve(&mut io, &state, &proxy, drain));
+                watch.drive(served, |_| {}).await
+            };
+            if let Some(h1::Ended::HandOff(read)) = ended {
+                io.prefix = read;
+                let service = service(proxy.clone(), state.clone());
+                let io = TokioIo::new(io);
+                let mut conn = Box::pin(
+                    http1::Builder::new()
+                        // No hyper timer on HTTP/1: hyper would arm (and tear down) a
+                        // timer entry for every request head it waits for. The
+                        // connection's watchdog enforces both the request-head
+                        // timeout (slowloris) and the keep-alive idle timeout.
+                        .header_read_timeout(None)
+                        .max_buf_size(MAX_HEAD_BYTES.max(8192))
+                        // The buffer limit alone lets a head through when one read
+                        // brings it whole: limit the head itself too.
+                        .max_header_size(MAX_HEAD_BYTES)
+                        // hyper's default header-line limit (100; more gets 431).
+                        // Setting any limit, even the same, makes hyper allocate two
+                        // header arrays on the heap for every request.
+                        .keep_alive(true)
+                        .serve_connection(io, service)
+                        .with_upgrades(),
+                );
+                watch.drive(conn.as_mut(), |c| c.graceful_shutdown()).await;
+            }
+        } else {
+            // Each HTTP/2 stream's task runs under its own body-stall watch.
+            let exec = StreamExec {
+                body_stall: timeouts.body_stall,
+            };
+            let mut builder = auto::Builder::new(exec);
+            builder
+                .http1()
+                .header_read_timeout(None)
+                .max_buf_size(MAX_HEAD_BYTES.max(8192))
+                .keep_alive(true);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(MAX_HEAD_BYTES as u32)
+                .keep_alive_interval(Some(Duration::from_secs(30)));
+            let service = service(proxy.clone(), state.clone());
+            let mut conn =
+                Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
+            watch.drive(conn.as_mut(), |c| c.graceful_shutdown()).await;
         }
-        open.decrement(1.0);
+        proxy.telemetry.open_connections.decrement(1.0);
     });
+}
+
+/// The connection's requests as hyper's servers call them.
+fn service(
+    proxy: Arc<Proxy>,
+    state: Arc<ConnState>,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<super::body::ProxyBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<http::Response<super::body::ProxyBody>, Infallible>> + Send,
+> + Clone
++ Send
++ 'static {
+    service_fn(move |req| {
+        let proxy = proxy.clone();
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(req, state).await) }
+    })
 }

@@ -84,6 +84,57 @@ async fn pipelined_requests_are_answered_in_order() {
     gw.shutdown().await;
 }
 
+/// Between requests an idle connection lets go of its buffers and of the
+/// last request's state (on the watchdog's tick, every 100 ms here); a busy
+/// one keeps them. Whichever it did, every request after it is served
+/// whole: single requests, a burst, a pipelined pair, and a head split
+/// across two writes with ticks in between.
+#[tokio::test]
+async fn connections_that_idle_between_requests_serve_every_next_one() {
+    let echo = EchoHeadUpstream::start("").await;
+    let extra = "[timeouts]\nrequest_header = \"400ms\"";
+    let gw = Gateway::start(&config(extra, &[("v1", 1, echo.addr)])).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = Vec::new();
+    let idle = || tokio::time::sleep(Duration::from_millis(350));
+    let expect = async |stream: &mut TcpStream, buf: &mut Vec<u8>, path: &str| {
+        let (head, body) = read_response(stream, buf).await;
+        assert!(head.starts_with("http/1.1 200 ok\r\n"), "{path}: {head}");
+        let line = format!("GET {path} HTTP/1.1");
+        let body = String::from_utf8(body).unwrap();
+        assert!(body.starts_with(&line), "{line}: {body}");
+    };
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
+    // One request, then idle: nothing is kept after a first request.
+    stream.write_all(get("/one").as_bytes()).await.unwrap();
+    expect(&mut stream, &mut buf, "/one").await;
+    idle().await;
+    // A burst: from the second request on, the connection keeps its state.
+    for i in 0..4 {
+        let path = format!("/burst-{i}");
+        stream.write_all(get(&path).as_bytes()).await.unwrap();
+        expect(&mut stream, &mut buf, &path).await;
+    }
+    // Idle past several ticks: the kept state goes; a pipelined pair next.
+    idle().await;
+    let pair = get("/pair-1") + &get("/pair-2");
+    stream.write_all(pair.as_bytes()).await.unwrap();
+    expect(&mut stream, &mut buf, "/pair-1").await;
+    expect(&mut stream, &mut buf, "/pair-2").await;
+    // Half a head, ticks pass (within the 400 ms head timeout), the rest.
+    idle().await;
+    let split = get("/split");
+    let (first, rest) = split.split_at(12);
+    stream.write_all(first.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    stream.write_all(rest.as_bytes()).await.unwrap();
+    expect(&mut stream, &mut buf, "/split").await;
+    stream.write_all(get("/last").as_bytes()).await.unwrap();
+    expect(&mut stream, &mut buf, "/last").await;
+    assert!(buf.is_empty(), "bytes after the last response");
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn request_fields_are_rewritten_in_any_letter_case() {
     let echo = EchoHeadUpstream::start("").await;

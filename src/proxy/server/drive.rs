@@ -109,7 +109,12 @@ struct Watchdog {
 }
 
 impl Watchdog {
-    fn check(&mut self, state: &ConnState, timeouts: &Timeouts, every: Duration) -> Option<Closed> {
+    fn check(
+        &mut self,
+        state: &ConnState,
+        timeouts: &ConnTimeouts,
+        every: Duration,
+    ) -> Option<Closed> {
         let started = state.head_started_ms.load(Ordering::Relaxed);
         if started != 0
             && now_ms().saturating_sub(started) > timeouts.request_header.as_millis() as u64
@@ -139,19 +144,44 @@ impl Watchdog {
     }
 }
 
-/// What a connection is watched with.
+/// The timeouts a client connection is watched with (of [`Timeouts`], the
+/// three its own task needs).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnTimeouts {
+    pub request_header: Duration,
+    pub idle: Duration,
+    pub body_stall: Duration,
+}
+
+impl From<&Timeouts> for ConnTimeouts {
+    fn from(t: &Timeouts) -> ConnTimeouts {
+        ConnTimeouts {
+            request_header: t.request_header,
+            idle: t.idle,
+            body_stall: t.body_stall,
+        }
+    }
+}
+
+/// What a connection is watched with. References only: the connection's
+/// task holds one copy of each (its size is what an idle connection costs).
 pub struct Watch<'a> {
     pub state: &'a ConnState,
-    pub timeouts: Timeouts,
+    pub timeouts: &'a ConnTimeouts,
     pub drain: &'a Drain,
-    pub peer: SocketAddr,
+    pub peer: &'a SocketAddr,
 }
 
 impl Watch<'_> {
     /// Drives `conn` to its end: calls `shut_down` on it when the drain
     /// begins, and drops it (closing the socket) when the watchdog says so.
     /// Its output, unless it failed or the watchdog closed it.
-    pub async fn drive<C, T, E>(&self, conn: C, shut_down: fn(Pin<&mut C>)) -> Option<T>
+    /// `conn` is pinned by the caller, so that the task stores it once.
+    pub async fn drive<C, T, E>(
+        &self,
+        mut conn: Pin<&mut C>,
+        shut_down: fn(Pin<&mut C>),
+    ) -> Option<T>
     where
         C: Future<Output = Result<T, E>>,
         E: Display,
@@ -161,13 +191,12 @@ impl Watch<'_> {
             timeouts,
             drain,
             peer,
-        } = *self;
+        } = self;
         let shortest = timeouts
             .request_header
             .min(timeouts.idle)
             .min(timeouts.body_stall);
         let every = (shortest / 4).max(Duration::from_millis(50));
-        let mut conn = pin!(conn);
         let mut tick = pin!(tokio::time::sleep(every));
         let mut drain_signal = pin!(drain.began.notified());
         let (mut ticking, mut listening, mut draining) = (false, false, false);
@@ -176,7 +205,7 @@ impl Watch<'_> {
             in_flight: false,
             quiet: Duration::ZERO,
         };
-        let outcome = poll_fn(|cx| {
+        let outcome = poll_fn(move |cx| {
             if !draining {
                 // Polled once, the signal stays registered; after that the flag
                 // says whether it fired.
@@ -189,7 +218,7 @@ impl Watch<'_> {
             }
             if !ticking || tick.is_elapsed() {
                 while tick.as_mut().poll(cx).is_ready() {
-                    if let Some(closed) = watchdog.check(state, &timeouts, every) {
+                    if let Some(closed) = watchdog.check(state, timeouts, every) {
                         return Poll::Ready(Err(closed));
                     }
                     tick.as_mut().reset(tokio::time::Instant::now() + every);
