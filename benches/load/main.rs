@@ -157,6 +157,8 @@ fn bench() -> Result<ExitCode> {
     }
     if !wanted.contains(&Kind::Gateway) {
         println!("note: gateway not in LOAD_TARGETS: gateway targets are skipped");
+    } else {
+        println!("gateway binary: {}", targets::gateway_exe().display());
     }
 
     let tmp = tempfile::Builder::new()

@@ -101,8 +101,22 @@ async fn wait_target(addr: SocketAddr, env: &Env, proc: &mut Option<Proc>) -> Re
     }
 }
 
+/// The gateway binary measured: `LOAD_GATEWAY_BIN` when set (an A/B of two
+/// builds with the same bench executable), else the one `cargo bench`
+/// built. That one is built with the dev-dependencies' features (tokio's
+/// `test-util`); measured against a plain `cargo build --release` binary in
+/// interleaved runs, no difference beyond the noise (docs/performance.md).
+pub fn gateway_exe() -> PathBuf {
+    std::env::var_os("LOAD_GATEWAY_BIN")
+        .filter(|p| !p.is_empty())
+        .map_or_else(
+            || PathBuf::from(env!("CARGO_BIN_EXE_canary-gateway")),
+            PathBuf::from,
+        )
+}
+
 pub async fn start_gateway(env: &Env) -> Result<Target> {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_canary-gateway"));
+    let exe = gateway_exe();
     let port = free_port()?;
     let admin_port = free_port()?;
     let state = env.dir.join("gateway.state.json");
