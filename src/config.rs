@@ -84,6 +84,9 @@ pub struct ListenerConfig {
 pub struct ListenerTlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Clients may resume a session (TLS 1.2 session ids, TLS 1.3 tickets
+    /// naming a server-side cache entry) instead of a full handshake.
+    pub session_resumption: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -134,7 +137,9 @@ pub struct Timeouts {
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
-            upstream_connect: Duration::from_secs(1),
+            // Longer than Linux's first SYN retransmission (1 s): one SYN lost
+            // in a connect burst (a full accept queue) is not a failed request.
+            upstream_connect: Duration::from_secs(3),
             upstream_response: Duration::from_secs(15),
             request_header: Duration::from_secs(10),
             idle: Duration::from_secs(75),
@@ -425,6 +430,7 @@ impl Validator<'_> {
             tls: raw.listener.tls.as_ref().map(|t| ListenerTlsConfig {
                 cert: PathBuf::from(&t.cert),
                 key: PathBuf::from(&t.key),
+                session_resumption: t.session_resumption.unwrap_or(true),
             }),
         };
         if let Some(tls) = &listener.tls {

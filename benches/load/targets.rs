@@ -138,7 +138,8 @@ pub async fn start_gateway(env: &Env) -> Result<Target> {
                 "LISTENER_TLS",
                 env.tls.as_ref().map_or_else(String::new, |t| {
                     format!(
-                        "\n[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+                        // Full handshakes, as nginx and HAProxy are set up.
+                        "\n[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\nsession_resumption = false\n",
                         t.cert.display(),
                         t.key.display()
                     )

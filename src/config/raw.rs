@@ -49,6 +49,7 @@ pub struct RawListener {
 pub struct RawListenerTls {
     pub cert: String,
     pub key: String,
+    pub session_resumption: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -23,7 +23,7 @@ fn example_config_is_valid_and_documents_defaults() {
 fn defaults() {
     let c = Config::parse(BASE, "gw.toml").unwrap();
     assert_eq!(c.admin.address, "127.0.0.1:9901".parse().unwrap());
-    assert_eq!(c.timeouts.upstream_connect, Duration::from_secs(1));
+    assert_eq!(c.timeouts.upstream_connect, Duration::from_secs(3));
     assert_eq!(c.timeouts.upstream_response, Duration::from_secs(15));
     assert_eq!(c.timeouts.idle, Duration::from_secs(75));
     assert_eq!(c.timeouts.shutdown_grace, Duration::from_secs(25));

@@ -90,6 +90,13 @@ impl ListenerTls {
             .with_no_client_auth()
             .with_cert_resolver(resolver.clone());
         server.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        if !config.session_resumption {
+            // Every connection a full handshake: no session cache to resume
+            // from (TLS 1.2 ids), no TLS 1.3 tickets sent. rustls' default
+            // keeps 256 sessions and sends two tickets per handshake.
+            server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            server.send_tls13_tickets = 0;
+        }
         let fingerprint = files.fingerprint();
         metrics::gauge!(names::TLS_RELOAD_FAILING).set(0.0);
         Ok(Arc::new(ListenerTls {

@@ -86,12 +86,9 @@ fn tls_config(dir: &Path, upstream: SocketAddr) -> String {
     )
 }
 
-/// A TLS client connection to `addr` trusting `ca`, offering `alpn`.
-async fn connect(
-    addr: SocketAddr,
-    ca: &CertificateDer<'static>,
-    alpn: &[&[u8]],
-) -> TlsStream<TcpStream> {
+/// A TLS client configuration trusting `ca`, offering `alpn`. Its session
+/// cache (rustls' default) lets connections made with it resume.
+fn client_config(ca: &CertificateDer<'static>, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone()).unwrap();
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -102,11 +99,25 @@ async fn connect(
     .with_root_certificates(roots)
     .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
+    Arc::new(config)
+}
+
+/// A TLS connection over `tcp` with `config`.
+async fn handshake(tcp: TcpStream, config: Arc<rustls::ClientConfig>) -> TlsStream<TcpStream> {
+    tokio_rustls::TlsConnector::from(config)
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap()
+}
+
+/// A TLS client connection to `addr` trusting `ca`, offering `alpn`.
+async fn connect(
+    addr: SocketAddr,
+    ca: &CertificateDer<'static>,
+    alpn: &[&[u8]],
+) -> TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    handshake(tcp, client_config(ca, alpn)).await
 }
 
 /// A TLS client on a socket with a small receive buffer: a large response
@@ -118,19 +129,7 @@ async fn connect_small_buffer(
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let tcp = socket.connect(addr).await.unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.clone()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap()
+    handshake(tcp, client_config(ca, &[])).await
 }
 
 fn peer_cert(tls: &TlsStream<TcpStream>) -> CertificateDer<'static> {
@@ -268,6 +267,36 @@ async fn rsa_pkcs1_and_ecdsa_sec1_keys_serve() {
         assert_eq!(peer_cert(&tls), der, "{given}");
         let mut s = http1(tls).await;
         assert_eq!(get1(&mut s, "/").await, (200, "v1".to_string()), "{given}");
+        gw.shutdown().await;
+    }
+}
+
+/// A client that kept its first connection's session resumes it on the
+/// next (rustls' default session cache and TLS 1.3 tickets); with
+/// `session_resumption = false` every connection is a full handshake.
+#[tokio::test]
+async fn sessions_resume_unless_turned_off() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    let up = Upstream::start("v1").await;
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf(&["localhost"]);
+    for (setting, second) in [("", Resumed), ("session_resumption = false\n", Full)] {
+        let dir = tempfile::tempdir().unwrap();
+        write_pair(dir.path(), &cert, &key);
+        let config =
+            tls_config(dir.path(), up.addr).replace("\n[admin]", &format!("{setting}\n[admin]"));
+        let gw = Gateway::start(&config).await;
+        let client = client_config(&ca.der, &[b"http/1.1"]);
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let tcp = TcpStream::connect(gw.addr).await.unwrap();
+            let tls = handshake(tcp, client.clone()).await;
+            kinds.push(tls.get_ref().1.handshake_kind());
+            // A response read: the tickets sent after the handshake with it.
+            let mut s = http1(tls).await;
+            assert_eq!(get1(&mut s, "/").await, (200, "v1".to_string()));
+        }
+        assert_eq!(kinds, [Some(Full), Some(second)], "setting {setting:?}");
         gw.shutdown().await;
     }
 }
