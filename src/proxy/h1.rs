@@ -60,7 +60,7 @@ pub enum Ended {
 /// keep-alive connection costs its task, socket and [`ConnState`] (about
 /// 1.7 KB in all), not the kilobytes of a request in flight. A busy
 /// connection keeps that allocation and its buffers from one request to the
-/// next, and lets them go when it idles ([`Kept`]).
+/// next ([`in_place`]), and lets them go when it idles.
 pub async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(
     io: &mut IO,
     state: &Arc<ConnState>,
