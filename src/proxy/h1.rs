@@ -174,7 +174,7 @@ enum Served {
 
 /// What a request borrows from its connection and gives back: the client
 /// socket, the read buffer, the buffer for response heads.
-type Kept<'c, IO> = (&'c mut IO, Vec<u8>, Vec<u8>);
+type GivenBack<'c, IO> = (&'c mut IO, Vec<u8>, Vec<u8>);
 
 /// Room for a response head written to the client: a service's 8-12
 /// header lines fit, and an allocation this small is served from the
@@ -191,7 +191,7 @@ async fn serve_one<'c, IO: AsyncRead + AsyncWrite + Unpin>(
     state: &Arc<ConnState>,
     proxy: &Proxy,
     drain: &Drain,
-) -> Result<(Served, Kept<'c, IO>), SendError> {
+) -> Result<(Served, GivenBack<'c, IO>), SendError> {
     let mut slots = request::slots();
     out.clear();
     out.reserve(OUT_CAPACITY);
