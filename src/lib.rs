@@ -9,13 +9,14 @@
 //!
 //!   client ──► proxy::server ──► proxy::h1 ─────► choose version ──► upstream::pick ──► pooled
 //!              (timeouts,        simple requests  (override,         (power of two      HTTP/1.1
-//!               drain)           (no body): own   sticky hash,       choices, ejection)  connection
-//!                 │              HTTP/1.1 server  Weyl sequence;                            │
-//!                 │              ──► Proxy::serve_simple              Snapshot load()ed     │
-//!                 └─ any other request (body, upgrade, h2c, ...):     once per request)     │
+//!               drain)           (no body or a    sticky hash,       choices, ejection)  connection
+//!                 │              Content-Length   Weyl sequence;                            │
+//!                 │              one): own server Snapshot load()ed                         │
+//!                 │              ──► Proxy::serve_simple              once per request)     │
+//!                 └─ any other request (chunked, upgrade, h2c, ...):                        │
 //!                    hyper's server ──► Proxy::handle ──────┘                               │
-//!                          no request body: proxy::upstream_client, in the request's task ◄┤
-//!                          a body or an upgrade: hyper's client, a task per connection ◄───┤
+//!                  simple or no request body: proxy::upstream_client, in the request's task ◄┤
+//!                  any other body or an upgrade: hyper's client, a task per connection ◄─────┤
 //!   client ◄────────── response streamed back (metrics recorded once, at its end) ◄─────────┘
 //!
 //!  CONTROL PATH (one writer)

@@ -6,12 +6,14 @@
 //! connection and streams the response back. It takes no lock on the request
 //! path but the endpoint's idle-connection stack.
 //!
-//! Requests without a body (most of them) are read by [`h1`], the gateway's
-//! own HTTP/1.1 server, and served by [`Proxy::serve_simple`]; any other
-//! request hands its connection to hyper's server and [`Proxy::handle`].
-//! Requests without a body go upstream through [`upstream_client`], the
-//! gateway's own HTTP/1.1 client, driven in the request's task; requests
-//! with a body or an upgrade through hyper's client. [`error_response`] turns
+//! HTTP/1.1 requests without a body or with a Content-Length one (most of
+//! them) are read by [`h1`], the gateway's own HTTP/1.1 server, and served
+//! by [`Proxy::serve_simple`]; any other request hands its connection to
+//! hyper's server and [`Proxy::handle`]. They go upstream through
+//! [`upstream_client`], the gateway's own HTTP/1.1 client, driven in the
+//! request's task, as do bodiless requests from hyper's server; other
+//! requests with a body (chunked, HTTP/2) or an upgrade go through hyper's
+//! client. [`error_response`] turns
 //! what fails into the client's answer.
 
 pub mod body;
@@ -45,9 +47,10 @@ use h1::request::SimpleRequest;
 use h1::response::{ClientFraming, SendError};
 use headers::Forwarding;
 use server::ConnState;
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite};
 use upstream::{ConnectError, Endpoint, Outstanding, Pooled, Sender};
 use upstream_client::body::ResponseBody;
+use upstream_client::upload::{Upload, UploadError, UploadLimits};
 
 /// Gauges the data path keeps up to date.
 pub struct Telemetry {
@@ -166,16 +169,20 @@ impl Proxy {
 
     /// Serves one request of the own HTTP/1.1 server ([`h1`]): forwards it
     /// with the own client and writes the response to `client` (`close`:
-    /// the connection closes after it). An error means the response did not
-    /// go out whole and the client connection is unusable.
-    pub async fn serve_simple<W: AsyncWrite + Unpin>(
+    /// the connection closes after it). `buffered`: the part of the
+    /// request's body read with its head; the rest is read from `client`.
+    /// Gives back whether the connection closes (also when the body was not
+    /// read whole). An error means the response did not go out whole and
+    /// the client connection is unusable.
+    pub async fn serve_simple<C: AsyncRead + AsyncWrite + Unpin + Send>(
         &self,
         req: &SimpleRequest<'_>,
+        buffered: &[u8],
         conn: &Arc<ConnState>,
-        client: &mut W,
+        client: &mut C,
         out: &mut Vec<u8>,
         close: bool,
-    ) -> Result<(), SendError> {
+    ) -> Result<bool, SendError> {
         let start = Instant::now();
         conn.request_started(false);
         self.telemetry.in_flight.increment(1.0);
@@ -199,11 +206,22 @@ impl Proxy {
             .response_header
             .as_ref()
             .map(|name| (name, &version.header_value));
-        let forwarded = forward_own(version, settings, &req.method, encode, start).await;
+        let mut upload = (req.body > 0).then(|| {
+            let rest = req.body - buffered.len() as u64;
+            Upload::new(buffered, &mut *client, rest)
+        });
+        let method = &req.method;
+        let forwarded =
+            forward_own(version, settings, method, encode, start, upload.as_mut()).await;
         conn.upstream_answered();
+        // A body not read to its end leaves the connection unusable.
+        let close = close || upload.is_some_and(|u| u.remaining > 0);
         let (raw, upstream, outstanding) = match forwarded {
             Ok(forwarded) => forwarded,
-            Err(failed) => return send_error(failed, &mut completion, client, out, close).await,
+            Err(failed) => {
+                send_error(failed, &mut completion, client, out, close).await?;
+                return Ok(close);
+            }
         };
         completion.status = raw.status;
         let (framing, keep_alive) = (raw.framing, raw.keep_alive);
@@ -219,7 +237,10 @@ impl Proxy {
                     let (status, fields) = (resp.status(), resp.headers());
                     h1::response::map_head(out, status, fields, to_client, close);
                 }
-                Err(e) => return send_error(e, &mut completion, client, out, close).await,
+                Err(e) => {
+                    send_error(e, &mut completion, client, out, close).await?;
+                    return Ok(close);
+                }
             }
         } else {
             let spans = upstream.spans();
@@ -232,7 +253,7 @@ impl Proxy {
         if let Some((_, slot)) = completion.upstream.as_mut() {
             *slot = body.take_reusable().map(Pooled::Own);
         }
-        Ok(())
+        Ok(close)
     }
 
     /// Serves one request. Never fails: errors become 502/503/504 responses.
@@ -292,7 +313,7 @@ impl Proxy {
                 map.clear();
                 parts.uri = http::Uri::default();
             };
-            match forward_own(version, settings, &completion.method, encode, start).await {
+            match forward_own(version, settings, &completion.method, encode, start, None).await {
                 Ok((raw, conn, outstanding)) => mapped_head(raw, &conn, map).map(|head| {
                     let (parts, ()) = head.response.into_parts();
                     let body = ResponseBody::new(conn, head.framing, head.keep_alive);
@@ -501,7 +522,8 @@ impl Upstream {
     }
 }
 
-/// Sends a request without a body with the gateway's own client: a pooled
+/// Sends a request with the gateway's own client (its body, if any, from
+/// `upload`, see [`exchange_upload`]): a pooled
 /// connection when one is idle, else a new one (a failed connect is retried
 /// once on another endpoint of the version). A pooled connection that the
 /// upstream closed as the request went out (nothing came back) is replaced
@@ -512,6 +534,7 @@ async fn forward_own(
     method: &http::Method,
     encode: impl FnOnce(&mut Vec<u8>),
     start: Instant,
+    upload: Option<&mut Upload<'_>>,
 ) -> Result<(upstream_client::RawHead, upstream_client::Conn, Outstanding), Failed> {
     let connected = pick_and_connect(version, |e| own_conn_for(version, e, settings, start)).await;
     let (endpoint, (mut conn, mut pooled)) = match connected {
@@ -528,42 +551,107 @@ async fn forward_own(
     let outstanding = Outstanding::new(endpoint);
     let endpoint = outstanding.endpoint();
     encode(conn.request_head());
-    let deadline = tokio::time::Instant::from_std(start) + settings.timeouts.upstream_response;
-    let mut timer = conn.timer(deadline);
-    let outcome = {
-        let attempt = async {
-            loop {
-                match conn.exchange(method).await {
-                    Ok(head) => return Ok(head),
-                    Err(e)
-                        if pooled
-                            && e.nothing_received()
-                            && (e.unsent() || upstream_client::retry_safe(method)) =>
-                    {
-                        tracing::debug!(upstream = %endpoint.addr(), error = %e, "pooled connection failed; retrying on a new one");
-                        pooled = false;
-                        let stream = Box::pin(open(version, endpoint, settings)).await?;
-                        let mut fresh = upstream_client::Conn::new(stream);
-                        std::mem::swap(fresh.request_head(), conn.request_head());
-                        conn = fresh;
+    let outcome = match upload {
+        Some(body) => {
+            exchange_upload(&mut conn, pooled, body, version, endpoint, settings, method).await
+        }
+        None => {
+            let deadline =
+                tokio::time::Instant::from_std(start) + settings.timeouts.upstream_response;
+            let mut timer = conn.timer(deadline);
+            let attempt = async {
+                loop {
+                    match conn.exchange(method).await {
+                        Ok(head) => return Ok(head),
+                        Err(e)
+                            if pooled
+                                && e.nothing_received()
+                                && (e.unsent() || upstream_client::retry_safe(method)) =>
+                        {
+                            pooled = false;
+                            reopen(&mut conn, &e, version, endpoint, settings).await?;
+                        }
+                        Err(e) => return Err(ProxyError::Reset(e.into())),
                     }
-                    Err(e) => return Err(ProxyError::Reset(e.into())),
                 }
-            }
-        };
-        tokio::select! {
-            biased;
-            outcome = attempt => outcome,
-            () = &mut timer => Err(ProxyError::Timeout),
+            };
+            let outcome = tokio::select! {
+                biased;
+                outcome = attempt => outcome,
+                () = &mut timer => Err(ProxyError::Timeout),
+            };
+            conn.keep_timer(timer);
+            outcome
         }
     };
     match outcome {
-        Ok(head) => {
-            conn.keep_timer(timer);
-            Ok((head, conn, outstanding))
-        }
+        Ok(head) => Ok((head, conn, outstanding)),
         Err(error) => Err(Failed::in_head(error, conn.request_head_sent())),
     }
+}
+
+/// Sends a request with a body (see [`Upload`]) and reads the response
+/// head, which is timed from the body's end. A pooled connection that
+/// failed is replaced once, like a bodiless request's, but only while the
+/// whole body can be sent again.
+async fn exchange_upload(
+    conn: &mut upstream_client::Conn,
+    mut pooled: bool,
+    body: &mut Upload<'_>,
+    version: &Version,
+    endpoint: &Endpoint,
+    settings: &ProxySettings,
+    method: &http::Method,
+) -> Result<upstream_client::RawHead, ProxyError> {
+    let timeouts = &settings.timeouts;
+    let limits = UploadLimits {
+        client: timeouts.body_stall,
+        upstream: timeouts.upstream_response,
+    };
+    loop {
+        let error = match conn.send_upload(body, limits).await {
+            Ok(()) => {
+                let mut timer =
+                    conn.timer(tokio::time::Instant::now() + timeouts.upstream_response);
+                let read = tokio::select! {
+                    biased;
+                    read = conn.response_head(method) => read,
+                    () = &mut timer => return Err(ProxyError::Timeout),
+                };
+                conn.keep_timer(timer);
+                match read {
+                    Ok(head) => return Ok(head),
+                    Err(e) if e.nothing_received() && upstream_client::retry_safe(method) => e,
+                    Err(e) => return Err(ProxyError::Reset(e.into())),
+                }
+            }
+            Err(UploadError::Upstream(e)) => e,
+            Err(UploadError::Client(e)) => return Err(ProxyError::Client(e)),
+            Err(UploadError::UpstreamStalled) => return Err(ProxyError::Timeout),
+        };
+        if !(pooled && body.replayable()) {
+            return Err(ProxyError::Reset(error.into()));
+        }
+        pooled = false;
+        reopen(conn, &error, version, endpoint, settings).await?;
+    }
+}
+
+/// Replaces a pooled connection that failed with `error` before anything
+/// came back by a new one to the same endpoint, the request head moved over.
+async fn reopen(
+    conn: &mut upstream_client::Conn,
+    error: &upstream_client::ExchangeError,
+    version: &Version,
+    endpoint: &Endpoint,
+    settings: &ProxySettings,
+) -> Result<(), ProxyError> {
+    tracing::debug!(upstream = %endpoint.addr(), error = %error, "pooled connection failed; retrying on a new one");
+    let stream = Box::pin(open(version, endpoint, settings)).await?;
+    let mut fresh = upstream_client::Conn::new(stream);
+    std::mem::swap(fresh.request_head(), conn.request_head());
+    *conn = fresh;
+    Ok(())
 }
 
 /// An endpoint of `version` (power of two choices) and a connection to it

@@ -1,6 +1,6 @@
 //! Data path: the gateway's own HTTP/1.1 server, for the requests most
-//! traffic is made of: without a body, no upgrade, HTTP/1.1, origin form
-//! ([`request::parse`] has the exact rule).
+//! traffic is made of: without a body or with a Content-Length one, no
+//! upgrade, HTTP/1.1, origin form ([`request::parse`] has the exact rule).
 //!
 //! hyper's server parses every request head into an `http::Request` (a
 //! header map: every name hashed, every value copied into a shared
@@ -13,7 +13,7 @@
 //!
 //! At the first request that is not simple, the connection is handed to
 //! hyper's server for the rest of its life, with the bytes read so far
-//! ([`Ended::HandOff`]): uploads, upgrades, `Expect`, HTTP/1.0 and malformed
+//! ([`Ended::HandOff`]): chunked uploads, upgrades, `Expect`, HTTP/1.0 and malformed
 //! heads (400, 431) keep hyper's handling. A missing or repeated Host, which
 //! hyper's server lets pass, gets a 400 here.
 
@@ -61,7 +61,7 @@ pub enum Ended {
 /// 1.7 KB in all), not the kilobytes of a request in flight. A busy
 /// connection keeps that allocation and its buffers from one request to the
 /// next ([`in_place`]), and lets them go when it idles.
-pub async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(
+pub async fn serve<IO: AsyncRead + AsyncWrite + Unpin + Send>(
     io: &mut IO,
     state: &Arc<ConnState>,
     proxy: &Proxy,
@@ -183,7 +183,7 @@ const OUT_CAPACITY: usize = 1024;
 
 /// Serves the request whose whole head starts at `buf[start..]`; `out` is
 /// for the response head. Gives the socket and both buffers back.
-async fn serve_one<'c, IO: AsyncRead + AsyncWrite + Unpin>(
+async fn serve_one<'c, IO: AsyncRead + AsyncWrite + Unpin + Send>(
     io: &'c mut IO,
     buf: Vec<u8>,
     start: usize,
@@ -198,11 +198,14 @@ async fn serve_one<'c, IO: AsyncRead + AsyncWrite + Unpin>(
     let served = match request::parse(&buf[start..], &mut slots) {
         Parsed::Simple(req) => {
             let close = req.close || drain.is_draining();
-            proxy
-                .serve_simple(&req, state, &mut *io, &mut out, close)
+            // The part of the body that came with the head.
+            let after = &buf[start + req.len..];
+            let in_buf = usize::try_from(req.body).map_or(after.len(), |b| b.min(after.len()));
+            let close = proxy
+                .serve_simple(&req, &after[..in_buf], state, &mut *io, &mut out, close)
                 .await?;
             Served::Done {
-                len: req.len,
+                len: req.len + in_buf,
                 close,
             }
         }

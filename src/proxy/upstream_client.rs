@@ -1,5 +1,6 @@
 //! Data path: the gateway's own HTTP/1.1 client for requests without a body
-//! (GET, HEAD, DELETE, ...: most of the traffic), driven in the request's task.
+//! (GET, HEAD, DELETE, ...: most of the traffic) and for the own server's
+//! uploads with a Content-Length ([`upload`]), driven in the request's task.
 //!
 //! hyper's client runs every upstream connection in a task of its own: each
 //! request crosses a channel to that task, its response comes back on a
@@ -10,11 +11,13 @@
 //! copy of the body; one read buffer per connection, sized to the exchange,
 //! instead of hyper's 8 KiB read and 8 KiB write buffers.
 //!
-//! Requests with a body or an upgrade keep going through hyper's client
-//! (streamed uploads, request trailers, `Expect: 100-continue`, tunnels).
+//! Other requests with a body or an upgrade keep going through hyper's
+//! client (chunked uploads, request trailers, `Expect: 100-continue`,
+//! HTTP/2 uploads, tunnels).
 
 pub mod body;
 pub mod head;
+pub mod upload;
 
 use std::future::poll_fn;
 use std::io;
@@ -285,6 +288,12 @@ impl Conn {
             .write_all(&self.out)
             .await
             .map_err(ExchangeError::Write)?;
+        self.response_head(method).await
+    }
+
+    /// Reads the response head to a request sent whole. Informational (1xx)
+    /// responses are skipped.
+    pub async fn response_head(&mut self, method: &Method) -> Result<RawHead, ExchangeError> {
         let head_request = *method == Method::HEAD;
         let mut received = false;
         loop {

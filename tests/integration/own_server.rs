@@ -84,6 +84,66 @@ async fn pipelined_requests_are_answered_in_order() {
     gw.shutdown().await;
 }
 
+/// Uploads with a Content-Length stay on the own server: the body is
+/// streamed from the client's socket (larger than one read, arriving in
+/// parts), exactly its length is taken (the pipelined requests after it are
+/// served next, in order), and one upstream connection carries uploads and
+/// plain requests alike (hyper's server would have sent the uploads on a
+/// pool of their own).
+#[tokio::test]
+async fn uploads_with_a_length_stream_through_the_own_server() {
+    use crate::recorder::{Recorder, forwarded};
+    let recorder = Recorder::start().await;
+    let gw = Gateway::start(&config("", &[("v1", 1, recorder.addr)])).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let big: Vec<u8> = (0..100_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let head = format!(
+        "POST /big HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n",
+        big.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&big[..10]).await.unwrap();
+    for part in big[10..].chunks(30_000) {
+        stream.write_all(part).await.unwrap();
+    }
+    stream
+        .write_all(
+            b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n\
+              PUT /small HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello\
+              GET /last HTTP/1.1\r\nHost: h\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    for _ in 0..4 {
+        let (head, _) = read_response(&mut stream, &mut buf).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+    }
+    let got: Vec<_> = forwarded(&recorder)
+        .into_iter()
+        .map(|r| (r.method, r.target, r.body))
+        .collect();
+    let want = [
+        ("POST", "/big", big),
+        ("GET", "/next", vec![]),
+        ("PUT", "/small", b"hello".to_vec()),
+        ("GET", "/last", vec![]),
+    ]
+    .map(|(m, t, b)| (m.to_owned(), t.to_owned(), b));
+    assert!(
+        got == want,
+        "requests differ: {:?}",
+        got.iter()
+            .map(|r| (&r.0, &r.1, r.2.len()))
+            .collect::<Vec<_>>()
+    );
+    let connections = recorder
+        .connections
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(connections, 1);
+    gw.shutdown().await;
+}
+
 /// Between requests an idle connection lets go of its buffers and of the
 /// last request's state (on the watchdog's tick, every 100 ms here); a busy
 /// one keeps them. Whichever it did, every request after it is served
@@ -310,8 +370,8 @@ async fn own_and_hyper_servers_forward_the_same() {
     }
     gw.shutdown().await;
 
-    // Requests with bodies (every framing; they reach hyper's client from
-    // either server) and HEAD, against the recording upstream: the same
+    // Requests with bodies (every framing: a Content-Length one goes through
+    // the own server and client on a fresh connection) and HEAD, against the recording upstream: the same
     // method, target, end-to-end fields and body bytes arrive, and the
     // client gets the same response.
     let recorder = crate::recorder::Recorder::start().await;

@@ -17,8 +17,8 @@ pub fn slots<'b>() -> Slots<'b> {
     [const { MaybeUninit::uninit() }; MAX_HEADERS]
 }
 
-/// An HTTP/1.1 request without a body, no upgrade, no expectation, in
-/// origin form: what the own server serves.
+/// An HTTP/1.1 request without a body or with a Content-Length one, no
+/// upgrade, no expectation, in origin form: what the own server serves.
 pub struct SimpleRequest<'b> {
     pub method: Method,
     pub target: &'b [u8],
@@ -29,6 +29,8 @@ pub struct SimpleRequest<'b> {
     pub underscored: bool,
     /// The head's length in bytes.
     pub len: usize,
+    /// The body's length (its one Content-Length; 0 without).
+    pub body: u64,
 }
 
 impl<'b> SimpleRequest<'b> {
@@ -52,7 +54,7 @@ pub enum Parsed<'b> {
     Simple(SimpleRequest<'b>),
     /// Not a whole head yet.
     Partial,
-    /// A request the own server leaves to hyper's: with a body, an upgrade,
+    /// A request the own server leaves to hyper's: a chunked body, an upgrade,
     /// an expectation, HTTP/1.0, a target or a header the own server does
     /// not vouch for, or not a valid head at all (hyper answers 400/431).
     Other,
@@ -79,7 +81,7 @@ pub fn parse<'b>(buf: &'b [u8], slots: &'b mut Slots<'b>) -> Parsed<'b> {
         return Parsed::Other;
     }
     let (mut close, mut underscored) = (false, false);
-    let (mut hosts, mut lengths) = (0, 0);
+    let (mut hosts, mut lengths, mut body) = (0, 0, 0);
     for field in req.headers.iter() {
         let name = field.name.as_bytes();
         let value = field.value;
@@ -89,7 +91,13 @@ pub fn parse<'b>(buf: &'b [u8], slots: &'b mut Slots<'b>) -> Parsed<'b> {
             true
         } else if name.eq_ignore_ascii_case(b"content-length") {
             lengths += 1;
-            value.trim_ascii() == b"0"
+            match content_length(value) {
+                Some(length) => {
+                    body = length;
+                    true
+                }
+                None => false,
+            }
         } else if name.eq_ignore_ascii_case(b"connection") {
             close |= crate::proxy::headers::has_token(value, b"close");
             !crate::proxy::headers::names_headers(value)
@@ -119,7 +127,23 @@ pub fn parse<'b>(buf: &'b [u8], slots: &'b mut Slots<'b>) -> Parsed<'b> {
         close,
         underscored,
         len,
+        body,
     })
+}
+
+/// A Content-Length value of decimal digits only (RFC 9110, 8.6), at most
+/// 18 of them (no overflow); anything else (a list, a sign, spaces inside)
+/// goes to hyper's server, which rejects or folds it.
+fn content_length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        digits
+            .iter()
+            .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')),
+    )
 }
 
 /// An origin-form target (`/path?query`) of bytes that `http::Uri` takes
@@ -158,13 +182,18 @@ mod tests {
             b"DELETE /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nX_Under: 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
+            b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length:  16384 \r\n\r\n",
         ];
         for raw in simple {
             assert_eq!(kind(raw), "simple", "{}", String::from_utf8_lossy(raw));
         }
         let other = [
             &b"GET / HTTP/1.0\r\n\r\n"[..],
-            b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             b"GET / HTTP/1.1\r\nConnection: x-secret\r\n\r\n",

@@ -92,12 +92,32 @@ async fn a_pooled_connection_the_upstream_drops_is_retried_only_when_safe() {
     let reply = client.send(post).await.unwrap();
     assert_eq!(reply.status, 502);
     assert_eq!(reply.header("x-canary-error"), Some("upstream-reset"));
-    assert_eq!(
+    let connections = || {
         upstream
             .connections
-            .load(std::sync::atomic::Ordering::SeqCst),
-        5
-    );
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    assert_eq!(connections(), 5);
+    // A PUT is safe to repeat, and its body, small enough to have come with
+    // its head, can be sent again: retried.
+    let mut client = Client::connect(gw.addr).await;
+    let put = |bytes: usize| {
+        Request::put("/")
+            .header("host", "h")
+            .body(body(Bytes::from(vec![b'x'; bytes])))
+            .unwrap()
+    };
+    assert_eq!(client.get("/", &[]).await.unwrap().status, 200);
+    let reply = client.send(put(100)).await.unwrap();
+    assert_eq!(reply.status, 200, "{:?}", reply.headers);
+    assert_eq!(connections(), 7);
+    // A body read from the client's socket as it went up is gone: 502.
+    let mut client = Client::connect(gw.addr).await;
+    assert_eq!(client.get("/", &[]).await.unwrap().status, 200);
+    let reply = client.send(put(1 << 20)).await.unwrap();
+    assert_eq!(reply.status, 502);
+    assert_eq!(reply.header("x-canary-error"), Some("upstream-reset"));
+    assert_eq!(connections(), 8);
     gw.shutdown().await;
 }
 
