@@ -13,8 +13,7 @@
 //! [`upstream_client`], the gateway's own HTTP/1.1 client, driven in the
 //! request's task, as do bodiless requests from hyper's server; other
 //! requests with a body (chunked, HTTP/2) or an upgrade go through hyper's
-//! client. [`error_response`] turns
-//! what fails into the client's answer.
+//! client. [`error_response`] turns what fails into the client's answer.
 
 pub mod body;
 pub mod clock;
@@ -523,11 +522,11 @@ impl Upstream {
 }
 
 /// Sends a request with the gateway's own client (its body, if any, from
-/// `upload`, see [`exchange_upload`]): a pooled
-/// connection when one is idle, else a new one (a failed connect is retried
-/// once on another endpoint of the version). A pooled connection that the
-/// upstream closed as the request went out (nothing came back) is replaced
-/// by a fresh one once, when the request is safe to repeat.
+/// `upload`: see [`exchange_upload`]): a pooled connection when one is
+/// idle, else a new one (a failed connect is retried once on another
+/// endpoint of the version). A pooled connection that the upstream closed
+/// as the request went out (nothing came back) is replaced by a fresh one
+/// once, when the request is safe to repeat.
 async fn forward_own(
     version: &Version,
     settings: &ProxySettings,
