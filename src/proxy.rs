@@ -49,7 +49,7 @@ use server::ConnState;
 use tokio::io::{AsyncRead, AsyncWrite};
 use upstream::{ConnectError, Endpoint, Outstanding, Pooled, Sender};
 use upstream_client::body::ResponseBody;
-use upstream_client::upload::{Upload, UploadError, UploadLimits};
+use upstream_client::upload::{Upload, UploadError};
 
 /// Gauges the data path keeps up to date.
 pub struct Telemetry {
@@ -603,12 +603,8 @@ async fn exchange_upload(
     method: &http::Method,
 ) -> Result<upstream_client::RawHead, ProxyError> {
     let timeouts = &settings.timeouts;
-    let limits = UploadLimits {
-        client: timeouts.body_stall,
-        upstream: timeouts.upstream_response,
-    };
     loop {
-        let error = match conn.send_upload(body, limits).await {
+        let error = match conn.send_upload(body, timeouts).await {
             Ok(()) => {
                 let mut timer =
                     conn.timer(tokio::time::Instant::now() + timeouts.upstream_response);

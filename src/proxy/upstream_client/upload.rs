@@ -5,13 +5,12 @@
 //! the client (a pipelined request after it stays in the socket), and the
 //! body is never held whole.
 
-use std::io;
-use std::time::Duration;
-
+use bytes::Buf;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::{Conn, ExchangeError};
+use crate::config::Timeouts;
 use crate::proxy::error_response::ClientError;
 
 /// Most bytes read from the client per chunk.
@@ -64,28 +63,22 @@ impl<'a> Upload<'a> {
     }
 }
 
-/// How long each side of an upload may move nothing.
-#[derive(Debug, Clone, Copy)]
-pub struct UploadLimits {
-    /// The client not sending (`body_stall`).
-    pub client: Duration,
-    /// The upstream not taking (`upstream_response`).
-    pub upstream: Duration,
-}
-
 impl Conn {
     /// Sends the request head encoded in [`Conn::request_head`] and the body
     /// of `upload`; the response is read next with [`Conn::response_head`].
     /// A side that moves nothing for its limit ends the upload (counted in
-    /// `canary_body_stalls_total`).
+    /// `canary_body_stalls_total`): the client for `body_stall`, the
+    /// upstream for `upstream_response`.
     pub async fn send_upload(
         &mut self,
         upload: &mut Upload<'_>,
-        limits: UploadLimits,
+        timeouts: &Timeouts,
     ) -> Result<(), UploadError> {
-        let mut timer = self.timer(Instant::now() + limits.upstream);
+        let mut timer = self.timer(Instant::now() + timeouts.upstream_response);
         let sent = async {
-            let write = write_two(&mut self.io, &self.out, upload.buffered);
+            // One writev when the socket takes both.
+            let mut head_and_buffered = Buf::chain(self.out.as_slice(), upload.buffered);
+            let write = self.io.write_all_buf(&mut head_and_buffered);
             tokio::select! {
                 biased;
                 written = write => written.map_err(|e| UploadError::Upstream(ExchangeError::Write(e)))?,
@@ -93,12 +86,12 @@ impl Conn {
             }
             let mut chunk = Vec::new();
             while upload.remaining > 0 {
+                // The first read wants the most: the buffer is sized by it.
+                let want = upload.remaining.min(CHUNK as u64) as usize;
                 if chunk.is_empty() {
-                    let size = usize::try_from(upload.remaining).map_or(CHUNK, |r| r.min(CHUNK));
-                    chunk = vec![0; size];
+                    chunk = vec![0; want];
                 }
-                let want = usize::try_from(upload.remaining).map_or(chunk.len(), |r| r.min(chunk.len()));
-                timer.as_mut().reset(Instant::now() + limits.client);
+                timer.as_mut().reset(Instant::now() + timeouts.body_stall);
                 upload.read_any = true;
                 let n = tokio::select! {
                     biased;
@@ -109,7 +102,7 @@ impl Conn {
                     () = &mut timer => return Err(stalled(UploadError::Client(ClientError::BodyStall))),
                 };
                 upload.remaining -= n as u64;
-                timer.as_mut().reset(Instant::now() + limits.upstream);
+                timer.as_mut().reset(Instant::now() + timeouts.upstream_response);
                 tokio::select! {
                     biased;
                     written = self.io.write_all(&chunk[..n]) => written.map_err(|e| UploadError::Upstream(ExchangeError::Write(e)))?,
@@ -128,24 +121,4 @@ impl Conn {
 fn stalled(e: UploadError) -> UploadError {
     metrics::counter!(crate::metrics::BODY_STALLS_TOTAL).increment(1);
     e
-}
-
-/// Writes `a` then `b`, in one system call when both fit.
-async fn write_two<W: tokio::io::AsyncWrite + Unpin>(
-    io: &mut W,
-    mut a: &[u8],
-    mut b: &[u8],
-) -> io::Result<()> {
-    while !a.is_empty() {
-        let n = io
-            .write_vectored(&[io::IoSlice::new(a), io::IoSlice::new(b)])
-            .await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        let in_a = n.min(a.len());
-        a = &a[in_a..];
-        b = &b[n - in_a..];
-    }
-    io.write_all(b).await
 }
