@@ -119,6 +119,20 @@ pub fn fix_response_length(headers: &mut HeaderMap) -> bool {
     true
 }
 
+/// One Content-Length number: decimal digits only (RFC 9110, 8.6), blanks
+/// around them ignored, at most 19 of them (no overflow).
+pub(crate) fn content_length_number(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        digits
+            .iter()
+            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0')),
+    )
+}
+
 /// Whether a Connection header is present, by a scan of the names.
 fn has_connection(headers: &HeaderMap) -> bool {
     headers.keys().any(|k| k == header::CONNECTION)

@@ -441,13 +441,8 @@ fn last_token_is(list: &[u8], token: &[u8]) -> bool {
 fn content_length(value: &[u8], before: Option<u64>) -> Result<u64, ExchangeError> {
     let mut length = before;
     for part in value.split(|&b| b == b',') {
-        let digits = part.trim_ascii();
-        if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-            return Err(ExchangeError::Invalid("content-length"));
-        }
-        let n = digits
-            .iter()
-            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        let n = crate::proxy::headers::content_length_number(part)
+            .ok_or(ExchangeError::Invalid("content-length"))?;
         if length.is_some_and(|l| l != n) {
             return Err(ExchangeError::Invalid("conflicting content-length"));
         }

@@ -91,7 +91,8 @@ pub fn parse<'b>(buf: &'b [u8], slots: &'b mut Slots<'b>) -> Parsed<'b> {
             true
         } else if name.eq_ignore_ascii_case(b"content-length") {
             lengths += 1;
-            match content_length(value) {
+            // A list or a sign goes to hyper's server, which folds or rejects it.
+            match crate::proxy::headers::content_length_number(value) {
                 Some(length) => {
                     body = length;
                     true
@@ -129,21 +130,6 @@ pub fn parse<'b>(buf: &'b [u8], slots: &'b mut Slots<'b>) -> Parsed<'b> {
         len,
         body,
     })
-}
-
-/// A Content-Length value of decimal digits only (RFC 9110, 8.6), at most
-/// 18 of them (no overflow); anything else (a list, a sign, spaces inside)
-/// goes to hyper's server, which rejects or folds it.
-fn content_length(value: &[u8]) -> Option<u64> {
-    let digits = value.trim_ascii();
-    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(
-        digits
-            .iter()
-            .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')),
-    )
 }
 
 /// An origin-form target (`/path?query`) of bytes that `http::Uri` takes
