@@ -19,9 +19,9 @@ const CHUNK: usize = 16 * 1024;
 /// The client's side of a request body.
 pub struct Upload<'a> {
     /// The part that arrived with the head (at most the whole body).
-    pub buffered: &'a [u8],
+    buffered: &'a [u8],
     /// The client connection, read for the rest.
-    pub client: &'a mut (dyn AsyncRead + Unpin + Send),
+    client: &'a mut (dyn AsyncRead + Unpin + Send),
     /// Bytes of the body still in the client's socket.
     pub remaining: u64,
     /// Some of the body was read from the socket: it cannot be sent again.
