@@ -620,7 +620,14 @@ async fn exchange_upload(
                     Err(e) => return Err(ProxyError::Reset(e.into())),
                 }
             }
-            Err(UploadError::Upstream(e)) => e,
+            Err(UploadError::Upstream(e)) => {
+                // An upstream may answer before it has read the whole body
+                // (a 413, a 401) and close: that answer is the request's.
+                if let Some(head) = early_answer(conn, method, timeouts).await {
+                    return Ok(head);
+                }
+                e
+            }
             Err(UploadError::Client(e)) => return Err(ProxyError::Client(e)),
             Err(UploadError::UpstreamStalled) => return Err(ProxyError::Timeout),
         };
@@ -630,6 +637,26 @@ async fn exchange_upload(
         pooled = false;
         reopen(conn, &error, version, endpoint, settings).await?;
     }
+}
+
+/// The response head an upstream sent before it stopped taking the request
+/// body, if one came whole; the connection is not reused after it (the
+/// upstream never got the whole request).
+async fn early_answer(
+    conn: &mut upstream_client::Conn,
+    method: &http::Method,
+    timeouts: &Timeouts,
+) -> Option<upstream_client::RawHead> {
+    let mut timer = conn.timer(tokio::time::Instant::now() + timeouts.upstream_response);
+    let read = tokio::select! {
+        biased;
+        read = conn.response_head(method) => read.ok(),
+        () = &mut timer => None,
+    };
+    conn.keep_timer(timer);
+    let mut head = read?;
+    head.keep_alive = false;
+    Some(head)
 }
 
 /// Replaces a pooled connection that failed with `error` before anything

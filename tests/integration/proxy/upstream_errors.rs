@@ -149,3 +149,46 @@ async fn an_upstream_that_stops_reading_an_upload_times_out() {
     sender.abort();
     held.abort();
 }
+
+/// An upstream that answers an upload before reading it (413) and closes:
+/// the client gets that answer, not a 502, and the version is charged no
+/// upstream error (canary analysis would read a refusal as a failure).
+#[tokio::test]
+async fn an_early_answer_to_an_upload_reaches_the_client() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = FixedUpstream::scripted(|_| {
+        Some((
+            &b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbig!"[..],
+            true,
+        ))
+    })
+    .await;
+    // A version name of its own: the metrics registry is the test process's.
+    let gw = Gateway::start(&config("", &[("early", 1, upstream.addr)])).await;
+    let size: usize = 8 << 20;
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let head = format!("POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: {size}\r\n\r\n");
+    writer.write_all(head.as_bytes()).await.unwrap();
+    let sender = tokio::spawn(async move {
+        let chunk = vec![b'u'; 64 * 1024];
+        for _ in 0..size / chunk.len() {
+            if writer.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = Vec::new();
+    let response = crate::recorder::read_response(&mut reader, &mut buf, false).await;
+    sender.abort();
+    let response = response.map(|r| (r.status, r.text()));
+    assert_eq!(response, Some((413, "big!".to_owned())));
+    let text = admin(gw.admin, "GET", "/metrics", None, "").await.text();
+    let version = [("version", "early")];
+    assert_eq!(
+        metric_value(&text, "canary_upstream_errors_total", &version),
+        0.0,
+        "{text}"
+    );
+    gw.shutdown().await;
+}
