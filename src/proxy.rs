@@ -23,6 +23,7 @@ pub mod headers;
 pub mod log_limit;
 pub mod random;
 pub mod server;
+pub mod splice;
 pub mod upstream;
 pub mod upstream_client;
 
@@ -46,7 +47,7 @@ use h1::request::SimpleRequest;
 use h1::response::{ClientFraming, SendError};
 use headers::Forwarding;
 use server::ConnState;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncWrite;
 use upstream::{ConnectError, Endpoint, Outstanding, Pooled, Sender};
 use upstream_client::body::ResponseBody;
 use upstream_client::upload::{Upload, UploadError};
@@ -173,7 +174,7 @@ impl Proxy {
     /// Gives back whether the connection closes (also when the body was not
     /// read whole). An error means the response did not go out whole and
     /// the client connection is unusable.
-    pub async fn serve_simple<C: AsyncRead + AsyncWrite + Unpin + Send>(
+    pub async fn serve_simple<C: h1::ClientIo>(
         &self,
         req: &SimpleRequest<'_>,
         buffered: &[u8],

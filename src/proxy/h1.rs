@@ -28,6 +28,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 use super::Proxy;
 use super::error_response::{ClientError, ProxyError};
@@ -40,6 +41,15 @@ use response::SendError;
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Read size while waiting for a request head.
 const HEAD_READ: usize = 4096;
+
+/// A client connection the own server serves.
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
+    /// The plain TCP socket underneath; `None` with TLS. A long response
+    /// body goes into it through a pipe ([`crate::proxy::splice`]).
+    fn plain_tcp(&self) -> Option<&TcpStream>;
+    /// Bytes reached the client by another way than this type's writes.
+    fn wrote(&self);
+}
 
 /// How a connection served by the own server ended.
 #[derive(Debug)]
@@ -61,7 +71,7 @@ pub enum Ended {
 /// 1.7 KB in all), not the kilobytes of a request in flight. A busy
 /// connection keeps that allocation and its buffers from one request to the
 /// next ([`in_place`]), and lets them go when it idles.
-pub async fn serve<IO: AsyncRead + AsyncWrite + Unpin + Send>(
+pub async fn serve<IO: ClientIo>(
     io: &mut IO,
     state: &Arc<ConnState>,
     proxy: &Proxy,
@@ -183,7 +193,7 @@ const OUT_CAPACITY: usize = 1024;
 
 /// Serves the request whose whole head starts at `buf[start..]`; `out` is
 /// for the response head. Gives the socket and both buffers back.
-async fn serve_one<'c, IO: AsyncRead + AsyncWrite + Unpin + Send>(
+async fn serve_one<'c, IO: ClientIo>(
     io: &'c mut IO,
     buf: Vec<u8>,
     start: usize,

@@ -152,6 +152,19 @@ impl AsyncRead for TrackedIo {
     }
 }
 
+impl h1::ClientIo for TrackedIo {
+    fn plain_tcp(&self) -> Option<&TcpStream> {
+        match &self.inner {
+            crate::tls::Stream::Plain(tcp) => Some(tcp),
+            _ => None,
+        }
+    }
+
+    fn wrote(&self) {
+        self.state.saw_bytes(false);
+    }
+}
+
 impl AsyncWrite for TrackedIo {
     fn poll_write(
         mut self: Pin<&mut Self>,

@@ -285,18 +285,21 @@ async fn stalled_bodies_end_the_request() {
             .await
         );
     }
-    // The client stops reading a large response.
-    for path in PATHS {
+    // The client stops reading a large response: chunked, and with a
+    // length (on the own server, spliced socket to socket).
+    for (path, query) in PATHS.into_iter().flat_map(|p| [(p, ""), (p, "&length=1")]) {
         let (mut stream, _) = connect(gw.addr, path).await;
-        let get = b"GET /download?bytes=268435456 HTTP/1.1\r\nHost: h\r\nX-Version: big\r\n\r\n";
-        stream.write_all(get).await.unwrap();
+        let get = format!(
+            "GET /download?bytes=268435456{query} HTTP/1.1\r\nHost: h\r\nX-Version: big\r\n\r\n"
+        );
+        stream.write_all(get.as_bytes()).await.unwrap();
         count += 1.0;
         let ended = eventually(Duration::from_secs(10), async || {
             metric(&gw, "canary_body_stalls_total", &[]).await >= count
         });
         assert!(
             ended.await,
-            "{path:?}: a client that stopped reading held the request"
+            "{path:?} {query}: a client that stopped reading held the request"
         );
     }
     // The client stops sending its upload: 408, the client's error.

@@ -1,6 +1,7 @@
 //! The gateway's own HTTP/1.1 server (simple requests) and its hand-off to
 //! hyper's server, seen from raw client sockets.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -149,6 +150,94 @@ async fn uploads_with_a_length_stream_through_the_own_server() {
 /// one keeps them. Whichever it did, every request after it is served
 /// whole: single requests, a burst, a pipelined pair, and a head split
 /// across two writes with ticks in between.
+/// A long response body with a length (over the splice threshold, 32 KiB
+/// after what comes with the head).
+const LONG: usize = 1024 * 1024 + 7;
+
+fn long_body() -> Vec<u8> {
+    (0..LONG).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+fn long_response(claimed: usize, body: &[u8]) -> &'static [u8] {
+    let mut bytes = format!("HTTP/1.1 200 OK\r\ncontent-length: {claimed}\r\n\r\n").into_bytes();
+    bytes.extend_from_slice(body);
+    Box::leak(bytes.into_boxed_slice())
+}
+
+/// Long bodies with a length go from the upstream's socket to the client's
+/// through a pipe: every byte in order, exactly the length (the upstream
+/// connection carries the next requests, the client's pipelined requests
+/// are answered next); an upstream that closes partway closes the client's
+/// connection rather than leaving it waiting.
+#[tokio::test]
+async fn long_responses_with_a_length_go_socket_to_socket() {
+    let body = long_body();
+    let up = FixedUpstream::start(long_response(LONG, &body)).await;
+    let gw = Gateway::start(&config("", &[("v1", 1, up.addr)])).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n\
+              GET /b HTTP/1.1\r\nHost: a\r\n\r\n\
+              GET /c HTTP/1.1\r\nHost: a\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    for n in 0..3 {
+        let (head, got) = read_response(&mut stream, &mut buf).await;
+        assert!(head.starts_with("http/1.1 200 ok\r\n"), "{n}: {head}");
+        assert_eq!(got.len(), LONG, "{n}");
+        assert!(got == body, "{n}: the body arrived changed");
+    }
+    assert!(buf.is_empty(), "bytes after the last response");
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+
+    // Bytes after the body (an upstream out of step) never reach the
+    // client, and that connection is not used again.
+    let mut junk = long_response(LONG, &body).to_vec();
+    junk.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\njunk");
+    let junky = FixedUpstream::start(Box::leak(junk.into_boxed_slice())).await;
+    let gw3 = Gateway::start(&config("", &[("v1", 1, junky.addr)])).await;
+    let mut stream = TcpStream::connect(gw3.addr).await.unwrap();
+    let mut buf = Vec::new();
+    for n in 0..2 {
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, got) = read_response(&mut stream, &mut buf).await;
+        assert!(head.starts_with("http/1.1 200 ok\r\n"), "{n}: {head}");
+        assert!(got == body, "{n}: the body arrived changed");
+        assert!(buf.is_empty(), "{n}: bytes after the response");
+    }
+    assert_eq!(junky.connections.load(Ordering::SeqCst), 2);
+    gw3.shutdown().await;
+
+    // The upstream promises 1 MiB, sends 200 KiB and closes.
+    fn cut(_: usize) -> Option<(&'static [u8], bool)> {
+        static CUT: std::sync::LazyLock<&'static [u8]> =
+            std::sync::LazyLock::new(|| long_response(LONG, &long_body()[..200 * 1024]));
+        Some((*CUT, true))
+    }
+    let cut = FixedUpstream::scripted(cut).await;
+    let gw2 = Gateway::start(&config("", &[("v1", 1, cut.addr)])).await;
+    let mut stream = TcpStream::connect(gw2.addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the client's connection stayed open");
+    let text = String::from_utf8_lossy(&got[..got.len().min(200)]).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200 ok\r\n"), "{text}");
+    let body_start = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(&got[body_start..], &body[..200 * 1024]);
+    gw2.shutdown().await;
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn connections_that_idle_between_requests_serve_every_next_one() {
     let echo = EchoHeadUpstream::start("").await;

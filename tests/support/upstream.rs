@@ -21,7 +21,8 @@ use super::server_task::{ServerTask, serve_connections};
 /// `x-upstream: name`) and offers a few test routes:
 /// - `/headers`: the request's headers as `name: value` lines;
 /// - `/upload`: reads the body, answers `<bytes> <xxh3 hex>`;
-/// - `/download?bytes=N`: streams N bytes in 64 KiB chunks (no length: chunked);
+/// - `/download?bytes=N`: streams N bytes in 64 KiB chunks (no length:
+///   chunked; with `&length=1`, framed by a Content-Length);
 /// - `/trailers`: a chunked body followed by a `x-checksum` trailer;
 /// - `/sleep?ms=N`: answers after N ms;
 /// - `/status/NNN`: answers with that status;
@@ -159,7 +160,13 @@ async fn answer(
                     left -= take as u64;
                 }
             });
-            Response::new(ChannelBody(rx).boxed())
+            let mut response = Response::new(ChannelBody(rx).boxed());
+            if query_number(&req, "length") == 1 {
+                response
+                    .headers_mut()
+                    .insert(http::header::CONTENT_LENGTH, n.into());
+            }
+            response
         }
         "/trailers" => {
             let (tx, rx) =

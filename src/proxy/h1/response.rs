@@ -13,8 +13,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_body::Body;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use super::ClientIo;
 use crate::proxy::error_response::ProxyError;
 use crate::proxy::headers;
+use crate::proxy::splice::{self, SpliceError};
 use crate::proxy::upstream_client::body::ResponseBody;
 use crate::proxy::upstream_client::head::line as field;
 use crate::proxy::upstream_client::{ExchangeError, Framing, RawHead, Span};
@@ -140,13 +142,42 @@ fn now_http_date(out: &mut Vec<u8>) {
 /// Sends the head in `out` and then `body` to the client, each data frame
 /// as it is read (the first in the same write as the head). Trailers are
 /// not sent: the own server serves no request that asked for them.
-pub async fn send<W: AsyncWrite + Unpin>(
+pub async fn send<W: ClientIo>(
     client: &mut W,
     out: &mut Vec<u8>,
     body: &mut ResponseBody,
     framing: ClientFraming,
 ) -> Result<(), SendError> {
     let chunked = framing == ClientFraming::Chunked;
+    // A long body between two plain sockets: the head and what has been
+    // read, then the rest socket to socket through a pipe (or copied below,
+    // if the kernel refuses).
+    if !chunked
+        && client.plain_tcp().is_some()
+        && let Some((mut pipe, read, from, left)) =
+            body.take_for_splice(splice::MIN_LEN, splice::Pipe::get)
+    {
+        client
+            .write_all_buf(&mut out.as_slice().chain(read))
+            .await?;
+        out.clear();
+        let spliced = match client.plain_tcp() {
+            Some(to) => pipe.copy(from, to, left, || client.wrote()).await,
+            None => Err(SpliceError::Unsupported(
+                std::io::ErrorKind::Unsupported.into(),
+            )),
+        };
+        match spliced {
+            Ok(()) => {
+                body.spliced();
+                return Ok(());
+            }
+            Err(SpliceError::Unsupported(_)) => {}
+            Err(SpliceError::Read(e)) => return Err(ExchangeError::Read(e).into()),
+            Err(SpliceError::Closed) => return Err(ExchangeError::ClosedInBody.into()),
+            Err(SpliceError::Write(e)) => return Err(SendError::Client(e)),
+        }
+    }
     // `out` holds the head until it is sent, then nothing.
     while !body.is_end_stream() {
         let Some(frame) = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await else {

@@ -10,7 +10,10 @@ use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 
+use tokio::net::TcpStream;
+
 use super::{Conn, ExchangeError, Framing, MAX_HEAD_BYTES};
+use crate::tls::Stream;
 
 /// Largest read while streaming a body.
 const BODY_READ: usize = 64 * 1024;
@@ -72,6 +75,39 @@ impl ResponseBody {
             conn.buf = bytes::BytesMut::new();
         }
         Some(conn)
+    }
+
+    /// For a body with a length of which at least `min` bytes are still
+    /// unread, from a plain (not TLS) upstream socket, when `pipe` gives a
+    /// pipe: takes the bytes already read (to send first) and gives them
+    /// with the pipe, the upstream's socket and the length still to come,
+    /// for [`crate::proxy::splice`].
+    /// Call [`ResponseBody::spliced`] once that length has been moved.
+    pub fn take_for_splice<P>(
+        &mut self,
+        min: u64,
+        pipe: impl FnOnce() -> Option<P>,
+    ) -> Option<(P, Bytes, &TcpStream, u64)> {
+        let State::Length(left) = &mut self.state else {
+            return None;
+        };
+        let conn = self.conn.as_mut()?;
+        let Stream::Plain(tcp) = &conn.io else {
+            return None;
+        };
+        let read = (conn.buf.len() as u64).min(*left);
+        if *left - read < min {
+            return None;
+        }
+        let pipe = pipe()?;
+        *left -= read;
+        Some((pipe, conn.buf.split_to(read as usize).freeze(), tcp, *left))
+    }
+
+    /// The rest of the body went from socket to socket (see
+    /// [`ResponseBody::take_for_splice`]): the body is done.
+    pub fn spliced(&mut self) {
+        self.state = State::Done;
     }
 
     fn poll_next(
