@@ -1,12 +1,16 @@
 //! Data path: a request body with a Content-Length, streamed by the own
 //! client from the client's socket to the upstream's: the part that came
-//! with the request head, then the rest a chunk at a time, each chunk
-//! written before the next is read. Never more than the body is read from
+//! with the request head and what else of it had arrived (in one write),
+//! then the rest a chunk at a time, each chunk written before the next is
+//! read. Never more than the body is read from
 //! the client (a pipelined request after it stays in the socket), and the
 //! body is never held whole.
 
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
 use bytes::Buf;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 use super::{Conn, ExchangeError};
@@ -24,8 +28,12 @@ pub struct Upload<'a> {
     client: &'a mut (dyn AsyncRead + Unpin + Send),
     /// Bytes of the body still in the client's socket.
     pub remaining: u64,
-    /// Some of the body was read from the socket: it cannot be sent again.
-    read_any: bool,
+    /// The copy buffer: its first `held` bytes were read from the client's
+    /// socket before the head went up, and go in the same write.
+    chunk: Vec<u8>,
+    held: usize,
+    /// Body bytes were sent and let go: the body cannot be sent again.
+    spent: bool,
 }
 
 /// Why an upload ended before the body was sent whole.
@@ -52,14 +60,35 @@ impl<'a> Upload<'a> {
             buffered,
             client,
             remaining,
-            read_any: false,
+            chunk: Vec::new(),
+            held: 0,
+            spent: false,
         }
     }
 
     /// Whether the whole request can go out again (on another connection):
-    /// nothing of the body has been taken from the client's socket.
+    /// no body byte taken from the client's socket has been let go (only a
+    /// write of the head that failed keeps them).
     pub fn replayable(&self) -> bool {
-        !self.read_any
+        !self.spent
+    }
+
+    /// Reads what the client has already sent of the rest of the body,
+    /// without waiting, so that it goes up in the head's write (one system
+    /// call fewer for a body that arrived whole). An error or the client
+    /// gone is left for the read that waits.
+    fn take_arrived(&mut self) {
+        if self.remaining == 0 || self.held > 0 || self.spent {
+            return;
+        }
+        let want = self.remaining.min(CHUNK as u64) as usize;
+        self.chunk.resize(want, 0);
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut read = ReadBuf::new(&mut self.chunk[..want]);
+        if let Poll::Ready(Ok(())) = Pin::new(&mut *self.client).poll_read(&mut cx, &mut read) {
+            self.held = read.filled().len();
+            self.remaining -= self.held as u64;
+        }
     }
 }
 
@@ -76,26 +105,32 @@ impl Conn {
     ) -> Result<(), UploadError> {
         let mut timer = self.timer(Instant::now() + timeouts.upstream_response);
         let sent = async {
-            // One writev when the socket takes both.
-            let mut head_and_buffered = Buf::chain(self.out.as_slice(), upload.buffered);
-            let write = self.io.write_all_buf(&mut head_and_buffered);
+            upload.take_arrived();
+            // One writev when the socket takes all three.
+            let held = &upload.chunk[..upload.held];
+            let mut first = Buf::chain(Buf::chain(self.out.as_slice(), upload.buffered), held);
+            let write = self.io.write_all_buf(&mut first);
             tokio::select! {
                 biased;
                 written = write => written.map_err(|e| UploadError::Upstream(ExchangeError::Write(e)))?,
                 () = &mut timer => return Err(stalled(UploadError::UpstreamStalled)),
             }
-            let mut chunk = Vec::new();
+            // What was read from the socket is not kept for a resend: the
+            // buffer goes before the response is awaited (memory per
+            // request in flight).
+            upload.spent |= upload.held > 0;
+            upload.held = 0;
             while upload.remaining > 0 {
                 // The first read wants the most: the buffer is sized by it.
                 let want = upload.remaining.min(CHUNK as u64) as usize;
-                if chunk.is_empty() {
-                    chunk = vec![0; want];
+                if upload.chunk.len() < want {
+                    upload.chunk.resize(want, 0);
                 }
                 timer.as_mut().reset(Instant::now() + timeouts.body_stall);
-                upload.read_any = true;
+                upload.spent = true;
                 let n = tokio::select! {
                     biased;
-                    read = upload.client.read(&mut chunk[..want]) => match read {
+                    read = upload.client.read(&mut upload.chunk[..want]) => match read {
                         Ok(0) | Err(_) => return Err(UploadError::Client(ClientError::Aborted)),
                         Ok(n) => n,
                     },
@@ -105,10 +140,11 @@ impl Conn {
                 timer.as_mut().reset(Instant::now() + timeouts.upstream_response);
                 tokio::select! {
                     biased;
-                    written = self.io.write_all(&chunk[..n]) => written.map_err(|e| UploadError::Upstream(ExchangeError::Write(e)))?,
+                    written = self.io.write_all(&upload.chunk[..n]) => written.map_err(|e| UploadError::Upstream(ExchangeError::Write(e)))?,
                     () = &mut timer => return Err(stalled(UploadError::UpstreamStalled)),
                 }
             }
+            upload.chunk = Vec::new();
             Ok(())
         }
         .await;
