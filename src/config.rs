@@ -167,7 +167,7 @@ impl Default for UpstreamConfig {
             eject_after_failures: 3,
             eject_base: Duration::from_secs(5),
             eject_max: Duration::from_secs(60),
-            max_idle_per_endpoint: 256,
+            max_idle_per_endpoint: 4096,
             pool_idle_timeout: Duration::from_secs(30),
         }
     }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 
+use crate::recorder::{Path, exchange};
 use crate::support::*;
 
 #[tokio::test]
@@ -158,5 +159,89 @@ async fn an_ejected_endpoint_that_answers_again_is_healthy_at_once() {
     let _up = Upstream::serve("v1", tokio::net::TcpListener::bind(addr).await.unwrap());
     assert_eq!(get(gw.addr, "/", &[]).await.text(), "v1");
     assert_eq!(health(), "healthy");
+    gw.shutdown().await;
+}
+
+/// Requests in one batch: more than the 256 idle connections per endpoint
+/// the pool kept before (it kept 256 and closed the rest after each burst).
+const BURST: usize = 300;
+
+/// Raises this process's open-file limit to its hard limit: a burst holds
+/// four sockets per request here (client, gateway's side, upstream
+/// connection, upstream's side), past a default soft limit of 1,024.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    limit.current = limit.maximum;
+    let _ = setrlimit(Resource::Nofile, limit);
+    let now = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    let needed = 4 * BURST as u64 + 512;
+    assert!(
+        now >= needed,
+        "this test needs an open-file limit of {needed} (ulimit -Hn is {now})"
+    );
+}
+
+/// A burst of concurrent requests to one endpoint leaves its connections in
+/// the pool, and the next burst reuses every one of them: under load no
+/// request opens a connection and closes another (CPU, and a socket in
+/// TIME_WAIT each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_concurrent_requests_keeps_its_upstream_connections() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::AsyncWriteExt;
+
+    raise_open_file_limit();
+    // Holds each request until its whole burst has arrived, so the gateway
+    // needs BURST upstream connections at once.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let (arrived, _) = tokio::sync::watch::channel(0usize);
+    let arrived = Arc::new(arrived);
+    let counter = accepted.clone();
+    let upstream = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let arrived = arrived.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while read_head(&mut socket, &mut buf).await.is_some() {
+                    let mut count = 0;
+                    arrived.send_modify(|c| {
+                        *c += 1;
+                        count = *c;
+                    });
+                    let batch_end = count.div_ceil(BURST) * BURST;
+                    let mut seen = arrived.subscribe();
+                    if seen.wait_for(|c| *c >= batch_end).await.is_err() {
+                        return;
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if socket.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let gw = Gateway::start(&config("", &[("v1", 1, addr)])).await;
+    let request: &[u8] = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+    for burst in 0..2 {
+        let requests: Vec<_> = (0..BURST)
+            .map(|_| tokio::spawn(exchange(gw.addr, Path::Own, request)))
+            .collect();
+        for request in requests {
+            let response = request.await.unwrap();
+            assert_eq!(response.map(|r| r.status), Some(200), "burst {burst}");
+        }
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        BURST as u64,
+        "the second burst opened connections of its own"
+    );
+    upstream.abort();
     gw.shutdown().await;
 }
