@@ -169,6 +169,7 @@ const BURST: usize = 300;
 /// Raises this process's open-file limit to its hard limit: a burst holds
 /// four sockets per request here (client, gateway's side, upstream
 /// connection, upstream's side), past a default soft limit of 1,024.
+#[cfg(target_os = "linux")]
 fn raise_open_file_limit() {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);
@@ -181,6 +182,9 @@ fn raise_open_file_limit() {
         "this test needs an open-file limit of {needed} (ulimit -Hn is {now})"
     );
 }
+
+#[cfg(not(target_os = "linux"))]
+fn raise_open_file_limit() {}
 
 /// A burst of concurrent requests to one endpoint leaves its connections in
 /// the pool, and the next burst reuses every one of them: under load no
