@@ -83,7 +83,11 @@ mod linux {
             if REFUSED.load(Ordering::Relaxed) {
                 return None;
             }
-            let kept = KEPT.with_borrow_mut(Vec::pop);
+            // `try_`: no panic while the thread's locals are torn down.
+            let kept = KEPT
+                .try_with(|kept| kept.try_borrow_mut().ok()?.pop())
+                .ok()
+                .flatten();
             let ends = match kept {
                 Some(ends) => ends,
                 None => pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC).ok()?,
@@ -105,7 +109,7 @@ mod linux {
             mut wrote: impl FnMut(),
         ) -> Result<(), SpliceError> {
             let Some((read_end, write_end)) = self.ends.as_ref() else {
-                return Ok(());
+                return Err(SpliceError::Unsupported(io::ErrorKind::Unsupported.into()));
             };
             let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
             let mut first = true;
@@ -168,8 +172,10 @@ mod linux {
             if self.held == 0
                 && let Some(ends) = self.ends.take()
             {
-                KEPT.with_borrow_mut(|kept| {
-                    if kept.len() < KEEP {
+                let _ = KEPT.try_with(|kept| {
+                    if let Ok(mut kept) = kept.try_borrow_mut()
+                        && kept.len() < KEEP
+                    {
                         kept.push(ends);
                     }
                 });
@@ -195,7 +201,7 @@ impl Pipe {
         _len: u64,
         _wrote: impl FnMut(),
     ) -> Result<(), SpliceError> {
-        Ok(())
+        Err(SpliceError::Unsupported(io::ErrorKind::Unsupported.into()))
     }
 }
 
