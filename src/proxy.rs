@@ -606,21 +606,12 @@ async fn exchange_upload(
     let timeouts = &settings.timeouts;
     loop {
         let error = match conn.send_upload(body, timeouts).await {
-            Ok(()) => {
-                let mut timer =
-                    conn.timer(tokio::time::Instant::now() + timeouts.upstream_response);
-                let read = tokio::select! {
-                    biased;
-                    read = conn.response_head(method) => read,
-                    () = &mut timer => return Err(ProxyError::Timeout),
-                };
-                conn.keep_timer(timer);
-                match read {
-                    Ok(head) => return Ok(head),
-                    Err(e) if e.nothing_received() && upstream_client::retry_safe(method) => e,
-                    Err(e) => return Err(ProxyError::Reset(e.into())),
-                }
-            }
+            Ok(()) => match response_head_in_time(conn, method, timeouts).await {
+                None => return Err(ProxyError::Timeout),
+                Some(Ok(head)) => return Ok(head),
+                Some(Err(e)) if e.nothing_received() && upstream_client::retry_safe(method) => e,
+                Some(Err(e)) => return Err(ProxyError::Reset(e.into())),
+            },
             Err(UploadError::Upstream(e)) => {
                 // An upstream may answer before it has read the whole body
                 // (a 413, a 401) and close: that answer is the request's.
@@ -648,16 +639,26 @@ async fn early_answer(
     method: &http::Method,
     timeouts: &Timeouts,
 ) -> Option<upstream_client::RawHead> {
+    let mut head = response_head_in_time(conn, method, timeouts).await?.ok()?;
+    head.keep_alive = false;
+    Some(head)
+}
+
+/// Reads a response head within `upstream_response` from now (after a
+/// request body went up, or stopped going up); `None`: none came in time.
+async fn response_head_in_time(
+    conn: &mut upstream_client::Conn,
+    method: &http::Method,
+    timeouts: &Timeouts,
+) -> Option<Result<upstream_client::RawHead, upstream_client::ExchangeError>> {
     let mut timer = conn.timer(tokio::time::Instant::now() + timeouts.upstream_response);
     let read = tokio::select! {
         biased;
-        read = conn.response_head(method) => read.ok(),
+        read = conn.response_head(method) => Some(read),
         () = &mut timer => None,
     };
     conn.keep_timer(timer);
-    let mut head = read?;
-    head.keep_alive = false;
-    Some(head)
+    read
 }
 
 /// Replaces a pooled connection that failed with `error` before anything
