@@ -12,24 +12,22 @@ use std::io;
 #[cfg(not(target_os = "linux"))]
 use tokio::net::TcpStream;
 
+#[cfg(not(target_os = "linux"))]
+use crate::proxy::h1::response::SendError;
+
 /// Bodies with less than this still to read are copied as usual: one read
 /// and one write move them.
 pub const MIN_LEN: u64 = 32 * 1024;
 
-/// Why a spliced body did not arrive whole.
-#[derive(Debug, thiserror::Error)]
-pub enum SpliceError {
-    #[error("reading the response body failed: {0}")]
-    Read(io::Error),
-    #[error("the upstream closed the connection in the middle of the response body")]
-    Closed,
-    #[error("writing to the client failed: {0}")]
-    Write(io::Error),
+/// What became of a body given to [`Pipe::copy`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Spliced {
+    /// All of it went to the client.
+    Moved,
     /// The kernel refused the first splice (a sandbox that filters the
     /// call, a socket type without splice): nothing moved, the body is to
     /// be copied, and no later body tries again.
-    #[error("splice is not available here: {0}")]
-    Unsupported(io::Error),
+    Refused,
 }
 
 /// Whether an error from a first `splice` means the call is not available
@@ -55,7 +53,9 @@ mod linux {
     use tokio::io::Interest;
     use tokio::net::TcpStream;
 
-    use super::{SpliceError, unavailable};
+    use super::{Spliced, unavailable};
+    use crate::proxy::h1::response::SendError;
+    use crate::proxy::upstream_client::ExchangeError;
 
     /// Pipes kept per thread for the next bodies.
     const KEEP: usize = 8;
@@ -99,18 +99,19 @@ mod linux {
         }
 
         /// Moves `len` bytes from `from` to `to`, calling `wrote` after each
-        /// step that reached the client. [`SpliceError::Unsupported`]:
-        /// nothing was moved, copy instead.
+        /// step that reached the client. Fails as the copying path does: the
+        /// upstream's read or early close, or the client's write.
         pub async fn copy(
             &mut self,
             from: &TcpStream,
             to: &TcpStream,
             mut len: u64,
             mut wrote: impl FnMut(),
-        ) -> Result<(), SpliceError> {
+        ) -> Result<Spliced, SendError> {
             let Some((read_end, write_end)) = self.ends.as_ref() else {
-                return Err(SpliceError::Unsupported(io::ErrorKind::Unsupported.into()));
+                return Ok(Spliced::Refused);
             };
+            let read_failed = |e| SendError::Upstream(ExchangeError::Read(e));
             let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
             let mut first = true;
             while len > 0 || self.held > 0 {
@@ -119,7 +120,7 @@ mod linux {
                 if self.held == 0 {
                     let want = usize::try_from(len).map_or(STEP, |l| l.min(STEP));
                     let n = loop {
-                        from.readable().await.map_err(SpliceError::Read)?;
+                        from.readable().await.map_err(read_failed)?;
                         match from.try_io(Interest::READABLE, || {
                             splice(from, None, write_end, None, want, flags)
                                 .map_err(io::Error::from)
@@ -130,33 +131,33 @@ mod linux {
                                 if !REFUSED.swap(true, Ordering::Relaxed) {
                                     tracing::warn!(error = %e, "splice refused: response bodies are copied");
                                 }
-                                return Err(SpliceError::Unsupported(e));
+                                return Ok(Spliced::Refused);
                             }
-                            Err(e) => return Err(SpliceError::Read(e)),
+                            Err(e) => return Err(read_failed(e)),
                         }
                     };
                     if n == 0 {
-                        return Err(SpliceError::Closed);
+                        return Err(ExchangeError::ClosedInBody.into());
                     }
                     len -= n as u64;
                     self.held = n;
                     first = false;
                 }
                 // A client gone gives EPIPE (Rust's runtime ignores SIGPIPE).
-                to.writable().await.map_err(SpliceError::Write)?;
+                to.writable().await?;
                 match to.try_io(Interest::WRITABLE, || {
                     splice(read_end, None, to, None, self.held, flags).map_err(io::Error::from)
                 }) {
-                    Ok(0) => return Err(SpliceError::Write(io::ErrorKind::WriteZero.into())),
+                    Ok(0) => return Err(SendError::Client(io::ErrorKind::WriteZero.into())),
                     Ok(n) => {
                         self.held -= n;
                         wrote();
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(SpliceError::Write(e)),
+                    Err(e) => return Err(SendError::Client(e)),
                 }
             }
-            Ok(())
+            Ok(Spliced::Moved)
         }
     }
 
@@ -200,8 +201,8 @@ impl Pipe {
         _to: &TcpStream,
         _len: u64,
         _wrote: impl FnMut(),
-    ) -> Result<(), SpliceError> {
-        Err(SpliceError::Unsupported(io::ErrorKind::Unsupported.into()))
+    ) -> Result<Spliced, SendError> {
+        Ok(Spliced::Refused)
     }
 }
 
@@ -211,6 +212,8 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
+    use crate::proxy::h1::response::SendError;
+    use crate::proxy::upstream_client::ExchangeError;
 
     /// Two connected loopback sockets.
     async fn pair() -> (TcpStream, TcpStream) {
@@ -281,7 +284,13 @@ mod tests {
         drop(upstream);
         let mut pipe = Pipe::get().unwrap();
         let closed = pipe.copy(&from, &to, 5000, || {}).await;
-        assert!(matches!(closed, Err(SpliceError::Closed)), "{closed:?}");
+        assert!(
+            matches!(
+                closed,
+                Err(SendError::Upstream(ExchangeError::ClosedInBody))
+            ),
+            "{closed:?}"
+        );
 
         let (mut upstream, from) = pair().await;
         let (to, client) = pair().await;
@@ -291,7 +300,7 @@ mod tests {
         });
         let mut pipe = Pipe::get().unwrap();
         let gone = pipe.copy(&from, &to, 4 << 20, || {}).await;
-        assert!(matches!(gone, Err(SpliceError::Write(_))), "{gone:?}");
+        assert!(matches!(gone, Err(SendError::Client(_))), "{gone:?}");
         drop(from);
         writer.await.unwrap();
     }

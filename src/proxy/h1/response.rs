@@ -16,7 +16,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use super::ClientIo;
 use crate::proxy::error_response::ProxyError;
 use crate::proxy::headers;
-use crate::proxy::splice::{self, SpliceError};
+use crate::proxy::splice::{self, Spliced};
 use crate::proxy::upstream_client::body::ResponseBody;
 use crate::proxy::upstream_client::head::line as field;
 use crate::proxy::upstream_client::{ExchangeError, Framing, RawHead, Span};
@@ -162,20 +162,12 @@ pub async fn send<W: ClientIo>(
             .await?;
         out.clear();
         let spliced = match client.plain_tcp() {
-            Some(to) => pipe.copy(from, to, left, || client.wrote()).await,
-            None => Err(SpliceError::Unsupported(
-                std::io::ErrorKind::Unsupported.into(),
-            )),
+            Some(to) => pipe.copy(from, to, left, || client.wrote()).await?,
+            None => Spliced::Refused,
         };
-        match spliced {
-            Ok(()) => {
-                body.spliced();
-                return Ok(());
-            }
-            Err(SpliceError::Unsupported(_)) => {}
-            Err(SpliceError::Read(e)) => return Err(ExchangeError::Read(e).into()),
-            Err(SpliceError::Closed) => return Err(ExchangeError::ClosedInBody.into()),
-            Err(SpliceError::Write(e)) => return Err(SendError::Client(e)),
+        if spliced == Spliced::Moved {
+            body.spliced();
+            return Ok(());
         }
     }
     // `out` holds the head until it is sent, then nothing.
