@@ -49,6 +49,7 @@ use headers::Forwarding;
 use server::ConnState;
 use tokio::io::AsyncWrite;
 use upstream::{ConnectError, Endpoint, Outstanding, Pooled, Sender};
+use upstream_client::HeadRead;
 use upstream_client::body::ResponseBody;
 use upstream_client::upload::{Upload, UploadError};
 
@@ -211,8 +212,16 @@ impl Proxy {
             Upload::new(buffered, &mut *client, rest)
         });
         let method = &req.method;
-        let forwarded =
-            forward_own(version, settings, method, encode, start, upload.as_mut()).await;
+        let forwarded = forward_own(
+            version,
+            settings,
+            method,
+            encode,
+            start,
+            upload.as_mut(),
+            HeadRead::InPlace,
+        )
+        .await;
         conn.upstream_answered();
         // A body not read to its end leaves the connection unusable.
         let close = close || upload.is_some_and(|u| u.remaining > 0);
@@ -313,7 +322,16 @@ impl Proxy {
                 map.clear();
                 parts.uri = http::Uri::default();
             };
-            match forward_own(version, settings, &completion.method, encode, start, None).await {
+            let forwarded = forward_own(
+                version,
+                settings,
+                &completion.method,
+                encode,
+                start,
+                None,
+                HeadRead::Sized,
+            );
+            match forwarded.await {
                 Ok((raw, conn, outstanding)) => mapped_head(raw, &conn, map).map(|head| {
                     let (parts, ()) = head.response.into_parts();
                     let body = ResponseBody::new(conn, head.framing, head.keep_alive);
@@ -527,7 +545,7 @@ impl Upstream {
 /// idle, else a new one (a failed connect is retried once on another
 /// endpoint of the version). A pooled connection that the upstream closed
 /// as the request went out (nothing came back) is replaced by a fresh one
-/// once, when the request is safe to repeat.
+/// once, when the request is safe to repeat. `how`: see [`HeadRead`].
 async fn forward_own(
     version: &Version,
     settings: &ProxySettings,
@@ -535,6 +553,7 @@ async fn forward_own(
     encode: impl FnOnce(&mut Vec<u8>),
     start: Instant,
     upload: Option<&mut Upload<'_>>,
+    how: HeadRead,
 ) -> Result<(upstream_client::RawHead, upstream_client::Conn, Outstanding), Failed> {
     let connected = pick_and_connect(version, |e| own_conn_for(version, e, settings, start)).await;
     let (endpoint, (mut conn, mut pooled)) = match connected {
@@ -561,7 +580,7 @@ async fn forward_own(
             let mut timer = conn.timer(deadline);
             let attempt = async {
                 loop {
-                    match conn.exchange(method).await {
+                    match conn.exchange(method, how).await {
                         Ok(head) => return Ok(head),
                         Err(e)
                             if pooled
@@ -654,7 +673,7 @@ async fn response_head_in_time(
     let mut timer = conn.timer(tokio::time::Instant::now() + timeouts.upstream_response);
     let read = tokio::select! {
         biased;
-        read = conn.response_head(method) => Some(read),
+        read = conn.response_head(method, HeadRead::InPlace) => Some(read),
         () = &mut timer => None,
     };
     conn.keep_timer(timer);

@@ -22,12 +22,12 @@ pub mod upload;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
 use crate::tls::Stream;
 
@@ -217,6 +217,25 @@ impl RawHead {
     }
 }
 
+/// Where a response head (and what of the body came with it) is read. The
+/// head and a small body are frozen from that buffer and live as long as
+/// the client's side holds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadRead {
+    /// Into the connection's buffer, whose allocation is reused once the
+    /// last response's bytes are gone: no allocation per response when the
+    /// response is written out before the connection serves another request
+    /// (the own HTTP/1.1 server).
+    InPlace,
+    /// Into a buffer on the stack, then copied into an allocation the size
+    /// of what came (two allocations per response): for responses that wait
+    /// in a send queue after the connection went back to the pool (hyper's
+    /// servers: HTTP/2 streams). In place, each connection in flight would
+    /// hold a new 4 KiB buffer while its last response is still queued;
+    /// sized, it holds what its response took.
+    Sized,
+}
+
 /// One upstream HTTP/1.1 connection of the pool.
 pub struct Conn {
     io: Stream,
@@ -283,17 +302,25 @@ impl Conn {
 
     /// Sends the request head (a request without a body) and reads the
     /// response head. Informational (1xx) responses are skipped.
-    pub async fn exchange(&mut self, method: &Method) -> Result<RawHead, ExchangeError> {
+    pub async fn exchange(
+        &mut self,
+        method: &Method,
+        how: HeadRead,
+    ) -> Result<RawHead, ExchangeError> {
         self.io
             .write_all(&self.out)
             .await
             .map_err(ExchangeError::Write)?;
-        self.response_head(method).await
+        self.response_head(method, how).await
     }
 
     /// Reads the response head to a request sent whole. Informational (1xx)
     /// responses are skipped.
-    pub async fn response_head(&mut self, method: &Method) -> Result<RawHead, ExchangeError> {
+    pub async fn response_head(
+        &mut self,
+        method: &Method,
+        how: HeadRead,
+    ) -> Result<RawHead, ExchangeError> {
         let head_request = *method == Method::HEAD;
         let mut received = false;
         loop {
@@ -308,7 +335,7 @@ impl Conn {
                     return Err(ExchangeError::HeadTooLarge);
                 }
             }
-            let n = poll_fn(|cx| self.poll_read(cx, HEAD_READ))
+            let n = poll_fn(|cx| self.poll_read_head(cx, how))
                 .await
                 .map_err(|e| {
                     if received {
@@ -325,6 +352,24 @@ impl Conn {
                 });
             }
         }
+    }
+
+    /// Reads part of a response head (see [`HeadRead`]). Ready(0) means the
+    /// upstream closed the connection.
+    fn poll_read_head(&mut self, cx: &mut Context<'_>, how: HeadRead) -> Poll<io::Result<usize>> {
+        if how == HeadRead::InPlace {
+            return self.poll_read(cx, HEAD_READ);
+        }
+        let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); HEAD_READ];
+        let mut read = ReadBuf::uninit(&mut scratch);
+        ready!(Pin::new(&mut self.io).poll_read(cx, &mut read))?;
+        let got = read.filled();
+        if self.buf.is_empty() {
+            self.buf = BytesMut::from(got);
+        } else {
+            self.buf.extend_from_slice(got);
+        }
+        Poll::Ready(Ok(got.len()))
     }
 
     /// Reads more bytes into the buffer (at least `want` bytes of room).
@@ -556,5 +601,58 @@ mod tests {
                 String::from_utf8_lossy(raw)
             );
         }
+    }
+
+    /// Where response heads are read: in place, the connection's buffer is
+    /// reused once the last head is dropped (no allocation per response),
+    /// and a new 4 KiB one is taken while it is still held; sized, the head
+    /// gets an allocation of its own length and the connection keeps no
+    /// spare room.
+    #[tokio::test]
+    async fn head_reads_reuse_the_buffer_or_take_what_came() {
+        use tokio::io::AsyncWriteExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut upstream, _) = listener.accept().await.unwrap();
+        let mut conn = Conn::new(Stream::Plain(socket));
+        conn.request_head()
+            .extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        let response = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nx-pad: 0123456789\r\n\r\n";
+        let mut exchange = async |how| {
+            upstream.write_all(response).await.unwrap();
+            let head = conn.exchange(&Method::GET, how).await.unwrap();
+            assert_eq!(&head.bytes[..], &response[..]);
+            (head.bytes, conn.buf.capacity())
+        };
+
+        let (first, spare) = exchange(HeadRead::InPlace).await;
+        assert!(spare >= HEAD_READ - response.len(), "spare room {spare}");
+        let at = first.as_ptr();
+        drop(first);
+        let (second, _) = exchange(HeadRead::InPlace).await;
+        assert_eq!(
+            second.as_ptr(),
+            at,
+            "the dropped head's buffer is read into again"
+        );
+        let (third, spare) = exchange(HeadRead::InPlace).await;
+        assert_ne!(
+            third.as_ptr(),
+            second.as_ptr(),
+            "a held head is not overwritten"
+        );
+        assert!(
+            spare >= HEAD_READ - response.len(),
+            "a new 4 KiB buffer: {spare}"
+        );
+
+        let (fourth, spare) = exchange(HeadRead::Sized).await;
+        assert_eq!(spare, 0, "sized: no room beyond the response");
+        drop((second, third));
+        let (fifth, spare) = exchange(HeadRead::Sized).await;
+        assert_eq!(spare, 0);
+        assert_ne!(fifth.as_ptr(), fourth.as_ptr());
     }
 }
