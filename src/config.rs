@@ -357,6 +357,9 @@ impl Config {
         if self.aws != new.aws {
             changed.push("aws");
         }
+        if self.appmesh != new.appmesh {
+            changed.push("appmesh");
+        }
         if self.log.format != new.log.format || self.log.level != new.log.level {
             changed.push("log.format/log.level");
         }

@@ -186,6 +186,9 @@ fn keep_restart_only(old: &Config, mut new: Config) -> Config {
     new.store = old.store.clone();
     new.state_path = old.state_path.clone();
     new.aws = old.aws.clone();
+    // The route sync is set up at start (and `/status` shows the section
+    // it runs with).
+    new.appmesh = old.appmesh.clone();
     new.log.format = old.log.format;
     new.log.level = old.log.level.clone();
     new.keep_upstream_tls_from(old);

@@ -152,17 +152,31 @@ async fn restart_only_settings_are_reported_not_applied() {
     let text = std::fs::read_to_string(&path)
         .unwrap()
         .replace("[runtime]", "");
-    std::fs::write(&path, format!("{text}\n[runtime]\nworker_threads = 3\n")).unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "{text}\n[runtime]\nworker_threads = 3\n\n[appmesh]\nmesh = \"m\"\n\
+             virtual_router = \"r\"\nroute = \"web\"\nvirtual_nodes = {{ v1 = \"web-v1\" }}\n"
+        ),
+    )
+    .unwrap();
     let reply = admin(gw.admin, "POST", "/reload", Some(TOKEN), "").await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     let status: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
     assert_eq!(
-        status["restart_required"][0], "runtime.worker_threads",
+        status["restart_required"],
+        serde_json::json!(["runtime.worker_threads", "appmesh"]),
         "{status}"
     );
-    assert_eq!(
-        gw.running.as_ref().unwrap().control.config().worker_threads,
-        None
-    );
+    let running = gw.running.as_ref().unwrap().control.config();
+    assert_eq!(running.worker_threads, None);
+    assert!(running.appmesh.is_none(), "no route sync was started");
+    let status: serde_json::Value = serde_json::from_slice(
+        &admin(gw.admin, "GET", "/status", Some(TOKEN), "")
+            .await
+            .body,
+    )
+    .unwrap();
+    assert!(status["appmesh"].is_null(), "{status}");
     gw.shutdown().await;
 }
