@@ -67,7 +67,7 @@ pub fn stale_after(report_every: Duration) -> Duration {
 
 /// How often each of `tasks` tasks renews its report: every poll, unless the
 /// fleet is so large that its reports would take more than
-/// [`REPORT_WRITE_UNITS`] per second from the one reports item (an UpdateItem
+/// `REPORT_WRITE_UNITS` per second from the one reports item (an UpdateItem
 /// costs a write unit per KB of the whole item, so the cost grows with the
 /// square of the fleet): then less often (100 tasks: 5 s, 300 tasks: 45 s).
 pub fn report_interval(poll: Duration, tasks: usize) -> Duration {

@@ -65,12 +65,12 @@ pub enum Ended {
 /// needs hyper's server. An error ends the connection.
 ///
 /// What a request in flight needs (its header slots, the upstream exchange,
-/// the response head: about 4 KiB, [`serve_one`]) lives in one allocation
+/// the response head: about 4 KiB, `serve_one`) lives in one allocation
 /// of its own, not in the connection's task, and so do the buffers: an idle
 /// keep-alive connection costs its task, socket and [`ConnState`] (about
 /// 1.7 KB in all), not the kilobytes of a request in flight. A busy
 /// connection keeps that allocation and its buffers from one request to the
-/// next ([`in_place`]), and lets them go when it idles.
+/// next (`in_place`), and lets them go when it idles.
 pub async fn serve<IO: ClientIo>(
     io: &mut IO,
     state: &Arc<ConnState>,

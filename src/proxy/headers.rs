@@ -265,7 +265,7 @@ pub struct Forwarding<'a> {
     pub port: &'a HeaderValue,
     pub trust_forwarded_headers: bool,
     /// Drop header fields whose names contain `_` (see
-    /// [`is_underscored`]); false when the request has none.
+    /// `is_underscored`); false when the request has none.
     pub drop_underscored: bool,
 }
 

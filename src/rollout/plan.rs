@@ -94,7 +94,7 @@ const FIELDS: [&str; 10] = [
 
 impl Settings {
     /// `self` with the fields of `map` applied and checked; a key not in
-    /// [`FIELDS`] or `extra` is an error.
+    /// `FIELDS` or `extra` is an error.
     pub fn merge(&self, map: &Map<String, Value>, extra: &[&str]) -> Result<Settings, PlanError> {
         if let Some(unknown) = map
             .keys()

@@ -25,7 +25,7 @@ pub struct SimpleRequest<'b> {
     pub fields: &'b [httparse::Header<'b>],
     /// The client asked to close the connection after the response.
     pub close: bool,
-    /// A field name contains `_` (see [`crate::proxy::headers::is_underscored`]).
+    /// A field name contains `_` (see `headers::is_underscored`).
     pub underscored: bool,
     /// The head's length in bytes.
     pub len: usize,

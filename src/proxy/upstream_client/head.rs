@@ -26,7 +26,7 @@ pub fn encode(out: &mut Vec<u8>, req: &request::Parts) {
 /// Writes the request head for the upstream, rewritten as
 /// [`headers::prepare_request`] would rewrite the request. Only for requests
 /// whose Connection header names no other headers to remove
-/// ([`headers::connection_names_headers`]): those need the general rewrite.
+/// (`headers::connection_names_headers`): those need the general rewrite.
 pub fn encode_forwarded(out: &mut Vec<u8>, req: &request::Parts, fwd: &Forwarding<'_>) {
     let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let fields = || {
