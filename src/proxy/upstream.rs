@@ -95,6 +95,10 @@ struct Idle {
     own: Vec<IdleConn<Conn>>,
 }
 
+/// An own-client connection idle this long gives its buffers back at the
+/// next [`Endpoint::sweep`] (see there).
+pub const RELEASE_BUFFER_AFTER: Duration = Duration::from_secs(1);
+
 /// One upstream address with its pool and health.
 pub struct Endpoint {
     addr: SocketAddr,
@@ -225,9 +229,22 @@ impl Endpoint {
     /// idle for `idle_timeout`: checkouts skip them anyway, but until then
     /// they would hold a socket (in CLOSE_WAIT once the upstream closed),
     /// on an endpoint that gets no more traffic possibly for good.
+    /// The own client's connections idle for [`RELEASE_BUFFER_AFTER`] give
+    /// their buffers back: after a burst, the connections beyond the steady
+    /// load's would otherwise each hold 5 KiB or so until `idle_timeout`
+    /// (the pool keeps up to `max_idle_per_endpoint`, 4096 by default). The
+    /// most recently used, at the top of the stack, keep theirs.
     pub fn sweep(&self, idle_timeout: Duration, now: Instant) {
         let mut idle = self.idle();
-        idle.own.retain(|c| c.is_fresh(idle_timeout, now));
+        idle.own.retain_mut(|c| {
+            if !c.is_fresh(idle_timeout, now) {
+                return false;
+            }
+            if now.saturating_duration_since(c.since) >= RELEASE_BUFFER_AFTER {
+                c.conn.release_buffers();
+            }
+            true
+        });
         idle.hyper.retain(|c| c.is_fresh(idle_timeout, now));
     }
 
@@ -402,5 +419,56 @@ mod tests {
         assert!(e.ejected_for_ms().unwrap() > 9_000);
         e.connect_succeeded();
         assert!(!e.is_ejected());
+    }
+
+    /// Idle connections of the own client give their buffers back after
+    /// [`RELEASE_BUFFER_AFTER`]; a recently used one keeps them.
+    #[tokio::test]
+    async fn idle_connections_give_their_buffers_back() {
+        use crate::proxy::upstream_client::HeadRead;
+        use tokio::io::AsyncWriteExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = Endpoint::new(listener.local_addr().unwrap());
+        let socket = TcpStream::connect(endpoint.addr()).await.unwrap();
+        let (mut upstream, _) = listener.accept().await.unwrap();
+        let mut conn = Conn::new(socket.into());
+        conn.request_head()
+            .extend_from_slice(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n");
+        upstream
+            .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .unwrap();
+        conn.exchange(&http::Method::GET, HeadRead::InPlace)
+            .await
+            .unwrap();
+        assert!(
+            conn.buffered_capacity() >= 4096,
+            "{}",
+            conn.buffered_capacity()
+        );
+
+        let idle = Duration::from_secs(30);
+        let t0 = Instant::now();
+        endpoint.checkin(Pooled::Own(conn), 16, t0);
+        endpoint.sweep(idle, t0 + RELEASE_BUFFER_AFTER / 2);
+        let conn = endpoint.checkout_own(idle, t0).unwrap();
+        assert!(conn.buffered_capacity() >= 4096, "recently used: kept");
+        endpoint.checkin(Pooled::Own(conn), 16, t0);
+        endpoint.sweep(idle, t0 + RELEASE_BUFFER_AFTER);
+        let mut conn = endpoint.checkout_own(idle, t0).unwrap();
+        assert_eq!(conn.buffered_capacity(), 0, "idle: given back");
+
+        // And it still serves the next request.
+        conn.request_head()
+            .extend_from_slice(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n");
+        upstream
+            .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .unwrap();
+        let head = conn
+            .exchange(&http::Method::GET, HeadRead::InPlace)
+            .await
+            .unwrap();
+        assert_eq!(head.status, http::StatusCode::NO_CONTENT);
     }
 }

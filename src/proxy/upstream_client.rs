@@ -285,6 +285,22 @@ impl Conn {
         self.buf.is_empty() && self.io.idle_and_open()
     }
 
+    /// Gives the read buffer and the request head's buffer back to the
+    /// allocator (an idle connection: the next exchange takes new ones).
+    /// Bytes still unread stay.
+    pub fn release_buffers(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+        self.out = Vec::new();
+    }
+
+    /// Bytes of buffer the connection holds (what it costs while idle,
+    /// beyond its socket and this struct).
+    pub fn buffered_capacity(&self) -> usize {
+        self.buf.capacity() + self.out.capacity()
+    }
+
     /// The buffer to encode the request head into before [`Conn::exchange`].
     pub fn request_head(&mut self) -> &mut Vec<u8> {
         &mut self.out
