@@ -639,6 +639,14 @@ async fn exchange_upload(
                 }
                 e
             }
+            // The upstream answered while the body was still going up (the
+            // client's connection closes after the answer: the rest of the
+            // body is never read).
+            Err(e @ UploadError::Answered) => {
+                return early_answer(conn, method, timeouts)
+                    .await
+                    .ok_or_else(|| ProxyError::Reset(e.into()));
+            }
             Err(UploadError::Client(e)) => return Err(ProxyError::Client(e)),
             Err(UploadError::UpstreamStalled) => return Err(ProxyError::Timeout),
         };

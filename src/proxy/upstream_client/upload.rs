@@ -6,14 +6,16 @@
 //! the client (a pipelined request after it stays in the socket), and the
 //! body is never held whole.
 
+use std::future::poll_fn;
+use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Waker, ready};
 
-use bytes::Buf;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::time::Instant;
 
-use super::{Conn, ExchangeError};
+use super::{Conn, ExchangeError, HeadRead, MAX_HEAD_BYTES, parse_response_head};
 use crate::config::Timeouts;
 use crate::proxy::error_response::ClientError;
 
@@ -48,6 +50,11 @@ pub enum UploadError {
     /// The upstream took nothing for the response timeout.
     #[error("the upstream took no part of the request body in time")]
     UpstreamStalled,
+    /// The upstream sent its final response head before the whole body
+    /// went up (a 413, a 401): that answer is the request's, read next
+    /// with [`Conn::response_head`]; the rest of the body is not sent.
+    #[error("the upstream answered before the whole request body went up")]
+    Answered,
 }
 
 impl<'a> Upload<'a> {
@@ -108,13 +115,16 @@ impl Conn {
             upload.take_arrived();
             // One writev when the socket takes all three.
             let held = &upload.chunk[..upload.held];
-            let mut first = Buf::chain(Buf::chain(self.out.as_slice(), upload.buffered), held);
-            let write = self.io.write_all_buf(&mut first);
-            tokio::select! {
+            let out = std::mem::take(&mut self.out);
+            let mut first = Buf::chain(Buf::chain(out.as_slice(), upload.buffered), held);
+            let write = poll_fn(|cx| self.poll_write_unless_answered(cx, &mut first));
+            let written = tokio::select! {
                 biased;
-                written = write => written.map_err(|e| UploadError::Upstream(ExchangeError::Write(e)))?,
-                () = &mut timer => return Err(stalled(UploadError::UpstreamStalled)),
-            }
+                written = write => written,
+                () = &mut timer => Err(stalled(UploadError::UpstreamStalled)),
+            };
+            self.out = out;
+            written?;
             // What was read from the socket is not kept for a resend: the
             // buffer goes before the response is awaited (memory per
             // request in flight).
@@ -134,13 +144,16 @@ impl Conn {
                         Ok(0) | Err(_) => return Err(UploadError::Client(ClientError::Aborted)),
                         Ok(n) => n,
                     },
+                    // A slow client: the upstream may answer meanwhile.
+                    answered = poll_fn(|cx| self.poll_answered(cx)) => return Err(answered),
                     () = &mut timer => return Err(stalled(UploadError::Client(ClientError::BodyStall))),
                 };
                 upload.remaining -= n as u64;
                 timer.as_mut().reset(Instant::now() + timeouts.upstream_response);
+                let mut chunk = &upload.chunk[..n];
                 tokio::select! {
                     biased;
-                    written = self.io.write_all(&upload.chunk[..n]) => written.map_err(|e| UploadError::Upstream(ExchangeError::Write(e)))?,
+                    written = poll_fn(|cx| self.poll_write_unless_answered(cx, &mut chunk)) => written?,
                     () = &mut timer => return Err(stalled(UploadError::UpstreamStalled)),
                 }
             }
@@ -150,6 +163,63 @@ impl Conn {
         .await;
         self.keep_timer(timer);
         sent
+    }
+}
+
+impl Conn {
+    /// Writes all of `buf` to the upstream; while the upstream takes no
+    /// more, looks whether it has answered (see [`Conn::poll_answered`]).
+    fn poll_write_unless_answered<B: Buf>(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut B,
+    ) -> Poll<Result<(), UploadError>> {
+        while buf.has_remaining() {
+            match tokio_util::io::poll_write_buf(Pin::new(&mut self.io), cx, buf) {
+                Poll::Ready(Ok(0)) => {
+                    let e = io::Error::from(io::ErrorKind::WriteZero);
+                    return Poll::Ready(Err(UploadError::Upstream(ExchangeError::Write(e))));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    return Poll::Ready(Err(UploadError::Upstream(ExchangeError::Write(e))));
+                }
+                Poll::Pending => return self.poll_answered(cx).map(Err),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Ready when the upstream, in the middle of an upload, sent a final
+    /// response head ([`UploadError::Answered`]; interim 1xx heads do not
+    /// count), or closed or failed its side (an upstream error). What came
+    /// stays in the connection's buffer for [`Conn::response_head`].
+    fn poll_answered(&mut self, cx: &mut Context<'_>) -> Poll<UploadError> {
+        loop {
+            match ready!(self.poll_read_head(cx, HeadRead::InPlace)) {
+                Ok(0) => {
+                    return Poll::Ready(UploadError::Upstream(if self.buf.is_empty() {
+                        ExchangeError::ClosedBeforeResponse
+                    } else {
+                        ExchangeError::ClosedInHead
+                    }));
+                }
+                Ok(_) => {
+                    // Rare (an upstream that answers before the body is
+                    // whole): parsed on a copy, the response is read from
+                    // the buffer as usual afterwards.
+                    let mut copy = BytesMut::from(&self.buf[..]);
+                    let whole = !matches!(
+                        parse_response_head(&mut copy, false, &mut Vec::new()),
+                        Ok(None)
+                    );
+                    if whole || self.buf.len() >= MAX_HEAD_BYTES {
+                        return Poll::Ready(UploadError::Answered);
+                    }
+                }
+                Err(e) => return Poll::Ready(UploadError::Upstream(ExchangeError::Read(e))),
+            }
+        }
     }
 }
 

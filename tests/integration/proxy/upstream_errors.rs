@@ -192,3 +192,147 @@ async fn an_early_answer_to_an_upload_reaches_the_client() {
     );
     gw.shutdown().await;
 }
+
+/// An upstream that reads an upload's head, then runs `after_head` on the
+/// connection (which holds the socket for as long as it runs).
+async fn upload_upstream<F, Fut>(after_head: F) -> (std::net::SocketAddr, ServerTask)
+where
+    F: Fn(tokio::net::TcpStream, Vec<u8>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let after_head = std::sync::Arc::new(after_head);
+    let task = serve_connections(listener, move |mut stream| {
+        let after_head = after_head.clone();
+        async move {
+            let mut buf = Vec::new();
+            if read_head(&mut stream, &mut buf).await.is_some() {
+                after_head(stream, buf).await;
+            }
+        }
+    });
+    (addr, task)
+}
+
+/// Sends a POST head announcing `size` body bytes and the first `send` of
+/// them, then keeps the connection open; the response it gets.
+async fn upload_part(
+    gw: &Gateway,
+    size: usize,
+    send: usize,
+) -> Option<crate::recorder::RawResponse> {
+    use tokio::io::AsyncWriteExt;
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let head = format!("POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: {size}\r\n\r\n");
+    writer.write_all(head.as_bytes()).await.unwrap();
+    let sender = tokio::spawn(async move {
+        let chunk = vec![b'u'; 64 * 1024];
+        let mut left = send;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            if writer.write_all(&chunk[..n]).await.is_err() {
+                return;
+            }
+            left -= n;
+        }
+        // Holds the connection open, the rest of the body never sent.
+        std::future::pending::<()>().await;
+    });
+    let mut buf = Vec::new();
+    // Within 10 s, far below the configured timeouts: an answer after one
+    // of those would be the gateway's, not the upstream's.
+    let response = crate::recorder::read_response(&mut reader, &mut buf, false).await;
+    sender.abort();
+    response
+}
+
+/// Timeouts long enough that only an answer passed on promptly arrives
+/// within `upload_part`'s bound.
+const PATIENT: &str = "\n[timeouts]\nupstream_response = \"60s\"\nbody_stall = \"60s\"\n";
+
+/// An upstream that answers an upload early and stops reading it, without
+/// closing: the answer reaches the client at once (not a 504 once the
+/// upload has stalled for `upstream_response`), and counts as no upstream
+/// error.
+#[tokio::test]
+async fn an_early_answer_from_an_upstream_that_stops_reading_reaches_the_client() {
+    use tokio::io::AsyncWriteExt;
+    let (addr, _upstream) = upload_upstream(|mut stream, _| async move {
+        let answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!";
+        let _ = stream.write_all(answer).await;
+        std::future::pending::<()>().await;
+    })
+    .await;
+    let gw = Gateway::start(&(config("", &[("stops-reading", 1, addr)]) + PATIENT)).await;
+    // 64 MiB: far more than the sockets between them hold.
+    let size = 64 << 20;
+    let response = upload_part(&gw, size, size).await;
+    let response = response.map(|r| (r.status, r.text()));
+    assert_eq!(response, Some((413, "big!".to_owned())));
+    let text = admin(gw.admin, "GET", "/metrics", None, "").await.text();
+    let version = [("version", "stops-reading")];
+    assert_eq!(
+        metric_value(&text, "canary_upstream_errors_total", &version),
+        0.0,
+        "{text}"
+    );
+    gw.shutdown().await;
+}
+
+/// A client that sends part of its body and pauses: an upstream that
+/// answers meanwhile (a 401 on the head alone) is passed on at once, not
+/// after the body-stall timeout.
+#[tokio::test]
+async fn an_early_answer_reaches_a_slow_client() {
+    use tokio::io::AsyncWriteExt;
+    let (addr, _upstream) = upload_upstream(|mut stream, _| async move {
+        let answer = b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 2\r\n\r\nno";
+        let _ = stream.write_all(answer).await;
+        std::future::pending::<()>().await;
+    })
+    .await;
+    let gw = Gateway::start(&(config("", &[("slow-client", 1, addr)]) + PATIENT)).await;
+    let response = upload_part(&gw, 1 << 20, 1024).await;
+    assert_eq!(
+        response.map(|r| (r.status, r.text())),
+        Some((401, "no".to_owned()))
+    );
+    gw.shutdown().await;
+}
+
+/// Interim responses (100 Continue) while an upload goes up are not an
+/// early answer: the whole body still reaches the upstream, whose final
+/// answer the client gets.
+#[tokio::test]
+async fn an_interim_response_does_not_end_an_upload() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let size: usize = 8 << 20;
+    let (addr, _upstream) = upload_upstream(move |mut stream, buf| async move {
+        let _ = stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+        let mut got = buf.len();
+        let mut tmp = vec![0u8; 64 * 1024];
+        while got < size {
+            match stream.read(&mut tmp).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+        }
+        let body = got.to_string();
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(answer.as_bytes()).await;
+        std::future::pending::<()>().await;
+    })
+    .await;
+    let gw = Gateway::start(&(config("", &[("interim", 1, addr)]) + PATIENT)).await;
+    let response = upload_part(&gw, size, size).await;
+    assert_eq!(
+        response.map(|r| (r.status, r.text())),
+        Some((200, size.to_string()))
+    );
+    gw.shutdown().await;
+}
