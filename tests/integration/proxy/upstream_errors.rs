@@ -155,7 +155,6 @@ async fn an_upstream_that_stops_reading_an_upload_times_out() {
 /// upstream error (canary analysis would read a refusal as a failure).
 #[tokio::test]
 async fn an_early_answer_to_an_upload_reaches_the_client() {
-    use tokio::io::AsyncWriteExt;
     let upstream = FixedUpstream::scripted(|_| {
         Some((
             &b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbig!"[..],
@@ -166,31 +165,30 @@ async fn an_early_answer_to_an_upload_reaches_the_client() {
     // A version name of its own: the metrics registry is the test process's.
     let gw = Gateway::start(&config("", &[("early", 1, upstream.addr)])).await;
     let size: usize = 8 << 20;
-    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let (mut reader, mut writer) = stream.into_split();
-    let head = format!("POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: {size}\r\n\r\n");
-    writer.write_all(head.as_bytes()).await.unwrap();
-    let sender = tokio::spawn(async move {
-        let chunk = vec![b'u'; 64 * 1024];
-        for _ in 0..size / chunk.len() {
-            if writer.write_all(&chunk).await.is_err() {
-                return;
-            }
-        }
-    });
-    let mut buf = Vec::new();
-    let response = crate::recorder::read_response(&mut reader, &mut buf, false).await;
-    sender.abort();
+    let response = upload_part(&gw, size, size).await;
+    assert_413_not_charged(&gw, response, "early").await;
+    gw.shutdown().await;
+}
+
+/// The client got the upstream's 413 ("big!"), and `version` was charged
+/// no upstream error (canary analysis would read a refusal as a failure).
+async fn assert_413_not_charged(
+    gw: &Gateway,
+    response: Option<crate::recorder::RawResponse>,
+    version: &str,
+) {
     let response = response.map(|r| (r.status, r.text()));
     assert_eq!(response, Some((413, "big!".to_owned())));
     let text = admin(gw.admin, "GET", "/metrics", None, "").await.text();
-    let version = [("version", "early")];
     assert_eq!(
-        metric_value(&text, "canary_upstream_errors_total", &version),
+        metric_value(
+            &text,
+            "canary_upstream_errors_total",
+            &[("version", version)]
+        ),
         0.0,
         "{text}"
     );
-    gw.shutdown().await;
 }
 
 /// An upstream that reads an upload's head, then runs `after_head` on the
@@ -213,6 +211,17 @@ where
         }
     });
     (addr, task)
+}
+
+/// An upstream that answers `answer` to a request head and holds the
+/// connection open without reading any more of it.
+async fn answers_and_holds(answer: &'static [u8]) -> (std::net::SocketAddr, ServerTask) {
+    upload_upstream(move |mut stream, _| async move {
+        use tokio::io::AsyncWriteExt;
+        let _ = stream.write_all(answer).await;
+        std::future::pending::<()>().await;
+    })
+    .await
 }
 
 /// Sends a POST head announcing `size` body bytes and the first `send` of
@@ -258,26 +267,13 @@ const PATIENT: &str = "\n[timeouts]\nupstream_response = \"60s\"\nbody_stall = \
 /// error.
 #[tokio::test]
 async fn an_early_answer_from_an_upstream_that_stops_reading_reaches_the_client() {
-    use tokio::io::AsyncWriteExt;
-    let (addr, _upstream) = upload_upstream(|mut stream, _| async move {
-        let answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!";
-        let _ = stream.write_all(answer).await;
-        std::future::pending::<()>().await;
-    })
-    .await;
+    let (addr, _upstream) =
+        answers_and_holds(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!").await;
     let gw = Gateway::start(&(config("", &[("stops-reading", 1, addr)]) + PATIENT)).await;
     // 64 MiB: far more than the sockets between them hold.
     let size = 64 << 20;
     let response = upload_part(&gw, size, size).await;
-    let response = response.map(|r| (r.status, r.text()));
-    assert_eq!(response, Some((413, "big!".to_owned())));
-    let text = admin(gw.admin, "GET", "/metrics", None, "").await.text();
-    let version = [("version", "stops-reading")];
-    assert_eq!(
-        metric_value(&text, "canary_upstream_errors_total", &version),
-        0.0,
-        "{text}"
-    );
+    assert_413_not_charged(&gw, response, "stops-reading").await;
     gw.shutdown().await;
 }
 
@@ -286,13 +282,8 @@ async fn an_early_answer_from_an_upstream_that_stops_reading_reaches_the_client(
 /// after the body-stall timeout.
 #[tokio::test]
 async fn an_early_answer_reaches_a_slow_client() {
-    use tokio::io::AsyncWriteExt;
-    let (addr, _upstream) = upload_upstream(|mut stream, _| async move {
-        let answer = b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 2\r\n\r\nno";
-        let _ = stream.write_all(answer).await;
-        std::future::pending::<()>().await;
-    })
-    .await;
+    let (addr, _upstream) =
+        answers_and_holds(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 2\r\n\r\nno").await;
     let gw = Gateway::start(&(config("", &[("slow-client", 1, addr)]) + PATIENT)).await;
     let response = upload_part(&gw, 1 << 20, 1024).await;
     assert_eq!(
