@@ -25,6 +25,7 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -133,8 +134,8 @@ pub async fn serve<IO: ClientIo>(
         let request = serve_one(io, buf, start, out, state, proxy, drain);
         let (outcome, back) = in_place(&mut kept, request).await?;
         (io, buf, out) = back;
-        let (len, close) = match outcome {
-            Served::Done { len, close } => (len, close),
+        let (len, close, linger) = match outcome {
+            Served::Done { len, close, linger } => (len, close, linger),
             Served::HandOff => {
                 buf.drain(..start);
                 return Ok(Ended::HandOff(buf.into()));
@@ -142,6 +143,9 @@ pub async fn serve<IO: ClientIo>(
             Served::Closed => return Ok(Ended::Closed),
         };
         if close {
+            if linger {
+                Box::pin(lingering_close(&mut *io, drain)).await;
+            }
             return Ok(Ended::Closed);
         }
         served += 1;
@@ -160,6 +164,34 @@ pub async fn serve<IO: ClientIo>(
     }
 }
 
+/// Longest a connection closing with a request body maybe unread waits
+/// for the client to stop sending (see [`lingering_close`]).
+const LINGER: Duration = Duration::from_secs(5);
+
+/// Closes a connection whose client may still be sending a request body
+/// the server did not read (an early answer, a refusal): a socket closed
+/// with unread bytes is reset, and a reset throws away what the socket had
+/// not sent yet (the response's tail) and may reach the client before the
+/// response. So, as nginx's lingering close: the write side is shut (the
+/// client gets the whole response, then the end of the stream), and what
+/// the client still sends is read and dropped until it closes, for at most
+/// [`LINGER`], or until the gateway drains.
+async fn lingering_close<IO: AsyncRead + AsyncWrite + Unpin>(io: &mut IO, drain: &Drain) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = vec![0u8; 16 * 1024];
+    let read_to_end = async { while matches!(io.read(&mut sink).await, Ok(n) if n > 0) {} };
+    let lingered = async {
+        tokio::select! {
+            () = read_to_end => {}
+            () = drain.began() => {}
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, lingered).await;
+}
+
 /// `future` in the allocation `kept` holds (the last request's, done by
 /// now), or in a new one.
 fn in_place<F: Future>(kept: &mut Option<Pin<Box<F>>>, future: F) -> Pin<&mut F> {
@@ -174,8 +206,14 @@ fn in_place<F: Future>(kept: &mut Option<Pin<Box<F>>>, future: F) -> Pin<&mut F>
 
 /// What serving the request at the start of a buffer came to.
 enum Served {
-    /// Answered: the head was `len` bytes; `close`: the connection closes.
-    Done { len: usize, close: bool },
+    /// Answered: the head was `len` bytes; `close`: the connection closes;
+    /// `linger`: part of the request's body was to come from the socket
+    /// (the client may still be sending it).
+    Done {
+        len: usize,
+        close: bool,
+        linger: bool,
+    },
     /// A request the own server leaves to hyper's.
     HandOff,
     /// Answered 400; the connection closes.
@@ -217,6 +255,7 @@ async fn serve_one<'c, IO: ClientIo>(
             Served::Done {
                 len: req.len + in_buf,
                 close,
+                linger: close && req.body > in_buf as u64,
             }
         }
         Parsed::Partial | Parsed::Other => Served::HandOff,

@@ -327,3 +327,26 @@ async fn an_interim_response_does_not_end_an_upload() {
     );
     gw.shutdown().await;
 }
+
+/// An early answer with a long body while the client is still sending:
+/// the client gets all of it before the connection closes (closing a
+/// socket with unread bytes resets it and throws away what it has not yet
+/// sent).
+#[tokio::test]
+async fn a_long_early_answer_arrives_whole_before_the_connection_closes() {
+    const LONG: usize = 32 << 20;
+    let (addr, _upstream) = upload_upstream(|mut stream, _| async move {
+        use tokio::io::AsyncWriteExt;
+        let head = format!("HTTP/1.1 413 Payload Too Large\r\ncontent-length: {LONG}\r\n\r\n");
+        let _ = stream.write_all(head.as_bytes()).await;
+        let _ = stream.write_all(&vec![b'x'; LONG]).await;
+        std::future::pending::<()>().await;
+    })
+    .await;
+    let gw = Gateway::start(&(config("", &[("long-answer", 1, addr)]) + PATIENT)).await;
+    let size = 256 << 20;
+    let response = upload_part(&gw, size, size).await;
+    let response = response.map(|r| (r.status, r.body.len()));
+    assert_eq!(response, Some((413, LONG)));
+    gw.shutdown().await;
+}
