@@ -48,8 +48,9 @@ pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
     /// The plain TCP socket underneath; `None` with TLS. A long response
     /// body goes into it through a pipe ([`crate::proxy::splice`]).
     fn plain_tcp(&self) -> Option<&TcpStream>;
-    /// Bytes reached the client by another way than this type's writes.
-    fn wrote(&self);
+    /// A write by another way than this type's: bytes reached the client
+    /// (`took`), or its socket took none (full: the client reads no more).
+    fn wrote(&self, took: bool);
 }
 
 /// How a connection served by the own server ended.

@@ -57,6 +57,9 @@ pub struct ConnState {
     /// A request was forwarded and its response head has not arrived (its
     /// own timeout runs): no body can stall meanwhile.
     awaiting_upstream: AtomicBool,
+    /// The last write to the client found its socket full (it reads no
+    /// more, or not yet): a stall then is the client's.
+    client_full: AtomicBool,
     /// The client's address for X-Forwarded-For, formatted once.
     pub peer_ip: HeaderValue,
 }
@@ -70,6 +73,7 @@ impl ConnState {
             awaiting_head: AtomicBool::new(true),
             http2: AtomicBool::new(false),
             awaiting_upstream: AtomicBool::new(false),
+            client_full: AtomicBool::new(false),
             peer_ip: super::headers::peer_ip(peer),
         }
     }
@@ -98,6 +102,23 @@ impl ConnState {
         {
             self.awaiting_head.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// What a write to the client came to.
+    fn wrote(&self, polled: &Poll<io::Result<usize>>) {
+        match polled {
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                self.saw_bytes(false);
+                self.client_full.store(false, Ordering::Relaxed);
+            }
+            Poll::Pending => self.client_full.store(true, Ordering::Relaxed),
+            Poll::Ready(_) => {}
+        }
+    }
+
+    /// Whether the last write to the client found its socket full.
+    pub fn client_full(&self) -> bool {
+        self.client_full.load(Ordering::Relaxed)
     }
 
     fn saw_bytes(&self, read: bool) {
@@ -160,8 +181,11 @@ impl h1::ClientIo for TrackedIo {
         }
     }
 
-    fn wrote(&self) {
-        self.state.saw_bytes(false);
+    fn wrote(&self, took: bool) {
+        if took {
+            self.state.saw_bytes(false);
+        }
+        self.state.client_full.store(!took, Ordering::Relaxed);
     }
 }
 
@@ -172,9 +196,7 @@ impl AsyncWrite for TrackedIo {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.state.saw_bytes(false);
-        }
+        self.state.wrote(&polled);
         polled
     }
 
@@ -184,9 +206,7 @@ impl AsyncWrite for TrackedIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.state.saw_bytes(false);
-        }
+        self.state.wrote(&polled);
         polled
     }
 

@@ -98,15 +98,16 @@ mod linux {
             })
         }
 
-        /// Moves `len` bytes from `from` to `to`, calling `wrote` after each
-        /// step that reached the client. Fails as the copying path does: the
+        /// Moves `len` bytes from `from` to `to`, calling `wrote(true)` after
+        /// each step that reached the client, `wrote(false)` when its socket
+        /// took nothing. Fails as the copying path does: the
         /// upstream's read or early close, or the client's write.
         pub async fn copy(
             &mut self,
             from: &TcpStream,
             to: &TcpStream,
             mut len: u64,
-            mut wrote: impl FnMut(),
+            mut wrote: impl FnMut(bool),
         ) -> Result<Spliced, SendError> {
             let Some((read_end, write_end)) = self.ends.as_ref() else {
                 return Ok(Spliced::Refused);
@@ -151,9 +152,9 @@ mod linux {
                     Ok(0) => return Err(SendError::Client(io::ErrorKind::WriteZero.into())),
                     Ok(n) => {
                         self.held -= n;
-                        wrote();
+                        wrote(true);
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => wrote(false),
                     Err(e) => return Err(SendError::Client(e)),
                 }
             }
@@ -200,7 +201,7 @@ impl Pipe {
         _from: &TcpStream,
         _to: &TcpStream,
         _len: u64,
-        _wrote: impl FnMut(),
+        _wrote: impl FnMut(bool),
     ) -> Result<Spliced, SendError> {
         Ok(Spliced::Refused)
     }
@@ -261,7 +262,7 @@ mod tests {
         let before = kept();
         let mut pipe = Pipe::get().unwrap();
         let mut writes = 0;
-        pipe.copy(&from, &to, 300_000, || writes += 1)
+        pipe.copy(&from, &to, 300_000, |took| writes += u32::from(took))
             .await
             .unwrap();
         drop(pipe);
@@ -283,7 +284,7 @@ mod tests {
         upstream.write_all(&[7u8; 1000]).await.unwrap();
         drop(upstream);
         let mut pipe = Pipe::get().unwrap();
-        let closed = pipe.copy(&from, &to, 5000, || {}).await;
+        let closed = pipe.copy(&from, &to, 5000, |_| {}).await;
         assert!(
             matches!(
                 closed,
@@ -299,7 +300,7 @@ mod tests {
             let _ = upstream.write_all(&vec![1u8; 4 << 20]).await;
         });
         let mut pipe = Pipe::get().unwrap();
-        let gone = pipe.copy(&from, &to, 4 << 20, || {}).await;
+        let gone = pipe.copy(&from, &to, 4 << 20, |_| {}).await;
         assert!(matches!(gone, Err(SendError::Client(_))), "{gone:?}");
         drop(from);
         writer.await.unwrap();

@@ -259,6 +259,8 @@ async fn stalled_bodies_end_the_request() {
     let text = text.replace("[split]\n", "[split]\noverride_header = \"x-version\"\n");
     let gw = Gateway::start(&text).await;
     let mut count = metric(&gw, "canary_body_stalls_total", &[]).await;
+    let client_stalls = [("kind", "body_stall")];
+    let clients_before = metric(&gw, "canary_client_errors_total", &client_stalls).await;
     for path in PATHS {
         let (mut stream, mut buf) = connect(gw.addr, path).await;
         let get = b"GET / HTTP/1.1\r\nHost: h\r\nX-Version: half\r\n\r\n";
@@ -285,8 +287,15 @@ async fn stalled_bodies_end_the_request() {
             .await
         );
     }
+    // An upstream that stopped is not the client's error.
+    assert_eq!(
+        metric(&gw, "canary_client_errors_total", &client_stalls).await,
+        clients_before
+    );
     // The client stops reading a large response: chunked, and with a
-    // length (on the own server, spliced socket to socket).
+    // length (on the own server, spliced socket to socket). The client's
+    // error, as on HTTP/2.
+    let mut clients = clients_before;
     for (path, query) in PATHS.into_iter().flat_map(|p| [(p, ""), (p, "&length=1")]) {
         let (mut stream, _) = connect(gw.addr, path).await;
         let get = format!(
@@ -300,6 +309,11 @@ async fn stalled_bodies_end_the_request() {
         assert!(
             ended.await,
             "{path:?} {query}: a client that stopped reading held the request"
+        );
+        clients += 1.0;
+        assert!(
+            metric(&gw, "canary_client_errors_total", &client_stalls).await >= clients,
+            "{path:?} {query}: a client that stopped reading is the client's error"
         );
     }
     // The client stops sending its upload: 408, the client's error.

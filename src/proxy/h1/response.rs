@@ -162,7 +162,7 @@ pub async fn send<W: ClientIo>(
             .await?;
         out.clear();
         let spliced = match client.plain_tcp() {
-            Some(to) => pipe.copy(from, to, left, || client.wrote()).await?,
+            Some(to) => pipe.copy(from, to, left, |took| client.wrote(took)).await?,
             None => Spliced::Refused,
         };
         if spliced == Spliced::Moved {

@@ -239,7 +239,15 @@ impl Watch<'_> {
             Err(Closed::Idle) => tracing::debug!(%peer, "idle connection closed"),
             Err(Closed::Stall) => {
                 metrics::counter!(crate::metrics::BODY_STALLS_TOTAL).increment(1);
-                tracing::debug!(%peer, "request bodies stalled; closing the connection")
+                // A client that stopped reading its response is the
+                // client's error (as on HTTP/2); an upstream that stopped
+                // sending is not.
+                if self.state.client_full() {
+                    crate::proxy::error_response::ClientError::BodyStall.count();
+                    tracing::debug!(%peer, "client took no response body for the body-stall timeout; closing the connection")
+                } else {
+                    tracing::debug!(%peer, "request bodies stalled; closing the connection")
+                }
             }
         }
         None
