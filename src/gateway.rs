@@ -94,7 +94,10 @@ pub struct Running {
 
 impl Running {
     /// Starts draining and waits until the data path has drained; then
-    /// removes this task's generation report from a shared store (best effort).
+    /// writes a rollback still pending in the store (see
+    /// [`Control::flush_pending_rollback`]: the fleet's other tasks would
+    /// otherwise go on serving the canary), and removes this task's
+    /// generation report from a shared store (best effort).
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.serving.await;
@@ -102,6 +105,9 @@ impl Running {
             task.abort();
         }
         self.pollers.stop_all();
+        self.control
+            .flush_rollback_before_exit(PENDING_FLUSH_AT_EXIT)
+            .await;
         self.control.withdraw_report().await;
     }
 }
@@ -170,6 +176,11 @@ impl Reload for ConfigReloader {
         })
     }
 }
+
+/// How long a stopping task tries to write a rollback still pending in the
+/// store (ECS gives 30 s between SIGTERM and SIGKILL by default; the drain
+/// comes first).
+const PENDING_FLUSH_AT_EXIT: Duration = Duration::from_secs(5);
 
 /// How often the metrics exporter runs its upkeep and the upstream pools
 /// drop their stale idle connections.

@@ -725,3 +725,52 @@ async fn only_the_writer_syncs_the_route_and_the_reconcile_repairs_drift() {
         a.log_text()
     );
 }
+
+/// A rollback made while the store was down, still pending when ECS stops
+/// the task (SIGTERM before the next poll): the stopping task writes it, so
+/// the fleet's other tasks roll back too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_rollback_is_written_when_the_task_stops() {
+    let fx = Fixture::start().await;
+    let store = &fx.store;
+    let switch = store_switch(&fx.moto).await;
+    switch.set_faults(0);
+    // No poll within the test: only the exit can write the rollback.
+    let mut fleet = fx
+        .fleet(
+            1,
+            Some(&switch.endpoint_url()),
+            "poll_interval = \"600s\"\n",
+        )
+        .await;
+    let gw = fleet.remove(0);
+    let reply = gw.put_weights(&[("v1", 50), ("v2", 50)]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+
+    switch.set_faults(usize::MAX);
+    let rolled = admin(gw.admin, "POST", "/rollback", "").await;
+    assert_eq!(rolled.status, 200, "{}", rolled.text());
+    assert_eq!(gw.status().await["store"]["rollback_pending"], true);
+    switch.set_faults(0);
+    assert_eq!(store.load().await.unwrap().unwrap().weights["v2"], 50);
+
+    signal(&gw, "-TERM");
+    let mut gw = gw;
+    let exited = tokio::task::spawn_blocking(move || {
+        let status = gw.child.wait();
+        (gw, status)
+    });
+    let (gw, status) = tokio::time::timeout(WAIT, exited)
+        .await
+        .expect("the gateway did not exit")
+        .unwrap();
+    assert!(status.is_ok_and(|s| s.success()), "{}", gw.log_text());
+    let stored = store.load().await.unwrap().unwrap();
+    assert_eq!(stored.weights["v2"], 0, "{}", gw.log_text());
+    assert!(
+        gw.log_text()
+            .contains("pending rollback was written to the store at exit"),
+        "{}",
+        gw.log_text()
+    );
+}

@@ -117,6 +117,29 @@ impl Control {
         self.flush_pending_locked().await
     }
 
+    /// At exit: one more try, within `limit`, to write a rollback still
+    /// pending in the store; when it cannot, says loudly that the fleet's
+    /// other tasks keep the weights the rollback replaced.
+    pub async fn flush_rollback_before_exit(&self, limit: std::time::Duration) {
+        if !self.lock().rollback_pending {
+            return;
+        }
+        let outcome = tokio::time::timeout(limit, self.flush_pending_rollback()).await;
+        match outcome {
+            Ok(Ok(true)) => {
+                tracing::info!(target: "audit", "the pending rollback was written to the store at exit");
+            }
+            Ok(Ok(false)) | Ok(Err(_)) | Err(_) => {
+                let why = match outcome {
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("no answer within {limit:?}"),
+                    _ => "other tasks kept writing decisions".into(),
+                };
+                tracing::error!(target: "audit", error = %why, "exiting with a rollback the store never took: the fleet's other tasks keep the weights it replaced; roll back again (POST /rollback) once the store answers");
+            }
+        }
+    }
+
     /// [`Control::flush_pending_rollback`] with the decisions lock held.
     async fn flush_pending_locked(&self) -> Result<bool, ControlError> {
         for _ in 0..ROLLBACK_ATTEMPTS {

@@ -53,6 +53,12 @@ impl std::ops::Deref for GatewayProc {
     }
 }
 
+impl std::ops::DerefMut for GatewayProc {
+    fn deref_mut(&mut self) -> &mut Proc {
+        &mut self.proc
+    }
+}
+
 /// The binary with a clean AWS environment (only what the test gives: no
 /// AWS setting of the machine leaks in) and the admin token.
 fn command(dir: &tempfile::TempDir) -> Command {
