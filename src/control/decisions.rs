@@ -124,20 +124,16 @@ impl Control {
         if !self.lock().rollback_pending {
             return;
         }
-        let outcome = tokio::time::timeout(limit, self.flush_pending_rollback()).await;
-        match outcome {
+        let why = match tokio::time::timeout(limit, self.flush_pending_rollback()).await {
             Ok(Ok(true)) => {
                 tracing::info!(target: "audit", "the pending rollback was written to the store at exit");
+                return;
             }
-            Ok(Ok(false)) | Ok(Err(_)) | Err(_) => {
-                let why = match outcome {
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => format!("no answer within {limit:?}"),
-                    _ => "other tasks kept writing decisions".into(),
-                };
-                tracing::error!(target: "audit", error = %why, "exiting with a rollback the store never took: the fleet's other tasks keep the weights it replaced; roll back again (POST /rollback) once the store answers");
-            }
-        }
+            Ok(Ok(false)) => "other tasks kept writing decisions".to_string(),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {limit:?}"),
+        };
+        tracing::error!(target: "audit", error = %why, "exiting with a rollback the store never took: the fleet's other tasks keep the weights it replaced; roll back again (POST /rollback) once the store answers");
     }
 
     /// [`Control::flush_pending_rollback`] with the decisions lock held.

@@ -107,13 +107,18 @@ impl ConnState {
     /// What a write to the client came to.
     fn wrote(&self, polled: &Poll<io::Result<usize>>) {
         match polled {
-            Poll::Ready(Ok(n)) if *n > 0 => {
-                self.saw_bytes(false);
-                self.client_full.store(false, Ordering::Relaxed);
-            }
-            Poll::Pending => self.client_full.store(true, Ordering::Relaxed),
+            Poll::Ready(Ok(n)) if *n > 0 => self.client_took(true),
+            Poll::Pending => self.client_took(false),
             Poll::Ready(_) => {}
         }
+    }
+
+    /// A write to the client moved bytes (`took`), or found its socket full.
+    fn client_took(&self, took: bool) {
+        if took {
+            self.saw_bytes(false);
+        }
+        self.client_full.store(!took, Ordering::Relaxed);
     }
 
     /// Whether the last write to the client found its socket full.
@@ -182,10 +187,7 @@ impl h1::ClientIo for TrackedIo {
     }
 
     fn wrote(&self, took: bool) {
-        if took {
-            self.state.saw_bytes(false);
-        }
-        self.state.client_full.store(!took, Ordering::Relaxed);
+        self.state.client_took(took);
     }
 }
 
