@@ -859,8 +859,26 @@ fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
     tokio::spawn(async move {
         match tokio::try_join!(client, upstream) {
             Ok((client, upstream)) => {
-                let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                let mut client = TokioIo::new(client);
+                let ended = match upstream::unwrap_upgraded(upstream) {
+                    // The upstream's socket itself: in a tunnel a write the
+                    // upstream refused ends it, as any other error.
+                    Ok((mut upstream, early)) => {
+                        match tokio::io::AsyncWriteExt::write_all(&mut client, &early).await {
+                            Ok(()) => tokio::io::copy_bidirectional(&mut client, &mut upstream)
+                                .await
+                                .map(drop),
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Err(upstream) => {
+                        let mut upstream = TokioIo::new(upstream);
+                        tokio::io::copy_bidirectional(&mut client, &mut upstream)
+                            .await
+                            .map(drop)
+                    }
+                };
+                if let Err(e) = ended {
                     tracing::debug!(error = %e, "upgraded connection ended with an error");
                 }
             }

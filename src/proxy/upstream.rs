@@ -5,8 +5,10 @@
 //! to every snapshot while the address stays, so pooled connections,
 //! outstanding counts and ejections survive weight changes and reloads.
 
+pub mod refused_writes;
+
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +22,24 @@ use super::upstream_client::Conn;
 use crate::config::UpstreamConfig;
 
 /// A pooled HTTP/1.1 connection's request handle (hyper's client).
-pub type Sender = http1::SendRequest<super::body::RequestBody>;
+pub struct Sender {
+    send: http1::SendRequest<super::body::RequestBody>,
+    /// The upstream refused a write ([`refused_writes`]): never reused.
+    refused: Arc<AtomicBool>,
+}
+
+impl std::ops::Deref for Sender {
+    type Target = http1::SendRequest<super::body::RequestBody>;
+    fn deref(&self) -> &Self::Target {
+        &self.send
+    }
+}
+
+impl std::ops::DerefMut for Sender {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.send
+    }
+}
 
 /// A connection that can go back to the pool once its response has ended.
 pub enum Pooled {
@@ -56,7 +75,7 @@ trait Poolable {
 
 impl Poolable for Sender {
     fn is_open(&self) -> bool {
-        !self.is_closed()
+        !self.send.is_closed() && !self.refused.load(Ordering::Relaxed)
     }
 }
 
@@ -210,7 +229,7 @@ impl Endpoint {
     /// at most `max_idle` connections stay idle.
     pub fn checkin(&self, conn: Pooled, max_idle: usize, now: Instant) {
         if let Pooled::Hyper(sender) = &conn
-            && !sender.is_open()
+            && !Poolable::is_open(sender)
         {
             return;
         }
@@ -281,8 +300,10 @@ impl Endpoint {
     /// Makes a connection from [`Endpoint::open`] an HTTP/1.1 connection
     /// driven by hyper's client, in a task of its own.
     pub async fn handshake(&self, stream: crate::tls::Stream) -> Result<Sender, ConnectError> {
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+        let io = refused_writes::RefusedWrites::new(stream);
+        let refused = io.flag();
+        let (send, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|e| ConnectError::Handshake(self.addr, e))?;
         let addr = self.addr;
@@ -291,8 +312,20 @@ impl Endpoint {
                 tracing::debug!(upstream = %addr, error = %e, "upstream connection ended with an error");
             }
         });
-        Ok(sender)
+        Ok(Sender { send, refused })
     }
+}
+
+/// The socket under an upgraded connection of hyper's client, out of its
+/// [`refused_writes`] wrapper, with the bytes hyper read past the 101
+/// response; `Err` gives back a connection not made by
+/// [`Endpoint::handshake`].
+pub fn unwrap_upgraded(
+    upgraded: hyper::upgrade::Upgraded,
+) -> Result<(crate::tls::Stream, bytes::Bytes), hyper::upgrade::Upgraded> {
+    let parts =
+        upgraded.downcast::<TokioIo<refused_writes::RefusedWrites<crate::tls::Stream>>>()?;
+    Ok((parts.io.into_inner().into_inner(), parts.read_buf))
 }
 
 /// A request counted in its endpoint's outstanding requests until dropped,

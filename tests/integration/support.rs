@@ -164,6 +164,16 @@ pub async fn read_to_close(stream: &mut TcpStream, limit: Duration) -> Option<Ve
 pub async fn h2c_client(
     addr: SocketAddr,
 ) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    h2c_client_for(addr).await
+}
+
+/// [`h2c_client`] for requests with bodies of type `B`.
+pub async fn h2c_client_for<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stream = TcpStream::connect(addr).await.unwrap();
     let (sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),

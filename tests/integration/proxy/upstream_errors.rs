@@ -150,14 +150,19 @@ async fn an_upstream_that_stops_reading_an_upload_times_out() {
     held.abort();
 }
 
-/// An upstream that answers an upload before reading it (413) and closes:
-/// the client gets that answer, not a 502, and the version is charged no
-/// upstream error (canary analysis would read a refusal as a failure).
+/// An upstream that answers an upload before reading it (413) and closes,
+/// its kernel resetting the connection for the unread bytes: the client
+/// gets that answer, not a 502, and the version is charged no upstream
+/// error (canary analysis would read a refusal as a failure). The answer
+/// says nothing of the close: the connection must still not be used again
+/// (the next upload would find it dead and fail). Over HTTP/1.1 with each
+/// framing (a chunked upload goes through hyper's server and client) and
+/// over HTTP/2.
 #[tokio::test]
 async fn an_early_answer_to_an_upload_reaches_the_client() {
     let upstream = FixedUpstream::scripted(|_| {
         Some((
-            &b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbig!"[..],
+            &b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!"[..],
             true,
         ))
     })
@@ -165,8 +170,26 @@ async fn an_early_answer_to_an_upload_reaches_the_client() {
     // A version name of its own: the metrics registry is the test process's.
     let gw = Gateway::start(&config("", &[("early", 1, upstream.addr)])).await;
     let size: usize = 8 << 20;
-    let response = upload_part(&gw, size, size).await;
-    assert_413_not_charged(&gw, response, "early").await;
+    for framing in FRAMINGS {
+        for _ in 0..3 {
+            let response = upload_part(&gw, size, size, framing).await;
+            assert_413_not_charged(&gw, text_of(response), "early", framing).await;
+        }
+    }
+    // And over HTTP/2: the upload's stream gets the answer.
+    let mut sender = h2c_client_for(gw.addr).await;
+    for _ in 0..3 {
+        use http_body_util::BodyExt;
+        let body = http_body_util::Full::new(bytes::Bytes::from(vec![b'u'; size]));
+        let req = http::Request::post(format!("http://{}/up", gw.addr))
+            .body(body)
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.into_body().collect().await.unwrap().to_bytes();
+        let response = (status, String::from_utf8_lossy(&text).into_owned());
+        assert_413_not_charged(&gw, Some(response), "early", "HTTP/2").await;
+    }
     gw.shutdown().await;
 }
 
@@ -174,11 +197,11 @@ async fn an_early_answer_to_an_upload_reaches_the_client() {
 /// no upstream error (canary analysis would read a refusal as a failure).
 async fn assert_413_not_charged(
     gw: &Gateway,
-    response: Option<crate::recorder::RawResponse>,
+    response: Option<(u16, String)>,
     version: &str,
+    case: impl std::fmt::Debug,
 ) {
-    let response = response.map(|r| (r.status, r.text()));
-    assert_eq!(response, Some((413, "big!".to_owned())));
+    assert_eq!(response, Some((413, "big!".to_owned())), "{case:?}");
     let text = admin(gw.admin, "GET", "/metrics", None, "").await.text();
     assert_eq!(
         metric_value(
@@ -191,11 +214,17 @@ async fn assert_413_not_charged(
     );
 }
 
+/// A response's status and body text.
+fn text_of(response: Option<crate::recorder::RawResponse>) -> Option<(u16, String)> {
+    response.map(|r| (r.status, r.text()))
+}
+
 /// An upstream that reads an upload's head, then runs `after_head` on the
-/// connection (which holds the socket for as long as it runs).
+/// connection, the head and the body bytes read with it (it holds the
+/// socket for as long as it runs).
 async fn upload_upstream<F, Fut>(after_head: F) -> (std::net::SocketAddr, ServerTask)
 where
-    F: Fn(tokio::net::TcpStream, Vec<u8>) -> Fut + Send + Sync + 'static,
+    F: Fn(tokio::net::TcpStream, String, Vec<u8>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -205,8 +234,8 @@ where
         let after_head = after_head.clone();
         async move {
             let mut buf = Vec::new();
-            if read_head(&mut stream, &mut buf).await.is_some() {
-                after_head(stream, buf).await;
+            if let Some(head) = read_head(&mut stream, &mut buf).await {
+                after_head(stream, head, buf).await;
             }
         }
     });
@@ -216,7 +245,7 @@ where
 /// An upstream that answers `answer` to a request head and holds the
 /// connection open without reading any more of it.
 async fn answers_and_holds(answer: &'static [u8]) -> (std::net::SocketAddr, ServerTask) {
-    upload_upstream(move |mut stream, _| async move {
+    upload_upstream(move |mut stream, _, _| async move {
         use tokio::io::AsyncWriteExt;
         let _ = stream.write_all(answer).await;
         std::future::pending::<()>().await;
@@ -224,27 +253,61 @@ async fn answers_and_holds(answer: &'static [u8]) -> (std::net::SocketAddr, Serv
     .await
 }
 
-/// Sends a POST head announcing `size` body bytes and the first `send` of
-/// them, then keeps the connection open; the response it gets.
+/// How an upload's body is framed: both go through the gateway (a
+/// Content-Length one through its own server and client, a chunked one
+/// through hyper's), and an early answer must reach the client either way.
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    Length,
+    Chunked,
+}
+
+const FRAMINGS: [Framing; 2] = [Framing::Length, Framing::Chunked];
+
+/// Sends a POST head for a body of `size` bytes framed as `framing`, and
+/// the first `send` of them (all of them: the body ends), then keeps the
+/// connection open; the response it gets.
 async fn upload_part(
     gw: &Gateway,
     size: usize,
     send: usize,
+    framing: Framing,
 ) -> Option<crate::recorder::RawResponse> {
     use tokio::io::AsyncWriteExt;
     let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let (mut reader, mut writer) = stream.into_split();
-    let head = format!("POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: {size}\r\n\r\n");
+    let head = match framing {
+        Framing::Length => {
+            format!("POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: {size}\r\n\r\n")
+        }
+        Framing::Chunked => {
+            "POST /up HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n".into()
+        }
+    };
     writer.write_all(head.as_bytes()).await.unwrap();
     let sender = tokio::spawn(async move {
         let chunk = vec![b'u'; 64 * 1024];
         let mut left = send;
         while left > 0 {
             let n = left.min(chunk.len());
-            if writer.write_all(&chunk[..n]).await.is_err() {
+            let sent = match framing {
+                Framing::Length => writer.write_all(&chunk[..n]).await,
+                Framing::Chunked => {
+                    let mut framed = format!("{n:x}\r\n").into_bytes();
+                    framed.extend_from_slice(&chunk[..n]);
+                    framed.extend_from_slice(b"\r\n");
+                    writer.write_all(&framed).await
+                }
+            };
+            if sent.is_err() {
                 return;
             }
             left -= n;
+        }
+        if let Framing::Chunked = framing
+            && send == size
+        {
+            let _ = writer.write_all(b"0\r\n\r\n").await;
         }
         // Holds the connection open, the rest of the body never sent.
         std::future::pending::<()>().await;
@@ -272,8 +335,10 @@ async fn an_early_answer_from_an_upstream_that_stops_reading_reaches_the_client(
     let gw = Gateway::start(&(config("", &[("stops-reading", 1, addr)]) + PATIENT)).await;
     // 64 MiB: far more than the sockets between them hold.
     let size = 64 << 20;
-    let response = upload_part(&gw, size, size).await;
-    assert_413_not_charged(&gw, response, "stops-reading").await;
+    for framing in FRAMINGS {
+        let response = upload_part(&gw, size, size, framing).await;
+        assert_413_not_charged(&gw, text_of(response), "stops-reading", framing).await;
+    }
     gw.shutdown().await;
 }
 
@@ -285,11 +350,14 @@ async fn an_early_answer_reaches_a_slow_client() {
     let (addr, _upstream) =
         answers_and_holds(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 2\r\n\r\nno").await;
     let gw = Gateway::start(&(config("", &[("slow-client", 1, addr)]) + PATIENT)).await;
-    let response = upload_part(&gw, 1 << 20, 1024).await;
-    assert_eq!(
-        response.map(|r| (r.status, r.text())),
-        Some((401, "no".to_owned()))
-    );
+    for framing in FRAMINGS {
+        let response = upload_part(&gw, 1 << 20, 1024, framing).await;
+        assert_eq!(
+            response.map(|r| (r.status, r.text())),
+            Some((401, "no".to_owned())),
+            "{framing:?}"
+        );
+    }
     gw.shutdown().await;
 }
 
@@ -300,17 +368,28 @@ async fn an_early_answer_reaches_a_slow_client() {
 async fn an_interim_response_does_not_end_an_upload() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let size: usize = 8 << 20;
-    let (addr, _upstream) = upload_upstream(move |mut stream, buf| async move {
+    let (addr, _upstream) = upload_upstream(move |mut stream, head, buf| async move {
         let _ = stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+        // Only a chunked body's end is known without counting its framing.
+        let chunked = head.contains("chunked");
         let mut got = buf.len();
+        let mut tail = Vec::new();
         let mut tmp = vec![0u8; 64 * 1024];
-        while got < size {
+        while (!chunked && got < size) || (chunked && !tail.ends_with(b"\r\n0\r\n\r\n")) {
             match stream.read(&mut tmp).await {
                 Ok(0) | Err(_) => return,
-                Ok(n) => got += n,
+                Ok(n) => {
+                    got += n;
+                    tail.extend_from_slice(&tmp[..n]);
+                    tail.drain(..tail.len().saturating_sub(7));
+                }
             }
         }
-        let body = got.to_string();
+        let body = if chunked {
+            "whole".to_owned()
+        } else {
+            got.to_string()
+        };
         let answer = format!(
             "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
@@ -320,11 +399,17 @@ async fn an_interim_response_does_not_end_an_upload() {
     })
     .await;
     let gw = Gateway::start(&(config("", &[("interim", 1, addr)]) + PATIENT)).await;
-    let response = upload_part(&gw, size, size).await;
-    assert_eq!(
-        response.map(|r| (r.status, r.text())),
-        Some((200, size.to_string()))
-    );
+    for (framing, whole) in [
+        (Framing::Length, size.to_string()),
+        (Framing::Chunked, "whole".into()),
+    ] {
+        let response = upload_part(&gw, size, size, framing).await;
+        assert_eq!(
+            response.map(|r| (r.status, r.text())),
+            Some((200, whole)),
+            "{framing:?}"
+        );
+    }
     gw.shutdown().await;
 }
 
@@ -335,7 +420,7 @@ async fn an_interim_response_does_not_end_an_upload() {
 #[tokio::test]
 async fn a_long_early_answer_arrives_whole_before_the_connection_closes() {
     const LONG: usize = 32 << 20;
-    let (addr, _upstream) = upload_upstream(|mut stream, _| async move {
+    let (addr, _upstream) = upload_upstream(|mut stream, _, _| async move {
         use tokio::io::AsyncWriteExt;
         let head = format!("HTTP/1.1 413 Payload Too Large\r\ncontent-length: {LONG}\r\n\r\n");
         let _ = stream.write_all(head.as_bytes()).await;
@@ -343,10 +428,18 @@ async fn a_long_early_answer_arrives_whole_before_the_connection_closes() {
         std::future::pending::<()>().await;
     })
     .await;
-    let gw = Gateway::start(&(config("", &[("long-answer", 1, addr)]) + PATIENT)).await;
+    // hyper's server (the chunked upload) keeps reading the upload after
+    // the answer, for the upstream that no longer reads it: the connection
+    // lasts until `body_stall`, and the shutdown waits for it.
+    let gw = Gateway::start(
+        &(config("", &[("long-answer", 1, addr)]) + PATIENT + "shutdown_grace = \"1s\"\n"),
+    )
+    .await;
     let size = 256 << 20;
-    let response = upload_part(&gw, size, size).await;
-    let response = response.map(|r| (r.status, r.body.len()));
-    assert_eq!(response, Some((413, LONG)));
+    for framing in FRAMINGS {
+        let response = upload_part(&gw, size, size, framing).await;
+        let response = response.map(|r| (r.status, r.body.len()));
+        assert_eq!(response, Some((413, LONG)), "{framing:?}");
+    }
     gw.shutdown().await;
 }
