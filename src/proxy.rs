@@ -803,6 +803,7 @@ async fn forward(
     let mut req = req;
     let mut retried = false;
     loop {
+        sender.sending(progress.clone());
         let outcome = tokio::select! {
             outcome = sender.try_send_request(req) => outcome,
             error = &mut deadline => return Err(failed(error)),

@@ -72,6 +72,11 @@ impl BodyProgress {
         }
     }
 
+    /// The body has been passed on in full (or dropped).
+    pub fn is_done(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
     /// The body has not ended and the last read of its source found
     /// nothing.
     pub fn waiting_on_source(&self) -> bool {

@@ -26,6 +26,23 @@ pub struct Sender {
     send: http1::SendRequest<super::body::RequestBody>,
     /// The upstream refused a write ([`refused_writes`]): never reused.
     refused: Arc<AtomicBool>,
+    /// The body of the request last sent, if it had one.
+    request_body: Option<Arc<super::body::BodyProgress>>,
+}
+
+impl Sender {
+    /// Notes the body of the request about to be sent.
+    pub fn sending(&mut self, body: Option<Arc<super::body::BodyProgress>>) {
+        self.request_body = body;
+    }
+
+    /// The upstream answered before the request's body went up in full (an
+    /// early answer; the client may still be sending it): the connection
+    /// stays busy with that body, and a request given it would wait for the
+    /// whole upload, or for `body_stall` if the upstream stopped reading.
+    fn body_still_going(&self) -> bool {
+        self.request_body.as_ref().is_some_and(|b| !b.is_done())
+    }
 }
 
 impl std::ops::Deref for Sender {
@@ -229,7 +246,7 @@ impl Endpoint {
     /// at most `max_idle` connections stay idle.
     pub fn checkin(&self, conn: Pooled, max_idle: usize, now: Instant) {
         if let Pooled::Hyper(sender) = &conn
-            && !Poolable::is_open(sender)
+            && (!Poolable::is_open(sender) || sender.body_still_going())
         {
             return;
         }
@@ -312,7 +329,11 @@ impl Endpoint {
                 tracing::debug!(upstream = %addr, error = %e, "upstream connection ended with an error");
             }
         });
-        Ok(Sender { send, refused })
+        Ok(Sender {
+            send,
+            refused,
+            request_body: None,
+        })
     }
 }
 

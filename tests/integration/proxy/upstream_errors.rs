@@ -273,9 +273,21 @@ async fn upload_part(
     send: usize,
     framing: Framing,
 ) -> Option<crate::recorder::RawResponse> {
+    // Within 10 s, far below the configured timeouts: an answer after one
+    // of those would be the gateway's, not the upstream's.
+    upload_and_go_on(gw, size, send, framing).await.0
+}
+
+/// Writes a POST head for a body of `size` bytes framed as `framing` and
+/// the first `send` of them (all of them: the body ends), then holds the
+/// connection open until dropped.
+async fn send_upload(
+    mut writer: tokio::net::tcp::OwnedWriteHalf,
+    size: usize,
+    send: usize,
+    framing: Framing,
+) {
     use tokio::io::AsyncWriteExt;
-    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let (mut reader, mut writer) = stream.into_split();
     let head = match framing {
         Framing::Length => {
             format!("POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: {size}\r\n\r\n")
@@ -284,40 +296,34 @@ async fn upload_part(
             "POST /up HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n".into()
         }
     };
-    writer.write_all(head.as_bytes()).await.unwrap();
-    let sender = tokio::spawn(async move {
-        let chunk = vec![b'u'; 64 * 1024];
-        let mut left = send;
-        while left > 0 {
-            let n = left.min(chunk.len());
-            let sent = match framing {
-                Framing::Length => writer.write_all(&chunk[..n]).await,
-                Framing::Chunked => {
-                    let mut framed = format!("{n:x}\r\n").into_bytes();
-                    framed.extend_from_slice(&chunk[..n]);
-                    framed.extend_from_slice(b"\r\n");
-                    writer.write_all(&framed).await
-                }
-            };
-            if sent.is_err() {
-                return;
+    if writer.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    let chunk = vec![b'u'; 64 * 1024];
+    let mut left = send;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        let sent = match framing {
+            Framing::Length => writer.write_all(&chunk[..n]).await,
+            Framing::Chunked => {
+                let mut framed = format!("{n:x}\r\n").into_bytes();
+                framed.extend_from_slice(&chunk[..n]);
+                framed.extend_from_slice(b"\r\n");
+                writer.write_all(&framed).await
             }
-            left -= n;
+        };
+        if sent.is_err() {
+            return;
         }
-        if let Framing::Chunked = framing
-            && send == size
-        {
-            let _ = writer.write_all(b"0\r\n\r\n").await;
-        }
-        // Holds the connection open, the rest of the body never sent.
-        std::future::pending::<()>().await;
-    });
-    let mut buf = Vec::new();
-    // Within 10 s, far below the configured timeouts: an answer after one
-    // of those would be the gateway's, not the upstream's.
-    let response = crate::recorder::read_response(&mut reader, &mut buf, false).await;
-    sender.abort();
-    response
+        left -= n;
+    }
+    if let Framing::Chunked = framing
+        && send == size
+    {
+        let _ = writer.write_all(b"0\r\n\r\n").await;
+    }
+    // Holds the connection open, the rest of the body never sent.
+    std::future::pending::<()>().await;
 }
 
 /// Timeouts long enough that only an answer passed on promptly arrives
@@ -442,4 +448,48 @@ async fn a_long_early_answer_arrives_whole_before_the_connection_closes() {
         assert_eq!(response, Some((413, LONG)), "{framing:?}");
     }
     gw.shutdown().await;
+}
+
+/// A client still sending an upload that its upstream answered already
+/// (and stopped reading): the upstream connection carrying it is not given
+/// to the next request, which would wait for that upload to end (or for
+/// `body_stall`), but gets its own.
+#[tokio::test]
+async fn a_connection_busy_with_an_answered_upload_is_not_reused() {
+    let (addr, _upstream) =
+        answers_and_holds(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!").await;
+    let gw = Gateway::start(&(config("", &[("busy", 1, addr)]) + PATIENT)).await;
+    for framing in FRAMINGS {
+        // Far more than the sockets on the way hold: the upload never ends.
+        let (first, _still_sending) = upload_and_go_on(&gw, 1 << 30, 1 << 30, framing).await;
+        assert_eq!(text_of(first), Some((413, "big!".into())), "{framing:?}");
+        let next = upload_part(&gw, 1024, 1024, framing).await;
+        assert_eq!(text_of(next), Some((413, "big!".into())), "{framing:?}");
+    }
+    gw.shutdown().await;
+}
+
+/// [`upload_part`], the client going on (sending, then holding its
+/// connection open) for as long as the returned guard is kept.
+async fn upload_and_go_on(
+    gw: &Gateway,
+    size: usize,
+    send: usize,
+    framing: Framing,
+) -> (Option<crate::recorder::RawResponse>, AbortOnDrop) {
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut reader, writer) = stream.into_split();
+    let sending = AbortOnDrop(tokio::spawn(send_upload(writer, size, send, framing)));
+    let mut buf = Vec::new();
+    let response = crate::recorder::read_response(&mut reader, &mut buf, false).await;
+    (response, sending)
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
