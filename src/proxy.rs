@@ -510,16 +510,16 @@ fn record_error(version: &Version, failed: &Failed) {
     if let (false, Some(kind)) = (matches!(e, ProxyError::Connect(_)), e.kind_index()) {
         version.metrics.errors[kind].increment(1);
     }
-    // An outage fails every request: one warn line a second at most (it
-    // says how many it stands for), each request's detail at debug.
-    static WARNED: log_limit::LogLimit = log_limit::LogLimit::new();
-    match WARNED.allow(clock::now_ms(), 1000) {
+    // An outage fails every request: one warn line a second per version
+    // at most (it says how many it stands for), each request's detail at
+    // debug.
+    match version.metrics.failure_log.allow(clock::now_ms(), 1000) {
         Some(held_back) => tracing::warn!(
             version = %version.name,
             request_id,
             error = %e,
             held_back,
-            "request failed (at most one such line a second; held_back: failures logged at debug since the last)"
+            "request failed (at most one such line a second per version; held_back: its failures logged at debug since the last)"
         ),
         None => tracing::debug!(version = %version.name, request_id, error = %e, "request failed"),
     }

@@ -41,6 +41,10 @@ pub struct VersionMetrics {
     pub errors: [Counter; 4],
     /// The dashboard's per-second series of this version.
     pub series: std::sync::Arc<crate::telemetry::series::VersionRecorder>,
+    /// The version's failed requests at warn level: one line a second at
+    /// most, per version, so that one version's outage never hides
+    /// another's failures (the canary's, say) from the log.
+    pub failure_log: crate::proxy::log_limit::LogLimit,
 }
 
 impl VersionMetrics {
@@ -55,6 +59,7 @@ impl VersionMetrics {
                 metrics::counter!(names::UPSTREAM_ERRORS_TOTAL, "version" => v.clone(), "kind" => kind)
             }),
             series: crate::telemetry::series::recorder(version),
+            failure_log: crate::proxy::log_limit::LogLimit::new(),
         }
     }
 }
