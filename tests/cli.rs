@@ -374,3 +374,126 @@ async fn ctl_drives_a_real_rollout_and_exits_by_its_end() {
     assert!(err.contains("rollout aborted"), "{err}");
     assert_eq!(gw.weights().await["weights"]["v1"], 0);
 }
+
+/// An `https://` webhook whose certificate a private CA signed: the
+/// gateway trusts the CA that `SSL_CERT_FILE` names (the system's trust
+/// store is read that way, as OpenSSL's), and the rollout's events reach
+/// the webhook; a gateway that does not trust the CA sends none and logs
+/// why.
+#[tokio::test]
+async fn an_https_webhook_behind_a_private_ca_gets_the_rollouts_events() {
+    let (v1, v2) = (
+        TaggedUpstream::start("v1").await,
+        TaggedUpstream::start("v2").await,
+    );
+    let (hook, events, ca_pem) = tls_webhook().await;
+    let dir = tempfile::tempdir().unwrap();
+    let trusted = dir.path().join("ca.pem");
+    std::fs::write(&trusted, ca_pem).unwrap();
+    // A bundle with an unrelated CA only.
+    let other = dir.path().join("other.pem");
+    std::fs::write(&other, test_ca().1).unwrap();
+    let plan = format!(
+        r#"{{"canary": "v2", "steps": [10, 100], "interval_s": 60, "webhook": "https://localhost:{}/events"}}"#,
+        hook.port()
+    );
+    for (bundle, trusts) in [(&other, false), (&trusted, true)] {
+        let bundle = bundle.to_str().unwrap();
+        let gw =
+            GatewayProc::spawn_from_env(&config(v1.addr, v2.addr), &[("SSL_CERT_FILE", bundle)])
+                .await;
+        let reply = admin(gw.admin, "POST", "/rollout", &plan).await;
+        assert!(reply.status.is_success(), "{}", reply.text());
+        let got = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if trusts && !events.lock().unwrap().is_empty() {
+                    return;
+                }
+                let log = gw.log_text();
+                if !trusts && log.contains("event dropped after") {
+                    assert!(log.contains("rollout webhook failed"), "{log}");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(got.is_ok(), "trusted: {trusts}\n{}", gw.log_text());
+    }
+    // Only the gateway that trusted the CA got through, once.
+    let events = events.lock().unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["event"], "started", "{events:?}");
+    assert_eq!(events[0]["canary"], "v2", "{events:?}");
+}
+
+/// A CA made for the test: its issuer and its PEM.
+fn test_ca() -> (rcgen::Issuer<'static, rcgen::KeyPair>, String) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let pem = params.self_signed(&key).unwrap().pem();
+    (rcgen::Issuer::new(params, key), pem)
+}
+
+/// A webhook over TLS on 127.0.0.1 with a certificate for `localhost`
+/// signed by a CA of its own: its address, the JSON bodies it was sent, and
+/// the CA's PEM.
+async fn tls_webhook() -> (
+    SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    String,
+) {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::TokioIo;
+    use std::sync::{Arc, Mutex};
+    let (issuer, ca_pem) = test_ca();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.der().clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let kept = events.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, kept) = (acceptor.clone(), kept.clone());
+            tokio::spawn(async move {
+                // A client that does not trust the CA ends here.
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let kept = kept.clone();
+                        async move {
+                            let body = req.into_body().collect().await?.to_bytes();
+                            if let Ok(event) = serde_json::from_slice(&body) {
+                                kept.lock().unwrap().push(event);
+                            }
+                            Ok::<_, hyper::Error>(http::Response::new(http_body_util::Empty::<
+                                bytes::Bytes,
+                            >::new(
+                            )))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (addr, events, ca_pem)
+}
