@@ -15,6 +15,22 @@
 //! requests with a body (chunked, HTTP/2) or an upgrade go through hyper's
 //! client. [`error_response`] turns what fails into the client's answer.
 
+/// `impl AsyncRead` for a wrapper `$t<T>` of a socket that changes only
+/// how it is written: its reads go straight to its `inner`.
+macro_rules! reads_through {
+    ($t:ident) => {
+        impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for $t<T> {
+            fn poll_read(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+            }
+        }
+    };
+}
+
 pub mod body;
 pub mod clock;
 pub mod error_response;

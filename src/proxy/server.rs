@@ -32,6 +32,7 @@ use super::log_limit::LogLimit;
 pub use drive::Drain;
 pub use stream_watch::{StreamExec, StreamWatch};
 
+mod coalesce;
 mod drive;
 mod stream_watch;
 
@@ -357,8 +358,8 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, dra
                 .max_header_list_size(MAX_HEAD_BYTES as u32)
                 .keep_alive_interval(Some(Duration::from_secs(30)));
             let service = service(proxy.clone(), state.clone());
-            let mut conn =
-                Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
+            let io = TokioIo::new(coalesce::Coalesced::new(io));
+            let mut conn = Box::pin(builder.serve_connection_with_upgrades(io, service));
             watch.drive(conn.as_mut(), |c| c.graceful_shutdown()).await;
         }
         proxy.telemetry.open_connections.decrement(1.0);

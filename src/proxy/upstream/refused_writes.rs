@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::AsyncWrite;
 
 /// `inner`, with the writes its peer refused taken as done.
 #[derive(Debug)]
@@ -81,15 +81,7 @@ fn peer_gone(e: &io::Error) -> bool {
     )
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for RefusedWrites<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
+reads_through!(RefusedWrites);
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for RefusedWrites<T> {
     fn poll_write(
