@@ -249,3 +249,49 @@ async fn a_burst_of_concurrent_requests_keeps_its_upstream_connections() {
     upstream.abort();
     gw.shutdown().await;
 }
+
+/// Chunked uploads (hyper's server and client) reuse their upstream
+/// connection as plain requests do: an upstream connection goes back to
+/// the pool once both its request body and its response have ended.
+#[tokio::test]
+async fn chunked_uploads_reuse_their_upstream_connection() {
+    use http_body_util::BodyExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let opened = Arc::new(AtomicU64::new(0));
+    let counted = opened.clone();
+    let _upstream = serve_connections(listener, move |stream| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            // Answers with the length of the body it read.
+            let service = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async {
+                let body = req.into_body().collect().await?.to_bytes();
+                let len = Bytes::from(body.len().to_string());
+                Ok::<_, hyper::Error>(http::Response::new(http_body_util::Full::new(len)))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        }
+    });
+    let gw = Gateway::start(&config("", &[("v1", 1, addr)])).await;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = Vec::new();
+    for _ in 0..5 {
+        stream
+            .write_all(
+                b"POST /up HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n\
+                  5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let reply = crate::recorder::read_response(&mut stream, &mut buf, false).await;
+        let reply = reply.map(|r| (r.status, r.text()));
+        assert_eq!(reply, Some((200, "11".to_owned())));
+    }
+    assert_eq!(opened.load(Ordering::SeqCst), 1);
+    gw.shutdown().await;
+}
