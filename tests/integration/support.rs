@@ -254,3 +254,7 @@ impl FixedUpstream {
         }
     }
 }
+
+/// A chunked upload of "hello world" in two chunks, written by hand.
+pub const CHUNKED_HELLO_WORLD: &[u8] = b"POST /upload HTTP/1.1\r\nHost: h\r\n\
+    Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";

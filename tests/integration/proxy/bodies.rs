@@ -104,13 +104,7 @@ async fn chunked_request_bodies_and_trailers_pass_through() {
 
     // A chunked upload written by hand (no content-length).
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-    stream
-        .write_all(
-            b"POST /upload HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n\
-              5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
-        )
-        .await
-        .unwrap();
+    stream.write_all(CHUNKED_HELLO_WORLD).await.unwrap();
     let mut buf = Vec::new();
     let head = read_head(&mut stream, &mut buf).await.unwrap();
     assert_eq!(raw_status(head.as_bytes()), Some(200), "{head}");

@@ -281,13 +281,7 @@ async fn chunked_uploads_reuse_their_upstream_connection() {
     let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let mut buf = Vec::new();
     for _ in 0..5 {
-        stream
-            .write_all(
-                b"POST /up HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n\
-                  5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
-            )
-            .await
-            .unwrap();
+        stream.write_all(CHUNKED_HELLO_WORLD).await.unwrap();
         let reply = crate::recorder::read_response(&mut stream, &mut buf, false).await;
         let reply = reply.map(|r| (r.status, r.text()));
         assert_eq!(reply, Some((200, "11".to_owned())));
