@@ -881,18 +881,15 @@ fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
                     // The upstream's socket itself: in a tunnel a write the
                     // upstream refused ends it, as any other error.
                     Ok((mut upstream, early)) => {
-                        match tokio::io::AsyncWriteExt::write_all(&mut client, &early).await {
-                            Ok(()) => tokio::io::copy_bidirectional(&mut client, &mut upstream)
-                                .await
-                                .map(drop),
-                            Err(e) => Err(e),
+                        async {
+                            tokio::io::AsyncWriteExt::write_all(&mut client, &early).await?;
+                            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
                         }
+                        .await
                     }
                     Err(upstream) => {
                         let mut upstream = TokioIo::new(upstream);
-                        tokio::io::copy_bidirectional(&mut client, &mut upstream)
-                            .await
-                            .map(drop)
+                        tokio::io::copy_bidirectional(&mut client, &mut upstream).await
                     }
                 };
                 if let Err(e) = ended {
