@@ -4,6 +4,8 @@
 
 #[path = "support/gateway_proc.rs"]
 mod gateway_proc;
+#[path = "support/test_ca.rs"]
+mod test_ca;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -392,7 +394,7 @@ async fn an_https_webhook_behind_a_private_ca_gets_the_rollouts_events() {
     std::fs::write(&trusted, ca_pem).unwrap();
     // A bundle with an unrelated CA only.
     let other = dir.path().join("other.pem");
-    std::fs::write(&other, test_ca().1).unwrap();
+    std::fs::write(&other, test_ca::Ca::new().pem).unwrap();
     let plan = format!(
         r#"{{"canary": "v2", "steps": [10, 100], "interval_s": 60, "webhook": "https://localhost:{}/events"}}"#,
         hook.port()
@@ -427,15 +429,6 @@ async fn an_https_webhook_behind_a_private_ca_gets_the_rollouts_events() {
     assert_eq!(events[0]["canary"], "v2", "{events:?}");
 }
 
-/// A CA made for the test: its issuer and its PEM.
-fn test_ca() -> (rcgen::Issuer<'static, rcgen::KeyPair>, String) {
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let pem = params.self_signed(&key).unwrap().pem();
-    (rcgen::Issuer::new(params, key), pem)
-}
-
 /// A webhook over TLS on 127.0.0.1 with a certificate for `localhost`
 /// signed by a CA of its own: its address, the JSON bodies it was sent, and
 /// the CA's PEM.
@@ -446,21 +439,18 @@ async fn tls_webhook() -> (
 ) {
     use http_body_util::BodyExt;
     use hyper_util::rt::TokioIo;
+    use rustls_pki_types::pem::PemObject;
     use std::sync::{Arc, Mutex};
-    let (issuer, ca_pem) = test_ca();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let ca = test_ca::Ca::new();
+    let (_, key, cert) = ca.leaf(&["localhost"]);
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
     let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
     .with_no_client_auth()
-    .with_single_cert(vec![cert.der().clone()], key)
+    .with_single_cert(vec![cert], key)
     .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -495,5 +485,5 @@ async fn tls_webhook() -> (
             });
         }
     });
-    (addr, events, ca_pem)
+    (addr, events, ca.pem)
 }

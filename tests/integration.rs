@@ -31,6 +31,9 @@ mod properties;
 #[path = "integration/tls.rs"]
 mod tls;
 
+#[path = "support/test_ca.rs"]
+mod test_ca;
+
 #[path = "integration/deploy.rs"]
 mod deploy;
 

@@ -14,51 +14,12 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::client::TlsStream;
 
 use crate::support::{Gateway, Upstream, admin, eventually};
-
-/// A test CA that signs leaf certificates.
-struct Ca {
-    der: CertificateDer<'static>,
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new() -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Ca {
-            der: cert.der().clone(),
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A leaf for `names` with `key_pem` (PKCS#8); its PEM and DER.
-    fn leaf_for(&self, names: &[&str], key_pem: &str) -> (String, CertificateDer<'static>) {
-        let key = KeyPair::from_pem(key_pem).unwrap();
-        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-        let cert = CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &self.issuer)
-            .unwrap();
-        (cert.pem(), cert.der().clone())
-    }
-
-    /// A leaf with a fresh ECDSA key: (cert PEM, key PEM, cert DER).
-    fn leaf(&self, names: &[&str]) -> (String, String, CertificateDer<'static>) {
-        let key = KeyPair::generate().unwrap().serialize_pem();
-        let (cert, der) = self.leaf_for(names, &key);
-        (cert, key, der)
-    }
-}
+use crate::test_ca::Ca;
 
 fn fixture(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
