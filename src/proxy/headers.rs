@@ -190,17 +190,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
         return;
     }
     if headers.contains_key(header::CONNECTION) {
+        // Only the named headers that are present are collected: usually
+        // none (the tokens are `keep-alive` or `close`), and then nothing is
+        // allocated (a name looked up as `&str` is not).
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|t| !(upgrading && t.eq_ignore_ascii_case("upgrade")))
+            .filter(|t| headers.contains_key(*t))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in named {
-            if !(upgrading && name == header::UPGRADE) {
-                headers.remove(&name);
-            }
+            headers.remove(&name);
         }
         headers.remove(header::CONNECTION);
     }
@@ -462,6 +466,29 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn named_headers_are_found_in_any_case_and_an_upgrade_keeps_its_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Upgrade , X-Secret,,bad name, close"),
+        );
+        h.append(header::CONNECTION, HeaderValue::from_static("X-Other"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-other", HeaderValue::from_static("2"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h, true);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["connection", "upgrade", "x-kept"], "{h:?}");
+        assert_eq!(h[header::CONNECTION], "upgrade");
+
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
     }
 
     #[test]

@@ -17,6 +17,7 @@
 
 pub mod body;
 pub mod head;
+pub mod names;
 pub mod upload;
 
 use std::future::poll_fn;
@@ -25,7 +26,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
@@ -194,7 +195,7 @@ impl RawHead {
         debug_assert!(map.is_empty());
         map.reserve(spans.len());
         for &(ns, ne, vs, ve) in spans {
-            let name = HeaderName::from_bytes(&self.bytes[ns as usize..ne as usize])
+            let name = names::header_name(&self.bytes[ns as usize..ne as usize])
                 .map_err(|_| ExchangeError::Invalid("header name"))?;
             if self.facts.drop_content_length && name == header::CONTENT_LENGTH {
                 continue;
