@@ -73,6 +73,17 @@ mod tests {
     }
 
     #[test]
+    fn a_name_parsed_again_is_the_kept_one_not_a_new_allocation() {
+        let first = header_name(b"X-Service-Shard").unwrap();
+        let again = header_name(b"x-service-shard").unwrap();
+        assert_eq!(first, again);
+        assert_eq!(first.as_str().as_ptr(), again.as_str().as_ptr());
+        // `http` itself makes a new one each time.
+        let parsed = HeaderName::from_bytes(b"x-service-shard").unwrap();
+        assert_ne!(parsed.as_str().as_ptr(), again.as_str().as_ptr());
+    }
+
+    #[test]
     fn invalid_names_are_refused_even_after_a_valid_one_in_their_slot() {
         for raw in [&b""[..], b"x request", b"x-request:", b"\xff\xfe", b"x\r\n"] {
             assert!(header_name(raw).is_err(), "{raw:?}");
