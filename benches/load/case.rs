@@ -114,6 +114,7 @@ pub async fn run_case(
         let script = dir.join(format!("scenario-{}.lua", scenario.number()));
         std::fs::write(&script, wrk_script(&shape)?)?;
         wrk.script = Some(script);
+        wrk.handshake_client = shape.close && scenario.tls() && knobs.handshake_client_own;
         if scenario.http2() {
             let Some(exe) = &tools.h2load else {
                 println!("  skipped: h2load is not installed (apt-get install -y nghttp2-client)");
@@ -247,10 +248,13 @@ async fn run_targets(
         for t in &targets {
             let r = wrk.run(&t.url(), warm_conns, knobs.warmup).await?;
             println!(
-                "  warm-up {:<8} {:>10.0} req/s, failed {}",
+                "  warm-up {:<8} {:>10.0} req/s, failed {}{}",
                 t.kind.name(),
                 r.rps,
-                r.failures()
+                r.failures(),
+                r.negotiated
+                    .as_ref()
+                    .map_or(String::new(), |n| format!(", TLS negotiated: {n}"))
             );
         }
     }

@@ -7,7 +7,8 @@
 //! (LOAD_* environment variables), what is measured and how it is kept fair on
 //! a 2-core machine:
 //!
-//! * core 0: wrk, both upstreams and this orchestrator;
+//! * core 0: wrk (h2load in scenario 7, the bench's own TLS client in 6), both
+//!   upstreams and this orchestrator;
 //! * core 1: the proxy under test (one worker thread / process).
 //!
 //! The same binary also runs the upstream servers: `load --upstream v1,v2
@@ -15,12 +16,14 @@
 //! 127.0.0.1:0, prints `PORT <n>` for each and answers every request with a
 //! fixed response naming the version of the listener. It exits when its
 //! stdin closes, so the upstreams never outlive the benchmark.
+//! `load --handshake-client ADDR --connections N --seconds S` runs scenario
+//! 6's client (`handshake_client`).
 //!
 //! This file runs the cases in order and prints the summary; the jobs live in
 //! `settings` (LOAD_* knobs), `scenarios` (request and response shapes),
 //! `case` (one scenario against one upstream kind), `report` (tables,
 //! verdicts, summary), `processes` and `proc_accounting` (children, /proc CPU
-//! and memory), `wrk` and `h2load` (running and parsing them), `targets`
+//! and memory), `wrk`, `h2load` and `handshake_client` (the load clients), `targets`
 //! (starting the proxies), `tls` (the certificate), `client`, `split_check`,
 //! `probe` (what really goes through), `idle` (scenario 8), `statistics`,
 //! `verdicts`, `churn` (weight changes and reloads under load), `upstream`
@@ -30,6 +33,7 @@ mod case;
 mod churn;
 mod client;
 mod h2load;
+mod handshake_client;
 mod idle;
 mod probe;
 mod proc_accounting;
@@ -106,6 +110,15 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("upstream {name}: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if args.iter().any(|a| a == "--handshake-client") {
+        return match handshake_client::run_from_args(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("handshake client: {e:#}");
                 ExitCode::FAILURE
             }
         };
@@ -203,6 +216,7 @@ fn bench() -> Result<ExitCode> {
             threads: knobs.wrk_threads,
             script: None,
             h2load: None,
+            handshake_client: false,
         },
         taskset,
         nginx: nginx_exe,

@@ -6,6 +6,7 @@ use anyhow::{Result, anyhow, ensure};
 
 use crate::UPSTREAM_BODY_LEN;
 use crate::h2load::parse_h2load;
+use crate::handshake_client::{parse_report, percentile};
 use crate::scenarios::{ResponseShape, Scenario, json_body, request_head, wrk_script};
 use crate::statistics::stat;
 use crate::upstream::{response_bytes, upstream_body};
@@ -55,6 +56,25 @@ pub fn self_test() -> Result<()> {
         "h2load {h:?}"
     );
     ensure!(h.failures() == 3 + 2, "h2load failures {}", h.failures());
+    let c = parse_report(
+        "requests=9 rps=4356.02 p50_us=10994 p99_us=18698 non_2xx=1 errors=2 \
+         tls=TLSv1_3/TLS13_AES_256_GCM_SHA384/X25519",
+    )?;
+    ensure!(
+        c.requests == 9 && c.p99_us == 18_698.0 && c.failures() == 3,
+        "handshake client report {c:?}"
+    );
+    ensure!(c.negotiated.is_some(), "handshake client: TLS not read");
+    ensure!(
+        parse_report("requests=9 rps=1").is_err(),
+        "a cut report was read"
+    );
+    let sorted: Vec<u32> = (1..=200).collect();
+    ensure!(
+        percentile(&sorted, 0.5) == 100 && percentile(&sorted, 0.99) == 198,
+        "percentiles"
+    );
+    ensure!(percentile(&[], 0.99) == 0, "percentile of nothing");
     println!("self-test ok");
     Ok(())
 }

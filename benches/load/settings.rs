@@ -30,6 +30,9 @@ pub struct Knobs {
     pub upstreams: Vec<UpstreamKind>,
     /// LOAD_IDLE_CONNECTIONS: idle keep-alive connections of scenario 8.
     pub idle_connections: usize,
+    /// LOAD_HANDSHAKE_CLIENT: scenario 6's load client, `rustls` (the
+    /// bench's own, `handshake_client`; default) or `wrk`.
+    pub handshake_client_own: bool,
 }
 
 /// A comma-separated list, each item parsed by `parse`; the default when
@@ -120,6 +123,11 @@ impl Knobs {
                 vec![UpstreamKind::Service, UpstreamKind::Nginx],
             )?,
             idle_connections: env_parse("LOAD_IDLE_CONNECTIONS", 1000)?,
+            handshake_client_own: match std::env::var("LOAD_HANDSHAKE_CLIENT").as_deref() {
+                Err(_) | Ok("" | "rustls") => true,
+                Ok("wrk") => false,
+                Ok(other) => bail!("LOAD_HANDSHAKE_CLIENT: {other:?} is not `rustls` or `wrk`"),
+            },
         };
         if knobs.duration == 0 || knobs.reps == 0 || knobs.wrk_threads == 0 {
             bail!("LOAD_DURATION, LOAD_REPS and LOAD_WRK_THREADS must be > 0");

@@ -1,8 +1,6 @@
 //! TLS plumbing for scenarios 5-7: a self-signed ECDSA P-256 certificate
 //! for 127.0.0.1 made with the `openssl` command, and the lines that make
-//! each proxy listen with it. The gateway gets `[listener.tls] cert/key`;
-//! until its TLS termination is on main, it refuses that config and the TLS
-//! scenarios measure nginx and HAProxy only.
+//! each proxy listen with it. The gateway gets `[listener.tls] cert/key`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -19,6 +19,9 @@ pub struct WrkResult {
     pub p99_us: f64,
     pub non_2xx: u64,
     pub socket_errors: u64,
+    /// What the TLS handshakes negotiated, when the client reports it
+    /// (the bench's handshake client).
+    pub negotiated: Option<String>,
 }
 
 impl WrkResult {
@@ -105,12 +108,28 @@ pub struct Wrk {
     pub script: Option<PathBuf>,
     /// HTTP/2 scenario: h2load with this request shape instead of wrk.
     pub h2load: Option<std::sync::Arc<(H2load, RequestShape)>>,
+    /// Scenario 6: the bench's own TLS client (`handshake_client`) instead of wrk.
+    pub handshake_client: bool,
 }
 
 impl Wrk {
     pub async fn run(&self, url: &str, connections: u32, secs: u64) -> Result<WrkResult> {
         if let Some(h2) = &self.h2load {
             return h2.0.run(url, connections, secs, &h2.1).await;
+        }
+        if self.handshake_client {
+            let exe = std::env::current_exe().context("locating the bench executable")?;
+            let addr = url
+                .strip_prefix("https://")
+                .ok_or_else(|| anyhow!("the handshake client needs an https URL, not {url}"))?
+                .trim_end_matches('/');
+            let mut cmd = pinned_async(self.taskset.as_deref(), LOAD_CORE, &exe);
+            cmd.args(["--handshake-client", addr])
+                .args(["--connections", &connections.to_string()])
+                .args(["--seconds", &secs.to_string()]);
+            return crate::handshake_client::parse_report(
+                &output_of(cmd, "handshake client").await?,
+            );
         }
         let threads = self.threads.min(connections).max(1);
         let mut cmd = pinned_async(self.taskset.as_deref(), LOAD_CORE, &self.exe);
