@@ -41,6 +41,8 @@ pub enum TlsError {
     ServerName(String),
     #[error("no CA certificates: the system has none; set `ca_file`")]
     NoRoots,
+    #[error("cannot make the TLS session ticket key: {0}")]
+    Ticketer(String),
 }
 
 /// The one crypto provider every TLS config uses: ring (no aws-lc).

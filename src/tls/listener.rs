@@ -90,7 +90,16 @@ impl ListenerTls {
             .with_no_client_auth()
             .with_cert_resolver(resolver.clone());
         server.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
-        if !config.session_resumption {
+        if config.session_resumption {
+            // Tickets that carry the session, encrypted with a key of this
+            // process rotated every 6 hours: any number of clients resume
+            // and the server keeps nothing per session (as nginx's default,
+            // `ssl_session_tickets on`). Without a ticketer, rustls' TLS 1.3
+            // tickets are ids into its 256-session cache, two per handshake:
+            // 128 clients reconnecting in turn push each other's out.
+            server.ticketer = rustls::crypto::ring::Ticketer::new()
+                .map_err(|e| TlsError::Ticketer(e.to_string()))?;
+        } else {
             // Every connection a full handshake: no session cache to resume
             // from (TLS 1.2 ids), no TLS 1.3 tickets sent. rustls' default
             // keeps 256 sessions and sends two tickets per handshake.

@@ -262,6 +262,39 @@ async fn sessions_resume_unless_turned_off() {
     }
 }
 
+/// A client's session still resumes after 150 other clients' full
+/// handshakes: tickets carry the session, so the server has no cache for
+/// them to push it out of (rustls' default 256-session cache, two entries
+/// per handshake, lost it after 128).
+#[tokio::test]
+async fn a_session_resumes_after_many_other_clients() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    async fn visit(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> rustls::HandshakeKind {
+        let tls = handshake(TcpStream::connect(addr).await.unwrap(), config).await;
+        let kind = tls.get_ref().1.handshake_kind().unwrap();
+        // A response read: the tickets sent after the handshake with it.
+        let mut s = http1(tls).await;
+        assert_eq!(get1(&mut s, "/").await, (200, "v1".to_string()));
+        kind
+    }
+    let up = Upstream::start("v1").await;
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf(&["localhost"]);
+    let dir = tempfile::tempdir().unwrap();
+    write_pair(dir.path(), &cert, &key);
+    let gw = Gateway::start(&tls_config(dir.path(), up.addr)).await;
+    let kept = client_config(&ca.der, &[b"http/1.1"]);
+    let mut others = (*client_config(&ca.der, &[b"http/1.1"])).clone();
+    others.resumption = rustls::client::Resumption::disabled();
+    let others = Arc::new(others);
+    assert_eq!(visit(gw.addr, kept.clone()).await, Full);
+    for _ in 0..150 {
+        assert_eq!(visit(gw.addr, others.clone()).await, Full);
+    }
+    assert_eq!(visit(gw.addr, kept).await, Resumed);
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn rotation_keeps_open_connections_and_a_bad_pair_is_rejected() {
     let up = Upstream::start("v1").await;
