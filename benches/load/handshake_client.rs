@@ -152,14 +152,21 @@ async fn one_request(
         .await?;
     let negotiated = {
         let session = tls.get_ref().1;
+        let shown = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
         format!(
-            "{:?}/{:?}/{:?}",
-            session.protocol_version(),
-            session.negotiated_cipher_suite().map(|s| s.suite()),
-            session.negotiated_key_exchange_group().map(|g| g.name())
+            "{}/{}/{}",
+            shown(session.protocol_version().map(|v| format!("{v:?}"))),
+            shown(
+                session
+                    .negotiated_cipher_suite()
+                    .map(|s| format!("{:?}", s.suite()))
+            ),
+            shown(
+                session
+                    .negotiated_key_exchange_group()
+                    .map(|g| format!("{:?}", g.name()))
+            )
         )
-        .replace(['(', ')'], "")
-        .replace("Some", "")
     };
     tls.write_all(request).await?;
     let mut buf = Vec::with_capacity(4096);
