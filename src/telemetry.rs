@@ -121,7 +121,7 @@ pub fn init_logging(format: LogFormat, level: &str) {
 /// warnings are about what one peer sent (an IP address as SNI, which
 /// wrk and many clients do; an alert), a line per connection that says
 /// nothing to the operator and costs a write per handshake.
-fn log_filter(env: Option<&str>, level: &str) -> tracing_subscriber::EnvFilter {
+pub fn log_filter(env: Option<&str>, level: &str) -> tracing_subscriber::EnvFilter {
     use tracing_subscriber::EnvFilter;
     let chosen = env.filter(|e| EnvFilter::try_new(e).is_ok());
     let spec = chosen.unwrap_or(level);
@@ -132,67 +132,5 @@ fn log_filter(env: Option<&str>, level: &str) -> tracing_subscriber::EnvFilter {
     match "rustls=error".parse() {
         Ok(directive) => filter.add_directive(directive),
         Err(_) => filter,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
-
-    use super::log_filter;
-
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    /// What a warning from rustls and one of the gateway's own leave in the
-    /// log under the filter made from `env` and `level`.
-    fn logged(env: Option<&str>, level: &str) -> String {
-        let out = Captured::default();
-        let writer = out.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter(log_filter(env, level))
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, || {
-            tracing::warn!(target: "rustls::msgs::handshake", "Illegal SNI extension");
-            tracing::error!(target: "rustls::conn", "a rustls error");
-            tracing::warn!(target: "canary_gateway::proxy", "the gateway's own");
-        });
-        let text = out.0.lock().unwrap().clone();
-        String::from_utf8(text).unwrap()
-    }
-
-    #[test]
-    fn rustls_warnings_about_a_peer_are_held_back_unless_asked_for() {
-        for (env, level) in [
-            (None, "info"),
-            (None, "debug"),
-            (Some("warn"), "info"),
-            (Some("not a filter=="), "info"),
-        ] {
-            let text = logged(env, level);
-            assert!(
-                text.contains("the gateway's own"),
-                "{env:?} {level}: {text}"
-            );
-            assert!(text.contains("a rustls error"), "{env:?} {level}: {text}");
-            assert!(!text.contains("Illegal SNI"), "{env:?} {level}: {text}");
-        }
-        // Named in RUST_LOG or in the configured level: as asked.
-        assert!(logged(Some("info,rustls=warn"), "info").contains("Illegal SNI"));
-        assert!(logged(None, "info,rustls=warn").contains("Illegal SNI"));
-        // A level that does not parse falls back to info.
-        assert!(logged(None, "x=notalevel").contains("the gateway's own"));
     }
 }

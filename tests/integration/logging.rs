@@ -1,7 +1,8 @@
 //! What the data path logs: an upstream outage fails every request, and
 //! must not write a warn line for each (thousands a second would flood the
 //! log): the per-request detail goes to debug with the request id, the
-//! warn line is rate-limited.
+//! warn line is rate-limited. Nor may a dependency's warning about what
+//! one client sent (rustls').
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -86,4 +87,47 @@ async fn an_outage_does_not_flood_the_log() {
         .filter(|l| l.contains("DEBUG") && l.contains("request_id="))
         .count();
     assert_eq!(detailed + warned, requests, "{text}");
+}
+
+/// What a warning from rustls and one of the gateway's own leave in the
+/// log under the gateway's filter made from `env` (RUST_LOG) and `level`.
+fn logged(env: Option<&str>, level: &str) -> String {
+    let out = Captured::default();
+    let writer = out.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(canary_gateway::telemetry::log_filter(env, level))
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        tracing::warn!(target: "rustls::msgs::handshake", "Illegal SNI extension");
+        tracing::error!(target: "rustls::conn", "a rustls error");
+        tracing::warn!(target: "canary_gateway::proxy", "the gateway's own");
+    });
+    let text = out.0.lock().unwrap().clone();
+    String::from_utf8(text).unwrap()
+}
+
+/// rustls' warnings are about what one peer sent (an IP address as SNI, an
+/// alert), a line per connection: held back unless the filter names rustls.
+#[test]
+fn rustls_warnings_about_a_peer_are_held_back_unless_asked_for() {
+    for (env, level) in [
+        (None, "info"),
+        (None, "debug"),
+        (Some("warn"), "info"),
+        (Some("not a filter=="), "info"),
+    ] {
+        let text = logged(env, level);
+        assert!(
+            text.contains("the gateway's own"),
+            "{env:?} {level}: {text}"
+        );
+        assert!(text.contains("a rustls error"), "{env:?} {level}: {text}");
+        assert!(!text.contains("Illegal SNI"), "{env:?} {level}: {text}");
+    }
+    // Named in RUST_LOG or in the configured level: as asked.
+    assert!(logged(Some("info,rustls=warn"), "info").contains("Illegal SNI"));
+    assert!(logged(None, "info,rustls=warn").contains("Illegal SNI"));
+    // A level that does not parse falls back to info.
+    assert!(logged(None, "x=notalevel").contains("the gateway's own"));
 }
