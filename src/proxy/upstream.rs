@@ -497,18 +497,15 @@ mod tests {
             head.unwrap().status
         };
         exchange(&mut conn).await;
-        assert!(
-            conn.buffered_capacity() >= 4096,
-            "{}",
-            conn.buffered_capacity()
-        );
+        let used = conn.buffered_capacity();
+        assert!(used > 0, "{used}");
 
         let idle = Duration::from_secs(30);
         let t0 = Instant::now();
         endpoint.checkin(Pooled::Own(conn), 16, t0);
         endpoint.sweep(idle, t0 + RELEASE_BUFFER_AFTER / 2);
         let conn = endpoint.checkout_own(idle, t0).unwrap();
-        assert!(conn.buffered_capacity() >= 4096, "recently used: kept");
+        assert_eq!(conn.buffered_capacity(), used, "recently used: kept");
         endpoint.checkin(Pooled::Own(conn), 16, t0);
         endpoint.sweep(idle, t0 + RELEASE_BUFFER_AFTER);
         let mut conn = endpoint.checkout_own(idle, t0).unwrap();
