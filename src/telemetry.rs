@@ -123,9 +123,11 @@ pub fn init_logging(format: LogFormat, level: &str) {
 /// nothing to the operator and costs a write per handshake.
 pub fn log_filter(env: Option<&str>, level: &str) -> tracing_subscriber::EnvFilter {
     use tracing_subscriber::EnvFilter;
-    let chosen = env.filter(|e| EnvFilter::try_new(e).is_ok());
-    let spec = chosen.unwrap_or(level);
-    let filter = EnvFilter::try_new(spec).unwrap_or_else(|_| EnvFilter::new("info"));
+    let parsed = |spec: &str| EnvFilter::try_new(spec).ok().map(|f| (spec.to_owned(), f));
+    let (spec, filter) = env
+        .and_then(parsed)
+        .or_else(|| parsed(level))
+        .unwrap_or_else(|| ("info".to_owned(), EnvFilter::new("info")));
     if spec.contains("rustls") {
         return filter;
     }
