@@ -757,7 +757,7 @@ async fn a_pending_rollback_is_written_when_the_task_stops() {
     signal(&gw, "-TERM");
     let mut gw = gw;
     let exited = tokio::task::spawn_blocking(move || {
-        let status = gw.child.wait();
+        let status = gw.wait();
         (gw, status)
     });
     let (gw, status) = tokio::time::timeout(WAIT, exited)

@@ -187,7 +187,7 @@ async fn sigterm_drains_in_flight_requests() {
     let reply = in_flight.await.unwrap();
     assert_eq!(reply.status, 200);
     assert_eq!(reply.text(), "v1");
-    let status = tokio::task::spawn_blocking(move || gw.child.wait())
+    let status = tokio::task::spawn_blocking(move || gw.wait())
         .await
         .unwrap()
         .unwrap();

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +20,8 @@ pub struct Proc {
     pub admin: SocketAddr,
     /// Every stderr line so far.
     pub log: Arc<Mutex<Vec<String>>>,
+    /// The thread that collects [`Proc::log`]; ends at the log's end.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Proc {
@@ -33,6 +35,16 @@ impl Proc {
     /// The log so far, one line each.
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
+    }
+
+    /// Waits for the process to exit and for its last log line to be
+    /// collected ([`Proc::log_text`] is then the whole log).
+    pub fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        let status = self.child.wait()?;
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        Ok(status)
     }
 }
 
@@ -50,7 +62,7 @@ pub fn spawn_serving(mut cmd: Command, limit: Duration) -> Result<Proc, String> 
     let stderr = child.stderr.take().ok_or("no stderr")?;
     let log = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = std::sync::mpsc::channel();
-    {
+    let reader = {
         let log = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -60,8 +72,8 @@ pub fn spawn_serving(mut cmd: Command, limit: Duration) -> Result<Proc, String> 
                 log.lock().unwrap().push(line);
             }
             let _ = tx.send(None);
-        });
-    }
+        })
+    };
     let outcome = rx.recv_timeout(limit);
     let Ok(Some(line)) = outcome else {
         // Exited, or never said it serves: make sure it is gone either way.
@@ -87,6 +99,7 @@ pub fn spawn_serving(mut cmd: Command, limit: Duration) -> Result<Proc, String> 
             addr,
             admin,
             log,
+            reader: Some(reader),
         }),
         _ => {
             let _ = child.kill();
