@@ -286,18 +286,21 @@ fn poll_read_sized<IO: AsyncRead>(
 /// Whether `buf` holds a blank line (CRLF CRLF, or bare LFs as httparse
 /// accepts them): the end of a head, or enough for httparse to reject it.
 /// The search starts at `*searched` and leaves it where the next one starts.
+/// A head that came alone ends the buffer: that is looked at first; else
+/// the line ends are found with `memchr` (a byte-by-byte scan of an ALB's
+/// 744-byte head cost about 4,000 instructions, a sixth of a request's).
 fn has_whole_head(buf: &[u8], searched: &mut usize) -> bool {
-    let found = buf.iter().enumerate().skip(*searched).any(|(i, &b)| {
-        b == b'\n'
-            && match buf.get(i + 1) {
-                Some(b'\n') => true,
-                Some(b'\r') => buf.get(i + 2) == Some(&b'\n'),
-                _ => false,
-            }
-    });
+    let from = (*searched).min(buf.len());
     // A blank line may start in the last two bytes and end in the next read.
     *searched = buf.len().saturating_sub(2);
-    found
+    if buf.ends_with(b"\n\r\n") || buf.ends_with(b"\n\n") {
+        return true;
+    }
+    memchr::memchr_iter(b'\n', &buf[from..]).any(|i| match buf.get(from + i + 1) {
+        Some(b'\n') => true,
+        Some(b'\r') => buf.get(from + i + 2) == Some(&b'\n'),
+        _ => false,
+    })
 }
 
 #[cfg(test)]
@@ -344,5 +347,22 @@ mod tests {
             assert!(!has_whole_head(&head[..end], &mut searched), "{end}");
         }
         assert!(has_whole_head(head, &mut searched));
+        // Followed by a body or the next request (not at the end), found
+        // where it is, once.
+        let mut searched = 0;
+        assert!(!has_whole_head(
+            b"POST / HTTP/1.1\r\nA: b\r\n\r",
+            &mut searched
+        ));
+        assert_eq!(searched, 22);
+        assert!(has_whole_head(
+            b"POST / HTTP/1.1\r\nA: b\r\n\r\nbody",
+            &mut searched
+        ));
+        assert!(has_whole_head(b"GET / HTTP/1.1\nA: b\n\nGET", &mut 0));
+        assert!(!has_whole_head(b"GET / HTTP/1.1\nA: b\n\nGET", &mut 24));
+        assert!(!has_whole_head(b"\r\n\r", &mut 0));
+        assert!(!has_whole_head(b"x\n\r", &mut 0));
+        assert!(has_whole_head(b"x\n\r\n", &mut 9));
     }
 }
