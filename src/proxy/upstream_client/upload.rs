@@ -11,8 +11,8 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
 
-use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use bytes::{Buf, BufMut, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
 
 use super::{Conn, ExchangeError, HeadRead, MAX_HEAD_BYTES, parse_response_head};
@@ -30,10 +30,10 @@ pub struct Upload<'a> {
     client: &'a mut (dyn AsyncRead + Unpin + Send),
     /// Bytes of the body still in the client's socket.
     pub remaining: u64,
-    /// The copy buffer: its first `held` bytes were read from the client's
-    /// socket before the head went up, and go in the same write.
+    /// The copy buffer, read into without zeroing it first: its bytes
+    /// (`len`), when the head has not gone up yet, were read from the
+    /// client's socket to go in the same write.
     chunk: Vec<u8>,
-    held: usize,
     /// Body bytes were sent and let go: the body cannot be sent again.
     spent: bool,
 }
@@ -68,7 +68,6 @@ impl<'a> Upload<'a> {
             client,
             remaining,
             chunk: Vec::new(),
-            held: 0,
             spent: false,
         }
     }
@@ -85,18 +84,26 @@ impl<'a> Upload<'a> {
     /// call fewer for a body that arrived whole). An error or the client
     /// gone is left for the read that waits.
     fn take_arrived(&mut self) {
-        if self.remaining == 0 || self.held > 0 || self.spent {
+        if self.remaining == 0 || !self.chunk.is_empty() || self.spent {
             return;
         }
-        let want = self.remaining.min(CHUNK as u64) as usize;
-        self.chunk.resize(want, 0);
         let mut cx = Context::from_waker(Waker::noop());
-        let mut read = ReadBuf::new(&mut self.chunk[..want]);
-        if let Poll::Ready(Ok(())) = Pin::new(&mut *self.client).poll_read(&mut cx, &mut read) {
-            self.held = read.filled().len();
-            self.remaining -= self.held as u64;
+        let mut dst = chunk_for_read(&mut self.chunk, self.remaining);
+        let client = Pin::new(&mut *self.client);
+        if let Poll::Ready(Ok(n)) = tokio_util::io::poll_read_buf(client, &mut cx, &mut dst) {
+            self.remaining -= n as u64;
         }
     }
+}
+
+/// The copy buffer emptied, with room for the next read and limited to it:
+/// at most [`CHUNK`], never past the body (`remaining`). The first read
+/// wants the most: the buffer is sized by it.
+fn chunk_for_read(chunk: &mut Vec<u8>, remaining: u64) -> bytes::buf::Limit<&mut Vec<u8>> {
+    let want = remaining.min(CHUNK as u64) as usize;
+    chunk.clear();
+    chunk.reserve(want);
+    chunk.limit(want)
 }
 
 impl Conn {
@@ -114,7 +121,7 @@ impl Conn {
         let sent = async {
             upload.take_arrived();
             // One writev when the socket takes all three.
-            let held = &upload.chunk[..upload.held];
+            let held = upload.chunk.as_slice();
             let out = std::mem::take(&mut self.out);
             let mut first = Buf::chain(Buf::chain(out.as_slice(), upload.buffered), held);
             let write = poll_fn(|cx| self.poll_write_unless_answered(cx, &mut first));
@@ -128,19 +135,15 @@ impl Conn {
             // What was read from the socket is not kept for a resend: the
             // buffer goes before the response is awaited (memory per
             // request in flight).
-            upload.spent |= upload.held > 0;
-            upload.held = 0;
+            upload.spent |= !upload.chunk.is_empty();
+            upload.chunk.clear();
             while upload.remaining > 0 {
-                // The first read wants the most: the buffer is sized by it.
-                let want = upload.remaining.min(CHUNK as u64) as usize;
-                if upload.chunk.len() < want {
-                    upload.chunk.resize(want, 0);
-                }
                 timer.as_mut().reset(Instant::now() + timeouts.body_stall);
                 upload.spent = true;
+                let mut dst = chunk_for_read(&mut upload.chunk, upload.remaining);
                 let n = tokio::select! {
                     biased;
-                    read = upload.client.read(&mut upload.chunk[..want]) => match read {
+                    read = upload.client.read_buf(&mut dst) => match read {
                         Ok(0) | Err(_) => return Err(UploadError::Client(ClientError::Aborted)),
                         Ok(n) => n,
                     },
