@@ -79,7 +79,8 @@ pub fn spawn_serving(mut cmd: Command, limit: Duration) -> Result<Proc, String> 
         // Exited, or never said it serves: make sure it is gone either way.
         let _ = child.kill();
         let status = child.wait().map_err(|e| e.to_string())?;
-        std::thread::sleep(Duration::from_millis(50));
+        // The log to its last line: the reader ends at the log's end.
+        let _ = reader.join();
         return Err(format!(
             "{} ({status}); log:\n{}",
             if outcome.is_err() {
