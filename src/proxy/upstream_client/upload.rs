@@ -136,7 +136,6 @@ impl Conn {
             // buffer goes before the response is awaited (memory per
             // request in flight).
             upload.spent |= !upload.chunk.is_empty();
-            upload.chunk.clear();
             while upload.remaining > 0 {
                 timer.as_mut().reset(Instant::now() + timeouts.body_stall);
                 upload.spent = true;
