@@ -93,17 +93,16 @@ pub fn report_case(
                 .position(|x| *x == k)
                 .and_then(|i| sums[i].take())
         };
+        let direct = take(Kind::Direct).map(|d| d.rps.median);
         let (gw, ng, hp) = (take(Kind::Gateway), take(Kind::Nginx), take(Kind::Haproxy));
         let short = format!("{} {}", case.scenario.number(), case.upstream.name());
-        case_verdicts(
-            case.scenario,
-            &short,
-            conns,
-            gw.as_ref(),
-            ng.as_ref(),
-            hp.as_ref(),
-            verdicts,
-        );
+        let measured = Measured {
+            direct,
+            gw: gw.as_ref(),
+            ng: ng.as_ref(),
+            hp: hp.as_ref(),
+        };
+        case_verdicts(case.scenario, &short, conns, &measured, verdicts);
         rows.push(SummaryRow {
             case: short,
             conns,
@@ -115,16 +114,24 @@ pub fn report_case(
     failures
 }
 
+/// One case and concurrency as measured: each target's summary.
+struct Measured<'a> {
+    /// Median req/s with no proxy: the most any proxy can show here.
+    direct: Option<f64>,
+    gw: Option<&'a Summary>,
+    ng: Option<&'a Summary>,
+    hp: Option<&'a Summary>,
+}
+
 /// Issue #15's targets for one case and concurrency.
 fn case_verdicts(
     scenario: Scenario,
     short: &str,
     conns: u32,
-    gw: Option<&Summary>,
-    ng: Option<&Summary>,
-    hp: Option<&Summary>,
+    m: &Measured,
     verdicts: &mut Vec<Verdict>,
 ) {
+    let (direct, gw, ng, hp) = (m.direct, m.gw, m.ng, m.hp);
     let label = |what: &str| format!("scenario {short}, {conns} conns: {what}");
     let skip_gw = "gateway not measured";
     let factor = if scenario.tls() { 1.1 } else { 1.25 };
@@ -139,7 +146,7 @@ fn case_verdicts(
             .map(|(g, o)| g.rps.median >= factor * o.rps.median);
         let detail = gw
             .zip(*other)
-            .map(|(g, o)| format!("{:.2}x", g.rps.median / o.rps.median))
+            .map(|(g, o)| throughput_detail(g.rps.median, o.rps.median, direct, factor, name))
             .unwrap_or_default();
         let why = if gw.is_none() {
             skip_gw.to_owned()
@@ -194,6 +201,26 @@ fn case_verdicts(
             idle.map(|b| format!("{b:.0} B")).unwrap_or_default(),
             skip_gw,
         ));
+    }
+}
+
+/// The gateway's throughput ratio to a peer's; when the target is more than
+/// the load core delivered with no proxy at all, says so: no proxy could
+/// have met it in this run.
+pub fn throughput_detail(
+    gw: f64,
+    peer: f64,
+    direct: Option<f64>,
+    factor: f64,
+    name: &str,
+) -> String {
+    let ratio = format!("{:.2}x", gw / peer);
+    match direct {
+        Some(d) if gw < factor * peer && d < factor * peer => format!(
+            "{ratio}; out of reach in this run: direct (no proxy) did {:.2}x {name}, the load core is the limit",
+            d / peer
+        ),
+        _ => ratio,
     }
 }
 

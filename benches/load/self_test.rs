@@ -7,6 +7,7 @@ use anyhow::{Result, anyhow, ensure};
 use crate::UPSTREAM_BODY_LEN;
 use crate::h2load::parse_h2load;
 use crate::handshake_client::{parse_report, percentile};
+use crate::report::throughput_detail;
 use crate::scenarios::{ResponseShape, Scenario, json_body, request_head, wrk_script};
 use crate::statistics::stat;
 use crate::upstream::{response_bytes, upstream_body};
@@ -37,6 +38,16 @@ pub fn self_test() -> Result<()> {
     ensure!((r.p99_us - 1500.0).abs() < 1e-6, "p99 {}", r.p99_us);
     ensure!(r.failures() == 7, "failures {}", r.failures());
     ensure!(parse_wrk("garbage").is_err(), "garbage parsed");
+    // A missed throughput target says when no proxy could have met it.
+    let bound = throughput_detail(70.0, 60.0, Some(72.0), 1.25, "nginx");
+    ensure!(
+        bound.starts_with("1.17x; out of reach") && bound.contains("did 1.20x nginx"),
+        "{bound}"
+    );
+    let missed = throughput_detail(70.0, 60.0, Some(80.0), 1.25, "nginx");
+    ensure!(missed == "1.17x", "{missed}");
+    let met = throughput_detail(80.0, 60.0, Some(74.0), 1.25, "nginx");
+    ensure!(met == "1.33x", "{met}");
     ensure!(parse_duration_us("2.5s")? == 2.5e6, "seconds unit");
     ensure!(
         parse_duration_us("12").is_err(),
