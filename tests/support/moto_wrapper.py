@@ -10,8 +10,16 @@ moto returns App Mesh's createdAt / lastUpdatedAt as text such as
 "31/12/2025, 13:45:00", which the Rust SDK cannot parse (App Mesh's JSON
 protocol sends epoch seconds). The WSGI middleware below rewrites those two
 fields of JSON responses to epoch seconds.
+
+AWS applies each call atomically: a conditional write checks its condition
+and writes in one step, and of two racing writers exactly one wins. moto's
+backends are plain in-memory objects with no lock, and its threaded server
+runs calls concurrently, so under load two racing conditional PutItems could
+both pass their condition. The middleware runs one call at a time (after
+reading the request's body, so a slow client holds no one up).
 """
 
+import io
 import json
 import os
 import sys
@@ -56,10 +64,12 @@ def fix_dates(node):
 
 
 class EpochDates:
-    """WSGI middleware: App Mesh dates as epoch seconds in JSON responses."""
+    """WSGI middleware: one call at a time, as AWS applies each atomically;
+    App Mesh dates as epoch seconds in JSON responses."""
 
     def __init__(self, app):
         self.app = app
+        self.one_call = threading.Lock()
 
     def __call__(self, environ, start_response):
         captured = {}
@@ -69,12 +79,23 @@ class EpochDates:
             captured["headers"] = headers
             return lambda data: None
 
-        chunks = self.app(environ, capture)
-        try:
-            body = b"".join(chunks)
-        finally:
-            if hasattr(chunks, "close"):
-                chunks.close()
+        length = environ.get("CONTENT_LENGTH", "")
+        if environ.get("wsgi.input_terminated"):
+            body = environ["wsgi.input"].read()
+        elif length.isdigit():
+            body = environ["wsgi.input"].read(int(length))
+        else:
+            body = b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        environ["wsgi.input_terminated"] = False
+        with self.one_call:
+            chunks = self.app(environ, capture)
+            try:
+                body = b"".join(chunks)
+            finally:
+                if hasattr(chunks, "close"):
+                    chunks.close()
         headers = list(captured.get("headers", []))
         content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
         if b"createdAt" in body or b"lastUpdatedAt" in body or "json" in content_type:
