@@ -256,7 +256,9 @@ async fn a_canary_failing_a_fifth_of_its_requests_is_aborted_within_two_interval
     start_rollout(gw.admin, &plan_with("webhook", &url)).await;
     let view = wait_rollout(gw.admin, |v| v["phase"] == "aborted").await;
     let took = view["ended_at_ms"].as_u64().unwrap() - view["started_at_ms"].as_u64().unwrap();
-    assert!(took <= 2_000, "aborted after {took} ms: {view:#}");
+    // Analyses run at whole intervals (1 s), never early, maybe late on a
+    // busy machine: before 3 s means the first or the second one aborted.
+    assert!(took < 3_000, "aborted after {took} ms: {view:#}");
     assert!(
         view["abort_reason"]
             .as_str()

@@ -344,7 +344,18 @@ async fn rotation_keeps_open_connections_and_a_bad_pair_is_rejected() {
         .unwrap_or_default()
         .to_string();
     assert!(error.contains("does not match the certificate"), "{json}");
-    let metrics = admin(gw.admin, "GET", "/metrics", None, "").await.text();
+    // The gauge is the process's: the other tests' TLS gateways, started or
+    // reloaded meanwhile, set it back to 0 (one gateway per process in
+    // production). Each refused reload sets it to 1 again: one of a few
+    // reload-and-read rounds sees this gateway's value.
+    let mut metrics = String::new();
+    for _ in 0..20 {
+        metrics = admin(gw.admin, "GET", "/metrics", None, "").await.text();
+        if metrics.contains("canary_tls_reload_failing 1") {
+            break;
+        }
+        admin(gw.admin, "POST", "/reload", None, "").await;
+    }
     assert!(metrics.contains("canary_tls_reload_failing 1"), "{metrics}");
     assert!(
         metrics.contains("canary_tls_reloads_total{result=\"error\"}"),
