@@ -9,13 +9,13 @@ killed.
 moto returns App Mesh's createdAt / lastUpdatedAt as text such as
 "31/12/2025, 13:45:00", which the Rust SDK cannot parse (App Mesh's JSON
 protocol sends epoch seconds). The WSGI middleware below rewrites those two
-fields of JSON responses to epoch seconds.
+fields of JSON responses to epoch seconds (`EpochDates`).
 
 AWS applies each call atomically: a conditional write checks its condition
 and writes in one step, and of two racing writers exactly one wins. moto's
 backends are plain in-memory objects with no lock, and its threaded server
 runs calls concurrently, so under load two racing conditional PutItems could
-both pass their condition. The middleware runs one call at a time (after
+both pass their condition. `OneCallAtATime` runs one call at a time (after
 reading the request's body, so a slow client holds no one up).
 """
 
@@ -63,13 +63,46 @@ def fix_dates(node):
     return changed
 
 
-class EpochDates:
-    """WSGI middleware: one call at a time, as AWS applies each atomically;
-    App Mesh dates as epoch seconds in JSON responses."""
+class OneCallAtATime:
+    """WSGI middleware: runs one call at a time, as AWS applies each atomically.
+
+    The request's body is read before the lock is taken, so a slow client
+    holds no one up; the response is joined under the lock."""
 
     def __init__(self, app):
         self.app = app
         self.one_call = threading.Lock()
+
+    def __call__(self, environ, start_response):
+        request = read_request_body(environ)
+        environ["wsgi.input"] = io.BytesIO(request)
+        environ["CONTENT_LENGTH"] = str(len(request))
+        environ["wsgi.input_terminated"] = False
+        with self.one_call:
+            chunks = self.app(environ, start_response)
+            try:
+                response = b"".join(chunks)
+            finally:
+                if hasattr(chunks, "close"):
+                    chunks.close()
+        return [response]
+
+
+def read_request_body(environ):
+    """The whole request body, by Content-Length or to its end."""
+    length = environ.get("CONTENT_LENGTH", "")
+    if environ.get("wsgi.input_terminated"):
+        return environ["wsgi.input"].read()
+    if length.isdigit():
+        return environ["wsgi.input"].read(int(length))
+    return b""
+
+
+class EpochDates:
+    """WSGI middleware: App Mesh dates as epoch seconds in JSON responses."""
+
+    def __init__(self, app):
+        self.app = app
 
     def __call__(self, environ, start_response):
         captured = {}
@@ -79,23 +112,12 @@ class EpochDates:
             captured["headers"] = headers
             return lambda data: None
 
-        length = environ.get("CONTENT_LENGTH", "")
-        if environ.get("wsgi.input_terminated"):
-            body = environ["wsgi.input"].read()
-        elif length.isdigit():
-            body = environ["wsgi.input"].read(int(length))
-        else:
-            body = b""
-        environ["wsgi.input"] = io.BytesIO(body)
-        environ["CONTENT_LENGTH"] = str(len(body))
-        environ["wsgi.input_terminated"] = False
-        with self.one_call:
-            chunks = self.app(environ, capture)
-            try:
-                body = b"".join(chunks)
-            finally:
-                if hasattr(chunks, "close"):
-                    chunks.close()
+        chunks = self.app(environ, capture)
+        try:
+            body = b"".join(chunks)
+        finally:
+            if hasattr(chunks, "close"):
+                chunks.close()
         headers = list(captured.get("headers", []))
         content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
         if b"createdAt" in body or b"lastUpdatedAt" in body or "json" in content_type:
@@ -128,7 +150,7 @@ def exit_when_stdin_closes():
 
 def main():
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
-    app = EpochDates(DomainDispatcherApplication(create_backend_app))
+    app = OneCallAtATime(EpochDates(DomainDispatcherApplication(create_backend_app)))
     server = make_server("127.0.0.1", port, app, threaded=True, request_handler=QuietHandler)
     print(f"PORT {server.server_port}", flush=True)
     threading.Thread(target=exit_when_stdin_closes, daemon=True).start()
