@@ -141,13 +141,11 @@ fn case_verdicts(
         &[(ng, "nginx"), (hp, "HAProxy")]
     };
     for (other, name) in peers {
-        let ok = gw
+        let judged = gw
             .zip(*other)
-            .map(|(g, o)| g.rps.median >= factor * o.rps.median);
-        let detail = gw
-            .zip(*other)
-            .map(|(g, o)| throughput_detail(g.rps.median, o.rps.median, direct, factor, name))
-            .unwrap_or_default();
+            .map(|(g, o)| throughput_verdict(g.rps.median, o.rps.median, direct, factor, name));
+        let ok = judged.as_ref().map(|(met, _)| *met);
+        let detail = judged.map(|(_, detail)| detail).unwrap_or_default();
         let why = if gw.is_none() {
             skip_gw.to_owned()
         } else {
@@ -204,24 +202,27 @@ fn case_verdicts(
     }
 }
 
-/// The gateway's throughput ratio to a peer's; when the target is more than
-/// the load core delivered with no proxy at all, says so: no proxy could
-/// have met it in this run.
-pub fn throughput_detail(
+/// Whether the gateway did `factor` times a peer's throughput, and its ratio
+/// to the peer's; when a missed target is more than the load core delivered
+/// with no proxy at all, the detail says so: no proxy could have met it in
+/// this run.
+pub fn throughput_verdict(
     gw: f64,
     peer: f64,
     direct: Option<f64>,
     factor: f64,
     name: &str,
-) -> String {
+) -> (bool, String) {
+    let met = gw >= factor * peer;
     let ratio = format!("{:.2}x", gw / peer);
-    match direct {
-        Some(d) if gw < factor * peer && d < factor * peer => format!(
+    let detail = match direct {
+        Some(d) if !met && d < factor * peer => format!(
             "{ratio}; out of reach in this run: direct (no proxy) did {:.2}x {name}, the load core is the limit",
             d / peer
         ),
         _ => ratio,
-    }
+    };
+    (met, detail)
 }
 
 /// A verdict comparing the gateway's value with a reference value.

@@ -7,7 +7,7 @@ use anyhow::{Result, anyhow, ensure};
 use crate::UPSTREAM_BODY_LEN;
 use crate::h2load::parse_h2load;
 use crate::handshake_client::{parse_report, percentile};
-use crate::report::throughput_detail;
+use crate::report::throughput_verdict;
 use crate::scenarios::{ResponseShape, Scenario, json_body, request_head, wrk_script};
 use crate::statistics::stat;
 use crate::upstream::{response_bytes, upstream_body};
@@ -39,15 +39,17 @@ pub fn self_test() -> Result<()> {
     ensure!(r.failures() == 7, "failures {}", r.failures());
     ensure!(parse_wrk("garbage").is_err(), "garbage parsed");
     // A missed throughput target says when no proxy could have met it.
-    let bound = throughput_detail(70.0, 60.0, Some(72.0), 1.25, "nginx");
+    let (met, bound) = throughput_verdict(70.0, 60.0, Some(72.0), 1.25, "nginx");
     ensure!(
-        bound.starts_with("1.17x; out of reach") && bound.contains("did 1.20x nginx"),
-        "{bound}"
+        !met && bound.starts_with("1.17x; out of reach") && bound.contains("did 1.20x nginx"),
+        "{met} {bound}"
     );
-    let missed = throughput_detail(70.0, 60.0, Some(80.0), 1.25, "nginx");
-    ensure!(missed == "1.17x", "{missed}");
-    let met = throughput_detail(80.0, 60.0, Some(74.0), 1.25, "nginx");
-    ensure!(met == "1.33x", "{met}");
+    let missed = throughput_verdict(70.0, 60.0, Some(80.0), 1.25, "nginx");
+    ensure!(missed == (false, "1.17x".to_owned()), "{missed:?}");
+    let met = throughput_verdict(80.0, 60.0, Some(74.0), 1.25, "nginx");
+    ensure!(met == (true, "1.33x".to_owned()), "{met:?}");
+    let exact = throughput_verdict(75.0, 60.0, Some(74.0), 1.25, "nginx");
+    ensure!(exact == (true, "1.25x".to_owned()), "{exact:?}");
     ensure!(parse_duration_us("2.5s")? == 2.5e6, "seconds unit");
     ensure!(
         parse_duration_us("12").is_err(),
