@@ -77,6 +77,18 @@ impl BodyProgress {
         self.done.load(Ordering::Acquire)
     }
 
+    /// Resolves when the body has been passed on in full (or dropped).
+    pub async fn ended(&self) {
+        loop {
+            let mut ended = std::pin::pin!(self.ended.notified());
+            ended.as_mut().enable();
+            if self.is_done() {
+                return;
+            }
+            ended.await;
+        }
+    }
+
     /// The body has not ended and the last read of its source found
     /// nothing.
     pub fn waiting_on_source(&self) -> bool {

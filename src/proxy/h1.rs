@@ -159,8 +159,10 @@ pub async fn serve<IO: ClientIo>(
 }
 
 /// Longest a connection closing with a request body maybe unread waits
-/// for the client to stop sending (see [`lingering_close`]).
-const LINGER: Duration = Duration::from_secs(5);
+/// for the client to stop sending (see [`lingering_close`]), and longest a
+/// request body still going up after its answer is passed on (see
+/// [`super::upstream::Sender`]'s `Drop`).
+pub(crate) const LINGER: Duration = Duration::from_secs(5);
 
 /// Closes a connection whose client may still be sending a request body
 /// the server did not read (an early answer, a refusal): a socket closed

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 
 use super::clock::now_ms;
 use super::random::fast_random;
@@ -28,6 +29,27 @@ pub struct Sender {
     refused: Arc<AtomicBool>,
     /// The body of the request last sent, if it had one.
     request_body: Option<Arc<super::body::BodyProgress>>,
+    /// Tells the connection's task, when this is dropped, of a request body
+    /// still going up (see [`Sender::drop`]).
+    unfinished: Option<oneshot::Sender<Arc<super::body::BodyProgress>>>,
+}
+
+/// A request answered (or given up) while its body was still going up: the
+/// upstream connection's task passes the body on for at most 5 s more (the
+/// own server's linger, `h1::LINGER`), then closes the connection. The body
+/// is dropped with it, which ends the client's side too (hyper's HTTP/1
+/// server closes a connection whose request body was not read to its end;
+/// an HTTP/2 stream is reset), as the own server's lingering close ends an
+/// answered upload: an upload the upstream no longer wants is not taken for
+/// as long as the client goes on sending it.
+impl Drop for Sender {
+    fn drop(&mut self) {
+        if let Some(body) = self.request_body.take().filter(|b| !b.is_done())
+            && let Some(unfinished) = self.unfinished.take()
+        {
+            let _ = unfinished.send(body);
+        }
+    }
 }
 
 impl Sender {
@@ -324,16 +346,45 @@ impl Endpoint {
             .await
             .map_err(|e| ConnectError::Handshake(self.addr, e))?;
         let addr = self.addr;
+        let (unfinished, left_unfinished) = oneshot::channel::<Arc<super::body::BodyProgress>>();
         tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(upstream = %addr, error = %e, "upstream connection ended with an error");
+            let lingered = async {
+                match left_unfinished.await {
+                    Ok(body) => linger(&body).await,
+                    // Dropped with no body going up: the connection ends on
+                    // its own.
+                    Err(_) => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                ended = conn.with_upgrades() => if let Err(e) = ended {
+                    tracing::debug!(upstream = %addr, error = %e, "upstream connection ended with an error");
+                },
+                () = lingered => tracing::debug!(
+                    upstream = %addr,
+                    "request body still going up {:?} after its answer; closing the connection",
+                    super::h1::LINGER
+                ),
             }
         });
         Ok(Sender {
             send,
             refused,
             request_body: None,
+            unfinished: Some(unfinished),
         })
+    }
+}
+
+/// Resolves when `body` has gone on for [`super::h1::LINGER`] without
+/// ending; never if it ends within that.
+async fn linger(body: &super::body::BodyProgress) {
+    if tokio::time::timeout(super::h1::LINGER, body.ended())
+        .await
+        .is_ok()
+    {
+        std::future::pending::<()>().await;
     }
 }
 

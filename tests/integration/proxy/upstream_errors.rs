@@ -436,7 +436,8 @@ async fn a_long_early_answer_arrives_whole_before_the_connection_closes() {
     .await;
     // hyper's server (the chunked upload) keeps reading the upload after
     // the answer, for the upstream that no longer reads it: the connection
-    // lasts until `body_stall`, and the shutdown waits for it.
+    // lasts until the linger after the answer ends it (5 s); the shutdown
+    // waits for it for `shutdown_grace` at most.
     let gw = Gateway::start(
         &(config("", &[("long-answer", 1, addr)]) + PATIENT + "shutdown_grace = \"1s\"\n"),
     )
@@ -491,5 +492,114 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// An upload answered early that the client goes on sending and the
+/// upstream goes on reading (and dropping): the gateway does not pass it on
+/// for ever. The client's connection ends a few seconds after the answer,
+/// as nginx's lingering close ends it: the own server stops reading at the
+/// answer and drops what still comes for at most 5 s; hyper's server (a
+/// chunked upload) passes the body on for at most 5 s after the answer.
+#[tokio::test]
+async fn an_answered_upload_that_goes_on_is_cut_a_few_seconds_after_the_answer() {
+    let (addr, _upstream) = upload_upstream(|mut stream, _, _| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!";
+        let _ = stream.write_all(answer).await;
+        let mut sink = vec![0u8; 64 * 1024];
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    // A request head's timeout far longer than the bound below (body bytes
+    // after an answer look like a next request's head starting).
+    let patient = PATIENT.to_owned() + "request_header = \"60s\"\n";
+    let gw = Gateway::start(&(config("", &[("goes-on", 1, addr)]) + &patient)).await;
+    for framing in FRAMINGS {
+        let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let (mut reader, writer) = stream.into_split();
+        let _sending = AbortOnDrop(tokio::spawn(send_without_end(writer, framing)));
+        let mut buf = Vec::new();
+        let response = crate::recorder::read_response(&mut reader, &mut buf, false).await;
+        assert_eq!(text_of(response), Some((413, "big!".into())), "{framing:?}");
+        let answered = std::time::Instant::now();
+        // Far longer than the linger; without one the connection lasts as
+        // long as the client sends.
+        let ended = tokio::time::timeout(Duration::from_secs(30), async {
+            use tokio::io::AsyncReadExt;
+            let mut rest = [0u8; 1024];
+            while matches!(reader.read(&mut rest).await, Ok(n) if n > 0) {}
+        })
+        .await;
+        assert!(
+            ended.is_ok(),
+            "{framing:?}: still open 30 s after the answer"
+        );
+        let took = answered.elapsed();
+        assert!(took < Duration::from_secs(20), "{framing:?}: {took:?}");
+    }
+    // An HTTP/2 stream: its body is no longer taken (the stream is reset).
+    let mut sender = h2c_client_for(gw.addr).await;
+    let (dropped, body_dropped) = tokio::sync::oneshot::channel::<()>();
+    let body = EndlessBody {
+        tick: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        _dropped: dropped,
+    };
+    let req = http::Request::post(format!("http://{}/up", gw.addr))
+        .body(body)
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 413);
+    let answered = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(30), body_dropped).await;
+    assert!(
+        ended.is_ok(),
+        "HTTP/2: body still taken 30 s after the answer"
+    );
+    let took = answered.elapsed();
+    assert!(took < Duration::from_secs(20), "HTTP/2: {took:?}");
+    gw.shutdown().await;
+}
+
+/// Writes a POST head and then body bytes framed as `framing`, 1 KiB every
+/// 20 ms, never ending the body, until a write fails.
+async fn send_without_end(mut writer: tokio::net::tcp::OwnedWriteHalf, framing: Framing) {
+    use tokio::io::AsyncWriteExt;
+    let head: &[u8] = match framing {
+        Framing::Length => b"POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000000\r\n\r\n",
+        Framing::Chunked => b"POST /up HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n",
+    };
+    let part: Vec<u8> = match framing {
+        Framing::Length => vec![b'u'; 1024],
+        Framing::Chunked => [&b"400\r\n"[..], &[b'u'; 1024], b"\r\n"].concat(),
+    };
+    if writer.write_all(head).await.is_err() {
+        return;
+    }
+    while writer.write_all(&part).await.is_ok() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A request body that never ends: 1 KiB every 20 ms; `_dropped` closes
+/// its channel when the client stops sending the body.
+struct EndlessBody {
+    tick: std::pin::Pin<Box<tokio::time::Sleep>>,
+    _dropped: tokio::sync::oneshot::Sender<()>,
+}
+
+impl hyper::body::Body for EndlessBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::ready!(self.tick.as_mut().poll(cx));
+        let next = tokio::time::Instant::now() + Duration::from_millis(20);
+        self.tick.as_mut().reset(next);
+        let part = bytes::Bytes::from(vec![b'u'; 1024]);
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(part))))
     }
 }
