@@ -365,7 +365,8 @@ impl Proxy {
                 // and CONNECT unless the request says it is chunked.
                 headers::frame_request_body(&mut parts.headers, incoming.is_end_stream());
             }
-            let (body, body_progress) = RequestBody::new(incoming);
+            let h1_conn = (!http2).then_some(&completion.conn);
+            let (body, body_progress) = RequestBody::new(incoming, h1_conn);
             if http2 {
                 upload.clone_from(&body_progress);
             }

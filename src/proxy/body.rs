@@ -182,29 +182,49 @@ pub struct RequestBody {
     inner: Incoming,
     /// Shared with the proxy's response deadline; `None` for empty bodies.
     progress: Option<Arc<BodyProgress>>,
+    /// The HTTP/1 connection the body comes on, told when it ends (see
+    /// [`ConnState::request_body_ended`]).
+    conn: Option<Arc<ConnState>>,
 }
 
 impl RequestBody {
     /// Wraps a body; the progress tells when it has been sent in full.
-    /// Bodies that are already at their end need no tracking.
-    pub fn new(inner: Incoming) -> (RequestBody, Option<Arc<BodyProgress>>) {
+    /// Bodies that are already at their end need no tracking. `conn`: the
+    /// HTTP/1 connection it comes on (`None` on HTTP/2), whose next request
+    /// head is not awaited before the body ends.
+    pub fn new(
+        inner: Incoming,
+        conn: Option<&Arc<ConnState>>,
+    ) -> (RequestBody, Option<Arc<BodyProgress>>) {
         if inner.is_end_stream() {
             return (
                 RequestBody {
                     inner,
                     progress: None,
+                    conn: None,
                 },
                 None,
             );
+        }
+        if let Some(conn) = conn {
+            conn.request_body_open();
         }
         let progress = Arc::new(BodyProgress::default());
         (
             RequestBody {
                 inner,
                 progress: Some(progress.clone()),
+                conn: conn.cloned(),
             },
             Some(progress),
         )
+    }
+
+    /// The body has ended: its connection is told, once.
+    fn ended(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            conn.request_body_ended();
+        }
     }
 }
 
@@ -213,6 +233,7 @@ impl Drop for RequestBody {
         if let Some(p) = &self.progress {
             p.end();
         }
+        self.ended();
     }
 }
 
@@ -231,6 +252,9 @@ impl Body for RequestBody {
                 progress.client_failed(e);
             }
             progress.polled(&polled, this.inner.is_end_stream());
+            if progress.is_done() {
+                this.ended();
+            }
         }
         polled
     }

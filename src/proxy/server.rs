@@ -53,6 +53,10 @@ pub struct ConnState {
     head_started_ms: AtomicU64,
     /// Waiting for a new request head (HTTP/1 between requests).
     awaiting_head: AtomicBool,
+    /// An HTTP/1 request body is still being read (by hyper's server): the
+    /// client's bytes are that body, also after its response ended (an
+    /// early answer), not a next request's head.
+    body_open: AtomicBool,
     /// The connection speaks HTTP/2 (no per-request head timing).
     http2: AtomicBool,
     /// A request was forwarded and its response head has not arrived (its
@@ -72,6 +76,7 @@ impl ConnState {
             in_flight: AtomicU32::new(0),
             head_started_ms: AtomicU64::new(0),
             awaiting_head: AtomicBool::new(true),
+            body_open: AtomicBool::new(false),
             http2: AtomicBool::new(false),
             awaiting_upstream: AtomicBool::new(false),
             client_full: AtomicBool::new(false),
@@ -96,11 +101,29 @@ impl ConnState {
         self.awaiting_upstream.store(false, Ordering::Relaxed);
     }
 
-    /// A request's response ended.
+    /// A request's response ended: on HTTP/1 the next request head is
+    /// awaited, unless the request's body is still coming.
     pub fn request_ended(&self) {
-        if self.in_flight.fetch_sub(1, Ordering::Relaxed) == 1
+        // SeqCst with `request_body_ended`: of a response and a body ending
+        // at once, at least one sees the other done.
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
             && !self.http2.load(Ordering::Relaxed)
+            && !self.body_open.load(Ordering::SeqCst)
         {
+            self.awaiting_head.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// An HTTP/1 request's body is to be read by hyper's server.
+    pub fn request_body_open(&self) {
+        self.body_open.store(true, Ordering::SeqCst);
+    }
+
+    /// That body ended (or was dropped): if its response has ended too,
+    /// the next request head is awaited.
+    pub fn request_body_ended(&self) {
+        self.body_open.store(false, Ordering::SeqCst);
+        if self.in_flight.load(Ordering::SeqCst) == 0 && !self.http2.load(Ordering::Relaxed) {
             self.awaiting_head.store(true, Ordering::Relaxed);
         }
     }

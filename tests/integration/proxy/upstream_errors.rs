@@ -603,3 +603,44 @@ impl hyper::body::Body for EndlessBody {
         std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(part))))
     }
 }
+
+/// The rest of an upload answered early is that request's body, not a next
+/// request's head: a client that finishes sending it within the linger
+/// keeps its connection, also when that takes longer than `request_header`
+/// (which times request heads only), and its next request is answered.
+#[tokio::test]
+async fn the_rest_of_an_answered_upload_is_not_timed_as_a_request_head() {
+    use tokio::io::AsyncWriteExt;
+    let (addr, _upstream) = upload_upstream(|mut stream, _, _| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!";
+        let _ = stream.write_all(answer).await;
+        let mut sink = vec![0u8; 64 * 1024];
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    let patient = PATIENT.to_owned() + "request_header = \"1s\"\n";
+    let gw = Gateway::start(&(config("", &[("rest-of-body", 1, addr)]) + &patient)).await;
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let head = b"POST /up HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n";
+    writer.write_all(head).await.unwrap();
+    let mut buf = Vec::new();
+    let first = crate::recorder::read_response(&mut reader, &mut buf, false).await;
+    assert_eq!(text_of(first), Some((413, "big!".into())));
+    // Two and a half times `request_header`, well within the linger (5 s).
+    let part = [&b"400\r\n"[..], &[b'u'; 1024], b"\r\n"].concat();
+    let until = std::time::Instant::now() + Duration::from_millis(2500);
+    while std::time::Instant::now() < until {
+        writer.write_all(&part).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    writer.write_all(b"0\r\n\r\n").await.unwrap();
+    writer
+        .write_all(b"GET /next HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let next = crate::recorder::read_response(&mut reader, &mut buf, false).await;
+    assert_eq!(text_of(next), Some((413, "big!".into())));
+    gw.shutdown().await;
+}
