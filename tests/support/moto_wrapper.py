@@ -79,13 +79,17 @@ class OneCallAtATime:
         environ["CONTENT_LENGTH"] = str(len(request))
         environ["wsgi.input_terminated"] = False
         with self.one_call:
-            chunks = self.app(environ, start_response)
-            try:
-                response = b"".join(chunks)
-            finally:
-                if hasattr(chunks, "close"):
-                    chunks.close()
+            response = joined(self.app(environ, start_response))
         return [response]
+
+
+def joined(chunks):
+    """A WSGI app's response as one byte string (the iterable closed after)."""
+    try:
+        return b"".join(chunks)
+    finally:
+        if hasattr(chunks, "close"):
+            chunks.close()
 
 
 def read_request_body(environ):
@@ -112,12 +116,7 @@ class EpochDates:
             captured["headers"] = headers
             return lambda data: None
 
-        chunks = self.app(environ, capture)
-        try:
-            body = b"".join(chunks)
-        finally:
-            if hasattr(chunks, "close"):
-                chunks.close()
+        body = joined(self.app(environ, capture))
         headers = list(captured.get("headers", []))
         content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
         if b"createdAt" in body or b"lastUpdatedAt" in body or "json" in content_type:

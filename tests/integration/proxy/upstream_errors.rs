@@ -253,6 +253,19 @@ async fn answers_and_holds(answer: &'static [u8]) -> (std::net::SocketAddr, Serv
     .await
 }
 
+/// An upstream that answers a 413 ("big!") to a request head, then reads
+/// and drops the rest of the upload until the connection closes.
+async fn answers_and_drains() -> (std::net::SocketAddr, ServerTask) {
+    upload_upstream(|mut stream, _, _| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!";
+        let _ = stream.write_all(answer).await;
+        let mut sink = vec![0u8; 64 * 1024];
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await
+}
+
 /// How an upload's body is framed: both go through the gateway (a
 /// Content-Length one through its own server and client, a chunked one
 /// through hyper's), and an early answer must reach the client either way.
@@ -503,14 +516,7 @@ impl Drop for AbortOnDrop {
 /// chunked upload) passes the body on for at most 5 s after the answer.
 #[tokio::test]
 async fn an_answered_upload_that_goes_on_is_cut_a_few_seconds_after_the_answer() {
-    let (addr, _upstream) = upload_upstream(|mut stream, _, _| async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!";
-        let _ = stream.write_all(answer).await;
-        let mut sink = vec![0u8; 64 * 1024];
-        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
-    })
-    .await;
+    let (addr, _upstream) = answers_and_drains().await;
     // A request head's timeout far longer than the bound below (body bytes
     // after an answer look like a next request's head starting).
     let patient = PATIENT.to_owned() + "request_header = \"60s\"\n";
@@ -611,14 +617,7 @@ impl hyper::body::Body for EndlessBody {
 #[tokio::test]
 async fn the_rest_of_an_answered_upload_is_not_timed_as_a_request_head() {
     use tokio::io::AsyncWriteExt;
-    let (addr, _upstream) = upload_upstream(|mut stream, _, _| async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!";
-        let _ = stream.write_all(answer).await;
-        let mut sink = vec![0u8; 64 * 1024];
-        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
-    })
-    .await;
+    let (addr, _upstream) = answers_and_drains().await;
     let patient = PATIENT.to_owned() + "request_header = \"1s\"\n";
     let gw = Gateway::start(&(config("", &[("rest-of-body", 1, addr)]) + &patient)).await;
     let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
