@@ -53,10 +53,11 @@ pub struct ConnState {
     head_started_ms: AtomicU64,
     /// Waiting for a new request head (HTTP/1 between requests).
     awaiting_head: AtomicBool,
-    /// An HTTP/1 request body is still being read (by hyper's server): the
-    /// client's bytes are that body, also after its response ended (an
-    /// early answer), not a next request's head.
-    body_open: AtomicBool,
+    /// HTTP/1 request bodies still being read (by hyper's server; a
+    /// count, as a finished request's body may be let go after the next
+    /// request's began): the client's bytes are such a body, also after its
+    /// response ended (an early answer), not a next request's head.
+    open_bodies: AtomicU32,
     /// The connection speaks HTTP/2 (no per-request head timing).
     http2: AtomicBool,
     /// A request was forwarded and its response head has not arrived (its
@@ -76,7 +77,7 @@ impl ConnState {
             in_flight: AtomicU32::new(0),
             head_started_ms: AtomicU64::new(0),
             awaiting_head: AtomicBool::new(true),
-            body_open: AtomicBool::new(false),
+            open_bodies: AtomicU32::new(0),
             http2: AtomicBool::new(false),
             awaiting_upstream: AtomicBool::new(false),
             client_full: AtomicBool::new(false),
@@ -108,7 +109,7 @@ impl ConnState {
         // at once, at least one sees the other done.
         if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
             && !self.http2.load(Ordering::Relaxed)
-            && !self.body_open.load(Ordering::SeqCst)
+            && self.open_bodies.load(Ordering::SeqCst) == 0
         {
             self.awaiting_head.store(true, Ordering::Relaxed);
         }
@@ -116,14 +117,16 @@ impl ConnState {
 
     /// An HTTP/1 request's body is to be read by hyper's server.
     pub fn request_body_open(&self) {
-        self.body_open.store(true, Ordering::SeqCst);
+        self.open_bodies.fetch_add(1, Ordering::SeqCst);
     }
 
     /// That body ended (or was dropped): if its response has ended too,
     /// the next request head is awaited.
     pub fn request_body_ended(&self) {
-        self.body_open.store(false, Ordering::SeqCst);
-        if self.in_flight.load(Ordering::SeqCst) == 0 && !self.http2.load(Ordering::Relaxed) {
+        if self.open_bodies.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.in_flight.load(Ordering::SeqCst) == 0
+            && !self.http2.load(Ordering::Relaxed)
+        {
             self.awaiting_head.store(true, Ordering::Relaxed);
         }
     }
@@ -406,4 +409,44 @@ fn service(
         let state = state.clone();
         async move { Ok::<_, Infallible>(proxy.handle(req, state).await) }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether the connection now waits for a request head.
+    fn awaiting(state: &ConnState) -> bool {
+        state.awaiting_head.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn a_head_is_awaited_once_the_response_and_every_body_have_ended() {
+        let state = ConnState::new("127.0.0.1:1".parse().unwrap());
+        // The body ends before the response: awaited at the response's end.
+        state.request_started(false);
+        state.request_body_open();
+        state.request_body_ended();
+        assert!(!awaiting(&state));
+        state.request_ended();
+        assert!(awaiting(&state));
+        // An early answer: the body goes on after the response.
+        state.request_started(false);
+        state.request_body_open();
+        state.request_ended();
+        assert!(!awaiting(&state), "body bytes would start a head's clock");
+        state.request_body_ended();
+        assert!(awaiting(&state));
+        // A finished request's body let go after the next request began.
+        state.request_started(false);
+        state.request_body_open();
+        state.request_ended();
+        state.request_started(false);
+        state.request_body_open();
+        state.request_body_ended();
+        state.request_ended();
+        assert!(!awaiting(&state), "the second body is still coming");
+        state.request_body_ended();
+        assert!(awaiting(&state));
+    }
 }
