@@ -277,6 +277,33 @@ enum Framing {
 
 const FRAMINGS: [Framing; 2] = [Framing::Length, Framing::Chunked];
 
+impl Framing {
+    /// The head of a POST whose body of `size` bytes is framed this way.
+    fn head(self, size: usize) -> Vec<u8> {
+        match self {
+            Framing::Length => {
+                format!("POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: {size}\r\n\r\n").into()
+            }
+            Framing::Chunked => {
+                b"POST /up HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n".to_vec()
+            }
+        }
+    }
+
+    /// `data` as it goes on the wire in a body framed this way.
+    fn part(self, data: &[u8]) -> Vec<u8> {
+        match self {
+            Framing::Length => data.to_vec(),
+            Framing::Chunked => {
+                let mut framed = format!("{:x}\r\n", data.len()).into_bytes();
+                framed.extend_from_slice(data);
+                framed.extend_from_slice(b"\r\n");
+                framed
+            }
+        }
+    }
+}
+
 /// Sends a POST head for a body of `size` bytes framed as `framing`, and
 /// the first `send` of them (all of them: the body ends), then keeps the
 /// connection open; the response it gets.
@@ -301,31 +328,14 @@ async fn send_upload(
     framing: Framing,
 ) {
     use tokio::io::AsyncWriteExt;
-    let head = match framing {
-        Framing::Length => {
-            format!("POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: {size}\r\n\r\n")
-        }
-        Framing::Chunked => {
-            "POST /up HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n".into()
-        }
-    };
-    if writer.write_all(head.as_bytes()).await.is_err() {
+    if writer.write_all(&framing.head(size)).await.is_err() {
         return;
     }
     let chunk = vec![b'u'; 64 * 1024];
     let mut left = send;
     while left > 0 {
         let n = left.min(chunk.len());
-        let sent = match framing {
-            Framing::Length => writer.write_all(&chunk[..n]).await,
-            Framing::Chunked => {
-                let mut framed = format!("{n:x}\r\n").into_bytes();
-                framed.extend_from_slice(&chunk[..n]);
-                framed.extend_from_slice(b"\r\n");
-                writer.write_all(&framed).await
-            }
-        };
-        if sent.is_err() {
+        if writer.write_all(&framing.part(&chunk[..n])).await.is_err() {
             return;
         }
         left -= n;
@@ -571,15 +581,12 @@ async fn an_answered_upload_that_goes_on_is_cut_a_few_seconds_after_the_answer()
 /// 20 ms, never ending the body, until a write fails.
 async fn send_without_end(mut writer: tokio::net::tcp::OwnedWriteHalf, framing: Framing) {
     use tokio::io::AsyncWriteExt;
-    let head: &[u8] = match framing {
-        Framing::Length => b"POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000000\r\n\r\n",
-        Framing::Chunked => b"POST /up HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n",
-    };
-    let part: Vec<u8> = match framing {
-        Framing::Length => vec![b'u'; 1024],
-        Framing::Chunked => [&b"400\r\n"[..], &[b'u'; 1024], b"\r\n"].concat(),
-    };
-    if writer.write_all(head).await.is_err() {
+    let part = framing.part(&[b'u'; 1024]);
+    if writer
+        .write_all(&framing.head(1_000_000_000))
+        .await
+        .is_err()
+    {
         return;
     }
     while writer.write_all(&part).await.is_ok() {
@@ -622,13 +629,13 @@ async fn the_rest_of_an_answered_upload_is_not_timed_as_a_request_head() {
     let gw = Gateway::start(&(config("", &[("rest-of-body", 1, addr)]) + &patient)).await;
     let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let (mut reader, mut writer) = stream.into_split();
-    let head = b"POST /up HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n";
-    writer.write_all(head).await.unwrap();
+    let chunked = Framing::Chunked;
+    writer.write_all(&chunked.head(0)).await.unwrap();
     let mut buf = Vec::new();
     let first = crate::recorder::read_response(&mut reader, &mut buf, false).await;
     assert_eq!(text_of(first), Some((413, "big!".into())));
     // Two and a half times `request_header`, well within the linger (5 s).
-    let part = [&b"400\r\n"[..], &[b'u'; 1024], b"\r\n"].concat();
+    let part = chunked.part(&[b'u'; 1024]);
     let until = std::time::Instant::now() + Duration::from_millis(2500);
     while std::time::Instant::now() < until {
         writer.write_all(&part).await.unwrap();
