@@ -18,7 +18,7 @@
 //!                  simple or no request body: proxy::upstream_client, in the request's task ◄┤
 //!                  any other body or an upgrade: hyper's client, a task per connection ◄─────┤
 //!   client ◄────────── response streamed back (metrics recorded once, at its end) ◄─────────┘
-//!                      (a long body with a length, plain sockets: proxy::splice, kernel only)
+//!                      (a long body with a length: proxy::relay, one buffer per thread)
 //!
 //!  CONTROL PATH (one writer)
 //!
@@ -33,7 +33,7 @@
 //! Modules, by path:
 //!
 //! - data path: [`proxy`] (listener, the own HTTP/1.1 server and client, version
-//!   choice, upstream pools, body streaming and splicing, error responses);
+//!   choice, upstream pools, body streaming and relaying, error responses);
 //! - control path: [`config`] (two-stage: raw TOML, then a validated `Config`),
 //!   [`admin`] (the admin API), [`discovery`] (endpoint sources) with [`aws`]
 //!   (Cloud Map discovery and store, DynamoDB store, App Mesh), [`store`] (where weight decisions

@@ -38,8 +38,8 @@ pub mod h1;
 pub mod headers;
 pub mod log_limit;
 pub mod random;
+pub mod relay;
 pub mod server;
-pub mod splice;
 pub mod upstream;
 pub mod upstream_client;
 

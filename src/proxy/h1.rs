@@ -29,7 +29,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 use super::Proxy;
 use super::error_response::{ClientError, ProxyError};
@@ -43,15 +42,10 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Read size while waiting for a request head.
 const HEAD_READ: usize = 4096;
 
-/// A client connection the own server serves.
-pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
-    /// The plain TCP socket underneath; `None` with TLS. A long response
-    /// body goes into it through a pipe ([`crate::proxy::splice`]).
-    fn plain_tcp(&self) -> Option<&TcpStream>;
-    /// A write by another way than this type's: bytes reached the client
-    /// (`took`), or its socket took none (full: the client reads no more).
-    fn wrote(&self, took: bool);
-}
+/// A client connection the own server serves (plain TCP or TLS).
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ClientIo for T {}
 
 /// How a connection served by the own server ended.
 #[derive(Debug)]

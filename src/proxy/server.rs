@@ -205,19 +205,6 @@ impl AsyncRead for TrackedIo {
     }
 }
 
-impl h1::ClientIo for TrackedIo {
-    fn plain_tcp(&self) -> Option<&TcpStream> {
-        match &self.inner {
-            crate::tls::Stream::Plain(tcp) => Some(tcp),
-            _ => None,
-        }
-    }
-
-    fn wrote(&self, took: bool) {
-        self.state.client_took(took);
-    }
-}
-
 impl AsyncWrite for TrackedIo {
     fn poll_write(
         mut self: Pin<&mut Self>,

@@ -293,7 +293,7 @@ async fn stalled_bodies_end_the_request() {
         clients_before
     );
     // The client stops reading a large response: chunked, and with a
-    // length (on the own server, spliced socket to socket). The client's
+    // length (on the own server, relayed through the thread's buffer). The client's
     // error, as on HTTP/2.
     let mut clients = clients_before;
     for (path, query) in PATHS.into_iter().flat_map(|p| [(p, ""), (p, "&length=1")]) {

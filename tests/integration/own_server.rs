@@ -145,12 +145,7 @@ async fn uploads_with_a_length_stream_through_the_own_server() {
     gw.shutdown().await;
 }
 
-/// Between requests an idle connection lets go of its buffers and of the
-/// last request's state (on the watchdog's tick, every 100 ms here); a busy
-/// one keeps them. Whichever it did, every request after it is served
-/// whole: single requests, a burst, a pipelined pair, and a head split
-/// across two writes with ticks in between.
-/// A long response body with a length (over the splice threshold, 32 KiB
+/// A long response body with a length (over the relay's threshold, 32 KiB
 /// after what comes with the head).
 const LONG: usize = 1024 * 1024 + 7;
 
@@ -165,12 +160,12 @@ fn long_response(claimed: usize, body: &[u8]) -> &'static [u8] {
 }
 
 /// Long bodies with a length go from the upstream's socket to the client's
-/// through a pipe: every byte in order, exactly the length (the upstream
+/// through the thread's buffer: every byte in order, exactly the length (the upstream
 /// connection carries the next requests, the client's pipelined requests
 /// are answered next); an upstream that closes partway closes the client's
 /// connection rather than leaving it waiting.
 #[tokio::test]
-async fn long_responses_with_a_length_go_socket_to_socket() {
+async fn long_responses_with_a_length_arrive_whole_and_exact() {
     let body = long_body();
     let up = FixedUpstream::start(long_response(LONG, &body)).await;
     let gw = Gateway::start(&config("", &[("v1", 1, up.addr)])).await;
@@ -238,6 +233,11 @@ async fn long_responses_with_a_length_go_socket_to_socket() {
     gw.shutdown().await;
 }
 
+/// Between requests an idle connection lets go of its buffers and of the
+/// last request's state (on the watchdog's tick, every 100 ms here); a busy
+/// one keeps them. Whichever it did, every request after it is served
+/// whole: single requests, a burst, a pipelined pair, and a head split
+/// across two writes with ticks in between.
 #[tokio::test]
 async fn connections_that_idle_between_requests_serve_every_next_one() {
     let echo = EchoHeadUpstream::start("").await;

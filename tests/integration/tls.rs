@@ -164,9 +164,10 @@ async fn https_serves_http1_and_http2_chosen_by_alpn() {
     assert_eq!(get1(&mut s, "/again").await, (200, "v1".to_string()));
     // A large response whose writes outrun the socket: every byte arrives (TLS
     // records left in rustls' buffer are pushed out), and the connection goes on.
-    for _ in 0..2 {
-        let (status, body) = get1(&mut s, "/download?bytes=3000000").await;
-        assert_eq!((status, body.len()), (200, 3_000_000));
+    // Chunked, and with a length (moved through the gateway's buffer).
+    for query in ["", "", "&length=1", "&length=1"] {
+        let (status, body) = get1(&mut s, &format!("/download?bytes=3000000{query}")).await;
+        assert_eq!((status, body.len()), (200, 3_000_000), "{query}");
     }
     assert_eq!(
         get1(&mut s, "/after-download").await,
@@ -175,25 +176,32 @@ async fn https_serves_http1_and_http2_chosen_by_alpn() {
 
     // A slow reader: the response's last TLS records must still go out
     // (the own server reads next, and never flushes a plain socket).
-    let mut slow = connect_small_buffer(gw.addr, &ca.der).await;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    slow.write_all(b"GET /download?bytes=4000000 HTTP/1.1\r\nhost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 65536];
-    let read_all = async {
-        while !got.ends_with(b"0\r\n\r\n") {
-            let n = slow.read(&mut buf).await.unwrap();
-            assert!(n > 0, "closed early");
-            got.extend_from_slice(&buf[..n]);
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), read_all)
-        .await
-        .expect("the response's tail never arrived");
-    assert!(got.len() > 4_000_000);
+    // Chunked, and with a length.
+    for query in ["", "&length=1"] {
+        let mut slow = connect_small_buffer(gw.addr, &ca.der).await;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let get = format!("GET /download?bytes=4000000{query} HTTP/1.1\r\nhost: localhost\r\n\r\n");
+        slow.write_all(get.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        let whole = |got: &[u8]| match memchr::memmem::find(got, b"\r\n\r\n") {
+            _ if query.is_empty() => got.ends_with(b"0\r\n\r\n"),
+            Some(head) => got.len() >= head + 4 + 4_000_000,
+            None => false,
+        };
+        let read_all = async {
+            while !whole(&got) {
+                let n = slow.read(&mut buf).await.unwrap();
+                assert!(n > 0, "{query}: closed early");
+                got.extend_from_slice(&buf[..n]);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), read_all)
+            .await
+            .expect("the response's tail never arrived");
+        assert!(got.len() > 4_000_000);
+    }
 
     // HTTP/2 by ALPN.
     let tls = connect(gw.addr, &ca.der, &[b"h2", b"http/1.1"]).await;
@@ -414,7 +422,13 @@ async fn a_bad_pair_stops_the_start_with_a_clear_error() {
     }
 }
 
-/// An HTTPS upstream for `names`, answering `secure` and counting its TLS connections.
+/// A body with a length, longer than what the gateway moves in one step.
+fn long_body() -> Vec<u8> {
+    (0..1_000_003u32).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+/// An HTTPS upstream for `names`, answering `secure` (or [`long_body`] at
+/// `/long`) and counting its TLS connections.
 async fn tls_upstream(ca: &Ca, names: &[&str]) -> (SocketAddr, Arc<AtomicU64>) {
     let (cert, key, _) = ca.leaf(names);
     let chain = vec![rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
@@ -445,6 +459,9 @@ async fn tls_upstream(ca: &Ca, names: &[&str]) -> (SocketAddr, Arc<AtomicU64>) {
                 };
                 count.fetch_add(1, Ordering::SeqCst);
                 let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    if req.uri().path() == "/long" {
+                        return Ok(Response::new(Full::new(Bytes::from(long_body()))));
+                    }
                     let n = req
                         .into_body()
                         .collect()
@@ -496,11 +513,18 @@ async fn upstream_tls_verifies_the_upstream_and_reuses_connections() {
             (200, "secure 3".to_string())
         );
     }
+    // A long body read from TLS and passed on: every byte, and the
+    // connection is used again.
+    for _ in 0..2 {
+        let reply = crate::support::get(gw.addr, "/long", &[]).await;
+        assert_eq!(reply.status, 200);
+        assert!(reply.body == long_body(), "the long body arrived changed");
+    }
     // One connection for the own client (GETs) and one for hyper's (POSTs), reused.
     let opened = connections.load(Ordering::SeqCst);
     assert!(
         (1..=2).contains(&opened),
-        "{opened} TLS connections for 8 requests"
+        "{opened} TLS connections for 10 requests"
     );
     gw.shutdown().await;
 

@@ -16,7 +16,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use super::ClientIo;
 use crate::proxy::error_response::ProxyError;
 use crate::proxy::headers;
-use crate::proxy::splice::{self, Spliced};
+use crate::proxy::relay;
 use crate::proxy::upstream_client::body::ResponseBody;
 use crate::proxy::upstream_client::head::line as field;
 use crate::proxy::upstream_client::{ExchangeError, Framing, RawHead, Span};
@@ -149,26 +149,16 @@ pub async fn send<W: ClientIo>(
     framing: ClientFraming,
 ) -> Result<(), SendError> {
     let chunked = framing == ClientFraming::Chunked;
-    // A long body between two plain sockets: the head and what has been
-    // read, then the rest socket to socket through a pipe (or copied below,
-    // if the kernel refuses).
-    if !chunked
-        && client.plain_tcp().is_some()
-        && let Some((mut pipe, read, from, left)) =
-            body.take_for_splice(splice::MIN_LEN, splice::Pipe::get)
-    {
+    // A long body with a length: the head and what has been read, then the
+    // rest through the thread's buffer.
+    if !chunked && let Some((read, from, left)) = body.take_long(relay::MIN_LEN) {
         client
             .write_all_buf(&mut out.as_slice().chain(read))
             .await?;
         out.clear();
-        let spliced = match client.plain_tcp() {
-            Some(to) => pipe.copy(from, to, left, |took| client.wrote(took)).await?,
-            None => Spliced::Refused,
-        };
-        if spliced == Spliced::Moved {
-            body.spliced();
-            return Ok(());
-        }
+        relay::copy(from, client, left).await?;
+        body.moved();
+        return Ok(());
     }
     // `out` holds the head until it is sent, then nothing.
     while !body.is_end_stream() {

@@ -10,8 +10,6 @@ use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 
-use tokio::net::TcpStream;
-
 use super::{Conn, ExchangeError, Framing, MAX_HEAD_BYTES};
 use crate::tls::Stream;
 
@@ -78,35 +76,30 @@ impl ResponseBody {
     }
 
     /// For a body with a length of which at least `min` bytes are still
-    /// unread, from a plain (not TLS) upstream socket, when `pipe` gives a
-    /// pipe: takes the bytes already read (to send first) and gives them
-    /// with the pipe, the upstream's socket and the length still to come,
-    /// for [`crate::proxy::splice`].
-    /// Call [`ResponseBody::spliced`] once that length has been moved.
-    pub fn take_for_splice<P>(
-        &mut self,
-        min: u64,
-        pipe: impl FnOnce() -> Option<P>,
-    ) -> Option<(P, Bytes, &TcpStream, u64)> {
+    /// unread: takes the bytes already read (to send first) and gives them
+    /// with the upstream's connection and the length still to come, for
+    /// [`crate::proxy::relay`]. Call [`ResponseBody::moved`] once that
+    /// length has been moved.
+    pub fn take_long(&mut self, min: u64) -> Option<(Bytes, &mut Stream, u64)> {
         let State::Length(left) = &mut self.state else {
             return None;
         };
         let conn = self.conn.as_mut()?;
-        let Stream::Plain(tcp) = &conn.io else {
-            return None;
-        };
         let read = (conn.buf.len() as u64).min(*left);
         if *left - read < min {
             return None;
         }
-        let pipe = pipe()?;
         *left -= read;
-        Some((pipe, conn.buf.split_to(read as usize).freeze(), tcp, *left))
+        Some((
+            conn.buf.split_to(read as usize).freeze(),
+            &mut conn.io,
+            *left,
+        ))
     }
 
-    /// The rest of the body went from socket to socket (see
-    /// [`ResponseBody::take_for_splice`]): the body is done.
-    pub fn spliced(&mut self) {
+    /// The rest of the body went from connection to connection (see
+    /// [`ResponseBody::take_long`]): the body is done.
+    pub fn moved(&mut self) {
         self.state = State::Done;
     }
 

@@ -52,7 +52,7 @@ async fn large_streamed_upload_arrives_whole() {
     gw.shutdown().await;
 }
 
-/// Chunked, and framed by a length (which the own server splices from the
+/// Chunked, and framed by a length (which the own server relays from the
 /// upstream's socket to the client's): every byte arrives, none more, and
 /// the connection goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
