@@ -1,7 +1,8 @@
 //! Data path: a long response body moved from the upstream's connection to
-//! the client's through one buffer per thread. Each step reads as much as
-//! the buffer holds and writes it at once; only what the client's socket
-//! does not take is kept, for this body, until it is taken. A streaming body
+//! the client's through one buffer per thread. Each step reads up to
+//! [`MAX_STEP`] and writes it at once; only what the client's socket does
+//! not take is kept, for this body, until it is taken, and while the client
+//! is slower than the upstream the steps are [`MIN_STEP`]. A streaming body
 //! costs its connection no buffer of its own, and memory does not grow with
 //! the body's size.
 //!
@@ -22,8 +23,12 @@ use crate::proxy::upstream_client::ExchangeError;
 /// Bodies with less than this still to read go the framed way: one read and
 /// one write move them.
 pub const MIN_LEN: u64 = 32 * 1024;
-/// The size of the thread's buffer: the most one step moves.
-const STEP: usize = 64 * 1024;
+/// The size of the thread's buffer: the most one step moves (a whole
+/// 256 KiB body in one read and one write when the sockets allow).
+pub const MAX_STEP: usize = 256 * 1024;
+/// The step after one that the client did not take whole: what a slow
+/// client's response holds at most from then on.
+pub const MIN_STEP: usize = 64 * 1024;
 
 thread_local! {
     static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -39,6 +44,7 @@ where
 {
     let mut relay = Relay {
         left: len,
+        step: MAX_STEP,
         unsent: Vec::new(),
         at: 0,
     };
@@ -48,6 +54,8 @@ where
 struct Relay {
     /// Bytes still to read from the upstream.
     left: u64,
+    /// The most the next read takes.
+    step: usize,
     /// Read but not yet taken by the client: `unsent[at..]`.
     unsent: Vec<u8>,
     at: usize,
@@ -71,6 +79,9 @@ impl Relay {
                     return Poll::Ready(Err(write_zero()));
                 }
                 self.at += n;
+            }
+            if self.unsent.capacity() > MIN_STEP {
+                self.unsent = Vec::new();
             }
             self.unsent.clear();
             self.at = 0;
@@ -102,10 +113,10 @@ impl Relay {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        if buf.len() < STEP {
-            buf.resize(STEP, 0);
+        if buf.len() < MAX_STEP {
+            buf.resize(MAX_STEP, 0);
         }
-        let want = usize::try_from(self.left).map_or(STEP, |left| left.min(STEP));
+        let want = usize::try_from(self.left).map_or(self.step, |left| left.min(self.step));
         let mut read = ReadBuf::new(&mut buf[..want]);
         if let Err(e) = ready!(Pin::new(&mut *from).poll_read(cx, &mut read)) {
             return Poll::Ready(Err(SendError::Upstream(ExchangeError::Read(e))));
@@ -123,10 +134,12 @@ impl Relay {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
                 Poll::Pending => {
                     self.unsent.extend_from_slice(&read[sent..]);
+                    self.step = MIN_STEP;
                     return Poll::Pending;
                 }
             }
         }
+        self.step = MAX_STEP;
         Poll::Ready(Ok(()))
     }
 }
