@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -57,15 +57,33 @@ impl Listeners {
     /// Binds the addresses of the config.
     pub async fn bind(config: &Config) -> Result<Listeners, GatewayError> {
         let bind = |what, addr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| GatewayError::Bind { what, addr, source })
+            listen(addr).map_err(|source| GatewayError::Bind { what, addr, source })
         };
         Ok(Listeners {
             proxy: bind("listener", config.listener.address).await?,
             admin: bind("admin", config.admin.address).await?,
         })
     }
+}
+
+/// How many connections the kernel queues on a listener before they are
+/// accepted (it caps this at `net.core.somaxconn`, 4096 by default since
+/// Linux 5.4). With tokio's default of 128 a burst of new connections past
+/// it (an ALB scaling out, clients reconnecting after a deploy) has its SYNs
+/// dropped, and each waits a second for the retry; nginx asks for 511.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` and listens on it with [`LISTEN_BACKLOG`].
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    // As tokio's `TcpListener::bind`: a restarted gateway binds again at once.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Spawns the poller that keeps one version's endpoints current.
@@ -405,5 +423,47 @@ async fn wait_for_first_discovery(control: &Control) {
     }
     for warning in control.status().warnings {
         tracing::warn!("{warning}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::net::TcpStream;
+    use tokio::task::JoinSet;
+
+    use super::*;
+
+    /// A burst of connections larger than tokio's default backlog (128)
+    /// waits in the queue: none has its SYN dropped, which would show as a
+    /// connect that waits for the kernel's one-second SYN retry.
+    #[tokio::test]
+    async fn a_burst_of_new_connections_waits_in_the_queue() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The kernel caps the backlog at somaxconn: ask for no more.
+        let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(128);
+        let burst = somaxconn.min(300);
+        // Nobody accepts: every connection stays in the listener's queue.
+        let mut connects = JoinSet::new();
+        for _ in 0..burst {
+            connects.spawn(tokio::time::timeout(
+                Duration::from_millis(900),
+                TcpStream::connect(addr),
+            ));
+        }
+        let mut streams = Vec::new();
+        while let Some(done) = connects.join_next().await {
+            let Ok(connected) = done.unwrap() else {
+                panic!("a connect of {burst} waited for a SYN retry: its SYN was dropped");
+            };
+            streams.push(connected.unwrap());
+        }
+        assert_eq!(streams.len(), burst);
+        drop(listener);
     }
 }

@@ -43,7 +43,10 @@ pub fn run_upstream(names: &str, shape: ResponseShape) -> Result<()> {
     rt.block_on(async move {
         let mut listeners = Vec::new();
         for name in names.split(',') {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            // The gateway's backlog: a proxy opening a few hundred upstream
+            // connections at once gets none of its SYNs dropped (tokio's
+            // 128 made some wait a second, into every proxy's p99).
+            let listener = canary_gateway::gateway::listen(([127, 0, 0, 1], 0).into())?;
             let port = listener.local_addr()?.port();
             let mut out = std::io::stdout().lock();
             writeln!(out, "PORT {port}")?;
