@@ -91,7 +91,7 @@ struct Shape {
     upload: usize,
 }
 
-const SHAPES: [Shape; 4] = [
+const SHAPES: [Shape; 6] = [
     Shape {
         name: "scenario 1: small GET, 100 B response",
         path: "/small",
@@ -116,6 +116,18 @@ const SHAPES: [Shape; 4] = [
         alb: true,
         upload: 0,
     },
+    Shape {
+        name: "ALB GET, 1 KB chunked response (one chunk)",
+        path: "/chunked",
+        alb: true,
+        upload: 0,
+    },
+    Shape {
+        name: "ALB GET, 256 KiB chunked in 8 KiB chunks",
+        path: "/long-chunked",
+        alb: true,
+        upload: 0,
+    },
 ];
 
 fn request_bytes(shape: &Shape, host: SocketAddr) -> Vec<u8> {
@@ -136,19 +148,72 @@ fn request_bytes(shape: &Shape, host: SocketAddr) -> Vec<u8> {
     bytes
 }
 
-fn response_bytes(body_len: usize) -> Vec<u8> {
+/// A service's response with a `body_len` body: with a Content-Length, or
+/// chunked in chunks of `chunk` bytes.
+fn response_bytes(body_len: usize, chunk: Option<usize>) -> Vec<u8> {
+    let framing = match chunk {
+        Some(_) => "Transfer-Encoding: chunked".to_string(),
+        None => format!("Content-Length: {body_len}"),
+    };
     let mut r = format!(
         "HTTP/1.1 200 OK\r\nServer: orders-service/2.14.3\r\n\
          Date: Tue, 01 Dec 2026 23:00:00 GMT\r\nContent-Type: application/json\r\n\
-         Content-Length: {body_len}\r\nConnection: keep-alive\r\n\
+         {framing}\r\nConnection: keep-alive\r\n\
          Cache-Control: no-store, max-age=0\r\nVary: Accept-Encoding, Origin\r\n\
          X-Version: v1\r\nX-Request-Id: 5f0c6a2e-8d4b-4c1f-9e3a-7b2d1c0e9f8a\r\n\
          Set-Cookie: session=9f8e7d6c5b4a39281706f5e4d3c2b1a0; Path=/; Max-Age=3600; Secure; HttpOnly; SameSite=Lax\r\n\
          Strict-Transport-Security: max-age=31536000; includeSubDomains\r\n\r\n"
     )
     .into_bytes();
-    r.resize(r.len() + body_len, b'x');
+    let Some(chunk) = chunk else {
+        r.resize(r.len() + body_len, b'x');
+        return r;
+    };
+    let mut left = body_len;
+    while left > 0 {
+        let n = left.min(chunk);
+        r.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+        r.resize(r.len() + n, b'x');
+        r.extend_from_slice(b"\r\n");
+        left -= n;
+    }
+    r.extend_from_slice(b"0\r\n\r\n");
     r
+}
+
+/// Whether a head says its body is chunked, without allocating.
+fn chunked(head: &[u8]) -> bool {
+    head.split(|b| *b == b'\n').any(|line| {
+        line.iter().position(|b| *b == b':').is_some_and(|colon| {
+            line[..colon].eq_ignore_ascii_case(b"transfer-encoding")
+                && line[colon + 1..]
+                    .windows(7)
+                    .any(|w| w.eq_ignore_ascii_case(b"chunked"))
+        })
+    })
+}
+
+/// Reads the rest of a chunked body (its bytes are `x`, so the last chunk
+/// is the only place "0\r\n\r\n" appears); `read` is what came with the
+/// head.
+fn skip_chunked(stream: &mut TcpStream, buf: &mut [u8], read: usize) -> Option<()> {
+    let mut tail = [0u8; 5];
+    let mut push = |bytes: &[u8]| {
+        for b in bytes {
+            tail.copy_within(1.., 0);
+            tail[4] = *b;
+        }
+        &tail == b"0\r\n\r\n"
+    };
+    let mut done = push(&buf[..read]);
+    while !done {
+        let n = stream.read(buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        done = push(&buf[..n]);
+    }
+    Some(())
 }
 
 fn find_head_end(buf: &[u8]) -> Option<usize> {
@@ -176,6 +241,14 @@ fn content_length(head: &[u8]) -> usize {
 fn read_message(stream: &mut TcpStream, buf: &mut [u8], filled: &mut usize) -> Option<u8> {
     loop {
         if let Some(end) = find_head_end(&buf[..*filled]) {
+            if chunked(&buf[..end]) {
+                // Responses only; the client sends one request at a time.
+                let kind = selector(&buf[..end]);
+                buf.copy_within(end..*filled, 0);
+                skip_chunked(stream, buf, *filled - end)?;
+                *filled = 0;
+                return Some(kind);
+            }
             let total = end + content_length(&buf[..end]);
             while *filled < total {
                 if *filled == buf.len() {
@@ -215,7 +288,8 @@ fn read_message(stream: &mut TcpStream, buf: &mut [u8], filled: &mut usize) -> O
     }
 }
 
-/// The first letter of the request path (`s`mall, `j`son, `b`ig), or the
+/// The first letter of the request path (`s`mall, `j`son, `b`ig,
+/// `c`hunked, `l`ong-chunked), or the
 /// status line's `H` for a response.
 fn selector(head: &[u8]) -> u8 {
     match head.iter().position(|b| *b == b'/') {
@@ -225,24 +299,32 @@ fn selector(head: &[u8]) -> u8 {
     }
 }
 
-/// The raw upstream: answers `/small` with 100 bytes, `/json` with 1 KB and
-/// `/big` with 256 KiB, from prebuilt responses.
+/// The raw upstream: answers `/small` with 100 bytes, `/json` with 1 KB,
+/// `/big` with 256 KiB, `/chunked` with 1 KB in one chunk and
+/// `/long-chunked` with 256 KiB in 8 KiB chunks, from prebuilt responses.
 fn upstream(listener: TcpListener) {
-    let small = response_bytes(100);
-    let json = response_bytes(1024);
-    let big = response_bytes(256 * 1024);
+    let answers = std::sync::Arc::new([
+        response_bytes(100, None),
+        response_bytes(1024, None),
+        response_bytes(256 * 1024, None),
+        response_bytes(1024, Some(8192)),
+        response_bytes(256 * 1024, Some(8192)),
+    ]);
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
-        let (small, json, big) = (small.clone(), json.clone(), big.clone());
+        let answers = answers.clone();
         std::thread::spawn(move || {
             let _ = stream.set_nodelay(true);
             let mut buf = vec![0u8; 64 * 1024];
             let mut filled = 0;
             while let Some(kind) = read_message(&mut stream, &mut buf, &mut filled) {
+                let [small, json, big, chunked, long_chunked] = &*answers;
                 let r = match kind {
-                    b'j' => &json,
-                    b'b' => &big,
-                    _ => &small,
+                    b'j' => json,
+                    b'b' => big,
+                    b'c' => chunked,
+                    b'l' => long_chunked,
+                    _ => small,
                 };
                 if stream.write_all(r).is_err() {
                     return;

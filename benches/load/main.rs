@@ -12,7 +12,7 @@
 //! * core 1: the proxy under test (one worker thread / process).
 //!
 //! The same binary also runs the upstream servers: `load --upstream v1,v2
-//! --response small|service:<bytes>` binds one listener per version on
+//! --response small|service:<bytes>|chunked:<bytes>:<chunk>` binds one listener per version on
 //! 127.0.0.1:0, prints `PORT <n>` for each and answers every request with a
 //! fixed response naming the version of the listener. It exits when its
 //! stdin closes, so the upstreams never outlive the benchmark.

@@ -62,21 +62,26 @@ pub enum ResponseShape {
     /// A service's answer: eleven header lines with Set-Cookie, a JSON body
     /// of this many bytes.
     Service(usize),
+    /// The same body chunked, in chunks of `chunk` bytes (no scenario's: for
+    /// hand-run comparisons, `--response chunked:<bytes>:<chunk>`).
+    Chunked { len: usize, chunk: usize },
 }
 
 impl ResponseShape {
     pub fn body_len(self) -> usize {
         match self {
             ResponseShape::Small => crate::UPSTREAM_BODY_LEN,
-            ResponseShape::Service(n) => n,
+            ResponseShape::Service(n) | ResponseShape::Chunked { len: n, .. } => n,
         }
     }
 
-    /// `small` or `service:<bytes>`: the upstream process's argument.
+    /// `small`, `service:<bytes>` or `chunked:<bytes>:<chunk>`: the
+    /// upstream process's argument.
     pub fn arg(self) -> String {
         match self {
             ResponseShape::Small => "small".into(),
             ResponseShape::Service(n) => format!("service:{n}"),
+            ResponseShape::Chunked { len, chunk } => format!("chunked:{len}:{chunk}"),
         }
     }
 
@@ -84,9 +89,16 @@ impl ResponseShape {
         if s == "small" {
             return Ok(ResponseShape::Small);
         }
+        if let Some((len, chunk)) = s.strip_prefix("chunked:").and_then(|s| s.split_once(':'))
+            && let (Ok(len), Ok(chunk @ 1..)) = (len.parse(), chunk.parse())
+        {
+            return Ok(ResponseShape::Chunked { len, chunk });
+        }
         match s.strip_prefix("service:").and_then(|n| n.parse().ok()) {
             Some(n) => Ok(ResponseShape::Service(n)),
-            None => bail!("bad response shape {s:?} (small, service:<bytes>)"),
+            None => {
+                bail!("bad response shape {s:?} (small, service:<bytes>, chunked:<bytes>:<chunk>)")
+            }
         }
     }
 }

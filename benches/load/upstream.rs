@@ -1,6 +1,7 @@
 //! The raw upstream server (runs in a child process of the benchmark): one
 //! listener per version, every request answered with a fixed response of
-//! the scenario's shape (`--response small|service:<bytes>`).
+//! the scenario's shape (`--response small|service:<bytes>`, or
+//! `chunked:<bytes>:<chunk>` for hand-run comparisons).
 //!
 //! A request carrying `x-bench-probe` is recorded (its head as it arrived and
 //! the body bytes read); `GET /__recorded` answers with the last record, so
@@ -292,6 +293,20 @@ pub fn response_bytes(name: &str, shape: ResponseShape, date: &str) -> Vec<u8> {
             )
             .into_bytes();
             b.extend_from_slice(body.as_bytes());
+            b
+        }
+        ResponseShape::Chunked { len, chunk } => {
+            let fields = service_headers(name, len, date).replace(
+                &format!("Content-Length: {len}\r\n"),
+                "Transfer-Encoding: chunked\r\n",
+            );
+            let mut b = format!("HTTP/1.1 200 OK\r\n{fields}\r\n").into_bytes();
+            for part in json_body(name, len).as_bytes().chunks(chunk) {
+                b.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+                b.extend_from_slice(part);
+                b.extend_from_slice(b"\r\n");
+            }
+            b.extend_from_slice(b"0\r\n\r\n");
             b
         }
     }

@@ -7,7 +7,11 @@
 //! the body's size.
 //!
 //! Used by the own HTTP/1.1 server for a body with a length of which more
-//! than [`MIN_LEN`] is still to come, plain or TLS on either side.
+//! than [`MIN_LEN`] is still to come, and for chunked bodies, passed on as
+//! they came while their framing is in plain form ([`chunks`]); plain or TLS
+//! on either side.
+
+pub mod chunks;
 
 use std::cell::RefCell;
 use std::future::poll_fn;
@@ -15,10 +19,12 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::proxy::h1::response::SendError;
 use crate::proxy::upstream_client::ExchangeError;
+use chunks::{ChunkScan, MAX_CARRY, Stop};
 
 /// Bodies with less than this still to read go the framed way: one read and
 /// one write move them.
@@ -42,26 +48,89 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut relay = Relay {
-        left: len,
-        step: MAX_STEP,
-        unsent: Vec::new(),
-        at: 0,
-    };
+    let mut relay = Relay::new(Moving::Length(len));
     poll_fn(|cx| relay.poll(cx, from, to)).await
 }
 
+/// Passes a chunked body on from `from` to `to` as it came, from where
+/// `scan` stopped with [`Stop::More`] on the bytes in `rest` (the start of a
+/// line, at most [`MAX_CARRY`] bytes). Ends at the body's end
+/// ([`Stop::End`]) or at a line left to the framed path ([`Stop::Other`]);
+/// either way what was read past that point is put back in `rest`. A broken
+/// body, or one the upstream closes, fails as [`copy`] does.
+pub async fn copy_chunks<R, W>(
+    from: &mut R,
+    to: &mut W,
+    scan: ChunkScan,
+    rest: &mut BytesMut,
+) -> Result<Stop, SendError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut carry = Carry::default();
+    carry.set(rest);
+    rest.clear();
+    let mut relay = Relay::new(Moving::Chunks(scan, carry));
+    poll_fn(|cx| relay.poll(cx, from, to)).await?;
+    rest.extend_from_slice(&relay.past);
+    match relay.moving {
+        Moving::Stopped(stop) => Ok(stop),
+        // `poll` ends only once a chunked body stopped.
+        _ => Err(ExchangeError::Chunked.into()),
+    }
+}
+
+/// What a relay still has to read.
+enum Moving {
+    /// A body with a length: this many bytes.
+    Length(u64),
+    /// A chunked body: where its scan is, and the start of a line read
+    /// but not yet passed on.
+    Chunks(ChunkScan, Carry),
+    /// A chunked body stopped (at its end or a line left to the framed
+    /// path).
+    Stopped(Stop),
+}
+
+/// The start of a chunk-size line, kept for the next read.
+#[derive(Default)]
+struct Carry {
+    bytes: [u8; MAX_CARRY],
+    len: usize,
+}
+
+impl Carry {
+    fn set(&mut self, bytes: &[u8]) {
+        debug_assert!(bytes.len() <= MAX_CARRY, "a carry of {}", bytes.len());
+        let len = bytes.len().min(MAX_CARRY);
+        self.bytes[..len].copy_from_slice(&bytes[..len]);
+        self.len = len;
+    }
+}
+
 struct Relay {
-    /// Bytes still to read from the upstream.
-    left: u64,
+    moving: Moving,
     /// The most the next read takes.
     step: usize,
     /// Read but not yet taken by the client: `unsent[at..]`.
     unsent: Vec<u8>,
     at: usize,
+    /// Read past a chunked body's end or the line where it stopped.
+    past: Vec<u8>,
 }
 
 impl Relay {
+    fn new(moving: Moving) -> Relay {
+        Relay {
+            moving,
+            step: MAX_STEP,
+            unsent: Vec::new(),
+            at: 0,
+            past: Vec::new(),
+        }
+    }
+
     fn poll<R, W>(
         &mut self,
         cx: &mut Context<'_>,
@@ -85,7 +154,7 @@ impl Relay {
             }
             self.unsent.clear();
             self.at = 0;
-            if self.left == 0 {
+            if matches!(self.moving, Moving::Length(0) | Moving::Stopped(_)) {
                 return Poll::Ready(Ok(()));
             }
             // The thread's buffer is held only within this call, never
@@ -116,16 +185,45 @@ impl Relay {
         if buf.len() < MAX_STEP {
             buf.resize(MAX_STEP, 0);
         }
-        let want = usize::try_from(self.left).map_or(self.step, |left| left.min(self.step));
-        let mut read = ReadBuf::new(&mut buf[..want]);
+        let (start, want) = match &self.moving {
+            Moving::Length(left) => (
+                0,
+                usize::try_from(*left).map_or(self.step, |left| left.min(self.step)),
+            ),
+            Moving::Chunks(_, carry) => {
+                buf[..carry.len].copy_from_slice(&carry.bytes[..carry.len]);
+                (carry.len, self.step - carry.len)
+            }
+            Moving::Stopped(_) => return Poll::Ready(Ok(())),
+        };
+        let mut read = ReadBuf::new(&mut buf[start..start + want]);
         if let Err(e) = ready!(Pin::new(&mut *from).poll_read(cx, &mut read)) {
             return Poll::Ready(Err(SendError::Upstream(ExchangeError::Read(e))));
         }
-        let read = read.filled();
-        if read.is_empty() {
+        let n = read.filled().len();
+        if n == 0 {
             return Poll::Ready(Err(ExchangeError::ClosedInBody.into()));
         }
-        self.left -= read.len() as u64;
+        let filled = &buf[..start + n];
+        let read = match &mut self.moving {
+            Moving::Length(left) => {
+                *left -= n as u64;
+                filled
+            }
+            Moving::Chunks(scan, carry) => {
+                let (used, stop) = scan.scan(filled);
+                match stop {
+                    Stop::More => carry.set(&filled[used..]),
+                    Stop::Broken => return Poll::Ready(Err(ExchangeError::Chunked.into())),
+                    Stop::End | Stop::Other => {
+                        self.past.extend_from_slice(&filled[used..]);
+                        self.moving = Moving::Stopped(stop);
+                    }
+                }
+                &filled[..used]
+            }
+            Moving::Stopped(_) => filled,
+        };
         let mut sent = 0;
         while sent < read.len() {
             match Pin::new(&mut *to).poll_write(cx, &read[sent..]) {
@@ -193,6 +291,109 @@ mod tests {
         let mut rest = [0u8; 5];
         from.read_exact(&mut rest).await.unwrap();
         assert_eq!(&rest, b"after");
+    }
+
+    /// A chunked body of `len` bytes in chunks of `size`, plain framing.
+    fn chunked(len: usize, size: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for chunk in pattern(len).chunks(size) {
+            out.extend_from_slice(format!("{:X}\r\n", chunk.len()).as_bytes());
+            out.extend_from_slice(chunk);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"0\r\n\r\n");
+        out
+    }
+
+    /// Sends `sent` from an upstream socket and passes it on with
+    /// [`copy_chunks`] (after `first`, as read with the head) to a client
+    /// that takes 1,000 bytes at a time; gives what the client got, how the
+    /// relay stopped and what it put back.
+    async fn pass_on(first: &[u8], sent: Vec<u8>) -> (Vec<u8>, Stop, BytesMut, TcpStream) {
+        let (mut upstream, mut from) = pair().await;
+        let (mut to, mut client) = tokio::io::duplex(1000);
+        let writer = tokio::spawn(async move {
+            upstream.write_all(&sent).await.unwrap();
+            upstream
+        });
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let mut scan = ChunkScan::default();
+        let (used, stop) = scan.scan(first);
+        assert_eq!(stop, Stop::More);
+        to.write_all(&first[..used]).await.unwrap();
+        let mut rest = BytesMut::from(&first[used..]);
+        let stop = copy_chunks(&mut from, &mut to, scan, &mut rest)
+            .await
+            .unwrap();
+        drop(to);
+        let _upstream = writer.await.unwrap();
+        (reader.await.unwrap(), stop, rest, from)
+    }
+
+    #[tokio::test]
+    async fn passes_a_chunked_body_on_as_it_came() {
+        let body = chunked(1_000_000, 8192);
+        // The head's read ended inside a size line ("20" of "2000\r\n").
+        let cut = 8192 + 8 + 2;
+        let mut sent = body[cut..].to_vec();
+        sent.extend_from_slice(b"after");
+        let (got, stop, mut rest, mut from) = pass_on(&body[..cut], sent).await;
+        assert_eq!(stop, Stop::End);
+        assert!(got == body, "{} of {} bytes", got.len(), body.len());
+        // What followed the body was put back, or is still unread.
+        while rest.len() < 5 {
+            assert!(from.read_buf(&mut rest).await.unwrap() > 0);
+        }
+        assert_eq!(&rest[..], b"after");
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_stops_at_a_line_it_does_not_pass_on() {
+        let mut body = chunked(300_000, 100_000);
+        let at = body.len() - 5;
+        body.truncate(at);
+        body.extend_from_slice(b"0\r\nX-Sum: 1\r\n\r\n");
+        let (got, stop, rest, _) = pass_on(b"", body.clone()).await;
+        assert_eq!(stop, Stop::Other);
+        assert!(got == body[..at], "{} of {at} bytes", got.len());
+        assert_eq!(&rest[..], &body[at..]);
+
+        // The upstream breaking the framing, or closing mid-body, fails.
+        let broken = chunks_from(b"10\r\n0123456789abcdefXX", false).await;
+        assert!(
+            matches!(broken, Err(SendError::Upstream(ExchangeError::Chunked))),
+            "{broken:?}"
+        );
+        let closed = chunks_from(b"10\r\n0123", true).await;
+        assert!(
+            matches!(
+                closed,
+                Err(SendError::Upstream(ExchangeError::ClosedInBody))
+            ),
+            "{closed:?}"
+        );
+    }
+
+    /// [`copy_chunks`] of what an upstream sends (and closes after, if
+    /// `close`).
+    async fn chunks_from(sent: &[u8], close: bool) -> Result<Stop, SendError> {
+        let (mut upstream, mut from) = pair().await;
+        let (mut to, _client) = tokio::io::duplex(1 << 20);
+        upstream.write_all(sent).await.unwrap();
+        if close {
+            drop(upstream);
+        } else {
+            tokio::spawn(async move {
+                let _keep_open = upstream;
+                std::future::pending::<()>().await
+            });
+        }
+        let mut rest = BytesMut::new();
+        copy_chunks(&mut from, &mut to, ChunkScan::default(), &mut rest).await
     }
 
     #[tokio::test]

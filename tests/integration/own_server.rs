@@ -215,9 +215,21 @@ async fn long_responses_with_a_length_arrive_whole_and_exact() {
             std::sync::LazyLock::new(|| long_response(LONG, &long_body()[..200 * 1024]));
         Some((*CUT, true))
     }
-    let cut = FixedUpstream::scripted(cut).await;
-    let gw2 = Gateway::start(&config("", &[("v1", 1, cut.addr)])).await;
-    let mut stream = TcpStream::connect(gw2.addr).await.unwrap();
+    let got = answer_then_close(cut).await;
+    let text = String::from_utf8_lossy(&got[..got.len().min(200)]).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200 ok\r\n"), "{text}");
+    let body_start = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(&got[body_start..], &body[..200 * 1024]);
+    gw.shutdown().await;
+}
+
+/// What a client gets for a GET through a gateway in front of an upstream
+/// that answers with `script`; the client's connection must close within
+/// 10 s.
+async fn answer_then_close(script: Script) -> Vec<u8> {
+    let up = FixedUpstream::scripted(script).await;
+    let gw = Gateway::start(&config("", &[("v1", 1, up.addr)])).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
@@ -225,12 +237,110 @@ async fn long_responses_with_a_length_arrive_whole_and_exact() {
     let mut got = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut got)).await;
     assert!(read.is_ok(), "the client's connection stayed open");
-    let text = String::from_utf8_lossy(&got[..got.len().min(200)]).to_ascii_lowercase();
-    assert!(text.starts_with("http/1.1 200 ok\r\n"), "{text}");
-    let body_start = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    assert_eq!(&got[body_start..], &body[..200 * 1024]);
-    gw2.shutdown().await;
     gw.shutdown().await;
+    got
+}
+
+/// `body` in chunks of `size` (sizes in upper-case hex, as some servers
+/// write them; the gateway's own framing is lower-case), then `end`.
+fn chunked(body: &[u8], size: usize, end: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for chunk in body.chunks(size) {
+        out.extend_from_slice(format!("{:X}\r\n", chunk.len()).as_bytes());
+        out.extend_from_slice(chunk);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(end);
+    out
+}
+
+fn leak(parts: &[&[u8]]) -> &'static [u8] {
+    Box::leak(parts.concat().into_boxed_slice())
+}
+
+const CHUNKED_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+
+/// Chunked bodies in plain framing pass through as they came (one buffer
+/// per thread, not re-framed chunk by chunk), pipelined requests answered
+/// in order on one upstream connection; chunk extensions and trailer fields
+/// go the framed way from their line on (the client decodes the same body);
+/// bytes after the body close that upstream connection; an upstream that
+/// closes mid-body closes the client's connection.
+#[tokio::test]
+async fn chunked_responses_pass_through_as_they_came() {
+    let body = long_body();
+    // 8 KiB chunks, then one of 300,000 bytes (more than one read).
+    let framed = [
+        chunked(&body[..500_000], 8192, b""),
+        chunked(&body[500_000..800_000], 300_000, b""),
+        chunked(&body[800_000..], 8192, b"0\r\n\r\n"),
+    ]
+    .concat();
+    let up = FixedUpstream::start(leak(&[CHUNKED_HEAD, &framed])).await;
+    let gw = Gateway::start(&config("", &[("v1", 1, up.addr)])).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    for n in 0..2 {
+        let head = read_head(&mut stream, &mut buf).await.unwrap();
+        assert!(
+            head.contains("\r\ntransfer-encoding: chunked\r\n"),
+            "{n}: {head}"
+        );
+        while buf.len() < framed.len() {
+            let mut more = [0u8; 65536];
+            let read = stream.read(&mut more).await.unwrap();
+            assert!(read > 0, "{n}: closed in the body");
+            buf.extend_from_slice(&more[..read]);
+        }
+        let got: Vec<u8> = buf.drain(..framed.len()).collect();
+        assert!(got == framed, "{n}: the body's bytes changed");
+    }
+    assert!(buf.is_empty(), "bytes after the last response");
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+    gw.shutdown().await;
+
+    // An extension halfway and trailer fields: decoded, the same body.
+    let with_ext = leak(&[
+        CHUNKED_HEAD,
+        &chunked(&body[..600_000], 8192, b""),
+        b"10;name=value\r\n",
+        &body[600_000..600_016],
+        b"\r\n",
+        &chunked(&body[600_016..], 8192, b"0\r\nX-Sum: 1\r\n\r\n"),
+    ]);
+    // Bytes after the body: the upstream is out of step.
+    let junk = leak(&[CHUNKED_HEAD, &framed, b"HTTP/1.1 200 OK\r\n"]);
+    for (answer, connections) in [(with_ext, 1), (junk, 2)] {
+        let up = FixedUpstream::start(answer).await;
+        let gw = Gateway::start(&config("", &[("v1", 1, up.addr)])).await;
+        let mut client = Client::connect(gw.addr).await;
+        for n in 0..2 {
+            let reply = client.get("/", &[]).await.unwrap();
+            assert_eq!(reply.status, 200);
+            assert!(reply.body == body, "{n}: the body arrived changed");
+            assert!(reply.trailers.is_none(), "{n}: trailers not asked for");
+        }
+        assert_eq!(up.connections.load(Ordering::SeqCst), connections);
+        gw.shutdown().await;
+    }
+
+    // The upstream sends 200 KiB of chunks and closes.
+    fn cut(_: usize) -> Option<(&'static [u8], bool)> {
+        static CUT: std::sync::LazyLock<&'static [u8]> = std::sync::LazyLock::new(|| {
+            leak(&[
+                CHUNKED_HEAD,
+                &chunked(&long_body()[..200 * 1024], 8192, b""),
+            ])
+        });
+        Some((*CUT, true))
+    }
+    let got = answer_then_close(cut).await;
+    assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert!(!got.ends_with(b"0\r\n\r\n"), "a cut body ended as if whole");
 }
 
 /// Between requests an idle connection lets go of its buffers and of the

@@ -17,6 +17,7 @@ use super::ClientIo;
 use crate::proxy::error_response::ProxyError;
 use crate::proxy::headers;
 use crate::proxy::relay;
+use crate::proxy::relay::chunks::{ChunkScan, Stop};
 use crate::proxy::upstream_client::body::ResponseBody;
 use crate::proxy::upstream_client::head::line as field;
 use crate::proxy::upstream_client::{ExchangeError, Framing, RawHead, Span};
@@ -160,6 +161,9 @@ pub async fn send<W: ClientIo>(
         body.moved();
         return Ok(());
     }
+    if chunked && pass_chunks(client, out, body).await? {
+        return Ok(());
+    }
     // `out` holds the head until it is sent, then nothing.
     while !body.is_end_stream() {
         let Some(frame) = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await else {
@@ -193,6 +197,42 @@ pub async fn send<W: ClientIo>(
         client.write_all(out).await?;
     }
     Ok(())
+}
+
+/// Sends the head in `out` and a chunked body as it came (see
+/// [`relay::chunks`]): what was read with the head in the same write, the
+/// rest through the thread's buffer. Gives back whether the body ended;
+/// if not, the framed path goes on from the line where the scan stopped
+/// (`out` is empty then).
+async fn pass_chunks<W: ClientIo>(
+    client: &mut W,
+    out: &mut Vec<u8>,
+    body: &mut ResponseBody,
+) -> Result<bool, SendError> {
+    let Some((read, from)) = body.take_chunks() else {
+        return Ok(false);
+    };
+    let mut scan = ChunkScan::default();
+    let (used, stop) = scan.scan(read);
+    if used == 0 && stop == Stop::Other {
+        // The head goes with the framed path's first chunk.
+        return Ok(false);
+    }
+    client
+        .write_all_buf(&mut out.as_slice().chain(&read[..used]))
+        .await?;
+    out.clear();
+    read.advance(used);
+    let stop = match stop {
+        Stop::More => relay::copy_chunks(from, client, scan, read).await?,
+        Stop::Broken => return Err(ExchangeError::Chunked.into()),
+        stop => stop,
+    };
+    if stop == Stop::End {
+        body.moved();
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 /// Appends a chunk-size line.

@@ -5,7 +5,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
@@ -97,8 +97,22 @@ impl ResponseBody {
         ))
     }
 
+    /// For a chunked body of which nothing has been taken yet: the bytes
+    /// read after the head and the upstream's connection, for
+    /// [`crate::proxy::relay::copy_chunks`]. What is left in the bytes when
+    /// that stops is read from there on: call [`ResponseBody::moved`] if
+    /// the body ended, nothing if the framed path is to go on from a line.
+    pub fn take_chunks(&mut self) -> Option<(&mut BytesMut, &mut Stream)> {
+        if !matches!(self.state, State::ChunkSize) {
+            return None;
+        }
+        let conn = self.conn.as_mut()?;
+        Some((&mut conn.buf, &mut conn.io))
+    }
+
     /// The rest of the body went from connection to connection (see
-    /// [`ResponseBody::take_long`]): the body is done.
+    /// [`ResponseBody::take_long`] and [`ResponseBody::take_chunks`]): the
+    /// body is done.
     pub fn moved(&mut self) {
         self.state = State::Done;
     }
