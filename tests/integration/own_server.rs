@@ -276,7 +276,8 @@ async fn chunked_responses_pass_through_as_they_came() {
         chunked(&body[800_000..], 8192, b"0\r\n\r\n"),
     ]
     .concat();
-    let up = FixedUpstream::start(leak(&[CHUNKED_HEAD, &framed])).await;
+    let plain = leak(&[CHUNKED_HEAD, &framed]);
+    let up = FixedUpstream::start(plain).await;
     let gw = Gateway::start(&config("", &[("v1", 1, up.addr)])).await;
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
     stream
@@ -314,7 +315,9 @@ async fn chunked_responses_pass_through_as_they_came() {
     ]);
     // Bytes after the body: the upstream is out of step.
     let junk = leak(&[CHUNKED_HEAD, &framed, b"HTTP/1.1 200 OK\r\n"]);
-    for (answer, connections) in [(with_ext, 1), (junk, 2)] {
+    // Each also to HTTP/2 clients (hyper's server, the body read frame by
+    // frame).
+    for (answer, connections) in [(plain, 1), (with_ext, 1), (junk, 4)] {
         let up = FixedUpstream::start(answer).await;
         let gw = Gateway::start(&config("", &[("v1", 1, up.addr)])).await;
         let mut client = Client::connect(gw.addr).await;
@@ -323,6 +326,17 @@ async fn chunked_responses_pass_through_as_they_came() {
             assert_eq!(reply.status, 200);
             assert!(reply.body == body, "{n}: the body arrived changed");
             assert!(reply.trailers.is_none(), "{n}: trailers not asked for");
+        }
+        let mut h2 = h2c_client(gw.addr).await;
+        for n in 0..2 {
+            let req = Request::get(format!("http://{}/", gw.addr))
+                .body(http_body_util::Empty::new())
+                .unwrap();
+            let reply = read_reply(h2.send_request(req).await.unwrap())
+                .await
+                .unwrap();
+            assert_eq!(reply.status, 200);
+            assert!(reply.body == body, "HTTP/2 {n}: the body arrived changed");
         }
         assert_eq!(up.connections.load(Ordering::SeqCst), connections);
         gw.shutdown().await;

@@ -125,11 +125,17 @@ impl ResponseBody {
             let Some(conn) = self.conn.as_mut() else {
                 return Poll::Ready(None);
             };
+            // A chunk's framing and the next chunks follow its data: a read
+            // takes them too.
+            let chunk = matches!(self.state, State::ChunkData(_));
             match &mut self.state {
                 State::Done => return Poll::Ready(None),
                 State::Length(left) | State::ChunkData(left) => {
                     if conn.buf.is_empty() {
-                        let want = (*left).min(BODY_READ as u64) as usize;
+                        let want = match chunk {
+                            true => BODY_READ,
+                            false => (*left).min(BODY_READ as u64) as usize,
+                        };
                         if ready!(conn.poll_read(cx, want)).map_err(ExchangeError::Read)? == 0 {
                             return Poll::Ready(Some(Err(ExchangeError::ClosedInBody)));
                         }
