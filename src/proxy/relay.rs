@@ -54,7 +54,8 @@ where
 
 /// Passes a chunked body on from `from` to `to` as it came, from where
 /// `scan` stopped with [`Stop::More`] on the bytes in `rest` (the start of a
-/// line, at most [`MAX_CARRY`] bytes). Ends at the body's end
+/// line, at most [`MAX_CARRY`] bytes; more is left to the framed path at
+/// once, [`Stop::Other`]). Ends at the body's end
 /// ([`Stop::End`]) or at a line left to the framed path ([`Stop::Other`]);
 /// either way what was read past that point is put back in `rest`. A broken
 /// body, or one the upstream closes, fails as [`copy`] does.
@@ -68,8 +69,10 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut carry = Carry::default();
-    carry.set(rest);
+    let Some(carry) = Carry::new(rest) else {
+        // Not the start of a line in plain form: the framed path's.
+        return Ok(Stop::Other);
+    };
     rest.clear();
     let mut relay = Relay::new(Moving::Chunks(scan, carry));
     poll_fn(|cx| relay.poll(cx, from, to)).await?;
@@ -94,18 +97,21 @@ enum Moving {
 }
 
 /// The start of a chunk-size line, kept for the next read.
-#[derive(Default)]
 struct Carry {
     bytes: [u8; MAX_CARRY],
     len: usize,
 }
 
 impl Carry {
-    fn set(&mut self, bytes: &[u8]) {
-        debug_assert!(bytes.len() <= MAX_CARRY, "a carry of {}", bytes.len());
-        let len = bytes.len().min(MAX_CARRY);
-        self.bytes[..len].copy_from_slice(&bytes[..len]);
-        self.len = len;
+    /// `None` if `bytes` are longer than a line in plain form can be (the
+    /// scan never leaves more; the framed path takes such a line).
+    fn new(bytes: &[u8]) -> Option<Carry> {
+        let mut carry = Carry {
+            bytes: [0; MAX_CARRY],
+            len: bytes.len(),
+        };
+        carry.bytes.get_mut(..bytes.len())?.copy_from_slice(bytes);
+        Some(carry)
     }
 }
 
@@ -212,8 +218,18 @@ impl Relay {
             }
             Moving::Chunks(scan, carry) => {
                 let (used, stop) = scan.scan(filled);
+                let stop = match stop {
+                    Stop::More => match Carry::new(&filled[used..]) {
+                        Some(kept) => {
+                            *carry = kept;
+                            Stop::More
+                        }
+                        None => Stop::Other,
+                    },
+                    stop => stop,
+                };
                 match stop {
-                    Stop::More => carry.set(&filled[used..]),
+                    Stop::More => {}
                     Stop::Broken => return Poll::Ready(Err(ExchangeError::Chunked.into())),
                     Stop::End | Stop::Other => {
                         self.past.extend_from_slice(&filled[used..]);
@@ -376,6 +392,17 @@ mod tests {
             ),
             "{closed:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn more_than_a_line_left_over_goes_to_the_framed_path() {
+        let (_upstream, mut from) = pair().await;
+        let (mut to, _client) = tokio::io::duplex(1000);
+        let long = b"00000000000000000005\r\nhello";
+        let mut rest = BytesMut::from(&long[..]);
+        let stop = copy_chunks(&mut from, &mut to, ChunkScan::default(), &mut rest).await;
+        assert!(matches!(stop, Ok(Stop::Other)), "{stop:?}");
+        assert_eq!(&rest[..], &long[..]);
     }
 
     /// [`copy_chunks`] of what an upstream sends (and closes after, if
