@@ -428,7 +428,8 @@ fn long_body() -> Vec<u8> {
 }
 
 /// An HTTPS upstream for `names`, answering `secure` (or [`long_body`] at
-/// `/long`) and counting its TLS connections.
+/// `/long`, and chunked in 8 KiB chunks at `/long-chunked`) and counting
+/// its TLS connections.
 async fn tls_upstream(ca: &Ca, names: &[&str]) -> (SocketAddr, Arc<AtomicU64>) {
     let (cert, key, _) = ca.leaf(names);
     let chain = vec![rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
@@ -460,7 +461,21 @@ async fn tls_upstream(ca: &Ca, names: &[&str]) -> (SocketAddr, Arc<AtomicU64>) {
                 count.fetch_add(1, Ordering::SeqCst);
                 let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
                     if req.uri().path() == "/long" {
-                        return Ok(Response::new(Full::new(Bytes::from(long_body()))));
+                        return Ok(Response::new(Full::new(Bytes::from(long_body())).boxed()));
+                    }
+                    if req.uri().path() == "/long-chunked" {
+                        let (tx, rx) = tokio::sync::mpsc::channel(4);
+                        tokio::spawn(async move {
+                            let body = Bytes::from(long_body());
+                            for at in (0..body.len()).step_by(8192) {
+                                let part = body.slice(at..body.len().min(at + 8192));
+                                if tx.send(Ok(hyper::body::Frame::data(part))).await.is_err() {
+                                    return;
+                                }
+                            }
+                        });
+                        let streamed = crate::support::ChannelBody(rx).boxed();
+                        return Ok(Response::new(streamed));
                     }
                     let n = req
                         .into_body()
@@ -468,9 +483,9 @@ async fn tls_upstream(ca: &Ca, names: &[&str]) -> (SocketAddr, Arc<AtomicU64>) {
                         .await
                         .map(|b| b.to_bytes().len())
                         .unwrap_or(0);
-                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
-                        format!("secure {n}"),
-                    ))))
+                    Ok::<_, std::convert::Infallible>(Response::new(
+                        Full::new(Bytes::from(format!("secure {n}"))).boxed(),
+                    ))
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tls), service)
@@ -513,18 +528,21 @@ async fn upstream_tls_verifies_the_upstream_and_reuses_connections() {
             (200, "secure 3".to_string())
         );
     }
-    // A long body read from TLS and passed on: every byte, and the
-    // connection is used again.
-    for _ in 0..2 {
-        let reply = crate::support::get(gw.addr, "/long", &[]).await;
+    // A long body read from TLS and passed on, with a length and chunked:
+    // every byte, and the connection is used again.
+    for path in ["/long", "/long", "/long-chunked", "/long-chunked"] {
+        let reply = crate::support::get(gw.addr, path, &[]).await;
         assert_eq!(reply.status, 200);
-        assert!(reply.body == long_body(), "the long body arrived changed");
+        assert!(
+            reply.body == long_body(),
+            "{path}: the body arrived changed"
+        );
     }
     // One connection for the own client (GETs) and one for hyper's (POSTs), reused.
     let opened = connections.load(Ordering::SeqCst);
     assert!(
         (1..=2).contains(&opened),
-        "{opened} TLS connections for 10 requests"
+        "{opened} TLS connections for 12 requests"
     );
     gw.shutdown().await;
 
