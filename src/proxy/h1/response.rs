@@ -140,7 +140,9 @@ fn now_http_date(out: &mut Vec<u8>) {
     });
 }
 
-/// Sends the head in `out` and then `body` to the client, each data frame
+/// Sends the head in `out` and then `body` to the client: a long body with
+/// a length, and a chunked one while its framing is plain, through the
+/// relay ([`relay::copy`], [`relay::copy_chunks`]); anything else each data frame
 /// as it is read (the first in the same write as the head). Trailers are
 /// not sent: the own server serves no request that asked for them.
 pub async fn send<W: ClientIo>(

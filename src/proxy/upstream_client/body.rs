@@ -132,9 +132,10 @@ impl ResponseBody {
                 State::Done => return Poll::Ready(None),
                 State::Length(left) | State::ChunkData(left) => {
                     if conn.buf.is_empty() {
-                        let want = match chunk {
-                            true => BODY_READ,
-                            false => (*left).min(BODY_READ as u64) as usize,
+                        let want = if chunk {
+                            BODY_READ
+                        } else {
+                            (*left).min(BODY_READ as u64) as usize
                         };
                         if ready!(conn.poll_read(cx, want)).map_err(ExchangeError::Read)? == 0 {
                             return Poll::Ready(Some(Err(ExchangeError::ClosedInBody)));
