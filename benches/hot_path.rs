@@ -134,6 +134,7 @@ fn header_rewrite(c: &mut Criterion) {
         port: &port,
         trust_forwarded_headers: false,
         drop_underscored: false,
+        drop_expect: false,
     };
     let template = Request::get("/api/orders?id=42")
         .header("host", "shop.example.com")

@@ -213,6 +213,7 @@ impl Proxy {
             port: &self.port,
             trust_forwarded_headers: settings.trust_forwarded_headers,
             drop_underscored: req.underscored && !settings.allow_underscores_in_headers,
+            drop_expect: req.expect_continue,
         };
         let encode = |head: &mut Vec<u8>| {
             let method = req.method.as_str().as_bytes();
@@ -225,7 +226,7 @@ impl Proxy {
             .map(|name| (name, &version.header_value));
         let mut upload = (req.body > 0).then(|| {
             let rest = req.body - buffered.len() as u64;
-            Upload::new(buffered, &mut *client, rest)
+            Upload::new(buffered, &mut *client, rest, req.expect_continue)
         });
         let method = &req.method;
         let forwarded = forward_own(
@@ -312,6 +313,7 @@ impl Proxy {
             port: &self.port,
             trust_forwarded_headers: settings.trust_forwarded_headers,
             drop_underscored: !settings.allow_underscores_in_headers,
+            drop_expect: false,
         };
         // The own client writes the upstream's head straight from the
         // client's request, unless the Connection header names headers to

@@ -1,6 +1,7 @@
 //! Data path: the gateway's own HTTP/1.1 server, for the requests most
-//! traffic is made of: without a body or with a Content-Length one, no
-//! upgrade, HTTP/1.1, origin form ([`request::parse`] has the exact rule).
+//! traffic is made of: without a body or with a Content-Length one (also
+//! after `Expect: 100-continue`), no upgrade, HTTP/1.1, origin form
+//! ([`request::parse`] has the exact rule).
 //!
 //! hyper's server parses every request head into an `http::Request` (a
 //! header map: every name hashed, every value copied into a shared
@@ -13,8 +14,9 @@
 //!
 //! At the first request that is not simple, the connection is handed to
 //! hyper's server for the rest of its life, with the bytes read so far
-//! ([`Ended::HandOff`]): chunked uploads, upgrades, `Expect`, HTTP/1.0 and malformed
-//! heads (400, 431) keep hyper's handling. A missing or repeated Host, which
+//! ([`Ended::HandOff`]): chunked uploads, upgrades, `TE`, expectations other
+//! than `100-continue`, HTTP/1.0 and malformed heads (400, 431) keep
+//! hyper's handling. A missing or repeated Host, which
 //! hyper's server lets pass, gets a 400 here.
 
 pub mod request;

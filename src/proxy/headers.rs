@@ -271,6 +271,9 @@ pub struct Forwarding<'a> {
     /// Drop header fields whose names contain `_` (see
     /// `is_underscored`); false when the request has none.
     pub drop_underscored: bool,
+    /// Drop `Expect` (the own server's requests only, which answer
+    /// `100-continue` themselves: see [`crate::proxy::h1::request`]).
+    pub drop_expect: bool,
 }
 
 /// hyper's HTTP/1 side only sends the trailer fields that a message's Trailer

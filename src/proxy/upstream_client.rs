@@ -12,8 +12,8 @@
 //! instead of hyper's 8 KiB read and 8 KiB write buffers.
 //!
 //! Other requests with a body or an upgrade keep going through hyper's
-//! client (chunked uploads, request trailers, `Expect: 100-continue`,
-//! HTTP/2 uploads, tunnels).
+//! client (chunked uploads, request trailers, uploads handed to hyper's
+//! server, HTTP/2 uploads, tunnels).
 
 pub mod body;
 pub mod head;

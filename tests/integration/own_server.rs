@@ -145,6 +145,101 @@ async fn uploads_with_a_length_stream_through_the_own_server() {
     gw.shutdown().await;
 }
 
+/// `Expect: 100-continue` uploads are the own server's: the client that
+/// waits gets `100 Continue` once the head went up, one that sent its body
+/// along gets none; `Expect` does not go up, and the connection stays on the
+/// own server (the next request's field names go up in their letter case,
+/// where hyper's client would lower-case them).
+#[tokio::test]
+async fn expect_continue_uploads_stay_on_the_own_server() {
+    use crate::recorder::{Recorder, forwarded};
+    let recorder = Recorder::start().await;
+    let gw = Gateway::start(&config("", &[("v1", 1, recorder.addr)])).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /waits HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let head = tokio::time::timeout(Duration::from_secs(5), read_head(&mut stream, &mut buf))
+        .await
+        .expect("no 100 Continue")
+        .expect("a head");
+    assert_eq!(head, "HTTP/1.1 100 Continue\r\n\r\n");
+    assert!(buf.is_empty(), "more than the 100: {buf:?}");
+    stream.write_all(b"hello").await.unwrap();
+    let (head, _) = read_response(&mut stream, &mut buf).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    stream
+        .write_all(
+            b"PUT /sends HTTP/1.1\r\nHost: h\r\nexpect: 100-Continue\r\nContent-Length: 3\r\n\r\nabc\
+              GET /next HTTP/1.1\r\nHost: h\r\nX-Case: Kept\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let (head, _) = read_response(&mut stream, &mut buf).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+    }
+    let got = forwarded(&recorder);
+    let summary: Vec<_> = got
+        .iter()
+        .map(|r| (r.method.as_str(), r.target.as_str(), r.body.as_slice()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("POST", "/waits", &b"hello"[..]),
+            ("PUT", "/sends", b"abc"),
+            ("GET", "/next", b""),
+        ]
+    );
+    for r in &got {
+        assert!(
+            r.values("expect").is_empty(),
+            "Expect went up: {:?}",
+            r.fields
+        );
+    }
+    assert!(
+        got[2]
+            .fields
+            .iter()
+            .any(|(n, v)| n == "X-Case" && v == "Kept"),
+        "not the own server's head: {:?}",
+        got[2].fields
+    );
+    assert_eq!(recorder.connections.load(Ordering::SeqCst), 1);
+    gw.shutdown().await;
+}
+
+/// A client waiting for `100 Continue` whose request cannot go up gets the
+/// error instead, and the connection closes (the body may still come).
+#[tokio::test]
+async fn expect_continue_without_an_upstream_gets_the_error_and_a_close() {
+    let gw = Gateway::start(&config("", &[("v1", 1, dead_addr().await)])).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /waits HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+        .await
+        .expect("the connection stayed open")
+        .unwrap();
+    assert_eq!(
+        raw_status(&rest),
+        Some(502),
+        "{}",
+        String::from_utf8_lossy(&rest)
+    );
+}
+
 /// A long response body with a length (over the relay's threshold, 32 KiB
 /// after what comes with the head).
 const LONG: usize = 1024 * 1024 + 7;

@@ -18,7 +18,8 @@ pub fn slots<'b>() -> Slots<'b> {
 }
 
 /// An HTTP/1.1 request without a body or with a Content-Length one, no
-/// upgrade, no expectation, in origin form: what the own server serves.
+/// upgrade, no expectation but `100-continue`, in origin form: what the own
+/// server serves.
 pub struct SimpleRequest<'b> {
     pub method: Method,
     pub target: &'b [u8],
@@ -31,6 +32,11 @@ pub struct SimpleRequest<'b> {
     pub len: usize,
     /// The body's length (its one Content-Length; 0 without).
     pub body: u64,
+    /// `Expect: 100-continue`: the client may wait for a `100 Continue`
+    /// before it sends the body. The gateway answers it itself (see
+    /// [`crate::proxy::upstream_client::upload`]) and the field does not go
+    /// up, as Envoy does by default.
+    pub expect_continue: bool,
 }
 
 impl<'b> SimpleRequest<'b> {
@@ -55,7 +61,7 @@ pub enum Parsed<'b> {
     /// Not a whole head yet.
     Partial,
     /// A request the own server leaves to hyper's: a chunked body, an upgrade,
-    /// an expectation, HTTP/1.0, a target or a header the own server does
+    /// an expectation other than `100-continue`, HTTP/1.0, a target or a header the own server does
     /// not vouch for, or not a valid head at all (hyper answers 400/431).
     Other,
     /// A head that breaks RFC 9112 in a way hyper's server lets pass (a
@@ -82,6 +88,7 @@ pub fn parse<'b>(buf: &'b [u8], slots: &'b mut Slots<'b>) -> Parsed<'b> {
     }
     let (mut close, mut underscored) = (false, false);
     let (mut hosts, mut lengths, mut body) = (0, 0, 0);
+    let mut expectations = 0;
     for field in req.headers.iter() {
         let name = field.name.as_bytes();
         let value = field.value;
@@ -102,17 +109,21 @@ pub fn parse<'b>(buf: &'b [u8], slots: &'b mut Slots<'b>) -> Parsed<'b> {
         } else if name.eq_ignore_ascii_case(b"connection") {
             close |= crate::proxy::headers::has_token(value, b"close");
             !crate::proxy::headers::names_headers(value)
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            // RFC 9110, 10.1.1: 100-continue is the only expectation
+            // defined; any other (or a list) goes to hyper's server.
+            expectations += 1;
+            value.trim_ascii().eq_ignore_ascii_case(b"100-continue")
         } else {
             !(name.eq_ignore_ascii_case(b"transfer-encoding")
                 || name.eq_ignore_ascii_case(b"upgrade")
-                || name.eq_ignore_ascii_case(b"expect")
                 || name.eq_ignore_ascii_case(b"te"))
         };
         if !simple {
             return Parsed::Other;
         }
     }
-    if lengths > 1 {
+    if lengths > 1 || expectations > 1 {
         return Parsed::Other;
     }
     // RFC 9112, 3.2: exactly one Host in an HTTP/1.1 request.
@@ -129,6 +140,7 @@ pub fn parse<'b>(buf: &'b [u8], slots: &'b mut Slots<'b>) -> Parsed<'b> {
         underscored,
         len,
         body,
+        expect_continue: expectations == 1,
     })
 }
 
@@ -170,6 +182,9 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: a\r\nX_Under: 1\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
             b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length:  16384 \r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nexpect:  100-Continue \r\nContent-Length: 3\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
         ];
         for raw in simple {
             assert_eq!(kind(raw), "simple", "{}", String::from_utf8_lossy(raw));
@@ -179,11 +194,12 @@ mod tests {
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\nabc",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\nabc",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n",
-            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nExpect: 100-continue, x\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nExpect: 100-continue\r\nExpect: 100-continue\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nExpect: 200-ok\r\n\r\n",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             b"GET / HTTP/1.1\r\nConnection: x-secret\r\n\r\n",
-            b"GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
             b"GET / HTTP/1.1\r\nTE: trailers\r\n\r\n",
             b"GET http://a/ HTTP/1.1\r\n\r\n",
             b"OPTIONS * HTTP/1.1\r\n\r\n",
@@ -230,7 +246,16 @@ mod tests {
             Some(&b"v2"[..])
         );
         assert!(req.close);
+        assert!(!req.expect_continue);
         assert_eq!(req.len, raw.len() - 4);
         assert_eq!(req.target, b"/p");
+        let raw =
+            b"PUT /p HTTP/1.1\r\nHost: h\r\nEXPECT: 100-CONTINUE\r\nContent-Length: 9\r\n\r\n";
+        let mut slots2 = super::slots();
+        let Parsed::Simple(req) = parse(raw, &mut slots2) else {
+            panic!("not simple");
+        };
+        assert!(req.expect_continue);
+        assert_eq!(req.body, 9);
     }
 }

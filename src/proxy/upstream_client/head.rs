@@ -65,6 +65,7 @@ pub fn encode_fields<'a, I: Iterator<Item = (&'a [u8], &'a [u8])>>(
     for (name, value) in fields() {
         if headers::is_hop_by_hop_bytes(name)
             || (fwd.drop_underscored && headers::is_underscored(name))
+            || (fwd.drop_expect && name.eq_ignore_ascii_case(b"expect"))
         {
             trailers |= name.eq_ignore_ascii_case(b"te") && headers::has_token(value, b"trailers");
             continue;
@@ -220,6 +221,7 @@ mod tests {
                 port: &port,
                 trust_forwarded_headers: trust,
                 drop_underscored: true,
+                drop_expect: false,
             };
             for req in &requests {
                 let copy = || {

@@ -5,6 +5,11 @@
 //! read. Never more than the body is read from
 //! the client (a pipelined request after it stays in the socket), and the
 //! body is never held whole.
+//!
+//! A client that sent `Expect: 100-continue` and none of the body yet gets
+//! `100 Continue` once the head has gone up, before the first read that
+//! waits for the body: as hyper's server does when the body is first asked
+//! for, and with the upstream connection known to take the request.
 
 use std::future::poll_fn;
 use std::io;
@@ -12,12 +17,16 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Buf, BufMut, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::{Conn, ExchangeError, HeadRead, MAX_HEAD_BYTES, parse_response_head};
 use crate::config::Timeouts;
 use crate::proxy::error_response::ClientError;
+use crate::proxy::h1::ClientIo;
+
+/// The interim answer to `Expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// Most bytes read from the client per chunk.
 const CHUNK: usize = 16 * 1024;
@@ -26,8 +35,9 @@ const CHUNK: usize = 16 * 1024;
 pub struct Upload<'a> {
     /// The part that arrived with the head (at most the whole body).
     buffered: &'a [u8],
-    /// The client connection, read for the rest.
-    client: &'a mut (dyn AsyncRead + Unpin + Send),
+    /// The client connection, read for the rest (and written to for a
+    /// `100 Continue`).
+    client: &'a mut dyn ClientIo,
     /// Bytes of the body still in the client's socket.
     pub remaining: u64,
     /// The copy buffer, read into without zeroing it first: its bytes
@@ -36,6 +46,8 @@ pub struct Upload<'a> {
     chunk: Vec<u8>,
     /// Body bytes were sent and let go: the body cannot be sent again.
     spent: bool,
+    /// The client asked for `100 Continue` and has not been sent it.
+    expect_continue: bool,
 }
 
 /// Why an upload ended before the body was sent whole.
@@ -58,10 +70,12 @@ pub enum UploadError {
 }
 
 impl<'a> Upload<'a> {
+    /// `expect_continue`: the request asked for `100 Continue`.
     pub fn new(
         buffered: &'a [u8],
-        client: &'a mut (dyn AsyncRead + Unpin + Send),
+        client: &'a mut dyn ClientIo,
         remaining: u64,
+        expect_continue: bool,
     ) -> Upload<'a> {
         Upload {
             buffered,
@@ -69,6 +83,7 @@ impl<'a> Upload<'a> {
             remaining,
             chunk: Vec::new(),
             spent: false,
+            expect_continue,
         }
     }
 
@@ -132,6 +147,19 @@ impl Conn {
             };
             self.out = out;
             written?;
+            // A client that sent part of the body does not wait for a 100
+            // (RFC 9110, 10.1.1: it may be left out then).
+            let nothing_came = upload.buffered.is_empty() && upload.chunk.is_empty();
+            if std::mem::take(&mut upload.expect_continue) && nothing_came && upload.remaining > 0 {
+                timer.as_mut().reset(Instant::now() + timeouts.body_stall);
+                tokio::select! {
+                    biased;
+                    written = upload.client.write_all(CONTINUE) => if written.is_err() {
+                        return Err(UploadError::Client(ClientError::Aborted));
+                    },
+                    () = &mut timer => return Err(stalled(UploadError::Client(ClientError::BodyStall))),
+                }
+            }
             // What was read from the socket is not kept for a resend: the
             // buffer goes before the response is awaited (memory per
             // request in flight).
