@@ -89,44 +89,59 @@ struct Shape {
     path: &'static str,
     alb: bool,
     upload: usize,
+    /// The upload goes chunked (one chunk), not with a Content-Length.
+    chunked_upload: bool,
 }
 
-const SHAPES: [Shape; 6] = [
+const SHAPES: [Shape; 7] = [
     Shape {
         name: "scenario 1: small GET, 100 B response",
         path: "/small",
         alb: false,
         upload: 0,
+        chunked_upload: false,
     },
     Shape {
         name: "scenario 2: ALB GET, 1 KB response",
         path: "/json",
         alb: true,
         upload: 0,
+        chunked_upload: false,
     },
     Shape {
         name: "scenario 3: ALB POST 16 KiB, 1 KB response",
         path: "/json",
         alb: true,
         upload: 16 * 1024,
+        chunked_upload: false,
+    },
+    Shape {
+        name: "ALB POST 1 KiB chunked, 1 KB response",
+        path: "/json",
+        alb: true,
+        upload: 1024,
+        chunked_upload: true,
     },
     Shape {
         name: "scenario 4: ALB GET, 256 KiB response",
         path: "/big",
         alb: true,
         upload: 0,
+        chunked_upload: false,
     },
     Shape {
         name: "ALB GET, 1 KB chunked response (one chunk)",
         path: "/chunked",
         alb: true,
         upload: 0,
+        chunked_upload: false,
     },
     Shape {
         name: "ALB GET, 256 KiB chunked in 8 KiB chunks",
         path: "/long-chunked",
         alb: true,
         upload: 0,
+        chunked_upload: false,
     },
 ];
 
@@ -136,15 +151,22 @@ fn request_bytes(shape: &Shape, host: SocketAddr) -> Vec<u8> {
     if shape.alb {
         r.push_str(ALB_HEADERS);
     }
-    if shape.upload > 0 {
+    if shape.chunked_upload {
+        r.push_str("Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
+        r.push_str(&format!("{:x}\r\n", shape.upload));
+    } else if shape.upload > 0 {
         r.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             shape.upload
         ));
+    } else {
+        r.push_str("\r\n");
     }
-    r.push_str("\r\n");
     let mut bytes = r.into_bytes();
     bytes.resize(bytes.len() + shape.upload, b'x');
+    if shape.chunked_upload {
+        bytes.extend_from_slice(b"\r\n0\r\n\r\n");
+    }
     bytes
 }
 

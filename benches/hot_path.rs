@@ -135,6 +135,7 @@ fn header_rewrite(c: &mut Criterion) {
         trust_forwarded_headers: false,
         drop_underscored: false,
         drop_expect: false,
+        chunked: false,
     };
     let template = Request::get("/api/orders?id=42")
         .header("host", "shop.example.com")

@@ -214,6 +214,7 @@ impl Proxy {
             trust_forwarded_headers: settings.trust_forwarded_headers,
             drop_underscored: req.underscored && !settings.allow_underscores_in_headers,
             drop_expect: req.expect_continue,
+            chunked: req.chunked,
         };
         let encode = |head: &mut Vec<u8>| {
             let method = req.method.as_str().as_bytes();
@@ -314,6 +315,7 @@ impl Proxy {
             trust_forwarded_headers: settings.trust_forwarded_headers,
             drop_underscored: !settings.allow_underscores_in_headers,
             drop_expect: false,
+            chunked: false,
         };
         // The own client writes the upstream's head straight from the
         // client's request, unless the Connection header names headers to

@@ -12,11 +12,17 @@
 //! client's straight from the upstream's ([`response`]), the way nginx
 //! copies header lines between buffers.
 //!
+//! A chunked upload is the own server's when its whole body is in the
+//! buffer with the head (what has arrived is read without waiting, up to
+//! 64 KiB in all: a small JSON body sent chunked comes with its head) and
+//! its framing is plain ([`crate::proxy::relay::chunks`]): it goes up as it
+//! came, in the head's write.
+//!
 //! At the first request that is not simple, the connection is handed to
 //! hyper's server for the rest of its life, with the bytes read so far
-//! ([`Ended::HandOff`]): chunked uploads, upgrades, `TE`, expectations other
-//! than `100-continue`, HTTP/1.0 and malformed heads (400, 431) keep
-//! hyper's handling. A missing or repeated Host, which
+//! ([`Ended::HandOff`]): longer or not plain chunked uploads, upgrades,
+//! `TE`, expectations other than `100-continue`, HTTP/1.0 and malformed
+//! heads (400, 431) keep hyper's handling. A missing or repeated Host, which
 //! hyper's server lets pass, gets a 400 here.
 
 pub mod request;
@@ -26,7 +32,7 @@ use std::future::{Future, poll_fn};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,6 +40,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::Proxy;
 use super::error_response::{ClientError, ProxyError};
+use super::relay::chunks::{ChunkScan, Stop};
 use super::server::{ConnState, Drain};
 use request::Parsed;
 use response::SendError;
@@ -225,43 +232,81 @@ const OUT_CAPACITY: usize = 1024;
 /// for the response head. Gives the socket and both buffers back.
 async fn serve_one<'c, IO: ClientIo>(
     io: &'c mut IO,
-    buf: Vec<u8>,
+    mut buf: Vec<u8>,
     start: usize,
     mut out: Vec<u8>,
     state: &Arc<ConnState>,
     proxy: &Proxy,
     drain: &Drain,
 ) -> Result<(Served, GivenBack<'c, IO>), SendError> {
-    let mut slots = request::slots();
     out.clear();
     out.reserve(OUT_CAPACITY);
-    let served = match request::parse(&buf[start..], &mut slots) {
-        Parsed::Simple(req) => {
-            let close = req.close || drain.is_draining();
-            // The part of the body that came with the head.
-            let after = &buf[start + req.len..];
-            let in_buf = usize::try_from(req.body).map_or(after.len(), |b| b.min(after.len()));
-            let close = proxy
-                .serve_simple(&req, &after[..in_buf], state, &mut *io, &mut out, close)
-                .await?;
-            Served::Done {
-                len: req.len + in_buf,
-                close,
-                linger: close && req.body > in_buf as u64,
+    // A chunked body not whole in the buffer: what has arrived of it is
+    // read once, then the head is parsed again.
+    let mut read_more = true;
+    let served = loop {
+        let mut slots = request::slots();
+        break match request::parse(&buf[start..], &mut slots) {
+            Parsed::Simple(mut req) => {
+                if req.chunked {
+                    match whole_chunked_body(&buf[start + req.len..]) {
+                        Some(len) => req.body = len as u64,
+                        None if std::mem::take(&mut read_more) => {
+                            read_arrived(&mut *io, &mut buf);
+                            continue;
+                        }
+                        None => break Served::HandOff,
+                    }
+                }
+                let close = req.close || drain.is_draining();
+                // The part of the body that came with the head.
+                let after = &buf[start + req.len..];
+                let in_buf = usize::try_from(req.body).map_or(after.len(), |b| b.min(after.len()));
+                let close = proxy
+                    .serve_simple(&req, &after[..in_buf], state, &mut *io, &mut out, close)
+                    .await?;
+                Served::Done {
+                    len: req.len + in_buf,
+                    close,
+                    linger: close && req.body > in_buf as u64,
+                }
             }
-        }
-        Parsed::Partial | Parsed::Other => Served::HandOff,
-        Parsed::Invalid(reason) => {
-            // A 400 and the connection closes: counted as the client's
-            // error, never a version's.
-            let e = ClientError::BadHead(reason);
-            e.count();
-            let body = response::error_head(&mut out, &ProxyError::Client(e), None, true);
-            response::send_full(&mut *io, &out, body).await?;
-            Served::Closed
-        }
+            Parsed::Partial | Parsed::Other => Served::HandOff,
+            Parsed::Invalid(reason) => {
+                // A 400 and the connection closes: counted as the client's
+                // error, never a version's.
+                let e = ClientError::BadHead(reason);
+                e.count();
+                let body = response::error_head(&mut out, &ProxyError::Client(e), None, true);
+                response::send_full(&mut *io, &out, body).await?;
+                Served::Closed
+            }
+        };
     };
     Ok((served, (io, buf, out)))
+}
+
+/// The length of the chunked body at the start of `bytes` if it is all
+/// there and its framing plain (see [`ChunkScan`]); anything else is left
+/// to hyper's server.
+fn whole_chunked_body(bytes: &[u8]) -> Option<usize> {
+    match ChunkScan::default().scan(bytes) {
+        (len, Stop::End) => Some(len),
+        _ => None,
+    }
+}
+
+/// Appends to `buf` what has arrived on `io`, without waiting, up to
+/// [`MAX_HEAD_BYTES`] in all. An error or the end of the stream is left
+/// for the next read that waits.
+fn read_arrived<IO: AsyncRead + Unpin>(io: &mut IO, buf: &mut Vec<u8>) {
+    let mut cx = Context::from_waker(Waker::noop());
+    while buf.len() < MAX_HEAD_BYTES {
+        match poll_read_sized(Pin::new(&mut *io), &mut cx, buf) {
+            Poll::Ready(Ok(n)) if n > 0 => {}
+            _ => break,
+        }
+    }
 }
 
 /// Reads part of a request head into the stack and appends it to `buf`,

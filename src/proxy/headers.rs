@@ -274,6 +274,9 @@ pub struct Forwarding<'a> {
     /// Drop `Expect` (the own server's requests only, which answer
     /// `100-continue` themselves: see [`crate::proxy::h1::request`]).
     pub drop_expect: bool,
+    /// The body goes up chunked, as it came (the own server's requests
+    /// only): `Transfer-Encoding: chunked` is written for it.
+    pub chunked: bool,
 }
 
 /// hyper's HTTP/1 side only sends the trailer fields that a message's Trailer

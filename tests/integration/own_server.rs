@@ -215,6 +215,102 @@ async fn expect_continue_uploads_stay_on_the_own_server() {
     gw.shutdown().await;
 }
 
+/// A chunked upload whose whole body came with its head, in plain framing,
+/// is the own server's: it goes up chunked, with no Content-Length, and the
+/// field names in their letter case (hyper's client would lower-case them).
+/// One with a chunk extension, or whose body is still on its way, goes to
+/// hyper's server and arrives whole all the same.
+#[tokio::test]
+async fn chunked_uploads_that_came_whole_stay_on_the_own_server() {
+    use crate::recorder::{Recorder, forwarded};
+    let recorder = Recorder::start().await;
+    let gw = Gateway::start(&config("", &[("v1", 1, recorder.addr)])).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /chunked HTTP/1.1\r\nHost: h\r\nX-Case: Kept\r\nTransfer-Encoding: chunked\r\n\r\n\
+              A\r\n0123456789\r\n5\r\nhello\r\n0\r\n\r\n\
+              GET /next HTTP/1.1\r\nHost: h\r\nX-Case: Kept\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    for _ in 0..2 {
+        let (head, _) = read_response(&mut stream, &mut buf).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+    }
+    let got = forwarded(&recorder);
+    assert_eq!(got.len(), 2);
+    let (post, next) = (&got[0], &got[1]);
+    assert_eq!(
+        (post.method.as_str(), post.target.as_str()),
+        ("POST", "/chunked")
+    );
+    assert_eq!(post.body, b"0123456789hello");
+    assert!(post.chunked);
+    assert_eq!(post.values("transfer-encoding"), ["chunked"]);
+    assert!(
+        post.values("content-length").is_empty(),
+        "{:?}",
+        post.fields
+    );
+    for r in [post, next] {
+        assert!(
+            r.fields.iter().any(|(n, v)| n == "X-Case" && v == "Kept"),
+            "not the own server's head: {:?}",
+            r.fields
+        );
+    }
+    assert_eq!(recorder.connections.load(Ordering::SeqCst), 1);
+
+    // A chunk extension: hyper's server, which drops it.
+    recorder.clear();
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /ext HTTP/1.1\r\nHost: h\r\nX-Case: Kept\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5;n=v\r\nhello\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut stream, &mut Vec::new()).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let got = forwarded(&recorder);
+    assert_eq!(got[0].body, b"hello");
+    assert_eq!(got[0].values("x-case"), ["Kept"]);
+    assert!(
+        !got[0].fields.iter().any(|(n, _)| n == "X-Case"),
+        "{:?}",
+        got[0].fields
+    );
+
+    gw.shutdown().await;
+
+    // The body's end still to come: hyper's server, which sends the head up
+    // before the body is whole (a gateway with no pooled connection opens one).
+    let recorder = Recorder::start().await;
+    let gw = Gateway::start(&config("", &[("v1", 1, recorder.addr)])).await;
+    let before = recorder.connections.load(Ordering::SeqCst);
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(b"POST /later HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while recorder.connections.load(Ordering::SeqCst) == before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the request never went up"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stream.write_all(b"lo\r\n0\r\n\r\n").await.unwrap();
+    let (head, _) = read_response(&mut stream, &mut Vec::new()).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(forwarded(&recorder)[0].body, b"hello");
+    gw.shutdown().await;
+}
+
 /// A client waiting for `100 Continue` whose request cannot go up gets the
 /// error instead, and the connection closes (the body may still come).
 #[tokio::test]

@@ -229,6 +229,26 @@ fn mutate(bytes: &mut Vec<u8>, (at, op, byte): &(prop::sample::Index, u8, u8)) {
     }
 }
 
+/// The same in a chunked body's bytes (its framing and data), for the own
+/// server's scan of chunked uploads; a message without one is left as is.
+fn mutate_chunked_body(bytes: &mut Vec<u8>, (at, op, byte): &(prop::sample::Index, u8, u8)) {
+    let Some(head_end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return;
+    };
+    let body = head_end + 4;
+    if bytes.len() <= body {
+        return;
+    }
+    let i = body + at.index(bytes.len() - body);
+    match op {
+        0 => bytes[i] = *byte,
+        1 => {
+            bytes.remove(i);
+        }
+        _ => bytes.insert(i, *byte),
+    }
+}
+
 /// Sends `raw` through the gateway and checks what came out against the
 /// oracle's reading of `raw`.
 async fn check_request(
@@ -310,6 +330,20 @@ fn random_and_mutated_requests_arrive_as_sent_or_get_a_4xx() {
         .run(&(request(), mutation()), |(req, m)| {
             let mut raw = req.bytes();
             mutate(&mut raw, &m);
+            rt.block_on(check_request(&gw, &recorder, &raw, req.hyper))
+        })
+        .unwrap();
+    // Chunked bodies mutated, without blanks: hyper's server (where a body
+    // the own server does not pass on goes) takes a blank after a chunk
+    // size, which the strict oracle refuses; the upstream still gets the
+    // body re-framed in plain form.
+    let chunked = framing().prop_filter("chunked", |f| matches!(f, BodyFraming::Chunked(..)));
+    let chunked_request = (request(), chunked).prop_map(|(req, framing)| Req { framing, ..req });
+    let no_blank = mutation().prop_filter("no blank", |(_, _, b)| !matches!(b, b' ' | b'\t'));
+    runner()
+        .run(&(chunked_request, no_blank), |(req, m)| {
+            let mut raw = req.bytes();
+            mutate_chunked_body(&mut raw, &m);
             rt.block_on(check_request(&gw, &recorder, &raw, req.hyper))
         })
         .unwrap();

@@ -17,9 +17,10 @@ pub fn slots<'b>() -> Slots<'b> {
     [const { MaybeUninit::uninit() }; MAX_HEADERS]
 }
 
-/// An HTTP/1.1 request without a body or with a Content-Length one, no
-/// upgrade, no expectation but `100-continue`, in origin form: what the own
-/// server serves.
+/// An HTTP/1.1 request without a body, with a Content-Length one or a
+/// chunked one, no upgrade, no expectation but `100-continue`, in origin
+/// form: what the own server serves (a chunked body only when it is whole
+/// in the buffer and plain: see [`crate::proxy::h1`]).
 pub struct SimpleRequest<'b> {
     pub method: Method,
     pub target: &'b [u8],
@@ -30,8 +31,11 @@ pub struct SimpleRequest<'b> {
     pub underscored: bool,
     /// The head's length in bytes.
     pub len: usize,
-    /// The body's length (its one Content-Length; 0 without).
+    /// The body's length (its one Content-Length; 0 without; for a chunked
+    /// body, set when its end is found).
     pub body: u64,
+    /// `Transfer-Encoding: chunked` (and no Content-Length).
+    pub chunked: bool,
     /// `Expect: 100-continue`: the client may wait for a `100 Continue`
     /// before it sends the body. The gateway answers it itself (see
     /// [`crate::proxy::upstream_client::upload`]) and the field does not go
@@ -88,7 +92,7 @@ pub fn parse<'b>(buf: &'b [u8], slots: &'b mut Slots<'b>) -> Parsed<'b> {
     }
     let (mut close, mut underscored) = (false, false);
     let (mut hosts, mut lengths, mut body) = (0, 0, 0);
-    let mut expectations = 0;
+    let (mut expectations, mut codings, mut chunked) = (0, 0, false);
     for field in req.headers.iter() {
         let name = field.name.as_bytes();
         let value = field.value;
@@ -109,21 +113,27 @@ pub fn parse<'b>(buf: &'b [u8], slots: &'b mut Slots<'b>) -> Parsed<'b> {
         } else if name.eq_ignore_ascii_case(b"connection") {
             close |= crate::proxy::headers::has_token(value, b"close");
             !crate::proxy::headers::names_headers(value)
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // Only `chunked` alone (RFC 9112, 6.1); other codings, lists and
+            // repeats go to hyper's server.
+            codings += 1;
+            chunked = value.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            chunked
         } else if name.eq_ignore_ascii_case(b"expect") {
             // RFC 9110, 10.1.1: 100-continue is the only expectation
             // defined; any other (or a list) goes to hyper's server.
             expectations += 1;
             value.trim_ascii().eq_ignore_ascii_case(b"100-continue")
         } else {
-            !(name.eq_ignore_ascii_case(b"transfer-encoding")
-                || name.eq_ignore_ascii_case(b"upgrade")
-                || name.eq_ignore_ascii_case(b"te"))
+            !(name.eq_ignore_ascii_case(b"upgrade") || name.eq_ignore_ascii_case(b"te"))
         };
         if !simple {
             return Parsed::Other;
         }
     }
-    if lengths > 1 || expectations > 1 {
+    // Both framings at once (RFC 9112, 6.3: a smuggling attempt, or a
+    // proxy's mistake) go to hyper's server too.
+    if lengths > 1 || expectations > 1 || codings > 1 || (chunked && lengths > 0) {
         return Parsed::Other;
     }
     // RFC 9112, 3.2: exactly one Host in an HTTP/1.1 request.
@@ -140,6 +150,7 @@ pub fn parse<'b>(buf: &'b [u8], slots: &'b mut Slots<'b>) -> Parsed<'b> {
         underscored,
         len,
         body,
+        chunked,
         expect_continue: expectations == 1,
     })
 }
@@ -185,6 +196,8 @@ mod tests {
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\nexpect:  100-Continue \r\nContent-Length: 3\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\ntransfer-encoding:  Chunked \r\n\r\n",
         ];
         for raw in simple {
             assert_eq!(kind(raw), "simple", "{}", String::from_utf8_lossy(raw));
@@ -197,7 +210,13 @@ mod tests {
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nExpect: 100-continue, x\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nExpect: 100-continue\r\nExpect: 100-continue\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nExpect: 200-ok\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n",
             b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             b"GET / HTTP/1.1\r\nConnection: x-secret\r\n\r\n",
             b"GET / HTTP/1.1\r\nTE: trailers\r\n\r\n",

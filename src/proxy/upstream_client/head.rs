@@ -120,7 +120,10 @@ pub fn encode_fields<'a, I: Iterator<Item = (&'a [u8], &'a [u8])>>(
     if !request_id {
         line(out, b"x-request-id", &headers::request_id_bytes());
     }
-    finish(out, method, length);
+    if fwd.chunked {
+        line(out, b"transfer-encoding", b"chunked");
+    }
+    finish(out, method, length || fwd.chunked);
 }
 
 /// The value of the first `x-request-id` field of an encoded request head
@@ -222,6 +225,7 @@ mod tests {
                 trust_forwarded_headers: trust,
                 drop_underscored: true,
                 drop_expect: false,
+                chunked: false,
             };
             for req in &requests {
                 let copy = || {

@@ -268,7 +268,8 @@ async fn answers_and_drains() -> (std::net::SocketAddr, ServerTask) {
 
 /// How an upload's body is framed: both go through the gateway (a
 /// Content-Length one through its own server and client, a chunked one
-/// through hyper's), and an early answer must reach the client either way.
+/// through hyper's unless it is small and came whole), and an early answer
+/// must reach the client either way.
 #[derive(Debug, Clone, Copy)]
 enum Framing {
     Length,
@@ -482,15 +483,17 @@ async fn a_long_early_answer_arrives_whole_before_the_connection_closes() {
 async fn a_connection_busy_with_an_answered_upload_is_not_reused() {
     let (addr, _upstream) =
         answers_and_holds(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!").await;
-    let gw = Gateway::start(&(config("", &[("busy", 1, addr)]) + PATIENT)).await;
     for framing in FRAMINGS {
+        // A gateway per framing: this upstream answers one request per
+        // connection, and the small upload's connection goes back to the pool.
+        let gw = Gateway::start(&(config("", &[("busy", 1, addr)]) + PATIENT)).await;
         // Far more than the sockets on the way hold: the upload never ends.
         let (first, _still_sending) = upload_and_go_on(&gw, 1 << 30, 1 << 30, framing).await;
         assert_eq!(text_of(first), Some((413, "big!".into())), "{framing:?}");
         let next = upload_part(&gw, 1024, 1024, framing).await;
         assert_eq!(text_of(next), Some((413, "big!".into())), "{framing:?}");
+        gw.shutdown().await;
     }
-    gw.shutdown().await;
 }
 
 /// [`upload_part`], the client going on (sending, then holding its
