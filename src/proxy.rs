@@ -225,10 +225,14 @@ impl Proxy {
             .response_header
             .as_ref()
             .map(|name| (name, &version.header_value));
-        let mut upload = (req.body > 0).then(|| {
-            let rest = req.body - buffered.len() as u64;
-            Upload::new(buffered, &mut *client, rest, req.expect_continue)
-        });
+        let mut upload = if req.streamed {
+            Some(Upload::chunked(buffered, &mut *client, req.expect_continue))
+        } else {
+            (req.body > 0).then(|| {
+                let rest = req.body - buffered.len() as u64;
+                Upload::new(buffered, &mut *client, rest, req.expect_continue)
+            })
+        };
         let method = &req.method;
         let forwarded = forward_own(
             version,
@@ -242,7 +246,7 @@ impl Proxy {
         .await;
         conn.upstream_answered();
         // A body not read to its end leaves the connection unusable.
-        let close = close || upload.is_some_and(|u| u.remaining > 0);
+        let close = close || upload.is_some_and(|u| u.unfinished());
         let (raw, upstream, outstanding) = match forwarded {
             Ok(forwarded) => forwarded,
             Err(failed) => {

@@ -12,17 +12,19 @@
 //! client's straight from the upstream's ([`response`]), the way nginx
 //! copies header lines between buffers.
 //!
-//! A chunked upload is the own server's when its whole body is in the
-//! buffer with the head (what has arrived is read without waiting, up to
-//! 64 KiB in all: a small JSON body sent chunked comes with its head) and
-//! its framing is plain ([`crate::proxy::relay::chunks`]): it goes up as it
-//! came, in the head's write.
+//! A chunked upload whose whole body is in the buffer with the head (what
+//! has arrived is read without waiting, up to 64 KiB in all: a small JSON
+//! body sent chunked comes with its head) in plain framing
+//! ([`crate::proxy::relay::chunks`]) goes up as it came, in the head's
+//! write; any other is decoded and framed again as it goes up
+//! ([`crate::proxy::upstream_client::upload::chunked`]).
 //!
 //! At the first request that is not simple, the connection is handed to
 //! hyper's server for the rest of its life, with the bytes read so far
-//! ([`Ended::HandOff`]): longer or not plain chunked uploads, upgrades,
-//! `TE`, expectations other than `100-continue`, HTTP/1.0 and malformed
-//! heads (400, 431) keep hyper's handling. A missing or repeated Host, which
+//! ([`Ended::HandOff`]): chunked uploads that declare trailers or whose
+//! first bytes are broken, upgrades, `TE`, expectations other than
+//! `100-continue`, HTTP/1.0 and malformed heads (400, 431) keep hyper's
+//! handling. A missing or repeated Host, which
 //! hyper's server lets pass, gets a 400 here.
 
 pub mod request;
@@ -249,13 +251,23 @@ async fn serve_one<'c, IO: ClientIo>(
         break match request::parse(&buf[start..], &mut slots) {
             Parsed::Simple(mut req) => {
                 if req.chunked {
-                    match whole_chunked_body(&buf[start + req.len..]) {
+                    let after = &buf[start + req.len..];
+                    match whole_chunked_body(after) {
                         Some(len) => req.body = len as u64,
                         None if std::mem::take(&mut read_more) => {
                             read_arrived(&mut *io, &mut buf);
                             continue;
                         }
-                        None => break Served::HandOff,
+                        // Not plain, or not all here: decoded as it goes up,
+                        // unless it declares trailers (hyper's client sends
+                        // those).
+                        None => match streamed_chunked_body(after) {
+                            Some(len) if req.header(&http::header::TRAILER).is_none() => {
+                                req.body = len as u64;
+                                req.streamed = true;
+                            }
+                            _ => break Served::HandOff,
+                        },
                     }
                 }
                 let close = req.close || drain.is_draining();
@@ -268,7 +280,7 @@ async fn serve_one<'c, IO: ClientIo>(
                 Served::Done {
                     len: req.len + in_buf,
                     close,
-                    linger: close && req.body > in_buf as u64,
+                    linger: close && (req.streamed || req.body > in_buf as u64),
                 }
             }
             Parsed::Partial | Parsed::Other => Served::HandOff,
@@ -294,6 +306,17 @@ fn whole_chunked_body(bytes: &[u8]) -> Option<usize> {
         (len, Stop::End) => Some(len),
         _ => None,
     }
+}
+
+/// How much of `bytes` is the start of a chunked body that goes up decoded
+/// ([`crate::proxy::upstream_client::upload::chunked`]): up to its end if
+/// that is there, else all of it. `None`: its framing is broken (hyper's
+/// server answers it).
+fn streamed_chunked_body(bytes: &[u8]) -> Option<usize> {
+    use crate::proxy::upstream_client::upload::chunked::Decoder;
+    let mut decoder = Decoder::default();
+    let used = decoder.decode(bytes, &mut Vec::new()).ok()?;
+    Some(if decoder.done() { used } else { bytes.len() })
 }
 
 /// Appends to `buf` what has arrived on `io`, without waiting, up to

@@ -96,6 +96,53 @@ async fn malformed_chunked_bodies_are_the_clients_error() {
     gw.shutdown().await;
 }
 
+/// A chunked body whose framing breaks after its head went up (the own
+/// server decodes it as it goes) is the client's error too: a 400, the
+/// connection closed, counted; the upstream connection that got half of it
+/// is not reused.
+#[tokio::test]
+async fn chunked_framing_broken_on_the_way_is_the_clients_error() {
+    let recorder = Recorder::start().await;
+    let gw = Gateway::start(&config("", &[("late", 1, recorder.addr)])).await;
+    let before = metric(&gw, "canary_client_errors_total", &[("kind", "bad_body")]).await;
+    let bad: [&[u8]; 3] = [b"loX\r\n", b"lo\r\nzz\r\n", b"lo\r\n0\r\nno colon\r\n\r\n"];
+    for (i, rest) in bad.iter().enumerate() {
+        let what = String::from_utf8_lossy(rest);
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        stream
+            .write_all(
+                b"PUT /late HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+            )
+            .await
+            .unwrap();
+        // The head is up: its upstream connection is open (the one before
+        // got half a request and is not reused).
+        let open = eventually(Duration::from_secs(10), async || {
+            recorder.connections.load(Ordering::SeqCst) > i as u64
+        });
+        assert!(open.await, "{what}: the head never went up");
+        stream.write_all(rest).await.unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer));
+        read.await.expect("the connection stays open").unwrap();
+        assert!(
+            answer.starts_with(b"HTTP/1.1 400 "),
+            "{what}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        let counted = metric_reaches(
+            &gw,
+            "canary_client_errors_total",
+            &[("kind", "bad_body")],
+            before + i as f64 + 1.0,
+        );
+        assert!(counted.await, "{what}: not counted as a client error");
+    }
+    assert_eq!(forwarded(&recorder), []);
+    assert_no_version_errors(&gw, "late").await;
+    gw.shutdown().await;
+}
+
 /// A client that goes away in the middle of its body is the client's error.
 #[tokio::test]
 async fn a_client_gone_mid_body_is_the_clients_error() {

@@ -215,14 +215,26 @@ async fn expect_continue_uploads_stay_on_the_own_server() {
     gw.shutdown().await;
 }
 
-/// A chunked upload whose whole body came with its head, in plain framing,
-/// is the own server's: it goes up chunked, with no Content-Length, and the
-/// field names in their letter case (hyper's client would lower-case them).
-/// One with a chunk extension, or whose body is still on its way, goes to
-/// hyper's server and arrives whole all the same.
+/// Chunked uploads are the own server's: one whose whole body came with its
+/// head in plain framing goes up as it came; one with chunk extensions or
+/// trailer fields is framed again (both dropped, as hyper's client drops
+/// undeclared trailers); one still on its way goes up as it comes. Each
+/// goes up chunked, with no Content-Length, its field names in their letter
+/// case (hyper's client would lower-case them). One that declares trailers
+/// goes to hyper's server, which sends them.
 #[tokio::test]
-async fn chunked_uploads_that_came_whole_stay_on_the_own_server() {
-    use crate::recorder::{Recorder, forwarded};
+async fn chunked_uploads_stay_on_the_own_server() {
+    use crate::recorder::{Recorded, Recorder, forwarded};
+    fn own_server_sent(r: &Recorded) {
+        assert!(
+            r.fields.iter().any(|(n, v)| n == "X-Case" && v == "Kept"),
+            "not the own server's head: {:?}",
+            r.fields
+        );
+        assert!(r.chunked);
+        assert_eq!(r.values("transfer-encoding"), ["chunked"]);
+        assert!(r.values("content-length").is_empty(), "{:?}", r.fields);
+    }
     let recorder = Recorder::start().await;
     let gw = Gateway::start(&config("", &[("v1", 1, recorder.addr)])).await;
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
@@ -230,8 +242,84 @@ async fn chunked_uploads_that_came_whole_stay_on_the_own_server() {
         .write_all(
             b"POST /chunked HTTP/1.1\r\nHost: h\r\nX-Case: Kept\r\nTransfer-Encoding: chunked\r\n\r\n\
               A\r\n0123456789\r\n5\r\nhello\r\n0\r\n\r\n\
+              POST /ext HTTP/1.1\r\nHost: h\r\nX-Case: Kept\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5;n=v\r\nhello\r\n0\r\nx-sig: 1\r\n\r\n\
               GET /next HTTP/1.1\r\nHost: h\r\nX-Case: Kept\r\n\r\n",
         )
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    for _ in 0..3 {
+        let (head, _) = read_response(&mut stream, &mut buf).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+    }
+    let got = forwarded(&recorder);
+    let summary: Vec<_> = got
+        .iter()
+        .map(|r| (r.target.as_str(), r.body.as_slice()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("/chunked", &b"0123456789hello"[..]),
+            ("/ext", b"hello"),
+            ("/next", b""),
+        ]
+    );
+    own_server_sent(&got[0]);
+    own_server_sent(&got[1]);
+    assert!(got[1].trailers.is_empty(), "{:?}", got[1].trailers);
+    assert!(
+        got[2].fields.iter().any(|(n, _)| n == "X-Case"),
+        "{:?}",
+        got[2].fields
+    );
+    assert_eq!(recorder.connections.load(Ordering::SeqCst), 1);
+
+    // Declared trailers: hyper's server, which sends them up.
+    recorder.clear();
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /trailers HTTP/1.1\r\nHost: h\r\nX-Case: Kept\r\nTrailer: x-sig\r\n\
+              Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-sig: 1\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut stream, &mut Vec::new()).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let got = forwarded(&recorder);
+    assert_eq!(got[0].body, b"hello");
+    assert_eq!(got[0].trailers, [("x-sig".to_string(), "1".to_string())]);
+    assert!(
+        !got[0].fields.iter().any(|(n, _)| n == "X-Case"),
+        "{:?}",
+        got[0].fields
+    );
+    gw.shutdown().await;
+
+    // The body still on its way: its head goes up before the body's end (a
+    // gateway with no pooled connection opens one), the rest as it comes.
+    let recorder = Recorder::start().await;
+    let gw = Gateway::start(&config("", &[("v1", 1, recorder.addr)])).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(b"POST /later HTTP/1.1\r\nHost: h\r\nX-Case: Kept\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while recorder.connections.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the request never went up"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let big = vec![b'b'; 100_000];
+    stream.write_all(b"lo\r\n186a0;x=y\r\n").await.unwrap();
+    stream.write_all(&big).await.unwrap();
+    stream
+        .write_all(b"\r\n0\r\n\r\nGET /after HTTP/1.1\r\nHost: h\r\n\r\n")
         .await
         .unwrap();
     let mut buf = Vec::new();
@@ -240,74 +328,17 @@ async fn chunked_uploads_that_came_whole_stay_on_the_own_server() {
         assert!(head.starts_with("http/1.1 200"), "{head}");
     }
     let got = forwarded(&recorder);
-    assert_eq!(got.len(), 2);
-    let (post, next) = (&got[0], &got[1]);
-    assert_eq!(
-        (post.method.as_str(), post.target.as_str()),
-        ("POST", "/chunked")
-    );
-    assert_eq!(post.body, b"0123456789hello");
-    assert!(post.chunked);
-    assert_eq!(post.values("transfer-encoding"), ["chunked"]);
+    assert_eq!(got.len(), 2, "{got:?}");
+    own_server_sent(&got[0]);
+    let mut want = b"hello".to_vec();
+    want.extend_from_slice(&big);
     assert!(
-        post.values("content-length").is_empty(),
-        "{:?}",
-        post.fields
+        got[0].body == want,
+        "body of {} bytes differs",
+        got[0].body.len()
     );
-    for r in [post, next] {
-        assert!(
-            r.fields.iter().any(|(n, v)| n == "X-Case" && v == "Kept"),
-            "not the own server's head: {:?}",
-            r.fields
-        );
-    }
+    assert_eq!(got[1].target, "/after");
     assert_eq!(recorder.connections.load(Ordering::SeqCst), 1);
-
-    // A chunk extension: hyper's server, which drops it.
-    recorder.clear();
-    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-    stream
-        .write_all(
-            b"POST /ext HTTP/1.1\r\nHost: h\r\nX-Case: Kept\r\nTransfer-Encoding: chunked\r\n\r\n\
-              5;n=v\r\nhello\r\n0\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let (head, _) = read_response(&mut stream, &mut Vec::new()).await;
-    assert!(head.starts_with("http/1.1 200"), "{head}");
-    let got = forwarded(&recorder);
-    assert_eq!(got[0].body, b"hello");
-    assert_eq!(got[0].values("x-case"), ["Kept"]);
-    assert!(
-        !got[0].fields.iter().any(|(n, _)| n == "X-Case"),
-        "{:?}",
-        got[0].fields
-    );
-
-    gw.shutdown().await;
-
-    // The body's end still to come: hyper's server, which sends the head up
-    // before the body is whole (a gateway with no pooled connection opens one).
-    let recorder = Recorder::start().await;
-    let gw = Gateway::start(&config("", &[("v1", 1, recorder.addr)])).await;
-    let before = recorder.connections.load(Ordering::SeqCst);
-    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-    stream
-        .write_all(b"POST /later HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while recorder.connections.load(Ordering::SeqCst) == before {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the request never went up"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    stream.write_all(b"lo\r\n0\r\n\r\n").await.unwrap();
-    let (head, _) = read_response(&mut stream, &mut Vec::new()).await;
-    assert!(head.starts_with("http/1.1 200"), "{head}");
-    assert_eq!(forwarded(&recorder)[0].body, b"hello");
     gw.shutdown().await;
 }
 

@@ -36,6 +36,9 @@ pub struct SimpleRequest<'b> {
     pub body: u64,
     /// `Transfer-Encoding: chunked` (and no Content-Length).
     pub chunked: bool,
+    /// A chunked body that is decoded as it goes up (`body`: the part of
+    /// it in the buffer), set by the server.
+    pub streamed: bool,
     /// `Expect: 100-continue`: the client may wait for a `100 Continue`
     /// before it sends the body. The gateway answers it itself (see
     /// [`crate::proxy::upstream_client::upload`]) and the field does not go
@@ -151,6 +154,7 @@ pub fn parse<'b>(buf: &'b [u8], slots: &'b mut Slots<'b>) -> Parsed<'b> {
         len,
         body,
         chunked,
+        streamed: false,
         expect_continue: expectations == 1,
     })
 }

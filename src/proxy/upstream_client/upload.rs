@@ -6,6 +6,9 @@
 //! the client (a pipelined request after it stays in the socket), and the
 //! body is never held whole.
 //!
+//! A chunked body ([`chunked`]) goes the same way, decoded and framed again
+//! as it goes: each read takes at most what the body certainly still has.
+//!
 //! A client that sent `Expect: 100-continue` and none of the body yet gets
 //! `100 Continue` once the head has gone up, before the first read that
 //! waits for the body: as hyper's server does when the body is first asked
@@ -19,6 +22,8 @@ use std::task::{Context, Poll, Waker, ready};
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
+
+pub mod chunked;
 
 use super::{Conn, ExchangeError, HeadRead, MAX_HEAD_BYTES, parse_response_head};
 use crate::config::Timeouts;
@@ -48,6 +53,24 @@ pub struct Upload<'a> {
     spent: bool,
     /// The client asked for `100 Continue` and has not been sent it.
     expect_continue: bool,
+    /// A chunked body (`remaining` unused).
+    chunked: Option<Box<Chunked>>,
+}
+
+/// A chunked body on its way up.
+#[derive(Default)]
+struct Chunked {
+    decoder: chunked::Decoder,
+    /// Bytes read and not decoded yet (a line not whole).
+    held: Vec<u8>,
+    /// The body framed again, to go up next.
+    framed: Vec<u8>,
+    /// What came with the head (and had arrived) is decoded.
+    started: bool,
+    /// Bytes were read from the client's socket for the first write.
+    read: bool,
+    /// The first write went up.
+    written: bool,
 }
 
 /// Why an upload ended before the body was sent whole.
@@ -84,6 +107,29 @@ impl<'a> Upload<'a> {
             chunk: Vec::new(),
             spent: false,
             expect_continue,
+            chunked: None,
+        }
+    }
+
+    /// A chunked body: `buffered` is its start (what came with the head),
+    /// the rest is read from `client` until the body ends.
+    pub fn chunked(
+        buffered: &'a [u8],
+        client: &'a mut dyn ClientIo,
+        expect_continue: bool,
+    ) -> Upload<'a> {
+        Upload {
+            chunked: Some(Box::default()),
+            ..Upload::new(buffered, client, 0, expect_continue)
+        }
+    }
+
+    /// Whether part of the body is still in the client's socket (the
+    /// upload did not end).
+    pub fn unfinished(&self) -> bool {
+        match &self.chunked {
+            Some(c) => !c.decoder.done(),
+            None => self.remaining > 0,
         }
     }
 
@@ -132,6 +178,9 @@ impl Conn {
         upload: &mut Upload<'_>,
         timeouts: &Timeouts,
     ) -> Result<(), UploadError> {
+        if upload.chunked.is_some() {
+            return self.send_chunked(upload, timeouts).await;
+        }
         let mut timer = self.timer(Instant::now() + timeouts.upstream_response);
         let sent = async {
             upload.take_arrived();
@@ -197,6 +246,115 @@ impl Conn {
 }
 
 impl Conn {
+    /// [`Conn::send_upload`] for a chunked body: what came with the head
+    /// and what else has arrived goes up with the head; then each read
+    /// (of at most what the body certainly still has, see
+    /// [`chunked::Decoder::want`]) is decoded and goes up framed again.
+    async fn send_chunked(
+        &mut self,
+        upload: &mut Upload<'_>,
+        timeouts: &Timeouts,
+    ) -> Result<(), UploadError> {
+        let Upload {
+            buffered,
+            client,
+            spent,
+            expect_continue,
+            chunked: Some(c),
+            ..
+        } = upload
+        else {
+            return Ok(());
+        };
+        let bad = |e: chunked::BadChunk| {
+            tracing::debug!(error = %e, "chunked request body");
+            UploadError::Client(ClientError::BadBody)
+        };
+        let mut timer = self.timer(Instant::now() + timeouts.upstream_response);
+        let sent = async {
+            // Sent again on a new connection (see `replayable`): the body
+            // was all in `buffered`, decoded again from its start.
+            if c.written {
+                **c = Chunked::default();
+            }
+            if !c.started {
+                c.started = true;
+                let used = c.decoder.decode(buffered, &mut c.framed).map_err(bad)?;
+                c.held.extend_from_slice(&buffered[used..]);
+                // What else has arrived, without waiting.
+                let want = c.decoder.want(&c.held).min(CHUNK as u64) as usize;
+                if want > 0 {
+                    c.held.reserve(want);
+                    let mut cx = Context::from_waker(Waker::noop());
+                    let mut dst = (&mut c.held).limit(want);
+                    let read = tokio_util::io::poll_read_buf(Pin::new(&mut **client), &mut cx, &mut dst);
+                    if let Poll::Ready(Ok(n)) = read
+                        && n > 0
+                    {
+                        c.read = true;
+                        let used = c.decoder.decode(&c.held, &mut c.framed).map_err(bad)?;
+                        c.held.drain(..used);
+                    }
+                }
+            }
+            // One writev for the head and the body so far.
+            let out = std::mem::take(&mut self.out);
+            let mut first = Buf::chain(out.as_slice(), c.framed.as_slice());
+            let write = poll_fn(|cx| self.poll_write_unless_answered(cx, &mut first));
+            let written = tokio::select! {
+                biased;
+                written = write => written,
+                () = &mut timer => Err(stalled(UploadError::UpstreamStalled)),
+            };
+            self.out = out;
+            written?;
+            c.written = true;
+            *spent |= c.read;
+            c.framed.clear();
+            let nothing_came = buffered.is_empty() && !c.read;
+            if std::mem::take(expect_continue) && nothing_came && !c.decoder.done() {
+                timer.as_mut().reset(Instant::now() + timeouts.body_stall);
+                tokio::select! {
+                    biased;
+                    written = client.write_all(CONTINUE) => if written.is_err() {
+                        return Err(UploadError::Client(ClientError::Aborted));
+                    },
+                    () = &mut timer => return Err(stalled(UploadError::Client(ClientError::BodyStall))),
+                }
+            }
+            while !c.decoder.done() {
+                timer.as_mut().reset(Instant::now() + timeouts.body_stall);
+                *spent = true;
+                let want = c.decoder.want(&c.held).min(CHUNK as u64) as usize;
+                c.held.reserve(want);
+                let mut dst = (&mut c.held).limit(want);
+                tokio::select! {
+                    biased;
+                    read = client.read_buf(&mut dst) => match read {
+                        Ok(0) | Err(_) => return Err(UploadError::Client(ClientError::Aborted)),
+                        Ok(_) => {}
+                    },
+                    answered = poll_fn(|cx| self.poll_answered(cx)) => return Err(answered),
+                    () = &mut timer => return Err(stalled(UploadError::Client(ClientError::BodyStall))),
+                }
+                let used = c.decoder.decode(&c.held, &mut c.framed).map_err(bad)?;
+                c.held.drain(..used);
+                timer.as_mut().reset(Instant::now() + timeouts.upstream_response);
+                let mut framed = c.framed.as_slice();
+                tokio::select! {
+                    biased;
+                    written = poll_fn(|cx| self.poll_write_unless_answered(cx, &mut framed)) => written?,
+                    () = &mut timer => return Err(stalled(UploadError::UpstreamStalled)),
+                }
+                c.framed.clear();
+            }
+            Ok(())
+        }
+        .await;
+        self.keep_timer(timer);
+        sent
+    }
+
     /// Writes all of `buf` to the upstream; while the upstream takes no
     /// more, looks whether it has answered (see [`Conn::poll_answered`]).
     fn poll_write_unless_answered<B: Buf>(

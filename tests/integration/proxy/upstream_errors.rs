@@ -156,8 +156,7 @@ async fn an_upstream_that_stops_reading_an_upload_times_out() {
 /// error (canary analysis would read a refusal as a failure). The answer
 /// says nothing of the close: the connection must still not be used again
 /// (the next upload would find it dead and fail). Over HTTP/1.1 with each
-/// framing (a chunked upload goes through hyper's server and client) and
-/// over HTTP/2.
+/// framing (see [`Framing`]) and over HTTP/2.
 #[tokio::test]
 async fn an_early_answer_to_an_upload_reaches_the_client() {
     let upstream = FixedUpstream::scripted(|_| {
@@ -266,17 +265,19 @@ async fn answers_and_drains() -> (std::net::SocketAddr, ServerTask) {
     .await
 }
 
-/// How an upload's body is framed: both go through the gateway (a
-/// Content-Length one through its own server and client, a chunked one
-/// through hyper's unless it is small and came whole), and an early answer
-/// must reach the client either way.
+/// How an upload's body is framed: a Content-Length one and a chunked one
+/// go through the gateway's own server and client (a chunked one decoded
+/// as it goes), a chunked one that declares trailers through hyper's; an
+/// early answer must reach the client each way.
 #[derive(Debug, Clone, Copy)]
 enum Framing {
     Length,
     Chunked,
+    /// Chunked, with `Trailer` declared (hyper's server and client).
+    ChunkedHyper,
 }
 
-const FRAMINGS: [Framing; 2] = [Framing::Length, Framing::Chunked];
+const FRAMINGS: [Framing; 3] = [Framing::Length, Framing::Chunked, Framing::ChunkedHyper];
 
 impl Framing {
     /// The head of a POST whose body of `size` bytes is framed this way.
@@ -288,6 +289,10 @@ impl Framing {
             Framing::Chunked => {
                 b"POST /up HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n".to_vec()
             }
+            Framing::ChunkedHyper => {
+                b"POST /up HTTP/1.1\r\nhost: x\r\ntrailer: x-t\r\ntransfer-encoding: chunked\r\n\r\n"
+                    .to_vec()
+            }
         }
     }
 
@@ -295,7 +300,7 @@ impl Framing {
     fn part(self, data: &[u8]) -> Vec<u8> {
         match self {
             Framing::Length => data.to_vec(),
-            Framing::Chunked => {
+            Framing::Chunked | Framing::ChunkedHyper => {
                 let mut framed = format!("{:x}\r\n", data.len()).into_bytes();
                 framed.extend_from_slice(data);
                 framed.extend_from_slice(b"\r\n");
@@ -341,7 +346,7 @@ async fn send_upload(
         }
         left -= n;
     }
-    if let Framing::Chunked = framing
+    if let Framing::Chunked | Framing::ChunkedHyper = framing
         && send == size
     {
         let _ = writer.write_all(b"0\r\n\r\n").await;
@@ -428,19 +433,22 @@ async fn an_interim_response_does_not_end_an_upload() {
         std::future::pending::<()>().await;
     })
     .await;
-    let gw = Gateway::start(&(config("", &[("interim", 1, addr)]) + PATIENT)).await;
     for (framing, whole) in [
         (Framing::Length, size.to_string()),
         (Framing::Chunked, "whole".into()),
+        (Framing::ChunkedHyper, "whole".into()),
     ] {
+        // A gateway per framing: this upstream answers one request per
+        // connection, and the connection goes back to the pool.
+        let gw = Gateway::start(&(config("", &[("interim", 1, addr)]) + PATIENT)).await;
         let response = upload_part(&gw, size, size, framing).await;
         assert_eq!(
             response.map(|r| (r.status, r.text())),
             Some((200, whole)),
             "{framing:?}"
         );
+        gw.shutdown().await;
     }
-    gw.shutdown().await;
 }
 
 /// An early answer with a long body while the client is still sending:
@@ -458,7 +466,7 @@ async fn a_long_early_answer_arrives_whole_before_the_connection_closes() {
         std::future::pending::<()>().await;
     })
     .await;
-    // hyper's server (the chunked upload) keeps reading the upload after
+    // hyper's server (the chunked upload with trailers) keeps reading the upload after
     // the answer, for the upstream that no longer reads it: the connection
     // lasts until the linger after the answer ends it (5 s); the shutdown
     // waits for it for `shutdown_grace` at most.
@@ -526,7 +534,8 @@ impl Drop for AbortOnDrop {
 /// for ever. The client's connection ends a few seconds after the answer,
 /// as nginx's lingering close ends it: the own server stops reading at the
 /// answer and drops what still comes for at most 5 s; hyper's server (a
-/// chunked upload) passes the body on for at most 5 s after the answer.
+/// chunked upload declaring trailers) passes the body on for at most 5 s
+/// after the answer.
 #[tokio::test]
 async fn an_answered_upload_that_goes_on_is_cut_a_few_seconds_after_the_answer() {
     let (addr, _upstream) = answers_and_drains().await;
@@ -632,7 +641,9 @@ async fn the_rest_of_an_answered_upload_is_not_timed_as_a_request_head() {
     let gw = Gateway::start(&(config("", &[("rest-of-body", 1, addr)]) + &patient)).await;
     let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let (mut reader, mut writer) = stream.into_split();
-    let chunked = Framing::Chunked;
+    // Hyper's server's way (the own server closes the connection after an
+    // early answer, the rest of the body read and dropped: `lingering_close`).
+    let chunked = Framing::ChunkedHyper;
     writer.write_all(&chunked.head(0)).await.unwrap();
     let mut buf = Vec::new();
     let first = crate::recorder::read_response(&mut reader, &mut buf, false).await;

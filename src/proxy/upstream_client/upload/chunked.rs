@@ -1,0 +1,380 @@
+//! Data path: a chunked request body decoded as it streams up and framed
+//! again for the upstream: each chunk goes up with a plain size line (its
+//! extensions dropped), the trailer section is dropped (hyper's client
+//! drops undeclared trailers too; a request that declares some goes to
+//! hyper's server). The framing is read strictly, as hyper's server reads
+//! it: 1 to 16 hex digits, blanks only before an extension, CRLF line ends,
+//! no CR or LF inside a line.
+//!
+//! [`Decoder::want`] says how many bytes the body certainly still has, so
+//! that a read never takes bytes past its end (a pipelined request stays
+//! in the client's socket).
+
+/// The longest chunk-size line (with extensions) or trailer section line.
+const MAX_LINE: usize = 4096;
+/// Most trailer bytes in all.
+const MAX_TRAILERS: usize = 16 * 1024;
+/// The smallest end of a chunked body from a line start: `0\r\n\r\n`.
+const LAST_CHUNK: u64 = 5;
+
+/// Where the decoder is in the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// At (or in, with bytes left in the input) a chunk-size line.
+    Size,
+    /// In a chunk's data, this many bytes left.
+    Data(u64),
+    /// After a chunk's data: its CRLF.
+    DataEnd,
+    /// After the last chunk: trailer lines and the final CRLF; the bytes
+    /// of trailer lines seen so far.
+    Trailers(usize),
+    /// The body has ended.
+    Done,
+}
+
+/// The framing of a chunked body is broken (a client error: 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid chunked framing: {0}")]
+pub struct BadChunk(pub &'static str);
+
+/// Decodes a chunked body and writes it framed again.
+#[derive(Debug)]
+pub struct Decoder {
+    state: State,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder { state: State::Size }
+    }
+}
+
+impl Decoder {
+    /// Whether the body has ended.
+    pub fn done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Decodes from the start of `input`, appending the body framed again
+    /// to `out`; gives how many bytes of `input` were used. The rest (a
+    /// line not whole yet, at most 4 KiB) is to be given
+    /// again with the bytes that follow it. After the end, nothing more is
+    /// used.
+    pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, BadChunk> {
+        let mut at = 0;
+        loop {
+            let rest = &input[at..];
+            match self.state {
+                State::Done => return Ok(at),
+                State::Size => match size_line(rest)? {
+                    None => return Ok(at),
+                    Some((used, 0)) => {
+                        at += used;
+                        self.state = State::Trailers(0);
+                    }
+                    Some((used, size)) => {
+                        at += used;
+                        out.extend_from_slice(format!("{size:x}\r\n").as_bytes());
+                        self.state = State::Data(size);
+                    }
+                },
+                State::Data(left) => {
+                    if rest.is_empty() {
+                        return Ok(at);
+                    }
+                    let n = usize::try_from(left).map_or(rest.len(), |l| l.min(rest.len()));
+                    out.extend_from_slice(&rest[..n]);
+                    at += n;
+                    let left = left - n as u64;
+                    self.state = if left == 0 {
+                        State::DataEnd
+                    } else {
+                        State::Data(left)
+                    };
+                }
+                State::DataEnd => match rest {
+                    [b'\r', b'\n', ..] => {
+                        at += 2;
+                        out.extend_from_slice(b"\r\n");
+                        self.state = State::Size;
+                    }
+                    [] | [b'\r'] => return Ok(at),
+                    _ => return Err(BadChunk("chunk data not followed by CRLF")),
+                },
+                State::Trailers(seen) => {
+                    let Some(end) = rest.iter().position(|&b| b == b'\n') else {
+                        if seen + rest.len() > MAX_TRAILERS || rest.len() > MAX_LINE {
+                            return Err(BadChunk("trailer section too long"));
+                        }
+                        return Ok(at);
+                    };
+                    let line = &rest[..=end];
+                    if line == b"\r\n" {
+                        at += 2;
+                        out.extend_from_slice(b"0\r\n\r\n");
+                        self.state = State::Done;
+                        continue;
+                    }
+                    let seen = seen + line.len();
+                    if seen > MAX_TRAILERS || line.len() > MAX_LINE {
+                        return Err(BadChunk("trailer section too long"));
+                    }
+                    trailer_line(line)?;
+                    at += line.len();
+                    self.state = State::Trailers(seen);
+                }
+            }
+        }
+    }
+
+    /// The fewest bytes the body still has after `held` (the part of
+    /// `input` that [`Decoder::decode`] left unused): a read of at most
+    /// this many never takes a byte past the body's end. At least 1 until
+    /// the body has ended.
+    pub fn want(&self, held: &[u8]) -> u64 {
+        match self.state {
+            State::Done => 0,
+            State::Data(left) => left.saturating_add(2 + LAST_CHUNK),
+            State::DataEnd => (2 + LAST_CHUNK).saturating_sub(held.len() as u64).max(1),
+            // A field line ends with CRLF, and the section with another.
+            State::Trailers(_) => match held {
+                [] => 2,
+                b"\r" => 1,
+                [.., b'\r'] => 3,
+                _ => 4,
+            },
+            State::Size => {
+                if held.is_empty() {
+                    return LAST_CHUNK;
+                }
+                // A line begun: its end, then at least the data its digits
+                // so far give (more digits only make it longer), the data's
+                // CRLF and the last chunk; or, for a size of 0 so far, the
+                // trailer section's end.
+                let line_end = if held.ends_with(b"\r") { 1 } else { 2 };
+                let digits = held.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+                let size = held
+                    .get(..digits.min(15))
+                    .and_then(|d| std::str::from_utf8(d).ok())
+                    .and_then(|d| u64::from_str_radix(d, 16).ok())
+                    .unwrap_or(0);
+                let after = if size > 0 {
+                    size.saturating_add(2 + LAST_CHUNK)
+                } else {
+                    2
+                };
+                after.saturating_add(line_end)
+            }
+        }
+    }
+}
+
+/// A whole chunk-size line at the start of `bytes`: how many bytes it
+/// takes and the size; `None`: not whole yet.
+fn size_line(bytes: &[u8]) -> Result<Option<(usize, u64)>, BadChunk> {
+    let Some(lf) = bytes.iter().take(MAX_LINE).position(|&b| b == b'\n') else {
+        if bytes.len() >= MAX_LINE {
+            return Err(BadChunk("chunk-size line too long"));
+        }
+        // A CR that is not the line's last byte is an error already.
+        if bytes.iter().rev().skip(1).any(|&b| b == b'\r') {
+            return Err(BadChunk("CR inside a chunk-size line"));
+        }
+        return Ok(None);
+    };
+    let line = match bytes[..lf].strip_suffix(b"\r") {
+        Some(line) => line,
+        None => return Err(BadChunk("chunk-size line not ended by CRLF")),
+    };
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return Err(BadChunk("no chunk size"));
+    }
+    if digits > 16 {
+        return Err(BadChunk("chunk size too large"));
+    }
+    let mut size: u64 = 0;
+    for &b in &line[..digits] {
+        let digit = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => b - b'A' + 10,
+        };
+        size = size << 4 | u64::from(digit);
+    }
+    // Blanks, then an extension (`;` and anything but CR and LF), or nothing.
+    let rest = &line[digits..];
+    let blanks = rest
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
+    match rest.get(blanks) {
+        None if blanks == 0 => {}
+        Some(b';') if !rest.contains(&b'\r') => {}
+        _ => return Err(BadChunk("invalid chunk-size line")),
+    }
+    Ok(Some((lf + 1, size)))
+}
+
+/// Checks one trailer field line (`name: value` CRLF): a token for a name,
+/// no control bytes but tab in the value.
+fn trailer_line(line: &[u8]) -> Result<(), BadChunk> {
+    let bad = BadChunk("invalid trailer field");
+    let line = line.strip_suffix(b"\r\n").ok_or(bad)?;
+    let colon = line.iter().position(|&b| b == b':').ok_or(bad)?;
+    let (name, value) = (&line[..colon], &line[colon + 1..]);
+    let token = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    if name.is_empty() || !name.iter().all(token) {
+        return Err(bad);
+    }
+    if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(bad);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decodes `body` given in pieces cut at `cuts`, the way the upload
+    /// reads it: unused bytes are given again with the next piece.
+    /// Gives the body framed again and how many bytes it took (`None`:
+    /// not ended).
+    fn decode_in_pieces(body: &[u8], cuts: &[usize]) -> Result<(Vec<u8>, Option<usize>), BadChunk> {
+        let mut decoder = Decoder::default();
+        let (mut out, mut input, mut from, mut taken) = (Vec::new(), Vec::new(), 0, 0);
+        for &cut in cuts.iter().chain([&body.len()]) {
+            input.extend_from_slice(&body[from..cut]);
+            from = cut;
+            let used = decoder.decode(&input, &mut out)?;
+            taken += used;
+            input.drain(..used);
+            if decoder.done() {
+                return Ok((out, Some(taken)));
+            }
+        }
+        Ok((out, None))
+    }
+
+    #[test]
+    fn bodies_are_framed_again_plainly() {
+        let cases: [(&[u8], &[u8]); 5] = [
+            (b"5\r\nhello\r\n0\r\n\r\n", b"5\r\nhello\r\n0\r\n\r\n"),
+            (
+                b"A\r\n0123456789\r\n0\r\n\r\n",
+                b"a\r\n0123456789\r\n0\r\n\r\n",
+            ),
+            (
+                b"005;n=v\r\nhello\r\n0;x\r\n\r\n",
+                b"5\r\nhello\r\n0\r\n\r\n",
+            ),
+            (
+                b"5 ;n\r\nhello\r\n0\r\nx-sig: 1\r\nb: \t2\r\n\r\n",
+                b"5\r\nhello\r\n0\r\n\r\n",
+            ),
+            (b"0\r\n\r\n", b"0\r\n\r\n"),
+        ];
+        for (body, framed) in cases {
+            // Every cut in two, and byte by byte.
+            for cut in 0..=body.len() {
+                let got = decode_in_pieces(body, &[cut]);
+                assert_eq!(
+                    got,
+                    Ok((framed.to_vec(), Some(body.len()))),
+                    "{body:?} cut at {cut}"
+                );
+            }
+            let cuts: Vec<usize> = (1..body.len()).collect();
+            assert_eq!(
+                decode_in_pieces(body, &cuts),
+                Ok((framed.to_vec(), Some(body.len())))
+            );
+        }
+    }
+
+    #[test]
+    fn nothing_past_the_end_is_used() {
+        let body = b"3\r\nabc\r\n0\r\n\r\nGET / HTTP/1.1\r\n";
+        let mut decoder = Decoder::default();
+        let mut out = Vec::new();
+        assert_eq!(decoder.decode(body, &mut out), Ok(13));
+        assert!(decoder.done());
+        assert_eq!(decoder.decode(b"more", &mut out), Ok(0));
+    }
+
+    #[test]
+    fn broken_framing_is_an_error() {
+        for body in [
+            &b"\r\n"[..],
+            b";x\r\n",
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5\r\nhelloX\r\n",
+            b"5\r\nhello\n0\r\n\r\n",
+            b"5 5\r\nhello\r\n",
+            b"+5\r\nhello\r\n",
+            b"5;a\rb\r\nhello\r\n",
+            b"5;a\nb\r\nhello\r\n",
+            b"11111111111111111\r\n",
+            b"0\r\nno colon\r\n\r\n",
+            b"0\r\nx y: 1\r\n\r\n",
+            b"0\r\nx: \x01\r\n\r\n",
+            b"0\r\nx: 1\n\r\n",
+            b"0\r\n\n",
+        ] {
+            let mut cuts_all = vec![];
+            for cut in 0..=body.len() {
+                cuts_all.push(decode_in_pieces(body, &[cut]).map(|_| ()));
+            }
+            assert!(
+                cuts_all.iter().all(|r| r.is_err()),
+                "{:?}: {cuts_all:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let long = [b'a'; MAX_LINE + 1];
+        let mut line = b"1;".to_vec();
+        line.extend_from_slice(&long);
+        assert!(Decoder::default().decode(&line, &mut Vec::new()).is_err());
+    }
+
+    /// Reading `want` bytes at a time never reads past the body's end, and
+    /// always reads something until the end.
+    #[test]
+    fn want_never_passes_the_end() {
+        let bodies: [&[u8]; 6] = [
+            b"0\r\n\r\n",
+            b"1\r\nx\r\n0\r\n\r\n",
+            b"2000\r\n",
+            b"ff;ext=1\r\n",
+            b"0\r\nx-a: 1\r\nb: 2\r\n\r\n",
+            b"10\r\n0123456789abcdef\r\n1\r\nz\r\n0\r\n\r\n",
+        ];
+        let mut owned: Vec<Vec<u8>> = bodies.iter().map(|b| b.to_vec()).collect();
+        // Complete the ones that stop at a size line.
+        owned[2].extend(std::iter::repeat_n(b'd', 0x2000));
+        owned[2].extend_from_slice(b"\r\n0\r\n\r\n");
+        owned[3].extend(std::iter::repeat_n(b'd', 0xff));
+        owned[3].extend_from_slice(b"\r\n0\r\n\r\n");
+        for body in &owned {
+            let mut decoder = Decoder::default();
+            let (mut input, mut out, mut from) = (Vec::new(), Vec::new(), 0);
+            while !decoder.done() {
+                let want = decoder.want(&input);
+                assert!(want >= 1);
+                let to = from + usize::try_from(want).unwrap();
+                assert!(
+                    to <= body.len(),
+                    "wants {want} past the end at {from} of {body:?}"
+                );
+                input.extend_from_slice(&body[from..to]);
+                from = to;
+                let used = decoder.decode(&input, &mut out).unwrap();
+                input.drain(..used);
+            }
+            assert_eq!(from, body.len());
+            assert!(input.is_empty());
+        }
+    }
+}
