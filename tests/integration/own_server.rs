@@ -30,6 +30,13 @@ async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> (String, Ve
     (head, buf.drain(..length).collect())
 }
 
+/// A new connection to `addr` with `raw` written on it.
+async fn send_raw(addr: std::net::SocketAddr, raw: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(raw).await.unwrap();
+    stream
+}
+
 #[tokio::test]
 async fn simple_requests_and_uploads_share_a_connection() {
     let v1 = Upstream::start("v1").await;
@@ -155,13 +162,11 @@ async fn expect_continue_uploads_stay_on_the_own_server() {
     use crate::recorder::{Recorder, forwarded};
     let recorder = Recorder::start().await;
     let gw = Gateway::start(&config("", &[("v1", 1, recorder.addr)])).await;
-    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-    stream
-        .write_all(
-            b"POST /waits HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
-        )
-        .await
-        .unwrap();
+    let mut stream = send_raw(
+        gw.addr,
+        b"POST /waits HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await;
     let mut buf = Vec::new();
     let head = tokio::time::timeout(Duration::from_secs(5), read_head(&mut stream, &mut buf))
         .await
@@ -237,17 +242,15 @@ async fn chunked_uploads_stay_on_the_own_server() {
     }
     let recorder = Recorder::start().await;
     let gw = Gateway::start(&config("", &[("v1", 1, recorder.addr)])).await;
-    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-    stream
-        .write_all(
-            b"POST /chunked HTTP/1.1\r\nHost: h\r\nX-Case: Kept\r\nTransfer-Encoding: chunked\r\n\r\n\
+    let mut stream = send_raw(
+        gw.addr,
+        b"POST /chunked HTTP/1.1\r\nHost: h\r\nX-Case: Kept\r\nTransfer-Encoding: chunked\r\n\r\n\
               A\r\n0123456789\r\n5\r\nhello\r\n0\r\n\r\n\
               POST /ext HTTP/1.1\r\nHost: h\r\nX-Case: Kept\r\nTransfer-Encoding: chunked\r\n\r\n\
               5;n=v\r\nhello\r\n0\r\nx-sig: 1\r\n\r\n\
               GET /next HTTP/1.1\r\nHost: h\r\nX-Case: Kept\r\n\r\n",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     let mut buf = Vec::new();
     for _ in 0..3 {
         let (head, _) = read_response(&mut stream, &mut buf).await;
@@ -278,14 +281,12 @@ async fn chunked_uploads_stay_on_the_own_server() {
 
     // Declared trailers: hyper's server, which sends them up.
     recorder.clear();
-    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-    stream
-        .write_all(
-            b"POST /trailers HTTP/1.1\r\nHost: h\r\nX-Case: Kept\r\nTrailer: x-sig\r\n\
+    let mut stream = send_raw(
+        gw.addr,
+        b"POST /trailers HTTP/1.1\r\nHost: h\r\nX-Case: Kept\r\nTrailer: x-sig\r\n\
               Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-sig: 1\r\n\r\n",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     let (head, _) = read_response(&mut stream, &mut Vec::new()).await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
     let got = forwarded(&recorder);
@@ -302,11 +303,11 @@ async fn chunked_uploads_stay_on_the_own_server() {
     // gateway with no pooled connection opens one), the rest as it comes.
     let recorder = Recorder::start().await;
     let gw = Gateway::start(&config("", &[("v1", 1, recorder.addr)])).await;
-    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-    stream
-        .write_all(b"POST /later HTTP/1.1\r\nHost: h\r\nX-Case: Kept\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
-        .await
-        .unwrap();
+    let mut stream = send_raw(
+        gw.addr,
+        b"POST /later HTTP/1.1\r\nHost: h\r\nX-Case: Kept\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+    )
+    .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while recorder.connections.load(Ordering::SeqCst) == 0 {
         assert!(
@@ -347,13 +348,11 @@ async fn chunked_uploads_stay_on_the_own_server() {
 #[tokio::test]
 async fn expect_continue_without_an_upstream_gets_the_error_and_a_close() {
     let gw = Gateway::start(&config("", &[("v1", 1, dead_addr().await)])).await;
-    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-    stream
-        .write_all(
-            b"POST /waits HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
-        )
-        .await
-        .unwrap();
+    let mut stream = send_raw(
+        gw.addr,
+        b"POST /waits HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await;
     let mut rest = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
         .await

@@ -185,29 +185,14 @@ impl Conn {
         let sent = async {
             upload.take_arrived();
             // One writev when the socket takes all three.
-            let held = upload.chunk.as_slice();
-            let out = std::mem::take(&mut self.out);
-            let mut first = Buf::chain(Buf::chain(out.as_slice(), upload.buffered), held);
-            let write = poll_fn(|cx| self.poll_write_unless_answered(cx, &mut first));
-            let written = tokio::select! {
-                biased;
-                written = write => written,
-                () = &mut timer => Err(stalled(UploadError::UpstreamStalled)),
-            };
-            self.out = out;
-            written?;
+            let body = Buf::chain(upload.buffered, upload.chunk.as_slice());
+            self.write_head_and(body, timer.as_mut()).await?;
             // A client that sent part of the body does not wait for a 100
             // (RFC 9110, 10.1.1: it may be left out then).
             let nothing_came = upload.buffered.is_empty() && upload.chunk.is_empty();
             if std::mem::take(&mut upload.expect_continue) && nothing_came && upload.remaining > 0 {
                 timer.as_mut().reset(Instant::now() + timeouts.body_stall);
-                tokio::select! {
-                    biased;
-                    written = upload.client.write_all(CONTINUE) => if written.is_err() {
-                        return Err(UploadError::Client(ClientError::Aborted));
-                    },
-                    () = &mut timer => return Err(stalled(UploadError::Client(ClientError::BodyStall))),
-                }
+                send_continue(&mut *upload.client, timer.as_mut()).await?;
             }
             // What was read from the socket is not kept for a resend: the
             // buffer goes before the response is awaited (memory per
@@ -297,30 +282,14 @@ impl Conn {
                     }
                 }
             }
-            // One writev for the head and the body so far.
-            let out = std::mem::take(&mut self.out);
-            let mut first = Buf::chain(out.as_slice(), c.framed.as_slice());
-            let write = poll_fn(|cx| self.poll_write_unless_answered(cx, &mut first));
-            let written = tokio::select! {
-                biased;
-                written = write => written,
-                () = &mut timer => Err(stalled(UploadError::UpstreamStalled)),
-            };
-            self.out = out;
-            written?;
+            self.write_head_and(c.framed.as_slice(), timer.as_mut()).await?;
             c.written = true;
             *spent |= c.read;
             c.framed.clear();
             let nothing_came = buffered.is_empty() && !c.read;
             if std::mem::take(expect_continue) && nothing_came && !c.decoder.done() {
                 timer.as_mut().reset(Instant::now() + timeouts.body_stall);
-                tokio::select! {
-                    biased;
-                    written = client.write_all(CONTINUE) => if written.is_err() {
-                        return Err(UploadError::Client(ClientError::Aborted));
-                    },
-                    () = &mut timer => return Err(stalled(UploadError::Client(ClientError::BodyStall))),
-                }
+                send_continue(&mut **client, timer.as_mut()).await?;
             }
             while !c.decoder.done() {
                 timer.as_mut().reset(Instant::now() + timeouts.body_stall);
@@ -353,6 +322,26 @@ impl Conn {
         .await;
         self.keep_timer(timer);
         sent
+    }
+
+    /// Writes the request head and `body` (the body bytes at hand) in one
+    /// `writev` when the socket takes them all; `timer`: the upstream's
+    /// limit to take them.
+    async fn write_head_and(
+        &mut self,
+        body: impl Buf,
+        timer: Pin<&mut tokio::time::Sleep>,
+    ) -> Result<(), UploadError> {
+        let out = std::mem::take(&mut self.out);
+        let mut first = Buf::chain(out.as_slice(), body);
+        let write = poll_fn(|cx| self.poll_write_unless_answered(cx, &mut first));
+        let written = tokio::select! {
+            biased;
+            written = write => written,
+            () = timer => Err(stalled(UploadError::UpstreamStalled)),
+        };
+        self.out = out;
+        written
     }
 
     /// Writes all of `buf` to the upstream; while the upstream takes no
@@ -408,6 +397,20 @@ impl Conn {
                 Err(e) => return Poll::Ready(UploadError::Upstream(ExchangeError::Read(e))),
             }
         }
+    }
+}
+
+/// Sends `100 Continue` to the client, which has until `timer` to take it.
+async fn send_continue(
+    client: &mut dyn ClientIo,
+    timer: Pin<&mut tokio::time::Sleep>,
+) -> Result<(), UploadError> {
+    tokio::select! {
+        biased;
+        written = client.write_all(CONTINUE) => {
+            written.map_err(|_| UploadError::Client(ClientError::Aborted))
+        }
+        () = timer => Err(stalled(UploadError::Client(ClientError::BodyStall))),
     }
 }
 
