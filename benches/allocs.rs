@@ -89,59 +89,67 @@ struct Shape {
     path: &'static str,
     alb: bool,
     upload: usize,
-    /// The upload goes chunked (one chunk), not with a Content-Length.
-    chunked_upload: bool,
+    /// The upload goes chunked in chunks of this many bytes (0: with a
+    /// Content-Length).
+    upload_chunk: usize,
 }
 
-const SHAPES: [Shape; 7] = [
+const SHAPES: [Shape; 8] = [
     Shape {
         name: "scenario 1: small GET, 100 B response",
         path: "/small",
         alb: false,
         upload: 0,
-        chunked_upload: false,
+        upload_chunk: 0,
     },
     Shape {
         name: "scenario 2: ALB GET, 1 KB response",
         path: "/json",
         alb: true,
         upload: 0,
-        chunked_upload: false,
+        upload_chunk: 0,
     },
     Shape {
         name: "scenario 3: ALB POST 16 KiB, 1 KB response",
         path: "/json",
         alb: true,
         upload: 16 * 1024,
-        chunked_upload: false,
+        upload_chunk: 0,
     },
     Shape {
         name: "ALB POST 1 KiB chunked, 1 KB response",
         path: "/json",
         alb: true,
         upload: 1024,
-        chunked_upload: true,
+        upload_chunk: 1024,
+    },
+    Shape {
+        name: "ALB POST 256 KiB chunked by 16 KiB",
+        path: "/json",
+        alb: true,
+        upload: 256 * 1024,
+        upload_chunk: 16 * 1024,
     },
     Shape {
         name: "scenario 4: ALB GET, 256 KiB response",
         path: "/big",
         alb: true,
         upload: 0,
-        chunked_upload: false,
+        upload_chunk: 0,
     },
     Shape {
         name: "ALB GET, 1 KB chunked response (one chunk)",
         path: "/chunked",
         alb: true,
         upload: 0,
-        chunked_upload: false,
+        upload_chunk: 0,
     },
     Shape {
         name: "ALB GET, 256 KiB chunked in 8 KiB chunks",
         path: "/long-chunked",
         alb: true,
         upload: 0,
-        chunked_upload: false,
+        upload_chunk: 0,
     },
 ];
 
@@ -151,9 +159,8 @@ fn request_bytes(shape: &Shape, host: SocketAddr) -> Vec<u8> {
     if shape.alb {
         r.push_str(ALB_HEADERS);
     }
-    if shape.chunked_upload {
+    if shape.upload_chunk > 0 {
         r.push_str("Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
-        r.push_str(&format!("{:x}\r\n", shape.upload));
     } else if shape.upload > 0 {
         r.push_str(&format!(
             "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
@@ -163,10 +170,16 @@ fn request_bytes(shape: &Shape, host: SocketAddr) -> Vec<u8> {
         r.push_str("\r\n");
     }
     let mut bytes = r.into_bytes();
-    bytes.resize(bytes.len() + shape.upload, b'x');
-    if shape.chunked_upload {
-        bytes.extend_from_slice(b"\r\n0\r\n\r\n");
+    if shape.upload_chunk == 0 {
+        bytes.resize(bytes.len() + shape.upload, b'x');
+        return bytes;
     }
+    for _ in 0..shape.upload / shape.upload_chunk {
+        bytes.extend_from_slice(format!("{:x}\r\n", shape.upload_chunk).as_bytes());
+        bytes.resize(bytes.len() + shape.upload_chunk, b'x');
+        bytes.extend_from_slice(b"\r\n");
+    }
+    bytes.extend_from_slice(b"0\r\n\r\n");
     bytes
 }
 
@@ -264,7 +277,8 @@ fn read_message(stream: &mut TcpStream, buf: &mut [u8], filled: &mut usize) -> O
     loop {
         if let Some(end) = find_head_end(&buf[..*filled]) {
             if chunked(&buf[..end]) {
-                // Responses only; the client sends one request at a time.
+                // A response, or a chunked upload (the client sends one
+                // request at a time).
                 let kind = selector(&buf[..end]);
                 buf.copy_within(end..*filled, 0);
                 skip_chunked(stream, buf, *filled - end)?;

@@ -299,8 +299,7 @@ async fn serve_one<'c, IO: ClientIo>(
 }
 
 /// The length of the chunked body at the start of `bytes` if it is all
-/// there and its framing plain (see [`ChunkScan`]); anything else is left
-/// to hyper's server.
+/// there and its framing plain (see [`ChunkScan`]): it goes up as it came.
 fn whole_chunked_body(bytes: &[u8]) -> Option<usize> {
     match ChunkScan::default().scan(bytes) {
         (len, Stop::End) => Some(len),
@@ -313,9 +312,9 @@ fn whole_chunked_body(bytes: &[u8]) -> Option<usize> {
 /// that is there, else all of it. `None`: its framing is broken (hyper's
 /// server answers it).
 fn streamed_chunked_body(bytes: &[u8]) -> Option<usize> {
-    use crate::proxy::upstream_client::upload::chunked::Decoder;
+    use crate::proxy::upstream_client::upload::chunked::{Decoder, Discard};
     let mut decoder = Decoder::default();
-    let used = decoder.decode(bytes, &mut Vec::new()).ok()?;
+    let used = decoder.decode(bytes, &mut Discard).ok()?;
     Some(if decoder.done() { used } else { bytes.len() })
 }
 

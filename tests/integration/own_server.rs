@@ -340,6 +340,31 @@ async fn chunked_uploads_stay_on_the_own_server() {
     );
     assert_eq!(got[1].target, "/after");
     assert_eq!(recorder.connections.load(Ordering::SeqCst), 1);
+
+    // A chunked body, the same way.
+    let mut stream = send_raw(
+        gw.addr,
+        b"POST /chunked HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await;
+    let head = tokio::time::timeout(Duration::from_secs(5), read_head(&mut stream, &mut buf))
+        .await
+        .expect("no 100 Continue")
+        .expect("a head");
+    assert_eq!(head, "HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(b"5\r\nhello\r\n0\r\n\r\n").await.unwrap();
+    let (head, _) = read_response(&mut stream, &mut buf).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let last = forwarded(&recorder).pop().expect("a request");
+    assert_eq!(
+        (last.target.as_str(), last.body.as_slice()),
+        ("/chunked", &b"hello"[..])
+    );
+    assert!(
+        last.values("expect").is_empty(),
+        "Expect went up: {:?}",
+        last.fields
+    );
     gw.shutdown().await;
 }
 

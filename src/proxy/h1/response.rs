@@ -179,7 +179,7 @@ pub async fn send<W: ClientIo>(
         }
         let last = body.is_end_stream();
         let tail: &[u8] = if chunked {
-            chunk_size(out, data.len());
+            chunk_size(out, data.len() as u64);
             if last { b"\r\n0\r\n\r\n" } else { b"\r\n" }
         } else {
             b""
@@ -238,11 +238,11 @@ async fn pass_chunks<W: ClientIo>(
 }
 
 /// Appends a chunk-size line.
-fn chunk_size(out: &mut Vec<u8>, len: usize) {
+pub(crate) fn chunk_size(out: &mut Vec<u8>, len: u64) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1);
+    let digits = (u64::BITS - len.leading_zeros()).div_ceil(4).max(1);
     for i in (0..digits).rev() {
-        out.push(HEX[(len >> (i * 4)) & 0xf]);
+        out.push(HEX[((len >> (i * 4)) & 0xf) as usize]);
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -277,7 +277,7 @@ mod tests {
 
     #[test]
     fn chunk_sizes_are_hex() {
-        for len in [0usize, 1, 15, 16, 255, 4096, 65535, 1 << 40] {
+        for len in [0u64, 1, 15, 16, 255, 4096, 65535, 1 << 40, u64::MAX] {
             let mut out = Vec::new();
             chunk_size(&mut out, len);
             assert_eq!(out, format!("{len:x}\r\n").into_bytes());

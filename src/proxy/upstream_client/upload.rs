@@ -35,6 +35,9 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// Most bytes read from the client per chunk.
 const CHUNK: usize = 16 * 1024;
+/// Room for the framing written around a read's worth of a chunked body
+/// (a size line, CRLFs, the last chunk).
+const FRAMING: usize = 64;
 
 /// The client's side of a request body.
 pub struct Upload<'a> {
@@ -264,6 +267,8 @@ impl Conn {
             }
             if !c.started {
                 c.started = true;
+                // Room for what is at hand and a read's worth, framed.
+                c.framed.reserve(buffered.len() + CHUNK + FRAMING);
                 let used = c.decoder.decode(buffered, &mut c.framed).map_err(bad)?;
                 c.held.extend_from_slice(&buffered[used..]);
                 // What else has arrived, without waiting.
@@ -285,7 +290,10 @@ impl Conn {
             self.write_head_and(c.framed.as_slice(), timer.as_mut()).await?;
             c.written = true;
             *spent |= c.read;
+            // From here on, a read's worth at a time: what the head's
+            // write needed (up to 64 KiB came with the head) is let go.
             c.framed.clear();
+            c.framed.shrink_to(CHUNK + FRAMING);
             let nothing_came = buffered.is_empty() && !c.read;
             if std::mem::take(expect_continue) && nothing_came && !c.decoder.done() {
                 timer.as_mut().reset(Instant::now() + timeouts.body_stall);

@@ -33,6 +33,33 @@ enum State {
     Done,
 }
 
+/// Where a decoded body goes.
+pub trait Sink {
+    /// Body bytes, or framing written by the decoder.
+    fn put(&mut self, bytes: &[u8]);
+    /// A chunk-size line for a chunk of `size` bytes.
+    fn size_line(&mut self, size: u64);
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+
+    fn size_line(&mut self, size: u64) {
+        crate::proxy::h1::response::chunk_size(self, size);
+    }
+}
+
+/// A sink that keeps nothing: to find where a body ends.
+pub struct Discard;
+
+impl Sink for Discard {
+    fn put(&mut self, _: &[u8]) {}
+
+    fn size_line(&mut self, _: u64) {}
+}
+
 /// The framing of a chunked body is broken (a client error: 400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("invalid chunked framing: {0}")]
@@ -61,7 +88,7 @@ impl Decoder {
     /// line not whole yet, at most 4 KiB) is to be given
     /// again with the bytes that follow it. After the end, nothing more is
     /// used.
-    pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, BadChunk> {
+    pub fn decode(&mut self, input: &[u8], out: &mut impl Sink) -> Result<usize, BadChunk> {
         let mut at = 0;
         loop {
             let rest = &input[at..];
@@ -75,7 +102,7 @@ impl Decoder {
                     }
                     Some((used, size)) => {
                         at += used;
-                        out.extend_from_slice(format!("{size:x}\r\n").as_bytes());
+                        out.size_line(size);
                         self.state = State::Data(size);
                     }
                 },
@@ -84,7 +111,7 @@ impl Decoder {
                         return Ok(at);
                     }
                     let n = usize::try_from(left).map_or(rest.len(), |l| l.min(rest.len()));
-                    out.extend_from_slice(&rest[..n]);
+                    out.put(&rest[..n]);
                     at += n;
                     let left = left - n as u64;
                     self.state = if left == 0 {
@@ -96,7 +123,7 @@ impl Decoder {
                 State::DataEnd => match rest {
                     [b'\r', b'\n', ..] => {
                         at += 2;
-                        out.extend_from_slice(b"\r\n");
+                        out.put(b"\r\n");
                         self.state = State::Size;
                     }
                     [] | [b'\r'] => return Ok(at),
@@ -112,7 +139,7 @@ impl Decoder {
                     let line = &rest[..=end];
                     if line == b"\r\n" {
                         at += 2;
-                        out.extend_from_slice(b"0\r\n\r\n");
+                        out.put(b"0\r\n\r\n");
                         self.state = State::Done;
                         continue;
                     }
