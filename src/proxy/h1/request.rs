@@ -19,8 +19,8 @@ pub fn slots<'b>() -> Slots<'b> {
 
 /// An HTTP/1.1 request without a body, with a Content-Length one or a
 /// chunked one, no upgrade, no expectation but `100-continue`, in origin
-/// form: what the own server serves (a chunked body only when it is whole
-/// in the buffer and plain: see [`crate::proxy::h1`]).
+/// form: what the own server serves (a chunked body: see
+/// [`crate::proxy::h1`] for the few it still leaves to hyper's server).
 pub struct SimpleRequest<'b> {
     pub method: Method,
     pub target: &'b [u8],
@@ -67,9 +67,11 @@ pub enum Parsed<'b> {
     Simple(SimpleRequest<'b>),
     /// Not a whole head yet.
     Partial,
-    /// A request the own server leaves to hyper's: a chunked body, an upgrade,
-    /// an expectation other than `100-continue`, HTTP/1.0, a target or a header the own server does
-    /// not vouch for, or not a valid head at all (hyper answers 400/431).
+    /// A request the own server leaves to hyper's: a transfer coding other
+    /// than `chunked` alone, or with a Content-Length, an upgrade, an
+    /// expectation other than `100-continue`, HTTP/1.0, a target or a header
+    /// the own server does not vouch for, or not a valid head at all (hyper
+    /// answers 400/431).
     Other,
     /// A head that breaks RFC 9112 in a way hyper's server lets pass (a
     /// missing or repeated Host): the client gets a 400.

@@ -47,7 +47,7 @@ pub struct Upload<'a> {
     /// `100 Continue`).
     client: &'a mut dyn ClientIo,
     /// Bytes of the body still in the client's socket.
-    pub remaining: u64,
+    remaining: u64,
     /// The copy buffer, read into without zeroing it first: its bytes
     /// (`len`), when the head has not gone up yet, were read from the
     /// client's socket to go in the same write.
@@ -151,12 +151,19 @@ impl<'a> Upload<'a> {
         if self.remaining == 0 || !self.chunk.is_empty() || self.spent {
             return;
         }
-        let mut cx = Context::from_waker(Waker::noop());
         let mut dst = chunk_for_read(&mut self.chunk, self.remaining);
-        let client = Pin::new(&mut *self.client);
-        if let Poll::Ready(Ok(n)) = tokio_util::io::poll_read_buf(client, &mut cx, &mut dst) {
-            self.remaining -= n as u64;
-        }
+        self.remaining -= arrived_into(&mut *self.client, &mut dst) as u64;
+    }
+}
+
+/// Reads into `dst` what the client has already sent, without waiting.
+/// 0: nothing yet; an error or the end of the stream is left for the read
+/// that waits.
+fn arrived_into(client: &mut dyn ClientIo, dst: &mut impl BufMut) -> usize {
+    let mut cx = Context::from_waker(Waker::noop());
+    match tokio_util::io::poll_read_buf(Pin::new(client), &mut cx, dst) {
+        Poll::Ready(Ok(n)) => n,
+        _ => 0,
     }
 }
 
@@ -205,24 +212,15 @@ impl Conn {
                 timer.as_mut().reset(Instant::now() + timeouts.body_stall);
                 upload.spent = true;
                 let mut dst = chunk_for_read(&mut upload.chunk, upload.remaining);
-                let n = tokio::select! {
-                    biased;
-                    read = upload.client.read_buf(&mut dst) => match read {
-                        Ok(0) | Err(_) => return Err(UploadError::Client(ClientError::Aborted)),
-                        Ok(n) => n,
-                    },
-                    // A slow client: the upstream may answer meanwhile.
-                    answered = poll_fn(|cx| self.poll_answered(cx)) => return Err(answered),
-                    () = &mut timer => return Err(stalled(UploadError::Client(ClientError::BodyStall))),
-                };
+                let n = self
+                    .read_body_step(&mut *upload.client, &mut dst, timer.as_mut())
+                    .await?;
                 upload.remaining -= n as u64;
-                timer.as_mut().reset(Instant::now() + timeouts.upstream_response);
-                let mut chunk = &upload.chunk[..n];
-                tokio::select! {
-                    biased;
-                    written = poll_fn(|cx| self.poll_write_unless_answered(cx, &mut chunk)) => written?,
-                    () = &mut timer => return Err(stalled(UploadError::UpstreamStalled)),
-                }
+                timer
+                    .as_mut()
+                    .reset(Instant::now() + timeouts.upstream_response);
+                self.write_body_step(&upload.chunk[..n], timer.as_mut())
+                    .await?;
             }
             upload.chunk = Vec::new();
             Ok(())
@@ -275,19 +273,15 @@ impl Conn {
                 let want = c.decoder.want(&c.held).min(CHUNK as u64) as usize;
                 if want > 0 {
                     c.held.reserve(want);
-                    let mut cx = Context::from_waker(Waker::noop());
-                    let mut dst = (&mut c.held).limit(want);
-                    let read = tokio_util::io::poll_read_buf(Pin::new(&mut **client), &mut cx, &mut dst);
-                    if let Poll::Ready(Ok(n)) = read
-                        && n > 0
-                    {
+                    if arrived_into(&mut **client, &mut (&mut c.held).limit(want)) > 0 {
                         c.read = true;
                         let used = c.decoder.decode(&c.held, &mut c.framed).map_err(bad)?;
                         c.held.drain(..used);
                     }
                 }
             }
-            self.write_head_and(c.framed.as_slice(), timer.as_mut()).await?;
+            self.write_head_and(c.framed.as_slice(), timer.as_mut())
+                .await?;
             c.written = true;
             *spent |= c.read;
             // From here on, a read's worth at a time: what the head's
@@ -305,24 +299,14 @@ impl Conn {
                 let want = c.decoder.want(&c.held).min(CHUNK as u64) as usize;
                 c.held.reserve(want);
                 let mut dst = (&mut c.held).limit(want);
-                tokio::select! {
-                    biased;
-                    read = client.read_buf(&mut dst) => match read {
-                        Ok(0) | Err(_) => return Err(UploadError::Client(ClientError::Aborted)),
-                        Ok(_) => {}
-                    },
-                    answered = poll_fn(|cx| self.poll_answered(cx)) => return Err(answered),
-                    () = &mut timer => return Err(stalled(UploadError::Client(ClientError::BodyStall))),
-                }
+                self.read_body_step(&mut **client, &mut dst, timer.as_mut())
+                    .await?;
                 let used = c.decoder.decode(&c.held, &mut c.framed).map_err(bad)?;
                 c.held.drain(..used);
-                timer.as_mut().reset(Instant::now() + timeouts.upstream_response);
-                let mut framed = c.framed.as_slice();
-                tokio::select! {
-                    biased;
-                    written = poll_fn(|cx| self.poll_write_unless_answered(cx, &mut framed)) => written?,
-                    () = &mut timer => return Err(stalled(UploadError::UpstreamStalled)),
-                }
+                timer
+                    .as_mut()
+                    .reset(Instant::now() + timeouts.upstream_response);
+                self.write_body_step(&c.framed, timer.as_mut()).await?;
                 c.framed.clear();
             }
             Ok(())
@@ -350,6 +334,39 @@ impl Conn {
         };
         self.out = out;
         written
+    }
+
+    /// One read of body bytes from the client into `dst`, which the client
+    /// has until `timer` to send; a slow client's upstream may answer
+    /// meanwhile ([`UploadError::Answered`]).
+    async fn read_body_step(
+        &mut self,
+        client: &mut dyn ClientIo,
+        dst: &mut impl BufMut,
+        timer: Pin<&mut tokio::time::Sleep>,
+    ) -> Result<usize, UploadError> {
+        tokio::select! {
+            biased;
+            read = client.read_buf(dst) => match read {
+                Ok(0) | Err(_) => Err(UploadError::Client(ClientError::Aborted)),
+                Ok(n) => Ok(n),
+            },
+            answered = poll_fn(|cx| self.poll_answered(cx)) => Err(answered),
+            () = timer => Err(stalled(UploadError::Client(ClientError::BodyStall))),
+        }
+    }
+
+    /// Writes body bytes up, which the upstream has until `timer` to take.
+    async fn write_body_step(
+        &mut self,
+        mut bytes: &[u8],
+        timer: Pin<&mut tokio::time::Sleep>,
+    ) -> Result<(), UploadError> {
+        tokio::select! {
+            biased;
+            written = poll_fn(|cx| self.poll_write_unless_answered(cx, &mut bytes)) => written,
+            () = timer => Err(stalled(UploadError::UpstreamStalled)),
+        }
     }
 
     /// Writes all of `buf` to the upstream; while the upstream takes no
