@@ -186,15 +186,15 @@ impl Proxy {
 
     /// Serves one request of the own HTTP/1.1 server ([`h1`]): forwards it
     /// with the own client and writes the response to `client` (`close`:
-    /// the connection closes after it). `buffered`: the part of the
-    /// request's body read with its head; the rest is read from `client`.
-    /// Gives back whether the connection closes (also when the body was not
-    /// read whole). An error means the response did not go out whole and
-    /// the client connection is unusable.
+    /// the connection closes after it). `body`: the part of the request's
+    /// body read with its head (the rest is read from `client`), and where
+    /// bytes read past its end go. Gives back whether the connection closes
+    /// (also when the body was not read whole). An error means the response
+    /// did not go out whole and the client connection is unusable.
     pub async fn serve_simple<C: h1::ClientIo>(
         &self,
         req: &SimpleRequest<'_>,
-        buffered: &[u8],
+        body: h1::BodyAtHand<'_>,
         conn: &Arc<ConnState>,
         client: &mut C,
         out: &mut Vec<u8>,
@@ -225,6 +225,10 @@ impl Proxy {
             .response_header
             .as_ref()
             .map(|name| (name, &version.header_value));
+        let h1::BodyAtHand {
+            buffered,
+            read_past,
+        } = body;
         let mut upload = if req.streamed {
             Some(Upload::chunked(buffered, &mut *client, req.expect_continue))
         } else {
@@ -245,8 +249,9 @@ impl Proxy {
         )
         .await;
         conn.upstream_answered();
-        // A body not read to its end leaves the connection unusable.
-        let close = close || upload.is_some_and(|u| u.unfinished());
+        // A body not read to its end leaves the connection unusable; what
+        // was read past its end is the next request's.
+        let close = close || upload.is_some_and(|u| u.end(read_past));
         let (raw, upstream, outstanding) = match forwarded {
             Ok(forwarded) => forwarded,
             Err(failed) => {

@@ -17,7 +17,9 @@
 //! body sent chunked comes with its head) in plain framing
 //! ([`crate::proxy::relay::chunks`]) goes up as it came, in the head's
 //! write; any other is decoded and framed again as it goes up
-//! ([`crate::proxy::upstream_client::upload::chunked`]).
+//! ([`crate::proxy::upstream_client::upload::chunked`]), read ahead 16 KiB at
+//! a time: what is read past its end goes back into the buffer
+//! ([`BodyAtHand`]).
 //!
 //! At the first request that is not simple, the connection is handed to
 //! hyper's server for the rest of its life, with the bytes read so far
@@ -221,6 +223,15 @@ enum Served {
     Closed,
 }
 
+/// The part of a request's body the own server read with its head, and
+/// where bytes read past the body's end go (a chunked upload reads ahead:
+/// the start of the client's next request, put back in the connection's
+/// buffer).
+pub struct BodyAtHand<'a> {
+    pub buffered: &'a [u8],
+    pub read_past: &'a mut Vec<u8>,
+}
+
 /// What a request borrows from its connection and gives back: the client
 /// socket, the read buffer, the buffer for response heads.
 type GivenBack<'c, IO> = (&'c mut IO, Vec<u8>, Vec<u8>);
@@ -246,6 +257,7 @@ async fn serve_one<'c, IO: ClientIo>(
     // A chunked body not whole in the buffer: what has arrived of it is
     // read once, then the head is parsed again.
     let mut read_more = true;
+    let mut read_past = Vec::new();
     let served = loop {
         let mut slots = request::slots();
         break match request::parse(&buf[start..], &mut slots) {
@@ -274,8 +286,12 @@ async fn serve_one<'c, IO: ClientIo>(
                 // The part of the body that came with the head.
                 let after = &buf[start + req.len..];
                 let in_buf = usize::try_from(req.body).map_or(after.len(), |b| b.min(after.len()));
+                let body = BodyAtHand {
+                    buffered: &after[..in_buf],
+                    read_past: &mut read_past,
+                };
                 let close = proxy
-                    .serve_simple(&req, &after[..in_buf], state, &mut *io, &mut out, close)
+                    .serve_simple(&req, body, state, &mut *io, &mut out, close)
                     .await?;
                 Served::Done {
                     len: req.len + in_buf,
@@ -295,6 +311,8 @@ async fn serve_one<'c, IO: ClientIo>(
             }
         };
     };
+    // After the request's bytes (the body's end was the buffer's end).
+    buf.extend_from_slice(&read_past);
     Ok((served, (io, buf, out)))
 }
 

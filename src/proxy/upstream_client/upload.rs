@@ -7,7 +7,10 @@
 //! body is never held whole.
 //!
 //! A chunked body ([`chunked`]) goes the same way, decoded and framed again
-//! as it goes: each read takes at most what the body certainly still has.
+//! as it goes, read a chunk's worth at a time whatever its framing (tiny
+//! chunks or long extension lines cost one read per 16 KiB, not one per
+//! line): bytes read past its end, the start of a pipelined request, are
+//! given back to the connection ([`Upload::end`]).
 //!
 //! A client that sent `Expect: 100-continue` and none of the body yet gets
 //! `100 Continue` once the head has gone up, before the first read that
@@ -64,7 +67,8 @@ pub struct Upload<'a> {
 #[derive(Default)]
 struct Chunked {
     decoder: chunked::Decoder,
-    /// Bytes read and not decoded yet (a line not whole).
+    /// Bytes read and not decoded yet: a line not whole; once the body
+    /// has ended, what was read past its end.
     held: Vec<u8>,
     /// The body framed again, to go up next.
     framed: Vec<u8>,
@@ -127,13 +131,17 @@ impl<'a> Upload<'a> {
         }
     }
 
-    /// Whether part of the body is still in the client's socket (the
-    /// upload did not end).
-    pub fn unfinished(&self) -> bool {
+    /// Ends the upload: whether part of the body is still in the client's
+    /// socket (it did not go up whole: the connection cannot serve another
+    /// request). If not, bytes read past the body's end (the start of the
+    /// client's next request) are appended to `next`.
+    pub fn end(self, next: &mut Vec<u8>) -> bool {
         match &self.chunked {
-            Some(c) => !c.decoder.done(),
-            None => self.remaining > 0,
+            Some(c) if c.decoder.done() => next.extend_from_slice(&c.held),
+            Some(_) => return true,
+            None => return self.remaining > 0,
         }
+        false
     }
 
     /// Whether the whole request can go out again (on another connection):
@@ -210,11 +218,14 @@ impl Conn {
             upload.spent |= !upload.chunk.is_empty();
             while upload.remaining > 0 {
                 timer.as_mut().reset(Instant::now() + timeouts.body_stall);
-                upload.spent = true;
                 let mut dst = chunk_for_read(&mut upload.chunk, upload.remaining);
                 let n = self
                     .read_body_step(&mut *upload.client, &mut dst, timer.as_mut())
                     .await?;
+                // Taken from the socket: from here on, the body cannot be
+                // sent again (an upstream that closed while the client's
+                // body had not come yet can still be left for another).
+                upload.spent = true;
                 upload.remaining -= n as u64;
                 timer
                     .as_mut()
@@ -233,9 +244,9 @@ impl Conn {
 
 impl Conn {
     /// [`Conn::send_upload`] for a chunked body: what came with the head
-    /// and what else has arrived goes up with the head; then each read
-    /// (of at most what the body certainly still has, see
-    /// [`chunked::Decoder::want`]) is decoded and goes up framed again.
+    /// and what else has arrived goes up with the head; then each read (of
+    /// up to [`CHUNK`] bytes, which may go past the body's end: see
+    /// [`Upload::end`]) is decoded and goes up framed again.
     async fn send_chunked(
         &mut self,
         upload: &mut Upload<'_>,
@@ -270,10 +281,9 @@ impl Conn {
                 let used = c.decoder.decode(buffered, &mut c.framed).map_err(bad)?;
                 c.held.extend_from_slice(&buffered[used..]);
                 // What else has arrived, without waiting.
-                let want = c.decoder.want(&c.held).min(CHUNK as u64) as usize;
-                if want > 0 {
-                    c.held.reserve(want);
-                    if arrived_into(&mut **client, &mut (&mut c.held).limit(want)) > 0 {
+                if !c.decoder.done() {
+                    c.held.reserve(CHUNK);
+                    if arrived_into(&mut **client, &mut (&mut c.held).limit(CHUNK)) > 0 {
                         c.read = true;
                         let used = c.decoder.decode(&c.held, &mut c.framed).map_err(bad)?;
                         c.held.drain(..used);
@@ -295,12 +305,11 @@ impl Conn {
             }
             while !c.decoder.done() {
                 timer.as_mut().reset(Instant::now() + timeouts.body_stall);
-                *spent = true;
-                let want = c.decoder.want(&c.held).min(CHUNK as u64) as usize;
-                c.held.reserve(want);
-                let mut dst = (&mut c.held).limit(want);
+                c.held.reserve(CHUNK);
+                let mut dst = (&mut c.held).limit(CHUNK);
                 self.read_body_step(&mut **client, &mut dst, timer.as_mut())
                     .await?;
+                *spent = true;
                 let used = c.decoder.decode(&c.held, &mut c.framed).map_err(bad)?;
                 c.held.drain(..used);
                 timer
@@ -432,7 +441,9 @@ async fn send_continue(
 ) -> Result<(), UploadError> {
     tokio::select! {
         biased;
-        written = client.write_all(CONTINUE) => {
+        // Flushed: over TLS, a record the socket did not take at once
+        // would wait in the session for the next write.
+        written = async { client.write_all(CONTINUE).await?; client.flush().await } => {
             written.map_err(|_| UploadError::Client(ClientError::Aborted))
         }
         () = timer => Err(stalled(UploadError::Client(ClientError::BodyStall))),
@@ -444,3 +455,6 @@ fn stalled(e: UploadError) -> UploadError {
     metrics::counter!(crate::metrics::BODY_STALLS_TOTAL).increment(1);
     e
 }
+
+#[cfg(test)]
+mod tests;

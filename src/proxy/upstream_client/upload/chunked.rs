@@ -4,18 +4,17 @@
 //! drops undeclared trailers too; a request that declares some goes to
 //! hyper's server). The framing is read strictly, as hyper's server reads
 //! it: 1 to 16 hex digits, blanks only before an extension, CRLF line ends,
-//! no CR or LF inside a line.
-//!
-//! [`Decoder::want`] says how many bytes the body certainly still has, so
-//! that a read never takes bytes past its end (a pipelined request stays
-//! in the client's socket).
+//! no CR or LF inside a line; chunk sizes up to 2^63 - 1 (nginx's limit:
+//! an upstream reading sizes as signed 64-bit integers must not see more).
+//! [`Decoder::decode`] uses nothing past the body's end: what follows is
+//! the client's next request.
 
 /// The longest chunk-size line (with extensions) or trailer section line.
 const MAX_LINE: usize = 4096;
 /// Most trailer bytes in all.
 const MAX_TRAILERS: usize = 16 * 1024;
-/// The smallest end of a chunked body from a line start: `0\r\n\r\n`.
-const LAST_CHUNK: u64 = 5;
+/// The largest chunk size taken.
+const MAX_SIZE: u64 = i64::MAX as u64;
 
 /// Where the decoder is in the body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,47 +153,6 @@ impl Decoder {
             }
         }
     }
-
-    /// The fewest bytes the body still has after `held` (the part of
-    /// `input` that [`Decoder::decode`] left unused): a read of at most
-    /// this many never takes a byte past the body's end. At least 1 until
-    /// the body has ended.
-    pub fn want(&self, held: &[u8]) -> u64 {
-        match self.state {
-            State::Done => 0,
-            State::Data(left) => left.saturating_add(2 + LAST_CHUNK),
-            State::DataEnd => (2 + LAST_CHUNK).saturating_sub(held.len() as u64).max(1),
-            // A field line ends with CRLF, and the section with another.
-            State::Trailers(_) => match held {
-                [] => 2,
-                b"\r" => 1,
-                [.., b'\r'] => 3,
-                _ => 4,
-            },
-            State::Size => {
-                if held.is_empty() {
-                    return LAST_CHUNK;
-                }
-                // A line begun: its end, then at least the data its digits
-                // so far give (more digits only make it longer), the data's
-                // CRLF and the last chunk; or, for a size of 0 so far, the
-                // trailer section's end.
-                let line_end = if held.ends_with(b"\r") { 1 } else { 2 };
-                let digits = held.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-                let size = held
-                    .get(..digits.min(15))
-                    .and_then(|d| std::str::from_utf8(d).ok())
-                    .and_then(|d| u64::from_str_radix(d, 16).ok())
-                    .unwrap_or(0);
-                let after = if size > 0 {
-                    size.saturating_add(2 + LAST_CHUNK)
-                } else {
-                    2
-                };
-                after.saturating_add(line_end)
-            }
-        }
-    }
 }
 
 /// A whole chunk-size line at the start of `bytes`: how many bytes it
@@ -229,6 +187,9 @@ fn size_line(bytes: &[u8]) -> Result<Option<(usize, u64)>, BadChunk> {
             _ => b - b'A' + 10,
         };
         size = size << 4 | u64::from(digit);
+    }
+    if size > MAX_SIZE {
+        return Err(BadChunk("chunk size too large"));
     }
     // Blanks, then an extension (`;` and anything but CR and LF), or nothing.
     let rest = &line[digits..];
@@ -344,6 +305,8 @@ mod tests {
             b"5;a\rb\r\nhello\r\n",
             b"5;a\nb\r\nhello\r\n",
             b"11111111111111111\r\n",
+            b"8000000000000000\r\n",
+            b"ffffffffffffffff\r\n",
             b"0\r\nno colon\r\n\r\n",
             b"0\r\nx y: 1\r\n\r\n",
             b"0\r\nx: \x01\r\n\r\n",
@@ -366,42 +329,11 @@ mod tests {
         assert!(Decoder::default().decode(&line, &mut Vec::new()).is_err());
     }
 
-    /// Reading `want` bytes at a time never reads past the body's end, and
-    /// always reads something until the end.
     #[test]
-    fn want_never_passes_the_end() {
-        let bodies: [&[u8]; 6] = [
-            b"0\r\n\r\n",
-            b"1\r\nx\r\n0\r\n\r\n",
-            b"2000\r\n",
-            b"ff;ext=1\r\n",
-            b"0\r\nx-a: 1\r\nb: 2\r\n\r\n",
-            b"10\r\n0123456789abcdef\r\n1\r\nz\r\n0\r\n\r\n",
-        ];
-        let mut owned: Vec<Vec<u8>> = bodies.iter().map(|b| b.to_vec()).collect();
-        // Complete the ones that stop at a size line.
-        owned[2].extend(std::iter::repeat_n(b'd', 0x2000));
-        owned[2].extend_from_slice(b"\r\n0\r\n\r\n");
-        owned[3].extend(std::iter::repeat_n(b'd', 0xff));
-        owned[3].extend_from_slice(b"\r\n0\r\n\r\n");
-        for body in &owned {
-            let mut decoder = Decoder::default();
-            let (mut input, mut out, mut from) = (Vec::new(), Vec::new(), 0);
-            while !decoder.done() {
-                let want = decoder.want(&input);
-                assert!(want >= 1);
-                let to = from + usize::try_from(want).unwrap();
-                assert!(
-                    to <= body.len(),
-                    "wants {want} past the end at {from} of {body:?}"
-                );
-                input.extend_from_slice(&body[from..to]);
-                from = to;
-                let used = decoder.decode(&input, &mut out).unwrap();
-                input.drain(..used);
-            }
-            assert_eq!(from, body.len());
-            assert!(input.is_empty());
-        }
+    fn the_largest_chunk_size_is_taken() {
+        let mut out = Vec::new();
+        let mut decoder = Decoder::default();
+        assert_eq!(decoder.decode(b"7fffffffffffffff\r\nab", &mut out), Ok(20));
+        assert_eq!(out, b"7fffffffffffffff\r\nab");
     }
 }
