@@ -181,6 +181,7 @@ impl Proxy {
             finished: false,
             method,
             watch: None,
+            body_broken: false,
         }
     }
 
@@ -284,7 +285,13 @@ impl Proxy {
         }
         completion.upstream = Some((outstanding, None));
         let mut body = ResponseBody::new(upstream, framing, keep_alive);
-        h1::response::send(client, out, &mut body, to_client).await?;
+        let sent = h1::response::send(client, out, &mut body, to_client).await;
+        if let Err(e) = sent {
+            if matches!(e, h1::response::SendError::Upstream(_)) {
+                completion.body_broken();
+            }
+            return Err(e);
+        }
         completion.finished = true;
         if let Some((_, slot)) = completion.upstream.as_mut() {
             *slot = body.take_reusable().map(Pooled::Own);

@@ -283,9 +283,22 @@ pub struct Completion {
     pub method: http::Method,
     /// An HTTP/2 stream's response body, timed for stalls.
     pub watch: Option<Arc<StreamWatch>>,
+    /// The upstream broke the response body (see [`Completion::body_broken`]).
+    pub body_broken: bool,
 }
 
 impl Completion {
+    /// Ends a request whose response body the upstream broke after the
+    /// head went out (closed, reset or misframed mid-body): for the
+    /// version's metrics and the canary analysis it failed as a 502 would
+    /// (`canary_upstream_errors_total{kind="reset"}` and the 5xx class),
+    /// whatever status its head carried; the access log keeps that status
+    /// (with `complete=false`). A client gone mid-body is no version's
+    /// failure and does not come here.
+    pub fn body_broken(mut self) {
+        self.body_broken = true;
+    }
+
     /// Notes one poll of the response body for the stream's stall watch.
     fn polled<T, E>(
         completion: &Option<Completion>,
@@ -300,13 +313,20 @@ impl Completion {
 
 impl Drop for Completion {
     fn drop(&mut self) {
-        let class = (self.status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        let counted = match self.body_broken {
+            true => {
+                self.version.metrics.errors[crate::snapshot::RESET_KIND].increment(1);
+                http::StatusCode::BAD_GATEWAY
+            }
+            false => self.status,
+        };
+        let class = (counted.as_u16() / 100).clamp(1, 5) as usize - 1;
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(self.start);
         self.version.metrics.requests[class].increment(1);
         self.version.metrics.duration.record(elapsed.as_secs_f64());
-        self.version.analysis.record(self.status.as_u16(), elapsed);
-        self.version.metrics.series.record(self.status, elapsed);
+        self.version.analysis.record(counted.as_u16(), elapsed);
+        self.version.metrics.series.record(counted, elapsed);
         self.conn.request_ended();
         if let Some(watch) = &self.watch {
             watch.progress.end();
@@ -415,7 +435,9 @@ impl Body for ProxyBody {
                     Poll::Ready(Some(Ok(_))) if inner.is_end_stream() => {
                         ProxyBody::finish(completion)
                     }
-                    Poll::Ready(Some(Err(_))) => drop(completion.take()),
+                    Poll::Ready(Some(Err(_))) => {
+                        completion.take().map_or((), Completion::body_broken)
+                    }
                     _ => {}
                 }
                 polled.map(|f| f.map(|r| r.map_err(BoxError::from)))
@@ -424,7 +446,9 @@ impl Body for ProxyBody {
                 let polled = Pin::new(&mut *inner).poll_frame(cx);
                 Completion::polled(completion, &polled, inner.is_end_stream());
                 match &polled {
-                    Poll::Ready(Some(Err(_))) => drop(completion.take()),
+                    Poll::Ready(Some(Err(_))) => {
+                        completion.take().map_or((), Completion::body_broken)
+                    }
                     Poll::Ready(_) if inner.is_end_stream() => {
                         ProxyBody::finish_own(inner, completion)
                     }

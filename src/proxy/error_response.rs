@@ -70,7 +70,7 @@ impl ProxyError {
         match self {
             ProxyError::Connect(_) => Some(0),
             ProxyError::Timeout => Some(1),
-            ProxyError::Reset(_) => Some(2),
+            ProxyError::Reset(_) => Some(crate::snapshot::RESET_KIND),
             ProxyError::NoEndpoints(_) => Some(3),
             ProxyError::Client(_) => None,
         }

@@ -141,11 +141,16 @@ pub async fn serve<IO: ClientIo>(
                 buf.drain(..start);
                 return Ok(Ended::HandOff(buf.into()));
             }
-            Served::Closed => return Ok(Ended::Closed),
+            Served::Closed => {
+                Box::pin(shut_down(&mut *io)).await;
+                return Ok(Ended::Closed);
+            }
         };
         if close {
             if linger {
                 Box::pin(lingering_close(&mut *io, drain)).await;
+            } else {
+                Box::pin(shut_down(&mut *io)).await;
             }
             return Ok(Ended::Closed);
         }
@@ -193,6 +198,16 @@ async fn lingering_close<IO: AsyncRead + AsyncWrite + Unpin>(io: &mut IO, drain:
         }
     };
     let _ = tokio::time::timeout(LINGER, lingered).await;
+}
+
+/// Shuts the write side of a connection that closes after its response,
+/// for at most [`LINGER`]: over TLS, what rustls still holds of the
+/// response (a write the socket did not take whole is buffered there and
+/// reported done) goes out first, then `close_notify`; dropped unflushed,
+/// the response's tail would be lost. As hyper's server does at a close.
+async fn shut_down<IO: AsyncWrite + Unpin>(io: &mut IO) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(LINGER, io.shutdown()).await;
 }
 
 /// `future` in the allocation `kept` holds (the last request's, done by

@@ -44,8 +44,19 @@ impl Stream {
     /// Whether an idle connection still looks open: nothing to read (a
     /// readable idle HTTP/1.1 connection was closed by its peer, or got
     /// garbage, or a TLS alert). Peeks, so no TLS record is consumed; costs
-    /// no system call unless the socket became readable.
+    /// no system call unless the socket became readable. Over TLS, bytes
+    /// already read from the socket may wait in rustls, decrypted (an
+    /// upstream that sent more than its response, in the record that ended
+    /// it) or as a `close_notify`: then it is not idle either.
     pub fn idle_and_open(&self) -> bool {
+        let tls_idle = match self {
+            Stream::Plain(_) => true,
+            Stream::Server(s) => s.get_ref().1.wants_read(),
+            Stream::Client(s) => s.get_ref().1.wants_read(),
+        };
+        if !tls_idle {
+            return false;
+        }
         let mut cx = Context::from_waker(Waker::noop());
         let mut probe = [0u8; 1];
         let mut buf = ReadBuf::new(&mut probe);

@@ -221,6 +221,37 @@ async fn https_serves_http1_and_http2_chosen_by_alpn() {
     gw.shutdown().await;
 }
 
+/// A response on a connection that closes after it (`Connection: close`)
+/// ends with `close_notify` over TLS: the gateway shuts its write side,
+/// which first sends what rustls still holds of the response (dropped
+/// unflushed, a response's tail waiting there was lost).
+#[tokio::test]
+async fn https_responses_before_a_close_end_with_close_notify() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start("v1").await;
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf(&["localhost"]);
+    let (gw, _dir) = start_with_pair(&cert, &key, up.addr).await;
+    let mut tls = connect(gw.addr, &ca.der, &[b"http/1.1"]).await;
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let read = tls.read_to_end(&mut got).await;
+    assert!(
+        read.is_ok(),
+        "{read:?} after {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(got.ends_with(b"v1"), "{:?}", String::from_utf8_lossy(&got));
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn rsa_pkcs1_and_ecdsa_sec1_keys_serve() {
     let up = Upstream::start("v1").await;
@@ -431,18 +462,7 @@ fn long_body() -> Vec<u8> {
 /// `/long`, and chunked in 8 KiB chunks at `/long-chunked`) and counting
 /// its TLS connections.
 async fn tls_upstream(ca: &Ca, names: &[&str]) -> (SocketAddr, Arc<AtomicU64>) {
-    let (cert, key, _) = ca.leaf(names);
-    let chain = vec![rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = tls_acceptor(ca, names);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicU64::new(0));
@@ -494,6 +514,22 @@ async fn tls_upstream(ca: &Ca, names: &[&str]) -> (SocketAddr, Arc<AtomicU64>) {
         }
     });
     (addr, connections)
+}
+
+/// A TLS acceptor with a certificate for `names` issued by `ca`.
+fn tls_acceptor(ca: &Ca, names: &[&str]) -> tokio_rustls::TlsAcceptor {
+    let (cert, key, _) = ca.leaf(names);
+    let chain = vec![rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 use rustls::pki_types::pem::PemObject;
@@ -550,6 +586,78 @@ async fn upstream_tls_verifies_the_upstream_and_reuses_connections() {
     let gw = Gateway::start(&config("other.test")).await;
     let reply = crate::support::get(gw.addr, "/", &[]).await;
     assert_eq!(reply.status, 502, "{}", reply.text());
+    gw.shutdown().await;
+}
+
+/// An HTTPS upstream that sends more than its response declares, in the
+/// TLS record that ends it: those bytes wait decrypted in rustls, where a
+/// peek at the socket does not see them, so the connection must not go
+/// back to the pool: the next request gets its own answer, never them.
+#[tokio::test]
+async fn a_tls_upstream_that_sent_too_much_is_not_reused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = Ca::new();
+    let acceptor = tls_acceptor(&ca, &["upstream.test"]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicU64::new(0));
+    let count = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, count) = (acceptor.clone(), count.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut buf = Vec::new();
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        let mut more = [0u8; 4096];
+                        match tls.read(&mut more).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&more[..n]),
+                        }
+                        continue;
+                    };
+                    let head: Vec<u8> = buf.drain(..end + 4).collect();
+                    let answer = if head.starts_with(b"GET /long ") {
+                        let mut a = b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n".to_vec();
+                        a.extend(std::iter::repeat_n(b'l', 100_000));
+                        a.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstale");
+                        a
+                    } else {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh".to_vec()
+                    };
+                    if tls.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let gw = Gateway::start(&format!(
+        "[listener]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n\
+         [split]\nstable = \"v1\"\n\n[[versions]]\nname = \"v1\"\nweight = 100\n\
+         endpoints = [\"{addr}\"]\ntls = true\nca_file = \"{}\"\nserver_name = \"upstream.test\"\n",
+        ca_file.display()
+    ))
+    .await;
+    let reply = crate::support::get(gw.addr, "/long", &[]).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body.len(), 100_000);
+    for _ in 0..2 {
+        let reply = crate::support::get(gw.addr, "/next", &[]).await;
+        assert_eq!(
+            (reply.status.as_u16(), reply.text()),
+            (200, "fresh".to_string())
+        );
+    }
+    // The second connection is the one a clean answer left in the pool.
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
     gw.shutdown().await;
 }
 

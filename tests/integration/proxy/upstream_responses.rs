@@ -1,6 +1,9 @@
 //! Upstream responses: status codes pass through unchanged; close-delimited, informational and broken responses.
 
 use crate::support::*;
+use std::time::Duration;
+
+use http_body_util::BodyExt;
 
 #[tokio::test]
 async fn upstream_status_codes_pass_through_unchanged() {
@@ -81,10 +84,51 @@ async fn broken_upstream_responses_fail_cleanly() {
         ))
     })
     .await;
-    let gw = Gateway::start(&config("", &[("v1", 1, upstream.addr)])).await;
+    // A version name of its own: the metrics are the process's, shared
+    // with the other tests' gateways.
+    let gw = Gateway::start(&config("", &[("cutshort", 1, upstream.addr)])).await;
     for _ in 0..2 {
         let mut client = Client::connect(gw.addr).await;
         assert!(client.get("/", &[]).await.is_err());
     }
+    // The same over HTTP/2 (hyper's server, the own client's body).
+    let mut h2 = h2c_client(gw.addr).await;
+    let request = http::Request::get("/")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    // The stream is reset, before or after its head went out.
+    if let Ok(response) = h2.send_request(request).await {
+        assert!(response.into_body().collect().await.is_err());
+    }
+    // Failed by the version: counted as upstream resets and 5xx, which the
+    // canary analysis reads, not as the 2xx their heads said.
+    let of_version =
+        |labels: &[(&'static str, &'static str)]| [&[("version", "cutshort")][..], labels].concat();
+    let counted = async || {
+        let text = admin(gw.admin, "GET", "/metrics", None, "").await.text();
+        let resets = metric_value(
+            &text,
+            "canary_upstream_errors_total",
+            &of_version(&[("kind", "reset")]),
+        );
+        let fives = metric_value(
+            &text,
+            "canary_requests_total",
+            &of_version(&[("status", "5xx")]),
+        );
+        let twos = metric_value(
+            &text,
+            "canary_requests_total",
+            &of_version(&[("status", "2xx")]),
+        );
+        (resets, fives, twos)
+    };
+    assert!(
+        eventually(Duration::from_secs(5), async || counted().await
+            == (3.0, 3.0, 0.0))
+        .await,
+        "{:?}",
+        counted().await
+    );
     gw.shutdown().await;
 }
