@@ -182,6 +182,7 @@ impl Proxy {
             method,
             watch: None,
             body_broken: false,
+            upload: None,
         }
     }
 
@@ -390,6 +391,7 @@ impl Proxy {
             if http2 {
                 upload.clone_from(&body_progress);
             }
+            completion.upload.clone_from(&body_progress);
             let req = Request::from_parts(parts, body);
             // Boxed: this path's state (hyper's handshake and send
             // futures) would otherwise make every request's future

@@ -285,6 +285,9 @@ pub struct Completion {
     pub watch: Option<Arc<StreamWatch>>,
     /// The upstream broke the response body (see [`Completion::body_broken`]).
     pub body_broken: bool,
+    /// The request body's progress, on hyper's servers: whether the client
+    /// failed it.
+    pub upload: Option<Arc<BodyProgress>>,
 }
 
 impl Completion {
@@ -294,9 +297,11 @@ impl Completion {
     /// (`canary_upstream_errors_total{kind="reset"}` and the 5xx class),
     /// whatever status its head carried; the access log keeps that status
     /// (with `complete=false`). A client gone mid-body is no version's
-    /// failure and does not come here.
+    /// failure: hyper's client reports a request body the client broke as
+    /// the response body's error too, so that case is left as it was.
     pub fn body_broken(mut self) {
-        self.body_broken = true;
+        let client_failed = self.upload.as_ref().and_then(|p| p.client_failure());
+        self.body_broken = client_failed.is_none();
     }
 
     /// Notes one poll of the response body for the stream's stall watch.

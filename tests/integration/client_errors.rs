@@ -177,6 +177,59 @@ async fn a_client_gone_mid_body_is_the_clients_error() {
     gw.shutdown().await;
 }
 
+/// A client that stops its upload after the upstream's answer began (an
+/// early answer, on hyper's server) broke the exchange: hyper's client then
+/// fails the response body too, which is not the version's failure (no
+/// reset, no 5xx: the request counts under the status it was answered).
+#[tokio::test]
+async fn a_client_gone_mid_upload_after_the_answer_began_is_no_version_error() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\npartial";
+                let _ = socket.write_all(answer).await;
+                while matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let gw = Gateway::start(&config("", &[("leaver", 1, addr)])).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    // `TE: trailers` keeps the request on hyper's server.
+    stream
+        .write_all(b"POST /up HTTP/1.1\r\nHost: h\r\nTE: trailers\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while !got.windows(7).any(|w| w == b"partial") {
+        let mut more = [0u8; 4096];
+        let n = stream.read(&mut more).await.unwrap();
+        assert!(
+            n > 0,
+            "closed before the answer began: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&more[..n]);
+    }
+    // The upload ends unfinished; the client still reads.
+    stream.shutdown().await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while matches!(stream.read(&mut [0u8; 4096]).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    let answered = [("version", "leaver"), ("status", "2xx")];
+    assert!(
+        metric_reaches(&gw, "canary_requests_total", &answered, 1.0).await,
+        "{}",
+        metrics(&gw).await
+    );
+    assert_no_version_errors(&gw, "leaver").await;
+    gw.shutdown().await;
+}
+
 /// 502/503/504 bodies carry a short fixed text, the `x-canary-error` kind
 /// and the request id; never an upstream address.
 #[tokio::test]
