@@ -31,6 +31,8 @@ pub enum SnapshotError {
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Upstream error kinds.
 pub const ERROR_KINDS: [&str; 4] = ["connect", "timeout", "reset", "no_endpoints"];
+/// `timeout` in [`ERROR_KINDS`].
+pub const TIMEOUT_KIND: usize = 1;
 /// `reset` in [`ERROR_KINDS`].
 pub const RESET_KIND: usize = 2;
 

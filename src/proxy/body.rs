@@ -318,12 +318,19 @@ impl Completion {
 
 impl Drop for Completion {
     fn drop(&mut self) {
-        let counted = match self.body_broken {
-            true => {
-                self.version.metrics.errors[crate::snapshot::RESET_KIND].increment(1);
-                http::StatusCode::BAD_GATEWAY
-            }
-            false => self.status,
+        // An upstream that stopped sending the body for `body_stall` (the
+        // connection's watchdog or the stream's watch ended the request).
+        let stalled = !self.finished
+            && (self.conn.upstream_stalled()
+                || self.watch.as_ref().is_some_and(|w| w.upstream_stalled()));
+        let counted = if self.body_broken {
+            self.version.metrics.errors[crate::snapshot::RESET_KIND].increment(1);
+            http::StatusCode::BAD_GATEWAY
+        } else if stalled {
+            self.version.metrics.errors[crate::snapshot::TIMEOUT_KIND].increment(1);
+            http::StatusCode::GATEWAY_TIMEOUT
+        } else {
+            self.status
         };
         let class = (counted.as_u16() / 100).clamp(1, 5) as usize - 1;
         let now = Instant::now();

@@ -69,7 +69,7 @@ impl ProxyError {
     pub fn kind_index(&self) -> Option<usize> {
         match self {
             ProxyError::Connect(_) => Some(0),
-            ProxyError::Timeout => Some(1),
+            ProxyError::Timeout => Some(crate::snapshot::TIMEOUT_KIND),
             ProxyError::Reset(_) => Some(crate::snapshot::RESET_KIND),
             ProxyError::NoEndpoints(_) => Some(3),
             ProxyError::Client(_) => None,

@@ -66,6 +66,9 @@ pub struct ConnState {
     /// The last write to the client found its socket full (it reads no
     /// more, or not yet): a stall then is the client's.
     client_full: AtomicBool,
+    /// The watchdog ended the connection because its upstream stopped
+    /// sending a response body (see [`ConnState::upstream_stalled`]).
+    upstream_stalled: AtomicBool,
     /// The client's address for X-Forwarded-For, formatted once.
     pub peer_ip: HeaderValue,
 }
@@ -81,6 +84,7 @@ impl ConnState {
             http2: AtomicBool::new(false),
             awaiting_upstream: AtomicBool::new(false),
             client_full: AtomicBool::new(false),
+            upstream_stalled: AtomicBool::new(false),
             peer_ip: super::headers::peer_ip(peer),
         }
     }
@@ -151,6 +155,17 @@ impl ConnState {
     /// Whether the last write to the client found its socket full.
     pub fn client_full(&self) -> bool {
         self.client_full.load(Ordering::Relaxed)
+    }
+
+    /// Whether the connection was ended because its upstream stopped
+    /// sending a response body for `body_stall`: the request in flight
+    /// failed by its version.
+    pub fn upstream_stalled(&self) -> bool {
+        self.upstream_stalled.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn mark_upstream_stalled(&self) {
+        self.upstream_stalled.store(true, Ordering::Relaxed);
     }
 
     fn saw_bytes(&self, read: bool) {

@@ -47,6 +47,22 @@ async fn assert_no_version_errors(gw: &Gateway, version: &str) {
     assert_eq!((five, upstream), (0.0, 0.0), "{text}");
 }
 
+/// `version`'s upstream timeouts and 5xx, once they reach `expected`
+/// (waited for: a request's completion is counted when it drops).
+async fn version_timeouts_and_5xx(gw: &Gateway, version: &str, expected: (f64, f64)) -> (f64, f64) {
+    let counted = async || {
+        let text = metrics(gw).await;
+        let timeouts = [("version", version), ("kind", "timeout")];
+        let fives = [("version", version), ("status", "5xx")];
+        (
+            metric_value(&text, "canary_upstream_errors_total", &timeouts),
+            metric_value(&text, "canary_requests_total", &fives),
+        )
+    };
+    eventually(Duration::from_secs(5), async || counted().await == expected).await;
+    counted().await
+}
+
 /// Malformed chunked bodies (nginx and HAProxy answer 400) are the client's
 /// error: a 400 or a closed connection, counted in
 /// `canary_client_errors_total`, never in the version's 5xx or upstream
@@ -387,10 +403,16 @@ async fn stalled_bodies_end_the_request() {
             .await
         );
     }
-    // An upstream that stopped is not the client's error.
+    // An upstream that stopped is not the client's error: its version's
+    // (an upstream timeout and a 5xx each, whatever the head said).
     assert_eq!(
         metric(&gw, "canary_client_errors_total", &client_stalls).await,
         clients_before
+    );
+    let stalled = PATHS.len() as f64;
+    assert_eq!(
+        version_timeouts_and_5xx(&gw, "half", (stalled, stalled)).await,
+        (stalled, stalled)
     );
     // The client stops reading a large response: chunked, and with a
     // length (on the own server, relayed through the thread's buffer). The client's
@@ -512,6 +534,12 @@ async fn stalled_http2_streams_are_reset() {
         dropped.await,
         "the upstream connection of the stalled stream was kept"
     );
+    // The version's failure; the client that stopped reading was not.
+    assert_eq!(
+        version_timeouts_and_5xx(&gw, "h2half", (1.0, 1.0)).await,
+        (1.0, 1.0)
+    );
+    assert_no_version_errors(&gw, "h2big").await;
 
     // The connection still serves other streams.
     let response = sender.send_request(get("h2half")).await.unwrap();

@@ -246,6 +246,9 @@ impl Watch<'_> {
                     crate::proxy::error_response::ClientError::BodyStall.count();
                     tracing::debug!(%peer, "client took no response body for the body-stall timeout; closing the connection")
                 } else {
+                    // Before the request's completion drops with the
+                    // connection: the version's failure.
+                    self.state.mark_upstream_stalled();
                     tracing::debug!(%peer, "request bodies stalled; closing the connection")
                 }
             }

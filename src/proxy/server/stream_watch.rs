@@ -43,6 +43,9 @@ pub struct StreamWatch {
     upload: OnceLock<Arc<BodyProgress>>,
     /// A response body streams: from now on it is timed.
     armed: AtomicBool,
+    /// The stream was ended because the upstream stopped sending its
+    /// response body: the request failed by its version.
+    upstream_stalled: AtomicBool,
 }
 
 impl StreamWatch {
@@ -57,6 +60,11 @@ impl StreamWatch {
         }
         watch.armed.store(true, Ordering::Release);
         Some(watch)
+    }
+
+    /// Whether the stream was ended because its upstream stopped sending.
+    pub fn upstream_stalled(&self) -> bool {
+        self.upstream_stalled.load(Ordering::Relaxed)
     }
 }
 
@@ -118,6 +126,8 @@ async fn watched<F: Future>(mut task: Pin<Box<F>>, watch: Arc<StreamWatch>, body
                 return;
             }
             Some(Stopped::Source) => {
+                // Before the task (and the request's completion) drops.
+                watch.upstream_stalled.store(true, Ordering::Relaxed);
                 tracing::debug!("upstream sent no response body for the body-stall timeout; resetting the HTTP/2 stream");
                 return;
             }
