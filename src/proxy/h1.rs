@@ -141,10 +141,8 @@ pub async fn serve<IO: ClientIo>(
                 buf.drain(..start);
                 return Ok(Ended::HandOff(buf.into()));
             }
-            Served::Closed => {
-                Box::pin(shut_down(&mut *io)).await;
-                return Ok(Ended::Closed);
-            }
+            // A 400 went out: closed as any response that closes.
+            Served::Closed => (0, true, false),
         };
         if close {
             if linger {
