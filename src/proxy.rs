@@ -399,8 +399,17 @@ impl Proxy {
             Box::pin(forward(version, settings, req, body_progress))
                 .await
                 .and_then(|(resp, outstanding, sender, request_id)| {
-                    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS && !upgrading {
-                        let e = "101 to a request that asked no upgrade";
+                    let e = if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS && !upgrading
+                    {
+                        Some("101 to a request that asked no upgrade")
+                    } else if !resp.body().is_end_stream()
+                        && headers::transfer_coded(resp.headers())
+                    {
+                        Some(upstream_client::OTHER_CODING)
+                    } else {
+                        None
+                    };
+                    if let Some(e) = e {
                         return Err(Failed {
                             error: ProxyError::Reset(e.into()),
                             request_id,

@@ -261,6 +261,33 @@ pub(crate) fn is_hop_by_hop_bytes(name: &[u8]) -> bool {
             .is_some_and(|p| p.eq_ignore_ascii_case(b"proxy-"))
 }
 
+/// Whether a Transfer-Encoding value is `chunked` alone, the one transfer
+/// coding the gateway passes on (it re-frames every body; see
+/// [`transfer_coded`]).
+pub fn chunked_only(value: &[u8]) -> bool {
+    let mut codings = value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty());
+    codings
+        .next()
+        .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
+        && codings.next().is_none()
+}
+
+/// Whether a response's body is under a transfer coding other than
+/// `chunked` (`gzip, chunked`): the field is hop-by-hop and goes, so the
+/// client would take the coded bytes for the content; such a response is
+/// the upstream's error.
+pub fn transfer_coded(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::TRANSFER_ENCODING).iter();
+    match (values.next(), values.next()) {
+        (None, _) => false,
+        (Some(value), None) => !chunked_only(value.as_bytes()),
+        (Some(_), Some(_)) => true,
+    }
+}
+
 /// What the request needs to know about where it came from.
 pub struct Forwarding<'a> {
     /// The client's IP address as a header value ([`peer_ip`]), made once
@@ -455,6 +482,45 @@ pub fn prepare_response<B>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_chunked_alone_passes_as_a_transfer_coding() {
+        for ok in [
+            &b"chunked"[..],
+            b"Chunked",
+            b" chunked ",
+            b"chunked,",
+            b", chunked",
+        ] {
+            assert!(chunked_only(ok), "{}", String::from_utf8_lossy(ok));
+        }
+        for coded in [
+            &b"gzip, chunked"[..],
+            b"chunked, chunked",
+            b"gzip",
+            b"",
+            b",",
+        ] {
+            assert!(!chunked_only(coded), "{}", String::from_utf8_lossy(coded));
+        }
+        let mut h = HeaderMap::new();
+        assert!(!transfer_coded(&h));
+        h.append(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        assert!(!transfer_coded(&h));
+        h.append(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        assert!(transfer_coded(&h));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("gzip, chunked"),
+        );
+        assert!(transfer_coded(&h));
+    }
 
     #[test]
     fn strips_hop_by_hop_and_named_headers() {

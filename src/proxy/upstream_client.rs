@@ -142,7 +142,8 @@ pub struct RawHead {
 pub struct Facts {
     content_length: Option<u64>,
     transfer_encoding: bool,
-    /// The last transfer coding is `chunked`.
+    /// Transfer-Encoding is `chunked` alone, in one field
+    /// ([`crate::proxy::headers::chunked_only`]).
     chunked: bool,
     close: bool,
     /// Content-Length must not reach the client as received: Transfer-Encoding
@@ -165,8 +166,8 @@ impl Facts {
             self.repeated_length |= self.content_length.is_some() || value.contains(&b',');
             self.content_length = Some(content_length(value, self.content_length)?);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.chunked = !self.transfer_encoding && crate::proxy::headers::chunked_only(value);
             self.transfer_encoding = true;
-            self.chunked = last_token_is(value, b"chunked");
         } else if name.eq_ignore_ascii_case(b"connection") {
             self.close |= crate::proxy::headers::has_token(value, b"close");
             self.connection_names_headers |= crate::proxy::headers::names_headers(value);
@@ -446,7 +447,7 @@ fn parse_response_head(
         }
         let status =
             StatusCode::from_u16(code).map_err(|_| ExchangeError::Invalid("status code"))?;
-        let (framing, keep_alive) = framing(status, version, &mut facts, head_request);
+        let (framing, keep_alive) = framing(status, version, &mut facts, head_request)?;
         return Ok(Some(RawHead {
             status,
             bytes,
@@ -458,13 +459,16 @@ fn parse_response_head(
 }
 
 /// Decides the body's framing (RFC 9112, 6.3) and whether the connection
-/// can be reused.
+/// can be reused. A body under a transfer coding other than `chunked` is an
+/// error: the gateway re-frames every body, so the coding would be lost
+/// with the hop-by-hop field and the client would read coded bytes as the
+/// content (nginx answers 502 too).
 fn framing(
     status: StatusCode,
     version: u8,
     facts: &mut Facts,
     head_request: bool,
-) -> (Framing, bool) {
+) -> Result<(Framing, bool), ExchangeError> {
     let framing =
         if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             Framing::Empty
@@ -474,11 +478,10 @@ fn framing(
             // (RFC 9112, 6.3): its connection is not reused.
             facts.drop_content_length = facts.content_length.is_some();
             facts.close |= facts.content_length.is_some();
-            if facts.chunked {
-                Framing::Chunked
-            } else {
-                Framing::UntilClose
+            if !facts.chunked {
+                return Err(ExchangeError::Invalid(OTHER_CODING));
             }
+            Framing::Chunked
         } else {
             match facts.content_length {
                 Some(n) => Framing::Length(n),
@@ -490,14 +493,11 @@ fn framing(
         facts.single_length = facts.content_length;
     }
     let keep_alive = version == 1 && framing != Framing::UntilClose && !facts.close;
-    (framing, keep_alive)
+    Ok((framing, keep_alive))
 }
 
-fn last_token_is(list: &[u8], token: &[u8]) -> bool {
-    list.rsplit(|&b| b == b',')
-        .next()
-        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-}
+/// Why a response under another transfer coding than `chunked` fails.
+pub const OTHER_CODING: &str = "a transfer coding other than chunked";
 
 /// A Content-Length value (maybe a list of equal values), checked against
 /// the one seen before; garbage or a disagreement is an error.
@@ -535,7 +535,7 @@ mod tests {
         assert_eq!(h.framing, Framing::Length(5));
         assert!(h.keep_alive);
         let h = parse(
-            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding:  Chunked \r\n\r\n",
             false,
         )
         .unwrap()
@@ -556,6 +556,28 @@ mod tests {
                 .iter()
                 .collect();
             assert_eq!(lengths, ["5"]);
+        }
+        // Codings the gateway would lose with the hop-by-hop field.
+        for coded in [
+            &b"transfer-encoding: gzip, chunked\r\n"[..],
+            b"transfer-encoding: gzip\r\n",
+            b"transfer-encoding: chunked, chunked\r\n",
+            b"transfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n",
+            b"transfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n",
+            b"transfer-encoding: \r\n",
+        ] {
+            let head = [&b"HTTP/1.1 200 OK\r\n"[..], coded, b"\r\n"].concat();
+            let shown = String::from_utf8_lossy(coded);
+            assert!(
+                matches!(
+                    parse(&head, false),
+                    Err(ExchangeError::Invalid(OTHER_CODING))
+                ),
+                "{shown}"
+            );
+            // No body to decode: nothing lost.
+            let h = parse(&head, true).unwrap().unwrap();
+            assert_eq!(h.framing, Framing::Empty, "{shown}");
         }
         let h = parse(b"HTTP/1.0 200 OK\r\n\r\n", false).unwrap().unwrap();
         assert_eq!(h.framing, Framing::UntilClose);

@@ -1,4 +1,4 @@
-//! Upstream responses: status codes pass through unchanged; close-delimited, informational and broken responses.
+//! Upstream responses: status codes pass through unchanged; close-delimited, informational, broken and transfer-coded responses.
 
 use crate::support::*;
 use std::time::Duration;
@@ -129,6 +129,49 @@ async fn broken_upstream_responses_fail_cleanly() {
         .await,
         "{:?}",
         counted().await
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn responses_under_other_transfer_codings_are_the_upstreams_error() {
+    // `gzip, chunked`: the field is hop-by-hop and the body re-framed, so
+    // the client would read gzip as the content. A 502, counted against the
+    // version (its own name: the metrics are the process's).
+    let upstream = FixedUpstream::start(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let gw = Gateway::start(&config("", &[("gzipped", 1, upstream.addr)])).await;
+    // The own server and client (GET, POST), and hyper's client under
+    // hyper's server (a request asking for trailers) and HTTP/2.
+    let replies = [
+        get(gw.addr, "/", &[]).await,
+        send(gw.addr, "POST", "/", &[], "up").await,
+        send(gw.addr, "POST", "/", &[("te", "trailers")], "up").await,
+    ];
+    for reply in &replies {
+        assert_eq!(reply.status, 502, "{:?} {:?}", reply.headers, reply.body);
+        assert_eq!(reply.header("x-canary-error"), Some("upstream-reset"));
+    }
+    let mut h2 = h2c_client_for(gw.addr).await;
+    let post = http::Request::post("/")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"up")))
+        .unwrap();
+    let response = h2.send_request(post).await.unwrap();
+    assert_eq!(response.status(), 502);
+    // A HEAD answer has no body to lose a coding from.
+    let mut client = Client::connect(gw.addr).await;
+    let head = http::Request::head("/")
+        .header("host", "a")
+        .body(full(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(client.send(head).await.unwrap().status, 200);
+    let text = admin(gw.admin, "GET", "/metrics", None, "").await.text();
+    let of_version = [("version", "gzipped"), ("kind", "reset")];
+    assert_eq!(
+        metric_value(&text, "canary_upstream_errors_total", &of_version),
+        4.0
     );
     gw.shutdown().await;
 }
