@@ -161,7 +161,7 @@ impl Control {
                     && doc
                         .config_weights
                         .as_ref()
-                        .is_some_and(|w| *w != config_weights) =>
+                        .is_some_and(|w| reload::weights_edited(w, &config_weights)) =>
             {
                 tracing::warn!(
                     target: "audit",
@@ -169,8 +169,10 @@ impl Control {
                     "the config file's weights were edited since the saved decision (generation {}); the config file wins",
                     doc.generation
                 );
+                let by = "an edit of the config file's weights";
                 WeightsDoc {
                     generation: doc.generation + 1,
+                    rollout: crate::rollout::state::aborted(doc.rollout.as_ref(), by, unix_ms()),
                     ..from_config
                 }
             }

@@ -34,12 +34,25 @@ impl Control {
     }
 
     /// `POST /promote`: `version` takes all the weight and becomes stable.
+    /// A paused rollout from another stable version ends with it (see
+    /// [`crate::rollout::state::after_stable_change`]; the admin API refuses
+    /// a promotion while one progresses).
     pub async fn promote(&self, version: &str, source: &str) -> Result<WeightsView, ControlError> {
-        self.decide(source, |d| {
+        self.decide_with(source, |d| {
             if !d.weights.contains_key(version) {
                 return Err(ControlError::UnknownVersion(version.to_string()));
             }
-            Ok((version.to_string(), all_weight_to(&d.weights, version)))
+            let rollout = crate::rollout::state::after_stable_change(
+                d.rollout.as_ref(),
+                version,
+                "POST /promote",
+                unix_ms(),
+            );
+            Ok((
+                version.to_string(),
+                all_weight_to(&d.weights, version),
+                rollout,
+            ))
         })
         .await
     }

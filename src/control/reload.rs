@@ -8,16 +8,21 @@ use super::status::ReloadStatus;
 use super::{Control, fresh_discovery, reuse_endpoints};
 use crate::config::{Config, ConfigError, EndpointSource};
 use crate::metrics as names;
+use crate::rollout::state::Phase;
 use crate::snapshot::ProxySettings;
 use crate::store::{WeightsDoc, unix_ms};
 
 impl Control {
     /// Applies a reloaded config (or records why it was rejected).
     ///
-    /// Weights: when the file's weights (or stable version) differ from the
-    /// previous file's, the edit is a new decision and wins; otherwise the
-    /// decision in force is kept (versions new to the file get their file weight).
-    /// Settings that need a restart are reported, not half-applied.
+    /// Weights: when the file's stable version, or the weight of a version
+    /// in both files, differs from the previous file's, the edit is a new
+    /// decision and wins; otherwise the decision in force is kept (versions
+    /// new to the file get their file weight, removed ones go; see
+    /// [`file_edited`]). A weights edit while a rollout runs is refused (as
+    /// `PUT /weights` is); while it is paused it is allowed, and an edit that
+    /// makes another version stable ends it. Settings that need a restart are
+    /// reported, not half-applied.
     pub async fn reload(&self, loaded: Result<Config, ConfigError>, trigger: &str) -> ReloadStatus {
         let outcome = match loaded {
             Err(e) => Err(e.to_string()),
@@ -70,18 +75,41 @@ impl Control {
             .map(String::from)
             .collect();
         let effective = keep_restart_only(&old, new);
-        let edited =
-            old.weights() != effective.weights() || old.split.stable != effective.split.stable;
+        let mut edited = file_edited(&old, &effective);
         let versions: Vec<String> = effective.version_names();
+        let kept = fit_to_config(decision.clone(), &effective);
+        if !edited && kept.weights.values().all(|&w| w == 0) {
+            // The versions that carried the traffic left the file: its
+            // weights are all there is to go on.
+            edited = true;
+        }
+        let running = decision.rollout.as_ref().filter(|r| r.phase.running());
+        if edited
+            && let Some(r) = running
+            && r.phase != Phase::Paused
+        {
+            return Err(format!(
+                "the file's weights or stable version changed while a rollout of `{}` runs (step {} of {}); POST /rollout/pause or /rollout/abort first, then reload",
+                r.plan.canary,
+                r.step + 1,
+                r.plan.settings.steps.len()
+            ));
+        }
         let (stable, weights) = if edited {
             (effective.split.stable.clone(), effective.weights())
         } else {
-            let kept = fit_to_config(decision.clone(), &effective);
             (kept.stable, kept.weights)
         };
         validate_weights(&versions, &stable, &weights)
             .map_err(|e| format!("the reloaded config leaves invalid weights: {e}"))?;
-        let changed = stable != decision.stable || weights != decision.weights;
+        let rollout = crate::rollout::state::after_stable_change(
+            decision.rollout.as_ref(),
+            &stable,
+            "a config reload",
+            unix_ms(),
+        );
+        let changed =
+            stable != decision.stable || weights != decision.weights || rollout != decision.rollout;
         let doc = WeightsDoc {
             stable,
             weights,
@@ -102,7 +130,7 @@ impl Control {
                 decision.writer.clone()
             },
             config_weights: Some(effective.weights()),
-            rollout: decision.rollout.clone(),
+            rollout,
         };
         // An edit of the file is a decision: record it like any other. (A
         // shared store keeps no config weights: a replica joins with the
@@ -128,10 +156,12 @@ impl Control {
                 .find(|o| o.name == v.name)
                 .map(|o| &o.source);
             let current = previous_endpoints.get(&v.name).cloned().unwrap_or_default();
+            // A changed Cloud Map source keeps the endpoints in use until
+            // it answers: a reload never empties a version (its first
+            // answer, even an empty one, replaces them).
             let list = match &v.source {
                 EndpointSource::Static(addrs) => reuse_endpoints(&current, addrs),
-                EndpointSource::CloudMap(_) if old_source == Some(&v.source) => current,
-                EndpointSource::CloudMap(_) => Vec::new(),
+                EndpointSource::CloudMap(_) => current,
             };
             if old_source != Some(&v.source) {
                 state
@@ -178,6 +208,20 @@ impl Control {
     }
 }
 
+/// Whether the file's weights were edited between `old` and `new`: another
+/// stable version, or another weight for a version in both. Adding or
+/// removing a version is no edit of the others' weights: a decision in
+/// force (a rollback) stays.
+pub(super) fn file_edited(old: &Config, new: &Config) -> bool {
+    old.split.stable != new.split.stable || weights_edited(&old.weights(), &new.weights())
+}
+
+/// Whether a version in both maps has another weight in `new`.
+pub(super) fn weights_edited(old: &BTreeMap<String, u32>, new: &BTreeMap<String, u32>) -> bool {
+    new.iter()
+        .any(|(name, w)| old.get(name).is_some_and(|before| before != w))
+}
+
 /// `new` with the settings that only a restart can change taken from `old`.
 fn keep_restart_only(old: &Config, mut new: Config) -> Config {
     new.listener = old.listener.clone();
@@ -194,3 +238,6 @@ fn keep_restart_only(old: &Config, mut new: Config) -> Config {
     new.keep_upstream_tls_from(old);
     new
 }
+
+#[cfg(test)]
+mod tests;

@@ -248,6 +248,29 @@ pub fn scale(steps: &[f64], current_total: u64) -> u32 {
         .unwrap_or(1_000_000)
 }
 
+/// `rollout` once `stable` is the stable version (a promotion, or a config
+/// edit, made while it was paused): a running rollout from another stable
+/// version cannot go on (its resume or abort would work from the old one).
+/// Its canary made stable is its success; any other version ends it as
+/// aborted, `by` saying what did.
+pub fn after_stable_change(
+    rollout: Option<&RolloutState>,
+    stable: &str,
+    by: &str,
+    now_ms: u64,
+) -> Option<RolloutState> {
+    rollout.map(|r| {
+        if !r.phase.running() || r.plan.stable == stable {
+            r.clone()
+        } else if r.plan.canary == stable {
+            r.succeeded(now_ms)
+        } else {
+            let why = format!("ended by {by} that made `{stable}` stable");
+            r.ended(Phase::Aborted, Some(why), now_ms)
+        }
+    })
+}
+
 /// `rollout` aborted with `reason` if it is running; otherwise as it is.
 /// Used by every rollback: a rollback ends a running rollout.
 pub fn aborted(rollout: Option<&RolloutState>, reason: &str, now_ms: u64) -> Option<RolloutState> {

@@ -1,0 +1,233 @@
+//! Reloads against the decision in force: what an edit of the file changes
+//! and what it keeps (rollbacks, endpoints, a rollout).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::control::Control;
+use crate::control::rollout::Action;
+use crate::discovery::EndpointSink;
+use crate::rollout::state::Phase;
+use crate::store::Store;
+use crate::store::file::FileStore;
+
+/// A config with `v1` stable and `versions`: (name, weight, source line).
+fn config(versions: &[(&str, u32, &str)]) -> Config {
+    config_with("v1", versions)
+}
+
+fn config_with(stable: &str, versions: &[(&str, u32, &str)]) -> Config {
+    let mut text = format!(
+        "[listener]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[split]\nstable = \"{stable}\"\n"
+    );
+    for (name, weight, source) in versions {
+        text += &format!("[[versions]]\nname = \"{name}\"\nweight = {weight}\n{source}\n");
+    }
+    Config::parse(&text, "test").unwrap()
+}
+
+fn stat(port: u16) -> String {
+    format!("endpoints = [\"127.0.0.1:{port}\"]")
+}
+
+async fn start(dir: &tempfile::TempDir, config: Config) -> Arc<Control> {
+    let store = Arc::new(FileStore::new(dir.path().join("state.json")));
+    Control::start(config, store as Arc<dyn Store>, "file")
+        .await
+        .unwrap()
+}
+
+fn weights(control: &Control) -> BTreeMap<String, u32> {
+    control.weights().weights
+}
+
+fn w(pairs: &[(&str, u32)]) -> BTreeMap<String, u32> {
+    pairs.iter().map(|(n, w)| (n.to_string(), *w)).collect()
+}
+
+#[tokio::test]
+async fn adding_a_version_keeps_a_rollback_on_reload_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let two = [("v1", 90, stat(1)), ("v2", 10, stat(2))];
+    let two: Vec<_> = two.iter().map(|(n, w, s)| (*n, *w, s.as_str())).collect();
+    let control = start(&dir, config(&two)).await;
+    control.rollback("admin").await.unwrap();
+    assert_eq!(weights(&control), w(&[("v1", 100), ("v2", 0)]));
+
+    // The next release is added to the file: the rollback stays.
+    let line = stat(3);
+    let three = [two.clone(), vec![("v3", 0, line.as_str())]].concat();
+    let status = control.reload(Ok(config(&three)), "test").await;
+    assert!(status.ok, "{status:?}");
+    assert_eq!(weights(&control), w(&[("v1", 100), ("v2", 0), ("v3", 0)]));
+    // And at a restart with one more in the file.
+    drop(control);
+    let line = stat(4);
+    let four = [three.clone(), vec![("v4", 0, line.as_str())]].concat();
+    let control = start(&dir, config(&four)).await;
+    assert_eq!(
+        weights(&control),
+        w(&[("v1", 100), ("v2", 0), ("v3", 0), ("v4", 0)])
+    );
+
+    // Removing a version that holds no traffic keeps it too.
+    let status = control.reload(Ok(config(&two)), "test").await;
+    assert!(status.ok, "{status:?}");
+    assert_eq!(weights(&control), w(&[("v1", 100), ("v2", 0)]));
+
+    // Editing a weight is a decision, and wins.
+    let edited = [("v1", 80, stat(1)), ("v2", 20, stat(2))];
+    let edited: Vec<_> = edited
+        .iter()
+        .map(|(n, w, s)| (*n, *w, s.as_str()))
+        .collect();
+    let status = control.reload(Ok(config(&edited)), "test").await;
+    assert!(status.ok, "{status:?}");
+    assert_eq!(weights(&control), w(&[("v1", 80), ("v2", 20)]));
+
+    // The versions that carried all the traffic leave: the file's weights.
+    control
+        .set_weights(w(&[("v1", 0), ("v2", 100)]), "admin")
+        .await
+        .unwrap();
+    let line = stat(1);
+    let alone = [("v1", 80, line.as_str())];
+    let status = control.reload(Ok(config(&alone)), "test").await;
+    assert!(status.ok, "{status:?}");
+    assert_eq!(weights(&control), w(&[("v1", 80)]));
+}
+
+#[tokio::test]
+async fn a_changed_cloud_map_source_keeps_the_endpoints_until_it_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = "cloudmap = { namespace = \"ns\", service = \"v2\" }";
+    let line = stat(1);
+    let control = start(&dir, config(&[("v1", 90, &line), ("v2", 10, source)])).await;
+    let addr = "127.0.0.1:2".parse().unwrap();
+    control.endpoints_discovered("v2", vec![addr]);
+    let endpoints = |control: &Control| {
+        let status = control.status();
+        let v2 = status.versions.iter().find(|v| v.name == "v2").unwrap();
+        v2.endpoints
+            .iter()
+            .map(|e| e.address.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(endpoints(&control), ["127.0.0.1:2"]);
+
+    let changed = "cloudmap = { namespace = \"ns\", service = \"v2\", health = \"ALL\" }";
+    let status = control
+        .reload(
+            Ok(config(&[("v1", 90, &line), ("v2", 10, changed)])),
+            "test",
+        )
+        .await;
+    assert!(status.ok, "{status:?}");
+    assert_eq!(
+        endpoints(&control),
+        ["127.0.0.1:2"],
+        "kept until it answers"
+    );
+    // Its first answer replaces them, an empty one too.
+    control.endpoints_discovered("v2", Vec::new());
+    assert!(endpoints(&control).is_empty());
+}
+
+#[tokio::test]
+async fn a_weights_edit_waits_for_a_running_rollout_and_a_new_stable_ends_a_paused_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = [stat(1), stat(2), stat(3)];
+    let file = |v1: u32, v2: u32, stable: &str| {
+        let three = [
+            ("v1", v1, &lines[0]),
+            ("v2", v2, &lines[1]),
+            ("v3", 0, &lines[2]),
+        ];
+        let three: Vec<_> = three.iter().map(|(n, w, s)| (*n, *w, s.as_str())).collect();
+        config_with(stable, &three)
+    };
+    let control = start(&dir, file(100, 0, "v1")).await;
+    control
+        .start_rollout(br#"{"canary": "v2", "steps": [10, 50], "interval_s": 60}"#)
+        .await
+        .unwrap();
+    let during = weights(&control);
+    assert_eq!(during["v2"], 10);
+
+    // Progressing: refused, nothing changes.
+    let status = control.reload(Ok(file(50, 50, "v1")), "test").await;
+    assert!(!status.ok, "{status:?}");
+    assert!(
+        status.message.contains("rollout of `v2`"),
+        "{}",
+        status.message
+    );
+    assert_eq!(weights(&control), during);
+    assert_eq!(
+        control.config().versions[0].weight,
+        100,
+        "the old config stays"
+    );
+    // Adding a version is no weights edit.
+    let line = stat(4);
+    let four = [
+        ("v1", 100, lines[0].as_str()),
+        ("v2", 0, &lines[1]),
+        ("v3", 0, &lines[2]),
+        ("v4", 0, &line),
+    ];
+    let status = control.reload(Ok(config(&four)), "test").await;
+    assert!(status.ok, "{status:?}");
+    assert_eq!(control.running_rollout().unwrap().phase, Phase::Progressing);
+
+    // Paused: a new stable version in the file ends the rollout, which
+    // could neither resume nor abort from the old one.
+    control.rollout_action(Action::Pause).await.unwrap();
+    let v3 = [
+        ("v1", 0, &lines[0]),
+        ("v2", 0, &lines[1]),
+        ("v3", 100, &lines[2]),
+    ];
+    let v3: Vec<_> = v3.iter().map(|(n, w, s)| (*n, *w, s.as_str())).collect();
+    let status = control.reload(Ok(config_with("v3", &v3)), "test").await;
+    assert!(status.ok, "{status:?}");
+    let ended = control.rollout().unwrap();
+    assert_eq!(ended.phase, Phase::Aborted);
+    assert!(
+        ended
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("`v3` stable"),
+        "{ended:?}"
+    );
+    assert!(control.running_rollout().is_none());
+    assert_eq!(control.weights().stable, "v3");
+}
+
+#[tokio::test]
+async fn promoting_during_a_paused_rollout_ends_it() {
+    let lines = [stat(1), stat(2), stat(3)];
+    let three = [
+        ("v1", 100, lines[0].as_str()),
+        ("v2", 0, &lines[1]),
+        ("v3", 0, &lines[2]),
+    ];
+    for (promoted, phase) in [("v2", Phase::Succeeded), ("v3", Phase::Aborted)] {
+        let dir = tempfile::tempdir().unwrap();
+        let control = start(&dir, config(&three)).await;
+        control
+            .start_rollout(br#"{"canary": "v2", "steps": [10, 50], "interval_s": 60}"#)
+            .await
+            .unwrap();
+        control.rollout_action(Action::Pause).await.unwrap();
+        control.promote(promoted, "admin").await.unwrap();
+        assert_eq!(control.rollout().unwrap().phase, phase, "{promoted}");
+        // Nothing left to resume, or to abort onto the old stable version.
+        assert!(control.rollout_action(Action::Resume).await.is_err());
+        assert!(control.rollout_action(Action::Abort).await.is_err());
+        assert_eq!(control.weights().stable, promoted);
+        assert_eq!(weights(&control)[promoted], 100);
+    }
+}
