@@ -212,6 +212,7 @@ impl Proxy {
         let (version, settings) = (&completion.version, &completion.settings);
         let fwd = Forwarding {
             peer_ip: &conn.peer_ip,
+            proto: conn.proto,
             port: &self.port,
             trust_forwarded_headers: settings.trust_forwarded_headers,
             drop_underscored: req.underscored && !settings.allow_underscores_in_headers,
@@ -328,6 +329,7 @@ impl Proxy {
         let (version, settings) = (&completion.version, &completion.settings);
         let fwd = Forwarding {
             peer_ip: &completion.conn.peer_ip,
+            proto: completion.conn.proto,
             port: &self.port,
             trust_forwarded_headers: settings.trust_forwarded_headers,
             drop_underscored: !settings.allow_underscores_in_headers,

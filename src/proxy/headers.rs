@@ -293,6 +293,8 @@ pub struct Forwarding<'a> {
     /// The client's IP address as a header value ([`peer_ip`]), made once
     /// per connection.
     pub peer_ip: &'a HeaderValue,
+    /// The scheme the client used (`http` or `https`), per connection.
+    pub proto: &'static str,
     pub port: &'a HeaderValue,
     pub trust_forwarded_headers: bool,
     /// Drop header fields whose names contain `_` (see
@@ -377,7 +379,10 @@ pub fn prepare_request<B>(req: &mut Request<B>, upgrading: bool, fwd: &Forwardin
     }
     append_forwarded_for(headers, fwd.peer_ip);
     if !(fwd.trust_forwarded_headers && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(fwd.proto),
+        );
     }
     if !(fwd.trust_forwarded_headers && headers.contains_key(&X_FORWARDED_PORT)) {
         headers.insert(X_FORWARDED_PORT.clone(), fwd.port.clone());
