@@ -131,8 +131,8 @@ impl Proxy {
     }
 
     /// Chooses the version for a request: the override header when it names a
-    /// version, else the sticky key's position, else the next position of the
-    /// weighted sequence. An override naming no version is ignored (the
+    /// version, else the sticky key's position (a key that is empty or blank
+    /// counts as none), else the next position of the weighted sequence. An override naming no version is ignored (the
     /// request is split as usual; the response header shows where it went).
     #[inline]
     pub fn choose(snapshot: &Snapshot, headers: &http::HeaderMap) -> usize {
@@ -154,9 +154,11 @@ impl Proxy {
         {
             return i;
         }
+        // An empty (or blank) key is no key: hashed, every such request
+        // would land on one position, all on one version, flipping together.
         let position = match settings.sticky_header.as_ref().and_then(header) {
-            Some(key) => split::sticky_position(key),
-            None => split::next_position(),
+            Some(key) if !key.trim_ascii().is_empty() => split::sticky_position(key),
+            _ => split::next_position(),
         };
         snapshot.split.at(position).unwrap_or(snapshot.stable)
     }
