@@ -177,8 +177,8 @@ pub(crate) fn names_headers(value: &[u8]) -> bool {
         })
 }
 
-/// Removes hop-by-hop headers: every header the Connection header names,
-/// Connection, Keep-Alive, TE, Trailer, Transfer-Encoding, Upgrade (unless
+/// Removes hop-by-hop headers: every header the Connection header names
+/// (but Content-Length, the message's framing), Connection, Keep-Alive, TE, Trailer, Transfer-Encoding, Upgrade (unless
 /// `upgrading`) and every Proxy-* header.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     // Fast path, one scan: most requests carry none of these (standard header
@@ -200,6 +200,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
             .flat_map(|v| v.split(','))
             .map(str::trim)
             .filter(|t| !(upgrading && t.eq_ignore_ascii_case("upgrade")))
+            // The message's framing stays: a Content-Length gone, a
+            // response on a kept-alive connection would reach its client
+            // unframed (Transfer-Encoding goes anyway: the gateway re-frames).
+            .filter(|t| !t.eq_ignore_ascii_case("content-length"))
             .filter(|t| headers.contains_key(*t))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
@@ -566,6 +570,20 @@ mod tests {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+    }
+
+    #[test]
+    fn connection_never_removes_the_length() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Content-Length, x-secret"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h[header::CONTENT_LENGTH], "5");
     }
 
     #[test]
