@@ -338,6 +338,11 @@ impl Proxy {
             drop_expect: false,
             chunked: false,
         };
+        if http2 {
+            // RFC 9113, 8.2.3: HTTP/2 clients may split the cookie into
+            // several fields; an HTTP/1.1 upstream expects one.
+            headers::join_cookies(req.headers_mut());
+        }
         // The own client writes the upstream's head straight from the
         // client's request, unless the Connection header names headers to
         // drop: then (and for hyper's client) the request is rewritten first.

@@ -396,6 +396,28 @@ pub fn prepare_request<B>(req: &mut Request<B>, upgrading: bool, fwd: &Forwardin
     }
 }
 
+/// Joins several Cookie fields into one, their values separated by `; `
+/// (RFC 9113, 8.2.3: an HTTP/2 request may carry a cookie in several
+/// fields, which must be one before it goes on as HTTP/1.1; RFC 6265, 5.4:
+/// an HTTP/1.1 request has one Cookie field). One lookup when there is at
+/// most one.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (cookies.next(), cookies.next()) else {
+        return;
+    };
+    let mut joined = bytes::BytesMut::with_capacity(first.len() * 2 + 2);
+    for value in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_maybe_shared(joined.freeze()) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
 /// A client address as it appears in X-Forwarded-For (IPv4-mapped IPv6
 /// addresses as IPv4).
 pub fn peer_ip(peer: SocketAddr) -> HeaderValue {
@@ -570,6 +592,26 @@ mod tests {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+    }
+
+    #[test]
+    fn cookie_fields_are_joined_into_one() {
+        let mut h = HeaderMap::new();
+        join_cookies(&mut h);
+        assert!(h.is_empty());
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        join_cookies(&mut h);
+        assert_eq!(
+            h.get_all(header::COOKIE).iter().collect::<Vec<_>>(),
+            ["a=1"]
+        );
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        h.append(header::COOKIE, HeaderValue::from_static("c=3"));
+        join_cookies(&mut h);
+        assert_eq!(
+            h.get_all(header::COOKIE).iter().collect::<Vec<_>>(),
+            ["a=1; b=2; c=3"]
+        );
     }
 
     #[test]
