@@ -131,6 +131,7 @@ fn header_rewrite(c: &mut Criterion) {
     let peer_ip = peer_ip("10.0.0.7:51234".parse().expect("addr"));
     let fwd = Forwarding {
         peer_ip: &peer_ip,
+        proto: "http",
         port: &port,
         trust_forwarded_headers: false,
         drop_underscored: false,

@@ -131,8 +131,8 @@ impl Proxy {
     }
 
     /// Chooses the version for a request: the override header when it names a
-    /// version, else the sticky key's position, else the next position of the
-    /// weighted sequence. An override naming no version is ignored (the
+    /// version, else the sticky key's position (a key that is empty or blank
+    /// counts as none), else the next position of the weighted sequence. An override naming no version is ignored (the
     /// request is split as usual; the response header shows where it went).
     #[inline]
     pub fn choose(snapshot: &Snapshot, headers: &http::HeaderMap) -> usize {
@@ -154,9 +154,11 @@ impl Proxy {
         {
             return i;
         }
+        // An empty (or blank) key is no key: hashed, every such request
+        // would land on one position, all on one version, flipping together.
         let position = match settings.sticky_header.as_ref().and_then(header) {
-            Some(key) => split::sticky_position(key),
-            None => split::next_position(),
+            Some(key) if !key.trim_ascii().is_empty() => split::sticky_position(key),
+            _ => split::next_position(),
         };
         snapshot.split.at(position).unwrap_or(snapshot.stable)
     }
@@ -212,6 +214,7 @@ impl Proxy {
         let (version, settings) = (&completion.version, &completion.settings);
         let fwd = Forwarding {
             peer_ip: &conn.peer_ip,
+            proto: conn.proto,
             port: &self.port,
             trust_forwarded_headers: settings.trust_forwarded_headers,
             drop_underscored: req.underscored && !settings.allow_underscores_in_headers,
@@ -328,12 +331,18 @@ impl Proxy {
         let (version, settings) = (&completion.version, &completion.settings);
         let fwd = Forwarding {
             peer_ip: &completion.conn.peer_ip,
+            proto: completion.conn.proto,
             port: &self.port,
             trust_forwarded_headers: settings.trust_forwarded_headers,
             drop_underscored: !settings.allow_underscores_in_headers,
             drop_expect: false,
             chunked: false,
         };
+        if http2 {
+            // RFC 9113, 8.2.3: HTTP/2 clients may split the cookie into
+            // several fields; an HTTP/1.1 upstream expects one.
+            headers::join_cookies(req.headers_mut());
+        }
         // The own client writes the upstream's head straight from the
         // client's request, unless the Connection header names headers to
         // drop: then (and for hyper's client) the request is rewritten first.

@@ -177,8 +177,8 @@ pub(crate) fn names_headers(value: &[u8]) -> bool {
         })
 }
 
-/// Removes hop-by-hop headers: every header the Connection header names,
-/// Connection, Keep-Alive, TE, Trailer, Transfer-Encoding, Upgrade (unless
+/// Removes hop-by-hop headers: every header the Connection header names
+/// (but Content-Length, the message's framing), Connection, Keep-Alive, TE, Trailer, Transfer-Encoding, Upgrade (unless
 /// `upgrading`) and every Proxy-* header.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     // Fast path, one scan: most requests carry none of these (standard header
@@ -200,6 +200,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
             .flat_map(|v| v.split(','))
             .map(str::trim)
             .filter(|t| !(upgrading && t.eq_ignore_ascii_case("upgrade")))
+            // The message's framing stays: a Content-Length gone, a
+            // response on a kept-alive connection would reach its client
+            // unframed (Transfer-Encoding goes anyway: the gateway re-frames).
+            .filter(|t| !t.eq_ignore_ascii_case("content-length"))
             .filter(|t| headers.contains_key(*t))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
@@ -293,6 +297,8 @@ pub struct Forwarding<'a> {
     /// The client's IP address as a header value ([`peer_ip`]), made once
     /// per connection.
     pub peer_ip: &'a HeaderValue,
+    /// The scheme the client used (`http` or `https`), per connection.
+    pub proto: &'static str,
     pub port: &'a HeaderValue,
     pub trust_forwarded_headers: bool,
     /// Drop header fields whose names contain `_` (see
@@ -377,13 +383,38 @@ pub fn prepare_request<B>(req: &mut Request<B>, upgrading: bool, fwd: &Forwardin
     }
     append_forwarded_for(headers, fwd.peer_ip);
     if !(fwd.trust_forwarded_headers && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(fwd.proto),
+        );
     }
     if !(fwd.trust_forwarded_headers && headers.contains_key(&X_FORWARDED_PORT)) {
         headers.insert(X_FORWARDED_PORT.clone(), fwd.port.clone());
     }
     if !headers.contains_key(&X_REQUEST_ID) {
         headers.insert(X_REQUEST_ID.clone(), new_request_id());
+    }
+}
+
+/// Joins several Cookie fields into one, their values separated by `; `
+/// (RFC 9113, 8.2.3: an HTTP/2 request may carry a cookie in several
+/// fields, which must be one before it goes on as HTTP/1.1; RFC 6265, 5.4:
+/// an HTTP/1.1 request has one Cookie field). One lookup when there is at
+/// most one.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (cookies.next(), cookies.next()) else {
+        return;
+    };
+    let mut joined = bytes::BytesMut::with_capacity(first.len() * 2 + 2);
+    for value in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_maybe_shared(joined.freeze()) {
+        headers.insert(header::COOKIE, value);
     }
 }
 
@@ -561,6 +592,40 @@ mod tests {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+    }
+
+    #[test]
+    fn cookie_fields_are_joined_into_one() {
+        let mut h = HeaderMap::new();
+        join_cookies(&mut h);
+        assert!(h.is_empty());
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        join_cookies(&mut h);
+        assert_eq!(
+            h.get_all(header::COOKIE).iter().collect::<Vec<_>>(),
+            ["a=1"]
+        );
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        h.append(header::COOKIE, HeaderValue::from_static("c=3"));
+        join_cookies(&mut h);
+        assert_eq!(
+            h.get_all(header::COOKIE).iter().collect::<Vec<_>>(),
+            ["a=1; b=2; c=3"]
+        );
+    }
+
+    #[test]
+    fn connection_never_removes_the_length() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Content-Length, x-secret"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h[header::CONTENT_LENGTH], "5");
     }
 
     #[test]

@@ -71,10 +71,14 @@ pub struct ConnState {
     upstream_stalled: AtomicBool,
     /// The client's address for X-Forwarded-For, formatted once.
     pub peer_ip: HeaderValue,
+    /// The scheme the client used, for X-Forwarded-Proto: `https` when the
+    /// connection was accepted over TLS (HTTP/1.1 or HTTP/2), else `http`.
+    pub proto: &'static str,
 }
 
 impl ConnState {
-    fn new(peer: SocketAddr) -> ConnState {
+    /// A connection from `peer`, accepted over TLS when `tls`.
+    fn new(peer: SocketAddr, tls: bool) -> ConnState {
         ConnState {
             activity: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
@@ -86,6 +90,7 @@ impl ConnState {
             client_full: AtomicBool::new(false),
             upstream_stalled: AtomicBool::new(false),
             peer_ip: super::headers::peer_ip(peer),
+            proto: if tls { "https" } else { "http" },
         }
     }
 
@@ -294,7 +299,9 @@ pub async fn serve(
 
 fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, drain: &Arc<Drain>) {
     let _ = stream.set_nodelay(true);
-    let state = Arc::new(ConnState::new(peer));
+    // A listener with `[listener.tls]` serves only connections that
+    // completed a TLS handshake.
+    let state = Arc::new(ConnState::new(peer, proxy.tls.is_some()));
     // Only what the connection itself needs: its task holds them for its
     // whole life, and that task is most of what an idle connection costs.
     let timeouts = drive::ConnTimeouts::from(&proxy.current_timeouts());
@@ -424,7 +431,7 @@ mod tests {
 
     #[test]
     fn a_head_is_awaited_once_the_response_and_every_body_have_ended() {
-        let state = ConnState::new("127.0.0.1:1".parse().unwrap());
+        let state = ConnState::new("127.0.0.1:1".parse().unwrap(), false);
         // The body ends before the response: awaited at the response's end.
         state.request_started(false);
         state.request_body_open();

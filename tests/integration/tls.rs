@@ -252,6 +252,69 @@ async fn https_responses_before_a_close_end_with_close_notify() {
     gw.shutdown().await;
 }
 
+/// The `x-forwarded-proto` values an upstream's `/headers` answer lists.
+fn forwarded_protos(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("x-forwarded-proto: "))
+        .collect()
+}
+
+/// A request that came over TLS goes upstream with `X-Forwarded-Proto:
+/// https` (the client's own value replaced, `trust_forwarded_headers` being
+/// off), whichever server and client carry it: over HTTP/1.1 the own server
+/// and client, hyper's server after a hand-off (the general rewrite and
+/// hyper's client for a body), and HTTP/2 chosen by ALPN.
+#[tokio::test]
+async fn https_requests_go_upstream_as_forwarded_https() {
+    let up = Upstream::start("v1").await;
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf(&["localhost"]);
+    let (gw, _dir) = start_with_pair(&cert, &key, up.addr).await;
+
+    let mut s = http1(connect(gw.addr, &ca.der, &[b"http/1.1"]).await).await;
+    // The own server, then (Connection naming a field) hyper's from then on.
+    let cases = [
+        ("GET", None, ""),
+        ("GET", Some("x-drop"), ""),
+        ("GET", None, ""),
+        ("POST", None, "a body"),
+    ];
+    for (method, connection, body) in cases {
+        let mut req = Request::builder()
+            .method(method)
+            .uri("/headers")
+            .header("host", "localhost")
+            .header("x-forwarded-proto", "http");
+        if let Some(connection) = connection {
+            req = req.header("connection", connection).header("x-drop", "1");
+        }
+        let req = req.body(Full::new(Bytes::from(body))).unwrap();
+        let resp = s.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let text = resp.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&text);
+        assert_eq!(
+            forwarded_protos(&text),
+            ["https"],
+            "{method} {connection:?}: {text}"
+        );
+    }
+
+    let mut h2 = http2(connect(gw.addr, &ca.der, &[b"h2"]).await).await;
+    for body in ["", "a body"] {
+        let req = Request::post("https://localhost/headers")
+            .header("x-forwarded-proto", "http")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let resp = h2.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let text = resp.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&text);
+        assert_eq!(forwarded_protos(&text), ["https"], "h2 {body:?}: {text}");
+    }
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn rsa_pkcs1_and_ecdsa_sec1_keys_serve() {
     let up = Upstream::start("v1").await;

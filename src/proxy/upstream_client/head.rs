@@ -112,7 +112,7 @@ pub fn encode_fields<'a, I: Iterator<Item = (&'a [u8], &'a [u8])>>(
     out.extend_from_slice(fwd.peer_ip.as_bytes());
     out.extend_from_slice(b"\r\n");
     if !(fwd.trust_forwarded_headers && proto) {
-        line(out, b"x-forwarded-proto", b"http");
+        line(out, b"x-forwarded-proto", fwd.proto.as_bytes());
     }
     if !(fwd.trust_forwarded_headers && port) {
         line(out, b"x-forwarded-port", fwd.port.as_bytes());
@@ -221,6 +221,7 @@ mod tests {
         for trust in [false, true] {
             let fwd = Forwarding {
                 peer_ip: &peer_ip,
+                proto: "https",
                 port: &port,
                 trust_forwarded_headers: trust,
                 drop_underscored: true,

@@ -107,3 +107,48 @@ async fn h2c_connection_may_wait_before_its_first_request() {
     assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "v1");
     gw.shutdown().await;
 }
+
+/// An HTTP/2 client's cookie split into several fields (RFC 9113, 8.2.3)
+/// reaches the HTTP/1.1 upstream as one `cookie` line, the values joined
+/// with `; `: through the own client (no body, the head echoed as it came)
+/// and through hyper's (a body).
+#[tokio::test]
+async fn h2c_cookie_fields_go_upstream_as_one_line() {
+    let echo = EchoHeadUpstream::start("").await;
+    let gw = Gateway::start(&config("", &[("v1", 1, echo.addr)])).await;
+    let mut sender = h2c_client(gw.addr).await;
+    let req = Request::get(format!("http://{}/", gw.addr))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(Empty::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let head = resp.into_body().collect().await.unwrap().to_bytes();
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let cookies: Vec<&str> = head
+        .split("\r\n")
+        .filter(|l| l.starts_with("cookie:"))
+        .collect();
+    assert_eq!(cookies, ["cookie: a=1; b=2"], "{head}");
+    gw.shutdown().await;
+
+    let up = Upstream::start("v1").await;
+    let gw = Gateway::start(&config("", &[("v1", 1, up.addr)])).await;
+    let mut sender = h2c_client_for(gw.addr).await;
+    let req = Request::post(format!("http://{}/headers", gw.addr))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(http_body_util::Full::new(bytes::Bytes::from("a body")))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&text);
+    assert_eq!(
+        header_of(&header_lines(&text), "cookie"),
+        ["a=1; b=2"],
+        "{text}"
+    );
+    gw.shutdown().await;
+}

@@ -69,3 +69,57 @@ async fn sticky_users_stay_put_across_requests_replicas_and_weight_raises() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A sticky header that is present but empty (or blank) is no key: such
+/// requests are split by weight like keyless ones, over HTTP/1.1 (the own
+/// server) and h2c (hyper's), instead of all hashing to one position and
+/// one version.
+#[tokio::test]
+async fn an_empty_sticky_key_is_split_by_weight() {
+    use http_body_util::{BodyExt, Empty};
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let split = "sticky_header = \"x-user-id\"\nresponse_header = \"x-canary-version\"";
+    let text = config(split, &[("v1", 90, v1.addr), ("v2", 10, v2.addr)]);
+    let gw = Gateway::start(&text).await;
+
+    let mut client = Client::connect(gw.addr).await;
+    let mut counts = BTreeMap::<String, usize>::new();
+    for _ in 0..200 {
+        *counts.entry(version_of(&mut client, "").await).or_default() += 1;
+    }
+    assert!(
+        counts.get("v2").is_some_and(|&n| n >= 5),
+        "HTTP/1.1: {counts:?}"
+    );
+    assert!(
+        counts.get("v1").is_some_and(|&n| n >= 100),
+        "HTTP/1.1: {counts:?}"
+    );
+
+    let mut h2 = h2c_client(gw.addr).await;
+    for key in ["", " "] {
+        let mut counts = BTreeMap::<String, usize>::new();
+        for _ in 0..200 {
+            let req = http::Request::get(format!("http://{}/", gw.addr))
+                .header("x-user-id", key)
+                .body(Empty::new())
+                .unwrap();
+            let resp = h2.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            *counts
+                .entry(String::from_utf8_lossy(&body).into_owned())
+                .or_default() += 1;
+        }
+        assert!(
+            counts.get("v2").is_some_and(|&n| n >= 5),
+            "h2c {key:?}: {counts:?}"
+        );
+        assert!(
+            counts.get("v1").is_some_and(|&n| n >= 100),
+            "h2c {key:?}: {counts:?}"
+        );
+    }
+    gw.shutdown().await;
+}

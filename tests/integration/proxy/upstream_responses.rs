@@ -175,3 +175,56 @@ async fn responses_under_other_transfer_codings_are_the_upstreams_error() {
     );
     gw.shutdown().await;
 }
+
+/// An upstream response whose Connection header names its Content-Length
+/// (`Connection: content-length`) keeps its length on the way to the
+/// client: without it a response on a kept-alive connection would be
+/// unframed (the own server took its framing from the upstream's length),
+/// and the client would read the next response as this one's body.
+#[tokio::test]
+async fn connection_naming_the_length_keeps_the_response_framed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = FixedUpstream::start(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: content-length\r\n\r\nhello",
+    )
+    .await;
+    let gw = Gateway::start(&config("", &[("v1", 1, upstream.addr)])).await;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = Vec::new();
+    for i in 0..2 {
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .unwrap();
+        let head = tokio::time::timeout(Duration::from_secs(5), read_head(&mut stream, &mut buf))
+            .await
+            .unwrap()
+            .unwrap_or_default();
+        let lower = head.to_ascii_lowercase();
+        assert!(lower.starts_with("http/1.1 200"), "{i}: {head}");
+        assert!(lower.contains("\r\ncontent-length: 5\r\n"), "{i}: {head}");
+        assert!(!lower.contains("transfer-encoding"), "{i}: {head}");
+        while buf.len() < 5 {
+            let mut chunk = [0u8; 1024];
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "{i}: closed");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(buf.drain(..5).collect::<Vec<u8>>(), b"hello", "{i}");
+    }
+    // Over HTTP/2 (hyper's server) as well.
+    let mut h2 = h2c_client(gw.addr).await;
+    let request = http::Request::get("/")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = h2.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.into_body().collect().await.unwrap().to_bytes(),
+        "hello"
+    );
+    gw.shutdown().await;
+}
