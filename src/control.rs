@@ -150,7 +150,13 @@ impl Control {
             generation: 0,
             updated_at_ms: unix_ms(),
             source: "config".into(),
-            writer: writer.clone(),
+            // Started without reading the shared store: the file's weights
+            // serve here but are no decision of this task's, so they are
+            // never mirrored to the App Mesh route (over the fleet's).
+            writer: match first_read.failed {
+                Some(_) => UNREAD_STORE_WRITER.into(),
+                None => writer.clone(),
+            },
             config_weights: Some(config_weights.clone()),
             rollout: None,
         };
@@ -299,6 +305,10 @@ fn view(doc: &WeightsDoc) -> WeightsView {
         source: doc.source.clone(),
     }
 }
+
+/// The writer of the config file's weights on a task that started without
+/// reading its shared store (degraded): no task's, so no task mirrors them.
+pub const UNREAD_STORE_WRITER: &str = "config (store not read at start)";
 
 /// A writer id unique to this process: the host name (the ECS task's),
 /// the process id and a random part.

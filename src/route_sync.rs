@@ -22,7 +22,8 @@ pub trait RouteSync: Send + Sync + 'static {
 ///
 /// Only the task that wrote a decision syncs it (its `writer` is this task):
 /// a task that adopts another task's decision from the store, possibly late,
-/// never writes older weights over newer ones. Every `reconcile_every` the
+/// never writes older weights over newer ones; nor does a task that started
+/// without reading the store, on the config file's weights. Every `reconcile_every` the
 /// decision in force is written again by its writer (skipped by App Mesh
 /// when nothing changed): that repairs drift and retries after a failure. A
 /// failure is recorded in /status and never reverts the gateway.
@@ -54,3 +55,6 @@ pub async fn follow_route(
         doc = rx.borrow_and_update().clone();
     }
 }
+
+#[cfg(test)]
+mod tests;
