@@ -178,8 +178,22 @@ impl Settings {
         Settings::default().merge(&map, &[])
     }
 
+    /// The interval, within the bounds a plan is checked against: a plan
+    /// read back from the shared store was not checked by this gateway, and
+    /// an out-of-range `interval_s` there must not overflow the clock
+    /// arithmetic (`Duration::from_secs_f64` panics above `u64::MAX` s).
     pub fn interval(&self) -> std::time::Duration {
-        std::time::Duration::from_secs_f64(self.interval_s)
+        std::time::Duration::from_millis(self.interval_ms())
+    }
+
+    /// [`Settings::interval`] in milliseconds.
+    pub fn interval_ms(&self) -> u64 {
+        let secs = if self.interval_s.is_nan() {
+            1.0
+        } else {
+            self.interval_s.clamp(1.0, MAX_INTERVAL_S)
+        };
+        (secs * 1000.0) as u64
     }
 }
 
@@ -345,6 +359,26 @@ mod tests {
             "intervall_s"
         );
         assert_eq!(field("[1]"), "body");
+    }
+
+    #[test]
+    fn a_huge_interval_is_refused_and_a_stored_one_cannot_overflow() {
+        for huge in ["86401", "9223372036854775807", "1e300"] {
+            let json = format!(r#"{{"canary": "v2", "interval_s": {huge}}}"#);
+            let err = body(&json).unwrap_err();
+            assert_eq!(err.field, "interval_s", "{huge}");
+            assert!(err.reason.contains("86400"), "{huge}: {err}");
+        }
+        // A plan from the store is not checked again: its interval is bounded
+        // where it is used.
+        for stored in [1e300, f64::MAX, f64::NAN, -5.0] {
+            let s = Settings {
+                interval_s: stored,
+                ..Settings::default()
+            };
+            assert!(s.interval() <= std::time::Duration::from_secs(86_400));
+            assert!(s.interval_ms() >= 1000 && s.interval_ms() <= 86_400_000);
+        }
     }
 
     #[test]
