@@ -51,10 +51,10 @@ fn json_object(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>
             "the request body is empty; a JSON object is expected",
         ));
     }
-    match serde_json::from_slice::<serde_json::Value>(body) {
+    match super::json::parse(body) {
         Ok(serde_json::Value::Object(map)) => Ok(map),
         Ok(_) => Err(Rejection::bad("the request body must be a JSON object")),
-        Err(e) => Err(Rejection::bad(format!("malformed JSON: {e}"))),
+        Err(e) => Err(Rejection::bad(e.to_string())),
     }
 }
 
@@ -165,10 +165,26 @@ mod tests {
             (r#"{"weights":"#, "malformed JSON"),
             ("", "empty"),
             ("[1]", "JSON object"),
+            (
+                r#"{"weights":{"v2":5,"v2":95}}"#,
+                "duplicate key `weights.v2`",
+            ),
+            (
+                r#"{"weights":{"v2":5},"weights":{"v2":6}}"#,
+                "duplicate key `weights`",
+            ),
         ] {
             let err = weights(body.as_bytes()).unwrap_err();
             assert!(err.message.contains(needle), "{body}: {}", err.message);
             assert_eq!(err.status, StatusCode::BAD_REQUEST);
         }
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused_in_every_body() {
+        let err = promote(br#"{"version":"v2","version":"v3"}"#).unwrap_err();
+        assert!(err.message.contains("duplicate key `version`"), "{err:?}");
+        let err = rollback(br#"{"a":1,"a":1}"#).unwrap_err();
+        assert!(err.message.contains("duplicate key `a`"), "{err:?}");
     }
 }

@@ -211,8 +211,15 @@ impl Plan {
     /// force. Whether the canary is a version of the config is checked by the
     /// caller.
     pub fn from_body(body: &[u8], defaults: &Settings, stable: &str) -> Result<Plan, PlanError> {
-        let value: Value = serde_json::from_slice(body)
-            .map_err(|e| invalid("body", format!("not valid JSON: {e}")))?;
+        let value = crate::admin::json::parse(body).map_err(|e| match e {
+            crate::admin::json::BodyError::DuplicateKey(path) => invalid(
+                &path,
+                "is given more than once (duplicate key); give each key once",
+            ),
+            crate::admin::json::BodyError::Malformed(e) => {
+                invalid("body", format!("not valid JSON: {e}"))
+            }
+        })?;
         let Value::Object(map) = value else {
             return Err(invalid("body", "must be a JSON object"));
         };
@@ -359,6 +366,17 @@ mod tests {
             "intervall_s"
         );
         assert_eq!(field("[1]"), "body");
+        assert_eq!(field(r#"{"canary": "v2", "canary": "v3"}"#), "canary");
+        assert_eq!(
+            field(r#"{"canary": "v2", "steps": [1], "steps": [5]}"#),
+            "steps"
+        );
+        assert!(
+            body(r#"{"canary": "v2", "canary": "v3"}"#)
+                .unwrap_err()
+                .reason
+                .contains("duplicate key")
+        );
     }
 
     #[test]
