@@ -106,11 +106,25 @@ pub fn weights(body: &[u8]) -> Result<BTreeMap<String, u32>, Rejection> {
                         "weight of `{name}` must not be negative, got {negative}"
                     )));
                 }
-                _ => {
-                    return Err(Rejection::bad(format!(
-                        "weight of `{name}` must be a whole number, got {n}"
-                    )));
-                }
+                // Beyond the 64-bit integers (JSON writes them as it likes):
+                // too large or too negative, not "not whole".
+                _ => match n.as_f64() {
+                    Some(f) if f > MAX_TOTAL_WEIGHT as f64 => {
+                        return Err(Rejection::bad(format!(
+                            "weight of `{name}` is {n}, too large: above the maximum total of {MAX_TOTAL_WEIGHT}"
+                        )));
+                    }
+                    Some(f) if f < 0.0 => {
+                        return Err(Rejection::bad(format!(
+                            "weight of `{name}` must not be negative, got {n}"
+                        )));
+                    }
+                    _ => {
+                        return Err(Rejection::bad(format!(
+                            "weight of `{name}` must be a whole number, got {n}"
+                        )));
+                    }
+                },
             },
             other => {
                 return Err(Rejection::bad(format!(
@@ -160,6 +174,14 @@ mod tests {
             (r#"{"weights":{"v2":2.5}}"#, "whole number"),
             (r#"{"weights":{"v2":"5"}}"#, "non-negative integer"),
             (r#"{"weights":{"v2":2000000}}"#, "maximum"),
+            (
+                r#"{"weights":{"v2":18446744073709551616}}"#,
+                "`v2` is 1.8446744073709552e+19, too large",
+            ),
+            (r#"{"weights":{"v2":1e300}}"#, "`v2` is 1e+300, too large"),
+            (r#"{"weights":{"v2":2.5e6}}"#, "too large"),
+            (r#"{"weights":{"v2":-1e300}}"#, "negative"),
+            (r#"{"weights":{"v2":-9223372036854775809}}"#, "negative"),
             (r#"{"weights":{}}"#, "names no version"),
             (r#"{"weight":{"v2":1}}"#, "unknown field"),
             (r#"{"weights":"#, "malformed JSON"),

@@ -122,12 +122,21 @@ impl Settings {
                     }
                 }
                 "min_requests" => {
-                    s.min_requests = value.as_u64().ok_or_else(|| {
-                        invalid(
-                            key,
-                            format!("must be a non-negative whole number, got {value}"),
-                        )
-                    })?;
+                    s.min_requests = match (value.as_u64(), value.as_f64()) {
+                        (Some(n), _) => n,
+                        (None, Some(f)) if f >= u64::MAX as f64 => {
+                            return Err(invalid(
+                                key,
+                                format!("{value} is too large: at most {}", u64::MAX),
+                            ));
+                        }
+                        _ => {
+                            return Err(invalid(
+                                key,
+                                format!("must be a non-negative whole number, got {value}"),
+                            ));
+                        }
+                    };
                 }
                 "max_error_rate" => s.max_error_rate = within(key, value, 0.0, 1.0)?,
                 "max_p99_ms" => {
@@ -397,6 +406,13 @@ mod tests {
             assert!(s.interval() <= std::time::Duration::from_secs(86_400));
             assert!(s.interval_ms() >= 1000 && s.interval_ms() <= 86_400_000);
         }
+    }
+
+    #[test]
+    fn a_count_beyond_64_bits_is_too_large_not_fractional() {
+        let err = body(r#"{"canary": "v2", "min_requests": 18446744073709551616}"#).unwrap_err();
+        assert_eq!(err.field, "min_requests");
+        assert!(err.reason.contains("too large"), "{err}");
     }
 
     #[test]
