@@ -11,6 +11,7 @@
 //! and every action it takes need the token.
 
 pub mod auth;
+pub mod json;
 pub mod request;
 pub mod rollout;
 pub mod ui;

@@ -63,8 +63,12 @@ impl Clock {
 
     /// The tokio instant of the Unix time `ms` (now, if it is past).
     pub fn instant_at(&self, ms: u64) -> tokio::time::Instant {
-        let now = self.now_ms();
-        tokio::time::Instant::now() + std::time::Duration::from_millis(ms.saturating_sub(now))
+        let wait = std::time::Duration::from_millis(ms.saturating_sub(self.now_ms()));
+        let now = tokio::time::Instant::now();
+        // A time beyond what the clock can hold (a corrupt stored plan): the
+        // farthest a clock surely holds, never a panic.
+        now.checked_add(wait)
+            .unwrap_or_else(|| now + std::time::Duration::from_secs(1_000_000_000))
     }
 }
 

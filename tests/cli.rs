@@ -197,6 +197,15 @@ async fn run_and_check_read_the_config_from_the_environment() {
         "{err}"
     );
 
+    // A duration the clock cannot add is refused by `check`, naming the key.
+    let endless = format!("{text}\n[timeouts]\nupstream_response = 9223372036854775807\n");
+    let (code, _, err) = cli(&["check"], &[("CANARY_GATEWAY_CONFIG", &endless)]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("timeouts.upstream_response") && err.contains("too long"),
+        "{err}"
+    );
+
     // The store's service id comes from its override; missing, the error names it.
     let cloudmap = format!("{text}\n[store]\nkind = \"cloudmap\"\n");
     let (code, _, err) = cli(&["check"], &[("CANARY_GATEWAY_CONFIG", &cloudmap)]).await;

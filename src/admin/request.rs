@@ -51,10 +51,10 @@ fn json_object(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>
             "the request body is empty; a JSON object is expected",
         ));
     }
-    match serde_json::from_slice::<serde_json::Value>(body) {
+    match super::json::parse(body) {
         Ok(serde_json::Value::Object(map)) => Ok(map),
         Ok(_) => Err(Rejection::bad("the request body must be a JSON object")),
-        Err(e) => Err(Rejection::bad(format!("malformed JSON: {e}"))),
+        Err(e) => Err(Rejection::bad(e.to_string())),
     }
 }
 
@@ -106,11 +106,25 @@ pub fn weights(body: &[u8]) -> Result<BTreeMap<String, u32>, Rejection> {
                         "weight of `{name}` must not be negative, got {negative}"
                     )));
                 }
-                _ => {
-                    return Err(Rejection::bad(format!(
-                        "weight of `{name}` must be a whole number, got {n}"
-                    )));
-                }
+                // Beyond the 64-bit integers (JSON writes them as it likes):
+                // too large or too negative, not "not whole".
+                _ => match n.as_f64() {
+                    Some(f) if f > MAX_TOTAL_WEIGHT as f64 => {
+                        return Err(Rejection::bad(format!(
+                            "weight of `{name}` is {n}, too large: above the maximum total of {MAX_TOTAL_WEIGHT}"
+                        )));
+                    }
+                    Some(f) if f < 0.0 => {
+                        return Err(Rejection::bad(format!(
+                            "weight of `{name}` must not be negative, got {n}"
+                        )));
+                    }
+                    _ => {
+                        return Err(Rejection::bad(format!(
+                            "weight of `{name}` must be a whole number, got {n}"
+                        )));
+                    }
+                },
             },
             other => {
                 return Err(Rejection::bad(format!(
@@ -160,15 +174,39 @@ mod tests {
             (r#"{"weights":{"v2":2.5}}"#, "whole number"),
             (r#"{"weights":{"v2":"5"}}"#, "non-negative integer"),
             (r#"{"weights":{"v2":2000000}}"#, "maximum"),
+            (
+                r#"{"weights":{"v2":18446744073709551616}}"#,
+                "`v2` is 1.8446744073709552e+19, too large",
+            ),
+            (r#"{"weights":{"v2":1e300}}"#, "`v2` is 1e+300, too large"),
+            (r#"{"weights":{"v2":2.5e6}}"#, "too large"),
+            (r#"{"weights":{"v2":-1e300}}"#, "negative"),
+            (r#"{"weights":{"v2":-9223372036854775809}}"#, "negative"),
             (r#"{"weights":{}}"#, "names no version"),
             (r#"{"weight":{"v2":1}}"#, "unknown field"),
             (r#"{"weights":"#, "malformed JSON"),
             ("", "empty"),
             ("[1]", "JSON object"),
+            (
+                r#"{"weights":{"v2":5,"v2":95}}"#,
+                "duplicate key `weights.v2`",
+            ),
+            (
+                r#"{"weights":{"v2":5},"weights":{"v2":6}}"#,
+                "duplicate key `weights`",
+            ),
         ] {
             let err = weights(body.as_bytes()).unwrap_err();
             assert!(err.message.contains(needle), "{body}: {}", err.message);
             assert_eq!(err.status, StatusCode::BAD_REQUEST);
         }
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused_in_every_body() {
+        let err = promote(br#"{"version":"v2","version":"v3"}"#).unwrap_err();
+        assert!(err.message.contains("duplicate key `version`"), "{err:?}");
+        let err = rollback(br#"{"a":1,"a":1}"#).unwrap_err();
+        assert!(err.message.contains("duplicate key `a`"), "{err:?}");
     }
 }

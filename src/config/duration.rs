@@ -2,13 +2,26 @@
 
 use std::time::Duration;
 
+/// The longest duration, in seconds (about 31 years), whatever its form: a
+/// longer one would overflow the clock arithmetic it reaches
+/// (`Instant + duration`), and no timeout or interval needs more.
+pub const MAX_SECS: u64 = 1_000_000_000;
+
+fn too_long(written: impl std::fmt::Display) -> String {
+    format!("{written} is too long: at most {MAX_SECS} seconds")
+}
+
 /// Parses a duration written in TOML.
 pub fn from_toml(value: &toml::Value) -> Result<Duration, String> {
     match value {
-        toml::Value::Integer(i) if *i >= 0 => Ok(Duration::from_secs(*i as u64)),
-        toml::Value::Float(f) if f.is_finite() && *f >= 0.0 && *f < 1e9 => {
+        toml::Value::Integer(i) if *i >= 0 && *i as u64 <= MAX_SECS => {
+            Ok(Duration::from_secs(*i as u64))
+        }
+        toml::Value::Integer(i) if *i > 0 => Err(too_long(i)),
+        toml::Value::Float(f) if f.is_finite() && *f >= 0.0 && *f <= MAX_SECS as f64 => {
             Ok(Duration::from_secs_f64(*f))
         }
+        toml::Value::Float(f) if *f > MAX_SECS as f64 => Err(too_long(f)),
         toml::Value::String(s) => parse(s),
         other => Err(format!(
             "expected a duration such as \"1s\" or \"250ms\", got {}",
@@ -49,8 +62,11 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "h" => n * 3600.0,
         _ => return Err(bad()),
     };
-    if !secs.is_finite() || secs > 1e9 {
+    if !secs.is_finite() {
         return Err(bad());
+    }
+    if secs > MAX_SECS as f64 {
+        return Err(too_long(format!("`{text}`")));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -68,5 +84,24 @@ mod tests {
         assert!(parse("soon").is_err());
         assert!(parse("5 fortnights").is_err());
         assert!(parse("").is_err());
+    }
+
+    #[test]
+    fn every_form_is_bounded_alike() {
+        let max = Duration::from_secs(MAX_SECS);
+        assert_eq!(from_toml(&toml::Value::Integer(MAX_SECS as i64)), Ok(max));
+        assert_eq!(from_toml(&toml::Value::Float(MAX_SECS as f64)), Ok(max));
+        assert_eq!(parse("1000000000s"), Ok(max));
+        for too_long in [
+            toml::Value::Integer(MAX_SECS as i64 + 1),
+            toml::Value::Integer(i64::MAX),
+            toml::Value::Float(1e10),
+            toml::Value::Float(f64::INFINITY),
+            toml::Value::String("1000000001s".into()),
+            toml::Value::String("300000h".into()),
+        ] {
+            let err = from_toml(&too_long).unwrap_err();
+            assert!(err.contains("too long"), "{too_long}: {err}");
+        }
     }
 }

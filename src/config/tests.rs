@@ -238,3 +238,36 @@ fn body_stall_and_underscored_names_parse_and_default() {
     let bad = err(&(BASE.to_string() + "\n[timeouts]\nbody_stall = \"soon\"\n"));
     assert!(bad.contains("timeouts.body_stall"), "{bad}");
 }
+
+#[test]
+fn a_duration_too_long_for_the_clock_is_refused_whatever_its_form() {
+    for (table, key, value) in [
+        ("timeouts", "upstream_response", "9223372036854775807"),
+        ("timeouts", "idle", "1000000001"),
+        ("timeouts", "shutdown_grace", "1e12"),
+        ("upstream", "eject_max", "\"300000h\""),
+        ("discovery", "stale_after", "9223372036854775807"),
+    ] {
+        let text = format!("{BASE}\n[{table}]\n{key} = {value}\n");
+        let e = err(&text);
+        assert!(e.contains(&format!("{table}.{key}")), "{e}");
+        assert!(e.contains("too long"), "{e}");
+    }
+    for key in ["poll_interval", "boot_timeout"] {
+        let text = format!(
+            "{BASE}\n[store]\nkind = \"dynamodb\"\ntable = \"t\"\nkey = \"k\"\n{key} = 9223372036854775807\n"
+        );
+        let e = err(&text);
+        assert!(e.contains(&format!("store.{key}")), "{e}");
+        assert!(e.contains("too long"), "{e}");
+    }
+    let c = Config::parse(
+        &format!("{BASE}\n[timeouts]\nupstream_response = 1000000000\n"),
+        "gw.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.timeouts.upstream_response,
+        Duration::from_secs(1_000_000_000)
+    );
+}

@@ -53,17 +53,18 @@ impl Window {
     /// interval of this replica's own evidence; after a hold, an interval
     /// after the last judgement.
     fn due_ms(&self, r: &RolloutState) -> u64 {
-        let interval = (r.plan.settings.interval_s * 1000.0) as u64;
+        let interval = r.plan.settings.interval_ms();
         if self.judged == 0 {
-            (r.step_at_ms + interval).max(self.start_ms + interval * 3 / 4)
+            (r.step_at_ms.saturating_add(interval))
+                .max(self.start_ms.saturating_add(interval * 3 / 4))
         } else {
-            self.last_judged_ms + interval
+            self.last_judged_ms.saturating_add(interval)
         }
     }
 
     /// Judges again [`RETRY`] after `now` (a decision failed).
     fn retry_soon(&mut self, r: &RolloutState, now_ms: u64) {
-        let interval = (r.plan.settings.interval_s * 1000.0) as u64;
+        let interval = r.plan.settings.interval_ms();
         self.last_judged_ms = (now_ms + RETRY.as_millis() as u64).saturating_sub(interval);
     }
 }

@@ -122,12 +122,21 @@ impl Settings {
                     }
                 }
                 "min_requests" => {
-                    s.min_requests = value.as_u64().ok_or_else(|| {
-                        invalid(
-                            key,
-                            format!("must be a non-negative whole number, got {value}"),
-                        )
-                    })?;
+                    s.min_requests = match (value.as_u64(), value.as_f64()) {
+                        (Some(n), _) => n,
+                        (None, Some(f)) if f >= u64::MAX as f64 => {
+                            return Err(invalid(
+                                key,
+                                format!("{value} is too large: at most {}", u64::MAX),
+                            ));
+                        }
+                        _ => {
+                            return Err(invalid(
+                                key,
+                                format!("must be a non-negative whole number, got {value}"),
+                            ));
+                        }
+                    };
                 }
                 "max_error_rate" => s.max_error_rate = within(key, value, 0.0, 1.0)?,
                 "max_p99_ms" => {
@@ -178,8 +187,22 @@ impl Settings {
         Settings::default().merge(&map, &[])
     }
 
+    /// The interval, within the bounds a plan is checked against: a plan
+    /// read back from the shared store was not checked by this gateway, and
+    /// an out-of-range `interval_s` there must not overflow the clock
+    /// arithmetic (`Duration::from_secs_f64` panics above `u64::MAX` s).
     pub fn interval(&self) -> std::time::Duration {
-        std::time::Duration::from_secs_f64(self.interval_s)
+        std::time::Duration::from_millis(self.interval_ms())
+    }
+
+    /// [`Settings::interval`] in milliseconds.
+    pub fn interval_ms(&self) -> u64 {
+        let secs = if self.interval_s.is_nan() {
+            1.0
+        } else {
+            self.interval_s.clamp(1.0, MAX_INTERVAL_S)
+        };
+        (secs * 1000.0) as u64
     }
 }
 
@@ -197,8 +220,15 @@ impl Plan {
     /// force. Whether the canary is a version of the config is checked by the
     /// caller.
     pub fn from_body(body: &[u8], defaults: &Settings, stable: &str) -> Result<Plan, PlanError> {
-        let value: Value = serde_json::from_slice(body)
-            .map_err(|e| invalid("body", format!("not valid JSON: {e}")))?;
+        let value = crate::admin::json::parse(body).map_err(|e| match e {
+            crate::admin::json::BodyError::DuplicateKey(path) => invalid(
+                &path,
+                "is given more than once (duplicate key); give each key once",
+            ),
+            crate::admin::json::BodyError::Malformed(e) => {
+                invalid("body", format!("not valid JSON: {e}"))
+            }
+        })?;
         let Value::Object(map) = value else {
             return Err(invalid("body", "must be a JSON object"));
         };
@@ -345,6 +375,44 @@ mod tests {
             "intervall_s"
         );
         assert_eq!(field("[1]"), "body");
+        assert_eq!(field(r#"{"canary": "v2", "canary": "v3"}"#), "canary");
+        assert_eq!(
+            field(r#"{"canary": "v2", "steps": [1], "steps": [5]}"#),
+            "steps"
+        );
+        assert!(
+            body(r#"{"canary": "v2", "canary": "v3"}"#)
+                .unwrap_err()
+                .reason
+                .contains("duplicate key")
+        );
+    }
+
+    #[test]
+    fn a_huge_interval_is_refused_and_a_stored_one_cannot_overflow() {
+        for huge in ["86401", "9223372036854775807", "1e300"] {
+            let json = format!(r#"{{"canary": "v2", "interval_s": {huge}}}"#);
+            let err = body(&json).unwrap_err();
+            assert_eq!(err.field, "interval_s", "{huge}");
+            assert!(err.reason.contains("86400"), "{huge}: {err}");
+        }
+        // A plan from the store is not checked again: its interval is bounded
+        // where it is used.
+        for stored in [1e300, f64::MAX, f64::NAN, -5.0] {
+            let s = Settings {
+                interval_s: stored,
+                ..Settings::default()
+            };
+            assert!(s.interval() <= std::time::Duration::from_secs(86_400));
+            assert!(s.interval_ms() >= 1000 && s.interval_ms() <= 86_400_000);
+        }
+    }
+
+    #[test]
+    fn a_count_beyond_64_bits_is_too_large_not_fractional() {
+        let err = body(r#"{"canary": "v2", "min_requests": 18446744073709551616}"#).unwrap_err();
+        assert_eq!(err.field, "min_requests");
+        assert!(err.reason.contains("too large"), "{err}");
     }
 
     #[test]

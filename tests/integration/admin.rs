@@ -103,6 +103,67 @@ async fn bad_admin_input_over_the_wire_changes_nothing() {
 }
 
 #[tokio::test]
+async fn a_key_given_twice_is_refused_and_changes_nothing() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let (gw, _secrets) = gateway(&[("v1", 100, v1.addr), ("v2", 0, v2.addr)]).await;
+    for (method, path, body, names) in [
+        (
+            "PUT",
+            "/weights",
+            r#"{"weights":{"v1":5,"v2":95,"v2":0}}"#,
+            "`weights.v2`",
+        ),
+        (
+            "PUT",
+            "/weights",
+            r#"{"weights":{"v2":100},"weights":{"v1":100}}"#,
+            "`weights`",
+        ),
+        (
+            "POST",
+            "/promote",
+            r#"{"version":"v1","version":"v2"}"#,
+            "`version`",
+        ),
+        (
+            "POST",
+            "/rollout",
+            r#"{"canary":"v2","canary":"v1"}"#,
+            "canary",
+        ),
+    ] {
+        let reply = admin(gw.admin, method, path, Some(TOKEN), body).await;
+        assert_eq!(reply.status, 400, "{body}: {}", reply.text());
+        let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        let message = json["error"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("duplicate key") && message.contains(names),
+            "{body}: {message}"
+        );
+    }
+    let w: serde_json::Value = serde_json::from_slice(
+        &admin(gw.admin, "GET", "/weights", Some(TOKEN), "")
+            .await
+            .body,
+    )
+    .unwrap();
+    assert_eq!(w["generation"], 0, "{w}");
+    assert_eq!(
+        (&w["stable"], &w["weights"]["v1"], &w["weights"]["v2"]),
+        (&"v1".into(), &100.into(), &0.into()),
+        "{w}"
+    );
+    assert_eq!(
+        admin(gw.admin, "GET", "/rollout", Some(TOKEN), "")
+            .await
+            .status,
+        404
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_config_file_edit_is_picked_up_without_a_signal() {
     let v1 = Upstream::start("v1").await;
     let v2 = Upstream::start("v2").await;

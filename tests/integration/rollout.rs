@@ -570,6 +570,16 @@ async fn bad_plans_are_refused_naming_the_problem() {
         (r#"{"canary": "v2", "steps": [50, 150]}"#, 400, "steps[1]"),
         (r#"{"canary": "v2", "interval_s": 0.5}"#, 400, "interval_s"),
         (
+            r#"{"canary": "v2", "interval_s": 9223372036854775807}"#,
+            400,
+            "interval_s",
+        ),
+        (
+            r#"{"canary": "v2", "interval_s": 1e300}"#,
+            400,
+            "interval_s",
+        ),
+        (
             r#"{"canary": "v2", "on_success": "maybe"}"#,
             400,
             "on_success",
