@@ -632,8 +632,14 @@ async fn forward_own(
             exchange_upload(&mut conn, pooled, body, version, endpoint, settings, method).await
         }
         None => {
-            let deadline =
-                tokio::time::Instant::from_std(start) + settings.timeouts.upstream_response;
+            // Timed from the head's write (configuration.md): a pooled
+            // connection's is as good as the request's start (no clock
+            // read), a new one's comes after its connect and handshake.
+            let from = match pooled {
+                true => tokio::time::Instant::from_std(start),
+                false => tokio::time::Instant::now(),
+            };
+            let deadline = from + settings.timeouts.upstream_response;
             let mut timer = conn.timer(deadline);
             let attempt = async {
                 loop {

@@ -724,6 +724,60 @@ async fn a_tls_upstream_that_sent_too_much_is_not_reused() {
     gw.shutdown().await;
 }
 
+/// `upstream_response` runs from the request's write (configuration.md),
+/// not from its arrival: a new upstream connection's slow handshake is
+/// `upstream_connect`'s to time, and does not eat the answer's time.
+#[tokio::test]
+async fn a_slow_upstream_handshake_is_not_the_responses_time() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = Ca::new();
+    let acceptor = tls_acceptor(&ca, &["upstream.test"]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // The handshake takes longer than upstream_response; the
+                // answer then comes at once.
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut more = [0u8; 4096];
+                    match tls.read(&mut more).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&more[..n]),
+                    }
+                }
+                let _ = tls
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                let _ = tls.read(&mut [0u8; 16]).await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let gw = Gateway::start(&format!(
+        "[listener]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n\
+         [timeouts]\nupstream_connect = \"5s\"\nupstream_response = \"300ms\"\n\n\
+         [split]\nstable = \"v1\"\n\n[[versions]]\nname = \"v1\"\nweight = 100\n\
+         endpoints = [\"{addr}\"]\ntls = true\nca_file = \"{}\"\nserver_name = \"upstream.test\"\n",
+        ca_file.display()
+    ))
+    .await;
+    let reply = crate::support::get(gw.addr, "/", &[]).await;
+    assert_eq!(
+        (reply.status.as_u16(), reply.text()),
+        (200, "ok".to_string())
+    );
+    gw.shutdown().await;
+}
+
 #[test]
 fn upstream_tls_keys_are_checked() {
     let base = "[listener]\naddress = \"127.0.0.1:0\"\n[split]\nstable = \"v1\"\n[[versions]]\nname = \"v1\"\nweight = 1\nendpoints = [\"127.0.0.1:1\"]\n";
