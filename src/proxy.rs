@@ -813,7 +813,7 @@ async fn open(
     settings: &ProxySettings,
 ) -> Result<crate::tls::Stream, ConnectError> {
     let timeout = settings.timeouts.upstream_connect;
-    let result = match endpoint.open(timeout, &settings.upstream).await {
+    let result = match endpoint.open(timeout).await {
         Ok(tcp) => match &version.tls {
             None => Ok(tcp.into()),
             Some(tls) => (tls.connect(tcp, endpoint.addr(), timeout).await)
@@ -821,6 +821,9 @@ async fn open(
         },
         Err(e) => Err(e),
     };
+    // A failed handshake counts like a failed connect: an endpoint with a
+    // bad certificate is ejected, not picked again and again.
+    endpoint.connected(&result, &settings.upstream);
     if result.is_err() {
         version.metrics.errors[0].increment(1);
     }

@@ -311,29 +311,30 @@ impl Endpoint {
         *self.idle() = Idle::default();
     }
 
-    /// Opens a new TCP connection (TCP_NODELAY on), records the outcome for
-    /// ejection.
-    pub async fn open(
-        &self,
-        timeout: Duration,
-        cfg: &UpstreamConfig,
-    ) -> Result<TcpStream, ConnectError> {
-        let result = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
+    /// Opens a new TCP connection (TCP_NODELAY on). The caller records the
+    /// outcome for ejection ([`Endpoint::connected`]) once the connection is
+    /// usable (after its TLS handshake, if any).
+    pub async fn open(&self, timeout: Duration) -> Result<TcpStream, ConnectError> {
+        match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
             Err(_) => Err(ConnectError::Timeout(self.addr)),
             Ok(Err(e)) => Err(ConnectError::Io(self.addr, e)),
-            Ok(Ok(s)) => Ok(s),
-        };
-        match &result {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                self.connect_succeeded();
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                Ok(s)
             }
+        }
+    }
+
+    /// Records a connect's outcome (TCP, and TLS when the version has it):
+    /// a success makes the endpoint healthy again, failures in a row eject it.
+    pub fn connected<T>(&self, result: &Result<T, ConnectError>, cfg: &UpstreamConfig) {
+        match result {
+            Ok(_) => self.connect_succeeded(),
             Err(e) => {
                 tracing::debug!(error = %e, "upstream connect failed");
                 self.connect_failed(cfg);
             }
         }
-        result
     }
 
     /// Makes a connection from [`Endpoint::open`] an HTTP/1.1 connection

@@ -724,6 +724,45 @@ async fn a_tls_upstream_that_sent_too_much_is_not_reused() {
     gw.shutdown().await;
 }
 
+/// An upstream whose TLS handshake fails (a certificate for another name)
+/// is ejected like one that refuses connections: the TCP connect alone is
+/// no sign of health.
+#[tokio::test]
+async fn an_upstream_failing_its_handshake_is_ejected() {
+    let ca = Ca::new();
+    let (good, _) = tls_upstream(&ca, &["upstream.test"]).await;
+    let (bad, _) = tls_upstream(&ca, &["other.test"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let gw = Gateway::start(&format!(
+        "[listener]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n\
+         [upstream]\neject_base = \"60s\"\neject_max = \"120s\"\n\n\
+         [split]\nstable = \"v1\"\n\n[[versions]]\nname = \"v1\"\nweight = 100\n\
+         endpoints = [\"{good}\", \"{bad}\"]\ntls = true\nca_file = \"{}\"\nserver_name = \"upstream.test\"\n",
+        ca_file.display()
+    ))
+    .await;
+    let control = gw.running.as_ref().unwrap().control.clone();
+    for i in 0..40 {
+        // A fresh client connection each time; a failed handshake is
+        // retried on the other endpoint.
+        let reply = crate::support::get(gw.addr, "/", &[]).await;
+        assert_eq!(reply.status, 200, "request {i}: {}", reply.text());
+    }
+    let status = control.status();
+    let endpoints = &status.versions[0].endpoints;
+    let health = |addr: SocketAddr| {
+        endpoints
+            .iter()
+            .find(|e| e.address == addr.to_string())
+            .map(|e| e.health)
+    };
+    assert_eq!(health(bad), Some("ejected"), "{endpoints:?}");
+    assert_eq!(health(good), Some("healthy"), "{endpoints:?}");
+    gw.shutdown().await;
+}
+
 /// `upstream_response` runs from the request's write (configuration.md),
 /// not from its arrival: a new upstream connection's slow handshake is
 /// `upstream_connect`'s to time, and does not eat the answer's time.
