@@ -93,7 +93,10 @@ struct State {
     store: StoreStatus,
     appmesh: Option<status::AppMeshStatus>,
     /// A rollback applied here that the store has not taken yet.
-    rollback_pending: bool,
+    pending_rollback: Option<decisions::PendingRollback>,
+    /// How many rollbacks were applied here: a decision or reload that was
+    /// writing the store meanwhile sees the count change and never undoes one.
+    rollbacks: u64,
     /// When the decision in force was applied here (ms since the Unix epoch).
     applied_at_ms: u64,
     /// Every task's report as the store last answered it (`None`: the store
@@ -211,7 +214,8 @@ impl Control {
             last_reload: None,
             store: first_read.status(store_kind),
             appmesh,
-            rollback_pending: false,
+            pending_rollback: None,
+            rollbacks: 0,
             applied_at_ms: unix_ms(),
             fleet: None,
             reported: None,

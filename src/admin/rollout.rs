@@ -8,6 +8,7 @@ use http::{Method, StatusCode};
 use super::{AdminResponse, control_error, error, json};
 use crate::control::Control;
 use crate::control::rollout::Action;
+use crate::control::status::WeightsView;
 use crate::rollout::RolloutError;
 use crate::rollout::state::Phase;
 
@@ -84,7 +85,28 @@ pub async fn rollback(control: &Control) -> AdminResponse {
         None => control.rollback("admin").await.map_err(RolloutError::from),
     };
     match result {
-        Ok(view) => json(StatusCode::OK, &view),
+        Ok(view) => json(StatusCode::OK, &rollback_answer(control, view)),
         Err(e) => rollout_error(e),
     }
+}
+
+/// The answer to `POST /rollback`: the decision in force (the fields of
+/// `GET /weights`), whether the store has it yet, and when it has not, a
+/// warning: the rollback is in force on this task only until it is written.
+fn rollback_answer(control: &Control, view: WeightsView) -> serde_json::Value {
+    let pending = control.rollback_pending();
+    let mut answer = serde_json::to_value(&view).unwrap_or_else(|_| serde_json::json!({}));
+    if let Some(fields) = answer.as_object_mut() {
+        fields.insert("rollback_pending".into(), pending.into());
+        if pending {
+            fields.insert(
+                "warning".into(),
+                "rollback applied on this task at once; the store has not taken it yet: \
+                 the fleet's other tasks keep their weights until it does (retrying in the \
+                 background; /status store.rollback_pending)"
+                    .into(),
+            );
+        }
+    }
+    answer
 }

@@ -142,6 +142,40 @@ async fn promote_and_rollback() {
 }
 
 #[tokio::test]
+async fn a_rollback_answer_says_whether_the_store_has_it() {
+    let f = fixture(Some("t")).await;
+    call(&f, "PUT", "/weights", Some("t"), r#"{"weights":{"v2":50}}"#).await;
+    let (status, body, _) = call(&f, "POST", "/rollback", Some("t"), "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["rollback_pending"], false, "{body}");
+    assert!(body.get("warning").is_none(), "{body}");
+
+    // The state file cannot be read or written any more.
+    call(&f, "PUT", "/weights", Some("t"), r#"{"weights":{"v2":50}}"#).await;
+    std::fs::remove_file(&f.state).unwrap();
+    std::fs::create_dir(&f.state).unwrap();
+    let (status, body, _) = call(&f, "POST", "/rollback", Some("t"), "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The fields of GET /weights, as before, with the rollback in force here.
+    assert_eq!(body["stable"], "v1");
+    assert_eq!(body["weights"]["v2"], 0);
+    assert_eq!(body["generation"], 4);
+    assert!(
+        body["updated_at_ms"].is_u64() && body["source"] == "admin",
+        "{body}"
+    );
+    assert_eq!(body["rollback_pending"], true, "{body}");
+    assert!(
+        body["warning"]
+            .as_str()
+            .is_some_and(|w| w.contains("store has not taken it yet")),
+        "{body}"
+    );
+    let snap = f.admin.control.snapshot_cell().load_full();
+    assert_eq!(snap.versions[1].weight, 0);
+}
+
+#[tokio::test]
 async fn bad_input_is_rejected_and_changes_nothing() {
     let f = fixture(Some("t")).await;
     let cases = [

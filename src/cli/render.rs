@@ -37,6 +37,10 @@ pub fn weights(v: &Value) -> String {
             ));
         }
     }
+    // A rollback the store has not taken yet (`POST /rollback`).
+    if let Some(Value::String(warning)) = v.get("warning") {
+        out.push_str(&format!("\nwarning: {warning}"));
+    }
     out
 }
 
@@ -108,4 +112,32 @@ pub fn rollout(v: &Value) -> String {
         out.push_str(&format!("\n  reason: {}", text(Some(reason))));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rollback_not_in_the_store_yet_is_shown_with_the_weights() {
+        let pending = serde_json::json!({
+            "stable": "v1", "weights": {"v1": 100, "v2": 0}, "generation": 4,
+            "source": "admin", "rollback_pending": true,
+            "warning": "rollback applied on this task at once; the store has not taken it yet",
+        });
+        let out = weights(&pending);
+        assert!(
+            out.starts_with("generation 4 (source admin), stable v1"),
+            "{out}"
+        );
+        assert!(
+            out.ends_with(
+                "\nwarning: rollback applied on this task at once; the store has not taken it yet"
+            ),
+            "{out}"
+        );
+        let written =
+            serde_json::json!({"stable": "v1", "weights": {"v1": 100}, "rollback_pending": false});
+        assert!(!weights(&written).contains("warning"));
+    }
 }

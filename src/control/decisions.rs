@@ -59,9 +59,11 @@ impl Control {
 
     /// `POST /rollback` (and an automated rollout's abort): the stable version
     /// takes all the weight at once. An emergency rollback always takes effect
-    /// on this task: when another task decided first it rolls back from that
-    /// decision; when the store cannot be written it applies here anyway and
-    /// the store upkeep keeps writing it (`/status`: rollback pending in the store).
+    /// on this task at once, without waiting for the store; it is then written
+    /// to the store, made again from the store's latest decision (when another
+    /// task decided first it rolls back from that decision); when the store
+    /// cannot take it in time the store upkeep keeps writing it (`/status`:
+    /// rollback pending in the store).
     pub async fn rollback(&self, source: &str) -> Result<WeightsView, ControlError> {
         self.rollback_for(source, &format!("rollback ({source})"))
             .await
@@ -69,62 +71,94 @@ impl Control {
 
     /// A rollback that also ends a running rollout as aborted, for `reason`
     /// (the rollout's abort goes this way, so it always applies too).
+    ///
+    /// It applies on this task first, from the decision in force, before any
+    /// store call and without waiting for a decision that holds the decisions'
+    /// turn while it calls the store. Then it is written like a pending
+    /// rollback ([`Control::flush_pending_rollback`]) for up to
+    /// [`ROLLBACK_WRITE_WAIT`]; a write that does not complete by then is
+    /// left to the store upkeep. The answer is the decision in force.
     pub async fn rollback_for(
         &self,
         source: &str,
         reason: &str,
     ) -> Result<WeightsView, ControlError> {
-        for _ in 0..ROLLBACK_ATTEMPTS {
-            match self.decide_with(source, |d| to_stable(d, reason)).await {
-                // The newer decision was applied here: roll back from it.
-                Err(ControlError::Conflict(_)) => continue,
-                Err(ControlError::Store(e) | ControlError::StoreLoad(e)) => {
-                    return Ok(self.rollback_locally(source, reason, &e).await);
-                }
-                other => return other,
-            }
+        self.rollback_locally(source, reason);
+        let written =
+            tokio::time::timeout(ROLLBACK_WRITE_WAIT, self.flush_pending_rollback()).await;
+        let why = match written {
+            Ok(Ok(true)) => None,
+            Ok(Ok(false)) => Some("other tasks kept writing decisions".to_string()),
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!(
+                "the store did not answer within {ROLLBACK_WRITE_WAIT:?}"
+            )),
+        };
+        let state = self.lock();
+        if let Some(why) = why
+            && state.pending_rollback.is_some()
+        {
+            tracing::error!(target: "audit", error = %why, generation = state.decision.generation, "rollback applied on this task only: the store could not take it yet; retrying in the background");
+            metrics::counter!(names::STORE_ROLLBACKS_DEFERRED_TOTAL).increment(1);
+            self.pending_wake.notify_one();
         }
-        let busy = crate::store::StoreError::Invalid(
-            "other tasks kept writing decisions while this rollback was made".into(),
-        );
-        Ok(self.rollback_locally(source, reason, &busy).await)
+        Ok(view(&state.decision))
     }
 
-    /// Applies a rollback on this task without the store and leaves it to the
-    /// store upkeep (see [`Control::flush_pending_rollback`]).
-    async fn rollback_locally(
-        &self,
-        source: &str,
-        reason: &str,
-        why: &crate::store::StoreError,
-    ) -> WeightsView {
-        let _turn = self.decisions.lock().await;
+    /// Whether a rollback applied on this task is not in the store yet.
+    pub fn rollback_pending(&self) -> bool {
+        self.lock().pending_rollback.is_some()
+    }
+
+    /// Applies a rollback on this task at once, from the decision in force,
+    /// and marks it pending in the store. Takes the state lock only (never the
+    /// decisions' turn, which a decision may hold across a store call).
+    fn rollback_locally(&self, source: &str, reason: &str) {
         let mut state = self.lock();
-        let (stable, weights, rollout) = match to_stable(&state.decision, reason) {
-            Ok(change) => change,
-            Err(_) => (
-                state.decision.stable.clone(),
-                state.decision.weights.clone(),
-                state.decision.rollout.clone(),
-            ),
+        let decision = to_stable(&state.decision, reason);
+        let doc = self.next_decision(&state, decision, source);
+        let generation = doc.generation;
+        // The decision the fleet may know: the one in force before the first
+        // rollback still pending.
+        let made_from = match &state.pending_rollback {
+            Some(p) => p.made_from.clone(),
+            None => state.decision.clone(),
         };
-        let doc = self.next_decision(&state, (stable, weights, rollout), source);
-        tracing::error!(target: "audit", error = %why, generation = doc.generation, "rollback applied on this task only: the store could not take it; retrying in the background");
         if let Err(e) = self.apply(&mut state, doc) {
             tracing::error!(error = %e, "the rollback could not be applied");
-            return view(&state.decision);
+            return;
         }
-        state.rollback_pending = true;
+        state.rollbacks += 1;
+        state.pending_rollback = Some(PendingRollback {
+            source: source.to_string(),
+            reason: reason.to_string(),
+            made_from,
+        });
         state.store.rollback_pending = true;
-        metrics::counter!(names::STORE_ROLLBACKS_DEFERRED_TOTAL).increment(1);
         metrics::gauge!(names::STORE_ROLLBACK_PENDING).set(1.0);
-        self.pending_wake.notify_one();
-        view(&state.decision)
+        tracing::warn!(target: "audit", generation, reason, "rollback applied on this task; writing it to the store");
     }
 
-    /// Writes a rollback that was applied without the store (re-based on the
-    /// store's latest generation so that it is the newest decision). `Ok(true)`
-    /// when nothing is pending any more.
+    /// `base` rolled back, as this task's next decision (the reason is the
+    /// pending rollback's).
+    pub(super) fn rollback_of(&self, state: &State, base: &WeightsDoc) -> WeightsDoc {
+        let (source, reason) = state
+            .pending_rollback
+            .as_ref()
+            .map(|p| (p.source.clone(), p.reason.clone()))
+            .unwrap_or_else(|| ("rollback".into(), "rollback".into()));
+        let doc = self.next_decision(state, to_stable(base, &reason), &source);
+        WeightsDoc {
+            generation: doc.generation.max(base.generation + 1),
+            ..doc
+        }
+    }
+
+    /// Writes a rollback that was applied without the store, made again
+    /// from the store's latest decision (see [`Control::remade_rollback`]) so
+    /// that it is the newest decision and never brings back weights or a
+    /// stable version that the fleet replaced meanwhile. `Ok(true)` when
+    /// nothing is pending any more.
     pub async fn flush_pending_rollback(&self) -> Result<bool, ControlError> {
         let _turn = self.decisions.lock().await;
         self.flush_pending_locked().await
@@ -134,7 +168,7 @@ impl Control {
     /// pending in the store; when it cannot, says loudly that the fleet's
     /// other tasks keep the weights the rollback replaced.
     pub async fn flush_rollback_before_exit(&self, limit: std::time::Duration) {
-        if !self.lock().rollback_pending {
+        if !self.rollback_pending() {
             return;
         }
         let why = match tokio::time::timeout(limit, self.flush_pending_rollback()).await {
@@ -152,35 +186,76 @@ impl Control {
     /// [`Control::flush_pending_rollback`] with the decisions lock held.
     async fn flush_pending_locked(&self) -> Result<bool, ControlError> {
         for _ in 0..ROLLBACK_ATTEMPTS {
-            let pending = {
+            let (pending, seen) = {
                 let state = self.lock();
-                if !state.rollback_pending {
-                    return Ok(true);
+                match &state.pending_rollback {
+                    None => return Ok(true),
+                    Some(p) => (p.clone(), state.rollbacks),
                 }
-                state.decision.clone()
             };
             let latest = self.read_store().await?;
             let read_at = latest.as_ref().map(|d| d.generation);
-            let doc = WeightsDoc {
-                generation: pending.generation.max(read_at.map_or(0, |g| g + 1)),
-                updated_at_ms: unix_ms().max(pending.updated_at_ms),
-                ..pending
-            };
+            let doc = self.remade_rollback(latest, &pending);
             match self.write_store(&doc, read_at).await {
                 Ok(()) => {
                     let mut state = self.lock();
-                    state.rollback_pending = false;
-                    state.store.rollback_pending = false;
-                    metrics::gauge!(names::STORE_ROLLBACK_PENDING).set(0.0);
-                    tracing::info!(target: "audit", generation = doc.generation, "the pending rollback is in the store now");
+                    tracing::info!(target: "audit", generation = doc.generation, stable = %doc.stable, "the pending rollback is in the store now");
                     self.apply(&mut state, doc)?;
-                    return Ok(true);
+                    // Another rollback applied here during the write is
+                    // written too (next round).
+                    if state.rollbacks == seen {
+                        state.pending_rollback = None;
+                        state.store.rollback_pending = false;
+                        metrics::gauge!(names::STORE_ROLLBACK_PENDING).set(0.0);
+                        return Ok(true);
+                    }
                 }
                 Err(ControlError::Conflict(_)) => continue,
                 Err(e) => return Err(e),
             }
         }
         Ok(false)
+    }
+
+    /// The document that writes a pending rollback over `latest`, the
+    /// store's document. When `latest` is newer than the decision the
+    /// rollback was made from (another task decided meanwhile, or this task
+    /// started degraded on the config's weights): `latest` rolled back (its
+    /// stable version takes all the weight, a running rollout ends aborted),
+    /// one generation above it. Otherwise (the store holds that decision or
+    /// an older one, none, or one invalid for this config): the rollback in
+    /// force here, one generation above the store's.
+    fn remade_rollback(&self, latest: Option<WeightsDoc>, pending: &PendingRollback) -> WeightsDoc {
+        let state = self.lock();
+        let versions: Vec<String> = state.config.version_names();
+        let read_at = latest.as_ref().map(|d| d.generation);
+        let base = latest
+            .filter(|d| d.is_newer_than(&pending.made_from))
+            .map(|d| fit_to_config(d, &state.config));
+        match base {
+            Some(base) if validate_weights(&versions, &base.stable, &base.weights).is_ok() => {
+                let doc =
+                    self.next_decision(&state, to_stable(&base, &pending.reason), &pending.source);
+                WeightsDoc {
+                    generation: (base.generation + 1).max(state.decision.generation),
+                    ..doc
+                }
+            }
+            other => {
+                if let Some(d) = other {
+                    tracing::warn!(
+                        generation = d.generation,
+                        "the store's weights are invalid for this config: writing the rollback made here over them"
+                    );
+                }
+                let pending = state.decision.clone();
+                WeightsDoc {
+                    generation: pending.generation.max(read_at.map_or(0, |g| g + 1)),
+                    updated_at_ms: unix_ms().max(pending.updated_at_ms),
+                    ..pending
+                }
+            }
+        }
     }
 
     /// Makes a weight decision: validate, write the store, then apply. A
@@ -214,16 +289,29 @@ impl Control {
                 "a rollback is still pending in the store".into(),
             )));
         }
-        let (doc, versions) = {
+        let (doc, versions, rollbacks) = {
             let state = self.lock();
+            // A rollback applied here since the flush above goes first too.
+            if state.pending_rollback.is_some() {
+                return Err(ControlError::Store(StoreError::Invalid(
+                    "a rollback is still pending in the store".into(),
+                )));
+            }
             let (stable, weights, rollout) = change(&state.decision)?;
             let versions: Vec<String> = state.config.version_names();
             validate_weights(&versions, &stable, &weights)?;
             let doc = self.next_decision(&state, (stable, weights, rollout), source);
-            (doc, versions)
+            (doc, versions, state.rollbacks)
         };
         let doc = self.record(doc).await?;
         let mut state = self.lock();
+        // A rollback applied here while this decision was written stays in
+        // force: the decision is not applied, and the rollback (pending) is
+        // written over it.
+        if state.rollbacks != rollbacks {
+            tracing::warn!(target: "audit", generation = doc.generation, "a decision written while this task rolled back is not applied: the rollback stays in force");
+            return Err(ControlError::Conflict(Box::new(view(&state.decision))));
+        }
         // A reload may have changed the versions while the store was written.
         let now: Vec<String> = state.config.version_names();
         if now != versions {
@@ -349,7 +437,7 @@ impl Control {
     /// force ([`WeightsDoc::is_newer_than`]); an older or equal one is ignored.
     fn adopt(&self, doc: WeightsDoc) {
         let mut state = self.lock();
-        if state.rollback_pending || !doc.is_newer_than(&state.decision) {
+        if state.pending_rollback.is_some() || !doc.is_newer_than(&state.decision) {
             return;
         }
         let doc = fit_to_config(doc, &state.config);
@@ -398,7 +486,7 @@ impl Control {
     /// newer-only apply makes a read that raced with a change harmless. While
     /// a rollback is pending the poll writes it instead.
     pub async fn sync_from_store(&self) -> Result<(), StoreError> {
-        if self.lock().rollback_pending {
+        if self.rollback_pending() {
             return match self.flush_pending_rollback().await {
                 Ok(_) => Ok(()),
                 Err(ControlError::Store(e) | ControlError::StoreLoad(e)) => Err(e),
@@ -428,19 +516,38 @@ pub(super) type Decision = (
     Option<crate::rollout::state::RolloutState>,
 );
 
-/// How often a rollback is re-based on a newer decision before it is applied
-/// here without the store.
+/// A rollback applied on this task that the store has not taken yet: what
+/// it needs to be made again from the store's latest decision.
+#[derive(Debug, Clone)]
+pub(super) struct PendingRollback {
+    /// Who asked (the document's `source`).
+    pub source: String,
+    /// Why (a running rollout ends aborted for it).
+    pub reason: String,
+    /// The decision in force here when it was made (the first rollback's,
+    /// when several are pending): a newer one in the store is rolled back
+    /// instead of it.
+    pub made_from: WeightsDoc,
+}
+
+/// How often a pending rollback is made again from a newer decision (another
+/// task wrote between the read and the conditional write) per flush.
 const ROLLBACK_ATTEMPTS: usize = 3;
+
+/// How long a rollback waits for the store before it answers: it is already
+/// in force on this task; a write that takes longer goes on in the store
+/// upkeep (a hung AWS call takes up to the SDK's 20 s).
+pub const ROLLBACK_WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The rollback change: all the weight to the stable version; a running
 /// rollout ends aborted, for `reason`.
-fn to_stable(d: &WeightsDoc, reason: &str) -> Result<Decision, ControlError> {
+fn to_stable(d: &WeightsDoc, reason: &str) -> Decision {
     let rollout = crate::rollout::state::aborted(d.rollout.as_ref(), reason, unix_ms());
-    Ok((
+    (
         d.stable.clone(),
         all_weight_to(&d.weights, &d.stable),
         rollout,
-    ))
+    )
 }
 
 /// Every version at 0 but `to`, which gets the current total (so the numbers

@@ -65,9 +65,13 @@ impl Control {
         trigger: &str,
     ) -> Result<(String, Vec<String>), String> {
         let _turn = self.decisions.lock().await;
-        let (old, decision) = {
+        let (old, decision, rollbacks) = {
             let state = self.lock();
-            (state.config.clone(), state.decision.clone())
+            (
+                state.config.clone(),
+                state.decision.clone(),
+                state.rollbacks,
+            )
         };
         let restart_required: Vec<String> = old
             .restart_only_differences(&new)
@@ -184,7 +188,13 @@ impl Control {
             }
         }
         state.endpoints = endpoints;
-        let result = if changed {
+        let result = if changed && state.rollbacks != rollbacks {
+            // A rollback applied here while the edit was written stays in
+            // force: the edit is applied rolled back (the pending rollback is
+            // written over the edit in the store).
+            let doc = self.rollback_of(&state, &doc);
+            self.apply(&mut state, doc).map_err(|e| e.to_string())
+        } else if changed {
             self.apply(&mut state, doc).map_err(|e| e.to_string())
         } else {
             self.swap(&state).map_err(|e| e.to_string())

@@ -197,7 +197,16 @@ impl Control {
 
     /// `POST /rollout/pause|resume|abort|promote`.
     pub async fn rollout_action(&self, action: Action) -> Result<RolloutView, RolloutError> {
-        self.refresh().await;
+        if action != Action::Abort {
+            self.refresh().await;
+        } else if self.running_rollout().is_none() {
+            // An abort is a rollback: it never waits for the store when this
+            // task runs the rollout (the rollback is made again from the
+            // store's latest decision when written). Only to find a rollout
+            // this task has not seen yet does it ask the store, briefly.
+            let _ =
+                tokio::time::timeout(super::decisions::ROLLBACK_WRITE_WAIT, self.refresh()).await;
+        }
         let r = self.rollout().ok_or(RolloutError::None)?;
         if !r.phase.running() {
             return Err(RolloutError::Conflict(format!(

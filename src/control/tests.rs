@@ -172,6 +172,202 @@ async fn a_rollback_applies_while_the_store_is_down_and_lands_when_it_returns() 
     assert_eq!(control.weights().generation, 8);
 }
 
+/// Polls (no sleep as synchronisation) until `what` holds, for up to 2 s.
+async fn until(what: impl Fn() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < deadline {
+        if what() {
+            return true;
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    what()
+}
+
+#[tokio::test]
+async fn a_rollback_applies_at_once_while_the_store_hangs() {
+    let store = Arc::new(MemoryStore::default());
+    let control = task(&store).await;
+    control.set_weights(w(50, 50), "admin").await.unwrap();
+    // The store's next answer never comes (an AWS call hanging until its
+    // SDK timeouts): the rollback does not wait for it.
+    store.stall_next_load.store(true, Ordering::SeqCst);
+    let view = tokio::time::timeout(Duration::from_secs(2), control.rollback("admin"))
+        .await
+        .expect("the rollback waited for the hung store")
+        .unwrap();
+    assert_eq!(view.weights, w(100, 0));
+    assert_eq!(view.stable, "v1");
+    let snapshot = control.snapshot_cell().load_full();
+    assert_eq!(
+        snapshot.versions[0].weight, 100,
+        "the data path rolled back"
+    );
+    assert_eq!(snapshot.versions[1].weight, 0);
+    assert!(control.status().store.rollback_pending);
+    assert_eq!(store.stored().unwrap().weights, w(50, 50));
+
+    // The store answers again: the rollback lands.
+    store.release.notify_one();
+    control.sync_from_store().await.unwrap();
+    let stored = store.stored().unwrap();
+    assert_eq!(stored.weights, w(100, 0));
+    assert_eq!(stored.writer, control.writer());
+    assert!(!control.status().store.rollback_pending);
+    assert_eq!(control.weights().generation, stored.generation);
+}
+
+#[tokio::test]
+async fn a_rollback_never_waits_for_a_decision_stuck_on_the_store() {
+    let store = Arc::new(MemoryStore::default());
+    let control = task(&store).await;
+    control.set_weights(w(50, 50), "admin").await.unwrap();
+    store.stall_next_load.store(true, Ordering::SeqCst);
+    let loads = store.loads.load(Ordering::SeqCst);
+    // A change holds the decisions' turn while its store read hangs.
+    let stuck = {
+        let control = control.clone();
+        tokio::spawn(async move { control.set_weights(w(60, 40), "admin").await })
+    };
+    assert!(until(|| store.loads.load(Ordering::SeqCst) > loads).await);
+    assert!(!stuck.is_finished());
+    let view = tokio::time::timeout(Duration::from_secs(2), control.rollback("admin"))
+        .await
+        .expect("the rollback waited for the decision stuck on the store")
+        .unwrap();
+    assert_eq!(view.weights, w(100, 0));
+    assert_eq!(control.weights().weights, w(100, 0));
+
+    // The stuck change completes after the rollback: it never undoes it here.
+    store.release.notify_one();
+    let late = stuck.await.unwrap();
+    assert!(matches!(late, Err(ControlError::Conflict(_))), "{late:?}");
+    assert_eq!(control.weights().weights, w(100, 0));
+    // And the rollback lands on top of it in the store.
+    control.sync_from_store().await.unwrap();
+    let stored = store.stored().unwrap();
+    assert_eq!(stored.weights, w(100, 0));
+    assert_eq!(stored.generation, 3);
+    assert!(!control.status().store.rollback_pending);
+}
+
+#[tokio::test]
+async fn a_reload_writing_the_store_during_a_rollback_never_undoes_it() {
+    let store = Arc::new(MemoryStore::default());
+    let control = task(&store).await;
+    store.stall_next_load.store(true, Ordering::SeqCst);
+    let loads = store.loads.load(Ordering::SeqCst);
+    // A file edit (v2 at 30) is a decision: its store read hangs.
+    let edited = Config::parse(
+        &CONFIG
+            .replace("weight = 90", "weight = 70")
+            .replace("weight = 10", "weight = 30"),
+        "test",
+    )
+    .unwrap();
+    let reload = {
+        let control = control.clone();
+        tokio::spawn(async move { control.reload(Ok(edited), "admin").await })
+    };
+    assert!(until(|| store.loads.load(Ordering::SeqCst) > loads).await);
+    let view = tokio::time::timeout(Duration::from_secs(2), control.rollback("admin"))
+        .await
+        .expect("the rollback waited for the reload")
+        .unwrap();
+    assert_eq!(view.weights, w(100, 0));
+
+    store.release.notify_one();
+    let status = reload.await.unwrap();
+    assert!(status.ok, "{status:?}");
+    // The edit is in force rolled back: the rollback stays.
+    assert_eq!(control.weights().weights, w(100, 0));
+    assert_eq!(store.stored().unwrap().weights, w(70, 30));
+    control.sync_from_store().await.unwrap();
+    assert_eq!(store.stored().unwrap().weights, w(100, 0));
+    assert_eq!(control.weights().weights, w(100, 0));
+}
+
+#[tokio::test]
+async fn a_rollout_abort_applies_at_once_while_the_store_hangs() {
+    use crate::rollout::state::Phase;
+    let store = Arc::new(MemoryStore::default());
+    let control = task(&store).await;
+    let plan = br#"{"canary": "v2", "steps": [10, 50, 100], "interval_s": 10}"#;
+    control.start_rollout(plan).await.unwrap();
+    assert!(control.weights().weights["v2"] > 0);
+    // POST /rollout/abort on a hung store: no store read before it applies.
+    store.stall_next_load.store(true, Ordering::SeqCst);
+    let view = tokio::time::timeout(
+        Duration::from_secs(2),
+        control.rollout_action(super::rollout::Action::Abort),
+    )
+    .await
+    .expect("the abort waited for the hung store")
+    .unwrap();
+    assert_eq!(view.phase, Phase::Aborted);
+    assert_eq!(control.weights().weights, w(100, 0));
+    assert!(control.rollback_pending());
+
+    store.release.notify_one();
+    control.sync_from_store().await.unwrap();
+    let stored = store.stored().unwrap();
+    assert_eq!(stored.weights, w(100, 0));
+    assert_eq!(stored.rollout.map(|r| r.phase), Some(Phase::Aborted));
+    assert!(!control.rollback_pending());
+}
+
+#[tokio::test]
+async fn a_pending_rollback_is_made_again_from_the_stores_latest_decision() {
+    let store = Arc::new(MemoryStore::default());
+    let control = task(&store).await;
+    control.set_weights(w(50, 50), "admin").await.unwrap();
+    store.set_down(true);
+    let view = control.rollback("admin").await.unwrap();
+    assert_eq!(view.weights, w(100, 0));
+    assert!(control.status().store.rollback_pending);
+
+    // Meanwhile another task promoted v2.
+    let promoted = crate::store::WeightsDoc {
+        stable: "v2".into(),
+        ..doc(7, "other", 100)
+    };
+    *store.doc.lock().unwrap() = Some(promoted);
+    store.set_down(false);
+    control.sync_from_store().await.unwrap();
+    // The rollback is that decision's: v2 stays stable and keeps the traffic.
+    let stored = store.stored().unwrap();
+    assert_eq!(stored.stable, "v2");
+    assert_eq!(stored.weights, w(0, 100));
+    assert_eq!(stored.generation, 8);
+    assert_eq!(stored.writer, control.writer());
+    assert_eq!(control.weights().stable, "v2");
+    assert_eq!(control.weights().weights, w(0, 100));
+    assert!(!control.status().store.rollback_pending);
+}
+
+#[tokio::test]
+async fn a_rollback_on_a_degraded_task_never_writes_the_configs_weights() {
+    let store = Arc::new(MemoryStore::default());
+    *store.doc.lock().unwrap() = Some(crate::store::WeightsDoc {
+        stable: "v2".into(),
+        ..doc(4, "other", 100)
+    });
+    store.set_down(true);
+    let control = task(&store).await;
+    assert!(control.status().store.degraded);
+    // The task runs the config's weights (v1 stable, generation 0).
+    let view = control.rollback("admin").await.unwrap();
+    assert_eq!(view.stable, "v1");
+    store.set_down(false);
+    control.sync_from_store().await.unwrap();
+    let stored = store.stored().unwrap();
+    assert_eq!(stored.stable, "v2", "{stored:?}");
+    assert_eq!(stored.weights, w(0, 100));
+    assert_eq!(stored.generation, 5);
+    assert_eq!(control.weights().stable, "v2");
+}
+
 #[tokio::test]
 async fn a_rollback_after_a_newer_decision_rolls_back_from_it() {
     let store = Arc::new(MemoryStore::default());

@@ -34,7 +34,7 @@ pub async fn keep_store(control: Arc<Control>, poll: Option<Duration>) {
                 () = control.report_wake.notified(), if poll.is_some() => report_only = true,
             }
         }
-        let pending = control.lock().rollback_pending;
+        let pending = control.lock().pending_rollback.is_some();
         if poll.is_none() && !pending {
             next_poll = Instant::now() + jitter(base, 0.2);
             continue;
