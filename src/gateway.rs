@@ -111,20 +111,26 @@ pub struct Running {
 }
 
 impl Running {
-    /// Starts draining and waits until the data path has drained; then
-    /// writes a rollback still pending in the store (see
-    /// [`Control::flush_pending_rollback`]: the fleet's other tasks would
-    /// otherwise go on serving the canary), and removes this task's
-    /// generation report from a shared store (best effort).
+    /// Starts draining and, meanwhile, writes a rollback still pending in
+    /// the store (see [`Control::flush_pending_rollback`]: the fleet's other
+    /// tasks would otherwise go on serving the canary); once the data path
+    /// has drained, tries once more for one made during the drain, and
+    /// removes this task's generation report from a shared store (best
+    /// effort). Side by side, so that the whole stays within ECS's
+    /// `stopTimeout` (30 s by default): the drain's `shutdown_grace` (25 s
+    /// by default), then at most [`LAST_FLUSH_AT_EXIT`] and the report's 2 s.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        let _ = self.serving.await;
+        let flushed = self
+            .control
+            .flush_rollback_before_exit(PENDING_FLUSH_AT_EXIT, false);
+        let _ = tokio::join!(self.serving, flushed);
         for task in &self.background {
             task.abort();
         }
         self.pollers.stop_all();
         self.control
-            .flush_rollback_before_exit(PENDING_FLUSH_AT_EXIT)
+            .flush_rollback_before_exit(LAST_FLUSH_AT_EXIT, true)
             .await;
         self.control.withdraw_report().await;
     }
@@ -196,9 +202,14 @@ impl Reload for ConfigReloader {
 }
 
 /// How long a stopping task tries to write a rollback still pending in the
-/// store (ECS gives 30 s between SIGTERM and SIGKILL by default; the drain
-/// comes first).
+/// store, while it drains (ECS gives 30 s between SIGTERM and SIGKILL by
+/// default).
 const PENDING_FLUSH_AT_EXIT: Duration = Duration::from_secs(5);
+
+/// How long a stopping task tries, after its drain, to write a rollback
+/// made during the drain (or still pending): what is left of ECS's 30 s
+/// after a 25 s drain, with the report's withdrawal.
+const LAST_FLUSH_AT_EXIT: Duration = Duration::from_secs(2);
 
 /// How often the metrics exporter runs its upkeep and the upstream pools
 /// drop their stale idle connections.

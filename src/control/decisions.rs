@@ -167,7 +167,9 @@ impl Control {
     /// At exit: one more try, within `limit`, to write a rollback still
     /// pending in the store; when it cannot, says loudly that the fleet's
     /// other tasks keep the weights the rollback replaced.
-    pub async fn flush_rollback_before_exit(&self, limit: std::time::Duration) {
+    /// `last`: the last try (a failure is then logged as final; an earlier
+    /// try, during the drain, fails quietly).
+    pub async fn flush_rollback_before_exit(&self, limit: std::time::Duration, last: bool) {
         if !self.rollback_pending() {
             return;
         }
@@ -180,7 +182,9 @@ impl Control {
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no answer within {limit:?}"),
         };
-        tracing::error!(target: "audit", error = %why, "exiting with a rollback the store never took: the fleet's other tasks keep the weights it replaced; roll back again (POST /rollback) once the store answers");
+        if last {
+            tracing::error!(target: "audit", error = %why, "exiting with a rollback the store never took: the fleet's other tasks keep the weights it replaced; roll back again (POST /rollback) once the store answers");
+        }
     }
 
     /// [`Control::flush_pending_rollback`] with the decisions lock held.
@@ -200,7 +204,21 @@ impl Control {
                 Ok(()) => {
                     let mut state = self.lock();
                     tracing::info!(target: "audit", generation = doc.generation, stable = %doc.stable, "the pending rollback is in the store now");
-                    self.apply(&mut state, doc)?;
+                    let in_force = &state.decision;
+                    if (&in_force.stable, &in_force.weights, &in_force.rollout)
+                        == (&doc.stable, &doc.weights, &doc.rollout)
+                    {
+                        // Already applied here (at once): only its number
+                        // and time are the store's, no change to log again.
+                        let old = std::mem::replace(&mut state.decision, doc);
+                        if let Err(e) = self.swap(&state) {
+                            state.decision = old;
+                            return Err(e);
+                        }
+                        self.weights_tx.send_replace(state.decision.clone());
+                    } else {
+                        self.apply(&mut state, doc)?;
+                    }
                     // Another rollback applied here during the write is
                     // written too (next round).
                     if state.rollbacks == seen {

@@ -4,7 +4,9 @@
 //! cumulative weights. The canaries come first in config order and the stable
 //! version last, so for a fixed position, raising a canary's weight only moves
 //! positions from the stable version onto it, and lowering it moves exactly the
-//! excess back: a sticky user on the canary stays there while the canary grows.
+//! excess back: a sticky user on the canary stays there while the canary grows
+//! (with one canary weighted; several sit side by side, and one's change
+//! shifts the ranges of those after it).
 //!
 //! Where `p` comes from:
 //! - sticky requests: `xxh3_64(key)`, a fixed, unseeded hash, so every replica and

@@ -63,6 +63,31 @@ async fn version_timeouts_and_5xx(gw: &Gateway, version: &str, expected: (f64, f
     counted().await
 }
 
+/// A head hyper's server cannot parse (it answers 400 itself, without the
+/// gateway's service) is counted as the client's `bad_head` too, on every
+/// path the connection can take.
+#[tokio::test]
+async fn heads_hyper_refuses_are_counted_as_the_clients() {
+    let upstream = Upstream::start("v1").await;
+    let gw = Gateway::start(&config("", &[("hyperhead", 1, upstream.addr)])).await;
+    let before = metric(&gw, "canary_client_errors_total", &[("kind", "bad_head")]).await;
+    let bad = b"GET / HTTP/1.1\r\nHost: h\r\nBad Header: x\r\n\r\n";
+    for (i, path) in PATHS.into_iter().enumerate() {
+        let response = exchange(gw.addr, path, bad).await;
+        let status = response.as_ref().map(|r| r.status);
+        assert_eq!(status, Some(400), "{path:?}");
+        let counted = metric_reaches(
+            &gw,
+            "canary_client_errors_total",
+            &[("kind", "bad_head")],
+            before + i as f64 + 1.0,
+        );
+        assert!(counted.await, "{path:?}: not counted as a client error");
+    }
+    assert_no_version_errors(&gw, "hyperhead").await;
+    gw.shutdown().await;
+}
+
 /// Malformed chunked bodies (nginx and HAProxy answer 400) are the client's
 /// error: a 400 or a closed connection, counted in
 /// `canary_client_errors_total`, never in the version's 5xx or upstream

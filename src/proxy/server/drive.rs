@@ -184,7 +184,7 @@ impl Watch<'_> {
     ) -> Option<T>
     where
         C: Future<Output = Result<T, E>>,
-        E: Display,
+        E: ConnError,
     {
         let Watch {
             state,
@@ -231,6 +231,12 @@ impl Watch<'_> {
         match outcome {
             Ok(Ok(output)) => return Some(output),
             Ok(Err(e)) => {
+                // A head hyper's server could not parse (it answered 400 or
+                // 431 itself) is the client's error, counted like the own
+                // server's.
+                if e.bad_head() {
+                    crate::proxy::error_response::ClientError::BadHead("unparsable").count();
+                }
                 tracing::debug!(%peer, error = %e, "client connection ended with an error")
             }
             Err(Closed::HeadTimeout) => {
@@ -254,6 +260,33 @@ impl Watch<'_> {
             }
         }
         None
+    }
+}
+
+/// How a client connection ended with an error.
+pub trait ConnError: Display {
+    /// The client sent a request head that could not be parsed.
+    fn bad_head(&self) -> bool;
+}
+
+/// The own server counts the heads it refuses itself.
+impl ConnError for crate::proxy::h1::response::SendError {
+    fn bad_head(&self) -> bool {
+        false
+    }
+}
+
+impl ConnError for hyper::Error {
+    fn bad_head(&self) -> bool {
+        self.is_parse()
+    }
+}
+
+/// hyper-util's auto-detecting connection (HTTP/1 or HTTP/2).
+impl ConnError for Box<dyn std::error::Error + Send + Sync> {
+    fn bad_head(&self) -> bool {
+        self.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_parse)
     }
 }
 
