@@ -48,7 +48,7 @@ pub enum ControlError {
     Invalid(String),
     /// The admin API answers these with [`ControlError::short`]: the store's
     /// own words are in the log and in /status (`store.last_error`).
-    #[error("the weight store could not be written, nothing was changed: {0}")]
+    #[error("{}", store_write_failed(.0))]
     Store(StoreError),
     #[error("the weight store could not be read: {0}")]
     StoreLoad(StoreError),
@@ -65,10 +65,20 @@ impl ControlError {
     /// The message for an API answer: without the store's (SDK's) text.
     pub fn short(&self) -> String {
         match self {
+            ControlError::Store(StoreError::Unconfirmed(_)) => "the weight store did not confirm the write: it may have landed, and then every task applies it at its next poll; check GET /weights before retrying (details: /status store.last_error)".into(),
             ControlError::Store(_) => "the weight store could not be written; nothing was changed (details: /status store.last_error)".into(),
             ControlError::StoreLoad(_) => "the weight store could not be read; nothing was changed (details: /status store.last_error)".into(),
             other => other.to_string(),
         }
+    }
+}
+
+/// [`ControlError::Store`]'s message: "nothing was changed" only when
+/// that is known.
+fn store_write_failed(e: &StoreError) -> String {
+    match e {
+        StoreError::Unconfirmed(_) => format!("the weight store did not confirm the write: {e}"),
+        _ => format!("the weight store could not be written, nothing was changed: {e}"),
     }
 }
 

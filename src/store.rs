@@ -89,6 +89,11 @@ pub enum StoreError {
     /// The store throttled the call; callers back off.
     #[error("throttled by the store: {0}")]
     Throttled(String),
+    /// A write whose outcome is unknown: it was sent and may have landed
+    /// (its answer was lost and it could not be read back). One that landed
+    /// applies on every task at its next poll.
+    #[error("the write may have landed but could not be confirmed: {0}")]
+    Unconfirmed(String),
     /// Another task wrote a decision since this one was read: nothing was
     /// written. Holds the store's current document.
     #[error("another gateway task wrote a newer decision first")]

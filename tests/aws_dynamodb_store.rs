@@ -120,6 +120,36 @@ async fn a_retried_write_that_already_landed_is_not_a_conflict() {
     ));
 }
 
+/// A PutItem applied whose answers were all lost (every attempt the SDK
+/// made): read back, it is saved, not "nothing was changed"; when the read
+/// back fails too the outcome is unknown, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_answer_was_lost_is_read_back() {
+    let moto = MotoServer::start();
+    table(&moto).await;
+    let upstream = format!("127.0.0.1:{}", moto.port()).parse().unwrap();
+    let fault = fault_proxy::Fault {
+        status: 500,
+        error_type: "InternalServerError",
+        message: "injected: the answer was lost",
+    };
+    let proxy = FaultProxy::lost_answers(upstream, "PutItem", fault.clone(), usize::MAX).await;
+    let sdk = moto::sdk_config_at(&proxy.endpoint_url()).await;
+    let store = DynamoDbStore::new(&sdk, TABLE, KEY);
+    let first = doc(1, "a", 10);
+    store.save(&first, None).await.unwrap();
+    assert_eq!(store.load().await.unwrap(), Some(first));
+
+    // Every answer lost, reads included: unknown, never a plain failure.
+    let proxy = FaultProxy::lost_answers(upstream, "DynamoDB", fault, usize::MAX).await;
+    let sdk = moto::sdk_config_at(&proxy.endpoint_url()).await;
+    let blind = DynamoDbStore::new(&sdk, TABLE, KEY);
+    let next = doc(2, "a", 20);
+    let err = blind.save(&next, Some(1)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unconfirmed(_)), "{err}");
+    assert_eq!(store.load().await.unwrap(), Some(next), "it had landed");
+}
+
 /// DynamoDB's throttling answers (after the SDK's own retries) are
 /// StoreError::Throttled, which makes the poll back off; other errors are not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

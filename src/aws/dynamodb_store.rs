@@ -137,7 +137,19 @@ impl DynamoDbStore {
                 }
                 Err(StoreError::Conflict(current.map(Box::new)))
             }
-            Err(e) => Err(self.error("PutItem", &e)),
+            Err(e) => {
+                // An attempt may have been applied and its answer lost (the
+                // SDK's retries ran out, or the call timed out): a strongly
+                // consistent read tells.
+                let error = self.error("PutItem", &e);
+                match self.get().await {
+                    Ok(current) if current.as_ref() == Some(doc) => Ok(()),
+                    Ok(_) => Err(error),
+                    Err(read) => Err(StoreError::Unconfirmed(format!(
+                        "{error}; reading it back failed too: {read}"
+                    ))),
+                }
+            }
         }
     }
 }

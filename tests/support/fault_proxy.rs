@@ -35,6 +35,18 @@ struct Counters {
     by_target: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
 }
 
+/// Which requests get the fault, and whether they reach the service first.
+#[derive(Debug, Clone, Copy)]
+struct Matching {
+    method: &'static Method,
+    path_part: &'static str,
+    /// Only calls whose `x-amz-target` contains this.
+    target_part: Option<&'static str>,
+    /// Forward the call, then answer the fault: a call applied whose
+    /// answer was lost.
+    lose_answer: bool,
+}
+
 /// The running proxy; stops when dropped.
 pub struct FaultProxy {
     addr: SocketAddr,
@@ -52,6 +64,41 @@ impl FaultProxy {
         fault: Fault,
         count: usize,
     ) -> FaultProxy {
+        let method: &'static Method = Box::leak(Box::new(method));
+        let matching = Matching {
+            method,
+            path_part,
+            target_part: None,
+            lose_answer: false,
+        };
+        FaultProxy::start_matching(upstream, matching, fault, count).await
+    }
+
+    /// In front of an AWS emulator: the first `count` JSON calls whose
+    /// operation (`x-amz-target`) contains `target_part` reach the emulator
+    /// (and take effect), but their answer is replaced by `fault`: a call
+    /// applied whose answer was lost.
+    pub async fn lost_answers(
+        upstream: SocketAddr,
+        target_part: &'static str,
+        fault: Fault,
+        count: usize,
+    ) -> FaultProxy {
+        let matching = Matching {
+            method: &Method::POST,
+            path_part: "/",
+            target_part: Some(target_part),
+            lose_answer: true,
+        };
+        FaultProxy::start_matching(upstream, matching, fault, count).await
+    }
+
+    async fn start_matching(
+        upstream: SocketAddr,
+        matching: Matching,
+        fault: Fault,
+        count: usize,
+    ) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let counters = Arc::new(Counters {
@@ -66,12 +113,10 @@ impl FaultProxy {
                     return;
                 };
                 let counters = shared.clone();
-                let method = method.clone();
                 let fault = fault.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let counters = counters.clone();
-                        let method = method.clone();
                         let fault = fault.clone();
                         async move {
                             let target = req
@@ -84,10 +129,11 @@ impl FaultProxy {
                                 .by_target
                                 .lock()
                                 .unwrap()
-                                .entry(target)
+                                .entry(target.clone())
                                 .or_insert(0) += 1;
-                            let matches =
-                                req.method() == method && req.uri().path().contains(path_part);
+                            let matches = req.method() == matching.method
+                                && req.uri().path().contains(matching.path_part)
+                                && matching.target_part.is_none_or(|t| target.contains(t));
                             if matches {
                                 counters.matched.fetch_add(1, Ordering::SeqCst);
                                 let take = counters
@@ -97,6 +143,9 @@ impl FaultProxy {
                                     })
                                     .is_ok();
                                 if take {
+                                    if matching.lose_answer {
+                                        let _ = forward(upstream, req).await;
+                                    }
                                     return Ok::<_, hyper::Error>(injected(&fault));
                                 }
                             }

@@ -35,8 +35,20 @@ pub(super) async fn write_confirmed(
     let deadline = tokio::time::Instant::now() + limit;
     let mut own = doc.clone();
     let mut republished = false;
+    // The write was made: a failed read is read again until the deadline.
+    let mut read_failed = None;
     loop {
-        match attribute.get().await? {
+        let seen = match attribute.get().await {
+            Ok(seen) => {
+                read_failed = None;
+                seen
+            }
+            Err(e) => {
+                read_failed = Some(e);
+                None
+            }
+        };
+        match seen {
             Some(seen) if seen == own => {
                 return if republished {
                     Err(StoreError::Conflict(Some(Box::new(own))))
@@ -63,8 +75,12 @@ pub(super) async fn write_confirmed(
             _ => {}
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(StoreError::CloudMap(format!(
-                "UpdateServiceAttributes {}: the write was not visible to GetServiceAttributes within {} ms",
+            let why = match read_failed {
+                Some(e) => format!("reading it back failed: {e}"),
+                None => "GetServiceAttributes did not show it".into(),
+            };
+            return Err(StoreError::Unconfirmed(format!(
+                "UpdateServiceAttributes {}: written, but within {} ms {why}",
                 attribute.name(),
                 limit.as_millis()
             )));
@@ -86,10 +102,20 @@ mod tests {
     struct Scripted {
         reads: Mutex<VecDeque<Option<WeightsDoc>>>,
         writes: Mutex<Vec<WeightsDoc>>,
+        /// Reads that fail first.
+        failing: std::sync::atomic::AtomicUsize,
     }
 
     impl Attribute for Scripted {
         fn get(&self) -> BoxFuture<'_, Result<Option<WeightsDoc>, StoreError>> {
+            use std::sync::atomic::Ordering::SeqCst;
+            if self
+                .failing
+                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Box::pin(async { Err(StoreError::Throttled("test".into())) });
+            }
             let next = self.reads.lock().unwrap().pop_front();
             let last = self.writes.lock().unwrap().last().cloned();
             Box::pin(async move { Ok(next.unwrap_or(last)) })
@@ -109,9 +135,19 @@ mod tests {
         reads: Vec<Option<WeightsDoc>>,
         own: &WeightsDoc,
     ) -> (Result<(), StoreError>, Vec<WeightsDoc>) {
+        run_failing(0, reads, own).await
+    }
+
+    /// [`run`] whose first `failing` reads fail.
+    async fn run_failing(
+        failing: usize,
+        reads: Vec<Option<WeightsDoc>>,
+        own: &WeightsDoc,
+    ) -> (Result<(), StoreError>, Vec<WeightsDoc>) {
         let attribute = Scripted {
             reads: Mutex::new(reads.into()),
             writes: Mutex::new(Vec::new()),
+            failing: failing.into(),
         };
         let result = write_confirmed(
             &attribute,
@@ -166,8 +202,25 @@ mod tests {
         let stale: Vec<Option<WeightsDoc>> = (0..1000).map(|_| Some(doc(4, "a", 50))).collect();
         let (result, _) = run(stale, &own).await;
         match result {
-            Err(StoreError::CloudMap(message)) => {
-                assert!(message.contains("not visible"), "{message}")
+            Err(StoreError::Unconfirmed(message)) => {
+                assert!(message.contains("did not show it"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The write was made: a read that fails is read again, and one that
+    /// never answers leaves the outcome unknown (not "nothing changed").
+    #[tokio::test]
+    async fn failed_reads_after_the_write_are_read_again() {
+        let own = doc(5, "b", 10);
+        let (result, writes) = run_failing(3, Vec::new(), &own).await;
+        result.unwrap();
+        assert_eq!(writes, vec![own.clone()]);
+        let (result, _) = run_failing(usize::MAX, Vec::new(), &own).await;
+        match result {
+            Err(StoreError::Unconfirmed(message)) => {
+                assert!(message.contains("reading it back failed"), "{message}")
             }
             other => panic!("{other:?}"),
         }
