@@ -35,18 +35,11 @@ pub(super) async fn write_confirmed(
     let deadline = tokio::time::Instant::now() + limit;
     let mut own = doc.clone();
     let mut republished = false;
-    // The write was made: a failed read is read again until the deadline.
-    let mut read_failed = None;
     loop {
-        let seen = match attribute.get().await {
-            Ok(seen) => {
-                read_failed = None;
-                seen
-            }
-            Err(e) => {
-                read_failed = Some(e);
-                None
-            }
+        // The write was made: a failed read is read again until the deadline.
+        let (seen, read_failed) = match attribute.get().await {
+            Ok(seen) => (seen, None),
+            Err(e) => (None, Some(e)),
         };
         match seen {
             Some(seen) if seen == own => {
