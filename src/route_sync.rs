@@ -23,7 +23,10 @@ pub trait RouteSync: Send + Sync + 'static {
 /// Only the task that wrote a decision syncs it (its `writer` is this task):
 /// a task that adopts another task's decision from the store, possibly late,
 /// never writes older weights over newer ones; nor does a task that started
-/// without reading the store, on the config file's weights. Every `reconcile_every` the
+/// without reading the store, on the config file's weights. A sync still
+/// going (App Mesh throttles; its retries) when a newer decision comes is
+/// abandoned, and the newer decision written by this task too: the older
+/// write, landing late, would otherwise undo it until the next reconcile. Every `reconcile_every` the
 /// decision in force is written again by its writer (skipped by App Mesh
 /// when nothing changed): that repairs drift and retries after a failure. A
 /// failure is recorded in /status and never reverts the gateway.
@@ -34,9 +37,33 @@ pub async fn follow_route(
 ) {
     let mut rx = control.subscribe();
     let mut doc: WeightsDoc = rx.borrow_and_update().clone();
+    // A write of this task's that a newer decision overtook: it may still
+    // land after that decision's writer wrote the route.
+    let mut overtaken = false;
     loop {
-        if doc.writer == control.writer() {
-            let result = sync.sync(&doc.weights).await;
+        if doc.writer == control.writer() || overtaken {
+            overtaken = false;
+            // Abandoned (its retries with it) when a newer decision comes.
+            let result = tokio::select! {
+                result = sync.sync(&doc.weights) => Some(result),
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    None
+                }
+            };
+            let Some(result) = result else {
+                // The newer decision is written too, whoever made it: no
+                // write of the older one is the route's last.
+                doc = rx.borrow_and_update().clone();
+                overtaken = true;
+                tracing::debug!(
+                    generation = doc.generation,
+                    "App Mesh route: a newer decision came during a sync; writing it"
+                );
+                continue;
+            };
             if let Err(e) = &result {
                 tracing::warn!(error = %e, generation = doc.generation, "App Mesh route sync failed");
             }

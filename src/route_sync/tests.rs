@@ -1,6 +1,7 @@
 //! Which decisions a task mirrors to the route (a recording `RouteSync`).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,9 +12,10 @@ use crate::future::BoxFuture;
 use crate::store::Store;
 use crate::store::memory::MemoryStore;
 
-/// Records the weights it is asked to write.
+/// Records the weights it is asked to write; with `hang_first`, the first
+/// write never ends (App Mesh throttling it, its retries going on).
 #[derive(Default)]
-struct Recorded(Mutex<Vec<BTreeMap<String, u32>>>);
+struct Recorded(Mutex<Vec<BTreeMap<String, u32>>>, AtomicBool);
 
 impl RouteSync for Recorded {
     fn sync<'a>(
@@ -24,7 +26,31 @@ impl RouteSync for Recorded {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(weights.clone());
-        Box::pin(async move { Ok(weights.clone()) })
+        let hang = self.1.swap(false, Ordering::SeqCst);
+        Box::pin(async move {
+            if hang {
+                std::future::pending::<()>().await;
+            }
+            Ok(weights.clone())
+        })
+    }
+}
+
+impl Recorded {
+    /// The weights written so far, once there are `n`.
+    async fn writes(&self, n: usize) -> Vec<BTreeMap<String, u32>> {
+        let wait = async {
+            loop {
+                let writes = self.0.lock().unwrap().clone();
+                if writes.len() >= n {
+                    return writes;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .unwrap_or_else(|_| panic!("fewer than {n} writes: {:?}", self.0.lock().unwrap()))
     }
 }
 
@@ -56,17 +82,38 @@ async fn a_task_started_without_the_store_never_mirrors_the_files_weights() {
     store.set_down(false);
     let ours = BTreeMap::from([("v1".to_string(), 100), ("v2".to_string(), 0)]);
     control.set_weights(ours.clone(), "admin").await.unwrap();
-    let first = async {
-        loop {
-            if let Some(first) = recorded.0.lock().unwrap().first().cloned() {
-                return first;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    let first = tokio::time::timeout(Duration::from_secs(5), first)
+    let first = recorded.writes(1).await[0].clone();
+    assert_eq!(first, ours, "the file's 90/10 went to the route first");
+    sync.abort();
+}
+
+/// This task's write still going (throttled, retrying) when another
+/// task's newer decision arrives: abandoned, and the newer one written, so
+/// that the older write can never be the route's last.
+#[tokio::test]
+async fn a_sync_overtaken_by_a_newer_decision_writes_that_one() {
+    let store = Arc::new(MemoryStore::default());
+    let config = Config::parse(CONFIG, "test").unwrap();
+    let control = Control::start(config, store.clone() as Arc<dyn Store>, "dynamodb")
         .await
         .unwrap();
-    assert_eq!(first, ours, "the file's 90/10 went to the route first");
+    let recorded = Arc::new(Recorded::default());
+    recorded.1.store(true, Ordering::SeqCst);
+    let ours = BTreeMap::from([("v1".to_string(), 50), ("v2".to_string(), 50)]);
+    control.set_weights(ours.clone(), "admin").await.unwrap();
+    let sync = tokio::spawn(follow_route(
+        control.clone(),
+        recorded.clone(),
+        Duration::from_secs(3600),
+    ));
+    assert_eq!(recorded.writes(1).await, [ours.clone()], "hangs");
+
+    // Another task rolls back; this one adopts it at its poll.
+    let generation = control.weights().generation + 1;
+    let theirs = crate::store::memory::doc(generation, "other-task", 0);
+    *store.doc.lock().unwrap() = Some(theirs.clone());
+    control.sync_from_store().await.unwrap();
+    assert_eq!(control.weights().weights, theirs.weights);
+    assert_eq!(recorded.writes(2).await, [ours, theirs.weights]);
     sync.abort();
 }
