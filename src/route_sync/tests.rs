@@ -106,7 +106,11 @@ async fn a_sync_overtaken_by_a_newer_decision_writes_that_one() {
         recorded.clone(),
         Duration::from_secs(3600),
     ));
-    assert_eq!(recorded.writes(1).await, [ours.clone()], "hangs");
+    assert_eq!(
+        recorded.writes(1).await,
+        std::slice::from_ref(&ours),
+        "hangs"
+    );
 
     // Another task rolls back; this one adopts it at its poll.
     let generation = control.weights().generation + 1;
