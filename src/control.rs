@@ -196,9 +196,38 @@ impl Control {
                 }
             }
             Some(doc) => {
-                let doc = fit_to_config(doc, &config);
-                tracing::info!(target: "audit", generation = doc.generation, source = %doc.source, weights = ?doc.weights, stable = %doc.stable, "restored the saved weights decision");
-                doc
+                let fitted = fit_to_config(doc.clone(), &config);
+                let versions = config.version_names();
+                match decisions::validate_weights(&versions, &fitted.stable, &fitted.weights) {
+                    Ok(()) => {
+                        tracing::info!(target: "audit", generation = fitted.generation, source = %fitted.source, weights = ?fitted.weights, stable = %fitted.stable, "restored the saved weights decision");
+                        fitted
+                    }
+                    // The versions that carried the traffic left the file:
+                    // its weights are all there is to go on. A shared
+                    // store's decision stays the fleet's (never mirrored
+                    // from here, adopted once one fits).
+                    Err(e) => {
+                        tracing::warn!(target: "audit", error = %e, generation = doc.generation, "the saved weights decision does not fit the config file (the versions carrying its traffic are gone): serving the file's weights");
+                        if store.shared() {
+                            WeightsDoc {
+                                writer: UNREAD_STORE_WRITER.into(),
+                                ..from_config
+                            }
+                        } else {
+                            let by = "an edit of the config file's versions";
+                            WeightsDoc {
+                                generation: doc.generation + 1,
+                                rollout: crate::rollout::state::aborted(
+                                    doc.rollout.as_ref(),
+                                    by,
+                                    unix_ms(),
+                                ),
+                                ..from_config
+                            }
+                        }
+                    }
+                }
             }
         };
         let mut endpoints = BTreeMap::new();
@@ -321,7 +350,8 @@ fn view(doc: &WeightsDoc) -> WeightsView {
 }
 
 /// The writer of the config file's weights on a task that started without
-/// reading its shared store (degraded): no task's, so no task mirrors them.
+/// a decision from its shared store (unreadable, or not fitting the file):
+/// no task's, so no task mirrors them.
 pub const UNREAD_STORE_WRITER: &str = "config (store not read at start)";
 
 /// A writer id unique to this process: the host name (the ECS task's),

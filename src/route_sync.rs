@@ -41,7 +41,7 @@ pub async fn follow_route(
     // land after that decision's writer wrote the route.
     let mut overtaken = false;
     loop {
-        if doc.writer == control.writer() || overtaken {
+        if (doc.writer == control.writer() || overtaken) && !control.mirror_held() {
             overtaken = false;
             // Abandoned (its retries with it) when a newer decision comes.
             let result = tokio::select! {

@@ -110,6 +110,18 @@ impl Control {
         self.lock().pending_rollback.is_some()
     }
 
+    /// Whether the decision in force must not be mirrored to the App Mesh
+    /// route yet: a rollback pending in the store that was made from the
+    /// config file's weights of a task that had no store decision (it may
+    /// roll back to a version the fleet left long ago); the store's answer
+    /// decides what it becomes.
+    pub fn mirror_held(&self) -> bool {
+        self.lock()
+            .pending_rollback
+            .as_ref()
+            .is_some_and(|p| p.made_from.writer == super::UNREAD_STORE_WRITER)
+    }
+
     /// Applies a rollback on this task at once, from the decision in force,
     /// and marks it pending in the store. Takes the state lock only (never the
     /// decisions' turn, which a decision may hold across a store call).
@@ -188,7 +200,7 @@ impl Control {
     }
 
     /// [`Control::flush_pending_rollback`] with the decisions lock held.
-    async fn flush_pending_locked(&self) -> Result<bool, ControlError> {
+    pub(super) async fn flush_pending_locked(&self) -> Result<bool, ControlError> {
         for _ in 0..ROLLBACK_ATTEMPTS {
             let (pending, seen) = {
                 let state = self.lock();
@@ -215,6 +227,8 @@ impl Control {
                             state.decision = old;
                             return Err(e);
                         }
+                        state.applied_at_ms = unix_ms();
+                        self.report_soon();
                         self.weights_tx.send_replace(state.decision.clone());
                     } else {
                         self.apply(&mut state, doc)?;
@@ -328,6 +342,14 @@ impl Control {
         // written over it.
         if state.rollbacks != rollbacks {
             tracing::warn!(target: "audit", generation = doc.generation, "a decision written while this task rolled back is not applied: the rollback stays in force");
+            // The refused decision is in the store: the rollback is what
+            // must go over it, not a rollback of it (which, for a promotion,
+            // would keep the promoted version).
+            if let Some(pending) = state.pending_rollback.as_mut()
+                && doc.is_newer_than(&pending.made_from)
+            {
+                pending.made_from = doc;
+            }
             return Err(ControlError::Conflict(Box::new(view(&state.decision))));
         }
         // A reload may have changed the versions while the store was written.

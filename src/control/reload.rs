@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::decisions::{fit_to_config, validate_weights};
 use super::status::ReloadStatus;
-use super::{Control, fresh_discovery, reuse_endpoints};
+use super::{Control, ControlError, fresh_discovery, reuse_endpoints};
 use crate::config::{Config, ConfigError, EndpointSource};
 use crate::metrics as names;
 use crate::rollout::state::Phase;
@@ -65,6 +65,8 @@ impl Control {
         trigger: &str,
     ) -> Result<(String, Vec<String>), String> {
         let _turn = self.decisions.lock().await;
+        let pending = self.lock().pending_rollback.is_some()
+            && !self.flush_pending_locked().await.unwrap_or(false);
         let (old, decision, rollbacks) = {
             let state = self.lock();
             (
@@ -139,11 +141,30 @@ impl Control {
         // An edit of the file is a decision: record it like any other. (A
         // shared store keeps no config weights: a replica joins with the
         // fleet's decision whatever its file says.)
+        // A rollback waiting for the store goes first (it is older, and an
+        // edit recorded before it would be rolled back when it is written).
+        if changed && pending {
+            return Err("the file's weights changed while a rollback is still pending in the store (see /status store); reload again once it is written".into());
+        }
+        let mut fleet_first = false;
         let doc = if changed || (edited && !self.store.shared()) {
-            self.record(doc).await.map_err(|e| e.short())?
+            match self.record(doc.clone()).await {
+                Ok(doc) => doc,
+                // Another task recorded a newer decision first: on a fleet,
+                // usually the same edit, reloaded by every task. It is in
+                // force here now (adopted), and the rest of the reload
+                // applies with it: refusing it would leave this task on the
+                // old config for good (the file does not change again).
+                Err(ControlError::Conflict(_)) if self.store.shared() => {
+                    fleet_first = true;
+                    doc
+                }
+                Err(e) => return Err(e.short()),
+            }
         } else {
             doc
         };
+        let changed = changed && !fleet_first;
 
         let mut state = self.lock();
         let previous = std::mem::replace(&mut state.config, Arc::new(effective));
@@ -196,6 +217,14 @@ impl Control {
             self.apply(&mut state, doc).map_err(|e| e.to_string())
         } else if changed {
             self.apply(&mut state, doc).map_err(|e| e.to_string())
+        } else if fleet_first {
+            // The adopted decision, fitted to the new config's versions.
+            let previous_decision = state.decision.clone();
+            state.decision = fit_to_config(previous_decision.clone(), &state.config);
+            self.swap(&state).map_err(|e| {
+                state.decision = previous_decision;
+                e.to_string()
+            })
         } else {
             self.swap(&state).map_err(|e| e.to_string())
         };
@@ -206,7 +235,12 @@ impl Control {
             state.discovery = previous_discovery;
             return Err(e);
         }
-        let message = if changed {
+        let message = if fleet_first {
+            format!(
+                "applied; weights as another task recorded them first in the store (generation {})",
+                state.decision.generation
+            )
+        } else if changed {
             format!(
                 "applied; weights changed by the file edit (generation {})",
                 state.decision.generation

@@ -279,6 +279,19 @@ impl Control {
         reason: &str,
     ) -> Result<(), RolloutError> {
         self.rollback_for(SOURCE, reason).await?;
+        // Made again from the store's latest decision, the rollback may have
+        // found the rollout already over (another task ended it before this
+        // one heard): then it was not this abort that ended it.
+        if let Some(now) = self.rollout()
+            && now.started_at_ms == r.started_at_ms
+            && now.phase != Phase::Aborted
+        {
+            return Err(RolloutError::Conflict(format!(
+                "the rollout of `{}` is over ({}); the rollback applied to the decision in force",
+                r.plan.canary,
+                now.phase.as_str()
+            )));
+        }
         metrics::counter!(names::ROLLOUT_ABORTS_TOTAL, "reason" => label.to_string()).increment(1);
         tracing::warn!(target: "audit", canary = %r.plan.canary, reason, "rollout aborted: all traffic back on the stable version");
         let figures = self

@@ -653,3 +653,125 @@ async fn a_report_that_cannot_be_written_is_shown_and_decisions_go_on() {
         "{fleet:?}"
     );
 }
+
+// ------------------------------------------- rollbacks vs other decisions ----
+
+/// A promotion written while a rollback applied here: the rollback stays the
+/// decision, also in the store (not a rollback of the promotion, which would
+/// keep the promoted version).
+#[tokio::test]
+async fn a_promotion_written_during_a_rollback_never_wins_it() {
+    let store = Arc::new(MemoryStore::default());
+    let control = task(&store).await;
+    control.set_weights(w(50, 50), "admin").await.unwrap();
+    store.stall_next_load.store(true, Ordering::SeqCst);
+    let loads = store.loads.load(Ordering::SeqCst);
+    let promoting = {
+        let control = control.clone();
+        tokio::spawn(async move { control.promote("v2", "admin").await })
+    };
+    assert!(until(|| store.loads.load(Ordering::SeqCst) > loads).await);
+    control.rollback("admin").await.unwrap();
+    store.release.notify_one();
+    let late = promoting.await.unwrap();
+    assert!(matches!(late, Err(ControlError::Conflict(_))), "{late:?}");
+    control.sync_from_store().await.unwrap();
+    let stored = store.stored().unwrap();
+    assert_eq!((stored.stable.as_str(), stored.weights), ("v1", w(100, 0)));
+    assert_eq!(control.weights().stable, "v1");
+    assert_eq!(control.weights().weights, w(100, 0));
+}
+
+/// A reload that edits the weights while a rollback is still pending is
+/// refused (it would be recorded, then rolled back when the rollback is
+/// written); once the rollback is in the store it applies.
+#[tokio::test]
+async fn a_weights_edit_waits_for_a_pending_rollback() {
+    let store = Arc::new(MemoryStore::default());
+    let control = task(&store).await;
+    control.set_weights(w(50, 50), "admin").await.unwrap();
+    store.set_down(true);
+    control.rollback("admin").await.unwrap();
+    assert!(control.rollback_pending());
+    let edited = || {
+        Config::parse(
+            &CONFIG
+                .replace("weight = 90", "weight = 70")
+                .replace("weight = 10", "weight = 30"),
+            "test",
+        )
+    };
+    let status = control.reload(edited(), "test").await;
+    assert!(!status.ok, "{status:?}");
+    assert!(
+        status.message.contains("rollback is still pending"),
+        "{status:?}"
+    );
+    assert_eq!(control.weights().weights, w(100, 0));
+    // The store is back: the reload writes the rollback first, then the edit.
+    store.set_down(false);
+    let status = control.reload(edited(), "test").await;
+    assert!(status.ok, "{status:?}");
+    assert_eq!(control.weights().weights, w(70, 30));
+    control.sync_from_store().await.unwrap();
+    assert_eq!(store.stored().unwrap().weights, w(70, 30));
+    assert_eq!(control.weights().weights, w(70, 30));
+}
+
+/// Two tasks reload the same edit: the second loses the store's race, and
+/// still applies the reload (with the first's decision), instead of staying
+/// on the old config for good.
+#[tokio::test]
+async fn the_fleet_reloading_one_edit_all_apply_it() {
+    let store = Arc::new(MemoryStore::default());
+    let (a, b) = (task(&store).await, task(&store).await);
+    let edited = || {
+        Config::parse(
+            &CONFIG
+                .replace("weight = 90", "weight = 70")
+                .replace("weight = 10", "weight = 30")
+                .replace(
+                    "boot_timeout = \"300ms\"",
+                    "boot_timeout = \"300ms\"\n[timeouts]\nupstream_response = \"7s\"",
+                ),
+            "test",
+        )
+    };
+    let first = a.reload(edited(), "test").await;
+    assert!(first.ok, "{first:?}");
+    let second = b.reload(edited(), "test").await;
+    assert!(second.ok, "{second:?}");
+    for task in [&a, &b] {
+        assert_eq!(task.weights().weights, w(70, 30));
+        assert_eq!(
+            task.config().timeouts.upstream_response,
+            Duration::from_secs(7)
+        );
+    }
+    assert_eq!(a.weights().generation, b.weights().generation);
+}
+
+/// An abort on a task that has not heard that another task ended the
+/// rollout is no abort: it says so, and counts none.
+#[tokio::test]
+async fn an_abort_of_a_rollout_another_task_ended_is_a_conflict() {
+    use crate::control::rollout::Action;
+    let store = Arc::new(MemoryStore::default());
+    let (a, b) = (task(&store).await, task(&store).await);
+    a.start_rollout(br#"{"canary": "v2", "steps": [10, 50], "interval_s": 60}"#)
+        .await
+        .unwrap();
+    b.sync_from_store().await.unwrap();
+    assert!(b.running_rollout().is_some());
+    a.rollout_action(Action::Promote).await.unwrap();
+    let aborted = b.rollout_action(Action::Abort).await;
+    assert!(
+        matches!(aborted, Err(crate::rollout::RolloutError::Conflict(_))),
+        "{aborted:?}"
+    );
+    assert_eq!(
+        b.rollout().unwrap().phase,
+        crate::rollout::state::Phase::Succeeded
+    );
+    assert_eq!(b.weights().stable, "v2");
+}

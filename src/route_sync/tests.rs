@@ -121,3 +121,38 @@ async fn a_sync_overtaken_by_a_newer_decision_writes_that_one() {
     assert_eq!(recorded.writes(2).await, [ours, theirs.weights]);
     sync.abort();
 }
+
+/// A task that started without the store's decision rolls back while the
+/// store is down: its rollback (from the file's weights, maybe a version the
+/// fleet left long ago) is not mirrored until the store decides what it
+/// becomes: the fleet's decision rolled back.
+#[tokio::test]
+async fn a_rollback_from_the_files_weights_waits_for_the_store_to_be_mirrored() {
+    let store = Arc::new(MemoryStore::default());
+    let fleet = crate::store::WeightsDoc {
+        stable: "v2".into(),
+        weights: BTreeMap::from([("v1".to_string(), 0), ("v2".to_string(), 100)]),
+        ..crate::store::memory::doc(4, "other-task", 0)
+    };
+    *store.doc.lock().unwrap() = Some(fleet);
+    store.set_down(true);
+    let config = Config::parse(CONFIG, "test").unwrap();
+    let control = Control::start(config, store.clone() as Arc<dyn Store>, "dynamodb")
+        .await
+        .unwrap();
+    let recorded = Arc::new(Recorded::default());
+    let sync = tokio::spawn(follow_route(
+        control.clone(),
+        recorded.clone(),
+        Duration::from_millis(5),
+    ));
+    control.rollback("admin").await.unwrap();
+    assert_eq!(control.weights().weights["v1"], 100, "at once, here");
+    // Reconcile rounds on it (a task mirroring it would have by now).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    store.set_down(false);
+    control.sync_from_store().await.unwrap();
+    let fleet_rolled_back = BTreeMap::from([("v1".to_string(), 0), ("v2".to_string(), 100)]);
+    assert_eq!(recorded.writes(1).await[0], fleet_rolled_back);
+    sync.abort();
+}

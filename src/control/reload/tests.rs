@@ -231,3 +231,21 @@ async fn promoting_during_a_paused_rollout_ends_it() {
         assert_eq!(weights(&control)[promoted], 100);
     }
 }
+
+#[tokio::test]
+async fn a_restart_without_the_versions_that_carried_the_traffic_starts_on_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let two = [("v1", 90, stat(1)), ("v2", 10, stat(2))];
+    let two: Vec<_> = two.iter().map(|(n, w, s)| (*n, *w, s.as_str())).collect();
+    let control = start(&dir, config(&two)).await;
+    control
+        .set_weights(w(&[("v1", 0), ("v2", 100)]), "admin")
+        .await
+        .unwrap();
+    drop(control);
+    // v1's weight is the file's as before: no edit, and the saved decision
+    // leaves v1 at 0 alone.
+    let line = stat(1);
+    let control = start(&dir, config(&[("v1", 90, &line)])).await;
+    assert_eq!(weights(&control), w(&[("v1", 90)]));
+}
