@@ -210,7 +210,10 @@ impl Control {
                     Err(e) => {
                         tracing::warn!(target: "audit", error = %e, generation = doc.generation, "the saved weights decision does not fit the config file (the versions carrying its traffic are gone): serving the file's weights");
                         if store.shared() {
+                            // At the store's generation: this task's next
+                            // decision goes above it.
                             WeightsDoc {
+                                generation: doc.generation,
                                 writer: UNREAD_STORE_WRITER.into(),
                                 ..from_config
                             }

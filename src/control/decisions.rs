@@ -230,8 +230,10 @@ impl Control {
                         state.applied_at_ms = unix_ms();
                         self.report_soon();
                         self.weights_tx.send_replace(state.decision.clone());
-                    } else {
-                        self.apply(&mut state, doc)?;
+                    } else if let Err(e) = self.apply(&mut state, doc) {
+                        // The fleet's decision rolled back, which this
+                        // task's config cannot run (see remade_rollback).
+                        tracing::warn!(error = %e, "the rollback written to the store does not fit this task's config: this task keeps its own");
                     }
                     // Another rollback applied here during the write is
                     // written too (next round).
@@ -261,11 +263,13 @@ impl Control {
         let state = self.lock();
         let versions: Vec<String> = state.config.version_names();
         let read_at = latest.as_ref().map(|d| d.generation);
-        let base = latest
-            .filter(|d| d.is_newer_than(&pending.made_from))
-            .map(|d| fit_to_config(d, &state.config));
-        match base {
-            Some(base) if validate_weights(&versions, &base.stable, &base.weights).is_ok() => {
+        // Made from the file's weights of a task that had no store decision:
+        // the store's decision is the fleet's, whatever its order.
+        let unread = pending.made_from.writer == super::UNREAD_STORE_WRITER;
+        let raw = latest.filter(|d| unread || d.is_newer_than(&pending.made_from));
+        let base = raw.clone().map(|d| fit_to_config(d, &state.config));
+        match (base, raw) {
+            (Some(base), _) if validate_weights(&versions, &base.stable, &base.weights).is_ok() => {
                 let doc =
                     self.next_decision(&state, to_stable(&base, &pending.reason), &pending.source);
                 WeightsDoc {
@@ -273,7 +277,19 @@ impl Control {
                     ..doc
                 }
             }
-            other => {
+            // The fleet's decision names versions this task does not have:
+            // rolled back as it is, for the fleet (never a rollback to the
+            // file's stable version, which the fleet may have left long
+            // ago); this task keeps its own.
+            (Some(_), Some(raw)) if unread => {
+                let doc =
+                    self.next_decision(&state, to_stable(&raw, &pending.reason), &pending.source);
+                WeightsDoc {
+                    generation: raw.generation + 1,
+                    ..doc
+                }
+            }
+            (other, _) => {
                 if let Some(d) = other {
                     tracing::warn!(
                         generation = d.generation,
@@ -335,7 +351,23 @@ impl Control {
             let doc = self.next_decision(&state, (stable, weights, rollout), source);
             (doc, versions, state.rollbacks)
         };
-        let doc = self.record(doc).await?;
+        let doc = match self.record(doc.clone()).await {
+            Ok(doc) => doc,
+            Err(e) => {
+                // Maybe in the store after all: a rollback applied here
+                // meanwhile is written over it (as below), not made from it.
+                if matches!(e, ControlError::Store(StoreError::Unconfirmed(_))) {
+                    let mut state = self.lock();
+                    if state.rollbacks != rollbacks
+                        && let Some(pending) = state.pending_rollback.as_mut()
+                        && doc.is_newer_than(&pending.made_from)
+                    {
+                        pending.made_from = doc;
+                    }
+                }
+                return Err(e);
+            }
+        };
         let mut state = self.lock();
         // A rollback applied here while this decision was written stays in
         // force: the decision is not applied, and the rollback (pending) is
@@ -400,7 +432,7 @@ impl Control {
     }
 
     /// One read of the store, accounted (metrics, /status).
-    async fn read_store(&self) -> Result<Option<WeightsDoc>, ControlError> {
+    pub(super) async fn read_store(&self) -> Result<Option<WeightsDoc>, ControlError> {
         let loaded = self.store.load().await;
         self.store_outcome("load", loaded.as_ref().map(|_| ()));
         loaded.map_err(|e| {

@@ -65,8 +65,15 @@ impl Control {
         trigger: &str,
     ) -> Result<(String, Vec<String>), String> {
         let _turn = self.decisions.lock().await;
+        // Bounded: a reload that changes no weights must not wait for a hung
+        // store (an operator may be reloading to mend endpoints).
         let pending = self.lock().pending_rollback.is_some()
-            && !self.flush_pending_locked().await.unwrap_or(false);
+            && !tokio::time::timeout(
+                super::decisions::ROLLBACK_WRITE_WAIT,
+                self.flush_pending_locked(),
+            )
+            .await
+            .is_ok_and(|flushed| flushed.unwrap_or(false));
         let (old, decision, rollbacks) = {
             let state = self.lock();
             (
@@ -156,15 +163,27 @@ impl Control {
                 // applies with it: refusing it would leave this task on the
                 // old config for good (the file does not change again).
                 Err(ControlError::Conflict(_)) if self.store.shared() => {
-                    fleet_first = true;
-                    doc
+                    // The store's decision, fitted to the new config (the
+                    // adoption above fitted it to the old one).
+                    let latest = self.read_store().await.map_err(|e| e.short())?;
+                    match latest.map(|d| fit_to_config(d, &effective)) {
+                        Some(d) if validate_weights(&versions, &d.stable, &d.weights).is_ok() => {
+                            fleet_first = true;
+                            WeightsDoc {
+                                source: format!("store ({})", d.source),
+                                ..d
+                            }
+                        }
+                        _ => {
+                            return Err("another gateway task recorded a newer decision first, which does not fit this config; nothing was changed: review the weights and reload again".into());
+                        }
+                    }
                 }
                 Err(e) => return Err(e.short()),
             }
         } else {
             doc
         };
-        let changed = changed && !fleet_first;
 
         let mut state = self.lock();
         let previous = std::mem::replace(&mut state.config, Arc::new(effective));
@@ -209,22 +228,14 @@ impl Control {
             }
         }
         state.endpoints = endpoints;
-        let result = if changed && state.rollbacks != rollbacks {
+        let result = if (changed || fleet_first) && state.rollbacks != rollbacks {
             // A rollback applied here while the edit was written stays in
             // force: the edit is applied rolled back (the pending rollback is
             // written over the edit in the store).
             let doc = self.rollback_of(&state, &doc);
             self.apply(&mut state, doc).map_err(|e| e.to_string())
-        } else if changed {
+        } else if changed || fleet_first {
             self.apply(&mut state, doc).map_err(|e| e.to_string())
-        } else if fleet_first {
-            // The adopted decision, fitted to the new config's versions.
-            let previous_decision = state.decision.clone();
-            state.decision = fit_to_config(previous_decision.clone(), &state.config);
-            self.swap(&state).map_err(|e| {
-                state.decision = previous_decision;
-                e.to_string()
-            })
         } else {
             self.swap(&state).map_err(|e| e.to_string())
         };

@@ -775,3 +775,81 @@ async fn an_abort_of_a_rollout_another_task_ended_is_a_conflict() {
     );
     assert_eq!(b.weights().stable, "v2");
 }
+
+/// The fleet reloading an edit that adds a version and makes it stable:
+/// the task that loses the store's race runs the decision recorded first,
+/// fitted to the new config (not to the old one, which lacks the version).
+#[tokio::test]
+async fn a_fleet_reload_that_makes_a_new_version_stable_applies_everywhere() {
+    let store = Arc::new(MemoryStore::default());
+    let (a, b) = (task(&store).await, task(&store).await);
+    let edited = || {
+        Config::parse(
+            &(CONFIG
+                .replace("stable = \"v1\"", "stable = \"v3\"")
+                .replace("weight = 90", "weight = 50")
+                .replace("weight = 10", "weight = 0")
+                + "[[versions]]\nname = \"v3\"\nweight = 50\nendpoints = [\"127.0.0.1:3\"]\n"),
+            "test",
+        )
+    };
+    assert!(a.reload(edited(), "test").await.ok);
+    let second = b.reload(edited(), "test").await;
+    assert!(second.ok, "{second:?}");
+    b.sync_from_store().await.unwrap();
+    for task in [&a, &b] {
+        let view = task.weights();
+        assert_eq!(view.stable, "v3");
+        assert_eq!(
+            view.weights,
+            BTreeMap::from([("v1".into(), 50), ("v2".into(), 0), ("v3".into(), 50)])
+        );
+    }
+}
+
+/// A task whose config lacks the versions the fleet's decision runs (an
+/// older task definition) starts on its file's weights, can still decide
+/// (its decisions go above the store's generation), and its rollback rolls
+/// the fleet's decision back, never to the file's stable version.
+#[tokio::test]
+async fn a_task_whose_config_misses_the_fleets_versions_starts_and_never_rolls_the_fleet_to_its_file()
+ {
+    let fleet = crate::store::WeightsDoc {
+        stable: "v2".into(),
+        ..doc(4, "other-task", 100)
+    };
+    let old_file = || {
+        Config::parse(
+            &CONFIG
+                .replace("weight = 90", "weight = 100")
+                .replace("name = \"v2\"\nweight = 10", "name = \"v3\"\nweight = 0"),
+            "test",
+        )
+        .unwrap()
+    };
+    let three = |v1: u32, v3: u32| BTreeMap::from([("v1".to_string(), v1), ("v3".to_string(), v3)]);
+
+    let store = Arc::new(MemoryStore::default());
+    *store.doc.lock().unwrap() = Some(fleet.clone());
+    let control = Control::start(old_file(), store.clone() as Arc<dyn Store>, "dynamodb")
+        .await
+        .unwrap();
+    assert_eq!(control.weights().weights, three(100, 0));
+    control.set_weights(three(90, 10), "admin").await.unwrap();
+    assert_eq!(store.stored().unwrap().generation, 5);
+
+    let store = Arc::new(MemoryStore::default());
+    *store.doc.lock().unwrap() = Some(fleet.clone());
+    let control = Control::start(old_file(), store.clone() as Arc<dyn Store>, "dynamodb")
+        .await
+        .unwrap();
+    control.rollback("admin").await.unwrap();
+    let stored = store.stored().unwrap();
+    assert_eq!(
+        (stored.stable.as_str(), stored.weights),
+        ("v2", fleet.weights)
+    );
+    assert!(stored.generation > fleet.generation);
+    assert_eq!(control.weights().weights, three(100, 0), "its own, here");
+    assert!(!control.rollback_pending());
+}
