@@ -597,22 +597,36 @@ fn tls_acceptor(ca: &Ca, names: &[&str]) -> tokio_rustls::TlsAcceptor {
 
 use rustls::pki_types::pem::PemObject;
 
+/// A gateway config whose one version `v1` reaches `endpoints` over TLS,
+/// trusting `ca` (written to a file in the returned directory) and checking
+/// `server_name`; `sections`: more tables, before `[split]`.
+fn tls_upstream_config(
+    ca: &Ca,
+    endpoints: &[SocketAddr],
+    server_name: &str,
+    sections: &str,
+) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let endpoints: Vec<String> = endpoints.iter().map(|a| format!("\"{a}\"")).collect();
+    let text = format!(
+        "[listener]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n{sections}\n\
+         [split]\nstable = \"v1\"\n\n[[versions]]\nname = \"v1\"\nweight = 100\n\
+         endpoints = [{}]\ntls = true\nca_file = \"{}\"\nserver_name = \"{server_name}\"\n",
+        endpoints.join(", "),
+        ca_file.display()
+    );
+    (dir, text)
+}
+
 #[tokio::test]
 async fn upstream_tls_verifies_the_upstream_and_reuses_connections() {
     let ca = Ca::new();
     let (addr, connections) = tls_upstream(&ca, &["upstream.test"]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, &ca.pem).unwrap();
-    let config = |server_name: &str| {
-        format!(
-            "[listener]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n\
-             [split]\nstable = \"v1\"\n\n[[versions]]\nname = \"v1\"\nweight = 100\n\
-             endpoints = [\"{addr}\"]\ntls = true\nca_file = \"{}\"\nserver_name = \"{server_name}\"\n",
-            ca_file.display()
-        )
-    };
-    let gw = Gateway::start(&config("upstream.test")).await;
+    let config = |server_name: &str| tls_upstream_config(&ca, &[addr], server_name, "");
+    let (_dir, text) = config("upstream.test");
+    let gw = Gateway::start(&text).await;
     for _ in 0..5 {
         let reply = crate::support::get(gw.addr, "/", &[]).await;
         assert_eq!(
@@ -646,7 +660,8 @@ async fn upstream_tls_verifies_the_upstream_and_reuses_connections() {
     gw.shutdown().await;
 
     // A name the certificate does not carry: the handshake fails, 502.
-    let gw = Gateway::start(&config("other.test")).await;
+    let (_dir, text) = config("other.test");
+    let gw = Gateway::start(&text).await;
     let reply = crate::support::get(gw.addr, "/", &[]).await;
     assert_eq!(reply.status, 502, "{}", reply.text());
     gw.shutdown().await;
@@ -699,16 +714,8 @@ async fn a_tls_upstream_that_sent_too_much_is_not_reused() {
             });
         }
     });
-    let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, &ca.pem).unwrap();
-    let gw = Gateway::start(&format!(
-        "[listener]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n\
-         [split]\nstable = \"v1\"\n\n[[versions]]\nname = \"v1\"\nweight = 100\n\
-         endpoints = [\"{addr}\"]\ntls = true\nca_file = \"{}\"\nserver_name = \"upstream.test\"\n",
-        ca_file.display()
-    ))
-    .await;
+    let (_dir, text) = tls_upstream_config(&ca, &[addr], "upstream.test", "");
+    let gw = Gateway::start(&text).await;
     let reply = crate::support::get(gw.addr, "/long", &[]).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body.len(), 100_000);
@@ -732,17 +739,9 @@ async fn an_upstream_failing_its_handshake_is_ejected() {
     let ca = Ca::new();
     let (good, _) = tls_upstream(&ca, &["upstream.test"]).await;
     let (bad, _) = tls_upstream(&ca, &["other.test"]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, &ca.pem).unwrap();
-    let gw = Gateway::start(&format!(
-        "[listener]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n\
-         [upstream]\neject_base = \"60s\"\neject_max = \"120s\"\n\n\
-         [split]\nstable = \"v1\"\n\n[[versions]]\nname = \"v1\"\nweight = 100\n\
-         endpoints = [\"{good}\", \"{bad}\"]\ntls = true\nca_file = \"{}\"\nserver_name = \"upstream.test\"\n",
-        ca_file.display()
-    ))
-    .await;
+    let sections = "[upstream]\neject_base = \"60s\"\neject_max = \"120s\"\n";
+    let (_dir, text) = tls_upstream_config(&ca, &[good, bad], "upstream.test", sections);
+    let gw = Gateway::start(&text).await;
     let control = gw.running.as_ref().unwrap().control.clone();
     for i in 0..40 {
         // A fresh client connection each time; a failed handshake is
@@ -798,17 +797,9 @@ async fn a_slow_upstream_handshake_is_not_the_responses_time() {
             });
         }
     });
-    let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, &ca.pem).unwrap();
-    let gw = Gateway::start(&format!(
-        "[listener]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n\
-         [timeouts]\nupstream_connect = \"5s\"\nupstream_response = \"300ms\"\n\n\
-         [split]\nstable = \"v1\"\n\n[[versions]]\nname = \"v1\"\nweight = 100\n\
-         endpoints = [\"{addr}\"]\ntls = true\nca_file = \"{}\"\nserver_name = \"upstream.test\"\n",
-        ca_file.display()
-    ))
-    .await;
+    let sections = "[timeouts]\nupstream_connect = \"5s\"\nupstream_response = \"300ms\"\n";
+    let (_dir, text) = tls_upstream_config(&ca, &[addr], "upstream.test", sections);
+    let gw = Gateway::start(&text).await;
     let reply = crate::support::get(gw.addr, "/", &[]).await;
     assert_eq!(
         (reply.status.as_u16(), reply.text()),
