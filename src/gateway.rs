@@ -118,7 +118,7 @@ impl Running {
     /// removes this task's generation report from a shared store (best
     /// effort). Side by side, so that the whole stays within ECS's
     /// `stopTimeout` (30 s by default): the drain's `shutdown_grace` (25 s
-    /// by default), then at most [`LAST_FLUSH_AT_EXIT`] and the report's 2 s.
+    /// by default), then at most `LAST_FLUSH_AT_EXIT` (2 s) and the report's 2 s.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let flushed = self

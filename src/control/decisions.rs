@@ -76,7 +76,7 @@ impl Control {
     /// store call and without waiting for a decision that holds the decisions'
     /// turn while it calls the store. Then it is written like a pending
     /// rollback ([`Control::flush_pending_rollback`]) for up to
-    /// [`ROLLBACK_WRITE_WAIT`]; a write that does not complete by then is
+    /// `ROLLBACK_WRITE_WAIT` (1 s); a write that does not complete by then is
     /// left to the store upkeep. The answer is the decision in force.
     pub async fn rollback_for(
         &self,
@@ -167,7 +167,7 @@ impl Control {
     }
 
     /// Writes a rollback that was applied without the store, made again
-    /// from the store's latest decision (see [`Control::remade_rollback`]) so
+    /// from the store's latest decision (see `remade_rollback`) so
     /// that it is the newest decision and never brings back weights or a
     /// stable version that the fleet replaced meanwhile. `Ok(true)` when
     /// nothing is pending any more.

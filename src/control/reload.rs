@@ -19,7 +19,7 @@ impl Control {
     /// in both files, differs from the previous file's, the edit is a new
     /// decision and wins; otherwise the decision in force is kept (versions
     /// new to the file get their file weight, removed ones go; see
-    /// [`file_edited`]). A weights edit while a rollout runs is refused (as
+    /// `file_edited`). A weights edit while a rollout runs is refused (as
     /// `PUT /weights` is); while it is paused it is allowed, and an edit that
     /// makes another version stable ends it. Settings that need a restart are
     /// reported, not half-applied.

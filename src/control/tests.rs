@@ -853,3 +853,38 @@ async fn a_task_whose_config_misses_the_fleets_versions_starts_and_never_rolls_t
     assert_eq!(control.weights().weights, three(100, 0), "its own, here");
     assert!(!control.rollback_pending());
 }
+
+/// A task whose poll fails (its weights item unreadable) while its report
+/// can be written keeps reporting: the fleet sees what it runs instead of
+/// losing it from view, and from `converged`.
+#[tokio::test]
+async fn a_task_whose_poll_fails_keeps_reporting() {
+    let store = Arc::new(MemoryStore::default());
+    let control = task(&store).await;
+    let me = control.writer().to_string();
+    let upkeep = tokio::spawn(super::keep_store(
+        control.clone(),
+        Some(Duration::from_millis(20)),
+    ));
+    let reported_once = async || {
+        for _ in 0..500 {
+            if reported(&store).contains_key(&me) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    };
+    assert!(reported_once().await);
+    store.fail_loads.store(true, Ordering::SeqCst);
+    let writes = store.report_writes.load(Ordering::SeqCst);
+    // Reports are due once per report interval (the default poll's).
+    let more = async {
+        while store.report_writes.load(Ordering::SeqCst) <= writes {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let reported_again = tokio::time::timeout(Duration::from_secs(10), more).await;
+    upkeep.abort();
+    assert!(reported_again.is_ok(), "no report while the polls failed");
+}

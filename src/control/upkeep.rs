@@ -50,6 +50,14 @@ pub async fn keep_store(control: Arc<Control>, poll: Option<Duration>) {
         } else {
             match control.sync_from_store().await {
                 Ok(()) if poll.is_some() && control.report_due() => control.report_to_store().await,
+                // The poll failed (not throttled): the task still serves its
+                // generation and says so, or the fleet would lose it from
+                // view (stale, left out of `converged`) while it runs
+                // something else than the others.
+                Err(e) if poll.is_some() && !e.is_throttled() && control.report_due() => {
+                    let _ = control.report_to_store().await;
+                    Err(e)
+                }
                 other => other,
             }
         };

@@ -43,6 +43,8 @@ pub struct MemoryStore {
     pub release: tokio::sync::Notify,
     /// When set, every call is throttled.
     pub throttled: AtomicBool,
+    /// When set, loads fail (the weights item unreadable) and reports work.
+    pub fail_loads: AtomicBool,
     /// Loads asked for.
     pub loads: AtomicUsize,
     /// The tasks' reports by task id.
@@ -81,6 +83,9 @@ impl Store for MemoryStore {
                 self.release.notified().await;
             }
             self.check_up()?;
+            if self.fail_loads.load(Ordering::SeqCst) {
+                return Err(StoreError::Invalid("unreadable (test)".into()));
+            }
             if let Some(stale) = self.stale.lock().unwrap_or_else(|e| e.into_inner()).clone() {
                 return Ok(Some(stale));
             }
