@@ -394,9 +394,10 @@ async fn read_one<R: AsyncRead + Unpin>(
         .values("content-length")
         .first()
         .map(|v| v.parse::<usize>());
-    // RFC 9112, 6.3: chunked when it is the final coding, else until close.
+    // RFC 9112, 6.3: chunked when it is the final coding, else until close
+    // (empty list elements do not count: RFC 9110, 5.6.1).
     let codings = response.values("transfer-encoding").join(",");
-    let last = codings.rsplit(',').next().map(str::trim);
+    let last = codings.split(',').map(str::trim).rfind(|c| !c.is_empty());
     if last.is_some_and(|c| c.eq_ignore_ascii_case("chunked")) {
         response.chunked = true;
         loop {
