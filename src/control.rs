@@ -35,7 +35,6 @@ use crate::metrics as names;
 use crate::proxy::upstream::Endpoint;
 use crate::snapshot::{ProxySettings, Snapshot, SnapshotError, SnapshotInput};
 use crate::store::{Store, StoreError, WeightsDoc, unix_ms};
-use decisions::fit_to_config;
 use status::{DiscoveryStatus, ReloadStatus, StoreStatus, WeightsView};
 use tokio::sync::Notify;
 
@@ -173,6 +172,13 @@ impl Control {
             config_weights: Some(config_weights.clone()),
             rollout: None,
         };
+        // The file's weights win over a saved decision, `by` what: one
+        // generation above it, its rollout (if running) aborted.
+        let file_wins = |doc: &WeightsDoc, by: &str| WeightsDoc {
+            generation: doc.generation + 1,
+            rollout: crate::rollout::state::aborted(doc.rollout.as_ref(), by, unix_ms()),
+            ..from_config.clone()
+        };
         let decision = match stored {
             None => from_config,
             Some(doc)
@@ -188,18 +194,11 @@ impl Control {
                     "the config file's weights were edited since the saved decision (generation {}); the config file wins",
                     doc.generation
                 );
-                let by = "an edit of the config file's weights";
-                WeightsDoc {
-                    generation: doc.generation + 1,
-                    rollout: crate::rollout::state::aborted(doc.rollout.as_ref(), by, unix_ms()),
-                    ..from_config
-                }
+                file_wins(&doc, "an edit of the config file's weights")
             }
             Some(doc) => {
-                let fitted = fit_to_config(doc.clone(), &config);
-                let versions = config.version_names();
-                match decisions::validate_weights(&versions, &fitted.stable, &fitted.weights) {
-                    Ok(()) => {
+                match decisions::fitting(doc.clone(), &config) {
+                    Ok(fitted) => {
                         tracing::info!(target: "audit", generation = fitted.generation, source = %fitted.source, weights = ?fitted.weights, stable = %fitted.stable, "restored the saved weights decision");
                         fitted
                     }
@@ -218,16 +217,7 @@ impl Control {
                                 ..from_config
                             }
                         } else {
-                            let by = "an edit of the config file's versions";
-                            WeightsDoc {
-                                generation: doc.generation + 1,
-                                rollout: crate::rollout::state::aborted(
-                                    doc.rollout.as_ref(),
-                                    by,
-                                    unix_ms(),
-                                ),
-                                ..from_config
-                            }
+                            file_wins(&doc, "an edit of the config file's versions")
                         }
                     }
                 }

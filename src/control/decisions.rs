@@ -261,15 +261,14 @@ impl Control {
     /// force here, one generation above the store's.
     fn remade_rollback(&self, latest: Option<WeightsDoc>, pending: &PendingRollback) -> WeightsDoc {
         let state = self.lock();
-        let versions: Vec<String> = state.config.version_names();
         let read_at = latest.as_ref().map(|d| d.generation);
         // Made from the file's weights of a task that had no store decision:
         // the store's decision is the fleet's, whatever its order.
         let unread = pending.made_from.writer == super::UNREAD_STORE_WRITER;
         let raw = latest.filter(|d| unread || d.is_newer_than(&pending.made_from));
-        let base = raw.clone().map(|d| fit_to_config(d, &state.config));
+        let base = raw.clone().map(|d| fitting(d, &state.config));
         match (base, raw) {
-            (Some(base), _) if validate_weights(&versions, &base.stable, &base.weights).is_ok() => {
+            (Some(Ok(base)), _) => {
                 let doc =
                     self.next_decision(&state, to_stable(&base, &pending.reason), &pending.source);
                 WeightsDoc {
@@ -281,7 +280,7 @@ impl Control {
             // rolled back as it is, for the fleet (never a rollback to the
             // file's stable version, which the fleet may have left long
             // ago); this task keeps its own.
-            (Some(_), Some(raw)) if unread => {
+            (Some(Err(_)), Some(raw)) if unread => {
                 let doc =
                     self.next_decision(&state, to_stable(&raw, &pending.reason), &pending.source);
                 WeightsDoc {
@@ -289,9 +288,10 @@ impl Control {
                     ..doc
                 }
             }
-            (other, _) => {
-                if let Some(d) = other {
+            (base, raw) => {
+                if let (Some(Err(e)), Some(d)) = (base, raw) {
                     tracing::warn!(
+                        error = %e,
                         generation = d.generation,
                         "the store's weights are invalid for this config: writing the rollback made here over them"
                     );
@@ -512,12 +512,14 @@ impl Control {
         if state.pending_rollback.is_some() || !doc.is_newer_than(&state.decision) {
             return;
         }
-        let doc = fit_to_config(doc, &state.config);
-        let versions: Vec<String> = state.config.version_names();
-        if let Err(e) = validate_weights(&versions, &doc.stable, &doc.weights) {
-            tracing::warn!(error = %e, generation = doc.generation, "ignoring the store's weights: invalid for this config");
-            return;
-        }
+        let generation = doc.generation;
+        let doc = match fitting(doc, &state.config) {
+            Ok(doc) => doc,
+            Err(e) => {
+                tracing::warn!(error = %e, generation, "ignoring the store's weights: invalid for this config");
+                return;
+            }
+        };
         let doc = WeightsDoc {
             source: format!("store ({})", doc.source),
             ..doc
@@ -649,6 +651,15 @@ pub fn validate_weights(
         return Err(ControlError::UnknownVersion(unknown.clone()));
     }
     check_total(weights.values().map(|&w| u64::from(w)).sum()).map_err(ControlError::Invalid)
+}
+
+/// [`fit_to_config`], when the result is a valid decision for the config
+/// (a stored decision whose versions carrying the traffic are all gone is
+/// not).
+pub(super) fn fitting(doc: WeightsDoc, config: &Config) -> Result<WeightsDoc, ControlError> {
+    let doc = fit_to_config(doc, config);
+    validate_weights(&config.version_names(), &doc.stable, &doc.weights)?;
+    Ok(doc)
 }
 
 /// A stored decision limited to the config's versions (a version the config

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::decisions::{fit_to_config, validate_weights};
+use super::decisions::{fit_to_config, fitting, validate_weights};
 use super::status::ReloadStatus;
 use super::{Control, ControlError, fresh_discovery, reuse_endpoints};
 use crate::config::{Config, ConfigError, EndpointSource};
@@ -145,14 +145,14 @@ impl Control {
             config_weights: Some(effective.weights()),
             rollout,
         };
-        // An edit of the file is a decision: record it like any other. (A
-        // shared store keeps no config weights: a replica joins with the
-        // fleet's decision whatever its file says.)
         // A rollback waiting for the store goes first (it is older, and an
         // edit recorded before it would be rolled back when it is written).
         if changed && pending {
             return Err("the file's weights changed while a rollback is still pending in the store (see /status store); reload again once it is written".into());
         }
+        // An edit of the file is a decision: record it like any other. (A
+        // shared store keeps no config weights: a replica joins with the
+        // fleet's decision whatever its file says.)
         let mut fleet_first = false;
         let doc = if changed || (edited && !self.store.shared()) {
             match self.record(doc.clone()).await {
@@ -166,8 +166,8 @@ impl Control {
                     // The store's decision, fitted to the new config (the
                     // adoption above fitted it to the old one).
                     let latest = self.read_store().await.map_err(|e| e.short())?;
-                    match latest.map(|d| fit_to_config(d, &effective)) {
-                        Some(d) if validate_weights(&versions, &d.stable, &d.weights).is_ok() => {
+                    match latest.map(|d| fitting(d, &effective)) {
+                        Some(Ok(d)) => {
                             fleet_first = true;
                             WeightsDoc {
                                 source: format!("store ({})", d.source),
