@@ -165,15 +165,23 @@ pub fn parse<'b>(buf: &'b [u8], slots: &'b mut Slots<'b>) -> Parsed<'b> {
 /// as they are: anything else goes to hyper's server, which rewrites or
 /// rejects it.
 fn origin_form(target: &[u8]) -> bool {
-    target.first() == Some(&b'/')
-        && target.iter().all(|&b| {
-            (0x21..=0x7e).contains(&b)
-                && !matches!(
-                    b,
-                    b'#' | b'<' | b'>' | b'`' | b'"' | b'{' | b'}' | b'\\' | b'^' | b'|'
-                )
-        })
+    target.first() == Some(&b'/') && target.iter().all(|&b| TARGET_BYTE[usize::from(b)])
 }
+
+/// The bytes [`origin_form`] takes: visible ASCII but those `http::Uri`
+/// refuses or rewrites. A table: one load per byte of the target.
+static TARGET_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0x21;
+    while b <= 0x7e {
+        table[b] = !matches!(
+            b as u8,
+            b'#' | b'<' | b'>' | b'`' | b'"' | b'{' | b'}' | b'\\' | b'^' | b'|'
+        );
+        b += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {
@@ -257,6 +265,17 @@ mod tests {
             kind(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()),
             "other"
         );
+    }
+
+    #[test]
+    fn the_target_table_takes_visible_ascii_but_what_uri_refuses() {
+        for b in 0..=u8::MAX {
+            let expected = (0x21..=0x7e).contains(&b) && !br#"#<>`"{}\^|"#.contains(&b);
+            assert_eq!(TARGET_BYTE[usize::from(b)], expected, "byte {b:#04x}");
+            assert_eq!(origin_form(&[b'/', b]), expected, "byte {b:#04x}");
+        }
+        assert!(!origin_form(b""));
+        assert!(!origin_form(b"a/"));
     }
 
     #[test]
