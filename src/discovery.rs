@@ -31,6 +31,17 @@ pub struct CloudMapSource {
     pub port: Option<u16>,
 }
 
+/// What `DiscoverInstances` answered.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct InstanceList {
+    /// The endpoints, filtered by `source.health` and `source.query`.
+    pub endpoints: Vec<SocketAddr>,
+    /// The `InstancesRevision` this list belongs to, when the answer carried
+    /// one. It can be older (or newer) than what `DiscoverInstancesRevision`
+    /// said just before: the instances may change between the two calls.
+    pub revision: Option<i64>,
+}
+
 /// Why a discovery call failed. The last known endpoints stay in use.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DiscoveryError {
@@ -60,11 +71,12 @@ pub trait Discover: Send + Sync + 'static {
         &'a self,
         source: &'a CloudMapSource,
     ) -> BoxFuture<'a, Result<i64, DiscoveryError>>;
-    /// `DiscoverInstances`: the current endpoints, filtered by `source.health`.
+    /// `DiscoverInstances`: the current endpoints, filtered by `source.health`,
+    /// with the revision they belong to.
     fn instances<'a>(
         &'a self,
         source: &'a CloudMapSource,
-    ) -> BoxFuture<'a, Result<Vec<SocketAddr>, DiscoveryError>>;
+    ) -> BoxFuture<'a, Result<InstanceList, DiscoveryError>>;
 }
 
 /// Receives what discovery learns. The control path implements it: it rebuilds

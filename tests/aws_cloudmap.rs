@@ -50,7 +50,7 @@ async fn discovers_registered_instances_and_follows_changes() {
     let src = source(&fx, Some(9000));
 
     // Nothing registered yet: a successful empty answer.
-    assert_eq!(discover.instances(&src).await.unwrap(), vec![]);
+    assert_eq!(discover.instances(&src).await.unwrap().endpoints, vec![]);
 
     fx.register(
         "i-1",
@@ -73,15 +73,17 @@ async fn discovers_registered_instances_and_follows_changes() {
     fx.register("i-4", &[("AWS_INSTANCE_PORT", "80")]).await; // no address: skipped
     let first = discover.instances(&src).await.unwrap();
     assert_eq!(
-        first,
+        first.endpoints,
         addrs(&["10.0.0.1:8080", "10.0.0.2:9000", "[2001:db8::3]:81"])
     );
     let rev1 = discover.revision(&src).await.unwrap();
+    // The list comes with the revision it belongs to (the poller keeps that one).
+    assert_eq!(first.revision, Some(rev1));
 
     // Without a default port, the instance without AWS_INSTANCE_PORT is skipped.
     let no_default = source(&fx, None);
     assert_eq!(
-        discover.instances(&no_default).await.unwrap(),
+        discover.instances(&no_default).await.unwrap().endpoints,
         addrs(&["10.0.0.1:8080", "[2001:db8::3]:81"])
     );
 
@@ -96,17 +98,13 @@ async fn discovers_registered_instances_and_follows_changes() {
     .await;
     let rev2 = discover.revision(&src).await.unwrap();
     assert_ne!(rev1, rev2);
-    assert!(
-        discover
-            .instances(&src)
-            .await
-            .unwrap()
-            .contains(&"10.0.0.5:8080".parse().unwrap())
-    );
+    let second = discover.instances(&src).await.unwrap();
+    assert!(second.endpoints.contains(&"10.0.0.5:8080".parse().unwrap()));
+    assert_eq!(second.revision, Some(rev2));
 
     // A deregistered one disappears.
     fx.deregister("i-1").await;
-    let after = discover.instances(&src).await.unwrap();
+    let after = discover.instances(&src).await.unwrap().endpoints;
     assert_eq!(
         after,
         addrs(&["10.0.0.2:9000", "10.0.0.5:8080", "[2001:db8::3]:81"])
@@ -122,7 +120,7 @@ async fn discovers_registered_instances_and_follows_changes() {
         ],
     )
     .await;
-    assert_eq!(discover.instances(&src).await.unwrap(), after);
+    assert_eq!(discover.instances(&src).await.unwrap().endpoints, after);
 }
 
 #[tokio::test]
@@ -152,22 +150,22 @@ async fn health_filter_and_query_parameters_are_applied() {
     let mut src = source(&fx, None);
     src.health = HealthFilter::All;
     assert_eq!(
-        discover.instances(&src).await.unwrap(),
+        discover.instances(&src).await.unwrap().endpoints,
         addrs(&["10.0.0.1:80", "10.0.0.2:80"])
     );
     src.health = HealthFilter::Healthy;
     assert_eq!(
-        discover.instances(&src).await.unwrap(),
+        discover.instances(&src).await.unwrap().endpoints,
         addrs(&["10.0.0.1:80"])
     );
     src.health = HealthFilter::HealthyOrElseAll;
     assert_eq!(
-        discover.instances(&src).await.unwrap(),
+        discover.instances(&src).await.unwrap().endpoints,
         addrs(&["10.0.0.1:80"])
     );
     fx.set_healthy("i-1", false).await;
     assert_eq!(
-        discover.instances(&src).await.unwrap(),
+        discover.instances(&src).await.unwrap().endpoints,
         addrs(&["10.0.0.1:80", "10.0.0.2:80"]),
         "no healthy instance: all of them"
     );
@@ -175,7 +173,7 @@ async fn health_filter_and_query_parameters_are_applied() {
     src.health = HealthFilter::All;
     src.query = BTreeMap::from([("track".to_string(), "stable".to_string())]);
     assert_eq!(
-        discover.instances(&src).await.unwrap(),
+        discover.instances(&src).await.unwrap().endpoints,
         addrs(&["10.0.0.2:80"])
     );
 }

@@ -8,8 +8,6 @@ mod poller;
 
 pub use poller::{PollTiming, poll};
 
-use std::net::SocketAddr;
-
 use aws_config::SdkConfig;
 use aws_sdk_servicediscovery::Client;
 use aws_sdk_servicediscovery::types::HealthStatusFilter;
@@ -19,7 +17,7 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use crate::aws::errors::{self, ErrorClass};
 use crate::aws::prefix::StripEndpointPrefix;
-use crate::discovery::{CloudMapSource, Discover, DiscoveryError, HealthFilter};
+use crate::discovery::{CloudMapSource, Discover, DiscoveryError, HealthFilter, InstanceList};
 use crate::future::BoxFuture;
 
 /// DiscoverInstances returns at most this many instances (the API's maximum;
@@ -81,7 +79,7 @@ impl CloudMapDiscover {
     async fn fetch_instances(
         &self,
         source: &CloudMapSource,
-    ) -> Result<Vec<SocketAddr>, DiscoveryError> {
+    ) -> Result<InstanceList, DiscoveryError> {
         let mut request = self
             .client
             .discover_instances()
@@ -109,7 +107,10 @@ impl CloudMapDiscover {
                 ),
             }
         }
-        Ok(endpoints::dedup(found))
+        Ok(InstanceList {
+            endpoints: endpoints::dedup(found),
+            revision: out.instances_revision(),
+        })
     }
 }
 
@@ -124,7 +125,7 @@ impl Discover for CloudMapDiscover {
     fn instances<'a>(
         &'a self,
         source: &'a CloudMapSource,
-    ) -> BoxFuture<'a, Result<Vec<SocketAddr>, DiscoveryError>> {
+    ) -> BoxFuture<'a, Result<InstanceList, DiscoveryError>> {
         Box::pin(self.fetch_instances(source))
     }
 }

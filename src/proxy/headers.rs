@@ -181,8 +181,9 @@ pub(crate) fn names_headers(value: &[u8]) -> bool {
 }
 
 /// Removes hop-by-hop headers: every header the Connection header names
-/// (but Content-Length, the message's framing), Connection, Keep-Alive, TE, Trailer, Transfer-Encoding, Upgrade (unless
-/// `upgrading`) and every Proxy-* header.
+/// (but Content-Length, the message's framing, and Host, see
+/// `never_named_away`), Connection, Keep-Alive, TE, Trailer,
+/// Transfer-Encoding, Upgrade (unless `upgrading`) and every Proxy-* header.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     // Fast path, one scan: most requests carry none of these (standard header
     // names compare as enum tags, without hashing).
@@ -203,10 +204,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
             .flat_map(|v| v.split(','))
             .map(str::trim)
             .filter(|t| !(upgrading && t.eq_ignore_ascii_case("upgrade")))
-            // The message's framing stays: a Content-Length gone, a
-            // response on a kept-alive connection would reach its client
-            // unframed (Transfer-Encoding goes anyway: the gateway re-frames).
-            .filter(|t| !t.eq_ignore_ascii_case("content-length"))
+            .filter(|t| !never_named_away(t))
             .filter(|t| headers.contains_key(*t))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
@@ -237,6 +235,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     if upgrading {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+}
+
+/// Fields a Connection header never removes. Content-Length frames the
+/// message: without it, a response on a kept-alive connection would reach
+/// its client unframed (Transfer-Encoding goes anyway: the gateway re-frames
+/// every body). Host names the resource (RFC 9112, 3.2): a client's
+/// `Connection: host` must not send its request upstream without one (the
+/// own server's direct path, which never takes such a request, keeps Host
+/// too).
+fn never_named_away(token: &str) -> bool {
+    token.eq_ignore_ascii_case("content-length") || token.eq_ignore_ascii_case("host")
 }
 
 /// A header that is hop-by-hop by its name alone (Connection also names others).
@@ -629,6 +638,20 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h[header::CONTENT_LENGTH], "5");
+    }
+
+    #[test]
+    fn connection_never_removes_the_host() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, HOST, x-secret"),
+        );
+        h.insert(header::HOST, HeaderValue::from_static("example.test"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h[header::HOST], "example.test");
     }
 
     #[test]

@@ -41,7 +41,11 @@ impl Default for PollTiming {
 
 /// What the poller remembers between rounds.
 struct PollState {
-    /// Revision seen with the last successful DiscoverInstances.
+    /// The revision the last successful DiscoverInstances answer came with
+    /// (its `InstancesRevision`), not the one DiscoverInstancesRevision said
+    /// before it: the instances may change between the two calls, and the
+    /// list may be older than that revision. `None` when the answer carried
+    /// no revision: nothing is proven, so the next round fetches again.
     last_revision: Option<i64>,
     /// When DiscoverInstances is due regardless of the revision.
     next_full: Instant,
@@ -53,8 +57,9 @@ struct PollState {
 /// Polls Cloud Map for `version`'s endpoints forever (spawn it; abort it to stop).
 ///
 /// Each round calls DiscoverInstancesRevision, and DiscoverInstances when the
-/// revision differs from the last one seen (it may go backwards), when
-/// `full_interval` has passed, or after a failure. A successful answer, even an
+/// revision differs from the one the last instance list came with (it may go
+/// backwards), when that list came without one, when `full_interval` has
+/// passed, or after a failure. A successful answer, even an
 /// empty one, goes to [`EndpointSink::endpoints_discovered`]; a failure goes to
 /// [`EndpointSink::discovery_failed`], is counted in
 /// [`metrics::DISCOVERY_ERRORS_TOTAL`] and delays the next round with
@@ -110,7 +115,6 @@ async fn round(
     timing: &PollTiming,
     state: &mut PollState,
 ) -> Result<(), DiscoveryError> {
-    // The revision first: a change between the two calls is then seen next round.
     let revision = discover.revision(source).await?;
     let due = state.force_full
         || state.last_revision != Some(revision)
@@ -119,15 +123,24 @@ async fn round(
         sink.endpoints_confirmed(version);
         return Ok(());
     }
-    let endpoints = discover.instances(source).await?;
+    let list = discover.instances(source).await?;
+    // The list's own revision is kept: when the instances changed between the
+    // two calls (or the list came from a lagging replica), `revision` is newer
+    // than the list, and keeping it would hide the newer list until the next
+    // change. A list newer than `revision` is kept as newer. (moto sums
+    // per-instance revisions over the filtered list only: with a health or
+    // query filter that drops instances, its list revision never equals its
+    // DiscoverInstancesRevision, and every round fetches: more calls, same
+    // endpoints.)
     tracing::debug!(
         version,
         revision,
-        endpoints = endpoints.len(),
+        list_revision = list.revision,
+        endpoints = list.endpoints.len(),
         "Cloud Map endpoints discovered"
     );
-    sink.endpoints_discovered(version, endpoints);
-    state.last_revision = Some(revision);
+    sink.endpoints_discovered(version, list.endpoints);
+    state.last_revision = list.revision;
     state.force_full = false;
     state.next_full = Instant::now() + jitter(timing.full_interval, timing.jitter);
     Ok(())

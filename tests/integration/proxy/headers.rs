@@ -139,3 +139,97 @@ async fn method_path_and_query_are_kept_and_response_hop_by_hop_headers_removed(
     }
     gw.shutdown().await;
 }
+
+/// Sends `request` as is on a new connection and returns the response's
+/// head and body (the answer has a Content-Length).
+async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> (String, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    let head = read_head(&mut stream, &mut buf).await.unwrap_or_default();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no content-length: {head}"));
+    while buf.len() < length {
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before the body's end: {head}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    (head, String::from_utf8(buf).unwrap())
+}
+
+/// A client's Connection header cannot take the Host away (nor the body's
+/// framing): such a request goes through hyper's server (the own server
+/// leaves every request whose Connection names fields to it), and the
+/// upstream still gets the Host. The other named fields go.
+#[tokio::test]
+async fn connection_naming_the_host_keeps_it() {
+    let v1 = Upstream::start("v1").await;
+    let gw = Gateway::start(&config("", &[("v1", 1, v1.addr)])).await;
+    let cases: [(&str, &[u8], &str); 4] = [
+        (
+            "plain GET",
+            b"GET /headers HTTP/1.1\r\nHost: example.test\r\nConnection: host\r\n\r\n",
+            "example.test",
+        ),
+        (
+            "among others",
+            b"GET /headers HTTP/1.1\r\nHost: example.test\r\n\
+              Connection: keep-alive, Host, X-Secret\r\nX-Secret: 1\r\n\r\n",
+            "example.test",
+        ),
+        (
+            "chunked with trailers",
+            b"POST /headers HTTP/1.1\r\nHost: example.test\r\n\
+              Connection: host, transfer-encoding, x-secret\r\nX-Secret: 1\r\n\
+              Transfer-Encoding: chunked\r\nTrailer: x-sig\r\n\r\n\
+              5\r\nhello\r\n0\r\nx-sig: 1\r\n\r\n",
+            "example.test",
+        ),
+        (
+            "absolute form: the target's authority",
+            b"GET http://target.test/headers HTTP/1.1\r\nHost: example.test\r\n\
+              Connection: host\r\n\r\n",
+            "target.test",
+        ),
+    ];
+    for (case, request, host) in cases {
+        let (head, text) = exchange(gw.addr, request).await;
+        assert_eq!(raw_status(head.as_bytes()), Some(200), "{case}: {head}");
+        let lines = header_lines(&text);
+        assert_eq!(header_of(&lines, "host"), [host], "{case}:\n{text}");
+        for gone in ["connection", "x-secret"] {
+            assert!(
+                header_of(&lines, gone).is_empty(),
+                "{case}: {gone} reached the upstream:\n{text}"
+            );
+        }
+    }
+
+    // Naming the framing fields loses no body either.
+    let (head, text) = exchange(
+        gw.addr,
+        b"POST /count HTTP/1.1\r\nHost: example.test\r\n\
+          Connection: host, transfer-encoding, content-length\r\n\
+          Transfer-Encoding: chunked\r\nTrailer: x-sig\r\n\r\n\
+          5\r\nhello\r\n0\r\nx-sig: 1\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(head.as_bytes()), Some(200), "{head}");
+    assert_eq!(text, "5");
+    let (head, text) = exchange(
+        gw.addr,
+        b"POST /count HTTP/1.1\r\nHost: example.test\r\n\
+          Connection: host, content-length\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await;
+    assert_eq!(raw_status(head.as_bytes()), Some(200), "{head}");
+    assert_eq!(text, "5");
+    gw.shutdown().await;
+}

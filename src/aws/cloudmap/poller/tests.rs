@@ -5,17 +5,32 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{PollTiming, poll};
-use crate::discovery::{CloudMapSource, Discover, DiscoveryError, EndpointSink, HealthFilter};
+use crate::discovery::{
+    CloudMapSource, Discover, DiscoveryError, EndpointSink, HealthFilter, InstanceList,
+};
 use crate::future::BoxFuture;
 use crate::metrics::DISCOVERY_ERRORS_TOTAL;
 
 #[path = "../../../../tests/support/recorder.rs"]
 mod recorder;
 
+/// Which `InstancesRevision` the fake's instance list comes with.
+#[derive(Debug, Clone, Copy)]
+enum ListRevision {
+    /// The revision DiscoverInstancesRevision answers (no race).
+    Current,
+    /// A fixed one, or none, whatever the revision call says.
+    Fixed(Option<i64>),
+}
+
 /// What the fake returns, and how often it was called.
 struct FakeState {
     revision: Result<i64, DiscoveryError>,
     instances: Result<Vec<SocketAddr>, DiscoveryError>,
+    list_revision: ListRevision,
+    /// A change (revision, instances) that lands just before the next
+    /// DiscoverInstances call is answered.
+    change_before_list: Option<(i64, Vec<SocketAddr>)>,
     revision_calls: usize,
     instance_calls: usize,
 }
@@ -28,6 +43,8 @@ impl FakeDiscover {
         Arc::new(FakeDiscover(Mutex::new(FakeState {
             revision: Ok(revision),
             instances: Ok(instances),
+            list_revision: ListRevision::Current,
+            change_before_list: None,
             revision_calls: 0,
             instance_calls: 0,
         })))
@@ -37,6 +54,12 @@ impl FakeDiscover {
     }
     fn set_instances(&self, i: Result<Vec<SocketAddr>, DiscoveryError>) {
         self.0.lock().unwrap().instances = i;
+    }
+    fn set_list_revision(&self, r: ListRevision) {
+        self.0.lock().unwrap().list_revision = r;
+    }
+    fn change_before_list(&self, revision: i64, instances: Vec<SocketAddr>) {
+        self.0.lock().unwrap().change_before_list = Some((revision, instances));
     }
     fn revision_calls(&self) -> usize {
         self.0.lock().unwrap().revision_calls
@@ -56,10 +79,21 @@ impl Discover for FakeDiscover {
     fn instances<'a>(
         &'a self,
         _: &'a CloudMapSource,
-    ) -> BoxFuture<'a, Result<Vec<SocketAddr>, DiscoveryError>> {
+    ) -> BoxFuture<'a, Result<InstanceList, DiscoveryError>> {
         let mut s = self.0.lock().unwrap();
         s.instance_calls += 1;
-        let r = s.instances.clone();
+        if let Some((revision, instances)) = s.change_before_list.take() {
+            s.revision = Ok(revision);
+            s.instances = Ok(instances);
+        }
+        let revision = match s.list_revision {
+            ListRevision::Current => s.revision.as_ref().ok().copied(),
+            ListRevision::Fixed(r) => r,
+        };
+        let r = s.instances.clone().map(|endpoints| InstanceList {
+            endpoints,
+            revision,
+        });
         Box::pin(async move { r })
     }
 }
@@ -191,6 +225,93 @@ async fn revision_change_triggers_a_full_fetch() {
     .await;
     assert_eq!(sink.discovered()[2], vec![b]);
     assert_eq!(discover.instance_calls(), 3);
+    assert_eq!(sink.failures(), 0);
+    task.abort();
+}
+
+/// DiscoverInstancesRevision already says N+1 while DiscoverInstances still
+/// answers N's list (the instances changed between the two calls, or a
+/// replica lags). The poller must not take N+1 for the list's revision, or it
+/// never fetches N+1's list: the revision does not move again.
+#[tokio::test]
+async fn list_older_than_the_revision_is_fetched_again() {
+    let a = addr("10.0.0.1:80");
+    let b = addr("10.0.0.2:80");
+    let discover = FakeDiscover::new(5, vec![a]);
+    let sink = Arc::new(RecordingSink::default());
+    let task = start(&discover, &sink, timing(Duration::from_secs(3600)));
+    wait_until("first fetch", || sink.discovered().len() == 1).await;
+
+    // The race: the revision moves to 6, the list fetched is still 5's.
+    discover.set_list_revision(ListRevision::Fixed(Some(5)));
+    discover.set_revision(Ok(6));
+    wait_until("fetch of the stale list", || sink.discovered().len() >= 2).await;
+    assert_eq!(sink.discovered()[1], vec![a]);
+
+    // DiscoverInstances catches up with 6; the revision stays 6 from now on.
+    discover.set_instances(Ok(vec![a, b]));
+    discover.set_list_revision(ListRevision::Current);
+    wait_until("6's list", || sink.discovered().last() == Some(&vec![a, b])).await;
+
+    // Now the list's revision is the current one: revision checks only.
+    let calls = discover.instance_calls();
+    let before = discover.revision_calls();
+    wait_until("more revision calls", || {
+        discover.revision_calls() >= before + 5
+    })
+    .await;
+    assert_eq!(discover.instance_calls(), calls);
+    assert_eq!(sink.failures(), 0);
+    task.abort();
+}
+
+/// The instances change between the revision call (5) and DiscoverInstances
+/// (6's list): the list's revision is kept, so the revision call's 6 after it
+/// is no news and the list is not fetched again.
+#[tokio::test]
+async fn list_newer_than_the_revision_is_kept() {
+    let a = addr("10.0.0.1:80");
+    let b = addr("10.0.0.2:80");
+    let discover = FakeDiscover::new(5, vec![a]);
+    discover.change_before_list(6, vec![a, b]);
+    let sink = Arc::new(RecordingSink::default());
+    let task = start(&discover, &sink, timing(Duration::from_secs(3600)));
+    wait_until("first fetch", || sink.discovered().len() == 1).await;
+    assert_eq!(sink.discovered()[0], vec![a, b]);
+    let before = discover.revision_calls();
+    wait_until("more revision calls", || {
+        discover.revision_calls() >= before + 5
+    })
+    .await;
+    assert_eq!(discover.instance_calls(), 1);
+    assert_eq!(sink.discovered(), vec![vec![a, b]]);
+    task.abort();
+}
+
+/// An answer without `InstancesRevision` proves no revision: every round
+/// fetches the instances until one comes with it.
+#[tokio::test]
+async fn list_without_revision_is_fetched_every_round() {
+    let a = addr("10.0.0.1:80");
+    let discover = FakeDiscover::new(5, vec![a]);
+    discover.set_list_revision(ListRevision::Fixed(None));
+    let sink = Arc::new(RecordingSink::default());
+    let task = start(&discover, &sink, timing(Duration::from_secs(3600)));
+    wait_until("three fetches", || discover.instance_calls() >= 3).await;
+    assert_eq!(discover.instance_calls(), discover.revision_calls());
+
+    discover.set_list_revision(ListRevision::Current);
+    wait_until("a fetch with the revision", || {
+        discover.instance_calls() < discover.revision_calls()
+    })
+    .await;
+    let calls = discover.instance_calls();
+    let before = discover.revision_calls();
+    wait_until("more revision calls", || {
+        discover.revision_calls() >= before + 5
+    })
+    .await;
+    assert_eq!(discover.instance_calls(), calls);
     assert_eq!(sink.failures(), 0);
     task.abort();
 }
