@@ -75,6 +75,45 @@ pub(crate) fn authority_host(authority: &http::uri::Authority) -> &str {
     text.rsplit_once('@').map_or(text, |(_, host)| host)
 }
 
+/// Whether the header name `name` is `lower` in any letter case, for a
+/// `lower` of lowercase letters, digits and `-` (the names the data path
+/// looks for) and a `name` of token bytes (RFC 9110, 5.6.2: what httparse
+/// and `http` let through). Eight bytes at a time: OR-ing 0x20 lowercases a
+/// letter and maps no other token byte onto a letter, a digit or `-`. Where
+/// `eq_ignore_ascii_case` compares a byte at a time, these comparisons
+/// cost about 1,850 of an ALB GET's 20,000 instructions.
+#[inline]
+pub(crate) fn name_is(name: &[u8], lower: &[u8]) -> bool {
+    debug_assert!(
+        lower
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+    );
+    const CASE: u64 = 0x2020_2020_2020_2020;
+    let word = |s: &[u8], at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&s[at..at + 8]);
+        u64::from_ne_bytes(w)
+    };
+    let len = name.len();
+    if len != lower.len() {
+        return false;
+    }
+    if len < 8 {
+        return name.iter().zip(lower).all(|(a, b)| a | 0x20 == *b);
+    }
+    let mut at = 0;
+    while at + 8 < len {
+        if word(name, at) | CASE != word(lower, at) {
+            return false;
+        }
+        at += 8;
+    }
+    // The last eight bytes (overlapping the words before when `len` is not
+    // a multiple of eight).
+    word(name, len - 8) | CASE == word(lower, len - 8)
+}
+
 /// Whether a header name contains `_` (dropped unless the config keeps them).
 pub(crate) fn is_underscored(name: &[u8]) -> bool {
     // `memchr` looks at a word at a time; `contains` a byte at a time
@@ -271,10 +310,7 @@ pub(crate) fn is_hop_by_hop_bytes(name: &[u8]) -> bool {
         b"keep-alive",
         b"http2-settings",
     ];
-    NAMES.iter().any(|n| name.eq_ignore_ascii_case(n))
-        || name
-            .get(..6)
-            .is_some_and(|p| p.eq_ignore_ascii_case(b"proxy-"))
+    NAMES.iter().any(|n| name_is(name, n)) || name.get(..6).is_some_and(|p| name_is(p, b"proxy-"))
 }
 
 /// Whether a Transfer-Encoding value is `chunked` alone, the one transfer
@@ -638,6 +674,44 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h[header::CONTENT_LENGTH], "5");
+    }
+
+    #[test]
+    fn name_is_agrees_with_eq_ignore_ascii_case_on_token_names() {
+        let token: Vec<u8> = (0..=u8::MAX)
+            .filter(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b))
+            .collect();
+        let looked_for: [&[u8]; 8] = [
+            b"te",
+            b"host",
+            b"expect",
+            b"proxy-",
+            b"connection",
+            b"x-request-id",
+            b"x-forwarded-for",
+            b"transfer-encoding",
+        ];
+        for lower in looked_for {
+            let upper = lower.to_ascii_uppercase();
+            assert!(name_is(lower, lower) && name_is(&upper, lower));
+            // Every token byte at every position, in names of each length
+            // (shorter and longer ones must never match).
+            for at in 0..lower.len() {
+                for &b in &token {
+                    let mut name = upper.clone();
+                    name[at] = b;
+                    assert_eq!(
+                        name_is(&name, lower),
+                        name.eq_ignore_ascii_case(lower),
+                        "{:?} vs {:?}",
+                        String::from_utf8_lossy(&name),
+                        String::from_utf8_lossy(lower)
+                    );
+                }
+            }
+            assert!(!name_is(&lower[1..], lower));
+            assert!(!name_is(&[lower, b"x"].concat(), lower));
+        }
     }
 
     #[test]

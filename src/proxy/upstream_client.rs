@@ -162,16 +162,16 @@ pub struct Facts {
 
 impl Facts {
     fn note(&mut self, name: &[u8], value: &[u8]) -> Result<(), ExchangeError> {
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if crate::proxy::headers::name_is(name, b"content-length") {
             self.repeated_length |= self.content_length.is_some() || value.contains(&b',');
             self.content_length = Some(content_length(value, self.content_length)?);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        } else if crate::proxy::headers::name_is(name, b"transfer-encoding") {
             self.chunked = !self.transfer_encoding && crate::proxy::headers::chunked_only(value);
             self.transfer_encoding = true;
-        } else if name.eq_ignore_ascii_case(b"connection") {
+        } else if crate::proxy::headers::name_is(name, b"connection") {
             self.close |= crate::proxy::headers::has_token(value, b"close");
             self.connection_names_headers |= crate::proxy::headers::names_headers(value);
-        } else if name.eq_ignore_ascii_case(b"date") {
+        } else if crate::proxy::headers::name_is(name, b"date") {
             self.date = true;
         }
         Ok(())

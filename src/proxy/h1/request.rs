@@ -102,10 +102,10 @@ pub fn parse<'b>(buf: &'b [u8], slots: &'b mut Slots<'b>) -> Parsed<'b> {
         let name = field.name.as_bytes();
         let value = field.value;
         underscored |= crate::proxy::headers::is_underscored(name);
-        let simple = if name.eq_ignore_ascii_case(b"host") {
+        let simple = if crate::proxy::headers::name_is(name, b"host") {
             hosts += 1;
             true
-        } else if name.eq_ignore_ascii_case(b"content-length") {
+        } else if crate::proxy::headers::name_is(name, b"content-length") {
             lengths += 1;
             // A list or a sign goes to hyper's server, which folds or rejects it.
             match crate::proxy::headers::content_length_number(value) {
@@ -115,22 +115,23 @@ pub fn parse<'b>(buf: &'b [u8], slots: &'b mut Slots<'b>) -> Parsed<'b> {
                 }
                 None => false,
             }
-        } else if name.eq_ignore_ascii_case(b"connection") {
+        } else if crate::proxy::headers::name_is(name, b"connection") {
             close |= crate::proxy::headers::has_token(value, b"close");
             !crate::proxy::headers::names_headers(value)
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        } else if crate::proxy::headers::name_is(name, b"transfer-encoding") {
             // Only `chunked` alone (RFC 9112, 6.1); other codings, lists and
             // repeats go to hyper's server.
             codings += 1;
             chunked = value.trim_ascii().eq_ignore_ascii_case(b"chunked");
             chunked
-        } else if name.eq_ignore_ascii_case(b"expect") {
+        } else if crate::proxy::headers::name_is(name, b"expect") {
             // RFC 9110, 10.1.1: 100-continue is the only expectation
             // defined; any other (or a list) goes to hyper's server.
             expectations += 1;
             value.trim_ascii().eq_ignore_ascii_case(b"100-continue")
         } else {
-            !(name.eq_ignore_ascii_case(b"upgrade") || name.eq_ignore_ascii_case(b"te"))
+            !(crate::proxy::headers::name_is(name, b"upgrade")
+                || crate::proxy::headers::name_is(name, b"te"))
         };
         if !simple {
             return Parsed::Other;

@@ -65,7 +65,7 @@ pub fn upstream_head(
     for (name, value) in raw.fields(spans) {
         if headers::is_hop_by_hop_bytes(name)
             || own.is_some_and(|own| name.eq_ignore_ascii_case(own))
-            || (raw.facts.drop_content_length && name.eq_ignore_ascii_case(b"content-length"))
+            || (raw.facts.drop_content_length && headers::name_is(name, b"content-length"))
         {
             continue;
         }

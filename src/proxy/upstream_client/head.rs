@@ -65,30 +65,30 @@ pub fn encode_fields<'a, I: Iterator<Item = (&'a [u8], &'a [u8])>>(
     for (name, value) in fields() {
         if headers::is_hop_by_hop_bytes(name)
             || (fwd.drop_underscored && headers::is_underscored(name))
-            || (fwd.drop_expect && name.eq_ignore_ascii_case(b"expect"))
+            || (fwd.drop_expect && headers::name_is(name, b"expect"))
         {
-            trailers |= name.eq_ignore_ascii_case(b"te") && headers::has_token(value, b"trailers");
+            trailers |= headers::name_is(name, b"te") && headers::has_token(value, b"trailers");
             continue;
         }
-        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+        if headers::name_is(name, b"x-forwarded-for") {
             forwarded_for = true;
             continue;
         }
-        if name.eq_ignore_ascii_case(b"x-forwarded-proto") {
+        if headers::name_is(name, b"x-forwarded-proto") {
             proto = true;
             if !fwd.trust_forwarded_headers {
                 continue;
             }
-        } else if name.eq_ignore_ascii_case(b"x-forwarded-port") {
+        } else if headers::name_is(name, b"x-forwarded-port") {
             port = true;
             if !fwd.trust_forwarded_headers {
                 continue;
             }
-        } else if authority.is_some() && name.eq_ignore_ascii_case(b"host") {
+        } else if authority.is_some() && headers::name_is(name, b"host") {
             continue;
-        } else if name.eq_ignore_ascii_case(b"x-request-id") {
+        } else if headers::name_is(name, b"x-request-id") {
             request_id = true;
-        } else if name.eq_ignore_ascii_case(b"content-length") {
+        } else if headers::name_is(name, b"content-length") {
             length = true;
         }
         line(out, name, value);
@@ -104,7 +104,7 @@ pub fn encode_fields<'a, I: Iterator<Item = (&'a [u8], &'a [u8])>>(
     out.extend_from_slice(b"x-forwarded-for: ");
     if forwarded_for {
         // Earlier proxies' list, folded into one line, then the client.
-        for (_, value) in fields().filter(|(n, _)| n.eq_ignore_ascii_case(b"x-forwarded-for")) {
+        for (_, value) in fields().filter(|(n, _)| headers::name_is(n, b"x-forwarded-for")) {
             out.extend_from_slice(value);
             out.extend_from_slice(b", ");
         }
