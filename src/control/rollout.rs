@@ -17,6 +17,24 @@ use crate::store::WeightsDoc;
 /// The source every rollout decision is recorded under.
 pub const SOURCE: &str = "rollout";
 
+/// Who ends a rollout as succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum By {
+    /// The driver, on its analysis of the step it judged.
+    Analysis,
+    /// An operator, through the admin API (`POST /rollout/promote`).
+    Operator,
+}
+
+impl By {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            By::Analysis => "analysis",
+            By::Operator => "operator",
+        }
+    }
+}
+
 /// An operator's action on the running rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -224,7 +242,7 @@ impl Control {
                 )
                 .await?
             }
-            Action::Promote => self.finish_rollout(&r, "operator").await?,
+            Action::Promote => self.finish_rollout(&r, By::Operator).await?,
             Action::Pause | Action::Resume => {
                 let now = self.rollout_clock().now_ms();
                 self.decide_rollout(|d| {
@@ -349,13 +367,21 @@ impl Control {
 
     /// Ends the rollout as succeeded: the canary promoted (`on_success =
     /// "promote"`) or the last step's weights kept (`"hold"`).
-    pub async fn finish_rollout(&self, seen: &RolloutState, by: &str) -> Result<(), RolloutError> {
+    ///
+    /// By the analysis, only if the rollout is still at `seen`'s step, as
+    /// judged (as [`Control::advance_rollout`]): an operator's pause (or
+    /// resume) written meanwhile stands. By the operator, whatever the step
+    /// or phase of the running rollout.
+    pub async fn finish_rollout(&self, seen: &RolloutState, by: By) -> Result<(), RolloutError> {
         let now = self.rollout_clock().now_ms();
         self.decide_rollout(|d| {
             let r = d
                 .rollout
                 .as_ref()
-                .filter(|r| r.started_at_ms == seen.started_at_ms && r.phase.running())
+                .filter(|r| match by {
+                    By::Analysis => r.same_step(seen),
+                    By::Operator => r.started_at_ms == seen.started_at_ms && r.phase.running(),
+                })
                 .ok_or_else(|| {
                     RolloutError::Conflict("the rollout is over or changed meanwhile".into())
                 })?;
@@ -370,11 +396,11 @@ impl Control {
             })
         })
         .await?;
-        tracing::info!(target: "audit", canary = %seen.plan.canary, by, on_success = ?seen.plan.settings.on_success, "rollout succeeded");
+        tracing::info!(target: "audit", canary = %seen.plan.canary, by = by.as_str(), on_success = ?seen.plan.settings.on_success, "rollout succeeded");
         if let Some(r) = self.rollout() {
             notify::send_event(
                 r.plan.settings.webhook.as_deref(),
-                event("succeeded", &r, serde_json::json!({ "by": by })),
+                event("succeeded", &r, serde_json::json!({ "by": by.as_str() })),
             );
         }
         Ok(())

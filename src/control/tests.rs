@@ -888,3 +888,40 @@ async fn a_task_whose_poll_fails_keeps_reporting() {
     upkeep.abort();
     assert!(reported_again.is_ok(), "no report while the polls failed");
 }
+
+// ------------------------------------------------------------- rollouts ----
+
+/// The driver judged the last step good while the rollout progressed; the
+/// operator paused it before the success was written. The pause stands: the
+/// analysis ends only the step it judged (as a step is taken only from the
+/// step judged), and the operator's own promote still ends a paused rollout.
+#[tokio::test]
+async fn an_analysis_success_never_ends_a_rollout_paused_meanwhile() {
+    use super::rollout::Action;
+    use crate::rollout::RolloutError;
+    use crate::rollout::state::Phase;
+    let store = Arc::new(MemoryStore::default());
+    let control = task(&store).await;
+    control
+        .start_rollout(br#"{"canary": "v2", "steps": [50], "interval_s": 60}"#)
+        .await
+        .unwrap();
+    // What the driver judged: the last step, progressing.
+    let judged = control.running_rollout().unwrap();
+    assert!(judged.last_step() && judged.phase == Phase::Progressing);
+    control.rollout_action(Action::Pause).await.unwrap();
+
+    let late = control
+        .finish_rollout(&judged, super::rollout::By::Analysis)
+        .await;
+    assert!(matches!(late, Err(RolloutError::Conflict(_))), "{late:?}");
+    assert_eq!(control.rollout().unwrap().phase, Phase::Paused);
+    let stored = store.stored().unwrap();
+    assert_eq!(stored.rollout.unwrap().phase, Phase::Paused);
+    assert_eq!((stored.stable.as_str(), stored.weights), ("v1", w(50, 50)));
+
+    // The operator's promote is no judgement of a step: it ends it.
+    control.rollout_action(Action::Promote).await.unwrap();
+    assert_eq!(control.rollout().unwrap().phase, Phase::Succeeded);
+    assert_eq!(control.weights().stable, "v2");
+}

@@ -16,8 +16,9 @@ use std::time::Duration;
 use super::analysis::{self, Verdict};
 use super::state::{Phase, RolloutState};
 use super::telemetry::Counts;
-use super::{AnalysisRecord, event, notify};
+use super::{AnalysisRecord, RolloutError, event, notify};
 use crate::control::Control;
+use crate::control::rollout::By;
 use crate::metrics as names;
 
 /// How soon a failed decision (the store could not be written) is retried.
@@ -183,9 +184,14 @@ pub async fn run(control: Arc<Control>) {
                 format!("the canary `{}` has no healthy endpoints", r.plan.canary),
             ),
             Verdict::Pass if r.last_step() => {
-                if let Err(e) = control.finish_rollout(&r, "analysis").await {
-                    tracing::warn!(error = %e, "the rollout's success could not be recorded; retrying");
-                    w.retry_soon(&r, now);
+                match control.finish_rollout(&r, By::Analysis).await {
+                    // Moved on meanwhile (paused, aborted, ended by another
+                    // task): follow the store.
+                    Ok(()) | Err(RolloutError::Conflict(_)) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the rollout's success could not be recorded; retrying");
+                        w.retry_soon(&r, now);
+                    }
                 }
             }
             Verdict::Pass => {
