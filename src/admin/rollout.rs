@@ -7,7 +7,7 @@ use http::{Method, StatusCode};
 
 use super::{AdminResponse, control_error, error, json};
 use crate::control::Control;
-use crate::control::rollout::Action;
+use crate::control::rollout::{Abort, Action};
 use crate::control::status::WeightsView;
 use crate::rollout::RolloutError;
 use crate::rollout::state::Phase;
@@ -79,7 +79,7 @@ pub fn refuse_while_running(control: &Control, what: &str) -> Option<AdminRespon
 pub async fn rollback(control: &Control) -> AdminResponse {
     let result = match control.running_rollout() {
         Some(r) => control
-            .abort_rollout(&r, "rollback", "aborted by POST /rollback")
+            .abort_rollout(&r, Abort::Rollback, "aborted by POST /rollback")
             .await
             .map(|()| control.weights()),
         None => control.rollback("admin").await.map_err(RolloutError::from),

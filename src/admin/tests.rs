@@ -302,3 +302,18 @@ async fn status_reports_versions_and_endpoints() {
     assert!(body["uptime_seconds"].is_number());
     assert_eq!(body["ready"], true);
 }
+
+#[tokio::test]
+async fn a_rollback_that_aborts_a_rollout_is_recorded_as_the_operators() {
+    let f = fixture(None).await;
+    let plan = r#"{"canary": "v2", "steps": [10, 50], "interval_s": 60}"#;
+    let (status, _, _) = call(&f, "POST", "/rollout", None, plan).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body, _) = call(&f, "POST", "/rollback", None, "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, weights, _) = call(&f, "GET", "/weights", None, "").await;
+    assert_eq!(weights["source"], "admin", "{weights}");
+    assert_eq!(weights["weights"]["v2"], 0, "{weights}");
+    let (_, rollout, _) = call(&f, "GET", "/rollout", None, "").await;
+    assert_eq!(rollout["phase"], "aborted", "{rollout}");
+}

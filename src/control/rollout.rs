@@ -14,8 +14,13 @@ use crate::rollout::telemetry::Windows;
 use crate::rollout::{Clock, LocalView, RolloutError, RolloutView, event, notify};
 use crate::store::WeightsDoc;
 
-/// The source every rollout decision is recorded under.
+/// The source of the decisions a rollout makes on its own: its steps, its
+/// analysis's abort or success, its abort when a reload removed its versions.
 pub const SOURCE: &str = "rollout";
+
+/// The source of an operator's rollout decisions (start, pause, resume,
+/// abort, promote, and `POST /rollback`): the admin API's.
+pub const OPERATOR_SOURCE: &str = "admin";
 
 /// Who ends a rollout as succeeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +36,47 @@ impl By {
         match self {
             By::Analysis => "analysis",
             By::Operator => "operator",
+        }
+    }
+
+    /// The decision's `source`.
+    fn source(self) -> &'static str {
+        match self {
+            By::Analysis => SOURCE,
+            By::Operator => OPERATOR_SOURCE,
+        }
+    }
+}
+
+/// Why a rollout is aborted, and who decided it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abort {
+    /// The analysis found the canary worse than allowed (its reason).
+    Analysis(&'static str),
+    /// A reload removed the canary or the stable version.
+    Config,
+    /// `POST /rollout/abort`.
+    Operator,
+    /// `POST /rollback`.
+    Rollback,
+}
+
+impl Abort {
+    /// The reason label of `canary_rollout_aborts_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Abort::Analysis(reason) => reason,
+            Abort::Config => "config",
+            Abort::Operator => "operator",
+            Abort::Rollback => "rollback",
+        }
+    }
+
+    /// The decision's `source`.
+    fn source(self) -> &'static str {
+        match self {
+            Abort::Analysis(_) | Abort::Config => SOURCE,
+            Abort::Operator | Abort::Rollback => OPERATOR_SOURCE,
         }
     }
 }
@@ -96,15 +142,17 @@ impl Control {
         }
     }
 
-    /// A rollout decision. `change` sees the decision in force; its
-    /// [`RolloutError`] (a conflict) is returned as it is.
+    /// A rollout decision, recorded under `source`. `change` sees the
+    /// decision in force; its [`RolloutError`] (a conflict) is returned as
+    /// it is.
     async fn decide_rollout(
         &self,
+        source: &str,
         change: impl FnOnce(&crate::store::WeightsDoc) -> Result<Decision, RolloutError>,
     ) -> Result<(), RolloutError> {
         let mut refused = None;
         let decided = self
-            .decide_with(SOURCE, |d| {
+            .decide_with(source, |d| {
                 change(d).map_err(|e| {
                     let message = e.to_string();
                     refused = Some(e);
@@ -148,7 +196,7 @@ impl Control {
         let started = RolloutState::start(plan, now);
         self.check_rollout_fits(&started)?;
         let first = started.clone();
-        self.decide_rollout(|d| {
+        self.decide_rollout(OPERATOR_SOURCE, |d| {
             if let Some(r) = d.rollout.as_ref().filter(|r| r.phase.running()) {
                 return Err(RolloutError::Conflict(format!(
                     "a rollout of `{}` is already running (phase {}); abort it first",
@@ -237,7 +285,7 @@ impl Control {
             Action::Abort => {
                 self.abort_rollout(
                     &r,
-                    "operator",
+                    Abort::Operator,
                     "aborted by the operator (POST /rollout/abort)",
                 )
                 .await?
@@ -245,7 +293,7 @@ impl Control {
             Action::Promote => self.finish_rollout(&r, By::Operator).await?,
             Action::Pause | Action::Resume => {
                 let now = self.rollout_clock().now_ms();
-                self.decide_rollout(|d| {
+                self.decide_rollout(OPERATOR_SOURCE, |d| {
                     let current = d
                         .rollout
                         .as_ref()
@@ -288,15 +336,15 @@ impl Control {
     }
 
     /// Rolls the canary back at once and ends the rollout as aborted:
-    /// a rollback (see [`Control::rollback_for`]). `label` is the metric's
-    /// reason.
+    /// a rollback (see [`Control::rollback_for`]), recorded under who
+    /// decided it (`by`).
     pub async fn abort_rollout(
         &self,
         r: &RolloutState,
-        label: &str,
+        by: Abort,
         reason: &str,
     ) -> Result<(), RolloutError> {
-        self.rollback_for(SOURCE, reason).await?;
+        self.rollback_for(by.source(), reason).await?;
         // Made again from the store's latest decision, the rollback may have
         // found the rollout already over (another task ended it before this
         // one heard): then it was not this abort that ended it.
@@ -310,7 +358,7 @@ impl Control {
                 now.phase.as_str()
             )));
         }
-        metrics::counter!(names::ROLLOUT_ABORTS_TOTAL, "reason" => label.to_string()).increment(1);
+        metrics::counter!(names::ROLLOUT_ABORTS_TOTAL, "reason" => by.label()).increment(1);
         tracing::warn!(target: "audit", canary = %r.plan.canary, reason, "rollout aborted: all traffic back on the stable version");
         let figures = self
             .lock()
@@ -318,7 +366,7 @@ impl Control {
             .view
             .last_analysis
             .clone()
-            .filter(|_| label != "operator" && label != "rollback");
+            .filter(|_| by != Abort::Operator && by != Abort::Rollback);
         let ended = self.rollout().unwrap_or_else(|| r.clone());
         notify::send_event(
             r.plan.settings.webhook.as_deref(),
@@ -337,7 +385,7 @@ impl Control {
         self.refresh().await;
         let now = self.rollout_clock().now_ms();
         let result = self
-            .decide_rollout(|d| match d.rollout.as_ref() {
+            .decide_rollout(SOURCE, |d| match d.rollout.as_ref() {
                 Some(r) if r.same_step(seen) => {
                     let next = r.advanced(now);
                     Ok((d.stable.clone(), next.weights(&d.weights), Some(next)))
@@ -374,7 +422,7 @@ impl Control {
     /// or phase of the running rollout.
     pub async fn finish_rollout(&self, seen: &RolloutState, by: By) -> Result<(), RolloutError> {
         let now = self.rollout_clock().now_ms();
-        self.decide_rollout(|d| {
+        self.decide_rollout(by.source(), |d| {
             let r = d
                 .rollout
                 .as_ref()

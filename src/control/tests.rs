@@ -925,3 +925,31 @@ async fn an_analysis_success_never_ends_a_rollout_paused_meanwhile() {
     assert_eq!(control.rollout().unwrap().phase, Phase::Succeeded);
     assert_eq!(control.weights().stable, "v2");
 }
+
+/// An operator's rollout decisions (here the start and an abort) are
+/// recorded as the operator's (`admin`), in `GET /weights`, the store and
+/// the audit log; the rollout's own steps are `rollout`.
+#[tokio::test]
+async fn an_operators_rollout_decisions_are_recorded_as_the_operators() {
+    use super::rollout::Action;
+    let store = Arc::new(MemoryStore::default());
+    let control = task(&store).await;
+    control
+        .start_rollout(br#"{"canary": "v2", "steps": [10, 50], "interval_s": 60}"#)
+        .await
+        .unwrap();
+    assert_eq!(control.weights().source, "admin");
+    let judged = control.running_rollout().unwrap();
+    assert!(control.advance_rollout(&judged).await.unwrap());
+    assert_eq!(control.weights().source, "rollout");
+    control.rollout_action(Action::Abort).await.unwrap();
+    assert_eq!(control.weights().source, "admin");
+    assert_eq!(store.stored().unwrap().source, "admin");
+    let mine: Vec<String> = crate::telemetry::audit::global()
+        .entries()
+        .into_iter()
+        .filter(|e| e.writer == control.writer())
+        .map(|e| e.source)
+        .collect();
+    assert_eq!(mine, ["admin", "rollout", "admin"]);
+}

@@ -18,7 +18,7 @@ use super::state::{Phase, RolloutState};
 use super::telemetry::Counts;
 use super::{AnalysisRecord, RolloutError, event, notify};
 use crate::control::Control;
-use crate::control::rollout::By;
+use crate::control::rollout::{Abort, By};
 use crate::metrics as names;
 
 /// How soon a failed decision (the store could not be written) is retried.
@@ -100,7 +100,7 @@ pub async fn run(control: Arc<Control>) {
             Some(r) if r.phase.running() && gone_from_config(&control, &r).is_some() => {
                 let why = gone_from_config(&control, &r).unwrap_or_default();
                 aborted.insert(r.started_at_ms, why.clone());
-                if let Err(e) = control.abort_rollout(&r, "config", &why).await {
+                if let Err(e) = control.abort_rollout(&r, Abort::Config, &why).await {
                     tracing::error!(error = %e, "the rollout abort could not be recorded; retrying");
                     tokio::time::sleep(RETRY).await;
                 }
@@ -163,7 +163,10 @@ pub async fn run(control: Arc<Control>) {
             Verdict::Abort => {
                 tracing::warn!(canary = %r.plan.canary, why = %judged.why, "the canary is worse than allowed");
                 aborted.insert(r.started_at_ms, judged.why.clone());
-                if let Err(e) = control.abort_rollout(&r, judged.reason, &judged.why).await {
+                if let Err(e) = control
+                    .abort_rollout(&r, Abort::Analysis(judged.reason), &judged.why)
+                    .await
+                {
                     tracing::error!(error = %e, "the rollout abort could not be recorded; retrying");
                     tokio::time::sleep(RETRY).await;
                 }
