@@ -256,16 +256,19 @@ impl Control {
     /// rollback was made from (another task decided meanwhile, or this task
     /// started degraded on the config's weights): `latest` rolled back (its
     /// stable version takes all the weight, a running rollout ends aborted),
-    /// one generation above it. Otherwise (the store holds that decision or
-    /// an older one, none, or one invalid for this config): the rollback in
-    /// force here, one generation above the store's.
+    /// one generation above it; but an abort wins over the same rollout's
+    /// automated success (see [`abort_over_success`]). Otherwise (the store
+    /// holds that decision or an older one, none, or one invalid for this
+    /// config): the rollback in force here, one generation above the store's.
     fn remade_rollback(&self, latest: Option<WeightsDoc>, pending: &PendingRollback) -> WeightsDoc {
         let state = self.lock();
         let read_at = latest.as_ref().map(|d| d.generation);
         // Made from the file's weights of a task that had no store decision:
         // the store's decision is the fleet's, whatever its order.
         let unread = pending.made_from.writer == super::UNREAD_STORE_WRITER;
-        let raw = latest.filter(|d| unread || d.is_newer_than(&pending.made_from));
+        let raw = latest
+            .filter(|d| unread || d.is_newer_than(&pending.made_from))
+            .map(|d| abort_over_success(d, pending));
         let base = raw.clone().map(|d| fitting(d, &state.config));
         match (base, raw) {
             (Some(Ok(base)), _) => {
@@ -622,6 +625,53 @@ fn to_stable(d: &WeightsDoc, reason: &str) -> Decision {
         all_weight_to(&d.weights, &d.stable),
         rollout,
     )
+}
+
+/// `latest` (the store's document, newer than the decision a pending
+/// rollback was made from) as the base the rollback is made again from.
+///
+/// As it is, but for one case: the rollback was made while a rollout ran
+/// (so it aborts that rollout), and `latest` is that rollout's own success,
+/// written by the rollout (its analysis found the last step good on another
+/// task: source [`crate::control::rollout::SOURCE`]), not by an operator.
+/// The tasks judged the last step at once and disagreed, or an operator
+/// aborted as the rollout succeeded: the abort wins (an abort on one task's
+/// evidence, or an operator's, is never lost to an automated success). The
+/// base is then the rollout's stable version, the rollout ended aborted for
+/// the rollback's reason: rolled back, all the weight goes to it. An
+/// operator's promotion (`admin`) is rolled back as it is, like any other
+/// decision: its stable version keeps the traffic.
+fn abort_over_success(latest: WeightsDoc, pending: &PendingRollback) -> WeightsDoc {
+    use crate::rollout::state::Phase;
+    let aborted = pending
+        .made_from
+        .rollout
+        .as_ref()
+        .filter(|r| r.phase.running());
+    let undone = match (aborted, latest.rollout.as_ref()) {
+        (Some(was), Some(now))
+            if latest.source == super::rollout::SOURCE
+                && now.started_at_ms == was.started_at_ms
+                && now.phase == Phase::Succeeded =>
+        {
+            Some((
+                now.plan.stable.clone(),
+                now.ended(Phase::Aborted, Some(pending.reason.clone()), unix_ms()),
+            ))
+        }
+        _ => None,
+    };
+    match undone {
+        Some((stable, rollout)) => {
+            tracing::warn!(target: "audit", canary = %rollout.plan.canary, generation = latest.generation, "the rollout succeeded on another task while this task aborted it: the abort wins");
+            WeightsDoc {
+                stable,
+                rollout: Some(rollout),
+                ..latest
+            }
+        }
+        None => latest,
+    }
 }
 
 /// Every version at 0 but `to`, which gets the current total (so the numbers

@@ -953,3 +953,85 @@ async fn an_operators_rollout_decisions_are_recorded_as_the_operators() {
         .collect();
     assert_eq!(mine, ["admin", "rollout", "admin"]);
 }
+
+/// Two tasks judge the last step at once: b finds the canary good and ends
+/// the rollout `succeeded`, a finds it bad and aborts. a's abort, made again
+/// from b's success, wins (an abort on the evidence of one task is never
+/// lost to another task's automated success): all the traffic back on the
+/// rollout's stable version, the rollout `aborted`, in the store and on both.
+#[tokio::test]
+async fn an_abort_wins_over_the_same_rollouts_automated_success() {
+    use super::rollout::{Abort, Action, By};
+    use crate::rollout::state::Phase;
+    for on_success in ["promote", "hold"] {
+        for abort in [Abort::Analysis("max_error_rate"), Abort::Operator] {
+            let store = Arc::new(MemoryStore::default());
+            let (a, b) = (task(&store).await, task(&store).await);
+            let plan = format!(
+                r#"{{"canary": "v2", "steps": [10, 50], "interval_s": 60, "on_success": "{on_success}"}}"#
+            );
+            a.start_rollout(plan.as_bytes()).await.unwrap();
+            let first = a.running_rollout().unwrap();
+            assert!(a.advance_rollout(&first).await.unwrap());
+            b.sync_from_store().await.unwrap();
+            let judged = b.running_rollout().unwrap();
+            assert!(judged.last_step());
+
+            b.finish_rollout(&judged, By::Analysis).await.unwrap();
+            let aborted = match abort {
+                Abort::Operator => a.rollout_action(Action::Abort).await.map(|_| ()),
+                _ => a.abort_rollout(&judged, abort, "error rate 20%").await,
+            };
+            let case = format!("{on_success}, {abort:?}");
+            assert!(aborted.is_ok(), "{case}: {aborted:?}");
+            b.sync_from_store().await.unwrap();
+            let stored = store.stored().unwrap();
+            assert_eq!(
+                (stored.stable.as_str(), &stored.weights),
+                ("v1", &w(100, 0)),
+                "{case}"
+            );
+            for r in [
+                stored.rollout.unwrap(),
+                a.rollout().unwrap(),
+                b.rollout().unwrap(),
+            ] {
+                assert_eq!(r.phase, Phase::Aborted, "{case}: {r:?}");
+                assert!(r.reason.is_some(), "{case}: {r:?}");
+            }
+            for task in [&a, &b] {
+                assert_eq!(task.weights().stable, "v1", "{case}");
+                assert_eq!(task.weights().weights, w(100, 0), "{case}");
+            }
+        }
+    }
+}
+
+/// The operator's promote of the rollout is another matter: an abort made
+/// on a task that had not heard of it rolls the promotion back as any
+/// rollback does (its stable version, now the canary, keeps the traffic)
+/// and is no abort of the rollout.
+#[tokio::test]
+async fn an_analysis_abort_never_undoes_an_operators_promote() {
+    use super::rollout::{Abort, Action};
+    use crate::rollout::state::Phase;
+    let store = Arc::new(MemoryStore::default());
+    let (a, b) = (task(&store).await, task(&store).await);
+    a.start_rollout(br#"{"canary": "v2", "steps": [10, 50], "interval_s": 60}"#)
+        .await
+        .unwrap();
+    b.sync_from_store().await.unwrap();
+    let judged = b.running_rollout().unwrap();
+    a.rollout_action(Action::Promote).await.unwrap();
+    let aborted = b
+        .abort_rollout(&judged, Abort::Analysis("max_error_rate"), "error rate 20%")
+        .await;
+    assert!(
+        matches!(aborted, Err(crate::rollout::RolloutError::Conflict(_))),
+        "{aborted:?}"
+    );
+    let stored = store.stored().unwrap();
+    assert_eq!((stored.stable.as_str(), stored.weights), ("v2", w(0, 100)));
+    assert_eq!(stored.rollout.unwrap().phase, Phase::Succeeded);
+    assert_eq!(b.weights().stable, "v2");
+}
