@@ -246,6 +246,25 @@ impl Control {
             state.discovery = previous_discovery;
             return Err(e);
         }
+        // A running rollout whose canary or stable version this reload
+        // removed (the previous config had it) cannot go on: the driver
+        // aborts it. (A version this task never had is another task
+        // definition's: the driver holds that rollout instead.)
+        let removed = state
+            .decision
+            .rollout
+            .as_ref()
+            .filter(|r| r.phase.running())
+            .filter(|r| {
+                [&r.plan.canary, &r.plan.stable].into_iter().any(|v| {
+                    previous.versions.iter().any(|p| &p.name == v)
+                        && !config.versions.iter().any(|c| &c.name == v)
+                })
+            })
+            .map(|r| r.started_at_ms);
+        if removed.is_some() {
+            state.rollout.removed_by_reload = removed;
+        }
         let message = if fleet_first {
             format!(
                 "applied; weights as another task recorded them first in the store (generation {})",

@@ -122,6 +122,12 @@ impl Control {
         Some(RolloutView::new(r, &state.rollout.view, now))
     }
 
+    /// Whether a config reload on this task removed `r`'s canary or stable
+    /// version (see `crate::rollout::Local::removed_by_reload`).
+    pub fn rollout_removed_by_reload(&self, r: &RolloutState) -> bool {
+        self.lock().rollout.removed_by_reload == Some(r.started_at_ms)
+    }
+
     /// Whether `version` has an endpoint that is not ejected.
     pub fn has_healthy_endpoints(&self, version: &str) -> bool {
         let snapshot = self.snapshot.load();

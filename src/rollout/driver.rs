@@ -97,12 +97,40 @@ pub async fn run(control: Arc<Control>) {
                 }
                 continue;
             }
-            Some(r) if r.phase.running() && gone_from_config(&control, &r).is_some() => {
-                let why = gone_from_config(&control, &r).unwrap_or_default();
-                aborted.insert(r.started_at_ms, why.clone());
-                if let Err(e) = control.abort_rollout(&r, Abort::Config, &why).await {
-                    tracing::error!(error = %e, "the rollout abort could not be recorded; retrying");
-                    tokio::time::sleep(RETRY).await;
+            Some(r) if r.phase.running() && missing_version(&control, &r).is_some() => {
+                let v = missing_version(&control, &r).unwrap_or_default();
+                if control.rollout_removed_by_reload(&r) {
+                    let why = format!("version `{v}` is no longer in the config");
+                    aborted.insert(r.started_at_ms, why.clone());
+                    if let Err(e) = control.abort_rollout(&r, Abort::Config, &why).await {
+                        tracing::error!(error = %e, "the rollout abort could not be recorded; retrying");
+                        tokio::time::sleep(RETRY).await;
+                    }
+                    continue;
+                }
+                // This task's config never had the version (an older task
+                // definition, while a deployment adds it): it neither
+                // serves nor judges the rollout, and holds; the tasks that
+                // have the version judge it.
+                window = None;
+                let why = format!(
+                    "this task's config has no version `{v}`: it does not judge this rollout (the tasks that have `{v}` do)"
+                );
+                tracing::info!(canary = %r.plan.canary, %why, "rollout holds on this task");
+                control.rollout_note(|view| {
+                    if view.rollout != r.started_at_ms {
+                        *view = Default::default();
+                        view.rollout = r.started_at_ms;
+                    }
+                    view.overlay = Some(Phase::Holding);
+                    view.why = Some(why);
+                    view.next_due_ms = None;
+                });
+                if let Some(view) = control.rollout_view() {
+                    view.publish();
+                }
+                if changes.changed().await.is_err() {
+                    return;
                 }
                 continue;
             }
@@ -227,14 +255,14 @@ pub async fn run(control: Arc<Control>) {
     }
 }
 
-/// Why `r` cannot go on with the config in force (a reload removed its
-/// canary or its stable version), if it cannot.
-fn gone_from_config(control: &Control, r: &RolloutState) -> Option<String> {
+/// `r`'s canary or stable version, if the config in force lacks it (a
+/// reload removed it, or this task's config never had it).
+fn missing_version(control: &Control, r: &RolloutState) -> Option<String> {
     let config = control.config();
     [&r.plan.canary, &r.plan.stable]
         .into_iter()
         .find(|v| !config.versions.iter().any(|c| &c.name == *v))
-        .map(|v| format!("version `{v}` is no longer in the config"))
+        .cloned()
 }
 
 /// The step holds: this replica's view says why; counted and sent.
