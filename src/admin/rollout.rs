@@ -10,7 +10,7 @@ use crate::control::Control;
 use crate::control::rollout::{Abort, Action};
 use crate::control::status::WeightsView;
 use crate::rollout::RolloutError;
-use crate::rollout::state::Phase;
+use crate::rollout::state::RolloutState;
 
 /// The methods allowed on a rollout path, `None` for other paths.
 pub fn allow(path: &str) -> Option<&'static str> {
@@ -58,12 +58,10 @@ fn rollout_error(e: RolloutError) -> AdminResponse {
     }
 }
 
-/// A 409 for a manual weight change while a rollout runs (not paused).
-pub fn refuse_while_running(control: &Control, what: &str) -> Option<AdminResponse> {
-    let r = control
-        .running_rollout()
-        .filter(|r| r.phase != Phase::Paused)?;
-    Some(error(
+/// The 409 for a manual weight change (`what`) refused while `r` runs (not
+/// paused; see `ControlError::RolloutRunning`).
+pub fn refused_while_running(r: &RolloutState, what: &str) -> AdminResponse {
+    error(
         StatusCode::CONFLICT,
         format!(
             "{what} refused: a rollout of `{}` is running (step {} of {}, {}% of the traffic); POST /rollout/abort or /rollout/pause first",
@@ -72,7 +70,7 @@ pub fn refuse_while_running(control: &Control, what: &str) -> Option<AdminRespon
             r.plan.settings.steps.len(),
             r.share()
         ),
-    ))
+    )
 }
 
 /// `POST /rollback`: aborts a running rollout (which rolls back), or rolls back.

@@ -317,3 +317,68 @@ async fn a_rollback_that_aborts_a_rollout_is_recorded_as_the_operators() {
     let (_, rollout, _) = call(&f, "GET", "/rollout", None, "").await;
     assert_eq!(rollout["phase"], "aborted", "{rollout}");
 }
+
+/// `PUT /weights` (or `POST /promote`) sent while `POST /rollout` is being
+/// written: the start holds the decisions' turn, the change waits for it,
+/// and is then judged on the decision with the rollout: refused (409), not
+/// written over the rollout's first step.
+#[tokio::test]
+async fn a_weight_change_racing_a_rollouts_start_is_refused() {
+    use crate::store::memory::MemoryStore;
+    use std::sync::atomic::Ordering;
+    use std::task::Poll;
+    for (method, path, body) in [
+        ("PUT", "/weights", r#"{"weights": {"v2": 50}}"#),
+        ("POST", "/promote", r#"{"version": "v2"}"#),
+    ] {
+        let store = Arc::new(MemoryStore::default());
+        let config = Config::parse(CONFIG, "test").unwrap();
+        let control = Control::start(config, store.clone(), "dynamodb")
+            .await
+            .unwrap();
+        let admin = Admin {
+            tls: None,
+            control: control.clone(),
+            token: None,
+            metrics: crate::telemetry::metrics_handle(),
+            reloader: None,
+        };
+        // The start's refresh reads the store, then its decision does: that
+        // read (holding the decisions' turn) hangs until released.
+        let loads = store.loads.load(Ordering::SeqCst);
+        store.stall_at_load.store(loads + 2, Ordering::SeqCst);
+        let start = tokio::spawn({
+            let control = control.clone();
+            async move {
+                control
+                    .start_rollout(br#"{"canary": "v2", "steps": [10, 50], "interval_s": 60}"#)
+                    .await
+            }
+        });
+        let mut turns = 0;
+        while store.loads.load(Ordering::SeqCst) < loads + 2 && turns < 10_000 {
+            tokio::task::yield_now().await;
+            turns += 1;
+        }
+        assert_eq!(store.loads.load(Ordering::SeqCst), loads + 2);
+        assert!(control.rollout().is_none(), "the start is not in force yet");
+
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let mut change = std::pin::pin!(admin.handle(request));
+        let first = std::future::poll_fn(|cx| Poll::Ready(change.as_mut().poll(cx))).await;
+        assert!(first.is_pending(), "{path} waits for the start's turn");
+
+        store.release.notify_one();
+        start.await.unwrap().unwrap();
+        let resp = change.await;
+        assert_eq!(resp.status(), StatusCode::CONFLICT, "{method} {path}");
+        let stored = store.stored().unwrap();
+        assert_eq!(stored.weights["v2"], 10, "{method} {path}: {stored:?}");
+        assert_eq!(stored.stable, "v1");
+        assert!(stored.rollout.is_some_and(|r| r.phase.running()));
+    }
+}

@@ -14,13 +14,15 @@ impl Control {
         view(&self.lock().decision)
     }
 
-    /// `PUT /weights`: sets the named versions' weights; the others keep theirs.
+    /// `PUT /weights`: sets the named versions' weights; the others keep
+    /// theirs. Refused while a rollout progresses.
     pub async fn set_weights(
         &self,
         changes: BTreeMap<String, u32>,
         source: &str,
     ) -> Result<WeightsView, ControlError> {
         self.decide(source, |d| {
+            refuse_while_running(d)?;
             let mut weights = d.weights.clone();
             for (name, w) in changes {
                 match weights.get_mut(&name) {
@@ -35,10 +37,11 @@ impl Control {
 
     /// `POST /promote`: `version` takes all the weight and becomes stable.
     /// A paused rollout from another stable version ends with it (see
-    /// [`crate::rollout::state::after_stable_change`]; the admin API refuses
-    /// a promotion while one progresses).
+    /// [`crate::rollout::state::after_stable_change`]); refused while one
+    /// progresses.
     pub async fn promote(&self, version: &str, source: &str) -> Result<WeightsView, ControlError> {
         self.decide_with(source, |d| {
+            refuse_while_running(d)?;
             if !d.weights.contains_key(version) {
                 return Err(ControlError::UnknownVersion(version.to_string()));
             }
@@ -671,6 +674,21 @@ fn abort_over_success(latest: WeightsDoc, pending: &PendingRollback) -> WeightsD
             }
         }
         None => latest,
+    }
+}
+
+/// Refuses a manual weight change while `d`'s rollout progresses (paused,
+/// it allows one): checked in the decision, on the decision in force when
+/// the change's turn came (a rollout started meanwhile included).
+fn refuse_while_running(d: &WeightsDoc) -> Result<(), ControlError> {
+    use crate::rollout::state::Phase;
+    match d
+        .rollout
+        .as_ref()
+        .filter(|r| r.phase.running() && r.phase != Phase::Paused)
+    {
+        Some(r) => Err(ControlError::RolloutRunning(Box::new(r.clone()))),
+        None => Ok(()),
     }
 }
 
