@@ -204,7 +204,7 @@ impl Admin {
                     Err(e) => control_error(e),
                 },
             },
-            (Method::POST, "/rollback") => match request::rollback(&body) {
+            (Method::POST, "/rollback") => match request::no_fields(&body) {
                 Err(r) => rejected(r),
                 Ok(()) => rollout::rollback(&self.control).await,
             },

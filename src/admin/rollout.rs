@@ -25,6 +25,13 @@ pub fn allow(path: &str) -> Option<&'static str> {
 
 /// Answers a request on a rollout path (authorized, body read).
 pub async fn handle(control: &Control, method: &Method, path: &str, body: &[u8]) -> AdminResponse {
+    // The actions take no fields: refused before anything changes.
+    if method == Method::POST
+        && path != "/rollout"
+        && let Err(r) = super::request::no_fields(body)
+    {
+        return super::rejected(r);
+    }
     let result = match (method, path) {
         (&Method::GET | &Method::HEAD, "/rollout") => {
             control.rollout_view().ok_or(RolloutError::None)

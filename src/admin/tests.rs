@@ -382,3 +382,48 @@ async fn a_weight_change_racing_a_rollouts_start_is_refused() {
         assert!(stored.rollout.is_some_and(|r| r.phase.running()));
     }
 }
+
+/// The rollout actions take no fields: `{"canary": "v3"}` to
+/// `/rollout/promote` is refused (400, naming the key) before anything
+/// changes, not taken as a promote of the running canary. No body and `{}`
+/// (what `ctl` sends) are fine.
+#[tokio::test]
+async fn the_rollout_actions_refuse_a_body_with_fields() {
+    let f = fixture(None).await;
+    let plan = r#"{"canary": "v2", "steps": [10, 50], "interval_s": 60}"#;
+    assert_eq!(
+        call(&f, "POST", "/rollout", None, plan).await.0,
+        StatusCode::CREATED
+    );
+    for action in ["pause", "resume", "abort", "promote"] {
+        let path = format!("/rollout/{action}");
+        let (status, body, _) = call(&f, "POST", &path, None, r#"{"canary":"v3"}"#).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        let message = body["error"].as_str().unwrap_or_default();
+        assert!(message.contains("`canary`"), "{path}: {message}");
+        for bad in ["[1]", "{oops", r#"{"a":1,"a":1}"#] {
+            let (status, _, _) = call(&f, "POST", &path, None, bad).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {bad}");
+        }
+    }
+    let (_, view, _) = call(&f, "GET", "/rollout", None, "").await;
+    assert_eq!(
+        (view["phase"].as_str(), view["step"].as_u64()),
+        (Some("progressing"), Some(0))
+    );
+    let (status, view, _) = call(&f, "POST", "/rollout/pause", None, "{}").await;
+    assert_eq!(
+        (status, view["phase"].as_str()),
+        (StatusCode::OK, Some("paused"))
+    );
+    let (status, view, _) = call(&f, "POST", "/rollout/resume", None, " ").await;
+    assert_eq!(
+        (status, view["phase"].as_str()),
+        (StatusCode::OK, Some("progressing"))
+    );
+    let (status, view, _) = call(&f, "POST", "/rollout/promote", None, "{}").await;
+    assert_eq!(
+        (status, view["phase"].as_str()),
+        (StatusCode::OK, Some("succeeded"))
+    );
+}
