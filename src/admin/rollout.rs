@@ -71,10 +71,9 @@ pub fn refused_while_running(r: &RolloutState, what: &str) -> AdminResponse {
     error(
         StatusCode::CONFLICT,
         format!(
-            "{what} refused: a rollout of `{}` is running (step {} of {}, {}% of the traffic); POST /rollout/abort or /rollout/pause first",
+            "{what} refused: a rollout of `{}` is running ({}; {}% of the traffic); POST /rollout/abort or /rollout/pause first",
             r.plan.canary,
-            r.step + 1,
-            r.plan.settings.steps.len(),
+            r.step_text(),
             r.share()
         ),
     )

@@ -427,3 +427,24 @@ async fn the_rollout_actions_refuse_a_body_with_fields() {
         (StatusCode::OK, Some("succeeded"))
     );
 }
+
+/// The 409 for a weight change during a rollout names the step as `GET
+/// /rollout` (and `ctl rollout status`) count it: from 0.
+#[tokio::test]
+async fn the_409_during_a_rollout_counts_steps_as_get_rollout_does() {
+    let f = fixture(None).await;
+    let plan = r#"{"canary": "v2", "steps": [10, 50], "interval_s": 60}"#;
+    assert_eq!(
+        call(&f, "POST", "/rollout", None, plan).await.0,
+        StatusCode::CREATED
+    );
+    let (_, view, _) = call(&f, "GET", "/rollout", None, "").await;
+    let step = view["step"].as_u64().unwrap();
+    let (status, body, _) = call(&f, "PUT", "/weights", None, r#"{"weights":{"v2":50}}"#).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let message = body["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("(step {step} of 2, counted from 0;")),
+        "{message}"
+    );
+}

@@ -102,10 +102,9 @@ impl Control {
             && r.phase != Phase::Paused
         {
             return Err(format!(
-                "the file's weights or stable version changed while a rollout of `{}` runs (step {} of {}); POST /rollout/pause or /rollout/abort first, then reload",
+                "the file's weights or stable version changed while a rollout of `{}` runs ({}); POST /rollout/pause or /rollout/abort first, then reload",
                 r.plan.canary,
-                r.step + 1,
-                r.plan.settings.steps.len()
+                r.step_text()
             ));
         }
         let (stable, weights) = if edited {

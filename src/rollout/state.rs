@@ -117,6 +117,16 @@ impl RolloutState {
             .unwrap_or(100.0)
     }
 
+    /// The step in force for a message, as `GET /rollout` (`step`) and
+    /// `ctl` count it: from 0.
+    pub fn step_text(&self) -> String {
+        format!(
+            "step {} of {}, counted from 0",
+            self.step,
+            self.plan.settings.steps.len()
+        )
+    }
+
     pub fn last_step(&self) -> bool {
         self.step + 1 >= self.plan.settings.steps.len()
     }
