@@ -11,7 +11,7 @@ use crate::metrics as names;
 use crate::rollout::plan::{OnSuccess, Plan, PlanError};
 use crate::rollout::state::{Phase, RolloutState};
 use crate::rollout::telemetry::Windows;
-use crate::rollout::{Clock, LocalView, RolloutError, RolloutView, event, notify};
+use crate::rollout::{AnalysisRecord, Clock, LocalView, RolloutError, RolloutView, event, notify};
 use crate::store::WeightsDoc;
 
 /// The source of the decisions a rollout makes on its own: its steps, its
@@ -366,21 +366,11 @@ impl Control {
         }
         metrics::counter!(names::ROLLOUT_ABORTS_TOTAL, "reason" => by.label()).increment(1);
         tracing::warn!(target: "audit", canary = %r.plan.canary, reason, "rollout aborted: all traffic back on the stable version");
-        let figures = self
-            .lock()
-            .rollout
-            .view
-            .last_analysis
-            .clone()
-            .filter(|_| by != Abort::Operator && by != Abort::Rollback);
+        let last = self.lock().rollout.view.last_analysis.clone();
         let ended = self.rollout().unwrap_or_else(|| r.clone());
         notify::send_event(
             r.plan.settings.webhook.as_deref(),
-            event(
-                "aborted",
-                &ended,
-                serde_json::json!({ "reason": reason, "analysis": figures }),
-            ),
+            aborted_event(&ended, by, reason, last),
         );
         Ok(())
     }
@@ -459,4 +449,21 @@ impl Control {
         }
         Ok(())
     }
+}
+
+/// The webhook event of an abort: with the analysis that decided it, and
+/// only then (an operator's abort, a rollback or a config abort was decided
+/// on no analysis: the last one, maybe a pass, would say otherwise).
+pub(crate) fn aborted_event(
+    ended: &RolloutState,
+    by: Abort,
+    reason: &str,
+    last: Option<AnalysisRecord>,
+) -> serde_json::Value {
+    let figures = last.filter(|_| matches!(by, Abort::Analysis(_)));
+    event(
+        "aborted",
+        ended,
+        serde_json::json!({ "reason": reason, "analysis": figures }),
+    )
 }

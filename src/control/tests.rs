@@ -1035,3 +1035,39 @@ async fn an_analysis_abort_never_undoes_an_operators_promote() {
     assert_eq!(stored.rollout.unwrap().phase, Phase::Succeeded);
     assert_eq!(b.weights().stable, "v2");
 }
+
+/// An `aborted` event carries the analysis only when the analysis decided
+/// the abort: a config abort, an operator's or a rollback's carries none
+/// (the last analysis, a hold or a pass, would contradict it).
+#[test]
+fn an_aborted_event_carries_the_analysis_that_decided_it_only() {
+    use super::rollout::{Abort, aborted_event};
+    use crate::rollout::AnalysisRecord;
+    use crate::rollout::telemetry::Counts;
+    let plan = crate::rollout::plan::Plan {
+        canary: "v2".into(),
+        stable: "v1".into(),
+        settings: Default::default(),
+    };
+    let r = crate::rollout::state::RolloutState::start(plan, 1_000);
+    let last = AnalysisRecord {
+        at_ms: 2_000,
+        since_ms: 1_000,
+        analysis: crate::rollout::analysis::judge(
+            &r.plan.settings,
+            &Counts::default(),
+            &Counts::default(),
+        ),
+    };
+    for (by, carried) in [
+        (Abort::Analysis("max_error_rate"), true),
+        (Abort::Config, false),
+        (Abort::Operator, false),
+        (Abort::Rollback, false),
+    ] {
+        let e = aborted_event(&r, by, "why", Some(last.clone()));
+        assert_eq!(e["event"], "aborted");
+        assert_eq!(e["reason"], "why");
+        assert_eq!(!e["analysis"].is_null(), carried, "{by:?}: {e}");
+    }
+}

@@ -269,19 +269,30 @@ fn missing_version(control: &Control, r: &RolloutState) -> Option<String> {
 fn hold(control: &Control, r: &RolloutState, phase: Phase, reason: &'static str, why: String) {
     tracing::info!(canary = %r.plan.canary, step = r.step, %why, "rollout step holds");
     metrics::counter!(names::ROLLOUT_HOLDS_TOTAL, "reason" => reason).increment(1);
-    let kind = if phase == Phase::WaitingGate {
-        "gate_refused"
-    } else {
-        "holding"
-    };
     notify::send_event(
         r.plan.settings.webhook.as_deref(),
-        event(kind, r, serde_json::json!({ "reason": why })),
+        hold_event(r, phase, &why),
     );
     control.rollout_note(|v| {
         v.overlay = Some(phase);
         v.why = Some(why);
     });
+}
+
+/// The webhook event of a step that holds in `phase` (`holding`, or
+/// `waiting_gate`: event `gate_refused`), with that phase (the stored one
+/// is `progressing`: the hold is this task's view, as `GET /rollout` shows).
+fn hold_event(r: &RolloutState, phase: Phase, why: &str) -> serde_json::Value {
+    let kind = if phase == Phase::WaitingGate {
+        "gate_refused"
+    } else {
+        "holding"
+    };
+    event(
+        kind,
+        r,
+        serde_json::json!({ "phase": phase, "reason": why }),
+    )
 }
 
 #[cfg(test)]

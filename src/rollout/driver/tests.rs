@@ -387,3 +387,31 @@ async fn a_task_without_the_canary_holds_and_never_aborts_its_rollout() {
     assert_eq!(older.rollout_view().unwrap().phase, Phase::Holding);
     assert!(newer.weights().weights["v3"] > 0);
 }
+
+/// A hold's webhook event carries the phase `GET /rollout` shows for it
+/// (`holding`, `waiting_gate`), not the stored `progressing`.
+#[test]
+fn a_holds_event_carries_the_holds_phase() {
+    let plan = crate::rollout::plan::Plan {
+        canary: "v2".into(),
+        stable: "v1".into(),
+        settings: Default::default(),
+    };
+    let r = RolloutState::start(plan, 1_000);
+    for (phase, kind, shown) in [
+        (Phase::Holding, "holding", "holding"),
+        (Phase::WaitingGate, "gate_refused", "waiting_gate"),
+    ] {
+        let e = hold_event(&r, phase, "why");
+        assert_eq!(
+            (
+                e["event"].as_str(),
+                e["phase"].as_str(),
+                e["reason"].as_str()
+            ),
+            (Some(kind), Some(shown), Some("why")),
+            "{e}"
+        );
+        assert_eq!(e["canary"], "v2");
+    }
+}
