@@ -80,6 +80,7 @@ fn control_error(e: ControlError) -> AdminResponse {
     }
     let status = match &e {
         ControlError::UnknownVersion(_) | ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
+        ControlError::RolloutRunning(_) => StatusCode::CONFLICT,
         ControlError::Store(_) | ControlError::StoreLoad(_) | ControlError::Conflict(_) => {
             StatusCode::SERVICE_UNAVAILABLE
         }
@@ -185,31 +186,25 @@ impl Admin {
             }
             (Method::PUT, "/weights") => match request::weights(&body) {
                 Err(r) => rejected(r),
-                Ok(_)
-                    if let Some(refused) =
-                        rollout::refuse_while_running(&self.control, "PUT /weights") =>
-                {
-                    refused
-                }
                 Ok(w) => match self.control.set_weights(w, "admin").await {
                     Ok(view) => json(StatusCode::OK, &view),
+                    Err(ControlError::RolloutRunning(r)) => {
+                        rollout::refused_while_running(&r, "PUT /weights")
+                    }
                     Err(e) => control_error(e),
                 },
             },
             (Method::POST, "/promote") => match request::promote(&body) {
                 Err(r) => rejected(r),
-                Ok(_)
-                    if let Some(refused) =
-                        rollout::refuse_while_running(&self.control, "POST /promote") =>
-                {
-                    refused
-                }
                 Ok(v) => match self.control.promote(&v, "admin").await {
                     Ok(view) => json(StatusCode::OK, &view),
+                    Err(ControlError::RolloutRunning(r)) => {
+                        rollout::refused_while_running(&r, "POST /promote")
+                    }
                     Err(e) => control_error(e),
                 },
             },
-            (Method::POST, "/rollback") => match request::rollback(&body) {
+            (Method::POST, "/rollback") => match request::no_fields(&body) {
                 Err(r) => rejected(r),
                 Ok(()) => rollout::rollback(&self.control).await,
             },

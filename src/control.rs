@@ -51,6 +51,14 @@ pub enum ControlError {
     Store(StoreError),
     #[error("the weight store could not be read: {0}")]
     StoreLoad(StoreError),
+    /// A manual weight change (`PUT /weights`, `POST /promote`) while a
+    /// rollout progresses (a paused one allows it), judged on the decision
+    /// in force when the change's turn came: nothing was changed.
+    #[error(
+        "a rollout of `{}` is running; POST /rollout/abort or /rollout/pause first",
+        .0.plan.canary
+    )]
+    RolloutRunning(Box<crate::rollout::state::RolloutState>),
     /// Another task wrote a decision first: nothing was changed here; the
     /// store's current decision is applied and returned.
     #[error(

@@ -102,6 +102,11 @@ pub struct Local {
     pub windows: Arc<Windows>,
     pub clock: Clock,
     pub view: LocalView,
+    /// The running rollout (its `started_at_ms`) whose canary or stable
+    /// version a config reload on this gateway removed: the driver aborts
+    /// it. A rollout of a version this gateway's config never had (an older
+    /// task definition during a deployment) is held here, never aborted.
+    pub removed_by_reload: Option<u64>,
 }
 
 /// `GET /rollout`.

@@ -63,6 +63,9 @@ fn deny_other_keys(
     allowed: &[&str],
 ) -> Result<(), Rejection> {
     match map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) if allowed.is_empty() => Err(Rejection::bad(format!(
+            "unknown field `{k}`: this endpoint takes no fields (send no body, or `{{}}`)"
+        ))),
         Some(k) => Err(Rejection::bad(format!(
             "unknown field `{k}`; expected {}",
             allowed
@@ -148,8 +151,10 @@ pub fn promote(body: &[u8]) -> Result<String, Rejection> {
     }
 }
 
-/// `POST /rollback`: an empty body or `{}`.
-pub fn rollback(body: &[u8]) -> Result<(), Rejection> {
+/// `POST /rollback`, `POST /rollout/pause|resume|abort|promote`: an empty
+/// body or `{}` (a field is refused, never ignored: `{"canary": "v3"}` to
+/// `/rollout/promote` is no promote of the running canary).
+pub fn no_fields(body: &[u8]) -> Result<(), Rejection> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(());
     }
@@ -206,7 +211,7 @@ mod tests {
     fn a_key_given_twice_is_refused_in_every_body() {
         let err = promote(br#"{"version":"v2","version":"v3"}"#).unwrap_err();
         assert!(err.message.contains("duplicate key `version`"), "{err:?}");
-        let err = rollback(br#"{"a":1,"a":1}"#).unwrap_err();
+        let err = no_fields(br#"{"a":1,"a":1}"#).unwrap_err();
         assert!(err.message.contains("duplicate key `a`"), "{err:?}");
     }
 }

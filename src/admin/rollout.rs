@@ -7,10 +7,10 @@ use http::{Method, StatusCode};
 
 use super::{AdminResponse, control_error, error, json};
 use crate::control::Control;
-use crate::control::rollout::Action;
+use crate::control::rollout::{Abort, Action};
 use crate::control::status::WeightsView;
 use crate::rollout::RolloutError;
-use crate::rollout::state::Phase;
+use crate::rollout::state::RolloutState;
 
 /// The methods allowed on a rollout path, `None` for other paths.
 pub fn allow(path: &str) -> Option<&'static str> {
@@ -25,6 +25,13 @@ pub fn allow(path: &str) -> Option<&'static str> {
 
 /// Answers a request on a rollout path (authorized, body read).
 pub async fn handle(control: &Control, method: &Method, path: &str, body: &[u8]) -> AdminResponse {
+    // The actions take no fields: refused before anything changes.
+    if method == Method::POST
+        && path != "/rollout"
+        && let Err(r) = super::request::no_fields(body)
+    {
+        return super::rejected(r);
+    }
     let result = match (method, path) {
         (&Method::GET | &Method::HEAD, "/rollout") => {
             control.rollout_view().ok_or(RolloutError::None)
@@ -58,28 +65,25 @@ fn rollout_error(e: RolloutError) -> AdminResponse {
     }
 }
 
-/// A 409 for a manual weight change while a rollout runs (not paused).
-pub fn refuse_while_running(control: &Control, what: &str) -> Option<AdminResponse> {
-    let r = control
-        .running_rollout()
-        .filter(|r| r.phase != Phase::Paused)?;
-    Some(error(
+/// The 409 for a manual weight change (`what`) refused while `r` runs (not
+/// paused; see `ControlError::RolloutRunning`).
+pub fn refused_while_running(r: &RolloutState, what: &str) -> AdminResponse {
+    error(
         StatusCode::CONFLICT,
         format!(
-            "{what} refused: a rollout of `{}` is running (step {} of {}, {}% of the traffic); POST /rollout/abort or /rollout/pause first",
+            "{what} refused: a rollout of `{}` is running ({}; {}% of the traffic); POST /rollout/abort or /rollout/pause first",
             r.plan.canary,
-            r.step + 1,
-            r.plan.settings.steps.len(),
+            r.step_text(),
             r.share()
         ),
-    ))
+    )
 }
 
 /// `POST /rollback`: aborts a running rollout (which rolls back), or rolls back.
 pub async fn rollback(control: &Control) -> AdminResponse {
     let result = match control.running_rollout() {
         Some(r) => control
-            .abort_rollout(&r, "rollback", "aborted by POST /rollback")
+            .abort_rollout(&r, Abort::Rollback, "aborted by POST /rollback")
             .await
             .map(|()| control.weights()),
         None => control.rollback("admin").await.map_err(RolloutError::from),

@@ -302,3 +302,149 @@ async fn status_reports_versions_and_endpoints() {
     assert!(body["uptime_seconds"].is_number());
     assert_eq!(body["ready"], true);
 }
+
+#[tokio::test]
+async fn a_rollback_that_aborts_a_rollout_is_recorded_as_the_operators() {
+    let f = fixture(None).await;
+    let plan = r#"{"canary": "v2", "steps": [10, 50], "interval_s": 60}"#;
+    let (status, _, _) = call(&f, "POST", "/rollout", None, plan).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body, _) = call(&f, "POST", "/rollback", None, "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, weights, _) = call(&f, "GET", "/weights", None, "").await;
+    assert_eq!(weights["source"], "admin", "{weights}");
+    assert_eq!(weights["weights"]["v2"], 0, "{weights}");
+    let (_, rollout, _) = call(&f, "GET", "/rollout", None, "").await;
+    assert_eq!(rollout["phase"], "aborted", "{rollout}");
+}
+
+/// `PUT /weights` (or `POST /promote`) sent while `POST /rollout` is being
+/// written: the start holds the decisions' turn, the change waits for it,
+/// and is then judged on the decision with the rollout: refused (409), not
+/// written over the rollout's first step.
+#[tokio::test]
+async fn a_weight_change_racing_a_rollouts_start_is_refused() {
+    use crate::store::memory::MemoryStore;
+    use std::sync::atomic::Ordering;
+    use std::task::Poll;
+    for (method, path, body) in [
+        ("PUT", "/weights", r#"{"weights": {"v2": 50}}"#),
+        ("POST", "/promote", r#"{"version": "v2"}"#),
+    ] {
+        let store = Arc::new(MemoryStore::default());
+        let config = Config::parse(CONFIG, "test").unwrap();
+        let control = Control::start(config, store.clone(), "dynamodb")
+            .await
+            .unwrap();
+        let admin = Admin {
+            tls: None,
+            control: control.clone(),
+            token: None,
+            metrics: crate::telemetry::metrics_handle(),
+            reloader: None,
+        };
+        // The start's refresh reads the store, then its decision does: that
+        // read (holding the decisions' turn) hangs until released.
+        let loads = store.loads.load(Ordering::SeqCst);
+        store.stall_at_load.store(loads + 2, Ordering::SeqCst);
+        let start = tokio::spawn({
+            let control = control.clone();
+            async move {
+                control
+                    .start_rollout(br#"{"canary": "v2", "steps": [10, 50], "interval_s": 60}"#)
+                    .await
+            }
+        });
+        let mut turns = 0;
+        while store.loads.load(Ordering::SeqCst) < loads + 2 && turns < 10_000 {
+            tokio::task::yield_now().await;
+            turns += 1;
+        }
+        assert_eq!(store.loads.load(Ordering::SeqCst), loads + 2);
+        assert!(control.rollout().is_none(), "the start is not in force yet");
+
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let mut change = std::pin::pin!(admin.handle(request));
+        let first = std::future::poll_fn(|cx| Poll::Ready(change.as_mut().poll(cx))).await;
+        assert!(first.is_pending(), "{path} waits for the start's turn");
+
+        store.release.notify_one();
+        start.await.unwrap().unwrap();
+        let resp = change.await;
+        assert_eq!(resp.status(), StatusCode::CONFLICT, "{method} {path}");
+        let stored = store.stored().unwrap();
+        assert_eq!(stored.weights["v2"], 10, "{method} {path}: {stored:?}");
+        assert_eq!(stored.stable, "v1");
+        assert!(stored.rollout.is_some_and(|r| r.phase.running()));
+    }
+}
+
+/// The rollout actions take no fields: `{"canary": "v3"}` to
+/// `/rollout/promote` is refused (400, naming the key) before anything
+/// changes, not taken as a promote of the running canary. No body and `{}`
+/// (what `ctl` sends) are fine.
+#[tokio::test]
+async fn the_rollout_actions_refuse_a_body_with_fields() {
+    let f = fixture(None).await;
+    let plan = r#"{"canary": "v2", "steps": [10, 50], "interval_s": 60}"#;
+    assert_eq!(
+        call(&f, "POST", "/rollout", None, plan).await.0,
+        StatusCode::CREATED
+    );
+    for action in ["pause", "resume", "abort", "promote"] {
+        let path = format!("/rollout/{action}");
+        let (status, body, _) = call(&f, "POST", &path, None, r#"{"canary":"v3"}"#).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        let message = body["error"].as_str().unwrap_or_default();
+        assert!(message.contains("`canary`"), "{path}: {message}");
+        for bad in ["[1]", "{oops", r#"{"a":1,"a":1}"#] {
+            let (status, _, _) = call(&f, "POST", &path, None, bad).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {bad}");
+        }
+    }
+    let (_, view, _) = call(&f, "GET", "/rollout", None, "").await;
+    assert_eq!(
+        (view["phase"].as_str(), view["step"].as_u64()),
+        (Some("progressing"), Some(0))
+    );
+    let (status, view, _) = call(&f, "POST", "/rollout/pause", None, "{}").await;
+    assert_eq!(
+        (status, view["phase"].as_str()),
+        (StatusCode::OK, Some("paused"))
+    );
+    let (status, view, _) = call(&f, "POST", "/rollout/resume", None, " ").await;
+    assert_eq!(
+        (status, view["phase"].as_str()),
+        (StatusCode::OK, Some("progressing"))
+    );
+    let (status, view, _) = call(&f, "POST", "/rollout/promote", None, "{}").await;
+    assert_eq!(
+        (status, view["phase"].as_str()),
+        (StatusCode::OK, Some("succeeded"))
+    );
+}
+
+/// The 409 for a weight change during a rollout names the step as `GET
+/// /rollout` (and `ctl rollout status`) count it: from 0.
+#[tokio::test]
+async fn the_409_during_a_rollout_counts_steps_as_get_rollout_does() {
+    let f = fixture(None).await;
+    let plan = r#"{"canary": "v2", "steps": [10, 50], "interval_s": 60}"#;
+    assert_eq!(
+        call(&f, "POST", "/rollout", None, plan).await.0,
+        StatusCode::CREATED
+    );
+    let (_, view, _) = call(&f, "GET", "/rollout", None, "").await;
+    let step = view["step"].as_u64().unwrap();
+    let (status, body, _) = call(&f, "PUT", "/weights", None, r#"{"weights":{"v2":50}}"#).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let message = body["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("(step {step} of 2, counted from 0;")),
+        "{message}"
+    );
+}

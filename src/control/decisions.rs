@@ -14,13 +14,15 @@ impl Control {
         view(&self.lock().decision)
     }
 
-    /// `PUT /weights`: sets the named versions' weights; the others keep theirs.
+    /// `PUT /weights`: sets the named versions' weights; the others keep
+    /// theirs. Refused while a rollout progresses.
     pub async fn set_weights(
         &self,
         changes: BTreeMap<String, u32>,
         source: &str,
     ) -> Result<WeightsView, ControlError> {
         self.decide(source, |d| {
+            refuse_while_running(d)?;
             let mut weights = d.weights.clone();
             for (name, w) in changes {
                 match weights.get_mut(&name) {
@@ -35,10 +37,11 @@ impl Control {
 
     /// `POST /promote`: `version` takes all the weight and becomes stable.
     /// A paused rollout from another stable version ends with it (see
-    /// [`crate::rollout::state::after_stable_change`]; the admin API refuses
-    /// a promotion while one progresses).
+    /// [`crate::rollout::state::after_stable_change`]); refused while one
+    /// progresses.
     pub async fn promote(&self, version: &str, source: &str) -> Result<WeightsView, ControlError> {
         self.decide_with(source, |d| {
+            refuse_while_running(d)?;
             if !d.weights.contains_key(version) {
                 return Err(ControlError::UnknownVersion(version.to_string()));
             }
@@ -256,16 +259,19 @@ impl Control {
     /// rollback was made from (another task decided meanwhile, or this task
     /// started degraded on the config's weights): `latest` rolled back (its
     /// stable version takes all the weight, a running rollout ends aborted),
-    /// one generation above it. Otherwise (the store holds that decision or
-    /// an older one, none, or one invalid for this config): the rollback in
-    /// force here, one generation above the store's.
+    /// one generation above it; but an abort wins over the same rollout's
+    /// automated success (see [`abort_over_success`]). Otherwise (the store
+    /// holds that decision or an older one, none, or one invalid for this
+    /// config): the rollback in force here, one generation above the store's.
     fn remade_rollback(&self, latest: Option<WeightsDoc>, pending: &PendingRollback) -> WeightsDoc {
         let state = self.lock();
         let read_at = latest.as_ref().map(|d| d.generation);
         // Made from the file's weights of a task that had no store decision:
         // the store's decision is the fleet's, whatever its order.
         let unread = pending.made_from.writer == super::UNREAD_STORE_WRITER;
-        let raw = latest.filter(|d| unread || d.is_newer_than(&pending.made_from));
+        let raw = latest
+            .filter(|d| unread || d.is_newer_than(&pending.made_from))
+            .map(|d| abort_over_success(d, pending));
         let base = raw.clone().map(|d| fitting(d, &state.config));
         match (base, raw) {
             (Some(Ok(base)), _) => {
@@ -622,6 +628,68 @@ fn to_stable(d: &WeightsDoc, reason: &str) -> Decision {
         all_weight_to(&d.weights, &d.stable),
         rollout,
     )
+}
+
+/// `latest` (the store's document, newer than the decision a pending
+/// rollback was made from) as the base the rollback is made again from.
+///
+/// As it is, but for one case: the rollback was made while a rollout ran
+/// (so it aborts that rollout), and `latest` is that rollout's own success,
+/// written by the rollout (its analysis found the last step good on another
+/// task: source [`crate::control::rollout::SOURCE`]), not by an operator.
+/// The tasks judged the last step at once and disagreed, or an operator
+/// aborted as the rollout succeeded: the abort wins (an abort on one task's
+/// evidence, or an operator's, is never lost to an automated success). The
+/// base is then the rollout's stable version, the rollout ended aborted for
+/// the rollback's reason: rolled back, all the weight goes to it. An
+/// operator's promotion (`admin`) is rolled back as it is, like any other
+/// decision: its stable version keeps the traffic.
+fn abort_over_success(latest: WeightsDoc, pending: &PendingRollback) -> WeightsDoc {
+    use crate::rollout::state::Phase;
+    let aborted = pending
+        .made_from
+        .rollout
+        .as_ref()
+        .filter(|r| r.phase.running());
+    let undone = match (aborted, latest.rollout.as_ref()) {
+        (Some(was), Some(now))
+            if latest.source == super::rollout::SOURCE
+                && now.started_at_ms == was.started_at_ms
+                && now.phase == Phase::Succeeded =>
+        {
+            Some((
+                now.plan.stable.clone(),
+                now.ended(Phase::Aborted, Some(pending.reason.clone()), unix_ms()),
+            ))
+        }
+        _ => None,
+    };
+    match undone {
+        Some((stable, rollout)) => {
+            tracing::warn!(target: "audit", canary = %rollout.plan.canary, generation = latest.generation, "the rollout succeeded on another task while this task aborted it: the abort wins");
+            WeightsDoc {
+                stable,
+                rollout: Some(rollout),
+                ..latest
+            }
+        }
+        None => latest,
+    }
+}
+
+/// Refuses a manual weight change while `d`'s rollout progresses (paused,
+/// it allows one): checked in the decision, on the decision in force when
+/// the change's turn came (a rollout started meanwhile included).
+fn refuse_while_running(d: &WeightsDoc) -> Result<(), ControlError> {
+    use crate::rollout::state::Phase;
+    match d
+        .rollout
+        .as_ref()
+        .filter(|r| r.phase.running() && r.phase != Phase::Paused)
+    {
+        Some(r) => Err(ControlError::RolloutRunning(Box::new(r.clone()))),
+        None => Ok(()),
+    }
 }
 
 /// Every version at 0 but `to`, which gets the current total (so the numbers

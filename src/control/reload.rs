@@ -102,10 +102,9 @@ impl Control {
             && r.phase != Phase::Paused
         {
             return Err(format!(
-                "the file's weights or stable version changed while a rollout of `{}` runs (step {} of {}); POST /rollout/pause or /rollout/abort first, then reload",
+                "the file's weights or stable version changed while a rollout of `{}` runs ({}); POST /rollout/pause or /rollout/abort first, then reload",
                 r.plan.canary,
-                r.step + 1,
-                r.plan.settings.steps.len()
+                r.step_text()
             ));
         }
         let (stable, weights) = if edited {
@@ -245,6 +244,25 @@ impl Control {
             state.endpoints = previous_endpoints;
             state.discovery = previous_discovery;
             return Err(e);
+        }
+        // A running rollout whose canary or stable version this reload
+        // removed (the previous config had it) cannot go on: the driver
+        // aborts it. (A version this task never had is another task
+        // definition's: the driver holds that rollout instead.)
+        let removed = state
+            .decision
+            .rollout
+            .as_ref()
+            .filter(|r| r.phase.running())
+            .filter(|r| {
+                [&r.plan.canary, &r.plan.stable].into_iter().any(|v| {
+                    previous.versions.iter().any(|p| &p.name == v)
+                        && !config.versions.iter().any(|c| &c.name == v)
+                })
+            })
+            .map(|r| r.started_at_ms);
+        if removed.is_some() {
+            state.rollout.removed_by_reload = removed;
         }
         let message = if fleet_first {
             format!(

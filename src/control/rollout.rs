@@ -11,11 +11,75 @@ use crate::metrics as names;
 use crate::rollout::plan::{OnSuccess, Plan, PlanError};
 use crate::rollout::state::{Phase, RolloutState};
 use crate::rollout::telemetry::Windows;
-use crate::rollout::{Clock, LocalView, RolloutError, RolloutView, event, notify};
+use crate::rollout::{AnalysisRecord, Clock, LocalView, RolloutError, RolloutView, event, notify};
 use crate::store::WeightsDoc;
 
-/// The source every rollout decision is recorded under.
+/// The source of the decisions a rollout makes on its own: its steps, its
+/// analysis's abort or success, its abort when a reload removed its versions.
 pub const SOURCE: &str = "rollout";
+
+/// The source of an operator's rollout decisions (start, pause, resume,
+/// abort, promote, and `POST /rollback`): the admin API's.
+pub const OPERATOR_SOURCE: &str = "admin";
+
+/// Who ends a rollout as succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum By {
+    /// The driver, on its analysis of the step it judged.
+    Analysis,
+    /// An operator, through the admin API (`POST /rollout/promote`).
+    Operator,
+}
+
+impl By {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            By::Analysis => "analysis",
+            By::Operator => "operator",
+        }
+    }
+
+    /// The decision's `source`.
+    fn source(self) -> &'static str {
+        match self {
+            By::Analysis => SOURCE,
+            By::Operator => OPERATOR_SOURCE,
+        }
+    }
+}
+
+/// Why a rollout is aborted, and who decided it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abort {
+    /// The analysis found the canary worse than allowed (its reason).
+    Analysis(&'static str),
+    /// A reload removed the canary or the stable version.
+    Config,
+    /// `POST /rollout/abort`.
+    Operator,
+    /// `POST /rollback`.
+    Rollback,
+}
+
+impl Abort {
+    /// The reason label of `canary_rollout_aborts_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Abort::Analysis(reason) => reason,
+            Abort::Config => "config",
+            Abort::Operator => "operator",
+            Abort::Rollback => "rollback",
+        }
+    }
+
+    /// The decision's `source`.
+    fn source(self) -> &'static str {
+        match self {
+            Abort::Analysis(_) | Abort::Config => SOURCE,
+            Abort::Operator | Abort::Rollback => OPERATOR_SOURCE,
+        }
+    }
+}
 
 /// An operator's action on the running rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +122,12 @@ impl Control {
         Some(RolloutView::new(r, &state.rollout.view, now))
     }
 
+    /// Whether a config reload on this task removed `r`'s canary or stable
+    /// version (see `crate::rollout::Local::removed_by_reload`).
+    pub fn rollout_removed_by_reload(&self, r: &RolloutState) -> bool {
+        self.lock().rollout.removed_by_reload == Some(r.started_at_ms)
+    }
+
     /// Whether `version` has an endpoint that is not ejected.
     pub fn has_healthy_endpoints(&self, version: &str) -> bool {
         let snapshot = self.snapshot.load();
@@ -78,15 +148,17 @@ impl Control {
         }
     }
 
-    /// A rollout decision. `change` sees the decision in force; its
-    /// [`RolloutError`] (a conflict) is returned as it is.
+    /// A rollout decision, recorded under `source`. `change` sees the
+    /// decision in force; its [`RolloutError`] (a conflict) is returned as
+    /// it is.
     async fn decide_rollout(
         &self,
+        source: &str,
         change: impl FnOnce(&crate::store::WeightsDoc) -> Result<Decision, RolloutError>,
     ) -> Result<(), RolloutError> {
         let mut refused = None;
         let decided = self
-            .decide_with(SOURCE, |d| {
+            .decide_with(source, |d| {
                 change(d).map_err(|e| {
                     let message = e.to_string();
                     refused = Some(e);
@@ -130,7 +202,7 @@ impl Control {
         let started = RolloutState::start(plan, now);
         self.check_rollout_fits(&started)?;
         let first = started.clone();
-        self.decide_rollout(|d| {
+        self.decide_rollout(OPERATOR_SOURCE, |d| {
             if let Some(r) = d.rollout.as_ref().filter(|r| r.phase.running()) {
                 return Err(RolloutError::Conflict(format!(
                     "a rollout of `{}` is already running (phase {}); abort it first",
@@ -219,15 +291,15 @@ impl Control {
             Action::Abort => {
                 self.abort_rollout(
                     &r,
-                    "operator",
+                    Abort::Operator,
                     "aborted by the operator (POST /rollout/abort)",
                 )
                 .await?
             }
-            Action::Promote => self.finish_rollout(&r, "operator").await?,
+            Action::Promote => self.finish_rollout(&r, By::Operator).await?,
             Action::Pause | Action::Resume => {
                 let now = self.rollout_clock().now_ms();
-                self.decide_rollout(|d| {
+                self.decide_rollout(OPERATOR_SOURCE, |d| {
                     let current = d
                         .rollout
                         .as_ref()
@@ -270,15 +342,15 @@ impl Control {
     }
 
     /// Rolls the canary back at once and ends the rollout as aborted:
-    /// a rollback (see [`Control::rollback_for`]). `label` is the metric's
-    /// reason.
+    /// a rollback (see [`Control::rollback_for`]), recorded under who
+    /// decided it (`by`).
     pub async fn abort_rollout(
         &self,
         r: &RolloutState,
-        label: &str,
+        by: Abort,
         reason: &str,
     ) -> Result<(), RolloutError> {
-        self.rollback_for(SOURCE, reason).await?;
+        self.rollback_for(by.source(), reason).await?;
         // Made again from the store's latest decision, the rollback may have
         // found the rollout already over (another task ended it before this
         // one heard): then it was not this abort that ended it.
@@ -292,23 +364,13 @@ impl Control {
                 now.phase.as_str()
             )));
         }
-        metrics::counter!(names::ROLLOUT_ABORTS_TOTAL, "reason" => label.to_string()).increment(1);
+        metrics::counter!(names::ROLLOUT_ABORTS_TOTAL, "reason" => by.label()).increment(1);
         tracing::warn!(target: "audit", canary = %r.plan.canary, reason, "rollout aborted: all traffic back on the stable version");
-        let figures = self
-            .lock()
-            .rollout
-            .view
-            .last_analysis
-            .clone()
-            .filter(|_| label != "operator" && label != "rollback");
+        let last = self.lock().rollout.view.last_analysis.clone();
         let ended = self.rollout().unwrap_or_else(|| r.clone());
         notify::send_event(
             r.plan.settings.webhook.as_deref(),
-            event(
-                "aborted",
-                &ended,
-                serde_json::json!({ "reason": reason, "analysis": figures }),
-            ),
+            aborted_event(&ended, by, reason, last),
         );
         Ok(())
     }
@@ -319,7 +381,7 @@ impl Control {
         self.refresh().await;
         let now = self.rollout_clock().now_ms();
         let result = self
-            .decide_rollout(|d| match d.rollout.as_ref() {
+            .decide_rollout(SOURCE, |d| match d.rollout.as_ref() {
                 Some(r) if r.same_step(seen) => {
                     let next = r.advanced(now);
                     Ok((d.stable.clone(), next.weights(&d.weights), Some(next)))
@@ -349,13 +411,21 @@ impl Control {
 
     /// Ends the rollout as succeeded: the canary promoted (`on_success =
     /// "promote"`) or the last step's weights kept (`"hold"`).
-    pub async fn finish_rollout(&self, seen: &RolloutState, by: &str) -> Result<(), RolloutError> {
+    ///
+    /// By the analysis, only if the rollout is still at `seen`'s step, as
+    /// judged (as [`Control::advance_rollout`]): an operator's pause (or
+    /// resume) written meanwhile stands. By the operator, whatever the step
+    /// or phase of the running rollout.
+    pub async fn finish_rollout(&self, seen: &RolloutState, by: By) -> Result<(), RolloutError> {
         let now = self.rollout_clock().now_ms();
-        self.decide_rollout(|d| {
+        self.decide_rollout(by.source(), |d| {
             let r = d
                 .rollout
                 .as_ref()
-                .filter(|r| r.started_at_ms == seen.started_at_ms && r.phase.running())
+                .filter(|r| match by {
+                    By::Analysis => r.same_step(seen),
+                    By::Operator => r.started_at_ms == seen.started_at_ms && r.phase.running(),
+                })
                 .ok_or_else(|| {
                     RolloutError::Conflict("the rollout is over or changed meanwhile".into())
                 })?;
@@ -370,13 +440,30 @@ impl Control {
             })
         })
         .await?;
-        tracing::info!(target: "audit", canary = %seen.plan.canary, by, on_success = ?seen.plan.settings.on_success, "rollout succeeded");
+        tracing::info!(target: "audit", canary = %seen.plan.canary, by = by.as_str(), on_success = ?seen.plan.settings.on_success, "rollout succeeded");
         if let Some(r) = self.rollout() {
             notify::send_event(
                 r.plan.settings.webhook.as_deref(),
-                event("succeeded", &r, serde_json::json!({ "by": by })),
+                event("succeeded", &r, serde_json::json!({ "by": by.as_str() })),
             );
         }
         Ok(())
     }
+}
+
+/// The webhook event of an abort: with the analysis that decided it, and
+/// only then (an operator's abort, a rollback or a config abort was decided
+/// on no analysis: the last one, maybe a pass, would say otherwise).
+pub(crate) fn aborted_event(
+    ended: &RolloutState,
+    by: Abort,
+    reason: &str,
+    last: Option<AnalysisRecord>,
+) -> serde_json::Value {
+    let figures = last.filter(|_| matches!(by, Abort::Analysis(_)));
+    event(
+        "aborted",
+        ended,
+        serde_json::json!({ "reason": reason, "analysis": figures }),
+    )
 }

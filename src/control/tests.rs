@@ -888,3 +888,186 @@ async fn a_task_whose_poll_fails_keeps_reporting() {
     upkeep.abort();
     assert!(reported_again.is_ok(), "no report while the polls failed");
 }
+
+// ------------------------------------------------------------- rollouts ----
+
+/// The driver judged the last step good while the rollout progressed; the
+/// operator paused it before the success was written. The pause stands: the
+/// analysis ends only the step it judged (as a step is taken only from the
+/// step judged), and the operator's own promote still ends a paused rollout.
+#[tokio::test]
+async fn an_analysis_success_never_ends_a_rollout_paused_meanwhile() {
+    use super::rollout::Action;
+    use crate::rollout::RolloutError;
+    use crate::rollout::state::Phase;
+    let store = Arc::new(MemoryStore::default());
+    let control = task(&store).await;
+    control
+        .start_rollout(br#"{"canary": "v2", "steps": [50], "interval_s": 60}"#)
+        .await
+        .unwrap();
+    // What the driver judged: the last step, progressing.
+    let judged = control.running_rollout().unwrap();
+    assert!(judged.last_step() && judged.phase == Phase::Progressing);
+    control.rollout_action(Action::Pause).await.unwrap();
+
+    let late = control
+        .finish_rollout(&judged, super::rollout::By::Analysis)
+        .await;
+    assert!(matches!(late, Err(RolloutError::Conflict(_))), "{late:?}");
+    assert_eq!(control.rollout().unwrap().phase, Phase::Paused);
+    let stored = store.stored().unwrap();
+    assert_eq!(stored.rollout.unwrap().phase, Phase::Paused);
+    assert_eq!((stored.stable.as_str(), stored.weights), ("v1", w(50, 50)));
+
+    // The operator's promote is no judgement of a step: it ends it.
+    control.rollout_action(Action::Promote).await.unwrap();
+    assert_eq!(control.rollout().unwrap().phase, Phase::Succeeded);
+    assert_eq!(control.weights().stable, "v2");
+}
+
+/// An operator's rollout decisions (here the start and an abort) are
+/// recorded as the operator's (`admin`), in `GET /weights`, the store and
+/// the audit log; the rollout's own steps are `rollout`.
+#[tokio::test]
+async fn an_operators_rollout_decisions_are_recorded_as_the_operators() {
+    use super::rollout::Action;
+    let store = Arc::new(MemoryStore::default());
+    let control = task(&store).await;
+    control
+        .start_rollout(br#"{"canary": "v2", "steps": [10, 50], "interval_s": 60}"#)
+        .await
+        .unwrap();
+    assert_eq!(control.weights().source, "admin");
+    let judged = control.running_rollout().unwrap();
+    assert!(control.advance_rollout(&judged).await.unwrap());
+    assert_eq!(control.weights().source, "rollout");
+    control.rollout_action(Action::Abort).await.unwrap();
+    assert_eq!(control.weights().source, "admin");
+    assert_eq!(store.stored().unwrap().source, "admin");
+    let mine: Vec<String> = crate::telemetry::audit::global()
+        .entries()
+        .into_iter()
+        .filter(|e| e.writer == control.writer())
+        .map(|e| e.source)
+        .collect();
+    assert_eq!(mine, ["admin", "rollout", "admin"]);
+}
+
+/// Two tasks judge the last step at once: b finds the canary good and ends
+/// the rollout `succeeded`, a finds it bad and aborts. a's abort, made again
+/// from b's success, wins (an abort on the evidence of one task is never
+/// lost to another task's automated success): all the traffic back on the
+/// rollout's stable version, the rollout `aborted`, in the store and on both.
+#[tokio::test]
+async fn an_abort_wins_over_the_same_rollouts_automated_success() {
+    use super::rollout::{Abort, Action, By};
+    use crate::rollout::state::Phase;
+    for on_success in ["promote", "hold"] {
+        for abort in [Abort::Analysis("max_error_rate"), Abort::Operator] {
+            let store = Arc::new(MemoryStore::default());
+            let (a, b) = (task(&store).await, task(&store).await);
+            let plan = format!(
+                r#"{{"canary": "v2", "steps": [10, 50], "interval_s": 60, "on_success": "{on_success}"}}"#
+            );
+            a.start_rollout(plan.as_bytes()).await.unwrap();
+            let first = a.running_rollout().unwrap();
+            assert!(a.advance_rollout(&first).await.unwrap());
+            b.sync_from_store().await.unwrap();
+            let judged = b.running_rollout().unwrap();
+            assert!(judged.last_step());
+
+            b.finish_rollout(&judged, By::Analysis).await.unwrap();
+            let aborted = match abort {
+                Abort::Operator => a.rollout_action(Action::Abort).await.map(|_| ()),
+                _ => a.abort_rollout(&judged, abort, "error rate 20%").await,
+            };
+            let case = format!("{on_success}, {abort:?}");
+            assert!(aborted.is_ok(), "{case}: {aborted:?}");
+            b.sync_from_store().await.unwrap();
+            let stored = store.stored().unwrap();
+            assert_eq!(
+                (stored.stable.as_str(), &stored.weights),
+                ("v1", &w(100, 0)),
+                "{case}"
+            );
+            for r in [
+                stored.rollout.unwrap(),
+                a.rollout().unwrap(),
+                b.rollout().unwrap(),
+            ] {
+                assert_eq!(r.phase, Phase::Aborted, "{case}: {r:?}");
+                assert!(r.reason.is_some(), "{case}: {r:?}");
+            }
+            for task in [&a, &b] {
+                assert_eq!(task.weights().stable, "v1", "{case}");
+                assert_eq!(task.weights().weights, w(100, 0), "{case}");
+            }
+        }
+    }
+}
+
+/// The operator's promote of the rollout is another matter: an abort made
+/// on a task that had not heard of it rolls the promotion back as any
+/// rollback does (its stable version, now the canary, keeps the traffic)
+/// and is no abort of the rollout.
+#[tokio::test]
+async fn an_analysis_abort_never_undoes_an_operators_promote() {
+    use super::rollout::{Abort, Action};
+    use crate::rollout::state::Phase;
+    let store = Arc::new(MemoryStore::default());
+    let (a, b) = (task(&store).await, task(&store).await);
+    a.start_rollout(br#"{"canary": "v2", "steps": [10, 50], "interval_s": 60}"#)
+        .await
+        .unwrap();
+    b.sync_from_store().await.unwrap();
+    let judged = b.running_rollout().unwrap();
+    a.rollout_action(Action::Promote).await.unwrap();
+    let aborted = b
+        .abort_rollout(&judged, Abort::Analysis("max_error_rate"), "error rate 20%")
+        .await;
+    assert!(
+        matches!(aborted, Err(crate::rollout::RolloutError::Conflict(_))),
+        "{aborted:?}"
+    );
+    let stored = store.stored().unwrap();
+    assert_eq!((stored.stable.as_str(), stored.weights), ("v2", w(0, 100)));
+    assert_eq!(stored.rollout.unwrap().phase, Phase::Succeeded);
+    assert_eq!(b.weights().stable, "v2");
+}
+
+/// An `aborted` event carries the analysis only when the analysis decided
+/// the abort: a config abort, an operator's or a rollback's carries none
+/// (the last analysis, a hold or a pass, would contradict it).
+#[test]
+fn an_aborted_event_carries_the_analysis_that_decided_it_only() {
+    use super::rollout::{Abort, aborted_event};
+    use crate::rollout::AnalysisRecord;
+    use crate::rollout::telemetry::Counts;
+    let plan = crate::rollout::plan::Plan {
+        canary: "v2".into(),
+        stable: "v1".into(),
+        settings: Default::default(),
+    };
+    let r = crate::rollout::state::RolloutState::start(plan, 1_000);
+    let last = AnalysisRecord {
+        at_ms: 2_000,
+        since_ms: 1_000,
+        analysis: crate::rollout::analysis::judge(
+            &r.plan.settings,
+            &Counts::default(),
+            &Counts::default(),
+        ),
+    };
+    for (by, carried) in [
+        (Abort::Analysis("max_error_rate"), true),
+        (Abort::Config, false),
+        (Abort::Operator, false),
+        (Abort::Rollback, false),
+    ] {
+        let e = aborted_event(&r, by, "why", Some(last.clone()));
+        assert_eq!(e["event"], "aborted");
+        assert_eq!(e["reason"], "why");
+        assert_eq!(!e["analysis"].is_null(), carried, "{by:?}: {e}");
+    }
+}

@@ -16,8 +16,9 @@ use std::time::Duration;
 use super::analysis::{self, Verdict};
 use super::state::{Phase, RolloutState};
 use super::telemetry::Counts;
-use super::{AnalysisRecord, event, notify};
+use super::{AnalysisRecord, RolloutError, event, notify};
 use crate::control::Control;
+use crate::control::rollout::{Abort, By};
 use crate::metrics as names;
 
 /// How soon a failed decision (the store could not be written) is retried.
@@ -96,12 +97,40 @@ pub async fn run(control: Arc<Control>) {
                 }
                 continue;
             }
-            Some(r) if r.phase.running() && gone_from_config(&control, &r).is_some() => {
-                let why = gone_from_config(&control, &r).unwrap_or_default();
-                aborted.insert(r.started_at_ms, why.clone());
-                if let Err(e) = control.abort_rollout(&r, "config", &why).await {
-                    tracing::error!(error = %e, "the rollout abort could not be recorded; retrying");
-                    tokio::time::sleep(RETRY).await;
+            Some(r) if r.phase.running() && missing_version(&control, &r).is_some() => {
+                let v = missing_version(&control, &r).unwrap_or_default();
+                if control.rollout_removed_by_reload(&r) {
+                    let why = format!("version `{v}` is no longer in the config");
+                    aborted.insert(r.started_at_ms, why.clone());
+                    if let Err(e) = control.abort_rollout(&r, Abort::Config, &why).await {
+                        tracing::error!(error = %e, "the rollout abort could not be recorded; retrying");
+                        tokio::time::sleep(RETRY).await;
+                    }
+                    continue;
+                }
+                // This task's config never had the version (an older task
+                // definition, while a deployment adds it): it neither
+                // serves nor judges the rollout, and holds; the tasks that
+                // have the version judge it.
+                window = None;
+                let why = format!(
+                    "this task's config has no version `{v}`: it does not judge this rollout (the tasks that have `{v}` do)"
+                );
+                tracing::info!(canary = %r.plan.canary, %why, "rollout holds on this task");
+                control.rollout_note(|view| {
+                    if view.rollout != r.started_at_ms {
+                        *view = Default::default();
+                        view.rollout = r.started_at_ms;
+                    }
+                    view.overlay = Some(Phase::Holding);
+                    view.why = Some(why);
+                    view.next_due_ms = None;
+                });
+                if let Some(view) = control.rollout_view() {
+                    view.publish();
+                }
+                if changes.changed().await.is_err() {
+                    return;
                 }
                 continue;
             }
@@ -162,7 +191,10 @@ pub async fn run(control: Arc<Control>) {
             Verdict::Abort => {
                 tracing::warn!(canary = %r.plan.canary, why = %judged.why, "the canary is worse than allowed");
                 aborted.insert(r.started_at_ms, judged.why.clone());
-                if let Err(e) = control.abort_rollout(&r, judged.reason, &judged.why).await {
+                if let Err(e) = control
+                    .abort_rollout(&r, Abort::Analysis(judged.reason), &judged.why)
+                    .await
+                {
                     tracing::error!(error = %e, "the rollout abort could not be recorded; retrying");
                     tokio::time::sleep(RETRY).await;
                 }
@@ -183,9 +215,14 @@ pub async fn run(control: Arc<Control>) {
                 format!("the canary `{}` has no healthy endpoints", r.plan.canary),
             ),
             Verdict::Pass if r.last_step() => {
-                if let Err(e) = control.finish_rollout(&r, "analysis").await {
-                    tracing::warn!(error = %e, "the rollout's success could not be recorded; retrying");
-                    w.retry_soon(&r, now);
+                match control.finish_rollout(&r, By::Analysis).await {
+                    // Moved on meanwhile (paused, aborted, ended by another
+                    // task): follow the store.
+                    Ok(()) | Err(RolloutError::Conflict(_)) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the rollout's success could not be recorded; retrying");
+                        w.retry_soon(&r, now);
+                    }
                 }
             }
             Verdict::Pass => {
@@ -218,33 +255,44 @@ pub async fn run(control: Arc<Control>) {
     }
 }
 
-/// Why `r` cannot go on with the config in force (a reload removed its
-/// canary or its stable version), if it cannot.
-fn gone_from_config(control: &Control, r: &RolloutState) -> Option<String> {
+/// `r`'s canary or stable version, if the config in force lacks it (a
+/// reload removed it, or this task's config never had it).
+fn missing_version(control: &Control, r: &RolloutState) -> Option<String> {
     let config = control.config();
     [&r.plan.canary, &r.plan.stable]
         .into_iter()
         .find(|v| !config.versions.iter().any(|c| &c.name == *v))
-        .map(|v| format!("version `{v}` is no longer in the config"))
+        .cloned()
 }
 
 /// The step holds: this replica's view says why; counted and sent.
 fn hold(control: &Control, r: &RolloutState, phase: Phase, reason: &'static str, why: String) {
     tracing::info!(canary = %r.plan.canary, step = r.step, %why, "rollout step holds");
     metrics::counter!(names::ROLLOUT_HOLDS_TOTAL, "reason" => reason).increment(1);
-    let kind = if phase == Phase::WaitingGate {
-        "gate_refused"
-    } else {
-        "holding"
-    };
     notify::send_event(
         r.plan.settings.webhook.as_deref(),
-        event(kind, r, serde_json::json!({ "reason": why })),
+        hold_event(r, phase, &why),
     );
     control.rollout_note(|v| {
         v.overlay = Some(phase);
         v.why = Some(why);
     });
+}
+
+/// The webhook event of a step that holds in `phase` (`holding`, or
+/// `waiting_gate`: event `gate_refused`), with that phase (the stored one
+/// is `progressing`: the hold is this task's view, as `GET /rollout` shows).
+fn hold_event(r: &RolloutState, phase: Phase, why: &str) -> serde_json::Value {
+    let kind = if phase == Phase::WaitingGate {
+        "gate_refused"
+    } else {
+        "holding"
+    };
+    event(
+        kind,
+        r,
+        serde_json::json!({ "phase": phase, "reason": why }),
+    )
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::plan::Plan;
+use super::plan::{OnSuccess, Plan};
 
 /// Where a rollout is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,14 +107,29 @@ impl RolloutState {
         }
     }
 
-    /// The canary's share at the step in force, percent.
+    /// The canary's share at the step in force, percent: 100 once promoted
+    /// (`on_success = "promote"` gives it all the traffic, whatever the
+    /// last step's share).
     pub fn share(&self) -> f64 {
+        if self.phase == Phase::Succeeded && self.plan.settings.on_success == OnSuccess::Promote {
+            return 100.0;
+        }
         self.plan
             .settings
             .steps
             .get(self.step)
             .copied()
             .unwrap_or(100.0)
+    }
+
+    /// The step in force for a message, as `GET /rollout` (`step`) and
+    /// `ctl` count it: from 0.
+    pub fn step_text(&self) -> String {
+        format!(
+            "step {} of {}, counted from 0",
+            self.step,
+            self.plan.settings.steps.len()
+        )
     }
 
     pub fn last_step(&self) -> bool {
@@ -346,5 +361,19 @@ mod tests {
         // An ended rollout stays as it ended.
         assert_eq!(aborted(Some(&done), "late", 12_000).unwrap(), done);
         assert_eq!(aborted(None, "x", 1), None);
+    }
+
+    /// Promoted, the canary has all the traffic whatever the last step's
+    /// share; held, it keeps the last step's.
+    #[test]
+    fn a_promoted_canarys_share_is_100() {
+        let mut r = rollout(&[10.0, 50.0]);
+        assert_eq!(r.succeeded(2_000).share(), 100.0);
+        assert_eq!(r.advanced(1_500).succeeded(2_000).share(), 100.0);
+        r.plan.settings.on_success = OnSuccess::Hold;
+        let held = r.succeeded(2_000);
+        assert_eq!(held.share(), 50.0);
+        let w = held.weights(&weights(&[("v1", 100), ("v2", 0)]));
+        assert_eq!(w, weights(&[("v1", 50), ("v2", 50)]));
     }
 }

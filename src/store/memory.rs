@@ -39,6 +39,10 @@ pub struct MemoryStore {
     pub saves: AtomicUsize,
     /// When set, the next load waits for [`MemoryStore::release`] (a slow AWS call).
     pub stall_next_load: AtomicBool,
+    /// When non-zero, the load of this number (counted from 1, as `loads`)
+    /// waits for [`MemoryStore::release`]: a decision's own read, say, after
+    /// the reads before it answered.
+    pub stall_at_load: AtomicUsize,
     /// Releases a stalled load.
     pub release: tokio::sync::Notify,
     /// When set, every call is throttled.
@@ -78,8 +82,12 @@ impl MemoryStore {
 impl Store for MemoryStore {
     fn load(&self) -> BoxFuture<'_, Result<Option<WeightsDoc>, StoreError>> {
         Box::pin(async move {
-            self.loads.fetch_add(1, Ordering::SeqCst);
-            if self.stall_next_load.swap(false, Ordering::SeqCst) {
+            let n = self.loads.fetch_add(1, Ordering::SeqCst) + 1;
+            let numbered = self
+                .stall_at_load
+                .compare_exchange(n, 0, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok();
+            if self.stall_next_load.swap(false, Ordering::SeqCst) || numbered {
                 self.release.notified().await;
             }
             self.check_up()?;

@@ -319,3 +319,99 @@ async fn an_abort_applies_at_once_while_the_store_is_down_and_lands_when_it_retu
     assert_eq!(stored.rollout.unwrap().phase, Phase::Aborted);
     assert_eq!(stored.weights["v2"], 0);
 }
+
+/// Lets the spawned tasks run (paused time: no real waiting) until `what`
+/// holds, for up to 2 s of the test's clock.
+async fn until(what: impl Fn() -> bool) -> bool {
+    for _ in 0..2_000 {
+        if what() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    what()
+}
+
+/// During a deployment that adds v3, a task of the older task definition
+/// (no v3 in its config) adopts the rollout of v3 that a newer task started:
+/// it holds (it can neither serve nor judge the canary) and never aborts
+/// it; the newer tasks walk it on.
+#[tokio::test(start_paused = true)]
+async fn a_task_without_the_canary_holds_and_never_aborts_its_rollout() {
+    let store = Arc::new(MemoryStore::default());
+    let three = "[listener]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+                 [split]\nstable = \"v1\"\n\
+                 [[versions]]\nname = \"v1\"\nweight = 100\nendpoints = [\"127.0.0.1:9\"]\n\
+                 [[versions]]\nname = \"v2\"\nweight = 0\nendpoints = [\"127.0.0.1:9\"]\n\
+                 [[versions]]\nname = \"v3\"\nweight = 0\nendpoints = [\"127.0.0.1:9\"]\n";
+    let newer = Control::start(
+        Config::parse(three, "test").unwrap(),
+        store.clone(),
+        "memory",
+    )
+    .await
+    .unwrap();
+    let older = control(store.clone()).await;
+    for c in [&newer, &older] {
+        tokio::spawn(run(c.clone()));
+    }
+    newer
+        .start_rollout(PLAN.replace("v2", "v3").as_bytes())
+        .await
+        .unwrap();
+    older.sync_from_store().await.unwrap();
+    assert!(older.rollout().is_some());
+    let settled = || {
+        older
+            .rollout_view()
+            .is_some_and(|v| v.phase == Phase::Holding)
+            || older.running_rollout().is_none()
+    };
+    assert!(until(settled).await);
+    let view = older.rollout_view().unwrap();
+    assert_eq!(view.phase, Phase::Holding, "{view:?}");
+    assert!(
+        view.why.as_deref().unwrap_or("").contains("`v3`"),
+        "{view:?}"
+    );
+    assert_eq!(
+        store.stored().unwrap().rollout.unwrap().phase,
+        Phase::Progressing
+    );
+
+    // The newer task, which serves the canary, judges it and steps on.
+    run_for(&newer, 11, 1000, 0, 3).await;
+    older.sync_from_store().await.unwrap();
+    let stored = store.stored().unwrap().rollout.unwrap();
+    assert_eq!((stored.phase, stored.step), (Phase::Progressing, 1));
+    assert_eq!(older.rollout_view().unwrap().phase, Phase::Holding);
+    assert!(newer.weights().weights["v3"] > 0);
+}
+
+/// A hold's webhook event carries the phase `GET /rollout` shows for it
+/// (`holding`, `waiting_gate`), not the stored `progressing`.
+#[test]
+fn a_holds_event_carries_the_holds_phase() {
+    let plan = crate::rollout::plan::Plan {
+        canary: "v2".into(),
+        stable: "v1".into(),
+        settings: Default::default(),
+    };
+    let r = RolloutState::start(plan, 1_000);
+    for (phase, kind, shown) in [
+        (Phase::Holding, "holding", "holding"),
+        (Phase::WaitingGate, "gate_refused", "waiting_gate"),
+    ] {
+        let e = hold_event(&r, phase, "why");
+        assert_eq!(
+            (
+                e["event"].as_str(),
+                e["phase"].as_str(),
+                e["reason"].as_str()
+            ),
+            (Some(kind), Some(shown), Some("why")),
+            "{e}"
+        );
+        assert_eq!(e["canary"], "v2");
+    }
+}
