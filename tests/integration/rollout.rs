@@ -280,11 +280,17 @@ async fn a_canary_failing_a_fifth_of_its_requests_is_aborted_within_two_interval
     );
     let counts = split_counts(gw.addr, 30, &[]).await;
     assert_eq!(counts.get("v1"), Some(&30), "{counts:?}");
-    let metrics = get(gw.admin, "/metrics", &[]).await.text();
-    assert!(
-        metrics.contains("canary_rollout_aborts_total{reason=\"max_error_rate\"}"),
-        "{metrics}"
-    );
+    // The rollback applies (and GET /rollout says aborted) before the
+    // store's write is known; the abort is counted once the write says it
+    // was this abort that ended the rollout.
+    let counted = eventually(WAIT, async || {
+        get(gw.admin, "/metrics", &[])
+            .await
+            .text()
+            .contains("canary_rollout_aborts_total{reason=\"max_error_rate\"}")
+    })
+    .await;
+    assert!(counted, "{}", get(gw.admin, "/metrics", &[]).await.text());
     let sent = eventually(WAIT, async || hook.events().iter().any(|e| e == "aborted")).await;
     assert!(sent, "{:?}", hook.received());
     let events = hook.events();
