@@ -261,6 +261,8 @@ pub async fn start(
     };
     let store_poll = config.store.poll_interval();
     let reload_source = reload::Source::of(&config);
+    // What the running config was parsed from: the file watcher's baseline.
+    let watch_baseline = config.source_fingerprint;
     let control = Control::start(config, store, store_kind).await?;
 
     let proxy_addr = listeners
@@ -302,6 +304,7 @@ pub async fn start(
                 r.clone(),
                 path,
                 FILE_WATCH_INTERVAL,
+                watch_baseline,
             )));
         }
     }

@@ -67,18 +67,21 @@ pub async fn reload_file(control: &Control, path: &Path, trigger: &str) -> Reloa
 fn fingerprint(path: &Path) -> Option<u64> {
     std::fs::read(path)
         .ok()
-        .map(|bytes| xxhash_rust::xxh3::xxh3_64(&bytes))
+        .map(|bytes| crate::config::fingerprint(&bytes))
 }
 
-/// Polls the config file and reloads when its content changes. The content
-/// it compares against is read before this returns, so an edit made right
-/// after the start is noticed too.
+/// Polls the config file and reloads when its content changes from
+/// `baseline`: the [`Config::source_fingerprint`] of the running config (the
+/// text it was parsed from), so that an edit made between that read and
+/// this call (the start's AWS setup, store read, TLS load) is reloaded too.
+/// Without one, the file as it is when this is called.
 pub fn watch_file(
     reloader: Arc<dyn Reload>,
     path: PathBuf,
     every: Duration,
+    baseline: Option<u64>,
 ) -> impl std::future::Future<Output = ()> + Send {
-    let last = fingerprint(&path);
+    let last = baseline.or_else(|| fingerprint(&path));
     watch_from(reloader, path, every, last)
 }
 

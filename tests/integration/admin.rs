@@ -205,6 +205,55 @@ async fn a_config_file_edit_is_picked_up_without_a_signal() {
     gw.shutdown().await;
 }
 
+/// An edit made after the config file was read but before the gateway
+/// watches it (the start's AWS setup, the shared store's first read, up to
+/// `store.boot_timeout`, and the TLS load come in between) is reloaded: the
+/// watcher compares against the text the running config was parsed from,
+/// not the file as it is once the start is done.
+#[tokio::test]
+async fn a_config_edit_made_while_the_gateway_starts_is_applied() {
+    use canary_gateway::config::Config;
+    use canary_gateway::gateway::{self, Dependencies, Listeners};
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        config("", &[("v1", 100, v1.addr), ("v2", 0, v2.addr)]),
+    )
+    .unwrap();
+    let loaded = Config::load(&path).unwrap();
+    // The edit lands between the read and the start.
+    let partial = dir.path().join("gateway.toml.partial");
+    std::fs::write(
+        &partial,
+        config("", &[("v1", 0, v1.addr), ("v2", 1, v2.addr)]),
+    )
+    .unwrap();
+    std::fs::rename(&partial, &path).unwrap();
+    let listeners = Listeners {
+        proxy: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        admin: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    };
+    let running = gateway::start(loaded, listeners, Dependencies::default())
+        .await
+        .unwrap();
+    let admin_addr = running.admin_addr;
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            let w: serde_json::Value =
+                serde_json::from_slice(&admin(admin_addr, "GET", "/weights", None, "").await.body)
+                    .unwrap_or_default();
+            w["weights"]["v2"] == 1 && w["weights"]["v1"] == 0
+        })
+        .await,
+        "the edit made during the start was never applied: {}",
+        admin(admin_addr, "GET", "/status", None, "").await.text()
+    );
+    running.shutdown().await;
+}
+
 #[tokio::test]
 async fn restart_only_settings_are_reported_not_applied() {
     let v1 = Upstream::start("v1").await;
