@@ -199,6 +199,26 @@ impl Reload for ConfigReloader {
             crate::tls::listener::reload_into(self.tls.as_deref(), trigger, status)
         })
     }
+
+    fn reload_file_change(&self) -> BoxFuture<'_, (ReloadStatus, bool)> {
+        const TRIGGER: &str = "file-change";
+        Box::pin(async move {
+            // Whether to try again is the config's alone: a rejected TLS pair
+            // is the TLS watcher's to notice once its files change.
+            let (status, retry) = match &self.source {
+                reload::Source::File(path) => {
+                    reload::reload_file_retryable(&self.control, path, TRIGGER).await
+                }
+                source => (
+                    reload::reload_source(&self.control, source, TRIGGER).await,
+                    false,
+                ),
+            };
+            self.pollers.sync(&self.control);
+            let status = crate::tls::listener::reload_into(self.tls.as_deref(), TRIGGER, status);
+            (status, retry)
+        })
+    }
 }
 
 /// How long a stopping task tries to write a rollback still pending in the
