@@ -238,11 +238,23 @@ const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the config file is checked for changes.
 const FILE_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Starts a gateway on bound listeners.
+/// Starts a gateway on bound listeners; SIGHUP is listened for from here on
+/// (see [`start_with_hangup`]).
 pub async fn start(
     config: Config,
     listeners: Listeners,
     deps: Dependencies,
+) -> Result<Running, GatewayError> {
+    start_with_hangup(config, listeners, deps, reload::Hangup::listen()).await
+}
+
+/// Starts a gateway on bound listeners, reloading on the SIGHUPs `hup` hears
+/// (one heard before the start is done reloads once it is).
+pub async fn start_with_hangup(
+    config: Config,
+    listeners: Listeners,
+    deps: Dependencies,
+    hup: reload::Hangup,
 ) -> Result<Running, GatewayError> {
     let token = admin::auth::resolve(
         config.admin.token_env.as_deref(),
@@ -317,16 +329,16 @@ pub async fn start(
             tls: tls.clone(),
         }) as Arc<dyn Reload>
     });
-    if let Some(r) = &reloader {
-        background.push(tokio::spawn(reload::on_sighup(r.clone())));
-        if let Some(path) = control.config().source.clone() {
-            background.push(tokio::spawn(reload::watch_file(
-                r.clone(),
-                path,
-                FILE_WATCH_INTERVAL,
-                watch_baseline,
-            )));
-        }
+    background.push(tokio::spawn(reload::on_sighup(reloader.clone(), hup)));
+    if let Some(r) = &reloader
+        && let Some(path) = control.config().source.clone()
+    {
+        background.push(tokio::spawn(reload::watch_file(
+            r.clone(),
+            path,
+            FILE_WATCH_INTERVAL,
+            watch_baseline,
+        )));
     }
     if let Some(tls) = &tls {
         background.push(tokio::spawn(tls.clone().watch(FILE_WATCH_INTERVAL)));

@@ -168,28 +168,58 @@ async fn watch_from(
     }
 }
 
-/// Reloads on every SIGHUP. The handler is installed before this returns (a
-/// SIGHUP that arrived before it would otherwise end the process); the
-/// returned future does the reloading.
-pub fn on_sighup(reloader: Arc<dyn Reload>) -> impl std::future::Future<Output = ()> + Send {
+/// SIGHUP, listened for from the moment [`Hangup::listen`] is called: one
+/// sent after that (a certificate-rotation job, an operator) is handled,
+/// never the default action, which ends the process. `run` calls it first
+/// thing, so that a SIGHUP during the start (AWS setup, the store's first
+/// read, the wait for discovery) is handled once the gateway runs.
+pub struct Hangup {
     #[cfg(unix)]
-    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
-    async move {
+    signal: std::io::Result<tokio::signal::unix::Signal>,
+}
+
+impl Hangup {
+    /// Starts listening; within a tokio runtime.
+    pub fn listen() -> Hangup {
+        Hangup {
+            #[cfg(unix)]
+            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()),
+        }
+    }
+
+    /// The next SIGHUP; never when none can be heard (said once, in the log).
+    async fn next(&mut self) {
         #[cfg(unix)]
-        match hup {
-            Ok(mut hup) => {
-                while hup.recv().await.is_some() {
-                    reloader.reload("sighup").await;
+        {
+            let heard = match &mut self.signal {
+                Ok(hup) => hup.recv().await.is_some(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGHUP; reload by editing the file or POST /reload");
+                    false
                 }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload by editing the file or POST /reload");
+            };
+            if heard {
+                return;
             }
         }
-        #[cfg(not(unix))]
-        {
-            let _ = reloader;
-            std::future::pending::<()>().await;
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Reloads on every SIGHUP that `hup` hears; without a reloader (a config
+/// that cannot be read again, as the demo's), says so and goes on serving.
+pub async fn on_sighup(reloader: Option<Arc<dyn Reload>>, mut hup: Hangup) {
+    loop {
+        hup.next().await;
+        match &reloader {
+            Some(r) => {
+                r.reload("sighup").await;
+            }
+            None => {
+                tracing::info!(
+                    "SIGHUP: no config file to reload (this config is built in); still serving"
+                );
+            }
         }
     }
 }
