@@ -112,6 +112,63 @@ fn check_validates_and_names_the_problem() {
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
 }
 
+/// `check` with an override variable set (CANARY_STORE_TABLE always is on
+/// the reference ECS task): an error in the file names its line in the file
+/// (the shipped ECS config starts with 11 comment lines), and an error about
+/// a key the variable set names the variable.
+#[test]
+fn check_with_an_override_points_into_the_file_and_names_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.toml");
+    let check = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        let mut cmd = Command::new(BIN);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("CANARY_") {
+                cmd.env_remove(key);
+            }
+        }
+        let out = cmd
+            .args(["check", "--config"])
+            .arg(&path)
+            .env("CANARY_STORE_TABLE", "canary-gateway-weights")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ecs = include_str!("../../deploy/gateway.ecs.toml");
+    let (ok, stderr) = check(ecs);
+    assert!(ok, "{stderr}");
+
+    let typed = ecs.replace(
+        "trust_forwarded_headers = true",
+        "trust_forwarded_headers = \"yes\"",
+    );
+    let line = typed
+        .lines()
+        .position(|l| l.starts_with("trust_forwarded_headers"))
+        .unwrap()
+        + 1;
+    let (ok, stderr) = check(&typed);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!("line {line}: invalid type")),
+        "line {line} expected: {stderr}"
+    );
+
+    let cloudmap = config("", &[("v1", 1, "127.0.0.1:1".parse().unwrap())])
+        + "\n[store]\nkind = \"cloudmap\"\nservice_id = \"srv-0123\"\n";
+    let (ok, stderr) = check(&cloudmap);
+    assert!(!ok);
+    assert!(
+        stderr.contains("`store.table`") && stderr.contains("CANARY_STORE_TABLE"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn admin_decisions_survive_a_restart_and_config_edits_win() {
     let v1 = Upstream::start("v1").await;
