@@ -48,6 +48,10 @@ pub struct Config {
     pub source: Option<PathBuf>,
     /// The text of `CANARY_GATEWAY_CONFIG` it was read from, if so.
     pub env_text: Option<String>,
+    /// The [`fingerprint`] of the file's bytes as read for this config: the
+    /// file watcher compares against it, so that an edit made after the file
+    /// was read (while the gateway starts) is reloaded, not taken as the start.
+    pub source_fingerprint: Option<u64>,
     pub listener: ListenerConfig,
     pub admin: AdminConfig,
     pub split: SplitConfig,
@@ -287,6 +291,7 @@ impl Config {
         })?;
         let mut config = env::parse_with_overrides(&text, &path.display().to_string())?;
         config.source = Some(path.to_path_buf());
+        config.source_fingerprint = Some(fingerprint(text.as_bytes()));
         if config.state_path.is_none() {
             config.state_path = Some(default_state_path(path));
         }
@@ -386,6 +391,12 @@ impl Config {
             }
         }
     }
+}
+
+/// What a config file's bytes look like, to notice edits (see
+/// [`Config::source_fingerprint`] and the file watcher).
+pub fn fingerprint(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(bytes)
 }
 
 /// `gateway.toml` -> `gateway.state.json` beside it.
@@ -589,6 +600,7 @@ impl Validator<'_> {
         Ok(Config {
             source: None,
             env_text: None,
+            source_fingerprint: None,
             listener,
             admin,
             split,

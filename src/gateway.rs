@@ -199,6 +199,26 @@ impl Reload for ConfigReloader {
             crate::tls::listener::reload_into(self.tls.as_deref(), trigger, status)
         })
     }
+
+    fn reload_file_change(&self) -> BoxFuture<'_, (ReloadStatus, bool)> {
+        const TRIGGER: &str = "file-change";
+        Box::pin(async move {
+            // Whether to try again is the config's alone: a rejected TLS pair
+            // is the TLS watcher's to notice once its files change.
+            let (status, retry) = match &self.source {
+                reload::Source::File(path) => {
+                    reload::reload_file_retryable(&self.control, path, TRIGGER).await
+                }
+                source => (
+                    reload::reload_source(&self.control, source, TRIGGER).await,
+                    false,
+                ),
+            };
+            self.pollers.sync(&self.control);
+            let status = crate::tls::listener::reload_into(self.tls.as_deref(), TRIGGER, status);
+            (status, retry)
+        })
+    }
 }
 
 /// How long a stopping task tries to write a rollback still pending in the
@@ -218,11 +238,23 @@ const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the config file is checked for changes.
 const FILE_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Starts a gateway on bound listeners.
+/// Starts a gateway on bound listeners; SIGHUP is listened for from here on
+/// (see [`start_with_hangup`]).
 pub async fn start(
     config: Config,
     listeners: Listeners,
     deps: Dependencies,
+) -> Result<Running, GatewayError> {
+    start_with_hangup(config, listeners, deps, reload::Hangup::listen()).await
+}
+
+/// Starts a gateway on bound listeners, reloading on the SIGHUPs `hup` hears
+/// (one heard before the start is done reloads once it is).
+pub async fn start_with_hangup(
+    config: Config,
+    listeners: Listeners,
+    deps: Dependencies,
+    hup: reload::Hangup,
 ) -> Result<Running, GatewayError> {
     let token = admin::auth::resolve(
         config.admin.token_env.as_deref(),
@@ -261,6 +293,8 @@ pub async fn start(
     };
     let store_poll = config.store.poll_interval();
     let reload_source = reload::Source::of(&config);
+    // What the running config was parsed from: the file watcher's baseline.
+    let watch_baseline = config.source_fingerprint;
     let control = Control::start(config, store, store_kind).await?;
 
     let proxy_addr = listeners
@@ -295,15 +329,16 @@ pub async fn start(
             tls: tls.clone(),
         }) as Arc<dyn Reload>
     });
-    if let Some(r) = &reloader {
-        background.push(tokio::spawn(reload::on_sighup(r.clone())));
-        if let Some(path) = control.config().source.clone() {
-            background.push(tokio::spawn(reload::watch_file(
-                r.clone(),
-                path,
-                FILE_WATCH_INTERVAL,
-            )));
-        }
+    background.push(tokio::spawn(reload::on_sighup(reloader.clone(), hup)));
+    if let Some(r) = &reloader
+        && let Some(path) = control.config().source.clone()
+    {
+        background.push(tokio::spawn(reload::watch_file(
+            r.clone(),
+            path,
+            FILE_WATCH_INTERVAL,
+            watch_baseline,
+        )));
     }
     if let Some(tls) = &tls {
         background.push(tokio::spawn(tls.clone().watch(FILE_WATCH_INTERVAL)));

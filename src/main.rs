@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use canary_gateway::cli::{self, CtlArgs, HealthArgs};
 use canary_gateway::config::{Config, LogFormat};
 use canary_gateway::gateway::{self, Dependencies, Listeners};
+use canary_gateway::reload::Hangup;
 use canary_gateway::{demo, telemetry};
 
 #[derive(Parser)]
@@ -127,9 +128,20 @@ fn run(path: Option<&std::path::Path>) -> Result<()> {
     let config = load_config(path)?;
     telemetry::init_logging(config.log.format, &config.log.level);
     runtime(config.worker_threads)?.block_on(async move {
+        // First: a signal sent while the gateway starts is handled, not fatal.
+        let mut shutdown = Shutdown::listen();
+        let hup = Hangup::listen();
         let listeners = Listeners::bind(&config).await?;
-        let running = gateway::start(config, listeners, Dependencies::default()).await?;
-        shutdown_signal().await;
+        let start = gateway::start_with_hangup(config, listeners, Dependencies::default(), hup);
+        let running = tokio::select! {
+            running = start => running?,
+            () = shutdown.wait() => {
+                // Nothing serves yet: stop at once (ECS's stopTimeout runs).
+                tracing::info!("shutdown signal received while starting");
+                return Ok(());
+            }
+        };
+        shutdown.wait().await;
         tracing::info!("shutdown signal received");
         running.shutdown().await;
         Ok(())
@@ -139,6 +151,8 @@ fn run(path: Option<&std::path::Path>) -> Result<()> {
 fn run_demo(listen: std::net::SocketAddr, admin: std::net::SocketAddr) -> Result<()> {
     telemetry::init_logging(LogFormat::Text, "info");
     runtime(None)?.block_on(async move {
+        let mut shutdown = Shutdown::listen();
+        let hup = Hangup::listen();
         let v1 = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let v2 = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let (v1_addr, v2_addr) = (v1.local_addr()?, v2.local_addr()?);
@@ -161,37 +175,81 @@ fn run_demo(listen: std::net::SocketAddr, admin: std::net::SocketAddr) -> Result
         );
         let config = Config::parse(&text, "demo config")?;
         let listeners = Listeners::bind(&config).await?;
-        let running = gateway::start(config, listeners, Dependencies::default()).await?;
+        let running =
+            gateway::start_with_hangup(config, listeners, Dependencies::default(), hup).await?;
         println!(
             "{}",
             demo::instructions(running.proxy_addr, running.admin_addr, &token)
         );
-        shutdown_signal().await;
+        shutdown.wait().await;
         running.shutdown().await;
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     })
 }
 
-/// SIGTERM (ECS stopping the task) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
+/// SIGTERM (ECS stopping the task) or SIGINT (Ctrl-C), listened for from
+/// [`Shutdown::listen`] on: one sent while the gateway starts stops it
+/// cleanly (exit 0) instead of the default action's kill.
+struct Shutdown {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    term: std::io::Result<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: std::io::Result<tokio::signal::unix::Signal>,
+}
+
+impl Shutdown {
+    /// Starts listening; within the runtime.
+    fn listen() -> Shutdown {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Shutdown {
+                term: signal(SignalKind::terminate()),
+                int: signal(SignalKind::interrupt()),
             }
         }
+        #[cfg(not(unix))]
+        Shutdown {}
     }
-    #[cfg(not(unix))]
+
+    /// Resolves at the first SIGTERM or SIGINT since [`Shutdown::listen`].
+    async fn wait(&mut self) {
+        #[cfg(unix)]
+        {
+            let (term, int) = (&mut self.term, &mut self.int);
+            if let Err(e) = &term {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+            }
+            if let Err(e) = &int {
+                tracing::warn!(error = %e, "cannot listen for SIGINT");
+            }
+            match (&*term, &*int) {
+                (Err(_), Err(_)) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+                _ => {
+                    tokio::select! {
+                        _ = next_signal(term) => {}
+                        _ = next_signal(int) => {}
+                    }
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// The next of these signals; never when they cannot be heard.
+#[cfg(unix)]
+async fn next_signal(signal: &mut std::io::Result<tokio::signal::unix::Signal>) {
+    if let Ok(s) = signal
+        && s.recv().await.is_some()
     {
-        let _ = tokio::signal::ctrl_c().await;
+        return;
     }
+    std::future::pending::<()>().await;
 }

@@ -12,6 +12,16 @@ use crate::control::status::ReloadStatus;
 /// Something that re-reads the config and applies it.
 pub trait Reload: Send + Sync + 'static {
     fn reload<'a>(&'a self, trigger: &'a str) -> crate::future::BoxFuture<'a, ReloadStatus>;
+
+    /// A reload for an edit of the config file (trigger `file-change`), and
+    /// whether it may pass when tried again on the same text: `true` when it
+    /// failed although the text is a valid config (the store could not be
+    /// written, a rollback is still pending, another task wrote first...);
+    /// `false` when it passed or the text itself was rejected (only another
+    /// edit mends that). By default: [`Reload::reload`], never tried again.
+    fn reload_file_change(&self) -> crate::future::BoxFuture<'_, (ReloadStatus, bool)> {
+        Box::pin(async move { (self.reload("file-change").await, false) })
+    }
 }
 
 /// Where a reload reads the config from.
@@ -52,6 +62,17 @@ pub async fn reload_source(control: &Control, source: &Source, trigger: &str) ->
 /// Reads `path` again and hands the result to the control plane (which keeps
 /// the running config when it is invalid).
 pub async fn reload_file(control: &Control, path: &Path, trigger: &str) -> ReloadStatus {
+    reload_file_retryable(control, path, trigger).await.0
+}
+
+/// [`reload_file`], and whether it may pass when tried again on the same
+/// file: it failed although the file holds a valid config (the refusal came
+/// from the gateway's state, e.g. a store that cannot be written).
+pub async fn reload_file_retryable(
+    control: &Control,
+    path: &Path,
+    trigger: &str,
+) -> (ReloadStatus, bool) {
     let running = control.config();
     let loaded = Config::load(path).map(|mut c| {
         // The default state path follows the config file; keep the running one.
@@ -60,26 +81,46 @@ pub async fn reload_file(control: &Control, path: &Path, trigger: &str) -> Reloa
         }
         c
     });
-    control.reload(loaded, trigger).await
+    let valid = loaded.is_ok();
+    let status = control.reload(loaded, trigger).await;
+    let retry = !status.ok && valid;
+    (status, retry)
 }
 
 /// What a file looked like, to notice changes.
 fn fingerprint(path: &Path) -> Option<u64> {
     std::fs::read(path)
         .ok()
-        .map(|bytes| xxhash_rust::xxh3::xxh3_64(&bytes))
+        .map(|bytes| crate::config::fingerprint(&bytes))
 }
 
-/// Polls the config file and reloads when its content changes. The content
-/// it compares against is read before this returns, so an edit made right
-/// after the start is noticed too.
+/// Polls the config file and reloads when its content changes from
+/// `baseline`: the [`Config::source_fingerprint`] of the running config (the
+/// text it was parsed from), so that an edit made between that read and
+/// this call (the start's AWS setup, store read, TLS load) is reloaded too.
+/// Without one, the file as it is when this is called.
 pub fn watch_file(
     reloader: Arc<dyn Reload>,
     path: PathBuf,
     every: Duration,
+    baseline: Option<u64>,
 ) -> impl std::future::Future<Output = ()> + Send {
-    let last = fingerprint(&path);
+    let last = baseline.or_else(|| fingerprint(&path));
     watch_from(reloader, path, every, last)
+}
+
+/// The first wait before an edit whose reload failed for a reason other
+/// than its text is tried again; each further wait doubles, up to
+/// [`RETRY_MAX`], while the file stays as it is.
+pub const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between two tries of the same edit.
+pub const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// An edit not applied yet, to try again at `due`.
+struct Retry {
+    fingerprint: u64,
+    due: tokio::time::Instant,
+    wait: Duration,
 }
 
 async fn watch_from(
@@ -88,38 +129,167 @@ async fn watch_from(
     every: Duration,
     mut last: Option<u64>,
 ) {
+    let mut retry: Option<Retry> = None;
     loop {
         tokio::time::sleep(every).await;
-        let now = fingerprint(&path);
-        if now.is_some() && now != last {
-            last = now;
-            reloader.reload("file-change").await;
+        let Some(now) = fingerprint(&path) else {
+            continue;
+        };
+        if Some(now) == last {
+            // Back to the text in force: nothing left to apply.
+            retry = None;
+            continue;
+        }
+        let wait = match &retry {
+            Some(r) if r.fingerprint == now => {
+                if tokio::time::Instant::now() < r.due {
+                    continue;
+                }
+                (r.wait * 2).min(RETRY_MAX)
+            }
+            _ => RETRY_FIRST,
+        };
+        let (status, again) = reloader.reload_file_change().await;
+        if status.ok || !again {
+            // Applied, or rejected for its text: wait for the next edit.
+            last = Some(now);
+            retry = None;
+        } else {
+            tracing::warn!(
+                retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                "the config file's edit is not applied yet (not for its text); trying again"
+            );
+            retry = Some(Retry {
+                fingerprint: now,
+                due: tokio::time::Instant::now() + wait,
+                wait,
+            });
         }
     }
 }
 
-/// Reloads on every SIGHUP. The handler is installed before this returns (a
-/// SIGHUP that arrived before it would otherwise end the process); the
-/// returned future does the reloading.
-pub fn on_sighup(reloader: Arc<dyn Reload>) -> impl std::future::Future<Output = ()> + Send {
+/// SIGHUP, listened for from the moment [`Hangup::listen`] is called: one
+/// sent after that (a certificate-rotation job, an operator) is handled,
+/// never the default action, which ends the process. `run` calls it first
+/// thing, so that a SIGHUP during the start (AWS setup, the store's first
+/// read, the wait for discovery) is handled once the gateway runs.
+pub struct Hangup {
     #[cfg(unix)]
-    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
-    async move {
+    signal: std::io::Result<tokio::signal::unix::Signal>,
+}
+
+impl Hangup {
+    /// Starts listening; within a tokio runtime.
+    pub fn listen() -> Hangup {
+        Hangup {
+            #[cfg(unix)]
+            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()),
+        }
+    }
+
+    /// The next SIGHUP; never when none can be heard (said once, in the log).
+    async fn next(&mut self) {
         #[cfg(unix)]
-        match hup {
-            Ok(mut hup) => {
-                while hup.recv().await.is_some() {
-                    reloader.reload("sighup").await;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload by editing the file or POST /reload");
-            }
-        }
-        #[cfg(not(unix))]
         {
-            let _ = reloader;
-            std::future::pending::<()>().await;
+            let heard = match &mut self.signal {
+                Ok(hup) => hup.recv().await.is_some(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGHUP; reload by editing the file or POST /reload");
+                    false
+                }
+            };
+            if heard {
+                return;
+            }
         }
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Reloads on every SIGHUP that `hup` hears; without a reloader (a config
+/// that cannot be read again, as the demo's), says so and goes on serving.
+pub async fn on_sighup(reloader: Option<Arc<dyn Reload>>, mut hup: Hangup) {
+    loop {
+        hup.next().await;
+        match &reloader {
+            Some(r) => {
+                r.reload("sighup").await;
+            }
+            None => {
+                tracing::info!(
+                    "SIGHUP: no config file to reload (this config is built in); still serving"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Fails every file-change reload, saying whether to try again; counts them.
+    struct Failing {
+        retry: bool,
+        calls: Mutex<u32>,
+    }
+
+    impl Reload for Failing {
+        fn reload<'a>(&'a self, trigger: &'a str) -> crate::future::BoxFuture<'a, ReloadStatus> {
+            Box::pin(async move {
+                ReloadStatus {
+                    ok: false,
+                    trigger: trigger.to_string(),
+                    at_ms: 0,
+                    message: "refused".into(),
+                    restart_required: Vec::new(),
+                }
+            })
+        }
+
+        fn reload_file_change(&self) -> crate::future::BoxFuture<'_, (ReloadStatus, bool)> {
+            Box::pin(async move {
+                *self.calls.lock().unwrap() += 1;
+                (self.reload("file-change").await, self.retry)
+            })
+        }
+    }
+
+    /// How many times an edit is tried in ten (paused, auto-advanced) minutes.
+    async fn tries_in_ten_minutes(retry: bool) -> u32 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, "before").unwrap();
+        let baseline = fingerprint(&path);
+        std::fs::write(&path, "after").unwrap();
+        let reloader = Arc::new(Failing {
+            retry,
+            calls: Mutex::new(0),
+        });
+        let watcher = tokio::spawn(watch_file(
+            reloader.clone(),
+            path,
+            Duration::from_secs(1),
+            baseline,
+        ));
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        watcher.abort();
+        *reloader.calls.lock().unwrap()
+    }
+
+    /// A text the config rejects is tried once: only another edit can mend it.
+    #[tokio::test(start_paused = true)]
+    async fn an_edit_rejected_for_its_text_is_not_tried_again() {
+        assert_eq!(tries_in_ten_minutes(false).await, 1);
+    }
+
+    /// A refusal for another reason is tried again, waiting twice as long
+    /// each time up to a minute: 1+2+4+8+16+32 s, then once a minute.
+    #[tokio::test(start_paused = true)]
+    async fn an_edit_refused_for_another_reason_is_tried_again_with_backoff() {
+        let tries = tries_in_ten_minutes(true).await;
+        assert!((10..=20).contains(&tries), "{tries} tries in ten minutes");
     }
 }

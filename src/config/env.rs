@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use super::raw::RawConfig;
 use super::{Config, ConfigError};
 
 /// The variable holding the whole config when `--config` is not given.
@@ -66,6 +67,15 @@ pub fn apply(
         path: origin.to_string(),
         message: super::syntax_message(text, &e),
     })?;
+    apply_to_table(&mut table, overrides);
+    toml::to_string(&table).map_err(|e| ConfigError::Syntax {
+        path: origin.to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// Sets the overrides' keys in a parsed config.
+fn apply_to_table(table: &mut toml::Table, overrides: &[(&'static Override, String)]) {
     for (o, value) in overrides {
         let value = toml::Value::String(value.clone());
         match o.key.split_once(".*.") {
@@ -78,30 +88,87 @@ pub fn apply(
                     }
                 }
             }
-            None => set(&mut table, o.key, value),
+            None => set(table, o.key, value),
         }
     }
-    toml::to_string(&table).map_err(|e| ConfigError::Syntax {
-        path: origin.to_string(),
-        message: e.to_string(),
-    })
 }
 
-/// Validates `text` with the environment's overrides applied; an error
-/// that an override may have caused names the variables in force.
+/// Validates `text` with the environment's overrides applied (see
+/// [`parse_overridden`]).
 pub fn parse_with_overrides(text: &str, origin: &str) -> Result<Config, ConfigError> {
-    let overrides = overrides_from_env();
-    let edited = apply(text, origin, &overrides)?;
-    Config::parse(&edited, origin).map_err(|e| match e {
-        ConfigError::Syntax { path, message } if !overrides.is_empty() => {
-            let vars: Vec<&str> = overrides.iter().map(|(o, _)| o.var).collect();
-            ConfigError::Syntax {
-                path,
-                message: format!("{message} (with the overrides of {})", vars.join(", ")),
-            }
+    parse_overridden(text, origin, &overrides_from_env())
+}
+
+/// Validates `text` with `overrides` applied. Errors point into `text` as
+/// the operator wrote it: the overrides are set in the parsed document, never
+/// in a rewritten text (whose lines, without the comments, would not be the
+/// file's); an error about an overridden key names its variable.
+pub fn parse_overridden(
+    text: &str,
+    origin: &str,
+    overrides: &[(&'static Override, String)],
+) -> Result<Config, ConfigError> {
+    if overrides.is_empty() {
+        return Config::parse(text, origin);
+    }
+    let located = |e: &toml::de::Error| ConfigError::Syntax {
+        path: origin.to_string(),
+        message: super::syntax_message(text, e),
+    };
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| located(&e))?;
+    apply_to_table(&mut table, overrides);
+    let raw: RawConfig = match toml::Value::Table(table).try_into() {
+        Ok(raw) => raw,
+        Err(e) => {
+            // The same error in the operator's text: there its line is known.
+            return Err(match toml::from_str::<RawConfig>(text) {
+                Err(original) if original.message() == e.message() => located(&original),
+                _ => {
+                    let vars: Vec<&str> = overrides.iter().map(|(o, _)| o.var).collect();
+                    ConfigError::Syntax {
+                        path: origin.to_string(),
+                        message: format!(
+                            "{} (with the overrides of {})",
+                            e.message().trim(),
+                            vars.join(", ")
+                        ),
+                    }
+                }
+            });
         }
-        other => other,
-    })
+    };
+    super::Validator { origin }
+        .config(raw)
+        .map_err(|e| match e {
+            ConfigError::Invalid { path, key, reason } => {
+                let reason = match overrides.iter().find(|(o, _)| sets(o.key, &key)) {
+                    Some((o, _)) => format!(
+                        "{reason} (`{}` is set by the environment variable {}, not in the file)",
+                        o.key, o.var
+                    ),
+                    None => reason,
+                };
+                ConfigError::Invalid { path, key, reason }
+            }
+            other => other,
+        })
+}
+
+/// Whether the override of `pattern` sets the key of an error, `key` (or,
+/// for `versions.*.cloudmap.namespace`, its `versions[N].cloudmap` table).
+fn sets(pattern: &str, key: &str) -> bool {
+    let Some((list, rest)) = pattern.split_once(".*.") else {
+        return key == pattern;
+    };
+    let Some(tail) = key.strip_prefix(list).and_then(|k| k.strip_prefix('[')) else {
+        return false;
+    };
+    let Some((index, field)) = tail.split_once("].") else {
+        return false;
+    };
+    !index.is_empty()
+        && index.bytes().all(|b| b.is_ascii_digit())
+        && (field == rest || rest.starts_with(&format!("{field}.")))
 }
 
 /// Sets a dotted key, creating the tables on the way.
@@ -226,6 +293,108 @@ kind = "cloudmap"
             super::super::StoreConfig::CloudMap { service_id, .. } if service_id == "srv-0123"
         ));
         assert_eq!(apply(BASE, "t", &[]).unwrap(), BASE);
+    }
+
+    fn set(var: &str, value: &str) -> (&'static Override, String) {
+        (
+            OVERRIDES.iter().find(|o| o.var == var).unwrap(),
+            value.to_string(),
+        )
+    }
+
+    /// The 1-based line of the first line of `text` containing `needle`.
+    fn line_of(text: &str, needle: &str) -> usize {
+        text.lines().position(|l| l.contains(needle)).unwrap() + 1
+    }
+
+    /// With an override set, a type error and an unknown key in the shipped
+    /// ECS config (11 comment lines first) are reported at their lines in
+    /// the file, not in a rewritten text without the comments.
+    #[test]
+    fn errors_with_overrides_point_into_the_operators_text() {
+        let ecs = include_str!("../../deploy/gateway.ecs.toml");
+        let table = [set("CANARY_STORE_TABLE", "weights")];
+        assert!(parse_overridden(ecs, "ecs", &table).is_ok());
+
+        let typed = ecs.replace(
+            "trust_forwarded_headers = true",
+            "trust_forwarded_headers = \"yes\"",
+        );
+        let err = parse_overridden(&typed, "ecs", &table)
+            .unwrap_err()
+            .to_string();
+        let line = line_of(&typed, "trust_forwarded_headers = ");
+        assert!(err.contains(&format!("line {line}:")), "{err}");
+        assert!(err.contains("invalid type"), "{err}");
+
+        let unknown = ecs.replace(
+            "trust_forwarded_headers = true",
+            "trust_forwarded_headers = true\nforwarded_trust = true",
+        );
+        let err = parse_overridden(&unknown, "ecs", &table)
+            .unwrap_err()
+            .to_string();
+        let line = line_of(&unknown, "forwarded_trust");
+        assert!(err.contains(&format!("line {line}:")), "{err}");
+        assert!(err.contains("forwarded_trust"), "{err}");
+    }
+
+    /// An error about a key the environment set names the variable: the key
+    /// is not in the file.
+    #[test]
+    fn an_error_about_an_overridden_key_names_its_variable() {
+        let err = parse_overridden(
+            BASE,
+            "t",
+            &[
+                set("CANARY_STORE_SERVICE_ID", "srv-0123"),
+                set("CANARY_STORE_TABLE", "weights"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("`store.table`") && err.contains("CANARY_STORE_TABLE"),
+            "{err}"
+        );
+        let err = parse_overridden(BASE, "t", &[set("CANARY_STORE_SERVICE_ID", "0123")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CANARY_STORE_SERVICE_ID"), "{err}");
+        // A key no override sets is reported as before.
+        let text = BASE.replace("weight = 0", "weight = -1");
+        let err = parse_overridden(&text, "t", &[set("CANARY_STORE_SERVICE_ID", "srv-1")])
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("environment variable"), "{err}");
+        assert!(sets(
+            "versions.*.cloudmap.namespace",
+            "versions[3].cloudmap"
+        ));
+        assert!(!sets(
+            "versions.*.cloudmap.namespace",
+            "versions[3].cloudmap.port"
+        ));
+    }
+
+    /// A namespace left to the environment is no error in the file.
+    #[test]
+    fn a_namespace_may_come_from_the_environment_only() {
+        let text = BASE.replace("namespace = \"dev.local\", ", "");
+        assert!(Config::parse(&text, "t").is_err());
+        let config = parse_overridden(
+            &text,
+            "t",
+            &[
+                set("CANARY_STORE_SERVICE_ID", "srv-0123"),
+                set("CANARY_CLOUDMAP_NAMESPACE", "prod.local"),
+            ],
+        )
+        .unwrap();
+        match &config.versions[0].source {
+            super::super::EndpointSource::CloudMap(c) => assert_eq!(c.namespace, "prod.local"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

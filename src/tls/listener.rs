@@ -48,9 +48,27 @@ pub struct TlsStatus {
 struct State {
     /// The files' fingerprint of the pair in force.
     loaded: u64,
-    /// The fingerprint last looked at (a bad pair is not retried until it changes).
-    seen: u64,
+    /// The files as last looked at (a bad or unreadable pair is not tried
+    /// again until this changes).
+    seen: Seen,
     status: TlsStatus,
+}
+
+/// What the two files looked like: their contents' fingerprint, or why they
+/// could not be read (a missing file, a permission refused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    Files(u64),
+    Unreadable(String),
+}
+
+impl Seen {
+    fn of(read: &Result<PairFiles, TlsError>) -> Seen {
+        match read {
+            Ok(files) => Seen::Files(files.fingerprint()),
+            Err(e) => Seen::Unreadable(e.to_string()),
+        }
+    }
 }
 
 /// The listener's TLS: the acceptor and the pair it serves.
@@ -60,6 +78,9 @@ pub struct ListenerTls {
     resolver: Arc<Resolver>,
     acceptor: TlsAcceptor,
     state: Mutex<State>,
+    /// Held for a whole reload: two at once (the watcher and a SIGHUP) could
+    /// otherwise leave the older pair in force and the newer one as seen.
+    reloading: Mutex<()>,
 }
 
 /// Protocols offered by ALPN, preferred first.
@@ -113,7 +134,7 @@ impl ListenerTls {
             resolver,
             state: Mutex::new(State {
                 loaded: fingerprint,
-                seen: fingerprint,
+                seen: Seen::Files(fingerprint),
                 status: TlsStatus {
                     cert: cert.display().to_string(),
                     key: key.display().to_string(),
@@ -124,6 +145,7 @@ impl ListenerTls {
             }),
             cert,
             key,
+            reloading: Mutex::new(()),
         }))
     }
 
@@ -135,19 +157,26 @@ impl ListenerTls {
     /// `Ok(true)`: a new pair serves; `Ok(false)`: the files are unchanged.
     /// On error the pair in force stays.
     pub fn reload(&self, trigger: &str) -> Result<bool, TlsError> {
-        let outcome = PairFiles::read(&self.cert, &self.key).and_then(|files| {
+        let _turn = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let read = PairFiles::read(&self.cert, &self.key);
+        let seen = Seen::of(&read);
+        let loaded = self.lock().loaded;
+        let outcome = read.and_then(|files| {
             let fingerprint = files.fingerprint();
-            self.lock().seen = fingerprint;
-            if fingerprint == self.lock().loaded {
+            if fingerprint == loaded {
                 return Ok(None);
             }
             pair::certified_key(&files, &self.cert, &self.key).map(|c| Some((c, fingerprint)))
         });
         let mut state = self.lock();
+        state.seen = seen;
         match outcome {
             Ok(None) => {
                 // The files are back to the pair in force: no error stands.
-                state.status.last_error = None;
+                if state.status.last_error.take().is_some() {
+                    tracing::info!(trigger, cert = %self.cert.display(), "TLS certificate pair files are back to the pair in force");
+                }
+                state.status.last_error_at_ms = None;
                 metrics::gauge!(names::TLS_RELOAD_FAILING).set(0.0);
                 Ok(false)
             }
@@ -156,6 +185,7 @@ impl ListenerTls {
                 state.loaded = fingerprint;
                 state.status.loaded_at_ms = unix_ms();
                 state.status.last_error = None;
+                state.status.last_error_at_ms = None;
                 metrics::counter!(names::TLS_RELOADS_TOTAL, "result" => "ok").increment(1);
                 metrics::gauge!(names::TLS_RELOAD_FAILING).set(0.0);
                 tracing::info!(trigger, cert = %self.cert.display(), "TLS certificate pair reloaded");
@@ -176,15 +206,16 @@ impl ListenerTls {
         self.lock().status.clone()
     }
 
-    /// Polls the two files and reloads when their contents change (a pair
-    /// that failed is tried again once either file changes again).
+    /// Polls the two files and reloads when what they look like changes:
+    /// their contents, or whether (and why) they cannot be read. A file gone
+    /// or unreadable is a failed reload (`tls.last_error`,
+    /// `canary_tls_reload_failing`), logged once; its return clears it. A pair
+    /// that failed is tried again once either file changes again.
     pub async fn watch(self: Arc<Self>, every: Duration) {
         loop {
             tokio::time::sleep(every).await;
-            let Ok(files) = PairFiles::read(&self.cert, &self.key) else {
-                continue;
-            };
-            if files.fingerprint() != self.lock().seen {
+            let now = Seen::of(&PairFiles::read(&self.cert, &self.key));
+            if now != self.lock().seen {
                 let _ = self.reload("file-change");
             }
         }
@@ -248,4 +279,70 @@ pub fn with_status<T: Serialize>(status: T, tls: Option<&ListenerTls>) -> serde_
         );
     }
     value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed pair written to `dir`; its config.
+    fn pair_in(dir: &Path) -> ListenerTlsConfig {
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let config = ListenerTlsConfig {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            session_resumption: true,
+        };
+        std::fs::write(&config.cert, cert.pem()).unwrap();
+        std::fs::write(&config.key, signing_key.serialize_pem()).unwrap();
+        config
+    }
+
+    /// A key file the watcher cannot read is a failed reload, reported in
+    /// `last_error` (and the gauge, set alongside); the file back clears both
+    /// `last_error` and `last_error_at_ms`.
+    #[tokio::test(start_paused = true)]
+    async fn the_watcher_reports_a_file_it_cannot_read_and_its_return() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = pair_in(dir.path());
+        let tls = ListenerTls::load(&config).unwrap();
+        let watcher = tokio::spawn(tls.clone().watch(Duration::from_secs(1)));
+        let key = std::fs::read(&config.key).unwrap();
+
+        std::fs::remove_file(&config.key).unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let status = tls.status();
+        let error = status.last_error.unwrap_or_default();
+        assert!(error.contains("cannot read"), "{error:?}");
+        assert!(status.last_error_at_ms.is_some());
+
+        std::fs::write(&config.key, &key).unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let status = tls.status();
+        assert_eq!(status.last_error, None);
+        assert_eq!(status.last_error_at_ms, None);
+        watcher.abort();
+    }
+
+    /// A reload (SIGHUP, POST /reload) that found a file missing: once the
+    /// same files are back, the watcher clears the error.
+    #[tokio::test(start_paused = true)]
+    async fn an_error_of_a_reload_clears_when_the_same_files_return() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = pair_in(dir.path());
+        let tls = ListenerTls::load(&config).unwrap();
+        let key = std::fs::read(&config.key).unwrap();
+        std::fs::remove_file(&config.key).unwrap();
+        assert!(tls.reload("sighup").is_err());
+        assert!(tls.status().last_error.is_some());
+
+        let watcher = tokio::spawn(tls.clone().watch(Duration::from_secs(1)));
+        std::fs::write(&config.key, &key).unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let status = tls.status();
+        assert_eq!(status.last_error, None, "the error stays");
+        assert_eq!(status.last_error_at_ms, None);
+        watcher.abort();
+    }
 }

@@ -205,6 +205,121 @@ async fn a_config_file_edit_is_picked_up_without_a_signal() {
     gw.shutdown().await;
 }
 
+/// An edit made after the config file was read but before the gateway
+/// watches it (the start's AWS setup, the shared store's first read, up to
+/// `store.boot_timeout`, and the TLS load come in between) is reloaded: the
+/// watcher compares against the text the running config was parsed from,
+/// not the file as it is once the start is done.
+#[tokio::test]
+async fn a_config_edit_made_while_the_gateway_starts_is_applied() {
+    use canary_gateway::config::Config;
+    use canary_gateway::gateway::{self, Dependencies, Listeners};
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        config("", &[("v1", 100, v1.addr), ("v2", 0, v2.addr)]),
+    )
+    .unwrap();
+    let loaded = Config::load(&path).unwrap();
+    // The edit lands between the read and the start.
+    let partial = dir.path().join("gateway.toml.partial");
+    std::fs::write(
+        &partial,
+        config("", &[("v1", 0, v1.addr), ("v2", 1, v2.addr)]),
+    )
+    .unwrap();
+    std::fs::rename(&partial, &path).unwrap();
+    let listeners = Listeners {
+        proxy: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        admin: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    };
+    let running = gateway::start(loaded, listeners, Dependencies::default())
+        .await
+        .unwrap();
+    let admin_addr = running.admin_addr;
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            let w: serde_json::Value =
+                serde_json::from_slice(&admin(admin_addr, "GET", "/weights", None, "").await.body)
+                    .unwrap_or_default();
+            w["weights"]["v2"] == 1 && w["weights"]["v1"] == 0
+        })
+        .await,
+        "the edit made during the start was never applied: {}",
+        admin(admin_addr, "GET", "/status", None, "").await.text()
+    );
+    running.shutdown().await;
+}
+
+/// A file edit refused for a reason other than its text (here: the state
+/// file's directory is gone, so the edit's decision cannot be written) is
+/// applied once that reason is gone, with no further edit or signal: the
+/// watcher tries it again.
+#[tokio::test]
+async fn a_file_edit_refused_for_a_passing_reason_is_tried_again() {
+    use canary_gateway::config::Config;
+    use canary_gateway::gateway::{self, Dependencies, Listeners};
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("state");
+    let path = dir.path().join("gateway.toml");
+    let text = |w1, w2| {
+        format!(
+            "{}\n[state]\npath = \"{}\"\n",
+            config("", &[("v1", w1, v1.addr), ("v2", w2, v2.addr)]),
+            state_dir.join("gateway.state.json").display()
+        )
+    };
+    std::fs::write(&path, text(100, 0)).unwrap();
+    let listeners = Listeners {
+        proxy: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        admin: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    };
+    let running = gateway::start(
+        Config::load(&path).unwrap(),
+        listeners,
+        Dependencies::default(),
+    )
+    .await
+    .unwrap();
+    let admin_addr = running.admin_addr;
+    let status = async || -> serde_json::Value {
+        serde_json::from_slice(&admin(admin_addr, "GET", "/status", None, "").await.body)
+            .unwrap_or_default()
+    };
+    let partial = dir.path().join("gateway.toml.partial");
+    std::fs::write(&partial, text(0, 1)).unwrap();
+    std::fs::rename(&partial, &path).unwrap();
+    let mut last = serde_json::Value::Null;
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            last = status().await;
+            last["last_reload"]["trigger"] == "file-change" && last["last_reload"]["ok"] == false
+        })
+        .await,
+        "the edit was not refused: {last:#}"
+    );
+    // The reason passes; the file stays as it is.
+    std::fs::create_dir(&state_dir).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            let w: serde_json::Value =
+                serde_json::from_slice(&admin(admin_addr, "GET", "/weights", None, "").await.body)
+                    .unwrap_or_default();
+            w["weights"]["v2"] == 1 && w["weights"]["v1"] == 0
+        })
+        .await,
+        "the refused edit was never tried again: {:#}",
+        status().await
+    );
+    assert_eq!(status().await["last_reload"]["ok"], true);
+    running.shutdown().await;
+}
+
 #[tokio::test]
 async fn restart_only_settings_are_reported_not_applied() {
     let v1 = Upstream::start("v1").await;

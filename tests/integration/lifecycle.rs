@@ -112,6 +112,63 @@ fn check_validates_and_names_the_problem() {
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
 }
 
+/// `check` with an override variable set (CANARY_STORE_TABLE always is on
+/// the reference ECS task): an error in the file names its line in the file
+/// (the shipped ECS config starts with 11 comment lines), and an error about
+/// a key the variable set names the variable.
+#[test]
+fn check_with_an_override_points_into_the_file_and_names_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.toml");
+    let check = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        let mut cmd = Command::new(BIN);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("CANARY_") {
+                cmd.env_remove(key);
+            }
+        }
+        let out = cmd
+            .args(["check", "--config"])
+            .arg(&path)
+            .env("CANARY_STORE_TABLE", "canary-gateway-weights")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ecs = include_str!("../../deploy/gateway.ecs.toml");
+    let (ok, stderr) = check(ecs);
+    assert!(ok, "{stderr}");
+
+    let typed = ecs.replace(
+        "trust_forwarded_headers = true",
+        "trust_forwarded_headers = \"yes\"",
+    );
+    let line = typed
+        .lines()
+        .position(|l| l.starts_with("trust_forwarded_headers"))
+        .unwrap()
+        + 1;
+    let (ok, stderr) = check(&typed);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!("line {line}: invalid type")),
+        "line {line} expected: {stderr}"
+    );
+
+    let cloudmap = config("", &[("v1", 1, "127.0.0.1:1".parse().unwrap())])
+        + "\n[store]\nkind = \"cloudmap\"\nservice_id = \"srv-0123\"\n";
+    let (ok, stderr) = check(&cloudmap);
+    assert!(!ok);
+    assert!(
+        stderr.contains("`store.table`") && stderr.contains("CANARY_STORE_TABLE"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn admin_decisions_survive_a_restart_and_config_edits_win() {
     let v1 = Upstream::start("v1").await;
@@ -513,4 +570,210 @@ async fn a_one_gib_upload_streams_through_in_bounded_memory() {
         after < before + 64 * 1024,
         "peak RSS grew from {before} KiB to {after} KiB"
     );
+}
+
+/// The binary with its log read line by line, for tests that act before it
+/// serves; killed on drop.
+struct Starting {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Starting {
+    fn spawn(mut cmd: Command) -> Starting {
+        use std::io::BufRead;
+        let mut child = cmd
+            .env("RUST_LOG", "info")
+            .env("LIFECYCLE_TOKEN", TOKEN)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Starting {
+            child,
+            lines,
+            log: Vec::new(),
+        }
+    }
+
+    /// The first log line from now on containing `needle`, within `limit`;
+    /// `Err` with the log (and the exit status) when the log ends first.
+    fn line_with(&mut self, needle: &str, limit: Duration) -> Result<String, String> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.log.push(line.clone());
+                    if line.contains(needle) {
+                        return Ok(line);
+                    }
+                }
+                Err(e) => {
+                    let status = match e {
+                        std::sync::mpsc::RecvTimeoutError::Disconnected => {
+                            format!("exited: {:?}", self.child.wait())
+                        }
+                        std::sync::mpsc::RecvTimeoutError::Timeout => "still running".into(),
+                    };
+                    return Err(format!(
+                        "no line with `{needle}` ({status}); log:\n{}",
+                        self.log.join("\n")
+                    ));
+                }
+            }
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} failed");
+    }
+}
+
+/// `listener=ADDR` of a plain serving line.
+fn listener_of(line: &str) -> SocketAddr {
+    let start = line.find("listener=").unwrap() + "listener=".len();
+    line[start..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A SIGHUP sent while the gateway starts (here during the shared store's
+/// first read, which the test holds unanswered: the start's AWS setup and
+/// store read come before any handler of the old code) does not end the
+/// process: it is a reload once the gateway runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_during_the_start_is_a_reload_not_the_end() {
+    let v1 = Upstream::start("v1").await;
+    let store = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &[("v1", 1, v1.addr)],
+        &format!(
+            "\n[store]\nkind = \"dynamodb\"\ntable = \"t\"\nkey = \"k\"\nboot_timeout = \"2s\"\n\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"http://{}\"\n",
+            store.local_addr().unwrap()
+        ),
+    );
+    let mut cmd = Command::new(BIN);
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if key.starts_with("AWS_") || key.starts_with("CANARY_") {
+            cmd.env_remove(key);
+        }
+    }
+    let nowhere = dir.path().join("no-such-aws-file");
+    cmd.args(["run", "--config"])
+        .arg(&path)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", &nowhere)
+        .env("AWS_SHARED_CREDENTIALS_FILE", &nowhere);
+    let mut gw = Starting::spawn(cmd);
+    // The store's first read has begun: the start is under way.
+    let (_held, _) = tokio::time::timeout(Duration::from_secs(20), store.accept())
+        .await
+        .expect("the gateway never read the store")
+        .unwrap();
+    gw.signal("-HUP");
+    let serving = gw
+        .line_with("canary-gateway serving", Duration::from_secs(20))
+        .unwrap();
+    gw.line_with("sighup", Duration::from_secs(10)).unwrap();
+    let reply = get(listener_of(&serving), "/", &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(gw.child.try_wait().unwrap().is_none());
+}
+
+/// The demo has no config file to reload: a SIGHUP says so in the log and
+/// the demo goes on serving (it used to end the process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_to_the_demo_does_not_end_it() {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+    let mut gw = Starting::spawn(cmd);
+    let serving = gw
+        .line_with("canary-gateway serving", Duration::from_secs(20))
+        .unwrap();
+    gw.signal("-HUP");
+    gw.line_with("no config file to reload", Duration::from_secs(10))
+        .unwrap();
+    let reply = get(listener_of(&serving), "/", &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(gw.child.try_wait().unwrap().is_none());
+}
+
+/// A SIGTERM sent while the gateway starts stops it cleanly (exit 0), not
+/// by the signal's default action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_during_the_start_stops_it_cleanly() {
+    let v1 = Upstream::start("v1").await;
+    let store = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &[("v1", 1, v1.addr)],
+        &format!(
+            "\n[store]\nkind = \"dynamodb\"\ntable = \"t\"\nkey = \"k\"\nboot_timeout = \"20s\"\n\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"http://{}\"\n",
+            store.local_addr().unwrap()
+        ),
+    );
+    let mut cmd = Command::new(BIN);
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if key.starts_with("AWS_") || key.starts_with("CANARY_") {
+            cmd.env_remove(key);
+        }
+    }
+    let nowhere = dir.path().join("no-such-aws-file");
+    cmd.args(["run", "--config"])
+        .arg(&path)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", &nowhere)
+        .env("AWS_SHARED_CREDENTIALS_FILE", &nowhere);
+    let mut gw = Starting::spawn(cmd);
+    let (_held, _) = tokio::time::timeout(Duration::from_secs(20), store.accept())
+        .await
+        .expect("the gateway never read the store")
+        .unwrap();
+    gw.signal("-TERM");
+    gw.line_with(
+        "shutdown signal received while starting",
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let status = gw.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
 }
