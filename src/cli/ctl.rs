@@ -90,7 +90,9 @@ pub enum RolloutAction {
     Resume,
     /// Stop and send all traffic back to stable.
     Abort,
-    /// Skip to the end (the canary gets everything).
+    /// Skip to the end: the rollout succeeds with its on_success (promote:
+    /// the canary takes all traffic and becomes stable; hold: the last
+    /// step's weights stay).
     Promote,
 }
 
