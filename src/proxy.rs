@@ -185,6 +185,8 @@ impl Proxy {
             watch: None,
             body_broken: false,
             upload: None,
+            answered: None,
+            client_failed: false,
         }
     }
 
@@ -254,6 +256,7 @@ impl Proxy {
         )
         .await;
         conn.upstream_answered();
+        completion.answered = Some(Instant::now());
         // A body not read to its end leaves the connection unusable; what
         // was read past its end is the next request's.
         let close = close || upload.is_some_and(|u| u.end(read_past));
@@ -428,6 +431,7 @@ impl Proxy {
                 })
         };
         completion.conn.upstream_answered();
+        completion.answered = Some(Instant::now());
         match outcome {
             Ok((mut resp, outstanding)) => {
                 completion.status = resp.status();
@@ -490,6 +494,7 @@ impl Proxy {
                 record_error(version, &failed);
                 let resp = failed.error.to_response(failed.request_id.as_ref());
                 completion.status = resp.status();
+                completion.client_failed = matches!(failed.error, ProxyError::Client(_));
                 resp.map(|b| b.with_completion(completion))
             }
         }
@@ -546,6 +551,7 @@ async fn send_error<W: AsyncWrite + Unpin>(
     record_error(&completion.version, &failed);
     let text = h1::response::error_head(out, &failed.error, failed.request_id.as_ref(), close);
     completion.status = failed.error.status();
+    completion.client_failed = matches!(failed.error, ProxyError::Client(_));
     h1::response::send_full(client, out, text).await?;
     completion.finished = true;
     Ok(())

@@ -310,6 +310,179 @@ async fn rollout_status_wait_prints_each_step_and_fails_on_abort() {
     assert_eq!(code, 8, "{err}");
 }
 
+/// What the tests' load balancer does with one connection.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    /// Relays it to this admin API.
+    To(SocketAddr),
+    /// Closes it at once (a task being replaced).
+    Closed,
+    /// Answers 503 (a load balancer with no healthy target for a moment).
+    Unavailable,
+}
+
+/// A TCP load balancer in front of admin APIs: its n-th connection goes to
+/// `script[n]` (the last entry from then on). Its URL, and how many
+/// connections it took.
+async fn load_balancer(
+    script: Vec<Backend>,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let taken = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = taken.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            let backend = script[n.min(script.len() - 1)];
+            tokio::spawn(async move {
+                match backend {
+                    Backend::To(addr) => {
+                        if let Ok(mut up) = tokio::net::TcpStream::connect(addr).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+                        }
+                    }
+                    Backend::Closed => drop(client),
+                    Backend::Unavailable => {
+                        let mut head = Vec::new();
+                        let mut chunk = [0u8; 1024];
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match client.read(&mut chunk).await {
+                                Ok(n) if n > 0 => head.extend_from_slice(&chunk[..n]),
+                                _ => return,
+                            }
+                        }
+                        let answer = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+                        let _ = client.write_all(answer.as_bytes()).await;
+                    }
+                }
+            });
+        }
+    });
+    (url, taken)
+}
+
+/// Two gateways behind one load balancer (separate stores, so each keeps
+/// its own rollout): `a` still shows an earlier rollout that ended, made by
+/// `end_on_a` (`abort` or `promote`).
+async fn gateways_with_an_earlier_rollout_on_a(
+    end_on_a: &str,
+) -> (GatewayProc, GatewayProc, TaggedUpstream, TaggedUpstream) {
+    let (v1, v2) = (
+        TaggedUpstream::start("v1").await,
+        TaggedUpstream::start("v2").await,
+    );
+    let a = GatewayProc::spawn(&config(v1.addr, v2.addr)).await;
+    let b = GatewayProc::spawn(&config(v1.addr, v2.addr)).await;
+    let earlier = r#"{"canary": "v2", "steps": [50, 100], "interval_s": 60}"#;
+    assert_eq!(
+        admin(a.admin, "POST", "/rollout", earlier).await.status,
+        201
+    );
+    let ended = admin(a.admin, "POST", &format!("/rollout/{end_on_a}"), "{}").await;
+    assert_eq!(ended.status, 200, "{}", ended.text());
+    (a, b, v1, v2)
+}
+
+#[tokio::test]
+async fn rollout_wait_rides_out_failed_polls_and_an_earlier_rollout_behind_a_load_balancer() {
+    // The start reaches B; then one poll finds the connection closed, one
+    // gets a 503, one reaches A, where an earlier rollout was aborted; the
+    // rest reach B, where the rollout started succeeds on its own (no
+    // traffic needed with min_requests 0). The wait follows B's rollout to
+    // its success: exit 0, not the failed poll's 5 or 6, nor A's abort (7).
+    let (a, b, _v1, _v2) = gateways_with_an_earlier_rollout_on_a("abort").await;
+    let script = vec![
+        Backend::To(b.admin),
+        Backend::Closed,
+        Backend::Unavailable,
+        Backend::To(a.admin),
+        Backend::To(b.admin),
+    ];
+    let (url, taken) = load_balancer(script).await;
+    let env = [
+        ("CANARY_ADMIN_TOKEN", TOKEN),
+        ("CANARY_ADMIN_URL", url.as_str()),
+    ];
+    let start = [
+        "ctl",
+        "rollout",
+        "start",
+        "--canary",
+        "v2",
+        "--steps",
+        "50,100",
+        "--interval",
+        "1s",
+        "--min-requests",
+        "0",
+        "--wait",
+        "--timeout",
+        "30s",
+    ];
+    let (code, out, err) = cli(&start, &env).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("succeeded"), "{out}");
+    assert!(
+        !out.contains("aborted"),
+        "printed A's earlier rollout:\n{out}"
+    );
+    assert!(taken.load(std::sync::atomic::Ordering::SeqCst) > 4);
+    let on_b = admin(b.admin, "GET", "/rollout", "").await.json();
+    assert_eq!(on_b["phase"], "succeeded", "{on_b}");
+}
+
+#[tokio::test]
+async fn rollout_wait_is_not_ended_by_an_earlier_rollouts_success() {
+    // A shows an earlier rollout that succeeded; the one started (on B) is
+    // aborted: the wait exits 7, not 0.
+    use std::sync::atomic::Ordering;
+    let (a, b, _v1, _v2) = gateways_with_an_earlier_rollout_on_a("promote").await;
+    let script = vec![
+        Backend::To(b.admin),
+        Backend::To(a.admin),
+        Backend::To(b.admin),
+    ];
+    let (url, taken) = load_balancer(script).await;
+    let env = [
+        ("CANARY_ADMIN_TOKEN".to_string(), TOKEN.to_string()),
+        ("CANARY_ADMIN_URL".to_string(), url),
+    ];
+    let waiting = tokio::spawn(async move {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let start = [
+            "ctl",
+            "rollout",
+            "start",
+            "--canary",
+            "v2",
+            "--steps",
+            "50,100",
+            "--interval",
+            "60s",
+            "--wait",
+            "--timeout",
+            "30s",
+        ];
+        cli(&start, &env).await
+    });
+    // Once it has seen A's view and is back on B, B's rollout is aborted
+    // (unless the wait already ended, on A's view).
+    for _ in 0..200 {
+        if taken.load(Ordering::SeqCst) >= 3 || waiting.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let aborted = admin(b.admin, "POST", "/rollout/abort", "{}").await;
+    assert_eq!(aborted.status, 200, "{}", aborted.text());
+    let (code, out, err) = waiting.await.unwrap();
+    assert_eq!(code, 7, "{out}{err}");
+    assert!(err.contains("rollout aborted"), "{err}");
+}
+
 #[tokio::test]
 async fn envoy_admin_paths_answer_as_aliases() {
     let (v1, v2) = (

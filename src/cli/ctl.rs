@@ -28,7 +28,8 @@ pub struct HealthArgs {
     5 unreachable, 6 gateway error (5xx), 7 rollout aborted, 8 timed out waiting.")]
 pub struct CtlArgs {
     /// The admin API's URL; repeat it to name several gateway tasks (used by
-    /// `status --wait-converged`; other commands use the first).
+    /// `status --wait-converged`, and by `rollout ... --wait` when one cannot
+    /// be reached; other commands use the first).
     #[arg(long, global = true, env = "CANARY_ADMIN_URL", default_value = DEFAULT_ADMIN_URL, value_delimiter = ',')]
     pub admin: Vec<String>,
     /// Print the admin API's JSON instead of a readable summary.
@@ -89,16 +90,21 @@ pub enum RolloutAction {
     Resume,
     /// Stop and send all traffic back to stable.
     Abort,
-    /// Skip to the end (the canary gets everything).
+    /// Skip to the end: the rollout succeeds with its on_success (promote:
+    /// the canary takes all traffic and becomes stable; hold: the last
+    /// step's weights stay).
     Promote,
 }
 
 #[derive(Debug, Args)]
 pub struct RolloutWait {
-    /// Follow the rollout until it succeeds (exit 0) or aborts (exit 7).
+    /// Follow the rollout (the one just started, else the one in force) until
+    /// it succeeds (exit 0) or aborts (exit 7); a poll that fails, or that
+    /// shows an earlier rollout, is asked again.
     #[arg(long)]
     pub wait: bool,
-    /// Give up waiting after this long (exit 8); default: no limit.
+    /// Give up waiting after this long (exit 8); default: no limit (but polls
+    /// failing for 5 minutes in a row end the wait).
     #[arg(long, value_parser = duration_arg)]
     pub timeout: Option<Duration>,
 }
@@ -223,12 +229,21 @@ pub async fn run(args: CtlArgs) -> Result<(), CliError> {
                 .await?;
             out.print(&view, render::weights);
         }
-        CtlCommand::Rollout { action } => rollout(first, action, out).await?,
+        CtlCommand::Rollout { action } => rollout(&clients, action, out).await?,
     }
     Ok(())
 }
 
-async fn rollout(client: &AdminClient, action: RolloutAction, out: Output) -> Result<(), CliError> {
+/// `ctl rollout ...`: on the first of `clients`; `--wait` asks the others
+/// too when one cannot be reached (see [`wait::rollout`]).
+async fn rollout(
+    clients: &[AdminClient],
+    action: RolloutAction,
+    out: Output,
+) -> Result<(), CliError> {
+    let Some(client) = clients.first() else {
+        return Err(CliError::Usage("--admin: give a URL".into()));
+    };
     let verb = match action {
         RolloutAction::Start(start) => {
             let body = start_body(&start);
@@ -237,11 +252,14 @@ async fn rollout(client: &AdminClient, action: RolloutAction, out: Output) -> Re
                 out.print(&answer, render::rollout);
                 return Ok(());
             }
-            return wait::rollout(client, start.follow.timeout, out.json).await;
+            // Follows this rollout, not one a task behind a load balancer
+            // still shows.
+            let started = answer.get("started_at_ms").and_then(Value::as_u64);
+            return wait::rollout(clients, started, start.follow.timeout, out.json).await;
         }
         RolloutAction::Status(w) => {
             if w.wait {
-                return wait::rollout(client, w.timeout, out.json).await;
+                return wait::rollout(clients, None, w.timeout, out.json).await;
             }
             let state = client.json(Method::GET, "/rollout", None).await?;
             out.print(&state, render::rollout);

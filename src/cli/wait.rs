@@ -119,51 +119,122 @@ fn progress(state: &Value) -> (String, String, String) {
     )
 }
 
-/// Follows `GET /rollout` until it ends: `succeeded` is success, `aborted`
-/// an error (exit 7); prints each step as it comes.
+/// The longest pause between two polls of `rollout --wait` that failed in
+/// a row (the first pause is [`POLL`], doubled at each failure).
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Without `--timeout`, how long the polls of `rollout --wait` may fail in
+/// a row before the wait ends with the last failure.
+const FAILING_FOR: Duration = Duration::from_secs(300);
+
+/// Whether a failed poll of the rollout `pinned` is asked again: the admin
+/// API unreachable (a task being replaced) or failing (5xx), or a 404 from
+/// a task that has not seen the rollout yet (behind a load balancer).
+fn transient(e: &CliError, pinned: Option<u64>) -> bool {
+    match e {
+        CliError::Unreachable { .. } | CliError::Gateway { .. } => true,
+        CliError::Refused { status: 404, .. } => pinned.is_some(),
+        _ => false,
+    }
+}
+
+/// Follows `GET /rollout` until the rollout that started at `started_at_ms`
+/// (the one `POST /rollout` answered with; `None`: the one the first answer
+/// shows) ends: `succeeded` is success, `aborted` an error (exit 7); prints
+/// each step as it comes. Each poll asks one of `clients`, the next one
+/// after a failure. An answer about an earlier rollout (a task that has not
+/// caught up, behind a load balancer) is not this rollout's end: it is asked
+/// again, as is a poll that failed (see `transient`), backing off up to
+/// `MAX_BACKOFF`, until `timeout` (exit 8), or without one until the
+/// polls have failed for `FAILING_FOR` in a row. A later rollout in its
+/// place ends the wait (exit 1): this one's end was not seen.
 pub async fn rollout(
-    client: &AdminClient,
+    clients: &[AdminClient],
+    started_at_ms: Option<u64>,
     timeout: Option<Duration>,
     json: bool,
 ) -> Result<(), CliError> {
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut pinned = started_at_ms;
     let mut last = None;
+    let mut next = 0;
+    let mut failing_since = None;
+    let mut backoff = POLL;
     loop {
-        let state = client.json(Method::GET, "/rollout", None).await?;
-        let now = progress(&state);
-        if last.as_ref() != Some(&now) {
-            if json {
-                println!("{}", serde_json::to_string(&state).unwrap_or_default());
-            } else {
-                println!("{}", render::rollout(&state));
+        let Some(client) = clients.get(next % clients.len().max(1)) else {
+            return Err(CliError::Usage("--admin: give a URL".into()));
+        };
+        let (pause, waiting) = match client.json(Method::GET, "/rollout", None).await {
+            Ok(state) => {
+                failing_since = None;
+                backoff = POLL;
+                let started = field(&state, &["started_at_ms"]).and_then(Value::as_u64);
+                pinned = pinned.or(started);
+                match (pinned, started) {
+                    (Some(ours), Some(shown)) if shown < ours => {
+                        next += 1;
+                        let waiting = format!(
+                            "{} still shows an earlier rollout (started_at_ms {shown}, this one {ours})",
+                            client.url
+                        );
+                        (POLL, waiting)
+                    }
+                    (Some(ours), Some(shown)) if shown > ours => {
+                        return Err(CliError::Failed(format!(
+                            "a later rollout (started_at_ms {shown}) replaced the one followed \
+                             (started_at_ms {ours}) before its end was seen"
+                        )));
+                    }
+                    _ => {
+                        let now = progress(&state);
+                        if last.as_ref() != Some(&now) {
+                            if json {
+                                println!("{}", serde_json::to_string(&state).unwrap_or_default());
+                            } else {
+                                println!("{}", render::rollout(&state));
+                            }
+                        }
+                        match field(&state, &["phase"]).and_then(Value::as_str) {
+                            Some("succeeded") => return Ok(()),
+                            Some("aborted") => {
+                                let reason = field(&state, &["abort_reason", "reason"])
+                                    .map(|r| match r {
+                                        Value::String(s) => s.clone(),
+                                        other => other.to_string(),
+                                    })
+                                    .unwrap_or_else(|| "no reason given".into());
+                                return Err(CliError::Aborted(reason));
+                            }
+                            _ => {}
+                        }
+                        let waiting = format!("the rollout is still {}", now.0);
+                        last = Some(now);
+                        (POLL, waiting)
+                    }
+                }
             }
-            last = Some(now);
-        }
-        match field(&state, &["phase"]).and_then(Value::as_str) {
-            Some("succeeded") => return Ok(()),
-            Some("aborted") => {
-                let reason = field(&state, &["abort_reason", "reason"])
-                    .map(|r| match r {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    })
-                    .unwrap_or_else(|| "no reason given".into());
-                return Err(CliError::Aborted(reason));
+            Err(e) if transient(&e, pinned) => {
+                let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                if deadline.is_none() && since.elapsed() >= FAILING_FOR {
+                    return Err(e);
+                }
+                eprintln!("{e}; asking again");
+                next += 1;
+                let pause = backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                (pause, e.to_string())
             }
-            _ => {}
-        }
+            Err(e) => return Err(e),
+        };
         if let (Some(deadline), Some(t)) = (deadline, timeout)
-            && tokio::time::Instant::now() + POLL > deadline
+            && tokio::time::Instant::now() + pause > deadline
         {
             return Err(CliError::TimedOut {
                 after: t,
-                what: format!(
-                    "the rollout is still {}",
-                    last.map(|l| l.0).unwrap_or_default()
-                ),
+                what: waiting,
             });
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(pause).await;
     }
 }
 

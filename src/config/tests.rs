@@ -117,6 +117,10 @@ fn rejects_bad_configs_naming_key_and_reason() {
             format!("{BASE}\n[discovery]\nstale_after = \"0s\"\n"),
             &["discovery.stale_after", "greater than zero"],
         ),
+        (
+            format!("{BASE}\n[rollout]\ngate = \"https://ci:pw@ci.example/approve\"\n"),
+            &["rollout.gate", "credentials"],
+        ),
     ];
     for (text, needles) in cases {
         let e = err(&text);

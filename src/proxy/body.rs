@@ -6,6 +6,8 @@
 //! carries the upstream response to the client and, through its
 //! [`Completion`], records the request's metrics once, when it ends, and returns
 //! the upstream connection to the pool when the body was read to its end.
+//! The rollout analysis takes the request's latency up to its answer's head
+//! and leaves out requests the client broke before any answer.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -288,6 +290,14 @@ pub struct Completion {
     /// The request body's progress, on hyper's servers: whether the client
     /// failed it.
     pub upload: Option<Arc<BodyProgress>>,
+    /// When the answer's head came: the upstream's response head, or the
+    /// gateway's own error decided. The canary analysis's latency ends
+    /// there, so that a client slow to take the body is not the version's.
+    pub answered: Option<Instant>,
+    /// The request failed by the client's fault before any answer (a
+    /// malformed or stalled request body, the client gone mid-body: the
+    /// gateway's 400/408): no version's request, left out of its analysis.
+    pub client_failed: bool,
 }
 
 impl Completion {
@@ -337,7 +347,14 @@ impl Drop for Completion {
         let elapsed = now.saturating_duration_since(self.start);
         self.version.metrics.requests[class].increment(1);
         self.version.metrics.duration.record(elapsed.as_secs_f64());
-        self.version.analysis.record(counted.as_u16(), elapsed);
+        if !self.client_failed {
+            // Up to the answer's head (a request whose client left before
+            // any answer: as long as it waited).
+            let latency = self
+                .answered
+                .map_or(elapsed, |at| at.saturating_duration_since(self.start));
+            self.version.analysis.record(counted.as_u16(), latency);
+        }
         self.version.metrics.series.record(counted, elapsed);
         self.conn.request_ended();
         if let Some(watch) = &self.watch {

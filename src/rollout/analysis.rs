@@ -1,13 +1,17 @@
 //! Rollout: the canary judged against stable over one window. Pure functions:
 //! the figures of a window, the statistical tests and the verdict.
 //!
+//! - fewer than `min_requests` canary requests: only errors beyond chance
+//!   abort (the canary's error rate above `max_error_rate` by an exact
+//!   binomial test, or above stable's by the test below, at `confidence`);
+//!   anything else is not enough evidence: hold. A failing canary is rolled
+//!   back on its first window, however little traffic its step gets;
 //! - absolute limits: the canary's error rate above `max_error_rate`, or its
 //!   p99 above `max_p99_ms`, aborts;
 //! - against stable: a one-sided two-proportion z-test (canary's error rate
 //!   higher than stable's), or Fisher's exact test when an expected cell count
 //!   is below 5, at `confidence`; and the canary's p99 above stable's times
-//!   `max_p99_ratio` (with enough samples for a p99);
-//! - fewer than `min_requests` canary requests: not enough evidence, hold.
+//!   `max_p99_ratio` (with enough samples for a p99).
 
 use serde::Serialize;
 
@@ -130,23 +134,60 @@ pub fn judge(plan: &Settings, canary: &Counts, stable: &Counts) -> Analysis {
         a.reason = reason;
         a.why = why;
     };
-    if c.requests < plan.min_requests {
-        verdict(
-            &mut a,
-            Verdict::Hold,
-            "not_enough_evidence",
-            format!(
-                "not enough evidence: {} canary requests in the window, min_requests is {}",
-                c.requests, plan.min_requests
-            ),
-        );
-        return a;
-    }
+    let alpha = 1.0 - plan.confidence;
     if c.requests > 0 && s.requests > 0 {
         let test = error_rate_test(c.errors, c.requests, s.errors, s.requests);
         a.test = Some(test.name);
         a.statistic = test.statistic;
         a.p_value = Some(test.p_value);
+    }
+    let worse_than_stable = |a: &mut Analysis, p: f64| {
+        let why = format!(
+            "canary error rate {:.4} is higher than stable's {:.4} beyond chance ({} test, p = {:.3e} < {:.3})",
+            c.error_rate,
+            s.error_rate,
+            a.test.unwrap_or("z"),
+            p,
+            alpha
+        );
+        verdict(a, Verdict::Abort, "error_rate_vs_stable", why);
+    };
+    if c.requests < plan.min_requests {
+        // Few requests: a rate or a p99 of a handful is noise, so only errors
+        // beyond chance abort; a canary failing every request must not serve
+        // on until it has failed `min_requests` of them.
+        let above_limit = binomial_upper_tail(c.errors, c.requests, plan.max_error_rate);
+        if above_limit < alpha {
+            verdict(
+                &mut a,
+                Verdict::Abort,
+                "max_error_rate",
+                format!(
+                    "canary error rate {:.4} ({} of {}) is above max_error_rate {} beyond chance \
+                     (exact binomial test, p = {:.3e} < {:.3}), before min_requests {}",
+                    c.error_rate,
+                    c.errors,
+                    c.requests,
+                    plan.max_error_rate,
+                    above_limit,
+                    alpha,
+                    plan.min_requests
+                ),
+            );
+        } else if let Some(p) = a.p_value.filter(|p| *p < alpha) {
+            worse_than_stable(&mut a, p);
+        } else {
+            verdict(
+                &mut a,
+                Verdict::Hold,
+                "not_enough_evidence",
+                format!(
+                    "not enough evidence: {} canary requests in the window, min_requests is {}",
+                    c.requests, plan.min_requests
+                ),
+            );
+        }
+        return a;
     }
     if c.requests >= P99_RATIO_MIN_SAMPLES && s.requests >= P99_RATIO_MIN_SAMPLES {
         let ratio = c.p99_ms.max(P99_RATIO_FLOOR_MS) / s.p99_ms.max(P99_RATIO_FLOOR_MS);
@@ -172,16 +213,8 @@ pub fn judge(plan: &Settings, canary: &Counts, stable: &Counts) -> Analysis {
                 c.p99_ms, plan.max_p99_ms
             ),
         );
-    } else if let Some(p) = a.p_value.filter(|p| *p < 1.0 - plan.confidence) {
-        let why = format!(
-            "canary error rate {:.4} is higher than stable's {:.4} beyond chance ({} test, p = {:.3e} < {:.3})",
-            c.error_rate,
-            s.error_rate,
-            a.test.unwrap_or("z"),
-            p,
-            1.0 - plan.confidence
-        );
-        verdict(&mut a, Verdict::Abort, "error_rate_vs_stable", why);
+    } else if let Some(p) = a.p_value.filter(|p| *p < alpha) {
+        worse_than_stable(&mut a, p);
     } else if let Some(r) = a.p99_ratio.filter(|r| *r > plan.max_p99_ratio) {
         verdict(
             &mut a,
@@ -308,6 +341,42 @@ pub fn fisher_one_sided(x1: u64, n1: u64, x2: u64, n2: u64) -> f64 {
         p += (ln_choose(k, i) + ln_choose(n - k, n1 - i) - ln_denominator).exp();
     }
     p.min(1.0)
+}
+
+/// P(X >= x) for X ~ Binomial(n, p): the one-sided exact test of "the error
+/// rate is at most `p`" after `x` errors in `n` requests. Below `1 -
+/// confidence` exactly when the Clopper-Pearson lower confidence bound of the
+/// rate is above `p`: 25 errors in 25 requests against 1% gives 1e-50, 1 in 2
+/// gives 0.0199 (not beyond chance at 99%).
+pub fn binomial_upper_tail(x: u64, n: u64, p: f64) -> f64 {
+    let x = x.min(n);
+    if x == 0 || p >= 1.0 || p.is_nan() {
+        return 1.0;
+    }
+    if p <= 0.0 {
+        return 0.0;
+    }
+    let (ln_p, ln_q) = (p.ln(), (-p).ln_1p());
+    let term = |i: u64| (ln_choose(n, i) + i as f64 * ln_p + (n - i) as f64 * ln_q).exp();
+    // The terms grow up to the mode and shrink after it: each sum below
+    // starts at its largest term and stops once the rest cannot matter.
+    let mode = ((n as f64 + 1.0) * p).floor() as u64;
+    let sum = |range: &mut dyn Iterator<Item = u64>| {
+        let mut sum = 0.0;
+        for i in range {
+            let t = term(i);
+            sum += t;
+            if t <= sum * 1e-17 {
+                break;
+            }
+        }
+        sum
+    };
+    if x > mode {
+        sum(&mut (x..=n)).min(1.0)
+    } else {
+        (1.0 - sum(&mut (0..x).rev())).clamp(0.0, 1.0)
+    }
 }
 
 fn ln_choose(n: u64, k: u64) -> f64 {

@@ -35,11 +35,20 @@ pub struct Target {
 }
 
 impl Target {
-    /// An `http://` or `https://` URL with a host.
+    /// An `http://` or `https://` URL with a host, without credentials: a
+    /// `user:password@` would go out as part of the Host header, never as
+    /// Basic auth, so it is refused (the message does not repeat it).
     pub fn parse(url: &str) -> Result<Target, String> {
         let uri: Uri = url
             .parse()
             .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(
+                "credentials in the URL (user:password@host) are not supported: \
+                 no Basic auth is sent; pass a secret in the path or query instead"
+                    .into(),
+            );
+        }
         let tls = match uri.scheme_str() {
             Some("http") => false,
             Some("https") => true,

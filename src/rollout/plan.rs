@@ -366,6 +366,15 @@ mod tests {
             "on_success"
         );
         assert_eq!(field(r#"{"canary": "v2", "gate": "ftp://x"}"#), "gate");
+        // Credentials in the URL would go out in the Host header: refused,
+        // and not repeated in the message.
+        let err =
+            body(r#"{"canary": "v2", "webhook": "https://u:s3cret@hooks.example/x"}"#).unwrap_err();
+        assert_eq!(err.field, "webhook");
+        assert!(
+            err.reason.contains("credentials") && !err.reason.contains("s3cret"),
+            "{err}"
+        );
         assert_eq!(
             field(r#"{"canary": "v2", "min_requests": -1}"#),
             "min_requests"

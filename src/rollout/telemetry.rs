@@ -67,9 +67,11 @@ impl Default for VersionWindow {
 }
 
 impl VersionWindow {
-    /// Records one request that ended with `status` after `elapsed`. Errors
-    /// are 5xx answers: the upstream's, and the gateway's own 502/503/504 for
-    /// this version. A client's own error is not a 5xx (see the proxy).
+    /// Records one request answered with `status` after `elapsed` (to the
+    /// answer's head). Errors are 5xx answers: the upstream's, and the
+    /// gateway's own 502/503/504 for this version. A request the client
+    /// broke before any answer is not recorded at all (see the proxy's
+    /// `Completion`).
     #[inline]
     pub fn record(&self, status: u16, elapsed: Duration) {
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);

@@ -79,10 +79,96 @@ fn small_counts_use_fisher_and_large_ones_the_z_test() {
 
 #[test]
 fn too_few_canary_requests_hold() {
-    let a = judge(&plan(), &counts(50, 40, 3.0), &counts(5000, 0, 3.0));
+    let a = judge(&plan(), &counts(50, 0, 3.0), &counts(5000, 0, 3.0));
     assert_eq!(a.verdict, Verdict::Hold);
     assert_eq!(a.reason, "not_enough_evidence");
     assert!(a.why.contains("50 canary requests"), "{}", a.why);
+    // A p99 of a few requests is noise: latency waits for min_requests.
+    let a = judge(&plan(), &counts(150, 0, 800.0), &counts(15_000, 0, 3.0));
+    assert_eq!(
+        (a.verdict, a.reason),
+        (Verdict::Hold, "not_enough_evidence")
+    );
+    assert_eq!(a.p99_ratio, None);
+}
+
+#[test]
+fn a_canary_failing_every_request_aborts_below_min_requests() {
+    // The defaults (min_requests 200, max_error_rate 1%), a 1% step at
+    // 5,000 requests a minute over two tasks: each task's first window has
+    // 25 canary requests, all 500s, next to stable's 2 errors in 2,475.
+    let defaults = Settings::default();
+    let a = judge(&defaults, &counts(25, 25, 3.0), &counts(2475, 2, 3.0));
+    assert_eq!((a.verdict, a.reason), (Verdict::Abort, "max_error_rate"));
+    assert!(a.why.contains("beyond chance"), "{}", a.why);
+    assert_eq!(a.test, Some("fisher"));
+    assert!(a.p_value.is_some_and(|p| p < 1e-40), "{:?}", a.p_value);
+    // Failing beyond chance next to stable, within a loose absolute limit.
+    let loose = Settings {
+        max_error_rate: 0.5,
+        ..Settings::default()
+    };
+    let a = judge(&loose, &counts(25, 3, 3.0), &counts(2475, 2, 3.0));
+    assert_eq!(
+        (a.verdict, a.reason),
+        (Verdict::Abort, "error_rate_vs_stable"),
+        "{}",
+        a.why
+    );
+    // One error in two requests is no evidence of a rate above 1% (p =
+    // 0.0199), nor, next to a stable failing 2%, of a worse canary.
+    let a = judge(&defaults, &counts(2, 1, 3.0), &counts(2475, 50, 3.0));
+    assert_eq!(
+        (a.verdict, a.reason),
+        (Verdict::Hold, "not_enough_evidence")
+    );
+    // From min_requests on, the raw rate is judged as before.
+    let a = judge(&defaults, &counts(200, 3, 3.0), &counts(20_000, 300, 3.0));
+    assert_eq!((a.verdict, a.reason), (Verdict::Abort, "max_error_rate"));
+}
+
+#[test]
+fn binomial_tail_is_exact() {
+    assert!(close(binomial_upper_tail(25, 25, 0.01), 1e-50, 1e-9));
+    assert!(close(binomial_upper_tail(1, 2, 0.01), 0.0199, 1e-9));
+    assert!(close(binomial_upper_tail(2, 25, 0.01), 0.025_759_105, 1e-7));
+    assert!(close(
+        binomial_upper_tail(5, 150, 0.01),
+        0.017_987_495,
+        1e-7
+    ));
+    assert!(close(
+        binomial_upper_tail(20, 1000, 0.01),
+        0.003_288_360,
+        1e-6
+    ));
+    assert!(close(
+        binomial_upper_tail(15, 1000, 0.01),
+        0.082_412_320,
+        1e-6
+    ));
+    // At or below the mode: the complement of the lower tail.
+    assert!(close(
+        binomial_upper_tail(5, 1000, 0.01),
+        0.971_313_600,
+        1e-6
+    ));
+    assert!(close(
+        binomial_upper_tail(600, 50_000, 0.01),
+        7.012_055e-6,
+        1e-5
+    ));
+    assert!(close(binomial_upper_tail(2, 2, 0.05), 0.0025, 1e-9));
+    // No errors, or a limit of 100%: nothing beyond chance; a limit of 0:
+    // any error is; more errors than requests are clamped.
+    assert_eq!(binomial_upper_tail(0, 10, 0.01), 1.0);
+    assert_eq!(binomial_upper_tail(3, 10, 1.0), 1.0);
+    assert_eq!(binomial_upper_tail(1, 10, 0.0), 0.0);
+    assert!(close(
+        binomial_upper_tail(30, 20, 0.5),
+        0.5f64.powi(20),
+        1e-9
+    ));
 }
 
 #[test]
