@@ -429,6 +429,62 @@ mod tests {
         state.awaiting_head.load(Ordering::Relaxed)
     }
 
+    /// A request that reaches an idle connection of hyper's HTTP/1 server
+    /// just as the drain begins is read and answered: hyper's graceful
+    /// shutdown closes an idle connection at once, so the connection is
+    /// polled (and reads what has arrived) before it is told.
+    #[tokio::test(flavor = "current_thread")]
+    async fn hyper_serves_a_request_that_arrived_as_the_drain_began() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let drain = Arc::new(Drain::default());
+        let tracked = drain.track();
+        let task = tokio::spawn(async move {
+            let state = ConnState::new("127.0.0.1:1".parse().unwrap(), false);
+            let timeouts = drive::ConnTimeouts {
+                request_header: Duration::from_secs(10),
+                idle: Duration::from_secs(10),
+                body_stall: Duration::from_secs(10),
+            };
+            let peer = "127.0.0.1:1".parse().unwrap();
+            let watch = drive::Watch {
+                state: &state,
+                timeouts: &timeouts,
+                drain: tracked.drain(),
+                peer: &peer,
+            };
+            let service = service_fn(|_req| async {
+                Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(
+                    Bytes::from_static(b"ok"),
+                )))
+            });
+            let mut conn =
+                Box::pin(http1::Builder::new().serve_connection(TokioIo::new(server), service));
+            watch.drive(conn.as_mut(), |c| c.graceful_shutdown()).await;
+        });
+        let request = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+        client.write_all(request).await.unwrap();
+        let mut got = Vec::new();
+        while !got.ends_with(b"ok") {
+            let mut chunk = [0u8; 1024];
+            let n = client.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before the first answer");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        // The connection is idle, waiting to read. The next request arrives
+        // and the drain begins before its task runs again.
+        client.write_all(request).await.unwrap();
+        drain.begin();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        let rest = String::from_utf8_lossy(&rest);
+        assert!(
+            rest.starts_with("HTTP/1.1 200 OK") && rest.ends_with("ok"),
+            "no answer: {rest:?}"
+        );
+        task.await.unwrap();
+    }
+
     #[test]
     fn a_head_is_awaited_once_the_response_and_every_body_have_ended() {
         let state = ConnState::new("127.0.0.1:1".parse().unwrap(), false);

@@ -213,6 +213,14 @@ impl Watch<'_> {
                 listening = true;
                 if signalled || drain.is_draining() {
                     draining = true;
+                    // What the socket already holds is read first: hyper's
+                    // HTTP/1 server closes an idle connection at once, a
+                    // request that arrived meanwhile unread (and the socket
+                    // closed on it is reset). Read, it is served, with
+                    // `Connection: close`.
+                    if let Poll::Ready(output) = conn.as_mut().poll(cx) {
+                        return Poll::Ready(Ok(output));
+                    }
                     shut_down(conn.as_mut());
                 }
             }
@@ -302,6 +310,9 @@ pub async fn first_bytes_rule_out_h2(
     let prefix = &super::H2_PREFACE[..3];
     let mut first = [0u8; 3];
     let peeked = tokio::select! {
+        // First bytes already there are read (served), also once the drain
+        // began: closed unread, the socket would be reset.
+        biased;
         peeked = tokio::time::timeout(idle, stream.peek(&mut first)) => peeked,
         () = drain.began() => return None,
     };
