@@ -514,3 +514,92 @@ async fn a_one_gib_upload_streams_through_in_bounded_memory() {
         "peak RSS grew from {before} KiB to {after} KiB"
     );
 }
+
+/// An upgraded connection (a WebSocket tunnel) counts in
+/// `canary_open_connections` and holds the drain: it keeps carrying bytes
+/// after the drain began, is cut when the grace period ends (not before),
+/// and the process then exits cleanly.
+#[tokio::test]
+async fn an_upgraded_connection_is_counted_and_runs_through_the_grace_period() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    let v1 = Upstream::start("v1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let grace = Duration::from_secs(3);
+    let path = write_config(
+        dir.path(),
+        &[("v1", 1, v1.addr)],
+        "\n[timeouts]\nshutdown_grace = \"3s\"\n",
+    );
+    let mut gw = spawn(&path).unwrap();
+
+    let mut tunnel = TcpStream::connect(gw.addr).await.unwrap();
+    tunnel
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let head = crate::support::read_head(&mut tunnel, &mut buf)
+        .await
+        .unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    async fn echo(tunnel: &mut TcpStream, message: &[u8]) {
+        tunnel.write_all(message).await.unwrap();
+        let mut got = vec![0u8; message.len()];
+        tunnel.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, message);
+    }
+    echo(&mut tunnel, b"hello").await;
+    let text = admin(gw.admin, "GET", "/metrics", None, "").await.text();
+    assert_eq!(
+        metric_value(&text, "canary_open_connections", &[]),
+        1.0,
+        "the tunnel is an open connection"
+    );
+
+    // An idle keep-alive connection: its close says the drain has begun.
+    let mut idle = TcpStream::connect(gw.addr).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    let mut idle_buf = Vec::new();
+    assert!(
+        crate::support::read_head(&mut idle, &mut idle_buf)
+            .await
+            .is_some()
+    );
+    let text = admin(gw.admin, "GET", "/metrics", None, "").await.text();
+    assert_eq!(metric_value(&text, "canary_open_connections", &[]), 2.0);
+
+    let term = std::time::Instant::now();
+    signal(&gw, "-TERM");
+    assert!(
+        crate::support::read_to_close(&mut idle, Duration::from_secs(10))
+            .await
+            .is_some()
+    );
+    drop(idle);
+    let text = admin(gw.admin, "GET", "/metrics", None, "").await.text();
+    assert_eq!(metric_value(&text, "canary_open_connections", &[]), 1.0);
+    // Draining: the tunnel still carries bytes.
+    echo(&mut tunnel, b"during the drain").await;
+    // Cut at the grace period's end.
+    assert!(
+        crate::support::read_to_close(&mut tunnel, Duration::from_secs(20))
+            .await
+            .is_some(),
+        "the tunnel outlived the grace period"
+    );
+    assert!(
+        term.elapsed() >= grace - Duration::from_millis(500),
+        "{:?}",
+        term.elapsed()
+    );
+    let status = tokio::task::spawn_blocking(move || gw.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}

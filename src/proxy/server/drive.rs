@@ -29,13 +29,20 @@ pub struct Drain {
     draining: AtomicBool,
     /// Wakes connections when draining begins.
     began: Notify,
-    /// Connections still open.
+    /// Connections still open (an upgraded one until its tunnel ends).
     open: AtomicUsize,
     /// Wakes [`Drain::finished`] when the last connection closes.
     closed: Notify,
+    /// The grace period is over: what still runs (a tunnel) ends now.
+    over: AtomicBool,
+    /// Wakes [`Drain::cut_off`] when it is.
+    cut: Notify,
+    /// Kept equal to `open` (`canary_open_connections`).
+    gauge: Option<metrics::Gauge>,
 }
 
-/// A connection counted by its [`Drain`] until dropped.
+/// A connection counted by its [`Drain`] (and its gauge) until dropped.
+#[derive(Debug)]
 pub struct Tracked(Arc<Drain>);
 
 impl Tracked {
@@ -46,6 +53,9 @@ impl Tracked {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
+        if let Some(gauge) = &self.0.gauge {
+            gauge.decrement(1.0);
+        }
         if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.closed.notify_waiters();
         }
@@ -53,10 +63,36 @@ impl Drop for Tracked {
 }
 
 impl Drain {
+    /// A drain whose count of open connections `gauge` shows too.
+    pub fn counted_by(gauge: metrics::Gauge) -> Drain {
+        Drain {
+            gauge: Some(gauge),
+            ..Drain::default()
+        }
+    }
+
     /// Counts a new connection.
     pub fn track(self: &Arc<Self>) -> Tracked {
         self.open.fetch_add(1, Ordering::AcqRel);
+        if let Some(gauge) = &self.gauge {
+            gauge.increment(1.0);
+        }
         Tracked(self.clone())
+    }
+
+    /// The grace period is over: ends what still runs ([`Drain::cut_off`]).
+    pub fn cut(&self) {
+        self.over.store(true, Ordering::Release);
+        self.cut.notify_waiters();
+    }
+
+    /// Resolves when the grace period is over ([`Drain::cut`]).
+    pub async fn cut_off(&self) {
+        let mut signal = pin!(self.cut.notified());
+        signal.as_mut().enable();
+        if !self.over.load(Ordering::Acquire) {
+            signal.await;
+        }
     }
 
     /// Tells every connection to finish its request in flight and close.
