@@ -603,3 +603,79 @@ async fn an_upgraded_connection_is_counted_and_runs_through_the_grace_period() {
         .unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// A version a reload removes leaves no live gauges behind: its weight,
+/// endpoint counts and discovery staleness go to 0 (the exporter keeps a
+/// series; a removed version stale at removal would keep its alert firing
+/// and its weight in `sum(canary_version_weight)`).
+#[tokio::test]
+async fn the_gauges_of_a_version_removed_by_a_reload_go_to_zero() {
+    let v1 = Upstream::start("v1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let admin_lines = "token_env = \"LIFECYCLE_TOKEN\"\n";
+    let extra = "\n[discovery]\nstale_after = \"100ms\"\n\n[aws]\nregion = \"us-east-1\"\n\
+                 endpoint_url = \"http://127.0.0.1:1\"\n";
+    let v1_line = endpoints_line(&[v1.addr]);
+    let text = gateway_config(
+        admin_lines,
+        "",
+        &[
+            ("v1", 90, v1_line.clone()),
+            (
+                "gone",
+                10,
+                "cloudmap = { namespace = \"ns\", service = \"gone\" }".to_string(),
+            ),
+        ],
+    );
+    std::fs::write(&path, format!("{text}{extra}")).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--config"])
+        .arg(&path)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_PROFILE");
+    let gw = spawn_command(cmd).unwrap();
+    let metrics = async || admin(gw.admin, "GET", "/metrics", None, "").await.text();
+    let gone = [("version", "gone")];
+    // Cloud Map is unreachable: the version's discovery goes stale.
+    assert!(
+        eventually(Duration::from_secs(20), async || {
+            metric_value(&metrics().await, "canary_discovery_stale", &gone) == 1.0
+        })
+        .await,
+        "{}",
+        metrics().await
+    );
+    let text = metrics().await;
+    assert_eq!(metric_value(&text, "canary_version_weight", &gone), 10.0);
+    assert_eq!(metric_sum(&text, "canary_version_weight"), 100.0);
+
+    let text = gateway_config(admin_lines, "", &[("v1", 100, v1_line)]);
+    let partial = dir.path().join("gateway.toml.partial");
+    std::fs::write(&partial, format!("{text}{extra}")).unwrap();
+    std::fs::rename(&partial, &path).unwrap();
+    let reply = admin(gw.admin, "POST", "/reload", Some(TOKEN), "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let w = weights(gw.admin).await;
+    assert!(w["weights"].get("gone").is_none(), "{w}");
+
+    let text = metrics().await;
+    for name in [
+        "canary_discovery_stale",
+        "canary_version_weight",
+        "canary_endpoints",
+        "canary_endpoints_healthy",
+        "canary_discovery_age_seconds",
+    ] {
+        assert_eq!(metric_value(&text, name, &gone), 0.0, "{name}\n{text}");
+    }
+    assert_eq!(metric_sum(&text, "canary_version_weight"), 100.0, "{text}");
+    assert_eq!(
+        metric_value(&text, "canary_version_weight", &[("version", "v1")]),
+        100.0
+    );
+}
