@@ -47,13 +47,16 @@ pub fn authorized(header: Option<&http::HeaderValue>, token: &str) -> bool {
     let Some(value) = header else {
         return false;
     };
+    // The scheme is case-insensitive (RFC 9110 11.1), then one or more
+    // spaces.
     let bytes = value.as_bytes();
-    let Some(given) = bytes
-        .strip_prefix(b"Bearer ")
-        .or_else(|| bytes.strip_prefix(b"bearer "))
-    else {
+    let Some((scheme, rest)) = bytes.split_at_checked(6) else {
         return false;
     };
+    if !scheme.eq_ignore_ascii_case(b"bearer") || rest.first() != Some(&b' ') {
+        return false;
+    }
+    let given = rest.trim_ascii_start();
     given.ct_eq(token.as_bytes()).into()
 }
 
@@ -208,6 +211,25 @@ mod tests {
             "s3cret"
         ));
         assert!(!authorized(None, "s3cret"));
+        // The scheme in any case, then one or more spaces.
+        for ok in ["bearer s3cret", "BEARER s3cret", "BeArEr  s3cret"] {
+            assert!(
+                authorized(Some(&HeaderValue::from_static(ok)), "s3cret"),
+                "{ok}"
+            );
+        }
+        for refused in [
+            "Bearers3cret",
+            "Bearer",
+            "Bearer ",
+            "Bearer\ts3cret",
+            "Bear s3cret",
+        ] {
+            assert!(
+                !authorized(Some(&HeaderValue::from_static(refused)), "s3cret"),
+                "{refused}"
+            );
+        }
     }
 
     #[test]
