@@ -15,11 +15,14 @@ pub enum TokenError {
     File { path: String, reason: String },
     #[error("admin.token_file {0} is empty")]
     Empty(String),
+    #[error("the admin token variable {0} is set but not valid UTF-8")]
+    NotUnicode(String),
 }
 
 /// The admin token: from `token_file` if given (ECS secrets), else from the
 /// environment variable `token_env` (default CANARY_ADMIN_TOKEN). An empty
-/// variable counts as no token.
+/// or unset variable counts as no token; one that is set but not UTF-8 is an
+/// error (never quietly no token).
 pub fn resolve(
     token_env: Option<&str>,
     token_file: Option<&Path>,
@@ -36,10 +39,11 @@ pub fn resolve(
         return Ok(Some(token.to_string()));
     }
     let var = token_env.unwrap_or(DEFAULT_TOKEN_ENV);
-    Ok(std::env::var(var)
-        .ok()
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty()))
+    match std::env::var(var) {
+        Ok(t) => Ok(Some(t.trim().to_string()).filter(|t| !t.is_empty())),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(TokenError::NotUnicode(var.to_string())),
+    }
 }
 
 /// Whether an Authorization header carries `token`, compared in constant time.

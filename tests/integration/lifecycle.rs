@@ -679,3 +679,25 @@ async fn the_gauges_of_a_version_removed_by_a_reload_go_to_zero() {
         100.0
     );
 }
+
+/// An admin token variable that is set but not UTF-8 stops the start with
+/// an error naming it: never quietly no token.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_token_variable_that_is_not_utf8_stops_the_start() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &[("v1", 1, "127.0.0.1:1".parse().unwrap())], "");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--config"]).arg(&path).env(
+        "LIFECYCLE_TOKEN",
+        std::ffi::OsStr::from_bytes(b"token-\xff"),
+    );
+    let err = spawn_serving(cmd, Duration::from_secs(20))
+        .err()
+        .expect("must not start");
+    assert!(
+        err.contains("LIFECYCLE_TOKEN") && err.contains("UTF-8"),
+        "{err}"
+    );
+}
