@@ -7,6 +7,12 @@
 //! answer is JSON except the metrics text; bad input gets a 4xx with
 //! `{"error": "..."}` and changes nothing.
 //!
+//! A request that changes state (any method but GET and HEAD) from a web
+//! page of another site gets 403, token or not: an `Origin` other than the
+//! admin's own, or `Sec-Fetch-Site: cross-site`/`same-site`; without a
+//! token, also a Host that is neither an IP address nor `localhost` (DNS
+//! rebinding). See [`auth::cross_site`].
+//!
 //! The dashboard ([`ui`], `GET /ui`): its page and assets are open, its data
 //! and every action it takes need the token.
 
@@ -165,6 +171,18 @@ impl Admin {
                 );
             }
             _ => {}
+        }
+        // A change from another site's page (a CORS simple request needs no
+        // preflight): refused, token or not.
+        if !matches!(method, Method::GET | Method::HEAD) {
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .map(|h| h.to_str().unwrap_or("\u{fffd}"))
+                .or_else(|| req.uri().authority().map(|a| a.as_str()));
+            if let Some(why) = auth::cross_site(req.headers(), host, self.token.is_some()) {
+                return error(StatusCode::FORBIDDEN, why);
+            }
         }
         if let Some(refused) = self.refuse_unauthorized(req.headers()) {
             return refused;

@@ -308,9 +308,10 @@ impl Control {
     /// Rebuilds and swaps the snapshot. Called with the state lock held, so
     /// every swap is serialized.
     fn swap(&self, state: &State) -> Result<(), ControlError> {
-        let next = build(state)?;
+        let next = Arc::new(build(state)?);
         publish_endpoint_gauges(&next);
-        self.snapshot.store(Arc::new(next));
+        let previous = self.snapshot.swap(next.clone());
+        zero_gauges_of_removed_versions(&previous, &next);
         Ok(())
     }
 }
@@ -338,6 +339,27 @@ fn publish_endpoint_gauges(snapshot: &Snapshot) {
     }
     let empty = snapshot.stable_version().endpoints.is_empty();
     metrics::gauge!(names::STABLE_EMPTY).set(if empty { 1.0 } else { 0.0 });
+}
+
+/// The per-version gauges of the versions `previous` had and `next` has
+/// not (removed by a reload) go to 0: the exporter keeps a series at its
+/// last value, and a removed version would otherwise keep its weight in
+/// `sum(canary_version_weight)` and a stale discovery alert forever.
+fn zero_gauges_of_removed_versions(previous: &Snapshot, next: &Snapshot) {
+    for v in previous.versions.iter() {
+        if next.versions.iter().any(|n| n.name == v.name) {
+            continue;
+        }
+        for name in [
+            names::VERSION_WEIGHT,
+            names::ENDPOINTS,
+            names::ENDPOINTS_HEALTHY,
+            names::DISCOVERY_STALE,
+            names::DISCOVERY_AGE_SECONDS,
+        ] {
+            metrics::gauge!(name, "version" => v.name.clone()).set(0.0);
+        }
+    }
 }
 
 fn view(doc: &WeightsDoc) -> WeightsView {

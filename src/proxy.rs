@@ -453,7 +453,11 @@ impl Proxy {
                     && matches!(resp.body(), Upstream::Hyper(..))
                     && let Some(client) = client_upgrade
                 {
-                    tunnel(client, hyper::upgrade::on(&mut resp));
+                    tunnel(
+                        client,
+                        hyper::upgrade::on(&mut resp),
+                        completion.conn.clone(),
+                    );
                 }
                 let (parts, body) = resp.into_parts();
                 // An HTTP/2 stream's response body is timed for stalls on
@@ -928,31 +932,44 @@ async fn connect_to(
 }
 
 /// Joins the client's and the upstream's upgraded connections (WebSocket).
-fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
+/// The tunnel holds the connection's state: it counts as an open
+/// connection (for the drain and `canary_open_connections`) until it ends,
+/// and it runs through the shutdown's grace period, then is cut.
+fn tunnel(client: OnUpgrade, upstream: OnUpgrade, conn: Arc<ConnState>) {
     tokio::spawn(async move {
-        match tokio::try_join!(client, upstream) {
-            Ok((client, upstream)) => {
-                let mut client = TokioIo::new(client);
-                let ended = match upstream::unwrap_upgraded(upstream) {
-                    // The upstream's socket itself: in a tunnel a write the
-                    // upstream refused ends it, as any other error.
-                    Ok((mut upstream, early)) => {
-                        async {
-                            tokio::io::AsyncWriteExt::write_all(&mut client, &early).await?;
-                            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
-                        }
-                        .await
-                    }
-                    Err(upstream) => {
-                        let mut upstream = TokioIo::new(upstream);
-                        tokio::io::copy_bidirectional(&mut client, &mut upstream).await
-                    }
-                };
-                if let Err(e) = ended {
-                    tracing::debug!(error = %e, "upgraded connection ended with an error");
-                }
+        tokio::select! {
+            () = joined(client, upstream) => {}
+            () = conn.drain().cut_off() => {
+                tracing::debug!("upgraded connection cut at the end of the shutdown grace period");
             }
-            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
     });
+}
+
+/// The tunnel itself: bytes both ways until either side ends.
+async fn joined(client: OnUpgrade, upstream: OnUpgrade) {
+    match tokio::try_join!(client, upstream) {
+        Ok((client, upstream)) => {
+            let mut client = TokioIo::new(client);
+            let ended = match upstream::unwrap_upgraded(upstream) {
+                // The upstream's socket itself: in a tunnel a write the
+                // upstream refused ends it, as any other error.
+                Ok((mut upstream, early)) => {
+                    async {
+                        tokio::io::AsyncWriteExt::write_all(&mut client, &early).await?;
+                        tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                    }
+                    .await
+                }
+                Err(upstream) => {
+                    let mut upstream = TokioIo::new(upstream);
+                    tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                }
+            };
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "upgraded connection ended with an error");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+    }
 }

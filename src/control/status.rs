@@ -126,9 +126,11 @@ impl Control {
     /// Refreshes the gauges that change without a snapshot swap (endpoint
     /// health after ejections); called before every scrape.
     pub fn publish_gauges(&self) {
-        publish_endpoint_gauges(&self.snapshot.load());
         let ready = self.readiness().is_ok();
         let state = self.lock();
+        // Under the lock, as every swap: a version a reload removes meanwhile
+        // is never published again after its gauges went to 0.
+        publish_endpoint_gauges(&self.snapshot.load());
         self.publish_fleet_gauges(&self.fleet_status(&state, ready));
         let stale_after = state.config.discovery.stale_after;
         for (version, (d, last_ok)) in &state.discovery {

@@ -109,12 +109,19 @@ pub async fn serve<IO: ClientIo>(
                 return Ok(Ended::HandOff(buf.into()));
             }
             // Between requests, the drain closes the connection; a request
-            // head on its way is still served.
+            // head on its way is still served, and so is one the socket
+            // already holds (read without waiting: a socket closed with
+            // unread bytes is reset, and the client would get no answer to
+            // a request it sent whole). It gets `Connection: close`.
             let n = poll_fn(|cx| {
-                if buf.is_empty() && drain.is_draining() {
-                    return Poll::Ready(Ok(0));
-                }
+                let idle_at_drain = buf.is_empty() && drain.is_draining();
                 let read = poll_read_sized(Pin::new(&mut *io), cx, &mut buf);
+                if idle_at_drain {
+                    return match read {
+                        Poll::Pending => Poll::Ready(Ok(0)),
+                        read => read,
+                    };
+                }
                 if read.is_pending() && buf.is_empty() {
                     pending += 1;
                     // Polled again with still nothing to read: woken by the

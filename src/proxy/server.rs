@@ -74,11 +74,16 @@ pub struct ConnState {
     /// The scheme the client used, for X-Forwarded-Proto: `https` when the
     /// connection was accepted over TLS (HTTP/1.1 or HTTP/2), else `http`.
     pub proto: &'static str,
+    /// Counts the connection as open (for the drain and
+    /// `canary_open_connections`) as long as anything holds its state: its
+    /// task, and after an upgrade the tunnel, which outlives the task.
+    tracked: drive::Tracked,
 }
 
 impl ConnState {
-    /// A connection from `peer`, accepted over TLS when `tls`.
-    fn new(peer: SocketAddr, tls: bool) -> ConnState {
+    /// A connection from `peer`, accepted over TLS when `tls`, counted
+    /// open by `tracked`.
+    fn new(peer: SocketAddr, tls: bool, tracked: drive::Tracked) -> ConnState {
         ConnState {
             activity: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
@@ -91,7 +96,13 @@ impl ConnState {
             upstream_stalled: AtomicBool::new(false),
             peer_ip: super::headers::peer_ip(peer),
             proto: if tls { "https" } else { "http" },
+            tracked,
         }
+    }
+
+    /// The shutdown of the listener the connection came on.
+    pub fn drain(&self) -> &Drain {
+        self.tracked.drain()
     }
 
     /// A request head was parsed and handed to the service.
@@ -267,7 +278,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
     grace: impl Fn() -> Duration,
 ) {
-    let drain = Arc::new(Drain::default());
+    let drain = Arc::new(Drain::counted_by(proxy.telemetry.open_connections.clone()));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -293,7 +304,11 @@ pub async fn serve(
     drain.begin();
     match tokio::time::timeout(grace, drain.finished()).await {
         Ok(()) => tracing::info!("all connections drained"),
-        Err(_) => tracing::warn!("shutdown grace period over with requests still in flight"),
+        Err(_) => {
+            tracing::warn!("shutdown grace period over with requests still in flight");
+            // Upgraded connections' tunnels end now.
+            drain.cut();
+        }
     }
 }
 
@@ -301,15 +316,13 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, dra
     let _ = stream.set_nodelay(true);
     // A listener with `[listener.tls]` serves only connections that
     // completed a TLS handshake.
-    let state = Arc::new(ConnState::new(peer, proxy.tls.is_some()));
+    let state = Arc::new(ConnState::new(peer, proxy.tls.is_some(), drain.track()));
     // Only what the connection itself needs: its task holds them for its
     // whole life, and that task is most of what an idle connection costs.
     let timeouts = drive::ConnTimeouts::from(&proxy.current_timeouts());
-    let tracked = drain.track();
     let proxy = proxy.clone();
-    proxy.telemetry.open_connections.increment(1.0);
     tokio::spawn(async move {
-        let drain = tracked.drain();
+        let drain = state.drain();
         // HTTP/1 (nearly every connection) is served by the own HTTP/1.1
         // server, then by hyper's HTTP/1 server directly from the first
         // request the own one leaves to it; an h2c preface, or too few bytes
@@ -334,10 +347,7 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, dra
                 },
                 http1,
             ),
-            None => {
-                proxy.telemetry.open_connections.decrement(1.0);
-                return;
-            }
+            None => return,
         };
         let watch = drive::Watch {
             state: &state,
@@ -397,7 +407,6 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, dra
             let mut conn = Box::pin(builder.serve_connection_with_upgrades(io, service));
             watch.drive(conn.as_mut(), |c| c.graceful_shutdown()).await;
         }
-        proxy.telemetry.open_connections.decrement(1.0);
     });
 }
 
@@ -429,9 +438,73 @@ mod tests {
         state.awaiting_head.load(Ordering::Relaxed)
     }
 
+    /// A request that reaches an idle connection of hyper's HTTP/1 server
+    /// just as the drain begins is read and answered: hyper's graceful
+    /// shutdown closes an idle connection at once, so the connection is
+    /// polled (and reads what has arrived) before it is told.
+    #[tokio::test(flavor = "current_thread")]
+    async fn hyper_serves_a_request_that_arrived_as_the_drain_began() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let drain = Arc::new(Drain::default());
+        let tracked = drain.track();
+        let task = tokio::spawn(async move {
+            let state = ConnState::new(
+                "127.0.0.1:1".parse().unwrap(),
+                false,
+                Arc::new(Drain::default()).track(),
+            );
+            let timeouts = drive::ConnTimeouts {
+                request_header: Duration::from_secs(10),
+                idle: Duration::from_secs(10),
+                body_stall: Duration::from_secs(10),
+            };
+            let peer = "127.0.0.1:1".parse().unwrap();
+            let watch = drive::Watch {
+                state: &state,
+                timeouts: &timeouts,
+                drain: tracked.drain(),
+                peer: &peer,
+            };
+            let service = service_fn(|_req| async {
+                Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(
+                    Bytes::from_static(b"ok"),
+                )))
+            });
+            let mut conn =
+                Box::pin(http1::Builder::new().serve_connection(TokioIo::new(server), service));
+            watch.drive(conn.as_mut(), |c| c.graceful_shutdown()).await;
+        });
+        let request = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+        client.write_all(request).await.unwrap();
+        let mut got = Vec::new();
+        while !got.ends_with(b"ok") {
+            let mut chunk = [0u8; 1024];
+            let n = client.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before the first answer");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        // The connection is idle, waiting to read. The next request arrives
+        // and the drain begins before its task runs again.
+        client.write_all(request).await.unwrap();
+        drain.begin();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        let rest = String::from_utf8_lossy(&rest);
+        assert!(
+            rest.starts_with("HTTP/1.1 200 OK") && rest.ends_with("ok"),
+            "no answer: {rest:?}"
+        );
+        task.await.unwrap();
+    }
+
     #[test]
     fn a_head_is_awaited_once_the_response_and_every_body_have_ended() {
-        let state = ConnState::new("127.0.0.1:1".parse().unwrap(), false);
+        let state = ConnState::new(
+            "127.0.0.1:1".parse().unwrap(),
+            false,
+            Arc::new(Drain::default()).track(),
+        );
         // The body ends before the response: awaited at the response's end.
         state.request_started(false);
         state.request_body_open();

@@ -356,3 +356,131 @@ async fn restart_only_settings_are_reported_not_applied() {
     assert!(status["appmesh"].is_null(), "{status}");
     gw.shutdown().await;
 }
+
+/// A raw admin request with exactly these headers (Host included), on a
+/// fresh connection.
+async fn admin_raw(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
+    let mut req = http::Request::builder().method(method).uri(path);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    Client::connect(addr)
+        .await
+        .send(req.body(full(body.to_string())).unwrap())
+        .await
+        .unwrap()
+}
+
+/// A web page of another site cannot change the weights: not by a CORS
+/// simple request (a POST without a preflight: `Origin` of another site,
+/// `Sec-Fetch-Site: cross-site`), nor, with no token on a loopback admin
+/// address, by DNS rebinding (same-origin with itself, under its own name).
+/// The CLI (no Origin) and the dashboard (its own origin) still can.
+#[tokio::test]
+async fn changes_from_another_sites_page_are_refused() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    // No token: the admin address is loopback.
+    let gw = Gateway::start(&config("", &[("v1", 90, v1.addr), ("v2", 10, v2.addr)])).await;
+    let own = gw.admin.to_string();
+    let own_origin = format!("http://{own}");
+    let rebound = format!("evil.example:{}", gw.admin.port());
+    let rebound_origin = format!("http://{rebound}");
+    let promote = r#"{"version":"v2"}"#;
+    for (what, method, path, headers, body) in [
+        (
+            "a cross-site POST /rollback",
+            "POST",
+            "/rollback",
+            vec![("host", own.as_str()), ("origin", "http://evil.example")],
+            "",
+        ),
+        (
+            "a text/plain POST /promote from another site",
+            "POST",
+            "/promote",
+            vec![
+                ("host", own.as_str()),
+                ("content-type", "text/plain"),
+                ("sec-fetch-site", "cross-site"),
+            ],
+            promote,
+        ),
+        (
+            "a rebound name",
+            "POST",
+            "/promote",
+            vec![
+                ("host", rebound.as_str()),
+                ("origin", rebound_origin.as_str()),
+                ("content-type", "text/plain"),
+            ],
+            promote,
+        ),
+    ] {
+        let reply = admin_raw(gw.admin, method, path, &headers, body).await;
+        assert_eq!(reply.status, 403, "{what}: {}", reply.text());
+        assert!(
+            reply.json()["error"].as_str().unwrap().contains("refused"),
+            "{what}: {}",
+            reply.text()
+        );
+    }
+    let w = admin(gw.admin, "GET", "/weights", None, "").await.json();
+    assert_eq!(w["weights"]["v2"], 10, "{w}");
+    assert_eq!(w["stable"], "v1", "{w}");
+
+    // The dashboard, from its own origin.
+    let reply = admin_raw(
+        gw.admin,
+        "PUT",
+        "/weights",
+        &[
+            ("host", own.as_str()),
+            ("origin", own_origin.as_str()),
+            ("sec-fetch-site", "same-origin"),
+            ("content-type", "application/json"),
+        ],
+        r#"{"weights":{"v1":80,"v2":20}}"#,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    // The CLI and curl: no Origin.
+    let reply = admin(gw.admin, "POST", "/rollback", None, "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    gw.shutdown().await;
+
+    // With a token, a name is fine, another origin is not.
+    let (gw, _secrets) = gateway(&[("v1", 90, v1.addr), ("v2", 10, v2.addr)]).await;
+    let auth = format!("Bearer {TOKEN}");
+    let named = format!("gateway.internal:{}", gw.admin.port());
+    let reply = admin_raw(
+        gw.admin,
+        "POST",
+        "/rollback",
+        &[
+            ("host", named.as_str()),
+            ("authorization", auth.as_str()),
+            ("origin", "http://evil.example"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(reply.status, 403, "{}", reply.text());
+    let reply = admin_raw(
+        gw.admin,
+        "POST",
+        "/rollback",
+        &[("host", named.as_str()), ("authorization", auth.as_str())],
+        "",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    gw.shutdown().await;
+}

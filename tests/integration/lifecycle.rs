@@ -777,3 +777,190 @@ async fn a_sigterm_during_the_start_stops_it_cleanly() {
     let status = gw.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// An upgraded connection (a WebSocket tunnel) counts in
+/// `canary_open_connections` and holds the drain: it keeps carrying bytes
+/// after the drain began, is cut when the grace period ends (not before),
+/// and the process then exits cleanly.
+#[tokio::test]
+async fn an_upgraded_connection_is_counted_and_runs_through_the_grace_period() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    let v1 = Upstream::start("v1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let grace = Duration::from_secs(3);
+    let path = write_config(
+        dir.path(),
+        &[("v1", 1, v1.addr)],
+        "\n[timeouts]\nshutdown_grace = \"3s\"\n",
+    );
+    let mut gw = spawn(&path).unwrap();
+
+    let mut tunnel = TcpStream::connect(gw.addr).await.unwrap();
+    tunnel
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let head = crate::support::read_head(&mut tunnel, &mut buf)
+        .await
+        .unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    async fn echo(tunnel: &mut TcpStream, message: &[u8]) {
+        tunnel.write_all(message).await.unwrap();
+        let mut got = vec![0u8; message.len()];
+        tunnel.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, message);
+    }
+    echo(&mut tunnel, b"hello").await;
+    let text = admin(gw.admin, "GET", "/metrics", None, "").await.text();
+    assert_eq!(
+        metric_value(&text, "canary_open_connections", &[]),
+        1.0,
+        "the tunnel is an open connection"
+    );
+
+    // An idle keep-alive connection: its close says the drain has begun.
+    let mut idle = TcpStream::connect(gw.addr).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    let mut idle_buf = Vec::new();
+    assert!(
+        crate::support::read_head(&mut idle, &mut idle_buf)
+            .await
+            .is_some()
+    );
+    let text = admin(gw.admin, "GET", "/metrics", None, "").await.text();
+    assert_eq!(metric_value(&text, "canary_open_connections", &[]), 2.0);
+
+    let term = std::time::Instant::now();
+    signal(&gw, "-TERM");
+    assert!(
+        crate::support::read_to_close(&mut idle, Duration::from_secs(10))
+            .await
+            .is_some()
+    );
+    drop(idle);
+    let text = admin(gw.admin, "GET", "/metrics", None, "").await.text();
+    assert_eq!(metric_value(&text, "canary_open_connections", &[]), 1.0);
+    // Draining: the tunnel still carries bytes.
+    echo(&mut tunnel, b"during the drain").await;
+    // Cut at the grace period's end.
+    assert!(
+        crate::support::read_to_close(&mut tunnel, Duration::from_secs(20))
+            .await
+            .is_some(),
+        "the tunnel outlived the grace period"
+    );
+    assert!(
+        term.elapsed() >= grace - Duration::from_millis(500),
+        "{:?}",
+        term.elapsed()
+    );
+    let status = tokio::task::spawn_blocking(move || gw.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+/// A version a reload removes leaves no live gauges behind: its weight,
+/// endpoint counts and discovery staleness go to 0 (the exporter keeps a
+/// series; a removed version stale at removal would keep its alert firing
+/// and its weight in `sum(canary_version_weight)`).
+#[tokio::test]
+async fn the_gauges_of_a_version_removed_by_a_reload_go_to_zero() {
+    let v1 = Upstream::start("v1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let admin_lines = "token_env = \"LIFECYCLE_TOKEN\"\n";
+    let extra = "\n[discovery]\nstale_after = \"100ms\"\n\n[aws]\nregion = \"us-east-1\"\n\
+                 endpoint_url = \"http://127.0.0.1:1\"\n";
+    let v1_line = endpoints_line(&[v1.addr]);
+    let text = gateway_config(
+        admin_lines,
+        "",
+        &[
+            ("v1", 90, v1_line.clone()),
+            (
+                "gone",
+                10,
+                "cloudmap = { namespace = \"ns\", service = \"gone\" }".to_string(),
+            ),
+        ],
+    );
+    std::fs::write(&path, format!("{text}{extra}")).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--config"])
+        .arg(&path)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_PROFILE");
+    let gw = spawn_command(cmd).unwrap();
+    let metrics = async || admin(gw.admin, "GET", "/metrics", None, "").await.text();
+    let gone = [("version", "gone")];
+    // Cloud Map is unreachable: the version's discovery goes stale.
+    assert!(
+        eventually(Duration::from_secs(20), async || {
+            metric_value(&metrics().await, "canary_discovery_stale", &gone) == 1.0
+        })
+        .await,
+        "{}",
+        metrics().await
+    );
+    let text = metrics().await;
+    assert_eq!(metric_value(&text, "canary_version_weight", &gone), 10.0);
+    assert_eq!(metric_sum(&text, "canary_version_weight"), 100.0);
+
+    let text = gateway_config(admin_lines, "", &[("v1", 100, v1_line)]);
+    let partial = dir.path().join("gateway.toml.partial");
+    std::fs::write(&partial, format!("{text}{extra}")).unwrap();
+    std::fs::rename(&partial, &path).unwrap();
+    let reply = admin(gw.admin, "POST", "/reload", Some(TOKEN), "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let w = weights(gw.admin).await;
+    assert!(w["weights"].get("gone").is_none(), "{w}");
+
+    let text = metrics().await;
+    for name in [
+        "canary_discovery_stale",
+        "canary_version_weight",
+        "canary_endpoints",
+        "canary_endpoints_healthy",
+        "canary_discovery_age_seconds",
+    ] {
+        assert_eq!(metric_value(&text, name, &gone), 0.0, "{name}\n{text}");
+    }
+    assert_eq!(metric_sum(&text, "canary_version_weight"), 100.0, "{text}");
+    assert_eq!(
+        metric_value(&text, "canary_version_weight", &[("version", "v1")]),
+        100.0
+    );
+}
+
+/// An admin token variable that is set but not UTF-8 stops the start with
+/// an error naming it: never quietly no token.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_token_variable_that_is_not_utf8_stops_the_start() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &[("v1", 1, "127.0.0.1:1".parse().unwrap())], "");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--config"]).arg(&path).env(
+        "LIFECYCLE_TOKEN",
+        std::ffi::OsStr::from_bytes(b"token-\xff"),
+    );
+    let err = spawn_serving(cmd, Duration::from_secs(20))
+        .err()
+        .expect("must not start");
+    assert!(
+        err.contains("LIFECYCLE_TOKEN") && err.contains("UTF-8"),
+        "{err}"
+    );
+}

@@ -29,13 +29,20 @@ pub struct Drain {
     draining: AtomicBool,
     /// Wakes connections when draining begins.
     began: Notify,
-    /// Connections still open.
+    /// Connections still open (an upgraded one until its tunnel ends).
     open: AtomicUsize,
     /// Wakes [`Drain::finished`] when the last connection closes.
     closed: Notify,
+    /// The grace period is over: what still runs (a tunnel) ends now.
+    over: AtomicBool,
+    /// Wakes [`Drain::cut_off`] when it is.
+    cut: Notify,
+    /// Kept equal to `open` (`canary_open_connections`).
+    gauge: Option<metrics::Gauge>,
 }
 
-/// A connection counted by its [`Drain`] until dropped.
+/// A connection counted by its [`Drain`] (and its gauge) until dropped.
+#[derive(Debug)]
 pub struct Tracked(Arc<Drain>);
 
 impl Tracked {
@@ -46,6 +53,9 @@ impl Tracked {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
+        if let Some(gauge) = &self.0.gauge {
+            gauge.decrement(1.0);
+        }
         if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.closed.notify_waiters();
         }
@@ -53,10 +63,36 @@ impl Drop for Tracked {
 }
 
 impl Drain {
+    /// A drain whose count of open connections `gauge` shows too.
+    pub fn counted_by(gauge: metrics::Gauge) -> Drain {
+        Drain {
+            gauge: Some(gauge),
+            ..Drain::default()
+        }
+    }
+
     /// Counts a new connection.
     pub fn track(self: &Arc<Self>) -> Tracked {
         self.open.fetch_add(1, Ordering::AcqRel);
+        if let Some(gauge) = &self.gauge {
+            gauge.increment(1.0);
+        }
         Tracked(self.clone())
+    }
+
+    /// The grace period is over: ends what still runs ([`Drain::cut_off`]).
+    pub fn cut(&self) {
+        self.over.store(true, Ordering::Release);
+        self.cut.notify_waiters();
+    }
+
+    /// Resolves when the grace period is over ([`Drain::cut`]).
+    pub async fn cut_off(&self) {
+        let mut signal = pin!(self.cut.notified());
+        signal.as_mut().enable();
+        if !self.over.load(Ordering::Acquire) {
+            signal.await;
+        }
     }
 
     /// Tells every connection to finish its request in flight and close.
@@ -213,6 +249,14 @@ impl Watch<'_> {
                 listening = true;
                 if signalled || drain.is_draining() {
                     draining = true;
+                    // What the socket already holds is read first: hyper's
+                    // HTTP/1 server closes an idle connection at once, a
+                    // request that arrived meanwhile unread (and the socket
+                    // closed on it is reset). Read, it is served, with
+                    // `Connection: close`.
+                    if let Poll::Ready(output) = conn.as_mut().poll(cx) {
+                        return Poll::Ready(Ok(output));
+                    }
                     shut_down(conn.as_mut());
                 }
             }
@@ -302,6 +346,9 @@ pub async fn first_bytes_rule_out_h2(
     let prefix = &super::H2_PREFACE[..3];
     let mut first = [0u8; 3];
     let peeked = tokio::select! {
+        // First bytes already there are read (served), also once the drain
+        // began: closed unread, the socket would be reset.
+        biased;
         peeked = tokio::time::timeout(idle, stream.peek(&mut first)) => peeked,
         () = drain.began() => return None,
     };
