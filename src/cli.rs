@@ -36,6 +36,10 @@ pub mod exit {
     pub const ROLLOUT_ABORTED: u8 = 7;
     /// `--wait-converged` / `--wait` gave up after `--timeout`.
     pub const TIMED_OUT: u8 = 8;
+    /// Standard output was closed before everything was written
+    /// (`ctl ... | head -1`): what a shell reports for a program that
+    /// SIGPIPE ended (128 + 13).
+    pub const OUTPUT_CLOSED: u8 = 141;
 }
 
 /// Why a command failed; each kind has its exit code.
@@ -71,6 +75,22 @@ impl CliError {
             CliError::TimedOut { .. } => exit::TIMED_OUT,
             CliError::Failed(_) => exit::FAILED,
         }
+    }
+}
+
+/// Writes `line` and a newline to standard output. A reader that went away
+/// (`ctl ... | head -1`) ends the process with [`exit::OUTPUT_CLOSED`], as
+/// SIGPIPE ends a C program, where `println!` would panic; any other write
+/// error ends it with [`exit::FAILED`].
+pub fn print_line(line: impl std::fmt::Display) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(exit::OUTPUT_CLOSED.into());
+        }
+        eprintln!("error: cannot write to standard output: {e}");
+        std::process::exit(exit::FAILED.into());
     }
 }
 

@@ -114,6 +114,40 @@ async fn ctl_changes_weights_with_exit_codes_a_pipeline_can_trust() {
     assert!(out.contains("ready: yes"), "{out}");
 }
 
+/// `ctl ... | head -1`: a reader that went away ends the command with 141
+/// (as SIGPIPE ends a C program), not with a panic.
+#[tokio::test]
+async fn a_closed_standard_output_ends_the_command_without_a_panic() {
+    let (v1, v2) = (
+        TaggedUpstream::start("v1").await,
+        TaggedUpstream::start("v2").await,
+    );
+    let gw = GatewayProc::spawn(&config(v1.addr, v2.addr)).await;
+    let url = format!("http://{}", gw.admin);
+    // The pipe's reading end is closed before the command starts: its
+    // first write finds no reader.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = tokio::process::Command::new(BIN)
+        .args(["ctl", "--json", "weights"])
+        .env("CANARY_ADMIN_TOKEN", TOKEN)
+        .env_remove("CANARY_GATEWAY_CONFIG")
+        .env("CANARY_ADMIN_URL", &url)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+        .wait_with_output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("the command did not finish")
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 #[tokio::test]
 async fn status_wait_converged_waits_for_one_generation() {
     let (v1, v2) = (

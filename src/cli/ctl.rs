@@ -200,9 +200,9 @@ pub async fn run(args: CtlArgs) -> Result<(), CliError> {
                 out.print(&Value::Array(statuses), |_| String::new());
             } else {
                 for s in &statuses {
-                    println!("{}", render::status(s));
+                    crate::cli::print_line(render::status(s));
                 }
-                println!("converged");
+                crate::cli::print_line("converged");
             }
         }
         CtlCommand::Weights { action: None } => {
@@ -329,12 +329,9 @@ pub struct Output {
 impl Output {
     pub fn print(&self, value: &Value, readable: impl Fn(&Value) -> String) {
         if self.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(value).unwrap_or_default()
-            );
+            crate::cli::print_line(serde_json::to_string_pretty(value).unwrap_or_default());
         } else {
-            println!("{}", readable(value));
+            crate::cli::print_line(readable(value));
         }
     }
 }

@@ -189,9 +189,11 @@ pub async fn rollout(
                         let now = progress(&state);
                         if last.as_ref() != Some(&now) {
                             if json {
-                                println!("{}", serde_json::to_string(&state).unwrap_or_default());
+                                crate::cli::print_line(
+                                    serde_json::to_string(&state).unwrap_or_default(),
+                                );
                             } else {
-                                println!("{}", render::rollout(&state));
+                                crate::cli::print_line(render::rollout(&state));
                             }
                         }
                         match field(&state, &["phase"]).and_then(Value::as_str) {
