@@ -667,21 +667,21 @@ fn listener_of(line: &str) -> SocketAddr {
         .unwrap()
 }
 
-/// A SIGHUP sent while the gateway starts (here during the shared store's
-/// first read, which the test holds unanswered: the start's AWS setup and
-/// store read come before any handler of the old code) does not end the
-/// process: it is a reload once the gateway runs.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sighup_during_the_start_is_a_reload_not_the_end() {
-    let v1 = Upstream::start("v1").await;
-    let store = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
+/// The binary started on a DynamoDB store at `store` (a listener the test
+/// holds: the start's first store read waits there unanswered for up to
+/// `boot_timeout`), with AWS settings of its own and none of the
+/// environment's.
+fn start_on_a_silent_store(
+    dir: &Path,
+    v1: SocketAddr,
+    store: SocketAddr,
+    boot_timeout: &str,
+) -> Starting {
     let path = write_config(
-        dir.path(),
-        &[("v1", 1, v1.addr)],
+        dir,
+        &[("v1", 1, v1)],
         &format!(
-            "\n[store]\nkind = \"dynamodb\"\ntable = \"t\"\nkey = \"k\"\nboot_timeout = \"2s\"\n\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"http://{}\"\n",
-            store.local_addr().unwrap()
+            "\n[store]\nkind = \"dynamodb\"\ntable = \"t\"\nkey = \"k\"\nboot_timeout = \"{boot_timeout}\"\n\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"http://{store}\"\n"
         ),
     );
     let mut cmd = Command::new(BIN);
@@ -691,7 +691,7 @@ async fn a_sighup_during_the_start_is_a_reload_not_the_end() {
             cmd.env_remove(key);
         }
     }
-    let nowhere = dir.path().join("no-such-aws-file");
+    let nowhere = dir.join("no-such-aws-file");
     cmd.args(["run", "--config"])
         .arg(&path)
         .env("AWS_ACCESS_KEY_ID", "testing")
@@ -699,7 +699,19 @@ async fn a_sighup_during_the_start_is_a_reload_not_the_end() {
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_CONFIG_FILE", &nowhere)
         .env("AWS_SHARED_CREDENTIALS_FILE", &nowhere);
-    let mut gw = Starting::spawn(cmd);
+    Starting::spawn(cmd)
+}
+
+/// A SIGHUP sent while the gateway starts (here during the shared store's
+/// first read, which the test holds unanswered: the start's AWS setup and
+/// store read come before any handler of the old code) does not end the
+/// process: it is a reload once the gateway runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_during_the_start_is_a_reload_not_the_end() {
+    let v1 = Upstream::start("v1").await;
+    let store = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = start_on_a_silent_store(dir.path(), v1.addr, store.local_addr().unwrap(), "2s");
     // The store's first read has begun: the start is under way.
     let (_held, _) = tokio::time::timeout(Duration::from_secs(20), store.accept())
         .await
@@ -740,30 +752,7 @@ async fn a_sigterm_during_the_start_stops_it_cleanly() {
     let v1 = Upstream::start("v1").await;
     let store = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(
-        dir.path(),
-        &[("v1", 1, v1.addr)],
-        &format!(
-            "\n[store]\nkind = \"dynamodb\"\ntable = \"t\"\nkey = \"k\"\nboot_timeout = \"20s\"\n\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"http://{}\"\n",
-            store.local_addr().unwrap()
-        ),
-    );
-    let mut cmd = Command::new(BIN);
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy().into_owned();
-        if key.starts_with("AWS_") || key.starts_with("CANARY_") {
-            cmd.env_remove(key);
-        }
-    }
-    let nowhere = dir.path().join("no-such-aws-file");
-    cmd.args(["run", "--config"])
-        .arg(&path)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", &nowhere)
-        .env("AWS_SHARED_CREDENTIALS_FILE", &nowhere);
-    let mut gw = Starting::spawn(cmd);
+    let mut gw = start_on_a_silent_store(dir.path(), v1.addr, store.local_addr().unwrap(), "20s");
     let (_held, _) = tokio::time::timeout(Duration::from_secs(20), store.accept())
         .await
         .expect("the gateway never read the store")
