@@ -54,26 +54,6 @@ pub fn overrides_from_env() -> Vec<(&'static Override, String)> {
         .collect()
 }
 
-/// `text` with `overrides` applied (unchanged when there are none).
-pub fn apply(
-    text: &str,
-    origin: &str,
-    overrides: &[(&'static Override, String)],
-) -> Result<String, ConfigError> {
-    if overrides.is_empty() {
-        return Ok(text.to_string());
-    }
-    let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
-        path: origin.to_string(),
-        message: super::syntax_message(text, &e),
-    })?;
-    apply_to_table(&mut table, overrides);
-    toml::to_string(&table).map_err(|e| ConfigError::Syntax {
-        path: origin.to_string(),
-        message: e.to_string(),
-    })
-}
-
 /// Sets the overrides' keys in a parsed config.
 fn apply_to_table(table: &mut toml::Table, overrides: &[(&'static Override, String)]) {
     for (o, value) in overrides {
@@ -270,7 +250,7 @@ kind = "cloudmap"
     #[test]
     fn overrides_set_the_store_and_every_cloudmap_namespace() {
         let o = |var| OVERRIDES.iter().find(|o| o.var == var).unwrap();
-        let text = apply(
+        let config = parse_overridden(
             BASE,
             "t",
             &[
@@ -279,7 +259,6 @@ kind = "cloudmap"
             ],
         )
         .unwrap();
-        let config = Config::parse(&text, "t").unwrap();
         match &config.versions[0].source {
             super::super::EndpointSource::CloudMap(c) => assert_eq!(c.namespace, "prod.local"),
             other => panic!("{other:?}"),
@@ -292,7 +271,11 @@ kind = "cloudmap"
             &config.store,
             super::super::StoreConfig::CloudMap { service_id, .. } if service_id == "srv-0123"
         ));
-        assert_eq!(apply(BASE, "t", &[]).unwrap(), BASE);
+        // No overrides: the text as it is (here without its service id).
+        assert_eq!(
+            parse_overridden(BASE, "t", &[]).unwrap_err().to_string(),
+            Config::parse(BASE, "t").unwrap_err().to_string()
+        );
     }
 
     fn set(var: &str, value: &str) -> (&'static Override, String) {

@@ -221,8 +221,8 @@ fn shipped_ecs_config_is_valid() {
     assert!(missing.contains("CANARY_STORE_TABLE"), "{missing}");
     let var = &super::env::OVERRIDES[1];
     assert_eq!(var.var, "CANARY_STORE_TABLE");
-    let text = super::env::apply(text, "ecs", &[(var, "canary-gateway-weights".into())]).unwrap();
-    let c = Config::parse(&text, "ecs").unwrap();
+    let c = super::env::parse_overridden(text, "ecs", &[(var, "canary-gateway-weights".into())])
+        .unwrap();
     assert!(matches!(c.store, StoreConfig::DynamoDb { .. }));
     assert!(c.listener.trust_forwarded_headers);
 }

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use canary_gateway::config::Config;
-use canary_gateway::config::env::{OVERRIDES, apply};
+use canary_gateway::config::env::{OVERRIDES, parse_overridden};
 use serde_json::Value;
 
 fn read(path: &str) -> String {
@@ -29,8 +29,7 @@ fn config_with_env(text: &str, env: &[(String, String)]) -> Config {
                 .map(|(_, v)| (o, v.clone()))
         })
         .collect();
-    let text = apply(text, "deploy", &overrides).unwrap();
-    Config::parse(&text, "deploy").unwrap()
+    parse_overridden(text, "deploy", &overrides).unwrap()
 }
 
 #[test]
