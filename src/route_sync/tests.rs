@@ -156,3 +156,74 @@ async fn a_rollback_from_the_files_weights_waits_for_the_store_to_be_mirrored() 
     assert_eq!(recorded.writes(1).await[0], fleet_rolled_back);
     sync.abort();
 }
+
+/// Starts a task whose own decision (v2 at 50) is in force and in the store,
+/// and its route mirror (reconciling every 5 ms); answers once the first
+/// reconcile wrote it again (the store still holding it).
+async fn own_decision_mirrored(
+    store: &Arc<MemoryStore>,
+) -> (
+    Arc<Control>,
+    Arc<Recorded>,
+    BTreeMap<String, u32>,
+    tokio::task::JoinHandle<()>,
+) {
+    let config = Config::parse(CONFIG, "test").unwrap();
+    let control = Control::start(config, store.clone() as Arc<dyn Store>, "dynamodb")
+        .await
+        .unwrap();
+    let ours = BTreeMap::from([("v1".to_string(), 50), ("v2".to_string(), 50)]);
+    control.set_weights(ours.clone(), "admin").await.unwrap();
+    let recorded = Arc::new(Recorded::default());
+    let sync = tokio::spawn(follow_route(
+        control.clone(),
+        recorded.clone(),
+        Duration::from_millis(5),
+    ));
+    assert_eq!(recorded.writes(2).await[..2], [ours.clone(), ours.clone()]);
+    (control, recorded, ours, sync)
+}
+
+/// Another task wrote a newer decision (a rollback) that this task has not
+/// polled yet: this task's reconcile must not write its older weights over
+/// the route, which holds the newer decision's.
+#[tokio::test]
+async fn a_reconcile_never_writes_over_a_newer_decision_in_the_store() {
+    let store = Arc::new(MemoryStore::default());
+    let (control, recorded, ours, sync) = own_decision_mirrored(&store).await;
+    let generation = control.weights().generation + 1;
+    *store.doc.lock().unwrap() = Some(crate::store::memory::doc(generation, "other-task", 0));
+    // No await since the write above: every reconcile write from now on
+    // read the newer decision (the double's load never waits).
+    let before = recorded.0.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let after = recorded.0.lock().unwrap().clone();
+    assert_eq!(
+        after.len(),
+        before,
+        "reconciles wrote the older weights {ours:?} over the store's newer decision: {:?}",
+        &after[before..]
+    );
+    assert_eq!(
+        control.weights().weights,
+        ours,
+        "not polled: still in force here"
+    );
+    sync.abort();
+}
+
+/// While the store cannot be read, this task cannot know its decision is
+/// still the latest: no reconcile writes it; once the store answers that it
+/// is, reconciles write it again.
+#[tokio::test]
+async fn a_reconcile_skips_while_the_store_cannot_be_read() {
+    let store = Arc::new(MemoryStore::default());
+    let (_control, recorded, ours, sync) = own_decision_mirrored(&store).await;
+    store.set_down(true);
+    let before = recorded.0.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(recorded.0.lock().unwrap().len(), before, "written blind");
+    store.set_down(false);
+    assert_eq!(recorded.writes(before + 1).await[before], ours);
+    sync.abort();
+}
