@@ -30,14 +30,17 @@ pub trait RouteSync: Send + Sync + 'static {
 ///
 /// Every `reconcile_every` the decision in force is written again by its
 /// writer (skipped by App Mesh when nothing changed): that repairs drift and
-/// retries after a failure. Before such a write the store is read, and the
-/// write is made only when the store's decision is still the one in force
-/// here (same generation and writer): another task may have written a newer
-/// decision that this task has not polled yet, and its weights must not be
-/// overwritten with older ones. When the store holds another decision, or
-/// cannot be read, that reconcile is skipped (logged at debug); the next one
-/// tries again. A failure is recorded in /status and never reverts the
-/// gateway.
+/// retries after a failure. With a shared store the store is read before
+/// such a write, and the write is made only when the store's decision is
+/// still the one in force here (same generation and writer), or when the
+/// store holds no decision yet and this task runs the config file's weights
+/// (generation 0): another task may have written a newer decision that this
+/// task has not polled yet, and its weights must not be overwritten with
+/// older ones. When the store holds another decision, or cannot be read,
+/// that reconcile is skipped (logged at debug); the next one tries again.
+/// With a store of this task's own (the file) no other task decides, and
+/// the reconcile writes without reading it. A failure is recorded in
+/// /status and never reverts the gateway.
 pub async fn follow_route(
     control: Arc<Control>,
     sync: Arc<dyn RouteSync>,
@@ -54,7 +57,8 @@ pub async fn follow_route(
     loop {
         let ours = (doc.writer == control.writer() || overtaken) && !control.mirror_held();
         let mut write = ours;
-        if ours && reconcile {
+        // One task's own store (the file): no other task writes decisions.
+        if ours && reconcile && control.store_shared() {
             // A newer decision coming meanwhile is handled as one.
             let stored = tokio::select! {
                 stored = control.stored_decision() => Some(stored),
@@ -72,6 +76,9 @@ pub async fn follow_route(
             };
             match stored {
                 Ok(Some(s)) if s.generation == doc.generation && s.writer == doc.writer => {}
+                // Nothing decided in the store yet: this task runs the config
+                // file's weights (generation 0); no newer decision to undo.
+                Ok(None) if doc.generation == 0 => {}
                 Ok(stored) => {
                     write = false;
                     tracing::debug!(

@@ -560,6 +560,11 @@ impl Control {
         Ok(())
     }
 
+    /// Whether other tasks share the store (and may write decisions to it).
+    pub fn store_shared(&self) -> bool {
+        self.store.shared()
+    }
+
     /// The store's current decision, read for the App Mesh reconcile (see
     /// [`crate::route_sync::follow_route`]): nothing is adopted (the poll
     /// does that); the outcome counts in the store's metrics and /status.

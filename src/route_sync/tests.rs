@@ -227,3 +227,83 @@ async fn a_reconcile_skips_while_the_store_cannot_be_read() {
     assert_eq!(recorded.writes(before + 1).await[before], ours);
     sync.abort();
 }
+
+/// Nothing decided in the shared store yet: the task runs the config file's
+/// weights (generation 0, its own) and its reconciles keep writing them (no
+/// newer decision exists to be undone).
+#[tokio::test]
+async fn a_reconcile_writes_the_files_weights_while_the_store_holds_no_decision() {
+    let store = Arc::new(MemoryStore::default());
+    let config = Config::parse(CONFIG, "test").unwrap();
+    let control = Control::start(config, store.clone() as Arc<dyn Store>, "dynamodb")
+        .await
+        .unwrap();
+    assert_eq!(control.weights().generation, 0);
+    let recorded = Arc::new(Recorded::default());
+    let sync = tokio::spawn(follow_route(
+        control.clone(),
+        recorded.clone(),
+        Duration::from_millis(5),
+    ));
+    let file = BTreeMap::from([("v1".to_string(), 90), ("v2".to_string(), 10)]);
+    assert_eq!(
+        recorded.writes(3).await[..3],
+        [file.clone(), file.clone(), file]
+    );
+    sync.abort();
+}
+
+/// A store only this task writes (`shared()` false, like the file store).
+struct OwnStore(MemoryStore);
+
+impl Store for OwnStore {
+    fn load(
+        &self,
+    ) -> BoxFuture<'_, Result<Option<crate::store::WeightsDoc>, crate::store::StoreError>> {
+        self.0.load()
+    }
+    fn save<'a>(
+        &'a self,
+        doc: &'a crate::store::WeightsDoc,
+        read_at: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), crate::store::StoreError>> {
+        self.0.save(doc, read_at)
+    }
+    fn shared(&self) -> bool {
+        false
+    }
+}
+
+/// A task's own store holds an older decision (an earlier process's) than
+/// the one in force (the config file's edited weights win at start, not
+/// written back yet): no other task decides, so the reconciles keep
+/// repairing the route with the decision in force.
+#[tokio::test]
+async fn a_reconcile_on_a_store_of_its_own_writes_the_decision_in_force() {
+    let store = Arc::new(OwnStore(MemoryStore::default()));
+    let earlier = crate::store::WeightsDoc {
+        config_weights: Some(BTreeMap::from([
+            ("v1".to_string(), 50),
+            ("v2".to_string(), 50),
+        ])),
+        ..crate::store::memory::doc(3, "earlier-process", 50)
+    };
+    *store.0.doc.lock().unwrap() = Some(earlier);
+    let config = Config::parse(CONFIG, "test").unwrap();
+    let control = Control::start(config, store.clone() as Arc<dyn Store>, "file")
+        .await
+        .unwrap();
+    assert_eq!(control.weights().generation, 4, "the edited file wins");
+    let recorded = Arc::new(Recorded::default());
+    let sync = tokio::spawn(follow_route(
+        control.clone(),
+        recorded.clone(),
+        Duration::from_millis(5),
+    ));
+    let file = BTreeMap::from([("v1".to_string(), 90), ("v2".to_string(), 10)]);
+    assert_eq!(
+        recorded.writes(3).await[..3],
+        [file.clone(), file.clone(), file]
+    );
+    sync.abort();
+}
