@@ -26,10 +26,21 @@ pub trait RouteSync: Send + Sync + 'static {
 /// without reading the store, on the config file's weights. A sync still
 /// going (App Mesh throttles; its retries) when a newer decision comes is
 /// abandoned, and the newer decision written by this task too: the older
-/// write, landing late, would otherwise undo it until the next reconcile. Every `reconcile_every` the
-/// decision in force is written again by its writer (skipped by App Mesh
-/// when nothing changed): that repairs drift and retries after a failure. A
-/// failure is recorded in /status and never reverts the gateway.
+/// write, landing late, would otherwise undo it until the next reconcile.
+///
+/// Every `reconcile_every` the decision in force is written again by its
+/// writer (skipped by App Mesh when nothing changed): that repairs drift and
+/// retries after a failure. With a shared store the store is read before
+/// such a write, and the write is made only when the store's decision is
+/// still the one in force here (same generation and writer), or when the
+/// store holds no decision yet and this task runs the config file's weights
+/// (generation 0): another task may have written a newer decision that this
+/// task has not polled yet, and its weights must not be overwritten with
+/// older ones. When the store holds another decision, or cannot be read,
+/// that reconcile is skipped (logged at debug); the next one tries again.
+/// With a store of this task's own (the file) no other task decides, and
+/// the reconcile writes without reading it. A failure is recorded in
+/// /status and never reverts the gateway.
 pub async fn follow_route(
     control: Arc<Control>,
     sync: Arc<dyn RouteSync>,
@@ -40,8 +51,54 @@ pub async fn follow_route(
     // A write of this task's that a newer decision overtook: it may still
     // land after that decision's writer wrote the route.
     let mut overtaken = false;
+    // This round is a reconcile (the timer, no new decision), not a new
+    // decision's first write.
+    let mut reconcile = false;
     loop {
-        if (doc.writer == control.writer() || overtaken) && !control.mirror_held() {
+        let ours = (doc.writer == control.writer() || overtaken) && !control.mirror_held();
+        let mut write = ours;
+        // One task's own store (the file): no other task writes decisions.
+        if ours && reconcile && control.store_shared() {
+            // A newer decision coming meanwhile is handled as one.
+            let stored = tokio::select! {
+                stored = control.stored_decision() => Some(stored),
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    None
+                }
+            };
+            let Some(stored) = stored else {
+                doc = rx.borrow_and_update().clone();
+                reconcile = false;
+                continue;
+            };
+            match stored {
+                Ok(Some(s)) if s.generation == doc.generation && s.writer == doc.writer => {}
+                // Nothing decided in the store yet: this task runs the config
+                // file's weights (generation 0); no newer decision to undo.
+                Ok(None) if doc.generation == 0 => {}
+                Ok(stored) => {
+                    write = false;
+                    tracing::debug!(
+                        generation = doc.generation,
+                        stored_generation = stored.as_ref().map(|s| s.generation),
+                        stored_writer = stored.as_ref().map(|s| s.writer.as_str()),
+                        "App Mesh route: reconcile skipped, the store holds another decision than the one in force here"
+                    );
+                }
+                Err(e) => {
+                    write = false;
+                    tracing::debug!(
+                        error = %e,
+                        generation = doc.generation,
+                        "App Mesh route: reconcile skipped, the store could not be read"
+                    );
+                }
+            }
+        }
+        if write {
             overtaken = false;
             // Abandoned (its retries with it) when a newer decision comes.
             let result = tokio::select! {
@@ -58,6 +115,7 @@ pub async fn follow_route(
                 // write of the older one is the route's last.
                 doc = rx.borrow_and_update().clone();
                 overtaken = true;
+                reconcile = false;
                 tracing::debug!(
                     generation = doc.generation,
                     "App Mesh route: a newer decision came during a sync; writing it"
@@ -68,18 +126,21 @@ pub async fn follow_route(
                 tracing::warn!(error = %e, generation = doc.generation, "App Mesh route sync failed");
             }
             control.appmesh_synced(doc.generation, result);
-        } else {
+        } else if !ours {
             tracing::debug!(generation = doc.generation, writer = %doc.writer, "App Mesh route: synced by the task that wrote the decision");
         }
-        tokio::select! {
+        let timer = tokio::select! {
             changed = rx.changed() => {
                 if changed.is_err() {
                     return;
                 }
+                false
             }
-            () = tokio::time::sleep(reconcile_every) => {}
-        }
-        doc = rx.borrow_and_update().clone();
+            () = tokio::time::sleep(reconcile_every) => true,
+        };
+        let next = rx.borrow_and_update().clone();
+        reconcile = timer && next == doc;
+        doc = next;
     }
 }
 

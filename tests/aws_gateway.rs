@@ -218,6 +218,49 @@ async fn splits_between_endpoints_discovered_in_cloud_map() {
     assert_eq!(v1.hits() + v2.hits(), 1000);
 }
 
+/// The AWS endpoint given only by the standard `AWS_ENDPOINT_URL` variable
+/// (no `[aws] endpoint_url`; every other test sets that): Cloud Map
+/// discovery still goes to it, DiscoverInstances included (its `data-` host
+/// prefix removed as with a configured URL), and requests reach the
+/// discovered endpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovers_through_the_aws_endpoint_url_environment_variable() {
+    let moto = MotoServer::start();
+    let v1 = TaggedUpstream::start("v1").await;
+    let v2 = TaggedUpstream::start("v2").await;
+    let services = cloudmap_services(&moto, &["env-v1", "env-v2"]).await;
+    register(&services[0], "i-v1", &v1).await;
+    register(&services[1], "i-v2", &v2).await;
+    let text = gateway_config(
+        &format!("token_env = \"{TOKEN_ENV}\"\n"),
+        "",
+        &[
+            ("v1", 50, cloudmap_source("env-v1")),
+            ("v2", 50, cloudmap_source("env-v2")),
+        ],
+    );
+    assert!(!text.contains("endpoint_url"), "{text}");
+    let gw =
+        GatewayProc::spawn_with_env(&text, &[("AWS_ENDPOINT_URL", &moto.endpoint_url())]).await;
+    gw.wait_ready(WAIT).await;
+    wait_endpoints(
+        &gw,
+        &[
+            ("v1", vec![v1.addr.to_string()]),
+            ("v2", vec![v2.addr.to_string()]),
+        ],
+    )
+    .await;
+
+    let counts = split_counts(gw.addr, 200).await;
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    assert_near(&counts, "v1", 100, 30);
+    assert_eq!(
+        (v1.hits() + v2.hits(), v1.hits() > 0, v2.hits() > 0),
+        (200, true, true)
+    );
+}
+
 /// An instance registered while the gateway runs gets traffic; a deregistered
 /// one stops getting it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -560,6 +560,20 @@ impl Control {
         Ok(())
     }
 
+    /// Whether other tasks share the store (and may write decisions to it).
+    pub fn store_shared(&self) -> bool {
+        self.store.shared()
+    }
+
+    /// The store's current decision, read for the App Mesh reconcile (see
+    /// [`crate::route_sync::follow_route`]): nothing is adopted (the poll
+    /// does that); the outcome counts in the store's metrics and /status.
+    pub async fn stored_decision(&self) -> Result<Option<WeightsDoc>, StoreError> {
+        let loaded = self.store.load().await;
+        self.store_outcome("load", loaded.as_ref().map(|_| ()));
+        loaded
+    }
+
     /// One poll of a shared store: adopts its document when it is newer than
     /// the decision in force. The store is read without holding the lock that
     /// decisions take (an admin change never waits for a poll's AWS call);

@@ -156,3 +156,154 @@ async fn a_rollback_from_the_files_weights_waits_for_the_store_to_be_mirrored() 
     assert_eq!(recorded.writes(1).await[0], fleet_rolled_back);
     sync.abort();
 }
+
+/// Starts a task whose own decision (v2 at 50) is in force and in the store,
+/// and its route mirror (reconciling every 5 ms); answers once the first
+/// reconcile wrote it again (the store still holding it).
+async fn own_decision_mirrored(
+    store: &Arc<MemoryStore>,
+) -> (
+    Arc<Control>,
+    Arc<Recorded>,
+    BTreeMap<String, u32>,
+    tokio::task::JoinHandle<()>,
+) {
+    let config = Config::parse(CONFIG, "test").unwrap();
+    let control = Control::start(config, store.clone() as Arc<dyn Store>, "dynamodb")
+        .await
+        .unwrap();
+    let ours = BTreeMap::from([("v1".to_string(), 50), ("v2".to_string(), 50)]);
+    control.set_weights(ours.clone(), "admin").await.unwrap();
+    let recorded = Arc::new(Recorded::default());
+    let sync = tokio::spawn(follow_route(
+        control.clone(),
+        recorded.clone(),
+        Duration::from_millis(5),
+    ));
+    assert_eq!(recorded.writes(2).await[..2], [ours.clone(), ours.clone()]);
+    (control, recorded, ours, sync)
+}
+
+/// Another task wrote a newer decision (a rollback) that this task has not
+/// polled yet: this task's reconcile must not write its older weights over
+/// the route, which holds the newer decision's.
+#[tokio::test]
+async fn a_reconcile_never_writes_over_a_newer_decision_in_the_store() {
+    let store = Arc::new(MemoryStore::default());
+    let (control, recorded, ours, sync) = own_decision_mirrored(&store).await;
+    let generation = control.weights().generation + 1;
+    *store.doc.lock().unwrap() = Some(crate::store::memory::doc(generation, "other-task", 0));
+    // No await since the write above: every reconcile write from now on
+    // read the newer decision (the double's load never waits).
+    let before = recorded.0.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let after = recorded.0.lock().unwrap().clone();
+    assert_eq!(
+        after.len(),
+        before,
+        "reconciles wrote the older weights {ours:?} over the store's newer decision: {:?}",
+        &after[before..]
+    );
+    assert_eq!(
+        control.weights().weights,
+        ours,
+        "not polled: still in force here"
+    );
+    sync.abort();
+}
+
+/// While the store cannot be read, this task cannot know its decision is
+/// still the latest: no reconcile writes it; once the store answers that it
+/// is, reconciles write it again.
+#[tokio::test]
+async fn a_reconcile_skips_while_the_store_cannot_be_read() {
+    let store = Arc::new(MemoryStore::default());
+    let (_control, recorded, ours, sync) = own_decision_mirrored(&store).await;
+    store.set_down(true);
+    let before = recorded.0.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(recorded.0.lock().unwrap().len(), before, "written blind");
+    store.set_down(false);
+    assert_eq!(recorded.writes(before + 1).await[before], ours);
+    sync.abort();
+}
+
+/// Nothing decided in the shared store yet: the task runs the config file's
+/// weights (generation 0, its own) and its reconciles keep writing them (no
+/// newer decision exists to be undone).
+#[tokio::test]
+async fn a_reconcile_writes_the_files_weights_while_the_store_holds_no_decision() {
+    let store = Arc::new(MemoryStore::default());
+    let config = Config::parse(CONFIG, "test").unwrap();
+    let control = Control::start(config, store.clone() as Arc<dyn Store>, "dynamodb")
+        .await
+        .unwrap();
+    assert_eq!(control.weights().generation, 0);
+    let recorded = Arc::new(Recorded::default());
+    let sync = tokio::spawn(follow_route(
+        control.clone(),
+        recorded.clone(),
+        Duration::from_millis(5),
+    ));
+    let file = BTreeMap::from([("v1".to_string(), 90), ("v2".to_string(), 10)]);
+    assert_eq!(
+        recorded.writes(3).await[..3],
+        [file.clone(), file.clone(), file]
+    );
+    sync.abort();
+}
+
+/// A store only this task writes (`shared()` false, like the file store).
+struct OwnStore(MemoryStore);
+
+impl Store for OwnStore {
+    fn load(
+        &self,
+    ) -> BoxFuture<'_, Result<Option<crate::store::WeightsDoc>, crate::store::StoreError>> {
+        self.0.load()
+    }
+    fn save<'a>(
+        &'a self,
+        doc: &'a crate::store::WeightsDoc,
+        read_at: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), crate::store::StoreError>> {
+        self.0.save(doc, read_at)
+    }
+    fn shared(&self) -> bool {
+        false
+    }
+}
+
+/// A task's own store holds an older decision (an earlier process's) than
+/// the one in force (the config file's edited weights win at start, not
+/// written back yet): no other task decides, so the reconciles keep
+/// repairing the route with the decision in force.
+#[tokio::test]
+async fn a_reconcile_on_a_store_of_its_own_writes_the_decision_in_force() {
+    let store = Arc::new(OwnStore(MemoryStore::default()));
+    let earlier = crate::store::WeightsDoc {
+        config_weights: Some(BTreeMap::from([
+            ("v1".to_string(), 50),
+            ("v2".to_string(), 50),
+        ])),
+        ..crate::store::memory::doc(3, "earlier-process", 50)
+    };
+    *store.0.doc.lock().unwrap() = Some(earlier);
+    let config = Config::parse(CONFIG, "test").unwrap();
+    let control = Control::start(config, store.clone() as Arc<dyn Store>, "file")
+        .await
+        .unwrap();
+    assert_eq!(control.weights().generation, 4, "the edited file wins");
+    let recorded = Arc::new(Recorded::default());
+    let sync = tokio::spawn(follow_route(
+        control.clone(),
+        recorded.clone(),
+        Duration::from_millis(5),
+    ));
+    let file = BTreeMap::from([("v1".to_string(), 90), ("v2".to_string(), 10)]);
+    assert_eq!(
+        recorded.writes(3).await[..3],
+        [file.clone(), file.clone(), file]
+    );
+    sync.abort();
+}

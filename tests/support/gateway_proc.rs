@@ -82,11 +82,19 @@ fn command(dir: &tempfile::TempDir) -> Command {
 impl GatewayProc {
     /// Writes `config` into a fresh directory and starts the binary on it.
     pub async fn spawn(config: &str) -> GatewayProc {
+        Self::spawn_with_env(config, &[]).await
+    }
+
+    /// [`GatewayProc::spawn`] with `env` set too (`AWS_ENDPOINT_URL`, say:
+    /// the clean AWS environment has only what the test gives).
+    pub async fn spawn_with_env(config: &str, env: &[(&str, &str)]) -> GatewayProc {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, config).unwrap();
         let mut cmd = command(&dir);
-        cmd.args(["run", "--config"]).arg(&path);
+        cmd.args(["run", "--config"])
+            .arg(&path)
+            .envs(env.iter().copied());
         match tokio::task::spawn_blocking(move || shared::spawn_serving(cmd, START_LIMIT))
             .await
             .unwrap()

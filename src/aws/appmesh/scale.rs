@@ -17,6 +17,10 @@ pub fn scale_to_percent(weights: &BTreeMap<String, u32>) -> BTreeMap<String, u32
 /// version with a non-zero weight never gets 0: it gets 1, taken from the
 /// version with the largest percentage. When every weight is 0 (or the map is
 /// empty) every version gets 0 and the sum is 0.
+///
+/// `to` must be at least the number of non-zero weights for each of them to
+/// get 1; below that the versions left over get 0. The route sync refuses
+/// such a route before scaling (see [`super::targets::apply_weights`]).
 pub fn scale_to(weights: &BTreeMap<String, u32>, to: u32) -> BTreeMap<String, u32> {
     let to = u64::from(to);
     let total: u64 = weights.values().map(|&w| u64::from(w)).sum();
@@ -174,10 +178,23 @@ mod tests {
             scale_to(&w(&[("a", 90), ("b", 10)]), 80),
             w(&[("a", 72), ("b", 8)])
         );
+        // Exactly one point per non-zero version: each keeps 1 (foreign
+        // targets at 98 of a route, a 99:1 split).
         assert_eq!(
-            scale_to(&w(&[("a", 1), ("b", 1)]), 1),
-            w(&[("a", 1), ("b", 0)])
+            scale_to(&w(&[("a", 1), ("b", 1)]), 2),
+            w(&[("a", 1), ("b", 1)])
         );
+        assert_eq!(
+            scale_to(&w(&[("stable", 99), ("canary", 1)]), 2),
+            w(&[("stable", 1), ("canary", 1)])
+        );
+        assert_eq!(
+            scale_to(&w(&[("stable", 99), ("canary", 1), ("off", 0)]), 2),
+            w(&[("stable", 1), ("canary", 1), ("off", 0)])
+        );
+        // Fewer points than non-zero versions (a non-zero canary would get
+        // 0) never reaches scale_to: the route sync refuses it, see
+        // targets::a_remainder_too_small_for_every_non_zero_version_is_refused.
         assert_eq!(scale_to(&w(&[("a", 5)]), 0), w(&[("a", 0)]));
     }
 

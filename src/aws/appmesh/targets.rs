@@ -20,7 +20,9 @@ pub const MAX_TOTAL: u32 = 100;
 /// Every route kind is handled (http, http2, grpc, tcp). Targets of virtual
 /// nodes that no version maps to (foreign targets) keep their weight; the
 /// versions' weights are scaled into what remains of 100, so the action's
-/// total stays at most 100 and each target 0 to 100 (UpdateRoute's limits).
+/// total stays at most 100 and each target 0 to 100 (UpdateRoute's limits),
+/// and every version with a non-zero weight gets at least 1 (a remainder
+/// smaller than the number of such versions is refused).
 /// When a node has several targets (different ports) the first gets the weight
 /// and the others 0. A node with a non-zero weight and no target gets a new
 /// target, with the port of the action's first target; an action may hold at
@@ -75,9 +77,18 @@ fn rewrite(
         )));
     }
     let remainder = MAX_TOTAL - foreign as u32;
-    if remainder == 0 && weights.values().any(|&w| w > 0) {
+    // Every version with a non-zero weight gets at least 1 (the gateway sends
+    // it traffic): the remainder must hold one point for each.
+    let non_zero: Vec<&str> = weights
+        .iter()
+        .filter(|&(_, &w)| w > 0)
+        .map(|(version, _)| version.as_str())
+        .collect();
+    if (remainder as usize) < non_zero.len() {
         return Err(AppMeshError::Invalid(format!(
-            "the targets of virtual nodes not in virtual_nodes take all {MAX_TOTAL}: nothing is left for the gateway's versions"
+            "the targets of virtual nodes not in virtual_nodes weigh {foreign} of {MAX_TOTAL}; the {remainder} left cannot give each of the {} versions with a non-zero weight ({}) at least 1; lower the other targets' weights",
+            non_zero.len(),
+            non_zero.join(", ")
         )));
     }
     let by_version = scale_to(weights, remainder);
@@ -242,7 +253,7 @@ mod tests {
 
         let mut spec = http_spec(vec![target("other", 100, None)]);
         let err = apply_weights(&mut spec, &percents(&[("v1", 1)]), &nodes(&["v1"])).unwrap_err();
-        assert!(err.to_string().contains("nothing is left"), "{err}");
+        assert!(err.to_string().contains("weigh 100 of 100"), "{err}");
 
         // Nine foreign targets plus two new ones: eleven, one more than allowed.
         let nine: Vec<WeightedTarget> = (0..9).map(|i| target(&format!("f{i}"), 1, None)).collect();
@@ -255,6 +266,52 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("at most 10"), "{err}");
         assert_eq!(weights_of(&spec).len(), 9);
+    }
+
+    /// Foreign targets leave 1 point and two versions have a non-zero weight:
+    /// one of them would get 0 on the route while the gateway sends it
+    /// traffic. Refused, naming the foreign total and the versions; the
+    /// route is left alone.
+    #[test]
+    fn a_remainder_too_small_for_every_non_zero_version_is_refused() {
+        let route = vec![
+            target("node-v1", 1, None),
+            target("node-v2", 0, None),
+            target("other", 99, None),
+        ];
+        let mut spec = http_spec(route.clone());
+        let err = apply_weights(
+            &mut spec,
+            &percents(&[("v1", 99), ("v2", 1)]),
+            &nodes(&["v1", "v2"]),
+        )
+        .unwrap_err();
+        assert!(matches!(err, AppMeshError::Invalid(_)), "{err:?}");
+        let message = err.to_string();
+        for part in ["weigh 99 of 100", "the 1 left", "2 versions", "(v1, v2)"] {
+            assert!(message.contains(part), "{part:?} not in {message}");
+        }
+        assert_eq!(weights_of(&spec), weights_of(&http_spec(route)));
+
+        // One point each is enough: the canary keeps 1.
+        let mut spec = http_spec(vec![target("node-v1", 2, None), target("other", 98, None)]);
+        let (_, written) = apply_weights(
+            &mut spec,
+            &percents(&[("v1", 99), ("v2", 1)]),
+            &nodes(&["v1", "v2"]),
+        )
+        .unwrap();
+        assert_eq!(written, percents(&[("v1", 1), ("v2", 1)]));
+        assert_eq!(total(&spec), 100);
+        // A version at 0 needs no point.
+        let mut spec = http_spec(vec![target("node-v1", 1, None), target("other", 99, None)]);
+        let (_, written) = apply_weights(
+            &mut spec,
+            &percents(&[("v1", 99), ("v2", 0)]),
+            &nodes(&["v1", "v2"]),
+        )
+        .unwrap();
+        assert_eq!(written, percents(&[("v1", 1), ("v2", 0)]));
     }
 
     #[test]
