@@ -38,8 +38,10 @@ pub trait RouteSync: Send + Sync + 'static {
 /// task has not polled yet, and its weights must not be overwritten with
 /// older ones. When the store holds another decision, or cannot be read,
 /// that reconcile is skipped (logged at debug); the next one tries again.
-/// With a store of this task's own (the file) no other task decides, and
-/// the reconcile writes without reading it. A failure is recorded in
+/// With a store of this task's own (the file) no other task decides: the
+/// decision in force is mirrored whoever wrote it (an earlier process of
+/// this task, after a restart), and the reconcile writes without reading
+/// the store. A failure is recorded in
 /// /status and never reverts the gateway.
 pub async fn follow_route(
     control: Arc<Control>,
@@ -55,7 +57,10 @@ pub async fn follow_route(
     // decision's first write.
     let mut reconcile = false;
     loop {
-        let ours = (doc.writer == control.writer() || overtaken) && !control.mirror_held();
+        // On a store of this task's own every decision in force is its own,
+        // also one an earlier process of it wrote (another writer id).
+        let ours = (doc.writer == control.writer() || overtaken || !control.store_shared())
+            && !control.mirror_held();
         let mut write = ours;
         // One task's own store (the file): no other task writes decisions.
         if ours && reconcile && control.store_shared() {

@@ -307,3 +307,33 @@ async fn a_reconcile_on_a_store_of_its_own_writes_the_decision_in_force() {
     );
     sync.abort();
 }
+
+/// After a restart on a store of its own (the file), the decision in force
+/// is one an earlier process of this task wrote (another writer id): no
+/// other task decides, so the route is still mirrored and reconciled.
+#[tokio::test]
+async fn a_restarted_task_on_a_store_of_its_own_mirrors_its_earlier_decision() {
+    let store = Arc::new(OwnStore(MemoryStore::default()));
+    let earlier = crate::store::WeightsDoc {
+        config_weights: Some(BTreeMap::from([
+            ("v1".to_string(), 90),
+            ("v2".to_string(), 10),
+        ])),
+        ..crate::store::memory::doc(3, "earlier-process", 30)
+    };
+    *store.0.doc.lock().unwrap() = Some(earlier);
+    let config = Config::parse(CONFIG, "test").unwrap();
+    let control = Control::start(config, store.clone() as Arc<dyn Store>, "file")
+        .await
+        .unwrap();
+    assert_eq!(control.weights().generation, 3, "the saved decision");
+    let recorded = Arc::new(Recorded::default());
+    let sync = tokio::spawn(follow_route(
+        control.clone(),
+        recorded.clone(),
+        Duration::from_millis(5),
+    ));
+    let saved = BTreeMap::from([("v1".to_string(), 70), ("v2".to_string(), 30)]);
+    assert_eq!(recorded.writes(2).await[..2], [saved.clone(), saved]);
+    sync.abort();
+}
