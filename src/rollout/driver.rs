@@ -8,6 +8,11 @@
 //! later, the window growing); otherwise the next step is taken, or at the
 //! last step the rollout succeeds. A replica whose step was taken by another
 //! meanwhile just follows the store.
+//!
+//! A rollout started before its first step (its canary had no healthy
+//! endpoint) gives the canary no traffic: every replica looks again until
+//! it finds the canary ready (a healthy endpoint), and the first that does
+//! takes step 0.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,6 +28,11 @@ use crate::metrics as names;
 
 /// How soon a failed decision (the store could not be written) is retried.
 const RETRY: Duration = Duration::from_secs(1);
+
+/// How often a rollout before its first step looks again for a healthy
+/// endpoint of its canary (ejections end and discovery changes without a
+/// notice to the driver).
+const ENDPOINT_POLL: Duration = Duration::from_millis(250);
 
 /// The traffic this replica has seen of one step.
 struct Window {
@@ -78,9 +88,15 @@ pub async fn run(control: Arc<Control>) {
     // Rollouts this replica aborted: if a racing write undid the abort in the
     // store, it is written again (an aborted rollout stays aborted).
     let mut aborted: BTreeMap<u64, String> = BTreeMap::new();
+    // The rollout (before its first step) whose hold for want of a healthy
+    // endpoint was counted and sent: once, not at every look.
+    let mut held_for_endpoints: Option<u64> = None;
     loop {
         changes.borrow_and_update();
         let current = control.rollout();
+        if !current.as_ref().is_some_and(before_first_step) {
+            held_for_endpoints = None;
+        }
         if let Some(view) = control.rollout_view() {
             view.publish();
         }
@@ -131,6 +147,19 @@ pub async fn run(control: Arc<Control>) {
                 }
                 if changes.changed().await.is_err() {
                     return;
+                }
+                continue;
+            }
+            Some(r) if before_first_step(&r) => {
+                window = None;
+                let wait = first_step(&control, &r, &mut held_for_endpoints).await;
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
                 }
                 continue;
             }
@@ -212,7 +241,7 @@ pub async fn run(control: Arc<Control>) {
                 &r,
                 Phase::Holding,
                 "no_healthy_endpoints",
-                format!("the canary `{}` has no healthy endpoints", r.plan.canary),
+                no_healthy_endpoints(&r),
             ),
             Verdict::Pass if r.last_step() => {
                 match control.finish_rollout(&r, By::Analysis).await {
@@ -251,6 +280,58 @@ pub async fn run(control: Arc<Control>) {
                     Err(why) => hold(&control, &r, Phase::WaitingGate, "gate", why),
                 }
             }
+        }
+    }
+}
+
+/// Whether `r` is progressing but has not taken its first step yet.
+fn before_first_step(r: &RolloutState) -> bool {
+    r.phase == Phase::Progressing && !r.first_step_taken()
+}
+
+/// Why the step holds on a canary without a healthy endpoint.
+fn no_healthy_endpoints(r: &RolloutState) -> String {
+    let why = format!("the canary `{}` has no healthy endpoints", r.plan.canary);
+    if r.first_step_taken() {
+        why
+    } else {
+        format!("{why}: it is given no traffic, and step 0 is taken once it has one")
+    }
+}
+
+/// What a rollout of `plan` waits for before its first step, as `GET
+/// /rollout` shows it (phase, why): a healthy endpoint of the canary
+/// (`holding`); `None`: ready.
+pub fn first_step_wait(control: &Control, r: &RolloutState) -> Option<(Phase, String)> {
+    (!control.has_healthy_endpoints(&r.plan.canary))
+        .then(|| (Phase::Holding, no_healthy_endpoints(r)))
+}
+
+/// One look at a rollout before its first step: holds while the canary has
+/// no healthy endpoint (counted and sent once), then takes step 0.
+/// How long to wait before the next look (a change of the decision in
+/// force ends the wait sooner).
+async fn first_step(control: &Control, r: &RolloutState, held: &mut Option<u64>) -> Duration {
+    match first_step_wait(control, r) {
+        Some((Phase::Holding, why)) => {
+            control.note_first_step_wait(r, Phase::Holding, why.clone(), false);
+            if *held != Some(r.started_at_ms) {
+                *held = Some(r.started_at_ms);
+                hold(control, r, Phase::Holding, "no_healthy_endpoints", why);
+            }
+            return ENDPOINT_POLL;
+        }
+        Some((phase, why)) => control.note_first_step_wait(r, phase, why, true),
+        None => {}
+    }
+    *held = None;
+    match control.advance_rollout(r).await {
+        Ok(true) => Duration::ZERO,
+        // Moved on meanwhile: the store's decision is in force here.
+        Ok(false) => RETRY,
+        Err(e) => {
+            tracing::warn!(error = %e, "the rollout's first step could not be recorded; retrying");
+            RETRY
         }
     }
 }
