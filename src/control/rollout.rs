@@ -202,7 +202,8 @@ impl Control {
     }
 
     /// `POST /rollout`: validates the plan and takes its first step, or,
-    /// when the canary has no healthy endpoint, starts the rollout before it (the canary at weight 0; see
+    /// when the canary has no healthy endpoint or a gate must approve step
+    /// 0, starts the rollout before it (the canary at weight 0; see
     /// [`driver::first_step_wait`]).
     pub async fn start_rollout(&self, body: &[u8]) -> Result<RolloutView, RolloutError> {
         self.refresh().await;
@@ -223,9 +224,9 @@ impl Control {
             .into());
         }
         let now = self.rollout_clock().now_ms();
-        // A canary without a healthy endpoint starts the rollout before its
-        // first step: the canary at weight 0 until the driver finds it
-        // ready and takes step 0.
+        // A canary without a healthy endpoint, or a gate that must approve
+        // step 0, starts the rollout before its first step: the canary at
+        // weight 0 until the driver finds it ready and takes step 0.
         let pending = RolloutState::before_first_step(plan, now);
         let wait = driver::first_step_wait(self, &pending);
         let started = match wait {
@@ -267,7 +268,8 @@ impl Control {
                 extra["phase"] = serde_json::json!(phase);
                 extra["reason"] = serde_json::json!(why);
                 // Shown at once (the answer to this POST), unless this
-                // task's driver already looked at the rollout.
+                // task's driver already looked at the rollout (it knows
+                // better: what the gate answered, say).
                 self.note_first_step_wait(&started, *phase, why.clone(), true);
             }
         }

@@ -10,15 +10,15 @@
 //! meanwhile just follows the store.
 //!
 //! A rollout started before its first step (its canary had no healthy
-//! endpoint) gives the canary no traffic: every replica looks again until
-//! it finds the canary ready (a healthy endpoint), and the first that does
-//! takes step 0.
+//! endpoint, or a gate must approve step 0) gives the canary no traffic:
+//! every replica looks again until it finds the canary ready (a healthy
+//! endpoint, then the gate's 2xx), and the first that does takes step 0.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::analysis::{self, Verdict};
+use super::analysis::{self, Analysis, Verdict};
 use super::state::{Phase, RolloutState};
 use super::telemetry::Counts;
 use super::{AnalysisRecord, RolloutError, event, notify};
@@ -257,17 +257,7 @@ pub async fn run(control: Arc<Control>) {
             Verdict::Pass => {
                 let approved = match &r.plan.settings.gate {
                     None => Ok(()),
-                    Some(gate) => {
-                        let body = serde_json::json!({
-                            "plan": r.plan,
-                            "step": r.step,
-                            "share": r.share(),
-                            "next_share": r.plan.settings.steps.get(r.step + 1),
-                            "analysis": judged,
-                        });
-                        let timeout = notify::CALL_TIMEOUT.min(r.plan.settings.interval() / 2);
-                        notify::ask_gate(gate, &body, timeout).await
-                    }
+                    Some(gate) => ask_gate(gate, &r, Some(&judged)).await,
                 };
                 match approved {
                     Ok(()) => match control.advance_rollout(&r).await {
@@ -301,17 +291,27 @@ fn no_healthy_endpoints(r: &RolloutState) -> String {
 
 /// What a rollout of `plan` waits for before its first step, as `GET
 /// /rollout` shows it (phase, why): a healthy endpoint of the canary
-/// (`holding`); `None`: ready.
+/// (`holding`), then the gate's approval (`waiting_gate`); `None`: ready.
 pub fn first_step_wait(control: &Control, r: &RolloutState) -> Option<(Phase, String)> {
-    (!control.has_healthy_endpoints(&r.plan.canary))
-        .then(|| (Phase::Holding, no_healthy_endpoints(r)))
+    if !control.has_healthy_endpoints(&r.plan.canary) {
+        return Some((Phase::Holding, no_healthy_endpoints(r)));
+    }
+    r.plan.settings.gate.as_ref().map(|_| {
+        let share = r.plan.settings.steps.first().copied().unwrap_or(100.0);
+        (
+            Phase::WaitingGate,
+            format!("waiting for the gate to approve step 0 ({share}%)"),
+        )
+    })
 }
 
 /// One look at a rollout before its first step: holds while the canary has
-/// no healthy endpoint (counted and sent once), then takes step 0.
+/// no healthy endpoint (counted and sent once), then asks the gate, if any
+/// (a refusal holds, asked again an interval later), then takes step 0.
 /// How long to wait before the next look (a change of the decision in
 /// force ends the wait sooner).
 async fn first_step(control: &Control, r: &RolloutState, held: &mut Option<u64>) -> Duration {
+    let interval = r.plan.settings.interval();
     match first_step_wait(control, r) {
         Some((Phase::Holding, why)) => {
             control.note_first_step_wait(r, Phase::Holding, why.clone(), false);
@@ -321,10 +321,19 @@ async fn first_step(control: &Control, r: &RolloutState, held: &mut Option<u64>)
             }
             return ENDPOINT_POLL;
         }
+        // Keeps what the gate answered last, if it did.
         Some((phase, why)) => control.note_first_step_wait(r, phase, why, true),
         None => {}
     }
     *held = None;
+    if let Some(gate) = &r.plan.settings.gate
+        && let Err(why) = ask_gate(gate, r, None).await
+    {
+        hold(control, r, Phase::WaitingGate, "gate", why);
+        let due = control.rollout_clock().now_ms() + interval.as_millis() as u64;
+        control.rollout_note(|v| v.next_due_ms = Some(due));
+        return interval;
+    }
     match control.advance_rollout(r).await {
         Ok(true) => Duration::ZERO,
         // Moved on meanwhile: the store's decision is in force here.
@@ -334,6 +343,32 @@ async fn first_step(control: &Control, r: &RolloutState, held: &mut Option<u64>)
             RETRY
         }
     }
+}
+
+/// Asks `r`'s gate whether the next step may be taken (see
+/// [`notify::ask_gate`]), showing it the plan, the step in force (`null`
+/// before the first step), the next one, and the analysis that passed
+/// (`null` before the first step: nothing was judged yet).
+async fn ask_gate(gate: &str, r: &RolloutState, analysis: Option<&Analysis>) -> Result<(), String> {
+    let timeout = notify::CALL_TIMEOUT.min(r.plan.settings.interval() / 2);
+    notify::ask_gate(gate, &gate_body(r, analysis), timeout).await
+}
+
+/// The body of a gate call (documented in docs/rollout.md).
+fn gate_body(r: &RolloutState, analysis: Option<&Analysis>) -> serde_json::Value {
+    let (step, next) = if r.first_step_taken() {
+        (Some(r.step), r.step + 1)
+    } else {
+        (None, 0)
+    };
+    serde_json::json!({
+        "plan": r.plan,
+        "step": step,
+        "share": r.share(),
+        "next_step": next,
+        "next_share": r.plan.settings.steps.get(next),
+        "analysis": analysis,
+    })
 }
 
 /// `r`'s canary or stable version, if the config in force lacks it (a

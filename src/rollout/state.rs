@@ -8,7 +8,8 @@
 //! another's step.
 //!
 //! A rollout may start before its first step: the canary at weight 0 (all
-//! traffic as before) while it has no healthy endpoint. That is stored as a `progressing` rollout with no step
+//! traffic as before) while it has no healthy endpoint or its gate has not
+//! approved step 0. That is stored as a `progressing` rollout with no step
 //! taken yet (an empty `history`), so that every replica and a restart see
 //! it; whichever replica finds the canary ready takes step 0.
 

@@ -498,17 +498,74 @@ async fn a_gate_answering_403_holds_until_it_approves() {
     let gw = &s.gw;
     let gate = Hook::start(403, 0).await;
     let url = format!("http://{}/approve", gate.addr);
-    start_rollout(gw.admin, &plan_with("gate", &url)).await;
-    let view = wait_rollout(gw.admin, |v| v["phase"] == "waiting_gate").await;
-    assert!(view["why"].as_str().unwrap().contains("403"), "{view:#}");
-    assert_eq!(view["step"], 0);
-    // The gate was shown the plan and the analysis that passed.
+    // The gate is asked before the first step too: until it approves, the
+    // canary has no traffic.
+    let view = start_rollout(gw.admin, &plan_with("gate", &url)).await;
+    assert_eq!(
+        (view["phase"].as_str(), view["share"].as_f64()),
+        (Some("waiting_gate"), Some(0.0)),
+        "{view:#}"
+    );
+    let view = wait_rollout(gw.admin, |v| {
+        v["why"].as_str().is_some_and(|w| w.contains("403"))
+    })
+    .await;
+    assert_eq!(
+        (view["phase"].as_str(), view["step"].as_u64()),
+        (Some("waiting_gate"), Some(0)),
+        "{view:#}"
+    );
+    assert_eq!(canary_weight_and_no_step(gw.admin).await, (Some(0), true));
+    let counts = split_counts(gw.addr, 30, &[]).await;
+    assert_eq!(counts.get("v1"), Some(&30), "{counts:?}");
+    // Asked before step 0: the plan, no step in force, no analysis yet.
     let asked = gate.received();
-    assert_eq!(asked[0]["plan"]["canary"], "v2", "{asked:?}");
-    assert_eq!(asked[0]["analysis"]["verdict"], "pass", "{asked:?}");
-    assert_eq!(asked[0]["next_share"].as_f64(), Some(50.0), "{asked:?}");
+    let first = &asked[0];
+    assert_eq!(first["plan"]["canary"], "v2", "{asked:?}");
+    assert!(
+        first["step"].is_null() && first["analysis"].is_null(),
+        "{first}"
+    );
+    assert_eq!(
+        (
+            first["share"].as_f64(),
+            first["next_step"].as_u64(),
+            first["next_share"].as_f64()
+        ),
+        (Some(0.0), Some(0), Some(10.0)),
+        "{first}"
+    );
+    // Still refusing an interval later: asked again, still no traffic.
+    let asked_again = eventually(WAIT, async || gate.received().len() >= 2).await;
+    assert!(asked_again, "{:?}", gate.received());
+    assert_eq!(rollout(gw.admin).await["phase"], "waiting_gate");
+    assert_eq!(canary_weight_and_no_step(gw.admin).await, (Some(0), true));
+
+    // Approved: step 0, then (its analysis passed, the gate asked again
+    // with it) step 1.
     gate.status.store(200, Ordering::SeqCst);
-    wait_rollout(gw.admin, |v| v["step"] == 1).await;
+    let view = wait_rollout(gw.admin, |v| v["step"] == 1).await;
+    let history = view["history"].as_array().unwrap();
+    assert_eq!(history[0]["share"].as_f64(), Some(10.0), "{view:#}");
+    assert!(
+        history[0]["at_ms"].as_u64() > view["started_at_ms"].as_u64(),
+        "{view:#}"
+    );
+    let asked = gate.received();
+    let later = asked
+        .iter()
+        .find(|a| !a["analysis"].is_null())
+        .unwrap_or_else(|| panic!("{asked:?}"));
+    assert_eq!(later["analysis"]["verdict"], "pass", "{later}");
+    assert_eq!(
+        (
+            later["step"].as_u64(),
+            later["next_step"].as_u64(),
+            later["next_share"].as_f64()
+        ),
+        (Some(0), Some(1), Some(50.0)),
+        "{later}"
+    );
 }
 
 /// A rollout started while the canary has no healthy endpoint (its only
