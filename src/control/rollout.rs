@@ -11,7 +11,9 @@ use crate::metrics as names;
 use crate::rollout::plan::{OnSuccess, Plan, PlanError};
 use crate::rollout::state::{Phase, RolloutState};
 use crate::rollout::telemetry::Windows;
-use crate::rollout::{AnalysisRecord, Clock, LocalView, RolloutError, RolloutView, event, notify};
+use crate::rollout::{
+    AnalysisRecord, Clock, LocalView, RolloutError, RolloutView, driver, event, notify,
+};
 use crate::store::WeightsDoc;
 
 /// The source of the decisions a rollout makes on its own: its steps, its
@@ -128,6 +130,32 @@ impl Control {
         self.lock().rollout.removed_by_reload == Some(r.started_at_ms)
     }
 
+    /// Shows `r` on this task in `phase` (`holding`, `waiting_gate`) for
+    /// `why`, if it is the rollout in force and still before its first step
+    /// (once step 0 is taken the driver shows the step); `keep`: unless this
+    /// task shows it in `phase` already (with what the gate answered, say).
+    /// The view is reset if it was about
+    /// another rollout.
+    pub fn note_first_step_wait(&self, r: &RolloutState, phase: Phase, why: String, keep: bool) {
+        let mut state = self.lock();
+        let waiting = state.decision.rollout.as_ref().is_some_and(|now| {
+            now.started_at_ms == r.started_at_ms
+                && now.phase == Phase::Progressing
+                && !now.first_step_taken()
+        });
+        let v = &mut state.rollout.view;
+        if !waiting || (keep && v.rollout == r.started_at_ms && v.overlay == Some(phase)) {
+            return;
+        }
+        if v.rollout != r.started_at_ms {
+            *v = Default::default();
+            v.rollout = r.started_at_ms;
+        }
+        v.overlay = Some(phase);
+        v.why = Some(why);
+        v.next_due_ms = None;
+    }
+
     /// Whether `version` has an endpoint that is not ejected.
     pub fn has_healthy_endpoints(&self, version: &str) -> bool {
         let snapshot = self.snapshot.load();
@@ -173,7 +201,10 @@ impl Control {
         }
     }
 
-    /// `POST /rollout`: validates the plan and takes its first step.
+    /// `POST /rollout`: validates the plan and takes its first step, or,
+    /// when the canary has no healthy endpoint or a gate must approve step
+    /// 0, starts the rollout before it (the canary at weight 0; see
+    /// [`driver::first_step_wait`]).
     pub async fn start_rollout(&self, body: &[u8]) -> Result<RolloutView, RolloutError> {
         self.refresh().await;
         let (config, stable) = {
@@ -192,14 +223,16 @@ impl Control {
             }
             .into());
         }
-        if !self.has_healthy_endpoints(&plan.canary) {
-            return Err(RolloutError::Conflict(format!(
-                "the canary `{}` has no healthy endpoints: it is never given traffic",
-                plan.canary
-            )));
-        }
         let now = self.rollout_clock().now_ms();
-        let started = RolloutState::start(plan, now);
+        // A canary without a healthy endpoint, or a gate that must approve
+        // step 0, starts the rollout before its first step: the canary at
+        // weight 0 until the driver finds it ready and takes step 0.
+        let pending = RolloutState::before_first_step(plan, now);
+        let wait = driver::first_step_wait(self, &pending);
+        let started = match wait {
+            Some(_) => pending,
+            None => pending.advanced(now),
+        };
         self.check_rollout_fits(&started)?;
         let first = started.clone();
         self.decide_rollout(OPERATOR_SOURCE, |d| {
@@ -227,15 +260,22 @@ impl Control {
             Ok((d.stable.clone(), first.weights(&d.weights), Some(first)))
         })
         .await?;
-        tracing::info!(target: "audit", canary = %started.plan.canary, stable = %started.plan.stable, steps = ?started.plan.settings.steps, interval_s = started.plan.settings.interval_s, "rollout started");
-        metrics::counter!(names::ROLLOUT_STEPS_TOTAL).increment(1);
+        tracing::info!(target: "audit", canary = %started.plan.canary, stable = %started.plan.stable, steps = ?started.plan.settings.steps, interval_s = started.plan.settings.interval_s, waits = ?wait.as_ref().map(|w| &w.1), "rollout started");
+        let mut extra = serde_json::json!({ "plan": started.plan });
+        match &wait {
+            None => metrics::counter!(names::ROLLOUT_STEPS_TOTAL).increment(1),
+            Some((phase, why)) => {
+                extra["phase"] = serde_json::json!(phase);
+                extra["reason"] = serde_json::json!(why);
+                // Shown at once (the answer to this POST), unless this
+                // task's driver already looked at the rollout (it knows
+                // better: what the gate answered, say).
+                self.note_first_step_wait(&started, *phase, why.clone(), true);
+            }
+        }
         notify::send_event(
             started.plan.settings.webhook.as_deref(),
-            event(
-                "started",
-                &started,
-                serde_json::json!({ "plan": started.plan }),
-            ),
+            event("started", &started, extra),
         );
         self.rollout_view().ok_or(RolloutError::None)
     }

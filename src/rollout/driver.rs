@@ -8,12 +8,17 @@
 //! later, the window growing); otherwise the next step is taken, or at the
 //! last step the rollout succeeds. A replica whose step was taken by another
 //! meanwhile just follows the store.
+//!
+//! A rollout started before its first step (its canary had no healthy
+//! endpoint, or a gate must approve step 0) gives the canary no traffic:
+//! every replica looks again until it finds the canary ready (a healthy
+//! endpoint, then the gate's 2xx), and the first that does takes step 0.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::analysis::{self, Verdict};
+use super::analysis::{self, Analysis, Verdict};
 use super::state::{Phase, RolloutState};
 use super::telemetry::Counts;
 use super::{AnalysisRecord, RolloutError, event, notify};
@@ -23,6 +28,11 @@ use crate::metrics as names;
 
 /// How soon a failed decision (the store could not be written) is retried.
 const RETRY: Duration = Duration::from_secs(1);
+
+/// How often a rollout before its first step looks again for a healthy
+/// endpoint of its canary (ejections end and discovery changes without a
+/// notice to the driver).
+const ENDPOINT_POLL: Duration = Duration::from_millis(250);
 
 /// The traffic this replica has seen of one step.
 struct Window {
@@ -78,9 +88,15 @@ pub async fn run(control: Arc<Control>) {
     // Rollouts this replica aborted: if a racing write undid the abort in the
     // store, it is written again (an aborted rollout stays aborted).
     let mut aborted: BTreeMap<u64, String> = BTreeMap::new();
+    // The rollout (before its first step) whose hold for want of a healthy
+    // endpoint was counted and sent: once, not at every look.
+    let mut held_for_endpoints: Option<u64> = None;
     loop {
         changes.borrow_and_update();
         let current = control.rollout();
+        if !current.as_ref().is_some_and(before_first_step) {
+            held_for_endpoints = None;
+        }
         if let Some(view) = control.rollout_view() {
             view.publish();
         }
@@ -131,6 +147,19 @@ pub async fn run(control: Arc<Control>) {
                 }
                 if changes.changed().await.is_err() {
                     return;
+                }
+                continue;
+            }
+            Some(r) if before_first_step(&r) => {
+                window = None;
+                let wait = first_step(&control, &r, &mut held_for_endpoints).await;
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
                 }
                 continue;
             }
@@ -212,7 +241,7 @@ pub async fn run(control: Arc<Control>) {
                 &r,
                 Phase::Holding,
                 "no_healthy_endpoints",
-                format!("the canary `{}` has no healthy endpoints", r.plan.canary),
+                no_healthy_endpoints(&r),
             ),
             Verdict::Pass if r.last_step() => {
                 match control.finish_rollout(&r, By::Analysis).await {
@@ -228,17 +257,7 @@ pub async fn run(control: Arc<Control>) {
             Verdict::Pass => {
                 let approved = match &r.plan.settings.gate {
                     None => Ok(()),
-                    Some(gate) => {
-                        let body = serde_json::json!({
-                            "plan": r.plan,
-                            "step": r.step,
-                            "share": r.share(),
-                            "next_share": r.plan.settings.steps.get(r.step + 1),
-                            "analysis": judged,
-                        });
-                        let timeout = notify::CALL_TIMEOUT.min(r.plan.settings.interval() / 2);
-                        notify::ask_gate(gate, &body, timeout).await
-                    }
+                    Some(gate) => ask_gate(gate, &r, Some(&judged)).await,
                 };
                 match approved {
                     Ok(()) => match control.advance_rollout(&r).await {
@@ -253,6 +272,103 @@ pub async fn run(control: Arc<Control>) {
             }
         }
     }
+}
+
+/// Whether `r` is progressing but has not taken its first step yet.
+fn before_first_step(r: &RolloutState) -> bool {
+    r.phase == Phase::Progressing && !r.first_step_taken()
+}
+
+/// Why the step holds on a canary without a healthy endpoint.
+fn no_healthy_endpoints(r: &RolloutState) -> String {
+    let why = format!("the canary `{}` has no healthy endpoints", r.plan.canary);
+    if r.first_step_taken() {
+        why
+    } else {
+        format!("{why}: it is given no traffic, and step 0 is taken once it has one")
+    }
+}
+
+/// What a rollout of `plan` waits for before its first step, as `GET
+/// /rollout` shows it (phase, why): a healthy endpoint of the canary
+/// (`holding`), then the gate's approval (`waiting_gate`); `None`: ready.
+pub fn first_step_wait(control: &Control, r: &RolloutState) -> Option<(Phase, String)> {
+    if !control.has_healthy_endpoints(&r.plan.canary) {
+        return Some((Phase::Holding, no_healthy_endpoints(r)));
+    }
+    r.plan.settings.gate.as_ref().map(|_| {
+        let share = r.plan.settings.steps.first().copied().unwrap_or(100.0);
+        (
+            Phase::WaitingGate,
+            format!("waiting for the gate to approve step 0 ({share}%)"),
+        )
+    })
+}
+
+/// One look at a rollout before its first step: holds while the canary has
+/// no healthy endpoint (counted and sent once), then asks the gate, if any
+/// (a refusal holds, asked again an interval later), then takes step 0.
+/// How long to wait before the next look (a change of the decision in
+/// force ends the wait sooner).
+async fn first_step(control: &Control, r: &RolloutState, held: &mut Option<u64>) -> Duration {
+    let interval = r.plan.settings.interval();
+    match first_step_wait(control, r) {
+        Some((Phase::Holding, why)) => {
+            control.note_first_step_wait(r, Phase::Holding, why.clone(), false);
+            if *held != Some(r.started_at_ms) {
+                *held = Some(r.started_at_ms);
+                hold(control, r, Phase::Holding, "no_healthy_endpoints", why);
+            }
+            return ENDPOINT_POLL;
+        }
+        // Keeps what the gate answered last, if it did.
+        Some((phase, why)) => control.note_first_step_wait(r, phase, why, true),
+        None => {}
+    }
+    *held = None;
+    if let Some(gate) = &r.plan.settings.gate
+        && let Err(why) = ask_gate(gate, r, None).await
+    {
+        hold(control, r, Phase::WaitingGate, "gate", why);
+        let due = control.rollout_clock().now_ms() + interval.as_millis() as u64;
+        control.rollout_note(|v| v.next_due_ms = Some(due));
+        return interval;
+    }
+    match control.advance_rollout(r).await {
+        Ok(true) => Duration::ZERO,
+        // Moved on meanwhile: the store's decision is in force here.
+        Ok(false) => RETRY,
+        Err(e) => {
+            tracing::warn!(error = %e, "the rollout's first step could not be recorded; retrying");
+            RETRY
+        }
+    }
+}
+
+/// Asks `r`'s gate whether the next step may be taken (see
+/// [`notify::ask_gate`]), showing it the plan, the step in force (`null`
+/// before the first step), the next one, and the analysis that passed
+/// (`null` before the first step: nothing was judged yet).
+async fn ask_gate(gate: &str, r: &RolloutState, analysis: Option<&Analysis>) -> Result<(), String> {
+    let timeout = notify::CALL_TIMEOUT.min(r.plan.settings.interval() / 2);
+    notify::ask_gate(gate, &gate_body(r, analysis), timeout).await
+}
+
+/// The body of a gate call (documented in docs/rollout.md).
+fn gate_body(r: &RolloutState, analysis: Option<&Analysis>) -> serde_json::Value {
+    let (step, next) = if r.first_step_taken() {
+        (Some(r.step), r.step + 1)
+    } else {
+        (None, 0)
+    };
+    serde_json::json!({
+        "plan": r.plan,
+        "step": step,
+        "share": r.share(),
+        "next_step": next,
+        "next_share": r.plan.settings.steps.get(next),
+        "analysis": analysis,
+    })
 }
 
 /// `r`'s canary or stable version, if the config in force lacks it (a

@@ -6,6 +6,12 @@
 //! analysis found too little evidence, or the gate refused): they are shown
 //! by `GET /rollout` but not stored, so that one replica's hold never undoes
 //! another's step.
+//!
+//! A rollout may start before its first step: the canary at weight 0 (all
+//! traffic as before) while it has no healthy endpoint or its gate has not
+//! approved step 0. That is stored as a `progressing` rollout with no step
+//! taken yet (an empty `history`), so that every replica and a restart see
+//! it; whichever replica finds the canary ready takes step 0.
 
 use std::collections::BTreeMap;
 
@@ -79,7 +85,8 @@ pub struct RolloutState {
     pub step_at_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused_at_ms: Option<u64>,
-    /// The steps taken: (step index, when), compact for the store.
+    /// The steps taken: (step index, when), compact for the store. Empty
+    /// before the first step (see [`RolloutState::first_step_taken`]).
     #[serde(default)]
     pub history: Vec<(usize, u64)>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -94,6 +101,12 @@ impl Eq for RolloutState {}
 impl RolloutState {
     /// A rollout at its first step.
     pub fn start(plan: Plan, now_ms: u64) -> RolloutState {
+        RolloutState::before_first_step(plan, now_ms).advanced(now_ms)
+    }
+
+    /// A rollout started but with no step taken yet: the canary at weight
+    /// 0 until [`RolloutState::advanced`] takes step 0.
+    pub fn before_first_step(plan: Plan, now_ms: u64) -> RolloutState {
         RolloutState {
             plan,
             started_at_ms: now_ms,
@@ -101,18 +114,27 @@ impl RolloutState {
             step: 0,
             step_at_ms: now_ms,
             paused_at_ms: None,
-            history: vec![(0, now_ms)],
+            history: Vec::new(),
             reason: None,
             ended_at_ms: None,
         }
     }
 
-    /// The canary's share at the step in force, percent: 100 once promoted
-    /// (`on_success = "promote"` gives it all the traffic, whatever the
-    /// last step's share).
+    /// Whether step 0 was taken (a rollout may start before it: see
+    /// [`RolloutState::before_first_step`]).
+    pub fn first_step_taken(&self) -> bool {
+        !self.history.is_empty()
+    }
+
+    /// The canary's share at the step in force, percent: 0 before the first
+    /// step; 100 once promoted (`on_success = "promote"` gives it all the
+    /// traffic, whatever the last step's share).
     pub fn share(&self) -> f64 {
         if self.phase == Phase::Succeeded && self.plan.settings.on_success == OnSuccess::Promote {
             return 100.0;
+        }
+        if !self.first_step_taken() {
+            return 0.0;
         }
         self.plan
             .settings
@@ -139,15 +161,20 @@ impl RolloutState {
     /// Same rollout, same step, same window start.
     pub fn same_step(&self, other: &RolloutState) -> bool {
         self.started_at_ms == other.started_at_ms
+            && self.first_step_taken() == other.first_step_taken()
             && self.step == other.step
             && self.step_at_ms == other.step_at_ms
             && self.phase == other.phase
     }
 
-    /// The next step, taken at `now_ms`.
+    /// The next step, taken at `now_ms` (step 0 before the first step).
     pub fn advanced(&self, now_ms: u64) -> RolloutState {
         let mut next = self.clone();
-        next.step = (self.step + 1).min(self.plan.settings.steps.len().saturating_sub(1));
+        next.step = if self.first_step_taken() {
+            (self.step + 1).min(self.plan.settings.steps.len().saturating_sub(1))
+        } else {
+            0
+        };
         next.step_at_ms = now_ms;
         next.history.push((next.step, now_ms));
         next
@@ -217,7 +244,7 @@ impl RolloutState {
     /// At the last step, ended as succeeded.
     pub fn succeeded(&self, now_ms: u64) -> RolloutState {
         let mut done = self.clone();
-        if !self.last_step() {
+        if !self.first_step_taken() || !self.last_step() {
             done.step = self.plan.settings.steps.len().saturating_sub(1);
             done.step_at_ms = now_ms;
             done.history.push((done.step, now_ms));
@@ -226,7 +253,8 @@ impl RolloutState {
     }
 
     /// The weights for the step in force: the canary's share of `scale`
-    /// (see [`scale`]), the rest to stable, other versions at 0.
+    /// (see [`scale`]), the rest to stable, other versions at 0. Before the
+    /// first step the canary has 0, stable all of `scale`.
     pub fn weights(&self, versions: &BTreeMap<String, u32>) -> BTreeMap<String, u32> {
         let current: u64 = versions.values().map(|&w| u64::from(w)).sum();
         let scale = scale(&self.plan.settings.steps, current);
@@ -361,6 +389,29 @@ mod tests {
         // An ended rollout stays as it ended.
         assert_eq!(aborted(Some(&done), "late", 12_000).unwrap(), done);
         assert_eq!(aborted(None, "x", 1), None);
+    }
+
+    /// Before its first step the canary has no traffic; step 0 is the first
+    /// taken, and a promote from there walks to the end.
+    #[test]
+    fn before_the_first_step_the_canary_has_weight_0() {
+        let plan = rollout(&[1.0, 50.0, 100.0]).plan;
+        let r = RolloutState::before_first_step(plan, 1_000);
+        assert!(!r.first_step_taken());
+        assert_eq!((r.phase, r.step, r.share()), (Phase::Progressing, 0, 0.0));
+        assert!(r.steps_taken().is_empty());
+        let w = r.weights(&weights(&[("v1", 90), ("v2", 10), ("v3", 0)]));
+        assert_eq!(w, weights(&[("v1", 100), ("v2", 0), ("v3", 0)]));
+        let first = r.advanced(1_500);
+        assert!(first.first_step_taken() && !first.same_step(&r));
+        assert_eq!(
+            (first.step, first.step_at_ms, first.share()),
+            (0, 1_500, 1.0)
+        );
+        assert_eq!(first.history, vec![(0, 1_500)]);
+        assert_eq!(first.advanced(2_000).step, 1);
+        let done = r.succeeded(3_000);
+        assert_eq!((done.step, done.share(), done.history.len()), (2, 100.0, 1));
     }
 
     /// Promoted, the canary has all the traffic whatever the last step's

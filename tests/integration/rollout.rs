@@ -481,23 +481,177 @@ fn plan_with(key: &str, url: &str) -> String {
     PLAN.replacen('{', &format!("{{\"{key}\": \"{url}\", "), 1)
 }
 
+/// The canary's share of `GET /weights`, and whether `GET /rollout` shows no
+/// step taken yet.
+async fn canary_weight_and_no_step(admin_addr: SocketAddr) -> (Option<u64>, bool) {
+    let view = rollout(admin_addr).await;
+    let w = weights(admin_addr).await;
+    (
+        w["weights"]["v2"].as_u64(),
+        view["history"].as_array().is_some_and(|h| h.is_empty()),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gate_answering_403_holds_until_it_approves() {
     let s = Setup::start((0, 0), (0, 0), (2, 4)).await;
     let gw = &s.gw;
     let gate = Hook::start(403, 0).await;
     let url = format!("http://{}/approve", gate.addr);
-    start_rollout(gw.admin, &plan_with("gate", &url)).await;
-    let view = wait_rollout(gw.admin, |v| v["phase"] == "waiting_gate").await;
-    assert!(view["why"].as_str().unwrap().contains("403"), "{view:#}");
-    assert_eq!(view["step"], 0);
-    // The gate was shown the plan and the analysis that passed.
+    // The gate is asked before the first step too: until it approves, the
+    // canary has no traffic.
+    let view = start_rollout(gw.admin, &plan_with("gate", &url)).await;
+    assert_eq!(
+        (view["phase"].as_str(), view["share"].as_f64()),
+        (Some("waiting_gate"), Some(0.0)),
+        "{view:#}"
+    );
+    let view = wait_rollout(gw.admin, |v| {
+        v["why"].as_str().is_some_and(|w| w.contains("403"))
+    })
+    .await;
+    assert_eq!(
+        (view["phase"].as_str(), view["step"].as_u64()),
+        (Some("waiting_gate"), Some(0)),
+        "{view:#}"
+    );
+    assert_eq!(canary_weight_and_no_step(gw.admin).await, (Some(0), true));
+    let counts = split_counts(gw.addr, 30, &[]).await;
+    assert_eq!(counts.get("v1"), Some(&30), "{counts:?}");
+    // Asked before step 0: the plan, no step in force, no analysis yet.
     let asked = gate.received();
-    assert_eq!(asked[0]["plan"]["canary"], "v2", "{asked:?}");
-    assert_eq!(asked[0]["analysis"]["verdict"], "pass", "{asked:?}");
-    assert_eq!(asked[0]["next_share"].as_f64(), Some(50.0), "{asked:?}");
+    let first = &asked[0];
+    assert_eq!(first["plan"]["canary"], "v2", "{asked:?}");
+    assert!(
+        first["step"].is_null() && first["analysis"].is_null(),
+        "{first}"
+    );
+    assert_eq!(
+        (
+            first["share"].as_f64(),
+            first["next_step"].as_u64(),
+            first["next_share"].as_f64()
+        ),
+        (Some(0.0), Some(0), Some(10.0)),
+        "{first}"
+    );
+    // Still refusing an interval later: asked again, still no traffic.
+    let asked_again = eventually(WAIT, async || gate.received().len() >= 2).await;
+    assert!(asked_again, "{:?}", gate.received());
+    assert_eq!(rollout(gw.admin).await["phase"], "waiting_gate");
+    assert_eq!(canary_weight_and_no_step(gw.admin).await, (Some(0), true));
+
+    // Approved: step 0, then (its analysis passed, the gate asked again
+    // with it) step 1.
     gate.status.store(200, Ordering::SeqCst);
+    let view = wait_rollout(gw.admin, |v| v["step"] == 1).await;
+    let history = view["history"].as_array().unwrap();
+    assert_eq!(history[0]["share"].as_f64(), Some(10.0), "{view:#}");
+    assert!(
+        history[0]["at_ms"].as_u64() > view["started_at_ms"].as_u64(),
+        "{view:#}"
+    );
+    let asked = gate.received();
+    let later = asked
+        .iter()
+        .find(|a| !a["analysis"].is_null())
+        .unwrap_or_else(|| panic!("{asked:?}"));
+    assert_eq!(later["analysis"]["verdict"], "pass", "{later}");
+    assert_eq!(
+        (
+            later["step"].as_u64(),
+            later["next_step"].as_u64(),
+            later["next_share"].as_f64()
+        ),
+        (Some(0), Some(1), Some(50.0)),
+        "{later}"
+    );
+}
+
+/// A rollout started while the canary has no healthy endpoint (its only
+/// endpoint refuses connections and is ejected, as when discovery has not
+/// seen the new tasks yet) is accepted, and holds before its first step:
+/// the canary at weight 0, no request sent to it (nor a 503 for it). Once
+/// the canary has a healthy endpoint, step 0 is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_onto_a_canary_without_healthy_endpoints_holds_at_weight_0_until_it_has_one() {
+    use canary_gateway::discovery::EndpointSink;
+    let v1 = Behaved::start("v1", 0, 0).await;
+    let v2 = Behaved::start("v2", 0, 0).await;
+    let dead = dead_addr().await;
+    let text = config_endpoints(
+        "override_header = \"x-canary-version\"\n[upstream]\neject_base = \"60s\"\neject_max = \"120s\"",
+        &[("v1", 100, vec![v1.addr]), ("v2", 0, vec![dead])],
+    );
+    let gw = Gateway::start(&text).await;
+    let control = gw.running.as_ref().unwrap().control.clone();
+    for _ in 0..3 {
+        let reply = get(gw.addr, "/", &[("x-canary-version", "v2")]).await;
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    }
+    assert!(!control.has_healthy_endpoints("v2"));
+    let canary_requests = || control.rollout_windows().read("v2").requests;
+    let before = canary_requests();
+    let traffic = Traffic::start(gw.addr, 2, Duration::from_millis(4));
+
+    let view = start_rollout(gw.admin, PLAN).await;
+    assert_eq!(
+        (
+            view["phase"].as_str(),
+            view["step"].as_u64(),
+            view["share"].as_f64()
+        ),
+        (Some("holding"), Some(0), Some(0.0)),
+        "{view:#}"
+    );
+    assert!(
+        view["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("`v2` has no healthy endpoints")),
+        "{view:#}"
+    );
+    assert_eq!(canary_weight_and_no_step(gw.admin).await, (Some(0), true));
+    // Two intervals go by with traffic: the rollout holds, every request
+    // goes to stable.
+    let started_at = view["started_at_ms"].as_u64().unwrap();
+    let waited = eventually(Duration::from_secs(6), async || {
+        started_at + 2_500 < canary_gateway::store::unix_ms()
+    })
+    .await;
+    assert!(waited);
+    let counts = split_counts(gw.addr, 30, &[]).await;
+    assert_eq!(counts.get("v1"), Some(&30), "{counts:?}");
+    let view = rollout(gw.admin).await;
+    assert_eq!(view["phase"], "holding", "{view:#}");
+    assert_eq!(canary_weight_and_no_step(gw.admin).await, (Some(0), true));
+    assert_eq!(
+        canary_requests(),
+        before,
+        "a request was split to the canary"
+    );
+    let metrics = get(gw.admin, "/metrics", &[]).await.text();
+    assert!(
+        metrics.contains("canary_rollout_holds_total{reason=\"no_healthy_endpoints\"}"),
+        "{metrics}"
+    );
+
+    // Discovery sees the canary's new task: step 0 is taken, and the
+    // rollout walks on.
+    control.endpoints_discovered("v2", vec![v2.addr]);
+    let view = wait_rollout(gw.admin, |v| {
+        v["history"].as_array().is_some_and(|h| !h.is_empty())
+    })
+    .await;
+    assert_eq!(
+        (view["step"].as_u64(), view["share"].as_f64()),
+        (Some(0), Some(10.0)),
+        "{view:#}"
+    );
+    assert_eq!(weights(gw.admin).await["weights"]["v2"], 10);
     wait_rollout(gw.admin, |v| v["step"] == 1).await;
+    assert!(canary_requests() > before);
+    drop(traffic);
+    gw.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -439,7 +439,9 @@ function renderRollout(resp, vs) {
   };
   const list = el("ol", { class: "steps", "aria-label": "Steps" }, ...steps.map((s, i) => {
     const share = typeof s === "object" ? first(s, "share", "percent") : s;
-    const status = current === undefined ? "" : i < current ? "done" : i === current ? "current" : "";
+    // Before its first step (empty history) no step is in force yet: step 0 is next.
+    const status = current === undefined ? "" : i < current ? "done"
+      : i === current ? (history.length ? "current" : "next") : "";
     const at = stepAt(i) || (typeof s === "object" ? first(s, "at_ms", "started_at_ms") : undefined);
     return el("li", { class: status }, share + "%" + (status ? " · " + status : "") + (at ? " · " + when(at) : ""));
   }));

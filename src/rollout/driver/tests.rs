@@ -182,16 +182,80 @@ async fn a_canary_without_healthy_endpoints_is_given_no_more_traffic() {
     assert_eq!((view.phase, view.step), (Phase::Holding, 0), "{view:?}");
     assert!(view.why.unwrap().contains("no healthy endpoints"));
     assert_eq!(control.weights().weights["v2"], 10);
-    // And a new rollout onto it is refused.
-    control
-        .rollout_action(crate::control::rollout::Action::Abort)
-        .await
-        .unwrap();
-    let refused = control.start_rollout(PLAN.as_bytes()).await.unwrap_err();
-    assert!(
-        refused.to_string().contains("no healthy endpoints"),
-        "{refused}"
+}
+
+/// A rollout started while its canary has no healthy endpoint (discovery
+/// has not seen the new tasks yet) is accepted before its first step: the
+/// canary at weight 0, stored so that every task and a restart see it,
+/// paused, resumed and aborted like any; step 0 is taken once the canary
+/// has a healthy endpoint.
+#[tokio::test(start_paused = true)]
+async fn a_rollout_onto_a_canary_without_healthy_endpoints_waits_for_one_at_weight_0() {
+    use crate::control::rollout::Action;
+    use crate::discovery::EndpointSink;
+    let store = Arc::new(MemoryStore::default());
+    let control = control(store.clone()).await;
+    tokio::spawn(run(control.clone()));
+    control.endpoints_discovered("v2", Vec::new());
+    let view = control.start_rollout(PLAN.as_bytes()).await.unwrap();
+    assert_eq!(
+        (view.phase, view.step, view.share),
+        (Phase::Holding, 0, 0.0),
+        "{view:?}"
     );
+    assert!(view.history.is_empty(), "{view:?}");
+    let why = view.why.unwrap_or_default();
+    assert!(why.contains("`v2` has no healthy endpoints"), "{why}");
+    let stored = store.stored().unwrap();
+    assert_eq!(stored.weights["v2"], 0);
+    let r = stored.rollout.unwrap();
+    assert!(
+        r.phase == Phase::Progressing && !r.first_step_taken(),
+        "{r:?}"
+    );
+    // Another task (or this one restarted) reads the same state.
+    let other = self::control(store.clone()).await;
+    assert_eq!(other.rollout().unwrap(), r);
+    assert_eq!(other.weights().weights["v2"], 0);
+
+    // Intervals go by, with traffic: all of it on stable, no step taken.
+    run_for(&control, 25, 1000, 0, 3).await;
+    let view = control.rollout_view().unwrap();
+    assert_eq!((view.phase, view.share), (Phase::Holding, 0.0), "{view:?}");
+    assert!(view.history.is_empty() && view.last_analysis.is_none());
+    assert_eq!(control.weights().weights["v2"], 0);
+    assert_eq!(control.rollout_windows().read("v2").requests, 0);
+
+    // Paused and resumed in that state: still no traffic to the canary.
+    control.rollout_action(Action::Pause).await.unwrap();
+    assert_eq!(phase(&control), Phase::Paused);
+    control.rollout_action(Action::Resume).await.unwrap();
+    assert!(until(|| phase(&control) == Phase::Holding).await);
+    assert_eq!(control.weights().weights["v2"], 0);
+
+    // Discovery sees the canary's task: step 0 is taken.
+    control.endpoints_discovered("v2", vec!["127.0.0.1:9".parse().unwrap()]);
+    assert!(until(|| control.weights().weights["v2"] == 10).await);
+    let view = control.rollout_view().unwrap();
+    assert_eq!(
+        (view.phase, view.step, view.share, view.history.len()),
+        (Phase::Progressing, 0, 10.0, 1),
+        "{view:?}"
+    );
+    assert_eq!(store.stored().unwrap().weights["v2"], 10);
+    // And it walks on from there.
+    run_for(&control, 11, 1000, 0, 3).await;
+    assert_eq!(control.rollout().unwrap().step, 1);
+
+    // An abort works before the first step too.
+    control.rollout_action(Action::Abort).await.unwrap();
+    control.endpoints_discovered("v2", Vec::new());
+    control.start_rollout(PLAN.as_bytes()).await.unwrap();
+    assert_eq!(phase(&control), Phase::Holding);
+    control.rollout_action(Action::Abort).await.unwrap();
+    let view = control.rollout_view().unwrap();
+    assert_eq!((view.phase, view.share), (Phase::Aborted, 0.0), "{view:?}");
+    assert_eq!(control.weights().weights["v2"], 0);
 }
 
 /// Two gateways' control planes on one shared store, each with its driver
