@@ -960,7 +960,9 @@ async fn requests_the_client_broke_are_left_out_of_the_canary_analysis() {
     // the canary's response head, not to the end of the client's stall.
     const GOOD: u64 = 20;
     let (v1, v2) = (Upstream::start("v1").await, Upstream::start("v2").await);
-    let stall = "\n[timeouts]\nbody_stall = \"300ms\"\n";
+    // Long enough that a stall counted as latency stands out from the
+    // canary's answers on a loaded machine.
+    let stall = "\n[timeouts]\nbody_stall = \"1s\"\n";
     let gw = Gateway::start(&(text(v1.addr, v2.addr) + stall)).await;
     let plan = PLAN.replace("\"min_requests\": 20", "\"min_requests\": 100000");
     start_rollout(gw.admin, &plan).await;
@@ -1071,10 +1073,10 @@ async fn requests_the_client_broke_are_left_out_of_the_canary_analysis() {
     let a = &view["last_analysis"]["canary"];
     assert_eq!(a["requests"].as_u64(), Some(GOOD + downloads), "{view:#}");
     assert_eq!(a["errors"].as_u64(), Some(0), "{view:#}");
-    // The stalls took 300 ms each; the canary's answers took a few.
+    // The stalls took 1 s each; the canary's answers took a few ms.
     let p99 = a["p99_ms"].as_f64().unwrap();
     assert!(
-        p99 < 250.0,
+        p99 < 800.0,
         "a client's stall counted as canary latency: {view:#}"
     );
     assert_eq!(view["phase"], "holding", "{view:#}");
