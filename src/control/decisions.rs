@@ -315,10 +315,12 @@ impl Control {
     /// Makes a weight decision: validate, write the store, then apply. A
     /// rollout in the document is carried over.
     ///
-    /// With a shared store the write is conditional on the generation the
-    /// store held when read: when another task wrote first (or this task had
-    /// not seen the latest decision yet) the answer is
-    /// [`ControlError::Conflict`] and the store's decision is applied here.
+    /// With a shared store the store is read first and a newer decision in it
+    /// (another task's, not polled here yet) is adopted, so that the change
+    /// applies on top of it. The write is conditional on the generation read:
+    /// when another task wrote between the read and the write (a real race)
+    /// the answer is [`ControlError::Conflict`] and the store's decision is
+    /// applied here.
     pub(super) async fn decide(
         &self,
         source: &str,
@@ -343,8 +345,28 @@ impl Control {
                 "a rollback is still pending in the store".into(),
             )));
         }
+        // The change is made on the store's latest decision, not on the one
+        // this task last polled: another task's decision written since (a
+        // load balancer sends consecutive calls to different tasks) is
+        // adopted first, as a poll would, and the change applies on top of
+        // it. The same read is the conditional write's condition.
+        let rollbacks_before = self.lock().rollbacks;
+        let latest = if self.store.shared() {
+            let latest = self.read_store().await?;
+            if let Some(doc) = &latest {
+                self.adopt_read(doc.clone());
+            }
+            Some(latest)
+        } else {
+            None
+        };
         let (doc, versions, rollbacks) = {
             let state = self.lock();
+            // A rollback applied here while the store was read came first:
+            // the change is refused as one that lost a race to it.
+            if state.rollbacks != rollbacks_before {
+                return Err(ControlError::Conflict(Box::new(view(&state.decision))));
+            }
             // A rollback applied here since the flush above goes first too.
             if state.pending_rollback.is_some() {
                 return Err(ControlError::Store(StoreError::Invalid(
@@ -357,7 +379,7 @@ impl Control {
             let doc = self.next_decision(&state, (stable, weights, rollout), source);
             (doc, versions, state.rollbacks)
         };
-        let doc = match self.record(doc.clone()).await {
+        let doc = match self.record_over(doc.clone(), latest).await {
             Ok(doc) => doc,
             Err(e) => {
                 // Maybe in the store after all: a rollback applied here
@@ -419,15 +441,32 @@ impl Control {
         }
     }
 
-    /// Writes a decision to the store. A shared store is read first (its
-    /// generation is the write's condition); a document whose generation is
-    /// not above the store's was made from an older decision and is refused
-    /// with [`ControlError::Conflict`] (the store's decision is applied).
+    /// Writes a decision to the store (a reload's). A shared store is read
+    /// first (its generation is the write's condition); a document whose
+    /// generation is not above the store's was made from an older decision and
+    /// is refused with [`ControlError::Conflict`] (the store's decision is
+    /// applied).
     pub(super) async fn record(&self, doc: WeightsDoc) -> Result<WeightsDoc, ControlError> {
+        let latest = if self.store.shared() {
+            Some(self.read_store().await?)
+        } else {
+            None
+        };
+        self.record_over(doc, latest).await
+    }
+
+    /// [`Control::record`] with the shared store's document already read
+    /// (`latest`: `None` for a store that is not shared, `Some(None)` for a
+    /// shared store that holds nothing yet). A shared store's write is
+    /// conditional on the generation read: when another task wrote between
+    /// the read and the write, the answer is [`ControlError::Conflict`].
+    async fn record_over(
+        &self,
+        doc: WeightsDoc,
+        latest: Option<Option<WeightsDoc>>,
+    ) -> Result<WeightsDoc, ControlError> {
         let mut read_at = None;
-        if self.store.shared()
-            && let Some(latest) = self.read_store().await?
-        {
+        if let Some(Some(latest)) = latest {
             if latest.generation >= doc.generation {
                 return Err(self.conflict(Some(latest)));
             }
@@ -535,6 +574,12 @@ impl Control {
         }
     }
 
+    /// A read of the store, by a poll or before a decision: applies its
+    /// document as [`Control::adopt`] does.
+    fn adopt_read(&self, doc: WeightsDoc) {
+        self.adopt(doc);
+    }
+
     /// Applies a recorded decision: new snapshot, audit line, App Mesh sync.
     pub(super) fn apply(&self, state: &mut State, doc: WeightsDoc) -> Result<(), ControlError> {
         let old = std::mem::replace(&mut state.decision, doc);
@@ -577,7 +622,7 @@ impl Control {
         self.store_outcome("load", loaded.as_ref().map(|_| ()));
         match loaded {
             Ok(Some(doc)) => {
-                self.adopt(doc);
+                self.adopt_read(doc);
                 Ok(())
             }
             Ok(None) => Ok(()),
