@@ -1110,3 +1110,55 @@ fn an_aborted_event_carries_the_analysis_that_decided_it_only() {
         assert_eq!(!e["analysis"].is_null(), carried, "{by:?}: {e}");
     }
 }
+
+/// Cloud Map (no compare-and-set): tasks a and b both wrote generation 1 and
+/// both read their own write back; the store kept a's, whose writer id sorts
+/// before b's. b adopts a's decision: the store is authoritative.
+#[tokio::test]
+async fn without_compare_and_set_the_store_keeps_one_of_two_same_generation_writes_and_every_task_adopts_it()
+ {
+    let store = Arc::new(MemoryStore::default());
+    store.no_compare_and_set.store(true, Ordering::SeqCst);
+    let b = task(&store).await;
+    let c = task(&store).await;
+    let mine = b.set_weights(w(70, 30), "admin").await.unwrap();
+    assert_eq!(mine.generation, 1);
+    // a's write of the same generation landed last; a's writer id sorts first.
+    let kept = doc(1, "!task-a", 40);
+    assert!(kept.writer.as_str() < b.writer());
+    *store.doc.lock().unwrap() = Some(kept.clone());
+    // Another task adopts it (newer than what it runs).
+    c.sync_from_store().await.unwrap();
+    assert_eq!(c.weights().weights, w(60, 40));
+    // b adopts it within two polls, although its own sorts after it.
+    b.sync_from_store().await.unwrap();
+    b.sync_from_store().await.unwrap();
+    let now = b.weights();
+    assert_eq!((now.generation, now.weights), (1, w(60, 40)));
+    assert!(b.status().store.last_error.is_none());
+
+    // A read that flips back (Cloud Map propagating) does not flip the task
+    // at once: two reads in a row must agree.
+    *store.stale.lock().unwrap() = Some(doc(1, b.writer(), 30));
+    b.sync_from_store().await.unwrap();
+    assert_eq!(b.weights().weights, w(60, 40));
+    *store.stale.lock().unwrap() = None;
+    b.sync_from_store().await.unwrap();
+    b.sync_from_store().await.unwrap();
+    assert_eq!(b.weights().weights, w(60, 40));
+}
+
+/// With compare-and-set (DynamoDB) two documents of one generation are
+/// never both written: one of the same generation that sorts first is a
+/// stale read, ignored however often it is read.
+#[tokio::test]
+async fn with_compare_and_set_a_same_generation_document_that_sorts_first_is_ignored() {
+    let store = Arc::new(MemoryStore::default());
+    let b = task(&store).await;
+    b.set_weights(w(70, 30), "admin").await.unwrap();
+    *store.stale.lock().unwrap() = Some(doc(1, "!task-a", 40));
+    for _ in 0..3 {
+        b.sync_from_store().await.unwrap();
+    }
+    assert_eq!(b.weights().weights, w(70, 30));
+}
