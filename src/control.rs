@@ -111,6 +111,10 @@ struct State {
     appmesh: Option<status::AppMeshStatus>,
     /// A rollback applied here that the store has not taken yet.
     pending_rollback: Option<decisions::PendingRollback>,
+    /// On a store without compare-and-set (Cloud Map): another writer's
+    /// document of the generation in force, read once by the last read of
+    /// the store; the next read that answers it again adopts it.
+    same_generation_seen: Option<WeightsDoc>,
     /// How many rollbacks were applied here: a decision or reload that was
     /// writing the store meanwhile sees the count change and never undoes one.
     rollbacks: u64,
@@ -255,6 +259,7 @@ impl Control {
             store: first_read.status(store_kind),
             appmesh,
             pending_rollback: None,
+            same_generation_seen: None,
             rollbacks: 0,
             applied_at_ms: unix_ms(),
             fleet: None,

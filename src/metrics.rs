@@ -44,6 +44,10 @@ pub const STORE_DEGRADED: &str = "canary_store_degraded";
 pub const STORE_ROLLBACK_PENDING: &str = "canary_store_rollback_pending";
 /// Counter: rollbacks applied on this task while the store could not take them.
 pub const STORE_ROLLBACKS_DEFERRED_TOTAL: &str = "canary_store_rollbacks_deferred_total";
+/// Counter: another task's document of the generation in force adopted from a
+/// store without compare-and-set (Cloud Map: two writes of one generation
+/// were both confirmed, the store kept the other one).
+pub const STORE_SAME_GENERATION_ADOPTED_TOTAL: &str = "canary_store_same_generation_adopted_total";
 /// Gauge: 1 while the stable version has no endpoints (its requests get 503).
 pub const STABLE_EMPTY: &str = "canary_stable_version_empty";
 /// Gauge: 1 while a `version`'s discovery has failed for longer than

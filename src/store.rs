@@ -43,7 +43,10 @@ impl WeightsDoc {
 
     /// Whether `self` comes after `other` in [`WeightsDoc::order`]. A task
     /// applies a document from the store only when it is newer than the
-    /// decision in force: a stale read can never revert a decision.
+    /// decision in force: a stale read can never revert a decision. (On a
+    /// store without compare-and-set, another writer's document of the
+    /// generation in force is adopted too, read twice: see
+    /// [`Store::compare_and_set`].)
     pub fn is_newer_than(&self, other: &WeightsDoc) -> bool {
         self.order() > other.order()
     }
@@ -123,6 +126,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), StoreError>>;
     /// Whether other replicas share this store (it is polled for their changes).
     fn shared(&self) -> bool;
+    /// Whether a write is conditional (compare-and-set, DynamoDB): then two
+    /// decisions of the same generation can never both be written, and a
+    /// task applies a document from the store only when it is newer than the
+    /// decision in force. Cloud Map has no conditional write: two tasks can
+    /// both confirm their own document of the same generation, and the store
+    /// keeps one of them, whatever its place in the order; a poll adopts that
+    /// one (see `Control::sync_from_store`).
+    fn compare_and_set(&self) -> bool {
+        true
+    }
     /// Writes this task's report (replacing only its own earlier one) and
     /// answers every task's report as stored, this one included. `None`: this
     /// store keeps no reports (the file store; Cloud Map, see docs/fleet.md).

@@ -1,6 +1,7 @@
 //! The DynamoDB fleet store against moto: the conditional write (two writers
 //! racing, exactly one wins), and gateway processes sharing one table: three
 //! tasks converging on a change made on each, a lost race answered 409, a
+//! change on a task that has not polled the last one building on it, a
 //! start while the store is down, a rollback while the store is down; each
 //! task's generation report (`GET /status` `fleet`).
 
@@ -343,6 +344,40 @@ async fn of_two_gateways_changing_at_once_exactly_one_wins_and_the_other_gets_40
     for gw in [a, b] {
         assert_eq!(weights_of(&gw.weights().await), weights_of(&won));
     }
+}
+
+/// `ctl weights set v2=10` then `ctl weights set v2=25` through a load
+/// balancer: the second call reaches a task that has not polled the first
+/// change. It reads the store first and builds on it (200), instead of a 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_a_task_that_has_not_polled_the_last_one_builds_on_it() {
+    let fx = Fixture::start().await;
+    let store = &fx.store;
+    // A long poll interval: b never learns of a's change by polling.
+    let fleet = fx.fleet(2, None, "poll_interval = \"1h\"\n").await;
+    let (a, b) = (&fleet[0], &fleet[1]);
+    let first = a.put_weights(&[("v1", 70), ("v2", 30)]).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.json()["generation"], 1);
+    assert_eq!(b.weights().await["generation"], 0, "b has not polled");
+    // b's request names v2 only: v1 keeps a's 70, not b's config weight 90.
+    let second = b.put_weights(&[("v2", 25)]).await;
+    assert_eq!(second.status, 200, "{}", second.text());
+    let second = second.json();
+    assert_eq!(second["generation"], 2, "{second}");
+    assert_eq!(weights_of(&second), w(70, 25));
+    let stored = store.load().await.unwrap().unwrap();
+    assert_eq!(stored.generation, 2);
+    assert_eq!(
+        stored.weights,
+        BTreeMap::from([("v1".into(), 70), ("v2".into(), 25)])
+    );
+    assert_eq!(weights_of(&b.weights().await), w(70, 25));
+    // And a promotion back on a, which has not polled b's change either.
+    let promoted = admin(a.admin, "POST", "/promote", r#"{"version": "v2"}"#).await;
+    assert_eq!(promoted.status, 200, "{}", promoted.text());
+    assert_eq!(promoted.json()["generation"], 3);
+    assert_eq!(store.load().await.unwrap().unwrap().stable, "v2");
 }
 
 /// A proxy in front of moto that fails every DynamoDB call while "down".

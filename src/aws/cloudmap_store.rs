@@ -15,8 +15,10 @@
 //! generation overwrote the own one, it is written again one generation up, so
 //! that a task which saw the own document moves on to it as well. What stays
 //! open (see docs/fleet.md): two writes within Cloud Map's propagation delay
-//! can both read back their own document and both answer 200; the later
-//! write is what every task converges on.
+//! can both read back their own document and both answer 200. The store
+//! keeps one of them (the later write), and every task converges on it: a
+//! poll that reads another writer's document of the generation in force twice
+//! in a row adopts it, whatever their order (`Store::compare_and_set`).
 
 use std::time::Duration;
 
@@ -135,6 +137,10 @@ impl Store for CloudMapStore {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    fn compare_and_set(&self) -> bool {
+        false
     }
 }
 

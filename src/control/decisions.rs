@@ -86,7 +86,40 @@ impl Control {
         source: &str,
         reason: &str,
     ) -> Result<WeightsView, ControlError> {
-        self.rollback_locally(source, reason);
+        self.rollback_locally(source, reason, None);
+        self.write_rollback().await
+    }
+
+    /// This task's abort of the rollout that started at `started_at_ms` was
+    /// lost in the store to the same rollout's automated success (Cloud Map:
+    /// both were confirmed at one generation, the store kept the success,
+    /// and this task adopted it): the abort wins, as when a pending rollback
+    /// finds that success ([`abort_over_success`]). The rollout's stable
+    /// version takes all the weight, the rollout ends aborted for `reason`,
+    /// one generation above the success, applied here at once and written
+    /// like a rollback. `Ok(false)`: the decision in force is not that
+    /// success (an operator's promotion, another rollout), nothing changed.
+    pub async fn abort_over_lost_success(
+        &self,
+        started_at_ms: u64,
+        reason: &str,
+    ) -> Result<bool, ControlError> {
+        let base = {
+            let state = self.lock();
+            match success_undone(&state.decision, started_at_ms, reason) {
+                Some(base) => base,
+                None => return Ok(false),
+            }
+        };
+        tracing::warn!(target: "audit", generation = base.generation, "this task's abort was lost in the store to the same rollout's automated success: the abort wins");
+        self.rollback_locally(super::rollout::SOURCE, reason, Some(base));
+        self.write_rollback().await?;
+        Ok(true)
+    }
+
+    /// Writes the rollback just applied here ([`Control::rollback_locally`])
+    /// for up to `ROLLBACK_WRITE_WAIT`; answers the decision in force.
+    async fn write_rollback(&self) -> Result<WeightsView, ControlError> {
         let written =
             tokio::time::timeout(ROLLBACK_WRITE_WAIT, self.flush_pending_rollback()).await;
         let why = match written {
@@ -128,9 +161,10 @@ impl Control {
     /// Applies a rollback on this task at once, from the decision in force,
     /// and marks it pending in the store. Takes the state lock only (never the
     /// decisions' turn, which a decision may hold across a store call).
-    fn rollback_locally(&self, source: &str, reason: &str) {
+    /// `base`: the decision rolled back, when not the one in force.
+    fn rollback_locally(&self, source: &str, reason: &str, base: Option<WeightsDoc>) {
         let mut state = self.lock();
-        let decision = to_stable(&state.decision, reason);
+        let decision = to_stable(base.as_ref().unwrap_or(&state.decision), reason);
         let doc = self.next_decision(&state, decision, source);
         let generation = doc.generation;
         // The decision the fleet may know: the one in force before the first
@@ -315,10 +349,12 @@ impl Control {
     /// Makes a weight decision: validate, write the store, then apply. A
     /// rollout in the document is carried over.
     ///
-    /// With a shared store the write is conditional on the generation the
-    /// store held when read: when another task wrote first (or this task had
-    /// not seen the latest decision yet) the answer is
-    /// [`ControlError::Conflict`] and the store's decision is applied here.
+    /// With a shared store the store is read first and a newer decision in it
+    /// (another task's, not polled here yet) is adopted, so that the change
+    /// applies on top of it. The write is conditional on the generation read:
+    /// when another task wrote between the read and the write (a real race)
+    /// the answer is [`ControlError::Conflict`] and the store's decision is
+    /// applied here.
     pub(super) async fn decide(
         &self,
         source: &str,
@@ -343,8 +379,28 @@ impl Control {
                 "a rollback is still pending in the store".into(),
             )));
         }
+        // The change is made on the store's latest decision, not on the one
+        // this task last polled: another task's decision written since (a
+        // load balancer sends consecutive calls to different tasks) is
+        // adopted first, as a poll would, and the change applies on top of
+        // it. The same read is the conditional write's condition.
+        let rollbacks_before = self.lock().rollbacks;
+        let latest = if self.store.shared() {
+            let latest = self.read_store().await?;
+            if let Some(doc) = &latest {
+                self.adopt_read(doc.clone());
+            }
+            Some(latest)
+        } else {
+            None
+        };
         let (doc, versions, rollbacks) = {
             let state = self.lock();
+            // A rollback applied here while the store was read came first:
+            // the change is refused as one that lost a race to it.
+            if state.rollbacks != rollbacks_before {
+                return Err(ControlError::Conflict(Box::new(view(&state.decision))));
+            }
             // A rollback applied here since the flush above goes first too.
             if state.pending_rollback.is_some() {
                 return Err(ControlError::Store(StoreError::Invalid(
@@ -357,7 +413,7 @@ impl Control {
             let doc = self.next_decision(&state, (stable, weights, rollout), source);
             (doc, versions, state.rollbacks)
         };
-        let doc = match self.record(doc.clone()).await {
+        let doc = match self.record_over(doc.clone(), latest).await {
             Ok(doc) => doc,
             Err(e) => {
                 // Maybe in the store after all: a rollback applied here
@@ -419,15 +475,32 @@ impl Control {
         }
     }
 
-    /// Writes a decision to the store. A shared store is read first (its
-    /// generation is the write's condition); a document whose generation is
-    /// not above the store's was made from an older decision and is refused
-    /// with [`ControlError::Conflict`] (the store's decision is applied).
+    /// Writes a decision to the store (a reload's). A shared store is read
+    /// first (its generation is the write's condition); a document whose
+    /// generation is not above the store's was made from an older decision and
+    /// is refused with [`ControlError::Conflict`] (the store's decision is
+    /// applied).
     pub(super) async fn record(&self, doc: WeightsDoc) -> Result<WeightsDoc, ControlError> {
+        let latest = if self.store.shared() {
+            Some(self.read_store().await?)
+        } else {
+            None
+        };
+        self.record_over(doc, latest).await
+    }
+
+    /// [`Control::record`] with the shared store's document already read
+    /// (`latest`: `None` for a store that is not shared, `Some(None)` for a
+    /// shared store that holds nothing yet). A shared store's write is
+    /// conditional on the generation read: when another task wrote between
+    /// the read and the write, the answer is [`ControlError::Conflict`].
+    async fn record_over(
+        &self,
+        doc: WeightsDoc,
+        latest: Option<Option<WeightsDoc>>,
+    ) -> Result<WeightsDoc, ControlError> {
         let mut read_at = None;
-        if self.store.shared()
-            && let Some(latest) = self.read_store().await?
-        {
+        if let Some(Some(latest)) = latest {
             if latest.generation >= doc.generation {
                 return Err(self.conflict(Some(latest)));
             }
@@ -514,8 +587,18 @@ impl Control {
     /// Applies the store's document when it is newer than the decision in
     /// force ([`WeightsDoc::is_newer_than`]); an older or equal one is ignored.
     fn adopt(&self, doc: WeightsDoc) {
+        self.adopt_as(doc, false);
+    }
+
+    /// [`Control::adopt`]; `same_generation`: also when `doc` is of the
+    /// generation in force but sorts before it (see [`Control::adopt_read`]).
+    fn adopt_as(&self, doc: WeightsDoc, same_generation: bool) {
         let mut state = self.lock();
-        if state.pending_rollback.is_some() || !doc.is_newer_than(&state.decision) {
+        let wanted = doc.is_newer_than(&state.decision)
+            || (same_generation
+                && doc.generation == state.decision.generation
+                && doc.order() != state.decision.order());
+        if state.pending_rollback.is_some() || !wanted {
             return;
         }
         let generation = doc.generation;
@@ -533,6 +616,47 @@ impl Control {
         if let Err(e) = self.apply(&mut state, doc) {
             tracing::warn!(error = %e, "could not apply the store's weights");
         }
+    }
+
+    /// A read of the store, by a poll or before a decision: applies its
+    /// document when it is newer than the decision in force
+    /// ([`Control::adopt`]).
+    ///
+    /// On a store without compare-and-set (Cloud Map) the store is
+    /// authoritative within a generation as well: two tasks may both have
+    /// confirmed their own document of the generation in force (each read its
+    /// own write back before the other's propagated), and the store keeps one
+    /// of them, which may sort before the other. Another writer's document of
+    /// the generation in force is adopted, whatever its order, once two
+    /// consecutive reads answer it (one read may be a stale one, flipping
+    /// back and forth while Cloud Map propagates).
+    fn adopt_read(&self, doc: WeightsDoc) {
+        let same_generation = {
+            let mut state = self.lock();
+            let rival = !self.store.compare_and_set()
+                && doc.generation == state.decision.generation
+                && doc.order() != state.decision.order();
+            if !rival {
+                state.same_generation_seen = None;
+                false
+            } else if state
+                .same_generation_seen
+                .as_ref()
+                .is_some_and(|seen| seen.order() == doc.order())
+            {
+                state.same_generation_seen = None;
+                true
+            } else {
+                state.same_generation_seen = Some(doc.clone());
+                tracing::info!(generation = doc.generation, writer = %doc.writer, "the store holds another task's decision of the generation in force; adopting it if the next read answers it too");
+                return;
+            }
+        };
+        if same_generation {
+            tracing::warn!(target: "audit", generation = doc.generation, writer = %doc.writer, in_force = %self.lock().decision.writer, "two decisions of the same generation were confirmed; the store kept the other task's: adopting it");
+            metrics::counter!(names::STORE_SAME_GENERATION_ADOPTED_TOTAL).increment(1);
+        }
+        self.adopt_as(doc, same_generation);
     }
 
     /// Applies a recorded decision: new snapshot, audit line, App Mesh sync.
@@ -575,7 +699,9 @@ impl Control {
     }
 
     /// One poll of a shared store: adopts its document when it is newer than
-    /// the decision in force. The store is read without holding the lock that
+    /// the decision in force (on Cloud Map, also another writer's document of
+    /// the same generation, read twice in a row: see [`Control::adopt_read`]).
+    /// The store is read without holding the lock that
     /// decisions take (an admin change never waits for a poll's AWS call);
     /// newer-only apply makes a read that raced with a change harmless. While
     /// a rollback is pending the poll writes it instead.
@@ -591,7 +717,7 @@ impl Control {
         self.store_outcome("load", loaded.as_ref().map(|_| ()));
         match loaded {
             Ok(Some(doc)) => {
-                self.adopt(doc);
+                self.adopt_read(doc);
                 Ok(())
             }
             Ok(None) => Ok(()),
@@ -689,6 +815,26 @@ fn abort_over_success(latest: WeightsDoc, pending: &PendingRollback) -> WeightsD
         }
         None => latest,
     }
+}
+
+/// `d` (the decision in force) as the base an abort is made again from when
+/// it is the automated success (source `rollout`, adopted from the store or
+/// written here) of the rollout that started at `started_at_ms`: that
+/// rollout's stable version, the rollout ended aborted for `reason`. `None`
+/// for any other decision.
+fn success_undone(d: &WeightsDoc, started_at_ms: u64, reason: &str) -> Option<WeightsDoc> {
+    use crate::rollout::state::Phase;
+    let automated = d.source == super::rollout::SOURCE
+        || d.source == format!("store ({})", super::rollout::SOURCE);
+    let r = d
+        .rollout
+        .as_ref()
+        .filter(|r| automated && r.started_at_ms == started_at_ms && r.phase == Phase::Succeeded)?;
+    Some(WeightsDoc {
+        stable: r.plan.stable.clone(),
+        rollout: Some(r.ended(Phase::Aborted, Some(reason.to_string()), unix_ms())),
+        ..d.clone()
+    })
 }
 
 /// Refuses a manual weight change while `d`'s rollout progresses (paused,

@@ -64,16 +64,53 @@ async fn an_older_document_from_the_store_is_ignored() {
 }
 
 #[tokio::test]
-async fn two_tasks_deciding_from_the_same_generation_one_gets_a_conflict() {
+async fn a_change_on_a_task_that_has_not_polled_yet_builds_on_the_stores_decision() {
+    // Two tasks behind a load balancer, polling rarely: `ctl weights set`
+    // twice in a row lands on a, then on b, which has not polled a's change.
     let store = Arc::new(MemoryStore::default());
     let a = task(&store).await;
     let b = task(&store).await;
+    let first = a
+        .set_weights(
+            BTreeMap::from([("v1".into(), 80), ("v2".into(), 20)]),
+            "admin",
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.generation, 1);
+    assert_eq!(b.weights().generation, 0, "b has not polled a's change");
+    // b reads the store first and makes its change on a's decision: v1,
+    // which the request does not name, keeps a's 80 (not b's 90).
+    let second = b
+        .set_weights(BTreeMap::from([("v2".into(), 25)]), "admin")
+        .await
+        .unwrap();
+    assert_eq!(second.generation, 2);
+    assert_eq!(second.weights, w(80, 25));
+    assert_eq!(b.weights().weights, w(80, 25));
+    let stored = store.stored().unwrap();
+    assert_eq!((stored.generation, stored.weights), (2, w(80, 25)));
+    assert_eq!(stored.writer, b.writer());
+    // A promotion through b's peer builds on it the same way.
+    let promoted = a.promote("v2", "admin").await.unwrap();
+    assert_eq!(promoted.generation, 3);
+    assert_eq!(promoted.weights, w(0, 105));
+}
+
+#[tokio::test]
+async fn two_tasks_deciding_at_once_one_gets_a_conflict() {
+    let store = Arc::new(MemoryStore::default());
+    *store.doc.lock().unwrap() = Some(doc(1, "seed", 10));
+    let a = task(&store).await;
+    let b = task(&store).await;
     let won = a.set_weights(w(75, 25), "admin").await.unwrap();
-    assert_eq!(won.generation, 1);
-    // b has not seen a's decision: its change is refused, and it now runs a's.
+    assert_eq!(won.generation, 2);
+    // b read the store before a's write landed (a real race): its
+    // conditional write is refused, and it now runs a's decision.
+    *store.stale.lock().unwrap() = Some(doc(1, "seed", 10));
     match b.set_weights(w(50, 50), "admin").await {
         Err(ControlError::Conflict(current)) => {
-            assert_eq!(current.generation, 1);
+            assert_eq!(current.generation, 2);
             assert_eq!(current.weights, w(75, 25));
         }
         other => panic!("expected a conflict, got {other:?}"),
@@ -81,8 +118,9 @@ async fn two_tasks_deciding_from_the_same_generation_one_gets_a_conflict() {
     assert_eq!(b.weights().weights, w(75, 25));
     assert_eq!(store.stored().unwrap().weights, w(75, 25));
     // The retry, made from the current decision, wins.
+    *store.stale.lock().unwrap() = None;
     let retried = b.set_weights(w(50, 50), "admin").await.unwrap();
-    assert_eq!(retried.generation, 2);
+    assert_eq!(retried.generation, 3);
     assert_eq!(store.stored().unwrap().weights, w(50, 50));
     assert_eq!(store.stored().unwrap().writer, b.writer());
 }
@@ -239,16 +277,17 @@ async fn a_rollback_never_waits_for_a_decision_stuck_on_the_store() {
     assert_eq!(view.weights, w(100, 0));
     assert_eq!(control.weights().weights, w(100, 0));
 
-    // The stuck change completes after the rollback: it never undoes it here.
+    // The stuck change completes after the rollback: the rollback came
+    // first (409), and the change is neither applied nor written.
     store.release.notify_one();
     let late = stuck.await.unwrap();
     assert!(matches!(late, Err(ControlError::Conflict(_))), "{late:?}");
     assert_eq!(control.weights().weights, w(100, 0));
-    // And the rollback lands on top of it in the store.
+    // And the rollback lands on the decision before it in the store.
     control.sync_from_store().await.unwrap();
     let stored = store.stored().unwrap();
     assert_eq!(stored.weights, w(100, 0));
-    assert_eq!(stored.generation, 3);
+    assert_eq!(stored.generation, 2);
     assert!(!control.status().store.rollback_pending);
 }
 
@@ -1070,4 +1109,56 @@ fn an_aborted_event_carries_the_analysis_that_decided_it_only() {
         assert_eq!(e["reason"], "why");
         assert_eq!(!e["analysis"].is_null(), carried, "{by:?}: {e}");
     }
+}
+
+/// Cloud Map (no compare-and-set): tasks a and b both wrote generation 1 and
+/// both read their own write back; the store kept a's, whose writer id sorts
+/// before b's. b adopts a's decision: the store is authoritative.
+#[tokio::test]
+async fn without_compare_and_set_the_store_keeps_one_of_two_same_generation_writes_and_every_task_adopts_it()
+ {
+    let store = Arc::new(MemoryStore::default());
+    store.no_compare_and_set.store(true, Ordering::SeqCst);
+    let b = task(&store).await;
+    let c = task(&store).await;
+    let mine = b.set_weights(w(70, 30), "admin").await.unwrap();
+    assert_eq!(mine.generation, 1);
+    // a's write of the same generation landed last; a's writer id sorts first.
+    let kept = doc(1, "!task-a", 40);
+    assert!(kept.writer.as_str() < b.writer());
+    *store.doc.lock().unwrap() = Some(kept.clone());
+    // Another task adopts it (newer than what it runs).
+    c.sync_from_store().await.unwrap();
+    assert_eq!(c.weights().weights, w(60, 40));
+    // b adopts it within two polls, although its own sorts after it.
+    b.sync_from_store().await.unwrap();
+    b.sync_from_store().await.unwrap();
+    let now = b.weights();
+    assert_eq!((now.generation, now.weights), (1, w(60, 40)));
+    assert!(b.status().store.last_error.is_none());
+
+    // A read that flips back (Cloud Map propagating) does not flip the task
+    // at once: two reads in a row must agree.
+    *store.stale.lock().unwrap() = Some(doc(1, b.writer(), 30));
+    b.sync_from_store().await.unwrap();
+    assert_eq!(b.weights().weights, w(60, 40));
+    *store.stale.lock().unwrap() = None;
+    b.sync_from_store().await.unwrap();
+    b.sync_from_store().await.unwrap();
+    assert_eq!(b.weights().weights, w(60, 40));
+}
+
+/// With compare-and-set (DynamoDB) two documents of one generation are
+/// never both written: one of the same generation that sorts first is a
+/// stale read, ignored however often it is read.
+#[tokio::test]
+async fn with_compare_and_set_a_same_generation_document_that_sorts_first_is_ignored() {
+    let store = Arc::new(MemoryStore::default());
+    let b = task(&store).await;
+    b.set_weights(w(70, 30), "admin").await.unwrap();
+    *store.stale.lock().unwrap() = Some(doc(1, "!task-a", 40));
+    for _ in 0..3 {
+        b.sync_from_store().await.unwrap();
+    }
+    assert_eq!(b.weights().weights, w(70, 30));
 }

@@ -113,6 +113,30 @@ pub async fn run(control: Arc<Control>) {
                 }
                 continue;
             }
+            // The store kept the same rollout's automated success over this
+            // replica's abort (two decisions of one generation, both confirmed
+            // on Cloud Map): the abort wins, one generation up.
+            Some(r) if r.phase == Phase::Succeeded && aborted.contains_key(&r.started_at_ms) => {
+                let reason = aborted.remove(&r.started_at_ms).unwrap_or_default();
+                match control
+                    .abort_over_lost_success(r.started_at_ms, &reason)
+                    .await
+                {
+                    Ok(true) => {
+                        tracing::warn!(canary = %r.plan.canary, "the store lost this replica's abort to the rollout's success; the abort is written again");
+                        aborted.insert(r.started_at_ms, reason);
+                    }
+                    // An operator's promotion (or a success this replica
+                    // already follows): it stands.
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "the rollout abort could not be written again; retrying");
+                        aborted.insert(r.started_at_ms, reason);
+                        tokio::time::sleep(RETRY).await;
+                    }
+                }
+                continue;
+            }
             Some(r) if r.phase.running() && missing_version(&control, &r).is_some() => {
                 let v = missing_version(&control, &r).unwrap_or_default();
                 if control.rollout_removed_by_reload(&r) {

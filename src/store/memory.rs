@@ -55,6 +55,9 @@ pub struct MemoryStore {
     pub reports: Mutex<std::collections::BTreeMap<String, TaskReport>>,
     /// Reports written.
     pub report_writes: AtomicUsize,
+    /// When set, saves are unconditional and the store says it has no
+    /// compare-and-set (like Cloud Map's).
+    pub no_compare_and_set: AtomicBool,
 }
 
 impl MemoryStore {
@@ -110,7 +113,10 @@ impl Store for MemoryStore {
             self.check_up()?;
             let mut slot = self.doc.lock().unwrap_or_else(|e| e.into_inner());
             let current = slot.as_ref().map(|d| d.generation);
-            if current.is_some() && current != read_at {
+            if current.is_some()
+                && current != read_at
+                && !self.no_compare_and_set.load(Ordering::SeqCst)
+            {
                 return Err(StoreError::Conflict(slot.clone().map(Box::new)));
             }
             *slot = Some(doc.clone());
@@ -121,6 +127,10 @@ impl Store for MemoryStore {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    fn compare_and_set(&self) -> bool {
+        !self.no_compare_and_set.load(Ordering::SeqCst)
     }
 
     fn report<'a>(

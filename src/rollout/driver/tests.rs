@@ -479,3 +479,86 @@ fn a_holds_event_carries_the_holds_phase() {
         assert_eq!(e["canary"], "v2");
     }
 }
+
+/// One gateway on a store without compare-and-set (like Cloud Map's), with
+/// its driver and a store poll every 500 ms.
+async fn polled_without_compare_and_set() -> (Arc<MemoryStore>, Arc<Control>) {
+    let store = Arc::new(MemoryStore::default());
+    store
+        .no_compare_and_set
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let control = control(store.clone()).await;
+    tokio::spawn(run(control.clone()));
+    let c = control.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let _ = c.sync_from_store().await;
+        }
+    });
+    (store, control)
+}
+
+/// Cloud Map: this gateway (B) aborted the rollout on its evidence while
+/// another (A, whose writer id sorts first) wrote the same generation; both
+/// read their own write back, the store kept A's. B adopts A's decision and
+/// its driver decides the abort again, one generation up: whether A's was the
+/// next step or the rollout's automated success, the abort wins.
+#[tokio::test(start_paused = true)]
+async fn an_abort_the_store_lost_to_a_same_generation_write_is_decided_again() {
+    for success in [false, true] {
+        let (store, b) = polled_without_compare_and_set().await;
+        b.start_rollout(PLAN.as_bytes()).await.unwrap();
+        let started = store.stored().unwrap();
+        run_for(&b, 11, 1000, 5, 3).await;
+        let own = store.stored().unwrap();
+        assert_eq!(own.rollout.as_ref().unwrap().phase, Phase::Aborted);
+        assert_eq!(own.writer, b.writer());
+        let now = b.rollout_clock().now_ms();
+        let r = started.rollout.clone().unwrap();
+        let (stable, weights, rollout) = if success {
+            let done = r.succeeded(now);
+            let weights = std::collections::BTreeMap::from([("v1".into(), 0), ("v2".into(), 100)]);
+            ("v2", weights, done)
+        } else {
+            let next = r.advanced(now);
+            ("v1", next.weights(&started.weights), next)
+        };
+        let kept = crate::store::WeightsDoc {
+            stable: stable.into(),
+            weights,
+            generation: own.generation,
+            updated_at_ms: own.updated_at_ms,
+            source: crate::control::rollout::SOURCE.into(),
+            writer: "!task-a".into(),
+            config_weights: None,
+            rollout: Some(rollout),
+        };
+        assert!(kept.writer.as_str() < b.writer());
+        *store.doc.lock().unwrap() = Some(kept);
+        // Two polls, then the driver's abort.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let again = store.stored().unwrap();
+        let phase = again.rollout.as_ref().map(|r| r.phase);
+        assert_eq!(
+            (
+                again.generation,
+                phase,
+                again.stable.as_str(),
+                again.weights["v2"]
+            ),
+            (own.generation + 1, Some(Phase::Aborted), "v1", 0),
+            "success: {success}: {again:?}"
+        );
+        assert_eq!(again.writer, b.writer());
+        let in_force = b.weights();
+        assert_eq!(
+            (
+                in_force.generation,
+                in_force.stable.as_str(),
+                in_force.weights["v2"]
+            ),
+            (own.generation + 1, "v1", 0)
+        );
+    }
+}
