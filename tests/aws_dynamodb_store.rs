@@ -304,8 +304,12 @@ async fn three_gateways_converge_on_a_change_made_on_each() {
     }
 }
 
+/// Two changes at once on two tasks: no change is lost. When both read the
+/// store before either wrote (the usual case), exactly one wins and the
+/// other gets 409 with the decision in force; when one ended before the
+/// other read the store, the second builds on the first (generation 2).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn of_two_gateways_changing_at_once_exactly_one_wins_and_the_other_gets_409() {
+async fn of_two_gateways_changing_at_once_none_is_lost_and_a_lost_race_gets_409() {
     let fx = Fixture::start().await;
     let store = &fx.store;
     // A long poll interval: neither task learns of the other's change by polling.
@@ -315,22 +319,35 @@ async fn of_two_gateways_changing_at_once_exactly_one_wins_and_the_other_gets_40
         a.put_weights(&[("v1", 70), ("v2", 30)]),
         b.put_weights(&[("v1", 40), ("v2", 60)])
     );
+    let stored = store.load().await.unwrap().unwrap();
+    let stored_weights: BTreeMap<String, u64> = stored
+        .weights
+        .iter()
+        .map(|(k, v)| (k.clone(), u64::from(*v)))
+        .collect();
     let mut statuses = [ra.status, rb.status];
     statuses.sort();
+    if statuses == [200, 200] {
+        // One after the other: the later one (generation 2) is in the store.
+        let (first, second) = (ra.json(), rb.json());
+        let mut generations = [first["generation"].as_u64(), second["generation"].as_u64()];
+        generations.sort();
+        assert_eq!(generations, [Some(1), Some(2)], "{first} / {second}");
+        let later = if first["generation"] == 2 {
+            &first
+        } else {
+            &second
+        };
+        assert_eq!(stored.generation, 2);
+        assert_eq!(weights_of(later), stored_weights);
+        return;
+    }
     assert_eq!(statuses, [200, 409], "{} / {}", ra.text(), rb.text());
     let (winner, loser) = if ra.status == 200 { (ra, rb) } else { (rb, ra) };
     let won = winner.json();
     let lost = loser.json();
-    let stored = store.load().await.unwrap().unwrap();
     assert_eq!(stored.generation, 1);
-    assert_eq!(
-        weights_of(&won),
-        stored
-            .weights
-            .iter()
-            .map(|(k, v)| (k.clone(), u64::from(*v)))
-            .collect()
-    );
+    assert_eq!(weights_of(&won), stored_weights);
     // The 409 carries the current decision, which the losing task now runs.
     assert_eq!(lost["current"]["generation"], 1, "{lost}");
     assert_eq!(weights_of(&lost["current"]), weights_of(&won));
