@@ -16,7 +16,7 @@ use std::time::Duration;
 use super::analysis::{self, Verdict};
 use super::state::{Phase, RolloutState};
 use super::telemetry::Counts;
-use super::{AnalysisRecord, RolloutError, event, notify};
+use super::{AnalysisRecord, Published, RolloutError, event, notify};
 use crate::control::Control;
 use crate::control::rollout::{Abort, By};
 use crate::metrics as names;
@@ -78,12 +78,11 @@ pub async fn run(control: Arc<Control>) {
     // Rollouts this replica aborted: if a racing write undid the abort in the
     // store, it is written again (an aborted rollout stays aborted).
     let mut aborted: BTreeMap<u64, String> = BTreeMap::new();
+    let mut published = Published::default();
     loop {
         changes.borrow_and_update();
         let current = control.rollout();
-        if let Some(view) = control.rollout_view() {
-            view.publish();
-        }
+        publish(&control, &mut published);
         let r = match current {
             Some(r) if r.phase.running() && aborted.contains_key(&r.started_at_ms) => {
                 let reason = aborted.get(&r.started_at_ms).cloned().unwrap_or_default();
@@ -126,9 +125,7 @@ pub async fn run(control: Arc<Control>) {
                     view.why = Some(why);
                     view.next_due_ms = None;
                 });
-                if let Some(view) = control.rollout_view() {
-                    view.publish();
-                }
+                publish(&control, &mut published);
                 if changes.changed().await.is_err() {
                     return;
                 }
@@ -257,6 +254,15 @@ pub async fn run(control: Arc<Control>) {
 
 /// `r`'s canary or stable version, if the config in force lacks it (a
 /// reload removed it, or this task's config never had it).
+/// Sets the rollout gauges to the rollout's view on this task (see
+/// [`super::RolloutView::publish`]), for the versions in its config.
+fn publish(control: &Control, published: &mut Published) {
+    if let Some(view) = control.rollout_view() {
+        let config = control.config();
+        view.publish(|v| config.versions.iter().any(|c| c.name == v), published);
+    }
+}
+
 fn missing_version(control: &Control, r: &RolloutState) -> Option<String> {
     let config = control.config();
     [&r.plan.canary, &r.plan.stable]

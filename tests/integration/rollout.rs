@@ -927,3 +927,51 @@ async fn requests_the_client_broke_are_left_out_of_the_canary_analysis() {
     drop((unread, h2));
     gw.shutdown().await;
 }
+
+/// The rollout gauges follow the rollout: a later rollout with another
+/// canary sets the earlier canary's `canary_rollout_canary_share_percent`
+/// to 0 (it kept its last value, 100 after its promotion, forever). The
+/// versions are this test's own: the recorder is the process's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_rollout_zeroes_the_earlier_canarys_share_gauge() {
+    let a = Behaved::start("gauge-a", 0, 0).await;
+    let b = Behaved::start("gauge-b", 0, 0).await;
+    let c = Behaved::start("gauge-c", 0, 0).await;
+    let gw = Gateway::start(&config(
+        "",
+        &[
+            ("gauge-a", 100, a.addr),
+            ("gauge-b", 0, b.addr),
+            ("gauge-c", 0, c.addr),
+        ],
+    ))
+    .await;
+    let share = async |version: &str| {
+        let text = get(gw.admin, "/metrics", &[]).await.text();
+        metric_value(
+            &text,
+            "canary_rollout_canary_share_percent",
+            &[("version", version)],
+        )
+    };
+    let plan =
+        |canary: &str| format!(r#"{{"canary": "{canary}", "steps": [10, 100], "interval_s": 60}}"#);
+    start_rollout(gw.admin, &plan("gauge-b")).await;
+    let (status, view) = call(gw.admin, "POST", "/rollout/promote", "").await;
+    assert_eq!(
+        (status, view["phase"].as_str()),
+        (StatusCode::OK, Some("succeeded")),
+        "{view}"
+    );
+    assert!(
+        eventually(WAIT, async || share("gauge-b").await == 100.0).await,
+        "{}",
+        get(gw.admin, "/metrics", &[]).await.text()
+    );
+    start_rollout(gw.admin, &plan("gauge-c")).await;
+    let moved = eventually(WAIT, async || {
+        share("gauge-c").await == 10.0 && share("gauge-b").await == 0.0
+    })
+    .await;
+    assert!(moved, "{}", get(gw.admin, "/metrics", &[]).await.text());
+}
