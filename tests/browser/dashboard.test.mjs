@@ -8,8 +8,9 @@
 // that change under load; a weight change made in the page (keyboard only,
 // with its confirmation step) changes the traffic split; a token that stops
 // being valid mid-session is refused and nothing changes; a rollback from the
-// page and a rollout aborted from it send all traffic to stable; the page
-// fits 1280 px and a phone's width.
+// page and a rollout aborted from it send all traffic to stable; a /status
+// that never answers makes the page leave "live" (and polling goes on); the
+// page fits 1280 px and a phone's width.
 //
 // Run: tests/browser/run.sh (builds the gateway, installs playwright-core).
 // Environment: GATEWAY_BIN (default target/debug/canary-gateway),
@@ -330,6 +331,27 @@ async function main() {
       assert.match(await page.locator("#abort-banner").textContent(), /aborted because/);
       const after = await split(gw, 200);
       assert.deepEqual(after, { v1: 200 }, JSON.stringify(after));
+    });
+
+    await check("a /status that never answers makes the page leave \"live\" and polling goes on", async () => {
+      const stub = await context.newPage();
+      let hang = false;
+      // While `hang`, GET /status is held and never answered.
+      await stub.route(/\/status$/, (route) => (hang ? undefined : route.continue()));
+      await stub.goto(gw.admin + "/ui");
+      await signIn(stub, gw.token);
+      await eventually("live", async () => /^live/.test(await stub.locator("#conn").textContent()));
+      hang = true;
+      const started = Date.now();
+      const label = await eventually("the page to leave \"live\"", async () => {
+        const t = await stub.locator("#conn").textContent();
+        return !/^live/.test(t) && t;
+      }, 8_000);
+      assert.match(label, /stale.*no answer from the gateway within 4 s/, label);
+      assert.ok(Date.now() - started < 8_000, `${Date.now() - started} ms`);
+      hang = false;
+      await eventually("live again", async () => /^live/.test(await stub.locator("#conn").textContent()), 8_000);
+      await stub.close();
     });
 
     await check("the rollout panel shows the issue #12 contract's fields (GET /rollout stubbed in the browser)", async () => {
