@@ -349,7 +349,8 @@ fn publish_endpoint_gauges(snapshot: &Snapshot) {
 /// The per-version gauges of the versions `previous` had and `next` has
 /// not (removed by a reload) go to 0: the exporter keeps a series at its
 /// last value, and a removed version would otherwise keep its weight in
-/// `sum(canary_version_weight)` and a stale discovery alert forever.
+/// `sum(canary_version_weight)` and a stale discovery alert forever. Its
+/// rollout gauges go to 0 too.
 fn zero_gauges_of_removed_versions(previous: &Snapshot, next: &Snapshot) {
     for v in previous.versions.iter() {
         if next.versions.iter().any(|n| n.name == v.name) {
@@ -364,6 +365,7 @@ fn zero_gauges_of_removed_versions(previous: &Snapshot, next: &Snapshot) {
         ] {
             metrics::gauge!(name, "version" => v.name.clone()).set(0.0);
         }
+        crate::rollout::zero_version_gauges(&v.name);
     }
 }
 

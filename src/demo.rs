@@ -93,7 +93,7 @@ Try:
   curl -s -H 'x-user-id: alice' http://{listen}/              # sticky: alice always gets the same version
   curl -s -H 'x-canary-version: v2' http://{listen}/          # QA override: forced to v2
   curl -s -H 'Authorization: Bearer {token}' http://{admin}/weights
-  curl -s -H 'Authorization: Bearer {token}' -X PUT -d '{{"weights":{{"v2":50}}}}' http://{admin}/weights
+  curl -s -H 'Authorization: Bearer {token}' -X PUT -d '{{"weights":{{"v1":50,"v2":50}}}}' http://{admin}/weights   # 50/50 (weights are relative; unnamed versions keep theirs)
   curl -s -H 'Authorization: Bearer {token}' -X POST http://{admin}/rollback
   curl -s http://{admin}/metrics | grep canary_requests_total
   CANARY_ADMIN_TOKEN={token} canary-gateway ctl --admin http://{admin} weights set v2=25 v1=75

@@ -166,24 +166,37 @@ impl RolloutView {
         }
     }
 
-    /// Sets the rollout gauges to this view.
-    pub fn publish(&self) {
+    /// Sets the rollout gauges to this view, for the versions `known` has
+    /// (in this task's config). `published` holds the labelled series the
+    /// last call set: those this view does not set (a previous rollout's
+    /// canary, a version a reload removed) go to 0, as the exporter would
+    /// otherwise keep them at their last value (`{version="v2"} 100` after
+    /// v2's promotion, through every later rollout).
+    pub fn publish(&self, known: impl Fn(&str) -> bool, published: &mut Published) {
         for phase in Phase::ALL {
             metrics::gauge!(names::ROLLOUT_PHASE, "phase" => phase.as_str())
                 .set(if phase == self.phase { 1.0 } else { 0.0 });
         }
-        metrics::gauge!(names::ROLLOUT_CANARY_SHARE, "version" => self.canary.clone()).set(
-            if self.phase == Phase::Aborted {
-                0.0
-            } else {
-                self.share
-            },
-        );
+        let mut now = Published::default();
+        if known(&self.canary) {
+            metrics::gauge!(names::ROLLOUT_CANARY_SHARE, "version" => self.canary.clone()).set(
+                if self.phase == Phase::Aborted {
+                    0.0
+                } else {
+                    self.share
+                },
+            );
+            now.0
+                .insert((names::ROLLOUT_CANARY_SHARE, self.canary.clone()));
+        }
         if let Some(a) = &self.last_analysis {
             for (version, f) in [
                 (&self.canary, &a.analysis.canary),
                 (&self.stable, &a.analysis.stable),
             ] {
+                if !known(version) {
+                    continue;
+                }
                 for (figure, value) in [
                     ("requests", f.requests as f64),
                     ("errors", f.errors as f64),
@@ -194,12 +207,43 @@ impl RolloutView {
                     metrics::gauge!(names::ROLLOUT_ANALYSIS, "version" => version.clone(), "figure" => figure)
                         .set(value);
                 }
+                now.0.insert((names::ROLLOUT_ANALYSIS, version.clone()));
             }
             if let Some(p) = a.analysis.p_value {
                 metrics::gauge!(names::ROLLOUT_ANALYSIS_P_VALUE).set(p);
             }
         }
+        for (name, version) in published.0.difference(&now.0) {
+            zero_series(name, version);
+        }
+        *published = now;
     }
+}
+
+/// The `version`-labelled rollout series a task set last (see
+/// [`RolloutView::publish`]): the gauge's name and the version.
+#[derive(Debug, Default)]
+pub struct Published(std::collections::BTreeSet<(&'static str, String)>);
+
+/// The analysis figures of [`names::ROLLOUT_ANALYSIS`].
+const FIGURES: [&str; 5] = ["requests", "errors", "error_rate", "p50_ms", "p99_ms"];
+
+/// Sets the rollout gauge `name`'s series of `version` to 0.
+fn zero_series(name: &str, version: &str) {
+    if name == names::ROLLOUT_ANALYSIS {
+        for figure in FIGURES {
+            metrics::gauge!(names::ROLLOUT_ANALYSIS, "version" => version.to_string(), "figure" => figure)
+                .set(0.0);
+        }
+    } else {
+        metrics::gauge!(name.to_string(), "version" => version.to_string()).set(0.0);
+    }
+}
+
+/// Sets every rollout gauge of `version` to 0 (a reload removed it).
+pub fn zero_version_gauges(version: &str) {
+    zero_series(names::ROLLOUT_CANARY_SHARE, version);
+    zero_series(names::ROLLOUT_ANALYSIS, version);
 }
 
 /// A webhook event about `r`.

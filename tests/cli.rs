@@ -190,6 +190,77 @@ async fn status_wait_converged_waits_for_one_generation() {
     assert!(err.contains("generations differ"), "{err}");
 }
 
+/// One `--admin` URL on a store that shares no task reports (its `/status`
+/// says the other tasks' generations are unknown) is not "converged": that
+/// one task compared with itself says nothing about the others.
+#[tokio::test]
+async fn status_wait_converged_does_not_trust_one_url_that_cannot_see_the_fleet() {
+    use serde_json::json;
+    let note = "the Cloud Map store keeps no task reports (use the DynamoDB store): the other tasks' generations are unknown";
+    let unseen = |kind: &str| {
+        json!({"weights": {"generation": 4}, "store": {"kind": kind, "last_error": null},
+               "fleet": {"reports_shared": false, "converged": false, "note": note,
+                         "tasks": [{"generation": 4, "this_task": true}]}})
+    };
+    // A store that may share reports later (DynamoDB before its first
+    // report): not converged until --timeout (exit 8), and why.
+    let url = scripted_rollout(vec![unseen("dynamodb")]).await;
+    let (code, out, err) = cli(
+        &[
+            "ctl",
+            "status",
+            "--wait-converged",
+            "--timeout",
+            "1s",
+            "--admin",
+            &url,
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 8, "{out}{err}");
+    assert!(!out.contains("converged"), "{out}");
+    assert!(err.contains("name every task's admin URL"), "{err}");
+    // Cloud Map never shares them: refused at once (exit 1), not after --timeout.
+    let url = scripted_rollout(vec![unseen("cloudmap")]).await;
+    let started = std::time::Instant::now();
+    let (code, out, err) = cli(
+        &[
+            "ctl",
+            "status",
+            "--wait-converged",
+            "--timeout",
+            "30s",
+            "--admin",
+            &url,
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(!out.contains("converged"), "{out}");
+    assert!(err.contains("name every task's admin URL"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // Every task named: compared across the URLs, as before.
+    let other = scripted_rollout(vec![unseen("cloudmap")]).await;
+    let urls = format!("{url},{other}");
+    let (code, out, err) = cli(
+        &[
+            "ctl",
+            "status",
+            "--wait-converged",
+            "--timeout",
+            "5s",
+            "--admin",
+            &urls,
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("converged"), "{out}");
+}
+
 #[tokio::test]
 async fn run_and_check_read_the_config_from_the_environment() {
     let (v1, v2) = (

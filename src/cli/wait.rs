@@ -33,12 +33,42 @@ fn generations(status: &Value) -> Vec<u64> {
     out
 }
 
+/// When one `--admin` URL was given and its `/status` says the other tasks'
+/// generations are unknown (`fleet.note`, the store shares no reports):
+/// why convergence cannot be seen from it. Comparing that one task with
+/// itself would say "converged" while other tasks may run old weights.
+fn unseen_fleet(statuses: &[Value]) -> Option<String> {
+    let [only] = statuses else {
+        return None;
+    };
+    if only.pointer("/fleet/reports_shared") == Some(&Value::Bool(true)) {
+        return None;
+    }
+    let note = only.pointer("/fleet/note").and_then(Value::as_str)?;
+    Some(format!(
+        "one --admin URL cannot show whether the fleet converged ({note}); \
+         name every task's admin URL: --admin http://TASK1:9901,http://TASK2:9901,..."
+    ))
+}
+
+/// Whether waiting cannot help: the store keeps no task reports at all
+/// (Cloud Map), so [`unseen_fleet`] holds for good.
+fn never_shared(statuses: &[Value]) -> bool {
+    statuses
+        .iter()
+        .any(|s| s.pointer("/store/kind").and_then(Value::as_str) == Some("cloudmap"))
+}
+
 /// Why the fleet has not converged yet, or `None` when it has: every task
 /// reports the same generation (through the store when it shares the tasks'
-/// reports: `fleet.converged`; else across the `--admin` URLs given), reads
-/// the store without error, has read it at all (not `degraded`) and has no
-/// rollback waiting to be written.
+/// reports: `fleet.converged`; else across the `--admin` URLs given, and
+/// never from one URL whose store shares no reports: see [`unseen_fleet`]),
+/// reads the store without error, has read it at all (not `degraded`) and
+/// has no rollback waiting to be written.
 fn not_converged(statuses: &[Value]) -> Option<String> {
+    if let Some(why) = unseen_fleet(statuses) {
+        return Some(why);
+    }
     for s in statuses {
         if s.pointer("/fleet/reports_shared") == Some(&Value::Bool(true))
             && s.pointer("/fleet/converged") != Some(&Value::Bool(true))
@@ -72,7 +102,9 @@ fn not_converged(statuses: &[Value]) -> Option<String> {
 
 /// Polls every task's `/status` until it has converged (see `not_converged`), or fails
 /// after `timeout`. A task that cannot be reached is asked again (it may be
-/// restarting); a refusal (bad token) ends the wait.
+/// restarting); a refusal (bad token) ends the wait, as does one `--admin`
+/// URL on a store that keeps no task reports (Cloud Map: exit 1, waiting
+/// cannot show the other tasks).
 pub async fn converged(clients: &[AdminClient], timeout: Duration) -> Result<Vec<Value>, CliError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut why;
@@ -90,6 +122,9 @@ pub async fn converged(clients: &[AdminClient], timeout: Duration) -> Result<Vec
             }
         }
         if why.is_none() {
+            if let Some(why) = unseen_fleet(&statuses).filter(|_| never_shared(&statuses)) {
+                return Err(CliError::Failed(format!("cannot tell: {why}")));
+            }
             why = not_converged(&statuses);
             if why.is_none() {
                 return Ok(statuses);
@@ -265,6 +300,20 @@ mod tests {
                 .unwrap()
                 .contains("task reports")
         );
+        // One URL on a store that shares no reports: the others are unknown.
+        let alone = json!({"weights": {"generation": 3}, "fleet": {
+            "reports_shared": false, "converged": false, "note": "generations are unknown",
+            "tasks": [{"generation": 3}]}});
+        let why = not_converged(std::slice::from_ref(&alone)).unwrap();
+        assert!(
+            why.contains("name every task") && why.contains("unknown"),
+            "{why}"
+        );
+        // Several URLs: compared across them.
+        assert_eq!(not_converged(&[alone.clone(), alone]), None);
+        // The file store: one task, no note.
+        let file = json!({"weights": {"generation": 3}, "fleet": {"reports_shared": false, "converged": true}});
+        assert_eq!(not_converged(&[file]), None);
         let broken = json!({"weights": {"generation": 3}, "store": {"last_error": "throttled"}});
         assert!(not_converged(&[broken]).unwrap().contains("throttled"));
         let degraded = json!({"weights": {"generation": 3}, "store": {"degraded": true}});

@@ -21,7 +21,7 @@ use std::time::Duration;
 use super::analysis::{self, Analysis, Verdict};
 use super::state::{Phase, RolloutState};
 use super::telemetry::Counts;
-use super::{AnalysisRecord, RolloutError, event, notify};
+use super::{AnalysisRecord, Published, RolloutError, event, notify};
 use crate::control::Control;
 use crate::control::rollout::{Abort, By};
 use crate::metrics as names;
@@ -91,15 +91,14 @@ pub async fn run(control: Arc<Control>) {
     // The rollout (before its first step) whose hold for want of a healthy
     // endpoint was counted and sent: once, not at every look.
     let mut held_for_endpoints: Option<u64> = None;
+    let mut published = Published::default();
     loop {
         changes.borrow_and_update();
         let current = control.rollout();
         if !current.as_ref().is_some_and(before_first_step) {
             held_for_endpoints = None;
         }
-        if let Some(view) = control.rollout_view() {
-            view.publish();
-        }
+        publish(&control, &mut published);
         let r = match current {
             Some(r) if r.phase.running() && aborted.contains_key(&r.started_at_ms) => {
                 let reason = aborted.get(&r.started_at_ms).cloned().unwrap_or_default();
@@ -166,9 +165,7 @@ pub async fn run(control: Arc<Control>) {
                     view.why = Some(why);
                     view.next_due_ms = None;
                 });
-                if let Some(view) = control.rollout_view() {
-                    view.publish();
-                }
+                publish(&control, &mut published);
                 if changes.changed().await.is_err() {
                     return;
                 }
@@ -397,6 +394,15 @@ fn gate_body(r: &RolloutState, analysis: Option<&Analysis>) -> serde_json::Value
 
 /// `r`'s canary or stable version, if the config in force lacks it (a
 /// reload removed it, or this task's config never had it).
+/// Sets the rollout gauges to the rollout's view on this task (see
+/// [`super::RolloutView::publish`]), for the versions in its config.
+fn publish(control: &Control, published: &mut Published) {
+    if let Some(view) = control.rollout_view() {
+        let config = control.config();
+        view.publish(|v| config.versions.iter().any(|c| c.name == v), published);
+    }
+}
+
 fn missing_version(control: &Control, r: &RolloutState) -> Option<String> {
     let config = control.config();
     [&r.plan.canary, &r.plan.stable]

@@ -8,8 +8,9 @@
 // that change under load; a weight change made in the page (keyboard only,
 // with its confirmation step) changes the traffic split; a token that stops
 // being valid mid-session is refused and nothing changes; a rollback from the
-// page (and an abort, when the gateway has the rollout API) sends all traffic
-// to stable; the page fits 1280 px and a phone's width.
+// page and a rollout aborted from it send all traffic to stable; a /status
+// that never answers makes the page leave "live" (and polling goes on); the
+// page fits 1280 px and a phone's width.
 //
 // Run: tests/browser/run.sh (builds the gateway, installs playwright-core).
 // Environment: GATEWAY_BIN (default target/debug/canary-gateway),
@@ -308,40 +309,50 @@ async function main() {
       await page.locator("#weights-reset").click();
     });
 
-    const rollout = await adminApi(gw, "GET", "/rollout");
-    const hasRolloutApi = !(rollout.status === 404 && /no such endpoint/.test(rollout.data && rollout.data.error));
-    if (hasRolloutApi) {
-      await check("a rollout started in the page and aborted from it sends all traffic to stable", async () => {
-        await page.locator("#ro-start-box summary").click();
-        await page.locator("#ro-canary").selectOption("v2");
-        await page.locator("#ro-steps").fill("20, 60, 100");
-        await page.locator("#ro-interval").fill("300");
-        await page.locator("#ro-start button[type=submit]").click();
-        await eventually("the rollout start", async () => /Start rollout of v2: done/.test(await page.locator("#action-result").textContent()));
-        await eventually("the phase", async () => /progressing|holding|waiting_gate/.test(await page.locator("#rollout").textContent()));
-        const text = await page.locator("#rollout").textContent();
-        assert.match(text, /Canaryv2/);
-        assert.match(text, /Current step1 of 3/);
-        assert.match(text, /Canary share20%/);
-        assert.match(text, /20% · current/);
-        assert.ok(await page.locator("#ro-pause").isEnabled() && await page.locator("#ro-abort").isEnabled());
-        await page.locator("#rollout").screenshot({ path: path.join(SHOTS, "rollout-panel.png") });
-        await page.locator("#ro-abort").click();
-        await confirmDialog(page, /Abort/);
-        await eventually("the abort result", async () => /Rollout abort: done/.test(await page.locator("#action-result").textContent()));
-        await eventually("the aborted banner", async () => page.locator("#abort-banner").isVisible());
-        assert.match(await page.locator("#abort-banner").textContent(), /aborted because/);
-        const after = await split(gw, 200);
-        assert.deepEqual(after, { v1: 200 }, JSON.stringify(after));
-      });
-    } else {
-      console.log("note: this gateway has no rollout API (GET /rollout: 404 no such endpoint); the page says so:",
-        await page.locator("#rollout").textContent());
-      await check("the rollout panel says there is no rollout", async () => {
-        assert.match(await page.locator("#rollout").textContent(), /No rollout/);
-        assert.ok(await page.locator("#ro-abort").isDisabled());
-      });
-    }
+    await check("a rollout started in the page and aborted from it sends all traffic to stable", async () => {
+      await page.locator("#ro-start-box summary").click();
+      await page.locator("#ro-canary").selectOption("v2");
+      await page.locator("#ro-steps").fill("20, 60, 100");
+      await page.locator("#ro-interval").fill("300");
+      await page.locator("#ro-start button[type=submit]").click();
+      await eventually("the rollout start", async () => /Start rollout of v2: done/.test(await page.locator("#action-result").textContent()));
+      await eventually("the phase", async () => /progressing|holding|waiting_gate/.test(await page.locator("#rollout").textContent()));
+      const text = await page.locator("#rollout").textContent();
+      assert.match(text, /Canaryv2/);
+      assert.match(text, /Current step1 of 3/);
+      assert.match(text, /Canary share20%/);
+      assert.match(text, /20% · current/);
+      assert.ok(await page.locator("#ro-pause").isEnabled() && await page.locator("#ro-abort").isEnabled());
+      await page.locator("#rollout").screenshot({ path: path.join(SHOTS, "rollout-panel.png") });
+      await page.locator("#ro-abort").click();
+      await confirmDialog(page, /Abort/);
+      await eventually("the abort result", async () => /Rollout abort: done/.test(await page.locator("#action-result").textContent()));
+      await eventually("the aborted banner", async () => page.locator("#abort-banner").isVisible());
+      assert.match(await page.locator("#abort-banner").textContent(), /aborted because/);
+      const after = await split(gw, 200);
+      assert.deepEqual(after, { v1: 200 }, JSON.stringify(after));
+    });
+
+    await check("a /status that never answers makes the page leave \"live\" and polling goes on", async () => {
+      const stub = await context.newPage();
+      let hang = false;
+      // While `hang`, GET /status is held and never answered.
+      await stub.route(/\/status$/, (route) => (hang ? undefined : route.continue()));
+      await stub.goto(gw.admin + "/ui");
+      await signIn(stub, gw.token);
+      await eventually("live", async () => /^live/.test(await stub.locator("#conn").textContent()));
+      hang = true;
+      const started = Date.now();
+      const label = await eventually("the page to leave \"live\"", async () => {
+        const t = await stub.locator("#conn").textContent();
+        return !/^live/.test(t) && t;
+      }, 8_000);
+      assert.match(label, /stale.*no answer from the gateway within 4 s/, label);
+      assert.ok(Date.now() - started < 8_000, `${Date.now() - started} ms`);
+      hang = false;
+      await eventually("live again", async () => /^live/.test(await stub.locator("#conn").textContent()), 8_000);
+      await stub.close();
+    });
 
     await check("the rollout panel shows the issue #12 contract's fields (GET /rollout stubbed in the browser)", async () => {
       const stub = await context.newPage();
@@ -454,7 +465,7 @@ async function main() {
     });
 
     await check("no script errors or CSP violations", async () => {
-      // The refused calls (401) and the absent rollout API (404) are expected.
+      // The refused calls (401) and GET /rollout before any rollout (404) are expected.
       assert.deepEqual(problems.filter((p) => !/status of 40[14] /.test(p)), []);
     });
   } finally {

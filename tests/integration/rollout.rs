@@ -1083,3 +1083,101 @@ async fn requests_the_client_broke_are_left_out_of_the_canary_analysis() {
     drop((unread, h2));
     gw.shutdown().await;
 }
+
+/// The rollout gauges follow the rollout: a later rollout with another
+/// canary sets the earlier canary's `canary_rollout_canary_share_percent`
+/// to 0 (it kept its last value, 100 after its promotion, forever). The
+/// versions are this test's own: the recorder is the process's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_rollout_zeroes_the_earlier_canarys_share_gauge() {
+    let a = Behaved::start("gauge-a", 0, 0).await;
+    let b = Behaved::start("gauge-b", 0, 0).await;
+    let c = Behaved::start("gauge-c", 0, 0).await;
+    let gw = Gateway::start(&config(
+        "",
+        &[
+            ("gauge-a", 100, a.addr),
+            ("gauge-b", 0, b.addr),
+            ("gauge-c", 0, c.addr),
+        ],
+    ))
+    .await;
+    let share = async |version: &str| {
+        let text = get(gw.admin, "/metrics", &[]).await.text();
+        metric_value(
+            &text,
+            "canary_rollout_canary_share_percent",
+            &[("version", version)],
+        )
+    };
+    let plan =
+        |canary: &str| format!(r#"{{"canary": "{canary}", "steps": [10, 100], "interval_s": 60}}"#);
+    start_rollout(gw.admin, &plan("gauge-b")).await;
+    let (status, view) = call(gw.admin, "POST", "/rollout/promote", "").await;
+    assert_eq!(
+        (status, view["phase"].as_str()),
+        (StatusCode::OK, Some("succeeded")),
+        "{view}"
+    );
+    assert!(
+        eventually(WAIT, async || share("gauge-b").await == 100.0).await,
+        "{}",
+        get(gw.admin, "/metrics", &[]).await.text()
+    );
+    start_rollout(gw.admin, &plan("gauge-c")).await;
+    let moved = eventually(WAIT, async || {
+        share("gauge-c").await == 10.0 && share("gauge-b").await == 0.0
+    })
+    .await;
+    assert!(moved, "{}", get(gw.admin, "/metrics", &[]).await.text());
+}
+
+/// A version a reload removes leaves no rollout gauge behind: the last
+/// rollout's canary, promoted (share 100), then replaced as stable and
+/// removed, reads 0 (it kept 100 before, as the rollout's view still names
+/// it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_removed_by_a_reload_keeps_no_rollout_share() {
+    let a = Behaved::start("removed-a", 0, 0).await;
+    let b = Behaved::start("removed-b", 0, 0).await;
+    let gw = Gateway::start(&config(
+        "",
+        &[("removed-a", 100, a.addr), ("removed-b", 0, b.addr)],
+    ))
+    .await;
+    let share = async |version: &str| {
+        let text = get(gw.admin, "/metrics", &[]).await.text();
+        metric_value(
+            &text,
+            "canary_rollout_canary_share_percent",
+            &[("version", version)],
+        )
+    };
+    start_rollout(
+        gw.admin,
+        r#"{"canary": "removed-b", "steps": [10, 100], "interval_s": 60}"#,
+    )
+    .await;
+    let (status, view) = call(gw.admin, "POST", "/rollout/promote", "").await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert!(
+        eventually(WAIT, async || share("removed-b").await == 100.0).await,
+        "{}",
+        get(gw.admin, "/metrics", &[]).await.text()
+    );
+    let (status, body) = call(gw.admin, "POST", "/promote", r#"{"version": "removed-a"}"#).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    std::fs::write(gw.config_path(), config("", &[("removed-a", 100, a.addr)])).unwrap();
+    let (status, body) = call(gw.admin, "POST", "/reload", "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let w = weights(gw.admin).await;
+    assert!(w["weights"].get("removed-b").is_none(), "{w}");
+    let zeroed = eventually(WAIT, async || share("removed-b").await == 0.0).await;
+    // And it stays 0 (the rollout driver publishes again on every change).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        zeroed && share("removed-b").await == 0.0,
+        "{}",
+        get(gw.admin, "/metrics", &[]).await.text()
+    );
+}

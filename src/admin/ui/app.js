@@ -8,6 +8,11 @@ const TOKEN_KEY = "canary-gateway.token";
 const WINDOW_S = 900;
 const CARD_WINDOW_S = 10;
 const POLL_MS = 1000;
+// How long a poll's call may take before it fails (the page then says the
+// numbers are stale and polls again); an action (which may wait on the
+// store) gets longer.
+const POLL_TIMEOUT_MS = 4000;
+const ACTION_TIMEOUT_MS = 30000;
 const SVG_NS = "http://www.w3.org/2000/svg";
 const COLOURS = ["var(--stable)", "var(--canary)", "var(--c3)", "var(--c4)"];
 
@@ -30,21 +35,35 @@ function token() {
   return sessionStorage.getItem(TOKEN_KEY) || "";
 }
 
-/** Calls the admin API; resolves to {ok, status, data, error}. */
+/** Why a call failed without an answer: timed out, or unreachable. */
+function noAnswer(e, timeoutMs) {
+  const timedOut = e && (e.name === "TimeoutError" || e.name === "AbortError");
+  return timedOut ? "no answer from the gateway within " + timeoutMs / 1000 + " s"
+    : "cannot reach the gateway: " + (e && e.message);
+}
+
+/** Calls the admin API; resolves to {ok, status, data, error}. A call
+ * without an answer in time (GET: POLL_TIMEOUT_MS, else ACTION_TIMEOUT_MS)
+ * is aborted and fails (status 0), so a hung request never stops the polls. */
 async function api(method, path, body) {
+  const timeoutMs = method === "GET" ? POLL_TIMEOUT_MS : ACTION_TIMEOUT_MS;
   const headers = { Authorization: "Bearer " + token() };
-  const init = { method, headers, cache: "no-store", credentials: "omit" };
+  const init = {
+    method, headers, cache: "no-store", credentials: "omit",
+    signal: AbortSignal.timeout(timeoutMs),
+  };
   if (body !== undefined) {
     headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
   let resp;
+  let text;
   try {
     resp = await fetch(path, init);
+    text = await resp.text();
   } catch (e) {
-    return { ok: false, status: 0, data: null, error: "cannot reach the gateway: " + e.message };
+    return { ok: false, status: 0, data: null, error: noAnswer(e, timeoutMs) };
   }
-  const text = await resp.text();
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch (_) { data = null; }
   const error = resp.ok ? null
@@ -151,7 +170,8 @@ async function poll() {
       $("updated").textContent = "updated " + new Date().toLocaleTimeString();
       $("conn").classList.toggle("bad", !status.data.ready);
     } else {
-      $("conn").textContent = "status unavailable: " + status.error;
+      // Not "live": the numbers on the page are the last ones read.
+      $("conn").textContent = "stale: status unavailable: " + status.error;
       $("conn").classList.add("bad");
     }
     if (series.ok) mergeSeries(series.data);
