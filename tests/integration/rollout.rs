@@ -591,6 +591,10 @@ async fn a_rollout_onto_a_canary_without_healthy_endpoints_holds_at_weight_0_unt
     }
     assert!(!control.has_healthy_endpoints("v2"));
     let canary_requests = || control.rollout_windows().read("v2").requests;
+    // The three 502s are counted as their requests end, which may be just
+    // after their answers reached the client.
+    let counted = eventually(WAIT, async || canary_requests() >= 3).await;
+    assert!(counted, "{}", canary_requests());
     let before = canary_requests();
     let traffic = Traffic::start(gw.addr, 2, Duration::from_millis(4));
 
