@@ -274,32 +274,45 @@ impl Store for OwnStore {
     }
 }
 
-/// A task's own store holds an older decision (an earlier process's) than
-/// the one in force (the config file's edited weights win at start, not
-/// written back yet): no other task decides, so the reconciles keep
-/// repairing the route with the decision in force.
-#[tokio::test]
-async fn a_reconcile_on_a_store_of_its_own_writes_the_decision_in_force() {
+/// A task restarted on a store of its own (`OwnStore`, like the file) that
+/// holds an earlier process's decision at generation 3 (v2 at `saved_v2`,
+/// made while the config file said `file_v2`); the route follows it with a
+/// 5 ms reconcile. Answers the generation in force and the recorder.
+async fn restarted_on_its_own_store(
+    saved_v2: u32,
+    file_v2: u32,
+) -> (u64, Arc<Recorded>, tokio::task::JoinHandle<()>) {
     let store = Arc::new(OwnStore(MemoryStore::default()));
     let earlier = crate::store::WeightsDoc {
         config_weights: Some(BTreeMap::from([
-            ("v1".to_string(), 50),
-            ("v2".to_string(), 50),
+            ("v1".to_string(), 100 - file_v2),
+            ("v2".to_string(), file_v2),
         ])),
-        ..crate::store::memory::doc(3, "earlier-process", 50)
+        ..crate::store::memory::doc(3, "earlier-process", saved_v2)
     };
     *store.0.doc.lock().unwrap() = Some(earlier);
     let config = Config::parse(CONFIG, "test").unwrap();
     let control = Control::start(config, store.clone() as Arc<dyn Store>, "file")
         .await
         .unwrap();
-    assert_eq!(control.weights().generation, 4, "the edited file wins");
     let recorded = Arc::new(Recorded::default());
     let sync = tokio::spawn(follow_route(
         control.clone(),
         recorded.clone(),
         Duration::from_millis(5),
     ));
+    (control.weights().generation, recorded, sync)
+}
+
+/// A task's own store holds an older decision (an earlier process's) than
+/// the one in force (the config file's edited weights win at start, not
+/// written back yet): no other task decides, so the reconciles keep
+/// repairing the route with the decision in force.
+#[tokio::test]
+async fn a_reconcile_on_a_store_of_its_own_writes_the_decision_in_force() {
+    // Saved while the file said 50/50; it says 90/10 now.
+    let (generation, recorded, sync) = restarted_on_its_own_store(50, 50).await;
+    assert_eq!(generation, 4, "the edited file wins");
     let file = BTreeMap::from([("v1".to_string(), 90), ("v2".to_string(), 10)]);
     assert_eq!(
         recorded.writes(3).await[..3],
@@ -313,26 +326,9 @@ async fn a_reconcile_on_a_store_of_its_own_writes_the_decision_in_force() {
 /// other task decides, so the route is still mirrored and reconciled.
 #[tokio::test]
 async fn a_restarted_task_on_a_store_of_its_own_mirrors_its_earlier_decision() {
-    let store = Arc::new(OwnStore(MemoryStore::default()));
-    let earlier = crate::store::WeightsDoc {
-        config_weights: Some(BTreeMap::from([
-            ("v1".to_string(), 90),
-            ("v2".to_string(), 10),
-        ])),
-        ..crate::store::memory::doc(3, "earlier-process", 30)
-    };
-    *store.0.doc.lock().unwrap() = Some(earlier);
-    let config = Config::parse(CONFIG, "test").unwrap();
-    let control = Control::start(config, store.clone() as Arc<dyn Store>, "file")
-        .await
-        .unwrap();
-    assert_eq!(control.weights().generation, 3, "the saved decision");
-    let recorded = Arc::new(Recorded::default());
-    let sync = tokio::spawn(follow_route(
-        control.clone(),
-        recorded.clone(),
-        Duration::from_millis(5),
-    ));
+    // Saved while the file said 90/10, as it still does: the saved 70/30 stays.
+    let (generation, recorded, sync) = restarted_on_its_own_store(30, 10).await;
+    assert_eq!(generation, 3, "the saved decision");
     let saved = BTreeMap::from([("v1".to_string(), 70), ("v2".to_string(), 30)]);
     assert_eq!(recorded.writes(2).await[..2], [saved.clone(), saved]);
     sync.abort();
