@@ -83,15 +83,28 @@ impl CliError {
 /// SIGPIPE ends a C program, where `println!` would panic; any other write
 /// error ends it with [`exit::FAILED`].
 pub fn print_line(line: impl std::fmt::Display) {
+    if let Err(e) = write_line(line) {
+        output_failed(&e);
+    }
+}
+
+/// Writes `line` and a newline to standard output, flushed; the error for a
+/// caller with something to clean up before [`output_failed`].
+pub fn write_line(line: impl std::fmt::Display) -> std::io::Result<()> {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
-    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(exit::OUTPUT_CLOSED.into());
-        }
-        eprintln!("error: cannot write to standard output: {e}");
-        std::process::exit(exit::FAILED.into());
+    writeln!(out, "{line}").and_then(|()| out.flush())
+}
+
+/// Ends the process after a failed write to standard output: with
+/// [`exit::OUTPUT_CLOSED`] when its reader went away, else with
+/// [`exit::FAILED`] and the error on standard error.
+pub fn output_failed(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(exit::OUTPUT_CLOSED.into());
     }
+    eprintln!("error: cannot write to standard output: {e}");
+    std::process::exit(exit::FAILED.into());
 }
 
 /// The admin URL when `--admin` is not given and `CANARY_ADMIN_URL` is unset.

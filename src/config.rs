@@ -353,6 +353,14 @@ impl Config {
         if self.admin.address != new.admin.address {
             changed.push("admin.address");
         }
+        // The token is read once, at start: a reload that names another
+        // variable or file would leave the old token in force.
+        if self.admin.token_env != new.admin.token_env {
+            changed.push("admin.token_env");
+        }
+        if self.admin.token_file != new.admin.token_file {
+            changed.push("admin.token_file");
+        }
         if self.worker_threads != new.worker_threads {
             changed.push("runtime.worker_threads");
         }

@@ -102,7 +102,12 @@ fn check(path: Option<&std::path::Path>) -> Result<()> {
     if let Some(tls) = &config.listener.tls {
         canary_gateway::tls::ListenerTls::load(tls).context("listener.tls")?;
     }
-    println!("{}: {}", config.source_label(), config.summary());
+    // A closed standard output (`check | true`) ends with 141, not a panic.
+    cli::print_line(format_args!(
+        "{}: {}",
+        config.source_label(),
+        config.summary()
+    ));
     Ok(())
 }
 
@@ -177,10 +182,14 @@ fn run_demo(listen: std::net::SocketAddr, admin: std::net::SocketAddr) -> Result
         let listeners = Listeners::bind(&config).await?;
         let running =
             gateway::start_with_hangup(config, listeners, Dependencies::default(), hup).await?;
-        println!(
-            "{}",
-            demo::instructions(running.proxy_addr, running.admin_addr, &token)
-        );
+        let instructions = demo::instructions(running.proxy_addr, running.admin_addr, &token);
+        if let Err(e) = cli::write_line(instructions) {
+            // No one reads the token or the instructions (`demo | true`):
+            // the demo stops, its files removed, with 141 as `ctl` does.
+            running.shutdown().await;
+            let _ = std::fs::remove_dir_all(&dir);
+            cli::output_failed(&e);
+        }
         shutdown.wait().await;
         running.shutdown().await;
         let _ = std::fs::remove_dir_all(&dir);

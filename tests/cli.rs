@@ -148,6 +148,55 @@ async fn a_closed_standard_output_ends_the_command_without_a_panic() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// Runs the binary with `args` (and `env`) on a standard output whose
+/// reader went away before it started; its process id, exit code and
+/// standard error.
+async fn with_stdout_closed(args: &[&str], env: &[(&str, &str)]) -> (u32, Option<i32>, String) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let child = tokio::process::Command::new(BIN)
+        .args(args)
+        .env_remove("CANARY_ADMIN_URL")
+        .env_remove("CANARY_ADMIN_TOKEN")
+        .env_remove("CANARY_GATEWAY_CONFIG")
+        .envs(env.iter().copied())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap_or(0);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the command did not finish")
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (pid, out.status.code(), err)
+}
+
+/// `check ... | true` and `demo | true` end with 141 like `ctl`, not with
+/// a panic; the demo removes its files (the admin token) first.
+#[tokio::test]
+async fn check_and_demo_end_with_141_on_a_closed_standard_output() {
+    let (v1, v2) = (
+        TaggedUpstream::start("v1").await,
+        TaggedUpstream::start("v2").await,
+    );
+    let text = config(v1.addr, v2.addr);
+    let env = [("CANARY_GATEWAY_CONFIG", text.as_str())];
+    let (_, code, err) = with_stdout_closed(&["check"], &env).await;
+    assert_eq!(code, Some(141), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let any = "127.0.0.1:0";
+    let (pid, code, err) =
+        with_stdout_closed(&["demo", "--listen", any, "--admin", any], &[]).await;
+    assert_eq!(code, Some(141), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let dir = std::env::temp_dir().join(format!("canary-gateway-demo-{pid}"));
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}
+
 #[tokio::test]
 async fn status_wait_converged_waits_for_one_generation() {
     let (v1, v2) = (

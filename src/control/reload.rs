@@ -46,8 +46,15 @@ impl Control {
         };
         let result = if status.ok { "ok" } else { "error" };
         metrics::counter!(names::RELOADS_TOTAL, "result" => result).increment(1);
-        if status.ok {
-            tracing::info!(trigger, restart_required = ?status.restart_required, "config reloaded: {}", status.message);
+        if status.ok && !status.restart_required.is_empty() {
+            tracing::warn!(
+                trigger,
+                restart_required = ?status.restart_required,
+                "config reloaded: {}; the settings in restart_required keep their running value until a restart",
+                status.message
+            );
+        } else if status.ok {
+            tracing::info!(trigger, "config reloaded: {}", status.message);
         } else {
             tracing::error!(
                 trigger,
@@ -299,6 +306,8 @@ pub(super) fn weights_edited(old: &BTreeMap<String, u32>, new: &BTreeMap<String,
 fn keep_restart_only(old: &Config, mut new: Config) -> Config {
     new.listener = old.listener.clone();
     new.admin.address = old.admin.address;
+    new.admin.token_env = old.admin.token_env.clone();
+    new.admin.token_file = old.admin.token_file.clone();
     new.worker_threads = old.worker_threads;
     new.store = old.store.clone();
     new.state_path = old.state_path.clone();

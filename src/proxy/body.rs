@@ -7,7 +7,9 @@
 //! [`Completion`], records the request's metrics once, when it ends, and returns
 //! the upstream connection to the pool when the body was read to its end.
 //! The rollout analysis takes the request's latency up to its answer's head
-//! and leaves out requests the client broke before any answer.
+//! and leaves out requests the client broke before any answer. A request
+//! dropped with no answer at all (its client gone while the upstream still
+//! thinks) has no status class: see [`Completion::count_unanswered`].
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -274,6 +276,7 @@ impl Body for RequestBody {
 pub struct Completion {
     pub start: Instant,
     pub version: Arc<Version>,
+    /// The answer's status, once there is one (see `answered`).
     pub status: StatusCode,
     pub settings: Arc<ProxySettings>,
     pub conn: Arc<ConnState>,
@@ -293,6 +296,8 @@ pub struct Completion {
     /// When the answer's head came: the upstream's response head, or the
     /// gateway's own error decided. The canary analysis's latency ends
     /// there, so that a client slow to take the body is not the version's.
+    /// `None`: no answer (`status` means nothing then); a request dropped
+    /// so was abandoned (see [`Completion::count_unanswered`]).
     pub answered: Option<Instant>,
     /// The request failed by the client's fault before any answer (a
     /// malformed or stalled request body, the client gone mid-body: the
@@ -326,8 +331,56 @@ impl Completion {
     }
 }
 
+/// The access log's status of a request dropped before any answer because
+/// its client went away (closed the connection, reset the stream): nginx's
+/// "client closed request".
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// The access log's status of a request dropped before any answer because
+/// the shutdown's grace period ran out: nginx's "closed without a
+/// response".
+pub const CUT_AT_SHUTDOWN: u16 = 444;
+
 impl Drop for Completion {
     fn drop(&mut self) {
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.start);
+        let logged = if self.answered.is_some() {
+            self.count_answered(elapsed);
+            self.status.as_u16()
+        } else {
+            self.count_unanswered(elapsed)
+        };
+        self.conn.request_ended();
+        if let Some(watch) = &self.watch {
+            watch.progress.end();
+        }
+        let upstream = self.upstream.take();
+        if self.settings.access_log {
+            tracing::info!(
+                target: "access",
+                method = %self.method,
+                version = %self.version.name,
+                upstream = %upstream.as_ref().map(|(e, _)| e.endpoint().addr().to_string()).unwrap_or_else(|| "-".into()),
+                status = logged,
+                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                complete = self.finished,
+            );
+        }
+        if let Some((outstanding, sender)) = upstream
+            && self.finished
+            && let Some(conn) = sender
+        {
+            let max_idle = self.settings.upstream.max_idle_per_endpoint;
+            outstanding.endpoint().checkin(conn, max_idle, now);
+        }
+    }
+}
+
+impl Completion {
+    /// Counts a request that was answered (the upstream's head, or the
+    /// gateway's own error) under its status class.
+    fn count_answered(&self, elapsed: Duration) {
         // An upstream that stopped sending the body for `body_stall` (the
         // connection's watchdog or the stream's watch ended the request).
         let stalled = !self.finished
@@ -343,41 +396,35 @@ impl Drop for Completion {
             self.status
         };
         let class = (counted.as_u16() / 100).clamp(1, 5) as usize - 1;
-        let now = Instant::now();
-        let elapsed = now.saturating_duration_since(self.start);
         self.version.metrics.requests[class].increment(1);
         self.version.metrics.duration.record(elapsed.as_secs_f64());
         if !self.client_failed {
-            // Up to the answer's head (a request whose client left before
-            // any answer: as long as it waited).
+            // Up to the answer's head.
             let latency = self
                 .answered
                 .map_or(elapsed, |at| at.saturating_duration_since(self.start));
             self.version.analysis.record(counted.as_u16(), latency);
         }
         self.version.metrics.series.record(counted, elapsed);
-        self.conn.request_ended();
-        if let Some(watch) = &self.watch {
-            watch.progress.end();
-        }
-        let upstream = self.upstream.take();
-        if self.settings.access_log {
-            tracing::info!(
-                target: "access",
-                method = %self.method,
-                version = %self.version.name,
-                upstream = %upstream.as_ref().map(|(e, _)| e.endpoint().addr().to_string()).unwrap_or_else(|| "-".into()),
-                status = self.status.as_u16(),
-                latency_ms = elapsed.as_secs_f64() * 1000.0,
-                complete = self.finished,
-            );
-        }
-        if let Some((outstanding, sender)) = upstream
-            && self.finished
-            && let Some(conn) = sender
-        {
-            let max_idle = self.settings.upstream.max_idle_per_endpoint;
-            outstanding.endpoint().checkin(conn, max_idle, now);
+    }
+
+    /// Counts a request dropped before any answer: its client went away
+    /// (closed its connection or reset its stream) while the upstream was
+    /// still thinking, or the shutdown's grace ran out. No status was sent,
+    /// so it is in no status class of `canary_requests_total`; a client
+    /// gone is `canary_client_errors_total{kind="aborted"}`. The canary
+    /// analysis keeps the time it waited as a latency sample, neither a
+    /// success nor an error, so that a version its clients give up on
+    /// shows in the p99. Gives the access log's status.
+    #[cold]
+    fn count_unanswered(&self, elapsed: Duration) -> u16 {
+        self.version.metrics.duration.record(elapsed.as_secs_f64());
+        self.version.analysis.record_abandoned(elapsed);
+        if self.conn.drain().is_cut() {
+            CUT_AT_SHUTDOWN
+        } else {
+            super::error_response::ClientError::Aborted.count();
+            CLIENT_CLOSED
         }
     }
 }

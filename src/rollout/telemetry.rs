@@ -50,10 +50,13 @@ pub fn bucket_value_ms(i: usize) -> f64 {
 }
 
 /// One version's counters (they only grow). The request count is the sum
-/// of the latency buckets.
+/// of the latency buckets less the abandoned requests.
 #[derive(Debug)]
 pub struct VersionWindow {
     errors: AtomicU64,
+    /// Requests dropped before any answer (the client gave up): latency
+    /// samples, but neither successes nor errors.
+    abandoned: AtomicU64,
     latency: Box<[AtomicU64]>,
 }
 
@@ -61,6 +64,7 @@ impl Default for VersionWindow {
     fn default() -> Self {
         VersionWindow {
             errors: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
             latency: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
@@ -82,18 +86,31 @@ impl VersionWindow {
         }
     }
 
+    /// Records a request dropped before any answer after waiting
+    /// `elapsed` (its client gave up, or the shutdown's grace ran out): a
+    /// latency sample, so that a version too slow for its clients shows in
+    /// the p99, but no request, neither a success nor an error.
+    #[inline]
+    pub fn record_abandoned(&self, elapsed: Duration) {
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.latency[bucket(micros)].fetch_add(1, Ordering::Relaxed);
+        // After the bucket, like an error.
+        self.abandoned.fetch_add(1, Ordering::Release);
+    }
+
     /// The counters now.
     pub fn read(&self) -> Counts {
-        // Errors first: a request counted as an error is then always in
-        // the buckets read after it.
+        // Errors and abandoned requests first: each is then always in the
+        // buckets read after it.
         let errors = self.errors.load(Ordering::Acquire);
+        let abandoned = self.abandoned.load(Ordering::Acquire);
         let latency: Vec<u64> = self
             .latency
             .iter()
             .map(|c| c.load(Ordering::Relaxed))
             .collect();
         Counts {
-            requests: latency.iter().sum(),
+            requests: latency.iter().sum::<u64>().saturating_sub(abandoned),
             errors,
             latency,
         }
@@ -103,6 +120,7 @@ impl VersionWindow {
 /// A reading of a version's counters, or the difference of two.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Counts {
+    /// Requests answered (abandoned ones are latency samples only).
     pub requests: u64,
     pub errors: u64,
     /// Samples per latency bucket (see [`bucket`]).
@@ -195,5 +213,21 @@ mod tests {
         assert_eq!((window.requests, window.errors), (2, 1));
         assert_eq!(window.latency.iter().sum::<u64>(), 2);
         assert_eq!(windows.read("other").requests, 0);
+    }
+
+    #[test]
+    fn abandoned_requests_are_latency_samples_only() {
+        let windows = Windows::default();
+        let w = windows.get_or_create("slow");
+        w.record(200, Duration::from_millis(3));
+        let before = windows.read("slow");
+        w.record(200, Duration::from_millis(3));
+        w.record_abandoned(Duration::from_secs(30));
+        w.record_abandoned(Duration::from_secs(30));
+        let window = windows.read("slow").since(&before);
+        assert_eq!((window.requests, window.errors), (1, 0));
+        assert_eq!(window.latency.iter().sum::<u64>(), 3);
+        let p99 = crate::rollout::analysis::quantile_ms(&window.latency, 0.99);
+        assert!(p99 > 25_000.0, "{p99}");
     }
 }

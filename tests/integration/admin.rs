@@ -320,6 +320,52 @@ async fn a_file_edit_refused_for_a_passing_reason_is_tried_again() {
     running.shutdown().await;
 }
 
+/// The admin token is read at start: a reload that points `token_file` or
+/// `token_env` elsewhere (a rotation) is reported in `restart_required`,
+/// and the old token stays the one in force until a restart.
+#[tokio::test]
+async fn a_changed_admin_token_source_is_reported_as_restart_required() {
+    let v1 = Upstream::start("v1").await;
+    let (gw, secrets) = gateway(&[("v1", 1, v1.addr)]).await;
+    let path = gw.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let old_file = secrets.path().join("token").display().to_string();
+    assert!(text.contains(&old_file), "{text}");
+    let new_file = secrets.path().join("rotated");
+    std::fs::write(&new_file, "rotated-token").unwrap();
+    let rotated = text.replace(&old_file, &new_file.display().to_string());
+    let rotated = rotated.replace(
+        "[admin]\n",
+        "[admin]\ntoken_env = \"CANARY_TEST_ROTATED_TOKEN\"\n",
+    );
+    std::fs::write(&path, rotated).unwrap();
+    let reply = admin(gw.admin, "POST", "/reload", Some(TOKEN), "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let status: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(
+        status["restart_required"],
+        serde_json::json!(["admin.token_env", "admin.token_file"]),
+        "{status}"
+    );
+    let status = admin(gw.admin, "GET", "/status", Some(TOKEN), "").await;
+    assert_eq!(status.status, 200, "the old token stays in force");
+    let status: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
+    assert_eq!(
+        status["last_reload"]["restart_required"],
+        serde_json::json!(["admin.token_env", "admin.token_file"]),
+        "{status}"
+    );
+    let denied = admin(gw.admin, "GET", "/status", Some("rotated-token"), "").await;
+    assert_eq!(denied.status, 401);
+    let running = gw.running.as_ref().unwrap().control.config();
+    assert_eq!(
+        running.admin.token_file.as_deref(),
+        Some(std::path::Path::new(&old_file))
+    );
+    assert_eq!(running.admin.token_env, None);
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn restart_only_settings_are_reported_not_applied() {
     let v1 = Upstream::start("v1").await;

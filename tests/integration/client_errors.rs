@@ -375,6 +375,69 @@ async fn cancelled_requests_give_their_endpoint_count_back() {
     gw.shutdown().await;
 }
 
+/// Requests whose clients give up before any answer (a stream reset on
+/// HTTP/2, a closed connection on hyper's HTTP/1 server) while the
+/// upstream still thinks were never answered: no status class of
+/// `canary_requests_total` counts them (not as 2xx, which would make a
+/// hanging canary look healthy), `canary_client_errors_total{kind="aborted"}`
+/// does; the request-duration histogram has their time.
+#[tokio::test]
+async fn requests_abandoned_before_any_answer_count_under_no_status() {
+    let (addr, heads, _upstream) = silent_upstream().await;
+    let gw = Gateway::start(&config("", &[("hangs", 1, addr)])).await;
+    let aborted = [("kind", "aborted")];
+    let aborted_before = metric(&gw, "canary_client_errors_total", &aborted).await;
+    let arrived = async |n: u64| {
+        let arrived = eventually(Duration::from_secs(10), async || {
+            heads.load(Ordering::SeqCst) >= n
+        });
+        assert!(
+            arrived.await,
+            "{} of {n} arrived",
+            heads.load(Ordering::SeqCst)
+        );
+    };
+    // HTTP/2: streams reset.
+    let sender = h2c_client(gw.addr).await;
+    let tasks: Vec<_> = (0..5)
+        .map(|_| {
+            let mut sender = sender.clone();
+            let req = http::Request::get(format!("http://{}/", gw.addr))
+                .body(Empty::new())
+                .unwrap();
+            tokio::spawn(async move { sender.send_request(req).await.map(|_| ()) })
+        })
+        .collect();
+    arrived(5).await;
+    for task in tasks {
+        task.abort();
+    }
+    // HTTP/1 on hyper's server (`TE: trailers`): the connection closed.
+    for i in 0..3 {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        let get = b"GET /slow HTTP/1.1\r\nHost: h\r\nTE: trailers\r\n\r\n";
+        stream.write_all(get).await.unwrap();
+        arrived(6 + i).await;
+        drop(stream);
+    }
+    // Each ended request is in the duration histogram, recorded where its
+    // status class would be.
+    let hangs = [("version", "hangs")];
+    let ended = metric_reaches(&gw, "canary_request_duration_seconds_count", &hangs, 8.0);
+    assert!(ended.await, "{}", metrics(&gw).await);
+    let text = metrics(&gw).await;
+    let answered = metric_value(&text, "canary_requests_total", &hangs);
+    assert_eq!(answered, 0.0, "{text}");
+    let counted = metric_reaches(
+        &gw,
+        "canary_client_errors_total",
+        &aborted,
+        aborted_before + 8.0,
+    );
+    assert!(counted.await, "{}", metrics(&gw).await);
+    gw.shutdown().await;
+}
+
 /// Held by the tests that read the body-stall counters (process-wide) and
 /// assert what did not change.
 static STALL_COUNTERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

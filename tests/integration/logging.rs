@@ -5,10 +5,14 @@
 //! one client sent (rustls').
 
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::support::{Client, Gateway, config, dead_addr};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::{Client, Gateway, config, dead_addr, eventually, serve_connections};
 
 /// A log sink for the test's thread.
 #[derive(Clone, Default)]
@@ -87,6 +91,60 @@ async fn an_outage_does_not_flood_the_log() {
         .filter(|l| l.contains("DEBUG") && l.contains("request_id="))
         .count();
     assert_eq!(detailed + warned, requests, "{text}");
+}
+
+/// A request whose client closed its connection before any answer (the
+/// upstream still thinking) is logged with nginx's 499, "client closed
+/// request": it was never answered, least of all with a 200.
+#[tokio::test]
+async fn a_request_its_client_gave_up_on_is_logged_as_499() {
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    // The test runtime has one thread: the gateway's tasks log here too.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    // An upstream that reads the request and never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let arrived = Arc::new(AtomicU64::new(0));
+    let counter = arrived.clone();
+    let _upstream = serve_connections(listener, move |mut stream| {
+        let counter = counter.clone();
+        async move {
+            let mut buf = [0u8; 4096];
+            if matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+            while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+        }
+    });
+    let text = config("", &[("gave-up", 1, addr)]) + "\n[log]\naccess_log = true\n";
+    let gw = Gateway::start(&text).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    // `TE: trailers`: hyper's server, which sees the client close.
+    let get = b"GET /slow HTTP/1.1\r\nHost: h\r\nTE: trailers\r\n\r\n";
+    stream.write_all(get).await.unwrap();
+    let forwarded = eventually(Duration::from_secs(10), async || {
+        arrived.load(Ordering::SeqCst) == 1
+    });
+    assert!(forwarded.await);
+    drop(stream);
+    let line = || {
+        let text = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+        text.lines()
+            .find(|l| l.contains("access") && l.contains("version=gave-up"))
+            .map(str::to_string)
+    };
+    let logged = eventually(Duration::from_secs(10), async || line().is_some()).await;
+    assert!(logged, "no access log line");
+    let line = line().unwrap_or_default();
+    assert!(line.contains(" status=499 "), "{line}");
+    assert!(line.contains(" complete=false"), "{line}");
+    gw.shutdown().await;
 }
 
 /// What a warning from rustls and one of the gateway's own leave in the

@@ -86,6 +86,11 @@ impl Drain {
         self.cut.notify_waiters();
     }
 
+    /// The grace period is over ([`Drain::cut`]).
+    pub fn is_cut(&self) -> bool {
+        self.over.load(Ordering::Acquire)
+    }
+
     /// Resolves when the grace period is over ([`Drain::cut`]).
     pub async fn cut_off(&self) {
         let mut signal = pin!(self.cut.notified());
