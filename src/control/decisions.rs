@@ -94,7 +94,7 @@ impl Control {
     /// lost in the store to the same rollout's automated success (Cloud Map:
     /// both were confirmed at one generation, the store kept the success,
     /// and this task adopted it): the abort wins, as when a pending rollback
-    /// finds that success ([`abort_over_success`]). The rollout's stable
+    /// finds that success (`abort_over_success`). The rollout's stable
     /// version takes all the weight, the rollout ends aborted for `reason`,
     /// one generation above the success, applied here at once and written
     /// like a rollback. `Ok(false)`: the decision in force is not that
@@ -700,7 +700,7 @@ impl Control {
 
     /// One poll of a shared store: adopts its document when it is newer than
     /// the decision in force (on Cloud Map, also another writer's document of
-    /// the same generation, read twice in a row: see [`Control::adopt_read`]).
+    /// the same generation, read twice in a row: see `Control::adopt_read`).
     /// The store is read without holding the lock that
     /// decisions take (an admin change never waits for a poll's AWS call);
     /// newer-only apply makes a read that raced with a change harmless. While

@@ -9,7 +9,7 @@
 //! The rollout analysis takes the request's latency up to its answer's head
 //! and leaves out requests the client broke before any answer. A request
 //! dropped with no answer at all (its client gone while the upstream still
-//! thinks) has no status class: see [`Completion::count_unanswered`].
+//! thinks) has no status class: see `Completion::count_unanswered`.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -297,7 +297,7 @@ pub struct Completion {
     /// gateway's own error decided. The canary analysis's latency ends
     /// there, so that a client slow to take the body is not the version's.
     /// `None`: no answer (`status` means nothing then); a request dropped
-    /// so was abandoned (see [`Completion::count_unanswered`]).
+    /// so was abandoned (see `Completion::count_unanswered`).
     pub answered: Option<Instant>,
     /// The request failed by the client's fault before any answer (a
     /// malformed or stalled request body, the client gone mid-body: the
