@@ -34,7 +34,11 @@ pub const FISHER_BELOW_EXPECTED: f64 = 5.0;
 /// One version's figures over a window.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Figures {
+    /// Requests answered (the error rate's denominator).
     pub requests: u64,
+    /// Requests dropped before any answer, their client gone: latency
+    /// samples (evidence for `min_requests` and the p99), in no error rate.
+    pub abandoned: u64,
     pub errors: u64,
     pub error_rate: f64,
     pub p50_ms: f64,
@@ -42,9 +46,18 @@ pub struct Figures {
 }
 
 impl Figures {
+    /// Latency samples: requests answered and abandoned ones. A canary its
+    /// clients give up on (slower than their timeouts) has only abandoned
+    /// requests; they are the evidence its p99 is judged on.
+    pub fn samples(&self) -> u64 {
+        self.requests + self.abandoned
+    }
+
     pub fn of(counts: &Counts) -> Figures {
+        let samples: u64 = counts.latency.iter().sum();
         Figures {
             requests: counts.requests,
+            abandoned: samples.saturating_sub(counts.requests),
             errors: counts.errors,
             error_rate: rate(counts.errors, counts.requests),
             p50_ms: quantile_ms(&counts.latency, 0.50),
@@ -152,7 +165,7 @@ pub fn judge(plan: &Settings, canary: &Counts, stable: &Counts) -> Analysis {
         );
         verdict(a, Verdict::Abort, "error_rate_vs_stable", why);
     };
-    if c.requests < plan.min_requests {
+    if c.samples() < plan.min_requests {
         // Few requests: a rate or a p99 of a handful is noise, so only errors
         // beyond chance abort; a canary failing every request must not serve
         // on until it has failed `min_requests` of them.
@@ -183,13 +196,14 @@ pub fn judge(plan: &Settings, canary: &Counts, stable: &Counts) -> Analysis {
                 "not_enough_evidence",
                 format!(
                     "not enough evidence: {} canary requests in the window, min_requests is {}",
-                    c.requests, plan.min_requests
+                    c.samples(),
+                    plan.min_requests
                 ),
             );
         }
         return a;
     }
-    if c.requests >= P99_RATIO_MIN_SAMPLES && s.requests >= P99_RATIO_MIN_SAMPLES {
+    if c.samples() >= P99_RATIO_MIN_SAMPLES && s.samples() >= P99_RATIO_MIN_SAMPLES {
         let ratio = c.p99_ms.max(P99_RATIO_FLOOR_MS) / s.p99_ms.max(P99_RATIO_FLOOR_MS);
         a.p99_ratio = Some(ratio);
     }

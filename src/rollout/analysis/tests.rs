@@ -230,3 +230,52 @@ fn quantiles_come_from_the_buckets() {
     assert!(close(quantile_ms(&latency, 0.99), 100.0, 0.07));
     assert_eq!(quantile_ms(&[0; 4], 0.99), 0.0);
 }
+
+/// A canary slower than its clients' timeouts: every request is dropped
+/// before any answer (abandoned), none is answered. Those are evidence: at
+/// min_requests the p99 of their waits is judged, and the canary aborts
+/// instead of holding for want of answered requests.
+#[test]
+fn a_canary_its_clients_give_up_on_aborts_on_its_p99() {
+    let defaults = Settings::default();
+    let abandoned = |n: u64, ms: f64| Counts {
+        requests: 0,
+        ..counts(n, 0, ms)
+    };
+    let stable = counts(20_000, 0, 3.0);
+    let a = judge(
+        &defaults,
+        &abandoned(defaults.min_requests, 2_000.0),
+        &stable,
+    );
+    assert_eq!(
+        (a.verdict, a.reason),
+        (Verdict::Abort, "max_p99_ms"),
+        "{a:?}"
+    );
+    assert_eq!(
+        (a.canary.requests, a.canary.abandoned),
+        (0, defaults.min_requests)
+    );
+    // Fewer than min_requests of them: a p99 of a handful is noise.
+    let a = judge(
+        &defaults,
+        &abandoned(defaults.min_requests - 1, 2_000.0),
+        &stable,
+    );
+    assert_eq!(
+        (a.verdict, a.reason),
+        (Verdict::Hold, "not_enough_evidence")
+    );
+    // Abandoned requests are no errors: the error rate is of answered ones.
+    let mixed = Counts {
+        requests: 300,
+        ..counts(400, 0, 3.0)
+    };
+    let a = judge(&defaults, &mixed, &stable);
+    assert_eq!(
+        (a.canary.requests, a.canary.abandoned, a.canary.error_rate),
+        (300, 100, 0.0)
+    );
+    assert_eq!(a.verdict, Verdict::Pass, "{a:?}");
+}
