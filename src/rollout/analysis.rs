@@ -245,6 +245,13 @@ pub fn judge(plan: &Settings, canary: &Counts, stable: &Counts) -> Analysis {
         } else {
             "within the limits and not worse than stable beyond chance".into()
         };
+        if s.requests > 0 && a.p99_ratio.is_none() {
+            // Said, so that a plan whose min_requests is below it knows the
+            // ratio was not looked at.
+            a.why.push_str(&format!(
+                "; the p99 ratio is not judged below {P99_RATIO_MIN_SAMPLES} samples of each version"
+            ));
+        }
     }
     a
 }

@@ -279,3 +279,27 @@ fn a_canary_its_clients_give_up_on_aborts_on_its_p99() {
     );
     assert_eq!(a.verdict, Verdict::Pass, "{a:?}");
 }
+
+/// A pass without the p99 ratio (fewer than 100 samples of a version, with
+/// a plan whose min_requests is below that) says the ratio was not judged.
+#[test]
+fn a_pass_without_the_p99_ratio_says_so() {
+    let few = Settings {
+        min_requests: 20,
+        ..Settings::default()
+    };
+    let a = judge(&few, &counts(50, 0, 3.0), &counts(5_000, 0, 3.0));
+    assert_eq!((a.verdict, a.p99_ratio), (Verdict::Pass, None));
+    assert!(
+        a.why.contains("p99 ratio is not judged below 100"),
+        "{}",
+        a.why
+    );
+    let a = judge(&few, &counts(500, 0, 3.0), &counts(5_000, 0, 3.0));
+    assert_eq!(a.verdict, Verdict::Pass);
+    assert!(
+        a.p99_ratio.is_some() && !a.why.contains("not judged"),
+        "{}",
+        a.why
+    );
+}
