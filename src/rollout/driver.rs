@@ -91,6 +91,10 @@ pub async fn run(control: Arc<Control>) {
     // The rollout (before its first step) whose hold for want of a healthy
     // endpoint was counted and sent: once, not at every look.
     let mut held_for_endpoints: Option<u64> = None;
+    // The step the gate approved last (see [`GateKey`]): while that step
+    // cannot be written (the store down, a rollback pending) the retries
+    // take it without asking the gate again.
+    let mut approved: Option<GateKey> = None;
     let mut published = Published::default();
     loop {
         changes.borrow_and_update();
@@ -173,7 +177,7 @@ pub async fn run(control: Arc<Control>) {
             }
             Some(r) if before_first_step(&r) => {
                 window = None;
-                let wait = first_step(&control, &r, &mut held_for_endpoints).await;
+                let wait = first_step(&control, &r, &mut held_for_endpoints, &mut approved).await;
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
                     changed = changes.changed() => {
@@ -276,11 +280,15 @@ pub async fn run(control: Arc<Control>) {
                 }
             }
             Verdict::Pass => {
-                let approved = match &r.plan.settings.gate {
+                let asked = match &r.plan.settings.gate {
                     None => Ok(()),
+                    Some(_) if approved == Some(GateKey::of(&r)) => Ok(()),
                     Some(gate) => ask_gate(gate, &r, Some(&judged)).await,
                 };
-                match approved {
+                if asked.is_ok() {
+                    approved = Some(GateKey::of(&r));
+                }
+                match asked {
                     Ok(()) => match control.advance_rollout(&r).await {
                         Ok(_) => {}
                         Err(e) => {
@@ -292,6 +300,18 @@ pub async fn run(control: Arc<Control>) {
                 }
             }
         }
+    }
+}
+
+/// Which step a gate approved: the rollout (its start), the step in force
+/// (when it began: a resume restarts it) and the steps taken. An approval
+/// holds for that step only, and only on this replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct GateKey(u64, u64, usize);
+
+impl GateKey {
+    fn of(r: &RolloutState) -> GateKey {
+        GateKey(r.started_at_ms, r.step_at_ms, r.history.len())
     }
 }
 
@@ -331,7 +351,12 @@ pub fn first_step_wait(control: &Control, r: &RolloutState) -> Option<(Phase, St
 /// (a refusal holds, asked again an interval later), then takes step 0.
 /// How long to wait before the next look (a change of the decision in
 /// force ends the wait sooner).
-async fn first_step(control: &Control, r: &RolloutState, held: &mut Option<u64>) -> Duration {
+async fn first_step(
+    control: &Control,
+    r: &RolloutState,
+    held: &mut Option<u64>,
+    approved: &mut Option<GateKey>,
+) -> Duration {
     let interval = r.plan.settings.interval();
     match first_step_wait(control, r) {
         Some((Phase::Holding, why)) => {
@@ -348,12 +373,15 @@ async fn first_step(control: &Control, r: &RolloutState, held: &mut Option<u64>)
     }
     *held = None;
     if let Some(gate) = &r.plan.settings.gate
-        && let Err(why) = ask_gate(gate, r, None).await
+        && *approved != Some(GateKey::of(r))
     {
-        hold(control, r, Phase::WaitingGate, "gate", why);
-        let due = control.rollout_clock().now_ms() + interval.as_millis() as u64;
-        control.rollout_note(|v| v.next_due_ms = Some(due));
-        return interval;
+        if let Err(why) = ask_gate(gate, r, None).await {
+            hold(control, r, Phase::WaitingGate, "gate", why);
+            let due = control.rollout_clock().now_ms() + interval.as_millis() as u64;
+            control.rollout_note(|v| v.next_due_ms = Some(due));
+            return interval;
+        }
+        *approved = Some(GateKey::of(r));
     }
     match control.advance_rollout(r).await {
         Ok(true) => Duration::ZERO,

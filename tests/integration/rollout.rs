@@ -568,6 +568,51 @@ async fn a_gate_answering_403_holds_until_it_approves() {
     );
 }
 
+/// A gate that approved step 0 while the step cannot be written (the
+/// state file unwritable) is not asked again at every retry: an approval
+/// may have side effects (consumed, paging someone). Once the store takes
+/// writes again, step 0 is taken on that approval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gates_approval_is_not_asked_again_while_its_step_cannot_be_written() {
+    let s = Setup::start((0, 0), (0, 0), (0, 0)).await;
+    let gw = &s.gw;
+    let gate = Hook::start(403, 0).await;
+    let url = format!("http://{}/approve", gate.addr);
+    let view = start_rollout(gw.admin, &plan_with("gate", &url)).await;
+    assert_eq!(view["phase"], "waiting_gate", "{view:#}");
+    let refused = eventually(WAIT, async || !gate.received().is_empty()).await;
+    assert!(refused);
+    // The state file becomes a directory: every write of a decision fails.
+    let state = gw.config_path().with_file_name("gateway.state.json");
+    std::fs::remove_file(&state).unwrap();
+    std::fs::create_dir(&state).unwrap();
+    let before = gate.received().len();
+    gate.status.store(200, Ordering::SeqCst);
+    // Five seconds of failing writes (retried every second) after the
+    // approval: one call approves (two if a refusal was in flight).
+    let approved = eventually(WAIT, async || gate.received().len() > before).await;
+    assert!(approved);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let asked = gate.received().len() - before;
+    assert!(
+        asked <= 2,
+        "the gate was asked {asked} times while step 0 could not be written"
+    );
+    assert_eq!(canary_weight_and_no_step(gw.admin).await, (Some(0), true));
+    // Writable again: step 0 is taken on that approval.
+    std::fs::remove_dir(&state).unwrap();
+    let view = wait_rollout(gw.admin, |v| {
+        v["history"].as_array().is_some_and(|h| !h.is_empty())
+    })
+    .await;
+    assert_eq!(view["step"], 0, "{view:#}");
+    assert_eq!(
+        gate.received().len() - before,
+        asked,
+        "asked again for step 0"
+    );
+}
+
 /// A rollout started while the canary has no healthy endpoint (its only
 /// endpoint refuses connections and is ejected, as when discovery has not
 /// seen the new tasks yet) is accepted, and holds before its first step:
