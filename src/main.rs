@@ -183,16 +183,17 @@ fn run_demo(listen: std::net::SocketAddr, admin: std::net::SocketAddr) -> Result
         let running =
             gateway::start_with_hangup(config, listeners, Dependencies::default(), hup).await?;
         let instructions = demo::instructions(running.proxy_addr, running.admin_addr, &token);
-        if let Err(e) = cli::write_line(instructions) {
-            // No one reads the token or the instructions (`demo | true`):
-            // the demo stops, its files removed, with 141 as `ctl` does.
-            running.shutdown().await;
-            let _ = std::fs::remove_dir_all(&dir);
-            cli::output_failed(&e);
+        // No one reads the token or the instructions (`demo | true`): the
+        // demo stops at once, its files removed, with 141 as `ctl` does.
+        let written = cli::write_line(instructions);
+        if written.is_ok() {
+            shutdown.wait().await;
         }
-        shutdown.wait().await;
         running.shutdown().await;
         let _ = std::fs::remove_dir_all(&dir);
+        if let Err(e) = written {
+            cli::output_failed(&e);
+        }
         Ok(())
     })
 }

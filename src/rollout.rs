@@ -197,13 +197,14 @@ impl RolloutView {
                 if !known(version) {
                     continue;
                 }
-                for (figure, value) in [
-                    ("requests", f.requests as f64),
-                    ("errors", f.errors as f64),
-                    ("error_rate", f.error_rate),
-                    ("p50_ms", f.p50_ms),
-                    ("p99_ms", f.p99_ms),
-                ] {
+                let values = [
+                    f.requests as f64,
+                    f.errors as f64,
+                    f.error_rate,
+                    f.p50_ms,
+                    f.p99_ms,
+                ];
+                for (figure, value) in FIGURES.into_iter().zip(values) {
                     metrics::gauge!(names::ROLLOUT_ANALYSIS, "version" => version.clone(), "figure" => figure)
                         .set(value);
                 }

@@ -420,8 +420,6 @@ fn gate_body(r: &RolloutState, analysis: Option<&Analysis>) -> serde_json::Value
     })
 }
 
-/// `r`'s canary or stable version, if the config in force lacks it (a
-/// reload removed it, or this task's config never had it).
 /// Sets the rollout gauges to the rollout's view on this task (see
 /// [`super::RolloutView::publish`]), for the versions in its config.
 fn publish(control: &Control, published: &mut Published) {
@@ -431,6 +429,8 @@ fn publish(control: &Control, published: &mut Published) {
     }
 }
 
+/// `r`'s canary or stable version, if the config in force lacks it (a
+/// reload removed it, or this task's config never had it).
 fn missing_version(control: &Control, r: &RolloutState) -> Option<String> {
     let config = control.config();
     [&r.plan.canary, &r.plan.stable]
