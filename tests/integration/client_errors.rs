@@ -343,15 +343,7 @@ async fn cancelled_requests_give_their_endpoint_count_back() {
     };
     let mut sent = 0;
     for _ in 0..10 {
-        let tasks: Vec<_> = (0..100)
-            .map(|_| {
-                let mut sender = sender.clone();
-                let req = http::Request::get(format!("http://{}/", gw.addr))
-                    .body(Empty::new())
-                    .unwrap();
-                tokio::spawn(async move { sender.send_request(req).await.map(|_| ()) })
-            })
-            .collect();
+        let tasks = spawn_h2_gets(&sender, gw.addr, 100);
         sent += 100;
         let arrived = eventually(Duration::from_secs(20), async || {
             heads.load(Ordering::SeqCst) >= sent
@@ -399,15 +391,7 @@ async fn requests_abandoned_before_any_answer_count_under_no_status() {
     };
     // HTTP/2: streams reset.
     let sender = h2c_client(gw.addr).await;
-    let tasks: Vec<_> = (0..5)
-        .map(|_| {
-            let mut sender = sender.clone();
-            let req = http::Request::get(format!("http://{}/", gw.addr))
-                .body(Empty::new())
-                .unwrap();
-            tokio::spawn(async move { sender.send_request(req).await.map(|_| ()) })
-        })
-        .collect();
+    let tasks = spawn_h2_gets(&sender, gw.addr, 5);
     arrived(5).await;
     for task in tasks {
         task.abort();
@@ -712,4 +696,21 @@ async fn http2_uploads_that_move_keep_their_stream() {
     assert!(metric(&gw, "canary_client_errors_total", &client_stall).await > before);
     drop(tx);
     gw.shutdown().await;
+}
+
+/// `n` GETs of `/` on the HTTP/2 connection `sender`, each in its own task.
+fn spawn_h2_gets(
+    sender: &hyper::client::conn::http2::SendRequest<Empty<bytes::Bytes>>,
+    addr: SocketAddr,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<Result<(), hyper::Error>>> {
+    (0..n)
+        .map(|_| {
+            let mut sender = sender.clone();
+            let req = http::Request::get(format!("http://{addr}/"))
+                .body(Empty::new())
+                .unwrap();
+            tokio::spawn(async move { sender.send_request(req).await.map(|_| ()) })
+        })
+        .collect()
 }
