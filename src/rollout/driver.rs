@@ -46,9 +46,9 @@ struct Window {
     /// The step it is about (see [`RolloutState::same_step`]).
     of: RolloutState,
     start_ms: u64,
-    /// Where the window's interval begins on the plan's clock (the same on
-    /// every replica): the step's start, or while paused the pause, then
-    /// each judgement that passed.
+    /// Where the window's interval begins: the step's start, or while
+    /// paused the pause (both on the plan's clock, the same on every
+    /// replica), then each of this replica's paused judgements that passed.
     anchor_ms: u64,
     canary: Counts,
     stable: Counts,
