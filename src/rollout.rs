@@ -127,7 +127,8 @@ pub struct RolloutView {
     pub next_step_due_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_step_in_s: Option<f64>,
-    /// Why the step holds (holding, waiting_gate).
+    /// Why the step holds (holding, waiting_gate), or that a paused
+    /// rollout's abort checks still run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub why: Option<String>,
     pub last_analysis: Option<AnalysisRecord>,
@@ -157,7 +158,10 @@ impl RolloutView {
             step_started_at_ms: r.step_at_ms,
             next_step_due_ms: due,
             next_step_in_s: due.map(|d| d.saturating_sub(now_ms) as f64 / 1000.0),
-            why: local.why.clone().filter(|_| mine && progressing),
+            why: local
+                .why
+                .clone()
+                .filter(|_| mine && (progressing || r.phase == Phase::Paused)),
             last_analysis: local.last_analysis.clone().filter(|_| mine),
             history: r.steps_taken(),
             abort_reason: r.reason.clone().filter(|_| r.phase == Phase::Aborted),

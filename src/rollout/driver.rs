@@ -9,6 +9,13 @@
 //! last step the rollout succeeds. A replica whose step was taken by another
 //! meanwhile just follows the store.
 //!
+//! A paused rollout is judged too, on the same schedule and thresholds: a
+//! pause stops the step's clock, not the safety net. Its window begins at
+//! the pause (a new stored state, as a step's window begins at the step);
+//! a bad canary is rolled back exactly as while progressing; too little
+//! evidence lets the window grow; a window that passes does nothing but
+//! begin the next one (a pause never takes a step).
+//!
 //! A rollout started before its first step (its canary had no healthy
 //! endpoint, or a gate must approve step 0) gives the canary no traffic:
 //! every replica looks again until it finds the canary ready (a healthy
@@ -39,6 +46,10 @@ struct Window {
     /// The step it is about (see [`RolloutState::same_step`]).
     of: RolloutState,
     start_ms: u64,
+    /// Where the window's interval begins: the step's start, or while
+    /// paused the pause (both on the plan's clock, the same on every
+    /// replica), then each of this replica's paused judgements that passed.
+    anchor_ms: u64,
     canary: Counts,
     stable: Counts,
     /// Judgements made in this window (holds).
@@ -48,10 +59,21 @@ struct Window {
 
 impl Window {
     fn begin(r: &RolloutState, now_ms: u64, control: &Control) -> Window {
+        let anchor_ms = match r.phase {
+            Phase::Paused => r.paused_at_ms.unwrap_or(now_ms),
+            _ => r.step_at_ms,
+        };
+        Window::begin_at(r, anchor_ms, now_ms, control)
+    }
+
+    /// A window of `r` whose interval begins at `anchor_ms`, its evidence
+    /// at `now_ms`.
+    fn begin_at(r: &RolloutState, anchor_ms: u64, now_ms: u64, control: &Control) -> Window {
         let windows = control.rollout_windows();
         Window {
             of: r.clone(),
             start_ms: now_ms,
+            anchor_ms,
             canary: windows.read(&r.plan.canary),
             stable: windows.read(&r.plan.stable),
             judged: 0,
@@ -59,14 +81,15 @@ impl Window {
         }
     }
 
-    /// When the step is judged next: an interval after the step began (on
+    /// When the step is judged next: an interval after the step began (or
+    /// while paused, after the pause or the last judgement that passed; on
     /// the plan's clock, as on every replica), but after at least 3/4 of an
     /// interval of this replica's own evidence; after a hold, an interval
     /// after the last judgement.
     fn due_ms(&self, r: &RolloutState) -> u64 {
         let interval = r.plan.settings.interval_ms();
         if self.judged == 0 {
-            (r.step_at_ms.saturating_add(interval))
+            (self.anchor_ms.saturating_add(interval))
                 .max(self.start_ms.saturating_add(interval * 3 / 4))
         } else {
             self.last_judged_ms.saturating_add(interval)
@@ -188,7 +211,8 @@ pub async fn run(control: Arc<Control>) {
                 }
                 continue;
             }
-            Some(r) if r.phase == Phase::Progressing => r,
+            // Paused: the step's clock stops, the abort checks go on.
+            Some(r) if matches!(r.phase, Phase::Progressing | Phase::Paused) => r,
             _ => {
                 window = None;
                 control.rollout_note(|v| {
@@ -211,7 +235,7 @@ pub async fn run(control: Arc<Control>) {
                         v.rollout = r.started_at_ms;
                     }
                     v.overlay = None;
-                    v.why = None;
+                    v.why = (r.phase == Phase::Paused).then(|| paused_why(None));
                 });
                 Window::begin(&r, now, &control)
             }
@@ -241,6 +265,15 @@ pub async fn run(control: Arc<Control>) {
             analysis: judged.clone(),
         };
         control.rollout_note(|v| v.last_analysis = Some(record));
+        if r.phase == Phase::Paused && judged.verdict != Verdict::Abort {
+            // Paused, a window that holds grows on; one that passes takes
+            // no step, and the next window begins.
+            if judged.verdict == Verdict::Pass {
+                *w = Window::begin_at(&r, now, now, &control);
+            }
+            control.rollout_note(|v| v.why = Some(paused_why(Some(&judged.why))));
+            continue;
+        }
         match judged.verdict {
             Verdict::Abort => {
                 tracing::warn!(canary = %r.plan.canary, why = %judged.why, "the canary is worse than allowed");
@@ -312,6 +345,18 @@ struct GateKey(u64, u64, usize);
 impl GateKey {
     fn of(r: &RolloutState) -> GateKey {
         GateKey(r.started_at_ms, r.step_at_ms, r.history.len())
+    }
+}
+
+/// What `GET /rollout` says of a paused rollout on this task: the step
+/// waits for a resume, the abort checks still run (`last`: what the last
+/// one found).
+fn paused_why(last: Option<&str>) -> String {
+    let why = "paused: no step is taken until resumed, but the abort checks still run every \
+               interval on this task's traffic since the pause";
+    match last {
+        Some(last) => format!("{why}; last: {last}"),
+        None => why.to_string(),
     }
 }
 

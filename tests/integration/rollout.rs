@@ -768,6 +768,141 @@ async fn pause_and_resume_and_manual_changes_meanwhile() {
     assert_eq!(weights(gw.admin).await["stable"], "v2");
 }
 
+/// An upstream answering its name with the status in `status` (200 until
+/// a test switches it), so that a canary can go bad mid-rollout.
+struct Switchable {
+    addr: SocketAddr,
+    status: Arc<AtomicU16>,
+    _task: ServerTask,
+}
+
+impl Switchable {
+    async fn start(name: &'static str) -> Switchable {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let status = Arc::new(AtomicU16::new(200));
+        let answer = status.clone();
+        let task = serve_http(listener, move |req| {
+            let code = answer.load(Ordering::SeqCst);
+            async move {
+                let _ = req.into_body().collect().await;
+                let mut resp = Response::new(Full::new(Bytes::from(name)));
+                *resp.status_mut() = StatusCode::from_u16(code).unwrap();
+                resp
+            }
+        });
+        Switchable {
+            addr,
+            status,
+            _task: task,
+        }
+    }
+}
+
+/// A gateway in front of a healthy stable `v1` and a switchable canary
+/// `v2`, traffic flowing, a rollout of [`PLAN`] (with a webhook on `hook`)
+/// started and paused at its first step: the paused view.
+async fn paused_rollout(hook: &Hook) -> (Gateway, Switchable, Behaved, Traffic, Value) {
+    let v1 = Behaved::start("v1", 0, 0).await;
+    let v2 = Switchable::start("v2").await;
+    let gw = Gateway::start(&text(v1.addr, v2.addr)).await;
+    let traffic = Traffic::start(gw.addr, 2, Duration::from_millis(4));
+    let url = format!("http://{}/events", hook.addr);
+    start_rollout(gw.admin, &plan_with("webhook", &url)).await;
+    let (status, view) = call(gw.admin, "POST", "/rollout/pause", "").await;
+    assert_eq!(
+        (status, view["phase"].as_str()),
+        (StatusCode::OK, Some("paused")),
+        "{view:#}"
+    );
+    (gw, v2, v1, traffic, view)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_that_fails_while_paused_is_aborted() {
+    let hook = Hook::start(200, 0).await;
+    let (gw, canary, _stable, _traffic, paused) = paused_rollout(&hook).await;
+    let step = paused["step"].as_u64();
+    let paused_ms = weights(gw.admin).await["updated_at_ms"].as_u64().unwrap();
+    // The canary breaks while the operator investigates.
+    canary.status.store(503, Ordering::SeqCst);
+    let view = wait_rollout(gw.admin, |v| v["phase"] != "paused").await;
+    assert_eq!(view["phase"], "aborted", "{view:#}");
+    assert!(
+        aborted_on_errors(view["abort_reason"].as_str().unwrap()),
+        "{view:#}"
+    );
+    // No step was taken meanwhile; the analysis that aborted read the
+    // window since the pause.
+    assert_eq!(view["step"].as_u64(), step, "{view:#}");
+    let a = &view["last_analysis"];
+    assert_eq!(a["verdict"], "abort", "{view:#}");
+    assert!(
+        a["since_ms"].as_u64().unwrap() + 50 >= paused_ms,
+        "{view:#}"
+    );
+    assert!(a["canary"]["errors"].as_u64().unwrap() > 0, "{view:#}");
+    let w = weights(gw.admin).await;
+    assert_eq!(
+        (w["weights"]["v1"].as_u64(), w["weights"]["v2"].as_u64()),
+        (Some(100), Some(0))
+    );
+    // Counted and sent as an abort while progressing is.
+    let reason = a["reason"].as_str().unwrap().to_string();
+    let counter = format!("canary_rollout_aborts_total{{reason=\"{reason}\"}}");
+    let counted = eventually(WAIT, async || {
+        get(gw.admin, "/metrics", &[])
+            .await
+            .text()
+            .contains(&counter)
+    })
+    .await;
+    assert!(counted, "{}", get(gw.admin, "/metrics", &[]).await.text());
+    let sent = eventually(WAIT, async || hook.events().iter().any(|e| e == "aborted")).await;
+    assert!(sent, "{:?}", hook.received());
+    // Each event is sent from a task of its own: in any order.
+    let mut events = hook.events();
+    events.sort();
+    assert_eq!(events, ["aborted", "paused", "started"], "{events:?}");
+    let aborted = hook
+        .received()
+        .into_iter()
+        .find(|e| e["event"] == "aborted")
+        .unwrap();
+    assert_eq!(aborted["analysis"]["verdict"], "abort", "{aborted}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_paused_canary_is_judged_but_stays_paused_at_its_step() {
+    let hook = Hook::start(200, 0).await;
+    let (gw, _canary, _stable, _traffic, paused) = paused_rollout(&hook).await;
+    let step = paused["step"].as_u64();
+    let paused_ms = weights(gw.admin).await["updated_at_ms"].as_u64().unwrap();
+    // Two passing analyses of the paused rollout (1 s intervals).
+    let view = wait_rollout(gw.admin, |v| {
+        v["phase"] != "paused"
+            || (v["last_analysis"]["verdict"] == "pass"
+                && v["last_analysis"]["since_ms"].as_u64() > Some(paused_ms + 500))
+    })
+    .await;
+    assert_eq!(
+        (view["phase"].as_str(), view["step"].as_u64()),
+        (Some("paused"), step),
+        "{view:#}"
+    );
+    assert!(
+        view["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("abort checks still run")),
+        "{view:#}"
+    );
+    assert_eq!(weights(gw.admin).await["weights"]["v2"], 10);
+    // No step, no hold: a paused rollout's passing window does nothing.
+    let mut events = hook.events();
+    events.sort();
+    assert_eq!(events, ["paused", "started"], "{events:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_and_rollback_send_all_traffic_to_stable_at_once() {
     let s = Setup::start((0, 0), (0, 0), (0, 0)).await;

@@ -169,6 +169,90 @@ async fn pause_stops_the_clock_and_resume_restarts_the_window() {
     assert_eq!(control.rollout().unwrap().step, 1);
 }
 
+/// A pause stops the step's clock, not the abort checks: a canary that
+/// goes bad while paused is rolled back an interval after the pause, as it
+/// would be while progressing.
+#[tokio::test(start_paused = true)]
+async fn a_canary_that_fails_while_paused_is_aborted() {
+    let control = started(Arc::new(MemoryStore::default())).await;
+    run_for(&control, 3, 1000, 0, 3).await;
+    control
+        .rollout_action(crate::control::rollout::Action::Pause)
+        .await
+        .unwrap();
+    let paused_at = control.rollout().unwrap().paused_at_ms.unwrap();
+    // Every canary request fails from the pause on.
+    run_for(&control, 11, 1000, 1, 3).await;
+    let view = control.rollout_view().unwrap();
+    assert_eq!(view.phase, Phase::Aborted, "{view:?}");
+    assert!(
+        view.abort_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("max_error_rate")),
+        "{view:?}"
+    );
+    assert_eq!(control.weights().weights["v2"], 0);
+    let a = view.last_analysis.unwrap();
+    assert_eq!(a.analysis.verdict, Verdict::Abort);
+    // Judged on the window since the pause, an interval after it.
+    assert!(
+        a.since_ms >= paused_at && a.at_ms >= paused_at + 10_000,
+        "{a:?}"
+    );
+    assert_eq!(a.analysis.canary.errors, a.analysis.canary.requests);
+}
+
+/// A healthy paused canary is judged every interval, but a pass takes no
+/// step: the rollout stays paused at its step until resumed.
+#[tokio::test(start_paused = true)]
+async fn a_healthy_paused_canary_is_judged_but_never_advanced() {
+    let control = started(Arc::new(MemoryStore::default())).await;
+    control
+        .rollout_action(crate::control::rollout::Action::Pause)
+        .await
+        .unwrap();
+    let paused_at = control.rollout().unwrap().paused_at_ms.unwrap();
+    run_for(&control, 35, 1000, 0, 3).await;
+    let view = control.rollout_view().unwrap();
+    assert_eq!((view.phase, view.step), (Phase::Paused, 0), "{view:?}");
+    assert_eq!(control.weights().weights["v2"], 10);
+    let a = view.last_analysis.clone().unwrap();
+    assert_eq!(a.analysis.verdict, Verdict::Pass, "{view:?}");
+    // Three windows of an interval each since the pause: a passing window
+    // is followed by a fresh one (no paused window grows past its interval).
+    assert!(a.at_ms >= paused_at + 30_000, "{a:?}");
+    assert!(a.at_ms - a.since_ms <= 10_000, "{a:?}");
+    assert!(
+        view.why
+            .as_deref()
+            .is_some_and(|w| w.contains("abort checks still run")),
+        "{view:?}"
+    );
+}
+
+/// With a fleet, any task that finds the paused canary bad writes the
+/// abort, and every task follows it.
+#[tokio::test(start_paused = true)]
+async fn an_abort_of_a_paused_rollout_decided_by_one_gateway_reaches_the_other() {
+    let (store, a, b) = fleet().await;
+    a.start_rollout(PLAN.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    b.rollout_action(crate::control::rollout::Action::Pause)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(phase(&a), Phase::Paused);
+    // Only A serves traffic, and its canary fails: B has no evidence.
+    run_for(&a, 11, 1000, 1, 3).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stored = store.stored().unwrap();
+    assert_eq!(stored.rollout.unwrap().phase, Phase::Aborted);
+    for c in [&a, &b] {
+        assert_eq!(phase(c), Phase::Aborted);
+        assert_eq!(c.weights().weights["v2"], 0);
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_canary_without_healthy_endpoints_is_given_no_more_traffic() {
     use crate::discovery::EndpointSink;
