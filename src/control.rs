@@ -19,6 +19,7 @@ mod tests;
 mod upkeep;
 
 pub use decisions::validate_weights;
+pub use reload::Refusal;
 pub use upkeep::keep_store;
 
 use std::collections::BTreeMap;
