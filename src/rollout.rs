@@ -166,6 +166,17 @@ impl RolloutView {
         }
     }
 
+    /// Sets [`names::ROLLOUT_PHASE`] to this view's phase (1 for it, 0 for
+    /// the others): as soon as this task's view of the phase changes (a hold
+    /// noted, or lifted when the next step begins), not at the driver's next
+    /// look, a whole step later.
+    pub fn publish_phase(&self) {
+        for phase in Phase::ALL {
+            metrics::gauge!(names::ROLLOUT_PHASE, "phase" => phase.as_str())
+                .set(if phase == self.phase { 1.0 } else { 0.0 });
+        }
+    }
+
     /// Sets the rollout gauges to this view, for the versions `known` has
     /// (in this task's config). `published` holds the labelled series the
     /// last call set: those this view does not set (a previous rollout's
@@ -173,10 +184,7 @@ impl RolloutView {
     /// otherwise keep them at their last value (`{version="v2"} 100` after
     /// v2's promotion, through every later rollout).
     pub fn publish(&self, known: impl Fn(&str) -> bool, published: &mut Published) {
-        for phase in Phase::ALL {
-            metrics::gauge!(names::ROLLOUT_PHASE, "phase" => phase.as_str())
-                .set(if phase == self.phase { 1.0 } else { 0.0 });
-        }
+        self.publish_phase();
         let mut now = Published::default();
         if known(&self.canary) {
             metrics::gauge!(names::ROLLOUT_CANARY_SHARE, "version" => self.canary.clone()).set(
