@@ -117,7 +117,9 @@ pub struct RolloutView {
     pub stable: String,
     /// Index of the step in force.
     pub step: usize,
-    /// The canary's share at that step, percent.
+    /// The canary's share of the traffic, percent: that step's (0 before the
+    /// first step; 0 once aborted, the canary rolled back; 100 once
+    /// promoted).
     pub share: f64,
     pub steps: Vec<f64>,
     pub started_at_ms: u64,
@@ -151,7 +153,13 @@ impl RolloutView {
             canary: r.plan.canary.clone(),
             stable: r.plan.stable.clone(),
             step: r.step,
-            share: r.share(),
+            // Once aborted the canary is rolled back: its share is 0, not
+            // the step's it was aborted at (`step` still names that one).
+            share: if r.phase == Phase::Aborted {
+                0.0
+            } else {
+                r.share()
+            },
             steps: r.plan.settings.steps.clone(),
             started_at_ms: r.started_at_ms,
             step_started_at_ms: r.step_at_ms,
@@ -187,13 +195,8 @@ impl RolloutView {
         self.publish_phase();
         let mut now = Published::default();
         if known(&self.canary) {
-            metrics::gauge!(names::ROLLOUT_CANARY_SHARE, "version" => self.canary.clone()).set(
-                if self.phase == Phase::Aborted {
-                    0.0
-                } else {
-                    self.share
-                },
-            );
+            metrics::gauge!(names::ROLLOUT_CANARY_SHARE, "version" => self.canary.clone())
+                .set(self.share);
             now.0
                 .insert((names::ROLLOUT_CANARY_SHARE, self.canary.clone()));
         }

@@ -119,6 +119,9 @@ async fn a_failing_canary_is_aborted_after_one_interval() {
             .contains("max_error_rate"),
         "{view:?}"
     );
+    // The canary's share is the one it has now, rolled back; `step` still
+    // names the step it was aborted at.
+    assert_eq!((view.step, view.share), (0, 0.0), "{view:?}");
     let w = control.weights();
     assert_eq!((w.weights["v1"], w.weights["v2"]), (100, 0));
     let a = view.last_analysis.unwrap();
