@@ -19,6 +19,7 @@ mod tests;
 mod upkeep;
 
 pub use decisions::validate_weights;
+pub use reload::Refusal;
 pub use upkeep::keep_store;
 
 use std::collections::BTreeMap;
@@ -59,10 +60,12 @@ pub enum ControlError {
         .0.plan.canary
     )]
     RolloutRunning(Box<crate::rollout::state::RolloutState>),
-    /// Another task wrote a decision first: nothing was changed here; the
-    /// store's current decision is applied and returned.
+    /// The decision changed while this change was made: another task wrote
+    /// the shared store first, or this task rolled back meanwhile (a
+    /// `POST /rollback`, a rollout's abort). Nothing was changed here; the
+    /// decision in force (the store's, when newer) is applied and returned.
     #[error(
-        "another gateway task changed the weights first (generation {}); nothing was changed: review the current weights and retry",
+        "the weights changed meanwhile, by another gateway task or by this task's own rollback or rollout abort (now generation {}); nothing was changed: review the current weights and retry",
         .0.generation
     )]
     Conflict(Box<WeightsView>),

@@ -67,3 +67,9 @@ pub mod snapshot;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+
+/// The in-memory `metrics` recorder the unit tests assert on (shared with
+/// the integration tests).
+#[cfg(test)]
+#[path = "../tests/support/recorder.rs"]
+mod test_recorder;

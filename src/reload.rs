@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::control::Control;
 use crate::control::status::ReloadStatus;
+use crate::control::{Control, Refusal};
 
 /// Something that re-reads the config and applies it.
 pub trait Reload: Send + Sync + 'static {
@@ -15,10 +15,12 @@ pub trait Reload: Send + Sync + 'static {
 
     /// A reload for an edit of the config file (trigger `file-change`), and
     /// whether it may pass when tried again on the same text: `true` when it
-    /// failed although the text is a valid config (the store could not be
-    /// written, a rollback is still pending, another task wrote first...);
-    /// `false` when it passed or the text itself was rejected (only another
-    /// edit mends that). By default: [`Reload::reload`], never tried again.
+    /// failed although the text is a valid config, for a passing reason (the
+    /// store could not be written, a rollback is still pending, another task
+    /// wrote first...); `false` when it passed, the text itself was rejected
+    /// (only another edit mends that), or it was refused because a rollout
+    /// runs (final for that text: the operator reloads it once the rollout
+    /// is paused or over). By default: [`Reload::reload`], never tried again.
     fn reload_file_change(&self) -> crate::future::BoxFuture<'_, (ReloadStatus, bool)> {
         Box::pin(async move { (self.reload("file-change").await, false) })
     }
@@ -66,8 +68,10 @@ pub async fn reload_file(control: &Control, path: &Path, trigger: &str) -> Reloa
 }
 
 /// [`reload_file`], and whether it may pass when tried again on the same
-/// file: it failed although the file holds a valid config (the refusal came
-/// from the gateway's state, e.g. a store that cannot be written).
+/// file: the refusal came from the gateway's state, e.g. a store that cannot
+/// be written ([`Refusal::retryable`]). Not for a text the config rejects,
+/// nor for a weights edit refused because a rollout runs: applying that one
+/// unasked once the rollout ends would undo its abort or promotion.
 pub async fn reload_file_retryable(
     control: &Control,
     path: &Path,
@@ -81,10 +85,8 @@ pub async fn reload_file_retryable(
         }
         c
     });
-    let valid = loaded.is_ok();
-    let status = control.reload(loaded, trigger).await;
-    let retry = !status.ok && valid;
-    (status, retry)
+    let (status, refusal) = control.reload_refusal(loaded, trigger).await;
+    (status, refusal.is_some_and(Refusal::retryable))
 }
 
 /// What a file looked like, to notice changes.
@@ -151,7 +153,8 @@ async fn watch_from(
         };
         let (status, again) = reloader.reload_file_change().await;
         if status.ok || !again {
-            // Applied, or rejected for its text: wait for the next edit.
+            // Applied, or refused for good (its text, or a rollout running
+            // when it came): wait for the next edit or an explicit reload.
             last = Some(now);
             retry = None;
         } else {
@@ -277,6 +280,108 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(600)).await;
         watcher.abort();
         *reloader.calls.lock().unwrap()
+    }
+
+    /// Reloads a config file into a real control plane; counts the
+    /// file-change reloads.
+    struct FileReloader {
+        control: Arc<Control>,
+        path: PathBuf,
+        calls: Mutex<u32>,
+    }
+
+    impl Reload for FileReloader {
+        fn reload<'a>(&'a self, trigger: &'a str) -> crate::future::BoxFuture<'a, ReloadStatus> {
+            Box::pin(reload_file(&self.control, &self.path, trigger))
+        }
+
+        fn reload_file_change(&self) -> crate::future::BoxFuture<'_, (ReloadStatus, bool)> {
+            Box::pin(async move {
+                *self.calls.lock().unwrap() += 1;
+                reload_file_retryable(&self.control, &self.path, "file-change").await
+            })
+        }
+    }
+
+    /// A config file with `v1` stable, weighted `v1` and `v2`.
+    fn two_versions(v1: u32, v2: u32) -> String {
+        format!(
+            "[listener]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+             [split]\nstable = \"v1\"\n\
+             [[versions]]\nname = \"v1\"\nweight = {v1}\nendpoints = [\"127.0.0.1:1\"]\n\
+             [[versions]]\nname = \"v2\"\nweight = {v2}\nendpoints = [\"127.0.0.1:2\"]\n"
+        )
+    }
+
+    /// A weights edit refused because a rollout runs is final for its text:
+    /// the watcher does not try it again, so the rollout's abort (or
+    /// promotion) is not undone by the edit once the rollout is over. An
+    /// explicit reload applies it then.
+    #[tokio::test(start_paused = true)]
+    async fn an_edit_refused_while_a_rollout_runs_waits_for_an_explicit_reload() {
+        use crate::control::rollout::Action;
+        use crate::rollout::state::Phase;
+        use crate::store::Store;
+        use crate::store::file::FileStore;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, two_versions(100, 0)).unwrap();
+        let store = Arc::new(FileStore::new(dir.path().join("state.json")));
+        let control = Control::start(
+            Config::load(&path).unwrap(),
+            store as Arc<dyn Store>,
+            "file",
+        )
+        .await
+        .unwrap();
+        control
+            .start_rollout(br#"{"canary": "v2", "steps": [10, 50], "interval_s": 60}"#)
+            .await
+            .unwrap();
+        let reloader = Arc::new(FileReloader {
+            control: control.clone(),
+            path: path.clone(),
+            calls: Mutex::new(0),
+        });
+        let watcher = tokio::spawn(watch_file(
+            reloader.clone(),
+            path.clone(),
+            Duration::from_secs(1),
+            fingerprint(&path),
+        ));
+        std::fs::write(&path, two_versions(80, 20)).unwrap();
+        for _ in 0..100 {
+            if *reloader.calls.lock().unwrap() > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let refused = control.status().last_reload.unwrap();
+        assert!(!refused.ok, "{refused:?}");
+        assert!(refused.message.contains("rollout of `v2`"), "{refused:?}");
+        assert_eq!(control.weights().weights["v2"], 10);
+
+        // The rollout is aborted: the canary is back to 0 and stays there
+        // through every retry the watcher would have made (1, 2, 4... 60 s).
+        control.rollout_action(Action::Abort).await.unwrap();
+        assert_eq!(control.weights().weights["v2"], 0);
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert_eq!(
+            *reloader.calls.lock().unwrap(),
+            1,
+            "the edit was tried again"
+        );
+        assert_eq!(control.weights().weights["v2"], 0, "the abort was undone");
+        assert_eq!(control.rollout().unwrap().phase, Phase::Aborted);
+
+        // The operator applies it: the running config is still the old one,
+        // so the file's weights count as an edit.
+        let applied = reloader.reload("sighup").await;
+        assert!(applied.ok, "{applied:?}");
+        let weights = control.weights().weights;
+        assert_eq!((weights["v1"], weights["v2"]), (80, 20));
+        watcher.abort();
     }
 
     /// A text the config rejects is tried once: only another edit can mend it.

@@ -117,7 +117,9 @@ pub struct RolloutView {
     pub stable: String,
     /// Index of the step in force.
     pub step: usize,
-    /// The canary's share at that step, percent.
+    /// The canary's share of the traffic, percent: that step's (0 before the
+    /// first step; 0 once aborted, the canary rolled back; 100 once
+    /// promoted).
     pub share: f64,
     pub steps: Vec<f64>,
     pub started_at_ms: u64,
@@ -152,7 +154,13 @@ impl RolloutView {
             canary: r.plan.canary.clone(),
             stable: r.plan.stable.clone(),
             step: r.step,
-            share: r.share(),
+            // Once aborted the canary is rolled back: its share is 0, not
+            // the step's it was aborted at (`step` still names that one).
+            share: if r.phase == Phase::Aborted {
+                0.0
+            } else {
+                r.share()
+            },
             steps: r.plan.settings.steps.clone(),
             started_at_ms: r.started_at_ms,
             step_started_at_ms: r.step_at_ms,
@@ -170,6 +178,17 @@ impl RolloutView {
         }
     }
 
+    /// Sets [`names::ROLLOUT_PHASE`] to this view's phase (1 for it, 0 for
+    /// the others): as soon as this task's view of the phase changes (a hold
+    /// noted, or lifted when the next step begins), not at the driver's next
+    /// look, a whole step later.
+    pub fn publish_phase(&self) {
+        for phase in Phase::ALL {
+            metrics::gauge!(names::ROLLOUT_PHASE, "phase" => phase.as_str())
+                .set(if phase == self.phase { 1.0 } else { 0.0 });
+        }
+    }
+
     /// Sets the rollout gauges to this view, for the versions `known` has
     /// (in this task's config). `published` holds the labelled series the
     /// last call set: those this view does not set (a previous rollout's
@@ -177,19 +196,11 @@ impl RolloutView {
     /// otherwise keep them at their last value (`{version="v2"} 100` after
     /// v2's promotion, through every later rollout).
     pub fn publish(&self, known: impl Fn(&str) -> bool, published: &mut Published) {
-        for phase in Phase::ALL {
-            metrics::gauge!(names::ROLLOUT_PHASE, "phase" => phase.as_str())
-                .set(if phase == self.phase { 1.0 } else { 0.0 });
-        }
+        self.publish_phase();
         let mut now = Published::default();
         if known(&self.canary) {
-            metrics::gauge!(names::ROLLOUT_CANARY_SHARE, "version" => self.canary.clone()).set(
-                if self.phase == Phase::Aborted {
-                    0.0
-                } else {
-                    self.share
-                },
-            );
+            metrics::gauge!(names::ROLLOUT_CANARY_SHARE, "version" => self.canary.clone())
+                .set(self.share);
             now.0
                 .insert((names::ROLLOUT_CANARY_SHARE, self.canary.clone()));
         }

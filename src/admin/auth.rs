@@ -89,7 +89,7 @@ pub fn cross_site(
         && !host.is_some_and(|host| same_origin(origin.as_bytes(), host))
     {
         return Some(format!(
-            "refused: a request from another origin ({}) cannot change the gateway;              use the admin API from its own origin, or without an Origin header",
+            "refused: a request from another origin ({}) cannot change the gateway; use the admin API from its own origin, or without an Origin header",
             String::from_utf8_lossy(origin.as_bytes())
         ));
     }
@@ -98,7 +98,7 @@ pub fn cross_site(
         && !ip_or_localhost(host)
     {
         return Some(format!(
-            "refused: without an admin token, changes are taken only for an IP address or              localhost as the Host, not {host:?} (DNS rebinding); configure a token to use a name"
+            "refused: without an admin token, changes are taken only for an IP address or localhost as the Host, not {host:?} (DNS rebinding); configure a token to use a name"
         ));
     }
     None
@@ -190,6 +190,17 @@ mod tests {
             assert!(cross_site(&refused, host, true).is_some(), "{refused:?}");
             assert!(cross_site(&refused, host, false).is_some(), "{refused:?}");
         }
+        // The refusals read as sentences: no run of spaces inside.
+        let origin = cross_site(&with(&[("origin", "http://a")]), host, true).unwrap_or_default();
+        assert!(
+            origin.contains("cannot change the gateway; use the admin API"),
+            "{origin}"
+        );
+        let named = cross_site(&none, Some("evil.example:9901"), false).unwrap_or_default();
+        assert!(
+            named.contains("an IP address or localhost as the Host"),
+            "{named}"
+        );
         assert!(cross_site(&with(&[("origin", "http://a")]), None, true).is_some());
         // DNS rebinding: same-origin with itself, under its own name.
         let rebound = with(&[("origin", "http://evil.example:9901")]);

@@ -105,8 +105,8 @@ pub fn rollout(v: &Value) -> String {
         text(field(v, &["step", "current_step"])),
         text(field(v, &["share", "canary_share", "current_share"]))
     );
-    if let Some(next) = field(v, &["next_step_at_ms", "next_step_due_ms", "next_step_at"]) {
-        out.push_str(&format!(", next step at {}", text(Some(next))));
+    if let Some(next) = next_step(v) {
+        out.push_str(&format!(", next step {next}"));
     }
     if let Some(reason) = field(v, &["abort_reason", "reason", "why"]) {
         out.push_str(&format!("\n  reason: {}", text(Some(reason))));
@@ -114,9 +114,66 @@ pub fn rollout(v: &Value) -> String {
     out
 }
 
+/// When the next step is due, in words: from `next_step_in_s`, else from
+/// `next_step_due_ms` (epoch milliseconds) and this machine's clock.
+fn next_step(v: &Value) -> Option<String> {
+    let seconds = match field(v, &["next_step_in_s"]).and_then(Value::as_f64) {
+        Some(s) => s,
+        None => {
+            let due = field(v, &["next_step_due_ms", "next_step_at_ms"])?;
+            let Some(due) = due.as_u64() else {
+                return Some(format!("at {}", text(Some(due))));
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            due.saturating_sub(now) as f64 / 1000.0
+        }
+    };
+    Some(in_words(seconds))
+}
+
+/// `in 12 s`, `in 3 min 5 s`, `in 2 h 10 min`; `due now` at 0 or less.
+fn in_words(seconds: f64) -> String {
+    // `as` saturates, and reads NaN as 0.
+    let s = seconds.ceil() as u64;
+    if s == 0 {
+        return "due now".into();
+    }
+    match s {
+        0..60 => format!("in {s} s"),
+        60..3600 => format!("in {} min {} s", s / 60, s % 60),
+        _ => format!("in {} h {} min", s / 3600, s % 3600 / 60),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The next step's due time reads as a wait, never as epoch milliseconds.
+    #[test]
+    fn the_next_step_is_shown_as_a_wait() {
+        let view = serde_json::json!({
+            "canary": "v2", "phase": "progressing", "step": 0, "share": 10.0,
+            "next_step_due_ms": 1_796_363_901_625_u64, "next_step_in_s": 11.2,
+        });
+        let out = rollout(&view);
+        assert!(
+            out.ends_with("canary share 10.0%, next step in 12 s"),
+            "{out}"
+        );
+        assert!(!out.contains("1796363901625"), "{out}");
+        // Without next_step_in_s: from the due time and the clock.
+        let due = serde_json::json!({"canary": "v2", "next_step_due_ms": 1_u64});
+        assert!(
+            rollout(&due).ends_with("next step due now"),
+            "{}",
+            rollout(&due)
+        );
+        assert_eq!(in_words(125.0), "in 2 min 5 s");
+        assert_eq!(in_words(7_260.0), "in 2 h 1 min");
+    }
 
     #[test]
     fn a_rollback_not_in_the_store_yet_is_shown_with_the_weights() {

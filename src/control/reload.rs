@@ -24,25 +24,45 @@ impl Control {
     /// makes another version stable ends it. Settings that need a restart are
     /// reported, not half-applied.
     pub async fn reload(&self, loaded: Result<Config, ConfigError>, trigger: &str) -> ReloadStatus {
+        self.reload_refusal(loaded, trigger).await.0
+    }
+
+    /// [`Control::reload`], and why it was refused (`None` when applied): a
+    /// caller that may try the same text again (the file watcher) asks
+    /// [`Refusal::retryable`].
+    pub async fn reload_refusal(
+        &self,
+        loaded: Result<Config, ConfigError>,
+        trigger: &str,
+    ) -> (ReloadStatus, Option<Refusal>) {
         let outcome = match loaded {
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(Refused {
+                kind: Refusal::Invalid,
+                message: e.to_string(),
+            }),
             Ok(config) => self.reload_config(config, trigger).await,
         };
-        let status = match outcome {
-            Ok((message, restart_required)) => ReloadStatus {
-                ok: true,
-                trigger: trigger.to_string(),
-                at_ms: unix_ms(),
-                message,
-                restart_required,
-            },
-            Err(message) => ReloadStatus {
-                ok: false,
-                trigger: trigger.to_string(),
-                at_ms: unix_ms(),
-                message,
-                restart_required: Vec::new(),
-            },
+        let (status, refusal) = match outcome {
+            Ok((message, restart_required)) => (
+                ReloadStatus {
+                    ok: true,
+                    trigger: trigger.to_string(),
+                    at_ms: unix_ms(),
+                    message,
+                    restart_required,
+                },
+                None,
+            ),
+            Err(Refused { kind, message }) => (
+                ReloadStatus {
+                    ok: false,
+                    trigger: trigger.to_string(),
+                    at_ms: unix_ms(),
+                    message,
+                    restart_required: Vec::new(),
+                },
+                Some(kind),
+            ),
         };
         let result = if status.ok { "ok" } else { "error" };
         metrics::counter!(names::RELOADS_TOTAL, "result" => result).increment(1);
@@ -63,14 +83,14 @@ impl Control {
             );
         }
         self.lock().last_reload = Some(status.clone());
-        status
+        (status, refusal)
     }
 
     async fn reload_config(
         &self,
         new: Config,
         trigger: &str,
-    ) -> Result<(String, Vec<String>), String> {
+    ) -> Result<(String, Vec<String>), Refused> {
         let _turn = self.decisions.lock().await;
         // Bounded: a reload that changes no weights must not wait for a hung
         // store (an operator may be reloading to mend endpoints).
@@ -108,11 +128,14 @@ impl Control {
             && let Some(r) = running
             && r.phase != Phase::Paused
         {
-            return Err(format!(
-                "the file's weights or stable version changed while a rollout of `{}` runs ({}); POST /rollout/pause or /rollout/abort first, then reload",
-                r.plan.canary,
-                r.step_text()
-            ));
+            return Err(Refused {
+                kind: Refusal::RolloutRuns,
+                message: format!(
+                    "the file's weights or stable version changed while a rollout of `{}` runs ({}); POST /rollout/pause or /rollout/abort first, then reload",
+                    r.plan.canary,
+                    r.step_text()
+                ),
+            });
         }
         let (stable, weights) = if edited {
             (effective.split.stable.clone(), effective.weights())
@@ -185,7 +208,7 @@ impl Control {
                         }
                     }
                 }
-                Err(e) => return Err(e.short()),
+                Err(e) => return Err(e.short().into()),
             }
         } else {
             doc
@@ -250,7 +273,7 @@ impl Control {
             state.settings = previous_settings;
             state.endpoints = previous_endpoints;
             state.discovery = previous_discovery;
-            return Err(e);
+            return Err(e.into());
         }
         // A running rollout whose canary or stable version this reload
         // removed (the previous config had it) cannot go on: the driver
@@ -285,6 +308,54 @@ impl Control {
             "applied; weights unchanged".to_string()
         };
         Ok((message, restart_required))
+    }
+}
+
+/// Why a reload was refused, for a caller that may try the same text again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The text is no valid config: only another edit mends it.
+    Invalid,
+    /// The file's weights or stable version changed while a rollout runs
+    /// (not paused): final for this text. The operator applies it with an
+    /// explicit reload (SIGHUP, `POST /reload`) once the rollout is paused
+    /// or over; applying it unasked when the rollout ends would undo an
+    /// abort's rollback or a promotion.
+    RolloutRuns,
+    /// The gateway's state refused it (the store could not be written, a
+    /// rollback is still pending, another task's decision does not fit):
+    /// the same text may pass when tried again.
+    State,
+}
+
+impl Refusal {
+    /// Whether the same text may pass when tried again unasked.
+    pub fn retryable(self) -> bool {
+        matches!(self, Refusal::State)
+    }
+}
+
+/// A refused reload: why, and the message for the operator.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct Refused {
+    kind: Refusal,
+    message: String,
+}
+
+impl From<String> for Refused {
+    /// A refusal from the gateway's state (the store, a pending rollback...).
+    fn from(message: String) -> Refused {
+        Refused {
+            kind: Refusal::State,
+            message,
+        }
+    }
+}
+
+impl From<&str> for Refused {
+    fn from(message: &str) -> Refused {
+        Refused::from(message.to_string())
     }
 }
 

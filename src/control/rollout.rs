@@ -111,9 +111,18 @@ impl Control {
         self.lock().rollout.windows.clone()
     }
 
-    /// Changes this gateway's own view of the rollout.
+    /// Changes this gateway's own view of the rollout (and the phase gauge
+    /// with it: a hold noted or lifted shows at once).
     pub fn rollout_note(&self, change: impl FnOnce(&mut LocalView)) {
-        change(&mut self.lock().rollout.view)
+        change(&mut self.lock().rollout.view);
+        self.publish_rollout_phase();
+    }
+
+    /// Sets the phase gauge to the rollout's phase as `GET /rollout` shows it.
+    fn publish_rollout_phase(&self) {
+        if let Some(view) = self.rollout_view() {
+            view.publish_phase();
+        }
     }
 
     /// `GET /rollout`.
@@ -154,6 +163,8 @@ impl Control {
         v.overlay = Some(phase);
         v.why = Some(why);
         v.next_due_ms = None;
+        drop(state);
+        self.publish_rollout_phase();
     }
 
     /// Whether `version` has an endpoint that is not ejected.

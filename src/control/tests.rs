@@ -714,6 +714,12 @@ async fn a_promotion_written_during_a_rollback_never_wins_it() {
     store.release.notify_one();
     let late = promoting.await.unwrap();
     assert!(matches!(late, Err(ControlError::Conflict(_))), "{late:?}");
+    // One task only: the answer does not blame another one alone.
+    let said = late.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        said.contains("the weights changed meanwhile") && said.contains("this task's own rollback"),
+        "{said}"
+    );
     control.sync_from_store().await.unwrap();
     let stored = store.stored().unwrap();
     assert_eq!((stored.stable.as_str(), stored.weights), ("v1", w(100, 0)));

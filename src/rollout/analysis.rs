@@ -235,8 +235,10 @@ pub fn judge(plan: &Settings, canary: &Counts, stable: &Counts) -> Analysis {
             Verdict::Abort,
             "p99_ratio",
             format!(
-                "canary p99 {:.1} ms is {:.2}x stable's {:.1} ms, above max_p99_ratio {}",
-                c.p99_ms, r, s.p99_ms, plan.max_p99_ratio
+                "canary p99 {} is {r:.2}x stable's {}, above max_p99_ratio {}",
+                ratio_figure(c.p99_ms),
+                ratio_figure(s.p99_ms),
+                plan.max_p99_ratio
             ),
         );
     } else {
@@ -254,6 +256,16 @@ pub fn judge(plan: &Settings, canary: &Counts, stable: &Counts) -> Analysis {
         }
     }
     a
+}
+
+/// A p99 as the ratio took it: `62.5 ms`, or `1.0 ms, taken as the 5 ms
+/// floor` below [`P99_RATIO_FLOOR_MS`].
+fn ratio_figure(p99_ms: f64) -> String {
+    if p99_ms < P99_RATIO_FLOOR_MS {
+        format!("{p99_ms:.1} ms, taken as the {P99_RATIO_FLOOR_MS} ms floor")
+    } else {
+        format!("{p99_ms:.1} ms")
+    }
 }
 
 /// A test of "the canary's error rate is higher than stable's".

@@ -202,6 +202,16 @@ fn slower_beyond_the_ratio_aborts_and_fast_jitter_does_not() {
     let a = judge(&plan(), &counts(1000, 0, 60.0), &counts(9000, 0, 20.0));
     assert_eq!((a.verdict, a.reason), (Verdict::Abort, "p99_ratio"));
     assert!(a.p99_ratio.is_some_and(|r| r > 2.8 && r < 3.2));
+    assert!(!a.why.contains("floor"), "{}", a.why);
+    // Stable under the floor: the text names the figure the ratio used.
+    let a = judge(&plan(), &counts(1000, 0, 60.0), &counts(9000, 0, 1.0));
+    assert_eq!((a.verdict, a.reason), (Verdict::Abort, "p99_ratio"));
+    assert!(
+        a.why
+            .contains("x stable's 1.0 ms, taken as the 5 ms floor,"),
+        "{}",
+        a.why
+    );
     // 0.4 ms against 0.1 ms: both under the floor, ratio 1.
     let a = judge(&plan(), &counts(1000, 0, 0.4), &counts(9000, 0, 0.1));
     assert_eq!(a.verdict, Verdict::Pass, "{}", a.why);

@@ -9,6 +9,8 @@ use super::*;
 use crate::config::Config;
 use crate::store::memory::MemoryStore;
 
+use crate::test_recorder as recorder;
+
 async fn control(store: Arc<MemoryStore>) -> Arc<Control> {
     let text = "[listener]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
                 [split]\nstable = \"v1\"\n\
@@ -117,6 +119,9 @@ async fn a_failing_canary_is_aborted_after_one_interval() {
             .contains("max_error_rate"),
         "{view:?}"
     );
+    // The canary's share is the one it has now, rolled back; `step` still
+    // names the step it was aborted at.
+    assert_eq!((view.step, view.share), (0, 0.0), "{view:?}");
     let w = control.weights();
     assert_eq!((w.weights["v1"], w.weights["v2"]), (100, 0));
     let a = view.last_analysis.unwrap();
@@ -136,6 +141,35 @@ async fn too_little_traffic_holds_and_more_evidence_moves_on() {
     run_for(&control, 20, 20, 0, 3).await;
     assert_eq!(control.rollout().unwrap().step, 1);
     assert_eq!(phase(&control), Phase::Progressing);
+}
+
+/// The phase gauge follows this task's view of the phase as soon as it
+/// changes: a hold lifted when the next step begins reads `progressing` at
+/// once, as `GET /rollout` does, not a whole step later.
+#[tokio::test(start_paused = true)]
+async fn the_phase_gauge_follows_a_lifted_hold_at_once() {
+    let recorder = recorder::CountingRecorder::default();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let gauge = |p: Phase| recorder.gauge(crate::metrics::ROLLOUT_PHASE, &[("phase", p.as_str())]);
+    let control = started(Arc::new(MemoryStore::default())).await;
+    run_for(&control, 11, 20, 0, 3).await;
+    assert_eq!(phase(&control), Phase::Holding);
+    assert_eq!(gauge(Phase::Holding), Some(1.0));
+    // More evidence: the step is taken at one of the next looks.
+    for _ in 0..40 {
+        if control.rollout().unwrap().step == 1 {
+            break;
+        }
+        run_for(&control, 1, 20, 0, 3).await;
+    }
+    assert_eq!(control.rollout().unwrap().step, 1);
+    assert_eq!(phase(&control), Phase::Progressing);
+    assert_eq!(
+        (gauge(Phase::Progressing), gauge(Phase::Holding)),
+        (Some(1.0), Some(0.0)),
+        "{:?}",
+        control.rollout_view()
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -11,8 +11,7 @@ use crate::discovery::{
 use crate::future::BoxFuture;
 use crate::metrics::DISCOVERY_ERRORS_TOTAL;
 
-#[path = "../../../../tests/support/recorder.rs"]
-mod recorder;
+use crate::test_recorder as recorder;
 
 /// Which `InstancesRevision` the fake's instance list comes with.
 #[derive(Debug, Clone, Copy)]
