@@ -547,16 +547,26 @@ impl Control {
         }
     }
 
-    /// Counts a store call and keeps its outcome for /status.
+    /// Counts a store call and keeps its outcome for /status. A failing read
+    /// of the weights document stays in `store.last_error` until a read
+    /// succeeds: a write or a task report that succeeds meanwhile (another
+    /// item, or a condition that does not parse the document) never hides it.
     pub(super) fn store_outcome(&self, op: &'static str, outcome: Result<(), &StoreError>) {
         let mut state = self.lock();
+        let load = op == "load";
         match outcome {
             Ok(()) => {
                 metrics::counter!(names::STORE_OPERATIONS_TOTAL, "op" => op, "result" => "ok")
                     .increment(1);
-                state.store.last_ok_ms = Some(unix_ms());
-                state.store.last_error = None;
-                if op == "load" && state.store.degraded {
+                if load {
+                    state.store.load_error = None;
+                } else {
+                    state.store.write_error = None;
+                }
+                if state.store.load_error.is_none() {
+                    state.store.last_ok_ms = Some(unix_ms());
+                }
+                if load && state.store.degraded {
                     state.store.degraded = false;
                     metrics::gauge!(names::STORE_DEGRADED).set(0.0);
                     tracing::info!("the weight store is readable again: no longer degraded");
@@ -570,9 +580,18 @@ impl Control {
                 };
                 metrics::counter!(names::STORE_OPERATIONS_TOTAL, "op" => op, "result" => result)
                     .increment(1);
-                state.store.last_error = Some(e.to_string());
+                if load {
+                    state.store.load_error = Some(load_failure(e));
+                } else {
+                    state.store.write_error = Some(e.to_string());
+                }
             }
         }
+        state.store.last_error = state
+            .store
+            .load_error
+            .clone()
+            .or_else(|| state.store.write_error.clone());
     }
 
     /// A lost race: applies the store's current decision (when newer) and
@@ -721,11 +740,26 @@ impl Control {
                 Ok(())
             }
             Ok(None) => Ok(()),
+            Err(e @ StoreError::Invalid(_)) => {
+                tracing::warn!(error = %e, "the weight store answered but its weights document cannot be read; keeping the weights in force");
+                Err(e)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "weight store unreachable; keeping the weights in force");
                 Err(e)
             }
         }
+    }
+}
+
+/// A failed read of the weights document in words for /status: a document
+/// the store answered but that cannot be parsed is not an unreachable store.
+fn load_failure(e: &StoreError) -> String {
+    match e {
+        StoreError::Invalid(_) => format!(
+            "the store answered, but its weights document is unreadable (fix or delete it): {e}"
+        ),
+        _ => e.to_string(),
     }
 }
 

@@ -1162,3 +1162,34 @@ async fn with_compare_and_set_a_same_generation_document_that_sorts_first_is_ign
     }
     assert_eq!(b.weights().weights, w(70, 30));
 }
+
+/// Every read of the weights document fails while the task's reports (and
+/// a write) succeed: `/status` `store.last_error` keeps the read's error,
+/// says that the store answered with a document it cannot read, and
+/// `last_ok_ms` stays where it was; a successful read clears it.
+#[tokio::test]
+async fn a_failing_read_is_not_hidden_by_a_successful_report() {
+    let store = Arc::new(MemoryStore::default());
+    let control = task(&store).await;
+    control.sync_from_store().await.unwrap();
+    control.report_to_store().await.unwrap();
+    let ok_before = control.status().store.last_ok_ms;
+    assert!(ok_before.is_some());
+
+    store.fail_loads.store(true, Ordering::SeqCst);
+    assert!(control.sync_from_store().await.is_err());
+    control.report_to_store().await.unwrap();
+    let status = control.status().store;
+    let error = status.last_error.unwrap_or_default();
+    assert!(
+        error.contains("the store answered, but its weights document is unreadable"),
+        "{error}"
+    );
+    assert_eq!(status.last_ok_ms, ok_before);
+
+    store.fail_loads.store(false, Ordering::SeqCst);
+    control.sync_from_store().await.unwrap();
+    let status = control.status().store;
+    assert_eq!(status.last_error, None);
+    assert!(status.last_ok_ms >= ok_before);
+}
