@@ -12,6 +12,7 @@ mod decisions;
 mod endpoints;
 pub mod fleet;
 mod reload;
+mod reseed;
 pub mod rollout;
 pub mod status;
 #[cfg(test)]
@@ -115,6 +116,11 @@ struct State {
     /// document of the generation in force, read once by the last read of
     /// the store; the next read that answers it again adopts it.
     same_generation_seen: Option<WeightsDoc>,
+    /// What the last poll read when it was behind the decision in force (see
+    /// `reseed`): a second read that agrees confirms it.
+    behind_seen: Option<reseed::Behind>,
+    /// The store was found behind the decision in force: /status warns.
+    behind_note: Option<reseed::BehindNote>,
     /// How many rollbacks were applied here: a decision or reload that was
     /// writing the store meanwhile sees the count change and never undoes one.
     rollbacks: u64,
@@ -260,6 +266,8 @@ impl Control {
             appmesh,
             pending_rollback: None,
             same_generation_seen: None,
+            behind_seen: None,
+            behind_note: None,
             rollbacks: 0,
             applied_at_ms: unix_ms(),
             fleet: None,

@@ -710,6 +710,101 @@ async fn every_gateway_lists_every_task_with_the_generation_it_runs() {
     );
 }
 
+// ---------------------------------------------- a store that lost its document ----
+
+/// Waits until the store holds generation `generation` with v2 at `v2`.
+async fn stored_again(store: &DynamoDbStore, generation: u64, v2: u32) {
+    let mut last = None;
+    let ok = eventually(WAIT, async || {
+        last = store.load().await.ok().flatten();
+        last.as_ref()
+            .is_some_and(|d| d.generation == generation && d.weights["v2"] == v2)
+    })
+    .await;
+    assert!(
+        ok,
+        "the store never held generation {generation} again: {last:?}"
+    );
+}
+
+/// The weights item is deleted while two tasks run generation 2: a running
+/// task writes its decision back, a task that starts then joins with the
+/// fleet's weights (not the config file's), and a change made on it reaches
+/// every task. Then the store is restored to an older generation: it is
+/// written over with the fleet's decision again. The tasks warn in /status
+/// and count it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_lost_its_document_gets_the_fleets_decision_back() {
+    let fx = Fixture::start().await;
+    let store = &fx.store;
+    let mut fleet = fx.fleet(2, None, "poll_interval = \"300ms\"\n").await;
+    put_retrying(&fleet[0], 70, 30).await;
+    let decided = put_retrying(&fleet[1], 60, 40).await;
+    assert_eq!(decided["generation"], 2);
+    converged(&fleet, &w(60, 40), 2).await;
+
+    let client = aws_sdk_dynamodb::Client::new(&fx.moto.sdk_config().await);
+    let delete = async || {
+        client
+            .delete_item()
+            .table_name(TABLE)
+            .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(KEY.into()))
+            .send()
+            .await
+            .unwrap();
+    };
+    delete().await;
+    stored_again(store, 2, 40).await;
+    // Only the document removed this time, and a task starts meanwhile: it
+    // ends on the fleet's weights whether it read the store before or after
+    // the write-back.
+    client
+        .update_item()
+        .table_name(TABLE)
+        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(KEY.into()))
+        .update_expression("REMOVE #d")
+        .expression_attribute_names("#d", "doc")
+        .send()
+        .await
+        .unwrap();
+    let text = config(
+        &fx.moto.endpoint_url(),
+        &fx.v1,
+        &fx.v2,
+        "poll_interval = \"300ms\"\n",
+    );
+    let fresh = GatewayProc::spawn(&text).await;
+    fresh.wait_ready(WAIT).await;
+    fleet.push(fresh);
+    converged(&fleet, &w(60, 40), 2).await;
+    stored_again(store, 2, 40).await;
+    let warned = async || {
+        for gw in &fleet {
+            let status = gw.status().await;
+            if status["warnings"].to_string().contains("back") {
+                return true;
+            }
+        }
+        false
+    };
+    assert!(warned().await, "no task warned about the write-back");
+    let mut behind = 0.0;
+    for gw in &fleet {
+        behind += metric_sum(&gw.metrics().await, "canary_store_behind_total");
+    }
+    assert!(behind >= 1.0);
+
+    // A change on the new task is a change of the fleet's decision.
+    let decided = put_retrying(&fleet[2], 80, 20).await;
+    assert_eq!(decided["generation"], 3);
+    converged(&fleet, &w(80, 20), 3).await;
+
+    // A restore to an older generation: written over after two reads.
+    store.save(&doc(1, "restored", 5), Some(3)).await.unwrap();
+    stored_again(store, 3, 20).await;
+    converged(&fleet, &w(80, 20), 3).await;
+}
+
 // -------------------------------------------------------------- app mesh ----
 
 /// Two gateways on one store, mirroring to one App Mesh route: only the task

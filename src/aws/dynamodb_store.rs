@@ -8,8 +8,11 @@
 //!
 //! * Read: GetItem with `ConsistentRead = true` (a strongly consistent read
 //!   returns every write that succeeded before it).
-//! * Write: PutItem with `ConditionExpression` `attribute_not_exists(pk)` (nothing
-//!   read) or `attribute_not_exists(pk) OR #g = :read_at` (the generation read):
+//! * An item without `doc` (removed by hand) reads as no document at all, like
+//!   a missing item.
+//! * Write: PutItem with `ConditionExpression` `attribute_not_exists(#d)` (no
+//!   document read; `#d` = `doc`) or `attribute_not_exists(#d) OR #g = :read_at`
+//!   (the generation read):
 //!   a concurrent writer fails with `ConditionalCheckFailedException`, which
 //!   becomes [`StoreError::Conflict`] with the current document (read again,
 //!   consistently).
@@ -92,7 +95,9 @@ impl DynamoDbStore {
         };
         let json = match item.get(DOC_ATTRIBUTE) {
             Some(AttributeValue::S(json)) => json,
-            _ => {
+            // The document was removed from the item: nothing is stored.
+            None => return Ok(None),
+            Some(_) => {
                 return Err(StoreError::Invalid(format!(
                     "DynamoDB item {}/{} has no string attribute `{DOC_ATTRIBUTE}`",
                     self.table, self.key
@@ -118,10 +123,11 @@ impl DynamoDbStore {
                 GENERATION_ATTRIBUTE,
                 AttributeValue::N(doc.generation.to_string()),
             );
+        put = put.expression_attribute_names("#d", DOC_ATTRIBUTE);
         put = match read_at {
-            None => put.condition_expression("attribute_not_exists(pk)"),
+            None => put.condition_expression("attribute_not_exists(#d)"),
             Some(generation) => put
-                .condition_expression("attribute_not_exists(pk) OR #g = :read_at")
+                .condition_expression("attribute_not_exists(#d) OR #g = :read_at")
                 .expression_attribute_names("#g", GENERATION_ATTRIBUTE)
                 .expression_attribute_values(":read_at", AttributeValue::N(generation.to_string())),
         };

@@ -605,7 +605,7 @@ impl Control {
 
     /// Applies the store's document when it is newer than the decision in
     /// force ([`WeightsDoc::is_newer_than`]); an older or equal one is ignored.
-    fn adopt(&self, doc: WeightsDoc) {
+    pub(super) fn adopt(&self, doc: WeightsDoc) {
         self.adopt_as(doc, false);
     }
 
@@ -735,10 +735,12 @@ impl Control {
         let loaded = self.store.load().await;
         self.store_outcome("load", loaded.as_ref().map(|_| ()));
         match loaded {
+            Ok(Some(doc)) if self.store_behind(Some(&doc)) => self.reseed(Some(doc)).await,
             Ok(Some(doc)) => {
                 self.adopt_read(doc);
                 Ok(())
             }
+            Ok(None) if self.store_behind(None) => self.reseed(None).await,
             Ok(None) => Ok(()),
             Err(e @ StoreError::Invalid(_)) => {
                 tracing::warn!(error = %e, "the weight store answered but its weights document cannot be read; keeping the weights in force");

@@ -247,6 +247,13 @@ impl Control {
                     .into(),
             );
         }
+        if let Some(note) = state
+            .behind_note
+            .as_ref()
+            .filter(|n| n.generation == state.decision.generation)
+        {
+            out.push(note.warning.clone());
+        }
         if state.store.rollback_pending {
             out.push(format!(
                 "rollback pending in the store: applied on this task (generation {}), not yet written to the store; retrying",
