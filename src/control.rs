@@ -74,6 +74,7 @@ impl ControlError {
     pub fn short(&self) -> String {
         match self {
             ControlError::Store(StoreError::Unconfirmed(_)) => "the weight store did not confirm the write: it may have landed, and then every task applies it at its next poll; check GET /weights before retrying (details: /status store.last_error)".into(),
+            ControlError::Store(StoreError::Inconsistent(_)) => "the weight store's item is inconsistent (its generation does not match its document's): nothing was changed, and no retry can succeed until the item is fixed (details: /status store.last_error)".into(),
             ControlError::Store(_) => "the weight store could not be written; nothing was changed (details: /status store.last_error)".into(),
             ControlError::StoreLoad(_) => "the weight store could not be read; nothing was changed (details: /status store.last_error)".into(),
             other => other.to_string(),

@@ -526,6 +526,111 @@ async fn a_rollback_while_the_store_is_down_applies_at_once_and_lands_when_it_re
     assert_eq!(weights_of(&gw.weights().await), w(100, 0));
 }
 
+/// Writes the weights item by hand: `doc` as its document, `generation` as
+/// its generation attribute.
+async fn put_raw_item(moto: &MotoServer, doc: &str, generation: u64) {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    aws_sdk_dynamodb::Client::new(&moto.sdk_config().await)
+        .put_item()
+        .table_name(TABLE)
+        .item("pk", AttributeValue::S(KEY.into()))
+        .item("doc", AttributeValue::S(doc.into()))
+        .item("generation", AttributeValue::N(generation.to_string()))
+        .send()
+        .await
+        .unwrap();
+}
+
+/// The store answers a document that does not parse: a pending rollback is
+/// written over it (conditional on the generation beside it, one above it)
+/// instead of staying pending for good, and /status says what is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_rollback_is_written_over_a_document_that_does_not_parse() {
+    let fx = Fixture::start().await;
+    let fleet = fx.fleet(1, None, "poll_interval = \"300ms\"\n").await;
+    let gw = &fleet[0];
+    put_retrying(gw, 50, 50).await;
+    put_raw_item(&fx.moto, "{not json", 4).await;
+    let ok = eventually(WAIT, async || {
+        gw.status().await["store"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("weights document is unreadable"))
+    })
+    .await;
+    assert!(ok, "{:#}", gw.status().await);
+
+    let rolled = admin(gw.admin, "POST", "/rollback", "").await;
+    assert_eq!(rolled.status, 200, "{}", rolled.text());
+    assert_eq!(weights_of(&rolled.json()), w(100, 0));
+    let ok = eventually(WAIT, async || {
+        fx.store
+            .load()
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|d| d.weights["v2"] == 0 && d.generation == 5)
+    })
+    .await;
+    assert!(
+        ok,
+        "the rollback never replaced the document:\n{}",
+        gw.log_text()
+    );
+    let ok = eventually(WAIT, async || {
+        let status = gw.status().await;
+        status["store"]["rollback_pending"] == false && status["store"]["last_error"].is_null()
+    })
+    .await;
+    assert!(ok, "{:#}", gw.status().await);
+}
+
+/// The item's generation attribute disagrees with its document's (a hand
+/// edit): a change answers 503 saying the item must be fixed (no retry can
+/// succeed), and a pending rollback's retries back off instead of sending
+/// three writes per poll; once the item is fixed the rollback lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inconsistent_item_is_said_so_and_the_rollback_retries_back_off() {
+    let fx = Fixture::start().await;
+    let fleet = fx.fleet(1, None, "poll_interval = \"200ms\"\n").await;
+    let gw = &fleet[0];
+    put_retrying(gw, 50, 50).await;
+    let stored = fx.store.load().await.unwrap().unwrap();
+    let json = serde_json::to_string(&stored).unwrap();
+    put_raw_item(&fx.moto, &json, stored.generation + 5).await;
+
+    let refused = gw.put_weights(&[("v1", 60), ("v2", 40)]).await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    let message = refused.json()["error"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("inconsistent") && message.contains("fixed"),
+        "{message}"
+    );
+    let last_error = gw.status().await["store"]["last_error"].to_string();
+    assert!(last_error.contains("does not match"), "{last_error}");
+
+    let rolled = admin(gw.admin, "POST", "/rollback", "").await;
+    assert_eq!(rolled.status, 200, "{}", rolled.text());
+    assert_eq!(rolled.json()["rollback_pending"], true, "{}", rolled.text());
+    let writes = async || {
+        let m = gw.metrics().await;
+        gateway_proc::metric_value(&m, "canary_store_operations_total", &[("op", "save")])
+    };
+    let before = writes().await;
+    // A measurement window: with a 200 ms poll and no back-off this would
+    // be ten polls of three writes each.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = writes().await - before;
+    assert!(during <= 5.0, "{during} writes in 2 s");
+
+    put_raw_item(&fx.moto, &json, stored.generation).await;
+    let ok = eventually(Duration::from_secs(90), async || {
+        gw.status().await["store"]["rollback_pending"] == false
+    })
+    .await;
+    assert!(ok, "{:#}", gw.status().await);
+    assert_eq!(fx.store.load().await.unwrap().unwrap().weights["v2"], 0);
+}
+
 // ------------------------------------------------------- task reports ----
 
 fn report(task: &str, generation: u64, reported_at_ms: u64) -> TaskReport {

@@ -246,9 +246,26 @@ impl Control {
                     Some(p) => (p.clone(), state.rollbacks),
                 }
             };
-            let latest = self.read_store().await?;
-            let read_at = latest.as_ref().map(|d| d.generation);
-            let doc = self.remade_rollback(latest, &pending);
+            let (latest, read_at) = match self.read_store().await {
+                Ok(latest) => {
+                    let read_at = latest.as_ref().map(|d| d.generation);
+                    (latest, read_at)
+                }
+                // The store answered with a document that cannot be parsed:
+                // the rollback is written over it (conditional on the
+                // generation kept beside it, when there is one), as over a
+                // document invalid for this config.
+                Err(ControlError::StoreLoad(e)) if self.store.shared() && e.is_unparseable() => {
+                    let read_at = match &e {
+                        StoreError::Unparseable { generation, .. } => *generation,
+                        _ => None,
+                    };
+                    tracing::warn!(error = %e, "the store's weights document cannot be parsed: writing the pending rollback over it");
+                    (None, read_at)
+                }
+                Err(e) => return Err(e),
+            };
+            let doc = self.remade_rollback(latest, read_at, &pending);
             match self.write_store(&doc, read_at).await {
                 Ok(()) => {
                     let mut state = self.lock();
@@ -297,9 +314,15 @@ impl Control {
     /// automated success (see [`abort_over_success`]). Otherwise (the store
     /// holds that decision or an older one, none, or one invalid for this
     /// config): the rollback in force here, one generation above the store's.
-    fn remade_rollback(&self, latest: Option<WeightsDoc>, pending: &PendingRollback) -> WeightsDoc {
+    /// `read_at`: the generation the store holds (that of `latest`, or the
+    /// one kept beside a document that cannot be parsed).
+    fn remade_rollback(
+        &self,
+        latest: Option<WeightsDoc>,
+        read_at: Option<u64>,
+        pending: &PendingRollback,
+    ) -> WeightsDoc {
         let state = self.lock();
-        let read_at = latest.as_ref().map(|d| d.generation);
         // Made from the file's weights of a task that had no store decision:
         // the store's decision is the fleet's, whatever its order.
         let unread = pending.made_from.writer == super::UNREAD_STORE_WRITER;
@@ -742,7 +765,7 @@ impl Control {
             }
             Ok(None) if self.store_behind(None) => self.reseed(None).await,
             Ok(None) => Ok(()),
-            Err(e @ StoreError::Invalid(_)) => {
+            Err(e) if e.is_unparseable() => {
                 tracing::warn!(error = %e, "the weight store answered but its weights document cannot be read; keeping the weights in force");
                 Err(e)
             }
@@ -757,11 +780,12 @@ impl Control {
 /// A failed read of the weights document in words for /status: a document
 /// the store answered but that cannot be parsed is not an unreachable store.
 fn load_failure(e: &StoreError) -> String {
-    match e {
-        StoreError::Invalid(_) => format!(
+    if e.is_unparseable() {
+        format!(
             "the store answered, but its weights document is unreadable (fix or delete it): {e}"
-        ),
-        _ => e.to_string(),
+        )
+    } else {
+        e.to_string()
     }
 }
 
