@@ -120,7 +120,18 @@ impl Control {
                     generation = doc.generation,
                     "another task wrote the weight store first: not re-seeding"
                 );
-                self.lock().behind_seen = None;
+                {
+                    let mut state = self.lock();
+                    state.behind_seen = None;
+                    state.behind_note = Some(BehindNote {
+                        generation: doc.generation,
+                        warning: format!(
+                            "the weight store had lost the fleet's decision ({}); another task wrote it back first",
+                            read_at
+                                .map_or("no document".to_string(), |g| format!("generation {g}"))
+                        ),
+                    });
+                }
                 if let Some(current) = current {
                     self.adopt(*current);
                 }
