@@ -12,6 +12,7 @@ mod decisions;
 mod endpoints;
 pub mod fleet;
 mod reload;
+mod reseed;
 pub mod rollout;
 pub mod status;
 #[cfg(test)]
@@ -76,6 +77,7 @@ impl ControlError {
     pub fn short(&self) -> String {
         match self {
             ControlError::Store(StoreError::Unconfirmed(_)) => "the weight store did not confirm the write: it may have landed, and then every task applies it at its next poll; check GET /weights before retrying (details: /status store.last_error)".into(),
+            ControlError::Store(StoreError::Inconsistent(_)) => "the weight store's item is inconsistent (its generation does not match its document's): nothing was changed, and no retry can succeed until the item is fixed (details: /status store.last_error)".into(),
             ControlError::Store(_) => "the weight store could not be written; nothing was changed (details: /status store.last_error)".into(),
             ControlError::StoreLoad(_) => "the weight store could not be read; nothing was changed (details: /status store.last_error)".into(),
             other => other.to_string(),
@@ -118,6 +120,11 @@ struct State {
     /// document of the generation in force, read once by the last read of
     /// the store; the next read that answers it again adopts it.
     same_generation_seen: Option<WeightsDoc>,
+    /// What the last poll read when it was behind the decision in force (see
+    /// `reseed`): a second read that agrees confirms it.
+    behind_seen: Option<reseed::Behind>,
+    /// The store was found behind the decision in force: /status warns.
+    behind_note: Option<reseed::BehindNote>,
     /// How many rollbacks were applied here: a decision or reload that was
     /// writing the store meanwhile sees the count change and never undoes one.
     rollbacks: u64,
@@ -263,6 +270,8 @@ impl Control {
             appmesh,
             pending_rollback: None,
             same_generation_seen: None,
+            behind_seen: None,
+            behind_note: None,
             rollbacks: 0,
             applied_at_ms: unix_ms(),
             fleet: None,

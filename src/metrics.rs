@@ -48,6 +48,11 @@ pub const STORE_ROLLBACKS_DEFERRED_TOTAL: &str = "canary_store_rollbacks_deferre
 /// store without compare-and-set (Cloud Map: two writes of one generation
 /// were both confirmed, the store kept the other one).
 pub const STORE_SAME_GENERATION_ADOPTED_TOTAL: &str = "canary_store_same_generation_adopted_total";
+/// Counter: the store was found behind the decision this task runs (its
+/// weights document gone, or an older generation: a restore), by `result`:
+/// `found` (each time it is first seen so), `reseeded` (this task wrote its
+/// decision back), `conflict` (another task's write came first).
+pub const STORE_BEHIND_TOTAL: &str = "canary_store_behind_total";
 /// Gauge: 1 while the stable version has no endpoints (its requests get 503).
 pub const STABLE_EMPTY: &str = "canary_stable_version_empty";
 /// Gauge: 1 while a `version`'s discovery has failed for longer than

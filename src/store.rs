@@ -97,6 +97,22 @@ pub enum StoreError {
     /// applies on every task at its next poll.
     #[error("the write may have landed but could not be confirmed: {0}")]
     Unconfirmed(String),
+    /// The store answered a weights document that cannot be parsed.
+    /// `generation`: the generation the store keeps beside it, when it has
+    /// one that reads (DynamoDB's `generation` attribute), so that a write
+    /// over the document can still be conditional on it.
+    #[error("stored weights document is invalid: {message}")]
+    Unparseable {
+        message: String,
+        generation: Option<u64>,
+    },
+    /// The stored item contradicts itself: a conditional write on the
+    /// generation of the document read failed although the document is
+    /// still the one read (DynamoDB: the item's `generation` attribute does
+    /// not match its document's, after a hand edit). No retry can succeed
+    /// until the item is fixed.
+    #[error("the stored item is inconsistent, fix it: {0}")]
+    Inconsistent(String),
     /// Another task wrote a decision since this one was read: nothing was
     /// written. Holds the store's current document.
     #[error("another gateway task wrote a newer decision first")]
@@ -107,6 +123,14 @@ impl StoreError {
     /// Whether the store refused the call for load (back off before the next one).
     pub fn is_throttled(&self) -> bool {
         matches!(self, StoreError::Throttled(_))
+    }
+
+    /// Whether the store answered but its document cannot be parsed.
+    pub fn is_unparseable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Invalid(_) | StoreError::Unparseable { .. }
+        )
     }
 }
 

@@ -526,6 +526,111 @@ async fn a_rollback_while_the_store_is_down_applies_at_once_and_lands_when_it_re
     assert_eq!(weights_of(&gw.weights().await), w(100, 0));
 }
 
+/// Writes the weights item by hand: `doc` as its document, `generation` as
+/// its generation attribute.
+async fn put_raw_item(moto: &MotoServer, doc: &str, generation: u64) {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    aws_sdk_dynamodb::Client::new(&moto.sdk_config().await)
+        .put_item()
+        .table_name(TABLE)
+        .item("pk", AttributeValue::S(KEY.into()))
+        .item("doc", AttributeValue::S(doc.into()))
+        .item("generation", AttributeValue::N(generation.to_string()))
+        .send()
+        .await
+        .unwrap();
+}
+
+/// The store answers a document that does not parse: a pending rollback is
+/// written over it (conditional on the generation beside it, one above it)
+/// instead of staying pending for good, and /status says what is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_rollback_is_written_over_a_document_that_does_not_parse() {
+    let fx = Fixture::start().await;
+    let fleet = fx.fleet(1, None, "poll_interval = \"300ms\"\n").await;
+    let gw = &fleet[0];
+    put_retrying(gw, 50, 50).await;
+    put_raw_item(&fx.moto, "{not json", 4).await;
+    let ok = eventually(WAIT, async || {
+        gw.status().await["store"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("weights document is unreadable"))
+    })
+    .await;
+    assert!(ok, "{:#}", gw.status().await);
+
+    let rolled = admin(gw.admin, "POST", "/rollback", "").await;
+    assert_eq!(rolled.status, 200, "{}", rolled.text());
+    assert_eq!(weights_of(&rolled.json()), w(100, 0));
+    let ok = eventually(WAIT, async || {
+        fx.store
+            .load()
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|d| d.weights["v2"] == 0 && d.generation == 5)
+    })
+    .await;
+    assert!(
+        ok,
+        "the rollback never replaced the document:\n{}",
+        gw.log_text()
+    );
+    let ok = eventually(WAIT, async || {
+        let status = gw.status().await;
+        status["store"]["rollback_pending"] == false && status["store"]["last_error"].is_null()
+    })
+    .await;
+    assert!(ok, "{:#}", gw.status().await);
+}
+
+/// The item's generation attribute disagrees with its document's (a hand
+/// edit): a change answers 503 saying the item must be fixed (no retry can
+/// succeed), and a pending rollback's retries back off instead of sending
+/// three writes per poll; once the item is fixed the rollback lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inconsistent_item_is_said_so_and_the_rollback_retries_back_off() {
+    let fx = Fixture::start().await;
+    let fleet = fx.fleet(1, None, "poll_interval = \"200ms\"\n").await;
+    let gw = &fleet[0];
+    put_retrying(gw, 50, 50).await;
+    let stored = fx.store.load().await.unwrap().unwrap();
+    let json = serde_json::to_string(&stored).unwrap();
+    put_raw_item(&fx.moto, &json, stored.generation + 5).await;
+
+    let refused = gw.put_weights(&[("v1", 60), ("v2", 40)]).await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    let message = refused.json()["error"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("inconsistent") && message.contains("fixed"),
+        "{message}"
+    );
+    let last_error = gw.status().await["store"]["last_error"].to_string();
+    assert!(last_error.contains("does not match"), "{last_error}");
+
+    let rolled = admin(gw.admin, "POST", "/rollback", "").await;
+    assert_eq!(rolled.status, 200, "{}", rolled.text());
+    assert_eq!(rolled.json()["rollback_pending"], true, "{}", rolled.text());
+    let writes = async || {
+        let m = gw.metrics().await;
+        gateway_proc::metric_value(&m, "canary_store_operations_total", &[("op", "save")])
+    };
+    let before = writes().await;
+    // A measurement window: with a 200 ms poll and no back-off this would
+    // be ten polls of three writes each.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = writes().await - before;
+    assert!(during <= 5.0, "{during} writes in 2 s");
+
+    put_raw_item(&fx.moto, &json, stored.generation).await;
+    let ok = eventually(Duration::from_secs(90), async || {
+        gw.status().await["store"]["rollback_pending"] == false
+    })
+    .await;
+    assert!(ok, "{:#}", gw.status().await);
+    assert_eq!(fx.store.load().await.unwrap().unwrap().weights["v2"], 0);
+}
+
 // ------------------------------------------------------- task reports ----
 
 fn report(task: &str, generation: u64, reported_at_ms: u64) -> TaskReport {
@@ -708,6 +813,101 @@ async fn every_gateway_lists_every_task_with_the_generation_it_runs() {
         1.0,
         "{status:#}"
     );
+}
+
+// ---------------------------------------------- a store that lost its document ----
+
+/// Waits until the store holds generation `generation` with v2 at `v2`.
+async fn stored_again(store: &DynamoDbStore, generation: u64, v2: u32) {
+    let mut last = None;
+    let ok = eventually(WAIT, async || {
+        last = store.load().await.ok().flatten();
+        last.as_ref()
+            .is_some_and(|d| d.generation == generation && d.weights["v2"] == v2)
+    })
+    .await;
+    assert!(
+        ok,
+        "the store never held generation {generation} again: {last:?}"
+    );
+}
+
+/// The weights item is deleted while two tasks run generation 2: a running
+/// task writes its decision back, a task that starts then joins with the
+/// fleet's weights (not the config file's), and a change made on it reaches
+/// every task. Then the store is restored to an older generation: it is
+/// written over with the fleet's decision again. The tasks warn in /status
+/// and count it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_lost_its_document_gets_the_fleets_decision_back() {
+    let fx = Fixture::start().await;
+    let store = &fx.store;
+    let mut fleet = fx.fleet(2, None, "poll_interval = \"300ms\"\n").await;
+    put_retrying(&fleet[0], 70, 30).await;
+    let decided = put_retrying(&fleet[1], 60, 40).await;
+    assert_eq!(decided["generation"], 2);
+    converged(&fleet, &w(60, 40), 2).await;
+
+    let client = aws_sdk_dynamodb::Client::new(&fx.moto.sdk_config().await);
+    let delete = async || {
+        client
+            .delete_item()
+            .table_name(TABLE)
+            .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(KEY.into()))
+            .send()
+            .await
+            .unwrap();
+    };
+    delete().await;
+    stored_again(store, 2, 40).await;
+    // Only the document removed this time, and a task starts meanwhile: it
+    // ends on the fleet's weights whether it read the store before or after
+    // the write-back.
+    client
+        .update_item()
+        .table_name(TABLE)
+        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(KEY.into()))
+        .update_expression("REMOVE #d")
+        .expression_attribute_names("#d", "doc")
+        .send()
+        .await
+        .unwrap();
+    let text = config(
+        &fx.moto.endpoint_url(),
+        &fx.v1,
+        &fx.v2,
+        "poll_interval = \"300ms\"\n",
+    );
+    let fresh = GatewayProc::spawn(&text).await;
+    fresh.wait_ready(WAIT).await;
+    fleet.push(fresh);
+    converged(&fleet, &w(60, 40), 2).await;
+    stored_again(store, 2, 40).await;
+    let warned = async || {
+        for gw in &fleet {
+            let status = gw.status().await;
+            if status["warnings"].to_string().contains("back") {
+                return true;
+            }
+        }
+        false
+    };
+    assert!(warned().await, "no task warned about the write-back");
+    let mut behind = 0.0;
+    for gw in &fleet {
+        behind += metric_sum(&gw.metrics().await, "canary_store_behind_total");
+    }
+    assert!(behind >= 1.0);
+
+    // A change on the new task is a change of the fleet's decision.
+    let decided = put_retrying(&fleet[2], 80, 20).await;
+    assert_eq!(decided["generation"], 3);
+    converged(&fleet, &w(80, 20), 3).await;
+
+    // A restore to an older generation: written over after two reads.
+    store.save(&doc(1, "restored", 5), Some(3)).await.unwrap();
+    stored_again(store, 3, 20).await;
+    converged(&fleet, &w(80, 20), 3).await;
 }
 
 // -------------------------------------------------------------- app mesh ----

@@ -8,8 +8,11 @@
 //!
 //! * Read: GetItem with `ConsistentRead = true` (a strongly consistent read
 //!   returns every write that succeeded before it).
-//! * Write: PutItem with `ConditionExpression` `attribute_not_exists(pk)` (nothing
-//!   read) or `attribute_not_exists(pk) OR #g = :read_at` (the generation read):
+//! * An item without `doc` (removed by hand) reads as no document at all, like
+//!   a missing item.
+//! * Write: PutItem with `ConditionExpression` `attribute_not_exists(#d)` (no
+//!   document read; `#d` = `doc`) or `attribute_not_exists(#d) OR #g = :read_at`
+//!   (the generation read):
 //!   a concurrent writer fails with `ConditionalCheckFailedException`, which
 //!   becomes [`StoreError::Conflict`] with the current document (read again,
 //!   consistently).
@@ -78,6 +81,11 @@ impl DynamoDbStore {
     }
 
     async fn get(&self) -> Result<Option<WeightsDoc>, StoreError> {
+        self.get_item().await.map(|(doc, _)| doc)
+    }
+
+    /// The document and the item's `generation` attribute.
+    async fn get_item(&self) -> Result<(Option<WeightsDoc>, Option<u64>), StoreError> {
         let out = self
             .client
             .get_item()
@@ -88,20 +96,33 @@ impl DynamoDbStore {
             .await
             .map_err(|e| self.error("GetItem", &e))?;
         let Some(item) = out.item() else {
-            return Ok(None);
+            return Ok((None, None));
+        };
+        let generation = match item.get(GENERATION_ATTRIBUTE) {
+            Some(AttributeValue::N(n)) => n.parse().ok(),
+            _ => None,
         };
         let json = match item.get(DOC_ATTRIBUTE) {
             Some(AttributeValue::S(json)) => json,
-            _ => {
-                return Err(StoreError::Invalid(format!(
-                    "DynamoDB item {}/{} has no string attribute `{DOC_ATTRIBUTE}`",
-                    self.table, self.key
-                )));
+            // The document was removed from the item: nothing is stored.
+            None => return Ok((None, generation)),
+            Some(_) => {
+                return Err(StoreError::Unparseable {
+                    message: format!(
+                        "DynamoDB item {}/{} has no string attribute `{DOC_ATTRIBUTE}`",
+                        self.table, self.key
+                    ),
+                    generation,
+                });
             }
         };
-        serde_json::from_str(json).map(Some).map_err(|e| {
-            StoreError::Invalid(format!("DynamoDB item {}/{}: {e}", self.table, self.key))
-        })
+        match serde_json::from_str(json) {
+            Ok(doc) => Ok((Some(doc), generation)),
+            Err(e) => Err(StoreError::Unparseable {
+                message: format!("DynamoDB item {}/{}: {e}", self.table, self.key),
+                generation,
+            }),
+        }
     }
 
     async fn put(&self, doc: &WeightsDoc, read_at: Option<u64>) -> Result<(), StoreError> {
@@ -118,22 +139,37 @@ impl DynamoDbStore {
                 GENERATION_ATTRIBUTE,
                 AttributeValue::N(doc.generation.to_string()),
             );
+        put = put.expression_attribute_names("#d", DOC_ATTRIBUTE);
         put = match read_at {
-            None => put.condition_expression("attribute_not_exists(pk)"),
+            None => put.condition_expression("attribute_not_exists(#d)"),
             Some(generation) => put
-                .condition_expression("attribute_not_exists(pk) OR #g = :read_at")
+                .condition_expression("attribute_not_exists(#d) OR #g = :read_at")
                 .expression_attribute_names("#g", GENERATION_ATTRIBUTE)
                 .expression_attribute_values(":read_at", AttributeValue::N(generation.to_string())),
         };
         match put.send().await {
             Ok(_) => Ok(()),
             Err(e) if errors::error_code(&e) == Some(CONDITION_FAILED) => {
-                let current = self.get().await?;
+                let (current, attribute) = self.get_item().await?;
                 // The SDK retries a PutItem whose answer was lost (a time-out, a
                 // 5xx); when the first attempt was applied, the retry fails its
                 // condition against our own write. That write won: not a conflict.
                 if current.as_ref().is_some_and(|c| c == doc) {
                     return Ok(());
+                }
+                // Still the document read, yet the condition on its
+                // generation failed: the item's `generation` attribute
+                // disagrees with it (a hand edit). Retrying cannot help.
+                if let (Some(c), Some(read)) = (&current, read_at)
+                    && c.generation == read
+                    && attribute != Some(read)
+                {
+                    return Err(StoreError::Inconsistent(format!(
+                        "DynamoDB item {}/{}: its `{GENERATION_ATTRIBUTE}` attribute ({}) does not match the generation of its `{DOC_ATTRIBUTE}` ({read}); set `{GENERATION_ATTRIBUTE}` to {read} (or delete the item)",
+                        self.table,
+                        self.key,
+                        attribute.map_or("missing".to_string(), |a| a.to_string()),
+                    )));
                 }
                 Err(StoreError::Conflict(current.map(Box::new)))
             }

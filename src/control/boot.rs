@@ -33,6 +33,7 @@ impl FirstRead {
             kind: kind.to_string(),
             last_ok_ms: self.failed.is_none().then(unix_ms),
             last_error: self.failed.clone(),
+            load_error: self.failed.clone(),
             degraded: self.failed.is_some(),
             ..Default::default()
         }

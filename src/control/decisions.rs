@@ -246,9 +246,26 @@ impl Control {
                     Some(p) => (p.clone(), state.rollbacks),
                 }
             };
-            let latest = self.read_store().await?;
-            let read_at = latest.as_ref().map(|d| d.generation);
-            let doc = self.remade_rollback(latest, &pending);
+            let (latest, read_at) = match self.read_store().await {
+                Ok(latest) => {
+                    let read_at = latest.as_ref().map(|d| d.generation);
+                    (latest, read_at)
+                }
+                // The store answered with a document that cannot be parsed:
+                // the rollback is written over it (conditional on the
+                // generation kept beside it, when there is one), as over a
+                // document invalid for this config.
+                Err(ControlError::StoreLoad(e)) if self.store.shared() && e.is_unparseable() => {
+                    let read_at = match &e {
+                        StoreError::Unparseable { generation, .. } => *generation,
+                        _ => None,
+                    };
+                    tracing::warn!(error = %e, "the store's weights document cannot be parsed: writing the pending rollback over it");
+                    (None, read_at)
+                }
+                Err(e) => return Err(e),
+            };
+            let doc = self.remade_rollback(latest, read_at, &pending);
             match self.write_store(&doc, read_at).await {
                 Ok(()) => {
                     let mut state = self.lock();
@@ -297,9 +314,15 @@ impl Control {
     /// automated success (see [`abort_over_success`]). Otherwise (the store
     /// holds that decision or an older one, none, or one invalid for this
     /// config): the rollback in force here, one generation above the store's.
-    fn remade_rollback(&self, latest: Option<WeightsDoc>, pending: &PendingRollback) -> WeightsDoc {
+    /// `read_at`: the generation the store holds (that of `latest`, or the
+    /// one kept beside a document that cannot be parsed).
+    fn remade_rollback(
+        &self,
+        latest: Option<WeightsDoc>,
+        read_at: Option<u64>,
+        pending: &PendingRollback,
+    ) -> WeightsDoc {
         let state = self.lock();
-        let read_at = latest.as_ref().map(|d| d.generation);
         // Made from the file's weights of a task that had no store decision:
         // the store's decision is the fleet's, whatever its order.
         let unread = pending.made_from.writer == super::UNREAD_STORE_WRITER;
@@ -547,16 +570,26 @@ impl Control {
         }
     }
 
-    /// Counts a store call and keeps its outcome for /status.
+    /// Counts a store call and keeps its outcome for /status. A failing read
+    /// of the weights document stays in `store.last_error` until a read
+    /// succeeds: a write or a task report that succeeds meanwhile (another
+    /// item, or a condition that does not parse the document) never hides it.
     pub(super) fn store_outcome(&self, op: &'static str, outcome: Result<(), &StoreError>) {
         let mut state = self.lock();
+        let load = op == "load";
         match outcome {
             Ok(()) => {
                 metrics::counter!(names::STORE_OPERATIONS_TOTAL, "op" => op, "result" => "ok")
                     .increment(1);
-                state.store.last_ok_ms = Some(unix_ms());
-                state.store.last_error = None;
-                if op == "load" && state.store.degraded {
+                if load {
+                    state.store.load_error = None;
+                } else {
+                    state.store.write_error = None;
+                }
+                if state.store.load_error.is_none() {
+                    state.store.last_ok_ms = Some(unix_ms());
+                }
+                if load && state.store.degraded {
                     state.store.degraded = false;
                     metrics::gauge!(names::STORE_DEGRADED).set(0.0);
                     tracing::info!("the weight store is readable again: no longer degraded");
@@ -570,9 +603,18 @@ impl Control {
                 };
                 metrics::counter!(names::STORE_OPERATIONS_TOTAL, "op" => op, "result" => result)
                     .increment(1);
-                state.store.last_error = Some(e.to_string());
+                if load {
+                    state.store.load_error = Some(load_failure(e));
+                } else {
+                    state.store.write_error = Some(e.to_string());
+                }
             }
         }
+        state.store.last_error = state
+            .store
+            .load_error
+            .clone()
+            .or_else(|| state.store.write_error.clone());
     }
 
     /// A lost race: applies the store's current decision (when newer) and
@@ -586,7 +628,7 @@ impl Control {
 
     /// Applies the store's document when it is newer than the decision in
     /// force ([`WeightsDoc::is_newer_than`]); an older or equal one is ignored.
-    fn adopt(&self, doc: WeightsDoc) {
+    pub(super) fn adopt(&self, doc: WeightsDoc) {
         self.adopt_as(doc, false);
     }
 
@@ -716,16 +758,34 @@ impl Control {
         let loaded = self.store.load().await;
         self.store_outcome("load", loaded.as_ref().map(|_| ()));
         match loaded {
+            Ok(Some(doc)) if self.store_behind(Some(&doc)) => self.reseed(Some(doc)).await,
             Ok(Some(doc)) => {
                 self.adopt_read(doc);
                 Ok(())
             }
+            Ok(None) if self.store_behind(None) => self.reseed(None).await,
             Ok(None) => Ok(()),
+            Err(e) if e.is_unparseable() => {
+                tracing::warn!(error = %e, "the weight store answered but its weights document cannot be read; keeping the weights in force");
+                Err(e)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "weight store unreachable; keeping the weights in force");
                 Err(e)
             }
         }
+    }
+}
+
+/// A failed read of the weights document in words for /status: a document
+/// the store answered but that cannot be parsed is not an unreachable store.
+fn load_failure(e: &StoreError) -> String {
+    if e.is_unparseable() {
+        format!(
+            "the store answered, but its weights document is unreadable (fix or delete it): {e}"
+        )
+    } else {
+        e.to_string()
     }
 }
 

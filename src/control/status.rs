@@ -76,8 +76,20 @@ pub struct ReloadStatus {
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct StoreStatus {
     pub kind: String,
+    /// The last successful store call while the weights document reads
+    /// fine (a write or report that succeeds while every read fails does not
+    /// move it).
     pub last_ok_ms: Option<u64>,
+    /// Why the weights document cannot be read, while it cannot (only a
+    /// successful read clears that); otherwise why the last write or report
+    /// failed, until one succeeds.
     pub last_error: Option<String>,
+    /// The failing read's error (cleared only by a successful read).
+    #[serde(skip)]
+    pub load_error: Option<String>,
+    /// The last failed write's or report's error (cleared by a successful one).
+    #[serde(skip)]
+    pub write_error: Option<String>,
     /// Started without reading the shared store (serving the config file's
     /// weights until a poll reads it).
     pub degraded: bool,
@@ -234,6 +246,13 @@ impl Control {
                 "degraded: the weight store could not be read at start; serving the config file's weights until it can"
                     .into(),
             );
+        }
+        if let Some(note) = state
+            .behind_note
+            .as_ref()
+            .filter(|n| n.generation == state.decision.generation)
+        {
+            out.push(note.warning.clone());
         }
         if state.store.rollback_pending {
             out.push(format!(

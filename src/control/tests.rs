@@ -1168,3 +1168,138 @@ async fn with_compare_and_set_a_same_generation_document_that_sorts_first_is_ign
     }
     assert_eq!(b.weights().weights, w(70, 30));
 }
+
+/// Every read of the weights document fails while the task's reports (and
+/// a write) succeed: `/status` `store.last_error` keeps the read's error,
+/// says that the store answered with a document it cannot read, and
+/// `last_ok_ms` stays where it was; a successful read clears it.
+#[tokio::test]
+async fn a_failing_read_is_not_hidden_by_a_successful_report() {
+    let store = Arc::new(MemoryStore::default());
+    let control = task(&store).await;
+    control.sync_from_store().await.unwrap();
+    control.report_to_store().await.unwrap();
+    let ok_before = control.status().store.last_ok_ms;
+    assert!(ok_before.is_some());
+
+    store.fail_loads.store(true, Ordering::SeqCst);
+    assert!(control.sync_from_store().await.is_err());
+    control.report_to_store().await.unwrap();
+    let status = control.status().store;
+    let error = status.last_error.unwrap_or_default();
+    assert!(
+        error.contains("the store answered, but its weights document is unreadable"),
+        "{error}"
+    );
+    assert_eq!(status.last_ok_ms, ok_before);
+
+    store.fail_loads.store(false, Ordering::SeqCst);
+    control.sync_from_store().await.unwrap();
+    let status = control.status().store;
+    assert_eq!(status.last_error, None);
+    assert!(status.last_ok_ms >= ok_before);
+}
+
+// ------------------------------------------- a store that lost its document ----
+
+/// The store's document is deleted while a task runs generation 3: the task
+/// writes its decision back at its next poll (compare-and-set store: at
+/// once), warns in /status, and a task that started against the empty store
+/// (on the config file's weights) adopts it at its next poll.
+#[tokio::test]
+async fn a_task_writes_its_decision_back_into_an_emptied_store() {
+    let store = Arc::new(MemoryStore::default());
+    let old = task(&store).await;
+    *store.doc.lock().unwrap() = Some(doc(3, "other", 40));
+    old.sync_from_store().await.unwrap();
+    assert_eq!(old.weights().generation, 3);
+
+    *store.doc.lock().unwrap() = None;
+    let fresh = task(&store).await;
+    assert_eq!(
+        (fresh.weights().generation, fresh.weights().weights),
+        (0, w(90, 10))
+    );
+    // The task on the config file's weights writes nothing back.
+    fresh.sync_from_store().await.unwrap();
+    assert_eq!(store.stored(), None);
+
+    old.sync_from_store().await.unwrap();
+    let stored = store.stored().unwrap();
+    assert_eq!((stored.generation, stored.weights), (3, w(60, 40)));
+    assert_eq!(stored.writer, "other");
+    assert_eq!(stored.source, "admin");
+    let warnings = old.status().warnings.join("\n");
+    assert!(
+        warnings.contains("wrote its decision (generation 3) back"),
+        "{warnings}"
+    );
+
+    fresh.sync_from_store().await.unwrap();
+    assert_eq!(
+        (fresh.weights().generation, fresh.weights().weights),
+        (3, w(60, 40))
+    );
+    // Written once: the next poll finds the store in step.
+    let saves = store.saves.load(Ordering::SeqCst);
+    old.sync_from_store().await.unwrap();
+    assert_eq!(store.saves.load(Ordering::SeqCst), saves);
+}
+
+/// The store is restored to an older generation: written back only once two
+/// consecutive reads agree, conditional on the generation read.
+#[tokio::test]
+async fn a_store_restored_to_an_older_generation_is_written_over_after_two_reads() {
+    let store = Arc::new(MemoryStore::default());
+    let control = task(&store).await;
+    *store.doc.lock().unwrap() = Some(doc(3, "other", 40));
+    control.sync_from_store().await.unwrap();
+
+    *store.doc.lock().unwrap() = Some(doc(1, "other", 5));
+    control.sync_from_store().await.unwrap();
+    assert_eq!(
+        store.stored().unwrap().generation,
+        1,
+        "written after one read"
+    );
+    assert!(
+        control
+            .status()
+            .warnings
+            .join("\n")
+            .contains("generation 1 (older)"),
+        "{:?}",
+        control.status().warnings
+    );
+    control.sync_from_store().await.unwrap();
+    let stored = store.stored().unwrap();
+    assert_eq!((stored.generation, stored.weights), (3, w(60, 40)));
+    assert_eq!(control.weights().weights, w(60, 40));
+}
+
+/// Without compare-and-set (Cloud Map) even an empty read waits for a
+/// second one that agrees; a read in between that answers the decision
+/// starts over.
+#[tokio::test]
+async fn without_compare_and_set_an_empty_store_is_written_after_two_reads() {
+    let store = Arc::new(MemoryStore::default());
+    store.no_compare_and_set.store(true, Ordering::SeqCst);
+    let control = task(&store).await;
+    *store.doc.lock().unwrap() = Some(doc(3, "other", 40));
+    control.sync_from_store().await.unwrap();
+
+    *store.doc.lock().unwrap() = None;
+    control.sync_from_store().await.unwrap();
+    assert_eq!(store.stored(), None);
+    *store.stale.lock().unwrap() = Some(doc(3, "other", 40));
+    control.sync_from_store().await.unwrap();
+    *store.stale.lock().unwrap() = None;
+    control.sync_from_store().await.unwrap();
+    assert_eq!(
+        store.stored(),
+        None,
+        "two reads that did not follow each other"
+    );
+    control.sync_from_store().await.unwrap();
+    assert_eq!(store.stored().unwrap().generation, 3);
+}

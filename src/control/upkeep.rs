@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::Control;
 use crate::aws::backoff::{Backoff, jitter};
+use crate::store::StoreError;
 
 /// How often a pending rollback is retried on a store that is not polled (the file).
 const PENDING_RETRY: Duration = Duration::from_secs(1);
@@ -65,6 +66,13 @@ pub async fn keep_store(control: Arc<Control>, poll: Option<Duration>) {
             Err(e) if e.is_throttled() => {
                 let d = backoff.next_delay();
                 tracing::warn!(error = %e, delay_ms = d.as_millis() as u64, "the weight store throttles: polling less often");
+                Some(d)
+            }
+            // The item contradicts itself (a hand edit): every write fails
+            // until it is fixed; retrying the pending rollback backs off.
+            Err(e @ StoreError::Inconsistent(_)) => {
+                let d = backoff.next_delay();
+                tracing::error!(error = %e, delay_ms = d.as_millis() as u64, "the weight store's item is inconsistent: it must be fixed; retrying less often");
                 Some(d)
             }
             _ => {
