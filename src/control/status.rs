@@ -126,8 +126,8 @@ pub struct Status {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub appmesh: Option<AppMeshStatus>,
     /// What an operator must look at now, in words (empty when all is well):
-    /// an empty stable version, a degraded store, a pending rollback, stale
-    /// discovery.
+    /// an empty stable version (or any other with a weight above 0), a
+    /// degraded store, a pending rollback, stale discovery.
     pub warnings: Vec<String>,
     /// Which generation each gateway task runs, as reported through the store.
     pub fleet: super::fleet::FleetStatus,
@@ -232,6 +232,11 @@ impl Control {
                 out.push(format!(
                     "the stable version `{}` has no endpoints ({}): its requests get 503",
                     v.name, v.discovery.source
+                ));
+            } else if v.weight > 0 && v.endpoints.is_empty() {
+                out.push(format!(
+                    "the version `{}` has weight {} but no endpoints ({}): its share of the requests gets 503",
+                    v.name, v.weight, v.discovery.source
                 ));
             }
             if v.discovery.stale {

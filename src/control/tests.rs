@@ -1303,3 +1303,22 @@ async fn without_compare_and_set_an_empty_store_is_written_after_two_reads() {
     control.sync_from_store().await.unwrap();
     assert_eq!(store.stored().unwrap().generation, 3);
 }
+
+#[tokio::test]
+async fn a_weighted_version_without_endpoints_is_warned_about() {
+    use crate::discovery::EndpointSink;
+    let store = Arc::new(MemoryStore::default());
+    let control = task(&store).await;
+    let quiet = control.status().warnings;
+    assert!(quiet.is_empty(), "{quiet:?}");
+    control.endpoints_discovered("v2", Vec::new());
+    let warnings = control.status().warnings.join("\n");
+    assert!(
+        warnings.contains("the version `v2` has weight 10 but no endpoints"),
+        "{warnings}"
+    );
+    // At weight 0 it takes no requests: nothing to warn about.
+    control.set_weights(w(100, 0), "admin").await.unwrap();
+    let warnings = control.status().warnings;
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
