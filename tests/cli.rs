@@ -98,6 +98,10 @@ async fn ctl_changes_weights_with_exit_codes_a_pipeline_can_trust() {
     assert_eq!(code, 5, "{err}");
     let (code, _, err) = cli(&["ctl", "weights", "set", "v2"], &token).await;
     assert_eq!(code, 2, "{err}");
+    // A version named twice: which was meant is not guessed (as the API).
+    let (code, _, err) = cli(&["ctl", "weights", "set", "v2=50", "v2=60"], &token).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("`v2` is given twice"), "{err}");
     assert_eq!(
         gw.weights().await["weights"]["v2"],
         5,
