@@ -364,8 +364,13 @@ impl Config {
         if self.worker_threads != new.worker_threads {
             changed.push("runtime.worker_threads");
         }
-        if self.store != new.store || self.state_path != new.state_path {
-            changed.push("store/state");
+        if self.store != new.store {
+            changed.push("store");
+        }
+        // The store was opened on this file at start: another one would be
+        // read only at the next restart.
+        if self.state_path != new.state_path {
+            changed.push("state.path");
         }
         if self.aws != new.aws {
             changed.push("aws");
