@@ -378,6 +378,68 @@ async fn run_and_check_read_the_config_from_the_environment() {
     assert!(out.contains("ok"), "{out}");
 }
 
+/// The `error:` line a command printed.
+fn error_line(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default()
+}
+
+/// `check` refuses what `run` refuses before serving, with its message: a
+/// non-loopback admin address without a token, a missing or empty
+/// `token_file`, a state file that is not a weights document.
+#[tokio::test]
+async fn check_refuses_what_run_refuses_with_the_same_message() {
+    let (v1, v2) = (
+        TaggedUpstream::start("v1").await,
+        TaggedUpstream::start("v2").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let path_arg = path.display().to_string();
+    let text = config(v1.addr, v2.addr);
+    let token = [(TOKEN_ENV, TOKEN)];
+    let both = async |env: &[(&str, &str)]| {
+        let (code, _, check_err) = cli(&["check", "--config", &path_arg], env).await;
+        assert_eq!(code, 1, "check passed: {check_err}");
+        let (code, _, run_err) = cli(&["run", "--config", &path_arg], env).await;
+        assert_ne!(code, 0, "run started: {run_err}");
+        assert_eq!(error_line(&check_err), error_line(&run_err));
+        check_err
+    };
+
+    let open = text.replace(
+        "[admin]\naddress = \"127.0.0.1:0\"",
+        "[admin]\naddress = \"0.0.0.0:0\"",
+    );
+    assert_ne!(open, text);
+    std::fs::write(&path, &open).unwrap();
+    let (code, out, err) = cli(&["check", "--config", &path_arg], &token).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(": ok"), "{out}");
+    let err = both(&[]).await;
+    assert!(err.contains("is not loopback and no admin token"), "{err}");
+
+    let token_file = dir.path().join("token");
+    let with_file = text.replace(
+        &format!("token_env = \"{TOKEN_ENV}\""),
+        &format!("token_file = \"{}\"", token_file.display()),
+    );
+    assert_ne!(with_file, text);
+    std::fs::write(&path, &with_file).unwrap();
+    let err = both(&[]).await;
+    assert!(err.contains("admin.token_file"), "{err}");
+    std::fs::write(&token_file, " \n").unwrap();
+    let err = both(&[]).await;
+    assert!(err.contains("is empty"), "{err}");
+
+    std::fs::write(&path, &text).unwrap();
+    std::fs::write(dir.path().join("gateway.state.json"), "{ not json").unwrap();
+    let err = both(&token).await;
+    assert!(err.contains("not a valid weights document"), "{err}");
+}
+
 /// A stand-in for the rollout API (issue #12's contract): `GET /rollout`
 /// walks through `phases`, one per request, then stays on the last.
 async fn scripted_rollout(phases: Vec<serde_json::Value>) -> String {
