@@ -378,6 +378,48 @@ async fn run_and_check_read_the_config_from_the_environment() {
     assert!(out.contains("ok"), "{out}");
 }
 
+/// A rejected reload shows in `/status` `warnings` and in `ctl status` until
+/// a reload succeeds: the file on disk is not what runs.
+#[tokio::test]
+async fn a_rejected_reload_is_shown_until_a_reload_succeeds() {
+    let (v1, v2) = (
+        TaggedUpstream::start("v1").await,
+        TaggedUpstream::start("v2").await,
+    );
+    let text = config(v1.addr, v2.addr);
+    let gw = GatewayProc::spawn(&text).await;
+    let url = format!("http://{}", gw.admin);
+    let env = [
+        ("CANARY_ADMIN_TOKEN", TOKEN),
+        ("CANARY_ADMIN_URL", url.as_str()),
+    ];
+    let path = gw.dir().join("gateway.toml");
+    std::fs::write(&path, text.replace("weight = 0", "weight = -3")).unwrap();
+    let reload = admin(gw.admin, "POST", "/reload", "").await;
+    assert_eq!(reload.status, 422, "{}", reload.text());
+    let status = gw.status().await;
+    let warnings = status["warnings"].as_array().cloned().unwrap_or_default();
+    assert!(
+        warnings.iter().any(|w| w
+            .as_str()
+            .is_some_and(|w| w.starts_with("the last config reload (") && w.contains("negative"))),
+        "{status:#}"
+    );
+    let (code, out, err) = cli(&["ctl", "status"], &env).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\nlast reload ("), "{out}");
+    assert!(out.contains("warning: the last config reload ("), "{out}");
+
+    std::fs::write(&path, &text).unwrap();
+    let reload = admin(gw.admin, "POST", "/reload", "").await;
+    assert_eq!(reload.status, 200, "{}", reload.text());
+    let status = gw.status().await;
+    assert_eq!(status["warnings"], serde_json::json!([]), "{status:#}");
+    let (code, out, err) = cli(&["ctl", "status"], &env).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("last reload"), "{out}");
+}
+
 /// The `error:` line a command printed.
 fn error_line(stderr: &str) -> &str {
     stderr
