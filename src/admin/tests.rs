@@ -198,7 +198,21 @@ async fn bad_input_is_rejected_and_changes_nothing() {
             "/weights",
             r#"{"weights":{"v2":1.5}}"#,
             StatusCode::BAD_REQUEST,
-            "whole number",
+            "must be an integer (no decimal point or exponent), got 1.5",
+        ),
+        (
+            "PUT",
+            "/weights",
+            r#"{"weights":{"v2":1E2}}"#,
+            StatusCode::BAD_REQUEST,
+            "must be an integer (no decimal point or exponent), got 100.0",
+        ),
+        (
+            "PUT",
+            "/weights",
+            r#"{"weights":{"v2":5.0}}"#,
+            StatusCode::BAD_REQUEST,
+            "must be an integer (no decimal point or exponent), got 5.0",
         ),
         (
             "PUT",
