@@ -176,9 +176,18 @@ mod tests {
         );
         for (body, needle) in [
             (r#"{"weights":{"v2":-1}}"#, "negative"),
-            (r#"{"weights":{"v2":2.5}}"#, "must be an integer (no decimal point"),
-            (r#"{"weights":{"v2":1E2}}"#, "an integer (no decimal point or exponent), got 100.0"),
-            (r#"{"weights":{"v2":-0}}"#, "an integer (no decimal point or exponent), got -0.0"),
+            (
+                r#"{"weights":{"v2":2.5}}"#,
+                "must be an integer (no decimal point",
+            ),
+            (
+                r#"{"weights":{"v2":1E2}}"#,
+                "an integer (no decimal point or exponent), got 100.0",
+            ),
+            (
+                r#"{"weights":{"v2":-0}}"#,
+                "an integer (no decimal point or exponent), got -0.0",
+            ),
             (r#"{"weights":{"v2":"5"}}"#, "non-negative integer"),
             (r#"{"weights":{"v2":2000000}}"#, "maximum"),
             (

@@ -418,7 +418,11 @@ async fn a_moved_state_path_is_reported_as_restart_required() {
         serde_json::from_slice(&reply.body).unwrap()
     };
     let status = reload().await;
-    assert_eq!(status["restart_required"], serde_json::json!([]), "{status}");
+    assert_eq!(
+        status["restart_required"],
+        serde_json::json!([]),
+        "{status}"
+    );
 
     let path = gw.config_path();
     let started_with = gw.dir.path().join("gateway.state.json");
@@ -448,7 +452,10 @@ async fn a_moved_state_path_is_reported_as_restart_required() {
     .await;
     assert_eq!(put.status, 200, "{}", put.text());
     let saved = std::fs::read_to_string(&started_with).unwrap();
-    assert!(saved.contains("\"v2\":7") || saved.contains("\"v2\": 7"), "{saved}");
+    assert!(
+        saved.contains("\"v2\":7") || saved.contains("\"v2\": 7"),
+        "{saved}"
+    );
     assert!(!moved.exists(), "the moved path is read only at a restart");
     gw.shutdown().await;
 }
