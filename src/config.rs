@@ -364,8 +364,13 @@ impl Config {
         if self.worker_threads != new.worker_threads {
             changed.push("runtime.worker_threads");
         }
-        if self.store != new.store || self.state_path != new.state_path {
-            changed.push("store/state");
+        if self.store != new.store {
+            changed.push("store");
+        }
+        // The store was opened on this file at start: another one would be
+        // read only at the next restart.
+        if self.state_path != new.state_path {
+            changed.push("state.path");
         }
         if self.aws != new.aws {
             changed.push("aws");
@@ -909,7 +914,7 @@ pub fn validate_version_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A weight as written in TOML: a non-negative whole number.
+/// A weight as written in TOML: a non-negative integer.
 fn weight_from_toml(value: &toml::Value) -> Result<u32, String> {
     match value {
         toml::Value::Integer(i) if *i < 0 => Err(format!("must not be negative, got {i}")),
@@ -917,7 +922,10 @@ fn weight_from_toml(value: &toml::Value) -> Result<u32, String> {
             "{i} is above the maximum total of {MAX_TOTAL_WEIGHT}"
         )),
         toml::Value::Integer(i) => Ok(*i as u32),
-        toml::Value::Float(f) => Err(format!("must be a whole number, got {f}")),
+        // `{f:?}`: 10.0 shows as written, not as "10".
+        toml::Value::Float(f) => Err(format!(
+            "must be an integer (no decimal point or exponent), got {f:?}"
+        )),
         other => Err(format!(
             "must be a non-negative integer, got {}",
             other.type_str()

@@ -238,6 +238,47 @@ const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the config file is checked for changes.
 const FILE_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The admin token the gateway starts with (see [`admin::auth::resolve`]);
+/// without one, the admin address must be loopback.
+fn admin_token(config: &Config) -> Result<Option<String>, GatewayError> {
+    let token = admin::auth::resolve(
+        config.admin.token_env.as_deref(),
+        config.admin.token_file.as_deref(),
+    )?;
+    if token.is_none() && !config.admin.address.ip().is_loopback() {
+        return Err(GatewayError::OpenAdmin(config.admin.address));
+    }
+    Ok(token)
+}
+
+/// The state file's store, where no shared store is given.
+fn file_store(config: &Config) -> FileStore {
+    let path = config
+        .state_path
+        .clone()
+        .unwrap_or_else(|| "gateway.state.json".into());
+    FileStore::new(path)
+}
+
+/// What `canary-gateway check` validates beyond the config itself: the
+/// checks [`start`] makes before serving that need neither AWS nor a bound
+/// port, with the same errors: the admin token (and a non-loopback admin
+/// address without one), the listener's TLS files, and with the file store
+/// the state file's first read. Within a tokio runtime.
+pub async fn preflight(config: &Config) -> Result<(), GatewayError> {
+    admin_token(config)?;
+    if let Some(tls) = &config.listener.tls {
+        ListenerTls::load(tls)?;
+    }
+    if matches!(config.store, StoreConfig::File) {
+        file_store(config)
+            .load()
+            .await
+            .map_err(ControlError::StoreLoad)?;
+    }
+    Ok(())
+}
+
 /// Starts a gateway on bound listeners; SIGHUP is listened for from here on
 /// (see [`start_with_hangup`]).
 pub async fn start(
@@ -256,14 +297,8 @@ pub async fn start_with_hangup(
     deps: Dependencies,
     hup: reload::Hangup,
 ) -> Result<Running, GatewayError> {
-    let token = admin::auth::resolve(
-        config.admin.token_env.as_deref(),
-        config.admin.token_file.as_deref(),
-    )?;
+    let token = admin_token(&config)?;
     if token.is_none() {
-        if !config.admin.address.ip().is_loopback() {
-            return Err(GatewayError::OpenAdmin(config.admin.address));
-        }
         tracing::warn!(
             "no admin token configured: the loopback admin API accepts changes without authentication"
         );
@@ -283,13 +318,7 @@ pub async fn start_with_hangup(
     let (store, store_kind): (Arc<dyn Store>, &str) = match (&deps.store, &config.store) {
         (Some(s), StoreConfig::File) => (s.clone(), "custom"),
         (Some(s), shared) => (s.clone(), shared.kind()),
-        (None, _) => {
-            let path = config
-                .state_path
-                .clone()
-                .unwrap_or_else(|| "gateway.state.json".into());
-            (Arc::new(FileStore::new(path)), "file")
-        }
+        (None, _) => (Arc::new(file_store(&config)), "file"),
     };
     let store_poll = config.store.poll_interval();
     let reload_source = reload::Source::of(&config);

@@ -30,7 +30,9 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Validate a config (as `run` reads it) and print a one-line summary.
+    /// Validate a config (as `run` reads it) and print a one-line summary:
+    /// also what `run` refuses before serving (admin token, TLS files, the
+    /// state file of the file store), without AWS calls or binding ports.
     Check {
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -99,9 +101,12 @@ fn load_config(path: Option<&std::path::Path>) -> Result<Config> {
 
 fn check(path: Option<&std::path::Path>) -> Result<()> {
     let config = load_config(path)?;
-    if let Some(tls) = &config.listener.tls {
-        canary_gateway::tls::ListenerTls::load(tls).context("listener.tls")?;
-    }
+    // What `run` refuses before serving, with its messages (no AWS, no bind).
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(gateway::preflight(&config))?;
     // A closed standard output (`check | true`) ends with 141, not a panic.
     cli::print_line(format_args!(
         "{}: {}",

@@ -51,12 +51,9 @@ pub async fn reload_source(control: &Control, source: &Source, trigger: &str) ->
     match source {
         Source::File(path) => reload_file(control, path, trigger).await,
         Source::Env(text) => {
-            let running = control.config();
-            let loaded = Config::from_env_text(text).map(|mut c| {
-                c.state_path = running.state_path.clone();
-                c
-            });
-            control.reload(loaded, trigger).await
+            // The state path as read: a change is reported in
+            // `restart_required` and the running one stays (control::reload).
+            control.reload(Config::from_env_text(text), trigger).await
         }
     }
 }
@@ -77,14 +74,10 @@ pub async fn reload_file_retryable(
     path: &Path,
     trigger: &str,
 ) -> (ReloadStatus, bool) {
-    let running = control.config();
-    let loaded = Config::load(path).map(|mut c| {
-        // The default state path follows the config file; keep the running one.
-        if c.state_path != running.state_path {
-            c.state_path = running.state_path.clone();
-        }
-        c
-    });
+    // The state path as read (the default follows the config file, which is
+    // read from the same path): a change is reported in `restart_required`
+    // and the running one stays (control::reload).
+    let loaded = Config::load(path);
     let (status, refusal) = control.reload_refusal(loaded, trigger).await;
     (status, refusal.is_some_and(Refusal::retryable))
 }

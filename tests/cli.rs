@@ -98,6 +98,10 @@ async fn ctl_changes_weights_with_exit_codes_a_pipeline_can_trust() {
     assert_eq!(code, 5, "{err}");
     let (code, _, err) = cli(&["ctl", "weights", "set", "v2"], &token).await;
     assert_eq!(code, 2, "{err}");
+    // A version named twice: which was meant is not guessed (as the API).
+    let (code, _, err) = cli(&["ctl", "weights", "set", "v2=50", "v2=60"], &token).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("`v2` is given twice"), "{err}");
     assert_eq!(
         gw.weights().await["weights"]["v2"],
         5,
@@ -372,6 +376,110 @@ async fn run_and_check_read_the_config_from_the_environment() {
     let (code, out, err) = cli(&["check"], &env).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("ok"), "{out}");
+}
+
+/// A rejected reload shows in `/status` `warnings` and in `ctl status` until
+/// a reload succeeds: the file on disk is not what runs.
+#[tokio::test]
+async fn a_rejected_reload_is_shown_until_a_reload_succeeds() {
+    let (v1, v2) = (
+        TaggedUpstream::start("v1").await,
+        TaggedUpstream::start("v2").await,
+    );
+    let text = config(v1.addr, v2.addr);
+    let gw = GatewayProc::spawn(&text).await;
+    let url = format!("http://{}", gw.admin);
+    let env = [
+        ("CANARY_ADMIN_TOKEN", TOKEN),
+        ("CANARY_ADMIN_URL", url.as_str()),
+    ];
+    let path = gw.dir().join("gateway.toml");
+    std::fs::write(&path, text.replace("weight = 0", "weight = -3")).unwrap();
+    let reload = admin(gw.admin, "POST", "/reload", "").await;
+    assert_eq!(reload.status, 422, "{}", reload.text());
+    let status = gw.status().await;
+    let warnings = status["warnings"].as_array().cloned().unwrap_or_default();
+    assert!(
+        warnings.iter().any(|w| w
+            .as_str()
+            .is_some_and(|w| w.starts_with("the last config reload (") && w.contains("negative"))),
+        "{status:#}"
+    );
+    let (code, out, err) = cli(&["ctl", "status"], &env).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\nlast reload ("), "{out}");
+    assert!(out.contains("warning: the last config reload ("), "{out}");
+
+    std::fs::write(&path, &text).unwrap();
+    let reload = admin(gw.admin, "POST", "/reload", "").await;
+    assert_eq!(reload.status, 200, "{}", reload.text());
+    let status = gw.status().await;
+    assert_eq!(status["warnings"], serde_json::json!([]), "{status:#}");
+    let (code, out, err) = cli(&["ctl", "status"], &env).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("last reload"), "{out}");
+}
+
+/// The `error:` line a command printed.
+fn error_line(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default()
+}
+
+/// `check` refuses what `run` refuses before serving, with its message: a
+/// non-loopback admin address without a token, a missing or empty
+/// `token_file`, a state file that is not a weights document.
+#[tokio::test]
+async fn check_refuses_what_run_refuses_with_the_same_message() {
+    let (v1, v2) = (
+        TaggedUpstream::start("v1").await,
+        TaggedUpstream::start("v2").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let path_arg = path.display().to_string();
+    let text = config(v1.addr, v2.addr);
+    let token = [(TOKEN_ENV, TOKEN)];
+    let both = async |env: &[(&str, &str)]| {
+        let (code, _, check_err) = cli(&["check", "--config", &path_arg], env).await;
+        assert_eq!(code, 1, "check passed: {check_err}");
+        let (code, _, run_err) = cli(&["run", "--config", &path_arg], env).await;
+        assert_ne!(code, 0, "run started: {run_err}");
+        assert_eq!(error_line(&check_err), error_line(&run_err));
+        check_err
+    };
+
+    let open = text.replace(
+        "[admin]\naddress = \"127.0.0.1:0\"",
+        "[admin]\naddress = \"0.0.0.0:0\"",
+    );
+    assert_ne!(open, text);
+    std::fs::write(&path, &open).unwrap();
+    let (code, out, err) = cli(&["check", "--config", &path_arg], &token).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(": ok"), "{out}");
+    let err = both(&[]).await;
+    assert!(err.contains("is not loopback and no admin token"), "{err}");
+
+    let token_file = dir.path().join("token");
+    let with_file = text.replace(
+        &format!("token_env = \"{TOKEN_ENV}\""),
+        &format!("token_file = \"{}\"", token_file.display()),
+    );
+    assert_ne!(with_file, text);
+    std::fs::write(&path, &with_file).unwrap();
+    let err = both(&[]).await;
+    assert!(err.contains("admin.token_file"), "{err}");
+    std::fs::write(&token_file, " \n").unwrap();
+    let err = both(&[]).await;
+    assert!(err.contains("is empty"), "{err}");
+
+    std::fs::write(&path, &text).unwrap();
+    std::fs::write(dir.path().join("gateway.state.json"), "{ not json").unwrap();
+    let err = both(&token).await;
+    assert!(err.contains("not a valid weights document"), "{err}");
 }
 
 /// A stand-in for the rollout API (issue #12's contract): `GET /rollout`

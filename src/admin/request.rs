@@ -110,7 +110,7 @@ pub fn weights(body: &[u8]) -> Result<BTreeMap<String, u32>, Rejection> {
                     )));
                 }
                 // Beyond the 64-bit integers (JSON writes them as it likes):
-                // too large or too negative, not "not whole".
+                // too large or too negative, not "not an integer".
                 _ => match n.as_f64() {
                     Some(f) if f > MAX_TOTAL_WEIGHT as f64 => {
                         return Err(Rejection::bad(format!(
@@ -124,7 +124,7 @@ pub fn weights(body: &[u8]) -> Result<BTreeMap<String, u32>, Rejection> {
                     }
                     _ => {
                         return Err(Rejection::bad(format!(
-                            "weight of `{name}` must be a whole number, got {n}"
+                            "weight of `{name}` must be an integer (no decimal point or exponent), got {n}"
                         )));
                     }
                 },
@@ -176,7 +176,18 @@ mod tests {
         );
         for (body, needle) in [
             (r#"{"weights":{"v2":-1}}"#, "negative"),
-            (r#"{"weights":{"v2":2.5}}"#, "whole number"),
+            (
+                r#"{"weights":{"v2":2.5}}"#,
+                "must be an integer (no decimal point",
+            ),
+            (
+                r#"{"weights":{"v2":1E2}}"#,
+                "an integer (no decimal point or exponent), got 100.0",
+            ),
+            (
+                r#"{"weights":{"v2":-0}}"#,
+                "an integer (no decimal point or exponent), got -0.0",
+            ),
             (r#"{"weights":{"v2":"5"}}"#, "non-negative integer"),
             (r#"{"weights":{"v2":2000000}}"#, "maximum"),
             (

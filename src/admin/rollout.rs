@@ -103,13 +103,16 @@ fn rollback_answer(control: &Control, view: WeightsView) -> serde_json::Value {
     if let Some(fields) = answer.as_object_mut() {
         fields.insert("rollback_pending".into(), pending.into());
         if pending {
-            fields.insert(
-                "warning".into(),
+            let warning = if control.store_shared() {
                 "rollback applied on this task at once; the store has not taken it yet: \
                  the fleet's other tasks keep their weights until it does (retrying in the \
                  background; /status store.rollback_pending)"
-                    .into(),
-            );
+            } else {
+                "rollback applied at once; the state file could not be written yet: a \
+                 restart before it is would not know of the rollback (retrying in the \
+                 background; /status store.rollback_pending)"
+            };
+            fields.insert("warning".into(), warning.into());
         }
     }
     answer

@@ -151,6 +151,22 @@ fn weight_arg(text: &str) -> Result<(String, u32), String> {
     Ok((name.trim().to_string(), weight))
 }
 
+/// The `PUT /weights` body of `weights set`. A version named twice is a
+/// usage error (exit 2) and nothing is sent: as the API does for a key given
+/// twice, which of the two was meant is not guessed.
+fn weights_body(weights: Vec<(String, u32)>) -> Result<Value, CliError> {
+    let mut map = serde_json::Map::new();
+    for (name, weight) in weights {
+        if map.contains_key(&name) {
+            return Err(CliError::Usage(format!(
+                "weights set: `{name}` is given twice; name each version once"
+            )));
+        }
+        map.insert(name, json!(weight));
+    }
+    Ok(json!({ "weights": map }))
+}
+
 /// Per-call timeout of the admin client (a weight change may wait on the store).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -212,9 +228,7 @@ pub async fn run(args: CtlArgs) -> Result<(), CliError> {
         CtlCommand::Weights {
             action: Some(WeightsAction::Set { weights }),
         } => {
-            let map: serde_json::Map<String, Value> =
-                weights.into_iter().map(|(k, w)| (k, json!(w))).collect();
-            let body = json!({ "weights": map });
+            let body = weights_body(weights)?;
             let view = first.json(Method::PUT, "/weights", Some(&body)).await?;
             out.print(&view, render::weights);
         }
@@ -345,6 +359,15 @@ mod tests {
         assert_eq!(weight_arg("v2=5"), Ok(("v2".into(), 5)));
         assert!(weight_arg("v2").is_err());
         assert!(weight_arg("v2=-1").is_err());
+        assert_eq!(
+            weights_body(vec![("v2".into(), 5), ("v1".into(), 95)]).ok(),
+            Some(json!({"weights": {"v2": 5, "v1": 95}}))
+        );
+        let twice = weights_body(vec![("v2".into(), 5), ("v2".into(), 6)]);
+        assert!(
+            matches!(&twice, Err(CliError::Usage(m)) if m.contains("`v2` is given twice")),
+            "{twice:?}"
+        );
         let start = RolloutStart {
             canary: "v2".into(),
             steps: Some(vec![1.0, 5.0, 0.5]),

@@ -81,6 +81,16 @@ pub fn status(v: &Value) -> String {
             text(store.get("last_error"))
         ));
     }
+    // A rejected reload: the config on disk is not the one running.
+    if let Some(reload) = v.get("last_reload")
+        && reload.get("ok") == Some(&Value::Bool(false))
+    {
+        out.push_str(&format!(
+            "\nlast reload ({}) failed: {}",
+            text(reload.get("trigger")),
+            text(reload.get("message"))
+        ));
+    }
     if let Some(Value::Array(warnings)) = v.get("warnings") {
         for w in warnings {
             out.push_str(&format!("\nwarning: {}", text(Some(w))));
@@ -196,5 +206,25 @@ mod tests {
         let written =
             serde_json::json!({"stable": "v1", "weights": {"v1": 100}, "rollback_pending": false});
         assert!(!weights(&written).contains("warning"));
+    }
+
+    #[test]
+    fn a_failed_reload_is_shown_in_the_status() {
+        let failed = serde_json::json!({
+            "ready": true,
+            "last_reload": {"ok": false, "trigger": "sighup", "at_ms": 1, "message": "bad weight",
+                            "restart_required": []},
+        });
+        assert!(
+            status(&failed).contains("\nlast reload (sighup) failed: bad weight"),
+            "{}",
+            status(&failed)
+        );
+        let applied = serde_json::json!({
+            "ready": true,
+            "last_reload": {"ok": true, "trigger": "sighup", "at_ms": 1, "message": "applied",
+                            "restart_required": []},
+        });
+        assert!(!status(&applied).contains("last reload"));
     }
 }

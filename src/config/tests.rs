@@ -43,7 +43,14 @@ fn rejects_bad_configs_naming_key_and_reason() {
         ),
         (
             BASE.replace("weight = 10", "weight = 2.5"),
-            &["versions[1].weight", "whole number"],
+            &["versions[1].weight", "must be an integer (no decimal point"],
+        ),
+        (
+            BASE.replace("weight = 10", "weight = 10.0"),
+            &[
+                "versions[1].weight",
+                "an integer (no decimal point or exponent), got 10.0",
+            ],
         ),
         (
             BASE.replace("weight = 10", "weight = \"ten\""),

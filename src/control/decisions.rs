@@ -134,7 +134,11 @@ impl Control {
         if let Some(why) = why
             && state.pending_rollback.is_some()
         {
-            tracing::error!(target: "audit", error = %why, generation = state.decision.generation, "rollback applied on this task only: the store could not take it yet; retrying in the background");
+            if self.store.shared() {
+                tracing::error!(target: "audit", error = %why, generation = state.decision.generation, "rollback applied on this task only: the store could not take it yet; retrying in the background");
+            } else {
+                tracing::error!(target: "audit", error = %why, generation = state.decision.generation, "rollback applied, but the state file could not be written yet: a restart before it is would not know of the rollback; retrying in the background");
+            }
             metrics::counter!(names::STORE_ROLLBACKS_DEFERRED_TOTAL).increment(1);
             self.pending_wake.notify_one();
         }
@@ -185,7 +189,7 @@ impl Control {
         });
         state.store.rollback_pending = true;
         metrics::gauge!(names::STORE_ROLLBACK_PENDING).set(1.0);
-        tracing::warn!(target: "audit", generation, reason, "rollback applied on this task; writing it to the store");
+        tracing::warn!(target: "audit", generation, reason, "rollback applied on this task; writing it to {}", self.store_noun());
     }
 
     /// `base` rolled back, as this task's next decision (the reason is the
@@ -231,8 +235,10 @@ impl Control {
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no answer within {limit:?}"),
         };
-        if last {
+        if last && self.store.shared() {
             tracing::error!(target: "audit", error = %why, "exiting with a rollback the store never took: the fleet's other tasks keep the weights it replaced; roll back again (POST /rollback) once the store answers");
+        } else if last {
+            tracing::error!(target: "audit", error = %why, "exiting with a rollback the state file never took: the next start does not know of it; roll back again (POST /rollback) once the state file can be written");
         }
     }
 
@@ -729,6 +735,16 @@ impl Control {
     /// Whether other tasks share the store (and may write decisions to it).
     pub fn store_shared(&self) -> bool {
         self.store.shared()
+    }
+
+    /// What the store is, for messages: the fleet's store, or this task's
+    /// own state file (the file store).
+    pub(super) fn store_noun(&self) -> &'static str {
+        if self.store.shared() {
+            "the store"
+        } else {
+            "the state file"
+        }
     }
 
     /// The store's current decision, read for the App Mesh reconcile (see

@@ -259,6 +259,14 @@ impl Control {
         {
             out.push(note.warning.clone());
         }
+        // Until a reload succeeds, what the last one read (the file on
+        // disk, as an operator sees it) is not what runs.
+        if let Some(reload) = state.last_reload.as_ref().filter(|r| !r.ok) {
+            out.push(format!(
+                "the last config reload ({}) failed: {}; the running config stays in force until a reload succeeds",
+                reload.trigger, reload.message
+            ));
+        }
         if state.store.rollback_pending {
             out.push(format!(
                 "rollback pending in the store: applied on this task (generation {}), not yet written to the store; retrying",

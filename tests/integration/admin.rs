@@ -403,6 +403,63 @@ async fn restart_only_settings_are_reported_not_applied() {
     gw.shutdown().await;
 }
 
+/// `[state] path` is read at start: a reload that moves it is reported in
+/// `restart_required` and the gateway keeps writing the file it started
+/// with; a reload of the unchanged file (default path beside it) reports
+/// nothing.
+#[tokio::test]
+async fn a_moved_state_path_is_reported_as_restart_required() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let (gw, _secrets) = gateway(&[("v1", 100, v1.addr), ("v2", 0, v2.addr)]).await;
+    let reload = async || -> serde_json::Value {
+        let reply = admin(gw.admin, "POST", "/reload", Some(TOKEN), "").await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        serde_json::from_slice(&reply.body).unwrap()
+    };
+    let status = reload().await;
+    assert_eq!(
+        status["restart_required"],
+        serde_json::json!([]),
+        "{status}"
+    );
+
+    let path = gw.config_path();
+    let started_with = gw.dir.path().join("gateway.state.json");
+    let moved = gw.dir.path().join("moved.state.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        format!("{text}\n[state]\npath = \"{}\"\n", moved.display()),
+    )
+    .unwrap();
+    let status = reload().await;
+    assert_eq!(
+        status["restart_required"],
+        serde_json::json!(["state.path"]),
+        "{status}"
+    );
+    let running = gw.running.as_ref().unwrap().control.config();
+    assert_eq!(running.state_path.as_deref(), Some(started_with.as_path()));
+
+    let put = admin(
+        gw.admin,
+        "PUT",
+        "/weights",
+        Some(TOKEN),
+        r#"{"weights":{"v2":7}}"#,
+    )
+    .await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    let saved = std::fs::read_to_string(&started_with).unwrap();
+    assert!(
+        saved.contains("\"v2\":7") || saved.contains("\"v2\": 7"),
+        "{saved}"
+    );
+    assert!(!moved.exists(), "the moved path is read only at a restart");
+    gw.shutdown().await;
+}
+
 /// A raw admin request with exactly these headers (Host included), on a
 /// fresh connection.
 async fn admin_raw(

@@ -132,6 +132,9 @@ fn check_with_an_override_points_into_the_file_and_names_the_variable() {
             .args(["check", "--config"])
             .arg(&path)
             .env("CANARY_STORE_TABLE", "canary-gateway-weights")
+            // ECS injects it from Secrets Manager; without it `check`, as
+            // `run`, refuses the task's non-loopback admin address.
+            .env("CANARY_ADMIN_TOKEN", "check-token")
             .output()
             .unwrap();
         (

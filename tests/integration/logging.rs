@@ -189,3 +189,35 @@ fn rustls_warnings_about_a_peer_are_held_back_unless_asked_for() {
     // A level that does not parse falls back to info.
     assert!(logged(None, "x=notalevel").contains("the gateway's own"));
 }
+
+/// A rollback on the file store is written to this task's state file: the
+/// audit line says so, not "the store" of a fleet.
+#[tokio::test]
+async fn a_rollback_on_the_file_store_names_the_state_file_in_the_log() {
+    use crate::support::{Upstream, admin, gateway_with_token};
+    const TOKEN: &str = "logging-test-token";
+
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    // The test runtime has one thread: the gateway's tasks log here too.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let (v1, v2) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let (gw, _secrets) =
+        gateway_with_token(&[("v1", 90, v1.addr), ("v2", 10, v2.addr)], TOKEN).await;
+    let reply = admin(gw.admin, "POST", "/rollback", Some(TOKEN), "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    gw.shutdown().await;
+    let text = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains("rollback applied on this task"))
+        .unwrap_or_default();
+    assert!(
+        line.contains(" WARN ") && line.contains("writing it to the state file"),
+        "{text}"
+    );
+}
