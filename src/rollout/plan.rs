@@ -133,7 +133,9 @@ impl Settings {
                         _ => {
                             return Err(invalid(
                                 key,
-                                format!("must be a non-negative whole number, got {value}"),
+                                format!(
+                                    "must be a non-negative integer (no decimal point or exponent), got {value}"
+                                ),
                             ));
                         }
                     };
@@ -422,6 +424,16 @@ mod tests {
         let err = body(r#"{"canary": "v2", "min_requests": 18446744073709551616}"#).unwrap_err();
         assert_eq!(err.field, "min_requests");
         assert!(err.reason.contains("too large"), "{err}");
+    }
+
+    #[test]
+    fn a_count_written_with_a_decimal_point_asks_for_an_integer() {
+        let err = body(r#"{"canary": "v2", "min_requests": 5.0}"#).unwrap_err();
+        assert_eq!(err.field, "min_requests");
+        assert!(
+            err.reason.contains("must be a non-negative integer"),
+            "{err}"
+        );
     }
 
     #[test]
