@@ -236,13 +236,18 @@ impl Proxy {
             buffered,
             read_past,
         } = body;
-        let mut upload = if req.streamed {
-            Some(Upload::chunked(buffered, &mut *client, req.expect_continue))
+        let mut side = if req.streamed {
+            ClientSide::Upload(Upload::chunked(buffered, &mut *client, req.expect_continue))
+        } else if req.body > 0 {
+            let rest = req.body - buffered.len() as u64;
+            ClientSide::Upload(Upload::new(
+                buffered,
+                &mut *client,
+                rest,
+                req.expect_continue,
+            ))
         } else {
-            (req.body > 0).then(|| {
-                let rest = req.body - buffered.len() as u64;
-                Upload::new(buffered, &mut *client, rest, req.expect_continue)
-            })
+            ClientSide::Bodiless(client.tcp())
         };
         let method = &req.method;
         let forwarded = forward_own(
@@ -251,15 +256,25 @@ impl Proxy {
             method,
             encode,
             start,
-            upload.as_mut(),
+            &mut side,
             HeadRead::InPlace,
         )
         .await;
+        if let Err(failed) = &forwarded
+            && matches!(failed.error, ProxyError::Client(ClientError::Gone))
+        {
+            // The client went away while the upstream thought: never
+            // answered (counted as abandoned when `completion` drops), the
+            // upstream connection already closed; the connection ends.
+            return Err(SendError::Client(
+                std::io::ErrorKind::ConnectionAborted.into(),
+            ));
+        }
         conn.upstream_answered();
         completion.answered = Some(Instant::now());
         // A body not read to its end leaves the connection unusable; what
         // was read past its end is the next request's.
-        let close = close || upload.is_some_and(|u| u.end(read_past));
+        let close = close || side.end(read_past);
         let (raw, upstream, outstanding) = match forwarded {
             Ok(forwarded) => forwarded,
             Err(failed) => {
@@ -371,13 +386,16 @@ impl Proxy {
                 map.clear();
                 parts.uri = http::Uri::default();
             };
+            // hyper's server reads the client: not watched here (hyper
+            // drops this future when its client goes).
+            let mut client = ClientSide::Bodiless(None);
             let forwarded = forward_own(
                 version,
                 settings,
                 &completion.method,
                 encode,
                 start,
-                None,
+                &mut client,
                 HeadRead::Sized,
             );
             match forwarded.await {
@@ -515,6 +533,27 @@ fn reject(e: ClientError) -> Response<ProxyBody> {
     resp
 }
 
+/// The client's side of a request the own client forwards.
+enum ClientSide<'a> {
+    /// A body, read from the client's connection and sent up.
+    Upload(Upload<'a>),
+    /// No body: the client's socket (`None`: not watched), watched for the
+    /// client going away while the upstream thinks
+    /// ([`h1::client_gone`]).
+    Bodiless(Option<&'a tokio::net::TcpStream>),
+}
+
+impl ClientSide<'_> {
+    /// Whether part of the body is still in the client's socket (see
+    /// [`Upload::end`]); bytes read past its end go to `next`.
+    fn end(self, next: &mut Vec<u8>) -> bool {
+        match self {
+            ClientSide::Upload(upload) => upload.end(next),
+            ClientSide::Bodiless(_) => false,
+        }
+    }
+}
+
 /// A request that could not be forwarded: the error and the request's id
 /// as the upstream got it (or would have), for the log and the client.
 struct Failed {
@@ -619,7 +658,7 @@ async fn forward_own(
     method: &http::Method,
     encode: impl FnOnce(&mut Vec<u8>),
     start: Instant,
-    upload: Option<&mut Upload<'_>>,
+    client: &mut ClientSide<'_>,
     how: HeadRead,
 ) -> Result<(upstream_client::RawHead, upstream_client::Conn, Outstanding), Failed> {
     let connected = pick_and_connect(version, |e| own_conn_for(version, e, settings, start)).await;
@@ -637,11 +676,12 @@ async fn forward_own(
     let outstanding = Outstanding::new(endpoint);
     let endpoint = outstanding.endpoint();
     encode(conn.request_head());
-    let outcome = match upload {
-        Some(body) => {
+    let outcome = match client {
+        ClientSide::Upload(body) => {
             exchange_upload(&mut conn, pooled, body, version, endpoint, settings, method).await
         }
-        None => {
+        ClientSide::Bodiless(socket) => {
+            let socket = *socket;
             // Timed from the head's write (configuration.md): a pooled
             // connection's is as good as the request's start (no clock
             // read), a new one's comes after its connect and handshake.
@@ -671,6 +711,7 @@ async fn forward_own(
                 biased;
                 outcome = attempt => outcome,
                 () = &mut timer => Err(ProxyError::Timeout),
+                () = h1::client_gone::client_gone(socket) => Err(ProxyError::Client(ClientError::Gone)),
             };
             conn.keep_timer(timer);
             outcome
@@ -698,12 +739,25 @@ async fn exchange_upload(
     let timeouts = &settings.timeouts;
     loop {
         let error = match conn.send_upload(body, timeouts).await {
-            Ok(()) => match response_head_in_time(conn, method, timeouts).await {
-                None => return Err(ProxyError::Timeout),
-                Some(Ok(head)) => return Ok(head),
-                Some(Err(e)) if e.nothing_received() && upstream_client::retry_safe(method) => e,
-                Some(Err(e)) => return Err(ProxyError::Reset(e.into())),
-            },
+            // The body went up whole: the client is watched while the
+            // upstream thinks, as a bodiless request's.
+            Ok(()) => {
+                let head = tokio::select! {
+                    biased;
+                    head = response_head_in_time(conn, method, timeouts) => head,
+                    () = h1::client_gone::client_gone(body.client_socket()) => {
+                        return Err(ProxyError::Client(ClientError::Gone));
+                    }
+                };
+                match head {
+                    None => return Err(ProxyError::Timeout),
+                    Some(Ok(head)) => return Ok(head),
+                    Some(Err(e)) if e.nothing_received() && upstream_client::retry_safe(method) => {
+                        e
+                    }
+                    Some(Err(e)) => return Err(ProxyError::Reset(e.into())),
+                }
+            }
             Err(UploadError::Upstream(e)) => {
                 // An upstream may answer before it has read the whole body
                 // (a 413, a 401) and close: that answer is the request's.

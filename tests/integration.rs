@@ -25,6 +25,9 @@ mod framing;
 #[path = "integration/client_errors.rs"]
 mod client_errors;
 
+#[path = "integration/client_gone.rs"]
+mod client_gone;
+
 #[path = "integration/properties.rs"]
 mod properties;
 

@@ -44,6 +44,12 @@ pub enum ClientError {
     Aborted,
     #[error("the request body made no progress for the body-stall timeout")]
     BodyStall,
+    /// The client closed or reset its connection while the upstream was
+    /// still thinking (the own server's watch, [`crate::proxy::h1::client_gone`]):
+    /// the request is abandoned, never answered; counted as `aborted` when
+    /// its [`crate::proxy::body::Completion`] drops.
+    #[error("the client went away before any answer")]
+    Gone,
 }
 
 impl ClientError {
@@ -52,7 +58,7 @@ impl ClientError {
         match self {
             ClientError::BadHead(_) => "bad_head",
             ClientError::BadBody => "bad_body",
-            ClientError::Aborted => "aborted",
+            ClientError::Aborted | ClientError::Gone => "aborted",
             ClientError::BodyStall => "body_stall",
         }
     }

@@ -21,6 +21,10 @@
 //! a time: what is read past its end goes back into the buffer
 //! ([`BodyAtHand`]).
 //!
+//! While the upstream thinks, the client's socket is watched
+//! ([`client_gone`]): a client that closes or resets its connection then
+//! ends the request unanswered, as on hyper's servers.
+//!
 //! At the first request that is not simple, the connection is handed to
 //! hyper's server for the rest of its life, with the bytes read so far
 //! ([`Ended::HandOff`]): chunked uploads that declare trailers or whose
@@ -29,6 +33,7 @@
 //! handling. A missing or repeated Host, which hyper's server lets pass,
 //! gets a 400 here.
 
+pub mod client_gone;
 pub mod request;
 pub mod response;
 
@@ -56,9 +61,25 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 const HEAD_READ: usize = 4096;
 
 /// A client connection the own server serves (plain TCP or TLS).
-pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {}
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
+    /// The TCP socket underneath, watched for the client going away while
+    /// the upstream thinks ([`client_gone`]); `None`: not watched.
+    fn tcp(&self) -> Option<&tokio::net::TcpStream> {
+        None
+    }
+}
 
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> ClientIo for T {}
+impl ClientIo for tokio::net::TcpStream {
+    fn tcp(&self) -> Option<&tokio::net::TcpStream> {
+        Some(self)
+    }
+}
+
+impl ClientIo for crate::tls::Stream {
+    fn tcp(&self) -> Option<&tokio::net::TcpStream> {
+        Some(crate::tls::Stream::tcp(self))
+    }
+}
 
 /// How a connection served by the own server ended.
 #[derive(Debug)]

@@ -236,6 +236,12 @@ impl AsyncRead for TrackedIo {
     }
 }
 
+impl h1::ClientIo for TrackedIo {
+    fn tcp(&self) -> Option<&TcpStream> {
+        Some(self.inner.tcp())
+    }
+}
+
 impl AsyncWrite for TrackedIo {
     fn poll_write(
         mut self: Pin<&mut Self>,

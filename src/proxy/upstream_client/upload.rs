@@ -144,6 +144,12 @@ impl<'a> Upload<'a> {
         false
     }
 
+    /// The client's TCP socket, watched once the body went up whole (see
+    /// [`crate::proxy::h1::client_gone`]).
+    pub fn client_socket(&self) -> Option<&tokio::net::TcpStream> {
+        self.client.tcp()
+    }
+
     /// Whether the whole request can go out again (on another connection):
     /// no body byte taken from the client's socket has been let go (only a
     /// write of the head that failed keeps them).

@@ -17,6 +17,8 @@ struct Counted {
     reads: usize,
 }
 
+impl crate::proxy::h1::ClientIo for Counted {}
+
 impl AsyncRead for Counted {
     fn poll_read(
         mut self: Pin<&mut Self>,

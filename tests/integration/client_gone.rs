@@ -1,0 +1,212 @@
+//! The own HTTP/1.1 server notices a client that goes away while the
+//! upstream still thinks: the request is abandoned (no status class,
+//! `canary_client_errors_total{kind="aborted"}`) and its upstream
+//! connection closed, not pooled; a pipelined request is no close.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
+
+/// What the upstream of these tests saw.
+#[derive(Default)]
+struct Seen {
+    /// Connections accepted.
+    connections: AtomicU64,
+    /// Request heads read.
+    heads: AtomicU64,
+    /// Connections closed by the gateway while a request on them waited
+    /// for its answer.
+    dropped: AtomicU64,
+}
+
+/// An upstream that answers `/slow` 3 s after its head came (unless the
+/// gateway closes the connection first: counted in `dropped`) and anything
+/// else at once, keeping its connections alive. The body is the path.
+async fn slow_upstream() -> (SocketAddr, Arc<Seen>, ServerTask) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    let counts = seen.clone();
+    let task = serve_connections(listener, move |mut stream| {
+        let seen = counts.clone();
+        async move {
+            seen.connections.fetch_add(1, Ordering::SeqCst);
+            let mut buf = Vec::new();
+            while let Some(head) = read_head(&mut stream, &mut buf).await {
+                seen.heads.fetch_add(1, Ordering::SeqCst);
+                let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                // A POST's small body came with its head.
+                let length = head
+                    .to_ascii_lowercase()
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: ")?.trim().parse().ok())
+                    .unwrap_or(0usize);
+                while buf.len() < length {
+                    let mut more = [0u8; 1024];
+                    match stream.read(&mut more).await {
+                        Ok(n) if n > 0 => buf.extend_from_slice(&more[..n]),
+                        _ => return,
+                    }
+                }
+                buf.drain(..length);
+                if path.starts_with("/slow") {
+                    let mut more = [0u8; 1024];
+                    let waited =
+                        tokio::time::timeout(Duration::from_secs(3), stream.read(&mut more));
+                    match waited.await {
+                        Err(_) => {}
+                        Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&more[..n]),
+                        Ok(_) => {
+                            seen.dropped.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}",
+                    path.len()
+                );
+                if stream.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    (addr, seen, task)
+}
+
+async fn metrics(gw: &Gateway) -> String {
+    admin(gw.admin, "GET", "/metrics", None, "").await.text()
+}
+
+/// Waits for `n` request heads at the upstream.
+async fn heads_reach(seen: &Seen, n: u64) {
+    let arrived = eventually(Duration::from_secs(10), async || {
+        seen.heads.load(Ordering::SeqCst) >= n
+    });
+    assert!(
+        arrived.await,
+        "{} of {n} heads",
+        seen.heads.load(Ordering::SeqCst)
+    );
+}
+
+/// Reads one response whose body is its request's path.
+async fn read_answer(stream: &mut TcpStream, buf: &mut Vec<u8>, path: &str) {
+    let head = read_head(stream, buf).await.expect("a response head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    while buf.len() < path.len() {
+        let mut more = [0u8; 1024];
+        let n = stream.read(&mut more).await.unwrap();
+        assert!(n > 0, "closed in the body");
+        buf.extend_from_slice(&more[..n]);
+    }
+    let body: Vec<u8> = buf.drain(..path.len()).collect();
+    assert_eq!(body, path.as_bytes());
+}
+
+/// A client of the own server (a plain GET, a POST with a small body)
+/// that closes its connection (FIN), resets it (RST) or only shuts its
+/// sending side while the upstream thinks: the request counts as aborted
+/// and in no status class, its upstream connection is closed (not put back
+/// in the pool mid-request), and the next request is served as usual.
+#[tokio::test]
+async fn a_client_gone_while_the_upstream_thinks_is_an_aborted_request() {
+    let (addr, seen, _upstream) = slow_upstream().await;
+    let gw = Gateway::start(&config("", &[("thinker", 1, addr)])).await;
+    let aborted = [("kind", "aborted")];
+    let aborted_before = metric_value(&metrics(&gw).await, "canary_client_errors_total", &aborted);
+    let thinker = [("version", "thinker")];
+    let requests: [&[u8]; 4] = [
+        b"GET /slow?fin HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"GET /slow?rst HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"GET /slow?half HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"POST /slow?post HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
+    ];
+    for (i, request) in requests.into_iter().enumerate() {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        heads_reach(&seen, i as u64 + 1).await;
+        match i {
+            1 => {
+                stream.set_zero_linger().unwrap();
+                drop(stream);
+            }
+            2 => {
+                // Half-closed: still reading, as nginx it is an abort.
+                stream.shutdown().await.unwrap();
+                let answer = read_to_close(&mut stream, Duration::from_secs(10)).await;
+                assert_eq!(answer.as_deref(), Some(&b""[..]), "no answer after a FIN");
+            }
+            _ => drop(stream),
+        }
+        // Ended one way or the other: aborted, or (before the fix) answered
+        // by the upstream after its 3 s.
+        let ended = eventually(Duration::from_secs(10), async || {
+            let text = metrics(&gw).await;
+            metric_value(&text, "canary_client_errors_total", &aborted)
+                >= aborted_before + i as f64 + 1.0
+                || metric_value(&text, "canary_requests_total", &thinker) > 0.0
+        });
+        assert!(ended.await, "{}", metrics(&gw).await);
+        let text = metrics(&gw).await;
+        assert_eq!(
+            metric_value(&text, "canary_requests_total", &thinker),
+            0.0,
+            "request {i} was counted as answered: {text}"
+        );
+    }
+    // Each upstream connection was closed mid-request, none reused.
+    let closed = eventually(Duration::from_secs(10), async || {
+        seen.dropped.load(Ordering::SeqCst) >= 4
+    });
+    assert!(
+        closed.await,
+        "{} closed",
+        seen.dropped.load(Ordering::SeqCst)
+    );
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 4);
+    // The next request is served as usual, on a new upstream connection.
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(b"GET /fast HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    read_answer(&mut stream, &mut Vec::new(), "/fast").await;
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 5);
+    gw.shutdown().await;
+}
+
+/// A request pipelined while the one before it waits for the upstream is
+/// no close: both are answered, in order, on the same connection.
+#[tokio::test]
+async fn a_request_pipelined_while_the_upstream_thinks_is_no_abort() {
+    let (addr, seen, _upstream) = slow_upstream().await;
+    let gw = Gateway::start(&config("", &[("pipelined", 1, addr)])).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    heads_reach(&seen, 1).await;
+    // The second request arrives while the first waits its 3 s.
+    stream
+        .write_all(b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    read_answer(&mut stream, &mut buf, "/slow").await;
+    read_answer(&mut stream, &mut buf, "/next").await;
+    let twos = [("version", "pipelined"), ("status", "2xx")];
+    let counted = eventually(Duration::from_secs(10), async || {
+        metric_value(&metrics(&gw).await, "canary_requests_total", &twos) >= 2.0
+    });
+    assert!(counted.await, "{}", metrics(&gw).await);
+    gw.shutdown().await;
+}
