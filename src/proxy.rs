@@ -312,8 +312,13 @@ impl Proxy {
         mut req: Request<Incoming>,
         conn: Arc<ConnState>,
     ) -> Response<ProxyBody> {
+        // The gateway tunnels nothing: CONNECT (and HTTP/2's extended
+        // CONNECT) gets a 501 of its own, never goes upstream.
+        if req.method() == http::Method::CONNECT {
+            return reject(ClientError::NotImplemented("CONNECT"), req.version());
+        }
         if let Some(reason) = headers::head_problem(&req) {
-            return reject(ClientError::BadHead(reason));
+            return reject(ClientError::BadHead(reason), req.version());
         }
         let start = Instant::now();
         let http2 = req.version() == http::Version::HTTP_2;
@@ -506,12 +511,16 @@ impl Proxy {
 }
 
 /// The answer to a request rejected before it was routed: counted as the
-/// client's error, never a version's; the connection closes after it.
-fn reject(e: ClientError) -> Response<ProxyBody> {
+/// client's error, never a version's, and in no access log line (no
+/// version served it); an HTTP/1 connection closes after it (an HTTP/2
+/// one serves on: the stream ends with the answer).
+fn reject(e: ClientError, version: http::Version) -> Response<ProxyBody> {
     e.count();
     let mut resp = ProxyError::Client(e).to_response(None);
-    resp.headers_mut()
-        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    if version < http::Version::HTTP_2 {
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     resp
 }
 

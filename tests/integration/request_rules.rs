@@ -1,0 +1,103 @@
+//! Requests the gateway answers itself or completes before they go up, on
+//! both servers (the own HTTP/1.1 server and hyper's, HTTP/1 and HTTP/2)
+//! and both clients: CONNECT gets a 501 (the gateway tunnels nothing), a
+//! Host value that is no `uri-host [ ":" port ]` a 400 (RFC 9112, 3.2),
+//! both counted as the client's `bad_head`; an HTTP/1.0 request without
+//! Host goes up with its endpoint's address as one; an upstream's 204
+//! reaches the client without Content-Length (RFC 9110, 8.6).
+
+use std::time::Duration;
+
+use http_body_util::Empty;
+use tokio::io::AsyncWriteExt;
+
+use crate::recorder::*;
+use crate::support::{Gateway, admin, config, eventually, h2c_client, metric_value, read_to_close};
+
+async fn bad_heads(gw: &Gateway) -> f64 {
+    let text = admin(gw.admin, "GET", "/metrics", None, "").await.text();
+    metric_value(&text, "canary_client_errors_total", &[("kind", "bad_head")])
+}
+
+/// Waits until the `bad_head` client errors reach `at_least`.
+async fn bad_heads_reach(gw: &Gateway, at_least: f64) -> bool {
+    eventually(Duration::from_secs(10), async || {
+        bad_heads(gw).await >= at_least
+    })
+    .await
+}
+
+/// The version's requests in any status class.
+async fn version_requests(gw: &Gateway, version: &str) -> f64 {
+    let text = admin(gw.admin, "GET", "/metrics", None, "").await.text();
+    metric_value(&text, "canary_requests_total", &[("version", version)])
+}
+
+/// Sends each request on a fresh connection on each path: the gateway
+/// answers `status` itself and closes the connection, nothing reaches the
+/// upstream, each is counted as a `bad_head` and none as `version`'s (a
+/// name of the test's own: the metrics are the process's).
+async fn refused_on_every_path(version: &str, requests: &[&[u8]], status: u16) {
+    let recorder = Recorder::start().await;
+    let gw = Gateway::start(&config("", &[(version, 1, recorder.addr)])).await;
+    let before = bad_heads(&gw).await;
+    let mut refused = 0.0;
+    for path in PATHS {
+        for raw in requests {
+            let what = format!("{} via {path:?}", String::from_utf8_lossy(raw));
+            let (mut stream, mut buf) = connect(gw.addr, path).await;
+            stream.write_all(raw).await.unwrap();
+            let response = read_response(&mut stream, &mut buf, false).await;
+            assert_eq!(response.map(|r| r.status), Some(status), "{what}");
+            let rest = read_to_close(&mut stream, Duration::from_secs(5)).await;
+            assert!(rest.is_some(), "{what}: the connection stays open");
+            refused += 1.0;
+            assert!(
+                bad_heads_reach(&gw, before + refused).await,
+                "{what}: not counted as a bad_head"
+            );
+        }
+    }
+    assert_eq!(forwarded(&recorder), [], "a refused request went upstream");
+    // Only the hand-off requests were a version's.
+    let handed_off = requests.len() as f64;
+    let counted = async || version_requests(&gw, version).await >= handed_off;
+    assert!(eventually(Duration::from_secs(5), counted).await);
+    assert_eq!(version_requests(&gw, version).await, handed_off);
+    gw.shutdown().await;
+}
+
+/// RFC 9110, 9.3.6 and 15.6.2: a proxy that tunnels nothing answers
+/// CONNECT 501 itself; it never goes upstream as `CONNECT /`.
+#[tokio::test]
+async fn connect_is_answered_501() {
+    let requests = [
+        &b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"[..],
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nContent-Length: 2\r\n\r\nhi",
+    ];
+    refused_on_every_path("connect", &requests, 501).await;
+}
+
+/// The same over HTTP/2: the stream gets the 501, the connection serves on.
+#[tokio::test]
+async fn connect_is_answered_501_over_http2() {
+    let recorder = Recorder::start().await;
+    let gw = Gateway::start(&config("", &[("v1", 1, recorder.addr)])).await;
+    let before = bad_heads(&gw).await;
+    let mut sender = h2c_client(gw.addr).await;
+    let connect = http::Request::connect("example.com:443")
+        .body(Empty::new())
+        .unwrap();
+    let response = sender.send_request(connect).await.unwrap();
+    assert_eq!(response.status(), 501);
+    assert!(bad_heads_reach(&gw, before + 1.0).await);
+    let get = http::Request::get("http://h/after")
+        .body(Empty::new())
+        .unwrap();
+    let response = sender.send_request(get).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let got = forwarded(&recorder);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].target, "/after");
+    gw.shutdown().await;
+}
