@@ -101,3 +101,65 @@ async fn connect_is_answered_501_over_http2() {
     assert_eq!(got[0].target, "/after");
     gw.shutdown().await;
 }
+
+/// RFC 9112, 3.2: a Host value that is not `uri-host [ ":" port ]` gets a
+/// 400, with or without a body (the own client and hyper's).
+#[tokio::test]
+async fn an_invalid_host_value_is_refused() {
+    let requests = [
+        &b"GET /space HTTP/1.1\r\nHost: a b\r\n\r\n"[..],
+        b"GET /at HTTP/1.1\r\nHost: a/b@c\r\n\r\n",
+        b"GET /port HTTP/1.1\r\nHost: a:80x\r\n\r\n",
+        b"GET /bracket HTTP/1.1\r\nHost: [::1\r\n\r\n",
+        b"POST /space HTTP/1.1\r\nHost: a b\r\nContent-Length: 2\r\n\r\nhi",
+        b"POST /chunked HTTP/1.1\r\nHost: a/b@c\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+    ];
+    refused_on_every_path("badhost", &requests, 400).await;
+}
+
+/// Valid Host values pass as they came (reg-names, IPv4, IP-literals,
+/// ports, escapes), and over HTTP/2 an invalid `host` field (no
+/// `:authority`) gets a 400 on its stream.
+#[tokio::test]
+async fn valid_host_values_pass_and_http2_hosts_are_checked() {
+    let recorder = Recorder::start().await;
+    let gw = Gateway::start(&config("", &[("v1", 1, recorder.addr)])).await;
+    for host in [
+        "a.test",
+        "a.test:8080",
+        "10.0.0.1:80",
+        "[::1]:8443",
+        "my_svc%2Dx",
+        "",
+    ] {
+        for path in PATHS {
+            recorder.clear();
+            let raw = format!("GET /h HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            let response = exchange(gw.addr, path, raw.as_bytes()).await;
+            assert_eq!(
+                response.map(|r| r.status),
+                Some(200),
+                "{host:?} via {path:?}"
+            );
+            assert_eq!(forwarded(&recorder)[0].values("host"), [host]);
+        }
+    }
+    let before = bad_heads(&gw).await;
+    let mut sender = h2c_client(gw.addr).await;
+    let get = http::Request::get("/h2")
+        .header("host", "a/b@c")
+        .body(Empty::new())
+        .unwrap();
+    let response = sender.send_request(get).await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(bad_heads_reach(&gw, before + 1.0).await);
+    recorder.clear();
+    let get = http::Request::get("/h2")
+        .header("host", "b.test")
+        .body(Empty::new())
+        .unwrap();
+    let response = sender.send_request(get).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(forwarded(&recorder)[0].values("host"), ["b.test"]);
+    gw.shutdown().await;
+}
