@@ -43,6 +43,7 @@ pub mod server;
 pub mod upstream;
 pub mod upstream_client;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -223,7 +224,8 @@ impl Proxy {
             drop_expect: req.expect_continue,
             chunked: req.chunked,
         };
-        let encode = |head: &mut Vec<u8>| {
+        // The own server's requests always carry one Host.
+        let encode = |head: &mut Vec<u8>, _: Option<SocketAddr>| {
             let method = req.method.as_str().as_bytes();
             let fields = || req.field_bytes();
             upstream_client::head::encode_fields(head, method, req.target, None, fields, &fwd);
@@ -355,13 +357,22 @@ impl Proxy {
         // client's request, unless the Connection header names headers to
         // drop: then (and for hyper's client) the request is rewritten first.
         let rewrite = !own_client || headers::connection_names_headers(req.headers());
+        // An HTTP/1.0 request may come without Host (and without a target's
+        // authority to stand for it): the upstream gets an HTTP/1.1 request,
+        // which must carry one (RFC 9112, 3.2): its endpoint's address, as
+        // hyper's client path (`forward`) does.
+        let host_missing =
+            req.uri().authority().is_none() && !req.headers().contains_key(http::header::HOST);
         if rewrite {
             headers::prepare_request(&mut req, upgrading, &fwd);
         }
         let outcome = if own_client {
             let (mut parts, _) = req.into_parts();
             let mut map = http::HeaderMap::new();
-            let encode = |out: &mut Vec<u8>| {
+            let encode = |out: &mut Vec<u8>, endpoint: Option<SocketAddr>| {
+                if host_missing && let Some(endpoint) = endpoint {
+                    headers::insert_endpoint_host(&mut parts.headers, endpoint);
+                }
                 if rewrite {
                     upstream_client::head::encode(out, &parts);
                 } else {
@@ -626,7 +637,7 @@ async fn forward_own(
     version: &Version,
     settings: &ProxySettings,
     method: &http::Method,
-    encode: impl FnOnce(&mut Vec<u8>),
+    encode: impl FnOnce(&mut Vec<u8>, Option<SocketAddr>),
     start: Instant,
     upload: Option<&mut Upload<'_>>,
     how: HeadRead,
@@ -637,7 +648,7 @@ async fn forward_own(
         Err(error) => {
             // Error path: the head the upstream would have got, for its id.
             let mut head = Vec::new();
-            encode(&mut head);
+            encode(&mut head, None);
             return Err(Failed::in_head(error, &head));
         }
     };
@@ -645,7 +656,7 @@ async fn forward_own(
     // future is dropped: a client gone, an h2 stream reset).
     let outstanding = Outstanding::new(endpoint);
     let endpoint = outstanding.endpoint();
-    encode(conn.request_head());
+    encode(conn.request_head(), Some(endpoint.addr()));
     let outcome = match upload {
         Some(body) => {
             exchange_upload(&mut conn, pooled, body, version, endpoint, settings, method).await
@@ -886,6 +897,10 @@ async fn forward(
     };
     tokio::pin!(deadline);
     let mut req = req;
+    // An HTTP/1.0 request without Host (see `Proxy::handle`).
+    if !req.headers().contains_key(http::header::HOST) {
+        headers::insert_endpoint_host(req.headers_mut(), endpoint.addr());
+    }
     let mut retried = false;
     loop {
         sender.sending(progress.clone());

@@ -95,6 +95,15 @@ pub(crate) fn authority_host(authority: &http::uri::Authority) -> &str {
     text.rsplit_once('@').map_or(text, |(_, host)| host)
 }
 
+/// Gives a request that has no Host (an HTTP/1.0 one, RFC 9112, 3.2) its
+/// upstream endpoint's address as one: the upstream gets HTTP/1.1, which
+/// must carry a Host.
+pub(crate) fn insert_endpoint_host(headers: &mut HeaderMap, endpoint: SocketAddr) {
+    if let Ok(host) = HeaderValue::try_from(endpoint.to_string()) {
+        headers.insert(header::HOST, host);
+    }
+}
+
 /// Whether the header name `name` is `lower` in any letter case, for a
 /// `lower` of lowercase letters, digits and `-` (the names the data path
 /// looks for) and a `name` of token bytes (RFC 9110, 5.6.2: what httparse

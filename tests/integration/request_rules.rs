@@ -163,3 +163,34 @@ async fn valid_host_values_pass_and_http2_hosts_are_checked() {
     assert_eq!(forwarded(&recorder)[0].values("host"), ["b.test"]);
     gw.shutdown().await;
 }
+
+/// RFC 9112, 3.2: the upstream gets HTTP/1.1, which must carry Host; an
+/// HTTP/1.0 request without one goes up with the upstream endpoint's
+/// address as its Host, through either client.
+#[tokio::test]
+async fn an_http10_request_without_host_goes_up_with_one() {
+    let recorder = Recorder::start().await;
+    let gw = Gateway::start(&config("", &[("v1", 1, recorder.addr)])).await;
+    let endpoint = recorder.addr.to_string();
+    let requests = [
+        &b"GET /old HTTP/1.0\r\n\r\n"[..],
+        b"POST /old HTTP/1.0\r\nContent-Length: 2\r\n\r\nhi",
+        b"GET /old-with-host HTTP/1.0\r\nHost: kept.test\r\n\r\n",
+    ];
+    for path in PATHS {
+        for raw in requests {
+            recorder.clear();
+            let what = format!("{} via {path:?}", String::from_utf8_lossy(raw));
+            let response = exchange(gw.addr, path, raw).await;
+            assert_eq!(response.map(|r| r.status), Some(200), "{what}");
+            let got = forwarded(&recorder);
+            assert_eq!(got.len(), 1, "{what}");
+            let expected = match got[0].target.as_str() {
+                "/old-with-host" => "kept.test",
+                _ => endpoint.as_str(),
+            };
+            assert_eq!(got[0].values("host"), [expected], "{what}");
+        }
+    }
+    gw.shutdown().await;
+}
