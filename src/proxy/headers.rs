@@ -572,6 +572,11 @@ pub fn prepare_response<B>(
     trailers_asked: bool,
 ) {
     let upgrading = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    // RFC 9110, 8.6: no Content-Length in a 204 (Transfer-Encoding, also
+    // forbidden there, is hop-by-hop and goes below).
+    if resp.status() == http::StatusCode::NO_CONTENT {
+        resp.headers_mut().remove(header::CONTENT_LENGTH);
+    }
     if upgrading || resp.headers().keys().any(is_hop_by_hop) {
         let trailer = match trailers_asked {
             true => declared_trailers(resp.headers()),

@@ -6,6 +6,7 @@
 //! Host goes up with its endpoint's address as one; an upstream's 204
 //! reaches the client without Content-Length (RFC 9110, 8.6).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::Empty;
@@ -192,5 +193,49 @@ async fn an_http10_request_without_host_goes_up_with_one() {
             assert_eq!(got[0].values("host"), [expected], "{what}");
         }
     }
+    gw.shutdown().await;
+}
+
+/// RFC 9110, 8.6: a 204 carries no Content-Length; an upstream's that does
+/// reaches the client without it, on both servers and both clients, and
+/// the connection serves on.
+#[tokio::test]
+async fn a_204_goes_out_without_content_length() {
+    let answer = b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nX-Kept: 1\r\n\r\n";
+    let recorder =
+        Recorder::responding(Arc::new(move |_: &Recorded| (answer.to_vec(), false))).await;
+    let gw = Gateway::start(&config("", &[("v1", 1, recorder.addr)])).await;
+    let requests = [
+        &b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"[..],
+        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi",
+        b"DELETE / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+    ];
+    for path in PATHS {
+        let (mut stream, mut buf) = connect(gw.addr, path).await;
+        for raw in requests {
+            let what = format!("{} via {path:?}", String::from_utf8_lossy(raw));
+            stream.write_all(raw).await.unwrap();
+            let response = read_response(&mut stream, &mut buf, false).await;
+            let response = response.expect(&what);
+            assert_eq!(response.status, 204, "{what}");
+            assert_eq!(response.values("x-kept"), ["1"], "{what}");
+            assert_eq!(
+                response.values("content-length"),
+                Vec::<&str>::new(),
+                "{what}"
+            );
+            assert_eq!(
+                response.values("transfer-encoding"),
+                Vec::<&str>::new(),
+                "{what}"
+            );
+        }
+    }
+    // Over HTTP/2 too.
+    let mut sender = h2c_client(gw.addr).await;
+    let get = http::Request::get("http://h/").body(Empty::new()).unwrap();
+    let response = sender.send_request(get).await.unwrap();
+    assert_eq!(response.status(), 204);
+    assert!(!response.headers().contains_key("content-length"));
     gw.shutdown().await;
 }
