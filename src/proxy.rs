@@ -43,6 +43,7 @@ pub mod server;
 pub mod upstream;
 pub mod upstream_client;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -223,7 +224,8 @@ impl Proxy {
             drop_expect: req.expect_continue,
             chunked: req.chunked,
         };
-        let encode = |head: &mut Vec<u8>| {
+        // The own server's requests always carry one Host.
+        let encode = |head: &mut Vec<u8>, _: Option<SocketAddr>| {
             let method = req.method.as_str().as_bytes();
             let fields = || req.field_bytes();
             upstream_client::head::encode_fields(head, method, req.target, None, fields, &fwd);
@@ -327,8 +329,13 @@ impl Proxy {
         mut req: Request<Incoming>,
         conn: Arc<ConnState>,
     ) -> Response<ProxyBody> {
+        // The gateway tunnels nothing: CONNECT (and HTTP/2's extended
+        // CONNECT) gets a 501 of its own, never goes upstream.
+        if req.method() == http::Method::CONNECT {
+            return reject(ClientError::NotImplemented("CONNECT"), req.version());
+        }
         if let Some(reason) = headers::head_problem(&req) {
-            return reject(ClientError::BadHead(reason));
+            return reject(ClientError::BadHead(reason), req.version());
         }
         let start = Instant::now();
         let http2 = req.version() == http::Version::HTTP_2;
@@ -365,13 +372,22 @@ impl Proxy {
         // client's request, unless the Connection header names headers to
         // drop: then (and for hyper's client) the request is rewritten first.
         let rewrite = !own_client || headers::connection_names_headers(req.headers());
+        // An HTTP/1.0 request may come without Host (and without a target's
+        // authority to stand for it): the upstream gets an HTTP/1.1 request,
+        // which must carry one (RFC 9112, 3.2): its endpoint's address, as
+        // hyper's client path (`forward`) does.
+        let host_missing =
+            req.uri().authority().is_none() && !req.headers().contains_key(http::header::HOST);
         if rewrite {
             headers::prepare_request(&mut req, upgrading, &fwd);
         }
         let outcome = if own_client {
             let (mut parts, _) = req.into_parts();
             let mut map = http::HeaderMap::new();
-            let encode = |out: &mut Vec<u8>| {
+            let encode = |out: &mut Vec<u8>, endpoint: Option<SocketAddr>| {
+                if host_missing && let Some(endpoint) = endpoint {
+                    headers::insert_endpoint_host(&mut parts.headers, endpoint);
+                }
                 if rewrite {
                     upstream_client::head::encode(out, &parts);
                 } else {
@@ -524,12 +540,16 @@ impl Proxy {
 }
 
 /// The answer to a request rejected before it was routed: counted as the
-/// client's error, never a version's; the connection closes after it.
-fn reject(e: ClientError) -> Response<ProxyBody> {
+/// client's error, never a version's, and in no access log line (no
+/// version served it); an HTTP/1 connection closes after it (an HTTP/2
+/// one serves on: the stream ends with the answer).
+fn reject(e: ClientError, version: http::Version) -> Response<ProxyBody> {
     e.count();
     let mut resp = ProxyError::Client(e).to_response(None);
-    resp.headers_mut()
-        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    if version < http::Version::HTTP_2 {
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     resp
 }
 
@@ -656,7 +676,7 @@ async fn forward_own(
     version: &Version,
     settings: &ProxySettings,
     method: &http::Method,
-    encode: impl FnOnce(&mut Vec<u8>),
+    encode: impl FnOnce(&mut Vec<u8>, Option<SocketAddr>),
     start: Instant,
     client: &mut ClientSide<'_>,
     how: HeadRead,
@@ -667,7 +687,7 @@ async fn forward_own(
         Err(error) => {
             // Error path: the head the upstream would have got, for its id.
             let mut head = Vec::new();
-            encode(&mut head);
+            encode(&mut head, None);
             return Err(Failed::in_head(error, &head));
         }
     };
@@ -675,7 +695,7 @@ async fn forward_own(
     // future is dropped: a client gone, an h2 stream reset).
     let outstanding = Outstanding::new(endpoint);
     let endpoint = outstanding.endpoint();
-    encode(conn.request_head());
+    encode(conn.request_head(), Some(endpoint.addr()));
     let outcome = match client {
         ClientSide::Upload(body) => {
             exchange_upload(&mut conn, pooled, body, version, endpoint, settings, method).await
@@ -931,6 +951,10 @@ async fn forward(
     };
     tokio::pin!(deadline);
     let mut req = req;
+    // An HTTP/1.0 request without Host (see `Proxy::handle`).
+    if !req.headers().contains_key(http::header::HOST) {
+        headers::insert_endpoint_host(req.headers_mut(), endpoint.addr());
+    }
     let mut retried = false;
     loop {
         sender.sending(progress.clone());

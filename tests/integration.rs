@@ -22,6 +22,9 @@ mod recorder;
 #[path = "integration/framing.rs"]
 mod framing;
 
+#[path = "integration/request_rules.rs"]
+mod request_rules;
+
 #[path = "integration/client_errors.rs"]
 mod client_errors;
 

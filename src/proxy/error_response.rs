@@ -1,6 +1,7 @@
 //! Data path: error responses, the one place where proxy errors become the
 //! responses the client gets (502 unreachable or reset, 503 no endpoints,
-//! 504 timeout; 400/408 for a client's own broken request).
+//! 504 timeout; 400/408 for a client's own broken request, 501 for a
+//! CONNECT).
 //!
 //! The client gets a short fixed text, the `x-canary-error` kind and the
 //! request id; the detail (addresses, the upstream's error) goes to the log
@@ -38,6 +39,10 @@ pub enum ProxyError {
 pub enum ClientError {
     #[error("invalid request head: {0}")]
     BadHead(&'static str),
+    /// A method the gateway does not serve: CONNECT (it tunnels nothing),
+    /// answered 501 (RFC 9110, 9.3.6 and 15.6.2). Counted as a `bad_head`.
+    #[error("method not implemented: {0}")]
+    NotImplemented(&'static str),
     #[error("invalid request body framing")]
     BadBody,
     #[error("the client went away in the middle of the request body")]
@@ -56,7 +61,7 @@ impl ClientError {
     /// The `kind` label of `canary_client_errors_total`.
     pub fn kind(self) -> &'static str {
         match self {
-            ClientError::BadHead(_) => "bad_head",
+            ClientError::BadHead(_) | ClientError::NotImplemented(_) => "bad_head",
             ClientError::BadBody => "bad_body",
             ClientError::Aborted | ClientError::Gone => "aborted",
             ClientError::BodyStall => "body_stall",
@@ -114,6 +119,11 @@ impl ProxyError {
                 StatusCode::REQUEST_TIMEOUT,
                 "client-body-stall",
                 "408 request body stalled\n",
+            ),
+            ProxyError::Client(ClientError::NotImplemented(_)) => (
+                StatusCode::NOT_IMPLEMENTED,
+                "not-implemented",
+                "501 not implemented\n",
             ),
             ProxyError::Client(ClientError::BadHead(_)) => {
                 (StatusCode::BAD_REQUEST, "bad-request", "400 bad request\n")

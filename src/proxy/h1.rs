@@ -30,8 +30,9 @@
 //! ([`Ended::HandOff`]): chunked uploads that declare trailers or whose
 //! first bytes are broken, upgrades, `TE`, expectations other than
 //! `100-continue`, HTTP/1.0 and malformed heads (400, 431) keep hyper's
-//! handling. A missing or repeated Host, which hyper's server lets pass,
-//! gets a 400 here.
+//! handling (a CONNECT too: the service answers it 501). A missing or
+//! repeated Host, or a Host value that is no `uri-host [ ":" port ]`, which
+//! hyper's server lets pass, gets a 400 here.
 
 pub mod client_gone;
 pub mod request;

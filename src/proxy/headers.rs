@@ -15,6 +15,9 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
+mod host;
+pub(crate) use host::valid_host;
+
 /// Whether the request asks to switch protocols (WebSocket and the like).
 /// An upgrade to h2c is refused: its Upgrade and HTTP2-Settings fields are
 /// stripped as hop-by-hop and the request goes on as plain HTTP/1.1 (an
@@ -37,10 +40,22 @@ pub fn is_upgrade_request<B>(req: &Request<B>) -> bool {
 /// lets pass (a 400): no Host in an HTTP/1.1 request, or more than one
 /// (3.2); an authority-form target on another method than CONNECT (3.2.3),
 /// which would otherwise go upstream as `/` with its authority as Host; a
-/// transfer coding other than chunked. HTTP/2 carries `:authority`.
+/// transfer coding other than chunked; a Host value that is not
+/// `uri-host [ ":" port ]` (`valid_host`, 3.2). HTTP/2 carries
+/// `:authority`: only the Host the upstream would get is checked.
 pub fn head_problem<B>(req: &Request<B>) -> Option<&'static str> {
     if req.version() >= Version::HTTP_2 {
-        return None;
+        // The authority replaces Host (`prepare_request`); without one, the
+        // Host fields go up as they came.
+        let valid = match req.uri().authority() {
+            Some(authority) => valid_host(authority_host(authority).as_bytes()),
+            None => req
+                .headers()
+                .get_all(header::HOST)
+                .iter()
+                .all(|v| valid_host(v.as_bytes())),
+        };
+        return (!valid).then_some(INVALID_HOST);
     }
     if req.uri().scheme().is_none()
         && req.uri().authority().is_some()
@@ -62,6 +77,7 @@ pub fn head_problem<B>(req: &Request<B>) -> Option<&'static str> {
     }
     let mut hosts = req.headers().get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
+        (Some(host), None) if !valid_host(host.as_bytes()) => Some(INVALID_HOST),
         (Some(_), None) => None,
         (Some(_), Some(_)) => Some("more than one Host field"),
         (None, _) if req.version() == Version::HTTP_11 => Some("no Host field"),
@@ -69,10 +85,23 @@ pub fn head_problem<B>(req: &Request<B>) -> Option<&'static str> {
     }
 }
 
+/// Why a request with a Host value that is not `uri-host [ ":" port ]` is
+/// refused.
+pub(crate) const INVALID_HOST: &str = "invalid Host field value";
+
 /// A target's authority as a Host value: without userinfo.
 pub(crate) fn authority_host(authority: &http::uri::Authority) -> &str {
     let text = authority.as_str();
     text.rsplit_once('@').map_or(text, |(_, host)| host)
+}
+
+/// Gives a request that has no Host (an HTTP/1.0 one, RFC 9112, 3.2) its
+/// upstream endpoint's address as one: the upstream gets HTTP/1.1, which
+/// must carry a Host.
+pub(crate) fn insert_endpoint_host(headers: &mut HeaderMap, endpoint: SocketAddr) {
+    if let Ok(host) = HeaderValue::try_from(endpoint.to_string()) {
+        headers.insert(header::HOST, host);
+    }
 }
 
 /// Whether the header name `name` is `lower` in any letter case, for a
@@ -543,6 +572,11 @@ pub fn prepare_response<B>(
     trailers_asked: bool,
 ) {
     let upgrading = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    // RFC 9110, 8.6: no Content-Length in a 204 (Transfer-Encoding, also
+    // forbidden there, is hop-by-hop and goes below).
+    if resp.status() == http::StatusCode::NO_CONTENT {
+        resp.headers_mut().remove(header::CONTENT_LENGTH);
+    }
     if upgrading || resp.headers().keys().any(is_hop_by_hop) {
         let trailer = match trailers_asked {
             true => declared_trailers(resp.headers()),

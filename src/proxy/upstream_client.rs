@@ -471,6 +471,9 @@ fn framing(
 ) -> Result<(Framing, bool), ExchangeError> {
     let framing =
         if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            // RFC 9110, 8.6: a 204 carries no Content-Length; one the
+            // upstream sent does not go on.
+            facts.drop_content_length |= status == StatusCode::NO_CONTENT;
             Framing::Empty
         } else if facts.transfer_encoding {
             // Transfer-Encoding overrides Content-Length, which must not reach

@@ -74,7 +74,8 @@ pub enum Parsed<'b> {
     /// answers 400/431).
     Other,
     /// A head that breaks RFC 9112 in a way hyper's server lets pass (a
-    /// missing or repeated Host): the client gets a 400.
+    /// missing or repeated Host, an invalid Host value): the client gets a
+    /// 400.
     Invalid(&'static str),
 }
 
@@ -97,6 +98,7 @@ pub fn parse<'b>(buf: &'b [u8], slots: &'b mut Slots<'b>) -> Parsed<'b> {
     }
     let (mut close, mut underscored) = (false, false);
     let (mut hosts, mut lengths, mut body) = (0, 0, 0);
+    let mut host_ok = true;
     let (mut expectations, mut codings, mut chunked) = (0, 0, false);
     for field in req.headers.iter() {
         let name = field.name.as_bytes();
@@ -104,6 +106,7 @@ pub fn parse<'b>(buf: &'b [u8], slots: &'b mut Slots<'b>) -> Parsed<'b> {
         underscored |= crate::proxy::headers::is_underscored(name);
         let simple = if crate::proxy::headers::name_is(name, b"host") {
             hosts += 1;
+            host_ok &= crate::proxy::headers::valid_host(value);
             true
         } else if crate::proxy::headers::name_is(name, b"content-length") {
             lengths += 1;
@@ -145,6 +148,7 @@ pub fn parse<'b>(buf: &'b [u8], slots: &'b mut Slots<'b>) -> Parsed<'b> {
     // RFC 9112, 3.2: exactly one Host in an HTTP/1.1 request.
     match hosts {
         0 => return Parsed::Invalid("no Host field"),
+        1 if !host_ok => return Parsed::Invalid(crate::proxy::headers::INVALID_HOST),
         1 => {}
         _ => return Parsed::Invalid("more than one Host field"),
     }
@@ -254,6 +258,9 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n",
             b"GET / HTTP/1.1\r\n\r\n",
             b"GET / HTTP/1.1\r\nX-Host: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a/b@c\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a:80x\r\n\r\n",
         ] {
             assert_eq!(
                 kind(invalid),
