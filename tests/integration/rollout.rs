@@ -293,17 +293,7 @@ async fn a_canary_failing_a_fifth_of_its_requests_is_aborted_within_two_interval
     // The rollback applies (and GET /rollout says aborted) before the
     // store's write is known; the abort is counted once the write says it
     // was this abort that ended the rollout.
-    let counter = format!("canary_rollout_aborts_total{{reason=\"{reason}\"}}");
-    let counted = eventually(WAIT, async || {
-        get(gw.admin, "/metrics", &[])
-            .await
-            .text()
-            .contains(&counter)
-    })
-    .await;
-    assert!(counted, "{}", get(gw.admin, "/metrics", &[]).await.text());
-    let sent = eventually(WAIT, async || hook.events().iter().any(|e| e == "aborted")).await;
-    assert!(sent, "{:?}", hook.received());
+    abort_counted_and_sent(gw.admin, &hook, reason).await;
     let events = hook.events();
     assert_eq!(&events[..2], ["started", "started"], "{events:?}");
     let aborted = hook
@@ -474,6 +464,19 @@ impl Hook {
             .filter_map(|e| e["event"].as_str().map(str::to_string))
             .collect()
     }
+}
+
+/// Waits until the abort with `reason` is counted in `/metrics` of
+/// `admin` and its `aborted` event reached `hook`.
+async fn abort_counted_and_sent(admin: SocketAddr, hook: &Hook, reason: &str) {
+    let counter = format!("canary_rollout_aborts_total{{reason=\"{reason}\"}}");
+    let counted = eventually(WAIT, async || {
+        get(admin, "/metrics", &[]).await.text().contains(&counter)
+    })
+    .await;
+    assert!(counted, "{}", get(admin, "/metrics", &[]).await.text());
+    let sent = eventually(WAIT, async || hook.events().iter().any(|e| e == "aborted")).await;
+    assert!(sent, "{:?}", hook.received());
 }
 
 /// [`PLAN`] with `"key": "url"` added.
@@ -849,17 +852,7 @@ async fn a_canary_that_fails_while_paused_is_aborted() {
     );
     // Counted and sent as an abort while progressing is.
     let reason = a["reason"].as_str().unwrap().to_string();
-    let counter = format!("canary_rollout_aborts_total{{reason=\"{reason}\"}}");
-    let counted = eventually(WAIT, async || {
-        get(gw.admin, "/metrics", &[])
-            .await
-            .text()
-            .contains(&counter)
-    })
-    .await;
-    assert!(counted, "{}", get(gw.admin, "/metrics", &[]).await.text());
-    let sent = eventually(WAIT, async || hook.events().iter().any(|e| e == "aborted")).await;
-    assert!(sent, "{:?}", hook.received());
+    abort_counted_and_sent(gw.admin, &hook, &reason).await;
     // Each event is sent from a task of its own: in any order.
     let mut events = hook.events();
     events.sort();
