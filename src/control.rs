@@ -229,7 +229,16 @@ impl Control {
                     // store's decision stays the fleet's (never mirrored
                     // from here, adopted once one fits).
                     Err(e) => {
-                        tracing::warn!(target: "audit", error = %e, generation = doc.generation, "the saved weights decision does not fit the config file (the versions carrying its traffic are gone): serving the file's weights");
+                        // A document no gateway wrote (edited by hand, or
+                        // damaged) is told apart from a config edit.
+                        let own_total = doc.weights.values().map(|&w| u64::from(w)).sum();
+                        let invalid = crate::config::check_total(own_total).is_err();
+                        let why = if invalid {
+                            "the saved weights decision is invalid"
+                        } else {
+                            "the saved weights decision does not fit the config file (the versions carrying its traffic are gone)"
+                        };
+                        tracing::warn!(target: "audit", error = %e, generation = doc.generation, "{why}: serving the file's weights");
                         if store.shared() {
                             // At the store's generation: this task's next
                             // decision goes above it.
@@ -239,7 +248,14 @@ impl Control {
                                 ..from_config
                             }
                         } else {
-                            file_wins(&doc, "an edit of the config file's versions")
+                            file_wins(
+                                &doc,
+                                if invalid {
+                                    "an invalid saved decision"
+                                } else {
+                                    "an edit of the config file's versions"
+                                },
+                            )
                         }
                     }
                 }

@@ -201,6 +201,45 @@ async fn admin_decisions_survive_a_restart_and_config_edits_win() {
     assert_eq!(w["weights"]["v2"], 30, "{w}");
 }
 
+/// A state file edited by hand into weights no gateway writes (all zero)
+/// is not served: the file's weights are, and the log calls the saved
+/// decision invalid instead of blaming an edit of the config's versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_file_with_invalid_weights_is_named_and_the_files_weights_serve() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &[("v1", 90, v1.addr), ("v2", 10, v2.addr)], "");
+    let gw = spawn(&path).unwrap();
+    let reply = admin(gw.admin, "POST", "/rollback", Some(TOKEN), "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    signal(&gw, "-TERM");
+    drop(gw);
+    let state = dir.path().join("gateway.state.json");
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    doc["weights"] = serde_json::json!({ "v1": 0, "v2": 0 });
+    std::fs::write(&state, doc.to_string()).unwrap();
+
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--config"]).arg(&path);
+    let mut gw = Starting::spawn(cmd);
+    let warned = gw
+        .line_with("serving the file's weights", Duration::from_secs(20))
+        .unwrap();
+    assert!(
+        warned.contains("is invalid")
+            && warned.contains("sum to 0")
+            && !warned.contains("versions carrying"),
+        "{warned}"
+    );
+    let serving = gw
+        .line_with("canary-gateway serving", Duration::from_secs(20))
+        .unwrap();
+    let counts = split_counts(listener_of(&serving), 200, &[]).await;
+    assert!(counts.get("v2").is_some_and(|&n| n > 0), "{counts:?}");
+}
+
 #[tokio::test]
 async fn a_corrupt_state_file_stops_the_start() {
     let dir = tempfile::tempdir().unwrap();
