@@ -58,7 +58,7 @@ use metrics::Gauge;
 use crate::config::Timeouts;
 use crate::metrics as names;
 use crate::snapshot::{ProxySettings, Snapshot, Version, split};
-use body::{Completion, ProxyBody, RequestBody};
+use body::{Completion, Logged, ProxyBody, RequestBody};
 use error_response::{ClientError, ProxyError};
 use h1::request::SimpleRequest;
 use h1::response::{ClientFraming, SendError};
@@ -165,15 +165,22 @@ impl Proxy {
     }
 
     /// A request's [`Completion`], its version chosen by `choose` on the
-    /// current snapshot.
+    /// current snapshot; `path` (without the query) for the access log.
     fn start_request(
         &self,
         start: Instant,
         conn: Arc<ConnState>,
         method: http::Method,
+        path: &[u8],
         choose: impl FnOnce(&Snapshot) -> usize,
     ) -> Completion {
         let snapshot = self.snapshot.load();
+        let logged = snapshot.settings.access_log.then(|| {
+            Box::new(Logged {
+                path: String::from_utf8_lossy(path).into_owned(),
+                request_id: None,
+            })
+        });
         Completion {
             start,
             version: snapshot.versions[choose(&snapshot)].clone(),
@@ -188,6 +195,7 @@ impl Proxy {
             upload: None,
             answered: None,
             client_failed: false,
+            logged,
         }
     }
 
@@ -211,9 +219,16 @@ impl Proxy {
         conn.request_started(false);
         self.telemetry.in_flight.increment(1.0);
         let _in_flight = InFlight(&self.telemetry.in_flight);
-        let mut completion = self.start_request(start, conn.clone(), req.method.clone(), |s| {
-            Self::choose_by(s, |name| req.header(name))
-        });
+        // Origin form: the path is the target up to its query.
+        let path = req
+            .target
+            .split(|&b| b == b'?')
+            .next()
+            .unwrap_or(req.target);
+        let mut completion =
+            self.start_request(start, conn.clone(), req.method.clone(), path, |s| {
+                Self::choose_by(s, |name| req.header(name))
+            });
         let (version, settings) = (&completion.version, &completion.settings);
         let fwd = Forwarding {
             peer_ip: &conn.peer_ip,
@@ -262,6 +277,12 @@ impl Proxy {
             HeadRead::InPlace,
         )
         .await;
+        match &forwarded {
+            Ok((_, upstream, _)) => Logged::keep_id(&mut completion.logged, || {
+                id_in_head(upstream.request_head_sent())
+            }),
+            Err(failed) => Logged::keep_id(&mut completion.logged, || failed.request_id.clone()),
+        }
         if let Err(failed) = &forwarded
             && matches!(failed.error, ProxyError::Client(ClientError::Gone))
         {
@@ -343,9 +364,22 @@ impl Proxy {
         self.telemetry.in_flight.increment(1.0);
         let _in_flight = InFlight(&self.telemetry.in_flight);
 
-        let mut completion = self.start_request(start, conn, req.method().clone(), |s| {
+        let path = req.uri().path().as_bytes();
+        let mut completion = self.start_request(start, conn, req.method().clone(), path, |s| {
             Self::choose(s, req.headers())
         });
+        if let Some(logged) = completion.logged.as_mut() {
+            // The id is made here, not as the head is written: a request
+            // whose future is dropped (its client gone) is logged with it.
+            let id = req.headers().get(&headers::X_REQUEST_ID).cloned();
+            let id = id.unwrap_or_else(|| {
+                let id = headers::new_request_id();
+                req.headers_mut()
+                    .insert(headers::X_REQUEST_ID.clone(), id.clone());
+                id
+            });
+            logged.request_id = Some(id);
+        }
         let upgrading = headers::is_upgrade_request(&req);
         let trailers_asked = headers::asks_trailers(req.headers());
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
@@ -584,10 +618,14 @@ struct Failed {
 impl Failed {
     /// `error`, for the request whose upstream head is `head`.
     fn in_head(error: ProxyError, head: &[u8]) -> Failed {
-        let request_id =
-            upstream_client::head::request_id(head).and_then(|id| HeaderValue::from_bytes(id).ok());
+        let request_id = id_in_head(head);
         Failed { error, request_id }
     }
+}
+
+/// The `x-request-id` of an upstream request head.
+fn id_in_head(head: &[u8]) -> Option<HeaderValue> {
+    upstream_client::head::request_id(head).and_then(|id| HeaderValue::from_bytes(id).ok())
 }
 
 /// The own client's response head with its fields in `map` (see

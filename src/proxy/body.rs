@@ -303,6 +303,29 @@ pub struct Completion {
     /// malformed or stalled request body, the client gone mid-body: the
     /// gateway's 400/408): no version's request, left out of its analysis.
     pub client_failed: bool,
+    /// For the access log, kept only when it is on: the request's id (the
+    /// client's `x-request-id`, else the one the gateway made) and path.
+    pub logged: Option<Box<Logged>>,
+}
+
+/// What an access log line names beyond the counters' facts.
+#[derive(Debug, Default)]
+pub struct Logged {
+    /// The request's path, without the query (which may carry secrets).
+    pub path: String,
+    /// The id the upstream got (or would have); unset when the request
+    /// ended before its head was written.
+    pub request_id: Option<http::HeaderValue>,
+}
+
+impl Logged {
+    /// Keeps the request's id in `slot` (a [`Completion`]'s), when the
+    /// access log is on: `id` is not called otherwise.
+    pub fn keep_id(slot: &mut Option<Box<Logged>>, id: impl FnOnce() -> Option<http::HeaderValue>) {
+        if let Some(logged) = slot {
+            logged.request_id = id();
+        }
+    }
 }
 
 impl Completion {
@@ -357,9 +380,13 @@ impl Drop for Completion {
         }
         let upstream = self.upstream.take();
         if self.settings.access_log {
+            let noted = self.logged.as_deref();
+            let id = noted.and_then(|l| l.request_id.as_ref());
             tracing::info!(
                 target: "access",
                 method = %self.method,
+                path = noted.map_or("-", |l| l.path.as_str()),
+                request_id = id.and_then(|v| v.to_str().ok()).unwrap_or("-"),
                 version = %self.version.name,
                 upstream = %upstream.as_ref().map(|(e, _)| e.endpoint().addr().to_string()).unwrap_or_else(|| "-".into()),
                 status = logged,

@@ -112,11 +112,14 @@ async fn a_request_its_client_gave_up_on_is_logged_as_499() {
     let addr = listener.local_addr().unwrap();
     let arrived = Arc::new(AtomicU64::new(0));
     let counter = arrived.clone();
+    let head = Arc::new(Mutex::new(String::new()));
+    let got = head.clone();
     let _upstream = serve_connections(listener, move |mut stream| {
-        let counter = counter.clone();
+        let (counter, got) = (counter.clone(), got.clone());
         async move {
             let mut buf = [0u8; 4096];
-            if matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {
+            if let Ok(n @ 1..) = stream.read(&mut buf).await {
+                *got.lock().unwrap() = String::from_utf8_lossy(&buf[..n]).into_owned();
                 counter.fetch_add(1, Ordering::SeqCst);
             }
             while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
@@ -144,6 +147,15 @@ async fn a_request_its_client_gave_up_on_is_logged_as_499() {
     let line = line().unwrap_or_default();
     assert!(line.contains(" status=499 "), "{line}");
     assert!(line.contains(" complete=false"), "{line}");
+    // Dropped while the upstream thought, it still names its request.
+    let head = head.lock().unwrap().clone();
+    let id = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .unwrap_or_default();
+    assert!(!id.is_empty(), "{head}");
+    assert!(line.contains(&format!(" request_id=\"{id}\" ")), "{line}");
+    assert!(line.contains(" path=\"/slow\" "), "{line}");
     gw.shutdown().await;
 }
 
@@ -220,4 +232,77 @@ async fn a_rollback_on_the_file_store_names_the_state_file_in_the_log() {
         line.contains(" WARN ") && line.contains("writing it to the state file"),
         "{text}"
     );
+}
+
+/// Each access log line names the request's path (without the query) and
+/// its id: the client's `x-request-id` when it sent one, else the one the
+/// gateway generated, the same the upstream got and an error answer
+/// carries; on the own server, on hyper's and for the gateway's own 502.
+#[tokio::test]
+async fn access_log_lines_carry_the_request_id_and_path() {
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    // The test runtime has one thread: the gateway's tasks log here too.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let echo = crate::support::EchoHeadUpstream::start("").await;
+    let versions = [("echo", 1, echo.addr), ("down", 0, dead_addr().await)];
+    let text =
+        config("override_header = \"x-force\"\n", &versions) + "\n[log]\naccess_log = true\n";
+    let gw = Gateway::start(&text).await;
+    let mut client = Client::connect(gw.addr).await;
+    let access_lines = || {
+        let text = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+        text.lines()
+            .filter(|l| l.contains(" access: "))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let id_sent_up = |body: &[u8]| {
+        let head = String::from_utf8_lossy(body).into_owned();
+        head.lines()
+            .find_map(|l| l.strip_prefix("x-request-id: ").map(str::to_string))
+            .unwrap_or_default()
+    };
+    let cases: [(&str, &[(&str, &str)]); 4] = [
+        // The own server, the client's id.
+        ("/own/given?secret=1", &[("x-request-id", "client-id-1")]),
+        // The own server, an id of the gateway's.
+        ("/own/generated?secret=1", &[]),
+        // hyper's server (asks for trailers), an id of the gateway's.
+        ("/hyper/generated?secret=1", &[("te", "trailers")]),
+        // The gateway's own 502: its id is in the answer.
+        ("/down?secret=1", &[("x-force", "down")]),
+    ];
+    for (i, (target, headers)) in cases.iter().enumerate() {
+        let reply = client.get(target, headers).await.unwrap();
+        let id = if reply.status == 502 {
+            reply.headers["x-request-id"].to_str().unwrap().to_string()
+        } else {
+            assert_eq!(reply.status, 200);
+            id_sent_up(&reply.body)
+        };
+        assert!(!id.is_empty(), "{target}: no id");
+        if let Some((_, given)) = headers.iter().find(|(k, _)| *k == "x-request-id") {
+            assert_eq!(&id, given);
+        }
+        let logged = eventually(Duration::from_secs(10), async || access_lines().len() > i);
+        assert!(logged.await, "no access log line for {target}");
+        let line = access_lines()[i].clone();
+        let path = target.split('?').next().unwrap_or_default();
+        assert!(
+            line.contains(&format!(" path=\"{path}\" ")),
+            "{target}: {line}"
+        );
+        assert!(
+            line.contains(&format!(" request_id=\"{id}\" ")),
+            "{target}: {line}"
+        );
+        assert!(!line.contains("secret"), "{line}");
+    }
+    gw.shutdown().await;
 }
