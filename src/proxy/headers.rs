@@ -46,15 +46,18 @@ pub fn is_upgrade_request<B>(req: &Request<B>) -> bool {
 pub fn head_problem<B>(req: &Request<B>) -> Option<&'static str> {
     if req.version() >= Version::HTTP_2 {
         // The authority replaces Host (`prepare_request`); without one, the
-        // Host fields go up as they came.
-        let valid = match req.uri().authority() {
-            Some(authority) => valid_host(authority_host(authority).as_bytes()),
-            None => req
-                .headers()
-                .get_all(header::HOST)
-                .iter()
-                .all(|v| valid_host(v.as_bytes())),
+        // Host field goes up as it came: one at most, as on HTTP/1.1 (two
+        // would let the upstream and whatever is behind it disagree on the
+        // host).
+        let Some(authority) = req.uri().authority() else {
+            let mut hosts = req.headers().get_all(header::HOST).iter();
+            return match (hosts.next(), hosts.next()) {
+                (Some(_), Some(_)) => Some(MORE_THAN_ONE_HOST),
+                (Some(host), None) if !valid_host(host.as_bytes()) => Some(INVALID_HOST),
+                _ => None,
+            };
         };
+        let valid = valid_host(authority_host(authority).as_bytes());
         return (!valid).then_some(INVALID_HOST);
     }
     if req.uri().scheme().is_none()
@@ -79,7 +82,7 @@ pub fn head_problem<B>(req: &Request<B>) -> Option<&'static str> {
     match (hosts.next(), hosts.next()) {
         (Some(host), None) if !valid_host(host.as_bytes()) => Some(INVALID_HOST),
         (Some(_), None) => None,
-        (Some(_), Some(_)) => Some("more than one Host field"),
+        (Some(_), Some(_)) => Some(MORE_THAN_ONE_HOST),
         (None, _) if req.version() == Version::HTTP_11 => Some("no Host field"),
         (None, _) => None,
     }
@@ -88,6 +91,9 @@ pub fn head_problem<B>(req: &Request<B>) -> Option<&'static str> {
 /// Why a request with a Host value that is not `uri-host [ ":" port ]` is
 /// refused.
 pub(crate) const INVALID_HOST: &str = "invalid Host field value";
+
+/// Why a request with several Host fields is refused (RFC 9112 3.2).
+const MORE_THAN_ONE_HOST: &str = "more than one Host field";
 
 /// A target's authority as a Host value: without userinfo.
 pub(crate) fn authority_host(authority: &http::uri::Authority) -> &str {

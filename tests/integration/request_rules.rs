@@ -162,6 +162,19 @@ async fn valid_host_values_pass_and_http2_hosts_are_checked() {
     let response = sender.send_request(get).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(forwarded(&recorder)[0].values("host"), ["b.test"]);
+    // Without an authority, two Host fields are refused as on HTTP/1.1:
+    // never forwarded for the upstream to pick one.
+    recorder.clear();
+    let before = bad_heads(&gw).await;
+    let get = http::Request::get("/h2")
+        .header("host", "b.test")
+        .header("host", "evil.test")
+        .body(Empty::new())
+        .unwrap();
+    let response = sender.send_request(get).await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(bad_heads_reach(&gw, before + 1.0).await);
+    assert!(forwarded(&recorder).is_empty());
     gw.shutdown().await;
 }
 
