@@ -269,14 +269,27 @@ pub fn reload_into(
     status
 }
 
-/// `GET /status` with a `tls` member when the listener terminates TLS.
+/// `GET /status` with a `tls` member when the listener terminates TLS,
+/// and a warning while the pair on disk is rejected: `last_reload` tells of
+/// the config, which a rejected pair does not stop from applying, so
+/// without it nothing an operator reads first would say that the files on
+/// disk are not what serves.
 pub fn with_status<T: Serialize>(status: T, tls: Option<&ListenerTls>) -> serde_json::Value {
     let mut value = serde_json::to_value(status).unwrap_or_default();
     if let (Some(tls), Some(map)) = (tls, value.as_object_mut()) {
-        map.insert(
-            "tls".into(),
-            serde_json::to_value(tls.status()).unwrap_or_default(),
-        );
+        let tls = tls.status();
+        if let Some(e) = &tls.last_error
+            && let Some(serde_json::Value::Array(warnings)) = map.get_mut("warnings")
+        {
+            warnings.push(
+                format!(
+                    "the TLS certificate pair on disk ({}, {}) was rejected: {e}; the previous pair keeps serving until a reload takes a valid one",
+                    tls.cert, tls.key
+                )
+                .into(),
+            );
+        }
+        map.insert("tls".into(), serde_json::to_value(tls).unwrap_or_default());
     }
     value
 }

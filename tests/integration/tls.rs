@@ -446,6 +446,15 @@ async fn rotation_keeps_open_connections_and_a_bad_pair_is_rejected() {
         .unwrap_or_default()
         .to_string();
     assert!(error.contains("does not match the certificate"), "{json}");
+    // The config part of the reload applied (last_reload says so); the
+    // warnings say that the pair on disk is not what serves.
+    let warned = json["warnings"].as_array().is_some_and(|w| {
+        w.iter().any(|w| {
+            let w = w.as_str().unwrap_or_default();
+            w.contains("TLS certificate pair on disk") && w.contains("does not match")
+        })
+    });
+    assert!(warned, "{json}");
     // The gauge is the process's: the other tests' TLS gateways, started or
     // reloaded meanwhile, set it back to 0 (one gateway per process in
     // production). Each refused reload sets it to 1 again: one of a few
@@ -477,6 +486,7 @@ async fn rotation_keeps_open_connections_and_a_bad_pair_is_rejected() {
     let status = admin(gw.admin, "GET", "/status", None, "").await;
     let json: serde_json::Value = serde_json::from_str(&status.text()).unwrap();
     assert!(json["tls"]["last_error"].is_null(), "{json}");
+    assert!(!json["warnings"].to_string().contains("TLS"), "{json}");
     gw.shutdown().await;
 }
 
