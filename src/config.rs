@@ -844,14 +844,15 @@ impl Validator<'_> {
             ca_file: v.ca_file.as_ref().map(PathBuf::from),
             server_name: v.server_name.clone(),
         };
-        let field = if config.server_name.is_some() && config.ca_file.is_none() {
-            "server_name"
-        } else {
-            "ca_file"
-        };
-        UpstreamTls::new(config)
-            .map(Some)
-            .map_err(|e| self.invalid(key(field), e.to_string()))
+        UpstreamTls::new(config).map(Some).map_err(|e| {
+            // The key whose value failed: the name, or the CA file (or the
+            // system's CAs it stands in for).
+            let field = match e {
+                crate::tls::TlsError::ServerName(_) => "server_name",
+                _ => "ca_file",
+            };
+            self.invalid(key(field), e.to_string())
+        })
     }
 
     fn address(&self, key: &str, value: &str) -> Result<SocketAddr, ConfigError> {

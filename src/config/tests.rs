@@ -282,3 +282,25 @@ fn a_duration_too_long_for_the_clock_is_refused_whatever_its_form() {
         Duration::from_secs(1_000_000_000)
     );
 }
+
+/// A bad upstream `server_name` is reported under that key, also when a
+/// `ca_file` is set (the error used to name `ca_file` then).
+#[test]
+fn a_bad_upstream_server_name_names_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = rcgen::generate_simple_self_signed(vec!["ca.test".to_string()]).unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca.cert.pem()).unwrap();
+    let tls = format!(
+        "endpoints = [\"10.0.1.5:9000\"]\ntls = true\nca_file = \"{}\"\nserver_name = \"not a name!\"",
+        ca_path.display()
+    );
+    let text = BASE.replacen("endpoints = [\"10.0.1.5:9000\"]", &tls, 1);
+    let e = err(&text);
+    assert!(e.contains("versions[0].server_name"), "{e}");
+    assert!(e.contains("not a valid TLS server name"), "{e}");
+    // The CA file's own errors still name `ca_file`.
+    let text = text.replace(&ca_path.display().to_string(), "/no/such/ca.pem");
+    let e = err(&text);
+    assert!(e.contains("versions[0].ca_file"), "{e}");
+}
