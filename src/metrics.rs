@@ -87,3 +87,6 @@ pub const TLS_RELOADS_TOTAL: &str = "canary_tls_reloads_total";
 pub const TLS_RELOAD_FAILING: &str = "canary_tls_reload_failing";
 /// Counter: client TLS handshakes that failed or timed out.
 pub const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "canary_tls_handshake_errors_total";
+/// Gauge: when the serving certificate expires (its `notAfter`, Unix
+/// seconds).
+pub const TLS_CERT_EXPIRY: &str = "canary_tls_certificate_expiry_timestamp_seconds";

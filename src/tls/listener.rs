@@ -42,6 +42,48 @@ pub struct TlsStatus {
     /// The last reload's error; `None` once a reload succeeded.
     pub last_error: Option<String>,
     pub last_error_at_ms: Option<u64>,
+    /// The serving certificate's `notBefore` and `notAfter` (ms since the
+    /// Unix epoch), when they could be read.
+    pub not_before_ms: Option<u64>,
+    pub not_after_ms: Option<u64>,
+}
+
+impl TlsStatus {
+    /// Notes the serving certificate's validity (`/status`, the expiry
+    /// gauge) and warns when it is outside it. It serves all the same: a
+    /// client that does not check it (an ALB towards its targets) keeps
+    /// working, and a restart must not fail over it.
+    fn note_validity(&mut self, certified: &CertifiedKey) {
+        let validity = certified.cert.first().and_then(pair::validity);
+        let ms = |s: i64| u64::try_from(s).ok().map(|s| s.saturating_mul(1000));
+        self.not_before_ms = validity.and_then(|(from, _)| ms(from));
+        self.not_after_ms = validity.and_then(|(_, until)| ms(until));
+        if let Some((_, until)) = validity {
+            metrics::gauge!(names::TLS_CERT_EXPIRY).set(until as f64);
+        }
+        if let Some(problem) = self.validity_problem(unix_ms()) {
+            tracing::warn!(cert = %self.cert, "{problem}");
+        }
+    }
+
+    /// Why the serving certificate is not valid at `now_ms`, if it is not.
+    pub fn validity_problem(&self, now_ms: u64) -> Option<String> {
+        let date =
+            |ms: u64| httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_millis(ms));
+        match (self.not_before_ms, self.not_after_ms) {
+            (_, Some(until)) if now_ms > until => Some(format!(
+                "the TLS certificate in {} expired on {}: clients that check it refuse the connection; replace the pair (it is reloaded without a restart)",
+                self.cert,
+                date(until)
+            )),
+            (Some(from), _) if now_ms < from => Some(format!(
+                "the TLS certificate in {} is not valid before {}: clients that check it refuse the connection",
+                self.cert,
+                date(from)
+            )),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -101,6 +143,16 @@ impl ListenerTls {
         let (cert, key) = (config.cert.clone(), config.key.clone());
         let files = PairFiles::read(&cert, &key)?;
         let certified = pair::certified_key(&files, &cert, &key)?;
+        let mut status = TlsStatus {
+            cert: cert.display().to_string(),
+            key: key.display().to_string(),
+            loaded_at_ms: unix_ms(),
+            last_error: None,
+            last_error_at_ms: None,
+            not_before_ms: None,
+            not_after_ms: None,
+        };
+        status.note_validity(&certified);
         let resolver = Arc::new(Resolver(ArcSwap::new(certified)));
         let mut server = ServerConfig::builder_with_provider(super::provider())
             .with_safe_default_protocol_versions()
@@ -135,13 +187,7 @@ impl ListenerTls {
             state: Mutex::new(State {
                 loaded: fingerprint,
                 seen: Seen::Files(fingerprint),
-                status: TlsStatus {
-                    cert: cert.display().to_string(),
-                    key: key.display().to_string(),
-                    loaded_at_ms: unix_ms(),
-                    last_error: None,
-                    last_error_at_ms: None,
-                },
+                status,
             }),
             cert,
             key,
@@ -181,6 +227,7 @@ impl ListenerTls {
                 Ok(false)
             }
             Ok(Some((certified, fingerprint))) => {
+                state.status.note_validity(&certified);
                 self.resolver.0.store(certified);
                 state.loaded = fingerprint;
                 state.status.loaded_at_ms = unix_ms();
@@ -278,16 +325,19 @@ pub fn with_status<T: Serialize>(status: T, tls: Option<&ListenerTls>) -> serde_
     let mut value = serde_json::to_value(status).unwrap_or_default();
     if let (Some(tls), Some(map)) = (tls, value.as_object_mut()) {
         let tls = tls.status();
-        if let Some(e) = &tls.last_error
-            && let Some(serde_json::Value::Array(warnings)) = map.get_mut("warnings")
-        {
-            warnings.push(
-                format!(
-                    "the TLS certificate pair on disk ({}, {}) was rejected: {e}; the previous pair keeps serving until a reload takes a valid one",
-                    tls.cert, tls.key
-                )
-                .into(),
-            );
+        if let Some(serde_json::Value::Array(warnings)) = map.get_mut("warnings") {
+            if let Some(e) = &tls.last_error {
+                warnings.push(
+                    format!(
+                        "the TLS certificate pair on disk ({}, {}) was rejected: {e}; the previous pair keeps serving until a reload takes a valid one",
+                        tls.cert, tls.key
+                    )
+                    .into(),
+                );
+            }
+            if let Some(problem) = tls.validity_problem(unix_ms()) {
+                warnings.push(problem.into());
+            }
         }
         map.insert("tls".into(), serde_json::to_value(tls).unwrap_or_default());
     }

@@ -53,6 +53,18 @@ pub fn certificates(bytes: &[u8], path: &Path) -> Result<Vec<CertificateDer<'sta
     Ok(chain)
 }
 
+/// When a certificate is valid: its `notBefore` and `notAfter`, in Unix
+/// seconds; `None` when its DER cannot be read so far (rustls, which
+/// accepted the chain, is the judge of the rest).
+pub fn validity(cert: &CertificateDer<'_>) -> Option<(i64, i64)> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let validity = parsed.validity();
+    Some((
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    ))
+}
+
 /// Parses and checks a pair read from `cert` and `key`.
 pub fn certified_key(
     files: &PairFiles,

@@ -490,6 +490,45 @@ async fn rotation_keeps_open_connections_and_a_bad_pair_is_rejected() {
     gw.shutdown().await;
 }
 
+/// An expired certificate serves (a client that does not check it, as an
+/// ALB towards its targets, keeps working; a restart must not fail over
+/// it), and /status says it expired until a valid pair replaces it.
+#[tokio::test]
+async fn an_expired_certificate_serves_and_is_a_warning_until_replaced() {
+    let up = Upstream::start("v1").await;
+    let ca = Ca::new();
+    let (cert, key) = ca.expired_leaf(&["localhost"]);
+    let (gw, dir) = start_with_pair(&cert, &key, up.addr).await;
+    let status = || async {
+        let reply = admin(gw.admin, "GET", "/status", None, "").await;
+        serde_json::from_str::<serde_json::Value>(&reply.text()).unwrap()
+    };
+    let json = status().await;
+    assert_eq!(json["tls"]["not_after_ms"], 1_577_836_800_000u64, "{json}");
+    let expired = json["warnings"].as_array().is_some_and(|w| {
+        w.iter().any(|w| {
+            let w = w.as_str().unwrap_or_default();
+            w.contains("expired on Wed, 01 Jan 2020") && w.contains("cert.pem")
+        })
+    });
+    assert!(expired, "{json}");
+    let metrics = admin(gw.admin, "GET", "/metrics", None, "").await.text();
+    assert!(
+        metrics.contains("canary_tls_certificate_expiry_timestamp_seconds"),
+        "{metrics}"
+    );
+
+    let (cert, key, der) = ca.leaf(&["localhost"]);
+    write_pair(dir.path(), &cert, &key);
+    let reply = admin(gw.admin, "POST", "/reload", None, "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(peer_cert(&connect(gw.addr, &ca.der, &[b"h2"]).await), der);
+    let json = status().await;
+    assert!(!json["warnings"].to_string().contains("expired"), "{json}");
+    assert!(json["tls"]["not_after_ms"].as_u64() > Some(1_577_836_800_000));
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_bad_pair_stops_the_start_with_a_clear_error() {
     let ca = Ca::new();

@@ -36,6 +36,18 @@ impl Ca {
         (cert.pem(), cert.der().clone())
     }
 
+    /// A leaf for `names`, fresh ECDSA key, that expired at the start of
+    /// 2020: (cert PEM, key PEM).
+    pub fn expired_leaf(&self, names: &[&str]) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
     /// A leaf with a fresh ECDSA key: (cert PEM, key PEM, cert DER).
     pub fn leaf(&self, names: &[&str]) -> (String, String, CertificateDer<'static>) {
         let key = KeyPair::generate().unwrap().serialize_pem();
