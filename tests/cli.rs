@@ -63,6 +63,21 @@ async fn health_is_0_when_ready_and_1_otherwise() {
     assert!(err.contains("cannot reach"), "{err}");
 }
 
+/// A port out of range in --admin is a usage error (exit 2), nothing sent:
+/// it used to fall back to port 80, sending the token and the change there.
+#[tokio::test]
+async fn an_admin_url_with_a_port_out_of_range_is_a_usage_error() {
+    for url in ["http://127.0.0.1:99901", "http://127.0.0.1:0"] {
+        let (code, _, err) = cli(
+            &["ctl", "--admin", url, "weights", "set", "v2=50"],
+            &[("CANARY_ADMIN_TOKEN", "secret")],
+        )
+        .await;
+        assert_eq!(code, 2, "{url}: {err}");
+        assert!(err.contains("is not a port"), "{url}: {err}");
+    }
+}
+
 #[tokio::test]
 async fn ctl_changes_weights_with_exit_codes_a_pipeline_can_trust() {
     let (v1, v2) = (

@@ -49,10 +49,22 @@ impl AdminClient {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
+        // `Uri::port` is `None` both without a port and for one out of
+        // range: a typo such as 99901 must not send the token to port 80.
+        let authority = uri.authority().map_or("", |a| a.as_str());
+        let after_host = authority.rsplit(']').next().unwrap_or(authority);
+        let port = match after_host.rsplit_once(':') {
+            None => 80,
+            Some((_, text)) => text
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| bad(&format!("`{text}` is not a port (1-65535)")))?,
+        };
         Ok(AdminClient {
             url: url.to_string(),
             host,
-            port: uri.port_u16().unwrap_or(80),
+            port,
             prefix: uri.path().trim_end_matches('/').to_string(),
             token: token.filter(|t| !t.trim().is_empty()),
             timeout,
