@@ -490,7 +490,7 @@ impl Validator<'_> {
             stable: raw.split.stable.clone(),
             sticky_header: self.header("split.sticky_header", &raw.split.sticky_header)?,
             override_header: self.header("split.override_header", &raw.split.override_header)?,
-            response_header: self.header("split.response_header", &raw.split.response_header)?,
+            response_header: self.response_header(&raw.split.response_header)?,
         };
         if !versions.iter().any(|v| v.name == split.stable) {
             return Err(self.invalid(
@@ -559,7 +559,7 @@ impl Validator<'_> {
                     );
                 }
             },
-            level: raw.log.level.clone().unwrap_or_else(|| "info".to_string()),
+            level: self.log_level(raw.log.level.as_deref())?,
             access_log: raw.log.access_log.unwrap_or(false),
         };
 
@@ -862,6 +862,88 @@ impl Validator<'_> {
                 format!("`{value}` is not a socket address (expected IP:port, e.g. 10.0.1.5:9000)"),
             )
         })
+    }
+
+    /// `split.response_header`: a name of the operator's own. The gateway
+    /// sets it on every response in place of an upstream field of that
+    /// name, so a field that frames the message, is hop-by-hop, or that
+    /// clients and caches read (`content-length` would break every
+    /// response) is refused.
+    fn response_header(&self, value: &Option<String>) -> Result<Option<HeaderName>, ConfigError> {
+        const KEY: &str = "split.response_header";
+        let name = self.header(KEY, value)?;
+        if let Some(name) = &name {
+            use http::header;
+            let taken = [
+                header::CONTENT_LENGTH,
+                header::CONTENT_TYPE,
+                header::CONTENT_ENCODING,
+                header::CONTENT_RANGE,
+                header::CONTENT_LOCATION,
+                header::CONTENT_DISPOSITION,
+                header::CONTENT_LANGUAGE,
+                header::LOCATION,
+                header::SET_COOKIE,
+                header::DATE,
+                header::ETAG,
+                header::LAST_MODIFIED,
+                header::CACHE_CONTROL,
+                header::EXPIRES,
+                header::VARY,
+                header::AGE,
+                header::RETRY_AFTER,
+                header::WWW_AUTHENTICATE,
+                header::PROXY_AUTHENTICATE,
+                header::STRICT_TRANSPORT_SECURITY,
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                header::SERVER,
+                header::HOST,
+            ];
+            let own = *name == crate::proxy::headers::X_REQUEST_ID;
+            if own || taken.contains(name) || crate::proxy::headers::is_hop_by_hop(name) {
+                return Err(self.invalid(
+                    KEY,
+                    format!(
+                        "`{name}` is a standard or hop-by-hop field that the gateway would overwrite on every response; use a name of your own, e.g. x-canary-version"
+                    ),
+                ));
+            }
+        }
+        Ok(name)
+    }
+
+    /// `log.level`: a level, or `tracing` filter directives
+    /// (`info,canary_gateway::proxy=debug`). A bare word that is no level
+    /// (`warning`) would parse as a target's name and silence every other
+    /// line, errors included; a filter that does not parse would be
+    /// replaced by `info` without a word.
+    fn log_level(&self, value: Option<&str>) -> Result<String, ConfigError> {
+        const KEY: &str = "log.level";
+        const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+        let Some(value) = value else {
+            return Ok("info".to_string());
+        };
+        if value.trim().is_empty() {
+            return Err(self.invalid(
+                KEY,
+                "is empty (one of: trace, debug, info, warn, error, off)",
+            ));
+        }
+        for directive in value.split(',').map(str::trim) {
+            if !directive.contains('=') && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(directive))
+            {
+                return Err(self.invalid(
+                    KEY,
+                    format!(
+                        "`{directive}` is not a level (one of: trace, debug, info, warn, error, off); a filter for one target is written target=level"
+                    ),
+                ));
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(value) {
+            return Err(self.invalid(KEY, format!("`{value}` is not a log filter: {e}")));
+        }
+        Ok(value.to_string())
     }
 
     fn header(&self, key: &str, value: &Option<String>) -> Result<Option<HeaderName>, ConfigError> {

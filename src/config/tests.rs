@@ -304,3 +304,55 @@ fn a_bad_upstream_server_name_names_its_key() {
     let e = err(&text);
     assert!(e.contains("versions[0].ca_file"), "{e}");
 }
+
+/// `split.response_header` replaces an upstream field of its name on every
+/// response: a framing, hop-by-hop or standard field would break them.
+#[test]
+fn a_response_header_that_would_break_responses_is_refused() {
+    for name in [
+        "content-length",
+        "Content-Length",
+        "transfer-encoding",
+        "connection",
+        "content-type",
+        "set-cookie",
+        "x-request-id",
+        "proxy-foo",
+    ] {
+        let text = BASE.replace(
+            "stable = \"v1\"",
+            &format!("stable = \"v1\"\nresponse_header = \"{name}\""),
+        );
+        let e = err(&text);
+        assert!(e.contains("split.response_header"), "{name}: {e}");
+        assert!(e.contains("use a name of your own"), "{name}: {e}");
+    }
+    let text = BASE.replace(
+        "stable = \"v1\"",
+        "stable = \"v1\"\nresponse_header = \"x-canary-version\"",
+    );
+    assert!(Config::parse(&text, "gw.toml").is_ok());
+}
+
+/// `log.level` is checked: a word that is no level would silence every
+/// line (it parses as a target's name), a broken filter would turn into
+/// `info` unsaid.
+#[test]
+fn a_log_level_that_is_no_level_or_filter_is_refused() {
+    for (level, reason) in [
+        ("warning", "`warning` is not a level"),
+        ("", "is empty"),
+        ("info,foo", "`foo` is not a level"),
+        ("info,foo=loud", "is not a log filter"),
+    ] {
+        let e = err(&format!("{BASE}\n[log]\nlevel = \"{level}\"\n"));
+        assert!(
+            e.contains("log.level") && e.contains(reason),
+            "{level:?}: {e}"
+        );
+    }
+    for level in ["warn", "DEBUG", "info,canary_gateway::proxy=debug", "off"] {
+        let c = Config::parse(&format!("{BASE}\n[log]\nlevel = \"{level}\"\n"), "gw.toml");
+        assert_eq!(c.map(|c| c.log.level).ok().as_deref(), Some(level));
+    }
+}
