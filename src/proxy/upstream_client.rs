@@ -375,11 +375,16 @@ impl Conn {
     }
 
     /// Reads part of a response head (see [`HeadRead`]). Ready(0) means the
-    /// upstream closed the connection.
+    /// upstream closed the connection, with or without a TLS `close_notify`
+    /// (see [`closed_without_close_notify`]).
     fn poll_read_head(&mut self, cx: &mut Context<'_>, how: HeadRead) -> Poll<io::Result<usize>> {
         let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); HEAD_READ];
         let mut read = ReadBuf::uninit(&mut scratch);
-        ready!(Pin::new(&mut self.io).poll_read(cx, &mut read))?;
+        match ready!(Pin::new(&mut self.io).poll_read(cx, &mut read)) {
+            Ok(()) => {}
+            Err(e) if closed_without_close_notify(&e) => return Poll::Ready(Ok(0)),
+            Err(e) => return Poll::Ready(Err(e)),
+        }
         let got = read.filled();
         if self.buf.is_empty() && how == HeadRead::Sized {
             self.buf = BytesMut::from(got);
@@ -397,6 +402,23 @@ impl Conn {
         self.buf.reserve(want.max(1));
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
+}
+
+/// Whether a read error is a TLS upstream's TCP close that no `close_notify`
+/// came before: rustls reports it as `UnexpectedEof` (a possible
+/// truncation) where a plain socket reads 0 bytes, and many servers close
+/// idle connections that way (Python's ssl module, gunicorn). rustls
+/// returns it only once every byte decrypted before the close was read:
+/// nothing is lost with it.
+///
+/// While a response head is awaited it means what a plain close means:
+/// with no byte of the response before it, the upstream closed a pooled
+/// connection (the request is retried when that is safe, as over plain
+/// TCP); after part of the head, the head is cut short, an error either
+/// way. In a response body the error stays (see `body.rs`: a body
+/// delimited by the close is refused).
+fn closed_without_close_notify(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::UnexpectedEof
 }
 
 /// Parses a response head at the start of `buf` and consumes it, its field
@@ -694,5 +716,132 @@ mod tests {
         let (fifth, spare) = exchange(HeadRead::Sized).await;
         assert_eq!(spare, 0);
         assert_ne!(fifth.as_ptr(), fourth.as_ptr());
+    }
+
+    /// A TLS connection of the gateway's own upstream client (its
+    /// `UpstreamTls`) and the upstream's side of it (served with the
+    /// listener's TLS), the certificate for `localhost` written to `dir`.
+    async fn tls_pair(dir: &std::path::Path) -> (Conn, Stream) {
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, signing_key.serialize_pem()).unwrap();
+        let server = crate::tls::ListenerTls::load(&crate::config::ListenerTlsConfig {
+            cert: cert_path.clone(),
+            key: key_path,
+            session_resumption: false,
+        })
+        .unwrap();
+        let client = crate::tls::UpstreamTls::new(crate::tls::upstream::UpstreamTlsConfig {
+            ca_file: Some(cert_path),
+            server_name: Some("localhost".to_string()),
+        })
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limit = std::time::Duration::from_secs(10);
+        let accept = async {
+            let (tcp, _) = listener.accept().await.unwrap();
+            server.accept(tcp, limit).await.unwrap().0
+        };
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            client.connect(tcp, addr, limit).await.unwrap()
+        };
+        let (upstream, stream) = tokio::join!(accept, connect);
+        (Conn::new(stream), upstream)
+    }
+
+    /// The upstream sends `bytes` and closes: with a `close_notify` first,
+    /// or the TCP connection alone (a FIN after the records, no alert).
+    async fn send_and_hang_up(mut upstream: Stream, bytes: &[u8], close_notify: bool) {
+        use tokio::io::AsyncWriteExt as _;
+        upstream.write_all(bytes).await.unwrap();
+        upstream.flush().await.unwrap();
+        match upstream {
+            Stream::Server(tls) if !close_notify => {
+                let (mut tcp, _) = (*tls).into_inner();
+                tcp.shutdown().await.unwrap();
+            }
+            mut upstream => upstream.shutdown().await.unwrap(),
+        }
+    }
+
+    /// The body of `head` read from `conn` to its end, or its error.
+    async fn read_body(conn: Conn, head: RawHead) -> Result<Vec<u8>, ExchangeError> {
+        use http_body::Body as _;
+        let mut body = body::ResponseBody::new(conn, head.framing, head.keep_alive);
+        let mut got = Vec::new();
+        while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            if let Ok(data) = frame?.into_data() {
+                got.extend_from_slice(&data);
+            }
+        }
+        Ok(got)
+    }
+
+    /// rustls reports a TCP close with no `close_notify` before it as
+    /// `UnexpectedEof`, not as the end of the stream. Before any byte of a
+    /// response it is a close as any other (a pooled connection the
+    /// upstream dropped: retried when safe); once part of the response
+    /// came, it stays an error: a head cut short, a body short of its
+    /// length, and a body delimited by the close, which only a
+    /// `close_notify` ends (RFC 9112, 9.8).
+    #[tokio::test]
+    async fn a_tls_close_without_close_notify_is_a_close_only_before_the_response() {
+        let dir = tempfile::tempdir().unwrap();
+        for close_notify in [false, true] {
+            let case = |what: &str| format!("{what}, close_notify {close_notify}");
+
+            let (mut conn, upstream) = tls_pair(dir.path()).await;
+            send_and_hang_up(upstream, b"", close_notify).await;
+            let e = conn.response_head(&Method::GET, HeadRead::InPlace).await;
+            let what = case("nothing sent");
+            assert!(
+                matches!(e, Err(ExchangeError::ClosedBeforeResponse)),
+                "{what}: {:?}",
+                e.map(|h| h.status)
+            );
+
+            let (mut conn, upstream) = tls_pair(dir.path()).await;
+            send_and_hang_up(upstream, b"HTTP/1.1 200 OK\r\ncontent-le", close_notify).await;
+            let e = conn.response_head(&Method::GET, HeadRead::Sized).await;
+            let what = case("half a head");
+            match e {
+                Err(e) => assert!(!e.nothing_received(), "{what}: {e:?}"),
+                Ok(head) => panic!("{what}: {}", head.status),
+            }
+
+            let (mut conn, upstream) = tls_pair(dir.path()).await;
+            let short = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello";
+            send_and_hang_up(upstream, short, close_notify).await;
+            let head = conn.response_head(&Method::GET, HeadRead::InPlace).await;
+            let body = read_body(conn, head.unwrap()).await;
+            let what = case("a body short of its length");
+            assert!(
+                matches!(
+                    body,
+                    Err(ExchangeError::ClosedInBody | ExchangeError::Read(_))
+                ),
+                "{what}: {body:?}"
+            );
+
+            let (mut conn, upstream) = tls_pair(dir.path()).await;
+            let until_close = b"HTTP/1.0 200 OK\r\n\r\nhello";
+            send_and_hang_up(upstream, until_close, close_notify).await;
+            let head = conn.response_head(&Method::GET, HeadRead::InPlace).await;
+            let head = head.unwrap();
+            assert_eq!(head.framing, Framing::UntilClose);
+            let body = read_body(conn, head).await;
+            let what = case("a body delimited by the close");
+            match close_notify {
+                true => assert_eq!(body.unwrap(), b"hello", "{what}"),
+                false => assert!(
+                    matches!(&body, Err(ExchangeError::Read(e)) if e.kind() == io::ErrorKind::UnexpectedEof),
+                    "{what}: {body:?}"
+                ),
+            }
+        }
     }
 }

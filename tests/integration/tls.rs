@@ -899,3 +899,170 @@ async fn turning_upstream_tls_on_needs_a_restart() {
     }
     gw.shutdown().await;
 }
+
+/// Reads one request (head, then a body of its Content-Length) from an
+/// upstream's TLS connection; `false` once the connection ended first.
+async fn read_tls_request(
+    tls: &mut tokio_rustls::server::TlsStream<TcpStream>,
+    buf: &mut Vec<u8>,
+) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut wanted = None;
+    loop {
+        if wanted.is_none()
+            && let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n")
+        {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            wanted = Some(end + 4 + length);
+        }
+        if let Some(n) = wanted
+            && buf.len() >= n
+        {
+            buf.drain(..n);
+            return true;
+        }
+        let mut more = [0u8; 4096];
+        match tls.read(&mut more).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&more[..n]),
+        }
+    }
+}
+
+/// An HTTPS upstream that answers the first request of each connection and
+/// hangs up on the next one once it has read it whole, without answering:
+/// the keep-alive race (an upstream closing an idle connection just as a
+/// request goes out on it), made certain. With `close_notify` it closes
+/// TLS first; without, it closes the TCP connection alone (a FIN and no
+/// alert), as Python's ssl module (gunicorn) and many other servers do.
+/// Counts the connections it accepted.
+async fn tls_upstream_hanging_up(ca: &Ca, close_notify: bool) -> (SocketAddr, Arc<AtomicU64>) {
+    use tokio::io::AsyncWriteExt;
+    let acceptor = tls_acceptor(ca, &["upstream.test"]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicU64::new(0));
+    let count = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, count) = (acceptor.clone(), count.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut buf = Vec::new();
+                if !read_tls_request(&mut tls, &mut buf).await {
+                    return;
+                }
+                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                if tls.write_all(ok).await.is_err() || tls.flush().await.is_err() {
+                    return;
+                }
+                if !read_tls_request(&mut tls, &mut buf).await {
+                    return;
+                }
+                if close_notify {
+                    let _ = tls.shutdown().await;
+                } else {
+                    // The socket under the session: its FIN goes out with
+                    // no TLS alert before it. Everything sent was read, so
+                    // the close is a FIN, not a reset.
+                    let (mut tcp, _) = tls.into_inner();
+                    let _ = tcp.shutdown().await;
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+/// A TLS upstream that closes an idle keep-alive connection with a bare
+/// TCP close (no `close_notify`: rustls reports it as an unexpected EOF,
+/// not as the end of the stream) is retried like a plain TCP close: the
+/// request that took that pooled connection goes out again on a new one
+/// when that is safe, and the client sees no error, nor do the version's
+/// metrics (a 5xx there feeds the rollout's error rate).
+#[tokio::test]
+async fn a_tls_upstream_closing_without_close_notify_is_retried_like_a_plain_close() {
+    use crate::support::{Client, h2c_client, metric_value, request};
+    use http_body_util::Empty;
+    let ca = Ca::new();
+    // Metrics are the process's: each case counts under a version of its own.
+    for (close_notify, version) in [(false, "bare-close"), (true, "close-notify")] {
+        let (addr, connections) = tls_upstream_hanging_up(&ca, close_notify).await;
+        let (_dir, text) = tls_upstream_config(&ca, &[addr], "upstream.test", "");
+        let text = text.replace("\"v1\"", &format!("\"{version}\""));
+        let gw = Gateway::start(&text).await;
+        let mut client = Client::connect(gw.addr).await;
+        let h2 = h2c_client(gw.addr).await;
+        // What each request got, as "METHOD status body". Three of each in
+        // a row: whatever the outcome of the one before, one of them at
+        // least takes a pooled connection the upstream then drops.
+        let mut answers = Vec::new();
+        // Bodiless requests; a PUT whose body came with its head (the
+        // upload path: the body can be sent again); an HTTP/2 client's
+        // GET (its response head is read sized).
+        for method in ["GET", "DELETE", "PUT", "h2 GET"] {
+            for _ in 0..3 {
+                let (status, body) = if method == "h2 GET" {
+                    let req = Request::get(format!("http://{}/", gw.addr))
+                        .body(Empty::<Bytes>::new())
+                        .unwrap();
+                    let resp = h2.clone().send_request(req).await.unwrap();
+                    let status = resp.status();
+                    (status, resp.into_body().collect().await.unwrap().to_bytes())
+                } else {
+                    let body = if method == "PUT" { "abc" } else { "" };
+                    let reply = client.send(request(gw.addr, method, "/", &[], body));
+                    let reply = reply.await.unwrap();
+                    (reply.status, reply.body)
+                };
+                let body = String::from_utf8_lossy(&body);
+                answers.push(format!("{method} {} {}", status.as_u16(), body.trim_end()));
+            }
+        }
+        let expected: Vec<String> = ["GET", "DELETE", "PUT", "h2 GET"]
+            .iter()
+            .flat_map(|what| std::iter::repeat_n(format!("{what} 200 ok"), 3))
+            .collect();
+        assert_eq!(answers, expected, "close_notify {close_notify}");
+        let sent = answers.len() as u64;
+        // Every request but the first found the pooled connection dropped
+        // and went out again on a new one.
+        assert_eq!(connections.load(Ordering::SeqCst), sent);
+        let metrics = async || admin(gw.admin, "GET", "/metrics", None, "").await.text();
+        let ok = [("version", version), ("status", "2xx")];
+        let counted = eventually(Duration::from_secs(5), async || {
+            metric_value(&metrics().await, "canary_requests_total", &ok) == sent as f64
+        })
+        .await;
+        let text = metrics().await;
+        assert!(counted, "close_notify {close_notify}: {text}");
+        let five = [("version", version), ("status", "5xx")];
+        let errors = [("version", version)];
+        assert_eq!(
+            (
+                metric_value(&text, "canary_requests_total", &five),
+                metric_value(&text, "canary_upstream_errors_total", &errors),
+            ),
+            (0.0, 0.0),
+            "close_notify {close_notify}: {text}"
+        );
+        // A POST may have been processed before the connection dropped:
+        // never sent twice, as over plain TCP.
+        let reply = client
+            .send(request(gw.addr, "POST", "/", &[], ""))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 502, "close_notify {close_notify}");
+        assert_eq!(reply.header("x-canary-error"), Some("upstream-reset"));
+        assert_eq!(connections.load(Ordering::SeqCst), sent);
+        gw.shutdown().await;
+    }
+}

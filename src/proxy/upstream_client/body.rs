@@ -195,6 +195,10 @@ impl ResponseBody {
                     }
                 }
                 State::UntilClose => {
+                    // Over TLS only a `close_notify` ends such a body: a bare
+                    // TCP close (rustls' `UnexpectedEof`) fails it, as one
+                    // cut short cannot be told from one complete (RFC 9112,
+                    // 9.8; docs/configuration.md, upstream TLS).
                     if conn.buf.is_empty()
                         && ready!(conn.poll_read(cx, BODY_READ)).map_err(ExchangeError::Read)? == 0
                     {
