@@ -47,8 +47,13 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub struct ConnState {
     /// Bumped on every read or write that moved bytes.
     activity: AtomicU64,
-    /// Requests of this connection not yet finished.
-    in_flight: AtomicU32,
+    /// Requests of this connection: the low 32 bits count those not yet
+    /// finished, the high 32 bits (wrapping) those started. One word, so
+    /// that a request costs no more atomic operations than a count in
+    /// flight did, and the watchdog still sees a request that began and
+    /// ended between two of its checks (HTTP/2's idle rule, in
+    /// `drive::Watchdog`).
+    requests: AtomicU64,
     /// When the first byte of the current request head arrived (0: none).
     head_started_ms: AtomicU64,
     /// Waiting for a new request head (HTTP/1 between requests).
@@ -86,7 +91,7 @@ impl ConnState {
     fn new(peer: SocketAddr, tls: bool, tracked: drive::Tracked) -> ConnState {
         ConnState {
             activity: AtomicU64::new(0),
-            in_flight: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(0),
             awaiting_head: AtomicBool::new(true),
             open_bodies: AtomicU32::new(0),
@@ -107,7 +112,8 @@ impl ConnState {
 
     /// A request head was parsed and handed to the service.
     pub fn request_started(&self, http2: bool) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.requests
+            .fetch_add(REQUEST_STARTED + 1, Ordering::Relaxed);
         self.awaiting_head.store(false, Ordering::Relaxed);
         self.head_started_ms.store(0, Ordering::Relaxed);
         self.awaiting_upstream.store(true, Ordering::Relaxed);
@@ -127,7 +133,7 @@ impl ConnState {
     pub fn request_ended(&self) {
         // SeqCst with `request_body_ended`: of a response and a body ending
         // at once, at least one sees the other done.
-        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
+        if in_flight(self.requests.fetch_sub(1, Ordering::SeqCst)) == 1
             && !self.http2.load(Ordering::Relaxed)
             && self.open_bodies.load(Ordering::SeqCst) == 0
         {
@@ -144,7 +150,7 @@ impl ConnState {
     /// the next request head is awaited.
     pub fn request_body_ended(&self) {
         if self.open_bodies.fetch_sub(1, Ordering::SeqCst) == 1
-            && self.in_flight.load(Ordering::SeqCst) == 0
+            && in_flight(self.requests.load(Ordering::SeqCst)) == 0
             && !self.http2.load(Ordering::Relaxed)
         {
             self.awaiting_head.store(true, Ordering::Relaxed);
@@ -195,6 +201,15 @@ impl ConnState {
                 .store(now_ms().max(1), Ordering::Relaxed);
         }
     }
+}
+
+/// What [`ConnState::request_started`] adds to the high half of its
+/// `requests` word (the low half counts the request in flight).
+const REQUEST_STARTED: u64 = 1 << 32;
+
+/// The requests in flight of a [`ConnState`]'s `requests` word.
+fn in_flight(requests: u64) -> u32 {
+    requests as u32
 }
 
 /// A socket that reports its activity to the connection's [`ConnState`].
@@ -407,6 +422,9 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, dra
                 .http2()
                 .timer(TokioTimer::new())
                 .max_header_list_size(MAX_HEAD_BYTES as u32)
+                // Finds dead peers (hyper closes the connection when a PING
+                // goes unanswered). These PINGs are no use of the connection:
+                // the watchdog's idle rule for HTTP/2 counts requests only.
                 .keep_alive_interval(Some(Duration::from_secs(30)));
             let service = service(proxy.clone(), state.clone());
             let io = TokioIo::new(coalesce::Coalesced::new(io));

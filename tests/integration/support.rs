@@ -258,3 +258,139 @@ impl FixedUpstream {
 /// A chunked upload of "hello world" in two chunks, written by hand.
 pub const CHUNKED_HELLO_WORLD: &[u8] = b"POST /upload HTTP/1.1\r\nHost: h\r\n\
     Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+
+/// Frame types and the ACK flag of HTTP/2 (RFC 9113, 6).
+pub mod h2_frame {
+    pub const SETTINGS: u8 = 0x4;
+    pub const PING: u8 = 0x6;
+    pub const GOAWAY: u8 = 0x7;
+    pub const ACK: u8 = 0x1;
+}
+
+/// One HTTP/2 frame as it came from the gateway.
+#[derive(Debug)]
+pub struct RawFrame {
+    pub kind: u8,
+    pub flags: u8,
+    pub payload: Vec<u8>,
+}
+
+/// A raw HTTP/2 client connection (framing only), for what hyper's client
+/// does not show: which frames the gateway sends (GOAWAY) and when it
+/// closes the connection.
+pub struct RawH2<S> {
+    io: S,
+    buf: Vec<u8>,
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> RawH2<S> {
+    /// Sends the client preface and empty SETTINGS on `io`.
+    pub async fn start(io: S) -> RawH2<S> {
+        let mut h2 = RawH2 {
+            io,
+            buf: Vec::new(),
+        };
+        h2.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+        h2.send(h2_frame::SETTINGS, 0, &[]).await.unwrap();
+        h2
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.io.write_all(bytes).await?;
+        self.io.flush().await
+    }
+
+    /// Sends a connection-level frame (stream 0).
+    pub async fn send(&mut self, kind: u8, flags: u8, payload: &[u8]) -> std::io::Result<()> {
+        let len = (payload.len() as u32).to_be_bytes();
+        let mut frame = vec![len[1], len[2], len[3], kind, flags, 0, 0, 0, 0];
+        frame.extend_from_slice(payload);
+        self.write(&frame).await
+    }
+
+    /// The next frame; `None` once the gateway closed the connection (or
+    /// reset it). Cancel-safe: what was read stays in the buffer.
+    pub async fn next_frame(&mut self) -> Option<RawFrame> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if self.buf.len() >= 9 {
+                let len = u32::from_be_bytes([0, self.buf[0], self.buf[1], self.buf[2]]) as usize;
+                if self.buf.len() >= 9 + len {
+                    let frame: Vec<u8> = self.buf.drain(..9 + len).collect();
+                    return Some(RawFrame {
+                        kind: frame[3],
+                        flags: frame[4],
+                        payload: frame[9..].to_vec(),
+                    });
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            match self.io.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+/// What an HTTP/2 client that makes no request saw of its connection.
+#[derive(Debug, Default)]
+pub struct IdleH2 {
+    /// When the first GOAWAY came (from the start), and its error code.
+    pub goaway: Option<(Duration, u32)>,
+    /// When the gateway closed the connection.
+    pub closed: Option<Duration>,
+    /// Answers to the client's PINGs.
+    pub pongs: usize,
+}
+
+/// Opens HTTP/2 on `io` and makes no request: sends a PING every
+/// `ping_every`, answers the gateway's SETTINGS, and its PINGs when
+/// `answer_pings`, until the gateway closes the connection or `limit`
+/// passes.
+pub async fn idle_h2<S>(io: S, ping_every: Duration, answer_pings: bool, limit: Duration) -> IdleH2
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use h2_frame::*;
+    let start = tokio::time::Instant::now();
+    let mut h2 = RawH2::start(io).await;
+    let mut seen = IdleH2::default();
+    let mut ping = tokio::time::interval(ping_every);
+    let deadline = tokio::time::sleep(limit);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            frame = h2.next_frame() => {
+                let Some(frame) = frame else {
+                    seen.closed = Some(start.elapsed());
+                    break;
+                };
+                // A write that fails (the gateway closed) shows as the
+                // next read's end.
+                match (frame.kind, frame.flags & ACK != 0) {
+                    (SETTINGS, false) => {
+                        let _ = h2.send(SETTINGS, ACK, &[]).await;
+                    }
+                    (PING, false) if answer_pings => {
+                        let _ = h2.send(PING, ACK, &frame.payload).await;
+                    }
+                    (PING, true) => seen.pongs += 1,
+                    (GOAWAY, _) if seen.goaway.is_none() => {
+                        let code = frame.payload.get(4..8).map_or(u32::MAX, |c| {
+                            u32::from_be_bytes([c[0], c[1], c[2], c[3]])
+                        });
+                        seen.goaway = Some((start.elapsed(), code));
+                    }
+                    _ => {}
+                }
+            }
+            _ = ping.tick() => {
+                let _ = h2.send(PING, 0, b"clientpg").await;
+            }
+            () = &mut deadline => break,
+        }
+    }
+    seen
+}

@@ -221,6 +221,44 @@ async fn https_serves_http1_and_http2_chosen_by_alpn() {
     gw.shutdown().await;
 }
 
+/// An HTTP/2 connection over TLS (ALPN h2) that makes no request is closed
+/// after `idle`, GOAWAY first, though PINGs flow; HTTP/1.1 on the same
+/// listener still closes after `idle` without one.
+#[tokio::test]
+async fn https_idle_http2_connections_get_goaway_despite_pings() {
+    let up = Upstream::start("v1").await;
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf(&["localhost"]);
+    let dir = tempfile::tempdir().unwrap();
+    write_pair(dir.path(), &cert, &key);
+    let text = tls_config(dir.path(), up.addr) + "\n[timeouts]\nidle = \"1s\"\n";
+    let gw = Gateway::start(&text).await;
+    let h2 = connect(gw.addr, &ca.der, &[b"h2"]).await;
+    assert_eq!(h2.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let mut h1 = connect(gw.addr, &ca.der, &[b"http/1.1"]).await;
+    let limit = Duration::from_secs(5);
+    let h1_closed = async {
+        use tokio::io::AsyncReadExt;
+        let start = tokio::time::Instant::now();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(limit, h1.read_to_end(&mut rest)).await;
+        (read.is_ok(), start.elapsed(), rest)
+    };
+    let (seen, (h1_closed, h1_after, rest)) = tokio::join!(
+        crate::support::idle_h2(h2, Duration::from_millis(200), true, limit),
+        h1_closed
+    );
+    let (at, code) = seen.goaway.unwrap_or_else(|| panic!("no GOAWAY: {seen:?}"));
+    assert_eq!(code, 0, "{seen:?}");
+    assert!(at >= Duration::from_millis(750), "{seen:?}");
+    assert!(seen.pongs >= 3, "{seen:?}");
+    assert!(seen.closed.is_some(), "not closed: {seen:?}");
+    assert!(h1_closed, "the idle HTTP/1.1 connection was not closed");
+    assert!(h1_after >= Duration::from_millis(750), "{h1_after:?}");
+    assert!(rest.is_empty(), "{rest:?}");
+    gw.shutdown().await;
+}
+
 /// A response on a connection that closes after it (`Connection: close`)
 /// ends with `close_notify` over TLS: the gateway shuts its write side,
 /// which first sends what rustls still holds of the response (dropped

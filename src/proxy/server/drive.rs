@@ -142,8 +142,11 @@ enum Closed {
 
 /// The request-head, idle and body-stall timeouts of one connection,
 /// checked on a tick.
+#[derive(Default)]
 struct Watchdog {
-    last_activity: u64,
+    /// What showed use at the last check: the socket's activity (HTTP/1),
+    /// or the connection's requests word (HTTP/2, see [`Watchdog::check`]).
+    last_seen: u64,
     /// A request was in flight at the last check.
     in_flight: bool,
     quiet: Duration,
@@ -162,16 +165,25 @@ impl Watchdog {
         {
             return Some(Closed::HeadTimeout);
         }
-        let activity = state.activity.load(Ordering::Relaxed);
-        let in_flight = state.in_flight.load(Ordering::Relaxed) != 0;
+        let requests = state.requests.load(Ordering::Relaxed);
+        let in_flight = super::in_flight(requests) != 0;
+        let http2 = state.http2.load(Ordering::Relaxed);
+        // An HTTP/2 socket is never quiet for long: keep-alive PINGs (ours
+        // every 30 s, any the client sends) and other control frames move
+        // bytes on a connection no request uses, and would keep it open
+        // forever. Its idle rule counts requests only: none in flight and
+        // none started or ended (the requests word unchanged) for `idle`.
+        let seen = if http2 {
+            requests
+        } else {
+            state.activity.load(Ordering::Relaxed)
+        };
         // Waiting for a response head has its own timeout; HTTP/2 streams
         // share the connection (and its pings): each is timed on its own
         // (see `stream_watch`). Neither is a stall of the connection.
-        let exempt = in_flight
-            && (state.awaiting_upstream.load(Ordering::Relaxed)
-                || state.http2.load(Ordering::Relaxed));
-        if activity != self.last_activity || in_flight != self.in_flight || exempt {
-            self.last_activity = activity;
+        let exempt = in_flight && (state.awaiting_upstream.load(Ordering::Relaxed) || http2);
+        if seen != self.last_seen || in_flight != self.in_flight || exempt {
+            self.last_seen = seen;
             self.in_flight = in_flight;
             self.quiet = Duration::ZERO;
             return None;
@@ -241,11 +253,9 @@ impl Watch<'_> {
         let mut tick = pin!(tokio::time::sleep(every));
         let mut drain_signal = pin!(drain.began.notified());
         let (mut ticking, mut listening, mut draining) = (false, false, false);
-        let mut watchdog = Watchdog {
-            last_activity: 0,
-            in_flight: false,
-            quiet: Duration::ZERO,
-        };
+        let mut watchdog = Watchdog::default();
+        // An idle HTTP/2 connection was told to go away.
+        let mut going_away = false;
         let outcome = poll_fn(move |cx| {
             if !draining {
                 // Polled once, the signal stays registered; after that the flag
@@ -267,8 +277,24 @@ impl Watch<'_> {
             }
             if !ticking || tick.is_elapsed() {
                 while tick.as_mut().poll(cx).is_ready() {
-                    if let Some(closed) = watchdog.check(state, timeouts, every) {
-                        return Poll::Ready(Err(closed));
+                    match watchdog.check(state, timeouts, every) {
+                        None => {}
+                        // An idle HTTP/2 connection is closed as the drain
+                        // closes it: GOAWAY first (hyper's graceful
+                        // shutdown), so that its client knows the close for
+                        // one and that no request was lost (RFC 9113, 6.8);
+                        // it ends once the client has seen it. One still
+                        // open after another idle period (a client that
+                        // never answers the shutdown's PING) is dropped.
+                        Some(Closed::Idle)
+                            if !going_away && !draining && state.http2.load(Ordering::Relaxed) =>
+                        {
+                            going_away = true;
+                            watchdog.quiet = Duration::ZERO;
+                            tracing::debug!(%peer, "idle HTTP/2 connection; sending GOAWAY");
+                            shut_down(conn.as_mut());
+                        }
+                        Some(closed) => return Poll::Ready(Err(closed)),
                     }
                     tick.as_mut().reset(tokio::time::Instant::now() + every);
                 }
@@ -360,5 +386,72 @@ pub async fn first_bytes_rule_out_h2(
     match peeked {
         Ok(Ok(n)) if n > 0 => Some(first[..n] != prefix[..n]),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn_state() -> ConnState {
+        ConnState::new(
+            "127.0.0.1:1".parse().unwrap(),
+            false,
+            Arc::new(Drain::default()).track(),
+        )
+    }
+
+    const TIMEOUTS: ConnTimeouts = ConnTimeouts {
+        request_header: Duration::from_secs(10),
+        idle: Duration::from_secs(4),
+        body_stall: Duration::from_secs(60),
+    };
+    const EVERY: Duration = Duration::from_secs(1);
+
+    /// Checks `state` once a tick, `between` run before each check; the
+    /// check that closed the connection (counted from 1), if any within
+    /// `ticks`.
+    fn closes_at(state: &ConnState, ticks: u32, mut between: impl FnMut(u32)) -> Option<u32> {
+        let mut watchdog = Watchdog::default();
+        (1..=ticks).find(|&tick| {
+            between(tick);
+            matches!(watchdog.check(state, &TIMEOUTS, EVERY), Some(Closed::Idle))
+        })
+    }
+
+    /// HTTP/2: PINGs and other control frames move bytes, requests alone
+    /// keep the connection from being idle, also those begun and ended
+    /// between two checks.
+    #[test]
+    fn http2_is_idle_without_requests_whatever_its_socket_does() {
+        let state = conn_state();
+        state.http2.store(true, Ordering::Relaxed);
+        // Bytes at every tick (PINGs), no request.
+        assert_eq!(closes_at(&state, 20, |_| state.saw_bytes(true)), Some(4));
+        // A request within each idle period, started and ended between checks.
+        let requests = |tick| {
+            state.saw_bytes(true);
+            if tick % 3 == 0 {
+                state.request_started(true);
+                state.request_ended();
+            }
+        };
+        assert_eq!(closes_at(&state, 20, requests), None);
+        // A request in flight for longer than `idle`, then none.
+        state.request_started(true);
+        let ends_at_10 = |tick| {
+            if tick == 10 {
+                state.request_ended();
+            }
+        };
+        assert_eq!(closes_at(&state, 20, ends_at_10), Some(14));
+    }
+
+    /// HTTP/1: any byte in either direction is activity (unchanged).
+    #[test]
+    fn http1_is_idle_without_bytes() {
+        let state = conn_state();
+        assert_eq!(closes_at(&state, 20, |_| state.saw_bytes(false)), None);
+        assert_eq!(closes_at(&conn_state(), 20, |_| {}), Some(4));
     }
 }

@@ -152,3 +152,78 @@ async fn h2c_cookie_fields_go_upstream_as_one_line() {
     );
     gw.shutdown().await;
 }
+
+/// An HTTP/2 connection without requests for `idle` is closed, GOAWAY
+/// first, although PINGs keep its socket busy (the gateway's keep-alive
+/// PINGs once kept idle HTTP/2 connections open forever); a client that
+/// never answers the shutdown's PING is dropped one idle period later.
+#[tokio::test]
+async fn h2c_idle_connections_get_goaway_despite_pings() {
+    let v1 = Upstream::start("v1").await;
+    let extra = "[timeouts]\nidle = \"1s\"";
+    let gw = Gateway::start(&config(extra, &[("v1", 1, v1.addr)])).await;
+    let connect = || tokio::net::TcpStream::connect(gw.addr);
+    let (polite, deaf) = (connect().await.unwrap(), connect().await.unwrap());
+    let every = Duration::from_millis(200);
+    let limit = Duration::from_secs(5);
+    let (polite, deaf) = tokio::join!(
+        idle_h2(polite, every, true, limit),
+        idle_h2(deaf, every, false, limit),
+    );
+    for seen in [&polite, &deaf] {
+        let (at, code) = seen.goaway.unwrap_or_else(|| panic!("no GOAWAY: {seen:?}"));
+        assert_eq!(code, 0, "GOAWAY with NO_ERROR: {seen:?}");
+        assert!(
+            at >= Duration::from_millis(750),
+            "before the idle timeout: {seen:?}"
+        );
+        assert!(seen.pongs >= 3, "PINGs were answered: {seen:?}");
+        let closed = seen
+            .closed
+            .unwrap_or_else(|| panic!("not closed: {seen:?}"));
+        assert!(closed >= at, "{seen:?}");
+    }
+    // The client that took part in the shutdown is let go at once.
+    let polite_closed = polite.closed.unwrap_or_default();
+    assert!(polite_closed < Duration::from_millis(1800), "{polite:?}");
+    gw.shutdown().await;
+}
+
+/// The idle rule of HTTP/2 counts requests: a connection whose one request
+/// takes longer than `idle` is not cut or told to go away, nor is one whose
+/// short requests come closer together than `idle` (each begun and ended
+/// between two of the watchdog's checks).
+#[tokio::test]
+async fn h2c_connections_in_use_outlive_the_idle_timeout() {
+    let v1 = Upstream::start("v1").await;
+    let extra = "[timeouts]\nidle = \"1s\"";
+    let gw = Gateway::start(&config(extra, &[("v1", 1, v1.addr)])).await;
+    let get = |mut sender: hyper::client::conn::http2::SendRequest<Empty<bytes::Bytes>>,
+               path: &'static str| async move {
+        let req = Request::get(format!("http://{}{path}", gw.addr))
+            .body(Empty::new())
+            .unwrap();
+        let resp = sender
+            .send_request(req)
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(resp.status(), 200, "{path}");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "v1", "{path}");
+    };
+    let slow = h2c_client(gw.addr).await;
+    let busy = h2c_client(gw.addr).await;
+    let long = async {
+        get(slow.clone(), "/sleep?ms=2500").await;
+        // Not told to go away meanwhile: a next request is served.
+        get(slow.clone(), "/").await;
+    };
+    let frequent = async {
+        for _ in 0..8 {
+            get(busy.clone(), "/").await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    tokio::join!(long, frequent);
+    gw.shutdown().await;
+}
