@@ -191,7 +191,8 @@ impl Control {
                 Some(_) => UNREAD_STORE_WRITER.into(),
                 None => writer.clone(),
             },
-            config_weights: Some(config_weights.clone()),
+            config_weights: Some(config_weights),
+            config_stable: (!store.shared()).then(|| config.split.stable.clone()),
             rollout: None,
         };
         // The file's weights win over a saved decision, `by` what: one
@@ -201,21 +202,20 @@ impl Control {
             rollout: crate::rollout::state::aborted(doc.rollout.as_ref(), by, unix_ms()),
             ..from_config.clone()
         };
+        // Whether the file's weights won over a saved decision: then they
+        // are a new decision, recorded like a reload's edit (file store only:
+        // a replica joins with a shared store's decision).
+        let mut file_won = false;
         let decision = match stored {
             None => from_config,
-            Some(doc)
-                if !store.shared()
-                    && doc
-                        .config_weights
-                        .as_ref()
-                        .is_some_and(|w| reload::weights_edited(w, &config_weights)) =>
-            {
+            Some(doc) if !store.shared() && reload::edited_since(&doc, &config) => {
                 tracing::warn!(
                     target: "audit",
                     generation = doc.generation + 1,
-                    "the config file's weights were edited since the saved decision (generation {}); the config file wins",
+                    "the config file's weights or stable version were edited since the saved decision (generation {}); the config file wins",
                     doc.generation
                 );
+                file_won = true;
                 file_wins(&doc, "an edit of the config file's weights")
             }
             Some(doc) => {
@@ -248,6 +248,7 @@ impl Control {
                                 ..from_config
                             }
                         } else {
+                            file_won = true;
                             file_wins(
                                 &doc,
                                 if invalid {
@@ -297,8 +298,8 @@ impl Control {
         };
         let first = build(&state)?;
         publish_endpoint_gauges(&first);
-        let (weights_tx, _) = watch::channel(decision);
-        Ok(Arc::new(Control {
+        let (weights_tx, _) = watch::channel(decision.clone());
+        let control = Arc::new(Control {
             snapshot: Arc::new(ArcSwap::from_pointee(first)),
             state: Mutex::new(state),
             decisions: tokio::sync::Mutex::new(()),
@@ -311,7 +312,34 @@ impl Control {
             draining: AtomicBool::new(false),
             started: Instant::now(),
             weights_tx,
-        }))
+        });
+        if file_won {
+            control.record_at_start(decision).await;
+        }
+        Ok(control)
+    }
+
+    /// Writes the decision the config file's edit made at start (file
+    /// store), as a reload records an edit: otherwise the saved decision it
+    /// replaced would come back at a later start (once the file is edited
+    /// back to the weights it was made against), generation going
+    /// backwards. A state file that cannot be written does not stop the
+    /// start (the file's weights serve; a change through the admin API
+    /// fails the same way): the error is logged and in `/status`
+    /// `store.last_error`, and the next start judges the file against the
+    /// old document again.
+    async fn record_at_start(&self, decision: WeightsDoc) {
+        match self.record(decision).await {
+            Ok(doc) => tracing::info!(
+                target: "audit",
+                generation = doc.generation,
+                "the config file's edit is recorded as the saved weights decision"
+            ),
+            Err(e) => tracing::error!(
+                error = %e,
+                "the config file's edit serves but could not be saved: a restart may bring back the older saved decision"
+            ),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

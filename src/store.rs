@@ -28,6 +28,15 @@ pub struct WeightsDoc {
     /// weights differ from these was edited since, and that edit is the newer decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_weights: Option<BTreeMap<String, u32>>,
+    /// The config file's stable version when the decision was made (file
+    /// store only): a file whose stable version differs was edited since,
+    /// and that edit is the newer decision. `None`: unknown (a document from
+    /// an older gateway, or a shared store, whose start ignores the file),
+    /// never taken for an edit. Older gateways ignore the field (no
+    /// `deny_unknown_fields`); left out when `None`, so shared stores'
+    /// documents (Cloud Map's 1,024 characters) do not grow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_stable: Option<String>,
     /// The progressive rollout, when one was started (see `rollout`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<crate::rollout::state::RolloutState>,

@@ -25,6 +25,7 @@ fn doc(generation: u64, canary: u32) -> WeightsDoc {
             ("v1".to_string(), 100),
             ("v2".to_string(), 0),
         ])),
+        config_stable: None,
         rollout: None,
     }
 }

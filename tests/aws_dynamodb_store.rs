@@ -51,6 +51,7 @@ fn doc(generation: u64, writer: &str, v2: u32) -> WeightsDoc {
         source: "admin".into(),
         writer: writer.into(),
         config_weights: None,
+        config_stable: None,
         rollout: None,
     }
 }

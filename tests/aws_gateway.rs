@@ -534,6 +534,7 @@ async fn starts_degraded_while_the_cloud_map_store_is_unreachable() {
         source: "admin".into(),
         writer: "another-task".into(),
         config_weights: None,
+        config_stable: None,
         rollout: None,
     };
     CloudMapStore::new(&moto.sdk_config().await, service_id.clone())

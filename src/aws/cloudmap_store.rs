@@ -213,6 +213,7 @@ mod tests {
             source: "admin".into(),
             writer: "task-a".into(),
             config_weights: Some(BTreeMap::from([("v1".to_string(), 100)])),
+            config_stable: None,
             rollout: None,
         }
     }

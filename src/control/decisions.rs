@@ -489,6 +489,13 @@ impl Control {
         Ok(view(&doc))
     }
 
+    /// The config file's stable version as a decision records it: on the
+    /// file store only (a shared store's start ignores the file, and its
+    /// documents stay as they were: Cloud Map's attribute is small).
+    pub(super) fn config_stable(&self, config: &Config) -> Option<String> {
+        (!self.store.shared()).then(|| config.split.stable.clone())
+    }
+
     /// A new decision by this task, one generation after the one in force.
     fn next_decision(&self, state: &State, decision: Decision, source: &str) -> WeightsDoc {
         let (stable, weights, rollout) = decision;
@@ -500,6 +507,7 @@ impl Control {
             source: source.to_string(),
             writer: self.writer.clone(),
             config_weights: Some(state.config.weights()),
+            config_stable: self.config_stable(&state.config),
             rollout,
         }
     }

@@ -172,6 +172,7 @@ impl Control {
                 decision.writer.clone()
             },
             config_weights: Some(effective.weights()),
+            config_stable: self.config_stable(&effective),
             rollout,
         };
         // A rollback waiting for the store goes first (it is older, and an
@@ -365,6 +366,23 @@ impl From<&str> for Refused {
 /// force (a rollback) stays.
 pub(super) fn file_edited(old: &Config, new: &Config) -> bool {
     old.split.stable != new.split.stable || weights_edited(&old.weights(), &new.weights())
+}
+
+/// Whether the config file was edited since `doc` was made against it
+/// (at start: the file may have changed while the gateway was stopped):
+/// another stable version, or another weight for a version in both, as
+/// [`file_edited`] judges a reload. What `doc` did not record (a document
+/// from an older gateway has no `config_stable`) is no edit.
+pub(super) fn edited_since(doc: &WeightsDoc, config: &Config) -> bool {
+    let stable = doc
+        .config_stable
+        .as_ref()
+        .is_some_and(|s| *s != config.split.stable);
+    let weights = doc
+        .config_weights
+        .as_ref()
+        .is_some_and(|w| weights_edited(w, &config.weights()));
+    stable || weights
 }
 
 /// Whether a version in both maps has another weight in `new`.

@@ -305,8 +305,8 @@ async fn restarted_on_its_own_store(
 }
 
 /// A task's own store holds an older decision (an earlier process's) than
-/// the one in force (the config file's edited weights win at start, not
-/// written back yet): no other task decides, so the reconciles keep
+/// the one in force (the config file's edited weights win at start, and
+/// are written back): no other task decides, so the reconciles keep
 /// repairing the route with the decision in force.
 #[tokio::test]
 async fn a_reconcile_on_a_store_of_its_own_writes_the_decision_in_force() {

@@ -119,6 +119,7 @@ mod tests {
             source: "admin".into(),
             writer: "w".into(),
             config_weights: None,
+            config_stable: None,
             rollout: None,
         }
     }

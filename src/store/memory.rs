@@ -22,6 +22,7 @@ pub fn doc(generation: u64, writer: &str, v2: u32) -> WeightsDoc {
         source: "admin".into(),
         writer: writer.into(),
         config_weights: None,
+        config_stable: None,
         rollout: None,
     }
 }

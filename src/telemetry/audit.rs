@@ -85,6 +85,7 @@ mod tests {
             source: source.into(),
             writer: "task-a".into(),
             config_weights: None,
+            config_stable: None,
             rollout: None,
         }
     }

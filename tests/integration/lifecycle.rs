@@ -201,6 +201,94 @@ async fn admin_decisions_survive_a_restart_and_config_edits_win() {
     assert_eq!(w["weights"]["v2"], 30, "{w}");
 }
 
+/// An edit of the file's stable version alone, made while the gateway is
+/// stopped, is a newer decision than the saved one: it wins at the next
+/// start, as on a reload.
+#[tokio::test]
+async fn a_stable_version_edited_while_stopped_wins_at_the_next_start() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &[("v1", 90, v1.addr), ("v2", 10, v2.addr)], "");
+    let gw = spawn(&path).unwrap();
+    let body = r#"{"weights":{"v1":70,"v2":30}}"#;
+    let reply = admin(gw.admin, "PUT", "/weights", Some(TOKEN), body).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    signal(&gw, "-TERM");
+    drop(gw);
+
+    // The same weights, v2 stable (the first version listed is stable).
+    write_config(dir.path(), &[("v2", 10, v2.addr), ("v1", 90, v1.addr)], "");
+    let gw = spawn(&path).unwrap();
+    let w = weights(gw.admin).await;
+    assert_eq!(w["stable"], "v2", "{w}");
+    assert_eq!(
+        (&w["weights"]["v1"], &w["weights"]["v2"]),
+        (&90.into(), &10.into()),
+        "{w}"
+    );
+    assert_eq!(
+        (&w["generation"], &w["source"]),
+        (&2.into(), &"config".into()),
+        "{w}"
+    );
+    // A reload of the same file keeps it.
+    let reply = admin(gw.admin, "POST", "/reload", Some(TOKEN), "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let w = weights(gw.admin).await;
+    assert_eq!(
+        (&w["stable"], &w["generation"]),
+        (&"v2".into(), &2.into()),
+        "{w}"
+    );
+}
+
+/// The file's edit that wins at start is saved: editing the file back later
+/// is another edit, and the admin decision it replaced never comes back.
+#[tokio::test]
+async fn an_edit_that_wins_at_start_is_saved_and_generations_never_go_back() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("gateway.state.json");
+    let path = write_config(dir.path(), &[("v1", 90, v1.addr), ("v2", 10, v2.addr)], "");
+    let gw = spawn(&path).unwrap();
+    let body = r#"{"weights":{"v1":70,"v2":30}}"#;
+    let reply = admin(gw.admin, "PUT", "/weights", Some(TOKEN), body).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    signal(&gw, "-TERM");
+    drop(gw);
+
+    write_config(dir.path(), &[("v1", 80, v1.addr), ("v2", 20, v2.addr)], "");
+    let gw = spawn(&path).unwrap();
+    let w = weights(gw.admin).await;
+    assert_eq!(
+        (&w["weights"]["v2"], &w["generation"]),
+        (&20.into(), &2.into()),
+        "{w}"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert_eq!(
+        (&doc["weights"]["v2"], &doc["generation"]),
+        (&20.into(), &2.into()),
+        "{doc}"
+    );
+    assert_eq!(doc["config_weights"]["v2"], 20, "{doc}");
+    signal(&gw, "-TERM");
+    drop(gw);
+
+    write_config(dir.path(), &[("v1", 90, v1.addr), ("v2", 10, v2.addr)], "");
+    let gw = spawn(&path).unwrap();
+    let w = weights(gw.admin).await;
+    assert_eq!(
+        (&w["weights"]["v2"], &w["generation"]),
+        (&10.into(), &3.into()),
+        "{w}"
+    );
+    assert_eq!(w["source"], "config", "{w}");
+}
+
 /// A state file edited by hand into weights no gateway writes (all zero)
 /// is not served: the file's weights are, and the log calls the saved
 /// decision invalid instead of blaming an edit of the config's versions.

@@ -248,4 +248,101 @@ async fn a_restart_without_the_versions_that_carried_the_traffic_starts_on_the_f
     let line = stat(1);
     let control = start(&dir, config(&[("v1", 90, &line)])).await;
     assert_eq!(weights(&control), w(&[("v1", 90)]));
+    // That decision is saved: the admin one does not come back later.
+    let doc = saved(&dir).await;
+    assert_eq!((doc.generation, doc.weights), (2, w(&[("v1", 90)])));
+}
+
+/// The decision in the state file.
+async fn saved(dir: &tempfile::TempDir) -> crate::store::WeightsDoc {
+    FileStore::new(dir.path().join("state.json"))
+        .load()
+        .await
+        .unwrap()
+        .expect("a saved decision")
+}
+
+#[tokio::test]
+async fn a_stable_version_edited_while_stopped_wins_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let two = [("v1", 90, stat(1)), ("v2", 10, stat(2))];
+    let two: Vec<_> = two.iter().map(|(n, w, s)| (*n, *w, s.as_str())).collect();
+    let control = start(&dir, config(&two)).await;
+    control
+        .set_weights(w(&[("v1", 70), ("v2", 30)]), "admin")
+        .await
+        .unwrap();
+    assert_eq!(saved(&dir).await.config_stable.as_deref(), Some("v1"));
+    drop(control);
+
+    // Only the stable version changes in the file: an edit, it wins as on
+    // a reload (the file's weights, one generation up).
+    let control = start(&dir, config_with("v2", &two)).await;
+    let view = control.weights();
+    assert_eq!(view.stable, "v2");
+    assert_eq!(view.weights, w(&[("v1", 90), ("v2", 10)]));
+    assert_eq!((view.generation, view.source.as_str()), (2, "config"));
+    // Reloading the same file changes nothing.
+    let status = control.reload(Ok(config_with("v2", &two)), "test").await;
+    assert!(status.ok, "{status:?}");
+    assert_eq!(control.weights().stable, "v2");
+    assert_eq!(control.weights().generation, 2);
+}
+
+#[tokio::test]
+async fn a_saved_decision_without_the_files_stable_version_is_restored() {
+    // A state file written by an older gateway (no `config_stable`), with a
+    // field from a newer one: it loads, and an unknown stable version is no
+    // edit.
+    let dir = tempfile::tempdir().unwrap();
+    let two = [("v1", 90, stat(1)), ("v2", 10, stat(2))];
+    let two: Vec<_> = two.iter().map(|(n, w, s)| (*n, *w, s.as_str())).collect();
+    let control = start(&dir, config(&two)).await;
+    control
+        .set_weights(w(&[("v1", 70), ("v2", 30)]), "admin")
+        .await
+        .unwrap();
+    drop(control);
+    let path = dir.path().join("state.json");
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let fields = doc.as_object_mut().unwrap();
+    assert!(fields.remove("config_stable").is_some());
+    fields.insert("from_a_newer_gateway".into(), serde_json::json!({"x": 1}));
+    std::fs::write(&path, doc.to_string()).unwrap();
+
+    let control = start(&dir, config_with("v2", &two)).await;
+    let view = control.weights();
+    assert_eq!(view.stable, "v1");
+    assert_eq!(view.weights, w(&[("v1", 70), ("v2", 30)]));
+    assert_eq!(view.generation, 1);
+}
+
+#[tokio::test]
+async fn the_files_edit_that_wins_at_start_is_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = [stat(1), stat(2)];
+    let file = |v1: u32, v2: u32| config(&[("v1", v1, &lines[0]), ("v2", v2, &lines[1])]);
+    let control = start(&dir, file(90, 10)).await;
+    control
+        .set_weights(w(&[("v1", 70), ("v2", 30)]), "admin")
+        .await
+        .unwrap();
+    drop(control);
+
+    // Edited while stopped: the file wins, and that decision is saved.
+    let control = start(&dir, file(80, 20)).await;
+    assert_eq!(control.weights().generation, 2);
+    let doc = saved(&dir).await;
+    assert_eq!((doc.generation, doc.source.as_str()), (2, "config"));
+    assert_eq!(doc.weights, w(&[("v1", 80), ("v2", 20)]));
+    assert_eq!(doc.config_weights, Some(w(&[("v1", 80), ("v2", 20)])));
+    drop(control);
+
+    // Edited back: another edit, never the admin decision of generation 1.
+    let control = start(&dir, file(90, 10)).await;
+    let view = control.weights();
+    assert_eq!(view.weights, w(&[("v1", 90), ("v2", 10)]));
+    assert_eq!((view.generation, view.source.as_str()), (3, "config"));
+    assert_eq!(saved(&dir).await.generation, 3);
 }

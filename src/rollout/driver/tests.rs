@@ -650,6 +650,7 @@ async fn an_abort_the_store_lost_to_a_same_generation_write_is_decided_again() {
             source: crate::control::rollout::SOURCE.into(),
             writer: "!task-a".into(),
             config_weights: None,
+            config_stable: None,
             rollout: Some(rollout),
         };
         assert!(kept.writer.as_str() < b.writer());
