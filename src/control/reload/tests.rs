@@ -249,3 +249,41 @@ async fn a_restart_without_the_versions_that_carried_the_traffic_starts_on_the_f
     let control = start(&dir, config(&[("v1", 90, &line)])).await;
     assert_eq!(weights(&control), w(&[("v1", 90)]));
 }
+
+/// Started with static endpoints only, no Cloud Map discovery was set up:
+/// a reload into a `cloudmap` source is refused naming its key, final for
+/// that text (the file watcher does not try it again), and nothing applies.
+#[tokio::test]
+async fn a_cloud_map_source_without_discovery_set_up_is_refused_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = (stat(1), stat(2));
+    let control = start(&dir, config(&[("v1", 90, &one), ("v2", 10, &two)])).await;
+    let source = "cloudmap = { namespace = \"ns\", service = \"v2\" }";
+    for (edited, key) in [
+        (
+            config(&[("v1", 90, &one), ("v2", 10, &two), ("v3", 0, source)]),
+            "versions[2].cloudmap",
+        ),
+        (
+            config(&[("v1", 80, &one), ("v2", 20, source)]),
+            "versions[1].cloudmap",
+        ),
+    ] {
+        let (status, refusal) = control.reload_refusal(Ok(edited), "test").await;
+        assert!(!status.ok, "{status:?}");
+        assert!(
+            status.message.contains(key) && status.message.contains("restart the gateway"),
+            "{status:?}"
+        );
+        assert_eq!(refusal, Some(super::Refusal::RestartRequired));
+        assert!(!super::Refusal::RestartRequired.retryable());
+        assert_eq!(control.config().version_names(), ["v1", "v2"]);
+        assert_eq!(weights(&control), w(&[("v1", 90), ("v2", 10)]));
+    }
+    // Once discovery is there (a gateway given a poller spawner), it applies.
+    control.set_cloud_map_discovery(true);
+    let status = control
+        .reload(Ok(config(&[("v1", 90, &one), ("v2", 10, source)])), "test")
+        .await;
+    assert!(status.ok, "{status:?}");
+}
