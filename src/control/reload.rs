@@ -152,8 +152,12 @@ impl Control {
         } else {
             (kept.stable, kept.weights)
         };
-        validate_weights(&versions, &stable, &weights)
-            .map_err(|e| format!("the reloaded config leaves invalid weights: {e}"))?;
+        // Final for this text: the decision in force does not change by
+        // itself (the watcher would try it again and again).
+        validate_weights(&versions, &stable, &weights).map_err(|e| Refused {
+            kind: Refusal::InvalidWeights,
+            message: format!("the reloaded config leaves invalid weights: {e}"),
+        })?;
         let rollout = crate::rollout::state::after_stable_change(
             decision.rollout.as_ref(),
             &stable,
@@ -336,6 +340,12 @@ pub enum Refusal {
     /// Cloud Map discovery was not set up at start (no version used it).
     /// Final for this text: a restart applies it.
     RestartRequired,
+    /// The weights it would leave are invalid: the decision in force kept
+    /// with the file's new versions (e.g. a version added while a
+    /// `PUT /weights` decision uses most of the 1,000,000 total). Final for
+    /// this text: another edit, or another decision followed by an explicit
+    /// reload (SIGHUP, `POST /reload`), mends it.
+    InvalidWeights,
     /// The gateway's state refused it (the store could not be written, a
     /// rollback is still pending, another task's decision does not fit):
     /// the same text may pass when tried again.
