@@ -157,6 +157,12 @@ pub struct Control {
     /// Every discovery source had been asked once (readiness never goes back
     /// for discovery: a version added by a reload does not unready the fleet).
     discovered: AtomicBool,
+    /// Cloud Map discovery can run for a version (its poller spawner was
+    /// set up at start): a reload into a `cloudmap` source is refused
+    /// without it. By default whether the start config had such a version
+    /// (the AWS setup builds the spawner only then); the gateway sets it
+    /// from the spawner it has ([`Control::set_cloud_map_discovery`]).
+    cloud_map_discovery: AtomicBool,
     draining: AtomicBool,
     started: Instant,
     weights_tx: watch::Sender<WeightsDoc>,
@@ -299,6 +305,7 @@ impl Control {
         let first = build(&state)?;
         publish_endpoint_gauges(&first);
         let (weights_tx, _) = watch::channel(decision.clone());
+        let cloud_map_discovery = config_uses_cloud_map(&state.config);
         let control = Arc::new(Control {
             snapshot: Arc::new(ArcSwap::from_pointee(first)),
             state: Mutex::new(state),
@@ -309,6 +316,7 @@ impl Control {
             report_wake: Notify::new(),
             listening: AtomicBool::new(false),
             discovered: AtomicBool::new(false),
+            cloud_map_discovery: AtomicBool::new(cloud_map_discovery),
             draining: AtomicBool::new(false),
             started: Instant::now(),
             weights_tx,
@@ -354,6 +362,19 @@ impl Control {
     /// The config in force.
     pub fn config(&self) -> Arc<Config> {
         self.lock().config.clone()
+    }
+
+    /// Whether Cloud Map discovery was set up (a poller can be started for
+    /// a version with a `cloudmap` source): without it, a reload that asks
+    /// for one is refused (nothing would ever poll it).
+    pub fn set_cloud_map_discovery(&self, available: bool) {
+        self.cloud_map_discovery
+            .store(available, std::sync::atomic::Ordering::Release);
+    }
+
+    fn cloud_map_discovery(&self) -> bool {
+        self.cloud_map_discovery
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// This task's writer id (the `writer` of the documents it writes).
@@ -455,6 +476,14 @@ fn writer_id() -> String {
         std::process::id(),
         rand::random::<u32>()
     )
+}
+
+/// Whether a version of `config` has its endpoints from Cloud Map.
+fn config_uses_cloud_map(config: &Config) -> bool {
+    config
+        .versions
+        .iter()
+        .any(|v| matches!(v.source, EndpointSource::CloudMap(_)))
 }
 
 /// The discovery status of a version whose endpoint source is new: not

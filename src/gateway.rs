@@ -325,6 +325,9 @@ pub async fn start_with_hangup(
     // What the running config was parsed from: the file watcher's baseline.
     let watch_baseline = config.source_fingerprint;
     let control = Control::start(config, store, store_kind).await?;
+    // A reload into a Cloud Map source needs the poller spawner built here
+    // (only when the start config had such a version, or one was given).
+    control.set_cloud_map_discovery(deps.discovery.is_some());
 
     let proxy_addr = listeners
         .proxy

@@ -18,7 +18,8 @@ pub trait Reload: Send + Sync + 'static {
     /// failed although the text is a valid config, for a passing reason (the
     /// store could not be written, a rollback is still pending, another task
     /// wrote first...); `false` when it passed, the text itself was rejected
-    /// (only another edit mends that), or it was refused because a rollout
+    /// (only another edit mends that), it leaves invalid weights with the
+    /// decision in force, it needs a restart, or it was refused because a rollout
     /// runs (final for that text: the operator reloads it once the rollout
     /// is paused or over). By default: [`Reload::reload`], never tried again.
     fn reload_file_change(&self) -> crate::future::BoxFuture<'_, (ReloadStatus, bool)> {

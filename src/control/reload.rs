@@ -91,6 +91,16 @@ impl Control {
         new: Config,
         trigger: &str,
     ) -> Result<(String, Vec<String>), Refused> {
+        // Nothing would ever poll a Cloud Map version here: it would keep
+        // its old endpoints, or have none, until a restart.
+        if !self.cloud_map_discovery()
+            && let Some(message) = cloud_map_unavailable(&new)
+        {
+            return Err(Refused {
+                kind: Refusal::RestartRequired,
+                message,
+            });
+        }
         let _turn = self.decisions.lock().await;
         // Bounded: a reload that changes no weights must not wait for a hung
         // store (an operator may be reloading to mend endpoints).
@@ -142,8 +152,12 @@ impl Control {
         } else {
             (kept.stable, kept.weights)
         };
-        validate_weights(&versions, &stable, &weights)
-            .map_err(|e| format!("the reloaded config leaves invalid weights: {e}"))?;
+        // Final for this text: the decision in force does not change by
+        // itself (the watcher would try it again and again).
+        validate_weights(&versions, &stable, &weights).map_err(|e| Refused {
+            kind: Refusal::InvalidWeights,
+            message: format!("the reloaded config leaves invalid weights: {e}"),
+        })?;
         let rollout = crate::rollout::state::after_stable_change(
             decision.rollout.as_ref(),
             &stable,
@@ -323,6 +337,16 @@ pub enum Refusal {
     /// or over; applying it unasked when the rollout ends would undo an
     /// abort's rollback or a promotion.
     RolloutRuns,
+    /// It asks for what only a start sets up: a `cloudmap` source when
+    /// Cloud Map discovery was not set up at start (no version used it).
+    /// Final for this text: a restart applies it.
+    RestartRequired,
+    /// The weights it would leave are invalid: the decision in force kept
+    /// with the file's new versions (e.g. a version added while a
+    /// `PUT /weights` decision uses most of the 1,000,000 total). Final for
+    /// this text: another edit, or another decision followed by an explicit
+    /// reload (SIGHUP, `POST /reload`), mends it.
+    InvalidWeights,
     /// The gateway's state refused it (the store could not be written, a
     /// rollback is still pending, another task's decision does not fit):
     /// the same text may pass when tried again.
@@ -358,6 +382,24 @@ impl From<&str> for Refused {
     fn from(message: &str) -> Refused {
         Refused::from(message.to_string())
     }
+}
+
+/// Why `config` cannot apply without Cloud Map discovery (the keys of its
+/// `cloudmap` sources), or `None` when it has none.
+fn cloud_map_unavailable(config: &Config) -> Option<String> {
+    let keys: Vec<String> = config
+        .versions
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| matches!(v.source, EndpointSource::CloudMap(_)))
+        .map(|(i, _)| format!("versions[{i}].cloudmap"))
+        .collect();
+    (!keys.is_empty()).then(|| {
+        format!(
+            "{}: Cloud Map discovery was not set up at start (no version used it); restart the gateway to use it",
+            keys.join(", ")
+        )
+    })
 }
 
 /// Whether the file's weights were edited between `old` and `new`: another

@@ -403,6 +403,67 @@ async fn restart_only_settings_are_reported_not_applied() {
     gw.shutdown().await;
 }
 
+/// Cloud Map discovery is set up at start, only when a version uses it: on
+/// a gateway started with static endpoints only, a reload that adds a
+/// `cloudmap` version or moves one to Cloud Map is refused naming the key
+/// (nothing would ever poll it), and the running config keeps serving.
+#[tokio::test]
+async fn a_reload_into_cloud_map_without_discovery_set_up_is_refused() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let (gw, _secrets) = gateway(&[("v1", 50, v1.addr), ("v2", 50, v2.addr)]).await;
+    let path = gw.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let cloudmap =
+        |service: &str| format!("cloudmap = {{ namespace = \"ns\", service = \"{service}\" }}");
+    let v2_line = endpoints_line(&[v2.addr]);
+    let edits = [
+        // A new version from Cloud Map.
+        (
+            format!(
+                "{text}\n[[versions]]\nname = \"v3\"\nweight = 0\n{}\n",
+                cloudmap("v3")
+            ),
+            "versions[2].cloudmap",
+        ),
+        // v2 moves to Cloud Map.
+        (
+            text.replace(&v2_line, &cloudmap("v2")),
+            "versions[1].cloudmap",
+        ),
+    ];
+    for (edited, key) in edits {
+        assert_ne!(edited, text);
+        std::fs::write(&path, &edited).unwrap();
+        let reply = admin(gw.admin, "POST", "/reload", Some(TOKEN), "").await;
+        assert_eq!(reply.status, 422, "{}", reply.text());
+        let status: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        let message = status["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(key) && message.contains("restart"),
+            "{status}"
+        );
+        let running = gw.running.as_ref().unwrap().control.config();
+        assert_eq!(running.version_names(), ["v1", "v2"]);
+        assert!(
+            running
+                .versions
+                .iter()
+                .all(|v| matches!(v.source, canary_gateway::config::EndpointSource::Static(_))),
+            "nothing was applied"
+        );
+        // The split is as before: both versions answer, no 503.
+        let counts = split_counts(gw.addr, 60, &[]).await;
+        assert_eq!(counts.values().sum::<usize>(), 60, "{counts:?}");
+        assert!(
+            counts.get("v1").is_some_and(|&n| n > 0) && counts.get("v2").is_some_and(|&n| n > 0),
+            "{counts:?}"
+        );
+        assert_eq!(counts.len(), 2, "{counts:?}");
+    }
+    gw.shutdown().await;
+}
+
 /// `[state] path` is read at start: a reload that moves it is reported in
 /// `restart_required` and the gateway keeps writing the file it started
 /// with; a reload of the unchanged file (default path beside it) reports

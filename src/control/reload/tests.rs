@@ -346,3 +346,88 @@ async fn the_files_edit_that_wins_at_start_is_saved() {
     assert_eq!((view.generation, view.source.as_str()), (3, "config"));
     assert_eq!(saved(&dir).await.generation, 3);
 }
+
+/// Started with static endpoints only, no Cloud Map discovery was set up:
+/// a reload into a `cloudmap` source is refused naming its key, final for
+/// that text (the file watcher does not try it again), and nothing applies.
+#[tokio::test]
+async fn a_cloud_map_source_without_discovery_set_up_is_refused_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = (stat(1), stat(2));
+    let control = start(&dir, config(&[("v1", 90, &one), ("v2", 10, &two)])).await;
+    let source = "cloudmap = { namespace = \"ns\", service = \"v2\" }";
+    for (edited, key) in [
+        (
+            config(&[("v1", 90, &one), ("v2", 10, &two), ("v3", 0, source)]),
+            "versions[2].cloudmap",
+        ),
+        (
+            config(&[("v1", 80, &one), ("v2", 20, source)]),
+            "versions[1].cloudmap",
+        ),
+    ] {
+        let (status, refusal) = control.reload_refusal(Ok(edited), "test").await;
+        assert!(!status.ok, "{status:?}");
+        assert!(
+            status.message.contains(key) && status.message.contains("restart the gateway"),
+            "{status:?}"
+        );
+        assert_eq!(refusal, Some(super::Refusal::RestartRequired));
+        assert!(!super::Refusal::RestartRequired.retryable());
+        assert_eq!(control.config().version_names(), ["v1", "v2"]);
+        assert_eq!(weights(&control), w(&[("v1", 90), ("v2", 10)]));
+    }
+    // Once discovery is there (a gateway given a poller spawner), it applies.
+    control.set_cloud_map_discovery(true);
+    let status = control
+        .reload(Ok(config(&[("v1", 90, &one), ("v2", 10, source)])), "test")
+        .await;
+    assert!(status.ok, "{status:?}");
+}
+
+/// A version added to the file while a decision uses most of the total
+/// weight budget leaves invalid weights: refused, and final for that text
+/// (the file watcher does not try it again and again); an explicit reload
+/// after a decision that makes room applies it.
+#[tokio::test]
+async fn a_version_added_past_the_weight_budget_is_refused_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two, three) = (stat(1), stat(2), stat(3));
+    let control = start(&dir, config(&[("v1", 90, &one), ("v2", 10, &two)])).await;
+    control
+        .set_weights(w(&[("v1", 999_990), ("v2", 10)]), "admin")
+        .await
+        .unwrap();
+    let path = dir.path().join("gateway.toml");
+    let mut text = String::from(
+        "[listener]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[split]\nstable = \"v1\"\n",
+    );
+    for (name, weight, source) in [("v1", 90, &one), ("v2", 10, &two), ("v3", 5, &three)] {
+        text += &format!("[[versions]]\nname = \"{name}\"\nweight = {weight}\n{source}\n");
+    }
+    std::fs::write(&path, text).unwrap();
+
+    let (status, retry) =
+        crate::reload::reload_file_retryable(&control, &path, "file-change").await;
+    assert!(!status.ok, "{status:?}");
+    assert!(
+        status.message.contains("invalid weights") && status.message.contains("1000005"),
+        "{status:?}"
+    );
+    assert!(!retry, "refused for good: the watcher must not retry it");
+    let (_, refusal) = control
+        .reload_refusal(Config::load(&path), "file-change")
+        .await;
+    assert_eq!(refusal, Some(super::Refusal::InvalidWeights));
+    assert_eq!(control.config().version_names(), ["v1", "v2"]);
+    assert_eq!(weights(&control), w(&[("v1", 999_990), ("v2", 10)]));
+
+    // Room made by a decision: an explicit reload of the same text applies.
+    control
+        .set_weights(w(&[("v1", 90), ("v2", 10)]), "admin")
+        .await
+        .unwrap();
+    let status = crate::reload::reload_file(&control, &path, "admin").await;
+    assert!(status.ok, "{status:?}");
+    assert_eq!(weights(&control), w(&[("v1", 90), ("v2", 10), ("v3", 5)]));
+}
