@@ -209,13 +209,7 @@ async fn a_stable_version_edited_while_stopped_wins_at_the_next_start() {
     let v1 = Upstream::start("v1").await;
     let v2 = Upstream::start("v2").await;
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &[("v1", 90, v1.addr), ("v2", 10, v2.addr)], "");
-    let gw = spawn(&path).unwrap();
-    let body = r#"{"weights":{"v1":70,"v2":30}}"#;
-    let reply = admin(gw.admin, "PUT", "/weights", Some(TOKEN), body).await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    signal(&gw, "-TERM");
-    drop(gw);
+    let path = decided_then_stopped(dir.path(), &v1, &v2, "PUT", "/weights", ADMIN_70_30).await;
 
     // The same weights, v2 stable (the first version listed is stable).
     write_config(dir.path(), &[("v2", 10, v2.addr), ("v1", 90, v1.addr)], "");
@@ -251,13 +245,7 @@ async fn an_edit_that_wins_at_start_is_saved_and_generations_never_go_back() {
     let v2 = Upstream::start("v2").await;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("gateway.state.json");
-    let path = write_config(dir.path(), &[("v1", 90, v1.addr), ("v2", 10, v2.addr)], "");
-    let gw = spawn(&path).unwrap();
-    let body = r#"{"weights":{"v1":70,"v2":30}}"#;
-    let reply = admin(gw.admin, "PUT", "/weights", Some(TOKEN), body).await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    signal(&gw, "-TERM");
-    drop(gw);
+    let path = decided_then_stopped(dir.path(), &v1, &v2, "PUT", "/weights", ADMIN_70_30).await;
 
     write_config(dir.path(), &[("v1", 80, v1.addr), ("v2", 20, v2.addr)], "");
     let gw = spawn(&path).unwrap();
@@ -289,6 +277,28 @@ async fn an_edit_that_wins_at_start_is_saved_and_generations_never_go_back() {
     assert_eq!(w["source"], "config", "{w}");
 }
 
+/// An admin decision for `decided_then_stopped`.
+const ADMIN_70_30: &str = r#"{"weights":{"v1":70,"v2":30}}"#;
+
+/// A gateway on a 90/10 config in `dir` takes one admin call (a decision,
+/// saved in the state file) and is stopped; the config's path.
+async fn decided_then_stopped(
+    dir: &Path,
+    v1: &Upstream,
+    v2: &Upstream,
+    method: &str,
+    target: &str,
+    body: &str,
+) -> PathBuf {
+    let path = write_config(dir, &[("v1", 90, v1.addr), ("v2", 10, v2.addr)], "");
+    let gw = spawn(&path).unwrap();
+    let reply = admin(gw.admin, method, target, Some(TOKEN), body).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    signal(&gw, "-TERM");
+    drop(gw);
+    path
+}
+
 /// A state file edited by hand into weights no gateway writes (all zero)
 /// is not served: the file's weights are, and the log calls the saved
 /// decision invalid instead of blaming an edit of the config's versions.
@@ -297,12 +307,7 @@ async fn a_state_file_with_invalid_weights_is_named_and_the_files_weights_serve(
     let v1 = Upstream::start("v1").await;
     let v2 = Upstream::start("v2").await;
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &[("v1", 90, v1.addr), ("v2", 10, v2.addr)], "");
-    let gw = spawn(&path).unwrap();
-    let reply = admin(gw.admin, "POST", "/rollback", Some(TOKEN), "").await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    signal(&gw, "-TERM");
-    drop(gw);
+    let path = decided_then_stopped(dir.path(), &v1, &v2, "POST", "/rollback", "").await;
     let state = dir.path().join("gateway.state.json");
     let mut doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();

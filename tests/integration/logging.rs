@@ -29,6 +29,18 @@ impl Write for Captured {
     }
 }
 
+/// What this thread logs at `level` and above, until the guard drops.
+fn capture(level: tracing::Level) -> (Captured, tracing::subscriber::DefaultGuard) {
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    (captured, tracing::subscriber::set_default(subscriber))
+}
+
 /// 300 requests to two versions whose only endpoints refuse connections:
 /// 300 502s, each logged at debug with its request id, and at most one
 /// warn line per second for each version (one version's outage does not
@@ -36,15 +48,8 @@ impl Write for Captured {
 /// is ejected for 5 s at first).
 #[tokio::test]
 async fn an_outage_does_not_flood_the_log() {
-    let captured = Captured::default();
-    let sink = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || sink.clone())
-        .finish();
     // The test runtime has one thread: the gateway's tasks log here too.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture(tracing::Level::DEBUG);
     let versions = [
         ("down-a", 1, dead_addr().await),
         ("down-b", 1, dead_addr().await),
@@ -98,15 +103,8 @@ async fn an_outage_does_not_flood_the_log() {
 /// request": it was never answered, least of all with a 200.
 #[tokio::test]
 async fn a_request_its_client_gave_up_on_is_logged_as_499() {
-    let captured = Captured::default();
-    let sink = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || sink.clone())
-        .finish();
     // The test runtime has one thread: the gateway's tasks log here too.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture(tracing::Level::INFO);
     // An upstream that reads the request and never answers.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -209,14 +207,8 @@ async fn a_rollback_on_the_file_store_names_the_state_file_in_the_log() {
     use crate::support::{Upstream, admin, gateway_with_token};
     const TOKEN: &str = "logging-test-token";
 
-    let captured = Captured::default();
-    let sink = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(move || sink.clone())
-        .finish();
     // The test runtime has one thread: the gateway's tasks log here too.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture(tracing::Level::INFO);
     let (v1, v2) = (Upstream::start("v1").await, Upstream::start("v2").await);
     let (gw, _secrets) =
         gateway_with_token(&[("v1", 90, v1.addr), ("v2", 10, v2.addr)], TOKEN).await;
@@ -240,15 +232,8 @@ async fn a_rollback_on_the_file_store_names_the_state_file_in_the_log() {
 /// carries; on the own server, on hyper's and for the gateway's own 502.
 #[tokio::test]
 async fn access_log_lines_carry_the_request_id_and_path() {
-    let captured = Captured::default();
-    let sink = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || sink.clone())
-        .finish();
     // The test runtime has one thread: the gateway's tasks log here too.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture(tracing::Level::INFO);
     let echo = crate::support::EchoHeadUpstream::start("").await;
     let versions = [("echo", 1, echo.addr), ("down", 0, dead_addr().await)];
     let text =
