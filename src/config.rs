@@ -476,8 +476,17 @@ impl Validator<'_> {
             token_env: raw.admin.token_env.clone(),
             token_file: raw.admin.token_file.as_ref().map(PathBuf::from),
         };
-        if listener.address == admin.address && listener.address.port() != 0 {
-            return Err(self.invalid("admin.address", "must differ from listener.address"));
+        // One port for both, on one address or under a wildcard (0.0.0.0 or
+        // [::] takes the port on every address): the second bind would fail.
+        let (l, a) = (listener.address, admin.address);
+        if l.port() == a.port()
+            && l.port() != 0
+            && (l.ip() == a.ip() || l.ip().is_unspecified() || a.ip().is_unspecified())
+        {
+            return Err(self.invalid(
+                "admin.address",
+                format!("must not take listener.address's port ({l} and {a} overlap)"),
+            ));
         }
         if let Some(env) = &admin.token_env
             && env.is_empty()
@@ -621,7 +630,15 @@ impl Validator<'_> {
             timeouts,
             upstream,
             log,
-            state_path: raw.state.path.as_ref().map(PathBuf::from),
+            state_path: match raw.state.path.as_deref() {
+                Some(p) if p.trim().is_empty() => {
+                    return Err(self.invalid(
+                        "state.path",
+                        "is empty (a file path, e.g. /var/lib/canary-gateway/state.json)",
+                    ));
+                }
+                p => p.map(PathBuf::from),
+            },
             store,
             discovery,
             aws,

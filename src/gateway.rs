@@ -35,16 +35,24 @@ pub enum GatewayError {
     OpenAdmin(SocketAddr),
     #[error(transparent)]
     Control(#[from] ControlError),
+    // Not a `source`: the message holds the error's text already, and the
+    // binary prints the chain (it would say it twice).
     #[error("listener.tls: {0}")]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(crate::tls::TlsError),
     #[error("AWS setup: {0}")]
     Aws(String),
-    #[error("cannot bind {what} {addr}: {source}")]
+    #[error("cannot bind {what} {addr}: {error}")]
     Bind {
         what: &'static str,
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
+}
+
+impl From<crate::tls::TlsError> for GatewayError {
+    fn from(e: crate::tls::TlsError) -> GatewayError {
+        GatewayError::Tls(e)
+    }
 }
 
 /// The two bound sockets.
@@ -57,7 +65,7 @@ impl Listeners {
     /// Binds the addresses of the config.
     pub async fn bind(config: &Config) -> Result<Listeners, GatewayError> {
         let bind = |what, addr| async move {
-            listen(addr).map_err(|source| GatewayError::Bind { what, addr, source })
+            listen(addr).map_err(|error| GatewayError::Bind { what, addr, error })
         };
         Ok(Listeners {
             proxy: bind("listener", config.listener.address).await?,
@@ -332,18 +340,18 @@ pub async fn start_with_hangup(
     let proxy_addr = listeners
         .proxy
         .local_addr()
-        .map_err(|source| GatewayError::Bind {
+        .map_err(|error| GatewayError::Bind {
             what: "listener",
             addr: control.config().listener.address,
-            source,
+            error,
         })?;
     let admin_addr = listeners
         .admin
         .local_addr()
-        .map_err(|source| GatewayError::Bind {
+        .map_err(|error| GatewayError::Bind {
             what: "admin",
             addr: control.config().admin.address,
-            source,
+            error,
         })?;
 
     let pollers = Arc::new(Pollers {

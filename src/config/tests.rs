@@ -356,3 +356,35 @@ fn a_log_level_that_is_no_level_or_filter_is_refused() {
         assert_eq!(c.map(|c| c.log.level).ok().as_deref(), Some(level));
     }
 }
+
+/// An empty `state.path` is refused (no file could be written there).
+#[test]
+fn an_empty_state_path_is_refused() {
+    let e = err(&format!("{BASE}\n[state]\npath = \"\"\n"));
+    assert!(e.contains("state.path") && e.contains("is empty"), "{e}");
+}
+
+/// The admin and the listener cannot share a port, also when one of them
+/// binds every address (the second bind would fail at start).
+#[test]
+fn admin_and_listener_ports_that_overlap_are_refused() {
+    for (listener, admin) in [
+        ("0.0.0.0:9080", "127.0.0.1:9080"),
+        ("127.0.0.1:9080", "0.0.0.0:9080"),
+        ("[::]:9080", "127.0.0.1:9080"),
+        ("127.0.0.1:9080", "127.0.0.1:9080"),
+    ] {
+        let text = BASE.replace(
+            "address = \"0.0.0.0:9080\"",
+            &format!("address = \"{listener}\""),
+        ) + &format!("\n[admin]\naddress = \"{admin}\"\n");
+        let e = err(&text);
+        assert!(
+            e.contains("admin.address") && e.contains("overlap"),
+            "{listener} {admin}: {e}"
+        );
+    }
+    let text = BASE.replace("address = \"0.0.0.0:9080\"", "address = \"127.0.0.1:9080\"")
+        + "\n[admin]\naddress = \"127.0.0.2:9080\"\n";
+    assert!(Config::parse(&text, "gw.toml").is_ok());
+}

@@ -31,7 +31,21 @@ impl FileStore {
     fn load_sync(&self) -> Result<Option<WeightsDoc>, StoreError> {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // No decision saved yet, unless no file can be written there:
+                // then every change would fail later, so the start does now.
+                let dir = match self.path.parent() {
+                    Some(d) if !d.as_os_str().is_empty() => d,
+                    _ => Path::new("."),
+                };
+                if !dir.is_dir() {
+                    return Err(self.error(format!(
+                        "its directory {} does not exist: create it, or set [state] path to a file in one that does",
+                        dir.display()
+                    )));
+                }
+                return Ok(None);
+            }
             Err(e) => return Err(self.error(format!("cannot read it: {e}"))),
         };
         serde_json::from_str(&text).map(Some).map_err(|e| {
@@ -109,6 +123,27 @@ impl Store for FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A state file whose directory does not exist could never be written:
+    /// the load (at `check` and at start) says so, instead of every change
+    /// failing later; a missing file in an existing directory is a fresh
+    /// start.
+    #[tokio::test]
+    async fn a_state_file_in_a_missing_directory_is_refused_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no-such-dir").join("state.json");
+        let e = FileStore::new(missing)
+            .load()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no-such-dir") && e.contains("does not exist"),
+            "{e}"
+        );
+        let fresh = FileStore::new(dir.path().join("state.json")).load().await;
+        assert!(matches!(fresh, Ok(None)), "{fresh:?}");
+    }
 
     fn doc() -> WeightsDoc {
         WeightsDoc {

@@ -591,15 +591,23 @@ async fn a_bad_pair_stops_the_start_with_a_clear_error() {
             proxy: TcpListener::bind("127.0.0.1:0").await.unwrap(),
             admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         };
-        let err = canary_gateway::gateway::start(config, listeners, Default::default())
+        let e = canary_gateway::gateway::start(config, listeners, Default::default())
             .await
             .err()
-            .expect("the start must fail")
-            .to_string();
+            .expect("the start must fail");
+        // As the binary prints it (anyhow's `{:#}`: the error and its
+        // sources): the reason once, not twice.
+        let mut err = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            err.push_str(&format!(": {s}"));
+            source = s.source();
+        }
         assert!(
             err.contains(expected) && err.contains("listener.tls"),
             "{err}"
         );
+        assert_eq!(err.matches(expected).count(), 1, "{err}");
     }
 }
 
