@@ -616,6 +616,17 @@ impl Validator<'_> {
 
         let worker_threads = match raw.runtime.worker_threads {
             Some(0) => return Err(self.invalid("runtime.worker_threads", "must be at least 1")),
+            // More threads than that only costs memory (a proxy core is
+            // busy with one); far more fails the start (a thread that
+            // cannot be spawned, an allocation that cannot be made).
+            Some(n) if n > MAX_WORKER_THREADS => {
+                return Err(self.invalid(
+                    "runtime.worker_threads",
+                    format!(
+                        "{n} is above the maximum of {MAX_WORKER_THREADS} (one per core is enough)"
+                    ),
+                ));
+            }
             other => other,
         };
 
@@ -1034,6 +1045,9 @@ fn weight_from_toml(value: &toml::Value) -> Result<u32, String> {
 }
 
 /// The sum of weights must be 1..=1,000,000.
+/// The most worker threads `runtime.worker_threads` may ask for.
+pub const MAX_WORKER_THREADS: usize = 256;
+
 pub fn check_total(total: u64) -> Result<(), String> {
     if total == 0 {
         return Err(

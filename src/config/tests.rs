@@ -388,3 +388,18 @@ fn admin_and_listener_ports_that_overlap_are_refused() {
         + "\n[admin]\naddress = \"127.0.0.2:9080\"\n";
     assert!(Config::parse(&text, "gw.toml").is_ok());
 }
+
+/// A worker thread count the start could not honour is refused up front.
+#[test]
+fn too_many_worker_threads_are_refused() {
+    let e = err(&format!("{BASE}\n[runtime]\nworker_threads = 100000\n"));
+    assert!(
+        e.contains("runtime.worker_threads") && e.contains("maximum of 256"),
+        "{e}"
+    );
+    let c = Config::parse(
+        &format!("{BASE}\n[runtime]\nworker_threads = 256\n"),
+        "gw.toml",
+    );
+    assert_eq!(c.map(|c| c.worker_threads).ok(), Some(Some(256)));
+}
