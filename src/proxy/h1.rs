@@ -160,6 +160,12 @@ pub async fn serve<IO: ClientIo>(
             if n == 0 {
                 return Ok(Ended::Closed);
             }
+            if broken_start(&buf[start..]) {
+                // hyper's server answers it (400) at once, rather than the
+                // connection waiting for a blank line until
+                // `request_header` runs out.
+                return Ok(Ended::HandOff(buf.into()));
+            }
         }
         let request = serve_one(io, buf, start, out, state, proxy, drain);
         let (outcome, back) = in_place(&mut kept, request).await?;
@@ -428,6 +434,26 @@ fn has_whole_head(buf: &[u8], searched: &mut usize) -> bool {
     })
 }
 
+/// Whether the bytes of a head still arriving cannot start a request: its
+/// method (after any empty lines, RFC 9112 2.2) holds a byte that no token
+/// has, as a TLS ClientHello sent to the plain port or binary noise does.
+/// Looks at the method only, so a head arriving in pieces costs little.
+fn broken_start(buf: &[u8]) -> bool {
+    let Some(from) = buf.iter().position(|&b| b != b'\r' && b != b'\n') else {
+        return false;
+    };
+    for &b in &buf[from..] {
+        if b == b' ' {
+            return false;
+        }
+        let token = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if !token {
+            return true;
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,6 +482,27 @@ mod tests {
         // The rest of a longer head is appended.
         assert_eq!(read(b"more", &mut buf).await, 4);
         assert_eq!(&buf[744..], b"more");
+    }
+
+    #[test]
+    fn a_request_line_that_cannot_be_one_is_seen_before_the_head_ends() {
+        for bad in [
+            &b"G@T / HTTP/1.1\r\n"[..],
+            b"\x16\x03\x01\x02\x00",
+            b"\r\n(GET",
+        ] {
+            assert!(broken_start(bad), "{bad:?}");
+        }
+        for fine in [
+            &b""[..],
+            b"\r\n",
+            b"GE",
+            b"GET",
+            b"GET /x",
+            b"\r\nPOST / HTTP/1.1\r\nHo",
+        ] {
+            assert!(!broken_start(fine), "{fine:?}");
+        }
     }
 
     #[test]

@@ -252,3 +252,29 @@ async fn a_204_goes_out_without_content_length() {
     assert!(!response.headers().contains_key("content-length"));
     gw.shutdown().await;
 }
+
+/// A head whose method cannot be one (a TLS ClientHello on the plain port,
+/// a typo'd method, noise) is answered 400 and closed at once, not after
+/// `request_header` (60 s here) while the gateway waits for a blank line.
+#[tokio::test]
+async fn a_head_that_cannot_be_a_request_is_refused_before_it_ends() {
+    let recorder = Recorder::start().await;
+    let text = config("", &[("v1", 1, recorder.addr)]) + "\n[timeouts]\nrequest_header = \"60s\"\n";
+    let gw = Gateway::start(&text).await;
+    for raw in [
+        &b"G@T / HTTP/1.1\r\nHost: a\r\n"[..],
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        stream.write_all(raw).await.unwrap();
+        let answer = read_to_close(&mut stream, Duration::from_secs(5)).await;
+        let answer = answer.expect("still waiting for the head's end");
+        assert!(
+            answer.starts_with(b"HTTP/1.1 400"),
+            "{:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    assert_eq!(forwarded(&recorder), []);
+    gw.shutdown().await;
+}
