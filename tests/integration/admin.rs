@@ -255,9 +255,9 @@ async fn a_config_edit_made_while_the_gateway_starts_is_applied() {
 }
 
 /// A file edit refused for a reason other than its text (here: the state
-/// file's directory is gone, so the edit's decision cannot be written) is
-/// applied once that reason is gone, with no further edit or signal: the
-/// watcher tries it again.
+/// file's directory went away after the start, so the edit's decision
+/// cannot be written) is applied once that reason is gone, with no further
+/// edit or signal: the watcher tries it again.
 #[tokio::test]
 async fn a_file_edit_refused_for_a_passing_reason_is_tried_again() {
     use canary_gateway::config::Config;
@@ -275,6 +275,8 @@ async fn a_file_edit_refused_for_a_passing_reason_is_tried_again() {
         )
     };
     std::fs::write(&path, text(100, 0)).unwrap();
+    // The start needs the directory (no decision could be saved without it).
+    std::fs::create_dir(&state_dir).unwrap();
     let listeners = Listeners {
         proxy: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         admin: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
@@ -291,6 +293,7 @@ async fn a_file_edit_refused_for_a_passing_reason_is_tried_again() {
         serde_json::from_slice(&admin(admin_addr, "GET", "/status", None, "").await.body)
             .unwrap_or_default()
     };
+    std::fs::remove_dir_all(&state_dir).unwrap();
     let partial = dir.path().join("gateway.toml.partial");
     std::fs::write(&partial, text(0, 1)).unwrap();
     std::fs::rename(&partial, &path).unwrap();
