@@ -442,16 +442,10 @@ fn broken_start(buf: &[u8]) -> bool {
     let Some(from) = buf.iter().position(|&b| b != b'\r' && b != b'\n') else {
         return false;
     };
-    for &b in &buf[from..] {
-        if b == b' ' {
-            return false;
-        }
-        let token = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-        if !token {
-            return true;
-        }
-    }
-    false
+    buf[from..]
+        .iter()
+        .take_while(|&&b| b != b' ')
+        .any(|&b| !super::headers::is_token_byte(b))
 }
 
 #[cfg(test)]

@@ -110,6 +110,12 @@ pub(crate) fn insert_endpoint_host(headers: &mut HeaderMap, endpoint: SocketAddr
     }
 }
 
+/// Whether `b` may stand in a token (RFC 9110, 5.6.2: `tchar`), as a
+/// method or a field name is made of.
+pub(crate) fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 /// Whether the header name `name` is `lower` in any letter case, for a
 /// `lower` of lowercase letters, digits and `-` (the names the data path
 /// looks for) and a `name` of token bytes (RFC 9110, 5.6.2: what httparse
@@ -718,9 +724,7 @@ mod tests {
 
     #[test]
     fn name_is_agrees_with_eq_ignore_ascii_case_on_token_names() {
-        let token: Vec<u8> = (0..=u8::MAX)
-            .filter(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b))
-            .collect();
+        let token: Vec<u8> = (0..=u8::MAX).filter(|&b| is_token_byte(b)).collect();
         let looked_for: [&[u8]; 8] = [
             b"te",
             b"host",

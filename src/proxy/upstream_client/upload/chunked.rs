@@ -212,8 +212,11 @@ fn trailer_line(line: &[u8]) -> Result<(), BadChunk> {
     let line = line.strip_suffix(b"\r\n").ok_or(bad)?;
     let colon = line.iter().position(|&b| b == b':').ok_or(bad)?;
     let (name, value) = (&line[..colon], &line[colon + 1..]);
-    let token = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
-    if name.is_empty() || !name.iter().all(token) {
+    if name.is_empty()
+        || !name
+            .iter()
+            .all(|&b| crate::proxy::headers::is_token_byte(b))
+    {
         return Err(bad);
     }
     if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
