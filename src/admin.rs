@@ -9,9 +9,10 @@
 //!
 //! A request that changes state (any method but GET and HEAD) from a web
 //! page of another site gets 403, token or not: an `Origin` other than the
-//! admin's own, or `Sec-Fetch-Site: cross-site`/`same-site`; without a
-//! token, also a Host that is neither an IP address nor `localhost` (DNS
-//! rebinding). See [`auth::cross_site`].
+//! admin's own, or `Sec-Fetch-Site: cross-site`/`same-site`. Without a
+//! token, any request to an endpoint the token would guard (reads too)
+//! whose Host is neither an IP address nor `localhost` gets 403 (DNS
+//! rebinding). See [`auth::cross_site`] and [`auth::rebound`].
 //!
 //! The dashboard ([`ui`], `GET /ui`): its page and assets are open, its data
 //! and every action it takes need the token.
@@ -172,17 +173,21 @@ impl Admin {
             }
             _ => {}
         }
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .map(|h| h.to_str().unwrap_or("\u{fffd}"))
+            .or_else(|| req.uri().authority().map(|a| a.as_str()));
         // A change from another site's page (a CORS simple request needs no
-        // preflight): refused, token or not.
-        if !matches!(method, Method::GET | Method::HEAD) {
-            let host = req
-                .headers()
-                .get(header::HOST)
-                .map(|h| h.to_str().unwrap_or("\u{fffd}"))
-                .or_else(|| req.uri().authority().map(|a| a.as_str()));
-            if let Some(why) = auth::cross_site(req.headers(), host, self.token.is_some()) {
-                return error(StatusCode::FORBIDDEN, why);
-            }
+        // preflight): refused, token or not. Without a token, a rebound
+        // name is refused for reads too.
+        let refused = if matches!(method, Method::GET | Method::HEAD) {
+            self.token.is_none().then(|| auth::rebound(host)).flatten()
+        } else {
+            auth::cross_site(req.headers(), host, self.token.is_some())
+        };
+        if let Some(why) = refused {
+            return error(StatusCode::FORBIDDEN, why);
         }
         if let Some(refused) = self.refuse_unauthorized(req.headers()) {
             return refused;

@@ -65,12 +65,10 @@ pub fn authorized(header: Option<&http::HeaderValue>, token: &str) -> bool {
 }
 
 /// Why a request that changes state is refused as coming from a web page
-/// of another site (CSRF, DNS rebinding), if it is: a browser says where a
-/// request comes from (`Sec-Fetch-Site`, `Origin`); the CLI, curl and
-/// scripts send neither. `host`: the request's Host (or HTTP/2 authority).
-/// Without a token (a loopback admin address), the Host must also be an IP
-/// address or `localhost`: a page whose DNS name was rebound to 127.0.0.1
-/// is same-origin with itself, but its Host is its own name.
+/// of another site (CSRF), if it is: a browser says where a request comes
+/// from (`Sec-Fetch-Site`, `Origin`); the CLI, curl and scripts send
+/// neither. `host`: the request's Host (or HTTP/2 authority). Without a
+/// token, [`rebound`] applies too.
 pub fn cross_site(
     headers: &http::HeaderMap,
     host: Option<&str>,
@@ -93,15 +91,26 @@ pub fn cross_site(
             String::from_utf8_lossy(origin.as_bytes())
         ));
     }
-    if !token_configured
-        && let Some(host) = host
-        && !ip_or_localhost(host)
-    {
-        return Some(format!(
-            "refused: without an admin token, changes are taken only for an IP address or localhost as the Host, not {host:?} (DNS rebinding); configure a token to use a name"
-        ));
+    if token_configured {
+        return None;
     }
-    None
+    rebound(host)
+}
+
+/// Why a request to an endpoint the token would guard is refused when no
+/// token is configured (a loopback admin address), if it is: its Host must
+/// be an IP address or `localhost`. A page whose DNS name was rebound to
+/// 127.0.0.1 is same-origin with itself, and could read `/status` or change
+/// the weights, but its Host is its own name. Reads are refused too: what
+/// the token would guard is not for another site's page to read.
+pub fn rebound(host: Option<&str>) -> Option<String> {
+    let host = host?;
+    if ip_or_localhost(host) {
+        return None;
+    }
+    Some(format!(
+        "refused: without an admin token, only an IP address or localhost is taken as the Host, not {host:?} (DNS rebinding); configure a token to use a name"
+    ))
 }
 
 /// Whether `origin` (`scheme://host[:port]`) is the admin's own: the same
@@ -198,7 +207,7 @@ mod tests {
         );
         let named = cross_site(&none, Some("evil.example:9901"), false).unwrap_or_default();
         assert!(
-            named.contains("an IP address or localhost as the Host"),
+            named.contains("only an IP address or localhost is taken as the Host"),
             "{named}"
         );
         assert!(cross_site(&with(&[("origin", "http://a")]), None, true).is_some());
@@ -211,6 +220,9 @@ mod tests {
         assert_eq!(cross_site(&none, Some("gateway.internal:9901"), true), None);
         assert_eq!(cross_site(&none, Some("localhost:9901"), false), None);
         assert_eq!(cross_site(&none, Some("10.0.0.7"), false), None);
+        assert!(super::rebound(Some("evil.example:9901")).is_some());
+        assert_eq!(super::rebound(Some("[::1]:9901")), None);
+        assert_eq!(super::rebound(None), None);
     }
 
     #[test]

@@ -547,8 +547,9 @@ async fn admin_raw(
 /// A web page of another site cannot change the weights: not by a CORS
 /// simple request (a POST without a preflight: `Origin` of another site,
 /// `Sec-Fetch-Site: cross-site`), nor, with no token on a loopback admin
-/// address, by DNS rebinding (same-origin with itself, under its own name).
-/// The CLI (no Origin) and the dashboard (its own origin) still can.
+/// address, by DNS rebinding (same-origin with itself, under its own name),
+/// which cannot read what the token would guard either. The CLI (no Origin)
+/// and the dashboard (its own origin) still can.
 #[tokio::test]
 async fn changes_from_another_sites_page_are_refused() {
     let v1 = Upstream::start("v1").await;
@@ -602,6 +603,20 @@ async fn changes_from_another_sites_page_are_refused() {
     let w = admin(gw.admin, "GET", "/weights", None, "").await.json();
     assert_eq!(w["weights"]["v2"], 10, "{w}");
     assert_eq!(w["stable"], "v1", "{w}");
+    // What the token would guard is not read under a rebound name either;
+    // the probes and the metrics stay open.
+    for (path, status) in [
+        ("/status", 403),
+        ("/weights", 403),
+        ("/rollout", 403),
+        ("/healthz", 200),
+        ("/metrics", 200),
+    ] {
+        let reply = admin_raw(gw.admin, "GET", path, &[("host", rebound.as_str())], "").await;
+        assert_eq!(reply.status, status, "GET {path}: {}", reply.text());
+    }
+    let reply = admin_raw(gw.admin, "GET", "/status", &[("host", own.as_str())], "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
 
     // The dashboard, from its own origin.
     let reply = admin_raw(
@@ -644,6 +659,15 @@ async fn changes_from_another_sites_page_are_refused() {
         gw.admin,
         "POST",
         "/rollback",
+        &[("host", named.as_str()), ("authorization", auth.as_str())],
+        "",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let reply = admin_raw(
+        gw.admin,
+        "GET",
+        "/status",
         &[("host", named.as_str()), ("authorization", auth.as_str())],
         "",
     )
