@@ -268,10 +268,17 @@ impl Control {
             ));
         }
         if state.store.rollback_pending {
-            out.push(format!(
-                "rollback pending in the store: applied on this task (generation {}), not yet written to the store; retrying",
-                state.decision.generation
-            ));
+            out.push(if self.store_shared() {
+                format!(
+                    "rollback pending in the store: applied on this task (generation {}), not yet written to the store; the fleet's other tasks keep their weights until it is; retrying",
+                    state.decision.generation
+                )
+            } else {
+                format!(
+                    "rollback pending in the state file: applied (generation {}), not yet written to the state file; a restart before it is would not know of the rollback; retrying",
+                    state.decision.generation
+                )
+            });
         }
         out
     }

@@ -1322,3 +1322,35 @@ async fn a_weighted_version_without_endpoints_is_warned_about() {
     let warnings = control.status().warnings;
     assert!(warnings.is_empty(), "{warnings:?}");
 }
+
+/// A rollback the state file could not take is pending, and /status says
+/// so in the file store's terms: no fleet, a restart would miss it.
+#[tokio::test]
+async fn a_rollback_the_state_file_missed_is_pending_in_file_terms() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let store = Arc::new(crate::store::file::FileStore::new(state.join("s.json")));
+    let control = Control::start(Config::parse(CONFIG, "test").unwrap(), store, "file")
+        .await
+        .unwrap();
+    control.set_weights(w(50, 50), "admin").await.unwrap();
+    std::fs::remove_dir_all(&state).unwrap();
+
+    let view = control.rollback("admin").await.unwrap();
+    assert_eq!(view.weights, w(100, 0));
+    let status = control.status();
+    assert!(status.store.rollback_pending);
+    let warning = status
+        .warnings
+        .iter()
+        .find(|w| w.contains("rollback pending"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        warning.contains("in the state file") && warning.contains("a restart"),
+        "{:?}",
+        status.warnings
+    );
+    assert!(!warning.contains("store"), "{warning}");
+}

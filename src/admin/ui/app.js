@@ -678,7 +678,7 @@ function renderStore() {
   const kv = $("store");
   const problems = [];
   if (s.degraded) problems.push("DEGRADED: started without the store, serving the config file's weights until it can be read");
-  if (s.rollback_pending) problems.push("ROLLBACK PENDING in the store (applied here, write retried)");
+  if (s.rollback_pending) problems.push("ROLLBACK PENDING: applied here, not yet written to the " + (s.kind === "file" ? "state file" : "store") + " (write retried)");
   if (s.last_error) problems.push("last error: " + s.last_error);
   const items = [["Kind", s.kind], ["State", problems.length ? problems.join("; ") : "ok"],
     ["Last good read/write", ago(s.last_ok_ms)], ["Generation here", st.weights.generation],
