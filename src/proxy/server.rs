@@ -327,11 +327,23 @@ pub async fn serve(
         Ok(()) => tracing::info!("all connections drained"),
         Err(_) => {
             tracing::warn!("shutdown grace period over with requests still in flight");
-            // Upgraded connections' tunnels end now.
+            // What still runs (requests in flight, upgraded connections'
+            // tunnels) ends now; their requests are logged (444) as they
+            // are dropped, before the process exits.
             drain.cut();
+            if tokio::time::timeout(CUT_CLOSE, drain.finished())
+                .await
+                .is_err()
+            {
+                tracing::warn!("connections still open after the shutdown grace period");
+            }
         }
     }
 }
+
+/// How long connections cut at the end of the grace period take to close:
+/// each is dropped on its task's next poll.
+const CUT_CLOSE: Duration = Duration::from_secs(1);
 
 fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, drain: &Arc<Drain>) {
     let _ = stream.set_nodelay(true);

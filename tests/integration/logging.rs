@@ -98,6 +98,61 @@ async fn an_outage_does_not_flood_the_log() {
     assert_eq!(detailed + warned, requests, "{text}");
 }
 
+/// An upstream that reads each request and never answers: how many
+/// requests reached it, and the last head it read.
+struct SilentUpstream {
+    addr: std::net::SocketAddr,
+    arrived: Arc<AtomicU64>,
+    head: Arc<Mutex<String>>,
+    _task: crate::support::ServerTask,
+}
+
+impl SilentUpstream {
+    async fn start() -> SilentUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let arrived = Arc::new(AtomicU64::new(0));
+        let counter = arrived.clone();
+        let head = Arc::new(Mutex::new(String::new()));
+        let got = head.clone();
+        let task = serve_connections(listener, move |mut stream| {
+            let (counter, got) = (counter.clone(), got.clone());
+            async move {
+                let mut buf = [0u8; 4096];
+                if let Ok(n @ 1..) = stream.read(&mut buf).await {
+                    *got.lock().unwrap() = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+                while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+            }
+        });
+        SilentUpstream {
+            addr,
+            arrived,
+            head,
+            _task: task,
+        }
+    }
+
+    /// Waits until `n` requests have reached it.
+    async fn reached(&self, n: u64) -> bool {
+        eventually(Duration::from_secs(10), async || {
+            self.arrived.load(Ordering::SeqCst) == n
+        })
+        .await
+    }
+}
+
+/// The access log lines `captured` holds for `version`.
+fn access_lines(captured: &Captured, version: &str) -> Vec<String> {
+    let text = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    let field = format!("version={version} ");
+    text.lines()
+        .filter(|l| l.contains("access") && l.contains(&field))
+        .map(str::to_string)
+        .collect()
+}
+
 /// A request whose client closed its connection before any answer (the
 /// upstream still thinking) is logged with nginx's 499, "client closed
 /// request": it was never answered, least of all with a 200.
@@ -105,48 +160,24 @@ async fn an_outage_does_not_flood_the_log() {
 async fn a_request_its_client_gave_up_on_is_logged_as_499() {
     // The test runtime has one thread: the gateway's tasks log here too.
     let (captured, _guard) = capture(tracing::Level::INFO);
-    // An upstream that reads the request and never answers.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let arrived = Arc::new(AtomicU64::new(0));
-    let counter = arrived.clone();
-    let head = Arc::new(Mutex::new(String::new()));
-    let got = head.clone();
-    let _upstream = serve_connections(listener, move |mut stream| {
-        let (counter, got) = (counter.clone(), got.clone());
-        async move {
-            let mut buf = [0u8; 4096];
-            if let Ok(n @ 1..) = stream.read(&mut buf).await {
-                *got.lock().unwrap() = String::from_utf8_lossy(&buf[..n]).into_owned();
-                counter.fetch_add(1, Ordering::SeqCst);
-            }
-            while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
-        }
-    });
-    let text = config("", &[("gave-up", 1, addr)]) + "\n[log]\naccess_log = true\n";
+    let upstream = SilentUpstream::start().await;
+    let text = config("", &[("gave-up", 1, upstream.addr)]) + "\n[log]\naccess_log = true\n";
     let gw = Gateway::start(&text).await;
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
     // `TE: trailers`: hyper's server, which sees the client close.
     let get = b"GET /slow HTTP/1.1\r\nHost: h\r\nTE: trailers\r\n\r\n";
     stream.write_all(get).await.unwrap();
-    let forwarded = eventually(Duration::from_secs(10), async || {
-        arrived.load(Ordering::SeqCst) == 1
-    });
-    assert!(forwarded.await);
+    assert!(upstream.reached(1).await);
     drop(stream);
-    let line = || {
-        let text = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
-        text.lines()
-            .find(|l| l.contains("access") && l.contains("version=gave-up"))
-            .map(str::to_string)
-    };
-    let logged = eventually(Duration::from_secs(10), async || line().is_some()).await;
-    assert!(logged, "no access log line");
-    let line = line().unwrap_or_default();
+    let logged = eventually(Duration::from_secs(10), async || {
+        !access_lines(&captured, "gave-up").is_empty()
+    });
+    assert!(logged.await, "no access log line");
+    let line = access_lines(&captured, "gave-up").concat();
     assert!(line.contains(" status=499 "), "{line}");
     assert!(line.contains(" complete=false"), "{line}");
     // Dropped while the upstream thought, it still names its request.
-    let head = head.lock().unwrap().clone();
+    let head = upstream.head.lock().unwrap().clone();
     let id = head
         .lines()
         .find_map(|l| l.strip_prefix("x-request-id: "))
@@ -155,6 +186,40 @@ async fn a_request_its_client_gave_up_on_is_logged_as_499() {
     assert!(line.contains(&format!(" request_id=\"{id}\" ")), "{line}");
     assert!(line.contains(" path=\"/slow\" "), "{line}");
     gw.shutdown().await;
+}
+
+/// Requests the shutdown's grace cut while their upstream still thought
+/// are logged with 444, not as a client that went away (499), on both
+/// HTTP/1.1 servers (the own one, and hyper's for `TE: trailers`).
+#[tokio::test]
+async fn a_request_the_shutdown_cut_is_logged_as_444() {
+    let (captured, _guard) = capture(tracing::Level::INFO);
+    let upstream = SilentUpstream::start().await;
+    let text = config("", &[("cut", 1, upstream.addr)])
+        + "\n[log]\naccess_log = true\n[timeouts]\nshutdown_grace = \"300ms\"\n";
+    let gw = Gateway::start(&text).await;
+    let mut clients = Vec::new();
+    for (i, extra) in ["", "TE: trailers\r\n"].into_iter().enumerate() {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        let get = format!("GET /cut-{i} HTTP/1.1\r\nHost: h\r\n{extra}\r\n");
+        stream.write_all(get.as_bytes()).await.unwrap();
+        assert!(upstream.reached(i as u64 + 1).await);
+        clients.push(stream);
+    }
+    // Logged by the time the shutdown is over (the process then exits).
+    gw.shutdown().await;
+    let lines = access_lines(&captured, "cut");
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for line in &lines {
+        assert!(line.contains(" status=444 "), "{line}");
+        assert!(line.contains(" complete=false"), "{line}");
+    }
+    // The clients were not answered: their connections were closed.
+    for mut stream in clients {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest));
+        assert!(matches!(read.await, Ok(Ok(0)) | Ok(Err(_))), "{rest:?}");
+    }
 }
 
 /// What a warning from rustls and one of the gateway's own leave in the

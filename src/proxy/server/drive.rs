@@ -138,6 +138,8 @@ enum Closed {
     /// A request in flight whose bodies moved in neither direction for
     /// `body_stall` (a client not reading, an upstream stopped mid-body).
     Stall,
+    /// The shutdown's grace period ran out with a request in flight.
+    Cut,
 }
 
 /// The request-head, idle and body-stall timeouts of one connection,
@@ -227,7 +229,9 @@ pub struct Watch<'a> {
 
 impl Watch<'_> {
     /// Drives `conn` to its end: calls `shut_down` on it when the drain
-    /// begins, and drops it (closing the socket) when the watchdog says so.
+    /// begins, and drops it (closing the socket) when the watchdog says so
+    /// or the drain's grace period runs out ([`Drain::cut`]: what it still
+    /// serves is dropped, logged 444).
     /// Its output, unless it failed or the watchdog closed it.
     /// `conn` is pinned by the caller, so that the task stores it once.
     pub async fn drive<C, T, E>(
@@ -264,6 +268,9 @@ impl Watch<'_> {
                 listening = true;
                 if signalled || drain.is_draining() {
                     draining = true;
+                    // The same slot now waits for the grace period's end.
+                    drain_signal.set(drain.cut.notified());
+                    listening = false;
                     // What the socket already holds is read first: hyper's
                     // HTTP/1 server closes an idle connection at once, a
                     // request that arrived meanwhile unread (and the socket
@@ -273,6 +280,13 @@ impl Watch<'_> {
                         return Poll::Ready(Ok(output));
                     }
                     shut_down(conn.as_mut());
+                }
+            }
+            if draining {
+                let signalled = !listening && drain_signal.as_mut().poll(cx).is_ready();
+                listening = true;
+                if signalled || drain.is_cut() {
+                    return Poll::Ready(Err(Closed::Cut));
                 }
             }
             if !ticking || tick.is_elapsed() {
@@ -318,6 +332,9 @@ impl Watch<'_> {
                 tracing::debug!(%peer, "request head not received in time; closing the connection")
             }
             Err(Closed::Idle) => tracing::debug!(%peer, "idle connection closed"),
+            Err(Closed::Cut) => {
+                tracing::debug!(%peer, "connection cut at the end of the shutdown grace period")
+            }
             Err(Closed::Stall) => {
                 metrics::counter!(crate::metrics::BODY_STALLS_TOTAL).increment(1);
                 // A client that stopped reading its response is the
