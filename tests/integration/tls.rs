@@ -221,6 +221,39 @@ async fn https_serves_http1_and_http2_chosen_by_alpn() {
     gw.shutdown().await;
 }
 
+/// Once ALPN chose h2 the connection is HTTP/2 (RFC 9113, 3.2), as nginx and
+/// Envoy have it: HTTP/1.1 text sent on it is no request, the connection
+/// closes unanswered.
+#[tokio::test]
+async fn https_h2_by_alpn_serves_no_http1() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start("v1").await;
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf(&["localhost"]);
+    let (gw, _dir) = start_with_pair(&cert, &key, up.addr).await;
+    let mut tls = connect(gw.addr, &ca.der, &[b"h2"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    // Until the close (the server's SETTINGS may come first), or until an
+    // HTTP/1.1 answer (whose connection would stay open).
+    let mut got = Vec::new();
+    while !got.starts_with(b"HTTP/") {
+        let mut chunk = [0u8; 4096];
+        match tls.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+    assert!(
+        !got.starts_with(b"HTTP/"),
+        "served as HTTP/1.1: {}",
+        String::from_utf8_lossy(&got)
+    );
+    gw.shutdown().await;
+}
+
 /// An HTTP/2 connection over TLS (ALPN h2) that makes no request is closed
 /// after `idle`, GOAWAY first, though PINGs flow; HTTP/1.1 on the same
 /// listener still closes after `idle` without one.
