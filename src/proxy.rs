@@ -934,11 +934,13 @@ async fn open(
     endpoint: &Endpoint,
     settings: &ProxySettings,
 ) -> Result<crate::tls::Stream, ConnectError> {
-    let timeout = settings.timeouts.upstream_connect;
-    let result = match endpoint.open(timeout).await {
+    // `upstream_connect` bounds the whole connect, the TLS handshake
+    // included: one deadline, not a timeout for each step.
+    let deadline = tokio::time::Instant::now() + settings.timeouts.upstream_connect;
+    let result = match endpoint.open(deadline).await {
         Ok(tcp) => match &version.tls {
             None => Ok(tcp.into()),
-            Some(tls) => (tls.connect(tcp, endpoint.addr(), timeout).await)
+            Some(tls) => (tls.connect(tcp, endpoint.addr(), deadline).await)
                 .map_err(|e| ConnectError::Tls(endpoint.addr(), e)),
         },
         Err(e) => Err(e),

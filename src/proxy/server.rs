@@ -433,6 +433,10 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, dra
             builder
                 .http2()
                 .timer(TokioTimer::new())
+                // A larger header block is answered 431 (or reset) by the
+                // h2 crate itself, before hyper sees a request: neither
+                // gives a hook, so it is not in `canary_client_errors_total`
+                // (docs/metrics.md), unlike HTTP/1.1's 431.
                 .max_header_list_size(MAX_HEAD_BYTES as u32)
                 // Finds dead peers (hyper closes the connection when a PING
                 // goes unanswered). These PINGs are no use of the connection:
@@ -440,8 +444,22 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, dra
                 .keep_alive_interval(Some(Duration::from_secs(30)));
             let service = service(proxy.clone(), state.clone());
             let io = TokioIo::new(coalesce::Coalesced::new(io));
-            let mut conn = Box::pin(builder.serve_connection_with_upgrades(io, service));
-            watch.drive(conn.as_mut(), |c| c.graceful_shutdown()).await;
+            if proxy.tls.is_some() {
+                // ALPN chose h2: the connection is HTTP/2 from its first
+                // byte (RFC 9113, 3.2), as nginx and Envoy have it. HTTP/1.1
+                // text on it is a broken preface that closes it, not a
+                // request (the auto-detection, with its upgrades, is h2c's).
+                // hyper writes its SETTINGS before it reads the client's
+                // preface, so `TrackedIo` would not tell HTTP/2 by its first
+                // read: said here (the watchdog's idle rule for HTTP/2).
+                state.http2.store(true, Ordering::Relaxed);
+                let builder = builder.http2_only();
+                let mut conn = Box::pin(builder.serve_connection(io, service));
+                watch.drive(conn.as_mut(), |c| c.graceful_shutdown()).await;
+            } else {
+                let mut conn = Box::pin(builder.serve_connection_with_upgrades(io, service));
+                watch.drive(conn.as_mut(), |c| c.graceful_shutdown()).await;
+            }
         }
     });
 }

@@ -311,11 +311,11 @@ impl Endpoint {
         *self.idle() = Idle::default();
     }
 
-    /// Opens a new TCP connection (TCP_NODELAY on). The caller records the
-    /// outcome for ejection ([`Endpoint::connected`]) once the connection is
-    /// usable (after its TLS handshake, if any).
-    pub async fn open(&self, timeout: Duration) -> Result<TcpStream, ConnectError> {
-        match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
+    /// Opens a new TCP connection (TCP_NODELAY on) by `deadline`. The
+    /// caller records the outcome for ejection ([`Endpoint::connected`]) once
+    /// the connection is usable (after its TLS handshake, if any).
+    pub async fn open(&self, deadline: tokio::time::Instant) -> Result<TcpStream, ConnectError> {
+        match tokio::time::timeout_at(deadline, TcpStream::connect(self.addr)).await {
             Err(_) => Err(ConnectError::Timeout(self.addr)),
             Ok(Err(e)) => Err(ConnectError::Io(self.addr, e)),
             Ok(Ok(s)) => {

@@ -747,7 +747,10 @@ mod tests {
         };
         let connect = async {
             let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            client.connect(tcp, addr, limit).await.unwrap()
+            client
+                .connect(tcp, addr, tokio::time::Instant::now() + limit)
+                .await
+                .unwrap()
         };
         let (upstream, stream) = tokio::join!(accept, connect);
         (Conn::new(stream), upstream)

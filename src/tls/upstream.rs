@@ -5,11 +5,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use super::{Stream, TlsError, pair};
@@ -90,18 +90,19 @@ impl UpstreamTls {
         }))
     }
 
-    /// The TLS handshake on a new connection to `addr`, within `timeout`.
+    /// The TLS handshake on a new connection to `addr`, by `deadline` (the
+    /// connect's, which its TCP connect shares).
     pub async fn connect(
         &self,
         tcp: TcpStream,
         addr: SocketAddr,
-        timeout: Duration,
+        deadline: Instant,
     ) -> std::io::Result<Stream> {
         let name = self
             .server_name
             .clone()
             .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
-        match tokio::time::timeout(timeout, self.connector.connect(name, tcp)).await {
+        match tokio::time::timeout_at(deadline, self.connector.connect(name, tcp)).await {
             Ok(Ok(tls)) => Ok(Stream::Client(Box::new(tls))),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(std::io::Error::new(

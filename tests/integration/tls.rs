@@ -221,6 +221,39 @@ async fn https_serves_http1_and_http2_chosen_by_alpn() {
     gw.shutdown().await;
 }
 
+/// Once ALPN chose h2 the connection is HTTP/2 (RFC 9113, 3.2), as nginx and
+/// Envoy have it: HTTP/1.1 text sent on it is no request, the connection
+/// closes unanswered.
+#[tokio::test]
+async fn https_h2_by_alpn_serves_no_http1() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start("v1").await;
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf(&["localhost"]);
+    let (gw, _dir) = start_with_pair(&cert, &key, up.addr).await;
+    let mut tls = connect(gw.addr, &ca.der, &[b"h2"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    // Until the close (the server's SETTINGS may come first), or until an
+    // HTTP/1.1 answer (whose connection would stay open).
+    let mut got = Vec::new();
+    while !got.starts_with(b"HTTP/") {
+        let mut chunk = [0u8; 4096];
+        match tls.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+    assert!(
+        !got.starts_with(b"HTTP/"),
+        "served as HTTP/1.1: {}",
+        String::from_utf8_lossy(&got)
+    );
+    gw.shutdown().await;
+}
+
 /// An HTTP/2 connection over TLS (ALPN h2) that makes no request is closed
 /// after `idle`, GOAWAY first, though PINGs flow; HTTP/1.1 on the same
 /// listener still closes after `idle` without one.
@@ -900,6 +933,74 @@ async fn a_slow_upstream_handshake_is_not_the_responses_time() {
         (reply.status.as_u16(), reply.text()),
         (200, "ok".to_string())
     );
+    gw.shutdown().await;
+}
+
+/// Whether a socket of this network namespace is in SYN_SENT towards
+/// `port` on 127.0.0.1: a connect whose SYN went unanswered.
+#[cfg(target_os = "linux")]
+fn syn_sent_to(port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let remote = format!("0100007F:{port:04X}");
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(2) == Some(&remote.as_str()) && fields.get(3) == Some(&"02")
+    })
+}
+
+/// `upstream_connect` is one deadline over the TCP connect and the TLS
+/// handshake (configuration.md), not a timeout for each: a TCP connect that
+/// took most of it leaves the handshake the rest. The upstream's accept
+/// queue is full, so the gateway's first SYN is dropped and its connect
+/// completes at Linux's SYN retransmission, 1 s later; the upstream then
+/// never answers the handshake. With a timeout per step the 502 came at
+/// 1 s + `upstream_connect`.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn upstream_connect_bounds_the_tcp_connect_and_the_handshake_together() {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    // Backlog 1: Linux queues two connections, then drops SYNs.
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _fillers = (
+        TcpStream::connect(addr).await.unwrap(),
+        TcpStream::connect(addr).await.unwrap(),
+    );
+    let ca = Ca::new();
+    let connect = Duration::from_millis(1600);
+    let sections = format!(
+        "[timeouts]\nupstream_connect = \"{}ms\"\n",
+        connect.as_millis()
+    );
+    let (_dir, text) = tls_upstream_config(&ca, &[addr], "upstream.test", &sections);
+    let gw = Gateway::start(&text).await;
+    let started = std::time::Instant::now();
+    let request = tokio::spawn(crate::support::get(gw.addr, "/", &[]));
+    // The gateway's SYN was dropped: the queue is emptied for its next one.
+    assert!(
+        eventually(Duration::from_secs(5), async || syn_sent_to(addr.port())).await,
+        "the gateway never tried to connect"
+    );
+    let mut accepted = Vec::new();
+    for _ in 0..2 {
+        accepted.push(listener.accept().await.unwrap().0);
+    }
+    // The gateway's connection, at its SYN's retransmission: held, the
+    // handshake never answered.
+    let (gateway_side, _) = tokio::time::timeout(connect, listener.accept())
+        .await
+        .expect("the TCP connect did not complete within upstream_connect")
+        .unwrap();
+    let reply = request.await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    // 1.6 s with one deadline, 2.6 s or more with a timeout per step.
+    assert!(
+        took < connect + Duration::from_millis(600),
+        "the connect took {took:?} with upstream_connect = {connect:?}"
+    );
+    drop((gateway_side, accepted));
     gw.shutdown().await;
 }
 
