@@ -437,6 +437,15 @@ struct Validator<'a> {
     origin: &'a str,
 }
 
+/// Whether two listening addresses take one port: on one address or under a
+/// wildcard (0.0.0.0 or [::] takes the port on every address), where the
+/// second bind would fail. Port 0 (any free port) never overlaps.
+pub fn ports_overlap(l: SocketAddr, a: SocketAddr) -> bool {
+    l.port() == a.port()
+        && l.port() != 0
+        && (l.ip() == a.ip() || l.ip().is_unspecified() || a.ip().is_unspecified())
+}
+
 impl Validator<'_> {
     fn invalid(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
@@ -476,13 +485,8 @@ impl Validator<'_> {
             token_env: raw.admin.token_env.clone(),
             token_file: raw.admin.token_file.as_ref().map(PathBuf::from),
         };
-        // One port for both, on one address or under a wildcard (0.0.0.0 or
-        // [::] takes the port on every address): the second bind would fail.
         let (l, a) = (listener.address, admin.address);
-        if l.port() == a.port()
-            && l.port() != 0
-            && (l.ip() == a.ip() || l.ip().is_unspecified() || a.ip().is_unspecified())
-        {
+        if ports_overlap(l, a) {
             return Err(self.invalid(
                 "admin.address",
                 format!("must not take listener.address's port ({l} and {a} overlap)"),

@@ -10,7 +10,9 @@ mod test_ca;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use gateway_proc::{BIN, GatewayProc, TOKEN, TOKEN_ENV, TaggedUpstream, admin};
+use gateway_proc::{
+    BIN, Client, GatewayProc, TOKEN, TOKEN_ENV, TaggedUpstream, admin, spawn_serving,
+};
 
 /// Runs the binary with `args` (and `env`); exit code, stdout, stderr.
 async fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
@@ -208,12 +210,134 @@ async fn check_and_demo_end_with_141_on_a_closed_standard_output() {
     assert!(!err.contains("panicked"), "{err}");
 
     let any = "127.0.0.1:0";
-    let (pid, code, err) =
-        with_stdout_closed(&["demo", "--listen", any, "--admin", any], &[]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp_env = tmp.path().to_str().unwrap();
+    let (_, code, err) = with_stdout_closed(
+        &["demo", "--listen", any, "--admin", any],
+        &[("TMPDIR", tmp_env)],
+    )
+    .await;
     assert_eq!(code, Some(141), "{err}");
     assert!(!err.contains("panicked"), "{err}");
-    let dir = std::env::temp_dir().join(format!("canary-gateway-demo-{pid}"));
-    assert!(!dir.exists(), "{} left behind", dir.display());
+    assert_eq!(entries(tmp.path()), Vec::<String>::new(), "left behind");
+}
+
+/// The entries of a directory, by name.
+fn entries(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Runs `demo` with `TMPDIR` set to `tmp` until it serves (its serving line).
+async fn demo_serving(tmp: &std::path::Path) -> gateway_proc::Proc {
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .env("TMPDIR", tmp);
+    tokio::task::spawn_blocking(move || spawn_serving(cmd, Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the demo did not start: {e}"))
+}
+
+/// The demo's directory (it holds the admin token) is removed on every way
+/// out: a start that fails (its port taken) and Ctrl-C.
+#[tokio::test]
+async fn demo_removes_its_files_on_every_way_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let tmp_env = tmp.path().to_str().unwrap();
+    let (code, _, err) = cli(
+        &["demo", "--listen", &taken, "--admin", "127.0.0.1:0"],
+        &[("TMPDIR", tmp_env)],
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot bind listener"), "{err}");
+    assert_eq!(entries(tmp.path()), Vec::<String>::new(), "left behind");
+
+    let mut demo = demo_serving(tmp.path()).await;
+    let dirs = entries(tmp.path());
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let dir = tmp.path().join(&dirs[0]);
+    assert!(entries(&dir).contains(&"admin-token".to_string()));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "{} is open to others: {mode:o}",
+            dir.display()
+        );
+    }
+    let ok = std::process::Command::new("kill")
+        .args(["-INT", &demo.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -INT failed");
+    let status = tokio::task::spawn_blocking(move || {
+        let status = demo.wait();
+        (status, demo.log_text())
+    })
+    .await
+    .unwrap();
+    assert!(
+        status.0.as_ref().unwrap().success(),
+        "{:?}\n{}",
+        status.0,
+        status.1
+    );
+    assert_eq!(entries(tmp.path()), Vec::<String>::new(), "left behind");
+}
+
+/// A `"` or `\` in the temporary directory's path does not break the
+/// demo's config: it starts, and its admin token (in that directory) works.
+#[tokio::test]
+async fn demo_runs_under_a_temporary_directory_with_quotes_and_backslashes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let odd = tmp.path().join("a \"quoted\" \\ dir");
+    std::fs::create_dir(&odd).unwrap();
+    let demo = demo_serving(&odd).await;
+    let dirs = entries(&odd);
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let token = std::fs::read_to_string(odd.join(&dirs[0]).join("admin-token")).unwrap();
+    let bearer = format!("Bearer {token}");
+    let reply = Client::connect(demo.admin)
+        .await
+        .get("/weights", &[("authorization", &bearer)])
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["weights"]["v2"], 10, "{}", reply.text());
+}
+
+/// `demo` with `--listen` and `--admin` on one port is a usage error (2),
+/// as clap's own, before anything starts.
+#[tokio::test]
+async fn demo_with_one_port_for_listen_and_admin_is_a_usage_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp_env = tmp.path().to_str().unwrap();
+    for (listen, admin) in [
+        ("127.0.0.1:9080", "127.0.0.1:9080"),
+        ("0.0.0.0:9080", "127.0.0.1:9080"),
+    ] {
+        let (code, _, err) = cli(
+            &["demo", "--listen", listen, "--admin", admin],
+            &[("TMPDIR", tmp_env)],
+        )
+        .await;
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("--listen") && err.contains("--admin"), "{err}");
+        assert!(err.contains("Usage: canary-gateway demo"), "{err}");
+    }
+    assert_eq!(entries(tmp.path()), Vec::<String>::new());
 }
 
 #[tokio::test]
