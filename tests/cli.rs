@@ -621,6 +621,78 @@ async fn check_refuses_what_run_refuses_with_the_same_message() {
     assert!(err.contains("not a valid weights document"), "{err}");
 }
 
+/// `check` (as `run`) says what is wrong with a TLS pair that is easy to get
+/// wrong: an encrypted key (PKCS#8 or a traditional `Proc-Type: 4,ENCRYPTED`
+/// one) is not "no private key found", and a chain with the intermediate
+/// first is not "does not match".
+#[tokio::test]
+async fn check_says_a_tls_key_is_encrypted_or_the_leaf_is_not_first() {
+    let (v1, v2) = (
+        TaggedUpstream::start("v1").await,
+        TaggedUpstream::start("v2").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let path = dir.path().join("gateway.toml");
+    let path_arg = path.display().to_string();
+    let token = [(TOKEN_ENV, TOKEN)];
+    let check = async |key: &std::path::Path| {
+        let listener = "[listener]\naddress = \"127.0.0.1:0\"\n";
+        let text = config(v1.addr, v2.addr).replace(
+            listener,
+            &format!(
+                "{listener}[listener.tls]\ncert = {}\nkey = {}\n",
+                toml::Value::String(cert_path.display().to_string()),
+                toml::Value::String(key.display().to_string()),
+            ),
+        );
+        std::fs::write(&path, text).unwrap();
+        let (code, out, err) = cli(&["check", "--config", &path_arg], &token).await;
+        (code, format!("{out}{err}"))
+    };
+
+    let ca = test_ca::Ca::new();
+    let (leaf, leaf_key, _) = ca.leaf(&["localhost"]);
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&key_path, &leaf_key).unwrap();
+    std::fs::write(&cert_path, format!("{leaf}{}", ca.pem)).unwrap();
+    let (code, out) = check(&key_path).await;
+    assert_eq!(code, 0, "{out}");
+
+    // The intermediate first, the leaf second.
+    std::fs::write(&cert_path, format!("{}{leaf}", ca.pem)).unwrap();
+    let (code, out) = check(&key_path).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("matches certificate 2") && out.contains("must start with the leaf"),
+        "{out}"
+    );
+    // A key that matches none of them still does not match.
+    let (_, other_key, _) = ca.leaf(&["localhost"]);
+    std::fs::write(&key_path, &other_key).unwrap();
+    let (code, out) = check(&key_path).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("does not match"), "{out}");
+
+    std::fs::write(&cert_path, &leaf).unwrap();
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    for (name, kind) in [
+        ("ec-pkcs8-encrypted.key.pem", "ENCRYPTED PRIVATE KEY"),
+        ("rsa-pkcs1-encrypted.key.pem", "Proc-Type: 4,ENCRYPTED"),
+    ] {
+        let key = fixtures.join(name);
+        let (code, out) = check(&key).await;
+        assert_eq!(code, 1, "{out}");
+        let said = format!("{}: the private key is encrypted", key.display());
+        assert!(out.contains(&said), "{out}");
+        assert!(
+            out.contains(kind) && out.contains("listener.tls.key"),
+            "{out}"
+        );
+        assert!(!out.contains("no private key found"), "{out}");
+    }
+}
+
 /// A stand-in for the rollout API (issue #12's contract): `GET /rollout`
 /// walks through `phases`, one per request, then stays on the last.
 async fn scripted_rollout(phases: Vec<serde_json::Value>) -> String {
