@@ -32,7 +32,8 @@ enum Command {
     },
     /// Validate a config (as `run` reads it) and print a one-line summary:
     /// also what `run` refuses before serving (admin token, TLS files, the
-    /// state file of the file store), without AWS calls or binding ports.
+    /// state file of the file store, an AWS region), without AWS calls or
+    /// binding ports.
     Check {
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -117,11 +118,14 @@ fn load_config(path: Option<&std::path::Path>) -> Result<Config> {
 fn check(path: Option<&std::path::Path>) -> Result<()> {
     let config = load_config(path)?;
     // What `run` refuses before serving, with its messages (no AWS, no bind).
-    tokio::runtime::Builder::new_current_thread()
+    let warnings = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?
         .block_on(gateway::preflight(&config))?;
+    for warning in warnings {
+        eprintln!("warning: {warning}");
+    }
     // A closed standard output (`check | true`) ends with 141, not a panic.
     cli::print_line(format_args!(
         "{}: {}",

@@ -14,9 +14,15 @@ use gateway_proc::{
     BIN, Client, GatewayProc, TOKEN, TOKEN_ENV, TaggedUpstream, admin, spawn_serving,
 };
 
-/// Runs the binary with `args` (and `env`); exit code, stdout, stderr.
+/// Runs the binary with `args` (and `env`, and no AWS setting of the
+/// machine); exit code, stdout, stderr.
 async fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = tokio::process::Command::new(BIN);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("AWS_") {
+            cmd.env_remove(key);
+        }
+    }
     cmd.args(args)
         .env_remove("CANARY_ADMIN_URL")
         .env_remove("CANARY_ADMIN_TOKEN")
@@ -690,6 +696,80 @@ async fn check_says_a_tls_key_is_encrypted_or_the_leaf_is_not_first() {
             "{out}"
         );
         assert!(!out.contains("no private key found"), "{out}");
+    }
+}
+
+/// With a store (or discovery, or App Mesh) on AWS, `check` refuses what
+/// `run` refuses: no AWS region anywhere it looks without a network call
+/// (with the instance metadata service off; with it on, only a warning), and
+/// an `aws.endpoint_url` that is no http(s) URL with a host.
+#[tokio::test]
+async fn check_refuses_a_missing_aws_region_and_a_bad_endpoint_url() {
+    let (v1, v2) = (
+        TaggedUpstream::start("v1").await,
+        TaggedUpstream::start("v2").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let path_arg = path.display().to_string();
+    let aws_config = dir.path().join("aws-config");
+    std::fs::write(&aws_config, "").unwrap();
+    let aws_config = aws_config.display().to_string();
+    let dynamodb = format!(
+        "{}\n[store]\nkind = \"dynamodb\"\ntable = \"canary\"\nkey = \"svc1\"\n",
+        config(v1.addr, v2.addr)
+    );
+    std::fs::write(&path, &dynamodb).unwrap();
+    let no_imds = [
+        (TOKEN_ENV, TOKEN),
+        ("AWS_CONFIG_FILE", aws_config.as_str()),
+        ("AWS_SHARED_CREDENTIALS_FILE", aws_config.as_str()),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    let (code, _, check_err) = cli(&["check", "--config", &path_arg], &no_imds).await;
+    assert_eq!(code, 1, "check passed: {check_err}");
+    assert!(check_err.contains("no AWS region"), "{check_err}");
+    let (code, _, run_err) = cli(&["run", "--config", &path_arg], &no_imds).await;
+    assert_eq!(code, 1, "run started: {run_err}");
+    assert_eq!(error_line(&check_err), error_line(&run_err));
+
+    // A region from the environment or the profile file will do.
+    let mut with_region = no_imds.to_vec();
+    with_region.push(("AWS_DEFAULT_REGION", "eu-west-1"));
+    let (code, out, err) = cli(&["check", "--config", &path_arg], &with_region).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(": ok") && err.is_empty(), "{out}{err}");
+    let profile = dir.path().join("aws-profile");
+    std::fs::write(&profile, "[default]\nregion = eu-west-1\n").unwrap();
+    let profile = profile.display().to_string();
+    let mut in_profile = no_imds.to_vec();
+    in_profile[1] = ("AWS_CONFIG_FILE", profile.as_str());
+    let (code, _, err) = cli(&["check", "--config", &path_arg], &in_profile).await;
+    assert_eq!(code, 0, "{err}");
+    // The instance metadata service may have one: only `run` asks it.
+    let (code, _, err) = cli(&["check", "--config", &path_arg], &no_imds[..3]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.starts_with("warning: no AWS region") && err.contains("instance metadata"),
+        "{err}"
+    );
+
+    // A region, but an endpoint URL the SDK cannot call.
+    for url in ["localhost:4566", "ftp://localhost:4566", "http://:4566"] {
+        std::fs::write(
+            &path,
+            format!("{dynamodb}\n[aws]\nregion = \"eu-west-1\"\nendpoint_url = \"{url}\"\n"),
+        )
+        .unwrap();
+        let (code, _, check_err) = cli(&["check", "--config", &path_arg], &no_imds).await;
+        assert_eq!(code, 1, "check passed: {check_err}");
+        assert!(
+            check_err.contains("aws.endpoint_url") && check_err.contains(url),
+            "{check_err}"
+        );
+        let (code, _, run_err) = cli(&["run", "--config", &path_arg], &no_imds).await;
+        assert_eq!(code, 1, "run started: {run_err}");
+        assert_eq!(error_line(&check_err), error_line(&run_err));
     }
 }
 
