@@ -79,6 +79,59 @@ impl RouteSyncDep for MeshRoute {
     }
 }
 
+/// Why the gateway does not start when it needs AWS and has no region.
+pub const NO_REGION: &str = "no AWS region: set [aws] region or AWS_REGION";
+
+/// Whether the config asks for AWS clients: Cloud Map discovery, a Cloud
+/// Map or DynamoDB weight store, App Mesh route sync.
+pub fn uses_aws(config: &Config) -> bool {
+    config
+        .versions
+        .iter()
+        .any(|v| matches!(v.source, EndpointSource::CloudMap(_)))
+        || config.store.poll_interval().is_some()
+        || config.appmesh.is_some()
+}
+
+/// What can be told of the region without a network call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegionCheck {
+    /// No AWS client is needed, or a region is set (config, environment,
+    /// profile file).
+    Found,
+    /// None anywhere and the instance metadata service is off
+    /// (`AWS_EC2_METADATA_DISABLED=true`): the start fails with [`NO_REGION`].
+    Missing,
+    /// None but from the instance metadata service, which only a start asks.
+    OnlyFromImds,
+}
+
+/// The region the SDK's chain would find, short of its last step: `[aws]
+/// region`, then `AWS_REGION`/`AWS_DEFAULT_REGION`, then the profile in the
+/// AWS config file. The instance metadata service (IMDS, a network call) is
+/// not asked: for `check`.
+pub async fn region_without_network(config: &Config) -> RegionCheck {
+    use aws_config::meta::region::ProvideRegion as _;
+    if !uses_aws(config) || config.aws.region.is_some() {
+        return RegionCheck::Found;
+    }
+    let env = aws_config::environment::region::EnvironmentVariableRegionProvider::new();
+    if env.region().await.is_some() {
+        return RegionCheck::Found;
+    }
+    let profile = aws_config::profile::ProfileFileRegionProvider::new();
+    if profile.region().await.is_some() {
+        return RegionCheck::Found;
+    }
+    let imds_off =
+        std::env::var("AWS_EC2_METADATA_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    if imds_off {
+        RegionCheck::Missing
+    } else {
+        RegionCheck::OnlyFromImds
+    }
+}
+
 /// Builds the AWS-backed dependencies the config asks for (Cloud Map
 /// discovery, the Cloud Map weight store, App Mesh route sync) unless the
 /// caller injected them already.
@@ -99,7 +152,7 @@ pub async fn fill_dependencies(config: &Config, deps: &mut Dependencies) -> Resu
     )
     .await;
     if sdk.region().is_none() {
-        return Err("no AWS region: set [aws] region or AWS_REGION".into());
+        return Err(NO_REGION.into());
     }
     if wants_discovery {
         let discover: Arc<dyn Discover> = Arc::new(cloudmap::CloudMapDiscover::new(&sdk));

@@ -437,6 +437,15 @@ struct Validator<'a> {
     origin: &'a str,
 }
 
+/// Whether two listening addresses take one port: on one address or under a
+/// wildcard (0.0.0.0 or [::] takes the port on every address), where the
+/// second bind would fail. Port 0 (any free port) never overlaps.
+pub fn ports_overlap(l: SocketAddr, a: SocketAddr) -> bool {
+    l.port() == a.port()
+        && l.port() != 0
+        && (l.ip() == a.ip() || l.ip().is_unspecified() || a.ip().is_unspecified())
+}
+
 impl Validator<'_> {
     fn invalid(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
@@ -476,13 +485,8 @@ impl Validator<'_> {
             token_env: raw.admin.token_env.clone(),
             token_file: raw.admin.token_file.as_ref().map(PathBuf::from),
         };
-        // One port for both, on one address or under a wildcard (0.0.0.0 or
-        // [::] takes the port on every address): the second bind would fail.
         let (l, a) = (listener.address, admin.address);
-        if l.port() == a.port()
-            && l.port() != 0
-            && (l.ip() == a.ip() || l.ip().is_unspecified() || a.ip().is_unspecified())
-        {
+        if ports_overlap(l, a) {
             return Err(self.invalid(
                 "admin.address",
                 format!("must not take listener.address's port ({l} and {a} overlap)"),
@@ -583,7 +587,7 @@ impl Validator<'_> {
 
         let aws = AwsConfig {
             region: raw.aws.region.clone(),
-            endpoint_url: raw.aws.endpoint_url.clone(),
+            endpoint_url: self.endpoint_url(&raw.aws.endpoint_url)?,
         };
 
         let appmesh = match &raw.appmesh {
@@ -890,6 +894,44 @@ impl Validator<'_> {
                 format!("`{value}` is not a socket address (expected IP:port, e.g. 10.0.1.5:9000)"),
             )
         })
+    }
+
+    /// `aws.endpoint_url`: an absolute http(s) URL with a host. The SDK
+    /// takes any text and then fails every call, so the gateway would serve
+    /// without its store or discovery for good.
+    fn endpoint_url(&self, value: &Option<String>) -> Result<Option<String>, ConfigError> {
+        const KEY: &str = "aws.endpoint_url";
+        let Some(text) = value else {
+            return Ok(None);
+        };
+        let bad = |why: String| {
+            self.invalid(
+                KEY,
+                format!(
+                    "`{text}` is not an absolute http:// or https:// URL with a host ({why}; e.g. https://dynamodb.eu-west-1.amazonaws.com or http://localhost:4566)"
+                ),
+            )
+        };
+        let uri: http::Uri = text
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
+        match uri.scheme_str() {
+            Some(s) if s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https") => {}
+            Some(other) => return Err(bad(format!("scheme `{other}`"))),
+            None => return Err(bad("no scheme".into())),
+        }
+        let Some(authority) = uri.authority().filter(|a| !a.host().is_empty()) else {
+            return Err(bad("no host".into()));
+        };
+        // `port()` is `None` both without a port and for one out of range.
+        let host_port = authority.as_str().rsplit('@').next().unwrap_or_default();
+        let after_host = host_port.strip_prefix(authority.host()).unwrap_or_default();
+        if let Some(port) = after_host.strip_prefix(':')
+            && port.parse::<u16>().ok().filter(|&p| p != 0).is_none()
+        {
+            return Err(bad(format!("`{port}` is not a port (1-65535)")));
+        }
+        Ok(Some(text.clone()))
     }
 
     /// `split.response_header`: a name of the operator's own. The gateway

@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -40,6 +41,60 @@ pub async fn backend(listener: TcpListener, name: &'static str) {
     }
 }
 
+/// The demo's files (its admin token and state), in a directory of its own
+/// under the temporary directory; removed when dropped, so every way out of
+/// the demo (a start that fails, an error, Ctrl-C) leaves nothing behind.
+pub struct DemoDir {
+    path: PathBuf,
+}
+
+impl DemoDir {
+    /// Creates a new directory, readable by its owner only (it holds the
+    /// admin token), under a name no one else has taken.
+    pub fn create() -> std::io::Result<DemoDir> {
+        let parent = std::env::temp_dir();
+        let mut builder = std::fs::DirBuilder::new();
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        let mut tries = 0;
+        loop {
+            let path = parent.join(format!(
+                "canary-gateway-demo-{}-{:08x}",
+                std::process::id(),
+                rand::random::<u32>()
+            ));
+            match builder.create(&path) {
+                Ok(()) => return Ok(DemoDir { path }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 8 => {
+                    tries += 1;
+                }
+                Err(e) => {
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("cannot create {}: {e}", path.display()),
+                    ));
+                }
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for DemoDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// `text` as a TOML basic string, quoted and escaped (a path may hold `"`
+/// or `\`).
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.to_string()).to_string()
+}
+
 /// The demo's config text, for the given backend addresses.
 pub fn config_text(
     listen: SocketAddr,
@@ -49,16 +104,17 @@ pub fn config_text(
     token_file: &str,
     state: &str,
 ) -> String {
+    let (token_file, state) = (toml_string(token_file), toml_string(state));
     format!(
         r#"[listener]
 address = "{listen}"
 
 [admin]
 address = "{admin}"
-token_file = "{token_file}"
+token_file = {token_file}
 
 [state]
-path = "{state}"
+path = {state}
 
 [split]
 stable = "v1"
@@ -103,4 +159,31 @@ Dashboard: http://{admin}/ui (sign in with the admin token)
 Press Ctrl-C to stop.
 "#
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Paths with `"`, `\` and a newline are written as TOML strings that
+    /// parse back to themselves.
+    #[test]
+    fn the_config_text_quotes_its_paths() {
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let token = "/tmp/a \"quoted\" \\ dir/admin-token";
+        let state = "/tmp/it's\n\t\\\"/state.json";
+        let text = config_text(addr, addr, addr, addr, token, state);
+        let config = crate::config::Config::parse(&text, "demo config")
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(
+            config.admin.token_file.as_deref(),
+            Some(Path::new(token)),
+            "{text}"
+        );
+        assert_eq!(
+            config.state_path.as_deref(),
+            Some(Path::new(state)),
+            "{text}"
+        );
+    }
 }

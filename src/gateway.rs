@@ -271,9 +271,12 @@ fn file_store(config: &Config) -> FileStore {
 /// What `canary-gateway check` validates beyond the config itself: the
 /// checks [`start`] makes before serving that need neither AWS nor a bound
 /// port, with the same errors: the admin token (and a non-loopback admin
-/// address without one), the listener's TLS files, and with the file store
-/// the state file's first read. Within a tokio runtime.
-pub async fn preflight(config: &Config) -> Result<(), GatewayError> {
+/// address without one), the listener's TLS files, with the file store the
+/// state file's first read, and when AWS is used an AWS region (short of
+/// the instance metadata service, a network call). Within a tokio runtime.
+/// `Ok` holds warnings: what only the start can tell.
+pub async fn preflight(config: &Config) -> Result<Vec<String>, GatewayError> {
+    let mut warnings = Vec::new();
     admin_token(config)?;
     if let Some(tls) = &config.listener.tls {
         ListenerTls::load(tls)?;
@@ -284,7 +287,18 @@ pub async fn preflight(config: &Config) -> Result<(), GatewayError> {
             .await
             .map_err(ControlError::StoreLoad)?;
     }
-    Ok(())
+    match crate::aws::region_without_network(config).await {
+        crate::aws::RegionCheck::Found => {}
+        crate::aws::RegionCheck::Missing => {
+            return Err(GatewayError::Aws(crate::aws::NO_REGION.into()));
+        }
+        crate::aws::RegionCheck::OnlyFromImds => warnings.push(
+            "no AWS region in [aws] region, AWS_REGION, AWS_DEFAULT_REGION or the AWS config file: \
+             run asks the EC2 instance metadata service (check does not) and does not start without one"
+                .to_string(),
+        ),
+    }
+    Ok(warnings)
 }
 
 /// Starts a gateway on bound listeners; SIGHUP is listened for from here on

@@ -4,10 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use canary_gateway::cli::{self, CtlArgs, HealthArgs};
-use canary_gateway::config::{Config, LogFormat};
+use canary_gateway::config::{self, Config, LogFormat};
 use canary_gateway::gateway::{self, Dependencies, Listeners};
 use canary_gateway::reload::Hangup;
 use canary_gateway::{demo, telemetry};
@@ -32,7 +32,8 @@ enum Command {
     },
     /// Validate a config (as `run` reads it) and print a one-line summary:
     /// also what `run` refuses before serving (admin token, TLS files, the
-    /// state file of the file store), without AWS calls or binding ports.
+    /// state file of the file store, an AWS region), without AWS calls or
+    /// binding ports.
     Check {
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -57,7 +58,22 @@ fn main() -> ExitCode {
         Command::Run { config } => run(config.as_deref()),
         Command::Health(args) => return client_command(cli::ctl::health(&args)),
         Command::Ctl(args) => return client_command(cli::ctl::run(args)),
-        Command::Demo { listen, admin } => run_demo(listen, admin),
+        Command::Demo { listen, admin } => {
+            // Both on one port: a usage error (exit 2), as clap's own.
+            if config::ports_overlap(listen, admin) {
+                let mut command = Cli::command();
+                command.build();
+                command
+                    .find_subcommand_mut("demo")
+                    .unwrap_or(&mut Cli::command())
+                    .error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        format!("--listen {listen} and --admin {admin} take the same port"),
+                    )
+                    .exit();
+            }
+            run_demo(listen, admin)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -102,11 +118,14 @@ fn load_config(path: Option<&std::path::Path>) -> Result<Config> {
 fn check(path: Option<&std::path::Path>) -> Result<()> {
     let config = load_config(path)?;
     // What `run` refuses before serving, with its messages (no AWS, no bind).
-    tokio::runtime::Builder::new_current_thread()
+    let warnings = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?
         .block_on(gateway::preflight(&config))?;
+    for warning in warnings {
+        eprintln!("warning: {warning}");
+    }
     // A closed standard output (`check | true`) ends with 141, not a panic.
     cli::print_line(format_args!(
         "{}: {}",
@@ -169,24 +188,34 @@ fn run_demo(listen: std::net::SocketAddr, admin: std::net::SocketAddr) -> Result
         tokio::spawn(demo::backend(v1, "v1"));
         tokio::spawn(demo::backend(v2, "v2"));
 
-        let dir = std::env::temp_dir().join(format!("canary-gateway-demo-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        // Removed when dropped: on every way out below, `?` included.
+        let dir = demo::DemoDir::create()?;
+        let utf8 = |path: std::path::PathBuf| {
+            path.to_str().map(str::to_string).with_context(|| {
+                format!(
+                    "the temporary directory {} is not UTF-8: set TMPDIR to another",
+                    path.display()
+                )
+            })
+        };
         let token = format!("{:032x}", rand::random::<u128>());
-        let token_file = dir.join("admin-token");
+        let token_file = dir.path().join("admin-token");
         std::fs::write(&token_file, &token).context("cannot write the demo admin token")?;
         let text = demo::config_text(
             listen,
             admin,
             v1_addr,
             v2_addr,
-            &token_file.display().to_string(),
-            &dir.join("state.json").display().to_string(),
+            &utf8(token_file)?,
+            &utf8(dir.path().join("state.json"))?,
         );
         let config = Config::parse(&text, "demo config")?;
         let listeners = Listeners::bind(&config).await?;
-        let running =
-            gateway::start_with_hangup(config, listeners, Dependencies::default(), hup).await?;
+        let start = gateway::start_with_hangup(config, listeners, Dependencies::default(), hup);
+        let running = tokio::select! {
+            running = start => running?,
+            () = shutdown.wait() => return Ok(()),
+        };
         let instructions = demo::instructions(running.proxy_addr, running.admin_addr, &token);
         // No one reads the token or the instructions (`demo | true`): the
         // demo stops at once, its files removed, with 141 as `ctl` does.
@@ -195,7 +224,7 @@ fn run_demo(listen: std::net::SocketAddr, admin: std::net::SocketAddr) -> Result
             shutdown.wait().await;
         }
         running.shutdown().await;
-        let _ = std::fs::remove_dir_all(&dir);
+        drop(dir);
         if let Err(e) = written {
             cli::output_failed(&e);
         }

@@ -33,8 +33,20 @@ pub enum TlsError {
     NoKey { path: String },
     #[error("{path}: unusable private key: {reason}")]
     BadKey { path: String, reason: String },
+    #[error(
+        "{path}: the private key is encrypted ({kind}); listener.tls.key must name an unencrypted key (the gateway takes no passphrase): decrypt it, e.g. `openssl pkey -in {path} -out NEW_KEY_FILE`"
+    )]
+    EncryptedKey { path: String, kind: &'static str },
     #[error("the private key in {key} does not match the certificate in {cert}")]
     Mismatch { cert: String, key: String },
+    #[error(
+        "the private key in {key} matches certificate {position} in {cert}, not the first: the chain must start with the leaf (server) certificate, then its intermediates"
+    )]
+    LeafNotFirst {
+        cert: String,
+        key: String,
+        position: usize,
+    },
     #[error("{path}: unusable certificate: {reason}")]
     BadCertificate { path: String, reason: String },
     #[error("`{0}` is not a valid TLS server name")]

@@ -10,11 +10,19 @@ mod test_ca;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use gateway_proc::{BIN, GatewayProc, TOKEN, TOKEN_ENV, TaggedUpstream, admin};
+use gateway_proc::{
+    BIN, Client, GatewayProc, TOKEN, TOKEN_ENV, TaggedUpstream, admin, spawn_serving,
+};
 
-/// Runs the binary with `args` (and `env`); exit code, stdout, stderr.
+/// Runs the binary with `args` (and `env`, and no AWS setting of the
+/// machine); exit code, stdout, stderr.
 async fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = tokio::process::Command::new(BIN);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("AWS_") {
+            cmd.env_remove(key);
+        }
+    }
     cmd.args(args)
         .env_remove("CANARY_ADMIN_URL")
         .env_remove("CANARY_ADMIN_TOKEN")
@@ -208,12 +216,134 @@ async fn check_and_demo_end_with_141_on_a_closed_standard_output() {
     assert!(!err.contains("panicked"), "{err}");
 
     let any = "127.0.0.1:0";
-    let (pid, code, err) =
-        with_stdout_closed(&["demo", "--listen", any, "--admin", any], &[]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp_env = tmp.path().to_str().unwrap();
+    let (_, code, err) = with_stdout_closed(
+        &["demo", "--listen", any, "--admin", any],
+        &[("TMPDIR", tmp_env)],
+    )
+    .await;
     assert_eq!(code, Some(141), "{err}");
     assert!(!err.contains("panicked"), "{err}");
-    let dir = std::env::temp_dir().join(format!("canary-gateway-demo-{pid}"));
-    assert!(!dir.exists(), "{} left behind", dir.display());
+    assert_eq!(entries(tmp.path()), Vec::<String>::new(), "left behind");
+}
+
+/// The entries of a directory, by name.
+fn entries(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Runs `demo` with `TMPDIR` set to `tmp` until it serves (its serving line).
+async fn demo_serving(tmp: &std::path::Path) -> gateway_proc::Proc {
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .env("TMPDIR", tmp);
+    tokio::task::spawn_blocking(move || spawn_serving(cmd, Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the demo did not start: {e}"))
+}
+
+/// The demo's directory (it holds the admin token) is removed on every way
+/// out: a start that fails (its port taken) and Ctrl-C.
+#[tokio::test]
+async fn demo_removes_its_files_on_every_way_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let tmp_env = tmp.path().to_str().unwrap();
+    let (code, _, err) = cli(
+        &["demo", "--listen", &taken, "--admin", "127.0.0.1:0"],
+        &[("TMPDIR", tmp_env)],
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot bind listener"), "{err}");
+    assert_eq!(entries(tmp.path()), Vec::<String>::new(), "left behind");
+
+    let mut demo = demo_serving(tmp.path()).await;
+    let dirs = entries(tmp.path());
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let dir = tmp.path().join(&dirs[0]);
+    assert!(entries(&dir).contains(&"admin-token".to_string()));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "{} is open to others: {mode:o}",
+            dir.display()
+        );
+    }
+    let ok = std::process::Command::new("kill")
+        .args(["-INT", &demo.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -INT failed");
+    let status = tokio::task::spawn_blocking(move || {
+        let status = demo.wait();
+        (status, demo.log_text())
+    })
+    .await
+    .unwrap();
+    assert!(
+        status.0.as_ref().unwrap().success(),
+        "{:?}\n{}",
+        status.0,
+        status.1
+    );
+    assert_eq!(entries(tmp.path()), Vec::<String>::new(), "left behind");
+}
+
+/// A `"` or `\` in the temporary directory's path does not break the
+/// demo's config: it starts, and its admin token (in that directory) works.
+#[tokio::test]
+async fn demo_runs_under_a_temporary_directory_with_quotes_and_backslashes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let odd = tmp.path().join("a \"quoted\" \\ dir");
+    std::fs::create_dir(&odd).unwrap();
+    let demo = demo_serving(&odd).await;
+    let dirs = entries(&odd);
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let token = std::fs::read_to_string(odd.join(&dirs[0]).join("admin-token")).unwrap();
+    let bearer = format!("Bearer {token}");
+    let reply = Client::connect(demo.admin)
+        .await
+        .get("/weights", &[("authorization", &bearer)])
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["weights"]["v2"], 10, "{}", reply.text());
+}
+
+/// `demo` with `--listen` and `--admin` on one port is a usage error (2),
+/// as clap's own, before anything starts.
+#[tokio::test]
+async fn demo_with_one_port_for_listen_and_admin_is_a_usage_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp_env = tmp.path().to_str().unwrap();
+    for (listen, admin) in [
+        ("127.0.0.1:9080", "127.0.0.1:9080"),
+        ("0.0.0.0:9080", "127.0.0.1:9080"),
+    ] {
+        let (code, _, err) = cli(
+            &["demo", "--listen", listen, "--admin", admin],
+            &[("TMPDIR", tmp_env)],
+        )
+        .await;
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("--listen") && err.contains("--admin"), "{err}");
+        assert!(err.contains("Usage: canary-gateway demo"), "{err}");
+    }
+    assert_eq!(entries(tmp.path()), Vec::<String>::new());
 }
 
 #[tokio::test]
@@ -495,6 +625,152 @@ async fn check_refuses_what_run_refuses_with_the_same_message() {
     std::fs::write(dir.path().join("gateway.state.json"), "{ not json").unwrap();
     let err = both(&token).await;
     assert!(err.contains("not a valid weights document"), "{err}");
+}
+
+/// `check` (as `run`) says what is wrong with a TLS pair that is easy to get
+/// wrong: an encrypted key (PKCS#8 or a traditional `Proc-Type: 4,ENCRYPTED`
+/// one) is not "no private key found", and a chain with the intermediate
+/// first is not "does not match".
+#[tokio::test]
+async fn check_says_a_tls_key_is_encrypted_or_the_leaf_is_not_first() {
+    let (v1, v2) = (
+        TaggedUpstream::start("v1").await,
+        TaggedUpstream::start("v2").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let path = dir.path().join("gateway.toml");
+    let path_arg = path.display().to_string();
+    let token = [(TOKEN_ENV, TOKEN)];
+    let check = async |key: &std::path::Path| {
+        let listener = "[listener]\naddress = \"127.0.0.1:0\"\n";
+        let text = config(v1.addr, v2.addr).replace(
+            listener,
+            &format!(
+                "{listener}[listener.tls]\ncert = {}\nkey = {}\n",
+                toml::Value::String(cert_path.display().to_string()),
+                toml::Value::String(key.display().to_string()),
+            ),
+        );
+        std::fs::write(&path, text).unwrap();
+        let (code, out, err) = cli(&["check", "--config", &path_arg], &token).await;
+        (code, format!("{out}{err}"))
+    };
+
+    let ca = test_ca::Ca::new();
+    let (leaf, leaf_key, _) = ca.leaf(&["localhost"]);
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&key_path, &leaf_key).unwrap();
+    std::fs::write(&cert_path, format!("{leaf}{}", ca.pem)).unwrap();
+    let (code, out) = check(&key_path).await;
+    assert_eq!(code, 0, "{out}");
+
+    // The intermediate first, the leaf second.
+    std::fs::write(&cert_path, format!("{}{leaf}", ca.pem)).unwrap();
+    let (code, out) = check(&key_path).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("matches certificate 2") && out.contains("must start with the leaf"),
+        "{out}"
+    );
+    // A key that matches none of them still does not match.
+    let (_, other_key, _) = ca.leaf(&["localhost"]);
+    std::fs::write(&key_path, &other_key).unwrap();
+    let (code, out) = check(&key_path).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("does not match"), "{out}");
+
+    std::fs::write(&cert_path, &leaf).unwrap();
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    for (name, kind) in [
+        ("ec-pkcs8-encrypted.key.pem", "ENCRYPTED PRIVATE KEY"),
+        ("rsa-pkcs1-encrypted.key.pem", "Proc-Type: 4,ENCRYPTED"),
+    ] {
+        let key = fixtures.join(name);
+        let (code, out) = check(&key).await;
+        assert_eq!(code, 1, "{out}");
+        let said = format!("{}: the private key is encrypted", key.display());
+        assert!(out.contains(&said), "{out}");
+        assert!(
+            out.contains(kind) && out.contains("listener.tls.key"),
+            "{out}"
+        );
+        assert!(!out.contains("no private key found"), "{out}");
+    }
+}
+
+/// With a store (or discovery, or App Mesh) on AWS, `check` refuses what
+/// `run` refuses: no AWS region anywhere it looks without a network call
+/// (with the instance metadata service off; with it on, only a warning), and
+/// an `aws.endpoint_url` that is no http(s) URL with a host.
+#[tokio::test]
+async fn check_refuses_a_missing_aws_region_and_a_bad_endpoint_url() {
+    let (v1, v2) = (
+        TaggedUpstream::start("v1").await,
+        TaggedUpstream::start("v2").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let path_arg = path.display().to_string();
+    let aws_config = dir.path().join("aws-config");
+    std::fs::write(&aws_config, "").unwrap();
+    let aws_config = aws_config.display().to_string();
+    let dynamodb = format!(
+        "{}\n[store]\nkind = \"dynamodb\"\ntable = \"canary\"\nkey = \"svc1\"\n",
+        config(v1.addr, v2.addr)
+    );
+    std::fs::write(&path, &dynamodb).unwrap();
+    let no_imds = [
+        (TOKEN_ENV, TOKEN),
+        ("AWS_CONFIG_FILE", aws_config.as_str()),
+        ("AWS_SHARED_CREDENTIALS_FILE", aws_config.as_str()),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    let (code, _, check_err) = cli(&["check", "--config", &path_arg], &no_imds).await;
+    assert_eq!(code, 1, "check passed: {check_err}");
+    assert!(check_err.contains("no AWS region"), "{check_err}");
+    let (code, _, run_err) = cli(&["run", "--config", &path_arg], &no_imds).await;
+    assert_eq!(code, 1, "run started: {run_err}");
+    assert_eq!(error_line(&check_err), error_line(&run_err));
+
+    // A region from the environment or the profile file will do.
+    let mut with_region = no_imds.to_vec();
+    with_region.push(("AWS_DEFAULT_REGION", "eu-west-1"));
+    let (code, out, err) = cli(&["check", "--config", &path_arg], &with_region).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(": ok") && err.is_empty(), "{out}{err}");
+    let profile = dir.path().join("aws-profile");
+    std::fs::write(&profile, "[default]\nregion = eu-west-1\n").unwrap();
+    let profile = profile.display().to_string();
+    let mut in_profile = no_imds.to_vec();
+    in_profile[1] = ("AWS_CONFIG_FILE", profile.as_str());
+    let (code, _, err) = cli(&["check", "--config", &path_arg], &in_profile).await;
+    assert_eq!(code, 0, "{err}");
+    // The instance metadata service may have one: only `run` asks it.
+    let (code, _, err) = cli(&["check", "--config", &path_arg], &no_imds[..3]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.starts_with("warning: no AWS region") && err.contains("instance metadata"),
+        "{err}"
+    );
+
+    // A region, but an endpoint URL the SDK cannot call.
+    for url in ["localhost:4566", "ftp://localhost:4566", "http://:4566"] {
+        std::fs::write(
+            &path,
+            format!("{dynamodb}\n[aws]\nregion = \"eu-west-1\"\nendpoint_url = \"{url}\"\n"),
+        )
+        .unwrap();
+        let (code, _, check_err) = cli(&["check", "--config", &path_arg], &no_imds).await;
+        assert_eq!(code, 1, "check passed: {check_err}");
+        assert!(
+            check_err.contains("aws.endpoint_url") && check_err.contains(url),
+            "{check_err}"
+        );
+        let (code, _, run_err) = cli(&["run", "--config", &path_arg], &no_imds).await;
+        assert_eq!(code, 1, "run started: {run_err}");
+        assert_eq!(error_line(&check_err), error_line(&run_err));
+    }
 }
 
 /// A stand-in for the rollout API (issue #12's contract): `GET /rollout`

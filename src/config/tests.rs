@@ -221,6 +221,38 @@ fn fleet_store_and_discovery_keys() {
 }
 
 #[test]
+fn an_aws_endpoint_url_that_is_no_http_url_with_a_host_is_refused() {
+    let with = |url: &str| format!("{BASE}\n[aws]\nendpoint_url = {}\n", toml::Value::from(url));
+    for good in [
+        "http://localhost:4566",
+        "https://dynamodb.eu-west-1.amazonaws.com/",
+        "HTTP://127.0.0.1:5000/prefix",
+        "http://[::1]:4566",
+    ] {
+        let c = Config::parse(&with(good), "gw.toml").unwrap_or_else(|e| panic!("{good}: {e}"));
+        assert_eq!(c.aws.endpoint_url.as_deref(), Some(good));
+    }
+    for (bad, why) in [
+        ("", "empty"),
+        ("localhost:4566", "no scheme"),
+        ("not a url", "invalid"),
+        ("ftp://localhost:4566", "scheme `ftp`"),
+        ("/just/a/path", "no scheme"),
+        ("http://localhost:99999", "`99999` is not a port"),
+        ("http://localhost:0", "`0` is not a port"),
+        ("http://:4566", ""),
+    ] {
+        let e = err(&with(bad));
+        assert!(e.contains("aws.endpoint_url"), "{bad}: {e}");
+        assert!(
+            e.contains("not an absolute http:// or https:// URL"),
+            "{bad}: {e}"
+        );
+        assert!(e.contains(why), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn shipped_ecs_config_is_valid() {
     let text = include_str!("../../deploy/gateway.ecs.toml");
     // The store's table comes from the environment, never from a placeholder.

@@ -1,5 +1,6 @@
 //! A certificate chain and its private key from PEM files: ECDSA or RSA keys,
-//! PKCS#8, PKCS#1 or SEC1. The key must match the chain's first certificate.
+//! PKCS#8, PKCS#1 or SEC1, unencrypted. The key must match the chain's first
+//! certificate.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -65,6 +66,23 @@ pub fn validity(cert: &CertificateDer<'_>) -> Option<(i64, i64)> {
     ))
 }
 
+/// What kind of encrypted private key the PEM `bytes` hold, if any: a
+/// PKCS#8 `ENCRYPTED PRIVATE KEY` block, or a traditional (OpenSSL) key
+/// with a `Proc-Type: 4,ENCRYPTED` header.
+fn encrypted_key(bytes: &[u8]) -> Option<&'static str> {
+    let text = String::from_utf8_lossy(bytes);
+    if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
+        return Some("a PKCS#8 `ENCRYPTED PRIVATE KEY` block");
+    }
+    text.lines()
+        .any(|line| {
+            let line = line.trim();
+            line.strip_prefix("Proc-Type:")
+                .is_some_and(|v| v.trim().ends_with("ENCRYPTED"))
+        })
+        .then_some("a PEM block with a `Proc-Type: 4,ENCRYPTED` header")
+}
+
 /// Parses and checks a pair read from `cert` and `key`.
 pub fn certified_key(
     files: &PairFiles,
@@ -73,27 +91,52 @@ pub fn certified_key(
 ) -> Result<Arc<CertifiedKey>, TlsError> {
     let chain = certificates(&files.cert, cert)?;
     let key_name = || key.display().to_string();
-    let der = PrivateKeyDer::from_pem_slice(&files.key).map_err(|e| match e {
-        rustls_pki_types::pem::Error::NoItemsFound => TlsError::NoKey { path: key_name() },
-        other => TlsError::Pem {
+    // An encrypted key is no key to the PEM reader (or an unreadable one):
+    // say what it is instead.
+    let encrypted = || {
+        encrypted_key(&files.key).map(|kind| TlsError::EncryptedKey {
             path: key_name(),
-            reason: other.to_string(),
-        },
+            kind,
+        })
+    };
+    let der = PrivateKeyDer::from_pem_slice(&files.key).map_err(|e| {
+        encrypted().unwrap_or_else(|| match e {
+            rustls_pki_types::pem::Error::NoItemsFound => TlsError::NoKey { path: key_name() },
+            other => TlsError::Pem {
+                path: key_name(),
+                reason: other.to_string(),
+            },
+        })
     })?;
     let signing = super::provider()
         .key_provider
         .load_private_key(der)
-        .map_err(|e| TlsError::BadKey {
-            path: key_name(),
-            reason: e.to_string(),
+        .map_err(|e| {
+            encrypted().unwrap_or_else(|| TlsError::BadKey {
+                path: key_name(),
+                reason: e.to_string(),
+            })
         })?;
     let certified = CertifiedKey::new(chain, signing);
     match certified.keys_match() {
         Ok(()) => Ok(Arc::new(certified)),
         Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
-            Err(TlsError::Mismatch {
-                cert: cert.display().to_string(),
-                key: key_name(),
+            // The leaf further down (an intermediate first): say so.
+            let later = certified.cert.iter().skip(1).position(|c| {
+                CertifiedKey::new(vec![c.clone()], certified.key.clone())
+                    .keys_match()
+                    .is_ok()
+            });
+            Err(match later {
+                Some(index) => TlsError::LeafNotFirst {
+                    cert: cert.display().to_string(),
+                    key: key_name(),
+                    position: index + 2,
+                },
+                None => TlsError::Mismatch {
+                    cert: cert.display().to_string(),
+                    key: key_name(),
+                },
             })
         }
         Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
@@ -103,5 +146,34 @@ pub fn certified_key(
             path: cert.display().to_string(),
             reason: e.to_string(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tls")
+            .join(name);
+        std::fs::read(path).unwrap()
+    }
+
+    /// Both kinds of encrypted key are told apart from keys in the clear.
+    #[test]
+    fn encrypted_keys_are_recognised() {
+        let pkcs8 = encrypted_key(&fixture("ec-pkcs8-encrypted.key.pem"));
+        assert!(pkcs8.is_some_and(|k| k.contains("ENCRYPTED PRIVATE KEY")));
+        let traditional = encrypted_key(&fixture("rsa-pkcs1-encrypted.key.pem"));
+        assert!(traditional.is_some_and(|k| k.contains("Proc-Type")));
+        for clear in [
+            "ec-pkcs8.key.pem",
+            "ec-sec1.key.pem",
+            "rsa-pkcs1.key.pem",
+            "rsa-pkcs8.key.pem",
+        ] {
+            assert_eq!(encrypted_key(&fixture(clear)), None, "{clear}");
+        }
     }
 }

@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 mod shared;
 pub use shared::{
     BIN, Client, Proc, Reply, ServerTask, TaggedUpstream, Upstream, count_split, endpoints_line,
-    eventually, gateway_config, metric_sum, metric_value, serve_connections,
+    eventually, gateway_config, metric_sum, metric_value, serve_connections, spawn_serving,
 };
 
 /// The admin token every test gateway gets (through [`TOKEN_ENV`]).
