@@ -586,7 +586,7 @@ impl Validator<'_> {
         };
 
         let aws = AwsConfig {
-            region: raw.aws.region.clone(),
+            region: self.region(&raw.aws.region)?,
             endpoint_url: self.endpoint_url(&raw.aws.endpoint_url)?,
         };
 
@@ -894,6 +894,31 @@ impl Validator<'_> {
                 format!("`{value}` is not a socket address (expected IP:port, e.g. 10.0.1.5:9000)"),
             )
         })
+    }
+
+    /// `aws.region`: a region's name (`eu-west-1`): lowercase letters,
+    /// digits and inner hyphens. The SDK takes any text, `""` included, as
+    /// a region set, and then every call fails (its endpoint is built from
+    /// the name).
+    fn region(&self, value: &Option<String>) -> Result<Option<String>, ConfigError> {
+        let Some(name) = value else {
+            return Ok(None);
+        };
+        let ok = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !name.starts_with('-')
+            && !name.ends_with('-');
+        if !ok {
+            return Err(self.invalid(
+                "aws.region",
+                format!(
+                    "{name:?} is not an AWS region name (lowercase letters, digits and hyphens, e.g. eu-west-1); leave the key out to take AWS_REGION"
+                ),
+            ));
+        }
+        Ok(Some(name.clone()))
     }
 
     /// `aws.endpoint_url`: an absolute http(s) URL with a host. The SDK

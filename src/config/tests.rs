@@ -221,6 +221,29 @@ fn fleet_store_and_discovery_keys() {
 }
 
 #[test]
+fn an_aws_region_that_is_no_region_name_is_refused() {
+    let with = |region: &str| format!("{BASE}\n[aws]\nregion = {}\n", toml::Value::from(region));
+    for good in ["eu-west-1", "us-gov-west-1", "cn-north-1"] {
+        let c = Config::parse(&with(good), "gw.toml").unwrap_or_else(|e| panic!("{good}: {e}"));
+        assert_eq!(c.aws.region.as_deref(), Some(good));
+    }
+    for bad in [
+        "",
+        " eu-west-1",
+        "EU-WEST-1",
+        "eu-west-1.",
+        "-eu",
+        "eu/west",
+    ] {
+        let e = err(&with(bad));
+        assert!(
+            e.contains("aws.region") && e.contains("is not an AWS region name"),
+            "{bad:?}: {e}"
+        );
+    }
+}
+
+#[test]
 fn an_aws_endpoint_url_that_is_no_http_url_with_a_host_is_refused() {
     let with = |url: &str| format!("{BASE}\n[aws]\nendpoint_url = {}\n", toml::Value::from(url));
     for good in [
