@@ -370,15 +370,24 @@ pub async fn start_with_hangup(
         }) as Arc<dyn Reload>
     });
     background.push(tokio::spawn(reload::on_sighup(reloader.clone(), hup)));
-    if let Some(r) = &reloader
-        && let Some(path) = control.config().source.clone()
-    {
-        background.push(tokio::spawn(reload::watch_file(
-            r.clone(),
-            path,
-            FILE_WATCH_INTERVAL,
-            watch_baseline,
-        )));
+    match (
+        &reloader,
+        &control.config().source,
+        &control.config().once_text,
+    ) {
+        (Some(r), Some(path), None) => {
+            background.push(tokio::spawn(reload::watch_file(
+                r.clone(),
+                path.clone(),
+                FILE_WATCH_INTERVAL,
+                watch_baseline,
+            )));
+        }
+        (_, Some(path), Some(_)) => tracing::info!(
+            config = %path.display(),
+            "the config file is no regular file (a pipe such as --config <(...)): it was read once and is not watched; SIGHUP and POST /reload apply the text read at start again (and reload the TLS files)"
+        ),
+        _ => {}
     }
     if let Some(tls) = &tls {
         background.push(tokio::spawn(tls.clone().watch(FILE_WATCH_INTERVAL)));
