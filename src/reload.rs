@@ -22,9 +22,11 @@ pub trait Reload: Send + Sync + 'static {
     /// (only another edit mends that), it leaves invalid weights with the
     /// decision in force, it needs a restart, or it was refused because a rollout
     /// runs (final for that text: the operator reloads it once the rollout
-    /// is paused or over). By default: [`Reload::reload`], never tried again.
-    fn reload_file_change(&self) -> crate::future::BoxFuture<'_, (ReloadStatus, bool)> {
-        Box::pin(async move { (self.reload("file-change").await, false) })
+    /// is paused or over). `None`: nothing to do, the file holds the text
+    /// the last reload (a SIGHUP's, say) applied or refused for good. By
+    /// default: [`Reload::reload`], never tried again.
+    fn reload_file_change(&self) -> crate::future::BoxFuture<'_, Option<(ReloadStatus, bool)>> {
+        Box::pin(async move { Some((self.reload("file-change").await, false)) })
     }
 }
 
@@ -87,14 +89,71 @@ pub async fn reload_file_retryable(
     path: &Path,
     trigger: &str,
 ) -> (ReloadStatus, bool) {
+    let (status, retry, _) = reload_file_read(control, path, trigger).await;
+    (status, retry)
+}
+
+/// [`reload_file_retryable`], and the fingerprint of the text it read
+/// (`None`: the file could not be read).
+async fn reload_file_read(
+    control: &Control,
+    path: &Path,
+    trigger: &str,
+) -> (ReloadStatus, bool, Option<u64>) {
     // The state path as read (the default follows the config file, which is
     // read from the same path): a change is reported in `restart_required`
     // and the running one stays (control::reload).
-    let loaded = read_off_runtime(path)
-        .await
-        .and_then(|text| Config::from_file_text(path, &text, false));
+    let read = read_off_runtime(path).await;
+    let seen = read
+        .as_ref()
+        .ok()
+        .map(|text| crate::config::fingerprint(text.as_bytes()));
+    let loaded = read.and_then(|text| Config::from_file_text(path, &text, false));
     let (status, refusal) = control.reload_refusal(loaded, trigger).await;
-    (status, refusal.is_some_and(Refusal::retryable))
+    (status, refusal.is_some_and(Refusal::retryable), seen)
+}
+
+/// The reloads of one config file, one at a time, and the text the last
+/// one settled (applied, or refused for good: not for a passing reason), by
+/// fingerprint. An edit that a SIGHUP (or `POST /reload`) applied is not
+/// reloaded a second time when the file watcher's next poll sees it.
+pub struct FileReloads {
+    path: PathBuf,
+    /// Held across each reload: the watcher's check and reload cannot fall
+    /// between a SIGHUP's read and its outcome.
+    settled: tokio::sync::Mutex<Option<u64>>,
+}
+
+impl FileReloads {
+    /// The reloads of `path`, whose text in force has fingerprint `start`.
+    pub fn new(path: PathBuf, start: Option<u64>) -> FileReloads {
+        FileReloads {
+            path,
+            settled: tokio::sync::Mutex::new(start),
+        }
+    }
+
+    /// An explicit reload (SIGHUP, `POST /reload`): always made; whether the
+    /// same text may pass when tried again, as [`reload_file_retryable`].
+    pub async fn reload(&self, control: &Control, trigger: &str) -> (ReloadStatus, bool) {
+        let mut settled = self.settled.lock().await;
+        let (status, retry, seen) = reload_file_read(control, &self.path, trigger).await;
+        *settled = seen.filter(|_| status.ok || !retry);
+        (status, retry)
+    }
+
+    /// A reload for an edit the watcher saw; `None` when the file holds
+    /// the text the last reload settled.
+    pub async fn file_change(&self, control: &Control) -> Option<(ReloadStatus, bool)> {
+        let mut settled = self.settled.lock().await;
+        let now = fingerprint(&self.path).await;
+        if now.is_some() && now == *settled {
+            return None;
+        }
+        let (status, retry, seen) = reload_file_read(control, &self.path, "file-change").await;
+        *settled = seen.filter(|_| status.ok || !retry);
+        Some((status, retry))
+    }
 }
 
 /// The config file's text as it is now, read on a blocking thread (a slow
@@ -161,6 +220,7 @@ async fn watch_from(
     let mut retry: Option<Retry> = None;
     loop {
         tokio::time::sleep(every).await;
+        metrics::counter!(crate::metrics::CONFIG_POLLS_TOTAL).increment(1);
         let Some(now) = fingerprint(&path).await else {
             continue;
         };
@@ -178,7 +238,12 @@ async fn watch_from(
             }
             _ => RETRY_FIRST,
         };
-        let (status, again) = reloader.reload_file_change().await;
+        let Some((status, again)) = reloader.reload_file_change().await else {
+            // A reload (a SIGHUP's, POST /reload's) settled this text already.
+            last = Some(now);
+            retry = None;
+            continue;
+        };
         if status.ok || !again {
             // Applied, or refused for good (its text, or a rollout running
             // when it came): wait for the next edit or an explicit reload.
@@ -279,10 +344,10 @@ mod tests {
             })
         }
 
-        fn reload_file_change(&self) -> crate::future::BoxFuture<'_, (ReloadStatus, bool)> {
+        fn reload_file_change(&self) -> crate::future::BoxFuture<'_, Option<(ReloadStatus, bool)>> {
             Box::pin(async move {
                 *self.calls.lock().unwrap() += 1;
-                (self.reload("file-change").await, self.retry)
+                Some((self.reload("file-change").await, self.retry))
             })
         }
     }
@@ -322,10 +387,10 @@ mod tests {
             Box::pin(reload_file(&self.control, &self.path, trigger))
         }
 
-        fn reload_file_change(&self) -> crate::future::BoxFuture<'_, (ReloadStatus, bool)> {
+        fn reload_file_change(&self) -> crate::future::BoxFuture<'_, Option<(ReloadStatus, bool)>> {
             Box::pin(async move {
                 *self.calls.lock().unwrap() += 1;
-                reload_file_retryable(&self.control, &self.path, "file-change").await
+                Some(reload_file_retryable(&self.control, &self.path, "file-change").await)
             })
         }
     }
