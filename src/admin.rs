@@ -88,6 +88,8 @@ fn control_error(e: ControlError) -> AdminResponse {
     let status = match &e {
         ControlError::UnknownVersion(_) | ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
         ControlError::RolloutRunning(_) => StatusCode::CONFLICT,
+        // The store's state: no retry helps until the operator resets it.
+        ControlError::GenerationLimit(_) => StatusCode::INTERNAL_SERVER_ERROR,
         ControlError::Store(_) | ControlError::StoreLoad(_) | ControlError::Conflict(_) => {
             StatusCode::SERVICE_UNAVAILABLE
         }

@@ -48,6 +48,11 @@ pub struct Config {
     pub source: Option<PathBuf>,
     /// The text of `CANARY_GATEWAY_CONFIG` it was read from, if so.
     pub env_text: Option<String>,
+    /// The text of a config file that cannot be read again, if it is one:
+    /// no regular file (a pipe such as `--config <(...)`, a FIFO, a device).
+    /// It was read once; reloads re-apply this text, as they do the
+    /// environment's, and no watcher polls it.
+    pub once_text: Option<String>,
     /// The [`fingerprint`] of the file's bytes as read for this config: the
     /// file watcher compares against it, so that an edit made after the file
     /// was read (while the gateway starts) is reloaded, not taken as the start.
@@ -285,15 +290,26 @@ pub const DEFAULT_APPMESH_RECONCILE: Duration = Duration::from_secs(60);
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        let mut config = env::parse_with_overrides(&text, &path.display().to_string())?;
+        let (text, regular) = read_file(path, true)?;
+        Config::from_file_text(path, &text, !regular)
+    }
+
+    /// The config read from the file at `path` as `text`; `once`: the file
+    /// is no regular file and cannot be read again (see
+    /// [`Config::once_text`]): its state file defaults to
+    /// `gateway.state.json` in the working directory, as for the
+    /// environment's config (a file beside `/dev/fd/63` cannot be kept).
+    pub fn from_file_text(path: &Path, text: &str, once: bool) -> Result<Config, ConfigError> {
+        let mut config = env::parse_with_overrides(text, &path.display().to_string())?;
         config.source = Some(path.to_path_buf());
         config.source_fingerprint = Some(fingerprint(text.as_bytes()));
+        config.once_text = once.then(|| text.to_string());
         if config.state_path.is_none() {
-            config.state_path = Some(default_state_path(path));
+            config.state_path = Some(if once {
+                PathBuf::from(env::DEFAULT_STATE_FILE)
+            } else {
+                default_state_path(path)
+            });
         }
         Ok(config)
     }
@@ -410,6 +426,31 @@ impl Config {
 /// [`Config::source_fingerprint`] and the file watcher).
 pub fn fingerprint(bytes: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(bytes)
+}
+
+/// Reads the config file at `path`: its text, and whether it is a regular
+/// file. A directory is refused; so is anything else that is no regular
+/// file unless `once` (the start: a pipe such as `--config <(...)` is read
+/// once there), as opening a FIFO waits for a writer. Blocking: call it off
+/// the runtime's threads.
+pub fn read_file(path: &Path, once: bool) -> Result<(String, bool), ConfigError> {
+    let error = |reason: String| ConfigError::Read {
+        path: path.display().to_string(),
+        reason,
+    };
+    let kind = std::fs::metadata(path)
+        .map_err(|e| error(e.to_string()))?
+        .file_type();
+    if kind.is_dir() {
+        return Err(error("it is a directory: give the config file".into()));
+    }
+    if !kind.is_file() && !once {
+        return Err(error(
+            "it is no regular file now (a FIFO, a socket or a device), so it was not read: a reload reads a regular file".into(),
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    Ok((text, kind.is_file()))
 }
 
 /// `gateway.toml` -> `gateway.state.json` beside it.
@@ -637,6 +678,7 @@ impl Validator<'_> {
         Ok(Config {
             source: None,
             env_text: None,
+            once_text: None,
             source_fingerprint: None,
             listener,
             admin,

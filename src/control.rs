@@ -36,7 +36,7 @@ use crate::config::{Config, EndpointSource};
 use crate::metrics as names;
 use crate::proxy::upstream::Endpoint;
 use crate::snapshot::{ProxySettings, Snapshot, SnapshotError, SnapshotInput};
-use crate::store::{Store, StoreError, WeightsDoc, unix_ms};
+use crate::store::{GenerationLimit, Store, StoreError, WeightsDoc, next_generation, unix_ms};
 use status::{DiscoveryStatus, ReloadStatus, StoreStatus, WeightsView};
 use tokio::sync::Notify;
 
@@ -70,6 +70,10 @@ pub enum ControlError {
         .0.generation
     )]
     Conflict(Box<WeightsView>),
+    /// The decision in force is at [`crate::store::MAX_GENERATION`]:
+    /// nothing was changed.
+    #[error(transparent)]
+    GenerationLimit(#[from] GenerationLimit),
 }
 
 impl ControlError {
@@ -203,10 +207,12 @@ impl Control {
         };
         // The file's weights win over a saved decision, `by` what: one
         // generation above it, its rollout (if running) aborted.
-        let file_wins = |doc: &WeightsDoc, by: &str| WeightsDoc {
-            generation: doc.generation + 1,
-            rollout: crate::rollout::state::aborted(doc.rollout.as_ref(), by, unix_ms()),
-            ..from_config.clone()
+        let file_wins = |doc: &WeightsDoc, by: &str| -> Result<WeightsDoc, GenerationLimit> {
+            Ok(WeightsDoc {
+                generation: next_generation(doc.generation)?,
+                rollout: crate::rollout::state::aborted(doc.rollout.as_ref(), by, unix_ms()),
+                ..from_config.clone()
+            })
         };
         // Whether the file's weights won over a saved decision: then they
         // are a new decision, recorded like a reload's edit (file store only:
@@ -215,14 +221,15 @@ impl Control {
         let decision = match stored {
             None => from_config,
             Some(doc) if !store.shared() && reload::edited_since(&doc, &config) => {
+                let won = file_wins(&doc, "an edit of the config file's weights")?;
                 tracing::warn!(
                     target: "audit",
-                    generation = doc.generation + 1,
+                    generation = won.generation,
                     "the config file's weights or stable version were edited since the saved decision (generation {}); the config file wins",
                     doc.generation
                 );
                 file_won = true;
-                file_wins(&doc, "an edit of the config file's weights")
+                won
             }
             Some(doc) => {
                 match decisions::fitting(doc.clone(), &config) {
@@ -262,7 +269,7 @@ impl Control {
                                 } else {
                                     "an edit of the config file's versions"
                                 },
-                            )
+                            )?
                         }
                     }
                 }

@@ -195,6 +195,9 @@ impl Pollers {
 struct ConfigReloader {
     control: Arc<Control>,
     source: reload::Source,
+    /// The reloads of a config file (one at a time; the watcher skips the
+    /// text a SIGHUP settled), when the source is one.
+    file: Option<reload::FileReloads>,
     pollers: Arc<Pollers>,
     tls: Option<Arc<ListenerTls>>,
 }
@@ -202,29 +205,30 @@ struct ConfigReloader {
 impl Reload for ConfigReloader {
     fn reload<'a>(&'a self, trigger: &'a str) -> BoxFuture<'a, ReloadStatus> {
         Box::pin(async move {
-            let status = reload::reload_source(&self.control, &self.source, trigger).await;
+            let status = match &self.file {
+                Some(file) => file.reload(&self.control, trigger).await.0,
+                None => reload::reload_source(&self.control, &self.source, trigger).await,
+            };
             self.pollers.sync(&self.control);
             crate::tls::listener::reload_into(self.tls.as_deref(), trigger, status)
         })
     }
 
-    fn reload_file_change(&self) -> BoxFuture<'_, (ReloadStatus, bool)> {
+    fn reload_file_change(&self) -> BoxFuture<'_, Option<(ReloadStatus, bool)>> {
         const TRIGGER: &str = "file-change";
         Box::pin(async move {
             // Whether to try again is the config's alone: a rejected TLS pair
             // is the TLS watcher's to notice once its files change.
-            let (status, retry) = match &self.source {
-                reload::Source::File(path) => {
-                    reload::reload_file_retryable(&self.control, path, TRIGGER).await
-                }
-                source => (
-                    reload::reload_source(&self.control, source, TRIGGER).await,
+            let (status, retry) = match &self.file {
+                Some(file) => file.file_change(&self.control).await?,
+                None => (
+                    reload::reload_source(&self.control, &self.source, TRIGGER).await,
                     false,
                 ),
             };
             self.pollers.sync(&self.control);
             let status = crate::tls::listener::reload_into(self.tls.as_deref(), TRIGGER, status);
-            (status, retry)
+            Some((status, retry))
         })
     }
 }
@@ -376,23 +380,39 @@ pub async fn start_with_hangup(
 
     let mut background = Vec::new();
     let reloader: Option<Arc<dyn Reload>> = reload_source.map(|source| {
+        let file = match &source {
+            reload::Source::File(path) => {
+                Some(reload::FileReloads::new(path.clone(), watch_baseline))
+            }
+            _ => None,
+        };
         Arc::new(ConfigReloader {
             control: control.clone(),
             source,
+            file,
             pollers: pollers.clone(),
             tls: tls.clone(),
         }) as Arc<dyn Reload>
     });
     background.push(tokio::spawn(reload::on_sighup(reloader.clone(), hup)));
-    if let Some(r) = &reloader
-        && let Some(path) = control.config().source.clone()
-    {
-        background.push(tokio::spawn(reload::watch_file(
-            r.clone(),
-            path,
-            FILE_WATCH_INTERVAL,
-            watch_baseline,
-        )));
+    match (
+        &reloader,
+        &control.config().source,
+        &control.config().once_text,
+    ) {
+        (Some(r), Some(path), None) => {
+            background.push(tokio::spawn(reload::watch_file(
+                r.clone(),
+                path.clone(),
+                FILE_WATCH_INTERVAL,
+                watch_baseline,
+            )));
+        }
+        (_, Some(path), Some(_)) => tracing::info!(
+            config = %path.display(),
+            "the config file is no regular file (a pipe such as --config <(...)): it was read once and is not watched; SIGHUP and POST /reload apply the text read at start again (and reload the TLS files)"
+        ),
+        _ => {}
     }
     if let Some(tls) = &tls {
         background.push(tokio::spawn(tls.clone().watch(FILE_WATCH_INTERVAL)));

@@ -23,6 +23,8 @@ pub const VERSION_WEIGHT: &str = "canary_version_weight";
 pub const GENERATION: &str = "canary_generation";
 /// Counter: config reloads by `result` (ok, error).
 pub const RELOADS_TOTAL: &str = "canary_reloads_total";
+/// Counter: polls of the config file by its watcher (it is alive).
+pub const CONFIG_POLLS_TOTAL: &str = "canary_config_polls_total";
 /// Gauge: endpoints per `version`.
 pub const ENDPOINTS: &str = "canary_endpoints";
 /// Gauge: healthy (not ejected) endpoints per `version`.

@@ -1,11 +1,12 @@
 //! Control path: config hot reload, on SIGHUP and when the file changes (a
-//! config from `CANARY_GATEWAY_CONFIG` is re-read as the variable was at start).
+//! config from `CANARY_GATEWAY_CONFIG`, or from a file that is no regular
+//! file such as `--config <(...)`, is re-read as it was at start).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::control::status::ReloadStatus;
 use crate::control::{Control, Refusal};
 
@@ -21,9 +22,11 @@ pub trait Reload: Send + Sync + 'static {
     /// (only another edit mends that), it leaves invalid weights with the
     /// decision in force, it needs a restart, or it was refused because a rollout
     /// runs (final for that text: the operator reloads it once the rollout
-    /// is paused or over). By default: [`Reload::reload`], never tried again.
-    fn reload_file_change(&self) -> crate::future::BoxFuture<'_, (ReloadStatus, bool)> {
-        Box::pin(async move { (self.reload("file-change").await, false) })
+    /// is paused or over). `None`: nothing to do, the file holds the text
+    /// the last reload (a SIGHUP's, say) applied or refused for good. By
+    /// default: [`Reload::reload`], never tried again.
+    fn reload_file_change(&self) -> crate::future::BoxFuture<'_, Option<(ReloadStatus, bool)>> {
+        Box::pin(async move { Some((self.reload("file-change").await, false)) })
     }
 }
 
@@ -33,13 +36,19 @@ pub enum Source {
     File(PathBuf),
     /// The text `CANARY_GATEWAY_CONFIG` held at start.
     Env(String),
+    /// The text read at start from a file that cannot be read again (no
+    /// regular file: a pipe such as `--config <(...)`), and its path.
+    Once(PathBuf, String),
 }
 
 impl Source {
     /// The source of a running config, if it can be read again.
     pub fn of(config: &Config) -> Option<Source> {
         match (&config.source, &config.env_text) {
-            (Some(path), _) => Some(Source::File(path.clone())),
+            (Some(path), _) => Some(match &config.once_text {
+                Some(text) => Source::Once(path.clone(), text.clone()),
+                None => Source::File(path.clone()),
+            }),
             (None, Some(text)) => Some(Source::Env(text.clone())),
             (None, None) => None,
         }
@@ -55,6 +64,11 @@ pub async fn reload_source(control: &Control, source: &Source, trigger: &str) ->
             // The state path as read: a change is reported in
             // `restart_required` and the running one stays (control::reload).
             control.reload(Config::from_env_text(text), trigger).await
+        }
+        Source::Once(path, text) => {
+            control
+                .reload(Config::from_file_text(path, text, true), trigger)
+                .await
         }
     }
 }
@@ -75,19 +89,94 @@ pub async fn reload_file_retryable(
     path: &Path,
     trigger: &str,
 ) -> (ReloadStatus, bool) {
+    let (status, retry, _) = reload_file_read(control, path, trigger).await;
+    (status, retry)
+}
+
+/// [`reload_file_retryable`], and the fingerprint of the text it read
+/// (`None`: the file could not be read).
+async fn reload_file_read(
+    control: &Control,
+    path: &Path,
+    trigger: &str,
+) -> (ReloadStatus, bool, Option<u64>) {
     // The state path as read (the default follows the config file, which is
     // read from the same path): a change is reported in `restart_required`
     // and the running one stays (control::reload).
-    let loaded = Config::load(path);
+    let read = read_off_runtime(path).await;
+    let seen = read
+        .as_ref()
+        .ok()
+        .map(|text| crate::config::fingerprint(text.as_bytes()));
+    let loaded = read.and_then(|text| Config::from_file_text(path, &text, false));
     let (status, refusal) = control.reload_refusal(loaded, trigger).await;
-    (status, refusal.is_some_and(Refusal::retryable))
+    (status, refusal.is_some_and(Refusal::retryable), seen)
 }
 
-/// What a file looked like, to notice changes.
-fn fingerprint(path: &Path) -> Option<u64> {
-    std::fs::read(path)
+/// The reloads of one config file, one at a time, and the text the last
+/// one settled (applied, or refused for good: not for a passing reason), by
+/// fingerprint. An edit that a SIGHUP (or `POST /reload`) applied is not
+/// reloaded a second time when the file watcher's next poll sees it.
+pub struct FileReloads {
+    path: PathBuf,
+    /// Held across each reload: the watcher's check and reload cannot fall
+    /// between a SIGHUP's read and its outcome.
+    settled: tokio::sync::Mutex<Option<u64>>,
+}
+
+impl FileReloads {
+    /// The reloads of `path`, whose text in force has fingerprint `start`.
+    pub fn new(path: PathBuf, start: Option<u64>) -> FileReloads {
+        FileReloads {
+            path,
+            settled: tokio::sync::Mutex::new(start),
+        }
+    }
+
+    /// An explicit reload (SIGHUP, `POST /reload`): always made; whether the
+    /// same text may pass when tried again, as [`reload_file_retryable`].
+    pub async fn reload(&self, control: &Control, trigger: &str) -> (ReloadStatus, bool) {
+        let mut settled = self.settled.lock().await;
+        let (status, retry, seen) = reload_file_read(control, &self.path, trigger).await;
+        *settled = seen.filter(|_| status.ok || !retry);
+        (status, retry)
+    }
+
+    /// A reload for an edit the watcher saw; `None` when the file holds
+    /// the text the last reload settled.
+    pub async fn file_change(&self, control: &Control) -> Option<(ReloadStatus, bool)> {
+        let mut settled = self.settled.lock().await;
+        let now = fingerprint(&self.path).await;
+        if now.is_some() && now == *settled {
+            return None;
+        }
+        let (status, retry, seen) = reload_file_read(control, &self.path, "file-change").await;
+        *settled = seen.filter(|_| status.ok || !retry);
+        Some((status, retry))
+    }
+}
+
+/// The config file's text as it is now, read on a blocking thread (a slow
+/// disk never holds up a runtime thread), refusing a path that is no
+/// regular file (opening a FIFO would wait for a writer).
+async fn read_off_runtime(path: &Path) -> Result<String, ConfigError> {
+    let owned = path.to_path_buf();
+    match tokio::task::spawn_blocking(move || crate::config::read_file(&owned, false)).await {
+        Ok(read) => read.map(|(text, _)| text),
+        Err(e) => Err(ConfigError::Read {
+            path: path.display().to_string(),
+            reason: format!("the read failed: {e}"),
+        }),
+    }
+}
+
+/// What a file looked like, to notice changes; `None` when it cannot be
+/// read or is no regular file.
+async fn fingerprint(path: &Path) -> Option<u64> {
+    read_off_runtime(path)
+        .await
         .ok()
-        .map(|bytes| crate::config::fingerprint(&bytes))
+        .map(|text| crate::config::fingerprint(text.as_bytes()))
 }
 
 /// Polls the config file and reloads when its content changes from
@@ -95,14 +184,17 @@ fn fingerprint(path: &Path) -> Option<u64> {
 /// text it was parsed from), so that an edit made between that read and
 /// this call (the start's AWS setup, store read, TLS load) is reloaded too.
 /// Without one, the file as it is when this is called.
-pub fn watch_file(
+pub async fn watch_file(
     reloader: Arc<dyn Reload>,
     path: PathBuf,
     every: Duration,
     baseline: Option<u64>,
-) -> impl std::future::Future<Output = ()> + Send {
-    let last = baseline.or_else(|| fingerprint(&path));
-    watch_from(reloader, path, every, last)
+) {
+    let last = match baseline {
+        Some(b) => Some(b),
+        None => fingerprint(&path).await,
+    };
+    watch_from(reloader, path, every, last).await
 }
 
 /// The first wait before an edit whose reload failed for a reason other
@@ -128,7 +220,8 @@ async fn watch_from(
     let mut retry: Option<Retry> = None;
     loop {
         tokio::time::sleep(every).await;
-        let Some(now) = fingerprint(&path) else {
+        metrics::counter!(crate::metrics::CONFIG_POLLS_TOTAL).increment(1);
+        let Some(now) = fingerprint(&path).await else {
             continue;
         };
         if Some(now) == last {
@@ -145,7 +238,12 @@ async fn watch_from(
             }
             _ => RETRY_FIRST,
         };
-        let (status, again) = reloader.reload_file_change().await;
+        let Some((status, again)) = reloader.reload_file_change().await else {
+            // A reload (a SIGHUP's, POST /reload's) settled this text already.
+            last = Some(now);
+            retry = None;
+            continue;
+        };
         if status.ok || !again {
             // Applied, or refused for good (its text, or a rollout running
             // when it came): wait for the next edit or an explicit reload.
@@ -246,10 +344,10 @@ mod tests {
             })
         }
 
-        fn reload_file_change(&self) -> crate::future::BoxFuture<'_, (ReloadStatus, bool)> {
+        fn reload_file_change(&self) -> crate::future::BoxFuture<'_, Option<(ReloadStatus, bool)>> {
             Box::pin(async move {
                 *self.calls.lock().unwrap() += 1;
-                (self.reload("file-change").await, self.retry)
+                Some((self.reload("file-change").await, self.retry))
             })
         }
     }
@@ -259,7 +357,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, "before").unwrap();
-        let baseline = fingerprint(&path);
+        let baseline = fingerprint(&path).await;
         std::fs::write(&path, "after").unwrap();
         let reloader = Arc::new(Failing {
             retry,
@@ -289,10 +387,10 @@ mod tests {
             Box::pin(reload_file(&self.control, &self.path, trigger))
         }
 
-        fn reload_file_change(&self) -> crate::future::BoxFuture<'_, (ReloadStatus, bool)> {
+        fn reload_file_change(&self) -> crate::future::BoxFuture<'_, Option<(ReloadStatus, bool)>> {
             Box::pin(async move {
                 *self.calls.lock().unwrap() += 1;
-                reload_file_retryable(&self.control, &self.path, "file-change").await
+                Some(reload_file_retryable(&self.control, &self.path, "file-change").await)
             })
         }
     }
@@ -342,7 +440,7 @@ mod tests {
             reloader.clone(),
             path.clone(),
             Duration::from_secs(1),
-            fingerprint(&path),
+            fingerprint(&path).await,
         ));
         std::fs::write(&path, two_versions(80, 20)).unwrap();
         for _ in 0..100 {
@@ -376,6 +474,60 @@ mod tests {
         let weights = control.weights().weights;
         assert_eq!((weights["v1"], weights["v2"]), (80, 20));
         watcher.abort();
+    }
+
+    /// A watched config path that is (or became) a FIFO is never opened:
+    /// opening it would wait for a writer, on a runtime thread (the whole
+    /// gateway, on a one-thread runtime) or on a blocking thread the watcher
+    /// would wait on for good. The watcher goes on polling: once the path is
+    /// a regular file again, its edit is reloaded.
+    #[test]
+    fn a_watched_path_that_is_a_fifo_blocks_neither_the_runtime_nor_the_watcher() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let (done, result) = std::sync::mpsc::channel();
+        let watched = path.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let reloader = Arc::new(Failing {
+                    retry: false,
+                    calls: Mutex::new(0),
+                });
+                let watcher = tokio::spawn(watch_file(
+                    reloader.clone(),
+                    watched.clone(),
+                    Duration::from_secs(1),
+                    Some(0),
+                ));
+                // Ten polls of the FIFO (paused time: no real wait).
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                let on_fifo = *reloader.calls.lock().unwrap();
+                std::fs::remove_file(&watched).unwrap();
+                std::fs::write(&watched, "edited").unwrap();
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                let on_file = *reloader.calls.lock().unwrap();
+                watcher.abort();
+                let _ = done.send((on_fifo, on_file));
+            });
+        });
+        let outcome = result.recv_timeout(Duration::from_secs(30));
+        if outcome.is_err() {
+            // Let a read stuck on the FIFO end (it gets a writer, then EOF).
+            let _ = std::fs::OpenOptions::new().write(true).open(&path);
+        }
+        let (on_fifo, on_file) = outcome.expect("the watcher blocked its runtime on the FIFO");
+        assert_eq!(on_fifo, 0, "the FIFO was taken for an edit");
+        assert_eq!(on_file, 1, "the watcher stopped polling");
     }
 
     /// A text the config rejects is tried once: only another edit can mend it.

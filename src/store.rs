@@ -14,7 +14,10 @@ pub struct WeightsDoc {
     pub stable: String,
     /// Weight of every version.
     pub weights: BTreeMap<String, u32>,
-    /// Orders decisions: a higher generation is a newer decision.
+    /// Orders decisions: a higher generation is a newer decision. At most
+    /// [`MAX_GENERATION`]: a document above it (edited by hand) is refused
+    /// where it is read, like one that does not parse.
+    #[serde(deserialize_with = "generation")]
     pub generation: u64,
     /// When the decision was made, milliseconds since the Unix epoch.
     pub updated_at_ms: u64,
@@ -59,6 +62,40 @@ impl WeightsDoc {
     pub fn is_newer_than(&self, other: &WeightsDoc) -> bool {
         self.order() > other.order()
     }
+}
+
+/// The highest generation a decision can have: 2^53 - 1, JavaScript's
+/// `Number.MAX_SAFE_INTEGER` (the dashboard and most JSON tools read numbers
+/// as doubles, which hold every integer up to it exactly). Far more
+/// decisions than a gateway ever makes; a stored document above it was
+/// edited by hand, and the next generation of one at it cannot be written.
+pub const MAX_GENERATION: u64 = (1 << 53) - 1;
+
+/// The generation of the decision made after one at `generation`.
+pub fn next_generation(generation: u64) -> Result<u64, GenerationLimit> {
+    generation
+        .checked_add(1)
+        .filter(|&next| next <= MAX_GENERATION)
+        .ok_or(GenerationLimit(generation))
+}
+
+/// No decision can follow the one at this generation: it is
+/// [`MAX_GENERATION`] (or above, which no store read lets through).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the decision in force has generation {0}, the highest a decision can have ({MAX_GENERATION}, 2^53-1): no newer decision can be recorded; reset the store (delete the state file, or the shared store's document) to start again from generation 0"
+)]
+pub struct GenerationLimit(pub u64);
+
+/// Reads a document's generation, refusing one above [`MAX_GENERATION`].
+fn generation<'de, D: serde::Deserializer<'de>>(de: D) -> Result<u64, D::Error> {
+    let generation = u64::deserialize(de)?;
+    if generation > MAX_GENERATION {
+        return Err(serde::de::Error::custom(format_args!(
+            "generation {generation} is above {MAX_GENERATION} (2^53-1), the highest a decision can have"
+        )));
+    }
+    Ok(generation)
 }
 
 /// What one gateway task reports about itself into a shared store, so that
@@ -203,4 +240,49 @@ pub fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod generation_tests {
+    use super::*;
+
+    /// The next generation never wraps: at (or past) the highest one it is
+    /// an error that says what to do.
+    #[test]
+    fn the_next_generation_stops_at_the_highest_instead_of_wrapping() {
+        assert_eq!(next_generation(0), Ok(1));
+        assert_eq!(next_generation(MAX_GENERATION - 1), Ok(MAX_GENERATION));
+        assert_eq!(MAX_GENERATION, 9_007_199_254_740_991);
+        for at in [MAX_GENERATION, MAX_GENERATION + 1, u64::MAX] {
+            let e = next_generation(at).unwrap_err();
+            assert_eq!(e, GenerationLimit(at));
+            let text = e.to_string();
+            assert!(
+                text.contains(&at.to_string()) && text.contains("9007199254740991"),
+                "{text}"
+            );
+        }
+    }
+
+    /// A document above the highest generation does not read, whatever
+    /// store it comes from (they all parse it with serde).
+    #[test]
+    fn a_document_above_the_highest_generation_is_refused_when_read() {
+        let json = |generation: u64| {
+            format!(
+                r#"{{"stable":"v1","weights":{{"v1":100}},"generation":{generation},"updated_at_ms":1,"source":"admin"}}"#
+            )
+        };
+        let at_max: WeightsDoc = serde_json::from_str(&json(MAX_GENERATION)).unwrap();
+        assert_eq!(at_max.generation, MAX_GENERATION);
+        for above in [MAX_GENERATION + 1, u64::MAX] {
+            let e = serde_json::from_str::<WeightsDoc>(&json(above))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("generation {above} is above 9007199254740991")),
+                "{e}"
+            );
+        }
+    }
 }

@@ -773,6 +773,40 @@ async fn check_refuses_a_missing_aws_region_and_a_bad_endpoint_url() {
     }
 }
 
+/// A state file edited to a generation past 2^53-1 (the dashboard's
+/// JavaScript cannot show it, and at 2^64-1 the next decision wrapped to 0
+/// and was written but never applied) stops `check` and `run` with the same
+/// message, naming the file and the generation.
+#[tokio::test]
+async fn check_and_run_refuse_a_state_file_past_the_highest_generation() {
+    let (v1, v2) = (
+        TaggedUpstream::start("v1").await,
+        TaggedUpstream::start("v2").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let path_arg = path.display().to_string();
+    std::fs::write(&path, config(v1.addr, v2.addr)).unwrap();
+    let state = dir.path().join("gateway.state.json");
+    std::fs::write(
+        &state,
+        r#"{"stable":"v1","weights":{"v1":90,"v2":10},"generation":18446744073709551615,"updated_at_ms":1,"source":"admin","config_weights":{"v1":90,"v2":10},"config_stable":"v1"}"#,
+    )
+    .unwrap();
+    let token = [(TOKEN_ENV, TOKEN)];
+    let (code, _, check_err) = cli(&["check", "--config", &path_arg], &token).await;
+    assert_eq!(code, 1, "check passed: {check_err}");
+    let (code, _, run_err) = cli(&["run", "--config", &path_arg], &token).await;
+    assert_ne!(code, 0, "run started: {run_err}");
+    assert_eq!(error_line(&check_err), error_line(&run_err));
+    let line = error_line(&check_err);
+    assert!(
+        line.contains("gateway.state.json")
+            && line.contains("generation 18446744073709551615 is above 9007199254740991"),
+        "{check_err}"
+    );
+}
+
 /// A stand-in for the rollout API (issue #12's contract): `GET /rollout`
 /// walks through `phases`, one per request, then stays on the last.
 async fn scripted_rollout(phases: Vec<serde_json::Value>) -> String {

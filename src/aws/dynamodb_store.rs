@@ -31,7 +31,7 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use crate::aws::errors;
 use crate::future::BoxFuture;
-use crate::store::{Store, StoreError, TaskReport, WeightsDoc};
+use crate::store::{MAX_GENERATION, Store, StoreError, TaskReport, WeightsDoc};
 
 /// The partition key attribute.
 pub const PARTITION_KEY: &str = "pk";
@@ -98,8 +98,10 @@ impl DynamoDbStore {
         let Some(item) = out.item() else {
             return Ok((None, None));
         };
+        // One above the highest generation (edited by hand) is unreadable,
+        // like one that is no number: no write is conditional on it.
         let generation = match item.get(GENERATION_ATTRIBUTE) {
-            Some(AttributeValue::N(n)) => n.parse().ok(),
+            Some(AttributeValue::N(n)) => n.parse().ok().filter(|&g| g <= MAX_GENERATION),
             _ => None,
         };
         let json = match item.get(DOC_ATTRIBUTE) {

@@ -7,7 +7,7 @@ use super::status::WeightsView;
 use super::{Control, ControlError, State, view};
 use crate::config::{Config, check_total};
 use crate::metrics as names;
-use crate::store::{StoreError, WeightsDoc, unix_ms};
+use crate::store::{StoreError, WeightsDoc, next_generation, unix_ms};
 
 impl Control {
     pub fn weights(&self) -> WeightsView {
@@ -86,7 +86,7 @@ impl Control {
         source: &str,
         reason: &str,
     ) -> Result<WeightsView, ControlError> {
-        self.rollback_locally(source, reason, None);
+        self.rollback_locally(source, reason, None)?;
         self.write_rollback().await
     }
 
@@ -112,7 +112,7 @@ impl Control {
             }
         };
         tracing::warn!(target: "audit", generation = base.generation, "this task's abort was lost in the store to the same rollout's automated success: the abort wins");
-        self.rollback_locally(super::rollout::SOURCE, reason, Some(base));
+        self.rollback_locally(super::rollout::SOURCE, reason, Some(base))?;
         self.write_rollback().await?;
         Ok(true)
     }
@@ -165,11 +165,18 @@ impl Control {
     /// Applies a rollback on this task at once, from the decision in force,
     /// and marks it pending in the store. Takes the state lock only (never the
     /// decisions' turn, which a decision may hold across a store call).
-    /// `base`: the decision rolled back, when not the one in force.
-    fn rollback_locally(&self, source: &str, reason: &str, base: Option<WeightsDoc>) {
+    /// `base`: the decision rolled back, when not the one in force. An
+    /// error (nothing applied) only when no decision can follow the one in
+    /// force ([`crate::store::MAX_GENERATION`]).
+    fn rollback_locally(
+        &self,
+        source: &str,
+        reason: &str,
+        base: Option<WeightsDoc>,
+    ) -> Result<(), ControlError> {
         let mut state = self.lock();
         let decision = to_stable(base.as_ref().unwrap_or(&state.decision), reason);
-        let doc = self.next_decision(&state, decision, source);
+        let doc = self.next_decision(&state, decision, source)?;
         let generation = doc.generation;
         // The decision the fleet may know: the one in force before the first
         // rollback still pending.
@@ -179,7 +186,7 @@ impl Control {
         };
         if let Err(e) = self.apply(&mut state, doc) {
             tracing::error!(error = %e, "the rollback could not be applied");
-            return;
+            return Ok(());
         }
         state.rollbacks += 1;
         state.pending_rollback = Some(PendingRollback {
@@ -190,21 +197,26 @@ impl Control {
         state.store.rollback_pending = true;
         metrics::gauge!(names::STORE_ROLLBACK_PENDING).set(1.0);
         tracing::warn!(target: "audit", generation, reason, "rollback applied on this task; writing it to {}", self.store_noun());
+        Ok(())
     }
 
     /// `base` rolled back, as this task's next decision (the reason is the
     /// pending rollback's).
-    pub(super) fn rollback_of(&self, state: &State, base: &WeightsDoc) -> WeightsDoc {
+    pub(super) fn rollback_of(
+        &self,
+        state: &State,
+        base: &WeightsDoc,
+    ) -> Result<WeightsDoc, ControlError> {
         let (source, reason) = state
             .pending_rollback
             .as_ref()
             .map(|p| (p.source.clone(), p.reason.clone()))
             .unwrap_or_else(|| ("rollback".into(), "rollback".into()));
-        let doc = self.next_decision(state, to_stable(base, &reason), &source);
-        WeightsDoc {
-            generation: doc.generation.max(base.generation + 1),
+        let doc = self.next_decision(state, to_stable(base, &reason), &source)?;
+        Ok(WeightsDoc {
+            generation: doc.generation.max(next_generation(base.generation)?),
             ..doc
-        }
+        })
     }
 
     /// Writes a rollback that was applied without the store, made again
@@ -271,7 +283,7 @@ impl Control {
                 }
                 Err(e) => return Err(e),
             };
-            let doc = self.remade_rollback(latest, read_at, &pending);
+            let doc = self.remade_rollback(latest, read_at, &pending)?;
             match self.write_store(&doc, read_at).await {
                 Ok(()) => {
                     let mut state = self.lock();
@@ -327,7 +339,7 @@ impl Control {
         latest: Option<WeightsDoc>,
         read_at: Option<u64>,
         pending: &PendingRollback,
-    ) -> WeightsDoc {
+    ) -> Result<WeightsDoc, ControlError> {
         let state = self.lock();
         // Made from the file's weights of a task that had no store decision:
         // the store's decision is the fleet's, whatever its order.
@@ -339,11 +351,11 @@ impl Control {
         match (base, raw) {
             (Some(Ok(base)), _) => {
                 let doc =
-                    self.next_decision(&state, to_stable(&base, &pending.reason), &pending.source);
-                WeightsDoc {
-                    generation: (base.generation + 1).max(state.decision.generation),
+                    self.next_decision(&state, to_stable(&base, &pending.reason), &pending.source)?;
+                Ok(WeightsDoc {
+                    generation: next_generation(base.generation)?.max(state.decision.generation),
                     ..doc
-                }
+                })
             }
             // The fleet's decision names versions this task does not have:
             // rolled back as it is, for the fleet (never a rollback to the
@@ -351,11 +363,11 @@ impl Control {
             // ago); this task keeps its own.
             (Some(Err(_)), Some(raw)) if unread => {
                 let doc =
-                    self.next_decision(&state, to_stable(&raw, &pending.reason), &pending.source);
-                WeightsDoc {
-                    generation: raw.generation + 1,
+                    self.next_decision(&state, to_stable(&raw, &pending.reason), &pending.source)?;
+                Ok(WeightsDoc {
+                    generation: next_generation(raw.generation)?,
                     ..doc
-                }
+                })
             }
             (base, raw) => {
                 if let (Some(Err(e)), Some(d)) = (base, raw) {
@@ -366,11 +378,15 @@ impl Control {
                     );
                 }
                 let pending = state.decision.clone();
-                WeightsDoc {
-                    generation: pending.generation.max(read_at.map_or(0, |g| g + 1)),
+                let above_read = match read_at {
+                    Some(g) => next_generation(g)?,
+                    None => 0,
+                };
+                Ok(WeightsDoc {
+                    generation: pending.generation.max(above_read),
                     updated_at_ms: unix_ms().max(pending.updated_at_ms),
                     ..pending
-                }
+                })
             }
         }
     }
@@ -439,7 +455,7 @@ impl Control {
             let (stable, weights, rollout) = change(&state.decision)?;
             let versions: Vec<String> = state.config.version_names();
             validate_weights(&versions, &stable, &weights)?;
-            let doc = self.next_decision(&state, (stable, weights, rollout), source);
+            let doc = self.next_decision(&state, (stable, weights, rollout), source)?;
             (doc, versions, state.rollbacks)
         };
         let doc = match self.record_over(doc.clone(), latest).await {
@@ -496,20 +512,26 @@ impl Control {
         (!self.store.shared()).then(|| config.split.stable.clone())
     }
 
-    /// A new decision by this task, one generation after the one in force.
-    fn next_decision(&self, state: &State, decision: Decision, source: &str) -> WeightsDoc {
+    /// A new decision by this task, one generation after the one in force
+    /// (an error when that one is at [`crate::store::MAX_GENERATION`]).
+    fn next_decision(
+        &self,
+        state: &State,
+        decision: Decision,
+        source: &str,
+    ) -> Result<WeightsDoc, ControlError> {
         let (stable, weights, rollout) = decision;
-        WeightsDoc {
+        Ok(WeightsDoc {
             stable,
             weights,
-            generation: state.decision.generation + 1,
+            generation: next_generation(state.decision.generation)?,
             updated_at_ms: unix_ms(),
             source: source.to_string(),
             writer: self.writer.clone(),
             config_weights: Some(state.config.weights()),
             config_stable: self.config_stable(&state.config),
             rollout,
-        }
+        })
     }
 
     /// Writes a decision to the store (a reload's). A shared store is read

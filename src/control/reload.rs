@@ -10,7 +10,7 @@ use crate::config::{Config, ConfigError, EndpointSource};
 use crate::metrics as names;
 use crate::rollout::state::Phase;
 use crate::snapshot::ProxySettings;
-use crate::store::{WeightsDoc, unix_ms};
+use crate::store::{WeightsDoc, next_generation, unix_ms};
 
 impl Control {
     /// Applies a reloaded config (or records why it was rejected).
@@ -169,7 +169,14 @@ impl Control {
         let doc = WeightsDoc {
             stable,
             weights,
-            generation: decision.generation + u64::from(changed),
+            generation: if changed {
+                next_generation(decision.generation).map_err(|e| Refused {
+                    kind: Refusal::GenerationLimit,
+                    message: e.to_string(),
+                })?
+            } else {
+                decision.generation
+            },
             updated_at_ms: if changed {
                 unix_ms()
             } else {
@@ -276,8 +283,9 @@ impl Control {
             // A rollback applied here while the edit was written stays in
             // force: the edit is applied rolled back (the pending rollback is
             // written over the edit in the store).
-            let doc = self.rollback_of(&state, &doc);
-            self.apply(&mut state, doc).map_err(|e| e.to_string())
+            self.rollback_of(&state, &doc)
+                .and_then(|doc| self.apply(&mut state, doc))
+                .map_err(|e| e.to_string())
         } else if changed || fleet_first {
             self.apply(&mut state, doc).map_err(|e| e.to_string())
         } else {
@@ -347,6 +355,9 @@ pub enum Refusal {
     /// this text: another edit, or another decision followed by an explicit
     /// reload (SIGHUP, `POST /reload`), mends it.
     InvalidWeights,
+    /// The file's edit is a new decision, and the decision in force is at
+    /// [`crate::store::MAX_GENERATION`]: final until the store is reset.
+    GenerationLimit,
     /// The gateway's state refused it (the store could not be written, a
     /// rollback is still pending, another task's decision does not fit):
     /// the same text may pass when tried again.

@@ -1354,3 +1354,25 @@ async fn a_rollback_the_state_file_missed_is_pending_in_file_terms() {
     );
     assert!(!warning.contains("store"), "{warning}");
 }
+
+/// A decision in force at the highest generation takes no newer one: a
+/// change is refused with the reason and nothing changes, instead of a
+/// generation that wraps to 0 and is written but never applied.
+#[tokio::test]
+async fn no_decision_is_made_past_the_highest_generation() {
+    use crate::store::MAX_GENERATION;
+    let store = Arc::new(MemoryStore::default());
+    *store.doc.lock().unwrap() = Some(doc(MAX_GENERATION, "other", 30));
+    let control = task(&store).await;
+    assert_eq!(control.weights().generation, MAX_GENERATION);
+    let e = control
+        .set_weights(BTreeMap::from([("v2".into(), 50)]), "admin")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ControlError::GenerationLimit(_)), "{e:?}");
+    assert!(e.to_string().contains("9007199254740991"), "{e}");
+    let e = control.rollback("admin").await.unwrap_err();
+    assert!(matches!(e, ControlError::GenerationLimit(_)), "{e:?}");
+    assert_eq!(control.weights().weights, w(70, 30));
+    assert_eq!(store.stored(), Some(doc(MAX_GENERATION, "other", 30)));
+}

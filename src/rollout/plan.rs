@@ -184,6 +184,13 @@ impl Settings {
         let Some(table) = table else {
             return Ok(Settings::default());
         };
+        // JSON has no NaN or infinity (serde_json makes them null): named
+        // here, as written, before the table becomes JSON.
+        for (key, value) in table {
+            if let Some((field, f)) = non_finite(key.clone(), value) {
+                return Err(invalid(&field, format!("must be a finite number, got {f}")));
+            }
+        }
         let value = serde_json::to_value(table).map_err(|e| invalid("rollout", e.to_string()))?;
         let map = value.as_object().cloned().unwrap_or_default();
         Settings::default().merge(&map, &[])
@@ -256,6 +263,22 @@ impl Plan {
             stable: stable.to_string(),
             settings,
         })
+    }
+}
+
+/// The first NaN or infinite float in `value` (the TOML value of `field`),
+/// with its field (`steps[1]`).
+fn non_finite(field: String, value: &toml::Value) -> Option<(String, f64)> {
+    match value {
+        toml::Value::Float(f) if !f.is_finite() => Some((field, *f)),
+        toml::Value::Array(list) => list
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| non_finite(format!("{field}[{i}]"), v)),
+        toml::Value::Table(table) => table
+            .iter()
+            .find_map(|(k, v)| non_finite(format!("{field}.{k}"), v)),
+        _ => None,
     }
 }
 
@@ -346,6 +369,29 @@ mod tests {
         assert_eq!(p.settings.steps, vec![0.1, 2.5]);
         assert_eq!(p.settings.interval_s, 60.0);
         assert_eq!(p.settings.on_success, OnSuccess::Promote);
+    }
+
+    /// TOML has NaN and infinities, JSON does not: the `[rollout]` table's
+    /// error says what was written, not "got null".
+    #[test]
+    fn a_non_finite_number_in_the_rollout_table_is_named_as_written() {
+        let error = |text: &str| {
+            let table: toml::Table = toml::from_str(text).unwrap();
+            let e = Settings::from_toml(Some(&table)).unwrap_err();
+            (e.field, e.reason)
+        };
+        let (field, reason) = error("max_error_rate = nan");
+        assert_eq!(field, "max_error_rate");
+        assert!(reason.contains("got NaN"), "{reason}");
+        let (field, reason) = error("steps = [1, -inf]");
+        assert_eq!(field, "steps[1]");
+        assert!(reason.contains("got -inf"), "{reason}");
+        let (field, reason) = error("max_p99_ms = inf");
+        assert_eq!(field, "max_p99_ms");
+        assert!(
+            reason.contains("finite") && !reason.contains("null"),
+            "{reason}"
+        );
     }
 
     #[test]

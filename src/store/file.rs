@@ -159,6 +159,25 @@ mod tests {
         }
     }
 
+    /// A hand-edited generation past the highest one stops the load (the
+    /// start and `check`), naming the file and the generation: a decision
+    /// made on it would wrap to generation 0 and never apply.
+    #[tokio::test]
+    async fn a_generation_past_the_highest_is_refused_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path().join("gw.state.json"));
+        let mut text = serde_json::to_value(doc()).unwrap();
+        text["generation"] = u64::MAX.into();
+        std::fs::write(store.path(), text.to_string()).unwrap();
+        let e = store.load().await.unwrap_err().to_string();
+        assert!(
+            e.contains("gw.state.json")
+                && e.contains("generation 18446744073709551615 is above 9007199254740991")
+                && e.contains("delete it"),
+            "{e}"
+        );
+    }
+
     #[tokio::test]
     async fn round_trips_and_reports_corruption() {
         let dir = tempfile::tempdir().unwrap();

@@ -865,6 +865,118 @@ async fn a_sighup_during_the_start_is_a_reload_not_the_end() {
     assert!(gw.child.try_wait().unwrap().is_none());
 }
 
+/// One SIGHUP that applies an edit is one reload: the file watcher's next
+/// poll finds the text the SIGHUP applied and does not reload it again (it
+/// did, a second later, as its own `file-change` reload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_a_sighup_applied_is_not_reloaded_again_by_the_watcher() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &[("v1", 90, v1.addr), ("v2", 10, v2.addr)], "");
+    let gw = spawn(&path).unwrap();
+    let metrics = async || admin(gw.admin, "GET", "/metrics", None, "").await.text();
+    let status = async || {
+        let reply = admin(gw.admin, "GET", "/status", Some(TOKEN), "").await;
+        serde_json::from_slice::<serde_json::Value>(&reply.body).unwrap()
+    };
+    write_config(dir.path(), &[("v1", 80, v1.addr), ("v2", 20, v2.addr)], "");
+    signal(&gw, "-HUP");
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            status().await["last_reload"]["trigger"] == "sighup"
+        })
+        .await
+    );
+    let applied = status().await["last_reload"].clone();
+    assert_eq!(applied["ok"], true, "{applied}");
+    assert_eq!(weights(gw.admin).await["weights"]["v2"], 20);
+    let reloads = metric_value(
+        &metrics().await,
+        "canary_reloads_total",
+        &[("result", "ok")],
+    );
+    // Two more polls of the file: the second began after the first ended,
+    // which began after the SIGHUP's reload.
+    let polls = metric_value(&metrics().await, "canary_config_polls_total", &[]);
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            metric_value(&metrics().await, "canary_config_polls_total", &[]) >= polls + 2.0
+        })
+        .await
+    );
+    assert_eq!(status().await["last_reload"], applied);
+    let text = metrics().await;
+    assert_eq!(
+        metric_value(&text, "canary_reloads_total", &[("result", "ok")]),
+        reloads,
+        "{text}"
+    );
+}
+
+/// A config path that is no regular file (a FIFO here; `--config <(...)`
+/// gives a pipe) is read once at start: it is not watched (said once, at
+/// info), and a SIGHUP applies the text read at start again. Before, the
+/// watcher and the SIGHUP opened the FIFO again, each blocking a runtime
+/// thread for good (a pipe read empty instead: a false failed reload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_from_a_fifo_is_read_once_and_not_watched() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(dir.path(), &[("v1", 90, v1.addr), ("v2", 10, v2.addr)], "");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let fifo = dir.path().join("config.fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::write(&fifo, text))
+    };
+    let mut cmd = Command::new(BIN);
+    // The state file defaults to the working directory's gateway.state.json.
+    cmd.args(["run", "--config"])
+        .arg(&fifo)
+        .current_dir(dir.path());
+    let gw = spawn_command(cmd).unwrap();
+    writer.join().unwrap().unwrap();
+    let logged = |needle: &str| gw.log.lock().unwrap().iter().any(|l| l.contains(needle));
+    assert!(
+        eventually(Duration::from_secs(5), async || logged("is not watched")).await,
+        "{:?}",
+        gw.log.lock().unwrap()
+    );
+    signal(&gw, "-HUP");
+    let status = async || {
+        let reply = admin(gw.admin, "GET", "/status", Some(TOKEN), "").await;
+        serde_json::from_slice::<serde_json::Value>(&reply.body).unwrap()
+    };
+    // Bounded as a whole: a gateway whose threads all wait on the FIFO
+    // never answers.
+    let reloaded = tokio::time::timeout(
+        Duration::from_secs(15),
+        eventually(Duration::from_secs(10), async || {
+            status().await["last_reload"]["trigger"] == "sighup"
+        }),
+    )
+    .await;
+    assert!(reloaded == Ok(true), "{:?}", gw.log.lock().unwrap());
+    let status = status().await;
+    assert_eq!(status["last_reload"]["ok"], true, "{status}");
+    assert_eq!(status["config_source"], fifo.display().to_string());
+    assert_eq!(weights(gw.admin).await["weights"]["v2"], 10);
+    let metrics = admin(gw.admin, "GET", "/metrics", None, "").await.text();
+    assert_eq!(
+        metric_value(&metrics, "canary_reloads_total", &[("result", "error")]),
+        0.0
+    );
+}
+
 /// The demo has no config file to reload: a SIGHUP says so in the log and
 /// the demo goes on serving (it used to end the process).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::future::BoxFuture;
-use crate::store::{StoreError, WeightsDoc};
+use crate::store::{StoreError, WeightsDoc, next_generation};
 
 /// The attribute that holds the document: a plain read and a plain write.
 pub(super) trait Attribute: Sync {
@@ -56,8 +56,10 @@ pub(super) async fn write_confirmed(
                 return Err(StoreError::Conflict(Some(Box::new(seen))));
             }
             Some(seen) if seen.generation == own.generation && !republished => {
+                let generation = next_generation(own.generation)
+                    .map_err(|e| StoreError::Invalid(e.to_string()))?;
                 own = WeightsDoc {
-                    generation: own.generation + 1,
+                    generation,
                     writer: own.writer.clone(),
                     updated_at_ms: own.updated_at_ms.max(seen.updated_at_ms),
                     ..seen
