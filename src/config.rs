@@ -6,6 +6,7 @@
 
 pub mod duration;
 pub mod env;
+mod line;
 pub mod raw;
 
 use std::collections::{BTreeMap, HashSet};
@@ -33,12 +34,35 @@ pub enum ConfigError {
     Read { path: String, reason: String },
     #[error("{path}: {message}")]
     Syntax { path: String, message: String },
-    #[error("{path}: `{key}`: {reason}")]
+    #[error("{path}{}: `{key}`: {reason}", line.map(|n| format!(":{n}")).unwrap_or_default())]
     Invalid {
         path: String,
+        /// The line of the key in the text, when it is in the file.
+        line: Option<usize>,
         key: String,
         reason: String,
     },
+}
+
+impl ConfigError {
+    /// The error with the line of its key in `text` (the text validated),
+    /// when it is there.
+    pub fn located(self, text: &str) -> ConfigError {
+        match self {
+            ConfigError::Invalid {
+                path,
+                line: None,
+                key,
+                reason,
+            } => ConfigError::Invalid {
+                line: line::of_key(text, &key),
+                path,
+                key,
+                reason,
+            },
+            other => other,
+        }
+    }
 }
 
 /// A validated gateway configuration.
@@ -320,7 +344,9 @@ impl Config {
             path: origin.to_string(),
             message: syntax_message(text, &e),
         })?;
-        Validator { origin }.config(raw)
+        Validator { origin }
+            .config(raw)
+            .map_err(|e| e.located(text))
     }
 
     /// A one-line summary for `check`.
@@ -491,6 +517,7 @@ impl Validator<'_> {
     fn invalid(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             path: self.origin.to_string(),
+            line: None,
             key: key.into(),
             reason: reason.into(),
         }

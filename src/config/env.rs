@@ -120,16 +120,30 @@ pub fn parse_overridden(
     super::Validator { origin }
         .config(raw)
         .map_err(|e| match e {
-            ConfigError::Invalid { path, key, reason } => {
-                let reason = match overrides.iter().find(|(o, _)| sets(o.key, &key)) {
-                    Some((o, _)) => format!(
+            ConfigError::Invalid {
+                path,
+                line,
+                key,
+                reason,
+            } => match overrides.iter().find(|(o, _)| sets(o.key, &key)) {
+                // Not in the file: no line.
+                Some((o, _)) => ConfigError::Invalid {
+                    reason: format!(
                         "{reason} (`{}` is set by the environment variable {}, not in the file)",
                         o.key, o.var
                     ),
-                    None => reason,
-                };
-                ConfigError::Invalid { path, key, reason }
-            }
+                    path,
+                    line,
+                    key,
+                },
+                None => ConfigError::Invalid {
+                    path,
+                    line,
+                    key,
+                    reason,
+                }
+                .located(text),
+            },
             other => other,
         })
 }
@@ -340,6 +354,8 @@ kind = "cloudmap"
             err.contains("`store.table`") && err.contains("CANARY_STORE_TABLE"),
             "{err}"
         );
+        // Not in the file: no line.
+        assert!(err.starts_with("t: `store.table`"), "{err}");
         let err = parse_overridden(BASE, "t", &[set("CANARY_STORE_SERVICE_ID", "0123")])
             .unwrap_err()
             .to_string();
@@ -350,6 +366,12 @@ kind = "cloudmap"
             .unwrap_err()
             .to_string();
         assert!(!err.contains("environment variable"), "{err}");
+        // In the file: its line there.
+        let line = line_of(&text, "weight = -1");
+        assert!(
+            err.starts_with(&format!("t:{line}: `versions[1].weight`")),
+            "{err}"
+        );
         assert!(sets(
             "versions.*.cloudmap.namespace",
             "versions[3].cloudmap"
