@@ -505,7 +505,7 @@ struct Validator<'a> {
 }
 
 /// Whether two listening addresses take one port: on one address or under a
-/// wildcard (0.0.0.0 or [::] takes the port on every address), where the
+/// wildcard (0.0.0.0 or `[::]` takes the port on every address), where the
 /// second bind would fail. Port 0 (any free port) never overlaps.
 pub fn ports_overlap(l: SocketAddr, a: SocketAddr) -> bool {
     l.port() == a.port()
