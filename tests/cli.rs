@@ -573,6 +573,17 @@ fn error_line(stderr: &str) -> &str {
         .unwrap_or_default()
 }
 
+/// Runs `check` and then `run` on the config at `path` with `env`: both
+/// must fail, with the same error line. `check`'s standard error.
+async fn check_and_run_refuse(path: &str, env: &[(&str, &str)]) -> String {
+    let (code, _, check_err) = cli(&["check", "--config", path], env).await;
+    assert_eq!(code, 1, "check passed: {check_err}");
+    let (code, _, run_err) = cli(&["run", "--config", path], env).await;
+    assert_ne!(code, 0, "run started: {run_err}");
+    assert_eq!(error_line(&check_err), error_line(&run_err));
+    check_err
+}
+
 /// `check` refuses what `run` refuses before serving, with its message: a
 /// non-loopback admin address without a token, a missing or empty
 /// `token_file`, a state file that is not a weights document.
@@ -587,14 +598,7 @@ async fn check_refuses_what_run_refuses_with_the_same_message() {
     let path_arg = path.display().to_string();
     let text = config(v1.addr, v2.addr);
     let token = [(TOKEN_ENV, TOKEN)];
-    let both = async |env: &[(&str, &str)]| {
-        let (code, _, check_err) = cli(&["check", "--config", &path_arg], env).await;
-        assert_eq!(code, 1, "check passed: {check_err}");
-        let (code, _, run_err) = cli(&["run", "--config", &path_arg], env).await;
-        assert_ne!(code, 0, "run started: {run_err}");
-        assert_eq!(error_line(&check_err), error_line(&run_err));
-        check_err
-    };
+    let both = async |env: &[(&str, &str)]| check_and_run_refuse(&path_arg, env).await;
 
     let open = text.replace(
         "[admin]\naddress = \"127.0.0.1:0\"",
@@ -726,12 +730,8 @@ async fn check_refuses_a_missing_aws_region_and_a_bad_endpoint_url() {
         ("AWS_SHARED_CREDENTIALS_FILE", aws_config.as_str()),
         ("AWS_EC2_METADATA_DISABLED", "true"),
     ];
-    let (code, _, check_err) = cli(&["check", "--config", &path_arg], &no_imds).await;
-    assert_eq!(code, 1, "check passed: {check_err}");
+    let check_err = check_and_run_refuse(&path_arg, &no_imds).await;
     assert!(check_err.contains("no AWS region"), "{check_err}");
-    let (code, _, run_err) = cli(&["run", "--config", &path_arg], &no_imds).await;
-    assert_eq!(code, 1, "run started: {run_err}");
-    assert_eq!(error_line(&check_err), error_line(&run_err));
 
     // A region from the environment or the profile file will do.
     let mut with_region = no_imds.to_vec();
@@ -761,15 +761,11 @@ async fn check_refuses_a_missing_aws_region_and_a_bad_endpoint_url() {
             format!("{dynamodb}\n[aws]\nregion = \"eu-west-1\"\nendpoint_url = \"{url}\"\n"),
         )
         .unwrap();
-        let (code, _, check_err) = cli(&["check", "--config", &path_arg], &no_imds).await;
-        assert_eq!(code, 1, "check passed: {check_err}");
+        let check_err = check_and_run_refuse(&path_arg, &no_imds).await;
         assert!(
             check_err.contains("aws.endpoint_url") && check_err.contains(url),
             "{check_err}"
         );
-        let (code, _, run_err) = cli(&["run", "--config", &path_arg], &no_imds).await;
-        assert_eq!(code, 1, "run started: {run_err}");
-        assert_eq!(error_line(&check_err), error_line(&run_err));
     }
 }
 
@@ -794,11 +790,7 @@ async fn check_and_run_refuse_a_state_file_past_the_highest_generation() {
     )
     .unwrap();
     let token = [(TOKEN_ENV, TOKEN)];
-    let (code, _, check_err) = cli(&["check", "--config", &path_arg], &token).await;
-    assert_eq!(code, 1, "check passed: {check_err}");
-    let (code, _, run_err) = cli(&["run", "--config", &path_arg], &token).await;
-    assert_ne!(code, 0, "run started: {run_err}");
-    assert_eq!(error_line(&check_err), error_line(&run_err));
+    let check_err = check_and_run_refuse(&path_arg, &token).await;
     let line = error_line(&check_err);
     assert!(
         line.contains("gateway.state.json")
