@@ -564,8 +564,11 @@ async fn metrics_match_the_requests_sent() {
 
 #[tokio::test]
 async fn demo_serves_a_ninety_ten_split() {
+    // Its files in a directory of the test's own: killed, it cannot remove them.
+    let tmp = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(BIN);
-    cmd.args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+    cmd.args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .env("TMPDIR", tmp.path());
     let gw = spawn_command(cmd).unwrap();
     let counts = split_counts(gw.addr, 200, &[]).await;
     let v2 = counts
@@ -981,8 +984,11 @@ async fn a_config_from_a_fifo_is_read_once_and_not_watched() {
 /// the demo goes on serving (it used to end the process).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sighup_to_the_demo_does_not_end_it() {
+    // Its files in a directory of the test's own: killed, it cannot remove them.
+    let tmp = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(BIN);
-    cmd.args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+    cmd.args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .env("TMPDIR", tmp.path());
     let mut gw = Starting::spawn(cmd);
     let serving = gw
         .line_with("canary-gateway serving", Duration::from_secs(20))
