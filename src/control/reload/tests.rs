@@ -46,11 +46,22 @@ fn w(pairs: &[(&str, u32)]) -> BTreeMap<String, u32> {
     pairs.iter().map(|(n, w)| (n.to_string(), *w)).collect()
 }
 
+/// v1 (stable, 90) and v2 (10), each on an endpoint of its own.
+const TWO: [(&str, u32, &str); 2] = [
+    ("v1", 90, "endpoints = [\"127.0.0.1:1\"]"),
+    ("v2", 10, "endpoints = [\"127.0.0.1:2\"]"),
+];
+
+/// A gateway on [`TWO`] in `dir` whose admin set `weights`, then stopped.
+async fn decided_then_stopped(dir: &tempfile::TempDir, weights: &[(&str, u32)]) {
+    let control = start(dir, config(&TWO)).await;
+    control.set_weights(w(weights), "admin").await.unwrap();
+}
+
 #[tokio::test]
 async fn adding_a_version_keeps_a_rollback_on_reload_and_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let two = [("v1", 90, stat(1)), ("v2", 10, stat(2))];
-    let two: Vec<_> = two.iter().map(|(n, w, s)| (*n, *w, s.as_str())).collect();
+    let two = TWO.to_vec();
     let control = start(&dir, config(&two)).await;
     control.rollback("admin").await.unwrap();
     assert_eq!(weights(&control), w(&[("v1", 100), ("v2", 0)]));
@@ -235,14 +246,7 @@ async fn promoting_during_a_paused_rollout_ends_it() {
 #[tokio::test]
 async fn a_restart_without_the_versions_that_carried_the_traffic_starts_on_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let two = [("v1", 90, stat(1)), ("v2", 10, stat(2))];
-    let two: Vec<_> = two.iter().map(|(n, w, s)| (*n, *w, s.as_str())).collect();
-    let control = start(&dir, config(&two)).await;
-    control
-        .set_weights(w(&[("v1", 0), ("v2", 100)]), "admin")
-        .await
-        .unwrap();
-    drop(control);
+    decided_then_stopped(&dir, &[("v1", 0), ("v2", 100)]).await;
     // v1's weight is the file's as before: no edit, and the saved decision
     // leaves v1 at 0 alone.
     let line = stat(1);
@@ -265,25 +269,18 @@ async fn saved(dir: &tempfile::TempDir) -> crate::store::WeightsDoc {
 #[tokio::test]
 async fn a_stable_version_edited_while_stopped_wins_at_the_next_start() {
     let dir = tempfile::tempdir().unwrap();
-    let two = [("v1", 90, stat(1)), ("v2", 10, stat(2))];
-    let two: Vec<_> = two.iter().map(|(n, w, s)| (*n, *w, s.as_str())).collect();
-    let control = start(&dir, config(&two)).await;
-    control
-        .set_weights(w(&[("v1", 70), ("v2", 30)]), "admin")
-        .await
-        .unwrap();
+    decided_then_stopped(&dir, &[("v1", 70), ("v2", 30)]).await;
     assert_eq!(saved(&dir).await.config_stable.as_deref(), Some("v1"));
-    drop(control);
 
     // Only the stable version changes in the file: an edit, it wins as on
     // a reload (the file's weights, one generation up).
-    let control = start(&dir, config_with("v2", &two)).await;
+    let control = start(&dir, config_with("v2", &TWO)).await;
     let view = control.weights();
     assert_eq!(view.stable, "v2");
     assert_eq!(view.weights, w(&[("v1", 90), ("v2", 10)]));
     assert_eq!((view.generation, view.source.as_str()), (2, "config"));
     // Reloading the same file changes nothing.
-    let status = control.reload(Ok(config_with("v2", &two)), "test").await;
+    let status = control.reload(Ok(config_with("v2", &TWO)), "test").await;
     assert!(status.ok, "{status:?}");
     assert_eq!(control.weights().stable, "v2");
     assert_eq!(control.weights().generation, 2);
@@ -295,14 +292,7 @@ async fn a_saved_decision_without_the_files_stable_version_is_restored() {
     // field from a newer one: it loads, and an unknown stable version is no
     // edit.
     let dir = tempfile::tempdir().unwrap();
-    let two = [("v1", 90, stat(1)), ("v2", 10, stat(2))];
-    let two: Vec<_> = two.iter().map(|(n, w, s)| (*n, *w, s.as_str())).collect();
-    let control = start(&dir, config(&two)).await;
-    control
-        .set_weights(w(&[("v1", 70), ("v2", 30)]), "admin")
-        .await
-        .unwrap();
-    drop(control);
+    decided_then_stopped(&dir, &[("v1", 70), ("v2", 30)]).await;
     let path = dir.path().join("state.json");
     let mut doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -311,7 +301,7 @@ async fn a_saved_decision_without_the_files_stable_version_is_restored() {
     fields.insert("from_a_newer_gateway".into(), serde_json::json!({"x": 1}));
     std::fs::write(&path, doc.to_string()).unwrap();
 
-    let control = start(&dir, config_with("v2", &two)).await;
+    let control = start(&dir, config_with("v2", &TWO)).await;
     let view = control.weights();
     assert_eq!(view.stable, "v1");
     assert_eq!(view.weights, w(&[("v1", 70), ("v2", 30)]));
