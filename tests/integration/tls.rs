@@ -653,54 +653,63 @@ fn long_body() -> Vec<u8> {
 /// `/long`, and chunked in 8 KiB chunks at `/long-chunked`) and counting
 /// its TLS connections.
 async fn tls_upstream(ca: &Ca, names: &[&str]) -> (SocketAddr, Arc<AtomicU64>) {
+    serve_tls(ca, names, |tls| async move {
+        let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
+            if req.uri().path() == "/long" {
+                return Ok(Response::new(Full::new(Bytes::from(long_body())).boxed()));
+            }
+            if req.uri().path() == "/long-chunked" {
+                let (tx, rx) = tokio::sync::mpsc::channel(4);
+                tokio::spawn(async move {
+                    let body = Bytes::from(long_body());
+                    for at in (0..body.len()).step_by(8192) {
+                        let part = body.slice(at..body.len().min(at + 8192));
+                        if tx.send(Ok(hyper::body::Frame::data(part))).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                let streamed = crate::support::ChannelBody(rx).boxed();
+                return Ok(Response::new(streamed));
+            }
+            let n = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes().len())
+                .unwrap_or(0);
+            Ok::<_, std::convert::Infallible>(Response::new(
+                Full::new(Bytes::from(format!("secure {n}"))).boxed(),
+            ))
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(tls), service)
+            .await;
+    })
+    .await
+}
+
+/// An HTTPS upstream on 127.0.0.1:0 with a certificate for `names`: each
+/// connection whose handshake completes is counted and handed to `serve`.
+async fn serve_tls<F, Fut>(ca: &Ca, names: &[&str], serve: F) -> (SocketAddr, Arc<AtomicU64>)
+where
+    F: Fn(tokio_rustls::server::TlsStream<TcpStream>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let acceptor = tls_acceptor(ca, names);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicU64::new(0));
     let count = connections.clone();
     tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let acceptor = acceptor.clone();
-            let count = count.clone();
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, count, serve) = (acceptor.clone(), count.clone(), serve.clone());
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
                 count.fetch_add(1, Ordering::SeqCst);
-                let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
-                    if req.uri().path() == "/long" {
-                        return Ok(Response::new(Full::new(Bytes::from(long_body())).boxed()));
-                    }
-                    if req.uri().path() == "/long-chunked" {
-                        let (tx, rx) = tokio::sync::mpsc::channel(4);
-                        tokio::spawn(async move {
-                            let body = Bytes::from(long_body());
-                            for at in (0..body.len()).step_by(8192) {
-                                let part = body.slice(at..body.len().min(at + 8192));
-                                if tx.send(Ok(hyper::body::Frame::data(part))).await.is_err() {
-                                    return;
-                                }
-                            }
-                        });
-                        let streamed = crate::support::ChannelBody(rx).boxed();
-                        return Ok(Response::new(streamed));
-                    }
-                    let n = req
-                        .into_body()
-                        .collect()
-                        .await
-                        .map(|b| b.to_bytes().len())
-                        .unwrap_or(0);
-                    Ok::<_, std::convert::Infallible>(Response::new(
-                        Full::new(Bytes::from(format!("secure {n}"))).boxed(),
-                    ))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
+                serve(tls).await;
             });
         }
     });
@@ -803,45 +812,32 @@ async fn upstream_tls_verifies_the_upstream_and_reuses_connections() {
 async fn a_tls_upstream_that_sent_too_much_is_not_reused() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let ca = Ca::new();
-    let acceptor = tls_acceptor(&ca, &["upstream.test"]);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let connections = Arc::new(AtomicU64::new(0));
-    let count = connections.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, count) = (acceptor.clone(), count.clone());
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                count.fetch_add(1, Ordering::SeqCst);
-                let mut buf = Vec::new();
-                loop {
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        let mut more = [0u8; 4096];
-                        match tls.read(&mut more).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&more[..n]),
-                        }
-                        continue;
-                    };
-                    let head: Vec<u8> = buf.drain(..end + 4).collect();
-                    let answer = if head.starts_with(b"GET /long ") {
-                        let mut a = b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n".to_vec();
-                        a.extend(std::iter::repeat_n(b'l', 100_000));
-                        a.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstale");
-                        a
-                    } else {
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh".to_vec()
-                    };
-                    if tls.write_all(&answer).await.is_err() {
-                        return;
-                    }
+    let (addr, connections) = serve_tls(&ca, &["upstream.test"], |mut tls| async move {
+        let mut buf = Vec::new();
+        loop {
+            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                let mut more = [0u8; 4096];
+                match tls.read(&mut more).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&more[..n]),
                 }
-            });
+                continue;
+            };
+            let head: Vec<u8> = buf.drain(..end + 4).collect();
+            let answer = if head.starts_with(b"GET /long ") {
+                let mut a = b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n".to_vec();
+                a.extend(std::iter::repeat_n(b'l', 100_000));
+                a.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstale");
+                a
+            } else {
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh".to_vec()
+            };
+            if tls.write_all(&answer).await.is_err() {
+                return;
+            }
         }
-    });
+    })
+    .await;
     let (_dir, text) = tls_upstream_config(&ca, &[addr], "upstream.test", "");
     let gw = Gateway::start(&text).await;
     let reply = crate::support::get(gw.addr, "/long", &[]).await;
@@ -1100,43 +1096,29 @@ async fn read_tls_request(
 /// Counts the connections it accepted.
 async fn tls_upstream_hanging_up(ca: &Ca, close_notify: bool) -> (SocketAddr, Arc<AtomicU64>) {
     use tokio::io::AsyncWriteExt;
-    let acceptor = tls_acceptor(ca, &["upstream.test"]);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let connections = Arc::new(AtomicU64::new(0));
-    let count = connections.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, count) = (acceptor.clone(), count.clone());
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                count.fetch_add(1, Ordering::SeqCst);
-                let mut buf = Vec::new();
-                if !read_tls_request(&mut tls, &mut buf).await {
-                    return;
-                }
-                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                if tls.write_all(ok).await.is_err() || tls.flush().await.is_err() {
-                    return;
-                }
-                if !read_tls_request(&mut tls, &mut buf).await {
-                    return;
-                }
-                if close_notify {
-                    let _ = tls.shutdown().await;
-                } else {
-                    // The socket under the session: its FIN goes out with
-                    // no TLS alert before it. Everything sent was read, so
-                    // the close is a FIN, not a reset.
-                    let (mut tcp, _) = tls.into_inner();
-                    let _ = tcp.shutdown().await;
-                }
-            });
+    serve_tls(ca, &["upstream.test"], move |mut tls| async move {
+        let mut buf = Vec::new();
+        if !read_tls_request(&mut tls, &mut buf).await {
+            return;
         }
-    });
-    (addr, connections)
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        if tls.write_all(ok).await.is_err() || tls.flush().await.is_err() {
+            return;
+        }
+        if !read_tls_request(&mut tls, &mut buf).await {
+            return;
+        }
+        if close_notify {
+            let _ = tls.shutdown().await;
+        } else {
+            // The socket under the session: its FIN goes out with
+            // no TLS alert before it. Everything sent was read, so
+            // the close is a FIN, not a reset.
+            let (mut tcp, _) = tls.into_inner();
+            let _ = tcp.shutdown().await;
+        }
+    })
+    .await
 }
 
 /// A TLS upstream that closes an idle keep-alive connection with a bare
