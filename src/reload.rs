@@ -100,10 +100,19 @@ async fn reload_file_read(
     path: &Path,
     trigger: &str,
 ) -> (ReloadStatus, bool, Option<u64>) {
+    reload_text_read(control, path, read_off_runtime(path).await, trigger).await
+}
+
+/// [`reload_file_read`] of the text `read` from `path`.
+async fn reload_text_read(
+    control: &Control,
+    path: &Path,
+    read: Result<String, ConfigError>,
+    trigger: &str,
+) -> (ReloadStatus, bool, Option<u64>) {
     // The state path as read (the default follows the config file, which is
     // read from the same path): a change is reported in `restart_required`
     // and the running one stays (control::reload).
-    let read = read_off_runtime(path).await;
     let seen = read
         .as_ref()
         .ok()
@@ -146,11 +155,17 @@ impl FileReloads {
     /// the text the last reload settled.
     pub async fn file_change(&self, control: &Control) -> Option<(ReloadStatus, bool)> {
         let mut settled = self.settled.lock().await;
-        let now = fingerprint(&self.path).await;
+        // Read once: the text compared is the text reloaded.
+        let read = read_off_runtime(&self.path).await;
+        let now = read
+            .as_ref()
+            .ok()
+            .map(|text| crate::config::fingerprint(text.as_bytes()));
         if now.is_some() && now == *settled {
             return None;
         }
-        let (status, retry, seen) = reload_file_read(control, &self.path, "file-change").await;
+        let (status, retry, seen) =
+            reload_text_read(control, &self.path, read, "file-change").await;
         *settled = seen.filter(|_| status.ok || !retry);
         Some((status, retry))
     }
