@@ -194,20 +194,28 @@ impl Pollers {
 /// the pollers in line.
 struct ConfigReloader {
     control: Arc<Control>,
-    source: reload::Source,
-    /// The reloads of a config file (one at a time; the watcher skips the
-    /// text a SIGHUP settled), when the source is one.
-    file: Option<reload::FileReloads>,
+    from: ReloadFrom,
     pollers: Arc<Pollers>,
     tls: Option<Arc<ListenerTls>>,
+}
+
+/// What a reload reads.
+enum ReloadFrom {
+    /// A config file's reloads (one at a time; the watcher skips the text
+    /// a SIGHUP settled).
+    File(reload::FileReloads),
+    /// The text read at start (the environment's, a pipe's).
+    Text(reload::Source),
 }
 
 impl Reload for ConfigReloader {
     fn reload<'a>(&'a self, trigger: &'a str) -> BoxFuture<'a, ReloadStatus> {
         Box::pin(async move {
-            let status = match &self.file {
-                Some(file) => file.reload(&self.control, trigger).await.0,
-                None => reload::reload_source(&self.control, &self.source, trigger).await,
+            let status = match &self.from {
+                ReloadFrom::File(file) => file.reload(&self.control, trigger).await.0,
+                ReloadFrom::Text(source) => {
+                    reload::reload_source(&self.control, source, trigger).await
+                }
             };
             self.pollers.sync(&self.control);
             crate::tls::listener::reload_into(self.tls.as_deref(), trigger, status)
@@ -219,10 +227,10 @@ impl Reload for ConfigReloader {
         Box::pin(async move {
             // Whether to try again is the config's alone: a rejected TLS pair
             // is the TLS watcher's to notice once its files change.
-            let (status, retry) = match &self.file {
-                Some(file) => file.file_change(&self.control).await?,
-                None => (
-                    reload::reload_source(&self.control, &self.source, TRIGGER).await,
+            let (status, retry) = match &self.from {
+                ReloadFrom::File(file) => file.file_change(&self.control).await?,
+                ReloadFrom::Text(source) => (
+                    reload::reload_source(&self.control, source, TRIGGER).await,
                     false,
                 ),
             };
@@ -380,16 +388,15 @@ pub async fn start_with_hangup(
 
     let mut background = Vec::new();
     let reloader: Option<Arc<dyn Reload>> = reload_source.map(|source| {
-        let file = match &source {
+        let from = match source {
             reload::Source::File(path) => {
-                Some(reload::FileReloads::new(path.clone(), watch_baseline))
+                ReloadFrom::File(reload::FileReloads::new(path, watch_baseline))
             }
-            _ => None,
+            text => ReloadFrom::Text(text),
         };
         Arc::new(ConfigReloader {
             control: control.clone(),
-            source,
-            file,
+            from,
             pollers: pollers.clone(),
             tls: tls.clone(),
         }) as Arc<dyn Reload>
