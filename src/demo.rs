@@ -4,7 +4,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -42,51 +41,16 @@ pub async fn backend(listener: TcpListener, name: &'static str) {
 }
 
 /// The demo's files (its admin token and state), in a directory of its own
-/// under the temporary directory; removed when dropped, so every way out of
-/// the demo (a start that fails, an error, Ctrl-C) leaves nothing behind.
-pub struct DemoDir {
-    path: PathBuf,
-}
-
-impl DemoDir {
-    /// Creates a new directory, readable by its owner only (it holds the
-    /// admin token), under a name no one else has taken.
-    pub fn create() -> std::io::Result<DemoDir> {
-        let parent = std::env::temp_dir();
-        let mut builder = std::fs::DirBuilder::new();
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        let mut tries = 0;
-        loop {
-            let path = parent.join(format!(
-                "canary-gateway-demo-{}-{:08x}",
-                std::process::id(),
-                rand::random::<u32>()
-            ));
-            match builder.create(&path) {
-                Ok(()) => return Ok(DemoDir { path }),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 8 => {
-                    tries += 1;
-                }
-                Err(e) => {
-                    return Err(std::io::Error::new(
-                        e.kind(),
-                        format!("cannot create {}: {e}", path.display()),
-                    ));
-                }
-            }
-        }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for DemoDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
+/// under the temporary directory, readable by its owner only (it holds the
+/// admin token), under a name no one else has taken; removed when dropped,
+/// so every way out of the demo (a start that fails, an error, Ctrl-C)
+/// leaves nothing behind.
+pub fn create_dir() -> std::io::Result<tempfile::TempDir> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("canary-gateway-demo-");
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700));
+    builder.tempdir()
 }
 
 /// `text` as a TOML basic string, quoted and escaped (a path may hold `"`
@@ -164,6 +128,7 @@ Press Ctrl-C to stop.
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     /// Paths with `"`, `\` and a newline are written as TOML strings that
     /// parse back to themselves.

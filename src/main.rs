@@ -189,7 +189,7 @@ fn run_demo(listen: std::net::SocketAddr, admin: std::net::SocketAddr) -> Result
         tokio::spawn(demo::backend(v2, "v2"));
 
         // Removed when dropped: on every way out below, `?` included.
-        let dir = demo::DemoDir::create()?;
+        let dir = demo::create_dir().context("cannot create the demo's directory")?;
         let utf8 = |path: std::path::PathBuf| {
             path.to_str().map(str::to_string).with_context(|| {
                 format!(
