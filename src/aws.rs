@@ -82,15 +82,34 @@ impl RouteSyncDep for MeshRoute {
 /// Why the gateway does not start when it needs AWS and has no region.
 pub const NO_REGION: &str = "no AWS region: set [aws] region or AWS_REGION";
 
+/// What of AWS the config asks for.
+struct AwsUses {
+    /// Cloud Map discovery (a version with a `cloudmap` source).
+    discovery: bool,
+    /// A shared weight store (Cloud Map or DynamoDB).
+    store: bool,
+    /// App Mesh route sync.
+    mesh: bool,
+}
+
+impl AwsUses {
+    fn of(config: &Config) -> AwsUses {
+        AwsUses {
+            discovery: config
+                .versions
+                .iter()
+                .any(|v| matches!(v.source, EndpointSource::CloudMap(_))),
+            store: config.store.poll_interval().is_some(),
+            mesh: config.appmesh.is_some(),
+        }
+    }
+}
+
 /// Whether the config asks for AWS clients: Cloud Map discovery, a Cloud
 /// Map or DynamoDB weight store, App Mesh route sync.
 pub fn uses_aws(config: &Config) -> bool {
-    config
-        .versions
-        .iter()
-        .any(|v| matches!(v.source, EndpointSource::CloudMap(_)))
-        || config.store.poll_interval().is_some()
-        || config.appmesh.is_some()
+    let uses = AwsUses::of(config);
+    uses.discovery || uses.store || uses.mesh
 }
 
 /// What can be told of the region without a network call.
@@ -136,13 +155,10 @@ pub async fn region_without_network(config: &Config) -> RegionCheck {
 /// discovery, the Cloud Map weight store, App Mesh route sync) unless the
 /// caller injected them already.
 pub async fn fill_dependencies(config: &Config, deps: &mut Dependencies) -> Result<(), String> {
-    let wants_discovery = deps.discovery.is_none()
-        && config
-            .versions
-            .iter()
-            .any(|v| matches!(v.source, EndpointSource::CloudMap(_)));
-    let wants_store = deps.store.is_none() && config.store.poll_interval().is_some();
-    let wants_mesh = deps.route_sync.is_none() && config.appmesh.is_some();
+    let uses = AwsUses::of(config);
+    let wants_discovery = deps.discovery.is_none() && uses.discovery;
+    let wants_store = deps.store.is_none() && uses.store;
+    let wants_mesh = deps.route_sync.is_none() && uses.mesh;
     if !(wants_discovery || wants_store || wants_mesh) {
         return Ok(());
     }
