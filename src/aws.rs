@@ -112,6 +112,42 @@ pub fn uses_aws(config: &Config) -> bool {
     uses.discovery || uses.store || uses.mesh
 }
 
+/// The SDK's environment variables that give an endpoint URL to the
+/// services the gateway calls: all of them, then each (its service id in
+/// capitals, spaces as `_`).
+const ENDPOINT_ENV: [&str; 4] = [
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_SERVICEDISCOVERY",
+    "AWS_ENDPOINT_URL_DYNAMODB",
+    "AWS_ENDPOINT_URL_APP_MESH",
+];
+
+/// The `AWS_ENDPOINT_URL*` variable the SDK would take that is no URL it
+/// can call, as `[aws] endpoint_url` is checked: the SDK would take the text
+/// and fail every call, so the gateway would serve without its store or
+/// discovery for good. Not looked at when no AWS client is needed, when
+/// `[aws] endpoint_url` is set (it wins over them), or with
+/// `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true`; an empty one is taken as
+/// unset. The profile's `endpoint_url` is not read.
+pub fn endpoint_env_check(config: &Config) -> Result<(), String> {
+    let ignored = std::env::var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")
+        .is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    if !uses_aws(config) || config.aws.endpoint_url.is_some() || ignored {
+        return Ok(());
+    }
+    for name in ENDPOINT_ENV {
+        let Some(value) = std::env::var_os(name) else {
+            continue;
+        };
+        let text = value.to_string_lossy();
+        if text.is_empty() {
+            continue;
+        }
+        crate::config::check_endpoint_url(&text).map_err(|why| format!("{name}: {why}"))?;
+    }
+    Ok(())
+}
+
 /// What can be told of the region without a network call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegionCheck {
@@ -170,6 +206,7 @@ pub async fn fill_dependencies(config: &Config, deps: &mut Dependencies) -> Resu
     if sdk.region().is_none() {
         return Err(NO_REGION.into());
     }
+    endpoint_env_check(config)?;
     if wants_discovery {
         let discover: Arc<dyn Discover> = Arc::new(cloudmap::CloudMapDiscover::new(&sdk));
         deps.discovery = Some(Arc::new(move |version, source, sink| {

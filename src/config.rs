@@ -994,37 +994,10 @@ impl Validator<'_> {
     /// takes any text and then fails every call, so the gateway would serve
     /// without its store or discovery for good.
     fn endpoint_url(&self, value: &Option<String>) -> Result<Option<String>, ConfigError> {
-        const KEY: &str = "aws.endpoint_url";
         let Some(text) = value else {
             return Ok(None);
         };
-        let bad = |why: String| {
-            self.invalid(
-                KEY,
-                format!(
-                    "`{text}` is not an absolute http:// or https:// URL with a host ({why}; e.g. https://dynamodb.eu-west-1.amazonaws.com or http://localhost:4566)"
-                ),
-            )
-        };
-        let uri: http::Uri = text
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
-        match uri.scheme_str() {
-            Some(s) if s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https") => {}
-            Some(other) => return Err(bad(format!("scheme `{other}`"))),
-            None => return Err(bad("no scheme".into())),
-        }
-        let Some(authority) = uri.authority().filter(|a| !a.host().is_empty()) else {
-            return Err(bad("no host".into()));
-        };
-        // `port()` is `None` both without a port and for one out of range.
-        let host_port = authority.as_str().rsplit('@').next().unwrap_or_default();
-        let after_host = host_port.strip_prefix(authority.host()).unwrap_or_default();
-        if let Some(port) = after_host.strip_prefix(':')
-            && port.parse::<u16>().ok().filter(|&p| p != 0).is_none()
-        {
-            return Err(bad(format!("`{port}` is not a port (1-65535)")));
-        }
+        check_endpoint_url(text).map_err(|reason| self.invalid("aws.endpoint_url", reason))?;
         Ok(Some(text.clone()))
     }
 
@@ -1194,6 +1167,38 @@ pub fn check_total(total: u64) -> Result<(), String> {
         return Err(format!(
             "the weights sum to {total}, above the maximum of {MAX_TOTAL_WEIGHT}"
         ));
+    }
+    Ok(())
+}
+
+/// Whether `text` is an endpoint URL the AWS SDK can call: an absolute
+/// http:// or https:// URL with a host (and a port in 1-65535, if any). The
+/// error says why not, with examples: for `aws.endpoint_url` and for the
+/// SDK's `AWS_ENDPOINT_URL*` environment variables.
+pub fn check_endpoint_url(text: &str) -> Result<(), String> {
+    let bad = |why: String| {
+        format!(
+            "`{text}` is not an absolute http:// or https:// URL with a host ({why}; e.g. https://dynamodb.eu-west-1.amazonaws.com or http://localhost:4566)"
+        )
+    };
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
+    match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https") => {}
+        Some(other) => return Err(bad(format!("scheme `{other}`"))),
+        None => return Err(bad("no scheme".into())),
+    }
+    let Some(authority) = uri.authority().filter(|a| !a.host().is_empty()) else {
+        return Err(bad("no host".into()));
+    };
+    // `port()` is `None` both without a port and for one out of range.
+    let host_port = authority.as_str().rsplit('@').next().unwrap_or_default();
+    let after_host = host_port.strip_prefix(authority.host()).unwrap_or_default();
+    if let Some(port) = after_host.strip_prefix(':')
+        && port.parse::<u16>().ok().filter(|&p| p != 0).is_none()
+    {
+        return Err(bad(format!("`{port}` is not a port (1-65535)")));
     }
     Ok(())
 }

@@ -285,7 +285,8 @@ fn file_store(config: &Config) -> FileStore {
 /// port, with the same errors: the admin token (and a non-loopback admin
 /// address without one), the listener's TLS files, with the file store the
 /// state file's first read, and when AWS is used an AWS region (short of
-/// the instance metadata service, a network call). Within a tokio runtime.
+/// the instance metadata service, a network call) and the SDK's
+/// `AWS_ENDPOINT_URL*` variables. Within a tokio runtime.
 /// `Ok` holds warnings: what only the start can tell.
 pub async fn preflight(config: &Config) -> Result<Vec<String>, GatewayError> {
     let mut warnings = Vec::new();
@@ -310,6 +311,7 @@ pub async fn preflight(config: &Config) -> Result<Vec<String>, GatewayError> {
                 .to_string(),
         ),
     }
+    crate::aws::endpoint_env_check(config).map_err(GatewayError::Aws)?;
     Ok(warnings)
 }
 

@@ -706,7 +706,8 @@ async fn check_says_a_tls_key_is_encrypted_or_the_leaf_is_not_first() {
 /// With a store (or discovery, or App Mesh) on AWS, `check` refuses what
 /// `run` refuses: no AWS region anywhere it looks without a network call
 /// (with the instance metadata service off; with it on, only a warning), and
-/// an `aws.endpoint_url` that is no http(s) URL with a host.
+/// an `aws.endpoint_url` (or, without it, an `AWS_ENDPOINT_URL*` variable)
+/// that is no http(s) URL with a host.
 #[tokio::test]
 async fn check_refuses_a_missing_aws_region_and_a_bad_endpoint_url() {
     let (v1, v2) = (
@@ -767,6 +768,38 @@ async fn check_refuses_a_missing_aws_region_and_a_bad_endpoint_url() {
             "{check_err}"
         );
     }
+
+    // The same URLs from the SDK's environment variables, which the SDK
+    // takes when `[aws] endpoint_url` is not set.
+    std::fs::write(&path, &dynamodb).unwrap();
+    for name in ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"] {
+        for url in ["localhost:4566", "http://localhost:99999"] {
+            let mut env = with_region.clone();
+            env.push((name, url));
+            let check_err = check_and_run_refuse(&path_arg, &env).await;
+            assert!(
+                check_err.contains(&format!("{name}: `{url}` is not an absolute")),
+                "{check_err}"
+            );
+        }
+        // Empty is unset; a URL the SDK can call passes.
+        for url in ["", "http://localhost:4566"] {
+            let mut env = with_region.clone();
+            env.push((name, url));
+            let (code, _, err) = cli(&["check", "--config", &path_arg], &env).await;
+            assert_eq!(code, 0, "{name}={url}: {err}");
+        }
+    }
+    // `[aws] endpoint_url` wins over the variables, so they are not looked at.
+    std::fs::write(
+        &path,
+        format!("{dynamodb}\n[aws]\nendpoint_url = \"http://localhost:4566\"\n"),
+    )
+    .unwrap();
+    let mut env = with_region.clone();
+    env.push(("AWS_ENDPOINT_URL", "localhost:4566"));
+    let (code, _, err) = cli(&["check", "--config", &path_arg], &env).await;
+    assert_eq!(code, 0, "{err}");
 }
 
 /// A state file edited to a generation past 2^53-1 (the dashboard's
