@@ -426,16 +426,25 @@ async fn the_rollout_actions_refuse_a_body_with_fields() {
         (view["phase"].as_str(), view["step"].as_u64()),
         (Some("progressing"), Some(0))
     );
+    // Each answer says why the rollout waits as `GET /rollout` will: the
+    // pause's reason at once, and none once resumed.
     let (status, view, _) = call(&f, "POST", "/rollout/pause", None, "{}").await;
     assert_eq!(
         (status, view["phase"].as_str()),
         (StatusCode::OK, Some("paused"))
+    );
+    assert!(
+        view["why"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("paused: ")),
+        "{view}"
     );
     let (status, view, _) = call(&f, "POST", "/rollout/resume", None, " ").await;
     assert_eq!(
         (status, view["phase"].as_str()),
         (StatusCode::OK, Some("progressing"))
     );
+    assert!(view["why"].is_null(), "{view}");
     let (status, view, _) = call(&f, "POST", "/rollout/promote", None, "{}").await;
     assert_eq!(
         (status, view["phase"].as_str()),

@@ -375,6 +375,17 @@ impl Control {
                     Ok((d.stable.clone(), next.weights(&d.weights), Some(next)))
                 })
                 .await?;
+                // Shown at once, as the driver would at its next look: the
+                // answer (and `GET /rollout` until then) says why it waits,
+                // or no longer says it is paused.
+                self.rollout_note(|v| {
+                    if v.rollout != r.started_at_ms {
+                        *v = Default::default();
+                        v.rollout = r.started_at_ms;
+                    }
+                    v.why =
+                        (action == Action::Pause).then(|| crate::rollout::driver::paused_why(None));
+                });
                 let kind = if action == Action::Pause {
                     "paused"
                 } else {

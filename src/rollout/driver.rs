@@ -351,7 +351,7 @@ impl GateKey {
 /// What `GET /rollout` says of a paused rollout on this task: the step
 /// waits for a resume, the abort checks still run (`last`: what the last
 /// one found).
-fn paused_why(last: Option<&str>) -> String {
+pub(crate) fn paused_why(last: Option<&str>) -> String {
     let why = "paused: no step is taken until resumed, but the abort checks still run every \
                interval on this task's traffic since the pause";
     match last {
