@@ -234,6 +234,7 @@ impl Admin {
                 Ok(()) => rollout::rollback(&self.control).await,
             },
             (Method::POST, "/reload") => match &self.reloader {
+                _ if let Err(r) = request::no_fields(&body) => rejected(r),
                 None => error(
                     StatusCode::CONFLICT,
                     "this gateway was not started from a config file",

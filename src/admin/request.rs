@@ -151,7 +151,7 @@ pub fn promote(body: &[u8]) -> Result<String, Rejection> {
     }
 }
 
-/// `POST /rollback`, `POST /rollout/pause|resume|abort|promote`: an empty
+/// `POST /rollback`, `POST /reload`, `POST /rollout/pause|resume|abort|promote`: an empty
 /// body or `{}` (a field is refused, never ignored: `{"canary": "v3"}` to
 /// `/rollout/promote` is no promote of the running canary).
 pub fn no_fields(body: &[u8]) -> Result<(), Rejection> {

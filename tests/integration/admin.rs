@@ -323,6 +323,26 @@ async fn a_file_edit_refused_for_a_passing_reason_is_tried_again() {
     running.shutdown().await;
 }
 
+/// `POST /reload` takes an empty body or `{}`, as `POST /rollback` does: a
+/// field is refused (400) and nothing is reloaded, not ignored.
+#[tokio::test]
+async fn a_reload_with_fields_is_refused_and_reloads_nothing() {
+    let v1 = Upstream::start("v1").await;
+    let (gw, _secrets) = gateway(&[("v1", 1, v1.addr)]).await;
+    for body in [r#"{"force":true}"#, "[]", "reload"] {
+        let reply = admin(gw.admin, "POST", "/reload", Some(TOKEN), body).await;
+        assert_eq!(reply.status, 400, "{body}: {}", reply.text());
+    }
+    let status = admin(gw.admin, "GET", "/status", Some(TOKEN), "").await;
+    let status: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
+    assert!(status["last_reload"].is_null(), "{status}");
+    let reply = admin(gw.admin, "POST", "/reload", Some(TOKEN), "{}").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let status = admin(gw.admin, "GET", "/status", Some(TOKEN), "").await;
+    let status: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
+    assert_eq!(status["last_reload"]["trigger"], "admin", "{status}");
+}
+
 /// The admin token is read at start: a reload that points `token_file` or
 /// `token_env` elsewhere (a rotation) is reported in `restart_required`,
 /// and the old token stays the one in force until a restart.
