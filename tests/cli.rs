@@ -69,6 +69,31 @@ async fn health_is_0_when_ready_and_1_otherwise() {
     let (code, _, err) = cli(&["health", "--admin", &dead_url().await], &[]).await;
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("cannot reach"), "{err}");
+    // A list for `ctl` in CANARY_ADMIN_URL is named as such (not "not a
+    // URL"), and an explicit --admin wins over it.
+    let list = format!("{url},{}", dead_url().await);
+    let (code, _, err) = cli(&["health"], &[("CANARY_ADMIN_URL", &list)]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("health checks one gateway"), "{err}");
+    let (code, _, err) = cli(&["health", "--admin", &url], &[("CANARY_ADMIN_URL", &list)]).await;
+    assert_eq!(code, 0, "{err}");
+}
+
+/// A token that no HTTP header can carry is a usage error that names
+/// CANARY_ADMIN_TOKEN, not the header library's "failed to parse header value".
+#[tokio::test]
+async fn a_token_with_a_control_character_is_named_as_such() {
+    let url = dead_url().await;
+    let (code, _, err) = cli(
+        &["ctl", "--admin", &url, "weights"],
+        &[("CANARY_ADMIN_TOKEN", "sec\nret")],
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("CANARY_ADMIN_TOKEN holds a character an HTTP header cannot carry"),
+        "{err}"
+    );
 }
 
 /// A port out of range in --admin is a usage error (exit 2), nothing sent:

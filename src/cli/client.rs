@@ -61,12 +61,21 @@ impl AdminClient {
                 .filter(|&p| p != 0)
                 .ok_or_else(|| bad(&format!("`{text}` is not a port (1-65535)")))?,
         };
+        let token = token.filter(|t| !t.trim().is_empty());
+        if let Some(t) = &token
+            && http::HeaderValue::try_from(format!("Bearer {}", t.trim())).is_err()
+        {
+            return Err(CliError::Usage(
+                "CANARY_ADMIN_TOKEN holds a character an HTTP header cannot carry (a control character, such as a newline inside it): give the token as the gateway has it"
+                    .into(),
+            ));
+        }
         Ok(AdminClient {
             url: url.to_string(),
             host,
             port,
             prefix: uri.path().trim_end_matches('/').to_string(),
-            token: token.filter(|t| !t.trim().is_empty()),
+            token,
             timeout,
         })
     }

@@ -173,6 +173,14 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// `canary-gateway health`: any failure, unreachable included, is
 /// [`CliError::Failed`] (exit 1), as a container health check expects.
 pub async fn health(args: &HealthArgs) -> Result<(), CliError> {
+    // `ctl` takes a list of gateways in CANARY_ADMIN_URL; a health check is
+    // about this task's gateway alone.
+    if args.admin.contains(',') {
+        return Err(CliError::Failed(format!(
+            "health checks one gateway, this task's: --admin (or CANARY_ADMIN_URL) holds a list, `{}`; give the health check --admin with this task's URL, e.g. {DEFAULT_ADMIN_URL}",
+            args.admin
+        )));
+    }
     let client = AdminClient::new(&args.admin, None, args.timeout)
         .map_err(|e| CliError::Failed(e.to_string()))?;
     let answer = (client.call(Method::GET, "/readyz", None).await)
