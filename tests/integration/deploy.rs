@@ -32,6 +32,28 @@ fn config_with_env(text: &str, env: &[(String, String)]) -> Config {
     parse_overridden(text, "deploy", &overrides).unwrap()
 }
 
+/// A CloudFormation `Fn::Sub` text with every `${Name}` replaced from `values`
+/// (name -> value); a name without a value fails the test.
+fn fn_sub(text: &str, values: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').unwrap();
+        let name = &after[..end];
+        let value = values
+            .iter()
+            .find(|(k, _)| *k == name)
+            .unwrap_or_else(|| panic!("no value for ${{{name}}}"))
+            .1;
+        out.push_str(value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 #[test]
 fn the_task_definition_carries_a_valid_config_that_fits_it() {
     let td = json("deploy/ecs-task-definition.json");
@@ -84,22 +106,98 @@ fn the_cloudformation_template_lines_up_timeouts_ports_and_security_groups() {
     let t = json("deploy/cloudformation/gateway.json");
     let r = &t["Resources"];
     let c = &r["TaskDefinition"]["Properties"]["ContainerDefinitions"][0];
-    // The embedded config, with sample parameter values.
-    let text = c["Environment"]
+    // The embedded config: an Fn::Sub of the text and one variable, the
+    // [appmesh] table when AppMeshName is given (Fn::If SyncAppMesh), else nothing.
+    let sub = &c["Environment"]
         .as_array()
         .unwrap()
         .iter()
         .find(|e| e["Name"] == "CANARY_GATEWAY_CONFIG")
-        .unwrap()["Value"]["Fn::Sub"]
-        .as_str()
+        .unwrap()["Value"]["Fn::Sub"];
+    let text = sub[0].as_str().unwrap();
+    let section = &sub[1]["AppMeshSection"]["Fn::If"];
+    assert_eq!(section[0], "SyncAppMesh");
+    assert_eq!(section[2], "");
+    let section = section[1]["Fn::Sub"].as_str().unwrap();
+    let p = &t["Parameters"];
+    assert_eq!(p["V1Weight"]["Default"], "100");
+    assert_eq!(p["V2Weight"]["Default"], "0");
+    let names = [
+        ("NamespaceName", "the-wednesday-super-app.local"),
+        ("V1ServiceName", "svc1-v1"),
+        ("V2ServiceName", "svc1-v2"),
+        ("StoreKey", "svc1"),
+    ];
+    let env = [(
+        "CANARY_STORE_TABLE".to_string(),
+        "canary-gateway-weights".to_string(),
+    )];
+    // Sync off (the defaults): no [appmesh]; the versions of deploy/gateway.ecs.toml.
+    let mut values: Vec<(&str, &str)> = names.to_vec();
+    values.extend([
+        ("V1Weight", "100"),
+        ("V2Weight", "0"),
+        ("AppMeshSection", ""),
+    ]);
+    let config = config_with_env(&fn_sub(text, &values), &env);
+    assert!(config.appmesh.is_none());
+    let file = config_with_env(&read("deploy/gateway.ecs.toml"), &env);
+    assert_eq!(file.versions, config.versions);
+    // Sync on, at the route's weights: the [appmesh] keys docs/configuration.md names.
+    let appmesh = fn_sub(
+        section,
+        &[
+            ("AppMeshName", "the-wednesday-super-app"),
+            ("AppMeshVirtualRouterName", "svc1-router"),
+            ("AppMeshRouteName", "svc1-route"),
+            ("V1VirtualNodeName", "svc1-virtual-node-1"),
+            ("V2VirtualNodeName", "svc1-virtual-node-2"),
+        ],
+    );
+    let mut values: Vec<(&str, &str)> = names.to_vec();
+    values.extend([
+        ("V1Weight", "90"),
+        ("V2Weight", "10"),
+        ("AppMeshSection", appmesh.as_str()),
+    ]);
+    let config = config_with_env(&fn_sub(text, &values), &env);
+    assert_eq!(config.versions[0].name, "v1");
+    assert_eq!(config.versions[0].weight, 90);
+    assert_eq!(config.versions[1].name, "v2");
+    assert_eq!(config.versions[1].weight, 10);
+    let am = config
+        .appmesh
+        .as_ref()
+        .expect("sync on: an [appmesh] table");
+    assert_eq!(am.mesh, "the-wednesday-super-app");
+    assert_eq!(am.virtual_router, "svc1-router");
+    assert_eq!(am.route, "svc1-route");
+    assert_eq!(am.virtual_nodes["v1"], "svc1-virtual-node-1");
+    assert_eq!(am.virtual_nodes["v2"], "svc1-virtual-node-2");
+    // Its policy: UpdateRoute on the route and on the two virtual nodes of its
+    // weighted targets (IAM authorizes the request against those nodes too).
+    let statements = r["AppMeshRoutePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+        .as_array()
+        .unwrap();
+    let update = statements
+        .iter()
+        .find(|s| s["Action"] == "appmesh:UpdateRoute")
+        .unwrap();
+    let resources: Vec<&str> = update["Resource"]
+        .as_array()
         .unwrap()
-        .replace("${NamespaceName}", "example.local")
-        .replace("${V1ServiceName}", "svc1-v1")
-        .replace("${V2ServiceName}", "svc1-v2")
-        .replace("${StoreKey}", "svc1");
-    let config = config_with_env(
-        &text,
-        &[("CANARY_STORE_TABLE".into(), "canary-gateway-weights".into())],
+        .iter()
+        .map(|x| x["Fn::Sub"].as_str().unwrap())
+        .collect();
+    for node in ["${V1VirtualNodeName}", "${V2VirtualNodeName}"] {
+        let arn = format!(":mesh/${{AppMeshName}}/virtualNode/{node}");
+        assert!(resources.iter().any(|x| x.ends_with(&arn)), "{resources:?}");
+    }
+    assert!(
+        resources
+            .iter()
+            .any(|x| x.ends_with("/route/${AppMeshRouteName}")),
+        "{resources:?}"
     );
     let attr = |resource: &str, list: &str, key: &str| -> u64 {
         r[resource]["Properties"][list]
