@@ -132,7 +132,7 @@ impl Proxy {
     }
 
     /// Chooses the version for a request: the override header when it names a
-    /// version, else the sticky key's position (a key that is empty or blank
+    /// version, else the sticky key's rendezvous choice (a key that is empty or blank
     /// counts as none), else the next position of the weighted sequence. An override naming no version is ignored (the
     /// request is split as usual; the response header shows where it went).
     #[inline]
@@ -157,11 +157,11 @@ impl Proxy {
         }
         // An empty (or blank) key is no key: hashed, every such request
         // would land on one position, all on one version, flipping together.
-        let position = match settings.sticky_header.as_ref().and_then(header) {
-            Some(key) if !key.trim_ascii().is_empty() => split::sticky_position(key),
-            _ => split::next_position(),
+        let chosen = match settings.sticky_header.as_ref().and_then(header) {
+            Some(key) if !key.trim_ascii().is_empty() => snapshot.split.sticky(key),
+            _ => snapshot.split.at(split::next_position()),
         };
-        snapshot.split.at(position).unwrap_or(snapshot.stable)
+        chosen.unwrap_or(snapshot.stable)
     }
 
     /// A request's [`Completion`], its version chosen by `choose` on the

@@ -192,7 +192,7 @@ impl Snapshot {
         Ok(Snapshot {
             generation: input.generation,
             stable,
-            split: SplitTable::new(&weights, stable),
+            split: SplitTable::new(&weights, stable, input.versions),
             versions,
             settings: input.settings,
         })
