@@ -110,6 +110,19 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// The version chosen for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Choice {
+    /// The version's index in the snapshot's versions.
+    pub index: usize,
+    /// The override header named the version: the request is served and
+    /// counted in the version's metrics, but it is no evidence for the
+    /// rollout analysis, which judges a version on the traffic the split
+    /// sent it (see [`Completion::forced`]). A sticky key's choice follows
+    /// the weights: not forced.
+    pub forced: bool,
+}
+
 impl Proxy {
     pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, listener_port: u16) -> Proxy {
         Proxy {
@@ -132,11 +145,13 @@ impl Proxy {
     }
 
     /// Chooses the version for a request: the override header when it names a
-    /// version, else the sticky key's position (a key that is empty or blank
-    /// counts as none), else the next position of the weighted sequence. An override naming no version is ignored (the
-    /// request is split as usual; the response header shows where it went).
+    /// version (the request is then [`Choice::forced`]), else the sticky
+    /// key's position (a key that is empty or blank counts as none), else the
+    /// next position of the weighted sequence. An override naming no version
+    /// is ignored (the request is split as usual; the response header shows
+    /// where it went).
     #[inline]
-    pub fn choose(snapshot: &Snapshot, headers: &http::HeaderMap) -> usize {
+    pub fn choose(snapshot: &Snapshot, headers: &http::HeaderMap) -> Choice {
         Self::choose_by(snapshot, |name| {
             headers.get(name).map(HeaderValue::as_bytes)
         })
@@ -147,13 +162,16 @@ impl Proxy {
     pub fn choose_by<'h>(
         snapshot: &Snapshot,
         header: impl Fn(&http::HeaderName) -> Option<&'h [u8]>,
-    ) -> usize {
+    ) -> Choice {
         let settings = &snapshot.settings;
         if let Some(name) = &settings.override_header
             && let Some(value) = header(name)
-            && let Some(i) = snapshot.version_named(value)
+            && let Some(index) = snapshot.version_named(value)
         {
-            return i;
+            return Choice {
+                index,
+                forced: true,
+            };
         }
         // An empty (or blank) key is no key: hashed, every such request
         // would land on one position, all on one version, flipping together.
@@ -161,7 +179,11 @@ impl Proxy {
             Some(key) if !key.trim_ascii().is_empty() => split::sticky_position(key),
             _ => split::next_position(),
         };
-        snapshot.split.at(position).unwrap_or(snapshot.stable)
+        let index = snapshot.split.at(position).unwrap_or(snapshot.stable);
+        Choice {
+            index,
+            forced: false,
+        }
     }
 
     /// A request's [`Completion`], its version chosen by `choose` on the
@@ -172,7 +194,7 @@ impl Proxy {
         conn: Arc<ConnState>,
         method: http::Method,
         path: &[u8],
-        choose: impl FnOnce(&Snapshot) -> usize,
+        choose: impl FnOnce(&Snapshot) -> Choice,
     ) -> Completion {
         let snapshot = self.snapshot.load();
         let logged = snapshot.settings.access_log.then(|| {
@@ -181,9 +203,11 @@ impl Proxy {
                 request_id: None,
             })
         });
+        let choice = choose(&snapshot);
         Completion {
             start,
-            version: snapshot.versions[choose(&snapshot)].clone(),
+            version: snapshot.versions[choice.index].clone(),
+            forced: choice.forced,
             status: http::StatusCode::OK,
             settings: snapshot.settings.clone(),
             conn,
@@ -1089,5 +1113,67 @@ async fn joined(client: OnUpgrade, upstream: OnUpgrade) {
             }
         }
         Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use http::HeaderMap;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::snapshot::SnapshotInput;
+
+    /// A snapshot of stable `v1` (weight 100) and `v2` (weight 0), with
+    /// `sticky` as the sticky header and `x-canary-version` as the
+    /// override header.
+    fn snapshot(sticky: &str) -> Snapshot {
+        let text = format!(
+            "[listener]\naddress = \"127.0.0.1:9080\"\n[split]\nstable = \"v1\"\nsticky_header = \"{sticky}\"\noverride_header = \"x-canary-version\"\n[[versions]]\nname = \"v1\"\nweight = 100\nendpoints = [\"127.0.0.1:9001\"]\n[[versions]]\nname = \"v2\"\nweight = 0\nendpoints = [\"127.0.0.1:9002\"]\n"
+        );
+        let config = Config::parse(&text, "test").unwrap();
+        let weights: BTreeMap<String, u32> = [("v1".into(), 100), ("v2".into(), 0)].into();
+        Snapshot::build(SnapshotInput {
+            versions: &config.version_names(),
+            stable: "v1",
+            weights: &weights,
+            endpoints: &BTreeMap::new(),
+            generation: 1,
+            settings: Arc::new(ProxySettings::from_config(&config)),
+            windows: &Default::default(),
+        })
+        .unwrap()
+    }
+
+    fn headers(fields: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in fields {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn only_the_override_header_forces_a_version() {
+        let snap = snapshot("x-user");
+        let choose = |fields| Proxy::choose(&snap, &headers(fields));
+        let (v1, v2) = (0, 1);
+        let forced = |index| Choice {
+            index,
+            forced: true,
+        };
+        let split = |index| Choice {
+            index,
+            forced: false,
+        };
+        // Named, even at weight 0: forced (no evidence for the analysis).
+        assert_eq!(choose(&[("x-canary-version", "v2")]), forced(v2));
+        assert_eq!(choose(&[("x-canary-version", "v1")]), forced(v1));
+        // A sticky key follows the weights; an unknown name is ignored.
+        assert_eq!(choose(&[("x-user", "alice")]), split(v1));
+        assert_eq!(choose(&[("x-canary-version", "v3")]), split(v1));
+        assert_eq!(choose(&[]), split(v1));
     }
 }
