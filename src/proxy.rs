@@ -123,6 +123,32 @@ pub struct Choice {
     pub forced: bool,
 }
 
+/// The split position of a request's sticky key, given the values of its
+/// fields named `name` (the sticky header); `None`: no key. The key is the
+/// first field's value, but for `cookie` it is every field's value joined
+/// with `"; "`, as [`headers::join_cookies`] joins them for the upstream: an
+/// HTTP/2 client may split its cookies into several fields (RFC 9113,
+/// 8.2.3) where an HTTP/1.1 client sends one line, and a user's requests
+/// must land on one version over both (several Cookie lines over HTTP/1.1,
+/// which RFC 6265 5.4 forbids, are joined the same way). An empty (or
+/// blank) key is no key: hashed, every such request would land on one
+/// position, all on one version, flipping together.
+#[inline]
+fn sticky_position<'h>(
+    name: &http::HeaderName,
+    mut values: impl Iterator<Item = &'h [u8]>,
+) -> Option<u64> {
+    let first = values.next()?;
+    if name == http::header::COOKIE
+        && let Some(second) = values.next()
+    {
+        // The joined text holds "; ": never blank.
+        let all = [first, second].into_iter().chain(values);
+        return Some(split::sticky_position_joined(all, b"; "));
+    }
+    (!first.trim_ascii().is_empty()).then(|| split::sticky_position(first))
+}
+
 impl Proxy {
     pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, listener_port: u16) -> Proxy {
         Proxy {
@@ -153,19 +179,21 @@ impl Proxy {
     #[inline]
     pub fn choose(snapshot: &Snapshot, headers: &http::HeaderMap) -> Choice {
         Self::choose_by(snapshot, |name| {
-            headers.get(name).map(HeaderValue::as_bytes)
+            headers.get_all(name).iter().map(HeaderValue::as_bytes)
         })
     }
 
-    /// [`Proxy::choose`] with the request's headers looked up by `header`.
+    /// [`Proxy::choose`] with the values of the request's fields named
+    /// `name` given by `fields(name)`, in their order (only the first is
+    /// read but for a `cookie` sticky header: see [`sticky_position`]).
     #[inline]
-    pub fn choose_by<'h>(
-        snapshot: &Snapshot,
-        header: impl Fn(&http::HeaderName) -> Option<&'h [u8]>,
+    pub fn choose_by<'s, 'h, I: Iterator<Item = &'h [u8]>>(
+        snapshot: &'s Snapshot,
+        fields: impl Fn(&'s http::HeaderName) -> I,
     ) -> Choice {
         let settings = &snapshot.settings;
         if let Some(name) = &settings.override_header
-            && let Some(value) = header(name)
+            && let Some(value) = fields(name).next()
             && let Some(index) = snapshot.version_named(value)
         {
             return Choice {
@@ -173,12 +201,11 @@ impl Proxy {
                 forced: true,
             };
         }
-        // An empty (or blank) key is no key: hashed, every such request
-        // would land on one position, all on one version, flipping together.
-        let position = match settings.sticky_header.as_ref().and_then(header) {
-            Some(key) if !key.trim_ascii().is_empty() => split::sticky_position(key),
-            _ => split::next_position(),
+        let key = match &settings.sticky_header {
+            Some(name) => sticky_position(name, fields(name)),
+            None => None,
         };
+        let position = key.unwrap_or_else(split::next_position);
         let index = snapshot.split.at(position).unwrap_or(snapshot.stable);
         Choice {
             index,
@@ -251,7 +278,7 @@ impl Proxy {
             .unwrap_or(req.target);
         let mut completion =
             self.start_request(start, conn.clone(), req.method.clone(), path, |s| {
-                Self::choose_by(s, |name| req.header(name))
+                Self::choose_by(s, |name| req.headers(name))
             });
         let (version, settings) = (&completion.version, &completion.settings);
         let fwd = Forwarding {
@@ -1126,15 +1153,16 @@ mod tests {
     use crate::config::Config;
     use crate::snapshot::SnapshotInput;
 
-    /// A snapshot of stable `v1` (weight 100) and `v2` (weight 0), with
+    /// A snapshot of stable `v1` and `v2` at weight `canary` (of 100), with
     /// `sticky` as the sticky header and `x-canary-version` as the
     /// override header.
-    fn snapshot(sticky: &str) -> Snapshot {
+    fn snapshot(sticky: &str, canary: u32) -> Snapshot {
         let text = format!(
             "[listener]\naddress = \"127.0.0.1:9080\"\n[split]\nstable = \"v1\"\nsticky_header = \"{sticky}\"\noverride_header = \"x-canary-version\"\n[[versions]]\nname = \"v1\"\nweight = 100\nendpoints = [\"127.0.0.1:9001\"]\n[[versions]]\nname = \"v2\"\nweight = 0\nendpoints = [\"127.0.0.1:9002\"]\n"
         );
         let config = Config::parse(&text, "test").unwrap();
-        let weights: BTreeMap<String, u32> = [("v1".into(), 100), ("v2".into(), 0)].into();
+        let weights: BTreeMap<String, u32> =
+            [("v1".into(), 100 - canary), ("v2".into(), canary)].into();
         Snapshot::build(SnapshotInput {
             versions: &config.version_names(),
             stable: "v1",
@@ -1147,17 +1175,17 @@ mod tests {
         .unwrap()
     }
 
-    fn headers(fields: &[(&'static str, &'static str)]) -> HeaderMap {
+    fn headers(fields: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in fields {
-            map.append(*name, HeaderValue::from_static(value));
+            map.append(*name, HeaderValue::from_str(value).unwrap());
         }
         map
     }
 
     #[test]
     fn only_the_override_header_forces_a_version() {
-        let snap = snapshot("x-user");
+        let snap = snapshot("x-user", 0);
         let choose = |fields| Proxy::choose(&snap, &headers(fields));
         let (v1, v2) = (0, 1);
         let forced = |index| Choice {
@@ -1175,5 +1203,30 @@ mod tests {
         assert_eq!(choose(&[("x-user", "alice")]), split(v1));
         assert_eq!(choose(&[("x-canary-version", "v3")]), split(v1));
         assert_eq!(choose(&[]), split(v1));
+    }
+
+    #[test]
+    fn a_cookie_sticky_key_is_every_cookie_field_joined() {
+        let snap = snapshot("cookie", 50);
+        let choose = |fields: &[(&'static str, &str)]| Proxy::choose(&snap, &headers(fields));
+        let mut on_v2 = 0;
+        for i in 0..200 {
+            let session = format!("session=s-{i}");
+            let line = format!("{session}; theme=dark");
+            let one = choose(&[("cookie", &line)]);
+            // As an HTTP/2 client splits them.
+            let two = choose(&[("cookie", &session), ("cookie", "theme=dark")]);
+            assert_eq!(one, two, "{line}");
+            on_v2 += one.index;
+        }
+        assert!((50..=150).contains(&on_v2), "{on_v2} of 200 on v2");
+        // Another sticky header's key is its first field.
+        let snap = snapshot("x-user", 50);
+        for i in 0..50 {
+            let user = format!("user-{i}");
+            let first = Proxy::choose(&snap, &headers(&[("x-user", &user)]));
+            let both = headers(&[("x-user", &user), ("x-user", "other")]);
+            assert_eq!(Proxy::choose(&snap, &both), first, "{user}");
+        }
     }
 }

@@ -73,6 +73,20 @@ pub fn sticky_position(key: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(key)
 }
 
+/// [`sticky_position`] of `parts` joined with `separator`, without
+/// joining them (no allocation): the same position as the joined text's.
+#[cold]
+pub fn sticky_position_joined<'a>(parts: impl Iterator<Item = &'a [u8]>, separator: &[u8]) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
+    for (i, part) in parts.enumerate() {
+        if i > 0 {
+            hasher.update(separator);
+        }
+        hasher.update(part);
+    }
+    hasher.digest()
+}
+
 thread_local! {
     static SEQUENCE: Cell<u64> = Cell::new(rand::random::<u64>());
 }
@@ -147,5 +161,26 @@ mod tests {
             (2_700..=3_300).contains(&moved_to_canary),
             "{moved_to_canary}"
         );
+    }
+
+    #[test]
+    fn a_joined_key_is_where_its_joined_text_is() {
+        // Lengths across xxh3's size classes and its streaming buffer.
+        for len in [0, 1, 3, 8, 16, 17, 100, 128, 129, 240, 241, 255, 1024, 5000] {
+            let first: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            for rest in [
+                &[][..],
+                &[&b"theme=dark"[..]][..],
+                &[&b"x"[..], &b""[..]][..],
+            ] {
+                let parts = std::iter::once(&first[..]).chain(rest.iter().copied());
+                let joined = parts.clone().collect::<Vec<_>>().join(&b"; "[..]);
+                assert_eq!(
+                    sticky_position_joined(parts, b"; "),
+                    sticky_position(&joined),
+                    "{len} {rest:?}"
+                );
+            }
+        }
     }
 }
