@@ -82,14 +82,14 @@ fn decision(c: &mut Criterion) {
         b.iter(|| {
             let snap = cell.load();
             let v = Proxy::choose(&snap, std::hint::black_box(&plain));
-            std::hint::black_box(pick(&snap.versions[v].endpoints, None).map(|e| e.addr()))
+            std::hint::black_box(pick(&snap.versions[v.index].endpoints, None).map(|e| e.addr()))
         })
     });
     c.bench_function("decision: load + pick (sticky key)", |b| {
         b.iter(|| {
             let snap = cell.load();
             let v = Proxy::choose(&snap, std::hint::black_box(&sticky));
-            std::hint::black_box(pick(&snap.versions[v].endpoints, None).map(|e| e.addr()))
+            std::hint::black_box(pick(&snap.versions[v.index].endpoints, None).map(|e| e.addr()))
         })
     });
 }
@@ -104,7 +104,7 @@ fn swap_under_readers(c: &mut Criterion) {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let snap = cell.load();
-                    n = n.wrapping_add(Proxy::choose(&snap, &HeaderMap::new()) as u64);
+                    n = n.wrapping_add(Proxy::choose(&snap, &HeaderMap::new()).index as u64);
                 }
                 n
             })

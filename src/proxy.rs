@@ -110,6 +110,45 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// The version chosen for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Choice {
+    /// The version's index in the snapshot's versions.
+    pub index: usize,
+    /// The override header named the version: the request is served and
+    /// counted in the version's metrics, but it is no evidence for the
+    /// rollout analysis, which judges a version on the traffic the split
+    /// sent it (see [`Completion::forced`]). A sticky key's choice follows
+    /// the weights: not forced.
+    pub forced: bool,
+}
+
+/// The hash of a request's sticky key, given the values of its
+/// fields named `name` (the sticky header); `None`: no key. The key is the
+/// first field's value, but for `cookie` it is every field's value joined
+/// with `"; "`, as [`headers::join_cookies`] joins them for the upstream: an
+/// HTTP/2 client may split its cookies into several fields (RFC 9113,
+/// 8.2.3) where an HTTP/1.1 client sends one line, and a user's requests
+/// must land on one version over both (several Cookie lines over HTTP/1.1,
+/// which RFC 6265 5.4 forbids, are joined the same way). An empty (or
+/// blank) key is no key: hashed, every such request would land on one
+/// version, all flipping together.
+#[inline]
+fn sticky_hash<'h>(
+    name: &http::HeaderName,
+    mut values: impl Iterator<Item = &'h [u8]>,
+) -> Option<u64> {
+    let first = values.next()?;
+    if name == http::header::COOKIE
+        && let Some(second) = values.next()
+    {
+        // The joined text holds "; ": never blank.
+        let all = [first, second].into_iter().chain(values);
+        return Some(split::sticky_hash_joined(all, b"; "));
+    }
+    (!first.trim_ascii().is_empty()).then(|| split::sticky_hash(first))
+}
+
 impl Proxy {
     pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, listener_port: u16) -> Proxy {
         Proxy {
@@ -132,36 +171,48 @@ impl Proxy {
     }
 
     /// Chooses the version for a request: the override header when it names a
-    /// version, else the sticky key's rendezvous choice (a key that is empty or blank
-    /// counts as none), else the next position of the weighted sequence. An override naming no version is ignored (the
-    /// request is split as usual; the response header shows where it went).
+    /// version (the request is then [`Choice::forced`]), else the sticky
+    /// key's rendezvous choice (a key that is empty or blank counts as none), else the
+    /// next position of the weighted sequence. An override naming no version
+    /// is ignored (the request is split as usual; the response header shows
+    /// where it went).
     #[inline]
-    pub fn choose(snapshot: &Snapshot, headers: &http::HeaderMap) -> usize {
+    pub fn choose(snapshot: &Snapshot, headers: &http::HeaderMap) -> Choice {
         Self::choose_by(snapshot, |name| {
-            headers.get(name).map(HeaderValue::as_bytes)
+            headers.get_all(name).iter().map(HeaderValue::as_bytes)
         })
     }
 
-    /// [`Proxy::choose`] with the request's headers looked up by `header`.
+    /// [`Proxy::choose`] with the values of the request's fields named
+    /// `name` given by `fields(name)`, in their order (only the first is
+    /// read but for a `cookie` sticky header: see [`sticky_hash`]).
     #[inline]
-    pub fn choose_by<'h>(
-        snapshot: &Snapshot,
-        header: impl Fn(&http::HeaderName) -> Option<&'h [u8]>,
-    ) -> usize {
+    pub fn choose_by<'s, 'h, I: Iterator<Item = &'h [u8]>>(
+        snapshot: &'s Snapshot,
+        fields: impl Fn(&'s http::HeaderName) -> I,
+    ) -> Choice {
         let settings = &snapshot.settings;
         if let Some(name) = &settings.override_header
-            && let Some(value) = header(name)
-            && let Some(i) = snapshot.version_named(value)
+            && let Some(value) = fields(name).next()
+            && let Some(index) = snapshot.version_named(value)
         {
-            return i;
+            return Choice {
+                index,
+                forced: true,
+            };
         }
-        // An empty (or blank) key is no key: hashed, every such request
-        // would land on one position, all on one version, flipping together.
-        let chosen = match settings.sticky_header.as_ref().and_then(header) {
-            Some(key) if !key.trim_ascii().is_empty() => snapshot.split.sticky(key),
-            _ => snapshot.split.at(split::next_position()),
+        let key = settings
+            .sticky_header
+            .as_ref()
+            .and_then(|name| sticky_hash(name, fields(name)));
+        let chosen = match key {
+            Some(hash) => snapshot.split.sticky(hash),
+            None => snapshot.split.at(split::next_position()),
         };
-        chosen.unwrap_or(snapshot.stable)
+        Choice {
+            index: chosen.unwrap_or(snapshot.stable),
+            forced: false,
+        }
     }
 
     /// A request's [`Completion`], its version chosen by `choose` on the
@@ -172,7 +223,7 @@ impl Proxy {
         conn: Arc<ConnState>,
         method: http::Method,
         path: &[u8],
-        choose: impl FnOnce(&Snapshot) -> usize,
+        choose: impl FnOnce(&Snapshot) -> Choice,
     ) -> Completion {
         let snapshot = self.snapshot.load();
         let logged = snapshot.settings.access_log.then(|| {
@@ -181,9 +232,11 @@ impl Proxy {
                 request_id: None,
             })
         });
+        let choice = choose(&snapshot);
         Completion {
             start,
-            version: snapshot.versions[choose(&snapshot)].clone(),
+            version: snapshot.versions[choice.index].clone(),
+            forced: choice.forced,
             status: http::StatusCode::OK,
             settings: snapshot.settings.clone(),
             conn,
@@ -227,7 +280,7 @@ impl Proxy {
             .unwrap_or(req.target);
         let mut completion =
             self.start_request(start, conn.clone(), req.method.clone(), path, |s| {
-                Self::choose_by(s, |name| req.header(name))
+                Self::choose_by(s, |name| req.headers(name))
             });
         let (version, settings) = (&completion.version, &completion.settings);
         let fwd = Forwarding {
@@ -1089,5 +1142,93 @@ async fn joined(client: OnUpgrade, upstream: OnUpgrade) {
             }
         }
         Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use http::HeaderMap;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::snapshot::SnapshotInput;
+
+    /// A snapshot of stable `v1` and `v2` at weight `canary` (of 100), with
+    /// `sticky` as the sticky header and `x-canary-version` as the
+    /// override header.
+    fn snapshot(sticky: &str, canary: u32) -> Snapshot {
+        let text = format!(
+            "[listener]\naddress = \"127.0.0.1:9080\"\n[split]\nstable = \"v1\"\nsticky_header = \"{sticky}\"\noverride_header = \"x-canary-version\"\n[[versions]]\nname = \"v1\"\nweight = 100\nendpoints = [\"127.0.0.1:9001\"]\n[[versions]]\nname = \"v2\"\nweight = 0\nendpoints = [\"127.0.0.1:9002\"]\n"
+        );
+        let config = Config::parse(&text, "test").unwrap();
+        let weights: BTreeMap<String, u32> =
+            [("v1".into(), 100 - canary), ("v2".into(), canary)].into();
+        Snapshot::build(SnapshotInput {
+            versions: &config.version_names(),
+            stable: "v1",
+            weights: &weights,
+            endpoints: &BTreeMap::new(),
+            generation: 1,
+            settings: Arc::new(ProxySettings::from_config(&config)),
+            windows: &Default::default(),
+        })
+        .unwrap()
+    }
+
+    fn headers(fields: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in fields {
+            map.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn only_the_override_header_forces_a_version() {
+        let snap = snapshot("x-user", 0);
+        let choose = |fields| Proxy::choose(&snap, &headers(fields));
+        let (v1, v2) = (0, 1);
+        let forced = |index| Choice {
+            index,
+            forced: true,
+        };
+        let split = |index| Choice {
+            index,
+            forced: false,
+        };
+        // Named, even at weight 0: forced (no evidence for the analysis).
+        assert_eq!(choose(&[("x-canary-version", "v2")]), forced(v2));
+        assert_eq!(choose(&[("x-canary-version", "v1")]), forced(v1));
+        // A sticky key follows the weights; an unknown name is ignored.
+        assert_eq!(choose(&[("x-user", "alice")]), split(v1));
+        assert_eq!(choose(&[("x-canary-version", "v3")]), split(v1));
+        assert_eq!(choose(&[]), split(v1));
+    }
+
+    #[test]
+    fn a_cookie_sticky_key_is_every_cookie_field_joined() {
+        let snap = snapshot("cookie", 50);
+        let choose = |fields: &[(&'static str, &str)]| Proxy::choose(&snap, &headers(fields));
+        let mut on_v2 = 0;
+        for i in 0..200 {
+            let session = format!("session=s-{i}");
+            let line = format!("{session}; theme=dark");
+            let one = choose(&[("cookie", &line)]);
+            // As an HTTP/2 client splits them.
+            let two = choose(&[("cookie", &session), ("cookie", "theme=dark")]);
+            assert_eq!(one, two, "{line}");
+            on_v2 += one.index;
+        }
+        assert!((50..=150).contains(&on_v2), "{on_v2} of 200 on v2");
+        // Another sticky header's key is its first field.
+        let snap = snapshot("x-user", 50);
+        for i in 0..50 {
+            let user = format!("user-{i}");
+            let first = Proxy::choose(&snap, &headers(&[("x-user", &user)]));
+            let both = headers(&[("x-user", &user), ("x-user", "other")]);
+            assert_eq!(Proxy::choose(&snap, &both), first, "{user}");
+        }
     }
 }

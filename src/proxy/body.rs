@@ -7,7 +7,8 @@
 //! [`Completion`], records the request's metrics once, when it ends, and returns
 //! the upstream connection to the pool when the body was read to its end.
 //! The rollout analysis takes the request's latency up to its answer's head
-//! and leaves out requests the client broke before any answer. A request
+//! and leaves out requests the client broke before any answer and those the
+//! override header forced to their version (`Completion::forced`). A request
 //! dropped with no answer at all (its client gone while the upstream still
 //! thinks) has no status class: see `Completion::count_unanswered`.
 
@@ -276,6 +277,13 @@ impl Body for RequestBody {
 pub struct Completion {
     pub start: Instant,
     pub version: Arc<Version>,
+    /// The override header chose the version (QA traffic): counted in the
+    /// version's metrics, but left out of its rollout analysis (neither a
+    /// request, an error nor a latency sample), which judges a canary on
+    /// the traffic the split sent it. Forced requests to a path that fails
+    /// would abort a healthy canary, and forced requests to a healthy one
+    /// would dilute a failing canary's error rate.
+    pub forced: bool,
     /// The answer's status, once there is one (see `answered`).
     pub status: StatusCode,
     pub settings: Arc<ProxySettings>,
@@ -425,7 +433,7 @@ impl Completion {
         let class = (counted.as_u16() / 100).clamp(1, 5) as usize - 1;
         self.version.metrics.requests[class].increment(1);
         self.version.metrics.duration.record(elapsed.as_secs_f64());
-        if !self.client_failed {
+        if !self.client_failed && !self.forced {
             // Up to the answer's head.
             let latency = self
                 .answered
@@ -442,11 +450,14 @@ impl Completion {
     /// gone is `canary_client_errors_total{kind="aborted"}`. The canary
     /// analysis keeps the time it waited as a latency sample, neither a
     /// success nor an error, so that a version its clients give up on
-    /// shows in the p99. Gives the access log's status.
+    /// shows in the p99 (unless the request was forced: see
+    /// `Completion::forced`). Gives the access log's status.
     #[cold]
     fn count_unanswered(&self, elapsed: Duration) -> u16 {
         self.version.metrics.duration.record(elapsed.as_secs_f64());
-        self.version.analysis.record_abandoned(elapsed);
+        if !self.forced {
+            self.version.analysis.record_abandoned(elapsed);
+        }
         if self.conn.drain().is_cut() {
             CUT_AT_SHUTDOWN
         } else {

@@ -69,12 +69,11 @@ impl SplitTable {
         }
     }
 
-    /// The version index for a sticky key (weighted rendezvous hashing: see
-    /// the module's documentation). A pure function of the key and the
-    /// versions' names and weights.
+    /// The version index for a sticky key, given its [`sticky_hash`]
+    /// (weighted rendezvous hashing: see the module's documentation). A pure
+    /// function of the key and the versions' names and weights.
     #[inline]
-    pub fn sticky(&self, key: &[u8]) -> Option<usize> {
-        let hash = xxhash_rust::xxh3::xxh3_64(key);
+    pub fn sticky(&self, hash: u64) -> Option<usize> {
         let mut best: Option<(f64, usize)> = None;
         for &(seed, weight, i) in &self.rendezvous {
             // 53 bits of a mixed hash, as a float in (0, 1): never 0 or 1.
@@ -111,6 +110,27 @@ fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// The hash of a sticky key: xxh3, fixed and unseeded, so every replica and
+/// every restart agrees.
+#[inline]
+pub fn sticky_hash(key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key)
+}
+
+/// [`sticky_hash`] of `parts` joined with `separator`, without joining them
+/// (no allocation): the same hash as the joined text's.
+#[cold]
+pub fn sticky_hash_joined<'a>(parts: impl Iterator<Item = &'a [u8]>, separator: &[u8]) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
+    for (i, part) in parts.enumerate() {
+        if i > 0 {
+            hasher.update(separator);
+        }
+        hasher.update(part);
+    }
+    hasher.digest()
 }
 
 thread_local! {
@@ -152,7 +172,7 @@ mod tests {
     /// Each of `USERS` users' sticky version under `table`.
     fn users(table: &SplitTable) -> Vec<Option<usize>> {
         (0..USERS)
-            .map(|u| table.sticky(format!("user-{u}").as_bytes()))
+            .map(|u| table.sticky(sticky_hash(format!("user-{u}").as_bytes())))
             .collect()
     }
 
@@ -268,5 +288,26 @@ mod tests {
             .map(|v| v.map(|i| 1 - i))
             .collect();
         assert_eq!(one, swapped);
+    }
+
+    #[test]
+    fn a_joined_key_is_where_its_joined_text_is() {
+        // Lengths across xxh3's size classes and its streaming buffer.
+        for len in [0, 1, 3, 8, 16, 17, 100, 128, 129, 240, 241, 255, 1024, 5000] {
+            let first: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            for rest in [
+                &[][..],
+                &[&b"theme=dark"[..]][..],
+                &[&b"x"[..], &b""[..]][..],
+            ] {
+                let parts = std::iter::once(&first[..]).chain(rest.iter().copied());
+                let joined = parts.clone().collect::<Vec<_>>().join(&b"; "[..]);
+                assert_eq!(
+                    sticky_hash_joined(parts, b"; "),
+                    sticky_hash(&joined),
+                    "{len} {rest:?}"
+                );
+            }
+        }
     }
 }

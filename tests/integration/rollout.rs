@@ -638,12 +638,11 @@ async fn a_rollout_onto_a_canary_without_healthy_endpoints_holds_at_weight_0_unt
         assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
     }
     assert!(!control.has_healthy_endpoints("v2"));
+    // The three forced 502s are no evidence for the analysis (the override
+    // header sent them, not the split): the canary's window stays empty
+    // until the split gives it requests.
     let canary_requests = || control.rollout_windows().read("v2").requests;
-    // The three 502s are counted as their requests end, which may be just
-    // after their answers reached the client.
-    let counted = eventually(WAIT, async || canary_requests() >= 3).await;
-    assert!(counted, "{}", canary_requests());
-    let before = canary_requests();
+    let before = 0;
     let traffic = Traffic::start(gw.addr, 2, Duration::from_millis(4));
 
     let view = start_rollout(gw.admin, PLAN).await;
@@ -1002,12 +1001,14 @@ async fn a_restart_mid_rollout_resumes_where_it_was() {
     second.shutdown().await;
 }
 
-/// Requests to the canary that are the client's fault: a chunked body with a
-/// bad chunk size, and a body shorter than its Content-Length.
+/// Requests that are the client's fault, split as any (not forced: a
+/// forced request is no evidence anyway), so that the canary gets its
+/// share: a chunked body with a bad chunk size, and a body shorter than its
+/// Content-Length.
 async fn malformed_to_canary(addr: SocketAddr) {
     let heads = [
-        "POST / HTTP/1.1\r\nhost: x\r\nx-canary-version: v2\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
-        "POST / HTTP/1.1\r\nhost: x\r\nx-canary-version: v2\r\ncontent-length: 100\r\n\r\nonly ten b",
+        "POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nonly ten b",
     ];
     for head in heads {
         if let Ok(mut stream) = TcpStream::connect(addr).await {
@@ -1132,7 +1133,9 @@ async fn requests_the_client_broke_are_left_out_of_the_canary_analysis() {
     use crate::recorder::read_response;
     // Uploads that stall (408), a client gone mid-body and a broken chunk
     // (400), on the own server, hyper's HTTP/1 and HTTP/2: none is a canary
-    // request. Clients that stop reading a download (the gateway ends each
+    // request. The canary's one step is 100%: every request goes to it by
+    // the split (a request the override header forced there would be no
+    // evidence at all). Clients that stop reading a download (the gateway ends each
     // after body_stall): the canary answered, so each is a request, timed to
     // the canary's response head, not to the end of the client's stall.
     const GOOD: u64 = 20;
@@ -1141,19 +1144,20 @@ async fn requests_the_client_broke_are_left_out_of_the_canary_analysis() {
     // canary's answers on a loaded machine.
     let stall = "\n[timeouts]\nbody_stall = \"1s\"\n";
     let gw = Gateway::start(&(text(v1.addr, v2.addr) + stall)).await;
-    let plan = PLAN.replace("\"min_requests\": 20", "\"min_requests\": 100000");
+    let plan = PLAN
+        .replace("\"min_requests\": 20", "\"min_requests\": 100000")
+        .replace("[10, 50, 100]", "[100]");
     start_rollout(gw.admin, &plan).await;
     // The step's window is open (its counters read) once it was judged: the
     // requests below are all in it.
     wait_rollout(gw.admin, |v| v["last_analysis"]["verdict"] == "hold").await;
-    let canary = [("x-canary-version", "v2")];
     let mut client = Client::connect(gw.addr).await;
     for _ in 0..GOOD {
-        let reply = client.get("/", &canary).await.unwrap();
+        let reply = client.get("/", &[]).await.unwrap();
         assert_eq!(reply.status, StatusCode::OK);
     }
 
-    let stalled = b"POST /upload HTTP/1.1\r\nhost: x\r\nx-canary-version: v2\r\ncontent-length: 10\r\n\r\nabc";
+    let stalled = b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc";
     for on_hyper in [false, true] {
         let mut stream = match on_hyper {
             true => hyper_served(gw.addr).await,
@@ -1167,7 +1171,6 @@ async fn requests_the_client_broke_are_left_out_of_the_canary_analysis() {
     let mut h2 = h2c_client_for::<ChannelBody>(gw.addr).await;
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let upload = http::Request::post(format!("http://{}/upload", gw.addr))
-        .header("x-canary-version", "v2")
         .body(ChannelBody(rx))
         .unwrap();
     let piece = http_body::Frame::data(Bytes::from_static(b"abc"));
@@ -1177,8 +1180,8 @@ async fn requests_the_client_broke_are_left_out_of_the_canary_analysis() {
     drop(tx);
     // The client gone mid-body; a broken chunk size (hyper's server).
     let broken = [
-        "POST /upload HTTP/1.1\r\nhost: x\r\nx-canary-version: v2\r\ncontent-length: 100\r\n\r\nonly ten b",
-        "POST /upload HTTP/1.1\r\nhost: x\r\nx-canary-version: v2\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        "POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nonly ten b",
+        "POST /upload HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
     ];
     for request in broken {
         let mut stream = TcpStream::connect(gw.addr).await.unwrap();
@@ -1191,8 +1194,7 @@ async fn requests_the_client_broke_are_left_out_of_the_canary_analysis() {
 
     // Downloads the client stops reading, on the three servers: each is
     // ended after body_stall; the streams stay open, unread, until then.
-    let download =
-        "GET /download?bytes=268435456 HTTP/1.1\r\nhost: x\r\nx-canary-version: v2\r\n\r\n";
+    let download = "GET /download?bytes=268435456 HTTP/1.1\r\nhost: x\r\n\r\n";
     let mut unread = Vec::new();
     for on_hyper in [false, true] {
         let mut stream = match on_hyper {
@@ -1207,7 +1209,6 @@ async fn requests_the_client_broke_are_left_out_of_the_canary_analysis() {
     }
     let h2 = h2c_client(gw.addr).await;
     let get = http::Request::get(format!("http://{}/download?bytes=268435456", gw.addr))
-        .header("x-canary-version", "v2")
         .body(http_body_util::Empty::new())
         .unwrap();
     let unread_h2 = h2.clone().send_request(get).await.unwrap();
@@ -1258,6 +1259,139 @@ async fn requests_the_client_broke_are_left_out_of_the_canary_analysis() {
     );
     assert_eq!(view["phase"], "holding", "{view:#}");
     drop((unread, h2));
+    gw.shutdown().await;
+}
+
+/// QA traffic the override header forces to the canary, every request of
+/// it failing (a path of the canary that answers 500), on the own server
+/// and HTTP/2: served, but no evidence for the analysis, which judges the
+/// canary on the traffic the split sent it. A healthy canary is promoted
+/// however many forced requests fail (it was aborted on them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_requests_to_a_failing_canary_path_do_not_abort_a_healthy_rollout() {
+    let (v1, v2) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let gw = Gateway::start(&text(v1.addr, v2.addr)).await;
+    let _traffic = Traffic::start(gw.addr, 2, Duration::from_millis(4));
+    let failed = Arc::new(AtomicU64::new(0));
+    let qa = {
+        let (addr, failed) = (gw.addr, failed.clone());
+        tokio::spawn(async move {
+            let mut client = Client::connect(addr).await;
+            let h2 = h2c_client(addr).await;
+            let forced = [("x-canary-version", "v2")];
+            loop {
+                let own = client.get("/status/500", &forced).await;
+                let req = http::Request::get(format!("http://{addr}/status/500"))
+                    .header("x-canary-version", "v2")
+                    .body(http_body_util::Empty::new())
+                    .unwrap();
+                let over_h2 = h2.clone().send_request(req).await;
+                for status in [own.map(|r| r.status), over_h2.map(|r| r.status())] {
+                    if status.is_ok_and(|s| s == StatusCode::INTERNAL_SERVER_ERROR) {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    start_rollout(gw.admin, PLAN).await;
+    let view = wait_rollout(gw.admin, |v| {
+        v["phase"] == "succeeded" || v["phase"] == "aborted"
+    })
+    .await;
+    qa.abort();
+    assert_eq!(view["phase"], "succeeded", "{view:#}");
+    assert_eq!(view["last_analysis"]["canary"]["errors"], 0, "{view:#}");
+    // The forced requests did reach the canary and fail, all along.
+    assert!(failed.load(Ordering::Relaxed) >= 20, "{view:#}");
+    gw.shutdown().await;
+}
+
+/// Forced requests on each server (the own HTTP/1.1 server, hyper's HTTP/1
+/// and HTTP/2), answered or abandoned: counted in the version's metrics
+/// (`canary_requests_total`, the duration histogram) but not in its
+/// analysis window (neither a request, an error nor a latency sample).
+/// Requests a sticky key sent are in it: it follows the weights.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_requests_are_counted_as_served_but_left_out_of_the_analysis_window() {
+    use crate::recorder::read_response;
+    // Names of their own: the metrics are the process's.
+    let (a, b) = (
+        Upstream::start("forced-a").await,
+        Upstream::start("forced-b").await,
+    );
+    let split = "override_header = \"x-canary-version\"\nsticky_header = \"x-user\"";
+    let versions = [("forced-a", 100, a.addr), ("forced-b", 0, b.addr)];
+    let gw = Gateway::start(&config(split, &versions)).await;
+    let control = gw.running.as_ref().unwrap().control.clone();
+    let to_b = [("x-canary-version", "forced-b")];
+
+    // Answered with the canary's 500: the own server, hyper's HTTP/1 (a
+    // request the own server leaves to it), HTTP/2.
+    assert_eq!(
+        get(gw.addr, "/status/500", &to_b).await.status.as_u16(),
+        500
+    );
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let head =
+        "GET /status/500 HTTP/1.1\r\nhost: x\r\nx-canary-version: forced-b\r\nte: trailers\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let answer = read_response(&mut stream, &mut buf, false).await;
+    assert_eq!(answer.map(|r| r.status), Some(500));
+    let req = http::Request::get(format!("http://{}/status/500", gw.addr))
+        .header("x-canary-version", "forced-b")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let answer = h2c_client(gw.addr).await.send_request(req).await.unwrap();
+    assert_eq!(answer.status().as_u16(), 500);
+    // Abandoned: the client goes while the canary thinks.
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let head = "GET /sleep?ms=5000 HTTP/1.1\r\nhost: x\r\nx-canary-version: forced-b\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    assert!(
+        eventually(WAIT, async || b.hits() == 4).await,
+        "{}",
+        b.hits()
+    );
+    drop(stream);
+    // Split by a sticky key (all to forced-a, at weight 100), and one
+    // request forced to forced-a.
+    for i in 0..5 {
+        let user = format!("user-{i}");
+        assert_eq!(
+            get(gw.addr, "/", &[("x-user", &user)]).await.text(),
+            "forced-a"
+        );
+    }
+    let to_a = [("x-canary-version", "forced-a")];
+    assert_eq!(get(gw.addr, "/", &to_a).await.text(), "forced-a");
+
+    let of = |version| [("version", version)];
+    let counted = async || {
+        let text = admin(gw.admin, "GET", "/metrics", None, "").await.text();
+        let requests = |v| metric_value(&text, "canary_requests_total", &of(v));
+        let timed = metric_value(
+            &text,
+            "canary_request_duration_seconds_count",
+            &of("forced-b"),
+        );
+        let sticky = control.rollout_windows().read("forced-a").requests;
+        (requests("forced-a"), requests("forced-b"), timed, sticky)
+    };
+    assert!(
+        eventually(WAIT, async || counted().await == (6.0, 3.0, 4.0, 5)).await,
+        "{:?}",
+        counted().await
+    );
+    let window = control.rollout_windows().read("forced-b");
+    let samples: u64 = window.latency.iter().sum();
+    assert_eq!(
+        (window.requests, window.errors, samples),
+        (0, 0, 0),
+        "forced requests in the analysis window"
+    );
     gw.shutdown().await;
 }
 

@@ -56,6 +56,18 @@ impl<'b> SimpleRequest<'b> {
             .map(|f| f.value)
     }
 
+    /// The values of the header fields named `name`, in their order.
+    pub fn headers<'n>(
+        &self,
+        name: &'n HeaderName,
+    ) -> impl Iterator<Item = &'b [u8]> + use<'b, 'n> {
+        let name = name.as_str().as_bytes();
+        self.fields
+            .iter()
+            .filter(move |f| f.name.as_bytes().eq_ignore_ascii_case(name))
+            .map(|f| f.value)
+    }
+
     /// The header fields as name and value bytes.
     pub fn field_bytes(&self) -> impl Iterator<Item = (&'b [u8], &'b [u8])> + use<'b> {
         self.fields.iter().map(|f| (f.name.as_bytes(), f.value))
