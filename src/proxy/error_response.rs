@@ -8,7 +8,7 @@
 //! only, under the same request id.
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 
 use super::body::ProxyBody;
 use super::headers::X_REQUEST_ID;
@@ -137,19 +137,30 @@ impl ProxyError {
     }
 
     /// The response the client gets (`request_id`: the request's id, if
-    /// known, for the client to quote).
-    pub fn to_response(&self, request_id: Option<&HeaderValue>) -> Response<ProxyBody> {
-        let (status, headers, body) = self.parts(request_id);
+    /// known, for the client to quote; `version_header`: `[split]
+    /// response_header` naming the version the request was sent to, when
+    /// one was chosen).
+    pub fn to_response(
+        &self,
+        request_id: Option<&HeaderValue>,
+        version_header: Option<(&HeaderName, &HeaderValue)>,
+    ) -> Response<ProxyBody> {
+        let (status, headers, body) = self.parts(request_id, version_header);
         let mut resp = Response::new(ProxyBody::full(body));
         *resp.status_mut() = status;
         *resp.headers_mut() = headers;
         resp
     }
 
-    /// The status, headers and body of the response the client gets.
-    pub fn parts(&self, request_id: Option<&HeaderValue>) -> (StatusCode, HeaderMap, Bytes) {
+    /// The status, headers and body of the response the client gets (see
+    /// [`ProxyError::to_response`]).
+    pub fn parts(
+        &self,
+        request_id: Option<&HeaderValue>,
+        version_header: Option<(&HeaderName, &HeaderValue)>,
+    ) -> (StatusCode, HeaderMap, Bytes) {
         let (status, reason, text) = self.status_reason_text();
-        let mut h = HeaderMap::with_capacity(3);
+        let mut h = HeaderMap::with_capacity(4);
         h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -157,6 +168,9 @@ impl ProxyError {
         h.insert(ERROR_HEADER, HeaderValue::from_static(reason));
         if let Some(id) = request_id {
             h.insert(X_REQUEST_ID.clone(), id.clone());
+        }
+        if let Some((name, value)) = version_header {
+            h.insert(name.clone(), value.clone());
         }
         (status, h, Bytes::from_static(text.as_bytes()))
     }
@@ -179,7 +193,7 @@ mod tests {
             ProxyError::Client(ClientError::BadBody),
         ];
         for e in errors {
-            let (_, _, text) = e.parts(None);
+            let (_, _, text) = e.parts(None, None);
             let text = String::from_utf8_lossy(&text);
             assert!(!text.contains("10.0.3.7") && !text.contains("v2"), "{text}");
         }

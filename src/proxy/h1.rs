@@ -353,7 +353,7 @@ async fn serve_one<'c, IO: ClientIo>(
                 // error, never a version's.
                 let e = ClientError::BadHead(reason);
                 e.count();
-                let body = response::error_head(&mut out, &ProxyError::Client(e), None, true);
+                let body = response::error_head(&mut out, &ProxyError::Client(e), None, None, true);
                 response::send_full(&mut *io, &out, body).await?;
                 Served::Closed
             }
