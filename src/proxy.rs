@@ -353,9 +353,11 @@ impl Proxy {
         // The gateway tunnels nothing: CONNECT (and HTTP/2's extended
         // CONNECT) gets a 501 of its own, never goes upstream.
         if req.method() == http::Method::CONNECT {
+            conn.closing();
             return reject(ClientError::NotImplemented("CONNECT"), req.version());
         }
         if let Some(reason) = headers::head_problem(&req) {
+            conn.closing();
             return reject(ClientError::BadHead(reason), req.version());
         }
         let start = Instant::now();

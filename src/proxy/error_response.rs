@@ -1,7 +1,7 @@
 //! Data path: error responses, the one place where proxy errors become the
 //! responses the client gets (502 unreachable or reset, 503 no endpoints,
-//! 504 timeout; 400/408 for a client's own broken request, 501 for a
-//! CONNECT).
+//! 504 timeout; 400/408 for a client's own broken or late request, 501 for
+//! a CONNECT).
 //!
 //! The client gets a short fixed text, the `x-canary-error` kind and the
 //! request id; the detail (addresses, the upstream's error) goes to the log
@@ -49,6 +49,11 @@ pub enum ClientError {
     Aborted,
     #[error("the request body made no progress for the body-stall timeout")]
     BodyStall,
+    /// A request head that had begun (at least one byte of it) did not
+    /// arrive whole within `request_header` (slowloris): the connection's
+    /// watchdog closes it; the own server answers 408 first.
+    #[error("the request head did not arrive whole within the request-header timeout")]
+    HeadTimeout,
     /// The client closed or reset its connection while the upstream was
     /// still thinking (the own server's watch, [`crate::proxy::h1::client_gone`]):
     /// the request is abandoned, never answered; counted as `aborted` when
@@ -65,6 +70,7 @@ impl ClientError {
             ClientError::BadBody => "bad_body",
             ClientError::Aborted | ClientError::Gone => "aborted",
             ClientError::BodyStall => "body_stall",
+            ClientError::HeadTimeout => "head_timeout",
         }
     }
 
@@ -119,6 +125,11 @@ impl ProxyError {
                 StatusCode::REQUEST_TIMEOUT,
                 "client-body-stall",
                 "408 request body stalled\n",
+            ),
+            ProxyError::Client(ClientError::HeadTimeout) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "client-head-timeout",
+                "408 request head not received in time\n",
             ),
             ProxyError::Client(ClientError::NotImplemented(_)) => (
                 StatusCode::NOT_IMPLEMENTED,
