@@ -8,7 +8,8 @@ pub const REQUEST_DURATION_SECONDS: &str = "canary_request_duration_seconds";
 /// Counter: upstream errors by `version` and `kind` (connect, timeout, reset, no_endpoints).
 pub const UPSTREAM_ERRORS_TOTAL: &str = "canary_upstream_errors_total";
 /// Counter: requests that failed by the client's fault, by `kind` (bad_head,
-/// bad_body, aborted, body_stall); never counted as a version's upstream error.
+/// bad_body, aborted, body_stall, head_timeout); never counted as a version's
+/// upstream error.
 pub const CLIENT_ERRORS_TOTAL: &str = "canary_client_errors_total";
 /// Counter: requests in flight ended because their bodies made no progress in
 /// either direction for `[timeouts] body_stall`.

@@ -406,9 +406,11 @@ impl Proxy {
         // The gateway tunnels nothing: CONNECT (and HTTP/2's extended
         // CONNECT) gets a 501 of its own, never goes upstream.
         if req.method() == http::Method::CONNECT {
+            conn.closing();
             return reject(ClientError::NotImplemented("CONNECT"), req.version());
         }
         if let Some(reason) = headers::head_problem(&req) {
+            conn.closing();
             return reject(ClientError::BadHead(reason), req.version());
         }
         let start = Instant::now();
@@ -617,7 +619,13 @@ impl Proxy {
             }
             Err(failed) => {
                 record_error(version, &failed);
-                let resp = failed.error.to_response(failed.request_id.as_ref());
+                let response_header = settings
+                    .response_header
+                    .as_ref()
+                    .map(|name| (name, &version.header_value));
+                let resp = failed
+                    .error
+                    .to_response(failed.request_id.as_ref(), response_header);
                 completion.status = resp.status();
                 completion.client_failed = matches!(failed.error, ProxyError::Client(_));
                 resp.map(|b| b.with_completion(completion))
@@ -632,7 +640,7 @@ impl Proxy {
 /// one serves on: the stream ends with the answer).
 fn reject(e: ClientError, version: http::Version) -> Response<ProxyBody> {
     e.count();
-    let mut resp = ProxyError::Client(e).to_response(None);
+    let mut resp = ProxyError::Client(e).to_response(None, None);
     if version < http::Version::HTTP_2 {
         resp.headers_mut()
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
@@ -694,7 +702,8 @@ fn mapped_head(
 }
 
 /// Answers a request of the own server that failed upstream with the
-/// gateway's error response (502/503/504).
+/// gateway's error response (502/503/504), naming its version as a
+/// response would (`[split] response_header`).
 async fn send_error<W: AsyncWrite + Unpin>(
     failed: Failed,
     completion: &mut Completion,
@@ -703,7 +712,13 @@ async fn send_error<W: AsyncWrite + Unpin>(
     close: bool,
 ) -> Result<(), SendError> {
     record_error(&completion.version, &failed);
-    let text = h1::response::error_head(out, &failed.error, failed.request_id.as_ref(), close);
+    let response_header = completion
+        .settings
+        .response_header
+        .as_ref()
+        .map(|name| (name, &completion.version.header_value));
+    let id = failed.request_id.as_ref();
+    let text = h1::response::error_head(out, &failed.error, id, response_header, close);
     completion.status = failed.error.status();
     completion.client_failed = matches!(failed.error, ProxyError::Client(_));
     h1::response::send_full(client, out, text).await?;

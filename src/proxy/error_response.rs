@@ -1,14 +1,14 @@
 //! Data path: error responses, the one place where proxy errors become the
 //! responses the client gets (502 unreachable or reset, 503 no endpoints,
-//! 504 timeout; 400/408 for a client's own broken request, 501 for a
-//! CONNECT).
+//! 504 timeout; 400/408 for a client's own broken or late request, 501 for
+//! a CONNECT).
 //!
 //! The client gets a short fixed text, the `x-canary-error` kind and the
 //! request id; the detail (addresses, the upstream's error) goes to the log
 //! only, under the same request id.
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 
 use super::body::ProxyBody;
 use super::headers::X_REQUEST_ID;
@@ -49,6 +49,11 @@ pub enum ClientError {
     Aborted,
     #[error("the request body made no progress for the body-stall timeout")]
     BodyStall,
+    /// A request head that had begun (at least one byte of it) did not
+    /// arrive whole within `request_header` (slowloris): the connection's
+    /// watchdog closes it; the own server answers 408 first.
+    #[error("the request head did not arrive whole within the request-header timeout")]
+    HeadTimeout,
     /// The client closed or reset its connection while the upstream was
     /// still thinking (the own server's watch, [`crate::proxy::h1::client_gone`]):
     /// the request is abandoned, never answered; counted as `aborted` when
@@ -65,6 +70,7 @@ impl ClientError {
             ClientError::BadBody => "bad_body",
             ClientError::Aborted | ClientError::Gone => "aborted",
             ClientError::BodyStall => "body_stall",
+            ClientError::HeadTimeout => "head_timeout",
         }
     }
 
@@ -120,6 +126,11 @@ impl ProxyError {
                 "client-body-stall",
                 "408 request body stalled\n",
             ),
+            ProxyError::Client(ClientError::HeadTimeout) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "client-head-timeout",
+                "408 request head not received in time\n",
+            ),
             ProxyError::Client(ClientError::NotImplemented(_)) => (
                 StatusCode::NOT_IMPLEMENTED,
                 "not-implemented",
@@ -137,19 +148,30 @@ impl ProxyError {
     }
 
     /// The response the client gets (`request_id`: the request's id, if
-    /// known, for the client to quote).
-    pub fn to_response(&self, request_id: Option<&HeaderValue>) -> Response<ProxyBody> {
-        let (status, headers, body) = self.parts(request_id);
+    /// known, for the client to quote; `version_header`: `[split]
+    /// response_header` naming the version the request was sent to, when
+    /// one was chosen).
+    pub fn to_response(
+        &self,
+        request_id: Option<&HeaderValue>,
+        version_header: Option<(&HeaderName, &HeaderValue)>,
+    ) -> Response<ProxyBody> {
+        let (status, headers, body) = self.parts(request_id, version_header);
         let mut resp = Response::new(ProxyBody::full(body));
         *resp.status_mut() = status;
         *resp.headers_mut() = headers;
         resp
     }
 
-    /// The status, headers and body of the response the client gets.
-    pub fn parts(&self, request_id: Option<&HeaderValue>) -> (StatusCode, HeaderMap, Bytes) {
+    /// The status, headers and body of the response the client gets (see
+    /// [`ProxyError::to_response`]).
+    pub fn parts(
+        &self,
+        request_id: Option<&HeaderValue>,
+        version_header: Option<(&HeaderName, &HeaderValue)>,
+    ) -> (StatusCode, HeaderMap, Bytes) {
         let (status, reason, text) = self.status_reason_text();
-        let mut h = HeaderMap::with_capacity(3);
+        let mut h = HeaderMap::with_capacity(4);
         h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -157,6 +179,9 @@ impl ProxyError {
         h.insert(ERROR_HEADER, HeaderValue::from_static(reason));
         if let Some(id) = request_id {
             h.insert(X_REQUEST_ID.clone(), id.clone());
+        }
+        if let Some((name, value)) = version_header {
+            h.insert(name.clone(), value.clone());
         }
         (status, h, Bytes::from_static(text.as_bytes()))
     }
@@ -179,7 +204,7 @@ mod tests {
             ProxyError::Client(ClientError::BadBody),
         ];
         for e in errors {
-            let (_, _, text) = e.parts(None);
+            let (_, _, text) = e.parts(None, None);
             let text = String::from_utf8_lossy(&text);
             assert!(!text.contains("10.0.3.7") && !text.contains("v2"), "{text}");
         }

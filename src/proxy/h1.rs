@@ -181,6 +181,8 @@ pub async fn serve<IO: ClientIo>(
         };
         if close {
             if linger {
+                // The rest of the body it reads is not a next request's head.
+                state.closing();
                 Box::pin(lingering_close(&mut *io, drain)).await;
             } else {
                 Box::pin(shut_down(&mut *io)).await;
@@ -231,6 +233,28 @@ async fn lingering_close<IO: AsyncRead + AsyncWrite + Unpin>(io: &mut IO, drain:
         }
     };
     let _ = tokio::time::timeout(LINGER, lingered).await;
+}
+
+/// Answers a connection whose request head began but did not arrive whole
+/// within `request_header` (the watchdog stopped serving it and counted it
+/// as the client's `head_timeout`): `408 Request Timeout` with
+/// `Connection: close`, as HAProxy answers (nginx closes without a word),
+/// then the write side shut; for at most [`LINGER`], or until the
+/// shutdown's grace period runs out. Only the own server's connections get
+/// it: it was waiting for a head, with nothing of a response written.
+pub async fn answer_head_timeout<IO: ClientIo>(io: &mut IO, drain: &Drain) {
+    let mut out = Vec::new();
+    let e = ProxyError::Client(ClientError::HeadTimeout);
+    let body = response::error_head(&mut out, &e, None, None, true);
+    let answer = async {
+        if response::send_full(&mut *io, &out, body).await.is_ok() {
+            shut_down(&mut *io).await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::timeout(LINGER, answer) => {}
+        () = drain.cut_off() => {}
+    }
 }
 
 /// Shuts the write side of a connection that closes after its response,
@@ -353,7 +377,9 @@ async fn serve_one<'c, IO: ClientIo>(
                 // error, never a version's.
                 let e = ClientError::BadHead(reason);
                 e.count();
-                let body = response::error_head(&mut out, &ProxyError::Client(e), None, true);
+                // Answered: no head to time any more.
+                state.closing();
+                let body = response::error_head(&mut out, &ProxyError::Client(e), None, None, true);
                 response::send_full(&mut *io, &out, body).await?;
                 Served::Closed
             }

@@ -122,6 +122,15 @@ impl ConnState {
         }
     }
 
+    /// The connection closes after what it serves now: what the client
+    /// still sends (the rest of a request body that a lingering close
+    /// reads and drops) is no request head, and `request_header` does not
+    /// time it.
+    pub fn closing(&self) {
+        self.awaiting_head.store(false, Ordering::Relaxed);
+        self.head_started_ms.store(0, Ordering::Relaxed);
+    }
+
     /// The upstream answered the request in flight (or it failed): from now
     /// on its bodies are watched for stalls.
     pub fn upstream_answered(&self) {
@@ -395,7 +404,17 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, dra
                 let served = pin!(h1::serve(&mut io, &state, &proxy, drain));
                 watch.drive(served, |_| {}).await
             };
-            if let Some(h1::Ended::HandOff(read)) = ended {
+            if ended
+                .as_ref()
+                .is_err_and(|e| *e == drive::Unfinished::HeadTimeout)
+            {
+                // The own server was waiting for the rest of a head, with
+                // nothing of a response written: it answers 408 (boxed: the
+                // task keeps only what an idle connection needs).
+                Box::pin(h1::answer_head_timeout(&mut io, drain)).await;
+                return;
+            }
+            if let Ok(h1::Ended::HandOff(read)) = ended {
                 io.prefix = read;
                 let service = service(proxy.clone(), state.clone());
                 let io = TokioIo::new(io);
@@ -417,7 +436,7 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, dra
                         .serve_connection(io, service)
                         .with_upgrades(),
                 );
-                watch.drive(conn.as_mut(), |c| c.graceful_shutdown()).await;
+                let _ = watch.drive(conn.as_mut(), |c| c.graceful_shutdown()).await;
             }
         } else {
             // Each HTTP/2 stream's task runs under its own body-stall watch.
@@ -455,10 +474,10 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, dra
                 state.http2.store(true, Ordering::Relaxed);
                 let builder = builder.http2_only();
                 let mut conn = Box::pin(builder.serve_connection(io, service));
-                watch.drive(conn.as_mut(), |c| c.graceful_shutdown()).await;
+                let _ = watch.drive(conn.as_mut(), |c| c.graceful_shutdown()).await;
             } else {
                 let mut conn = Box::pin(builder.serve_connection_with_upgrades(io, service));
-                watch.drive(conn.as_mut(), |c| c.graceful_shutdown()).await;
+                let _ = watch.drive(conn.as_mut(), |c| c.graceful_shutdown()).await;
             }
         }
     });
@@ -527,7 +546,7 @@ mod tests {
             });
             let mut conn =
                 Box::pin(http1::Builder::new().serve_connection(TokioIo::new(server), service));
-            watch.drive(conn.as_mut(), |c| c.graceful_shutdown()).await;
+            let _ = watch.drive(conn.as_mut(), |c| c.graceful_shutdown()).await;
         });
         let request = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
         client.write_all(request).await.unwrap();

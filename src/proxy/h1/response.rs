@@ -248,14 +248,17 @@ pub(crate) fn chunk_size(out: &mut Vec<u8>, len: u64) {
 }
 
 /// Writes the head of the gateway's error response for `e` into `out`
-/// (with the request's id, if known); returns the body to send after it.
+/// (with the request's id, if known, and `[split] response_header` naming
+/// the version the request was sent to, if one was chosen); returns the
+/// body to send after it.
 pub fn error_head(
     out: &mut Vec<u8>,
     e: &ProxyError,
     request_id: Option<&HeaderValue>,
+    version_header: Option<(&HeaderName, &HeaderValue)>,
     close: bool,
 ) -> Bytes {
-    let (status, mut map, text) = e.parts(request_id);
+    let (status, mut map, text) = e.parts(request_id, version_header);
     map.insert(http::header::CONTENT_LENGTH, HeaderValue::from(text.len()));
     map_head(out, status, &map, ClientFraming::AsIs, close);
     text

@@ -218,6 +218,17 @@ impl From<&Timeouts> for ConnTimeouts {
     }
 }
 
+/// Why [`Watch::drive`] gave no output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unfinished {
+    /// The watchdog closed the connection: a request head had begun (at
+    /// least one byte of it) and did not end within `request_header`.
+    /// Counted in `canary_client_errors_total{kind="head_timeout"}`.
+    HeadTimeout,
+    /// It failed, idled, stalled or was cut at the end of the grace period.
+    Other,
+}
+
 /// What a connection is watched with. References only: the connection's
 /// task holds one copy of each (its size is what an idle connection costs).
 pub struct Watch<'a> {
@@ -232,13 +243,13 @@ impl Watch<'_> {
     /// begins, and drops it (closing the socket) when the watchdog says so
     /// or the drain's grace period runs out ([`Drain::cut`]: what it still
     /// serves is dropped, logged 444).
-    /// Its output, unless it failed or the watchdog closed it.
+    /// Its output, unless it failed or the watchdog closed it (then why).
     /// `conn` is pinned by the caller, so that the task stores it once.
     pub async fn drive<C, T, E>(
         &self,
         mut conn: Pin<&mut C>,
         shut_down: fn(Pin<&mut C>),
-    ) -> Option<T>
+    ) -> Result<T, Unfinished>
     where
         C: Future<Output = Result<T, E>>,
         E: ConnError,
@@ -318,7 +329,7 @@ impl Watch<'_> {
         })
         .await;
         match outcome {
-            Ok(Ok(output)) => return Some(output),
+            Ok(Ok(output)) => return Ok(output),
             Ok(Err(e)) => {
                 // A head hyper's server could not parse (it answered 400 or
                 // 431 itself) is the client's error, counted like the own
@@ -329,7 +340,12 @@ impl Watch<'_> {
                 tracing::debug!(%peer, error = %e, "client connection ended with an error")
             }
             Err(Closed::HeadTimeout) => {
-                tracing::debug!(%peer, "request head not received in time; closing the connection")
+                // The client's error (slowloris, or a client too slow to
+                // send a head): an idle connection that began no head is
+                // closed as `Idle`, not here.
+                crate::proxy::error_response::ClientError::HeadTimeout.count();
+                tracing::debug!(%peer, "request head not received in time; closing the connection");
+                return Err(Unfinished::HeadTimeout);
             }
             Err(Closed::Idle) => tracing::debug!(%peer, "idle connection closed"),
             Err(Closed::Cut) => {
@@ -351,7 +367,7 @@ impl Watch<'_> {
                 }
             }
         }
-        None
+        Err(Unfinished::Other)
     }
 }
 
