@@ -130,6 +130,11 @@ pub async fn serve<IO: ClientIo>(
             if buf.len() >= MAX_HEAD_BYTES {
                 return Ok(Ended::HandOff(buf.into()));
             }
+            if !buf.is_empty() {
+                // Part of a head: from a read (the clock runs already) or
+                // left after a pipelined request (no read starts it).
+                state.head_pending();
+            }
             // Between requests, the drain closes the connection; a request
             // head on its way is still served, and so is one the socket
             // already holds (read without waiting: a socket closed with

@@ -131,6 +131,16 @@ impl ConnState {
         self.head_started_ms.store(0, Ordering::Relaxed);
     }
 
+    /// Bytes of the next request head are at hand but not the whole head
+    /// (they came with the request before, pipelined): `request_header`
+    /// times it from now, as from a first byte read, unless already.
+    pub fn head_pending(&self) {
+        if self.head_started_ms.load(Ordering::Relaxed) == 0 {
+            self.head_started_ms
+                .store(now_ms().max(1), Ordering::Relaxed);
+        }
+    }
+
     /// The upstream answered the request in flight (or it failed): from now
     /// on its bodies are watched for stalls.
     pub fn upstream_answered(&self) {

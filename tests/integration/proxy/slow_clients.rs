@@ -115,6 +115,27 @@ async fn slowloris_heads_are_answered_408_and_counted() {
         .expect("the lingering close did not end");
     assert_eq!(head_timeouts().await, before + 2.0);
 
+    // A partial head that came in the same write as the request before it
+    // (pipelined) is timed from when that request is done: no read of it
+    // is left to start the clock, and it used to wait for `idle`, silently.
+    let mut piped = TcpStream::connect(gw.addr).await.unwrap();
+    piped
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let out = read_to_close(&mut piped, Duration::from_secs(10))
+        .await
+        .expect("the pipelined partial head was not closed");
+    let at = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("the first answer's head");
+    let second = out[at + 4..]
+        .strip_prefix(b"v1")
+        .expect("the first answer's body");
+    assert_408(second, "pipelined partial head");
+    assert!(counted(before + 3.0).await, "{}", head_timeouts().await);
+
     // Complete requests are answered.
     let reply = get(gw.addr, "/", &[]).await;
     assert_eq!(reply.status, 200);
