@@ -1376,3 +1376,91 @@ async fn no_decision_is_made_past_the_highest_generation() {
     assert_eq!(control.weights().weights, w(70, 30));
     assert_eq!(store.stored(), Some(doc(MAX_GENERATION, "other", 30)));
 }
+
+/// The warnings of a task that found the store behind.
+fn behind_warnings(control: &Control) -> String {
+    control.status().warnings.join("\n")
+}
+
+/// Two tasks of a Cloud Map store (no compare-and-set: each waits for a
+/// second read) find its document deleted; one writes its decision back
+/// first. The other's next read finds the decision again: its warning no
+/// longer says the store holds no document and that it writes its decision
+/// back (both false now), but that another task wrote it back.
+#[tokio::test]
+async fn a_store_another_task_wrote_back_is_no_longer_warned_about_as_empty() {
+    let store = Arc::new(MemoryStore::default());
+    store.no_compare_and_set.store(true, Ordering::SeqCst);
+    let (a, b) = (task(&store).await, task(&store).await);
+    *store.doc.lock().unwrap() = Some(doc(3, "other", 40));
+    a.sync_from_store().await.unwrap();
+    b.sync_from_store().await.unwrap();
+
+    *store.doc.lock().unwrap() = None;
+    a.sync_from_store().await.unwrap();
+    b.sync_from_store().await.unwrap();
+    for t in [&a, &b] {
+        let warnings = behind_warnings(t);
+        assert!(
+            warnings.contains("holds no weights document while this task runs generation 3"),
+            "{warnings}"
+        );
+    }
+    b.sync_from_store().await.unwrap();
+    assert_eq!(store.stored().map(|d| d.generation), Some(3));
+    let saves = store.saves.load(Ordering::SeqCst);
+
+    a.sync_from_store().await.unwrap();
+    assert_eq!(store.saves.load(Ordering::SeqCst), saves, "a wrote too");
+    let warnings = behind_warnings(&a);
+    assert!(
+        !warnings.contains("holds no weights document")
+            && !warnings.contains("this task writes its decision back"),
+        "{warnings}"
+    );
+    assert!(
+        warnings.contains(
+            "the weight store had lost the fleet's decision (no document); it holds generation 3 again: another task wrote it back"
+        ),
+        "{warnings}"
+    );
+    // The note goes with the decision it was about.
+    a.set_weights(w(50, 50), "admin").await.unwrap();
+    let warnings = a.status().warnings;
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
+
+/// DynamoDB restored to an older generation: each task waits for a second
+/// read that agrees; one writes its decision back over it first, and the
+/// other's next read finds it: no "older" warning stays behind.
+#[tokio::test]
+async fn a_restored_store_another_task_wrote_over_is_no_longer_warned_about_as_older() {
+    let store = Arc::new(MemoryStore::default());
+    let (a, b) = (task(&store).await, task(&store).await);
+    *store.doc.lock().unwrap() = Some(doc(3, "other", 40));
+    a.sync_from_store().await.unwrap();
+    b.sync_from_store().await.unwrap();
+
+    *store.doc.lock().unwrap() = Some(doc(1, "other", 5));
+    a.sync_from_store().await.unwrap();
+    b.sync_from_store().await.unwrap();
+    assert!(
+        behind_warnings(&a).contains("generation 1 (older)"),
+        "{}",
+        behind_warnings(&a)
+    );
+    b.sync_from_store().await.unwrap();
+    assert_eq!(store.stored().map(|d| d.generation), Some(3));
+
+    a.sync_from_store().await.unwrap();
+    let warnings = behind_warnings(&a);
+    assert!(
+        !warnings.contains("(older)") && !warnings.contains("this task writes its decision back"),
+        "{warnings}"
+    );
+    assert!(
+        warnings
+            .contains("(generation 1); it holds generation 3 again: another task wrote it back"),
+        "{warnings}"
+    );
+}
