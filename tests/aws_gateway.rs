@@ -620,6 +620,23 @@ async fn a_change_is_refused_while_the_store_is_down() {
             .is_some_and(|e| !e.is_empty()),
         "{status:#}"
     );
+    // The operator is told (`ctl status` prints only the warnings): the
+    // store cannot be read, changes answer 503, the decision serves.
+    assert!(
+        status["warnings"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|w| {
+                w.as_str().is_some_and(|w| {
+                    w.starts_with("the weight store cannot be read (")
+                        && w.contains("answer 503 until it can")
+                        && w.contains(&format!(
+                            "the running decision (generation {}) keeps serving",
+                            before["generation"]
+                        ))
+                })
+            })),
+        "{status:#}"
+    );
     assert_eq!(gw.readyz().await.status, 200);
     let counts = split_counts(gw.addr, 500).await;
     assert_near(&counts, "v1", 400, 8);

@@ -127,7 +127,8 @@ pub struct Status {
     pub appmesh: Option<AppMeshStatus>,
     /// What an operator must look at now, in words (empty when all is well):
     /// an empty stable version (or any other with a weight above 0), a
-    /// degraded store, a pending rollback, stale discovery.
+    /// degraded store, a shared store whose last read failed, a pending
+    /// rollback, stale discovery.
     pub warnings: Vec<String>,
     /// Which generation each gateway task runs, as reported through the store.
     pub fleet: super::fleet::FleetStatus,
@@ -251,6 +252,19 @@ impl Control {
                 "degraded: the weight store could not be read at start; serving the config file's weights until it can"
                     .into(),
             );
+        } else if let Some(e) = state
+            .store
+            .load_error
+            .as_ref()
+            .filter(|_| self.store_shared())
+        {
+            // The last read (a poll's, or a change's) failed; the next
+            // poll's success clears it. Not with the state file, which is
+            // read only by a change (that answered the error itself).
+            out.push(format!(
+                "the weight store cannot be read ({e}): weight changes (PUT /weights, POST /promote, POST /rollout) answer 503 until it can; the running decision (generation {}) keeps serving, and POST /rollback still applies on this task",
+                state.decision.generation
+            ));
         }
         if let Some(note) = state
             .behind_note

@@ -1464,3 +1464,38 @@ async fn a_restored_store_another_task_wrote_over_is_no_longer_warned_about_as_o
         "{warnings}"
     );
 }
+
+/// The store goes down while a task runs (no rollback pending): `/status`
+/// warns that it cannot be read, what fails meanwhile (changes answer 503)
+/// and what does not (the decision in force serves), naming the error; the
+/// warning goes with the first poll that reads the store again.
+#[tokio::test]
+async fn an_unreadable_store_is_warned_about_until_a_poll_reads_it() {
+    let store = Arc::new(MemoryStore::default());
+    *store.doc.lock().unwrap() = Some(doc(2, "other", 20));
+    let control = task(&store).await;
+    assert!(control.status().warnings.is_empty());
+
+    store.set_down(true);
+    assert!(control.sync_from_store().await.is_err());
+    let status = control.status();
+    assert!(!status.store.rollback_pending && !status.store.degraded);
+    let warnings = status.warnings.join("\n");
+    assert!(
+        warnings.contains(
+            "the weight store cannot be read (dynamodb store: connection refused (test))"
+        ) && warnings.contains("answer 503 until it can")
+            && warnings.contains("the running decision (generation 2) keeps serving"),
+        "{warnings}"
+    );
+    let refused = control.set_weights(w(50, 50), "admin").await;
+    assert!(
+        matches!(refused, Err(ControlError::StoreLoad(_))),
+        "{refused:?}"
+    );
+
+    store.set_down(false);
+    control.sync_from_store().await.unwrap();
+    let warnings = control.status().warnings;
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
