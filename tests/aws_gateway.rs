@@ -620,6 +620,15 @@ async fn a_change_is_refused_while_the_store_is_down() {
             .is_some_and(|e| !e.is_empty()),
         "{status:#}"
     );
+    // A short message naming the connection's error, not the SDK's
+    // `Debug` form of the whole failure.
+    let last_error = status["store"]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        last_error.contains("Connection refused")
+            && !last_error.contains("DispatchFailure")
+            && last_error.len() < 300,
+        "{last_error}"
+    );
     // The operator is told (`ctl status` prints only the warnings): the
     // store cannot be read, changes answer 503, the decision serves.
     assert!(
@@ -763,6 +772,15 @@ async fn a_failing_app_mesh_sync_never_blocks_or_reverts_the_weights() {
     })
     .await;
     assert!(ok, "/status never showed the failed sync: {status:#}");
+    // The service's error code, message and status, not the SDK's `Debug`
+    // form with the raw response (several KB).
+    let last_error = status["appmesh"]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        last_error.contains(" (HTTP 4")
+            && !last_error.contains("ServiceError")
+            && last_error.len() < 300,
+        "{last_error}"
+    );
     assert_eq!(
         status["appmesh"]["synced_weights"],
         Value::Null,
