@@ -108,6 +108,10 @@ pub struct AppMeshStatus {
     pub synced_weights: Option<BTreeMap<String, u32>>,
     /// The generation of the decision last written to the route.
     pub synced_generation: Option<u64>,
+    /// The generation whose write failed with `last_error` (a warning
+    /// while it is the decision in force).
+    #[serde(skip)]
+    pub error_generation: Option<u64>,
 }
 
 /// `GET /status`.
@@ -128,7 +132,7 @@ pub struct Status {
     /// What an operator must look at now, in words (empty when all is well):
     /// an empty stable version (or any other with a weight above 0), a
     /// degraded store, a shared store whose last read failed, a pending
-    /// rollback, stale discovery.
+    /// rollback, stale discovery, a failed App Mesh route sync.
     pub warnings: Vec<String>,
     /// Which generation each gateway task runs, as reported through the store.
     pub fleet: super::fleet::FleetStatus,
@@ -273,6 +277,19 @@ impl Control {
         {
             out.push(note.warning.clone());
         }
+        // This task's last write of the decision in force to the App Mesh
+        // route failed (a first sync or a reconcile): the route does not
+        // follow it. A failure of an older decision's write is not one now
+        // (a newer decision is written, by this task or its writer).
+        if let Some(a) = state.appmesh.as_ref()
+            && let Some(e) = a.last_error.as_ref()
+            && a.error_generation == Some(state.decision.generation)
+        {
+            out.push(format!(
+                "the App Mesh route {} could not be synced to generation {} ({e}): traffic through App Mesh does not follow this decision; retried every appmesh.reconcile_interval and at the next decision",
+                a.route, state.decision.generation
+            ));
+        }
         // Until a reload succeeds, what the last one read (the file on
         // disk, as an operator sees it) is not what runs.
         if let Some(reload) = state.last_reload.as_ref().filter(|r| !r.ok) {
@@ -307,9 +324,13 @@ impl Control {
                     a.last_error = None;
                     a.synced_weights = Some(w);
                     a.synced_generation = Some(generation);
+                    a.error_generation = None;
                     metrics::gauge!(names::APPMESH_SYNCED_GENERATION).set(generation as f64);
                 }
-                Err(e) => a.last_error = Some(e),
+                Err(e) => {
+                    a.last_error = Some(e);
+                    a.error_generation = Some(generation);
+                }
             }
         }
     }

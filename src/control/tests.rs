@@ -1499,3 +1499,57 @@ async fn an_unreadable_store_is_warned_about_until_a_poll_reads_it() {
     let warnings = control.status().warnings;
     assert!(warnings.is_empty(), "{warnings:?}");
 }
+
+/// This task's write of the decision in force to the App Mesh route fails
+/// (the route is gone, the split does not fit its foreign targets): a
+/// warning names the route and the error until a write succeeds. A failed
+/// write of an older decision is no warning once a newer one is in force.
+#[tokio::test]
+async fn a_failed_app_mesh_sync_of_the_decision_in_force_is_warned_about() {
+    let text = format!(
+        "{CONFIG}[appmesh]\nmesh = \"m\"\nvirtual_router = \"r\"\nroute = \"rt\"\n\
+         virtual_nodes = {{ v1 = \"node-1\", v2 = \"node-2\" }}\n"
+    );
+    let store = Arc::new(MemoryStore::default());
+    let control = Control::start(
+        Config::parse(&text, "test").unwrap(),
+        store.clone() as Arc<dyn Store>,
+        "dynamodb",
+    )
+    .await
+    .unwrap();
+    let generation = control
+        .set_weights(w(50, 50), "admin")
+        .await
+        .unwrap()
+        .generation;
+    control.appmesh_synced(
+        generation,
+        Err("DescribeRoute: NotFoundException: no route rt (HTTP 404)".into()),
+    );
+    let warnings = control.status().warnings.join("\n");
+    assert!(
+        warnings.contains(&format!(
+            "the App Mesh route m/r/rt could not be synced to generation {generation} (DescribeRoute: NotFoundException: no route rt (HTTP 404))"
+        )),
+        "{warnings}"
+    );
+
+    control.appmesh_synced(generation, Ok(w(50, 50)));
+    let warnings = control.status().warnings;
+    assert!(warnings.is_empty(), "{warnings:?}");
+
+    // The sync of an older decision failed after a newer one came: it is
+    // not the route's state for the decision in force.
+    control.appmesh_synced(generation, Err("UpdateRoute: throttled".into()));
+    control.set_weights(w(70, 30), "admin").await.unwrap();
+    let warnings = control.status().warnings;
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert!(
+        control
+            .status()
+            .appmesh
+            .and_then(|a| a.last_error)
+            .is_some()
+    );
+}
