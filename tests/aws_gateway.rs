@@ -1011,3 +1011,44 @@ async fn a_store_poll_in_flight_never_reverts_a_change() {
     }
     poller.abort();
 }
+
+/// `ctl weights set` giving weight to a version whose Cloud Map service has
+/// no instances yet: applied (exit 0), and the command prints the answer's
+/// warning that its share of the requests gets 503 until it has some.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_weights_set_warns_about_weight_for_a_version_without_endpoints() {
+    let moto = MotoServer::start();
+    let v1 = TaggedUpstream::start("v1").await;
+    let _services = cloudmap_services(&moto, &["app-v2"]).await;
+    let gw = GatewayProc::spawn(&config(
+        &moto.endpoint_url(),
+        &[
+            ("v1", 100, static_source(&v1)),
+            ("v2", 0, cloudmap_source("app-v2")),
+        ],
+        "",
+    ))
+    .await;
+    gw.wait_ready(WAIT).await;
+    let out = tokio::process::Command::new(gateway_proc::BIN)
+        .args(["ctl", "weights", "set", "v1=50", "v2=50"])
+        .env("CANARY_ADMIN_URL", format!("http://{}", gw.admin))
+        .env("CANARY_ADMIN_TOKEN", gateway_proc::TOKEN)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!(
+            "\nwarning: `v2` has weight 50 but no endpoints (cloudmap:{NAMESPACE}/app-v2): its share of the requests gets 503 until it has some"
+        )),
+        "{stdout}"
+    );
+    assert_eq!(weights_of(&gw.weights().await)["v2"], 50);
+}

@@ -314,6 +314,35 @@ impl Control {
         out
     }
 
+    /// The warning of a change's answer (`PUT /weights`, `POST /promote`):
+    /// the versions `view` gives weight that have no endpoints on this task
+    /// (their share of the requests gets 503); `None` when every one has some.
+    pub fn weight_without_endpoints(&self, view: &WeightsView) -> Option<String> {
+        let snapshot = self.snapshot.load();
+        let state = self.lock();
+        let said: Vec<String> = view
+            .weights
+            .iter()
+            .filter(|&(name, &weight)| {
+                weight > 0
+                    && snapshot
+                        .versions
+                        .iter()
+                        .any(|v| &v.name == name && v.endpoints.is_empty())
+            })
+            .map(|(name, weight)| {
+                let source = state
+                    .discovery
+                    .get(name)
+                    .map_or("", |(d, _)| d.source.as_str());
+                format!(
+                    "`{name}` has weight {weight} but no endpoints ({source}): its share of the requests gets 503 until it has some"
+                )
+            })
+            .collect();
+        (!said.is_empty()).then(|| said.join("; "))
+    }
+
     /// Records the App Mesh sync's outcome for /status.
     pub fn appmesh_synced(&self, generation: u64, result: Result<BTreeMap<String, u32>, String>) {
         let mut state = self.lock();
