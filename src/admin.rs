@@ -97,6 +97,20 @@ fn control_error(e: ControlError) -> AdminResponse {
     error(status, e.short())
 }
 
+/// The answer to `PUT /weights` and `POST /promote`: the decision in force
+/// (the fields of `GET /weights`) and, when it gives weight to a version
+/// that has no endpoints here, a `warning` saying so (the field `POST
+/// /rollback` answers with). Applied all the same: an operator may set the
+/// weights before the canary's tasks register.
+fn change_answer(control: &Control, view: crate::control::status::WeightsView) -> AdminResponse {
+    let warning = control.weight_without_endpoints(&view);
+    let mut answer = serde_json::to_value(&view).unwrap_or_else(|_| serde_json::json!({}));
+    if let (Some(warning), Some(fields)) = (warning, answer.as_object_mut()) {
+        fields.insert("warning".into(), warning.into());
+    }
+    json(StatusCode::OK, &answer)
+}
+
 fn method_not_allowed(allow: &'static str) -> AdminResponse {
     let mut resp = error(
         StatusCode::METHOD_NOT_ALLOWED,
@@ -212,7 +226,7 @@ impl Admin {
             (Method::PUT, "/weights") => match request::weights(&body) {
                 Err(r) => rejected(r),
                 Ok(w) => match self.control.set_weights(w, "admin").await {
-                    Ok(view) => json(StatusCode::OK, &view),
+                    Ok(view) => change_answer(&self.control, view),
                     Err(ControlError::RolloutRunning(r)) => {
                         rollout::refused_while_running(&r, "PUT /weights")
                     }
@@ -222,7 +236,7 @@ impl Admin {
             (Method::POST, "/promote") => match request::promote(&body) {
                 Err(r) => rejected(r),
                 Ok(v) => match self.control.promote(&v, "admin").await {
-                    Ok(view) => json(StatusCode::OK, &view),
+                    Ok(view) => change_answer(&self.control, view),
                     Err(ControlError::RolloutRunning(r)) => {
                         rollout::refused_while_running(&r, "POST /promote")
                     }

@@ -620,6 +620,32 @@ async fn a_change_is_refused_while_the_store_is_down() {
             .is_some_and(|e| !e.is_empty()),
         "{status:#}"
     );
+    // A short message naming the connection's error, not the SDK's
+    // `Debug` form of the whole failure.
+    let last_error = status["store"]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        last_error.contains("Connection refused")
+            && !last_error.contains("DispatchFailure")
+            && last_error.len() < 300,
+        "{last_error}"
+    );
+    // The operator is told (`ctl status` prints only the warnings): the
+    // store cannot be read, changes answer 503, the decision serves.
+    assert!(
+        status["warnings"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|w| {
+                w.as_str().is_some_and(|w| {
+                    w.starts_with("the weight store cannot be read (")
+                        && w.contains("answer 503 until it can")
+                        && w.contains(&format!(
+                            "the running decision (generation {}) keeps serving",
+                            before["generation"]
+                        ))
+                })
+            })),
+        "{status:#}"
+    );
     assert_eq!(gw.readyz().await.status, 200);
     let counts = split_counts(gw.addr, 500).await;
     assert_near(&counts, "v1", 400, 8);
@@ -737,15 +763,40 @@ async fn a_failing_app_mesh_sync_never_blocks_or_reverts_the_weights() {
     );
     let generation = reply.json()["generation"].as_u64().unwrap();
 
+    // The failed sync of this decision (the config file's, at start, may
+    // have failed before it) shows in `last_error` and in the warnings
+    // (`ctl status` prints only those).
+    let warned = |status: &Value| {
+        let last_error = status["appmesh"]["last_error"].as_str().unwrap_or_default();
+        status["warnings"].as_array().is_some_and(|w| {
+            w.iter().any(|w| {
+                w.as_str().is_some_and(|w| {
+                    w.starts_with(&format!(
+                        "the App Mesh route {MESH}/{ROUTER}/no-such-route could not be synced to generation {generation} ("
+                    )) && w.contains(last_error)
+                })
+            })
+        })
+    };
     let mut status = Value::Null;
     let ok = eventually(WAIT, async || {
         status = gw.status().await;
         status["appmesh"]["last_error"]
             .as_str()
             .is_some_and(|e| e.contains("NotFound"))
+            && warned(&status)
     })
     .await;
     assert!(ok, "/status never showed the failed sync: {status:#}");
+    // The service's error code, message and status, not the SDK's `Debug`
+    // form with the raw response (several KB).
+    let last_error = status["appmesh"]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        last_error.contains(" (HTTP 4")
+            && !last_error.contains("ServiceError")
+            && last_error.len() < 300,
+        "{last_error}"
+    );
     assert_eq!(
         status["appmesh"]["synced_weights"],
         Value::Null,
@@ -959,4 +1010,45 @@ async fn a_store_poll_in_flight_never_reverts_a_change() {
         }
     }
     poller.abort();
+}
+
+/// `ctl weights set` giving weight to a version whose Cloud Map service has
+/// no instances yet: applied (exit 0), and the command prints the answer's
+/// warning that its share of the requests gets 503 until it has some.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_weights_set_warns_about_weight_for_a_version_without_endpoints() {
+    let moto = MotoServer::start();
+    let v1 = TaggedUpstream::start("v1").await;
+    let _services = cloudmap_services(&moto, &["app-v2"]).await;
+    let gw = GatewayProc::spawn(&config(
+        &moto.endpoint_url(),
+        &[
+            ("v1", 100, static_source(&v1)),
+            ("v2", 0, cloudmap_source("app-v2")),
+        ],
+        "",
+    ))
+    .await;
+    gw.wait_ready(WAIT).await;
+    let out = tokio::process::Command::new(gateway_proc::BIN)
+        .args(["ctl", "weights", "set", "v1=50", "v2=50"])
+        .env("CANARY_ADMIN_URL", format!("http://{}", gw.admin))
+        .env("CANARY_ADMIN_TOKEN", gateway_proc::TOKEN)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!(
+            "\nwarning: `v2` has weight 50 but no endpoints (cloudmap:{NAMESPACE}/app-v2): its share of the requests gets 503 until it has some"
+        )),
+        "{stdout}"
+    );
+    assert_eq!(weights_of(&gw.weights().await)["v2"], 50);
 }

@@ -84,13 +84,50 @@ where
     }
 }
 
-/// A one-line message with the whole error chain (the SDK's plain `Display`
-/// says only "service error").
-pub fn describe<E>(err: &E) -> String
+/// A short one-line message for logs and `/status` (`store.last_error`,
+/// `fleet.last_error`, `appmesh.last_error`, discovery's `last_error`): a
+/// service's answer as its error code, message and HTTP status
+/// (`ResourceNotFoundException: Requested resource not found (HTTP 400)`);
+/// any other failure as its chain of causes (`dispatch failure: io error:
+/// client error (Connect): tcp connect error: Connection refused (os error
+/// 111)`). The SDK's plain `Display` says only "service error", and its
+/// `DisplayErrorContext` adds the whole `Debug` form (raw headers and body,
+/// several KB): that goes to a debug-level log line only.
+pub fn describe<E>(err: &SdkError<E, HttpResponse>) -> String
 where
-    E: Error,
+    E: ProvideErrorMetadata + Error + 'static,
 {
-    DisplayErrorContext(err).to_string()
+    tracing::debug!(error = %DisplayErrorContext(err), "AWS call failed (in full)");
+    match err {
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            let e = service.err();
+            let said = match (e.code(), e.message()) {
+                (Some(code), Some(message)) => format!("{code}: {message}"),
+                (Some(code), None) => code.to_string(),
+                (None, Some(message)) => message.to_string(),
+                (None, None) => causes(e),
+            };
+            format!("{said} (HTTP {status})")
+        }
+        _ => causes(err),
+    }
+}
+
+/// `err`'s message and its sources' (`a: b: c`), each once: a cause whose
+/// message its error already ends with is not repeated.
+fn causes(err: &(dyn Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !text.is_empty() && !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
 }
 
 #[cfg(test)]
@@ -154,9 +191,45 @@ mod tests {
     #[test]
     fn describe_includes_the_code_and_message() {
         let text = describe(&service("ConflictException", 409));
+        assert_eq!(text, "ConflictException: details here (HTTP 409)");
+    }
+
+    /// A service's error is its code, message and status, without the
+    /// SDK's `Debug` form (the raw response's headers and body: several KB
+    /// in `/status` otherwise).
+    #[test]
+    fn describe_leaves_out_the_raw_response() {
+        let err = UpdateRouteError::generic(
+            ErrorMetadata::builder()
+                .code("NotFoundException")
+                .message("Route not found")
+                .build(),
+        );
+        let mut raw = HttpResponse::new(
+            StatusCode::try_from(404).unwrap(),
+            SdkBody::from(format!(r#"{{"message": "{}"}}"#, "x".repeat(4000))),
+        );
+        raw.headers_mut()
+            .insert("x-amzn-requestid", "0123-request-id-4567");
+        let text = describe(&SdkError::<UpdateRouteError, HttpResponse>::service_error(
+            err, raw,
+        ));
+        assert_eq!(text, "NotFoundException: Route not found (HTTP 404)");
+    }
+
+    /// A call that never got an answer says why, down to the connection's
+    /// own error, in one short line.
+    #[test]
+    fn describe_names_the_connection_errors_cause() {
+        let refused =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let e: SdkError<UpdateRouteError, HttpResponse> =
+            SdkError::dispatch_failure(ConnectorError::io(Box::new(refused)));
+        let text = describe(&e);
         assert!(
-            text.contains("ConflictException") && text.contains("details here"),
+            text.contains("Connection refused") && !text.contains("DispatchFailure"),
             "{text}"
         );
+        assert!(text.len() < 120, "{text}");
     }
 }

@@ -37,7 +37,9 @@ pub fn weights(v: &Value) -> String {
             ));
         }
     }
-    // A rollback the store has not taken yet (`POST /rollback`).
+    // A rollback the store has not taken yet (`POST /rollback`), or a
+    // version given weight that has no endpoints (`PUT /weights`,
+    // `POST /promote`).
     if let Some(Value::String(warning)) = v.get("warning") {
         out.push_str(&format!("\nwarning: {warning}"));
     }

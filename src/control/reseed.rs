@@ -16,6 +16,10 @@
 //!   the config file's weights of a task that could not read the store)
 //!   re-seeds; a task that started against the empty store keeps the file's
 //!   weights and adopts the re-seeded document at its next poll (it is newer).
+//! * `/status` warns from the first read that finds the store behind; the
+//!   warning then says who wrote the decision back: this task, another task
+//!   (its conditional write lost, or a later read finds the store holding
+//!   the decision again before this task wrote it).
 
 use super::{Control, UNREAD_STORE_WRITER};
 use crate::metrics as names;
@@ -45,7 +49,24 @@ impl Control {
         let from_store = d.generation > 0 && d.writer != UNREAD_STORE_WRITER;
         let behind = from_store && seen.is_none_or(|s| s.generation < d.generation);
         if !behind {
-            state.behind_seen = None;
+            // A store this task found behind (and has not written back) is
+            // no longer: another task wrote the decision back (or the read
+            // that missed it lagged). The note that says the store is behind
+            // and that this task writes it back is no longer true.
+            let generation = d.generation;
+            if let Some(lost) = state.behind_seen.take() {
+                state.behind_note = seen.filter(|_| from_store).map(|s| {
+                    tracing::info!(generation, store = s.generation, "the weight store holds the fleet's decision again: another task wrote it back");
+                    BehindNote {
+                        generation,
+                        warning: format!(
+                            "the weight store had lost the fleet's decision ({}); it holds generation {} again: another task wrote it back (or the read that missed it lagged)",
+                            lost.map_or("no document".to_string(), |(g, _, _)| format!("generation {g}")),
+                            s.generation
+                        ),
+                    }
+                });
+            }
             return false;
         }
         let now: Behind = seen.map(|s| (s.generation, s.writer.clone(), s.updated_at_ms));

@@ -108,6 +108,10 @@ pub struct AppMeshStatus {
     pub synced_weights: Option<BTreeMap<String, u32>>,
     /// The generation of the decision last written to the route.
     pub synced_generation: Option<u64>,
+    /// The generation whose write failed with `last_error` (a warning
+    /// while it is the decision in force).
+    #[serde(skip)]
+    pub error_generation: Option<u64>,
 }
 
 /// `GET /status`.
@@ -127,7 +131,8 @@ pub struct Status {
     pub appmesh: Option<AppMeshStatus>,
     /// What an operator must look at now, in words (empty when all is well):
     /// an empty stable version (or any other with a weight above 0), a
-    /// degraded store, a pending rollback, stale discovery.
+    /// degraded store, a shared store whose last read failed, a pending
+    /// rollback, stale discovery, a failed App Mesh route sync.
     pub warnings: Vec<String>,
     /// Which generation each gateway task runs, as reported through the store.
     pub fleet: super::fleet::FleetStatus,
@@ -251,6 +256,19 @@ impl Control {
                 "degraded: the weight store could not be read at start; serving the config file's weights until it can"
                     .into(),
             );
+        } else if let Some(e) = state
+            .store
+            .load_error
+            .as_ref()
+            .filter(|_| self.store_shared())
+        {
+            // The last read (a poll's, or a change's) failed; the next
+            // poll's success clears it. Not with the state file, which is
+            // read only by a change (that answered the error itself).
+            out.push(format!(
+                "the weight store cannot be read ({e}): weight changes (PUT /weights, POST /promote, POST /rollout) answer 503 until it can; the running decision (generation {}) keeps serving, and POST /rollback still applies on this task",
+                state.decision.generation
+            ));
         }
         if let Some(note) = state
             .behind_note
@@ -258,6 +276,19 @@ impl Control {
             .filter(|n| n.generation == state.decision.generation)
         {
             out.push(note.warning.clone());
+        }
+        // This task's last write of the decision in force to the App Mesh
+        // route failed (a first sync or a reconcile): the route does not
+        // follow it. A failure of an older decision's write is not one now
+        // (a newer decision is written, by this task or its writer).
+        if let Some(a) = state.appmesh.as_ref()
+            && let Some(e) = a.last_error.as_ref()
+            && a.error_generation == Some(state.decision.generation)
+        {
+            out.push(format!(
+                "the App Mesh route {} could not be synced to generation {} ({e}): traffic through App Mesh does not follow this decision; retried every appmesh.reconcile_interval and at the next decision",
+                a.route, state.decision.generation
+            ));
         }
         // Until a reload succeeds, what the last one read (the file on
         // disk, as an operator sees it) is not what runs.
@@ -283,6 +314,35 @@ impl Control {
         out
     }
 
+    /// The warning of a change's answer (`PUT /weights`, `POST /promote`):
+    /// the versions `view` gives weight that have no endpoints on this task
+    /// (their share of the requests gets 503); `None` when every one has some.
+    pub fn weight_without_endpoints(&self, view: &WeightsView) -> Option<String> {
+        let snapshot = self.snapshot.load();
+        let state = self.lock();
+        let said: Vec<String> = view
+            .weights
+            .iter()
+            .filter(|&(name, &weight)| {
+                weight > 0
+                    && snapshot
+                        .versions
+                        .iter()
+                        .any(|v| &v.name == name && v.endpoints.is_empty())
+            })
+            .map(|(name, weight)| {
+                let source = state
+                    .discovery
+                    .get(name)
+                    .map_or("", |(d, _)| d.source.as_str());
+                format!(
+                    "`{name}` has weight {weight} but no endpoints ({source}): its share of the requests gets 503 until it has some"
+                )
+            })
+            .collect();
+        (!said.is_empty()).then(|| said.join("; "))
+    }
+
     /// Records the App Mesh sync's outcome for /status.
     pub fn appmesh_synced(&self, generation: u64, result: Result<BTreeMap<String, u32>, String>) {
         let mut state = self.lock();
@@ -293,9 +353,13 @@ impl Control {
                     a.last_error = None;
                     a.synced_weights = Some(w);
                     a.synced_generation = Some(generation);
+                    a.error_generation = None;
                     metrics::gauge!(names::APPMESH_SYNCED_GENERATION).set(generation as f64);
                 }
-                Err(e) => a.last_error = Some(e),
+                Err(e) => {
+                    a.last_error = Some(e);
+                    a.error_generation = Some(generation);
+                }
             }
         }
     }

@@ -1376,3 +1376,180 @@ async fn no_decision_is_made_past_the_highest_generation() {
     assert_eq!(control.weights().weights, w(70, 30));
     assert_eq!(store.stored(), Some(doc(MAX_GENERATION, "other", 30)));
 }
+
+/// The warnings of a task that found the store behind.
+fn behind_warnings(control: &Control) -> String {
+    control.status().warnings.join("\n")
+}
+
+/// Two tasks of a Cloud Map store (no compare-and-set: each waits for a
+/// second read) find its document deleted; one writes its decision back
+/// first. The other's next read finds the decision again: its warning no
+/// longer says the store holds no document and that it writes its decision
+/// back (both false now), but that another task wrote it back.
+#[tokio::test]
+async fn a_store_another_task_wrote_back_is_no_longer_warned_about_as_empty() {
+    let store = Arc::new(MemoryStore::default());
+    store.no_compare_and_set.store(true, Ordering::SeqCst);
+    let (a, b) = (task(&store).await, task(&store).await);
+    *store.doc.lock().unwrap() = Some(doc(3, "other", 40));
+    a.sync_from_store().await.unwrap();
+    b.sync_from_store().await.unwrap();
+
+    *store.doc.lock().unwrap() = None;
+    a.sync_from_store().await.unwrap();
+    b.sync_from_store().await.unwrap();
+    for t in [&a, &b] {
+        let warnings = behind_warnings(t);
+        assert!(
+            warnings.contains("holds no weights document while this task runs generation 3"),
+            "{warnings}"
+        );
+    }
+    b.sync_from_store().await.unwrap();
+    assert_eq!(store.stored().map(|d| d.generation), Some(3));
+    let saves = store.saves.load(Ordering::SeqCst);
+
+    a.sync_from_store().await.unwrap();
+    assert_eq!(store.saves.load(Ordering::SeqCst), saves, "a wrote too");
+    let warnings = behind_warnings(&a);
+    assert!(
+        !warnings.contains("holds no weights document")
+            && !warnings.contains("this task writes its decision back"),
+        "{warnings}"
+    );
+    assert!(
+        warnings.contains(
+            "the weight store had lost the fleet's decision (no document); it holds generation 3 again: another task wrote it back"
+        ),
+        "{warnings}"
+    );
+    // The note goes with the decision it was about.
+    a.set_weights(w(50, 50), "admin").await.unwrap();
+    let warnings = a.status().warnings;
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
+
+/// DynamoDB restored to an older generation: each task waits for a second
+/// read that agrees; one writes its decision back over it first, and the
+/// other's next read finds it: no "older" warning stays behind.
+#[tokio::test]
+async fn a_restored_store_another_task_wrote_over_is_no_longer_warned_about_as_older() {
+    let store = Arc::new(MemoryStore::default());
+    let (a, b) = (task(&store).await, task(&store).await);
+    *store.doc.lock().unwrap() = Some(doc(3, "other", 40));
+    a.sync_from_store().await.unwrap();
+    b.sync_from_store().await.unwrap();
+
+    *store.doc.lock().unwrap() = Some(doc(1, "other", 5));
+    a.sync_from_store().await.unwrap();
+    b.sync_from_store().await.unwrap();
+    assert!(
+        behind_warnings(&a).contains("generation 1 (older)"),
+        "{}",
+        behind_warnings(&a)
+    );
+    b.sync_from_store().await.unwrap();
+    assert_eq!(store.stored().map(|d| d.generation), Some(3));
+
+    a.sync_from_store().await.unwrap();
+    let warnings = behind_warnings(&a);
+    assert!(
+        !warnings.contains("(older)") && !warnings.contains("this task writes its decision back"),
+        "{warnings}"
+    );
+    assert!(
+        warnings
+            .contains("(generation 1); it holds generation 3 again: another task wrote it back"),
+        "{warnings}"
+    );
+}
+
+/// The store goes down while a task runs (no rollback pending): `/status`
+/// warns that it cannot be read, what fails meanwhile (changes answer 503)
+/// and what does not (the decision in force serves), naming the error; the
+/// warning goes with the first poll that reads the store again.
+#[tokio::test]
+async fn an_unreadable_store_is_warned_about_until_a_poll_reads_it() {
+    let store = Arc::new(MemoryStore::default());
+    *store.doc.lock().unwrap() = Some(doc(2, "other", 20));
+    let control = task(&store).await;
+    assert!(control.status().warnings.is_empty());
+
+    store.set_down(true);
+    assert!(control.sync_from_store().await.is_err());
+    let status = control.status();
+    assert!(!status.store.rollback_pending && !status.store.degraded);
+    let warnings = status.warnings.join("\n");
+    assert!(
+        warnings.contains(
+            "the weight store cannot be read (dynamodb store: connection refused (test))"
+        ) && warnings.contains("answer 503 until it can")
+            && warnings.contains("the running decision (generation 2) keeps serving"),
+        "{warnings}"
+    );
+    let refused = control.set_weights(w(50, 50), "admin").await;
+    assert!(
+        matches!(refused, Err(ControlError::StoreLoad(_))),
+        "{refused:?}"
+    );
+
+    store.set_down(false);
+    control.sync_from_store().await.unwrap();
+    let warnings = control.status().warnings;
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
+
+/// This task's write of the decision in force to the App Mesh route fails
+/// (the route is gone, the split does not fit its foreign targets): a
+/// warning names the route and the error until a write succeeds. A failed
+/// write of an older decision is no warning once a newer one is in force.
+#[tokio::test]
+async fn a_failed_app_mesh_sync_of_the_decision_in_force_is_warned_about() {
+    let text = format!(
+        "{CONFIG}[appmesh]\nmesh = \"m\"\nvirtual_router = \"r\"\nroute = \"rt\"\n\
+         virtual_nodes = {{ v1 = \"node-1\", v2 = \"node-2\" }}\n"
+    );
+    let store = Arc::new(MemoryStore::default());
+    let control = Control::start(
+        Config::parse(&text, "test").unwrap(),
+        store.clone() as Arc<dyn Store>,
+        "dynamodb",
+    )
+    .await
+    .unwrap();
+    let generation = control
+        .set_weights(w(50, 50), "admin")
+        .await
+        .unwrap()
+        .generation;
+    control.appmesh_synced(
+        generation,
+        Err("DescribeRoute: NotFoundException: no route rt (HTTP 404)".into()),
+    );
+    let warnings = control.status().warnings.join("\n");
+    assert!(
+        warnings.contains(&format!(
+            "the App Mesh route m/r/rt could not be synced to generation {generation} (DescribeRoute: NotFoundException: no route rt (HTTP 404))"
+        )),
+        "{warnings}"
+    );
+
+    control.appmesh_synced(generation, Ok(w(50, 50)));
+    let warnings = control.status().warnings;
+    assert!(warnings.is_empty(), "{warnings:?}");
+
+    // The sync of an older decision failed after a newer one came: it is
+    // not the route's state for the decision in force.
+    control.appmesh_synced(generation, Err("UpdateRoute: throttled".into()));
+    control.set_weights(w(70, 30), "admin").await.unwrap();
+    let warnings = control.status().warnings;
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert!(
+        control
+            .status()
+            .appmesh
+            .and_then(|a| a.last_error)
+            .is_some()
+    );
+}

@@ -695,3 +695,102 @@ async fn changes_from_another_sites_page_are_refused() {
     assert_eq!(reply.status, 200, "{}", reply.text());
     gw.shutdown().await;
 }
+
+/// A Cloud Map service without instances, the project's own `Discover`
+/// answering as DiscoverInstances does then: no endpoints.
+struct NoInstances;
+
+impl canary_gateway::discovery::Discover for NoInstances {
+    fn revision<'a>(
+        &'a self,
+        _source: &'a canary_gateway::discovery::CloudMapSource,
+    ) -> canary_gateway::future::BoxFuture<'a, Result<i64, canary_gateway::discovery::DiscoveryError>>
+    {
+        Box::pin(async { Ok(1) })
+    }
+
+    fn instances<'a>(
+        &'a self,
+        _source: &'a canary_gateway::discovery::CloudMapSource,
+    ) -> canary_gateway::future::BoxFuture<
+        'a,
+        Result<canary_gateway::discovery::InstanceList, canary_gateway::discovery::DiscoveryError>,
+    > {
+        Box::pin(async {
+            Ok(canary_gateway::discovery::InstanceList {
+                endpoints: Vec::new(),
+                revision: Some(1),
+            })
+        })
+    }
+}
+
+/// Weight given to a version without endpoints (its Cloud Map service has
+/// no instances yet) is applied, as an operator may set the weights before
+/// the canary's tasks register, but the answer's `warning` says that its
+/// share of the requests gets 503; a change that leaves it at 0 has none.
+#[tokio::test]
+async fn weight_for_a_version_without_endpoints_is_applied_with_a_warning() {
+    use std::sync::Arc;
+    let v1 = Upstream::start("v1").await;
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let text = gateway_config(
+        &format!("token_file = \"{}\"\n", token_file.display()),
+        "",
+        &[
+            ("v1", 100, endpoints_line(&[v1.addr])),
+            (
+                "v2",
+                0,
+                "cloudmap = { namespace = \"ns\", service = \"app-v2\" }".to_string(),
+            ),
+        ],
+    ) + "\n[aws]\nregion = \"us-east-1\"\n";
+    let spawner: canary_gateway::gateway::PollerSpawner = Arc::new(|version, source, sink| {
+        tokio::spawn(canary_gateway::aws::cloudmap::poll(
+            version,
+            source,
+            Arc::new(NoInstances),
+            sink,
+            canary_gateway::aws::cloudmap::PollTiming::default(),
+        ))
+    });
+    let deps = canary_gateway::gateway::Dependencies {
+        discovery: Some(spawner),
+        ..Default::default()
+    };
+    let gw = Gateway::start_with(&text, deps).await;
+    let reply = admin(gw.admin, "GET", "/readyz", None, "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+
+    let change = async |method: &str, path: &str, body: &str| {
+        let reply = admin(gw.admin, method, path, Some(TOKEN), body).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        serde_json::from_slice::<serde_json::Value>(&reply.body).unwrap()
+    };
+    let set = change("PUT", "/weights", r#"{"weights":{"v1":50,"v2":50}}"#).await;
+    assert_eq!(set["weights"]["v2"], 50, "{set}");
+    assert_eq!(
+        set["warning"],
+        "`v2` has weight 50 but no endpoints (cloudmap:ns/app-v2): its share of the requests gets 503 until it has some",
+        "{set}"
+    );
+    let applied = admin(gw.admin, "GET", "/weights", Some(TOKEN), "").await;
+    let applied: serde_json::Value = serde_json::from_slice(&applied.body).unwrap();
+    assert_eq!(applied["weights"]["v2"], 50, "{applied}");
+    assert!(applied.get("warning").is_none(), "{applied}");
+
+    let set = change("PUT", "/weights", r#"{"weights":{"v1":100,"v2":0}}"#).await;
+    assert!(set.get("warning").is_none(), "{set}");
+
+    let promoted = change("POST", "/promote", r#"{"version":"v2"}"#).await;
+    assert_eq!(promoted["stable"], "v2", "{promoted}");
+    let warning = promoted["warning"].as_str().unwrap_or_default();
+    assert!(
+        warning.starts_with("`v2` has weight 100 but no endpoints"),
+        "{promoted}"
+    );
+    gw.shutdown().await;
+}
