@@ -34,8 +34,8 @@ pub struct SplitTable {
     /// versions at weight 0 are left out.
     bounds: Vec<(u64, usize)>,
     total: u64,
-    /// `(the version's name hashed, its weight, its index)` for the sticky
-    /// choice; versions at weight 0 are left out.
+    /// `(the version's name hashed, 1 / its weight, its index)` for the
+    /// sticky choice; versions at weight 0 are left out.
     rendezvous: Vec<(u64, f64, usize)>,
 }
 
@@ -60,7 +60,13 @@ impl SplitTable {
             .zip(names)
             .enumerate()
             .filter(|(_, (w, _))| **w > 0)
-            .map(|(i, (&w, name))| (xxhash_rust::xxh3::xxh3_64(name.as_bytes()), f64::from(w), i))
+            .map(|(i, (&w, name))| {
+                (
+                    xxhash_rust::xxh3::xxh3_64(name.as_bytes()),
+                    1.0 / f64::from(w),
+                    i,
+                )
+            })
             .collect();
         SplitTable {
             bounds,
@@ -74,12 +80,14 @@ impl SplitTable {
     /// function of the key and the versions' names and weights.
     #[inline]
     pub fn sticky(&self, hash: u64) -> Option<usize> {
+        // The highest `w / -ln(u)` is the highest `ln(u) / w` (both <= 0 ...
+        // the one nearest 0): a multiplication by the precomputed `1 / w`.
         let mut best: Option<(f64, usize)> = None;
-        for &(seed, weight, i) in &self.rendezvous {
+        for &(seed, inverse_weight, i) in &self.rendezvous {
             // 53 bits of a mixed hash, as a float in (0, 1): never 0 or 1.
             let bits = mix(hash ^ seed) >> 11;
-            let u = (bits as f64 + 0.5) / (1u64 << 53) as f64;
-            let score = weight / -u.ln();
+            let u = (bits as f64 + 0.5) * (1.0 / (1u64 << 53) as f64);
+            let score = u.ln() * inverse_weight;
             if best.is_none_or(|(b, _)| score > b) {
                 best = Some((score, i));
             }
