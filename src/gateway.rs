@@ -21,7 +21,7 @@ use crate::proxy::{Proxy, server};
 use crate::reload::{self, Reload};
 use crate::route_sync::{self, RouteSync};
 use crate::store::Store;
-use crate::store::file::FileStore;
+use crate::store::file::{FileStore, StateLock};
 use crate::tls::ListenerTls;
 
 /// Why the gateway did not start.
@@ -41,6 +41,10 @@ pub enum GatewayError {
     Tls(crate::tls::TlsError),
     #[error("AWS setup: {0}")]
     Aws(String),
+    /// The state file cannot be taken for this gateway (another one holds
+    /// it, or its lock file cannot be opened): see `FileStore::lock`.
+    #[error("{0}")]
+    State(crate::store::StoreError),
     #[error("cannot bind {what} {addr}: {error}")]
     Bind {
         what: &'static str,
@@ -116,6 +120,9 @@ pub struct Running {
     serving: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
     pollers: Arc<Pollers>,
+    /// The file store's hold on the state file, for as long as this gateway
+    /// runs (released when [`Running::shutdown`] ends or this is dropped).
+    _state_lock: Option<StateLock>,
 }
 
 impl Running {
@@ -351,10 +358,17 @@ pub async fn start_with_hangup(
     crate::aws::fill_dependencies(&config, &mut deps)
         .await
         .map_err(GatewayError::Aws)?;
+    let mut state_lock = None;
     let (store, store_kind): (Arc<dyn Store>, &str) = match (&deps.store, &config.store) {
         (Some(s), StoreConfig::File) => (s.clone(), "custom"),
         (Some(s), shared) => (s.clone(), shared.kind()),
-        (None, _) => (Arc::new(file_store(&config)), "file"),
+        (None, _) => {
+            // Before the state file is read or written: a second gateway on
+            // the same path stops here, having changed nothing.
+            let store = file_store(&config);
+            state_lock = Some(store.lock().map_err(GatewayError::State)?);
+            (Arc::new(store), "file")
+        }
     };
     let store_poll = config.store.poll_interval();
     let reload_source = reload::Source::of(&config);
@@ -520,6 +534,7 @@ pub async fn start_with_hangup(
         serving,
         background,
         pollers,
+        _state_lock: state_lock,
     })
 }
 

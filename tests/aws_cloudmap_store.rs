@@ -125,3 +125,57 @@ async fn unknown_service_is_a_readable_cloud_map_error() {
     let err = store.save(&doc(1, 1), None).await.unwrap_err();
     assert!(err.to_string().contains("ServiceNotFound"), "{err}");
 }
+
+/// Two tasks save a decision of the same generation, the second landing on
+/// top just after the first task read its own write back (it polls for it
+/// here): the first is told 409 with the second's weights, the second 200,
+/// and the store keeps the second's weights; whichever writer id sorts first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_overwritten_just_after_its_read_back_is_a_conflict() {
+    let moto = MotoServer::start();
+    let sdk = moto.sdk_config().await;
+    let fx = CloudMapFixture::create(Client::new(&sdk), "canary.local", "canary-state").await;
+    let (first_store, second_store) = (
+        std::sync::Arc::new(CloudMapStore::new(&sdk, fx.service_id.clone())),
+        CloudMapStore::new(&sdk, fx.service_id.clone()),
+    );
+    for (round, (first_writer, second_writer)) in [("task-a", "task-b"), ("task-b", "task-a")]
+        .into_iter()
+        .cycle()
+        .take(4)
+        .enumerate()
+    {
+        let generation = 10 * (round as u64 + 1);
+        let first = WeightsDoc {
+            writer: first_writer.into(),
+            ..doc(generation, 10)
+        };
+        let second = WeightsDoc {
+            writer: second_writer.into(),
+            ..doc(generation, 20)
+        };
+        let saving = tokio::spawn({
+            let (store, first) = (first_store.clone(), first.clone());
+            async move { store.save(&first, Some(generation - 1)).await }
+        });
+        let written = canary_gateway::aws::cloudmap_store::encode(&first).unwrap();
+        while attributes(&fx).await.get(DOC_ATTRIBUTE) != Some(&written) {
+            assert!(
+                !saving.is_finished(),
+                "round {round}: the first save ended unseen"
+            );
+            tokio::task::yield_now().await;
+        }
+        let second_result = second_store.save(&second, Some(generation - 1)).await;
+        let first_result = saving.await.unwrap();
+        match first_result {
+            Err(StoreError::Conflict(Some(current))) => {
+                assert_eq!(current.weights, second.weights, "round {round}")
+            }
+            other => panic!("round {round}: the overwritten save answered {other:?}"),
+        }
+        second_result.unwrap();
+        let kept = first_store.load().await.unwrap().unwrap();
+        assert_eq!(kept.weights, second.weights, "round {round}");
+    }
+}

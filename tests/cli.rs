@@ -548,6 +548,81 @@ async fn run_and_check_read_the_config_from_the_environment() {
     assert!(out.contains("ok"), "{out}");
 }
 
+/// Two gateways on one `[state] path` (a shared volume, two containers on
+/// one host) would overwrite each other's decisions: a second `run` on a
+/// path a running gateway holds fails to start, naming the path, and
+/// changes nothing; `check` on it still passes (it only reads); once the
+/// first has exited, a new one starts on the path with its decision.
+#[tokio::test]
+async fn a_second_gateway_on_a_held_state_file_does_not_start() {
+    let (v1, v2) = (
+        TaggedUpstream::start("v1").await,
+        TaggedUpstream::start("v2").await,
+    );
+    let shared = tempfile::tempdir().unwrap();
+    let state = shared.path().join("shared.state.json");
+    let text = format!(
+        "{}
+[state]
+path = {}
+",
+        config(v1.addr, v2.addr),
+        toml::Value::String(state.display().to_string())
+    );
+    let first = GatewayProc::spawn(&text).await;
+    let reply = admin(
+        first.admin,
+        "PUT",
+        "/weights",
+        r#"{"weights":{"v1":70,"v2":30}}"#,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let saved = std::fs::read(&state).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, &text).unwrap();
+    let path_arg = path.display().to_string();
+    let (code, _, err) = cli(&["check", "--config", &path_arg], &[(TOKEN_ENV, TOKEN)]).await;
+    assert_eq!(code, 0, "check took the lock: {err}");
+    let mut second = std::process::Command::new(BIN);
+    second
+        .args(["run", "--config", &path_arg])
+        .env_remove("CANARY_GATEWAY_CONFIG")
+        .env(TOKEN_ENV, TOKEN);
+    let refused = tokio::task::spawn_blocking(move || {
+        spawn_serving(second, Duration::from_secs(20)).map(|_| ())
+    })
+    .await
+    .unwrap();
+    let Err(err) = refused else {
+        panic!("a second gateway started on the held state file");
+    };
+    assert!(
+        err.starts_with("exited (exit status: ") && !err.starts_with("exited (exit status: 0)"),
+        "{err}"
+    );
+    let line = error_line(&err);
+    assert!(
+        line.contains(&state.display().to_string())
+            && line.contains("another canary-gateway holds it")
+            && line.contains("shared.state.json.lock"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&state).unwrap(),
+        saved,
+        "the state file changed"
+    );
+    assert_eq!(first.weights().await["weights"]["v2"], 30);
+
+    drop(first);
+    let next = GatewayProc::spawn(&text).await;
+    let weights = next.weights().await;
+    assert_eq!(weights["weights"]["v2"], 30, "{weights}");
+}
+
 /// A rejected reload shows in `/status` `warnings` and in `ctl status` until
 /// a reload succeeds: the file on disk is not what runs.
 #[tokio::test]

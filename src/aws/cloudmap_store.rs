@@ -10,12 +10,16 @@
 //!
 //! Cloud Map has no conditional write and documents no read-after-write
 //! guarantee for UpdateServiceAttributes, so a save is followed by reads until
-//! the own write is seen (saved), or a newer document in the decisions' order
-//! wins ([`StoreError::Conflict`]). When another task's document of the same
+//! the own write is seen and is still seen [`READ_BACK_SETTLE`] later (saved),
+//! or a newer document in the decisions' order wins ([`StoreError::Conflict`]).
+//! The settle time lets a racing task's write of the same generation, landing
+//! on top just after the own first read-back, show (without it, two tasks
+//! racing on moto both answered 200). When another task's document of the same
 //! generation overwrote the own one, it is written again one generation up, so
 //! that a task which saw the own document moves on to it as well. What stays
-//! open (see docs/fleet.md): two writes within Cloud Map's propagation delay
-//! can both read back their own document and both answer 200. The store
+//! open (see docs/fleet.md): a racing write that lands, or reaches this task's
+//! reads, more than the settle time after the own document was first read
+//! back; then both tasks answer 200. The store
 //! keeps one of them (the later write), and every task converges on it: a
 //! poll that reads another writer's document of the generation in force twice
 //! in a row adopts it, whatever their order (`Store::compare_and_set`).
@@ -41,10 +45,26 @@ pub const MAX_VALUE_CHARS: usize = 1024;
 
 mod confirm;
 
-/// How long a save reads back before it gives up on seeing its write.
-const READ_BACK_LIMIT: Duration = Duration::from_secs(5);
-/// Pause between two read-backs.
-const READ_BACK_PAUSE: Duration = Duration::from_millis(200);
+/// How a save reads its write back (see `confirm::write_confirmed`).
+const READ_BACK: confirm::ReadBack = confirm::ReadBack {
+    // How long a save reads back before it gives up on seeing its write.
+    limit: Duration::from_secs(5),
+    // Pause between two read-backs.
+    pause: Duration::from_millis(200),
+    settle: READ_BACK_SETTLE,
+};
+
+/// How long the own document must still be read after it was first read
+/// back before a save counts as confirmed. A task racing this save (same
+/// generation) read the store before this write showed, so its write lands
+/// on top about one UpdateServiceAttributes call later (typically well under
+/// 0.2 s, more when the SDK retries) and then has to propagate (Cloud Map
+/// documents no bound): 0.5 s, two and a half pauses, outlasts a call and a
+/// propagation of the same order. It is not longer because it is added to
+/// every save: a rollback (store read, write, read-backs: about 0.5 s plus
+/// four calls) must stay within the 1 s it waits for the store
+/// (`ROLLBACK_WRITE_WAIT`) before it is left to the store upkeep.
+const READ_BACK_SETTLE: Duration = Duration::from_millis(500);
 
 /// A [`Store`] in the attributes of one Cloud Map service.
 #[derive(Debug, Clone)]
@@ -123,12 +143,7 @@ impl Store for CloudMapStore {
         doc: &'a WeightsDoc,
         _read_at: Option<u64>,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(confirm::write_confirmed(
-            self,
-            doc,
-            READ_BACK_LIMIT,
-            READ_BACK_PAUSE,
-        ))
+        Box::pin(confirm::write_confirmed(self, doc, READ_BACK))
     }
 
     fn check_fits(&self, doc: &WeightsDoc) -> Result<(), StoreError> {

@@ -1,5 +1,6 @@
 //! The default store: a JSON state file beside the config file, written
-//! atomically (temp file, fsync, rename, fsync of the directory).
+//! atomically (temp file, fsync, rename, fsync of the directory). One
+//! running gateway holds it: [`FileStore::lock`].
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -28,21 +29,106 @@ impl FileStore {
         }
     }
 
+    /// The directory that holds the state file.
+    fn dir(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    /// An error when the state file's directory does not exist: no decision
+    /// could ever be saved there.
+    fn missing_dir(&self) -> Option<StoreError> {
+        let dir = self.dir();
+        (!dir.is_dir()).then(|| {
+            self.error(format!(
+                "its directory {} does not exist: create it, or set [state] path to a file in one that does",
+                dir.display()
+            ))
+        })
+    }
+
+    /// The lock file beside the state file: `<path>.lock`.
+    pub fn lock_path(&self) -> PathBuf {
+        let mut name = self.path.as_os_str().to_os_string();
+        name.push(".lock");
+        PathBuf::from(name)
+    }
+
+    /// Takes the state file for this running gateway, until the answer is
+    /// dropped: an exclusive advisory lock (`flock`) on [`FileStore::lock_path`],
+    /// created when missing and never removed (removing it would let a
+    /// later gateway lock a new file while the first holds the old one).
+    /// The state file itself is not locked: every save replaces it by a
+    /// rename, which a lock on it would not survive. Two gateways on one
+    /// state file (a shared volume, two containers on one host) would
+    /// overwrite each other's decisions silently, so a second one is
+    /// refused, naming the file. A file system that takes no locks is
+    /// logged and the gateway runs unlocked. `check` reads the file and
+    /// takes no lock.
+    pub fn lock(&self) -> Result<StateLock, StoreError> {
+        if let Some(e) = self.missing_dir() {
+            return Err(e);
+        }
+        let lock_path = self.lock_path();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| {
+                self.error(format!(
+                    "cannot open its lock file {}: {e}",
+                    lock_path.display()
+                ))
+            })?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&lock_path)
+                    .map(|text| text.trim().to_string())
+                    .unwrap_or_default();
+                let holder = if holder.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({holder})")
+                };
+                return Err(self.error(format!(
+                    "another canary-gateway holds it{holder}: its lock file {} is locked. Two gateways on one state file would overwrite each other's decisions: stop the other one, or give each gateway its own [state] path (a fleet of tasks shares a [store] of kind dynamodb or cloudmap instead)",
+                    lock_path.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                tracing::warn!(
+                    lock_file = %lock_path.display(),
+                    error = %e,
+                    "the state file's file system takes no lock: running without one, so a second gateway on the same [state] path would not be refused"
+                );
+                return Ok(StateLock {
+                    _file: None,
+                    path: lock_path,
+                });
+            }
+        }
+        // Who holds it, for the error of the next one (best effort).
+        let _ = file.set_len(0);
+        let _ = (&file).write_all(holder().as_bytes());
+        Ok(StateLock {
+            _file: Some(file),
+            path: lock_path,
+        })
+    }
+
     fn load_sync(&self) -> Result<Option<WeightsDoc>, StoreError> {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // No decision saved yet, unless no file can be written there:
                 // then every change would fail later, so the start does now.
-                let dir = match self.path.parent() {
-                    Some(d) if !d.as_os_str().is_empty() => d,
-                    _ => Path::new("."),
-                };
-                if !dir.is_dir() {
-                    return Err(self.error(format!(
-                        "its directory {} does not exist: create it, or set [state] path to a file in one that does",
-                        dir.display()
-                    )));
+                if let Some(e) = self.missing_dir() {
+                    return Err(e);
                 }
                 return Ok(None);
             }
@@ -57,10 +143,7 @@ impl FileStore {
 
     fn save_sync(&self, doc: &WeightsDoc) -> Result<(), StoreError> {
         let json = serde_json::to_vec_pretty(doc).map_err(|e| self.error(e))?;
-        let dir = match self.path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let dir = self.dir();
         let name = self
             .path
             .file_name()
@@ -83,6 +166,37 @@ impl FileStore {
             let _ = std::fs::remove_file(&tmp);
             self.error(format!("cannot write it: {e}"))
         })
+    }
+}
+
+/// A running gateway's hold on its state file ([`FileStore::lock`]),
+/// released when dropped (and by the system when the process ends).
+#[derive(Debug)]
+pub struct StateLock {
+    /// The locked lock file; `None` where the file system takes no lock.
+    _file: Option<std::fs::File>,
+    path: PathBuf,
+}
+
+impl StateLock {
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// What the lock file says of its holder: the process id and, when known,
+/// the host (a container's host name tells two containers apart, whose
+/// process ids are alike).
+fn holder() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty());
+    match host {
+        Some(host) => format!("pid {} on host {host}\n", std::process::id()),
+        None => format!("pid {}\n", std::process::id()),
     }
 }
 
@@ -176,6 +290,38 @@ mod tests {
                 && e.contains("delete it"),
             "{e}"
         );
+    }
+
+    /// One hold at a time on a state file, released when dropped; the lock
+    /// is on `<path>.lock` (the state file is replaced by every save), and
+    /// reading the file (what `check` does) needs none.
+    #[tokio::test]
+    async fn a_state_file_is_held_by_one_gateway_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path().join("gw.state.json"));
+        let held = store.lock().unwrap();
+        assert_eq!(held.path(), dir.path().join("gw.state.json.lock"));
+        store.save(&doc(), None).await.unwrap();
+        let other = FileStore::new(dir.path().join("gw.state.json"));
+        let e = other.lock().unwrap_err().to_string();
+        assert!(
+            e.contains("gw.state.json")
+                && e.contains("another canary-gateway holds it")
+                && e.contains(&format!("pid {}", std::process::id()))
+                && e.contains("its own [state] path"),
+            "{e}"
+        );
+        assert_eq!(other.load().await.unwrap(), Some(doc()));
+        drop(held);
+        let again = other.lock().unwrap();
+        assert!(store.lock().is_err());
+        drop(again);
+        // A missing directory is named as the load names it.
+        let e = FileStore::new(dir.path().join("gone").join("s.json"))
+            .lock()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not exist"), "{e}");
     }
 
     #[tokio::test]
