@@ -185,7 +185,7 @@ impl Proxy {
 
     /// [`Proxy::choose`] with the values of the request's fields named
     /// `name` given by `fields(name)`, in their order (only the first is
-    /// read but for a `cookie` sticky header: see [`sticky_hash`]).
+    /// read but for a `cookie` sticky header: see `sticky_hash`).
     #[inline]
     pub fn choose_by<'s, 'h, I: Iterator<Item = &'h [u8]>>(
         snapshot: &'s Snapshot,

@@ -10,7 +10,7 @@
 //!
 //! Cloud Map has no conditional write and documents no read-after-write
 //! guarantee for UpdateServiceAttributes, so a save is followed by reads until
-//! the own write is seen and is still seen [`READ_BACK_SETTLE`] later (saved),
+//! the own write is seen and is still seen `READ_BACK_SETTLE` later (saved),
 //! or a newer document in the decisions' order wins ([`StoreError::Conflict`]).
 //! The settle time lets a racing task's write of the same generation, landing
 //! on top just after the own first read-back, show (without it, two tasks

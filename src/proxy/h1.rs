@@ -244,7 +244,7 @@ async fn lingering_close<IO: AsyncRead + AsyncWrite + Unpin>(io: &mut IO, drain:
 /// within `request_header` (the watchdog stopped serving it and counted it
 /// as the client's `head_timeout`): `408 Request Timeout` with
 /// `Connection: close`, as HAProxy answers (nginx closes without a word),
-/// then the write side shut; for at most [`LINGER`], or until the
+/// then the write side shut; for at most `LINGER`, or until the
 /// shutdown's grace period runs out. Only the own server's connections get
 /// it: it was waiting for a head, with nothing of a response written.
 pub async fn answer_head_timeout<IO: ClientIo>(io: &mut IO, drain: &Drain) {
