@@ -61,7 +61,7 @@ pub async fn sdk_config(region: Option<&str>, endpoint_url: Option<&str>) -> Sdk
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::config::{Config, EndpointSource, StoreConfig};
+use crate::config::{Config, StoreConfig};
 use crate::discovery::Discover;
 use crate::future::BoxFuture;
 use crate::gateway::Dependencies;
@@ -95,10 +95,7 @@ struct AwsUses {
 impl AwsUses {
     fn of(config: &Config) -> AwsUses {
         AwsUses {
-            discovery: config
-                .versions
-                .iter()
-                .any(|v| matches!(v.source, EndpointSource::CloudMap(_))),
+            discovery: config.uses_cloud_map(),
             store: config.store.poll_interval().is_some(),
             mesh: config.appmesh.is_some(),
         }

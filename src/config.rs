@@ -378,6 +378,13 @@ impl Config {
         self.versions.iter().map(|v| v.name.clone()).collect()
     }
 
+    /// Whether a version has its endpoints from Cloud Map.
+    pub fn uses_cloud_map(&self) -> bool {
+        self.versions
+            .iter()
+            .any(|v| matches!(v.source, EndpointSource::CloudMap(_)))
+    }
+
     /// The weights written in the config, by version.
     pub fn weights(&self) -> BTreeMap<String, u32> {
         self.versions

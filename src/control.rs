@@ -312,7 +312,7 @@ impl Control {
         let first = build(&state)?;
         publish_endpoint_gauges(&first);
         let (weights_tx, _) = watch::channel(decision.clone());
-        let cloud_map_discovery = config_uses_cloud_map(&state.config);
+        let cloud_map_discovery = state.config.uses_cloud_map();
         let control = Arc::new(Control {
             snapshot: Arc::new(ArcSwap::from_pointee(first)),
             state: Mutex::new(state),
@@ -483,14 +483,6 @@ fn writer_id() -> String {
         std::process::id(),
         rand::random::<u32>()
     )
-}
-
-/// Whether a version of `config` has its endpoints from Cloud Map.
-fn config_uses_cloud_map(config: &Config) -> bool {
-    config
-        .versions
-        .iter()
-        .any(|v| matches!(v.source, EndpointSource::CloudMap(_)))
 }
 
 /// The discovery status of a version whose endpoint source is new: not
