@@ -240,8 +240,8 @@ impl Control {
                 ));
             } else if v.weight > 0 && v.endpoints.is_empty() {
                 out.push(format!(
-                    "the version `{}` has weight {} but no endpoints ({}): its share of the requests gets 503",
-                    v.name, v.weight, v.discovery.source
+                    "the version {}",
+                    no_endpoints_sentence(&v.name, v.weight, &v.discovery.source)
                 ));
             }
             if v.discovery.stale {
@@ -336,7 +336,8 @@ impl Control {
                     .get(name)
                     .map_or("", |(d, _)| d.source.as_str());
                 format!(
-                    "`{name}` has weight {weight} but no endpoints ({source}): its share of the requests gets 503 until it has some"
+                    "{} until it has some",
+                    no_endpoints_sentence(name, *weight, source)
                 )
             })
             .collect();
@@ -412,4 +413,12 @@ impl Control {
             uptime_seconds: self.started.elapsed().as_secs_f64(),
         }
     }
+}
+
+/// `` `v3` has weight 50 but no endpoints (cloudmap:ns/app-v3): its share of
+/// the requests gets 503 ``: `/status`'s warning and a change's answer.
+fn no_endpoints_sentence(name: &str, weight: u32, source: &str) -> String {
+    format!(
+        "`{name}` has weight {weight} but no endpoints ({source}): its share of the requests gets 503"
+    )
 }
