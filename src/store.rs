@@ -181,6 +181,11 @@ impl StoreError {
 }
 
 /// A place that keeps the [`WeightsDoc`].
+/// How long a rollback waits for its store write before it answers, on a
+/// store whose write is one or two calls (file, DynamoDB): see
+/// [`Store::rollback_write_wait`].
+pub const ROLLBACK_WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub trait Store: Send + Sync + 'static {
     /// The stored document, `None` when nothing was stored yet. Shared stores
     /// read as consistently as the service allows (DynamoDB: strongly consistent).
@@ -205,6 +210,14 @@ pub trait Store: Send + Sync + 'static {
     /// one (see `Control::sync_from_store`).
     fn compare_and_set(&self) -> bool {
         true
+    }
+    /// How long a rollback, already in force on the task, waits for its
+    /// write to this store before it answers; a write that takes longer goes
+    /// on in the store upkeep, and the answer says `rollback_pending` (a hung
+    /// AWS call takes up to the SDK's 20 s). Room for one write here, with a
+    /// retry: [`ROLLBACK_WRITE_WAIT`] unless the store's writes take longer.
+    fn rollback_write_wait(&self) -> std::time::Duration {
+        ROLLBACK_WRITE_WAIT
     }
     /// Writes this task's report (replacing only its own earlier one) and
     /// answers every task's report as stored, this one included. `None`: this

@@ -7,6 +7,8 @@
 
 #[path = "support/cloudmap_fixture.rs"]
 mod cloudmap_fixture;
+#[path = "support/fault_proxy.rs"]
+mod fault_proxy;
 #[path = "support/gateway_proc.rs"]
 mod gateway_proc;
 #[path = "support/mesh_fixture.rs"]
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use cloudmap_fixture::CloudMapFixture;
 use gateway_proc::{
-    BlackHole, GatewayProc, Relay, TOKEN_ENV, TaggedUpstream, endpoints_line, eventually,
+    BlackHole, GatewayProc, Relay, TOKEN_ENV, TaggedUpstream, admin, endpoints_line, eventually,
     gateway_config, metric_sum, split_counts, weights_of,
 };
 use moto::MotoServer;
@@ -511,6 +513,59 @@ async fn the_fleet_shares_weight_decisions_through_cloud_map() {
     let counts = split_counts(late.addr, 400).await;
     assert_near(&counts, "v1", 300, 8);
     assert_near(&counts, "v2", 100, 8);
+}
+
+/// With AWS's latency (150 ms a call here; moto answers in a few ms), a
+/// rollback's write to the Cloud Map store (a read, the write, read-backs
+/// until 0.5 s after the first sighting: over 1 s) is waited for: the
+/// answer says the store has it, not `rollback_pending` with a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_waits_for_a_cloud_map_store_as_slow_as_aws() {
+    use canary_gateway::aws::cloudmap_store::CloudMapStore;
+    use canary_gateway::store::Store;
+
+    let moto = MotoServer::start();
+    let v1 = TaggedUpstream::start("v1").await;
+    let v2 = TaggedUpstream::start("v2").await;
+    let services = cloudmap_services(&moto, &["canary-state"]).await;
+    let moto_addr = format!("127.0.0.1:{}", moto.port()).parse().unwrap();
+    let slow = fault_proxy::FaultProxy::latency(moto_addr, Duration::from_millis(150)).await;
+    let gw = GatewayProc::spawn(&config(
+        &slow.endpoint_url(),
+        &[
+            ("v1", 90, static_source(&v1)),
+            ("v2", 10, static_source(&v2)),
+        ],
+        &fleet_store(&services[0].service_id),
+    ))
+    .await;
+    gw.wait_ready(WAIT).await;
+    let put = gw.put_weights(&[("v1", 50), ("v2", 50)]).await;
+    assert_eq!(put.status, 200, "{}", put.text());
+
+    let started = Instant::now();
+    let rolled = admin(gw.admin, "POST", "/rollback", "").await;
+    let took = started.elapsed();
+    assert_eq!(rolled.status, 200, "{}", rolled.text());
+    let answer = rolled.json();
+    assert_eq!(
+        answer["rollback_pending"], false,
+        "after {took:?}: {answer:#}"
+    );
+    assert!(answer.get("warning").is_none(), "{answer:#}");
+    assert_eq!(weights_of(&answer), weights(&[("v1", 100), ("v2", 0)]));
+    // The store has it: a fresh read of the service's attribute.
+    let stored = CloudMapStore::new(&moto.sdk_config().await, services[0].service_id.clone())
+        .load()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.generation, answer["generation"].as_u64().unwrap());
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric_sum(&metrics, "canary_store_rollbacks_deferred_total"),
+        0.0
+    );
 }
 
 /// Cloud Map (the store) unreachable at start: the task no longer crash-loops;

@@ -61,10 +61,16 @@ const READ_BACK: confirm::ReadBack = confirm::ReadBack {
 /// 0.2 s, more when the SDK retries) and then has to propagate (Cloud Map
 /// documents no bound): 0.5 s, two and a half pauses, outlasts a call and a
 /// propagation of the same order. It is not longer because it is added to
-/// every save: a rollback (store read, write, read-backs: about 0.5 s plus
-/// four calls) must stay within the 1 s it waits for the store
-/// (`ROLLBACK_WRITE_WAIT`) before it is left to the store upkeep.
+/// every save, a rollback's too (see [`ROLLBACK_WRITE_WAIT`]).
 const READ_BACK_SETTLE: Duration = Duration::from_millis(500);
+
+/// How long a rollback waits for its write to this store before it answers
+/// ([`Store::rollback_write_wait`]): a store read, the write, and read-backs
+/// every `READ_BACK.pause` until `READ_BACK_SETTLE` after the first sighting
+/// take the settle time plus four or five calls, about 1-1.5 s with AWS's
+/// 0.1-0.2 s per call, past the 1 s of the other stores; 3 s leaves room for
+/// an SDK retry. The rollback is in force on the task meanwhile.
+const ROLLBACK_WRITE_WAIT: Duration = Duration::from_secs(3);
 
 /// A [`Store`] in the attributes of one Cloud Map service.
 #[derive(Debug, Clone)]
@@ -156,6 +162,10 @@ impl Store for CloudMapStore {
 
     fn compare_and_set(&self) -> bool {
         false
+    }
+
+    fn rollback_write_wait(&self) -> Duration {
+        ROLLBACK_WRITE_WAIT
     }
 }
 

@@ -79,7 +79,7 @@ impl Control {
     /// store call and without waiting for a decision that holds the decisions'
     /// turn while it calls the store. Then it is written like a pending
     /// rollback ([`Control::flush_pending_rollback`]) for up to
-    /// `ROLLBACK_WRITE_WAIT` (1 s); a write that does not complete by then is
+    /// the store's `rollback_write_wait` (1 s, Cloud Map 3 s); a write that does not complete by then is
     /// left to the store upkeep. The answer is the decision in force.
     pub async fn rollback_for(
         &self,
@@ -118,17 +118,16 @@ impl Control {
     }
 
     /// Writes the rollback just applied here ([`Control::rollback_locally`])
-    /// for up to `ROLLBACK_WRITE_WAIT`; answers the decision in force.
+    /// for up to the store's [`crate::store::Store::rollback_write_wait`]; answers the
+    /// decision in force.
     async fn write_rollback(&self) -> Result<WeightsView, ControlError> {
-        let written =
-            tokio::time::timeout(ROLLBACK_WRITE_WAIT, self.flush_pending_rollback()).await;
+        let wait = self.store.rollback_write_wait();
+        let written = tokio::time::timeout(wait, self.flush_pending_rollback()).await;
         let why = match written {
             Ok(Ok(true)) => None,
             Ok(Ok(false)) => Some("other tasks kept writing decisions".to_string()),
             Ok(Err(e)) => Some(e.to_string()),
-            Err(_) => Some(format!(
-                "the store did not answer within {ROLLBACK_WRITE_WAIT:?}"
-            )),
+            Err(_) => Some(format!("the store did not answer within {wait:?}")),
         };
         let state = self.lock();
         if let Some(why) = why
@@ -859,11 +858,6 @@ pub(super) struct PendingRollback {
 /// How often a pending rollback is made again from a newer decision (another
 /// task wrote between the read and the conditional write) per flush.
 const ROLLBACK_ATTEMPTS: usize = 3;
-
-/// How long a rollback waits for the store before it answers: it is already
-/// in force on this task; a write that takes longer goes on in the store
-/// upkeep (a hung AWS call takes up to the SDK's 20 s).
-pub const ROLLBACK_WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The rollback change: all the weight to the stable version; a running
 /// rollout ends aborted, for `reason`.

@@ -106,7 +106,7 @@ impl Control {
         // store (an operator may be reloading to mend endpoints).
         let pending = self.lock().pending_rollback.is_some()
             && !tokio::time::timeout(
-                super::decisions::ROLLBACK_WRITE_WAIT,
+                self.store.rollback_write_wait(),
                 self.flush_pending_locked(),
             )
             .await

@@ -326,9 +326,9 @@ impl Control {
             // An abort is a rollback: it never waits for the store when this
             // task runs the rollout (the rollback is made again from the
             // store's latest decision when written). Only to find a rollout
-            // this task has not seen yet does it ask the store, briefly.
-            let _ =
-                tokio::time::timeout(super::decisions::ROLLBACK_WRITE_WAIT, self.refresh()).await;
+            // this task has not seen yet does it ask the store, briefly (a
+            // read: the 1 s a rollback's write gets on most stores).
+            let _ = tokio::time::timeout(crate::store::ROLLBACK_WRITE_WAIT, self.refresh()).await;
         }
         let r = self.rollout().ok_or(RolloutError::None)?;
         if !r.phase.running() {

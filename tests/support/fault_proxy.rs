@@ -45,6 +45,8 @@ struct Matching {
     /// Forward the call, then answer the fault: a call applied whose
     /// answer was lost.
     lose_answer: bool,
+    /// How long every call waits before it is forwarded (AWS's latency).
+    delay: std::time::Duration,
 }
 
 /// The running proxy; stops when dropped.
@@ -70,8 +72,27 @@ impl FaultProxy {
             path_part,
             target_part: None,
             lose_answer: false,
+            delay: std::time::Duration::ZERO,
         };
         FaultProxy::start_matching(upstream, matching, fault, count).await
+    }
+
+    /// In front of an AWS emulator at `upstream`: every call is forwarded
+    /// `delay` after it arrived, as slow as AWS (moto answers in a few ms).
+    pub async fn latency(upstream: SocketAddr, delay: std::time::Duration) -> FaultProxy {
+        let matching = Matching {
+            method: &Method::POST,
+            path_part: "/",
+            target_part: None,
+            lose_answer: false,
+            delay,
+        };
+        let unused = Fault {
+            status: 500,
+            error_type: "InternalServerError",
+            message: "never injected",
+        };
+        FaultProxy::start_matching(upstream, matching, unused, 0).await
     }
 
     /// In front of an AWS emulator: the first `count` JSON calls whose
@@ -89,6 +110,7 @@ impl FaultProxy {
             path_part: "/",
             target_part: Some(target_part),
             lose_answer: true,
+            delay: std::time::Duration::ZERO,
         };
         FaultProxy::start_matching(upstream, matching, fault, count).await
     }
@@ -149,6 +171,7 @@ impl FaultProxy {
                                     return Ok::<_, hyper::Error>(injected(&fault));
                                 }
                             }
+                            tokio::time::sleep(matching.delay).await;
                             forward(upstream, req).await
                         }
                     });
