@@ -453,6 +453,25 @@ async function main() {
       await stub.close();
     });
 
+    await check("an action's answer with a warning shows the warning (POST /rollback answered in the browser)", async () => {
+      const stub = await context.newPage();
+      const warning = "rollback applied on this task only: the store could not take it yet; retrying in the background";
+      // The answer of a rollback the store did not take in time; nothing reaches the gateway.
+      await stub.route(/\/rollback$/, (route) => route.fulfill({
+        status: 200, contentType: "application/json",
+        body: JSON.stringify({ weights: { v1: 100, v2: 0 }, generation: 41, stable: "v1", rollback_pending: true, warning }),
+      }));
+      await stub.goto(gw.admin + "/ui");
+      await signIn(stub, gw.token);
+      await stub.locator("#rollback").click();
+      await confirmDialog(stub, /v1 \(stable\) takes all the traffic/);
+      await eventually("the result", async () => /Roll back: done/.test(await stub.locator("#action-result").textContent()));
+      const out = stub.locator("#action-result");
+      assert.match(await out.textContent(), /generation 41.*Warning: rollback applied on this task only/);
+      assert.ok(await out.evaluate((e) => e.classList.contains("bad")), "shown as a problem");
+      await stub.close();
+    });
+
     await check("a rollback from the page sends all traffic to stable", async () => {
       await page.locator("#rollback").click();
       await confirmDialog(page, /v1 \(stable\) takes all the traffic/);

@@ -85,13 +85,17 @@ function showMsg(el, text, bad) {
   el.classList.toggle("bad", !!bad);
 }
 
-/** Runs an action and shows its result or its error text. */
+/** Runs an action and shows its result or its error text, and the
+ * answer's `warning` (a change applied that needs a look: weight given to a
+ * version without endpoints, a rollback not in the store yet). */
 async function act(label, method, path, body, describe) {
   const out = $("action-result");
   showMsg(out, label + "…", false);
   const r = await api(method, path, body);
   if (r.ok) {
-    showMsg(out, label + ": done. " + (describe ? describe(r.data) : ""), false);
+    const warning = r.data && r.data.warning;
+    showMsg(out, label + ": done. " + (describe ? describe(r.data) : "") +
+      (warning ? " Warning: " + warning : ""), !!warning);
     state.weightsDirty = false;
     poll();
   } else {
