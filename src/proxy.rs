@@ -253,8 +253,11 @@ impl Proxy {
     }
 
     /// Serves one request of the own HTTP/1.1 server ([`h1`]): forwards it
-    /// with the own client and writes the response to `client` (`close`:
-    /// the connection closes after it). `body`: the part of the request's
+    /// with the own client and writes the response to `client`; the
+    /// connection closes after it when the request asked, or when `drain`
+    /// began by the time the response head is written (a drain that began
+    /// while the upstream thought still says `Connection: close`, so the
+    /// client sends no next request into a closing socket). `body`: the part of the request's
     /// body read with its head (the rest is read from `client`), and where
     /// bytes read past its end go. Gives back whether the connection closes
     /// (also when the body was not read whole). An error means the response
@@ -266,7 +269,7 @@ impl Proxy {
         conn: &Arc<ConnState>,
         client: &mut C,
         out: &mut Vec<u8>,
-        close: bool,
+        drain: &server::Drain,
     ) -> Result<bool, SendError> {
         let start = Instant::now();
         conn.request_started(false);
@@ -350,7 +353,7 @@ impl Proxy {
         completion.answered = Some(Instant::now());
         // A body not read to its end leaves the connection unusable; what
         // was read past its end is the next request's.
-        let close = close || side.end(read_past);
+        let close = side.end(read_past) || req.close || drain.is_draining();
         let (raw, upstream, outstanding) = match forwarded {
             Ok(forwarded) => forwarded,
             Err(failed) => {

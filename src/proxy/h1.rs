@@ -359,7 +359,6 @@ async fn serve_one<'c, IO: ClientIo>(
                         },
                     }
                 }
-                let close = req.close || drain.is_draining();
                 // The part of the body that came with the head.
                 let after = &buf[start + req.len..];
                 let in_buf = usize::try_from(req.body).map_or(after.len(), |b| b.min(after.len()));
@@ -368,7 +367,7 @@ async fn serve_one<'c, IO: ClientIo>(
                     read_past: &mut read_past,
                 };
                 let close = proxy
-                    .serve_simple(&req, body, state, &mut *io, &mut out, close)
+                    .serve_simple(&req, body, state, &mut *io, &mut out, drain)
                     .await?;
                 Served::Done {
                     len: req.len + in_buf,

@@ -379,6 +379,14 @@ async fn sigterm_drains_in_flight_requests() {
     let reply = in_flight.await.unwrap();
     assert_eq!(reply.status, 200);
     assert_eq!(reply.text(), "v1");
+    // The keep-alive connection closes after it: the answer says so, or
+    // the client would send its next request into a closing socket.
+    assert_eq!(
+        reply.header("connection"),
+        Some("close"),
+        "{:?}",
+        reply.headers
+    );
     let status = tokio::task::spawn_blocking(move || gw.wait())
         .await
         .unwrap()
