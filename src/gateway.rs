@@ -229,13 +229,16 @@ impl Reload for ConfigReloader {
         })
     }
 
-    fn reload_file_change(&self) -> BoxFuture<'_, Option<(ReloadStatus, bool)>> {
+    fn reload_file_change(&self, seen: u64) -> BoxFuture<'_, reload::FileChange> {
         const TRIGGER: &str = "file-change";
         Box::pin(async move {
             // Whether to try again is the config's alone: a rejected TLS pair
             // is the TLS watcher's to notice once its files change.
             let (status, retry) = match &self.from {
-                ReloadFrom::File(file) => file.file_change(&self.control).await?,
+                ReloadFrom::File(file) => match file.file_change(&self.control, seen).await {
+                    reload::FileChange::Reloaded(status, retry) => (status, retry),
+                    nothing => return nothing,
+                },
                 ReloadFrom::Text(source) => (
                     reload::reload_source(&self.control, source, TRIGGER).await,
                     false,
@@ -243,7 +246,7 @@ impl Reload for ConfigReloader {
             };
             self.pollers.sync(&self.control);
             let status = crate::tls::listener::reload_into(self.tls.as_deref(), TRIGGER, status);
-            Some((status, retry))
+            reload::FileChange::Reloaded(status, retry)
         })
     }
 }
