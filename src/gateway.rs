@@ -128,24 +128,30 @@ pub struct Running {
 impl Running {
     /// Starts draining and, meanwhile, writes a rollback still pending in
     /// the store (see [`Control::flush_pending_rollback`]: the fleet's other
-    /// tasks would otherwise go on serving the canary); once the data path
-    /// has drained, tries once more for one made during the drain, and
-    /// removes this task's generation report from a shared store (best
-    /// effort). Side by side, so that the whole stays within ECS's
-    /// `stopTimeout` (30 s by default): the drain's `shutdown_grace` (25 s
-    /// by default), then at most `LAST_FLUSH_AT_EXIT` (2 s) and the report's 2 s.
+    /// tasks would otherwise go on serving the canary), trying again every
+    /// quarter second for up to `PENDING_FLUSH_AT_EXIT` (5 s) or the
+    /// `shutdown_grace` if shorter; once the data path has drained, tries
+    /// again for up to `LAST_FLUSH_AT_EXIT` (2 s), for one made during the
+    /// drain or still pending, and removes this task's generation report
+    /// from a shared store (best effort). Side by side, so that the whole
+    /// stays within ECS's `stopTimeout` (30 s by default): the drain's
+    /// `shutdown_grace` (25 s by default), then at most `LAST_FLUSH_AT_EXIT`
+    /// and the report's 2 s.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        let flushed = self
-            .control
-            .flush_rollback_before_exit(PENDING_FLUSH_AT_EXIT, false);
+        let grace = self.control.config().timeouts.shutdown_grace;
+        let flushed = self.control.flush_rollback_before_exit(
+            PENDING_FLUSH_AT_EXIT,
+            PENDING_FLUSH_AT_EXIT.min(grace),
+            false,
+        );
         let _ = tokio::join!(self.serving, flushed);
         for task in &self.background {
             task.abort();
         }
         self.pollers.stop_all();
         self.control
-            .flush_rollback_before_exit(LAST_FLUSH_AT_EXIT, true)
+            .flush_rollback_before_exit(LAST_FLUSH_AT_EXIT, LAST_FLUSH_AT_EXIT, true)
             .await;
         self.control.withdraw_report().await;
     }
@@ -253,7 +259,8 @@ impl Reload for ConfigReloader {
 
 /// How long a stopping task tries to write a rollback still pending in the
 /// store, while it drains (ECS gives 30 s between SIGTERM and SIGKILL by
-/// default).
+/// default); within the `shutdown_grace` when that is shorter, but for
+/// one try.
 const PENDING_FLUSH_AT_EXIT: Duration = Duration::from_secs(5);
 
 /// How long a stopping task tries, after its drain, to write a rollback
