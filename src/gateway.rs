@@ -42,7 +42,8 @@ pub enum GatewayError {
     #[error("AWS setup: {0}")]
     Aws(String),
     /// The state file cannot be taken for this gateway (another one holds
-    /// it, or its lock file cannot be opened): see `FileStore::lock`.
+    /// it, or its lock file cannot be opened: see `FileStore::lock`), or
+    /// its directory cannot be written in (`FileStore::check_writable`).
     #[error("{0}")]
     State(crate::store::StoreError),
     #[error("cannot bind {what} {addr}: {error}")]
@@ -301,9 +302,9 @@ fn file_store(config: &Config) -> FileStore {
 /// checks [`start`] makes before serving that need neither AWS nor a bound
 /// port, with the same errors: the admin token (and a non-loopback admin
 /// address without one), the listener's TLS files, with the file store the
-/// state file's first read, and when AWS is used an AWS region (short of
-/// the instance metadata service, a network call) and the SDK's
-/// `AWS_ENDPOINT_URL*` variables. Within a tokio runtime.
+/// state file's first read and whether its directory can be written in,
+/// and when AWS is used an AWS region (short of the instance metadata
+/// service, a network call) and the SDK's `AWS_ENDPOINT_URL*` variables. Within a tokio runtime.
 /// `Ok` holds warnings: what only the start can tell.
 pub async fn preflight(config: &Config) -> Result<Vec<String>, GatewayError> {
     let mut warnings = Vec::new();
@@ -312,10 +313,9 @@ pub async fn preflight(config: &Config) -> Result<Vec<String>, GatewayError> {
         ListenerTls::load(tls)?;
     }
     if matches!(config.store, StoreConfig::File) {
-        file_store(config)
-            .load()
-            .await
-            .map_err(ControlError::StoreLoad)?;
+        let store = file_store(config);
+        store.load().await.map_err(ControlError::StoreLoad)?;
+        store.check_writable().map_err(GatewayError::State)?;
     }
     match crate::aws::region_without_network(config).await {
         crate::aws::RegionCheck::Found => {}
@@ -377,6 +377,9 @@ pub async fn start_with_hangup(
             // the same path stops here, having changed nothing.
             let store = file_store(&config);
             state_lock = Some(store.lock().map_err(GatewayError::State)?);
+            // A directory it cannot write in (a read-only volume whose lock
+            // file is writable) would refuse every change while serving.
+            store.check_writable().map_err(GatewayError::State)?;
             (Arc::new(store), "file")
         }
     };
