@@ -42,7 +42,8 @@ pub enum GatewayError {
     #[error("AWS setup: {0}")]
     Aws(String),
     /// The state file cannot be taken for this gateway (another one holds
-    /// it, or its lock file cannot be opened): see `FileStore::lock`.
+    /// it, or its lock file cannot be opened: see `FileStore::lock`), or
+    /// its directory cannot be written in (`FileStore::check_writable`).
     #[error("{0}")]
     State(crate::store::StoreError),
     #[error("cannot bind {what} {addr}: {error}")]
@@ -128,24 +129,30 @@ pub struct Running {
 impl Running {
     /// Starts draining and, meanwhile, writes a rollback still pending in
     /// the store (see [`Control::flush_pending_rollback`]: the fleet's other
-    /// tasks would otherwise go on serving the canary); once the data path
-    /// has drained, tries once more for one made during the drain, and
-    /// removes this task's generation report from a shared store (best
-    /// effort). Side by side, so that the whole stays within ECS's
-    /// `stopTimeout` (30 s by default): the drain's `shutdown_grace` (25 s
-    /// by default), then at most `LAST_FLUSH_AT_EXIT` (2 s) and the report's 2 s.
+    /// tasks would otherwise go on serving the canary), trying again every
+    /// quarter second for up to `PENDING_FLUSH_AT_EXIT` (5 s) or the
+    /// `shutdown_grace` if shorter; once the data path has drained, tries
+    /// again for up to `LAST_FLUSH_AT_EXIT` (2 s), for one made during the
+    /// drain or still pending, and removes this task's generation report
+    /// from a shared store (best effort). Side by side, so that the whole
+    /// stays within ECS's `stopTimeout` (30 s by default): the drain's
+    /// `shutdown_grace` (25 s by default), then at most `LAST_FLUSH_AT_EXIT`
+    /// and the report's 2 s.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        let flushed = self
-            .control
-            .flush_rollback_before_exit(PENDING_FLUSH_AT_EXIT, false);
+        let grace = self.control.config().timeouts.shutdown_grace;
+        let flushed = self.control.flush_rollback_before_exit(
+            PENDING_FLUSH_AT_EXIT,
+            PENDING_FLUSH_AT_EXIT.min(grace),
+            false,
+        );
         let _ = tokio::join!(self.serving, flushed);
         for task in &self.background {
             task.abort();
         }
         self.pollers.stop_all();
         self.control
-            .flush_rollback_before_exit(LAST_FLUSH_AT_EXIT, true)
+            .flush_rollback_before_exit(LAST_FLUSH_AT_EXIT, LAST_FLUSH_AT_EXIT, true)
             .await;
         self.control.withdraw_report().await;
     }
@@ -229,13 +236,16 @@ impl Reload for ConfigReloader {
         })
     }
 
-    fn reload_file_change(&self) -> BoxFuture<'_, Option<(ReloadStatus, bool)>> {
+    fn reload_file_change(&self, seen: u64) -> BoxFuture<'_, reload::FileChange> {
         const TRIGGER: &str = "file-change";
         Box::pin(async move {
             // Whether to try again is the config's alone: a rejected TLS pair
             // is the TLS watcher's to notice once its files change.
             let (status, retry) = match &self.from {
-                ReloadFrom::File(file) => file.file_change(&self.control).await?,
+                ReloadFrom::File(file) => match file.file_change(&self.control, seen).await {
+                    reload::FileChange::Reloaded(status, retry) => (status, retry),
+                    nothing => return nothing,
+                },
                 ReloadFrom::Text(source) => (
                     reload::reload_source(&self.control, source, TRIGGER).await,
                     false,
@@ -243,14 +253,15 @@ impl Reload for ConfigReloader {
             };
             self.pollers.sync(&self.control);
             let status = crate::tls::listener::reload_into(self.tls.as_deref(), TRIGGER, status);
-            Some((status, retry))
+            reload::FileChange::Reloaded(status, retry)
         })
     }
 }
 
 /// How long a stopping task tries to write a rollback still pending in the
 /// store, while it drains (ECS gives 30 s between SIGTERM and SIGKILL by
-/// default).
+/// default); within the `shutdown_grace` when that is shorter, but for
+/// one try.
 const PENDING_FLUSH_AT_EXIT: Duration = Duration::from_secs(5);
 
 /// How long a stopping task tries, after its drain, to write a rollback
@@ -291,9 +302,9 @@ fn file_store(config: &Config) -> FileStore {
 /// checks [`start`] makes before serving that need neither AWS nor a bound
 /// port, with the same errors: the admin token (and a non-loopback admin
 /// address without one), the listener's TLS files, with the file store the
-/// state file's first read, and when AWS is used an AWS region (short of
-/// the instance metadata service, a network call) and the SDK's
-/// `AWS_ENDPOINT_URL*` variables. Within a tokio runtime.
+/// state file's first read and whether its directory can be written in,
+/// and when AWS is used an AWS region (short of the instance metadata
+/// service, a network call) and the SDK's `AWS_ENDPOINT_URL*` variables. Within a tokio runtime.
 /// `Ok` holds warnings: what only the start can tell.
 pub async fn preflight(config: &Config) -> Result<Vec<String>, GatewayError> {
     let mut warnings = Vec::new();
@@ -302,10 +313,9 @@ pub async fn preflight(config: &Config) -> Result<Vec<String>, GatewayError> {
         ListenerTls::load(tls)?;
     }
     if matches!(config.store, StoreConfig::File) {
-        file_store(config)
-            .load()
-            .await
-            .map_err(ControlError::StoreLoad)?;
+        let store = file_store(config);
+        store.load().await.map_err(ControlError::StoreLoad)?;
+        store.check_writable().map_err(GatewayError::State)?;
     }
     match crate::aws::region_without_network(config).await {
         crate::aws::RegionCheck::Found => {}
@@ -367,6 +377,9 @@ pub async fn start_with_hangup(
             // the same path stops here, having changed nothing.
             let store = file_store(&config);
             state_lock = Some(store.lock().map_err(GatewayError::State)?);
+            // A directory it cannot write in (a read-only volume whose lock
+            // file is writable) would refuse every change while serving.
+            store.check_writable().map_err(GatewayError::State)?;
             (Arc::new(store), "file")
         }
     };

@@ -14,20 +14,35 @@ use crate::control::{Control, Refusal};
 pub trait Reload: Send + Sync + 'static {
     fn reload<'a>(&'a self, trigger: &'a str) -> crate::future::BoxFuture<'a, ReloadStatus>;
 
-    /// A reload for an edit of the config file (trigger `file-change`), and
-    /// whether it may pass when tried again on the same text: `true` when it
-    /// failed although the text is a valid config, for a passing reason (the
-    /// store could not be written, a rollback is still pending, another task
-    /// wrote first...); `false` when it passed, the text itself was rejected
-    /// (only another edit mends that), it leaves invalid weights with the
-    /// decision in force, it needs a restart, or it was refused because a rollout
-    /// runs (final for that text: the operator reloads it once the rollout
-    /// is paused or over). `None`: nothing to do, the file holds the text
-    /// the last reload (a SIGHUP's, say) applied or refused for good. By
-    /// default: [`Reload::reload`], never tried again.
-    fn reload_file_change(&self) -> crate::future::BoxFuture<'_, Option<(ReloadStatus, bool)>> {
-        Box::pin(async move { Some((self.reload("file-change").await, false)) })
+    /// A reload for an edit of the config file (trigger `file-change`) whose
+    /// text has fingerprint `seen`: the text the watcher saw settle (the same
+    /// at two polls in a row). See [`FileChange`]. By default:
+    /// [`Reload::reload`], never tried again.
+    fn reload_file_change(&self, seen: u64) -> crate::future::BoxFuture<'_, FileChange> {
+        let _ = seen;
+        Box::pin(async move { FileChange::Reloaded(self.reload("file-change").await, false) })
     }
+}
+
+/// What a reload for an edit of the config file did.
+#[derive(Debug)]
+pub enum FileChange {
+    /// Nothing to do: the file holds the text the last reload (a SIGHUP's,
+    /// `POST /reload`'s) applied or refused for good.
+    Settled,
+    /// Nothing done: the file no longer holds the text the watcher saw
+    /// settle (it was written again meanwhile, or cannot be read now). The
+    /// watcher waits for the new text to settle.
+    Moved,
+    /// Reloaded, and whether the same text may pass when tried again:
+    /// `true` when it failed although the text is a valid config, for a
+    /// passing reason (the store could not be written, a rollback is still
+    /// pending, another task wrote first...); `false` when it passed, the
+    /// text itself was rejected (only another edit mends that), it leaves
+    /// invalid weights with the decision in force, it needs a restart, or
+    /// it was refused because a rollout runs (final for that text: the
+    /// operator reloads it once the rollout is paused or over).
+    Reloaded(ReloadStatus, bool),
 }
 
 /// Where a reload reads the config from.
@@ -151,9 +166,11 @@ impl FileReloads {
         (status, retry)
     }
 
-    /// A reload for an edit the watcher saw; `None` when the file holds
-    /// the text the last reload settled.
-    pub async fn file_change(&self, control: &Control) -> Option<(ReloadStatus, bool)> {
+    /// A reload for an edit the watcher saw settle, with fingerprint
+    /// `seen`: [`FileChange::Moved`] when the file holds another text now
+    /// (the watcher waits for that one to settle), [`FileChange::Settled`]
+    /// when it holds the text the last reload settled.
+    pub async fn file_change(&self, control: &Control, seen: u64) -> FileChange {
         let mut settled = self.settled.lock().await;
         // Read once: the text compared is the text reloaded.
         let read = read_off_runtime(&self.path).await;
@@ -161,13 +178,16 @@ impl FileReloads {
             .as_ref()
             .ok()
             .map(|text| crate::config::fingerprint(text.as_bytes()));
-        if now.is_some() && now == *settled {
-            return None;
+        if now != Some(seen) {
+            return FileChange::Moved;
+        }
+        if now == *settled {
+            return FileChange::Settled;
         }
         let (status, retry, seen) =
             reload_text_read(control, &self.path, read, "file-change").await;
         *settled = seen.filter(|_| status.ok || !retry);
-        Some((status, retry))
+        FileChange::Reloaded(status, retry)
     }
 }
 
@@ -198,7 +218,9 @@ async fn fingerprint(path: &Path) -> Option<u64> {
 /// `baseline`: the [`Config::source_fingerprint`] of the running config (the
 /// text it was parsed from), so that an edit made between that read and
 /// this call (the start's AWS setup, store read, TLS load) is reloaded too.
-/// Without one, the file as it is when this is called.
+/// Without one, the file as it is when this is called. A changed text is
+/// reloaded once it has settled: the same at two polls in a row, `every`
+/// apart.
 pub async fn watch_file(
     reloader: Arc<dyn Reload>,
     path: PathBuf,
@@ -226,6 +248,16 @@ struct Retry {
     wait: Duration,
 }
 
+/// The watcher's loop from `last`, the fingerprint of the text in force (or
+/// settled). A text that differs from it is applied only once a poll finds
+/// it again unchanged (it settled for at least `every`): a file written in
+/// place, in several writes (`cat > gateway.toml`, an editor or a
+/// config-management tool that does not write by rename), is read while it
+/// is half-written, and such a text can be a valid config (one table of
+/// two, say) that would drop a version and, once whole again, bring it back
+/// at its file weight instead of the decision in force. A text that never
+/// settles is neither applied nor reported; SIGHUP and `POST /reload` apply
+/// what the file holds at once.
 async fn watch_from(
     reloader: Arc<dyn Reload>,
     path: PathBuf,
@@ -233,15 +265,27 @@ async fn watch_from(
     mut last: Option<u64>,
 ) {
     let mut retry: Option<Retry> = None;
+    // A changed text seen at the last poll, not applied yet: it settled
+    // when this poll sees it again.
+    let mut unsettled: Option<u64> = None;
     loop {
         tokio::time::sleep(every).await;
         metrics::counter!(crate::metrics::CONFIG_POLLS_TOTAL).increment(1);
         let Some(now) = fingerprint(&path).await else {
+            // Gone or unreadable: whatever comes next settles anew.
+            unsettled = None;
             continue;
         };
         if Some(now) == last {
             // Back to the text in force: nothing left to apply.
             retry = None;
+            unsettled = None;
+            continue;
+        }
+        if unsettled != Some(now) {
+            // Changed since the last poll: the file may still be being
+            // written; tried at the next poll if it is still this text.
+            unsettled = Some(now);
             continue;
         }
         let wait = match &retry {
@@ -253,11 +297,19 @@ async fn watch_from(
             }
             _ => RETRY_FIRST,
         };
-        let Some((status, again)) = reloader.reload_file_change().await else {
-            // A reload (a SIGHUP's, POST /reload's) settled this text already.
-            last = Some(now);
-            retry = None;
-            continue;
+        let (status, again) = match reloader.reload_file_change(now).await {
+            FileChange::Reloaded(status, again) => (status, again),
+            FileChange::Settled => {
+                // A reload (a SIGHUP's, POST /reload's) settled this text already.
+                last = Some(now);
+                retry = None;
+                continue;
+            }
+            FileChange::Moved => {
+                // Written again since this poll: the new text settles first.
+                unsettled = None;
+                continue;
+            }
         };
         if status.ok || !again {
             // Applied, or refused for good (its text, or a rollout running
@@ -359,10 +411,10 @@ mod tests {
             })
         }
 
-        fn reload_file_change(&self) -> crate::future::BoxFuture<'_, Option<(ReloadStatus, bool)>> {
+        fn reload_file_change(&self, _seen: u64) -> crate::future::BoxFuture<'_, FileChange> {
             Box::pin(async move {
                 *self.calls.lock().unwrap() += 1;
-                Some((self.reload("file-change").await, self.retry))
+                FileChange::Reloaded(self.reload("file-change").await, self.retry)
             })
         }
     }
@@ -402,10 +454,12 @@ mod tests {
             Box::pin(reload_file(&self.control, &self.path, trigger))
         }
 
-        fn reload_file_change(&self) -> crate::future::BoxFuture<'_, Option<(ReloadStatus, bool)>> {
+        fn reload_file_change(&self, _seen: u64) -> crate::future::BoxFuture<'_, FileChange> {
             Box::pin(async move {
                 *self.calls.lock().unwrap() += 1;
-                Some(reload_file_retryable(&self.control, &self.path, "file-change").await)
+                let (status, retry) =
+                    reload_file_retryable(&self.control, &self.path, "file-change").await;
+                FileChange::Reloaded(status, retry)
             })
         }
     }
@@ -543,6 +597,43 @@ mod tests {
         let (on_fifo, on_file) = outcome.expect("the watcher blocked its runtime on the FIFO");
         assert_eq!(on_fifo, 0, "the FIFO was taken for an edit");
         assert_eq!(on_file, 1, "the watcher stopped polling");
+    }
+
+    /// A file still being written (a new text at every poll) is not
+    /// reloaded, not even for a text that would fail; once a poll finds the
+    /// text it found before, it is reloaded, once.
+    #[tokio::test(start_paused = true)]
+    async fn an_edit_is_reloaded_only_once_it_has_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, "before").unwrap();
+        let baseline = fingerprint(&path).await;
+        let reloader = Arc::new(Failing {
+            retry: false,
+            calls: Mutex::new(0),
+        });
+        let watcher = tokio::spawn(watch_file(
+            reloader.clone(),
+            path.clone(),
+            Duration::from_secs(1),
+            baseline,
+        ));
+        // Half-way between two polls, a longer text each time.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut text = String::new();
+        for part in 0..10 {
+            text.push_str(&format!("part {part}\n"));
+            std::fs::write(&path, &text).unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert_eq!(
+            *reloader.calls.lock().unwrap(),
+            0,
+            "a text being written was reloaded"
+        );
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(*reloader.calls.lock().unwrap(), 1);
+        watcher.abort();
     }
 
     /// A text the config rejects is tried once: only another edit can mend it.

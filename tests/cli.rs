@@ -623,6 +623,113 @@ path = {}
     assert_eq!(weights["weights"]["v2"], 30, "{weights}");
 }
 
+/// The binary as an unprivileged user (uid 65534 through `setpriv` when the
+/// tests run as root, whom file modes do not stop); `None` when that cannot
+/// be done here.
+#[cfg(target_os = "linux")]
+fn unprivileged(args: &[&str]) -> Option<std::process::Command> {
+    let mut cmd = if rustix::process::geteuid().is_root() {
+        let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())?;
+        let mut cmd = std::process::Command::new(setpriv);
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN]);
+        cmd
+    } else {
+        std::process::Command::new(BIN)
+    };
+    cmd.args(args)
+        .env_remove("CANARY_GATEWAY_CONFIG")
+        .env_remove("CANARY_ADMIN_URL")
+        .env(TOKEN_ENV, TOKEN);
+    Some(cmd)
+}
+
+/// A state directory the gateway cannot write in (a read-only volume), with
+/// a writable lock file already there: `check` refuses it, and so does
+/// `run`, naming the directory. Before, both passed and the gateway served
+/// with every change answering 503 ("cannot write it: Permission denied").
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_state_directory_the_gateway_cannot_write_in_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let (v1, v2) = (
+        TaggedUpstream::start("v1").await,
+        TaggedUpstream::start("v2").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mode = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    mode(dir.path(), 0o755);
+    let state_dir = dir.path().join("state");
+    std::fs::create_dir(&state_dir).unwrap();
+    let lock = state_dir.join("gw.state.json.lock");
+    std::fs::write(&lock, "").unwrap();
+    mode(&lock, 0o666);
+    let path = dir.path().join("gateway.toml");
+    let text = format!(
+        "{}\n[state]\npath = {}\n",
+        config(v1.addr, v2.addr),
+        toml::Value::String(state_dir.join("gw.state.json").display().to_string())
+    );
+    std::fs::write(&path, &text).unwrap();
+    mode(&path, 0o644);
+    mode(&state_dir, 0o555);
+    let path_arg = path.display().to_string();
+    let Some(mut check) = unprivileged(&["check", "--config", &path_arg]) else {
+        eprintln!("skipped: running as root without setpriv");
+        return;
+    };
+    let out = tokio::task::spawn_blocking(move || check.output().unwrap())
+        .await
+        .unwrap();
+    let check_err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "check passed: {check_err}");
+    let line = error_line(&check_err).to_string();
+    assert!(
+        line.contains(&format!(
+            "cannot write in its directory {}",
+            state_dir.display()
+        )) && line.contains("Permission denied"),
+        "{check_err}"
+    );
+
+    let run = unprivileged(&["run", "--config", &path_arg]).unwrap();
+    let started = tokio::task::spawn_blocking(move || {
+        spawn_serving(run, Duration::from_secs(20)).map(|_| ())
+    })
+    .await
+    .unwrap();
+    let Err(run_err) = started else {
+        panic!("run served on a state directory it cannot write in");
+    };
+    assert!(run_err.starts_with("exited (exit status: 1)"), "{run_err}");
+    assert_eq!(error_line(&run_err), line, "{run_err}");
+
+    // Writable again: both take it.
+    mode(&state_dir, 0o777);
+    let mut check = unprivileged(&["check", "--config", &path_arg]).unwrap();
+    let out = tokio::task::spawn_blocking(move || check.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&state_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        leftovers,
+        ["gw.state.json.lock"],
+        "check left a file behind"
+    );
+}
+
 /// A rejected reload shows in `/status` `warnings` and in `ctl status` until
 /// a reload succeeds: the file on disk is not what runs.
 #[tokio::test]

@@ -228,28 +228,49 @@ impl Control {
         self.flush_pending_locked().await
     }
 
-    /// At exit: one more try, within `limit`, to write a rollback still
-    /// pending in the store; when it cannot, says loudly that the fleet's
-    /// other tasks keep the weights the rollback replaced.
+    /// At exit: writes a rollback still pending in the store, trying at
+    /// once and, while a try fails, again every `EXIT_FLUSH_PAUSE` (250 ms) until
+    /// `retry_for` has passed since the first try, each try within what is
+    /// left of `limit` (the first within the whole of it): a write that
+    /// fails at once (a full disk, a read-only volume) may pass a moment
+    /// later, when an operator has made room. Stops as soon as one passes.
+    /// When none does, says loudly that the fleet's other tasks keep the
+    /// weights the rollback replaced.
     /// `last`: the last try (a failure is then logged as final; an earlier
     /// try, during the drain, fails quietly).
-    pub async fn flush_rollback_before_exit(&self, limit: std::time::Duration, last: bool) {
+    pub async fn flush_rollback_before_exit(
+        &self,
+        limit: std::time::Duration,
+        retry_for: std::time::Duration,
+        last: bool,
+    ) {
         if !self.rollback_pending() {
             return;
         }
-        let why = match tokio::time::timeout(limit, self.flush_pending_rollback()).await {
-            Ok(Ok(true)) => {
-                tracing::info!(target: "audit", "the pending rollback was written to the store at exit");
-                return;
+        let start = tokio::time::Instant::now();
+        let mut tries = 0u32;
+        let why = loop {
+            tries += 1;
+            let left = limit.saturating_sub(start.elapsed());
+            let why = match tokio::time::timeout(left, self.flush_pending_rollback()).await {
+                Ok(Ok(true)) => {
+                    tracing::info!(target: "audit", tries, "the pending rollback was written to the store at exit");
+                    return;
+                }
+                Ok(Ok(false)) => "other tasks kept writing decisions".to_string(),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {limit:?}"),
+            };
+            let pause = EXIT_FLUSH_PAUSE.min(retry_for.min(limit).saturating_sub(start.elapsed()));
+            if pause < EXIT_FLUSH_PAUSE {
+                break why;
             }
-            Ok(Ok(false)) => "other tasks kept writing decisions".to_string(),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {limit:?}"),
+            tokio::time::sleep(pause).await;
         };
         if last && self.store.shared() {
-            tracing::error!(target: "audit", error = %why, "exiting with a rollback the store never took: the fleet's other tasks keep the weights it replaced; roll back again (POST /rollback) once the store answers");
+            tracing::error!(target: "audit", error = %why, tries, "exiting with a rollback the store never took: the fleet's other tasks keep the weights it replaced; roll back again (POST /rollback) once the store answers");
         } else if last {
-            tracing::error!(target: "audit", error = %why, "exiting with a rollback the state file never took: the next start does not know of it; roll back again (POST /rollback) once the state file can be written");
+            tracing::error!(target: "audit", error = %why, tries, "exiting with a rollback the state file never took: the next start does not know of it; roll back again (POST /rollback) once the state file can be written");
         }
     }
 
@@ -858,6 +879,12 @@ pub(super) struct PendingRollback {
 /// How often a pending rollback is made again from a newer decision (another
 /// task wrote between the read and the conditional write) per flush.
 const ROLLBACK_ATTEMPTS: usize = 3;
+
+/// The pause between two tries to write a pending rollback at exit
+/// ([`Control::flush_rollback_before_exit`]): short, so that a store that
+/// takes writes again (a disk an operator made room on) gets the rollback
+/// within a fraction of a second, and few tries within the exit's limits.
+const EXIT_FLUSH_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The rollback change: all the weight to the stable version; a running
 /// rollout ends aborted, for `reason`.

@@ -210,6 +210,50 @@ async fn a_rollback_applies_while_the_store_is_down_and_lands_when_it_returns() 
     assert_eq!(control.weights().generation, 8);
 }
 
+/// At exit (SIGTERM), a rollback pending in the store is tried again every
+/// quarter second while its write fails at once (a full disk): a store
+/// that takes writes again within the limit (an operator made room) gets
+/// it. Before, the one try failed and the task exited at once without it.
+/// A store that never does is given up on at the retry limit.
+#[tokio::test(start_paused = true)]
+async fn a_rollback_pending_at_exit_is_tried_again_until_a_write_passes() {
+    let store = Arc::new(MemoryStore::default());
+    let control = task(&store).await;
+    control.set_weights(w(50, 50), "admin").await.unwrap();
+    store.set_down(true);
+    control.rollback("admin").await.unwrap();
+    assert!(control.rollback_pending());
+    store.set_down(false);
+    store.fail_saves.store(3, Ordering::SeqCst);
+    let saves = store.saves.load(Ordering::SeqCst);
+    control
+        .flush_rollback_before_exit(Duration::from_secs(5), Duration::from_secs(5), false)
+        .await;
+    assert!(!control.rollback_pending(), "the rollback was not written");
+    assert_eq!(store.fail_saves.load(Ordering::SeqCst), 0);
+    assert_eq!(store.saves.load(Ordering::SeqCst), saves + 1);
+    assert_eq!(store.stored().unwrap().weights, w(100, 0));
+
+    // A write that keeps failing: tried for `retry_for`, not past it.
+    control.set_weights(w(50, 50), "admin").await.unwrap();
+    store.set_down(true);
+    control.rollback("admin").await.unwrap();
+    store.set_down(false);
+    store.fail_saves.store(usize::MAX, Ordering::SeqCst);
+    let start = tokio::time::Instant::now();
+    control
+        .flush_rollback_before_exit(Duration::from_secs(2), Duration::from_secs(1), true)
+        .await;
+    let took = start.elapsed();
+    assert!(control.rollback_pending());
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_millis(1250),
+        "{took:?}"
+    );
+    let tries = usize::MAX - store.fail_saves.load(Ordering::SeqCst);
+    assert_eq!(tries, 5, "one try, then one every 250 ms for 1 s");
+}
+
 /// Polls (no sleep as synchronisation) until `what` holds, for up to 2 s.
 async fn until(what: impl Fn() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);

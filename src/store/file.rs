@@ -49,6 +49,86 @@ impl FileStore {
         })
     }
 
+    /// The state file's name, for the files written beside it.
+    fn file_name(&self) -> String {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "state.json".into())
+    }
+
+    /// The prefix of the temporary files a save writes beside the state
+    /// file (`.<name>.tmp-<pid>`), renamed over it once written.
+    fn temp_prefix(&self) -> String {
+        format!(".{}.tmp-", self.file_name())
+    }
+
+    /// Whether a gateway can write the state file: creates a file of its
+    /// own in the state file's directory and removes it, taking no lock
+    /// (`check` and `run` both ask). Every decision is saved by writing a
+    /// temporary file there and renaming it over the state file, so a
+    /// directory the gateway cannot write (a read-only volume, another
+    /// owner) would refuse every change with 503 while it serves.
+    pub fn check_writable(&self) -> Result<(), StoreError> {
+        if let Some(e) = self.missing_dir() {
+            return Err(e);
+        }
+        let dir = self.dir();
+        let probe = dir.join(format!(
+            ".{}.check-{}-{:016x}",
+            self.file_name(),
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+            .map_err(|e| {
+                self.error(format!(
+                    "cannot write in its directory {}: {e}: every decision is saved there (a temporary file renamed over the state file); make the directory writable by the gateway's user, or set [state] path to a file in one that is",
+                    dir.display()
+                ))
+            })?;
+        let _ = std::fs::remove_file(&probe);
+        Ok(())
+    }
+
+    /// Removes the temporary files that saves of this state file left
+    /// behind (a gateway killed between writing one and renaming it: they
+    /// would pile up on a persistent volume). Only with the lock held: no
+    /// other gateway writes them then. Only names `.<name>.tmp-<digits>`;
+    /// best effort (a failure is logged).
+    fn remove_stale_temps(&self) {
+        let prefix = self.temp_prefix();
+        let dir = self.dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot list the state file's directory to remove stale temporary files");
+                return;
+            }
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+                continue;
+            };
+            if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let path = entry.path();
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(file = %path.display(), "removed a temporary file a save of the state file left behind (a gateway stopped mid-save)")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot remove a temporary file a save of the state file left behind")
+                }
+            }
+        }
+    }
+
     /// The lock file beside the state file: `<path>.lock`.
     pub fn lock_path(&self) -> PathBuf {
         let mut name = self.path.as_os_str().to_os_string();
@@ -66,7 +146,8 @@ impl FileStore {
     /// overwrite each other's decisions silently, so a second one is
     /// refused, naming the file. A file system that takes no locks is
     /// logged and the gateway runs unlocked. `check` reads the file and
-    /// takes no lock.
+    /// takes no lock. Once locked, the temporary files earlier saves left
+    /// behind are removed.
     pub fn lock(&self) -> Result<StateLock, StoreError> {
         if let Some(e) = self.missing_dir() {
             return Err(e);
@@ -115,6 +196,7 @@ impl FileStore {
         // Who holds it, for the error of the next one (best effort).
         let _ = file.set_len(0);
         let _ = (&file).write_all(holder().as_bytes());
+        self.remove_stale_temps();
         Ok(StateLock {
             _file: Some(file),
             path: lock_path,
@@ -144,12 +226,7 @@ impl FileStore {
     fn save_sync(&self, doc: &WeightsDoc) -> Result<(), StoreError> {
         let json = serde_json::to_vec_pretty(doc).map_err(|e| self.error(e))?;
         let dir = self.dir();
-        let name = self
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "state.json".into());
-        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        let tmp = dir.join(format!("{}{}", self.temp_prefix(), std::process::id()));
         let write = || -> std::io::Result<()> {
             let mut file = std::fs::File::create(&tmp)?;
             file.write_all(&json)?;
@@ -322,6 +399,78 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("does not exist"), "{e}");
+    }
+
+    /// The temporary files of saves cut short (a `kill -9` between the
+    /// write and the rename) are removed when the next gateway takes the
+    /// state file; other files beside it stay, the temporary files of
+    /// another state file in the same directory too.
+    #[tokio::test]
+    async fn stale_temporary_files_are_removed_once_the_lock_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path().join("gw.state.json"));
+        store.save(&doc(), None).await.unwrap();
+        let stale = [".gw.state.json.tmp-1", ".gw.state.json.tmp-48213"];
+        let kept = [
+            ".gw.state.json.tmp-",
+            ".gw.state.json.tmp-12x",
+            ".other.state.json.tmp-7",
+            "gw.state.json.tmp-7",
+            ".gw.state.json.check-7-00",
+            "notes.txt",
+        ];
+        for name in stale.iter().chain(&kept) {
+            std::fs::write(dir.path().join(name), "{").unwrap();
+        }
+        let names = || {
+            let mut names: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        // `check` (no lock) removes nothing.
+        store.check_writable().unwrap();
+        assert_eq!(names().len(), stale.len() + kept.len() + 1);
+        let held = store.lock().unwrap();
+        let mut expected: Vec<String> = kept.iter().map(|n| n.to_string()).collect();
+        expected.extend(["gw.state.json".into(), "gw.state.json.lock".into()]);
+        expected.sort();
+        assert_eq!(names(), expected);
+        assert_eq!(store.load().await.unwrap(), Some(doc()));
+        drop(held);
+    }
+
+    /// A state file's directory that cannot be written in is refused,
+    /// naming it, without leaving a file behind where it can.
+    #[test]
+    fn a_directory_that_cannot_be_written_in_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path().join("gw.state.json"));
+        store.check_writable().unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let read_only = dir.path().join("ro");
+        std::fs::create_dir(&read_only).unwrap();
+        std::fs::set_permissions(&read_only, std::fs::Permissions::from_mode(0o555)).unwrap();
+        // File modes do not stop root: /proc/self takes no new file from anyone.
+        let unwritable = if std::fs::write(read_only.join("probe"), "").is_ok() {
+            PathBuf::from("/proc/self")
+        } else {
+            read_only
+        };
+        let e = FileStore::new(unwritable.join("gw.state.json"))
+            .check_writable()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!(
+                "cannot write in its directory {}",
+                unwritable.display()
+            )) && e.contains("[state] path"),
+            "{e}"
+        );
     }
 
     #[tokio::test]

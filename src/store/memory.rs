@@ -56,6 +56,9 @@ pub struct MemoryStore {
     pub reports: Mutex<std::collections::BTreeMap<String, TaskReport>>,
     /// Reports written.
     pub report_writes: AtomicUsize,
+    /// When non-zero, the next this many saves fail (a full disk, until an
+    /// operator makes room), each taking one off.
+    pub fail_saves: AtomicUsize,
     /// When set, saves are unconditional and the store says it has no
     /// compare-and-set (like Cloud Map's).
     pub no_compare_and_set: AtomicBool,
@@ -112,6 +115,14 @@ impl Store for MemoryStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             self.check_up()?;
+            let failing = self
+                .fail_saves
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            if failing.is_ok() {
+                return Err(StoreError::DynamoDb(
+                    "no space left on device (test)".into(),
+                ));
+            }
             let mut slot = self.doc.lock().unwrap_or_else(|e| e.into_inner());
             let current = slot.as_ref().map(|d| d.generation);
             if current.is_some()

@@ -12,14 +12,20 @@ use crate::support::*;
 
 const TOKEN: &str = "lifecycle-token";
 
-fn write_config(dir: &Path, versions: &[(&str, u32, SocketAddr)], extra: &str) -> PathBuf {
-    let path = dir.join("gateway.toml");
+/// The config text [`write_config`] writes.
+fn config_text(versions: &[(&str, u32, SocketAddr)], extra: &str) -> String {
     let mut text = config(
         "response_header = \"x-canary-version\"\noverride_header = \"x-canary-version\"",
         versions,
     );
     text = text.replace("[admin]\n", "[admin]\ntoken_env = \"LIFECYCLE_TOKEN\"\n");
     text.push_str(extra);
+    text
+}
+
+fn write_config(dir: &Path, versions: &[(&str, u32, SocketAddr)], extra: &str) -> PathBuf {
+    let path = dir.join("gateway.toml");
+    let text = config_text(versions, extra);
     // Written whole and renamed into place: the gateway's file watcher (or a
     // SIGHUP sent right after) never reads half a file. A half-written file
     // would be rejected and re-read once complete, but it counts as a failed
@@ -923,6 +929,83 @@ async fn an_edit_a_sighup_applied_is_not_reloaded_again_by_the_watcher() {
         reloads,
         "{text}"
     );
+}
+
+/// A config file rewritten in place, a line at a time with pauses shorter
+/// than the watcher's settle time (a text is applied once two polls, a
+/// second apart, find it unchanged), is applied once, whole: no
+/// intermediate text is reloaded (before, one that held only the `v1`
+/// table applied, dropping `v2` from the 50/50 decision in force, and when
+/// whole again `v2` came back at its file weight; the others were logged as
+/// failed reloads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_written_in_place_is_applied_only_once_whole() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let dir = tempfile::tempdir().unwrap();
+    let versions = [("v1", 90, v1.addr), ("v2", 10, v2.addr)];
+    let path = write_config(
+        dir.path(),
+        &versions,
+        "\n[timeouts]\nshutdown_grace = \"8s\"\n",
+    );
+    let gw = spawn(&path).unwrap();
+    let metrics = async || admin(gw.admin, "GET", "/metrics", None, "").await.text();
+    let status = async || {
+        let reply = admin(gw.admin, "GET", "/status", Some(TOKEN), "").await;
+        serde_json::from_slice::<serde_json::Value>(&reply.body).unwrap()
+    };
+    let reply = admin(
+        gw.admin,
+        "PUT",
+        "/weights",
+        Some(TOKEN),
+        r#"{"weights":{"v1":50,"v2":50}}"#,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let decided = weights(gw.admin).await;
+    let text = metrics().await;
+    let reloads = |text: &str, result: &str| {
+        metric_value(text, "canary_reloads_total", &[("result", result)])
+    };
+    let (ok_before, errors_before) = (reloads(&text, "ok"), reloads(&text, "error"));
+
+    // The same file, but for the grace and a restart-only key at its end
+    // (seen in `restart_required` only if the whole text applied).
+    let whole = config_text(
+        &versions,
+        "\n[timeouts]\nshutdown_grace = \"9s\"\n\n[runtime]\nworker_threads = 2\n",
+    );
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&path).unwrap();
+        for line in whole.split_inclusive('\n') {
+            file.write_all(line.as_bytes()).unwrap();
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    let mut last = serde_json::Value::Null;
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            last = status().await["last_reload"].clone();
+            last["trigger"] == "file-change"
+        })
+        .await,
+        "the whole file was never applied: {last}"
+    );
+    assert_eq!(last["ok"], true, "{last}");
+    assert_eq!(
+        last["restart_required"],
+        serde_json::json!(["runtime.worker_threads"]),
+        "not the whole text: {last}"
+    );
+    let text = metrics().await;
+    assert_eq!(reloads(&text, "error"), errors_before, "{text}");
+    assert_eq!(reloads(&text, "ok"), ok_before + 1.0, "{text}");
+    let now = weights(gw.admin).await;
+    assert_eq!(now["weights"], decided["weights"], "{now}");
+    assert_eq!(now["generation"], decided["generation"], "{now}");
 }
 
 /// A config path that is no regular file (a FIFO here; `--config <(...)`
