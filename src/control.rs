@@ -232,13 +232,14 @@ impl Control {
                 won
             }
             Some(doc) => {
-                match decisions::fitting(doc.clone(), &config) {
+                match decisions::adoptable(doc.clone(), &config) {
                     Ok(fitted) => {
                         tracing::info!(target: "audit", generation = fitted.generation, source = %fitted.source, weights = ?fitted.weights, stable = %fitted.stable, "restored the saved weights decision");
                         fitted
                     }
-                    // The versions that carried the traffic left the file:
-                    // its weights are all there is to go on. A shared
+                    // The versions that carried the traffic left the file
+                    // (those it added would take it all, at their file
+                    // weights): its weights are all there is to go on. A shared
                     // store's decision stays the fleet's (never mirrored
                     // from here, adopted once one fits).
                     Err(e) => {

@@ -104,8 +104,10 @@ pub struct Local {
     pub view: LocalView,
     /// The running rollout (its `started_at_ms`) whose canary or stable
     /// version a config reload on this gateway removed: the driver aborts
-    /// it. A rollout of a version this gateway's config never had (an older
-    /// task definition during a deployment) is held here, never aborted.
+    /// it. A rollout of a version this gateway's config never had is aborted
+    /// too on a store no other task shares (the config was edited while the
+    /// gateway was stopped); on a shared one (an older task definition
+    /// during a deployment) it is held here, never aborted.
     pub removed_by_reload: Option<u64>,
 }
 

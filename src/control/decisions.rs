@@ -700,7 +700,7 @@ impl Control {
             return;
         }
         let generation = doc.generation;
-        let doc = match fitting(doc, &state.config) {
+        let doc = match adoptable(doc, &state.config) {
             Ok(doc) => doc,
             Err(e) => {
                 tracing::warn!(error = %e, generation, "ignoring the store's weights: invalid for this config");
@@ -1008,13 +1008,45 @@ pub fn validate_weights(
     check_total(weights.values().map(|&w| u64::from(w)).sum()).map_err(ControlError::Invalid)
 }
 
-/// [`fit_to_config`], when the result is a valid decision for the config
-/// (a stored decision whose versions carrying the traffic are all gone is
-/// not).
+/// [`fit_to_config`], when the result is a valid decision for the config.
+/// Only for a decision that is rolled back at once (all the weight to its
+/// stable version): one to run as it is goes through [`adoptable`].
 pub(super) fn fitting(doc: WeightsDoc, config: &Config) -> Result<WeightsDoc, ControlError> {
     let doc = fit_to_config(doc, config);
     validate_weights(&config.version_names(), &doc.stable, &doc.weights)?;
     Ok(doc)
+}
+
+/// A stored decision to run with `config` (at start, adopted from a shared
+/// store): [`fitting`], unless the versions carrying its traffic are all
+/// gone from the config ([`carriers_gone`]). Fitted, such a decision would
+/// give all the traffic to the versions the config added, at their file
+/// weights (a version never tested taking 100%); it does not fit, and the
+/// caller falls back as for an invalid one.
+pub(super) fn adoptable(doc: WeightsDoc, config: &Config) -> Result<WeightsDoc, ControlError> {
+    let gone = carriers_gone(&doc, config);
+    let fitted = fitting(doc, config)?;
+    if gone {
+        return Err(ControlError::Invalid(CARRIERS_GONE.into()));
+    }
+    Ok(fitted)
+}
+
+/// Why a decision whose traffic the config's versions no longer carry does
+/// not fit (see [`carriers_gone`]).
+pub(super) const CARRIERS_GONE: &str = "the versions that carry its traffic are not in the config";
+
+/// Whether none of the versions that `doc` and `config` both have carries
+/// weight in `doc`: the decision's traffic went to versions the config no
+/// longer has. Judged on the versions kept from the decision only: a
+/// version the config adds gets its file weight when fitted, which is no
+/// part of the decision.
+pub(super) fn carriers_gone(doc: &WeightsDoc, config: &Config) -> bool {
+    config
+        .versions
+        .iter()
+        .filter_map(|v| doc.weights.get(&v.name))
+        .all(|&w| w == 0)
 }
 
 /// A stored decision limited to the config's versions (a version the config

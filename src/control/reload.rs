@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::decisions::{fit_to_config, fitting, validate_weights};
+use super::decisions::{adoptable, carriers_gone, fit_to_config, validate_weights};
 use super::status::ReloadStatus;
 use super::{Control, ControlError, fresh_discovery, reuse_endpoints};
 use crate::config::{Config, ConfigError, EndpointSource};
@@ -19,7 +19,8 @@ impl Control {
     /// in both files, differs from the previous file's, the edit is a new
     /// decision and wins; otherwise the decision in force is kept (versions
     /// new to the file get their file weight, removed ones go; see
-    /// `file_edited`). A weights edit while a rollout runs is refused (as
+    /// `file_edited`), unless the versions kept from it carry no traffic
+    /// (the removed ones carried it all): then the file's weights apply. A weights edit while a rollout runs is refused (as
     /// `PUT /weights` is); while it is paused it is allowed, and an edit that
     /// makes another version stable ends it. Settings that need a restart are
     /// reported, not half-applied.
@@ -128,20 +129,26 @@ impl Control {
         let mut edited = file_edited(&old, &effective);
         let versions: Vec<String> = effective.version_names();
         let kept = fit_to_config(decision.clone(), &effective);
-        if !edited && kept.weights.values().all(|&w| w == 0) {
-            // The versions that carried the traffic left the file: its
-            // weights are all there is to go on.
-            edited = true;
-        }
+        // The versions that carried the traffic left the file: its weights
+        // are all there is to go on. Judged on the versions kept from the
+        // decision: one the file adds would otherwise take all the traffic
+        // at its file weight.
+        let carriers_gone = carriers_gone(&decision, &effective);
+        edited |= carriers_gone;
         let running = decision.rollout.as_ref().filter(|r| r.phase.running());
         if edited
             && let Some(r) = running
             && r.phase != Phase::Paused
         {
+            let what = if carriers_gone {
+                "the versions carrying all the traffic left the file"
+            } else {
+                "the file's weights or stable version changed"
+            };
             return Err(Refused {
                 kind: Refusal::RolloutRuns,
                 message: format!(
-                    "the file's weights or stable version changed while a rollout of `{}` runs ({}); POST /rollout/pause or /rollout/abort first, then reload",
+                    "{what} while a rollout of `{}` runs ({}); POST /rollout/pause or /rollout/abort first, then reload",
                     r.plan.canary,
                     r.step_text()
                 ),
@@ -217,7 +224,7 @@ impl Control {
                     // The store's decision, fitted to the new config (the
                     // adoption above fitted it to the old one).
                     let latest = self.read_store().await.map_err(|e| e.short())?;
-                    match latest.map(|d| fitting(d, &effective)) {
+                    match latest.map(|d| adoptable(d, &effective)) {
                         Some(Ok(d)) => {
                             fleet_first = true;
                             WeightsDoc {

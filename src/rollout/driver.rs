@@ -165,7 +165,10 @@ pub async fn run(control: Arc<Control>) {
             }
             Some(r) if r.phase.running() && missing_version(&control, &r).is_some() => {
                 let v = missing_version(&control, &r).unwrap_or_default();
-                if control.rollout_removed_by_reload(&r) {
+                // Removed by a reload, or missing at a start with a store no
+                // other task shares (the config was edited while stopped):
+                // no task can ever judge the rollout, it ends.
+                if control.rollout_removed_by_reload(&r) || !control.store_shared() {
                     let why = format!("version `{v}` is no longer in the config");
                     aborted.insert(r.started_at_ms, why.clone());
                     if let Err(e) = control.abort_rollout(&r, Abort::Config, &why).await {
@@ -174,10 +177,10 @@ pub async fn run(control: Arc<Control>) {
                     }
                     continue;
                 }
-                // This task's config never had the version (an older task
-                // definition, while a deployment adds it): it neither
-                // serves nor judges the rollout, and holds; the tasks that
-                // have the version judge it.
+                // A shared store, and this task's config never had the
+                // version (an older task definition, while a deployment
+                // adds it): it neither serves nor judges the rollout, and
+                // holds; the tasks that have the version judge it.
                 window = None;
                 let why = format!(
                     "this task's config has no version `{v}`: it does not judge this rollout (the tasks that have `{v}` do)"

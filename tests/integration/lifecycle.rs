@@ -305,6 +305,55 @@ async fn decided_then_stopped(
     path
 }
 
+/// The decision in force gives all the traffic to v2 (v1 at 0); the config
+/// replaces v2 with v3 (v1 90, v3 10). On a SIGHUP, and on a restart with
+/// that decision saved, the file's weights apply (v1 90, v3 10): never the
+/// decision's 0 for v1 beside v3's file weight, which sent every request
+/// to v3, a version never tested.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_the_version_that_carries_the_traffic_applies_the_files_weights() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let v3 = Upstream::start("v3").await;
+    let dir = tempfile::tempdir().unwrap();
+    let all_on_v2 = r#"{"weights":{"v1":0,"v2":100}}"#;
+    let check = async |gw: &Proc| {
+        let w = weights(gw.admin).await;
+        assert_eq!(w["weights"], serde_json::json!({"v1": 90, "v3": 10}), "{w}");
+        let counts = split_counts(gw.addr, 100, &[]).await;
+        assert!(counts.get("v1").is_some_and(|&n| n > 50), "{counts:?}");
+    };
+
+    // Reload.
+    let path = write_config(dir.path(), &[("v1", 90, v1.addr), ("v2", 10, v2.addr)], "");
+    let gw = spawn(&path).unwrap();
+    let reply = admin(gw.admin, "PUT", "/weights", Some(TOKEN), all_on_v2).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    write_config(dir.path(), &[("v1", 90, v1.addr), ("v3", 10, v3.addr)], "");
+    signal(&gw, "-HUP");
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            weights(gw.admin).await["weights"].get("v3").is_some()
+        })
+        .await
+    );
+    check(&gw).await;
+    signal(&gw, "-TERM");
+    drop(gw);
+
+    // Restart.
+    std::fs::remove_file(dir.path().join("gateway.state.json")).unwrap();
+    let path = decided_then_stopped(dir.path(), &v1, &v2, "PUT", "/weights", all_on_v2).await;
+    write_config(dir.path(), &[("v1", 90, v1.addr), ("v3", 10, v3.addr)], "");
+    let gw = spawn(&path).unwrap();
+    check(&gw).await;
+    let log = gw.log.lock().unwrap().join("\n");
+    assert!(
+        log.contains("does not fit the config file") && !log.contains("restored the saved"),
+        "{log}"
+    );
+}
+
 /// A state file edited by hand into weights no gateway writes (all zero)
 /// is not served: the file's weights are, and the log calls the saved
 /// decision invalid instead of blaming an edit of the config's versions.

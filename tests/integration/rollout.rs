@@ -1001,6 +1001,48 @@ async fn a_restart_mid_rollout_resumes_where_it_was() {
     second.shutdown().await;
 }
 
+/// A restart whose config no longer has the running rollout's canary (v2
+/// replaced by v3 while stopped), on the file store: no other task can
+/// judge the rollout, so it ends aborted as on a reload that removes the
+/// canary (before, it held for good, and `PUT /weights` answered 409 until
+/// an abort by hand).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_without_the_rollouts_canary_aborts_it_on_the_file_store() {
+    let (v1, v2, v3) = (
+        Behaved::start("v1", 0, 0).await,
+        Behaved::start("v2", 0, 0).await,
+        Behaved::start("v3", 0, 0).await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let first = start_in(dir.path(), &text(v1.addr, v2.addr)).await;
+    let plan = PLAN.replace(r#""interval_s": 1"#, r#""interval_s": 60"#);
+    start_rollout(first.admin_addr, &plan).await;
+    wait_rollout(first.admin_addr, |v| v["share"] == 10.0).await;
+    first.shutdown().await;
+
+    let replaced = config("", &[("v1", 100, v1.addr), ("v3", 0, v3.addr)]);
+    let second = start_in(dir.path(), &replaced).await;
+    let view = wait_rollout(second.admin_addr, |v| v["phase"] != "progressing").await;
+    assert_eq!(view["phase"], "aborted", "{view:#}");
+    assert!(
+        view["abort_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("`v2` is no longer in the config")),
+        "{view:#}"
+    );
+    let w = weights(second.admin_addr).await;
+    assert_eq!(w["weights"], serde_json::json!({"v1": 90, "v3": 0}), "{w}");
+    let (status, body) = call(
+        second.admin_addr,
+        "PUT",
+        "/weights",
+        r#"{"weights":{"v3":10}}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    second.shutdown().await;
+}
+
 /// Requests that are the client's fault, split as any (not forced: a
 /// forced request is no evidence anyway), so that the canary gets its
 /// share: a chunked body with a bad chunk size, and a body shorter than its

@@ -257,6 +257,101 @@ async fn a_restart_without_the_versions_that_carried_the_traffic_starts_on_the_f
     assert_eq!((doc.generation, doc.weights), (2, w(&[("v1", 90)])));
 }
 
+/// The versions that carried all the traffic leave and another comes in
+/// (v2 replaced by v3): the file's weights apply, never the newcomer's file
+/// weight alone against the kept versions' 0 (v3 taking 100%), on a restart
+/// as on a reload.
+#[tokio::test]
+async fn replacing_the_versions_that_carried_the_traffic_applies_the_files_weights() {
+    let lines = [stat(1), stat(3)];
+    let replaced = [("v1", 90, lines[0].as_str()), ("v3", 10, &lines[1])];
+
+    let dir = tempfile::tempdir().unwrap();
+    decided_then_stopped(&dir, &[("v1", 0), ("v2", 100)]).await;
+    let control = start(&dir, config(&replaced)).await;
+    assert_eq!(weights(&control), w(&[("v1", 90), ("v3", 10)]));
+    assert_eq!(control.weights().source, "config");
+    let doc = saved(&dir).await;
+    assert_eq!(
+        (doc.generation, doc.weights),
+        (2, w(&[("v1", 90), ("v3", 10)]))
+    );
+    drop(control);
+
+    let dir = tempfile::tempdir().unwrap();
+    let control = start(&dir, config(&TWO)).await;
+    control
+        .set_weights(w(&[("v1", 0), ("v2", 100)]), "admin")
+        .await
+        .unwrap();
+    let status = control.reload(Ok(config(&replaced)), "test").await;
+    assert!(status.ok, "{status:?}");
+    assert_eq!(weights(&control), w(&[("v1", 90), ("v3", 10)]));
+    assert_eq!(saved(&dir).await.weights, w(&[("v1", 90), ("v3", 10)]));
+
+    // A kept version that still carries traffic keeps the decision: the
+    // newcomer gets its file weight.
+    control
+        .set_weights(w(&[("v1", 50), ("v3", 50)]), "admin")
+        .await
+        .unwrap();
+    let line = stat(4);
+    let again = [("v1", 90, lines[0].as_str()), ("v4", 10, &line)];
+    let status = control.reload(Ok(config(&again)), "test").await;
+    assert!(status.ok, "{status:?}");
+    assert_eq!(weights(&control), w(&[("v1", 50), ("v4", 10)]));
+}
+
+/// A state file naming none of the config's versions (edited by hand) is
+/// not "restored": the file's weights serve, as a decision of the config's,
+/// and that is what is saved.
+#[tokio::test]
+async fn a_saved_decision_of_versions_the_config_lacks_is_not_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("state.json"),
+        r#"{"stable":"v9","weights":{"v9":5},"generation":3,"updated_at_ms":1,"source":"admin"}"#,
+    )
+    .unwrap();
+    let control = start(&dir, config(&TWO)).await;
+    let view = control.weights();
+    assert_eq!(view.weights, w(&[("v1", 90), ("v2", 10)]));
+    assert_eq!(
+        (view.stable.as_str(), view.source.as_str(), view.generation),
+        ("v1", "config", 4)
+    );
+    assert_eq!(saved(&dir).await.source, "config");
+}
+
+/// A shared store: another task's decision that gives all the traffic to
+/// versions this task lacks is not run here with this task's own newcomer
+/// taking it all, neither adopted by a poll nor at start.
+#[tokio::test]
+async fn a_fleet_decision_carried_by_versions_this_task_lacks_is_not_adopted() {
+    use crate::store::memory::{MemoryStore, doc};
+    let store = Arc::new(MemoryStore::default());
+    let lines = [stat(1), stat(3)];
+    let replaced = config(&[("v1", 90, lines[0].as_str()), ("v3", 10, &lines[1])]);
+    let control = Control::start(replaced.clone(), store.clone(), "memory")
+        .await
+        .unwrap();
+    // Another task (v1 and v2) decides v1 20, v2 80: v1 carries some, adopted.
+    *store.doc.lock().unwrap() = Some(doc(1, "other", 80));
+    control.sync_from_store().await.unwrap();
+    assert_eq!(weights(&control), w(&[("v1", 20), ("v3", 10)]));
+    // Then v1 0, v2 100: nothing this task has carries it, not adopted.
+    *store.doc.lock().unwrap() = Some(doc(2, "other", 100));
+    control.sync_from_store().await.unwrap();
+    assert_eq!(weights(&control), w(&[("v1", 20), ("v3", 10)]));
+    assert_eq!(control.weights().generation, 1);
+
+    // A task starting on that store serves its file's weights.
+    let joining = Control::start(replaced, store.clone(), "memory")
+        .await
+        .unwrap();
+    assert_eq!(weights(&joining), w(&[("v1", 90), ("v3", 10)]));
+}
+
 /// The decision in the state file.
 async fn saved(dir: &tempfile::TempDir) -> crate::store::WeightsDoc {
     FileStore::new(dir.path().join("state.json"))
