@@ -255,9 +255,10 @@ impl Proxy {
     /// Serves one request of the own HTTP/1.1 server ([`h1`]): forwards it
     /// with the own client and writes the response to `client`; the
     /// connection closes after it when the request asked, or when `drain`
-    /// began by the time the response head is written (a drain that began
-    /// while the upstream thought still says `Connection: close`, so the
-    /// client sends no next request into a closing socket). `body`: the part of the request's
+    /// began by the time the response head is written and no next request
+    /// has arrived (a drain that began while the upstream thought still says
+    /// `Connection: close`, so the client sends no next request into a
+    /// closing socket; one it sent already is served, and says it). `body`: the part of the request's
     /// body read with its head (the rest is read from `client`), and where
     /// bytes read past its end go. Gives back whether the connection closes
     /// (also when the body was not read whole). An error means the response
@@ -308,6 +309,7 @@ impl Proxy {
         let h1::BodyAtHand {
             buffered,
             read_past,
+            next_at_hand,
         } = body;
         let mut side = if req.streamed {
             ClientSide::Upload(Upload::chunked(buffered, &mut *client, req.expect_continue))
@@ -353,7 +355,12 @@ impl Proxy {
         completion.answered = Some(Instant::now());
         // A body not read to its end leaves the connection unusable; what
         // was read past its end is the next request's.
-        let close = side.end(read_past) || req.close || drain.is_draining();
+        let close = side.end(read_past)
+            || req.close
+            || (drain.is_draining()
+                && !next_at_hand
+                && read_past.is_empty()
+                && !client.unread_arrived());
         let (raw, upstream, outstanding) = match forwarded {
             Ok(forwarded) => forwarded,
             Err(failed) => {

@@ -68,6 +68,18 @@ pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
     fn tcp(&self) -> Option<&tokio::net::TcpStream> {
         None
     }
+
+    /// Whether bytes the server has not read yet have arrived (the start of
+    /// the client's next request, sent before it saw this answer), without
+    /// waiting or reading them: TLS data the socket holds counts too.
+    fn unread_arrived(&self) -> bool {
+        self.tcp().is_some_and(|tcp| {
+            let mut cx = Context::from_waker(Waker::noop());
+            let mut probe = [0u8; 1];
+            let mut buf = tokio::io::ReadBuf::new(&mut probe);
+            matches!(tcp.poll_peek(&mut cx, &mut buf), Poll::Ready(Ok(n)) if n > 0)
+        })
+    }
 }
 
 impl ClientIo for tokio::net::TcpStream {
@@ -79,6 +91,11 @@ impl ClientIo for tokio::net::TcpStream {
 impl ClientIo for crate::tls::Stream {
     fn tcp(&self) -> Option<&tokio::net::TcpStream> {
         Some(crate::tls::Stream::tcp(self))
+    }
+
+    /// Also data rustls read from the socket and holds, decrypted.
+    fn unread_arrived(&self) -> bool {
+        !self.idle_and_open()
     }
 }
 
@@ -307,6 +324,8 @@ enum Served {
 pub struct BodyAtHand<'a> {
     pub buffered: &'a [u8],
     pub read_past: &'a mut Vec<u8>,
+    /// Bytes of the client's next request came with this one (pipelined).
+    pub next_at_hand: bool,
 }
 
 /// What a request borrows from its connection and gives back: the client
@@ -365,6 +384,7 @@ async fn serve_one<'c, IO: ClientIo>(
                 let body = BodyAtHand {
                     buffered: &after[..in_buf],
                     read_past: &mut read_past,
+                    next_at_hand: after.len() > in_buf,
                 };
                 let close = proxy
                     .serve_simple(&req, body, state, &mut *io, &mut out, drain)
