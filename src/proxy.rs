@@ -429,14 +429,7 @@ impl Proxy {
         if let Some(logged) = completion.logged.as_mut() {
             // The id is made here, not as the head is written: a request
             // whose future is dropped (its client gone) is logged with it.
-            let id = req.headers().get(&headers::X_REQUEST_ID).cloned();
-            let id = id.unwrap_or_else(|| {
-                let id = headers::new_request_id();
-                req.headers_mut()
-                    .insert(headers::X_REQUEST_ID.clone(), id.clone());
-                id
-            });
-            logged.request_id = Some(id);
+            logged.request_id = Some(headers::ensure_request_id(req.headers_mut()));
         }
         let upgrading = headers::is_upgrade_request(&req);
         let trailers_asked = headers::asks_trailers(req.headers());
