@@ -373,7 +373,8 @@ impl Proxy {
                     // trailers (it leaves those to hyper's).
                     headers::prepare_response(&mut resp, response_header, false);
                     let (status, fields) = (resp.status(), resp.headers());
-                    h1::response::map_head(out, status, fields, to_client, close);
+                    let reason = h1::response::reason_of(&resp);
+                    h1::response::map_head(out, status, reason, fields, to_client, close);
                 }
                 Err(e) => {
                     send_error(e, &mut completion, client, out, close).await?;

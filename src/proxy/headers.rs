@@ -639,6 +639,17 @@ pub fn prepare_response<B>(
     if let Some((name, value)) = response_header {
         resp.headers_mut().insert(name.clone(), value.clone());
     }
+    // hyper's client keeps an empty reason phrase (`HTTP/1.1 200 `) as
+    // one; a code with a text of its own goes out with that text, as the
+    // own server writes it (`h1::response::status_line`).
+    if resp
+        .extensions()
+        .get::<hyper::ext::ReasonPhrase>()
+        .is_some_and(|phrase| phrase.as_bytes().is_empty())
+        && resp.status().canonical_reason().is_some()
+    {
+        resp.extensions_mut().remove::<hyper::ext::ReasonPhrase>();
+    }
 }
 
 #[cfg(test)]
