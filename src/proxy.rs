@@ -380,7 +380,8 @@ impl Proxy {
                     // trailers (it leaves those to hyper's).
                     headers::prepare_response(&mut resp, response_header, false);
                     let (status, fields) = (resp.status(), resp.headers());
-                    h1::response::map_head(out, status, fields, to_client, close);
+                    let reason = h1::response::reason_of(&resp);
+                    h1::response::map_head(out, status, reason, fields, to_client, close);
                 }
                 Err(e) => {
                     send_error(e, &mut completion, client, out, close).await?;
@@ -436,14 +437,7 @@ impl Proxy {
         if let Some(logged) = completion.logged.as_mut() {
             // The id is made here, not as the head is written: a request
             // whose future is dropped (its client gone) is logged with it.
-            let id = req.headers().get(&headers::X_REQUEST_ID).cloned();
-            let id = id.unwrap_or_else(|| {
-                let id = headers::new_request_id();
-                req.headers_mut()
-                    .insert(headers::X_REQUEST_ID.clone(), id.clone());
-                id
-            });
-            logged.request_id = Some(id);
+            logged.request_id = Some(headers::ensure_request_id(req.headers_mut()));
         }
         let upgrading = headers::is_upgrade_request(&req);
         let trailers_asked = headers::asks_trailers(req.headers());

@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
 
-/// `x-request-id`, generated when the client sent none.
+/// `x-request-id`, generated when the client sent none or a blank one
+/// ([`ensure_request_id`]).
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -480,9 +481,45 @@ pub fn prepare_request<B>(req: &mut Request<B>, upgrading: bool, fwd: &Forwardin
     if !(fwd.trust_forwarded_headers && headers.contains_key(&X_FORWARDED_PORT)) {
         headers.insert(X_FORWARDED_PORT.clone(), fwd.port.clone());
     }
-    if !headers.contains_key(&X_REQUEST_ID) {
-        headers.insert(X_REQUEST_ID.clone(), new_request_id());
+    ensure_request_id(headers);
+}
+
+/// The request's id: its `x-request-id` when it has one that is not blank
+/// ([`is_blank`]), else a new one ([`new_request_id`]) set in the map.
+/// Blank fields go: an empty id correlates nothing (and would show as
+/// `request_id=""` in the access log), as a blank sticky key is no key.
+/// One look-up for the usual request (one id, or none).
+pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+    let mut ids = headers.get_all(&X_REQUEST_ID).iter();
+    match (ids.next(), ids.next()) {
+        (None, _) => {}
+        (Some(id), None) if !is_blank(id.as_bytes()) => return id.clone(),
+        _ => {
+            // Blank, or several: the blank ones go, the first other is the id.
+            let kept: Vec<HeaderValue> = headers
+                .get_all(&X_REQUEST_ID)
+                .iter()
+                .filter(|v| !is_blank(v.as_bytes()))
+                .cloned()
+                .collect();
+            headers.remove(&X_REQUEST_ID);
+            for value in kept {
+                headers.append(X_REQUEST_ID.clone(), value);
+            }
+            if let Some(id) = headers.get(&X_REQUEST_ID) {
+                return id.clone();
+            }
+        }
     }
+    let id = new_request_id();
+    headers.insert(X_REQUEST_ID.clone(), id.clone());
+    id
+}
+
+/// Whether a field value is blank: empty or only spaces and tabs (HTTP/1.1
+/// values come trimmed, HTTP/2 ones as sent).
+pub fn is_blank(value: &[u8]) -> bool {
+    value.iter().all(|&b| b == b' ' || b == b'\t')
 }
 
 /// Joins several Cookie fields into one, their values separated by `; `
@@ -601,6 +638,17 @@ pub fn prepare_response<B>(
     }
     if let Some((name, value)) = response_header {
         resp.headers_mut().insert(name.clone(), value.clone());
+    }
+    // hyper's client keeps an empty reason phrase (`HTTP/1.1 200 `) as
+    // one; a code with a text of its own goes out with that text, as the
+    // own server writes it (`h1::response::status_line`).
+    if resp
+        .extensions()
+        .get::<hyper::ext::ReasonPhrase>()
+        .is_some_and(|phrase| phrase.as_bytes().is_empty())
+        && resp.status().canonical_reason().is_some()
+    {
+        resp.extensions_mut().remove::<hyper::ext::ReasonPhrase>();
     }
 }
 
@@ -824,6 +872,28 @@ mod tests {
             h["x-forwarded-for"],
             "10.0.0.9, 192.0.2.1, 198.51.100.7, 2001:db8::1"
         );
+    }
+
+    #[test]
+    fn a_missing_or_blank_request_id_is_replaced_by_a_new_one() {
+        let ids = |h: &HeaderMap| h.get_all(&X_REQUEST_ID).iter().cloned().collect::<Vec<_>>();
+        let mut h = HeaderMap::new();
+        let id = ensure_request_id(&mut h);
+        assert_eq!((id.len(), ids(&h)), (36, vec![id.clone()]));
+        h.insert(X_REQUEST_ID.clone(), HeaderValue::from_static("given"));
+        assert_eq!(ensure_request_id(&mut h), "given");
+        for blank in ["", " ", "\t \t"] {
+            h.insert(X_REQUEST_ID.clone(), HeaderValue::from_static(blank));
+            let id = ensure_request_id(&mut h);
+            assert_eq!((id.len(), ids(&h)), (36, vec![id.clone()]), "{blank:?}");
+        }
+        // Several: the blank ones go, the first other is the id.
+        h.insert(X_REQUEST_ID.clone(), HeaderValue::from_static(""));
+        h.append(X_REQUEST_ID.clone(), HeaderValue::from_static("given"));
+        h.append(X_REQUEST_ID.clone(), HeaderValue::from_static(" "));
+        h.append(X_REQUEST_ID.clone(), HeaderValue::from_static("other"));
+        assert_eq!(ensure_request_id(&mut h), "given");
+        assert_eq!(ids(&h), ["given", "other"]);
     }
 
     #[test]

@@ -190,8 +190,46 @@ impl RawHead {
         })
     }
 
+    /// The reason phrase as received: empty when the status line has none
+    /// (`HTTP/1.1 299` or `HTTP/1.1 299 `). httparse took the line: empty
+    /// lines, `HTTP/1.x`, a space, three digits, then a space and the
+    /// reason, or the line's end.
+    pub fn reason(&self) -> &[u8] {
+        let head = &self.bytes[..];
+        let start = head
+            .iter()
+            .position(|&b| b != b'\r' && b != b'\n')
+            .unwrap_or(0);
+        let Some(rest) = head.get(start + 12..).and_then(|r| r.strip_prefix(b" ")) else {
+            return b"";
+        };
+        let line = &rest[..memchr::memchr(b'\n', rest).unwrap_or(rest.len())];
+        line.strip_suffix(b"\r").unwrap_or(line)
+    }
+
+    /// What hyper's HTTP/1 server writes in place of the status code's
+    /// canonical text (it writes `<none>` for a code without one): the
+    /// upstream's reason phrase when it differs from that text, an empty one
+    /// for a code without a text whose upstream sent none. `None` for the
+    /// usual response (the canonical text): nothing to allocate.
+    fn reason_phrase(&self) -> Option<hyper::ext::ReasonPhrase> {
+        let canonical = self.status.canonical_reason();
+        let reason = self.reason();
+        if !reason.is_empty()
+            && Some(reason) != canonical.map(str::as_bytes)
+            && let Ok(phrase) = hyper::ext::ReasonPhrase::try_from(self.bytes.slice_ref(reason))
+        {
+            return Some(phrase);
+        }
+        canonical
+            .is_none()
+            .then(|| hyper::ext::ReasonPhrase::from_static(b""))
+    }
+
     /// The head with its fields in `map` (an empty map whose allocation is
-    /// reused); the values point into the head's bytes, no copies.
+    /// reused); the values point into the head's bytes, no copies. The
+    /// upstream's reason phrase goes in the response's extensions, for
+    /// hyper's HTTP/1 server (`reason_phrase`).
     pub fn into_head(self, spans: &[Span], mut map: HeaderMap) -> Result<Head, ExchangeError> {
         debug_assert!(map.is_empty());
         map.reserve(spans.len());
@@ -210,6 +248,9 @@ impl RawHead {
         }
         let mut response = Response::new(());
         *response.status_mut() = self.status;
+        if let Some(phrase) = self.reason_phrase() {
+            response.extensions_mut().insert(phrase);
+        }
         *response.headers_mut() = map;
         Ok(Head {
             response,
@@ -549,6 +590,51 @@ mod tests {
         match parse_response_head(&mut buf, head_request, &mut spans)? {
             Some(raw) => raw.into_head(&spans, HeaderMap::new()).map(Some),
             None => Ok(None),
+        }
+    }
+
+    /// The reason phrase as received, and what hyper's server is given
+    /// for it: nothing for the canonical text.
+    #[test]
+    fn the_reason_phrase_is_kept_as_received() {
+        // Status line, the reason as received, what hyper's server is given.
+        type Case = (&'static [u8], &'static [u8], Option<&'static [u8]>);
+        let cases: [Case; 9] = [
+            (b"HTTP/1.1 200 OK\r\n", b"OK", None),
+            (b"HTTP/1.1 200 Fine\r\n", b"Fine", Some(b"Fine")),
+            (b"HTTP/1.1 200\r\n", b"", None),
+            (b"HTTP/1.1 200 \r\n", b"", None),
+            (
+                b"\r\nHTTP/1.0 299 Custom Reason Here\n",
+                b"Custom Reason Here",
+                Some(b"Custom Reason Here"),
+            ),
+            (
+                b"HTTP/1.1 419 Page  Expired \r\n",
+                b"Page  Expired ",
+                Some(b"Page  Expired "),
+            ),
+            (b"HTTP/1.1 299\r\n", b"", Some(b"")),
+            (b"HTTP/1.1 599 \r\n", b"", Some(b"")),
+            (
+                b"HTTP/1.1 404 Nicht gefunden \xe2\x80\x94 \t\r\n",
+                b"Nicht gefunden \xe2\x80\x94 \t",
+                Some(b"Nicht gefunden \xe2\x80\x94 \t"),
+            ),
+        ];
+        for (line, reason, phrase) in cases {
+            let head = [line, &b"content-length: 0\r\n\r\n"[..]].concat();
+            let mut buf = BytesMut::from(&head[..]);
+            let raw = parse_response_head(&mut buf, false, &mut Vec::new())
+                .unwrap()
+                .unwrap();
+            let shown = String::from_utf8_lossy(line);
+            assert_eq!(raw.reason(), reason, "{shown}");
+            let given = raw.reason_phrase();
+            assert_eq!(given.as_ref().map(|p| p.as_bytes()), phrase, "{shown}");
+            let head = raw.into_head(&[], HeaderMap::new()).unwrap();
+            let kept = head.response.extensions().get::<hyper::ext::ReasonPhrase>();
+            assert_eq!(kept.map(|p| p.as_bytes()), phrase, "{shown}");
         }
     }
 

@@ -356,3 +356,92 @@ async fn access_log_lines_carry_the_request_id_and_path() {
     }
     gw.shutdown().await;
 }
+
+/// A blank `x-request-id` (empty, or spaces) is no id: the gateway makes
+/// one in its place, the one the upstream gets, the access log names and
+/// an error answer carries; on the own server, on hyper's (HTTP/1.1 and
+/// h2c) and for the gateway's own 502.
+#[tokio::test]
+async fn a_blank_request_id_is_replaced_by_a_generated_one() {
+    // The test runtime has one thread: the gateway's tasks log here too.
+    let (captured, _guard) = capture(tracing::Level::INFO);
+    let echo = crate::support::EchoHeadUpstream::start("").await;
+    let versions = [("echo", 1, echo.addr), ("down", 0, dead_addr().await)];
+    let text =
+        config("override_header = \"x-force\"\n", &versions) + "\n[log]\naccess_log = true\n";
+    let gw = Gateway::start(&text).await;
+    let access_lines = || {
+        let text = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+        text.lines()
+            .filter(|l| l.contains(" access: "))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    // The id the upstream got: its one x-request-id line.
+    let id_sent_up = |body: &[u8]| {
+        let head = String::from_utf8_lossy(body).to_ascii_lowercase();
+        let ids: Vec<String> = head
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("x-request-id:")
+                    .map(|v| v.trim().to_string())
+            })
+            .collect();
+        assert_eq!(ids.len(), 1, "{head}");
+        ids[0].clone()
+    };
+    let mut client = Client::connect(gw.addr).await;
+    let mut h2 = crate::support::h2c_client(gw.addr).await;
+    // Targets under /h2/ go over h2c.
+    let cases: [(&str, &[(&str, &str)]); 7] = [
+        // The own server.
+        ("/own/empty", &[("x-request-id", "")]),
+        ("/own/spaces", &[("x-request-id", "   ")]),
+        // hyper's server (asks for trailers).
+        ("/hyper/empty", &[("x-request-id", ""), ("te", "trailers")]),
+        // The gateway's own 502.
+        ("/own/down", &[("x-request-id", ""), ("x-force", "down")]),
+        // h2c: values come untrimmed.
+        ("/h2/empty", &[("x-request-id", "")]),
+        ("/h2/spaces", &[("x-request-id", " \t ")]),
+        ("/h2/down", &[("x-request-id", " "), ("x-force", "down")]),
+    ];
+    for (i, (target, headers)) in cases.iter().enumerate() {
+        let (status, id) = if target.starts_with("/h2/") {
+            let mut req = http::Request::get(format!("http://a{target}"));
+            for (k, v) in *headers {
+                req = req.header(*k, *v);
+            }
+            let req = req.body(http_body_util::Empty::new()).unwrap();
+            let resp = h2.send_request(req).await.unwrap();
+            let status = resp.status();
+            let header = resp.headers().get("x-request-id").cloned();
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            match status.as_u16() {
+                502 => (502, header.unwrap().to_str().unwrap().to_string()),
+                _ => (status.as_u16(), id_sent_up(&body)),
+            }
+        } else {
+            let reply = client.get(target, headers).await.unwrap();
+            match reply.status.as_u16() {
+                502 => (502, reply.header("x-request-id").unwrap().to_string()),
+                status => (status, id_sent_up(&reply.body)),
+            }
+        };
+        let want = if target.ends_with("down") { 502 } else { 200 };
+        assert_eq!(status, want, "{target}");
+        assert_eq!(id.len(), 36, "{target}: {id:?} is no generated id");
+        let logged = eventually(Duration::from_secs(10), async || access_lines().len() > i);
+        assert!(logged.await, "no access log line for {target}");
+        let line = access_lines()[i].clone();
+        assert!(line.contains(&format!(" path=\"{target}\" ")), "{line}");
+        assert!(
+            line.contains(&format!(" request_id=\"{id}\" ")),
+            "{target}: {line}"
+        );
+    }
+    gw.shutdown().await;
+}

@@ -60,7 +60,7 @@ pub fn upstream_head(
     framing: ClientFraming,
     close: bool,
 ) {
-    status_line(out, raw.status);
+    status_line(out, raw.status, raw.reason());
     let own = version_header.map(|(n, _)| n.as_str().as_bytes());
     for (name, value) in raw.fields(spans) {
         if headers::is_hop_by_hop_bytes(name)
@@ -83,28 +83,55 @@ pub fn upstream_head(
 }
 
 /// Writes a response head from a header map (responses the gateway makes,
-/// and upstream heads that needed the general rewrite).
+/// and upstream heads that needed the general rewrite); `reason`: the
+/// upstream's reason phrase ([`reason_of`]), empty for the gateway's own.
 pub fn map_head(
     out: &mut Vec<u8>,
     status: StatusCode,
+    reason: &[u8],
     map: &HeaderMap,
     framing: ClientFraming,
     close: bool,
 ) {
-    status_line(out, status);
+    status_line(out, status, reason);
     for (name, value) in map {
         field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     finish(out, !map.contains_key(http::header::DATE), framing, close);
 }
 
-fn status_line(out: &mut Vec<u8>, status: StatusCode) {
+/// The upstream's reason phrase of a response that went through a header
+/// map: hyper's client, and [`crate::proxy::upstream_client::RawHead::into_head`],
+/// keep it in the extensions when it is not the canonical text; empty when
+/// there is none.
+pub fn reason_of<B>(resp: &http::Response<B>) -> &[u8] {
+    resp.extensions()
+        .get::<hyper::ext::ReasonPhrase>()
+        .map_or(&[], |phrase| phrase.as_bytes())
+}
+
+/// Writes the status line: the upstream's reason phrase as received
+/// (`reason`), as nginx and HAProxy pass it on (`299 Custom Reason`,
+/// Laravel's `419 Page Expired`: clients show it); the code's canonical
+/// text when there is none (the gateway's own answers) or it holds a byte
+/// RFC 9112, 4 does not allow; else an empty one (`HTTP/1.1 299 `, valid).
+fn status_line(out: &mut Vec<u8>, status: StatusCode, reason: &[u8]) {
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+    if !reason.is_empty() && reason.iter().all(|&b| is_reason_byte(b)) {
+        out.extend_from_slice(reason);
+    } else {
+        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    }
     out.extend_from_slice(b"\r\n");
+}
+
+/// A byte a reason phrase may hold (RFC 9112, 4): HTAB, SP, VCHAR,
+/// obs-text.
+fn is_reason_byte(b: u8) -> bool {
+    b == b'\t' || b == b' ' || (0x21..=0x7e).contains(&b) || b >= 0x80
 }
 
 fn finish(out: &mut Vec<u8>, date: bool, framing: ClientFraming, close: bool) {
@@ -260,7 +287,7 @@ pub fn error_head(
 ) -> Bytes {
     let (status, mut map, text) = e.parts(request_id, version_header);
     map.insert(http::header::CONTENT_LENGTH, HeaderValue::from(text.len()));
-    map_head(out, status, &map, ClientFraming::AsIs, close);
+    map_head(out, status, b"", &map, ClientFraming::AsIs, close);
     text
 }
 
@@ -296,6 +323,37 @@ mod tests {
         assert!(text.ends_with(" GMT") && text.len() == 29, "{text}");
     }
 
+    /// The upstream's reason phrase goes out as received; the canonical
+    /// text stands in for none or a broken one, and an empty one for a code
+    /// without a text (never hyper's `<none>`).
+    #[test]
+    fn status_lines_carry_the_upstreams_reason() {
+        let line = |code: u16, reason: &[u8]| {
+            let mut out = Vec::new();
+            status_line(&mut out, StatusCode::from_u16(code).unwrap(), reason);
+            out
+        };
+        assert_eq!(line(200, b"OK"), b"HTTP/1.1 200 OK\r\n");
+        assert_eq!(line(200, b"Fine"), b"HTTP/1.1 200 Fine\r\n");
+        assert_eq!(line(200, b""), b"HTTP/1.1 200 OK\r\n");
+        assert_eq!(line(502, b""), b"HTTP/1.1 502 Bad Gateway\r\n");
+        assert_eq!(
+            line(299, b"Custom Reason Here"),
+            b"HTTP/1.1 299 Custom Reason Here\r\n"
+        );
+        assert_eq!(line(419, b"Page Expired"), b"HTTP/1.1 419 Page Expired\r\n");
+        assert_eq!(line(499, b""), b"HTTP/1.1 499 \r\n");
+        assert_eq!(line(404, b"a\tb \xe9"), b"HTTP/1.1 404 a\tb \xe9\r\n");
+        for broken in [&b"a\rb"[..], b"a\nb", b"a\0", b"\x7f"] {
+            assert_eq!(line(404, broken), b"HTTP/1.1 404 Not Found\r\n");
+            assert_eq!(line(599, broken), b"HTTP/1.1 599 \r\n");
+        }
+        for b in 0..=u8::MAX {
+            let allowed = hyper::ext::ReasonPhrase::try_from(&[b][..]).is_ok();
+            assert_eq!(is_reason_byte(b), allowed, "byte {b:#04x}");
+        }
+    }
+
     #[test]
     fn gateway_heads_carry_framing_date_and_close() {
         let mut map = HeaderMap::new();
@@ -304,6 +362,7 @@ mod tests {
         map_head(
             &mut out,
             StatusCode::BAD_GATEWAY,
+            b"",
             &map,
             ClientFraming::AsIs,
             true,

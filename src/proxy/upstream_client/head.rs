@@ -87,6 +87,11 @@ pub fn encode_fields<'a, I: Iterator<Item = (&'a [u8], &'a [u8])>>(
         } else if authority.is_some() && headers::name_is(name, b"host") {
             continue;
         } else if headers::name_is(name, b"x-request-id") {
+            // A blank id is none: one is made below (as
+            // `headers::ensure_request_id` does).
+            if headers::is_blank(value) {
+                continue;
+            }
             request_id = true;
         } else if headers::name_is(name, b"content-length") {
             length = true;
@@ -195,6 +200,34 @@ mod tests {
         assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
     }
 
+    /// A blank `x-request-id` does not go up: a new id goes in its place.
+    #[test]
+    fn a_blank_request_id_goes_up_as_a_new_one() {
+        let peer_ip = HeaderValue::from_static("10.1.2.3");
+        let port = HeaderValue::from_static("8080");
+        let fwd = Forwarding {
+            peer_ip: &peer_ip,
+            proto: "http",
+            port: &port,
+            trust_forwarded_headers: false,
+            drop_underscored: false,
+            drop_expect: false,
+            chunked: false,
+        };
+        for blank in [&b""[..], b" ", b"\t "] {
+            let fields = [(&b"host"[..], &b"a"[..]), (b"X-Request-Id", blank)];
+            let mut out = Vec::new();
+            encode_fields(&mut out, b"GET", b"/", None, || fields.into_iter(), &fwd);
+            let text = String::from_utf8(out.clone()).unwrap();
+            assert_eq!(
+                text.to_ascii_lowercase().matches("x-request-id").count(),
+                1,
+                "{text}"
+            );
+            assert_eq!(request_id(&out).map(<[u8]>::len), Some(36), "{text}");
+        }
+    }
+
     /// The direct encoding must send what the general rewrite sends.
     #[test]
     fn forwarded_heads_match_the_general_rewrite() {
@@ -217,6 +250,24 @@ mod tests {
                 .body(())
                 .unwrap(),
             Request::delete("/y").header("host", "b").body(()).unwrap(),
+            // A blank id is none: a new one goes up.
+            Request::get("/z")
+                .header("host", "c")
+                .header("x-request-id", "")
+                .body(())
+                .unwrap(),
+            Request::get("/z")
+                .header("host", "c")
+                .header("x-request-id", " \t ")
+                .body(())
+                .unwrap(),
+            Request::get("/z")
+                .header("host", "c")
+                .header("x-request-id", "")
+                .header("x-request-id", "given")
+                .header("x-request-id", " ")
+                .body(())
+                .unwrap(),
         ];
         for trust in [false, true] {
             let fwd = Forwarding {

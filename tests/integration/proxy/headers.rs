@@ -233,3 +233,64 @@ async fn connection_naming_the_host_keeps_it() {
     assert_eq!(text, "5");
     gw.shutdown().await;
 }
+
+/// A blank `x-request-id` (empty, or spaces) is no id: the upstream gets a
+/// generated one in its place, on every path (the access log off: the id
+/// is made as the upstream's head is written): the own server, hyper's
+/// HTTP/1.1 server (HTTP/1.0), h2c with the own client (no body) and with
+/// hyper's (a body).
+#[tokio::test]
+async fn a_blank_request_id_goes_up_as_a_generated_one() {
+    let v1 = Upstream::start("v1").await;
+    let gw = Gateway::start(&config("", &[("v1", 1, v1.addr)])).await;
+    let generated = |what: &str, text: &str| {
+        let lines = header_lines(text);
+        let ids = header_of(&lines, "x-request-id");
+        assert_eq!(ids.len(), 1, "{what}: {text}");
+        assert_eq!(ids[0].len(), 36, "{what}: not generated: {text}");
+    };
+    for (what, raw) in [
+        (
+            "own server",
+            "GET /headers HTTP/1.1\r\nHost: a\r\nX-Request-Id:\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "own server, spaces",
+            "GET /headers HTTP/1.1\r\nHost: a\r\nx-request-id:  \t \r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "hyper's server",
+            "GET /headers HTTP/1.0\r\nHost: a\r\nx-request-id: \r\n\r\n",
+        ),
+    ] {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        stream.write_all(raw.as_bytes()).await.unwrap();
+        let reply = read_to_close(&mut stream, std::time::Duration::from_secs(10))
+            .await
+            .expect("the gateway closes after the response");
+        let text = String::from_utf8_lossy(&reply).into_owned();
+        assert_eq!(raw_status(&reply), Some(200), "{what}: {text}");
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        generated(what, body);
+    }
+    let mut h2 = h2c_client_for::<TestBody>(gw.addr).await;
+    for (what, method, value, upload) in [
+        ("h2c", "GET", "", ""),
+        ("h2c, spaces", "GET", "  ", ""),
+        ("h2c with a body", "POST", "", "hello"),
+        ("h2c with a body, spaces", "POST", " \t", "hello"),
+    ] {
+        let req = Request::builder()
+            .method(method)
+            .uri("http://a/headers")
+            .header("x-request-id", value)
+            .body(body(Bytes::from_static(upload.as_bytes())))
+            .unwrap();
+        let reply = read_reply(h2.send_request(req).await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200, "{what}");
+        generated(what, &reply.text());
+    }
+    gw.shutdown().await;
+}

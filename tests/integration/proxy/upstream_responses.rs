@@ -228,3 +228,97 @@ async fn connection_naming_the_length_keeps_the_response_framed() {
     );
     gw.shutdown().await;
 }
+
+/// The upstream's reason phrase reaches the client as it sent it (as nginx
+/// and HAProxy pass it on): a custom text on an unknown code (`299 Custom
+/// Reason Here`, Laravel's `419 Page Expired`) or a known one; a code with
+/// no text and none from the upstream gets an empty one (never `<none>`),
+/// a known code without one its canonical text. On the own server (its
+/// direct head and its general rewrite, for a head whose Connection names
+/// a field) and on hyper's HTTP/1.1 server (HTTP/1.0, `TE: trailers`), with
+/// the own client and with hyper's (a body).
+#[tokio::test]
+async fn the_upstreams_reason_phrase_reaches_the_client() {
+    // Upstream status line, then what the client gets; a head whose
+    // Connection names a field takes the own server's general rewrite.
+    const NAMING: &str = "connection: x-gone\r\nx-gone: 1\r\n";
+    let cases: [(&str, &str, &str); 9] = [
+        (
+            "HTTP/1.1 299 Custom Reason Here",
+            "",
+            "HTTP/1.1 299 Custom Reason Here",
+        ),
+        ("HTTP/1.1 419 Page Expired", "", "HTTP/1.1 419 Page Expired"),
+        ("HTTP/1.1 200 Fine", "", "HTTP/1.1 200 Fine"),
+        (
+            "HTTP/1.1 404 Nicht gefunden",
+            "",
+            "HTTP/1.1 404 Nicht gefunden",
+        ),
+        ("HTTP/1.1 599", "", "HTTP/1.1 599 "),
+        ("HTTP/1.1 200 ", "", "HTTP/1.1 200 OK"),
+        (
+            "HTTP/1.1 299 Custom Reason Here",
+            NAMING,
+            "HTTP/1.1 299 Custom Reason Here",
+        ),
+        ("HTTP/1.1 599", NAMING, "HTTP/1.1 599 "),
+        ("HTTP/1.1 200 ", NAMING, "HTTP/1.1 200 OK"),
+    ];
+    let mut upstreams = Vec::new();
+    for (line, rest, _) in cases {
+        let response = format!("{line}\r\n{rest}content-length: 2\r\n\r\nhi");
+        let response: &'static [u8] = Box::leak(response.into_bytes().into_boxed_slice());
+        upstreams.push(FixedUpstream::start(response).await);
+    }
+    let names: Vec<String> = (0..upstreams.len()).map(|i| format!("u{i}")).collect();
+    let versions: Vec<(&str, u32, std::net::SocketAddr)> = names
+        .iter()
+        .zip(&upstreams)
+        .enumerate()
+        .map(|(i, (name, up))| (name.as_str(), u32::from(i == 0), up.addr))
+        .collect();
+    let gw = Gateway::start(&config("override_header = \"x-force\"\n", &versions)).await;
+    let requests = [
+        (
+            "own server",
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Force: {v}\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "HTTP/1.0",
+            "GET / HTTP/1.0\r\nHost: a\r\nX-Force: {v}\r\n\r\n",
+        ),
+        (
+            "TE: trailers",
+            "GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\nX-Force: {v}\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "hyper's client",
+            "POST / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\nX-Force: {v}\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        ),
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let (line, rest, want) = cases[i];
+        for (what, request) in requests {
+            let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+            let request = request.replace("{v}", name);
+            tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+                .await
+                .unwrap();
+            let reply = read_to_close(&mut stream, Duration::from_secs(10))
+                .await
+                .expect("the gateway closes after the response");
+            let text = String::from_utf8_lossy(&reply).into_owned();
+            // Code and reason (hyper answers an HTTP/1.0 client in HTTP/1.0).
+            let status = |line: &str| line.split_once(' ').map(|(_, s)| s.to_string());
+            let got = text.split("\r\n").next().unwrap_or_default();
+            assert_eq!(
+                status(got),
+                status(want),
+                "{what}, upstream {line:?} {rest:?}: {text}"
+            );
+            assert!(text.ends_with("\r\n\r\nhi"), "{what} ({name}): {text}");
+        }
+    }
+    gw.shutdown().await;
+}
