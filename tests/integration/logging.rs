@@ -12,7 +12,13 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::{Client, Gateway, config, dead_addr, eventually, serve_connections};
+use bytes::Bytes;
+use http_body_util::Full;
+
+use crate::support::{
+    Client, FixedUpstream, Gateway, config, dead_addr, eventually, h2c_client_for,
+    serve_connections,
+};
 
 /// A log sink for the test's thread.
 #[derive(Clone, Default)]
@@ -99,11 +105,11 @@ async fn an_outage_does_not_flood_the_log() {
 }
 
 /// An upstream that reads each request and never answers: how many
-/// requests reached it, and the last head it read.
+/// requests reached it, and the heads it read (in their order).
 struct SilentUpstream {
     addr: std::net::SocketAddr,
     arrived: Arc<AtomicU64>,
-    head: Arc<Mutex<String>>,
+    heads: Arc<Mutex<Vec<String>>>,
     _task: crate::support::ServerTask,
 }
 
@@ -113,14 +119,15 @@ impl SilentUpstream {
         let addr = listener.local_addr().unwrap();
         let arrived = Arc::new(AtomicU64::new(0));
         let counter = arrived.clone();
-        let head = Arc::new(Mutex::new(String::new()));
-        let got = head.clone();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let got = heads.clone();
         let task = serve_connections(listener, move |mut stream| {
             let (counter, got) = (counter.clone(), got.clone());
             async move {
                 let mut buf = [0u8; 4096];
                 if let Ok(n @ 1..) = stream.read(&mut buf).await {
-                    *got.lock().unwrap() = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    got.lock().unwrap().push(head);
                     counter.fetch_add(1, Ordering::SeqCst);
                 }
                 while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
@@ -129,9 +136,19 @@ impl SilentUpstream {
         SilentUpstream {
             addr,
             arrived,
-            head,
+            heads,
             _task: task,
         }
+    }
+
+    /// The `x-request-id` of the request that reached it for `path`.
+    fn id_for(&self, path: &str) -> String {
+        let heads = self.heads.lock().unwrap();
+        let head = heads
+            .iter()
+            .find(|h| h.contains(&format!(" {path} HTTP/1.1")));
+        let id = head.and_then(|h| h.lines().find_map(|l| l.strip_prefix("x-request-id: ")));
+        id.unwrap_or_default().to_string()
     }
 
     /// Waits until `n` requests have reached it.
@@ -177,12 +194,8 @@ async fn a_request_its_client_gave_up_on_is_logged_as_499() {
     assert!(line.contains(" status=499 "), "{line}");
     assert!(line.contains(" complete=false"), "{line}");
     // Dropped while the upstream thought, it still names its request.
-    let head = upstream.head.lock().unwrap().clone();
-    let id = head
-        .lines()
-        .find_map(|l| l.strip_prefix("x-request-id: "))
-        .unwrap_or_default();
-    assert!(!id.is_empty(), "{head}");
+    let id = upstream.id_for("/slow");
+    assert!(!id.is_empty(), "{:?}", upstream.heads);
     assert!(line.contains(&format!(" request_id=\"{id}\" ")), "{line}");
     assert!(line.contains(" path=\"/slow\" "), "{line}");
     gw.shutdown().await;
@@ -353,6 +366,72 @@ async fn access_log_lines_carry_the_request_id_and_path() {
             "{target}: {line}"
         );
         assert!(!line.contains("secret"), "{line}");
+    }
+    gw.shutdown().await;
+}
+
+/// A 502 or 504 from an upstream names the endpoint that failed, in the
+/// `request failed` line (warn, or debug past the first a second) and in
+/// the access line: with several tasks behind a version, the one that
+/// hangs or resets must be found. Over HTTP/1.1 (the own server and
+/// client, without a body and with one) and h2c (the own client without a
+/// body, hyper's with one).
+#[tokio::test]
+async fn a_failed_request_names_its_endpoint_in_the_log() {
+    // The test runtime has one thread: the gateway's tasks log here too.
+    let (captured, _guard) = capture(tracing::Level::DEBUG);
+    let hangs = SilentUpstream::start().await;
+    // Reads the request head and closes the connection.
+    let closes = FixedUpstream::scripted(|_| None).await;
+    let versions = [("hangs", 1, hangs.addr), ("closes", 0, closes.addr)];
+    let text = config("override_header = \"x-force\"\n", &versions)
+        + "\n[log]\naccess_log = true\n[timeouts]\nupstream_response = \"300ms\"\n";
+    let gw = Gateway::start(&text).await;
+    let h2 = h2c_client_for::<Full<Bytes>>(gw.addr).await;
+    let log = || String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    for (version, addr, status) in [("hangs", hangs.addr, 504), ("closes", closes.addr, 502)] {
+        let force = [("x-force", version)];
+        let mut ids = Vec::new();
+        for body in ["", "a body"] {
+            let method = if body.is_empty() { "GET" } else { "POST" };
+            let reply = crate::support::send(gw.addr, method, "/h1", &force, body).await;
+            assert_eq!(reply.status, status, "{version} {method} over HTTP/1.1");
+            ids.push(reply.header("x-request-id").unwrap_or_default().to_string());
+            let req = http::Request::post("http://h/h2")
+                .header("x-force", version)
+                .body(Full::new(Bytes::from(body)))
+                .unwrap();
+            let resp = h2.clone().send_request(req).await.unwrap();
+            assert_eq!(resp.status(), status, "{version} {body:?} over h2c");
+            let id = resp
+                .headers()
+                .get("x-request-id")
+                .map(|v| v.to_str().unwrap());
+            ids.push(id.unwrap_or_default().to_string());
+        }
+        let field = format!(" upstream={addr} ");
+        for id in ids {
+            assert!(!id.is_empty(), "{version}: no id");
+            let request_id = format!(" request_id=\"{id}\" ");
+            let lines = async |what: &str| {
+                let found = eventually(Duration::from_secs(10), async || {
+                    log()
+                        .lines()
+                        .any(|l| l.contains(what) && l.contains(&request_id))
+                });
+                assert!(found.await, "no {what} line for {id}:\n{}", log());
+                let text = log();
+                let line = text
+                    .lines()
+                    .find(|l| l.contains(what) && l.contains(&request_id));
+                line.unwrap_or_default().to_string()
+            };
+            let failed = lines("request failed").await;
+            assert!(failed.contains(&field), "{failed}");
+            let access = lines(" access: ").await;
+            assert!(access.contains(&field), "{access}");
+            assert!(access.contains(&format!(" status={status} ")), "{access}");
+        }
     }
     gw.shutdown().await;
 }
