@@ -297,10 +297,14 @@ impl Proxy {
             chunked: req.chunked,
         };
         // The own server's requests always carry one Host.
-        let encode = |head: &mut Vec<u8>, _: Option<SocketAddr>| {
+        let noted = &mut completion.logged;
+        let encode = |head: &mut Vec<u8>, endpoint: Option<SocketAddr>| {
             let method = req.method.as_str().as_bytes();
             let fields = || req.field_bytes();
             upstream_client::head::encode_fields(head, method, req.target, None, fields, &fwd);
+            if let Some(endpoint) = endpoint {
+                Logged::sent(noted, endpoint, || id_in_head(head));
+            }
         };
         let response_header = settings
             .response_header
@@ -334,11 +338,10 @@ impl Proxy {
             HeadRead::InPlace,
         )
         .await;
-        match &forwarded {
-            Ok((_, upstream, _)) => Logged::keep_id(&mut completion.logged, || {
-                id_in_head(upstream.request_head_sent())
-            }),
-            Err(failed) => failed.note(&mut completion.logged),
+        // An upstream's answer is logged with its endpoint and id, noted
+        // as its head went up (`encode`).
+        if let Err(failed) = &forwarded {
+            failed.note(&mut completion.logged);
         }
         if let Err(failed) = &forwarded
             && matches!(failed.error, ProxyError::Client(ClientError::Gone))
@@ -478,9 +481,14 @@ impl Proxy {
         let outcome = if own_client {
             let (mut parts, _) = req.into_parts();
             let mut map = http::HeaderMap::new();
+            let noted = &mut completion.logged;
             let encode = |out: &mut Vec<u8>, endpoint: Option<SocketAddr>| {
-                if host_missing && let Some(endpoint) = endpoint {
-                    headers::insert_endpoint_host(&mut parts.headers, endpoint);
+                if let Some(endpoint) = endpoint {
+                    // The id was noted above.
+                    Logged::sent(noted, endpoint, || None);
+                    if host_missing {
+                        headers::insert_endpoint_host(&mut parts.headers, endpoint);
+                    }
                 }
                 if rewrite {
                     upstream_client::head::encode(out, &parts);
@@ -539,7 +547,8 @@ impl Proxy {
             // Boxed: this path's state (hyper's handshake and send
             // futures) would otherwise make every request's future
             // larger, and hyper moves that future into place per request.
-            Box::pin(forward(version, settings, req, body_progress))
+            let noted = &mut completion.logged;
+            Box::pin(forward(version, settings, req, body_progress, noted))
                 .await
                 .and_then(|(resp, outstanding, sender, request_id)| {
                     let e = if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS && !upgrading
@@ -827,6 +836,10 @@ impl Upstream {
 /// endpoint of the version). A pooled connection that the upstream closed
 /// as the request went out (nothing came back) is replaced by a fresh one
 /// once, when the request is safe to repeat. `how`: see [`HeadRead`].
+/// `encode` writes the request head for the endpoint connected to, just
+/// before it goes up (callers note the endpoint there for the access log:
+/// [`Logged::sent`]); with `None` no connect succeeded, and the head is
+/// only read for the id the upstream would have got.
 async fn forward_own(
     version: &Version,
     settings: &ProxySettings,
@@ -1078,12 +1091,14 @@ async fn open(
 /// is idle, else a new one. A failed connect is retried once on another
 /// endpoint of the version, and a request that a dead pooled connection
 /// returned unsent is retried once on a fresh connection: in both cases
-/// nothing reached the upstream, so the retry is safe for any method.
+/// nothing reached the upstream, so the retry is safe for any method. The
+/// endpoint is noted in `noted` (see [`Logged::sent`]) once connected.
 async fn forward(
     version: &Version,
     settings: &ProxySettings,
     req: Request<RequestBody>,
     body_progress: Option<Arc<body::BodyProgress>>,
+    noted: &mut Option<Box<Logged>>,
 ) -> Result<(Response<Incoming>, Outstanding, Sender, Option<HeaderValue>), Failed> {
     let request_id = req.headers().get(&headers::X_REQUEST_ID).cloned();
     let failed_at =
@@ -1094,6 +1109,8 @@ async fn forward(
     let outstanding = Outstanding::new(endpoint);
     let endpoint = outstanding.endpoint();
     let failed = |error: ProxyError| failed_at(error, Some(endpoint.addr()));
+    // The id, when logged, is noted already (`Proxy::handle`).
+    Logged::sent(noted, endpoint.addr(), || None);
     // The response timeout starts once the request body has been sent in
     // full; a body that stops moving ends the request sooner, as the
     // client's error when the client stopped sending it.

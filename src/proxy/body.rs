@@ -325,17 +325,29 @@ pub struct Logged {
     /// The id the upstream got (or would have); unset when the request
     /// ended before its head was written.
     pub request_id: Option<http::HeaderValue>,
-    /// The endpoint of a failed request's last attempt (an answered
-    /// request's is its [`Completion::upstream`]'s).
+    /// The endpoint the request went to (or was to go to), for a request
+    /// that ended without a response from it: a failed one (the endpoint of
+    /// its last attempt) or one dropped while the upstream thought. An
+    /// answered request's is its [`Completion::upstream`]'s.
     pub upstream: Option<SocketAddr>,
 }
 
 impl Logged {
-    /// Keeps the request's id in `slot` (a [`Completion`]'s), when the
-    /// access log is on: `id` is not called otherwise.
-    pub fn keep_id(slot: &mut Option<Box<Logged>>, id: impl FnOnce() -> Option<http::HeaderValue>) {
+    /// Notes, as its head goes up to `upstream`, where a request went and
+    /// its id (`id`, called only when the access log is on and the id is
+    /// not known yet: the own server makes none before), so that a request
+    /// whose future is dropped while the upstream thinks (its client gone,
+    /// the shutdown's grace over) is logged with both.
+    pub fn sent(
+        slot: &mut Option<Box<Logged>>,
+        upstream: SocketAddr,
+        id: impl FnOnce() -> Option<http::HeaderValue>,
+    ) {
         if let Some(logged) = slot {
-            logged.request_id = id();
+            logged.upstream = Some(upstream);
+            if logged.request_id.is_none() {
+                logged.request_id = id();
+            }
         }
     }
 }

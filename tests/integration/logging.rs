@@ -198,12 +198,18 @@ async fn a_request_its_client_gave_up_on_is_logged_as_499() {
     assert!(!id.is_empty(), "{:?}", upstream.heads);
     assert!(line.contains(&format!(" request_id=\"{id}\" ")), "{line}");
     assert!(line.contains(" path=\"/slow\" "), "{line}");
+    assert!(
+        line.contains(&format!(" upstream={} ", upstream.addr)),
+        "{line}"
+    );
     gw.shutdown().await;
 }
 
 /// Requests the shutdown's grace cut while their upstream still thought
 /// are logged with 444, not as a client that went away (499), on both
-/// HTTP/1.1 servers (the own one, and hyper's for `TE: trailers`).
+/// HTTP/1.1 servers (the own one, and hyper's for `TE: trailers`) and over
+/// h2c; each line names the id the upstream got and its endpoint (the
+/// request's future is dropped: they are noted as its head goes up).
 #[tokio::test]
 async fn a_request_the_shutdown_cut_is_logged_as_444() {
     let (captured, _guard) = capture(tracing::Level::INFO);
@@ -219,13 +225,41 @@ async fn a_request_the_shutdown_cut_is_logged_as_444() {
         assert!(upstream.reached(i as u64 + 1).await);
         clients.push(stream);
     }
+    // Over h2c, without a body (the own client) and with one (hyper's).
+    let h2 = crate::support::h2c_client_for::<Full<Bytes>>(gw.addr).await;
+    let mut streams = Vec::new();
+    for (i, body) in ["", "a body"].into_iter().enumerate() {
+        let path = format!("/cut-h2-{i}");
+        let req = http::Request::post(format!("http://h{path}"))
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        streams.push(tokio::spawn(h2.clone().send_request(req)));
+        assert!(upstream.reached(i as u64 + 3).await);
+    }
     // Logged by the time the shutdown is over (the process then exits).
     gw.shutdown().await;
     let lines = access_lines(&captured, "cut");
-    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines.len(), 4, "{lines:?}");
     for line in &lines {
         assert!(line.contains(" status=444 "), "{line}");
         assert!(line.contains(" complete=false"), "{line}");
+        assert!(
+            line.contains(&format!(" upstream={} ", upstream.addr)),
+            "{line}"
+        );
+    }
+    for path in ["/cut-0", "/cut-1", "/cut-h2-0", "/cut-h2-1"] {
+        let id = upstream.id_for(path);
+        assert!(!id.is_empty(), "{path}: {:?}", upstream.heads);
+        let line = lines
+            .iter()
+            .find(|l| l.contains(&format!(" path=\"{path}\" ")));
+        let line = line.cloned().unwrap_or_default();
+        assert!(line.contains(&format!(" request_id=\"{id}\" ")), "{line}");
+    }
+    for stream in streams {
+        let answer = stream.await.unwrap();
+        assert!(answer.is_err(), "{answer:?}");
     }
     // The clients were not answered: their connections were closed.
     for mut stream in clients {
