@@ -58,7 +58,7 @@ use metrics::Gauge;
 use crate::config::Timeouts;
 use crate::metrics as names;
 use crate::snapshot::{ProxySettings, Snapshot, Version, split};
-use body::{Completion, Logged, ProxyBody, RequestBody};
+use body::{Completion, Logged, ProxyBody, RequestBody, UpstreamField};
 use error_response::{ClientError, ProxyError};
 use h1::request::SimpleRequest;
 use h1::response::{ClientFraming, SendError};
@@ -230,6 +230,7 @@ impl Proxy {
             Box::new(Logged {
                 path: String::from_utf8_lossy(path).into_owned(),
                 request_id: None,
+                upstream: None,
             })
         });
         let choice = choose(&snapshot);
@@ -297,10 +298,14 @@ impl Proxy {
             chunked: req.chunked,
         };
         // The own server's requests always carry one Host.
-        let encode = |head: &mut Vec<u8>, _: Option<SocketAddr>| {
+        let noted = &mut completion.logged;
+        let encode = |head: &mut Vec<u8>, endpoint: Option<SocketAddr>| {
             let method = req.method.as_str().as_bytes();
             let fields = || req.field_bytes();
             upstream_client::head::encode_fields(head, method, req.target, None, fields, &fwd);
+            if let Some(endpoint) = endpoint {
+                Logged::sent(noted, endpoint, || id_in_head(head));
+            }
         };
         let response_header = settings
             .response_header
@@ -335,11 +340,10 @@ impl Proxy {
             HeadRead::InPlace,
         )
         .await;
-        match &forwarded {
-            Ok((_, upstream, _)) => Logged::keep_id(&mut completion.logged, || {
-                id_in_head(upstream.request_head_sent())
-            }),
-            Err(failed) => Logged::keep_id(&mut completion.logged, || failed.request_id.clone()),
+        // An upstream's answer is logged with its endpoint and id, noted
+        // as its head went up (`encode`).
+        if let Err(failed) = &forwarded {
+            failed.note(&mut completion.logged);
         }
         if let Err(failed) = &forwarded
             && matches!(failed.error, ProxyError::Client(ClientError::Gone))
@@ -373,7 +377,8 @@ impl Proxy {
         let to_client = ClientFraming::of(framing);
         if raw.facts.connection_names_headers {
             // Rare: the general rewrite, through a header map.
-            match mapped_head(raw, &upstream, http::HeaderMap::new()) {
+            let at = outstanding.endpoint().addr();
+            match mapped_head(raw, &upstream, at, http::HeaderMap::new()) {
                 Ok(head) => {
                     let mut resp = head.response;
                     // The own server never serves a request asking for
@@ -477,9 +482,14 @@ impl Proxy {
         let outcome = if own_client {
             let (mut parts, _) = req.into_parts();
             let mut map = http::HeaderMap::new();
+            let noted = &mut completion.logged;
             let encode = |out: &mut Vec<u8>, endpoint: Option<SocketAddr>| {
-                if host_missing && let Some(endpoint) = endpoint {
-                    headers::insert_endpoint_host(&mut parts.headers, endpoint);
+                if let Some(endpoint) = endpoint {
+                    // The id was noted above.
+                    Logged::sent(noted, endpoint, || None);
+                    if host_missing {
+                        headers::insert_endpoint_host(&mut parts.headers, endpoint);
+                    }
                 }
                 if rewrite {
                     upstream_client::head::encode(out, &parts);
@@ -508,14 +518,17 @@ impl Proxy {
                 HeadRead::Sized,
             );
             match forwarded.await {
-                Ok((raw, conn, outstanding)) => mapped_head(raw, &conn, map).map(|head| {
-                    let (parts, ()) = head.response.into_parts();
-                    let body = ResponseBody::new(conn, head.framing, head.keep_alive);
-                    (
-                        Response::from_parts(parts, Upstream::Own(body)),
-                        outstanding,
-                    )
-                }),
+                Ok((raw, conn, outstanding)) => {
+                    let at = outstanding.endpoint().addr();
+                    mapped_head(raw, &conn, at, map).map(|head| {
+                        let (parts, ()) = head.response.into_parts();
+                        let body = ResponseBody::new(conn, head.framing, head.keep_alive);
+                        (
+                            Response::from_parts(parts, Upstream::Own(body)),
+                            outstanding,
+                        )
+                    })
+                }
                 Err(e) => Err(e),
             }
         } else {
@@ -535,7 +548,8 @@ impl Proxy {
             // Boxed: this path's state (hyper's handshake and send
             // futures) would otherwise make every request's future
             // larger, and hyper moves that future into place per request.
-            Box::pin(forward(version, settings, req, body_progress))
+            let noted = &mut completion.logged;
+            Box::pin(forward(version, settings, req, body_progress, noted))
                 .await
                 .and_then(|(resp, outstanding, sender, request_id)| {
                     let e = if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS && !upgrading
@@ -552,6 +566,7 @@ impl Proxy {
                         return Err(Failed {
                             error: ProxyError::Reset(e.into()),
                             request_id,
+                            upstream: Some(outstanding.endpoint().addr()),
                         });
                     }
                     Ok((resp.map(|b| Upstream::Hyper(b, sender)), outstanding))
@@ -622,6 +637,7 @@ impl Proxy {
                 Response::from_parts(parts, body)
             }
             Err(failed) => {
+                failed.note(&mut completion.logged);
                 record_error(version, &failed);
                 let response_header = settings
                     .response_header
@@ -673,18 +689,49 @@ impl ClientSide<'_> {
     }
 }
 
-/// A request that could not be forwarded: the error and the request's id
-/// as the upstream got it (or would have), for the log and the client.
+/// A request that could not be forwarded: the error, the request's id as
+/// the upstream got it (or would have), for the log and the client, and
+/// the endpoint that failed, for the log: with several tasks behind a
+/// version, the one that hangs or resets must be found.
 struct Failed {
     error: ProxyError,
     request_id: Option<HeaderValue>,
+    /// The endpoint of the attempt that failed (the last one when the
+    /// request was retried); `None`: none was tried (no endpoints).
+    upstream: Option<SocketAddr>,
 }
 
 impl Failed {
-    /// `error`, for the request whose upstream head is `head`.
-    fn in_head(error: ProxyError, head: &[u8]) -> Failed {
+    /// `error`, for the request whose upstream head is `head`, sent to
+    /// `at`; a connect error names the endpoint it failed on itself.
+    fn in_head(error: ProxyError, head: &[u8], at: Option<SocketAddr>) -> Failed {
         let request_id = id_in_head(head);
-        Failed { error, request_id }
+        Failed::at(error, request_id, at)
+    }
+
+    /// `error` for the request with id `request_id`, sent to `at` (see
+    /// [`Failed::in_head`]).
+    fn at(error: ProxyError, request_id: Option<HeaderValue>, at: Option<SocketAddr>) -> Failed {
+        let upstream = match &error {
+            ProxyError::Connect(e) => Some(e.addr()),
+            _ => at,
+        };
+        Failed {
+            error,
+            request_id,
+            upstream,
+        }
+    }
+
+    /// Notes the endpoint that failed, and the id when it was not noted
+    /// yet (a connect that failed), for the access log line.
+    fn note(&self, slot: &mut Option<Box<Logged>>) {
+        if let Some(logged) = slot {
+            logged.upstream = self.upstream;
+            if logged.request_id.is_none() {
+                logged.request_id.clone_from(&self.request_id);
+            }
+        }
     }
 }
 
@@ -695,14 +742,17 @@ fn id_in_head(head: &[u8]) -> Option<HeaderValue> {
 
 /// The own client's response head with its fields in `map` (see
 /// [`upstream_client::RawHead::into_head`]). A head whose fields do not make a map
-/// fails the request.
+/// fails the request (at endpoint `at`).
 fn mapped_head(
     raw: upstream_client::RawHead,
     conn: &upstream_client::Conn,
+    at: SocketAddr,
     map: http::HeaderMap,
 ) -> Result<upstream_client::Head, Failed> {
-    raw.into_head(conn.spans(), map)
-        .map_err(|e| Failed::in_head(ProxyError::Reset(e.into()), conn.request_head_sent()))
+    raw.into_head(conn.spans(), map).map_err(|e| {
+        let error = ProxyError::Reset(e.into());
+        Failed::in_head(error, conn.request_head_sent(), Some(at))
+    })
 }
 
 /// Answers a request of the own server that failed upstream with the
@@ -732,14 +782,16 @@ async fn send_error<W: AsyncWrite + Unpin>(
 
 /// Counts a failed request: an upstream's failure in its version's
 /// metrics, a client's in `canary_client_errors_total` only. The detail
-/// goes to the log, under the request id the client got.
+/// (the error, the endpoint that failed) goes to the log, under the
+/// request id the client got.
 fn record_error(version: &Version, failed: &Failed) {
     let e = &failed.error;
     let request_id = failed.request_id.as_ref().and_then(|v| v.to_str().ok());
     let request_id = request_id.unwrap_or("-");
+    let upstream = UpstreamField(failed.upstream);
     if let ProxyError::Client(c) = e {
         c.count();
-        tracing::debug!(version = %version.name, request_id, error = %e, "client error");
+        tracing::debug!(version = %version.name, request_id, %upstream, error = %e, "client error");
         return;
     }
     // Connect failures are counted per attempt, in `open`.
@@ -753,11 +805,14 @@ fn record_error(version: &Version, failed: &Failed) {
         Some(held_back) => tracing::warn!(
             version = %version.name,
             request_id,
+            %upstream,
             error = %e,
             held_back,
             "request failed (at most one such line a second per version; held_back: its failures logged at debug since the last)"
         ),
-        None => tracing::debug!(version = %version.name, request_id, error = %e, "request failed"),
+        None => {
+            tracing::debug!(version = %version.name, request_id, %upstream, error = %e, "request failed");
+        }
     }
 }
 
@@ -782,6 +837,10 @@ impl Upstream {
 /// endpoint of the version). A pooled connection that the upstream closed
 /// as the request went out (nothing came back) is replaced by a fresh one
 /// once, when the request is safe to repeat. `how`: see [`HeadRead`].
+/// `encode` writes the request head for the endpoint connected to, just
+/// before it goes up (callers note the endpoint there for the access log:
+/// [`Logged::sent`]); with `None` no connect succeeded, and the head is
+/// only read for the id the upstream would have got.
 async fn forward_own(
     version: &Version,
     settings: &ProxySettings,
@@ -798,7 +857,7 @@ async fn forward_own(
             // Error path: the head the upstream would have got, for its id.
             let mut head = Vec::new();
             encode(&mut head, None);
-            return Err(Failed::in_head(error, &head));
+            return Err(Failed::in_head(error, &head, None));
         }
     };
     // Counted until dropped, whichever way the request ends (also when its
@@ -849,7 +908,10 @@ async fn forward_own(
     };
     match outcome {
         Ok(head) => Ok((head, conn, outstanding)),
-        Err(error) => Err(Failed::in_head(error, conn.request_head_sent())),
+        Err(error) => {
+            let at = Some(endpoint.addr());
+            Err(Failed::in_head(error, conn.request_head_sent(), at))
+        }
     }
 }
 
@@ -1030,23 +1092,26 @@ async fn open(
 /// is idle, else a new one. A failed connect is retried once on another
 /// endpoint of the version, and a request that a dead pooled connection
 /// returned unsent is retried once on a fresh connection: in both cases
-/// nothing reached the upstream, so the retry is safe for any method.
+/// nothing reached the upstream, so the retry is safe for any method. The
+/// endpoint is noted in `noted` (see [`Logged::sent`]) once connected.
 async fn forward(
     version: &Version,
     settings: &ProxySettings,
     req: Request<RequestBody>,
     body_progress: Option<Arc<body::BodyProgress>>,
+    noted: &mut Option<Box<Logged>>,
 ) -> Result<(Response<Incoming>, Outstanding, Sender, Option<HeaderValue>), Failed> {
     let request_id = req.headers().get(&headers::X_REQUEST_ID).cloned();
-    let failed = |error: ProxyError| Failed {
-        error,
-        request_id: request_id.clone(),
-    };
+    let failed_at =
+        |error: ProxyError, at: Option<SocketAddr>| Failed::at(error, request_id.clone(), at);
     let (endpoint, mut sender) = pick_and_connect(version, |e| sender_for(version, e, settings))
         .await
-        .map_err(failed)?;
+        .map_err(|e| failed_at(e, None))?;
     let outstanding = Outstanding::new(endpoint);
     let endpoint = outstanding.endpoint();
+    let failed = |error: ProxyError| failed_at(error, Some(endpoint.addr()));
+    // The id, when logged, is noted already (`Proxy::handle`).
+    Logged::sent(noted, endpoint.addr(), || None);
     // The response timeout starts once the request body has been sent in
     // full; a body that stops moving ends the request sooner, as the
     // client's error when the client stopped sending it.

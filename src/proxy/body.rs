@@ -12,6 +12,7 @@
 //! dropped with no answer at all (its client gone while the upstream still
 //! thinks) has no status class: see `Completion::count_unanswered`.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -324,14 +325,41 @@ pub struct Logged {
     /// The id the upstream got (or would have); unset when the request
     /// ended before its head was written.
     pub request_id: Option<http::HeaderValue>,
+    /// The endpoint the request went to (or was to go to), for a request
+    /// that ended without a response from it: a failed one (the endpoint of
+    /// its last attempt) or one dropped while the upstream thought. An
+    /// answered request's is its [`Completion::upstream`]'s.
+    pub upstream: Option<SocketAddr>,
 }
 
 impl Logged {
-    /// Keeps the request's id in `slot` (a [`Completion`]'s), when the
-    /// access log is on: `id` is not called otherwise.
-    pub fn keep_id(slot: &mut Option<Box<Logged>>, id: impl FnOnce() -> Option<http::HeaderValue>) {
+    /// Notes, as its head goes up to `upstream`, where a request went and
+    /// its id (`id`, called only when the access log is on and the id is
+    /// not known yet: the own server makes none before), so that a request
+    /// whose future is dropped while the upstream thinks (its client gone,
+    /// the shutdown's grace over) is logged with both.
+    pub fn sent(
+        slot: &mut Option<Box<Logged>>,
+        upstream: SocketAddr,
+        id: impl FnOnce() -> Option<http::HeaderValue>,
+    ) {
         if let Some(logged) = slot {
-            logged.request_id = id();
+            logged.upstream = Some(upstream);
+            if logged.request_id.is_none() {
+                logged.request_id = id();
+            }
+        }
+    }
+}
+
+/// An upstream's address as the logs write it: `-` for none.
+pub struct UpstreamField(pub Option<SocketAddr>);
+
+impl std::fmt::Display for UpstreamField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("-"),
         }
     }
 }
@@ -390,13 +418,14 @@ impl Drop for Completion {
         if self.settings.access_log {
             let noted = self.logged.as_deref();
             let id = noted.and_then(|l| l.request_id.as_ref());
+            let answered_by = upstream.as_ref().map(|(e, _)| e.endpoint().addr());
             tracing::info!(
                 target: "access",
                 method = %self.method,
                 path = noted.map_or("-", |l| l.path.as_str()),
                 request_id = id.and_then(|v| v.to_str().ok()).unwrap_or("-"),
                 version = %self.version.name,
-                upstream = %upstream.as_ref().map(|(e, _)| e.endpoint().addr().to_string()).unwrap_or_else(|| "-".into()),
+                upstream = %UpstreamField(answered_by.or(noted.and_then(|l| l.upstream))),
                 status = logged,
                 latency_ms = elapsed.as_secs_f64() * 1000.0,
                 complete = self.finished,

@@ -101,6 +101,18 @@ pub enum ConnectError {
     Handshake(SocketAddr, hyper::Error),
 }
 
+impl ConnectError {
+    /// The endpoint no connection could be made to.
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            ConnectError::Timeout(addr)
+            | ConnectError::Io(addr, _)
+            | ConnectError::Tls(addr, _)
+            | ConnectError::Handshake(addr, _) => *addr,
+        }
+    }
+}
+
 struct IdleConn<T> {
     conn: T,
     since: Instant,

@@ -12,7 +12,13 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::{Client, Gateway, config, dead_addr, eventually, serve_connections};
+use bytes::Bytes;
+use http_body_util::Full;
+
+use crate::support::{
+    Client, FixedUpstream, Gateway, config, dead_addr, eventually, h2c_client_for,
+    serve_connections,
+};
 
 /// A log sink for the test's thread.
 #[derive(Clone, Default)]
@@ -99,11 +105,11 @@ async fn an_outage_does_not_flood_the_log() {
 }
 
 /// An upstream that reads each request and never answers: how many
-/// requests reached it, and the last head it read.
+/// requests reached it, and the heads it read (in their order).
 struct SilentUpstream {
     addr: std::net::SocketAddr,
     arrived: Arc<AtomicU64>,
-    head: Arc<Mutex<String>>,
+    heads: Arc<Mutex<Vec<String>>>,
     _task: crate::support::ServerTask,
 }
 
@@ -113,14 +119,15 @@ impl SilentUpstream {
         let addr = listener.local_addr().unwrap();
         let arrived = Arc::new(AtomicU64::new(0));
         let counter = arrived.clone();
-        let head = Arc::new(Mutex::new(String::new()));
-        let got = head.clone();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let got = heads.clone();
         let task = serve_connections(listener, move |mut stream| {
             let (counter, got) = (counter.clone(), got.clone());
             async move {
                 let mut buf = [0u8; 4096];
                 if let Ok(n @ 1..) = stream.read(&mut buf).await {
-                    *got.lock().unwrap() = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    got.lock().unwrap().push(head);
                     counter.fetch_add(1, Ordering::SeqCst);
                 }
                 while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
@@ -129,9 +136,19 @@ impl SilentUpstream {
         SilentUpstream {
             addr,
             arrived,
-            head,
+            heads,
             _task: task,
         }
+    }
+
+    /// The `x-request-id` of the request that reached it for `path`.
+    fn id_for(&self, path: &str) -> String {
+        let heads = self.heads.lock().unwrap();
+        let head = heads
+            .iter()
+            .find(|h| h.contains(&format!(" {path} HTTP/1.1")));
+        let id = head.and_then(|h| h.lines().find_map(|l| l.strip_prefix("x-request-id: ")));
+        id.unwrap_or_default().to_string()
     }
 
     /// Waits until `n` requests have reached it.
@@ -177,20 +194,22 @@ async fn a_request_its_client_gave_up_on_is_logged_as_499() {
     assert!(line.contains(" status=499 "), "{line}");
     assert!(line.contains(" complete=false"), "{line}");
     // Dropped while the upstream thought, it still names its request.
-    let head = upstream.head.lock().unwrap().clone();
-    let id = head
-        .lines()
-        .find_map(|l| l.strip_prefix("x-request-id: "))
-        .unwrap_or_default();
-    assert!(!id.is_empty(), "{head}");
+    let id = upstream.id_for("/slow");
+    assert!(!id.is_empty(), "{:?}", upstream.heads);
     assert!(line.contains(&format!(" request_id=\"{id}\" ")), "{line}");
     assert!(line.contains(" path=\"/slow\" "), "{line}");
+    assert!(
+        line.contains(&format!(" upstream={} ", upstream.addr)),
+        "{line}"
+    );
     gw.shutdown().await;
 }
 
 /// Requests the shutdown's grace cut while their upstream still thought
 /// are logged with 444, not as a client that went away (499), on both
-/// HTTP/1.1 servers (the own one, and hyper's for `TE: trailers`).
+/// HTTP/1.1 servers (the own one, and hyper's for `TE: trailers`) and over
+/// h2c; each line names the id the upstream got and its endpoint (the
+/// request's future is dropped: they are noted as its head goes up).
 #[tokio::test]
 async fn a_request_the_shutdown_cut_is_logged_as_444() {
     let (captured, _guard) = capture(tracing::Level::INFO);
@@ -206,13 +225,41 @@ async fn a_request_the_shutdown_cut_is_logged_as_444() {
         assert!(upstream.reached(i as u64 + 1).await);
         clients.push(stream);
     }
+    // Over h2c, without a body (the own client) and with one (hyper's).
+    let h2 = crate::support::h2c_client_for::<Full<Bytes>>(gw.addr).await;
+    let mut streams = Vec::new();
+    for (i, body) in ["", "a body"].into_iter().enumerate() {
+        let path = format!("/cut-h2-{i}");
+        let req = http::Request::post(format!("http://h{path}"))
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        streams.push(tokio::spawn(h2.clone().send_request(req)));
+        assert!(upstream.reached(i as u64 + 3).await);
+    }
     // Logged by the time the shutdown is over (the process then exits).
     gw.shutdown().await;
     let lines = access_lines(&captured, "cut");
-    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines.len(), 4, "{lines:?}");
     for line in &lines {
         assert!(line.contains(" status=444 "), "{line}");
         assert!(line.contains(" complete=false"), "{line}");
+        assert!(
+            line.contains(&format!(" upstream={} ", upstream.addr)),
+            "{line}"
+        );
+    }
+    for path in ["/cut-0", "/cut-1", "/cut-h2-0", "/cut-h2-1"] {
+        let id = upstream.id_for(path);
+        assert!(!id.is_empty(), "{path}: {:?}", upstream.heads);
+        let line = lines
+            .iter()
+            .find(|l| l.contains(&format!(" path=\"{path}\" ")));
+        let line = line.cloned().unwrap_or_default();
+        assert!(line.contains(&format!(" request_id=\"{id}\" ")), "{line}");
+    }
+    for stream in streams {
+        let answer = stream.await.unwrap();
+        assert!(answer.is_err(), "{answer:?}");
     }
     // The clients were not answered: their connections were closed.
     for mut stream in clients {
@@ -442,6 +489,72 @@ async fn a_blank_request_id_is_replaced_by_a_generated_one() {
             line.contains(&format!(" request_id=\"{id}\" ")),
             "{target}: {line}"
         );
+    }
+    gw.shutdown().await;
+}
+
+/// A 502 or 504 from an upstream names the endpoint that failed, in the
+/// `request failed` line (warn, or debug past the first a second) and in
+/// the access line: with several tasks behind a version, the one that
+/// hangs or resets must be found. Over HTTP/1.1 (the own server and
+/// client, without a body and with one) and h2c (the own client without a
+/// body, hyper's with one).
+#[tokio::test]
+async fn a_failed_request_names_its_endpoint_in_the_log() {
+    // The test runtime has one thread: the gateway's tasks log here too.
+    let (captured, _guard) = capture(tracing::Level::DEBUG);
+    let hangs = SilentUpstream::start().await;
+    // Reads the request head and closes the connection.
+    let closes = FixedUpstream::scripted(|_| None).await;
+    let versions = [("hangs", 1, hangs.addr), ("closes", 0, closes.addr)];
+    let text = config("override_header = \"x-force\"\n", &versions)
+        + "\n[log]\naccess_log = true\n[timeouts]\nupstream_response = \"300ms\"\n";
+    let gw = Gateway::start(&text).await;
+    let h2 = h2c_client_for::<Full<Bytes>>(gw.addr).await;
+    let log = || String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    for (version, addr, status) in [("hangs", hangs.addr, 504), ("closes", closes.addr, 502)] {
+        let force = [("x-force", version)];
+        let mut ids = Vec::new();
+        for body in ["", "a body"] {
+            let method = if body.is_empty() { "GET" } else { "POST" };
+            let reply = crate::support::send(gw.addr, method, "/h1", &force, body).await;
+            assert_eq!(reply.status, status, "{version} {method} over HTTP/1.1");
+            ids.push(reply.header("x-request-id").unwrap_or_default().to_string());
+            let req = http::Request::post("http://h/h2")
+                .header("x-force", version)
+                .body(Full::new(Bytes::from(body)))
+                .unwrap();
+            let resp = h2.clone().send_request(req).await.unwrap();
+            assert_eq!(resp.status(), status, "{version} {body:?} over h2c");
+            let id = resp
+                .headers()
+                .get("x-request-id")
+                .map(|v| v.to_str().unwrap());
+            ids.push(id.unwrap_or_default().to_string());
+        }
+        let field = format!(" upstream={addr} ");
+        for id in ids {
+            assert!(!id.is_empty(), "{version}: no id");
+            let request_id = format!(" request_id=\"{id}\" ");
+            let lines = async |what: &str| {
+                let found = eventually(Duration::from_secs(10), async || {
+                    log()
+                        .lines()
+                        .any(|l| l.contains(what) && l.contains(&request_id))
+                });
+                assert!(found.await, "no {what} line for {id}:\n{}", log());
+                let text = log();
+                let line = text
+                    .lines()
+                    .find(|l| l.contains(what) && l.contains(&request_id));
+                line.unwrap_or_default().to_string()
+            };
+            let failed = lines("request failed").await;
+            assert!(failed.contains(&field), "{failed}");
+            let access = lines(" access: ").await;
+            assert!(access.contains(&field), "{access}");
+            assert!(access.contains(&format!(" status={status} ")), "{access}");
+        }
     }
     gw.shutdown().await;
 }
