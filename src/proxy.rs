@@ -962,7 +962,8 @@ async fn reopen(
 }
 
 /// An endpoint of `version` (power of two choices) and a connection to it
-/// made by `connect`; a failed connect is retried once on another endpoint:
+/// made by `connect`; a failed connect is retried once on another endpoint
+/// not ejected (none when every endpoint is: see [`upstream::pick`]):
 /// nothing reached an upstream, so this is safe for any request.
 async fn pick_and_connect<'a, T, F>(
     version: &'a Version,
@@ -971,11 +972,11 @@ async fn pick_and_connect<'a, T, F>(
 where
     F: Future<Output = Result<T, ConnectError>>,
 {
-    let first = upstream::pick(&version.endpoints, None)
+    let first = upstream::pick(&version.endpoints)
         .ok_or_else(|| ProxyError::NoEndpoints(version.name.clone()))?;
     match connect(first).await {
         Ok(conn) => Ok((first.clone(), conn)),
-        Err(e) => match upstream::pick(&version.endpoints, Some(first)) {
+        Err(e) => match upstream::pick_other(&version.endpoints, first) {
             Some(second) => Ok((second.clone(), connect(second).await?)),
             None => Err(e.into()),
         },

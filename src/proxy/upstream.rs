@@ -423,22 +423,47 @@ impl Drop for Outstanding {
     }
 }
 
-/// Power of two choices over outstanding requests, skipping ejected endpoints
-/// (when every endpoint is ejected, all are candidates again: better to try
-/// than to fail every request). `exclude` is an endpoint already tried.
-pub fn pick<'a>(
+/// The endpoint for a request: power of two choices over outstanding
+/// requests among the endpoints not ejected. When every endpoint is ejected
+/// (panic mode, like Envoy's panic threshold: better to try than to fail
+/// every request) one of them at random, so that one that came back is
+/// found whichever it is; a failed attempt there gets no second one
+/// ([`pick_other`] takes no ejected endpoint): with endpoints that drop
+/// SYNs (ECS tasks gone with their network interface) each request waits
+/// one `upstream_connect`, not two.
+pub fn pick(endpoints: &[Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
+    let n = endpoints.len();
+    if n < 2 {
+        // The only candidate, ejected or not (no random number needed).
+        return endpoints.first();
+    }
+    let r = fast_random();
+    pick_usable(endpoints, None, r).or_else(|| endpoints.get((r as usize) % n))
+}
+
+/// An endpoint for a second attempt after `tried` failed to connect: power
+/// of two choices among the others that are not ejected; `None` when there
+/// is none (an ejected endpoint gets no second attempt, see [`pick`]).
+pub fn pick_other<'a>(
+    endpoints: &'a [Arc<Endpoint>],
+    tried: &Endpoint,
+) -> Option<&'a Arc<Endpoint>> {
+    pick_usable(endpoints, Some(tried), fast_random())
+}
+
+/// Power of two choices (from the random `r`) over the endpoints that are
+/// neither ejected nor `exclude`; the first such from a random place when
+/// both choices are not.
+fn pick_usable<'a>(
     endpoints: &'a [Arc<Endpoint>],
     exclude: Option<&Endpoint>,
+    r: u64,
 ) -> Option<&'a Arc<Endpoint>> {
     let usable = |e: &Endpoint| !e.is_ejected() && !exclude.is_some_and(|x| std::ptr::eq(x, e));
     match endpoints.len() {
         0 => None,
-        1 => {
-            let only = &endpoints[0];
-            (exclude.is_none_or(|x| !std::ptr::eq(x, only.as_ref()))).then_some(only)
-        }
+        1 => endpoints.first().filter(|only| usable(only)),
         n => {
-            let r = fast_random();
             let a = (r as usize) % n;
             let b = (a + 1 + ((r >> 32) as usize) % (n - 1)) % n;
             let (ea, eb) = (&endpoints[a], &endpoints[b]);
@@ -450,17 +475,7 @@ pub fn pick<'a>(
                 }),
                 (true, false) => Some(ea),
                 (false, true) => Some(eb),
-                (false, false) => endpoints
-                    .iter()
-                    .cycle()
-                    .skip(a)
-                    .take(n)
-                    .find(|e| usable(e))
-                    .or_else(|| {
-                        endpoints
-                            .iter()
-                            .find(|e| !exclude.is_some_and(|x| std::ptr::eq(x, e.as_ref())))
-                    }),
+                (false, false) => endpoints.iter().cycle().skip(a).take(n).find(|e| usable(e)),
             }
         }
     }
@@ -482,7 +497,7 @@ mod tests {
         let busy: Vec<Outstanding> = (0..5).map(|_| Outstanding::new(e[0].clone())).collect();
         let mut counts = [0; 3];
         for _ in 0..3000 {
-            let p = pick(&e, None).unwrap();
+            let p = pick(&e).unwrap();
             counts[e.iter().position(|x| Arc::ptr_eq(x, p)).unwrap()] += 1;
         }
         assert!(counts[1] > 900 && counts[2] > 900, "{counts:?}");
@@ -491,22 +506,56 @@ mod tests {
         assert_eq!(e[0].outstanding(), 0);
     }
 
-    #[test]
-    fn pick_skips_ejected_and_excluded() {
-        let e = eps(3);
+    /// An endpoint ejected after one failure (`eject_after_failures = 1`).
+    fn eject(e: &Endpoint) {
         let cfg = UpstreamConfig {
             eject_after_failures: 1,
             ..UpstreamConfig::default()
         };
-        e[1].connect_failed(&cfg);
-        assert!(e[1].is_ejected());
+        e.connect_failed(&cfg);
+        assert!(e.is_ejected());
+    }
+
+    #[test]
+    fn pick_skips_ejected_and_excluded() {
+        let e = eps(3);
+        eject(&e[1]);
         for _ in 0..200 {
-            let p = pick(&e, Some(&e[0])).unwrap();
+            assert!(!Arc::ptr_eq(pick(&e).unwrap(), &e[1]));
+            let p = pick_other(&e, &e[0]).unwrap();
             assert!(Arc::ptr_eq(p, &e[2]));
         }
         let single = eps(1);
-        assert!(pick(&single, Some(&single[0])).is_none());
-        assert!(pick(&[], None).is_none());
+        assert!(pick_other(&single, &single[0]).is_none());
+        assert!(pick(&[]).is_none());
+        // The only endpoint is tried, ejected or not.
+        eject(&single[0]);
+        assert!(Arc::ptr_eq(pick(&single).unwrap(), &single[0]));
+    }
+
+    /// Every endpoint ejected (panic mode): each is tried in turn, not the
+    /// first one always (one that came back is found), and a failed
+    /// attempt gets no second one.
+    #[test]
+    fn with_every_endpoint_ejected_one_attempt_spread_over_them() {
+        let e = eps(3);
+        for endpoint in &e {
+            eject(endpoint);
+        }
+        let mut counts = [0; 3];
+        for _ in 0..3000 {
+            let p = pick(&e).unwrap();
+            counts[e.iter().position(|x| Arc::ptr_eq(x, p)).unwrap()] += 1;
+            assert!(pick_other(&e, p).is_none());
+        }
+        assert!(counts.iter().all(|&c| c > 600), "{counts:?}");
+        // One whose ejection ended is the one picked, and the second
+        // attempt of a request that failed on an ejected one.
+        e[2].ejected_until_ms.store(now_ms(), Ordering::Relaxed);
+        for _ in 0..200 {
+            assert!(Arc::ptr_eq(pick(&e).unwrap(), &e[2]));
+            assert!(Arc::ptr_eq(pick_other(&e, &e[0]).unwrap(), &e[2]));
+        }
     }
 
     #[test]
