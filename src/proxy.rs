@@ -780,7 +780,9 @@ impl Upstream {
 /// idle, else a new one (a failed connect is retried once on another
 /// endpoint of the version). A pooled connection that the upstream closed
 /// as the request went out (nothing came back) is replaced by a fresh one
-/// once, when the request is safe to repeat. `how`: see [`HeadRead`].
+/// once, when the request is safe to repeat. A response head makes the endpoint
+/// healthy; a gateway failure ([`upstream::Failure`]) counts toward its
+/// ejection. `how`: see [`HeadRead`].
 async fn forward_own(
     version: &Version,
     settings: &ProxySettings,
@@ -802,12 +804,12 @@ async fn forward_own(
     };
     // Counted until dropped, whichever way the request ends (also when its
     // future is dropped: a client gone, an h2 stream reset).
-    let outstanding = Outstanding::new(endpoint);
-    let endpoint = outstanding.endpoint();
-    encode(conn.request_head(), Some(endpoint.addr()));
+    let mut outstanding = Outstanding::new(endpoint);
+    encode(conn.request_head(), Some(outstanding.endpoint().addr()));
     let outcome = match client {
         ClientSide::Upload(body) => {
-            exchange_upload(&mut conn, pooled, body, version, endpoint, settings, method).await
+            let out = &mut outstanding;
+            exchange_upload(&mut conn, pooled, body, version, out, settings, method).await
         }
         ClientSide::Bodiless(socket) => {
             let socket = *socket;
@@ -830,9 +832,12 @@ async fn forward_own(
                                 && (e.unsent() || upstream_client::retry_safe(method)) =>
                         {
                             pooled = false;
-                            reopen(&mut conn, &e, version, endpoint, settings).await?;
+                            reopen(&mut conn, &e, version, &mut outstanding, settings).await?;
                         }
-                        Err(e) => return Err(ProxyError::Reset(e.into())),
+                        Err(e) => {
+                            let endpoint = outstanding.endpoint();
+                            return Err(exchange_failed(e, pooled, endpoint, settings));
+                        }
                     }
                 }
             };
@@ -846,9 +851,20 @@ async fn forward_own(
             outcome
         }
     };
+    // A response head (any status) is the endpoint's health; no head in
+    // time its gateway failure (see `upstream::Failure`).
     match outcome {
-        Ok(head) => Ok((head, conn, outstanding)),
-        Err(error) => Err(Failed::in_head(error, conn.request_head_sent())),
+        Ok(head) => {
+            outstanding.endpoint().answered();
+            Ok((head, conn, outstanding))
+        }
+        Err(error) => {
+            if let ProxyError::Timeout = error {
+                let endpoint = outstanding.endpoint();
+                endpoint.failed(&settings.upstream, upstream::Failure::Timeout);
+            }
+            Err(Failed::in_head(error, conn.request_head_sent()))
+        }
     }
 }
 
@@ -861,7 +877,7 @@ async fn exchange_upload(
     mut pooled: bool,
     body: &mut Upload<'_>,
     version: &Version,
-    endpoint: &Endpoint,
+    outstanding: &mut Outstanding,
     settings: &ProxySettings,
     method: &http::Method,
 ) -> Result<upstream_client::RawHead, ProxyError> {
@@ -884,7 +900,9 @@ async fn exchange_upload(
                     Some(Err(e)) if e.nothing_received() && upstream_client::retry_safe(method) => {
                         e
                     }
-                    Some(Err(e)) => return Err(ProxyError::Reset(e.into())),
+                    Some(Err(e)) => {
+                        return Err(exchange_failed(e, pooled, outstanding.endpoint(), settings));
+                    }
                 }
             }
             Err(UploadError::Upstream(e)) => {
@@ -907,10 +925,11 @@ async fn exchange_upload(
             Err(UploadError::UpstreamStalled) => return Err(ProxyError::Timeout),
         };
         if !(pooled && body.replayable()) {
-            return Err(ProxyError::Reset(error.into()));
+            let endpoint = outstanding.endpoint();
+            return Err(exchange_failed(error, pooled, endpoint, settings));
         }
         pooled = false;
-        reopen(conn, &error, version, endpoint, settings).await?;
+        reopen(conn, &error, version, outstanding, settings).await?;
     }
 }
 
@@ -945,20 +964,38 @@ async fn response_head_in_time(
 }
 
 /// Replaces a pooled connection that failed with `error` before anything
-/// came back by a new one to the same endpoint, the request head moved over.
+/// came back by a new one to the same endpoint, the request head moved
+/// over.
 async fn reopen(
     conn: &mut upstream_client::Conn,
     error: &upstream_client::ExchangeError,
     version: &Version,
-    endpoint: &Endpoint,
+    outstanding: &mut Outstanding,
     settings: &ProxySettings,
 ) -> Result<(), ProxyError> {
-    tracing::debug!(upstream = %endpoint.addr(), error = %error, "pooled connection failed; retrying on a new one");
-    let stream = Box::pin(open(version, endpoint, settings)).await?;
+    tracing::debug!(upstream = %outstanding.endpoint().addr(), error = %error, "pooled connection failed; retrying on a new one");
+    let stream = Box::pin(open(version, outstanding.endpoint(), settings)).await?;
     let mut fresh = upstream_client::Conn::new(stream);
     std::mem::swap(fresh.request_head(), conn.request_head());
     *conn = fresh;
     Ok(())
+}
+
+/// `e`, a failure of the own client's exchange, as the request's error; a
+/// new connection (`pooled` false) closed or reset before any byte of a
+/// response counts toward the endpoint's ejection. On a pooled connection
+/// the same may be the keep-alive race (the upstream closed it while idle,
+/// as the request went out): not the endpoint's failure.
+fn exchange_failed(
+    e: upstream_client::ExchangeError,
+    pooled: bool,
+    endpoint: &Endpoint,
+    settings: &ProxySettings,
+) -> ProxyError {
+    if !pooled && e.nothing_received() {
+        endpoint.failed(&settings.upstream, upstream::Failure::Reset);
+    }
+    ProxyError::Reset(e.into())
 }
 
 /// An endpoint of `version` (power of two choices) and a connection to it
@@ -1030,7 +1067,8 @@ async fn open(
 /// is idle, else a new one. A failed connect is retried once on another
 /// endpoint of the version, and a request that a dead pooled connection
 /// returned unsent is retried once on a fresh connection: in both cases
-/// nothing reached the upstream, so the retry is safe for any method.
+/// nothing reached the upstream, so the retry is safe for any method. The
+/// endpoint's health is kept as in [`forward_own`].
 async fn forward(
     version: &Version,
     settings: &ProxySettings,
@@ -1042,9 +1080,12 @@ async fn forward(
         error,
         request_id: request_id.clone(),
     };
-    let (endpoint, mut sender) = pick_and_connect(version, |e| sender_for(version, e, settings))
-        .await
-        .map_err(failed)?;
+    let (endpoint, (mut sender, pooled)) =
+        pick_and_connect(version, |e| sender_for(version, e, settings))
+            .await
+            .map_err(failed)?;
+    // Whether a failure there is the endpoint's (see `exchange_failed`).
+    let mut fresh = !pooled;
     let outstanding = Outstanding::new(endpoint);
     let endpoint = outstanding.endpoint();
     // The response timeout starts once the request body has been sent in
@@ -1072,10 +1113,19 @@ async fn forward(
         sender.sending(progress.clone());
         let outcome = tokio::select! {
             outcome = sender.try_send_request(req) => outcome,
-            error = &mut deadline => return Err(failed(error)),
+            error = &mut deadline => {
+                if let ProxyError::Timeout = error {
+                    let endpoint = outstanding.endpoint();
+                    endpoint.failed(&settings.upstream, upstream::Failure::Timeout);
+                }
+                return Err(failed(error));
+            }
         };
         match outcome {
-            Ok(resp) => return Ok((resp, outstanding, sender, request_id)),
+            Ok(resp) => {
+                outstanding.endpoint().answered();
+                return Ok((resp, outstanding, sender, request_id));
+            }
             Err(mut e) => {
                 // The client's body failed (bad framing, the client gone):
                 // the client's error, never the upstream's; the upstream
@@ -1087,29 +1137,46 @@ async fn forward(
                     Some(unsent) if !retried => {
                         retried = true;
                         req = unsent;
-                        sender = connect_to(version, endpoint, settings)
+                        sender = connect_to(version, outstanding.endpoint(), settings)
                             .await
                             .map_err(|e| failed(e.into()))?;
+                        fresh = true;
                     }
-                    _ => return Err(failed(ProxyError::Reset(e.into_error().into()))),
+                    _ => {
+                        let e = e.into_error();
+                        if fresh && closed_early(&e) {
+                            let endpoint = outstanding.endpoint();
+                            endpoint.failed(&settings.upstream, upstream::Failure::Reset);
+                        }
+                        return Err(failed(ProxyError::Reset(e.into())));
+                    }
                 }
             }
         }
     }
 }
 
-/// A ready connection to `endpoint`: pooled if possible.
+/// Whether hyper's client failed because the upstream closed or reset the
+/// connection before a response head came whole (not a head it could not
+/// parse, nor a misuse).
+fn closed_early(e: &hyper::Error) -> bool {
+    use std::error::Error as _;
+    e.is_incomplete_message() || e.source().is_some_and(|s| s.is::<std::io::Error>())
+}
+
+/// A ready connection to `endpoint`: pooled if possible, and whether it
+/// was pooled.
 async fn sender_for(
     version: &Version,
     endpoint: &Endpoint,
     settings: &ProxySettings,
-) -> Result<Sender, ConnectError> {
+) -> Result<(Sender, bool), ConnectError> {
     while let Some(mut sender) = endpoint.checkout(settings.upstream.pool_idle_timeout) {
         if sender.ready().await.is_ok() {
-            return Ok(sender);
+            return Ok((sender, true));
         }
     }
-    connect_to(version, endpoint, settings).await
+    Ok((connect_to(version, endpoint, settings).await?, false))
 }
 
 async fn connect_to(

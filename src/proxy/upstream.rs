@@ -1,5 +1,6 @@
 //! Data path: one upstream endpoint, its keep-alive connection pool and its
-//! passive health (ejection after repeated connect failures).
+//! passive health (ejection after gateway failures in a row: see
+//! [`Failure`]).
 //!
 //! An [`Endpoint`] outlives snapshots: the control path hands the same `Arc`
 //! to every snapshot while the address stays, so pooled connections,
@@ -101,6 +102,36 @@ pub enum ConnectError {
     Handshake(SocketAddr, hyper::Error),
 }
 
+/// A gateway failure: the endpoint, not the client, failed a request
+/// before any response head came (nginx's `max_fails` counts these as
+/// `error` and `timeout`, Envoy's outlier detection as consecutive gateway
+/// failures). [`Endpoint::failed`] counts them toward ejection: an endpoint
+/// whose socket still accepts while its application is gone (a JVM in a GC
+/// spiral, a deadlocked process, a sidecar accepting for a crashed app)
+/// leaves the rotation as one that refuses connections does. A client's
+/// failure (gone, a broken body) is never one, nor a pooled connection
+/// that the upstream closed while idle (the keep-alive race), nor an
+/// invalid or cut-short response head (something came).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// A connect (or the TLS handshake) failed or timed out.
+    Connect,
+    /// A new connection was closed or reset before any byte of a response.
+    Reset,
+    /// No response head within `upstream_response`.
+    Timeout,
+}
+
+impl Failure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Connect => "connect",
+            Failure::Reset => "reset",
+            Failure::Timeout => "timeout",
+        }
+    }
+}
+
 struct IdleConn<T> {
     conn: T,
     since: Instant,
@@ -162,7 +193,8 @@ pub struct Endpoint {
     addr: SocketAddr,
     /// Requests sent and not finished (for power-of-two-choices).
     outstanding: AtomicU32,
-    /// Connect failures in a row.
+    /// Gateway failures ([`Failure`]) in a row since the last response
+    /// head.
     failures: AtomicU32,
     /// Ejections in a row, for the back-off.
     ejections: AtomicU32,
@@ -213,8 +245,11 @@ impl Endpoint {
         (until != 0 && now < until).then(|| until - now)
     }
 
-    /// A connect succeeded: the endpoint is healthy again.
-    fn connect_succeeded(&self) {
+    /// A response head came from the endpoint (any status): it is healthy
+    /// again, its failures in a row and its ejection end. Called for every
+    /// response: two loads when there is nothing to clear.
+    #[inline]
+    pub fn answered(&self) {
         // An ejection resets `failures` to 0: check the ejection too, or an
         // endpoint that works again would stay ejected (and its back-off grow).
         if self.failures.load(Ordering::Relaxed) != 0
@@ -226,26 +261,36 @@ impl Endpoint {
         }
     }
 
-    /// A connect failed; after `eject_after_failures` in a row the endpoint is
-    /// ejected for `eject_base * 2^(ejections in a row)`, at most `eject_max`.
-    fn connect_failed(&self, cfg: &UpstreamConfig) {
+    /// A gateway failure of the endpoint; after `eject_after_failures` in a
+    /// row (no response head between them) it is ejected for
+    /// `eject_base * 2^(ejections in a row)`, at most `eject_max`.
+    ///
+    /// A failure while the endpoint is ejected is not counted: it belongs
+    /// to a request that was sent before the ejection (a hung endpoint's
+    /// requests time out together) or to one its version had no other
+    /// endpoint for; counting those would stretch the ejection to
+    /// `eject_max` at once. The back-off grows when the endpoint fails
+    /// again after its ejection ended.
+    pub fn failed(&self, cfg: &UpstreamConfig, failure: Failure) {
+        if self.is_ejected() {
+            return;
+        }
         let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if failures >= cfg.eject_after_failures {
             self.failures.store(0, Ordering::Relaxed);
             let n = self.ejections.fetch_add(1, Ordering::Relaxed).min(16);
             let period = cfg.eject_base.saturating_mul(1 << n).min(cfg.eject_max);
             let period_ms = period.as_millis() as u64;
-            // An ejected endpoint still gets requests when its version has no
-            // other: warn when it becomes ejected, not at each re-ejection
-            // (one every few failing requests in an outage).
-            let was_ejected = self.is_ejected();
             self.ejected_until_ms
                 .store(now_ms() + period_ms, Ordering::Relaxed);
-            if was_ejected {
-                tracing::debug!(endpoint = %self.addr, period_ms, "ejected endpoint ejected again");
-            } else {
-                tracing::warn!(endpoint = %self.addr, period_ms, "endpoint ejected after repeated connect failures");
-            }
+            // Once per ejection: at most one line per ejection period.
+            tracing::warn!(
+                endpoint = %self.addr,
+                period_ms,
+                failures,
+                last = failure.as_str(),
+                "endpoint ejected after gateway failures in a row (connect, reset or timeout before a response head)"
+            );
         }
     }
 
@@ -326,14 +371,14 @@ impl Endpoint {
     }
 
     /// Records a connect's outcome (TCP, and TLS when the version has it):
-    /// a success makes the endpoint healthy again, failures in a row eject it.
+    /// a failure counts toward the endpoint's ejection ([`Endpoint::failed`]).
+    /// A success does not end a run of failures: an endpoint that accepts
+    /// connections and never answers on them must still be ejected; its
+    /// first response head does ([`Endpoint::answered`]).
     pub fn connected<T>(&self, result: &Result<T, ConnectError>, cfg: &UpstreamConfig) {
-        match result {
-            Ok(_) => self.connect_succeeded(),
-            Err(e) => {
-                tracing::debug!(error = %e, "upstream connect failed");
-                self.connect_failed(cfg);
-            }
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "upstream connect failed");
+            self.failed(cfg, Failure::Connect);
         }
     }
 
@@ -512,7 +557,7 @@ mod tests {
             eject_after_failures: 1,
             ..UpstreamConfig::default()
         };
-        e.connect_failed(&cfg);
+        e.failed(&cfg, Failure::Connect);
         assert!(e.is_ejected());
     }
 
@@ -559,20 +604,46 @@ mod tests {
     }
 
     #[test]
-    fn ejection_backs_off_and_success_clears_it() {
+    fn ejection_backs_off_and_an_answer_clears_it() {
         let e = Endpoint::new(SocketAddr::from(([127, 0, 0, 1], 1)));
         let cfg = UpstreamConfig::default();
-        e.connect_failed(&cfg);
-        e.connect_failed(&cfg);
+        let ok: Result<(), ConnectError> = Ok(());
+        // Connects that succeed do not end a run of failures: an endpoint
+        // that accepts and resets (or hangs) is ejected too.
+        e.failed(&cfg, Failure::Connect);
+        e.connected(&ok, &cfg);
+        e.failed(&cfg, Failure::Reset);
+        e.connected(&ok, &cfg);
         assert!(!e.is_ejected());
-        e.connect_failed(&cfg);
+        e.failed(&cfg, Failure::Timeout);
         let first = e.ejected_for_ms().unwrap();
         assert!(first > 4_000 && first <= 5_000, "{first}");
+        // Failures while ejected (requests sent before) are not counted.
+        for _ in 0..10 {
+            e.failed(&cfg, Failure::Timeout);
+        }
+        assert!(e.ejected_for_ms().unwrap() <= 5_000);
+        // Failing again once the ejection ended: twice as long.
+        e.ejected_until_ms.store(now_ms(), Ordering::Relaxed);
+        assert!(!e.is_ejected());
         for _ in 0..3 {
-            e.connect_failed(&cfg);
+            e.failed(&cfg, Failure::Reset);
         }
         assert!(e.ejected_for_ms().unwrap() > 9_000);
-        e.connect_succeeded();
+        // A response head ends the ejection and the back-off.
+        e.answered();
+        assert!(!e.is_ejected());
+        for _ in 0..3 {
+            e.failed(&cfg, Failure::Reset);
+        }
+        assert!(e.ejected_for_ms().unwrap() <= 5_000);
+        // And it ends a run of failures.
+        e.answered();
+        for _ in 0..2 {
+            e.failed(&cfg, Failure::Reset);
+        }
+        e.answered();
+        e.failed(&cfg, Failure::Reset);
         assert!(!e.is_ejected());
     }
 
