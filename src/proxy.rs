@@ -780,7 +780,8 @@ impl Upstream {
 /// idle, else a new one (a failed connect is retried once on another
 /// endpoint of the version). A pooled connection that the upstream closed
 /// as the request went out (nothing came back) is replaced by a fresh one
-/// once, when the request is safe to repeat. A response head makes the endpoint
+/// once, when the request is safe to repeat (to another endpoint if its
+/// own refuses it: see [`open_again`]). A response head makes the endpoint
 /// healthy; a gateway failure ([`upstream::Failure`]) counts toward its
 /// ejection. `how`: see [`HeadRead`].
 async fn forward_own(
@@ -964,7 +965,7 @@ async fn response_head_in_time(
 }
 
 /// Replaces a pooled connection that failed with `error` before anything
-/// came back by a new one to the same endpoint, the request head moved
+/// came back by a new one (see [`open_again`]), the request head moved
 /// over.
 async fn reopen(
     conn: &mut upstream_client::Conn,
@@ -974,11 +975,38 @@ async fn reopen(
     settings: &ProxySettings,
 ) -> Result<(), ProxyError> {
     tracing::debug!(upstream = %outstanding.endpoint().addr(), error = %error, "pooled connection failed; retrying on a new one");
-    let stream = Box::pin(open(version, outstanding.endpoint(), settings)).await?;
+    let stream = open_again(version, outstanding, settings).await?;
     let mut fresh = upstream_client::Conn::new(stream);
     std::mem::swap(fresh.request_head(), conn.request_head());
     *conn = fresh;
     Ok(())
+}
+
+/// A new connection for a request whose pooled connection failed before
+/// anything came back (the request is safe to send again): to the same
+/// endpoint, or, when that connect fails, to another endpoint of the
+/// version that is not ejected, as [`pick_and_connect`] retries a first
+/// connect's failure: a task stopping closes its pooled connections and
+/// its listener, and its requests go to the others. `outstanding` moves to
+/// the endpoint connected to. (An HTTP/1.0 request without Host keeps the
+/// Host written for the first endpoint's address.)
+async fn open_again(
+    version: &Version,
+    outstanding: &mut Outstanding,
+    settings: &ProxySettings,
+) -> Result<crate::tls::Stream, ConnectError> {
+    let tried = outstanding.endpoint();
+    let error = match Box::pin(open(version, tried, settings)).await {
+        Ok(stream) => return Ok(stream),
+        Err(e) => e,
+    };
+    let Some(other) = upstream::pick_other(&version.endpoints, tried) else {
+        return Err(error);
+    };
+    tracing::debug!(upstream = %tried.addr(), error = %error, other = %other.addr(), "retrying on another endpoint");
+    let stream = Box::pin(open(version, other, settings)).await?;
+    *outstanding = Outstanding::new(other.clone());
+    Ok(stream)
 }
 
 /// `e`, a failure of the own client's exchange, as the request's error; a
@@ -1066,7 +1094,8 @@ async fn open(
 /// Sends the request to an endpoint of `version`: a pooled connection when one
 /// is idle, else a new one. A failed connect is retried once on another
 /// endpoint of the version, and a request that a dead pooled connection
-/// returned unsent is retried once on a fresh connection: in both cases
+/// returned unsent is retried once on a fresh connection (to another
+/// endpoint if its own refuses it: see [`open_again`]): in both cases
 /// nothing reached the upstream, so the retry is safe for any method. The
 /// endpoint's health is kept as in [`forward_own`].
 async fn forward(
@@ -1086,7 +1115,7 @@ async fn forward(
             .map_err(failed)?;
     // Whether a failure there is the endpoint's (see `exchange_failed`).
     let mut fresh = !pooled;
-    let outstanding = Outstanding::new(endpoint);
+    let mut outstanding = Outstanding::new(endpoint);
     let endpoint = outstanding.endpoint();
     // The response timeout starts once the request body has been sent in
     // full; a body that stops moving ends the request sooner, as the
@@ -1137,7 +1166,12 @@ async fn forward(
                     Some(unsent) if !retried => {
                         retried = true;
                         req = unsent;
-                        sender = connect_to(version, outstanding.endpoint(), settings)
+                        let stream = open_again(version, &mut outstanding, settings)
+                            .await
+                            .map_err(|e| failed(e.into()))?;
+                        let endpoint = outstanding.endpoint();
+                        sender = endpoint
+                            .handshake(stream)
                             .await
                             .map_err(|e| failed(e.into()))?;
                         fresh = true;

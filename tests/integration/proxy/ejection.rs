@@ -1,9 +1,12 @@
 //! Endpoint ejection: an endpoint that accepts connections and resets or
 //! hangs leaves the rotation as one that refuses them does; the keep-alive
-//! race is no failure of the endpoint; with every endpoint ejected a
-//! request makes one connect attempt.
+//! race is no failure of the endpoint; a request whose pooled connection
+//! died goes to another endpoint when its own is gone; with every endpoint
+//! ejected a request makes one connect attempt.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http::Request;
@@ -161,6 +164,116 @@ async fn the_keep_alive_race_is_no_failure_of_the_endpoint() {
         assert_eq!(health(&gw, upstream.addr), "healthy", "after POST {i}");
     }
     gw.shutdown().await;
+}
+
+/// An upstream that stops as an ECS task does: once `stop` is set it has
+/// closed its listener (new connects are refused), and each kept-alive
+/// connection closes without an answer when its next request arrives.
+struct StoppingUpstream {
+    addr: SocketAddr,
+    listener: Option<ServerTask>,
+    stopped: Arc<AtomicBool>,
+    /// Requests that arrived on a connection after the stop.
+    refused: Arc<AtomicU64>,
+}
+
+impl StoppingUpstream {
+    async fn start() -> StoppingUpstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stopped = Arc::new(AtomicBool::new(false));
+        let refused = Arc::new(AtomicU64::new(0));
+        let (stop, count) = (stopped.clone(), refused.clone());
+        // Connections live on tasks of their own: they outlive the listener.
+        let task = serve_connections(listener, move |mut stream| {
+            let (stop, count) = (stop.clone(), count.clone());
+            async move {
+                let mut buf = Vec::new();
+                while read_head(&mut stream, &mut buf).await.is_some() {
+                    if stop.load(Ordering::SeqCst) {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nstopping";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        StoppingUpstream {
+            addr,
+            listener: Some(task),
+            stopped,
+            refused,
+        }
+    }
+
+    fn stop(&mut self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        // Dropping the accept loop's task closes the listener.
+        self.listener = None;
+    }
+}
+
+/// A task stopping closes its listener and its kept-alive connections: a
+/// request whose pooled connection to it closed as it was sent (safe to
+/// send again) is retried on another endpoint when the new connect to the
+/// stopping one is refused, not answered 502 while the version has a
+/// healthy endpoint. For a GET (no body) and a PUT (a body small enough to
+/// send again).
+#[tokio::test]
+async fn a_retry_goes_to_another_endpoint_when_its_own_is_gone() {
+    let put = || {
+        Request::put("/")
+            .header("host", "h")
+            .body(body(Bytes::from_static(b"small body")))
+            .unwrap()
+    };
+    let get = || {
+        Request::get("/")
+            .header("host", "h")
+            .body(body(Bytes::new()))
+            .unwrap()
+    };
+    for (name, request) in [("stopping-get", get as fn() -> _), ("stopping-put", put)] {
+        let mut stopping = StoppingUpstream::start().await;
+        let good = Upstream::start(name).await;
+        let gw = Gateway::start(&config_endpoints(
+            LONG_EJECTIONS,
+            &[(name, 1, vec![stopping.addr, good.addr])],
+        ))
+        .await;
+        // One client connection: each request leaves its upstream
+        // connection in the pool, the stopping upstream's included.
+        let mut client = Client::connect(gw.addr).await;
+        let mut answered_by_stopping = false;
+        for _ in 0..100 {
+            let reply = client.send(get()).await.unwrap();
+            assert_eq!(reply.status, 200);
+            answered_by_stopping |= reply.text() == "stopping";
+            if answered_by_stopping {
+                break;
+            }
+        }
+        assert!(answered_by_stopping, "{name}: no connection to pool");
+        stopping.stop();
+        for i in 0..40 {
+            let reply = client.send(request()).await.unwrap();
+            assert_eq!(
+                reply.status, 200,
+                "{name}: request {i}: {:?}",
+                reply.headers
+            );
+            assert_eq!(reply.text(), name, "{name}: request {i}");
+            if stopping.refused.load(Ordering::SeqCst) > 0 {
+                break;
+            }
+        }
+        let refused = stopping.refused.load(Ordering::SeqCst);
+        assert_eq!(refused, 1, "{name}: the pooled connection was never tried");
+        gw.shutdown().await;
+    }
 }
 
 /// With every endpoint of a version ejected, a request makes one connect
