@@ -82,14 +82,14 @@ fn decision(c: &mut Criterion) {
         b.iter(|| {
             let snap = cell.load();
             let v = Proxy::choose(&snap, std::hint::black_box(&plain));
-            std::hint::black_box(pick(&snap.versions[v.index].endpoints, None).map(|e| e.addr()))
+            std::hint::black_box(pick(&snap.versions[v.index].endpoints).map(|e| e.addr()))
         })
     });
     c.bench_function("decision: load + pick (sticky key)", |b| {
         b.iter(|| {
             let snap = cell.load();
             let v = Proxy::choose(&snap, std::hint::black_box(&sticky));
-            std::hint::black_box(pick(&snap.versions[v.index].endpoints, None).map(|e| e.addr()))
+            std::hint::black_box(pick(&snap.versions[v.index].endpoints).map(|e| e.addr()))
         })
     });
 }

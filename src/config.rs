@@ -184,7 +184,8 @@ impl Default for Timeouts {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct UpstreamConfig {
-    /// Consecutive connect failures that eject an endpoint.
+    /// Consecutive gateway failures (connect, reset before any response
+    /// byte, no head within `upstream_response`) that eject an endpoint.
     pub eject_after_failures: u32,
     /// First ejection period; doubles for each further ejection in a row.
     pub eject_base: Duration,

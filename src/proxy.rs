@@ -836,11 +836,14 @@ impl Upstream {
 /// idle, else a new one (a failed connect is retried once on another
 /// endpoint of the version). A pooled connection that the upstream closed
 /// as the request went out (nothing came back) is replaced by a fresh one
-/// once, when the request is safe to repeat. `how`: see [`HeadRead`].
-/// `encode` writes the request head for the endpoint connected to, just
-/// before it goes up (callers note the endpoint there for the access log:
-/// [`Logged::sent`]); with `None` no connect succeeded, and the head is
-/// only read for the id the upstream would have got.
+/// once, when the request is safe to repeat (to another endpoint if its
+/// own refuses it: see [`open_again`]). A response head makes the endpoint
+/// healthy; a gateway failure ([`upstream::Failure`]) counts toward its
+/// ejection. `how`: see [`HeadRead`]. `encode` writes the request head for
+/// the endpoint connected to, just before it goes up (callers note the
+/// endpoint there for the access log: [`Logged::sent`]); with `None` no
+/// connect succeeded, and the head is only read for the id the upstream
+/// would have got. A failure names the endpoint last tried.
 async fn forward_own(
     version: &Version,
     settings: &ProxySettings,
@@ -862,12 +865,12 @@ async fn forward_own(
     };
     // Counted until dropped, whichever way the request ends (also when its
     // future is dropped: a client gone, an h2 stream reset).
-    let outstanding = Outstanding::new(endpoint);
-    let endpoint = outstanding.endpoint();
-    encode(conn.request_head(), Some(endpoint.addr()));
+    let mut outstanding = Outstanding::new(endpoint);
+    encode(conn.request_head(), Some(outstanding.endpoint().addr()));
     let outcome = match client {
         ClientSide::Upload(body) => {
-            exchange_upload(&mut conn, pooled, body, version, endpoint, settings, method).await
+            let out = &mut outstanding;
+            exchange_upload(&mut conn, pooled, body, version, out, settings, method).await
         }
         ClientSide::Bodiless(socket) => {
             let socket = *socket;
@@ -890,9 +893,12 @@ async fn forward_own(
                                 && (e.unsent() || upstream_client::retry_safe(method)) =>
                         {
                             pooled = false;
-                            reopen(&mut conn, &e, version, endpoint, settings).await?;
+                            reopen(&mut conn, &e, version, &mut outstanding, settings).await?;
                         }
-                        Err(e) => return Err(ProxyError::Reset(e.into())),
+                        Err(e) => {
+                            let endpoint = outstanding.endpoint();
+                            return Err(exchange_failed(e, pooled, endpoint, settings));
+                        }
                     }
                 }
             };
@@ -906,9 +912,18 @@ async fn forward_own(
             outcome
         }
     };
+    // A response head (any status) is the endpoint's health; no head in
+    // time its gateway failure (see `upstream::Failure`).
     match outcome {
-        Ok(head) => Ok((head, conn, outstanding)),
+        Ok(head) => {
+            outstanding.endpoint().answered();
+            Ok((head, conn, outstanding))
+        }
         Err(error) => {
+            let endpoint = outstanding.endpoint();
+            if let ProxyError::Timeout = error {
+                endpoint.failed(&settings.upstream, upstream::Failure::Timeout);
+            }
             let at = Some(endpoint.addr());
             Err(Failed::in_head(error, conn.request_head_sent(), at))
         }
@@ -924,7 +939,7 @@ async fn exchange_upload(
     mut pooled: bool,
     body: &mut Upload<'_>,
     version: &Version,
-    endpoint: &Endpoint,
+    outstanding: &mut Outstanding,
     settings: &ProxySettings,
     method: &http::Method,
 ) -> Result<upstream_client::RawHead, ProxyError> {
@@ -947,7 +962,9 @@ async fn exchange_upload(
                     Some(Err(e)) if e.nothing_received() && upstream_client::retry_safe(method) => {
                         e
                     }
-                    Some(Err(e)) => return Err(ProxyError::Reset(e.into())),
+                    Some(Err(e)) => {
+                        return Err(exchange_failed(e, pooled, outstanding.endpoint(), settings));
+                    }
                 }
             }
             Err(UploadError::Upstream(e)) => {
@@ -970,10 +987,11 @@ async fn exchange_upload(
             Err(UploadError::UpstreamStalled) => return Err(ProxyError::Timeout),
         };
         if !(pooled && body.replayable()) {
-            return Err(ProxyError::Reset(error.into()));
+            let endpoint = outstanding.endpoint();
+            return Err(exchange_failed(error, pooled, endpoint, settings));
         }
         pooled = false;
-        reopen(conn, &error, version, endpoint, settings).await?;
+        reopen(conn, &error, version, outstanding, settings).await?;
     }
 }
 
@@ -1008,24 +1026,70 @@ async fn response_head_in_time(
 }
 
 /// Replaces a pooled connection that failed with `error` before anything
-/// came back by a new one to the same endpoint, the request head moved over.
+/// came back by a new one (see [`open_again`]), the request head moved
+/// over.
 async fn reopen(
     conn: &mut upstream_client::Conn,
     error: &upstream_client::ExchangeError,
     version: &Version,
-    endpoint: &Endpoint,
+    outstanding: &mut Outstanding,
     settings: &ProxySettings,
 ) -> Result<(), ProxyError> {
-    tracing::debug!(upstream = %endpoint.addr(), error = %error, "pooled connection failed; retrying on a new one");
-    let stream = Box::pin(open(version, endpoint, settings)).await?;
+    tracing::debug!(upstream = %outstanding.endpoint().addr(), error = %error, "pooled connection failed; retrying on a new one");
+    let stream = open_again(version, outstanding, settings).await?;
     let mut fresh = upstream_client::Conn::new(stream);
     std::mem::swap(fresh.request_head(), conn.request_head());
     *conn = fresh;
     Ok(())
 }
 
+/// A new connection for a request whose pooled connection failed before
+/// anything came back (the request is safe to send again): to the same
+/// endpoint, or, when that connect fails, to another endpoint of the
+/// version that is not ejected, as [`pick_and_connect`] retries a first
+/// connect's failure: a task stopping closes its pooled connections and
+/// its listener, and its requests go to the others. `outstanding` moves to
+/// the endpoint connected to. (An HTTP/1.0 request without Host keeps the
+/// Host written for the first endpoint's address.)
+async fn open_again(
+    version: &Version,
+    outstanding: &mut Outstanding,
+    settings: &ProxySettings,
+) -> Result<crate::tls::Stream, ConnectError> {
+    let tried = outstanding.endpoint();
+    let error = match Box::pin(open(version, tried, settings)).await {
+        Ok(stream) => return Ok(stream),
+        Err(e) => e,
+    };
+    let Some(other) = upstream::pick_other(&version.endpoints, tried) else {
+        return Err(error);
+    };
+    tracing::debug!(upstream = %tried.addr(), error = %error, other = %other.addr(), "retrying on another endpoint");
+    let stream = Box::pin(open(version, other, settings)).await?;
+    *outstanding = Outstanding::new(other.clone());
+    Ok(stream)
+}
+
+/// `e`, a failure of the own client's exchange, as the request's error; a
+/// new connection (`pooled` false) closed or reset before any byte of a
+/// response counts toward the endpoint's ejection. On a pooled connection
+/// the same may be the keep-alive race (the upstream closed it while idle,
+/// as the request went out): not the endpoint's failure.
+fn exchange_failed(
+    e: upstream_client::ExchangeError,
+    pooled: bool,
+    endpoint: &Endpoint,
+    settings: &ProxySettings,
+) -> ProxyError {
+    if !pooled && e.nothing_received() {
+        endpoint.failed(&settings.upstream, upstream::Failure::Reset);
+    }
+    ProxyError::Reset(e.into())
+}
+
 /// An endpoint of `version` (power of two choices) and a connection to it
-/// made by `connect`; a failed connect is retried once on another endpoint:
+/// made by `connect`; a failed connect is retried once on another endpoint
+/// not ejected (none when every endpoint is: see [`upstream::pick`]):
 /// nothing reached an upstream, so this is safe for any request.
 async fn pick_and_connect<'a, T, F>(
     version: &'a Version,
@@ -1034,11 +1098,11 @@ async fn pick_and_connect<'a, T, F>(
 where
     F: Future<Output = Result<T, ConnectError>>,
 {
-    let first = upstream::pick(&version.endpoints, None)
+    let first = upstream::pick(&version.endpoints)
         .ok_or_else(|| ProxyError::NoEndpoints(version.name.clone()))?;
     match connect(first).await {
         Ok(conn) => Ok((first.clone(), conn)),
-        Err(e) => match upstream::pick(&version.endpoints, Some(first)) {
+        Err(e) => match upstream::pick_other(&version.endpoints, first) {
             Some(second) => Ok((second.clone(), connect(second).await?)),
             None => Err(e.into()),
         },
@@ -1091,9 +1155,12 @@ async fn open(
 /// Sends the request to an endpoint of `version`: a pooled connection when one
 /// is idle, else a new one. A failed connect is retried once on another
 /// endpoint of the version, and a request that a dead pooled connection
-/// returned unsent is retried once on a fresh connection: in both cases
+/// returned unsent is retried once on a fresh connection (to another
+/// endpoint if its own refuses it: see [`open_again`]): in both cases
 /// nothing reached the upstream, so the retry is safe for any method. The
-/// endpoint is noted in `noted` (see [`Logged::sent`]) once connected.
+/// endpoint's health is kept as in [`forward_own`]. The endpoint is noted
+/// in `noted` (see [`Logged::sent`]) once connected; a failure names the
+/// endpoint last tried.
 async fn forward(
     version: &Version,
     settings: &ProxySettings,
@@ -1104,12 +1171,14 @@ async fn forward(
     let request_id = req.headers().get(&headers::X_REQUEST_ID).cloned();
     let failed_at =
         |error: ProxyError, at: Option<SocketAddr>| Failed::at(error, request_id.clone(), at);
-    let (endpoint, mut sender) = pick_and_connect(version, |e| sender_for(version, e, settings))
-        .await
-        .map_err(|e| failed_at(e, None))?;
-    let outstanding = Outstanding::new(endpoint);
+    let (endpoint, (mut sender, pooled)) =
+        pick_and_connect(version, |e| sender_for(version, e, settings))
+            .await
+            .map_err(|e| failed_at(e, None))?;
+    // Whether a failure there is the endpoint's (see `exchange_failed`).
+    let mut fresh = !pooled;
+    let mut outstanding = Outstanding::new(endpoint);
     let endpoint = outstanding.endpoint();
-    let failed = |error: ProxyError| failed_at(error, Some(endpoint.addr()));
     // The id, when logged, is noted already (`Proxy::handle`).
     Logged::sent(noted, endpoint.addr(), || None);
     // The response timeout starts once the request body has been sent in
@@ -1137,44 +1206,77 @@ async fn forward(
         sender.sending(progress.clone());
         let outcome = tokio::select! {
             outcome = sender.try_send_request(req) => outcome,
-            error = &mut deadline => return Err(failed(error)),
+            error = &mut deadline => {
+                if let ProxyError::Timeout = error {
+                    let endpoint = outstanding.endpoint();
+                    endpoint.failed(&settings.upstream, upstream::Failure::Timeout);
+                }
+                return Err(failed_at(error, Some(outstanding.endpoint().addr())));
+            }
         };
         match outcome {
-            Ok(resp) => return Ok((resp, outstanding, sender, request_id)),
+            Ok(resp) => {
+                outstanding.endpoint().answered();
+                return Ok((resp, outstanding, sender, request_id));
+            }
             Err(mut e) => {
                 // The client's body failed (bad framing, the client gone):
                 // the client's error, never the upstream's; the upstream
                 // connection that got half of it is dropped with `sender`.
                 if let Some(client) = progress.as_ref().and_then(|p| p.client_failure()) {
-                    return Err(failed(client.into()));
+                    let at = Some(outstanding.endpoint().addr());
+                    return Err(failed_at(client.into(), at));
                 }
                 match e.take_message() {
                     Some(unsent) if !retried => {
                         retried = true;
                         req = unsent;
-                        sender = connect_to(version, endpoint, settings)
+                        let stream = open_again(version, &mut outstanding, settings)
                             .await
-                            .map_err(|e| failed(e.into()))?;
+                            .map_err(|e| failed_at(e.into(), None))?;
+                        let endpoint = outstanding.endpoint();
+                        sender = endpoint
+                            .handshake(stream)
+                            .await
+                            .map_err(|e| failed_at(e.into(), Some(endpoint.addr())))?;
+                        fresh = true;
                     }
-                    _ => return Err(failed(ProxyError::Reset(e.into_error().into()))),
+                    _ => {
+                        let e = e.into_error();
+                        if fresh && closed_early(&e) {
+                            let endpoint = outstanding.endpoint();
+                            endpoint.failed(&settings.upstream, upstream::Failure::Reset);
+                        }
+                        let at = Some(outstanding.endpoint().addr());
+                        return Err(failed_at(ProxyError::Reset(e.into()), at));
+                    }
                 }
             }
         }
     }
 }
 
-/// A ready connection to `endpoint`: pooled if possible.
+/// Whether hyper's client failed because the upstream closed or reset the
+/// connection before a response head came whole (not a head it could not
+/// parse, nor a misuse).
+fn closed_early(e: &hyper::Error) -> bool {
+    use std::error::Error as _;
+    e.is_incomplete_message() || e.source().is_some_and(|s| s.is::<std::io::Error>())
+}
+
+/// A ready connection to `endpoint`: pooled if possible, and whether it
+/// was pooled.
 async fn sender_for(
     version: &Version,
     endpoint: &Endpoint,
     settings: &ProxySettings,
-) -> Result<Sender, ConnectError> {
+) -> Result<(Sender, bool), ConnectError> {
     while let Some(mut sender) = endpoint.checkout(settings.upstream.pool_idle_timeout) {
         if sender.ready().await.is_ok() {
-            return Ok(sender);
+            return Ok((sender, true));
         }
     }
-    connect_to(version, endpoint, settings).await
+    Ok((connect_to(version, endpoint, settings).await?, false))
 }
 
 async fn connect_to(

@@ -1,5 +1,6 @@
 //! Data path: one upstream endpoint, its keep-alive connection pool and its
-//! passive health (ejection after repeated connect failures).
+//! passive health (ejection after gateway failures in a row: see
+//! [`Failure`]).
 //!
 //! An [`Endpoint`] outlives snapshots: the control path hands the same `Arc`
 //! to every snapshot while the address stays, so pooled connections,
@@ -113,6 +114,36 @@ impl ConnectError {
     }
 }
 
+/// A gateway failure: the endpoint, not the client, failed a request
+/// before any response head came (nginx's `max_fails` counts these as
+/// `error` and `timeout`, Envoy's outlier detection as consecutive gateway
+/// failures). [`Endpoint::failed`] counts them toward ejection: an endpoint
+/// whose socket still accepts while its application is gone (a JVM in a GC
+/// spiral, a deadlocked process, a sidecar accepting for a crashed app)
+/// leaves the rotation as one that refuses connections does. A client's
+/// failure (gone, a broken body) is never one, nor a pooled connection
+/// that the upstream closed while idle (the keep-alive race), nor an
+/// invalid or cut-short response head (something came).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// A connect (or the TLS handshake) failed or timed out.
+    Connect,
+    /// A new connection was closed or reset before any byte of a response.
+    Reset,
+    /// No response head within `upstream_response`.
+    Timeout,
+}
+
+impl Failure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Connect => "connect",
+            Failure::Reset => "reset",
+            Failure::Timeout => "timeout",
+        }
+    }
+}
+
 struct IdleConn<T> {
     conn: T,
     since: Instant,
@@ -174,7 +205,8 @@ pub struct Endpoint {
     addr: SocketAddr,
     /// Requests sent and not finished (for power-of-two-choices).
     outstanding: AtomicU32,
-    /// Connect failures in a row.
+    /// Gateway failures ([`Failure`]) in a row since the last response
+    /// head.
     failures: AtomicU32,
     /// Ejections in a row, for the back-off.
     ejections: AtomicU32,
@@ -225,8 +257,11 @@ impl Endpoint {
         (until != 0 && now < until).then(|| until - now)
     }
 
-    /// A connect succeeded: the endpoint is healthy again.
-    fn connect_succeeded(&self) {
+    /// A response head came from the endpoint (any status): it is healthy
+    /// again, its failures in a row and its ejection end. Called for every
+    /// response: two loads when there is nothing to clear.
+    #[inline]
+    pub fn answered(&self) {
         // An ejection resets `failures` to 0: check the ejection too, or an
         // endpoint that works again would stay ejected (and its back-off grow).
         if self.failures.load(Ordering::Relaxed) != 0
@@ -238,26 +273,36 @@ impl Endpoint {
         }
     }
 
-    /// A connect failed; after `eject_after_failures` in a row the endpoint is
-    /// ejected for `eject_base * 2^(ejections in a row)`, at most `eject_max`.
-    fn connect_failed(&self, cfg: &UpstreamConfig) {
+    /// A gateway failure of the endpoint; after `eject_after_failures` in a
+    /// row (no response head between them) it is ejected for
+    /// `eject_base * 2^(ejections in a row)`, at most `eject_max`.
+    ///
+    /// A failure while the endpoint is ejected is not counted: it belongs
+    /// to a request that was sent before the ejection (a hung endpoint's
+    /// requests time out together) or to one its version had no other
+    /// endpoint for; counting those would stretch the ejection to
+    /// `eject_max` at once. The back-off grows when the endpoint fails
+    /// again after its ejection ended.
+    pub fn failed(&self, cfg: &UpstreamConfig, failure: Failure) {
+        if self.is_ejected() {
+            return;
+        }
         let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if failures >= cfg.eject_after_failures {
             self.failures.store(0, Ordering::Relaxed);
             let n = self.ejections.fetch_add(1, Ordering::Relaxed).min(16);
             let period = cfg.eject_base.saturating_mul(1 << n).min(cfg.eject_max);
             let period_ms = period.as_millis() as u64;
-            // An ejected endpoint still gets requests when its version has no
-            // other: warn when it becomes ejected, not at each re-ejection
-            // (one every few failing requests in an outage).
-            let was_ejected = self.is_ejected();
             self.ejected_until_ms
                 .store(now_ms() + period_ms, Ordering::Relaxed);
-            if was_ejected {
-                tracing::debug!(endpoint = %self.addr, period_ms, "ejected endpoint ejected again");
-            } else {
-                tracing::warn!(endpoint = %self.addr, period_ms, "endpoint ejected after repeated connect failures");
-            }
+            // Once per ejection: at most one line per ejection period.
+            tracing::warn!(
+                endpoint = %self.addr,
+                period_ms,
+                failures,
+                last = failure.as_str(),
+                "endpoint ejected after gateway failures in a row (connect, reset or timeout before a response head)"
+            );
         }
     }
 
@@ -338,14 +383,14 @@ impl Endpoint {
     }
 
     /// Records a connect's outcome (TCP, and TLS when the version has it):
-    /// a success makes the endpoint healthy again, failures in a row eject it.
+    /// a failure counts toward the endpoint's ejection ([`Endpoint::failed`]).
+    /// A success does not end a run of failures: an endpoint that accepts
+    /// connections and never answers on them must still be ejected; its
+    /// first response head does ([`Endpoint::answered`]).
     pub fn connected<T>(&self, result: &Result<T, ConnectError>, cfg: &UpstreamConfig) {
-        match result {
-            Ok(_) => self.connect_succeeded(),
-            Err(e) => {
-                tracing::debug!(error = %e, "upstream connect failed");
-                self.connect_failed(cfg);
-            }
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "upstream connect failed");
+            self.failed(cfg, Failure::Connect);
         }
     }
 
@@ -435,22 +480,47 @@ impl Drop for Outstanding {
     }
 }
 
-/// Power of two choices over outstanding requests, skipping ejected endpoints
-/// (when every endpoint is ejected, all are candidates again: better to try
-/// than to fail every request). `exclude` is an endpoint already tried.
-pub fn pick<'a>(
+/// The endpoint for a request: power of two choices over outstanding
+/// requests among the endpoints not ejected. When every endpoint is ejected
+/// (panic mode, like Envoy's panic threshold: better to try than to fail
+/// every request) one of them at random, so that one that came back is
+/// found whichever it is; a failed attempt there gets no second one
+/// ([`pick_other`] takes no ejected endpoint): with endpoints that drop
+/// SYNs (ECS tasks gone with their network interface) each request waits
+/// one `upstream_connect`, not two.
+pub fn pick(endpoints: &[Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
+    let n = endpoints.len();
+    if n < 2 {
+        // The only candidate, ejected or not (no random number needed).
+        return endpoints.first();
+    }
+    let r = fast_random();
+    pick_usable(endpoints, None, r).or_else(|| endpoints.get((r as usize) % n))
+}
+
+/// An endpoint for a second attempt after `tried` failed to connect: power
+/// of two choices among the others that are not ejected; `None` when there
+/// is none (an ejected endpoint gets no second attempt, see [`pick`]).
+pub fn pick_other<'a>(
+    endpoints: &'a [Arc<Endpoint>],
+    tried: &Endpoint,
+) -> Option<&'a Arc<Endpoint>> {
+    pick_usable(endpoints, Some(tried), fast_random())
+}
+
+/// Power of two choices (from the random `r`) over the endpoints that are
+/// neither ejected nor `exclude`; the first such from a random place when
+/// both choices are not.
+fn pick_usable<'a>(
     endpoints: &'a [Arc<Endpoint>],
     exclude: Option<&Endpoint>,
+    r: u64,
 ) -> Option<&'a Arc<Endpoint>> {
     let usable = |e: &Endpoint| !e.is_ejected() && !exclude.is_some_and(|x| std::ptr::eq(x, e));
     match endpoints.len() {
         0 => None,
-        1 => {
-            let only = &endpoints[0];
-            (exclude.is_none_or(|x| !std::ptr::eq(x, only.as_ref()))).then_some(only)
-        }
+        1 => endpoints.first().filter(|only| usable(only)),
         n => {
-            let r = fast_random();
             let a = (r as usize) % n;
             let b = (a + 1 + ((r >> 32) as usize) % (n - 1)) % n;
             let (ea, eb) = (&endpoints[a], &endpoints[b]);
@@ -462,17 +532,7 @@ pub fn pick<'a>(
                 }),
                 (true, false) => Some(ea),
                 (false, true) => Some(eb),
-                (false, false) => endpoints
-                    .iter()
-                    .cycle()
-                    .skip(a)
-                    .take(n)
-                    .find(|e| usable(e))
-                    .or_else(|| {
-                        endpoints
-                            .iter()
-                            .find(|e| !exclude.is_some_and(|x| std::ptr::eq(x, e.as_ref())))
-                    }),
+                (false, false) => endpoints.iter().cycle().skip(a).take(n).find(|e| usable(e)),
             }
         }
     }
@@ -494,7 +554,7 @@ mod tests {
         let busy: Vec<Outstanding> = (0..5).map(|_| Outstanding::new(e[0].clone())).collect();
         let mut counts = [0; 3];
         for _ in 0..3000 {
-            let p = pick(&e, None).unwrap();
+            let p = pick(&e).unwrap();
             counts[e.iter().position(|x| Arc::ptr_eq(x, p)).unwrap()] += 1;
         }
         assert!(counts[1] > 900 && counts[2] > 900, "{counts:?}");
@@ -503,39 +563,99 @@ mod tests {
         assert_eq!(e[0].outstanding(), 0);
     }
 
-    #[test]
-    fn pick_skips_ejected_and_excluded() {
-        let e = eps(3);
+    /// An endpoint ejected after one failure (`eject_after_failures = 1`).
+    fn eject(e: &Endpoint) {
         let cfg = UpstreamConfig {
             eject_after_failures: 1,
             ..UpstreamConfig::default()
         };
-        e[1].connect_failed(&cfg);
-        assert!(e[1].is_ejected());
-        for _ in 0..200 {
-            let p = pick(&e, Some(&e[0])).unwrap();
-            assert!(Arc::ptr_eq(p, &e[2]));
-        }
-        let single = eps(1);
-        assert!(pick(&single, Some(&single[0])).is_none());
-        assert!(pick(&[], None).is_none());
+        e.failed(&cfg, Failure::Connect);
+        assert!(e.is_ejected());
     }
 
     #[test]
-    fn ejection_backs_off_and_success_clears_it() {
+    fn pick_skips_ejected_and_excluded() {
+        let e = eps(3);
+        eject(&e[1]);
+        for _ in 0..200 {
+            assert!(!Arc::ptr_eq(pick(&e).unwrap(), &e[1]));
+            let p = pick_other(&e, &e[0]).unwrap();
+            assert!(Arc::ptr_eq(p, &e[2]));
+        }
+        let single = eps(1);
+        assert!(pick_other(&single, &single[0]).is_none());
+        assert!(pick(&[]).is_none());
+        // The only endpoint is tried, ejected or not.
+        eject(&single[0]);
+        assert!(Arc::ptr_eq(pick(&single).unwrap(), &single[0]));
+    }
+
+    /// Every endpoint ejected (panic mode): each is tried in turn, not the
+    /// first one always (one that came back is found), and a failed
+    /// attempt gets no second one.
+    #[test]
+    fn with_every_endpoint_ejected_one_attempt_spread_over_them() {
+        let e = eps(3);
+        for endpoint in &e {
+            eject(endpoint);
+        }
+        let mut counts = [0; 3];
+        for _ in 0..3000 {
+            let p = pick(&e).unwrap();
+            counts[e.iter().position(|x| Arc::ptr_eq(x, p)).unwrap()] += 1;
+            assert!(pick_other(&e, p).is_none());
+        }
+        assert!(counts.iter().all(|&c| c > 600), "{counts:?}");
+        // One whose ejection ended is the one picked, and the second
+        // attempt of a request that failed on an ejected one.
+        e[2].ejected_until_ms.store(now_ms(), Ordering::Relaxed);
+        for _ in 0..200 {
+            assert!(Arc::ptr_eq(pick(&e).unwrap(), &e[2]));
+            assert!(Arc::ptr_eq(pick_other(&e, &e[0]).unwrap(), &e[2]));
+        }
+    }
+
+    #[test]
+    fn ejection_backs_off_and_an_answer_clears_it() {
         let e = Endpoint::new(SocketAddr::from(([127, 0, 0, 1], 1)));
         let cfg = UpstreamConfig::default();
-        e.connect_failed(&cfg);
-        e.connect_failed(&cfg);
+        let ok: Result<(), ConnectError> = Ok(());
+        // Connects that succeed do not end a run of failures: an endpoint
+        // that accepts and resets (or hangs) is ejected too.
+        e.failed(&cfg, Failure::Connect);
+        e.connected(&ok, &cfg);
+        e.failed(&cfg, Failure::Reset);
+        e.connected(&ok, &cfg);
         assert!(!e.is_ejected());
-        e.connect_failed(&cfg);
+        e.failed(&cfg, Failure::Timeout);
         let first = e.ejected_for_ms().unwrap();
         assert!(first > 4_000 && first <= 5_000, "{first}");
+        // Failures while ejected (requests sent before) are not counted.
+        for _ in 0..10 {
+            e.failed(&cfg, Failure::Timeout);
+        }
+        assert!(e.ejected_for_ms().unwrap() <= 5_000);
+        // Failing again once the ejection ended: twice as long.
+        e.ejected_until_ms.store(now_ms(), Ordering::Relaxed);
+        assert!(!e.is_ejected());
         for _ in 0..3 {
-            e.connect_failed(&cfg);
+            e.failed(&cfg, Failure::Reset);
         }
         assert!(e.ejected_for_ms().unwrap() > 9_000);
-        e.connect_succeeded();
+        // A response head ends the ejection and the back-off.
+        e.answered();
+        assert!(!e.is_ejected());
+        for _ in 0..3 {
+            e.failed(&cfg, Failure::Reset);
+        }
+        assert!(e.ejected_for_ms().unwrap() <= 5_000);
+        // And it ends a run of failures.
+        e.answered();
+        for _ in 0..2 {
+            e.failed(&cfg, Failure::Reset);
+        }
+        e.answered();
+        e.failed(&cfg, Failure::Reset);
         assert!(!e.is_ejected());
     }
 

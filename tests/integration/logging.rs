@@ -87,8 +87,9 @@ async fn an_outage_does_not_flood_the_log() {
             "{lines} warn lines for {name} in {seconds} s:\n{text}"
         );
     }
-    // The endpoint is ejected after 3 failures, then every 3 more while it
-    // stays the version's only one: a warn line only when it becomes so.
+    // The endpoint is ejected after 3 failures; those while it is ejected
+    // (it stays its version's only one, still tried) do not count: a warn
+    // line per ejection, at most one per ejection period.
     let ejected = text
         .lines()
         .filter(|l| l.contains(" WARN ") && l.contains("endpoint ejected"))

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 mod bodies;
 #[path = "proxy/draining.rs"]
 mod draining;
+#[path = "proxy/ejection.rs"]
+mod ejection;
 #[path = "proxy/h2c.rs"]
 mod h2c;
 #[path = "proxy/headers.rs"]
