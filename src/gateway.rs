@@ -256,6 +256,13 @@ impl Reload for ConfigReloader {
             reload::FileChange::Reloaded(status, retry)
         })
     }
+
+    fn settled_text(&self) -> Option<u64> {
+        match &self.from {
+            ReloadFrom::File(file) => file.settled_now(),
+            ReloadFrom::Text(_) => None,
+        }
+    }
 }
 
 /// How long a stopping task tries to write a rollback still pending in the

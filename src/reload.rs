@@ -22,6 +22,15 @@ pub trait Reload: Send + Sync + 'static {
         let _ = seen;
         Box::pin(async move { FileChange::Reloaded(self.reload("file-change").await, false) })
     }
+
+    /// The fingerprint of the config file's text that the last reload of
+    /// any trigger settled (see [`FileReloads`]), when known and no reload
+    /// is under way: the watcher's text in force follows a SIGHUP's or
+    /// `POST /reload`'s, so that an edit undone right after one of them is
+    /// applied. By default `None`: the watcher goes by its own reloads.
+    fn settled_text(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// What a reload for an edit of the config file did.
@@ -166,6 +175,12 @@ impl FileReloads {
         (status, retry)
     }
 
+    /// The text the last reload settled, by fingerprint; `None` while a
+    /// reload is under way, or when the last one did not settle its text.
+    pub fn settled_now(&self) -> Option<u64> {
+        self.settled.try_lock().ok().and_then(|settled| *settled)
+    }
+
     /// A reload for an edit the watcher saw settle, with fingerprint
     /// `seen`: [`FileChange::Moved`] when the file holds another text now
     /// (the watcher waits for that one to settle), [`FileChange::Settled`]
@@ -276,6 +291,14 @@ async fn watch_from(
             unsettled = None;
             continue;
         };
+        // A SIGHUP or `POST /reload` settled a text since: that one is in
+        // force now (the file going back to the text before it is an edit).
+        if let Some(settled) = reloader.settled_text()
+            && Some(settled) != last
+        {
+            last = Some(settled);
+            retry = None;
+        }
         if Some(now) == last {
             // Back to the text in force: nothing left to apply.
             retry = None;
@@ -633,6 +656,68 @@ mod tests {
         );
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(*reloader.calls.lock().unwrap(), 1);
+        watcher.abort();
+    }
+
+    /// Reloads a config file through [`FileReloads`], as the gateway does.
+    struct SharedReloads {
+        control: Arc<Control>,
+        file: FileReloads,
+    }
+
+    impl Reload for SharedReloads {
+        fn reload<'a>(&'a self, trigger: &'a str) -> crate::future::BoxFuture<'a, ReloadStatus> {
+            Box::pin(async move { self.file.reload(&self.control, trigger).await.0 })
+        }
+
+        fn reload_file_change(&self, seen: u64) -> crate::future::BoxFuture<'_, FileChange> {
+            Box::pin(self.file.file_change(&self.control, seen))
+        }
+
+        fn settled_text(&self) -> Option<u64> {
+            self.file.settled_now()
+        }
+    }
+
+    /// An edit applied by SIGHUP and undone a moment later (the operator
+    /// saw a mistake, a config tool ran again): the file's text before it is
+    /// an edit too, applied by the watcher, not taken as the text in force.
+    #[tokio::test(start_paused = true)]
+    async fn an_edit_undone_right_after_a_sighup_is_applied() {
+        use crate::store::Store;
+        use crate::store::file::FileStore;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, two_versions(60, 40)).unwrap();
+        let store = Arc::new(FileStore::new(dir.path().join("state.json")));
+        let config = Config::load(&path).unwrap();
+        let control = Control::start(config, store as Arc<dyn Store>, "file")
+            .await
+            .unwrap();
+        let before = fingerprint(&path).await;
+        let reloader = Arc::new(SharedReloads {
+            control: control.clone(),
+            file: FileReloads::new(path.clone(), before),
+        });
+        let watcher = tokio::spawn(watch_file(
+            reloader.clone(),
+            path.clone(),
+            Duration::from_secs(1),
+            before,
+        ));
+        let weights = || {
+            let w = control.weights().weights;
+            (w["v1"], w["v2"])
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        std::fs::write(&path, two_versions(55, 45)).unwrap();
+        assert!(reloader.reload("sighup").await.ok);
+        assert_eq!(weights(), (55, 45));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        std::fs::write(&path, two_versions(60, 40)).unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(weights(), (60, 40), "the undoing edit was not applied");
         watcher.abort();
     }
 
