@@ -728,6 +728,28 @@ async fn a_state_directory_the_gateway_cannot_write_in_is_refused() {
         ["gw.state.json.lock"],
         "check left a file behind"
     );
+
+    // A sticky directory (as /tmp, /dev/shm) holding a state file of
+    // another user (here root's, when the tests run as root): no rename
+    // over it would pass.
+    use std::os::unix::fs::MetadataExt;
+    let state = state_dir.join("gw.state.json");
+    let doc = r#"{"stable": "v1", "weights": {"v1": 100, "v2": 0}, "generation": 1, "updated_at_ms": 1, "source": "admin"}"#;
+    std::fs::write(&state, doc).unwrap();
+    if std::fs::metadata(&state).unwrap().uid() == 0 {
+        mode(&state, 0o666);
+        mode(&state_dir, 0o1777);
+        let mut check = unprivileged(&["check", "--config", &path_arg]).unwrap();
+        let out = tokio::task::spawn_blocking(move || check.output().unwrap())
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "check passed: {err}");
+        assert!(
+            error_line(&err).contains("belongs to another user (uid 0) in a sticky directory"),
+            "{err}"
+        );
+    }
 }
 
 /// A rejected reload shows in `/status` `warnings` and in `ctl status` until

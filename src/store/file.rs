@@ -80,7 +80,7 @@ impl FileStore {
             std::process::id(),
             rand::random::<u64>()
         ));
-        std::fs::OpenOptions::new()
+        let created = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&probe)
@@ -90,8 +90,36 @@ impl FileStore {
                     dir.display()
                 ))
             })?;
+        let owner = self.foreign_owner_in_sticky_dir(&dir, &created);
+        drop(created);
         let _ = std::fs::remove_file(&probe);
-        Ok(())
+        match owner {
+            Some(uid) => Err(self.error(format!(
+                "belongs to another user (uid {uid}) in a sticky directory ({}: as /tmp and /dev/shm, only a file's owner may replace it): every decision is saved by renaming a temporary file over it; remove it, or give it to the gateway's user",
+                dir.display()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The owner of the state file when the gateway could not rename over
+    /// it: a directory with the sticky bit lets only the owner of a file (or
+    /// of the directory) replace it, so a state file an earlier run left as
+    /// another user (root, say) in /tmp or /dev/shm takes no decision. The
+    /// gateway's user is the owner of `probe`, a file it just made there.
+    #[cfg(unix)]
+    fn foreign_owner_in_sticky_dir(&self, dir: &Path, probe: &std::fs::File) -> Option<u32> {
+        use std::os::unix::fs::MetadataExt;
+        let me = probe.metadata().ok()?.uid();
+        let dir = std::fs::metadata(dir).ok()?;
+        let state = std::fs::symlink_metadata(&self.path).ok()?;
+        let sticky = dir.mode() & 0o1000 != 0;
+        (sticky && me != 0 && dir.uid() != me && state.uid() != me).then_some(state.uid())
+    }
+
+    #[cfg(not(unix))]
+    fn foreign_owner_in_sticky_dir(&self, _dir: &Path, _probe: &std::fs::File) -> Option<u32> {
+        None
     }
 
     /// Removes the temporary files that saves of this state file left
