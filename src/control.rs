@@ -221,7 +221,10 @@ impl Control {
         let decision = match stored {
             None => from_config,
             Some(doc) if !store.shared() && reload::edited_since(&doc, &config) => {
-                let won = file_wins(&doc, "an edit of the config file's weights")?;
+                let won = file_wins(
+                    &doc,
+                    "an edit of the config file's weights or stable version",
+                )?;
                 tracing::warn!(
                     target: "audit",
                     generation = won.generation,

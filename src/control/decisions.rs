@@ -594,7 +594,7 @@ impl Control {
         let loaded = self.store.load().await;
         self.store_outcome("load", loaded.as_ref().map(|_| ()));
         loaded.map_err(|e| {
-            tracing::error!(error = %e, "weight change refused: the store could not be read");
+            tracing::error!(error = %e, "the store could not be read: no decision is written without it");
             ControlError::StoreLoad(e)
         })
     }
@@ -614,13 +614,13 @@ impl Control {
                 metrics::counter!(names::STORE_OPERATIONS_TOTAL, "op" => "save", "result" => "conflict").increment(1);
                 tracing::warn!(
                     generation = doc.generation,
-                    "weight change refused: another task wrote the store first"
+                    "decision not written: another task wrote the store first"
                 );
                 Err(self.conflict(current.map(|d| *d)))
             }
             Err(e) => {
                 self.store_outcome("save", Err(&e));
-                tracing::error!(error = %e, "weight change refused: the store could not be written");
+                tracing::error!(error = %e, generation = doc.generation, "decision not written: the store could not be written");
                 Err(ControlError::Store(e))
             }
         }
