@@ -853,7 +853,22 @@ async fn forward_own(
     client: &mut ClientSide<'_>,
     how: HeadRead,
 ) -> Result<(upstream_client::RawHead, upstream_client::Conn, Outstanding), Failed> {
-    let connected = pick_and_connect(version, |e| own_conn_for(version, e, settings, start)).await;
+    let connect = pick_and_connect(version, |e| own_conn_for(version, e, settings, start));
+    let connected = match client {
+        // A client that goes away while a new connection is made (up to
+        // `upstream_connect`, twice) is gone, as while the upstream thinks:
+        // a 499, not the version's 502, and nothing goes up. Biased: a
+        // pooled connection (ready at once) never polls the watch.
+        ClientSide::Bodiless(socket) => {
+            let socket = *socket;
+            tokio::select! {
+                biased;
+                connected = connect => connected,
+                () = h1::client_gone::client_gone(socket) => Err(ProxyError::Client(ClientError::Gone)),
+            }
+        }
+        ClientSide::Upload(_) => connect.await,
+    };
     let (endpoint, (mut conn, mut pooled)) = match connected {
         Ok(connected) => connected,
         Err(error) => {

@@ -210,3 +210,67 @@ async fn a_request_pipelined_while_the_upstream_thinks_is_no_abort() {
     assert!(counted.await, "{}", metrics(&gw).await);
     gw.shutdown().await;
 }
+
+/// A listener on 127.0.0.1 whose accept queue is full and never drained:
+/// the kernel drops further SYNs, so a connect to it hangs (as to an ECS
+/// task whose network interface is gone). Dropped with what it returns.
+async fn syn_drop() -> (SocketAddr, Vec<TcpStream>, TcpListener) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    let listener = socket.listen(0).unwrap();
+    let mut queued = Vec::new();
+    // Each connect completes while the queue has room; the first one the
+    // kernel refuses to complete is left hanging (and dropped).
+    for _ in 0..4 {
+        match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => queued.push(stream),
+            _ => break,
+        }
+    }
+    (addr, queued, listener)
+}
+
+/// A client that leaves while the gateway still connects to the upstream
+/// (a connect that hangs, up to `upstream_connect`) is gone, as while the
+/// upstream thinks: counted as aborted, never as the version's 5xx (the
+/// rollout analysis reads those), and logged 499.
+#[tokio::test]
+async fn a_client_gone_while_the_upstream_connect_hangs_is_an_aborted_request() {
+    let (addr, _queued, _listener) = syn_drop().await;
+    let gw = Gateway::start(&config(
+        "[timeouts]\nupstream_connect = \"2s\"\n",
+        &[("unreachable", 1, addr)],
+    ))
+    .await;
+    let aborted = [("kind", "aborted")];
+    let before = metric_value(&metrics(&gw).await, "canary_client_errors_total", &aborted);
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(stream);
+    let ended = eventually(Duration::from_secs(10), async || {
+        let text = metrics(&gw).await;
+        metric_value(&text, "canary_client_errors_total", &aborted) > before
+            || metric_value(
+                &text,
+                "canary_requests_total",
+                &[("version", "unreachable")],
+            ) > 0.0
+    });
+    assert!(ended.await, "{}", metrics(&gw).await);
+    let text = metrics(&gw).await;
+    assert_eq!(
+        metric_value(
+            &text,
+            "canary_requests_total",
+            &[("version", "unreachable")]
+        ),
+        0.0,
+        "counted as the version's answer: {text}"
+    );
+    gw.shutdown().await;
+}
