@@ -58,6 +58,11 @@ pub enum Stopped {
     Sink,
 }
 
+/// The shortest tick of [`BodyProgress::ended_or_stopped`]: a limit set
+/// below a few hundred milliseconds (tests) does not wake a body's watch
+/// more than 20 times a second.
+const MIN_TICK: Duration = Duration::from_millis(50);
+
 impl BodyProgress {
     pub(super) fn end(&self) {
         if !self.done.swap(true, Ordering::AcqRel) {
@@ -125,13 +130,17 @@ impl BodyProgress {
     /// `source_limit`, the receiver when it took nothing for `sink_limit`.
     /// Frames of `other` (the exchange's body the other way) count as
     /// progress too. A stall is counted in `canary_body_stalls_total`.
+    /// Quiet time is counted in whole ticks of a quarter of the shorter
+    /// limit (at least [`MIN_TICK`]), so a stall ends within a quarter of
+    /// that limit past its own (a tick of the whole limit ended one up to
+    /// twice as late: 60 s became up to 90 s with the defaults).
     pub async fn ended_or_stopped(
         &self,
         source_limit: Duration,
         sink_limit: Duration,
         other: Option<&BodyProgress>,
     ) -> Option<Stopped> {
-        let tick = source_limit.min(sink_limit);
+        let tick = (source_limit.min(sink_limit) / 4).max(MIN_TICK);
         let moved = || {
             let other = other.map_or(0, |o| o.frames.load(Ordering::Relaxed));
             self.frames.load(Ordering::Relaxed).wrapping_add(other)

@@ -714,3 +714,31 @@ fn spawn_h2_gets(
         })
         .collect()
 }
+
+/// An upload the client stops sending on a connection hyper's server serves
+/// (`TE: trailers`) ends at about `body_stall`, not up to twice that: the
+/// quiet time was counted in ticks of the shorter of `body_stall` and
+/// `upstream_response` (here 2 s and 1.2 s: cut at 3.6 s, now by 2.5 s).
+#[tokio::test]
+async fn a_stalled_upload_on_hyper_s_server_ends_at_about_body_stall() {
+    let _counters = STALL_COUNTERS.lock().await;
+    let recorder = Recorder::start().await;
+    let text = config("", &[("up", 1, recorder.addr)])
+        + "\n[timeouts]\nbody_stall = \"2s\"\nupstream_response = \"1200ms\"\n";
+    let gw = Gateway::start(&text).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let started = std::time::Instant::now();
+    stream
+        .write_all(b"POST /up HTTP/1.1\r\nHost: h\r\nTE: trailers\r\nContent-Length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let response = read_response(&mut stream, &mut buf, false).await;
+    let took = started.elapsed();
+    assert_eq!(response.map(|r| r.status), Some(408));
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(3),
+        "cut after {took:?} for a body_stall of 2 s"
+    );
+    gw.shutdown().await;
+}
