@@ -131,7 +131,7 @@ impl BodyProgress {
     /// Frames of `other` (the exchange's body the other way) count as
     /// progress too. A stall is counted in `canary_body_stalls_total`.
     /// Quiet time is counted in whole ticks of a quarter of the shorter
-    /// limit (at least [`MIN_TICK`]), so a stall ends within a quarter of
+    /// limit (at least `MIN_TICK`, 50 ms), so a stall ends within a quarter of
     /// that limit past its own (a tick of the whole limit ended one up to
     /// twice as late: 60 s became up to 90 s with the defaults).
     pub async fn ended_or_stopped(
