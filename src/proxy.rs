@@ -307,10 +307,7 @@ impl Proxy {
                 Logged::sent(noted, endpoint, || id_in_head(head));
             }
         };
-        let response_header = settings
-            .response_header
-            .as_ref()
-            .map(|name| (name, &version.header_value));
+        let response_header = version_field(settings, version);
         let h1::BodyAtHand {
             buffered,
             read_past,
@@ -585,10 +582,7 @@ impl Proxy {
                 // upstream's (an HTTP/1.0 upstream's response would make
                 // hyper's server end the body by closing the connection).
                 *resp.version_mut() = http::Version::HTTP_11;
-                let response_header = settings
-                    .response_header
-                    .as_ref()
-                    .map(|name| (name, &version.header_value));
+                let response_header = version_field(settings, version);
                 headers::prepare_response(&mut resp, response_header, trailers_asked);
                 let upgraded = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
                 if upgraded
@@ -639,10 +633,7 @@ impl Proxy {
             Err(failed) => {
                 failed.note(&mut completion.logged);
                 record_error(version, &failed);
-                let response_header = settings
-                    .response_header
-                    .as_ref()
-                    .map(|name| (name, &version.header_value));
+                let response_header = version_field(settings, version);
                 let resp = failed
                     .error
                     .to_response(failed.request_id.as_ref(), response_header);
@@ -735,6 +726,18 @@ impl Failed {
     }
 }
 
+/// The `response_header` field naming `version`, when one is configured:
+/// on its answers and on the gateway's own for it.
+fn version_field<'a>(
+    settings: &'a ProxySettings,
+    version: &'a Version,
+) -> Option<(&'a http::HeaderName, &'a HeaderValue)> {
+    settings
+        .response_header
+        .as_ref()
+        .map(|name| (name, &version.header_value))
+}
+
 /// The `x-request-id` of an upstream request head.
 fn id_in_head(head: &[u8]) -> Option<HeaderValue> {
     upstream_client::head::request_id(head).and_then(|id| HeaderValue::from_bytes(id).ok())
@@ -766,11 +769,7 @@ async fn send_error<W: AsyncWrite + Unpin>(
     close: bool,
 ) -> Result<(), SendError> {
     record_error(&completion.version, &failed);
-    let response_header = completion
-        .settings
-        .response_header
-        .as_ref()
-        .map(|name| (name, &completion.version.header_value));
+    let response_header = version_field(&completion.settings, &completion.version);
     let id = failed.request_id.as_ref();
     let text = h1::response::error_head(out, &failed.error, id, response_header, close);
     completion.status = failed.error.status();
