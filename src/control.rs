@@ -116,6 +116,9 @@ struct State {
     endpoints: BTreeMap<String, Vec<Arc<Endpoint>>>,
     discovery: BTreeMap<String, (DiscoveryStatus, Option<Instant>)>,
     last_reload: Option<ReloadStatus>,
+    /// Since when the config file has kept changing, none of it applied
+    /// (ms since the Unix epoch; see `reload::UNSETTLED_WARN_POLLS`).
+    config_file_unsettled_since_ms: Option<u64>,
     store: StoreStatus,
     appmesh: Option<status::AppMeshStatus>,
     /// A rollback applied here that the store has not taken yet.
@@ -300,6 +303,7 @@ impl Control {
             endpoints,
             discovery,
             last_reload: None,
+            config_file_unsettled_since_ms: None,
             store: first_read.status(store_kind),
             appmesh,
             pending_rollback: None,

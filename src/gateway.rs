@@ -263,6 +263,10 @@ impl Reload for ConfigReloader {
             ReloadFrom::Text(_) => None,
         }
     }
+
+    fn file_unsettled(&self, since_ms: Option<u64>) {
+        self.control.set_config_file_unsettled(since_ms);
+    }
 }
 
 /// How long a stopping task tries to write a rollback still pending in the

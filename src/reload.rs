@@ -31,6 +31,16 @@ pub trait Reload: Send + Sync + 'static {
     fn settled_text(&self) -> Option<u64> {
         None
     }
+
+    /// The config file has kept changing since `since_ms` (ms since the
+    /// Unix epoch): [`UNSETTLED_WARN_POLLS`] polls in a row found a text
+    /// other than the last poll's, so the watcher applied none of them;
+    /// `None` once a text settled (or the file went back to the text in
+    /// force). For `/status`, where an operator who edited the file and
+    /// saw nothing happen looks. By default: nothing.
+    fn file_unsettled(&self, since_ms: Option<u64>) {
+        let _ = since_ms;
+    }
 }
 
 /// What a reload for an edit of the config file did.
@@ -256,6 +266,70 @@ pub const RETRY_FIRST: Duration = Duration::from_secs(1);
 /// The longest wait between two tries of the same edit.
 pub const RETRY_MAX: Duration = Duration::from_secs(60);
 
+/// How many polls in a row must find the config file changed again (a text
+/// other than the last poll's, none applied) before the watcher says, once
+/// per such run, that the file keeps changing: about 5 s at the gateway's
+/// one poll a second. A file written in place in a few writes settles well
+/// before; one a sidecar rewrites every half second (a timestamp comment)
+/// or a template loop never does, and without a word the operator's edit
+/// in it would just never apply.
+pub const UNSETTLED_WARN_POLLS: u32 = 5;
+
+/// A run of polls that each found the config file changed again, none of
+/// its texts applied.
+struct Unsettled {
+    /// When the run's first poll found the file changing.
+    since: tokio::time::Instant,
+    /// The same, in ms since the Unix epoch (for `/status`).
+    since_ms: u64,
+    /// The run's polls so far.
+    polls: u32,
+    /// The run was said (logged once, and told to [`Reload::file_unsettled`]).
+    warned: bool,
+}
+
+/// Notes a poll that found the file changed again: the first poll of a run
+/// starts it; the [`UNSETTLED_WARN_POLLS`]th says so, once for the run.
+fn note_changing(run: &mut Option<Unsettled>, reloader: &dyn Reload, path: &Path, every: Duration) {
+    let run = run.get_or_insert_with(|| Unsettled {
+        since: tokio::time::Instant::now(),
+        since_ms: crate::store::unix_ms(),
+        polls: 0,
+        warned: false,
+    });
+    run.polls = run.polls.saturating_add(1);
+    if run.polls < UNSETTLED_WARN_POLLS || run.warned {
+        return;
+    }
+    run.warned = true;
+    tracing::warn!(
+        config = %path.display(),
+        polls = run.polls,
+        "the config file {} keeps changing (a different text at each of the last {} polls, {:?} apart): none of it is applied until it stays the same for {:?} (a file rewritten in place may be half-written); stop what rewrites it, or write it whole and rename it into place",
+        path.display(),
+        run.polls,
+        every,
+        every,
+    );
+    reloader.file_unsettled(Some(run.since_ms));
+}
+
+/// Ends the run of changes, if any: the file settled on a text (`how`
+/// says what follows), or went back to the text in force. A run that was
+/// said is said to be over.
+fn end_changing(run: &mut Option<Unsettled>, reloader: &dyn Reload, path: &Path, how: &str) {
+    let Some(run) = run.take().filter(|run| run.warned) else {
+        return;
+    };
+    tracing::info!(
+        config = %path.display(),
+        "the config file {} stopped changing after {:.0} s: {how}",
+        path.display(),
+        run.since.elapsed().as_secs_f64(),
+    );
+    reloader.file_unsettled(None);
+}
+
 /// An edit not applied yet, to try again at `due`.
 struct Retry {
     fingerprint: u64,
@@ -271,8 +345,10 @@ struct Retry {
 /// is half-written, and such a text can be a valid config (one table of
 /// two, say) that would drop a version and, once whole again, bring it back
 /// at its file weight instead of the decision in force. A text that never
-/// settles is neither applied nor reported; SIGHUP and `POST /reload` apply
-/// what the file holds at once.
+/// settles is neither applied nor reported as a failed reload; a file that
+/// keeps changing for [`UNSETTLED_WARN_POLLS`] polls is said once (a warn
+/// line, [`Reload::file_unsettled`]). SIGHUP and `POST /reload` apply what
+/// the file holds at once.
 async fn watch_from(
     reloader: Arc<dyn Reload>,
     path: PathBuf,
@@ -283,6 +359,8 @@ async fn watch_from(
     // A changed text seen at the last poll, not applied yet: it settled
     // when this poll sees it again.
     let mut unsettled: Option<u64> = None;
+    // The polls in a row that found the file changed again.
+    let mut changing: Option<Unsettled> = None;
     loop {
         tokio::time::sleep(every).await;
         metrics::counter!(crate::metrics::CONFIG_POLLS_TOTAL).increment(1);
@@ -303,14 +381,22 @@ async fn watch_from(
             // Back to the text in force: nothing left to apply.
             retry = None;
             unsettled = None;
+            end_changing(
+                &mut changing,
+                reloader.as_ref(),
+                &path,
+                "it holds the text in force again",
+            );
             continue;
         }
         if unsettled != Some(now) {
             // Changed since the last poll: the file may still be being
             // written; tried at the next poll if it is still this text.
             unsettled = Some(now);
+            note_changing(&mut changing, reloader.as_ref(), &path, every);
             continue;
         }
+        end_changing(&mut changing, reloader.as_ref(), &path, "applying it");
         let wait = match &retry {
             Some(r) if r.fingerprint == now => {
                 if tokio::time::Instant::now() < r.due {
@@ -656,6 +742,163 @@ mod tests {
         );
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(*reloader.calls.lock().unwrap(), 1);
+        watcher.abort();
+    }
+
+    /// A log sink for the test's thread.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        /// The lines logged so far that contain `needle`.
+        fn lines_with(&self, needle: &str) -> Vec<String> {
+            String::from_utf8_lossy(&self.0.lock().unwrap())
+                .lines()
+                .filter(|l| l.contains(needle))
+                .map(str::to_string)
+                .collect()
+        }
+    }
+
+    /// Applies every file-change reload; counts them and keeps what the
+    /// watcher says of a file that keeps changing.
+    #[derive(Default)]
+    struct Applying {
+        calls: Mutex<u32>,
+        unsettled: Mutex<Vec<Option<u64>>>,
+    }
+
+    impl Reload for Applying {
+        fn reload<'a>(&'a self, trigger: &'a str) -> crate::future::BoxFuture<'a, ReloadStatus> {
+            Box::pin(async move {
+                ReloadStatus {
+                    ok: true,
+                    trigger: trigger.to_string(),
+                    at_ms: 0,
+                    message: "applied".into(),
+                    restart_required: Vec::new(),
+                }
+            })
+        }
+
+        fn reload_file_change(&self, _seen: u64) -> crate::future::BoxFuture<'_, FileChange> {
+            Box::pin(async move {
+                *self.calls.lock().unwrap() += 1;
+                FileChange::Reloaded(self.reload("file-change").await, false)
+            })
+        }
+
+        fn file_unsettled(&self, since_ms: Option<u64>) {
+            self.unsettled.lock().unwrap().push(since_ms);
+        }
+    }
+
+    /// A config file rewritten every half second (a sidecar stamping a
+    /// comment in it) never settles, so it is not applied: the watcher says
+    /// so once, in a warn line naming the file, and to `/status`, however
+    /// long it goes on. Once the writes stop, the last text settles and is
+    /// applied, and the watcher says the file stopped changing. Before,
+    /// nothing was logged: the operator's edit just never applied.
+    #[tokio::test(start_paused = true)]
+    async fn a_file_that_keeps_changing_is_said_once_and_applied_once_it_stops() {
+        let captured = Captured::default();
+        let sink = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        // One thread (paused time): the watcher logs here too.
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, "before").unwrap();
+        let baseline = fingerprint(&path).await;
+        let reloader = Arc::new(Applying::default());
+        let watcher = tokio::spawn(watch_file(
+            reloader.clone(),
+            path.clone(),
+            Duration::from_secs(1),
+            baseline,
+        ));
+        // Three times as long as it takes to be said: 30 writes, 15 polls.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        for stamp in 0..30 {
+            std::fs::write(&path, format!("# written {stamp}\nweights\n")).unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let said = captured.lines_with("keeps changing");
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(said[0].contains("WARN"), "{said:?}");
+        assert!(said[0].contains(&path.display().to_string()), "{said:?}");
+        assert_eq!(
+            *reloader.calls.lock().unwrap(),
+            0,
+            "a changing text was applied"
+        );
+        let told = reloader.unsettled.lock().unwrap().clone();
+        assert!(matches!(told.as_slice(), [Some(_)]), "{told:?}");
+
+        // The writes stop: the last text settles at the next polls.
+        for _ in 0..100 {
+            if *reloader.calls.lock().unwrap() > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            *reloader.calls.lock().unwrap(),
+            1,
+            "the settled text was not applied"
+        );
+        let told = reloader.unsettled.lock().unwrap().clone();
+        assert!(matches!(told.as_slice(), [Some(_), None]), "{told:?}");
+        assert_eq!(captured.lines_with("stopped changing").len(), 1);
+        assert_eq!(captured.lines_with("keeps changing").len(), 1);
+        watcher.abort();
+    }
+
+    /// A file written in place in a few writes (settled within a few polls)
+    /// is not said to keep changing.
+    #[tokio::test(start_paused = true)]
+    async fn a_file_written_in_a_few_writes_is_not_said_to_keep_changing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, "before").unwrap();
+        let baseline = fingerprint(&path).await;
+        let reloader = Arc::new(Applying::default());
+        let watcher = tokio::spawn(watch_file(
+            reloader.clone(),
+            path.clone(),
+            Duration::from_secs(1),
+            baseline,
+        ));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut text = String::new();
+        for part in 0..UNSETTLED_WARN_POLLS - 1 {
+            text.push_str(&format!("part {part}\n"));
+            std::fs::write(&path, &text).unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        for _ in 0..100 {
+            if *reloader.calls.lock().unwrap() > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(*reloader.calls.lock().unwrap(), 1);
+        assert!(reloader.unsettled.lock().unwrap().is_empty());
         watcher.abort();
     }
 

@@ -318,6 +318,29 @@ async fn status_reports_versions_and_endpoints() {
     assert_eq!(body["ready"], true);
 }
 
+/// The file watcher's word that the config file keeps changing shows in
+/// `/status` (`config_file_unsettled_since_ms` and a warning) until it
+/// settles.
+#[tokio::test]
+async fn status_says_while_the_config_file_keeps_changing() {
+    let f = fixture(Some("t")).await;
+    let (_, body, _) = call(&f, "GET", "/status", Some("t"), "").await;
+    assert!(body["config_file_unsettled_since_ms"].is_null(), "{body}");
+    let since = crate::store::unix_ms() - 7_000;
+    f.admin.control.set_config_file_unsettled(Some(since));
+    let (_, body, _) = call(&f, "GET", "/status", Some("t"), "").await;
+    assert_eq!(body["config_file_unsettled_since_ms"], since, "{body}");
+    let warnings = body["warnings"].to_string();
+    assert!(warnings.contains("keeps changing"), "{warnings}");
+    f.admin.control.set_config_file_unsettled(None);
+    let (_, body, _) = call(&f, "GET", "/status", Some("t"), "").await;
+    assert!(body["config_file_unsettled_since_ms"].is_null(), "{body}");
+    assert!(
+        !body["warnings"].to_string().contains("keeps changing"),
+        "{body}"
+    );
+}
+
 #[tokio::test]
 async fn a_rollback_that_aborts_a_rollout_is_recorded_as_the_operators() {
     let f = fixture(None).await;

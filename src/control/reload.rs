@@ -87,6 +87,14 @@ impl Control {
         (status, refusal)
     }
 
+    /// The file watcher's word that the config file has kept changing since
+    /// `since_ms` (ms since the Unix epoch), none of it applied; `None` once
+    /// it settled. `/status` shows it (`config_file_unsettled_since_ms`,
+    /// and a warning).
+    pub fn set_config_file_unsettled(&self, since_ms: Option<u64>) {
+        self.lock().config_file_unsettled_since_ms = since_ms;
+    }
+
     async fn reload_config(
         &self,
         new: Config,

@@ -126,6 +126,11 @@ pub struct Status {
     /// The config file in force.
     pub config_source: String,
     pub last_reload: Option<ReloadStatus>,
+    /// Since when (ms since the Unix epoch) the config file has kept
+    /// changing, a different text at each of the file watcher's last polls,
+    /// so that none of it is applied (an edit applies once the file stays
+    /// the same for a poll interval); `null` while it does not.
+    pub config_file_unsettled_since_ms: Option<u64>,
     pub store: StoreStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub appmesh: Option<AppMeshStatus>,
@@ -298,6 +303,13 @@ impl Control {
                 reload.trigger, reload.message
             ));
         }
+        if let Some(since) = state.config_file_unsettled_since_ms {
+            out.push(format!(
+                "the config file {} keeps changing (a different text at every poll for {} s): no edit in it is applied until it stays the same for a second",
+                state.config.source_label(),
+                unix_ms().saturating_sub(since) / 1000
+            ));
+        }
         if state.store.rollback_pending {
             out.push(if self.store_shared() {
                 format!(
@@ -405,6 +417,7 @@ impl Control {
             weights: view(&state.decision),
             config_source: state.config.source_label(),
             last_reload: state.last_reload.clone(),
+            config_file_unsettled_since_ms: state.config_file_unsettled_since_ms,
             store: state.store.clone(),
             appmesh: state.appmesh.clone(),
             warnings: self.warnings(&state, &versions),

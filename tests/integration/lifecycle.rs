@@ -1057,6 +1057,122 @@ async fn a_config_file_written_in_place_is_applied_only_once_whole() {
     assert_eq!(now["generation"], decided["generation"], "{now}");
 }
 
+/// A config file a sidecar rewrites every 400 ms (whole, by rename, with a
+/// timestamp comment) never settles, so the operator's weights edit in it
+/// is not applied: the gateway says why, once, in a warn line naming the
+/// file, and in `/status` (`config_file_unsettled_since_ms`, a warning).
+/// Once the rewrites stop, the edit applies and both clear. Before,
+/// nothing said anything: the edit just never applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_that_keeps_changing_is_said_and_applied_once_it_stops() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &[("v1", 90, v1.addr), ("v2", 10, v2.addr)], "");
+    let gw = spawn(&path).unwrap();
+    let status = async || {
+        let reply = admin(gw.admin, "GET", "/status", Some(TOKEN), "").await;
+        serde_json::from_slice::<serde_json::Value>(&reply.body).unwrap()
+    };
+    assert!(status().await["config_file_unsettled_since_ms"].is_null());
+    // The lines logged so far that contain `needle` (copied: no lock is
+    // held by a failing assertion, which would poison it for the reader).
+    let said = |needle: &str| {
+        gw.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+
+    // The operator's edit, stamped anew every 400 ms by the sidecar.
+    let edited = config_text(&[("v1", 70, v1.addr), ("v2", 30, v2.addr)], "");
+    let stop = Arc::new(AtomicBool::new(false));
+    let sidecar = {
+        let (stop, dir) = (stop.clone(), dir.path().to_path_buf());
+        std::thread::spawn(move || {
+            let mut stamp = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                stamp += 1;
+                let text = format!("# rendered {stamp}\n{edited}");
+                let partial = dir.join("gateway.toml.partial");
+                std::fs::write(&partial, text).unwrap();
+                std::fs::rename(&partial, dir.join("gateway.toml")).unwrap();
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let mut last = serde_json::Value::Null;
+    assert!(
+        eventually(Duration::from_secs(20), async || {
+            last = status().await;
+            last["config_file_unsettled_since_ms"].is_u64()
+        })
+        .await,
+        "/status never said the file keeps changing: {last}"
+    );
+    assert!(
+        last["warnings"].to_string().contains("keeps changing"),
+        "{last}"
+    );
+    let (w1, w2) = {
+        let w = weights(gw.admin).await;
+        (w["weights"]["v1"].clone(), w["weights"]["v2"].clone())
+    };
+    assert_eq!(
+        (w1, w2),
+        (90.into(), 10.into()),
+        "a changing text was applied"
+    );
+    // The reader thread may not have passed the line on yet.
+    assert!(
+        eventually(Duration::from_secs(5), async || !said("keeps changing")
+            .is_empty())
+        .await,
+        "no warn line"
+    );
+    let warned = said("keeps changing");
+    assert!(warned[0].contains("WARN"), "{warned:?}");
+    assert!(
+        warned[0].contains(&path.display().to_string()),
+        "{warned:?}"
+    );
+
+    stop.store(true, Ordering::SeqCst);
+    sidecar.join().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            last = status().await;
+            last["config_file_unsettled_since_ms"].is_null()
+                && last["last_reload"]["trigger"] == "file-change"
+        })
+        .await,
+        "the edit was never applied once the file settled: {last}"
+    );
+    assert_eq!(last["last_reload"]["ok"], true, "{last}");
+    assert!(
+        !last["warnings"].to_string().contains("keeps changing"),
+        "{last}"
+    );
+    let w = weights(gw.admin).await;
+    assert_eq!(
+        (&w["weights"]["v1"], &w["weights"]["v2"]),
+        (&70.into(), &30.into()),
+        "{w}"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), async || !said("stopped changing")
+            .is_empty())
+        .await,
+        "no line saying the file stopped changing"
+    );
+    assert_eq!(said("stopped changing").len(), 1);
+    let warned = said("keeps changing");
+    assert_eq!(warned.len(), 1, "said more than once: {warned:?}");
+}
+
 /// A config path that is no regular file (a FIFO here; `--config <(...)`
 /// gives a pipe) is read once at start: it is not watched (said once, at
 /// info), and a SIGHUP applies the text read at start again. Before, the
