@@ -152,13 +152,15 @@ pub async fn serve<IO: ClientIo>(
                 // left after a pipelined request (no read starts it).
                 state.head_pending();
             }
-            // Between requests, the drain closes the connection; a request
-            // head on its way is still served, and so is one the socket
-            // already holds (read without waiting: a socket closed with
-            // unread bytes is reset, and the client would get no answer to
-            // a request it sent whole). It gets `Connection: close`.
+            // Between requests, the drain closes the connection once its
+            // idle window is over ([`Drain::close_idle`]): a request that
+            // comes within it is served, and so is one the socket already
+            // holds then (read without waiting: a socket closed with unread
+            // bytes is reset, and the client would get no answer to a
+            // request it sent whole), and so is a head on its way. Each gets
+            // `Connection: close` (the drain has begun).
             let n = poll_fn(|cx| {
-                let idle_at_drain = buf.is_empty() && drain.is_draining();
+                let idle_at_drain = buf.is_empty() && drain.is_closing_idle();
                 let read = poll_read_sized(Pin::new(&mut *io), cx, &mut buf);
                 if idle_at_drain {
                     return match read {

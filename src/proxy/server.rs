@@ -311,7 +311,8 @@ impl AsyncWrite for TrackedIo {
 }
 
 /// Serves `listener` until `shutdown` resolves, then stops accepting, lets
-/// in-flight requests finish for up to `grace` and closes idle connections.
+/// in-flight requests finish for up to `grace` and closes idle connections
+/// after [`DRAIN_IDLE_WINDOW`] (or `grace`, when shorter).
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
@@ -338,11 +339,25 @@ pub async fn serve(
             () = &mut shutdown => break,
         }
     }
-    drop(listener);
     let grace = grace();
     tracing::info!(grace_ms = grace.as_millis() as u64, "draining connections");
     drain.begin();
-    match tokio::time::timeout(grace, drain.finished()).await {
+    // After the drain began: a client refused a connection knows that a
+    // request on one it holds gets `Connection: close`.
+    drop(listener);
+    // Connections between requests stay open for a short window (a request
+    // on its way is served), then close; requests in flight get the rest
+    // of the grace period.
+    let window = grace.min(DRAIN_IDLE_WINDOW);
+    let drained = match tokio::time::timeout(window, drain.finished()).await {
+        Ok(()) => Ok(()),
+        Err(_) => {
+            tracing::debug!("closing idle connections");
+            drain.close_idle();
+            tokio::time::timeout(grace - window, drain.finished()).await
+        }
+    };
+    match drained {
         Ok(()) => tracing::info!("all connections drained"),
         Err(_) => {
             tracing::warn!("shutdown grace period over with requests still in flight");
@@ -359,6 +374,15 @@ pub async fn serve(
         }
     }
 }
+
+/// How long a drain keeps an HTTP/1 connection between requests open (at
+/// most; `shutdown_grace` when shorter): a request already on its way, or
+/// sent on a pooled connection a moment later, is served with
+/// `Connection: close` rather than met by a close (an EOF or a reset on a
+/// reused connection, which a client cannot safely retry for a POST), as
+/// HAProxy and Envoy drain. Short: a connection nothing uses holds up the
+/// process's exit for this long at most.
+pub const DRAIN_IDLE_WINDOW: Duration = Duration::from_secs(1);
 
 /// How long connections cut at the end of the grace period take to close:
 /// each is dropped on its task's next poll.
@@ -505,10 +529,24 @@ fn service(
 > + Clone
 + Send
 + 'static {
-    service_fn(move |req| {
+    service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let proxy = proxy.clone();
         let state = state.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(req, state).await) }
+        let http1 = req.version() < http::Version::HTTP_2;
+        async move {
+            let mut resp = proxy.handle(req, state.clone()).await;
+            // hyper's HTTP/1 server is told of the drain (keep-alive off)
+            // only once a request came in its idle window, maybe after
+            // answering it at once: this answer closes the connection.
+            if http1
+                && state.drain().is_draining()
+                && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+            {
+                resp.headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok::<_, Infallible>(resp)
+        }
     })
 }
 
@@ -522,9 +560,9 @@ mod tests {
     }
 
     /// A request that reaches an idle connection of hyper's HTTP/1 server
-    /// just as the drain begins is read and answered: hyper's graceful
-    /// shutdown closes an idle connection at once, so the connection is
-    /// polled (and reads what has arrived) before it is told.
+    /// just as the drain's idle window ends is read and answered: hyper's
+    /// graceful shutdown closes an idle connection at once, so the
+    /// connection is polled (and reads what has arrived) before it is told.
     #[tokio::test(flavor = "current_thread")]
     async fn hyper_serves_a_request_that_arrived_as_the_drain_began() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -568,9 +606,11 @@ mod tests {
             got.extend_from_slice(&chunk[..n]);
         }
         // The connection is idle, waiting to read. The next request arrives
-        // and the drain begins before its task runs again.
+        // and the drain begins, and its idle window ends, before its task
+        // runs again.
         client.write_all(request).await.unwrap();
         drain.begin();
+        drain.close_idle();
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();
         let rest = String::from_utf8_lossy(&rest);

@@ -29,6 +29,11 @@ pub struct Drain {
     draining: AtomicBool,
     /// Wakes connections when draining begins.
     began: Notify,
+    /// The drain's idle window is over: an HTTP/1 connection between
+    /// requests closes now (see [`Drain::close_idle`]).
+    idle_over: AtomicBool,
+    /// Wakes connections when it is.
+    idle_closing: Notify,
     /// Connections still open (an upgraded one until its tunnel ends).
     open: AtomicUsize,
     /// Wakes [`Drain::finished`] when the last connection closes.
@@ -81,7 +86,9 @@ impl Drain {
     }
 
     /// The grace period is over: ends what still runs ([`Drain::cut_off`]).
+    /// Idle connections close too, if [`Drain::close_idle`] was not called.
     pub fn cut(&self) {
+        self.close_idle();
         self.over.store(true, Ordering::Release);
         self.cut.notify_waiters();
     }
@@ -101,13 +108,41 @@ impl Drain {
     }
 
     /// Tells every connection to finish its request in flight and close.
+    /// An HTTP/1 connection between requests stays open until
+    /// [`Drain::close_idle`]: a request its client sends meanwhile (one
+    /// already on its way, or on a pooled connection picked a moment
+    /// later) is served, with `Connection: close`, not met by a close it
+    /// could not safely retry (a POST), as HAProxy and Envoy drain.
     pub fn begin(&self) {
         self.draining.store(true, Ordering::Release);
         self.began.notify_waiters();
     }
 
+    /// Draining has begun: what a connection answers now says
+    /// `Connection: close`.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// The drain's idle window is over: HTTP/1 connections between requests
+    /// (and connections that sent nothing yet) close now.
+    pub fn close_idle(&self) {
+        self.idle_over.store(true, Ordering::Release);
+        self.idle_closing.notify_waiters();
+    }
+
+    /// Whether [`Drain::close_idle`] was called.
+    pub fn is_closing_idle(&self) -> bool {
+        self.idle_over.load(Ordering::Acquire)
+    }
+
+    /// Resolves when idle connections are to close ([`Drain::close_idle`]).
+    pub async fn idle_closed(&self) {
+        let mut signal = pin!(self.idle_closing.notified());
+        signal.as_mut().enable();
+        if !self.is_closing_idle() {
+            signal.await;
+        }
     }
 
     /// Resolves when draining has begun.
@@ -129,6 +164,27 @@ impl Drain {
             closed.await;
         }
     }
+}
+
+/// Where a connection is in the listener's drain.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// No drain.
+    Serving,
+    /// The drain began: requests in flight end with `Connection: close`;
+    /// an HTTP/1 connection between requests stays open for a next one.
+    Window,
+    /// The idle window is over: connections between requests close; the
+    /// grace period runs for the rest.
+    ClosingIdle,
+}
+
+/// Whether a connection is HTTP/1 with no request in flight (between
+/// requests, or before its first): the drain keeps it open for its idle
+/// window.
+fn idle_http1(state: &ConnState) -> bool {
+    !state.http2.load(Ordering::Relaxed)
+        && super::in_flight(state.requests.load(Ordering::Relaxed)) == 0
 }
 
 /// Why the watchdog closed a connection.
@@ -240,9 +296,11 @@ pub struct Watch<'a> {
 
 impl Watch<'_> {
     /// Drives `conn` to its end: calls `shut_down` on it when the drain
-    /// begins, and drops it (closing the socket) when the watchdog says so
-    /// or the drain's grace period runs out ([`Drain::cut`]: what it still
-    /// serves is dropped, logged 444).
+    /// begins (on an HTTP/1 connection between requests: when the drain's
+    /// idle window ends, or its next request comes first), and drops it
+    /// (closing the socket) when the watchdog says so or the drain's grace
+    /// period runs out ([`Drain::cut`]: what it still serves is dropped,
+    /// logged 444).
     /// Its output, unless it failed or the watchdog closed it (then why).
     /// `conn` is pinned by the caller, so that the task stores it once.
     pub async fn drive<C, T, E>(
@@ -266,34 +324,67 @@ impl Watch<'_> {
             .min(timeouts.body_stall);
         let every = (shortest / 4).max(Duration::from_millis(50));
         let mut tick = pin!(tokio::time::sleep(every));
+        // One slot for the drain's signals, in their order: its beginning,
+        // the end of its idle window, the end of its grace period.
         let mut drain_signal = pin!(drain.began.notified());
-        let (mut ticking, mut listening, mut draining) = (false, false, false);
+        let (mut ticking, mut listening) = (false, false);
+        let mut phase = Phase::Serving;
+        // Told nothing yet at the drain's beginning, being idle: `shut_down`
+        // would close it at once (hyper's HTTP/1 server), not after the
+        // idle window.
+        let mut deferred = false;
         let mut watchdog = Watchdog::default();
         // An idle HTTP/2 connection was told to go away.
         let mut going_away = false;
         let outcome = poll_fn(move |cx| {
-            if !draining {
+            if phase == Phase::Serving {
                 // Polled once, the signal stays registered; after that the flag
                 // says whether it fired.
                 let signalled = !listening && drain_signal.as_mut().poll(cx).is_ready();
                 listening = true;
                 if signalled || drain.is_draining() {
-                    draining = true;
+                    phase = Phase::Window;
+                    // The same slot now waits for the idle window's end.
+                    drain_signal.set(drain.idle_closing.notified());
+                    listening = false;
+                    if idle_http1(state) {
+                        // The own server looks at the drain itself; hyper's
+                        // is told at the window's end, or at its next
+                        // request (below).
+                        deferred = true;
+                    } else {
+                        // What the socket already holds is read first (as
+                        // at the window's end, below).
+                        if let Poll::Ready(output) = conn.as_mut().poll(cx) {
+                            return Poll::Ready(Ok(output));
+                        }
+                        shut_down(conn.as_mut());
+                    }
+                }
+            }
+            if phase == Phase::Window {
+                let signalled = !listening && drain_signal.as_mut().poll(cx).is_ready();
+                listening = true;
+                if signalled || drain.is_closing_idle() {
+                    phase = Phase::ClosingIdle;
                     // The same slot now waits for the grace period's end.
                     drain_signal.set(drain.cut.notified());
                     listening = false;
-                    // What the socket already holds is read first: hyper's
-                    // HTTP/1 server closes an idle connection at once, a
-                    // request that arrived meanwhile unread (and the socket
-                    // closed on it is reset). Read, it is served, with
-                    // `Connection: close`.
-                    if let Poll::Ready(output) = conn.as_mut().poll(cx) {
-                        return Poll::Ready(Ok(output));
+                    if std::mem::take(&mut deferred) {
+                        // What the socket already holds is read first:
+                        // hyper's HTTP/1 server closes an idle connection
+                        // at once, a request that arrived meanwhile unread
+                        // (and the socket closed on it is reset). Read, it
+                        // is served, with `Connection: close`. (The own
+                        // server, polled below, closes when idle.)
+                        if let Poll::Ready(output) = conn.as_mut().poll(cx) {
+                            return Poll::Ready(Ok(output));
+                        }
+                        shut_down(conn.as_mut());
                     }
-                    shut_down(conn.as_mut());
                 }
             }
-            if draining {
+            if phase == Phase::ClosingIdle {
                 let signalled = !listening && drain_signal.as_mut().poll(cx).is_ready();
                 listening = true;
                 if signalled || drain.is_cut() {
@@ -312,7 +403,9 @@ impl Watch<'_> {
                         // open after another idle period (a client that
                         // never answers the shutdown's PING) is dropped.
                         Some(Closed::Idle)
-                            if !going_away && !draining && state.http2.load(Ordering::Relaxed) =>
+                            if !going_away
+                                && phase == Phase::Serving
+                                && state.http2.load(Ordering::Relaxed) =>
                         {
                             going_away = true;
                             watchdog.quiet = Duration::ZERO;
@@ -325,7 +418,15 @@ impl Watch<'_> {
                 }
                 ticking = true;
             }
-            conn.as_mut().poll(cx).map(Ok)
+            let mut polled = conn.as_mut().poll(cx);
+            if deferred && polled.is_pending() && !idle_http1(state) {
+                // A request in the idle window (or an HTTP/2 preface): told
+                // now, it is answered with `Connection: close` (or GOAWAY).
+                deferred = false;
+                shut_down(conn.as_mut());
+                polled = conn.as_mut().poll(cx);
+            }
+            polled.map(Ok)
         })
         .await;
         match outcome {
@@ -401,7 +502,8 @@ impl ConnError for Box<dyn std::error::Error + Send + Sync> {
 /// Whether a connection's first bytes rule out HTTP/2 prior knowledge (its
 /// preface starts with `PRI`): then it is served by hyper's HTTP/1 server
 /// directly, without the auto-detecting connection's layer. `None`: the
-/// client closed, or sent nothing within `idle`, or the drain began.
+/// client closed, or sent nothing within `idle`, or by the end of the
+/// drain's idle window ([`Drain::close_idle`]).
 pub async fn first_bytes_rule_out_h2(
     stream: &tokio::net::TcpStream,
     idle: Duration,
@@ -414,7 +516,9 @@ pub async fn first_bytes_rule_out_h2(
         // began: closed unread, the socket would be reset.
         biased;
         peeked = tokio::time::timeout(idle, stream.peek(&mut first)) => peeked,
-        () = drain.began() => return None,
+        // A drain keeps it for its idle window: a first request on its
+        // way is served, with `Connection: close`.
+        () = drain.idle_closed() => return None,
     };
     match peeked {
         Ok(Ok(n)) if n > 0 => Some(first[..n] != prefix[..n]),

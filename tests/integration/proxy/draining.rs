@@ -93,7 +93,8 @@ async fn a_request_waiting_in_the_socket_when_the_drain_begins_is_answered() {
         .await
         .unwrap();
 
-    // An idle keep-alive connection: its close says the drain has begun.
+    // An idle keep-alive connection: its close (at the end of the drain's
+    // idle window) says the drain has begun.
     let mut idle = TcpStream::connect(addr).await.unwrap();
     idle.write_all(b"GET /idle HTTP/1.1\r\nHost: h\r\n\r\n")
         .await
@@ -119,4 +120,123 @@ async fn a_request_waiting_in_the_socket_when_the_drain_begins_is_answered() {
         "{second}"
     );
     shutdown.await.unwrap();
+}
+
+/// Sends `request` on `stream` and reads its answer: the head, and a body
+/// framed by its Content-Length. `None`: the connection closed first.
+async fn exchange(stream: &mut TcpStream, request: &[u8]) -> Option<(String, Vec<u8>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(request).await.ok()?;
+    let mut buf = Vec::new();
+    let head = read_head(stream, &mut buf).await?;
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while buf.len() < len {
+        let mut chunk = [0u8; 8192];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some((head, buf))
+}
+
+/// Whether a response head says `Connection: close`.
+fn says_close(head: &str) -> bool {
+    head.to_ascii_lowercase()
+        .contains("\r\nconnection: close\r\n")
+}
+
+/// Keep-alive connections between requests when the drain begins: one of
+/// the own server, one handed to hyper's server (its first request asks
+/// for trailers: `TE`), one accepted that has sent nothing yet (each
+/// answered once, but the last). The last is accepted first: its task
+/// exists once the others were answered.
+async fn idle_connections(addr: std::net::SocketAddr) -> Vec<TcpStream> {
+    let silent = TcpStream::connect(addr).await.unwrap();
+    let mut conns = Vec::new();
+    for first in [
+        &b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: h\r\nTE: trailers\r\nConnection: TE\r\n\r\n",
+    ] {
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        let (head, body) = exchange(&mut conn, first).await.expect("no answer");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(!says_close(&head), "{head}");
+        assert_eq!(body, b"v1");
+        conns.push(conn);
+    }
+    conns.push(silent);
+    conns
+}
+
+/// A keep-alive connection idle when the drain begins stays open for the
+/// drain's idle window: a request its client sends then (one already on
+/// its way, or on a pooled connection picked a moment later: here a POST,
+/// which a client cannot safely retry) is answered, with `Connection:
+/// close`, and the connection closes after it; not met by an EOF or a
+/// reset. Also on hyper's server, and on a connection that had sent
+/// nothing yet.
+#[tokio::test]
+async fn a_request_on_an_idle_connection_after_the_drain_began_is_answered_with_close() {
+    let v1 = Upstream::start("v1").await;
+    let gw = Gateway::start(&config("", &[("v1", 1, v1.addr)])).await;
+    let addr = gw.addr;
+    let conns = idle_connections(addr).await;
+
+    let shutdown = tokio::spawn(gw.shutdown());
+    // The listener closes once the drain has begun.
+    assert!(
+        eventually(Duration::from_secs(10), async || TcpStream::connect(addr)
+            .await
+            .is_err())
+        .await,
+        "still accepting"
+    );
+    let names = ["own server", "hyper's server", "sent nothing before"];
+    let mut answers = Vec::new();
+    for mut conn in conns {
+        let request = b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello";
+        answers.push((exchange(&mut conn, request).await, conn));
+    }
+    let unanswered: Vec<&str> = (answers.iter().zip(names))
+        .filter_map(|((answer, _), name)| answer.is_none().then_some(name))
+        .collect();
+    assert!(unanswered.is_empty(), "closed, no answer: {unanswered:?}");
+    for ((answer, mut conn), name) in answers.into_iter().zip(names) {
+        let (head, body) = answer.unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{name}: {head}");
+        assert!(says_close(&head), "{name}: {head}");
+        assert!(body.starts_with(b"5 "), "{name}: {body:?}");
+        let rest = read_to_close(&mut conn, Duration::from_secs(10)).await;
+        assert_eq!(rest.as_deref(), Some(&b""[..]), "{name}: not closed after");
+    }
+    shutdown.await.unwrap();
+}
+
+/// Connections still idle at the end of the drain's idle window are
+/// closed then, and the drain ends: it does not wait for them for its
+/// grace period (30 s here).
+#[tokio::test]
+async fn idle_connections_close_at_the_end_of_the_idle_window() {
+    let v1 = Upstream::start("v1").await;
+    let text = config("", &[("v1", 1, v1.addr)]) + "\n[timeouts]\nshutdown_grace = \"30s\"\n";
+    let gw = Gateway::start(&text).await;
+    let conns = idle_connections(gw.addr).await;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), gw.shutdown())
+            .await
+            .is_ok(),
+        "the drain waited for idle connections"
+    );
+    for mut conn in conns {
+        let rest = read_to_close(&mut conn, Duration::from_secs(1)).await;
+        assert_eq!(rest.as_deref(), Some(&b""[..]), "not closed");
+    }
 }
