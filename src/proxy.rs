@@ -44,6 +44,7 @@ pub mod upstream;
 pub mod upstream_client;
 
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -546,28 +547,33 @@ impl Proxy {
             // futures) would otherwise make every request's future
             // larger, and hyper moves that future into place per request.
             let noted = &mut completion.logged;
-            Box::pin(forward(version, settings, req, body_progress, noted))
-                .await
-                .and_then(|(resp, outstanding, sender, request_id)| {
-                    let e = if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS && !upgrading
-                    {
-                        Some("101 to a request that asked no upgrade")
-                    } else if !resp.body().is_end_stream()
-                        && headers::transfer_coded(resp.headers())
-                    {
-                        Some(upstream_client::OTHER_CODING)
-                    } else {
-                        None
-                    };
-                    if let Some(e) = e {
-                        return Err(Failed {
-                            error: ProxyError::Reset(e.into()),
-                            request_id,
-                            upstream: Some(outstanding.endpoint().addr()),
-                        });
-                    }
-                    Ok((resp.map(|b| Upstream::Hyper(b, sender)), outstanding))
-                })
+            let client = completion.conn.client_fd();
+            Box::pin(forward(
+                version,
+                settings,
+                req,
+                body_progress,
+                noted,
+                client,
+            ))
+            .await
+            .and_then(|(resp, outstanding, sender, request_id)| {
+                let e = if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS && !upgrading {
+                    Some("101 to a request that asked no upgrade")
+                } else if !resp.body().is_end_stream() && headers::transfer_coded(resp.headers()) {
+                    Some(upstream_client::OTHER_CODING)
+                } else {
+                    None
+                };
+                if let Some(e) = e {
+                    return Err(Failed {
+                        error: ProxyError::Reset(e.into()),
+                        request_id,
+                        upstream: Some(outstanding.endpoint().addr()),
+                    });
+                }
+                Ok((resp.map(|b| Upstream::Hyper(b, sender)), outstanding))
+            })
         };
         completion.conn.upstream_answered();
         completion.answered = Some(Instant::now());
@@ -629,6 +635,20 @@ impl Proxy {
                     }
                 };
                 Response::from_parts(parts, body)
+            }
+            Err(failed) if matches!(failed.error, ProxyError::Client(ClientError::Gone)) => {
+                // The client went away while a connection was made (only
+                // hyper's HTTP/1 server sees it: see `forward`): never
+                // answered, as on the own server (499 and `aborted` when
+                // `completion` drops, which the body does once hyper's
+                // write fails or the response ends); the connection closes.
+                failed.note(&mut completion.logged);
+                completion.answered = None;
+                completion.conn.closing();
+                let mut resp = failed.error.to_response(failed.request_id.as_ref(), None);
+                let close = HeaderValue::from_static("close");
+                resp.headers_mut().insert(http::header::CONNECTION, close);
+                resp.map(|b| b.with_completion(completion))
             }
             Err(failed) => {
                 failed.note(&mut completion.logged);
@@ -866,7 +886,11 @@ async fn forward_own(
                 () = h1::client_gone::client_gone(socket) => Err(ProxyError::Client(ClientError::Gone)),
             }
         }
-        ClientSide::Upload(_) => connect.await,
+        // An upload's client too (its body waits in the socket: watched
+        // for the end of its stream past those bytes).
+        ClientSide::Upload(body) => {
+            unless_client_closed(connect, body.client_socket().map(AsFd::as_fd)).await
+        }
     };
     let (endpoint, (mut conn, mut pooled)) = match connected {
         Ok(connected) => connected,
@@ -1101,6 +1125,22 @@ fn exchange_failed(
     ProxyError::Reset(e.into())
 }
 
+/// `connect`'s outcome, unless the client, whose socket is `client`, goes
+/// away first ([`h1::client_gone::client_closed`]): then the client's
+/// [`ClientError::Gone`] (the request is abandoned: a 499, counted as
+/// `aborted`, neither the version's failure nor the endpoint's). Biased: a
+/// connect ready at once (a pooled connection) never looks at the client.
+async fn unless_client_closed<T, E: Into<ProxyError>>(
+    connect: impl Future<Output = Result<T, E>>,
+    client: Option<BorrowedFd<'_>>,
+) -> Result<T, ProxyError> {
+    tokio::select! {
+        biased;
+        connected = connect => connected.map_err(Into::into),
+        () = h1::client_gone::client_closed(client) => Err(ProxyError::Client(ClientError::Gone)),
+    }
+}
+
 /// An endpoint of `version` (power of two choices) and a connection to it
 /// made by `connect`; a failed connect is retried once on another endpoint
 /// not ejected (none when every endpoint is: see [`upstream::pick`]):
@@ -1174,21 +1214,24 @@ async fn open(
 /// nothing reached the upstream, so the retry is safe for any method. The
 /// endpoint's health is kept as in [`forward_own`]. The endpoint is noted
 /// in `noted` (see [`Logged::sent`]) once connected; a failure names the
-/// endpoint last tried.
+/// endpoint last tried. `client`: the client's socket on hyper's HTTP/1
+/// server, watched while a connection is made (hyper's server reads
+/// nothing of the client's then: see [`ConnState::client_fd`]).
 async fn forward(
     version: &Version,
     settings: &ProxySettings,
     req: Request<RequestBody>,
     body_progress: Option<Arc<body::BodyProgress>>,
     noted: &mut Option<Box<Logged>>,
+    client: Option<BorrowedFd<'_>>,
 ) -> Result<(Response<Incoming>, Outstanding, Sender, Option<HeaderValue>), Failed> {
     let request_id = req.headers().get(&headers::X_REQUEST_ID).cloned();
     let failed_at =
         |error: ProxyError, at: Option<SocketAddr>| Failed::at(error, request_id.clone(), at);
-    let (endpoint, (mut sender, pooled)) =
-        pick_and_connect(version, |e| sender_for(version, e, settings))
-            .await
-            .map_err(|e| failed_at(e, None))?;
+    let connect = pick_and_connect(version, |e| sender_for(version, e, settings));
+    let (endpoint, (mut sender, pooled)) = unless_client_closed(connect, client)
+        .await
+        .map_err(|e| failed_at(e, None))?;
     // Whether a failure there is the endpoint's (see `exchange_failed`).
     let mut fresh = !pooled;
     let mut outstanding = Outstanding::new(endpoint);
@@ -1245,9 +1288,10 @@ async fn forward(
                     Some(unsent) if !retried => {
                         retried = true;
                         req = unsent;
-                        let stream = open_again(version, &mut outstanding, settings)
+                        let reopened = open_again(version, &mut outstanding, settings);
+                        let stream = unless_client_closed(reopened, client)
                             .await
-                            .map_err(|e| failed_at(e.into(), None))?;
+                            .map_err(|e| failed_at(e, None))?;
                         let endpoint = outstanding.endpoint();
                         sender = endpoint
                             .handshake(stream)
