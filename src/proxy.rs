@@ -298,15 +298,15 @@ impl Proxy {
             drop_expect: req.expect_continue,
             chunked: req.chunked,
         };
-        // The own server's requests always carry one Host.
-        let noted = &mut completion.logged;
-        let encode = |head: &mut Vec<u8>, endpoint: Option<SocketAddr>| {
+        let encode = |head: &mut Vec<u8>, _: Option<SocketAddr>| {
             let method = req.method.as_str().as_bytes();
             let fields = || req.field_bytes();
             upstream_client::head::encode_fields(head, method, req.target, None, fields, &fwd);
-            if let Some(endpoint) = endpoint {
-                Logged::sent(noted, endpoint, || id_in_head(head));
-            }
+        };
+        // The own server's requests always carry one Host.
+        let sent = SentTo {
+            noted: &mut completion.logged,
+            endpoint_host: false,
         };
         let response_header = version_field(settings, version);
         let h1::BodyAtHand {
@@ -333,6 +333,7 @@ impl Proxy {
             settings,
             method,
             encode,
+            sent,
             start,
             &mut side,
             HeadRead::InPlace,
@@ -480,14 +481,11 @@ impl Proxy {
         let outcome = if own_client {
             let (mut parts, _) = req.into_parts();
             let mut map = http::HeaderMap::new();
-            let noted = &mut completion.logged;
             let encode = |out: &mut Vec<u8>, endpoint: Option<SocketAddr>| {
-                if let Some(endpoint) = endpoint {
-                    // The id was noted above.
-                    Logged::sent(noted, endpoint, || None);
-                    if host_missing {
-                        headers::insert_endpoint_host(&mut parts.headers, endpoint);
-                    }
+                if let Some(endpoint) = endpoint
+                    && host_missing
+                {
+                    headers::insert_endpoint_host(&mut parts.headers, endpoint);
                 }
                 if rewrite {
                     upstream_client::head::encode(out, &parts);
@@ -506,11 +504,17 @@ impl Proxy {
             // hyper's server reads the client: not watched here (hyper
             // drops this future when its client goes).
             let mut client = ClientSide::Bodiless(None);
+            // The id was noted above.
+            let sent = SentTo {
+                noted: &mut completion.logged,
+                endpoint_host: host_missing,
+            };
             let forwarded = forward_own(
                 version,
                 settings,
                 &completion.method,
                 encode,
+                sent,
                 start,
                 &mut client,
                 HeadRead::Sized,
@@ -677,6 +681,28 @@ fn reject(e: ClientError, version: http::Version) -> Response<ProxyBody> {
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
+}
+
+/// Where the own client's request went, kept as its head goes up and
+/// again when a retry moves it to another endpoint ([`reopen`]).
+struct SentTo<'a> {
+    /// The access log's note ([`Logged::sent`]): a request dropped while
+    /// the upstream thinks (its client gone, cut at shutdown) is logged
+    /// with the endpoint its head went to last.
+    noted: &'a mut Option<Box<Logged>>,
+    /// The head's Host is the endpoint's address, written by the gateway
+    /// (an HTTP/1.0 request without Host): rewritten for another endpoint.
+    endpoint_host: bool,
+}
+
+impl SentTo<'_> {
+    /// The request's head, `head`, went (or moved) to `endpoint`.
+    fn went(&mut self, head: &mut Vec<u8>, endpoint: SocketAddr, moved: bool) {
+        if moved && self.endpoint_host {
+            upstream_client::head::replace_host(head, endpoint.to_string().as_bytes());
+        }
+        Logged::sent(self.noted, endpoint, || id_in_head(head));
+    }
 }
 
 /// The client's side of a request the own client forwards.
@@ -859,15 +885,16 @@ impl Upstream {
 /// own refuses it: see [`open_again`]). A response head makes the endpoint
 /// healthy; a gateway failure ([`upstream::Failure`]) counts toward its
 /// ejection. `how`: see [`HeadRead`]. `encode` writes the request head for
-/// the endpoint connected to, just before it goes up (callers note the
-/// endpoint there for the access log: [`Logged::sent`]); with `None` no
-/// connect succeeded, and the head is only read for the id the upstream
-/// would have got. A failure names the endpoint last tried.
+/// the endpoint connected to, just before it goes up (noted in `sent`); with
+/// `None` no connect succeeded, and the head is only read for the id the
+/// upstream would have got. A failure names the endpoint last tried.
+#[expect(clippy::too_many_arguments, reason = "one call per server")]
 async fn forward_own(
     version: &Version,
     settings: &ProxySettings,
     method: &http::Method,
     encode: impl FnOnce(&mut Vec<u8>, Option<SocketAddr>),
+    mut sent: SentTo<'_>,
     start: Instant,
     client: &mut ClientSide<'_>,
     how: HeadRead,
@@ -904,11 +931,16 @@ async fn forward_own(
     // Counted until dropped, whichever way the request ends (also when its
     // future is dropped: a client gone, an h2 stream reset).
     let mut outstanding = Outstanding::new(endpoint);
-    encode(conn.request_head(), Some(outstanding.endpoint().addr()));
+    let addr = outstanding.endpoint().addr();
+    encode(conn.request_head(), Some(addr));
+    sent.went(conn.request_head(), addr, false);
     let outcome = match client {
         ClientSide::Upload(body) => {
-            let out = &mut outstanding;
-            exchange_upload(&mut conn, pooled, body, version, out, settings, method).await
+            let (out, sent) = (&mut outstanding, &mut sent);
+            exchange_upload(
+                &mut conn, pooled, body, version, out, settings, method, sent,
+            )
+            .await
         }
         ClientSide::Bodiless(socket) => {
             let socket = *socket;
@@ -931,7 +963,8 @@ async fn forward_own(
                                 && (e.unsent() || upstream_client::retry_safe(method)) =>
                         {
                             pooled = false;
-                            reopen(&mut conn, &e, version, &mut outstanding, settings).await?;
+                            let out = &mut outstanding;
+                            reopen(&mut conn, &e, version, out, settings, &mut sent).await?;
                         }
                         Err(e) => {
                             let endpoint = outstanding.endpoint();
@@ -972,6 +1005,7 @@ async fn forward_own(
 /// head, which is timed from the body's end. A pooled connection that
 /// failed is replaced once, like a bodiless request's, but only while the
 /// whole body can be sent again.
+#[expect(clippy::too_many_arguments, reason = "forward_own's parts, one call")]
 async fn exchange_upload(
     conn: &mut upstream_client::Conn,
     mut pooled: bool,
@@ -980,6 +1014,7 @@ async fn exchange_upload(
     outstanding: &mut Outstanding,
     settings: &ProxySettings,
     method: &http::Method,
+    sent: &mut SentTo<'_>,
 ) -> Result<upstream_client::RawHead, ProxyError> {
     let timeouts = &settings.timeouts;
     loop {
@@ -1029,7 +1064,7 @@ async fn exchange_upload(
             return Err(exchange_failed(error, pooled, endpoint, settings));
         }
         pooled = false;
-        reopen(conn, &error, version, outstanding, settings).await?;
+        reopen(conn, &error, version, outstanding, settings, sent).await?;
     }
 }
 
@@ -1065,19 +1100,26 @@ async fn response_head_in_time(
 
 /// Replaces a pooled connection that failed with `error` before anything
 /// came back by a new one (see [`open_again`]), the request head moved
-/// over.
+/// over (with the new endpoint's Host, and noted in `sent`, when it went
+/// to another endpoint).
 async fn reopen(
     conn: &mut upstream_client::Conn,
     error: &upstream_client::ExchangeError,
     version: &Version,
     outstanding: &mut Outstanding,
     settings: &ProxySettings,
+    sent: &mut SentTo<'_>,
 ) -> Result<(), ProxyError> {
-    tracing::debug!(upstream = %outstanding.endpoint().addr(), error = %error, "pooled connection failed; retrying on a new one");
+    let tried = outstanding.endpoint().addr();
+    tracing::debug!(upstream = %tried, error = %error, "pooled connection failed; retrying on a new one");
     let stream = open_again(version, outstanding, settings).await?;
     let mut fresh = upstream_client::Conn::new(stream);
     std::mem::swap(fresh.request_head(), conn.request_head());
     *conn = fresh;
+    let addr = outstanding.endpoint().addr();
+    if addr != tried {
+        sent.went(conn.request_head(), addr, true);
+    }
     Ok(())
 }
 
@@ -1087,8 +1129,8 @@ async fn reopen(
 /// version that is not ejected, as [`pick_and_connect`] retries a first
 /// connect's failure: a task stopping closes its pooled connections and
 /// its listener, and its requests go to the others. `outstanding` moves to
-/// the endpoint connected to. (An HTTP/1.0 request without Host keeps the
-/// Host written for the first endpoint's address.)
+/// the endpoint connected to (callers write the Host of an HTTP/1.0
+/// request without one, and the access log's endpoint, for it).
 async fn open_again(
     version: &Version,
     outstanding: &mut Outstanding,
@@ -1254,8 +1296,10 @@ async fn forward(
     };
     tokio::pin!(deadline);
     let mut req = req;
-    // An HTTP/1.0 request without Host (see `Proxy::handle`).
-    if !req.headers().contains_key(http::header::HOST) {
+    // An HTTP/1.0 request without Host (see `Proxy::handle`): its
+    // endpoint's address, rewritten when a retry moves it.
+    let endpoint_host = !req.headers().contains_key(http::header::HOST);
+    if endpoint_host {
         headers::insert_endpoint_host(req.headers_mut(), endpoint.addr());
     }
     let mut retried = false;
@@ -1293,6 +1337,10 @@ async fn forward(
                             .await
                             .map_err(|e| failed_at(e, None))?;
                         let endpoint = outstanding.endpoint();
+                        if endpoint_host {
+                            headers::insert_endpoint_host(req.headers_mut(), endpoint.addr());
+                        }
+                        Logged::sent(noted, endpoint.addr(), || None);
                         sender = endpoint
                             .handshake(stream)
                             .await
