@@ -831,8 +831,7 @@ async fn send_error<W: AsyncWrite + Unpin>(
 /// request id the client got.
 fn record_error(version: &Version, failed: &Failed) {
     let e = &failed.error;
-    let request_id = failed.request_id.as_ref().and_then(|v| v.to_str().ok());
-    let request_id = request_id.unwrap_or("-");
+    let request_id = &*body::logged_id(failed.request_id.as_ref());
     let upstream = UpstreamField(failed.upstream);
     if let ProxyError::Client(c) = e {
         c.count();
