@@ -44,6 +44,7 @@ pub mod upstream;
 pub mod upstream_client;
 
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -297,15 +298,15 @@ impl Proxy {
             drop_expect: req.expect_continue,
             chunked: req.chunked,
         };
-        // The own server's requests always carry one Host.
-        let noted = &mut completion.logged;
-        let encode = |head: &mut Vec<u8>, endpoint: Option<SocketAddr>| {
+        let encode = |head: &mut Vec<u8>, _: Option<SocketAddr>| {
             let method = req.method.as_str().as_bytes();
             let fields = || req.field_bytes();
             upstream_client::head::encode_fields(head, method, req.target, None, fields, &fwd);
-            if let Some(endpoint) = endpoint {
-                Logged::sent(noted, endpoint, || id_in_head(head));
-            }
+        };
+        // The own server's requests always carry one Host.
+        let sent = SentTo {
+            noted: &mut completion.logged,
+            endpoint_host: false,
         };
         let response_header = version_field(settings, version);
         let h1::BodyAtHand {
@@ -332,6 +333,7 @@ impl Proxy {
             settings,
             method,
             encode,
+            sent,
             start,
             &mut side,
             HeadRead::InPlace,
@@ -479,14 +481,11 @@ impl Proxy {
         let outcome = if own_client {
             let (mut parts, _) = req.into_parts();
             let mut map = http::HeaderMap::new();
-            let noted = &mut completion.logged;
             let encode = |out: &mut Vec<u8>, endpoint: Option<SocketAddr>| {
-                if let Some(endpoint) = endpoint {
-                    // The id was noted above.
-                    Logged::sent(noted, endpoint, || None);
-                    if host_missing {
-                        headers::insert_endpoint_host(&mut parts.headers, endpoint);
-                    }
+                if let Some(endpoint) = endpoint
+                    && host_missing
+                {
+                    headers::insert_endpoint_host(&mut parts.headers, endpoint);
                 }
                 if rewrite {
                     upstream_client::head::encode(out, &parts);
@@ -505,11 +504,17 @@ impl Proxy {
             // hyper's server reads the client: not watched here (hyper
             // drops this future when its client goes).
             let mut client = ClientSide::Bodiless(None);
+            // The id was noted above.
+            let sent = SentTo {
+                noted: &mut completion.logged,
+                endpoint_host: host_missing,
+            };
             let forwarded = forward_own(
                 version,
                 settings,
                 &completion.method,
                 encode,
+                sent,
                 start,
                 &mut client,
                 HeadRead::Sized,
@@ -546,28 +551,33 @@ impl Proxy {
             // futures) would otherwise make every request's future
             // larger, and hyper moves that future into place per request.
             let noted = &mut completion.logged;
-            Box::pin(forward(version, settings, req, body_progress, noted))
-                .await
-                .and_then(|(resp, outstanding, sender, request_id)| {
-                    let e = if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS && !upgrading
-                    {
-                        Some("101 to a request that asked no upgrade")
-                    } else if !resp.body().is_end_stream()
-                        && headers::transfer_coded(resp.headers())
-                    {
-                        Some(upstream_client::OTHER_CODING)
-                    } else {
-                        None
-                    };
-                    if let Some(e) = e {
-                        return Err(Failed {
-                            error: ProxyError::Reset(e.into()),
-                            request_id,
-                            upstream: Some(outstanding.endpoint().addr()),
-                        });
-                    }
-                    Ok((resp.map(|b| Upstream::Hyper(b, sender)), outstanding))
-                })
+            let client = completion.conn.client_fd();
+            Box::pin(forward(
+                version,
+                settings,
+                req,
+                body_progress,
+                noted,
+                client,
+            ))
+            .await
+            .and_then(|(resp, outstanding, sender, request_id)| {
+                let e = if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS && !upgrading {
+                    Some("101 to a request that asked no upgrade")
+                } else if !resp.body().is_end_stream() && headers::transfer_coded(resp.headers()) {
+                    Some(upstream_client::OTHER_CODING)
+                } else {
+                    None
+                };
+                if let Some(e) = e {
+                    return Err(Failed {
+                        error: ProxyError::Reset(e.into()),
+                        request_id,
+                        upstream: Some(outstanding.endpoint().addr()),
+                    });
+                }
+                Ok((resp.map(|b| Upstream::Hyper(b, sender)), outstanding))
+            })
         };
         completion.conn.upstream_answered();
         completion.answered = Some(Instant::now());
@@ -630,6 +640,20 @@ impl Proxy {
                 };
                 Response::from_parts(parts, body)
             }
+            Err(failed) if matches!(failed.error, ProxyError::Client(ClientError::Gone)) => {
+                // The client went away while a connection was made (only
+                // hyper's HTTP/1 server sees it: see `forward`): never
+                // answered, as on the own server (499 and `aborted` when
+                // `completion` drops, which the body does once hyper's
+                // write fails or the response ends); the connection closes.
+                failed.note(&mut completion.logged);
+                completion.answered = None;
+                completion.conn.closing();
+                let mut resp = failed.error.to_response(failed.request_id.as_ref(), None);
+                let close = HeaderValue::from_static("close");
+                resp.headers_mut().insert(http::header::CONNECTION, close);
+                resp.map(|b| b.with_completion(completion))
+            }
             Err(failed) => {
                 failed.note(&mut completion.logged);
                 record_error(version, &failed);
@@ -657,6 +681,28 @@ fn reject(e: ClientError, version: http::Version) -> Response<ProxyBody> {
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
+}
+
+/// Where the own client's request went, kept as its head goes up and
+/// again when a retry moves it to another endpoint ([`reopen`]).
+struct SentTo<'a> {
+    /// The access log's note ([`Logged::sent`]): a request dropped while
+    /// the upstream thinks (its client gone, cut at shutdown) is logged
+    /// with the endpoint its head went to last.
+    noted: &'a mut Option<Box<Logged>>,
+    /// The head's Host is the endpoint's address, written by the gateway
+    /// (an HTTP/1.0 request without Host): rewritten for another endpoint.
+    endpoint_host: bool,
+}
+
+impl SentTo<'_> {
+    /// The request's head, `head`, went (or moved) to `endpoint`.
+    fn went(&mut self, head: &mut Vec<u8>, endpoint: SocketAddr, moved: bool) {
+        if moved && self.endpoint_host {
+            upstream_client::head::replace_host(head, endpoint.to_string().as_bytes());
+        }
+        Logged::sent(self.noted, endpoint, || id_in_head(head));
+    }
 }
 
 /// The client's side of a request the own client forwards.
@@ -785,8 +831,7 @@ async fn send_error<W: AsyncWrite + Unpin>(
 /// request id the client got.
 fn record_error(version: &Version, failed: &Failed) {
     let e = &failed.error;
-    let request_id = failed.request_id.as_ref().and_then(|v| v.to_str().ok());
-    let request_id = request_id.unwrap_or("-");
+    let request_id = &*body::logged_id(failed.request_id.as_ref());
     let upstream = UpstreamField(failed.upstream);
     if let ProxyError::Client(c) = e {
         c.count();
@@ -839,15 +884,16 @@ impl Upstream {
 /// own refuses it: see [`open_again`]). A response head makes the endpoint
 /// healthy; a gateway failure ([`upstream::Failure`]) counts toward its
 /// ejection. `how`: see [`HeadRead`]. `encode` writes the request head for
-/// the endpoint connected to, just before it goes up (callers note the
-/// endpoint there for the access log: [`Logged::sent`]); with `None` no
-/// connect succeeded, and the head is only read for the id the upstream
-/// would have got. A failure names the endpoint last tried.
+/// the endpoint connected to, just before it goes up (noted in `sent`); with
+/// `None` no connect succeeded, and the head is only read for the id the
+/// upstream would have got. A failure names the endpoint last tried.
+#[expect(clippy::too_many_arguments, reason = "one call per server")]
 async fn forward_own(
     version: &Version,
     settings: &ProxySettings,
     method: &http::Method,
     encode: impl FnOnce(&mut Vec<u8>, Option<SocketAddr>),
+    mut sent: SentTo<'_>,
     start: Instant,
     client: &mut ClientSide<'_>,
     how: HeadRead,
@@ -866,7 +912,11 @@ async fn forward_own(
                 () = h1::client_gone::client_gone(socket) => Err(ProxyError::Client(ClientError::Gone)),
             }
         }
-        ClientSide::Upload(_) => connect.await,
+        // An upload's client too (its body waits in the socket: watched
+        // for the end of its stream past those bytes).
+        ClientSide::Upload(body) => {
+            unless_client_closed(connect, body.client_socket().map(AsFd::as_fd)).await
+        }
     };
     let (endpoint, (mut conn, mut pooled)) = match connected {
         Ok(connected) => connected,
@@ -880,11 +930,16 @@ async fn forward_own(
     // Counted until dropped, whichever way the request ends (also when its
     // future is dropped: a client gone, an h2 stream reset).
     let mut outstanding = Outstanding::new(endpoint);
-    encode(conn.request_head(), Some(outstanding.endpoint().addr()));
+    let addr = outstanding.endpoint().addr();
+    encode(conn.request_head(), Some(addr));
+    sent.went(conn.request_head(), addr, false);
     let outcome = match client {
         ClientSide::Upload(body) => {
-            let out = &mut outstanding;
-            exchange_upload(&mut conn, pooled, body, version, out, settings, method).await
+            let (out, sent) = (&mut outstanding, &mut sent);
+            exchange_upload(
+                &mut conn, pooled, body, version, out, settings, method, sent,
+            )
+            .await
         }
         ClientSide::Bodiless(socket) => {
             let socket = *socket;
@@ -907,7 +962,8 @@ async fn forward_own(
                                 && (e.unsent() || upstream_client::retry_safe(method)) =>
                         {
                             pooled = false;
-                            reopen(&mut conn, &e, version, &mut outstanding, settings).await?;
+                            let out = &mut outstanding;
+                            reopen(&mut conn, &e, version, out, settings, &mut sent).await?;
                         }
                         Err(e) => {
                             let endpoint = outstanding.endpoint();
@@ -948,6 +1004,7 @@ async fn forward_own(
 /// head, which is timed from the body's end. A pooled connection that
 /// failed is replaced once, like a bodiless request's, but only while the
 /// whole body can be sent again.
+#[expect(clippy::too_many_arguments, reason = "forward_own's parts, one call")]
 async fn exchange_upload(
     conn: &mut upstream_client::Conn,
     mut pooled: bool,
@@ -956,6 +1013,7 @@ async fn exchange_upload(
     outstanding: &mut Outstanding,
     settings: &ProxySettings,
     method: &http::Method,
+    sent: &mut SentTo<'_>,
 ) -> Result<upstream_client::RawHead, ProxyError> {
     let timeouts = &settings.timeouts;
     loop {
@@ -1005,7 +1063,7 @@ async fn exchange_upload(
             return Err(exchange_failed(error, pooled, endpoint, settings));
         }
         pooled = false;
-        reopen(conn, &error, version, outstanding, settings).await?;
+        reopen(conn, &error, version, outstanding, settings, sent).await?;
     }
 }
 
@@ -1041,19 +1099,26 @@ async fn response_head_in_time(
 
 /// Replaces a pooled connection that failed with `error` before anything
 /// came back by a new one (see [`open_again`]), the request head moved
-/// over.
+/// over (with the new endpoint's Host, and noted in `sent`, when it went
+/// to another endpoint).
 async fn reopen(
     conn: &mut upstream_client::Conn,
     error: &upstream_client::ExchangeError,
     version: &Version,
     outstanding: &mut Outstanding,
     settings: &ProxySettings,
+    sent: &mut SentTo<'_>,
 ) -> Result<(), ProxyError> {
-    tracing::debug!(upstream = %outstanding.endpoint().addr(), error = %error, "pooled connection failed; retrying on a new one");
+    let tried = outstanding.endpoint().addr();
+    tracing::debug!(upstream = %tried, error = %error, "pooled connection failed; retrying on a new one");
     let stream = open_again(version, outstanding, settings).await?;
     let mut fresh = upstream_client::Conn::new(stream);
     std::mem::swap(fresh.request_head(), conn.request_head());
     *conn = fresh;
+    let addr = outstanding.endpoint().addr();
+    if addr != tried {
+        sent.went(conn.request_head(), addr, true);
+    }
     Ok(())
 }
 
@@ -1063,8 +1128,8 @@ async fn reopen(
 /// version that is not ejected, as [`pick_and_connect`] retries a first
 /// connect's failure: a task stopping closes its pooled connections and
 /// its listener, and its requests go to the others. `outstanding` moves to
-/// the endpoint connected to. (An HTTP/1.0 request without Host keeps the
-/// Host written for the first endpoint's address.)
+/// the endpoint connected to (callers write the Host of an HTTP/1.0
+/// request without one, and the access log's endpoint, for it).
 async fn open_again(
     version: &Version,
     outstanding: &mut Outstanding,
@@ -1099,6 +1164,22 @@ fn exchange_failed(
         endpoint.failed(&settings.upstream, upstream::Failure::Reset);
     }
     ProxyError::Reset(e.into())
+}
+
+/// `connect`'s outcome, unless the client, whose socket is `client`, goes
+/// away first ([`h1::client_gone::client_closed`]): then the client's
+/// [`ClientError::Gone`] (the request is abandoned: a 499, counted as
+/// `aborted`, neither the version's failure nor the endpoint's). Biased: a
+/// connect ready at once (a pooled connection) never looks at the client.
+async fn unless_client_closed<T, E: Into<ProxyError>>(
+    connect: impl Future<Output = Result<T, E>>,
+    client: Option<BorrowedFd<'_>>,
+) -> Result<T, ProxyError> {
+    tokio::select! {
+        biased;
+        connected = connect => connected.map_err(Into::into),
+        () = h1::client_gone::client_closed(client) => Err(ProxyError::Client(ClientError::Gone)),
+    }
 }
 
 /// An endpoint of `version` (power of two choices) and a connection to it
@@ -1174,21 +1255,24 @@ async fn open(
 /// nothing reached the upstream, so the retry is safe for any method. The
 /// endpoint's health is kept as in [`forward_own`]. The endpoint is noted
 /// in `noted` (see [`Logged::sent`]) once connected; a failure names the
-/// endpoint last tried.
+/// endpoint last tried. `client`: the client's socket on hyper's HTTP/1
+/// server, watched while a connection is made (hyper's server reads
+/// nothing of the client's then: see [`ConnState::client_fd`]).
 async fn forward(
     version: &Version,
     settings: &ProxySettings,
     req: Request<RequestBody>,
     body_progress: Option<Arc<body::BodyProgress>>,
     noted: &mut Option<Box<Logged>>,
+    client: Option<BorrowedFd<'_>>,
 ) -> Result<(Response<Incoming>, Outstanding, Sender, Option<HeaderValue>), Failed> {
     let request_id = req.headers().get(&headers::X_REQUEST_ID).cloned();
     let failed_at =
         |error: ProxyError, at: Option<SocketAddr>| Failed::at(error, request_id.clone(), at);
-    let (endpoint, (mut sender, pooled)) =
-        pick_and_connect(version, |e| sender_for(version, e, settings))
-            .await
-            .map_err(|e| failed_at(e, None))?;
+    let connect = pick_and_connect(version, |e| sender_for(version, e, settings));
+    let (endpoint, (mut sender, pooled)) = unless_client_closed(connect, client)
+        .await
+        .map_err(|e| failed_at(e, None))?;
     // Whether a failure there is the endpoint's (see `exchange_failed`).
     let mut fresh = !pooled;
     let mut outstanding = Outstanding::new(endpoint);
@@ -1211,8 +1295,10 @@ async fn forward(
     };
     tokio::pin!(deadline);
     let mut req = req;
-    // An HTTP/1.0 request without Host (see `Proxy::handle`).
-    if !req.headers().contains_key(http::header::HOST) {
+    // An HTTP/1.0 request without Host (see `Proxy::handle`): its
+    // endpoint's address, rewritten when a retry moves it.
+    let endpoint_host = !req.headers().contains_key(http::header::HOST);
+    if endpoint_host {
         headers::insert_endpoint_host(req.headers_mut(), endpoint.addr());
     }
     let mut retried = false;
@@ -1245,10 +1331,15 @@ async fn forward(
                     Some(unsent) if !retried => {
                         retried = true;
                         req = unsent;
-                        let stream = open_again(version, &mut outstanding, settings)
+                        let reopened = open_again(version, &mut outstanding, settings);
+                        let stream = unless_client_closed(reopened, client)
                             .await
-                            .map_err(|e| failed_at(e.into(), None))?;
+                            .map_err(|e| failed_at(e, None))?;
                         let endpoint = outstanding.endpoint();
+                        if endpoint_host {
+                            headers::insert_endpoint_host(req.headers_mut(), endpoint.addr());
+                        }
+                        Logged::sent(noted, endpoint.addr(), || None);
                         sender = endpoint
                             .handshake(stream)
                             .await

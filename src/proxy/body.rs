@@ -12,6 +12,7 @@
 //! dropped with no answer at all (its client gone while the upstream still
 //! thinks) has no status class: see `Completion::count_unanswered`.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -361,6 +362,39 @@ impl Logged {
     }
 }
 
+/// The most of a request id the logs write, in bytes: a client's
+/// `x-request-id` goes upstream whole, but a huge one (up to the 64 KiB
+/// head) would make every log line of its request as large.
+pub const LOGGED_ID_MAX: usize = 128;
+
+/// What a log line's `request_id` says after a cut id's first
+/// [`LOGGED_ID_MAX`] bytes.
+pub const LOGGED_ID_CUT: &str = "...(cut)";
+
+/// A request id as the logs write it: `-` for none; bytes that are not
+/// visible ASCII (obs-text, not UTF-8) replaced by U+FFFD; past
+/// [`LOGGED_ID_MAX`] bytes cut at a char boundary and marked
+/// [`LOGGED_ID_CUT`]. The usual id is borrowed (a length check); the log
+/// formatter escapes what it writes as a field's string (a tab, `"`).
+pub fn logged_id(id: Option<&http::HeaderValue>) -> Cow<'_, str> {
+    let Some(id) = id else {
+        return Cow::Borrowed("-");
+    };
+    let text = match id.to_str() {
+        Ok(text) if text.len() <= LOGGED_ID_MAX => return Cow::Borrowed(text),
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(id.as_bytes()),
+    };
+    if text.len() <= LOGGED_ID_MAX {
+        return text;
+    }
+    let mut end = LOGGED_ID_MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}{LOGGED_ID_CUT}", &text[..end]))
+}
+
 /// An upstream's address as the logs write it: `-` for none.
 pub struct UpstreamField(pub Option<SocketAddr>);
 
@@ -432,7 +466,7 @@ impl Drop for Completion {
                 target: "access",
                 method = %self.method,
                 path = noted.map_or("-", |l| l.path.as_str()),
-                request_id = id.and_then(|v| v.to_str().ok()).unwrap_or("-"),
+                request_id = &*logged_id(id),
                 version = %self.version.name,
                 upstream = %UpstreamField(answered_by.or(noted.and_then(|l| l.upstream))),
                 status = logged,
@@ -632,5 +666,42 @@ impl Body for ProxyBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod logged_id_tests {
+    use super::*;
+
+    #[test]
+    fn a_short_id_is_logged_as_it_is_and_a_long_one_cut_and_marked() {
+        let short = http::HeaderValue::from_static("abc-123");
+        assert!(matches!(logged_id(Some(&short)), Cow::Borrowed("abc-123")));
+        assert_eq!(logged_id(None), "-");
+        let exact = http::HeaderValue::try_from("a".repeat(LOGGED_ID_MAX)).unwrap();
+        assert_eq!(logged_id(Some(&exact)).len(), LOGGED_ID_MAX);
+        let huge = http::HeaderValue::try_from("b".repeat(60_000)).unwrap();
+        let logged = logged_id(Some(&huge));
+        assert_eq!(
+            logged,
+            format!("{}{LOGGED_ID_CUT}", "b".repeat(LOGGED_ID_MAX))
+        );
+    }
+
+    /// Bytes that are no visible ASCII (obs-text, not UTF-8) are replaced,
+    /// not a `-` (the id exists); a cut lands on a char boundary.
+    #[test]
+    fn an_id_of_other_bytes_is_replaced_and_cut_at_a_char_boundary() {
+        let odd = http::HeaderValue::from_bytes(b"id-\xff\xfe-x").unwrap();
+        assert_eq!(logged_id(Some(&odd)), "id-\u{fffd}\u{fffd}-x");
+        // 127 ASCII bytes, then U+FFFD (3 bytes) across the limit.
+        let mut bytes = vec![b'a'; LOGGED_ID_MAX - 1];
+        bytes.extend_from_slice(b"\xff\xff");
+        let across = http::HeaderValue::from_bytes(&bytes).unwrap();
+        let logged = logged_id(Some(&across));
+        let expected = format!("{}{LOGGED_ID_CUT}", "a".repeat(LOGGED_ID_MAX - 1));
+        assert_eq!(logged, expected);
+        let tab = http::HeaderValue::from_bytes(b"a\tb").unwrap();
+        assert_eq!(logged_id(Some(&tab)), "a\tb");
     }
 }

@@ -55,7 +55,8 @@ pub enum ClientError {
     #[error("the request head did not arrive whole within the request-header timeout")]
     HeadTimeout,
     /// The client closed or reset its connection while the upstream was
-    /// still thinking (the own server's watch, [`crate::proxy::h1::client_gone`]):
+    /// still thinking, or while its upstream connection was being made
+    /// (the watches of [`crate::proxy::h1::client_gone`]):
     /// the request is abandoned, never answered; counted as `aborted` when
     /// its [`crate::proxy::body::Completion`] drops.
     #[error("the client went away before any answer")]

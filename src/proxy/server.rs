@@ -9,9 +9,10 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::pin::{Pin, pin};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -79,6 +80,9 @@ pub struct ConnState {
     /// The scheme the client used, for X-Forwarded-Proto: `https` when the
     /// connection was accepted over TLS (HTTP/1.1 or HTTP/2), else `http`.
     pub proto: &'static str,
+    /// A duplicate of the client's socket's descriptor, once hyper's HTTP/1
+    /// server serves the connection: see [`ConnState::client_fd`].
+    client_fd: OnceLock<OwnedFd>,
     /// Counts the connection as open (for the drain and
     /// `canary_open_connections`) as long as anything holds its state: its
     /// task, and after an upgrade the tunnel, which outlives the task.
@@ -101,8 +105,20 @@ impl ConnState {
             upstream_stalled: AtomicBool::new(false),
             peer_ip: super::headers::peer_ip(peer),
             proto: if tls { "https" } else { "http" },
+            client_fd: OnceLock::new(),
             tracked,
         }
+    }
+
+    /// The client's TCP socket, on hyper's HTTP/1 server only: there a
+    /// request with a body (or an upgrade) has hyper's server read nothing
+    /// of the client's while its upstream connection is made, and so not
+    /// see the client go away (it does see it for a bodiless request, and
+    /// HTTP/2 resets the stream). A duplicate, made when the connection is
+    /// handed to hyper (rare: HTTP/1.0, trailers, upgrades): the service
+    /// cannot borrow the socket hyper owns.
+    pub fn client_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.client_fd.get().map(AsFd::as_fd)
     }
 
     /// The shutdown of the listener the connection came on.
@@ -450,6 +466,10 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, dra
             }
             if let Ok(h1::Ended::HandOff(read)) = ended {
                 io.prefix = read;
+                // Out of descriptors: the client is not watched then.
+                if let Ok(fd) = io.inner.tcp().as_fd().try_clone_to_owned() {
+                    let _ = state.client_fd.set(fd);
+                }
                 let service = service(proxy.clone(), state.clone());
                 let io = TokioIo::new(io);
                 let mut conn = Box::pin(

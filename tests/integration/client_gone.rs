@@ -231,46 +231,129 @@ async fn syn_drop() -> (SocketAddr, Vec<TcpStream>, TcpListener) {
     (addr, queued, listener)
 }
 
-/// A client that leaves while the gateway still connects to the upstream
-/// (a connect that hangs, up to `upstream_connect`) is gone, as while the
-/// upstream thinks: counted as aborted, never as the version's 5xx (the
-/// rollout analysis reads those), and logged 499.
-#[tokio::test]
-async fn a_client_gone_while_the_upstream_connect_hangs_is_an_aborted_request() {
+/// Sends `request` to a gateway whose one upstream's connect hangs,
+/// closes the connection 300 ms later and asserts that the request was
+/// counted as aborted, not as the version's answer or upstream failure.
+/// `what` names the case in failures.
+async fn gone_while_connecting(what: &str, request: &[u8]) {
     let (addr, _queued, _listener) = syn_drop().await;
     let gw = Gateway::start(&config(
         "[timeouts]\nupstream_connect = \"2s\"\n",
         &[("unreachable", 1, addr)],
     ))
     .await;
-    let aborted = [("kind", "aborted")];
-    let before = metric_value(&metrics(&gw).await, "canary_client_errors_total", &aborted);
+    let before = aborted_count(&gw).await;
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-    stream
-        .write_all(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
-        .await
-        .unwrap();
+    stream.write_all(request).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(stream);
+    assert_aborted_not_failed(what, &gw, before).await;
+    gw.shutdown().await;
+}
+
+/// `canary_client_errors_total{kind="aborted"}` (of every test's gateway).
+async fn aborted_count(gw: &Gateway) -> f64 {
+    let text = metrics(gw).await;
+    metric_value(&text, "canary_client_errors_total", &[("kind", "aborted")])
+}
+
+/// Waits for the one request sent to `gw` to end (the aborted count over
+/// `before`, or the version's count up), then asserts that it was not
+/// counted in version `unreachable`'s requests nor in its upstream errors.
+async fn assert_aborted_not_failed(what: &str, gw: &Gateway, before: f64) {
+    let unreachable = [("version", "unreachable")];
     let ended = eventually(Duration::from_secs(10), async || {
-        let text = metrics(&gw).await;
-        metric_value(&text, "canary_client_errors_total", &aborted) > before
-            || metric_value(
-                &text,
-                "canary_requests_total",
-                &[("version", "unreachable")],
-            ) > 0.0
+        let text = metrics(gw).await;
+        metric_value(&text, "canary_client_errors_total", &[("kind", "aborted")]) > before
+            || metric_value(&text, "canary_requests_total", &unreachable) > 0.0
     });
-    assert!(ended.await, "{}", metrics(&gw).await);
-    let text = metrics(&gw).await;
-    assert_eq!(
-        metric_value(
-            &text,
-            "canary_requests_total",
-            &[("version", "unreachable")]
+    assert!(ended.await, "{what}: {}", metrics(gw).await);
+    let text = metrics(gw).await;
+    for name in ["canary_requests_total", "canary_upstream_errors_total"] {
+        assert_eq!(
+            metric_value(&text, name, &unreachable),
+            0.0,
+            "{what}: counted as the version's failure: {text}"
+        );
+    }
+}
+
+/// A client that leaves while the gateway still connects to the upstream
+/// (a connect that hangs, up to `upstream_connect`) is gone, as while the
+/// upstream thinks: counted as aborted, never as the version's 5xx (the
+/// rollout analysis reads those), and logged 499.
+#[tokio::test]
+async fn a_client_gone_while_the_upstream_connect_hangs_is_an_aborted_request() {
+    gone_while_connecting("GET", b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n").await;
+}
+
+/// The same for an upload, on the own server and on hyper's (HTTP/1.0,
+/// chunked with trailers): its body came whole before its client left (the
+/// body's bytes wait in the socket before its end), or in part, or not at
+/// all (the client waits for `100 Continue`). hyper's server reads a body
+/// only while it is wanted, so it does not see the client leave during the
+/// connect of an upload whose body is not whole or awaits `100 Continue`.
+#[tokio::test]
+async fn a_client_gone_while_the_upstream_connect_of_an_upload_hangs_is_an_aborted_request() {
+    let cases: [(&str, &[u8]); 6] = [
+        (
+            "hyper, HTTP/1.0, part of the body",
+            b"POST /x HTTP/1.0\r\nHost: h\r\nContent-Length: 100000\r\n\r\nhello",
         ),
-        0.0,
-        "counted as the version's answer: {text}"
-    );
+        (
+            "hyper, trailers, 100-continue",
+            b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTrailer: x-t\r\nExpect: 100-continue\r\n\r\n",
+        ),
+        (
+            "own server, Content-Length",
+            b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
+        ),
+        (
+            "own server, 100-continue",
+            b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+        ),
+        (
+            "hyper, HTTP/1.0",
+            b"POST /x HTTP/1.0\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
+        ),
+        (
+            "hyper, trailers",
+            b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTrailer: x-t\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+    ];
+    for (what, request) in cases {
+        gone_while_connecting(what, request).await;
+    }
+}
+
+/// Over HTTP/2, an upload whose connection closes while the upstream's
+/// connect hangs.
+#[tokio::test]
+async fn an_h2_upload_whose_connection_closes_while_the_upstream_connect_hangs_is_aborted() {
+    let (addr, _queued, _listener) = syn_drop().await;
+    let gw = Gateway::start(&config(
+        "[timeouts]\nupstream_connect = \"2s\"\n",
+        &[("unreachable", 1, addr)],
+    ))
+    .await;
+    let before = aborted_count(&gw).await;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::post(format!("http://{}/x", gw.addr))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"hello",
+        )))
+        .unwrap();
+    let sent = tokio::spawn(async move { sender.send_request(req).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    conn.abort();
+    sent.abort();
+    assert_aborted_not_failed("h2", &gw, before).await;
     gw.shutdown().await;
 }

@@ -559,3 +559,64 @@ async fn a_failed_request_names_its_endpoint_in_the_log() {
     }
     gw.shutdown().await;
 }
+
+/// A client's huge `x-request-id` goes upstream whole, but the access log
+/// writes its first 128 bytes, marked `...(cut)`; an id with a tab or bytes
+/// that are no UTF-8 stays on its one line (escaped, or replaced).
+#[tokio::test]
+async fn a_huge_or_odd_request_id_is_logged_cut_and_on_one_line() {
+    let (captured, _guard) = capture(tracing::Level::INFO);
+    let echo = crate::support::EchoHeadUpstream::start("").await;
+    let text = config("", &[("echo", 1, echo.addr)]) + "\n[log]\naccess_log = true\n";
+    let gw = Gateway::start(&text).await;
+    let huge = "i".repeat(60_000);
+    let cases: [(&[u8], &str); 3] = [
+        (
+            huge.as_bytes(),
+            &format!(" request_id=\"{}...(cut)\" ", &huge[..128]),
+        ),
+        (b"a\tb\"c", r#" request_id="a\tb\"c" "#),
+        (b"id-\xff", " request_id=\"id-\u{fffd}\" "),
+    ];
+    for (i, (id, logged)) in cases.iter().enumerate() {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        let mut request =
+            b"GET /id HTTP/1.1\r\nHost: h\r\nConnection: close\r\nx-request-id: ".to_vec();
+        request.extend_from_slice(id);
+        request.extend_from_slice(b"\r\n\r\n");
+        stream.write_all(&request).await.unwrap();
+        let mut reply = Vec::new();
+        stream.read_to_end(&mut reply).await.unwrap();
+        assert!(
+            reply.starts_with(b"HTTP/1.1 200"),
+            "{i}: {}",
+            String::from_utf8_lossy(&reply)
+        );
+        // The upstream got the id whole (the echo's head is text: checked
+        // for the UTF-8 ones).
+        let mut up = b"x-request-id: ".to_vec();
+        up.extend_from_slice(id);
+        assert!(
+            std::str::from_utf8(id).is_err() || reply.windows(up.len()).any(|w| w == up),
+            "{i}: id not sent up whole"
+        );
+        let access = async || {
+            let text = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+            text.lines().filter(|l| l.contains(" access: ")).count() > i
+        };
+        assert!(
+            eventually(Duration::from_secs(10), access).await,
+            "{i}: no line"
+        );
+        let text = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+        let line = text
+            .lines()
+            .filter(|l| l.contains(" access: "))
+            .nth(i)
+            .unwrap()
+            .to_string();
+        assert!(line.contains(logged), "{i}: {line}");
+        assert!(line.len() < 1024, "{i}: {} bytes", line.len());
+    }
+    gw.shutdown().await;
+}

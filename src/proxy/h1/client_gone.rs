@@ -27,8 +27,9 @@
 
 use std::future::poll_fn;
 use std::mem::MaybeUninit;
+use std::os::fd::BorrowedFd;
 
-use tokio::io::ReadBuf;
+use tokio::io::{Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Resolves once the client closed or reset its connection, `socket`
@@ -45,4 +46,42 @@ pub async fn client_gone(socket: Option<&TcpStream>) {
         }
     }
     std::future::pending().await
+}
+
+/// Resolves once the client closed or reset its connection, whose TCP
+/// socket is `socket`, also while bytes it sent wait unread in the socket
+/// (an upload's body, which [`client_gone`]'s peek would read as a next
+/// request); never when `socket` is `None`. For a request whose upstream
+/// connection is still being made: a rare path, which this costs a few
+/// system calls (a duplicate of the socket's descriptor, registered with
+/// the runtime on its own, so that its readiness can be consumed here
+/// without taking the readiness the connection's reader waits for).
+///
+/// The end of the client's stream is the kernel's `EPOLLRDHUP` (a FIN: the
+/// client closed, or shut its sending side only, as [`client_gone`] reads
+/// it) or `EPOLLHUP`/`EPOLLERR` (a reset), which tokio reports as
+/// read-closed; bytes alone are waited past. A descriptor that cannot be
+/// duplicated or registered (out of descriptors) is not watched.
+pub async fn client_closed(socket: Option<BorrowedFd<'_>>) {
+    if let Some(watch) = socket.and_then(|fd| own_registration(fd).ok()) {
+        while let Ok(ready) = watch.ready(Interest::READABLE).await {
+            if ready.is_read_closed() || ready.is_error() {
+                return;
+            }
+            // Bytes only: this registration's readiness is consumed (the
+            // connection's reader keeps its own), to wait for the next
+            // change of the socket's state.
+            let _ = watch.try_io(Interest::READABLE, || {
+                Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+            });
+        }
+    }
+    std::future::pending().await
+}
+
+/// A duplicate of `fd`, a TCP socket (non-blocking already: the flag is
+/// the socket's, shared by its descriptors), registered with the runtime.
+fn own_registration(fd: BorrowedFd<'_>) -> std::io::Result<TcpStream> {
+    let duplicate = std::net::TcpStream::from(fd.try_clone_to_owned()?);
+    TcpStream::from_std(duplicate)
 }

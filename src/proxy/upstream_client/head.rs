@@ -141,6 +141,39 @@ pub fn request_id(head: &[u8]) -> Option<&[u8]> {
     })
 }
 
+/// Replaces the value of the first Host field of the encoded request head
+/// `head` by `host`: the endpoint's address the gateway wrote for an
+/// HTTP/1.0 request without Host (`headers::insert_endpoint_host`), when
+/// a retry sends the head to another endpoint. A head without Host (or
+/// none whole) is left as it is; bytes past the head's blank line are not
+/// looked at.
+pub fn replace_host(head: &mut Vec<u8>, host: &[u8]) {
+    if let Some((start, end)) = host_value(head) {
+        head.splice(start..end, host.iter().copied());
+    }
+}
+
+/// Where the value of the first Host field of `head` is (without the
+/// spaces before it and the line's end).
+fn host_value(head: &[u8]) -> Option<(usize, usize)> {
+    let mut at = head.iter().position(|&b| b == b'\n')? + 1;
+    loop {
+        let end = at + head.get(at..)?.iter().position(|&b| b == b'\n')?;
+        let line = head[at..end].strip_suffix(b"\r").unwrap_or(&head[at..end]);
+        if line.is_empty() {
+            return None;
+        }
+        if let Some(colon) = line.iter().position(|&b| b == b':')
+            && line[..colon].eq_ignore_ascii_case(b"host")
+        {
+            let value = &line[colon + 1..];
+            let blank = value.len() - value.trim_ascii_start().len();
+            return Some((at + colon + 1 + blank, at + line.len()));
+        }
+        at = end + 1;
+    }
+}
+
 /// The request line, in origin form.
 fn request_line(out: &mut Vec<u8>, method: &[u8], target: &[u8]) {
     out.clear();
@@ -317,5 +350,23 @@ mod tests {
             .collect();
         rest.sort();
         (first, rest)
+    }
+
+    #[test]
+    fn replace_host_rewrites_the_host_value_only() {
+        let mut head =
+            b"GET / HTTP/1.1\r\nx-host: a\r\nHost:  10.0.0.1:80\r\nx: y\r\n\r\nhost: body".to_vec();
+        replace_host(&mut head, b"10.0.0.22:8080");
+        assert_eq!(
+            head,
+            b"GET / HTTP/1.1\r\nx-host: a\r\nHost:  10.0.0.22:8080\r\nx: y\r\n\r\nhost: body"
+        );
+        let mut none = b"GET / HTTP/1.1\r\nx: y\r\n\r\nhost: body".to_vec();
+        let before = none.clone();
+        replace_host(&mut none, b"a");
+        assert_eq!(none, before);
+        let mut cut = b"GET / HTTP/1.1\r\nx: y".to_vec();
+        replace_host(&mut cut, b"a");
+        assert_eq!(cut, b"GET / HTTP/1.1\r\nx: y");
     }
 }

@@ -311,3 +311,56 @@ async fn with_every_endpoint_ejected_a_request_makes_one_connect_attempt() {
     assert_eq!(connects().await - before, 10.0);
     gw.shutdown().await;
 }
+
+/// An HTTP/1.0 request without Host goes up with its endpoint's address as
+/// Host: when its pooled connection died and the retry goes to another
+/// endpoint (its own refuses connects), with that endpoint's address, not
+/// the first one's.
+#[tokio::test]
+async fn a_host_less_http10_request_moved_to_another_endpoint_gets_its_host() {
+    let mut stopping = StoppingUpstream::start().await;
+    let good = Upstream::start("good").await;
+    let gw = Gateway::start(&config_endpoints(
+        LONG_EJECTIONS,
+        &[("moved", 1, vec![stopping.addr, good.addr])],
+    ))
+    .await;
+    // One request per client connection (HTTP/1.0 closes it); the upstream
+    // connections stay pooled.
+    let get10 = async || {
+        let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        stream
+            .write_all(b"GET /headers HTTP/1.0\r\n\r\n")
+            .await
+            .unwrap();
+        let mut reply = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut reply)
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&reply).into_owned()
+    };
+    let mut pooled = false;
+    for _ in 0..100 {
+        pooled = get10().await.ends_with("stopping");
+        if pooled {
+            break;
+        }
+    }
+    assert!(pooled, "no connection to pool");
+    stopping.stop();
+    let good_host = format!("host: {}", good.addr);
+    for i in 0..40 {
+        let reply = get10().await;
+        assert!(reply.contains(" 200 OK\r\n"), "request {i}: {reply}");
+        assert!(
+            reply.lines().any(|l| l == good_host),
+            "request {i}: not {good_host}: {reply}"
+        );
+        if stopping.refused.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+    }
+    let refused = stopping.refused.load(Ordering::SeqCst);
+    assert_eq!(refused, 1, "the pooled connection was never tried");
+    gw.shutdown().await;
+}
