@@ -181,9 +181,13 @@ impl Admin {
             "/ready" => return self.envoy_ready(),
             "/metrics" => {
                 self.control.publish_gauges();
+                // Only the versions in the config: a removed one's series
+                // go stale (see `MetricsHandle::render`).
+                let snapshot = self.control.snapshot_cell().load_full();
+                let known = |v: &str| snapshot.version_named(v.as_bytes()).is_some();
                 return text(
                     StatusCode::OK,
-                    self.metrics.render(),
+                    self.metrics.render(known),
                     "text/plain; version=0.0.4; charset=utf-8",
                 );
             }

@@ -37,6 +37,7 @@ use crate::metrics as names;
 use crate::proxy::upstream::Endpoint;
 use crate::snapshot::{ProxySettings, Snapshot, SnapshotError, SnapshotInput};
 use crate::store::{GenerationLimit, Store, StoreError, WeightsDoc, next_generation, unix_ms};
+use crate::telemetry::series;
 use status::{DiscoveryStatus, ReloadStatus, StoreStatus, WeightsView};
 use tokio::sync::Notify;
 
@@ -173,6 +174,10 @@ pub struct Control {
     draining: AtomicBool,
     started: Instant,
     weights_tx: watch::Sender<WeightsDoc>,
+    /// The dashboard series' claims on the versions of the snapshot in
+    /// force (see [`crate::telemetry::series::Presence`]): let go when a
+    /// reload removes a version, so that its track ages out.
+    series: Mutex<BTreeMap<String, series::Presence<'static>>>,
 }
 
 impl Control {
@@ -335,7 +340,9 @@ impl Control {
             draining: AtomicBool::new(false),
             started: Instant::now(),
             weights_tx,
+            series: Mutex::default(),
         });
+        control.hold_series(&control.snapshot.load());
         if file_won {
             control.record_at_start(decision).await;
         }
@@ -409,8 +416,44 @@ impl Control {
         publish_endpoint_gauges(&next);
         let previous = self.snapshot.swap(next.clone());
         zero_gauges_of_removed_versions(&previous, &next);
+        self.hold_series(&next);
+        free_windows_of_removed_versions(state, &next);
         Ok(())
     }
+
+    /// Claims the dashboard series of `snapshot`'s versions and lets go of
+    /// the others (their weight goes to 0 and they age out).
+    fn hold_series(&self, snapshot: &Snapshot) {
+        let mut held = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let next = snapshot
+            .versions
+            .iter()
+            .map(|v| {
+                let presence = held
+                    .remove(&v.name)
+                    .unwrap_or_else(|| series::hold(&v.name));
+                (v.name.clone(), presence)
+            })
+            .collect();
+        // The versions left in `held` were removed: dropped here.
+        *held = next;
+    }
+}
+
+/// Frees the rollout counters of the versions `next` has not, but those of
+/// the running rollout (it may still read them: it is aborted when a reload
+/// removed its canary or stable version, or on a shared store runs on
+/// another task's versions).
+fn free_windows_of_removed_versions(state: &State, next: &Snapshot) {
+    let running = state
+        .decision
+        .rollout
+        .as_ref()
+        .filter(|r| r.phase.running());
+    state.rollout.windows.retain(|name| {
+        next.version_named(name.as_bytes()).is_some()
+            || running.is_some_and(|r| r.plan.canary == name || r.plan.stable == name)
+    });
 }
 
 /// Builds the snapshot that `state` describes.

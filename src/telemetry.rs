@@ -65,16 +65,76 @@ pub struct MetricsHandle {
 }
 
 impl MetricsHandle {
-    pub fn render(&self) -> String {
+    /// The text format of every metric of the process, but the series of
+    /// versions `known` refuses (not in the config: a reload removed them).
+    ///
+    /// A removed version's series then go stale in Prometheus, as a removed
+    /// ECS task's or Envoy cluster's do, instead of staying in every scrape
+    /// (teams name each release's canary differently: one name after
+    /// another, without bound). Filtered here, at the scrape, not freed: the
+    /// snapshots hold their handles, and a version added back resumes its
+    /// counters. The exporter's registry keeps their entries (a few KB per
+    /// name); its `idle_timeout` would free them but orphan the handles a
+    /// snapshot holds, losing a quiet version's increments.
+    pub fn render(&self, known: impl Fn(&str) -> bool) -> String {
         let mut text = self.prometheus.render();
-        self.histograms.render_into(&mut text);
-        text
+        self.histograms.render_into(&mut text, &known);
+        retain_known_versions(&text, &known)
     }
 
     /// The exporter's periodic housekeeping (its own histograms, if any).
     pub fn run_upkeep(&self) {
         self.prometheus.run_upkeep();
     }
+}
+
+/// `text` without the sample lines whose `version` label `known` refuses.
+/// Comment lines (`# HELP`, `# TYPE`) stay: a family with no samples is
+/// valid text format.
+fn retain_known_versions(text: &str, known: &impl Fn(&str) -> bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        if version_label(line).is_none_or(known) {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
+/// The value of the `version` label of a sample line, if it has one.
+/// Version names are plain (letters, digits, `-`, `_`, `.`: see
+/// `config::validate_version_name`), so they are never escaped; the label
+/// values before it may be, and are skipped with their escapes.
+fn version_label(line: &str) -> Option<&str> {
+    if line.starts_with('#') {
+        return None;
+    }
+    let (_, mut rest) = line.split_once('{')?;
+    loop {
+        let (key, value) = rest.split_once("=\"")?;
+        let end = closing_quote(value)?;
+        if key.trim_start_matches(',').trim() == "version" {
+            return Some(&value[..end]);
+        }
+        rest = value.get(end + 1..)?;
+        if !rest.starts_with(',') {
+            return None; // `}`: the last label
+        }
+    }
+}
+
+/// The byte index of the quote that ends a label value (past `\"` and `\\`).
+fn closing_quote(value: &str) -> Option<usize> {
+    let mut escaped = false;
+    for (i, b) in value.bytes().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' => escaped = true,
+            b'"' => return Some(i),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Installs the process-wide Prometheus recorder once and returns its handle.
@@ -134,5 +194,33 @@ pub fn log_filter(env: Option<&str>, level: &str) -> tracing_subscriber::EnvFilt
     match "rustls=error".parse() {
         Ok(directive) => filter.add_directive(directive),
         Err(_) => filter,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_of_unknown_versions_are_left_out() {
+        let text = "# HELP r requests\n# TYPE r counter\n\
+            r{version=\"v1\",status=\"2xx\"} 3\n\
+            r{version=\"v3\",status=\"2xx\"} 4\n\
+            r{odd=\"a\\\"version=\\\"v1\",version=\"v3\"} 1\n\
+            g{figure=\"p99\",version=\"v3\"} 2\n\
+            g{figure=\"p99\",version=\"v2\"} 2\n\
+            g{version=\"v30\"} 1\n\
+            up 1\n\
+            h_bucket{le=\"+Inf\"} 1\n";
+        let known = |v: &str| matches!(v, "v1" | "v2");
+        let kept = retain_known_versions(text, &known);
+        assert_eq!(
+            kept,
+            "# HELP r requests\n# TYPE r counter\n\
+            r{version=\"v1\",status=\"2xx\"} 3\n\
+            g{figure=\"p99\",version=\"v2\"} 2\n\
+            up 1\n\
+            h_bucket{le=\"+Inf\"} 1\n"
+        );
     }
 }

@@ -1597,3 +1597,51 @@ async fn a_failed_app_mesh_sync_of_the_decision_in_force_is_warned_about() {
             .is_some()
     );
 }
+
+/// A version a reload removes has its rollout counters freed (a few KB a
+/// name, and every release's canary has a new name), but not while the
+/// running rollout may still read them: then once the rollout is over.
+#[tokio::test]
+async fn a_removed_versions_rollout_counters_are_freed_once_no_rollout_reads_them() {
+    use super::rollout::Action;
+    let store = Arc::new(MemoryStore::default());
+    let three = format!(
+        "{CONFIG}[[versions]]\nname = \"v3\"\nweight = 0\nendpoints = [\"127.0.0.1:3\"]\n\
+         [[versions]]\nname = \"v4\"\nweight = 0\nendpoints = [\"127.0.0.1:4\"]\n"
+    );
+    let config = Config::parse(&three, "test").unwrap();
+    let control = Control::start(config, store.clone() as Arc<dyn Store>, "dynamodb")
+        .await
+        .unwrap();
+    for v in control.snapshot_cell().load().versions.iter() {
+        v.analysis.record(200, Duration::from_millis(1));
+    }
+    control.set_weights(w(100, 0), "admin").await.unwrap();
+    control
+        .start_rollout(br#"{"canary": "v3", "steps": [10, 50], "interval_s": 60}"#)
+        .await
+        .unwrap();
+    let windows = control.rollout_windows();
+    let requests = |v: &str| windows.read(v).requests;
+
+    // v4 and v3 leave the config; the rollout on v3 still runs.
+    let status = control.reload(Config::parse(CONFIG, "test"), "test").await;
+    assert!(status.ok, "{status:?}");
+    assert_eq!(requests("v4"), 0, "freed");
+    assert_eq!(requests("v3"), 1, "kept for the running rollout");
+    assert_eq!((requests("v1"), requests("v2")), (1, 1));
+
+    control.rollout_action(Action::Abort).await.unwrap();
+    assert_eq!(requests("v3"), 0, "freed once the rollout is over");
+    assert_eq!((requests("v1"), requests("v2")), (1, 1));
+
+    // Added back: counters of its own again, from zero.
+    let status = control.reload(Config::parse(&three, "test"), "test").await;
+    assert!(status.ok, "{status:?}");
+    let snapshot = control.snapshot_cell().load_full();
+    let v3 = snapshot.version_named(b"v3").unwrap();
+    snapshot.versions[v3]
+        .analysis
+        .record(200, Duration::from_millis(1));
+    assert_eq!(requests("v3"), 1);
+}

@@ -143,22 +143,46 @@ impl Counts {
     }
 }
 
-/// The counters of every version of one gateway, kept across snapshot builds.
+/// The counters of every version of one gateway, kept across snapshot
+/// builds while the version is in the config (or in the running rollout,
+/// see [`Windows::retain`]).
 #[derive(Debug, Default)]
 pub struct Windows {
     by_version: Mutex<BTreeMap<String, Arc<VersionWindow>>>,
 }
 
 impl Windows {
-    /// The counters of `version`, made on first use.
-    pub fn get_or_create(&self, version: &str) -> Arc<VersionWindow> {
-        let mut map = self.by_version.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(version.to_string()).or_default().clone()
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<VersionWindow>>> {
+        self.by_version.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A reading of `version`'s counters (zeros for a version never seen).
+    /// The counters of `version`, made on first use.
+    pub fn get_or_create(&self, version: &str) -> Arc<VersionWindow> {
+        self.lock().entry(version.to_string()).or_default().clone()
+    }
+
+    /// A reading of `version`'s counters (zeros for a version it has no
+    /// counters of). A reading makes none: the driver reads a rollout's
+    /// versions, which this gateway's config may not have.
     pub fn read(&self, version: &str) -> Counts {
-        self.get_or_create(version).read()
+        match self.lock().get(version) {
+            Some(window) => window.read(),
+            None => Counts {
+                latency: vec![0; BUCKETS],
+                ..Counts::default()
+            },
+        }
+    }
+
+    /// Frees the counters of the versions `keep` refuses (a reload removed
+    /// them: each costs a few KB, and teams name every release's canary
+    /// differently). The caller keeps those of the running rollout: its
+    /// windows hold readings of these very counters, and fresh ones would
+    /// read lower (no evidence until they caught up). A version that comes
+    /// back later starts from zeros, which only a window begun before its
+    /// removal could mistake; no rollout runs on it then.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.lock().retain(|name, _| keep(name));
     }
 }
 
@@ -213,6 +237,27 @@ mod tests {
         assert_eq!((window.requests, window.errors), (2, 1));
         assert_eq!(window.latency.iter().sum::<u64>(), 2);
         assert_eq!(windows.read("other").requests, 0);
+    }
+
+    #[test]
+    fn removed_versions_counters_are_freed_and_reads_make_none() {
+        let windows = Windows::default();
+        for name in ["v1", "v2", "c1"] {
+            windows
+                .get_or_create(name)
+                .record(200, Duration::from_millis(1));
+        }
+        assert_eq!(windows.read("gone").latency.len(), BUCKETS);
+        windows.retain(|name| name != "c1");
+        let kept: Vec<String> = windows.lock().keys().cloned().collect();
+        assert_eq!(kept, ["v1", "v2"], "reads make no counters; c1 freed");
+        assert_eq!(windows.read("v2").requests, 1, "the others keep theirs");
+        assert_eq!(windows.read("c1").requests, 0);
+        // Back in the config: fresh counters from zero.
+        windows
+            .get_or_create("c1")
+            .record(200, Duration::from_millis(1));
+        assert_eq!(windows.read("c1").requests, 1);
     }
 
     #[test]

@@ -81,11 +81,18 @@ impl Histograms {
             .clone()
     }
 
-    /// Appends the histograms in the Prometheus text format.
-    pub fn render_into(&self, out: &mut String) {
+    /// Appends the histograms in the Prometheus text format, but those of
+    /// versions `known` refuses (removed by a reload). Those are kept, not
+    /// freed: an older snapshot may still hold the handle, and a version
+    /// added back resumes its counts (about 150 bytes a name).
+    pub fn render_into(&self, out: &mut String, known: &impl Fn(&str) -> bool) {
         let by_key = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
         let mut last_name = "";
-        for (key, histogram) in by_key.iter() {
+        let shown = by_key.iter().filter(|(key, _)| {
+            key.labels()
+                .all(|label| label.key() != "version" || known(label.value()))
+        });
+        for (key, histogram) in shown {
             let name = key.name();
             if name != last_name {
                 let _ = writeln!(out, "# TYPE {name} histogram");
@@ -134,8 +141,11 @@ mod tests {
         let (counts, sum) = h.read();
         assert_eq!(counts, vec![3, 4, 5, 6]);
         assert!((sum - 3.0565).abs() < 1e-6, "{sum}");
+        let other = Key::from_parts("d_seconds", vec![metrics::Label::new("version", "gone")]);
+        histograms.get_or_create(&other, &BOUNDS).record(0.5);
         let mut text = String::new();
-        histograms.render_into(&mut text);
+        histograms.render_into(&mut text, &|v: &str| v != "gone");
+        assert!(!text.contains("gone"), "{text}");
         assert!(text.starts_with("# TYPE d_seconds histogram\n"), "{text}");
         assert!(
             text.contains("d_seconds_bucket{version=\"v\\\"1\",le=\"0.01\"} 4\n"),

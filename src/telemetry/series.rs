@@ -8,7 +8,16 @@
 //! series are process-wide and keyed by version name: a version keeps its
 //! history across snapshot swaps and reloads.
 //!
-//! Size: [`SAMPLES`] samples of 28 bytes, about 25 KB per version.
+//! A gateway holds a [`Presence`] for each version of its config. When the
+//! last one is let go (a reload removed the version), the version's weight
+//! becomes 0 and its track ages out: it stays while its history is in the
+//! window (the dashboard shows what it did before the removal), and once it
+//! has been out for a whole ring ([`SAMPLES`] folds) it is dropped. Teams name
+//! each release's canary differently, so a track per name ever seen would
+//! grow without bound. A version added back before that keeps its track.
+//!
+//! Size: [`SAMPLES`] samples of 28 bytes, about 25 KB per version in the
+//! config or removed less than 15 minutes ago.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -117,6 +126,62 @@ struct Sample {
 struct Track {
     recorder: Arc<VersionRecorder>,
     ring: VecDeque<Sample>,
+    /// The [`Presence`]s of this version (gateways whose config has it).
+    holders: u32,
+    /// Folds since the last [`Presence`] was let go; `None` while held, or
+    /// never held (a snapshot built outside a gateway, in tests).
+    out_for: Option<u32>,
+}
+
+impl Track {
+    fn new() -> Track {
+        Track {
+            recorder: Arc::default(),
+            ring: VecDeque::with_capacity(SAMPLES),
+            holders: 0,
+            out_for: None,
+        }
+    }
+
+    /// Counts one more fold out of every config; false once the track has
+    /// been out for a whole ring (nothing in it from before the removal).
+    fn age(&mut self) -> bool {
+        match &mut self.out_for {
+            None => true,
+            Some(folds) => {
+                *folds = folds.saturating_add(1);
+                (*folds as usize) < SAMPLES
+            }
+        }
+    }
+}
+
+/// A gateway's claim that a version is in its config (see the module
+/// docs): while one is held, the version's track is kept; letting go of the
+/// last one sets its weight to 0 and starts its ageing out.
+pub struct Presence<'a> {
+    series: &'a Series,
+    version: String,
+}
+
+impl std::fmt::Debug for Presence<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Presence").field(&self.version).finish()
+    }
+}
+
+impl Drop for Presence<'_> {
+    fn drop(&mut self) {
+        let mut tracks = self.series.lock();
+        let Some(track) = tracks.get_mut(&self.version) else {
+            return;
+        };
+        track.holders = track.holders.saturating_sub(1);
+        if track.holders == 0 {
+            track.recorder.set_weight(0);
+            track.out_for = Some(0);
+        }
+    }
 }
 
 /// Every version's series.
@@ -151,23 +216,39 @@ pub struct VersionSeries {
 }
 
 impl Series {
-    /// The recorder of `version`, made on first use (the same afterwards).
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Track>> {
+        self.tracks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The recorder of `version`, made on first use (the same afterwards,
+    /// while its track is kept).
     pub fn recorder(&self, version: &str) -> Arc<VersionRecorder> {
-        let mut tracks = self.tracks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tracks = self.lock();
         tracks
             .entry(version.to_string())
-            .or_insert_with(|| Track {
-                recorder: Arc::default(),
-                ring: VecDeque::with_capacity(SAMPLES),
-            })
+            .or_insert_with(Track::new)
             .recorder
             .clone()
     }
 
+    /// Claims `version` for a gateway's config until the [`Presence`] is
+    /// dropped: its track is kept (made if need be) and stops ageing out.
+    pub fn hold(&self, version: &str) -> Presence<'_> {
+        let mut tracks = self.lock();
+        let track = tracks.entry(version.to_string()).or_insert_with(Track::new);
+        track.holders = track.holders.saturating_add(1);
+        track.out_for = None;
+        Presence {
+            series: self,
+            version: version.to_string(),
+        }
+    }
+
     /// Closes the second ending at unix time `t`: every version's counts
-    /// become one sample, the oldest beyond [`SAMPLES`] is dropped.
+    /// become one sample, the oldest beyond [`SAMPLES`] is dropped, and a
+    /// track out of every config for a whole ring is dropped.
     pub fn fold(&self, t: u32) {
-        let mut tracks = self.tracks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tracks = self.lock();
         let taken: Vec<_> = tracks.values().map(|tr| tr.recorder.take()).collect();
         let total: u64 = taken.iter().map(|(r, ..)| u64::from(*r)).sum();
         for (track, (requests, errors, latency, weight)) in tracks.values_mut().zip(taken) {
@@ -187,11 +268,12 @@ impl Series {
                 share_bp,
             });
         }
+        tracks.retain(|_, track| track.age());
     }
 
     /// The samples after unix time `since` (all with 0).
     pub fn view(&self, since: u32) -> SeriesView {
-        let tracks = self.tracks.lock().unwrap_or_else(|e| e.into_inner());
+        let tracks = self.lock();
         let ms = |us: u32| (us != NONE).then(|| f64::from(us) / 1000.0);
         let versions = tracks
             .iter()
@@ -254,6 +336,11 @@ pub fn recorder(version: &str) -> Arc<VersionRecorder> {
     global().recorder(version)
 }
 
+/// Claims `version` in the process's series (see [`Series::hold`]).
+pub fn hold(version: &str) -> Presence<'static> {
+    global().hold(version)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,6 +398,90 @@ mod tests {
         let view = series.view(0);
         assert_eq!(view.versions[0].t.len(), SAMPLES);
         assert_eq!(view.versions[0].t[0], 50);
+    }
+
+    /// The names in a view, in order.
+    fn names(series: &Series) -> Vec<String> {
+        series
+            .view(0)
+            .versions
+            .into_iter()
+            .map(|v| v.name)
+            .collect()
+    }
+
+    #[test]
+    fn a_removed_version_weighs_0_and_ages_out_after_a_whole_ring() {
+        let series = Series::default();
+        let stable = series.hold("v1");
+        let canary = series.hold("v3");
+        series.recorder("v1").set_weight(90);
+        series.recorder("v3").set_weight(10);
+        series
+            .recorder("v3")
+            .record(StatusCode::OK, Duration::from_millis(1));
+        series.fold(1);
+        drop(canary); // a reload removed v3
+        series.fold(2);
+        let view = series.view(0);
+        let v3 = &view.versions[1];
+        assert_eq!(v3.name, "v3");
+        assert_eq!(v3.weight, vec![10, 0], "weight 0 once out of the config");
+        assert_eq!(v3.share, vec![1.0, 0.0]);
+        assert_eq!(v3.requests, vec![1, 0], "its history is kept meanwhile");
+        // Out for one fold; one fewer than a ring's worth more keeps it.
+        for t in 3..(SAMPLES as u32 + 1) {
+            series.fold(t);
+        }
+        assert_eq!(names(&series), ["v1", "v3"]);
+        series.fold(SAMPLES as u32 + 1);
+        assert_eq!(names(&series), ["v1"], "out for a whole ring: dropped");
+        assert_eq!(series.lock().len(), 1, "and its memory with it");
+        drop(stable);
+    }
+
+    #[test]
+    fn a_version_added_back_within_the_window_keeps_its_track() {
+        let series = Series::default();
+        let _stable = series.hold("v1");
+        let first = series.hold("v3");
+        let recorder = series.recorder("v3");
+        recorder.set_weight(10);
+        recorder.record(StatusCode::OK, Duration::from_millis(1));
+        series.fold(1);
+        drop(first);
+        for t in 2..(SAMPLES as u32 - 10) {
+            series.fold(t);
+        }
+        let _again = series.hold("v3"); // re-added by a reload
+        series.recorder("v3").set_weight(20);
+        for t in (SAMPLES as u32 - 10)..(3 * SAMPLES as u32) {
+            series.fold(t);
+        }
+        assert!(Arc::ptr_eq(&recorder, &series.recorder("v3")));
+        let view = series.view(0);
+        let v3 = &view.versions[1];
+        assert_eq!(v3.name, "v3");
+        assert_eq!(v3.t.len(), SAMPLES);
+        assert_eq!(v3.weight.last(), Some(&20));
+    }
+
+    #[test]
+    fn a_version_two_gateways_hold_stays_until_both_let_go() {
+        let series = Series::default();
+        let a = series.hold("shared");
+        let b = series.hold("shared");
+        series.recorder("shared").set_weight(5);
+        drop(a);
+        for t in 0..(2 * SAMPLES as u32) {
+            series.fold(t);
+        }
+        assert_eq!(series.view(0).versions[0].weight.last(), Some(&5));
+        drop(b);
+        for t in 0..(SAMPLES as u32) {
+            series.fold(t);
+        }
+        assert!(names(&series).is_empty());
     }
 
     #[test]

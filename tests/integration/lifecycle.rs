@@ -625,6 +625,77 @@ async fn metrics_match_the_requests_sent() {
     );
 }
 
+/// A version a reload removes leaves `/metrics` (its series go stale in
+/// Prometheus, as a removed ECS task's do, instead of piling up name after
+/// name); added back, its counters resume where they were. Its dashboard
+/// series stays for its window, at weight 0.
+#[tokio::test]
+async fn a_version_removed_by_a_reload_leaves_the_metrics_until_added_back() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let v3 = Upstream::start("v3").await;
+    let dir = tempfile::tempdir().unwrap();
+    let all = [
+        ("v1", 80, v1.addr),
+        ("v2", 10, v2.addr),
+        ("v3", 10, v3.addr),
+    ];
+    let path = write_config(dir.path(), &all, "");
+    let gw = spawn(&path).unwrap();
+    let mut client = Client::connect(gw.addr).await;
+    let to_v3 = [("x-canary-version", "v3")];
+    for _ in 0..4 {
+        assert_eq!(client.get("/", &to_v3).await.unwrap().status, 200);
+    }
+    let metrics = async || admin(gw.admin, "GET", "/metrics", None, "").await.text();
+    let v3_2xx = [("version", "v3"), ("status", "2xx")];
+    let text = metrics().await;
+    assert_eq!(metric_value(&text, "canary_requests_total", &v3_2xx), 4.0);
+
+    let reload = async || {
+        let reply = admin(gw.admin, "POST", "/reload", Some(TOKEN), "").await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    };
+    write_config(dir.path(), &[("v1", 90, v1.addr), ("v2", 10, v2.addr)], "");
+    reload().await;
+    let text = metrics().await;
+    assert!(!text.contains("version=\"v3\""), "{text}");
+    for (version, weight) in [("v1", 90.0), ("v2", 10.0)] {
+        let this = [("version", version)];
+        assert_eq!(metric_value(&text, "canary_version_weight", &this), weight);
+        let duration = format!("canary_request_duration_seconds_count{{version=\"{version}\"}}");
+        assert!(text.contains(&duration), "{text}");
+    }
+    // The dashboard keeps v3's last 15 minutes, weighing 0 from now on.
+    let v3_weight = async || {
+        let reply = admin(gw.admin, "GET", "/ui/series", Some(TOKEN), "").await;
+        let view: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        let versions = view["versions"].as_array().cloned().unwrap_or_default();
+        let v3 = versions.into_iter().find(|v| v["name"] == "v3")?;
+        v3["weight"].as_array()?.last()?.as_u64()
+    };
+    let zeroed = eventually(Duration::from_secs(5), async || {
+        v3_weight().await == Some(0)
+    })
+    .await;
+    assert!(zeroed, "{:?}", v3_weight().await);
+
+    write_config(dir.path(), &all, "");
+    reload().await;
+    assert_eq!(client.get("/", &to_v3).await.unwrap().status, 200);
+    let text = metrics().await;
+    assert_eq!(
+        metric_value(&text, "canary_requests_total", &v3_2xx),
+        5.0,
+        "{text}"
+    );
+    let v3_weight_gauge = [("version", "v3")];
+    assert_eq!(
+        metric_value(&text, "canary_version_weight", &v3_weight_gauge),
+        10.0
+    );
+}
+
 #[tokio::test]
 async fn demo_serves_a_ninety_ten_split() {
     // Its files in a directory of the test's own: killed, it cannot remove them.
