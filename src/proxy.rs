@@ -645,10 +645,12 @@ impl Proxy {
                 // hyper's HTTP/1 server sees it: see `forward`): never
                 // answered, as on the own server (499 and `aborted` when
                 // `completion` drops, which the body does once hyper's
-                // write fails or the response ends); the connection closes.
+                // write fails); the socket is shut first, so that a client
+                // that only half-closed reads no answer either.
                 failed.note(&mut completion.logged);
                 completion.answered = None;
                 completion.conn.closing();
+                completion.conn.shut_client();
                 let mut resp = failed.error.to_response(failed.request_id.as_ref(), None);
                 let close = HeaderValue::from_static("close");
                 resp.headers_mut().insert(http::header::CONNECTION, close);

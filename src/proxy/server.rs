@@ -121,6 +121,18 @@ impl ConnState {
         self.client_fd.get().map(AsFd::as_fd)
     }
 
+    /// Shuts the client's socket both ways (through [`ConnState::client_fd`],
+    /// so hyper's HTTP/1 server only): what hyper would write next fails,
+    /// and the client reads the end of the stream with no answer. For a
+    /// client gone (or half-closed) while its request's upstream connection
+    /// was being made: a client that only shut its sending side could
+    /// still read, and would get an answer the gateway logs as none (499).
+    pub fn shut_client(&self) {
+        if let Some(fd) = self.client_fd().and_then(|fd| fd.try_clone_to_owned().ok()) {
+            let _ = std::net::TcpStream::from(fd).shutdown(std::net::Shutdown::Both);
+        }
+    }
+
     /// The shutdown of the listener the connection came on.
     pub fn drain(&self) -> &Drain {
         self.tracked.drain()
