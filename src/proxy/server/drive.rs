@@ -419,9 +419,13 @@ impl Watch<'_> {
                 ticking = true;
             }
             let mut polled = conn.as_mut().poll(cx);
-            if deferred && polled.is_pending() && !idle_http1(state) {
-                // A request in the idle window (or an HTTP/2 preface): told
-                // now, it is answered with `Connection: close` (or GOAWAY).
+            if deferred && polled.is_pending() && state.http2.load(Ordering::Relaxed) {
+                // An HTTP/2 preface in the idle window: told now (GOAWAY).
+                // A request on HTTP/1 is answered with `Connection: close`
+                // by the service (see `server::service`), and hyper's
+                // server is told at the window's end: told now, hyper
+                // would add `close` to a `101` too, which a WebSocket
+                // client may refuse.
                 deferred = false;
                 shut_down(conn.as_mut());
                 polled = conn.as_mut().poll(cx);

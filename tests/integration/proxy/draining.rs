@@ -240,3 +240,57 @@ async fn idle_connections_close_at_the_end_of_the_idle_window() {
         assert_eq!(rest.as_deref(), Some(&b""[..]), "not closed");
     }
 }
+
+/// A WebSocket upgrade on a connection idle when the drain began, asked in
+/// the drain's idle window: its `101` says `Connection: upgrade`, not
+/// `close` as well (which a strict WebSocket client refuses), and the tunnel
+/// carries bytes until the client ends it. Before, hyper's server was told
+/// of the drain as the request started, and added `close` to the `101`.
+#[tokio::test]
+async fn an_upgrade_in_the_drain_idle_window_gets_a_101_without_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let v1 = Upstream::start("v1").await;
+    let gw = Gateway::start(&config("", &[("v1", 1, v1.addr)])).await;
+    let addr = gw.addr;
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let (head, _) = exchange(&mut conn, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .expect("no answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    let shutdown = tokio::spawn(gw.shutdown());
+    assert!(
+        eventually(Duration::from_secs(10), async || TcpStream::connect(addr)
+            .await
+            .is_err())
+        .await,
+        "still accepting"
+    );
+    conn.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let head = read_head(&mut conn, &mut buf).await.expect("no answer");
+    assert_eq!(raw_status(head.as_bytes()), Some(101), "{head}");
+    let connection = head
+        .to_ascii_lowercase()
+        .lines()
+        .filter(|l| l.starts_with("connection:"))
+        .collect::<Vec<_>>()
+        .join(",");
+    assert!(connection.contains("upgrade"), "{head}");
+    assert!(!connection.contains("close"), "{head}");
+    conn.write_all(b"hello").await.unwrap();
+    while buf.len() < 5 {
+        let mut chunk = [0u8; 64];
+        let n = conn.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the tunnel closed");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(&buf[..5], b"hello");
+    drop(conn);
+    shutdown.await.unwrap();
+}
