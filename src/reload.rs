@@ -35,8 +35,8 @@ pub trait Reload: Send + Sync + 'static {
     /// The config file has kept changing since `since_ms` (ms since the
     /// Unix epoch): [`UNSETTLED_WARN_POLLS`] polls in a row found a text
     /// other than the last poll's, so the watcher applied none of them;
-    /// `None` once a text settled (or the file went back to the text in
-    /// force). For `/status`, where an operator who edited the file and
+    /// `None` once a text settled (the text in force included) or the file
+    /// cannot be read. For `/status`, where an operator who edited the file and
     /// saw nothing happen looks. By default: nothing.
     fn file_unsettled(&self, since_ms: Option<u64>) {
         let _ = since_ms;
@@ -315,8 +315,8 @@ fn note_changing(run: &mut Option<Unsettled>, reloader: &dyn Reload, path: &Path
 }
 
 /// Ends the run of changes, if any: the file settled on a text (`how`
-/// says what follows), or went back to the text in force. A run that was
-/// said is said to be over.
+/// says what follows; the text in force too), or cannot be read. A run
+/// that was said is said to be over.
 fn end_changing(run: &mut Option<Unsettled>, reloader: &dyn Reload, path: &Path, how: &str) {
     let Some(run) = run.take().filter(|run| run.warned) else {
         return;
