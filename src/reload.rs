@@ -517,6 +517,17 @@ mod tests {
 
     use super::*;
 
+    /// A test double's reload status: applied (`ok`) or refused.
+    fn status(ok: bool, trigger: &str) -> ReloadStatus {
+        ReloadStatus {
+            ok,
+            trigger: trigger.to_string(),
+            at_ms: 0,
+            message: if ok { "applied" } else { "refused" }.into(),
+            restart_required: Vec::new(),
+        }
+    }
+
     /// Fails every file-change reload, saying whether to try again; counts them.
     struct Failing {
         retry: bool,
@@ -525,15 +536,7 @@ mod tests {
 
     impl Reload for Failing {
         fn reload<'a>(&'a self, trigger: &'a str) -> crate::future::BoxFuture<'a, ReloadStatus> {
-            Box::pin(async move {
-                ReloadStatus {
-                    ok: false,
-                    trigger: trigger.to_string(),
-                    at_ms: 0,
-                    message: "refused".into(),
-                    restart_required: Vec::new(),
-                }
-            })
+            Box::pin(async move { status(false, trigger) })
         }
 
         fn reload_file_change(&self, _seen: u64) -> crate::future::BoxFuture<'_, FileChange> {
@@ -771,15 +774,7 @@ mod tests {
 
     impl Reload for Applying {
         fn reload<'a>(&'a self, trigger: &'a str) -> crate::future::BoxFuture<'a, ReloadStatus> {
-            Box::pin(async move {
-                ReloadStatus {
-                    ok: true,
-                    trigger: trigger.to_string(),
-                    at_ms: 0,
-                    message: "applied".into(),
-                    restart_required: Vec::new(),
-                }
-            })
+            Box::pin(async move { status(true, trigger) })
         }
 
         fn reload_file_change(&self, _seen: u64) -> crate::future::BoxFuture<'_, FileChange> {
@@ -806,18 +801,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_file_that_keeps_changing_is_said_once_and_applied_once_it_stops() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("gateway.toml");
-        std::fs::write(&path, "before").unwrap();
-        let baseline = fingerprint(&path).await;
-        let reloader = Arc::new(Applying::default());
-        let watcher = tokio::spawn(watch_file(
-            reloader.clone(),
-            path.clone(),
-            Duration::from_secs(1),
-            baseline,
-        ));
+        let (path, reloader, watcher) = watching_before(dir.path()).await;
         // Three times as long as it takes to be said: 30 writes, 15 polls.
-        tokio::time::sleep(Duration::from_millis(250)).await;
         for stamp in 0..30 {
             std::fs::write(&path, format!("# written {stamp}\nweights\n")).unwrap();
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -852,17 +837,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_file_written_in_a_few_writes_is_not_said_to_keep_changing() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("gateway.toml");
-        std::fs::write(&path, "before").unwrap();
-        let baseline = fingerprint(&path).await;
-        let reloader = Arc::new(Applying::default());
-        let watcher = tokio::spawn(watch_file(
-            reloader.clone(),
-            path.clone(),
-            Duration::from_secs(1),
-            baseline,
-        ));
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (path, reloader, watcher) = watching_before(dir.path()).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
         let mut text = String::new();
         for part in 0..UNSETTLED_WARN_POLLS - 1 {
             text.push_str(&format!("part {part}\n"));

@@ -236,13 +236,7 @@ async fn syn_drop() -> (SocketAddr, Vec<TcpStream>, TcpListener) {
 /// counted as aborted, not as the version's answer or upstream failure.
 /// `what` names the case in failures.
 async fn gone_while_connecting(what: &str, request: &[u8]) {
-    let (addr, _queued, _listener) = syn_drop().await;
-    let gw = Gateway::start(&config(
-        "[timeouts]\nupstream_connect = \"2s\"\n",
-        &[("unreachable", 1, addr)],
-    ))
-    .await;
-    let before = aborted_count(&gw).await;
+    let (gw, before, _endpoint) = hanging_connect_gateway().await;
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
     stream.write_all(request).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -258,13 +252,7 @@ async fn gone_while_connecting(what: &str, request: &[u8]) {
 /// body that was whole, while the access log said 499.
 #[tokio::test]
 async fn a_half_closed_upload_on_hyper_while_the_connect_hangs_gets_no_answer() {
-    let (addr, _queued, _listener) = syn_drop().await;
-    let gw = Gateway::start(&config(
-        "[timeouts]\nupstream_connect = \"2s\"\n",
-        &[("unreachable", 1, addr)],
-    ))
-    .await;
-    let before = aborted_count(&gw).await;
+    let (gw, before, _endpoint) = hanging_connect_gateway().await;
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
     let request: &[u8] = b"POST /x HTTP/1.1\r\nHost: h\r\nTE: trailers\r\nConnection: TE\r\n\
         Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
@@ -277,6 +265,21 @@ async fn a_half_closed_upload_on_hyper_while_the_connect_hangs_gets_no_answer() 
     assert_eq!(String::from_utf8_lossy(&answer), "", "answered");
     assert_aborted_not_failed("half-closed", &gw, before).await;
     gw.shutdown().await;
+}
+
+/// A gateway whose one version (`unreachable`) has an endpoint whose
+/// connects hang ([`syn_drop`]; `upstream_connect` 2 s), the aborted count
+/// before any request, and what keeps that endpoint's queue full (held for
+/// the test).
+async fn hanging_connect_gateway() -> (Gateway, f64, (Vec<TcpStream>, TcpListener)) {
+    let (addr, queued, listener) = syn_drop().await;
+    let gw = Gateway::start(&config(
+        "[timeouts]\nupstream_connect = \"2s\"\n",
+        &[("unreachable", 1, addr)],
+    ))
+    .await;
+    let before = aborted_count(&gw).await;
+    (gw, before, (queued, listener))
 }
 
 /// `canary_client_errors_total{kind="aborted"}` (of every test's gateway).
@@ -358,13 +361,7 @@ async fn a_client_gone_while_the_upstream_connect_of_an_upload_hangs_is_an_abort
 /// connect hangs.
 #[tokio::test]
 async fn an_h2_upload_whose_connection_closes_while_the_upstream_connect_hangs_is_aborted() {
-    let (addr, _queued, _listener) = syn_drop().await;
-    let gw = Gateway::start(&config(
-        "[timeouts]\nupstream_connect = \"2s\"\n",
-        &[("unreachable", 1, addr)],
-    ))
-    .await;
-    let before = aborted_count(&gw).await;
+    let (gw, before, _endpoint) = hanging_connect_gateway().await;
     let stream = TcpStream::connect(gw.addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
