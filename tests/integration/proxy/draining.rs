@@ -147,6 +147,18 @@ async fn exchange(stream: &mut TcpStream, request: &[u8]) -> Option<(String, Vec
     Some((head, buf))
 }
 
+/// Waits for the listener at `addr` to refuse connections: it closes once
+/// the drain has begun.
+async fn refused_once_draining(addr: std::net::SocketAddr) {
+    assert!(
+        eventually(Duration::from_secs(10), async || TcpStream::connect(addr)
+            .await
+            .is_err())
+        .await,
+        "still accepting"
+    );
+}
+
 /// Whether a response head says `Connection: close`.
 fn says_close(head: &str) -> bool {
     head.to_ascii_lowercase()
@@ -191,14 +203,7 @@ async fn a_request_on_an_idle_connection_after_the_drain_began_is_answered_with_
     let conns = idle_connections(addr).await;
 
     let shutdown = tokio::spawn(gw.shutdown());
-    // The listener closes once the drain has begun.
-    assert!(
-        eventually(Duration::from_secs(10), async || TcpStream::connect(addr)
-            .await
-            .is_err())
-        .await,
-        "still accepting"
-    );
+    refused_once_draining(addr).await;
     let names = ["own server", "hyper's server", "sent nothing before"];
     let mut answers = Vec::new();
     for mut conn in conns {
@@ -259,13 +264,7 @@ async fn an_upgrade_in_the_drain_idle_window_gets_a_101_without_close() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 
     let shutdown = tokio::spawn(gw.shutdown());
-    assert!(
-        eventually(Duration::from_secs(10), async || TcpStream::connect(addr)
-            .await
-            .is_err())
-        .await,
-        "still accepting"
-    );
+    refused_once_draining(addr).await;
     conn.write_all(
         b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
           Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
