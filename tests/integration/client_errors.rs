@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::recorder::*;
 use crate::support::{
     FixedUpstream, Gateway, ServerTask, Upstream, admin, config, dead_addr, eventually, h2c_client,
-    metric_value, read_head, read_to_close, serve_connections,
+    h2c_client_for, metric_value, read_head, read_to_close, serve_connections,
 };
 
 async fn metrics(gw: &Gateway) -> String {
@@ -648,14 +648,7 @@ async fn http2_uploads_that_move_keep_their_stream() {
     });
     let text = config("", &[("h2up", 1, addr)]) + "\n[timeouts]\nbody_stall = \"400ms\"\n";
     let gw = Gateway::start(&text).await;
-    let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2c_client_for(gw.addr).await;
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let req = http::Request::post(format!("http://{}/", gw.addr))
         .body(ChannelBody(rx))

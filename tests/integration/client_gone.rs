@@ -362,14 +362,7 @@ async fn a_client_gone_while_the_upstream_connect_of_an_upload_hangs_is_an_abort
 #[tokio::test]
 async fn an_h2_upload_whose_connection_closes_while_the_upstream_connect_hangs_is_aborted() {
     let (gw, before, _endpoint) = hanging_connect_gateway().await;
-    let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut sender, conn) = h2c_connection_for(gw.addr).await;
     let req = http::Request::post(format!("http://{}/x", gw.addr))
         .body(http_body_util::Full::new(bytes::Bytes::from_static(
             b"hello",

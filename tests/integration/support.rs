@@ -174,6 +174,22 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    h2c_connection_for(addr).await.0
+}
+
+/// [`h2c_client_for`], with the task that drives the connection: aborted,
+/// it closes the connection (a client gone with its streams in flight).
+pub async fn h2c_connection_for<B>(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<B>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+)
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stream = TcpStream::connect(addr).await.unwrap();
     let (sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
@@ -181,8 +197,7 @@ where
     )
     .await
     .unwrap();
-    tokio::spawn(conn);
-    sender
+    (sender, tokio::spawn(conn))
 }
 
 /// The status code of a raw HTTP/1.x response (`HTTP/1.1 NNN ...`).
