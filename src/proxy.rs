@@ -904,20 +904,15 @@ async fn forward_own(
     let connected = match client {
         // A client that goes away while a new connection is made (up to
         // `upstream_connect`, twice) is gone, as while the upstream thinks:
-        // a 499, not the version's 502, and nothing goes up. Biased: a
-        // pooled connection (ready at once) never polls the watch.
+        // a 499, not the version's 502, and nothing goes up.
         ClientSide::Bodiless(socket) => {
-            let socket = *socket;
-            tokio::select! {
-                biased;
-                connected = connect => connected,
-                () = h1::client_gone::client_gone(socket) => Err(ProxyError::Client(ClientError::Gone)),
-            }
+            unless_client_gone(connect, h1::client_gone::client_gone(*socket)).await
         }
         // An upload's client too (its body waits in the socket: watched
         // for the end of its stream past those bytes).
         ClientSide::Upload(body) => {
-            unless_client_closed(connect, body.client_socket().map(AsFd::as_fd)).await
+            let socket = body.client_socket().map(AsFd::as_fd);
+            unless_client_gone(connect, h1::client_gone::client_closed(socket)).await
         }
     };
     let (endpoint, (mut conn, mut pooled)) = match connected {
@@ -1168,19 +1163,20 @@ fn exchange_failed(
     ProxyError::Reset(e.into())
 }
 
-/// `connect`'s outcome, unless the client, whose socket is `client`, goes
-/// away first ([`h1::client_gone::client_closed`]): then the client's
-/// [`ClientError::Gone`] (the request is abandoned: a 499, counted as
-/// `aborted`, neither the version's failure nor the endpoint's). Biased: a
-/// connect ready at once (a pooled connection) never looks at the client.
-async fn unless_client_closed<T, E: Into<ProxyError>>(
+/// `connect`'s outcome, unless `gone` (the client went away:
+/// [`h1::client_gone::client_gone`], [`h1::client_gone::client_closed`])
+/// resolves first: then the client's [`ClientError::Gone`] (the request is
+/// abandoned: a 499, counted as `aborted`, neither the version's failure
+/// nor the endpoint's). Biased: a connect ready at once (a pooled
+/// connection) never polls the watch.
+async fn unless_client_gone<T, E: Into<ProxyError>>(
     connect: impl Future<Output = Result<T, E>>,
-    client: Option<BorrowedFd<'_>>,
+    gone: impl Future<Output = ()>,
 ) -> Result<T, ProxyError> {
     tokio::select! {
         biased;
         connected = connect => connected.map_err(Into::into),
-        () = h1::client_gone::client_closed(client) => Err(ProxyError::Client(ClientError::Gone)),
+        () = gone => Err(ProxyError::Client(ClientError::Gone)),
     }
 }
 
@@ -1272,7 +1268,8 @@ async fn forward(
     let failed_at =
         |error: ProxyError, at: Option<SocketAddr>| Failed::at(error, request_id.clone(), at);
     let connect = pick_and_connect(version, |e| sender_for(version, e, settings));
-    let (endpoint, (mut sender, pooled)) = unless_client_closed(connect, client)
+    let closed = h1::client_gone::client_closed(client);
+    let (endpoint, (mut sender, pooled)) = unless_client_gone(connect, closed)
         .await
         .map_err(|e| failed_at(e, None))?;
     // Whether a failure there is the endpoint's (see `exchange_failed`).
@@ -1334,7 +1331,8 @@ async fn forward(
                         retried = true;
                         req = unsent;
                         let reopened = open_again(version, &mut outstanding, settings);
-                        let stream = unless_client_closed(reopened, client)
+                        let closed = h1::client_gone::client_closed(client);
+                        let stream = unless_client_gone(reopened, closed)
                             .await
                             .map_err(|e| failed_at(e, None))?;
                         let endpoint = outstanding.endpoint();
