@@ -134,11 +134,7 @@ pub fn encode_fields<'a, I: Iterator<Item = (&'a [u8], &'a [u8])>>(
 /// The value of the first `x-request-id` field of an encoded request head
 /// (for the log when a request fails; not on the way of a good one).
 pub fn request_id(head: &[u8]) -> Option<&[u8]> {
-    head.split(|&b| b == b'\n').skip(1).find_map(|line| {
-        let (name, value) = line.split_at_checked(line.iter().position(|&b| b == b':')?)?;
-        name.eq_ignore_ascii_case(b"x-request-id")
-            .then(|| value[1..].trim_ascii())
-    })
+    field_value(head, b"x-request-id").map(|at| head[at].trim_ascii_end())
 }
 
 /// Replaces the value of the first Host field of the encoded request head
@@ -148,14 +144,15 @@ pub fn request_id(head: &[u8]) -> Option<&[u8]> {
 /// none whole) is left as it is; bytes past the head's blank line are not
 /// looked at.
 pub fn replace_host(head: &mut Vec<u8>, host: &[u8]) {
-    if let Some((start, end)) = host_value(head) {
-        head.splice(start..end, host.iter().copied());
+    if let Some(at) = field_value(head, b"host") {
+        head.splice(at, host.iter().copied());
     }
 }
 
-/// Where the value of the first Host field of `head` is (without the
-/// spaces before it and the line's end).
-fn host_value(head: &[u8]) -> Option<(usize, usize)> {
+/// Where the value of the first field named `name` (lowercase) of the
+/// encoded request head `head` is: without the blanks before it and the
+/// line's end; none past the head's blank line.
+fn field_value(head: &[u8], name: &[u8]) -> Option<std::ops::Range<usize>> {
     let mut at = head.iter().position(|&b| b == b'\n')? + 1;
     loop {
         let end = at + head.get(at..)?.iter().position(|&b| b == b'\n')?;
@@ -164,11 +161,11 @@ fn host_value(head: &[u8]) -> Option<(usize, usize)> {
             return None;
         }
         if let Some(colon) = line.iter().position(|&b| b == b':')
-            && line[..colon].eq_ignore_ascii_case(b"host")
+            && line[..colon].eq_ignore_ascii_case(name)
         {
             let value = &line[colon + 1..];
             let blank = value.len() - value.trim_ascii_start().len();
-            return Some((at + colon + 1 + blank, at + line.len()));
+            return Some(at + colon + 1 + blank..at + line.len());
         }
         at = end + 1;
     }
