@@ -100,11 +100,7 @@ impl Drain {
 
     /// Resolves when the grace period is over ([`Drain::cut`]).
     pub async fn cut_off(&self) {
-        let mut signal = pin!(self.cut.notified());
-        signal.as_mut().enable();
-        if !self.over.load(Ordering::Acquire) {
-            signal.await;
-        }
+        until_set(&self.over, &self.cut).await;
     }
 
     /// Tells every connection to finish its request in flight and close.
@@ -138,19 +134,12 @@ impl Drain {
 
     /// Resolves when idle connections are to close ([`Drain::close_idle`]).
     pub async fn idle_closed(&self) {
-        let mut signal = pin!(self.idle_closing.notified());
-        signal.as_mut().enable();
-        if !self.is_closing_idle() {
-            signal.await;
-        }
+        until_set(&self.idle_over, &self.idle_closing).await;
     }
 
     /// Resolves when draining has begun.
     pub async fn began(&self) {
-        let signal = pin!(self.began.notified());
-        if !self.is_draining() {
-            signal.await;
-        }
+        until_set(&self.draining, &self.began).await;
     }
 
     /// Resolves when every tracked connection has closed.
@@ -163,6 +152,17 @@ impl Drain {
             }
             closed.await;
         }
+    }
+}
+
+/// Resolves once `flag` is set; `signal` is notified (`notify_waiters`)
+/// after it is set. Registered before the flag is read, so that a
+/// notification between the two is not missed.
+async fn until_set(flag: &AtomicBool, signal: &Notify) {
+    let mut signal = pin!(signal.notified());
+    signal.as_mut().enable();
+    if !flag.load(Ordering::Acquire) {
+        signal.await;
     }
 }
 
