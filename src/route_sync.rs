@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::aws::backoff::jitter;
 use crate::control::Control;
 use crate::future::BoxFuture;
 use crate::store::WeightsDoc;
@@ -28,21 +29,26 @@ pub trait RouteSync: Send + Sync + 'static {
 /// abandoned, and the newer decision written by this task too: the older
 /// write, landing late, would otherwise undo it until the next reconcile.
 ///
-/// Every `reconcile_every` the decision in force is written again by its
-/// writer (skipped by App Mesh when nothing changed): that repairs drift and
-/// retries after a failure. With a shared store the store is read before
-/// such a write, and the write is made only when the store's decision is
-/// still the one in force here (same generation and writer), or when the
-/// store holds no decision yet and this task runs the config file's weights
-/// (generation 0): another task may have written a newer decision that this
-/// task has not polled yet, and its weights must not be overwritten with
-/// older ones. When the store holds another decision, or cannot be read,
-/// that reconcile is skipped (logged at debug); the next one tries again.
-/// With a store of this task's own (the file) no other task decides: the
-/// decision in force is mirrored whoever wrote it (an earlier process of
-/// this task, after a restart), and the reconcile writes without reading
-/// the store. A failure is recorded in
-/// /status and never reverts the gateway.
+/// Every `reconcile_every` (jittered ±20 %, so that a fleet's tasks do not
+/// call at once) the decision in force is written again by its writer
+/// (skipped by App Mesh when nothing changed): that repairs drift and
+/// retries after a failure. When the writer is gone (stopped, replaced with
+/// the rest of the fleet, draining), one other task stands in for it at the
+/// reconcile (see [`Control::stands_in_for`]). With a shared store the store
+/// is read before such a write, and the write is made only when the store's
+/// decision is still the one in force here (same generation and writer), or
+/// when the store holds no decision yet and this task runs the config file's
+/// weights (generation 0): another task may have written a newer decision
+/// that this task has not polled yet, and its weights must not be
+/// overwritten with older ones. When the store holds another decision, or
+/// cannot be read, that reconcile is skipped (logged at debug); the next one
+/// tries again. And the store is read again after each write: a newer
+/// decision there may have been mirrored by its writer before this write
+/// landed, so this task writes that one too once it adopts it. With a store
+/// of this task's own (the file) no other task decides: the decision in
+/// force is mirrored whoever wrote it (an earlier process of this task,
+/// after a restart), and the reconcile writes without reading the store. A
+/// failure is recorded in /status and never reverts the gateway.
 pub async fn follow_route(
     control: Arc<Control>,
     sync: Arc<dyn RouteSync>,
@@ -57,63 +63,36 @@ pub async fn follow_route(
     // decision's first write.
     let mut reconcile = false;
     loop {
+        let held = control.mirror_held();
         // On a store of this task's own every decision in force is its own,
         // also one an earlier process of it wrote (another writer id).
-        let ours = (doc.writer == control.writer() || overtaken || !control.store_shared())
-            && !control.mirror_held();
-        let mut write = ours;
+        let ours =
+            (doc.writer == control.writer() || overtaken || !control.store_shared()) && !held;
+        // The writer gone: one other task reconciles in its place.
+        let stand_in = !ours && reconcile && !held && control.stands_in_for(&doc.writer);
+        let mut write = ours || stand_in;
         // One task's own store (the file): no other task writes decisions.
-        if ours && reconcile && control.store_shared() {
+        if write && reconcile && control.store_shared() {
             // A newer decision coming meanwhile is handled as one.
-            let stored = tokio::select! {
-                stored = control.stored_decision() => Some(stored),
-                changed = rx.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    None
-                }
+            let Some(in_store) = until_changed(&mut rx, still_in_store(&control, &doc)).await
+            else {
+                return;
             };
-            let Some(stored) = stored else {
+            let Some(in_store) = in_store else {
                 doc = rx.borrow_and_update().clone();
                 reconcile = false;
                 continue;
             };
-            match stored {
-                Ok(Some(s)) if s.generation == doc.generation && s.writer == doc.writer => {}
-                // Nothing decided in the store yet: this task runs the config
-                // file's weights (generation 0); no newer decision to undo.
-                Ok(None) if doc.generation == 0 => {}
-                Ok(stored) => {
-                    write = false;
-                    tracing::debug!(
-                        generation = doc.generation,
-                        stored_generation = stored.as_ref().map(|s| s.generation),
-                        stored_writer = stored.as_ref().map(|s| s.writer.as_str()),
-                        "App Mesh route: reconcile skipped, the store holds another decision than the one in force here"
-                    );
-                }
-                Err(e) => {
-                    write = false;
-                    tracing::debug!(
-                        error = %e,
-                        generation = doc.generation,
-                        "App Mesh route: reconcile skipped, the store could not be read"
-                    );
-                }
-            }
+            write = in_store;
         }
         if write {
             overtaken = false;
+            if stand_in {
+                tracing::debug!(generation = doc.generation, writer = %doc.writer, "App Mesh route: reconciling in place of the task that wrote the decision, which is gone");
+            }
             // Abandoned (its retries with it) when a newer decision comes.
-            let result = tokio::select! {
-                result = sync.sync(&doc.weights) => Some(result),
-                changed = rx.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    None
-                }
+            let Some(result) = until_changed(&mut rx, sync.sync(&doc.weights)).await else {
+                return;
             };
             let Some(result) = result else {
                 // The newer decision is written too, whoever made it: no
@@ -130,7 +109,15 @@ pub async fn follow_route(
             if let Err(e) = &result {
                 tracing::warn!(error = %e, generation = doc.generation, "App Mesh route sync failed");
             }
+            let written = result.is_ok();
             control.appmesh_synced(doc.generation, result);
+            if written && control.store_shared() && newer_in_store(&control, &doc).await {
+                overtaken = true;
+                tracing::debug!(
+                    generation = doc.generation,
+                    "App Mesh route: the store holds a newer decision than the one just written; writing it once adopted"
+                );
+            }
         } else if !ours {
             tracing::debug!(generation = doc.generation, writer = %doc.writer, "App Mesh route: synced by the task that wrote the decision");
         }
@@ -141,12 +128,66 @@ pub async fn follow_route(
                 }
                 false
             }
-            () = tokio::time::sleep(reconcile_every) => true,
+            () = tokio::time::sleep(jitter(reconcile_every, RECONCILE_JITTER)) => true,
         };
         let next = rx.borrow_and_update().clone();
         reconcile = timer && next == doc;
         doc = next;
     }
+}
+
+/// The spread of the reconcile interval (±20 %).
+const RECONCILE_JITTER: f64 = 0.2;
+
+/// Runs `work` unless a newer decision comes first: `Some(Some(out))` when
+/// it ended, `Some(None)` when a decision came (`work` dropped), `None`
+/// when the decisions' channel closed (the gateway stops).
+async fn until_changed<T>(
+    rx: &mut tokio::sync::watch::Receiver<WeightsDoc>,
+    work: impl std::future::Future<Output = T>,
+) -> Option<Option<T>> {
+    tokio::select! {
+        out = work => Some(Some(out)),
+        changed = rx.changed() => changed.ok().map(|()| None),
+    }
+}
+
+/// Whether the shared store still holds `doc`, the decision in force here,
+/// before a reconcile writes it (or holds none yet while `doc` is the config
+/// file's weights, generation 0). False when it holds another decision (a
+/// newer one this task has not polled yet) or cannot be read: nothing is
+/// written then.
+async fn still_in_store(control: &Control, doc: &WeightsDoc) -> bool {
+    match control.stored_decision().await {
+        Ok(Some(s)) if s.generation == doc.generation && s.writer == doc.writer => true,
+        // Nothing decided in the store yet: this task runs the config
+        // file's weights (generation 0); no newer decision to undo.
+        Ok(None) if doc.generation == 0 => true,
+        Ok(stored) => {
+            tracing::debug!(
+                generation = doc.generation,
+                stored_generation = stored.as_ref().map(|s| s.generation),
+                stored_writer = stored.as_ref().map(|s| s.writer.as_str()),
+                "App Mesh route: reconcile skipped, the store holds another decision than the one in force here"
+            );
+            false
+        }
+        Err(e) => {
+            tracing::debug!(
+                error = %e,
+                generation = doc.generation,
+                "App Mesh route: reconcile skipped, the store could not be read"
+            );
+            false
+        }
+    }
+}
+
+/// Whether the shared store holds a decision newer than `doc`, read right
+/// after `doc` was written to the route: its writer may have mirrored it
+/// before that write landed. (A store that cannot be read tells nothing.)
+async fn newer_in_store(control: &Control, doc: &WeightsDoc) -> bool {
+    matches!(control.stored_decision().await, Ok(Some(s)) if s.is_newer_than(doc))
 }
 
 #[cfg(test)]

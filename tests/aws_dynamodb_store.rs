@@ -916,7 +916,8 @@ async fn a_store_that_lost_its_document_gets_the_fleets_decision_back() {
 /// Two gateways on one store, mirroring to one App Mesh route: only the task
 /// whose write won syncs (the other adopts the decision but leaves the route
 /// alone), /status shows the synced generation, and the periodic reconcile
-/// repairs a route changed behind the gateway's back.
+/// repairs a route changed behind the gateway's back: the writer's, and once
+/// the writer is gone, the other task's in its place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_writer_syncs_the_route_and_the_reconcile_repairs_drift() {
     use canary_gateway::aws::appmesh::{RouteSync, RouteSyncConfig};
@@ -1006,6 +1007,47 @@ async fn only_the_writer_syncs_the_route_and_the_reconcile_repairs_drift() {
         ok,
         "the drift was never repaired: {last:?}\n{}",
         a.log_text()
+    );
+
+    // The writer stops (a deployment replaces it): b, the only task left,
+    // reconciles in its place and repairs the next drift.
+    let mut fleet = fleet;
+    let mut a = fleet.remove(0);
+    let b = &fleet[0];
+    signal(&a, "-TERM");
+    let exited = tokio::task::spawn_blocking(move || {
+        let status = a.wait();
+        (a, status)
+    });
+    let (a, status) = tokio::time::timeout(WAIT, exited)
+        .await
+        .expect("the writer did not exit")
+        .unwrap();
+    assert!(status.is_ok_and(|s| s.success()), "{}", a.log_text());
+    // b has read the fleet's reports without a's (withdrawn at its exit).
+    let ok = eventually(WAIT, async || {
+        let tasks = b.status().await["fleet"]["tasks"].clone();
+        tasks.as_array().is_some_and(|t| t.len() == 1)
+    })
+    .await;
+    assert!(ok, "{:#}", b.status().await);
+    drift
+        .sync(&BTreeMap::from([
+            ("v1".to_string(), 100),
+            ("v2".to_string(), 0),
+        ]))
+        .await
+        .unwrap();
+    assert_ne!(route().await, want);
+    let ok = eventually(WAIT, async || {
+        last = route().await;
+        last == want && b.status().await["appmesh"]["synced_generation"] == generation
+    })
+    .await;
+    assert!(
+        ok,
+        "with its writer gone, the drift was never repaired: {last:?}\n{}",
+        b.log_text()
     );
 }
 

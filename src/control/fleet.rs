@@ -122,6 +122,29 @@ pub fn fleet_view(
     }
 }
 
+/// Whether the task `own` stands in for `writer`, the task that wrote the
+/// decision in force, at the App Mesh reconcile (see
+/// [`crate::route_sync::follow_route`]): the writer has no live report (it
+/// was stopped or replaced, or is draining), and of the other tasks that
+/// report live, none that could stand in (neither draining nor started
+/// without the store) has a smaller task id. So after a fleet is replaced,
+/// one task repairs the route's drift, not none and not every one.
+pub fn stands_in(
+    own: &str,
+    writer: &str,
+    reports: &[TaskReport],
+    now_ms: u64,
+    stale_after: Duration,
+) -> bool {
+    let live = |r: &&TaskReport| {
+        r.task != own
+            && Duration::from_millis(now_ms.saturating_sub(r.reported_at_ms)) <= stale_after
+            && !r.draining
+    };
+    let mut others = reports.iter().filter(live);
+    !others.any(|r| r.task == writer || (!r.degraded && r.task.as_str() < own))
+}
+
 impl Control {
     /// How often this task renews its report (see [`report_interval`]).
     fn report_every(&self, state: &State) -> Duration {
@@ -223,6 +246,38 @@ impl Control {
         }
     }
 
+    /// Whether this task stands in for `writer` at the App Mesh reconcile
+    /// (see [`stands_in`]). Only once the decision has been in force here
+    /// for as long as a report takes to go stale: by then every live task's
+    /// report has been read (a writer that just started and decided is not
+    /// taken for gone before its first report came). Without the fleet's
+    /// reports (the Cloud Map store keeps none; a DynamoDB store before the
+    /// first one is read) every task does: a task cannot tell whether the
+    /// writer is gone. Never on a store of this task's own (every decision
+    /// in force is its own there), nor while this task drains.
+    pub fn stands_in_for(&self, writer: &str) -> bool {
+        if !self.store.shared() || self.is_draining() {
+            return false;
+        }
+        let state = self.lock();
+        let now = unix_ms();
+        let stale_after = self.report_stale_after(&state);
+        let settled = Duration::from_millis(now.saturating_sub(state.applied_at_ms)) >= stale_after;
+        settled
+            && state
+                .fleet
+                .as_deref()
+                .is_none_or(|reports| stands_in(&self.writer, writer, reports, now, stale_after))
+    }
+
+    /// Makes the decision in force look applied `ago` earlier (tests of what
+    /// waits for a decision to settle).
+    #[cfg(test)]
+    pub(crate) fn backdate_applied(&self, ago: Duration) {
+        let mut state = self.lock();
+        state.applied_at_ms = state.applied_at_ms.saturating_sub(ago.as_millis() as u64);
+    }
+
     /// Asks the store upkeep to report now (a decision was applied, draining began).
     pub(super) fn report_soon(&self) {
         self.report_wake.notify_one();
@@ -317,6 +372,52 @@ mod tests {
         let view = fleet_view(report("a", 1, 100_000), Some(&stored), None, 100_000, BOUND);
         assert_eq!(view.tasks[1].age_s, 0.0);
         assert!(view.converged);
+    }
+
+    #[test]
+    fn one_live_task_stands_in_for_a_writer_that_is_gone() {
+        let now = 100_000;
+        let live = |task: &str| report(task, 4, 99_000);
+        let gone = report("w", 4, 80_000);
+        // The writer reports live: it reconciles itself.
+        let reports = [live("w"), live("b"), live("c")];
+        assert!(!stands_in("b", "w", &reports, now, BOUND));
+        // Its report went stale, or was withdrawn: the smallest live id.
+        for reports in [
+            vec![gone.clone(), live("b"), live("c")],
+            vec![live("b"), live("c")],
+        ] {
+            assert!(stands_in("b", "w", &reports, now, BOUND), "{reports:?}");
+            assert!(!stands_in("c", "w", &reports, now, BOUND), "{reports:?}");
+        }
+        // A draining writer is on its way out.
+        let draining = TaskReport {
+            draining: true,
+            ..live("w")
+        };
+        assert!(stands_in("b", "w", &[draining, live("b")], now, BOUND));
+        // A smaller id that is stale, draining or degraded does not hold c
+        // back; this task's own stored report (older) never counts.
+        let degraded = TaskReport {
+            degraded: true,
+            ..live("a")
+        };
+        let leaving = TaskReport {
+            draining: true,
+            ..live("b")
+        };
+        let reports = [
+            report("a0", 4, 1),
+            degraded,
+            leaving,
+            live("c"),
+            report("c", 1, 1),
+            live("d"),
+        ];
+        assert!(stands_in("c", "w", &reports, now, BOUND));
+        assert!(!stands_in("d", "w", &reports, now, BOUND));
+        // Alone in the fleet.
+        assert!(stands_in("c", "w", &[], now, BOUND));
     }
 
     #[test]

@@ -12,10 +12,15 @@ use crate::future::BoxFuture;
 use crate::store::Store;
 use crate::store::memory::MemoryStore;
 
-/// Records the weights it is asked to write; with `hang_first`, the first
-/// write never ends (App Mesh throttling it, its retries going on).
+/// Records the weights it is asked to write; with `hang_first` (the
+/// second field), the first write never ends (App Mesh throttling it, its
+/// retries going on); the third, when set, runs as the next write is made.
 #[derive(Default)]
-struct Recorded(Mutex<Vec<BTreeMap<String, u32>>>, AtomicBool);
+struct Recorded(
+    Mutex<Vec<BTreeMap<String, u32>>>,
+    AtomicBool,
+    Mutex<Option<Box<dyn FnOnce() + Send>>>,
+);
 
 impl RouteSync for Recorded {
     fn sync<'a>(
@@ -27,6 +32,9 @@ impl RouteSync for Recorded {
             .unwrap_or_else(|e| e.into_inner())
             .push(weights.clone());
         let hang = self.1.swap(false, Ordering::SeqCst);
+        if let Some(during) = self.2.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            during();
+        }
         Box::pin(async move {
             if hang {
                 std::future::pending::<()>().await;
@@ -331,5 +339,116 @@ async fn a_restarted_task_on_a_store_of_its_own_mirrors_its_earlier_decision() {
     assert_eq!(generation, 3, "the saved decision");
     let saved = BTreeMap::from([("v1".to_string(), 70), ("v2".to_string(), 30)]);
     assert_eq!(recorded.writes(2).await[..2], [saved.clone(), saved]);
+    sync.abort();
+}
+
+/// A live report of `task` in `store`, as the task itself would write it.
+fn report(store: &MemoryStore, task: &str, draining: bool) {
+    let report = crate::store::TaskReport {
+        task: task.into(),
+        generation: 1,
+        reported_at_ms: crate::store::unix_ms(),
+        applied_at_ms: 0,
+        ready: true,
+        draining,
+        degraded: false,
+        version: "x".into(),
+    };
+    store.reports.lock().unwrap().insert(task.into(), report);
+}
+
+/// The writes `recorded` holds once `control`'s route mirror has had time
+/// for many reconciles (every 5 ms).
+async fn after_reconciles(recorded: &Recorded) -> Vec<BTreeMap<String, u32>> {
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    recorded.0.lock().unwrap().clone()
+}
+
+/// The task that wrote the decision in force is gone (a fleet replaced by
+/// a deployment): one other task reconciles the route in its place, the
+/// live task with the smallest id, so drift is still repaired; never while
+/// the writer reports live, nor when a smaller live id can.
+#[tokio::test]
+async fn a_task_stands_in_at_the_reconcile_for_a_writer_that_is_gone() {
+    let store = Arc::new(MemoryStore::default());
+    let config = Config::parse(CONFIG, "test").unwrap();
+    let control = Control::start(config, store.clone() as Arc<dyn Store>, "dynamodb")
+        .await
+        .unwrap();
+    let theirs = crate::store::memory::doc(3, "other-task", 30);
+    *store.doc.lock().unwrap() = Some(theirs.clone());
+    control.sync_from_store().await.unwrap();
+    assert_eq!(control.weights().weights, theirs.weights);
+    // Just adopted: left to its writer, whose first report may not have
+    // been read yet, whatever the reports say.
+    let recorded = Arc::new(Recorded::default());
+    let sync = tokio::spawn(follow_route(
+        control.clone(),
+        recorded.clone(),
+        Duration::from_millis(5),
+    ));
+    assert_eq!(after_reconciles(&recorded).await, [], "not settled");
+    sync.abort();
+    control.backdate_applied(Duration::from_secs(60));
+    report(&store, "other-task", false);
+    // "!" sorts before any task id a gateway makes (HOSTNAME, pid, hex).
+    report(&store, "!smaller", false);
+    control.report_to_store().await.unwrap();
+    let recorded = Arc::new(Recorded::default());
+    let sync = tokio::spawn(follow_route(
+        control.clone(),
+        recorded.clone(),
+        Duration::from_millis(5),
+    ));
+    assert_eq!(after_reconciles(&recorded).await, [], "the writer lives");
+
+    store.reports.lock().unwrap().remove("other-task");
+    control.report_to_store().await.unwrap();
+    assert_eq!(
+        after_reconciles(&recorded).await,
+        [],
+        "a smaller id stands in"
+    );
+
+    report(&store, "!smaller", true);
+    control.report_to_store().await.unwrap();
+    assert_eq!(
+        recorded.writes(2).await[..2],
+        [theirs.weights.clone(), theirs.weights.clone()]
+    );
+    assert_eq!(control.weights().weights, theirs.weights);
+    sync.abort();
+}
+
+/// While this task's write went out, another task wrote a newer decision
+/// and mirrored it: this task's older weights may have landed last, so it
+/// writes the newer decision too once it adopts it (it would otherwise
+/// leave it to the next reconcile of that decision's writer).
+#[tokio::test]
+async fn a_newer_decision_stored_during_a_write_is_written_too() {
+    let store = Arc::new(MemoryStore::default());
+    let config = Config::parse(CONFIG, "test").unwrap();
+    let control = Control::start(config, store.clone() as Arc<dyn Store>, "dynamodb")
+        .await
+        .unwrap();
+    let ours = BTreeMap::from([("v1".to_string(), 50), ("v2".to_string(), 50)]);
+    control.set_weights(ours.clone(), "admin").await.unwrap();
+    let theirs = crate::store::memory::doc(control.weights().generation + 1, "other-task", 0);
+    let stored = store.clone();
+    let newer = theirs.clone();
+    let recorded = Arc::new(Recorded::default());
+    *recorded.2.lock().unwrap() = Some(Box::new(move || {
+        *stored.doc.lock().unwrap() = Some(newer);
+    }));
+    let sync = tokio::spawn(follow_route(
+        control.clone(),
+        recorded.clone(),
+        Duration::from_secs(3600),
+    ));
+    assert_eq!(recorded.writes(1).await, std::slice::from_ref(&ours));
+    // This task adopts it at its poll.
+    control.sync_from_store().await.unwrap();
+    assert_eq!(control.weights().weights, theirs.weights);
+    assert_eq!(recorded.writes(2).await, [ours, theirs.weights]);
     sync.abort();
 }
