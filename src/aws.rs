@@ -74,8 +74,14 @@ impl RouteSyncDep for MeshRoute {
     fn sync<'a>(
         &'a self,
         weights: &'a BTreeMap<String, u32>,
-    ) -> BoxFuture<'a, Result<BTreeMap<String, u32>, String>> {
-        Box::pin(async move { self.0.sync(weights).await.map_err(|e| e.to_string()) })
+        abandon: &'a mut (dyn Future<Output = ()> + Send + Unpin),
+    ) -> BoxFuture<'a, Result<Option<crate::route_sync::Synced>, String>> {
+        Box::pin(async move {
+            self.0
+                .sync_until(weights, abandon)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 }
 

@@ -12,11 +12,24 @@ use crate::store::WeightsDoc;
 
 /// Writes weights to an App Mesh route (the real one talks to AWS).
 pub trait RouteSync: Send + Sync + 'static {
-    /// Returns the 0-100 weights written to the route.
+    /// Writes `weights` to the route, unless `abandon` completes first while
+    /// no write is on its way to the route (`Ok(None)`): a write once sent is
+    /// always waited for, as one dropped could still land after a newer
+    /// decision's write.
     fn sync<'a>(
         &'a self,
         weights: &'a BTreeMap<String, u32>,
-    ) -> BoxFuture<'a, Result<BTreeMap<String, u32>, String>>;
+        abandon: &'a mut (dyn Future<Output = ()> + Send + Unpin),
+    ) -> BoxFuture<'a, Result<Option<Synced>, String>>;
+}
+
+/// What a route sync did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Synced {
+    /// The 0-100 weights the route holds for the mapped versions.
+    pub weights: BTreeMap<String, u32>,
+    /// Whether a write was sent (false: the route already held them).
+    pub sent: bool,
 }
 
 /// Mirrors the applied weight decisions to the App Mesh route.
@@ -62,6 +75,8 @@ pub async fn follow_route(
     // This round is a reconcile (the timer, no new decision), not a new
     // decision's first write.
     let mut reconcile = false;
+    // The last sync's error, said once (a broken route fails every reconcile).
+    let mut last_error: Option<String> = None;
     loop {
         let held = control.mirror_held();
         // On a store of this task's own every decision in force is its own,
@@ -90,50 +105,93 @@ pub async fn follow_route(
             if stand_in {
                 tracing::debug!(generation = doc.generation, writer = %doc.writer, "App Mesh route: reconciling in place of the task that wrote the decision, which is gone");
             }
-            // Abandoned (its retries with it) when a newer decision comes.
-            let Some(result) = until_changed(&mut rx, sync.sync(&doc.weights)).await else {
-                return;
+            // Abandoned (its retries with it) when a newer decision comes
+            // before a write is on its way.
+            let mut newer = rx.clone();
+            let mut abandon = Box::pin(async move {
+                let _ = newer.changed().await;
+            });
+            let result = sync.sync(&doc.weights, &mut abandon).await;
+            // A write on its way when a newer decision came, or one the
+            // store holds now, may have been written to the route by its
+            // writer before this write landed: this task writes that one too
+            // once it runs it.
+            let landed_late = match result {
+                Ok(None) => {
+                    // The newer decision is written too, whoever made it:
+                    // no write of the older one is the route's last.
+                    doc = rx.borrow_and_update().clone();
+                    overtaken = true;
+                    reconcile = false;
+                    tracing::debug!(
+                        generation = doc.generation,
+                        "App Mesh route: a newer decision came during a sync; writing it"
+                    );
+                    continue;
+                }
+                Ok(Some(synced)) => {
+                    if last_error.take().is_some() {
+                        tracing::info!(generation = doc.generation, "App Mesh route synced again");
+                    }
+                    control.appmesh_synced(doc.generation, Ok(synced.weights));
+                    // Nothing sent: nothing can land late.
+                    synced.sent
+                        && (rx.has_changed().unwrap_or(false)
+                            || (control.store_shared() && newer_in_store(&control, &doc).await))
+                }
+                Err(e) => {
+                    // Once per distinct error: a broken route fails every
+                    // reconcile.
+                    if last_error.as_ref() != Some(&e) {
+                        tracing::warn!(error = %e, generation = doc.generation, "App Mesh route sync failed");
+                    } else {
+                        tracing::debug!(error = %e, generation = doc.generation, "App Mesh route sync failed again");
+                    }
+                    last_error = Some(e.clone());
+                    control.appmesh_synced(doc.generation, Err(e));
+                    // A write that failed may still have landed (a time-out).
+                    rx.has_changed().unwrap_or(false)
+                }
             };
-            let Some(result) = result else {
-                // The newer decision is written too, whoever made it: no
-                // write of the older one is the route's last.
-                doc = rx.borrow_and_update().clone();
+            if landed_late {
                 overtaken = true;
-                reconcile = false;
                 tracing::debug!(
                     generation = doc.generation,
-                    "App Mesh route: a newer decision came during a sync; writing it"
-                );
-                continue;
-            };
-            if let Err(e) = &result {
-                tracing::warn!(error = %e, generation = doc.generation, "App Mesh route sync failed");
-            }
-            let written = result.is_ok();
-            control.appmesh_synced(doc.generation, result);
-            if written && control.store_shared() && newer_in_store(&control, &doc).await {
-                overtaken = true;
-                tracing::debug!(
-                    generation = doc.generation,
-                    "App Mesh route: the store holds a newer decision than the one just written; writing it once adopted"
+                    "App Mesh route: a newer decision came while this one was written; writing it once in force"
                 );
             }
         } else if !ours {
             tracing::debug!(generation = doc.generation, writer = %doc.writer, "App Mesh route: synced by the task that wrote the decision");
         }
-        let timer = tokio::select! {
-            changed = rx.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                false
-            }
-            () = tokio::time::sleep(jitter(reconcile_every, RECONCILE_JITTER)) => true,
-        };
-        let next = rx.borrow_and_update().clone();
-        reconcile = timer && next == doc;
-        doc = next;
+        if !wait_or_reconcile(&mut rx, &mut doc, &mut reconcile, reconcile_every).await {
+            return;
+        }
     }
+}
+
+/// Waits for a newer decision or the reconcile timer (jittered), then moves
+/// `doc` to the decision in force; `reconcile` says the timer came first
+/// with the decision unchanged. False when the decisions' channel closed
+/// (the gateway stops).
+async fn wait_or_reconcile(
+    rx: &mut tokio::sync::watch::Receiver<WeightsDoc>,
+    doc: &mut WeightsDoc,
+    reconcile: &mut bool,
+    every: Duration,
+) -> bool {
+    let timer = tokio::select! {
+        changed = rx.changed() => {
+            if changed.is_err() {
+                return false;
+            }
+            false
+        }
+        () = tokio::time::sleep(jitter(every, RECONCILE_JITTER)) => true,
+    };
+    let next = rx.borrow_and_update().clone();
+    *reconcile = timer && next == *doc;
+    *doc = next;
+    true
 }
 
 /// The spread of the reconcile interval (±20 %).

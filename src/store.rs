@@ -122,6 +122,12 @@ pub struct TaskReport {
     /// The gateway's own version (the binary's package version).
     #[serde(default)]
     pub version: String,
+    /// The task's last App Mesh route sync failed (a route it cannot find or
+    /// write): it is not chosen to reconcile the route in place of a writer
+    /// that is gone (see [`crate::control::fleet::stands_in`]). Written only
+    /// when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub appmesh_failing: bool,
 }
 
 /// Why the store could not be read or written.

@@ -234,3 +234,58 @@ async fn endless_conflicts_give_up_with_an_error() {
         pairs(&[("other", 0), ("web-v1", 100)])
     );
 }
+
+/// Completes once `proxy` has received `calls` calls (the last of them
+/// then waits out the proxy's latency before it reaches moto).
+fn once_calls_arrived(
+    proxy: &FaultProxy,
+    calls: usize,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+    Box::pin(async move {
+        while proxy.by_target().values().sum::<usize>() < calls {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    })
+}
+
+/// A newer decision (`abandon`) during the DescribeRoute abandons the
+/// sync: no UpdateRoute is sent. Once the UpdateRoute is on its way, it is
+/// waited for and lands: dropped, it could still land after the newer
+/// decision's own write.
+#[tokio::test]
+async fn a_sync_is_abandoned_only_before_its_update_is_sent() {
+    let moto = MotoServer::start();
+    let (_, client) = setup(&moto).await;
+    let upstream = format!("127.0.0.1:{}", moto.port()).parse().unwrap();
+    let proxy = FaultProxy::latency(upstream, std::time::Duration::from_millis(300)).await;
+    let sync = RouteSync::new(&through(&proxy).await, sync_config(ROUTE));
+    let untouched = pairs(&[("other", 0), ("web-v1", 100)]);
+
+    // Abandoned while its DescribeRoute is on its way.
+    let mut abandon = once_calls_arrived(&proxy, 1);
+    let synced = sync
+        .sync_until(&weights(&[("v1", 1), ("v2", 1)]), &mut abandon)
+        .await
+        .unwrap();
+    assert_eq!(synced, None);
+    assert_eq!(
+        proxy.by_target().values().sum::<usize>(),
+        1,
+        "an UpdateRoute went out"
+    );
+    assert_eq!(route_weights(&client).await, untouched);
+
+    // "Abandoned" while its UpdateRoute is on its way (the second call of
+    // this sync): waited for.
+    let mut abandon = once_calls_arrived(&proxy, 3);
+    let synced = sync
+        .sync_until(&weights(&[("v1", 1), ("v2", 1)]), &mut abandon)
+        .await
+        .unwrap()
+        .expect("dropped with its UpdateRoute on its way");
+    assert!(synced.sent);
+    assert_eq!(
+        route_weights(&client).await,
+        pairs(&[("other", 0), ("web-v1", 50), ("web-v2", 50)])
+    );
+}

@@ -644,6 +644,7 @@ fn report(task: &str, generation: u64, reported_at_ms: u64) -> TaskReport {
         draining: false,
         degraded: false,
         version: "test".into(),
+        appmesh_failing: false,
     }
 }
 

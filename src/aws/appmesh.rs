@@ -19,6 +19,7 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use crate::aws::backoff::Backoff;
 use crate::aws::errors::{self, ErrorClass};
 use crate::metrics;
+use crate::route_sync::Synced;
 
 /// Attempts of one sync before giving up on conflicts or throttling.
 const MAX_ATTEMPTS: u32 = 4;
@@ -112,15 +113,36 @@ impl RouteSync {
         &self,
         weights: &BTreeMap<String, u32>,
     ) -> Result<BTreeMap<String, u32>, AppMeshError> {
-        let result = self.sync_with_retries(weights).await;
-        let label = if result.is_ok() { "ok" } else { "error" };
+        let mut never = std::future::pending::<()>();
+        let synced = self.sync_until(weights, &mut never).await?;
+        Ok(synced.map(|s| s.weights).unwrap_or_default())
+    }
+
+    /// [`RouteSync::sync`], abandoned (`Ok(None)`) when `abandon` completes
+    /// while no UpdateRoute is on its way: during a DescribeRoute or the
+    /// back-off between attempts. An UpdateRoute once sent is always waited
+    /// for: dropped, it could still land after a newer decision's write.
+    pub async fn sync_until(
+        &self,
+        weights: &BTreeMap<String, u32>,
+        abandon: &mut (dyn Future<Output = ()> + Send + Unpin),
+    ) -> Result<Option<Synced>, AppMeshError> {
+        let result = self.sync_with_retries(weights, abandon).await;
+        let label = match &result {
+            Ok(Some(_)) => "ok",
+            Ok(None) => return result,
+            Err(_) => "error",
+        };
         ::metrics::counter!(metrics::APPMESH_SYNCS_TOTAL, "result" => label).increment(1);
         match &result {
-            Ok(written) => {
-                tracing::info!(route = %self.config.route, ?written, "App Mesh route synced")
+            Ok(Some(synced)) if synced.sent => {
+                tracing::info!(route = %self.config.route, written = ?synced.weights, "App Mesh route synced")
+            }
+            Ok(_) => {
+                tracing::debug!(route = %self.config.route, "App Mesh route already holds the weights")
             }
             Err(error) => {
-                tracing::warn!(route = %self.config.route, %error, "App Mesh route sync failed")
+                tracing::debug!(route = %self.config.route, %error, "App Mesh route sync failed")
             }
         }
         result
@@ -139,7 +161,8 @@ impl RouteSync {
     async fn sync_with_retries(
         &self,
         weights: &BTreeMap<String, u32>,
-    ) -> Result<BTreeMap<String, u32>, AppMeshError> {
+        abandon: &mut (dyn Future<Output = ()> + Send + Unpin),
+    ) -> Result<Option<Synced>, AppMeshError> {
         let mapped = self.mapped_weights(weights);
         if mapped.values().all(|&w| w == 0) {
             return Err(AppMeshError::NoWeight);
@@ -147,8 +170,8 @@ impl RouteSync {
         let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
         let mut attempt = 1;
         loop {
-            match self.attempt(&mapped).await {
-                Ok(written) => return Ok(written),
+            match self.attempt(&mapped, abandon).await {
+                Ok(synced) => return Ok(synced),
                 Err(AttemptError::Fatal(error)) => return Err(error),
                 Err(AttemptError::Retry(message)) if attempt >= MAX_ATTEMPTS => {
                     return Err(AppMeshError::GaveUp {
@@ -159,35 +182,45 @@ impl RouteSync {
                 Err(AttemptError::Retry(message)) => {
                     let delay = backoff.next_delay();
                     tracing::debug!(attempt, %message, ?delay, "retrying App Mesh route sync");
-                    tokio::time::sleep(delay).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = &mut *abandon => return Ok(None),
+                    }
                     attempt += 1;
                 }
             }
         }
     }
 
-    /// One DescribeRoute + UpdateRoute round.
+    /// One DescribeRoute + UpdateRoute round; `Ok(None)` when `abandon`
+    /// came during the DescribeRoute.
     async fn attempt(
         &self,
         mapped: &BTreeMap<String, u32>,
-    ) -> Result<BTreeMap<String, u32>, AttemptError> {
-        let mut spec = self.describe().await?;
+        abandon: &mut (dyn Future<Output = ()> + Send + Unpin),
+    ) -> Result<Option<Synced>, AttemptError> {
+        let mut spec = tokio::select! {
+            spec = self.describe() => spec?,
+            () = &mut *abandon => return Ok(None),
+        };
         let (changed, written) =
             targets::apply_weights(&mut spec, mapped, &self.config.virtual_nodes)
                 .map_err(AttemptError::Fatal)?;
-        if !changed {
-            return Ok(written);
+        if changed {
+            self.client
+                .update_route()
+                .mesh_name(&self.config.mesh)
+                .virtual_router_name(&self.config.virtual_router)
+                .route_name(&self.config.route)
+                .spec(spec)
+                .send()
+                .await
+                .map_err(|e| attempt_error("UpdateRoute", &e))?;
         }
-        self.client
-            .update_route()
-            .mesh_name(&self.config.mesh)
-            .virtual_router_name(&self.config.virtual_router)
-            .route_name(&self.config.route)
-            .spec(spec)
-            .send()
-            .await
-            .map_err(|e| attempt_error("UpdateRoute", &e))?;
-        Ok(written)
+        Ok(Some(Synced {
+            weights: written,
+            sent: changed,
+        }))
     }
 
     /// The route's current spec.

@@ -126,8 +126,9 @@ pub fn fleet_view(
 /// decision in force, at the App Mesh reconcile (see
 /// [`crate::route_sync::follow_route`]): the writer has no live report (it
 /// was stopped or replaced, or is draining), and of the other tasks that
-/// report live, none that could stand in (neither draining nor started
-/// without the store) has a smaller task id. So after a fleet is replaced,
+/// report live, none that could stand in (neither draining, nor started
+/// without the store, nor failing its own route syncs) has a smaller task
+/// id. So after a fleet is replaced,
 /// one task repairs the route's drift, not none and not every one.
 pub fn stands_in(
     own: &str,
@@ -142,7 +143,8 @@ pub fn stands_in(
             && !r.draining
     };
     let mut others = reports.iter().filter(live);
-    !others.any(|r| r.task == writer || (!r.degraded && r.task.as_str() < own))
+    !others
+        .any(|r| r.task == writer || (!r.degraded && !r.appmesh_failing && r.task.as_str() < own))
 }
 
 impl Control {
@@ -187,6 +189,10 @@ impl Control {
             draining: self.is_draining(),
             degraded: state.store.degraded,
             version: env!("CARGO_PKG_VERSION").to_string(),
+            appmesh_failing: state
+                .appmesh
+                .as_ref()
+                .is_some_and(|a| a.last_error.is_some()),
         }
     }
 
@@ -315,6 +321,7 @@ mod tests {
             draining: false,
             degraded: false,
             version: "x".into(),
+            appmesh_failing: false,
         }
     }
 
@@ -396,8 +403,8 @@ mod tests {
             ..live("w")
         };
         assert!(stands_in("b", "w", &[draining, live("b")], now, BOUND));
-        // A smaller id that is stale, draining or degraded does not hold c
-        // back; this task's own stored report (older) never counts.
+        // A smaller id that is stale, draining, degraded or failing its
+        // route syncs does not hold c back; this task's own stored report (older) never counts.
         let degraded = TaskReport {
             degraded: true,
             ..live("a")
@@ -406,10 +413,15 @@ mod tests {
             draining: true,
             ..live("b")
         };
+        let failing = TaskReport {
+            appmesh_failing: true,
+            ..live("b0")
+        };
         let reports = [
             report("a0", 4, 1),
             degraded,
             leaving,
+            failing,
             live("c"),
             report("c", 1, 1),
             live("d"),

@@ -618,6 +618,7 @@ async fn a_stopped_task_is_withdrawn_and_a_silent_one_goes_stale() {
         draining: false,
         degraded: false,
         version: String::new(),
+        appmesh_failing: false,
     };
     store
         .reports
@@ -1578,10 +1579,18 @@ async fn a_failed_app_mesh_sync_of_the_decision_in_force_is_warned_about() {
         )),
         "{warnings}"
     );
+    // Its report says so: it is not chosen to reconcile in a gone
+    // writer's place.
+    let failing = async || {
+        control.report_to_store().await.unwrap();
+        store.reports.lock().unwrap()[control.writer()].appmesh_failing
+    };
+    assert!(failing().await);
 
     control.appmesh_synced(generation, Ok(w(50, 50)));
     let warnings = control.status().warnings;
     assert!(warnings.is_empty(), "{warnings:?}");
+    assert!(!failing().await);
 
     // The sync of an older decision failed after a newer one came: it is
     // not the route's state for the decision in force.

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{RouteSync, follow_route};
+use super::{RouteSync, Synced, follow_route};
 use crate::config::Config;
 use crate::control::Control;
 use crate::future::BoxFuture;
@@ -13,20 +13,26 @@ use crate::store::Store;
 use crate::store::memory::MemoryStore;
 
 /// Records the weights it is asked to write; with `hang_first` (the
-/// second field), the first write never ends (App Mesh throttling it, its
-/// retries going on); the third, when set, runs as the next write is made.
+/// second field), the first write is never sent (App Mesh throttling it, its
+/// retries going on) until it is abandoned; the third, when set, runs as the
+/// next write is made; with the fourth, each write is on its way for 30 ms
+/// (sent: waited for even when abandoned). The fifth logs when each write
+/// began and ended.
 #[derive(Default)]
 struct Recorded(
     Mutex<Vec<BTreeMap<String, u32>>>,
     AtomicBool,
     Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    AtomicBool,
+    Mutex<Vec<String>>,
 );
 
 impl RouteSync for Recorded {
     fn sync<'a>(
         &'a self,
         weights: &'a BTreeMap<String, u32>,
-    ) -> BoxFuture<'a, Result<BTreeMap<String, u32>, String>> {
+        abandon: &'a mut (dyn Future<Output = ()> + Send + Unpin),
+    ) -> BoxFuture<'a, Result<Option<Synced>, String>> {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -35,11 +41,26 @@ impl RouteSync for Recorded {
         if let Some(during) = self.2.lock().unwrap_or_else(|e| e.into_inner()).take() {
             during();
         }
+        let log = |what: &str| {
+            self.4
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(format!("{what} {}", weights["v2"]));
+        };
+        log("began");
         Box::pin(async move {
             if hang {
-                std::future::pending::<()>().await;
+                abandon.await;
+                return Ok(None);
             }
-            Ok(weights.clone())
+            if self.3.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            log("ended");
+            Ok(Some(Synced {
+                weights: weights.clone(),
+                sent: true,
+            }))
         })
     }
 }
@@ -353,6 +374,7 @@ fn report(store: &MemoryStore, task: &str, draining: bool) {
         draining,
         degraded: false,
         version: "x".into(),
+        appmesh_failing: false,
     };
     store.reports.lock().unwrap().insert(task.into(), report);
 }
@@ -450,5 +472,45 @@ async fn a_newer_decision_stored_during_a_write_is_written_too() {
     control.sync_from_store().await.unwrap();
     assert_eq!(control.weights().weights, theirs.weights);
     assert_eq!(recorded.writes(2).await, [ours, theirs.weights]);
+    sync.abort();
+}
+
+/// A write already on its way when a newer decision comes is waited for,
+/// not dropped (dropped, it could still land after the newer decision's
+/// write), and the newer decision is written after it: its writer may have
+/// written it before this task's older write landed.
+#[tokio::test]
+async fn a_write_on_its_way_is_waited_for_and_the_newer_decision_written_after_it() {
+    let store = Arc::new(MemoryStore::default());
+    let config = Config::parse(CONFIG, "test").unwrap();
+    let control = Control::start(config, store.clone() as Arc<dyn Store>, "dynamodb")
+        .await
+        .unwrap();
+    let ours = BTreeMap::from([("v1".to_string(), 50), ("v2".to_string(), 50)]);
+    control.set_weights(ours.clone(), "admin").await.unwrap();
+    let recorded = Arc::new(Recorded::default());
+    recorded.3.store(true, Ordering::SeqCst);
+    let sync = tokio::spawn(follow_route(
+        control.clone(),
+        recorded.clone(),
+        Duration::from_secs(3600),
+    ));
+    recorded.writes(1).await;
+    // Another task's newer decision, adopted while this task's write is
+    // on its way.
+    let theirs = crate::store::memory::doc(control.weights().generation + 1, "other-task", 0);
+    *store.doc.lock().unwrap() = Some(theirs.clone());
+    control.sync_from_store().await.unwrap();
+    assert_eq!(recorded.writes(2).await, [ours, theirs.weights]);
+    let log = || recorded.4.lock().unwrap().clone();
+    let wait = async {
+        while log().len() < 4 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), wait)
+        .await
+        .unwrap_or_else(|_| panic!("{:?}", log()));
+    assert_eq!(log(), ["began 50", "ended 50", "began 0", "ended 0"]);
     sync.abort();
 }
