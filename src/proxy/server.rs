@@ -505,48 +505,62 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, dra
                 let _ = watch.drive(conn.as_mut(), |c| c.graceful_shutdown()).await;
             }
         } else {
-            // Each HTTP/2 stream's task runs under its own body-stall watch.
-            let exec = StreamExec {
-                body_stall: timeouts.body_stall,
-            };
-            let mut builder = auto::Builder::new(exec);
-            builder
-                .http1()
-                .header_read_timeout(None)
-                .max_buf_size(MAX_HEAD_BYTES.max(8192))
-                .keep_alive(true);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                // A larger header block is answered 431 (or reset) by the
-                // h2 crate itself, before hyper sees a request: neither
-                // gives a hook, so it is not in `canary_client_errors_total`
-                // (docs/metrics.md), unlike HTTP/1.1's 431.
-                .max_header_list_size(MAX_HEAD_BYTES as u32)
-                // Finds dead peers (hyper closes the connection when a PING
-                // goes unanswered). These PINGs are no use of the connection:
-                // the watchdog's idle rule for HTTP/2 counts requests only.
-                .keep_alive_interval(Some(Duration::from_secs(30)));
-            let service = service(proxy.clone(), state.clone());
-            let io = TokioIo::new(coalesce::Coalesced::new(io));
-            if proxy.tls.is_some() {
-                // ALPN chose h2: the connection is HTTP/2 from its first
-                // byte (RFC 9113, 3.2), as nginx and Envoy have it. HTTP/1.1
-                // text on it is a broken preface that closes it, not a
-                // request (the auto-detection, with its upgrades, is h2c's).
-                // hyper writes its SETTINGS before it reads the client's
-                // preface, so `TrackedIo` would not tell HTTP/2 by its first
-                // read: said here (the watchdog's idle rule for HTTP/2).
-                state.http2.store(true, Ordering::Relaxed);
-                let builder = builder.http2_only();
-                let mut conn = Box::pin(builder.serve_connection(io, service));
-                let _ = watch.drive(conn.as_mut(), |c| c.graceful_shutdown()).await;
-            } else {
-                let mut conn = Box::pin(builder.serve_connection_with_upgrades(io, service));
-                let _ = watch.drive(conn.as_mut(), |c| c.graceful_shutdown()).await;
-            }
+            // Boxed: an HTTP/2 connection's state (hyper's builders for both
+            // protocols among it) is the largest, and the task of every
+            // idle HTTP/1 connection would otherwise be as large.
+            Box::pin(serve_auto(io, &state, &proxy, &watch, timeouts.body_stall)).await;
         }
     });
+}
+
+/// Serves a connection with hyper's auto-detecting server: HTTP/2 (ALPN
+/// chose h2, or an h2c preface), or HTTP/1 when its first bytes could not
+/// tell.
+async fn serve_auto(
+    io: TrackedIo,
+    state: &Arc<ConnState>,
+    proxy: &Arc<Proxy>,
+    watch: &drive::Watch<'_>,
+    body_stall: Duration,
+) {
+    // Each HTTP/2 stream's task runs under its own body-stall watch.
+    let exec = StreamExec { body_stall };
+    let mut builder = auto::Builder::new(exec);
+    builder
+        .http1()
+        .header_read_timeout(None)
+        .max_buf_size(MAX_HEAD_BYTES.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        // A larger header block is answered 431 (or reset) by the
+        // h2 crate itself, before hyper sees a request: neither
+        // gives a hook, so it is not in `canary_client_errors_total`
+        // (docs/metrics.md), unlike HTTP/1.1's 431.
+        .max_header_list_size(MAX_HEAD_BYTES as u32)
+        // Finds dead peers (hyper closes the connection when a PING
+        // goes unanswered). These PINGs are no use of the connection:
+        // the watchdog's idle rule for HTTP/2 counts requests only.
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let service = service(proxy.clone(), state.clone());
+    let io = TokioIo::new(coalesce::Coalesced::new(io));
+    if proxy.tls.is_some() {
+        // ALPN chose h2: the connection is HTTP/2 from its first
+        // byte (RFC 9113, 3.2), as nginx and Envoy have it. HTTP/1.1
+        // text on it is a broken preface that closes it, not a
+        // request (the auto-detection, with its upgrades, is h2c's).
+        // hyper writes its SETTINGS before it reads the client's
+        // preface, so `TrackedIo` would not tell HTTP/2 by its first
+        // read: said here (the watchdog's idle rule for HTTP/2).
+        state.http2.store(true, Ordering::Relaxed);
+        let builder = builder.http2_only();
+        let mut conn = Box::pin(builder.serve_connection(io, service));
+        let _ = watch.drive(conn.as_mut(), |c| c.graceful_shutdown()).await;
+    } else {
+        let mut conn = Box::pin(builder.serve_connection_with_upgrades(io, service));
+        let _ = watch.drive(conn.as_mut(), |c| c.graceful_shutdown()).await;
+    }
 }
 
 /// The connection's requests as hyper's servers call them.
