@@ -39,8 +39,9 @@ pub struct Synced {
 /// never writes older weights over newer ones; nor does a task that started
 /// without reading the store, on the config file's weights. A sync still
 /// going (App Mesh throttles; its retries) when a newer decision comes is
-/// abandoned, and the newer decision written by this task too: the older
-/// write, landing late, would otherwise undo it until the next reconcile.
+/// abandoned, unless its write is on its way (that one is waited for), and
+/// the newer decision written by this task too: the older write, landing
+/// late, would otherwise undo it until the next reconcile.
 ///
 /// Every `reconcile_every` (jittered ±20 %, so that a fleet's tasks do not
 /// call at once) the decision in force is written again by its writer
@@ -55,7 +56,7 @@ pub struct Synced {
 /// that this task has not polled yet, and its weights must not be
 /// overwritten with older ones. When the store holds another decision, or
 /// cannot be read, that reconcile is skipped (logged at debug); the next one
-/// tries again. And the store is read again after each write: a newer
+/// tries again. And the store is read again after each write sent: a newer
 /// decision there may have been mirrored by its writer before this write
 /// landed, so this task writes that one too once it adopts it. With a store
 /// of this task's own (the file) no other task decides: the decision in
