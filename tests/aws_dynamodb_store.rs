@@ -991,19 +991,26 @@ async fn only_the_writer_syncs_the_route_and_the_reconcile_repairs_drift() {
             ]),
         },
     );
-    drift
-        .sync(&BTreeMap::from([
-            ("v1".to_string(), 100),
-            ("v2".to_string(), 0),
-        ]))
-        .await
-        .unwrap();
-    assert_ne!(route().await, want);
-    let ok = eventually(WAIT, async || {
-        last = route().await;
-        last == want
-    })
-    .await;
+    // Someone changes the route behind the gateways' backs: answers whether
+    // `repaired` then holds within WAIT, with the route's last weights.
+    let drift_then = async |repaired: &GatewayProc| {
+        drift
+            .sync(&BTreeMap::from([
+                ("v1".to_string(), 100),
+                ("v2".to_string(), 0),
+            ]))
+            .await
+            .unwrap();
+        assert_ne!(route().await, want);
+        let mut last = BTreeMap::new();
+        let ok = eventually(WAIT, async || {
+            last = route().await;
+            last == want && repaired.status().await["appmesh"]["synced_generation"] == generation
+        })
+        .await;
+        (ok, last)
+    };
+    let (ok, last) = drift_then(a).await;
     assert!(
         ok,
         "the drift was never repaired: {last:?}\n{}",
@@ -1032,19 +1039,7 @@ async fn only_the_writer_syncs_the_route_and_the_reconcile_repairs_drift() {
     })
     .await;
     assert!(ok, "{:#}", b.status().await);
-    drift
-        .sync(&BTreeMap::from([
-            ("v1".to_string(), 100),
-            ("v2".to_string(), 0),
-        ]))
-        .await
-        .unwrap();
-    assert_ne!(route().await, want);
-    let ok = eventually(WAIT, async || {
-        last = route().await;
-        last == want && b.status().await["appmesh"]["synced_generation"] == generation
-    })
-    .await;
+    let (ok, last) = drift_then(b).await;
     assert!(
         ok,
         "with its writer gone, the drift was never repaired: {last:?}\n{}",

@@ -122,28 +122,11 @@ async fn a_task_started_without_the_store_never_mirrors_the_files_weights() {
 #[tokio::test]
 async fn a_sync_overtaken_by_a_newer_decision_writes_that_one() {
     let store = Arc::new(MemoryStore::default());
-    let config = Config::parse(CONFIG, "test").unwrap();
-    let control = Control::start(config, store.clone() as Arc<dyn Store>, "dynamodb")
-        .await
-        .unwrap();
     let recorded = Arc::new(Recorded::default());
     recorded.1.store(true, Ordering::SeqCst);
-    let ours = BTreeMap::from([("v1".to_string(), 50), ("v2".to_string(), 50)]);
-    control.set_weights(ours.clone(), "admin").await.unwrap();
-    let sync = tokio::spawn(follow_route(
-        control.clone(),
-        recorded.clone(),
-        Duration::from_secs(3600),
-    ));
-    assert_eq!(
-        recorded.writes(1).await,
-        std::slice::from_ref(&ours),
-        "hangs"
-    );
+    let (control, ours, theirs, sync) = own_decision_then_theirs(&store, &recorded, false).await;
 
     // Another task rolls back; this one adopts it at its poll.
-    let generation = control.weights().generation + 1;
-    let theirs = crate::store::memory::doc(generation, "other-task", 0);
     *store.doc.lock().unwrap() = Some(theirs.clone());
     control.sync_from_store().await.unwrap();
     assert_eq!(control.weights().weights, theirs.weights);
@@ -442,13 +425,20 @@ async fn a_task_stands_in_at_the_reconcile_for_a_writer_that_is_gone() {
     sync.abort();
 }
 
-/// While this task's write went out, another task wrote a newer decision
-/// and mirrored it: this task's older weights may have landed last, so it
-/// writes the newer decision too once it adopts it (it would otherwise
-/// leave it to the next reconcile of that decision's writer).
-#[tokio::test]
-async fn a_newer_decision_stored_during_a_write_is_written_too() {
-    let store = Arc::new(MemoryStore::default());
+/// Starts a task whose own decision (v2 at 50) is in force, mirrored
+/// through `recorded` (no reconcile within a test); answers once its first
+/// write began, with another task's newer decision (v2 at 0), which
+/// reaches the store as that write begins when `stored_during_write`.
+async fn own_decision_then_theirs(
+    store: &Arc<MemoryStore>,
+    recorded: &Arc<Recorded>,
+    stored_during_write: bool,
+) -> (
+    Arc<Control>,
+    BTreeMap<String, u32>,
+    crate::store::WeightsDoc,
+    tokio::task::JoinHandle<()>,
+) {
     let config = Config::parse(CONFIG, "test").unwrap();
     let control = Control::start(config, store.clone() as Arc<dyn Store>, "dynamodb")
         .await
@@ -456,18 +446,30 @@ async fn a_newer_decision_stored_during_a_write_is_written_too() {
     let ours = BTreeMap::from([("v1".to_string(), 50), ("v2".to_string(), 50)]);
     control.set_weights(ours.clone(), "admin").await.unwrap();
     let theirs = crate::store::memory::doc(control.weights().generation + 1, "other-task", 0);
-    let stored = store.clone();
-    let newer = theirs.clone();
-    let recorded = Arc::new(Recorded::default());
-    *recorded.2.lock().unwrap() = Some(Box::new(move || {
-        *stored.doc.lock().unwrap() = Some(newer);
-    }));
+    if stored_during_write {
+        let (store, newer) = (store.clone(), theirs.clone());
+        *recorded.2.lock().unwrap() = Some(Box::new(move || {
+            *store.doc.lock().unwrap() = Some(newer);
+        }));
+    }
     let sync = tokio::spawn(follow_route(
         control.clone(),
         recorded.clone(),
         Duration::from_secs(3600),
     ));
     assert_eq!(recorded.writes(1).await, std::slice::from_ref(&ours));
+    (control, ours, theirs, sync)
+}
+
+/// While this task's write went out, another task wrote a newer decision
+/// and mirrored it: this task's older weights may have landed last, so it
+/// writes the newer decision too once it adopts it (it would otherwise
+/// leave it to the next reconcile of that decision's writer).
+#[tokio::test]
+async fn a_newer_decision_stored_during_a_write_is_written_too() {
+    let store = Arc::new(MemoryStore::default());
+    let recorded = Arc::new(Recorded::default());
+    let (control, ours, theirs, sync) = own_decision_then_theirs(&store, &recorded, true).await;
     // This task adopts it at its poll.
     control.sync_from_store().await.unwrap();
     assert_eq!(control.weights().weights, theirs.weights);
@@ -482,23 +484,10 @@ async fn a_newer_decision_stored_during_a_write_is_written_too() {
 #[tokio::test]
 async fn a_write_on_its_way_is_waited_for_and_the_newer_decision_written_after_it() {
     let store = Arc::new(MemoryStore::default());
-    let config = Config::parse(CONFIG, "test").unwrap();
-    let control = Control::start(config, store.clone() as Arc<dyn Store>, "dynamodb")
-        .await
-        .unwrap();
-    let ours = BTreeMap::from([("v1".to_string(), 50), ("v2".to_string(), 50)]);
-    control.set_weights(ours.clone(), "admin").await.unwrap();
     let recorded = Arc::new(Recorded::default());
     recorded.3.store(true, Ordering::SeqCst);
-    let sync = tokio::spawn(follow_route(
-        control.clone(),
-        recorded.clone(),
-        Duration::from_secs(3600),
-    ));
-    recorded.writes(1).await;
-    // Another task's newer decision, adopted while this task's write is
-    // on its way.
-    let theirs = crate::store::memory::doc(control.weights().generation + 1, "other-task", 0);
+    let (control, ours, theirs, sync) = own_decision_then_theirs(&store, &recorded, false).await;
+    // Adopted while this task's write is on its way.
     *store.doc.lock().unwrap() = Some(theirs.clone());
     control.sync_from_store().await.unwrap();
     assert_eq!(recorded.writes(2).await, [ours, theirs.weights]);
