@@ -51,6 +51,11 @@ pub enum DiscoveryError {
     Timeout(String),
     #[error("AWS error: {0}")]
     Aws(String),
+    /// Cloud Map has no namespace or service of the configured name
+    /// (`NamespaceNotFound`, `ServiceNotFound`): most likely a typo in the
+    /// config, or a service not created (or deleted) yet.
+    #[error("not in Cloud Map: {0}")]
+    NotFound(String),
 }
 
 impl DiscoveryError {
@@ -60,6 +65,7 @@ impl DiscoveryError {
             DiscoveryError::Throttled(_) => "throttled",
             DiscoveryError::Timeout(_) => "timeout",
             DiscoveryError::Aws(_) => "aws",
+            DiscoveryError::NotFound(_) => "not_found",
         }
     }
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use cloudmap_fixture::CloudMapFixture;
 use gateway_proc::{
     BlackHole, GatewayProc, Relay, TOKEN_ENV, TaggedUpstream, admin, endpoints_line, eventually,
-    gateway_config, metric_sum, split_counts, weights_of,
+    gateway_config, metric_sum, metric_value, split_counts, weights_of,
 };
 use moto::MotoServer;
 use serde_json::{Value, json};
@@ -1106,4 +1106,49 @@ async fn ctl_weights_set_warns_about_weight_for_a_version_without_endpoints() {
         "{stdout}"
     );
     assert_eq!(weights_of(&gw.weights().await)["v2"], 50);
+}
+
+/// A version naming a Cloud Map service that does not exist (a typo, or a
+/// service not created yet) is said as such: a `/status` warning naming the
+/// version and the source, errors of kind `not_found`; both clear once the
+/// service exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_map_service_that_does_not_exist_is_named_as_such() {
+    let moto = MotoServer::start();
+    let v1 = TaggedUpstream::start("v1").await;
+    let v2 = TaggedUpstream::start("v2").await;
+    let client = aws_sdk_servicediscovery::Client::new(&moto.sdk_config().await);
+    let namespace_id = cloudmap_fixture::create_namespace(&client, NAMESPACE).await;
+    let gw = GatewayProc::spawn(&config(
+        &moto.endpoint_url(),
+        &[
+            ("v1", 100, static_source(&v1)),
+            ("v2", 0, cloudmap_source("app-v2")),
+        ],
+        "",
+    ))
+    .await;
+    gw.wait_ready(WAIT).await;
+    let said = format!(
+        "Cloud Map has no such namespace or service for `v2` (cloudmap:{NAMESPACE}/app-v2): check its `cloudmap` in the config (a typo, or a service not created yet)"
+    );
+    let warned = async || {
+        let warnings = gw.status().await["warnings"].clone();
+        warnings
+            .as_array()
+            .is_some_and(|w| w.iter().any(|w| w.as_str() == Some(said.as_str())))
+    };
+    let ok = eventually(WAIT, warned).await;
+    assert!(ok, "{:#}\n{}", gw.status().await, gw.log_text());
+    let not_found = metric_value(
+        &gw.metrics().await,
+        "canary_discovery_errors_total",
+        &[("version", "v2"), ("kind", "not_found")],
+    );
+    assert!(not_found >= 1.0, "{}", gw.metrics().await);
+
+    let service = create_service(&client, &namespace_id, "app-v2").await;
+    register(&service, "v2-a", &v2).await;
+    wait_endpoints(&gw, &[("v2", vec![v2.addr.to_string()])]).await;
+    assert!(!warned().await, "{:#}", gw.status().await);
 }

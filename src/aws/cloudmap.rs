@@ -148,6 +148,14 @@ where
     match errors::classify(err) {
         ErrorClass::Throttled => DiscoveryError::Throttled(message),
         ErrorClass::Timeout => DiscoveryError::Timeout(message),
+        ErrorClass::Other
+            if matches!(
+                errors::error_code(err),
+                Some("NamespaceNotFound" | "ServiceNotFound")
+            ) =>
+        {
+            DiscoveryError::NotFound(message)
+        }
         ErrorClass::Other => DiscoveryError::Aws(message),
     }
 }

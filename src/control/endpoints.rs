@@ -15,6 +15,7 @@ impl EndpointSink for Control {
         };
         if let Some((d, last_ok)) = state.discovery.get_mut(version) {
             d.last_error = None;
+            d.not_found = false;
             d.consecutive_errors = 0;
             d.attempted = true;
             *last_ok = Some(Instant::now());
@@ -44,6 +45,7 @@ impl EndpointSink for Control {
         let mut state = self.lock();
         if let Some((d, last_ok)) = state.discovery.get_mut(version) {
             d.last_error = None;
+            d.not_found = false;
             d.consecutive_errors = 0;
             d.attempted = true;
             *last_ok = Some(Instant::now());
@@ -54,6 +56,7 @@ impl EndpointSink for Control {
         let mut state = self.lock();
         if let Some((d, _)) = state.discovery.get_mut(version) {
             d.last_error = Some(error.to_string());
+            d.not_found = matches!(error, DiscoveryError::NotFound(_));
             d.consecutive_errors += 1;
             d.attempted = true;
         }

@@ -48,6 +48,9 @@ pub struct DiscoveryStatus {
     /// Whether a first discovery call has finished (success or failure).
     #[serde(skip)]
     pub attempted: bool,
+    /// The last call found no such namespace or service in Cloud Map.
+    #[serde(skip)]
+    pub not_found: bool,
 }
 
 /// One version in `GET /status`.
@@ -247,6 +250,18 @@ impl Control {
                 out.push(format!(
                     "the version {}",
                     no_endpoints_sentence(&v.name, v.weight, &v.discovery.source)
+                ));
+            }
+            if v.discovery.not_found {
+                out.push(format!(
+                    "Cloud Map has no such namespace or service for `{}` ({}): check its `cloudmap` in the config (a typo, or a service not created yet){}",
+                    v.name,
+                    v.discovery.source,
+                    if v.endpoints.is_empty() {
+                        ""
+                    } else {
+                        "; its last endpoints are still used"
+                    }
                 ));
             }
             if v.discovery.stale {
