@@ -197,7 +197,8 @@ pub trait Store: Send + Sync + 'static {
     /// read as consistently as the service allows (DynamoDB: strongly consistent).
     fn load(&self) -> BoxFuture<'_, Result<Option<WeightsDoc>, StoreError>>;
     /// Replaces the stored document if it is still the one read at generation
-    /// `read_at` (`None`: nothing was stored). When another writer came first a
+    /// `read_at` (`None`: nothing was stored, or a document that does not
+    /// parse and has no generation that reads beside it). When another writer came first a
     /// shared store answers [`StoreError::Conflict`] with the current document
     /// and writes nothing; the file store (one task) writes unconditionally.
     fn save<'a>(

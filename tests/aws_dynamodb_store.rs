@@ -530,16 +530,22 @@ async fn a_rollback_while_the_store_is_down_applies_at_once_and_lands_when_it_re
 /// Writes the weights item by hand: `doc` as its document, `generation` as
 /// its generation attribute.
 async fn put_raw_item(moto: &MotoServer, doc: &str, generation: u64) {
+    put_raw_attributes(moto, doc, Some(&generation.to_string())).await;
+}
+
+/// Writes the weights item by hand: `doc` as its document, `generation` (a
+/// number's text) as its generation attribute, or none.
+async fn put_raw_attributes(moto: &MotoServer, doc: &str, generation: Option<&str>) {
     use aws_sdk_dynamodb::types::AttributeValue;
-    aws_sdk_dynamodb::Client::new(&moto.sdk_config().await)
+    let mut put = aws_sdk_dynamodb::Client::new(&moto.sdk_config().await)
         .put_item()
         .table_name(TABLE)
         .item("pk", AttributeValue::S(KEY.into()))
-        .item("doc", AttributeValue::S(doc.into()))
-        .item("generation", AttributeValue::N(generation.to_string()))
-        .send()
-        .await
-        .unwrap();
+        .item("doc", AttributeValue::S(doc.into()));
+    if let Some(generation) = generation {
+        put = put.item("generation", AttributeValue::N(generation.into()));
+    }
+    put.send().await.unwrap();
 }
 
 /// The store answers a document that does not parse: a pending rollback is
@@ -583,6 +589,30 @@ async fn a_pending_rollback_is_written_over_a_document_that_does_not_parse() {
     })
     .await;
     assert!(ok, "{:#}", gw.status().await);
+
+    // Without a generation that reads beside it (none, or one above
+    // 2^53-1): no write can be conditional on it, yet the rollback is
+    // written over it, on the condition that it still has none.
+    for generation in [None, Some("9007199254740992")] {
+        put_retrying(gw, 50, 50).await;
+        put_raw_attributes(&fx.moto, "{not json", generation).await;
+        let rolled = admin(gw.admin, "POST", "/rollback", "").await;
+        assert_eq!(rolled.status, 200, "{}", rolled.text());
+        let ok = eventually(WAIT, async || {
+            fx.store
+                .load()
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|d| d.weights["v2"] == 0)
+        })
+        .await;
+        assert!(
+            ok,
+            "{generation:?}: the rollback never replaced the document:\n{}",
+            gw.log_text()
+        );
+    }
 }
 
 /// The item's generation attribute disagrees with its document's (a hand

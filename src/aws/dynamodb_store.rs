@@ -143,7 +143,18 @@ impl DynamoDbStore {
             );
         put = put.expression_attribute_names("#d", DOC_ATTRIBUTE);
         put = match read_at {
-            None => put.condition_expression("attribute_not_exists(#d)"),
+            // Nothing stored, or a document that does not parse without a
+            // generation that reads beside it (a hand edit): written only
+            // while that is still so, so that a fix made meanwhile stays.
+            None => put
+                .condition_expression(
+                    "attribute_not_exists(#d) OR attribute_not_exists(#g) \
+                     OR NOT attribute_type(#g, :number) OR #g > :max OR #g < :zero",
+                )
+                .expression_attribute_names("#g", GENERATION_ATTRIBUTE)
+                .expression_attribute_values(":number", AttributeValue::S("N".into()))
+                .expression_attribute_values(":max", AttributeValue::N(MAX_GENERATION.to_string()))
+                .expression_attribute_values(":zero", AttributeValue::N("0".into())),
             Some(generation) => put
                 .condition_expression("attribute_not_exists(#d) OR #g = :read_at")
                 .expression_attribute_names("#g", GENERATION_ATTRIBUTE)
