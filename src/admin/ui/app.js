@@ -738,6 +738,7 @@ function renderFleet() {
     states.push(t.ready ? "ready" : "not ready");
     if (t.draining) states.push("draining");
     if (t.degraded) states.push("DEGRADED");
+    if (t.appmesh_failing) states.push("App Mesh sync failing");
     if (off) states.push("other generation than this task");
     return el("tr", { class: [t.this_task && "this-task", t.stale && "stale", off && "off-gen"].filter(Boolean).join(" ") },
       el("td", { text: t.task + (t.this_task ? " (this task)" : "") }),
