@@ -128,8 +128,8 @@ pub fn fleet_view(
 /// was stopped or replaced, or is draining), and of the other tasks that
 /// report live, none that could stand in (neither draining, nor started
 /// without the store, nor failing its own route syncs) has a smaller task
-/// id. So after a fleet is replaced,
-/// one task repairs the route's drift, not none and not every one.
+/// id. So after a fleet is replaced, one task repairs the route's drift,
+/// not none and not every one.
 pub fn stands_in(
     own: &str,
     writer: &str,
