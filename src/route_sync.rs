@@ -78,6 +78,9 @@ pub async fn follow_route(
     let mut reconcile = false;
     // The last sync's error, said once (a broken route fails every reconcile).
     let mut last_error: Option<String> = None;
+    // A write was sent (or failed) in this round: the route is checked
+    // again after VERIFY_AFTER.
+    let mut verify = false;
     loop {
         let held = control.mirror_held();
         // On a store of this task's own every decision in force is its own,
@@ -135,12 +138,14 @@ pub async fn follow_route(
                         tracing::info!(generation = doc.generation, "App Mesh route synced again");
                     }
                     control.appmesh_synced(doc.generation, Ok(synced.weights));
+                    verify = synced.sent;
                     // Nothing sent: nothing can land late.
                     synced.sent
                         && (rx.has_changed().unwrap_or(false)
                             || (control.store_shared() && newer_in_store(&control, &doc).await))
                 }
                 Err(e) => {
+                    verify = true;
                     // Once per distinct error: a broken route fails every
                     // reconcile.
                     if last_error.as_ref() != Some(&e) {
@@ -152,6 +157,7 @@ pub async fn follow_route(
                     control.appmesh_synced(doc.generation, Err(e));
                     // A write that failed may still have landed (a time-out).
                     rx.has_changed().unwrap_or(false)
+                        || (control.store_shared() && newer_in_store(&control, &doc).await)
                 }
             };
             if landed_late {
@@ -164,7 +170,15 @@ pub async fn follow_route(
         } else if !ours {
             tracing::debug!(generation = doc.generation, writer = %doc.writer, "App Mesh route: synced by the task that wrote the decision");
         }
-        if !wait_or_reconcile(&mut rx, &mut doc, &mut reconcile, reconcile_every).await {
+        // An attempt the SDK timed out and sent again may land after the
+        // write that answered, or another task's after this one: checked
+        // again soon, not only at the next reconcile.
+        let every = if std::mem::take(&mut verify) {
+            reconcile_every.min(VERIFY_AFTER)
+        } else {
+            reconcile_every
+        };
+        if !wait_or_reconcile(&mut rx, &mut doc, &mut reconcile, every).await {
             return;
         }
     }
@@ -194,6 +208,12 @@ async fn wait_or_reconcile(
     *doc = next;
     true
 }
+
+/// How soon after a write sent (or failed) the route is checked again,
+/// when the reconcile interval is longer: twice an AWS call's attempt
+/// time-out (5 s), by when a request the SDK gave up on (and sent again)
+/// has landed, if it ever does, maybe after this write.
+const VERIFY_AFTER: Duration = Duration::from_secs(10);
 
 /// The spread of the reconcile interval (±20 %).
 const RECONCILE_JITTER: f64 = 0.2;

@@ -125,7 +125,8 @@ pub fn fleet_view(
 /// Whether the task `own` stands in for `writer`, the task that wrote the
 /// decision in force, at the App Mesh reconcile (see
 /// [`crate::route_sync::follow_route`]): the writer has no live report (it
-/// was stopped or replaced, or is draining), and of the other tasks that
+/// was stopped or replaced, or is draining) or reports that its own route
+/// syncs fail (a route it cannot find or write), and of the other tasks that
 /// report live, none that could stand in (neither draining, nor started
 /// without the store, nor failing its own route syncs) has a smaller task
 /// id. So after a fleet is replaced, one task repairs the route's drift,
@@ -144,7 +145,7 @@ pub fn stands_in(
     };
     let mut others = reports.iter().filter(live);
     !others
-        .any(|r| r.task == writer || (!r.degraded && !r.appmesh_failing && r.task.as_str() < own))
+        .any(|r| !r.appmesh_failing && (r.task == writer || (!r.degraded && r.task.as_str() < own)))
 }
 
 impl Control {
@@ -428,6 +429,18 @@ mod tests {
         ];
         assert!(stands_in("c", "w", &reports, now, BOUND));
         assert!(!stands_in("d", "w", &reports, now, BOUND));
+        // A writer whose own syncs fail holds no one back.
+        let failing_writer = TaskReport {
+            appmesh_failing: true,
+            ..live("w")
+        };
+        assert!(stands_in(
+            "b",
+            "w",
+            &[failing_writer, live("b")],
+            now,
+            BOUND
+        ));
         // Alone in the fleet.
         assert!(stands_in("c", "w", &[], now, BOUND));
     }

@@ -503,3 +503,25 @@ async fn a_write_on_its_way_is_waited_for_and_the_newer_decision_written_after_i
     assert_eq!(log(), ["began 50", "ended 50", "began 0", "ended 0"]);
     sync.abort();
 }
+
+/// A write sent is checked again after `VERIFY_AFTER`, well before the
+/// next reconcile: an attempt the SDK timed out and sent again may land
+/// after the write that answered.
+#[tokio::test(start_paused = true)]
+async fn a_write_sent_is_checked_again_soon_after() {
+    let store = Arc::new(MemoryStore::default());
+    let recorded = Arc::new(Recorded::default());
+    let (_control, ours, _theirs, sync) = own_decision_then_theirs(&store, &recorded, false).await;
+    let began = tokio::time::Instant::now();
+    let again = async {
+        while recorded.0.lock().unwrap().len() < 2 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), again)
+        .await
+        .expect("not checked again within a minute (the reconcile is hourly)");
+    assert!(began.elapsed() >= super::VERIFY_AFTER.mul_f64(0.8));
+    assert_eq!(recorded.0.lock().unwrap()[1], ours);
+    sync.abort();
+}
