@@ -78,7 +78,7 @@ pub async fn follow_route(
     let mut reconcile = false;
     // The last sync's error, said once (a broken route fails every reconcile).
     let mut last_error: Option<String> = None;
-    // A write was sent (or failed) in this round: the route is checked
+    // A write was sent (or failed anew) in this round: the route is checked
     // again after VERIFY_AFTER.
     let mut verify = false;
     loop {
@@ -145,10 +145,11 @@ pub async fn follow_route(
                             || (control.store_shared() && newer_in_store(&control, &doc).await))
                 }
                 Err(e) => {
-                    verify = true;
                     // Once per distinct error: a broken route fails every
-                    // reconcile.
-                    if last_error.as_ref() != Some(&e) {
+                    // reconcile (checked again soon only the first time: a
+                    // route that cannot be written is not called more often).
+                    verify = last_error.as_ref() != Some(&e);
+                    if verify {
                         tracing::warn!(error = %e, generation = doc.generation, "App Mesh route sync failed");
                     } else {
                         tracing::debug!(error = %e, generation = doc.generation, "App Mesh route sync failed again");
