@@ -503,15 +503,7 @@ async fn a_rollback_while_the_store_is_down_applies_at_once_and_lands_when_it_re
     assert_eq!(store.load().await.unwrap().unwrap().weights["v2"], 50);
 
     switch.set_faults(0);
-    let ok = eventually(WAIT, async || {
-        store
-            .load()
-            .await
-            .ok()
-            .flatten()
-            .is_some_and(|d| d.weights["v2"] == 0)
-    })
-    .await;
+    let ok = rolled_back_in(store).await;
     assert!(
         ok,
         "the rollback never reached the store:\n{}",
@@ -525,6 +517,19 @@ async fn a_rollback_while_the_store_is_down_applies_at_once_and_lands_when_it_re
     let stored = store.load().await.unwrap().unwrap();
     assert_eq!(gw.weights().await["generation"], stored.generation);
     assert_eq!(weights_of(&gw.weights().await), w(100, 0));
+}
+
+/// Whether `store` holds a decision with v2 at 0 (rolled back) within WAIT.
+async fn rolled_back_in(store: &DynamoDbStore) -> bool {
+    eventually(WAIT, async || {
+        store
+            .load()
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|d| d.weights["v2"] == 0)
+    })
+    .await
 }
 
 /// Writes the weights item by hand: `doc` as its document, `generation` as
@@ -598,15 +603,7 @@ async fn a_pending_rollback_is_written_over_a_document_that_does_not_parse() {
         put_raw_attributes(&fx.moto, "{not json", generation).await;
         let rolled = admin(gw.admin, "POST", "/rollback", "").await;
         assert_eq!(rolled.status, 200, "{}", rolled.text());
-        let ok = eventually(WAIT, async || {
-            fx.store
-                .load()
-                .await
-                .ok()
-                .flatten()
-                .is_some_and(|d| d.weights["v2"] == 0)
-        })
-        .await;
+        let ok = rolled_back_in(&fx.store).await;
         assert!(
             ok,
             "{generation:?}: the rollback never replaced the document:\n{}",

@@ -1067,6 +1067,22 @@ async fn a_store_poll_in_flight_never_reverts_a_change() {
     poller.abort();
 }
 
+/// A ready gateway with v1 (weight 100) at `v1` and v2 (weight 0) from
+/// Cloud Map service `app-v2` of `moto`.
+async fn v1_static_v2_from_cloud_map(moto: &MotoServer, v1: &TaggedUpstream) -> GatewayProc {
+    let gw = GatewayProc::spawn(&config(
+        &moto.endpoint_url(),
+        &[
+            ("v1", 100, static_source(v1)),
+            ("v2", 0, cloudmap_source("app-v2")),
+        ],
+        "",
+    ))
+    .await;
+    gw.wait_ready(WAIT).await;
+    gw
+}
+
 /// `ctl weights set` giving weight to a version whose Cloud Map service has
 /// no instances yet: applied (exit 0), and the command prints the answer's
 /// warning that its share of the requests gets 503 until it has some.
@@ -1075,16 +1091,7 @@ async fn ctl_weights_set_warns_about_weight_for_a_version_without_endpoints() {
     let moto = MotoServer::start();
     let v1 = TaggedUpstream::start("v1").await;
     let _services = cloudmap_services(&moto, &["app-v2"]).await;
-    let gw = GatewayProc::spawn(&config(
-        &moto.endpoint_url(),
-        &[
-            ("v1", 100, static_source(&v1)),
-            ("v2", 0, cloudmap_source("app-v2")),
-        ],
-        "",
-    ))
-    .await;
-    gw.wait_ready(WAIT).await;
+    let gw = v1_static_v2_from_cloud_map(&moto, &v1).await;
     let out = tokio::process::Command::new(gateway_proc::BIN)
         .args(["ctl", "weights", "set", "v1=50", "v2=50"])
         .env("CANARY_ADMIN_URL", format!("http://{}", gw.admin))
@@ -1119,16 +1126,7 @@ async fn a_cloud_map_service_that_does_not_exist_is_named_as_such() {
     let v2 = TaggedUpstream::start("v2").await;
     let client = aws_sdk_servicediscovery::Client::new(&moto.sdk_config().await);
     let namespace_id = cloudmap_fixture::create_namespace(&client, NAMESPACE).await;
-    let gw = GatewayProc::spawn(&config(
-        &moto.endpoint_url(),
-        &[
-            ("v1", 100, static_source(&v1)),
-            ("v2", 0, cloudmap_source("app-v2")),
-        ],
-        "",
-    ))
-    .await;
-    gw.wait_ready(WAIT).await;
+    let gw = v1_static_v2_from_cloud_map(&moto, &v1).await;
     let said = format!(
         "Cloud Map has no such namespace or service for `v2` (cloudmap:{NAMESPACE}/app-v2): check its `cloudmap` in the config (a typo, or a service not created yet)"
     );
