@@ -178,17 +178,30 @@ async fn health_filter_and_query_parameters_are_applied() {
     );
 }
 
+/// A namespace or service Cloud Map does not have (a typo in the config)
+/// is a readable error of its own kind, `not_found`, not an outage.
 #[tokio::test]
-async fn unknown_service_is_a_readable_aws_error() {
+async fn an_unknown_namespace_or_service_is_a_readable_not_found_error() {
     let moto = MotoServer::start();
     let (discover, fx) = setup(&moto).await;
     let mut src = source(&fx, None);
     src.namespace = "no-such-namespace".into();
     let err = discover.instances(&src).await.unwrap_err();
-    assert!(matches!(err, DiscoveryError::Aws(_)), "{err:?}");
+    assert!(matches!(err, DiscoveryError::NotFound(_)), "{err:?}");
+    assert_eq!(err.kind(), "not_found");
     assert!(err.to_string().contains("NamespaceNotFound"), "{err}");
     let err = discover.revision(&src).await.unwrap_err();
     assert!(err.to_string().contains("NamespaceNotFound"), "{err}");
+
+    let mut src = source(&fx, None);
+    src.service = "no-such-service".into();
+    for err in [
+        discover.instances(&src).await.unwrap_err(),
+        discover.revision(&src).await.map(|_| ()).unwrap_err(),
+    ] {
+        assert!(matches!(err, DiscoveryError::NotFound(_)), "{err:?}");
+        assert!(err.to_string().contains("ServiceNotFound"), "{err}");
+    }
 }
 
 #[tokio::test]
