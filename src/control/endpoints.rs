@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Control, reuse_endpoints};
+use super::{Control, State, reuse_endpoints};
 use crate::discovery::{DiscoveryError, EndpointSink};
 
 impl EndpointSink for Control {
@@ -13,13 +13,7 @@ impl EndpointSink for Control {
         let Some(current) = state.endpoints.get(version).cloned() else {
             return;
         };
-        if let Some((d, last_ok)) = state.discovery.get_mut(version) {
-            d.last_error = None;
-            d.not_found = false;
-            d.consecutive_errors = 0;
-            d.attempted = true;
-            *last_ok = Some(Instant::now());
-        }
+        answered(&mut state, version);
         let mut sorted = addrs;
         sorted.sort();
         sorted.dedup();
@@ -43,13 +37,7 @@ impl EndpointSink for Control {
 
     fn endpoints_confirmed(&self, version: &str) {
         let mut state = self.lock();
-        if let Some((d, last_ok)) = state.discovery.get_mut(version) {
-            d.last_error = None;
-            d.not_found = false;
-            d.consecutive_errors = 0;
-            d.attempted = true;
-            *last_ok = Some(Instant::now());
-        }
+        answered(&mut state, version);
     }
 
     fn discovery_failed(&self, version: &str, error: &DiscoveryError) {
@@ -60,5 +48,17 @@ impl EndpointSink for Control {
             d.consecutive_errors += 1;
             d.attempted = true;
         }
+    }
+}
+
+/// Records an answer from `version`'s discovery source (a list or a
+/// revision that confirms it): no error since, asked at least once.
+fn answered(state: &mut State, version: &str) {
+    if let Some((d, last_ok)) = state.discovery.get_mut(version) {
+        d.last_error = None;
+        d.not_found = false;
+        d.consecutive_errors = 0;
+        d.attempted = true;
+        *last_ok = Some(Instant::now());
     }
 }

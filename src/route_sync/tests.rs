@@ -127,10 +127,7 @@ async fn a_sync_overtaken_by_a_newer_decision_writes_that_one() {
     let (control, ours, theirs, sync) = own_decision_then_theirs(&store, &recorded, false).await;
 
     // Another task rolls back; this one adopts it at its poll.
-    *store.doc.lock().unwrap() = Some(theirs.clone());
-    control.sync_from_store().await.unwrap();
-    assert_eq!(control.weights().weights, theirs.weights);
-    assert_eq!(recorded.writes(2).await, [ours, theirs.weights]);
+    adopted_and_written(&store, &control, &recorded, ours, theirs).await;
     sync.abort();
 }
 
@@ -461,6 +458,21 @@ async fn own_decision_then_theirs(
     (control, ours, theirs, sync)
 }
 
+/// `theirs` in the store (again, if it is there already) and adopted at a
+/// poll: it is in force, and the route got this task's `ours`, then it.
+async fn adopted_and_written(
+    store: &MemoryStore,
+    control: &Control,
+    recorded: &Recorded,
+    ours: BTreeMap<String, u32>,
+    theirs: crate::store::WeightsDoc,
+) {
+    *store.doc.lock().unwrap() = Some(theirs.clone());
+    control.sync_from_store().await.unwrap();
+    assert_eq!(control.weights().weights, theirs.weights);
+    assert_eq!(recorded.writes(2).await, [ours, theirs.weights]);
+}
+
 /// While this task's write went out, another task wrote a newer decision
 /// and mirrored it: this task's older weights may have landed last, so it
 /// writes the newer decision too once it adopts it (it would otherwise
@@ -471,9 +483,7 @@ async fn a_newer_decision_stored_during_a_write_is_written_too() {
     let recorded = Arc::new(Recorded::default());
     let (control, ours, theirs, sync) = own_decision_then_theirs(&store, &recorded, true).await;
     // This task adopts it at its poll.
-    control.sync_from_store().await.unwrap();
-    assert_eq!(control.weights().weights, theirs.weights);
-    assert_eq!(recorded.writes(2).await, [ours, theirs.weights]);
+    adopted_and_written(&store, &control, &recorded, ours, theirs).await;
     sync.abort();
 }
 
@@ -488,9 +498,7 @@ async fn a_write_on_its_way_is_waited_for_and_the_newer_decision_written_after_i
     recorded.3.store(true, Ordering::SeqCst);
     let (control, ours, theirs, sync) = own_decision_then_theirs(&store, &recorded, false).await;
     // Adopted while this task's write is on its way.
-    *store.doc.lock().unwrap() = Some(theirs.clone());
-    control.sync_from_store().await.unwrap();
-    assert_eq!(recorded.writes(2).await, [ours, theirs.weights]);
+    adopted_and_written(&store, &control, &recorded, ours, theirs).await;
     let log = || recorded.4.lock().unwrap().clone();
     let wait = async {
         while log().len() < 4 {
