@@ -195,6 +195,13 @@ impl Control {
         let writer = writer_id();
         let first_read = boot::first_read(&*store, config.store.boot_timeout()).await?;
         let stored = first_read.doc.clone();
+        // A text a reload refused while a rollout ran is still the file's:
+        // not an edit made while the gateway was stopped (see
+        // `reload::refused_still`).
+        let (config, refused_kept) = match stored.as_ref() {
+            Some(doc) if !store.shared() => reload::refused_still(doc, config),
+            _ => (config, false),
+        };
         let config_weights = config.weights();
         let from_config = WeightsDoc {
             stable: config.split.stable.clone(),
@@ -211,6 +218,7 @@ impl Control {
             },
             config_weights: Some(config_weights),
             config_stable: (!store.shared()).then(|| config.split.stable.clone()),
+            refused_config: None,
             rollout: None,
         };
         // The file's weights win over a saved decision, `by` what: one
@@ -226,7 +234,7 @@ impl Control {
         // are a new decision, recorded like a reload's edit (file store only:
         // a replica joins with a shared store's decision).
         let mut file_won = false;
-        let decision = match stored {
+        let mut decision = match stored {
             None => from_config,
             Some(doc) if !store.shared() && reload::edited_since(&doc, &config) => {
                 let won = file_wins(
@@ -287,6 +295,16 @@ impl Control {
                 }
             }
         };
+        if refused_kept {
+            tracing::warn!(
+                target: "audit",
+                generation = decision.generation,
+                "the config file's weights or stable version were refused by a reload while a rollout ran, and the file still has them: the saved decision stays in force; reload (SIGHUP or POST /reload) once no rollout runs to apply them"
+            );
+        } else {
+            // The file no longer has the text refused before the stop.
+            decision.refused_config = None;
+        }
         let mut endpoints = BTreeMap::new();
         let mut discovery = BTreeMap::new();
         for v in &config.versions {

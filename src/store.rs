@@ -43,6 +43,32 @@ pub struct WeightsDoc {
     /// The progressive rollout, when one was started (see `rollout`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<crate::rollout::state::RolloutState>,
+    /// The config file's weights and stable version that a reload refused
+    /// because a rollout ran (file store only), until a reload applies a
+    /// text or the file is edited to another: a start that finds the file
+    /// still so keeps this decision rather than take the refused text for an
+    /// edit made while the gateway was stopped (which would give an aborted
+    /// canary traffic again, or undo a promotion). Older gateways ignore the
+    /// field; left out when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_config: Option<ConfigWeights>,
+}
+
+/// A config file's weights and stable version, as a reload read them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigWeights {
+    pub stable: String,
+    pub weights: BTreeMap<String, u32>,
+}
+
+impl ConfigWeights {
+    /// The weights and stable version of `config`'s text.
+    pub fn of(config: &crate::config::Config) -> Self {
+        ConfigWeights {
+            stable: config.split.stable.clone(),
+            weights: config.weights(),
+        }
+    }
 }
 
 impl WeightsDoc {

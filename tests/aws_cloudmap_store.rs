@@ -26,6 +26,7 @@ fn doc(generation: u64, canary: u32) -> WeightsDoc {
             ("v2".to_string(), 0),
         ])),
         config_stable: None,
+        refused_config: None,
         rollout: None,
     }
 }

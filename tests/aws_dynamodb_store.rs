@@ -52,6 +52,7 @@ fn doc(generation: u64, writer: &str, v2: u32) -> WeightsDoc {
         writer: writer.into(),
         config_weights: None,
         config_stable: None,
+        refused_config: None,
         rollout: None,
     }
 }

@@ -590,6 +590,7 @@ async fn starts_degraded_while_the_cloud_map_store_is_unreachable() {
         writer: "another-task".into(),
         config_weights: None,
         config_stable: None,
+        refused_config: None,
         rollout: None,
     };
     CloudMapStore::new(&moto.sdk_config().await, service_id.clone())

@@ -239,6 +239,7 @@ mod tests {
             writer: "task-a".into(),
             config_weights: Some(BTreeMap::from([("v1".to_string(), 100)])),
             config_stable: None,
+            refused_config: None,
             rollout: None,
         }
     }

@@ -550,6 +550,7 @@ impl Control {
             writer: self.writer.clone(),
             config_weights: Some(state.config.weights()),
             config_stable: self.config_stable(&state.config),
+            refused_config: state.decision.refused_config.clone(),
             rollout,
         })
     }
@@ -600,7 +601,7 @@ impl Control {
     }
 
     /// One conditional write of the store, accounted (metrics, /status).
-    async fn write_store(
+    pub(super) async fn write_store(
         &self,
         doc: &WeightsDoc,
         read_at: Option<u64>,

@@ -10,7 +10,7 @@ use crate::config::{Config, ConfigError, EndpointSource};
 use crate::metrics as names;
 use crate::rollout::state::Phase;
 use crate::snapshot::ProxySettings;
-use crate::store::{WeightsDoc, next_generation, unix_ms};
+use crate::store::{ConfigWeights, WeightsDoc, next_generation, unix_ms};
 
 impl Control {
     /// Applies a reloaded config (or records why it was rejected).
@@ -87,6 +87,37 @@ impl Control {
         (status, refusal)
     }
 
+    /// Records in the state file (file store only: a shared store's start
+    /// ignores the file) that `refused`'s weights and stable version were
+    /// refused while a rollout ran, on the decision in force, same
+    /// generation: a start that finds the file still so keeps the decision
+    /// instead of taking the text for an edit made while the gateway was
+    /// stopped (the refusal is final for the text: applied unasked, it would
+    /// give an aborted canary traffic again or undo a promotion). Called
+    /// with the decisions' turn held. A rollback pending in the state file
+    /// carries it when written; a write that fails is logged (a start would
+    /// then apply the text, as before).
+    async fn keep_refused(&self, refused: &Config) {
+        if self.store.shared() {
+            return;
+        }
+        let text = ConfigWeights::of(refused);
+        let doc = {
+            let mut state = self.lock();
+            if state.decision.refused_config.as_ref() == Some(&text) {
+                return;
+            }
+            state.decision.refused_config = Some(text);
+            if state.pending_rollback.is_some() {
+                return;
+            }
+            state.decision.clone()
+        };
+        if let Err(e) = self.write_store(&doc, None).await {
+            tracing::error!(error = %e, "the refused config text could not be noted in the state file: a restart before the next write would apply it");
+        }
+    }
+
     /// The file watcher's word that the config file has kept changing since
     /// `since_ms` (ms since the Unix epoch), none of it applied; `None` once
     /// it settled. `/status` shows it (`config_file_unsettled_since_ms`,
@@ -153,6 +184,7 @@ impl Control {
             } else {
                 "the file's weights or stable version changed"
             };
+            self.keep_refused(&effective).await;
             return Err(Refused {
                 kind: Refusal::RolloutRuns,
                 message: format!(
@@ -209,6 +241,7 @@ impl Control {
             },
             config_weights: Some(effective.weights()),
             config_stable: self.config_stable(&effective),
+            refused_config: None,
             rollout,
         };
         // A rollback waiting for the store goes first (it is older, and an
@@ -220,7 +253,10 @@ impl Control {
         // shared store keeps no config weights: a replica joins with the
         // fleet's decision whatever its file says.)
         let mut fleet_first = false;
-        let doc = if changed || (edited && !self.store.shared()) {
+        // A text refused before (see `keep_refused`) is no longer pending:
+        // the state file says so, or a start would still keep it refused.
+        let refusal_ended = decision.refused_config.is_some() && !self.store.shared();
+        let doc = if changed || (edited && !self.store.shared()) || refusal_ended {
             match self.record(doc.clone()).await {
                 Ok(doc) => doc,
                 // Another task recorded a newer decision first: on a fleet,
@@ -451,6 +487,40 @@ pub(super) fn edited_since(doc: &WeightsDoc, config: &Config) -> bool {
         .as_ref()
         .is_some_and(|w| weights_edited(w, &config.weights()));
     stable || weights
+}
+
+/// At start (file store): whether `config` is the text a reload refused
+/// while a rollout ran (`doc.refused_config`), so the saved decision
+/// stays in force; then `config` with the weights and stable version last
+/// applied (what `doc` was made against), so that the running config is
+/// what it was before the stop, and a reload applies the text then as it
+/// would have before. Otherwise `config` unchanged (the text was edited
+/// again while the gateway was stopped, or was never refused).
+pub(super) fn refused_still(doc: &WeightsDoc, config: Config) -> (Config, bool) {
+    if doc.refused_config.as_ref() != Some(&ConfigWeights::of(&config))
+        || !edited_since(doc, &config)
+    {
+        return (config, false);
+    }
+    let mut applied = config.clone();
+    if let Some(weights) = &doc.config_weights {
+        for v in &mut applied.versions {
+            if let Some(&w) = weights.get(&v.name) {
+                v.weight = w;
+            }
+        }
+    }
+    if let Some(stable) = &doc.config_stable {
+        applied.split.stable = stable.clone();
+    }
+    match validate_weights(
+        &applied.version_names(),
+        &applied.split.stable,
+        &applied.weights(),
+    ) {
+        Ok(()) => (applied, true),
+        Err(_) => (config, false),
+    }
 }
 
 /// Whether a version in both maps has another weight in `new`.

@@ -318,6 +318,23 @@ impl Control {
                 reload.trigger, reload.message
             ));
         }
+        // A text refused before a restart (after one, no reload has said
+        // so): the file on disk is not what runs.
+        if let Some(refused) = state.decision.refused_config.as_ref()
+            && state.last_reload.as_ref().is_none_or(|r| r.ok)
+        {
+            let weights: Vec<String> = refused
+                .weights
+                .iter()
+                .map(|(v, w)| format!("{v}={w}"))
+                .collect();
+            out.push(format!(
+                "the config file's weights ({}, stable `{}`) were refused by a reload while a rollout ran and are not applied: the decision in force (generation {}) stays; reload (SIGHUP or POST /reload) once no rollout runs to apply them, or edit the file",
+                weights.join(" "),
+                refused.stable,
+                state.decision.generation
+            ));
+        }
         if let Some(since) = state.config_file_unsettled_since_ms {
             out.push(format!(
                 "the config file {} keeps changing (a different text at every poll for {} s): no edit in it is applied until it stays the same for a second",

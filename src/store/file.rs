@@ -374,6 +374,7 @@ mod tests {
             writer: "w".into(),
             config_weights: None,
             config_stable: None,
+            refused_config: None,
             rollout: None,
         }
     }

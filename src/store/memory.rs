@@ -23,6 +23,7 @@ pub fn doc(generation: u64, writer: &str, v2: u32) -> WeightsDoc {
         writer: writer.into(),
         config_weights: None,
         config_stable: None,
+        refused_config: None,
         rollout: None,
     }
 }

@@ -86,6 +86,7 @@ mod tests {
             writer: "task-a".into(),
             config_weights: None,
             config_stable: None,
+            refused_config: None,
             rollout: None,
         }
     }

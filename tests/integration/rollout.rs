@@ -1043,6 +1043,58 @@ async fn a_restart_without_the_rollouts_canary_aborts_it_on_the_file_store() {
     second.shutdown().await;
 }
 
+/// A config file's weight edit refused while a rollout ran is not applied
+/// by the next start (before, the start took it for an edit made while the
+/// gateway was stopped, and the aborted canary got its 30% again): the
+/// abort's rollback stays, `/status` says what the file holds, and an
+/// explicit reload then applies the edit, for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weight_edit_refused_during_a_rollout_is_not_applied_by_a_restart() {
+    let (v1, v2) = (
+        Behaved::start("v1", 0, 0).await,
+        Behaved::start("v2", 0, 0).await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let first = start_in(dir.path(), &text(v1.addr, v2.addr)).await;
+    let plan = PLAN.replace(r#""interval_s": 1"#, r#""interval_s": 60"#);
+    start_rollout(first.admin_addr, &plan).await;
+    let edited = config(
+        "override_header = \"x-canary-version\"",
+        &[("v1", 70, v1.addr), ("v2", 30, v2.addr)],
+    );
+    std::fs::write(dir.path().join("gateway.toml"), &edited).unwrap();
+    let (status, body) = call(first.admin_addr, "POST", "/reload", "").await;
+    assert!(!status.is_success(), "{body}");
+    assert!(body.to_string().contains("while a rollout"), "{body}");
+    let (status, view) = call(first.admin_addr, "POST", "/rollout/abort", "").await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    first.shutdown().await;
+
+    let refused = |status: &Value| {
+        status["warnings"]
+            .to_string()
+            .contains("refused by a reload while a rollout ran")
+    };
+    let second = start_in(dir.path(), &edited).await;
+    let w = weights(second.admin_addr).await;
+    assert_eq!(w["weights"], serde_json::json!({"v1": 100, "v2": 0}), "{w}");
+    assert_eq!(rollout(second.admin_addr).await["phase"], "aborted");
+    let status = call(second.admin_addr, "GET", "/status", "").await.1;
+    assert!(refused(&status), "{status:#}");
+    let (status, body) = call(second.admin_addr, "POST", "/reload", "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let w = weights(second.admin_addr).await;
+    assert_eq!(w["weights"], serde_json::json!({"v1": 70, "v2": 30}), "{w}");
+    let status = call(second.admin_addr, "GET", "/status", "").await.1;
+    assert!(!refused(&status), "{status:#}");
+    second.shutdown().await;
+
+    let third = start_in(dir.path(), &edited).await;
+    let w = weights(third.admin_addr).await;
+    assert_eq!(w["weights"], serde_json::json!({"v1": 70, "v2": 30}), "{w}");
+    third.shutdown().await;
+}
+
 /// Requests that are the client's fault, split as any (not forced: a
 /// forced request is no evidence anyway), so that the canary gets its
 /// share: a chunked body with a bad chunk size, and a body shorter than its

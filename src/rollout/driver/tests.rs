@@ -651,6 +651,7 @@ async fn an_abort_the_store_lost_to_a_same_generation_write_is_decided_again() {
             writer: "!task-a".into(),
             config_weights: None,
             config_stable: None,
+            refused_config: None,
             rollout: Some(rollout),
         };
         assert!(kept.writer.as_str() < b.writer());
