@@ -388,7 +388,10 @@ pub async fn serve(
     match drained {
         Ok(()) => tracing::info!("all connections drained"),
         Err(_) => {
-            tracing::warn!("shutdown grace period over with requests still in flight");
+            tracing::warn!(
+                open = drain.open(),
+                "shutdown grace period over with connections still open (requests in flight, or upgraded connections); cutting them"
+            );
             // What still runs (requests in flight, upgraded connections'
             // tunnels) ends now; their requests are logged (444) as they
             // are dropped, before the process exits.
@@ -441,7 +444,20 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, dra
             // Boxed here and below: the connection's task then holds only
             // what an idle HTTP/1 connection of the own server needs (see
             // `h1::serve`), not the largest state of every protocol.
-            Some(tls) => Box::pin(tls.accept(stream, timeouts.request_header)).await,
+            // A handshake not done when the drain's idle window ends is
+            // dropped, as a plain connection that sent nothing is: a load
+            // balancer's TCP check or a stalled client must not hold the
+            // exit for `request_header`.
+            Some(tls) => {
+                Box::pin(async {
+                    tokio::select! {
+                        biased;
+                        accepted = tls.accept(stream, timeouts.request_header) => accepted,
+                        () = drain.idle_closed() => None,
+                    }
+                })
+                .await
+            }
         } {
             Some((stream, http1)) => (
                 TrackedIo {

@@ -292,6 +292,50 @@ async fn https_idle_http2_connections_get_goaway_despite_pings() {
     gw.shutdown().await;
 }
 
+/// At shutdown, an HTTP/2 client that reads but never answers the drain's
+/// GOAWAY and PING (an app frozen, a peer gone behind a NAT that keeps the
+/// flow) and a connection that never began its TLS handshake (a load
+/// balancer's TCP check) close once the drain's idle window is over and
+/// the HTTP/2 connection has had no request for a second: the shutdown ends
+/// in about 2 s. Before, the first held it to the end of `shutdown_grace`
+/// (20 s here), the second for `request_header` (15 s).
+#[tokio::test]
+async fn a_silent_http2_client_and_an_unbegun_handshake_do_not_hold_the_shutdown() {
+    use crate::support::{RawH2, h2_frame};
+    let up = Upstream::start("v1").await;
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf(&["localhost"]);
+    let dir = tempfile::tempdir().unwrap();
+    write_pair(dir.path(), &cert, &key);
+    let text = tls_config(dir.path(), up.addr)
+        + "\n[timeouts]\nshutdown_grace = \"20s\"\nrequest_header = \"15s\"\n";
+    let gw = Gateway::start(&text).await;
+    // Accepted before the HTTP/2 connection below (the listener takes
+    // connections in order), so the gateway holds it when the drain begins.
+    let _bare = TcpStream::connect(gw.addr).await.unwrap();
+    let h2 = connect(gw.addr, &ca.der, &[b"h2"]).await;
+    let mut raw = RawH2::start(h2).await;
+    let first = raw.next_frame().await.expect("the gateway's SETTINGS");
+    assert_eq!(first.kind, h2_frame::SETTINGS);
+    let silent = tokio::spawn(async move {
+        let mut goaway = false;
+        while let Some(frame) = raw.next_frame().await {
+            goaway |= frame.kind == h2_frame::GOAWAY;
+        }
+        goaway
+    });
+    let stopped = tokio::time::timeout(Duration::from_secs(10), gw.shutdown()).await;
+    assert!(
+        stopped.is_ok(),
+        "the shutdown waited for a silent client or an unbegun handshake"
+    );
+    let goaway = tokio::time::timeout(Duration::from_secs(5), silent)
+        .await
+        .expect("the silent client's connection was not closed")
+        .unwrap();
+    assert!(goaway, "no GOAWAY before the close");
+}
+
 /// A response on a connection that closes after it (`Connection: close`)
 /// ends with `close_notify` over TLS: the gateway shuts its write side,
 /// which first sends what rustls still holds of the response (dropped

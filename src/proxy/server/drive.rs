@@ -142,6 +142,11 @@ impl Drain {
         until_set(&self.draining, &self.began).await;
     }
 
+    /// How many tracked connections are open.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
     /// Resolves when every tracked connection has closed.
     pub async fn finished(&self) {
         loop {
@@ -178,6 +183,10 @@ enum Phase {
     /// grace period runs for the rest.
     ClosingIdle,
 }
+
+/// How often an HTTP/2 connection is looked at once the drain's idle
+/// window is over (at most; its watchdog's own step when shorter).
+const DRAIN_STEP: Duration = Duration::from_millis(100);
 
 /// Whether a connection is HTTP/1 with no request in flight (between
 /// requests, or before its first): the drain keeps it open for its idle
@@ -370,6 +379,12 @@ impl Watch<'_> {
                     // The same slot now waits for the grace period's end.
                     drain_signal.set(drain.cut.notified());
                     listening = false;
+                    if state.http2.load(Ordering::Relaxed) {
+                        // Watched in short steps from now (see below).
+                        tick.as_mut()
+                            .reset(tokio::time::Instant::now() + every.min(DRAIN_STEP));
+                        ticking = false;
+                    }
                     if std::mem::take(&mut deferred) {
                         // What the socket already holds is read first:
                         // hyper's HTTP/1 server closes an idle connection
@@ -393,7 +408,34 @@ impl Watch<'_> {
             }
             if !ticking || tick.is_elapsed() {
                 while tick.as_mut().poll(cx).is_ready() {
-                    match watchdog.check(state, timeouts, every) {
+                    // An HTTP/2 connection was told to go away (GOAWAY and
+                    // a PING, hyper's graceful shutdown) when the drain
+                    // began; hyper ends it once its client answers the
+                    // PING and its streams are done. One still open after
+                    // the idle window with no request for
+                    // `DRAIN_IDLE_WINDOW` has a client that will not answer
+                    // (gone, asleep, behind a NAT that dropped the flow):
+                    // dropped, rather than held to the grace period's end
+                    // (the exit with it). Not while its last write found
+                    // the socket full (a response still going out).
+                    let closing_h2 =
+                        phase == Phase::ClosingIdle && state.http2.load(Ordering::Relaxed);
+                    let step = if closing_h2 {
+                        every.min(DRAIN_STEP)
+                    } else {
+                        every
+                    };
+                    let checked = watchdog.check(state, timeouts, step);
+                    if checked.is_none()
+                        && closing_h2
+                        && !watchdog.in_flight
+                        && watchdog.quiet >= super::DRAIN_IDLE_WINDOW
+                        && !state.client_full()
+                    {
+                        tracing::debug!(%peer, "HTTP/2 client did not close after the drain's GOAWAY; closing the connection");
+                        return Poll::Ready(Err(Closed::Idle));
+                    }
+                    match checked {
                         None => {}
                         // An idle HTTP/2 connection is closed as the drain
                         // closes it: GOAWAY first (hyper's graceful
@@ -414,7 +456,7 @@ impl Watch<'_> {
                         }
                         Some(closed) => return Poll::Ready(Err(closed)),
                     }
-                    tick.as_mut().reset(tokio::time::Instant::now() + every);
+                    tick.as_mut().reset(tokio::time::Instant::now() + step);
                 }
                 ticking = true;
             }
