@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use gateway_proc::{
-    BIN, Client, GatewayProc, TOKEN, TOKEN_ENV, TaggedUpstream, admin, spawn_serving,
+    BIN, Client, GatewayProc, TOKEN, TOKEN_ENV, TaggedUpstream, admin, spawn_serving, split_counts,
 };
 
 /// Runs the binary with `args` (and `env`, and no AWS setting of the
@@ -1231,10 +1231,20 @@ async fn gateways_with_an_earlier_rollout_on_a(
 async fn rollout_wait_rides_out_failed_polls_and_an_earlier_rollout_behind_a_load_balancer() {
     // The start reaches B; then one poll finds the connection closed, one
     // gets a 503, one reaches A, where an earlier rollout was aborted; the
-    // rest reach B, where the rollout started succeeds on its own (no
-    // traffic needed with min_requests 0). The wait follows B's rollout to
-    // its success: exit 0, not the failed poll's 5 or 6, nor A's abort (7).
+    // rest reach B, where the rollout started succeeds with the little
+    // traffic sent through it (min_requests 1). The wait follows B's
+    // rollout to its success: exit 0, not the failed poll's 5 or 6, nor
+    // A's abort (7).
     let (a, b, _v1, _v2) = gateways_with_an_earlier_rollout_on_a("abort").await;
+    let proxy = b.addr;
+    // Bounded: at most 1,500 rounds of 5 requests, 20 ms apart; aborted
+    // once the wait is over.
+    let traffic = tokio::spawn(async move {
+        for _ in 0..1_500 {
+            split_counts(proxy, 5).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
     let script = vec![
         Backend::To(b.admin),
         Backend::Closed,
@@ -1258,12 +1268,13 @@ async fn rollout_wait_rides_out_failed_polls_and_an_earlier_rollout_behind_a_loa
         "--interval",
         "1s",
         "--min-requests",
-        "0",
+        "1",
         "--wait",
         "--timeout",
         "30s",
     ];
     let (code, out, err) = cli(&start, &env).await;
+    traffic.abort();
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("succeeded"), "{out}");
     assert!(

@@ -123,6 +123,15 @@ impl Settings {
                 }
                 "min_requests" => {
                     s.min_requests = match (value.as_u64(), value.as_f64()) {
+                        // A window in which the canary served nothing is
+                        // no evidence: it would pass, and promote a canary
+                        // that never served a request.
+                        (Some(0), _) => {
+                            return Err(invalid(
+                                key,
+                                "must be at least 1: a window with no canary request is no evidence to pass",
+                            ));
+                        }
                         (Some(n), _) => n,
                         (None, Some(f)) if f >= u64::MAX as f64 => {
                             return Err(invalid(
@@ -479,6 +488,22 @@ mod tests {
         assert!(
             err.reason.contains("must be a non-negative integer"),
             "{err}"
+        );
+    }
+
+    /// A window with no canary request is no evidence: `min_requests: 0`
+    /// would let it pass (and promote a canary that served nothing).
+    #[test]
+    fn min_requests_is_at_least_one() {
+        let err = body(r#"{"canary": "v2", "min_requests": 0}"#).unwrap_err();
+        assert_eq!(err.field, "min_requests");
+        assert!(err.reason.contains("at least 1"), "{err}");
+        assert_eq!(
+            body(r#"{"canary": "v2", "min_requests": 1}"#)
+                .unwrap()
+                .settings
+                .min_requests,
+            1
         );
     }
 
