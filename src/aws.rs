@@ -75,12 +75,16 @@ impl RouteSyncDep for MeshRoute {
         &'a self,
         weights: &'a BTreeMap<String, u32>,
         abandon: &'a mut (dyn Future<Output = ()> + Send + Unpin),
-    ) -> BoxFuture<'a, Result<Option<crate::route_sync::Synced>, String>> {
+    ) -> BoxFuture<'a, Result<Option<crate::route_sync::Synced>, crate::route_sync::SyncError>>
+    {
         Box::pin(async move {
             self.0
                 .sync_until(weights, abandon)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| crate::route_sync::SyncError {
+                    throttled: e.throttled(),
+                    message: e.to_string(),
+                })
         })
     }
 }

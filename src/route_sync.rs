@@ -20,7 +20,34 @@ pub trait RouteSync: Send + Sync + 'static {
         &'a self,
         weights: &'a BTreeMap<String, u32>,
         abandon: &'a mut (dyn Future<Output = ()> + Send + Unpin),
-    ) -> BoxFuture<'a, Result<Option<Synced>, String>>;
+    ) -> BoxFuture<'a, Result<Option<Synced>, SyncError>>;
+}
+
+/// Why a route sync failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncError {
+    /// What failed, for `/status` and the log.
+    pub message: String,
+    /// App Mesh throttled it to the end: the account's API rate, which
+    /// every task meets alike, not this task's `[appmesh]`. Such a task is
+    /// not reported as failing its syncs (another standing in for it would
+    /// only add calls to a throttling API).
+    pub throttled: bool,
+}
+
+impl From<String> for SyncError {
+    fn from(message: String) -> SyncError {
+        SyncError {
+            message,
+            throttled: false,
+        }
+    }
+}
+
+impl From<&str> for SyncError {
+    fn from(message: &str) -> SyncError {
+        SyncError::from(message.to_string())
+    }
 }
 
 /// What a route sync did.
@@ -47,8 +74,12 @@ pub struct Synced {
 /// call at once) the decision in force is written again by its writer
 /// (skipped by App Mesh when nothing changed): that repairs drift and
 /// retries after a failure. When the writer is gone (stopped, replaced with
-/// the rest of the fleet, draining), one other task stands in for it at the
-/// reconcile (see [`Control::stands_in_for`]). With a shared store the store
+/// the rest of the fleet, draining) or reports its own syncs failing, one
+/// other task stands in for it at the reconcile (see
+/// [`Control::stands_in_for`]); for a failing writer the reconcile comes
+/// `VERIFY_AFTER` after each of its decisions, and decisions this task does
+/// not write never put the reconcile off. A task whose own last sync failed
+/// tries again at each reconcile, whoever wrote the decision. With a shared store the store
 /// is read before such a write, and the write is made only when the store's
 /// decision is still the one in force here (same generation and writer), or
 /// when the store holds no decision yet and this task runs the config file's
@@ -81,15 +112,25 @@ pub async fn follow_route(
     // A write was sent (or failed anew) in this round: the route is checked
     // again after VERIFY_AFTER.
     let mut verify = false;
+    // When the next reconcile is due. Kept across the decisions this task
+    // does not write (another task's, adopted): a stream of them faster
+    // than the interval must not put the reconcile off for good (a
+    // stand-in for a writer that cannot write the route would never act).
+    let mut due = tokio::time::Instant::now() + jitter(reconcile_every, RECONCILE_JITTER);
     loop {
         let held = control.mirror_held();
         // On a store of this task's own every decision in force is its own,
         // also one an earlier process of it wrote (another writer id).
         let ours =
             (doc.writer == control.writer() || overtaken || !control.store_shared()) && !held;
-        // The writer gone: one other task reconciles in its place.
-        let stand_in = !ours && reconcile && !held && control.stands_in_for(&doc.writer);
-        let mut write = ours || stand_in;
+        // This task's last sync failed (as a stand-in, say): it keeps
+        // trying at each reconcile, the store read first, so that it
+        // notices (and says) when its syncs work again.
+        let retry = !ours && reconcile && !held && last_error.is_some();
+        // The writer gone, or failing its own syncs: one other task
+        // reconciles in its place.
+        let stand_in = !ours && reconcile && !held && !retry && control.stands_in_for(&doc.writer);
+        let mut write = ours || stand_in || retry;
         // One task's own store (the file): no other task writes decisions.
         if write && reconcile && control.store_shared() {
             // A newer decision coming meanwhile is handled as one.
@@ -107,7 +148,7 @@ pub async fn follow_route(
         if write {
             overtaken = false;
             if stand_in {
-                tracing::debug!(generation = doc.generation, writer = %doc.writer, "App Mesh route: reconciling in place of the task that wrote the decision, which is gone");
+                tracing::debug!(generation = doc.generation, writer = %doc.writer, "App Mesh route: reconciling in place of the task that wrote the decision (gone, or failing its own syncs)");
             }
             // Abandoned (its retries with it) when a newer decision comes
             // before a write is on its way.
@@ -148,13 +189,13 @@ pub async fn follow_route(
                     // Once per distinct error: a broken route fails every
                     // reconcile (checked again soon only the first time: a
                     // route that cannot be written is not called more often).
-                    verify = last_error.as_ref() != Some(&e);
+                    verify = last_error.as_ref() != Some(&e.message);
                     if verify {
-                        tracing::warn!(error = %e, generation = doc.generation, "App Mesh route sync failed");
+                        tracing::warn!(error = %e.message, generation = doc.generation, "App Mesh route sync failed");
                     } else {
-                        tracing::debug!(error = %e, generation = doc.generation, "App Mesh route sync failed again");
+                        tracing::debug!(error = %e.message, generation = doc.generation, "App Mesh route sync failed again");
                     }
-                    last_error = Some(e.clone());
+                    last_error = Some(e.message.clone());
                     control.appmesh_synced(doc.generation, Err(e));
                     // A write that failed may still have landed (a time-out).
                     rx.has_changed().unwrap_or(false)
@@ -179,21 +220,30 @@ pub async fn follow_route(
         } else {
             reconcile_every
         };
-        if !wait_or_reconcile(&mut rx, &mut doc, &mut reconcile, every).await {
+        let now = tokio::time::Instant::now();
+        if write || reconcile {
+            due = now + jitter(every, RECONCILE_JITTER);
+        }
+        // Another task's decision whose writer reports its own syncs
+        // failing: a stand-in may have to write it, looked at soon.
+        if !ours && control.writer_fails_route_syncs(&doc.writer) {
+            due = due.min(now + jitter(reconcile_every.min(VERIFY_AFTER), RECONCILE_JITTER));
+        }
+        if !wait_or_reconcile(&mut rx, &mut doc, &mut reconcile, due).await {
             return;
         }
     }
 }
 
-/// Waits for a newer decision or the reconcile timer (jittered), then moves
-/// `doc` to the decision in force; `reconcile` says the timer came first
+/// Waits for a newer decision or the reconcile's time (`due`), then moves
+/// `doc` to the decision in force; `reconcile` says the time came first
 /// with the decision unchanged. False when the decisions' channel closed
 /// (the gateway stops).
 async fn wait_or_reconcile(
     rx: &mut tokio::sync::watch::Receiver<WeightsDoc>,
     doc: &mut WeightsDoc,
     reconcile: &mut bool,
-    every: Duration,
+    due: tokio::time::Instant,
 ) -> bool {
     let timer = tokio::select! {
         changed = rx.changed() => {
@@ -202,7 +252,7 @@ async fn wait_or_reconcile(
             }
             false
         }
-        () = tokio::time::sleep(jitter(every, RECONCILE_JITTER)) => true,
+        () = tokio::time::sleep_until(due) => true,
     };
     let next = rx.borrow_and_update().clone();
     *reconcile = timer && next == *doc;

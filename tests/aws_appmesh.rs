@@ -235,7 +235,49 @@ async fn endless_conflicts_give_up_with_an_error() {
     );
 }
 
-/// Completes once `proxy` has received `calls` calls (the last of them
+const THROTTLED: Fault = Fault {
+    status: 429,
+    error_type: "TooManyRequestsException",
+    message: "Rate exceeded",
+};
+
+/// App Mesh throttling every DescribeRoute: a sync gives up after its four
+/// attempts and says it was throttled; the next sync makes one attempt
+/// (the SDK's own retries), not four, so that a throttling API is not
+/// called a dozen times per sync and reconcile; after a sync that passes,
+/// four again.
+#[tokio::test]
+async fn after_a_sync_that_gave_up_throttled_the_next_makes_one_attempt() {
+    let moto = MotoServer::start();
+    let (_, client) = setup(&moto).await;
+    let upstream = format!("127.0.0.1:{}", moto.port()).parse().unwrap();
+    let proxy = FaultProxy::start(upstream, http::Method::GET, "/routes/", THROTTLED, 1000).await;
+    let sync = RouteSync::new(&through(&proxy).await, sync_config(ROUTE));
+    let w = weights(&[("v1", 1), ("v2", 1)]);
+    let gave_up = |err: &AppMeshError, n: u32| matches!(err, AppMeshError::GaveUp { attempts, throttled: true, .. } if *attempts == n);
+    let err = sync.sync(&w).await.unwrap_err();
+    assert!(gave_up(&err, 4) && err.throttled(), "{err:?}");
+    let first = proxy.matched();
+    assert!(first >= 4, "{first} calls");
+    let err = sync.sync(&w).await.unwrap_err();
+    assert!(gave_up(&err, 1), "{err:?}");
+    let second = proxy.matched() - first;
+    assert!(
+        second >= 1 && second * 4 <= first,
+        "{second} calls after {first}"
+    );
+    proxy.set_faults(0);
+    sync.sync(&w).await.unwrap();
+    assert_eq!(
+        route_weights(&client).await,
+        pairs(&[("other", 0), ("web-v1", 50), ("web-v2", 50)])
+    );
+    proxy.set_faults(1000);
+    let err = sync.sync(&w).await.unwrap_err();
+    assert!(gave_up(&err, 4), "{err:?}");
+}
+
+/// Completes once `proxy` has received `calls` calls (the last of them/// Completes once `proxy` has received `calls` calls (the last of them
 /// then waits out the proxy's latency before it reaches moto).
 fn once_calls_arrived(
     proxy: &FaultProxy,

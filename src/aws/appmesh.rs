@@ -7,6 +7,8 @@ pub mod targets;
 pub use scale::{scale_to, scale_to_percent};
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aws_config::SdkConfig;
@@ -37,9 +39,14 @@ pub enum AppMeshError {
         operation: &'static str,
         message: String,
     },
-    /// Conflicts or throttling on every attempt.
+    /// Conflicts or throttling on every attempt (`throttled`: the last
+    /// one was throttled).
     #[error("App Mesh route sync gave up after {attempts} attempts: {message}")]
-    GaveUp { attempts: u32, message: String },
+    GaveUp {
+        attempts: u32,
+        message: String,
+        throttled: bool,
+    },
     /// No version mapped to a virtual node has a non-zero weight: the route
     /// would send traffic nowhere, so it is left as it is.
     #[error("no version mapped to a virtual node has a non-zero weight")]
@@ -53,6 +60,19 @@ pub enum AppMeshError {
     /// A value App Mesh does not accept.
     #[error("invalid route: {0}")]
     Invalid(String),
+}
+
+impl AppMeshError {
+    /// App Mesh throttled the sync to its end (the account's API rate).
+    pub fn throttled(&self) -> bool {
+        matches!(
+            self,
+            AppMeshError::GaveUp {
+                throttled: true,
+                ..
+            }
+        )
+    }
 }
 
 /// Which route to keep in step with the gateway's weights.
@@ -76,12 +96,16 @@ pub struct RouteSync {
     client: Client,
     /// The route and the version mapping.
     config: RouteSyncConfig,
+    /// The last sync gave up throttled: the next one makes one attempt
+    /// (the SDK's own retries), not [`MAX_ATTEMPTS`], so that a throttling
+    /// API is not called a dozen times per sync and reconcile.
+    throttled: Arc<AtomicBool>,
 }
 
 /// How one attempt failed.
 enum AttemptError {
     /// Worth another attempt (conflict, throttling, timeout).
-    Retry(String),
+    Retry { message: String, throttled: bool },
     /// Final.
     Fatal(AppMeshError),
 }
@@ -94,7 +118,11 @@ impl RouteSync {
 
     /// A sync using a client built by the caller.
     pub fn from_client(client: Client, config: RouteSyncConfig) -> Self {
-        RouteSync { client, config }
+        RouteSync {
+            client,
+            config,
+            throttled: Arc::default(),
+        }
     }
 
     /// The route and the version mapping.
@@ -169,17 +197,28 @@ impl RouteSync {
         }
         let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
         let mut attempt = 1;
+        let attempts = if self.throttled.load(Ordering::Relaxed) {
+            1
+        } else {
+            MAX_ATTEMPTS
+        };
         loop {
-            match self.attempt(&mapped, abandon).await {
+            let outcome = self.attempt(&mapped, abandon).await;
+            if matches!(outcome, Ok(Some(_)) | Err(AttemptError::Fatal(_))) {
+                self.throttled.store(false, Ordering::Relaxed);
+            }
+            match outcome {
                 Ok(synced) => return Ok(synced),
                 Err(AttemptError::Fatal(error)) => return Err(error),
-                Err(AttemptError::Retry(message)) if attempt >= MAX_ATTEMPTS => {
+                Err(AttemptError::Retry { message, throttled }) if attempt >= attempts => {
+                    self.throttled.store(throttled, Ordering::Relaxed);
                     return Err(AppMeshError::GaveUp {
                         attempts: attempt,
                         message,
+                        throttled,
                     });
                 }
-                Err(AttemptError::Retry(message)) => {
+                Err(AttemptError::Retry { message, .. }) => {
                     let delay = backoff.next_delay();
                     tracing::debug!(attempt, %message, ?delay, "retrying App Mesh route sync");
                     tokio::select! {
@@ -248,8 +287,18 @@ where
     let message = format!("{operation}: {}", errors::describe(err));
     let conflict = errors::error_code(err) == Some("ConflictException");
     match errors::classify(err) {
-        ErrorClass::Throttled | ErrorClass::Timeout => AttemptError::Retry(message),
-        ErrorClass::Other if conflict => AttemptError::Retry(message),
+        ErrorClass::Throttled => AttemptError::Retry {
+            message,
+            throttled: true,
+        },
+        ErrorClass::Timeout => AttemptError::Retry {
+            message,
+            throttled: false,
+        },
+        ErrorClass::Other if conflict => AttemptError::Retry {
+            message,
+            throttled: false,
+        },
         ErrorClass::Other => AttemptError::Fatal(AppMeshError::Aws {
             operation,
             message: errors::describe(err),
@@ -282,7 +331,7 @@ mod tests {
             assert!(
                 matches!(
                     attempt_error("UpdateRoute", &service(code, status)),
-                    AttemptError::Retry(_)
+                    AttemptError::Retry { .. }
                 ),
                 "{code}"
             );
@@ -290,7 +339,7 @@ mod tests {
         let timeout: SdkError<UpdateRouteError, HttpResponse> = SdkError::timeout_error("slow");
         assert!(matches!(
             attempt_error("UpdateRoute", &timeout),
-            AttemptError::Retry(_)
+            AttemptError::Retry { .. }
         ));
     }
 

@@ -148,6 +148,23 @@ pub fn stands_in(
         .any(|r| !r.appmesh_failing && (r.task == writer || (!r.degraded && r.task.as_str() < own)))
 }
 
+/// Whether `writer` reports live (not stale, not draining) that its own
+/// route syncs fail: known alive, so a stand-in need not wait for the
+/// decision to settle before writing it in its place.
+pub fn writer_failing(
+    writer: &str,
+    reports: &[TaskReport],
+    now_ms: u64,
+    stale_after: Duration,
+) -> bool {
+    reports.iter().any(|r| {
+        r.task == writer
+            && r.appmesh_failing
+            && !r.draining
+            && Duration::from_millis(now_ms.saturating_sub(r.reported_at_ms)) <= stale_after
+    })
+}
+
 impl Control {
     /// How often this task renews its report (see [`report_interval`]).
     fn report_every(&self, state: &State) -> Duration {
@@ -190,10 +207,13 @@ impl Control {
             draining: self.is_draining(),
             degraded: state.store.degraded,
             version: env!("CARGO_PKG_VERSION").to_string(),
+            // Throttled to the end is the account's API rate, which every
+            // task meets alike: no reason for another task to stand in
+            // (it would only add calls).
             appmesh_failing: state
                 .appmesh
                 .as_ref()
-                .is_some_and(|a| a.last_error.is_some()),
+                .is_some_and(|a| a.last_error.is_some() && !a.throttled),
         }
     }
 
@@ -262,6 +282,11 @@ impl Control {
     /// first one is read) every task does: a task cannot tell whether the
     /// writer is gone. Never on a store of this task's own (every decision
     /// in force is its own there), nor while this task drains.
+    ///
+    /// A writer that reports its own syncs failing is known alive: then no
+    /// settling is waited for, so that its decisions reach the route
+    /// through a stand-in even when they come faster than that (a rollout's
+    /// steps on a task whose `[appmesh]` is broken).
     pub fn stands_in_for(&self, writer: &str) -> bool {
         if !self.store.shared() || self.is_draining() {
             return false;
@@ -270,11 +295,26 @@ impl Control {
         let now = unix_ms();
         let stale_after = self.report_stale_after(&state);
         let settled = Duration::from_millis(now.saturating_sub(state.applied_at_ms)) >= stale_after;
-        settled
-            && state
-                .fleet
-                .as_deref()
+        let reports = state.fleet.as_deref();
+        let failing = reports.is_some_and(|r| writer_failing(writer, r, now, stale_after));
+        (settled || failing)
+            && reports
                 .is_none_or(|reports| stands_in(&self.writer, writer, reports, now, stale_after))
+    }
+
+    /// Whether `writer` (of a decision in force here) reports that its own
+    /// App Mesh syncs fail (see [`writer_failing`]): the route sync then
+    /// looks again soon, as a stand-in may have to write the decision.
+    pub fn writer_fails_route_syncs(&self, writer: &str) -> bool {
+        if !self.store.shared() {
+            return false;
+        }
+        let state = self.lock();
+        let stale_after = self.report_stale_after(&state);
+        state
+            .fleet
+            .as_deref()
+            .is_some_and(|r| writer_failing(writer, r, unix_ms(), stale_after))
     }
 
     /// Makes the decision in force look applied `ago` earlier (tests of what

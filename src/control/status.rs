@@ -115,6 +115,10 @@ pub struct AppMeshStatus {
     /// while it is the decision in force).
     #[serde(skip)]
     pub error_generation: Option<u64>,
+    /// `last_error` was App Mesh throttling every attempt (see
+    /// [`crate::route_sync::SyncError::throttled`]).
+    #[serde(skip)]
+    pub throttled: bool,
 }
 
 /// `GET /status`.
@@ -389,7 +393,11 @@ impl Control {
     }
 
     /// Records the App Mesh sync's outcome for /status.
-    pub fn appmesh_synced(&self, generation: u64, result: Result<BTreeMap<String, u32>, String>) {
+    pub fn appmesh_synced(
+        &self,
+        generation: u64,
+        result: Result<BTreeMap<String, u32>, crate::route_sync::SyncError>,
+    ) {
         let mut state = self.lock();
         if let Some(a) = state.appmesh.as_mut() {
             match result {
@@ -399,11 +407,13 @@ impl Control {
                     a.synced_weights = Some(w);
                     a.synced_generation = Some(generation);
                     a.error_generation = None;
+                    a.throttled = false;
                     metrics::gauge!(names::APPMESH_SYNCED_GENERATION).set(generation as f64);
                 }
                 Err(e) => {
-                    a.last_error = Some(e);
+                    a.last_error = Some(e.message);
                     a.error_generation = Some(generation);
+                    a.throttled = e.throttled;
                 }
             }
         }

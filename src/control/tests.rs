@@ -1592,6 +1592,20 @@ async fn a_failed_app_mesh_sync_of_the_decision_in_force_is_warned_about() {
     assert!(warnings.is_empty(), "{warnings:?}");
     assert!(!failing().await);
 
+    // Throttled to the end: warned about, but not reported as failing
+    // (the account's API rate, which every task meets: another task
+    // standing in would only add calls).
+    control.appmesh_synced(
+        generation,
+        Err(crate::route_sync::SyncError {
+            message: "gave up after 4 attempts: throttled".into(),
+            throttled: true,
+        }),
+    );
+    assert!(!control.status().warnings.is_empty());
+    assert!(!failing().await);
+    control.appmesh_synced(generation, Ok(w(50, 50)));
+
     // The sync of an older decision failed after a newer one came: it is
     // not the route's state for the decision in force.
     control.appmesh_synced(generation, Err("UpdateRoute: throttled".into()));

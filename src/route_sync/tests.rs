@@ -18,6 +18,8 @@ use crate::store::memory::MemoryStore;
 /// next write is made; with the fourth, each write is on its way for 30 ms
 /// (sent: waited for even when abandoned). The fifth logs when each write
 /// began and ended.
+/// The sixth, when set, makes the next write fail (the route cannot be
+/// written) and is cleared.
 #[derive(Default)]
 struct Recorded(
     Mutex<Vec<BTreeMap<String, u32>>>,
@@ -25,6 +27,7 @@ struct Recorded(
     Mutex<Option<Box<dyn FnOnce() + Send>>>,
     AtomicBool,
     Mutex<Vec<String>>,
+    AtomicBool,
 );
 
 impl RouteSync for Recorded {
@@ -32,12 +35,13 @@ impl RouteSync for Recorded {
         &'a self,
         weights: &'a BTreeMap<String, u32>,
         abandon: &'a mut (dyn Future<Output = ()> + Send + Unpin),
-    ) -> BoxFuture<'a, Result<Option<Synced>, String>> {
+    ) -> BoxFuture<'a, Result<Option<Synced>, super::SyncError>> {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(weights.clone());
         let hang = self.1.swap(false, Ordering::SeqCst);
+        let fail = self.5.swap(false, Ordering::SeqCst);
         if let Some(during) = self.2.lock().unwrap_or_else(|e| e.into_inner()).take() {
             during();
         }
@@ -52,6 +56,9 @@ impl RouteSync for Recorded {
             if hang {
                 abandon.await;
                 return Ok(None);
+            }
+            if fail {
+                return Err("UpdateRoute: AccessDeniedException".into());
             }
             if self.3.load(Ordering::SeqCst) {
                 tokio::time::sleep(Duration::from_millis(30)).await;
@@ -419,6 +426,108 @@ async fn a_task_stands_in_at_the_reconcile_for_a_writer_that_is_gone() {
         [theirs.weights.clone(), theirs.weights.clone()]
     );
     assert_eq!(control.weights().weights, theirs.weights);
+    sync.abort();
+}
+
+/// The report of `task` in `store` says that its own route syncs fail.
+fn fails_its_syncs(store: &MemoryStore, task: &str) {
+    report(store, task, false);
+    if let Some(r) = store.reports.lock().unwrap().get_mut(task) {
+        r.appmesh_failing = true;
+    }
+}
+
+/// A writer whose own route syncs fail (its `[appmesh]` broken), deciding
+/// faster than the reconcile interval (a rollout's steps): its decisions
+/// still reach the route through a stand-in, each within about
+/// `VERIFY_AFTER` of being made. Before, every new decision put the
+/// reconcile off again, and a decision had to settle for the report
+/// staleness bound first: none was written while they kept coming.
+#[tokio::test(start_paused = true)]
+async fn a_failing_writers_decisions_reach_the_route_while_they_keep_coming() {
+    let store = Arc::new(MemoryStore::default());
+    let config = Config::parse(CONFIG, "test").unwrap();
+    let control = Control::start(config, store.clone() as Arc<dyn Store>, "dynamodb")
+        .await
+        .unwrap();
+    fails_its_syncs(&store, "other-task");
+    control.report_to_store().await.unwrap();
+    let recorded = Arc::new(Recorded::default());
+    let sync = tokio::spawn(follow_route(
+        control.clone(),
+        recorded.clone(),
+        Duration::from_secs(60),
+    ));
+    let mut last = BTreeMap::new();
+    for (generation, v2) in (2..).zip([10, 20, 30, 40, 50, 60]) {
+        let theirs = crate::store::memory::doc(generation, "other-task", v2);
+        *store.doc.lock().unwrap() = Some(theirs.clone());
+        control.sync_from_store().await.unwrap();
+        last = theirs.weights;
+        tokio::time::sleep(Duration::from_secs(7)).await;
+    }
+    let writes = recorded.0.lock().unwrap().clone();
+    assert!(
+        writes.len() >= 3,
+        "the route got {} of 6 decisions in 42 s: {writes:?}",
+        writes.len()
+    );
+    tokio::time::sleep(Duration::from_secs(13)).await;
+    assert_eq!(recorded.0.lock().unwrap().last(), Some(&last));
+    sync.abort();
+}
+
+/// A task whose sync failed while it stood in for a gone writer, once the
+/// writer is back: it tries again at its reconcile (the store read first)
+/// and, the route written, no longer warns nor reports its syncs failing.
+/// Before, it neither synced nor cleared the error until the next
+/// decision, and every task's fleet list called it failing.
+#[tokio::test]
+async fn a_task_whose_stand_in_sync_failed_tries_again_and_clears_its_error() {
+    let store = Arc::new(MemoryStore::default());
+    let text = format!(
+        "{CONFIG}[appmesh]\nmesh = \"m\"\nvirtual_router = \"r\"\nroute = \"rt\"\n\
+         virtual_nodes = {{ v1 = \"node-1\", v2 = \"node-2\" }}\n"
+    );
+    let config = Config::parse(&text, "test").unwrap();
+    let control = Control::start(config, store.clone() as Arc<dyn Store>, "dynamodb")
+        .await
+        .unwrap();
+    let theirs = crate::store::memory::doc(3, "other-task", 30);
+    *store.doc.lock().unwrap() = Some(theirs.clone());
+    control.sync_from_store().await.unwrap();
+    control.backdate_applied(Duration::from_secs(60));
+    control.report_to_store().await.unwrap();
+    let recorded = Arc::new(Recorded::default());
+    recorded.5.store(true, Ordering::SeqCst);
+    let sync = tokio::spawn(follow_route(
+        control.clone(),
+        recorded.clone(),
+        Duration::from_millis(5),
+    ));
+    recorded.writes(1).await;
+    // The writer is back (it reports live).
+    report(&store, "other-task", false);
+    control.report_to_store().await.unwrap();
+    let cleared = async {
+        loop {
+            let status = control.status();
+            if status
+                .appmesh
+                .as_ref()
+                .is_some_and(|a| a.last_error.is_none())
+            {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    let status = tokio::time::timeout(Duration::from_secs(5), cleared)
+        .await
+        .expect("the failed sync's error stayed");
+    assert!(status.warnings.is_empty(), "{:?}", status.warnings);
+    control.report_to_store().await.unwrap();
+    assert!(!store.reports.lock().unwrap()[control.writer()].appmesh_failing);
     sync.abort();
 }
 
