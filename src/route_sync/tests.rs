@@ -36,10 +36,14 @@ impl RouteSync for Recorded {
         weights: &'a BTreeMap<String, u32>,
         abandon: &'a mut (dyn Future<Output = ()> + Send + Unpin),
     ) -> BoxFuture<'a, Result<Option<Synced>, super::SyncError>> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(weights.clone());
+        // Sent when the route did not hold them already (App Mesh skips
+        // an UpdateRoute that changes nothing).
+        let sent = {
+            let mut writes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let sent = writes.last() != Some(weights);
+            writes.push(weights.clone());
+            sent
+        };
         let hang = self.1.swap(false, Ordering::SeqCst);
         let fail = self.5.swap(false, Ordering::SeqCst);
         if let Some(during) = self.2.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -66,7 +70,7 @@ impl RouteSync for Recorded {
             log("ended");
             Ok(Some(Synced {
                 weights: weights.clone(),
-                sent: true,
+                sent,
             }))
         })
     }
@@ -474,6 +478,12 @@ async fn a_failing_writers_decisions_reach_the_route_while_they_keep_coming() {
     );
     tokio::time::sleep(Duration::from_secs(13)).await;
     assert_eq!(recorded.0.lock().unwrap().last(), Some(&last));
+    // No new decision: the stand-in is back to the reconcile interval
+    // (60 s +-20 %), not every 10 s for as long as the writer fails.
+    let before = recorded.0.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_secs(150)).await;
+    let more = recorded.0.lock().unwrap().len() - before;
+    assert!(more <= 4, "{more} writes in 150 s");
     sync.abort();
 }
 
