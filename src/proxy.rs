@@ -656,6 +656,20 @@ impl Proxy {
                 resp.headers_mut().insert(http::header::CONNECTION, close);
                 resp.map(|b| b.with_completion(completion))
             }
+            Err(failed)
+                if http2 && matches!(failed.error, ProxyError::Client(ClientError::Aborted)) =>
+            {
+                // An HTTP/2 client gone mid-body (its stream reset, its
+                // connection closed): there is no stream left to answer on.
+                // Abandoned as when it goes while the upstream thinks (499
+                // and `aborted` when `completion` drops, which hyper does
+                // with this answer it cannot send; no status class), not a
+                // 400 never delivered; the connection serves on.
+                failed.note(&mut completion.logged);
+                completion.answered = None;
+                let resp = failed.error.to_response(failed.request_id.as_ref(), None);
+                resp.map(|b| b.with_completion(completion))
+            }
             Err(failed) => {
                 failed.note(&mut completion.logged);
                 record_error(version, &failed);

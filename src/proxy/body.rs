@@ -118,11 +118,7 @@ impl BodyProgress {
     }
 
     fn client_failed(&self, e: &hyper::Error) {
-        let gone = e.is_incomplete_message()
-            || std::iter::successors(std::error::Error::source(e), |e| e.source())
-                .filter_map(|e| e.downcast_ref::<std::io::Error>())
-                .any(|e| e.kind() == std::io::ErrorKind::UnexpectedEof);
-        let code = if gone { 2 } else { 1 };
+        let code = if client_gone(e) { 2 } else { 1 };
         self.client_failure.store(code, Ordering::Release);
     }
 
@@ -191,6 +187,24 @@ impl BodyProgress {
             Stopped::Sink => ProxyError::Timeout,
         })
     }
+}
+
+/// Whether a client's request body failed because the client went away
+/// (`ClientError::Aborted`) rather than by broken framing (`BadBody`): its
+/// connection closed mid-body (HTTP/1's incomplete message, an unexpected
+/// EOF), or, on HTTP/2, the client reset the stream (RST_STREAM, such as
+/// CANCEL) or sent a GOAWAY that ended it. A reset the gateway's HTTP/2
+/// layer made itself (a DATA frame past the content-length) is no client
+/// gone: that is the body's framing.
+fn client_gone(e: &hyper::Error) -> bool {
+    e.is_incomplete_message()
+        || std::iter::successors(std::error::Error::source(e), |e| e.source()).any(|e| {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                return io.kind() == std::io::ErrorKind::UnexpectedEof;
+            }
+            e.downcast_ref::<h2::Error>()
+                .is_some_and(|h2| h2.is_remote() && (h2.is_reset() || h2.is_go_away()))
+        })
 }
 
 /// The client's request body on its way upstream.

@@ -271,6 +271,110 @@ async fn a_client_gone_mid_upload_after_the_answer_began_is_no_version_error() {
     gw.shutdown().await;
 }
 
+/// An HTTP/2 client that resets its stream (RST_STREAM CANCEL) in the
+/// middle of its upload went away: `aborted`, as when its connection
+/// closes mid-body, never `bad_body` (a malformed body) nor a version's
+/// error; the stream gets no answer, so no status class counts it and the
+/// access log says 499, not a 400 that was never sent. Which task sees the
+/// reset first (hyper's stream task, which drops the request, or the
+/// upstream connection's, which fails its body) depends on the scheduling:
+/// a runtime of several threads, as the gateway's, and several uploads.
+#[test]
+fn an_h2_stream_reset_mid_upload_is_an_aborted_request() {
+    // Every thread of the runtime logs into `captured` (at debug: a client
+    // error's line names its kind).
+    let captured = crate::support::Captured::default();
+    let sink = captured.clone();
+    let dispatch = tracing::Dispatch::new(
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish(),
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .on_thread_start(move || {
+            // Held for the thread's life, which the runtime's drop ends.
+            std::mem::forget(tracing::dispatcher::set_default(&dispatch));
+        })
+        .build()
+        .unwrap();
+    runtime.block_on(resets_mid_upload(&captured));
+}
+
+async fn resets_mid_upload(captured: &crate::support::Captured) {
+    use crate::support::h2_frame::*;
+    use crate::support::{RawH2, h2_header_block};
+    const UPLOADS: u32 = 30;
+    let recorder = Recorder::start().await;
+    let text = config("", &[("reset-upload", 1, recorder.addr)]) + "\n[log]\naccess_log = true\n";
+    let gw = Gateway::start(&text).await;
+    let aborted = [("kind", "aborted")];
+    let aborted_before = metric(&gw, "canary_client_errors_total", &aborted).await;
+    let mut h2 = RawH2::start(TcpStream::connect(gw.addr).await.unwrap()).await;
+    let head = h2_header_block(&[
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":authority", "h"),
+        (":path", "/upload"),
+        ("content-length", "100000"),
+    ]);
+    for i in 0..UPLOADS {
+        let stream = 2 * i + 1;
+        h2.send_on(stream, HEADERS, END_HEADERS, &head)
+            .await
+            .unwrap();
+        h2.send_on(stream, DATA, 0, &[b'a'; 10_000]).await.unwrap();
+        // The request is in flight: its upstream connection is open (the
+        // one before got half a request and is not reused).
+        let open = eventually(Duration::from_secs(10), async || {
+            recorder.connections.load(Ordering::SeqCst) > u64::from(i)
+        });
+        assert!(open.await);
+        let cancel = CANCEL.to_be_bytes();
+        h2.send_on(stream, RST_STREAM, 0, &cancel).await.unwrap();
+    }
+    let version = [("version", "reset-upload")];
+    let total = f64::from(UPLOADS);
+    let ended = metric_reaches(
+        &gw,
+        "canary_request_duration_seconds_count",
+        &version,
+        total,
+    );
+    assert!(ended.await, "{}", metrics(&gw).await);
+    // No status class: nothing was answered (the old count was a 4xx).
+    let answered = metric(&gw, "canary_requests_total", &version).await;
+    assert_eq!(answered, 0.0, "{}", metrics(&gw).await);
+    assert_no_version_errors(&gw, "reset-upload").await;
+    let counted = metric_reaches(
+        &gw,
+        "canary_client_errors_total",
+        &aborted,
+        aborted_before + total,
+    );
+    assert!(counted.await, "{}", metrics(&gw).await);
+    let logged = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    let lines: Vec<&str> = logged
+        .lines()
+        .filter(|l| l.contains(" access: ") && l.contains("version=reset-upload "))
+        .collect();
+    assert_eq!(lines.len(), UPLOADS as usize, "{logged}");
+    for line in lines {
+        assert!(line.contains(" status=499 "), "{line}");
+    }
+    // Not `bad_body` (`canary_client_errors_total` is the process's, shared
+    // with tests that count malformed bodies: its debug line tells).
+    let bad_body = canary_gateway::proxy::error_response::ClientError::BadBody.to_string();
+    let bad = logged.lines().find(|l| l.contains(&bad_body));
+    assert_eq!(bad, None);
+    assert_eq!(forwarded(&recorder), []);
+    drop(h2);
+    gw.shutdown().await;
+}
+
 /// 502/503/504 bodies carry a short fixed text, the `x-canary-error` kind
 /// and the request id; never an upstream address.
 #[tokio::test]

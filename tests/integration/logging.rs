@@ -4,7 +4,6 @@
 //! warn line is rate-limited. Nor may a dependency's warning about what
 //! one client sent (rustls').
 
-use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,36 +15,9 @@ use bytes::Bytes;
 use http_body_util::Full;
 
 use crate::support::{
-    Client, FixedUpstream, Gateway, config, dead_addr, eventually, h2c_client_for,
-    serve_connections,
+    Captured, Client, FixedUpstream, Gateway, capture, config, dead_addr, eventually,
+    h2c_client_for, serve_connections,
 };
-
-/// A log sink for the test's thread.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// What this thread logs at `level` and above, until the guard drops.
-fn capture(level: tracing::Level) -> (Captured, tracing::subscriber::DefaultGuard) {
-    let captured = Captured::default();
-    let sink = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_ansi(false)
-        .with_writer(move || sink.clone())
-        .finish();
-    (captured, tracing::subscriber::set_default(subscriber))
-}
 
 /// 300 requests to two versions whose only endpoints refuse connections:
 /// 300 502s, each logged at debug with its request id, and at most one

@@ -276,10 +276,33 @@ pub const CHUNKED_HELLO_WORLD: &[u8] = b"POST /upload HTTP/1.1\r\nHost: h\r\n\
 
 /// Frame types and the ACK flag of HTTP/2 (RFC 9113, 6).
 pub mod h2_frame {
+    pub const DATA: u8 = 0x0;
+    pub const HEADERS: u8 = 0x1;
+    pub const RST_STREAM: u8 = 0x3;
     pub const SETTINGS: u8 = 0x4;
     pub const PING: u8 = 0x6;
     pub const GOAWAY: u8 = 0x7;
     pub const ACK: u8 = 0x1;
+    pub const END_STREAM: u8 = 0x1;
+    pub const END_HEADERS: u8 = 0x4;
+    /// RST_STREAM's error code of a client that no longer wants the stream.
+    pub const CANCEL: u32 = 0x8;
+}
+
+/// An HTTP/2 request's header block: every field an HPACK literal without
+/// indexing and without Huffman coding (RFC 7541, 6.2.2), so no table is
+/// kept; each name and value under 127 bytes.
+pub fn h2_header_block(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in fields {
+        block.push(0);
+        for text in [name, value] {
+            assert!(text.len() < 127, "{text}: too long for this encoder");
+            block.push(text.len() as u8);
+            block.extend_from_slice(text.as_bytes());
+        }
+    }
+    block
 }
 
 /// One HTTP/2 frame as it came from the gateway.
@@ -318,8 +341,20 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> RawH2<S> {
 
     /// Sends a connection-level frame (stream 0).
     pub async fn send(&mut self, kind: u8, flags: u8, payload: &[u8]) -> std::io::Result<()> {
+        self.send_on(0, kind, flags, payload).await
+    }
+
+    /// Sends a frame on `stream`.
+    pub async fn send_on(
+        &mut self,
+        stream: u32,
+        kind: u8,
+        flags: u8,
+        payload: &[u8],
+    ) -> std::io::Result<()> {
         let len = (payload.len() as u32).to_be_bytes();
-        let mut frame = vec![len[1], len[2], len[3], kind, flags, 0, 0, 0, 0];
+        let mut frame = vec![len[1], len[2], len[3], kind, flags];
+        frame.extend_from_slice(&stream.to_be_bytes());
         frame.extend_from_slice(payload);
         self.write(&frame).await
     }
@@ -408,4 +443,31 @@ where
         }
     }
     seen
+}
+
+/// A log sink for the test's thread.
+#[derive(Clone, Default)]
+pub struct Captured(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What this thread logs at `level` and above, until the guard drops.
+pub fn capture(level: tracing::Level) -> (Captured, tracing::subscriber::DefaultGuard) {
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    (captured, tracing::subscriber::set_default(subscriber))
 }
