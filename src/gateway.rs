@@ -312,7 +312,8 @@ fn file_store(config: &Config) -> FileStore {
 /// What `canary-gateway check` validates beyond the config itself: the
 /// checks [`start`] makes before serving that need neither AWS nor a bound
 /// port, with the same errors: the admin token (and a non-loopback admin
-/// address without one), the listener's TLS files, with the file store the
+/// address without one), the listener's TLS files (a certificate expired or
+/// not yet valid is a warning, as `run` logs it), with the file store the
 /// state file's first read and whether its directory can be written in,
 /// and when AWS is used an AWS region (short of the instance metadata
 /// service, a network call) and the SDK's `AWS_ENDPOINT_URL*` variables. Within a tokio runtime.
@@ -321,7 +322,10 @@ pub async fn preflight(config: &Config) -> Result<Vec<String>, GatewayError> {
     let mut warnings = Vec::new();
     admin_token(config)?;
     if let Some(tls) = &config.listener.tls {
-        ListenerTls::load(tls)?;
+        // An expired (or not yet valid) certificate serves all the same, as
+        // `run` warns: `check` says so too, before a deploy.
+        let status = ListenerTls::load(tls)?.status();
+        warnings.extend(status.validity_problem(crate::store::unix_ms()));
     }
     if matches!(config.store, StoreConfig::File) {
         let store = file_store(config);

@@ -932,6 +932,53 @@ async fn check_says_a_tls_key_is_encrypted_or_the_leaf_is_not_first() {
     }
 }
 
+/// `check` warns, as `run` does (in its log and `/status`), of a listener
+/// certificate that expired: it still passes (the pair serves all the same,
+/// and a client that checks nothing keeps working), but a CI `check` before
+/// a deploy says so. A valid one gets no such line.
+#[tokio::test]
+async fn check_warns_of_an_expired_tls_certificate() {
+    let (v1, v2) = (
+        TaggedUpstream::start("v1").await,
+        TaggedUpstream::start("v2").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let path = dir.path().join("gateway.toml");
+    let listener = "[listener]\naddress = \"127.0.0.1:0\"\n";
+    let text = config(v1.addr, v2.addr).replace(
+        listener,
+        &format!(
+            "{listener}[listener.tls]\ncert = {}\nkey = {}\n",
+            toml::Value::String(cert_path.display().to_string()),
+            toml::Value::String(key_path.display().to_string()),
+        ),
+    );
+    std::fs::write(&path, text).unwrap();
+    let path_arg = path.display().to_string();
+    let check = async || cli(&["check", "--config", &path_arg], &[(TOKEN_ENV, TOKEN)]).await;
+
+    let ca = test_ca::Ca::new();
+    let (leaf, key, _) = ca.leaf(&["localhost"]);
+    std::fs::write(&cert_path, &leaf).unwrap();
+    std::fs::write(&key_path, &key).unwrap();
+    let (code, out, err) = check().await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!err.contains("TLS certificate"), "{err}");
+
+    let (leaf, key) = ca.expired_leaf(&["localhost"]);
+    std::fs::write(&cert_path, &leaf).unwrap();
+    std::fs::write(&key_path, &key).unwrap();
+    let (code, out, err) = check().await;
+    assert_eq!(code, 0, "{out}{err}");
+    let said = format!(
+        "warning: the TLS certificate in {} expired on Wed, 01 Jan 2020 00:00:00 GMT",
+        cert_path.display()
+    );
+    assert!(err.contains(&said), "{err}");
+    assert!(out.contains("ok"), "{out}");
+}
+
 /// With a store (or discovery, or App Mesh) on AWS, `check` refuses what
 /// `run` refuses: no AWS region anywhere it looks without a network call
 /// (with the instance metadata service off; with it on, only a warning), and
