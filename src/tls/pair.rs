@@ -46,12 +46,33 @@ pub fn certificates(bytes: &[u8], path: &Path) -> Result<Vec<CertificateDer<'sta
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Pem {
             path: name(),
-            reason: e.to_string(),
+            reason: pem_reason(&e),
         })?;
     if chain.is_empty() {
         return Err(TlsError::NoCertificate { path: name() });
     }
     Ok(chain)
+}
+
+/// Why a PEM file could not be read, for an operator: the PEM reader's own
+/// text gives a section's name and a bad line as lists of byte values
+/// (`missing section end marker: [67, 69, 82, ...]` for `CERTIFICATE`);
+/// here they are text.
+fn pem_reason(e: &rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error;
+    match e {
+        Error::MissingSectionEnd { end_marker } => {
+            let label = String::from_utf8_lossy(end_marker);
+            format!(
+                "the `{label}` section has no `-----END {label}-----` line (is the file cut short, or still being written?)"
+            )
+        }
+        Error::IllegalSectionStart { line } => format!(
+            "malformed section start line `{}`",
+            String::from_utf8_lossy(line).trim_end()
+        ),
+        other => other.to_string(),
+    }
 }
 
 /// When a certificate is valid: its `notBefore` and `notAfter`, in Unix
@@ -104,7 +125,7 @@ pub fn certified_key(
             rustls_pki_types::pem::Error::NoItemsFound => TlsError::NoKey { path: key_name() },
             other => TlsError::Pem {
                 path: key_name(),
-                reason: other.to_string(),
+                reason: pem_reason(&other),
             },
         })
     })?;
@@ -158,6 +179,40 @@ mod tests {
             .join("tests/fixtures/tls")
             .join(name);
         std::fs::read(path).unwrap()
+    }
+
+    /// A file cut short names its open section as text, not as the list of
+    /// its bytes; the whole error names the file.
+    #[test]
+    fn a_cut_short_pem_file_says_which_section_is_open() {
+        let path = Path::new("/etc/tls/cert.pem");
+        let e = certificates(b"-----BEGIN CERTIFICATE-----\nMIIB\n", path).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/tls/cert.pem: not PEM: the `CERTIFICATE` section has no `-----END CERTIFICATE-----` line (is the file cut short, or still being written?)"
+        );
+        let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let key = pair.signing_key.serialize_pem();
+        let files = PairFiles {
+            cert: pair.cert.pem().into_bytes(),
+            key: key.as_bytes()[..key.len() - 30].to_vec(),
+        };
+        let e = certified_key(&files, path, Path::new("key.pem")).unwrap_err();
+        let said = e.to_string();
+        assert!(
+            said.starts_with("key.pem: not PEM: the `PRIVATE KEY` section has no `-----END PRIVATE KEY-----` line"),
+            "{said}"
+        );
+    }
+
+    /// A malformed `-----BEGIN` line is quoted as text.
+    #[test]
+    fn a_malformed_section_start_is_quoted_as_text() {
+        let e = certificates(b"-----BEGIN CERTIFICATE----\nMIIB\n", Path::new("c.pem"));
+        assert_eq!(
+            e.unwrap_err().to_string(),
+            "c.pem: not PEM: malformed section start line `-----BEGIN CERTIFICATE----`"
+        );
     }
 
     /// Both kinds of encrypted key are told apart from keys in the clear.
