@@ -49,6 +49,10 @@ pub enum TlsError {
     },
     #[error("{path}: unusable certificate: {reason}")]
     BadCertificate { path: String, reason: String },
+    #[error(
+        "{path}: the certificate expired on {expired}, and the pair in force is valid: it keeps serving (clients that check a certificate would refuse every connection); put a valid pair in place"
+    )]
+    ExpiredOverValid { path: String, expired: String },
     #[error("`{0}` is not a valid TLS server name")]
     ServerName(String),
     #[error("no CA certificates: the system has none; set `ca_file`")]

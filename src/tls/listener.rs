@@ -86,6 +86,14 @@ impl TlsStatus {
     }
 }
 
+/// When a certificate whose `notAfter` is `until` (Unix seconds) expired,
+/// as an HTTP date, if it has by `now_ms`.
+fn expired_on(until: i64, now_ms: u64) -> Option<String> {
+    let until_ms = u64::try_from(until).unwrap_or(0).saturating_mul(1000);
+    (now_ms > until_ms)
+        .then(|| httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_millis(until_ms)))
+}
+
 #[derive(Debug)]
 struct State {
     /// The files' fingerprint of the pair in force.
@@ -206,13 +214,37 @@ impl ListenerTls {
         let _turn = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let read = PairFiles::read(&self.cert, &self.key);
         let seen = Seen::of(&read);
-        let loaded = self.lock().loaded;
+        let (loaded, in_force_valid) = {
+            let state = self.lock();
+            let valid = state.status.validity_problem(unix_ms()).is_none();
+            (state.loaded, valid)
+        };
         let outcome = read.and_then(|files| {
             let fingerprint = files.fingerprint();
             if fingerprint == loaded {
                 return Ok(None);
             }
-            pair::certified_key(&files, &self.cert, &self.key).map(|c| Some((c, fingerprint)))
+            let certified = pair::certified_key(&files, &self.cert, &self.key)?;
+            // An expired certificate over a valid one (old files put back,
+            // a backup restored) would have every client that checks it
+            // refuse the connection: refused, the valid pair serves on. At
+            // start, and over a pair in force that is itself expired, it
+            // serves (a restart must not fail over it). A certificate not
+            // valid yet is taken: a CA clock a little ahead would
+            // otherwise leave the old pair in force until it expires.
+            if in_force_valid
+                && let Some(expired) = certified
+                    .cert
+                    .first()
+                    .and_then(pair::validity)
+                    .and_then(|(_, until)| expired_on(until, unix_ms()))
+            {
+                return Err(TlsError::ExpiredOverValid {
+                    path: self.cert.display().to_string(),
+                    expired,
+                });
+            }
+            Ok(Some((certified, fingerprint)))
         });
         let mut state = self.lock();
         state.seen = seen;

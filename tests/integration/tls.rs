@@ -512,6 +512,50 @@ async fn a_session_resumes_after_many_other_clients() {
     gw.shutdown().await;
 }
 
+/// An expired pair written over a valid one (old files put back, a backup
+/// restored) is refused: every client that checks the certificate would
+/// refuse the connection. The valid pair serves on, the reload says why.
+/// Over a pair that is itself expired it is taken (and at start it
+/// serves: a restart must not fail over it).
+#[tokio::test]
+async fn an_expired_pair_is_refused_over_a_valid_one_only() {
+    let up = Upstream::start("v1").await;
+    let ca = Ca::new();
+    let (cert, key, der) = ca.leaf(&["localhost"]);
+    let (gw, dir) = start_with_pair(&cert, &key, up.addr).await;
+    let (expired, expired_key) = ca.expired_leaf(&["localhost"]);
+    write_pair(dir.path(), &expired, &expired_key);
+    let reply = admin(gw.admin, "POST", "/reload", None, "").await;
+    assert_eq!(reply.status, 422, "{}", reply.text());
+    assert!(
+        reply
+            .text()
+            .contains("the certificate expired on Wed, 01 Jan 2020 00:00:00 GMT, and the pair in force is valid"),
+        "{}",
+        reply.text()
+    );
+    let tls = connect(gw.addr, &ca.der, &[b"http/1.1"]).await;
+    assert_eq!(peer_cert(&tls), der, "the expired pair must not serve");
+    gw.shutdown().await;
+
+    let (gw, dir) = start_with_pair(&expired, &expired_key, up.addr).await;
+    let loaded = |status: &serde_json::Value| status["tls"]["loaded_at_ms"].as_u64();
+    let status: serde_json::Value =
+        serde_json::from_str(&admin(gw.admin, "GET", "/status", None, "").await.text()).unwrap();
+    let (other, other_key) = ca.expired_leaf(&["localhost"]);
+    write_pair(dir.path(), &other, &other_key);
+    let before = loaded(&status);
+    let reply = admin(gw.admin, "POST", "/reload", None, "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let status: serde_json::Value =
+        serde_json::from_str(&admin(gw.admin, "GET", "/status", None, "").await.text()).unwrap();
+    assert!(
+        loaded(&status).is_some() && loaded(&status) != before,
+        "{status}"
+    );
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn rotation_keeps_open_connections_and_a_bad_pair_is_rejected() {
     let up = Upstream::start("v1").await;
