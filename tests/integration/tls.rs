@@ -336,6 +336,72 @@ async fn a_silent_http2_client_and_an_unbegun_handshake_do_not_hold_the_shutdown
     assert!(goaway, "no GOAWAY before the close");
 }
 
+/// At shutdown, an HTTP/2 client over TLS that is not reading gets all of
+/// its response once it reads again: the stream has ended on the gateway's
+/// side while the response's tail waits in the connection's buffers (the
+/// HTTP/2 layer's, the TLS session's, the socket's), and the drain's close
+/// of connections with no request in flight must not cut it.
+#[tokio::test]
+async fn a_stalled_http2_reader_gets_its_whole_response_across_the_shutdown() {
+    use crate::support::{RawH2, h2_frame, h2_header_block};
+    const BYTES: usize = 200 * 1024;
+    let up = Upstream::start("v1").await;
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf(&["localhost"]);
+    let dir = tempfile::tempdir().unwrap();
+    write_pair(dir.path(), &cert, &key);
+    let text = tls_config(dir.path(), up.addr) + "\n[timeouts]\nshutdown_grace = \"20s\"\n";
+    let gw = Gateway::start(&text).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(gw.addr).await.unwrap();
+    let tls = handshake(tcp, client_config(&ca.der, &[b"h2"])).await;
+    let mut raw = RawH2::start(tls).await;
+    // Windows as large as they go, so that the gateway hands the whole
+    // body to its HTTP/2 layer at once (the stream ends on its side).
+    let mut settings = vec![0, 4];
+    settings.extend_from_slice(&0x7fff_ffffu32.to_be_bytes());
+    raw.send(h2_frame::SETTINGS, 0, &settings).await.unwrap();
+    raw.send(0x8, 0, &(0x7fff_ffffu32 - 65_535).to_be_bytes())
+        .await
+        .unwrap();
+    let path = format!("/download?bytes={BYTES}&length=1");
+    let head = h2_header_block(&[
+        (":method", "GET"),
+        (":scheme", "https"),
+        (":authority", "localhost"),
+        (":path", &path),
+    ]);
+    raw.send_on(
+        1,
+        h2_frame::HEADERS,
+        h2_frame::END_STREAM | h2_frame::END_HEADERS,
+        &head,
+    )
+    .await
+    .unwrap();
+    // Read nothing: the socket fills, the rest waits in the gateway.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopping = tokio::spawn(gw.shutdown());
+    // Past the drain's idle window and the second without a request.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (mut data, mut ended) = (0, false);
+    while let Some(frame) = raw.next_frame().await {
+        if frame.kind == h2_frame::DATA {
+            data += frame.payload.len();
+            ended |= frame.flags & h2_frame::END_STREAM != 0;
+        }
+        if ended {
+            break;
+        }
+    }
+    assert_eq!((data, ended), (BYTES, true));
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("the shutdown did not end once the response was read")
+        .unwrap();
+}
+
 /// A response on a connection that closes after it (`Connection: close`)
 /// ends with `close_notify` over TLS: the gateway shuts its write side,
 /// which first sends what rustls still holds of the response (dropped
