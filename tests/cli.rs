@@ -876,15 +876,7 @@ async fn check_says_a_tls_key_is_encrypted_or_the_leaf_is_not_first() {
     let path_arg = path.display().to_string();
     let token = [(TOKEN_ENV, TOKEN)];
     let check = async |key: &std::path::Path| {
-        let listener = "[listener]\naddress = \"127.0.0.1:0\"\n";
-        let text = config(v1.addr, v2.addr).replace(
-            listener,
-            &format!(
-                "{listener}[listener.tls]\ncert = {}\nkey = {}\n",
-                toml::Value::String(cert_path.display().to_string()),
-                toml::Value::String(key.display().to_string()),
-            ),
-        );
+        let text = config_with_tls(config(v1.addr, v2.addr), &cert_path, key);
         std::fs::write(&path, text).unwrap();
         let (code, out, err) = cli(&["check", "--config", &path_arg], &token).await;
         (code, format!("{out}{err}"))
@@ -932,6 +924,19 @@ async fn check_says_a_tls_key_is_encrypted_or_the_leaf_is_not_first() {
     }
 }
 
+/// `text` with a `[listener.tls]` of `cert` and `key`.
+fn config_with_tls(text: String, cert: &std::path::Path, key: &std::path::Path) -> String {
+    let listener = "[listener]\naddress = \"127.0.0.1:0\"\n";
+    text.replace(
+        listener,
+        &format!(
+            "{listener}[listener.tls]\ncert = {}\nkey = {}\n",
+            toml::Value::String(cert.display().to_string()),
+            toml::Value::String(key.display().to_string()),
+        ),
+    )
+}
+
 /// `check` warns, as `run` does (in its log and `/status`), of a listener
 /// certificate that expired: it still passes (the pair serves all the same,
 /// and a client that checks nothing keeps working), but a CI `check` before
@@ -945,15 +950,7 @@ async fn check_warns_of_an_expired_tls_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     let path = dir.path().join("gateway.toml");
-    let listener = "[listener]\naddress = \"127.0.0.1:0\"\n";
-    let text = config(v1.addr, v2.addr).replace(
-        listener,
-        &format!(
-            "{listener}[listener.tls]\ncert = {}\nkey = {}\n",
-            toml::Value::String(cert_path.display().to_string()),
-            toml::Value::String(key_path.display().to_string()),
-        ),
-    );
+    let text = config_with_tls(config(v1.addr, v2.addr), &cert_path, &key_path);
     std::fs::write(&path, text).unwrap();
     let path_arg = path.display().to_string();
     let check = async || cli(&["check", "--config", &path_arg], &[(TOKEN_ENV, TOKEN)]).await;
