@@ -402,6 +402,74 @@ async fn a_stalled_http2_reader_gets_its_whole_response_across_the_shutdown() {
         .unwrap();
 }
 
+/// At shutdown, an HTTP/2 client downloading a large body slowly (reading
+/// its socket at about 1 MB/s and opening its window as it reads, as curl
+/// with `--limit-rate` does) gets all of it: the drain's close of a
+/// connection with no request in flight waits for a second in which no
+/// byte moved either way. (Closed a second after the response had left
+/// the gateway for the socket's buffers, its WINDOW_UPDATEs unread, the
+/// connection was reset and the client lost what it had not read yet,
+/// while the access log said complete.)
+#[tokio::test]
+async fn a_slow_http2_download_is_not_cut_by_the_drain() {
+    use crate::support::{RawH2, h2_frame, h2_header_block};
+    const BYTES: usize = 4 * 1024 * 1024;
+    let up = Upstream::start("v1").await;
+    let text = crate::support::config("", &[("v1", 1, up.addr)])
+        + "\n[timeouts]\nshutdown_grace = \"20s\"\n";
+    let gw = Gateway::start(&text).await;
+    let mut raw = RawH2::start(TcpStream::connect(gw.addr).await.unwrap()).await;
+    // A large window up front, so that the gateway sends the whole body at
+    // once (into the sockets' buffers); then opened again as it is read.
+    let mut settings = vec![0, 4];
+    settings.extend_from_slice(&0x7fff_ffffu32.to_be_bytes());
+    raw.send(h2_frame::SETTINGS, 0, &settings).await.unwrap();
+    raw.send(0x8, 0, &(0x7fff_ffffu32 - 65_535).to_be_bytes())
+        .await
+        .unwrap();
+    let path = format!("/download?bytes={BYTES}&length=1");
+    let head = h2_header_block(&[
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "localhost"),
+        (":path", &path),
+    ]);
+    raw.send_on(
+        1,
+        h2_frame::HEADERS,
+        h2_frame::END_STREAM | h2_frame::END_HEADERS,
+        &head,
+    )
+    .await
+    .unwrap();
+    let (mut gw, mut stopping) = (Some(gw), None);
+    let (mut data, mut ended) = (0, false);
+    while let Some(frame) = raw.next_frame().await {
+        if frame.kind == h2_frame::HEADERS
+            && let Some(gw) = gw.take()
+        {
+            stopping = Some(tokio::spawn(gw.shutdown()));
+        }
+        if frame.kind == h2_frame::DATA {
+            data += frame.payload.len();
+            ended = frame.flags & h2_frame::END_STREAM != 0;
+            let taken = (frame.payload.len() as u32).to_be_bytes();
+            let _ = raw.send(0x8, 0, &taken).await;
+            let _ = raw.send_on(1, 0x8, 0, &taken).await;
+            // About 1 MB a second.
+            tokio::time::sleep(Duration::from_millis(16)).await;
+        }
+        if ended {
+            break;
+        }
+    }
+    assert_eq!((data, ended), (BYTES, true), "the download was cut");
+    tokio::time::timeout(Duration::from_secs(10), stopping.expect("no response head"))
+        .await
+        .expect("the shutdown did not end once the download was read")
+        .unwrap();
+}
+
 /// A response on a connection that closes after it (`Connection: close`)
 /// ends with `close_notify` over TLS: the gateway shuts its write side,
 /// which first sends what rustls still holds of the response (dropped

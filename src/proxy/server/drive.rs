@@ -220,11 +220,14 @@ struct Watchdog {
 }
 
 impl Watchdog {
+    /// `bytes`: an HTTP/2 connection's quiet is counted on its socket's
+    /// bytes too, as HTTP/1's is (see `Watch::drive`'s drain).
     fn check(
         &mut self,
         state: &ConnState,
         timeouts: &ConnTimeouts,
         every: Duration,
+        bytes: bool,
     ) -> Option<Closed> {
         let started = state.head_started_ms.load(Ordering::Relaxed);
         if started != 0
@@ -240,7 +243,7 @@ impl Watchdog {
         // bytes on a connection no request uses, and would keep it open
         // forever. Its idle rule counts requests only: none in flight and
         // none started or ended (the requests word unchanged) for `idle`.
-        let seen = if http2 {
+        let seen = if http2 && !bytes {
             requests
         } else {
             state.activity.load(Ordering::Relaxed)
@@ -412,12 +415,18 @@ impl Watch<'_> {
                     // a PING, hyper's graceful shutdown) when the drain
                     // began; hyper ends it once its client answers the
                     // PING and its streams are done. One still open after
-                    // the idle window with no request for
-                    // `DRAIN_IDLE_WINDOW` has a client that will not answer
-                    // (gone, asleep, behind a NAT that dropped the flow):
-                    // dropped, rather than held to the grace period's end
-                    // (the exit with it). Not while its last write found
-                    // the socket full (a response still going out).
+                    // the idle window, with no request in flight and no
+                    // byte moved either way for `DRAIN_IDLE_WINDOW`, has a
+                    // client that will not answer (gone, asleep, behind a
+                    // NAT that dropped the flow): dropped, rather than held
+                    // to the grace period's end (the exit with it). Bytes
+                    // count, not only requests: a client still reading a
+                    // response's tail from the socket's buffers sends
+                    // WINDOW_UPDATEs (closed with them unread, the socket
+                    // would be reset and the tail lost); one that sent
+                    // nothing has nothing unread here, so the close is a
+                    // FIN after all that is queued. Not while its last
+                    // write found the socket full either.
                     let closing_h2 =
                         phase == Phase::ClosingIdle && state.http2.load(Ordering::Relaxed);
                     let step = if closing_h2 {
@@ -425,7 +434,7 @@ impl Watch<'_> {
                     } else {
                         every
                     };
-                    let checked = watchdog.check(state, timeouts, step);
+                    let checked = watchdog.check(state, timeouts, step, closing_h2);
                     if checked.is_none()
                         && closing_h2
                         && !watchdog.in_flight
@@ -598,7 +607,10 @@ mod tests {
         let mut watchdog = Watchdog::default();
         (1..=ticks).find(|&tick| {
             between(tick);
-            matches!(watchdog.check(state, &TIMEOUTS, EVERY), Some(Closed::Idle))
+            matches!(
+                watchdog.check(state, &TIMEOUTS, EVERY, false),
+                Some(Closed::Idle)
+            )
         })
     }
 
