@@ -295,6 +295,10 @@ impl Control {
                 }
             }
         };
+        // A refused text no longer the file's: the state file is written
+        // without it, or a later start that finds the file edited to it
+        // (while stopped, on purpose) would keep it refused.
+        let refusal_over = !refused_kept && decision.refused_config.is_some() && !file_won;
         if refused_kept {
             tracing::warn!(
                 target: "audit",
@@ -363,6 +367,11 @@ impl Control {
         control.hold_series(&control.snapshot.load());
         if file_won {
             control.record_at_start(decision).await;
+        } else if refusal_over {
+            let doc = control.lock().decision.clone();
+            if let Err(e) = control.write_store(&doc, None).await {
+                tracing::error!(error = %e, "the state file could not be written without the refused config text it notes");
+            }
         }
         Ok(control)
     }

@@ -349,6 +349,9 @@ impl Control {
             state.discovery = previous_discovery;
             return Err(e.into());
         }
+        // The text is applied: no refused one is pending (the decision in
+        // force kept, recorded without it above).
+        state.decision.refused_config = None;
         // A running rollout whose canary or stable version this reload
         // removed (the previous config had it) cannot go on: the driver
         // aborts it. (A version this task never had is another task
@@ -504,10 +507,11 @@ pub(super) fn refused_still(doc: &WeightsDoc, config: Config) -> (Config, bool) 
     }
     let mut applied = config.clone();
     if let Some(weights) = &doc.config_weights {
+        // A version only the refused text has was not applied either: at
+        // weight 0 until a reload applies the text (its file weight would
+        // serve it beside the decision's versions).
         for v in &mut applied.versions {
-            if let Some(&w) = weights.get(&v.name) {
-                v.weight = w;
-            }
+            v.weight = weights.get(&v.name).copied().unwrap_or(0);
         }
     }
     if let Some(stable) = &doc.config_stable {

@@ -165,7 +165,9 @@ pub fn judge(plan: &Settings, canary: &Counts, stable: &Counts) -> Analysis {
         );
         verdict(a, Verdict::Abort, "error_rate_vs_stable", why);
     };
-    if c.samples() < plan.min_requests {
+    // At least one: a window in which the canary served nothing is no
+    // evidence (a plan saved with 0 by an older gateway still runs).
+    if c.samples() < plan.min_requests.max(1) {
         // Few requests: a rate or a p99 of a handful is noise, so only errors
         // beyond chance abort; a canary failing every request must not serve
         // on until it has failed `min_requests` of them.

@@ -143,7 +143,7 @@ impl Settings {
                             return Err(invalid(
                                 key,
                                 format!(
-                                    "must be a non-negative integer (no decimal point or exponent), got {value}"
+                                    "must be a whole number of at least 1 (no decimal point or exponent), got {value}"
                                 ),
                             ));
                         }
@@ -486,7 +486,7 @@ mod tests {
         let err = body(r#"{"canary": "v2", "min_requests": 5.0}"#).unwrap_err();
         assert_eq!(err.field, "min_requests");
         assert!(
-            err.reason.contains("must be a non-negative integer"),
+            err.reason.contains("must be a whole number of at least 1"),
             "{err}"
         );
     }

@@ -1095,6 +1095,111 @@ async fn a_weight_edit_refused_during_a_rollout_is_not_applied_by_a_restart() {
     third.shutdown().await;
 }
 
+/// The refused text adds a version: after a restart that version serves
+/// nothing (the text is not applied) until a reload applies it. And a
+/// refusal ends when the file goes back to the text in force: no warning,
+/// and the state file no longer notes it, so that a later start that finds
+/// the file edited to it on purpose (while stopped) applies it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_edit_adding_a_version_serves_it_nothing_and_a_reverted_one_ends_the_refusal() {
+    let (v1, v2, v3) = (
+        Behaved::start("v1", 0, 0).await,
+        Behaved::start("v2", 0, 0).await,
+        Behaved::start("v3", 0, 0).await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let original = text(v1.addr, v2.addr);
+    let first = start_in(dir.path(), &original).await;
+    let plan = PLAN.replace(r#""interval_s": 1"#, r#""interval_s": 60"#);
+    start_rollout(first.admin_addr, &plan).await;
+    let adds_v3 = config(
+        "override_header = \"x-canary-version\"",
+        &[("v1", 60, v1.addr), ("v2", 0, v2.addr), ("v3", 40, v3.addr)],
+    );
+    let config_path = dir.path().join("gateway.toml");
+    std::fs::write(&config_path, &adds_v3).unwrap();
+    let (status, body) = call(first.admin_addr, "POST", "/reload", "").await;
+    assert!(!status.is_success(), "{body}");
+    let (status, view) = call(first.admin_addr, "POST", "/rollout/abort", "").await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    first.shutdown().await;
+
+    let second = start_in(dir.path(), &adds_v3).await;
+    let w = weights(second.admin_addr).await;
+    assert_eq!(
+        w["weights"],
+        serde_json::json!({"v1": 100, "v2": 0, "v3": 0}),
+        "{w}"
+    );
+    let (status, body) = call(second.admin_addr, "POST", "/reload", "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let w = weights(second.admin_addr).await;
+    assert_eq!(
+        w["weights"],
+        serde_json::json!({"v1": 60, "v2": 0, "v3": 40}),
+        "{w}"
+    );
+    start_rollout(second.admin_addr, &plan.replace("v2", "v3")).await;
+    // Refused again, then the file put back: the reload applies the text
+    // in force ("weights unchanged") and the refusal is over.
+    let edited = adds_v3.replace("weight = 60", "weight = 50");
+    std::fs::write(&config_path, &edited).unwrap();
+    let (status, _) = call(second.admin_addr, "POST", "/reload", "").await;
+    assert!(!status.is_success());
+    std::fs::write(&config_path, &adds_v3).unwrap();
+    let (status, body) = call(second.admin_addr, "POST", "/reload", "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let status = call(second.admin_addr, "GET", "/status", "").await.1;
+    assert!(
+        !status["warnings"].to_string().contains("were refused"),
+        "{status:#}"
+    );
+    let state_file = std::fs::read_to_string(dir.path().join("gateway.state.json")).unwrap();
+    assert!(!state_file.contains("refused_config"), "{state_file}");
+    second.shutdown().await;
+}
+
+/// A refused text that the file no longer has at the next start (put back
+/// while the gateway was stopped): the start writes the state file without
+/// the note, so that the text written on purpose later, while stopped
+/// again, is an edit like any other (it wins at that start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_text_gone_from_the_file_at_a_start_is_forgotten() {
+    let (v1, v2) = (
+        Behaved::start("v1", 0, 0).await,
+        Behaved::start("v2", 0, 0).await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let original = text(v1.addr, v2.addr);
+    let first = start_in(dir.path(), &original).await;
+    let plan = PLAN.replace(r#""interval_s": 1"#, r#""interval_s": 60"#);
+    start_rollout(first.admin_addr, &plan).await;
+    let edited = config(
+        "override_header = \"x-canary-version\"",
+        &[("v1", 70, v1.addr), ("v2", 30, v2.addr)],
+    );
+    std::fs::write(dir.path().join("gateway.toml"), &edited).unwrap();
+    let (status, body) = call(first.admin_addr, "POST", "/reload", "").await;
+    assert!(!status.is_success(), "{body}");
+    call(first.admin_addr, "POST", "/rollout/abort", "").await;
+    first.shutdown().await;
+    let state_path = dir.path().join("gateway.state.json");
+    assert!(
+        std::fs::read_to_string(&state_path)
+            .unwrap()
+            .contains("refused_config")
+    );
+
+    let second = start_in(dir.path(), &original).await;
+    second.shutdown().await;
+    let state_file = std::fs::read_to_string(&state_path).unwrap();
+    assert!(!state_file.contains("refused_config"), "{state_file}");
+    let third = start_in(dir.path(), &edited).await;
+    let w = weights(third.admin_addr).await;
+    assert_eq!(w["weights"], serde_json::json!({"v1": 70, "v2": 30}), "{w}");
+    third.shutdown().await;
+}
+
 /// Requests that are the client's fault, split as any (not forced: a
 /// forced request is no evidence anyway), so that the canary gets its
 /// share: a chunked body with a bad chunk size, and a body shorter than its

@@ -224,6 +224,24 @@ fn slower_beyond_the_ratio_aborts_and_fast_jitter_does_not() {
     assert_eq!((a.verdict, a.p99_ratio), (Verdict::Pass, None), "{}", a.why);
 }
 
+/// A window in which the canary served nothing never passes, whatever
+/// the plan says (`min_requests` 0 is refused now, but a rollout saved
+/// with it by an older gateway still runs).
+#[test]
+fn a_window_without_canary_requests_holds_even_at_min_requests_0() {
+    let zero = Settings {
+        min_requests: 0,
+        ..plan()
+    };
+    let a = judge(&zero, &Counts::default(), &Counts::default());
+    assert_eq!(
+        (a.verdict, a.reason),
+        (Verdict::Hold, "not_enough_evidence")
+    );
+    let a = judge(&zero, &counts(1, 0, 3.0), &Counts::default());
+    assert_eq!(a.verdict, Verdict::Pass, "{}", a.why);
+}
+
 #[test]
 fn without_stable_traffic_only_the_absolute_limits_count() {
     let a = judge(&plan(), &counts(1000, 10, 3.0), &Counts::default());
