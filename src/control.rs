@@ -141,8 +141,9 @@ struct State {
     /// Every task's report as the store last answered it (`None`: the store
     /// keeps no reports, or none was written yet).
     fleet: Option<Vec<crate::store::TaskReport>>,
-    /// The generation and draining flag of this task's last report, and when.
-    reported: Option<(u64, bool, Instant)>,
+    /// The generation, draining flag and App Mesh failing flag of this
+    /// task's last report, and when.
+    reported: Option<(u64, bool, bool, Instant)>,
     /// Why this task's last report could not be written (`None`: it was).
     report_error: Option<String>,
     /// The rollout's counters, clock and this gateway's view of it.

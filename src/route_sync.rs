@@ -224,10 +224,12 @@ pub async fn follow_route(
         if write || reconcile {
             due = now + jitter(every, RECONCILE_JITTER);
         }
-        // Another task's decision, new here, whose writer reports its own
-        // syncs failing: a stand-in may have to write it, looked at soon
-        // (once: then at the reconcile interval).
-        if !ours && !reconcile && !write && control.writer_fails_route_syncs(&doc.writer) {
+        // Another task's decision, new here: looked at again soon (once;
+        // then at the reconcile interval), as its writer may turn out to
+        // fail its own sync of it (its report says so a moment later) and
+        // a stand-in to have to write it. A writer that syncs costs that
+        // look nothing: no call is made.
+        if !ours && !reconcile && !write {
             due = due.min(now + jitter(reconcile_every.min(VERIFY_AFTER), RECONCILE_JITTER));
         }
         if !wait_or_reconcile(&mut rx, &mut doc, &mut reconcile, due).await {

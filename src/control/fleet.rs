@@ -148,6 +148,17 @@ pub fn stands_in(
         .any(|r| !r.appmesh_failing && (r.task == writer || (!r.degraded && r.task.as_str() < own)))
 }
 
+/// Whether this task's last App Mesh sync failed (its report's
+/// `appmesh_failing`). Throttled to the end is the account's API rate,
+/// which every task meets alike: no reason for another task to stand in
+/// (it would only add calls).
+fn appmesh_failing(state: &State) -> bool {
+    state
+        .appmesh
+        .as_ref()
+        .is_some_and(|a| a.last_error.is_some() && !a.throttled)
+}
+
 /// Whether `writer` reports live (not stale, not draining) that its own
 /// route syncs fail: known alive, so a stand-in need not wait for the
 /// decision to settle before writing it in its place.
@@ -188,9 +199,10 @@ impl Control {
         let state = self.lock();
         match state.reported {
             None => true,
-            Some((generation, draining, at)) => {
+            Some((generation, draining, failing, at)) => {
                 generation != state.decision.generation
                     || draining != self.is_draining()
+                    || failing != appmesh_failing(&state)
                     || at.elapsed() >= self.report_every(&state).mul_f64(0.75)
             }
         }
@@ -207,13 +219,7 @@ impl Control {
             draining: self.is_draining(),
             degraded: state.store.degraded,
             version: env!("CARGO_PKG_VERSION").to_string(),
-            // Throttled to the end is the account's API rate, which every
-            // task meets alike: no reason for another task to stand in
-            // (it would only add calls).
-            appmesh_failing: state
-                .appmesh
-                .as_ref()
-                .is_some_and(|a| a.last_error.is_some() && !a.throttled),
+            appmesh_failing: appmesh_failing(state),
         }
     }
 
@@ -243,7 +249,12 @@ impl Control {
     pub async fn report_to_store(&self) -> Result<(), StoreError> {
         let ready = self.readiness().is_ok();
         let own = self.own_report(&self.lock(), ready);
-        let said = (own.generation, own.draining, std::time::Instant::now());
+        let said = (
+            own.generation,
+            own.draining,
+            own.appmesh_failing,
+            std::time::Instant::now(),
+        );
         match self.store.report(&own).await {
             Ok(None) => {
                 self.lock().reported = Some(said);
@@ -300,21 +311,6 @@ impl Control {
         (settled || failing)
             && reports
                 .is_none_or(|reports| stands_in(&self.writer, writer, reports, now, stale_after))
-    }
-
-    /// Whether `writer` (of a decision in force here) reports that its own
-    /// App Mesh syncs fail (see [`writer_failing`]): the route sync then
-    /// looks again soon, as a stand-in may have to write the decision.
-    pub fn writer_fails_route_syncs(&self, writer: &str) -> bool {
-        if !self.store.shared() {
-            return false;
-        }
-        let state = self.lock();
-        let stale_after = self.report_stale_after(&state);
-        state
-            .fleet
-            .as_deref()
-            .is_some_and(|r| writer_failing(writer, r, unix_ms(), stale_after))
     }
 
     /// Makes the decision in force look applied `ago` earlier (tests of what

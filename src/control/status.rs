@@ -309,10 +309,19 @@ impl Control {
             && let Some(e) = a.last_error.as_ref()
             && a.error_generation == Some(state.decision.generation)
         {
-            out.push(format!(
-                "the App Mesh route {} could not be synced to generation {} ({e}): traffic through App Mesh does not follow this decision; retried every appmesh.reconcile_interval and at the next decision",
-                a.route, state.decision.generation
-            ));
+            // Synced to it before: only a later check (a reconcile's
+            // DescribeRoute) failed, and the route held it then.
+            out.push(if a.synced_generation == a.error_generation {
+                format!(
+                    "the App Mesh route {} could not be checked ({e}); it was synced to generation {} before; checked again every appmesh.reconcile_interval",
+                    a.route, state.decision.generation
+                )
+            } else {
+                format!(
+                    "the App Mesh route {} could not be synced to generation {} ({e}): traffic through App Mesh does not follow this decision; retried every appmesh.reconcile_interval and at the next decision",
+                    a.route, state.decision.generation
+                )
+            });
         }
         // Until a reload succeeds, what the last one read (the file on
         // disk, as an operator sees it) is not what runs.
@@ -399,6 +408,8 @@ impl Control {
         result: Result<BTreeMap<String, u32>, crate::route_sync::SyncError>,
     ) {
         let mut state = self.lock();
+        let failing = |a: &AppMeshStatus| a.last_error.is_some() && !a.throttled;
+        let before = state.appmesh.as_ref().is_some_and(failing);
         if let Some(a) = state.appmesh.as_mut() {
             match result {
                 Ok(w) => {
@@ -416,6 +427,11 @@ impl Control {
                     a.throttled = e.throttled;
                 }
             }
+        }
+        // The fleet learns at once whether this task's syncs fail (another
+        // task stands in for a writer that reports so).
+        if state.appmesh.as_ref().is_some_and(failing) != before {
+            self.report_soon();
         }
     }
 

@@ -1586,6 +1586,11 @@ async fn a_failed_app_mesh_sync_of_the_decision_in_force_is_warned_about() {
         store.reports.lock().unwrap()[control.writer()].appmesh_failing
     };
     assert!(failing().await);
+    // Said again at once when it flips (the upkeep is woken to report).
+    assert!(!control.report_due());
+    control.appmesh_synced(generation, Ok(w(50, 50)));
+    assert!(control.report_due(), "a sync that works again is reported");
+    control.report_to_store().await.unwrap();
 
     control.appmesh_synced(generation, Ok(w(50, 50)));
     let warnings = control.status().warnings;
@@ -1604,6 +1609,19 @@ async fn a_failed_app_mesh_sync_of_the_decision_in_force_is_warned_about() {
     );
     assert!(!control.status().warnings.is_empty());
     assert!(!failing().await);
+    control.appmesh_synced(generation, Ok(w(50, 50)));
+    // Only a later check of the route failed (synced to this generation
+    // before): said as such, not as traffic that does not follow it.
+    control.appmesh_synced(
+        generation,
+        Err("DescribeRoute: AccessDeniedException (HTTP 403)".into()),
+    );
+    let warnings = control.status().warnings.join("\n");
+    assert!(
+        warnings.contains("could not be checked (DescribeRoute: AccessDeniedException (HTTP 403)); it was synced to generation"),
+        "{warnings}"
+    );
+    assert!(!warnings.contains("does not follow"), "{warnings}");
     control.appmesh_synced(generation, Ok(w(50, 50)));
 
     // The sync of an older decision failed after a newer one came: it is

@@ -487,6 +487,41 @@ async fn a_failing_writers_decisions_reach_the_route_while_they_keep_coming() {
     sync.abort();
 }
 
+/// The writer's first failing sync of a decision: its report says so only
+/// after this task adopted the decision. The decision still reaches the
+/// route through this task within about `VERIFY_AFTER`, not at the next
+/// reconcile (60 s here, or never when a newer decision comes first).
+#[tokio::test(start_paused = true)]
+async fn a_decision_whose_writer_fails_after_it_was_adopted_is_written_soon() {
+    let store = Arc::new(MemoryStore::default());
+    let config = Config::parse(CONFIG, "test").unwrap();
+    let control = Control::start(config, store.clone() as Arc<dyn Store>, "dynamodb")
+        .await
+        .unwrap();
+    report(&store, "other-task", false);
+    control.report_to_store().await.unwrap();
+    let recorded = Arc::new(Recorded::default());
+    let sync = tokio::spawn(follow_route(
+        control.clone(),
+        recorded.clone(),
+        Duration::from_secs(60),
+    ));
+    let theirs = crate::store::memory::doc(2, "other-task", 30);
+    *store.doc.lock().unwrap() = Some(theirs.clone());
+    control.sync_from_store().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(recorded.0.lock().unwrap().len(), 0, "the writer syncs it");
+    fails_its_syncs(&store, "other-task");
+    control.report_to_store().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(
+        recorded.0.lock().unwrap().clone(),
+        [theirs.weights],
+        "not written within 14 s"
+    );
+    sync.abort();
+}
+
 /// A task whose sync failed while it stood in for a gone writer, once the
 /// writer is back: it tries again at its reconcile (the store read first)
 /// and, the route written, no longer warns nor reports its syncs failing.
