@@ -292,16 +292,13 @@ async fn https_idle_http2_connections_get_goaway_despite_pings() {
     gw.shutdown().await;
 }
 
-/// At shutdown, an HTTP/2 client that reads but never answers the drain's
-/// GOAWAY and PING (an app frozen, a peer gone behind a NAT that keeps the
-/// flow) and a connection that never began its TLS handshake (a load
-/// balancer's TCP check) close once the drain's idle window is over and
-/// the HTTP/2 connection has had no request for a second: the shutdown ends
-/// in about 2 s. Before, the first held it to the end of `shutdown_grace`
-/// (20 s here), the second for `request_header` (15 s).
+/// At shutdown, a connection that never began its TLS handshake (a load
+/// balancer's TCP check, a port scan) is closed once the drain's idle
+/// window is over, as a plain connection that sent nothing is: the
+/// shutdown ends in about a second. Before, it held it for
+/// `request_header` (15 s here).
 #[tokio::test]
-async fn a_silent_http2_client_and_an_unbegun_handshake_do_not_hold_the_shutdown() {
-    use crate::support::{RawH2, h2_frame};
+async fn an_unbegun_tls_handshake_does_not_hold_the_shutdown() {
     let up = Upstream::start("v1").await;
     let ca = Ca::new();
     let (cert, key, _) = ca.leaf(&["localhost"]);
@@ -310,37 +307,30 @@ async fn a_silent_http2_client_and_an_unbegun_handshake_do_not_hold_the_shutdown
     let text = tls_config(dir.path(), up.addr)
         + "\n[timeouts]\nshutdown_grace = \"20s\"\nrequest_header = \"15s\"\n";
     let gw = Gateway::start(&text).await;
-    // Accepted before the HTTP/2 connection below (the listener takes
-    // connections in order), so the gateway holds it when the drain begins.
+    // Accepted before the connection below (the listener takes connections
+    // in order), so the gateway holds it when the drain begins.
     let _bare = TcpStream::connect(gw.addr).await.unwrap();
-    let h2 = connect(gw.addr, &ca.der, &[b"h2"]).await;
-    let mut raw = RawH2::start(h2).await;
-    let first = raw.next_frame().await.expect("the gateway's SETTINGS");
-    assert_eq!(first.kind, h2_frame::SETTINGS);
-    let silent = tokio::spawn(async move {
-        let mut goaway = false;
-        while let Some(frame) = raw.next_frame().await {
-            goaway |= frame.kind == h2_frame::GOAWAY;
-        }
-        goaway
-    });
+    let mut served = connect(gw.addr, &ca.der, &[b"http/1.1"]).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    served
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = served.read_to_end(&mut answer).await;
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
     let stopped = tokio::time::timeout(Duration::from_secs(10), gw.shutdown()).await;
     assert!(
         stopped.is_ok(),
-        "the shutdown waited for a silent client or an unbegun handshake"
+        "the shutdown waited for an unbegun handshake"
     );
-    let goaway = tokio::time::timeout(Duration::from_secs(5), silent)
-        .await
-        .expect("the silent client's connection was not closed")
-        .unwrap();
-    assert!(goaway, "no GOAWAY before the close");
 }
 
 /// At shutdown, an HTTP/2 client over TLS that is not reading gets all of
 /// its response once it reads again: the stream has ended on the gateway's
 /// side while the response's tail waits in the connection's buffers (the
-/// HTTP/2 layer's, the TLS session's, the socket's), and the drain's close
-/// of connections with no request in flight must not cut it.
+/// HTTP/2 layer's, the TLS session's, the socket's), and the drain must
+/// not cut it.
 #[tokio::test]
 async fn a_stalled_http2_reader_gets_its_whole_response_across_the_shutdown() {
     use crate::support::{RawH2, h2_frame, h2_header_block};
@@ -396,20 +386,17 @@ async fn a_stalled_http2_reader_gets_its_whole_response_across_the_shutdown() {
         }
     }
     assert_eq!((data, ended), (BYTES, true));
-    tokio::time::timeout(Duration::from_secs(10), stopping)
-        .await
-        .expect("the shutdown did not end once the response was read")
-        .unwrap();
+    // (This client never answers the drain's PING: the shutdown runs to
+    // its grace period's end.)
+    stopping.abort();
 }
 
 /// At shutdown, an HTTP/2 client downloading a large body slowly (reading
-/// its socket at about 1 MB/s and opening its window as it reads, as curl
-/// with `--limit-rate` does) gets all of it: the drain's close of a
-/// connection with no request in flight waits for a second in which no
-/// byte moved either way. (Closed a second after the response had left
-/// the gateway for the socket's buffers, its WINDOW_UPDATEs unread, the
-/// connection was reset and the client lost what it had not read yet,
-/// while the access log said complete.)
+/// its socket at about 1 MB/s and opening its window as it reads) gets all
+/// of it. (A drain that closed a connection with no request in flight
+/// after a quiet second reset this one, its WINDOW_UPDATEs unread, and the
+/// client lost what it had not read yet while the access log said
+/// complete: such a close was tried on 2026-12-05 and taken back.)
 #[tokio::test]
 async fn a_slow_http2_download_is_not_cut_by_the_drain() {
     use crate::support::{RawH2, h2_frame, h2_header_block};
@@ -464,10 +451,11 @@ async fn a_slow_http2_download_is_not_cut_by_the_drain() {
         }
     }
     assert_eq!((data, ended), (BYTES, true), "the download was cut");
-    tokio::time::timeout(Duration::from_secs(10), stopping.expect("no response head"))
-        .await
-        .expect("the shutdown did not end once the download was read")
-        .unwrap();
+    // (This client never answers the drain's PING: the shutdown runs to
+    // its grace period's end.)
+    if let Some(stopping) = stopping {
+        stopping.abort();
+    }
 }
 
 /// A response on a connection that closes after it (`Connection: close`)

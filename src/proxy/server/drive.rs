@@ -184,10 +184,6 @@ enum Phase {
     ClosingIdle,
 }
 
-/// How often an HTTP/2 connection is looked at once the drain's idle
-/// window is over (at most; its watchdog's own step when shorter).
-const DRAIN_STEP: Duration = Duration::from_millis(100);
-
 /// Whether a connection is HTTP/1 with no request in flight (between
 /// requests, or before its first): the drain keeps it open for its idle
 /// window.
@@ -220,14 +216,11 @@ struct Watchdog {
 }
 
 impl Watchdog {
-    /// `bytes`: an HTTP/2 connection's quiet is counted on its socket's
-    /// bytes too, as HTTP/1's is (see `Watch::drive`'s drain).
     fn check(
         &mut self,
         state: &ConnState,
         timeouts: &ConnTimeouts,
         every: Duration,
-        bytes: bool,
     ) -> Option<Closed> {
         let started = state.head_started_ms.load(Ordering::Relaxed);
         if started != 0
@@ -243,7 +236,7 @@ impl Watchdog {
         // bytes on a connection no request uses, and would keep it open
         // forever. Its idle rule counts requests only: none in flight and
         // none started or ended (the requests word unchanged) for `idle`.
-        let seen = if http2 && !bytes {
+        let seen = if http2 {
             requests
         } else {
             state.activity.load(Ordering::Relaxed)
@@ -382,12 +375,6 @@ impl Watch<'_> {
                     // The same slot now waits for the grace period's end.
                     drain_signal.set(drain.cut.notified());
                     listening = false;
-                    if state.http2.load(Ordering::Relaxed) {
-                        // Watched in short steps from now (see below).
-                        tick.as_mut()
-                            .reset(tokio::time::Instant::now() + every.min(DRAIN_STEP));
-                        ticking = false;
-                    }
                     if std::mem::take(&mut deferred) {
                         // What the socket already holds is read first:
                         // hyper's HTTP/1 server closes an idle connection
@@ -411,40 +398,7 @@ impl Watch<'_> {
             }
             if !ticking || tick.is_elapsed() {
                 while tick.as_mut().poll(cx).is_ready() {
-                    // An HTTP/2 connection was told to go away (GOAWAY and
-                    // a PING, hyper's graceful shutdown) when the drain
-                    // began; hyper ends it once its client answers the
-                    // PING and its streams are done. One still open after
-                    // the idle window, with no request in flight and no
-                    // byte moved either way for `DRAIN_IDLE_WINDOW`, has a
-                    // client that will not answer (gone, asleep, behind a
-                    // NAT that dropped the flow): dropped, rather than held
-                    // to the grace period's end (the exit with it). Bytes
-                    // count, not only requests: a client still reading a
-                    // response's tail from the socket's buffers sends
-                    // WINDOW_UPDATEs (closed with them unread, the socket
-                    // would be reset and the tail lost); one that sent
-                    // nothing has nothing unread here, so the close is a
-                    // FIN after all that is queued. Not while its last
-                    // write found the socket full either.
-                    let closing_h2 =
-                        phase == Phase::ClosingIdle && state.http2.load(Ordering::Relaxed);
-                    let step = if closing_h2 {
-                        every.min(DRAIN_STEP)
-                    } else {
-                        every
-                    };
-                    let checked = watchdog.check(state, timeouts, step, closing_h2);
-                    if checked.is_none()
-                        && closing_h2
-                        && !watchdog.in_flight
-                        && watchdog.quiet >= super::DRAIN_IDLE_WINDOW
-                        && !state.client_full()
-                    {
-                        tracing::debug!(%peer, "HTTP/2 client did not close after the drain's GOAWAY; closing the connection");
-                        return Poll::Ready(Err(Closed::Idle));
-                    }
-                    match checked {
+                    match watchdog.check(state, timeouts, every) {
                         None => {}
                         // An idle HTTP/2 connection is closed as the drain
                         // closes it: GOAWAY first (hyper's graceful
@@ -465,7 +419,7 @@ impl Watch<'_> {
                         }
                         Some(closed) => return Poll::Ready(Err(closed)),
                     }
-                    tick.as_mut().reset(tokio::time::Instant::now() + step);
+                    tick.as_mut().reset(tokio::time::Instant::now() + every);
                 }
                 ticking = true;
             }
@@ -607,10 +561,7 @@ mod tests {
         let mut watchdog = Watchdog::default();
         (1..=ticks).find(|&tick| {
             between(tick);
-            matches!(
-                watchdog.check(state, &TIMEOUTS, EVERY, false),
-                Some(Closed::Idle)
-            )
+            matches!(watchdog.check(state, &TIMEOUTS, EVERY), Some(Closed::Idle))
         })
     }
 
