@@ -197,13 +197,27 @@ impl BodyProgress {
 /// layer made itself (a DATA frame past the content-length) is no client
 /// gone: that is the body's framing.
 fn client_gone(e: &hyper::Error) -> bool {
+    use std::io::ErrorKind;
     e.is_incomplete_message()
         || std::iter::successors(std::error::Error::source(e), |e| e.source()).any(|e| {
             if let Some(io) = e.downcast_ref::<std::io::Error>() {
-                return io.kind() == std::io::ErrorKind::UnexpectedEof;
+                return io.kind() == ErrorKind::UnexpectedEof;
             }
-            e.downcast_ref::<h2::Error>()
-                .is_some_and(|h2| h2.is_remote() && (h2.is_reset() || h2.is_go_away()))
+            // `h2::Error` gives no `source()`: its socket's error is read
+            // with `get_io` (a connection closed without TLS's
+            // close_notify, or reset).
+            e.downcast_ref::<h2::Error>().is_some_and(|h2| {
+                (h2.is_remote() && (h2.is_reset() || h2.is_go_away()))
+                    || h2.get_io().is_some_and(|io| {
+                        matches!(
+                            io.kind(),
+                            ErrorKind::UnexpectedEof
+                                | ErrorKind::ConnectionReset
+                                | ErrorKind::ConnectionAborted
+                                | ErrorKind::BrokenPipe
+                        )
+                    })
+            })
         })
 }
 

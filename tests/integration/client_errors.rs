@@ -281,6 +281,28 @@ async fn a_client_gone_mid_upload_after_the_answer_began_is_no_version_error() {
 /// a runtime of several threads, as the gateway's, and several uploads.
 #[test]
 fn an_h2_stream_reset_mid_upload_is_an_aborted_request() {
+    gone_mid_upload(Gone::StreamReset);
+}
+
+/// The same for an HTTP/2 client whose connection is reset (a TCP RST)
+/// mid-upload: the error hyper reports is the HTTP/2 layer's, around the
+/// socket's (which gives no `source()`), and is the client gone too, not
+/// `bad_body`.
+#[test]
+fn an_h2_connection_reset_mid_upload_is_an_aborted_request() {
+    gone_mid_upload(Gone::ConnectionReset);
+}
+
+/// How an HTTP/2 client leaves its upload.
+#[derive(Clone, Copy)]
+enum Gone {
+    /// RST_STREAM CANCEL, each upload a stream of one connection.
+    StreamReset,
+    /// The TCP connection reset, each upload on a connection of its own.
+    ConnectionReset,
+}
+
+fn gone_mid_upload(gone: Gone) {
     // Every thread of the runtime logs into `captured` (at debug: a client
     // error's line names its kind).
     let captured = crate::support::Captured::default();
@@ -301,10 +323,10 @@ fn an_h2_stream_reset_mid_upload_is_an_aborted_request() {
         })
         .build()
         .unwrap();
-    runtime.block_on(resets_mid_upload(&captured));
+    runtime.block_on(resets_mid_upload(&captured, gone));
 }
 
-async fn resets_mid_upload(captured: &crate::support::Captured) {
+async fn resets_mid_upload(captured: &crate::support::Captured, gone: Gone) {
     use crate::support::h2_frame::*;
     use crate::support::{RawH2, h2_header_block};
     const UPLOADS: u32 = 30;
@@ -313,7 +335,13 @@ async fn resets_mid_upload(captured: &crate::support::Captured) {
     let gw = Gateway::start(&text).await;
     let aborted = [("kind", "aborted")];
     let aborted_before = metric(&gw, "canary_client_errors_total", &aborted).await;
-    let mut h2 = RawH2::start(TcpStream::connect(gw.addr).await.unwrap()).await;
+    let connect = async || {
+        let tcp = TcpStream::connect(gw.addr).await.unwrap();
+        // Closed with a reset, not a FIN.
+        tcp.set_zero_linger().unwrap();
+        RawH2::start(tcp).await
+    };
+    let mut h2 = connect().await;
     let head = h2_header_block(&[
         (":method", "POST"),
         (":scheme", "http"),
@@ -322,7 +350,13 @@ async fn resets_mid_upload(captured: &crate::support::Captured) {
         ("content-length", "100000"),
     ]);
     for i in 0..UPLOADS {
-        let stream = 2 * i + 1;
+        let stream = match gone {
+            Gone::StreamReset => 2 * i + 1,
+            Gone::ConnectionReset => {
+                h2 = connect().await;
+                1
+            }
+        };
         h2.send_on(stream, HEADERS, END_HEADERS, &head)
             .await
             .unwrap();
@@ -333,8 +367,13 @@ async fn resets_mid_upload(captured: &crate::support::Captured) {
             recorder.connections.load(Ordering::SeqCst) > u64::from(i)
         });
         assert!(open.await);
-        let cancel = CANCEL.to_be_bytes();
-        h2.send_on(stream, RST_STREAM, 0, &cancel).await.unwrap();
+        match gone {
+            Gone::StreamReset => {
+                let cancel = CANCEL.to_be_bytes();
+                h2.send_on(stream, RST_STREAM, 0, &cancel).await.unwrap();
+            }
+            Gone::ConnectionReset => h2 = connect().await,
+        }
     }
     let version = [("version", "reset-upload")];
     let total = f64::from(UPLOADS);
