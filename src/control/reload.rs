@@ -174,15 +174,24 @@ impl Control {
         // at its file weight.
         let carriers_gone = carriers_gone(&decision, &effective);
         edited |= carriers_gone;
+        // A version new to the file with weight would take its share at
+        // once (its file weight beside the decision's), beside a rollout
+        // that judges only its canary: an edit of the split too.
+        let adds_weighted = effective
+            .versions
+            .iter()
+            .any(|v| v.weight > 0 && !old.versions.iter().any(|o| o.name == v.name));
         let running = decision.rollout.as_ref().filter(|r| r.phase.running());
-        if edited
+        if (edited || adds_weighted)
             && let Some(r) = running
             && r.phase != Phase::Paused
         {
             let what = if carriers_gone {
                 "the versions carrying all the traffic left the file"
-            } else {
+            } else if edited {
                 "the file's weights or stable version changed"
+            } else {
+                "a version with weight was added to the file (add it at weight 0)"
             };
             self.keep_refused(&effective).await;
             return Err(Refused {

@@ -1200,6 +1200,50 @@ async fn a_refused_text_gone_from_the_file_at_a_start_is_forgotten() {
     third.shutdown().await;
 }
 
+/// While a rollout progresses, a reload that adds a version with weight
+/// is refused like a weights edit (the new version would take its file
+/// weight's share at once, beside a rollout that judges only its canary);
+/// added at weight 0 it applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_added_with_weight_during_a_rollout_is_refused() {
+    let (v1, v2, v3) = (
+        Behaved::start("v1", 0, 0).await,
+        Behaved::start("v2", 0, 0).await,
+        Behaved::start("v3", 0, 0).await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let first = start_in(dir.path(), &text(v1.addr, v2.addr)).await;
+    let plan = PLAN.replace(r#""interval_s": 1"#, r#""interval_s": 60"#);
+    start_rollout(first.admin_addr, &plan).await;
+    let with_v3 = |weight: u32| {
+        config(
+            "override_header = \"x-canary-version\"",
+            &[
+                ("v1", 100, v1.addr),
+                ("v2", 0, v2.addr),
+                ("v3", weight, v3.addr),
+            ],
+        )
+    };
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, with_v3(40)).unwrap();
+    let (status, body) = call(first.admin_addr, "POST", "/reload", "").await;
+    assert!(!status.is_success(), "{body}");
+    assert!(
+        body.to_string().contains("a version with weight was added"),
+        "{body}"
+    );
+    let w = weights(first.admin_addr).await;
+    assert!(w["weights"].get("v3").is_none(), "{w}");
+    std::fs::write(&path, with_v3(0)).unwrap();
+    let (status, body) = call(first.admin_addr, "POST", "/reload", "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let w = weights(first.admin_addr).await;
+    assert_eq!(w["weights"]["v3"], 0, "{w}");
+    assert_eq!(rollout(first.admin_addr).await["phase"], "progressing");
+    first.shutdown().await;
+}
+
 /// Requests that are the client's fault, split as any (not forced: a
 /// forced request is no evidence anyway), so that the canary gets its
 /// share: a chunked body with a bad chunk size, and a body shorter than its
