@@ -509,8 +509,15 @@ pub(super) fn edited_since(doc: &WeightsDoc, config: &Config) -> bool {
 /// would have before. Otherwise `config` unchanged (the text was edited
 /// again while the gateway was stopped, or was never refused).
 pub(super) fn refused_still(doc: &WeightsDoc, config: Config) -> (Config, bool) {
+    // Refused for a version it added with weight, the rest as applied.
+    let adds_weighted = doc.config_weights.as_ref().is_some_and(|applied| {
+        config
+            .versions
+            .iter()
+            .any(|v| v.weight > 0 && !applied.contains_key(&v.name))
+    });
     if doc.refused_config.as_ref() != Some(&ConfigWeights::of(&config))
-        || !edited_since(doc, &config)
+        || !(edited_since(doc, &config) || adds_weighted)
     {
         return (config, false);
     }

@@ -1235,13 +1235,19 @@ async fn a_version_added_with_weight_during_a_rollout_is_refused() {
     );
     let w = weights(first.admin_addr).await;
     assert!(w["weights"].get("v3").is_none(), "{w}");
-    std::fs::write(&path, with_v3(0)).unwrap();
-    let (status, body) = call(first.admin_addr, "POST", "/reload", "").await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let w = weights(first.admin_addr).await;
-    assert_eq!(w["weights"]["v3"], 0, "{w}");
-    assert_eq!(rollout(first.admin_addr).await["phase"], "progressing");
+    // Nor does a restart apply it: v3 serves nothing.
     first.shutdown().await;
+    let second = start_in(dir.path(), &with_v3(40)).await;
+    let w = weights(second.admin_addr).await;
+    assert_eq!(w["weights"]["v3"], 0, "{w}");
+    assert_eq!(rollout(second.admin_addr).await["phase"], "progressing");
+    std::fs::write(&path, with_v3(0)).unwrap();
+    let (status, body) = call(second.admin_addr, "POST", "/reload", "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let w = weights(second.admin_addr).await;
+    assert_eq!(w["weights"]["v3"], 0, "{w}");
+    assert_eq!(rollout(second.admin_addr).await["phase"], "progressing");
+    second.shutdown().await;
 }
 
 /// Requests that are the client's fault, split as any (not forced: a
