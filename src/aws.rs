@@ -83,6 +83,7 @@ impl RouteSyncDep for MeshRoute {
                 .await
                 .map_err(|e| crate::route_sync::SyncError {
                     throttled: e.throttled(),
+                    route_unread: e.route_unread(),
                     message: e.to_string(),
                 })
         })

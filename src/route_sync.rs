@@ -33,6 +33,10 @@ pub struct SyncError {
     /// not reported as failing its syncs (another standing in for it would
     /// only add calls to a throttling API).
     pub throttled: bool,
+    /// It failed reading the route (DescribeRoute), before it knew whether
+    /// a write was needed: a route synced to the decision before still
+    /// holds it, unless changed from outside.
+    pub route_unread: bool,
 }
 
 impl From<String> for SyncError {
@@ -40,6 +44,7 @@ impl From<String> for SyncError {
         SyncError {
             message,
             throttled: false,
+            route_unread: false,
         }
     }
 }
@@ -224,12 +229,14 @@ pub async fn follow_route(
         if write || reconcile {
             due = now + jitter(every, RECONCILE_JITTER);
         }
-        // Another task's decision, new here: looked at again soon (once;
-        // then at the reconcile interval), as its writer may turn out to
-        // fail its own sync of it (its report says so a moment later) and
-        // a stand-in to have to write it. A writer that syncs costs that
-        // look nothing: no call is made.
-        if !ours && !reconcile && !write {
+        // Another task's decision, new here: looked at again soon, as its
+        // writer may turn out to fail its own sync of it (its report says
+        // so a moment later) and a stand-in to have to write it; and again
+        // every VERIFY_AFTER for as long as its writer reports failing and
+        // this task writes nothing (the task that stands in may fail too,
+        // and this one has to take over). A look that writes nothing costs
+        // no call: the fleet's reports are read from memory.
+        if !ours && !write && (!reconcile || control.writer_fails_route_syncs(&doc.writer)) {
             due = due.min(now + jitter(reconcile_every.min(VERIFY_AFTER), RECONCILE_JITTER));
         }
         if !wait_or_reconcile(&mut rx, &mut doc, &mut reconcile, due).await {

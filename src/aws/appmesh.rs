@@ -46,6 +46,8 @@ pub enum AppMeshError {
         attempts: u32,
         message: String,
         throttled: bool,
+        /// The call the last attempt failed in.
+        operation: &'static str,
     },
     /// No version mapped to a virtual node has a non-zero weight: the route
     /// would send traffic nowhere, so it is left as it is.
@@ -63,6 +65,21 @@ pub enum AppMeshError {
 }
 
 impl AppMeshError {
+    /// Whether the sync failed reading the route (DescribeRoute), before
+    /// it knew whether a write was needed.
+    pub fn route_unread(&self) -> bool {
+        matches!(
+            self,
+            AppMeshError::Aws {
+                operation: "DescribeRoute",
+                ..
+            } | AppMeshError::GaveUp {
+                operation: "DescribeRoute",
+                ..
+            } | AppMeshError::NoSpec
+        )
+    }
+
     /// App Mesh throttled the sync to its end (the account's API rate).
     pub fn throttled(&self) -> bool {
         matches!(
@@ -105,7 +122,11 @@ pub struct RouteSync {
 /// How one attempt failed.
 enum AttemptError {
     /// Worth another attempt (conflict, throttling, timeout).
-    Retry { message: String, throttled: bool },
+    Retry {
+        message: String,
+        throttled: bool,
+        operation: &'static str,
+    },
     /// Final.
     Fatal(AppMeshError),
 }
@@ -210,12 +231,17 @@ impl RouteSync {
             match outcome {
                 Ok(synced) => return Ok(synced),
                 Err(AttemptError::Fatal(error)) => return Err(error),
-                Err(AttemptError::Retry { message, throttled }) if attempt >= attempts => {
+                Err(AttemptError::Retry {
+                    message,
+                    throttled,
+                    operation,
+                }) if attempt >= attempts => {
                     self.throttled.store(throttled, Ordering::Relaxed);
                     return Err(AppMeshError::GaveUp {
                         attempts: attempt,
                         message,
                         throttled,
+                        operation,
                     });
                 }
                 Err(AttemptError::Retry { message, .. }) => {
@@ -290,14 +316,17 @@ where
         ErrorClass::Throttled => AttemptError::Retry {
             message,
             throttled: true,
+            operation,
         },
         ErrorClass::Timeout => AttemptError::Retry {
             message,
             throttled: false,
+            operation,
         },
         ErrorClass::Other if conflict => AttemptError::Retry {
             message,
             throttled: false,
+            operation,
         },
         ErrorClass::Other => AttemptError::Fatal(AppMeshError::Aws {
             operation,

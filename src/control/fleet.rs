@@ -313,6 +313,20 @@ impl Control {
                 .is_none_or(|reports| stands_in(&self.writer, writer, reports, now, stale_after))
     }
 
+    /// Whether `writer` (of a decision in force here) reports that its own
+    /// App Mesh syncs fail (see [`writer_failing`]).
+    pub fn writer_fails_route_syncs(&self, writer: &str) -> bool {
+        if !self.store.shared() {
+            return false;
+        }
+        let state = self.lock();
+        let stale_after = self.report_stale_after(&state);
+        state
+            .fleet
+            .as_deref()
+            .is_some_and(|r| writer_failing(writer, r, unix_ms(), stale_after))
+    }
+
     /// Makes the decision in force look applied `ago` earlier (tests of what
     /// waits for a decision to settle).
     #[cfg(test)]

@@ -119,6 +119,10 @@ pub struct AppMeshStatus {
     /// [`crate::route_sync::SyncError::throttled`]).
     #[serde(skip)]
     pub throttled: bool,
+    /// `last_error` came reading the route, before any write was needed
+    /// (see [`crate::route_sync::SyncError::route_unread`]).
+    #[serde(skip)]
+    pub route_unread: bool,
 }
 
 /// `GET /status`.
@@ -311,7 +315,7 @@ impl Control {
         {
             // Synced to it before: only a later check (a reconcile's
             // DescribeRoute) failed, and the route held it then.
-            out.push(if a.synced_generation == a.error_generation {
+            out.push(if a.route_unread && a.synced_generation == a.error_generation {
                 format!(
                     "the App Mesh route {} could not be checked ({e}); it was synced to generation {} before; checked again every appmesh.reconcile_interval",
                     a.route, state.decision.generation
@@ -425,6 +429,7 @@ impl Control {
                     a.last_error = Some(e.message);
                     a.error_generation = Some(generation);
                     a.throttled = e.throttled;
+                    a.route_unread = e.route_unread;
                 }
             }
         }

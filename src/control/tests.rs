@@ -1605,6 +1605,7 @@ async fn a_failed_app_mesh_sync_of_the_decision_in_force_is_warned_about() {
         Err(crate::route_sync::SyncError {
             message: "gave up after 4 attempts: throttled".into(),
             throttled: true,
+            route_unread: false,
         }),
     );
     assert!(!control.status().warnings.is_empty());
@@ -1614,7 +1615,11 @@ async fn a_failed_app_mesh_sync_of_the_decision_in_force_is_warned_about() {
     // before): said as such, not as traffic that does not follow it.
     control.appmesh_synced(
         generation,
-        Err("DescribeRoute: AccessDeniedException (HTTP 403)".into()),
+        Err(crate::route_sync::SyncError {
+            message: "DescribeRoute: AccessDeniedException (HTTP 403)".into(),
+            throttled: false,
+            route_unread: true,
+        }),
     );
     let warnings = control.status().warnings.join("\n");
     assert!(
@@ -1622,6 +1627,14 @@ async fn a_failed_app_mesh_sync_of_the_decision_in_force_is_warned_about() {
         "{warnings}"
     );
     assert!(!warnings.contains("does not follow"), "{warnings}");
+    // The route read, found changed from outside, and the repair refused:
+    // traffic does not follow the decision.
+    control.appmesh_synced(
+        generation,
+        Err("UpdateRoute: ForbiddenException (HTTP 403)".into()),
+    );
+    let warnings = control.status().warnings.join("\n");
+    assert!(warnings.contains("does not follow"), "{warnings}");
     control.appmesh_synced(generation, Ok(w(50, 50)));
 
     // The sync of an older decision failed after a newer one came: it is

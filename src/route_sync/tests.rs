@@ -522,6 +522,47 @@ async fn a_decision_whose_writer_fails_after_it_was_adopted_is_written_soon() {
     sync.abort();
 }
 
+/// The writer fails its syncs, and so does the task that stood in for it
+/// (both with the route's UpdateRoute refused, say): this task, next in
+/// line, writes the decision within about `VERIFY_AFTER` of that task's
+/// report saying so, not at its next reconcile (60 s here).
+#[tokio::test(start_paused = true)]
+async fn when_the_stand_in_fails_too_the_next_task_takes_over_soon() {
+    let store = Arc::new(MemoryStore::default());
+    let config = Config::parse(CONFIG, "test").unwrap();
+    let control = Control::start(config, store.clone() as Arc<dyn Store>, "dynamodb")
+        .await
+        .unwrap();
+    fails_its_syncs(&store, "other-task");
+    // "!" sorts before any task id a gateway makes: it stands in first.
+    report(&store, "!smaller", false);
+    control.report_to_store().await.unwrap();
+    let recorded = Arc::new(Recorded::default());
+    let sync = tokio::spawn(follow_route(
+        control.clone(),
+        recorded.clone(),
+        Duration::from_secs(60),
+    ));
+    let theirs = crate::store::memory::doc(2, "other-task", 30);
+    *store.doc.lock().unwrap() = Some(theirs.clone());
+    control.sync_from_store().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert_eq!(
+        recorded.0.lock().unwrap().len(),
+        0,
+        "the smaller id stands in"
+    );
+    fails_its_syncs(&store, "!smaller");
+    control.report_to_store().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(13)).await;
+    assert_eq!(
+        recorded.0.lock().unwrap().clone(),
+        [theirs.weights],
+        "not taken over within 13 s"
+    );
+    sync.abort();
+}
+
 /// A task whose sync failed while it stood in for a gone writer, once the
 /// writer is back: it tries again at its reconcile (the store read first)
 /// and, the route written, no longer warns nor reports its syncs failing.
