@@ -237,7 +237,7 @@ impl Control {
         let mut file_won = false;
         let mut decision = match stored {
             None => from_config,
-            Some(doc) if !store.shared() && reload::edited_since(&doc, &config) => {
+            Some(doc) if !store.shared() && reload::edited_at_start(&doc, &config) => {
                 let won = file_wins(
                     &doc,
                     "an edit of the config file's weights or stable version",

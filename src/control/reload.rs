@@ -509,15 +509,8 @@ pub(super) fn edited_since(doc: &WeightsDoc, config: &Config) -> bool {
 /// would have before. Otherwise `config` unchanged (the text was edited
 /// again while the gateway was stopped, or was never refused).
 pub(super) fn refused_still(doc: &WeightsDoc, config: Config) -> (Config, bool) {
-    // Refused for a version it added with weight, the rest as applied.
-    let adds_weighted = doc.config_weights.as_ref().is_some_and(|applied| {
-        config
-            .versions
-            .iter()
-            .any(|v| v.weight > 0 && !applied.contains_key(&v.name))
-    });
     if doc.refused_config.as_ref() != Some(&ConfigWeights::of(&config))
-        || !(edited_since(doc, &config) || adds_weighted)
+        || !(edited_since(doc, &config) || adds_weighted(doc, &config))
     {
         return (config, false);
     }
@@ -541,6 +534,31 @@ pub(super) fn refused_still(doc: &WeightsDoc, config: Config) -> (Config, bool) 
         Ok(()) => (applied, true),
         Err(_) => (config, false),
     }
+}
+
+/// Whether `config` has a version with weight that the text `doc` was made
+/// against lacked (a version added to the file with weight).
+pub(super) fn adds_weighted(doc: &WeightsDoc, config: &Config) -> bool {
+    doc.config_weights.as_ref().is_some_and(|applied| {
+        config
+            .versions
+            .iter()
+            .any(|v| v.weight > 0 && !applied.contains_key(&v.name))
+    })
+}
+
+/// At start (file store): whether the config file was edited since `doc`
+/// as a reload would refuse while `doc`'s rollout progresses: its weights
+/// or stable version ([`edited_since`]), or, with the rollout progressing
+/// (not paused), a version added with weight (it would take its share at
+/// once beside a rollout that judges only its canary). Such an edit, made
+/// while the gateway was stopped, is the newer decision and wins.
+pub(super) fn edited_at_start(doc: &WeightsDoc, config: &Config) -> bool {
+    let progressing = doc
+        .rollout
+        .as_ref()
+        .is_some_and(|r| r.phase.running() && r.phase != Phase::Paused);
+    edited_since(doc, config) || (progressing && adds_weighted(doc, config))
 }
 
 /// Whether a version in both maps has another weight in `new`.

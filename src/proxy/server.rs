@@ -390,7 +390,7 @@ pub async fn serve(
         Err(_) => {
             tracing::warn!(
                 open = drain.open(),
-                "shutdown grace period over with connections still open (requests in flight, or upgraded connections); cutting them"
+                "shutdown grace period over with connections still open (requests in flight, upgraded connections, or HTTP/2 clients that never answered the drain's GOAWAY PING); cutting them"
             );
             // What still runs (requests in flight, upgraded connections'
             // tunnels) ends now; their requests are logged (444) as they

@@ -1250,6 +1250,42 @@ async fn a_version_added_with_weight_during_a_rollout_is_refused() {
     second.shutdown().await;
 }
 
+/// A version added with weight while the gateway was stopped, a rollout
+/// progressing: an edit of the split made while stopped, so the file wins
+/// and the rollout ends aborted, as for an edit of the weights (it gave v3
+/// its share beside the rollout, with no word).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_added_with_weight_while_stopped_wins_over_a_progressing_rollout() {
+    let (v1, v2, v3) = (
+        Behaved::start("v1", 0, 0).await,
+        Behaved::start("v2", 0, 0).await,
+        Behaved::start("v3", 0, 0).await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let first = start_in(dir.path(), &text(v1.addr, v2.addr)).await;
+    let plan = PLAN.replace(r#""interval_s": 1"#, r#""interval_s": 60"#);
+    start_rollout(first.admin_addr, &plan).await;
+    first.shutdown().await;
+    let with_v3 = config(
+        "override_header = \"x-canary-version\"",
+        &[
+            ("v1", 100, v1.addr),
+            ("v2", 0, v2.addr),
+            ("v3", 40, v3.addr),
+        ],
+    );
+    let second = start_in(dir.path(), &with_v3).await;
+    let view = rollout(second.admin_addr).await;
+    assert_eq!(view["phase"], "aborted", "{view:#}");
+    let w = weights(second.admin_addr).await;
+    assert_eq!(
+        w["weights"],
+        serde_json::json!({"v1": 100, "v2": 0, "v3": 40}),
+        "{w}"
+    );
+    second.shutdown().await;
+}
+
 /// Requests that are the client's fault, split as any (not forced: a
 /// forced request is no evidence anyway), so that the canary gets its
 /// share: a chunked body with a bad chunk size, and a body shorter than its
