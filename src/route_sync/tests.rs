@@ -441,6 +441,47 @@ fn fails_its_syncs(store: &MemoryStore, task: &str) {
     }
 }
 
+/// A task on a memory store whose reports `reports` sets, its route
+/// mirrored through a recording sync reconciling every 60 s (paused-time
+/// tests).
+async fn following_with(
+    reports: impl FnOnce(&MemoryStore),
+) -> (
+    Arc<MemoryStore>,
+    Arc<Control>,
+    Arc<Recorded>,
+    tokio::task::JoinHandle<()>,
+) {
+    let store = Arc::new(MemoryStore::default());
+    let config = Config::parse(CONFIG, "test").unwrap();
+    let control = Control::start(config, store.clone() as Arc<dyn Store>, "dynamodb")
+        .await
+        .unwrap();
+    reports(&store);
+    control.report_to_store().await.unwrap();
+    let recorded = Arc::new(Recorded::default());
+    let sync = tokio::spawn(follow_route(
+        control.clone(),
+        recorded.clone(),
+        Duration::from_secs(60),
+    ));
+    (store, control, recorded, sync)
+}
+
+/// `other-task`'s decision (`generation`, v2 at `v2`) in the store and
+/// adopted at a poll.
+async fn theirs_adopted(
+    store: &MemoryStore,
+    control: &Control,
+    generation: u64,
+    v2: u32,
+) -> crate::store::WeightsDoc {
+    let theirs = crate::store::memory::doc(generation, "other-task", v2);
+    *store.doc.lock().unwrap() = Some(theirs.clone());
+    control.sync_from_store().await.unwrap();
+    theirs
+}
+
 /// A writer whose own route syncs fail (its `[appmesh]` broken), deciding
 /// faster than the reconcile interval (a rollout's steps): its decisions
 /// still reach the route through a stand-in, each within about
@@ -449,25 +490,13 @@ fn fails_its_syncs(store: &MemoryStore, task: &str) {
 /// staleness bound first: none was written while they kept coming.
 #[tokio::test(start_paused = true)]
 async fn a_failing_writers_decisions_reach_the_route_while_they_keep_coming() {
-    let store = Arc::new(MemoryStore::default());
-    let config = Config::parse(CONFIG, "test").unwrap();
-    let control = Control::start(config, store.clone() as Arc<dyn Store>, "dynamodb")
-        .await
-        .unwrap();
-    fails_its_syncs(&store, "other-task");
-    control.report_to_store().await.unwrap();
-    let recorded = Arc::new(Recorded::default());
-    let sync = tokio::spawn(follow_route(
-        control.clone(),
-        recorded.clone(),
-        Duration::from_secs(60),
-    ));
+    let (store, control, recorded, sync) =
+        following_with(|store| fails_its_syncs(store, "other-task")).await;
     let mut last = BTreeMap::new();
     for (generation, v2) in (2..).zip([10, 20, 30, 40, 50, 60]) {
-        let theirs = crate::store::memory::doc(generation, "other-task", v2);
-        *store.doc.lock().unwrap() = Some(theirs.clone());
-        control.sync_from_store().await.unwrap();
-        last = theirs.weights;
+        last = theirs_adopted(&store, &control, generation, v2)
+            .await
+            .weights;
         tokio::time::sleep(Duration::from_secs(7)).await;
     }
     let writes = recorded.0.lock().unwrap().clone();
@@ -493,22 +522,9 @@ async fn a_failing_writers_decisions_reach_the_route_while_they_keep_coming() {
 /// reconcile (60 s here, or never when a newer decision comes first).
 #[tokio::test(start_paused = true)]
 async fn a_decision_whose_writer_fails_after_it_was_adopted_is_written_soon() {
-    let store = Arc::new(MemoryStore::default());
-    let config = Config::parse(CONFIG, "test").unwrap();
-    let control = Control::start(config, store.clone() as Arc<dyn Store>, "dynamodb")
-        .await
-        .unwrap();
-    report(&store, "other-task", false);
-    control.report_to_store().await.unwrap();
-    let recorded = Arc::new(Recorded::default());
-    let sync = tokio::spawn(follow_route(
-        control.clone(),
-        recorded.clone(),
-        Duration::from_secs(60),
-    ));
-    let theirs = crate::store::memory::doc(2, "other-task", 30);
-    *store.doc.lock().unwrap() = Some(theirs.clone());
-    control.sync_from_store().await.unwrap();
+    let (store, control, recorded, sync) =
+        following_with(|store| report(store, "other-task", false)).await;
+    let theirs = theirs_adopted(&store, &control, 2, 30).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(recorded.0.lock().unwrap().len(), 0, "the writer syncs it");
     fails_its_syncs(&store, "other-task");
@@ -528,24 +544,13 @@ async fn a_decision_whose_writer_fails_after_it_was_adopted_is_written_soon() {
 /// report saying so, not at its next reconcile (60 s here).
 #[tokio::test(start_paused = true)]
 async fn when_the_stand_in_fails_too_the_next_task_takes_over_soon() {
-    let store = Arc::new(MemoryStore::default());
-    let config = Config::parse(CONFIG, "test").unwrap();
-    let control = Control::start(config, store.clone() as Arc<dyn Store>, "dynamodb")
-        .await
-        .unwrap();
-    fails_its_syncs(&store, "other-task");
-    // "!" sorts before any task id a gateway makes: it stands in first.
-    report(&store, "!smaller", false);
-    control.report_to_store().await.unwrap();
-    let recorded = Arc::new(Recorded::default());
-    let sync = tokio::spawn(follow_route(
-        control.clone(),
-        recorded.clone(),
-        Duration::from_secs(60),
-    ));
-    let theirs = crate::store::memory::doc(2, "other-task", 30);
-    *store.doc.lock().unwrap() = Some(theirs.clone());
-    control.sync_from_store().await.unwrap();
+    let (store, control, recorded, sync) = following_with(|store| {
+        fails_its_syncs(store, "other-task");
+        // "!" sorts before any task id a gateway makes: it stands in first.
+        report(store, "!smaller", false);
+    })
+    .await;
+    let theirs = theirs_adopted(&store, &control, 2, 30).await;
     tokio::time::sleep(Duration::from_secs(15)).await;
     assert_eq!(
         recorded.0.lock().unwrap().len(),

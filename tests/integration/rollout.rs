@@ -1008,11 +1008,7 @@ async fn a_restart_mid_rollout_resumes_where_it_was() {
 /// an abort by hand).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_without_the_rollouts_canary_aborts_it_on_the_file_store() {
-    let (v1, v2, v3) = (
-        Behaved::start("v1", 0, 0).await,
-        Behaved::start("v2", 0, 0).await,
-        Behaved::start("v3", 0, 0).await,
-    );
+    let (v1, v2, v3) = three_upstreams().await;
     let dir = tempfile::tempdir().unwrap();
     let first = start_in(dir.path(), &text(v1.addr, v2.addr)).await;
     let plan = PLAN.replace(r#""interval_s": 1"#, r#""interval_s": 60"#);
@@ -1043,6 +1039,40 @@ async fn a_restart_without_the_rollouts_canary_aborts_it_on_the_file_store() {
     second.shutdown().await;
 }
 
+/// Healthy upstreams v1, v2 and v3.
+async fn three_upstreams() -> (Behaved, Behaved, Behaved) {
+    (
+        Behaved::start("v1", 0, 0).await,
+        Behaved::start("v2", 0, 0).await,
+        Behaved::start("v3", 0, 0).await,
+    )
+}
+
+/// A gateway started in `dir` on `text` serves `expected` weights; stopped.
+async fn starts_with_weights(dir: &std::path::Path, text: &str, expected: Value) {
+    let gw = start_in(dir, text).await;
+    let w = weights(gw.admin_addr).await;
+    assert_eq!(w["weights"], expected, "{w}");
+    gw.shutdown().await;
+}
+
+/// A gateway in `dir` on `original` starts a rollout (60 s steps); `edited`
+/// written to its file and reloaded is refused while the rollout
+/// progresses; the rollout is aborted and the gateway stopped. The plan.
+async fn refused_then_aborted(dir: &std::path::Path, original: &str, edited: &str) -> String {
+    let first = start_in(dir, original).await;
+    let plan = PLAN.replace(r#""interval_s": 1"#, r#""interval_s": 60"#);
+    start_rollout(first.admin_addr, &plan).await;
+    std::fs::write(dir.join("gateway.toml"), edited).unwrap();
+    let (status, body) = call(first.admin_addr, "POST", "/reload", "").await;
+    assert!(!status.is_success(), "{body}");
+    assert!(body.to_string().contains("while a rollout"), "{body}");
+    let (status, view) = call(first.admin_addr, "POST", "/rollout/abort", "").await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    first.shutdown().await;
+    plan
+}
+
 /// A config file's weight edit refused while a rollout ran is not applied
 /// by the next start (before, the start took it for an edit made while the
 /// gateway was stopped, and the aborted canary got its 30% again): the
@@ -1055,20 +1085,11 @@ async fn a_weight_edit_refused_during_a_rollout_is_not_applied_by_a_restart() {
         Behaved::start("v2", 0, 0).await,
     );
     let dir = tempfile::tempdir().unwrap();
-    let first = start_in(dir.path(), &text(v1.addr, v2.addr)).await;
-    let plan = PLAN.replace(r#""interval_s": 1"#, r#""interval_s": 60"#);
-    start_rollout(first.admin_addr, &plan).await;
     let edited = config(
         "override_header = \"x-canary-version\"",
         &[("v1", 70, v1.addr), ("v2", 30, v2.addr)],
     );
-    std::fs::write(dir.path().join("gateway.toml"), &edited).unwrap();
-    let (status, body) = call(first.admin_addr, "POST", "/reload", "").await;
-    assert!(!status.is_success(), "{body}");
-    assert!(body.to_string().contains("while a rollout"), "{body}");
-    let (status, view) = call(first.admin_addr, "POST", "/rollout/abort", "").await;
-    assert_eq!(status, StatusCode::OK, "{view}");
-    first.shutdown().await;
+    refused_then_aborted(dir.path(), &text(v1.addr, v2.addr), &edited).await;
 
     let refused = |status: &Value| {
         status["warnings"]
@@ -1089,10 +1110,7 @@ async fn a_weight_edit_refused_during_a_rollout_is_not_applied_by_a_restart() {
     assert!(!refused(&status), "{status:#}");
     second.shutdown().await;
 
-    let third = start_in(dir.path(), &edited).await;
-    let w = weights(third.admin_addr).await;
-    assert_eq!(w["weights"], serde_json::json!({"v1": 70, "v2": 30}), "{w}");
-    third.shutdown().await;
+    starts_with_weights(dir.path(), &edited, serde_json::json!({"v1": 70, "v2": 30})).await;
 }
 
 /// The refused text adds a version: after a restart that version serves
@@ -1102,27 +1120,14 @@ async fn a_weight_edit_refused_during_a_rollout_is_not_applied_by_a_restart() {
 /// the file edited to it on purpose (while stopped) applies it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_edit_adding_a_version_serves_it_nothing_and_a_reverted_one_ends_the_refusal() {
-    let (v1, v2, v3) = (
-        Behaved::start("v1", 0, 0).await,
-        Behaved::start("v2", 0, 0).await,
-        Behaved::start("v3", 0, 0).await,
-    );
+    let (v1, v2, v3) = three_upstreams().await;
     let dir = tempfile::tempdir().unwrap();
-    let original = text(v1.addr, v2.addr);
-    let first = start_in(dir.path(), &original).await;
-    let plan = PLAN.replace(r#""interval_s": 1"#, r#""interval_s": 60"#);
-    start_rollout(first.admin_addr, &plan).await;
     let adds_v3 = config(
         "override_header = \"x-canary-version\"",
         &[("v1", 60, v1.addr), ("v2", 0, v2.addr), ("v3", 40, v3.addr)],
     );
+    let plan = refused_then_aborted(dir.path(), &text(v1.addr, v2.addr), &adds_v3).await;
     let config_path = dir.path().join("gateway.toml");
-    std::fs::write(&config_path, &adds_v3).unwrap();
-    let (status, body) = call(first.admin_addr, "POST", "/reload", "").await;
-    assert!(!status.is_success(), "{body}");
-    let (status, view) = call(first.admin_addr, "POST", "/rollout/abort", "").await;
-    assert_eq!(status, StatusCode::OK, "{view}");
-    first.shutdown().await;
 
     let second = start_in(dir.path(), &adds_v3).await;
     let w = weights(second.admin_addr).await;
@@ -1171,18 +1176,11 @@ async fn a_refused_text_gone_from_the_file_at_a_start_is_forgotten() {
     );
     let dir = tempfile::tempdir().unwrap();
     let original = text(v1.addr, v2.addr);
-    let first = start_in(dir.path(), &original).await;
-    let plan = PLAN.replace(r#""interval_s": 1"#, r#""interval_s": 60"#);
-    start_rollout(first.admin_addr, &plan).await;
     let edited = config(
         "override_header = \"x-canary-version\"",
         &[("v1", 70, v1.addr), ("v2", 30, v2.addr)],
     );
-    std::fs::write(dir.path().join("gateway.toml"), &edited).unwrap();
-    let (status, body) = call(first.admin_addr, "POST", "/reload", "").await;
-    assert!(!status.is_success(), "{body}");
-    call(first.admin_addr, "POST", "/rollout/abort", "").await;
-    first.shutdown().await;
+    refused_then_aborted(dir.path(), &original, &edited).await;
     let state_path = dir.path().join("gateway.state.json");
     assert!(
         std::fs::read_to_string(&state_path)
@@ -1194,10 +1192,7 @@ async fn a_refused_text_gone_from_the_file_at_a_start_is_forgotten() {
     second.shutdown().await;
     let state_file = std::fs::read_to_string(&state_path).unwrap();
     assert!(!state_file.contains("refused_config"), "{state_file}");
-    let third = start_in(dir.path(), &edited).await;
-    let w = weights(third.admin_addr).await;
-    assert_eq!(w["weights"], serde_json::json!({"v1": 70, "v2": 30}), "{w}");
-    third.shutdown().await;
+    starts_with_weights(dir.path(), &edited, serde_json::json!({"v1": 70, "v2": 30})).await;
 }
 
 /// While a rollout progresses, a reload that adds a version with weight
@@ -1206,11 +1201,7 @@ async fn a_refused_text_gone_from_the_file_at_a_start_is_forgotten() {
 /// added at weight 0 it applies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_added_with_weight_during_a_rollout_is_refused() {
-    let (v1, v2, v3) = (
-        Behaved::start("v1", 0, 0).await,
-        Behaved::start("v2", 0, 0).await,
-        Behaved::start("v3", 0, 0).await,
-    );
+    let (v1, v2, v3) = three_upstreams().await;
     let dir = tempfile::tempdir().unwrap();
     let first = start_in(dir.path(), &text(v1.addr, v2.addr)).await;
     let plan = PLAN.replace(r#""interval_s": 1"#, r#""interval_s": 60"#);
@@ -1256,11 +1247,7 @@ async fn a_version_added_with_weight_during_a_rollout_is_refused() {
 /// its share beside the rollout, with no word).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_added_with_weight_while_stopped_wins_over_a_progressing_rollout() {
-    let (v1, v2, v3) = (
-        Behaved::start("v1", 0, 0).await,
-        Behaved::start("v2", 0, 0).await,
-        Behaved::start("v3", 0, 0).await,
-    );
+    let (v1, v2, v3) = three_upstreams().await;
     let dir = tempfile::tempdir().unwrap();
     let first = start_in(dir.path(), &text(v1.addr, v2.addr)).await;
     let plan = PLAN.replace(r#""interval_s": 1"#, r#""interval_s": 60"#);

@@ -326,6 +326,44 @@ async fn an_unbegun_tls_handshake_does_not_hold_the_shutdown() {
     );
 }
 
+/// A raw HTTP/2 client on `io` that opens its windows as far as they go
+/// (so that the gateway sends the whole body at once, into its HTTP/2
+/// layer and the sockets' buffers) and asks for `bytes` from the
+/// upstream's `/download`, on stream 1.
+async fn download_with_large_windows<S>(
+    io: S,
+    scheme: &str,
+    bytes: usize,
+) -> crate::support::RawH2<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use crate::support::{RawH2, h2_frame, h2_header_block};
+    let mut raw = RawH2::start(io).await;
+    let mut settings = vec![0, 4];
+    settings.extend_from_slice(&0x7fff_ffffu32.to_be_bytes());
+    raw.send(h2_frame::SETTINGS, 0, &settings).await.unwrap();
+    raw.send(0x8, 0, &(0x7fff_ffffu32 - 65_535).to_be_bytes())
+        .await
+        .unwrap();
+    let path = format!("/download?bytes={bytes}&length=1");
+    let head = h2_header_block(&[
+        (":method", "GET"),
+        (":scheme", scheme),
+        (":authority", "localhost"),
+        (":path", &path),
+    ]);
+    raw.send_on(
+        1,
+        h2_frame::HEADERS,
+        h2_frame::END_STREAM | h2_frame::END_HEADERS,
+        &head,
+    )
+    .await
+    .unwrap();
+    raw
+}
+
 /// At shutdown, an HTTP/2 client over TLS that is not reading gets all of
 /// its response once it reads again: the stream has ended on the gateway's
 /// side while the response's tail waits in the connection's buffers (the
@@ -333,7 +371,7 @@ async fn an_unbegun_tls_handshake_does_not_hold_the_shutdown() {
 /// not cut it.
 #[tokio::test]
 async fn a_stalled_http2_reader_gets_its_whole_response_across_the_shutdown() {
-    use crate::support::{RawH2, h2_frame, h2_header_block};
+    use crate::support::h2_frame;
     const BYTES: usize = 200 * 1024;
     let up = Upstream::start("v1").await;
     let ca = Ca::new();
@@ -346,30 +384,7 @@ async fn a_stalled_http2_reader_gets_its_whole_response_across_the_shutdown() {
     socket.set_recv_buffer_size(4096).unwrap();
     let tcp = socket.connect(gw.addr).await.unwrap();
     let tls = handshake(tcp, client_config(&ca.der, &[b"h2"])).await;
-    let mut raw = RawH2::start(tls).await;
-    // Windows as large as they go, so that the gateway hands the whole
-    // body to its HTTP/2 layer at once (the stream ends on its side).
-    let mut settings = vec![0, 4];
-    settings.extend_from_slice(&0x7fff_ffffu32.to_be_bytes());
-    raw.send(h2_frame::SETTINGS, 0, &settings).await.unwrap();
-    raw.send(0x8, 0, &(0x7fff_ffffu32 - 65_535).to_be_bytes())
-        .await
-        .unwrap();
-    let path = format!("/download?bytes={BYTES}&length=1");
-    let head = h2_header_block(&[
-        (":method", "GET"),
-        (":scheme", "https"),
-        (":authority", "localhost"),
-        (":path", &path),
-    ]);
-    raw.send_on(
-        1,
-        h2_frame::HEADERS,
-        h2_frame::END_STREAM | h2_frame::END_HEADERS,
-        &head,
-    )
-    .await
-    .unwrap();
+    let mut raw = download_with_large_windows(tls, "https", BYTES).await;
     // Read nothing: the socket fills, the rest waits in the gateway.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let stopping = tokio::spawn(gw.shutdown());
@@ -399,36 +414,15 @@ async fn a_stalled_http2_reader_gets_its_whole_response_across_the_shutdown() {
 /// complete: such a close was tried on 2026-12-05 and taken back.)
 #[tokio::test]
 async fn a_slow_http2_download_is_not_cut_by_the_drain() {
-    use crate::support::{RawH2, h2_frame, h2_header_block};
+    use crate::support::h2_frame;
     const BYTES: usize = 4 * 1024 * 1024;
     let up = Upstream::start("v1").await;
     let text = crate::support::config("", &[("v1", 1, up.addr)])
         + "\n[timeouts]\nshutdown_grace = \"20s\"\n";
     let gw = Gateway::start(&text).await;
-    let mut raw = RawH2::start(TcpStream::connect(gw.addr).await.unwrap()).await;
-    // A large window up front, so that the gateway sends the whole body at
-    // once (into the sockets' buffers); then opened again as it is read.
-    let mut settings = vec![0, 4];
-    settings.extend_from_slice(&0x7fff_ffffu32.to_be_bytes());
-    raw.send(h2_frame::SETTINGS, 0, &settings).await.unwrap();
-    raw.send(0x8, 0, &(0x7fff_ffffu32 - 65_535).to_be_bytes())
-        .await
-        .unwrap();
-    let path = format!("/download?bytes={BYTES}&length=1");
-    let head = h2_header_block(&[
-        (":method", "GET"),
-        (":scheme", "http"),
-        (":authority", "localhost"),
-        (":path", &path),
-    ]);
-    raw.send_on(
-        1,
-        h2_frame::HEADERS,
-        h2_frame::END_STREAM | h2_frame::END_HEADERS,
-        &head,
-    )
-    .await
-    .unwrap();
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    // Then opened again as it is read.
+    let mut raw = download_with_large_windows(tcp, "http", BYTES).await;
     let (mut gw, mut stopping) = (Some(gw), None);
     let (mut data, mut ended) = (0, false);
     while let Some(frame) = raw.next_frame().await {
