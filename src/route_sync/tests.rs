@@ -530,10 +530,11 @@ async fn a_decision_whose_writer_fails_after_it_was_adopted_is_written_soon() {
     fails_its_syncs(&store, "other-task");
     control.report_to_store().await.unwrap();
     tokio::time::sleep(Duration::from_secs(12)).await;
-    assert_eq!(
-        recorded.0.lock().unwrap().clone(),
-        [theirs.weights],
-        "not written within 14 s"
+    // Written (and maybe checked again since: the same weights).
+    let writes = recorded.0.lock().unwrap().clone();
+    assert!(
+        !writes.is_empty() && writes.iter().all(|w| *w == theirs.weights),
+        "not written within 14 s: {writes:?}"
     );
     sync.abort();
 }
@@ -560,10 +561,11 @@ async fn when_the_stand_in_fails_too_the_next_task_takes_over_soon() {
     fails_its_syncs(&store, "!smaller");
     control.report_to_store().await.unwrap();
     tokio::time::sleep(Duration::from_secs(13)).await;
-    assert_eq!(
-        recorded.0.lock().unwrap().clone(),
-        [theirs.weights],
-        "not taken over within 13 s"
+    // Written (and maybe checked again since: the same weights).
+    let writes = recorded.0.lock().unwrap().clone();
+    assert!(
+        !writes.is_empty() && writes.iter().all(|w| *w == theirs.weights),
+        "not taken over within 13 s: {writes:?}"
     );
     sync.abort();
 }
