@@ -81,10 +81,12 @@ pub struct Synced {
 /// retries after a failure. When the writer is gone (stopped, replaced with
 /// the rest of the fleet, draining) or reports its own syncs failing, one
 /// other task stands in for it at the reconcile (see
-/// [`Control::stands_in_for`]); for a failing writer the reconcile comes
-/// `VERIFY_AFTER` after each of its decisions, and decisions this task does
-/// not write never put the reconcile off. A task whose own last sync failed
-/// tries again at each reconcile, whoever wrote the decision. With a shared store the store
+/// [`Control::stands_in_for`]). A task looks again `VERIFY_AFTER` after it
+/// adopts another task's decision, and every `VERIFY_AFTER` while that
+/// decision's writer reports failing and the task writes nothing (a look
+/// that writes nothing makes no call); decisions this task does not write
+/// never put the reconcile off. A task whose own last sync failed tries
+/// again at each reconcile, whoever wrote the decision. With a shared store the store
 /// is read before such a write, and the write is made only when the store's
 /// decision is still the one in force here (same generation and writer), or
 /// when the store holds no decision yet and this task runs the config file's
