@@ -138,25 +138,20 @@ pub fn stands_in(
     now_ms: u64,
     stale_after: Duration,
 ) -> bool {
-    let live = |r: &&TaskReport| {
-        r.task != own
-            && Duration::from_millis(now_ms.saturating_sub(r.reported_at_ms)) <= stale_after
-            && !r.draining
-    };
-    let mut others = reports.iter().filter(live);
+    let mut others = reports
+        .iter()
+        .filter(|r| r.task != own && live(r, now_ms, stale_after));
     !others
         .any(|r| !r.appmesh_failing && (r.task == writer || (!r.degraded && r.task.as_str() < own)))
 }
 
-/// Whether this task's last App Mesh sync failed (its report's
-/// `appmesh_failing`). Throttled to the end is the account's API rate,
-/// which every task meets alike: no reason for another task to stand in
-/// (it would only add calls).
+/// Whether this task's last App Mesh sync failed (see
+/// [`super::status::AppMeshStatus::failing`]).
 fn appmesh_failing(state: &State) -> bool {
     state
         .appmesh
         .as_ref()
-        .is_some_and(|a| a.last_error.is_some() && !a.throttled)
+        .is_some_and(super::status::AppMeshStatus::failing)
 }
 
 /// Whether `writer` reports live (not stale, not draining) that its own
@@ -168,12 +163,15 @@ pub fn writer_failing(
     now_ms: u64,
     stale_after: Duration,
 ) -> bool {
-    reports.iter().any(|r| {
-        r.task == writer
-            && r.appmesh_failing
-            && !r.draining
-            && Duration::from_millis(now_ms.saturating_sub(r.reported_at_ms)) <= stale_after
-    })
+    reports
+        .iter()
+        .any(|r| r.task == writer && r.appmesh_failing && live(r, now_ms, stale_after))
+}
+
+/// Whether `report` is live: not stale at `now_ms`, not draining.
+fn live(report: &TaskReport, now_ms: u64, stale_after: Duration) -> bool {
+    Duration::from_millis(now_ms.saturating_sub(report.reported_at_ms)) <= stale_after
+        && !report.draining
 }
 
 impl Control {

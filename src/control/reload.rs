@@ -177,10 +177,7 @@ impl Control {
         // A version new to the file with weight would take its share at
         // once (its file weight beside the decision's), beside a rollout
         // that judges only its canary: an edit of the split too.
-        let adds_weighted = effective
-            .versions
-            .iter()
-            .any(|v| v.weight > 0 && !old.versions.iter().any(|o| o.name == v.name));
+        let adds_weighted = adds_weighted_to(&old.weights(), &effective);
         let running = decision.rollout.as_ref().filter(|r| r.phase.running());
         if (edited || adds_weighted)
             && let Some(r) = running
@@ -539,12 +536,18 @@ pub(super) fn refused_still(doc: &WeightsDoc, config: Config) -> (Config, bool) 
 /// Whether `config` has a version with weight that the text `doc` was made
 /// against lacked (a version added to the file with weight).
 pub(super) fn adds_weighted(doc: &WeightsDoc, config: &Config) -> bool {
-    doc.config_weights.as_ref().is_some_and(|applied| {
-        config
-            .versions
-            .iter()
-            .any(|v| v.weight > 0 && !applied.contains_key(&v.name))
-    })
+    doc.config_weights
+        .as_ref()
+        .is_some_and(|applied| adds_weighted_to(applied, config))
+}
+
+/// Whether `config` has a version with weight that `applied` (a text's
+/// weights by version) lacks.
+fn adds_weighted_to(applied: &BTreeMap<String, u32>, config: &Config) -> bool {
+    config
+        .versions
+        .iter()
+        .any(|v| v.weight > 0 && !applied.contains_key(&v.name))
 }
 
 /// At start (file store): whether the config file was edited since `doc`

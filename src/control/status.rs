@@ -125,6 +125,16 @@ pub struct AppMeshStatus {
     pub route_unread: bool,
 }
 
+impl AppMeshStatus {
+    /// Whether this task's last sync failed (its report's
+    /// `appmesh_failing`). Throttled to the end is the account's API rate,
+    /// which every task meets alike: no reason for another task to stand
+    /// in (it would only add calls).
+    pub fn failing(&self) -> bool {
+        self.last_error.is_some() && !self.throttled
+    }
+}
+
 /// `GET /status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
@@ -412,8 +422,7 @@ impl Control {
         result: Result<BTreeMap<String, u32>, crate::route_sync::SyncError>,
     ) {
         let mut state = self.lock();
-        let failing = |a: &AppMeshStatus| a.last_error.is_some() && !a.throttled;
-        let before = state.appmesh.as_ref().is_some_and(failing);
+        let before = state.appmesh.as_ref().is_some_and(AppMeshStatus::failing);
         if let Some(a) = state.appmesh.as_mut() {
             match result {
                 Ok(w) => {
@@ -435,7 +444,7 @@ impl Control {
         }
         // The fleet learns at once whether this task's syncs fail (another
         // task stands in for a writer that reports so).
-        if state.appmesh.as_ref().is_some_and(failing) != before {
+        if state.appmesh.as_ref().is_some_and(AppMeshStatus::failing) != before {
             self.report_soon();
         }
     }
