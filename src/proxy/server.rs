@@ -35,6 +35,7 @@ pub use stream_watch::{StreamExec, StreamWatch};
 
 mod coalesce;
 mod drive;
+mod linger;
 mod stream_watch;
 
 /// Largest request head accepted (larger gets 431).
@@ -560,7 +561,7 @@ async fn serve_auto(
         // the watchdog's idle rule for HTTP/2 counts requests only.
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let service = service(proxy.clone(), state.clone());
-    let io = TokioIo::new(coalesce::Coalesced::new(io));
+    let io = TokioIo::new(coalesce::Coalesced::new(linger::Lingering::new(io)));
     if proxy.tls.is_some() {
         // ALPN chose h2: the connection is HTTP/2 from its first
         // byte (RFC 9113, 3.2), as nginx and Envoy have it. HTTP/1.1

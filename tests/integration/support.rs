@@ -282,6 +282,7 @@ pub mod h2_frame {
     pub const SETTINGS: u8 = 0x4;
     pub const PING: u8 = 0x6;
     pub const GOAWAY: u8 = 0x7;
+    pub const WINDOW_UPDATE: u8 = 0x8;
     pub const ACK: u8 = 0x1;
     pub const END_STREAM: u8 = 0x1;
     pub const END_HEADERS: u8 = 0x4;
@@ -443,6 +444,99 @@ where
         }
     }
     seen
+}
+
+/// An HTTP/2 client on `io` (to `gw`) that reads its download slowly
+/// across the drain, and sends frames after the gateway's end of the
+/// connection (PINGs here, as a client's keep-alive does; a reading client
+/// sends WINDOW_UPDATEs too): it asks for 512 KiB, takes the default
+/// windows' worth, answers the drain's GOAWAY and PING, allows the rest at
+/// once and pings for a while before it reads again. It must get the whole
+/// body, and the drain must end once it closes: the gateway's close
+/// lingers, reading and dropping what the client sends. (Closed at once,
+/// the socket met the PINGs with a reset, and a reset throws away what the
+/// socket had not sent yet.)
+pub async fn slow_reader_across_the_drain<S>(io: S, scheme: &str, gw: Gateway)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use h2_frame::*;
+    const BODY: u32 = 512 * 1024;
+    // The client's default windows (RFC 9113, 6.9.2).
+    const WINDOW: u32 = 65_535;
+    let mut h2 = RawH2::start(io).await;
+    let path = format!("/download?bytes={BODY}&length=1");
+    let block = h2_header_block(&[
+        (":method", "GET"),
+        (":scheme", scheme),
+        (":authority", "localhost"),
+        (":path", &path),
+    ]);
+    h2.send_on(1, HEADERS, END_STREAM | END_HEADERS, &block)
+        .await
+        .unwrap();
+    // The body's bytes received, and whether its end was.
+    let (mut data, mut ended) = (0u32, false);
+    let mut count = |frame: &RawFrame, data: &mut u32| {
+        if frame.kind == DATA {
+            *data += frame.payload.len() as u32;
+            ended |= frame.flags & END_STREAM != 0;
+        }
+    };
+    // The windows' worth of the body, the rest held back by them.
+    while data < WINDOW {
+        let frame = h2.next_frame().await.expect("the download");
+        if frame.kind == SETTINGS && frame.flags & ACK == 0 {
+            h2.send(SETTINGS, ACK, &[]).await.unwrap();
+        }
+        count(&frame, &mut data);
+    }
+
+    // The drain: GOAWAY and a PING, answered; then the last GOAWAY (the
+    // connection ends once its stream has).
+    let shutdown = tokio::spawn(gw.shutdown());
+    let mut goaways = 0;
+    while goaways < 2 {
+        let frame = h2.next_frame().await.expect("the drain's GOAWAY");
+        match frame.kind {
+            GOAWAY => goaways += 1,
+            PING if frame.flags & ACK == 0 => h2.send(PING, ACK, &frame.payload).await.unwrap(),
+            _ => {}
+        }
+        count(&frame, &mut data);
+    }
+    // The rest of the body allowed at once; the client then reads nothing
+    // for a while, and sends PINGs.
+    let more = (BODY + 4096).to_be_bytes();
+    h2.send(WINDOW_UPDATE, 0, &more).await.unwrap();
+    h2.send_on(1, WINDOW_UPDATE, 0, &more).await.unwrap();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let pings = async {
+        let mut every = tokio::time::interval(Duration::from_millis(50));
+        for _ in 0..20 {
+            every.tick().await;
+            if h2.send(PING, 0, b"clientpg").await.is_err() {
+                return;
+            }
+        }
+    };
+    // Closed at once, the drain ends while the client pings.
+    tokio::select! {
+        _ = &mut shutdown => {}
+        () = pings => {}
+    }
+    let _ = h2.send(PING, 0, b"clientpg").await;
+    while let Some(frame) = h2.next_frame().await {
+        count(&frame, &mut data);
+    }
+    assert_eq!(data, BODY, "the whole body");
+    assert!(ended, "the stream's end");
+    // The client closes: the gateway's linger ends with it.
+    drop(h2);
+    tokio::time::timeout(Duration::from_secs(4), shutdown)
+        .await
+        .expect("the drain ends when the client closes")
+        .unwrap();
 }
 
 /// A log sink for the test's thread.

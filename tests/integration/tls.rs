@@ -406,6 +406,22 @@ async fn a_stalled_http2_reader_gets_its_whole_response_across_the_shutdown() {
     stopping.abort();
 }
 
+/// Over TLS too, a slow HTTP/2 reader gets its whole download when the
+/// drain ends its connection, though it sends frames after that end (see
+/// `slow_reader_across_the_drain`): the linger reads them through the TLS
+/// session the gateway closed with `close_notify`.
+#[tokio::test]
+async fn https_a_slow_http2_reader_gets_its_whole_download_when_the_drain_ends_the_connection() {
+    let up = Upstream::start("v1").await;
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf(&["localhost"]);
+    let dir = tempfile::tempdir().unwrap();
+    write_pair(dir.path(), &cert, &key);
+    let gw = Gateway::start(&tls_config(dir.path(), up.addr)).await;
+    let tls = connect(gw.addr, &ca.der, &[b"h2"]).await;
+    crate::support::slow_reader_across_the_drain(tls, "https", gw).await;
+}
+
 /// At shutdown, an HTTP/2 client downloading a large body slowly (reading
 /// its socket at about 1 MB/s and opening its window as it reads) gets all
 /// of it. (A drain that closed a connection with no request in flight
