@@ -256,8 +256,7 @@ impl RolloutState {
     /// (see [`scale`]), the rest to stable, other versions at 0. Before the
     /// first step the canary has 0, stable all of `scale`.
     pub fn weights(&self, versions: &BTreeMap<String, u32>) -> BTreeMap<String, u32> {
-        let current: u64 = versions.values().map(|&w| u64::from(w)).sum();
-        let scale = scale(&self.plan.settings.steps, current);
+        let scale = scale(&self.plan.settings.steps);
         let canary = ((self.share() / 100.0) * scale as f64).round() as u32;
         versions
             .keys()
@@ -276,17 +275,17 @@ impl RolloutState {
 }
 
 /// The weights' total during a rollout: the first of 100, 1000, ... 1,000,000
-/// that is at least the current total and gives every step a whole weight
-/// (so integer steps on the usual 0-100 scale stay on it).
-pub fn scale(steps: &[f64], current_total: u64) -> u32 {
+/// that gives every step a whole weight (so integer steps are on the usual
+/// 0-100 scale), whatever total the weights had before: every version's
+/// weight is set by the rollout (only stable and the canary have any).
+pub fn scale(steps: &[f64]) -> u32 {
     [100u32, 1_000, 10_000, 100_000, 1_000_000]
         .into_iter()
         .find(|&s| {
-            u64::from(s) >= current_total
-                && steps.iter().all(|&p| {
-                    let w = p / 100.0 * f64::from(s);
-                    (w - w.round()).abs() < 1e-6
-                })
+            steps.iter().all(|&p| {
+                let w = p / 100.0 * f64::from(s);
+                (w - w.round()).abs() < 1e-6
+            })
         })
         .unwrap_or(1_000_000)
 }
@@ -359,8 +358,20 @@ mod tests {
         );
         let r = rollout(&[0.0001]);
         assert_eq!(r.weights(&weights(&[("v1", 1), ("v2", 0)]))["v2"], 1);
-        assert_eq!(scale(&[2.5], 100), 1_000);
-        assert_eq!(scale(&[5.0], 640), 1_000);
+        assert_eq!(scale(&[2.5]), 1_000);
+        // Whole percents are on 100 after weights of another total (a
+        // rollout of 2.5% steps before, or weights set so): the total of
+        // 1,000 did not stick.
+        let r = rollout(&[10.0, 50.0]);
+        assert_eq!(
+            r.weights(&weights(&[("v1", 1_000), ("v2", 0)])),
+            weights(&[("v1", 90), ("v2", 10)])
+        );
+        let r = rollout(&[5.0]);
+        assert_eq!(
+            r.weights(&weights(&[("v1", 600), ("v2", 40)])),
+            weights(&[("v1", 95), ("v2", 5)])
+        );
     }
 
     #[test]
