@@ -49,24 +49,22 @@ async fn status_wait_converged_returns_once_every_task_runs_the_change() {
     b.wait_ready(Duration::from_secs(20)).await;
 
     let urls = format!("http://{},http://{}", a.admin, b.admin);
-    let ctl = |args: &'static [&'static str]| {
-        let urls = urls.clone();
-        async move {
-            let out = tokio::process::Command::new(BIN)
-                .arg("ctl")
-                .args(args)
-                .env("CANARY_ADMIN_URL", &urls)
-                .env("CANARY_ADMIN_TOKEN", TOKEN)
-                .output()
-                .await
-                .unwrap();
-            (
-                out.status.code().unwrap_or(-1),
-                String::from_utf8_lossy(&out.stdout).into_owned()
-                    + &String::from_utf8_lossy(&out.stderr),
-            )
-        }
+    let ctl_at = |urls: String, args: &'static [&'static str]| async move {
+        let out = tokio::process::Command::new(BIN)
+            .arg("ctl")
+            .args(args)
+            .env("CANARY_ADMIN_URL", &urls)
+            .env("CANARY_ADMIN_TOKEN", TOKEN)
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
     };
+    let ctl = |args| ctl_at(urls.clone(), args);
     // The change goes to the first URL (task a).
     let (code, out) = ctl(&["weights", "set", "v2=30", "v1=70"]).await;
     assert_eq!(code, 0, "{out}");
@@ -75,5 +73,18 @@ async fn status_wait_converged_returns_once_every_task_runs_the_change() {
     // Converged means both tasks run it now, not eventually.
     let (wa, wb) = (a.weights().await, b.weights().await);
     assert_eq!(weights_of(&wb)["v2"], 30, "{wb}");
+    assert_eq!(wa["generation"], wb["generation"]);
+
+    // One URL, not the writer's (behind a load balancer): task b, which
+    // has not polled since a's change, must not take its old view for the
+    // fleet's (it said "converged" on the generation before).
+    let (a_url, b_url) = (format!("http://{}", a.admin), format!("http://{}", b.admin));
+    let (code, out) = ctl_at(a_url, &["weights", "set", "v2=40", "v1=60"]).await;
+    assert_eq!(code, 0, "{out}");
+    let args = &["status", "--wait-converged", "--timeout", "30s"];
+    let (code, out) = ctl_at(b_url, args).await;
+    assert_eq!(code, 0, "{out}");
+    let (wa, wb) = (a.weights().await, b.weights().await);
+    assert_eq!(weights_of(&wb)["v2"], 40, "{wb}");
     assert_eq!(wa["generation"], wb["generation"]);
 }

@@ -100,6 +100,30 @@ fn not_converged(statuses: &[Value]) -> Option<String> {
     None
 }
 
+/// Why `status` may not show a decision written just before the wait
+/// began, or `None` when it does: on a shared store a task knows of another
+/// task's decision only from its next poll, and until then reports the
+/// fleet converged on the generation before (one `--admin` URL that is not
+/// the writer's, or several that all are not). So its last poll must have
+/// begun at or after `since`, its own clock when the wait began (its first
+/// `/status`'s `now_ms`). The file store has no other task; a gateway too
+/// old to say when it polled is taken as it answers.
+fn unpolled_since(status: &Value, since: u64, url: &str) -> Option<String> {
+    if status.pointer("/store/kind").and_then(Value::as_str) == Some("file") {
+        return None;
+    }
+    status.get("now_ms")?;
+    let polled = status
+        .pointer("/store/read_began_ms")
+        .and_then(Value::as_u64);
+    if polled.is_some_and(|p| p >= since) {
+        return None;
+    }
+    Some(format!(
+        "{url} has not polled the store since the wait began (a decision written just before may not have reached it)"
+    ))
+}
+
 /// Polls every task's `/status` until it has converged (see `not_converged`), or fails
 /// after `timeout`. A task that cannot be reached is asked again (it may be
 /// restarting); a refusal (bad token) ends the wait, as does one `--admin`
@@ -107,13 +131,20 @@ fn not_converged(statuses: &[Value]) -> Option<String> {
 /// cannot show the other tasks).
 pub async fn converged(clients: &[AdminClient], timeout: Duration) -> Result<Vec<Value>, CliError> {
     let deadline = tokio::time::Instant::now() + timeout;
+    // Each task's clock at its first answer (see `unpolled_since`).
+    let mut since: Vec<Option<u64>> = vec![None; clients.len()];
     let mut why;
     loop {
         let mut statuses = Vec::with_capacity(clients.len());
         why = None;
-        for client in clients {
+        for (client, since) in clients.iter().zip(&mut since) {
             match client.json(Method::GET, "/status", None).await {
-                Ok(s) => statuses.push(s),
+                Ok(s) => {
+                    if since.is_none() {
+                        *since = s.get("now_ms").and_then(Value::as_u64);
+                    }
+                    statuses.push(s)
+                }
                 Err(e @ CliError::Unreachable { .. }) | Err(e @ CliError::Gateway { .. }) => {
                     why = Some(e.to_string());
                     break;
@@ -125,7 +156,15 @@ pub async fn converged(clients: &[AdminClient], timeout: Duration) -> Result<Vec
             if let Some(why) = unseen_fleet(&statuses).filter(|_| never_shared(&statuses)) {
                 return Err(CliError::Failed(format!("cannot tell: {why}")));
             }
-            why = not_converged(&statuses);
+            why = not_converged(&statuses).or_else(|| {
+                statuses
+                    .iter()
+                    .zip(clients)
+                    .zip(&since)
+                    .find_map(|((s, c), since)| {
+                        since.and_then(|since| unpolled_since(s, since, &c.url))
+                    })
+            });
             if why.is_none() {
                 return Ok(statuses);
             }
@@ -320,5 +359,26 @@ mod tests {
         assert!(not_converged(&[degraded]).unwrap().contains("degraded"));
         let pending = json!({"weights": {"generation": 3}, "store": {"rollback_pending": true}});
         assert!(not_converged(&[pending]).unwrap().contains("rollback"));
+    }
+
+    /// On a shared store a task's view counts once it polled at or after the
+    /// wait began; the file store's, and an older gateway's, at once.
+    #[test]
+    fn a_shared_stores_view_counts_from_a_poll_after_the_wait_began() {
+        let polled = |kind: &str, at: Option<u64>| json!({"now_ms": 2_000, "store": {"kind": kind, "read_began_ms": at}});
+        let why = unpolled_since(&polled("dynamodb", Some(1_999)), 2_000, "http://b:9901").unwrap();
+        assert!(
+            why.contains("http://b:9901") && why.contains("since the wait began"),
+            "{why}"
+        );
+        assert!(unpolled_since(&polled("dynamodb", None), 2_000, "u").is_some());
+        assert!(unpolled_since(&polled("cloudmap", Some(1_000)), 2_000, "u").is_some());
+        assert_eq!(
+            unpolled_since(&polled("dynamodb", Some(2_000)), 2_000, "u"),
+            None
+        );
+        assert_eq!(unpolled_since(&polled("file", None), 2_000, "u"), None);
+        let older = json!({"store": {"kind": "dynamodb"}});
+        assert_eq!(unpolled_since(&older, 2_000, "u"), None);
     }
 }

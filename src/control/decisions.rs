@@ -822,9 +822,11 @@ impl Control {
                 Err(e) => Err(StoreError::Invalid(e.to_string())),
             };
         }
+        let began = unix_ms();
         let loaded = self.store.load().await;
         self.store_outcome("load", loaded.as_ref().map(|_| ()));
-        match loaded {
+        let read = loaded.is_ok();
+        let synced = match loaded {
             Ok(Some(doc)) if self.store_behind(Some(&doc)) => self.reseed(Some(doc)).await,
             Ok(Some(doc)) => {
                 self.adopt_read(doc);
@@ -840,7 +842,12 @@ impl Control {
                 tracing::warn!(error = %e, "weight store unreachable; keeping the weights in force");
                 Err(e)
             }
+        };
+        if read {
+            // Once what it found is in force (see `StoreStatus::read_began_ms`).
+            self.lock().store.read_began_ms = Some(began);
         }
+        synced
     }
 }
 

@@ -83,6 +83,12 @@ pub struct StoreStatus {
     /// fine (a write or report that succeeds while every read fails does not
     /// move it).
     pub last_ok_ms: Option<u64>,
+    /// When this task's last successful poll of a shared store's weights
+    /// document began (ms since the Unix epoch, this task's clock; `null`
+    /// before its first poll, and on the file store): a view of the fleet
+    /// from then on includes every decision written before it (`ctl status
+    /// --wait-converged` waits for one that began after the wait did).
+    pub read_began_ms: Option<u64>,
     /// Why the weights document cannot be read, while it cannot (only a
     /// successful read clears that); otherwise why the last write or report
     /// failed, until one succeeds.
@@ -163,6 +169,8 @@ pub struct Status {
     /// Which generation each gateway task runs, as reported through the store.
     pub fleet: super::fleet::FleetStatus,
     pub uptime_seconds: f64,
+    /// This task's clock when it answered (ms since the Unix epoch).
+    pub now_ms: u64,
 }
 
 impl Control {
@@ -496,6 +504,7 @@ impl Control {
             fleet: self.fleet_status(&state, readiness.is_ok()),
             versions,
             uptime_seconds: self.started.elapsed().as_secs_f64(),
+            now_ms: unix_ms(),
         }
     }
 }
