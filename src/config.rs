@@ -341,10 +341,7 @@ impl Config {
 
     /// Validates config text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
-            path: origin.to_string(),
-            message: syntax_message(text, &e),
-        })?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| parse_error(text, origin, &e))?;
         Validator { origin }
             .config(raw)
             .map_err(|e| e.located(text))
@@ -496,15 +493,30 @@ pub fn default_state_path(config: &Path) -> PathBuf {
     config.with_file_name(format!("{stem}.state.json"))
 }
 
-/// The TOML parser's message with the line number it points at.
-fn syntax_message(text: &str, error: &toml::de::Error) -> String {
+/// The TOML parser's error in `text`: at a key (a value of the wrong type,
+/// an unknown key) named as the validation's errors name theirs
+/// (`gateway.toml:19: `log.access_log`: invalid type: ...`), else with the
+/// line it points at (text that is not TOML).
+fn parse_error(text: &str, origin: &str, error: &toml::de::Error) -> ConfigError {
     let reason = error.message().trim().to_string();
-    match error.span() {
-        Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            format!("line {line}: {reason}")
-        }
-        None => reason,
+    let Some(span) = error.span() else {
+        return ConfigError::Syntax {
+            path: origin.to_string(),
+            message: reason,
+        };
+    };
+    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+    match line::key_at(text, span.start) {
+        Some(key) => ConfigError::Invalid {
+            path: origin.to_string(),
+            line: Some(line),
+            key,
+            reason,
+        },
+        None => ConfigError::Syntax {
+            path: origin.to_string(),
+            message: format!("line {line}: {reason}"),
+        },
     }
 }
 

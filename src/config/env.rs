@@ -91,10 +91,7 @@ pub fn parse_overridden(
     if overrides.is_empty() {
         return Config::parse(text, origin);
     }
-    let located = |e: &toml::de::Error| ConfigError::Syntax {
-        path: origin.to_string(),
-        message: super::syntax_message(text, e),
-    };
+    let located = |e: &toml::de::Error| super::parse_error(text, origin, e);
     let mut table: toml::Table = toml::from_str(text).map_err(|e| located(&e))?;
     apply_to_table(&mut table, overrides);
     let raw: RawConfig = match toml::Value::Table(table).try_into() {
@@ -321,7 +318,8 @@ kind = "cloudmap"
             .unwrap_err()
             .to_string();
         let line = line_of(&typed, "trust_forwarded_headers = ");
-        assert!(err.contains(&format!("line {line}:")), "{err}");
+        let at = format!("ecs:{line}: `listener.trust_forwarded_headers`: ");
+        assert!(err.starts_with(&at), "{err}");
         assert!(err.contains("invalid type"), "{err}");
 
         let unknown = ecs.replace(
@@ -332,7 +330,8 @@ kind = "cloudmap"
             .unwrap_err()
             .to_string();
         let line = line_of(&unknown, "forwarded_trust");
-        assert!(err.contains(&format!("line {line}:")), "{err}");
+        let at = format!("ecs:{line}: `listener.forwarded_trust`: ");
+        assert!(err.starts_with(&at), "{err}");
         assert!(err.contains("forwarded_trust"), "{err}");
     }
 

@@ -50,9 +50,62 @@ pub fn of_key(text: &str, key: &str) -> Option<usize> {
     Some(text.get(..at)?.matches('\n').count() + 1)
 }
 
+/// The key (`log.access_log`, `versions[0].endpoints`) whose name or value
+/// holds byte `at` of `text`, the deepest one: where a value of the wrong
+/// type, or an unknown key, that the TOML parser found is. `None` when no
+/// key holds it, or the text does not parse.
+pub fn key_at(text: &str, at: usize) -> Option<String> {
+    let doc = DeTable::parse(text).ok()?;
+    in_table(doc.get_ref(), at)
+}
+
+/// [`key_at`] within `table`. A table's span may be its header alone (its
+/// keys follow it), so every table is searched whatever its span.
+fn in_table(table: &DeTable<'_>, at: usize) -> Option<String> {
+    table.iter().find_map(|(name, value)| {
+        if name.span().contains(&at) {
+            return Some(name.get_ref().to_string());
+        }
+        in_value(value, at).map(|rest| format!("{}{rest}", name.get_ref()))
+    })
+}
+
+/// The rest of the key (`.access_log`, `[0].endpoints`, or nothing for the
+/// value itself) under which `value` holds `at`.
+fn in_value(value: &toml::Spanned<DeValue<'_>>, at: usize) -> Option<String> {
+    match value.get_ref() {
+        DeValue::Table(t) => in_table(t, at)
+            .map(|key| format!(".{key}"))
+            .or_else(|| value.span().contains(&at).then(String::new)),
+        DeValue::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| in_value(item, at).map(|rest| format!("[{i}]{rest}")))
+            .or_else(|| value.span().contains(&at).then(String::new)),
+        _ => value.span().contains(&at).then(String::new),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::of_key;
+    use super::{key_at, of_key};
+
+    #[test]
+    fn finds_the_key_that_holds_a_place_in_the_text() {
+        let text = "[log]\naccess_log = \"yes\"\n\n[[versions]]\nname = \"v1\"\nendpoints = \"127.0.0.1:1\"\n\n[admin.x]\ny = 1\n";
+        let at = |s: &str| text.find(s).unwrap();
+        assert_eq!(
+            key_at(text, at("\"yes\"")).as_deref(),
+            Some("log.access_log")
+        );
+        assert_eq!(
+            key_at(text, at("\"127")).as_deref(),
+            Some("versions[0].endpoints")
+        );
+        assert_eq!(key_at(text, at("x]")).as_deref(), Some("admin.x"));
+        assert_eq!(key_at(text, at("y =")).as_deref(), Some("admin.x.y"));
+        assert_eq!(key_at("[log", 1), None);
+    }
 
     #[test]
     fn finds_the_line_of_a_key_or_of_its_deepest_part() {

@@ -80,7 +80,7 @@ fn rejects_bad_configs_naming_key_and_reason() {
         ),
         (
             BASE.replace("[split]", "[split]\ncolour = \"red\""),
-            &["line", "colour"],
+            &["gw.toml:6: `split.colour`: unknown field `colour`"],
         ),
         (
             BASE.replace("0.0.0.0:9080", "0.0.0.0"),

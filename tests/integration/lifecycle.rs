@@ -164,7 +164,9 @@ fn check_with_an_override_points_into_the_file_and_names_the_variable() {
     let (ok, stderr) = check(&typed);
     assert!(!ok);
     assert!(
-        stderr.contains(&format!("line {line}: invalid type")),
+        stderr.contains(&format!(
+            ":{line}: `listener.trust_forwarded_headers`: invalid type"
+        )),
         "line {line} expected: {stderr}"
     );
 
