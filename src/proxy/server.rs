@@ -67,6 +67,9 @@ pub struct ConnState {
     open_bodies: AtomicU32,
     /// The connection speaks HTTP/2 (no per-request head timing).
     http2: AtomicBool,
+    /// Its close lingers (see [`linger`]): the linger's own bounds end it,
+    /// not the watchdog's idle rule.
+    lingering: AtomicBool,
     /// A request was forwarded and its response head has not arrived (its
     /// own timeout runs): no body can stall meanwhile.
     awaiting_upstream: AtomicBool,
@@ -101,6 +104,7 @@ impl ConnState {
             awaiting_head: AtomicBool::new(true),
             open_bodies: AtomicU32::new(0),
             http2: AtomicBool::new(false),
+            lingering: AtomicBool::new(false),
             awaiting_upstream: AtomicBool::new(false),
             client_full: AtomicBool::new(false),
             upstream_stalled: AtomicBool::new(false),
@@ -391,7 +395,7 @@ pub async fn serve(
         Err(_) => {
             tracing::warn!(
                 open = drain.open(),
-                "shutdown grace period over with connections still open (requests in flight, upgraded connections, or HTTP/2 clients that never answered the drain's GOAWAY PING); cutting them"
+                "shutdown grace period over with connections still open (requests in flight, upgraded connections, HTTP/2 clients that never answered the drain's GOAWAY PING, or HTTP/2 closes lingering while their clients keep sending); cutting them"
             );
             // What still runs (requests in flight, upgraded connections'
             // tunnels) ends now; their requests are logged (444) as they

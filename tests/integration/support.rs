@@ -513,7 +513,7 @@ where
     let mut shutdown = std::pin::pin!(shutdown);
     let pings = async {
         let mut every = tokio::time::interval(Duration::from_millis(50));
-        for _ in 0..20 {
+        for _ in 0..40 {
             every.tick().await;
             if h2.send(PING, 0, b"clientpg").await.is_err() {
                 return;

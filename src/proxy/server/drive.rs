@@ -222,6 +222,10 @@ impl Watchdog {
         timeouts: &ConnTimeouts,
         every: Duration,
     ) -> Option<Closed> {
+        if state.lingering.load(Ordering::Relaxed) {
+            // Its close lingers, within bounds of its own (`linger`).
+            return None;
+        }
         let started = state.head_started_ms.load(Ordering::Relaxed);
         if started != 0
             && now_ms().saturating_sub(started) > timeouts.request_header.as_millis() as u64

@@ -45,14 +45,23 @@ pub struct Lingering<T> {
     state: Closing,
 }
 
-/// A client connection that knows whether it serves HTTP/2.
+/// A client connection that knows whether it serves HTTP/2, and is told
+/// when its close lingers.
 pub trait Protocol {
     fn is_http2(&self) -> bool;
+    fn lingers(&self);
 }
 
 impl Protocol for TrackedIo {
     fn is_http2(&self) -> bool {
         self.state.http2.load(Ordering::Relaxed)
+    }
+
+    /// The watchdog leaves it alone from now on: its idle rule counts from
+    /// the last stream's end, when the stream was written to the socket,
+    /// not read (it cut a slow reader's tail).
+    fn lingers(&self) {
+        self.state.lingering.store(true, Ordering::Relaxed);
     }
 }
 
@@ -156,6 +165,7 @@ impl<T: AsyncRead + AsyncWrite + Protocol + Unpin> AsyncWrite for Lingering<T> {
                 this.state = Closing::Closed;
                 return Poll::Ready(Ok(()));
             }
+            this.inner.lingers();
             let now = Instant::now();
             this.state = Closing::Lingering(Linger {
                 since: now,
@@ -181,6 +191,8 @@ mod tests {
         fn is_http2(&self) -> bool {
             self.1
         }
+
+        fn lingers(&self) {}
     }
 
     impl AsyncRead for Conn {

@@ -296,11 +296,15 @@ async fn an_upgrade_in_the_drain_idle_window_gets_a_101_without_close() {
 
 /// A slow HTTP/2 reader whose download the gateway has written to the
 /// socket when the drain ends its connection gets all of it, although it
-/// sends frames after that end (see [`slow_reader_across_the_drain`]).
+/// sends frames after that end (see [`slow_reader_across_the_drain`]),
+/// also when that takes longer than `idle`: the idle rule counts from the
+/// stream's end, when it was written to the socket, not read (it cut the
+/// lingering connection).
 #[tokio::test]
 async fn h2c_a_slow_reader_gets_its_whole_download_when_the_drain_ends_the_connection() {
     let v1 = Upstream::start("v1").await;
-    let gw = Gateway::start(&config("", &[("v1", 1, v1.addr)])).await;
+    let extra = "[timeouts]\nidle = \"1s\"";
+    let gw = Gateway::start(&config(extra, &[("v1", 1, v1.addr)])).await;
     let tcp = TcpStream::connect(gw.addr).await.unwrap();
     slow_reader_across_the_drain(tcp, "http", gw).await;
 }
