@@ -84,6 +84,45 @@ pub const ROLLOUT_ABORTS_TOTAL: &str = "canary_rollout_aborts_total";
 pub const ROLLOUT_ANALYSIS: &str = "canary_rollout_analysis";
 /// Gauge: the p-value of the last analysis's error-rate test.
 pub const ROLLOUT_ANALYSIS_P_VALUE: &str = "canary_rollout_analysis_p_value";
+/// Counters of fixed label sets (name, label, its values), registered at 0
+/// when the recorder is installed ([`crate::telemetry::metrics_handle`]): a
+/// counter series that first appears at 1 hides that increment from
+/// `increase()` and `rate()`, so an alert on a process's first rollout
+/// abort or first client error would not fire.
+pub const ZEROED: &[(&str, &str, &[&str])] = &[
+    (
+        CLIENT_ERRORS_TOTAL,
+        "kind",
+        &[
+            "bad_head",
+            "bad_body",
+            "aborted",
+            "body_stall",
+            "head_timeout",
+        ],
+    ),
+    (RELOADS_TOTAL, "result", &["ok", "error"]),
+    (
+        ROLLOUT_ABORTS_TOTAL,
+        "reason",
+        &[
+            "max_error_rate",
+            "max_p99_ms",
+            "error_rate_vs_stable",
+            "p99_ratio",
+            "operator",
+            "rollback",
+            "config",
+        ],
+    ),
+    (
+        ROLLOUT_HOLDS_TOTAL,
+        "reason",
+        &["not_enough_evidence", "gate", "no_healthy_endpoints"],
+    ),
+];
+/// Counters without labels, registered at 0 likewise.
+pub const ZEROED_PLAIN: &[&str] = &[CONFIG_POLLS_TOTAL, ROLLOUT_STEPS_TOTAL, BODY_STALLS_TOTAL];
 /// Counter: TLS certificate pair reloads by `result` (ok, error).
 pub const TLS_RELOADS_TOTAL: &str = "canary_tls_reloads_total";
 /// Gauge: 1 while the last TLS pair reload failed (the previous pair serves).

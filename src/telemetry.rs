@@ -156,6 +156,14 @@ pub fn metrics_handle() -> MetricsHandle {
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
             }
+            for &(name, label, values) in names::ZEROED {
+                for &value in values {
+                    metrics::counter!(name, label => value).increment(0);
+                }
+            }
+            for &name in names::ZEROED_PLAIN {
+                metrics::counter!(name).increment(0);
+            }
             handle
         })
         .clone()

@@ -79,6 +79,37 @@ async fn health_is_0_when_ready_and_1_otherwise() {
     assert_eq!(code, 0, "{err}");
 }
 
+/// A new gateway's /metrics has its counters of fixed label sets at 0
+/// before anything happened: a series that first appeared at 1 hid that
+/// increment from `increase()` (an alert on the first rollout abort, or
+/// the first client error, would not fire).
+#[tokio::test]
+async fn counters_of_fixed_label_sets_start_at_zero() {
+    let (v1, v2) = (
+        TaggedUpstream::start("v1").await,
+        TaggedUpstream::start("v2").await,
+    );
+    let gw = GatewayProc::spawn(&config(v1.addr, v2.addr)).await;
+    let text = gw.metrics().await;
+    for series in [
+        "canary_rollout_aborts_total{reason=\"max_error_rate\"} 0",
+        "canary_rollout_aborts_total{reason=\"operator\"} 0",
+        "canary_rollout_holds_total{reason=\"gate\"} 0",
+        "canary_client_errors_total{kind=\"bad_head\"} 0",
+        "canary_client_errors_total{kind=\"aborted\"} 0",
+        "canary_reloads_total{result=\"error\"} 0",
+        "canary_rollout_steps_total 0",
+        "canary_body_stalls_total 0",
+    ] {
+        assert!(text.lines().any(|l| l == series), "{series} in:\n{text}");
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("canary_config_polls_total ")),
+        "{text}"
+    );
+}
+
 /// A token that no HTTP header can carry is a usage error that names
 /// CANARY_ADMIN_TOKEN, not the header library's "failed to parse header value".
 #[tokio::test]
