@@ -190,8 +190,19 @@ async fn an_unknown_namespace_or_service_is_a_readable_not_found_error() {
     assert!(matches!(err, DiscoveryError::NotFound(_)), "{err:?}");
     assert_eq!(err.kind(), "not_found");
     assert!(err.to_string().contains("NamespaceNotFound"), "{err}");
+    // Where it failed comes first, as the stores' errors say theirs.
+    let at = format!(
+        "cloudmap: DiscoverInstances no-such-namespace/{}: ",
+        src.service
+    );
+    assert!(err.to_string().contains(&at), "{err}");
     let err = discover.revision(&src).await.unwrap_err();
     assert!(err.to_string().contains("NamespaceNotFound"), "{err}");
+    let at = format!(
+        "cloudmap: DiscoverInstancesRevision no-such-namespace/{}: ",
+        src.service
+    );
+    assert!(err.to_string().contains(&at), "{err}");
 
     let mut src = source(&fx, None);
     src.service = "no-such-service".into();

@@ -67,7 +67,7 @@ impl CloudMapDiscover {
             .service_name(&source.service)
             .send()
             .await
-            .map_err(|e| discovery_error(&e))?;
+            .map_err(|e| discovery_error(&e, "DiscoverInstancesRevision", source))?;
         out.instances_revision().ok_or_else(|| {
             DiscoveryError::Aws(format!(
                 "DiscoverInstancesRevision for {}/{} returned no revision",
@@ -90,7 +90,10 @@ impl CloudMapDiscover {
         for (key, value) in &source.query {
             request = request.query_parameters(key, value);
         }
-        let out = request.send().await.map_err(|e| discovery_error(&e))?;
+        let out = request
+            .send()
+            .await
+            .map_err(|e| discovery_error(&e, "DiscoverInstances", source))?;
         let mut found = Vec::with_capacity(out.instances().len());
         for instance in out.instances() {
             let id = instance.instance_id().unwrap_or("?");
@@ -139,12 +142,23 @@ fn health_filter(filter: HealthFilter) -> HealthStatusFilter {
     }
 }
 
-/// Maps an SDK error to a [`DiscoveryError`] with the whole error chain.
-fn discovery_error<E>(err: &SdkError<E, HttpResponse>) -> DiscoveryError
+/// Maps an SDK error of `call` for `source` to a [`DiscoveryError`]: where
+/// it failed (`cloudmap: DiscoverInstances web/app-v2: `, as the stores'
+/// errors say theirs), then the error in short.
+fn discovery_error<E>(
+    err: &SdkError<E, HttpResponse>,
+    call: &str,
+    source: &CloudMapSource,
+) -> DiscoveryError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let message = errors::describe(err);
+    let message = format!(
+        "cloudmap: {call} {}/{}: {}",
+        source.namespace,
+        source.service,
+        errors::describe(err)
+    );
     match errors::classify(err) {
         ErrorClass::Throttled => DiscoveryError::Throttled(message),
         ErrorClass::Timeout => DiscoveryError::Timeout(message),
