@@ -142,6 +142,29 @@ async fn an_admin_url_with_a_port_out_of_range_is_a_usage_error() {
     }
 }
 
+/// An `--on-success` other than promote or hold is a usage error (exit 2)
+/// before anything is sent, not the gateway's 400 (exit 3).
+#[tokio::test]
+async fn an_unknown_on_success_is_a_usage_error() {
+    let (code, _, err) = cli(
+        &[
+            "ctl",
+            "--admin",
+            &dead_url().await,
+            "rollout",
+            "start",
+            "--canary",
+            "v2",
+            "--on-success",
+            "maybe",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("promote, hold"), "{err}");
+}
+
 #[tokio::test]
 async fn ctl_changes_weights_with_exit_codes_a_pipeline_can_trust() {
     let (v1, v2) = (

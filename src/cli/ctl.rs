@@ -130,7 +130,7 @@ pub struct RolloutStart {
     #[arg(long)]
     pub confidence: Option<f64>,
     /// promote | hold
-    #[arg(long)]
+    #[arg(long, value_parser = ["promote", "hold"])]
     pub on_success: Option<String>,
     #[arg(long)]
     pub webhook: Option<String>,
