@@ -316,7 +316,8 @@ fn file_store(config: &Config) -> FileStore {
 /// not yet valid is a warning, as `run` logs it), with the file store the
 /// state file's first read and whether its directory can be written in,
 /// and when AWS is used an AWS region (short of the instance metadata
-/// service, a network call) and the SDK's `AWS_ENDPOINT_URL*` variables. Within a tokio runtime.
+/// service, a network call) and the SDK's `AWS_ENDPOINT_URL*` variables,
+/// and an ejection base above its maximum (a warning). Within a tokio runtime.
 /// `Ok` holds warnings: what only the start can tell.
 pub async fn preflight(config: &Config) -> Result<Vec<String>, GatewayError> {
     let mut warnings = Vec::new();
@@ -344,6 +345,13 @@ pub async fn preflight(config: &Config) -> Result<Vec<String>, GatewayError> {
         ),
     }
     crate::aws::endpoint_env_check(config).map_err(GatewayError::Aws)?;
+    let upstream = &config.upstream;
+    if upstream.eject_base > upstream.eject_max {
+        warnings.push(format!(
+            "`upstream.eject_base` ({:?}) is above `upstream.eject_max` ({:?}): every ejection lasts `eject_max`",
+            upstream.eject_base, upstream.eject_max
+        ));
+    }
     Ok(warnings)
 }
 

@@ -1030,6 +1030,28 @@ async fn check_warns_of_an_expired_tls_certificate() {
     assert!(out.contains("ok"), "{out}");
 }
 
+/// An ejection base above its maximum passes `check` (every ejection then
+/// lasts the maximum) with a warning that names both keys.
+#[tokio::test]
+async fn check_warns_of_an_ejection_base_above_its_maximum() {
+    let (v1, v2) = (
+        TaggedUpstream::start("v1").await,
+        TaggedUpstream::start("v2").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let text =
+        config(v1.addr, v2.addr) + "\n[upstream]\neject_base = \"10s\"\neject_max = \"1s\"\n";
+    std::fs::write(&path, text).unwrap();
+    let path_arg = path.display().to_string();
+    let (code, out, err) = cli(&["check", "--config", &path_arg], &[(TOKEN_ENV, TOKEN)]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("warning: `upstream.eject_base` (10s) is above `upstream.eject_max` (1s)"),
+        "{err}"
+    );
+}
+
 /// With a store (or discovery, or App Mesh) on AWS, `check` refuses what
 /// `run` refuses: no AWS region anywhere it looks without a network call
 /// (with the instance metadata service off; with it on, only a warning), and
