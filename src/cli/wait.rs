@@ -27,6 +27,8 @@ fn generations(status: &Value) -> Vec<u64> {
             tasks
                 .iter()
                 .filter(|t| t.get("stale") != Some(&Value::Bool(true)))
+                // The task that answers is in its own list: counted once.
+                .filter(|t| t.get("this_task") != Some(&Value::Bool(true)))
                 .filter_map(|t| t.get("generation").and_then(Value::as_u64)),
         );
     }
@@ -84,7 +86,13 @@ fn not_converged(statuses: &[Value]) -> Option<String> {
         return Some("no generation reported".into());
     }
     if all.iter().any(|g| *g != all[0]) {
-        return Some(format!("generations differ: {all:?}"));
+        // Per --admin URL (in the order given): its task's generation, then
+        // those of the other tasks it sees reports of.
+        let per_url: Vec<String> = statuses
+            .iter()
+            .map(|s| format!("{:?}", generations(s)))
+            .collect();
+        return Some(format!("generations differ: {}", per_url.join(" / ")));
     }
     for s in statuses {
         if let Some(e) = s.pointer("/store/last_error").and_then(Value::as_str) {
@@ -156,15 +164,26 @@ pub async fn converged(clients: &[AdminClient], timeout: Duration) -> Result<Vec
             if let Some(why) = unseen_fleet(&statuses).filter(|_| never_shared(&statuses)) {
                 return Err(CliError::Failed(format!("cannot tell: {why}")));
             }
-            why = not_converged(&statuses).or_else(|| {
-                statuses
-                    .iter()
-                    .zip(clients)
-                    .zip(&since)
-                    .find_map(|((s, c), since)| {
-                        since.and_then(|since| unpolled_since(s, since, &c.url))
-                    })
-            });
+            why = not_converged(&statuses)
+                .map(|why| {
+                    // Which URL said what (as --admin gave them).
+                    match why.strip_prefix("generations differ: ") {
+                        Some(_) => {
+                            let urls: Vec<&str> = clients.iter().map(|c| c.url.as_str()).collect();
+                            format!("{why} (the --admin URLs in order: {})", urls.join(", "))
+                        }
+                        None => why,
+                    }
+                })
+                .or_else(|| {
+                    statuses
+                        .iter()
+                        .zip(clients)
+                        .zip(&since)
+                        .find_map(|((s, c), since)| {
+                            since.and_then(|since| unpolled_since(s, since, &c.url))
+                        })
+                });
             if why.is_none() {
                 return Ok(statuses);
             }
@@ -323,7 +342,12 @@ mod tests {
     fn convergence_needs_one_generation_and_a_readable_store() {
         let at = |g: u64| json!({"weights": {"generation": g}, "store": {"last_error": null}});
         assert_eq!(not_converged(&[at(3), at(3)]), None);
-        assert!(not_converged(&[at(3), at(4)]).unwrap().contains("differ"));
+        let why = not_converged(&[at(3), at(4)]).unwrap();
+        assert!(why.contains("generations differ: [3] / [4]"), "{why}");
+        // A task is in its own fleet list: counted once.
+        let own = json!({"weights": {"generation": 3}, "fleet": {"tasks": [
+            {"generation": 3, "this_task": true}, {"generation": 2}]}});
+        assert_eq!(generations(&own), [3, 2]);
         assert!(not_converged(&[]).is_some());
         let fleet = json!({"weights": {"generation": 3}, "fleet": {"tasks": [{"generation": 3}, {"generation": 2}]}});
         assert!(not_converged(&[fleet]).is_some());
