@@ -44,17 +44,19 @@ pub struct InstanceList {
 
 /// Why a discovery call failed. The last known endpoints stay in use.
 #[derive(Debug, Clone, thiserror::Error)]
+/// Each says where it failed first (`cloudmap: DiscoverInstances ns/svc:
+/// ...`, as the stores' errors do), then what; the kind comes last.
 pub enum DiscoveryError {
-    #[error("throttled by AWS: {0}")]
+    #[error("{0} (throttled by AWS)")]
     Throttled(String),
-    #[error("timed out: {0}")]
+    #[error("{0} (timed out)")]
     Timeout(String),
-    #[error("AWS error: {0}")]
+    #[error("{0}")]
     Aws(String),
     /// Cloud Map has no namespace or service of the configured name
     /// (`NamespaceNotFound`, `ServiceNotFound`): most likely a typo in the
     /// config, or a service not created (or deleted) yet.
-    #[error("not in Cloud Map: {0}")]
+    #[error("{0} (not in Cloud Map)")]
     NotFound(String),
 }
 

@@ -195,14 +195,14 @@ async fn an_unknown_namespace_or_service_is_a_readable_not_found_error() {
         "cloudmap: DiscoverInstances no-such-namespace/{}: ",
         src.service
     );
-    assert!(err.to_string().contains(&at), "{err}");
+    assert!(err.to_string().starts_with(&at), "{err}");
     let err = discover.revision(&src).await.unwrap_err();
     assert!(err.to_string().contains("NamespaceNotFound"), "{err}");
     let at = format!(
         "cloudmap: DiscoverInstancesRevision no-such-namespace/{}: ",
         src.service
     );
-    assert!(err.to_string().contains(&at), "{err}");
+    assert!(err.to_string().starts_with(&at), "{err}");
 
     let mut src = source(&fx, None);
     src.service = "no-such-service".into();

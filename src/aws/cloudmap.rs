@@ -70,7 +70,7 @@ impl CloudMapDiscover {
             .map_err(|e| discovery_error(&e, "DiscoverInstancesRevision", source))?;
         out.instances_revision().ok_or_else(|| {
             DiscoveryError::Aws(format!(
-                "DiscoverInstancesRevision for {}/{} returned no revision",
+                "cloudmap: DiscoverInstancesRevision {}/{}: no revision in the answer",
                 source.namespace, source.service
             ))
         })
