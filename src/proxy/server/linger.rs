@@ -122,15 +122,7 @@ impl Linger {
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Lingering<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
+reads_through!(Lingering);
 
 impl<T: AsyncRead + AsyncWrite + Protocol + Unpin> AsyncWrite for Lingering<T> {
     fn poll_write(
