@@ -343,9 +343,13 @@ where
     let mut settings = vec![0, 4];
     settings.extend_from_slice(&0x7fff_ffffu32.to_be_bytes());
     raw.send(h2_frame::SETTINGS, 0, &settings).await.unwrap();
-    raw.send(0x8, 0, &(0x7fff_ffffu32 - 65_535).to_be_bytes())
-        .await
-        .unwrap();
+    raw.send(
+        h2_frame::WINDOW_UPDATE,
+        0,
+        &(0x7fff_ffffu32 - 65_535).to_be_bytes(),
+    )
+    .await
+    .unwrap();
     let path = format!("/download?bytes={bytes}&length=1");
     let head = h2_header_block(&[
         (":method", "GET"),
@@ -415,9 +419,7 @@ async fn https_a_slow_http2_reader_gets_its_whole_download_when_the_drain_ends_t
     let up = Upstream::start("v1").await;
     let ca = Ca::new();
     let (cert, key, _) = ca.leaf(&["localhost"]);
-    let dir = tempfile::tempdir().unwrap();
-    write_pair(dir.path(), &cert, &key);
-    let gw = Gateway::start(&tls_config(dir.path(), up.addr)).await;
+    let (gw, _dir) = start_with_pair(&cert, &key, up.addr).await;
     let tls = connect(gw.addr, &ca.der, &[b"h2"]).await;
     crate::support::slow_reader_across_the_drain(tls, "https", gw).await;
 }
@@ -451,8 +453,8 @@ async fn a_slow_http2_download_is_not_cut_by_the_drain() {
             data += frame.payload.len();
             ended = frame.flags & h2_frame::END_STREAM != 0;
             let taken = (frame.payload.len() as u32).to_be_bytes();
-            let _ = raw.send(0x8, 0, &taken).await;
-            let _ = raw.send_on(1, 0x8, 0, &taken).await;
+            let _ = raw.send(h2_frame::WINDOW_UPDATE, 0, &taken).await;
+            let _ = raw.send_on(1, h2_frame::WINDOW_UPDATE, 0, &taken).await;
             // About 1 MB a second.
             tokio::time::sleep(Duration::from_millis(16)).await;
         }
