@@ -164,34 +164,32 @@ pub async fn converged(clients: &[AdminClient], timeout: Duration) -> Result<Vec
             if let Some(why) = unseen_fleet(&statuses).filter(|_| never_shared(&statuses)) {
                 return Err(CliError::Failed(format!("cannot tell: {why}")));
             }
-            why = not_converged(&statuses)
-                .map(|why| {
-                    // Which URL said what (as --admin gave them).
-                    match why.strip_prefix("generations differ: ") {
-                        Some(_) => {
-                            let urls: Vec<&str> = clients.iter().map(|c| c.url.as_str()).collect();
-                            format!("{why} (the --admin URLs in order: {})", urls.join(", "))
-                        }
-                        None => why,
-                    }
-                })
-                .or_else(|| {
-                    statuses
-                        .iter()
-                        .zip(clients)
-                        .zip(&since)
-                        .find_map(|((s, c), since)| {
-                            since.and_then(|since| unpolled_since(s, since, &c.url))
-                        })
-                });
+            why = not_converged(&statuses).or_else(|| {
+                statuses
+                    .iter()
+                    .zip(clients)
+                    .zip(&since)
+                    .find_map(|((s, c), since)| {
+                        since.and_then(|since| unpolled_since(s, since, &c.url))
+                    })
+            });
             if why.is_none() {
                 return Ok(statuses);
             }
         }
         if tokio::time::Instant::now() + POLL > deadline {
+            let mut what = why.unwrap_or_default();
+            if clients.len() > 1 {
+                // Which URL said what: per-URL figures come in this order.
+                let urls: Vec<&str> = clients.iter().map(|c| c.url.as_str()).collect();
+                what.push_str(&format!(
+                    " (the --admin URLs in order: {})",
+                    urls.join(", ")
+                ));
+            }
             return Err(CliError::TimedOut {
                 after: timeout,
-                what: why.unwrap_or_default(),
+                what,
             });
         }
         tokio::time::sleep(POLL).await;
